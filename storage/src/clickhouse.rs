@@ -1,0 +1,491 @@
+//! The production store on ClickHouse, over its HTTP interface with the official crate.
+//!
+//! The schema stays inside what ClickHouse 18.16 understands (no TTL, codecs,
+//! `DateTime64`, `Map` or `LowCardinality`). At open the server version is read and the
+//! client configured for it: 18.16 needs row validation and LZ4 off (with validation
+//! the crate sends a setting 18.16 rejects; with LZ4 its selects come back empty).
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use clickhouse::{Client, Compression, Row};
+use serde::{Deserialize, Serialize};
+
+use crate::{InstanceInfo, MetricPoint, MetricQuery, ServiceSummary, Store, StoreError};
+
+/// Database used when the configuration names none.
+pub const DEFAULT_DATABASE: &str = "holmes";
+
+/// How to reach the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClickHouseConfig {
+    /// HTTP endpoint, e.g. `http://127.0.0.1:8123`.
+    pub url: String,
+    /// Database holding Holmes' tables; created if missing.
+    pub database: String,
+    /// User name, if the server needs one.
+    pub user: Option<String>,
+    /// Password, if the server needs one.
+    pub password: Option<String>,
+}
+
+impl ClickHouseConfig {
+    /// A configuration for `url` with the default database and no credentials.
+    pub fn new(url: impl Into<String>) -> Self {
+        ClickHouseConfig {
+            url: url.into(),
+            database: DEFAULT_DATABASE.to_owned(),
+            user: None,
+            password: None,
+        }
+    }
+}
+
+/// A ClickHouse server version, as `SELECT version()` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ServerVersion {
+    /// Major (year since 2020's calendar versions, 18/19/20 before).
+    pub major: u32,
+    /// Minor.
+    pub minor: u32,
+}
+
+impl ServerVersion {
+    /// Parses "18.16.1" or "24.3.2.23".
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut parts = s.trim().split('.');
+        let major = parts.next()?.parse().ok()?;
+        let minor = parts.next()?.parse().ok()?;
+        Some(ServerVersion { major, minor })
+    }
+
+    /// Whether the crate's row validation (RowBinaryWithNamesAndTypes plus schema
+    /// lookups) works: not on 18.16, yes on current releases.
+    pub fn supports_validation(self) -> bool {
+        self >= ServerVersion {
+            major: 24,
+            minor: 1,
+        }
+    }
+
+    /// Whether LZ4 on the HTTP interface works with the crate: not on 18.16.
+    pub fn supports_lz4(self) -> bool {
+        self >= ServerVersion {
+            major: 21,
+            minor: 1,
+        }
+    }
+}
+
+/// Schema migrations; the `schema_migrations` table records which ran.
+const MIGRATIONS: &[&[&str]] = &[&[
+    "CREATE TABLE IF NOT EXISTS instances (
+        service String,
+        instance_id String,
+        host String,
+        pid UInt32,
+        label_keys Array(String),
+        label_values Array(String),
+        agent_version String,
+        started_at UInt64,
+        last_seen UInt64
+    ) ENGINE = ReplacingMergeTree(last_seen) ORDER BY (service, instance_id)",
+    "CREATE TABLE IF NOT EXISTS metric_samples (
+        day Date,
+        service String,
+        metric String,
+        instance_id String,
+        ts UInt64,
+        value Float64
+    ) ENGINE = ReplacingMergeTree PARTITION BY day ORDER BY (service, metric, instance_id, ts)",
+]];
+
+#[derive(Row, Serialize, Deserialize)]
+struct InstanceRow {
+    service: String,
+    instance_id: String,
+    host: String,
+    pid: u32,
+    label_keys: Vec<String>,
+    label_values: Vec<String>,
+    agent_version: String,
+    started_at: u64,
+    last_seen: u64,
+}
+
+#[derive(Row, Serialize)]
+struct MetricRow<'a> {
+    day: u16,
+    service: &'a str,
+    metric: &'a str,
+    instance_id: &'a str,
+    ts: u64,
+    value: f64,
+}
+
+#[derive(Row, Deserialize)]
+struct MetricReadRow {
+    instance_id: String,
+    ts: u64,
+    value: f64,
+}
+
+#[derive(Row, Deserialize)]
+struct ServiceRow {
+    service: String,
+    active_instances: u64,
+    last_seen_max: u64,
+}
+
+#[derive(Row, Serialize, Deserialize)]
+struct MigrationRow {
+    version: u32,
+    applied_at: u64,
+}
+
+const NANOS_PER_DAY: u64 = 86_400 * 1_000_000_000;
+
+fn day_of(unix_nanos: u64) -> u16 {
+    u16::try_from(unix_nanos / NANOS_PER_DAY).unwrap_or(u16::MAX)
+}
+
+/// `YYYY-MM-DD` of a day number (days since 1970-01-01), the one `Date` literal form
+/// every server version parses the same way.
+fn date_text(day: u16) -> String {
+    // Howard Hinnant's civil_from_days.
+    let z = i64::from(day) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// The ClickHouse store.
+#[derive(Clone)]
+pub struct ClickHouseStore {
+    client: Client,
+    url: String,
+    version: ServerVersion,
+}
+
+impl std::fmt::Debug for ClickHouseStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClickHouseStore")
+            .field("url", &self.url)
+            .field("version", &self.version)
+            .finish()
+    }
+}
+
+impl ClickHouseStore {
+    /// Connects, detects the server version, creates the database and migrates the schema.
+    pub async fn open(config: &ClickHouseConfig) -> Result<Self, StoreError> {
+        let url = config.url.clone();
+        let err = |source| StoreError::ClickHouse {
+            url: url.clone(),
+            source,
+        };
+        let mut base = Client::default()
+            .with_url(&config.url)
+            .with_validation(false)
+            .with_compression(Compression::None);
+        if let Some(user) = &config.user {
+            base = base.with_user(user);
+        }
+        if let Some(password) = &config.password {
+            base = base.with_password(password);
+        }
+        let version_text: String = base
+            .query("SELECT version()")
+            .fetch_one()
+            .await
+            .map_err(err)?;
+        let version = ServerVersion::parse(&version_text).ok_or_else(|| StoreError::Corrupt {
+            what: "version()",
+            value: version_text.clone(),
+        })?;
+        base.query("CREATE DATABASE IF NOT EXISTS ?")
+            .bind(clickhouse::sql::Identifier(&config.database))
+            .execute()
+            .await
+            .map_err(err)?;
+        let mut client = base.with_database(&config.database);
+        if version.supports_validation() {
+            client = client.with_validation(true);
+        }
+        if version.supports_lz4() {
+            client = client.with_compression(Compression::Lz4);
+        }
+        tracing::info!(
+            url = %config.url,
+            server_version = %version_text,
+            validation = version.supports_validation(),
+            lz4 = version.supports_lz4(),
+            "connected to ClickHouse"
+        );
+        let store = ClickHouseStore {
+            client,
+            url: config.url.clone(),
+            version,
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// The server version found at open.
+    pub fn server_version(&self) -> ServerVersion {
+        self.version
+    }
+
+    fn err(&self, source: clickhouse::error::Error) -> StoreError {
+        StoreError::ClickHouse {
+            url: self.url.clone(),
+            source,
+        }
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        self.client
+            .query(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, applied_at UInt64)
+                 ENGINE = MergeTree ORDER BY version",
+            )
+            .execute()
+            .await
+            .map_err(|e| self.err(e))?;
+        let applied: Vec<u32> = self
+            .client
+            .query("SELECT version FROM schema_migrations ORDER BY version")
+            .fetch_all()
+            .await
+            .map_err(|e| self.err(e))?;
+        let current = applied.last().copied().unwrap_or(0);
+        let supported = MIGRATIONS.len() as u32;
+        if current > supported {
+            return Err(StoreError::SchemaTooNew {
+                found: current,
+                supported,
+            });
+        }
+        for (i, statements) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            let version = i as u32 + 1;
+            for sql in *statements {
+                self.client
+                    .query(sql)
+                    .execute()
+                    .await
+                    .map_err(|e| StoreError::Migration {
+                        version,
+                        message: e.to_string(),
+                    })?;
+            }
+            let mut insert = self
+                .client
+                .insert::<MigrationRow>("schema_migrations")
+                .await
+                .map_err(|e| self.err(e))?;
+            insert
+                .write(&MigrationRow {
+                    version,
+                    applied_at: now_nanos(),
+                })
+                .await
+                .map_err(|e| self.err(e))?;
+            insert.end().await.map_err(|e| self.err(e))?;
+            tracing::info!(version, "ClickHouse schema migrated");
+        }
+        Ok(())
+    }
+}
+
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+#[async_trait]
+impl Store for ClickHouseStore {
+    fn backend(&self) -> &'static str {
+        "clickhouse"
+    }
+
+    async fn upsert_instance(&self, i: &InstanceInfo) -> Result<(), StoreError> {
+        let mut insert = self
+            .client
+            .insert::<InstanceRow>("instances")
+            .await
+            .map_err(|e| self.err(e))?;
+        insert
+            .write(&InstanceRow {
+                service: i.service.clone(),
+                instance_id: i.instance_id.clone(),
+                host: i.host.clone(),
+                pid: i.pid,
+                label_keys: i.labels.keys().cloned().collect(),
+                label_values: i.labels.values().cloned().collect(),
+                agent_version: i.agent_version.clone(),
+                started_at: i.started_at_unix_nanos,
+                last_seen: i.last_seen_unix_nanos,
+            })
+            .await
+            .map_err(|e| self.err(e))?;
+        insert.end().await.map_err(|e| self.err(e))
+    }
+
+    async fn insert_metrics(&self, points: &[MetricPoint]) -> Result<(), StoreError> {
+        if points.is_empty() {
+            return Ok(());
+        }
+        let mut insert = self
+            .client
+            .insert::<MetricRow<'_>>("metric_samples")
+            .await
+            .map_err(|e| self.err(e))?;
+        for p in points {
+            insert
+                .write(&MetricRow {
+                    day: day_of(p.unix_nanos),
+                    service: &p.service,
+                    metric: p.metric.as_str(),
+                    instance_id: &p.instance_id,
+                    ts: p.unix_nanos,
+                    value: p.value,
+                })
+                .await
+                .map_err(|e| self.err(e))?;
+        }
+        insert.end().await.map_err(|e| self.err(e))
+    }
+
+    async fn list_services(
+        &self,
+        active_since_unix_nanos: u64,
+    ) -> Result<Vec<ServiceSummary>, StoreError> {
+        let rows: Vec<ServiceRow> = self
+            .client
+            .query(
+                "SELECT service,
+                        toUInt64(uniqExactIf(instance_id, last_seen >= ?)) AS active_instances,
+                        max(last_seen) AS last_seen_max
+                 FROM instances GROUP BY service ORDER BY service",
+            )
+            .bind(active_since_unix_nanos)
+            .fetch_all()
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| ServiceSummary {
+                service: r.service,
+                instances: r.active_instances,
+                last_seen_unix_nanos: r.last_seen_max,
+            })
+            .collect())
+    }
+
+    async fn list_instances(&self, service: &str) -> Result<Vec<InstanceInfo>, StoreError> {
+        let rows: Vec<InstanceRow> = self
+            .client
+            .query("SELECT ?fields FROM instances FINAL WHERE service = ? ORDER BY instance_id")
+            .bind(service)
+            .fetch_all()
+            .await
+            .map_err(|e| self.err(e))?;
+        rows.into_iter()
+            .map(|r| {
+                if r.label_keys.len() != r.label_values.len() {
+                    return Err(StoreError::Corrupt {
+                        what: "instances.label_keys/label_values",
+                        value: format!("{:?} / {:?}", r.label_keys, r.label_values),
+                    });
+                }
+                let labels: BTreeMap<String, String> =
+                    r.label_keys.into_iter().zip(r.label_values).collect();
+                Ok(InstanceInfo {
+                    service: r.service,
+                    instance_id: r.instance_id,
+                    host: r.host,
+                    pid: r.pid,
+                    labels,
+                    agent_version: r.agent_version,
+                    started_at_unix_nanos: r.started_at,
+                    last_seen_unix_nanos: r.last_seen,
+                })
+            })
+            .collect()
+    }
+
+    async fn query_metrics(&self, q: &MetricQuery) -> Result<Vec<MetricPoint>, StoreError> {
+        if q.since_unix_nanos >= q.until_unix_nanos {
+            return Ok(Vec::new());
+        }
+        // `day` bounds let ClickHouse skip whole partitions; LIMIT 1 BY drops duplicate
+        // points that a resend stored twice and no merge has folded yet.
+        let rows: Vec<MetricReadRow> = self
+            .client
+            .query(
+                "SELECT instance_id, ts, value FROM metric_samples
+                 WHERE service = ? AND metric = ? AND day >= toDate(?) AND day <= toDate(?)
+                   AND ts >= ? AND ts < ?
+                 ORDER BY instance_id, ts
+                 LIMIT 1 BY instance_id, ts
+                 LIMIT ?",
+            )
+            .bind(&q.service)
+            .bind(q.metric.as_str())
+            .bind(date_text(day_of(q.since_unix_nanos)))
+            .bind(date_text(day_of(q.until_unix_nanos.saturating_sub(1))))
+            .bind(q.since_unix_nanos)
+            .bind(q.until_unix_nanos)
+            .bind(q.limit)
+            .fetch_all()
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| MetricPoint {
+                service: q.service.clone(),
+                instance_id: r.instance_id,
+                metric: q.metric,
+                unix_nanos: r.ts,
+                value: r.value,
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_versions_and_gates_features() {
+        let old = ServerVersion::parse("18.16.1").unwrap();
+        assert!(!old.supports_validation());
+        assert!(!old.supports_lz4());
+        let new = ServerVersion::parse("24.8.4.13").unwrap();
+        assert!(new.supports_validation() && new.supports_lz4());
+        assert_eq!(ServerVersion::parse("garbage"), None);
+    }
+
+    #[test]
+    fn days_count_from_the_epoch() {
+        assert_eq!(day_of(0), 0);
+        assert_eq!(day_of(NANOS_PER_DAY - 1), 0);
+        assert_eq!(day_of(NANOS_PER_DAY), 1);
+    }
+
+    #[test]
+    fn day_numbers_become_calendar_dates() {
+        assert_eq!(date_text(0), "1970-01-01");
+        assert_eq!(date_text(59), "1970-03-01");
+        assert_eq!(date_text(20_783), "2026-11-26");
+        assert_eq!(date_text(u16::MAX), "2149-06-06");
+    }
+}

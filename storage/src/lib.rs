@@ -1,0 +1,99 @@
+#![doc = include_str!("../README.md")]
+
+pub mod clickhouse;
+mod model;
+pub mod sqlite;
+#[cfg(feature = "testsuite")]
+pub mod testsuite;
+
+pub use model::*;
+
+use async_trait::async_trait;
+
+/// Errors of a storage operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The SQLite database could not be opened or created.
+    #[error("cannot open the embedded store at {path}: {source}")]
+    Open {
+        /// The database file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: rusqlite::Error,
+    },
+    /// The data directory could not be created.
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A SQLite statement failed.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A ClickHouse request failed (server down, query refused, ...).
+    #[error("clickhouse at {url}: {source}")]
+    ClickHouse {
+        /// The server URL.
+        url: String,
+        /// Why.
+        source: ::clickhouse::error::Error,
+    },
+    /// A schema migration failed.
+    #[error("schema migration to version {version} failed: {message}")]
+    Migration {
+        /// The version being applied.
+        version: u32,
+        /// Why.
+        message: String,
+    },
+    /// The stored schema is newer than this build understands.
+    #[error("the store's schema is version {found}, newer than this build's {supported}; upgrade the collector")]
+    SchemaTooNew {
+        /// Version found in the store.
+        found: u32,
+        /// Newest version this build knows.
+        supported: u32,
+    },
+    /// A stored value could not be read back.
+    #[error("corrupt stored value in {what}: {value:?}")]
+    Corrupt {
+        /// Which column.
+        what: &'static str,
+        /// The value.
+        value: String,
+    },
+    /// The blocking worker of the embedded store went away.
+    #[error("embedded store worker failed: {0}")]
+    Worker(String),
+}
+
+/// Where the collector keeps what agents send. Every backend passes [`testsuite`].
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Short backend name for logs ("sqlite", "clickhouse").
+    fn backend(&self) -> &'static str;
+
+    /// Records an instance or refreshes it. Keyed by `(service, instance_id)`; a call with
+    /// an older `last_seen_unix_nanos` than the stored one changes nothing.
+    async fn upsert_instance(&self, instance: &InstanceInfo) -> Result<(), StoreError>;
+
+    /// Stores metric points. A point already stored (same service, instance, metric and
+    /// timestamp) is kept once.
+    async fn insert_metrics(&self, points: &[MetricPoint]) -> Result<(), StoreError>;
+
+    /// Every known service, sorted by name, with the number of its instances seen since
+    /// `active_since_unix_nanos` and when any of them was last seen.
+    async fn list_services(
+        &self,
+        active_since_unix_nanos: u64,
+    ) -> Result<Vec<ServiceSummary>, StoreError>;
+
+    /// The instances of one service, sorted by instance id.
+    async fn list_instances(&self, service: &str) -> Result<Vec<InstanceInfo>, StoreError>;
+
+    /// Points of one metric of one service in `[since, until)`, sorted by instance and
+    /// time, at most `limit`.
+    async fn query_metrics(&self, query: &MetricQuery) -> Result<Vec<MetricPoint>, StoreError>;
+}

@@ -1,0 +1,67 @@
+//! The records a [`crate::Store`] keeps.
+
+use std::collections::BTreeMap;
+
+use holmes_proto::Metric;
+
+/// One agent process as last seen.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceInfo {
+    /// Service name.
+    pub service: String,
+    /// Instance id, unique within the service.
+    pub instance_id: String,
+    /// Host name.
+    pub host: String,
+    /// Process id.
+    pub pid: u32,
+    /// Labels the agent reported.
+    pub labels: BTreeMap<String, String>,
+    /// Agent library version.
+    pub agent_version: String,
+    /// Process start, nanoseconds since the Unix epoch.
+    pub started_at_unix_nanos: u64,
+    /// Last time the collector heard from it, nanoseconds since the Unix epoch.
+    pub last_seen_unix_nanos: u64,
+}
+
+/// One sample of one metric of one instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricPoint {
+    /// Service name.
+    pub service: String,
+    /// Instance id.
+    pub instance_id: String,
+    /// Which metric.
+    pub metric: Metric,
+    /// When, nanoseconds since the Unix epoch.
+    pub unix_nanos: u64,
+    /// The value, in the metric's unit.
+    pub value: f64,
+}
+
+/// A service as the services list shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSummary {
+    /// Service name.
+    pub service: String,
+    /// Instances seen since the cut-off asked for.
+    pub instances: u64,
+    /// Last time any instance was heard from, nanoseconds since the Unix epoch.
+    pub last_seen_unix_nanos: u64,
+}
+
+/// Which metric points to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricQuery {
+    /// Service name.
+    pub service: String,
+    /// Which metric.
+    pub metric: Metric,
+    /// From, inclusive, nanoseconds since the Unix epoch.
+    pub since_unix_nanos: u64,
+    /// To, exclusive.
+    pub until_unix_nanos: u64,
+    /// At most this many points.
+    pub limit: u64,
+}

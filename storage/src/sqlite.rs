@@ -1,0 +1,343 @@
+//! The embedded store: one SQLite file (bundled SQLite, no server).
+//!
+//! rusqlite is blocking, so every call runs on tokio's blocking pool behind one
+//! connection; SQLite serialises writers anyway and WAL mode lets reads proceed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection};
+
+use crate::{InstanceInfo, MetricPoint, MetricQuery, ServiceSummary, Store, StoreError};
+
+/// File name of the database inside the data directory.
+pub const DB_FILE: &str = "holmes.sqlite3";
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records the last one.
+const MIGRATIONS: &[&str] = &[
+    // 1: services, instances and metric samples.
+    "CREATE TABLE instances (
+        service TEXT NOT NULL,
+        instance_id TEXT NOT NULL,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        labels TEXT NOT NULL,
+        agent_version TEXT NOT NULL,
+        started_at INTEGER NOT NULL,
+        last_seen INTEGER NOT NULL,
+        PRIMARY KEY (service, instance_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE metric_samples (
+        service TEXT NOT NULL,
+        metric TEXT NOT NULL,
+        instance_id TEXT NOT NULL,
+        ts INTEGER NOT NULL,
+        value REAL NOT NULL,
+        PRIMARY KEY (service, metric, instance_id, ts)
+    ) WITHOUT ROWID;",
+];
+
+/// The embedded SQLite store.
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `data_dir`, and migrates its schema.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+            path: data_dir.to_owned(),
+            source,
+        })?;
+        let path = data_dir.join(DB_FILE);
+        let open_err = |source| StoreError::Open {
+            path: path.clone(),
+            source,
+        };
+        let mut conn = Connection::open(&path).map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        migrate(&mut conn)?;
+        Ok(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+            path,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn with_conn<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            // A poisoned lock only means another call panicked mid-statement; SQLite
+            // rolled that statement back, so the connection is still usable.
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::Worker(e.to_string()))?
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let current: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let supported = MIGRATIONS.len() as u32;
+    if current > supported {
+        return Err(StoreError::SchemaTooNew {
+            found: current,
+            supported,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let version = i as u32 + 1;
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql).map_err(|e| StoreError::Migration {
+            version,
+            message: e.to_string(),
+        })?;
+        tx.pragma_update(None, "user_version", version)?;
+        tx.commit()?;
+        tracing::info!(version, "embedded store schema migrated");
+    }
+    Ok(())
+}
+
+fn nanos_to_sql(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn nanos_from_sql(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+fn labels_to_sql(labels: &BTreeMap<String, String>) -> String {
+    // Keys and values are validated names/short strings; a tab/newline-free encoding
+    // would still be fragile, so use a length-prefixed form that needs no escaping.
+    let mut out = String::new();
+    for (k, v) in labels {
+        out.push_str(&format!("{}:{}{}:{}", k.len(), k, v.len(), v));
+    }
+    out
+}
+
+fn labels_from_sql(s: &str) -> Result<BTreeMap<String, String>, StoreError> {
+    let corrupt = || StoreError::Corrupt {
+        what: "instances.labels",
+        value: s.to_owned(),
+    };
+    let mut out = BTreeMap::new();
+    let mut rest = s;
+    let take = |rest: &mut &str| -> Result<String, StoreError> {
+        let (len, tail) = rest.split_once(':').ok_or_else(corrupt)?;
+        let len: usize = len.parse().map_err(|_| corrupt())?;
+        let value = tail.get(..len).ok_or_else(corrupt)?.to_owned();
+        *rest = &tail[len..];
+        Ok(value)
+    };
+    while !rest.is_empty() {
+        let k = take(&mut rest)?;
+        let v = take(&mut rest)?;
+        out.insert(k, v);
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn upsert_instance(&self, instance: &InstanceInfo) -> Result<(), StoreError> {
+        let i = instance.clone();
+        self.with_conn(move |conn| {
+            conn.execute(
+                "INSERT INTO instances
+                    (service, instance_id, host, pid, labels, agent_version, started_at, last_seen)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (service, instance_id) DO UPDATE SET
+                    host = excluded.host, pid = excluded.pid, labels = excluded.labels,
+                    agent_version = excluded.agent_version, started_at = excluded.started_at,
+                    last_seen = excluded.last_seen
+                 WHERE excluded.last_seen >= instances.last_seen",
+                params![
+                    i.service,
+                    i.instance_id,
+                    i.host,
+                    i.pid,
+                    labels_to_sql(&i.labels),
+                    i.agent_version,
+                    nanos_to_sql(i.started_at_unix_nanos),
+                    nanos_to_sql(i.last_seen_unix_nanos),
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn insert_metrics(&self, points: &[MetricPoint]) -> Result<(), StoreError> {
+        if points.is_empty() {
+            return Ok(());
+        }
+        let points = points.to_vec();
+        self.with_conn(move |conn| {
+            let tx = conn.transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO metric_samples (service, metric, instance_id, ts, value)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                for p in &points {
+                    stmt.execute(params![
+                        p.service,
+                        p.metric.as_str(),
+                        p.instance_id,
+                        nanos_to_sql(p.unix_nanos),
+                        p.value
+                    ])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_services(
+        &self,
+        active_since_unix_nanos: u64,
+    ) -> Result<Vec<ServiceSummary>, StoreError> {
+        self.with_conn(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT service, SUM(last_seen >= ?1), MAX(last_seen)
+                 FROM instances GROUP BY service ORDER BY service",
+            )?;
+            let rows = stmt.query_map(params![nanos_to_sql(active_since_unix_nanos)], |r| {
+                Ok(ServiceSummary {
+                    service: r.get(0)?,
+                    instances: nanos_from_sql(r.get(1)?),
+                    last_seen_unix_nanos: nanos_from_sql(r.get(2)?),
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    async fn list_instances(&self, service: &str) -> Result<Vec<InstanceInfo>, StoreError> {
+        let service = service.to_owned();
+        self.with_conn(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT service, instance_id, host, pid, labels, agent_version, started_at, last_seen
+                 FROM instances WHERE service = ?1 ORDER BY instance_id",
+            )?;
+            let rows = stmt.query_map(params![service], |r| {
+                Ok((
+                    InstanceInfo {
+                        service: r.get(0)?,
+                        instance_id: r.get(1)?,
+                        host: r.get(2)?,
+                        pid: r.get(3)?,
+                        labels: BTreeMap::new(),
+                        agent_version: r.get(5)?,
+                        started_at_unix_nanos: nanos_from_sql(r.get(6)?),
+                        last_seen_unix_nanos: nanos_from_sql(r.get(7)?),
+                    },
+                    r.get::<_, String>(4)?,
+                ))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (mut info, labels) = row?;
+                info.labels = labels_from_sql(&labels)?;
+                out.push(info);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn query_metrics(&self, query: &MetricQuery) -> Result<Vec<MetricPoint>, StoreError> {
+        let q = query.clone();
+        self.with_conn(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT instance_id, ts, value FROM metric_samples
+                 WHERE service = ?1 AND metric = ?2 AND ts >= ?3 AND ts < ?4
+                 ORDER BY instance_id, ts LIMIT ?5",
+            )?;
+            let rows = stmt.query_map(
+                params![
+                    q.service,
+                    q.metric.as_str(),
+                    nanos_to_sql(q.since_unix_nanos),
+                    nanos_to_sql(q.until_unix_nanos),
+                    nanos_to_sql(q.limit)
+                ],
+                |r| {
+                    Ok(MetricPoint {
+                        service: q.service.clone(),
+                        instance_id: r.get(0)?,
+                        metric: q.metric,
+                        unix_nanos: nanos_from_sql(r.get(1)?),
+                        value: r.get(2)?,
+                    })
+                },
+            )?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_encoding_roundtrips_awkward_values() {
+        let labels: BTreeMap<String, String> = [
+            ("a".to_owned(), "x:y:3:z".to_owned()),
+            ("b".to_owned(), String::new()),
+            ("c".to_owned(), "ünïcode 12:".to_owned()),
+        ]
+        .into();
+        assert_eq!(labels_from_sql(&labels_to_sql(&labels)).unwrap(), labels);
+        assert!(labels_from_sql("3:ab").is_err());
+    }
+
+    #[test]
+    fn refuses_a_schema_newer_than_it_knows() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SqliteStore::open(dir.path()).unwrap());
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        let err = SqliteStore::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::SchemaTooNew { found: 99, .. }), "{err}");
+    }
+}

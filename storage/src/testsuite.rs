@@ -1,0 +1,223 @@
+//! The conformance suite every [`Store`] backend must pass.
+//!
+//! A backend's test file calls [`store_conformance_tests!`](crate::store_conformance_tests)
+//! with an async expression that yields a fresh, empty store; each case becomes its own
+//! test. The cases assert what a user of the collector would see.
+
+use std::collections::BTreeMap;
+
+use holmes_proto::Metric;
+
+use crate::{InstanceInfo, MetricPoint, MetricQuery, Store};
+
+const SEC: u64 = 1_000_000_000;
+/// 2026-11-26T00:00:00Z, a realistic timestamp.
+const T0: u64 = 1_795_651_200 * SEC;
+
+fn instance(service: &str, id: &str, last_seen: u64) -> InstanceInfo {
+    InstanceInfo {
+        service: service.to_owned(),
+        instance_id: id.to_owned(),
+        host: format!("host-{id}"),
+        pid: 4242,
+        labels: [
+            ("region".to_owned(), "eu-west-1".to_owned()),
+            ("version".to_owned(), "1.2.3 (rc: 4)".to_owned()),
+        ]
+        .into(),
+        agent_version: "0.1.0".to_owned(),
+        started_at_unix_nanos: T0 - 60 * SEC,
+        last_seen_unix_nanos: last_seen,
+    }
+}
+
+fn point(service: &str, id: &str, metric: Metric, ts: u64, value: f64) -> MetricPoint {
+    MetricPoint {
+        service: service.to_owned(),
+        instance_id: id.to_owned(),
+        metric,
+        unix_nanos: ts,
+        value,
+    }
+}
+
+fn query(service: &str, metric: Metric, since: u64, until: u64) -> MetricQuery {
+    MetricQuery {
+        service: service.to_owned(),
+        metric,
+        since_unix_nanos: since,
+        until_unix_nanos: until,
+        limit: 10_000,
+    }
+}
+
+/// A new store knows no services.
+pub async fn empty_store_lists_nothing(store: impl Store) {
+    assert!(store.list_services(0).await.unwrap().is_empty());
+    assert!(store.list_instances("checkout").await.unwrap().is_empty());
+    let points = store
+        .query_metrics(&query("checkout", Metric::CpuPercent, 0, u64::MAX / 2))
+        .await
+        .unwrap();
+    assert!(points.is_empty());
+}
+
+/// Instances come back exactly as written, grouped into services.
+pub async fn instances_roundtrip_and_group_into_services(store: impl Store) {
+    let a = instance("checkout", "checkout-a", T0 + 5 * SEC);
+    let b = instance("checkout", "checkout-b", T0 + 7 * SEC);
+    let mut c = instance("cart", "cart-0", T0 + 3 * SEC);
+    c.labels = BTreeMap::new();
+    for i in [&b, &c, &a] {
+        store.upsert_instance(i).await.unwrap();
+    }
+    let services = store.list_services(0).await.unwrap();
+    let summary: Vec<(&str, u64, u64)> = services
+        .iter()
+        .map(|s| (s.service.as_str(), s.instances, s.last_seen_unix_nanos))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![("cart", 1, T0 + 3 * SEC), ("checkout", 2, T0 + 7 * SEC)]
+    );
+    assert_eq!(store.list_instances("checkout").await.unwrap(), vec![a, b]);
+    assert_eq!(store.list_instances("cart").await.unwrap(), vec![c]);
+}
+
+/// A newer sighting replaces an instance's details; an older one changes nothing.
+pub async fn upsert_keeps_the_newest_sighting(store: impl Store) {
+    let first = instance("checkout", "checkout-a", T0 + 10 * SEC);
+    store.upsert_instance(&first).await.unwrap();
+    let mut stale = first.clone();
+    stale.host = "stale-host".to_owned();
+    stale.last_seen_unix_nanos = T0 + 5 * SEC;
+    store.upsert_instance(&stale).await.unwrap();
+    assert_eq!(
+        store.list_instances("checkout").await.unwrap(),
+        vec![first.clone()]
+    );
+    let mut newer = first.clone();
+    newer.pid = 777;
+    newer.last_seen_unix_nanos = T0 + 20 * SEC;
+    store.upsert_instance(&newer).await.unwrap();
+    assert_eq!(store.list_instances("checkout").await.unwrap(), vec![newer]);
+    let services = store.list_services(0).await.unwrap();
+    assert_eq!(services.len(), 1);
+    assert_eq!(services[0].instances, 1);
+}
+
+/// Only instances seen since the cut-off count as active; the service stays listed.
+pub async fn services_count_only_active_instances(store: impl Store) {
+    store
+        .upsert_instance(&instance("checkout", "old", T0))
+        .await
+        .unwrap();
+    store
+        .upsert_instance(&instance("checkout", "live", T0 + 600 * SEC))
+        .await
+        .unwrap();
+    store
+        .upsert_instance(&instance("gone", "x", T0))
+        .await
+        .unwrap();
+    let services = store.list_services(T0 + 300 * SEC).await.unwrap();
+    let summary: Vec<(&str, u64)> = services
+        .iter()
+        .map(|s| (s.service.as_str(), s.instances))
+        .collect();
+    assert_eq!(summary, vec![("checkout", 1), ("gone", 0)]);
+    assert_eq!(services[1].last_seen_unix_nanos, T0);
+}
+
+/// Metric queries return one service's one metric in `[since, until)`, by instance and time.
+pub async fn metrics_filter_by_service_metric_and_range(store: impl Store) {
+    let mut points = Vec::new();
+    for s in 0..10u64 {
+        points.push(point("checkout", "b", Metric::CpuPercent, T0 + s * SEC, s as f64));
+        points.push(point("checkout", "a", Metric::CpuPercent, T0 + s * SEC, 100.0 + s as f64));
+        points.push(point("checkout", "a", Metric::RssBytes, T0 + s * SEC, 1e9));
+        points.push(point("cart", "a", Metric::CpuPercent, T0 + s * SEC, 50.0));
+    }
+    store.insert_metrics(&points).await.unwrap();
+    let got = store
+        .query_metrics(&query("checkout", Metric::CpuPercent, T0 + 2 * SEC, T0 + 5 * SEC))
+        .await
+        .unwrap();
+    let expected = vec![
+        point("checkout", "a", Metric::CpuPercent, T0 + 2 * SEC, 102.0),
+        point("checkout", "a", Metric::CpuPercent, T0 + 3 * SEC, 103.0),
+        point("checkout", "a", Metric::CpuPercent, T0 + 4 * SEC, 104.0),
+        point("checkout", "b", Metric::CpuPercent, T0 + 2 * SEC, 2.0),
+        point("checkout", "b", Metric::CpuPercent, T0 + 3 * SEC, 3.0),
+        point("checkout", "b", Metric::CpuPercent, T0 + 4 * SEC, 4.0),
+    ];
+    assert_eq!(got, expected);
+    let mut limited = query("checkout", Metric::RssBytes, T0, T0 + 100 * SEC);
+    limited.limit = 4;
+    assert_eq!(store.query_metrics(&limited).await.unwrap().len(), 4);
+    let none = store
+        .query_metrics(&query("checkout", Metric::Threads, T0, T0 + 100 * SEC))
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+}
+
+/// A point written twice (an agent resending after a lost ack) is stored once.
+pub async fn resent_points_are_stored_once(store: impl Store) {
+    let points: Vec<MetricPoint> = (0..5u64)
+        .map(|s| point("checkout", "a", Metric::CpuPercent, T0 + s * SEC, s as f64))
+        .collect();
+    store.insert_metrics(&points).await.unwrap();
+    store.insert_metrics(&points[2..]).await.unwrap();
+    let got = store
+        .query_metrics(&query("checkout", Metric::CpuPercent, T0, T0 + 10 * SEC))
+        .await
+        .unwrap();
+    assert_eq!(got, points);
+}
+
+/// Values that look like SQL reach the store as data, not as statements.
+pub async fn hostile_values_are_data(store: impl Store) {
+    let mut i = instance("checkout", "a", T0);
+    i.host = "'); DROP TABLE instances; --".to_owned();
+    i.labels
+        .insert("note".to_owned(), "\\' \" ? ?fields \n\t".to_owned());
+    store.upsert_instance(&i).await.unwrap();
+    assert_eq!(store.list_instances("checkout").await.unwrap(), vec![i]);
+    let got = store
+        .query_metrics(&query("x' OR '1'='1", Metric::CpuPercent, 0, u64::MAX / 2))
+        .await
+        .unwrap();
+    assert!(got.is_empty());
+    assert_eq!(store.list_services(0).await.unwrap().len(), 1);
+}
+
+/// Generates one `#[tokio::test]` per conformance case. `$make` is an async expression
+/// that returns `Some(fresh empty store)`, or `None` when the backend's server is
+/// deliberately absent (the case then passes as skipped, having said so).
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($make:expr) => {
+        $crate::store_conformance_tests!(@cases $make;
+            empty_store_lists_nothing,
+            instances_roundtrip_and_group_into_services,
+            upsert_keeps_the_newest_sighting,
+            services_count_only_active_instances,
+            metrics_filter_by_service_metric_and_range,
+            resent_points_are_stored_once,
+            hostile_values_are_data,
+        );
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                let Some(store) = $make.await else {
+                    eprintln!("skipped: no store for {}", stringify!($case));
+                    return;
+                };
+                $crate::testsuite::$case(store).await;
+            }
+        )*
+    };
+}
