@@ -1,1 +1,23 @@
-//! x
+//! The Holmes collector: receives what agents stream, stores it, and answers queries.
+//!
+//! What it owns:
+//! - [`ingest`]: the gRPC service agents connect to (one bidirectional stream each).
+//! - [`query`]: the HTTP JSON API, and [`api_client`], the client the `holmes` CLI uses.
+//! - [`server`]: start-up, listeners and shutdown; [`config`]: the TOML file, env
+//!   overrides and flags.
+//! - [`error`]: the one place that maps failures to gRPC and HTTP statuses.
+//! - [`demo`]: the workload of `holmes-demo`, the one-command tour.
+//!
+//! Binaries: `holmes-collector` (the server), `holmes` (the CLI), `holmes-demo`.
+
+pub mod api_client;
+pub mod clock;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod ingest;
+pub mod query;
+pub mod server;
+
+pub use config::Config;
+pub use server::Server;

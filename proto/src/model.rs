@@ -279,7 +279,8 @@ pub enum AgentBody {
 /// A message from an agent with its sequence number.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentMessage {
-    /// Strictly increasing over the agent process's life.
+    /// For messages that must become durable: strictly increasing from 1 over the agent
+    /// process's life, kept on resend. 0 for `Hello` and `Heartbeat`.
     pub seq: u64,
     /// The payload.
     pub body: AgentBody,

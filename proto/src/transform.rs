@@ -35,18 +35,20 @@ pub enum DecodeError {
 
 fn metric_from_wire(field: &'static str, value: i32) -> Result<Metric, DecodeError> {
     let unknown = DecodeError::UnknownEnum { field, value };
-    Ok(match pb::Metric::try_from(value).map_err(|_| unknown.clone())? {
-        pb::Metric::Unspecified => return Err(DecodeError::Missing(field)),
-        pb::Metric::CpuPercent => Metric::CpuPercent,
-        pb::Metric::MemoryPercent => Metric::MemoryPercent,
-        pb::Metric::RssBytes => Metric::RssBytes,
-        pb::Metric::Threads => Metric::Threads,
-        pb::Metric::Tasks => Metric::Tasks,
-        pb::Metric::HeapPercent => Metric::HeapPercent,
-        pb::Metric::HeapBytes => Metric::HeapBytes,
-        pb::Metric::OpenFds => Metric::OpenFds,
-        pb::Metric::CpuThrottledPercent => Metric::CpuThrottledPercent,
-    })
+    Ok(
+        match pb::Metric::try_from(value).map_err(|_| unknown.clone())? {
+            pb::Metric::Unspecified => return Err(DecodeError::Missing(field)),
+            pb::Metric::CpuPercent => Metric::CpuPercent,
+            pb::Metric::MemoryPercent => Metric::MemoryPercent,
+            pb::Metric::RssBytes => Metric::RssBytes,
+            pb::Metric::Threads => Metric::Threads,
+            pb::Metric::Tasks => Metric::Tasks,
+            pb::Metric::HeapPercent => Metric::HeapPercent,
+            pb::Metric::HeapBytes => Metric::HeapBytes,
+            pb::Metric::OpenFds => Metric::OpenFds,
+            pb::Metric::CpuThrottledPercent => Metric::CpuThrottledPercent,
+        },
+    )
 }
 
 fn metric_to_wire(metric: Metric) -> i32 {
@@ -221,7 +223,9 @@ impl TryFrom<pb::TriggerEvent> for TriggerEvent {
             Ok(pb::TriggerReason::Abs) => TriggerReason::Abs,
             Ok(pb::TriggerReason::Diff) => TriggerReason::Diff,
             Ok(pb::TriggerReason::Requested) => TriggerReason::Requested,
-            Ok(pb::TriggerReason::Unspecified) => return Err(DecodeError::Missing("trigger.reason")),
+            Ok(pb::TriggerReason::Unspecified) => {
+                return Err(DecodeError::Missing("trigger.reason"))
+            }
             Err(_) => {
                 return Err(DecodeError::UnknownEnum {
                     field: "trigger.reason",
@@ -379,7 +383,10 @@ impl TryFrom<pb::CollectorMessage> for CollectorMessage {
 
     fn try_from(m: pb::CollectorMessage) -> Result<Self, DecodeError> {
         Ok(
-            match m.body.ok_or(DecodeError::Missing("collector message body"))? {
+            match m
+                .body
+                .ok_or(DecodeError::Missing("collector message body"))?
+            {
                 collector_message::Body::Ack(a) => CollectorMessage::Ack { seq: a.seq },
                 collector_message::Body::ConfigUpdate(c) => {
                     CollectorMessage::ConfigUpdate(ConfigUpdate {
@@ -418,9 +425,9 @@ impl From<&CollectorMessage> for pb::CollectorMessage {
                 collector_message::Body::CaptureRequest(pb::CaptureRequest {
                     request_id: c.request_id.clone(),
                     kinds: c.kinds.iter().copied().map(kind_to_wire).collect(),
-                    cpu_duration_ms: c.cpu_duration.map_or(0, |d| {
-                        u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
-                    }),
+                    cpu_duration_ms: c
+                        .cpu_duration
+                        .map_or(0, |d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
                 })
             }
         };
@@ -541,10 +548,9 @@ mod tests {
             }),
         ] {
             let bytes = pb::CollectorMessage::from(&msg).encode_to_vec();
-            let back = CollectorMessage::try_from(
-                pb::CollectorMessage::decode(bytes.as_slice()).unwrap(),
-            )
-            .unwrap();
+            let back =
+                CollectorMessage::try_from(pb::CollectorMessage::decode(bytes.as_slice()).unwrap())
+                    .unwrap();
             assert_eq!(back, msg);
         }
     }

@@ -313,7 +313,6 @@ impl Store for SqliteStore {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -338,6 +337,9 @@ mod tests {
         conn.pragma_update(None, "user_version", 99).unwrap();
         drop(conn);
         let err = SqliteStore::open(dir.path()).unwrap_err();
-        assert!(matches!(err, StoreError::SchemaTooNew { found: 99, .. }), "{err}");
+        assert!(
+            matches!(err, StoreError::SchemaTooNew { found: 99, .. }),
+            "{err}"
+        );
     }
 }

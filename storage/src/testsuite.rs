@@ -133,14 +133,31 @@ pub async fn services_count_only_active_instances(store: impl Store) {
 pub async fn metrics_filter_by_service_metric_and_range(store: impl Store) {
     let mut points = Vec::new();
     for s in 0..10u64 {
-        points.push(point("checkout", "b", Metric::CpuPercent, T0 + s * SEC, s as f64));
-        points.push(point("checkout", "a", Metric::CpuPercent, T0 + s * SEC, 100.0 + s as f64));
+        points.push(point(
+            "checkout",
+            "b",
+            Metric::CpuPercent,
+            T0 + s * SEC,
+            s as f64,
+        ));
+        points.push(point(
+            "checkout",
+            "a",
+            Metric::CpuPercent,
+            T0 + s * SEC,
+            100.0 + s as f64,
+        ));
         points.push(point("checkout", "a", Metric::RssBytes, T0 + s * SEC, 1e9));
         points.push(point("cart", "a", Metric::CpuPercent, T0 + s * SEC, 50.0));
     }
     store.insert_metrics(&points).await.unwrap();
     let got = store
-        .query_metrics(&query("checkout", Metric::CpuPercent, T0 + 2 * SEC, T0 + 5 * SEC))
+        .query_metrics(&query(
+            "checkout",
+            Metric::CpuPercent,
+            T0 + 2 * SEC,
+            T0 + 5 * SEC,
+        ))
         .await
         .unwrap();
     let expected = vec![

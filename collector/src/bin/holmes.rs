@@ -1,1 +1,207 @@
-fn main() {}
+//! `holmes`: the command line over the collector's HTTP API.
+
+use clap::{Parser, Subcommand};
+use holmes_collector::api_client::{ApiClient, DEFAULT_API};
+use holmes_collector::query::{MetricsJson, ServiceJson};
+
+#[derive(Parser)]
+#[command(
+    name = "holmes",
+    version,
+    about = "Ask a Holmes collector what happened to your services"
+)]
+struct Cli {
+    /// The collector's HTTP API.
+    #[arg(long, global = true, env = "HOLMES_API", default_value = DEFAULT_API)]
+    api: String,
+    /// Print the API's JSON instead of a table (for scripts).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Services the collector knows, with their active instances.
+    Services,
+    /// Instances of one service.
+    Instances {
+        /// Service name.
+        #[arg(long)]
+        service: String,
+    },
+    /// One metric of one service, per instance.
+    Metrics {
+        /// Service name.
+        #[arg(long)]
+        service: String,
+        /// cpu, memory, rss, threads, tasks, heap, heap_bytes, fds or cpu_throttled.
+        #[arg(long, default_value = "cpu")]
+        metric: String,
+        /// How far back: a duration (10m, 2h) or an RFC 3339 time.
+        #[arg(long, default_value = "10m")]
+        since: String,
+    },
+}
+
+fn print_services(list: &[ServiceJson]) {
+    if list.is_empty() {
+        println!(
+            "no services yet: start an agent with HOLMES_COLLECTOR pointing at this collector"
+        );
+        return;
+    }
+    let width = list
+        .iter()
+        .map(|s| s.service.len())
+        .max()
+        .unwrap_or(7)
+        .max(7);
+    println!("{:<width$}  {:>9}  LAST SEEN", "SERVICE", "INSTANCES");
+    for s in list {
+        println!("{:<width$}  {:>9}  {}", s.service, s.instances, s.last_seen);
+    }
+}
+
+fn format_value(value: f64, unit: &str) -> String {
+    match unit {
+        "percent" => format!("{value:.1}%"),
+        "bytes" => {
+            let mut v = value;
+            let mut unit = "B";
+            for next in ["KiB", "MiB", "GiB", "TiB"] {
+                if v < 1024.0 {
+                    break;
+                }
+                v /= 1024.0;
+                unit = next;
+            }
+            format!("{v:.1} {unit}")
+        }
+        _ => format!("{value:.0}"),
+    }
+}
+
+fn sparkline(values: &[f64]) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let tail = &values[values.len().saturating_sub(40)..];
+    let (lo, hi) = tail
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
+    tail.iter()
+        .map(|v| {
+            let t = if hi > lo { (v - lo) / (hi - lo) } else { 0.0 };
+            BARS[((t * 7.0).round() as usize).min(7)]
+        })
+        .collect()
+}
+
+fn print_metrics(m: &MetricsJson) {
+    println!("{} {} ({}) since {}", m.service, m.metric, m.unit, m.since);
+    if m.series.is_empty() {
+        println!("no points in this range");
+        return;
+    }
+    let width = m
+        .series
+        .iter()
+        .map(|s| s.instance.len())
+        .max()
+        .unwrap_or(8)
+        .max(8);
+    println!(
+        "{:<width$}  {:>6}  {:>10}  {:>10}  {:>10}  {:>10}  TREND",
+        "INSTANCE", "POINTS", "MIN", "AVG", "MAX", "LAST"
+    );
+    for s in &m.series {
+        let values: Vec<f64> = s.points.iter().map(|p| p.value).collect();
+        let min = values.iter().copied().fold(f64::MAX, f64::min);
+        let max = values.iter().copied().fold(f64::MIN, f64::max);
+        let avg = values.iter().sum::<f64>() / values.len().max(1) as f64;
+        let last = values.last().copied().unwrap_or(0.0);
+        println!(
+            "{:<width$}  {:>6}  {:>10}  {:>10}  {:>10}  {:>10}  {}",
+            s.instance,
+            values.len(),
+            format_value(min, &m.unit),
+            format_value(avg, &m.unit),
+            format_value(max, &m.unit),
+            format_value(last, &m.unit),
+            sparkline(&values)
+        );
+    }
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let client = ApiClient::new(&cli.api)?;
+    match cli.command {
+        Command::Services => {
+            let list = client.services().await?;
+            if cli.json {
+                print_json(&list)?;
+            } else {
+                print_services(&list);
+            }
+        }
+        Command::Instances { service } => {
+            let list = client.instances(&service).await?;
+            if cli.json {
+                print_json(&list)?;
+            } else {
+                println!(
+                    "{:<24}  {:<16}  {:>7}  {:<24}  LABELS",
+                    "INSTANCE", "HOST", "PID", "LAST SEEN"
+                );
+                for i in list {
+                    let labels: Vec<String> =
+                        i.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    println!(
+                        "{:<24}  {:<16}  {:>7}  {:<24}  {}",
+                        i.instance,
+                        i.host,
+                        i.pid,
+                        i.last_seen,
+                        labels.join(",")
+                    );
+                }
+            }
+        }
+        Command::Metrics {
+            service,
+            metric,
+            since,
+        } => {
+            let m = client.metrics(&service, &metric, &since).await?;
+            if cli.json {
+                print_json(&m)?;
+            } else {
+                print_metrics(&m);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("{first} (see holmes --help)");
+            std::process::exit(2);
+        }
+    };
+    if let Err(err) = run(cli).await {
+        eprintln!("error: {err}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,539 @@
+//! The agent's configuration: a by-value builder with documented defaults, and the
+//! `HOLMES_*` environment variables that fill whatever code left unset.
+//!
+//! Precedence: a value set in code wins over the environment, which wins over the
+//! `DEFAULT_*` constants — whatever the order of the calls.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use holmes_proto::names::{self, NameError};
+
+/// Sampling interval when neither code nor `HOLMES_INTERVAL` sets one.
+pub const DEFAULT_COLLECT_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a metric window is sent to the collector (`HOLMES_SEND_INTERVAL`).
+pub const DEFAULT_SEND_INTERVAL: Duration = Duration::from_secs(5);
+/// Memory kept for messages the collector has not acknowledged (`HOLMES_OUTBOX_BYTES`).
+pub const DEFAULT_OUTBOX_BYTES: usize = 4 * 1024 * 1024;
+/// How long `stop()` waits for unacknowledged messages to be acknowledged.
+pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest wait between two reconnection attempts.
+pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Time allowed to establish a connection to the collector.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Shortest sampling interval accepted.
+pub const MIN_COLLECT_INTERVAL: Duration = Duration::from_millis(10);
+/// Longest interval, timeout or backoff accepted for any setting.
+pub const MAX_DURATION_SETTING: Duration = Duration::from_secs(3600);
+
+/// A configuration that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// No service name was given in code or in `HOLMES_SERVICE`.
+    #[error("no service name: call .service(\"name\") or set HOLMES_SERVICE")]
+    MissingService,
+    /// An environment variable holds a value that does not parse.
+    #[error("{var}={value:?} is invalid: {reason}")]
+    InvalidEnv {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// A service name, instance id or label breaks the naming rules.
+    #[error(transparent)]
+    InvalidName(#[from] NameError),
+    /// The collector address is not a usable URL.
+    #[error("collector address {url:?} is invalid: {reason}")]
+    InvalidCollector {
+        /// The address.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// A setting made in code is out of range.
+    #[error("{setting} = {value} is out of range: {reason}")]
+    OutOfRange {
+        /// The setting.
+        setting: &'static str,
+        /// Its value.
+        value: String,
+        /// The allowed range.
+        reason: String,
+    },
+}
+
+/// Builds and starts an agent. Get one from [`crate::Holmes::builder`] or
+/// [`crate::Holmes::from_env`].
+#[derive(Debug, Clone, Default)]
+#[must_use = "a builder does nothing until .start() is called"]
+pub struct HolmesBuilder {
+    pub(crate) enabled: Option<bool>,
+    pub(crate) service: Option<String>,
+    pub(crate) instance: Option<String>,
+    pub(crate) collector: Option<String>,
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) env_labels: BTreeMap<String, String>,
+    pub(crate) dump_dir: Option<PathBuf>,
+    pub(crate) collect_interval: Option<Duration>,
+    pub(crate) send_interval: Option<Duration>,
+    pub(crate) outbox_bytes: Option<usize>,
+    pub(crate) flush_timeout: Option<Duration>,
+    pub(crate) max_backoff: Option<Duration>,
+}
+
+impl HolmesBuilder {
+    /// Names the service this process belongs to, e.g. `"checkout"` (`HOLMES_SERVICE`).
+    pub fn service(mut self, name: impl Into<String>) -> Self {
+        self.service = Some(name.into());
+        self
+    }
+
+    /// Names this process among the service's instances (`HOLMES_INSTANCE`); the default
+    /// is `<hostname>-<pid>`, which is the pod name plus pid on Kubernetes.
+    pub fn instance(mut self, id: impl Into<String>) -> Self {
+        self.instance = Some(id.into());
+        self
+    }
+
+    /// The collector to stream to, e.g. `"http://127.0.0.1:7070"` (`HOLMES_COLLECTOR`).
+    /// Without one the agent works locally and writes captures to the dump folder.
+    pub fn collector(mut self, url: impl Into<String>) -> Self {
+        self.collector = Some(url.into());
+        self
+    }
+
+    /// Adds a label such as region or version (`HOLMES_LABELS=k=v,k=v`); labels set in
+    /// code win over a variable's label of the same key.
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// Folder for local dumps (`HOLMES_DUMP_DIR`).
+    pub fn dump_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.dump_dir = Some(dir.into());
+        self
+    }
+
+    /// Interval between two samples of every metric (`HOLMES_INTERVAL`, default
+    /// [`DEFAULT_COLLECT_INTERVAL`]).
+    pub fn collect_interval(mut self, interval: Duration) -> Self {
+        self.collect_interval = Some(interval);
+        self
+    }
+
+    /// How often metric windows go to the collector (`HOLMES_SEND_INTERVAL`, default
+    /// [`DEFAULT_SEND_INTERVAL`]). The first window goes out right after the first sample.
+    pub fn send_interval(mut self, interval: Duration) -> Self {
+        self.send_interval = Some(interval);
+        self
+    }
+
+    /// Memory cap for messages not yet acknowledged by the collector
+    /// (`HOLMES_OUTBOX_BYTES`, default [`DEFAULT_OUTBOX_BYTES`]). When full, the oldest
+    /// metric windows are dropped and counted.
+    pub fn outbox_bytes(mut self, bytes: usize) -> Self {
+        self.outbox_bytes = Some(bytes);
+        self
+    }
+
+    /// How long [`crate::HolmesHandle::stop`] waits for acknowledgements (default
+    /// [`DEFAULT_FLUSH_TIMEOUT`]).
+    pub fn flush_timeout(mut self, timeout: Duration) -> Self {
+        self.flush_timeout = Some(timeout);
+        self
+    }
+
+    /// Longest wait between reconnection attempts (default [`DEFAULT_MAX_BACKOFF`]).
+    pub fn max_backoff(mut self, backoff: Duration) -> Self {
+        self.max_backoff = Some(backoff);
+        self
+    }
+
+    /// Turns the agent on or off (`HOLMES_ENABLED`); a disabled agent starts nothing.
+    pub fn enabled(mut self, enabled: bool) -> Self {
+        self.enabled = Some(enabled);
+        self
+    }
+
+    /// Fills every setting not made in code from the `HOLMES_*` environment variables.
+    /// A malformed variable is an error naming it.
+    pub fn with_env(self) -> Result<Self, ConfigError> {
+        self.with_env_from(|name| std::env::var(name).ok())
+    }
+
+    /// Like [`Self::with_env`], reading variables through `lookup` (for tests and for
+    /// hosts that keep their settings elsewhere).
+    pub fn with_env_from(
+        mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let get = |var: &'static str| lookup(var).filter(|v| !v.trim().is_empty());
+        if self.enabled.is_none() {
+            if let Some(v) = get("HOLMES_ENABLED") {
+                self.enabled = Some(parse_bool("HOLMES_ENABLED", &v)?);
+            }
+        }
+        if self.service.is_none() {
+            self.service = get("HOLMES_SERVICE");
+        }
+        if self.instance.is_none() {
+            self.instance = get("HOLMES_INSTANCE");
+        }
+        if self.collector.is_none() {
+            self.collector = get("HOLMES_COLLECTOR");
+        }
+        if let Some(v) = get("HOLMES_LABELS") {
+            self.env_labels = parse_labels("HOLMES_LABELS", &v)?;
+        }
+        if self.dump_dir.is_none() {
+            self.dump_dir = get("HOLMES_DUMP_DIR").map(PathBuf::from);
+        }
+        if self.collect_interval.is_none() {
+            if let Some(v) = get("HOLMES_INTERVAL") {
+                self.collect_interval = Some(parse_duration("HOLMES_INTERVAL", &v)?);
+            }
+        }
+        if self.send_interval.is_none() {
+            if let Some(v) = get("HOLMES_SEND_INTERVAL") {
+                self.send_interval = Some(parse_duration("HOLMES_SEND_INTERVAL", &v)?);
+            }
+        }
+        if self.outbox_bytes.is_none() {
+            if let Some(v) = get("HOLMES_OUTBOX_BYTES") {
+                self.outbox_bytes = Some(parse_bytes("HOLMES_OUTBOX_BYTES", &v)?);
+            }
+        }
+        Ok(self)
+    }
+
+    /// Checks every setting and resolves defaults.
+    pub(crate) fn resolve(self) -> Result<AgentConfig, ConfigError> {
+        let service = self.service.ok_or(ConfigError::MissingService)?;
+        names::validate_name("service", &service)?;
+        let instance = match self.instance {
+            Some(i) => i,
+            None => default_instance_id(),
+        };
+        names::validate_name("instance id", &instance)?;
+        let mut labels = self.env_labels;
+        labels.extend(self.labels);
+        names::validate_labels(&labels)?;
+        let collector = self.collector.map(|c| validate_collector(&c)).transpose()?;
+        let collect_interval = self.collect_interval.unwrap_or(DEFAULT_COLLECT_INTERVAL);
+        if collect_interval < MIN_COLLECT_INTERVAL {
+            return Err(ConfigError::OutOfRange {
+                setting: "collect_interval",
+                value: format!("{collect_interval:?}"),
+                reason: format!("at least {MIN_COLLECT_INTERVAL:?}"),
+            });
+        }
+        let durations = [
+            ("collect_interval", Some(collect_interval)),
+            ("send_interval", self.send_interval),
+            ("flush_timeout", self.flush_timeout),
+            ("max_backoff", self.max_backoff),
+        ];
+        for (setting, value) in durations {
+            if let Some(v) = value.filter(|v| *v > MAX_DURATION_SETTING) {
+                return Err(ConfigError::OutOfRange {
+                    setting,
+                    value: format!("{v:?}"),
+                    reason: format!("at most {MAX_DURATION_SETTING:?}"),
+                });
+            }
+        }
+        let outbox_bytes = self.outbox_bytes.unwrap_or(DEFAULT_OUTBOX_BYTES);
+        if outbox_bytes < 64 * 1024 {
+            return Err(ConfigError::OutOfRange {
+                setting: "outbox_bytes",
+                value: outbox_bytes.to_string(),
+                reason: "at least 64 KiB".to_owned(),
+            });
+        }
+        Ok(AgentConfig {
+            enabled: self.enabled.unwrap_or(true),
+            service,
+            instance,
+            host: hostname(),
+            labels,
+            collector,
+            dump_dir: self.dump_dir,
+            collect_interval,
+            send_interval: self
+                .send_interval
+                .unwrap_or(DEFAULT_SEND_INTERVAL)
+                .max(collect_interval),
+            outbox_bytes,
+            flush_timeout: self.flush_timeout.unwrap_or(DEFAULT_FLUSH_TIMEOUT),
+            max_backoff: self
+                .max_backoff
+                .unwrap_or(DEFAULT_MAX_BACKOFF)
+                .max(Duration::from_millis(100)),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+        })
+    }
+}
+
+/// A checked configuration.
+#[derive(Debug, Clone)]
+pub(crate) struct AgentConfig {
+    pub(crate) enabled: bool,
+    pub(crate) service: String,
+    pub(crate) instance: String,
+    pub(crate) host: String,
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) collector: Option<String>,
+    #[allow(dead_code)] // captures land in issue 4; the setting is accepted already
+    pub(crate) dump_dir: Option<PathBuf>,
+    pub(crate) collect_interval: Duration,
+    pub(crate) send_interval: Duration,
+    pub(crate) outbox_bytes: usize,
+    pub(crate) flush_timeout: Duration,
+    pub(crate) max_backoff: Duration,
+    pub(crate) connect_timeout: Duration,
+}
+
+fn invalid(var: &'static str, value: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::InvalidEnv {
+        var,
+        value: value.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+fn parse_bool(var: &'static str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(invalid(var, value, "expected true or false")),
+    }
+}
+
+fn parse_duration(var: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(value.trim())
+        .map_err(|e| invalid(var, value, format!("{e} (write e.g. 1s, 500ms, 2m)")))
+}
+
+fn parse_bytes(var: &'static str, value: &str) -> Result<usize, ConfigError> {
+    let v = value.trim();
+    let (digits, unit) = v
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((v, ""), |i| v.split_at(i));
+    let n: usize = digits.parse().map_err(|_| {
+        invalid(
+            var,
+            value,
+            "expected a size such as 4194304, 512KiB or 4MiB",
+        )
+    })?;
+    let mult = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "KB" => 1024,
+        "MiB" | "M" | "MB" => 1024 * 1024,
+        "GiB" | "G" | "GB" => 1024 * 1024 * 1024,
+        other => return Err(invalid(var, value, format!("unknown unit {other:?}"))),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| invalid(var, value, "too large"))
+}
+
+fn parse_labels(var: &'static str, value: &str) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut labels = BTreeMap::new();
+    for pair in value.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| invalid(var, value, format!("{pair:?} is not key=value")))?;
+        let k = k.trim();
+        names::validate_name("label key", k).map_err(|e| invalid(var, value, e.to_string()))?;
+        labels.insert(k.to_owned(), v.trim().to_owned());
+    }
+    Ok(labels)
+}
+
+fn validate_collector(url: &str) -> Result<String, ConfigError> {
+    let bad = |reason: &str| ConfigError::InvalidCollector {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let rest = if let Some(rest) = url.strip_prefix("http://") {
+        rest
+    } else if url.starts_with("https://") {
+        return Err(bad(
+            "TLS to the collector is not supported by this build yet; use http://",
+        ));
+    } else {
+        return Err(bad("expected http://host:port"));
+    };
+    if rest.trim_end_matches('/').is_empty() {
+        return Err(bad("no host"));
+    }
+    tonic::transport::Endpoint::from_shared(url.to_owned()).map_err(|e| bad(&e.to_string()))?;
+    Ok(url.to_owned())
+}
+
+/// The machine's host name, or "unknown".
+pub(crate) fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// `<hostname>-<pid>`, with characters outside the name alphabet replaced by `-`.
+fn default_instance_id() -> String {
+    let raw = format!("{}-{}", hostname(), std::process::id());
+    let mut id: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    if id.len() > names::MAX_NAME_LEN {
+        id = id.split_off(id.len() - names::MAX_NAME_LEN);
+    }
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn environment_fills_what_code_left_unset() {
+        let cfg = HolmesBuilder::default()
+            .service("from-code")
+            .label("region", "code")
+            .with_env_from(env(&[
+                ("HOLMES_SERVICE", "from-env"),
+                ("HOLMES_COLLECTOR", "http://10.0.0.1:7070"),
+                ("HOLMES_INSTANCE", "pod-7"),
+                ("HOLMES_LABELS", "region=env, zone = a ,"),
+                ("HOLMES_INTERVAL", "250ms"),
+                ("HOLMES_SEND_INTERVAL", "2s"),
+                ("HOLMES_OUTBOX_BYTES", "8MiB"),
+                ("HOLMES_DUMP_DIR", "/var/tmp/holmes"),
+            ]))
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert_eq!(cfg.service, "from-code");
+        assert_eq!(cfg.instance, "pod-7");
+        assert_eq!(cfg.collector.as_deref(), Some("http://10.0.0.1:7070"));
+        assert_eq!(cfg.labels.get("region").map(String::as_str), Some("code"));
+        assert_eq!(cfg.labels.get("zone").map(String::as_str), Some("a"));
+        assert_eq!(cfg.collect_interval, Duration::from_millis(250));
+        assert_eq!(cfg.send_interval, Duration::from_secs(2));
+        assert_eq!(cfg.outbox_bytes, 8 * 1024 * 1024);
+        assert_eq!(cfg.dump_dir, Some(PathBuf::from("/var/tmp/holmes")));
+    }
+
+    #[test]
+    fn code_wins_even_when_set_after_the_environment() {
+        let cfg = HolmesBuilder::default()
+            .with_env_from(env(&[("HOLMES_SERVICE", "env"), ("HOLMES_INTERVAL", "5s")]))
+            .unwrap()
+            .service("code")
+            .collect_interval(Duration::from_secs(2))
+            .resolve()
+            .unwrap();
+        assert_eq!(cfg.service, "code");
+        assert_eq!(cfg.collect_interval, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_set() {
+        let cfg = HolmesBuilder::default()
+            .service("svc")
+            .with_env_from(env(&[]))
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert!(cfg.enabled);
+        assert_eq!(cfg.collect_interval, DEFAULT_COLLECT_INTERVAL);
+        assert_eq!(cfg.send_interval, DEFAULT_SEND_INTERVAL);
+        assert_eq!(cfg.outbox_bytes, DEFAULT_OUTBOX_BYTES);
+        assert_eq!(cfg.collector, None);
+        assert!(cfg.instance.ends_with(&format!("-{}", std::process::id())));
+        names::validate_name("instance", &cfg.instance).unwrap();
+    }
+
+    #[test]
+    fn malformed_variables_are_errors_naming_the_variable() {
+        let cases = [
+            ("HOLMES_INTERVAL", "soon"),
+            ("HOLMES_SEND_INTERVAL", "5 parsecs"),
+            ("HOLMES_LABELS", "region"),
+            ("HOLMES_LABELS", "bad key=v"),
+            ("HOLMES_OUTBOX_BYTES", "4 bananas"),
+            ("HOLMES_ENABLED", "maybe"),
+        ];
+        for (var, value) in cases {
+            let err = HolmesBuilder::default()
+                .with_env_from(env(&[(var, value)]))
+                .unwrap_err();
+            let text = err.to_string();
+            assert!(text.starts_with(&format!("{var}=")), "{text}");
+            assert!(matches!(err, ConfigError::InvalidEnv { var: v, .. } if v == var));
+        }
+    }
+
+    #[test]
+    fn bad_settings_are_refused_at_start() {
+        let resolve = |b: HolmesBuilder| b.resolve().unwrap_err();
+        assert_eq!(
+            resolve(HolmesBuilder::default()),
+            ConfigError::MissingService
+        );
+        assert!(matches!(
+            resolve(HolmesBuilder::default().service("bad name")),
+            ConfigError::InvalidName(_)
+        ));
+        for url in ["127.0.0.1:7070", "ftp://x", "http://", "https://x:1"] {
+            assert!(
+                matches!(
+                    resolve(HolmesBuilder::default().service("s").collector(url)),
+                    ConfigError::InvalidCollector { .. }
+                ),
+                "{url}"
+            );
+        }
+        assert!(matches!(
+            resolve(
+                HolmesBuilder::default()
+                    .service("s")
+                    .collect_interval(Duration::from_millis(1))
+            ),
+            ConfigError::OutOfRange { .. }
+        ));
+        assert!(matches!(
+            resolve(
+                HolmesBuilder::default()
+                    .service("s")
+                    .max_backoff(Duration::MAX)
+            ),
+            ConfigError::OutOfRange {
+                setting: "max_backoff",
+                ..
+            }
+        ));
+    }
+}

@@ -1,0 +1,327 @@
+//! The collector's configuration: a TOML file (unknown keys are errors), `HOLMES_*`
+//! environment variables over it, and command-line flags over both.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// gRPC ingest address when nothing else is set.
+pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:7070";
+/// HTTP API address when nothing else is set.
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:7071";
+/// Where the embedded store lives when nothing else is set.
+pub const DEFAULT_DATA_DIR: &str = "./holmes-data";
+/// Largest gRPC message accepted from an agent.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Instances heard from within this window count as active in the services list.
+pub const DEFAULT_ACTIVE_WINDOW: &str = "5m";
+
+/// Which store to run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    /// Embedded SQLite under the data directory.
+    Sqlite,
+    /// A ClickHouse server.
+    Clickhouse,
+}
+
+/// ClickHouse connection settings (`[clickhouse]` in the file).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClickHouseSection {
+    /// HTTP URL of the server.
+    pub url: Option<String>,
+    /// Database; created if missing.
+    #[serde(default = "default_database")]
+    pub database: String,
+    /// User name.
+    pub user: Option<String>,
+    /// Password.
+    pub password: Option<String>,
+}
+
+fn default_database() -> String {
+    holmes_storage::clickhouse::DEFAULT_DATABASE.to_owned()
+}
+
+impl Default for ClickHouseSection {
+    fn default() -> Self {
+        ClickHouseSection {
+            url: None,
+            database: default_database(),
+            user: None,
+            password: None,
+        }
+    }
+}
+
+/// The whole configuration, as the file spells it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address agents connect to.
+    #[serde(default = "default_grpc")]
+    pub grpc_addr: SocketAddr,
+    /// Address of the HTTP API.
+    #[serde(default = "default_http")]
+    pub http_addr: SocketAddr,
+    /// Folder for the embedded store and other local state.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Which store to use.
+    #[serde(default = "default_store")]
+    pub store: StoreKind,
+    /// Largest gRPC message accepted from an agent, bytes.
+    #[serde(default = "default_max_message")]
+    pub max_message_bytes: usize,
+    /// ClickHouse settings, used when `store = "clickhouse"`.
+    #[serde(default)]
+    pub clickhouse: ClickHouseSection,
+}
+
+fn default_grpc() -> SocketAddr {
+    parse_default(DEFAULT_GRPC_ADDR)
+}
+fn default_http() -> SocketAddr {
+    parse_default(DEFAULT_HTTP_ADDR)
+}
+fn parse_default(addr: &str) -> SocketAddr {
+    addr.parse()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_DATA_DIR)
+}
+fn default_store() -> StoreKind {
+    StoreKind::Sqlite
+}
+fn default_max_message() -> usize {
+    DEFAULT_MAX_MESSAGE_BYTES
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            grpc_addr: default_grpc(),
+            http_addr: default_http(),
+            data_dir: default_data_dir(),
+            store: default_store(),
+            max_message_bytes: default_max_message(),
+            clickhouse: ClickHouseSection::default(),
+        }
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this configuration.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's explanation, with line and column.
+        message: String,
+    },
+    /// A setting is inconsistent.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Settings given on the command line or through the environment; each one set here
+/// wins over the file.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Overrides {
+    /// TOML configuration file.
+    #[arg(long, env = "HOLMES_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Folder for the embedded store [default: ./holmes-data].
+    #[arg(long, env = "HOLMES_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// gRPC address agents connect to [default: 127.0.0.1:7070].
+    #[arg(long, env = "HOLMES_GRPC_ADDR", value_name = "ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
+    /// HTTP API address [default: 127.0.0.1:7071].
+    #[arg(long, env = "HOLMES_HTTP_ADDR", value_name = "ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    /// Store backend [default: sqlite].
+    #[arg(long, env = "HOLMES_STORE", value_enum)]
+    pub store: Option<StoreKind>,
+    /// ClickHouse HTTP URL, e.g. http://127.0.0.1:8123.
+    #[arg(long, env = "HOLMES_CLICKHOUSE_URL", value_name = "URL")]
+    pub clickhouse_url: Option<String>,
+    /// ClickHouse database [default: holmes].
+    #[arg(long, env = "HOLMES_CLICKHOUSE_DATABASE", value_name = "NAME")]
+    pub clickhouse_database: Option<String>,
+    /// ClickHouse user.
+    #[arg(long, env = "HOLMES_CLICKHOUSE_USER", value_name = "USER")]
+    pub clickhouse_user: Option<String>,
+    /// ClickHouse password (prefer the environment variable).
+    #[arg(
+        long,
+        env = "HOLMES_CLICKHOUSE_PASSWORD",
+        hide_env_values = true,
+        value_name = "PASSWORD"
+    )]
+    pub clickhouse_password: Option<String>,
+}
+
+impl Config {
+    /// Parses a TOML document; `path` is only used in messages.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })
+    }
+
+    /// Reads a TOML file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text, path)
+    }
+
+    /// The file named by `overrides.config` (or the defaults), then every override.
+    pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut config = match &overrides.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        config.apply(overrides);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply(&mut self, o: &Overrides) {
+        if let Some(v) = &o.data_dir {
+            self.data_dir = v.clone();
+        }
+        if let Some(v) = o.grpc_addr {
+            self.grpc_addr = v;
+        }
+        if let Some(v) = o.http_addr {
+            self.http_addr = v;
+        }
+        if let Some(v) = o.store {
+            self.store = v;
+        }
+        if let Some(v) = &o.clickhouse_url {
+            self.clickhouse.url = Some(v.clone());
+        }
+        if let Some(v) = &o.clickhouse_database {
+            self.clickhouse.database = v.clone();
+        }
+        if let Some(v) = &o.clickhouse_user {
+            self.clickhouse.user = Some(v.clone());
+        }
+        if let Some(v) = &o.clickhouse_password {
+            self.clickhouse.password = Some(v.clone());
+        }
+    }
+
+    /// Checks settings that depend on each other.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.store == StoreKind::Clickhouse && self.clickhouse.url.is_none() {
+            return Err(ConfigError::Invalid(
+                "store is clickhouse but no ClickHouse URL is set (--clickhouse-url, HOLMES_CLICKHOUSE_URL or [clickhouse] url)".to_owned(),
+            ));
+        }
+        if self.max_message_bytes < 64 * 1024 {
+            return Err(ConfigError::Invalid(format!(
+                "max_message_bytes = {} is too small; at least 65536",
+                self.max_message_bytes
+            )));
+        }
+        if self.grpc_addr == self.http_addr && self.grpc_addr.port() != 0 {
+            return Err(ConfigError::Invalid(format!(
+                "grpc_addr and http_addr are both {}",
+                self.grpc_addr
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/resources/config")
+            .join(name)
+    }
+
+    #[test]
+    fn defaults_match_the_documented_constants() {
+        let c = Config::default();
+        assert_eq!(c.grpc_addr.to_string(), DEFAULT_GRPC_ADDR);
+        assert_eq!(c.http_addr.to_string(), DEFAULT_HTTP_ADDR);
+        assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(c.store, StoreKind::Sqlite);
+        assert_eq!(Config::from_toml("", Path::new("x")).unwrap(), c);
+    }
+
+    #[test]
+    fn full_fixture_parses() {
+        let c = Config::from_file(&fixture("full.toml")).unwrap();
+        assert_eq!(c.grpc_addr.to_string(), "0.0.0.0:7070");
+        assert_eq!(c.store, StoreKind::Clickhouse);
+        assert_eq!(c.clickhouse.url.as_deref(), Some("http://clickhouse:8123"));
+        assert_eq!(c.clickhouse.database, "holmes_prod");
+        assert_eq!(c.max_message_bytes, 8_388_608);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_fixtures_are_refused_with_the_reason() {
+        let unknown = Config::from_file(&fixture("unknown-key.toml")).unwrap_err();
+        assert!(
+            unknown.to_string().contains("unknown field `grpc_adr`"),
+            "{unknown}"
+        );
+        let bad_addr = Config::from_file(&fixture("bad-addr.toml")).unwrap_err();
+        assert!(bad_addr.to_string().contains("bad-addr.toml"), "{bad_addr}");
+        let bad_store = Config::from_file(&fixture("bad-store.toml")).unwrap_err();
+        assert!(bad_store.to_string().contains("postgres"), "{bad_store}");
+        let missing = Config::from_file(&fixture("does-not-exist.toml")).unwrap_err();
+        assert!(matches!(missing, ConfigError::Read { .. }));
+    }
+
+    #[test]
+    fn overrides_win_over_the_file() {
+        let overrides = Overrides {
+            config: Some(fixture("full.toml")),
+            grpc_addr: Some("127.0.0.1:9999".parse().unwrap()),
+            store: Some(StoreKind::Sqlite),
+            ..Default::default()
+        };
+        let c = Config::load(&overrides).unwrap();
+        assert_eq!(c.grpc_addr.port(), 9999);
+        assert_eq!(c.store, StoreKind::Sqlite);
+        assert_eq!(c.http_addr.to_string(), "0.0.0.0:7071");
+    }
+
+    #[test]
+    fn clickhouse_without_url_is_refused() {
+        let overrides = Overrides {
+            store: Some(StoreKind::Clickhouse),
+            ..Default::default()
+        };
+        let err = Config::load(&overrides).unwrap_err();
+        assert!(err.to_string().contains("no ClickHouse URL"), "{err}");
+    }
+}

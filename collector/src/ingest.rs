@@ -1,0 +1,262 @@
+//! gRPC ingest: one bidirectional stream per agent.
+//!
+//! The stream must open with `Hello` (right version, valid names), which is answered
+//! by recording the instance; every durable message after it is stored and then
+//! acknowledged by sequence number. Whatever goes wrong with one agent ends that
+//! agent's stream with a clear status and nothing else.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use holmes_proto::names::{validate_labels, validate_name};
+use holmes_proto::pb::ingest_server::Ingest;
+use holmes_proto::{pb, AgentBody, AgentMessage, CollectorMessage, Hello, MetricWindow};
+use holmes_storage::{InstanceInfo, MetricPoint, Store};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::clock::unix_nanos_now;
+use crate::error::store_status;
+
+/// How long a new stream may take to send its `Hello`.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often an instance's `last_seen` is refreshed while its stream is open.
+pub const TOUCH_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The `Ingest` gRPC service.
+#[derive(Clone)]
+pub struct IngestService {
+    store: Arc<dyn Store>,
+    closing: watch::Receiver<bool>,
+}
+
+impl IngestService {
+    /// A service writing to `store`; streams end when `closing` turns true.
+    pub fn new(store: Arc<dyn Store>, closing: watch::Receiver<bool>) -> Self {
+        IngestService { store, closing }
+    }
+}
+
+type OutStream = Pin<Box<dyn Stream<Item = Result<pb::CollectorMessage, Status>> + Send>>;
+
+/// Turns a failure to read the agent's stream into the status the agent should see.
+fn read_status(status: &Status) -> Status {
+    match status.code() {
+        // tonic reports undecodable bytes as INTERNAL; it is the client's fault.
+        tonic::Code::Internal => Status::invalid_argument(format!(
+            "malformed message from agent: {}",
+            status.message()
+        )),
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted => Status::resource_exhausted(
+            format!("message from agent too large: {}", status.message()),
+        ),
+        _ => status.clone(),
+    }
+}
+
+fn check_hello(hello: &Hello) -> Result<(), Status> {
+    if hello.protocol_version != holmes_proto::PROTOCOL_VERSION {
+        return Err(Status::failed_precondition(format!(
+            "unsupported protocol version {}; this collector speaks version {}",
+            hello.protocol_version,
+            holmes_proto::PROTOCOL_VERSION
+        )));
+    }
+    validate_name("service", &hello.service)
+        .and_then(|()| validate_name("instance id", &hello.instance_id))
+        .and_then(|()| validate_labels(&hello.labels))
+        .map_err(|e| Status::invalid_argument(format!("invalid hello: {e}")))
+}
+
+fn instance_info(hello: &Hello, last_seen: u64) -> InstanceInfo {
+    InstanceInfo {
+        service: hello.service.clone(),
+        instance_id: hello.instance_id.clone(),
+        host: hello.host.clone(),
+        pid: hello.pid,
+        labels: hello.labels.clone(),
+        agent_version: hello.agent_version.clone(),
+        started_at_unix_nanos: hello.started_at_unix_nanos,
+        last_seen_unix_nanos: last_seen,
+    }
+}
+
+fn points(hello: &Hello, window: &MetricWindow) -> Vec<MetricPoint> {
+    let mut out = Vec::new();
+    for series in &window.series {
+        for s in series.samples.iter().filter(|s| s.value.is_finite()) {
+            out.push(MetricPoint {
+                service: hello.service.clone(),
+                instance_id: hello.instance_id.clone(),
+                metric: series.metric,
+                unix_nanos: s.unix_nanos,
+                value: s.value,
+            });
+        }
+    }
+    out
+}
+
+#[tonic::async_trait]
+impl Ingest for IngestService {
+    type ConnectStream = OutStream;
+
+    async fn connect(
+        &self,
+        request: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
+        let peer = request
+            .remote_addr()
+            .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!("no hello within {HELLO_TIMEOUT:?}"))
+            })?
+            .map_err(|s| {
+                let status = read_status(&s);
+                tracing::warn!(%peer, code = ?status.code(), error = status.message(), "rejected agent stream");
+                status
+            })?
+            .ok_or_else(|| Status::invalid_argument("stream ended before hello"))?;
+        let hello = match AgentMessage::try_from(first) {
+            Ok(AgentMessage {
+                body: AgentBody::Hello(hello),
+                ..
+            }) => hello,
+            Ok(_) => return Err(Status::invalid_argument("the first message must be hello")),
+            Err(e) => {
+                return Err(Status::invalid_argument(format!(
+                    "malformed first message: {e}"
+                )))
+            }
+        };
+        if let Err(status) = check_hello(&hello) {
+            tracing::warn!(%peer, service = %hello.service, code = ?status.code(), error = status.message(), "rejected agent stream");
+            return Err(status);
+        }
+        self.store
+            .upsert_instance(&instance_info(&hello, unix_nanos_now()))
+            .await
+            .map_err(|e| store_status(&e))?;
+        tracing::info!(%peer, service = %hello.service, instance = %hello.instance_id, agent_version = %hello.agent_version, "agent connected");
+
+        let (tx, rx) = mpsc::channel(256);
+        let session = Session {
+            hello,
+            store: Arc::clone(&self.store),
+            tx,
+            last_acked: 0,
+            last_touch: Instant::now(),
+        };
+        tokio::spawn(session.run(inbound, self.closing.clone()));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+struct Session {
+    hello: Hello,
+    store: Arc<dyn Store>,
+    tx: mpsc::Sender<Result<pb::CollectorMessage, Status>>,
+    last_acked: u64,
+    last_touch: Instant,
+}
+
+impl Session {
+    async fn run(
+        mut self,
+        mut inbound: Streaming<pb::AgentMessage>,
+        mut closing: watch::Receiver<bool>,
+    ) {
+        let end = loop {
+            let next = tokio::select! {
+                next = inbound.message() => next,
+                _ = closing.wait_for(|c| *c) => {
+                    break Some(Status::unavailable("collector is shutting down; reconnect"));
+                }
+            };
+            match next {
+                Ok(Some(raw)) => match AgentMessage::try_from(raw) {
+                    Ok(msg) => {
+                        if let Err(status) = self.handle(msg).await {
+                            break Some(status);
+                        }
+                    }
+                    Err(e) => {
+                        break Some(Status::invalid_argument(format!("malformed message: {e}")))
+                    }
+                },
+                Ok(None) => break None,
+                Err(status) => break Some(read_status(&status)),
+            }
+        };
+        if let Some(status) = end
+            .as_ref()
+            .filter(|s| !matches!(s.code(), tonic::Code::Unknown | tonic::Code::Cancelled))
+        {
+            tracing::warn!(service = %self.hello.service, instance = %self.hello.instance_id, code = ?status.code(), error = status.message(), "agent stream ended with an error");
+        } else {
+            // A clean close, or the connection dropping (agent process gone).
+            tracing::info!(service = %self.hello.service, instance = %self.hello.instance_id, "agent disconnected");
+        }
+        // Record when it was last heard from; a failure here only makes last_seen older.
+        let _ = self
+            .store
+            .upsert_instance(&instance_info(&self.hello, unix_nanos_now()))
+            .await;
+        if let Some(status) = end {
+            let _ = self.tx.send(Err(status)).await;
+        }
+    }
+
+    async fn handle(&mut self, msg: AgentMessage) -> Result<(), Status> {
+        match msg.body {
+            AgentBody::Hello(_) => Err(Status::invalid_argument("hello sent twice on one stream")),
+            AgentBody::Heartbeat(_) => self.touch_if_due().await,
+            AgentBody::MetricWindow(window) => {
+                if msg.seq == 0 {
+                    return Err(Status::invalid_argument(
+                        "metric window without a sequence number",
+                    ));
+                }
+                let points = points(&self.hello, &window);
+                self.store
+                    .insert_metrics(&points)
+                    .await
+                    .map_err(|e| store_status(&e))?;
+                self.ack(msg.seq).await?;
+                self.touch_if_due().await
+            }
+            AgentBody::Trigger(_) | AgentBody::ProfileChunk(_) => Err(Status::unimplemented(
+                "this collector does not store trigger events or profiles yet",
+            )),
+        }
+    }
+
+    async fn ack(&mut self, seq: u64) -> Result<(), Status> {
+        if seq <= self.last_acked {
+            return Ok(());
+        }
+        self.last_acked = seq;
+        let ack = pb::CollectorMessage::from(&CollectorMessage::Ack { seq });
+        self.tx
+            .send(Ok(ack))
+            .await
+            .map_err(|_| Status::cancelled("agent went away"))
+    }
+
+    async fn touch_if_due(&mut self) -> Result<(), Status> {
+        if self.last_touch.elapsed() < TOUCH_INTERVAL {
+            return Ok(());
+        }
+        self.last_touch = Instant::now();
+        self.store
+            .upsert_instance(&instance_info(&self.hello, unix_nanos_now()))
+            .await
+            .map_err(|e| store_status(&e))
+    }
+}

@@ -1,0 +1,238 @@
+//! The HTTP JSON API (`/api/v1/...`), read-only over the store.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /api/v1/services[?active=5m]` | `[{service, instances, last_seen, last_seen_unix_ms}]`, `instances` counting those heard from within `active` |
+//! | `GET /api/v1/services/{service}/instances` | `[{instance, host, pid, labels, agent_version, started_at, last_seen}]` |
+//! | `GET /api/v1/services/{service}/metrics?metric=cpu&since=10m[&until=..][&limit=..]` | `{service, metric, unit, since, until, series: [{instance, points: [{ts, unix_ms, value}]}]}` |
+//! | `GET /healthz` | `ok` |
+//!
+//! Times are RFC 3339 in UTC; `since`/`until` also take a duration before now (`10m`).
+//! Errors are `{"error": "..."}` with 400 (bad parameter), 404 (unknown service) or
+//! 503 (store unavailable).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use holmes_proto::names::validate_name;
+use holmes_proto::Metric;
+use holmes_storage::{MetricQuery, Store};
+use serde::{Deserialize, Serialize};
+
+use crate::clock::{parse_time, rfc3339, unix_nanos_now};
+use crate::error::ApiError;
+
+/// Points returned by one metrics query unless `limit` says otherwise.
+pub const DEFAULT_POINT_LIMIT: u64 = 100_000;
+/// `since` when the metrics query gives none.
+pub const DEFAULT_SINCE: &str = "10m";
+
+#[derive(Clone)]
+struct Api {
+    store: Arc<dyn Store>,
+    active_window: std::time::Duration,
+}
+
+/// The API's routes over `store`; instances heard from within `active_window` count
+/// as active in the services list unless `?active=` says otherwise.
+pub fn router(store: Arc<dyn Store>, active_window: std::time::Duration) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/api/v1/services", get(services))
+        .route("/api/v1/services/{service}/instances", get(instances))
+        .route("/api/v1/services/{service}/metrics", get(metrics))
+        .with_state(Api {
+            store,
+            active_window,
+        })
+}
+
+/// One service in the services list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceJson {
+    /// Service name.
+    pub service: String,
+    /// Active instances.
+    pub instances: u64,
+    /// Last heard from, RFC 3339.
+    pub last_seen: String,
+    /// Same, milliseconds since the Unix epoch.
+    pub last_seen_unix_ms: u64,
+}
+
+async fn services(
+    State(api): State<Api>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Vec<ServiceJson>>, ApiError> {
+    let now = unix_nanos_now();
+    let active_since = match params.get("active") {
+        Some(a) => parse_time(a, now).map_err(|e| ApiError::bad_request(format!("active: {e}")))?,
+        None => now.saturating_sub(u64::try_from(api.active_window.as_nanos()).unwrap_or(0)),
+    };
+    let list = api.store.list_services(active_since).await?;
+    Ok(Json(
+        list.into_iter()
+            .map(|s| ServiceJson {
+                service: s.service,
+                instances: s.instances,
+                last_seen: rfc3339(s.last_seen_unix_nanos),
+                last_seen_unix_ms: s.last_seen_unix_nanos / 1_000_000,
+            })
+            .collect(),
+    ))
+}
+
+fn check_service(service: &str) -> Result<(), ApiError> {
+    validate_name("service", service).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+/// One instance of a service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceJson {
+    /// Instance id.
+    pub instance: String,
+    /// Host name.
+    pub host: String,
+    /// Process id.
+    pub pid: u32,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Agent library version.
+    pub agent_version: String,
+    /// Process start, RFC 3339.
+    pub started_at: String,
+    /// Last heard from, RFC 3339.
+    pub last_seen: String,
+}
+
+async fn instances(
+    State(api): State<Api>,
+    Path(service): Path<String>,
+) -> Result<Json<Vec<InstanceJson>>, ApiError> {
+    check_service(&service)?;
+    let list = api.store.list_instances(&service).await?;
+    if list.is_empty() {
+        return Err(ApiError::not_found(format!("unknown service {service:?}")));
+    }
+    Ok(Json(
+        list.into_iter()
+            .map(|i| InstanceJson {
+                instance: i.instance_id,
+                host: i.host,
+                pid: i.pid,
+                labels: i.labels,
+                agent_version: i.agent_version,
+                started_at: rfc3339(i.started_at_unix_nanos),
+                last_seen: rfc3339(i.last_seen_unix_nanos),
+            })
+            .collect(),
+    ))
+}
+
+/// A metric's series, one per instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsJson {
+    /// Service name.
+    pub service: String,
+    /// Metric name.
+    pub metric: String,
+    /// Unit of the values.
+    pub unit: String,
+    /// Start of the range, RFC 3339.
+    pub since: String,
+    /// End of the range (exclusive), RFC 3339.
+    pub until: String,
+    /// One series per instance.
+    pub series: Vec<SeriesJson>,
+}
+
+/// The points of one instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeriesJson {
+    /// Instance id.
+    pub instance: String,
+    /// Points, oldest first.
+    pub points: Vec<PointJson>,
+}
+
+/// One point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PointJson {
+    /// When, RFC 3339.
+    pub ts: String,
+    /// When, milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+    /// The value.
+    pub value: f64,
+}
+
+async fn metrics(
+    State(api): State<Api>,
+    Path(service): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<MetricsJson>, ApiError> {
+    check_service(&service)?;
+    let metric: Metric = params
+        .get("metric")
+        .ok_or_else(|| ApiError::bad_request("metric is required, e.g. ?metric=cpu"))?
+        .parse()
+        .map_err(|e: holmes_proto::UnknownMetric| ApiError::bad_request(e.to_string()))?;
+    let now = unix_nanos_now();
+    let since = parse_time(
+        params.get("since").map_or(DEFAULT_SINCE, String::as_str),
+        now,
+    )
+    .map_err(|e| ApiError::bad_request(format!("since: {e}")))?;
+    let until = match params.get("until") {
+        Some(u) => parse_time(u, now).map_err(|e| ApiError::bad_request(format!("until: {e}")))?,
+        None => now.saturating_add(1),
+    };
+    if since >= until {
+        return Err(ApiError::bad_request("since must be before until"));
+    }
+    let limit = match params.get("limit") {
+        Some(l) => l.parse::<u64>().ok().filter(|l| *l > 0).ok_or_else(|| {
+            ApiError::bad_request(format!("limit {l:?} is not a positive number"))
+        })?,
+        None => DEFAULT_POINT_LIMIT,
+    };
+    if api.store.list_instances(&service).await?.is_empty() {
+        return Err(ApiError::not_found(format!("unknown service {service:?}")));
+    }
+    let points = api
+        .store
+        .query_metrics(&MetricQuery {
+            service: service.clone(),
+            metric,
+            since_unix_nanos: since,
+            until_unix_nanos: until,
+            limit,
+        })
+        .await?;
+    let mut series: Vec<SeriesJson> = Vec::new();
+    for p in points {
+        let point = PointJson {
+            ts: rfc3339(p.unix_nanos),
+            unix_ms: p.unix_nanos / 1_000_000,
+            value: p.value,
+        };
+        match series.last_mut() {
+            Some(s) if s.instance == p.instance_id => s.points.push(point),
+            _ => series.push(SeriesJson {
+                instance: p.instance_id,
+                points: vec![point],
+            }),
+        }
+    }
+    Ok(Json(MetricsJson {
+        service,
+        metric: metric.as_str().to_owned(),
+        unit: metric.unit().to_owned(),
+        since: rfc3339(since),
+        until: rfc3339(until),
+        series,
+    }))
+}

@@ -1,0 +1,198 @@
+//! Runs the collector: opens the store, binds the gRPC and HTTP listeners, serves until
+//! told to stop, and on stop ends every agent stream so that shutdown is prompt.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use holmes_proto::pb::ingest_server::IngestServer;
+use holmes_storage::clickhouse::{ClickHouseConfig, ClickHouseStore};
+use holmes_storage::sqlite::SqliteStore;
+use holmes_storage::{Store, StoreError};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::{Config, StoreKind, DEFAULT_ACTIVE_WINDOW};
+use crate::ingest::IngestService;
+
+/// How long shutdown waits for connections to finish before cutting them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Why the collector could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The store could not be opened.
+    #[error("cannot open the {backend} store: {source}")]
+    Store {
+        /// Which backend.
+        backend: &'static str,
+        /// Why.
+        source: StoreError,
+    },
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The configuration is inconsistent.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// Opens the store the configuration names.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServeError> {
+    Ok(match config.store {
+        StoreKind::Sqlite => {
+            Arc::new(
+                SqliteStore::open(&config.data_dir).map_err(|source| ServeError::Store {
+                    backend: "sqlite",
+                    source,
+                })?,
+            )
+        }
+        StoreKind::Clickhouse => {
+            let ch = &config.clickhouse;
+            let url = ch.url.clone().ok_or_else(|| {
+                crate::config::ConfigError::Invalid("no ClickHouse URL configured".to_owned())
+            })?;
+            let cfg = ClickHouseConfig {
+                url,
+                database: ch.database.clone(),
+                user: ch.user.clone(),
+                password: ch.password.clone(),
+            };
+            Arc::new(
+                ClickHouseStore::open(&cfg)
+                    .await
+                    .map_err(|source| ServeError::Store {
+                        backend: "clickhouse",
+                        source,
+                    })?,
+            )
+        }
+    })
+}
+
+/// A running collector.
+pub struct Server {
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    store: Arc<dyn Store>,
+    closing: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("grpc_addr", &self.grpc_addr)
+            .field("http_addr", &self.http_addr)
+            .field("store", &self.store.backend())
+            .finish()
+    }
+}
+
+impl Server {
+    /// Opens the store, binds both listeners (port 0 picks a free port) and starts serving.
+    pub async fn start(config: &Config) -> Result<Server, ServeError> {
+        config.validate()?;
+        let store = open_store(config).await?;
+        Server::start_with_store(config, store).await
+    }
+
+    /// Like [`Server::start`] on a store opened by the caller.
+    pub async fn start_with_store(
+        config: &Config,
+        store: Arc<dyn Store>,
+    ) -> Result<Server, ServeError> {
+        let bind = |what, addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Bind { what, addr, source })
+        };
+        let grpc = bind("gRPC", config.grpc_addr).await?;
+        let http = bind("HTTP", config.http_addr).await?;
+        let local = |l: &TcpListener, what, addr| {
+            l.local_addr()
+                .map_err(|source| ServeError::Bind { what, addr, source })
+        };
+        let grpc_addr = local(&grpc, "gRPC", config.grpc_addr)?;
+        let http_addr = local(&http, "HTTP", config.http_addr)?;
+        let (closing, closed) = watch::channel(false);
+
+        let ingest = IngestServer::new(IngestService::new(Arc::clone(&store), closed.clone()))
+            .max_decoding_message_size(config.max_message_bytes);
+        let mut grpc_closed = closed.clone();
+        let grpc_task = tokio::spawn(async move {
+            let result = tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+                .add_service(ingest)
+                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
+                    let _ = grpc_closed.wait_for(|c| *c).await;
+                })
+                .await;
+            if let Err(err) = result {
+                tracing::error!(error = %err, "gRPC server failed");
+            }
+        });
+
+        let active =
+            humantime::parse_duration(DEFAULT_ACTIVE_WINDOW).unwrap_or(Duration::from_secs(300));
+        let app = crate::query::router(Arc::clone(&store), active);
+        let mut http_closed = closed;
+        let http_task = tokio::spawn(async move {
+            let result = axum::serve(http, app)
+                .with_graceful_shutdown(async move {
+                    let _ = http_closed.wait_for(|c| *c).await;
+                })
+                .await;
+            if let Err(err) = result {
+                tracing::error!(error = %err, "HTTP server failed");
+            }
+        });
+        tracing::info!(%grpc_addr, %http_addr, store = store.backend(), "collector serving");
+        Ok(Server {
+            grpc_addr,
+            http_addr,
+            store,
+            closing,
+            tasks: vec![grpc_task, http_task],
+        })
+    }
+
+    /// Where agents connect.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// Where the API answers.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The store in use.
+    pub fn store(&self) -> Arc<dyn Store> {
+        Arc::clone(&self.store)
+    }
+
+    /// Ends every agent stream (agents reconnect elsewhere or later), stops accepting,
+    /// and waits up to [`SHUTDOWN_GRACE`] for connections to finish.
+    pub async fn shutdown(self) {
+        let _ = self.closing.send(true);
+        for task in self.tasks {
+            let abort = task.abort_handle();
+            if tokio::time::timeout(SHUTDOWN_GRACE, task).await.is_err() {
+                abort.abort();
+            }
+        }
+        tracing::info!("collector stopped");
+    }
+}

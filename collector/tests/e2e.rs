@@ -1,0 +1,236 @@
+//! End to end: a real collector on loopback, a real agent, and the metrics read back
+//! through the HTTP API and the `holmes` CLI — on SQLite and on ClickHouse.
+
+mod support;
+
+use std::time::Duration;
+
+use holmes_agent::Holmes;
+use holmes_collector::api_client::ApiClient;
+use holmes_collector::query::MetricsJson;
+use support::{eventually, Backend};
+
+async fn holmes_cli(args: &[&str]) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_holmes"))
+        .args(args)
+        .output()
+        .await
+        .expect("holmes runs")
+}
+
+async fn metrics_arrive_and_come_back(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(server) = support::start(backend, dir.path()).await else {
+        return;
+    };
+    let api_url = format!("http://{}", server.http_addr());
+    let api = ApiClient::new(&api_url).unwrap();
+    let agent = Holmes::builder()
+        .service("checkout")
+        .instance("checkout-e2e")
+        .label("region", "test")
+        .collector(format!("http://{}", server.grpc_addr()))
+        .collect_interval(Duration::from_millis(100))
+        .send_interval(Duration::from_millis(200))
+        .start()
+        .unwrap();
+
+    // Through the API: CPU, RSS and threads of this very process.
+    let rss = eventually(Duration::from_secs(15), "rss points", || async {
+        let m = api.metrics("checkout", "rss", "5m").await.ok()?;
+        (m.series.first()?.points.len() >= 3).then_some(m)
+    })
+    .await;
+    assert_eq!(rss.unit, "bytes");
+    assert_eq!(rss.series.len(), 1);
+    assert_eq!(rss.series[0].instance, "checkout-e2e");
+    assert!(
+        rss.series[0].points.iter().all(|p| p.value > 1e6),
+        "{rss:?}"
+    );
+    let cpu = api.metrics("checkout", "cpu", "5m").await.unwrap();
+    assert!(!cpu.series.is_empty());
+    assert!(cpu.series[0]
+        .points
+        .iter()
+        .all(|p| (0.0..=100.5).contains(&p.value)));
+    let threads = api.metrics("checkout", "threads", "5m").await.unwrap();
+    assert!(threads.series[0].points.iter().all(|p| p.value >= 2.0));
+
+    let services = api.services().await.unwrap();
+    assert_eq!(services.len(), 1);
+    assert_eq!(services[0].service, "checkout");
+    assert_eq!(services[0].instances, 1);
+    let instances = api.instances("checkout").await.unwrap();
+    assert_eq!(instances[0].pid, std::process::id());
+    assert_eq!(
+        instances[0].labels.get("region").map(String::as_str),
+        Some("test")
+    );
+
+    // Through the CLI, as a script would use it and as a person would read it.
+    let out = holmes_cli(&[
+        "--api",
+        &api_url,
+        "--json",
+        "metrics",
+        "--service",
+        "checkout",
+        "--metric",
+        "rss",
+        "--since",
+        "5m",
+    ])
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let parsed: MetricsJson = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(parsed.series[0].instance, "checkout-e2e");
+    assert!(parsed.series[0].points.len() >= 3);
+    let out = holmes_cli(&["--api", &api_url, "services"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("checkout"))
+        .expect(&text);
+    assert_eq!(row.split_whitespace().nth(1), Some("1"), "{text}");
+    let out = holmes_cli(&[
+        "--api",
+        &api_url,
+        "metrics",
+        "--service",
+        "checkout",
+        "--metric",
+        "cpu",
+    ])
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8(out.stdout)
+        .unwrap()
+        .contains("checkout-e2e"));
+
+    // stop() flushes: every sampling round is acknowledged and stored, once.
+    let stats = agent.stop();
+    assert_eq!(stats.unacked, 0, "{stats:?}");
+    assert!(stats.acked_seq >= 2, "{stats:?}");
+    assert_eq!(stats.dropped, 0);
+    let all = api.metrics("checkout", "rss", "5m").await.unwrap();
+    assert_eq!(
+        all.series[0].points.len() as u64,
+        stats.samples,
+        "{stats:?}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_arrive_and_come_back_on_sqlite() {
+    metrics_arrive_and_come_back(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_arrive_and_come_back_on_clickhouse() {
+    metrics_arrive_and_come_back(Backend::ClickHouse).await;
+}
+
+/// The collector is down when the agent starts, comes up, goes away and comes back on
+/// the same address and store: the host never notices, and windows queued while it was
+/// down arrive once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_rides_out_a_collector_that_is_down_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = support::config(Backend::Sqlite, dir.path()).unwrap();
+    config.grpc_addr = support::free_addr();
+    let agent = Holmes::builder()
+        .service("cart")
+        .instance("cart-0")
+        .collector(format!("http://{}", config.grpc_addr))
+        .collect_interval(Duration::from_millis(100))
+        .send_interval(Duration::from_millis(100))
+        .max_backoff(Duration::from_millis(400))
+        .start()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let before = agent.stats();
+    assert!(
+        before.samples >= 4,
+        "sampling goes on without a collector: {before:?}"
+    );
+    assert!(!before.connected);
+    assert!(
+        before.unacked >= 2,
+        "windows wait in the outbox: {before:?}"
+    );
+
+    let collector_up_ms = now_ms();
+    let server = holmes_collector::Server::start(&config).await.unwrap();
+    let api = ApiClient::new(&format!("http://{}", server.http_addr())).unwrap();
+    eventually(Duration::from_secs(10), "the outbox to drain", || async {
+        let s = agent.stats();
+        (s.connected && s.unacked <= 1 && s.acked_seq >= before.unacked).then_some(())
+    })
+    .await;
+    let first = api.metrics("cart", "rss", "5m").await.unwrap();
+    let earliest = first.series[0].points[0].unix_ms;
+    assert!(
+        earliest + 500 <= collector_up_ms,
+        "samples taken while the collector was down are delivered: first at {earliest}, collector up at {collector_up_ms}"
+    );
+
+    server.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!agent.stats().connected);
+    let server = holmes_collector::Server::start(&config).await.unwrap();
+    let api = ApiClient::new(&format!("http://{}", server.http_addr())).unwrap();
+    let n_before = first.series[0].points.len();
+    eventually(
+        Duration::from_secs(10),
+        "points after the restart",
+        || async {
+            let s = agent.stats();
+            let m = api.metrics("cart", "rss", "5m").await.ok()?;
+            (s.connections >= 2 && m.series[0].points.len() > n_before + 5).then_some(())
+        },
+    )
+    .await;
+    // No gaps: one point per sampling round up to the last acknowledged window.
+    let stats = agent.stop();
+    assert_eq!(stats.unacked, 0, "{stats:?}");
+    assert_eq!(stats.dropped, 0);
+    let all = api.metrics("cart", "rss", "5m").await.unwrap();
+    assert_eq!(
+        all.series[0].points.len() as u64,
+        stats.samples,
+        "{stats:?}"
+    );
+    server.shutdown().await;
+}
+
+fn now_ms() -> u64 {
+    holmes_collector::clock::unix_nanos_now() / 1_000_000
+}
+
+/// With no collector reachable, stop() still returns within its flush timeout.
+#[tokio::test]
+async fn stop_is_prompt_when_the_collector_is_unreachable() {
+    let addr = support::free_addr();
+    let agent = Holmes::builder()
+        .service("lonely")
+        .collector(format!("http://{addr}"))
+        .collect_interval(Duration::from_millis(50))
+        .flush_timeout(Duration::from_millis(500))
+        .start()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let stats = agent.stop();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        stats.unacked >= 1,
+        "unsent data is reported, not hidden: {stats:?}"
+    );
+}

@@ -1,0 +1,81 @@
+//! Shared harness for the collector's tests: real collectors on loopback, real stores.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use holmes_collector::config::{ClickHouseSection, Config, StoreKind};
+use holmes_collector::Server;
+
+/// Which store a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Backend {
+    Sqlite,
+    ClickHouse,
+}
+
+static NEXT_DB: AtomicU32 = AtomicU32::new(0);
+
+/// A collector configuration on free loopback ports, or `None` when ClickHouse is asked
+/// for but deliberately skipped (`HOLMES_TEST_SKIP_CLICKHOUSE=1`).
+pub(crate) fn config(backend: Backend, data_dir: &std::path::Path) -> Option<Config> {
+    let mut config = Config {
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data_dir.to_owned(),
+        ..Config::default()
+    };
+    if backend == Backend::ClickHouse {
+        let Ok(url) = std::env::var("HOLMES_TEST_CLICKHOUSE_URL") else {
+            if std::env::var("HOLMES_TEST_SKIP_CLICKHOUSE").as_deref() == Ok("1") {
+                eprintln!("skipped: HOLMES_TEST_SKIP_CLICKHOUSE=1");
+                return None;
+            }
+            panic!("HOLMES_TEST_CLICKHOUSE_URL is not set: run deploy/dev/test.sh, or set HOLMES_TEST_SKIP_CLICKHOUSE=1");
+        };
+        config.store = StoreKind::Clickhouse;
+        config.clickhouse = ClickHouseSection {
+            url: Some(url),
+            database: format!(
+                "holmes_e2e_{}_{}",
+                std::process::id(),
+                NEXT_DB.fetch_add(1, Ordering::Relaxed)
+            ),
+            ..ClickHouseSection::default()
+        };
+    }
+    Some(config)
+}
+
+/// Starts a collector; `None` when its backend is skipped.
+pub(crate) async fn start(backend: Backend, data_dir: &std::path::Path) -> Option<Server> {
+    let config = config(backend, data_dir)?;
+    Some(Server::start(&config).await.expect("collector starts"))
+}
+
+/// A loopback address nothing listens on (yet).
+pub(crate) fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Polls `check` until it yields `Some`, failing the test with `what` after `timeout`.
+pub(crate) async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The whole Holmes test suite, with the real components it needs.
+#
+#   deploy/dev/test.sh            # formatting, clippy, every test on SQLite and a real ClickHouse
+#   deploy/dev/test.sh -p holmes-agent   # extra arguments go to `cargo test`
+#
+# Installs what is missing (Debian's clickhouse-server, via apt), starts ClickHouse on a
+# free loopback port in a temporary folder, runs the checks, and stops ClickHouse again
+# whatever happens.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+say() { printf '\n== %s\n' "$*"; }
+
+if ! command -v python3 >/dev/null || ! command -v curl >/dev/null; then
+  say "installing python3 and curl"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 curl
+fi
+
+say "starting ClickHouse"
+eval "$(deploy/dev/clickhouse.sh start)"
+trap 'deploy/dev/clickhouse.sh stop' EXIT
+
+if cargo fmt --version >/dev/null 2>&1; then
+  say "cargo fmt --check"
+  cargo fmt --all -- --check
+else
+  echo "warning: rustfmt is not installed; formatting not checked" >&2
+fi
+if cargo clippy --version >/dev/null 2>&1; then
+  say "cargo clippy"
+  cargo clippy --workspace --all-targets --locked -- -D warnings
+else
+  echo "warning: clippy is not installed; lints not checked" >&2
+fi
+
+say "cargo test (ClickHouse at $HOLMES_TEST_CLICKHOUSE_URL)"
+cargo test --workspace --locked "$@"
