@@ -35,4 +35,13 @@ else
 fi
 
 say "cargo test (ClickHouse at $HOLMES_TEST_CLICKHOUSE_URL)"
-cargo test --workspace --locked "$@"
+log=$(mktemp "${TMPDIR:-/tmp}/holmes-test-log.XXXXXX")
+set +e
+cargo test --workspace --locked "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run (cargo prints one per test binary).
+sum() { grep -oE "test result: [A-Za-z]+\. [0-9]+ passed; [0-9]+ failed" "$log" | awk -v f="$1" '{ s += $f } END { print s + 0 }'; }
+printf '\ntests: %s passed, %s failed\n' "$(sum 4)" "$(sum 6)"
+rm -f "$log"
+exit "$status"

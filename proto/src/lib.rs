@@ -12,6 +12,7 @@
 
 pub mod model;
 pub mod names;
+pub mod rule_spec;
 pub mod transform;
 
 /// Code generated from `holmes.proto`. Use the domain types in [`model`] instead of these
