@@ -9,6 +9,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use holmes_proto::names::{self, NameError};
+use holmes_proto::rule_spec::{self, RULE_METRICS};
+use holmes_proto::Metric;
+
+use crate::rules::Rule;
 
 /// Sampling interval when neither code nor `HOLMES_INTERVAL` sets one.
 pub const DEFAULT_COLLECT_INTERVAL: Duration = Duration::from_secs(1);
@@ -24,6 +28,9 @@ pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(30);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Shortest sampling interval accepted.
 pub const MIN_COLLECT_INTERVAL: Duration = Duration::from_millis(10);
+/// Interval of the cheap RSS-only memory check between two regular samples
+/// (`HOLMES_MEMORY_FAST_INTERVAL`; `off` disables it).
+pub const DEFAULT_MEMORY_FAST_INTERVAL: Duration = Duration::from_millis(100);
 /// Longest interval, timeout or backoff accepted for any setting.
 pub const MAX_DURATION_SETTING: Duration = Duration::from_secs(3600);
 
@@ -83,6 +90,12 @@ pub struct HolmesBuilder {
     pub(crate) outbox_bytes: Option<usize>,
     pub(crate) flush_timeout: Option<Duration>,
     pub(crate) max_backoff: Option<Duration>,
+    pub(crate) rules: BTreeMap<Metric, Rule>,
+    pub(crate) env_rules: BTreeMap<Metric, Rule>,
+    pub(crate) cpu_max: Option<f64>,
+    pub(crate) log_decisions: Option<bool>,
+    pub(crate) memory_fast_interval: Option<Option<Duration>>,
+    pub(crate) runtimes: Vec<tokio::runtime::Handle>,
 }
 
 impl HolmesBuilder {
@@ -154,6 +167,71 @@ impl HolmesBuilder {
         self
     }
 
+    /// The memory rule, on memory % of the limit (`HOLMES_RULE_MEMORY`; default min 10,
+    /// diff 25, abs 80, cooldown 1 min).
+    pub fn memory_rule(self, rule: Rule) -> Self {
+        self.rule(Metric::MemoryPercent, rule)
+    }
+
+    /// The CPU rule, on CPU % of the limit (`HOLMES_RULE_CPU`; default min 10, diff 25,
+    /// abs 70, cooldown 1 min).
+    pub fn cpu_rule(self, rule: Rule) -> Self {
+        self.rule(Metric::CpuPercent, rule)
+    }
+
+    /// The OS thread rule (`HOLMES_RULE_THREADS`; default min 10, diff 25, abs 70,
+    /// cooldown 1 h).
+    pub fn thread_rule(self, rule: Rule) -> Self {
+        self.rule(Metric::Threads, rule)
+    }
+
+    /// The tokio task rule, over the runtimes registered with [`Self::tokio_runtime`]
+    /// (`HOLMES_RULE_TASKS`; default min 3000, diff 20, abs 200000, cooldown 10 min).
+    pub fn task_rule(self, rule: Rule) -> Self {
+        self.rule(Metric::Tasks, rule)
+    }
+
+    /// The heap rule, on allocator bytes as % of the memory limit (`HOLMES_RULE_HEAP`;
+    /// default min 10, diff 20, abs 40, cooldown 1 min). Needs allocator statistics:
+    /// install [`crate::CountingAllocator`] as the global allocator.
+    pub fn heap_rule(self, rule: Rule) -> Self {
+        self.rule(Metric::HeapPercent, rule)
+    }
+
+    /// Sets the rule of any metric that has one (cpu, memory, threads, tasks, heap);
+    /// others are ignored with a warning at start.
+    pub fn rule(mut self, metric: Metric, rule: Rule) -> Self {
+        self.rules.insert(metric, rule);
+        self
+    }
+
+    /// Above this CPU % no capture starts, since captures cost CPU too
+    /// (`HOLMES_CPU_MAX`; default 0: no gate).
+    pub fn cpu_max(mut self, percent: f64) -> Self {
+        self.cpu_max = Some(percent);
+        self
+    }
+
+    /// Logs every rule decision as one line at `info` (`HOLMES_LOG_DECISIONS`; default
+    /// off: only firings are logged at `info`, the rest at `trace`).
+    pub fn log_decisions(mut self, on: bool) -> Self {
+        self.log_decisions = Some(on);
+        self
+    }
+
+    /// Interval of the cheap RSS-only memory check that catches a spike between two
+    /// samples (`HOLMES_MEMORY_FAST_INTERVAL`, default 100 ms); `None` turns it off.
+    pub fn memory_fast_interval(mut self, interval: Option<Duration>) -> Self {
+        self.memory_fast_interval = Some(interval);
+        self
+    }
+
+    /// Registers a tokio runtime whose alive tasks count toward the `tasks` metric.
+    pub fn tokio_runtime(mut self, handle: tokio::runtime::Handle) -> Self {
+        self.runtimes.push(handle);
+        self
+    }
+
     /// Turns the agent on or off (`HOLMES_ENABLED`); a disabled agent starts nothing.
     pub fn enabled(mut self, enabled: bool) -> Self {
         self.enabled = Some(enabled);
@@ -208,6 +286,40 @@ impl HolmesBuilder {
                 self.outbox_bytes = Some(parse_bytes("HOLMES_OUTBOX_BYTES", &v)?);
             }
         }
+        for (var, metric) in RULE_VARS {
+            if let Some(v) = get(var) {
+                let base = rule_spec::default_rule(metric)
+                    .ok_or_else(|| invalid(var, &v, "this metric has no rule"))?;
+                let config =
+                    rule_spec::apply(&base, &v).map_err(|e| invalid(var, &v, e.to_string()))?;
+                self.env_rules.insert(metric, Rule::from_config(&config));
+            }
+        }
+        if self.cpu_max.is_none() {
+            if let Some(v) = get("HOLMES_CPU_MAX") {
+                let n: f64 = v
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|n: &f64| n.is_finite() && *n >= 0.0)
+                    .ok_or_else(|| invalid("HOLMES_CPU_MAX", &v, "expected a percentage >= 0"))?;
+                self.cpu_max = Some(n);
+            }
+        }
+        if self.log_decisions.is_none() {
+            if let Some(v) = get("HOLMES_LOG_DECISIONS") {
+                self.log_decisions = Some(parse_bool("HOLMES_LOG_DECISIONS", &v)?);
+            }
+        }
+        if self.memory_fast_interval.is_none() {
+            if let Some(v) = get("HOLMES_MEMORY_FAST_INTERVAL") {
+                self.memory_fast_interval = Some(if v.trim().eq_ignore_ascii_case("off") {
+                    None
+                } else {
+                    Some(parse_duration("HOLMES_MEMORY_FAST_INTERVAL", &v)?)
+                });
+            }
+        }
         Ok(self)
     }
 
@@ -255,7 +367,40 @@ impl HolmesBuilder {
                 reason: "at least 64 KiB".to_owned(),
             });
         }
+        let mut rules = BTreeMap::new();
+        for metric in RULE_METRICS {
+            let rule = self
+                .rules
+                .get(&metric)
+                .or_else(|| self.env_rules.get(&metric))
+                .copied()
+                .or_else(|| Rule::default_for(metric));
+            if let Some(rule) = rule {
+                rules.insert(metric, rule);
+            }
+        }
+        for metric in self.rules.keys().filter(|m| !RULE_METRICS.contains(m)) {
+            tracing::warn!(target: "holmes", %metric, "ignoring a rule for a metric that has none");
+        }
+        let memory_fast_interval = self
+            .memory_fast_interval
+            .unwrap_or(Some(DEFAULT_MEMORY_FAST_INTERVAL))
+            .filter(|fast| *fast < collect_interval)
+            .map(|fast| fast.max(MIN_COLLECT_INTERVAL));
+        let cpu_max = self.cpu_max.unwrap_or(0.0);
+        if !cpu_max.is_finite() || cpu_max < 0.0 {
+            return Err(ConfigError::OutOfRange {
+                setting: "cpu_max",
+                value: cpu_max.to_string(),
+                reason: "a percentage >= 0 (0: no gate)".to_owned(),
+            });
+        }
         Ok(AgentConfig {
+            rules,
+            cpu_max,
+            log_decisions: self.log_decisions.unwrap_or(false),
+            memory_fast_interval,
+            runtimes: self.runtimes,
             enabled: self.enabled.unwrap_or(true),
             service,
             instance,
@@ -279,16 +424,29 @@ impl HolmesBuilder {
     }
 }
 
+/// The variables holding each metric's rule.
+const RULE_VARS: [(&str, Metric); 5] = [
+    ("HOLMES_RULE_MEMORY", Metric::MemoryPercent),
+    ("HOLMES_RULE_CPU", Metric::CpuPercent),
+    ("HOLMES_RULE_THREADS", Metric::Threads),
+    ("HOLMES_RULE_TASKS", Metric::Tasks),
+    ("HOLMES_RULE_HEAP", Metric::HeapPercent),
+];
+
 /// A checked configuration.
 #[derive(Debug, Clone)]
 pub(crate) struct AgentConfig {
+    pub(crate) rules: BTreeMap<Metric, Rule>,
+    pub(crate) cpu_max: f64,
+    pub(crate) log_decisions: bool,
+    pub(crate) memory_fast_interval: Option<Duration>,
+    pub(crate) runtimes: Vec<tokio::runtime::Handle>,
     pub(crate) enabled: bool,
     pub(crate) service: String,
     pub(crate) instance: String,
     pub(crate) host: String,
     pub(crate) labels: BTreeMap<String, String>,
     pub(crate) collector: Option<String>,
-    #[allow(dead_code)] // captures land in issue 4; the setting is accepted already
     pub(crate) dump_dir: Option<PathBuf>,
     pub(crate) collect_interval: Duration,
     pub(crate) send_interval: Duration,
@@ -296,6 +454,18 @@ pub(crate) struct AgentConfig {
     pub(crate) flush_timeout: Duration,
     pub(crate) max_backoff: Duration,
     pub(crate) connect_timeout: Duration,
+}
+
+impl AgentConfig {
+    /// Where local dumps go: the configured folder, or `<tmp>/holmes` when there is no
+    /// collector to send to; `None` when a collector is set and no folder is.
+    pub(crate) fn effective_dump_dir(&self) -> Option<PathBuf> {
+        match (&self.dump_dir, &self.collector) {
+            (Some(dir), _) => Some(dir.clone()),
+            (None, None) => Some(std::env::temp_dir().join("holmes")),
+            (None, Some(_)) => None,
+        }
+    }
 }
 
 fn invalid(var: &'static str, value: &str, reason: impl Into<String>) -> ConfigError {
@@ -494,6 +664,71 @@ mod tests {
             assert!(text.starts_with(&format!("{var}=")), "{text}");
             assert!(matches!(err, ConfigError::InvalidEnv { var: v, .. } if v == var));
         }
+    }
+
+    #[test]
+    fn rules_come_from_code_then_environment_then_defaults() {
+        let cfg = HolmesBuilder::default()
+            .service("svc")
+            .cpu_rule(Rule::new().abs(50.0))
+            .with_env_from(env(&[
+                ("HOLMES_RULE_CPU", "abs=99"),
+                ("HOLMES_RULE_MEMORY", "abs=90,cooldown=2m"),
+                ("HOLMES_RULE_THREADS", "off"),
+                ("HOLMES_CPU_MAX", "85"),
+                ("HOLMES_LOG_DECISIONS", "true"),
+                ("HOLMES_MEMORY_FAST_INTERVAL", "off"),
+            ]))
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert_eq!(cfg.rules[&Metric::CpuPercent], Rule::new().abs(50.0));
+        let mem = cfg.rules[&Metric::MemoryPercent];
+        assert_eq!(
+            (mem.min, mem.diff, mem.abs),
+            (10.0, 25.0, 90.0),
+            "env applies over the default"
+        );
+        assert_eq!(mem.cooldown, Duration::from_secs(120));
+        assert!(!cfg.rules[&Metric::Threads].is_enabled());
+        assert_eq!(
+            cfg.rules[&Metric::Tasks],
+            Rule::default_for(Metric::Tasks).unwrap()
+        );
+        assert_eq!(cfg.cpu_max, 85.0);
+        assert!(cfg.log_decisions);
+        assert_eq!(cfg.memory_fast_interval, None);
+    }
+
+    #[test]
+    fn malformed_rule_variables_name_the_variable() {
+        for (var, value) in [
+            ("HOLMES_RULE_MEMORY", "abs=lots"),
+            ("HOLMES_RULE_CPU", "speed=3"),
+            ("HOLMES_RULE_HEAP", "abs"),
+            ("HOLMES_CPU_MAX", "-3"),
+            ("HOLMES_MEMORY_FAST_INTERVAL", "quick"),
+        ] {
+            let err = HolmesBuilder::default()
+                .with_env_from(env(&[(var, value)]))
+                .unwrap_err();
+            assert!(err.to_string().starts_with(&format!("{var}=")), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_fast_memory_path_defaults_on_and_stays_below_the_interval() {
+        let cfg = HolmesBuilder::default().service("s").resolve().unwrap();
+        assert_eq!(cfg.memory_fast_interval, Some(DEFAULT_MEMORY_FAST_INTERVAL));
+        let slow = HolmesBuilder::default()
+            .service("s")
+            .collect_interval(Duration::from_millis(50))
+            .resolve()
+            .unwrap();
+        assert_eq!(
+            slow.memory_fast_interval, None,
+            "pointless when sampling is faster"
+        );
     }
 
     #[test]

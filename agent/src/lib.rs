@@ -5,21 +5,34 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+mod alloc;
+#[allow(dead_code)] // some parsers only serve the fixture tests
+mod cgroup;
 mod config;
+mod dump;
+mod event_id;
 mod monitor;
 mod outbox;
+#[allow(dead_code)] // some parsers only serve the fixture tests
+mod procfs;
+mod rules;
 mod sampler;
 mod sender;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{oneshot, Notify};
 
+pub use alloc::{allocated_bytes, CountingAllocator};
+pub use holmes_proto::Metric;
+pub use rules::{Decision, Rule};
+
 pub use config::{
     ConfigError, HolmesBuilder, DEFAULT_COLLECT_INTERVAL, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_FLUSH_TIMEOUT, DEFAULT_MAX_BACKOFF, DEFAULT_OUTBOX_BYTES, DEFAULT_SEND_INTERVAL,
-    MAX_DURATION_SETTING, MIN_COLLECT_INTERVAL,
+    DEFAULT_FLUSH_TIMEOUT, DEFAULT_MAX_BACKOFF, DEFAULT_MEMORY_FAST_INTERVAL, DEFAULT_OUTBOX_BYTES,
+    DEFAULT_SEND_INTERVAL, MAX_DURATION_SETTING, MIN_COLLECT_INTERVAL,
 };
 
 /// Entry point: `Holmes::builder()` or `Holmes::from_env()`.
@@ -57,7 +70,7 @@ impl HolmesBuilder {
     /// that does nothing.
     pub fn start(self) -> Result<HolmesHandle, StartError> {
         let cfg = self.resolve()?;
-        let shared = Arc::new(Shared::new(cfg.outbox_bytes));
+        let shared = Arc::new(Shared::new(&cfg));
         let service = cfg.service.clone();
         let instance = cfg.instance.clone();
         if !cfg.enabled {
@@ -109,6 +122,8 @@ pub struct AgentStats {
     pub unacked_bytes: u64,
     /// Messages dropped because the outbox was full.
     pub dropped: u64,
+    /// Rules that fired.
+    pub triggers: u64,
     /// Whether a stream to the collector is open now.
     pub connected: bool,
     /// Streams opened so far.
@@ -137,9 +152,40 @@ impl HolmesHandle {
             unacked: outbox.len() as u64,
             unacked_bytes: outbox.bytes() as u64,
             dropped: outbox.dropped(),
+            triggers: s.triggers.load(Ordering::Relaxed),
             connected: s.connected.load(Ordering::Relaxed),
             connections: s.connections.load(Ordering::Relaxed),
         }
+    }
+
+    /// The rules in force, by metric.
+    pub fn rules(&self) -> BTreeMap<Metric, Rule> {
+        self.shared.rule_book().1
+    }
+
+    /// Replaces a metric's rule at run time; its window is kept, so there is no second
+    /// warm-up. Fails for metrics without rules.
+    pub fn set_rule(&self, metric: Metric, rule: Rule) -> Result<(), RuleError> {
+        self.shared.update_rule(metric, |_| rule)
+    }
+
+    /// Turns a metric's rule on, keeping its thresholds.
+    pub fn enable_rule(&self, metric: Metric) -> Result<(), RuleError> {
+        self.shared.update_rule(metric, |r| r.enabled(true))
+    }
+
+    /// Turns a metric's rule off, keeping its thresholds.
+    pub fn disable_rule(&self, metric: Metric) -> Result<(), RuleError> {
+        self.shared.update_rule(metric, |r| r.enabled(false))
+    }
+
+    /// Counts the alive tasks of another tokio runtime in the `tasks` metric.
+    pub fn register_runtime(&self, handle: tokio::runtime::Handle) {
+        self.shared
+            .runtimes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(handle);
     }
 
     /// Stops the agent: sends the last metric window, waits up to the flush timeout
@@ -158,9 +204,29 @@ impl HolmesHandle {
     }
 }
 
+/// A rule change that cannot be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    /// The metric has no rule (only cpu, memory, threads, tasks and heap do).
+    #[error("metric {0} has no rule; rules exist for cpu, memory, threads, tasks and heap")]
+    NoRule(Metric),
+}
+
+/// The rules in force and a version that changes with every edit.
+#[derive(Debug)]
+struct RuleBook {
+    rules: BTreeMap<Metric, Rule>,
+    collector_version: u64,
+}
+
 /// State shared by the handle, the monitor loop and the sender.
 #[derive(Debug)]
 pub(crate) struct Shared {
+    rules: Mutex<RuleBook>,
+    /// Bumped on every rule edit; the monitor compares it each tick.
+    rules_version: AtomicU64,
+    runtimes: Mutex<Vec<tokio::runtime::Handle>>,
+    triggers: AtomicU64,
     outbox: Mutex<outbox::Outbox>,
     /// Woken when a message is queued.
     queued: Notify,
@@ -173,9 +239,16 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    fn new(outbox_bytes: usize) -> Self {
+    fn new(cfg: &config::AgentConfig) -> Self {
         Shared {
-            outbox: Mutex::new(outbox::Outbox::new(outbox_bytes)),
+            rules: Mutex::new(RuleBook {
+                rules: cfg.rules.clone(),
+                collector_version: 0,
+            }),
+            rules_version: AtomicU64::new(0),
+            runtimes: Mutex::new(cfg.runtimes.clone()),
+            triggers: AtomicU64::new(0),
+            outbox: Mutex::new(outbox::Outbox::new(cfg.outbox_bytes)),
             queued: Notify::new(),
             acked: Notify::new(),
             samples: AtomicU64::new(0),
@@ -183,6 +256,56 @@ impl Shared {
             connections: AtomicU64::new(0),
             connected: AtomicBool::new(false),
         }
+    }
+
+    /// The rule book's version and rules.
+    fn rule_book(&self) -> (u64, BTreeMap<Metric, Rule>) {
+        let book = self.rules.lock().unwrap_or_else(|p| p.into_inner());
+        (
+            self.rules_version.load(Ordering::Acquire),
+            book.rules.clone(),
+        )
+    }
+
+    fn update_rule(
+        &self,
+        metric: Metric,
+        edit: impl FnOnce(Rule) -> Rule,
+    ) -> Result<(), RuleError> {
+        let mut book = self.rules.lock().unwrap_or_else(|p| p.into_inner());
+        let rule = book
+            .rules
+            .get_mut(&metric)
+            .ok_or(RuleError::NoRule(metric))?;
+        *rule = edit(*rule);
+        self.rules_version.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Applies rules pushed by the collector, unless an equal or newer version is in force.
+    fn apply_config_update(&self, update: &holmes_proto::ConfigUpdate) {
+        let mut book = self.rules.lock().unwrap_or_else(|p| p.into_inner());
+        if update.version < book.collector_version {
+            tracing::debug!(target: "holmes", version = update.version, "ignoring an older rule update");
+            return;
+        }
+        book.collector_version = update.version;
+        for config in &update.rules {
+            if let Some(rule) = book.rules.get_mut(&config.metric) {
+                *rule = Rule::from_config(config);
+            } else {
+                tracing::warn!(target: "holmes", metric = %config.metric, "ignoring a pushed rule for a metric that has none");
+            }
+        }
+        self.rules_version.fetch_add(1, Ordering::AcqRel);
+        tracing::info!(target: "holmes", version = update.version, rules = update.rules.len(), "rules updated by the collector");
+    }
+
+    fn runtimes(&self) -> Vec<tokio::runtime::Handle> {
+        self.runtimes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The outbox; a poisoned lock is taken over, since every outbox operation leaves

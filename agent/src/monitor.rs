@@ -1,18 +1,20 @@
 //! The agent's own thread: a one-thread tokio runtime of its own, so a host runtime that
-//! is deadlocked or saturated cannot stop it. Each tick it samples the process, adds
-//! the readings to the current metric window, and hands full windows to the outbox.
+//! is deadlocked or saturated cannot stop it. Each tick it samples the process, feeds
+//! every rule, turns firings into trigger events, and hands full metric windows to the
+//! outbox; between ticks a cheap RSS check runs the memory rule early.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use holmes_proto::{AgentBody, Hello, Metric, MetricSeries, MetricWindow, Sample};
+use holmes_proto::{AgentBody, Hello, Metric, MetricSeries, MetricWindow, Sample, TriggerEvent};
 use tokio::sync::oneshot;
 
 use crate::config::AgentConfig;
+use crate::rules::{Decision, RuleState};
 use crate::sampler::{unix_nanos_now, Sampler};
-use crate::{sender, Shared};
+use crate::{dump, sender, Shared};
 
 /// Starts the agent thread.
 pub(crate) fn spawn(
@@ -40,8 +42,9 @@ pub(crate) fn spawn(
         })
 }
 
-async fn run(cfg: Arc<AgentConfig>, shared: Arc<Shared>, mut stop: oneshot::Receiver<()>) {
-    let hello = Hello {
+/// The hello an agent introduces itself with; its rules are filled per connection.
+pub(crate) fn hello(cfg: &AgentConfig) -> Hello {
+    Hello {
         protocol_version: holmes_proto::PROTOCOL_VERSION,
         service: cfg.service.clone(),
         instance_id: cfg.instance.clone(),
@@ -52,29 +55,88 @@ async fn run(cfg: Arc<AgentConfig>, shared: Arc<Shared>, mut stop: oneshot::Rece
         rules: Vec::new(),
         started_at_unix_nanos: process_start_unix_nanos(),
         collect_interval: cfg.collect_interval,
-    };
+    }
+}
+
+/// The rules being applied, and the version of the shared rule book they came from.
+struct Engine {
+    states: BTreeMap<Metric, RuleState>,
+    version: u64,
+    last_cpu: Option<f64>,
+}
+
+impl Engine {
+    fn new(shared: &Shared) -> Self {
+        let (version, rules) = shared.rule_book();
+        Engine {
+            states: rules
+                .into_iter()
+                .map(|(m, r)| (m, RuleState::new(m, r)))
+                .collect(),
+            version,
+            last_cpu: None,
+        }
+    }
+
+    /// Picks up rule changes made through the handle or pushed by the collector.
+    fn refresh(&mut self, shared: &Shared) {
+        if shared.rules_version.load(Ordering::Acquire) == self.version {
+            return;
+        }
+        let (version, rules) = shared.rule_book();
+        for (metric, rule) in rules {
+            match self.states.get_mut(&metric) {
+                Some(state) => state.set_rule(rule),
+                None => {
+                    self.states.insert(metric, RuleState::new(metric, rule));
+                }
+            }
+        }
+        self.version = version;
+        tracing::info!(target: "holmes", version, "rules updated");
+    }
+}
+
+async fn run(cfg: Arc<AgentConfig>, shared: Arc<Shared>, mut stop: oneshot::Receiver<()>) {
     if cfg.collector.is_some() {
-        tokio::spawn(sender::run(Arc::clone(&cfg), hello, Arc::clone(&shared)));
+        tokio::spawn(sender::run(
+            Arc::clone(&cfg),
+            hello(&cfg),
+            Arc::clone(&shared),
+        ));
     } else {
-        tracing::info!(target: "holmes", service = %cfg.service, "no collector configured; the agent samples locally");
+        tracing::info!(target: "holmes", service = %cfg.service, dump_dir = ?cfg.dump_dir, "no collector configured; triggers are written to the dump folder");
     }
 
     let mut sampler = Sampler::new();
+    let mut engine = Engine::new(&shared);
     let mut window = WindowBuilder::default();
     let mut ticker = tokio::time::interval(cfg.collect_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let fast_period = cfg.memory_fast_interval.unwrap_or(cfg.collect_interval);
+    let mut fast = tokio::time::interval(fast_period);
+    fast.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last_flush: Option<Instant> = None;
     let mut stop_live = true;
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                let reading = sampler.sample();
+                engine.refresh(&shared);
+                let mut reading = sampler.sample();
+                reading.values.extend(host_metrics(&shared, sampler.memory_limit_bytes()));
                 shared.samples.fetch_add(1, Ordering::Relaxed);
+                judge_reading(&cfg, &shared, &mut engine, reading.unix_nanos, &reading.values);
                 window.add(reading.unix_nanos, &reading.values);
                 let due = last_flush.is_none_or(|t| t.elapsed() >= cfg.send_interval);
                 if due && !window.is_empty() {
                     flush_window(&cfg, &shared, &mut window);
                     last_flush = Some(Instant::now());
+                }
+            }
+            _ = fast.tick(), if cfg.memory_fast_interval.is_some() => {
+                engine.refresh(&shared);
+                if let Some(percent) = sampler.memory_percent_now() {
+                    fast_memory_check(&cfg, &shared, &mut engine, percent);
                 }
             }
             res = &mut stop, if stop_live => {
@@ -102,6 +164,170 @@ async fn run(cfg: Arc<AgentConfig>, shared: Arc<Shared>, mut stop: oneshot::Rece
                 break;
             }
         }
+    }
+}
+
+/// Metrics that come from the host rather than from `/proc`: tokio tasks of the
+/// registered runtimes, and allocator bytes when a counting allocator is installed.
+fn host_metrics(shared: &Shared, memory_limit: Option<u64>) -> Vec<(Metric, f64)> {
+    let mut values = Vec::new();
+    let runtimes = shared.runtimes();
+    if !runtimes.is_empty() {
+        let tasks: usize = runtimes.iter().map(|h| h.metrics().num_alive_tasks()).sum();
+        values.push((Metric::Tasks, tasks as f64));
+    }
+    if let Some(bytes) = crate::alloc::allocated_bytes() {
+        values.push((Metric::HeapBytes, bytes as f64));
+        if let Some(limit) = memory_limit.filter(|l| *l > 0) {
+            values.push((Metric::HeapPercent, bytes as f64 / limit as f64 * 100.0));
+        }
+    }
+    values
+}
+
+fn judge_reading(
+    cfg: &AgentConfig,
+    shared: &Shared,
+    engine: &mut Engine,
+    unix_nanos: u64,
+    values: &[(Metric, f64)],
+) {
+    if let Some(cpu) = values.iter().find(|(m, _)| *m == Metric::CpuPercent) {
+        engine.last_cpu = Some(cpu.1);
+    }
+    let now = Instant::now();
+    for &(metric, value) in values {
+        let Some(state) = engine.states.get_mut(&metric) else {
+            continue;
+        };
+        let decision = state.observe(Sample { unix_nanos, value }, now);
+        log_decision(cfg, state, value, &decision, "sample");
+        if let Decision::Fire { reason, .. } = decision {
+            let window = state.window();
+            let rule = state.rule.to_config(metric);
+            fire(
+                cfg,
+                shared,
+                engine.last_cpu,
+                metric,
+                reason,
+                value,
+                unix_nanos,
+                window,
+                rule,
+            );
+        }
+    }
+}
+
+fn fast_memory_check(cfg: &AgentConfig, shared: &Shared, engine: &mut Engine, percent: f64) {
+    let last_cpu = engine.last_cpu;
+    let Some(state) = engine.states.get_mut(&Metric::MemoryPercent) else {
+        return;
+    };
+    let decision = state.peek(percent, Instant::now());
+    if let Decision::Fire { reason, .. } = decision {
+        log_decision(cfg, state, percent, &decision, "fast memory check");
+        let unix_nanos = unix_nanos_now();
+        let mut window = state.window();
+        if window.len() >= state.rule.window as usize && !window.is_empty() {
+            window.remove(0);
+        }
+        window.push(Sample {
+            unix_nanos,
+            value: percent,
+        });
+        let rule = state.rule.to_config(Metric::MemoryPercent);
+        fire(
+            cfg,
+            shared,
+            last_cpu,
+            Metric::MemoryPercent,
+            reason,
+            percent,
+            unix_nanos,
+            window,
+            rule,
+        );
+    }
+}
+
+fn log_decision(
+    cfg: &AgentConfig,
+    state: &RuleState,
+    current: f64,
+    decision: &Decision,
+    path: &str,
+) {
+    let window: Vec<String> = state
+        .window()
+        .iter()
+        .map(|s| format!("{:.2}", s.value))
+        .collect();
+    let line = format_args!(
+        "rule {} [{}] window [{}] current {:.2} -> {} ({})",
+        state.metric,
+        state.rule,
+        window.join(" "),
+        current,
+        decision,
+        path
+    );
+    if cfg.log_decisions || decision.fires() {
+        tracing::info!(target: "holmes::rules", "{line}");
+    } else {
+        tracing::trace!(target: "holmes::rules", "{line}");
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fire(
+    cfg: &AgentConfig,
+    shared: &Shared,
+    last_cpu: Option<f64>,
+    metric: Metric,
+    reason: holmes_proto::TriggerReason,
+    current: f64,
+    unix_nanos: u64,
+    window: Vec<Sample>,
+    rule: holmes_proto::RuleConfig,
+) {
+    let gated = cfg.cpu_max > 0.0 && last_cpu.is_some_and(|cpu| cpu > cfg.cpu_max);
+    let event = TriggerEvent {
+        event_id: crate::event_id::new(),
+        metric: Some(metric),
+        reason,
+        current,
+        window,
+        rule: Some(rule),
+        unix_nanos,
+        // Captures arrive with the capture module; the CPU gate already decides here.
+        planned: Vec::new(),
+        request_id: None,
+    };
+    shared.triggers.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(
+        target: "holmes",
+        event_id = %event.event_id,
+        %metric,
+        reason = ?reason,
+        current,
+        capture = if gated { "skipped: cpu above cpu_max" } else { "none yet" },
+        "trigger fired"
+    );
+    if let Some(dir) = cfg.effective_dump_dir() {
+        match dump::write_trigger(&dir, &cfg.service, &cfg.instance, &event) {
+            Ok(path) => {
+                tracing::debug!(target: "holmes", path = %path.display(), "trigger written")
+            }
+            Err(err) => {
+                tracing::warn!(target: "holmes", dir = %dir.display(), error = %err, "cannot write the trigger to the dump folder")
+            }
+        }
+    }
+    if cfg.collector.is_some() {
+        shared.lock_outbox().push(AgentBody::Trigger(event));
+        shared.queued.notify_one();
     }
 }
 

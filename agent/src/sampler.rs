@@ -1,11 +1,16 @@
-//! Reads the process's own vital signs from the kernel: CPU time, resident memory and
-//! thread count. Cheap (a few small `/proc` reads and one `getrusage`), never blocks
-//! on anything but those reads, and never fails as a whole: a source that cannot be
-//! read leaves its metric out of the sample and is logged once.
+//! Reads the process's own vital signs: CPU against the container's CPU limit, memory
+//! against its memory limit (plus RSS), threads, open file descriptors and CPU
+//! throttling. Cheap (a few small `/proc` and cgroup reads and one `getrusage`), and
+//! never fails as a whole: a source that cannot be read leaves its metric out of the
+//! sample and is logged once, and a missing limit falls back (cores available, host
+//! RAM) instead of stopping anything.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use holmes_proto::Metric;
+
+use crate::cgroup::{self, CgroupLimits};
+use crate::procfs;
 
 /// One round of readings, taken at `unix_nanos`.
 #[derive(Debug, Clone, PartialEq)]
@@ -14,61 +19,91 @@ pub(crate) struct Reading {
     pub(crate) values: Vec<(Metric, f64)>,
 }
 
-/// Keeps what a CPU percentage needs from the previous round.
+/// The limits found at start and what a rate needs from the previous round.
 #[derive(Debug)]
 pub(crate) struct Sampler {
+    limits: CgroupLimits,
     cores: f64,
+    memory_limit: Option<u64>,
     last_cpu: Option<(Instant, Duration)>,
-    page_size: u64,
+    last_throttled: Option<(Instant, Duration)>,
     warned: u32,
 }
 
 impl Sampler {
     pub(crate) fn new() -> Self {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        // SAFETY: sysconf has no preconditions; it returns -1 on error.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        let limits = cgroup::detect();
+        for note in &limits.notes {
+            tracing::info!(target: "holmes", "{note}");
+        }
+        let cores = limits
+            .cpu_cores
+            .filter(|c| *c > 0.0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()) as f64);
+        let memory_limit = limits.memory_bytes.or_else(procfs::host_memory_bytes);
+        tracing::info!(
+            target: "holmes",
+            cpu_limit_cores = cores,
+            memory_limit_bytes = memory_limit,
+            "limits in use for cpu % and memory %"
+        );
         Sampler {
+            limits,
             cores,
+            memory_limit,
             last_cpu: None,
-            page_size: u64::try_from(page).ok().filter(|p| *p > 0).unwrap_or(4096),
+            last_throttled: None,
             warned: 0,
         }
     }
 
+    /// The memory limit memory % is computed against.
+    pub(crate) fn memory_limit_bytes(&self) -> Option<u64> {
+        self.memory_limit
+    }
+
+    /// Memory % of the limit from a single RSS read: the fast path between samples.
+    pub(crate) fn memory_percent_now(&self) -> Option<f64> {
+        let limit = self.memory_limit.filter(|l| *l > 0)?;
+        Some(procfs::rss_bytes()? as f64 / limit as f64 * 100.0)
+    }
+
     /// Takes one round of readings.
     pub(crate) fn sample(&mut self) -> Reading {
-        let mut values = Vec::with_capacity(4);
+        let mut values = Vec::with_capacity(8);
         let now = Instant::now();
         match process_cpu_time() {
             Some(cpu) => {
-                if let Some((then, cpu_then)) = self.last_cpu {
-                    let wall = now.duration_since(then).as_secs_f64();
-                    if wall > 0.0 {
-                        let used = cpu.saturating_sub(cpu_then).as_secs_f64();
-                        values.push((Metric::CpuPercent, used / wall / self.cores * 100.0));
-                    }
+                if let Some(percent) = rate(&mut self.last_cpu, now, cpu) {
+                    values.push((Metric::CpuPercent, percent / self.cores));
                 }
-                self.last_cpu = Some((now, cpu));
             }
-            None => self.warn_once(1, "getrusage failed; CPU % is not reported"),
+            None => self.warn_once(1, "getrusage failed; cpu % is not reported"),
         }
-        match std::fs::read_to_string("/proc/self/statm") {
-            Ok(statm) => match parse_statm_rss_pages(&statm) {
-                Some(pages) => values.push((
-                    Metric::RssBytes,
-                    pages.saturating_mul(self.page_size) as f64,
-                )),
-                None => self.warn_once(2, "cannot parse /proc/self/statm; RSS is not reported"),
-            },
-            Err(_) => self.warn_once(2, "cannot read /proc/self/statm; RSS is not reported"),
+        match procfs::rss_bytes() {
+            Some(rss) => {
+                values.push((Metric::RssBytes, rss as f64));
+                if let Some(limit) = self.memory_limit.filter(|l| *l > 0) {
+                    values.push((Metric::MemoryPercent, rss as f64 / limit as f64 * 100.0));
+                }
+            }
+            None => self.warn_once(
+                2,
+                "cannot read /proc/self/statm; rss and memory % are not reported",
+            ),
         }
-        match std::fs::read_to_string("/proc/self/stat") {
-            Ok(stat) => match parse_stat_threads(&stat) {
-                Some(n) => values.push((Metric::Threads, n as f64)),
-                None => self.warn_once(4, "cannot parse /proc/self/stat; threads are not reported"),
-            },
-            Err(_) => self.warn_once(4, "cannot read /proc/self/stat; threads are not reported"),
+        match procfs::thread_count() {
+            Some(n) => values.push((Metric::Threads, n as f64)),
+            None => self.warn_once(4, "cannot read /proc/self/stat; threads are not reported"),
+        }
+        match procfs::open_fds() {
+            Some(n) => values.push((Metric::OpenFds, n as f64)),
+            None => self.warn_once(8, "cannot list /proc/self/fd; open fds are not reported"),
+        }
+        if let Some(throttled) = self.limits.read_throttled() {
+            if let Some(percent) = rate(&mut self.last_throttled, now, throttled) {
+                values.push((Metric::CpuThrottledPercent, percent.min(100.0)));
+            }
         }
         Reading {
             unix_nanos: unix_nanos_now(),
@@ -82,6 +117,14 @@ impl Sampler {
             tracing::warn!(target: "holmes", "{message}");
         }
     }
+}
+
+/// Percent of wall time a cumulative counter grew by since the previous call.
+fn rate(last: &mut Option<(Instant, Duration)>, now: Instant, total: Duration) -> Option<f64> {
+    let previous = last.replace((now, total));
+    let (then, total_then) = previous?;
+    let wall = now.duration_since(then).as_secs_f64();
+    (wall > 0.0).then(|| total.saturating_sub(total_then).as_secs_f64() / wall * 100.0)
 }
 
 /// Now, in nanoseconds since the Unix epoch.
@@ -105,31 +148,22 @@ fn process_cpu_time() -> Option<Duration> {
     Some(tv(usage.ru_utime) + tv(usage.ru_stime))
 }
 
-/// Resident pages: the second field of `/proc/<pid>/statm`.
-fn parse_statm_rss_pages(statm: &str) -> Option<u64> {
-    statm.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// `num_threads`: field 20 of `/proc/<pid>/stat`. The command name (field 2) may hold
-/// spaces and parentheses, so fields are counted from after its last `)`.
-fn parse_stat_threads(stat: &str) -> Option<u64> {
-    let after_comm = &stat[stat.rfind(')')? + 1..];
-    // After the name come field 3 (state) onwards; num_threads is field 20.
-    after_comm.split_whitespace().nth(20 - 3)?.parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn parses_proc_files_including_awkward_command_names() {
-        let stat = "4242 (my (weird) prog) S 1 4242 4242 0 -1 4194560 1000 0 0 0 \
-                    12 3 0 0 20 0 17 0 12345 100000 250 18446744073709551615";
-        assert_eq!(parse_stat_threads(stat), Some(17));
-        assert_eq!(parse_stat_threads("garbage"), None);
-        assert_eq!(parse_statm_rss_pages("1000 250 30 1 0 100 0"), Some(250));
-        assert_eq!(parse_statm_rss_pages(""), None);
+    fn rates_need_two_readings() {
+        let mut last = None;
+        let t0 = Instant::now();
+        assert_eq!(rate(&mut last, t0, Duration::from_millis(100)), None);
+        let r = rate(
+            &mut last,
+            t0 + Duration::from_secs(2),
+            Duration::from_millis(1100),
+        )
+        .unwrap();
+        assert!((r - 50.0).abs() < 1e-9, "{r}");
     }
 
     #[test]
@@ -149,11 +183,18 @@ mod tests {
             "no CPU % without a previous round"
         );
         let cpu = get(&second, Metric::CpuPercent).unwrap();
-        let cores = std::thread::available_parallelism().unwrap().get() as f64;
-        // One thread spun for the whole interval: about one core's worth.
-        assert!(cpu > 50.0 / cores && cpu <= 100.0 + 1.0, "cpu {cpu}");
+        // One thread spun for the whole interval: about one core's worth of the limit.
+        let one_core = 100.0 / sampler.cores;
+        assert!(
+            cpu > one_core * 0.5 && cpu <= one_core * 1.5 + 1.0,
+            "cpu {cpu}, one core {one_core}"
+        );
         assert!(get(&second, Metric::RssBytes).unwrap() > 1_000_000.0);
+        let mem = get(&second, Metric::MemoryPercent).unwrap();
+        assert!(mem > 0.0 && mem < 100.0, "{mem}");
         assert!(get(&second, Metric::Threads).unwrap() >= 1.0);
+        assert!(get(&second, Metric::OpenFds).unwrap() >= 3.0);
         assert!(second.unix_nanos > first.unix_nanos);
+        assert!(sampler.memory_percent_now().unwrap() > 0.0);
     }
 }

@@ -93,6 +93,13 @@ async fn session(
     let mut client = IngestClient::new(channel);
 
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(32);
+    let mut hello = hello.clone();
+    hello.rules = shared
+        .rule_book()
+        .1
+        .into_iter()
+        .map(|(metric, rule)| rule.to_config(metric))
+        .collect();
     let hello_msg = AgentMessage {
         seq: 0,
         body: AgentBody::Hello(hello.clone()),
@@ -207,9 +214,7 @@ fn handle_inbound(shared: &Shared, msg: pb::CollectorMessage) {
             shared.lock_outbox().ack(seq);
             shared.acked.notify_waiters();
         }
-        Ok(CollectorMessage::ConfigUpdate(update)) => {
-            tracing::info!(target: "holmes", version = update.version, "rule update from the collector is not supported by this agent version yet");
-        }
+        Ok(CollectorMessage::ConfigUpdate(update)) => shared.apply_config_update(&update),
         Ok(CollectorMessage::CaptureRequest(req)) => {
             tracing::info!(target: "holmes", request_id = %req.request_id, "capture request from the collector is not supported by this agent version yet");
         }

@@ -3,7 +3,8 @@
 //! (any subset, in any order; `window=10` too), or `off`.
 //!
 //! Keys left out keep the value of the base rule the text is applied to, so
-//! `abs=90` changes only the absolute threshold of a metric's default rule.
+//! `abs=90` changes only the absolute threshold of a metric's default rule. `diff=off`
+//! and `abs=off` switch one condition off (stored as an infinite threshold).
 
 use std::time::Duration;
 
@@ -100,6 +101,9 @@ pub fn apply(base: &RuleConfig, text: &str) -> Result<RuleConfig, RuleSpecError>
             reason: reason.to_owned(),
         };
         let number = || -> Result<f64, RuleSpecError> {
+            if value.eq_ignore_ascii_case("off") && matches!(key, "diff" | "abs") {
+                return Ok(f64::INFINITY);
+            }
             let n: f64 = value.parse().map_err(|_| bad("expected a number"))?;
             if !n.is_finite() || n < 0.0 {
                 return Err(bad("expected a number >= 0"));
@@ -135,6 +139,15 @@ pub fn apply(base: &RuleConfig, text: &str) -> Result<RuleConfig, RuleSpecError>
     Ok(rule)
 }
 
+/// A threshold in text: `off` for the infinite "never fires" value.
+fn threshold(v: f64) -> String {
+    if v.is_infinite() {
+        "off".to_owned()
+    } else {
+        v.to_string()
+    }
+}
+
 /// The text form of a rule; [`apply`] on any base gives the rule back.
 pub fn format(rule: &RuleConfig) -> String {
     if !rule.enabled {
@@ -143,8 +156,8 @@ pub fn format(rule: &RuleConfig) -> String {
     format!(
         "min={},diff={},abs={},max={},cooldown={},window={}",
         rule.min,
-        rule.diff,
-        rule.abs,
+        threshold(rule.diff),
+        threshold(rule.abs),
         rule.max,
         humantime::format_duration(rule.cooldown),
         rule.window
@@ -213,6 +226,11 @@ mod tests {
     fn format_round_trips() {
         let r = apply(&base(), "min=3,diff=12.5,cooldown=1h30m").unwrap();
         assert_eq!(apply(&base(), &format(&r)).unwrap(), r);
+        let no_abs = apply(&base(), "abs=off").unwrap();
+        assert_eq!(no_abs.abs, f64::INFINITY);
+        assert!(format(&no_abs).contains("abs=off"));
+        assert_eq!(apply(&base(), &format(&no_abs)).unwrap(), no_abs);
+        assert!(apply(&base(), "min=off").is_err());
     }
 
     #[test]
