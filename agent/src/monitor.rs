@@ -305,7 +305,6 @@ fn fire(
         planned: Vec::new(),
         request_id: None,
     };
-    shared.triggers.fetch_add(1, Ordering::Relaxed);
     tracing::info!(
         target: "holmes",
         event_id = %event.event_id,
@@ -329,6 +328,8 @@ fn fire(
         shared.lock_outbox().push(AgentBody::Trigger(event));
         shared.queued.notify_one();
     }
+    // Counted last, so whoever sees the count also finds the dump and the queued event.
+    shared.triggers.fetch_add(1, Ordering::Relaxed);
 }
 
 fn flush_window(cfg: &AgentConfig, shared: &Shared, window: &mut WindowBuilder) {

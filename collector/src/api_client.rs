@@ -9,7 +9,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 
-use crate::query::{InstanceJson, MetricsJson, ServiceJson};
+use crate::query::{InstanceJson, MetricsJson, ServiceJson, TriggersJson};
 
 /// Where the CLI looks for the API when neither `--api` nor `HOLMES_API` is set.
 pub const DEFAULT_API: &str = "http://127.0.0.1:7071";
@@ -182,6 +182,20 @@ impl ApiClient {
             "/api/v1/services/{}/metrics?metric={}&since={}",
             encode(service),
             encode(metric),
+            encode(since)
+        ))
+        .await
+    }
+
+    /// `GET /api/v1/services/{service}/triggers?since=..`.
+    pub async fn triggers(
+        &self,
+        service: &str,
+        since: &str,
+    ) -> Result<TriggersJson, ApiClientError> {
+        self.get(&format!(
+            "/api/v1/services/{}/triggers?since={}",
+            encode(service),
             encode(since)
         ))
         .await

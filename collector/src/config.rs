@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::rules::{RulesError, ServiceRules};
+
 /// gRPC ingest address when nothing else is set.
 pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:7070";
 /// HTTP API address when nothing else is set.
@@ -79,6 +81,10 @@ pub struct Config {
     /// ClickHouse settings, used when `store = "clickhouse"`.
     #[serde(default)]
     pub clickhouse: ClickHouseSection,
+    /// Trigger rules by service, then by metric (`[rules.checkout] cpu = "abs=90"`),
+    /// pushed to the service's agents when they connect; see [`crate::rules`].
+    #[serde(default)]
+    pub rules: ServiceRules,
 }
 
 fn default_grpc() -> SocketAddr {
@@ -110,6 +116,7 @@ impl Default for Config {
             store: default_store(),
             max_message_bytes: default_max_message(),
             clickhouse: ClickHouseSection::default(),
+            rules: ServiceRules::new(),
         }
     }
 }
@@ -136,6 +143,9 @@ pub enum ConfigError {
     /// A setting is inconsistent.
     #[error("{0}")]
     Invalid(String),
+    /// A configured trigger rule cannot be used.
+    #[error(transparent)]
+    Rules(#[from] RulesError),
 }
 
 /// Settings given on the command line or through the environment; each one set here
@@ -251,6 +261,7 @@ impl Config {
                 self.grpc_addr
             )));
         }
+        crate::rules::check(&self.rules)?;
         Ok(())
     }
 }
@@ -283,7 +294,48 @@ mod tests {
         assert_eq!(c.clickhouse.url.as_deref(), Some("http://clickhouse:8123"));
         assert_eq!(c.clickhouse.database, "holmes_prod");
         assert_eq!(c.max_message_bytes, 8_388_608);
+        let checkout = &c.rules["checkout"];
+        assert_eq!(checkout["cpu"], "abs=90,cooldown=2m");
+        assert_eq!(checkout["threads"], "off");
+        assert_eq!(c.rules["cart"]["memory"], "abs=85");
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_rules_are_refused_at_load_naming_service_metric_and_text() {
+        let overrides = Overrides {
+            config: Some(fixture("bad-rule.toml")),
+            ..Default::default()
+        };
+        let err = Config::load(&overrides).unwrap_err();
+        assert!(matches!(err, ConfigError::Rules(_)), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "rules.checkout.cpu = \"abs=lots,cooldown=2m\": abs=\"lots\": expected a number"
+        );
+        for (toml, expected) in [
+            (
+                "[rules.checkout]\nrss = \"abs=1\"",
+                "rules.checkout.rss = \"abs=1\": metric \"rss\" has no trigger rule",
+            ),
+            (
+                "[rules.checkout]\ncpux = \"abs=1\"",
+                "rules.checkout.cpux = \"abs=1\": unknown metric \"cpux\"",
+            ),
+            (
+                "[rules.\"check out\"]\ncpu = \"off\"",
+                "rules: service \"check out\" has the character ' '",
+            ),
+        ] {
+            let err = Config::from_toml(toml, Path::new("x.toml"))
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(expected), "{err}");
+        }
+        let not_text = Config::from_toml("[rules.checkout]\ncpu = 90", Path::new("x.toml"));
+        assert!(not_text.is_err());
     }
 
     #[test]

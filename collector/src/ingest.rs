@@ -1,9 +1,10 @@
 //! gRPC ingest: one bidirectional stream per agent.
 //!
 //! The stream must open with `Hello` (right version, valid names), which is answered
-//! by recording the instance; every durable message after it is stored and then
-//! acknowledged by sequence number. Whatever goes wrong with one agent ends that
-//! agent's stream with a clear status and nothing else.
+//! by recording the instance and, when the configuration has rules for the service, by
+//! one `ConfigUpdate`; every durable message after it (metric windows, trigger events)
+//! is stored and then acknowledged by sequence number. Whatever goes wrong with one
+//! agent ends that agent's stream with a clear status and nothing else.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,8 +12,10 @@ use std::time::{Duration, Instant};
 
 use holmes_proto::names::{validate_labels, validate_name};
 use holmes_proto::pb::ingest_server::Ingest;
-use holmes_proto::{pb, AgentBody, AgentMessage, CollectorMessage, Hello, MetricWindow};
-use holmes_storage::{InstanceInfo, MetricPoint, Store};
+use holmes_proto::{
+    pb, AgentBody, AgentMessage, CollectorMessage, Hello, MetricWindow, TriggerEvent,
+};
+use holmes_storage::{InstanceInfo, MetricPoint, Store, TriggerRecord};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
@@ -20,6 +23,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::clock::unix_nanos_now;
 use crate::error::store_status;
+use crate::query::reason_name;
+use crate::rules::{update_for, ServiceRules};
 
 /// How long a new stream may take to send its `Hello`.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -30,13 +35,43 @@ pub const TOUCH_INTERVAL: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub struct IngestService {
     store: Arc<dyn Store>,
+    rules: Arc<ServiceRules>,
     closing: watch::Receiver<bool>,
 }
 
 impl IngestService {
-    /// A service writing to `store`; streams end when `closing` turns true.
-    pub fn new(store: Arc<dyn Store>, closing: watch::Receiver<bool>) -> Self {
-        IngestService { store, closing }
+    /// A service writing to `store` and pushing `rules` (checked with
+    /// [`crate::rules::check`]) to the agents of their services; streams end when
+    /// `closing` turns true.
+    pub fn new(store: Arc<dyn Store>, rules: ServiceRules, closing: watch::Receiver<bool>) -> Self {
+        IngestService {
+            store,
+            rules: Arc::new(rules),
+            closing,
+        }
+    }
+
+    /// The `ConfigUpdate` for a newly connected agent, if its service has rules.
+    fn rule_update(&self, hello: &Hello) -> Option<pb::CollectorMessage> {
+        match update_for(&self.rules, hello) {
+            Ok(Some(update)) => {
+                let rules: Vec<String> = update
+                    .rules
+                    .iter()
+                    .map(|r| format!("{}: {}", r.metric, holmes_proto::rule_spec::format(r)))
+                    .collect();
+                tracing::info!(service = %hello.service, instance = %hello.instance_id, version = update.version, rules = %rules.join("; "), "pushing configured rules");
+                Some(pb::CollectorMessage::from(&CollectorMessage::ConfigUpdate(
+                    update,
+                )))
+            }
+            Ok(None) => None,
+            Err(err) => {
+                // Only reachable with a configuration that skipped validation.
+                tracing::error!(service = %hello.service, error = %err, "configured rules not pushed");
+                None
+            }
+        }
     }
 }
 
@@ -100,6 +135,21 @@ fn points(hello: &Hello, window: &MetricWindow) -> Vec<MetricPoint> {
     out
 }
 
+fn trigger_record(hello: &Hello, t: TriggerEvent) -> TriggerRecord {
+    TriggerRecord {
+        service: hello.service.clone(),
+        instance_id: hello.instance_id.clone(),
+        event_id: t.event_id,
+        metric: t.metric,
+        reason: t.reason,
+        current: t.current,
+        window: t.window,
+        rule: t.rule,
+        unix_nanos: t.unix_nanos,
+        request_id: t.request_id,
+    }
+}
+
 #[tonic::async_trait]
 impl Ingest for IngestService {
     type ConnectStream = OutStream;
@@ -146,6 +196,12 @@ impl Ingest for IngestService {
         tracing::info!(%peer, service = %hello.service, instance = %hello.instance_id, agent_version = %hello.agent_version, "agent connected");
 
         let (tx, rx) = mpsc::channel(256);
+        if let Some(update) = self.rule_update(&hello) {
+            // The channel is new and empty, so this is the stream's first message.
+            tx.send(Ok(update))
+                .await
+                .map_err(|_| Status::cancelled("agent went away"))?;
+        }
         let session = Session {
             hello,
             store: Arc::clone(&self.store),
@@ -231,8 +287,31 @@ impl Session {
                 self.ack(msg.seq).await?;
                 self.touch_if_due().await
             }
-            AgentBody::Trigger(_) | AgentBody::ProfileChunk(_) => Err(Status::unimplemented(
-                "this collector does not store trigger events or profiles yet",
+            AgentBody::Trigger(trigger) => {
+                if msg.seq == 0 {
+                    return Err(Status::invalid_argument(
+                        "trigger event without a sequence number",
+                    ));
+                }
+                let record = trigger_record(&self.hello, trigger);
+                self.store
+                    .insert_triggers(std::slice::from_ref(&record))
+                    .await
+                    .map_err(|e| store_status(&e))?;
+                tracing::info!(
+                    service = %record.service,
+                    instance = %record.instance_id,
+                    metric = record.metric.map_or("none", |m| m.as_str()),
+                    reason = reason_name(record.reason),
+                    current = record.current,
+                    event_id = %record.event_id,
+                    "trigger stored"
+                );
+                self.ack(msg.seq).await?;
+                self.touch_if_due().await
+            }
+            AgentBody::ProfileChunk(_) => Err(Status::unimplemented(
+                "this collector does not store profiles yet",
             )),
         }
     }

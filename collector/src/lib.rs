@@ -4,7 +4,7 @@
 //! - [`ingest`]: the gRPC service agents connect to (one bidirectional stream each).
 //! - [`query`]: the HTTP JSON API, and [`api_client`], the client the `holmes` CLI uses.
 //! - [`server`]: start-up, listeners and shutdown; [`config`]: the TOML file, env
-//!   overrides and flags.
+//!   overrides and flags; [`rules`]: the per-service trigger rules pushed to agents.
 //! - [`error`]: the one place that maps failures to gRPC and HTTP statuses.
 //! - [`demo`]: the workload of `holmes-demo`, the one-command tour.
 //!
@@ -17,6 +17,7 @@ pub mod demo;
 pub mod error;
 pub mod ingest;
 pub mod query;
+pub mod rules;
 pub mod server;
 
 pub use config::Config;

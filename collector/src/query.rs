@@ -5,6 +5,7 @@
 //! | `GET /api/v1/services[?active=5m]` | `[{service, instances, last_seen, last_seen_unix_ms}]`, `instances` counting those heard from within `active` |
 //! | `GET /api/v1/services/{service}/instances` | `[{instance, host, pid, labels, agent_version, started_at, last_seen}]` |
 //! | `GET /api/v1/services/{service}/metrics?metric=cpu&since=10m[&until=..][&limit=..]` | `{service, metric, unit, since, until, series: [{instance, points: [{ts, unix_ms, value}]}]}` |
+//! | `GET /api/v1/services/{service}/triggers?since=1h[&until=..][&metric=cpu][&limit=..]` | `{service, since, until, triggers: [{event_id, instance, metric, reason, current, ts, unix_ms, window: [{ts, unix_ms, value}], rule, request_id}]}`, oldest first; `metric` and `rule` are `null` for a requested capture |
 //! | `GET /healthz` | `ok` |
 //!
 //! Times are RFC 3339 in UTC; `since`/`until` also take a duration before now (`10m`).
@@ -18,17 +19,24 @@ use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use holmes_proto::names::validate_name;
-use holmes_proto::Metric;
+use holmes_proto::{Metric, UnknownMetric};
 use holmes_storage::{MetricQuery, Store};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::{parse_time, rfc3339, unix_nanos_now};
 use crate::error::ApiError;
 
+mod triggers;
+pub use triggers::{reason_name, RuleJson, TriggerJson, TriggersJson};
+
 /// Points returned by one metrics query unless `limit` says otherwise.
 pub const DEFAULT_POINT_LIMIT: u64 = 100_000;
 /// `since` when the metrics query gives none.
 pub const DEFAULT_SINCE: &str = "10m";
+/// Trigger events returned by one query unless `limit` says otherwise.
+pub const DEFAULT_TRIGGER_LIMIT: u64 = 1_000;
+/// `since` when the triggers query gives none.
+pub const DEFAULT_TRIGGER_SINCE: &str = "1h";
 
 #[derive(Clone)]
 struct Api {
@@ -44,6 +52,10 @@ pub fn router(store: Arc<dyn Store>, active_window: std::time::Duration) -> Rout
         .route("/api/v1/services", get(services))
         .route("/api/v1/services/{service}/instances", get(instances))
         .route("/api/v1/services/{service}/metrics", get(metrics))
+        .route(
+            "/api/v1/services/{service}/triggers",
+            get(triggers::triggers),
+        )
         .with_state(Api {
             store,
             active_window,
@@ -87,6 +99,48 @@ async fn services(
 
 fn check_service(service: &str) -> Result<(), ApiError> {
     validate_name("service", service).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+/// 404 unless the store knows `service`.
+async fn known_service(api: &Api, service: &str) -> Result<(), ApiError> {
+    if api.store.list_instances(service).await?.is_empty() {
+        return Err(ApiError::not_found(format!("unknown service {service:?}")));
+    }
+    Ok(())
+}
+
+/// `[since, until)` from the `since` (default `default_since`) and `until` (default
+/// now) parameters, in nanoseconds since the Unix epoch.
+fn time_range(
+    params: &HashMap<String, String>,
+    default_since: &str,
+) -> Result<(u64, u64), ApiError> {
+    let now = unix_nanos_now();
+    let since = parse_time(
+        params.get("since").map_or(default_since, String::as_str),
+        now,
+    )
+    .map_err(|e| ApiError::bad_request(format!("since: {e}")))?;
+    let until = match params.get("until") {
+        Some(u) => parse_time(u, now).map_err(|e| ApiError::bad_request(format!("until: {e}")))?,
+        None => now.saturating_add(1),
+    };
+    if since >= until {
+        return Err(ApiError::bad_request("since must be before until"));
+    }
+    Ok((since, until))
+}
+
+/// The `limit` parameter, `default` when absent.
+fn limit(params: &HashMap<String, String>, default: u64) -> Result<u64, ApiError> {
+    match params.get("limit") {
+        Some(l) => {
+            l.parse::<u64>().ok().filter(|l| *l > 0).ok_or_else(|| {
+                ApiError::bad_request(format!("limit {l:?} is not a positive number"))
+            })
+        }
+        None => Ok(default),
+    }
 }
 
 /// One instance of a service.
@@ -165,8 +219,25 @@ pub struct PointJson {
     pub ts: String,
     /// When, milliseconds since the Unix epoch.
     pub unix_ms: u64,
-    /// The value.
+    /// The value; `null` in JSON if it is not a finite number, read back as NaN.
+    #[serde(deserialize_with = "nan_if_null")]
     pub value: f64,
+}
+
+impl PointJson {
+    fn new(unix_nanos: u64, value: f64) -> Self {
+        PointJson {
+            ts: rfc3339(unix_nanos),
+            unix_ms: unix_nanos / 1_000_000,
+            value,
+        }
+    }
+}
+
+/// JSON has no NaN or infinity (serde_json writes them as `null`); reads `null` as NaN
+/// so that a client still gets the rest of the answer.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 async fn metrics(
@@ -179,29 +250,10 @@ async fn metrics(
         .get("metric")
         .ok_or_else(|| ApiError::bad_request("metric is required, e.g. ?metric=cpu"))?
         .parse()
-        .map_err(|e: holmes_proto::UnknownMetric| ApiError::bad_request(e.to_string()))?;
-    let now = unix_nanos_now();
-    let since = parse_time(
-        params.get("since").map_or(DEFAULT_SINCE, String::as_str),
-        now,
-    )
-    .map_err(|e| ApiError::bad_request(format!("since: {e}")))?;
-    let until = match params.get("until") {
-        Some(u) => parse_time(u, now).map_err(|e| ApiError::bad_request(format!("until: {e}")))?,
-        None => now.saturating_add(1),
-    };
-    if since >= until {
-        return Err(ApiError::bad_request("since must be before until"));
-    }
-    let limit = match params.get("limit") {
-        Some(l) => l.parse::<u64>().ok().filter(|l| *l > 0).ok_or_else(|| {
-            ApiError::bad_request(format!("limit {l:?} is not a positive number"))
-        })?,
-        None => DEFAULT_POINT_LIMIT,
-    };
-    if api.store.list_instances(&service).await?.is_empty() {
-        return Err(ApiError::not_found(format!("unknown service {service:?}")));
-    }
+        .map_err(|e: UnknownMetric| ApiError::bad_request(e.to_string()))?;
+    let (since, until) = time_range(&params, DEFAULT_SINCE)?;
+    let limit = limit(&params, DEFAULT_POINT_LIMIT)?;
+    known_service(&api, &service).await?;
     let points = api
         .store
         .query_metrics(&MetricQuery {
@@ -214,11 +266,7 @@ async fn metrics(
         .await?;
     let mut series: Vec<SeriesJson> = Vec::new();
     for p in points {
-        let point = PointJson {
-            ts: rfc3339(p.unix_nanos),
-            unix_ms: p.unix_nanos / 1_000_000,
-            value: p.value,
-        };
+        let point = PointJson::new(p.unix_nanos, p.value);
         match series.last_mut() {
             Some(s) if s.instance == p.instance_id => s.points.push(point),
             _ => series.push(SeriesJson {

@@ -107,11 +107,13 @@ impl Server {
         Server::start_with_store(config, store).await
     }
 
-    /// Like [`Server::start`] on a store opened by the caller.
+    /// Like [`Server::start`] on a store opened by the caller. The configured rules are
+    /// checked here too, so that no agent is sent a rule that does not parse.
     pub async fn start_with_store(
         config: &Config,
         store: Arc<dyn Store>,
     ) -> Result<Server, ServeError> {
+        crate::rules::check(&config.rules).map_err(|e| ServeError::Config(e.into()))?;
         let bind = |what, addr| async move {
             TcpListener::bind(addr)
                 .await
@@ -127,8 +129,12 @@ impl Server {
         let http_addr = local(&http, "HTTP", config.http_addr)?;
         let (closing, closed) = watch::channel(false);
 
-        let ingest = IngestServer::new(IngestService::new(Arc::clone(&store), closed.clone()))
-            .max_decoding_message_size(config.max_message_bytes);
+        let ingest = IngestServer::new(IngestService::new(
+            Arc::clone(&store),
+            config.rules.clone(),
+            closed.clone(),
+        ))
+        .max_decoding_message_size(config.max_message_bytes);
         let mut grpc_closed = closed.clone();
         let grpc_task = tokio::spawn(async move {
             let result = tonic::transport::Server::builder()

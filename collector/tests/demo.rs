@@ -61,12 +61,13 @@ async fn the_demo_produces_queryable_data_from_real_service_processes() {
             {
                 first_data.get_or_insert(started.elapsed());
                 let cpu = api.metrics("checkout", "cpu", "5m").await.unwrap();
+                // A burst holds one core; idle instances use well under 5 % of one.
                 let cores = std::thread::available_parallelism().unwrap().get() as f64;
                 seen_burst = cpu.series.len() == 2
                     && cpu
                         .series
                         .iter()
-                        .any(|s| s.points.iter().any(|p| p.value > 60.0 / cores));
+                        .any(|s| s.points.iter().any(|p| p.value > 30.0 / cores));
                 if seen_burst {
                     break;
                 }

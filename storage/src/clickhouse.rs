@@ -11,7 +11,12 @@ use async_trait::async_trait;
 use clickhouse::{Client, Compression, Row};
 use serde::{Deserialize, Serialize};
 
-use crate::{InstanceInfo, MetricPoint, MetricQuery, ServiceSummary, Store, StoreError};
+use crate::{
+    InstanceInfo, MetricPoint, MetricQuery, ServiceSummary, Store, StoreError, TriggerQuery,
+    TriggerRecord,
+};
+
+mod triggers;
 
 /// Database used when the configuration names none.
 pub const DEFAULT_DATABASE: &str = "holmes";
@@ -78,8 +83,10 @@ impl ServerVersion {
 }
 
 /// Schema migrations; the `schema_migrations` table records which ran.
-const MIGRATIONS: &[&[&str]] = &[&[
-    "CREATE TABLE IF NOT EXISTS instances (
+const MIGRATIONS: &[&[&str]] = &[
+    // 1: instances and metric samples.
+    &[
+        "CREATE TABLE IF NOT EXISTS instances (
         service String,
         instance_id String,
         host String,
@@ -90,7 +97,7 @@ const MIGRATIONS: &[&[&str]] = &[&[
         started_at UInt64,
         last_seen UInt64
     ) ENGINE = ReplacingMergeTree(last_seen) ORDER BY (service, instance_id)",
-    "CREATE TABLE IF NOT EXISTS metric_samples (
+        "CREATE TABLE IF NOT EXISTS metric_samples (
         day Date,
         service String,
         metric String,
@@ -98,7 +105,32 @@ const MIGRATIONS: &[&[&str]] = &[&[
         ts UInt64,
         value Float64
     ) ENGINE = ReplacingMergeTree PARTITION BY day ORDER BY (service, metric, instance_id, ts)",
-]];
+    ],
+    // 2: trigger events. Resends share `(service, event_id)`, so merges fold them;
+    // queries hide the copies not merged yet with `LIMIT 1 BY event_id`.
+    &["CREATE TABLE IF NOT EXISTS triggers (
+        day Date,
+        service String,
+        event_id String,
+        instance_id String,
+        ts UInt64,
+        metric String,
+        reason String,
+        current_value Float64,
+        window_ts Array(UInt64),
+        window_values Array(Float64),
+        has_rule UInt8,
+        rule_metric String,
+        rule_enabled UInt8,
+        rule_min Float64,
+        rule_diff Float64,
+        rule_abs Float64,
+        rule_max Float64,
+        rule_cooldown_ms UInt64,
+        rule_window UInt32,
+        request_id String
+    ) ENGINE = ReplacingMergeTree PARTITION BY day ORDER BY (service, event_id)"],
+];
 
 #[derive(Row, Serialize, Deserialize)]
 struct InstanceRow {
@@ -457,6 +489,14 @@ impl Store for ClickHouseStore {
                 value: r.value,
             })
             .collect())
+    }
+
+    async fn insert_triggers(&self, triggers: &[TriggerRecord]) -> Result<(), StoreError> {
+        triggers::insert(self, triggers).await
+    }
+
+    async fn query_triggers(&self, q: &TriggerQuery) -> Result<Vec<TriggerRecord>, StoreError> {
+        triggers::query(self, q).await
     }
 }
 

@@ -3,6 +3,7 @@
 pub mod clickhouse;
 mod model;
 pub mod sqlite;
+mod stored_names;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
 
@@ -96,4 +97,15 @@ pub trait Store: Send + Sync + 'static {
     /// Points of one metric of one service in `[since, until)`, sorted by instance and
     /// time, at most `limit`.
     async fn query_metrics(&self, query: &MetricQuery) -> Result<Vec<MetricPoint>, StoreError>;
+
+    /// Stores trigger events. An event already stored (same service and event id: an
+    /// agent resending after a lost ack) is kept once. Every field reads back exactly,
+    /// numbers bit for bit (a NaN may come back as another NaN), except that the rule's
+    /// cooldown is kept to the millisecond (as the protocol carries it) and
+    /// `request_id: Some("")` reads back as `None`.
+    async fn insert_triggers(&self, triggers: &[TriggerRecord]) -> Result<(), StoreError>;
+
+    /// Trigger events of one service in `[since, until)`, of one metric if the query
+    /// names one, sorted by time and then event id, at most `limit`.
+    async fn query_triggers(&self, query: &TriggerQuery) -> Result<Vec<TriggerRecord>, StoreError>;
 }

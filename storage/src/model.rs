@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use holmes_proto::Metric;
+use holmes_proto::{Metric, RuleConfig, Sample, TriggerReason};
 
 /// One agent process as last seen.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,5 +63,46 @@ pub struct MetricQuery {
     /// To, exclusive.
     pub until_unix_nanos: u64,
     /// At most this many points.
+    pub limit: u64,
+}
+
+/// A trigger event as stored: a rule fired (or a capture was requested) in one instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TriggerRecord {
+    /// Service name.
+    pub service: String,
+    /// Instance id.
+    pub instance_id: String,
+    /// Event id the agent made, unique within the service.
+    pub event_id: String,
+    /// The metric that fired; `None` for a requested capture.
+    pub metric: Option<Metric>,
+    /// Why it fired.
+    pub reason: TriggerReason,
+    /// The value that fired.
+    pub current: f64,
+    /// The rule's window at the time, oldest first.
+    pub window: Vec<Sample>,
+    /// The rule as it was; `None` for a requested capture.
+    pub rule: Option<RuleConfig>,
+    /// When it fired, nanoseconds since the Unix epoch.
+    pub unix_nanos: u64,
+    /// The capture request it answers, if any. `Some("")` is stored as `None`, as on
+    /// the wire.
+    pub request_id: Option<String>,
+}
+
+/// Which trigger events to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TriggerQuery {
+    /// Service name.
+    pub service: String,
+    /// Only this metric's triggers; `None` for all, requested captures included.
+    pub metric: Option<Metric>,
+    /// From, inclusive, nanoseconds since the Unix epoch.
+    pub since_unix_nanos: u64,
+    /// To, exclusive.
+    pub until_unix_nanos: u64,
+    /// At most this many events.
     pub limit: u64,
 }

@@ -10,7 +10,12 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rusqlite::{params, Connection};
 
-use crate::{InstanceInfo, MetricPoint, MetricQuery, ServiceSummary, Store, StoreError};
+use crate::{
+    InstanceInfo, MetricPoint, MetricQuery, ServiceSummary, Store, StoreError, TriggerQuery,
+    TriggerRecord,
+};
+
+mod triggers;
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "holmes.sqlite3";
@@ -37,6 +42,31 @@ const MIGRATIONS: &[&str] = &[
         value REAL NOT NULL,
         PRIMARY KEY (service, metric, instance_id, ts)
     ) WITHOUT ROWID;",
+    // 2: trigger events. Numbers are declared without a type so that SQLite keeps them
+    // exactly as bound (a REAL column would turn -0.0 into 0); SQLite stores NaN as NULL.
+    // The window is a BLOB of 16 bytes per sample: timestamp (u64) and value (f64 bits),
+    // little-endian. A trigger without a rule has NULL in every rule_ column.
+    "CREATE TABLE triggers (
+        service TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        instance_id TEXT NOT NULL,
+        ts INTEGER NOT NULL,
+        metric TEXT,
+        reason TEXT NOT NULL,
+        current_value,
+        window_samples BLOB NOT NULL,
+        rule_metric TEXT,
+        rule_enabled INTEGER,
+        rule_min,
+        rule_diff,
+        rule_abs,
+        rule_max,
+        rule_cooldown_ms INTEGER,
+        rule_window INTEGER,
+        request_id TEXT,
+        PRIMARY KEY (service, event_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX triggers_by_time ON triggers (service, ts, event_id);",
 ];
 
 /// The embedded SQLite store.
@@ -311,6 +341,20 @@ impl Store for SqliteStore {
         })
         .await
     }
+
+    async fn insert_triggers(&self, triggers: &[TriggerRecord]) -> Result<(), StoreError> {
+        if triggers.is_empty() {
+            return Ok(());
+        }
+        let triggers = triggers.to_vec();
+        self.with_conn(move |conn| triggers::insert(conn, &triggers))
+            .await
+    }
+
+    async fn query_triggers(&self, query: &TriggerQuery) -> Result<Vec<TriggerRecord>, StoreError> {
+        let q = query.clone();
+        self.with_conn(move |conn| triggers::query(conn, &q)).await
+    }
 }
 
 #[cfg(test)]
@@ -327,6 +371,34 @@ mod tests {
         .into();
         assert_eq!(labels_from_sql(&labels_to_sql(&labels)).unwrap(), labels);
         assert!(labels_from_sql("3:ab").is_err());
+    }
+
+    #[test]
+    fn a_store_of_an_older_version_is_migrated_and_keeps_its_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute(
+            "INSERT INTO metric_samples VALUES ('checkout', 'cpu', 'a', 5, 1.5)",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let conn = store.conn.lock().unwrap();
+        let version: u32 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version as usize, MIGRATIONS.len());
+        let (samples, triggers): (i64, i64) = conn
+            .query_row(
+                "SELECT (SELECT COUNT(*) FROM metric_samples), (SELECT COUNT(*) FROM triggers)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((samples, triggers), (1, 0));
     }
 
     #[test]

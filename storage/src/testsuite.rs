@@ -6,9 +6,11 @@
 
 use std::collections::BTreeMap;
 
-use holmes_proto::Metric;
+use std::time::Duration;
 
-use crate::{InstanceInfo, MetricPoint, MetricQuery, Store};
+use holmes_proto::{Metric, RuleConfig, Sample, TriggerReason};
+
+use crate::{InstanceInfo, MetricPoint, MetricQuery, Store, TriggerQuery, TriggerRecord};
 
 const SEC: u64 = 1_000_000_000;
 /// 2026-11-26T00:00:00Z, a realistic timestamp.
@@ -60,6 +62,11 @@ pub async fn empty_store_lists_nothing(store: impl Store) {
         .await
         .unwrap();
     assert!(points.is_empty());
+    let triggers = store
+        .query_triggers(&trigger_query("checkout", None, 0, u64::MAX / 2))
+        .await
+        .unwrap();
+    assert!(triggers.is_empty());
 }
 
 /// Instances come back exactly as written, grouped into services.
@@ -207,6 +214,255 @@ pub async fn hostile_values_are_data(store: impl Store) {
         .unwrap();
     assert!(got.is_empty());
     assert_eq!(store.list_services(0).await.unwrap().len(), 1);
+    let mut t = trigger("checkout", "a", "'); DROP TABLE triggers; --", T0);
+    t.request_id = Some("? ?fields \\' \"".to_owned());
+    store
+        .insert_triggers(std::slice::from_ref(&t))
+        .await
+        .unwrap();
+    let got = store
+        .query_triggers(&trigger_query("checkout", None, T0, T0 + SEC))
+        .await
+        .unwrap();
+    assert_eq!(got, vec![t]);
+    let none = store
+        .query_triggers(&trigger_query("x' OR '1'='1", None, 0, u64::MAX / 2))
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+}
+
+fn cpu_rule() -> RuleConfig {
+    RuleConfig {
+        metric: Metric::CpuPercent,
+        enabled: true,
+        min: 10.0,
+        diff: 25.0,
+        abs: 70.0,
+        max: 0.0,
+        cooldown: Duration::from_millis(60_250),
+        window: 10,
+    }
+}
+
+/// A CPU trigger of `instance` with a small window and its rule.
+fn trigger(service: &str, instance: &str, event_id: &str, ts: u64) -> TriggerRecord {
+    TriggerRecord {
+        service: service.to_owned(),
+        instance_id: instance.to_owned(),
+        event_id: event_id.to_owned(),
+        metric: Some(Metric::CpuPercent),
+        reason: TriggerReason::Abs,
+        current: 91.25,
+        window: (0..3u64)
+            .map(|i| Sample {
+                unix_nanos: ts - (2 - i) * SEC,
+                value: 20.5 + 30.0 * i as f64,
+            })
+            .collect(),
+        rule: Some(cpu_rule()),
+        unix_nanos: ts,
+        request_id: None,
+    }
+}
+
+fn trigger_query(service: &str, metric: Option<Metric>, since: u64, until: u64) -> TriggerQuery {
+    TriggerQuery {
+        service: service.to_owned(),
+        metric,
+        since_unix_nanos: since,
+        until_unix_nanos: until,
+        limit: 10_000,
+    }
+}
+
+/// Rust prints floats with the shortest text that parses back to the same bits (and
+/// `-0.0` as such), so equal `Debug` text means equal records, NaN included.
+fn exact(triggers: &[TriggerRecord]) -> String {
+    format!("{triggers:#?}")
+}
+
+/// Trigger events come back exactly as written: every field, with or without a metric,
+/// rule or request id, and awkward numbers bit for bit.
+pub async fn triggers_roundtrip_exactly(store: impl Store) {
+    let mut fired = trigger("checkout", "checkout-a", "ev-1", T0 + 10 * SEC);
+    fired.reason = TriggerReason::Diff;
+    fired.current = 0.1 + 0.2;
+    fired.window = vec![
+        Sample {
+            unix_nanos: T0 + 7 * SEC + 1,
+            value: 1e-300,
+        },
+        Sample {
+            unix_nanos: T0 + 8 * SEC,
+            value: f64::MAX,
+        },
+        Sample {
+            unix_nanos: T0 + 9 * SEC,
+            value: -0.0,
+        },
+        Sample {
+            unix_nanos: T0 + 10 * SEC,
+            value: 0.1 + 0.2,
+        },
+    ];
+    let mut rule = cpu_rule();
+    rule.metric = Metric::Threads;
+    rule.enabled = false;
+    rule.min = 5e-324;
+    rule.diff = 33.3;
+    rule.abs = f64::INFINITY;
+    rule.max = 99.999;
+    rule.window = 1_000;
+    fired.rule = Some(rule);
+    let requested = TriggerRecord {
+        service: "checkout".to_owned(),
+        instance_id: "checkout-b".to_owned(),
+        event_id: "ev-2".to_owned(),
+        metric: None,
+        reason: TriggerReason::Requested,
+        current: 0.0,
+        window: Vec::new(),
+        rule: None,
+        unix_nanos: T0 + 20 * SEC,
+        request_id: Some("req-7".to_owned()),
+    };
+    let mut odd = trigger("checkout", "checkout-a", "ev-3", T0 + 30 * SEC);
+    odd.current = -0.0;
+    odd.window[0].value = f64::NAN;
+    odd.window[1].value = f64::NEG_INFINITY;
+    odd.request_id = Some(String::new());
+    if let Some(rule) = odd.rule.as_mut() {
+        rule.max = f64::NAN;
+    }
+    store
+        .insert_triggers(&[odd.clone(), requested.clone(), fired.clone()])
+        .await
+        .unwrap();
+    let got = store
+        .query_triggers(&trigger_query("checkout", None, T0, T0 + 60 * SEC))
+        .await
+        .unwrap();
+    odd.request_id = None;
+    assert_eq!(exact(&got), exact(&[fired, requested, odd]));
+    assert_eq!(got[2].current.to_bits(), (-0.0f64).to_bits());
+    assert!(got[2].window[0].value.is_nan());
+}
+
+/// A trigger written again (an agent resending after a lost ack) is stored once.
+pub async fn resent_triggers_are_stored_once(store: impl Store) {
+    let a = trigger("checkout", "checkout-a", "ev-a", T0 + SEC);
+    let b = trigger("checkout", "checkout-a", "ev-b", T0 + 2 * SEC);
+    let c = trigger("checkout", "checkout-a", "ev-c", T0 + 3 * SEC);
+    store
+        .insert_triggers(&[a.clone(), b.clone()])
+        .await
+        .unwrap();
+    store
+        .insert_triggers(&[b.clone(), c.clone(), c.clone()])
+        .await
+        .unwrap();
+    store
+        .insert_triggers(std::slice::from_ref(&a))
+        .await
+        .unwrap();
+    let got = store
+        .query_triggers(&trigger_query("checkout", None, T0, T0 + 10 * SEC))
+        .await
+        .unwrap();
+    assert_eq!(got, vec![a, b, c]);
+}
+
+/// Trigger queries return one service's events in `[since, until)`, of one metric if
+/// asked, at most `limit`.
+pub async fn triggers_filter_by_service_metric_and_range(store: impl Store) {
+    let mut all = Vec::new();
+    for s in 0..10u64 {
+        let mut t = trigger("checkout", "checkout-a", &format!("cpu-{s}"), T0 + s * SEC);
+        t.current = s as f64;
+        all.push(t);
+        let mut mem = trigger("checkout", "checkout-b", &format!("mem-{s}"), T0 + s * SEC);
+        mem.metric = Some(Metric::MemoryPercent);
+        all.push(mem);
+        all.push(trigger("cart", "cart-0", &format!("cpu-{s}"), T0 + s * SEC));
+    }
+    let mut requested = trigger("checkout", "checkout-a", "req", T0 + 4 * SEC);
+    requested.metric = None;
+    requested.reason = TriggerReason::Requested;
+    requested.rule = None;
+    all.push(requested.clone());
+    store.insert_triggers(&all).await.unwrap();
+
+    let cpu = store
+        .query_triggers(&trigger_query(
+            "checkout",
+            Some(Metric::CpuPercent),
+            T0 + 2 * SEC,
+            T0 + 5 * SEC,
+        ))
+        .await
+        .unwrap();
+    let ids: Vec<&str> = cpu.iter().map(|t| t.event_id.as_str()).collect();
+    assert_eq!(ids, ["cpu-2", "cpu-3", "cpu-4"]);
+    assert!(cpu.iter().all(|t| t.service == "checkout"));
+    assert_eq!(cpu[1].current, 3.0);
+
+    let any = store
+        .query_triggers(&trigger_query("checkout", None, T0 + 4 * SEC, T0 + 5 * SEC))
+        .await
+        .unwrap();
+    let ids: Vec<&str> = any.iter().map(|t| t.event_id.as_str()).collect();
+    assert_eq!(ids, ["cpu-4", "mem-4", "req"]);
+    assert_eq!(any[2], requested);
+
+    let mut limited = trigger_query("checkout", None, T0, T0 + 100 * SEC);
+    limited.limit = 4;
+    let first = store.query_triggers(&limited).await.unwrap();
+    let ids: Vec<&str> = first.iter().map(|t| t.event_id.as_str()).collect();
+    assert_eq!(ids, ["cpu-0", "mem-0", "cpu-1", "mem-1"]);
+
+    let threads = store
+        .query_triggers(&trigger_query(
+            "checkout",
+            Some(Metric::Threads),
+            T0,
+            T0 + 100 * SEC,
+        ))
+        .await
+        .unwrap();
+    assert!(threads.is_empty());
+    let cart = store
+        .query_triggers(&trigger_query("cart", None, T0, T0 + 100 * SEC))
+        .await
+        .unwrap();
+    assert_eq!(cart.len(), 10);
+    let empty_range = store
+        .query_triggers(&trigger_query("checkout", None, T0 + 3 * SEC, T0 + 3 * SEC))
+        .await
+        .unwrap();
+    assert!(empty_range.is_empty());
+}
+
+/// Trigger events are sorted by time, then by event id, whatever order they came in.
+pub async fn triggers_sort_by_time_then_event_id(store: impl Store) {
+    let late = trigger("checkout", "checkout-a", "a-late", T0 + 5 * SEC);
+    let z = trigger("checkout", "checkout-a", "z", T0 + 2 * SEC);
+    let m = trigger("checkout", "checkout-c", "m", T0 + 2 * SEC);
+    let b = trigger("checkout", "checkout-b", "b", T0 + 2 * SEC);
+    let early = trigger("checkout", "checkout-z", "zz-early", T0 + SEC);
+    store
+        .insert_triggers(&[late.clone(), z.clone()])
+        .await
+        .unwrap();
+    store
+        .insert_triggers(&[m.clone(), b.clone(), early.clone()])
+        .await
+        .unwrap();
+    let got = store
+        .query_triggers(&trigger_query("checkout", None, T0, T0 + 10 * SEC))
+        .await
+        .unwrap();
+    assert_eq!(got, vec![early, b, m, z, late]);
 }
 
 /// Generates one `#[tokio::test]` per conformance case. `$make` is an async expression
@@ -223,6 +479,10 @@ macro_rules! store_conformance_tests {
             metrics_filter_by_service_metric_and_range,
             resent_points_are_stored_once,
             hostile_values_are_data,
+            triggers_roundtrip_exactly,
+            resent_triggers_are_stored_once,
+            triggers_filter_by_service_metric_and_range,
+            triggers_sort_by_time_then_event_id,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

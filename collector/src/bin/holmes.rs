@@ -2,7 +2,8 @@
 
 use clap::{Parser, Subcommand};
 use holmes_collector::api_client::{ApiClient, DEFAULT_API};
-use holmes_collector::query::{MetricsJson, ServiceJson};
+use holmes_collector::query::{MetricsJson, ServiceJson, TriggerJson, TriggersJson};
+use holmes_proto::Metric;
 
 #[derive(Parser)]
 #[command(
@@ -41,6 +42,15 @@ enum Command {
         metric: String,
         /// How far back: a duration (10m, 2h) or an RFC 3339 time.
         #[arg(long, default_value = "10m")]
+        since: String,
+    },
+    /// Trigger events of one service (rules that fired, captures requested), oldest first.
+    Triggers {
+        /// Service name.
+        #[arg(long)]
+        service: String,
+        /// How far back: a duration (10m, 2h) or an RFC 3339 time.
+        #[arg(long, default_value = "1h")]
         since: String,
     },
 }
@@ -133,6 +143,58 @@ fn print_metrics(m: &MetricsJson) {
     }
 }
 
+/// `20.5%→91.3% ▁▄█`: the window's range and shape, or `-` when it is empty.
+fn window_summary(t: &TriggerJson, unit: &str) -> String {
+    let values: Vec<f64> = t.window.iter().map(|p| p.value).collect();
+    if values.is_empty() {
+        return "-".to_owned();
+    }
+    let min = values.iter().copied().fold(f64::MAX, f64::min);
+    let max = values.iter().copied().fold(f64::MIN, f64::max);
+    format!(
+        "{}→{} {}",
+        format_value(min, unit),
+        format_value(max, unit),
+        sparkline(&values)
+    )
+}
+
+fn print_triggers(t: &TriggersJson) {
+    println!("{} triggers since {}", t.service, t.since);
+    if t.triggers.is_empty() {
+        println!("no triggers in this range");
+        return;
+    }
+    let width = t
+        .triggers
+        .iter()
+        .map(|e| e.instance.len())
+        .max()
+        .unwrap_or(8)
+        .max(8);
+    println!(
+        "{:<24}  {:<width$}  {:<13}  {:<9}  {:>10}  WINDOW",
+        "TIME", "INSTANCE", "METRIC", "REASON", "CURRENT"
+    );
+    for e in &t.triggers {
+        let metric = e.metric.as_deref().and_then(|m| m.parse::<Metric>().ok());
+        let unit = metric.map_or("count", Metric::unit);
+        let current = match metric {
+            Some(_) => format_value(e.current, unit),
+            None => "-".to_owned(),
+        };
+        println!(
+            "{:<24}  {:<width$}  {:<13}  {:<9}  {:>10}  {}",
+            e.ts,
+            e.instance,
+            e.metric.as_deref().unwrap_or("-"),
+            e.reason,
+            current,
+            window_summary(e, unit)
+        );
+    }
+}
+
 fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
@@ -182,6 +244,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print_json(&m)?;
             } else {
                 print_metrics(&m);
+            }
+        }
+        Command::Triggers { service, since } => {
+            let t = client.triggers(&service, &since).await?;
+            if cli.json {
+                print_json(&t)?;
+            } else {
+                print_triggers(&t);
             }
         }
     }

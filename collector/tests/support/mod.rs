@@ -1,6 +1,8 @@
 //! Shared harness for the collector's tests: real collectors on loopback, real stores.
 #![allow(dead_code)]
 
+pub(crate) mod raw_agent;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
