@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 
 pub use alloc::{allocated_bytes, CountingAllocator};
 pub use holmes_proto::Metric;
@@ -79,17 +79,14 @@ impl HolmesBuilder {
                 service,
                 instance,
                 shared,
-                stop: None,
                 thread: None,
             });
         }
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let thread = monitor::spawn(cfg, Arc::clone(&shared), stop_rx)?;
+        let thread = monitor::spawn(cfg, Arc::clone(&shared))?;
         Ok(HolmesHandle {
             service,
             instance,
             shared,
-            stop: Some(stop_tx),
             thread: Some(thread),
         })
     }
@@ -103,7 +100,6 @@ pub struct HolmesHandle {
     service: String,
     instance: String,
     shared: Arc<Shared>,
-    stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -192,10 +188,9 @@ impl HolmesHandle {
     /// (default [`DEFAULT_FLUSH_TIMEOUT`]) for the collector to acknowledge what is
     /// queued, then ends the agent's thread. Blocks the caller for at most that long.
     pub fn stop(mut self) -> AgentStats {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.shared.stop_requested.store(true, Ordering::Release);
         if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
             if thread.join().is_err() {
                 tracing::error!(target: "holmes", "the agent thread panicked");
             }
@@ -227,11 +222,11 @@ pub(crate) struct Shared {
     rules_version: AtomicU64,
     runtimes: Mutex<Vec<tokio::runtime::Handle>>,
     triggers: AtomicU64,
+    /// Set by stop(); the agent thread checks it whenever it wakes.
+    stop_requested: AtomicBool,
     outbox: Mutex<outbox::Outbox>,
     /// Woken when a message is queued.
     queued: Notify,
-    /// Woken when an ack arrives.
-    acked: Notify,
     samples: AtomicU64,
     sent: AtomicU64,
     connections: AtomicU64,
@@ -248,9 +243,9 @@ impl Shared {
             rules_version: AtomicU64::new(0),
             runtimes: Mutex::new(cfg.runtimes.clone()),
             triggers: AtomicU64::new(0),
+            stop_requested: AtomicBool::new(false),
             outbox: Mutex::new(outbox::Outbox::new(cfg.outbox_bytes)),
             queued: Notify::new(),
-            acked: Notify::new(),
             samples: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             connections: AtomicU64::new(0),

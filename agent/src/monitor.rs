@@ -1,7 +1,11 @@
-//! The agent's own thread: a one-thread tokio runtime of its own, so a host runtime that
-//! is deadlocked or saturated cannot stop it. Each tick it samples the process, feeds
-//! every rule, turns firings into trigger events, and hands full metric windows to the
-//! outbox; between ticks a cheap RSS check runs the memory rule early.
+//! The agent's own threads, so a host runtime that is deadlocked or saturated cannot
+//! stop them:
+//! - `holmes-agent` samples the process on a plain loop of timed waits (no async
+//!   runtime: each wake-up costs one syscall), feeds every rule, turns firings into
+//!   trigger events, and hands full metric windows to the outbox; between two samples a
+//!   cheap RSS-only check runs the memory rule early;
+//! - `holmes-sender`, only with a collector, runs the gRPC stream on a one-thread tokio
+//!   runtime of its own; it sleeps until the outbox has work or the network answers.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -9,37 +13,73 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use holmes_proto::{AgentBody, Hello, Metric, MetricSeries, MetricWindow, Sample, TriggerEvent};
-use tokio::sync::oneshot;
 
 use crate::config::AgentConfig;
 use crate::rules::{Decision, RuleState};
 use crate::sampler::{unix_nanos_now, Sampler};
 use crate::{dump, sender, Shared};
 
-/// Starts the agent thread.
+/// Starts the agent thread (which starts the sender thread if there is a collector).
 pub(crate) fn spawn(
     cfg: AgentConfig,
     shared: Arc<Shared>,
-    stop: oneshot::Receiver<()>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let cfg = Arc::new(cfg);
+    let sender = match &cfg.collector {
+        Some(_) => Some(spawn_sender(Arc::clone(&cfg), Arc::clone(&shared))?),
+        None => None,
+    };
     std::thread::Builder::new()
         .name("holmes-agent".to_owned())
         .spawn(move || {
+            run(&cfg, &shared);
+            if let Some(sender) = sender {
+                sender.stop();
+            }
+        })
+}
+
+/// The sender thread and the signal that ends it.
+struct SenderThread {
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl SenderThread {
+    fn stop(self) {
+        let _ = self.stop.send(());
+        if self.thread.join().is_err() {
+            tracing::error!(target: "holmes", "the sender thread panicked");
+        }
+    }
+}
+
+fn spawn_sender(cfg: Arc<AgentConfig>, shared: Arc<Shared>) -> std::io::Result<SenderThread> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("holmes-sender".to_owned())
+        .spawn(move || {
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
-                .thread_name("holmes-agent")
                 .build()
             {
                 Ok(rt) => rt,
                 Err(err) => {
-                    tracing::error!(target: "holmes", error = %err, "cannot build the agent's runtime; the agent is off");
+                    tracing::error!(target: "holmes", error = %err, "cannot build the sender's runtime; nothing will be sent");
                     return;
                 }
             };
-            runtime.block_on(run(Arc::new(cfg), shared, stop));
-            // Cancels the sender; its stream closes with the runtime.
+            let hello = hello(&cfg);
+            runtime.block_on(async move {
+                tokio::select! {
+                    _ = sender::run(Arc::clone(&cfg), hello, shared) => {}
+                    _ = stopped => {}
+                }
+            });
+            // The stream closes with the runtime.
             runtime.shutdown_timeout(Duration::from_millis(200));
-        })
+        })?;
+    Ok(SenderThread { stop, thread })
 }
 
 /// The hello an agent introduces itself with; its rules are filled per connection.
@@ -97,72 +137,81 @@ impl Engine {
     }
 }
 
-async fn run(cfg: Arc<AgentConfig>, shared: Arc<Shared>, mut stop: oneshot::Receiver<()>) {
-    if cfg.collector.is_some() {
-        tokio::spawn(sender::run(
-            Arc::clone(&cfg),
-            hello(&cfg),
-            Arc::clone(&shared),
-        ));
-    } else {
-        tracing::info!(target: "holmes", service = %cfg.service, dump_dir = ?cfg.dump_dir, "no collector configured; triggers are written to the dump folder");
+fn run(cfg: &AgentConfig, shared: &Shared) {
+    if cfg.collector.is_none() {
+        tracing::info!(target: "holmes", service = %cfg.service, dump_dir = ?cfg.effective_dump_dir(), "no collector configured; triggers are written to the dump folder");
     }
-
     let mut sampler = Sampler::new();
-    let mut engine = Engine::new(&shared);
+    let mut engine = Engine::new(shared);
     let mut window = WindowBuilder::default();
-    let mut ticker = tokio::time::interval(cfg.collect_interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let fast_period = cfg.memory_fast_interval.unwrap_or(cfg.collect_interval);
-    let mut fast = tokio::time::interval(fast_period);
-    fast.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last_flush: Option<Instant> = None;
-    let mut stop_live = true;
+    let mut next_sample = Instant::now();
+    let mut next_fast = cfg.memory_fast_interval.map(|f| Instant::now() + f);
     loop {
-        tokio::select! {
-            _ = ticker.tick() => {
-                engine.refresh(&shared);
-                let mut reading = sampler.sample();
-                reading.values.extend(host_metrics(&shared, sampler.memory_limit_bytes()));
-                shared.samples.fetch_add(1, Ordering::Relaxed);
-                judge_reading(&cfg, &shared, &mut engine, reading.unix_nanos, &reading.values);
-                window.add(reading.unix_nanos, &reading.values);
-                let due = last_flush.is_none_or(|t| t.elapsed() >= cfg.send_interval);
-                if due && !window.is_empty() {
-                    flush_window(&cfg, &shared, &mut window);
-                    last_flush = Some(Instant::now());
-                }
+        let now = Instant::now();
+        if now >= next_sample {
+            engine.refresh(shared);
+            let mut reading = sampler.sample();
+            reading
+                .values
+                .extend(host_metrics(shared, sampler.memory_limit_bytes()));
+            shared.samples.fetch_add(1, Ordering::Relaxed);
+            judge_reading(
+                cfg,
+                shared,
+                &mut engine,
+                reading.unix_nanos,
+                &reading.values,
+            );
+            window.add(reading.unix_nanos, &reading.values);
+            let due = last_flush.is_none_or(|t| t.elapsed() >= cfg.send_interval);
+            if due && !window.is_empty() {
+                flush_window(cfg, shared, &mut window);
+                last_flush = Some(Instant::now());
             }
-            _ = fast.tick(), if cfg.memory_fast_interval.is_some() => {
-                engine.refresh(&shared);
+            // Skip missed ticks rather than bursting to catch up.
+            next_sample += cfg.collect_interval;
+            if next_sample <= now {
+                next_sample = now + cfg.collect_interval;
+            }
+        } else if let (Some(fast_at), Some(period)) = (next_fast, cfg.memory_fast_interval) {
+            if now >= fast_at {
+                engine.refresh(shared);
                 if let Some(percent) = sampler.memory_percent_now() {
-                    fast_memory_check(&cfg, &shared, &mut engine, percent);
+                    fast_memory_check(cfg, shared, &mut engine, percent);
                 }
+                next_fast = Some(fast_at.max(now - period) + period);
             }
-            res = &mut stop, if stop_live => {
-                if res.is_ok() {
-                    break;
-                }
-                // The handle was dropped without stop(): keep running for the process's life.
-                stop_live = false;
+        }
+        // park_timeout sleeps in one futex call (a channel's recv_timeout spins first,
+        // which costs more than the sampling); stop() sets the flag and unparks.
+        let wake = next_fast.map_or(next_sample, |f| f.min(next_sample));
+        loop {
+            if shared.stop_requested.load(Ordering::Acquire) {
+                break;
             }
+            let wait = wake.saturating_duration_since(Instant::now());
+            if wait.is_zero() {
+                break;
+            }
+            std::thread::park_timeout(wait);
+        }
+        if shared.stop_requested.load(Ordering::Acquire) {
+            break;
         }
     }
 
     // stop(): send what is left and give the collector a moment to acknowledge it.
     if cfg.collector.is_some() {
-        flush_window(&cfg, &shared, &mut window);
-        let deadline = tokio::time::Instant::now() + cfg.flush_timeout; // bounded in config
-        loop {
-            let notified = shared.acked.notified();
-            if shared.lock_outbox().len() == 0 {
-                break;
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+        flush_window(cfg, shared, &mut window);
+        let deadline = Instant::now() + cfg.flush_timeout; // bounded in config
+        while shared.lock_outbox().len() > 0 {
+            if Instant::now() >= deadline {
                 let left = shared.lock_outbox().len();
                 tracing::warn!(target: "holmes", unacknowledged = left, "stopping with messages the collector has not acknowledged");
                 break;
             }
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 }
@@ -259,6 +308,10 @@ fn log_decision(
     decision: &Decision,
     path: &str,
 ) {
+    let loud = cfg.log_decisions || decision.fires();
+    if !loud && !tracing::enabled!(target: "holmes::rules", tracing::Level::TRACE) {
+        return;
+    }
     let window: Vec<String> = state
         .window()
         .iter()
@@ -273,7 +326,7 @@ fn log_decision(
         decision,
         path
     );
-    if cfg.log_decisions || decision.fires() {
+    if loud {
         tracing::info!(target: "holmes::rules", "{line}");
     } else {
         tracing::trace!(target: "holmes::rules", "{line}");

@@ -27,6 +27,7 @@ pub(crate) struct Sampler {
     memory_limit: Option<u64>,
     last_cpu: Option<(Instant, Duration)>,
     last_throttled: Option<(Instant, Duration)>,
+    rss: procfs::RssReader,
     warned: u32,
 }
 
@@ -53,6 +54,7 @@ impl Sampler {
             memory_limit,
             last_cpu: None,
             last_throttled: None,
+            rss: procfs::RssReader::new(),
             warned: 0,
         }
     }
@@ -63,9 +65,9 @@ impl Sampler {
     }
 
     /// Memory % of the limit from a single RSS read: the fast path between samples.
-    pub(crate) fn memory_percent_now(&self) -> Option<f64> {
+    pub(crate) fn memory_percent_now(&mut self) -> Option<f64> {
         let limit = self.memory_limit.filter(|l| *l > 0)?;
-        Some(procfs::rss_bytes()? as f64 / limit as f64 * 100.0)
+        Some(self.rss.read()? as f64 / limit as f64 * 100.0)
     }
 
     /// Takes one round of readings.
@@ -78,9 +80,12 @@ impl Sampler {
                     values.push((Metric::CpuPercent, percent / self.cores));
                 }
             }
-            None => self.warn_once(1, "getrusage failed; cpu % is not reported"),
+            None => self.warn_once(
+                1,
+                "cannot read the process cpu clock; cpu % is not reported",
+            ),
         }
-        match procfs::rss_bytes() {
+        match self.rss.read() {
             Some(rss) => {
                 values.push((Metric::RssBytes, rss as f64));
                 if let Some(limit) = self.memory_limit.filter(|l| *l > 0) {
@@ -134,18 +139,20 @@ pub(crate) fn unix_nanos_now() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
+/// CPU time of the whole process (all threads), to the nanosecond.
 fn process_cpu_time() -> Option<Duration> {
-    // SAFETY: an all-zero rusage is a valid value for getrusage to overwrite.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `usage` is a valid, writable rusage.
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) } != 0 {
         return None;
     }
-    let tv = |t: libc::timeval| {
-        Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
-            + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
-    };
-    Some(tv(usage.ru_utime) + tv(usage.ru_stime))
+    Some(
+        Duration::from_secs(u64::try_from(ts.tv_sec).unwrap_or(0))
+            + Duration::from_nanos(u64::try_from(ts.tv_nsec).unwrap_or(0)),
+    )
 }
 
 #[cfg(test)]

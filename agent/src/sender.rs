@@ -39,7 +39,7 @@ enum SessionError {
     Timeout(Duration),
 }
 
-/// Runs until the agent's runtime is shut down.
+/// Runs until the sender thread is told to stop.
 pub(crate) async fn run(cfg: Arc<AgentConfig>, hello: Hello, shared: Arc<Shared>) {
     let Some(url) = cfg.collector.clone() else {
         return;
@@ -212,7 +212,6 @@ fn handle_inbound(shared: &Shared, msg: pb::CollectorMessage) {
     match CollectorMessage::try_from(msg) {
         Ok(CollectorMessage::Ack { seq }) => {
             shared.lock_outbox().ack(seq);
-            shared.acked.notify_waiters();
         }
         Ok(CollectorMessage::ConfigUpdate(update)) => shared.apply_config_update(&update),
         Ok(CollectorMessage::CaptureRequest(req)) => {
