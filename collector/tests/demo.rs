@@ -53,7 +53,7 @@ async fn the_demo_produces_queryable_data_from_real_service_processes() {
     // Both instances report, and the CPU bursts of the demo's hot loop show up.
     let mut seen_burst = false;
     let mut first_data = None;
-    while started.elapsed() < Duration::from_secs(11) {
+    while started.elapsed() < Duration::from_secs(15) {
         if let Ok(services) = api.services().await {
             if services
                 .iter()
