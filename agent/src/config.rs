@@ -31,6 +31,11 @@ pub const MIN_COLLECT_INTERVAL: Duration = Duration::from_millis(10);
 /// Interval of the cheap RSS-only memory check between two regular samples
 /// (`HOLMES_MEMORY_FAST_INTERVAL`; `off` disables it).
 pub const DEFAULT_MEMORY_FAST_INTERVAL: Duration = Duration::from_millis(100);
+/// Length of the full-rate CPU profile taken after a trigger (`HOLMES_CPU_PROFILE_DURATION`).
+pub const DEFAULT_CPU_PROFILE_DURATION: Duration = Duration::from_secs(2);
+/// History the CPU flight recorder keeps, shipped as the pre-trigger profile
+/// (`HOLMES_FLIGHT_RECORDER_WINDOW`).
+pub const DEFAULT_FLIGHT_RECORDER_WINDOW: Duration = Duration::from_secs(10);
 /// Longest interval, timeout or backoff accepted for any setting.
 pub const MAX_DURATION_SETTING: Duration = Duration::from_secs(3600);
 
@@ -96,6 +101,9 @@ pub struct HolmesBuilder {
     pub(crate) log_decisions: Option<bool>,
     pub(crate) memory_fast_interval: Option<Option<Duration>>,
     pub(crate) runtimes: Vec<tokio::runtime::Handle>,
+    pub(crate) flight_recorder: Option<bool>,
+    pub(crate) flight_recorder_window: Option<Duration>,
+    pub(crate) cpu_profile_duration: Option<Duration>,
 }
 
 impl HolmesBuilder {
@@ -232,6 +240,27 @@ impl HolmesBuilder {
         self
     }
 
+    /// Keeps the always-on, low-rate CPU flight recorder (19 samples per CPU second) on
+    /// or off (`HOLMES_FLIGHT_RECORDER`, default on). Without it there are no CPU captures.
+    pub fn flight_recorder(mut self, on: bool) -> Self {
+        self.flight_recorder = Some(on);
+        self
+    }
+
+    /// How much CPU history before a trigger is shipped (`HOLMES_FLIGHT_RECORDER_WINDOW`,
+    /// default [`DEFAULT_FLIGHT_RECORDER_WINDOW`]).
+    pub fn flight_recorder_window(mut self, window: Duration) -> Self {
+        self.flight_recorder_window = Some(window);
+        self
+    }
+
+    /// Length of the full-rate CPU profile after a trigger (`HOLMES_CPU_PROFILE_DURATION`,
+    /// default [`DEFAULT_CPU_PROFILE_DURATION`]).
+    pub fn cpu_profile_duration(mut self, duration: Duration) -> Self {
+        self.cpu_profile_duration = Some(duration);
+        self
+    }
+
     /// Turns the agent on or off (`HOLMES_ENABLED`); a disabled agent starts nothing.
     pub fn enabled(mut self, enabled: bool) -> Self {
         self.enabled = Some(enabled);
@@ -306,6 +335,23 @@ impl HolmesBuilder {
                 self.cpu_max = Some(n);
             }
         }
+        if self.flight_recorder.is_none() {
+            if let Some(v) = get("HOLMES_FLIGHT_RECORDER") {
+                self.flight_recorder = Some(parse_bool("HOLMES_FLIGHT_RECORDER", &v)?);
+            }
+        }
+        if self.flight_recorder_window.is_none() {
+            if let Some(v) = get("HOLMES_FLIGHT_RECORDER_WINDOW") {
+                self.flight_recorder_window =
+                    Some(parse_duration("HOLMES_FLIGHT_RECORDER_WINDOW", &v)?);
+            }
+        }
+        if self.cpu_profile_duration.is_none() {
+            if let Some(v) = get("HOLMES_CPU_PROFILE_DURATION") {
+                self.cpu_profile_duration =
+                    Some(parse_duration("HOLMES_CPU_PROFILE_DURATION", &v)?);
+            }
+        }
         if self.log_decisions.is_none() {
             if let Some(v) = get("HOLMES_LOG_DECISIONS") {
                 self.log_decisions = Some(parse_bool("HOLMES_LOG_DECISIONS", &v)?);
@@ -349,6 +395,8 @@ impl HolmesBuilder {
             ("send_interval", self.send_interval),
             ("flush_timeout", self.flush_timeout),
             ("max_backoff", self.max_backoff),
+            ("flight_recorder_window", self.flight_recorder_window),
+            ("cpu_profile_duration", self.cpu_profile_duration),
         ];
         for (setting, value) in durations {
             if let Some(v) = value.filter(|v| *v > MAX_DURATION_SETTING) {
@@ -396,6 +444,15 @@ impl HolmesBuilder {
             });
         }
         Ok(AgentConfig {
+            flight_recorder: self.flight_recorder.unwrap_or(true),
+            flight_recorder_window: self
+                .flight_recorder_window
+                .unwrap_or(DEFAULT_FLIGHT_RECORDER_WINDOW)
+                .max(Duration::from_secs(1)),
+            cpu_profile_duration: self
+                .cpu_profile_duration
+                .unwrap_or(DEFAULT_CPU_PROFILE_DURATION)
+                .max(Duration::from_millis(100)),
             rules,
             cpu_max,
             log_decisions: self.log_decisions.unwrap_or(false),
@@ -436,6 +493,9 @@ const RULE_VARS: [(&str, Metric); 5] = [
 /// A checked configuration.
 #[derive(Debug, Clone)]
 pub(crate) struct AgentConfig {
+    pub(crate) flight_recorder: bool,
+    pub(crate) flight_recorder_window: Duration,
+    pub(crate) cpu_profile_duration: Duration,
     pub(crate) rules: BTreeMap<Metric, Rule>,
     pub(crate) cpu_max: f64,
     pub(crate) log_decisions: bool,

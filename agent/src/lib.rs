@@ -6,6 +6,7 @@
 )]
 
 mod alloc;
+mod capture;
 #[allow(dead_code)] // some parsers only serve the fixture tests
 mod cgroup;
 mod config;
@@ -13,6 +14,8 @@ mod dump;
 mod event_id;
 mod monitor;
 mod outbox;
+#[allow(dead_code)] // the decoder serves the tests
+mod pprof;
 #[allow(dead_code)] // some parsers only serve the fixture tests
 mod procfs;
 mod rules;
@@ -31,8 +34,9 @@ pub use rules::{Decision, Rule};
 
 pub use config::{
     ConfigError, HolmesBuilder, DEFAULT_COLLECT_INTERVAL, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_FLUSH_TIMEOUT, DEFAULT_MAX_BACKOFF, DEFAULT_MEMORY_FAST_INTERVAL, DEFAULT_OUTBOX_BYTES,
-    DEFAULT_SEND_INTERVAL, MAX_DURATION_SETTING, MIN_COLLECT_INTERVAL,
+    DEFAULT_CPU_PROFILE_DURATION, DEFAULT_FLIGHT_RECORDER_WINDOW, DEFAULT_FLUSH_TIMEOUT,
+    DEFAULT_MAX_BACKOFF, DEFAULT_MEMORY_FAST_INTERVAL, DEFAULT_OUTBOX_BYTES, DEFAULT_SEND_INTERVAL,
+    MAX_DURATION_SETTING, MIN_COLLECT_INTERVAL,
 };
 
 /// Entry point: `Holmes::builder()` or `Holmes::from_env()`.

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use holmes_proto::{AgentBody, Hello, Metric, MetricSeries, MetricWindow, Sample, TriggerEvent};
 
+use crate::capture::Captures;
 use crate::config::AgentConfig;
 use crate::rules::{Decision, RuleState};
 use crate::sampler::{unix_nanos_now, Sampler};
@@ -137,7 +138,13 @@ impl Engine {
     }
 }
 
-fn run(cfg: &AgentConfig, shared: &Shared) {
+fn run(cfg: &Arc<AgentConfig>, shared: &Arc<Shared>) {
+    let captures = Arc::new(Captures::new(cfg));
+    let ctx = Ctx {
+        cfg,
+        shared,
+        captures: &captures,
+    };
     if cfg.collector.is_none() {
         tracing::info!(target: "holmes", service = %cfg.service, dump_dir = ?cfg.effective_dump_dir(), "no collector configured; triggers are written to the dump folder");
     }
@@ -156,13 +163,8 @@ fn run(cfg: &AgentConfig, shared: &Shared) {
                 .values
                 .extend(host_metrics(shared, sampler.memory_limit_bytes()));
             shared.samples.fetch_add(1, Ordering::Relaxed);
-            judge_reading(
-                cfg,
-                shared,
-                &mut engine,
-                reading.unix_nanos,
-                &reading.values,
-            );
+            captures.drain();
+            judge_reading(&ctx, &mut engine, reading.unix_nanos, &reading.values);
             window.add(reading.unix_nanos, &reading.values);
             let due = last_flush.is_none_or(|t| t.elapsed() >= cfg.send_interval);
             if due && !window.is_empty() {
@@ -177,8 +179,9 @@ fn run(cfg: &AgentConfig, shared: &Shared) {
         } else if let (Some(fast_at), Some(period)) = (next_fast, cfg.memory_fast_interval) {
             if now >= fast_at {
                 engine.refresh(shared);
+                captures.drain();
                 if let Some(percent) = sampler.memory_percent_now() {
-                    fast_memory_check(cfg, shared, &mut engine, percent);
+                    fast_memory_check(&ctx, &mut engine, percent);
                 }
                 next_fast = Some(fast_at.max(now - period) + period);
             }
@@ -234,49 +237,47 @@ fn host_metrics(shared: &Shared, memory_limit: Option<u64>) -> Vec<(Metric, f64)
     values
 }
 
-fn judge_reading(
-    cfg: &AgentConfig,
-    shared: &Shared,
-    engine: &mut Engine,
-    unix_nanos: u64,
-    values: &[(Metric, f64)],
-) {
+/// What a firing needs: the configuration, the shared state and the capture machinery.
+struct Ctx<'a> {
+    cfg: &'a Arc<AgentConfig>,
+    shared: &'a Arc<Shared>,
+    captures: &'a Arc<Captures>,
+}
+
+fn judge_reading(ctx: &Ctx<'_>, engine: &mut Engine, unix_nanos: u64, values: &[(Metric, f64)]) {
     if let Some(cpu) = values.iter().find(|(m, _)| *m == Metric::CpuPercent) {
         engine.last_cpu = Some(cpu.1);
     }
     let now = Instant::now();
+    let last_cpu = engine.last_cpu;
     for &(metric, value) in values {
         let Some(state) = engine.states.get_mut(&metric) else {
             continue;
         };
         let decision = state.observe(Sample { unix_nanos, value }, now);
-        log_decision(cfg, state, value, &decision, "sample");
+        log_decision(ctx.cfg, state, value, &decision, "sample");
         if let Decision::Fire { reason, .. } = decision {
-            let window = state.window();
-            let rule = state.rule.to_config(metric);
-            fire(
-                cfg,
-                shared,
-                engine.last_cpu,
+            let firing = Firing {
                 metric,
                 reason,
-                value,
+                current: value,
                 unix_nanos,
-                window,
-                rule,
-            );
+                window: state.window(),
+                rule: state.rule.to_config(metric),
+            };
+            fire(ctx, last_cpu, firing);
         }
     }
 }
 
-fn fast_memory_check(cfg: &AgentConfig, shared: &Shared, engine: &mut Engine, percent: f64) {
+fn fast_memory_check(ctx: &Ctx<'_>, engine: &mut Engine, percent: f64) {
     let last_cpu = engine.last_cpu;
     let Some(state) = engine.states.get_mut(&Metric::MemoryPercent) else {
         return;
     };
     let decision = state.peek(percent, Instant::now());
     if let Decision::Fire { reason, .. } = decision {
-        log_decision(cfg, state, percent, &decision, "fast memory check");
+        log_decision(ctx.cfg, state, percent, &decision, "fast memory check");
         let unix_nanos = unix_nanos_now();
         let mut window = state.window();
         if window.len() >= state.rule.window as usize && !window.is_empty() {
@@ -286,18 +287,15 @@ fn fast_memory_check(cfg: &AgentConfig, shared: &Shared, engine: &mut Engine, pe
             unix_nanos,
             value: percent,
         });
-        let rule = state.rule.to_config(Metric::MemoryPercent);
-        fire(
-            cfg,
-            shared,
-            last_cpu,
-            Metric::MemoryPercent,
+        let firing = Firing {
+            metric: Metric::MemoryPercent,
             reason,
-            percent,
+            current: percent,
             unix_nanos,
             window,
-            rule,
-        );
+            rule: state.rule.to_config(Metric::MemoryPercent),
+        };
+        fire(ctx, last_cpu, firing);
     }
 }
 
@@ -333,38 +331,43 @@ fn log_decision(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn fire(
-    cfg: &AgentConfig,
-    shared: &Shared,
-    last_cpu: Option<f64>,
+/// A rule that fired, with what the trigger event reports.
+struct Firing {
     metric: Metric,
     reason: holmes_proto::TriggerReason,
     current: f64,
     unix_nanos: u64,
     window: Vec<Sample>,
     rule: holmes_proto::RuleConfig,
-) {
+}
+
+fn fire(ctx: &Ctx<'_>, last_cpu: Option<f64>, f: Firing) {
+    let cfg = ctx.cfg;
     let gated = cfg.cpu_max > 0.0 && last_cpu.is_some_and(|cpu| cpu > cfg.cpu_max);
+    let planned = if gated {
+        Vec::new()
+    } else {
+        ctx.captures.kinds_for(f.metric)
+    };
     let event = TriggerEvent {
         event_id: crate::event_id::new(),
-        metric: Some(metric),
-        reason,
-        current,
-        window,
-        rule: Some(rule),
-        unix_nanos,
-        // Captures arrive with the capture module; the CPU gate already decides here.
-        planned: Vec::new(),
+        metric: Some(f.metric),
+        reason: f.reason,
+        current: f.current,
+        window: f.window,
+        rule: Some(f.rule),
+        unix_nanos: f.unix_nanos,
+        planned: planned.clone(),
         request_id: None,
     };
     tracing::info!(
         target: "holmes",
         event_id = %event.event_id,
-        %metric,
-        reason = ?reason,
-        current,
-        capture = if gated { "skipped: cpu above cpu_max" } else { "none yet" },
+        metric = %f.metric,
+        reason = ?f.reason,
+        current = f.current,
+        planned = ?planned,
+        gated,
         "trigger fired"
     );
     if let Some(dir) = cfg.effective_dump_dir() {
@@ -378,11 +381,15 @@ fn fire(
         }
     }
     if cfg.collector.is_some() {
-        shared.lock_outbox().push(AgentBody::Trigger(event));
-        shared.queued.notify_one();
+        ctx.shared
+            .lock_outbox()
+            .push(AgentBody::Trigger(event.clone()));
+        ctx.shared.queued.notify_one();
     }
+    ctx.captures
+        .start(ctx.cfg, ctx.shared, &event.event_id, planned);
     // Counted last, so whoever sees the count also finds the dump and the queued event.
-    shared.triggers.fetch_add(1, Ordering::Relaxed);
+    ctx.shared.triggers.fetch_add(1, Ordering::Relaxed);
 }
 
 fn flush_window(cfg: &AgentConfig, shared: &Shared, window: &mut WindowBuilder) {

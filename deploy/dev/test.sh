@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The whole Holmes test suite, with the real components it needs.
 #
-#   deploy/dev/test.sh            # formatting, clippy, every test on SQLite and a real ClickHouse
+#   deploy/dev/test.sh            # formatting, clippy, every test on SQLite and a real ClickHouse,
+#                                 # profiles checked by `go tool pprof`
 #   deploy/dev/test.sh -p holmes-agent   # extra arguments go to `cargo test`
 #
-# Installs what is missing (Debian's clickhouse-server, via apt), starts ClickHouse on a
+# Installs what is missing (Debian's clickhouse-server and golang-go, via apt), starts ClickHouse on a
 # free loopback port in a temporary folder, runs the checks, and stops ClickHouse again
 # whatever happens.
 set -euo pipefail
@@ -12,10 +13,15 @@ cd "$(dirname "$0")/../.."
 
 say() { printf '\n== %s\n' "$*"; }
 
-if ! command -v python3 >/dev/null || ! command -v curl >/dev/null; then
-  say "installing python3 and curl"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 curl
+missing=()
+command -v python3 >/dev/null || missing+=(python3)
+command -v curl >/dev/null || missing+=(curl)
+command -v go >/dev/null || missing+=(golang-go)   # `go tool pprof` reads our profiles in tests
+if [ ${#missing[@]} -gt 0 ]; then
+  say "installing ${missing[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
+export HOLMES_TEST_REQUIRE_GO=1
 
 say "starting ClickHouse"
 eval "$(deploy/dev/clickhouse.sh start)"

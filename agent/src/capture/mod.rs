@@ -1,0 +1,399 @@
+//! Captures: what the agent records when a rule fires, each one a standard gzip pprof.
+//!
+//! - [`unwind`]: the async-signal-safe frame-pointer walk the signal-based captures share.
+//! - [`cpu`]: `SIGPROF` sampling and the always-on flight recorder.
+//! - [`threads`]: the stack of every OS thread, by signalling each one.
+//!
+//! [`Captures`] runs one capture at a time on a short-lived `holmes-capture` thread, so
+//! the agent keeps sampling meanwhile. Each profile goes to the dump folder as
+//! `<kind>.<event-id>.<timestamp>.pb.gz` and, with a collector, into the outbox as
+//! chunks. A capture that fails is reported as a profile carrying the error.
+
+pub(crate) mod cpu;
+pub(crate) mod threads;
+pub(crate) mod unwind;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use holmes_proto::{AgentBody, ProfileChunk, ProfileKind, MAX_CHUNK_BYTES};
+
+use crate::config::AgentConfig;
+use crate::pprof::{LabelValue, ProfileBuilder, Symbolizer};
+use crate::sampler::unix_nanos_now;
+use crate::{dump, event_id, Shared};
+
+/// How long thread stacks may take to answer.
+pub(crate) const THREADS_DEADLINE: Duration = Duration::from_secs(2);
+
+/// One finished capture, ready to be written and sent.
+#[derive(Debug)]
+pub(crate) struct Captured {
+    pub(crate) kind: ProfileKind,
+    pub(crate) started_unix_nanos: u64,
+    pub(crate) duration: Duration,
+    pub(crate) labels: BTreeMap<String, String>,
+    pub(crate) result: Result<Vec<u8>, String>,
+    /// A readable rendering written next to the profile (thread dumps).
+    pub(crate) text: Option<String>,
+}
+
+/// The capture machinery shared by the monitor and the capture threads.
+#[derive(Debug)]
+pub(crate) struct Captures {
+    busy: AtomicBool,
+    /// `None` when CPU profiling could not start (another profiler, unsupported).
+    recorder: Option<Mutex<cpu::FlightRecorder>>,
+    symbolizer: Mutex<Symbolizer>,
+}
+
+impl Captures {
+    /// Starts the flight recorder if configured; failures turn CPU captures off, logged.
+    pub(crate) fn new(cfg: &AgentConfig) -> Self {
+        let recorder = if cfg.flight_recorder {
+            match cpu::start(cpu::FLIGHT_HZ) {
+                Ok(()) => Some(Mutex::new(cpu::FlightRecorder::new(
+                    cfg.flight_recorder_window,
+                ))),
+                Err(err) => {
+                    tracing::warn!(target: "holmes", error = %err, "cpu profiling unavailable");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        Captures {
+            busy: AtomicBool::new(false),
+            recorder,
+            symbolizer: Mutex::new(Symbolizer::new()),
+        }
+    }
+
+    /// Moves the signal ring's samples into the flight recorder; called on every wake-up
+    /// of the agent thread.
+    pub(crate) fn drain(&self) {
+        if let Some(recorder) = &self.recorder {
+            let mut r = recorder.lock().unwrap_or_else(|p| p.into_inner());
+            cpu::drain(|stack, weight, at| r.add(stack, weight, at));
+        }
+    }
+
+    /// The kinds this agent can capture for a trigger on `metric`.
+    pub(crate) fn kinds_for(&self, metric: holmes_proto::Metric) -> Vec<ProfileKind> {
+        use holmes_proto::Metric::*;
+        match metric {
+            CpuPercent if self.recorder.is_some() => vec![ProfileKind::Cpu],
+            Threads | Tasks => vec![ProfileKind::Threads],
+            _ => Vec::new(),
+        }
+    }
+
+    /// Starts capturing `kinds` for `event_id` on a capture thread, unless one is running.
+    /// Returns false (and captures nothing) when busy.
+    pub(crate) fn start(
+        self: &Arc<Self>,
+        cfg: &Arc<AgentConfig>,
+        shared: &Arc<Shared>,
+        event_id: &str,
+        kinds: Vec<ProfileKind>,
+    ) -> bool {
+        if kinds.is_empty() {
+            return true;
+        }
+        if self.busy.swap(true, Ordering::AcqRel) {
+            tracing::info!(target: "holmes", event_id, "a capture is already running; this trigger gets none");
+            return false;
+        }
+        let this = Arc::clone(self);
+        let cfg = Arc::clone(cfg);
+        let shared = Arc::clone(shared);
+        let event_id = event_id.to_owned();
+        let spawned = std::thread::Builder::new()
+            .name("holmes-capture".to_owned())
+            .spawn(move || {
+                for kind in kinds {
+                    let captured = this.capture(&cfg, kind);
+                    for c in captured {
+                        deliver(&cfg, &shared, &event_id, c);
+                    }
+                }
+                this.busy.store(false, Ordering::Release);
+            });
+        if let Err(err) = spawned {
+            tracing::warn!(target: "holmes", error = %err, "cannot start a capture thread");
+            self.busy.store(false, Ordering::Release);
+            return false;
+        }
+        true
+    }
+
+    fn capture(&self, cfg: &AgentConfig, kind: ProfileKind) -> Vec<Captured> {
+        match kind {
+            ProfileKind::Cpu => self.capture_cpu(cfg),
+            ProfileKind::Threads => vec![self.capture_threads()],
+            other => vec![Captured {
+                kind: other,
+                started_unix_nanos: unix_nanos_now(),
+                duration: Duration::ZERO,
+                labels: BTreeMap::new(),
+                result: Err(format!(
+                    "{} captures are not available in this build",
+                    other.as_str()
+                )),
+                text: None,
+            }],
+        }
+    }
+
+    /// The flight recorder's window before the trigger, then a full-rate capture.
+    fn capture_cpu(&self, cfg: &AgentConfig) -> Vec<Captured> {
+        let Some(recorder) = &self.recorder else {
+            return Vec::new();
+        };
+        let lock = || recorder.lock().unwrap_or_else(|p| p.into_inner());
+        let now_mono = cpu::now_ns();
+        let now_unix = unix_nanos_now();
+        let pre_span = cfg.flight_recorder_window;
+        let pre_nanos = u64::try_from(pre_span.as_nanos()).unwrap_or(u64::MAX);
+        self.drain();
+        let pre = lock().window(now_mono.saturating_sub(pre_nanos));
+        let pre_profile = self.encode_cpu(
+            &pre,
+            cpu::FLIGHT_HZ,
+            now_unix.saturating_sub(pre_nanos),
+            pre_span,
+            "pre-trigger",
+        );
+
+        let started = Instant::now();
+        let started_unix = unix_nanos_now();
+        lock().begin_capture(cpu::now_ns());
+        let rate = cpu::set_rate(cpu::CAPTURE_HZ);
+        std::thread::sleep(cfg.cpu_profile_duration);
+        self.drain();
+        let during = lock().end_capture();
+        if let Err(err) = cpu::set_rate(cpu::FLIGHT_HZ) {
+            tracing::warn!(target: "holmes", error = %err, "cannot restore the flight recorder rate");
+        }
+        let post_profile = match rate {
+            Ok(()) => self.encode_cpu(
+                &during,
+                cpu::CAPTURE_HZ,
+                started_unix,
+                started.elapsed(),
+                "post-trigger",
+            ),
+            Err(err) => Captured {
+                kind: ProfileKind::Cpu,
+                started_unix_nanos: started_unix,
+                duration: started.elapsed(),
+                labels: phase("post-trigger"),
+                result: Err(err.to_string()),
+                text: None,
+            },
+        };
+        vec![pre_profile, post_profile]
+    }
+
+    fn encode_cpu(
+        &self,
+        stacks: &HashMap<Vec<usize>, cpu::Tally>,
+        hz: u32,
+        start_unix: u64,
+        span: Duration,
+        phase_name: &str,
+    ) -> Captured {
+        let period = 1_000_000_000 / i64::from(hz.max(1));
+        let mut b = ProfileBuilder::new(
+            &[("samples", "count"), ("cpu", "nanoseconds")],
+            ("cpu", "nanoseconds"),
+            period,
+        );
+        b.set_time(
+            start_unix,
+            u64::try_from(span.as_nanos()).unwrap_or(u64::MAX),
+        );
+        b.add_comment(&format!("holmes {phase_name} cpu profile at {hz} Hz"));
+        let overflow = self.recorder.as_ref().map_or(0, |r| {
+            r.lock().unwrap_or_else(|p| p.into_inner()).overflow()
+        });
+        b.add_comment(&format!(
+            "holmes: {} samples lost to a full signal ring, {overflow} beyond the distinct-stack cap (since start)",
+            cpu::dropped()
+        ));
+        for (stack, t) in stacks {
+            b.add_sample(
+                stack,
+                &[
+                    i64::try_from(t.samples).unwrap_or(i64::MAX),
+                    i64::try_from(t.nanos).unwrap_or(i64::MAX),
+                ],
+                &[("phase", LabelValue::Str(phase_name))],
+            );
+        }
+        let bytes = {
+            let mut sym = self.symbolizer.lock().unwrap_or_else(|p| p.into_inner());
+            b.encode_gzip(&mut sym)
+        };
+        Captured {
+            kind: ProfileKind::Cpu,
+            started_unix_nanos: start_unix,
+            duration: span,
+            labels: phase(phase_name),
+            result: Ok(bytes),
+            text: None,
+        }
+    }
+
+    /// Every thread's stack, as pprof (`threads/count`, labelled by name and tid) plus text.
+    fn capture_threads(&self) -> Captured {
+        let started = Instant::now();
+        let started_unix = unix_nanos_now();
+        let stacks = match threads::capture_all(THREADS_DEADLINE) {
+            Ok(s) => s,
+            Err(err) => {
+                return Captured {
+                    kind: ProfileKind::Threads,
+                    started_unix_nanos: started_unix,
+                    duration: started.elapsed(),
+                    labels: BTreeMap::new(),
+                    result: Err(err.to_string()),
+                    text: None,
+                }
+            }
+        };
+        let mut b = ProfileBuilder::new(&[("threads", "count")], ("threads", "count"), 1);
+        b.set_time(
+            started_unix,
+            u64::try_from(started.elapsed().as_nanos()).unwrap_or(0),
+        );
+        for t in &stacks {
+            let tid = t.tid.to_string();
+            let state = format!("{:?}", t.state);
+            b.add_sample(
+                &t.frames,
+                &[1],
+                &[
+                    ("thread", LabelValue::Str(&t.name)),
+                    ("tid", LabelValue::Str(&tid)),
+                    ("state", LabelValue::Str(&state)),
+                ],
+            );
+        }
+        let mut sym = self.symbolizer.lock().unwrap_or_else(|p| p.into_inner());
+        let text = threads::render_text(&stacks, |addr, leaf| {
+            sym.frames(addr, leaf)
+                .iter()
+                .map(|f| {
+                    if f.file.is_empty() {
+                        f.function.clone()
+                    } else {
+                        format!("{} ({}:{})", f.function, f.file, f.line)
+                    }
+                })
+                .collect()
+        });
+        let bytes = b.encode_gzip(&mut sym);
+        Captured {
+            kind: ProfileKind::Threads,
+            started_unix_nanos: started_unix,
+            duration: started.elapsed(),
+            labels: BTreeMap::new(),
+            result: Ok(bytes),
+            text: Some(text),
+        }
+    }
+}
+
+fn phase(name: &str) -> BTreeMap<String, String> {
+    [("phase".to_owned(), name.to_owned())].into()
+}
+
+/// `20261126T031200.123Z`: sortable, and free of characters file systems dislike.
+fn compact_time(unix_nanos: u64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_nanos(unix_nanos);
+    humantime::format_rfc3339_millis(t)
+        .to_string()
+        .replace(['-', ':'], "")
+}
+
+/// Writes a capture to the dump folder and queues it for the collector.
+fn deliver(cfg: &AgentConfig, shared: &Shared, event_id: &str, c: Captured) {
+    let profile_id = event_id::new();
+    match &c.result {
+        Ok(bytes) => {
+            tracing::info!(target: "holmes", event_id, kind = c.kind.as_str(), bytes = bytes.len(), labels = ?c.labels, "captured")
+        }
+        Err(err) => {
+            tracing::warn!(target: "holmes", event_id, kind = c.kind.as_str(), error = %err, "capture failed")
+        }
+    }
+    if let Some(dir) = cfg.effective_dump_dir() {
+        let stem = format!(
+            "{}.{}.{}",
+            c.kind.as_str(),
+            event_id,
+            compact_time(c.started_unix_nanos)
+        );
+        if let Ok(bytes) = &c.result {
+            match dump::write_file(&dir, &format!("{stem}.pb.gz"), bytes) {
+                Ok(path) => {
+                    tracing::info!(target: "holmes", path = %path.display(), "profile written")
+                }
+                Err(err) => {
+                    tracing::warn!(target: "holmes", dir = %dir.display(), error = %err, "cannot write the profile")
+                }
+            }
+        }
+        if let Some(text) = &c.text {
+            if let Err(err) = dump::write_file(&dir, &format!("{stem}.txt"), text.as_bytes()) {
+                tracing::warn!(target: "holmes", dir = %dir.display(), error = %err, "cannot write the thread dump");
+            }
+        }
+    }
+    if cfg.collector.is_none() {
+        return;
+    }
+    let (data, error) = match c.result {
+        Ok(bytes) => (bytes, None),
+        Err(err) => (Vec::new(), Some(err)),
+    };
+    let total = data.len();
+    let pieces: Vec<&[u8]> = if data.is_empty() {
+        vec![&[][..]]
+    } else {
+        data.chunks(MAX_CHUNK_BYTES).collect()
+    };
+    let count = u32::try_from(pieces.len()).unwrap_or(u32::MAX);
+    // One lock for all chunks: their sequence numbers are consecutive, so the collector
+    // sees a profile's chunks together.
+    let mut outbox = shared.lock_outbox();
+    for (i, piece) in pieces.into_iter().enumerate() {
+        outbox.push(AgentBody::ProfileChunk(ProfileChunk {
+            profile_id: profile_id.clone(),
+            event_id: event_id.to_owned(),
+            kind: c.kind,
+            chunk_index: u32::try_from(i).unwrap_or(u32::MAX),
+            chunk_count: count,
+            total_bytes: total as u64,
+            data: piece.to_vec(),
+            started_unix_nanos: c.started_unix_nanos,
+            duration: c.duration,
+            error: error.clone(),
+            labels: c.labels.clone(),
+        }));
+    }
+    drop(outbox);
+    shared.queued.notify_one();
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn file_times_are_compact() {
+        assert_eq!(super::compact_time(1_500_000_000), "19700101T000001.500Z");
+    }
+}
