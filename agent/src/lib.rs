@@ -28,8 +28,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
-pub use alloc::{allocated_bytes, CountingAllocator};
-pub use holmes_proto::Metric;
+pub use alloc::{allocated_bytes, CountingAllocator, SamplingAllocator};
+pub use holmes_proto::{Metric, ProfileKind};
 pub use rules::{Decision, Rule};
 
 pub use config::{
@@ -179,6 +179,28 @@ impl HolmesHandle {
         self.shared.update_rule(metric, |r| r.enabled(false))
     }
 
+    /// Captures profiles now, whatever the rules say, like the collector's "capture now".
+    /// Returns the id of the trigger event the profiles will belong to; they arrive in
+    /// the dump folder and at the collector like any other capture.
+    pub fn capture_now(&self, kinds: &[ProfileKind]) -> Result<String, CaptureNowError> {
+        if self.thread.is_none() {
+            return Err(CaptureNowError::Disabled);
+        }
+        let request_id = event_id::new();
+        let accepted = self.shared.request_capture(holmes_proto::CaptureRequest {
+            request_id: request_id.clone(),
+            kinds: kinds.to_vec(),
+            cpu_duration: None,
+        });
+        if !accepted {
+            return Err(CaptureNowError::Busy);
+        }
+        if let Some(thread) = &self.thread {
+            thread.thread().unpark();
+        }
+        Ok(request_id)
+    }
+
     /// Counts the alive tasks of another tokio runtime in the `tasks` metric.
     pub fn register_runtime(&self, handle: tokio::runtime::Handle) {
         self.shared
@@ -201,6 +223,17 @@ impl HolmesHandle {
         }
         self.stats()
     }
+}
+
+/// Why a capture was not queued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CaptureNowError {
+    /// The agent is disabled.
+    #[error("the agent is disabled")]
+    Disabled,
+    /// Too many requests are already waiting.
+    #[error("too many capture requests are waiting; try again shortly")]
+    Busy,
 }
 
 /// A rule change that cannot be made.
@@ -228,6 +261,8 @@ pub(crate) struct Shared {
     triggers: AtomicU64,
     /// Set by stop(); the agent thread checks it whenever it wakes.
     stop_requested: AtomicBool,
+    /// Captures asked for by the collector or the host, taken by the agent thread.
+    capture_requests: Mutex<std::collections::VecDeque<holmes_proto::CaptureRequest>>,
     outbox: Mutex<outbox::Outbox>,
     /// Woken when a message is queued.
     queued: Notify,
@@ -248,6 +283,7 @@ impl Shared {
             runtimes: Mutex::new(cfg.runtimes.clone()),
             triggers: AtomicU64::new(0),
             stop_requested: AtomicBool::new(false),
+            capture_requests: Mutex::new(std::collections::VecDeque::new()),
             outbox: Mutex::new(outbox::Outbox::new(cfg.outbox_bytes)),
             queued: Notify::new(),
             samples: AtomicU64::new(0),
@@ -298,6 +334,28 @@ impl Shared {
         }
         self.rules_version.fetch_add(1, Ordering::AcqRel);
         tracing::info!(target: "holmes", version = update.version, rules = update.rules.len(), "rules updated by the collector");
+    }
+
+    /// Queues a capture request; false when too many are already waiting.
+    fn request_capture(&self, request: holmes_proto::CaptureRequest) -> bool {
+        const MAX_WAITING: usize = 8;
+        let mut queue = self
+            .capture_requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if queue.len() >= MAX_WAITING {
+            return false;
+        }
+        queue.push_back(request);
+        true
+    }
+
+    /// The next waiting capture request.
+    fn next_capture_request(&self) -> Option<holmes_proto::CaptureRequest> {
+        self.capture_requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front()
     }
 
     fn runtimes(&self) -> Vec<tokio::runtime::Handle> {

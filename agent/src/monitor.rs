@@ -155,6 +155,9 @@ fn run(cfg: &Arc<AgentConfig>, shared: &Arc<Shared>) {
     let mut next_sample = Instant::now();
     let mut next_fast = cfg.memory_fast_interval.map(|f| Instant::now() + f);
     loop {
+        while let Some(request) = shared.next_capture_request() {
+            fire_requested(&ctx, request);
+        }
         let now = Instant::now();
         if now >= next_sample {
             engine.refresh(shared);
@@ -180,8 +183,16 @@ fn run(cfg: &Arc<AgentConfig>, shared: &Arc<Shared>) {
             if now >= fast_at {
                 engine.refresh(shared);
                 captures.drain();
+                // Memory, threads and tasks can run away within a second; each check is
+                // one cheap read judged against the regular window.
                 if let Some(percent) = sampler.memory_percent_now() {
-                    fast_memory_check(&ctx, &mut engine, percent);
+                    fast_check(&ctx, &mut engine, Metric::MemoryPercent, percent);
+                }
+                if let Some(threads) = sampler.threads_now() {
+                    fast_check(&ctx, &mut engine, Metric::Threads, threads);
+                }
+                if let Some(tasks) = alive_tasks(shared) {
+                    fast_check(&ctx, &mut engine, Metric::Tasks, tasks);
                 }
                 next_fast = Some(fast_at.max(now - period) + period);
             }
@@ -221,17 +232,34 @@ fn run(cfg: &Arc<AgentConfig>, shared: &Arc<Shared>) {
 
 /// Metrics that come from the host rather than from `/proc`: tokio tasks of the
 /// registered runtimes, and allocator bytes when a counting allocator is installed.
+/// Alive tasks of the registered tokio runtimes; `None` when none is registered.
+fn alive_tasks(shared: &Shared) -> Option<f64> {
+    let runtimes = shared.runtimes.lock().unwrap_or_else(|p| p.into_inner());
+    if runtimes.is_empty() {
+        return None;
+    }
+    Some(
+        runtimes
+            .iter()
+            .map(|h| h.metrics().num_alive_tasks())
+            .sum::<usize>() as f64,
+    )
+}
+
 fn host_metrics(shared: &Shared, memory_limit: Option<u64>) -> Vec<(Metric, f64)> {
     let mut values = Vec::new();
-    let runtimes = shared.runtimes();
-    if !runtimes.is_empty() {
-        let tasks: usize = runtimes.iter().map(|h| h.metrics().num_alive_tasks()).sum();
-        values.push((Metric::Tasks, tasks as f64));
+    if let Some(tasks) = alive_tasks(shared) {
+        values.push((Metric::Tasks, tasks));
     }
-    if let Some(bytes) = crate::alloc::allocated_bytes() {
-        values.push((Metric::HeapBytes, bytes as f64));
+    let heap_bytes = crate::alloc::allocated_bytes().map(|bytes| bytes as f64);
+    // Without the counting allocator, a jemalloc host's own statistics.
+    #[cfg(feature = "jemalloc")]
+    let heap_bytes = heap_bytes
+        .or_else(|| crate::capture::jemalloc::allocated_bytes().map(|bytes| bytes as f64));
+    if let Some(bytes) = heap_bytes {
+        values.push((Metric::HeapBytes, bytes));
         if let Some(limit) = memory_limit.filter(|l| *l > 0) {
-            values.push((Metric::HeapPercent, bytes as f64 / limit as f64 * 100.0));
+            values.push((Metric::HeapPercent, bytes / limit as f64 * 100.0));
         }
     }
     values
@@ -270,30 +298,27 @@ fn judge_reading(ctx: &Ctx<'_>, engine: &mut Engine, unix_nanos: u64, values: &[
     }
 }
 
-fn fast_memory_check(ctx: &Ctx<'_>, engine: &mut Engine, percent: f64) {
+fn fast_check(ctx: &Ctx<'_>, engine: &mut Engine, metric: Metric, value: f64) {
     let last_cpu = engine.last_cpu;
-    let Some(state) = engine.states.get_mut(&Metric::MemoryPercent) else {
+    let Some(state) = engine.states.get_mut(&metric) else {
         return;
     };
-    let decision = state.peek(percent, Instant::now());
+    let decision = state.peek(value, Instant::now());
     if let Decision::Fire { reason, .. } = decision {
-        log_decision(ctx.cfg, state, percent, &decision, "fast memory check");
+        log_decision(ctx.cfg, state, value, &decision, "fast check");
         let unix_nanos = unix_nanos_now();
         let mut window = state.window();
         if window.len() >= state.rule.window as usize && !window.is_empty() {
             window.remove(0);
         }
-        window.push(Sample {
-            unix_nanos,
-            value: percent,
-        });
+        window.push(Sample { unix_nanos, value });
         let firing = Firing {
-            metric: Metric::MemoryPercent,
+            metric,
             reason,
-            current: percent,
+            current: value,
             unix_nanos,
             window,
-            rule: state.rule.to_config(Metric::MemoryPercent),
+            rule: state.rule.to_config(metric),
         };
         fire(ctx, last_cpu, firing);
     }
@@ -370,8 +395,39 @@ fn fire(ctx: &Ctx<'_>, last_cpu: Option<f64>, f: Firing) {
         gated,
         "trigger fired"
     );
+    record_event(ctx, &event);
+    ctx.captures
+        .start(ctx.cfg, ctx.shared, &event.event_id, planned);
+    // Counted last, so whoever sees the count also finds the dump and the queued event.
+    ctx.shared.triggers.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A capture asked for by the collector or the host: a trigger event with reason
+/// `requested`, then the captures.
+fn fire_requested(ctx: &Ctx<'_>, request: holmes_proto::CaptureRequest) {
+    let event = TriggerEvent {
+        event_id: crate::event_id::new(),
+        metric: None,
+        reason: holmes_proto::TriggerReason::Requested,
+        current: 0.0,
+        window: Vec::new(),
+        rule: None,
+        unix_nanos: unix_nanos_now(),
+        planned: request.kinds.clone(),
+        request_id: Some(request.request_id.clone()),
+    };
+    tracing::info!(target: "holmes", event_id = %event.event_id, request_id = %request.request_id, kinds = ?request.kinds, "capture requested");
+    record_event(ctx, &event);
+    ctx.captures
+        .start(ctx.cfg, ctx.shared, &event.event_id, request.kinds);
+    ctx.shared.triggers.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Writes a trigger event to the dump folder and queues it for the collector.
+fn record_event(ctx: &Ctx<'_>, event: &TriggerEvent) {
+    let cfg = ctx.cfg;
     if let Some(dir) = cfg.effective_dump_dir() {
-        match dump::write_trigger(&dir, &cfg.service, &cfg.instance, &event) {
+        match dump::write_trigger(&dir, &cfg.service, &cfg.instance, event) {
             Ok(path) => {
                 tracing::debug!(target: "holmes", path = %path.display(), "trigger written")
             }
@@ -386,10 +442,6 @@ fn fire(ctx: &Ctx<'_>, last_cpu: Option<f64>, f: Firing) {
             .push(AgentBody::Trigger(event.clone()));
         ctx.shared.queued.notify_one();
     }
-    ctx.captures
-        .start(ctx.cfg, ctx.shared, &event.event_id, planned);
-    // Counted last, so whoever sees the count also finds the dump and the queued event.
-    ctx.shared.triggers.fetch_add(1, Ordering::Relaxed);
 }
 
 fn flush_window(cfg: &AgentConfig, shared: &Shared, window: &mut WindowBuilder) {

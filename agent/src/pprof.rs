@@ -312,6 +312,15 @@ struct SampleKey {
     labels: Labels,
 }
 
+/// Whether `pattern` names the frame `name`: a prefix, or, written `*text`, any name
+/// containing `text` (for trait impls such as `<u8 as alloc::vec::SpecFromElem>`).
+fn trimmed_by(name: &str, pattern: &str) -> bool {
+    match pattern.strip_prefix('*') {
+        Some(inner) => name.contains(inner),
+        None => name.starts_with(pattern),
+    }
+}
+
 /// One profile being assembled: add samples, then [`ProfileBuilder::encode_gzip`].
 #[derive(Debug)]
 pub(crate) struct ProfileBuilder {
@@ -715,7 +724,7 @@ impl Tables {
         'walk: for &id in &ids {
             for line in self.location_at(id).map_or(&[][..], |l| l.line.as_slice()) {
                 let name = self.function_name(line.function_id);
-                if prefixes.iter().any(|p| name.starts_with(p.as_str())) {
+                if prefixes.iter().any(|p| trimmed_by(name, p)) {
                     skip += 1;
                 } else {
                     kept_one = true;

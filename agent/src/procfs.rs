@@ -36,42 +36,65 @@ pub(crate) fn rss_bytes() -> Option<u64> {
     pages.checked_mul(page_size())
 }
 
-/// Reads this process's resident memory again and again through one open descriptor
-/// of `/proc/self/statm` (a positioned read at offset 0 regenerates the file), saving
-/// the path lookup, open and close of every read: this is the memory fast path.
+/// A small `/proc` file read again and again through one open descriptor (a positioned
+/// read at offset 0 regenerates the file), saving the path lookup, open and close of
+/// every read: this is what the fast path between two samples uses.
 #[derive(Debug)]
-pub(crate) struct RssReader {
+pub(crate) struct ProcReader {
+    path: &'static str,
     file: Option<std::fs::File>,
+}
+
+impl ProcReader {
+    pub(crate) fn new(path: &'static str) -> Self {
+        ProcReader {
+            path,
+            file: std::fs::File::open(path).ok(),
+        }
+    }
+
+    /// Reads the file (at most 1 KiB) and hands its text to `parse`.
+    pub(crate) fn read<T>(&mut self, parse: impl FnOnce(&str) -> Option<T>) -> Option<T> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = [0u8; 1024];
+        let n = self.file.as_ref().and_then(|f| f.read_at(&mut buf, 0).ok());
+        let Some(n) = n else {
+            // The descriptor went bad (it should not): reopen for next time.
+            self.file = std::fs::File::open(self.path).ok();
+            return None;
+        };
+        parse(std::str::from_utf8(buf.get(..n)?).ok()?)
+    }
+}
+
+/// Resident bytes and thread count of this process through persistent descriptors.
+#[derive(Debug)]
+pub(crate) struct FastReaders {
+    statm: ProcReader,
+    stat: ProcReader,
     page: u64,
 }
 
-impl RssReader {
+impl FastReaders {
     pub(crate) fn new() -> Self {
-        RssReader {
-            file: std::fs::File::open("/proc/self/statm").ok(),
+        FastReaders {
+            statm: ProcReader::new("/proc/self/statm"),
+            stat: ProcReader::new("/proc/self/stat"),
             page: page_size(),
         }
     }
 
-    /// Resident bytes now, or `None` if `/proc/self/statm` cannot be read.
-    pub(crate) fn read(&mut self) -> Option<u64> {
-        use std::os::unix::fs::FileExt;
-        let mut buf = [0u8; 256];
-        let n = match &self.file {
-            Some(f) => f.read_at(&mut buf, 0).ok(),
-            None => None,
-        };
-        match n {
-            Some(n) => {
-                let text = std::str::from_utf8(buf.get(..n)?).ok()?;
-                parse_statm_rss_pages(text)?.checked_mul(self.page)
-            }
-            None => {
-                // The descriptor went bad (it should not): reopen for next time.
-                self.file = std::fs::File::open("/proc/self/statm").ok();
-                rss_bytes()
-            }
-        }
+    /// Resident bytes now.
+    pub(crate) fn rss_bytes(&mut self) -> Option<u64> {
+        let page = self.page;
+        self.statm
+            .read(|t| parse_statm_rss_pages(t)?.checked_mul(page))
+            .or_else(rss_bytes)
+    }
+
+    /// OS threads now.
+    pub(crate) fn threads(&mut self) -> Option<u64> {
+        self.stat.read(parse_stat_threads).or_else(thread_count)
     }
 }
 
@@ -140,14 +163,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_rss_reader_follows_the_process() {
-        let mut reader = RssReader::new();
-        let before = reader.read().unwrap();
+    fn the_fast_readers_follow_the_process() {
+        let mut reader = FastReaders::new();
+        let before = reader.rss_bytes().unwrap();
         let big = vec![1u8; 64 << 20];
-        let after = reader.read().unwrap();
+        let after = reader.rss_bytes().unwrap();
         assert!(after >= before + (48 << 20), "{before} -> {after}");
         drop(big);
-        assert!(rss_bytes().unwrap() > 0);
+        let threads = reader.threads().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || rx.recv().ok());
+        assert_eq!(reader.threads().unwrap(), threads + 1);
+        drop(tx);
+        t.join().unwrap();
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub(crate) struct Sampler {
     memory_limit: Option<u64>,
     last_cpu: Option<(Instant, Duration)>,
     last_throttled: Option<(Instant, Duration)>,
-    rss: procfs::RssReader,
+    fast: procfs::FastReaders,
     warned: u32,
 }
 
@@ -54,7 +54,7 @@ impl Sampler {
             memory_limit,
             last_cpu: None,
             last_throttled: None,
-            rss: procfs::RssReader::new(),
+            fast: procfs::FastReaders::new(),
             warned: 0,
         }
     }
@@ -67,7 +67,12 @@ impl Sampler {
     /// Memory % of the limit from a single RSS read: the fast path between samples.
     pub(crate) fn memory_percent_now(&mut self) -> Option<f64> {
         let limit = self.memory_limit.filter(|l| *l > 0)?;
-        Some(self.rss.read()? as f64 / limit as f64 * 100.0)
+        Some(self.fast.rss_bytes()? as f64 / limit as f64 * 100.0)
+    }
+
+    /// OS threads from a single read: the fast path between samples.
+    pub(crate) fn threads_now(&mut self) -> Option<f64> {
+        self.fast.threads().map(|n| n as f64)
     }
 
     /// Takes one round of readings.
@@ -85,7 +90,7 @@ impl Sampler {
                 "cannot read the process cpu clock; cpu % is not reported",
             ),
         }
-        match self.rss.read() {
+        match self.fast.rss_bytes() {
             Some(rss) => {
                 values.push((Metric::RssBytes, rss as f64));
                 if let Some(limit) = self.memory_limit.filter(|l| *l > 0) {
@@ -97,7 +102,7 @@ impl Sampler {
                 "cannot read /proc/self/statm; rss and memory % are not reported",
             ),
         }
-        match procfs::thread_count() {
+        match self.fast.threads() {
             Some(n) => values.push((Metric::Threads, n as f64)),
             None => self.warn_once(4, "cannot read /proc/self/stat; threads are not reported"),
         }

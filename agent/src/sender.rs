@@ -215,7 +215,12 @@ fn handle_inbound(shared: &Shared, msg: pb::CollectorMessage) {
         }
         Ok(CollectorMessage::ConfigUpdate(update)) => shared.apply_config_update(&update),
         Ok(CollectorMessage::CaptureRequest(req)) => {
-            tracing::info!(target: "holmes", request_id = %req.request_id, "capture request from the collector is not supported by this agent version yet");
+            let id = req.request_id.clone();
+            if shared.request_capture(req) {
+                tracing::info!(target: "holmes", request_id = %id, "capture requested by the collector");
+            } else {
+                tracing::warn!(target: "holmes", request_id = %id, "dropping a capture request: too many are waiting");
+            }
         }
         Err(err) => {
             tracing::warn!(target: "holmes", error = %err, "ignoring a malformed message from the collector");

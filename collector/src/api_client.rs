@@ -9,7 +9,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
 
-use crate::query::{InstanceJson, MetricsJson, ServiceJson, TriggersJson};
+use crate::query::{InstanceJson, MetricsJson, ProfilesJson, ServiceJson, TriggersJson};
 
 /// Where the CLI looks for the API when neither `--api` nor `HOLMES_API` is set.
 pub const DEFAULT_API: &str = "http://127.0.0.1:7071";
@@ -108,6 +108,16 @@ impl ApiClient {
 
     /// GETs `path` (with its query) and decodes the JSON answer.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiClientError> {
+        let body = self.get_raw(path).await?;
+        serde_json::from_slice(&body).map_err(|e| ApiClientError::Decode {
+            url: format!("{}{}", self.base, path),
+            reason: e.to_string(),
+        })
+    }
+
+    /// GETs `path` (with its query) and returns the answer's bytes as they are; an
+    /// answer that is not a success is an [`ApiClientError::Api`] with the API's message.
+    pub async fn get_raw(&self, path: &str) -> Result<Bytes, ApiClientError> {
         let url = format!("{}{}", self.base, path);
         let uri: hyper::Uri =
             url.parse().map_err(
@@ -154,10 +164,7 @@ impl ApiClient {
                 message,
             });
         }
-        serde_json::from_slice(&body).map_err(|e| ApiClientError::Decode {
-            url,
-            reason: e.to_string(),
-        })
+        Ok(body)
     }
 
     /// `GET /api/v1/services`.
@@ -199,6 +206,29 @@ impl ApiClient {
             encode(since)
         ))
         .await
+    }
+
+    /// `GET /api/v1/services/{service}/profiles?since=..`.
+    pub async fn profiles(
+        &self,
+        service: &str,
+        since: &str,
+    ) -> Result<ProfilesJson, ApiClientError> {
+        self.get(&format!(
+            "/api/v1/services/{}/profiles?since={}",
+            encode(service),
+            encode(since)
+        ))
+        .await
+    }
+
+    /// `GET /api/v1/profiles/{profile_id}`: the profile's gzip-compressed pprof bytes,
+    /// exactly as stored.
+    pub async fn download_profile(&self, profile_id: &str) -> Result<Vec<u8>, ApiClientError> {
+        let body = self
+            .get_raw(&format!("/api/v1/profiles/{}", encode(profile_id)))
+            .await?;
+        Ok(Vec::from(body))
     }
 }
 

@@ -16,6 +16,8 @@ pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:7071";
 pub const DEFAULT_DATA_DIR: &str = "./holmes-data";
 /// Largest gRPC message accepted from an agent.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Largest profile accepted from an agent (the sum of its chunks).
+pub const DEFAULT_MAX_PROFILE_BYTES: u64 = 32 * 1024 * 1024;
 /// Instances heard from within this window count as active in the services list.
 pub const DEFAULT_ACTIVE_WINDOW: &str = "5m";
 
@@ -78,6 +80,10 @@ pub struct Config {
     /// Largest gRPC message accepted from an agent, bytes.
     #[serde(default = "default_max_message")]
     pub max_message_bytes: usize,
+    /// Largest profile accepted from an agent, bytes (all its chunks together); a larger
+    /// one ends the agent's stream with INVALID_ARGUMENT.
+    #[serde(default = "default_max_profile")]
+    pub max_profile_bytes: u64,
     /// ClickHouse settings, used when `store = "clickhouse"`.
     #[serde(default)]
     pub clickhouse: ClickHouseSection,
@@ -106,6 +112,9 @@ fn default_store() -> StoreKind {
 fn default_max_message() -> usize {
     DEFAULT_MAX_MESSAGE_BYTES
 }
+fn default_max_profile() -> u64 {
+    DEFAULT_MAX_PROFILE_BYTES
+}
 
 impl Default for Config {
     fn default() -> Self {
@@ -115,6 +124,7 @@ impl Default for Config {
             data_dir: default_data_dir(),
             store: default_store(),
             max_message_bytes: default_max_message(),
+            max_profile_bytes: default_max_profile(),
             clickhouse: ClickHouseSection::default(),
             rules: ServiceRules::new(),
         }
@@ -255,6 +265,11 @@ impl Config {
                 self.max_message_bytes
             )));
         }
+        if self.max_profile_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "max_profile_bytes = 0 is too small; at least 1".to_owned(),
+            ));
+        }
         if self.grpc_addr == self.http_addr && self.grpc_addr.port() != 0 {
             return Err(ConfigError::Invalid(format!(
                 "grpc_addr and http_addr are both {}",
@@ -283,7 +298,11 @@ mod tests {
         assert_eq!(c.http_addr.to_string(), DEFAULT_HTTP_ADDR);
         assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         assert_eq!(c.store, StoreKind::Sqlite);
+        assert_eq!(c.max_profile_bytes, DEFAULT_MAX_PROFILE_BYTES);
         assert_eq!(Config::from_toml("", Path::new("x")).unwrap(), c);
+        let zero = Config::from_toml("max_profile_bytes = 0", Path::new("x")).unwrap();
+        let err = zero.validate().unwrap_err().to_string();
+        assert_eq!(err, "max_profile_bytes = 0 is too small; at least 1");
     }
 
     #[test]
@@ -294,6 +313,7 @@ mod tests {
         assert_eq!(c.clickhouse.url.as_deref(), Some("http://clickhouse:8123"));
         assert_eq!(c.clickhouse.database, "holmes_prod");
         assert_eq!(c.max_message_bytes, 8_388_608);
+        assert_eq!(c.max_profile_bytes, 67_108_864);
         let checkout = &c.rules["checkout"];
         assert_eq!(checkout["cpu"], "abs=90,cooldown=2m");
         assert_eq!(checkout["threads"], "off");

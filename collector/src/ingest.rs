@@ -2,9 +2,12 @@
 //!
 //! The stream must open with `Hello` (right version, valid names), which is answered
 //! by recording the instance and, when the configuration has rules for the service, by
-//! one `ConfigUpdate`; every durable message after it (metric windows, trigger events)
-//! is stored and then acknowledged by sequence number. Whatever goes wrong with one
-//! agent ends that agent's stream with a clear status and nothing else.
+//! one `ConfigUpdate`; every durable message after it (metric windows, trigger events,
+//! profile chunks) is stored and then acknowledged by sequence number. Profile chunks
+//! are put together first ([`profiles`]): a profile is stored once its last chunk is in,
+//! and since acknowledgements are cumulative, none reaches the first chunk of a profile
+//! that is not stored yet. Whatever goes wrong with one agent ends that agent's stream
+//! with a clear status and nothing else.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -26,6 +29,10 @@ use crate::error::store_status;
 use crate::query::reason_name;
 use crate::rules::{update_for, ServiceRules};
 
+pub mod profiles;
+
+use profiles::{Assembler, Step};
+
 /// How long a new stream may take to send its `Hello`.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often an instance's `last_seen` is refreshed while its stream is open.
@@ -37,6 +44,7 @@ pub struct IngestService {
     store: Arc<dyn Store>,
     rules: Arc<ServiceRules>,
     closing: watch::Receiver<bool>,
+    max_profile_bytes: u64,
 }
 
 impl IngestService {
@@ -48,7 +56,15 @@ impl IngestService {
             store,
             rules: Arc::new(rules),
             closing,
+            max_profile_bytes: crate::config::DEFAULT_MAX_PROFILE_BYTES,
         }
+    }
+
+    /// Refuses profiles larger than `max_profile_bytes` (all chunks together) instead of
+    /// [`crate::config::DEFAULT_MAX_PROFILE_BYTES`].
+    pub fn with_max_profile_bytes(mut self, max_profile_bytes: u64) -> Self {
+        self.max_profile_bytes = max_profile_bytes;
+        self
     }
 
     /// The `ConfigUpdate` for a newly connected agent, if its service has rules.
@@ -207,6 +223,8 @@ impl Ingest for IngestService {
             store: Arc::clone(&self.store),
             tx,
             last_acked: 0,
+            highest_stored: 0,
+            profiles: Assembler::new(self.max_profile_bytes),
             last_touch: Instant::now(),
         };
         tokio::spawn(session.run(inbound, self.closing.clone()));
@@ -219,6 +237,10 @@ struct Session {
     store: Arc<dyn Store>,
     tx: mpsc::Sender<Result<pb::CollectorMessage, Status>>,
     last_acked: u64,
+    /// Highest sequence number of a message stored on this stream.
+    highest_stored: u64,
+    /// Profiles whose chunks are still coming.
+    profiles: Assembler,
     last_touch: Instant,
 }
 
@@ -284,7 +306,7 @@ impl Session {
                     .insert_metrics(&points)
                     .await
                     .map_err(|e| store_status(&e))?;
-                self.ack(msg.seq).await?;
+                self.stored(msg.seq).await?;
                 self.touch_if_due().await
             }
             AgentBody::Trigger(trigger) => {
@@ -307,13 +329,49 @@ impl Session {
                     event_id = %record.event_id,
                     "trigger stored"
                 );
-                self.ack(msg.seq).await?;
+                self.stored(msg.seq).await?;
                 self.touch_if_due().await
             }
-            AgentBody::ProfileChunk(_) => Err(Status::unimplemented(
-                "this collector does not store profiles yet",
-            )),
+            AgentBody::ProfileChunk(chunk) => {
+                if msg.seq == 0 {
+                    return Err(Status::invalid_argument(
+                        "profile chunk without a sequence number",
+                    ));
+                }
+                let chunks = chunk.chunk_count;
+                if let Step::Complete(record) = self.profiles.push(&self.hello, msg.seq, chunk)? {
+                    self.store
+                        .insert_profile(&record)
+                        .await
+                        .map_err(|e| store_status(&e))?;
+                    tracing::info!(
+                        service = %record.service,
+                        instance = %record.instance_id,
+                        kind = record.kind.as_str(),
+                        profile_id = %record.profile_id,
+                        event_id = %record.event_id,
+                        bytes = record.data.len(),
+                        chunks,
+                        error = record.error.as_deref().unwrap_or(""),
+                        "profile stored"
+                    );
+                    self.stored(msg.seq).await?;
+                }
+                self.touch_if_due().await
+            }
         }
+    }
+
+    /// Records that the message `seq` is in the store and acknowledges everything now
+    /// durable: up to the highest stored sequence number, but short of the first chunk of
+    /// any profile still being put together.
+    async fn stored(&mut self, seq: u64) -> Result<(), Status> {
+        self.highest_stored = self.highest_stored.max(seq);
+        let durable = match self.profiles.oldest_pending_seq() {
+            Some(first) => self.highest_stored.min(first.saturating_sub(1)),
+            None => self.highest_stored,
+        };
+        self.ack(durable).await
     }
 
     async fn ack(&mut self, seq: u64) -> Result<(), Status> {

@@ -6,11 +6,13 @@
 //! | `GET /api/v1/services/{service}/instances` | `[{instance, host, pid, labels, agent_version, started_at, last_seen}]` |
 //! | `GET /api/v1/services/{service}/metrics?metric=cpu&since=10m[&until=..][&limit=..]` | `{service, metric, unit, since, until, series: [{instance, points: [{ts, unix_ms, value}]}]}` |
 //! | `GET /api/v1/services/{service}/triggers?since=1h[&until=..][&metric=cpu][&limit=..]` | `{service, since, until, triggers: [{event_id, instance, metric, reason, current, ts, unix_ms, window: [{ts, unix_ms, value}], rule, request_id}]}`, oldest first; `metric` and `rule` are `null` for a requested capture |
+//! | `GET /api/v1/services/{service}/profiles?since=1h[&until=..][&event=<id>][&kind=cpu][&limit=..]` | `{service, since, until, profiles: [{profile_id, event_id, instance, kind, started, unix_ms, duration_ms, labels, error, size_bytes, download}]}`, oldest first; `error` is `null` and `download` the path below for a capture that worked |
+//! | `GET /api/v1/profiles/{profile_id}` | the gzip-compressed pprof bytes exactly as the agent sent them, `application/octet-stream`, `content-disposition: attachment; filename="<kind>.<event_id>.<profile_id>.pb.gz"`; 400 for an id that is not 32 lowercase hex digits, 404 for an unknown one or a failed capture |
 //! | `GET /healthz` | `ok` |
 //!
 //! Times are RFC 3339 in UTC; `since`/`until` also take a duration before now (`10m`).
-//! Errors are `{"error": "..."}` with 400 (bad parameter), 404 (unknown service) or
-//! 503 (store unavailable).
+//! Errors are `{"error": "..."}` with 400 (bad parameter), 404 (unknown service or
+//! profile) or 503 (store unavailable).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -26,7 +28,12 @@ use serde::{Deserialize, Serialize};
 use crate::clock::{parse_time, rfc3339, unix_nanos_now};
 use crate::error::ApiError;
 
+mod profiles;
 mod triggers;
+pub use profiles::{
+    download_path, file_name, parse_kind, ProfileJson, ProfilesJson, DEFAULT_PROFILE_LIMIT,
+    DEFAULT_PROFILE_SINCE, PROFILE_KINDS,
+};
 pub use triggers::{reason_name, RuleJson, TriggerJson, TriggersJson};
 
 /// Points returned by one metrics query unless `limit` says otherwise.
@@ -56,6 +63,11 @@ pub fn router(store: Arc<dyn Store>, active_window: std::time::Duration) -> Rout
             "/api/v1/services/{service}/triggers",
             get(triggers::triggers),
         )
+        .route(
+            "/api/v1/services/{service}/profiles",
+            get(profiles::profiles),
+        )
+        .route("/api/v1/profiles/{profile_id}", get(profiles::download))
         .with_state(Api {
             store,
             active_window,

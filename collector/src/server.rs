@@ -129,11 +129,10 @@ impl Server {
         let http_addr = local(&http, "HTTP", config.http_addr)?;
         let (closing, closed) = watch::channel(false);
 
-        let ingest = IngestServer::new(IngestService::new(
-            Arc::clone(&store),
-            config.rules.clone(),
-            closed.clone(),
-        ))
+        let ingest = IngestServer::new(
+            IngestService::new(Arc::clone(&store), config.rules.clone(), closed.clone())
+                .with_max_profile_bytes(config.max_profile_bytes),
+        )
         .max_decoding_message_size(config.max_message_bytes);
         let mut grpc_closed = closed.clone();
         let grpc_task = tokio::spawn(async move {

@@ -268,31 +268,6 @@ async fn triggers_are_stored_once_and_come_back(backend: Backend) {
         .unwrap()
         .contains("no triggers in this range"));
 
-    // Profiles are a later task: still refused, plainly.
-    agent
-        .send(
-            4,
-            AgentBody::ProfileChunk(holmes_proto::ProfileChunk {
-                profile_id: "p-1".to_owned(),
-                event_id: "checkout-0-cpu-1".to_owned(),
-                kind: ProfileKind::Cpu,
-                chunk_index: 0,
-                chunk_count: 1,
-                total_bytes: 1,
-                data: vec![1],
-                started_unix_nanos: fired_at,
-                duration: Duration::from_secs(1),
-                error: None,
-                labels: Default::default(),
-            }),
-        )
-        .await;
-    let status = agent.next_error().await;
-    assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
-    assert_eq!(
-        status.message(),
-        "this collector does not store profiles yet"
-    );
     server.shutdown().await;
 }
 

@@ -36,6 +36,7 @@ fi
 if cargo clippy --version >/dev/null 2>&1; then
   say "cargo clippy"
   cargo clippy --workspace --all-targets --locked -- -D warnings
+  cargo clippy -p holmes-agent --all-targets --features jemalloc --locked -- -D warnings
 else
   echo "warning: clippy is not installed; lints not checked" >&2
 fi
@@ -45,6 +46,23 @@ log=$(mktemp "${TMPDIR:-/tmp}/holmes-test-log.XXXXXX")
 set +e
 cargo test --workspace --locked "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+# Heap profiles from jemalloc: the optional `jemalloc` feature, in a test process that
+# runs on tikv-jemallocator with profiling on (its first build compiles jemalloc's C code),
+# plus the heap unit tests with the feature compiled in.
+say "cargo test, jemalloc heap profiles (--features jemalloc)"
+cargo test -p holmes-agent --features jemalloc --lib --test jemalloc --locked -- jemalloc heap 2>&1 | tee -a "$log"
+jemalloc_status=${PIPESTATUS[0]}
+[ "$status" -ne 0 ] || status=$jemalloc_status
+# Tokio task dumps need tokio's unstable cfg: their own target folder, so the build above
+# is not invalidated. RUSTFLAGS replaces .cargo/config.toml's rustflags, hence the frame
+# pointers. tokio >= 1.48 ignores `tokio_taskdump` (its `taskdump` feature replaced it);
+# it is passed for tests that still gate on it. `task` picks the agent's task-dump unit
+# tests and tests/taskdump.rs.
+say "cargo test, tokio task dumps (--cfg tokio_unstable, --features taskdump)"
+RUSTFLAGS="--cfg tokio_unstable --cfg tokio_taskdump -C force-frame-pointers=yes" CARGO_TARGET_DIR=target/taskdump \
+  cargo test -p holmes-agent --features taskdump --lib --test taskdump --locked -- task 2>&1 | tee -a "$log"
+taskdump_status=${PIPESTATUS[0]}
+[ "$status" -ne 0 ] || status=$taskdump_status
 set -e
 # One closing line for the whole run (cargo prints one per test binary).
 sum() { grep -oE "test result: [A-Za-z]+\. [0-9]+ passed; [0-9]+ failed" "$log" | awk -v f="$1" '{ s += $f } END { print s + 0 }'; }

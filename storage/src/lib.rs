@@ -108,4 +108,19 @@ pub trait Store: Send + Sync + 'static {
     /// Trigger events of one service in `[since, until)`, of one metric if the query
     /// names one, sorted by time and then event id, at most `limit`.
     async fn query_triggers(&self, query: &TriggerQuery) -> Result<Vec<TriggerRecord>, StoreError>;
+
+    /// Stores a profile. One already stored (same service and profile id: an agent
+    /// resending after a lost ack) is kept once. Its bytes read back exactly; every other
+    /// field too, except that `error: Some("")` reads back as `None` and a duration
+    /// beyond `u64::MAX` nanoseconds as that many.
+    async fn insert_profile(&self, profile: &ProfileRecord) -> Result<(), StoreError>;
+
+    /// Profiles of one service whose capture started in `[since, until)`, of one event
+    /// and one kind if the query names them, without their bytes, sorted by start time
+    /// and then profile id, at most `limit`.
+    async fn query_profiles(&self, query: &ProfileQuery) -> Result<Vec<ProfileMeta>, StoreError>;
+
+    /// One profile with its bytes, by its id alone (ids are 128 random bits, unique
+    /// across services); `None` if no profile has this id.
+    async fn get_profile(&self, profile_id: &str) -> Result<Option<ProfileRecord>, StoreError>;
 }

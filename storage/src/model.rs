@@ -1,8 +1,9 @@
 //! The records a [`crate::Store`] keeps.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-use holmes_proto::{Metric, RuleConfig, Sample, TriggerReason};
+use holmes_proto::{Metric, ProfileKind, RuleConfig, Sample, TriggerReason};
 
 /// One agent process as last seen.
 #[derive(Debug, Clone, PartialEq)]
@@ -104,5 +105,92 @@ pub struct TriggerQuery {
     /// To, exclusive.
     pub until_unix_nanos: u64,
     /// At most this many events.
+    pub limit: u64,
+}
+
+/// A captured profile as stored: the agent's gzip-compressed pprof bytes, exactly as
+/// sent, with what the agent said about them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfileRecord {
+    /// Profile id the agent made: 128 random bits in hex, unique across the fleet.
+    pub profile_id: String,
+    /// The trigger event it was captured for.
+    pub event_id: String,
+    /// Service name.
+    pub service: String,
+    /// Instance id.
+    pub instance_id: String,
+    /// What it measures.
+    pub kind: ProfileKind,
+    /// When the capture started, nanoseconds since the Unix epoch.
+    pub started_unix_nanos: u64,
+    /// How long the capture ran (kept to the nanosecond, up to `u64::MAX` of them).
+    pub duration: Duration,
+    /// Extra labels, e.g. `phase=pre-trigger`.
+    pub labels: BTreeMap<String, String>,
+    /// Why the capture failed; such a profile has no data. `Some("")` is stored as
+    /// `None`, as on the wire.
+    pub error: Option<String>,
+    /// The gzip-compressed pprof `profile.proto`, byte for byte as the agent sent it.
+    pub data: Vec<u8>,
+}
+
+/// A stored profile without its bytes, as profile lists show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfileMeta {
+    /// Profile id.
+    pub profile_id: String,
+    /// The trigger event it was captured for.
+    pub event_id: String,
+    /// Service name.
+    pub service: String,
+    /// Instance id.
+    pub instance_id: String,
+    /// What it measures.
+    pub kind: ProfileKind,
+    /// When the capture started, nanoseconds since the Unix epoch.
+    pub started_unix_nanos: u64,
+    /// How long the capture ran.
+    pub duration: Duration,
+    /// Extra labels.
+    pub labels: BTreeMap<String, String>,
+    /// Why the capture failed, if it did.
+    pub error: Option<String>,
+    /// Size of the stored bytes.
+    pub size_bytes: u64,
+}
+
+impl ProfileRecord {
+    /// The record without its bytes.
+    pub fn meta(&self) -> ProfileMeta {
+        ProfileMeta {
+            profile_id: self.profile_id.clone(),
+            event_id: self.event_id.clone(),
+            service: self.service.clone(),
+            instance_id: self.instance_id.clone(),
+            kind: self.kind,
+            started_unix_nanos: self.started_unix_nanos,
+            duration: self.duration,
+            labels: self.labels.clone(),
+            error: self.error.clone(),
+            size_bytes: self.data.len() as u64,
+        }
+    }
+}
+
+/// Which profiles to list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfileQuery {
+    /// Service name.
+    pub service: String,
+    /// Only the profiles of this trigger event; `None` for all.
+    pub event_id: Option<String>,
+    /// Only profiles of this kind; `None` for all.
+    pub kind: Option<ProfileKind>,
+    /// Capture started from, inclusive, nanoseconds since the Unix epoch.
+    pub since_unix_nanos: u64,
+    /// To, exclusive.
+    pub until_unix_nanos: u64,
+    /// At most this many profiles.
     pub limit: u64,
 }

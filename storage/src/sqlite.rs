@@ -11,10 +11,11 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection};
 
 use crate::{
-    InstanceInfo, MetricPoint, MetricQuery, ServiceSummary, Store, StoreError, TriggerQuery,
-    TriggerRecord,
+    InstanceInfo, MetricPoint, MetricQuery, ProfileMeta, ProfileQuery, ProfileRecord,
+    ServiceSummary, Store, StoreError, TriggerQuery, TriggerRecord,
 };
 
+mod profiles;
 mod triggers;
 
 /// File name of the database inside the data directory.
@@ -67,6 +68,25 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (service, event_id)
     ) WITHOUT ROWID;
     CREATE INDEX triggers_by_time ON triggers (service, ts, event_id);",
+    // 3: profiles. A rowid table (WITHOUT ROWID suits small rows, not BLOBs of megabytes)
+    // with the bytes last, so that listing never reads them. The unique key doubles as
+    // the index of lookups by profile id alone. `duration_ns` holds the u64 nanoseconds'
+    // bits (an i64 that may be negative); `error` is NULL for a capture that worked.
+    "CREATE TABLE profiles (
+        profile_id TEXT NOT NULL,
+        service TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        instance_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        started INTEGER NOT NULL,
+        duration_ns INTEGER NOT NULL,
+        labels TEXT NOT NULL,
+        error TEXT,
+        size_bytes INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        UNIQUE (profile_id, service)
+    );
+    CREATE INDEX profiles_by_time ON profiles (service, started, profile_id);",
 ];
 
 /// The embedded SQLite store.
@@ -173,9 +193,10 @@ fn labels_to_sql(labels: &BTreeMap<String, String>) -> String {
     out
 }
 
-fn labels_from_sql(s: &str) -> Result<BTreeMap<String, String>, StoreError> {
+/// Labels written by [`labels_to_sql`]; `what` names the column in the error.
+fn labels_from_sql(what: &'static str, s: &str) -> Result<BTreeMap<String, String>, StoreError> {
     let corrupt = || StoreError::Corrupt {
-        what: "instances.labels",
+        what,
         value: s.to_owned(),
     };
     let mut out = BTreeMap::new();
@@ -303,7 +324,7 @@ impl Store for SqliteStore {
             let mut out = Vec::new();
             for row in rows {
                 let (mut info, labels) = row?;
-                info.labels = labels_from_sql(&labels)?;
+                info.labels = labels_from_sql("instances.labels", &labels)?;
                 out.push(info);
             }
             Ok(out)
@@ -355,6 +376,22 @@ impl Store for SqliteStore {
         let q = query.clone();
         self.with_conn(move |conn| triggers::query(conn, &q)).await
     }
+
+    async fn insert_profile(&self, profile: &ProfileRecord) -> Result<(), StoreError> {
+        // The bytes are copied once into the worker; a profile is at most tens of MiB.
+        let p = profile.clone();
+        self.with_conn(move |conn| profiles::insert(conn, &p)).await
+    }
+
+    async fn query_profiles(&self, query: &ProfileQuery) -> Result<Vec<ProfileMeta>, StoreError> {
+        let q = query.clone();
+        self.with_conn(move |conn| profiles::query(conn, &q)).await
+    }
+
+    async fn get_profile(&self, profile_id: &str) -> Result<Option<ProfileRecord>, StoreError> {
+        let id = profile_id.to_owned();
+        self.with_conn(move |conn| profiles::get(conn, &id)).await
+    }
 }
 
 #[cfg(test)]
@@ -369,8 +406,11 @@ mod tests {
             ("c".to_owned(), "ünïcode 12:".to_owned()),
         ]
         .into();
-        assert_eq!(labels_from_sql(&labels_to_sql(&labels)).unwrap(), labels);
-        assert!(labels_from_sql("3:ab").is_err());
+        assert_eq!(
+            labels_from_sql("t", &labels_to_sql(&labels)).unwrap(),
+            labels
+        );
+        assert!(labels_from_sql("t", "3:ab").is_err());
     }
 
     #[test]
@@ -391,14 +431,15 @@ mod tests {
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
         assert_eq!(version as usize, MIGRATIONS.len());
-        let (samples, triggers): (i64, i64) = conn
+        let (samples, triggers, profiles): (i64, i64, i64) = conn
             .query_row(
-                "SELECT (SELECT COUNT(*) FROM metric_samples), (SELECT COUNT(*) FROM triggers)",
+                "SELECT (SELECT COUNT(*) FROM metric_samples), (SELECT COUNT(*) FROM triggers),
+                        (SELECT COUNT(*) FROM profiles)",
                 [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .unwrap();
-        assert_eq!((samples, triggers), (1, 0));
+        assert_eq!((samples, triggers, profiles), (1, 0, 0));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The names reasons and metrics are stored under, the same in every backend.
 
-use holmes_proto::TriggerReason;
+use holmes_proto::{ProfileKind, TriggerReason};
 
 use crate::StoreError;
 
@@ -40,6 +40,23 @@ pub(crate) fn metric_from_name(
     })
 }
 
+/// The profile kind a stored name ([`ProfileKind::as_str`]) stands for; `what` names
+/// the column in the error.
+pub(crate) fn kind_from_name(what: &'static str, name: &str) -> Result<ProfileKind, StoreError> {
+    [
+        ProfileKind::Cpu,
+        ProfileKind::Heap,
+        ProfileKind::Threads,
+        ProfileKind::Tasks,
+    ]
+    .into_iter()
+    .find(|k| k.as_str() == name)
+    .ok_or_else(|| StoreError::Corrupt {
+        what,
+        value: name.to_owned(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,6 +70,19 @@ mod tests {
         ] {
             assert_eq!(reason_from_name("t", reason_name(r)).unwrap(), r);
         }
+        for k in [
+            ProfileKind::Cpu,
+            ProfileKind::Heap,
+            ProfileKind::Threads,
+            ProfileKind::Tasks,
+        ] {
+            assert_eq!(kind_from_name("p", k.as_str()).unwrap(), k);
+        }
+        let err = kind_from_name("profiles.kind", "CPU").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "corrupt stored value in profiles.kind: \"CPU\""
+        );
         let err = reason_from_name("triggers.reason", "ABS").unwrap_err();
         assert_eq!(
             err.to_string(),

@@ -8,9 +8,12 @@ use std::collections::BTreeMap;
 
 use std::time::Duration;
 
-use holmes_proto::{Metric, RuleConfig, Sample, TriggerReason};
+use holmes_proto::{Metric, ProfileKind, RuleConfig, Sample, TriggerReason};
 
-use crate::{InstanceInfo, MetricPoint, MetricQuery, Store, TriggerQuery, TriggerRecord};
+use crate::{
+    InstanceInfo, MetricPoint, MetricQuery, ProfileMeta, ProfileQuery, ProfileRecord, Store,
+    TriggerQuery, TriggerRecord,
+};
 
 const SEC: u64 = 1_000_000_000;
 /// 2026-11-26T00:00:00Z, a realistic timestamp.
@@ -67,6 +70,12 @@ pub async fn empty_store_lists_nothing(store: impl Store) {
         .await
         .unwrap();
     assert!(triggers.is_empty());
+    let profiles = store
+        .query_profiles(&profile_query("checkout", 0, u64::MAX / 2))
+        .await
+        .unwrap();
+    assert!(profiles.is_empty());
+    assert_eq!(store.get_profile(&profile_id(1)).await.unwrap(), None);
 }
 
 /// Instances come back exactly as written, grouped into services.
@@ -465,6 +474,250 @@ pub async fn triggers_sort_by_time_then_event_id(store: impl Store) {
     assert_eq!(got, vec![early, b, m, z, late]);
 }
 
+/// A 32-hex-digit profile id, as agents make them.
+fn profile_id(n: u64) -> String {
+    format!("{:016x}{n:016x}", 0x5eed_u64)
+}
+
+/// A small CPU profile of `instance` for event `event_id`, started at `started`.
+fn profile(service: &str, instance: &str, id: &str, event_id: &str, started: u64) -> ProfileRecord {
+    ProfileRecord {
+        profile_id: id.to_owned(),
+        event_id: event_id.to_owned(),
+        service: service.to_owned(),
+        instance_id: instance.to_owned(),
+        kind: ProfileKind::Cpu,
+        started_unix_nanos: started,
+        duration: Duration::from_secs(10),
+        labels: BTreeMap::new(),
+        error: None,
+        data: format!("\x1f\u{8b} profile {id}").into_bytes(),
+    }
+}
+
+fn profile_query(service: &str, since: u64, until: u64) -> ProfileQuery {
+    ProfileQuery {
+        service: service.to_owned(),
+        event_id: None,
+        kind: None,
+        since_unix_nanos: since,
+        until_unix_nanos: until,
+        limit: 10_000,
+    }
+}
+
+/// Profiles come back exactly as written: 3 MiB holding every byte value in every
+/// position, an empty profile, and a failed capture without data; listed without their
+/// bytes but with their size.
+pub async fn profiles_roundtrip_exactly(store: impl Store) {
+    let mut big = profile(
+        "checkout",
+        "checkout-a",
+        &profile_id(1),
+        "ev-1",
+        T0 + SEC + 7,
+    );
+    big.kind = ProfileKind::Heap;
+    big.duration = Duration::new(30, 123_456_789);
+    big.labels = [
+        ("phase".to_owned(), "pre-trigger".to_owned()),
+        (
+            "note".to_owned(),
+            "'); DROP TABLE profiles; -- ? ?fields \\ \" \n\t\0".to_owned(),
+        ),
+    ]
+    .into();
+    // 3 MiB: every byte value, shifted by one per 256-byte block so that no value keeps
+    // its offset, with NUL runs and invalid UTF-8 along the way.
+    big.data = (0..3 * 1024 * 1024usize)
+        .map(|i| (i + i / 256) as u8)
+        .collect();
+    let mut failed = profile(
+        "checkout",
+        "checkout-b",
+        &profile_id(2),
+        "ev-1",
+        T0 + 2 * SEC,
+    );
+    failed.kind = ProfileKind::Threads;
+    failed.duration = Duration::ZERO;
+    failed.error = Some("cannot walk the stack of thread 7: permission denied".to_owned());
+    failed.data = Vec::new();
+    let mut empty = profile(
+        "checkout",
+        "checkout-a",
+        &profile_id(3),
+        "ev-2",
+        T0 + 3 * SEC,
+    );
+    empty.kind = ProfileKind::Tasks;
+    empty.data = Vec::new();
+    empty.error = Some(String::new());
+    for p in [&empty, &failed, &big] {
+        store.insert_profile(p).await.unwrap();
+    }
+    empty.error = None;
+
+    for p in [&big, &failed, &empty] {
+        let got = store.get_profile(&p.profile_id).await.unwrap();
+        let got = got.unwrap_or_else(|| panic!("profile {} is stored", p.profile_id));
+        // Compared apart so that a failure does not print megabytes.
+        assert!(
+            got.data == p.data,
+            "the bytes of {} come back exactly",
+            p.profile_id
+        );
+        assert_eq!(got.meta(), p.meta());
+    }
+    let listed = store
+        .query_profiles(&profile_query("checkout", T0, T0 + 60 * SEC))
+        .await
+        .unwrap();
+    assert_eq!(listed, vec![big.meta(), failed.meta(), empty.meta()]);
+    assert_eq!(listed[0].size_bytes, 3 * 1024 * 1024);
+    assert_eq!(listed[1].size_bytes, 0);
+}
+
+/// A profile written again (an agent resending after a lost ack) is stored once.
+pub async fn resent_profiles_are_stored_once(store: impl Store) {
+    let a = profile("checkout", "checkout-a", &profile_id(1), "ev-1", T0 + SEC);
+    let b = profile("checkout", "checkout-a", &profile_id(2), "ev-1", T0 + SEC);
+    for p in [&a, &b, &a, &a, &b] {
+        store.insert_profile(p).await.unwrap();
+    }
+    let listed = store
+        .query_profiles(&profile_query("checkout", T0, T0 + 10 * SEC))
+        .await
+        .unwrap();
+    assert_eq!(listed, vec![a.meta(), b.meta()]);
+    assert_eq!(store.get_profile(&a.profile_id).await.unwrap(), Some(a));
+}
+
+/// Profile queries return one service's profiles started in `[since, until)`, of one
+/// event and kind if asked, by start time then profile id, at most `limit`; an unknown
+/// id finds nothing.
+pub async fn profiles_filter_by_service_event_kind_and_range(store: impl Store) {
+    let mut all: Vec<ProfileRecord> = Vec::new();
+    for s in 0..6u64 {
+        // Two profiles per second; ids chosen so that id order differs from insert order.
+        let mut cpu = profile(
+            "checkout",
+            "checkout-a",
+            &profile_id(100 + s),
+            &format!("ev-{}", s / 2),
+            T0 + s * SEC,
+        );
+        cpu.kind = ProfileKind::Cpu;
+        let mut heap = profile(
+            "checkout",
+            "checkout-b",
+            &profile_id(50 + s),
+            &format!("ev-{}", s / 2),
+            T0 + s * SEC,
+        );
+        heap.kind = ProfileKind::Heap;
+        all.push(cpu);
+        all.push(heap);
+        all.push(profile(
+            "cart",
+            "cart-0",
+            &profile_id(200 + s),
+            &format!("ev-{}", s / 2),
+            T0 + s * SEC,
+        ));
+    }
+    for p in all.iter().rev() {
+        store.insert_profile(p).await.unwrap();
+    }
+    let ids = |found: &[ProfileMeta]| -> Vec<String> {
+        found.iter().map(|p| p.profile_id.clone()).collect()
+    };
+
+    let range = store
+        .query_profiles(&profile_query("checkout", T0 + 2 * SEC, T0 + 4 * SEC))
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(&range),
+        [
+            profile_id(52),
+            profile_id(102),
+            profile_id(53),
+            profile_id(103)
+        ]
+    );
+    assert!(range.iter().all(|p| p.service == "checkout"));
+
+    let mut by_event = profile_query("checkout", T0, T0 + 100 * SEC);
+    by_event.event_id = Some("ev-1".to_owned());
+    let found = store.query_profiles(&by_event).await.unwrap();
+    assert_eq!(
+        ids(&found),
+        [
+            profile_id(52),
+            profile_id(102),
+            profile_id(53),
+            profile_id(103)
+        ]
+    );
+
+    by_event.kind = Some(ProfileKind::Heap);
+    let found = store.query_profiles(&by_event).await.unwrap();
+    assert_eq!(ids(&found), [profile_id(52), profile_id(53)]);
+
+    let mut by_kind = profile_query("checkout", T0, T0 + 100 * SEC);
+    by_kind.kind = Some(ProfileKind::Cpu);
+    by_kind.limit = 4;
+    let found = store.query_profiles(&by_kind).await.unwrap();
+    assert_eq!(
+        ids(&found),
+        [
+            profile_id(100),
+            profile_id(101),
+            profile_id(102),
+            profile_id(103)
+        ]
+    );
+    by_kind.kind = Some(ProfileKind::Threads);
+    assert!(store.query_profiles(&by_kind).await.unwrap().is_empty());
+
+    let mut limited = profile_query("checkout", T0, T0 + 100 * SEC);
+    limited.limit = 3;
+    let found = store.query_profiles(&limited).await.unwrap();
+    assert_eq!(
+        ids(&found),
+        [profile_id(50), profile_id(100), profile_id(51)]
+    );
+
+    let mut unknown_event = profile_query("checkout", T0, T0 + 100 * SEC);
+    unknown_event.event_id = Some("x' OR '1'='1".to_owned());
+    assert!(store
+        .query_profiles(&unknown_event)
+        .await
+        .unwrap()
+        .is_empty());
+    let cart = store
+        .query_profiles(&profile_query("cart", T0, T0 + 100 * SEC))
+        .await
+        .unwrap();
+    assert_eq!(cart.len(), 6);
+    let empty_range = store
+        .query_profiles(&profile_query("checkout", T0 + 3 * SEC, T0 + 3 * SEC))
+        .await
+        .unwrap();
+    assert!(empty_range.is_empty());
+
+    // By id alone, whichever service it belongs to.
+    let cart_profile = store.get_profile(&profile_id(203)).await.unwrap();
+    assert_eq!(
+        cart_profile.as_ref(),
+        all.iter().find(|p| p.profile_id == profile_id(203))
+    );
+    assert_eq!(store.get_profile(&profile_id(999)).await.unwrap(), None);
+    assert_eq!(store.get_profile("").await.unwrap(), None);
+    assert_eq!(store.get_profile("x' OR '1'='1").await.unwrap(), None);
+}
+
 /// Generates one `#[tokio::test]` per conformance case. `$make` is an async expression
 /// that returns `Some(fresh empty store)`, or `None` when the backend's server is
 /// deliberately absent (the case then passes as skipped, having said so).
@@ -483,6 +736,9 @@ macro_rules! store_conformance_tests {
             resent_triggers_are_stored_once,
             triggers_filter_by_service_metric_and_range,
             triggers_sort_by_time_then_event_id,
+            profiles_roundtrip_exactly,
+            resent_profiles_are_stored_once,
+            profiles_filter_by_service_event_kind_and_range,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

@@ -431,8 +431,10 @@ mod tests {
                     .any(|(i, a)| name_of(*a, i == 0).contains("cpu_test_spin_harness"))
             })
             .collect();
+        // 1.5 s at 99 Hz is ~150 samples on an idle machine; other tests of this binary
+        // share the CPU (and the process-wide timer), so ask for a fraction of that.
         assert!(
-            ours.len() >= 50,
+            ours.len() >= 20,
             "only {} of {} samples in the harness",
             ours.len(),
             stacks.len()

@@ -3,6 +3,8 @@
 //! - [`unwind`]: the async-signal-safe frame-pointer walk the signal-based captures share.
 //! - [`cpu`]: `SIGPROF` sampling and the always-on flight recorder.
 //! - [`threads`]: the stack of every OS thread, by signalling each one.
+//! - [`heap`]: heap profiles, from jemalloc or the sampling allocator.
+//! - [`tasks`]: tokio task dumps of the registered runtimes (the `taskdump` feature).
 //!
 //! [`Captures`] runs one capture at a time on a short-lived `holmes-capture` thread, so
 //! the agent keeps sampling meanwhile. Each profile goes to the dump folder as
@@ -10,6 +12,10 @@
 //! chunks. A capture that fails is reported as a profile carrying the error.
 
 pub(crate) mod cpu;
+pub(crate) mod heap;
+#[cfg(feature = "jemalloc")]
+pub(crate) mod jemalloc;
+pub(crate) mod tasks;
 pub(crate) mod threads;
 pub(crate) mod unwind;
 
@@ -25,8 +31,17 @@ use crate::pprof::{LabelValue, ProfileBuilder, Symbolizer};
 use crate::sampler::unix_nanos_now;
 use crate::{dump, event_id, Shared};
 
+/// Largest profile the agent ships; a bigger one is reported as a failed capture.
+pub(crate) const MAX_PROFILE_BYTES: usize = 32 * 1024 * 1024;
+
 /// How long thread stacks may take to answer.
 pub(crate) const THREADS_DEADLINE: Duration = Duration::from_secs(2);
+
+/// How long the registered runtimes' task dumps may take (all of them, together), plus
+/// [`TASKS_DEADLINE_PER_TASK`] for each alive task: a dump re-polls every task.
+pub(crate) const TASKS_DEADLINE: Duration = Duration::from_secs(5);
+/// A dump takes about 25 µs per task in a debug build; twice that is allowed.
+pub(crate) const TASKS_DEADLINE_PER_TASK: Duration = Duration::from_micros(50);
 
 /// One finished capture, ready to be written and sent.
 #[derive(Debug)]
@@ -86,6 +101,8 @@ impl Captures {
         use holmes_proto::Metric::*;
         match metric {
             CpuPercent if self.recorder.is_some() => vec![ProfileKind::Cpu],
+            MemoryPercent | HeapPercent if heap::available() => vec![ProfileKind::Heap],
+            Tasks if tasks::AVAILABLE => vec![ProfileKind::Tasks],
             Threads | Tasks => vec![ProfileKind::Threads],
             _ => Vec::new(),
         }
@@ -115,10 +132,9 @@ impl Captures {
             .name("holmes-capture".to_owned())
             .spawn(move || {
                 for kind in kinds {
-                    let captured = this.capture(&cfg, kind);
-                    for c in captured {
-                        deliver(&cfg, &shared, &event_id, c);
-                    }
+                    this.capture(&cfg, &shared, kind, &mut |c| {
+                        deliver(&cfg, &shared, &event_id, c)
+                    });
                 }
                 this.busy.store(false, Ordering::Release);
             });
@@ -130,28 +146,27 @@ impl Captures {
         true
     }
 
-    fn capture(&self, cfg: &AgentConfig, kind: ProfileKind) -> Vec<Captured> {
+    /// Runs one capture, handing each profile to `sink` as soon as it is ready (the CPU
+    /// pre-trigger profile goes out before the full-rate capture starts).
+    fn capture(
+        &self,
+        cfg: &AgentConfig,
+        shared: &Shared,
+        kind: ProfileKind,
+        sink: &mut dyn FnMut(Captured),
+    ) {
         match kind {
-            ProfileKind::Cpu => self.capture_cpu(cfg),
-            ProfileKind::Threads => vec![self.capture_threads()],
-            other => vec![Captured {
-                kind: other,
-                started_unix_nanos: unix_nanos_now(),
-                duration: Duration::ZERO,
-                labels: BTreeMap::new(),
-                result: Err(format!(
-                    "{} captures are not available in this build",
-                    other.as_str()
-                )),
-                text: None,
-            }],
+            ProfileKind::Cpu => self.capture_cpu(cfg, sink),
+            ProfileKind::Threads => sink(self.capture_threads()),
+            ProfileKind::Heap => sink(heap::captured(&self.symbolizer)),
+            ProfileKind::Tasks => self.capture_tasks(&shared.runtimes(), sink),
         }
     }
 
     /// The flight recorder's window before the trigger, then a full-rate capture.
-    fn capture_cpu(&self, cfg: &AgentConfig) -> Vec<Captured> {
+    fn capture_cpu(&self, cfg: &AgentConfig, sink: &mut dyn FnMut(Captured)) {
         let Some(recorder) = &self.recorder else {
-            return Vec::new();
+            return;
         };
         let lock = || recorder.lock().unwrap_or_else(|p| p.into_inner());
         let now_mono = cpu::now_ns();
@@ -167,6 +182,7 @@ impl Captures {
             pre_span,
             "pre-trigger",
         );
+        sink(pre_profile);
 
         let started = Instant::now();
         let started_unix = unix_nanos_now();
@@ -195,7 +211,7 @@ impl Captures {
                 text: None,
             },
         };
-        vec![pre_profile, post_profile]
+        sink(post_profile);
     }
 
     fn encode_cpu(
@@ -308,6 +324,42 @@ impl Captures {
     }
 }
 
+impl Captures {
+    /// Every task of the registered runtimes, as pprof (`tasks/count`) plus text. When a
+    /// runtime's dump times out (its workers all blocked), the threads' stacks are
+    /// captured as well: they show what blocks the workers.
+    fn capture_tasks(&self, runtimes: &[tokio::runtime::Handle], sink: &mut dyn FnMut(Captured)) {
+        let started = Instant::now();
+        let started_unix = unix_nanos_now();
+        let alive: usize = runtimes.iter().map(|h| h.metrics().num_alive_tasks()).sum();
+        let deadline = TASKS_DEADLINE.saturating_add(
+            TASKS_DEADLINE_PER_TASK.saturating_mul(u32::try_from(alive).unwrap_or(u32::MAX)),
+        );
+        let timed_out = |e: &tasks::TasksError| matches!(e, tasks::TasksError::Timeout { .. });
+        let (result, text, blocked) = match tasks::capture(runtimes, deadline) {
+            Ok(dump) => {
+                let blocked = dump.failures.iter().any(timed_out);
+                (Ok(dump.pprof), Some(dump.text), blocked)
+            }
+            Err(err) => {
+                let blocked = timed_out(&err);
+                (Err(err.to_string()), None, blocked)
+            }
+        };
+        sink(Captured {
+            kind: ProfileKind::Tasks,
+            started_unix_nanos: started_unix,
+            duration: started.elapsed(),
+            labels: BTreeMap::new(),
+            result,
+            text,
+        });
+        if blocked {
+            sink(self.capture_threads());
+        }
+    }
+}
+
 fn phase(name: &str) -> BTreeMap<String, String> {
     [("phase".to_owned(), name.to_owned())].into()
 }
@@ -321,8 +373,16 @@ fn compact_time(unix_nanos: u64) -> String {
 }
 
 /// Writes a capture to the dump folder and queues it for the collector.
-fn deliver(cfg: &AgentConfig, shared: &Shared, event_id: &str, c: Captured) {
+fn deliver(cfg: &AgentConfig, shared: &Shared, event_id: &str, mut c: Captured) {
     let profile_id = event_id::new();
+    if let Ok(bytes) = &c.result {
+        if bytes.len() > MAX_PROFILE_BYTES {
+            c.result = Err(format!(
+                "the profile is {} bytes, over the {MAX_PROFILE_BYTES}-byte cap",
+                bytes.len()
+            ));
+        }
+    }
     match &c.result {
         Ok(bytes) => {
             tracing::info!(target: "holmes", event_id, kind = c.kind.as_str(), bytes = bytes.len(), labels = ?c.labels, "captured")

@@ -192,9 +192,17 @@ fn gettid() -> i32 {
 
 /// `tgkill(pid, tid, sig)`; the errno on failure.
 fn tgkill(pid: i32, tid: i32, sig: libc::c_int) -> Result<(), i32> {
-    // SAFETY: tgkill with plain integer arguments; it only sends a signal (or, with
-    // signal 0, only checks that the thread exists).
-    let rc = unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, sig) };
+    // SAFETY: tgkill with plain integer arguments (passed as longs, as the variadic
+    // syscall() reads them); it only sends a signal (with signal 0, it only checks that
+    // the thread exists).
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_tgkill,
+            libc::c_long::from(pid),
+            libc::c_long::from(tid),
+            libc::c_long::from(sig),
+        )
+    };
     if rc == 0 {
         Ok(())
     } else {
@@ -436,9 +444,9 @@ struct Job {
 /// Captures the stack of every thread of the process, waiting at most `deadline`
 /// (plus a few milliseconds if a handler is caught mid-write) for them to answer.
 ///
-/// Threads are listed in ascending tid order (the main thread first). Threads that did
-/// not answer are `TimedOut`, threads beyond [`CAPACITY`] or that exited meanwhile are
-/// `Skipped`, and the calling thread is `Caller`.
+/// Threads are listed in ascending tid order. Threads that did not answer are
+/// `TimedOut`, threads beyond [`CAPACITY`] or that exited meanwhile are `Skipped`, and
+/// the calling thread is `Caller`.
 pub(crate) fn capture_all(deadline: Duration) -> Result<Vec<ThreadStack>, ThreadsError> {
     let start = Instant::now();
     let end = start + deadline.min(MAX_DEADLINE);

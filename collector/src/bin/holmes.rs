@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use holmes_collector::api_client::{ApiClient, DEFAULT_API};
-use holmes_collector::query::{MetricsJson, ServiceJson, TriggerJson, TriggersJson};
+use holmes_collector::query::{MetricsJson, ProfilesJson, ServiceJson, TriggerJson, TriggersJson};
 use holmes_proto::Metric;
 
 #[derive(Parser)]
@@ -52,6 +52,24 @@ enum Command {
         /// How far back: a duration (10m, 2h) or an RFC 3339 time.
         #[arg(long, default_value = "1h")]
         since: String,
+    },
+    /// Profiles captured in one service, oldest first (download one with `holmes profile`).
+    Profiles {
+        /// Service name.
+        #[arg(long)]
+        service: String,
+        /// How far back: a duration (10m, 2h) or an RFC 3339 time.
+        #[arg(long, default_value = "1h")]
+        since: String,
+    },
+    /// Download one profile: the gzip-compressed pprof file, byte for byte as captured
+    /// (open it with `go tool pprof` or `pprof`).
+    Profile {
+        /// Profile id, as `holmes profiles` shows it.
+        id: String,
+        /// File to write; `-` writes the bytes to standard output.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: String,
     },
 }
 
@@ -195,6 +213,85 @@ fn print_triggers(t: &TriggersJson) {
     }
 }
 
+/// `2.5 MiB` / `812 B`.
+fn format_size(bytes: u64) -> String {
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    format_value(bytes as f64, "bytes")
+}
+
+/// `30s`, `1.5s`, `250ms`.
+fn format_duration_ms(ms: u64) -> String {
+    if ms < 1_000 {
+        format!("{ms}ms")
+    } else if ms % 1_000 == 0 {
+        format!("{}s", ms / 1_000)
+    } else {
+        format!("{:.1}s", ms as f64 / 1_000.0)
+    }
+}
+
+fn print_profiles(p: &ProfilesJson) {
+    println!("{} profiles since {}", p.service, p.since);
+    if p.profiles.is_empty() {
+        println!("no profiles in this range");
+        return;
+    }
+    let width = p
+        .profiles
+        .iter()
+        .map(|e| e.instance.len())
+        .max()
+        .unwrap_or(8)
+        .max(8);
+    let event_width = p
+        .profiles
+        .iter()
+        .map(|e| e.event_id.len())
+        .max()
+        .unwrap_or(5)
+        .max(5);
+    println!(
+        "{:<24}  {:<width$}  {:<7}  {:>8}  {:>9}  {:<32}  {:<event_width$}  ERROR",
+        "TIME", "INSTANCE", "KIND", "DURATION", "SIZE", "PROFILE", "EVENT"
+    );
+    for e in &p.profiles {
+        let size = match e.error {
+            Some(_) => "-".to_owned(),
+            None => format_size(e.size_bytes),
+        };
+        println!(
+            "{:<24}  {:<width$}  {:<7}  {:>8}  {:>9}  {:<32}  {:<event_width$}  {}",
+            e.started,
+            e.instance,
+            e.kind,
+            format_duration_ms(e.duration_ms),
+            size,
+            e.profile_id,
+            e.event_id,
+            e.error.as_deref().unwrap_or("-")
+        );
+    }
+}
+
+/// Writes a downloaded profile to `output` (`-`: standard output, and nothing else
+/// there).
+fn write_profile(output: &str, bytes: &[u8]) -> anyhow::Result<()> {
+    if output == "-" {
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_all(bytes)
+            .and_then(|()| stdout.flush())
+            .map_err(|e| anyhow::anyhow!("cannot write to standard output: {e}"))?;
+        return Ok(());
+    }
+    std::fs::write(output, bytes).map_err(|e| anyhow::anyhow!("cannot write {output}: {e}"))?;
+    println!("wrote {} bytes to {output}", bytes.len());
+    Ok(())
+}
+
 fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
@@ -253,6 +350,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 print_triggers(&t);
             }
+        }
+        Command::Profiles { service, since } => {
+            let p = client.profiles(&service, &since).await?;
+            if cli.json {
+                print_json(&p)?;
+            } else {
+                print_profiles(&p);
+            }
+        }
+        Command::Profile { id, output } => {
+            let bytes = client.download_profile(&id).await?;
+            write_profile(&output, &bytes)?;
         }
     }
     Ok(())

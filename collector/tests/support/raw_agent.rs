@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use holmes_proto::pb::ingest_client::IngestClient;
-use holmes_proto::{pb, AgentBody, AgentMessage, CollectorMessage, Hello};
+use holmes_proto::{
+    pb, AgentBody, AgentMessage, CollectorMessage, Hello, ProfileChunk, ProfileKind,
+};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -32,6 +34,41 @@ pub(crate) fn hello(service: &str, instance: &str, rules: Vec<holmes_proto::Rule
         started_at_unix_nanos: 1,
         collect_interval: Duration::from_secs(1),
     }
+}
+
+/// `data` as the agent sends a profile: chunks of at most `chunk_bytes`, each with the
+/// same metadata (a 10 s capture started at `started`, labelled `phase=trigger`).
+pub(crate) fn profile_chunks(
+    profile_id: &str,
+    event_id: &str,
+    kind: ProfileKind,
+    started: u64,
+    data: &[u8],
+    chunk_bytes: usize,
+) -> Vec<ProfileChunk> {
+    let pieces: Vec<&[u8]> = if data.is_empty() {
+        vec![&[]]
+    } else {
+        data.chunks(chunk_bytes).collect()
+    };
+    let count = pieces.len() as u32;
+    pieces
+        .into_iter()
+        .enumerate()
+        .map(|(i, piece)| ProfileChunk {
+            profile_id: profile_id.to_owned(),
+            event_id: event_id.to_owned(),
+            kind,
+            chunk_index: i as u32,
+            chunk_count: count,
+            total_bytes: data.len() as u64,
+            data: piece.to_vec(),
+            started_unix_nanos: started,
+            duration: Duration::from_secs(10),
+            error: None,
+            labels: [("phase".to_owned(), "trigger".to_owned())].into(),
+        })
+        .collect()
 }
 
 impl RawAgent {
@@ -73,6 +110,17 @@ impl RawAgent {
             .expect("the stream stays healthy")
             .expect("the stream stays open");
         CollectorMessage::try_from(raw).expect("a valid collector message")
+    }
+
+    /// The next message from the collector if one comes within `wait`, `None` if none
+    /// does.
+    pub(crate) async fn next_within(&mut self, wait: Duration) -> Option<CollectorMessage> {
+        let raw = tokio::time::timeout(wait, self.inbound.message())
+            .await
+            .ok()?
+            .expect("the stream stays healthy")
+            .expect("the stream stays open");
+        Some(CollectorMessage::try_from(raw).expect("a valid collector message"))
     }
 
     /// The status the collector ends the stream with, failing the test if it sends a

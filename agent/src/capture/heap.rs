@@ -1,0 +1,241 @@
+//! Heap profiles: from jemalloc's own profiler when the `jemalloc` feature is on and
+//! jemalloc profiling is enabled in this process, else from the samples of the
+//! [`SamplingAllocator`](crate::SamplingAllocator) installed as the global allocator.
+//!
+//! The sampler's profile has Go's sample types, in Go's order: `alloc_objects/count`,
+//! `alloc_space/bytes`, `inuse_objects/count`, `inuse_space/bytes` (the last, so pprof
+//! shows `inuse_space` by default), period type `space/bytes` and the sampling rate as
+//! period. Every recorded stack starts with the sampler's own frames and the allocator
+//! glue (`__rust_alloc`, `alloc::alloc::…`); they are trimmed, so the allocating
+//! function is the leaf that `pprof -top` shows. `alloc::raw_vec` frames are kept: they
+//! tell a `Vec` growing from one allocated at its final size.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use holmes_proto::ProfileKind;
+
+use super::Captured;
+use crate::alloc::{self, HeapSnapshot};
+use crate::pprof::{Frame, ProfileBuilder, Symbolizer};
+use crate::sampler::unix_nanos_now;
+
+/// Innermost frames that belong to the sampler and the allocator glue, not to the code
+/// that allocated.
+pub(crate) const ALLOCATOR_FRAMES: &[&str] = &[
+    "holmes_agent::alloc::",
+    "<holmes_agent::alloc::",
+    "__rust_alloc",
+    "__rust_alloc_zeroed",
+    "__rust_realloc",
+    "__rustc::",
+    "alloc::alloc::",
+    // `<alloc::alloc::Global>::alloc_impl`, `<alloc::alloc::Global as Allocator>::allocate`
+    "<alloc::alloc::Global",
+    "std::alloc::",
+    // Like Go hiding runtime frames: the standard library's collection machinery between
+    // the allocator and the code that asked (`vec!`, `Vec::with_capacity`, `String`, ...).
+    "alloc::",
+    "<alloc::",
+    "core::",
+    "<core::",
+    "*as alloc::",
+    "*as core::",
+];
+
+/// Go's heap profile sample types, in Go's order.
+const SAMPLE_TYPES: [(&str, &str); 4] = [
+    ("alloc_objects", "count"),
+    ("alloc_space", "bytes"),
+    ("inuse_objects", "count"),
+    ("inuse_space", "bytes"),
+];
+
+/// The name given to samples that found the stack table full.
+const OVERFLOW_FUNCTION: &str = "[holmes: stack table full]";
+
+/// Why there is no heap profile.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HeapError {
+    /// Neither a sampling allocator nor jemalloc profiling is in use.
+    #[error("no heap profiler: install holmes_agent::SamplingAllocator as the global allocator, or enable the jemalloc feature")]
+    NotAvailable,
+    /// jemalloc profiling is on, but its dump failed.
+    #[cfg(feature = "jemalloc")]
+    #[error("{0}")]
+    Jemalloc(String),
+}
+
+/// Whether a heap capture can be attempted: a sampling allocator samples here, or the
+/// jemalloc backend is compiled in (whether jemalloc profiling is on is known when the
+/// capture asks it).
+pub(crate) fn available() -> bool {
+    cfg!(feature = "jemalloc") || alloc::sampling_active()
+}
+
+/// A heap profile of this process as gzip pprof.
+pub(crate) fn capture(
+    symbolizer: &mut Symbolizer,
+    start_unix_nanos: u64,
+) -> Result<Vec<u8>, HeapError> {
+    #[cfg(feature = "jemalloc")]
+    if let Some(result) = super::jemalloc::capture(symbolizer) {
+        return result.map_err(HeapError::Jemalloc);
+    }
+    let snapshot = alloc::heap_snapshot().ok_or(HeapError::NotAvailable)?;
+    Ok(encode(&snapshot, symbolizer, start_unix_nanos))
+}
+
+/// A heap capture, ready to be delivered.
+pub(crate) fn captured(symbolizer: &Mutex<Symbolizer>) -> Captured {
+    let started = Instant::now();
+    let started_unix = unix_nanos_now();
+    let result = {
+        let mut sym = symbolizer.lock().unwrap_or_else(|p| p.into_inner());
+        capture(&mut sym, started_unix)
+    };
+    Captured {
+        kind: ProfileKind::Heap,
+        started_unix_nanos: started_unix,
+        duration: started.elapsed(),
+        labels: BTreeMap::new(),
+        result: result.map_err(|e| e.to_string()),
+        text: None,
+    }
+}
+
+/// A weighted total as a profile value: rounded, never negative.
+fn value(v: f64) -> i64 {
+    if v > 0.0 {
+        // `as` saturates.
+        v.round() as i64
+    } else {
+        0
+    }
+}
+
+fn encode(snapshot: &HeapSnapshot, symbolizer: &mut Symbolizer, start_unix_nanos: u64) -> Vec<u8> {
+    let rate = snapshot.sample_every_bytes;
+    let mut b = ProfileBuilder::new(
+        &SAMPLE_TYPES,
+        ("space", "bytes"),
+        i64::try_from(rate).unwrap_or(i64::MAX),
+    );
+    b.set_time(start_unix_nanos, 0);
+    b.add_comment(&format!(
+        "holmes: heap profile from holmes_agent::SamplingAllocator, one allocation sampled per ~{rate} bytes; {} sampled blocks live",
+        snapshot.live_samples
+    ));
+    if snapshot.untracked > 0 {
+        b.add_comment(&format!(
+            "holmes: {} samples counted in alloc_* only: the live-block table was full",
+            snapshot.untracked
+        ));
+    }
+    if snapshot.overflowed > 0 {
+        b.add_comment(&format!(
+            "holmes: {} samples charged to {OVERFLOW_FUNCTION}",
+            snapshot.overflowed
+        ));
+    }
+    if snapshot.lost > 0 {
+        b.add_comment(&format!(
+            "holmes: {} samples or frees lost (no tables, or freed from inside the sampler)",
+            snapshot.lost
+        ));
+    }
+    b.trim_leaf_frames(ALLOCATOR_FRAMES);
+    for s in &snapshot.stacks {
+        let values = [
+            value(s.alloc_objects),
+            value(s.alloc_space),
+            value(s.inuse_objects),
+            value(s.inuse_space),
+        ];
+        if values.iter().all(|v| *v == 0) {
+            continue;
+        }
+        if s.frames.is_empty() {
+            let overflow = Frame {
+                function: OVERFLOW_FUNCTION.to_owned(),
+                file: String::new(),
+                line: 0,
+            };
+            b.add_symbolic_sample(&[overflow], &values, &[]);
+        } else {
+            b.add_sample(&s.frames, &values, &[]);
+        }
+    }
+    b.encode_gzip(symbolizer)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::alloc::{GlobalAlloc, Layout, System};
+
+    use super::*;
+    use crate::alloc::tests::serial;
+    use crate::pprof::decode;
+    use crate::SamplingAllocator;
+
+    #[inline(never)]
+    fn heap_unit_test_culprit(a: &SamplingAllocator) -> (*mut u8, Layout) {
+        let layout = Layout::from_size_align(3 << 20, 16).unwrap();
+        // SAFETY: a valid layout; freed by the caller with it.
+        let p = unsafe { a.alloc(layout) };
+        assert!(!p.is_null());
+        (std::hint::black_box(p), layout)
+    }
+
+    #[test]
+    fn the_profile_has_go_sample_types_and_the_allocating_function_as_leaf() {
+        let _serial = serial();
+        let a = SamplingAllocator::new(System, 64 * 1024);
+        let (p, layout) = heap_unit_test_culprit(&a);
+        assert!(available());
+        let gz = capture(&mut Symbolizer::new(), 1_700_000_000_000_000_000).unwrap();
+        // SAFETY: allocated above with this layout.
+        unsafe { a.dealloc(p, layout) };
+        let profile = decode(&gz).unwrap();
+        let types: Vec<(&str, &str)> = profile
+            .sample_types
+            .iter()
+            .map(|(t, u)| (t.as_str(), u.as_str()))
+            .collect();
+        assert_eq!(types, SAMPLE_TYPES);
+        assert_eq!(profile.period_type, ("space".into(), "bytes".into()));
+        assert_eq!(profile.period, 64 * 1024);
+        assert_eq!(profile.time_nanos, 1_700_000_000_000_000_000);
+        let culprit = profile
+            .samples
+            .iter()
+            .find(|s| {
+                s.stack
+                    .first()
+                    .is_some_and(|f| f.ends_with("heap::tests::heap_unit_test_culprit"))
+            })
+            .unwrap_or_else(|| panic!("no sample with the culprit as leaf: {profile:#?}"));
+        assert_eq!(culprit.values, vec![1, 3 << 20, 1, 3 << 20], "{culprit:#?}");
+        assert!(
+            culprit.stack.iter().any(|f| f
+                .ends_with("the_profile_has_go_sample_types_and_the_allocating_function_as_leaf")),
+            "{culprit:#?}"
+        );
+        // The sampler's own frames are gone from every stack that has others.
+        for s in &profile.samples {
+            assert!(
+                s.stack.len() < 2 || !s.stack[0].contains("holmes_agent::alloc"),
+                "{s:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_error_names_what_to_install() {
+        assert_eq!(
+            HeapError::NotAvailable.to_string(),
+            "no heap profiler: install holmes_agent::SamplingAllocator as the global allocator, or enable the jemalloc feature"
+        );
+    }
+}

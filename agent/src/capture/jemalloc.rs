@@ -1,0 +1,301 @@
+//! Heap profiles from jemalloc's own sampling profiler (cargo feature `jemalloc`).
+//!
+//! A host whose global allocator is tikv-jemallocator built with `profiling`, and started
+//! with `prof:true`, has jemalloc record a stack for about one allocation per
+//! `2^lg_prof_sample` bytes. [`capture`] asks jemalloc for a dump (`prof.dump`, through
+//! jemalloc_pprof's `PROF_CTL`, which serialises dumps with the host's own use of it),
+//! symbolizes the stacks in-process with the agent's [`Symbolizer`] and encodes a standard
+//! gzip pprof (`inuse_space`/`bytes`, jemalloc_pprof's sample type and unbiased weights).
+//! jemalloc's own frames sit on top of every stack (`prof_backtrace_impl ← … ← malloc`,
+//! or with debug info `prof_alloc_prep ← imalloc_body ← imalloc ← _rjem_mallocx`, inlined
+//! static functions that no name prefix covers); they are trimmed, by name and by
+//! jemalloc source file, so the allocating function is the leaf that `pprof -top` shows.
+//!
+//! [`allocated_bytes`] reads `stats.allocated` for the `heap_bytes` metric.
+//!
+//! Nothing here panics: jemalloc_pprof's singleton unwraps `opt.prof` when it is first
+//! touched, so it is only touched once `opt.prof` has been read successfully here.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use tikv_jemalloc_ctl::raw;
+
+use crate::pprof::{Frame, ProfileBuilder, Symbolizer};
+use crate::sampler::unix_nanos_now;
+
+/// How long a dump may take before the capture gives up on it.
+pub(crate) const DUMP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Innermost frames that belong to the allocator, not to the code that allocated, by
+/// function name prefix (frames from jemalloc's C sources are recognised by their file).
+/// `alloc::raw_vec` frames are kept, as the sampling allocator's profiles keep them
+/// ([`super::heap::ALLOCATOR_FRAMES`]): they tell a `Vec` growing from one allocated at
+/// its final size.
+pub(crate) const ALLOCATOR_FRAMES: &[&str] = &[
+    // jemalloc's profiler and entry points, prefixed (`_rjem_`) or not.
+    "prof_backtrace_impl",
+    "_rjem_je_prof_",
+    "je_prof_",
+    "_rjem_je_malloc_default",
+    "_rjem_",
+    "je_",
+    "malloc",
+    "calloc",
+    "realloc",
+    "rallocx",
+    "posix_memalign",
+    "aligned_alloc",
+    // The glue between Rust's allocation API and the global allocator.
+    "<tikv_jemallocator::Jemalloc as core::alloc::global::GlobalAlloc>",
+    "__rust_alloc",
+    "__rust_alloc_zeroed",
+    "__rust_realloc",
+    "__rustc::",
+    "alloc::alloc::",
+    "<alloc::alloc::Global",
+    "std::alloc::",
+];
+
+/// Set while a dump thread runs; a dump that timed out keeps it set until it ends, so a
+/// stuck jemalloc costs one thread, not one per trigger.
+static DUMP_IN_FLIGHT: AtomicBool = AtomicBool::new(false);
+
+/// Whether jemalloc's profiler is compiled in and enabled (`opt.prof`) in this process.
+fn profiling_enabled() -> bool {
+    // SAFETY: `opt.prof` is a bool (jemalloc(3)); the name is NUL-terminated. Without
+    // profiling compiled in, or without jemalloc initialised, mallctl reports an error.
+    matches!(unsafe { raw::read::<bool>(b"opt.prof\0") }, Ok(true))
+}
+
+/// `prof.active`: whether allocations are being sampled right now.
+fn profiling_active() -> Option<bool> {
+    // SAFETY: `prof.active` is a readable bool (jemalloc(3)).
+    unsafe { raw::read::<bool>(b"prof.active\0") }.ok()
+}
+
+/// `prof.lg_sample`: log2 of the mean bytes between two sampled allocations.
+fn lg_sample() -> Option<usize> {
+    // SAFETY: `prof.lg_sample` is a readable size_t (jemalloc(3)).
+    unsafe { raw::read::<libc::size_t>(b"prof.lg_sample\0") }.ok()
+}
+
+/// Bytes the application holds according to jemalloc (`stats.allocated`, after advancing
+/// `epoch` so the figure is current). None when jemalloc's statistics are unavailable, or
+/// when jemalloc has handed out nothing: it is linked in but is not the allocator in use.
+pub(crate) fn allocated_bytes() -> Option<u64> {
+    tikv_jemalloc_ctl::epoch::advance().ok()?;
+    let bytes = tikv_jemalloc_ctl::stats::allocated::read().ok()?;
+    u64::try_from(bytes).ok().filter(|b| *b > 0)
+}
+
+/// A heap profile of this process from jemalloc, as gzip pprof. None when jemalloc
+/// profiling is not enabled here (`opt.prof` false, or jemalloc without profiling);
+/// otherwise the profile or why there is none. Waits at most [`DUMP_TIMEOUT`].
+pub(crate) fn capture(symbolizer: &mut Symbolizer) -> Option<Result<Vec<u8>, String>> {
+    if !profiling_enabled() {
+        return None;
+    }
+    let started = Instant::now();
+    let started_unix = unix_nanos_now();
+    let stacks = match dump_with_timeout(DUMP_TIMEOUT) {
+        Ok(stacks) => stacks,
+        Err(err) => return Some(Err(err)),
+    };
+    // jemalloc caps lg_prof_sample well below 63; anything else is not a usable period.
+    let lg = lg_sample().filter(|lg| *lg < 63);
+    let mut b = ProfileBuilder::new(
+        &[("inuse_space", "bytes")],
+        ("space", "bytes"),
+        lg.and_then(|lg| 1i64.checked_shl(u32::try_from(lg).ok()?))
+            .unwrap_or(0),
+    );
+    b.set_time(
+        started_unix,
+        u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
+    );
+    b.add_comment(&match lg {
+        Some(lg) => format!(
+            "holmes: jemalloc heap profile, one allocation sampled per ~{} bytes (lg_prof_sample={lg})",
+            1u64.checked_shl(u32::try_from(lg).unwrap_or(u32::MAX)).unwrap_or(0)
+        ),
+        None => "holmes: jemalloc heap profile".to_owned(),
+    });
+    if profiling_active() == Some(false) {
+        b.add_comment(
+            "holmes: jemalloc sampling is paused (prof.active=false); this shows what was sampled while it was on",
+        );
+    }
+    for (stack, bytes) in &stacks {
+        let frames = trimmed_frames(stack, symbolizer);
+        b.add_symbolic_sample(&frames, &[*bytes], &[]);
+    }
+    Some(Ok(b.encode_gzip(symbolizer)))
+}
+
+/// Whether a frame is the allocator's: a known name prefix, or code from jemalloc's C
+/// sources (`…/tikv-jemalloc-sys-…/src/jemalloc.c`, `…/jemalloc/internal/prof_inlines.h`).
+fn is_allocator_frame(frame: &Frame) -> bool {
+    let name = frame.function.as_str();
+    let file = frame.file.as_str();
+    ALLOCATOR_FRAMES.iter().any(|p| name.starts_with(p))
+        || ((file.ends_with(".c") || file.ends_with(".h")) && file.contains("jemalloc"))
+}
+
+/// A stack's frames, innermost first with inlined frames expanded, without the
+/// allocator's frames on top; a stack made only of those is kept whole.
+fn trimmed_frames(stack: &[usize], symbolizer: &mut Symbolizer) -> Vec<Frame> {
+    let mut frames: Vec<Frame> = Vec::new();
+    for &addr in stack {
+        // Every entry of a jemalloc backtrace is a return address.
+        frames.extend_from_slice(symbolizer.frames(addr, false));
+    }
+    trim_allocator_frames(frames)
+}
+
+/// Drops the allocator's frames from the top of a stack (innermost first), unless that
+/// would leave nothing.
+fn trim_allocator_frames(mut frames: Vec<Frame>) -> Vec<Frame> {
+    let allocator = frames.iter().take_while(|f| is_allocator_frame(f)).count();
+    if allocator < frames.len() {
+        frames.drain(..allocator);
+    }
+    frames
+}
+
+/// Dumps on a helper thread and waits for it at most `timeout`.
+fn dump_with_timeout(timeout: Duration) -> Result<Vec<(Vec<usize>, i64)>, String> {
+    if DUMP_IN_FLIGHT.swap(true, Ordering::AcqRel) {
+        return Err("a previous jemalloc heap dump is still running".to_owned());
+    }
+    let (tx, rx) = mpsc::sync_channel(1);
+    let spawned = std::thread::Builder::new()
+        .name("holmes-jemalloc".to_owned())
+        .spawn(move || {
+            let result = dump();
+            DUMP_IN_FLIGHT.store(false, Ordering::Release);
+            // The capture may have stopped waiting; then nobody needs the result.
+            let _ = tx.send(result);
+        });
+    if let Err(err) = spawned {
+        DUMP_IN_FLIGHT.store(false, Ordering::Release);
+        return Err(format!("cannot start the jemalloc dump thread: {err}"));
+    }
+    match rx.recv_timeout(timeout) {
+        Ok(result) => result,
+        Err(mpsc::RecvTimeoutError::Timeout) => Err("jemalloc heap dump timed out".to_owned()),
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            DUMP_IN_FLIGHT.store(false, Ordering::Release);
+            Err("the jemalloc heap dump thread ended without a result".to_owned())
+        }
+    }
+}
+
+/// One dump: jemalloc writes its heap file, jemalloc_pprof parses it. Each stack comes
+/// back innermost first, with its estimated bytes in use.
+fn dump() -> Result<Vec<(Vec<usize>, i64)>, String> {
+    // Only reached once `opt.prof` read true, so the singleton's own reads succeed.
+    let ctl = jemalloc_pprof::PROF_CTL
+        .as_ref()
+        .ok_or_else(|| "jemalloc profiling is not enabled".to_owned())?;
+    // A plain thread outside any tokio runtime, where blocking on the async lock is fine.
+    let profile = ctl
+        .blocking_lock()
+        .dump_profile()
+        .map_err(|err| format!("jemalloc heap dump failed: {err:#}"))?;
+    Ok(profile
+        .stacks
+        .iter()
+        // jemalloc_pprof keeps stacks outermost first.
+        .map(|(stack, _)| {
+            (
+                stack.addrs.iter().rev().copied().collect(),
+                stack.weight as i64,
+            )
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(function: &str, file: &str) -> Frame {
+        Frame {
+            function: function.to_owned(),
+            file: file.to_owned(),
+            line: 1,
+        }
+    }
+
+    #[test]
+    fn allocator_frames_cover_what_jemalloc_puts_on_top() {
+        let build = "/t/debug/build/tikv-jemalloc-sys-a5e8/out/build";
+        for f in [
+            frame(
+                "prof_alloc_prep",
+                &format!("{build}/include/jemalloc/internal/prof_inlines.h"),
+            ),
+            frame("imalloc", &format!("{build}/src/jemalloc.c")),
+            frame("_rjem_mallocx", &format!("{build}/src/jemalloc.c")),
+            frame("calloc", ""),
+            frame("__rustc::__rust_alloc", ""),
+        ] {
+            assert!(is_allocator_frame(&f), "{f:?}");
+        }
+        for f in [
+            frame("checkout::cache::grow", "src/cache.rs"),
+            frame(
+                "alloc::raw_vec::RawVecInner<A>::try_allocate_in",
+                "raw_vec/mod.rs",
+            ),
+            frame("checkout::jemalloc::setup", "src/jemalloc.rs"),
+        ] {
+            assert!(!is_allocator_frame(&f), "{f:?}");
+        }
+        for name in [
+            "prof_backtrace_impl",
+            "_rjem_je_prof_backtrace",
+            "_rjem_je_prof_tctx_create",
+            "_rjem_je_malloc_default",
+            "calloc",
+            "__rust_alloc_zeroed",
+            "alloc::alloc::alloc_zeroed",
+            "<tikv_jemallocator::Jemalloc as core::alloc::global::GlobalAlloc>::alloc_zeroed",
+        ] {
+            assert!(
+                ALLOCATOR_FRAMES.iter().any(|p| name.starts_with(p)),
+                "{name}"
+            );
+        }
+        assert!(!ALLOCATOR_FRAMES
+            .iter()
+            .any(|p| "checkout::cache::grow".starts_with(p)));
+    }
+
+    #[test]
+    fn only_the_allocator_frames_on_top_are_trimmed() {
+        let jemalloc_c = "/b/tikv-jemalloc-sys-1/out/build/src/jemalloc.c";
+        let stack = vec![
+            frame("prof_alloc_prep", jemalloc_c),
+            frame("_rjem_mallocx", jemalloc_c),
+            frame("__rustc::__rust_alloc", ""),
+            frame("checkout::cache::grow", "src/cache.rs"),
+            frame("malloc_stats_user", "src/stats.rs"),
+            frame("checkout::main", "src/main.rs"),
+        ];
+        assert_eq!(trim_allocator_frames(stack.clone()), stack[3..].to_vec());
+        assert_eq!(
+            trim_allocator_frames(stack[..3].to_vec()),
+            stack[..3].to_vec()
+        );
+        assert!(trim_allocator_frames(Vec::new()).is_empty());
+    }
+
+    #[test]
+    fn without_jemalloc_profiling_there_is_no_capture() {
+        // The unit-test binary runs on the system allocator, without `prof:true`.
+        assert!(capture(&mut Symbolizer::new()).is_none());
+    }
+}

@@ -1,0 +1,244 @@
+//! Tokio task dumps in a real process, read back with the standard `go tool pprof`.
+//!
+//! Built only with the `taskdump` feature and `RUSTFLAGS="--cfg tokio_unstable"` (tokio ≥
+//! 1.48 has no separate `tokio_taskdump` cfg any more); deploy/dev/test.sh runs it so.
+//! `go` comes from Debian's golang-go; without it these tests fail under CI or
+//! HOLMES_TEST_REQUIRE_GO=1 and are skipped otherwise.
+// `tokio_unstable` comes from RUSTFLAGS; cargo does not know to check it.
+#![allow(unexpected_cfgs)]
+#![cfg(all(feature = "taskdump", tokio_unstable, target_os = "linux"))]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use holmes_agent::{Holmes, Metric, Rule};
+
+/// Captures are process-wide (thread dumps signal every thread): one test at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn go_available() -> bool {
+    let ok = Command::new("go")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        let required = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
+            || std::env::var("HOLMES_TEST_REQUIRE_GO").as_deref() == Ok("1");
+        assert!(!required, "go is required (apt-get install golang-go)");
+        eprintln!("skipped: go is not installed");
+    }
+    ok
+}
+
+fn pprof(args: &[&str], file: &Path) -> String {
+    let out = Command::new("go")
+        .args(["tool", "pprof"])
+        .args(args)
+        .arg(file)
+        .env("HOME", std::env::temp_dir())
+        .output()
+        .expect("go tool pprof runs");
+    assert!(
+        out.status.success(),
+        "go tool pprof {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn files(dir: &Path, prefix: &str, suffix: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                    name.starts_with(prefix) && name.ends_with(suffix)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn wait_for(dir: &Path, prefix: &str, suffix: &str, within: Duration) -> Vec<PathBuf> {
+    let deadline = Instant::now() + within;
+    loop {
+        let found = files(dir, prefix, suffix);
+        if !found.is_empty() || Instant::now() >= deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An agent with every rule off but a task rule firing above `current + 100` tasks.
+fn agent_on(dir: &Path, rt: &tokio::runtime::Runtime) -> holmes_agent::HolmesHandle {
+    let current = rt.metrics().num_alive_tasks() as f64;
+    let mut b = Holmes::builder()
+        .service("taskdump-test")
+        .dump_dir(dir)
+        .collect_interval(Duration::from_millis(100))
+        .memory_fast_interval(None)
+        .tokio_runtime(rt.handle().clone());
+    for m in [
+        Metric::CpuPercent,
+        Metric::MemoryPercent,
+        Metric::Threads,
+        Metric::HeapPercent,
+    ] {
+        b = b.rule(m, Rule::new().enabled(false));
+    }
+    b.task_rule(
+        Rule::new()
+            .min(10.0)
+            .abs(current + 100.0)
+            .window(3)
+            .cooldown(Duration::from_secs(600)),
+    )
+    .start()
+    .unwrap()
+}
+
+/// The culprit: a task parked on a channel whose sender is alive but never used.
+#[inline(never)]
+async fn wait_on_a_channel_nobody_reads(mut rx: tokio::sync::mpsc::Receiver<u64>) {
+    let _ = rx.recv().await;
+}
+
+/// `go tool pprof -top -cum`: the cumulative count of the first line naming `function`.
+fn cum_of(top: &str, function: &str) -> Option<i64> {
+    top.lines()
+        .find(|l| l.contains(function))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn leaked_tasks_are_in_the_task_dump() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    if !go_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let agent = agent_on(dir.path(), &rt);
+    std::thread::sleep(Duration::from_millis(500));
+
+    let mut senders = Vec::new();
+    let onset = Instant::now();
+    for _ in 0..500 {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        senders.push(tx);
+        rt.spawn(wait_on_a_channel_nobody_reads(rx));
+    }
+    let dumps = wait_for(dir.path(), "tasks.", ".pb.gz", Duration::from_secs(30));
+    assert!(!dumps.is_empty(), "a task dump is written");
+    let onset_to_profile = onset.elapsed();
+    let dump = &dumps[0];
+
+    let top = pprof(&["-top", "-cum", "-nodecount=25"], dump);
+    eprintln!("{top}");
+    let culprit = "taskdump::wait_on_a_channel_nobody_reads";
+    let cum = cum_of(&top, culprit).unwrap_or(0);
+    assert!(
+        cum >= 500,
+        "{culprit} accounts for the 500 leaked tasks:\n{top}"
+    );
+    let traces = pprof(&["-traces"], dump);
+    let parked = traces
+        .split("-----------+-------------------------------------------------------")
+        .filter(|t| t.contains(culprit) && t.contains("Receiver"))
+        .count();
+    assert!(
+        parked >= 500,
+        "every leaked task's trace goes through {culprit} into mpsc::Receiver::recv \
+         ({parked} do):\n{}",
+        traces.get(..4000).unwrap_or(&traces)
+    );
+
+    let text = std::fs::read_to_string(&files(dir.path(), "tasks.", ".txt")[0]).unwrap();
+    assert!(
+        text.contains("runtime 0: 500 tasks") && text.contains(culprit),
+        "the readable dump groups the leaked tasks:\n{}",
+        text.get(..4000).unwrap_or(&text)
+    );
+    let trigger = std::fs::read_to_string(&files(dir.path(), "", ".json")[0]).unwrap();
+    assert!(trigger.contains("\"planned\":[\"tasks\"]"), "{trigger}");
+    eprintln!("500 leaked tasks -> task dump on disk: {onset_to_profile:?}");
+
+    agent.stop();
+    drop(senders);
+    rt.shutdown_timeout(Duration::from_secs(1));
+}
+
+/// A runtime whose workers are all blocked cannot be dumped: the capture gives up after
+/// its deadline (5 s) and captures the threads instead, and the agent carries on.
+#[test]
+fn a_fully_blocked_runtime_gets_a_thread_dump_instead_of_a_task_dump() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let agent = agent_on(dir.path(), &rt);
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Both workers block on a barrier, then 200 more tasks queue up behind them.
+    let gate = std::sync::Arc::new(std::sync::Barrier::new(3));
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+    for _ in 0..2 {
+        let gate = std::sync::Arc::clone(&gate);
+        let started = started_tx.clone();
+        rt.spawn(async move {
+            started.send(()).unwrap();
+            gate.wait();
+        });
+    }
+    for _ in 0..2 {
+        started_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    }
+    for _ in 0..200 {
+        rt.spawn(async {});
+    }
+
+    let triggers = wait_for(dir.path(), "", ".json", Duration::from_secs(10));
+    assert!(!triggers.is_empty(), "the task rule fires");
+    let fired = Instant::now();
+    let trigger = std::fs::read_to_string(&triggers[0]).unwrap();
+    assert!(trigger.contains("\"planned\":[\"tasks\"]"), "{trigger}");
+    let threads = wait_for(dir.path(), "threads.", ".pb.gz", Duration::from_secs(15));
+    let gave_up_after = fired.elapsed();
+    assert!(!threads.is_empty(), "the threads are captured instead");
+    assert!(
+        gave_up_after < Duration::from_secs(9),
+        "the dump gives up after its deadline, not later: {gave_up_after:?}"
+    );
+    assert!(
+        files(dir.path(), "tasks.", ".pb.gz").is_empty(),
+        "no task dump of a blocked runtime"
+    );
+    let text = std::fs::read_to_string(&files(dir.path(), "threads.", ".txt")[0]).unwrap();
+    assert!(
+        text.contains("a_fully_blocked_runtime_gets_a_thread_dump_instead_of_a_task_dump")
+            || text.contains("Barrier::wait"),
+        "the thread dump shows the blocked workers:\n{text}"
+    );
+
+    let samples = agent.stats().samples;
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(agent.stats().samples > samples, "the agent keeps sampling");
+
+    gate.wait();
+    agent.stop();
+    rt.shutdown_timeout(Duration::from_secs(1));
+}

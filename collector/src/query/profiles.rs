@@ -1,0 +1,253 @@
+//! Profiles: `GET /api/v1/services/{service}/profiles` lists a service's profiles
+//! (without their bytes), oldest first; `GET /api/v1/profiles/{id}` downloads one, the
+//! gzip-compressed pprof bytes exactly as the agent sent them.
+
+use std::collections::{BTreeMap, HashMap};
+
+use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use holmes_proto::ProfileKind;
+use holmes_storage::{ProfileMeta, ProfileQuery};
+use serde::{Deserialize, Serialize};
+
+use super::{check_service, known_service, limit, time_range, Api};
+use crate::clock::rfc3339;
+use crate::error::ApiError;
+use crate::ingest::profiles::validate_profile_id;
+
+/// Profiles returned by one query unless `limit` says otherwise.
+pub const DEFAULT_PROFILE_LIMIT: u64 = 1_000;
+/// `since` when the profiles query gives none.
+pub const DEFAULT_PROFILE_SINCE: &str = "1h";
+
+/// Every profile kind, in wire order.
+pub const PROFILE_KINDS: [ProfileKind; 4] = [
+    ProfileKind::Cpu,
+    ProfileKind::Heap,
+    ProfileKind::Threads,
+    ProfileKind::Tasks,
+];
+
+/// The kind a name (`cpu`, `heap`, `threads`, `tasks`) stands for.
+pub fn parse_kind(name: &str) -> Result<ProfileKind, String> {
+    PROFILE_KINDS
+        .into_iter()
+        .find(|k| k.as_str() == name)
+        .ok_or_else(|| {
+            format!("unknown profile kind {name:?}; known kinds: cpu, heap, threads, tasks")
+        })
+}
+
+/// The profiles of one service in a time range.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfilesJson {
+    /// Service name.
+    pub service: String,
+    /// Start of the range, RFC 3339.
+    pub since: String,
+    /// End of the range (exclusive), RFC 3339.
+    pub until: String,
+    /// The profiles, by capture start (ties by profile id).
+    pub profiles: Vec<ProfileJson>,
+}
+
+/// One profile, without its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfileJson {
+    /// Profile id: 32 lowercase hex digits.
+    pub profile_id: String,
+    /// The trigger event it was captured for.
+    pub event_id: String,
+    /// Instance it was captured in.
+    pub instance: String,
+    /// `cpu`, `heap`, `threads` or `tasks`.
+    pub kind: String,
+    /// When the capture started, RFC 3339.
+    pub started: String,
+    /// Same, milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+    /// How long the capture ran, milliseconds.
+    pub duration_ms: u64,
+    /// Extra labels, e.g. `phase=pre-trigger`.
+    pub labels: BTreeMap<String, String>,
+    /// Why the capture failed; `null` when it worked.
+    pub error: Option<String>,
+    /// Size of the gzip-compressed pprof bytes (0 for a failed capture).
+    pub size_bytes: u64,
+    /// Where to download the bytes: `/api/v1/profiles/{profile_id}`; `null` for a failed
+    /// capture, which has none.
+    pub download: Option<String>,
+}
+
+impl From<ProfileMeta> for ProfileJson {
+    fn from(p: ProfileMeta) -> Self {
+        ProfileJson {
+            download: match p.error {
+                Some(_) => None,
+                None => Some(download_path(&p.profile_id)),
+            },
+            kind: p.kind.as_str().to_owned(),
+            started: rfc3339(p.started_unix_nanos),
+            unix_ms: p.started_unix_nanos / 1_000_000,
+            duration_ms: u64::try_from(p.duration.as_millis()).unwrap_or(u64::MAX),
+            labels: p.labels,
+            error: p.error,
+            size_bytes: p.size_bytes,
+            event_id: p.event_id,
+            instance: p.instance_id,
+            profile_id: p.profile_id,
+        }
+    }
+}
+
+/// `/api/v1/profiles/{profile_id}`.
+pub fn download_path(profile_id: &str) -> String {
+    format!("/api/v1/profiles/{profile_id}")
+}
+
+/// `<kind>.<event_id>.<profile_id>.pb.gz`, with anything outside `[A-Za-z0-9._-]`
+/// replaced by `_` so that it is safe in a header and as a file name.
+pub fn file_name(kind: ProfileKind, event_id: &str, profile_id: &str) -> String {
+    let safe = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    format!(
+        "{}.{}.{}.pb.gz",
+        kind.as_str(),
+        safe(event_id),
+        safe(profile_id)
+    )
+}
+
+pub(super) async fn profiles(
+    State(api): State<Api>,
+    Path(service): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<ProfilesJson>, ApiError> {
+    check_service(&service)?;
+    let kind = params
+        .get("kind")
+        .map(|k| parse_kind(k))
+        .transpose()
+        .map_err(ApiError::bad_request)?;
+    let event_id = params.get("event").cloned();
+    let (since, until) = time_range(&params, DEFAULT_PROFILE_SINCE)?;
+    let limit = limit(&params, DEFAULT_PROFILE_LIMIT)?;
+    known_service(&api, &service).await?;
+    let found = api
+        .store
+        .query_profiles(&ProfileQuery {
+            service: service.clone(),
+            event_id,
+            kind,
+            since_unix_nanos: since,
+            until_unix_nanos: until,
+            limit,
+        })
+        .await?;
+    Ok(Json(ProfilesJson {
+        service,
+        since: rfc3339(since),
+        until: rfc3339(until),
+        profiles: found.into_iter().map(ProfileJson::from).collect(),
+    }))
+}
+
+pub(super) async fn download(
+    State(api): State<Api>,
+    Path(profile_id): Path<String>,
+) -> Result<Response, ApiError> {
+    validate_profile_id(&profile_id).map_err(ApiError::bad_request)?;
+    let Some(profile) = api.store.get_profile(&profile_id).await? else {
+        return Err(ApiError::not_found(format!(
+            "unknown profile {profile_id:?}"
+        )));
+    };
+    if let Some(error) = &profile.error {
+        return Err(ApiError::not_found(format!(
+            "profile {profile_id} has no data: its capture failed: {error}"
+        )));
+    }
+    let disposition = format!(
+        "attachment; filename=\"{}\"",
+        file_name(profile.kind, &profile.event_id, &profile.profile_id)
+    );
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        profile.data,
+    )
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn kinds_parse_back_and_unknown_ones_are_named() {
+        for k in PROFILE_KINDS {
+            assert_eq!(parse_kind(k.as_str()), Ok(k));
+        }
+        assert_eq!(
+            parse_kind("CPU").unwrap_err(),
+            "unknown profile kind \"CPU\"; known kinds: cpu, heap, threads, tasks"
+        );
+    }
+
+    #[test]
+    fn file_names_are_safe() {
+        assert_eq!(
+            file_name(ProfileKind::Heap, "ev-1", "0123abcd"),
+            "heap.ev-1.0123abcd.pb.gz"
+        );
+        assert_eq!(
+            file_name(ProfileKind::Cpu, "a\"b/c\r\n", "x"),
+            "cpu.a_b_c__.x.pb.gz"
+        );
+    }
+
+    #[test]
+    fn failed_captures_have_no_download() {
+        let meta = ProfileMeta {
+            profile_id: "ab".repeat(16),
+            event_id: "ev-1".to_owned(),
+            service: "checkout".to_owned(),
+            instance_id: "checkout-0".to_owned(),
+            kind: ProfileKind::Threads,
+            started_unix_nanos: 1_500_000_000,
+            duration: Duration::from_micros(2_500),
+            labels: BTreeMap::new(),
+            error: None,
+            size_bytes: 10,
+        };
+        let ok = ProfileJson::from(meta.clone());
+        assert_eq!(
+            ok.download.as_deref(),
+            Some(format!("/api/v1/profiles/{}", "ab".repeat(16)).as_str())
+        );
+        assert_eq!(ok.duration_ms, 2);
+        assert_eq!(ok.started, "1970-01-01T00:00:01.500Z");
+        let failed = ProfileJson::from(ProfileMeta {
+            error: Some("denied".to_owned()),
+            size_bytes: 0,
+            ..meta
+        });
+        assert_eq!(failed.download, None);
+        assert_eq!(failed.error.as_deref(), Some("denied"));
+    }
+}

@@ -1,0 +1,318 @@
+//! Profiles on ClickHouse: the `profiles` and `profiles_by_id` tables of migration 3.
+//!
+//! No `Nullable`: a capture that worked has an empty `error`. The bytes travel as a
+//! RowBinary `String`, which carries any bytes; they are (de)serialized through serde's
+//! byte-buffer path, the efficient one the crate documents for `String` columns.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use clickhouse::Row;
+use serde::de::{Deserializer, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+
+use super::{date_text, day_of, ClickHouseStore};
+use crate::stored_names::kind_from_name;
+use crate::{ProfileMeta, ProfileQuery, ProfileRecord, StoreError};
+
+/// Borrowed bytes written as one RowBinary `String` (length, then the bytes).
+struct RawBytes<'a>(&'a [u8]);
+
+impl Serialize for RawBytes<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(self.0)
+    }
+}
+
+/// Bytes read from a RowBinary `String`, whatever they are (not necessarily UTF-8).
+struct ByteBuf(Vec<u8>);
+
+impl<'de> Deserialize<'de> for ByteBuf {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct BytesVisitor;
+
+        impl<'de> Visitor<'de> for BytesVisitor {
+            type Value = ByteBuf;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("bytes")
+            }
+
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<ByteBuf, E> {
+                Ok(ByteBuf(v.to_vec()))
+            }
+
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<ByteBuf, E> {
+                Ok(ByteBuf(v))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ByteBuf, E> {
+                Ok(ByteBuf(v.as_bytes().to_vec()))
+            }
+
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<ByteBuf, E> {
+                Ok(ByteBuf(v.into_bytes()))
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ByteBuf, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(b) = seq.next_element::<u8>()? {
+                    out.push(b);
+                }
+                Ok(ByteBuf(out))
+            }
+        }
+
+        deserializer.deserialize_byte_buf(BytesVisitor)
+    }
+}
+
+#[derive(Row, Serialize)]
+struct ProfileInsertRow<'a> {
+    day: u16,
+    service: &'a str,
+    profile_id: &'a str,
+    event_id: &'a str,
+    instance_id: &'a str,
+    kind: &'a str,
+    started: u64,
+    duration_ns: u64,
+    label_keys: Vec<&'a str>,
+    label_values: Vec<&'a str>,
+    error: &'a str,
+    size_bytes: u64,
+    data: RawBytes<'a>,
+}
+
+#[derive(Row, Serialize)]
+struct ProfileIdRow<'a> {
+    profile_id: &'a str,
+    service: &'a str,
+    day: u16,
+}
+
+#[derive(Row, Deserialize)]
+struct ProfileLocationRow {
+    service: String,
+    day: u16,
+}
+
+/// Everything but the bytes.
+#[derive(Row, Deserialize)]
+struct ProfileMetaRow {
+    service: String,
+    profile_id: String,
+    event_id: String,
+    instance_id: String,
+    kind: String,
+    started: u64,
+    duration_ns: u64,
+    label_keys: Vec<String>,
+    label_values: Vec<String>,
+    error: String,
+    size_bytes: u64,
+}
+
+/// The same with the bytes.
+#[derive(Row, Deserialize)]
+struct ProfileDataRow {
+    service: String,
+    profile_id: String,
+    event_id: String,
+    instance_id: String,
+    kind: String,
+    started: u64,
+    duration_ns: u64,
+    label_keys: Vec<String>,
+    label_values: Vec<String>,
+    error: String,
+    size_bytes: u64,
+    data: ByteBuf,
+}
+
+impl ProfileMetaRow {
+    fn decode(self) -> Result<ProfileMeta, StoreError> {
+        if self.label_keys.len() != self.label_values.len() {
+            return Err(StoreError::Corrupt {
+                what: "profiles.label_keys/label_values",
+                value: format!("{:?} / {:?}", self.label_keys, self.label_values),
+            });
+        }
+        let labels: BTreeMap<String, String> =
+            self.label_keys.into_iter().zip(self.label_values).collect();
+        Ok(ProfileMeta {
+            kind: kind_from_name("profiles.kind", &self.kind)?,
+            profile_id: self.profile_id,
+            event_id: self.event_id,
+            service: self.service,
+            instance_id: self.instance_id,
+            started_unix_nanos: self.started,
+            duration: Duration::from_nanos(self.duration_ns),
+            labels,
+            error: Some(self.error).filter(|e| !e.is_empty()),
+            size_bytes: self.size_bytes,
+        })
+    }
+}
+
+impl ProfileDataRow {
+    fn decode(self) -> Result<ProfileRecord, StoreError> {
+        let data = self.data.0;
+        if data.len() as u64 != self.size_bytes {
+            return Err(StoreError::Corrupt {
+                what: "profiles.data",
+                value: format!(
+                    "{} bytes where size_bytes says {}",
+                    data.len(),
+                    self.size_bytes
+                ),
+            });
+        }
+        let meta = ProfileMetaRow {
+            service: self.service,
+            profile_id: self.profile_id,
+            event_id: self.event_id,
+            instance_id: self.instance_id,
+            kind: self.kind,
+            started: self.started,
+            duration_ns: self.duration_ns,
+            label_keys: self.label_keys,
+            label_values: self.label_values,
+            error: self.error,
+            size_bytes: self.size_bytes,
+        }
+        .decode()?;
+        Ok(ProfileRecord {
+            profile_id: meta.profile_id,
+            event_id: meta.event_id,
+            service: meta.service,
+            instance_id: meta.instance_id,
+            kind: meta.kind,
+            started_unix_nanos: meta.started_unix_nanos,
+            duration: meta.duration,
+            labels: meta.labels,
+            error: meta.error,
+            data,
+        })
+    }
+}
+
+/// Writes the profile, then its entry in `profiles_by_id`: an id that can be looked up
+/// always leads to a stored profile. A failure in between leaves the profile
+/// unacknowledged; the agent's resend writes both again, and merges fold the copies.
+pub(super) async fn insert(store: &ClickHouseStore, p: &ProfileRecord) -> Result<(), StoreError> {
+    let day = day_of(p.started_unix_nanos);
+    let mut insert = store
+        .client
+        .insert::<ProfileInsertRow<'_>>("profiles")
+        .await
+        .map_err(|e| store.err(e))?;
+    insert
+        .write(&ProfileInsertRow {
+            day,
+            service: &p.service,
+            profile_id: &p.profile_id,
+            event_id: &p.event_id,
+            instance_id: &p.instance_id,
+            kind: p.kind.as_str(),
+            started: p.started_unix_nanos,
+            duration_ns: u64::try_from(p.duration.as_nanos()).unwrap_or(u64::MAX),
+            label_keys: p.labels.keys().map(String::as_str).collect(),
+            label_values: p.labels.values().map(String::as_str).collect(),
+            error: p.error.as_deref().unwrap_or(""),
+            size_bytes: p.data.len() as u64,
+            data: RawBytes(&p.data),
+        })
+        .await
+        .map_err(|e| store.err(e))?;
+    insert.end().await.map_err(|e| store.err(e))?;
+
+    let mut by_id = store
+        .client
+        .insert::<ProfileIdRow<'_>>("profiles_by_id")
+        .await
+        .map_err(|e| store.err(e))?;
+    by_id
+        .write(&ProfileIdRow {
+            profile_id: &p.profile_id,
+            service: &p.service,
+            day,
+        })
+        .await
+        .map_err(|e| store.err(e))?;
+    by_id.end().await.map_err(|e| store.err(e))
+}
+
+pub(super) async fn query(
+    store: &ClickHouseStore,
+    q: &ProfileQuery,
+) -> Result<Vec<ProfileMeta>, StoreError> {
+    if q.since_unix_nanos >= q.until_unix_nanos {
+        return Ok(Vec::new());
+    }
+    let event = q.event_id.as_deref();
+    let kind = q.kind.map(|k| k.as_str());
+    // `day` bounds skip whole partitions; LIMIT 1 BY hides resent copies that no merge
+    // has folded yet. The bytes column is never read here.
+    let rows: Vec<ProfileMetaRow> = store
+        .client
+        .query(
+            "SELECT ?fields FROM profiles
+             WHERE service = ? AND day >= toDate(?) AND day <= toDate(?)
+               AND started >= ? AND started < ?
+               AND (? = 0 OR event_id = ?) AND (? = 0 OR kind = ?)
+             ORDER BY started, profile_id
+             LIMIT 1 BY profile_id
+             LIMIT ?",
+        )
+        .bind(&q.service)
+        .bind(date_text(day_of(q.since_unix_nanos)))
+        .bind(date_text(day_of(q.until_unix_nanos.saturating_sub(1))))
+        .bind(q.since_unix_nanos)
+        .bind(q.until_unix_nanos)
+        .bind(u8::from(event.is_some()))
+        .bind(event.unwrap_or(""))
+        .bind(u8::from(kind.is_some()))
+        .bind(kind.unwrap_or(""))
+        .bind(q.limit)
+        .fetch_all()
+        .await
+        .map_err(|e| store.err(e))?;
+    rows.into_iter().map(ProfileMetaRow::decode).collect()
+}
+
+pub(super) async fn get(
+    store: &ClickHouseStore,
+    profile_id: &str,
+) -> Result<Option<ProfileRecord>, StoreError> {
+    // The id's service and day first (a primary-key lookup), then one granule of one
+    // partition of `profiles`.
+    let location: Option<ProfileLocationRow> = store
+        .client
+        .query(
+            "SELECT ?fields FROM profiles_by_id WHERE profile_id = ?
+             ORDER BY service LIMIT 1",
+        )
+        .bind(profile_id)
+        .fetch_optional()
+        .await
+        .map_err(|e| store.err(e))?;
+    let Some(location) = location else {
+        return Ok(None);
+    };
+    let row: Option<ProfileDataRow> = store
+        .client
+        .query(
+            "SELECT ?fields FROM profiles
+             WHERE service = ? AND day = toDate(?) AND profile_id = ?
+             LIMIT 1",
+        )
+        .bind(&location.service)
+        .bind(date_text(location.day))
+        .bind(profile_id)
+        .fetch_optional()
+        .await
+        .map_err(|e| store.err(e))?;
+    row.map(ProfileDataRow::decode).transpose()
+}
