@@ -3,8 +3,9 @@
 //!
 //! `cargo bench -p holmes-agent --bench overhead` (HOLMES_BENCH_SECS per run, default 20;
 //! HOLMES_BENCH_RUNS pairs, default 3). The agent runs as configured by default: 1 s
-//! interval, 100 ms memory fast path, all five rules, no collector (local dump mode, as
-//! the Go library runs).
+//! interval, 100 ms memory fast path, all five rules, the CPU flight recorder on, no
+//! collector (local dump mode, as the Go library runs). A second measurement runs a busy
+//! host (a fixed amount of work on one core) to price the flight recorder's signals.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -66,11 +67,50 @@ fn host(with_agent: bool, secs: u64) {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A busy host: one thread does a fixed amount of work; the flight recorder samples it
+/// at 19 Hz the whole time. Reports the CPU time the work took.
+fn busy(with_agent: bool) {
+    let dir = std::env::temp_dir().join(format!("holmes-bench-{}", std::process::id()));
+    let agent = with_agent.then(|| {
+        holmes_agent::Holmes::builder()
+            .service("bench")
+            .dump_dir(&dir)
+            .start()
+            .expect("agent starts")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let cpu0 = cpu_time();
+    let t0 = Instant::now();
+    let mut x = 1u64;
+    for _ in 0..3_000_000_000u64 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+    }
+    std::hint::black_box(x);
+    let cpu = cpu_time() - cpu0;
+    println!(
+        "cpu_ns={} wall_ns={} rss_kib={}",
+        cpu.as_nanos(),
+        t0.elapsed().as_nanos(),
+        rss_kib()
+    );
+    if let Some(a) = agent {
+        a.stop();
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 fn measure(with_agent: bool, secs: u64) -> (f64, f64, f64) {
     let out = Command::new(std::env::current_exe().expect("own path"))
         .env(
             "HOLMES_BENCH_ROLE",
-            if with_agent { "agent" } else { "plain" },
+            match (with_agent, secs) {
+                (true, 0) => "busy-agent",
+                (false, 0) => "busy-plain",
+                (true, _) => "agent",
+                (false, _) => "plain",
+            },
         )
         .env("HOLMES_BENCH_SECS", secs.to_string())
         .output()
@@ -97,6 +137,8 @@ fn main() {
     match std::env::var("HOLMES_BENCH_ROLE").as_deref() {
         Ok("agent") => return host(true, secs),
         Ok("plain") => return host(false, secs),
+        Ok("busy-agent") => return busy(true),
+        Ok("busy-plain") => return busy(false),
         _ => {}
     }
     if std::env::args().any(|a| a == "--list") {
@@ -140,5 +182,19 @@ fn main() {
         plain_rss / n / 1024.0,
         agent_rss / n / 1024.0,
         agent_rss / plain_rss
+    );
+
+    // A busy host: the flight recorder takes 19 signals per CPU second all along.
+    let (mut busy_plain, mut busy_agent) = (0.0, 0.0);
+    for _ in 0..runs {
+        busy_plain += measure(false, 0).0;
+        busy_agent += measure(true, 0).0;
+    }
+    println!(
+        "  busy host (one core of fixed work, flight recorder sampling it): cpu {:.3} s -> {:.3} s, ratio {:.4}x ({:+.3}% of one core)",
+        busy_plain / n / 1e9,
+        busy_agent / n / 1e9,
+        busy_agent / busy_plain,
+        (busy_agent - busy_plain) / busy_plain * 100.0
     );
 }

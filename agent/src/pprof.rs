@@ -312,12 +312,19 @@ struct SampleKey {
     labels: Labels,
 }
 
-/// Whether `pattern` names the frame `name`: a prefix, or, written `*text`, any name
-/// containing `text` (for trait impls such as `<u8 as alloc::vec::SpecFromElem>`).
-fn trimmed_by(name: &str, pattern: &str) -> bool {
-    match pattern.strip_prefix('*') {
-        Some(inner) => name.contains(inner),
-        None => name.starts_with(pattern),
+/// Whether `pattern` names the frame `name`: a prefix; written `*text`, any name
+/// containing `text` (for trait impls such as `<u8 as alloc::vec::SpecFromElem>`);
+/// written `=name`, exactly that name (inlined frames from line tables carry no path);
+/// written `@text`, any frame whose source file contains `text`.
+fn trimmed_by(name: &str, file: &str, pattern: &str) -> bool {
+    if let Some(path) = pattern.strip_prefix('@') {
+        file.contains(path)
+    } else if let Some(inner) = pattern.strip_prefix('*') {
+        name.contains(inner)
+    } else if let Some(exact) = pattern.strip_prefix('=') {
+        name == exact
+    } else {
+        name.starts_with(pattern)
     }
 }
 
@@ -708,6 +715,14 @@ impl Tables {
         self.locations.get(i)
     }
 
+    fn function_file(&self, function_id: u64) -> &str {
+        let f = function_id
+            .checked_sub(1)
+            .and_then(|i| usize::try_from(i).ok())
+            .and_then(|i| self.functions.get(i));
+        f.map_or("", |f| self.str_at(f.filename))
+    }
+
     fn function_name(&self, function_id: u64) -> &str {
         let f = function_id
             .checked_sub(1)
@@ -724,7 +739,8 @@ impl Tables {
         'walk: for &id in &ids {
             for line in self.location_at(id).map_or(&[][..], |l| l.line.as_slice()) {
                 let name = self.function_name(line.function_id);
-                if prefixes.iter().any(|p| trimmed_by(name, p)) {
+                let file = self.function_file(line.function_id);
+                if prefixes.iter().any(|p| trimmed_by(name, file, p)) {
                     skip += 1;
                 } else {
                     kept_one = true;

@@ -128,9 +128,10 @@ fn a_short_cpu_burst_is_in_the_pre_trigger_profile() {
         .start()
         .unwrap();
     std::thread::sleep(Duration::from_millis(600));
-    // A burst so short that it is nearly over when the rule fires (after ~2 samples).
+    // A burst so short that most of it is over when the rule fires (after ~2 samples),
+    // yet long enough for the 19 Hz recorder to take a dozen samples on a busy machine.
     let onset = Instant::now();
-    std::thread::spawn(|| burst(Duration::from_millis(400)))
+    std::thread::spawn(|| burst(Duration::from_millis(1000)))
         .join()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use holmes_agent::{Holmes, Metric, Rule};
@@ -164,7 +164,9 @@ fn leaked_tasks_are_in_the_task_dump() {
         traces.get(..4000).unwrap_or(&traces)
     );
 
-    let text = std::fs::read_to_string(&files(dir.path(), "tasks.", ".txt")[0]).unwrap();
+    // The text is written just after the profile.
+    let text = wait_for(dir.path(), "tasks.", ".txt", Duration::from_secs(5));
+    let text = std::fs::read_to_string(text.first().expect("a readable task dump")).unwrap();
     assert!(
         text.contains("runtime 0: 500 tasks") && text.contains(culprit),
         "the readable dump groups the leaked tasks:\n{}",
@@ -177,6 +179,36 @@ fn leaked_tasks_are_in_the_task_dump() {
     agent.stop();
     drop(senders);
     rt.shutdown_timeout(Duration::from_secs(1));
+}
+
+/// Holds tasks (blocking their worker threads) until opened; opens when dropped, so a
+/// failing test does not leave the runtime's drop waiting for its workers forever.
+struct Gate(Arc<(Mutex<bool>, Condvar)>);
+
+impl Gate {
+    fn new() -> Self {
+        Gate(Arc::new((Mutex::new(false), Condvar::new())))
+    }
+
+    /// Blocks the calling thread until the gate opens.
+    fn waiter(&self) -> impl FnOnce() + Send + 'static {
+        let inner = Arc::clone(&self.0);
+        move || {
+            let (open, cv) = &*inner;
+            let mut open = open.lock().unwrap_or_else(|p| p.into_inner());
+            while !*open {
+                open = cv.wait(open).unwrap_or_else(|p| p.into_inner());
+            }
+        }
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        let (open, cv) = &*self.0;
+        *open.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        cv.notify_all();
+    }
 }
 
 /// A runtime whose workers are all blocked cannot be dumped: the capture gives up after
@@ -193,15 +225,15 @@ fn a_fully_blocked_runtime_gets_a_thread_dump_instead_of_a_task_dump() {
     let agent = agent_on(dir.path(), &rt);
     std::thread::sleep(Duration::from_millis(500));
 
-    // Both workers block on a barrier, then 200 more tasks queue up behind them.
-    let gate = std::sync::Arc::new(std::sync::Barrier::new(3));
+    // Both workers block on a gate, then 200 more tasks queue up behind them.
+    let gate = Gate::new();
     let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
     for _ in 0..2 {
-        let gate = std::sync::Arc::clone(&gate);
+        let wait = gate.waiter();
         let started = started_tx.clone();
         rt.spawn(async move {
             started.send(()).unwrap();
-            gate.wait();
+            wait();
         });
     }
     for _ in 0..2 {
@@ -227,10 +259,11 @@ fn a_fully_blocked_runtime_gets_a_thread_dump_instead_of_a_task_dump() {
         files(dir.path(), "tasks.", ".pb.gz").is_empty(),
         "no task dump of a blocked runtime"
     );
-    let text = std::fs::read_to_string(&files(dir.path(), "threads.", ".txt")[0]).unwrap();
+    let text = wait_for(dir.path(), "threads.", ".txt", Duration::from_secs(5));
+    let text = std::fs::read_to_string(text.first().expect("a readable thread dump")).unwrap();
     assert!(
         text.contains("a_fully_blocked_runtime_gets_a_thread_dump_instead_of_a_task_dump")
-            || text.contains("Barrier::wait"),
+            || text.contains("Gate::waiter"),
         "the thread dump shows the blocked workers:\n{text}"
     );
 
@@ -238,7 +271,7 @@ fn a_fully_blocked_runtime_gets_a_thread_dump_instead_of_a_task_dump() {
     std::thread::sleep(Duration::from_millis(400));
     assert!(agent.stats().samples > samples, "the agent keeps sampling");
 
-    gate.wait();
+    drop(gate);
     agent.stop();
     rt.shutdown_timeout(Duration::from_secs(1));
 }

@@ -44,7 +44,7 @@ fi
 say "cargo test (ClickHouse at $HOLMES_TEST_CLICKHOUSE_URL)"
 log=$(mktemp "${TMPDIR:-/tmp}/holmes-test-log.XXXXXX")
 set +e
-cargo test --workspace --locked "$@" 2>&1 | tee "$log"
+cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 # Heap profiles from jemalloc: the optional `jemalloc` feature, in a test process that
 # runs on tikv-jemallocator with profiling on (its first build compiles jemalloc's C code),
@@ -59,8 +59,13 @@ jemalloc_status=${PIPESTATUS[0]}
 # it is passed for tests that still gate on it. `task` picks the agent's task-dump unit
 # tests and tests/taskdump.rs.
 say "cargo test, tokio task dumps (--cfg tokio_unstable, --features taskdump)"
-RUSTFLAGS="--cfg tokio_unstable --cfg tokio_taskdump -C force-frame-pointers=yes" CARGO_TARGET_DIR=target/taskdump \
-  cargo test -p holmes-agent --features taskdump --lib --test taskdump --locked -- task 2>&1 | tee -a "$log"
+# The scenario examples are built too: scenarios 3 and 4 (tasks on a dead channel, a
+# task leak) need task dumps to name their culprit.
+export TASKDUMP_RUSTFLAGS="--cfg tokio_unstable --cfg tokio_taskdump -C force-frame-pointers=yes"
+RUSTFLAGS="$TASKDUMP_RUSTFLAGS" CARGO_TARGET_DIR=target/taskdump \
+  cargo build -p holmes-agent --features taskdump --examples --locked 2>&1 | tail -n 1
+RUSTFLAGS="$TASKDUMP_RUSTFLAGS" CARGO_TARGET_DIR=target/taskdump \
+  cargo test -p holmes-agent --features taskdump --lib --test taskdump --test scenarios --locked -- task 2>&1 | tee -a "$log"
 taskdump_status=${PIPESTATUS[0]}
 [ "$status" -ne 0 ] || status=$taskdump_status
 set -e

@@ -42,6 +42,14 @@ pub(crate) const ALLOCATOR_FRAMES: &[&str] = &[
     "<core::",
     "*as alloc::",
     "*as core::",
+    // Optimized builds inline these into each other, and line tables name inlined
+    // frames without their module path: trim by source file as well.
+    "@holmes-agent/src/alloc.rs",
+    "@agent/src/alloc.rs",
+    "@/library/alloc/",
+    "@/library/core/",
+    "@/library/std/src/alloc.rs",
+    "@/library/std/src/sys/alloc/",
 ];
 
 /// Go's heap profile sample types, in Go's order.

@@ -16,8 +16,9 @@
 //! Nothing here panics: jemalloc_pprof's singleton unwraps `opt.prof` when it is first
 //! touched, so it is only touched once `opt.prof` has been read successfully here.
 
+use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, OnceLock};
 use std::time::{Duration, Instant};
 
 use tikv_jemalloc_ctl::raw;
@@ -62,6 +63,34 @@ pub(crate) const ALLOCATOR_FRAMES: &[&str] = &[
 /// stuck jemalloc costs one thread, not one per trigger.
 static DUMP_IN_FLIGHT: AtomicBool = AtomicBool::new(false);
 
+/// Whether the memory Rust allocates comes from this jemalloc: it is the global allocator
+/// (or what the global allocator wraps), or it replaced `malloc` itself. The feature links
+/// jemalloc in either way, and an unused jemalloc still counts its own ~56 KiB.
+fn serves_rust_allocations() -> bool {
+    static ANSWER: OnceLock<bool> = OnceLock::new();
+    *ANSWER.get_or_init(|| {
+        let probe = Box::new(0u64);
+        let mut ptr: *mut c_void = std::ptr::from_ref::<u64>(&probe).cast_mut().cast();
+        let mut arena: libc::c_uint = 0;
+        let mut len = std::mem::size_of::<libc::c_uint>();
+        // SAFETY: `arenas.lookup` takes a pointer and gives back the index (an unsigned)
+        // of the arena it belongs to, or EINVAL for memory that is not jemalloc's
+        // (jemalloc(3); 5.3 looks it up without assuming it is there). Both buffers have
+        // the sizes passed, and `probe` outlives the call.
+        let rc = unsafe {
+            tikv_jemalloc_sys::mallctl(
+                c"arenas.lookup".as_ptr(),
+                std::ptr::from_mut(&mut arena).cast(),
+                &mut len,
+                std::ptr::from_mut(&mut ptr).cast(),
+                std::mem::size_of::<*mut c_void>(),
+            )
+        };
+        drop(probe);
+        rc == 0
+    })
+}
+
 /// Whether jemalloc's profiler is compiled in and enabled (`opt.prof`) in this process.
 fn profiling_enabled() -> bool {
     // SAFETY: `opt.prof` is a bool (jemalloc(3)); the name is NUL-terminated. Without
@@ -82,19 +111,23 @@ fn lg_sample() -> Option<usize> {
 }
 
 /// Bytes the application holds according to jemalloc (`stats.allocated`, after advancing
-/// `epoch` so the figure is current). None when jemalloc's statistics are unavailable, or
-/// when jemalloc has handed out nothing: it is linked in but is not the allocator in use.
+/// `epoch` so the figure is current). None when jemalloc is not the allocator in use or
+/// its statistics are unavailable.
 pub(crate) fn allocated_bytes() -> Option<u64> {
+    if !serves_rust_allocations() {
+        return None;
+    }
     tikv_jemalloc_ctl::epoch::advance().ok()?;
     let bytes = tikv_jemalloc_ctl::stats::allocated::read().ok()?;
-    u64::try_from(bytes).ok().filter(|b| *b > 0)
+    u64::try_from(bytes).ok()
 }
 
 /// A heap profile of this process from jemalloc, as gzip pprof. None when jemalloc
-/// profiling is not enabled here (`opt.prof` false, or jemalloc without profiling);
-/// otherwise the profile or why there is none. Waits at most [`DUMP_TIMEOUT`].
+/// profiling is not in use here (`opt.prof` false, jemalloc without profiling, or jemalloc
+/// not the allocator); otherwise the profile or why there is none. Waits at most
+/// [`DUMP_TIMEOUT`].
 pub(crate) fn capture(symbolizer: &mut Symbolizer) -> Option<Result<Vec<u8>, String>> {
-    if !profiling_enabled() {
+    if !profiling_enabled() || !serves_rust_allocations() {
         return None;
     }
     let started = Instant::now();
@@ -166,6 +199,14 @@ fn trim_allocator_frames(mut frames: Vec<Frame>) -> Vec<Frame> {
 
 /// Dumps on a helper thread and waits for it at most `timeout`.
 fn dump_with_timeout(timeout: Duration) -> Result<Vec<(Vec<usize>, i64)>, String> {
+    run_with_timeout(dump, timeout)
+}
+
+/// Runs `work` on a helper thread (one at a time) and waits for it at most `timeout`.
+fn run_with_timeout<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, String> + Send + 'static,
+    timeout: Duration,
+) -> Result<T, String> {
     if DUMP_IN_FLIGHT.swap(true, Ordering::AcqRel) {
         return Err("a previous jemalloc heap dump is still running".to_owned());
     }
@@ -173,7 +214,7 @@ fn dump_with_timeout(timeout: Duration) -> Result<Vec<(Vec<usize>, i64)>, String
     let spawned = std::thread::Builder::new()
         .name("holmes-jemalloc".to_owned())
         .spawn(move || {
-            let result = dump();
+            let result = work();
             DUMP_IN_FLIGHT.store(false, Ordering::Release);
             // The capture may have stopped waiting; then nobody needs the result.
             let _ = tx.send(result);
@@ -295,7 +336,38 @@ mod tests {
 
     #[test]
     fn without_jemalloc_profiling_there_is_no_capture() {
-        // The unit-test binary runs on the system allocator, without `prof:true`.
+        // The unit-test binary links jemalloc (prefixed) but runs on the system
+        // allocator, without `prof:true`: no capture, and no heap figure from it.
         assert!(capture(&mut Symbolizer::new()).is_none());
+        assert_eq!(allocated_bytes(), None);
+    }
+
+    #[test]
+    fn a_stuck_dump_times_out_and_holds_off_the_next_one_until_it_ends() {
+        let quick = run_with_timeout(|| Ok(7), Duration::from_secs(5));
+        assert_eq!(quick, Ok(7));
+        let (release, released) = mpsc::channel::<()>();
+        let stuck = run_with_timeout(
+            move || {
+                let _ = released.recv();
+                Ok(1)
+            },
+            Duration::from_millis(50),
+        );
+        assert_eq!(stuck, Err("jemalloc heap dump timed out".to_owned()));
+        assert_eq!(
+            run_with_timeout(|| Ok(2), Duration::from_secs(5)),
+            Err("a previous jemalloc heap dump is still running".to_owned())
+        );
+        release.send(()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while DUMP_IN_FLIGHT.load(Ordering::Acquire) {
+            assert!(Instant::now() < deadline, "the stuck dump ends");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(run_with_timeout(|| Ok(3), Duration::from_secs(5)), Ok(3));
+        let failed: Result<(), String> =
+            run_with_timeout(|| Err("no".to_owned()), Duration::from_secs(5));
+        assert_eq!(failed, Err("no".to_owned()));
     }
 }

@@ -517,13 +517,16 @@ mod imp {
                 .build()
                 .unwrap();
             let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
-            let gate = std::sync::Arc::new(std::sync::Barrier::new(3));
+            // Blocks both workers until dropped (also when an assertion fails, so the
+            // runtime's drop does not wait for them forever).
+            let (release, released) = std::sync::mpsc::channel::<()>();
+            let released = std::sync::Arc::new(std::sync::Mutex::new(released));
             for _ in 0..2 {
                 let started = started_tx.clone();
-                let gate = std::sync::Arc::clone(&gate);
+                let released = std::sync::Arc::clone(&released);
                 rt.spawn(async move {
                     started.send(()).unwrap();
-                    gate.wait(); // blocks the worker
+                    let _ = released.lock().map(|rx| rx.recv());
                 });
             }
             for _ in 0..2 {
@@ -538,7 +541,7 @@ mod imp {
                  see the threads profile"
             );
             assert!(waited < Duration::from_secs(2), "gave up in {waited:?}");
-            gate.wait();
+            drop(release);
             rt.shutdown_timeout(Duration::from_secs(1));
         }
 
