@@ -17,8 +17,9 @@ async fn publish_audit_record(tx: tokio::sync::mpsc::Sender<u64>, id: u64) {
 }
 
 fn main() {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // A current-thread runtime driven by its own thread: tokio's multi-thread task dump
+    // can hang a runtime with many runnable tasks (see agent/README.md, task dumps).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -28,14 +29,14 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let agent = common::agent("channel-block", |b| {
-        b.tokio_runtime(runtime.handle().clone())
-    });
+    let driver = runtime.handle().clone();
+    std::thread::spawn(move || runtime.block_on(std::future::pending::<()>()));
+    let agent = common::agent("channel-block", |b| b.tokio_runtime(driver.clone()));
     common::warm_up(&agent, 10);
     let (tx, rx) = tokio::sync::mpsc::channel::<u64>(1);
     // The consumer is gone, but its receiver is kept, so senders wait forever.
     let _dead_consumer = Arc::new(rx);
-    let handle = runtime.handle().clone();
+    let handle = driver;
     common::serve(move || {
         for id in 0..5_000 {
             handle.spawn(publish_audit_record(tx.clone(), id));

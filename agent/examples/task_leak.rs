@@ -16,8 +16,9 @@ async fn watch_session_until_it_ends(end: tokio::sync::oneshot::Receiver<()>) {
 }
 
 fn main() {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // A current-thread runtime driven by its own thread: tokio's multi-thread task dump
+    // can hang a runtime with many runnable tasks (see agent/README.md, task dumps).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -27,9 +28,11 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let agent = common::agent("task-leak", |b| b.tokio_runtime(runtime.handle().clone()));
+    let driver = runtime.handle().clone();
+    std::thread::spawn(move || runtime.block_on(std::future::pending::<()>()));
+    let agent = common::agent("task-leak", |b| b.tokio_runtime(driver.clone()));
     common::warm_up(&agent, 10);
-    let handle = runtime.handle().clone();
+    let handle = driver;
     common::serve(move || {
         let handle = handle.clone();
         std::thread::spawn(move || {
