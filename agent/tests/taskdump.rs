@@ -76,14 +76,14 @@ fn wait_for(dir: &Path, prefix: &str, suffix: &str, within: Duration) -> Vec<Pat
 }
 
 /// An agent with every rule off but a task rule firing above `current + 100` tasks.
-fn agent_on(dir: &Path, rt: &tokio::runtime::Runtime) -> holmes_agent::HolmesHandle {
+fn agent_on(dir: &Path, rt: &tokio::runtime::Handle) -> holmes_agent::HolmesHandle {
     let current = rt.metrics().num_alive_tasks() as f64;
     let mut b = Holmes::builder()
         .service("taskdump-test")
         .dump_dir(dir)
         .collect_interval(Duration::from_millis(100))
         .memory_fast_interval(None)
-        .tokio_runtime(rt.handle().clone());
+        .tokio_runtime(rt.clone());
     for m in [
         Metric::CpuPercent,
         Metric::MemoryPercent,
@@ -124,11 +124,20 @@ fn leaked_tasks_are_in_the_task_dump() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // A current-thread runtime driven by its own thread: tokio's multi-thread task dump
+    // can hang a runtime with hundreds of runnable tasks (tokio-rs/tokio#7478).
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
+    let rt = runtime.handle().clone();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let driver = std::thread::spawn(move || {
+        runtime.block_on(async {
+            let _ = stop_rx.await;
+        });
+        runtime.shutdown_timeout(Duration::from_secs(1));
+    });
     let agent = agent_on(dir.path(), &rt);
     std::thread::sleep(Duration::from_millis(500));
 
@@ -178,7 +187,8 @@ fn leaked_tasks_are_in_the_task_dump() {
 
     agent.stop();
     drop(senders);
-    rt.shutdown_timeout(Duration::from_secs(1));
+    let _ = stop_tx.send(());
+    driver.join().unwrap();
 }
 
 /// Holds tasks (blocking their worker threads) until opened; opens when dropped, so a
@@ -222,7 +232,7 @@ fn a_fully_blocked_runtime_gets_a_thread_dump_instead_of_a_task_dump() {
         .enable_all()
         .build()
         .unwrap();
-    let agent = agent_on(dir.path(), &rt);
+    let agent = agent_on(dir.path(), rt.handle());
     std::thread::sleep(Duration::from_millis(500));
 
     // Both workers block on a gate, then 200 more tasks queue up behind them.
