@@ -2,6 +2,9 @@
 //!
 //! Built only with the `taskdump` feature and `RUSTFLAGS="--cfg tokio_unstable"` (tokio ≥
 //! 1.48 has no separate `tokio_taskdump` cfg any more); deploy/dev/test.sh runs it so.
+//! The leak is dumped from a current-thread runtime: the agent refuses to dump a
+//! multi-thread runtime with more than 64 tasks, which tokio's dump can hang for good
+//! (see agent/src/capture/tasks.rs); the last test checks that refusal.
 //! `go` comes from Debian's golang-go; without it these tests fail under CI or
 //! HOLMES_TEST_REQUIRE_GO=1 and are skipped otherwise.
 // `tokio_unstable` comes from RUSTFLAGS; cargo does not know to check it.
@@ -76,14 +79,14 @@ fn wait_for(dir: &Path, prefix: &str, suffix: &str, within: Duration) -> Vec<Pat
 }
 
 /// An agent with every rule off but a task rule firing above `current + 100` tasks.
-fn agent_on(dir: &Path, rt: &tokio::runtime::Handle) -> holmes_agent::HolmesHandle {
-    let current = rt.metrics().num_alive_tasks() as f64;
+fn agent_on(dir: &Path, runtime: &tokio::runtime::Handle) -> holmes_agent::HolmesHandle {
+    let current = runtime.metrics().num_alive_tasks() as f64;
     let mut b = Holmes::builder()
         .service("taskdump-test")
         .dump_dir(dir)
         .collect_interval(Duration::from_millis(100))
         .memory_fast_interval(None)
-        .tokio_runtime(rt.clone());
+        .tokio_runtime(runtime.clone());
     for m in [
         Metric::CpuPercent,
         Metric::MemoryPercent,
@@ -103,10 +106,62 @@ fn agent_on(dir: &Path, rt: &tokio::runtime::Handle) -> holmes_agent::HolmesHand
     .unwrap()
 }
 
+/// A current-thread runtime driven by a thread of its own (named `name`), which first
+/// runs `first` inside the runtime (blocking it, if `first` blocks). The thread ends
+/// when this is dropped; it is not joined, so a failing test cannot hang on it.
+struct Driven {
+    handle: tokio::runtime::Handle,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+fn driven(name: &str, first: impl FnOnce() + Send + 'static) -> Driven {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let handle = rt.handle().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || {
+            rt.block_on(async move {
+                first();
+                let _ = stopped.await;
+            })
+        })
+        .unwrap();
+    Driven {
+        handle,
+        _stop: stop,
+    }
+}
+
+/// A multi-thread runtime shut down without waiting for its workers when dropped.
+struct MultiThread(Option<tokio::runtime::Runtime>);
+
+impl Drop for MultiThread {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
 /// The culprit: a task parked on a channel whose sender is alive but never used.
 #[inline(never)]
 async fn wait_on_a_channel_nobody_reads(mut rx: tokio::sync::mpsc::Receiver<u64>) {
     let _ = rx.recv().await;
+}
+
+/// Spawns `n` tasks parked in the culprit; their senders are returned, kept, never used.
+fn leak(runtime: &tokio::runtime::Handle, n: usize) -> Vec<tokio::sync::mpsc::Sender<u64>> {
+    (0..n)
+        .map(|_| {
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            runtime.spawn(wait_on_a_channel_nobody_reads(rx));
+            tx
+        })
+        .collect()
 }
 
 /// `go tool pprof -top -cum`: the cumulative count of the first line naming `function`.
@@ -124,30 +179,12 @@ fn leaked_tasks_are_in_the_task_dump() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    // A current-thread runtime driven by its own thread: tokio's multi-thread task dump
-    // can hang a runtime with hundreds of runnable tasks (tokio-rs/tokio#7478).
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let rt = runtime.handle().clone();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let driver = std::thread::spawn(move || {
-        runtime.block_on(async {
-            let _ = stop_rx.await;
-        });
-        runtime.shutdown_timeout(Duration::from_secs(1));
-    });
-    let agent = agent_on(dir.path(), &rt);
+    let rt = driven("leaky-runtime", || {});
+    let agent = agent_on(dir.path(), &rt.handle);
     std::thread::sleep(Duration::from_millis(500));
 
-    let mut senders = Vec::new();
     let onset = Instant::now();
-    for _ in 0..500 {
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
-        senders.push(tx);
-        rt.spawn(wait_on_a_channel_nobody_reads(rx));
-    }
+    let _senders = leak(&rt.handle, 500);
     let dumps = wait_for(dir.path(), "tasks.", ".pb.gz", Duration::from_secs(30));
     assert!(!dumps.is_empty(), "a task dump is written");
     let onset_to_profile = onset.elapsed();
@@ -184,15 +221,11 @@ fn leaked_tasks_are_in_the_task_dump() {
     let trigger = std::fs::read_to_string(&files(dir.path(), "", ".json")[0]).unwrap();
     assert!(trigger.contains("\"planned\":[\"tasks\"]"), "{trigger}");
     eprintln!("500 leaked tasks -> task dump on disk: {onset_to_profile:?}");
-
     agent.stop();
-    drop(senders);
-    let _ = stop_tx.send(());
-    driver.join().unwrap();
 }
 
-/// Holds tasks (blocking their worker threads) until opened; opens when dropped, so a
-/// failing test does not leave the runtime's drop waiting for its workers forever.
+/// Holds threads until opened; opens when dropped, so a failing test does not leave a
+/// runtime blocked behind it.
 struct Gate(Arc<(Mutex<bool>, Condvar)>);
 
 impl Gate {
@@ -221,67 +254,86 @@ impl Drop for Gate {
     }
 }
 
-/// A runtime whose workers are all blocked cannot be dumped: the capture gives up after
-/// its deadline (5 s) and captures the threads instead, and the agent carries on.
-#[test]
-fn a_fully_blocked_runtime_gets_a_thread_dump_instead_of_a_task_dump() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let dir = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let agent = agent_on(dir.path(), rt.handle());
-    std::thread::sleep(Duration::from_millis(500));
-
-    // Both workers block on a gate, then 200 more tasks queue up behind them.
-    let gate = Gate::new();
-    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
-    for _ in 0..2 {
-        let wait = gate.waiter();
-        let started = started_tx.clone();
-        rt.spawn(async move {
-            started.send(()).unwrap();
-            wait();
-        });
-    }
-    for _ in 0..2 {
-        started_rx.recv_timeout(Duration::from_secs(5)).unwrap();
-    }
-    for _ in 0..200 {
-        rt.spawn(async {});
-    }
-
-    let triggers = wait_for(dir.path(), "", ".json", Duration::from_secs(10));
+/// Waits for a trigger, then for the threads profile taken instead of a task dump.
+fn threads_instead_of_tasks(dir: &Path, within: Duration) -> (Duration, String) {
+    let triggers = wait_for(dir, "", ".json", Duration::from_secs(10));
     assert!(!triggers.is_empty(), "the task rule fires");
     let fired = Instant::now();
     let trigger = std::fs::read_to_string(&triggers[0]).unwrap();
     assert!(trigger.contains("\"planned\":[\"tasks\"]"), "{trigger}");
-    let threads = wait_for(dir.path(), "threads.", ".pb.gz", Duration::from_secs(15));
-    let gave_up_after = fired.elapsed();
+    let threads = wait_for(dir, "threads.", ".pb.gz", Duration::from_secs(20));
+    let after = fired.elapsed();
     assert!(!threads.is_empty(), "the threads are captured instead");
+    assert!(after < within, "threads profile only after {after:?}");
     assert!(
-        gave_up_after < Duration::from_secs(9),
-        "the dump gives up after its deadline, not later: {gave_up_after:?}"
+        files(dir, "tasks.", ".pb.gz").is_empty(),
+        "no task dump was written"
     );
-    assert!(
-        files(dir.path(), "tasks.", ".pb.gz").is_empty(),
-        "no task dump of a blocked runtime"
-    );
-    let text = wait_for(dir.path(), "threads.", ".txt", Duration::from_secs(5));
+    let text = wait_for(dir, "threads.", ".txt", Duration::from_secs(5));
     let text = std::fs::read_to_string(text.first().expect("a readable thread dump")).unwrap();
+    (after, text)
+}
+
+/// A runtime that is blocked (its one thread stuck) cannot be dumped: the capture gives
+/// up after its deadline (5 s) and captures the threads instead; the agent carries on.
+#[test]
+fn a_blocked_runtime_gets_a_thread_dump_instead_of_a_task_dump() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let gate = Gate::new();
+    let rt = driven("blocked-runtime", gate.waiter());
+    let agent = agent_on(dir.path(), &rt.handle);
+    std::thread::sleep(Duration::from_millis(500));
+    // Tasks queue up behind the blocked thread.
+    for _ in 0..200 {
+        rt.handle.spawn(async {});
+    }
+
+    let (after, text) = threads_instead_of_tasks(dir.path(), Duration::from_secs(15));
     assert!(
-        text.contains("a_fully_blocked_runtime_gets_a_thread_dump_instead_of_a_task_dump")
-            || text.contains("Gate::waiter"),
-        "the thread dump shows the blocked workers:\n{text}"
+        after >= Duration::from_secs(4),
+        "the dump is given its deadline: {after:?}"
     );
+    let blocked = text
+        .split("\nthread ")
+        .find(|t| t.contains("blocked-runtime"))
+        .unwrap_or("");
+    assert!(
+        blocked.contains("Gate::waiter"),
+        "the thread dump shows where the runtime's thread is stuck:\n{text}"
+    );
+    eprintln!("blocked runtime: trigger -> threads profile {after:?}");
 
     let samples = agent.stats().samples;
     std::thread::sleep(Duration::from_millis(400));
     assert!(agent.stats().samples > samples, "the agent keeps sampling");
-
     drop(gate);
     agent.stop();
-    rt.shutdown_timeout(Duration::from_secs(1));
+}
+
+/// A multi-thread runtime with hundreds of tasks is not dumped (tokio's dump could hang
+/// it for good): the threads are captured at once instead and the runtime runs on.
+#[test]
+fn a_busy_multi_thread_runtime_is_left_alone_without_a_task_dump() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let rt = MultiThread(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap(),
+    ));
+    let handle = rt.0.as_ref().unwrap().handle().clone();
+    let agent = agent_on(dir.path(), &handle);
+    std::thread::sleep(Duration::from_millis(500));
+    let _senders = leak(&handle, 500);
+
+    let (after, _) = threads_instead_of_tasks(dir.path(), Duration::from_secs(4));
+    eprintln!("busy multi-thread runtime: trigger -> threads profile {after:?}");
+    let (tx, rx) = std::sync::mpsc::channel();
+    handle.spawn(async move { tx.send(()).unwrap() });
+    rx.recv_timeout(Duration::from_secs(5))
+        .expect("the runtime still runs tasks");
+    agent.stop();
 }

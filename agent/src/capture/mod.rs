@@ -326,8 +326,9 @@ impl Captures {
 
 impl Captures {
     /// Every task of the registered runtimes, as pprof (`tasks/count`) plus text. When a
-    /// runtime's dump times out (its workers all blocked), the threads' stacks are
-    /// captured as well: they show what blocks the workers.
+    /// runtime's dump times out (its workers all blocked) or is skipped (a multi-thread
+    /// runtime with too many tasks to dump safely), the threads' stacks are captured as
+    /// well.
     fn capture_tasks(&self, runtimes: &[tokio::runtime::Handle], sink: &mut dyn FnMut(Captured)) {
         let started = Instant::now();
         let started_unix = unix_nanos_now();
@@ -335,14 +336,13 @@ impl Captures {
         let deadline = TASKS_DEADLINE.saturating_add(
             TASKS_DEADLINE_PER_TASK.saturating_mul(u32::try_from(alive).unwrap_or(u32::MAX)),
         );
-        let timed_out = |e: &tasks::TasksError| matches!(e, tasks::TasksError::Timeout { .. });
         let (result, text, blocked) = match tasks::capture(runtimes, deadline) {
             Ok(dump) => {
-                let blocked = dump.failures.iter().any(timed_out);
+                let blocked = dump.failures.iter().any(tasks::TasksError::wants_threads);
                 (Ok(dump.pprof), Some(dump.text), blocked)
             }
             Err(err) => {
-                let blocked = timed_out(&err);
+                let blocked = err.wants_threads();
                 (Err(err.to_string()), None, blocked)
             }
         };

@@ -10,6 +10,16 @@
 //! A dump runs on the runtime it dumps: it waits for every worker to reach a yield point,
 //! pauses them all and re-polls each task in tracing mode. On a runtime whose workers are
 //! all blocked it never completes, so the capture thread waits for it with a deadline.
+//!
+//! Multi-thread runtimes with more than [`MULTI_THREAD_MAX_TASKS`] tasks are not dumped:
+//! tokio's multi-thread dump (1.54.1) can hang such a runtime for good. The worker leading
+//! the dump moves every worker's run queue into one queue of 256 slots with
+//! `Steal::steal_into`, which refuses to fill it past half; with more than about 170
+//! runnable tasks queued (the dump itself wakes every task it traces, and a second,
+//! unrequested trace can follow) its `while !steal.is_empty()` loop spins forever while
+//! the other workers wait at a barrier. Reproduced here: 16 of 40 dumps of 500 idle tasks
+//! on a 2-worker runtime (0 of 40 with 100 or 150 tasks, 0 of 15 current-thread dumps of
+//! 5 000 tasks). With at most 64 alive tasks no queue can hold enough.
 
 // `tokio_unstable` comes from RUSTFLAGS, as tokio itself expects; it is not a cfg cargo
 // knows to check.
@@ -34,6 +44,9 @@ pub(crate) const AVAILABLE: bool = cfg!(all(
 pub(crate) const UNAVAILABLE: &str = "tokio task dumps need the taskdump feature and \
      RUSTFLAGS=\"--cfg tokio_unstable\" (Linux x86_64 or aarch64)";
 
+/// Multi-thread runtimes with more alive tasks than this are not dumped (see above).
+pub(crate) const MULTI_THREAD_MAX_TASKS: usize = 64;
+
 /// Why a task dump failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[allow(dead_code)] // each build constructs only some of them
@@ -54,6 +67,21 @@ pub(crate) enum TasksError {
     /// The runtime shut down before it ran the dump.
     #[error("runtime {runtime} shut down before its task dump ran")]
     ShutDown { runtime: usize },
+    /// A multi-thread runtime with too many tasks to dump safely.
+    #[error(
+        "task dump of runtime {runtime} skipped: a tokio task dump can hang a multi-thread \
+         runtime with more than {} tasks for good, and it has {tasks}; see the threads profile",
+        MULTI_THREAD_MAX_TASKS
+    )]
+    Unsafe { runtime: usize, tasks: usize },
+}
+
+impl TasksError {
+    /// Whether the threads' stacks should be captured instead: they show what a runtime
+    /// that was not dumped is doing.
+    pub(crate) fn wants_threads(&self) -> bool {
+        matches!(self, TasksError::Timeout { .. } | TasksError::Unsafe { .. })
+    }
 }
 
 /// A finished dump.
@@ -118,9 +146,9 @@ mod imp {
     use std::time::{Duration, Instant};
 
     use tokio::runtime::dump::{Backtrace, Dump};
-    use tokio::runtime::Handle;
+    use tokio::runtime::{Handle, RuntimeFlavor};
 
-    use super::{TaskDump, TasksError};
+    use super::{TaskDump, TasksError, MULTI_THREAD_MAX_TASKS};
     use crate::pprof::{Frame, LabelValue, ProfileBuilder, Symbolizer};
     use crate::sampler::unix_nanos_now;
 
@@ -148,7 +176,8 @@ mod imp {
     }
 
     /// Dumps every task of `runtimes`: all dumps start at once and must all be done within
-    /// `timeout`. Runtimes that fail while others succeed are noted in the profile and in
+    /// `timeout`. Runtimes that fail (or are multi-thread ones with too many tasks to dump
+    /// safely) while others succeed are noted in the profile and in
     /// [`TaskDump::failures`]; when all fail, the first failure is the error.
     ///
     /// Runs on a plain thread (not a runtime's): it blocks on a channel meanwhile.
@@ -159,26 +188,32 @@ mod imp {
         let started = Instant::now();
         let started_unix = unix_nanos_now();
         let deadline = started.checked_add(timeout);
-        // `Handle::dump` must be awaited on the runtime it dumps (a current-thread runtime
-        // only answers from inside itself); the dumping task leaves its own id out.
-        let pending: Vec<_> = runtimes
-            .iter()
-            .map(|handle| {
-                let (tx, rx) = mpsc::sync_channel::<(Option<tokio::task::Id>, Dump)>(1);
-                let dumped = handle.clone();
-                let join = handle.spawn(async move {
-                    let me = tokio::task::try_id();
-                    let dump = dumped.dump().await;
-                    // The capture thread may have given up waiting: nothing to do then.
-                    let _ = tx.send((me, dump));
-                });
-                (rx, join)
-            })
-            .collect();
+        let mut failures = Vec::new();
+        let mut pending = Vec::new();
+        for (runtime, handle) in runtimes.iter().enumerate() {
+            if handle.runtime_flavor() != RuntimeFlavor::CurrentThread {
+                let tasks = handle.metrics().num_alive_tasks();
+                if tasks > MULTI_THREAD_MAX_TASKS {
+                    failures.push(TasksError::Unsafe { runtime, tasks });
+                    continue;
+                }
+            }
+            // `Handle::dump` must be awaited on the runtime it dumps (a current-thread
+            // runtime only answers from inside itself); the dumping task leaves its own id
+            // out.
+            let (tx, rx) = mpsc::sync_channel::<(Option<tokio::task::Id>, Dump)>(1);
+            let dumped = handle.clone();
+            let join = handle.spawn(async move {
+                let me = tokio::task::try_id();
+                let dump = dumped.dump().await;
+                // The capture thread may have given up waiting: nothing to do then.
+                let _ = tx.send((me, dump));
+            });
+            pending.push((runtime, rx, join));
+        }
 
         let mut dumps = Vec::new();
-        let mut failures = Vec::new();
-        for (runtime, (rx, join)) in pending.into_iter().enumerate() {
+        for (runtime, rx, join) in pending {
             let left = deadline.map_or(Duration::MAX, |d| {
                 d.saturating_duration_since(Instant::now())
             });
@@ -543,6 +578,79 @@ mod imp {
             assert!(waited < Duration::from_secs(2), "gave up in {waited:?}");
             drop(release);
             rt.shutdown_timeout(Duration::from_secs(1));
+        }
+
+        /// A current-thread runtime driven by a thread of its own until `stop` is sent
+        /// or dropped.
+        fn driven_current_thread() -> (Handle, tokio::sync::oneshot::Sender<()>) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let handle = rt.handle().clone();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            std::thread::spawn(move || {
+                rt.block_on(async {
+                    let _ = stopped.await;
+                })
+            });
+            (handle, stop)
+        }
+
+        #[test]
+        fn a_busy_multi_thread_runtime_is_not_dumped_but_a_current_thread_one_is() {
+            let busy = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .build()
+                .unwrap();
+            let (driven, _stop) = driven_current_thread();
+            let mut senders = Vec::new();
+            for _ in 0..100 {
+                let (tx, rx) = tokio::sync::mpsc::channel::<()>(1);
+                senders.push(tx);
+                busy.spawn(parked_on_a_unit_test_channel(rx));
+            }
+            for _ in 0..300 {
+                let (tx, rx) = tokio::sync::mpsc::channel::<()>(1);
+                senders.push(tx);
+                driven.spawn(parked_on_a_unit_test_channel(rx));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+
+            let t = Instant::now();
+            let err = capture(&[busy.handle().clone()], Duration::from_secs(10)).unwrap_err();
+            assert!(t.elapsed() < Duration::from_secs(1), "refused at once");
+            assert!(
+                matches!(err, TasksError::Unsafe { runtime: 0, tasks } if tasks >= 100),
+                "{err:?}"
+            );
+            assert!(err.wants_threads());
+            assert!(err.to_string().starts_with(
+                "task dump of runtime 0 skipped: a tokio task dump can hang a multi-thread \
+                 runtime with more than 64 tasks for good, and it has 10"
+            ));
+
+            let dump = capture(
+                &[busy.handle().clone(), driven.clone()],
+                Duration::from_secs(10),
+            )
+            .unwrap();
+            assert!(matches!(
+                dump.failures.as_slice(),
+                [TasksError::Unsafe { runtime: 0, .. }]
+            ));
+            let p = decode(&dump.pprof).unwrap();
+            assert_eq!(p.total("tasks"), 300);
+            assert!(p.samples.iter().all(|s| s.label("runtime") == Some("1")));
+            assert!(p.comments.iter().any(|c| c.contains("runtime 0 skipped")));
+            assert!(dump.text.contains("runtime 1: 300 tasks"), "{}", dump.text);
+
+            // The refused runtime was left alone and still runs tasks.
+            let (tx, rx) = std::sync::mpsc::channel();
+            busy.spawn(async move { tx.send(()).unwrap() });
+            rx.recv_timeout(Duration::from_secs(5)).unwrap();
+            drop(senders);
+            busy.shutdown_background();
         }
 
         #[test]
