@@ -8,7 +8,7 @@
 //!
 //! fn main() {
 //!     let v = vec![0u8; 1 << 20];
-//!     assert!(holmes_agent::allocated_bytes().unwrap() >= v.len());
+//!     assert!(holmes_agent::allocated_bytes().is_some_and(|b| b >= v.len()));
 //! }
 //! ```
 //!
@@ -19,7 +19,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use crate::capture::unwind::{self, Registers};
+use crate::capture::unwind;
 
 static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
 static INSTALLED: AtomicBool = AtomicBool::new(false);
@@ -136,7 +136,7 @@ const OVERFLOW_STACK: usize = 0;
 ///
 /// fn main() {
 ///     let v = vec![1u8; 1 << 20];
-///     assert!(holmes_agent::allocated_bytes().unwrap() >= v.len());
+///     assert!(holmes_agent::allocated_bytes().is_some_and(|b| b >= v.len()));
 /// }
 /// ```
 ///
@@ -432,45 +432,7 @@ fn walk_this_stack(out: &mut [usize]) -> usize {
         // No probe pipe: a walk would record only the pc.
         return 0;
     }
-    #[cfg(target_arch = "x86_64")]
-    {
-        let (pc, fp, sp): (usize, usize, usize);
-        // SAFETY: only reads rip, rbp and rsp into registers.
-        unsafe {
-            std::arch::asm!(
-                "lea {pc}, [rip]",
-                "mov {fp}, rbp",
-                "mov {sp}, rsp",
-                pc = out(reg) pc,
-                fp = out(reg) fp,
-                sp = out(reg) sp,
-                options(nomem, nostack, preserves_flags),
-            );
-        }
-        unwind::walk(Registers { pc, fp, sp }, out)
-    }
-    #[cfg(target_arch = "aarch64")]
-    {
-        let (pc, fp, sp): (usize, usize, usize);
-        // SAFETY: only reads pc, x29 and sp into registers.
-        unsafe {
-            std::arch::asm!(
-                "adr {pc}, .",
-                "mov {fp}, x29",
-                "mov {sp}, sp",
-                pc = out(reg) pc,
-                fp = out(reg) fp,
-                sp = out(reg) sp,
-                options(nomem, nostack, preserves_flags),
-            );
-        }
-        unwind::walk(Registers { pc, fp, sp }, out)
-    }
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    {
-        let _ = out;
-        0
-    }
+    unwind::walk_here(out)
 }
 
 /// Stops following a block that is being freed or moved; returns what it was charged.

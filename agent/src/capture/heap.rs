@@ -46,6 +46,8 @@ pub(crate) const ALLOCATOR_FRAMES: &[&str] = &[
     // frames without their module path: trim by source file as well.
     "@holmes-agent/src/alloc.rs",
     "@agent/src/alloc.rs",
+    "@agent/src/capture/unwind.rs",
+    "holmes_agent::capture::unwind::",
     "@/library/alloc/",
     "@/library/core/",
     "@/library/std/src/alloc.rs",

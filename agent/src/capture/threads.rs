@@ -393,45 +393,7 @@ fn read_frames(slot: &Slot) -> Vec<usize> {
 /// Walks the calling thread's own stack: `out[0]` is a pc in this function.
 #[inline(never)]
 fn own_stack(out: &mut [usize]) -> usize {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let (pc, fp, sp): (usize, usize, usize);
-        // SAFETY: only reads rip, rbp and rsp into registers.
-        unsafe {
-            std::arch::asm!(
-                "lea {pc}, [rip]",
-                "mov {fp}, rbp",
-                "mov {sp}, rsp",
-                pc = out(reg) pc,
-                fp = out(reg) fp,
-                sp = out(reg) sp,
-                options(nomem, nostack, preserves_flags),
-            );
-        }
-        unwind::walk(Registers { pc, fp, sp }, out)
-    }
-    #[cfg(target_arch = "aarch64")]
-    {
-        let (pc, fp, sp): (usize, usize, usize);
-        // SAFETY: only reads pc, x29 and sp into registers.
-        unsafe {
-            std::arch::asm!(
-                "adr {pc}, .",
-                "mov {fp}, x29",
-                "mov {sp}, sp",
-                pc = out(reg) pc,
-                fp = out(reg) fp,
-                sp = out(reg) sp,
-                options(nomem, nostack, preserves_flags),
-            );
-        }
-        unwind::walk(Registers { pc, fp, sp }, out)
-    }
-    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-    {
-        let _ = out;
-        0
-    }
+    unwind::walk_here(out)
 }
 
 /// One thread during a capture.

@@ -172,6 +172,52 @@ pub(crate) fn walk(regs: Registers, out: &mut [usize]) -> usize {
     n
 }
 
+/// Walks the calling code's own stack (not in a signal handler): reads pc, frame
+/// pointer and stack pointer where it is inlined, then [`walk`]s. Always inlined, so
+/// `out[0]` is a pc inside the caller.
+#[inline(always)]
+pub(crate) fn walk_here(out: &mut [usize]) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (pc, fp, sp): (usize, usize, usize);
+        // SAFETY: only reads rip, rbp and rsp into registers.
+        unsafe {
+            std::arch::asm!(
+                "lea {pc}, [rip]",
+                "mov {fp}, rbp",
+                "mov {sp}, rsp",
+                pc = out(reg) pc,
+                fp = out(reg) fp,
+                sp = out(reg) sp,
+                options(nomem, nostack, preserves_flags),
+            );
+        }
+        walk(Registers { pc, fp, sp }, out)
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        let (pc, fp, sp): (usize, usize, usize);
+        // SAFETY: only reads pc, x29 and sp into registers.
+        unsafe {
+            std::arch::asm!(
+                "adr {pc}, .",
+                "mov {fp}, x29",
+                "mov {sp}, sp",
+                pc = out(reg) pc,
+                fp = out(reg) fp,
+                sp = out(reg) sp,
+                options(nomem, nostack, preserves_flags),
+            );
+        }
+        walk(Registers { pc, fp, sp }, out)
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        let _ = out;
+        0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
