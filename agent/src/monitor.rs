@@ -156,7 +156,7 @@ fn run(cfg: &Arc<AgentConfig>, shared: &Arc<Shared>) {
     let mut next_fast = cfg.memory_fast_interval.map(|f| Instant::now() + f);
     loop {
         while let Some(request) = shared.next_capture_request() {
-            fire_requested(&ctx, request);
+            fire_requested(&ctx, &request);
         }
         let now = Instant::now();
         if now >= next_sample {
@@ -369,13 +369,15 @@ struct Firing {
 fn fire(ctx: &Ctx<'_>, last_cpu: Option<f64>, f: Firing) {
     let cfg = ctx.cfg;
     let gated = cfg.cpu_max > 0.0 && last_cpu.is_some_and(|cpu| cpu > cfg.cpu_max);
+    let event_id = crate::event_id::new();
     let planned = if gated {
         Vec::new()
     } else {
-        ctx.captures.kinds_for(f.metric)
+        ctx.captures
+            .claim(&event_id, &ctx.captures.kinds_for(f.metric))
     };
     let event = TriggerEvent {
-        event_id: crate::event_id::new(),
+        event_id,
         metric: Some(f.metric),
         reason: f.reason,
         current: f.current,
@@ -397,29 +399,31 @@ fn fire(ctx: &Ctx<'_>, last_cpu: Option<f64>, f: Firing) {
     );
     record_event(ctx, &event);
     ctx.captures
-        .start(ctx.cfg, ctx.shared, &event.event_id, planned);
+        .run(ctx.cfg, ctx.shared, &event.event_id, planned);
     // Counted last, so whoever sees the count also finds the dump and the queued event.
     ctx.shared.triggers.fetch_add(1, Ordering::Relaxed);
 }
 
 /// A capture asked for by the collector or the host: a trigger event with reason
 /// `requested`, then the captures.
-fn fire_requested(ctx: &Ctx<'_>, request: holmes_proto::CaptureRequest) {
+fn fire_requested(ctx: &Ctx<'_>, request: &holmes_proto::CaptureRequest) {
+    let event_id = crate::event_id::new();
+    let claimed = ctx.captures.claim(&event_id, &request.kinds);
     let event = TriggerEvent {
-        event_id: crate::event_id::new(),
+        event_id,
         metric: None,
         reason: holmes_proto::TriggerReason::Requested,
         current: 0.0,
         window: Vec::new(),
         rule: None,
         unix_nanos: unix_nanos_now(),
-        planned: request.kinds.clone(),
+        planned: claimed.clone(),
         request_id: Some(request.request_id.clone()),
     };
     tracing::info!(target: "holmes", event_id = %event.event_id, request_id = %request.request_id, kinds = ?request.kinds, "capture requested");
     record_event(ctx, &event);
     ctx.captures
-        .start(ctx.cfg, ctx.shared, &event.event_id, request.kinds);
+        .run(ctx.cfg, ctx.shared, &event.event_id, claimed);
     ctx.shared.triggers.fetch_add(1, Ordering::Relaxed);
 }
 

@@ -6,8 +6,9 @@
 //! - [`heap`]: heap profiles, from jemalloc or the sampling allocator.
 //! - [`tasks`]: tokio task dumps of the registered runtimes (the `taskdump` feature).
 //!
-//! [`Captures`] runs one capture at a time on a short-lived `holmes-capture` thread, so
-//! the agent keeps sampling meanwhile. Each profile goes to the dump folder as
+//! [`Captures`] runs captures on short-lived `holmes-capture` threads, so the agent keeps
+//! sampling meanwhile; at most one capture of each kind runs at a time, and kinds run
+//! side by side (a thread dump does not wait for a 2 s CPU profile to finish). Each profile goes to the dump folder as
 //! `<kind>.<event-id>.<timestamp>.pb.gz` and, with a collector, into the outbox as
 //! chunks. A capture that fails is reported as a profile carrying the error.
 
@@ -20,7 +21,7 @@ pub(crate) mod threads;
 pub(crate) mod unwind;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -58,7 +59,8 @@ pub(crate) struct Captured {
 /// The capture machinery shared by the monitor and the capture threads.
 #[derive(Debug)]
 pub(crate) struct Captures {
-    busy: AtomicBool,
+    /// One bit per [`ProfileKind`] being captured right now.
+    busy: AtomicU8,
     /// `None` when CPU profiling could not start (another profiler, unsupported).
     recorder: Option<Mutex<cpu::FlightRecorder>>,
     symbolizer: Mutex<Symbolizer>,
@@ -81,7 +83,7 @@ impl Captures {
             None
         };
         Captures {
-            busy: AtomicBool::new(false),
+            busy: AtomicU8::new(0),
             recorder,
             symbolizer: Mutex::new(Symbolizer::new()),
         }
@@ -108,42 +110,70 @@ impl Captures {
         }
     }
 
-    /// Starts capturing `kinds` for `event_id` on a capture thread, unless one is running.
-    /// Returns false (and captures nothing) when busy.
-    pub(crate) fn start(
+    /// Claims the kinds of `kinds` that are not being captured right now and returns
+    /// them, in order; the others are logged and left out (one capture of a kind at a
+    /// time). Hand the claim to [`Captures::run`], which releases it.
+    pub(crate) fn claim(&self, event_id: &str, kinds: &[ProfileKind]) -> Vec<ProfileKind> {
+        let wanted = kinds.iter().fold(0u8, |bits, k| bits | kind_bit(*k));
+        let before = self
+            .busy
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |busy| {
+                Some(busy | wanted)
+            })
+            .unwrap_or_else(|busy| busy);
+        let taken = wanted & !before;
+        let (claimed, skipped): (Vec<ProfileKind>, Vec<ProfileKind>) =
+            kinds.iter().partition(|k| taken & kind_bit(**k) != 0);
+        if !skipped.is_empty() {
+            let skipped: Vec<&str> = skipped.iter().map(|k| k.as_str()).collect();
+            tracing::info!(target: "holmes", event_id, ?skipped, "a capture of this kind is already running; this trigger gets none of it");
+        }
+        claimed
+    }
+
+    /// Captures the `claimed` kinds (from [`Captures::claim`]) for `event_id` on a
+    /// capture thread. If no thread can be started, each kind is reported as a failed
+    /// capture, so whoever waits for the planned profiles learns why.
+    pub(crate) fn run(
         self: &Arc<Self>,
         cfg: &Arc<AgentConfig>,
         shared: &Arc<Shared>,
         event_id: &str,
-        kinds: Vec<ProfileKind>,
-    ) -> bool {
-        if kinds.is_empty() {
-            return true;
+        claimed: Vec<ProfileKind>,
+    ) {
+        if claimed.is_empty() {
+            return;
         }
-        if self.busy.swap(true, Ordering::AcqRel) {
-            tracing::info!(target: "holmes", event_id, "a capture is already running; this trigger gets none");
-            return false;
-        }
+        let bits = claimed.iter().fold(0u8, |b, k| b | kind_bit(*k));
         let this = Arc::clone(self);
-        let cfg = Arc::clone(cfg);
-        let shared = Arc::clone(shared);
-        let event_id = event_id.to_owned();
+        let (cfg2, shared2) = (Arc::clone(cfg), Arc::clone(shared));
+        let id = event_id.to_owned();
+        let kinds = claimed.clone();
         let spawned = std::thread::Builder::new()
             .name("holmes-capture".to_owned())
             .spawn(move || {
                 for kind in kinds {
-                    this.capture(&cfg, &shared, kind, &mut |c| {
-                        deliver(&cfg, &shared, &event_id, c)
+                    this.capture(&cfg2, &shared2, kind, &mut |c| {
+                        deliver(&cfg2, &shared2, &id, c)
                     });
                 }
-                this.busy.store(false, Ordering::Release);
+                this.busy.fetch_and(!bits, Ordering::AcqRel);
             });
         if let Err(err) = spawned {
             tracing::warn!(target: "holmes", error = %err, "cannot start a capture thread");
-            self.busy.store(false, Ordering::Release);
-            return false;
+            self.busy.fetch_and(!bits, Ordering::AcqRel);
+            for kind in claimed {
+                let c = Captured {
+                    kind,
+                    started_unix_nanos: unix_nanos_now(),
+                    duration: Duration::ZERO,
+                    labels: BTreeMap::new(),
+                    result: Err(format!("cannot start a capture thread: {err}")),
+                    text: None,
+                };
+                deliver(cfg, shared, event_id, c);
+            }
         }
-        true
     }
 
     /// Runs one capture, handing each profile to `sink` as soon as it is ready (the CPU
@@ -360,6 +390,16 @@ impl Captures {
     }
 }
 
+/// The bit of [`Captures::busy`] that stands for `kind`.
+fn kind_bit(kind: ProfileKind) -> u8 {
+    match kind {
+        ProfileKind::Cpu => 1,
+        ProfileKind::Heap => 2,
+        ProfileKind::Threads => 4,
+        ProfileKind::Tasks => 8,
+    }
+}
+
 fn phase(name: &str) -> BTreeMap<String, String> {
     [("phase".to_owned(), name.to_owned())].into()
 }
@@ -452,8 +492,39 @@ fn deliver(cfg: &AgentConfig, shared: &Shared, event_id: &str, mut c: Captured) 
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn idle() -> Captures {
+        Captures {
+            busy: AtomicU8::new(0),
+            recorder: None,
+            symbolizer: Mutex::new(Symbolizer::new()),
+        }
+    }
+
+    #[test]
+    fn one_capture_per_kind_but_kinds_run_side_by_side() {
+        let c = idle();
+        assert_eq!(c.claim("e1", &[ProfileKind::Cpu]), vec![ProfileKind::Cpu]);
+        // A thread pile-up during a CPU profile still gets its thread dump.
+        assert_eq!(
+            c.claim("e2", &[ProfileKind::Threads, ProfileKind::Cpu]),
+            vec![ProfileKind::Threads]
+        );
+        assert_eq!(
+            c.claim("e3", &[ProfileKind::Cpu]),
+            Vec::<ProfileKind>::new()
+        );
+        c.busy
+            .fetch_and(!kind_bit(ProfileKind::Cpu), Ordering::AcqRel);
+        assert_eq!(
+            c.claim("e4", &[ProfileKind::Cpu, ProfileKind::Threads]),
+            vec![ProfileKind::Cpu]
+        );
+    }
+
     #[test]
     fn file_times_are_compact() {
-        assert_eq!(super::compact_time(1_500_000_000), "19700101T000001.500Z");
+        assert_eq!(compact_time(1_500_000_000), "19700101T000001.500Z");
     }
 }
