@@ -7,11 +7,14 @@
 //! - [`model`]: the domain types the rest of Holmes works with.
 //! - [`transform`]: conversions between the two, where malformed wire data is rejected
 //!   with a [`transform::DecodeError`] naming the offending field.
+//! - [`pprof`]: `profile.proto`, the standard profile format agents write and the
+//!   collector decodes.
 //! - [`names`]: the rules for service names, instance ids and label keys, shared by the
 //!   agent (which refuses to start with a bad name) and the collector (which rejects one).
 
 pub mod model;
 pub mod names;
+pub mod pprof;
 pub mod rule_spec;
 pub mod transform;
 

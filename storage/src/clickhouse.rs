@@ -6,17 +6,19 @@
 //! the crate sends a setting 18.16 rejects; with LZ4 its selects come back empty).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use clickhouse::{Client, Compression, Row};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    InstanceInfo, MetricPoint, MetricQuery, ProfileMeta, ProfileQuery, ProfileRecord,
-    ServiceSummary, Store, StoreError, TriggerQuery, TriggerRecord,
+    InstanceInfo, MetricPoint, MetricQuery, ProfileContents, ProfileMeta, ProfileQuery,
+    ProfileRecord, ServiceSummary, Store, StoreError, TriggerQuery, TriggerRecord,
 };
 
 mod profiles;
+mod stacks;
 mod triggers;
 
 /// Database used when the configuration names none.
@@ -159,6 +161,35 @@ const MIGRATIONS: &[&[&str]] = &[
         day Date
     ) ENGINE = ReplacingMergeTree ORDER BY profile_id",
     ],
+    // 4: normalized profile contents (see `stacks.rs`). Stacks are keyed by their
+    // content id alone, stored once; samples by `(service, profile_id, idx)`, so a
+    // resend folds into the same rows.
+    &[
+        "CREATE TABLE IF NOT EXISTS stacks (
+        stack_id UInt64,
+        functions Array(String),
+        files Array(String),
+        lines Array(UInt32)
+    ) ENGINE = ReplacingMergeTree ORDER BY stack_id",
+        "CREATE TABLE IF NOT EXISTS profile_contents (
+        day Date,
+        service String,
+        profile_id String,
+        started UInt64,
+        type_names Array(String),
+        type_units Array(String)
+    ) ENGINE = ReplacingMergeTree PARTITION BY day ORDER BY (service, profile_id)",
+        "CREATE TABLE IF NOT EXISTS profile_samples (
+        day Date,
+        service String,
+        profile_id String,
+        idx UInt32,
+        stack_id UInt64,
+        vals Array(Int64),
+        label_keys Array(String),
+        label_values Array(String)
+    ) ENGINE = ReplacingMergeTree PARTITION BY day ORDER BY (service, profile_id, idx)",
+    ],
 ];
 
 #[derive(Row, Serialize, Deserialize)]
@@ -232,6 +263,7 @@ pub struct ClickHouseStore {
     client: Client,
     url: String,
     version: ServerVersion,
+    known_stacks: Arc<stacks::KnownStacks>,
 }
 
 impl std::fmt::Debug for ClickHouseStore {
@@ -293,6 +325,7 @@ impl ClickHouseStore {
             client,
             url: config.url.clone(),
             version,
+            known_stacks: Arc::default(),
         };
         store.migrate().await?;
         Ok(store)
@@ -538,6 +571,17 @@ impl Store for ClickHouseStore {
 
     async fn get_profile(&self, profile_id: &str) -> Result<Option<ProfileRecord>, StoreError> {
         profiles::get(self, profile_id).await
+    }
+
+    async fn insert_profile_contents(&self, contents: &ProfileContents) -> Result<(), StoreError> {
+        stacks::insert(self, contents).await
+    }
+
+    async fn get_profile_contents(
+        &self,
+        profile_id: &str,
+    ) -> Result<Option<ProfileContents>, StoreError> {
+        stacks::get(self, profile_id).await
     }
 }
 

@@ -123,4 +123,17 @@ pub trait Store: Send + Sync + 'static {
     /// One profile with its bytes, by its id alone (ids are 128 random bits, unique
     /// across services); `None` if no profile has this id.
     async fn get_profile(&self, profile_id: &str) -> Result<Option<ProfileRecord>, StoreError>;
+
+    /// Stores a profile's normalized contents: each of its stacks once across all
+    /// profiles (keyed by [`Stack::stack_id`]), its samples referring to them. Storing
+    /// the same contents again (a resend) keeps one copy. The ingest stores the contents
+    /// before the [`ProfileRecord`], so a listed profile has its contents.
+    async fn insert_profile_contents(&self, contents: &ProfileContents) -> Result<(), StoreError>;
+
+    /// A profile's normalized contents by its id: sample types, samples in the order
+    /// stored, and the stacks they use, in order of first use. `None` if none were stored.
+    async fn get_profile_contents(
+        &self,
+        profile_id: &str,
+    ) -> Result<Option<ProfileContents>, StoreError>;
 }

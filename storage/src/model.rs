@@ -194,3 +194,90 @@ pub struct ProfileQuery {
     /// At most this many profiles.
     pub limit: u64,
 }
+
+/// One frame of a stored stack: function, source file and line (empty and 0 when
+/// unknown).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StackFrame {
+    /// Function name, demangled.
+    pub function: String,
+    /// Source file.
+    pub file: String,
+    /// Line in the file.
+    pub line: u32,
+}
+
+/// A distinct call stack, innermost frame first, stored once however many samples and
+/// profiles use it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stack {
+    /// [`stack_id`] of `frames`.
+    pub stack_id: u64,
+    /// Frames, leaf first.
+    pub frames: Vec<StackFrame>,
+}
+
+impl Stack {
+    /// A stack with its content id.
+    pub fn new(frames: Vec<StackFrame>) -> Self {
+        Stack {
+            stack_id: stack_id(&frames),
+            frames,
+        }
+    }
+}
+
+/// The content hash that keys a stack: 64-bit FNV-1a over every frame's function, file
+/// and line, each field ended by a byte no name contains. Stable across versions and
+/// machines (stored ids depend on it); two different stacks share an id with probability
+/// about n²/2⁶⁵ for n distinct stacks.
+pub fn stack_id(frames: &[StackFrame]) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut h = OFFSET;
+    let mut eat = |bytes: &[u8]| {
+        for b in bytes {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(PRIME);
+        }
+    };
+    for f in frames {
+        eat(f.function.as_bytes());
+        eat(&[0xff]);
+        eat(f.file.as_bytes());
+        eat(&[0xff]);
+        eat(&f.line.to_le_bytes());
+        eat(&[0xfe]);
+    }
+    h
+}
+
+/// One sample of a normalized profile: a stack, one value per sample type, labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackSample {
+    /// The [`Stack`] it was taken in.
+    pub stack_id: u64,
+    /// One value per [`ProfileContents::sample_types`] entry.
+    pub values: Vec<i64>,
+    /// String labels (numeric ones become their decimal text), in profile order.
+    pub labels: Vec<(String, String)>,
+}
+
+/// What a profile holds, normalized: its distinct stacks and its samples referring to
+/// them. The original bytes stay in the [`ProfileRecord`] for exact download; this form
+/// is what merges, flame graphs and comparisons read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfileContents {
+    /// The profile's id ([`ProfileRecord::profile_id`]).
+    pub profile_id: String,
+    /// Service name.
+    pub service: String,
+    /// When the capture started, nanoseconds since the Unix epoch.
+    pub started_unix_nanos: u64,
+    /// (type, unit) of each sample value, e.g. `("cpu", "nanoseconds")`.
+    pub sample_types: Vec<(String, String)>,
+    /// Every distinct stack the samples use, each once.
+    pub stacks: Vec<Stack>,
+    /// The samples; two samples of one stack stay two (their labels may differ).
+    pub samples: Vec<StackSample>,
+}

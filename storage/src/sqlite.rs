@@ -11,11 +11,12 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection};
 
 use crate::{
-    InstanceInfo, MetricPoint, MetricQuery, ProfileMeta, ProfileQuery, ProfileRecord,
-    ServiceSummary, Store, StoreError, TriggerQuery, TriggerRecord,
+    InstanceInfo, MetricPoint, MetricQuery, ProfileContents, ProfileMeta, ProfileQuery,
+    ProfileRecord, ServiceSummary, Store, StoreError, TriggerQuery, TriggerRecord,
 };
 
 mod profiles;
+mod stacks;
 mod triggers;
 
 /// File name of the database inside the data directory.
@@ -87,6 +88,26 @@ const MIGRATIONS: &[&str] = &[
         UNIQUE (profile_id, service)
     );
     CREATE INDEX profiles_by_time ON profiles (service, started, profile_id);",
+    // 4: normalized profile contents (see `stacks.rs` for the BLOB forms). A stack is
+    // stored once, however many profiles use it.
+    "CREATE TABLE stacks (
+        stack_id INTEGER PRIMARY KEY,
+        frames BLOB NOT NULL
+    );
+    CREATE TABLE profile_contents (
+        profile_id TEXT PRIMARY KEY,
+        service TEXT NOT NULL,
+        started INTEGER NOT NULL,
+        sample_types BLOB NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE profile_samples (
+        profile_id TEXT NOT NULL,
+        idx INTEGER NOT NULL,
+        stack_id INTEGER NOT NULL,
+        vals BLOB NOT NULL,
+        labels BLOB,
+        PRIMARY KEY (profile_id, idx)
+    ) WITHOUT ROWID;",
 ];
 
 /// The embedded SQLite store.
@@ -391,6 +412,19 @@ impl Store for SqliteStore {
     async fn get_profile(&self, profile_id: &str) -> Result<Option<ProfileRecord>, StoreError> {
         let id = profile_id.to_owned();
         self.with_conn(move |conn| profiles::get(conn, &id)).await
+    }
+
+    async fn insert_profile_contents(&self, contents: &ProfileContents) -> Result<(), StoreError> {
+        let c = contents.clone();
+        self.with_conn(move |conn| stacks::insert(conn, &c)).await
+    }
+
+    async fn get_profile_contents(
+        &self,
+        profile_id: &str,
+    ) -> Result<Option<ProfileContents>, StoreError> {
+        let id = profile_id.to_owned();
+        self.with_conn(move |conn| stacks::get(conn, &id)).await
     }
 }
 

@@ -11,8 +11,8 @@ use std::time::Duration;
 use holmes_proto::{Metric, ProfileKind, RuleConfig, Sample, TriggerReason};
 
 use crate::{
-    InstanceInfo, MetricPoint, MetricQuery, ProfileMeta, ProfileQuery, ProfileRecord, Store,
-    TriggerQuery, TriggerRecord,
+    InstanceInfo, MetricPoint, MetricQuery, ProfileContents, ProfileMeta, ProfileQuery,
+    ProfileRecord, Stack, StackFrame, StackSample, Store, TriggerQuery, TriggerRecord,
 };
 
 const SEC: u64 = 1_000_000_000;
@@ -718,6 +718,129 @@ pub async fn profiles_filter_by_service_event_kind_and_range(store: impl Store) 
     assert_eq!(store.get_profile("x' OR '1'='1").await.unwrap(), None);
 }
 
+fn frame(function: &str, file: &str, line: u32) -> StackFrame {
+    StackFrame {
+        function: function.to_owned(),
+        file: file.to_owned(),
+        line,
+    }
+}
+
+/// A CPU profile of `service` whose samples use stacks `a`, `b`, `a` (labelled by
+/// thread), so stack `a` is shared by two samples.
+fn contents(service: &str, id: &str, started: u64, a: &Stack, b: &Stack) -> ProfileContents {
+    let sample = |stack: &Stack, n: i64, thread: &str| StackSample {
+        stack_id: stack.stack_id,
+        values: vec![n, n * 10_000_000],
+        labels: vec![("thread".to_owned(), thread.to_owned())],
+    };
+    ProfileContents {
+        profile_id: id.to_owned(),
+        service: service.to_owned(),
+        started_unix_nanos: started,
+        sample_types: vec![
+            ("samples".to_owned(), "count".to_owned()),
+            ("cpu".to_owned(), "nanoseconds".to_owned()),
+        ],
+        stacks: vec![a.clone(), b.clone()],
+        samples: vec![
+            sample(a, 7, "worker-1"),
+            sample(b, 1, "main"),
+            sample(a, 3, "worker-2"),
+        ],
+    }
+}
+
+fn stacks_ab() -> (Stack, Stack) {
+    let a = Stack::new(vec![
+        frame("shop::render_price_table", "src/render.rs", 42),
+        frame("shop::handle", "src/main.rs", 7),
+        frame("std::rt::lang_start", "", 0),
+    ]);
+    let b = Stack::new(vec![
+        frame(
+            "core::ptr::drop_in_place<alloc::vec::Vec<u8>>",
+            "/rustc/x/ptr.rs",
+            523,
+        ),
+        frame("shop::handle", "src/main.rs", 9),
+    ]);
+    (a, b)
+}
+
+/// A profile's normalized contents read back exactly: sample types, samples in order
+/// with values and labels, each stack once with all its frames.
+pub async fn profile_contents_roundtrip_exactly(store: impl Store) {
+    let (a, b) = stacks_ab();
+    let c = contents("checkout", &profile_id(1), T0, &a, &b);
+    store.insert_profile_contents(&c).await.unwrap();
+    assert_eq!(
+        store.get_profile_contents(&profile_id(1)).await.unwrap(),
+        Some(c)
+    );
+    assert_eq!(
+        store.get_profile_contents(&profile_id(2)).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.get_profile_contents("x' OR '1'='1").await.unwrap(),
+        None
+    );
+    // Names are data, whatever their characters; an empty profile is a profile.
+    let odd = Stack::new(vec![frame(
+        "<T as Tr>::f'\\\"\n\t\u{0}",
+        "c:\\src\\ä.rs",
+        u32::MAX,
+    )]);
+    let mut hostile = contents("checkout", &profile_id(3), T0 + SEC, &odd, &odd);
+    hostile.stacks = vec![odd.clone()];
+    hostile.samples[0].values = vec![i64::MIN, i64::MAX];
+    hostile.samples[0]
+        .labels
+        .push(("thread".to_owned(), String::new()));
+    store.insert_profile_contents(&hostile).await.unwrap();
+    assert_eq!(
+        store.get_profile_contents(&profile_id(3)).await.unwrap(),
+        Some(hostile)
+    );
+    let empty = ProfileContents {
+        profile_id: profile_id(4),
+        service: "checkout".to_owned(),
+        started_unix_nanos: T0,
+        sample_types: vec![("threads".to_owned(), "count".to_owned())],
+        stacks: Vec::new(),
+        samples: Vec::new(),
+    };
+    store.insert_profile_contents(&empty).await.unwrap();
+    assert_eq!(
+        store.get_profile_contents(&profile_id(4)).await.unwrap(),
+        Some(empty)
+    );
+}
+
+/// Stacks shared by profiles of several services and instances, and contents resent
+/// after a lost ack, read back as stored once: each profile has exactly its samples.
+pub async fn shared_stacks_and_resent_contents_are_stored_once(store: impl Store) {
+    let (a, b) = stacks_ab();
+    let c = Stack::new(vec![frame("cart::add", "src/cart.rs", 1)]);
+    let first = contents("checkout", &profile_id(1), T0, &a, &b);
+    let second = contents("checkout", &profile_id(2), T0 + 86_400 * SEC, &a, &c);
+    let third = contents("cart", &profile_id(3), T0 + 5 * SEC, &c, &b);
+    for p in [&first, &second, &third, &first, &second] {
+        store.insert_profile_contents(p).await.unwrap();
+    }
+    for p in [&first, &second, &third] {
+        assert_eq!(
+            store
+                .get_profile_contents(&p.profile_id)
+                .await
+                .unwrap()
+                .as_ref(),
+            Some(p)
+        );
+    }
+}
+
 /// Generates one `#[tokio::test]` per conformance case. `$make` is an async expression
 /// that returns `Some(fresh empty store)`, or `None` when the backend's server is
 /// deliberately absent (the case then passes as skipped, having said so).
@@ -739,6 +862,8 @@ macro_rules! store_conformance_tests {
             profiles_roundtrip_exactly,
             resent_profiles_are_stored_once,
             profiles_filter_by_service_event_kind_and_range,
+            profile_contents_roundtrip_exactly,
+            shared_stacks_and_resent_contents_are_stored_once,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

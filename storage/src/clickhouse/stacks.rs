@@ -1,0 +1,327 @@
+//! Normalized profile contents on ClickHouse: the `stacks`, `profile_contents` and
+//! `profile_samples` tables of migration 4.
+//!
+//! `stacks` is keyed by the content id alone, so a stack written by many profiles (or
+//! resent) is folded by merges; reads take one row per id with `LIMIT 1 BY`. The store
+//! remembers the ids it wrote recently ([`KnownStacks`]) and writes only new stacks, so a
+//! fleet repeating the same stacks writes each about once per collector run.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use clickhouse::Row;
+use serde::{Deserialize, Serialize};
+
+use super::{date_text, day_of, ClickHouseStore};
+use crate::{ProfileContents, Stack, StackFrame, StackSample, StoreError};
+
+/// Stack ids remembered as written; past this many the memory starts over.
+pub(super) const MAX_KNOWN_STACKS: usize = 1 << 20;
+
+/// Stack ids this store has written, bounded by [`MAX_KNOWN_STACKS`].
+#[derive(Debug, Default)]
+pub(super) struct KnownStacks(Mutex<HashSet<u64>>);
+
+impl KnownStacks {
+    fn unknown(&self, stacks: &[Stack]) -> Vec<u64> {
+        let known = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        stacks
+            .iter()
+            .map(|s| s.stack_id)
+            .filter(|id| !known.contains(id))
+            .collect()
+    }
+
+    fn remember(&self, ids: &[u64]) {
+        let mut known = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if known.len() + ids.len() > MAX_KNOWN_STACKS {
+            known.clear();
+        }
+        known.extend(ids.iter().copied());
+    }
+}
+
+#[derive(Row, Serialize, Deserialize)]
+struct StackRow {
+    stack_id: u64,
+    functions: Vec<String>,
+    files: Vec<String>,
+    lines: Vec<u32>,
+}
+
+#[derive(Row, Serialize)]
+struct ContentsRow<'a> {
+    day: u16,
+    service: &'a str,
+    profile_id: &'a str,
+    started: u64,
+    type_names: Vec<&'a str>,
+    type_units: Vec<&'a str>,
+}
+
+#[derive(Row, Deserialize)]
+struct ContentsReadRow {
+    started: u64,
+    type_names: Vec<String>,
+    type_units: Vec<String>,
+}
+
+#[derive(Row, Serialize)]
+struct SampleRow<'a> {
+    day: u16,
+    service: &'a str,
+    profile_id: &'a str,
+    idx: u32,
+    stack_id: u64,
+    vals: &'a [i64],
+    label_keys: Vec<&'a str>,
+    label_values: Vec<&'a str>,
+}
+
+#[derive(Row, Deserialize)]
+struct SampleReadRow {
+    stack_id: u64,
+    vals: Vec<i64>,
+    label_keys: Vec<String>,
+    label_values: Vec<String>,
+}
+
+#[derive(Row, Serialize)]
+struct ProfileIdRow<'a> {
+    profile_id: &'a str,
+    service: &'a str,
+    day: u16,
+}
+
+#[derive(Row, Deserialize)]
+struct LocationRow {
+    service: String,
+    day: u16,
+}
+
+/// Writes new stacks, the samples, then the head row and the id lookup: a profile whose
+/// head can be read has all its samples. A failure leaves the profile unacknowledged;
+/// the resend writes the same rows again and merges fold them.
+pub(super) async fn insert(store: &ClickHouseStore, c: &ProfileContents) -> Result<(), StoreError> {
+    let day = day_of(c.started_unix_nanos);
+    let new_ids = store.known_stacks.unknown(&c.stacks);
+    if !new_ids.is_empty() {
+        let wanted: HashSet<u64> = new_ids.iter().copied().collect();
+        let mut insert = store
+            .client
+            .insert::<StackRow>("stacks")
+            .await
+            .map_err(|e| store.err(e))?;
+        for s in c.stacks.iter().filter(|s| wanted.contains(&s.stack_id)) {
+            insert
+                .write(&StackRow {
+                    stack_id: s.stack_id,
+                    functions: s.frames.iter().map(|f| f.function.clone()).collect(),
+                    files: s.frames.iter().map(|f| f.file.clone()).collect(),
+                    lines: s.frames.iter().map(|f| f.line).collect(),
+                })
+                .await
+                .map_err(|e| store.err(e))?;
+        }
+        insert.end().await.map_err(|e| store.err(e))?;
+        store.known_stacks.remember(&new_ids);
+    }
+    if !c.samples.is_empty() {
+        let mut insert = store
+            .client
+            .insert::<SampleRow<'_>>("profile_samples")
+            .await
+            .map_err(|e| store.err(e))?;
+        for (i, s) in c.samples.iter().enumerate() {
+            insert
+                .write(&SampleRow {
+                    day,
+                    service: &c.service,
+                    profile_id: &c.profile_id,
+                    idx: u32::try_from(i).unwrap_or(u32::MAX),
+                    stack_id: s.stack_id,
+                    vals: &s.values,
+                    label_keys: s.labels.iter().map(|(k, _)| k.as_str()).collect(),
+                    label_values: s.labels.iter().map(|(_, v)| v.as_str()).collect(),
+                })
+                .await
+                .map_err(|e| store.err(e))?;
+        }
+        insert.end().await.map_err(|e| store.err(e))?;
+    }
+    let mut head = store
+        .client
+        .insert::<ContentsRow<'_>>("profile_contents")
+        .await
+        .map_err(|e| store.err(e))?;
+    head.write(&ContentsRow {
+        day,
+        service: &c.service,
+        profile_id: &c.profile_id,
+        started: c.started_unix_nanos,
+        type_names: c.sample_types.iter().map(|(t, _)| t.as_str()).collect(),
+        type_units: c.sample_types.iter().map(|(_, u)| u.as_str()).collect(),
+    })
+    .await
+    .map_err(|e| store.err(e))?;
+    head.end().await.map_err(|e| store.err(e))?;
+    let mut by_id = store
+        .client
+        .insert::<ProfileIdRow<'_>>("profiles_by_id")
+        .await
+        .map_err(|e| store.err(e))?;
+    by_id
+        .write(&ProfileIdRow {
+            profile_id: &c.profile_id,
+            service: &c.service,
+            day,
+        })
+        .await
+        .map_err(|e| store.err(e))?;
+    by_id.end().await.map_err(|e| store.err(e))
+}
+
+fn mismatch(what: &'static str, a: usize, b: usize) -> StoreError {
+    StoreError::Corrupt {
+        what,
+        value: format!("{a} keys for {b} values"),
+    }
+}
+
+pub(super) async fn get(
+    store: &ClickHouseStore,
+    profile_id: &str,
+) -> Result<Option<ProfileContents>, StoreError> {
+    let location: Option<LocationRow> = store
+        .client
+        .query("SELECT ?fields FROM profiles_by_id WHERE profile_id = ? ORDER BY service LIMIT 1")
+        .bind(profile_id)
+        .fetch_optional()
+        .await
+        .map_err(|e| store.err(e))?;
+    let Some(location) = location else {
+        return Ok(None);
+    };
+    let date = date_text(location.day);
+    let head: Option<ContentsReadRow> = store
+        .client
+        .query(
+            "SELECT ?fields FROM profile_contents
+             WHERE service = ? AND day = toDate(?) AND profile_id = ? LIMIT 1",
+        )
+        .bind(&location.service)
+        .bind(&date)
+        .bind(profile_id)
+        .fetch_optional()
+        .await
+        .map_err(|e| store.err(e))?;
+    let Some(head) = head else {
+        return Ok(None);
+    };
+    if head.type_names.len() != head.type_units.len() {
+        return Err(mismatch(
+            "profile_contents.type_names/type_units",
+            head.type_names.len(),
+            head.type_units.len(),
+        ));
+    }
+    let rows: Vec<SampleReadRow> = store
+        .client
+        .query(
+            "SELECT ?fields FROM profile_samples
+             WHERE service = ? AND day = toDate(?) AND profile_id = ?
+             ORDER BY idx LIMIT 1 BY idx",
+        )
+        .bind(&location.service)
+        .bind(&date)
+        .bind(profile_id)
+        .fetch_all()
+        .await
+        .map_err(|e| store.err(e))?;
+    let mut order: Vec<u64> = Vec::new();
+    let mut seen = HashSet::new();
+    let mut samples = Vec::with_capacity(rows.len());
+    for r in rows {
+        if r.label_keys.len() != r.label_values.len() {
+            return Err(mismatch(
+                "profile_samples.label_keys/label_values",
+                r.label_keys.len(),
+                r.label_values.len(),
+            ));
+        }
+        if seen.insert(r.stack_id) {
+            order.push(r.stack_id);
+        }
+        samples.push(StackSample {
+            stack_id: r.stack_id,
+            values: r.vals,
+            labels: r.label_keys.into_iter().zip(r.label_values).collect(),
+        });
+    }
+    let mut by_id = read_stacks(store, &order).await?;
+    let mut stacks = Vec::with_capacity(order.len());
+    for id in order {
+        let stack = by_id.remove(&id).ok_or_else(|| StoreError::Corrupt {
+            what: "profile_samples.stack_id",
+            value: format!("{id:016x} has no stored stack"),
+        })?;
+        stacks.push(stack);
+    }
+    Ok(Some(ProfileContents {
+        profile_id: profile_id.to_owned(),
+        service: location.service,
+        started_unix_nanos: head.started,
+        sample_types: head.type_names.into_iter().zip(head.type_units).collect(),
+        stacks,
+        samples,
+    }))
+}
+
+/// The stacks with these ids, one row each, in batches that keep the query short.
+async fn read_stacks(
+    store: &ClickHouseStore,
+    ids: &[u64],
+) -> Result<HashMap<u64, Stack>, StoreError> {
+    let mut out = HashMap::with_capacity(ids.len());
+    for batch in ids.chunks(10_000) {
+        let rows: Vec<StackRow> = store
+            .client
+            .query("SELECT ?fields FROM stacks WHERE stack_id IN (SELECT arrayJoin(?)) LIMIT 1 BY stack_id")
+            .bind(batch)
+            .fetch_all()
+            .await
+            .map_err(|e| store.err(e))?;
+        for r in rows {
+            if r.functions.len() != r.files.len() || r.files.len() != r.lines.len() {
+                return Err(StoreError::Corrupt {
+                    what: "stacks.functions/files/lines",
+                    value: format!(
+                        "{} functions, {} files, {} lines",
+                        r.functions.len(),
+                        r.files.len(),
+                        r.lines.len()
+                    ),
+                });
+            }
+            let frames = r
+                .functions
+                .into_iter()
+                .zip(r.files)
+                .zip(r.lines)
+                .map(|((function, file), line)| StackFrame {
+                    function,
+                    file,
+                    line,
+                })
+                .collect();
+            out.insert(
+                r.stack_id,
+                Stack {
+                    stack_id: r.stack_id,
+                    frames,
+                },
+            );
+        }
+    }
+    Ok(out)
+}
