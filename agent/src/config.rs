@@ -20,6 +20,9 @@ pub const DEFAULT_COLLECT_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_SEND_INTERVAL: Duration = Duration::from_secs(5);
 /// Memory kept for messages the collector has not acknowledged (`HOLMES_OUTBOX_BYTES`).
 pub const DEFAULT_OUTBOX_BYTES: usize = 4 * 1024 * 1024;
+/// Disk kept for messages the collector has not acknowledged, when a spool folder is
+/// set (`HOLMES_SPOOL_BYTES`).
+pub const DEFAULT_SPOOL_BYTES: usize = 256 * 1024 * 1024;
 /// How long `stop()` waits for unacknowledged messages to be acknowledged.
 pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest wait between two reconnection attempts.
@@ -93,6 +96,8 @@ pub struct HolmesBuilder {
     pub(crate) collect_interval: Option<Duration>,
     pub(crate) send_interval: Option<Duration>,
     pub(crate) outbox_bytes: Option<usize>,
+    pub(crate) spool_dir: Option<PathBuf>,
+    pub(crate) spool_bytes: Option<usize>,
     pub(crate) flush_timeout: Option<Duration>,
     pub(crate) max_backoff: Option<Duration>,
     pub(crate) rules: BTreeMap<Metric, Rule>,
@@ -159,6 +164,24 @@ impl HolmesBuilder {
     /// metric windows are dropped and counted.
     pub fn outbox_bytes(mut self, bytes: usize) -> Self {
         self.outbox_bytes = Some(bytes);
+        self
+    }
+
+    /// Folder for the disk spool (`HOLMES_SPOOL_DIR`; default none: unacknowledged
+    /// messages are kept in memory only). With one, every message for the collector is
+    /// written there until it is acknowledged, so an unreachable collector or a restart
+    /// of the process loses nothing; the next start resends what it finds. One process
+    /// per folder (a second one runs without it, with a warning).
+    pub fn spool_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.spool_dir = Some(dir.into());
+        self
+    }
+
+    /// Disk cap of the spool (`HOLMES_SPOOL_BYTES`, default [`DEFAULT_SPOOL_BYTES`]).
+    /// When full, the oldest metric windows are dropped first, then the oldest trigger
+    /// events, then the oldest profiles (whole); drops are counted.
+    pub fn spool_bytes(mut self, bytes: usize) -> Self {
+        self.spool_bytes = Some(bytes);
         self
     }
 
@@ -315,6 +338,14 @@ impl HolmesBuilder {
                 self.outbox_bytes = Some(parse_bytes("HOLMES_OUTBOX_BYTES", &v)?);
             }
         }
+        if self.spool_dir.is_none() {
+            self.spool_dir = get("HOLMES_SPOOL_DIR").map(PathBuf::from);
+        }
+        if self.spool_bytes.is_none() {
+            if let Some(v) = get("HOLMES_SPOOL_BYTES") {
+                self.spool_bytes = Some(parse_bytes("HOLMES_SPOOL_BYTES", &v)?);
+            }
+        }
         for (var, metric) in RULE_VARS {
             if let Some(v) = get(var) {
                 let base = rule_spec::default_rule(metric)
@@ -415,6 +446,14 @@ impl HolmesBuilder {
                 reason: "at least 64 KiB".to_owned(),
             });
         }
+        let spool_bytes = self.spool_bytes.unwrap_or(DEFAULT_SPOOL_BYTES);
+        if spool_bytes < 1024 * 1024 {
+            return Err(ConfigError::OutOfRange {
+                setting: "spool_bytes",
+                value: spool_bytes.to_string(),
+                reason: "at least 1 MiB".to_owned(),
+            });
+        }
         let mut rules = BTreeMap::new();
         for metric in RULE_METRICS {
             let rule = self
@@ -471,6 +510,8 @@ impl HolmesBuilder {
                 .unwrap_or(DEFAULT_SEND_INTERVAL)
                 .max(collect_interval),
             outbox_bytes,
+            spool_dir: self.spool_dir,
+            spool_bytes,
             flush_timeout: self.flush_timeout.unwrap_or(DEFAULT_FLUSH_TIMEOUT),
             max_backoff: self
                 .max_backoff
@@ -511,6 +552,8 @@ pub(crate) struct AgentConfig {
     pub(crate) collect_interval: Duration,
     pub(crate) send_interval: Duration,
     pub(crate) outbox_bytes: usize,
+    pub(crate) spool_dir: Option<PathBuf>,
+    pub(crate) spool_bytes: usize,
     pub(crate) flush_timeout: Duration,
     pub(crate) max_backoff: Duration,
     pub(crate) connect_timeout: Duration,
@@ -674,6 +717,43 @@ mod tests {
         assert_eq!(cfg.send_interval, Duration::from_secs(2));
         assert_eq!(cfg.outbox_bytes, 8 * 1024 * 1024);
         assert_eq!(cfg.dump_dir, Some(PathBuf::from("/var/tmp/holmes")));
+    }
+
+    #[test]
+    fn spool_settings_come_from_code_then_environment_then_defaults() {
+        let base = || HolmesBuilder::default().service("s");
+        let cfg = base().resolve().unwrap();
+        assert_eq!(
+            (cfg.spool_dir, cfg.spool_bytes),
+            (None, DEFAULT_SPOOL_BYTES)
+        );
+        let vars = env(&[
+            ("HOLMES_SPOOL_DIR", "/var/spool/holmes"),
+            ("HOLMES_SPOOL_BYTES", "64MiB"),
+        ]);
+        let cfg = base().with_env_from(&vars).unwrap().resolve().unwrap();
+        assert_eq!(cfg.spool_dir, Some(PathBuf::from("/var/spool/holmes")));
+        assert_eq!(cfg.spool_bytes, 64 * 1024 * 1024);
+        let cfg = base()
+            .spool_dir("/tmp/mine")
+            .spool_bytes(2 * 1024 * 1024)
+            .with_env_from(&vars)
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert_eq!(cfg.spool_dir, Some(PathBuf::from("/tmp/mine")));
+        assert_eq!(cfg.spool_bytes, 2 * 1024 * 1024);
+        let err = base()
+            .with_env_from(env(&[("HOLMES_SPOOL_BYTES", "lots")]))
+            .unwrap_err();
+        assert!(err.to_string().starts_with("HOLMES_SPOOL_BYTES="), "{err}");
+        assert!(matches!(
+            base().spool_bytes(1000).resolve(),
+            Err(ConfigError::OutOfRange {
+                setting: "spool_bytes",
+                ..
+            })
+        ));
     }
 
     #[test]

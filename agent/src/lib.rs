@@ -10,6 +10,7 @@ mod capture;
 #[allow(dead_code)] // some parsers only serve the fixture tests
 mod cgroup;
 mod config;
+mod delivery;
 mod dump;
 mod event_id;
 mod monitor;
@@ -21,10 +22,11 @@ mod procfs;
 mod rules;
 mod sampler;
 mod sender;
+mod spool;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use tokio::sync::Notify;
 
@@ -36,7 +38,7 @@ pub use config::{
     ConfigError, HolmesBuilder, DEFAULT_COLLECT_INTERVAL, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_CPU_PROFILE_DURATION, DEFAULT_FLIGHT_RECORDER_WINDOW, DEFAULT_FLUSH_TIMEOUT,
     DEFAULT_MAX_BACKOFF, DEFAULT_MEMORY_FAST_INTERVAL, DEFAULT_OUTBOX_BYTES, DEFAULT_SEND_INTERVAL,
-    MAX_DURATION_SETTING, MIN_COLLECT_INTERVAL,
+    DEFAULT_SPOOL_BYTES, MAX_DURATION_SETTING, MIN_COLLECT_INTERVAL,
 };
 
 /// Entry point: `Holmes::builder()` or `Holmes::from_env()`.
@@ -120,8 +122,17 @@ pub struct AgentStats {
     pub unacked: u64,
     /// Bytes held by unacknowledged messages (approximate wire size).
     pub unacked_bytes: u64,
-    /// Messages dropped because the outbox was full.
+    /// Messages lost: dropped because the outbox or the spool was full (oldest metric
+    /// windows first, profiles last), or unreadable in the spool (counted in `corrupt`).
     pub dropped: u64,
+    /// Messages held in the spool folder (all unacknowledged ones, with a spool).
+    pub spooled: u64,
+    /// Bytes of the spool's files.
+    pub spooled_bytes: u64,
+    /// Messages found in the spool at start, from an earlier run, and queued again.
+    pub recovered: u64,
+    /// Spool files that could not be used: torn or corrupt, or a profile missing chunks.
+    pub corrupt: u64,
     /// Rules that fired.
     pub triggers: u64,
     /// Whether a stream to the collector is open now.
@@ -145,6 +156,7 @@ impl HolmesHandle {
     pub fn stats(&self) -> AgentStats {
         let s = &self.shared;
         let outbox = s.lock_outbox();
+        let (spooled, spooled_bytes) = outbox.spooled();
         AgentStats {
             samples: s.samples.load(Ordering::Relaxed),
             sent: s.sent.load(Ordering::Relaxed),
@@ -152,6 +164,10 @@ impl HolmesHandle {
             unacked: outbox.len() as u64,
             unacked_bytes: outbox.bytes() as u64,
             dropped: outbox.dropped(),
+            spooled,
+            spooled_bytes,
+            recovered: outbox.recovered(),
+            corrupt: outbox.corrupt(),
             triggers: s.triggers.load(Ordering::Relaxed),
             connected: s.connected.load(Ordering::Relaxed),
             connections: s.connections.load(Ordering::Relaxed),
@@ -264,6 +280,10 @@ pub(crate) struct Shared {
     /// Captures asked for by the collector or the host, taken by the agent thread.
     capture_requests: Mutex<std::collections::VecDeque<holmes_proto::CaptureRequest>>,
     outbox: Mutex<outbox::Outbox>,
+    /// The disk spool, when configured; opened by the agent thread as it starts.
+    spool: OnceLock<spool::Spool>,
+    /// Whether a spool write failed since the last one that worked (to log once).
+    spool_failing: AtomicBool,
     /// Woken when a message is queued.
     queued: Notify,
     samples: AtomicU64,
@@ -285,6 +305,8 @@ impl Shared {
             stop_requested: AtomicBool::new(false),
             capture_requests: Mutex::new(std::collections::VecDeque::new()),
             outbox: Mutex::new(outbox::Outbox::new(cfg.outbox_bytes)),
+            spool: OnceLock::new(),
+            spool_failing: AtomicBool::new(false),
             queued: Notify::new(),
             samples: AtomicU64::new(0),
             sent: AtomicU64::new(0),

@@ -148,6 +148,14 @@ fn run(cfg: &Arc<AgentConfig>, shared: &Arc<Shared>) {
     if cfg.collector.is_none() {
         tracing::info!(target: "holmes", service = %cfg.service, dump_dir = ?cfg.effective_dump_dir(), "no collector configured; triggers are written to the dump folder");
     }
+    match (&cfg.spool_dir, &cfg.collector) {
+        // Here, not in start(): loading the spool is file I/O, kept off the host's thread.
+        (Some(dir), Some(_)) => shared.open_spool(dir, cfg.spool_bytes as u64),
+        (Some(dir), None) => {
+            tracing::info!(target: "holmes", dir = %dir.display(), "spool folder unused: there is no collector to send to")
+        }
+        (None, _) => {}
+    }
     let mut sampler = Sampler::new();
     let mut engine = Engine::new(shared);
     let mut window = WindowBuilder::default();
@@ -221,8 +229,15 @@ fn run(cfg: &Arc<AgentConfig>, shared: &Arc<Shared>) {
         let deadline = Instant::now() + cfg.flush_timeout; // bounded in config
         while shared.lock_outbox().len() > 0 {
             if Instant::now() >= deadline {
-                let left = shared.lock_outbox().len();
-                tracing::warn!(target: "holmes", unacknowledged = left, "stopping with messages the collector has not acknowledged");
+                let (left, spooled) = {
+                    let outbox = shared.lock_outbox();
+                    (outbox.len(), outbox.spooled().0)
+                };
+                if spooled as usize == left {
+                    tracing::info!(target: "holmes", unacknowledged = left, "stopping with messages the collector has not acknowledged; they stay in the spool for the next start");
+                } else {
+                    tracing::warn!(target: "holmes", unacknowledged = left, spooled, "stopping with messages the collector has not acknowledged");
+                }
                 break;
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -441,10 +456,7 @@ fn record_event(ctx: &Ctx<'_>, event: &TriggerEvent) {
         }
     }
     if cfg.collector.is_some() {
-        ctx.shared
-            .lock_outbox()
-            .push(AgentBody::Trigger(event.clone()));
-        ctx.shared.queued.notify_one();
+        ctx.shared.enqueue(AgentBody::Trigger(event.clone()));
     }
 }
 
@@ -453,8 +465,7 @@ fn flush_window(cfg: &AgentConfig, shared: &Shared, window: &mut WindowBuilder) 
     if cfg.collector.is_none() || w.series.is_empty() {
         return;
     }
-    shared.lock_outbox().push(AgentBody::MetricWindow(w));
-    shared.queued.notify_one();
+    shared.enqueue(AgentBody::MetricWindow(w));
 }
 
 /// Accumulates samples per metric until the window is sent.

@@ -144,8 +144,8 @@ async fn session(
         let mut sent_upto = shared.lock_outbox().acked();
         let mut last_send = Instant::now();
         loop {
-            let batch = shared.lock_outbox().after(sent_upto, SEND_BATCH);
-            let more = batch.len() == SEND_BATCH;
+            let batch = shared.pending_after(sent_upto, SEND_BATCH);
+            let more = batch.len() >= SEND_BATCH;
             for msg in &batch {
                 send(&tx, pb::AgentMessage::from(msg)).await?;
                 sent_upto = msg.seq;
@@ -211,7 +211,7 @@ async fn send(
 fn handle_inbound(shared: &Shared, msg: pb::CollectorMessage) {
     match CollectorMessage::try_from(msg) {
         Ok(CollectorMessage::Ack { seq }) => {
-            shared.lock_outbox().ack(seq);
+            shared.ack(seq);
         }
         Ok(CollectorMessage::ConfigUpdate(update)) => shared.apply_config_update(&update),
         Ok(CollectorMessage::CaptureRequest(req)) => {

@@ -468,11 +468,11 @@ fn deliver(cfg: &AgentConfig, shared: &Shared, event_id: &str, mut c: Captured) 
         data.chunks(MAX_CHUNK_BYTES).collect()
     };
     let count = u32::try_from(pieces.len()).unwrap_or(u32::MAX);
-    // One lock for all chunks: their sequence numbers are consecutive, so the collector
-    // sees a profile's chunks together.
-    let mut outbox = shared.lock_outbox();
+    // Queued together: their sequence numbers are consecutive, so the collector sees a
+    // profile's chunks together, and a full outbox drops the whole profile or none of it.
+    let mut chunks = Vec::with_capacity(pieces.len());
     for (i, piece) in pieces.into_iter().enumerate() {
-        outbox.push(AgentBody::ProfileChunk(ProfileChunk {
+        chunks.push(AgentBody::ProfileChunk(ProfileChunk {
             profile_id: profile_id.clone(),
             event_id: event_id.to_owned(),
             kind: c.kind,
@@ -486,8 +486,7 @@ fn deliver(cfg: &AgentConfig, shared: &Shared, event_id: &str, mut c: Captured) 
             labels: c.labels.clone(),
         }));
     }
-    drop(outbox);
-    shared.queued.notify_one();
+    shared.enqueue_group(chunks);
 }
 
 #[cfg(test)]
