@@ -26,13 +26,22 @@ pub(crate) fn spawn(
     shared: Arc<Shared>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let cfg = Arc::new(cfg);
+    // The sender waits for the spool to be open, so that it starts with what an earlier
+    // run left there (the agent thread drops `spool_open` once it is).
+    let (spool_open, spool_opened) = std::sync::mpsc::sync_channel::<()>(0);
     let sender = match &cfg.collector {
-        Some(_) => Some(spawn_sender(Arc::clone(&cfg), Arc::clone(&shared))?),
+        Some(_) => Some(spawn_sender(
+            Arc::clone(&cfg),
+            Arc::clone(&shared),
+            spool_opened,
+        )?),
         None => None,
     };
     std::thread::Builder::new()
         .name("holmes-agent".to_owned())
         .spawn(move || {
+            open_spool(&cfg, &shared);
+            drop(spool_open);
             run(&cfg, &shared);
             if let Some(sender) = sender {
                 sender.stop();
@@ -55,11 +64,17 @@ impl SenderThread {
     }
 }
 
-fn spawn_sender(cfg: Arc<AgentConfig>, shared: Arc<Shared>) -> std::io::Result<SenderThread> {
+fn spawn_sender(
+    cfg: Arc<AgentConfig>,
+    shared: Arc<Shared>,
+    spool_opened: std::sync::mpsc::Receiver<()>,
+) -> std::io::Result<SenderThread> {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::Builder::new()
         .name("holmes-sender".to_owned())
         .spawn(move || {
+            // Returns when the agent thread drops its end (nothing is ever sent).
+            let _ = spool_opened.recv();
             let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -138,6 +153,18 @@ impl Engine {
     }
 }
 
+/// Opens the spool, if one is configured: on the agent thread, not in `start()`, since
+/// it is file I/O and `start()` runs on a host thread.
+fn open_spool(cfg: &AgentConfig, shared: &Shared) {
+    match (&cfg.spool_dir, &cfg.collector) {
+        (Some(dir), Some(_)) => shared.open_spool(dir, cfg.spool_bytes as u64),
+        (Some(dir), None) => {
+            tracing::info!(target: "holmes", dir = %dir.display(), "spool folder unused: there is no collector to send to")
+        }
+        (None, _) => {}
+    }
+}
+
 fn run(cfg: &Arc<AgentConfig>, shared: &Arc<Shared>) {
     let captures = Arc::new(Captures::new(cfg));
     let ctx = Ctx {
@@ -147,14 +174,6 @@ fn run(cfg: &Arc<AgentConfig>, shared: &Arc<Shared>) {
     };
     if cfg.collector.is_none() {
         tracing::info!(target: "holmes", service = %cfg.service, dump_dir = ?cfg.effective_dump_dir(), "no collector configured; triggers are written to the dump folder");
-    }
-    match (&cfg.spool_dir, &cfg.collector) {
-        // Here, not in start(): loading the spool is file I/O, kept off the host's thread.
-        (Some(dir), Some(_)) => shared.open_spool(dir, cfg.spool_bytes as u64),
-        (Some(dir), None) => {
-            tracing::info!(target: "holmes", dir = %dir.display(), "spool folder unused: there is no collector to send to")
-        }
-        (None, _) => {}
     }
     let mut sampler = Sampler::new();
     let mut engine = Engine::new(shared);
