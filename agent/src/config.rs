@@ -109,6 +109,7 @@ pub struct HolmesBuilder {
     pub(crate) flight_recorder: Option<bool>,
     pub(crate) flight_recorder_window: Option<Duration>,
     pub(crate) cpu_profile_duration: Option<Duration>,
+    pub(crate) transport: crate::transport::TransportSettings,
 }
 
 impl HolmesBuilder {
@@ -317,6 +318,7 @@ impl HolmesBuilder {
         if self.collector.is_none() {
             self.collector = get("HOLMES_COLLECTOR");
         }
+        self.transport.fill_from_env(get)?;
         if let Some(v) = get("HOLMES_LABELS") {
             self.env_labels = parse_labels("HOLMES_LABELS", &v)?;
         }
@@ -413,6 +415,7 @@ impl HolmesBuilder {
         labels.extend(self.labels);
         names::validate_labels(&labels)?;
         let collector = self.collector.map(|c| validate_collector(&c)).transpose()?;
+        let transport = self.transport.resolve(collector.as_deref())?;
         let collect_interval = self.collect_interval.unwrap_or(DEFAULT_COLLECT_INTERVAL);
         if collect_interval < MIN_COLLECT_INTERVAL {
             return Err(ConfigError::OutOfRange {
@@ -518,6 +521,7 @@ impl HolmesBuilder {
                 .unwrap_or(DEFAULT_MAX_BACKOFF)
                 .max(Duration::from_millis(100)),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            transport,
         })
     }
 }
@@ -557,6 +561,7 @@ pub(crate) struct AgentConfig {
     pub(crate) flush_timeout: Duration,
     pub(crate) max_backoff: Duration,
     pub(crate) connect_timeout: Duration,
+    pub(crate) transport: crate::transport::Transport,
 }
 
 impl AgentConfig {
@@ -633,14 +638,12 @@ fn validate_collector(url: &str) -> Result<String, ConfigError> {
         url: url.to_owned(),
         reason: reason.to_owned(),
     };
-    let rest = if let Some(rest) = url.strip_prefix("http://") {
-        rest
-    } else if url.starts_with("https://") {
-        return Err(bad(
-            "TLS to the collector is not supported by this build yet; use http://",
-        ));
-    } else {
-        return Err(bad("expected http://host:port"));
+    // https:// is checked against the build's features with the TLS settings.
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
+        return Err(bad("expected http://host:port or https://host:port"));
     };
     if rest.trim_end_matches('/').is_empty() {
         return Err(bad("no host"));
@@ -882,7 +885,7 @@ mod tests {
             resolve(HolmesBuilder::default().service("bad name")),
             ConfigError::InvalidName(_)
         ));
-        for url in ["127.0.0.1:7070", "ftp://x", "http://", "https://x:1"] {
+        for url in ["127.0.0.1:7070", "ftp://x", "http://", "https://"] {
             assert!(
                 matches!(
                     resolve(HolmesBuilder::default().service("s").collector(url)),

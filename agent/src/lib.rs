@@ -23,6 +23,7 @@ mod rules;
 mod sampler;
 mod sender;
 mod spool;
+mod transport;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -33,6 +34,7 @@ use tokio::sync::Notify;
 pub use alloc::{allocated_bytes, CountingAllocator, SamplingAllocator};
 pub use holmes_proto::{Metric, ProfileKind};
 pub use rules::{Decision, Rule};
+pub use transport::{Compression, DEFAULT_COMPRESSION};
 
 pub use config::{
     ConfigError, HolmesBuilder, DEFAULT_COLLECT_INTERVAL, DEFAULT_CONNECT_TIMEOUT,

@@ -9,7 +9,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use holmes_proto::pb::ingest_client::IngestClient;
 use holmes_proto::{pb, AgentBody, AgentMessage, CollectorMessage, Heartbeat, Hello};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -80,8 +79,10 @@ async fn session(
     hello: &Hello,
     shared: &Arc<Shared>,
 ) -> Result<(), SessionError> {
-    let endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())
-        .map_err(|e| SessionError::Connect(e.to_string()))?
+    let endpoint = cfg
+        .transport
+        .endpoint(url)
+        .map_err(|e| SessionError::Connect(source_chain(&e)))?
         .connect_timeout(cfg.connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
@@ -90,7 +91,7 @@ async fn session(
         .await
         .map_err(|_| SessionError::Timeout(cfg.connect_timeout))?
         .map_err(|e| SessionError::Connect(source_chain(&e)))?;
-    let mut client = IngestClient::new(channel);
+    let mut client = cfg.transport.client(channel);
 
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(32);
     let mut hello = hello.clone();
@@ -107,14 +108,16 @@ async fn session(
     tx.send(pb::AgentMessage::from(&hello_msg))
         .await
         .map_err(|_| SessionError::Broken("stream closed before hello".into()))?;
-    let response =
-        tokio::time::timeout(cfg.connect_timeout, client.connect(ReceiverStream::new(rx)))
-            .await
-            .map_err(|_| SessionError::Timeout(cfg.connect_timeout))?
-            .map_err(|s| SessionError::Refused {
-                code: s.code(),
-                message: s.message().to_owned(),
-            })?;
+    let response = tokio::time::timeout(
+        cfg.connect_timeout,
+        client.connect(cfg.transport.request(ReceiverStream::new(rx))),
+    )
+    .await
+    .map_err(|_| SessionError::Timeout(cfg.connect_timeout))?
+    .map_err(|s| SessionError::Refused {
+        code: s.code(),
+        message: s.message().to_owned(),
+    })?;
     let mut inbound = response.into_inner();
     shared.connected.store(true, Ordering::Relaxed);
     shared.connections.fetch_add(1, Ordering::Relaxed);

@@ -1,13 +1,20 @@
 //! A small client for the collector's HTTP API, used by the `holmes` CLI and by tests.
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
+use hyper::header::{HeaderValue, AUTHORIZATION};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde::de::DeserializeOwned;
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::CertificateDer;
 
 use crate::query::{InstanceJson, MetricsJson, ProfilesJson, ServiceJson, TriggersJson};
 
@@ -19,6 +26,20 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// A failed API call, worded for the person at the terminal.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiClientError {
+    /// A value given to the client breaks the naming rules, before anything is sent.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The API token cannot be sent in a header.
+    #[error("invalid API token: {0}")]
+    InvalidToken(String),
+    /// The CA file cannot be used to check the API's certificate.
+    #[error("CA file {path}: {reason}")]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The API address is not an `http://host:port` URL.
     #[error("invalid API address {url:?}: {reason}")]
     InvalidUrl {
@@ -61,11 +82,66 @@ pub enum ApiClientError {
     },
 }
 
+/// How to reach the API beyond its address.
+#[derive(Debug, Clone, Default)]
+pub struct ClientOptions {
+    /// Sent as `Authorization: Bearer <token>` with every request.
+    pub token: Option<String>,
+    /// PEM CA certificate(s) that sign the API's certificate, for `https://`; without
+    /// it the system's trust store is used.
+    pub ca_file: Option<PathBuf>,
+}
+
 /// A client for one collector's API.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ApiClient {
     base: String,
-    http: Client<HttpConnector, Empty<Bytes>>,
+    authorization: Option<HeaderValue>,
+    http: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+}
+
+impl std::fmt::Debug for ApiClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiClient")
+            .field("base", &self.base)
+            .field("token", &self.authorization.is_some())
+            .finish()
+    }
+}
+
+/// The TLS client configuration: the CA file's certificates, or the system's roots.
+fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, ApiClientError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ApiClientError::CaFile {
+            path: ca_file.map_or_else(|| PathBuf::from("<system trust store>"), Path::to_owned),
+            reason: e.to_string(),
+        })?;
+    let Some(path) = ca_file else {
+        use hyper_rustls::ConfigBuilderExt;
+        return builder
+            .with_native_roots()
+            .map(|b| b.with_no_client_auth())
+            .map_err(|e| ApiClientError::CaFile {
+                path: PathBuf::from("<system trust store>"),
+                reason: e.to_string(),
+            });
+    };
+    let bad = |reason: String| ApiClientError::CaFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| bad(e.to_string()))?;
+        roots.add(cert).map_err(|e| bad(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("no CERTIFICATE block found".to_owned()));
+    }
+    Ok(builder.with_root_certificates(roots).with_no_client_auth())
 }
 
 /// Percent-encodes a query value (everything but RFC 3986 unreserved characters).
@@ -82,8 +158,13 @@ fn encode(value: &str) -> String {
 }
 
 impl ApiClient {
-    /// A client for the API at `base`, e.g. `http://127.0.0.1:7071`.
+    /// A client for the API at `base`, e.g. `http://127.0.0.1:7071`, with no token.
     pub fn new(base: &str) -> Result<Self, ApiClientError> {
+        ApiClient::with_options(base, &ClientOptions::default())
+    }
+
+    /// A client for the API at `base` (`http://host:port` or `https://host:port`).
+    pub fn with_options(base: &str, options: &ClientOptions) -> Result<Self, ApiClientError> {
         let trimmed = base.trim_end_matches('/');
         let invalid = |reason: &str| ApiClientError::InvalidUrl {
             url: base.to_owned(),
@@ -91,17 +172,45 @@ impl ApiClient {
         };
         let rest = trimmed
             .strip_prefix("http://")
-            .ok_or_else(|| invalid("expected http://host:port"))?;
+            .or_else(|| trimmed.strip_prefix("https://"))
+            .ok_or_else(|| invalid("expected http://host:port or https://host:port"))?;
         if rest.is_empty() || rest.contains('/') {
-            return Err(invalid("expected http://host:port with no path"));
+            return Err(invalid("expected http(s)://host:port with no path"));
         }
         trimmed
             .parse::<hyper::Uri>()
             .map_err(|e| invalid(&e.to_string()))?;
+        let authorization = match options.token.as_deref().map(str::trim) {
+            Some(token) => {
+                if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(ApiClientError::InvalidToken(
+                        "tokens are visible ASCII without spaces".to_owned(),
+                    ));
+                }
+                let mut value =
+                    HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                        ApiClientError::InvalidToken(
+                            "tokens are visible ASCII without spaces".to_owned(),
+                        )
+                    })?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
+        // The CA file is read even for http://, so that a wrong path is reported at once.
+        let tls = tls_config(options.ca_file.as_deref())?;
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        connector.enforce_http(false);
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         Ok(ApiClient {
             base: trimmed.to_owned(),
+            authorization,
             http: Client::builder(TokioExecutor::new()).build(connector),
         })
     }
@@ -127,14 +236,24 @@ impl ApiClient {
                 },
             )?;
         let call = async {
-            let response = self
-                .http
-                .get(uri)
-                .await
-                .map_err(|e| ApiClientError::Unreachable {
-                    url: self.base.clone(),
-                    reason: root_cause(&e),
+            let mut request = hyper::Request::get(uri);
+            if let Some(auth) = &self.authorization {
+                request = request.header(AUTHORIZATION, auth.clone());
+            }
+            let request = request
+                .body(Empty::new())
+                .map_err(|e| ApiClientError::InvalidUrl {
+                    url: url.clone(),
+                    reason: e.to_string(),
                 })?;
+            let response =
+                self.http
+                    .request(request)
+                    .await
+                    .map_err(|e| ApiClientError::Unreachable {
+                        url: self.base.clone(),
+                        reason: root_cause(&e),
+                    })?;
             let status = response.status();
             let body = response
                 .into_body()
@@ -174,6 +293,7 @@ impl ApiClient {
 
     /// `GET /api/v1/services/{service}/instances`.
     pub async fn instances(&self, service: &str) -> Result<Vec<InstanceJson>, ApiClientError> {
+        check_service(service)?;
         self.get(&format!("/api/v1/services/{}/instances", encode(service)))
             .await
     }
@@ -185,6 +305,7 @@ impl ApiClient {
         metric: &str,
         since: &str,
     ) -> Result<MetricsJson, ApiClientError> {
+        check_service(service)?;
         self.get(&format!(
             "/api/v1/services/{}/metrics?metric={}&since={}",
             encode(service),
@@ -200,6 +321,7 @@ impl ApiClient {
         service: &str,
         since: &str,
     ) -> Result<TriggersJson, ApiClientError> {
+        check_service(service)?;
         self.get(&format!(
             "/api/v1/services/{}/triggers?since={}",
             encode(service),
@@ -214,6 +336,7 @@ impl ApiClient {
         service: &str,
         since: &str,
     ) -> Result<ProfilesJson, ApiClientError> {
+        check_service(service)?;
         self.get(&format!(
             "/api/v1/services/{}/profiles?since={}",
             encode(service),
@@ -225,11 +348,19 @@ impl ApiClient {
     /// `GET /api/v1/profiles/{profile_id}`: the profile's gzip-compressed pprof bytes,
     /// exactly as stored.
     pub async fn download_profile(&self, profile_id: &str) -> Result<Vec<u8>, ApiClientError> {
+        crate::ingest::profiles::validate_profile_id(profile_id)
+            .map_err(ApiClientError::InvalidArgument)?;
         let body = self
             .get_raw(&format!("/api/v1/profiles/{}", encode(profile_id)))
             .await?;
         Ok(Vec::from(body))
     }
+}
+
+/// Refuses a service name the collector would refuse, before asking it.
+fn check_service(service: &str) -> Result<(), ApiClientError> {
+    holmes_proto::names::validate_name("service", service)
+        .map_err(|e| ApiClientError::InvalidArgument(e.to_string()))
 }
 
 /// The innermost cause ("Connection refused (os error 111)").
@@ -247,13 +378,34 @@ mod tests {
 
     #[test]
     fn refuses_unusable_addresses() {
-        for bad in ["127.0.0.1:7071", "https://x", "http://", "http://h:1/api"] {
+        for bad in [
+            "127.0.0.1:7071",
+            "ftp://x",
+            "http://",
+            "https://",
+            "http://h:1/api",
+        ] {
             assert!(
                 matches!(ApiClient::new(bad), Err(ApiClientError::InvalidUrl { .. })),
                 "{bad}"
             );
         }
         assert!(ApiClient::new("http://127.0.0.1:7071/").is_ok());
+        assert!(ApiClient::new("https://127.0.0.1:7071").is_ok());
+        let token = ClientOptions {
+            token: Some("two words".to_owned()),
+            ca_file: None,
+        };
+        assert!(matches!(
+            ApiClient::with_options("http://h:1", &token),
+            Err(ApiClientError::InvalidToken(_))
+        ));
+        let missing_ca = ClientOptions {
+            token: None,
+            ca_file: Some(PathBuf::from("/nonexistent/ca.pem")),
+        };
+        let err = ApiClient::with_options("https://h:1", &missing_ca).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
     }
 
     #[test]

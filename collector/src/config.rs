@@ -1,11 +1,13 @@
 //! The collector's configuration: a TOML file (unknown keys are errors), `HOLMES_*`
 //! environment variables over it, and command-line flags over both.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::auth::{Secret, WILDCARD_SERVICE};
 use crate::rules::{RulesError, ServiceRules};
 
 /// gRPC ingest address when nothing else is set.
@@ -43,7 +45,7 @@ pub struct ClickHouseSection {
     /// User name.
     pub user: Option<String>,
     /// Password.
-    pub password: Option<String>,
+    pub password: Option<Secret>,
 }
 
 fn default_database() -> String {
@@ -58,6 +60,159 @@ impl Default for ClickHouseSection {
             user: None,
             password: None,
         }
+    }
+}
+
+/// TLS for both listeners (`[tls]`): with a certificate and its key, gRPC ingest and
+/// the HTTP API serve TLS only; without, both are plain.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// PEM certificate chain, the server's own certificate first.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of that certificate.
+    pub key_file: Option<PathBuf>,
+}
+
+impl TlsSection {
+    /// Whether TLS is configured.
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some() || self.key_file.is_some()
+    }
+}
+
+/// Bearer tokens (`[auth]`). Without ingest tokens any agent may send; without an API
+/// token the API is open.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// Token required on `/api/...` (`Authorization: Bearer <token>`).
+    pub api_token: Option<Secret>,
+    /// File holding the API token (trailing whitespace ignored), instead of `api_token`.
+    pub api_token_file: Option<PathBuf>,
+    /// Agent tokens by service name; the key `"*"` holds the token of every service
+    /// without its own.
+    #[serde(default)]
+    pub ingest_tokens: BTreeMap<String, Secret>,
+    /// Files holding agent tokens, by service name (or `"*"`), instead of inline ones.
+    #[serde(default)]
+    pub ingest_token_files: BTreeMap<String, PathBuf>,
+}
+
+/// Reads a token file: its content without surrounding whitespace, never empty.
+fn read_token_file(what: &str, path: &Path) -> Result<Secret, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let token = text.trim();
+    check_token(what, token)?;
+    Ok(Secret::new(token))
+}
+
+/// A token must fit in an HTTP header: visible ASCII without spaces.
+fn check_token(what: &str, token: &str) -> Result<(), ConfigError> {
+    if token.is_empty() {
+        return Err(ConfigError::Invalid(format!("{what} is empty")));
+    }
+    if let Some(c) = token.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(ConfigError::Invalid(format!(
+            "{what} has the character {c:?}; tokens are visible ASCII without spaces"
+        )));
+    }
+    Ok(())
+}
+
+impl AuthSection {
+    /// The API token, read from its file if it has one.
+    pub fn api_token(&self) -> Result<Option<Secret>, ConfigError> {
+        match (&self.api_token, &self.api_token_file) {
+            (Some(_), Some(_)) => Err(ConfigError::Invalid(
+                "auth: set api_token or api_token_file, not both".to_owned(),
+            )),
+            (Some(t), None) => {
+                check_token("auth.api_token", t.expose())?;
+                Ok(Some(t.clone()))
+            }
+            (None, Some(path)) => read_token_file("auth.api_token_file", path).map(Some),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// Agent tokens by service (or `"*"`), files read.
+    pub fn ingest_tokens(&self) -> Result<BTreeMap<String, Secret>, ConfigError> {
+        let mut tokens = BTreeMap::new();
+        for (service, token) in &self.ingest_tokens {
+            check_token(&format!("auth.ingest_tokens.{service}"), token.expose())?;
+            tokens.insert(service.clone(), token.clone());
+        }
+        for (service, path) in &self.ingest_token_files {
+            if tokens.contains_key(service) {
+                return Err(ConfigError::Invalid(format!(
+                    "auth: service {service:?} has both an ingest token and a token file"
+                )));
+            }
+            let token = read_token_file(&format!("auth.ingest_token_files.{service}"), path)?;
+            tokens.insert(service.clone(), token);
+        }
+        Ok(tokens)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.api_token.is_some() && self.api_token_file.is_some() {
+            return Err(ConfigError::Invalid(
+                "auth: set api_token or api_token_file, not both".to_owned(),
+            ));
+        }
+        if let Some(t) = &self.api_token {
+            check_token("auth.api_token", t.expose())?;
+        }
+        for (service, token) in &self.ingest_tokens {
+            check_token(&format!("auth.ingest_tokens.{service}"), token.expose())?;
+        }
+        for service in self
+            .ingest_tokens
+            .keys()
+            .chain(self.ingest_token_files.keys())
+        {
+            if service != WILDCARD_SERVICE {
+                holmes_proto::names::validate_name("service", service)
+                    .map_err(|e| ConfigError::Invalid(format!("auth: {e}")))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `service=token,service=token` (`"*"` for every other service), as
+/// `HOLMES_INGEST_TOKENS` spells the agent tokens.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenList(pub BTreeMap<String, Secret>);
+
+impl std::fmt::Debug for TokenList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.0.iter()).finish()
+    }
+}
+
+impl std::str::FromStr for TokenList {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut tokens = BTreeMap::new();
+        for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (service, token) = pair
+                .split_once('=')
+                .ok_or_else(|| "expected service=token[,service=token...]".to_owned())?;
+            let (service, token) = (service.trim(), token.trim());
+            if service != WILDCARD_SERVICE {
+                holmes_proto::names::validate_name("service", service)
+                    .map_err(|e| e.to_string())?;
+            }
+            check_token(&format!("the token of {service:?}"), token).map_err(|e| e.to_string())?;
+            tokens.insert(service.to_owned(), Secret::new(token));
+        }
+        Ok(TokenList(tokens))
     }
 }
 
@@ -91,6 +246,12 @@ pub struct Config {
     /// pushed to the service's agents when they connect; see [`crate::rules`].
     #[serde(default)]
     pub rules: ServiceRules,
+    /// TLS on both listeners.
+    #[serde(default)]
+    pub tls: TlsSection,
+    /// Tokens for agents and for the API.
+    #[serde(default)]
+    pub auth: AuthSection,
 }
 
 fn default_grpc() -> SocketAddr {
@@ -127,6 +288,8 @@ impl Default for Config {
             max_profile_bytes: default_max_profile(),
             clickhouse: ClickHouseSection::default(),
             rules: ServiceRules::new(),
+            tls: TlsSection::default(),
+            auth: AuthSection::default(),
         }
     }
 }
@@ -156,6 +319,9 @@ pub enum ConfigError {
     /// A configured trigger rule cannot be used.
     #[error(transparent)]
     Rules(#[from] RulesError),
+    /// The TLS certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Settings given on the command line or through the environment; each one set here
@@ -194,6 +360,32 @@ pub struct Overrides {
         value_name = "PASSWORD"
     )]
     pub clickhouse_password: Option<String>,
+    /// PEM certificate chain: with --tls-key-file, gRPC and HTTP serve TLS only.
+    #[arg(long, env = "HOLMES_TLS_CERT_FILE", value_name = "FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of the TLS certificate.
+    #[arg(long, env = "HOLMES_TLS_KEY_FILE", value_name = "FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Token required on the HTTP API (prefer the environment variable or a file).
+    #[arg(
+        long,
+        env = "HOLMES_API_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub api_token: Option<String>,
+    /// File holding the token required on the HTTP API.
+    #[arg(long, env = "HOLMES_API_TOKEN_FILE", value_name = "FILE")]
+    pub api_token_file: Option<PathBuf>,
+    /// Agent tokens as service=token,... ("*" for every other service); replaces the
+    /// file's [auth] ingest tokens (prefer the environment variable).
+    #[arg(
+        long,
+        env = "HOLMES_INGEST_TOKENS",
+        hide_env_values = true,
+        value_name = "SERVICE=TOKEN,..."
+    )]
+    pub ingest_tokens: Option<TokenList>,
 }
 
 impl Config {
@@ -248,7 +440,26 @@ impl Config {
             self.clickhouse.user = Some(v.clone());
         }
         if let Some(v) = &o.clickhouse_password {
-            self.clickhouse.password = Some(v.clone());
+            self.clickhouse.password = Some(Secret::new(v.clone()));
+        }
+        if let Some(v) = &o.tls_cert_file {
+            self.tls.cert_file = Some(v.clone());
+        }
+        if let Some(v) = &o.tls_key_file {
+            self.tls.key_file = Some(v.clone());
+        }
+        // A token given here replaces the file's, whichever way the file spells it.
+        if let Some(v) = &o.api_token {
+            self.auth.api_token = Some(Secret::new(v.clone()));
+            self.auth.api_token_file = None;
+        }
+        if let Some(v) = &o.api_token_file {
+            self.auth.api_token_file = Some(v.clone());
+            self.auth.api_token = None;
+        }
+        if let Some(v) = &o.ingest_tokens {
+            self.auth.ingest_tokens = v.0.clone();
+            self.auth.ingest_token_files.clear();
         }
     }
 
@@ -276,6 +487,12 @@ impl Config {
                 self.grpc_addr
             )));
         }
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            return Err(ConfigError::Invalid(
+                "tls: set both cert_file and key_file (--tls-cert-file, --tls-key-file), or neither".to_owned(),
+            ));
+        }
+        self.auth.validate()?;
         crate::rules::check(&self.rules)?;
         Ok(())
     }
@@ -318,7 +535,94 @@ mod tests {
         assert_eq!(checkout["cpu"], "abs=90,cooldown=2m");
         assert_eq!(checkout["threads"], "off");
         assert_eq!(c.rules["cart"]["memory"], "abs=85");
+        assert_eq!(
+            c.tls.cert_file.as_deref(),
+            Some(Path::new("/etc/holmes/tls/server.pem"))
+        );
+        assert!(c.tls.enabled());
+        assert_eq!(
+            c.auth.ingest_tokens["checkout"].expose(),
+            "checkout-6f1d0c8e"
+        );
+        assert_eq!(c.auth.ingest_tokens["*"].expose(), "fleet-91b2a7");
+        assert_eq!(
+            c.auth.ingest_token_files["cart"],
+            PathBuf::from("/etc/holmes/tokens/cart")
+        );
         c.validate().unwrap();
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("checkout-6f1d0c8e") && !shown.contains("secret"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn security_settings_are_checked_and_files_read() {
+        for (toml, expected) in [
+            (
+                "[tls]\ncert_file = \"c.pem\"",
+                "tls: set both cert_file and key_file",
+            ),
+            (
+                "[auth]\napi_token = \"a b\"",
+                "auth.api_token has the character ' '",
+            ),
+            (
+                "[auth.ingest_tokens]\n\"check out\" = \"t\"",
+                "auth: service \"check out\" has the character ' '",
+            ),
+            (
+                "[auth]\napi_token = \"t\"\napi_token_file = \"f\"",
+                "auth: set api_token or api_token_file, not both",
+            ),
+        ] {
+            let err = Config::from_toml(toml, Path::new("x.toml"))
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(expected), "{toml}: {err}");
+        }
+        assert!(Config::from_toml("[tls]\ncert = \"c\"", Path::new("x")).is_err());
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("cart");
+        std::fs::write(&file, "cart-token\n").unwrap();
+        let auth = AuthSection {
+            ingest_token_files: [("cart".to_owned(), file.clone())].into(),
+            api_token_file: Some(file),
+            ..AuthSection::default()
+        };
+        assert_eq!(auth.ingest_tokens().unwrap()["cart"].expose(), "cart-token");
+        assert_eq!(auth.api_token().unwrap().unwrap().expose(), "cart-token");
+        let missing = AuthSection {
+            api_token_file: Some(dir.path().join("nope")),
+            ..AuthSection::default()
+        };
+        assert!(matches!(missing.api_token(), Err(ConfigError::Read { .. })));
+    }
+
+    #[test]
+    fn ingest_tokens_from_the_environment_replace_the_file() {
+        let list: TokenList = "checkout=t1, *=t2".parse().unwrap();
+        let overrides = Overrides {
+            config: Some(fixture("full.toml")),
+            ingest_tokens: Some(list),
+            api_token: Some("from-env".to_owned()),
+            tls_cert_file: Some(PathBuf::from("/other.pem")),
+            ..Default::default()
+        };
+        let c = Config::load(&overrides).unwrap();
+        let tokens = c.auth.ingest_tokens().unwrap();
+        assert_eq!(tokens.len(), 2);
+        assert_eq!(tokens["checkout"].expose(), "t1");
+        assert_eq!(tokens["*"].expose(), "t2");
+        assert_eq!(c.auth.api_token().unwrap().unwrap().expose(), "from-env");
+        assert_eq!(c.tls.cert_file.as_deref(), Some(Path::new("/other.pem")));
+        assert!("checkout".parse::<TokenList>().is_err());
+        assert!("bad name=t".parse::<TokenList>().is_err());
+        assert!("checkout=two words".parse::<TokenList>().is_err());
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! gRPC ingest: one bidirectional stream per agent.
 //!
+//! When tokens are configured ([`crate::auth`]), the stream must carry one, valid for
+//! the service its `Hello` names; nothing of a refused stream is stored.
 //! The stream must open with `Hello` (right version, valid names), which is answered
 //! by recording the instance and, when the configuration has rules for the service, by
 //! one `ConfigUpdate`; every durable message after it (metric windows, trigger events,
@@ -24,6 +26,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::auth::IngestAuth;
 use crate::clock::unix_nanos_now;
 use crate::error::store_status;
 use crate::query::reason_name;
@@ -45,6 +48,7 @@ pub struct IngestService {
     rules: Arc<ServiceRules>,
     closing: watch::Receiver<bool>,
     max_profile_bytes: u64,
+    auth: IngestAuth,
 }
 
 impl IngestService {
@@ -57,7 +61,14 @@ impl IngestService {
             rules: Arc::new(rules),
             closing,
             max_profile_bytes: crate::config::DEFAULT_MAX_PROFILE_BYTES,
+            auth: IngestAuth::default(),
         }
+    }
+
+    /// Requires agents to present a token valid for their service (open by default).
+    pub fn with_auth(mut self, auth: IngestAuth) -> Self {
+        self.auth = auth;
+        self
     }
 
     /// Refuses profiles larger than `max_profile_bytes` (all chunks together) instead of
@@ -177,6 +188,10 @@ impl Ingest for IngestService {
         let peer = request
             .remote_addr()
             .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        // A stream without a token is refused before anything is read from it.
+        let token = self.auth.token_of(request.metadata()).inspect_err(|status| {
+            tracing::warn!(%peer, code = ?status.code(), error = status.message(), "rejected agent stream");
+        })?;
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -201,8 +216,12 @@ impl Ingest for IngestService {
                 )))
             }
         };
-        if let Err(status) = check_hello(&hello) {
-            tracing::warn!(%peer, service = %hello.service, code = ?status.code(), error = status.message(), "rejected agent stream");
+        if let Err(status) = self
+            .auth
+            .authorize(&hello.service, token.as_deref())
+            .and_then(|()| check_hello(&hello))
+        {
+            tracing::warn!(%peer, service = %hello.service, instance = %hello.instance_id, code = ?status.code(), error = status.message(), "rejected agent stream");
             return Err(status);
         }
         self.store

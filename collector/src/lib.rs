@@ -5,12 +5,15 @@
 //! - [`query`]: the HTTP JSON API, and [`api_client`], the client the `holmes` CLI uses.
 //! - [`server`]: start-up, listeners and shutdown; [`config`]: the TOML file, env
 //!   overrides and flags; [`rules`]: the per-service trigger rules pushed to agents.
+//! - [`auth`]: bearer tokens on ingest (per service) and on the API; [`tls`]: TLS on
+//!   both listeners.
 //! - [`error`]: the one place that maps failures to gRPC and HTTP statuses.
 //! - [`demo`]: the workload of `holmes-demo`, the one-command tour.
 //!
 //! Binaries: `holmes-collector` (the server), `holmes` (the CLI), `holmes-demo`.
 
 pub mod api_client;
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod demo;
@@ -19,6 +22,7 @@ pub mod ingest;
 pub mod query;
 pub mod rules;
 pub mod server;
+pub mod tls;
 
 pub use config::Config;
 pub use server::Server;

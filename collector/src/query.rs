@@ -11,8 +11,8 @@
 //! | `GET /healthz` | `ok` |
 //!
 //! Times are RFC 3339 in UTC; `since`/`until` also take a duration before now (`10m`).
-//! Errors are `{"error": "..."}` with 400 (bad parameter), 404 (unknown service or
-//! profile) or 503 (store unavailable).
+//! Errors are `{"error": "..."}` with 400 (bad parameter), 401 (API token required and
+//! missing or wrong), 404 (unknown service or profile) or 503 (store unavailable).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -25,6 +25,7 @@ use holmes_proto::{Metric, UnknownMetric};
 use holmes_storage::{MetricQuery, Store};
 use serde::{Deserialize, Serialize};
 
+use crate::auth::ApiAuth;
 use crate::clock::{parse_time, rfc3339, unix_nanos_now};
 use crate::error::ApiError;
 
@@ -52,10 +53,14 @@ struct Api {
 }
 
 /// The API's routes over `store`; instances heard from within `active_window` count
-/// as active in the services list unless `?active=` says otherwise.
-pub fn router(store: Arc<dyn Store>, active_window: std::time::Duration) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+/// as active in the services list unless `?active=` says otherwise. With `auth`, every
+/// `/api/` route answers 401 unless the request carries its token; `/healthz` stays open.
+pub fn router(
+    store: Arc<dyn Store>,
+    active_window: std::time::Duration,
+    auth: Option<ApiAuth>,
+) -> Router {
+    let api = Router::new()
         .route("/api/v1/services", get(services))
         .route("/api/v1/services/{service}/instances", get(instances))
         .route("/api/v1/services/{service}/metrics", get(metrics))
@@ -71,7 +76,17 @@ pub fn router(store: Arc<dyn Store>, active_window: std::time::Duration) -> Rout
         .with_state(Api {
             store,
             active_window,
-        })
+        });
+    let api = match auth {
+        Some(auth) => api.layer(axum::middleware::from_fn_with_state(
+            auth,
+            crate::auth::require_api_token,
+        )),
+        None => api,
+    };
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(api)
 }
 
 /// One service in the services list.

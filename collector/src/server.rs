@@ -13,9 +13,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::codec::CompressionEncoding;
 
+use crate::auth::{ApiAuth, IngestAuth};
 use crate::config::{Config, StoreKind, DEFAULT_ACTIVE_WINDOW};
 use crate::ingest::IngestService;
+use crate::tls::{Identity, TlsListener};
 
 /// How long shutdown waits for connections to finish before cutting them.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -44,6 +47,9 @@ pub enum ServeError {
     /// The configuration is inconsistent.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// The gRPC server refused the TLS configuration.
+    #[error("cannot serve gRPC over TLS: {0}")]
+    GrpcTls(tonic::transport::Error),
 }
 
 /// Opens the store the configuration names.
@@ -66,7 +72,7 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServeError> {
                 url,
                 database: ch.database.clone(),
                 user: ch.user.clone(),
-                password: ch.password.clone(),
+                password: ch.password.as_ref().map(|p| p.expose().to_owned()),
             };
             Arc::new(
                 ClickHouseStore::open(&cfg)
@@ -114,6 +120,23 @@ impl Server {
         store: Arc<dyn Store>,
     ) -> Result<Server, ServeError> {
         crate::rules::check(&config.rules).map_err(|e| ServeError::Config(e.into()))?;
+        // Certificates and tokens are read before anything listens, so that a bad file
+        // stops the start instead of leaving an open collector behind.
+        let identity = match (&config.tls.cert_file, &config.tls.key_file) {
+            (Some(cert), Some(key)) => Some(
+                Identity::load(cert, key)
+                    .map_err(|e| ServeError::Config(crate::config::ConfigError::Tls(e)))?,
+            ),
+            _ => None,
+        };
+        let ingest_auth = IngestAuth::new(config.auth.ingest_tokens()?);
+        let api_auth = config.auth.api_token()?.map(ApiAuth::new);
+        if !ingest_auth.enabled() {
+            tracing::warn!("no ingest tokens configured: any agent that reaches the gRPC port can send data ([auth] ingest_tokens)");
+        }
+        if api_auth.is_none() {
+            tracing::warn!("no API token configured: the HTTP API is open to anyone who reaches it ([auth] api_token)");
+        }
         let bind = |what, addr| async move {
             TcpListener::bind(addr)
                 .await
@@ -131,12 +154,22 @@ impl Server {
 
         let ingest = IngestServer::new(
             IngestService::new(Arc::clone(&store), config.rules.clone(), closed.clone())
-                .with_max_profile_bytes(config.max_profile_bytes),
+                .with_max_profile_bytes(config.max_profile_bytes)
+                .with_auth(ingest_auth),
         )
+        // Agents may send gzip or zstd; the limit holds for the decompressed message.
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Zstd)
         .max_decoding_message_size(config.max_message_bytes);
+        let mut grpc_builder = tonic::transport::Server::builder();
+        if let Some(identity) = &identity {
+            grpc_builder = grpc_builder
+                .tls_config(identity.grpc_config())
+                .map_err(ServeError::GrpcTls)?;
+        }
         let mut grpc_closed = closed.clone();
         let grpc_task = tokio::spawn(async move {
-            let result = tonic::transport::Server::builder()
+            let result = grpc_builder
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(10)))
                 .add_service(ingest)
@@ -151,19 +184,45 @@ impl Server {
 
         let active =
             humantime::parse_duration(DEFAULT_ACTIVE_WINDOW).unwrap_or(Duration::from_secs(300));
-        let app = crate::query::router(Arc::clone(&store), active);
+        let app = crate::query::router(Arc::clone(&store), active, api_auth.clone());
         let mut http_closed = closed;
-        let http_task = tokio::spawn(async move {
-            let result = axum::serve(http, app)
-                .with_graceful_shutdown(async move {
-                    let _ = http_closed.wait_for(|c| *c).await;
+        let shutdown = async move {
+            let _ = http_closed.wait_for(|c| *c).await;
+        };
+        let http_task = match &identity {
+            Some(identity) => {
+                let listener =
+                    TlsListener::new(http, identity).map_err(|source| ServeError::Bind {
+                        what: "HTTP",
+                        addr: config.http_addr,
+                        source,
+                    })?;
+                tokio::spawn(async move {
+                    let result = axum::serve(listener, app)
+                        .with_graceful_shutdown(shutdown)
+                        .await;
+                    if let Err(err) = result {
+                        tracing::error!(error = %err, "HTTP server failed");
+                    }
                 })
-                .await;
-            if let Err(err) = result {
-                tracing::error!(error = %err, "HTTP server failed");
             }
-        });
-        tracing::info!(%grpc_addr, %http_addr, store = store.backend(), "collector serving");
+            None => tokio::spawn(async move {
+                let result = axum::serve(http, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await;
+                if let Err(err) = result {
+                    tracing::error!(error = %err, "HTTP server failed");
+                }
+            }),
+        };
+        tracing::info!(
+            %grpc_addr,
+            %http_addr,
+            store = store.backend(),
+            tls = identity.is_some(),
+            api_token = api_auth.is_some(),
+            "collector serving"
+        );
         Ok(Server {
             grpc_addr,
             http_addr,

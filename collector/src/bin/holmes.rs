@@ -1,7 +1,7 @@
 //! `holmes`: the command line over the collector's HTTP API.
 
 use clap::{Parser, Subcommand};
-use holmes_collector::api_client::{ApiClient, DEFAULT_API};
+use holmes_collector::api_client::{ApiClient, ClientOptions, DEFAULT_API};
 use holmes_collector::query::{MetricsJson, ProfilesJson, ServiceJson, TriggerJson, TriggersJson};
 use holmes_proto::Metric;
 
@@ -12,9 +12,22 @@ use holmes_proto::Metric;
     about = "Ask a Holmes collector what happened to your services"
 )]
 struct Cli {
-    /// The collector's HTTP API.
+    /// The collector's HTTP API (http:// or https://).
     #[arg(long, global = true, env = "HOLMES_API", default_value = DEFAULT_API)]
     api: String,
+    /// The API's bearer token, when the collector requires one.
+    #[arg(
+        long,
+        global = true,
+        env = "HOLMES_API_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    token: Option<String>,
+    /// PEM CA certificate that signs the API's certificate (https:// only; default: the
+    /// system's trust store).
+    #[arg(long, global = true, env = "HOLMES_CA_FILE", value_name = "FILE")]
+    ca_file: Option<std::path::PathBuf>,
     /// Print the API's JSON instead of a table (for scripts).
     #[arg(long, global = true)]
     json: bool,
@@ -298,7 +311,11 @@ fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let client = ApiClient::new(&cli.api)?;
+    let options = ClientOptions {
+        token: cli.token.clone(),
+        ca_file: cli.ca_file.clone(),
+    };
+    let client = ApiClient::with_options(&cli.api, &options)?;
     match cli.command {
         Command::Services => {
             let list = client.services().await?;

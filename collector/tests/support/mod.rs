@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub(crate) mod raw_agent;
+pub(crate) mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;

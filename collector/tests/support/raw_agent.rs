@@ -71,26 +71,69 @@ pub(crate) fn profile_chunks(
         .collect()
 }
 
+/// How a raw agent connects, beyond the address.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ConnectOptions {
+    /// Sent as `authorization: Bearer <token>`.
+    pub(crate) token: Option<String>,
+    /// PEM CA to trust: connects with `https://` when set.
+    pub(crate) ca_pem: Option<Vec<u8>>,
+    /// Compression of what the agent sends.
+    pub(crate) compression: Option<tonic::codec::CompressionEncoding>,
+}
+
 impl RawAgent {
     /// Opens a stream to the collector at `addr` and sends `hello` on it.
     pub(crate) async fn connect(addr: SocketAddr, hello: Hello) -> RawAgent {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
+        RawAgent::try_connect(addr, hello, &ConnectOptions::default())
+            .await
+            .expect("the collector accepts the hello")
+    }
+
+    /// Like [`RawAgent::connect`] with `options`; the status if the collector refuses
+    /// the stream.
+    pub(crate) async fn try_connect(
+        addr: SocketAddr,
+        hello: Hello,
+        options: &ConnectOptions,
+    ) -> Result<RawAgent, tonic::Status> {
+        let scheme = if options.ca_pem.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let mut endpoint =
+            tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}")).unwrap();
+        if let Some(ca) = &options.ca_pem {
+            endpoint = endpoint
+                .tls_config(
+                    tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+                )
+                .unwrap();
+        }
+        let channel = endpoint
             .connect()
             .await
-            .unwrap();
+            .map_err(|e| tonic::Status::unavailable(format!("{e:?}")))?;
         let (outbound, rx) = mpsc::channel(16);
         let first = AgentMessage {
             seq: 0,
             body: AgentBody::Hello(hello),
         };
         outbound.send(pb::AgentMessage::from(&first)).await.unwrap();
-        let inbound = IngestClient::new(channel)
-            .connect(ReceiverStream::new(rx))
-            .await
-            .expect("the collector accepts the hello")
-            .into_inner();
-        RawAgent { outbound, inbound }
+        let mut client = IngestClient::new(channel);
+        if let Some(encoding) = options.compression {
+            client = client.send_compressed(encoding);
+        }
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        if let Some(token) = &options.token {
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        let inbound = client.connect(request).await?.into_inner();
+        Ok(RawAgent { outbound, inbound })
     }
 
     /// Sends one message.
