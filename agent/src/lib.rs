@@ -204,19 +204,22 @@ impl HolmesHandle {
         if self.thread.is_none() {
             return Err(CaptureNowError::Disabled);
         }
-        let request_id = event_id::new();
-        let accepted = self.shared.request_capture(holmes_proto::CaptureRequest {
-            request_id: request_id.clone(),
-            kinds: kinds.to_vec(),
-            cpu_duration: None,
-        });
+        let event = event_id::new();
+        let accepted = self.shared.request_capture(
+            holmes_proto::CaptureRequest {
+                request_id: event_id::new(),
+                kinds: kinds.to_vec(),
+                cpu_duration: None,
+            },
+            event.clone(),
+        );
         if !accepted {
             return Err(CaptureNowError::Busy);
         }
         if let Some(thread) = &self.thread {
             thread.thread().unpark();
         }
-        Ok(request_id)
+        Ok(event)
     }
 
     /// Counts the alive tasks of another tokio runtime in the `tasks` metric.
@@ -269,6 +272,15 @@ struct RuleBook {
     collector_version: u64,
 }
 
+/// A capture asked for by the host or the collector, waiting for the agent thread.
+#[derive(Debug)]
+pub(crate) struct PendingCapture {
+    pub(crate) request: holmes_proto::CaptureRequest,
+    /// The id its trigger event will have.
+    pub(crate) event_id: String,
+    pub(crate) queued: std::time::Instant,
+}
+
 /// State shared by the handle, the monitor loop and the sender.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -280,7 +292,9 @@ pub(crate) struct Shared {
     /// Set by stop(); the agent thread checks it whenever it wakes.
     stop_requested: AtomicBool,
     /// Captures asked for by the collector or the host, taken by the agent thread.
-    capture_requests: Mutex<std::collections::VecDeque<holmes_proto::CaptureRequest>>,
+    /// Waiting capture requests, each with the id of the trigger event it will make and
+    /// when it was queued.
+    capture_requests: Mutex<std::collections::VecDeque<PendingCapture>>,
     outbox: Mutex<outbox::Outbox>,
     /// The disk spool, when configured; opened by the agent thread as it starts.
     spool: OnceLock<spool::Spool>,
@@ -361,7 +375,7 @@ impl Shared {
     }
 
     /// Queues a capture request; false when too many are already waiting.
-    fn request_capture(&self, request: holmes_proto::CaptureRequest) -> bool {
+    fn request_capture(&self, request: holmes_proto::CaptureRequest, event_id: String) -> bool {
         const MAX_WAITING: usize = 8;
         let mut queue = self
             .capture_requests
@@ -370,16 +384,28 @@ impl Shared {
         if queue.len() >= MAX_WAITING {
             return false;
         }
-        queue.push_back(request);
+        queue.push_back(PendingCapture {
+            request,
+            event_id,
+            queued: std::time::Instant::now(),
+        });
         true
     }
 
     /// The next waiting capture request.
-    fn next_capture_request(&self) -> Option<holmes_proto::CaptureRequest> {
+    fn next_capture_request(&self) -> Option<PendingCapture> {
         self.capture_requests
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .pop_front()
+    }
+
+    /// Puts a request that has to wait back at the head of the queue.
+    fn requeue_capture_request(&self, pending: PendingCapture) {
+        self.capture_requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_front(pending);
     }
 
     fn runtimes(&self) -> Vec<tokio::runtime::Handle> {

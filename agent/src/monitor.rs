@@ -20,6 +20,10 @@ use crate::rules::{Decision, RuleState};
 use crate::sampler::{unix_nanos_now, Sampler};
 use crate::{dump, sender, Shared};
 
+/// How long a capture request waits for a running capture of the same kind to finish;
+/// after that it captures what is free (rule triggers never wait: Go's semantics).
+const REQUEST_MAX_WAIT: Duration = Duration::from_secs(30);
+
 /// Starts the agent thread (which starts the sender thread if there is a collector).
 pub(crate) fn spawn(
     cfg: AgentConfig,
@@ -182,8 +186,16 @@ fn run(cfg: &Arc<AgentConfig>, shared: &Arc<Shared>) {
     let mut next_sample = Instant::now();
     let mut next_fast = cfg.memory_fast_interval.map(|f| Instant::now() + f);
     loop {
-        while let Some(request) = shared.next_capture_request() {
-            fire_requested(&ctx, &request);
+        while let Some(pending) = shared.next_capture_request() {
+            // A requested kind still being captured: wait for it (checked again on every
+            // wake-up), unless the request has waited too long already.
+            if captures.busy_with(&pending.request.kinds)
+                && pending.queued.elapsed() < REQUEST_MAX_WAIT
+            {
+                shared.requeue_capture_request(pending);
+                break;
+            }
+            fire_requested(&ctx, &pending.request, pending.event_id);
         }
         let now = Instant::now();
         if now >= next_sample {
@@ -440,8 +452,7 @@ fn fire(ctx: &Ctx<'_>, last_cpu: Option<f64>, f: Firing) {
 
 /// A capture asked for by the collector or the host: a trigger event with reason
 /// `requested`, then the captures.
-fn fire_requested(ctx: &Ctx<'_>, request: &holmes_proto::CaptureRequest) {
-    let event_id = crate::event_id::new();
+fn fire_requested(ctx: &Ctx<'_>, request: &holmes_proto::CaptureRequest, event_id: String) {
     let claimed = ctx.captures.claim(&event_id, &request.kinds);
     let event = TriggerEvent {
         event_id,

@@ -219,7 +219,7 @@ fn handle_inbound(shared: &Shared, msg: pb::CollectorMessage) {
         Ok(CollectorMessage::ConfigUpdate(update)) => shared.apply_config_update(&update),
         Ok(CollectorMessage::CaptureRequest(req)) => {
             let id = req.request_id.clone();
-            if shared.request_capture(req) {
+            if shared.request_capture(req, crate::event_id::new()) {
                 tracing::info!(target: "holmes", request_id = %id, "capture requested by the collector");
             } else {
                 tracing::warn!(target: "holmes", request_id = %id, "dropping a capture request: too many are waiting");

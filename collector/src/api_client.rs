@@ -355,6 +355,24 @@ impl ApiClient {
             .await?;
         Ok(Vec::from(body))
     }
+
+    /// `GET /api/v1/profiles/{profile_id}/top`: the costliest functions by
+    /// `sample_type` (the profile's last one when `None`), at most `limit`.
+    pub async fn top(
+        &self,
+        profile_id: &str,
+        sample_type: Option<&str>,
+        limit: u64,
+    ) -> Result<crate::query::TopJson, ApiClientError> {
+        let mut path = format!(
+            "{}?limit={limit}",
+            crate::query::top_path(&encode(profile_id))
+        );
+        if let Some(t) = sample_type {
+            path.push_str(&format!("&sample_type={}", encode(t)));
+        }
+        self.get(&path).await
+    }
 }
 
 /// Refuses a service name the collector would refuse, before asking it.

@@ -46,6 +46,21 @@ pub struct ClickHouseSection {
     pub user: Option<String>,
     /// Password.
     pub password: Option<Secret>,
+    /// How long rows wait to be written together with other agents' rows, milliseconds
+    /// (one `INSERT` per table per batch).
+    #[serde(default = "default_batch_delay_ms")]
+    pub batch_delay_ms: u64,
+    /// Rows that fill a batch early.
+    #[serde(default = "default_batch_rows")]
+    pub batch_rows: usize,
+}
+
+fn default_batch_delay_ms() -> u64 {
+    holmes_storage::clickhouse::DEFAULT_BATCH_DELAY.as_millis() as u64
+}
+
+fn default_batch_rows() -> usize {
+    holmes_storage::clickhouse::DEFAULT_BATCH_ROWS
 }
 
 fn default_database() -> String {
@@ -59,6 +74,8 @@ impl Default for ClickHouseSection {
             database: default_database(),
             user: None,
             password: None,
+            batch_delay_ms: default_batch_delay_ms(),
+            batch_rows: default_batch_rows(),
         }
     }
 }
@@ -239,6 +256,10 @@ pub struct Config {
     /// one ends the agent's stream with INVALID_ARGUMENT.
     #[serde(default = "default_max_profile")]
     pub max_profile_bytes: u64,
+    /// Largest size a profile may decompress to, bytes; beyond it (a gzip bomb, say) the
+    /// profile is stored as refused, with the reason, instead of decoded.
+    #[serde(default = "default_max_decoded_profile")]
+    pub max_decoded_profile_bytes: u64,
     /// ClickHouse settings, used when `store = "clickhouse"`.
     #[serde(default)]
     pub clickhouse: ClickHouseSection,
@@ -277,6 +298,10 @@ fn default_max_profile() -> u64 {
     DEFAULT_MAX_PROFILE_BYTES
 }
 
+fn default_max_decoded_profile() -> u64 {
+    crate::ingest::normalize::DEFAULT_MAX_DECODED_BYTES
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -286,6 +311,7 @@ impl Default for Config {
             store: default_store(),
             max_message_bytes: default_max_message(),
             max_profile_bytes: default_max_profile(),
+            max_decoded_profile_bytes: default_max_decoded_profile(),
             clickhouse: ClickHouseSection::default(),
             rules: ServiceRules::new(),
             tls: TlsSection::default(),
@@ -476,6 +502,11 @@ impl Config {
                 self.max_message_bytes
             )));
         }
+        if self.max_decoded_profile_bytes == 0 {
+            return Err(ConfigError::Invalid(
+                "max_decoded_profile_bytes = 0 is too small; at least 1".to_owned(),
+            ));
+        }
         if self.max_profile_bytes == 0 {
             return Err(ConfigError::Invalid(
                 "max_profile_bytes = 0 is too small; at least 1".to_owned(),
@@ -531,6 +562,7 @@ mod tests {
         assert_eq!(c.clickhouse.database, "holmes_prod");
         assert_eq!(c.max_message_bytes, 8_388_608);
         assert_eq!(c.max_profile_bytes, 67_108_864);
+        assert_eq!(c.max_decoded_profile_bytes, 134_217_728);
         let checkout = &c.rules["checkout"];
         assert_eq!(checkout["cpu"], "abs=90,cooldown=2m");
         assert_eq!(checkout["threads"], "off");

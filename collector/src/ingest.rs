@@ -20,7 +20,9 @@ use holmes_proto::pb::ingest_server::Ingest;
 use holmes_proto::{
     pb, AgentBody, AgentMessage, CollectorMessage, Hello, MetricWindow, TriggerEvent,
 };
-use holmes_storage::{InstanceInfo, MetricPoint, Store, TriggerRecord};
+use holmes_storage::{
+    InstanceInfo, MetricPoint, ProfileContents, ProfileRecord, Store, StoreError, TriggerRecord,
+};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
@@ -32,12 +34,47 @@ use crate::error::store_status;
 use crate::query::reason_name;
 use crate::rules::{update_for, ServiceRules};
 
+pub mod normalize;
 pub mod profiles;
 
+use normalize::Limits;
 use profiles::{Assembler, Step};
 
 /// How long a new stream may take to send its `Hello`.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a failing store write is retried, with backoff, before the agent's stream
+/// ends with UNAVAILABLE (the agent then reconnects and resends what was not
+/// acknowledged). Meanwhile the stream reads nothing more: its agent keeps the data.
+pub const STORE_RETRY_FOR: Duration = Duration::from_secs(15);
+
+/// Runs a store write until it succeeds or [`STORE_RETRY_FOR`] has passed, backing off
+/// from 100 ms to 2 s between attempts.
+async fn retry_store<'a, F>(what: &'static str, mut write: F) -> Result<(), Status>
+where
+    F: FnMut() -> Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send + 'a>>,
+{
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(100);
+    let mut attempt = 1u32;
+    loop {
+        match write().await {
+            Ok(()) => {
+                if attempt > 1 {
+                    tracing::info!(what, attempt, "store write succeeded after retrying");
+                }
+                return Ok(());
+            }
+            Err(err) if started.elapsed() + delay < STORE_RETRY_FOR => {
+                tracing::warn!(what, attempt, retry_in_ms = delay.as_millis() as u64, error = %err, "store write failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+                attempt += 1;
+            }
+            Err(err) => return Err(store_status(&err)),
+        }
+    }
+}
+
 /// How often an instance's `last_seen` is refreshed while its stream is open.
 pub const TOUCH_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -48,6 +85,7 @@ pub struct IngestService {
     rules: Arc<ServiceRules>,
     closing: watch::Receiver<bool>,
     max_profile_bytes: u64,
+    profile_limits: Limits,
     auth: IngestAuth,
 }
 
@@ -61,6 +99,7 @@ impl IngestService {
             rules: Arc::new(rules),
             closing,
             max_profile_bytes: crate::config::DEFAULT_MAX_PROFILE_BYTES,
+            profile_limits: Limits::default(),
             auth: IngestAuth::default(),
         }
     }
@@ -75,6 +114,13 @@ impl IngestService {
     /// [`crate::config::DEFAULT_MAX_PROFILE_BYTES`].
     pub fn with_max_profile_bytes(mut self, max_profile_bytes: u64) -> Self {
         self.max_profile_bytes = max_profile_bytes;
+        self
+    }
+
+    /// Bounds for decoding profiles (decompressed size, item counts, stack depth)
+    /// instead of [`Limits::default`]; a profile beyond them is stored as refused.
+    pub fn with_profile_limits(mut self, limits: Limits) -> Self {
+        self.profile_limits = limits;
         self
     }
 
@@ -244,6 +290,7 @@ impl Ingest for IngestService {
             last_acked: 0,
             highest_stored: 0,
             profiles: Assembler::new(self.max_profile_bytes),
+            profile_limits: self.profile_limits,
             last_touch: Instant::now(),
         };
         tokio::spawn(session.run(inbound, self.closing.clone()));
@@ -253,6 +300,7 @@ impl Ingest for IngestService {
 
 struct Session {
     hello: Hello,
+    profile_limits: Limits,
     store: Arc<dyn Store>,
     tx: mpsc::Sender<Result<pb::CollectorMessage, Status>>,
     last_acked: u64,
@@ -321,10 +369,7 @@ impl Session {
                     ));
                 }
                 let points = points(&self.hello, &window);
-                self.store
-                    .insert_metrics(&points)
-                    .await
-                    .map_err(|e| store_status(&e))?;
+                retry_store("metrics", || self.store.insert_metrics(&points)).await?;
                 self.stored(msg.seq).await?;
                 self.touch_if_due().await
             }
@@ -335,10 +380,10 @@ impl Session {
                     ));
                 }
                 let record = trigger_record(&self.hello, trigger);
-                self.store
-                    .insert_triggers(std::slice::from_ref(&record))
-                    .await
-                    .map_err(|e| store_status(&e))?;
+                retry_store("trigger", || {
+                    self.store.insert_triggers(std::slice::from_ref(&record))
+                })
+                .await?;
                 tracing::info!(
                     service = %record.service,
                     instance = %record.instance_id,
@@ -358,11 +403,16 @@ impl Session {
                     ));
                 }
                 let chunks = chunk.chunk_count;
-                if let Step::Complete(record) = self.profiles.push(&self.hello, msg.seq, chunk)? {
-                    self.store
-                        .insert_profile(&record)
-                        .await
-                        .map_err(|e| store_status(&e))?;
+                if let Step::Complete(mut record) =
+                    self.profiles.push(&self.hello, msg.seq, chunk)?
+                {
+                    if let Some(contents) = self.normalize(&mut record).await {
+                        retry_store("profile contents", || {
+                            self.store.insert_profile_contents(&contents)
+                        })
+                        .await?;
+                    }
+                    retry_store("profile", || self.store.insert_profile(&record)).await?;
                     tracing::info!(
                         service = %record.service,
                         instance = %record.instance_id,
@@ -377,6 +427,56 @@ impl Session {
                     self.stored(msg.seq).await?;
                 }
                 self.touch_if_due().await
+            }
+        }
+    }
+
+    /// The normalized contents of a profile that holds data. A profile that fails to
+    /// decode or breaks a limit is kept as a failed capture whose error says why (its
+    /// bytes dropped), so that it is acknowledged, listed, and not resent forever.
+    async fn normalize(&self, record: &mut ProfileRecord) -> Option<ProfileContents> {
+        if record.error.is_some() || record.data.is_empty() {
+            return None;
+        }
+        let limits = self.profile_limits;
+        let data = std::mem::take(&mut record.data);
+        let (id, service, started) = (
+            record.profile_id.clone(),
+            record.service.clone(),
+            record.started_unix_nanos,
+        );
+        // Decoding is CPU work of up to a few hundred milliseconds for a large profile.
+        let (data, result) = tokio::task::spawn_blocking(move || {
+            let result = normalize::normalize(&data, limits, &id, &service, started);
+            (data, result)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            (
+                Vec::new(),
+                Err(normalize::NormalizeError::Malformed(format!(
+                    "the decoder failed: {e}"
+                ))),
+            )
+        });
+        match result {
+            Ok(contents) => {
+                record.data = data;
+                Some(contents)
+            }
+            Err(err) => {
+                tracing::warn!(
+                    service = %record.service,
+                    instance = %record.instance_id,
+                    profile_id = %record.profile_id,
+                    event_id = %record.event_id,
+                    kind = record.kind.as_str(),
+                    bytes = data.len(),
+                    error = %err,
+                    "profile refused"
+                );
+                record.error = Some(format!("refused by the collector: {err}"));
+                None
             }
         }
     }

@@ -7,11 +7,13 @@
 //!   overrides and flags; [`rules`]: the per-service trigger rules pushed to agents.
 //! - [`auth`]: bearer tokens on ingest (per service) and on the API; [`tls`]: TLS on
 //!   both listeners.
+//! - [`aggregate`]: profile contents summed by function (the `top` of a profile).
 //! - [`error`]: the one place that maps failures to gRPC and HTTP statuses.
 //! - [`demo`]: the workload of `holmes-demo`, the one-command tour.
 //!
 //! Binaries: `holmes-collector` (the server), `holmes` (the CLI), `holmes-demo`.
 
+pub mod aggregate;
 pub mod api_client;
 pub mod auth;
 pub mod clock;

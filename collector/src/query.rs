@@ -32,8 +32,8 @@ use crate::error::ApiError;
 mod profiles;
 mod triggers;
 pub use profiles::{
-    download_path, file_name, parse_kind, ProfileJson, ProfilesJson, DEFAULT_PROFILE_LIMIT,
-    DEFAULT_PROFILE_SINCE, PROFILE_KINDS,
+    download_path, file_name, parse_kind, top_path, ProfileJson, ProfilesJson, TopJson,
+    DEFAULT_PROFILE_LIMIT, DEFAULT_PROFILE_SINCE, DEFAULT_TOP_LIMIT, PROFILE_KINDS,
 };
 pub use triggers::{reason_name, RuleJson, TriggerJson, TriggersJson};
 
@@ -73,6 +73,7 @@ pub fn router(
             get(profiles::profiles),
         )
         .route("/api/v1/profiles/{profile_id}", get(profiles::download))
+        .route("/api/v1/profiles/{profile_id}/top", get(profiles::top))
         .with_state(Api {
             store,
             active_window,

@@ -73,6 +73,11 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServeError> {
                 database: ch.database.clone(),
                 user: ch.user.clone(),
                 password: ch.password.as_ref().map(|p| p.expose().to_owned()),
+                batch: holmes_storage::clickhouse::BatchConfig {
+                    max_rows: ch.batch_rows.max(1),
+                    max_delay: std::time::Duration::from_millis(ch.batch_delay_ms),
+                    ..holmes_storage::clickhouse::BatchConfig::default()
+                },
             };
             Arc::new(
                 ClickHouseStore::open(&cfg)
@@ -155,6 +160,10 @@ impl Server {
         let ingest = IngestServer::new(
             IngestService::new(Arc::clone(&store), config.rules.clone(), closed.clone())
                 .with_max_profile_bytes(config.max_profile_bytes)
+                .with_profile_limits(crate::ingest::normalize::Limits {
+                    max_decoded_bytes: config.max_decoded_profile_bytes,
+                    ..crate::ingest::normalize::Limits::default()
+                })
                 .with_auth(ingest_auth),
         )
         // Agents may send gzip or zstd; the limit holds for the decompressed message.

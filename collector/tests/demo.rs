@@ -33,8 +33,9 @@ async fn the_demo_produces_queryable_data_from_real_service_processes() {
         let line = lines.next_line().await.unwrap().expect("demo banner");
         banner.push_str(&line);
         banner.push('\n');
-        if let Some(rest) = line.split("API ").nth(1) {
-            break rest.split(',').next().unwrap().to_owned();
+        // "  collector: gRPC http://.., API http://.., store .."
+        if let Some(rest) = line.split("API http://").nth(1) {
+            break format!("http://{}", rest.split(',').next().unwrap());
         }
     };
     while let Some(line) = lines.next_line().await.unwrap() {

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use holmes_collector::api_client::{ApiClient, ApiClientError};
 use holmes_collector::clock::{rfc3339, unix_nanos_now};
+use holmes_collector::query::{download_path, top_path};
 use holmes_collector::Server;
 use holmes_proto::{AgentBody, CollectorMessage, MetricWindow, ProfileChunk, ProfileKind};
 use support::raw_agent::{hello, profile_chunks, RawAgent};
@@ -25,19 +26,61 @@ const PROFILE_C: &str = "cccccccccccccccc0000000000000003";
 const FAILED: &str = "ffffffffffffffff0000000000000001";
 const EVENT: &str = "9c0ffee09c0ffee09c0ffee09c0ffee0";
 
-/// `len` bytes that look like nothing in particular (xorshift), after gzip's magic.
+/// A valid, uncompressed pprof profile of exactly `len` bytes (at least 64): one sample,
+/// and a comment of letters that look like nothing in particular (xorshift from `seed`).
 fn profile_bytes(len: usize, seed: u64) -> Vec<u8> {
+    use holmes_proto::pprof::{Function, Line, Location, Profile, Sample, ValueType};
+    use prost::Message;
     let mut x = seed | 1;
-    let mut out: Vec<u8> = (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect();
-    out.iter_mut().zip([0x1f, 0x8b]).for_each(|(b, m)| *b = m);
-    out
+    let mut filler = |n: usize| -> String {
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                char::from(b'a' + ((x >> 24) % 26) as u8)
+            })
+            .collect()
+    };
+    let mut p = Profile {
+        sample_type: vec![ValueType { r#type: 1, unit: 2 }],
+        sample: vec![Sample {
+            location_id: vec![1],
+            value: vec![1],
+            label: vec![],
+        }],
+        location: vec![Location {
+            id: 1,
+            line: vec![Line {
+                function_id: 1,
+                line: 7,
+                column: 0,
+            }],
+            ..Location::default()
+        }],
+        function: vec![Function {
+            id: 1,
+            name: 3,
+            filename: 4,
+            ..Function::default()
+        }],
+        string_table: ["", "samples", "count", "shop::handle", "src/main.rs", ""]
+            .map(String::from)
+            .to_vec(),
+        comment: vec![5],
+        ..Profile::default()
+    };
+    // The comment's length prefix grows with it: converge in a few rounds.
+    let mut want = len.saturating_sub(p.encoded_len());
+    for _ in 0..4 {
+        p.string_table[5] = "x".repeat(want);
+        let size = p.encoded_len();
+        want = (want + len).saturating_sub(size);
+    }
+    p.string_table[5] = filler(want);
+    let bytes = p.encode_to_vec();
+    assert_eq!(bytes.len(), len, "profile_bytes cannot make {len} bytes");
+    bytes
 }
 
 async fn holmes_cli(args: &[&str]) -> std::process::Output {
@@ -537,4 +580,183 @@ async fn a_profile_chunk_without_a_sequence_number_is_refused() {
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
     assert_eq!(status.message(), "profile chunk without a sequence number");
     server.shutdown().await;
+}
+
+/// A gzipped CPU profile in which `burn_the_cpu` (called from `handle`) is the leaf of 9
+/// samples of 10 ms and `handle` of 1; the stack of the 9 is the same each time.
+fn cpu_profile() -> Vec<u8> {
+    use holmes_proto::pprof::{Function, Line, Location, Profile, Sample, ValueType};
+    use prost::Message;
+    let location = |id: u64, function_id: u64| Location {
+        id,
+        line: vec![Line {
+            function_id,
+            line: 10 * id as i64,
+            column: 0,
+        }],
+        ..Location::default()
+    };
+    let function = |id: u64, name: i64| Function {
+        id,
+        name,
+        filename: 5,
+        ..Function::default()
+    };
+    let sample = |stack: Vec<u64>| Sample {
+        location_id: stack,
+        value: vec![1, 10_000_000],
+        label: vec![],
+    };
+    let mut samples = vec![sample(vec![2, 1])];
+    samples.extend((0..9).map(|_| sample(vec![3, 2, 1])));
+    let p = Profile {
+        sample_type: vec![
+            ValueType { r#type: 1, unit: 2 },
+            ValueType { r#type: 3, unit: 4 },
+        ],
+        sample: samples,
+        location: vec![location(1, 1), location(2, 2), location(3, 3)],
+        function: vec![function(1, 6), function(2, 7), function(3, 8)],
+        string_table: [
+            "",
+            "samples",
+            "count",
+            "cpu",
+            "nanoseconds",
+            "src/main.rs",
+            "main",
+            "shop::handle",
+            "shop::burn_the_cpu",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..Profile::default()
+    };
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&p.encode_to_vec()).unwrap();
+    gz.finish().unwrap()
+}
+
+/// Profiles that are not pprof, that inflate past the limit, or whose stacks are too deep
+/// are acknowledged and listed as refused with the reason (so the agent does not resend
+/// them forever); the stream goes on, and a good profile after them is decoded: its top
+/// function is the one that burned the CPU.
+async fn bad_profiles_are_refused_with_the_reason(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut config) = support::config(backend, dir.path()) else {
+        return;
+    };
+    config.max_decoded_profile_bytes = 4 * MIB as u64;
+    let server = Server::start(&config).await.unwrap();
+    let api = ApiClient::new(&format!("http://{}", server.http_addr())).unwrap();
+    let agent =
+        RawAgent::connect(server.grpc_addr(), hello("checkout", "checkout-0", vec![])).await;
+    let mut agent = agent;
+    let started = unix_nanos_now() - 10 * SEC;
+
+    // 16 MiB of zeros, gzipped to about 16 KiB.
+    let bomb = {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        for _ in 0..16 {
+            gz.write_all(&vec![0u8; MIB]).unwrap();
+        }
+        gz.finish().unwrap()
+    };
+    let deep = {
+        use holmes_proto::pprof::Profile;
+        use prost::Message;
+        let mut raw = Vec::new();
+        flate2::read::GzDecoder::new(&cpu_profile()[..])
+            .read_to_end(&mut raw)
+            .unwrap();
+        let mut p = Profile::decode(&raw[..]).unwrap();
+        p.sample[0].location_id = vec![1; 5000];
+        p.encode_to_vec()
+    };
+    let ids = [
+        "b0000000000000000000000000000001",
+        "b0000000000000000000000000000002",
+        "b0000000000000000000000000000003",
+        "b0000000000000000000000000000004",
+    ];
+    let bodies = [
+        b"this is not a profile at all".to_vec(),
+        bomb,
+        deep,
+        cpu_profile(),
+    ];
+    for (seq, (id, body)) in (1..).zip(ids.iter().zip(&bodies)) {
+        let chunks = profile_chunks(id, EVENT, ProfileKind::Cpu, started + seq * SEC, body, MIB);
+        send_all(&agent, seq, &chunks).await;
+        assert_eq!(agent.next().await, CollectorMessage::Ack { seq });
+    }
+
+    let listed = api.profiles("checkout", "5m").await.unwrap().profiles;
+    let errors: Vec<Option<&str>> = listed.iter().map(|p| p.error.as_deref()).collect();
+    assert_eq!(listed.len(), 4, "{listed:?}");
+    let refused = "refused by the collector: ";
+    assert!(
+        errors[0].is_some_and(|e| e.starts_with(&format!("{refused}not a pprof profile"))),
+        "{errors:?}"
+    );
+    assert_eq!(
+        errors[1],
+        Some(
+            format!(
+                "{refused}the profile decompresses to more than {} bytes",
+                4 * MIB
+            )
+            .as_str()
+        )
+    );
+    assert_eq!(
+        errors[2],
+        Some(format!("{refused}sample 0 is 5000 frames deep, more than the 1024 allowed").as_str())
+    );
+    assert_eq!(errors[3], None);
+    assert_eq!(
+        listed[3].download.as_deref(),
+        Some(download_path(ids[3]).as_str())
+    );
+
+    let top = api.top(ids[3], None, 10).await.unwrap();
+    assert_eq!(
+        (top.sample_type.as_str(), top.unit.as_str()),
+        ("cpu", "nanoseconds")
+    );
+    assert_eq!((top.total, top.samples, top.stacks), (100_000_000, 10, 2));
+    assert_eq!(top.functions[0].function, "shop::burn_the_cpu");
+    assert_eq!(
+        (top.functions[0].flat, top.functions[0].cum),
+        (90_000_000, 90_000_000)
+    );
+    let main = top.functions.iter().find(|f| f.function == "main").unwrap();
+    assert_eq!((main.flat, main.cum), (0, 100_000_000));
+    let by_count = api.top(ids[3], Some("samples"), 1).await.unwrap();
+    assert_eq!(by_count.functions.len(), 1);
+    assert_eq!(by_count.functions[0].flat, 9);
+    // A refused profile has no top; the reason is given.
+    let (status, message) = api_error(&api, &top_path(ids[1])).await;
+    assert_eq!(status, 404);
+    assert!(message.contains("decompresses to more than"), "{message}");
+    let (status, message) =
+        api_error(&api, &format!("{}?sample_type=alloc", top_path(ids[3]))).await;
+    assert_eq!(
+        (status, message.as_str()),
+        (
+            400,
+            "no sample type \"alloc\"; this profile has: samples, cpu"
+        )
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_profiles_are_refused_with_the_reason_on_sqlite() {
+    bad_profiles_are_refused_with_the_reason(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_profiles_are_refused_with_the_reason_on_clickhouse() {
+    bad_profiles_are_refused_with_the_reason(Backend::ClickHouse).await;
 }

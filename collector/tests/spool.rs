@@ -23,7 +23,7 @@ const SERVICE: &str = "spooler";
 const INSTANCE: &str = "spooler-0";
 
 /// The agent process the tests start: `captures` thread dumps asked for with
-/// `capture_now`, each request id printed as `EVENT <id>`, the next one `every` ms after
+/// `capture_now`, each trigger event id printed as `EVENT <id>`, the next one `every` ms after
 /// the previous dump is in the dump folder (one capture of a kind runs at a time; the
 /// first one loads debug info and takes a while); then, with
 /// `end=hang`, `READY` once everything is in the spool and a wait to be killed, or with
@@ -213,24 +213,27 @@ fn spool_files(dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-/// Each of the capture requests `requests` stored once as a trigger event and once as
-/// a thread dump, and nothing else.
-async fn assert_each_event_stored_once(api: &ApiClient, requests: &[String]) {
+/// Each of the capture events `events` (ids `capture_now` returned) stored once as a
+/// requested trigger event and once as a thread dump, and nothing else.
+async fn assert_each_event_stored_once(api: &ApiClient, events: &[String]) {
     let triggers = api.triggers(SERVICE, "1h").await.unwrap().triggers;
     let profiles = api.profiles(SERVICE, "1h").await.unwrap().profiles;
-    let mut answered: Vec<&str> = triggers
-        .iter()
-        .filter_map(|t| t.request_id.as_deref())
-        .collect();
-    let mut expected: Vec<&str> = requests.iter().map(String::as_str).collect();
-    answered.sort_unstable();
+    assert!(
+        triggers.iter().all(|t| t.request_id.is_some()),
+        "only requested captures: {triggers:?}"
+    );
+    let mut expected: Vec<&str> = events.iter().map(String::as_str).collect();
     expected.sort_unstable();
-    assert_eq!(answered, expected, "one trigger event per request");
-    assert_eq!(triggers.len(), requests.len(), "and no other");
+    assert_eq!(
+        triggers.len(),
+        events.len(),
+        "one trigger event per capture"
+    );
     let mut trigger_events: Vec<&str> = triggers.iter().map(|t| t.event_id.as_str()).collect();
     let mut profile_events: Vec<&str> = profiles.iter().map(|p| p.event_id.as_str()).collect();
     trigger_events.sort_unstable();
     profile_events.sort_unstable();
+    assert_eq!(trigger_events, expected, "the events capture_now named");
     assert_eq!(profile_events, trigger_events, "one profile per event");
     for p in &profiles {
         assert_eq!(p.kind, "threads");

@@ -3,6 +3,8 @@
 #
 #   eval "$(deploy/dev/clickhouse.sh start)"   # prints export lines: HOLMES_TEST_CLICKHOUSE_URL, HOLMES_CH_DIR, HOLMES_CH_PID
 #   deploy/dev/clickhouse.sh stop               # stops the one started above (uses HOLMES_CH_DIR)
+#   deploy/dev/clickhouse.sh restart            # starts it again on the same folder and ports, after
+#                                               # it was killed (outage tests; uses HOLMES_CH_DIR)
 #
 # Installs Debian's clickhouse-server if it is missing. Everything lives in a temporary
 # folder: data, logs and a config written here (the system config is not touched).
@@ -66,10 +68,15 @@ XML
   <uncompressed_cache_size>536870912</uncompressed_cache_size>
 </yandex>
 XML
-  clickhouse-server --config-file="$dir/config.xml" >"$dir/log/stdout.log" 2>&1 &
+  run_server "$dir" "http://127.0.0.1:$http"
+}
+
+# Starts the server configured in folder $1 and waits until $2 answers; prints the exports.
+run_server() {
+  local dir=$1 url=$2
+  clickhouse-server --config-file="$dir/config.xml" >>"$dir/log/stdout.log" 2>&1 &
   local pid=$!
   echo "$pid" > "$dir/pid"
-  local url="http://127.0.0.1:$http"
   for _ in $(seq 1 300); do
     if curl -fsS "$url/?query=SELECT%201" >/dev/null 2>&1; then
       log "ClickHouse $(curl -fsS "$url/?query=SELECT%20version()") ready at $url (pid $pid, dir $dir)"
@@ -85,6 +92,14 @@ XML
   return 1
 }
 
+restart() {
+  local dir=${HOLMES_CH_DIR:-}
+  [ -n "$dir" ] && [ -f "$dir/config.xml" ] || { log "HOLMES_CH_DIR names no server folder"; return 1; }
+  local http
+  http=$(sed -n 's:.*<http_port>\([0-9]*\)</http_port>.*:\1:p' "$dir/config.xml")
+  run_server "$dir" "http://127.0.0.1:$http"
+}
+
 stop() {
   local dir=${HOLMES_CH_DIR:-}
   [ -n "$dir" ] && [ -f "$dir/pid" ] || { log "nothing to stop"; return 0; }
@@ -98,5 +113,6 @@ stop() {
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
-  *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+  restart) restart ;;
+  *) echo "usage: $0 start|stop|restart" >&2; exit 2 ;;
 esac

@@ -17,8 +17,12 @@ use crate::{
     ProfileRecord, ServiceSummary, Store, StoreError, TriggerQuery, TriggerRecord,
 };
 
+mod batch;
 mod profiles;
 mod stacks;
+
+pub use batch::{BatchConfig, DEFAULT_BATCH_BYTES, DEFAULT_BATCH_DELAY, DEFAULT_BATCH_ROWS};
+use batch::{Batcher, Weigh};
 mod triggers;
 
 /// Database used when the configuration names none.
@@ -35,6 +39,8 @@ pub struct ClickHouseConfig {
     pub user: Option<String>,
     /// Password, if the server needs one.
     pub password: Option<String>,
+    /// When batched inserts are written.
+    pub batch: BatchConfig,
 }
 
 impl ClickHouseConfig {
@@ -45,6 +51,7 @@ impl ClickHouseConfig {
             database: DEFAULT_DATABASE.to_owned(),
             user: None,
             password: None,
+            batch: BatchConfig::default(),
         }
     }
 }
@@ -206,13 +213,19 @@ struct InstanceRow {
 }
 
 #[derive(Row, Serialize)]
-struct MetricRow<'a> {
+struct MetricRow {
     day: u16,
-    service: &'a str,
-    metric: &'a str,
-    instance_id: &'a str,
+    service: String,
+    metric: &'static str,
+    instance_id: String,
     ts: u64,
     value: f64,
+}
+
+impl Weigh for MetricRow {
+    fn weight(&self) -> usize {
+        self.service.len() + self.instance_id.len() + self.metric.len() + 24
+    }
 }
 
 #[derive(Row, Deserialize)]
@@ -264,6 +277,44 @@ pub struct ClickHouseStore {
     url: String,
     version: ServerVersion,
     known_stacks: Arc<stacks::KnownStacks>,
+    batches: Arc<Batches>,
+}
+
+/// The batched tables' inserters.
+struct Batches {
+    metrics: Batcher<MetricRow>,
+    profiles: Batcher<profiles::ProfileInsertRow>,
+    profile_ids: Batcher<ProfileIdRow>,
+    stacks: Batcher<stacks::StackRow>,
+    contents: Batcher<stacks::ContentsRow>,
+    samples: Batcher<stacks::SampleRow>,
+}
+
+impl Batches {
+    fn start(client: &Client, config: BatchConfig) -> Self {
+        Batches {
+            metrics: Batcher::start(client.clone(), "metric_samples", config),
+            profiles: Batcher::start(client.clone(), "profiles", config),
+            profile_ids: Batcher::start(client.clone(), "profiles_by_id", config),
+            stacks: Batcher::start(client.clone(), "stacks", config),
+            contents: Batcher::start(client.clone(), "profile_contents", config),
+            samples: Batcher::start(client.clone(), "profile_samples", config),
+        }
+    }
+}
+
+/// Where a profile id's rows are: `profiles_by_id`, written for profiles and contents.
+#[derive(Row, Serialize)]
+struct ProfileIdRow {
+    profile_id: String,
+    service: String,
+    day: u16,
+}
+
+impl Weigh for ProfileIdRow {
+    fn weight(&self) -> usize {
+        self.profile_id.len() + self.service.len() + 10
+    }
 }
 
 impl std::fmt::Debug for ClickHouseStore {
@@ -321,11 +372,13 @@ impl ClickHouseStore {
             lz4 = version.supports_lz4(),
             "connected to ClickHouse"
         );
+        let client_for_batches = client.clone();
         let store = ClickHouseStore {
             client,
             url: config.url.clone(),
             version,
             known_stacks: Arc::default(),
+            batches: Arc::new(Batches::start(&client_for_batches, config.batch)),
         };
         store.migrate().await?;
         Ok(store)
@@ -334,6 +387,15 @@ impl ClickHouseStore {
     /// The server version found at open.
     pub fn server_version(&self) -> ServerVersion {
         self.version
+    }
+
+    /// A batched insert's outcome as a store result.
+    fn batched(&self, table: &'static str, result: Result<(), String>) -> Result<(), StoreError> {
+        result.map_err(|message| StoreError::Batch {
+            url: self.url.clone(),
+            table,
+            message,
+        })
     }
 
     fn err(&self, source: clickhouse::error::Error) -> StoreError {
@@ -433,28 +495,19 @@ impl Store for ClickHouseStore {
     }
 
     async fn insert_metrics(&self, points: &[MetricPoint]) -> Result<(), StoreError> {
-        if points.is_empty() {
-            return Ok(());
-        }
-        let mut insert = self
-            .client
-            .insert::<MetricRow<'_>>("metric_samples")
-            .await
-            .map_err(|e| self.err(e))?;
-        for p in points {
-            insert
-                .write(&MetricRow {
-                    day: day_of(p.unix_nanos),
-                    service: &p.service,
-                    metric: p.metric.as_str(),
-                    instance_id: &p.instance_id,
-                    ts: p.unix_nanos,
-                    value: p.value,
-                })
-                .await
-                .map_err(|e| self.err(e))?;
-        }
-        insert.end().await.map_err(|e| self.err(e))
+        let rows = points
+            .iter()
+            .map(|p| MetricRow {
+                day: day_of(p.unix_nanos),
+                service: p.service.clone(),
+                metric: p.metric.as_str(),
+                instance_id: p.instance_id.clone(),
+                ts: p.unix_nanos,
+                value: p.value,
+            })
+            .collect();
+        let result = self.batches.metrics.insert(rows).await;
+        self.batched("metric_samples", result)
     }
 
     async fn list_services(

@@ -41,6 +41,16 @@ pub enum StoreError {
         /// Why.
         source: ::clickhouse::error::Error,
     },
+    /// A batched ClickHouse insert failed (server down, insert refused, ...).
+    #[error("clickhouse at {url}: insert into {table} failed: {message}")]
+    Batch {
+        /// The server URL.
+        url: String,
+        /// The table.
+        table: &'static str,
+        /// Why.
+        message: String,
+    },
     /// A schema migration failed.
     #[error("schema migration to version {version} failed: {message}")]
     Migration {

@@ -110,6 +110,12 @@ impl Captures {
         }
     }
 
+    /// Whether a capture of any of `kinds` is running.
+    pub(crate) fn busy_with(&self, kinds: &[ProfileKind]) -> bool {
+        let busy = self.busy.load(Ordering::Acquire);
+        kinds.iter().any(|k| busy & kind_bit(*k) != 0)
+    }
+
     /// Claims the kinds of `kinds` that are not being captured right now and returns
     /// them, in order; the others are logged and left out (one capture of a kind at a
     /// time). Hand the claim to [`Captures::run`], which releases it.

@@ -192,6 +192,67 @@ pub(super) async fn download(
         .into_response())
 }
 
+/// Default number of functions in a profile's top list.
+pub const DEFAULT_TOP_LIMIT: u64 = 20;
+
+/// `GET /api/v1/profiles/{profile_id}/top`: the functions that cost the most.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopJson {
+    /// Profile id.
+    pub profile_id: String,
+    /// The sample type summed, e.g. `cpu`.
+    pub sample_type: String,
+    /// Its unit, e.g. `nanoseconds`.
+    pub unit: String,
+    /// Sum over all samples.
+    pub total: i64,
+    /// Samples in the profile.
+    pub samples: u64,
+    /// Distinct stacks among them.
+    pub stacks: u64,
+    /// Functions by flat value, at most `limit`.
+    pub functions: Vec<crate::aggregate::FunctionTotal>,
+}
+
+/// `/api/v1/profiles/{profile_id}/top`.
+pub fn top_path(profile_id: &str) -> String {
+    format!("/api/v1/profiles/{profile_id}/top")
+}
+
+pub(super) async fn top(
+    State(api): State<Api>,
+    Path(profile_id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<TopJson>, ApiError> {
+    validate_profile_id(&profile_id).map_err(ApiError::bad_request)?;
+    let limit = limit(&params, DEFAULT_TOP_LIMIT)?;
+    let Some(contents) = api.store.get_profile_contents(&profile_id).await? else {
+        let why = match api.store.get_profile(&profile_id).await? {
+            None => format!("unknown profile {profile_id:?}"),
+            Some(p) => match p.error {
+                Some(error) => format!("profile {profile_id} has no data: {error}"),
+                None => format!("profile {profile_id} was stored without decoded stacks"),
+            },
+        };
+        return Err(ApiError::not_found(why));
+    };
+    let index =
+        crate::aggregate::value_index(&contents, params.get("sample_type").map(String::as_str))
+            .map_err(ApiError::bad_request)?;
+    let (total, mut functions) = crate::aggregate::top_functions(&contents, index);
+    functions.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    let (sample_type, unit) = contents.sample_types[index].clone();
+    Ok(Json(TopJson {
+        profile_id,
+        sample_type,
+        unit,
+        total,
+        samples: contents.samples.len() as u64,
+        stacks: contents.stacks.len() as u64,
+        functions,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

@@ -12,16 +12,17 @@ use clickhouse::Row;
 use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::{date_text, day_of, ClickHouseStore};
+use super::batch::Weigh;
+use super::{date_text, day_of, ClickHouseStore, ProfileIdRow};
 use crate::stored_names::kind_from_name;
 use crate::{ProfileMeta, ProfileQuery, ProfileRecord, StoreError};
 
-/// Borrowed bytes written as one RowBinary `String` (length, then the bytes).
-struct RawBytes<'a>(&'a [u8]);
+/// Bytes written as one RowBinary `String` (length, then the bytes).
+pub(in crate::clickhouse) struct RawBytes(Vec<u8>);
 
-impl Serialize for RawBytes<'_> {
+impl Serialize for RawBytes {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(self.0)
+        serializer.serialize_bytes(&self.0)
     }
 }
 
@@ -69,27 +70,26 @@ impl<'de> Deserialize<'de> for ByteBuf {
 }
 
 #[derive(Row, Serialize)]
-struct ProfileInsertRow<'a> {
+pub(in crate::clickhouse) struct ProfileInsertRow {
     day: u16,
-    service: &'a str,
-    profile_id: &'a str,
-    event_id: &'a str,
-    instance_id: &'a str,
-    kind: &'a str,
+    service: String,
+    profile_id: String,
+    event_id: String,
+    instance_id: String,
+    kind: &'static str,
     started: u64,
     duration_ns: u64,
-    label_keys: Vec<&'a str>,
-    label_values: Vec<&'a str>,
-    error: &'a str,
+    label_keys: Vec<String>,
+    label_values: Vec<String>,
+    error: String,
     size_bytes: u64,
-    data: RawBytes<'a>,
+    data: RawBytes,
 }
 
-#[derive(Row, Serialize)]
-struct ProfileIdRow<'a> {
-    profile_id: &'a str,
-    service: &'a str,
-    day: u16,
+impl Weigh for ProfileInsertRow {
+    fn weight(&self) -> usize {
+        self.data.0.len() + self.error.len() + 256
+    }
 }
 
 #[derive(Row, Deserialize)]
@@ -198,50 +198,37 @@ impl ProfileDataRow {
     }
 }
 
-/// Writes the profile, then its entry in `profiles_by_id`: an id that can be looked up
-/// always leads to a stored profile. A failure in between leaves the profile
-/// unacknowledged; the agent's resend writes both again, and merges fold the copies.
+/// Writes the profile and its entry in `profiles_by_id`, each in the batch of its table.
+/// A failure of either leaves the profile unacknowledged; the agent's resend writes both
+/// again, and merges fold the copies (reads hide the ones not merged yet).
 pub(super) async fn insert(store: &ClickHouseStore, p: &ProfileRecord) -> Result<(), StoreError> {
     let day = day_of(p.started_unix_nanos);
-    let mut insert = store
-        .client
-        .insert::<ProfileInsertRow<'_>>("profiles")
-        .await
-        .map_err(|e| store.err(e))?;
-    insert
-        .write(&ProfileInsertRow {
-            day,
-            service: &p.service,
-            profile_id: &p.profile_id,
-            event_id: &p.event_id,
-            instance_id: &p.instance_id,
-            kind: p.kind.as_str(),
-            started: p.started_unix_nanos,
-            duration_ns: u64::try_from(p.duration.as_nanos()).unwrap_or(u64::MAX),
-            label_keys: p.labels.keys().map(String::as_str).collect(),
-            label_values: p.labels.values().map(String::as_str).collect(),
-            error: p.error.as_deref().unwrap_or(""),
-            size_bytes: p.data.len() as u64,
-            data: RawBytes(&p.data),
-        })
-        .await
-        .map_err(|e| store.err(e))?;
-    insert.end().await.map_err(|e| store.err(e))?;
-
-    let mut by_id = store
-        .client
-        .insert::<ProfileIdRow<'_>>("profiles_by_id")
-        .await
-        .map_err(|e| store.err(e))?;
-    by_id
-        .write(&ProfileIdRow {
-            profile_id: &p.profile_id,
-            service: &p.service,
-            day,
-        })
-        .await
-        .map_err(|e| store.err(e))?;
-    by_id.end().await.map_err(|e| store.err(e))
+    let row = ProfileInsertRow {
+        day,
+        service: p.service.clone(),
+        profile_id: p.profile_id.clone(),
+        event_id: p.event_id.clone(),
+        instance_id: p.instance_id.clone(),
+        kind: p.kind.as_str(),
+        started: p.started_unix_nanos,
+        duration_ns: u64::try_from(p.duration.as_nanos()).unwrap_or(u64::MAX),
+        label_keys: p.labels.keys().cloned().collect(),
+        label_values: p.labels.values().cloned().collect(),
+        error: p.error.clone().unwrap_or_default(),
+        size_bytes: p.data.len() as u64,
+        data: RawBytes(p.data.clone()),
+    };
+    let id = ProfileIdRow {
+        profile_id: p.profile_id.clone(),
+        service: p.service.clone(),
+        day,
+    };
+    let (profile, by_id) = tokio::join!(
+        store.batches.profiles.insert(vec![row]),
+        store.batches.profile_ids.insert(vec![id])
+    );
+    store.batched("profiles", profile)?;
+    store.batched("profiles_by_id", by_id)
 }
 
 pub(super) async fn query(

@@ -12,7 +12,8 @@ use std::sync::Mutex;
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
 
-use super::{date_text, day_of, ClickHouseStore};
+use super::batch::Weigh;
+use super::{date_text, day_of, ClickHouseStore, ProfileIdRow};
 use crate::{ProfileContents, Stack, StackFrame, StackSample, StoreError};
 
 /// Stack ids remembered as written; past this many the memory starts over.
@@ -42,21 +43,39 @@ impl KnownStacks {
 }
 
 #[derive(Row, Serialize, Deserialize)]
-struct StackRow {
+pub(in crate::clickhouse) struct StackRow {
     stack_id: u64,
     functions: Vec<String>,
     files: Vec<String>,
     lines: Vec<u32>,
 }
 
+impl Weigh for StackRow {
+    fn weight(&self) -> usize {
+        self.functions
+            .iter()
+            .chain(&self.files)
+            .map(|s| s.len() + 2)
+            .sum::<usize>()
+            + self.lines.len() * 4
+            + 16
+    }
+}
+
 #[derive(Row, Serialize)]
-struct ContentsRow<'a> {
+pub(in crate::clickhouse) struct ContentsRow {
     day: u16,
-    service: &'a str,
-    profile_id: &'a str,
+    service: String,
+    profile_id: String,
     started: u64,
-    type_names: Vec<&'a str>,
-    type_units: Vec<&'a str>,
+    type_names: Vec<String>,
+    type_units: Vec<String>,
+}
+
+impl Weigh for ContentsRow {
+    fn weight(&self) -> usize {
+        self.service.len() + self.profile_id.len() + 64
+    }
 }
 
 #[derive(Row, Deserialize)]
@@ -67,15 +86,30 @@ struct ContentsReadRow {
 }
 
 #[derive(Row, Serialize)]
-struct SampleRow<'a> {
+pub(in crate::clickhouse) struct SampleRow {
     day: u16,
-    service: &'a str,
-    profile_id: &'a str,
+    service: String,
+    profile_id: String,
     idx: u32,
     stack_id: u64,
-    vals: &'a [i64],
-    label_keys: Vec<&'a str>,
-    label_values: Vec<&'a str>,
+    vals: Vec<i64>,
+    label_keys: Vec<String>,
+    label_values: Vec<String>,
+}
+
+impl Weigh for SampleRow {
+    fn weight(&self) -> usize {
+        self.service.len()
+            + self.profile_id.len()
+            + self.vals.len() * 8
+            + self
+                .label_keys
+                .iter()
+                .chain(&self.label_values)
+                .map(|s| s.len() + 1)
+                .sum::<usize>()
+            + 20
+    }
 }
 
 #[derive(Row, Deserialize)]
@@ -86,99 +120,71 @@ struct SampleReadRow {
     label_values: Vec<String>,
 }
 
-#[derive(Row, Serialize)]
-struct ProfileIdRow<'a> {
-    profile_id: &'a str,
-    service: &'a str,
-    day: u16,
-}
-
 #[derive(Row, Deserialize)]
 struct LocationRow {
     service: String,
     day: u16,
 }
 
-/// Writes new stacks, the samples, then the head row and the id lookup: a profile whose
-/// head can be read has all its samples. A failure leaves the profile unacknowledged;
-/// the resend writes the same rows again and merges fold them.
+/// Writes the new stacks, the samples, the head row and the id lookup, each in the batch
+/// of its table, all at once. A failure of any leaves the profile unacknowledged; the
+/// resend writes the same rows again and merges fold them (reads hide copies not merged
+/// yet). Stacks are remembered as written only once their batch succeeded.
 pub(super) async fn insert(store: &ClickHouseStore, c: &ProfileContents) -> Result<(), StoreError> {
     let day = day_of(c.started_unix_nanos);
     let new_ids = store.known_stacks.unknown(&c.stacks);
-    if !new_ids.is_empty() {
-        let wanted: HashSet<u64> = new_ids.iter().copied().collect();
-        let mut insert = store
-            .client
-            .insert::<StackRow>("stacks")
-            .await
-            .map_err(|e| store.err(e))?;
-        for s in c.stacks.iter().filter(|s| wanted.contains(&s.stack_id)) {
-            insert
-                .write(&StackRow {
-                    stack_id: s.stack_id,
-                    functions: s.frames.iter().map(|f| f.function.clone()).collect(),
-                    files: s.frames.iter().map(|f| f.file.clone()).collect(),
-                    lines: s.frames.iter().map(|f| f.line).collect(),
-                })
-                .await
-                .map_err(|e| store.err(e))?;
-        }
-        insert.end().await.map_err(|e| store.err(e))?;
-        store.known_stacks.remember(&new_ids);
-    }
-    if !c.samples.is_empty() {
-        let mut insert = store
-            .client
-            .insert::<SampleRow<'_>>("profile_samples")
-            .await
-            .map_err(|e| store.err(e))?;
-        for (i, s) in c.samples.iter().enumerate() {
-            insert
-                .write(&SampleRow {
-                    day,
-                    service: &c.service,
-                    profile_id: &c.profile_id,
-                    idx: u32::try_from(i).unwrap_or(u32::MAX),
-                    stack_id: s.stack_id,
-                    vals: &s.values,
-                    label_keys: s.labels.iter().map(|(k, _)| k.as_str()).collect(),
-                    label_values: s.labels.iter().map(|(_, v)| v.as_str()).collect(),
-                })
-                .await
-                .map_err(|e| store.err(e))?;
-        }
-        insert.end().await.map_err(|e| store.err(e))?;
-    }
-    let mut head = store
-        .client
-        .insert::<ContentsRow<'_>>("profile_contents")
-        .await
-        .map_err(|e| store.err(e))?;
-    head.write(&ContentsRow {
-        day,
-        service: &c.service,
-        profile_id: &c.profile_id,
-        started: c.started_unix_nanos,
-        type_names: c.sample_types.iter().map(|(t, _)| t.as_str()).collect(),
-        type_units: c.sample_types.iter().map(|(_, u)| u.as_str()).collect(),
-    })
-    .await
-    .map_err(|e| store.err(e))?;
-    head.end().await.map_err(|e| store.err(e))?;
-    let mut by_id = store
-        .client
-        .insert::<ProfileIdRow<'_>>("profiles_by_id")
-        .await
-        .map_err(|e| store.err(e))?;
-    by_id
-        .write(&ProfileIdRow {
-            profile_id: &c.profile_id,
-            service: &c.service,
-            day,
+    let wanted: HashSet<u64> = new_ids.iter().copied().collect();
+    let stack_rows: Vec<StackRow> = c
+        .stacks
+        .iter()
+        .filter(|s| wanted.contains(&s.stack_id))
+        .map(|s| StackRow {
+            stack_id: s.stack_id,
+            functions: s.frames.iter().map(|f| f.function.clone()).collect(),
+            files: s.frames.iter().map(|f| f.file.clone()).collect(),
+            lines: s.frames.iter().map(|f| f.line).collect(),
         })
-        .await
-        .map_err(|e| store.err(e))?;
-    by_id.end().await.map_err(|e| store.err(e))
+        .collect();
+    let sample_rows: Vec<SampleRow> = c
+        .samples
+        .iter()
+        .enumerate()
+        .map(|(i, s)| SampleRow {
+            day,
+            service: c.service.clone(),
+            profile_id: c.profile_id.clone(),
+            idx: u32::try_from(i).unwrap_or(u32::MAX),
+            stack_id: s.stack_id,
+            vals: s.values.clone(),
+            label_keys: s.labels.iter().map(|(k, _)| k.clone()).collect(),
+            label_values: s.labels.iter().map(|(_, v)| v.clone()).collect(),
+        })
+        .collect();
+    let head = ContentsRow {
+        day,
+        service: c.service.clone(),
+        profile_id: c.profile_id.clone(),
+        started: c.started_unix_nanos,
+        type_names: c.sample_types.iter().map(|(t, _)| t.clone()).collect(),
+        type_units: c.sample_types.iter().map(|(_, u)| u.clone()).collect(),
+    };
+    let id = ProfileIdRow {
+        profile_id: c.profile_id.clone(),
+        service: c.service.clone(),
+        day,
+    };
+    let b = &store.batches;
+    let (stacks, samples, head, by_id) = tokio::join!(
+        b.stacks.insert(stack_rows),
+        b.samples.insert(sample_rows),
+        b.contents.insert(vec![head]),
+        b.profile_ids.insert(vec![id]),
+    );
+    store.batched("stacks", stacks)?;
+    store.known_stacks.remember(&new_ids);
+    store.batched("profile_samples", samples)?;
+    store.batched("profile_contents", head)?;
+    store.batched("profiles_by_id", by_id)
 }
 
 fn mismatch(what: &'static str, a: usize, b: usize) -> StoreError {

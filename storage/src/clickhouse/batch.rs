@@ -1,0 +1,159 @@
+//! Batched inserts: rows from many concurrent callers (one per agent stream) gathered
+//! into one `INSERT` per table, so ClickHouse makes one part per batch instead of one
+//! per profile.
+//!
+//! Each table has a [`Batcher`] with its own task. A caller hands over its rows and
+//! waits; the task takes submissions until the batch holds [`BatchConfig::max_rows`]
+//! rows or [`BatchConfig::max_bytes`] bytes or [`BatchConfig::max_delay`] has passed
+//! since its first submission, writes the batch in one `INSERT`, and tells every caller
+//! of the batch how it went. A failed batch fails all its callers, who have acknowledged
+//! nothing yet, so their agents resend: nothing is lost. What waits is bounded: the
+//! submission queue holds [`QUEUE_DEPTH`] submissions; beyond it callers wait their turn.
+
+use std::time::Duration;
+
+use clickhouse::{Client, RowOwned, RowWrite};
+use tokio::sync::{mpsc, oneshot};
+
+/// Submissions that may wait for a batcher's task.
+pub(super) const QUEUE_DEPTH: usize = 1024;
+
+/// When a batch is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchConfig {
+    /// Rows that fill a batch.
+    pub max_rows: usize,
+    /// Approximate bytes that fill a batch.
+    pub max_bytes: usize,
+    /// How long the first rows of a batch wait for company.
+    pub max_delay: Duration,
+}
+
+/// Default rows per batch.
+pub const DEFAULT_BATCH_ROWS: usize = 200_000;
+/// Default bytes per batch.
+pub const DEFAULT_BATCH_BYTES: usize = 32 * 1024 * 1024;
+/// Default wait for company.
+pub const DEFAULT_BATCH_DELAY: Duration = Duration::from_millis(50);
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_rows: DEFAULT_BATCH_ROWS,
+            max_bytes: DEFAULT_BATCH_BYTES,
+            max_delay: DEFAULT_BATCH_DELAY,
+        }
+    }
+}
+
+/// Rows that know their approximate encoded size.
+pub(super) trait Weigh {
+    /// Bytes this row takes in an `INSERT`, roughly.
+    fn weight(&self) -> usize;
+}
+
+struct Submission<T> {
+    rows: Vec<T>,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// The batched inserts into one table.
+pub(super) struct Batcher<T> {
+    table: &'static str,
+    tx: mpsc::Sender<Submission<T>>,
+}
+
+impl<T> std::fmt::Debug for Batcher<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batcher")
+            .field("table", &self.table)
+            .finish()
+    }
+}
+
+impl<T> Batcher<T>
+where
+    T: RowOwned + RowWrite + Weigh + Send + Sync + 'static,
+{
+    /// Starts the task writing to `table` through `client`; it ends when the batcher is
+    /// dropped. Needs a tokio runtime.
+    pub(super) fn start(client: Client, table: &'static str, config: BatchConfig) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        tokio::spawn(run(client, table, config, rx));
+        Batcher { table, tx }
+    }
+
+    /// Writes `rows` with whatever else arrives meanwhile; returns once they are stored,
+    /// or with the error of the `INSERT` that carried them.
+    pub(super) async fn insert(&self, rows: Vec<T>) -> Result<(), String> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Submission { rows, done })
+            .await
+            .map_err(|_| format!("the batcher of {} has stopped", self.table))?;
+        wait.await
+            .map_err(|_| format!("the batcher of {} stopped before writing", self.table))?
+    }
+}
+
+async fn run<T>(
+    client: Client,
+    table: &'static str,
+    config: BatchConfig,
+    mut rx: mpsc::Receiver<Submission<T>>,
+) where
+    T: RowOwned + RowWrite + Weigh + Send + Sync + 'static,
+{
+    while let Some(first) = rx.recv().await {
+        let deadline = tokio::time::Instant::now() + config.max_delay;
+        let mut bytes: usize = first.rows.iter().map(Weigh::weight).sum();
+        let mut rows = first.rows;
+        let mut waiters = vec![first.done];
+        while rows.len() < config.max_rows && bytes < config.max_bytes {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(s)) => {
+                    bytes = bytes.saturating_add(s.rows.iter().map(Weigh::weight).sum());
+                    rows.extend(s.rows);
+                    waiters.push(s.done);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let started = std::time::Instant::now();
+        let result = write(&client, table, &rows).await;
+        match &result {
+            Ok(()) => tracing::debug!(
+                table,
+                rows = rows.len(),
+                bytes,
+                callers = waiters.len(),
+                ms = started.elapsed().as_millis() as u64,
+                "batch written"
+            ),
+            Err(err) => tracing::warn!(
+                table,
+                rows = rows.len(),
+                callers = waiters.len(),
+                error = %err,
+                "batch failed; its callers will be resent"
+            ),
+        }
+        for w in waiters {
+            let _ = w.send(result.clone());
+        }
+    }
+}
+
+async fn write<T>(client: &Client, table: &str, rows: &[T]) -> Result<(), String>
+where
+    T: RowOwned + RowWrite,
+{
+    let mut insert = client.insert::<T>(table).await.map_err(|e| e.to_string())?;
+    for row in rows {
+        insert.write(row).await.map_err(|e| e.to_string())?;
+    }
+    insert.end().await.map_err(|e| e.to_string())
+}
