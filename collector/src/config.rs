@@ -260,6 +260,9 @@ pub struct Config {
     /// profile is stored as refused, with the reason, instead of decoded.
     #[serde(default = "default_max_decoded_profile")]
     pub max_decoded_profile_bytes: u64,
+    /// Days of metric samples, trigger events and profiles kept; 0 keeps everything.
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u32,
     /// ClickHouse settings, used when `store = "clickhouse"`.
     #[serde(default)]
     pub clickhouse: ClickHouseSection,
@@ -298,6 +301,13 @@ fn default_max_profile() -> u64 {
     DEFAULT_MAX_PROFILE_BYTES
 }
 
+/// Days of data kept unless `retention_days` says otherwise.
+pub const DEFAULT_RETENTION_DAYS: u32 = 30;
+
+fn default_retention_days() -> u32 {
+    DEFAULT_RETENTION_DAYS
+}
+
 fn default_max_decoded_profile() -> u64 {
     crate::ingest::normalize::DEFAULT_MAX_DECODED_BYTES
 }
@@ -312,6 +322,7 @@ impl Default for Config {
             max_message_bytes: default_max_message(),
             max_profile_bytes: default_max_profile(),
             max_decoded_profile_bytes: default_max_decoded_profile(),
+            retention_days: default_retention_days(),
             clickhouse: ClickHouseSection::default(),
             rules: ServiceRules::new(),
             tls: TlsSection::default(),
@@ -563,6 +574,7 @@ mod tests {
         assert_eq!(c.max_message_bytes, 8_388_608);
         assert_eq!(c.max_profile_bytes, 67_108_864);
         assert_eq!(c.max_decoded_profile_bytes, 134_217_728);
+        assert_eq!(c.retention_days, 14);
         let checkout = &c.rules["checkout"];
         assert_eq!(checkout["cpu"], "abs=90,cooldown=2m");
         assert_eq!(checkout["threads"], "off");

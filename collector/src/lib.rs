@@ -8,6 +8,7 @@
 //! - [`auth`]: bearer tokens on ingest (per service) and on the API; [`tls`]: TLS on
 //!   both listeners.
 //! - [`aggregate`]: profile contents summed by function (the `top` of a profile).
+//! - [`retention`]: removes the days older than `retention_days`.
 //! - [`error`]: the one place that maps failures to gRPC and HTTP statuses.
 //! - [`demo`]: the workload of `holmes-demo`, the one-command tour.
 //!
@@ -22,6 +23,7 @@ pub mod demo;
 pub mod error;
 pub mod ingest;
 pub mod query;
+pub mod retention;
 pub mod rules;
 pub mod server;
 pub mod tls;

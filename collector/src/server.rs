@@ -194,6 +194,8 @@ impl Server {
         let active =
             humantime::parse_duration(DEFAULT_ACTIVE_WINDOW).unwrap_or(Duration::from_secs(300));
         let app = crate::query::router(Arc::clone(&store), active, api_auth.clone());
+        let retention =
+            crate::retention::spawn(Arc::clone(&store), config.retention_days, closed.clone());
         let mut http_closed = closed;
         let shutdown = async move {
             let _ = http_closed.wait_for(|c| *c).await;
@@ -237,7 +239,10 @@ impl Server {
             http_addr,
             store,
             closing,
-            tasks: vec![grpc_task, http_task],
+            tasks: [Some(grpc_task), Some(http_task), retention]
+                .into_iter()
+                .flatten()
+                .collect(),
         })
     }
 

@@ -306,5 +306,8 @@ fn mutated_profiles_are_decoded_or_refused_never_panicked_on() {
     );
     // The mutations reach both sides: some profiles survive, most are refused.
     assert!(outcomes.get("ok").copied().unwrap_or(0) > 0, "{outcomes:?}");
-    assert!(outcomes.len() >= 5, "too few kinds of refusal: {outcomes:?}");
+    assert!(
+        outcomes.len() >= 5,
+        "too few kinds of refusal: {outcomes:?}"
+    );
 }

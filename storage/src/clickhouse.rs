@@ -13,7 +13,7 @@ use clickhouse::{Client, Compression, Row};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    InstanceInfo, MetricPoint, MetricQuery, ProfileContents, ProfileMeta, ProfileQuery,
+    Expired, InstanceInfo, MetricPoint, MetricQuery, ProfileContents, ProfileMeta, ProfileQuery,
     ProfileRecord, ServiceSummary, Store, StoreError, TriggerQuery, TriggerRecord,
 };
 
@@ -250,8 +250,22 @@ struct MigrationRow {
 
 const NANOS_PER_DAY: u64 = 86_400 * 1_000_000_000;
 
+/// The tables partitioned by day, whose old partitions retention drops.
+const EXPIRING_TABLES: &[&str] = &[
+    "metric_samples",
+    "triggers",
+    "profiles",
+    "profile_contents",
+    "profile_samples",
+];
+
+/// The last day every server version's `Date` holds: 2105-12-31 (18.16 turns later
+/// dates into 0000-00-00, which would empty every range that reaches past it).
+const LAST_DAY: u16 = 49_672;
+
+/// The `Date` (days since 1970-01-01) of a time, clamped to [`LAST_DAY`].
 fn day_of(unix_nanos: u64) -> u16 {
-    u16::try_from(unix_nanos / NANOS_PER_DAY).unwrap_or(u16::MAX)
+    u16::try_from(unix_nanos / NANOS_PER_DAY).map_or(LAST_DAY, |d| d.min(LAST_DAY))
 }
 
 /// `YYYY-MM-DD` of a day number (days since 1970-01-01), the one `Date` literal form
@@ -626,6 +640,50 @@ impl Store for ClickHouseStore {
         profiles::get(self, profile_id).await
     }
 
+    async fn expire_before(&self, cutoff_unix_nanos: u64) -> Result<Expired, StoreError> {
+        // Whole day partitions of the day-partitioned tables, dropped: exact to the day,
+        // immediate, and the same on every server version (TTL exists from 19.6 only and
+        // deletes at merge time).
+        let cutoff_day = day_of(cutoff_unix_nanos);
+        let parts: Vec<(String, u16)> = self
+            .client
+            .query(
+                "SELECT table, toUInt16(max_date) AS day FROM system.parts
+                 WHERE database = currentDatabase() AND active AND has(?, table)
+                   AND max_date < toDate(?)
+                 GROUP BY table, day ORDER BY table, day",
+            )
+            .bind(EXPIRING_TABLES)
+            .bind(date_text(cutoff_day))
+            .fetch_all()
+            .await
+            .map_err(|e| self.err(e))?;
+        let mut expired = Expired::default();
+        for (table, day) in parts {
+            // Only our own table names and dates we format: nothing from outside.
+            let Some(table) = EXPIRING_TABLES.iter().find(|t| **t == table) else {
+                continue;
+            };
+            self.client
+                .query(&format!(
+                    "ALTER TABLE {table} DROP PARTITION toDate('{}')",
+                    date_text(day)
+                ))
+                .execute()
+                .await
+                .map_err(|e| self.err(e))?;
+            expired.partitions += 1;
+        }
+        // The id lookup is not partitioned: an asynchronous delete (a mutation).
+        self.client
+            .query("ALTER TABLE profiles_by_id DELETE WHERE day < toDate(?)")
+            .bind(date_text(cutoff_day))
+            .execute()
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(expired)
+    }
+
     async fn insert_profile_contents(&self, contents: &ProfileContents) -> Result<(), StoreError> {
         stacks::insert(self, contents).await
     }
@@ -650,6 +708,12 @@ mod tests {
         let new = ServerVersion::parse("24.8.4.13").unwrap();
         assert!(new.supports_validation() && new.supports_lz4());
         assert_eq!(ServerVersion::parse("garbage"), None);
+    }
+
+    #[test]
+    fn far_future_days_stay_within_every_version_s_dates() {
+        assert_eq!(date_text(day_of(u64::MAX / 2)), "2105-12-31");
+        assert_eq!(date_text(day_of(u64::MAX)), "2105-12-31");
     }
 
     #[test]

@@ -140,6 +140,13 @@ pub trait Store: Send + Sync + 'static {
     /// before the [`ProfileRecord`], so a listed profile has its contents.
     async fn insert_profile_contents(&self, contents: &ProfileContents) -> Result<(), StoreError>;
 
+    /// Removes metric samples, trigger events and profiles (bytes and contents) of the
+    /// days before the day of `cutoff_unix_nanos` (UTC days: a backend may drop whole days
+    /// only, so data of the cutoff's own day may stay until the next day's run). Data at
+    /// or after the cutoff is kept. Instances and stacks are kept: both are small, and
+    /// stacks are shared by profiles of all ages. Returns what went, for the log.
+    async fn expire_before(&self, cutoff_unix_nanos: u64) -> Result<Expired, StoreError>;
+
     /// A profile's normalized contents by its id: sample types, samples in the order
     /// stored, and the stacks they use, in order of first use. `None` if none were stored.
     async fn get_profile_contents(

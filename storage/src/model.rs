@@ -281,3 +281,12 @@ pub struct ProfileContents {
     /// The samples; two samples of one stack stay two (their labels may differ).
     pub samples: Vec<StackSample>,
 }
+
+/// What [`crate::Store::expire_before`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Expired {
+    /// Rows deleted (the embedded store counts them).
+    pub rows: u64,
+    /// Whole day partitions dropped (ClickHouse).
+    pub partitions: u64,
+}

@@ -11,13 +11,15 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection};
 
 use crate::{
-    InstanceInfo, MetricPoint, MetricQuery, ProfileContents, ProfileMeta, ProfileQuery,
+    Expired, InstanceInfo, MetricPoint, MetricQuery, ProfileContents, ProfileMeta, ProfileQuery,
     ProfileRecord, ServiceSummary, Store, StoreError, TriggerQuery, TriggerRecord,
 };
 
 mod profiles;
 mod stacks;
 mod triggers;
+
+const NANOS_PER_DAY: u64 = 86_400 * 1_000_000_000;
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "holmes.sqlite3";
@@ -412,6 +414,32 @@ impl Store for SqliteStore {
     async fn get_profile(&self, profile_id: &str) -> Result<Option<ProfileRecord>, StoreError> {
         let id = profile_id.to_owned();
         self.with_conn(move |conn| profiles::get(conn, &id)).await
+    }
+
+    async fn expire_before(&self, cutoff_unix_nanos: u64) -> Result<Expired, StoreError> {
+        // Whole UTC days, as on ClickHouse.
+        let day_start = cutoff_unix_nanos - cutoff_unix_nanos % NANOS_PER_DAY;
+        let before = nanos_to_sql(day_start);
+        self.with_conn(move |conn| {
+            let tx = conn.transaction()?;
+            let mut rows = 0u64;
+            for sql in [
+                "DELETE FROM metric_samples WHERE ts < ?1",
+                "DELETE FROM triggers WHERE ts < ?1",
+                "DELETE FROM profile_samples WHERE profile_id IN
+                    (SELECT profile_id FROM profile_contents WHERE started < ?1)",
+                "DELETE FROM profile_contents WHERE started < ?1",
+                "DELETE FROM profiles WHERE started < ?1",
+            ] {
+                rows += tx.execute(sql, params![before])? as u64;
+            }
+            tx.commit()?;
+            Ok(Expired {
+                rows,
+                partitions: 0,
+            })
+        })
+        .await
     }
 
     async fn insert_profile_contents(&self, contents: &ProfileContents) -> Result<(), StoreError> {

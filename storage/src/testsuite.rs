@@ -841,6 +841,93 @@ pub async fn shared_stacks_and_resent_contents_are_stored_once(store: impl Store
     }
 }
 
+/// Retention: the days before the cutoff's day go — metric samples, trigger events,
+/// profiles with their contents — and what is at or after the cutoff stays.
+pub async fn expiry_removes_old_days_and_keeps_the_rest(store: impl Store) {
+    let cutoff = T0 + 10 * 86_400 * SEC + 3_600 * SEC;
+    let old = cutoff - 3 * 86_400 * SEC;
+    let new = cutoff + SEC;
+    store
+        .insert_metrics(&[
+            point("checkout", "a", Metric::CpuPercent, old, 1.0),
+            point("checkout", "a", Metric::CpuPercent, new, 2.0),
+        ])
+        .await
+        .unwrap();
+    store
+        .insert_triggers(&[
+            trigger("checkout", "a", "old-event", old),
+            trigger("checkout", "a", "new-event", new),
+        ])
+        .await
+        .unwrap();
+    let (a, b) = stacks_ab();
+    for (n, at) in [(1, old), (2, new)] {
+        store
+            .insert_profile_contents(&contents("checkout", &profile_id(n), at, &a, &b))
+            .await
+            .unwrap();
+        store
+            .insert_profile(&profile("checkout", "a", &profile_id(n), "new-event", at))
+            .await
+            .unwrap();
+    }
+    store.expire_before(cutoff).await.unwrap();
+
+    let points = store
+        .query_metrics(&query("checkout", Metric::CpuPercent, 0, u64::MAX / 2))
+        .await
+        .unwrap();
+    assert_eq!(
+        points.iter().map(|p| p.unix_nanos).collect::<Vec<_>>(),
+        vec![new]
+    );
+    let triggers = store
+        .query_triggers(&trigger_query("checkout", None, 0, u64::MAX / 2))
+        .await
+        .unwrap();
+    assert_eq!(
+        triggers
+            .iter()
+            .map(|t| t.event_id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["new-event"]
+    );
+    let profiles = store
+        .query_profiles(&profile_query("checkout", 0, u64::MAX / 2))
+        .await
+        .unwrap();
+    assert_eq!(
+        profiles
+            .iter()
+            .map(|p| p.profile_id.clone())
+            .collect::<Vec<_>>(),
+        vec![profile_id(2)]
+    );
+    assert_eq!(store.get_profile(&profile_id(1)).await.unwrap(), None);
+    assert_eq!(
+        store.get_profile_contents(&profile_id(1)).await.unwrap(),
+        None
+    );
+    assert!(store.get_profile(&profile_id(2)).await.unwrap().is_some());
+    let kept = store
+        .get_profile_contents(&profile_id(2))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept.samples.len(), 3);
+    // Running it again finds nothing more to do.
+    store.expire_before(cutoff).await.unwrap();
+    assert_eq!(
+        store
+            .query_profiles(&profile_query("checkout", 0, u64::MAX / 2))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
 /// Generates one `#[tokio::test]` per conformance case. `$make` is an async expression
 /// that returns `Some(fresh empty store)`, or `None` when the backend's server is
 /// deliberately absent (the case then passes as skipped, having said so).
@@ -864,6 +951,7 @@ macro_rules! store_conformance_tests {
             profiles_filter_by_service_event_kind_and_range,
             profile_contents_roundtrip_exactly,
             shared_stacks_and_resent_contents_are_stored_once,
+            expiry_removes_old_days_and_keeps_the_rest,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
