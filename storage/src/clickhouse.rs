@@ -197,6 +197,25 @@ const MIGRATIONS: &[&[&str]] = &[
         label_values Array(String)
     ) ENGINE = ReplacingMergeTree PARTITION BY day ORDER BY (service, profile_id, idx)",
     ],
+    // 5: triggers and profiles sorted by service and time, the order their queries read
+    // in (ranges of one service's time); a resend has the same time, so merges still
+    // fold it. Rebuilt by copy and swap: a crash half-way leaves copies that merges and
+    // `LIMIT 1 BY` hide, never a lost row.
+    &[
+        "DROP TABLE IF EXISTS triggers_v4",
+        "CREATE TABLE IF NOT EXISTS triggers_v5 AS triggers
+      ENGINE = ReplacingMergeTree PARTITION BY day ORDER BY (service, ts, event_id)",
+        "INSERT INTO triggers_v5 SELECT * FROM triggers",
+        "RENAME TABLE triggers TO triggers_v4, triggers_v5 TO triggers",
+        "DROP TABLE triggers_v4",
+        "DROP TABLE IF EXISTS profiles_v4",
+        "CREATE TABLE IF NOT EXISTS profiles_v5 AS profiles
+      ENGINE = ReplacingMergeTree PARTITION BY day ORDER BY (service, started, profile_id)
+      SETTINGS index_granularity = 8",
+        "INSERT INTO profiles_v5 SELECT * FROM profiles",
+        "RENAME TABLE profiles TO profiles_v4, profiles_v5 TO profiles",
+        "DROP TABLE profiles_v4",
+    ],
 ];
 
 #[derive(Row, Serialize, Deserialize)]
