@@ -735,6 +735,21 @@ async fn bad_profiles_are_refused_with_the_reason(backend: Backend) {
     let by_count = api.top(ids[3], Some("samples"), 1).await.unwrap();
     assert_eq!(by_count.functions.len(), 1);
     assert_eq!(by_count.functions[0].flat, 9);
+    // The same through the CLI, as a person reads it.
+    let api_url = format!("http://{}", server.http_addr());
+    let out = holmes_cli(&["--api", &api_url, "top", ids[3], "--limit", "2"]).await;
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert!(
+        lines[0].contains("cpu: 100000000 nanoseconds in 10 samples, 2 distinct stacks"),
+        "{text}"
+    );
+    assert!(
+        lines[2].contains("90.0%") && lines[2].ends_with("shop::burn_the_cpu"),
+        "{text}"
+    );
     // A refused profile has no top; the reason is given.
     let (status, message) = api_error(&api, &top_path(ids[1])).await;
     assert_eq!(status, 404);

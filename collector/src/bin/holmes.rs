@@ -84,6 +84,47 @@ enum Command {
         #[arg(short = 'o', long = "output", value_name = "FILE")]
         output: String,
     },
+    /// The functions that cost the most in one profile, like `go tool pprof -top`: flat
+    /// (the function is the leaf) and cumulative (anywhere on the stack).
+    Top {
+        /// Profile id, as `holmes profiles` shows it.
+        id: String,
+        /// Which value to rank by (cpu, samples, inuse_space, alloc_space, threads, ...);
+        /// the profile's last sample type if left out.
+        #[arg(long = "sample-type")]
+        sample_type: Option<String>,
+        /// How many functions.
+        #[arg(long, default_value_t = holmes_collector::query::DEFAULT_TOP_LIMIT)]
+        limit: u64,
+    },
+}
+
+fn print_top(top: &holmes_collector::query::TopJson) {
+    println!(
+        "{} {}: {} {} in {} samples, {} distinct stacks",
+        top.profile_id, top.sample_type, top.total, top.unit, top.samples, top.stacks
+    );
+    let pct = |v: i64| {
+        if top.total == 0 {
+            0.0
+        } else {
+            100.0 * v as f64 / top.total as f64
+        }
+    };
+    println!(
+        "{:>14} {:>6}  {:>14} {:>6}  FUNCTION",
+        "FLAT", "FLAT%", "CUM", "CUM%"
+    );
+    for f in &top.functions {
+        println!(
+            "{:>14} {:>5.1}%  {:>14} {:>5.1}%  {}",
+            f.flat,
+            pct(f.flat),
+            f.cum,
+            pct(f.cum),
+            f.function
+        );
+    }
 }
 
 fn print_services(list: &[ServiceJson]) {
@@ -379,6 +420,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Profile { id, output } => {
             let bytes = client.download_profile(&id).await?;
             write_profile(&output, &bytes)?;
+        }
+        Command::Top {
+            id,
+            sample_type,
+            limit,
+        } => {
+            let top = client.top(&id, sample_type.as_deref(), limit).await?;
+            if cli.json {
+                print_json(&top)?;
+            } else {
+                print_top(&top);
+            }
         }
     }
     Ok(())
