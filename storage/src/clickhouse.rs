@@ -13,11 +13,13 @@ use clickhouse::{Client, Compression, Row};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Expired, InstanceInfo, MetricPoint, MetricQuery, ProfileContents, ProfileMeta, ProfileQuery,
-    ProfileRecord, ServiceSummary, Store, StoreError, TriggerQuery, TriggerRecord,
+    Expired, IncidentQuery, IncidentRecord, InstanceInfo, MetricPoint, MetricQuery,
+    ProfileContents, ProfileMeta, ProfileQuery, ProfileRecord, ServiceSummary, Store, StoreError,
+    TriggerQuery, TriggerRecord,
 };
 
 mod batch;
+mod incidents;
 mod profiles;
 mod stacks;
 
@@ -216,6 +218,24 @@ const MIGRATIONS: &[&[&str]] = &[
         "RENAME TABLE profiles TO profiles_v4, profiles_v5 TO profiles",
         "DROP TABLE profiles_v4",
     ],
+    // 6: incidents, a row per version (see `incidents.rs`). Not partitioned: an
+    // incident's first event can move earlier (a late trigger), and its versions must
+    // stay in one partition to fold.
+    &["CREATE TABLE IF NOT EXISTS incidents (
+        service String,
+        incident_id String,
+        metric String,
+        severity String,
+        status String,
+        first_event UInt64,
+        last_event UInt64,
+        has_resolved UInt8,
+        resolved UInt64,
+        instances Array(String),
+        event_ids Array(String),
+        related Array(String),
+        version UInt64
+    ) ENGINE = ReplacingMergeTree(version) ORDER BY (service, incident_id)"],
 ];
 
 #[derive(Row, Serialize, Deserialize)]
@@ -657,6 +677,21 @@ impl Store for ClickHouseStore {
 
     async fn get_profile(&self, profile_id: &str) -> Result<Option<ProfileRecord>, StoreError> {
         profiles::get(self, profile_id).await
+    }
+
+    async fn upsert_incident(&self, incident: &IncidentRecord) -> Result<(), StoreError> {
+        incidents::upsert(self, incident).await
+    }
+
+    async fn query_incidents(
+        &self,
+        query: &IncidentQuery,
+    ) -> Result<Vec<IncidentRecord>, StoreError> {
+        incidents::query(self, query).await
+    }
+
+    async fn get_incident(&self, incident_id: &str) -> Result<Option<IncidentRecord>, StoreError> {
+        incidents::get(self, incident_id).await
     }
 
     async fn expire_before(&self, cutoff_unix_nanos: u64) -> Result<Expired, StoreError> {

@@ -147,6 +147,21 @@ pub trait Store: Send + Sync + 'static {
     /// stacks are shared by profiles of all ages. Returns what went, for the log.
     async fn expire_before(&self, cutoff_unix_nanos: u64) -> Result<Expired, StoreError>;
 
+    /// Stores an incident's current state; of several versions of one id, the highest
+    /// is what reads return (a lower version written later changes nothing).
+    async fn upsert_incident(&self, incident: &IncidentRecord) -> Result<(), StoreError>;
+
+    /// Incidents overlapping `[since, until)` — last event at or after `since`, first
+    /// event before `until` — of one service or all, in one status or both, newest first
+    /// (by first event time, then id), at most `limit`.
+    async fn query_incidents(
+        &self,
+        query: &IncidentQuery,
+    ) -> Result<Vec<IncidentRecord>, StoreError>;
+
+    /// One incident by id; `None` if there is none.
+    async fn get_incident(&self, incident_id: &str) -> Result<Option<IncidentRecord>, StoreError>;
+
     /// A profile's normalized contents by its id: sample types, samples in the order
     /// stored, and the stacks they use, in order of first use. `None` if none were stored.
     async fn get_profile_contents(

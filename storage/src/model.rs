@@ -290,3 +290,103 @@ pub struct Expired {
     /// Whole day partitions dropped (ClickHouse).
     pub partitions: u64,
 }
+
+/// How bad an incident is: one instance, or several instances of the service together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Severity {
+    /// A lone instance's spike.
+    Instance,
+    /// Several instances of one service spiking together.
+    Fleet,
+}
+
+impl Severity {
+    /// `instance` or `fleet`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Instance => "instance",
+            Severity::Fleet => "fleet",
+        }
+    }
+
+    /// The severity named `name`, if any.
+    pub fn from_name(name: &str) -> Option<Severity> {
+        match name {
+            "instance" => Some(Severity::Instance),
+            "fleet" => Some(Severity::Fleet),
+            _ => None,
+        }
+    }
+}
+
+/// Whether an incident is still going on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IncidentStatus {
+    /// Triggers keep coming, or came within the quiet period.
+    Open,
+    /// Quiet for the quiet period.
+    Resolved,
+}
+
+impl IncidentStatus {
+    /// `open` or `resolved`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IncidentStatus::Open => "open",
+            IncidentStatus::Resolved => "resolved",
+        }
+    }
+
+    /// The status named `name`, if any.
+    pub fn from_name(name: &str) -> Option<IncidentStatus> {
+        match name {
+            "open" => Some(IncidentStatus::Open),
+            "resolved" => Some(IncidentStatus::Resolved),
+            _ => None,
+        }
+    }
+}
+
+/// Trigger events of one service and metric, close in time, seen as one problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncidentRecord {
+    /// 32 lowercase hex digits, derived from the service, metric and first event.
+    pub incident_id: String,
+    /// Service name.
+    pub service: String,
+    /// The metric whose rules fired.
+    pub metric: Metric,
+    /// Instance or fleet.
+    pub severity: Severity,
+    /// Open or resolved.
+    pub status: IncidentStatus,
+    /// Time of its earliest trigger event, nanoseconds since the Unix epoch.
+    pub first_event_unix_nanos: u64,
+    /// Time of its latest trigger event.
+    pub last_event_unix_nanos: u64,
+    /// When it was resolved (collector time); `None` while open.
+    pub resolved_unix_nanos: Option<u64>,
+    /// Instances that fired, sorted.
+    pub instances: Vec<String>,
+    /// Its trigger events' ids, sorted.
+    pub event_ids: Vec<String>,
+    /// Incidents of other services that overlapped it in time, sorted.
+    pub related: Vec<String>,
+    /// Increases with every change; the store keeps the highest version of an id.
+    pub version: u64,
+}
+
+/// Which incidents to list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IncidentQuery {
+    /// Only this service's; `None` for all services.
+    pub service: Option<String>,
+    /// Only incidents in this status; `None` for both.
+    pub status: Option<IncidentStatus>,
+    /// Incidents whose last event is at or after this time.
+    pub since_unix_nanos: u64,
+    /// ... and whose first event is before this time.
+    pub until_unix_nanos: u64,
+    /// At most this many, newest first (by first event, then id).
+    pub limit: u64,
+}

@@ -11,10 +11,12 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection};
 
 use crate::{
-    Expired, InstanceInfo, MetricPoint, MetricQuery, ProfileContents, ProfileMeta, ProfileQuery,
-    ProfileRecord, ServiceSummary, Store, StoreError, TriggerQuery, TriggerRecord,
+    Expired, IncidentQuery, IncidentRecord, InstanceInfo, MetricPoint, MetricQuery,
+    ProfileContents, ProfileMeta, ProfileQuery, ProfileRecord, ServiceSummary, Store, StoreError,
+    TriggerQuery, TriggerRecord,
 };
 
+mod incidents;
 mod profiles;
 mod stacks;
 mod triggers;
@@ -110,6 +112,23 @@ const MIGRATIONS: &[&str] = &[
         labels BLOB,
         PRIMARY KEY (profile_id, idx)
     ) WITHOUT ROWID;",
+    // 5: incidents, one row each at its highest version; lists as BLOBs (`stacks.rs`).
+    "CREATE TABLE incidents (
+        incident_id TEXT PRIMARY KEY,
+        service TEXT NOT NULL,
+        metric TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        status TEXT NOT NULL,
+        first_event INTEGER NOT NULL,
+        last_event INTEGER NOT NULL,
+        resolved INTEGER,
+        instances BLOB NOT NULL,
+        event_ids BLOB NOT NULL,
+        related BLOB NOT NULL,
+        version INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX incidents_by_service ON incidents (service, first_event);
+    CREATE INDEX incidents_by_time ON incidents (first_event);",
 ];
 
 /// The embedded SQLite store.
@@ -414,6 +433,25 @@ impl Store for SqliteStore {
     async fn get_profile(&self, profile_id: &str) -> Result<Option<ProfileRecord>, StoreError> {
         let id = profile_id.to_owned();
         self.with_conn(move |conn| profiles::get(conn, &id)).await
+    }
+
+    async fn upsert_incident(&self, incident: &IncidentRecord) -> Result<(), StoreError> {
+        let i = incident.clone();
+        self.with_conn(move |conn| incidents::upsert(conn, &i))
+            .await
+    }
+
+    async fn query_incidents(
+        &self,
+        query: &IncidentQuery,
+    ) -> Result<Vec<IncidentRecord>, StoreError> {
+        let q = query.clone();
+        self.with_conn(move |conn| incidents::query(conn, &q)).await
+    }
+
+    async fn get_incident(&self, incident_id: &str) -> Result<Option<IncidentRecord>, StoreError> {
+        let id = incident_id.to_owned();
+        self.with_conn(move |conn| incidents::get(conn, &id)).await
     }
 
     async fn expire_before(&self, cutoff_unix_nanos: u64) -> Result<Expired, StoreError> {

@@ -11,8 +11,9 @@ use std::time::Duration;
 use holmes_proto::{Metric, ProfileKind, RuleConfig, Sample, TriggerReason};
 
 use crate::{
-    InstanceInfo, MetricPoint, MetricQuery, ProfileContents, ProfileMeta, ProfileQuery,
-    ProfileRecord, Stack, StackFrame, StackSample, Store, TriggerQuery, TriggerRecord,
+    IncidentQuery, IncidentRecord, IncidentStatus, InstanceInfo, MetricPoint, MetricQuery,
+    ProfileContents, ProfileMeta, ProfileQuery, ProfileRecord, Severity, Stack, StackFrame,
+    StackSample, Store, TriggerQuery, TriggerRecord,
 };
 
 const SEC: u64 = 1_000_000_000;
@@ -928,6 +929,134 @@ pub async fn expiry_removes_old_days_and_keeps_the_rest(store: impl Store) {
     );
 }
 
+fn incident(
+    service: &str,
+    n: u64,
+    first: u64,
+    status: IncidentStatus,
+    version: u64,
+) -> IncidentRecord {
+    IncidentRecord {
+        incident_id: profile_id(n),
+        service: service.to_owned(),
+        metric: Metric::CpuPercent,
+        severity: Severity::Instance,
+        status,
+        first_event_unix_nanos: first,
+        last_event_unix_nanos: first + 30 * SEC,
+        resolved_unix_nanos: (status == IncidentStatus::Resolved).then_some(first + 330 * SEC),
+        instances: vec![format!("{service}-0")],
+        event_ids: vec![format!("ev-{n}-a")],
+        related: Vec::new(),
+        version,
+    }
+}
+
+fn incident_query(service: Option<&str>, status: Option<IncidentStatus>) -> IncidentQuery {
+    IncidentQuery {
+        service: service.map(str::to_owned),
+        status,
+        since_unix_nanos: 0,
+        until_unix_nanos: u64::MAX / 2,
+        limit: 100,
+    }
+}
+
+/// Incidents: every field reads back; a higher version replaces a lower one, never the
+/// other way round, and filters see only the newest version (an incident that resolved
+/// is not listed as open).
+pub async fn incidents_keep_their_newest_version(store: impl Store) {
+    let mut first = incident("checkout", 1, T0, IncidentStatus::Open, 1);
+    store.upsert_incident(&first).await.unwrap();
+    assert_eq!(
+        store.get_incident(&profile_id(1)).await.unwrap().as_ref(),
+        Some(&first)
+    );
+    // Escalated: another instance joined.
+    first.severity = Severity::Fleet;
+    first.instances.push("checkout-1".to_owned());
+    first.event_ids.push("ev-1-b".to_owned());
+    first.related = vec![profile_id(2)];
+    first.version = 2;
+    store.upsert_incident(&first).await.unwrap();
+    // A stale copy arriving late changes nothing.
+    store
+        .upsert_incident(&incident("checkout", 1, T0, IncidentStatus::Open, 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get_incident(&profile_id(1)).await.unwrap().as_ref(),
+        Some(&first)
+    );
+    let mut resolved = first.clone();
+    resolved.status = IncidentStatus::Resolved;
+    resolved.resolved_unix_nanos = Some(T0 + 400 * SEC);
+    resolved.version = 3;
+    store.upsert_incident(&resolved).await.unwrap();
+    assert_eq!(
+        store
+            .query_incidents(&incident_query(
+                Some("checkout"),
+                Some(IncidentStatus::Open)
+            ))
+            .await
+            .unwrap(),
+        Vec::<IncidentRecord>::new()
+    );
+    assert_eq!(
+        store
+            .query_incidents(&incident_query(Some("checkout"), None))
+            .await
+            .unwrap(),
+        vec![resolved.clone()]
+    );
+    assert_eq!(store.get_incident(&profile_id(9)).await.unwrap(), None);
+    assert_eq!(store.get_incident("x' OR '1'='1").await.unwrap(), None);
+}
+
+/// Incident lists filter by service, status and time overlap, newest first, limited.
+pub async fn incidents_filter_by_service_status_and_time(store: impl Store) {
+    let all = [
+        incident("checkout", 1, T0, IncidentStatus::Resolved, 1),
+        incident("checkout", 2, T0 + 3_600 * SEC, IncidentStatus::Open, 1),
+        incident("checkout", 3, T0 + 7_200 * SEC, IncidentStatus::Open, 1),
+        incident("cart", 4, T0 + 3_600 * SEC, IncidentStatus::Open, 1),
+    ];
+    for i in &all {
+        store.upsert_incident(i).await.unwrap();
+    }
+    let ids = |list: Vec<IncidentRecord>| -> Vec<String> {
+        list.into_iter().map(|i| i.incident_id).collect()
+    };
+    let checkout = store
+        .query_incidents(&incident_query(Some("checkout"), None))
+        .await
+        .unwrap();
+    assert_eq!(
+        ids(checkout),
+        vec![profile_id(3), profile_id(2), profile_id(1)]
+    );
+    let open = store
+        .query_incidents(&incident_query(None, Some(IncidentStatus::Open)))
+        .await
+        .unwrap();
+    assert_eq!(ids(open), vec![profile_id(3), profile_id(4), profile_id(2)]);
+    // Overlap: incident 2 spans [T0+1h, T0+1h+30s]; a range starting 10 s into it finds it.
+    let mut q = incident_query(Some("checkout"), None);
+    q.since_unix_nanos = T0 + 3_610 * SEC;
+    q.until_unix_nanos = T0 + 3_620 * SEC;
+    assert_eq!(
+        ids(store.query_incidents(&q).await.unwrap()),
+        vec![profile_id(2)]
+    );
+    q.since_unix_nanos = T0 + 3_631 * SEC;
+    q.until_unix_nanos = T0 + 7_200 * SEC;
+    assert!(store.query_incidents(&q).await.unwrap().is_empty());
+    let mut limited = incident_query(None, None);
+    limited.limit = 2;
+    assert_eq!(store.query_incidents(&limited).await.unwrap().len(), 2);
+}
+
 /// Generates one `#[tokio::test]` per conformance case. `$make` is an async expression
 /// that returns `Some(fresh empty store)`, or `None` when the backend's server is
 /// deliberately absent (the case then passes as skipped, having said so).
@@ -952,6 +1081,8 @@ macro_rules! store_conformance_tests {
             profile_contents_roundtrip_exactly,
             shared_stacks_and_resent_contents_are_stored_once,
             expiry_removes_old_days_and_keeps_the_rest,
+            incidents_keep_their_newest_version,
+            incidents_filter_by_service_status_and_time,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

@@ -131,6 +131,27 @@ fn pairs_from_sql(what: &'static str, bytes: &[u8]) -> Result<Vec<(String, Strin
     Ok(out)
 }
 
+/// A list of strings as a BLOB (incident instances, event ids).
+pub(super) fn strings_to_sql(list: &[String]) -> Vec<u8> {
+    let mut w = Writer::default();
+    for s in list {
+        w.str(s);
+    }
+    w.0
+}
+
+pub(super) fn strings_from_sql(
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<Vec<String>, StoreError> {
+    let mut r = Reader::new(what, bytes);
+    let mut out = Vec::new();
+    while !r.done() {
+        out.push(r.str()?);
+    }
+    Ok(out)
+}
+
 fn values_to_sql(values: &[i64]) -> Vec<u8> {
     let mut w = Writer::default();
     for v in values {

@@ -1,0 +1,130 @@
+//! Incidents in the embedded store: the `incidents` table of migration 5, one row per
+//! incident holding its highest version.
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::stacks::{strings_from_sql, strings_to_sql};
+use super::{nanos_from_sql, nanos_to_sql};
+use crate::stored_names::metric_from_name;
+use crate::{IncidentQuery, IncidentRecord, IncidentStatus, Severity, StoreError};
+
+const COLUMNS: &str = "incident_id, service, metric, severity, status, first_event, last_event,
+    resolved, instances, event_ids, related, version";
+
+pub(super) fn upsert(conn: &mut Connection, i: &IncidentRecord) -> Result<(), StoreError> {
+    conn.prepare_cached(&format!(
+        "INSERT INTO incidents ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+         ON CONFLICT (incident_id) DO UPDATE SET
+            service = excluded.service, metric = excluded.metric,
+            severity = excluded.severity, status = excluded.status,
+            first_event = excluded.first_event, last_event = excluded.last_event,
+            resolved = excluded.resolved, instances = excluded.instances,
+            event_ids = excluded.event_ids, related = excluded.related,
+            version = excluded.version
+         WHERE excluded.version > incidents.version"
+    ))?
+    .execute(params![
+        i.incident_id,
+        i.service,
+        i.metric.as_str(),
+        i.severity.as_str(),
+        i.status.as_str(),
+        nanos_to_sql(i.first_event_unix_nanos),
+        nanos_to_sql(i.last_event_unix_nanos),
+        i.resolved_unix_nanos.map(nanos_to_sql),
+        strings_to_sql(&i.instances),
+        strings_to_sql(&i.event_ids),
+        strings_to_sql(&i.related),
+        nanos_to_sql(i.version),
+    ])?;
+    Ok(())
+}
+
+type Row = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    i64,
+    i64,
+    Option<i64>,
+    Vec<u8>,
+    Vec<u8>,
+    Vec<u8>,
+    i64,
+);
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+        r.get(10)?,
+        r.get(11)?,
+    ))
+}
+
+fn decode(r: Row) -> Result<IncidentRecord, StoreError> {
+    let corrupt = |what, value: &str| StoreError::Corrupt {
+        what,
+        value: value.to_owned(),
+    };
+    Ok(IncidentRecord {
+        metric: metric_from_name("incidents.metric", &r.2)?,
+        severity: Severity::from_name(&r.3).ok_or_else(|| corrupt("incidents.severity", &r.3))?,
+        status: IncidentStatus::from_name(&r.4).ok_or_else(|| corrupt("incidents.status", &r.4))?,
+        incident_id: r.0,
+        service: r.1,
+        first_event_unix_nanos: nanos_from_sql(r.5),
+        last_event_unix_nanos: nanos_from_sql(r.6),
+        resolved_unix_nanos: r.7.map(nanos_from_sql),
+        instances: strings_from_sql("incidents.instances", &r.8)?,
+        event_ids: strings_from_sql("incidents.event_ids", &r.9)?,
+        related: strings_from_sql("incidents.related", &r.10)?,
+        version: nanos_from_sql(r.11),
+    })
+}
+
+pub(super) fn query(
+    conn: &mut Connection,
+    q: &IncidentQuery,
+) -> Result<Vec<IncidentRecord>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM incidents
+         WHERE (?1 IS NULL OR service = ?1) AND (?2 IS NULL OR status = ?2)
+           AND last_event >= ?3 AND first_event < ?4
+         ORDER BY first_event DESC, incident_id DESC
+         LIMIT ?5"
+    ))?;
+    let rows = stmt
+        .query_map(
+            params![
+                q.service,
+                q.status.map(IncidentStatus::as_str),
+                nanos_to_sql(q.since_unix_nanos),
+                nanos_to_sql(q.until_unix_nanos),
+                nanos_to_sql(q.limit),
+            ],
+            row,
+        )?
+        .collect::<Result<Vec<_>, _>>()?;
+    rows.into_iter().map(decode).collect()
+}
+
+pub(super) fn get(conn: &mut Connection, id: &str) -> Result<Option<IncidentRecord>, StoreError> {
+    let r = conn
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM incidents WHERE incident_id = ?1"
+        ))?
+        .query_row(params![id], row)
+        .optional()?;
+    r.map(decode).transpose()
+}
