@@ -276,6 +276,9 @@ pub struct Config {
     /// Tokens for agents and for the API.
     #[serde(default)]
     pub auth: AuthSection,
+    /// Alert hooks (`[alerts]`, `[[alerts.hooks]]`).
+    #[serde(default)]
+    pub alerts: crate::alert::AlertsConfig,
 }
 
 fn default_grpc() -> SocketAddr {
@@ -327,6 +330,7 @@ impl Default for Config {
             rules: ServiceRules::new(),
             tls: TlsSection::default(),
             auth: AuthSection::default(),
+            alerts: crate::alert::AlertsConfig::default(),
         }
     }
 }
@@ -536,6 +540,7 @@ impl Config {
         }
         self.auth.validate()?;
         crate::rules::check(&self.rules)?;
+        self.alerts.validate()?;
         Ok(())
     }
 }
@@ -593,10 +598,31 @@ mod tests {
             c.auth.ingest_token_files["cart"],
             PathBuf::from("/etc/holmes/tokens/cart")
         );
+        let alerts = &c.alerts;
+        assert_eq!(
+            alerts.base_url.as_deref(),
+            Some("https://holmes.example.com")
+        );
+        assert_eq!(alerts.retry_initial_ms, 1000);
+        assert_eq!(alerts.give_up_after_secs, 86400);
+        assert_eq!(alerts.max_pending, 100_000);
+        let names: Vec<_> = alerts.hooks.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["oncall-pager", "team-slack", "incident-bot"]);
+        let pager = &alerts.hooks[0];
+        assert_eq!(pager.kind, crate::alert::HookKind::Pagerduty);
+        assert_eq!(pager.url(), crate::alert::settings::DEFAULT_PAGERDUTY_URL);
+        assert_eq!(pager.min_severity, crate::alert::MinSeverity::Fleet);
+        assert_eq!(alerts.hooks[1].services, ["checkout", "cart"]);
+        assert_eq!(
+            alerts.hooks[2].headers["Authorization"].expose(),
+            "Bearer bot-token"
+        );
         c.validate().unwrap();
         let shown = format!("{c:?}");
         assert!(
-            !shown.contains("checkout-6f1d0c8e") && !shown.contains("secret"),
+            !shown.contains("checkout-6f1d0c8e")
+                && !shown.contains("secret")
+                && !shown.contains("bot-token"),
             "{shown}"
         );
     }

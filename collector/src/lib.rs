@@ -9,6 +9,7 @@
 //!   both listeners.
 //! - [`aggregate`]: profile contents summed by function (the `top` of a profile).
 //! - [`retention`]: removes the days older than `retention_days`.
+//! - [`alert`]: alert hooks (webhook, Slack, PagerDuty) fed from a persisted outbox.
 //! - [`error`]: the one place that maps failures to gRPC and HTTP statuses.
 //! - [`demo`]: the workload of `holmes-demo`, the one-command tour.
 //!
@@ -17,6 +18,7 @@
 pub mod aggregate;
 pub mod api_client;
 pub mod auth;
+pub mod alert;
 pub mod clock;
 pub mod config;
 pub mod demo;
