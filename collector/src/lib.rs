@@ -16,9 +16,9 @@
 //! Binaries: `holmes-collector` (the server), `holmes` (the CLI), `holmes-demo`.
 
 pub mod aggregate;
+pub mod alert;
 pub mod api_client;
 pub mod auth;
-pub mod alert;
 pub mod clock;
 pub mod config;
 pub mod demo;
