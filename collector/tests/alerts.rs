@@ -516,3 +516,53 @@ async fn the_outbox_is_bounded_and_unconfigured_hooks_are_dropped() {
         .unwrap();
     assert!(std::fs::read_dir(empty.path()).unwrap().next().is_none());
 }
+
+#[tokio::test]
+async fn a_hook_that_never_answers_times_out_and_is_given_up() {
+    // Accepts connections and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&connections);
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            seen.fetch_add(1, Ordering::SeqCst);
+            held.push(socket);
+        }
+    });
+    let config = alerts_config(&format!(
+        "[alerts]\nretry_initial_ms = 50\nretry_max_ms = 100\nrequest_timeout_ms = 100\ngive_up_after_secs = 1\n\
+         [[alerts.hooks]]\nname = \"silent\"\nkind = \"webhook\"\nurl = \"http://{addr}/\"\n"
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let (_close, closing) = watch::channel(false);
+    let alerter = Alerter::start(&config, dir.path(), None, closing).unwrap();
+    let started = std::time::Instant::now();
+    alerter
+        .notify(
+            AlertKind::Opened,
+            &incident(A, "checkout", Severity::Instance, 1),
+        )
+        .await
+        .unwrap();
+    stats_when(&alerter, "the alert given up", |s| s.failed == 1).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        connections.load(Ordering::SeqCst) >= 2,
+        "retried before giving up"
+    );
+    let conn =
+        rusqlite::Connection::open(dir.path().join(holmes_collector::alert::OUTBOX_FILE)).unwrap();
+    let error: String = conn
+        .query_row("SELECT last_error FROM alerts", [], |r| r.get(0))
+        .unwrap();
+    assert!(
+        error.starts_with("given up after ") && error.contains("no answer within 100ms"),
+        "{error}"
+    );
+}
