@@ -171,6 +171,22 @@ impl Alerter {
             .unwrap_or_else(|| format!("http://{}", crate::config::DEFAULT_HTTP_ADDR))
             .trim_end_matches('/')
             .to_owned();
+        if config.base_url.is_none() {
+            let host = base_url
+                .parse::<hyper::Uri>()
+                .ok()
+                .and_then(|u| u.host().map(str::to_owned))
+                .unwrap_or_default();
+            if matches!(
+                host.as_str(),
+                "" | "0.0.0.0" | "[::]" | "127.0.0.1" | "[::1]" | "localhost"
+            ) {
+                tracing::warn!(
+                    %base_url,
+                    "links in alerts point to an address on-call cannot open; set [alerts] base_url"
+                );
+            }
+        }
         let mut targets = HashMap::new();
         for hook in &config.hooks {
             let uri =
