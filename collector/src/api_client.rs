@@ -356,6 +356,62 @@ impl ApiClient {
         Ok(Vec::from(body))
     }
 
+    /// `GET /api/v1/services/{service}/incidents?since=..[&status=..]`, or the whole
+    /// fleet's (`GET /api/v1/incidents`) when `service` is `None`.
+    pub async fn incidents(
+        &self,
+        service: Option<&str>,
+        since: &str,
+        status: Option<&str>,
+    ) -> Result<crate::query::IncidentsJson, ApiClientError> {
+        let mut path = match service {
+            Some(s) => format!(
+                "/api/v1/services/{}/incidents?since={}",
+                encode(s),
+                encode(since)
+            ),
+            None => format!("/api/v1/incidents?since={}", encode(since)),
+        };
+        if let Some(st) = status {
+            path.push_str(&format!("&status={}", encode(st)));
+        }
+        self.get(&path).await
+    }
+
+    /// `GET /api/v1/incidents/{incident_id}`: one incident with its triggers, profiles,
+    /// suspects and related incidents.
+    pub async fn incident(
+        &self,
+        incident_id: &str,
+    ) -> Result<crate::query::IncidentDetailJson, ApiClientError> {
+        self.get(&format!("/api/v1/incidents/{}", encode(incident_id)))
+            .await
+    }
+
+    /// A flame graph (SVG) of an incident's merged profiles (against its baseline with
+    /// `diff`), or, when `id` names no incident, of the profile with that id.
+    pub async fn flamegraph(&self, id: &str, diff: bool) -> Result<Vec<u8>, ApiClientError> {
+        let query = if diff { "?diff=baseline" } else { "" };
+        match self
+            .get_raw(&format!(
+                "/api/v1/incidents/{}/flamegraph.svg{query}",
+                encode(id)
+            ))
+            .await
+        {
+            Err(ApiClientError::Api {
+                status: 404,
+                message,
+            }) if message.starts_with("unknown incident") && !diff => {
+                let body = self
+                    .get_raw(&format!("/api/v1/profiles/{}/flamegraph.svg", encode(id)))
+                    .await?;
+                Ok(Vec::from(body))
+            }
+            other => other.map(Vec::from),
+        }
+    }
+
     /// `GET /api/v1/profiles/{profile_id}/top`: the costliest functions by
     /// `sample_type` (the profile's last one when `None`), at most `limit`.
     pub async fn top(

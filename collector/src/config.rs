@@ -80,6 +80,72 @@ impl Default for ClickHouseSection {
     }
 }
 
+/// Correlation of trigger events into incidents (`[incidents]`), durations as text
+/// (`90s`, `2m`, `1h`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentsSection {
+    /// Triggers of several instances within this window make a fleet incident.
+    #[serde(default = "default_incident_window")]
+    pub window: String,
+    /// An incident resolves after this long without triggers.
+    #[serde(default = "default_incident_quiet")]
+    pub quiet: String,
+    /// Fleet windows by service (`[incidents.service_windows] checkout = "5m"`).
+    #[serde(default)]
+    pub service_windows: BTreeMap<String, String>,
+}
+
+fn default_incident_window() -> String {
+    humantime::format_duration(crate::correlate::DEFAULT_WINDOW).to_string()
+}
+
+fn default_incident_quiet() -> String {
+    humantime::format_duration(crate::correlate::DEFAULT_QUIET).to_string()
+}
+
+impl Default for IncidentsSection {
+    fn default() -> Self {
+        IncidentsSection {
+            window: default_incident_window(),
+            quiet: default_incident_quiet(),
+            service_windows: BTreeMap::new(),
+        }
+    }
+}
+
+impl IncidentsSection {
+    /// The correlation settings, or what is wrong with them.
+    pub fn correlate_config(&self) -> Result<crate::correlate::CorrelateConfig, ConfigError> {
+        let parse = |key: &str, text: &str| {
+            humantime::parse_duration(text)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    ConfigError::Invalid(format!(
+                        "incidents: {key} = {text:?} is not a duration like \"2m\" or \"90s\""
+                    ))
+                })
+        };
+        let window = parse("window", &self.window)?;
+        let quiet = parse("quiet", &self.quiet)?;
+        let mut service_windows = BTreeMap::new();
+        for (service, text) in &self.service_windows {
+            holmes_proto::names::validate_name("service", service)
+                .map_err(|e| ConfigError::Invalid(format!("incidents.service_windows: {e}")))?;
+            service_windows.insert(
+                service.clone(),
+                parse(&format!("service_windows.{service}"), text)?,
+            );
+        }
+        Ok(crate::correlate::CorrelateConfig {
+            window,
+            quiet,
+            service_windows,
+        })
+    }
+}
+
 /// TLS for both listeners (`[tls]`): with a certificate and its key, gRPC ingest and
 /// the HTTP API serve TLS only; without, both are plain.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -270,6 +336,9 @@ pub struct Config {
     /// pushed to the service's agents when they connect; see [`crate::rules`].
     #[serde(default)]
     pub rules: ServiceRules,
+    /// Correlation of trigger events into incidents.
+    #[serde(default)]
+    pub incidents: IncidentsSection,
     /// TLS on both listeners.
     #[serde(default)]
     pub tls: TlsSection,
@@ -328,6 +397,7 @@ impl Default for Config {
             retention_days: default_retention_days(),
             clickhouse: ClickHouseSection::default(),
             rules: ServiceRules::new(),
+            incidents: IncidentsSection::default(),
             tls: TlsSection::default(),
             auth: AuthSection::default(),
             alerts: crate::alert::AlertsConfig::default(),
@@ -506,6 +576,7 @@ impl Config {
 
     /// Checks settings that depend on each other.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.incidents.correlate_config()?;
         if self.store == StoreKind::Clickhouse && self.clickhouse.url.is_none() {
             return Err(ConfigError::Invalid(
                 "store is clickhouse but no ClickHouse URL is set (--clickhouse-url, HOLMES_CLICKHOUSE_URL or [clickhouse] url)".to_owned(),

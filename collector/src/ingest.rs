@@ -87,6 +87,7 @@ pub struct IngestService {
     max_profile_bytes: u64,
     profile_limits: Limits,
     auth: IngestAuth,
+    incidents: Option<Arc<crate::incidents::Incidents>>,
 }
 
 impl IngestService {
@@ -101,6 +102,7 @@ impl IngestService {
             max_profile_bytes: crate::config::DEFAULT_MAX_PROFILE_BYTES,
             profile_limits: Limits::default(),
             auth: IngestAuth::default(),
+            incidents: None,
         }
     }
 
@@ -114,6 +116,12 @@ impl IngestService {
     /// [`crate::config::DEFAULT_MAX_PROFILE_BYTES`].
     pub fn with_max_profile_bytes(mut self, max_profile_bytes: u64) -> Self {
         self.max_profile_bytes = max_profile_bytes;
+        self
+    }
+
+    /// Correlates every stored trigger event into incidents.
+    pub fn with_incidents(mut self, incidents: Arc<crate::incidents::Incidents>) -> Self {
+        self.incidents = Some(incidents);
         self
     }
 
@@ -285,6 +293,7 @@ impl Ingest for IngestService {
         }
         let session = Session {
             hello,
+            incidents: self.incidents.clone(),
             store: Arc::clone(&self.store),
             tx,
             last_acked: 0,
@@ -300,6 +309,7 @@ impl Ingest for IngestService {
 
 struct Session {
     hello: Hello,
+    incidents: Option<Arc<crate::incidents::Incidents>>,
     profile_limits: Limits,
     store: Arc<dyn Store>,
     tx: mpsc::Sender<Result<pb::CollectorMessage, Status>>,
@@ -393,6 +403,10 @@ impl Session {
                     event_id = %record.event_id,
                     "trigger stored"
                 );
+                // Stored first: an incident always has its triggers in the store.
+                if let Some(incidents) = &self.incidents {
+                    incidents.observe(&record).await;
+                }
                 self.stored(msg.seq).await?;
                 self.touch_if_due().await
             }

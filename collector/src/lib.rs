@@ -10,6 +10,9 @@
 //! - [`aggregate`]: profile contents summed by function (the `top` of a profile).
 //! - [`retention`]: removes the days older than `retention_days`.
 //! - [`alert`]: alert hooks (webhook, Slack, PagerDuty) fed from a persisted outbox.
+//! - [`correlate`]: trigger events of the fleet turned into incidents.
+//! - [`incidents`]: correlation at run time: the store, the alert hooks, the ticker.
+//! - [`flamegraph`]: flame graphs (and diff flame graphs) as SVG.
 //! - [`error`]: the one place that maps failures to gRPC and HTTP statuses.
 //! - [`demo`]: the workload of `holmes-demo`, the one-command tour.
 //!
@@ -21,8 +24,11 @@ pub mod api_client;
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod correlate;
 pub mod demo;
 pub mod error;
+pub mod flamegraph;
+pub mod incidents;
 pub mod ingest;
 pub mod query;
 pub mod retention;

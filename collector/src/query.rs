@@ -29,8 +29,12 @@ use crate::auth::ApiAuth;
 use crate::clock::{parse_time, rfc3339, unix_nanos_now};
 use crate::error::ApiError;
 
+mod incidents;
 mod profiles;
 mod triggers;
+pub use incidents::{
+    IncidentDetailJson, IncidentJson, IncidentsJson, DEFAULT_INCIDENT_LIMIT, DEFAULT_INCIDENT_SINCE,
+};
 pub use profiles::{
     download_path, file_name, parse_kind, top_path, ProfileJson, ProfilesJson, TopJson,
     DEFAULT_PROFILE_LIMIT, DEFAULT_PROFILE_SINCE, DEFAULT_TOP_LIMIT, PROFILE_KINDS,
@@ -74,6 +78,20 @@ pub fn router(
         )
         .route("/api/v1/profiles/{profile_id}", get(profiles::download))
         .route("/api/v1/profiles/{profile_id}/top", get(profiles::top))
+        .route(
+            "/api/v1/services/{service}/incidents",
+            get(incidents::by_service),
+        )
+        .route("/api/v1/incidents", get(incidents::all))
+        .route("/api/v1/incidents/{incident_id}", get(incidents::detail))
+        .route(
+            "/api/v1/incidents/{incident_id}/flamegraph.svg",
+            get(incidents::flamegraph),
+        )
+        .route(
+            "/api/v1/profiles/{profile_id}/flamegraph.svg",
+            get(profiles::flamegraph),
+        )
         .with_state(Api {
             store,
             active_window,
@@ -88,6 +106,19 @@ pub fn router(
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .merge(api)
+}
+
+/// An SVG document as an HTTP answer.
+fn svg_response(svg: String) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "image/svg+xml; charset=utf-8",
+        )],
+        svg,
+    )
+        .into_response()
 }
 
 /// One service in the services list.

@@ -50,6 +50,12 @@ pub enum ServeError {
     /// The gRPC server refused the TLS configuration.
     #[error("cannot serve gRPC over TLS: {0}")]
     GrpcTls(tonic::transport::Error),
+    /// The alert hooks could not start (their outbox file, say).
+    #[error("cannot start the alert hooks: {0}")]
+    Alerts(#[from] crate::alert::AlertError),
+    /// The incidents could not be read back from the store.
+    #[error("cannot restore the incidents from the store: {0}")]
+    Incidents(StoreError),
 }
 
 /// Opens the store the configuration names.
@@ -156,6 +162,21 @@ impl Server {
         let grpc_addr = local(&grpc, "gRPC", config.grpc_addr)?;
         let http_addr = local(&http, "HTTP", config.http_addr)?;
         let (closing, closed) = watch::channel(false);
+        let scheme = if identity.is_some() { "https" } else { "http" };
+        let alerter = crate::alert::Alerter::start(
+            &config.alerts,
+            &config.data_dir,
+            Some(format!("{scheme}://{http_addr}")),
+            closed.clone(),
+        )?;
+        let (incidents, incident_ticker) = crate::incidents::Incidents::start(
+            Arc::clone(&store),
+            config.incidents.correlate_config()?,
+            alerter,
+            closed.clone(),
+        )
+        .await
+        .map_err(ServeError::Incidents)?;
 
         let ingest = IngestServer::new(
             IngestService::new(Arc::clone(&store), config.rules.clone(), closed.clone())
@@ -164,7 +185,8 @@ impl Server {
                     max_decoded_bytes: config.max_decoded_profile_bytes,
                     ..crate::ingest::normalize::Limits::default()
                 })
-                .with_auth(ingest_auth),
+                .with_auth(ingest_auth)
+                .with_incidents(incidents),
         )
         // Agents may send gzip or zstd; the limit holds for the decompressed message.
         .accept_compressed(CompressionEncoding::Gzip)
@@ -239,10 +261,15 @@ impl Server {
             http_addr,
             store,
             closing,
-            tasks: [Some(grpc_task), Some(http_task), retention]
-                .into_iter()
-                .flatten()
-                .collect(),
+            tasks: [
+                Some(grpc_task),
+                Some(http_task),
+                retention,
+                Some(incident_ticker),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
         })
     }
 

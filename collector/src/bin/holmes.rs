@@ -84,6 +84,35 @@ enum Command {
         #[arg(short = 'o', long = "output", value_name = "FILE")]
         output: String,
     },
+    /// Incidents, newest first: of one service, or of every service.
+    Incidents {
+        /// Service name; all services if left out.
+        #[arg(long)]
+        service: Option<String>,
+        /// How far back: a duration (10m, 2h) or an RFC 3339 time.
+        #[arg(long, default_value = holmes_collector::query::DEFAULT_INCIDENT_SINCE)]
+        since: String,
+        /// Only `open` or only `resolved` ones.
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// One incident: its instances, triggers, profiles, suspect functions and related
+    /// incidents.
+    Incident {
+        /// Incident id, as `holmes incidents` shows it.
+        id: String,
+    },
+    /// A flame graph (SVG) of an incident (its profiles merged) or of one profile.
+    Flamegraph {
+        /// Incident id or profile id.
+        id: String,
+        /// File to write; `-` writes the SVG to standard output.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: String,
+        /// Color by growth against the profiles from before the incident.
+        #[arg(long)]
+        diff: bool,
+    },
     /// The functions that cost the most in one profile, like `go tool pprof -top`: flat
     /// (the function is the leaf) and cumulative (anywhere on the stack).
     Top {
@@ -97,6 +126,93 @@ enum Command {
         #[arg(long, default_value_t = holmes_collector::query::DEFAULT_TOP_LIMIT)]
         limit: u64,
     },
+}
+
+fn print_incidents(list: &holmes_collector::query::IncidentsJson) {
+    if list.incidents.is_empty() {
+        println!("no incidents from {} to {}", list.since, list.until);
+        return;
+    }
+    println!(
+        "{:<24}  {:<16}  {:<8}  {:<8}  {:<8}  {:>9}  INCIDENT",
+        "FIRST EVENT", "SERVICE", "METRIC", "SEVERITY", "STATUS", "INSTANCES"
+    );
+    for i in &list.incidents {
+        println!(
+            "{:<24}  {:<16}  {:<8}  {:<8}  {:<8}  {:>9}  {}",
+            i.first_event,
+            i.service,
+            i.metric,
+            i.severity,
+            i.status,
+            i.instances.len(),
+            i.incident_id
+        );
+    }
+}
+
+fn print_incident(d: &holmes_collector::query::IncidentDetailJson) {
+    let i = &d.incident;
+    println!(
+        "incident {}: {} {} {} incident, {}",
+        i.incident_id, i.service, i.metric, i.severity, i.status
+    );
+    println!(
+        "  from {} to {}{}",
+        i.first_event,
+        i.last_event,
+        i.resolved
+            .as_deref()
+            .map(|r| format!(", resolved {r}"))
+            .unwrap_or_default()
+    );
+    println!("  instances: {}", i.instances.join(", "));
+    println!("  triggers:");
+    for t in &d.triggers {
+        println!(
+            "    {}  {:<24}  {} {} {:.1}",
+            t.ts,
+            t.instance,
+            t.metric.as_deref().unwrap_or("-"),
+            t.reason,
+            t.current
+        );
+    }
+    println!("  profiles:");
+    for p in &d.profiles {
+        println!(
+            "    {}  {:<24}  {:<7}  {}{}",
+            p.started,
+            p.instance,
+            p.kind,
+            p.profile_id,
+            p.error
+                .as_deref()
+                .map(|e| format!("  error: {e}"))
+                .unwrap_or_default()
+        );
+    }
+    match &d.suspect_kind {
+        Some(kind) => println!(
+            "  suspects ({kind} profiles: {} of the incident, {} of the baseline):",
+            d.merged_profiles, d.baseline_profiles
+        ),
+        None => println!("  suspects: none (no profiles of the kind that explains it)"),
+    }
+    for s in &d.suspects {
+        println!(
+            "    {:>5.1}%  (baseline {:>5.1}%)  {}",
+            100.0 * s.share,
+            100.0 * s.baseline_share,
+            s.function
+        );
+    }
+    for r in &d.related {
+        println!(
+            "  related: {} {} {} {} incident, {}",
+            r.incident_id, r.service, r.metric, r.severity, r.status
+        );
+    }
 }
 
 fn print_top(top: &holmes_collector::query::TopJson) {
@@ -420,6 +536,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Profile { id, output } => {
             let bytes = client.download_profile(&id).await?;
             write_profile(&output, &bytes)?;
+        }
+        Command::Incidents {
+            service,
+            since,
+            status,
+        } => {
+            let list = client
+                .incidents(service.as_deref(), &since, status.as_deref())
+                .await?;
+            if cli.json {
+                print_json(&list)?;
+            } else {
+                print_incidents(&list);
+            }
+        }
+        Command::Flamegraph { id, output, diff } => {
+            let svg = client.flamegraph(&id, diff).await?;
+            write_profile(&output, &svg)?;
+        }
+        Command::Incident { id } => {
+            let detail = client.incident(&id).await?;
+            if cli.json {
+                print_json(&detail)?;
+            } else {
+                print_incident(&detail);
+            }
         }
         Command::Top {
             id,

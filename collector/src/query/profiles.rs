@@ -253,6 +253,25 @@ pub(super) async fn top(
     }))
 }
 
+/// `GET /api/v1/profiles/{profile_id}/flamegraph.svg`.
+pub(super) async fn flamegraph(
+    State(api): State<Api>,
+    Path(profile_id): Path<String>,
+) -> Result<Response, ApiError> {
+    validate_profile_id(&profile_id).map_err(ApiError::bad_request)?;
+    let Some(contents) = api.store.get_profile_contents(&profile_id).await? else {
+        return Err(ApiError::not_found(format!(
+            "profile {profile_id:?} is unknown or has no decoded stacks"
+        )));
+    };
+    let title = format!("{} profile {profile_id}", contents.service);
+    Ok(super::svg_response(crate::flamegraph::render(
+        &title,
+        &[contents],
+        None,
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

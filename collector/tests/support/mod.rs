@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub(crate) mod raw_agent;
+pub(crate) mod receiver;
 pub(crate) mod tls;
 
 use std::future::Future;

@@ -1,0 +1,290 @@
+//! Flame graphs as SVG: one profile's (or several merged) stacks, root at the bottom,
+//! each frame as wide as its share of the samples; optionally colored by how much each
+//! frame grew against a baseline (a diff flame graph: red grew, blue shrank).
+//!
+//! Self-contained SVG (no script), readable in any browser and embeddable in a page:
+//! every frame has a `<title>` with its function, value and share.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
+
+use holmes_storage::ProfileContents;
+
+/// Width of the drawing, in pixels.
+pub const WIDTH: f64 = 1200.0;
+/// Height of one frame.
+const ROW: f64 = 16.0;
+/// Frames narrower than this many pixels are left out (with their children).
+const MIN_WIDTH: f64 = 0.3;
+/// Deepest level drawn.
+const MAX_DEPTH: usize = 256;
+
+/// One node of the call tree.
+#[derive(Debug, Default)]
+struct Node {
+    value: i64,
+    children: BTreeMap<String, Node>,
+}
+
+impl Node {
+    fn add(&mut self, path: &mut dyn Iterator<Item = &str>, value: i64) {
+        self.value = self.value.saturating_add(value);
+        if let Some(name) = path.next() {
+            self.children
+                .entry(name.to_owned())
+                .or_default()
+                .add(path, value);
+        }
+    }
+
+    fn find(&self, path: &[&str]) -> i64 {
+        match path.split_first() {
+            None => self.value,
+            Some((first, rest)) => self.children.get(*first).map_or(0, |c| c.find(rest)),
+        }
+    }
+}
+
+/// The call tree of `profiles`, summing each profile's last sample type (pprof's
+/// default: cpu nanoseconds, in-use bytes, thread counts).
+fn tree(profiles: &[ProfileContents]) -> (Node, String) {
+    let mut root = Node::default();
+    let mut unit = String::new();
+    for p in profiles {
+        let Some(index) = p.sample_types.len().checked_sub(1) else {
+            continue;
+        };
+        if unit.is_empty() {
+            unit = format!("{} {}", p.sample_types[index].0, p.sample_types[index].1);
+        }
+        let stacks: HashMap<u64, &holmes_storage::Stack> =
+            p.stacks.iter().map(|s| (s.stack_id, s)).collect();
+        for sample in &p.samples {
+            let v = sample.values.get(index).copied().unwrap_or(0).max(0);
+            if let Some(stack) = stacks.get(&sample.stack_id) {
+                let mut path = stack.frames.iter().rev().map(|f| f.function.as_str());
+                root.add(&mut path, v);
+            }
+        }
+    }
+    (root, unit)
+}
+
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c if (c as u32) < 0x20 => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A warm color from the name (stable across renders), as flame graphs use.
+fn warm(name: &str) -> String {
+    let h = name.bytes().fold(0x811c_9dc5u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    let r = 205 + (h % 50);
+    let g = 80 + ((h >> 8) % 130);
+    let b = 40 + ((h >> 16) % 40);
+    format!("rgb({r},{g},{b})")
+}
+
+/// Red for growth, blue for shrinkage, white for none; `delta` is a share change.
+fn diff_color(delta: f64) -> String {
+    let t = (delta.abs() * 4.0).min(1.0);
+    let fade = (255.0 * (1.0 - t)) as u8;
+    if delta >= 0.0 {
+        format!("rgb(255,{fade},{fade})")
+    } else {
+        format!("rgb({fade},{fade},255)")
+    }
+}
+
+/// Renders `profiles` merged; with `baseline`, colors each frame by the change of its
+/// share against the baseline's. `title` heads the drawing.
+pub fn render(
+    title: &str,
+    profiles: &[ProfileContents],
+    baseline: Option<&[ProfileContents]>,
+) -> String {
+    let (root, unit) = tree(profiles);
+    let base = baseline.map(tree);
+    let total = root.value.max(1) as f64;
+    let scale = WIDTH / total;
+    let mut body = String::new();
+    let mut path: Vec<&str> = Vec::new();
+    // Depth-first, children left to right by name (as flame graphs sort them).
+    fn walk<'a>(
+        node: &'a Node,
+        name: &'a str,
+        x: f64,
+        level: usize,
+        path: &mut Vec<&'a str>,
+        out: &mut Vec<(Vec<&'a str>, &'a Node, f64, usize)>,
+        scale: f64,
+    ) {
+        if level > MAX_DEPTH || node.value as f64 * scale < MIN_WIDTH {
+            return;
+        }
+        if level > 0 {
+            path.push(name);
+        }
+        out.push((path.clone(), node, x, level));
+        let mut cx = x;
+        for (child_name, child) in &node.children {
+            walk(child, child_name, cx, level + 1, path, out, scale);
+            cx += child.value as f64 * scale;
+        }
+        if level > 0 {
+            path.pop();
+        }
+    }
+    let mut frames = Vec::new();
+    walk(&root, "all", 0.0, 0, &mut path, &mut frames, scale);
+    let depth = frames.iter().map(|f| f.3).max().unwrap_or(0);
+    let height = (depth + 1) as f64 * ROW + 40.0;
+    for (p, node, x, level) in &frames {
+        let name = p.last().copied().unwrap_or("all");
+        let w = node.value as f64 * scale;
+        let y = height - ROW * (*level as f64 + 1.0) - 4.0;
+        let share = node.value as f64 / total;
+        let (fill, extra) = match &base {
+            Some((b, _)) => {
+                let before = b.find(p) as f64 / b.value.max(1) as f64;
+                let delta = share - before;
+                (
+                    diff_color(delta),
+                    format!(", {:+.1} points vs baseline", 100.0 * delta),
+                )
+            }
+            None => (warm(name), String::new()),
+        };
+        let label = if w > 30.0 {
+            let chars = ((w - 6.0) / 7.0) as usize;
+            let text: String = if name.chars().count() > chars {
+                let mut t: String = name.chars().take(chars.saturating_sub(2)).collect();
+                t.push_str("..");
+                t
+            } else {
+                name.to_owned()
+            };
+            format!(
+                r#"<text x="{:.1}" y="{:.1}">{}</text>"#,
+                x + 3.0,
+                y + ROW - 4.0,
+                escape(&text)
+            )
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            body,
+            r#"<g class="frame"><title>{} ({} {}, {:.2}%{})</title><rect x="{:.2}" y="{:.1}" width="{:.2}" height="{:.1}" fill="{}" rx="2"/>{}</g>"#,
+            escape(name),
+            node.value,
+            escape(&unit),
+            100.0 * share,
+            extra,
+            x,
+            y,
+            w.max(0.1),
+            ROW - 1.0,
+            fill,
+            label
+        );
+    }
+    let mut svg = String::new();
+    let _ = write!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height:.0}" viewBox="0 0 {WIDTH} {height:.0}" font-family="monospace" font-size="11">
+<rect width="100%" height="100%" fill="white"/>
+<text x="{:.0}" y="20" text-anchor="middle" font-size="14">{}</text>
+{body}</svg>
+"#,
+        WIDTH / 2.0,
+        escape(title),
+    );
+    svg
+}
+
+#[cfg(test)]
+mod tests {
+    use holmes_storage::{Stack, StackFrame, StackSample};
+
+    use super::*;
+
+    fn contents(samples: &[(&[&str], i64)]) -> ProfileContents {
+        let mut stacks = Vec::new();
+        let mut out = Vec::new();
+        for (names, v) in samples {
+            let s = Stack::new(
+                names
+                    .iter()
+                    .map(|n| StackFrame {
+                        function: (*n).to_owned(),
+                        file: String::new(),
+                        line: 0,
+                    })
+                    .collect(),
+            );
+            out.push(StackSample {
+                stack_id: s.stack_id,
+                values: vec![*v],
+                labels: vec![],
+            });
+            stacks.push(s);
+        }
+        ProfileContents {
+            profile_id: "p".into(),
+            service: "s".into(),
+            started_unix_nanos: 0,
+            sample_types: vec![("cpu".into(), "nanoseconds".into())],
+            stacks,
+            samples: out,
+        }
+    }
+
+    #[test]
+    fn frames_are_as_wide_as_their_share_and_names_are_escaped() {
+        let p = contents(&[(&["burn<T>", "main"], 75), (&["idle", "main"], 25)]);
+        let svg = render("cpu & more", &[p], None);
+        assert!(svg.starts_with("<svg"), "{svg}");
+        assert!(
+            svg.contains("<title>burn&lt;T&gt; (75 cpu nanoseconds, 75.00%)</title>"),
+            "{svg}"
+        );
+        assert!(svg.contains("cpu &amp; more"));
+        // main spans the whole width, burn three quarters of it.
+        assert!(
+            svg.contains(r#"<title>main (100 cpu nanoseconds, 100.00%)</title><rect x="0.00""#),
+            "{svg}"
+        );
+        assert!(svg.contains(r#"width="900.00""#), "{svg}");
+        assert!(svg.contains(r#"width="300.00""#), "{svg}");
+    }
+
+    #[test]
+    fn a_diff_colors_growth_red_and_shrinkage_blue() {
+        let now = contents(&[(&["burn", "main"], 90), (&["idle", "main"], 10)]);
+        let before = contents(&[(&["burn", "main"], 10), (&["idle", "main"], 90)]);
+        let svg = render("diff", &[now], Some(&[before]));
+        let frame = |name: &str| {
+            svg.lines()
+                .find(|l| l.contains(&format!("<title>{name} (")))
+                .unwrap()
+                .to_owned()
+        };
+        assert!(frame("burn").contains("+80.0 points vs baseline"), "{svg}");
+        assert!(frame("burn").contains("fill=\"rgb(255,0,0)\""), "{svg}");
+        assert!(frame("idle").contains("fill=\"rgb(0,0,255)\""), "{svg}");
+        assert!(frame("main").contains("+0.0 points"), "{svg}");
+    }
+}
