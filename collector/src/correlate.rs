@@ -5,8 +5,8 @@
 //! - An event joins the service's open incident for that metric when it falls in the
 //!   incident's span widened by the quiet period after it (the incident has not gone
 //!   quiet) and by the window before it (a late event of its start). Otherwise it opens
-//!   a new incident — or, arriving late, joins a recently resolved incident whose span it
-//!   falls in, which stays resolved.
+//!   a new incident — or, arriving late, joins a recently resolved incident it belonged
+//!   to (it happened before that incident's quiet period ran out), which stays resolved.
 //! - An incident is an **instance** incident while one instance fired; it becomes a
 //!   **fleet** incident (escalates) once two instances fired within `window` of each
 //!   other; every further instance joining escalates it again.
@@ -235,11 +235,12 @@ impl Correlator {
             changes.extend(self.link(&record, window));
             return changes;
         }
-        // A late event of a resolved incident.
+        // A late event of a resolved incident: one that happened while it was still
+        // open (before its quiet period ran out), arriving only now.
         if let Some(pos) = self
             .recent
             .iter()
-            .rposition(|t| t.key() == key && in_span(&t.record, window))
+            .rposition(|t| t.key() == key && in_span(&t.record, quiet))
         {
             if let Some(t) = self.recent.get_mut(pos) {
                 let change = join(t, event, window, IncidentStatus::Resolved);
@@ -518,6 +519,18 @@ mod tests {
         assert_eq!(
             summary(&changes),
             vec![("updated", id.clone(), "fleet", "resolved", 3)]
+        );
+        // One that happened after the quiet period ran out is a new spike, not a late
+        // event, even within the window of the old one.
+        let mut quick = Correlator::new(CorrelateConfig {
+            quiet: Duration::from_secs(8),
+            ..CorrelateConfig::default()
+        });
+        quick.observe(&ev("checkout", "a", "q1", 0));
+        quick.tick(T0 + 10 * SEC);
+        assert_eq!(
+            summary(&quick.observe(&ev("checkout", "b", "q2", 15)))[0].0,
+            "opened"
         );
         // One far later opens a new incident.
         let changes = c.observe(&ev("checkout", "c", "e9", 2_000));

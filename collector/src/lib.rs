@@ -13,6 +13,7 @@
 //! - [`correlate`]: trigger events of the fleet turned into incidents.
 //! - [`incidents`]: correlation at run time: the store, the alert hooks, the ticker.
 //! - [`flamegraph`]: flame graphs (and diff flame graphs) as SVG.
+//! - [`ui`]: the web page (`/ui`).
 //! - [`error`]: the one place that maps failures to gRPC and HTTP statuses.
 //! - [`demo`]: the workload of `holmes-demo`, the one-command tour.
 //!
@@ -35,6 +36,7 @@ pub mod retention;
 pub mod rules;
 pub mod server;
 pub mod tls;
+pub mod ui;
 
 pub use config::Config;
 pub use server::Server;

@@ -105,6 +105,7 @@ pub fn router(
     };
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .merge(crate::ui::router())
         .merge(api)
 }
 

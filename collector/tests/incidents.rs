@@ -35,7 +35,7 @@ async fn a_fleet_spike_is_one_incident_with_its_culprit_and_pages_once_per_chang
         r#"
 [incidents]
 window = "2m"
-quiet = "8s"
+quiet = "30s"
 
 [alerts]
 retry_initial_ms = 200
@@ -64,7 +64,8 @@ min_severity = "fleet"
     let api_url = format!("http://{}", server.http_addr());
     let api = ApiClient::new(&api_url).unwrap();
 
-    // Three instances, all bursting 12 s after they start (after the rules' warm-up).
+    // Three instances, bursting every 15 s from 15 s after they start (after the rules'
+    // warm-up); an instance that misses the first burst fires at the next one.
     let dumps = dir.path().join("dumps");
     let mut children = Vec::new();
     for i in 0..3 {
@@ -76,7 +77,7 @@ min_severity = "fleet"
                     "--instance",
                     &format!("checkout-{i}"),
                     "--burst-every",
-                    "12s",
+                    "15s",
                 ])
                 .env("HOLMES_DUMP_DIR", &dumps)
                 .env("RUST_LOG", "warn")
@@ -130,8 +131,8 @@ min_severity = "fleet"
         let _ = c.kill().await;
     }
 
-    // Quiet for 8 s: resolved, and a resolve alert.
-    let resolved = eventually(Duration::from_secs(40), "the incident resolved", || async {
+    // Quiet for 30 s: resolved, and a resolve alert.
+    let resolved = eventually(Duration::from_secs(60), "the incident resolved", || async {
         let d = api.incident(&id).await.ok()?;
         (d.incident.status == "resolved").then_some(d)
     })
@@ -158,10 +159,21 @@ min_severity = "fleet"
     .await;
     // Opened once, escalated for the second and third instance, resolved once: each
     // change once, although the first two attempts failed.
+    let timeline: Vec<(String, String)> = resolved
+        .triggers
+        .iter()
+        .map(|t| (t.ts.clone(), t.instance.clone()))
+        .collect();
     assert_eq!(
         hook,
         vec!["opened", "escalated", "escalated", "resolved"],
-        "{hook:?}"
+        "triggers {timeline:?}, resolved {:?}, all alerts {:?}",
+        resolved.incident.resolved,
+        webhook
+            .got()
+            .iter()
+            .map(|r| r.body.clone())
+            .collect::<Vec<_>>()
     );
     assert!(webhook.got().iter().filter(|r| r.answered == 500).count() == 2);
     // PagerDuty only hears of fleet incidents: triggered when it became one, resolved.
@@ -221,5 +233,60 @@ min_severity = "fleet"
     let out = holmes_cli(&["--api", &api_url, "flamegraph", &id, "--diff", "-o", "-"]).await;
     let diff = String::from_utf8_lossy(&out.stdout);
     assert!(diff.contains("points vs baseline"), "{diff}");
+    // The incident page in a real browser: rendered by its script from the API, with
+    // the suspects, the flame graph and the sparkline; a screenshot with content.
+    if let Some(chromium) = support::chromium() {
+        let page = format!("{api_url}/ui/incidents/{id}");
+        let dom = support::chromium_run(&chromium, &page, &["--dump-dom"]).await;
+        assert!(dom.contains(r#"data-ready="true""#), "{dom}");
+        let suspects = dom.split(r#"<table id="suspects">"#).nth(1).unwrap_or("");
+        let first_row = suspects.split("</tr>").nth(1).unwrap_or("");
+        assert!(first_row.contains("demo::hot_loop"), "{dom}");
+        assert!(dom.contains("checkout-0, checkout-1, checkout-2"), "{dom}");
+        assert!(
+            dom.contains(r#"<svg xmlns="http://www.w3.org/2000/svg""#),
+            "the flame graph: {dom}"
+        );
+        assert!(dom.contains(r#"class="spark""#), "the sparkline: {dom}");
+        let shot = dir.path().join("incident.png");
+        let blank = dir.path().join("blank.png");
+        let size = "--window-size=1280,1600";
+        support::chromium_run(
+            &chromium,
+            &page,
+            &[size, &format!("--screenshot={}", shot.display())],
+        )
+        .await;
+        support::chromium_run(
+            &chromium,
+            "about:blank",
+            &[size, &format!("--screenshot={}", blank.display())],
+        )
+        .await;
+        let png = std::fs::read(&shot).unwrap();
+        assert_eq!(&png[1..4], b"PNG");
+        let (w, h) = (
+            u32::from_be_bytes(png[16..20].try_into().unwrap()),
+            u32::from_be_bytes(png[20..24].try_into().unwrap()),
+        );
+        assert_eq!((w, h), (1280, 1600));
+        let blank_len = std::fs::metadata(&blank).unwrap().len();
+        eprintln!(
+            "incident page screenshot: {} bytes, a blank page {blank_len}",
+            png.len()
+        );
+        assert!(
+            png.len() as u64 > 5 * blank_len,
+            "the screenshot is nearly blank: {} bytes against {blank_len}",
+            png.len()
+        );
+        // The home page lists the service and the incident.
+        let home =
+            support::chromium_run(&chromium, &format!("{api_url}/ui"), &["--dump-dom"]).await;
+        assert!(
+            home.contains(&id) && home.contains("/ui/services/checkout"),
+            "{home}"
+        );
+    }
     server.shutdown().await;
 }

@@ -5,7 +5,7 @@
 #                                 # profiles checked by `go tool pprof`
 #   deploy/dev/test.sh -p holmes-agent   # extra arguments go to `cargo test`
 #
-# Installs what is missing (Debian's clickhouse-server and golang-go, via apt), starts ClickHouse on a
+# Installs what is missing (Debian's clickhouse-server, golang-go and chromium, via apt), starts ClickHouse on a
 # free loopback port in a temporary folder, runs the checks, and stops ClickHouse again
 # whatever happens.
 set -euo pipefail
@@ -17,11 +17,12 @@ missing=()
 command -v python3 >/dev/null || missing+=(python3)
 command -v curl >/dev/null || missing+=(curl)
 command -v go >/dev/null || missing+=(golang-go)   # `go tool pprof` reads our profiles in tests
+command -v chromium >/dev/null || missing+=(chromium)   # the web page is tested in a real browser
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
-export HOLMES_TEST_REQUIRE_GO=1
+export HOLMES_TEST_REQUIRE_GO=1 HOLMES_TEST_REQUIRE_CHROMIUM=1
 
 say "starting ClickHouse"
 eval "$(deploy/dev/clickhouse.sh start)"

@@ -83,3 +83,55 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The headless browser for page tests: `chromium` on the PATH. `None` (the test then
+/// says it is skipped) unless `HOLMES_TEST_REQUIRE_CHROMIUM=1`, which makes its absence
+/// a failure (`deploy/dev/test.sh` installs it and sets that).
+pub(crate) fn chromium() -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("chromium"))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var("HOLMES_TEST_REQUIRE_CHROMIUM").as_deref() != Ok("1"),
+            "chromium is required (HOLMES_TEST_REQUIRE_CHROMIUM=1) but not on the PATH"
+        );
+        eprintln!("skipped: no chromium on the PATH");
+    }
+    found
+}
+
+/// Runs headless chromium on `url` with `args` (e.g. `--dump-dom`, `--screenshot=F`),
+/// letting the page's scripts run for up to 20 s of virtual time; returns stdout.
+pub(crate) async fn chromium_run(chromium: &std::path::Path, url: &str, args: &[&str]) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(90),
+        tokio::process::Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--hide-scrollbars",
+                "--virtual-time-budget=20000",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(args)
+            .arg(url)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("chromium finishes within 90 s")
+    .expect("chromium runs");
+    assert!(
+        out.status.success(),
+        "chromium {args:?} {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
