@@ -227,6 +227,38 @@ impl ApiClient {
     /// GETs `path` (with its query) and returns the answer's bytes as they are; an
     /// answer that is not a success is an [`ApiClientError::Api`] with the API's message.
     pub async fn get_raw(&self, path: &str) -> Result<Bytes, ApiClientError> {
+        self.send(hyper::Method::GET, path).await
+    }
+
+    /// POSTs to `path` (parameters in its query, no body) and decodes the JSON answer.
+    pub async fn post<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiClientError> {
+        let body = self.send(hyper::Method::POST, path).await?;
+        serde_json::from_slice(&body).map_err(|e| ApiClientError::Decode {
+            url: format!("{}{}", self.base, path),
+            reason: e.to_string(),
+        })
+    }
+
+    /// `POST /api/v1/services/{service}/capture?kind=..`: asks every connected agent of
+    /// the service to capture `kinds` now.
+    pub async fn capture(
+        &self,
+        service: &str,
+        kinds: &[String],
+    ) -> Result<crate::query::CaptureJson, ApiClientError> {
+        let query: Vec<String> = kinds
+            .iter()
+            .map(|k| format!("kind={}", encode(k)))
+            .collect();
+        self.post(&format!(
+            "/api/v1/services/{}/capture?{}",
+            encode(service),
+            query.join("&")
+        ))
+        .await
+    }
+
+    async fn send(&self, method: hyper::Method, path: &str) -> Result<Bytes, ApiClientError> {
         let url = format!("{}{}", self.base, path);
         let uri: hyper::Uri =
             url.parse().map_err(
@@ -236,7 +268,7 @@ impl ApiClient {
                 },
             )?;
         let call = async {
-            let mut request = hyper::Request::get(uri);
+            let mut request = hyper::Request::builder().method(method).uri(uri);
             if let Some(auth) = &self.authorization {
                 request = request.header(AUTHORIZATION, auth.clone());
             }

@@ -81,6 +81,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     println!("  cargo run -q --bin holmes --{api_flag} services");
     println!("  cargo run -q --bin holmes --{api_flag} metrics --service checkout --metric cpu --since 5m");
     println!("  cargo run -q --bin holmes --{api_flag} triggers --service checkout --since 10m   # after the first burst past warm-up (~10 s)");
+    println!("  cargo run -q --bin holmes --{api_flag} incidents --service checkout   # the bursts of all instances: one fleet incident");
+    println!("  open {api}/ui                                  # the web page: incidents, suspects, flame graphs");
     println!("  curl -s '{api}/api/v1/services/checkout/metrics?metric=rss&since=5m'");
     println!();
     println!("Ctrl-C stops everything.");

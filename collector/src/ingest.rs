@@ -34,6 +34,7 @@ use crate::error::store_status;
 use crate::query::reason_name;
 use crate::rules::{update_for, ServiceRules};
 
+pub mod live;
 pub mod normalize;
 pub mod profiles;
 
@@ -88,6 +89,7 @@ pub struct IngestService {
     profile_limits: Limits,
     auth: IngestAuth,
     incidents: Option<Arc<crate::incidents::Incidents>>,
+    live: Arc<live::LiveAgents>,
 }
 
 impl IngestService {
@@ -103,6 +105,7 @@ impl IngestService {
             profile_limits: Limits::default(),
             auth: IngestAuth::default(),
             incidents: None,
+            live: Arc::default(),
         }
     }
 
@@ -117,6 +120,11 @@ impl IngestService {
     pub fn with_max_profile_bytes(mut self, max_profile_bytes: u64) -> Self {
         self.max_profile_bytes = max_profile_bytes;
         self
+    }
+
+    /// The registry of connected agents (for "capture now"), shared with the API.
+    pub fn live_agents(&self) -> Arc<live::LiveAgents> {
+        Arc::clone(&self.live)
     }
 
     /// Correlates every stored trigger event into incidents.
@@ -302,7 +310,20 @@ impl Ingest for IngestService {
             profile_limits: self.profile_limits,
             last_touch: Instant::now(),
         };
-        tokio::spawn(session.run(inbound, self.closing.clone()));
+        let live = Arc::clone(&self.live);
+        let (service, stream) = (
+            session.hello.service.clone(),
+            live.add(
+                &session.hello.service,
+                &session.hello.instance_id,
+                session.tx.clone(),
+            ),
+        );
+        let closing = self.closing.clone();
+        tokio::spawn(async move {
+            session.run(inbound, closing).await;
+            live.remove(&service, stream);
+        });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

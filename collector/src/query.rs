@@ -54,6 +54,7 @@ pub const DEFAULT_TRIGGER_SINCE: &str = "1h";
 struct Api {
     store: Arc<dyn Store>,
     active_window: std::time::Duration,
+    live: Arc<crate::ingest::live::LiveAgents>,
 }
 
 /// The API's routes over `store`; instances heard from within `active_window` count
@@ -63,6 +64,7 @@ pub fn router(
     store: Arc<dyn Store>,
     active_window: std::time::Duration,
     auth: Option<ApiAuth>,
+    live: Arc<crate::ingest::live::LiveAgents>,
 ) -> Router {
     let api = Router::new()
         .route("/api/v1/services", get(services))
@@ -92,9 +94,14 @@ pub fn router(
             "/api/v1/profiles/{profile_id}/flamegraph.svg",
             get(profiles::flamegraph),
         )
+        .route(
+            "/api/v1/services/{service}/capture",
+            axum::routing::post(capture),
+        )
         .with_state(Api {
             store,
             active_window,
+            live,
         });
     let api = match auth {
         Some(auth) => api.layer(axum::middleware::from_fn_with_state(
@@ -107,6 +114,79 @@ pub fn router(
         .route("/healthz", get(|| async { "ok" }))
         .merge(crate::ui::router())
         .merge(api)
+}
+
+/// `POST /api/v1/services/{service}/capture?kind=cpu[&kind=threads]`: what the agents
+/// were asked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CaptureJson {
+    /// Service name.
+    pub service: String,
+    /// The request id, echoed in each agent's trigger event (`request_id`).
+    pub request_id: String,
+    /// Profile kinds asked for.
+    pub kinds: Vec<String>,
+    /// Instances the request reached (connected now).
+    pub instances: Vec<String>,
+}
+
+async fn capture(
+    State(api): State<Api>,
+    Path(service): Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Result<Json<CaptureJson>, ApiError> {
+    check_service(&service)?;
+    let mut kinds = Vec::new();
+    for pair in query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        match pair.split_once('=') {
+            Some(("kind", k)) => {
+                let kind = parse_kind(k).map_err(ApiError::bad_request)?;
+                if !kinds.contains(&kind) {
+                    kinds.push(kind);
+                }
+            }
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown parameter {pair:?}; use kind=cpu|heap|threads|tasks"
+                )))
+            }
+        }
+    }
+    if kinds.is_empty() {
+        return Err(ApiError::bad_request(
+            "say what to capture: kind=cpu, heap, threads or tasks (repeatable)",
+        ));
+    }
+    // Unique per collector run and over restarts: the time, and a counter.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let request_id = format!(
+        "{:016x}{:016x}",
+        unix_nanos_now(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let request = holmes_proto::CaptureRequest {
+        request_id: request_id.clone(),
+        kinds: kinds.clone(),
+        cpu_duration: None,
+    };
+    let instances = api.live.capture(&service, &request);
+    if instances.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "no agent of service {service:?} is connected now"
+        )));
+    }
+    tracing::info!(%service, %request_id, ?instances, "capture requested");
+    Ok(Json(CaptureJson {
+        service,
+        request_id,
+        kinds: kinds.iter().map(|k| k.as_str().to_owned()).collect(),
+        instances,
+    }))
 }
 
 /// An SVG document as an HTTP answer.

@@ -178,20 +178,20 @@ impl Server {
         .await
         .map_err(ServeError::Incidents)?;
 
-        let ingest = IngestServer::new(
-            IngestService::new(Arc::clone(&store), config.rules.clone(), closed.clone())
-                .with_max_profile_bytes(config.max_profile_bytes)
-                .with_profile_limits(crate::ingest::normalize::Limits {
-                    max_decoded_bytes: config.max_decoded_profile_bytes,
-                    ..crate::ingest::normalize::Limits::default()
-                })
-                .with_auth(ingest_auth)
-                .with_incidents(incidents),
-        )
-        // Agents may send gzip or zstd; the limit holds for the decompressed message.
-        .accept_compressed(CompressionEncoding::Gzip)
-        .accept_compressed(CompressionEncoding::Zstd)
-        .max_decoding_message_size(config.max_message_bytes);
+        let service = IngestService::new(Arc::clone(&store), config.rules.clone(), closed.clone())
+            .with_max_profile_bytes(config.max_profile_bytes)
+            .with_profile_limits(crate::ingest::normalize::Limits {
+                max_decoded_bytes: config.max_decoded_profile_bytes,
+                ..crate::ingest::normalize::Limits::default()
+            })
+            .with_auth(ingest_auth)
+            .with_incidents(incidents);
+        let live = service.live_agents();
+        let ingest = IngestServer::new(service)
+            // Agents may send gzip or zstd; the limit holds for the decompressed message.
+            .accept_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Zstd)
+            .max_decoding_message_size(config.max_message_bytes);
         let mut grpc_builder = tonic::transport::Server::builder();
         if let Some(identity) = &identity {
             grpc_builder = grpc_builder
@@ -215,7 +215,7 @@ impl Server {
 
         let active =
             humantime::parse_duration(DEFAULT_ACTIVE_WINDOW).unwrap_or(Duration::from_secs(300));
-        let app = crate::query::router(Arc::clone(&store), active, api_auth.clone());
+        let app = crate::query::router(Arc::clone(&store), active, api_auth.clone(), live);
         let retention =
             crate::retention::spawn(Arc::clone(&store), config.retention_days, closed.clone());
         let mut http_closed = closed;

@@ -234,3 +234,91 @@ async fn stop_is_prompt_when_the_collector_is_unreachable() {
         "unsent data is reported, not hidden: {stats:?}"
     );
 }
+
+/// "Capture now": `holmes capture` reaches every connected agent of the service through
+/// its stream; the profiles come back answering the request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capture_now_reaches_the_connected_agents() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = support::start(Backend::Sqlite, dir.path()).await.unwrap();
+    let api_url = format!("http://{}", server.http_addr());
+    let api = ApiClient::new(&api_url).unwrap();
+    let agent = Holmes::builder()
+        .service("checkout")
+        .instance("checkout-now")
+        .collector(format!("http://{}", server.grpc_addr()))
+        .collect_interval(Duration::from_millis(200))
+        .send_interval(Duration::from_millis(200))
+        .start()
+        .unwrap();
+    eventually(Duration::from_secs(15), "the agent connected", || async {
+        agent.stats().connected.then_some(())
+    })
+    .await;
+    let out = holmes_cli(&[
+        "--api",
+        &api_url,
+        "--json",
+        "capture",
+        "--service",
+        "checkout",
+        "--kind",
+        "threads",
+    ])
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let asked: holmes_collector::query::CaptureJson = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(asked.instances, vec!["checkout-now"]);
+    assert_eq!(asked.kinds, vec!["threads"]);
+    let profile = eventually(
+        Duration::from_secs(30),
+        "the requested thread dump",
+        || async {
+            let triggers = api.triggers("checkout", "5m").await.ok()?;
+            let event = triggers
+                .triggers
+                .iter()
+                .find(|t| t.request_id.as_deref() == Some(asked.request_id.as_str()))?
+                .event_id
+                .clone();
+            let profiles = api.profiles("checkout", "5m").await.ok()?;
+            profiles
+                .profiles
+                .into_iter()
+                .find(|p| p.event_id == event && p.kind == "threads" && p.error.is_none())
+        },
+    )
+    .await;
+    assert_eq!(profile.instance, "checkout-now");
+    // A service with no connected agent, and a kind that does not exist: clear errors.
+    let out = holmes_cli(&[
+        "--api",
+        &api_url,
+        "capture",
+        "--service",
+        "cart",
+        "--kind",
+        "cpu",
+    ])
+    .await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "error: no agent of service \"cart\" is connected now (HTTP 404)"
+    );
+    let out = holmes_cli(&[
+        "--api",
+        &api_url,
+        "capture",
+        "--service",
+        "checkout",
+        "--kind",
+        "gpu",
+    ])
+    .await;
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown profile kind \"gpu\""),
+        "{out:?}"
+    );
+    agent.stop();
+    server.shutdown().await;
+}

@@ -102,6 +102,16 @@ enum Command {
         /// Incident id, as `holmes incidents` shows it.
         id: String,
     },
+    /// Asks every connected agent of a service to capture profiles now; they arrive like
+    /// any other capture (`holmes profiles`), with a trigger event of reason `requested`.
+    Capture {
+        /// Service name.
+        #[arg(long)]
+        service: String,
+        /// cpu, heap, threads or tasks; repeat for several.
+        #[arg(long = "kind", required = true)]
+        kinds: Vec<String>,
+    },
     /// A flame graph (SVG) of an incident (its profiles merged) or of one profile.
     Flamegraph {
         /// Incident id or profile id.
@@ -549,6 +559,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print_json(&list)?;
             } else {
                 print_incidents(&list);
+            }
+        }
+        Command::Capture { service, kinds } => {
+            let asked = client.capture(&service, &kinds).await?;
+            if cli.json {
+                print_json(&asked)?;
+            } else {
+                println!(
+                    "asked {} instance(s) of {} for {} (request {}): {}",
+                    asked.instances.len(),
+                    asked.service,
+                    asked.kinds.join(", "),
+                    asked.request_id,
+                    asked.instances.join(", ")
+                );
             }
         }
         Command::Flamegraph { id, output, diff } => {

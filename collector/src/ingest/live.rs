@@ -1,0 +1,82 @@
+//! The agents connected right now, by service: how "capture now" reaches them. Each
+//! stream registers its outbound channel on connect and is removed when it ends.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use holmes_proto::{pb, CaptureRequest, CollectorMessage};
+use tokio::sync::mpsc;
+use tonic::Status;
+
+type Outbound = mpsc::Sender<Result<pb::CollectorMessage, Status>>;
+
+/// One connected stream.
+struct Live {
+    stream: u64,
+    instance: String,
+    tx: Outbound,
+}
+
+/// The connected agents by service.
+#[derive(Default)]
+pub struct LiveAgents {
+    next: Mutex<u64>,
+    by_service: Mutex<BTreeMap<String, Vec<Live>>>,
+}
+
+impl std::fmt::Debug for LiveAgents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveAgents").finish_non_exhaustive()
+    }
+}
+
+impl LiveAgents {
+    /// Registers a stream; returns its handle for [`LiveAgents::remove`].
+    pub(crate) fn add(&self, service: &str, instance: &str, tx: Outbound) -> u64 {
+        let stream = {
+            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            *next += 1;
+            *next
+        };
+        self.by_service
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(service.to_owned())
+            .or_default()
+            .push(Live {
+                stream,
+                instance: instance.to_owned(),
+                tx,
+            });
+        stream
+    }
+
+    /// Forgets a stream that ended.
+    pub(crate) fn remove(&self, service: &str, stream: u64) {
+        let mut map = self.by_service.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = map.get_mut(service) {
+            list.retain(|l| l.stream != stream);
+            if list.is_empty() {
+                map.remove(service);
+            }
+        }
+    }
+
+    /// Sends `request` to every connected agent of `service`; returns the instances it
+    /// reached (an agent whose outbound queue is full is skipped, and not listed).
+    pub fn capture(&self, service: &str, request: &CaptureRequest) -> Vec<String> {
+        let message =
+            pb::CollectorMessage::from(&CollectorMessage::CaptureRequest(request.clone()));
+        let map = self.by_service.lock().unwrap_or_else(|p| p.into_inner());
+        let mut reached: Vec<String> = map
+            .get(service)
+            .into_iter()
+            .flatten()
+            .filter(|l| l.tx.try_send(Ok(message.clone())).is_ok())
+            .map(|l| l.instance.clone())
+            .collect();
+        reached.sort();
+        reached.dedup();
+        reached
+    }
+}
