@@ -39,6 +39,10 @@ pub const DEFAULT_CPU_PROFILE_DURATION: Duration = Duration::from_secs(2);
 /// History the CPU flight recorder keeps, shipped as the pre-trigger profile
 /// (`HOLMES_FLIGHT_RECORDER_WINDOW`).
 pub const DEFAULT_FLIGHT_RECORDER_WINDOW: Duration = Duration::from_secs(10);
+/// Whether the agent loads the executable's debug info right after start rather than on
+/// the first capture (`HOLMES_PREWARM_SYMBOLS`). On: the first profile is on disk sooner
+/// and start-up pays instead. See `.prewarm_symbols()` for the measured costs.
+pub const DEFAULT_PREWARM_SYMBOLS: bool = true;
 /// Longest interval, timeout or backoff accepted for any setting.
 pub const MAX_DURATION_SETTING: Duration = Duration::from_secs(3600);
 
@@ -109,6 +113,7 @@ pub struct HolmesBuilder {
     pub(crate) flight_recorder: Option<bool>,
     pub(crate) flight_recorder_window: Option<Duration>,
     pub(crate) cpu_profile_duration: Option<Duration>,
+    pub(crate) prewarm_symbols: Option<bool>,
     pub(crate) transport: crate::transport::TransportSettings,
 }
 
@@ -285,6 +290,16 @@ impl HolmesBuilder {
         self
     }
 
+    /// Loads the executable's debug info on the agent's thread right after start, so the
+    /// first capture does not wait for it (`HOLMES_PREWARM_SYMBOLS`, default
+    /// [`DEFAULT_PREWARM_SYMBOLS`]). Off, the first capture loads it. Either way it stays
+    /// loaded for the rest of the process; prewarming only moves the cost to start-up
+    /// and spends it in processes that never capture.
+    pub fn prewarm_symbols(mut self, on: bool) -> Self {
+        self.prewarm_symbols = Some(on);
+        self
+    }
+
     /// Turns the agent on or off (`HOLMES_ENABLED`); a disabled agent starts nothing.
     pub fn enabled(mut self, enabled: bool) -> Self {
         self.enabled = Some(enabled);
@@ -383,6 +398,11 @@ impl HolmesBuilder {
             if let Some(v) = get("HOLMES_CPU_PROFILE_DURATION") {
                 self.cpu_profile_duration =
                     Some(parse_duration("HOLMES_CPU_PROFILE_DURATION", &v)?);
+            }
+        }
+        if self.prewarm_symbols.is_none() {
+            if let Some(v) = get("HOLMES_PREWARM_SYMBOLS") {
+                self.prewarm_symbols = Some(parse_bool("HOLMES_PREWARM_SYMBOLS", &v)?);
             }
         }
         if self.log_decisions.is_none() {
@@ -495,6 +515,7 @@ impl HolmesBuilder {
                 .cpu_profile_duration
                 .unwrap_or(DEFAULT_CPU_PROFILE_DURATION)
                 .max(Duration::from_millis(100)),
+            prewarm_symbols: self.prewarm_symbols.unwrap_or(DEFAULT_PREWARM_SYMBOLS),
             rules,
             cpu_max,
             log_decisions: self.log_decisions.unwrap_or(false),
@@ -541,6 +562,7 @@ pub(crate) struct AgentConfig {
     pub(crate) flight_recorder: bool,
     pub(crate) flight_recorder_window: Duration,
     pub(crate) cpu_profile_duration: Duration,
+    pub(crate) prewarm_symbols: bool,
     pub(crate) rules: BTreeMap<Metric, Rule>,
     pub(crate) cpu_max: f64,
     pub(crate) log_decisions: bool,
@@ -841,6 +863,30 @@ mod tests {
         assert_eq!(cfg.cpu_max, 85.0);
         assert!(cfg.log_decisions);
         assert_eq!(cfg.memory_fast_interval, None);
+    }
+
+    #[test]
+    fn symbol_prewarming_comes_from_code_then_environment_then_the_default() {
+        let base = || HolmesBuilder::default().service("s");
+        let cfg = base().with_env_from(env(&[])).unwrap().resolve().unwrap();
+        assert_eq!(cfg.prewarm_symbols, DEFAULT_PREWARM_SYMBOLS);
+        let off = env(&[("HOLMES_PREWARM_SYMBOLS", "off")]);
+        let cfg = base().with_env_from(&off).unwrap().resolve().unwrap();
+        assert!(!cfg.prewarm_symbols);
+        let cfg = base()
+            .prewarm_symbols(true)
+            .with_env_from(&off)
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert!(cfg.prewarm_symbols);
+        let err = base()
+            .with_env_from(env(&[("HOLMES_PREWARM_SYMBOLS", "soon")]))
+            .unwrap_err();
+        assert!(
+            err.to_string().starts_with("HOLMES_PREWARM_SYMBOLS="),
+            "{err}"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod capture;
 #[allow(dead_code)] // some parsers only serve the fixture tests
 mod cgroup;
 mod config;
+mod debuginfo;
 mod delivery;
 mod dump;
 mod event_id;
@@ -39,8 +40,9 @@ pub use transport::{Compression, DEFAULT_COMPRESSION};
 pub use config::{
     ConfigError, HolmesBuilder, DEFAULT_COLLECT_INTERVAL, DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_CPU_PROFILE_DURATION, DEFAULT_FLIGHT_RECORDER_WINDOW, DEFAULT_FLUSH_TIMEOUT,
-    DEFAULT_MAX_BACKOFF, DEFAULT_MEMORY_FAST_INTERVAL, DEFAULT_OUTBOX_BYTES, DEFAULT_SEND_INTERVAL,
-    DEFAULT_SPOOL_BYTES, MAX_DURATION_SETTING, MIN_COLLECT_INTERVAL,
+    DEFAULT_MAX_BACKOFF, DEFAULT_MEMORY_FAST_INTERVAL, DEFAULT_OUTBOX_BYTES,
+    DEFAULT_PREWARM_SYMBOLS, DEFAULT_SEND_INTERVAL, DEFAULT_SPOOL_BYTES, MAX_DURATION_SETTING,
+    MIN_COLLECT_INTERVAL,
 };
 
 /// Entry point: `Holmes::builder()` or `Holmes::from_env()`.

@@ -171,6 +171,9 @@ fn open_spool(cfg: &AgentConfig, shared: &Shared) {
 
 fn run(cfg: &Arc<AgentConfig>, shared: &Arc<Shared>) {
     let captures = Arc::new(Captures::new(cfg));
+    if cfg.prewarm_symbols {
+        prewarm_symbols();
+    }
     let ctx = Ctx {
         cfg,
         shared,
@@ -273,6 +276,23 @@ fn run(cfg: &Arc<AgentConfig>, shared: &Arc<Shared>) {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+}
+
+/// Loads the executable's debug info now, on the agent's thread, so the first capture
+/// finds it loaded; logs what it cost.
+fn prewarm_symbols() {
+    let started = Instant::now();
+    let rss_before = crate::procfs::rss_bytes();
+    let lines = crate::debuginfo::prewarm();
+    let rss_after = crate::procfs::rss_bytes();
+    let added_kib = rss_after
+        .zip(rss_before)
+        .map(|(a, b)| a.saturating_sub(b) / 1024);
+    if lines {
+        tracing::debug!(target: "holmes", took = ?started.elapsed(), rss_added_kib = ?added_kib, "debug info loaded");
+    } else {
+        tracing::info!(target: "holmes", took = ?started.elapsed(), "the executable has no line tables: profiles will name functions from its symbol table, without files and lines (see \"What the host's build needs\")");
     }
 }
 

@@ -2,15 +2,16 @@
 //! function names, files and lines, without needing the binary.
 //!
 //! Stacks come in two forms: raw addresses from a stack walk (symbolized here, at encode
-//! time, with `backtrace`'s DWARF reader, inlined frames expanded) or frames that are
-//! already symbolic (task dumps). Every location is symbolized before it is written and the
-//! single mapping says so (`has_functions`, `has_filenames`, `has_line_numbers`), so pprof
-//! never tries to re-symbolize against a binary it does not have.
+//! time, from the objects' own debug info by [`crate::debuginfo`], inlined frames
+//! expanded) or frames that are already symbolic (task dumps). Every location is
+//! symbolized before it is written and the single mapping says so (`has_functions`,
+//! `has_filenames`, `has_line_numbers`), so pprof never tries to re-symbolize against a
+//! binary it does not have.
 //!
 //! Work is bounded: stacks keep at most [`MAX_STACK_DEPTH`] frames, a profile at most
 //! [`MAX_SAMPLES`] distinct samples; what is cut is counted in the profile's comments.
-//! Nothing here panics; symbolization allocates and takes `backtrace`'s lock, so it must
-//! not run in a signal handler.
+//! Nothing here panics; symbolization allocates and takes a lock, so it must not run in a
+//! signal handler.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
@@ -69,7 +70,7 @@ fn lookup_address(addr: usize, leaf: bool) -> usize {
     }
 }
 
-/// Turns addresses into frames with `backtrace`, remembering what it resolved.
+/// Turns addresses into frames, remembering what it resolved.
 #[derive(Debug, Default)]
 pub(crate) struct Symbolizer {
     cache: HashMap<usize, Vec<Frame>>,
@@ -95,20 +96,15 @@ impl Symbolizer {
 /// Resolves the code at `lookup`, inlined frames innermost first; never empty.
 fn resolve(lookup: usize) -> Vec<Frame> {
     let mut frames = Vec::new();
-    // `backtrace::resolve` looks up `addr - 1` (it assumes a return address), so it is
-    // given `lookup + 1` to land exactly on `lookup`.
-    if let Some(probe) = lookup.checked_add(1).filter(|_| lookup != 0) {
-        let resolved = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            backtrace::resolve(probe as *mut std::ffi::c_void, |symbol| {
-                if frames.len() < MAX_INLINE_DEPTH {
-                    if let Some(frame) = frame_of(symbol, lookup) {
-                        frames.push(frame);
-                    }
-                }
-            });
-        }));
-        if resolved.is_err() {
-            frames.clear();
+    if lookup != 0 {
+        // A DWARF reader fed a malformed file may panic; the host must not see it.
+        let resolved = std::panic::catch_unwind(|| crate::debuginfo::resolve(lookup));
+        if let Ok(raw) = resolved {
+            frames.extend(
+                raw.into_iter()
+                    .take(MAX_INLINE_DEPTH)
+                    .filter_map(|f| frame_of(f, lookup)),
+            );
         }
     }
     if frames.is_empty() {
@@ -117,25 +113,21 @@ fn resolve(lookup: usize) -> Vec<Frame> {
     frames
 }
 
-/// A frame from a resolved symbol; None when the symbol says nothing.
-fn frame_of(symbol: &backtrace::Symbol, lookup: usize) -> Option<Frame> {
-    // `{:#}` asks rustc-demangle to leave the hash out; the strip catches the rest.
-    let name = symbol
-        .name()
-        .map(|n| strip_hash(&format!("{n:#}")).to_owned())
+/// A frame from a resolved one; None when it says nothing.
+fn frame_of(raw: crate::debuginfo::RawFrame, lookup: usize) -> Option<Frame> {
+    // Demangled names come without their hash; the strip catches the rest.
+    let name = raw
+        .function
+        .map(|n| strip_hash(&n).to_owned())
         .filter(|n| !n.is_empty());
-    let file = symbol
-        .filename()
-        .map(|p| p.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let line = symbol.lineno().unwrap_or(0);
+    let file = raw.file.unwrap_or_default();
     if name.is_none() && file.is_empty() {
         return None;
     }
     Some(Frame {
         function: name.unwrap_or_else(|| format!("{lookup:#x}")),
         file,
-        line,
+        line: raw.line,
     })
 }
 

@@ -184,8 +184,14 @@ fn install() -> Result<(), CpuError> {
     let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
     action.sa_sigaction = ours;
     action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART | libc::SA_ONSTACK;
+    // The thread-dump signal waits while this handler runs: both handlers run on the
+    // thread's small alternate signal stack, and one nested in the other overflowed it
+    // (a SIGSEGV seen in the test suite).
     // SAFETY: valid pointer to the mask inside `action`.
-    unsafe { libc::sigemptyset(&mut action.sa_mask) };
+    unsafe {
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaddset(&mut action.sa_mask, super::threads::capture_signal());
+    }
     // SAFETY: valid pointers; the handler is async-signal-safe.
     if unsafe { libc::sigaction(libc::SIGPROF, &action, std::ptr::null_mut()) } != 0 {
         return Err(sys("sigaction"));
@@ -400,14 +406,11 @@ mod tests {
     }
 
     fn name_of(addr: usize, leaf: bool) -> String {
-        let mut name = String::new();
-        let probe = if leaf { addr } else { addr.saturating_sub(1) };
-        backtrace::resolve(probe as *mut std::ffi::c_void, |sym| {
-            if name.is_empty() {
-                name = sym.name().map(|n| n.to_string()).unwrap_or_default();
-            }
-        });
-        name
+        let lookup = if leaf { addr } else { addr.saturating_sub(1) };
+        crate::debuginfo::resolve(lookup)
+            .into_iter()
+            .find_map(|f| f.function)
+            .unwrap_or_default()
     }
 
     #[test]

@@ -292,8 +292,13 @@ fn install_handler(signal: libc::c_int) -> Result<(), ThreadsError> {
     let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
     action.sa_sigaction = ours;
     action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART | libc::SA_ONSTACK;
+    // SIGPROF waits while this handler runs, so the CPU profiler's handler never nests
+    // in it on the thread's small alternate signal stack (see cpu.rs).
     // SAFETY: `action.sa_mask` is a valid sigset_t.
-    unsafe { libc::sigemptyset(&mut action.sa_mask) };
+    unsafe {
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaddset(&mut action.sa_mask, libc::SIGPROF);
+    }
     // SAFETY: `action` is fully initialised and `on_signal` is async-signal-safe.
     if unsafe { libc::sigaction(signal, &action, &mut current) } != 0 {
         return Err(ThreadsError::Sigaction(io::Error::last_os_error()));
@@ -614,13 +619,10 @@ mod tests {
 
     fn symbolize(addr: usize, leaf: bool) -> Vec<String> {
         let lookup = if leaf { addr } else { addr.saturating_sub(1) };
-        let mut names = Vec::new();
-        backtrace::resolve(lookup as *mut std::ffi::c_void, |symbol| {
-            if let Some(name) = symbol.name() {
-                names.push(format!("{name:#}"));
-            }
-        });
-        names
+        crate::debuginfo::resolve(lookup)
+            .into_iter()
+            .filter_map(|f| f.function)
+            .collect()
     }
 
     fn symbolized(stack: &ThreadStack) -> Vec<String> {
