@@ -3,61 +3,17 @@
 //! `go` comes from Debian's golang-go (deploy/dev/test.sh installs it). Without it these
 //! tests fail under CI or HOLMES_TEST_REQUIRE_GO=1 and are skipped otherwise.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use holmes_agent::{Holmes, Metric, Rule};
 
+mod support;
+use support::{files, go_available, pprof, top_function};
+
 /// CPU sampling is process-wide: one capture test at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn go_available() -> bool {
-    let ok = Command::new("go")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        let required = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
-            || std::env::var("HOLMES_TEST_REQUIRE_GO").as_deref() == Ok("1");
-        assert!(!required, "go is required (apt-get install golang-go)");
-        eprintln!("skipped: go is not installed");
-    }
-    ok
-}
-
-fn pprof(args: &[&str], file: &Path) -> String {
-    let out = Command::new("go")
-        .args(["tool", "pprof"])
-        .args(args)
-        .arg(file)
-        .env("HOME", std::env::temp_dir())
-        .output()
-        .expect("go tool pprof runs");
-    assert!(
-        out.status.success(),
-        "go tool pprof {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn files(dir: &Path, prefix: &str, suffix: &str) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| {
-                    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                    name.starts_with(prefix) && name.ends_with(suffix)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
 
 fn quiet(dir: &Path) -> holmes_agent::HolmesBuilder {
     let mut b = Holmes::builder()
@@ -97,16 +53,6 @@ fn burst(d: Duration) {
     while Instant::now() < until {
         std::hint::black_box(burn_cpu_culprit(1_000_000));
     }
-}
-
-/// The first function of `go tool pprof -top` (the one with the most flat time).
-fn top_function(top: &str) -> String {
-    top.lines()
-        .skip_while(|l| !l.trim_start().starts_with("flat"))
-        .nth(1)
-        .and_then(|l| l.split_whitespace().nth(5))
-        .unwrap_or("")
-        .to_owned()
 }
 
 #[test]

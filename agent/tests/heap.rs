@@ -5,81 +5,15 @@
 //! tests fail under CI or HOLMES_TEST_REQUIRE_GO=1 and are skipped otherwise.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use holmes_agent::{Holmes, Metric, Rule, SamplingAllocator};
 
+mod support;
+use support::{files, go_available, pprof, top_flat_mb, top_function};
+
 #[global_allocator]
 static GLOBAL: SamplingAllocator = SamplingAllocator::system();
-
-fn go_available() -> bool {
-    let ok = Command::new("go")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        let required = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
-            || std::env::var("HOLMES_TEST_REQUIRE_GO").as_deref() == Ok("1");
-        assert!(!required, "go is required (apt-get install golang-go)");
-        eprintln!("skipped: go is not installed");
-    }
-    ok
-}
-
-fn pprof(args: &[&str], file: &Path) -> String {
-    let out = Command::new("go")
-        .args(["tool", "pprof"])
-        .args(args)
-        .arg(file)
-        .env("HOME", std::env::temp_dir())
-        .output()
-        .expect("go tool pprof runs");
-    assert!(
-        out.status.success(),
-        "go tool pprof {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn files(dir: &Path, prefix: &str, suffix: &str) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| {
-                    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                    name.starts_with(prefix) && name.ends_with(suffix)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
-/// The first function of `go tool pprof -top` (the one with the most flat value).
-fn top_function(top: &str) -> String {
-    top.lines()
-        .skip_while(|l| !l.trim_start().starts_with("flat"))
-        .nth(1)
-        .and_then(|l| l.split_whitespace().nth(5))
-        .unwrap_or("")
-        .to_owned()
-}
-
-/// The flat value of the first row of `-top`, in MB (pprof's unit for these sizes).
-fn top_flat_mb(top: &str) -> f64 {
-    top.lines()
-        .skip_while(|l| !l.trim_start().starts_with("flat"))
-        .nth(1)
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|v| v.strip_suffix("MB"))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
 
 /// The memory limit the heap metric is a percentage of, at most: the host's RAM. (A
 /// smaller cgroup limit only makes the culprit's share larger.)

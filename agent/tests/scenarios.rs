@@ -10,38 +10,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+mod support;
+use support::{go_available, pprof};
+
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn go_available() -> bool {
-    let ok = Command::new("go")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        let required = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
-            || std::env::var("HOLMES_TEST_REQUIRE_GO").as_deref() == Ok("1");
-        assert!(!required, "go is required (apt-get install golang-go)");
-        eprintln!("skipped: go is not installed");
-    }
-    ok
-}
-
-/// `go tool pprof <args> <file>`'s output.
-fn pprof(args: &[&str], file: &Path) -> String {
-    let out = Command::new("go")
-        .args(["tool", "pprof"])
-        .args(args)
-        .arg(file)
-        .env("HOME", std::env::temp_dir())
-        .output()
-        .expect("go tool pprof runs");
-    assert!(
-        out.status.success(),
-        "go tool pprof {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The function with the most flat (or, with -cum, cumulative) value in `-top` output,
 /// skipping runtime and std frames when `user_only`.
@@ -53,8 +25,6 @@ fn top_functions(top: &str) -> Vec<String> {
         .collect()
 }
 
-/// The example binary: from `HOLMES_SCENARIO_BIN_DIR` (the latency benchmark points it
-/// at optimized builds), else next to this test binary.
 /// Whether a pprof function name is `culprit`, with or without its module path (line
 /// tables alone give inlined frames without their path).
 fn is(function: &str, culprit: &str) -> bool {
@@ -69,6 +39,8 @@ fn any_is(top: &str, culprit: &str) -> bool {
     top_functions(top).iter().any(|f| is(f, culprit))
 }
 
+/// The example binary: from `HOLMES_SCENARIO_BIN_DIR` (the latency benchmark points it
+/// at optimized builds), else next to this test binary.
 fn example(name: &str) -> PathBuf {
     if let Ok(dir) = std::env::var("HOLMES_SCENARIO_BIN_DIR") {
         return PathBuf::from(dir).join(name);

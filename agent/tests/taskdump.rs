@@ -12,60 +12,16 @@
 #![cfg(all(feature = "taskdump", tokio_unstable, target_os = "linux"))]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use holmes_agent::{Holmes, Metric, Rule};
 
+mod support;
+use support::{files, go_available, pprof};
+
 /// Captures are process-wide (thread dumps signal every thread): one test at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn go_available() -> bool {
-    let ok = Command::new("go")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        let required = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
-            || std::env::var("HOLMES_TEST_REQUIRE_GO").as_deref() == Ok("1");
-        assert!(!required, "go is required (apt-get install golang-go)");
-        eprintln!("skipped: go is not installed");
-    }
-    ok
-}
-
-fn pprof(args: &[&str], file: &Path) -> String {
-    let out = Command::new("go")
-        .args(["tool", "pprof"])
-        .args(args)
-        .arg(file)
-        .env("HOME", std::env::temp_dir())
-        .output()
-        .expect("go tool pprof runs");
-    assert!(
-        out.status.success(),
-        "go tool pprof {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn files(dir: &Path, prefix: &str, suffix: &str) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| {
-                    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                    name.starts_with(prefix) && name.ends_with(suffix)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
 
 fn wait_for(dir: &Path, prefix: &str, suffix: &str, within: Duration) -> Vec<PathBuf> {
     let deadline = Instant::now() + within;

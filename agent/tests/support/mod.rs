@@ -1,0 +1,79 @@
+//! What the agent's integration tests share: `go tool pprof` as the reader of the
+//! profiles, and the dump folder's files. Each test binary includes it with `mod support;`
+//! and uses what it needs.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Whether `go` runs here; without it a test skips, unless CI or
+/// HOLMES_TEST_REQUIRE_GO=1 ask for it, where that fails.
+pub(crate) fn go_available() -> bool {
+    let ok = Command::new("go")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        let required = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false")
+            || std::env::var("HOLMES_TEST_REQUIRE_GO").as_deref() == Ok("1");
+        assert!(!required, "go is required (apt-get install golang-go)");
+        eprintln!("skipped: go is not installed");
+    }
+    ok
+}
+
+/// `go tool pprof <args> <file>`'s output; fails the test if pprof does.
+pub(crate) fn pprof(args: &[&str], file: &Path) -> String {
+    let out = Command::new("go")
+        .args(["tool", "pprof"])
+        .args(args)
+        .arg(file)
+        .env("HOME", std::env::temp_dir())
+        .output()
+        .expect("go tool pprof runs");
+    assert!(
+        out.status.success(),
+        "go tool pprof {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The files of `dir` named `<prefix>…<suffix>`, sorted by name.
+pub(crate) fn files(dir: &Path, prefix: &str, suffix: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                    name.starts_with(prefix) && name.ends_with(suffix)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The first function of `go tool pprof -top` (the one with the most flat time).
+pub(crate) fn top_function(top: &str) -> String {
+    top.lines()
+        .skip_while(|l| !l.trim_start().starts_with("flat"))
+        .nth(1)
+        .and_then(|l| l.split_whitespace().nth(5))
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// The flat value of the first row of `-top`, in MB (pprof's unit for these sizes).
+/// The flat value of `go tool pprof -top`'s first line, in MB (0 when not in MB).
+pub(crate) fn top_flat_mb(top: &str) -> f64 {
+    top.lines()
+        .skip_while(|l| !l.trim_start().starts_with("flat"))
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.strip_suffix("MB"))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
