@@ -227,29 +227,41 @@ impl Stack {
     }
 }
 
-/// The content hash that keys a stack: 64-bit FNV-1a over every frame's function, file
-/// and line, each field ended by a byte no name contains. Stable across versions and
-/// machines (stored ids depend on it); two different stacks share an id with probability
-/// about n²/2⁶⁵ for n distinct stacks.
-pub fn stack_id(frames: &[StackFrame]) -> u64 {
-    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut h = OFFSET;
-    let mut eat = |bytes: &[u8]| {
-        for b in bytes {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(PRIME);
-        }
-    };
-    for f in frames {
-        eat(f.function.as_bytes());
-        eat(&[0xff]);
-        eat(f.file.as_bytes());
-        eat(&[0xff]);
-        eat(&f.line.to_le_bytes());
-        eat(&[0xfe]);
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(FNV_PRIME);
     }
     h
+}
+
+/// The hash of one frame: 64-bit FNV-1a over its function, file and line, each field
+/// ended by a byte no name contains.
+pub fn frame_hash(frame: &StackFrame) -> u64 {
+    let h = fnv(FNV_OFFSET, frame.function.as_bytes());
+    let h = fnv(h, &[0xff]);
+    let h = fnv(h, frame.file.as_bytes());
+    let h = fnv(h, &[0xff]);
+    fnv(h, &frame.line.to_le_bytes())
+}
+
+/// The content hash that keys a stack, from its frames' [`frame_hash`]es in order (leaf
+/// first): 64-bit FNV-1a over their little-endian bytes. Computing it from frame hashes
+/// lets a decoder hash each location of a profile once, not once per sample. Stable
+/// across versions and machines (stored ids depend on it); two different stacks share an
+/// id with probability about n²/2⁶⁵ for n distinct stacks.
+pub fn stack_id_of_hashes(frame_hashes: impl IntoIterator<Item = u64>) -> u64 {
+    frame_hashes
+        .into_iter()
+        .fold(FNV_OFFSET, |h, f| fnv(h, &f.to_le_bytes()))
+}
+
+/// [`stack_id_of_hashes`] of `frames`.
+pub fn stack_id(frames: &[StackFrame]) -> u64 {
+    stack_id_of_hashes(frames.iter().map(frame_hash))
 }
 
 /// One sample of a normalized profile: a stack, one value per sample type, labels.

@@ -201,10 +201,17 @@ pub fn normalize(
             });
         }
     }
-    // Each location's frames, innermost first, computed once.
-    let mut locations: HashMap<u64, Vec<StackFrame>> = HashMap::with_capacity(p.location.len());
+    // Each location's frames, innermost first, with their hashes, computed once.
+    let mut locations: HashMap<u64, Vec<(StackFrame, u64)>> =
+        HashMap::with_capacity(p.location.len());
     for l in &p.location {
-        let frames = location_frames(l, &functions, &mappings, &string)?;
+        let frames: Vec<(StackFrame, u64)> = location_frames(l, &functions, &mappings, &string)?
+            .into_iter()
+            .map(|f| {
+                let h = holmes_storage::frame_hash(&f);
+                (f, h)
+            })
+            .collect();
         if frames.len() > limits.max_depth {
             return Err(NormalizeError::TooDeep {
                 index: 0,
@@ -249,9 +256,16 @@ pub fn normalize(
                 limit: limits.max_depth,
             });
         }
-        let frames: Vec<StackFrame> = parts.into_iter().flatten().cloned().collect();
-        let stack_id = holmes_storage::stack_id(&frames);
+        // Hashed from the frames' hashes; the frames themselves are copied only for a
+        // stack not seen before in this profile.
+        let stack_id = holmes_storage::stack_id_of_hashes(
+            parts.iter().flat_map(|lf| lf.iter().map(|(_, h)| *h)),
+        );
         if seen_stacks.insert(stack_id) {
+            let frames: Vec<StackFrame> = parts
+                .iter()
+                .flat_map(|lf| lf.iter().map(|(f, _)| f.clone()))
+                .collect();
             stacks.push(Stack { stack_id, frames });
         }
         let mut labels = Vec::with_capacity(s.label.len());
