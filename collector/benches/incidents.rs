@@ -23,9 +23,8 @@
 //! p50/p90/p99/max in ms. ClickHouse runs when `HOLMES_TEST_CLICKHOUSE_URL` is set;
 //! `HOLMES_BENCH_BACKENDS=sqlite|clickhouse` runs only one. Nothing is asserted.
 //!
-//! On ClickHouse the incidents are loaded with bulk `INSERT`s of the store's own rows:
-//! `upsert_incident` writes one row per `INSERT` (one part each), which at 100,000
-//! incidents would spend the fill on part merges rather than measure queries.
+//! Incidents are written through `upsert_incident`, concurrently, as the collector does
+//! (the ClickHouse store batches them into one `INSERT` per table).
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -336,44 +335,6 @@ fn contents(p: &ProfileRecord, pool: &[Stack], seed: u64) -> ProfileContents {
     }
 }
 
-/// The ClickHouse store's `incidents` row, for bulk loading.
-#[derive(clickhouse::Row, serde::Serialize)]
-struct IncidentRow {
-    service: String,
-    incident_id: String,
-    metric: String,
-    severity: String,
-    status: String,
-    first_event: u64,
-    last_event: u64,
-    has_resolved: u8,
-    resolved: u64,
-    instances: Vec<String>,
-    event_ids: Vec<String>,
-    related: Vec<String>,
-    version: u64,
-}
-
-impl From<&IncidentRecord> for IncidentRow {
-    fn from(i: &IncidentRecord) -> Self {
-        IncidentRow {
-            service: i.service.clone(),
-            incident_id: i.incident_id.clone(),
-            metric: i.metric.as_str().to_owned(),
-            severity: i.severity.as_str().to_owned(),
-            status: i.status.as_str().to_owned(),
-            first_event: i.first_event_unix_nanos,
-            last_event: i.last_event_unix_nanos,
-            has_resolved: u8::from(i.resolved_unix_nanos.is_some()),
-            resolved: i.resolved_unix_nanos.unwrap_or(0),
-            instances: i.instances.clone(),
-            event_ids: i.event_ids.clone(),
-            related: i.related.clone(),
-            version: i.version,
-        }
-    }
-}
-
 fn rate(n: usize, d: Duration) -> String {
     format!(
         "{n:>9} in {:>7.1} s = {:>9.0}/s",
@@ -403,7 +364,6 @@ where
 
 async fn fill(
     store: &Arc<dyn Store>,
-    clickhouse: Option<(&str, &str)>,
     params: &Params,
     gens: &[Gen],
 ) {
@@ -436,31 +396,14 @@ async fn fill(
 
     // Incidents.
     let t0 = Instant::now();
-    match clickhouse {
-        Some((url, database)) => {
-            let client = clickhouse::Client::default()
-                .with_url(url)
-                .with_database(database)
-                .with_validation(false)
-                .with_compression(clickhouse::Compression::None);
-            for chunk in gens.chunks(10_000) {
-                let mut insert = client.insert::<IncidentRow>("incidents").await.unwrap();
-                for g in chunk {
-                    insert.write(&IncidentRow::from(&g.record)).await.unwrap();
-                }
-                insert.end().await.unwrap();
-            }
-        }
-        None => {
-            let records: Vec<IncidentRecord> = gens.iter().map(|g| g.record.clone()).collect();
-            let store = Arc::clone(store);
-            concurrently(records, move |r| {
-                let store = Arc::clone(&store);
-                async move { store.upsert_incident(&r).await.expect("upsert incident") }
-            })
-            .await;
-        }
-    }
+    // Concurrently: the ClickHouse store batches them into one INSERT per table.
+    let records: Vec<IncidentRecord> = gens.iter().map(|g| g.record.clone()).collect();
+    let writer = Arc::clone(store);
+    concurrently(records, move |r| {
+        let store = Arc::clone(&writer);
+        async move { store.upsert_incident(&r).await.expect("upsert incident") }
+    })
+    .await;
     println!("  incidents       {}", rate(gens.len(), t0.elapsed()));
 
     // Profile contents of some incidents' profiles (before their records, as ingest does).
@@ -678,7 +621,7 @@ async fn run(backend: &str, params: &Params, gens: &[Gen], now: u64) {
     };
     let ch = (backend == "clickhouse").then(|| (url.as_deref().unwrap(), database.as_str()));
     let t0 = Instant::now();
-    fill(&store, ch, params, gens).await;
+    fill(&store, params, gens).await;
     println!("  filled in {:.1} s", t0.elapsed().as_secs_f64());
 
     let config = Config {

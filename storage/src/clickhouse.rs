@@ -236,6 +236,15 @@ const MIGRATIONS: &[&[&str]] = &[
         related Array(String),
         version UInt64
     ) ENGINE = ReplacingMergeTree(version) ORDER BY (service, incident_id)"],
+    // 7: an incident's service by its id, so that a lookup by id reads one service's
+    // key range instead of the whole table (as `profiles_by_id` does for profiles).
+    &[
+        "CREATE TABLE IF NOT EXISTS incidents_by_id (
+        incident_id String,
+        service String
+    ) ENGINE = ReplacingMergeTree ORDER BY incident_id",
+        "INSERT INTO incidents_by_id SELECT DISTINCT incident_id, service FROM incidents",
+    ],
 ];
 
 #[derive(Row, Serialize, Deserialize)]
@@ -341,6 +350,8 @@ struct Batches {
     stacks: Batcher<stacks::StackRow>,
     contents: Batcher<stacks::ContentsRow>,
     samples: Batcher<stacks::SampleRow>,
+    incidents: Batcher<incidents::IncidentRow>,
+    incident_ids: Batcher<incidents::IncidentIdRow>,
 }
 
 impl Batches {
@@ -352,6 +363,8 @@ impl Batches {
             stacks: Batcher::start(client.clone(), "stacks", config),
             contents: Batcher::start(client.clone(), "profile_contents", config),
             samples: Batcher::start(client.clone(), "profile_samples", config),
+            incidents: Batcher::start(client.clone(), "incidents", config),
+            incident_ids: Batcher::start(client.clone(), "incidents_by_id", config),
         }
     }
 }

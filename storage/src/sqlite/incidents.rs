@@ -97,24 +97,31 @@ pub(super) fn query(
     conn: &mut Connection,
     q: &IncidentQuery,
 ) -> Result<Vec<IncidentRecord>, StoreError> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM incidents
-         WHERE (?1 IS NULL OR service = ?1) AND (?2 IS NULL OR status = ?2)
-           AND last_event >= ?3 AND first_event < ?4
-         ORDER BY first_event DESC, incident_id DESC
-         LIMIT ?5"
-    ))?;
+    // Only the predicates asked for, so that SQLite walks `incidents_by_service` (or
+    // `incidents_by_time`) backwards from `until` and stops at `limit`; the SQL is made
+    // of fixed fragments, every value is bound.
+    let mut sql =
+        format!("SELECT {COLUMNS} FROM incidents WHERE first_event < ?1 AND last_event >= ?2");
+    let mut values: Vec<rusqlite::types::Value> = vec![
+        nanos_to_sql(q.until_unix_nanos).into(),
+        nanos_to_sql(q.since_unix_nanos).into(),
+    ];
+    if let Some(service) = &q.service {
+        values.push(service.clone().into());
+        sql.push_str(&format!(" AND service = ?{}", values.len()));
+    }
+    if let Some(status) = q.status {
+        values.push(status.as_str().to_owned().into());
+        sql.push_str(&format!(" AND status = ?{}", values.len()));
+    }
+    values.push(nanos_to_sql(q.limit).into());
+    sql.push_str(&format!(
+        " ORDER BY first_event DESC, incident_id DESC LIMIT ?{}",
+        values.len()
+    ));
+    let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt
-        .query_map(
-            params![
-                q.service,
-                q.status.map(IncidentStatus::as_str),
-                nanos_to_sql(q.since_unix_nanos),
-                nanos_to_sql(q.until_unix_nanos),
-                nanos_to_sql(q.limit),
-            ],
-            row,
-        )?
+        .query_map(rusqlite::params_from_iter(values), row)?
         .collect::<Result<Vec<_>, _>>()?;
     rows.into_iter().map(decode).collect()
 }
