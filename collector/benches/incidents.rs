@@ -362,11 +362,7 @@ where
     }
 }
 
-async fn fill(
-    store: &Arc<dyn Store>,
-    params: &Params,
-    gens: &[Gen],
-) {
+async fn fill(store: &Arc<dyn Store>, params: &Params, gens: &[Gen]) {
     let mut rng = Rng(1234);
     // Trigger events, 10,000 at a time.
     let t0 = Instant::now();
