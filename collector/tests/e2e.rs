@@ -8,15 +8,7 @@ use std::time::Duration;
 use holmes_agent::Holmes;
 use holmes_collector::api_client::ApiClient;
 use holmes_collector::query::MetricsJson;
-use support::{eventually, Backend};
-
-async fn holmes_cli(args: &[&str]) -> std::process::Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_holmes"))
-        .args(args)
-        .output()
-        .await
-        .expect("holmes runs")
-}
+use support::{eventually, holmes_cli, Backend};
 
 async fn metrics_arrive_and_come_back(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();

@@ -14,17 +14,7 @@ use axum::http::StatusCode;
 use holmes_collector::api_client::ApiClient;
 use holmes_collector::{Config, Server};
 use support::receiver::Receiver;
-use support::{eventually, Backend};
-
-async fn holmes_cli(args: &[&str]) -> std::process::Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_holmes"))
-        .args(args)
-        .env_remove("HOLMES_API")
-        .env_remove("HOLMES_API_TOKEN")
-        .output()
-        .await
-        .expect("holmes runs")
-}
+use support::{eventually, holmes_cli, Backend};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_spike_is_one_incident_with_its_culprit_and_pages_once_per_change() {

@@ -5,6 +5,8 @@
 
 mod support;
 
+use support::holmes_cli;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -81,15 +83,6 @@ fn profile_bytes(len: usize, seed: u64) -> Vec<u8> {
     let bytes = p.encode_to_vec();
     assert_eq!(bytes.len(), len, "profile_bytes cannot make {len} bytes");
     bytes
-}
-
-async fn holmes_cli(args: &[&str]) -> std::process::Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_holmes"))
-        .args(args)
-        .env_remove("HOLMES_API")
-        .output()
-        .await
-        .expect("holmes runs")
 }
 
 /// A plain HTTP/1.1 GET, for the headers the API client does not show.

@@ -21,20 +21,6 @@ fn tokens(pairs: &[(&str, &str)]) -> BTreeMap<String, Secret> {
         .collect()
 }
 
-async fn holmes_cli(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_holmes"));
-    cmd.args(args)
-        .env_remove("HOLMES_API")
-        .env_remove("HOLMES_API_TOKEN")
-        .env_remove("HOLMES_CA_FILE");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap()
-}
-
 fn window(unix_nanos: u64) -> MetricWindow {
     MetricWindow {
         series: vec![MetricSeries {
@@ -95,7 +81,7 @@ async fn ingest_and_api_serve_tls_to_the_real_agent_and_cli() {
     agent.stop();
 
     // The CLI binary over https with the CA file and the token from the environment.
-    let out = holmes_cli(
+    let out = support::holmes_cli_with(
         &[
             "--api",
             &api_url,
@@ -279,14 +265,14 @@ async fn the_api_token_is_required_and_the_cli_sends_it() {
     let api = format!("http://{}", server.http_addr());
 
     // No token, a wrong one: 401 with the JSON error, one line from the CLI.
-    let out = holmes_cli(&["--api", &api, "services"], &[]).await;
+    let out = support::holmes_cli_with(&["--api", &api, "services"], &[]).await;
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("HTTP 401") && err.contains("requires a token"),
         "{err}"
     );
-    let out = holmes_cli(&["--api", &api, "--token", "guess", "services"], &[]).await;
+    let out = support::holmes_cli_with(&["--api", &api, "--token", "guess", "services"], &[]).await;
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -303,13 +289,14 @@ async fn the_api_token_is_required_and_the_cli_sends_it() {
     }
 
     // The right token, from the flag and from the environment.
-    let out = holmes_cli(&["--api", &api, "--token", "s3cret-api", "services"], &[]).await;
+    let out =
+        support::holmes_cli_with(&["--api", &api, "--token", "s3cret-api", "services"], &[]).await;
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("no services yet"),
         "{out:?}"
     );
-    let out = holmes_cli(
+    let out = support::holmes_cli_with(
         &["--api", &api, "--json", "services"],
         &[("HOLMES_API_TOKEN", "s3cret-api")],
     )
@@ -318,7 +305,7 @@ async fn the_api_token_is_required_and_the_cli_sends_it() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
 
     // A service name the collector would refuse is refused before asking.
-    let out = holmes_cli(
+    let out = support::holmes_cli_with(
         &[
             "--api",
             &api,

@@ -4,6 +4,8 @@
 
 mod support;
 
+use support::holmes_cli;
+
 use std::time::Duration;
 
 use holmes_collector::api_client::{ApiClient, ApiClientError};
@@ -17,15 +19,6 @@ use support::raw_agent::{hello, RawAgent};
 use support::Backend;
 
 const SEC: u64 = 1_000_000_000;
-
-async fn holmes_cli(args: &[&str]) -> std::process::Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_holmes"))
-        .args(args)
-        .env_remove("HOLMES_API")
-        .output()
-        .await
-        .expect("holmes runs")
-}
 
 fn cpu_trigger(fired_at: u64) -> TriggerEvent {
     TriggerEvent {

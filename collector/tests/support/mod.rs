@@ -135,3 +135,22 @@ pub(crate) async fn chromium_run(chromium: &std::path::Path, url: &str, args: &[
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Runs the `holmes` CLI with `args`, its environment cleared of the `HOLMES_API*` and
+/// `HOLMES_CA_FILE` settings a developer may have, plus `env`.
+pub(crate) async fn holmes_cli_with(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_holmes"));
+    cmd.args(args)
+        .env_remove("HOLMES_API")
+        .env_remove("HOLMES_API_TOKEN")
+        .env_remove("HOLMES_CA_FILE");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().await.expect("holmes runs")
+}
+
+/// [`holmes_cli_with`] without extra environment.
+pub(crate) async fn holmes_cli(args: &[&str]) -> std::process::Output {
+    holmes_cli_with(args, &[]).await
+}
