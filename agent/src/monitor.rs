@@ -172,7 +172,15 @@ fn open_spool(cfg: &AgentConfig, shared: &Shared) {
 fn run(cfg: &Arc<AgentConfig>, shared: &Arc<Shared>) {
     let captures = Arc::new(Captures::new(cfg));
     if cfg.prewarm_symbols {
-        prewarm_symbols();
+        // On a thread of its own: loading a large binary's debug info can take a second
+        // or more (debug builds), and sampling must start at once. A capture that comes
+        // meanwhile waits for the table to be ready, as it would have had to load it.
+        let spawned = std::thread::Builder::new()
+            .name("holmes-symbols".to_owned())
+            .spawn(prewarm_symbols);
+        if let Err(err) = spawned {
+            tracing::warn!(target: "holmes", error = %err, "cannot start the thread that loads debug info; the first capture will load it");
+        }
     }
     let ctx = Ctx {
         cfg,
@@ -279,8 +287,8 @@ fn run(cfg: &Arc<AgentConfig>, shared: &Arc<Shared>) {
     }
 }
 
-/// Loads the executable's debug info now, on the agent's thread, so the first capture
-/// finds it loaded; logs what it cost.
+/// Loads the executable's debug info now, so the first capture finds it loaded; logs
+/// what it cost.
 fn prewarm_symbols() {
     let started = Instant::now();
     let rss_before = crate::procfs::rss_bytes();
