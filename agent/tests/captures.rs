@@ -20,7 +20,11 @@ fn quiet(dir: &Path) -> holmes_agent::HolmesBuilder {
         .service("capture-test")
         .dump_dir(dir)
         .collect_interval(Duration::from_millis(100))
-        .memory_fast_interval(None);
+        .memory_fast_interval(None)
+        // Loading this debug test binary's symbols takes a second or more of CPU on the
+        // prewarm thread; these tests measure captures, not start-up, so the first
+        // capture loads them instead.
+        .prewarm_symbols(false);
     for m in [
         Metric::CpuPercent,
         Metric::MemoryPercent,
