@@ -4,7 +4,7 @@
 //! ```text
 //! cargo bench -p holmes-collector --bench incidents                        # full size
 //! HOLMES_BENCH_QUICK=1 cargo bench -p holmes-collector --bench incidents   # 10x smaller
-//! deploy/dev/bench-incidents.sh [--quick]                                  # with a throw-away ClickHouse
+//! deploy/dev/bench.sh incidents [--quick]                                  # with a throw-away ClickHouse
 //! ```
 //!
 //! The data: 100 services × 20 instances; 100,000 incidents over the last 7 days (a
