@@ -92,10 +92,29 @@ impl Weigh for ProfileInsertRow {
     }
 }
 
+/// Where a profile's rows are: its service and day, from `profiles_by_id`.
 #[derive(Row, Deserialize)]
-struct ProfileLocationRow {
-    service: String,
-    day: u16,
+pub(super) struct ProfileLocation {
+    pub(super) service: String,
+    pub(super) day: u16,
+}
+
+/// The service and day of profile `profile_id` (a primary-key lookup in
+/// `profiles_by_id`), so that reads of its rows touch one partition's key range.
+pub(super) async fn locate(
+    store: &ClickHouseStore,
+    profile_id: &str,
+) -> Result<Option<ProfileLocation>, StoreError> {
+    store
+        .client
+        .query(
+            "SELECT ?fields FROM profiles_by_id WHERE profile_id = ?
+             ORDER BY service LIMIT 1",
+        )
+        .bind(profile_id)
+        .fetch_optional()
+        .await
+        .map_err(|e| store.err(e))
 }
 
 /// Everything but the bytes.
@@ -273,19 +292,8 @@ pub(super) async fn get(
     store: &ClickHouseStore,
     profile_id: &str,
 ) -> Result<Option<ProfileRecord>, StoreError> {
-    // The id's service and day first (a primary-key lookup), then one granule of one
-    // partition of `profiles`.
-    let location: Option<ProfileLocationRow> = store
-        .client
-        .query(
-            "SELECT ?fields FROM profiles_by_id WHERE profile_id = ?
-             ORDER BY service LIMIT 1",
-        )
-        .bind(profile_id)
-        .fetch_optional()
-        .await
-        .map_err(|e| store.err(e))?;
-    let Some(location) = location else {
+    // The id's service and day first, then one granule of one partition of `profiles`.
+    let Some(location) = locate(store, profile_id).await? else {
         return Ok(None);
     };
     let row: Option<ProfileDataRow> = store

@@ -120,12 +120,6 @@ struct SampleReadRow {
     label_values: Vec<String>,
 }
 
-#[derive(Row, Deserialize)]
-struct LocationRow {
-    service: String,
-    day: u16,
-}
-
 /// Writes the new stacks, the samples, the head row and the id lookup, each in the batch
 /// of its table, all at once. A failure of any leaves the profile unacknowledged; the
 /// resend writes the same rows again and merges fold them (reads hide copies not merged
@@ -198,14 +192,7 @@ pub(super) async fn get(
     store: &ClickHouseStore,
     profile_id: &str,
 ) -> Result<Option<ProfileContents>, StoreError> {
-    let location: Option<LocationRow> = store
-        .client
-        .query("SELECT ?fields FROM profiles_by_id WHERE profile_id = ? ORDER BY service LIMIT 1")
-        .bind(profile_id)
-        .fetch_optional()
-        .await
-        .map_err(|e| store.err(e))?;
-    let Some(location) = location else {
+    let Some(location) = super::profiles::locate(store, profile_id).await? else {
         return Ok(None);
     };
     let date = date_text(location.day);
