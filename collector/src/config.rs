@@ -53,6 +53,52 @@ pub struct ClickHouseSection {
     /// Rows that fill a batch early.
     #[serde(default = "default_batch_rows")]
     pub batch_rows: usize,
+    /// A cluster (as named in the servers' `remote_servers`): `<table>_local` tables
+    /// with `Replicated*MergeTree` engines plus `Distributed` tables sharded by service.
+    /// None: the single-server schema. See deploy/README.md.
+    pub cluster: Option<String>,
+    /// On a cluster: `Replicated*MergeTree` local tables (needs ZooKeeper); `false`
+    /// keeps the plain engines, for shards without replicas.
+    #[serde(default = "default_true")]
+    pub replicated: bool,
+    /// On a cluster: each local table's replication path; Holmes fills in `{database}`
+    /// and `{table}`, the server its macros (`{shard}`).
+    #[serde(default = "default_zookeeper_path")]
+    pub zookeeper_path: String,
+    /// On a cluster: each local table's replica name (the server's `{replica}` macro).
+    #[serde(default = "default_replica_name")]
+    pub replica_name: String,
+    /// On a cluster: create the tables with `ON CLUSTER` (distributed DDL); `false`
+    /// creates them only on the server at `url`.
+    #[serde(default = "default_true")]
+    pub on_cluster: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_zookeeper_path() -> String {
+    holmes_storage::clickhouse::DEFAULT_ZOOKEEPER_PATH.to_owned()
+}
+
+fn default_replica_name() -> String {
+    holmes_storage::clickhouse::DEFAULT_REPLICA_NAME.to_owned()
+}
+
+impl ClickHouseSection {
+    /// The cluster settings for the store, when a cluster is named.
+    pub fn cluster_config(&self) -> Option<holmes_storage::clickhouse::ClusterConfig> {
+        self.cluster
+            .as_ref()
+            .map(|name| holmes_storage::clickhouse::ClusterConfig {
+                name: name.clone(),
+                replicated: self.replicated,
+                zookeeper_path: self.zookeeper_path.clone(),
+                replica_name: self.replica_name.clone(),
+                on_cluster: self.on_cluster,
+            })
+    }
 }
 
 fn default_batch_delay_ms() -> u64 {
@@ -76,6 +122,11 @@ impl Default for ClickHouseSection {
             password: None,
             batch_delay_ms: default_batch_delay_ms(),
             batch_rows: default_batch_rows(),
+            cluster: None,
+            replicated: true,
+            zookeeper_path: default_zookeeper_path(),
+            replica_name: default_replica_name(),
+            on_cluster: true,
         }
     }
 }
@@ -580,6 +631,16 @@ impl Config {
         if self.store == StoreKind::Clickhouse && self.clickhouse.url.is_none() {
             return Err(ConfigError::Invalid(
                 "store is clickhouse but no ClickHouse URL is set (--clickhouse-url, HOLMES_CLICKHOUSE_URL or [clickhouse] url)".to_owned(),
+            ));
+        }
+        if self
+            .clickhouse
+            .cluster
+            .as_deref()
+            .is_some_and(|c| c.trim().is_empty())
+        {
+            return Err(ConfigError::Invalid(
+                "[clickhouse] cluster is empty; name a cluster of the servers' remote_servers, or leave the key out".to_owned(),
             ));
         }
         if self.max_message_bytes < 64 * 1024 {

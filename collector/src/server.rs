@@ -84,6 +84,7 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServeError> {
                     max_delay: std::time::Duration::from_millis(ch.batch_delay_ms),
                     ..holmes_storage::clickhouse::BatchConfig::default()
                 },
+                cluster: ch.cluster_config(),
             };
             Arc::new(
                 ClickHouseStore::open(&cfg)

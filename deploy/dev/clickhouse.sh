@@ -7,7 +7,8 @@
 #                                               # it was killed (outage tests; uses HOLMES_CH_DIR)
 #
 # Installs Debian's clickhouse-server if it is missing. Everything lives in a temporary
-# folder: data, logs and a config written here (the system config is not touched).
+# folder: data, logs and a config written here (the system config is not touched). The
+# config defines a cluster `holmes_test` of this one server (storage/tests/clickhouse_cluster.rs).
 set -euo pipefail
 
 log() { printf 'clickhouse.sh: %s\n' "$*" >&2; }
@@ -66,6 +67,13 @@ XML
   <max_concurrent_queries>200</max_concurrent_queries>
   <mark_cache_size>536870912</mark_cache_size>
   <uncompressed_cache_size>536870912</uncompressed_cache_size>
+  <!-- A cluster of this one server, for the cluster schema's tests (local tables plus
+       Distributed tables, without replication: no ZooKeeper here). -->
+  <remote_servers>
+    <holmes_test>
+      <shard><replica><host>127.0.0.1</host><port>$tcp</port></replica></shard>
+    </holmes_test>
+  </remote_servers>
 </yandex>
 XML
   run_server "$dir" "http://127.0.0.1:$http"

@@ -19,12 +19,14 @@ use crate::{
 };
 
 mod batch;
+mod cluster;
 mod incidents;
 mod profiles;
 mod stacks;
 
 pub use batch::{BatchConfig, DEFAULT_BATCH_BYTES, DEFAULT_BATCH_DELAY, DEFAULT_BATCH_ROWS};
 use batch::{Batcher, Weigh};
+pub use cluster::{ClusterConfig, DEFAULT_REPLICA_NAME, DEFAULT_ZOOKEEPER_PATH};
 mod triggers;
 
 /// Database used when the configuration names none.
@@ -43,6 +45,9 @@ pub struct ClickHouseConfig {
     pub password: Option<String>,
     /// When batched inserts are written.
     pub batch: BatchConfig,
+    /// A cluster's `Replicated*MergeTree` + `Distributed` schema instead of the
+    /// single-server one (see `cluster.rs` and deploy/README.md).
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl ClickHouseConfig {
@@ -54,6 +59,7 @@ impl ClickHouseConfig {
             user: None,
             password: None,
             batch: BatchConfig::default(),
+            cluster: None,
         }
     }
 }
@@ -340,6 +346,7 @@ pub struct ClickHouseStore {
     version: ServerVersion,
     known_stacks: Arc<stacks::KnownStacks>,
     batches: Arc<Batches>,
+    cluster: Option<ClusterConfig>,
 }
 
 /// The batched tables' inserters.
@@ -419,12 +426,21 @@ impl ClickHouseStore {
             what: "version()",
             value: version_text.clone(),
         })?;
-        base.query("CREATE DATABASE IF NOT EXISTS ?")
-            .bind(clickhouse::sql::Identifier(&config.database))
-            .execute()
-            .await
-            .map_err(err)?;
+        match &config.cluster {
+            None => base
+                .query("CREATE DATABASE IF NOT EXISTS ?")
+                .bind(clickhouse::sql::Identifier(&config.database)),
+            Some(cluster) => base.query(&cluster.create_database(&config.database)),
+        }
+        .execute()
+        .await
+        .map_err(err)?;
         let mut client = base.with_database(&config.database);
+        if config.cluster.is_some() {
+            // An insert into a Distributed table returns once every shard has its rows,
+            // so that what is acknowledged is stored (not queued on this server).
+            client = client.with_option("insert_distributed_sync", "1");
+        }
         if version.supports_validation() {
             client = client.with_validation(true);
         }
@@ -445,8 +461,16 @@ impl ClickHouseStore {
             version,
             known_stacks: Arc::default(),
             batches: Arc::new(Batches::start(&client_for_batches, config.batch)),
+            cluster: config.cluster.clone(),
         };
-        store.migrate().await?;
+        match &store.cluster {
+            None => store.migrate().await?,
+            Some(cluster) => {
+                store
+                    .create_cluster_schema(cluster, &config.database)
+                    .await?
+            }
+        }
         Ok(store)
     }
 
@@ -708,6 +732,9 @@ impl Store for ClickHouseStore {
     }
 
     async fn expire_before(&self, cutoff_unix_nanos: u64) -> Result<Expired, StoreError> {
+        if let Some(cluster) = &self.cluster {
+            return self.expire_on_cluster(cluster, cutoff_unix_nanos).await;
+        }
         // Whole day partitions of the day-partitioned tables, dropped: exact to the day,
         // immediate, and the same on every server version (TTL exists from 19.6 only and
         // deletes at merge time).
