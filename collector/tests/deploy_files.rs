@@ -308,6 +308,30 @@ fn kubernetes_manifests_fit_together() {
         );
     }
     doc("Namespace", "holmes");
+    // kubectl's own rendering of the kustomization, where kubectl is installed.
+    if Command::new("kubectl")
+        .args(["version", "--client"])
+        .output()
+        .is_ok()
+    {
+        let out = Command::new("kubectl")
+            .arg("kustomize")
+            .arg(deploy().join("k8s"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kubectl kustomize deploy/k8s: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rendered = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            rendered.matches("\nkind: ").count() + usize::from(rendered.starts_with("kind: ")),
+            docs.len() - 1
+        );
+    } else {
+        eprintln!("kubectl is not installed: the kustomization is not rendered");
+    }
     doc("StatefulSet", "clickhouse");
     doc("Service", "clickhouse");
     doc("Secret", "holmes-clickhouse");
@@ -759,6 +783,38 @@ fn the_systemd_unit_runs_the_real_cli() {
     // The data folder is the unit's StateDirectory, the one place it may write.
     assert!(out.contains("\"/var/lib/holmes\""), "{out}");
     assert!(sections["Install"].iter().any(|(k, _)| k == "WantedBy"));
+
+    // systemd's own check, where systemd is installed: every directive known, the
+    // binary executable (the one just built stands in for /usr/local/bin's).
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        let tmp = tempfile::tempdir().unwrap();
+        let unit = tmp.path().join("holmes-collector.service");
+        std::fs::write(
+            &unit,
+            text.replace(&exec[0], env!("CARGO_BIN_EXE_holmes-collector")),
+        )
+        .unwrap();
+        let out = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&unit)
+            .output()
+            .unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && said.trim().is_empty(),
+            "systemd-analyze verify: {said}"
+        );
+    } else {
+        eprintln!("systemd-analyze is not installed: the unit's directives are not verified");
+    }
 }
 
 #[test]
