@@ -33,6 +33,158 @@ pub enum StoreKind {
     Clickhouse,
 }
 
+/// What a collector does (`role`): everything on one node, or one half of the Kafka
+/// pipeline ([`crate::pipeline`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Single node: accept agents, store, correlate, alert, serve the API.
+    #[default]
+    All,
+    /// Accept agents and produce what they send to Kafka; agents are acknowledged once
+    /// the broker has it. Serves the HTTP API too (queries, and capture requests to the
+    /// agents connected here).
+    Ingest,
+    /// Consume from Kafka in a consumer group: store, correlate, alert; serves the HTTP
+    /// API. No gRPC listener.
+    Process,
+}
+
+impl Role {
+    /// The name as the config spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::All => "all",
+            Role::Ingest => "ingest",
+            Role::Process => "process",
+        }
+    }
+}
+
+/// Kafka settings (`[kafka]`), used by the `ingest` and `process` roles.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSection {
+    /// Bootstrap brokers, `host:port[,host:port...]`; required by those roles.
+    pub brokers: Option<String>,
+    /// The topic events go through; created at start if missing.
+    #[serde(default = "default_kafka_topic")]
+    pub topic: String,
+    /// Partitions of the topic when the collector creates it. Each service's events go
+    /// to one partition (a hash of its name), so this bounds how many processors share
+    /// the work. Do not change the partition count of a topic in use.
+    #[serde(default = "default_kafka_partitions")]
+    pub partitions: i32,
+    /// Replication factor of the topic when the collector creates it.
+    #[serde(default = "default_kafka_replication")]
+    pub replication_factor: i32,
+    /// Consumer group of the `process` role.
+    #[serde(default = "default_kafka_group")]
+    pub group_id: String,
+    /// How long an ingest node waits for the broker to acknowledge an event before it
+    /// gives up on it (the agent is then not acknowledged and resends later), ms.
+    #[serde(default = "default_kafka_produce_timeout_ms")]
+    pub produce_timeout_ms: u64,
+    /// Consumer group session timeout, ms: how long a dead processor keeps its
+    /// partitions before they move to another.
+    #[serde(default = "default_kafka_session_timeout_ms")]
+    pub session_timeout_ms: u64,
+    /// Consumer group heartbeat interval, ms (at most a third of the session timeout).
+    #[serde(default = "default_kafka_heartbeat_interval_ms")]
+    pub heartbeat_interval_ms: u64,
+    /// Extra librdkafka settings for both the producer and the consumer
+    /// (`[kafka.client] "security.protocol" = "ssl"`); they win over the ones above.
+    #[serde(default)]
+    pub client: BTreeMap<String, String>,
+}
+
+/// Topic name when nothing else is set.
+pub const DEFAULT_KAFKA_TOPIC: &str = "holmes-events";
+/// Consumer group when nothing else is set.
+pub const DEFAULT_KAFKA_GROUP: &str = "holmes-process";
+
+fn default_kafka_topic() -> String {
+    DEFAULT_KAFKA_TOPIC.to_owned()
+}
+fn default_kafka_group() -> String {
+    DEFAULT_KAFKA_GROUP.to_owned()
+}
+fn default_kafka_partitions() -> i32 {
+    12
+}
+fn default_kafka_replication() -> i32 {
+    1
+}
+fn default_kafka_produce_timeout_ms() -> u64 {
+    10_000
+}
+fn default_kafka_session_timeout_ms() -> u64 {
+    10_000
+}
+fn default_kafka_heartbeat_interval_ms() -> u64 {
+    1_000
+}
+
+impl Default for KafkaSection {
+    fn default() -> Self {
+        KafkaSection {
+            brokers: None,
+            topic: default_kafka_topic(),
+            partitions: default_kafka_partitions(),
+            replication_factor: default_kafka_replication(),
+            group_id: default_kafka_group(),
+            produce_timeout_ms: default_kafka_produce_timeout_ms(),
+            session_timeout_ms: default_kafka_session_timeout_ms(),
+            heartbeat_interval_ms: default_kafka_heartbeat_interval_ms(),
+            client: BTreeMap::new(),
+        }
+    }
+}
+
+impl KafkaSection {
+    fn validate(&self, role: Role) -> Result<(), ConfigError> {
+        if role == Role::All {
+            return Ok(());
+        }
+        if !cfg!(feature = "kafka") {
+            return Err(ConfigError::Invalid(format!(
+                "role = \"{}\" needs Kafka, but this collector was built without the `kafka` feature",
+                role.as_str()
+            )));
+        }
+        if self.brokers.as_deref().is_none_or(|b| b.trim().is_empty()) {
+            return Err(ConfigError::Invalid(format!(
+                "role = \"{}\" needs Kafka brokers (--kafka-brokers, HOLMES_KAFKA_BROKERS or [kafka] brokers)",
+                role.as_str()
+            )));
+        }
+        if self.topic.is_empty() || self.group_id.is_empty() {
+            return Err(ConfigError::Invalid(
+                "kafka: topic and group_id must not be empty".to_owned(),
+            ));
+        }
+        if self.partitions < 1 || self.replication_factor < 1 {
+            return Err(ConfigError::Invalid(
+                "kafka: partitions and replication_factor must be at least 1".to_owned(),
+            ));
+        }
+        if self.produce_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "kafka: produce_timeout_ms must be at least 1".to_owned(),
+            ));
+        }
+        if self.heartbeat_interval_ms == 0
+            || self.heartbeat_interval_ms * 3 > self.session_timeout_ms
+        {
+            return Err(ConfigError::Invalid(format!(
+                "kafka: heartbeat_interval_ms = {} must be positive and at most a third of session_timeout_ms = {}",
+                self.heartbeat_interval_ms, self.session_timeout_ms
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// ClickHouse connection settings (`[clickhouse]` in the file).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -354,7 +506,11 @@ impl std::str::FromStr for TokenList {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Address agents connect to.
+    /// What this collector does: `all` (single node, the default), `ingest` or `process`
+    /// (the two halves of the Kafka pipeline, see `[kafka]`).
+    #[serde(default)]
+    pub role: Role,
+    /// Address agents connect to (not bound by the `process` role).
     #[serde(default = "default_grpc")]
     pub grpc_addr: SocketAddr,
     /// Address of the HTTP API.
@@ -399,6 +555,9 @@ pub struct Config {
     /// Alert hooks (`[alerts]`, `[[alerts.hooks]]`).
     #[serde(default)]
     pub alerts: crate::alert::AlertsConfig,
+    /// Kafka, for the `ingest` and `process` roles.
+    #[serde(default)]
+    pub kafka: KafkaSection,
 }
 
 fn default_grpc() -> SocketAddr {
@@ -438,6 +597,7 @@ fn default_max_decoded_profile() -> u64 {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            role: Role::default(),
             grpc_addr: default_grpc(),
             http_addr: default_http(),
             data_dir: default_data_dir(),
@@ -452,6 +612,7 @@ impl Default for Config {
             tls: TlsSection::default(),
             auth: AuthSection::default(),
             alerts: crate::alert::AlertsConfig::default(),
+            kafka: KafkaSection::default(),
         }
     }
 }
@@ -493,6 +654,18 @@ pub struct Overrides {
     /// TOML configuration file.
     #[arg(long, env = "HOLMES_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// What this collector does [default: all].
+    #[arg(long, env = "HOLMES_ROLE", value_enum)]
+    pub role: Option<Role>,
+    /// Kafka bootstrap brokers, host:port[,host:port...] (roles ingest and process).
+    #[arg(long, env = "HOLMES_KAFKA_BROKERS", value_name = "HOST:PORT,...")]
+    pub kafka_brokers: Option<String>,
+    /// Kafka topic [default: holmes-events].
+    #[arg(long, env = "HOLMES_KAFKA_TOPIC", value_name = "NAME")]
+    pub kafka_topic: Option<String>,
+    /// Kafka consumer group of the process role [default: holmes-process].
+    #[arg(long, env = "HOLMES_KAFKA_GROUP_ID", value_name = "NAME")]
+    pub kafka_group_id: Option<String>,
     /// Folder for the embedded store [default: ./holmes-data].
     #[arg(long, env = "HOLMES_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -580,6 +753,18 @@ impl Config {
     }
 
     fn apply(&mut self, o: &Overrides) {
+        if let Some(v) = o.role {
+            self.role = v;
+        }
+        if let Some(v) = &o.kafka_brokers {
+            self.kafka.brokers = Some(v.clone());
+        }
+        if let Some(v) = &o.kafka_topic {
+            self.kafka.topic = v.clone();
+        }
+        if let Some(v) = &o.kafka_group_id {
+            self.kafka.group_id = v.clone();
+        }
         if let Some(v) = &o.data_dir {
             self.data_dir = v.clone();
         }
@@ -671,6 +856,7 @@ impl Config {
             ));
         }
         self.auth.validate()?;
+        self.kafka.validate(self.role)?;
         crate::rules::check(&self.rules)?;
         self.alerts.validate()?;
         Ok(())
@@ -891,6 +1077,31 @@ mod tests {
         assert_eq!(c.grpc_addr.port(), 9999);
         assert_eq!(c.store, StoreKind::Sqlite);
         assert_eq!(c.http_addr.to_string(), "0.0.0.0:7071");
+    }
+
+    #[cfg(feature = "kafka")]
+    #[test]
+    fn kafka_roles_need_brokers_and_take_overrides() {
+        let text = "role = \"process\"\n[kafka]\nbrokers = \"k1:9092,k2:9092\"\ngroup_id = \"g\"\n[kafka.client]\n\"fetch.wait.max.ms\" = \"100\"";
+        let c = Config::from_toml(text, Path::new("k.toml")).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.role, Role::Process);
+        assert_eq!(c.kafka.topic, DEFAULT_KAFKA_TOPIC);
+        assert_eq!(c.kafka.client["fetch.wait.max.ms"], "100");
+        let no_brokers = Config::from_toml("role = \"ingest\"", Path::new("k.toml")).unwrap();
+        let err = no_brokers.validate().unwrap_err().to_string();
+        assert!(err.contains("needs Kafka brokers"), "{err}");
+        assert!(Config::from_toml("[kafka]\nbroker = \"x\"", Path::new("k.toml")).is_err());
+        assert!(Config::from_toml("role = \"both\"", Path::new("k.toml")).is_err());
+        let overrides = Overrides {
+            role: Some(Role::Ingest),
+            kafka_brokers: Some("127.0.0.1:1".to_owned()),
+            kafka_topic: Some("t".to_owned()),
+            ..Default::default()
+        };
+        let c = Config::load(&overrides).unwrap();
+        assert_eq!((c.role, c.kafka.topic.as_str()), (Role::Ingest, "t"));
+        assert_eq!(c.kafka.brokers.as_deref(), Some("127.0.0.1:1"));
     }
 
     #[test]

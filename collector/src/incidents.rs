@@ -45,29 +45,7 @@ impl Incidents {
         alerter: Alerter,
         closing: watch::Receiver<bool>,
     ) -> Result<(Arc<Incidents>, JoinHandle<()>), StoreError> {
-        let now = unix_nanos_now();
-        let keep = u64::try_from(RESTORE_RESOLVED_FOR.as_nanos()).unwrap_or(u64::MAX);
-        let stored = store
-            .query_incidents(&IncidentQuery {
-                service: None,
-                status: None,
-                since_unix_nanos: now.saturating_sub(keep),
-                until_unix_nanos: u64::MAX / 2,
-                limit: crate::correlate::MAX_RECENT as u64,
-            })
-            .await?;
-        let mut open = store
-            .query_incidents(&IncidentQuery {
-                service: None,
-                status: Some(holmes_storage::IncidentStatus::Open),
-                since_unix_nanos: 0,
-                until_unix_nanos: u64::MAX / 2,
-                limit: 100_000,
-            })
-            .await?;
-        let mut all = stored;
-        open.retain(|o| !all.iter().any(|i| i.incident_id == o.incident_id));
-        all.extend(open);
+        let all = load(store.as_ref()).await?;
         tracing::info!(incidents = all.len(), "correlation state restored");
         let mut correlator = Correlator::new(config);
         correlator.restore(all);
@@ -79,6 +57,36 @@ impl Incidents {
         });
         let ticker = tokio::spawn(Arc::clone(&incidents).tick_until(closing));
         Ok((incidents, ticker))
+    }
+
+    /// Rebuilds the correlation state from the store, keeping only the services `owns`
+    /// accepts (a processor of the Kafka pipeline after a rebalance: the services of its
+    /// partitions). Changes not yet written are kept over their stored versions.
+    pub async fn restore_owned(
+        &self,
+        owns: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<usize, StoreError> {
+        let mut all = load(self.store.as_ref()).await?;
+        all.retain(|i| owns(&i.service));
+        {
+            let mut unsaved = self.unsaved.lock().unwrap_or_else(|p| p.into_inner());
+            // Another processor owns those now; an old version must not overwrite its.
+            unsaved.retain(|_, u| owns(&u.service));
+            for record in all.iter_mut() {
+                if let Some(newer) = unsaved
+                    .get(&record.incident_id)
+                    .filter(|u| u.version > record.version)
+                {
+                    *record = newer.clone();
+                }
+            }
+        }
+        let count = all.len();
+        let mut correlator = self.correlator.lock().unwrap_or_else(|p| p.into_inner());
+        let mut fresh = Correlator::new(correlator.config().clone());
+        fresh.restore(all);
+        *correlator = fresh;
+        Ok(count)
     }
 
     /// Correlates one stored trigger event.
@@ -157,4 +165,33 @@ impl Incidents {
             }
         }
     }
+}
+
+/// The incidents to correlate against after a (re)start: the open ones and the ones
+/// resolved within [`RESTORE_RESOLVED_FOR`].
+async fn load(store: &dyn Store) -> Result<Vec<IncidentRecord>, StoreError> {
+    let now = unix_nanos_now();
+    let keep = u64::try_from(RESTORE_RESOLVED_FOR.as_nanos()).unwrap_or(u64::MAX);
+    let stored = store
+        .query_incidents(&IncidentQuery {
+            service: None,
+            status: None,
+            since_unix_nanos: now.saturating_sub(keep),
+            until_unix_nanos: u64::MAX / 2,
+            limit: crate::correlate::MAX_RECENT as u64,
+        })
+        .await?;
+    let mut open = store
+        .query_incidents(&IncidentQuery {
+            service: None,
+            status: Some(holmes_storage::IncidentStatus::Open),
+            since_unix_nanos: 0,
+            until_unix_nanos: u64::MAX / 2,
+            limit: 100_000,
+        })
+        .await?;
+    let mut all = stored;
+    open.retain(|o| !all.iter().any(|i| i.incident_id == o.incident_id));
+    all.extend(open);
+    Ok(all)
 }

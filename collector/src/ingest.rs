@@ -5,10 +5,12 @@
 //! The stream must open with `Hello` (right version, valid names), which is answered
 //! by recording the instance and, when the configuration has rules for the service, by
 //! one `ConfigUpdate`; every durable message after it (metric windows, trigger events,
-//! profile chunks) is stored and then acknowledged by sequence number. Profile chunks
-//! are put together first ([`profiles`]): a profile is stored once its last chunk is in,
+//! profile chunks) is handed to the [`Sink`] as a [`PipelineEvent`] and acknowledged by
+//! sequence number once the sink says it is durable (stored, or acknowledged by Kafka;
+//! see [`crate::pipeline`]). Profile chunks are put together first ([`profiles`]): a
+//! profile is handed on once its last chunk is in,
 //! and since acknowledgements are cumulative, none reaches the first chunk of a profile
-//! that is not stored yet. Whatever goes wrong with one agent ends that agent's stream
+//! that is not durable yet. Whatever goes wrong with one agent ends that agent's stream
 //! with a clear status and nothing else.
 
 use std::pin::Pin;
@@ -17,12 +19,8 @@ use std::time::{Duration, Instant};
 
 use holmes_proto::names::{validate_labels, validate_name};
 use holmes_proto::pb::ingest_server::Ingest;
-use holmes_proto::{
-    pb, AgentBody, AgentMessage, CollectorMessage, Hello, MetricWindow, TriggerEvent,
-};
-use holmes_storage::{
-    InstanceInfo, MetricPoint, ProfileContents, ProfileRecord, Store, StoreError, TriggerRecord,
-};
+use holmes_proto::{pb, AgentBody, AgentMessage, CollectorMessage, Hello};
+use holmes_storage::{InstanceInfo, Store};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
@@ -31,50 +29,19 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::auth::IngestAuth;
 use crate::clock::unix_nanos_now;
 use crate::error::store_status;
-use crate::query::reason_name;
+use crate::pipeline::{PipelineBody, PipelineEvent, Sink, SinkError};
 use crate::rules::{update_for, ServiceRules};
 
 pub mod live;
 pub mod normalize;
 pub mod profiles;
 
-use normalize::Limits;
 use profiles::{Assembler, Step};
 
 /// How long a new stream may take to send its `Hello`.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a failing store write is retried, with backoff, before the agent's stream
-/// ends with UNAVAILABLE (the agent then reconnects and resends what was not
-/// acknowledged). Meanwhile the stream reads nothing more: its agent keeps the data.
-pub const STORE_RETRY_FOR: Duration = Duration::from_secs(15);
-
-/// Runs a store write until it succeeds or [`STORE_RETRY_FOR`] has passed, backing off
-/// from 100 ms to 2 s between attempts.
-async fn retry_store<'a, F>(what: &'static str, mut write: F) -> Result<(), Status>
-where
-    F: FnMut() -> Pin<Box<dyn std::future::Future<Output = Result<(), StoreError>> + Send + 'a>>,
-{
-    let started = Instant::now();
-    let mut delay = Duration::from_millis(100);
-    let mut attempt = 1u32;
-    loop {
-        match write().await {
-            Ok(()) => {
-                if attempt > 1 {
-                    tracing::info!(what, attempt, "store write succeeded after retrying");
-                }
-                return Ok(());
-            }
-            Err(err) if started.elapsed() + delay < STORE_RETRY_FOR => {
-                tracing::warn!(what, attempt, retry_in_ms = delay.as_millis() as u64, error = %err, "store write failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
-                attempt += 1;
-            }
-            Err(err) => return Err(store_status(&err)),
-        }
-    }
-}
+/// How long a failing store write is retried; see [`crate::pipeline::STORE_RETRY_FOR`].
+pub const STORE_RETRY_FOR: Duration = crate::pipeline::STORE_RETRY_FOR;
 
 /// How often an instance's `last_seen` is refreshed while its stream is open.
 pub const TOUCH_INTERVAL: Duration = Duration::from_secs(30);
@@ -86,25 +53,28 @@ pub struct IngestService {
     rules: Arc<ServiceRules>,
     closing: watch::Receiver<bool>,
     max_profile_bytes: u64,
-    profile_limits: Limits,
     auth: IngestAuth,
-    incidents: Option<Arc<crate::incidents::Incidents>>,
+    sink: Arc<dyn Sink>,
     live: Arc<live::LiveAgents>,
 }
 
 impl IngestService {
-    /// A service writing to `store` and pushing `rules` (checked with
-    /// [`crate::rules::check`]) to the agents of their services; streams end when
-    /// `closing` turns true.
-    pub fn new(store: Arc<dyn Store>, rules: ServiceRules, closing: watch::Receiver<bool>) -> Self {
+    /// A service handing what agents send to `sink`, recording instances in `store`,
+    /// and pushing `rules` (checked with [`crate::rules::check`]) to the agents of their
+    /// services; streams end when `closing` turns true.
+    pub fn new(
+        store: Arc<dyn Store>,
+        sink: Arc<dyn Sink>,
+        rules: ServiceRules,
+        closing: watch::Receiver<bool>,
+    ) -> Self {
         IngestService {
             store,
             rules: Arc::new(rules),
             closing,
             max_profile_bytes: crate::config::DEFAULT_MAX_PROFILE_BYTES,
-            profile_limits: Limits::default(),
             auth: IngestAuth::default(),
-            incidents: None,
+            sink,
             live: Arc::default(),
         }
     }
@@ -125,19 +95,6 @@ impl IngestService {
     /// The registry of connected agents (for "capture now"), shared with the API.
     pub fn live_agents(&self) -> Arc<live::LiveAgents> {
         Arc::clone(&self.live)
-    }
-
-    /// Correlates every stored trigger event into incidents.
-    pub fn with_incidents(mut self, incidents: Arc<crate::incidents::Incidents>) -> Self {
-        self.incidents = Some(incidents);
-        self
-    }
-
-    /// Bounds for decoding profiles (decompressed size, item counts, stack depth)
-    /// instead of [`Limits::default`]; a profile beyond them is stored as refused.
-    pub fn with_profile_limits(mut self, limits: Limits) -> Self {
-        self.profile_limits = limits;
-        self
     }
 
     /// The `ConfigUpdate` for a newly connected agent, if its service has rules.
@@ -208,37 +165,6 @@ fn instance_info(hello: &Hello, last_seen: u64) -> InstanceInfo {
     }
 }
 
-fn points(hello: &Hello, window: &MetricWindow) -> Vec<MetricPoint> {
-    let mut out = Vec::new();
-    for series in &window.series {
-        for s in series.samples.iter().filter(|s| s.value.is_finite()) {
-            out.push(MetricPoint {
-                service: hello.service.clone(),
-                instance_id: hello.instance_id.clone(),
-                metric: series.metric,
-                unix_nanos: s.unix_nanos,
-                value: s.value,
-            });
-        }
-    }
-    out
-}
-
-fn trigger_record(hello: &Hello, t: TriggerEvent) -> TriggerRecord {
-    TriggerRecord {
-        service: hello.service.clone(),
-        instance_id: hello.instance_id.clone(),
-        event_id: t.event_id,
-        metric: t.metric,
-        reason: t.reason,
-        current: t.current,
-        window: t.window,
-        rule: t.rule,
-        unix_nanos: t.unix_nanos,
-        request_id: t.request_id,
-    }
-}
-
 #[tonic::async_trait]
 impl Ingest for IngestService {
     type ConnectStream = OutStream;
@@ -301,13 +227,12 @@ impl Ingest for IngestService {
         }
         let session = Session {
             hello,
-            incidents: self.incidents.clone(),
+            sink: Arc::clone(&self.sink),
             store: Arc::clone(&self.store),
             tx,
             last_acked: 0,
             highest_stored: 0,
             profiles: Assembler::new(self.max_profile_bytes),
-            profile_limits: self.profile_limits,
             last_touch: Instant::now(),
         };
         let live = Arc::clone(&self.live);
@@ -330,12 +255,11 @@ impl Ingest for IngestService {
 
 struct Session {
     hello: Hello,
-    incidents: Option<Arc<crate::incidents::Incidents>>,
-    profile_limits: Limits,
+    sink: Arc<dyn Sink>,
     store: Arc<dyn Store>,
     tx: mpsc::Sender<Result<pb::CollectorMessage, Status>>,
     last_acked: u64,
-    /// Highest sequence number of a message stored on this stream.
+    /// Highest sequence number of a message made durable on this stream.
     highest_stored: u64,
     /// Profiles whose chunks are still coming.
     profiles: Assembler,
@@ -399,9 +323,7 @@ impl Session {
                         "metric window without a sequence number",
                     ));
                 }
-                let points = points(&self.hello, &window);
-                retry_store("metrics", || self.store.insert_metrics(&points)).await?;
-                self.stored(msg.seq).await?;
+                self.deliver(msg.seq, PipelineBody::Metrics(window)).await?;
                 self.touch_if_due().await
             }
             AgentBody::Trigger(trigger) => {
@@ -410,25 +332,8 @@ impl Session {
                         "trigger event without a sequence number",
                     ));
                 }
-                let record = trigger_record(&self.hello, trigger);
-                retry_store("trigger", || {
-                    self.store.insert_triggers(std::slice::from_ref(&record))
-                })
-                .await?;
-                tracing::info!(
-                    service = %record.service,
-                    instance = %record.instance_id,
-                    metric = record.metric.map_or("none", |m| m.as_str()),
-                    reason = reason_name(record.reason),
-                    current = record.current,
-                    event_id = %record.event_id,
-                    "trigger stored"
-                );
-                // Stored first: an incident always has its triggers in the store.
-                if let Some(incidents) = &self.incidents {
-                    incidents.observe(&record).await;
-                }
-                self.stored(msg.seq).await?;
+                self.deliver(msg.seq, PipelineBody::Trigger(trigger))
+                    .await?;
                 self.touch_if_due().await
             }
             AgentBody::ProfileChunk(chunk) => {
@@ -437,86 +342,33 @@ impl Session {
                         "profile chunk without a sequence number",
                     ));
                 }
-                let chunks = chunk.chunk_count;
-                if let Step::Complete(mut record) =
-                    self.profiles.push(&self.hello, msg.seq, chunk)?
-                {
-                    if let Some(contents) = self.normalize(&mut record).await {
-                        retry_store("profile contents", || {
-                            self.store.insert_profile_contents(&contents)
-                        })
-                        .await?;
-                    }
-                    retry_store("profile", || self.store.insert_profile(&record)).await?;
-                    tracing::info!(
-                        service = %record.service,
-                        instance = %record.instance_id,
-                        kind = record.kind.as_str(),
-                        profile_id = %record.profile_id,
-                        event_id = %record.event_id,
-                        bytes = record.data.len(),
-                        chunks,
-                        error = record.error.as_deref().unwrap_or(""),
-                        "profile stored"
-                    );
-                    self.stored(msg.seq).await?;
+                if let Step::Complete(record) = self.profiles.push(&self.hello, msg.seq, chunk)? {
+                    let event = crate::pipeline::profile_event(record);
+                    self.deliver(msg.seq, event.body).await?;
                 }
                 self.touch_if_due().await
             }
         }
     }
 
-    /// The normalized contents of a profile that holds data. A profile that fails to
-    /// decode or breaks a limit is kept as a failed capture whose error says why (its
-    /// bytes dropped), so that it is acknowledged, listed, and not resent forever.
-    async fn normalize(&self, record: &mut ProfileRecord) -> Option<ProfileContents> {
-        if record.error.is_some() || record.data.is_empty() {
-            return None;
-        }
-        let limits = self.profile_limits;
-        let data = std::mem::take(&mut record.data);
-        let (id, service, started) = (
-            record.profile_id.clone(),
-            record.service.clone(),
-            record.started_unix_nanos,
-        );
-        // Decoding is CPU work of up to a few hundred milliseconds for a large profile.
-        let (data, result) = tokio::task::spawn_blocking(move || {
-            let result = normalize::normalize(&data, limits, &id, &service, started);
-            (data, result)
-        })
-        .await
-        .unwrap_or_else(|e| {
-            (
-                Vec::new(),
-                Err(normalize::NormalizeError::Malformed(format!(
-                    "the decoder failed: {e}"
-                ))),
-            )
-        });
-        match result {
-            Ok(contents) => {
-                record.data = data;
-                Some(contents)
+    /// Hands one event to the sink and, once it is durable, acknowledges what can be.
+    async fn deliver(&mut self, seq: u64, body: PipelineBody) -> Result<(), Status> {
+        let event = PipelineEvent {
+            service: self.hello.service.clone(),
+            instance_id: self.hello.instance_id.clone(),
+            body,
+        };
+        self.sink.deliver(event).await.map_err(|err| match err {
+            SinkError::Store(err) => store_status(&err),
+            SinkError::Broker(why) => {
+                tracing::warn!(service = %self.hello.service, instance = %self.hello.instance_id, seq, error = %why, "event not acknowledged by the broker; the agent keeps it");
+                Status::unavailable(format!("the collector's pipeline did not take the message: {why}; resend later"))
             }
-            Err(err) => {
-                tracing::warn!(
-                    service = %record.service,
-                    instance = %record.instance_id,
-                    profile_id = %record.profile_id,
-                    event_id = %record.event_id,
-                    kind = record.kind.as_str(),
-                    bytes = data.len(),
-                    error = %err,
-                    "profile refused"
-                );
-                record.error = Some(format!("refused by the collector: {err}"));
-                None
-            }
-        }
+        })?;
+        self.stored(seq).await
     }
 
-    /// Records that the message `seq` is in the store and acknowledges everything now
+    /// Records that the message `seq` is durable and acknowledges everything now
     /// durable: up to the highest stored sequence number, but short of the first chunk of
     /// any profile still being put together.
     async fn stored(&mut self, seq: u64) -> Result<(), Status> {

@@ -2,6 +2,8 @@
 //!
 //! What it owns:
 //! - [`ingest`]: the gRPC service agents connect to (one bidirectional stream each).
+//! - [`pipeline`]: what happens to what agents send: processed in place (single node)
+//!   or through Kafka (`ingest` and `process` roles, [`pipeline::kafka`]).
 //! - [`query`]: the HTTP JSON API, and [`api_client`], the client the `holmes` CLI uses.
 //! - [`server`]: start-up, listeners and shutdown; [`config`]: the TOML file, env
 //!   overrides and flags; [`rules`]: the per-service trigger rules pushed to agents.
@@ -31,6 +33,7 @@ pub mod error;
 pub mod flamegraph;
 pub mod incidents;
 pub mod ingest;
+pub mod pipeline;
 pub mod query;
 pub mod retention;
 pub mod rules;

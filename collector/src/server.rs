@@ -16,8 +16,9 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::codec::CompressionEncoding;
 
 use crate::auth::{ApiAuth, IngestAuth};
-use crate::config::{Config, StoreKind, DEFAULT_ACTIVE_WINDOW};
+use crate::config::{Config, Role, StoreKind, DEFAULT_ACTIVE_WINDOW};
 use crate::ingest::IngestService;
+use crate::pipeline::{LocalSink, Processor, Sink};
 use crate::tls::{Identity, TlsListener};
 
 /// How long shutdown waits for connections to finish before cutting them.
@@ -56,6 +57,9 @@ pub enum ServeError {
     /// The incidents could not be read back from the store.
     #[error("cannot restore the incidents from the store: {0}")]
     Incidents(StoreError),
+    /// The Kafka topic, producer or consumer could not be set up.
+    #[error("cannot start the Kafka pipeline: {0}")]
+    Kafka(String),
 }
 
 /// Opens the store the configuration names.
@@ -96,6 +100,67 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServeError> {
             )
         }
     })
+}
+
+/// Creates the Kafka topic if missing; its partition count.
+#[cfg(feature = "kafka")]
+async fn start_kafka_topic(config: &Config) -> Result<i32, ServeError> {
+    let started = std::time::Instant::now();
+    let partitions = crate::pipeline::kafka::ensure_topic(&config.kafka)
+        .await
+        .map_err(|e| ServeError::Kafka(e.to_string()))?;
+    tracing::info!(topic = %config.kafka.topic, partitions, ms = started.elapsed().as_millis() as u64, "Kafka topic ready");
+    Ok(partitions)
+}
+
+#[cfg(not(feature = "kafka"))]
+async fn start_kafka_topic(_config: &Config) -> Result<i32, ServeError> {
+    Err(ServeError::Kafka(
+        "this collector was built without the `kafka` feature".to_owned(),
+    ))
+}
+
+/// The `ingest` role's sink: the Kafka producer.
+#[cfg(feature = "kafka")]
+fn ingest_sink(config: &Config, partitions: i32) -> Result<Arc<dyn Sink>, ServeError> {
+    // Room for a profile's metadata next to its bytes.
+    let max_message = config.max_profile_bytes.saturating_add(1024 * 1024);
+    let sink = crate::pipeline::kafka::KafkaSink::new(&config.kafka, partitions, max_message)
+        .map_err(|e| ServeError::Kafka(e.to_string()))?;
+    Ok(Arc::new(sink))
+}
+
+#[cfg(not(feature = "kafka"))]
+fn ingest_sink(_config: &Config, _partitions: i32) -> Result<Arc<dyn Sink>, ServeError> {
+    Err(ServeError::Kafka(
+        "this collector was built without the `kafka` feature".to_owned(),
+    ))
+}
+
+/// The `process` role's source: a consumer group member feeding `processor`.
+#[cfg(feature = "kafka")]
+fn start_consumer(
+    config: &Config,
+    partitions: i32,
+    processor: Arc<Processor>,
+    closing: watch::Receiver<bool>,
+) -> Result<JoinHandle<()>, ServeError> {
+    let consumer = crate::pipeline::kafka::Consumer::new(&config.kafka, partitions, processor)
+        .map_err(|e| ServeError::Kafka(e.to_string()))?;
+    tracing::info!(topic = %config.kafka.topic, group = %config.kafka.group_id, "Kafka consumer started");
+    Ok(tokio::spawn(consumer.run(closing)))
+}
+
+#[cfg(not(feature = "kafka"))]
+fn start_consumer(
+    _config: &Config,
+    _partitions: i32,
+    _processor: Arc<Processor>,
+    _closing: watch::Receiver<bool>,
+) -> Result<JoinHandle<()>, ServeError> {
+    Err(ServeError::Kafka(
+        "this collector was built without the `kafka` feature".to_owned(),
+    ))
 }
 
 /// A running collector.
@@ -154,71 +219,121 @@ impl Server {
                 .await
                 .map_err(|source| ServeError::Bind { what, addr, source })
         };
-        let grpc = bind("gRPC", config.grpc_addr).await?;
+        // A processor takes no agents: it does not listen for them.
+        let grpc = match config.role {
+            Role::Process => None,
+            Role::All | Role::Ingest => Some(bind("gRPC", config.grpc_addr).await?),
+        };
         let http = bind("HTTP", config.http_addr).await?;
         let local = |l: &TcpListener, what, addr| {
             l.local_addr()
                 .map_err(|source| ServeError::Bind { what, addr, source })
         };
-        let grpc_addr = local(&grpc, "gRPC", config.grpc_addr)?;
+        let grpc_addr = match &grpc {
+            Some(grpc) => local(grpc, "gRPC", config.grpc_addr)?,
+            None => config.grpc_addr,
+        };
         let http_addr = local(&http, "HTTP", config.http_addr)?;
         let (closing, closed) = watch::channel(false);
         let scheme = if identity.is_some() { "https" } else { "http" };
-        let alerter = crate::alert::Alerter::start(
-            &config.alerts,
-            &config.data_dir,
-            Some(format!("{scheme}://{http_addr}")),
-            closed.clone(),
-        )?;
-        let (incidents, incident_ticker) = crate::incidents::Incidents::start(
-            Arc::clone(&store),
-            config.incidents.correlate_config()?,
-            alerter,
-            closed.clone(),
-        )
-        .await
-        .map_err(ServeError::Incidents)?;
-
-        let service = IngestService::new(Arc::clone(&store), config.rules.clone(), closed.clone())
-            .with_max_profile_bytes(config.max_profile_bytes)
-            .with_profile_limits(crate::ingest::normalize::Limits {
-                max_decoded_bytes: config.max_decoded_profile_bytes,
-                ..crate::ingest::normalize::Limits::default()
-            })
-            .with_auth(ingest_auth)
-            .with_incidents(incidents);
-        let live = service.live_agents();
-        let ingest = IngestServer::new(service)
-            // Agents may send gzip or zstd; the limit holds for the decompressed message.
-            .accept_compressed(CompressionEncoding::Gzip)
-            .accept_compressed(CompressionEncoding::Zstd)
-            .max_decoding_message_size(config.max_message_bytes);
-        let mut grpc_builder = tonic::transport::Server::builder();
-        if let Some(identity) = &identity {
-            grpc_builder = grpc_builder
-                .tls_config(identity.grpc_config())
-                .map_err(ServeError::GrpcTls)?;
-        }
-        let mut grpc_closed = closed.clone();
-        let grpc_task = tokio::spawn(async move {
-            let result = grpc_builder
-                .http2_keepalive_interval(Some(Duration::from_secs(30)))
-                .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-                .add_service(ingest)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
-                    let _ = grpc_closed.wait_for(|c| *c).await;
-                })
-                .await;
-            if let Err(err) = result {
-                tracing::error!(error = %err, "gRPC server failed");
+        let role = config.role;
+        let profile_limits = crate::ingest::normalize::Limits {
+            max_decoded_bytes: config.max_decoded_profile_bytes,
+            ..crate::ingest::normalize::Limits::default()
+        };
+        let mut tasks = Vec::new();
+        // Processing (store, correlate, alert) runs on `all` and `process` nodes.
+        let processor = if role == Role::Ingest {
+            None
+        } else {
+            let alerter = crate::alert::Alerter::start(
+                &config.alerts,
+                &config.data_dir,
+                Some(format!("{scheme}://{http_addr}")),
+                closed.clone(),
+            )?;
+            let (incidents, incident_ticker) = crate::incidents::Incidents::start(
+                Arc::clone(&store),
+                config.incidents.correlate_config()?,
+                alerter,
+                closed.clone(),
+            )
+            .await
+            .map_err(ServeError::Incidents)?;
+            tasks.push(incident_ticker);
+            Some(Arc::new(Processor::new(
+                Arc::clone(&store),
+                Some(incidents),
+                profile_limits,
+            )))
+        };
+        let kafka_partitions = match role {
+            Role::All => 0,
+            Role::Ingest | Role::Process => start_kafka_topic(config).await?,
+        };
+        if role == Role::Process {
+            if let Some(processor) = &processor {
+                tasks.push(start_consumer(
+                    config,
+                    kafka_partitions,
+                    Arc::clone(processor),
+                    closed.clone(),
+                )?);
             }
-        });
+        }
+        // Agents connect to `all` and `ingest` nodes.
+        let sink: Option<Arc<dyn Sink>> = match (role, &processor) {
+            (Role::All, Some(processor)) => Some(Arc::new(LocalSink(Arc::clone(processor)))),
+            (Role::Ingest, _) => Some(ingest_sink(config, kafka_partitions)?),
+            _ => None,
+        };
+        let mut live = Arc::default();
+        if let (Some(sink), Some(grpc)) = (sink, grpc) {
+            let service = IngestService::new(
+                Arc::clone(&store),
+                sink,
+                config.rules.clone(),
+                closed.clone(),
+            )
+            .with_max_profile_bytes(config.max_profile_bytes)
+            .with_auth(ingest_auth);
+            live = service.live_agents();
+            let ingest = IngestServer::new(service)
+                // Agents may send gzip or zstd; the limit holds for the decompressed message.
+                .accept_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Zstd)
+                .max_decoding_message_size(config.max_message_bytes);
+            let mut grpc_builder = tonic::transport::Server::builder();
+            if let Some(identity) = &identity {
+                grpc_builder = grpc_builder
+                    .tls_config(identity.grpc_config())
+                    .map_err(ServeError::GrpcTls)?;
+            }
+            let mut grpc_closed = closed.clone();
+            tasks.push(tokio::spawn(async move {
+                let result = grpc_builder
+                    .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                    .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+                    .add_service(ingest)
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
+                        let _ = grpc_closed.wait_for(|c| *c).await;
+                    })
+                    .await;
+                if let Err(err) = result {
+                    tracing::error!(error = %err, "gRPC server failed");
+                }
+            }));
+        }
 
         let active =
             humantime::parse_duration(DEFAULT_ACTIVE_WINDOW).unwrap_or(Duration::from_secs(300));
         let app = crate::query::router(Arc::clone(&store), active, api_auth.clone(), live);
-        let retention =
-            crate::retention::spawn(Arc::clone(&store), config.retention_days, closed.clone());
+        let retention = match role {
+            Role::Ingest => None,
+            Role::All | Role::Process => {
+                crate::retention::spawn(Arc::clone(&store), config.retention_days, closed.clone())
+            }
+        };
         let mut http_closed = closed;
         let shutdown = async move {
             let _ = http_closed.wait_for(|c| *c).await;
@@ -250,6 +365,7 @@ impl Server {
             }),
         };
         tracing::info!(
+            role = role.as_str(),
             %grpc_addr,
             %http_addr,
             store = store.backend(),
@@ -262,19 +378,15 @@ impl Server {
             http_addr,
             store,
             closing,
-            tasks: [
-                Some(grpc_task),
-                Some(http_task),
-                retention,
-                Some(incident_ticker),
-            ]
-            .into_iter()
-            .flatten()
-            .collect(),
+            tasks: tasks
+                .into_iter()
+                .chain([http_task])
+                .chain(retention)
+                .collect(),
         })
     }
 
-    /// Where agents connect.
+    /// Where agents connect (a `process` node does not listen: the configured address).
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc_addr
     }

@@ -6,8 +6,9 @@
 #   deploy/dev/test.sh -p holmes-agent   # extra arguments go to `cargo test`
 #
 # Installs what is missing (Debian's clickhouse-server, golang-go and chromium, via apt), starts ClickHouse on a
-# free loopback port in a temporary folder, runs the checks, and stops ClickHouse again
-# whatever happens.
+# free loopback port in a temporary folder, starts a Kafka-protocol broker (tansu, fetched
+# once by deploy/dev/kafka.sh into ~/.cache/holmes) the same way, runs the checks, and
+# stops both again whatever happens.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -28,6 +29,12 @@ say "starting ClickHouse"
 eval "$(deploy/dev/clickhouse.sh start)"
 trap 'deploy/dev/clickhouse.sh stop' EXIT
 
+say "starting a Kafka broker (tansu)"
+eval "$(deploy/dev/kafka.sh start)"
+trap 'deploy/dev/kafka.sh stop; deploy/dev/clickhouse.sh stop' EXIT
+# The Kafka tests fail instead of skipping when the broker is missing.
+export HOLMES_TEST_REQUIRE_KAFKA=1
+
 if cargo fmt --version >/dev/null 2>&1; then
   say "cargo fmt --check"
   cargo fmt --all -- --check
@@ -42,7 +49,7 @@ else
   echo "warning: clippy is not installed; lints not checked" >&2
 fi
 
-say "cargo test (ClickHouse at $HOLMES_TEST_CLICKHOUSE_URL)"
+say "cargo test (ClickHouse at $HOLMES_TEST_CLICKHOUSE_URL, Kafka at $HOLMES_TEST_KAFKA_BROKERS)"
 log=$(mktemp "${TMPDIR:-/tmp}/holmes-test-log.XXXXXX")
 set +e
 cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$log"

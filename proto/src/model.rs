@@ -319,3 +319,47 @@ pub enum CollectorMessage {
     /// Capture now.
     CaptureRequest(CaptureRequest),
 }
+
+/// One event of one agent inside the collector's pipeline (between its `ingest` and
+/// `process` roles; `pipeline.proto` on the wire).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineEvent {
+    /// The agent's service.
+    pub service: String,
+    /// The agent's instance id.
+    pub instance_id: String,
+    /// What happened.
+    pub body: PipelineBody,
+}
+
+/// What a [`PipelineEvent`] carries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PipelineBody {
+    /// A metric window.
+    Metrics(MetricWindow),
+    /// A trigger event.
+    Trigger(TriggerEvent),
+    /// A whole profile.
+    Profile(PipelineProfile),
+}
+
+/// A complete profile, its chunks put together.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineProfile {
+    /// Profile id the agent made.
+    pub profile_id: String,
+    /// The trigger event it was captured for.
+    pub event_id: String,
+    /// What it measures.
+    pub kind: ProfileKind,
+    /// Capture start, nanoseconds since the Unix epoch.
+    pub started_unix_nanos: u64,
+    /// Capture length.
+    pub duration: Duration,
+    /// Extra labels.
+    pub labels: BTreeMap<String, String>,
+    /// Why the capture failed; such a profile has no data.
+    pub error: Option<String>,
+    /// The gzip-compressed pprof.
+    pub data: Vec<u8>,
+}

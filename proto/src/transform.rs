@@ -435,6 +435,90 @@ impl From<&CollectorMessage> for pb::CollectorMessage {
     }
 }
 
+impl TryFrom<pb::PipelineEvent> for PipelineEvent {
+    type Error = DecodeError;
+
+    fn try_from(e: pb::PipelineEvent) -> Result<Self, DecodeError> {
+        use pb::pipeline_event::Body;
+        if e.service.is_empty() {
+            return Err(DecodeError::Missing("pipeline.service"));
+        }
+        if e.instance_id.is_empty() {
+            return Err(DecodeError::Missing("pipeline.instance_id"));
+        }
+        let body = match e.body.ok_or(DecodeError::Missing("pipeline.body"))? {
+            Body::Metrics(w) => PipelineBody::Metrics(MetricWindow::try_from(w)?),
+            Body::Trigger(t) => PipelineBody::Trigger(TriggerEvent::try_from(t)?),
+            Body::Profile(p) => {
+                if p.profile_id.is_empty() {
+                    return Err(DecodeError::Missing("pipeline.profile.profile_id"));
+                }
+                PipelineBody::Profile(PipelineProfile {
+                    profile_id: p.profile_id,
+                    event_id: p.event_id,
+                    kind: kind_from_wire("pipeline.profile.kind", p.kind)?,
+                    started_unix_nanos: p.started_unix_nanos,
+                    duration: Duration::from_nanos(p.duration_nanos),
+                    labels: p.labels.into_iter().collect(),
+                    error: Some(p.error).filter(|e| !e.is_empty()),
+                    data: p.data,
+                })
+            }
+        };
+        Ok(PipelineEvent {
+            service: e.service,
+            instance_id: e.instance_id,
+            body,
+        })
+    }
+}
+
+impl From<&PipelineEvent> for pb::PipelineEvent {
+    fn from(e: &PipelineEvent) -> Self {
+        use pb::pipeline_event::Body;
+        let body = match &e.body {
+            PipelineBody::Metrics(w) => Body::Metrics(w.into()),
+            PipelineBody::Trigger(t) => Body::Trigger(t.into()),
+            PipelineBody::Profile(p) => Body::Profile(pb::PipelineProfile {
+                profile_id: p.profile_id.clone(),
+                event_id: p.event_id.clone(),
+                kind: kind_to_wire(p.kind),
+                started_unix_nanos: p.started_unix_nanos,
+                duration_nanos: u64::try_from(p.duration.as_nanos()).unwrap_or(u64::MAX),
+                labels: p
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                error: p.error.clone().unwrap_or_default(),
+                data: p.data.clone(),
+            }),
+        };
+        pb::PipelineEvent {
+            service: e.service.clone(),
+            instance_id: e.instance_id.clone(),
+            body: Some(body),
+        }
+    }
+}
+
+impl PipelineEvent {
+    /// The event as protobuf bytes (`holmes.v1.PipelineEvent`).
+    pub fn encode(&self) -> Vec<u8> {
+        prost::Message::encode_to_vec(&pb::PipelineEvent::from(self))
+    }
+
+    /// Decodes protobuf bytes written by [`PipelineEvent::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<PipelineEvent, DecodeError> {
+        let raw: pb::PipelineEvent =
+            prost::Message::decode(bytes).map_err(|e| DecodeError::Invalid {
+                field: "pipeline event",
+                why: e.to_string(),
+            })?;
+        PipelineEvent::try_from(raw)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -456,6 +540,50 @@ mod tests {
     fn roundtrip(msg: &AgentMessage) -> AgentMessage {
         let bytes = pb::AgentMessage::from(msg).encode_to_vec();
         AgentMessage::try_from(pb::AgentMessage::decode(bytes.as_slice()).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn pipeline_events_round_trip_and_bad_ones_are_refused() {
+        let profile = PipelineEvent {
+            service: "checkout".to_owned(),
+            instance_id: "checkout-1".to_owned(),
+            body: PipelineBody::Profile(PipelineProfile {
+                profile_id: "p1".to_owned(),
+                event_id: "e1".to_owned(),
+                kind: ProfileKind::Cpu,
+                started_unix_nanos: 7,
+                duration: Duration::from_nanos(2_000_000_001),
+                labels: [("phase".to_owned(), "trigger".to_owned())].into(),
+                error: None,
+                // More than one chunk's worth: a whole profile travels as one event.
+                data: vec![5; crate::MAX_CHUNK_BYTES + 1],
+            }),
+        };
+        assert_eq!(PipelineEvent::decode(&profile.encode()).unwrap(), profile);
+        let trigger = PipelineEvent {
+            service: "checkout".to_owned(),
+            instance_id: "checkout-1".to_owned(),
+            body: PipelineBody::Trigger(TriggerEvent {
+                event_id: "e1".to_owned(),
+                metric: Some(Metric::CpuPercent),
+                reason: TriggerReason::Abs,
+                current: 97.5,
+                window: vec![Sample {
+                    unix_nanos: 1,
+                    value: 3.0,
+                }],
+                rule: None,
+                unix_nanos: 9,
+                planned: vec![ProfileKind::Cpu],
+                request_id: None,
+            }),
+        };
+        assert_eq!(PipelineEvent::decode(&trigger.encode()).unwrap(), trigger);
+        let mut raw = pb::PipelineEvent::from(&trigger);
+        raw.body = None;
+        let err = PipelineEvent::decode(&raw.encode_to_vec()).unwrap_err();
+        assert_eq!(err, DecodeError::Missing("pipeline.body"));
+        assert!(PipelineEvent::decode(b"\xff\xff").is_err());
     }
 
     #[test]
