@@ -126,17 +126,23 @@ impl Incidents {
         }
     }
 
-    /// Writes each change (a failed write is retried at the next tick), then queues its
-    /// alert.
+    /// Queues each change's alert, then writes the change (a failed write is retried at
+    /// the next tick). In this order a crash between the two loses no alert: the trigger
+    /// is processed again (its Kafka offset or the agent's ack was not given yet), makes
+    /// the same change again, and the outbox drops the alert it already holds (same
+    /// incident, kind and version). The other order would lose the alert, since the
+    /// stored incident already holds the event.
     async fn apply(&self, changes: Vec<Change>) {
         for change in changes {
             let record = change.incident();
-            self.save(record).await;
             let kind = match &change {
                 Change::Opened(_) => AlertKind::Opened,
                 Change::Escalated(_) => AlertKind::Escalated,
                 Change::Resolved(_) => AlertKind::Resolved,
-                Change::Updated(_) => continue,
+                Change::Updated(_) => {
+                    self.save(record).await;
+                    continue;
+                }
             };
             tracing::info!(
                 incident = %record.incident_id,
@@ -150,6 +156,7 @@ impl Incidents {
             if let Err(err) = self.alerter.notify(kind, record).await {
                 tracing::error!(incident = %record.incident_id, error = %err, "cannot queue the alert");
             }
+            self.save(record).await;
         }
     }
 
