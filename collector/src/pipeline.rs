@@ -206,8 +206,12 @@ impl Processor {
             record.started_unix_nanos,
         );
         // Decoding is CPU work of up to a few hundred milliseconds for a large profile.
+        // Stacks the store already holds are left out (their frames not copied again).
+        let store = Arc::clone(&self.store);
         let (data, result) = tokio::task::spawn_blocking(move || {
-            let result = normalize::normalize(&data, limits, &id, &service, started);
+            let stored = |stack_id| store.has_stack(stack_id);
+            let result =
+                normalize::normalize_new_stacks(&data, limits, &id, &service, started, &stored);
             (data, result)
         })
         .await

@@ -344,7 +344,7 @@ pub struct ClickHouseStore {
     client: Client,
     url: String,
     version: ServerVersion,
-    known_stacks: Arc<stacks::KnownStacks>,
+    known_stacks: Arc<crate::known_stacks::KnownStacks>,
     batches: Arc<Batches>,
     cluster: Option<ClusterConfig>,
 }
@@ -780,6 +780,10 @@ impl Store for ClickHouseStore {
 
     async fn insert_profile_contents(&self, contents: &ProfileContents) -> Result<(), StoreError> {
         stacks::insert(self, contents).await
+    }
+
+    fn has_stack(&self, stack_id: u64) -> bool {
+        self.known_stacks.contains(stack_id)
     }
 
     async fn get_profile_contents(

@@ -1,12 +1,14 @@
 #![doc = include_str!("../README.md")]
 
 pub mod clickhouse;
+mod known_stacks;
 mod model;
 pub mod sqlite;
 mod stored_names;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
 
+pub use known_stacks::MAX_KNOWN_STACKS;
 pub use model::*;
 
 use async_trait::async_trait;
@@ -138,7 +140,19 @@ pub trait Store: Send + Sync + 'static {
     /// profiles (keyed by [`Stack::stack_id`]), its samples referring to them. Storing
     /// the same contents again (a resend) keeps one copy. The ingest stores the contents
     /// before the [`ProfileRecord`], so a listed profile has its contents.
+    ///
+    /// `contents.stacks` may leave out stacks for which [`Store::has_stack`] said yes:
+    /// samples may refer to stacks stored with earlier profiles.
     async fn insert_profile_contents(&self, contents: &ProfileContents) -> Result<(), StoreError>;
+
+    /// Whether the stack `stack_id` is known to be stored already, from a bounded memory
+    /// of the stacks this store wrote (`false` when unsure). The ingest leaves such
+    /// stacks out of [`ProfileContents::stacks`]: copying and writing a stack the fleet
+    /// repeats in every profile once, not every time, is most of the ingest's savings.
+    fn has_stack(&self, stack_id: u64) -> bool {
+        let _ = stack_id;
+        false
+    }
 
     /// Removes metric samples, trigger events and profiles (bytes and contents) of the
     /// days before the day of `cutoff_unix_nanos` (UTC days: a backend may drop whole days

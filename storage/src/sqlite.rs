@@ -136,6 +136,7 @@ const MIGRATIONS: &[&str] = &[
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
     path: PathBuf,
+    known_stacks: Arc<crate::known_stacks::KnownStacks>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -169,6 +170,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             path,
+            known_stacks: Arc::default(),
         })
     }
 
@@ -481,8 +483,15 @@ impl Store for SqliteStore {
     }
 
     async fn insert_profile_contents(&self, contents: &ProfileContents) -> Result<(), StoreError> {
+        let new_ids = self.known_stacks.unknown(&contents.stacks);
         let c = contents.clone();
-        self.with_conn(move |conn| stacks::insert(conn, &c)).await
+        self.with_conn(move |conn| stacks::insert(conn, &c)).await?;
+        self.known_stacks.remember(new_ids);
+        Ok(())
+    }
+
+    fn has_stack(&self, stack_id: u64) -> bool {
+        self.known_stacks.contains(stack_id)
     }
 
     async fn get_profile_contents(

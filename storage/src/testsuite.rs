@@ -842,6 +842,28 @@ pub async fn shared_stacks_and_resent_contents_are_stored_once(store: impl Store
     }
 }
 
+/// Contents may leave out stacks stored with earlier profiles (the ingest does so for
+/// those [`Store::has_stack`] knows): they read back with every stack their samples
+/// use. A store never claims a stack it has not written.
+pub async fn contents_may_leave_out_stacks_stored_before(store: impl Store) {
+    let (a, b) = stacks_ab();
+    let c = Stack::new(vec![frame("cart::add", "src/cart.rs", 1)]);
+    assert!(!store.has_stack(a.stack_id));
+    store
+        .insert_profile_contents(&contents("checkout", &profile_id(1), T0, &a, &b))
+        .await
+        .unwrap();
+    assert!(!store.has_stack(c.stack_id));
+    let full = contents("checkout", &profile_id(2), T0 + SEC, &a, &c);
+    let mut lean = full.clone();
+    lean.stacks.retain(|s| s.stack_id != a.stack_id);
+    store.insert_profile_contents(&lean).await.unwrap();
+    assert_eq!(
+        store.get_profile_contents(&profile_id(2)).await.unwrap(),
+        Some(full)
+    );
+}
+
 /// Retention: the days before the cutoff's day go — metric samples, trigger events,
 /// profiles with their contents — and what is at or after the cutoff stays.
 pub async fn expiry_removes_old_days_and_keeps_the_rest(store: impl Store) {
@@ -1080,6 +1102,7 @@ macro_rules! store_conformance_tests {
             profiles_filter_by_service_event_kind_and_range,
             profile_contents_roundtrip_exactly,
             shared_stacks_and_resent_contents_are_stored_once,
+            contents_may_leave_out_stacks_stored_before,
             expiry_removes_old_days_and_keeps_the_rest,
             incidents_keep_their_newest_version,
             incidents_filter_by_service_status_and_time,

@@ -5,6 +5,10 @@ use clap::{Parser, Subcommand};
 use holmes_collector::config::{Config, Overrides};
 use holmes_collector::Server;
 
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "holmes-collector",

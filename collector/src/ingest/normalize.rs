@@ -139,13 +139,34 @@ fn count(what: &'static str, n: usize, limit: usize) -> Result<(), NormalizeErro
 }
 
 /// Decodes, checks and normalizes `data` (a pprof profile, gzipped or not) as the
-/// contents of profile `profile_id` of `service`.
+/// contents of profile `profile_id` of `service`, every stack it uses included.
 pub fn normalize(
     data: &[u8],
     limits: Limits,
     profile_id: &str,
     service: &str,
     started_unix_nanos: u64,
+) -> Result<ProfileContents, NormalizeError> {
+    normalize_new_stacks(
+        data,
+        limits,
+        profile_id,
+        service,
+        started_unix_nanos,
+        &|_| false,
+    )
+}
+
+/// [`normalize`], leaving out of [`ProfileContents::stacks`] the stacks for which
+/// `stored(stack_id)` is true (see [`holmes_storage::Store::has_stack`]): their frames
+/// are neither copied nor written again. Samples still refer to them.
+pub fn normalize_new_stacks(
+    data: &[u8],
+    limits: Limits,
+    profile_id: &str,
+    service: &str,
+    started_unix_nanos: u64,
+    stored: &dyn Fn(u64) -> bool,
 ) -> Result<ProfileContents, NormalizeError> {
     let raw = inflate(data, limits.max_decoded_bytes)?;
     let p = Profile::decode(raw.as_ref()).map_err(|e| NormalizeError::Malformed(e.to_string()))?;
@@ -261,7 +282,7 @@ pub fn normalize(
         let stack_id = holmes_storage::stack_id_of_hashes(
             parts.iter().flat_map(|lf| lf.iter().map(|(_, h)| *h)),
         );
-        if seen_stacks.insert(stack_id) {
+        if seen_stacks.insert(stack_id) && !stored(stack_id) {
             let frames: Vec<StackFrame> = parts
                 .iter()
                 .flat_map(|lf| lf.iter().map(|(f, _)| f.clone()))
@@ -463,6 +484,24 @@ mod tests {
             file: file.to_owned(),
             line,
         }
+    }
+
+    #[test]
+    fn stacks_already_stored_are_left_out_but_still_referenced() {
+        let all = run(&profile()).unwrap();
+        let stored = all.stacks[0].stack_id;
+        let c = normalize_new_stacks(
+            &gzip(&profile().encode_to_vec()),
+            Limits::default(),
+            "p1",
+            "shop",
+            7,
+            &|id| id == stored,
+        )
+        .unwrap();
+        assert_eq!(c.stacks, all.stacks[1..].to_vec());
+        assert_eq!(c.samples, all.samples);
+        assert!(c.samples.iter().any(|s| s.stack_id == stored));
     }
 
     #[test]

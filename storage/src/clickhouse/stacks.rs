@@ -3,11 +3,10 @@
 //!
 //! `stacks` is keyed by the content id alone, so a stack written by many profiles (or
 //! resent) is folded by merges; reads take one row per id with `LIMIT 1 BY`. The store
-//! remembers the ids it wrote recently ([`KnownStacks`]) and writes only new stacks, so a
+//! remembers the ids it wrote recently (`KnownStacks`) and writes only new stacks, so a
 //! fleet repeating the same stacks writes each about once per collector run.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
 
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
@@ -15,32 +14,6 @@ use serde::{Deserialize, Serialize};
 use super::batch::Weigh;
 use super::{date_text, day_of, ClickHouseStore, ProfileIdRow};
 use crate::{ProfileContents, Stack, StackFrame, StackSample, StoreError};
-
-/// Stack ids remembered as written; past this many the memory starts over.
-pub(super) const MAX_KNOWN_STACKS: usize = 1 << 20;
-
-/// Stack ids this store has written, bounded by [`MAX_KNOWN_STACKS`].
-#[derive(Debug, Default)]
-pub(super) struct KnownStacks(Mutex<HashSet<u64>>);
-
-impl KnownStacks {
-    fn unknown(&self, stacks: &[Stack]) -> Vec<u64> {
-        let known = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        stacks
-            .iter()
-            .map(|s| s.stack_id)
-            .filter(|id| !known.contains(id))
-            .collect()
-    }
-
-    fn remember(&self, ids: &[u64]) {
-        let mut known = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if known.len() + ids.len() > MAX_KNOWN_STACKS {
-            known.clear();
-        }
-        known.extend(ids.iter().copied());
-    }
-}
 
 #[derive(Row, Serialize, Deserialize)]
 pub(in crate::clickhouse) struct StackRow {
@@ -175,7 +148,7 @@ pub(super) async fn insert(store: &ClickHouseStore, c: &ProfileContents) -> Resu
         b.profile_ids.insert(vec![id]),
     );
     store.batched("stacks", stacks)?;
-    store.known_stacks.remember(&new_ids);
+    store.known_stacks.remember(new_ids);
     store.batched("profile_samples", samples)?;
     store.batched("profile_contents", head)?;
     store.batched("profiles_by_id", by_id)
