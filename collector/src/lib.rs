@@ -38,6 +38,7 @@ pub mod query;
 pub mod retention;
 pub mod rules;
 pub mod server;
+pub mod synthetic;
 pub mod tls;
 pub mod ui;
 
