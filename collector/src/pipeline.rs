@@ -136,6 +136,24 @@ impl Processor {
     /// Processes one event: stores it (retrying for [`STORE_RETRY_FOR`]) and, for a
     /// trigger, correlates it once stored. Doing it twice stores nothing new.
     pub async fn process(&self, event: PipelineEvent) -> Result<(), StoreError> {
+        if let Some(trigger) = self.store(event).await? {
+            self.observe(&trigger).await;
+        }
+        Ok(())
+    }
+
+    /// Correlates a stored trigger event into incidents (if this processor correlates).
+    pub async fn observe(&self, trigger: &TriggerRecord) {
+        if let Some(incidents) = &self.incidents {
+            incidents.observe(trigger).await;
+        }
+    }
+
+    /// Stores one event (retrying for [`STORE_RETRY_FOR`]) without correlating it;
+    /// returns the trigger record of a trigger event, for [`Processor::observe`] once
+    /// stored. Events of different services and instances can be stored concurrently;
+    /// triggers should be observed in their order.
+    pub async fn store(&self, event: PipelineEvent) -> Result<Option<TriggerRecord>, StoreError> {
         let PipelineEvent {
             service,
             instance_id,
@@ -144,7 +162,8 @@ impl Processor {
         match body {
             PipelineBody::Metrics(window) => {
                 let points = points(&service, &instance_id, &window);
-                retry_store("metrics", || self.store.insert_metrics(&points)).await
+                retry_store("metrics", || self.store.insert_metrics(&points)).await?;
+                Ok(None)
             }
             PipelineBody::Trigger(trigger) => {
                 let record = trigger_record(service, instance_id, trigger);
@@ -162,10 +181,7 @@ impl Processor {
                     "trigger stored"
                 );
                 // Stored first: an incident always has its triggers in the store.
-                if let Some(incidents) = &self.incidents {
-                    incidents.observe(&record).await;
-                }
-                Ok(())
+                Ok(Some(record))
             }
             PipelineBody::Profile(profile) => {
                 let mut record = profile_record(service, instance_id, profile);
@@ -186,7 +202,7 @@ impl Processor {
                     error = record.error.as_deref().unwrap_or(""),
                     "profile stored"
                 );
-                Ok(())
+                Ok(None)
             }
         }
     }

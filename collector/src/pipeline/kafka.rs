@@ -25,7 +25,7 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
+use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
@@ -297,6 +297,12 @@ async fn closed(closing: &mut watch::Receiver<bool>) {
 
 /// How long a failed event waits before it is processed again.
 const PROCESS_RETRY: Duration = Duration::from_secs(1);
+/// Most events a processor takes (and stores concurrently) at once.
+pub const MAX_BATCH: usize = 256;
+/// Events of a batch stored at once (each profile decoded takes a few MiB).
+pub const MAX_CONCURRENT_STORES: usize = 16;
+/// How long a processor waits for more events to join a batch.
+const BATCH_GATHER: Duration = Duration::from_millis(5);
 
 impl Consumer {
     /// Joins `section`'s consumer group on its topic of `partitions` partitions.
@@ -346,6 +352,11 @@ impl Consumer {
     }
 
     /// Consumes until `closing` turns true, then commits what was processed.
+    ///
+    /// Events are taken in batches of what has arrived (up to [`MAX_BATCH`]): a batch is
+    /// stored concurrently (each store write waits for its table's batch, so one event at
+    /// a time would cap a processor at a few dozen events per second), then its triggers
+    /// are correlated in offset order, and only then are its offsets committed.
     pub async fn run(self, mut closing: watch::Receiver<bool>) {
         // Owns nothing until the group assigns partitions.
         self.rebuild(&BTreeSet::new()).await;
@@ -358,10 +369,10 @@ impl Consumer {
                     self.apply_rebalance().await;
                     continue;
                 }
-                received = self.consumer.recv() => received,
+                received = self.consumer.recv() => received.map(|m| m.detach()),
             };
             self.apply_rebalance().await;
-            let message = match received {
+            let first = match received {
                 Ok(m) => m,
                 Err(err) => {
                     tracing::warn!(error = %err, "Kafka consumer error");
@@ -371,48 +382,105 @@ impl Consumer {
                     }
                 }
             };
-            let (partition, offset) = (message.partition(), message.offset());
-            match message.payload().map(PipelineEvent::decode) {
-                Some(Ok(event)) => {
-                    if !self.process(event, partition, offset, &mut closing).await {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match tokio::time::timeout(BATCH_GATHER, self.consumer.recv()).await {
+                    Ok(Ok(m)) => batch.push(m.detach()),
+                    Ok(Err(err)) => {
+                        tracing::warn!(error = %err, "Kafka consumer error");
                         break;
                     }
+                    Err(_) => break,
                 }
-                Some(Err(err)) => {
-                    tracing::error!(partition, offset, error = %err, "undecodable event skipped");
+            }
+            if !self.process_batch(&batch, &mut closing).await {
+                break;
+            }
+            // Only now, with the batch stored: a crash before this re-delivers it.
+            let mut last: HashMap<i32, i64> = HashMap::new();
+            for m in &batch {
+                let o = last.entry(m.partition()).or_insert(m.offset());
+                *o = (*o).max(m.offset());
+            }
+            let mut tpl = TopicPartitionList::new();
+            for (partition, offset) in &last {
+                if let Err(err) =
+                    tpl.add_partition_offset(&self.topic, *partition, Offset::Offset(offset + 1))
+                {
+                    tracing::warn!(partition, offset, error = %err, "cannot list the offset to commit");
                 }
-                None => tracing::error!(partition, offset, "empty event skipped"),
+                processed.insert(*partition, *offset);
             }
-            // Only now, with the event stored: a crash before this re-delivers it.
-            if let Err(err) = self.consumer.commit_message(&message, CommitMode::Async) {
-                tracing::warn!(partition, offset, error = %err, "cannot commit the offset; the event may be processed again");
+            if let Err(err) = self.consumer.commit(&tpl, CommitMode::Async) {
+                tracing::warn!(error = %err, "cannot commit the offsets; the events may be processed again");
             }
-            processed.insert(partition, offset);
         }
         self.commit_final(&processed).await;
     }
 
-    /// Processes one event until it is stored (retrying a failing store), or `false` if
-    /// the collector is closing first (its offset is then not committed).
-    async fn process(
+    /// Stores a batch's events concurrently (each retried until stored), then correlates
+    /// its triggers in offset order; `false` if the collector is closing first (the
+    /// batch's offsets are then not committed).
+    async fn process_batch(
         &self,
-        event: PipelineEvent,
-        partition: i32,
-        offset: i64,
+        batch: &[OwnedMessage],
         closing: &mut watch::Receiver<bool>,
     ) -> bool {
-        loop {
-            match self.processor.process(event.clone()).await {
-                Ok(()) => return true,
-                Err(err) => {
-                    tracing::warn!(partition, offset, service = %event.service, error = %err, "cannot process the event; retrying");
-                    tokio::select! {
-                        _ = closed(closing) => return false,
-                        _ = tokio::time::sleep(PROCESS_RETRY) => {}
+        let mut stores = tokio::task::JoinSet::new();
+        let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_STORES));
+        for (index, message) in batch.iter().enumerate() {
+            let (partition, offset) = (message.partition(), message.offset());
+            let event = match message.payload().map(PipelineEvent::decode) {
+                Some(Ok(event)) => event,
+                Some(Err(err)) => {
+                    tracing::error!(partition, offset, error = %err, "undecodable event skipped");
+                    continue;
+                }
+                None => {
+                    tracing::error!(partition, offset, "empty event skipped");
+                    continue;
+                }
+            };
+            let processor = Arc::clone(&self.processor);
+            let mut closing = closing.clone();
+            let permits = Arc::clone(&permits);
+            stores.spawn(async move {
+                // Decoding a profile takes a few MiB: a bounded number at once.
+                let Ok(_permit) = permits.acquire_owned().await else {
+                    return None;
+                };
+                loop {
+                    match processor.store(event.clone()).await {
+                        Ok(trigger) => return Some((index, trigger)),
+                        Err(err) => {
+                            tracing::warn!(partition, offset, service = %event.service, error = %err, "cannot store the event; retrying");
+                            tokio::select! {
+                                _ = closed(&mut closing) => return None,
+                                _ = tokio::time::sleep(PROCESS_RETRY) => {}
+                            }
+                        }
                     }
+                }
+            });
+        }
+        let mut triggers = Vec::new();
+        while let Some(done) = stores.join_next().await {
+            match done {
+                Ok(Some((index, trigger))) => triggers.extend(trigger.map(|t| (index, t))),
+                Ok(None) => return false,
+                Err(err) => {
+                    // A panic in a store write: the batch is not committed, so the events
+                    // come again (after a restart at worst).
+                    tracing::error!(error = %err, "storing an event failed");
+                    return false;
                 }
             }
         }
+        triggers.sort_by_key(|(index, _)| *index);
+        for (_, trigger) in &triggers {
+            self.processor.observe(trigger).await;
+        }
+        true
     }
 
     async fn apply_rebalance(&self) {
