@@ -386,22 +386,7 @@ fn kafka_script() -> PathBuf {
 
 impl OwnBroker {
     fn run(command: &str, dir: Option<&str>) -> Vec<(String, String)> {
-        let mut c = Command::new("bash");
-        c.arg(kafka_script()).arg(command);
-        if let Some(dir) = dir {
-            c.env("HOLMES_KAFKA_DIR", dir);
-        }
-        let out = c.output().expect("kafka.sh runs");
-        assert!(
-            out.status.success(),
-            "kafka.sh {command}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect()
+        support::dev_script("kafka.sh", command, "HOLMES_KAFKA_DIR", dir)
     }
 
     fn start() -> OwnBroker {

@@ -28,22 +28,7 @@ struct OwnClickHouse {
 
 impl OwnClickHouse {
     fn run(command: &str, dir: Option<&str>) -> Vec<(String, String)> {
-        let mut c = Command::new("bash");
-        c.arg(script()).arg(command);
-        if let Some(dir) = dir {
-            c.env("HOLMES_CH_DIR", dir);
-        }
-        let out = c.output().expect("clickhouse.sh runs");
-        assert!(
-            out.status.success(),
-            "clickhouse.sh {command}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect()
+        support::dev_script("clickhouse.sh", command, "HOLMES_CH_DIR", dir)
     }
 
     fn start() -> Self {

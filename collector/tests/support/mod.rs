@@ -154,3 +154,33 @@ pub(crate) async fn holmes_cli_with(args: &[&str], env: &[(&str, &str)]) -> std:
 pub(crate) async fn holmes_cli(args: &[&str]) -> std::process::Output {
     holmes_cli_with(args, &[]).await
 }
+
+/// Runs `deploy/dev/<script> <command>` (clickhouse.sh, kafka.sh) with `dir_var` set to
+/// `dir` when given (the server folder of `stop`/`restart`), and returns the variables it
+/// printed as `export NAME=value` lines.
+pub(crate) fn dev_script(
+    script: &str,
+    command: &str,
+    dir_var: &str,
+    dir: Option<&str>,
+) -> Vec<(String, String)> {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/dev")
+        .join(script);
+    let mut c = std::process::Command::new("bash");
+    c.arg(path).arg(command);
+    if let Some(dir) = dir {
+        c.env(dir_var, dir);
+    }
+    let out = c.output().unwrap_or_else(|e| panic!("{script} runs: {e}"));
+    assert!(
+        out.status.success(),
+        "{script} {command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
