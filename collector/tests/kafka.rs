@@ -490,28 +490,7 @@ async fn agents_keep_their_data_while_the_broker_is_down() {
     let outage = down.elapsed();
     eprintln!("the broker was down for {outage:?}");
 
-    eventually(
-        Duration::from_secs(60),
-        "the profile captured during the outage",
-        || async {
-            let p = api.profiles("outage", "5m").await.ok()?;
-            p.profiles
-                .iter()
-                .any(|p| p.event_id == event_id && p.kind == "threads" && p.error.is_none())
-                .then_some(())
-        },
-    )
-    .await;
-    let stats = eventually(
-        Duration::from_secs(60),
-        "the backlog acknowledged",
-        || async {
-            let s = agent.stats();
-            (s.unacked == 0).then_some(s)
-        },
-    )
-    .await;
-    assert_eq!(stats.dropped, 0, "{stats:?}");
+    support::outage_backlog_arrives(&api, &agent, &event_id, outage, Duration::from_secs(60)).await;
     let trigger_ids: Vec<String> = api
         .triggers("outage", "5m")
         .await
@@ -521,23 +500,6 @@ async fn agents_keep_their_data_while_the_broker_is_down() {
         .map(|t| t.event_id)
         .collect();
     assert!(trigger_ids.contains(&event_id), "{trigger_ids:?}");
-    let points = eventually(Duration::from_secs(30), "samples of the outage", || async {
-        let m = api.metrics("outage", "rss", "5m").await.ok()?;
-        let points = m.series.first()?.points.clone();
-        let covered = points.last()?.unix_ms - points.first()?.unix_ms;
-        (covered >= outage.as_millis() as u64).then_some(points)
-    })
-    .await;
-    let times: Vec<u64> = points.iter().map(|p| p.unix_ms).collect();
-    let mut unique = times.clone();
-    unique.dedup();
-    assert_eq!(
-        unique.len(),
-        times.len(),
-        "a sample stored twice: {times:?}"
-    );
-    let widest = times.windows(2).map(|w| w[1] - w[0]).max().unwrap();
-    assert!(widest < 1_000, "a gap of {widest} ms in {times:?}");
     agent.stop();
     ingest.shutdown().await;
     process.shutdown().await;

@@ -118,48 +118,8 @@ async fn nothing_is_lost_while_clickhouse_is_down() {
     let outage = down.elapsed();
     eprintln!("ClickHouse was down for {outage:?}");
 
-    // Everything arrives: the profile of the capture ...
-    eventually(
-        Duration::from_secs(30),
-        "the profile captured during the outage",
-        || async {
-            let p = api.profiles("outage", "5m").await.ok()?;
-            p.profiles
-                .iter()
-                .any(|p| p.event_id == event_id && p.kind == "threads" && p.error.is_none())
-                .then_some(())
-        },
-    )
-    .await;
-    // ... and every metric sample: no gap longer than a few sampling intervals, none twice.
-    let stats = eventually(
-        Duration::from_secs(30),
-        "the backlog acknowledged",
-        || async {
-            let s = agent.stats();
-            (s.unacked == 0).then_some(s)
-        },
-    )
-    .await;
-    assert_eq!(stats.dropped, 0, "{stats:?}");
-    let points = api.metrics("outage", "rss", "5m").await.unwrap().series[0]
-        .points
-        .clone();
-    let times: Vec<u64> = points.iter().map(|p| p.unix_ms).collect();
-    let mut unique = times.clone();
-    unique.dedup();
-    assert_eq!(
-        unique.len(),
-        times.len(),
-        "a sample stored twice: {times:?}"
-    );
-    let widest = times.windows(2).map(|w| w[1] - w[0]).max().unwrap();
-    assert!(widest < 1_000, "a gap of {widest} ms in {times:?}");
-    let covered = times.last().unwrap() - times.first().unwrap();
-    assert!(
-        covered >= outage.as_millis() as u64,
-        "{covered} ms of samples for a {outage:?} outage"
-    );
+    // Everything arrives: the profile of the capture and every metric sample.
+    support::outage_backlog_arrives(&api, &agent, &event_id, outage, Duration::from_secs(30)).await;
     agent.stop();
     server.shutdown().await;
     drop(ch);

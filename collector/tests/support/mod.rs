@@ -184,3 +184,47 @@ pub(crate) fn dev_script(
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect()
 }
+
+/// After an outage of `outage` while `agent` (service `outage`) kept sending: the threads
+/// profile of capture `event_id` arrives, the agent's backlog is acknowledged with nothing
+/// dropped, and its `rss` samples cover the outage, none stored twice and no gap of a
+/// second or more. Waits up to `wait` for each.
+pub(crate) async fn outage_backlog_arrives(
+    api: &holmes_collector::api_client::ApiClient,
+    agent: &holmes_agent::HolmesHandle,
+    event_id: &str,
+    outage: Duration,
+    wait: Duration,
+) {
+    eventually(wait, "the profile captured during the outage", || async {
+        let p = api.profiles("outage", "5m").await.ok()?;
+        p.profiles
+            .iter()
+            .any(|p| p.event_id == event_id && p.kind == "threads" && p.error.is_none())
+            .then_some(())
+    })
+    .await;
+    let stats = eventually(wait, "the backlog acknowledged", || async {
+        let s = agent.stats();
+        (s.unacked == 0).then_some(s)
+    })
+    .await;
+    assert_eq!(stats.dropped, 0, "{stats:?}");
+    let points = eventually(wait, "samples covering the outage", || async {
+        let m = api.metrics("outage", "rss", "5m").await.ok()?;
+        let points = m.series.first()?.points.clone();
+        let covered = points.last()?.unix_ms - points.first()?.unix_ms;
+        (covered >= outage.as_millis() as u64).then_some(points)
+    })
+    .await;
+    let times: Vec<u64> = points.iter().map(|p| p.unix_ms).collect();
+    let mut unique = times.clone();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        times.len(),
+        "a sample stored twice: {times:?}"
+    );
+    let widest = times.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    assert!(widest < 1_000, "a gap of {widest} ms in {times:?}");
+}
