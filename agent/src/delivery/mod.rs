@@ -1,23 +1,72 @@
-//! The path of a durable message from the agent's threads to the sender: written to the
-//! spool first (when there is one), then numbered in the outbox; read back for sending;
-//! deleted when acknowledged or dropped.
+//! Delivery, the last stage: what leaves the agent. Trigger events and profiles go to
+//! the local dump folder ([`dump`]); with a collector, every durable message (metric
+//! window, trigger event, profile chunk) is written to the disk spool first when there
+//! is one ([`spool`]), numbered in the outbox ([`outbox`]) until the collector
+//! acknowledges it, and sent by the [`sender`] over the gRPC stream ([`transport`]).
 //!
-//! Every file operation here runs on the agent's own threads — `holmes-agent` (windows,
-//! trigger events, opening the spool), `holmes-capture` (profiles) and `holmes-sender`
-//! (reads and deletions) — and never under the outbox lock, which host threads take
-//! for `stats()`.
+//! [`Delivery`] is that path: queue, read back for sending, delete when acknowledged or
+//! dropped. Every file operation here runs on the agent's own threads — `holmes-agent`
+//! (windows, trigger events, opening the spool), `holmes-capture` (profiles) and
+//! `holmes-sender` (reads and deletions) — and never under the outbox lock, which host
+//! threads take for `stats()`.
+
+pub(crate) mod dump;
+mod message;
+mod outbox;
+pub(crate) mod sender;
+mod spool;
+pub(crate) mod transport;
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use holmes_proto::{AgentBody, AgentMessage};
+use tokio::sync::Notify;
 
-use crate::outbox::{approx_bytes, Admission, Held, Kind};
-use crate::spool::Spool;
-use crate::Shared;
+use message::{approx_bytes, Kind};
+use outbox::{Admission, Held, Outbox};
+use spool::Spool;
 
-impl Shared {
+/// The messages on their way to the collector, and what the stream did with them.
+#[derive(Debug)]
+pub(crate) struct Delivery {
+    outbox: Mutex<Outbox>,
+    /// The disk spool, when configured; opened by the agent thread as it starts.
+    spool: OnceLock<Spool>,
+    /// Whether a spool write failed since the last one that worked (to log once).
+    spool_failing: AtomicBool,
+    /// Woken when a message is queued.
+    pub(crate) queued: Notify,
+    /// Durable messages sent (resends included).
+    pub(crate) sent: AtomicU64,
+    /// Streams opened so far.
+    pub(crate) connections: AtomicU64,
+    /// Whether a stream is open now.
+    pub(crate) connected: AtomicBool,
+}
+
+impl Delivery {
+    /// An empty delivery keeping at most `outbox_bytes` of messages in memory.
+    pub(crate) fn new(outbox_bytes: usize) -> Self {
+        Delivery {
+            outbox: Mutex::new(Outbox::new(outbox_bytes)),
+            spool: OnceLock::new(),
+            spool_failing: AtomicBool::new(false),
+            queued: Notify::new(),
+            sent: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            connected: AtomicBool::new(false),
+        }
+    }
+
+    /// The outbox; a poisoned lock is taken over, since every outbox operation leaves
+    /// it consistent before anything can panic.
+    pub(crate) fn outbox(&self) -> MutexGuard<'_, Outbox> {
+        self.outbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Opens the spool folder and queues what an earlier run left in it. Called once,
     /// by the agent thread before its first sample; without it messages stay in memory.
     pub(crate) fn open_spool(&self, dir: &Path, cap: u64) {
@@ -29,12 +78,12 @@ impl Shared {
                 return;
             }
         };
-        self.lock_outbox().set_disk_cap(cap);
+        self.outbox().set_disk_cap(cap);
         let found = opened.found;
         let messages = found.len();
         // Set before queuing, so that the sender can read what it is handed.
         let spool = self.spool.get_or_init(|| opened.spool);
-        self.lock_outbox().count_corrupt(opened.discarded);
+        self.outbox().count_corrupt(opened.discarded);
         let mut iter = found.into_iter().peekable();
         let mut admissions = Vec::new();
         while let Some(first) = iter.next() {
@@ -44,13 +93,13 @@ impl Shared {
             while let Some(next) = iter.next_if(|n| profile.is_some() && n.profile == profile) {
                 items.push((Held::Disk(next.file), next.bytes));
             }
-            admissions.push(self.lock_outbox().push_recovered(kind, items));
+            admissions.push(self.outbox().push_recovered(kind, items));
         }
         for admission in admissions {
             self.settle(admission);
         }
         let (recovered, bytes) = {
-            let outbox = self.lock_outbox();
+            let outbox = self.outbox();
             (outbox.recovered(), outbox.spooled().1)
         };
         tracing::info!(
@@ -101,7 +150,7 @@ impl Shared {
             },
             None => in_memory(bodies),
         };
-        let admission = self.lock_outbox().push_group(kind, items);
+        let admission = self.outbox().push_group(kind, items);
         let queued = admission.queued;
         self.settle(admission);
         if queued {
@@ -111,7 +160,7 @@ impl Shared {
 
     /// The collector stored everything up to `seq`: forget it, delete its files.
     pub(crate) fn ack(&self, seq: u64) {
-        let files = self.lock_outbox().ack(seq);
+        let files = self.outbox().ack(seq);
         if let Some(spool) = self.spool.get() {
             spool.remove(files);
         }
@@ -122,7 +171,7 @@ impl Shared {
     /// and counted — with the rest of its profile, so none is sent in part.
     pub(crate) fn pending_after(&self, seq: u64, max: usize) -> Vec<AgentMessage> {
         loop {
-            let batch = self.lock_outbox().after(seq, max);
+            let batch = self.outbox().after(seq, max);
             let mut out: Vec<(u64, AgentMessage)> = Vec::with_capacity(batch.len());
             let mut bad: Vec<u64> = Vec::new();
             for p in batch {
@@ -160,12 +209,12 @@ impl Shared {
             if bad.is_empty() {
                 return out.into_iter().map(|(_, m)| m).collect();
             }
-            let (lost, files) = self.lock_outbox().discard(&bad);
+            let (lost, files) = self.outbox().discard(&bad);
             if let Some(spool) = self.spool.get() {
                 spool.remove(files);
             }
             if lost > 0 {
-                tracing::warn!(target: "holmes", messages = lost, corrupt_total = self.lock_outbox().corrupt(), "dropped unreadable spooled messages");
+                tracing::warn!(target: "holmes", messages = lost, corrupt_total = self.outbox().corrupt(), "dropped unreadable spooled messages");
             }
             // Their batch is asked for again without them.
         }
@@ -179,7 +228,7 @@ impl Shared {
         if admission.dropped.is_empty() {
             return;
         }
-        let total = self.lock_outbox().dropped();
+        let total = self.outbox().dropped();
         for (kind, messages) in admission.dropped {
             // Loud for the first drop and then at every power of two; a long outage
             // drops a window every send interval.

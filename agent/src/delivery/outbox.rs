@@ -18,47 +18,10 @@ use holmes_proto::AgentBody;
 #[cfg(test)]
 use holmes_proto::AgentMessage;
 
-use crate::spool::SpoolFile;
-
-/// What a message is, in the order messages are dropped when a cap is reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Kind {
-    Window,
-    Trigger,
-    Profile,
-}
-
-impl Kind {
-    /// The kind of a durable message; `None` for hello and heartbeat.
-    pub(crate) fn of(body: &AgentBody) -> Option<Kind> {
-        match body {
-            AgentBody::MetricWindow(_) => Some(Kind::Window),
-            AgentBody::Trigger(_) => Some(Kind::Trigger),
-            AgentBody::ProfileChunk(_) => Some(Kind::Profile),
-            AgentBody::Hello(_) | AgentBody::Heartbeat(_) => None,
-        }
-    }
-
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Kind::Window => "metric_window",
-            Kind::Trigger => "trigger",
-            Kind::Profile => "profile_chunk",
-        }
-    }
-}
-
-/// Rough wire size of a message held in memory, for the memory cap.
-pub(crate) fn approx_bytes(body: &AgentBody) -> u64 {
-    const OVERHEAD: usize = 64;
-    (OVERHEAD
-        + match body {
-            AgentBody::MetricWindow(w) => w.series.iter().map(|s| 8 + s.samples.len() * 20).sum(),
-            AgentBody::ProfileChunk(p) => p.data.len() + 128,
-            AgentBody::Trigger(t) => 256 + t.window.len() * 20,
-            AgentBody::Hello(_) | AgentBody::Heartbeat(_) => 0,
-        }) as u64
-}
+#[cfg(test)]
+use super::message::approx_bytes;
+use super::message::Kind;
+use super::spool::SpoolFile;
 
 /// Where a queued message is.
 #[derive(Debug, Clone)]

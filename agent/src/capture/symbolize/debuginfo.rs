@@ -356,7 +356,11 @@ mod tests {
                 .ends_with("debuginfo::tests::debuginfo_test_target"),
             "{frames:#?}"
         );
-        assert!(own.file.as_deref().unwrap().ends_with("src/debuginfo.rs"));
+        assert!(own
+            .file
+            .as_deref()
+            .unwrap()
+            .ends_with("symbolize/debuginfo.rs"));
         assert!(own.line > 0);
         assert!(prewarm());
     }

@@ -1,11 +1,7 @@
 //! How the agent reaches the collector beyond its address: the bearer token, TLS (the
-//! `tls` feature) and compression on the wire.
-//!
-//! | variable | builder | default |
-//! |---|---|---|
-//! | `HOLMES_TOKEN` | [`HolmesBuilder::token`] | none |
-//! | `HOLMES_TLS_CA_FILE` | `HolmesBuilder::tls_ca_file` (feature `tls`) | the system's trust store, for `https://` |
-//! | `HOLMES_COMPRESSION` | [`HolmesBuilder::compression`] | [`DEFAULT_COMPRESSION`] |
+//! `tls` feature) and compression on the wire. The builder sets them
+//! (`.token()`, `.tls_ca_file()`, `.compression()` and their `HOLMES_*` variables); they
+//! are checked here when the configuration is resolved.
 
 use std::path::PathBuf;
 
@@ -13,8 +9,6 @@ use holmes_proto::pb::ingest_client::IngestClient;
 use tonic::codec::CompressionEncoding;
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
-
-use crate::config::{ConfigError, HolmesBuilder};
 
 /// Compression of what the agent sends to the collector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,9 +56,28 @@ impl Compression {
 /// Transport settings as given, before they are checked.
 #[derive(Clone, Default)]
 pub(crate) struct TransportSettings {
-    token: Option<String>,
-    tls_ca_file: Option<PathBuf>,
-    compression: Option<Compression>,
+    pub(crate) token: Option<String>,
+    pub(crate) tls_ca_file: Option<PathBuf>,
+    pub(crate) compression: Option<Compression>,
+}
+
+/// Transport settings that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum TransportError {
+    /// The token cannot be sent as a header.
+    #[error("a non-empty token of visible ASCII without spaces")]
+    BadToken,
+    /// zstd asked of a build without it.
+    #[error("this build of holmes-agent has no zstd (enable its `zstd` feature); gzip or none")]
+    NoZstd,
+    /// TLS to `url` cannot be set up.
+    #[error("{reason}")]
+    Tls {
+        /// The collector's address.
+        url: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl std::fmt::Debug for TransportSettings {
@@ -77,89 +90,22 @@ impl std::fmt::Debug for TransportSettings {
     }
 }
 
-impl HolmesBuilder {
-    /// The collector's token for this service (`HOLMES_TOKEN`), sent as
-    /// `authorization: Bearer <token>` with the stream.
-    pub fn token(mut self, token: impl Into<String>) -> Self {
-        self.transport.token = Some(token.into());
-        self
-    }
-
-    /// PEM CA certificate(s) that sign the collector's certificate, for `https://`
-    /// collector URLs (`HOLMES_TLS_CA_FILE`); without it the system's trust store is used.
-    #[cfg(feature = "tls")]
-    pub fn tls_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
-        self.transport.tls_ca_file = Some(path.into());
-        self
-    }
-
-    /// Compression of what is sent to the collector (`HOLMES_COMPRESSION=zstd|gzip|none`,
-    /// default [`DEFAULT_COMPRESSION`]).
-    pub fn compression(mut self, compression: Compression) -> Self {
-        self.transport.compression = Some(compression);
-        self
-    }
-}
-
 impl TransportSettings {
-    /// Fills what code left unset from `HOLMES_TOKEN`, `HOLMES_TLS_CA_FILE` and
-    /// `HOLMES_COMPRESSION`.
-    pub(crate) fn fill_from_env(
-        &mut self,
-        get: impl Fn(&'static str) -> Option<String>,
-    ) -> Result<(), ConfigError> {
-        if self.token.is_none() {
-            self.token = get("HOLMES_TOKEN").map(|t| t.trim().to_owned());
-        }
-        if self.tls_ca_file.is_none() {
-            if let Some(path) = get("HOLMES_TLS_CA_FILE") {
-                if !cfg!(feature = "tls") {
-                    return Err(ConfigError::InvalidEnv {
-                        var: "HOLMES_TLS_CA_FILE",
-                        value: path,
-                        reason: "this build of holmes-agent has no TLS (enable its `tls` feature)"
-                            .to_owned(),
-                    });
-                }
-                self.tls_ca_file = Some(PathBuf::from(path.trim()));
-            }
-        }
-        if self.compression.is_none() {
-            if let Some(v) = get("HOLMES_COMPRESSION") {
-                let c = v.parse().map_err(|reason| ConfigError::InvalidEnv {
-                    var: "HOLMES_COMPRESSION",
-                    value: v.clone(),
-                    reason,
-                })?;
-                self.compression = Some(c);
-            }
-        }
-        Ok(())
-    }
-
     /// Checks the settings for the collector at `collector` (a URL already checked to
     /// be `http://` or `https://`) and reads the CA file.
-    pub(crate) fn resolve(self, collector: Option<&str>) -> Result<Transport, ConfigError> {
+    pub(crate) fn resolve(self, collector: Option<&str>) -> Result<Transport, TransportError> {
         let token = match self.token {
             Some(t) => Some(
                 MetadataValue::try_from(format!("Bearer {t}"))
                     .ok()
                     .filter(|_| !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic()))
-                    .ok_or_else(|| ConfigError::OutOfRange {
-                        setting: "token",
-                        value: "<redacted>".to_owned(),
-                        reason: "a non-empty token of visible ASCII without spaces".to_owned(),
-                    })?,
+                    .ok_or(TransportError::BadToken)?,
             ),
             None => None,
         };
         let compression = self.compression.unwrap_or(DEFAULT_COMPRESSION);
         if compression == Compression::Zstd && !cfg!(feature = "zstd") {
-            return Err(ConfigError::OutOfRange {
-                setting: "compression",
-                value: "zstd".to_owned(),
-                reason: "this build of holmes-agent has no zstd (enable its `zstd` feature); gzip or none".to_owned(),
-            });
+            return Err(TransportError::NoZstd);
         }
         let https = collector.filter(|url| url.starts_with("https://"));
         let tls = match https {
@@ -177,10 +123,13 @@ impl TransportSettings {
 /// The CA to trust for an `https://` collector: the CA file's PEM, or `None` for the
 /// system's roots.
 #[cfg(feature = "tls")]
-fn tls_settings(url: &str, ca_file: Option<&std::path::Path>) -> Result<TlsSettings, ConfigError> {
+fn tls_settings(
+    url: &str,
+    ca_file: Option<&std::path::Path>,
+) -> Result<TlsSettings, TransportError> {
     let ca_pem = match ca_file {
         Some(path) => {
-            let pem = std::fs::read(path).map_err(|e| ConfigError::InvalidCollector {
+            let pem = std::fs::read(path).map_err(|e| TransportError::Tls {
                 url: url.to_owned(),
                 reason: format!("cannot read the CA file {}: {e}", path.display()),
             })?;
@@ -188,7 +137,7 @@ fn tls_settings(url: &str, ca_file: Option<&std::path::Path>) -> Result<TlsSetti
                 .windows(b"-----BEGIN CERTIFICATE-----".len())
                 .any(|w| w == b"-----BEGIN CERTIFICATE-----")
             {
-                return Err(ConfigError::InvalidCollector {
+                return Err(TransportError::Tls {
                     url: url.to_owned(),
                     reason: format!("the CA file {} holds no PEM certificate", path.display()),
                 });
@@ -201,8 +150,11 @@ fn tls_settings(url: &str, ca_file: Option<&std::path::Path>) -> Result<TlsSetti
 }
 
 #[cfg(not(feature = "tls"))]
-fn tls_settings(url: &str, _ca_file: Option<&std::path::Path>) -> Result<TlsSettings, ConfigError> {
-    Err(ConfigError::InvalidCollector {
+fn tls_settings(
+    url: &str,
+    _ca_file: Option<&std::path::Path>,
+) -> Result<TlsSettings, TransportError> {
+    Err(TransportError::Tls {
         url: url.to_owned(),
         reason: "https:// needs holmes-agent's `tls` feature; use http:// or enable it".to_owned(),
     })
@@ -220,7 +172,7 @@ struct TlsSettings {
 pub(crate) struct Transport {
     token: Option<AsciiMetadataValue>,
     tls: Option<TlsSettings>,
-    compression: Compression,
+    pub(crate) compression: Compression,
 }
 
 impl Default for Transport {
@@ -293,17 +245,6 @@ impl Transport {
 mod tests {
     use super::*;
 
-    fn env(
-        pairs: &'static [(&'static str, &'static str)],
-    ) -> impl Fn(&'static str) -> Option<String> {
-        move |k| {
-            pairs
-                .iter()
-                .find(|(n, _)| *n == k)
-                .map(|(_, v)| (*v).to_owned())
-        }
-    }
-
     #[test]
     fn compression_parses_and_defaults_to_gzip() {
         assert_eq!("ZSTD".parse(), Ok(Compression::Zstd));
@@ -315,34 +256,21 @@ mod tests {
     }
 
     #[test]
-    fn environment_fills_token_and_compression() {
-        let mut s = TransportSettings::default();
-        s.fill_from_env(env(&[
-            ("HOLMES_TOKEN", " s3cret "),
-            ("HOLMES_COMPRESSION", "none"),
-        ]))
+    fn a_token_goes_out_as_a_bearer_header_and_stays_out_of_logs() {
+        let t = TransportSettings {
+            token: Some("s3cret".to_owned()),
+            compression: Some(Compression::None),
+            ..Default::default()
+        }
+        .resolve(Some("http://h:1"))
         .unwrap();
-        let t = s.resolve(Some("http://h:1")).unwrap();
         assert_eq!(t.compression, Compression::None);
-        assert_eq!(t.token.as_ref().unwrap().to_str().unwrap(), "Bearer s3cret");
         assert!(!format!("{t:?}").contains("s3cret"));
         let req = t.request(());
         assert_eq!(
             req.metadata().get("authorization").unwrap(),
             "Bearer s3cret"
         );
-
-        let mut bad = TransportSettings::default();
-        let err = bad
-            .fill_from_env(env(&[("HOLMES_COMPRESSION", "lz4")]))
-            .unwrap_err();
-        assert!(matches!(
-            err,
-            ConfigError::InvalidEnv {
-                var: "HOLMES_COMPRESSION",
-                ..
-            }
-        ));
     }
 
     #[test]
@@ -353,6 +281,7 @@ mod tests {
                 ..Default::default()
             };
             let err = s.resolve(None).unwrap_err();
+            assert_eq!(err, TransportError::BadToken);
             assert!(!err.to_string().contains(bad) || bad.is_empty(), "{err}");
         }
     }
@@ -362,10 +291,6 @@ mod tests {
     fn https_needs_the_tls_feature() {
         let err = TransportSettings::default()
             .resolve(Some("https://h:1"))
-            .unwrap_err();
-        assert!(err.to_string().contains("`tls` feature"), "{err}");
-        let err = TransportSettings::default()
-            .fill_from_env(env(&[("HOLMES_TLS_CA_FILE", "/ca.pem")]))
             .unwrap_err();
         assert!(err.to_string().contains("`tls` feature"), "{err}");
     }

@@ -14,6 +14,14 @@
 //!
 //! After firing, the rule sleeps for its cooldown. Unlike the Go library the arithmetic
 //! is in `f64`, not truncated integers, so a threshold of 41.25 means 41.25.
+//!
+//! [`book`] holds the rules in force, which the host and the collector change at run
+//! time.
+
+mod book;
+
+pub(crate) use book::RuleBook;
+pub use book::RuleError;
 
 use std::collections::VecDeque;
 use std::fmt;

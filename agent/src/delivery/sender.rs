@@ -9,13 +9,16 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use holmes_proto::{pb, AgentBody, AgentMessage, CollectorMessage, Heartbeat, Hello};
+use holmes_proto::{
+    pb, AgentBody, AgentMessage, CaptureRequest, CollectorMessage, ConfigUpdate, Heartbeat, Hello,
+    RuleConfig,
+};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::config::AgentConfig;
-use crate::sampler::unix_nanos_now;
-use crate::Shared;
+use super::transport::Transport;
+use super::Delivery;
+use crate::clock::unix_nanos_now;
 
 /// Longest a single send may wait for the stream before the connection counts as dead.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,18 +41,44 @@ enum SessionError {
     Timeout(Duration),
 }
 
+/// Where and how to reach the collector.
+#[derive(Debug, Clone)]
+pub(crate) struct Link {
+    /// The collector's address, `http://host:port` or `https://host:port`.
+    pub(crate) url: String,
+    pub(crate) transport: Transport,
+    /// Time allowed to connect and to open the stream.
+    pub(crate) connect_timeout: Duration,
+    /// Longest wait between two attempts.
+    pub(crate) max_backoff: Duration,
+}
+
+/// What the stream needs from the rest of the agent: the rules to announce in each
+/// hello, and somewhere to put what the collector asks for.
+pub(crate) trait Control: Send + Sync {
+    /// The rules in force.
+    fn rules(&self) -> Vec<RuleConfig>;
+    /// Rules pushed by the collector.
+    fn apply_rules(&self, update: &ConfigUpdate);
+    /// A capture the collector asks for; false when it cannot be queued.
+    fn request_capture(&self, request: CaptureRequest) -> bool;
+}
+
 /// Runs until the sender thread is told to stop.
-pub(crate) async fn run(cfg: Arc<AgentConfig>, hello: Hello, shared: Arc<Shared>) {
-    let Some(url) = cfg.collector.clone() else {
-        return;
-    };
+pub(crate) async fn run(
+    link: Link,
+    hello: Hello,
+    delivery: Arc<Delivery>,
+    control: Arc<dyn Control>,
+) {
+    let url = link.url.clone();
     let mut backoff = INITIAL_BACKOFF;
     let mut rng = Jitter::new();
     let mut failures_in_a_row = 0u32;
     loop {
         let started = Instant::now();
-        let result = session(&cfg, &url, &hello, &shared).await;
-        shared.connected.store(false, Ordering::Relaxed);
+        let result = session(&link, &hello, &delivery, &control).await;
+        delivery.connected.store(false, Ordering::Relaxed);
         let healthy = started.elapsed() > Duration::from_secs(10);
         match result {
             Ok(()) => {
@@ -69,38 +98,34 @@ pub(crate) async fn run(cfg: Arc<AgentConfig>, hello: Hello, shared: Arc<Shared>
             backoff = INITIAL_BACKOFF;
         }
         tokio::time::sleep(rng.spread(backoff)).await;
-        backoff = backoff.saturating_mul(2).min(cfg.max_backoff);
+        backoff = backoff.saturating_mul(2).min(link.max_backoff);
     }
 }
 
 async fn session(
-    cfg: &AgentConfig,
-    url: &str,
+    link: &Link,
     hello: &Hello,
-    shared: &Arc<Shared>,
+    delivery: &Arc<Delivery>,
+    control: &Arc<dyn Control>,
 ) -> Result<(), SessionError> {
-    let endpoint = cfg
+    let url = link.url.as_str();
+    let endpoint = link
         .transport
         .endpoint(url)
         .map_err(|e| SessionError::Connect(source_chain(&e)))?
-        .connect_timeout(cfg.connect_timeout)
+        .connect_timeout(link.connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10));
-    let channel = tokio::time::timeout(cfg.connect_timeout, endpoint.connect())
+    let channel = tokio::time::timeout(link.connect_timeout, endpoint.connect())
         .await
-        .map_err(|_| SessionError::Timeout(cfg.connect_timeout))?
+        .map_err(|_| SessionError::Timeout(link.connect_timeout))?
         .map_err(|e| SessionError::Connect(source_chain(&e)))?;
-    let mut client = cfg.transport.client(channel);
+    let mut client = link.transport.client(channel);
 
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(32);
     let mut hello = hello.clone();
-    hello.rules = shared
-        .rule_book()
-        .1
-        .into_iter()
-        .map(|(metric, rule)| rule.to_config(metric))
-        .collect();
+    hello.rules = control.rules();
     let hello_msg = AgentMessage {
         seq: 0,
         body: AgentBody::Hello(hello.clone()),
@@ -109,27 +134,27 @@ async fn session(
         .await
         .map_err(|_| SessionError::Broken("stream closed before hello".into()))?;
     let response = tokio::time::timeout(
-        cfg.connect_timeout,
-        client.connect(cfg.transport.request(ReceiverStream::new(rx))),
+        link.connect_timeout,
+        client.connect(link.transport.request(ReceiverStream::new(rx))),
     )
     .await
-    .map_err(|_| SessionError::Timeout(cfg.connect_timeout))?
+    .map_err(|_| SessionError::Timeout(link.connect_timeout))?
     .map_err(|s| SessionError::Refused {
         code: s.code(),
         message: s.message().to_owned(),
     })?;
     let mut inbound = response.into_inner();
-    shared.connected.store(true, Ordering::Relaxed);
-    shared.connections.fetch_add(1, Ordering::Relaxed);
+    delivery.connected.store(true, Ordering::Relaxed);
+    delivery.connections.fetch_add(1, Ordering::Relaxed);
     tracing::info!(target: "holmes", collector = %url, service = %hello.service, instance = %hello.instance_id, "connected to collector");
 
     // Acks are read on their own task so that a long resend can never stall them (and
     // with them the collector's side of the stream).
-    let reader_shared = Arc::clone(shared);
+    let (reader_delivery, reader_control) = (Arc::clone(delivery), Arc::clone(control));
     let mut reader = tokio::spawn(async move {
         loop {
             match inbound.message().await {
-                Ok(Some(msg)) => handle_inbound(&reader_shared, msg),
+                Ok(Some(msg)) => handle_inbound(&reader_delivery, reader_control.as_ref(), msg),
                 Ok(None) => return Ok(()),
                 Err(status) => {
                     return Err(SessionError::Refused {
@@ -144,15 +169,15 @@ async fn session(
     let mut reader_done = None;
     let result = async {
         // Resend everything the collector has not acknowledged, then follow new work.
-        let mut sent_upto = shared.lock_outbox().acked();
+        let mut sent_upto = delivery.outbox().acked();
         let mut last_send = Instant::now();
         loop {
-            let batch = shared.pending_after(sent_upto, SEND_BATCH);
+            let batch = delivery.pending_after(sent_upto, SEND_BATCH);
             let more = batch.len() >= SEND_BATCH;
             for msg in &batch {
                 send(&tx, pb::AgentMessage::from(msg)).await?;
                 sent_upto = msg.seq;
-                shared.sent.fetch_add(1, Ordering::Relaxed);
+                delivery.sent.fetch_add(1, Ordering::Relaxed);
                 last_send = Instant::now();
             }
             if more && !reader.is_finished() {
@@ -160,10 +185,10 @@ async fn session(
             }
             let heartbeat_due = last_send + HEARTBEAT_INTERVAL;
             tokio::select! {
-                _ = shared.queued.notified() => {}
+                _ = delivery.queued.notified() => {}
                 _ = tokio::time::sleep_until(heartbeat_due.into()) => {
                     let (dropped, unacked) = {
-                        let outbox = shared.lock_outbox();
+                        let outbox = delivery.outbox();
                         (outbox.dropped(), outbox.len() as u64)
                     };
                     let beat = AgentMessage {
@@ -211,15 +236,15 @@ async fn send(
         .map_err(|_| SessionError::Broken("request stream closed".into()))
 }
 
-fn handle_inbound(shared: &Shared, msg: pb::CollectorMessage) {
+fn handle_inbound(delivery: &Delivery, control: &dyn Control, msg: pb::CollectorMessage) {
     match CollectorMessage::try_from(msg) {
         Ok(CollectorMessage::Ack { seq }) => {
-            shared.ack(seq);
+            delivery.ack(seq);
         }
-        Ok(CollectorMessage::ConfigUpdate(update)) => shared.apply_config_update(&update),
+        Ok(CollectorMessage::ConfigUpdate(update)) => control.apply_rules(&update),
         Ok(CollectorMessage::CaptureRequest(req)) => {
             let id = req.request_id.clone();
-            if shared.request_capture(req, crate::event_id::new()) {
+            if control.request_capture(req) {
                 tracing::info!(target: "holmes", request_id = %id, "capture requested by the collector");
             } else {
                 tracing::warn!(target: "holmes", request_id = %id, "dropping a capture request: too many are waiting");

@@ -1,24 +1,33 @@
 //! The agent's own threads, so a host runtime that is deadlocked or saturated cannot
 //! stop them:
 //! - `holmes-agent` samples the process on a plain loop of timed waits (no async
-//!   runtime: each wake-up costs one syscall), feeds every rule, turns firings into
-//!   trigger events, and hands full metric windows to the outbox; between two samples a
-//!   cheap RSS-only check runs the memory rule early;
+//!   runtime: each wake-up costs one syscall), feeds every rule ([`engine`]), turns
+//!   firings into trigger events and captures, and hands full metric windows
+//!   ([`window`]) to delivery; between two samples a cheap check of memory, threads and
+//!   tasks runs their rules early (the fast path);
 //! - `holmes-sender`, only with a collector, runs the gRPC stream on a one-thread tokio
 //!   runtime of its own; it sleeps until the outbox has work or the network answers.
+//!
+//! [`Shared`] is what they share with the handle.
 
-use std::collections::BTreeMap;
+mod engine;
+mod shared;
+mod window;
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use holmes_proto::{AgentBody, Hello, Metric, MetricSeries, MetricWindow, Sample, TriggerEvent};
+use holmes_proto::{AgentBody, Hello, Metric};
 
 use crate::capture::Captures;
+use crate::clock::unix_nanos_now;
 use crate::config::AgentConfig;
-use crate::rules::{Decision, RuleState};
-use crate::sampler::{unix_nanos_now, Sampler};
-use crate::{dump, sender, Shared};
+use crate::delivery::sender::{self, Link};
+use crate::sample::{procfs, Sampler};
+use engine::{fast_check, fire_requested, judge_reading, Ctx, Engine};
+pub(crate) use shared::Shared;
+use window::WindowBuilder;
 
 /// How long a capture request waits for a running capture of the same kind to finish;
 /// after that it captures what is free (rule triggers never wait: Go's semantics).
@@ -90,9 +99,19 @@ fn spawn_sender(
                 }
             };
             let hello = hello(&cfg);
+            let Some(url) = cfg.collector.clone() else {
+                return;
+            };
+            let link = Link {
+                url,
+                transport: cfg.transport.clone(),
+                connect_timeout: cfg.connect_timeout,
+                max_backoff: cfg.max_backoff,
+            };
+            let delivery = Arc::clone(&shared.delivery);
             runtime.block_on(async move {
                 tokio::select! {
-                    _ = sender::run(Arc::clone(&cfg), hello, shared) => {}
+                    _ = sender::run(link, hello, delivery, shared) => {}
                     _ = stopped => {}
                 }
             });
@@ -118,50 +137,11 @@ pub(crate) fn hello(cfg: &AgentConfig) -> Hello {
     }
 }
 
-/// The rules being applied, and the version of the shared rule book they came from.
-struct Engine {
-    states: BTreeMap<Metric, RuleState>,
-    version: u64,
-    last_cpu: Option<f64>,
-}
-
-impl Engine {
-    fn new(shared: &Shared) -> Self {
-        let (version, rules) = shared.rule_book();
-        Engine {
-            states: rules
-                .into_iter()
-                .map(|(m, r)| (m, RuleState::new(m, r)))
-                .collect(),
-            version,
-            last_cpu: None,
-        }
-    }
-
-    /// Picks up rule changes made through the handle or pushed by the collector.
-    fn refresh(&mut self, shared: &Shared) {
-        if shared.rules_version.load(Ordering::Acquire) == self.version {
-            return;
-        }
-        let (version, rules) = shared.rule_book();
-        for (metric, rule) in rules {
-            match self.states.get_mut(&metric) {
-                Some(state) => state.set_rule(rule),
-                None => {
-                    self.states.insert(metric, RuleState::new(metric, rule));
-                }
-            }
-        }
-        self.version = version;
-        tracing::info!(target: "holmes", version, "rules updated");
-    }
-}
-
 /// Opens the spool, if one is configured: on the agent thread, not in `start()`, since
 /// it is file I/O and `start()` runs on a host thread.
 fn open_spool(cfg: &AgentConfig, shared: &Shared) {
     match (&cfg.spool_dir, &cfg.collector) {
-        (Some(dir), Some(_)) => shared.open_spool(dir, cfg.spool_bytes as u64),
+        (Some(dir), Some(_)) => shared.delivery.open_spool(dir, cfg.spool_bytes as u64),
         (Some(dir), None) => {
             tracing::info!(target: "holmes", dir = %dir.display(), "spool folder unused: there is no collector to send to")
         }
@@ -190,23 +170,23 @@ fn run(cfg: &Arc<AgentConfig>, shared: &Arc<Shared>) {
     if cfg.collector.is_none() {
         tracing::info!(target: "holmes", service = %cfg.service, dump_dir = ?cfg.effective_dump_dir(), "no collector configured; triggers are written to the dump folder");
     }
-    let mut sampler = Sampler::new();
+    let mut sampler = Sampler::new(cfg.cpu_cores);
     let mut engine = Engine::new(shared);
     let mut window = WindowBuilder::default();
     let mut last_flush: Option<Instant> = None;
     let mut next_sample = Instant::now();
     let mut next_fast = cfg.memory_fast_interval.map(|f| Instant::now() + f);
     loop {
-        while let Some(pending) = shared.next_capture_request() {
+        while let Some(pending) = shared.requests.pop() {
             // A requested kind still being captured: wait for it (checked again on every
             // wake-up), unless the request has waited too long already.
             if captures.busy_with(&pending.request.kinds)
                 && pending.queued.elapsed() < REQUEST_MAX_WAIT
             {
-                shared.requeue_capture_request(pending);
+                shared.requests.push_front(pending);
                 break;
             }
-            fire_requested(&ctx, &pending.request, pending.event_id);
+            fire_requested(&ctx, &engine, &pending.request, pending.event_id);
         }
         let now = Instant::now();
         if now >= next_sample {
@@ -241,7 +221,7 @@ fn run(cfg: &Arc<AgentConfig>, shared: &Arc<Shared>) {
                 if let Some(threads) = sampler.threads_now() {
                     fast_check(&ctx, &mut engine, Metric::Threads, threads);
                 }
-                if let Some(tasks) = alive_tasks(shared) {
+                if let Some(tasks) = shared.runtimes.alive_tasks() {
                     fast_check(&ctx, &mut engine, Metric::Tasks, tasks);
                 }
                 next_fast = Some(fast_at.max(now - period) + period);
@@ -269,10 +249,10 @@ fn run(cfg: &Arc<AgentConfig>, shared: &Arc<Shared>) {
     if cfg.collector.is_some() {
         flush_window(cfg, shared, &mut window);
         let deadline = Instant::now() + cfg.flush_timeout; // bounded in config
-        while shared.lock_outbox().len() > 0 {
+        while shared.delivery.outbox().len() > 0 {
             if Instant::now() >= deadline {
                 let (left, spooled) = {
-                    let outbox = shared.lock_outbox();
+                    let outbox = shared.delivery.outbox();
                     (outbox.len(), outbox.spooled().0)
                 };
                 if spooled as usize == left {
@@ -291,9 +271,9 @@ fn run(cfg: &Arc<AgentConfig>, shared: &Arc<Shared>) {
 /// what it cost.
 fn prewarm_symbols() {
     let started = Instant::now();
-    let rss_before = crate::procfs::rss_bytes();
-    let lines = crate::debuginfo::prewarm();
-    let rss_after = crate::procfs::rss_bytes();
+    let rss_before = procfs::rss_bytes();
+    let lines = crate::capture::symbolize::debuginfo::prewarm();
+    let rss_after = procfs::rss_bytes();
     let added_kib = rss_after
         .zip(rss_before)
         .map(|(a, b)| a.saturating_sub(b) / 1024);
@@ -306,26 +286,12 @@ fn prewarm_symbols() {
 
 /// Metrics that come from the host rather than from `/proc`: tokio tasks of the
 /// registered runtimes, and allocator bytes when a counting allocator is installed.
-/// Alive tasks of the registered tokio runtimes; `None` when none is registered.
-fn alive_tasks(shared: &Shared) -> Option<f64> {
-    let runtimes = shared.runtimes.lock().unwrap_or_else(|p| p.into_inner());
-    if runtimes.is_empty() {
-        return None;
-    }
-    Some(
-        runtimes
-            .iter()
-            .map(|h| h.metrics().num_alive_tasks())
-            .sum::<usize>() as f64,
-    )
-}
-
 fn host_metrics(shared: &Shared, memory_limit: Option<u64>) -> Vec<(Metric, f64)> {
     let mut values = Vec::new();
-    if let Some(tasks) = alive_tasks(shared) {
+    if let Some(tasks) = shared.runtimes.alive_tasks() {
         values.push((Metric::Tasks, tasks));
     }
-    let heap_bytes = crate::alloc::allocated_bytes().map(|bytes| bytes as f64);
+    let heap_bytes = crate::heap::allocated_bytes().map(|bytes| bytes as f64);
     // Without the counting allocator, a jemalloc host's own statistics.
     #[cfg(feature = "jemalloc")]
     let heap_bytes = heap_bytes
@@ -339,221 +305,12 @@ fn host_metrics(shared: &Shared, memory_limit: Option<u64>) -> Vec<(Metric, f64)
     values
 }
 
-/// What a firing needs: the configuration, the shared state and the capture machinery.
-struct Ctx<'a> {
-    cfg: &'a Arc<AgentConfig>,
-    shared: &'a Arc<Shared>,
-    captures: &'a Arc<Captures>,
-}
-
-fn judge_reading(ctx: &Ctx<'_>, engine: &mut Engine, unix_nanos: u64, values: &[(Metric, f64)]) {
-    if let Some(cpu) = values.iter().find(|(m, _)| *m == Metric::CpuPercent) {
-        engine.last_cpu = Some(cpu.1);
-    }
-    let now = Instant::now();
-    let last_cpu = engine.last_cpu;
-    for &(metric, value) in values {
-        let Some(state) = engine.states.get_mut(&metric) else {
-            continue;
-        };
-        let decision = state.observe(Sample { unix_nanos, value }, now);
-        log_decision(ctx.cfg, state, value, &decision, "sample");
-        if let Decision::Fire { reason, .. } = decision {
-            let firing = Firing {
-                metric,
-                reason,
-                current: value,
-                unix_nanos,
-                window: state.window(),
-                rule: state.rule.to_config(metric),
-            };
-            fire(ctx, last_cpu, firing);
-        }
-    }
-}
-
-fn fast_check(ctx: &Ctx<'_>, engine: &mut Engine, metric: Metric, value: f64) {
-    let last_cpu = engine.last_cpu;
-    let Some(state) = engine.states.get_mut(&metric) else {
-        return;
-    };
-    let decision = state.peek(value, Instant::now());
-    if let Decision::Fire { reason, .. } = decision {
-        log_decision(ctx.cfg, state, value, &decision, "fast check");
-        let unix_nanos = unix_nanos_now();
-        let mut window = state.window();
-        if window.len() >= state.rule.window as usize && !window.is_empty() {
-            window.remove(0);
-        }
-        window.push(Sample { unix_nanos, value });
-        let firing = Firing {
-            metric,
-            reason,
-            current: value,
-            unix_nanos,
-            window,
-            rule: state.rule.to_config(metric),
-        };
-        fire(ctx, last_cpu, firing);
-    }
-}
-
-fn log_decision(
-    cfg: &AgentConfig,
-    state: &RuleState,
-    current: f64,
-    decision: &Decision,
-    path: &str,
-) {
-    let loud = cfg.log_decisions || decision.fires();
-    if !loud && !tracing::enabled!(target: "holmes::rules", tracing::Level::TRACE) {
-        return;
-    }
-    let window: Vec<String> = state
-        .window()
-        .iter()
-        .map(|s| format!("{:.2}", s.value))
-        .collect();
-    let line = format_args!(
-        "rule {} [{}] window [{}] current {:.2} -> {} ({})",
-        state.metric,
-        state.rule,
-        window.join(" "),
-        current,
-        decision,
-        path
-    );
-    if loud {
-        tracing::info!(target: "holmes::rules", "{line}");
-    } else {
-        tracing::trace!(target: "holmes::rules", "{line}");
-    }
-}
-
-/// A rule that fired, with what the trigger event reports.
-struct Firing {
-    metric: Metric,
-    reason: holmes_proto::TriggerReason,
-    current: f64,
-    unix_nanos: u64,
-    window: Vec<Sample>,
-    rule: holmes_proto::RuleConfig,
-}
-
-fn fire(ctx: &Ctx<'_>, last_cpu: Option<f64>, f: Firing) {
-    let cfg = ctx.cfg;
-    let gated = cfg.cpu_max > 0.0 && last_cpu.is_some_and(|cpu| cpu > cfg.cpu_max);
-    let event_id = crate::event_id::new();
-    let planned = if gated {
-        Vec::new()
-    } else {
-        ctx.captures
-            .claim(&event_id, &ctx.captures.kinds_for(f.metric))
-    };
-    let event = TriggerEvent {
-        event_id,
-        metric: Some(f.metric),
-        reason: f.reason,
-        current: f.current,
-        window: f.window,
-        rule: Some(f.rule),
-        unix_nanos: f.unix_nanos,
-        planned: planned.clone(),
-        request_id: None,
-    };
-    tracing::info!(
-        target: "holmes",
-        event_id = %event.event_id,
-        metric = %f.metric,
-        reason = ?f.reason,
-        current = f.current,
-        planned = ?planned,
-        gated,
-        "trigger fired"
-    );
-    record_event(ctx, &event);
-    ctx.captures
-        .run(ctx.cfg, ctx.shared, &event.event_id, planned);
-    // Counted last, so whoever sees the count also finds the dump and the queued event.
-    ctx.shared.triggers.fetch_add(1, Ordering::Relaxed);
-}
-
-/// A capture asked for by the collector or the host: a trigger event with reason
-/// `requested`, then the captures.
-fn fire_requested(ctx: &Ctx<'_>, request: &holmes_proto::CaptureRequest, event_id: String) {
-    let claimed = ctx.captures.claim(&event_id, &request.kinds);
-    let event = TriggerEvent {
-        event_id,
-        metric: None,
-        reason: holmes_proto::TriggerReason::Requested,
-        current: 0.0,
-        window: Vec::new(),
-        rule: None,
-        unix_nanos: unix_nanos_now(),
-        planned: claimed.clone(),
-        request_id: Some(request.request_id.clone()),
-    };
-    tracing::info!(target: "holmes", event_id = %event.event_id, request_id = %request.request_id, kinds = ?request.kinds, "capture requested");
-    record_event(ctx, &event);
-    ctx.captures
-        .run(ctx.cfg, ctx.shared, &event.event_id, claimed);
-    ctx.shared.triggers.fetch_add(1, Ordering::Relaxed);
-}
-
-/// Writes a trigger event to the dump folder and queues it for the collector.
-fn record_event(ctx: &Ctx<'_>, event: &TriggerEvent) {
-    let cfg = ctx.cfg;
-    if let Some(dir) = cfg.effective_dump_dir() {
-        match dump::write_trigger(&dir, &cfg.service, &cfg.instance, event) {
-            Ok(path) => {
-                tracing::debug!(target: "holmes", path = %path.display(), "trigger written")
-            }
-            Err(err) => {
-                tracing::warn!(target: "holmes", dir = %dir.display(), error = %err, "cannot write the trigger to the dump folder")
-            }
-        }
-    }
-    if cfg.collector.is_some() {
-        ctx.shared.enqueue(AgentBody::Trigger(event.clone()));
-    }
-}
-
 fn flush_window(cfg: &AgentConfig, shared: &Shared, window: &mut WindowBuilder) {
     let w = window.take();
     if cfg.collector.is_none() || w.series.is_empty() {
         return;
     }
-    shared.enqueue(AgentBody::MetricWindow(w));
-}
-
-/// Accumulates samples per metric until the window is sent.
-#[derive(Debug, Default)]
-struct WindowBuilder {
-    series: BTreeMap<Metric, Vec<Sample>>,
-}
-
-impl WindowBuilder {
-    fn add(&mut self, unix_nanos: u64, values: &[(Metric, f64)]) {
-        for &(metric, value) in values {
-            self.series
-                .entry(metric)
-                .or_default()
-                .push(Sample { unix_nanos, value });
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.series.is_empty()
-    }
-
-    fn take(&mut self) -> MetricWindow {
-        MetricWindow {
-            series: std::mem::take(&mut self.series)
-                .into_iter()
-                .map(|(metric, samples)| MetricSeries { metric, samples })
-                .collect(),
-        }
-    }
+    shared.delivery.enqueue(AgentBody::MetricWindow(w));
 }
 
 /// When this process started, from `/proc/self/stat` and the boot time; now if unknown.
@@ -579,30 +336,6 @@ fn process_start_unix_nanos() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn windows_group_samples_by_metric_in_order() {
-        let mut w = WindowBuilder::default();
-        w.add(1, &[(Metric::CpuPercent, 5.0), (Metric::Threads, 3.0)]);
-        w.add(2, &[(Metric::CpuPercent, 7.0)]);
-        let taken = w.take();
-        assert!(w.is_empty());
-        assert_eq!(taken.series.len(), 2);
-        assert_eq!(taken.series[0].metric, Metric::CpuPercent);
-        assert_eq!(
-            taken.series[0].samples,
-            vec![
-                Sample {
-                    unix_nanos: 1,
-                    value: 5.0
-                },
-                Sample {
-                    unix_nanos: 2,
-                    value: 7.0
-                }
-            ]
-        );
-    }
 
     #[test]
     fn knows_roughly_when_this_process_started() {
