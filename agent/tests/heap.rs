@@ -31,10 +31,10 @@ fn host_memory_bytes() -> f64 {
 const CULPRIT_BYTES: usize = 256 << 20;
 const CHUNK_BYTES: usize = 4 << 20;
 
-/// The culprit: keeps ~256 MiB in 4 MiB vectors, every page touched. Its blocks come
-/// straight from the global allocator (`std::alloc::alloc`), so that it is the leaf of
-/// its stacks: blocks made by `vec!` keep `alloc::raw_vec` frames on top (see
-/// [`fill_a_vec`]), which would then lead `pprof -top`.
+/// The culprit: keeps ~256 MiB in 4 MiB vectors, every page touched, its blocks straight
+/// from the global allocator (`std::alloc::alloc`). (Blocks made by `vec!` have their
+/// maker as the leaf too: the standard library's `alloc::raw_vec` frames are trimmed,
+/// see [`fill_a_vec`].)
 #[inline(never)]
 fn allocate_the_culprit_buffer() -> Vec<Vec<u8>> {
     let layout = Layout::from_size_align(CHUNK_BYTES, 1).unwrap();
