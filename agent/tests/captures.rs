@@ -45,8 +45,10 @@ fn a_short_cpu_burst_is_in_the_pre_trigger_profile() {
     }
     let dir = tempfile::tempdir().unwrap();
     // One busy thread is then 100 % on any machine (a sixteenth of a 16-core one
-    // otherwise), and still above the rule when a loaded machine gives it a third.
+    // otherwise), and still above the rule when a loaded machine gives it a third. A
+    // sample a second, as by default: the rule judges the burst on the sample after it.
     let agent = quiet_agent("capture-test", dir.path())
+        .collect_interval(Duration::from_secs(1))
         .cpu_cores(1.0)
         .cpu_rule(
             Rule::new()
@@ -58,13 +60,18 @@ fn a_short_cpu_burst_is_in_the_pre_trigger_profile() {
         .cpu_profile_duration(Duration::from_millis(500))
         .start()
         .unwrap();
-    eventually(Duration::from_secs(30), "warm-up", || {
+    eventually(Duration::from_secs(60), "warm-up", || {
         agent.stats().samples >= 4
     });
-    // The rule fires a sample or two into the burst; the flight recorder (19 samples per
-    // CPU second) has the burst's start by then.
+    // Right after a sample, a burst of 0.5 s of CPU: over (on an idle machine) or nearly
+    // over (on a loaded one) when the next sample fires the rule, so it is the flight
+    // recorder's pre-trigger profile that holds it.
+    let sampled = agent.stats().samples;
+    eventually(Duration::from_secs(60), "a sample", || {
+        agent.stats().samples > sampled
+    });
     let onset = Instant::now();
-    std::thread::spawn(|| burst(Duration::from_millis(1000)))
+    std::thread::spawn(|| burst(Duration::from_millis(500)))
         .join()
         .unwrap();
     eventually(
