@@ -3,10 +3,10 @@
 //! `cargo run -p holmes-agent --example cpu_burn`, then `curl 127.0.0.1:PORT/bug`: a
 //! request runs `render_price_table` hot on every core this process may use until each
 //! thread has had 0.4 s of CPU (0.4 s on an idle machine). The CPU rule is judged once a
-//! second, on the sample after the burst started; when the burst starts at a random
-//! moment it is over by then 7 times in 10, and a profile started at the trigger, the
-//! only one the Go library takes, would not see it. The flight recorder's pre-trigger
-//! profile holds it.
+//! second, on the sample after the burst started; on an idle machine, when the burst
+//! starts at a random moment it is over by then 7 times in 10, and a profile started at
+//! the trigger, the only one the Go library takes, would not see it. The flight
+//! recorder's pre-trigger profile holds it.
 
 mod common;
 
