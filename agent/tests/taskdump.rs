@@ -4,7 +4,7 @@
 //! 1.48 has no separate `tokio_taskdump` cfg any more); deploy/dev/test.sh runs it so.
 //! The leak is dumped from a current-thread runtime: the agent refuses to dump a
 //! multi-thread runtime with more than 64 tasks, which tokio's dump can hang for good
-//! (see agent/src/capture/tasks.rs); the last test checks that refusal.
+//! (see agent/src/capture/tasks/mod.rs); the last test checks that refusal.
 //! `go` comes from Debian's golang-go; without it these tests fail under CI or
 //! HOLMES_TEST_REQUIRE_GO=1 and are skipped otherwise.
 // `tokio_unstable` comes from RUSTFLAGS; cargo does not know to check it.
