@@ -150,8 +150,8 @@ fn a_heap_spike_is_in_the_heap_profile() {
             continue;
         };
         for glue in [
-            "holmes_agent::alloc",
-            "<holmes_agent::alloc",
+            "holmes_agent::heap",
+            "<holmes_agent::heap",
             "__rust",
             "alloc::alloc::",
             "<alloc::alloc::Global",
@@ -171,7 +171,7 @@ fn a_heap_spike_is_in_the_heap_profile() {
         .find(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
         .unwrap_or("");
     assert!(leaf.contains("heap::fill_a_vec"), "{vec_trace}");
-    assert!(!vec_trace.contains("holmes_agent::alloc"), "{vec_trace}");
+    assert!(!vec_trace.contains("holmes_agent::heap"), "{vec_trace}");
     let trigger = std::fs::read_to_string(&files(dir.path(), "", ".json")[0]).unwrap();
     assert!(trigger.contains("\"planned\":[\"heap\"]"), "{trigger}");
     drop(culprit);
