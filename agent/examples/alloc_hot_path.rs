@@ -1,8 +1,9 @@
 //! Scenario 5: an allocation-heavy hot path under load.
 //!
-//! `curl 127.0.0.1:PORT/bug` starts a load of requests that each format a report by
-//! building thousands of small strings in `format_report_rows`. CPU climbs, the CPU rule
-//! fires, and the CPU profile shows the time spent allocating inside the culprit.
+//! `curl 127.0.0.1:PORT/bug` starts 6 s of load on every core this process may use:
+//! requests that each format a report by building thousands of small strings in
+//! `format_report_rows`. CPU climbs, the CPU rule fires, and the CPU profile shows the
+//! time spent allocating inside the culprit.
 
 mod common;
 
@@ -21,8 +22,8 @@ fn format_report_rows(rows: usize) -> usize {
 }
 
 #[inline(never)]
-fn serve_reports_under_load(d: Duration) {
-    let until = Instant::now() + d;
+fn serve_reports_under_load() {
+    let until = Instant::now() + Duration::from_secs(6);
     while Instant::now() < until {
         std::hint::black_box(format_report_rows(2_000));
     }
@@ -32,6 +33,6 @@ fn main() {
     let agent = common::agent("alloc-hot-path", |b| b);
     common::warm_up(&agent, 10);
     common::serve(|| {
-        std::thread::spawn(|| serve_reports_under_load(Duration::from_secs(6)));
+        common::on_every_core(serve_reports_under_load);
     });
 }

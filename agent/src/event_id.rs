@@ -12,7 +12,7 @@ pub(crate) fn new() -> String {
     let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), libc::GRND_NONBLOCK) };
     if usize::try_from(n).ok() != Some(bytes.len()) {
         // No entropy (very early boot): time, pid and a counter are still unique here.
-        let t = crate::sampler::unix_nanos_now();
+        let t = crate::clock::unix_nanos_now();
         let c = FALLBACK_COUNTER.fetch_add(1, Ordering::Relaxed);
         bytes[..8].copy_from_slice(&t.to_le_bytes());
         bytes[8..12].copy_from_slice(&std::process::id().to_le_bytes());

@@ -5,37 +5,29 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
-mod alloc;
+// The stages a sample goes through, in order, then what they share.
 mod capture;
-#[allow(dead_code)] // some parsers only serve the fixture tests
-mod cgroup;
-mod config;
-mod debuginfo;
 mod delivery;
-mod dump;
-mod event_id;
 mod monitor;
-mod outbox;
-#[allow(dead_code)] // the decoder serves the tests
-mod pprof;
-#[allow(dead_code)] // some parsers only serve the fixture tests
-mod procfs;
 mod rules;
-mod sampler;
-mod sender;
-mod spool;
-mod transport;
+mod sample;
+
+mod clock;
+mod config;
+mod event_id;
+mod heap;
+mod unwind;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
-use tokio::sync::Notify;
+use monitor::Shared;
 
-pub use alloc::{allocated_bytes, CountingAllocator, SamplingAllocator};
+pub use delivery::transport::{Compression, DEFAULT_COMPRESSION};
+pub use heap::{allocated_bytes, CountingAllocator, SamplingAllocator};
 pub use holmes_proto::{Metric, ProfileKind};
-pub use rules::{Decision, Rule};
-pub use transport::{Compression, DEFAULT_COMPRESSION};
+pub use rules::{Decision, Rule, RuleError};
 
 pub use config::{
     ConfigError, HolmesBuilder, DEFAULT_COLLECT_INTERVAL, DEFAULT_CONNECT_TIMEOUT,
@@ -159,11 +151,12 @@ impl HolmesHandle {
     /// What the agent has done so far.
     pub fn stats(&self) -> AgentStats {
         let s = &self.shared;
-        let outbox = s.lock_outbox();
+        let d = &s.delivery;
+        let outbox = d.outbox();
         let (spooled, spooled_bytes) = outbox.spooled();
         AgentStats {
             samples: s.samples.load(Ordering::Relaxed),
-            sent: s.sent.load(Ordering::Relaxed),
+            sent: d.sent.load(Ordering::Relaxed),
             acked_seq: outbox.acked(),
             unacked: outbox.len() as u64,
             unacked_bytes: outbox.bytes() as u64,
@@ -173,30 +166,30 @@ impl HolmesHandle {
             recovered: outbox.recovered(),
             corrupt: outbox.corrupt(),
             triggers: s.triggers.load(Ordering::Relaxed),
-            connected: s.connected.load(Ordering::Relaxed),
-            connections: s.connections.load(Ordering::Relaxed),
+            connected: d.connected.load(Ordering::Relaxed),
+            connections: d.connections.load(Ordering::Relaxed),
         }
     }
 
     /// The rules in force, by metric.
     pub fn rules(&self) -> BTreeMap<Metric, Rule> {
-        self.shared.rule_book().1
+        self.shared.rules.snapshot().1
     }
 
     /// Replaces a metric's rule at run time; its window is kept, so there is no second
     /// warm-up. Fails for metrics without rules.
     pub fn set_rule(&self, metric: Metric, rule: Rule) -> Result<(), RuleError> {
-        self.shared.update_rule(metric, |_| rule)
+        self.shared.rules.update(metric, |_| rule)
     }
 
     /// Turns a metric's rule on, keeping its thresholds.
     pub fn enable_rule(&self, metric: Metric) -> Result<(), RuleError> {
-        self.shared.update_rule(metric, |r| r.enabled(true))
+        self.shared.rules.update(metric, |r| r.enabled(true))
     }
 
     /// Turns a metric's rule off, keeping its thresholds.
     pub fn disable_rule(&self, metric: Metric) -> Result<(), RuleError> {
-        self.shared.update_rule(metric, |r| r.enabled(false))
+        self.shared.rules.update(metric, |r| r.enabled(false))
     }
 
     /// Captures profiles now, whatever the rules say, like the collector's "capture now".
@@ -207,7 +200,7 @@ impl HolmesHandle {
             return Err(CaptureNowError::Disabled);
         }
         let event = event_id::new();
-        let accepted = self.shared.request_capture(
+        let accepted = self.shared.requests.push(
             holmes_proto::CaptureRequest {
                 request_id: event_id::new(),
                 kinds: kinds.to_vec(),
@@ -226,11 +219,7 @@ impl HolmesHandle {
 
     /// Counts the alive tasks of another tokio runtime in the `tasks` metric.
     pub fn register_runtime(&self, handle: tokio::runtime::Handle) {
-        self.shared
-            .runtimes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(handle);
+        self.shared.runtimes.register(handle);
     }
 
     /// Stops the agent: sends the last metric window, waits up to the flush timeout
@@ -257,169 +246,4 @@ pub enum CaptureNowError {
     /// Too many requests are already waiting.
     #[error("too many capture requests are waiting; try again shortly")]
     Busy,
-}
-
-/// A rule change that cannot be made.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RuleError {
-    /// The metric has no rule (only cpu, memory, threads, tasks and heap do).
-    #[error("metric {0} has no rule; rules exist for cpu, memory, threads, tasks and heap")]
-    NoRule(Metric),
-}
-
-/// The rules in force and a version that changes with every edit.
-#[derive(Debug)]
-struct RuleBook {
-    rules: BTreeMap<Metric, Rule>,
-    collector_version: u64,
-}
-
-/// A capture asked for by the host or the collector, waiting for the agent thread.
-#[derive(Debug)]
-pub(crate) struct PendingCapture {
-    pub(crate) request: holmes_proto::CaptureRequest,
-    /// The id its trigger event will have.
-    pub(crate) event_id: String,
-    pub(crate) queued: std::time::Instant,
-}
-
-/// State shared by the handle, the monitor loop and the sender.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    rules: Mutex<RuleBook>,
-    /// Bumped on every rule edit; the monitor compares it each tick.
-    rules_version: AtomicU64,
-    runtimes: Mutex<Vec<tokio::runtime::Handle>>,
-    triggers: AtomicU64,
-    /// Set by stop(); the agent thread checks it whenever it wakes.
-    stop_requested: AtomicBool,
-    /// Captures asked for by the collector or the host, taken by the agent thread.
-    /// Waiting capture requests, each with the id of the trigger event it will make and
-    /// when it was queued.
-    capture_requests: Mutex<std::collections::VecDeque<PendingCapture>>,
-    outbox: Mutex<outbox::Outbox>,
-    /// The disk spool, when configured; opened by the agent thread as it starts.
-    spool: OnceLock<spool::Spool>,
-    /// Whether a spool write failed since the last one that worked (to log once).
-    spool_failing: AtomicBool,
-    /// Woken when a message is queued.
-    queued: Notify,
-    samples: AtomicU64,
-    sent: AtomicU64,
-    connections: AtomicU64,
-    connected: AtomicBool,
-}
-
-impl Shared {
-    fn new(cfg: &config::AgentConfig) -> Self {
-        Shared {
-            rules: Mutex::new(RuleBook {
-                rules: cfg.rules.clone(),
-                collector_version: 0,
-            }),
-            rules_version: AtomicU64::new(0),
-            runtimes: Mutex::new(cfg.runtimes.clone()),
-            triggers: AtomicU64::new(0),
-            stop_requested: AtomicBool::new(false),
-            capture_requests: Mutex::new(std::collections::VecDeque::new()),
-            outbox: Mutex::new(outbox::Outbox::new(cfg.outbox_bytes)),
-            spool: OnceLock::new(),
-            spool_failing: AtomicBool::new(false),
-            queued: Notify::new(),
-            samples: AtomicU64::new(0),
-            sent: AtomicU64::new(0),
-            connections: AtomicU64::new(0),
-            connected: AtomicBool::new(false),
-        }
-    }
-
-    /// The rule book's version and rules.
-    fn rule_book(&self) -> (u64, BTreeMap<Metric, Rule>) {
-        let book = self.rules.lock().unwrap_or_else(|p| p.into_inner());
-        (
-            self.rules_version.load(Ordering::Acquire),
-            book.rules.clone(),
-        )
-    }
-
-    fn update_rule(
-        &self,
-        metric: Metric,
-        edit: impl FnOnce(Rule) -> Rule,
-    ) -> Result<(), RuleError> {
-        let mut book = self.rules.lock().unwrap_or_else(|p| p.into_inner());
-        let rule = book
-            .rules
-            .get_mut(&metric)
-            .ok_or(RuleError::NoRule(metric))?;
-        *rule = edit(*rule);
-        self.rules_version.fetch_add(1, Ordering::AcqRel);
-        Ok(())
-    }
-
-    /// Applies rules pushed by the collector, unless an equal or newer version is in force.
-    fn apply_config_update(&self, update: &holmes_proto::ConfigUpdate) {
-        let mut book = self.rules.lock().unwrap_or_else(|p| p.into_inner());
-        if update.version < book.collector_version {
-            tracing::debug!(target: "holmes", version = update.version, "ignoring an older rule update");
-            return;
-        }
-        book.collector_version = update.version;
-        for config in &update.rules {
-            if let Some(rule) = book.rules.get_mut(&config.metric) {
-                *rule = Rule::from_config(config);
-            } else {
-                tracing::warn!(target: "holmes", metric = %config.metric, "ignoring a pushed rule for a metric that has none");
-            }
-        }
-        self.rules_version.fetch_add(1, Ordering::AcqRel);
-        tracing::info!(target: "holmes", version = update.version, rules = update.rules.len(), "rules updated by the collector");
-    }
-
-    /// Queues a capture request; false when too many are already waiting.
-    fn request_capture(&self, request: holmes_proto::CaptureRequest, event_id: String) -> bool {
-        const MAX_WAITING: usize = 8;
-        let mut queue = self
-            .capture_requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if queue.len() >= MAX_WAITING {
-            return false;
-        }
-        queue.push_back(PendingCapture {
-            request,
-            event_id,
-            queued: std::time::Instant::now(),
-        });
-        true
-    }
-
-    /// The next waiting capture request.
-    fn next_capture_request(&self) -> Option<PendingCapture> {
-        self.capture_requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pop_front()
-    }
-
-    /// Puts a request that has to wait back at the head of the queue.
-    fn requeue_capture_request(&self, pending: PendingCapture) {
-        self.capture_requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push_front(pending);
-    }
-
-    fn runtimes(&self) -> Vec<tokio::runtime::Handle> {
-        self.runtimes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// The outbox; a poisoned lock is taken over, since every outbox operation leaves
-    /// it consistent before anything can panic.
-    fn lock_outbox(&self) -> MutexGuard<'_, outbox::Outbox> {
-        self.outbox.lock().unwrap_or_else(|p| p.into_inner())
-    }
 }

@@ -3,39 +3,16 @@
 //! `go` comes from Debian's golang-go (deploy/dev/test.sh installs it). Without it these
 //! tests fail under CI or HOLMES_TEST_REQUIRE_GO=1 and are skipped otherwise.
 
-use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use holmes_agent::{Holmes, Metric, Rule};
+use holmes_agent::Rule;
 
 mod support;
-use support::{files, go_available, pprof, top_function};
+use support::{eventually, files, go_available, pprof, quiet_agent, thread_cpu_time, top_function};
 
 /// CPU sampling is process-wide: one capture test at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn quiet(dir: &Path) -> holmes_agent::HolmesBuilder {
-    let mut b = Holmes::builder()
-        .service("capture-test")
-        .dump_dir(dir)
-        .collect_interval(Duration::from_millis(100))
-        .memory_fast_interval(None)
-        // Loading this debug test binary's symbols takes a second or more of CPU on the
-        // prewarm thread; these tests measure captures, not start-up, so the first
-        // capture loads them instead.
-        .prewarm_symbols(false);
-    for m in [
-        Metric::CpuPercent,
-        Metric::MemoryPercent,
-        Metric::Threads,
-        Metric::Tasks,
-        Metric::HeapPercent,
-    ] {
-        b = b.rule(m, Rule::new().enabled(false));
-    }
-    b
-}
 
 /// The culprit of the CPU scenario: a leaf that spins with plain operators only.
 #[inline(never)]
@@ -51,10 +28,11 @@ fn burn_cpu_culprit(rounds: u64) -> u64 {
     x
 }
 
+/// Burns `cpu` of this thread's CPU time, however long a busy machine takes to give it.
 #[inline(never)]
-fn burst(d: Duration) {
-    let until = Instant::now() + d;
-    while Instant::now() < until {
+fn burst(cpu: Duration) {
+    let from = thread_cpu_time();
+    while thread_cpu_time() - from < cpu {
         std::hint::black_box(burn_cpu_culprit(1_000_000));
     }
 }
@@ -66,32 +44,41 @@ fn a_short_cpu_burst_is_in_the_pre_trigger_profile() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let agent = quiet(dir.path())
+    // One busy thread is then 100 % on any machine (a sixteenth of a 16-core one
+    // otherwise), and still above the rule when a loaded machine gives it a third. A
+    // sample a second, as by default: the rule judges the burst on the sample after it.
+    let agent = quiet_agent("capture-test", dir.path())
+        .collect_interval(Duration::from_secs(1))
+        .cpu_cores(1.0)
         .cpu_rule(
             Rule::new()
                 .min(5.0)
-                .abs(30.0)
+                .abs(20.0)
                 .window(3)
                 .cooldown(Duration::from_secs(60)),
         )
         .cpu_profile_duration(Duration::from_millis(500))
         .start()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(600));
-    // A burst so short that most of it is over when the rule fires (after ~2 samples),
-    // yet long enough for the 19 Hz recorder to take a dozen samples on a busy machine.
+    eventually(Duration::from_secs(60), "warm-up", || {
+        agent.stats().samples >= 4
+    });
+    // Right after a sample, a burst of 0.5 s of CPU: over (on an idle machine) or nearly
+    // over (on a loaded one) when the next sample fires the rule, so it is the flight
+    // recorder's pre-trigger profile that holds it.
+    let sampled = agent.stats().samples;
+    eventually(Duration::from_secs(60), "a sample", || {
+        agent.stats().samples > sampled
+    });
     let onset = Instant::now();
-    std::thread::spawn(|| burst(Duration::from_millis(1000)))
+    std::thread::spawn(|| burst(Duration::from_millis(500)))
         .join()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while files(dir.path(), "cpu.", ".pb.gz").len() < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "two cpu profiles (pre and post trigger) are written"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(
+        Duration::from_secs(60),
+        "two cpu profiles (pre and post trigger)",
+        || files(dir.path(), "cpu.", ".pb.gz").len() >= 2,
+    );
     let onset_to_profile = onset.elapsed();
     let profiles = files(dir.path(), "cpu.", ".pb.gz");
     let pre = profiles
@@ -123,7 +110,7 @@ fn a_thread_pile_up_is_in_the_thread_dump() {
     }
     let dir = tempfile::tempdir().unwrap();
     let base = std::fs::read_dir("/proc/self/task").unwrap().count() as f64;
-    let agent = quiet(dir.path())
+    let agent = quiet_agent("capture-test", dir.path())
         .thread_rule(
             Rule::new()
                 .min(1.0)
@@ -133,7 +120,9 @@ fn a_thread_pile_up_is_in_the_thread_dump() {
         )
         .start()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    eventually(Duration::from_secs(30), "warm-up", || {
+        agent.stats().samples >= 4
+    });
     let lock: &'static Mutex<()> = Box::leak(Box::new(Mutex::new(())));
     let held = lock.lock().unwrap();
     let pile: Vec<_> = (0..12)
@@ -144,11 +133,9 @@ fn a_thread_pile_up_is_in_the_thread_dump() {
                 .unwrap()
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while files(dir.path(), "threads.", ".pb.gz").is_empty() {
-        assert!(Instant::now() < deadline, "a thread dump is written");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(Duration::from_secs(60), "a thread dump", || {
+        !files(dir.path(), "threads.", ".pb.gz").is_empty()
+    });
     let dump = &files(dir.path(), "threads.", ".pb.gz")[0];
     let top = pprof(&["-top", "-cum", "-nodecount=40"], dump);
     assert!(top.contains("captures::wait_for_the_lock_culprit"), "{top}");

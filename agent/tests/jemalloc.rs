@@ -26,12 +26,16 @@ const CONF: &std::ffi::CStr = c"prof:true,prof_active:true,lg_prof_sample:19";
 /// `unprefixed_malloc_on_supported_platforms`, as hosts usually do.
 #[allow(non_upper_case_globals)]
 #[export_name = "_rjem_malloc_conf"]
-pub static _rjem_malloc_conf: Option<&'static c_char> = Some(unsafe { &*CONF.as_ptr() });
+pub static _rjem_malloc_conf: Option<&'static c_char> =
+    // SAFETY: the first byte of a static NUL-terminated string, which jemalloc only reads.
+    Some(unsafe { &*CONF.as_ptr() });
 
 /// The same for an unprefixed jemalloc (which then replaces `malloc` itself).
 #[allow(non_upper_case_globals)]
 #[export_name = "malloc_conf"]
-pub static malloc_conf: Option<&'static c_char> = Some(unsafe { &*CONF.as_ptr() });
+pub static malloc_conf: Option<&'static c_char> =
+    // SAFETY: the first byte of a static NUL-terminated string, which jemalloc only reads.
+    Some(unsafe { &*CONF.as_ptr() });
 
 const CULPRIT_BYTES: usize = 512 << 20;
 

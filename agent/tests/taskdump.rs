@@ -4,7 +4,7 @@
 //! 1.48 has no separate `tokio_taskdump` cfg any more); deploy/dev/test.sh runs it so.
 //! The leak is dumped from a current-thread runtime: the agent refuses to dump a
 //! multi-thread runtime with more than 64 tasks, which tokio's dump can hang for good
-//! (see agent/src/capture/tasks.rs); the last test checks that refusal.
+//! (see agent/src/capture/tasks/mod.rs); the last test checks that refusal.
 //! `go` comes from Debian's golang-go; without it these tests fail under CI or
 //! HOLMES_TEST_REQUIRE_GO=1 and are skipped otherwise.
 // `tokio_unstable` comes from RUSTFLAGS; cargo does not know to check it.
@@ -210,22 +210,52 @@ impl Drop for Gate {
     }
 }
 
-/// Waits for a trigger, then for the threads profile taken instead of a task dump.
-fn threads_instead_of_tasks(dir: &Path, within: Duration) -> (Duration, String) {
-    let triggers = wait_for(dir, "", ".json", Duration::from_secs(10));
+/// When the agent started a capture, from its file name (`<kind>.<event>.<time>.pb.gz`,
+/// `20261126T031200.123Z`), in Unix nanoseconds.
+fn capture_started(file: &Path) -> u128 {
+    let name = file.file_name().unwrap().to_str().unwrap();
+    let t = name.split('.').nth(2).unwrap();
+    let ms = name.split('.').nth(3).unwrap();
+    let rfc3339 = format!(
+        "{}-{}-{}T{}:{}:{}.{ms}",
+        &t[0..4],
+        &t[4..6],
+        &t[6..8],
+        &t[9..11],
+        &t[11..13],
+        &t[13..15]
+    );
+    humantime::parse_rfc3339(&rfc3339)
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// Waits for a trigger, then for the threads profile taken instead of a task dump;
+/// returns how long after the trigger the agent started that capture (by the agent's
+/// own clock, whatever the machine's load does to this test's polling) and its text.
+fn threads_instead_of_tasks(dir: &Path) -> (Duration, String) {
+    let triggers = wait_for(dir, "", ".json", Duration::from_secs(30));
     assert!(!triggers.is_empty(), "the task rule fires");
-    let fired = Instant::now();
     let trigger = std::fs::read_to_string(&triggers[0]).unwrap();
     assert!(trigger.contains("\"planned\":[\"tasks\"]"), "{trigger}");
-    let threads = wait_for(dir, "threads.", ".pb.gz", Duration::from_secs(20));
-    let after = fired.elapsed();
+    let fired: u128 = trigger
+        .split("\"unix_nanos\":")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .expect("the trigger's time");
+    let threads = wait_for(dir, "threads.", ".pb.gz", Duration::from_secs(60));
     assert!(!threads.is_empty(), "the threads are captured instead");
-    assert!(after < within, "threads profile only after {after:?}");
+    let after = Duration::from_nanos(
+        u64::try_from(capture_started(&threads[0]).saturating_sub(fired)).unwrap(),
+    );
     assert!(
         files(dir, "tasks.", ".pb.gz").is_empty(),
         "no task dump was written"
     );
-    let text = wait_for(dir, "threads.", ".txt", Duration::from_secs(5));
+    let text = wait_for(dir, "threads.", ".txt", Duration::from_secs(30));
     let text = std::fs::read_to_string(text.first().expect("a readable thread dump")).unwrap();
     (after, text)
 }
@@ -245,9 +275,10 @@ fn a_blocked_runtime_gets_a_thread_dump_instead_of_a_task_dump() {
         rt.handle.spawn(async {});
     }
 
-    let (after, text) = threads_instead_of_tasks(dir.path(), Duration::from_secs(15));
+    let (after, text) = threads_instead_of_tasks(dir.path());
+    // The dump gets its 5 s deadline (plus 50 µs per task) before the threads are taken.
     assert!(
-        after >= Duration::from_secs(4),
+        after >= Duration::from_secs(5),
         "the dump is given its deadline: {after:?}"
     );
     let blocked = text
@@ -258,11 +289,14 @@ fn a_blocked_runtime_gets_a_thread_dump_instead_of_a_task_dump() {
         blocked.contains("Gate::waiter"),
         "the thread dump shows where the runtime's thread is stuck:\n{text}"
     );
-    eprintln!("blocked runtime: trigger -> threads profile {after:?}");
+    eprintln!("blocked runtime: trigger -> threads capture started {after:?}");
 
     let samples = agent.stats().samples;
-    std::thread::sleep(Duration::from_millis(400));
-    assert!(agent.stats().samples > samples, "the agent keeps sampling");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while agent.stats().samples <= samples {
+        assert!(Instant::now() < deadline, "the agent keeps sampling");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     drop(gate);
     agent.stop();
 }
@@ -285,8 +319,13 @@ fn a_busy_multi_thread_runtime_is_left_alone_without_a_task_dump() {
     std::thread::sleep(Duration::from_millis(500));
     let _senders = leak(&handle, 500);
 
-    let (after, _) = threads_instead_of_tasks(dir.path(), Duration::from_secs(4));
-    eprintln!("busy multi-thread runtime: trigger -> threads profile {after:?}");
+    let (after, _) = threads_instead_of_tasks(dir.path());
+    // Refused at once: the threads are taken well before a dump's 5 s deadline.
+    assert!(
+        after < Duration::from_secs(4),
+        "threads profile only after {after:?}"
+    );
+    eprintln!("busy multi-thread runtime: trigger -> threads capture started {after:?}");
     let (tx, rx) = std::sync::mpsc::channel();
     handle.spawn(async move { tx.send(()).unwrap() });
     rx.recv_timeout(Duration::from_secs(5))

@@ -168,7 +168,7 @@ fn mutate_structure(rng: &mut Rng, p: &mut Profile) {
         }
         7 if l > 0 => p.location[rng.below(l)].mapping_id = rng.hostile() as u64,
         8 if f > 0 => {
-            let dup = p.function[rng.below(f)].clone();
+            let dup = p.function[rng.below(f)];
             p.function.push(dup);
         }
         9 => p.sample_type.clear(),

@@ -7,14 +7,17 @@
 //! - [`model`]: the domain types the rest of Holmes works with.
 //! - [`transform`]: conversions between the two, where malformed wire data is rejected
 //!   with a [`transform::DecodeError`] naming the offending field.
-//! - [`pprof`]: `profile.proto`, the standard profile format agents write and the
-//!   collector decodes.
+//! - [`pprof`]: the code generated from Google's `profile.proto` (vendored unchanged
+//!   under `proto/perftools/profiles/`), the standard profile format agents write and
+//!   the collector decodes.
+//! - [`profile_tables`]: the string, function, location and mapping tables a pprof
+//!   profile is built from, each entry stored once.
 //! - [`names`]: the rules for service names, instance ids and label keys, shared by the
 //!   agent (which refuses to start with a bad name) and the collector (which rejects one).
 
 pub mod model;
 pub mod names;
-pub mod pprof;
+pub mod profile_tables;
 pub mod rule_spec;
 pub mod transform;
 
@@ -24,6 +27,16 @@ pub mod transform;
 #[rustfmt::skip]
 pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/holmes.v1.rs"));
+}
+
+/// Code generated from `profile.proto` (package `perftools.profiles`): what agents write
+/// and the collector reads. Field meanings are those of the vendored file; every integer
+/// naming a string is an index into [`pprof::Profile::string_table`]. Build profiles with
+/// [`profile_tables::ProfileTables`].
+#[allow(warnings, missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+#[rustfmt::skip]
+pub mod pprof {
+    include!(concat!(env!("OUT_DIR"), "/perftools.profiles.rs"));
 }
 
 pub use model::*;

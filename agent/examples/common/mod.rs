@@ -89,3 +89,30 @@ pub(crate) fn serve(bug: impl Fn() + Send + Sync + 'static) -> ! {
     }
     std::process::exit(0)
 }
+
+/// Runs `work` on one thread per core this process may use (its CPU quota or affinity),
+/// so that the load is the same share of the CPU limit on any machine: one busy thread
+/// is half the limit on 2 cores and a sixteenth on 16.
+pub(crate) fn on_every_core(work: fn()) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for _ in 0..cores {
+        std::thread::spawn(work);
+    }
+}
+
+/// CPU time the calling thread has used.
+pub(crate) fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    )
+}

@@ -5,10 +5,12 @@
 //! The sampler's profile has Go's sample types, in Go's order: `alloc_objects/count`,
 //! `alloc_space/bytes`, `inuse_objects/count`, `inuse_space/bytes` (the last, so pprof
 //! shows `inuse_space` by default), period type `space/bytes` and the sampling rate as
-//! period. Every recorded stack starts with the sampler's own frames and the allocator
-//! glue (`__rust_alloc`, `alloc::alloc::…`); they are trimmed, so the allocating
-//! function is the leaf that `pprof -top` shows. `alloc::raw_vec` frames are kept: they
-//! tell a `Vec` growing from one allocated at its final size.
+//! period. Every recorded stack starts with the sampler's own frames, the allocator
+//! glue (`__rust_alloc`, `alloc::alloc::…`) and the standard library's collection code
+//! that asked for the memory (`alloc::raw_vec`, `alloc::vec`, `core::…`, as Go hides its
+//! runtime's frames); they are trimmed, so the function that built the `Vec`, `String`
+//! or `Box` is the leaf that `pprof -top` shows. (jemalloc's profiles keep the
+//! `alloc::raw_vec` frames: see [`super::jemalloc`].)
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -16,16 +18,17 @@ use std::time::Instant;
 
 use holmes_proto::ProfileKind;
 
+use super::pprof::ProfileBuilder;
+use super::symbolize::{Frame, Symbolizer};
 use super::Captured;
-use crate::alloc::{self, HeapSnapshot};
-use crate::pprof::{Frame, ProfileBuilder, Symbolizer};
-use crate::sampler::unix_nanos_now;
+use crate::clock::unix_nanos_now;
+use crate::heap::{self, HeapSnapshot};
 
 /// Innermost frames that belong to the sampler and the allocator glue, not to the code
 /// that allocated.
 pub(crate) const ALLOCATOR_FRAMES: &[&str] = &[
-    "holmes_agent::alloc::",
-    "<holmes_agent::alloc::",
+    "holmes_agent::heap::",
+    "<holmes_agent::heap::",
     "__rust_alloc",
     "__rust_alloc_zeroed",
     "__rust_realloc",
@@ -44,10 +47,10 @@ pub(crate) const ALLOCATOR_FRAMES: &[&str] = &[
     "*as core::",
     // Optimized builds inline these into each other, and line tables name inlined
     // frames without their module path: trim by source file as well.
-    "@holmes-agent/src/alloc.rs",
-    "@agent/src/alloc.rs",
-    "@agent/src/capture/unwind.rs",
-    "holmes_agent::capture::unwind::",
+    "@holmes-agent/src/heap/",
+    "@agent/src/heap/",
+    "@agent/src/unwind.rs",
+    "holmes_agent::unwind::",
     "@/library/alloc/",
     "@/library/core/",
     "@/library/std/src/alloc.rs",
@@ -81,7 +84,7 @@ pub(crate) enum HeapError {
 /// jemalloc backend is compiled in (whether jemalloc profiling is on is known when the
 /// capture asks it).
 pub(crate) fn available() -> bool {
-    cfg!(feature = "jemalloc") || alloc::sampling_active()
+    cfg!(feature = "jemalloc") || heap::sampling_active()
 }
 
 /// A heap profile of this process as gzip pprof.
@@ -93,7 +96,7 @@ pub(crate) fn capture(
     if let Some(result) = super::jemalloc::capture(symbolizer) {
         return result.map_err(HeapError::Jemalloc);
     }
-    let snapshot = alloc::heap_snapshot().ok_or(HeapError::NotAvailable)?;
+    let snapshot = heap::heap_snapshot().ok_or(HeapError::NotAvailable)?;
     Ok(encode(&snapshot, symbolizer, start_unix_nanos))
 }
 
@@ -185,9 +188,9 @@ mod tests {
     use std::alloc::{GlobalAlloc, Layout, System};
 
     use super::*;
-    use crate::alloc::tests::serial;
-    use crate::pprof::decode;
-    use crate::SamplingAllocator;
+    use crate::capture::pprof::decode::decode;
+    use crate::heap::tests::serial;
+    use crate::heap::SamplingAllocator;
 
     #[inline(never)]
     fn heap_unit_test_culprit(a: &SamplingAllocator) -> (*mut u8, Layout) {
@@ -235,7 +238,7 @@ mod tests {
         // The sampler's own frames are gone from every stack that has others.
         for s in &profile.samples {
             assert!(
-                s.stack.len() < 2 || !s.stack[0].contains("holmes_agent::alloc"),
+                s.stack.len() < 2 || !s.stack[0].contains("holmes_agent::heap"),
                 "{s:#?}"
             );
         }

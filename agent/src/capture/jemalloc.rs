@@ -23,17 +23,18 @@ use std::time::{Duration, Instant};
 
 use tikv_jemalloc_ctl::raw;
 
-use crate::pprof::{Frame, ProfileBuilder, Symbolizer};
-use crate::sampler::unix_nanos_now;
+use super::pprof::ProfileBuilder;
+use super::symbolize::{Frame, Symbolizer};
+use crate::clock::unix_nanos_now;
 
 /// How long a dump may take before the capture gives up on it.
 pub(crate) const DUMP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Innermost frames that belong to the allocator, not to the code that allocated, by
 /// function name prefix (frames from jemalloc's C sources are recognised by their file).
-/// `alloc::raw_vec` frames are kept, as the sampling allocator's profiles keep them
-/// ([`super::heap::ALLOCATOR_FRAMES`]): they tell a `Vec` growing from one allocated at
-/// its final size.
+/// Unlike the sampling allocator's profiles ([`super::heap::ALLOCATOR_FRAMES`]), the
+/// standard library's collection frames (`alloc::raw_vec`, `alloc::vec`) are kept: a
+/// `vec!` shows as `alloc::raw_vec::…` under its caller.
 pub(crate) const ALLOCATOR_FRAMES: &[&str] = &[
     // jemalloc's profiler and entry points, prefixed (`_rjem_`) or not.
     "prof_backtrace_impl",

@@ -1,10 +1,15 @@
-//! Captures: what the agent records when a rule fires, each one a standard gzip pprof.
+//! Capture, the third stage: what the agent records when a rule fires or a capture is
+//! requested, each one a standard gzip pprof.
 //!
-//! - [`unwind`]: the async-signal-safe frame-pointer walk the signal-based captures share.
 //! - [`cpu`]: `SIGPROF` sampling and the always-on flight recorder.
 //! - [`threads`]: the stack of every OS thread, by signalling each one.
-//! - [`heap`]: heap profiles, from jemalloc or the sampling allocator.
+//! - [`heap`]: heap profiles, from jemalloc ([`jemalloc`], the `jemalloc` feature) or
+//!   the sampling allocator.
 //! - [`tasks`]: tokio task dumps of the registered runtimes (the `taskdump` feature).
+//! - [`symbolize`]: addresses to functions, files and lines, from the debug info the
+//!   objects carry; [`pprof`]: the profiles, encoded.
+//! - [`requests`]: captures asked for by the host or the collector, waiting for the
+//!   agent thread.
 //!
 //! [`Captures`] runs captures on short-lived `holmes-capture` threads, so the agent keeps
 //! sampling meanwhile; at most one capture of each kind runs at a time, and kinds run
@@ -16,9 +21,11 @@ pub(crate) mod cpu;
 pub(crate) mod heap;
 #[cfg(feature = "jemalloc")]
 pub(crate) mod jemalloc;
+pub(crate) mod pprof;
+pub(crate) mod requests;
+pub(crate) mod symbolize;
 pub(crate) mod tasks;
 pub(crate) mod threads;
-pub(crate) mod unwind;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -27,10 +34,13 @@ use std::time::{Duration, Instant};
 
 use holmes_proto::{AgentBody, ProfileChunk, ProfileKind, MAX_CHUNK_BYTES};
 
+use pprof::{LabelValue, ProfileBuilder};
+use symbolize::Symbolizer;
+
+use crate::clock::unix_nanos_now;
 use crate::config::AgentConfig;
-use crate::pprof::{LabelValue, ProfileBuilder, Symbolizer};
-use crate::sampler::unix_nanos_now;
-use crate::{dump, event_id, Shared};
+use crate::delivery::{dump, Delivery};
+use crate::event_id;
 
 /// Largest profile the agent ships; a bigger one is reported as a failed capture.
 pub(crate) const MAX_PROFILE_BYTES: usize = 32 * 1024 * 1024;
@@ -138,12 +148,14 @@ impl Captures {
     }
 
     /// Captures the `claimed` kinds (from [`Captures::claim`]) for `event_id` on a
-    /// capture thread. If no thread can be started, each kind is reported as a failed
+    /// capture thread (a tasks capture dumps `runtimes`), and hands each profile to
+    /// `delivery`. If no thread can be started, each kind is reported as a failed
     /// capture, so whoever waits for the planned profiles learns why.
     pub(crate) fn run(
         self: &Arc<Self>,
         cfg: &Arc<AgentConfig>,
-        shared: &Arc<Shared>,
+        delivery: &Arc<Delivery>,
+        runtimes: Vec<tokio::runtime::Handle>,
         event_id: &str,
         claimed: Vec<ProfileKind>,
     ) {
@@ -152,15 +164,15 @@ impl Captures {
         }
         let bits = claimed.iter().fold(0u8, |b, k| b | kind_bit(*k));
         let this = Arc::clone(self);
-        let (cfg2, shared2) = (Arc::clone(cfg), Arc::clone(shared));
+        let (cfg2, delivery2) = (Arc::clone(cfg), Arc::clone(delivery));
         let id = event_id.to_owned();
         let kinds = claimed.clone();
         let spawned = std::thread::Builder::new()
             .name("holmes-capture".to_owned())
             .spawn(move || {
                 for kind in kinds {
-                    this.capture(&cfg2, &shared2, kind, &mut |c| {
-                        deliver(&cfg2, &shared2, &id, c)
+                    this.capture(&cfg2, &runtimes, kind, &mut |c| {
+                        deliver(&cfg2, &delivery2, &id, c)
                     });
                 }
                 this.busy.fetch_and(!bits, Ordering::AcqRel);
@@ -177,7 +189,7 @@ impl Captures {
                     result: Err(format!("cannot start a capture thread: {err}")),
                     text: None,
                 };
-                deliver(cfg, shared, event_id, c);
+                deliver(cfg, delivery, event_id, c);
             }
         }
     }
@@ -187,7 +199,7 @@ impl Captures {
     fn capture(
         &self,
         cfg: &AgentConfig,
-        shared: &Shared,
+        runtimes: &[tokio::runtime::Handle],
         kind: ProfileKind,
         sink: &mut dyn FnMut(Captured),
     ) {
@@ -195,7 +207,7 @@ impl Captures {
             ProfileKind::Cpu => self.capture_cpu(cfg, sink),
             ProfileKind::Threads => sink(self.capture_threads()),
             ProfileKind::Heap => sink(heap::captured(&self.symbolizer)),
-            ProfileKind::Tasks => self.capture_tasks(&shared.runtimes(), sink),
+            ProfileKind::Tasks => self.capture_tasks(runtimes, sink),
         }
     }
 
@@ -423,7 +435,7 @@ fn compact_time(unix_nanos: u64) -> String {
 }
 
 /// Writes a capture to the dump folder and queues it for the collector.
-fn deliver(cfg: &AgentConfig, shared: &Shared, event_id: &str, mut c: Captured) {
+fn deliver(cfg: &AgentConfig, delivery: &Delivery, event_id: &str, mut c: Captured) {
     let profile_id = event_id::new();
     if let Ok(bytes) = &c.result {
         if bytes.len() > MAX_PROFILE_BYTES {
@@ -496,7 +508,7 @@ fn deliver(cfg: &AgentConfig, shared: &Shared, event_id: &str, mut c: Captured) 
             labels: c.labels.clone(),
         }));
     }
-    shared.enqueue_group(chunks);
+    delivery.enqueue_group(chunks);
 }
 
 #[cfg(test)]

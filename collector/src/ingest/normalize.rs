@@ -663,7 +663,7 @@ mod tests {
             Err(NormalizeError::TooDeep { index: 1, .. })
         ));
         let mut p = profile();
-        p.function.push(p.function[0].clone());
+        p.function.push(p.function[0]);
         assert_eq!(
             run(&p).unwrap_err(),
             NormalizeError::DuplicateId {

@@ -1,0 +1,370 @@
+use std::collections::HashMap;
+
+use holmes_proto::names;
+
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    let map: HashMap<String, String> = pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    move |k| map.get(k).cloned()
+}
+
+#[test]
+fn environment_fills_what_code_left_unset() {
+    let cfg = HolmesBuilder::default()
+        .service("from-code")
+        .label("region", "code")
+        .with_env_from(env(&[
+            ("HOLMES_SERVICE", "from-env"),
+            ("HOLMES_COLLECTOR", "http://10.0.0.1:7070"),
+            ("HOLMES_INSTANCE", "pod-7"),
+            ("HOLMES_LABELS", "region=env, zone = a ,"),
+            ("HOLMES_INTERVAL", "250ms"),
+            ("HOLMES_SEND_INTERVAL", "2s"),
+            ("HOLMES_OUTBOX_BYTES", "8MiB"),
+            ("HOLMES_DUMP_DIR", "/var/tmp/holmes"),
+        ]))
+        .unwrap()
+        .resolve()
+        .unwrap();
+    assert_eq!(cfg.service, "from-code");
+    assert_eq!(cfg.instance, "pod-7");
+    assert_eq!(cfg.collector.as_deref(), Some("http://10.0.0.1:7070"));
+    assert_eq!(cfg.labels.get("region").map(String::as_str), Some("code"));
+    assert_eq!(cfg.labels.get("zone").map(String::as_str), Some("a"));
+    assert_eq!(cfg.collect_interval, Duration::from_millis(250));
+    assert_eq!(cfg.send_interval, Duration::from_secs(2));
+    assert_eq!(cfg.outbox_bytes, 8 * 1024 * 1024);
+    assert_eq!(cfg.dump_dir, Some(PathBuf::from("/var/tmp/holmes")));
+}
+
+#[test]
+fn spool_settings_come_from_code_then_environment_then_defaults() {
+    let base = || HolmesBuilder::default().service("s");
+    let cfg = base().resolve().unwrap();
+    assert_eq!(
+        (cfg.spool_dir, cfg.spool_bytes),
+        (None, DEFAULT_SPOOL_BYTES)
+    );
+    let vars = env(&[
+        ("HOLMES_SPOOL_DIR", "/var/spool/holmes"),
+        ("HOLMES_SPOOL_BYTES", "64MiB"),
+    ]);
+    let cfg = base().with_env_from(&vars).unwrap().resolve().unwrap();
+    assert_eq!(cfg.spool_dir, Some(PathBuf::from("/var/spool/holmes")));
+    assert_eq!(cfg.spool_bytes, 64 * 1024 * 1024);
+    let cfg = base()
+        .spool_dir("/tmp/mine")
+        .spool_bytes(2 * 1024 * 1024)
+        .with_env_from(&vars)
+        .unwrap()
+        .resolve()
+        .unwrap();
+    assert_eq!(cfg.spool_dir, Some(PathBuf::from("/tmp/mine")));
+    assert_eq!(cfg.spool_bytes, 2 * 1024 * 1024);
+    let err = base()
+        .with_env_from(env(&[("HOLMES_SPOOL_BYTES", "lots")]))
+        .unwrap_err();
+    assert!(err.to_string().starts_with("HOLMES_SPOOL_BYTES="), "{err}");
+    assert!(matches!(
+        base().spool_bytes(1000).resolve(),
+        Err(ConfigError::OutOfRange {
+            setting: "spool_bytes",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn code_wins_even_when_set_after_the_environment() {
+    let cfg = HolmesBuilder::default()
+        .with_env_from(env(&[("HOLMES_SERVICE", "env"), ("HOLMES_INTERVAL", "5s")]))
+        .unwrap()
+        .service("code")
+        .collect_interval(Duration::from_secs(2))
+        .resolve()
+        .unwrap();
+    assert_eq!(cfg.service, "code");
+    assert_eq!(cfg.collect_interval, Duration::from_secs(2));
+}
+
+#[test]
+fn defaults_apply_when_nothing_is_set() {
+    let cfg = HolmesBuilder::default()
+        .service("svc")
+        .with_env_from(env(&[]))
+        .unwrap()
+        .resolve()
+        .unwrap();
+    assert!(cfg.enabled);
+    assert_eq!(cfg.collect_interval, DEFAULT_COLLECT_INTERVAL);
+    assert_eq!(cfg.send_interval, DEFAULT_SEND_INTERVAL);
+    assert_eq!(cfg.outbox_bytes, DEFAULT_OUTBOX_BYTES);
+    assert_eq!(cfg.collector, None);
+    assert!(cfg.instance.ends_with(&format!("-{}", std::process::id())));
+    names::validate_name("instance", &cfg.instance).unwrap();
+}
+
+#[test]
+fn malformed_variables_are_errors_naming_the_variable() {
+    let cases = [
+        ("HOLMES_INTERVAL", "soon"),
+        ("HOLMES_SEND_INTERVAL", "5 parsecs"),
+        ("HOLMES_LABELS", "region"),
+        ("HOLMES_LABELS", "bad key=v"),
+        ("HOLMES_OUTBOX_BYTES", "4 bananas"),
+        ("HOLMES_ENABLED", "maybe"),
+    ];
+    for (var, value) in cases {
+        let err = HolmesBuilder::default()
+            .with_env_from(env(&[(var, value)]))
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with(&format!("{var}=")), "{text}");
+        assert!(matches!(err, ConfigError::InvalidEnv { var: v, .. } if v == var));
+    }
+}
+
+#[test]
+fn rules_come_from_code_then_environment_then_defaults() {
+    let cfg = HolmesBuilder::default()
+        .service("svc")
+        .cpu_rule(Rule::new().abs(50.0))
+        .with_env_from(env(&[
+            ("HOLMES_RULE_CPU", "abs=99"),
+            ("HOLMES_RULE_MEMORY", "abs=90,cooldown=2m"),
+            ("HOLMES_RULE_THREADS", "off"),
+            ("HOLMES_CPU_MAX", "85"),
+            ("HOLMES_LOG_DECISIONS", "true"),
+            ("HOLMES_MEMORY_FAST_INTERVAL", "off"),
+        ]))
+        .unwrap()
+        .resolve()
+        .unwrap();
+    assert_eq!(cfg.rules[&Metric::CpuPercent], Rule::new().abs(50.0));
+    let mem = cfg.rules[&Metric::MemoryPercent];
+    assert_eq!(
+        (mem.min, mem.diff, mem.abs),
+        (10.0, 25.0, 90.0),
+        "env applies over the default"
+    );
+    assert_eq!(mem.cooldown, Duration::from_secs(120));
+    assert!(!cfg.rules[&Metric::Threads].is_enabled());
+    assert_eq!(
+        cfg.rules[&Metric::Tasks],
+        Rule::default_for(Metric::Tasks).unwrap()
+    );
+    assert_eq!(cfg.cpu_max, 85.0);
+    assert!(cfg.log_decisions);
+    assert_eq!(cfg.memory_fast_interval, None);
+}
+
+#[test]
+fn symbol_prewarming_comes_from_code_then_environment_then_the_default() {
+    let base = || HolmesBuilder::default().service("s");
+    let cfg = base().with_env_from(env(&[])).unwrap().resolve().unwrap();
+    assert_eq!(cfg.prewarm_symbols, DEFAULT_PREWARM_SYMBOLS);
+    let off = env(&[("HOLMES_PREWARM_SYMBOLS", "off")]);
+    let cfg = base().with_env_from(&off).unwrap().resolve().unwrap();
+    assert!(!cfg.prewarm_symbols);
+    let cfg = base()
+        .prewarm_symbols(true)
+        .with_env_from(&off)
+        .unwrap()
+        .resolve()
+        .unwrap();
+    assert!(cfg.prewarm_symbols);
+    let err = base()
+        .with_env_from(env(&[("HOLMES_PREWARM_SYMBOLS", "soon")]))
+        .unwrap_err();
+    assert!(
+        err.to_string().starts_with("HOLMES_PREWARM_SYMBOLS="),
+        "{err}"
+    );
+}
+
+#[test]
+fn malformed_rule_variables_name_the_variable() {
+    for (var, value) in [
+        ("HOLMES_RULE_MEMORY", "abs=lots"),
+        ("HOLMES_RULE_CPU", "speed=3"),
+        ("HOLMES_RULE_HEAP", "abs"),
+        ("HOLMES_CPU_MAX", "-3"),
+        ("HOLMES_MEMORY_FAST_INTERVAL", "quick"),
+    ] {
+        let err = HolmesBuilder::default()
+            .with_env_from(env(&[(var, value)]))
+            .unwrap_err();
+        assert!(err.to_string().starts_with(&format!("{var}=")), "{err}");
+    }
+}
+
+#[test]
+fn the_fast_memory_path_defaults_on_and_stays_below_the_interval() {
+    let cfg = HolmesBuilder::default().service("s").resolve().unwrap();
+    assert_eq!(cfg.memory_fast_interval, Some(DEFAULT_MEMORY_FAST_INTERVAL));
+    let slow = HolmesBuilder::default()
+        .service("s")
+        .collect_interval(Duration::from_millis(50))
+        .resolve()
+        .unwrap();
+    assert_eq!(
+        slow.memory_fast_interval, None,
+        "pointless when sampling is faster"
+    );
+}
+
+#[test]
+fn bad_settings_are_refused_at_start() {
+    let resolve = |b: HolmesBuilder| b.resolve().unwrap_err();
+    assert_eq!(
+        resolve(HolmesBuilder::default()),
+        ConfigError::MissingService
+    );
+    assert!(matches!(
+        resolve(HolmesBuilder::default().service("bad name")),
+        ConfigError::InvalidName(_)
+    ));
+    for url in ["127.0.0.1:7070", "ftp://x", "http://", "https://"] {
+        assert!(
+            matches!(
+                resolve(HolmesBuilder::default().service("s").collector(url)),
+                ConfigError::InvalidCollector { .. }
+            ),
+            "{url}"
+        );
+    }
+    assert!(matches!(
+        resolve(
+            HolmesBuilder::default()
+                .service("s")
+                .collect_interval(Duration::from_millis(1))
+        ),
+        ConfigError::OutOfRange { .. }
+    ));
+    assert!(matches!(
+        resolve(
+            HolmesBuilder::default()
+                .service("s")
+                .max_backoff(Duration::MAX)
+        ),
+        ConfigError::OutOfRange {
+            setting: "max_backoff",
+            ..
+        }
+    ));
+}
+
+#[test]
+fn transport_settings_come_from_the_environment_too() {
+    let cfg = HolmesBuilder::default()
+        .service("s")
+        .collector("http://h:1")
+        .with_env_from(env(&[
+            ("HOLMES_TOKEN", " s3cret "),
+            ("HOLMES_COMPRESSION", "none"),
+        ]))
+        .unwrap()
+        .resolve()
+        .unwrap();
+    assert_eq!(cfg.transport.compression, Compression::None);
+    assert_eq!(
+        cfg.transport
+            .request(())
+            .metadata()
+            .get("authorization")
+            .unwrap(),
+        "Bearer s3cret"
+    );
+    let err = HolmesBuilder::default()
+        .with_env_from(env(&[("HOLMES_COMPRESSION", "lz4")]))
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        ConfigError::InvalidEnv {
+            var: "HOLMES_COMPRESSION",
+            ..
+        }
+    ));
+    let err = HolmesBuilder::default()
+        .service("s")
+        .token("two words")
+        .resolve()
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConfigError::OutOfRange {
+                setting: "token",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(!err.to_string().contains("two words"), "{err}");
+}
+
+#[cfg(not(feature = "tls"))]
+#[test]
+fn https_and_a_ca_file_need_the_tls_feature() {
+    let err = HolmesBuilder::default()
+        .service("s")
+        .collector("https://h:1")
+        .resolve()
+        .unwrap_err();
+    assert!(matches!(err, ConfigError::InvalidCollector { .. }), "{err}");
+    assert!(err.to_string().contains("`tls` feature"), "{err}");
+    let err = HolmesBuilder::default()
+        .with_env_from(env(&[("HOLMES_TLS_CA_FILE", "/ca.pem")]))
+        .unwrap_err();
+    assert!(err.to_string().starts_with("HOLMES_TLS_CA_FILE="), "{err}");
+    assert!(err.to_string().contains("`tls` feature"), "{err}");
+}
+
+#[test]
+fn cpu_cores_come_from_code_then_environment_and_must_be_a_positive_number() {
+    let base = || HolmesBuilder::default().service("s");
+    assert_eq!(
+        base().resolve().unwrap().cpu_cores,
+        None,
+        "detected by default"
+    );
+    let sixteen = env(&[("HOLMES_CPU_CORES", "16")]);
+    let cfg = base().with_env_from(&sixteen).unwrap().resolve().unwrap();
+    assert_eq!(cfg.cpu_cores, Some(16.0));
+    let cfg = base()
+        .cpu_cores(0.5)
+        .with_env_from(&sixteen)
+        .unwrap()
+        .resolve()
+        .unwrap();
+    assert_eq!(cfg.cpu_cores, Some(0.5), "code wins");
+    for bad in ["0", "-2", "many", "inf", "NaN"] {
+        let err = base()
+            .with_env_from(env(&[("HOLMES_CPU_CORES", bad)]))
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "HOLMES_CPU_CORES={bad:?} is invalid: expected a positive number of cores such as 2 or 0.5"
+            )
+        );
+    }
+    for bad in [0.0, -1.0, f64::INFINITY, f64::NAN] {
+        let err = base().cpu_cores(bad).resolve().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::OutOfRange {
+                    setting: "cpu_cores",
+                    ..
+                }
+            ),
+            "{bad}: {err}"
+        );
+        assert!(err.to_string().starts_with("cpu_cores = "), "{err}");
+    }
+}

@@ -1,0 +1,305 @@
+//! The stream to the collector: connect, say hello, resend whatever is unacknowledged,
+//! then send new messages as they are queued and apply the collector's acks.
+//!
+//! A collector that is down or goes away never reaches the host: this task just
+//! reconnects with exponential backoff and jitter, and logs the first failure of a run
+//! at `warn` and the rest at `debug`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use holmes_proto::{
+    pb, AgentBody, AgentMessage, CaptureRequest, CollectorMessage, ConfigUpdate, Heartbeat, Hello,
+    RuleConfig,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::transport::Transport;
+use super::Delivery;
+use crate::clock::unix_nanos_now;
+
+/// Longest a single send may wait for the stream before the connection counts as dead.
+const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// A heartbeat goes out when nothing else did for this long.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
+/// First reconnection delay.
+const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
+/// Messages sent per round before looking at acks and new work again.
+const SEND_BATCH: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("collector refused the stream: {code:?}: {message}")]
+    Refused { code: tonic::Code, message: String },
+    #[error("stream broke: {0}")]
+    Broken(String),
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+/// Where and how to reach the collector.
+#[derive(Debug, Clone)]
+pub(crate) struct Link {
+    /// The collector's address, `http://host:port` or `https://host:port`.
+    pub(crate) url: String,
+    pub(crate) transport: Transport,
+    /// Time allowed to connect and to open the stream.
+    pub(crate) connect_timeout: Duration,
+    /// Longest wait between two attempts.
+    pub(crate) max_backoff: Duration,
+}
+
+/// What the stream needs from the rest of the agent: the rules to announce in each
+/// hello, and somewhere to put what the collector asks for.
+pub(crate) trait Control: Send + Sync {
+    /// The rules in force.
+    fn rules(&self) -> Vec<RuleConfig>;
+    /// Rules pushed by the collector.
+    fn apply_rules(&self, update: &ConfigUpdate);
+    /// A capture the collector asks for; false when it cannot be queued.
+    fn request_capture(&self, request: CaptureRequest) -> bool;
+}
+
+/// Runs until the sender thread is told to stop.
+pub(crate) async fn run(
+    link: Link,
+    hello: Hello,
+    delivery: Arc<Delivery>,
+    control: Arc<dyn Control>,
+) {
+    let url = link.url.clone();
+    let mut backoff = INITIAL_BACKOFF;
+    let mut rng = Jitter::new();
+    let mut failures_in_a_row = 0u32;
+    loop {
+        let started = Instant::now();
+        let result = session(&link, &hello, &delivery, &control).await;
+        delivery.connected.store(false, Ordering::Relaxed);
+        let healthy = started.elapsed() > Duration::from_secs(10);
+        match result {
+            Ok(()) => {
+                tracing::info!(target: "holmes", collector = %url, "collector closed the stream; reconnecting");
+                failures_in_a_row = 0;
+            }
+            Err(err) => {
+                if failures_in_a_row == 0 {
+                    tracing::warn!(target: "holmes", collector = %url, error = %err, "collector unreachable; data stays queued and the agent keeps retrying");
+                } else {
+                    tracing::debug!(target: "holmes", collector = %url, error = %err, attempt = failures_in_a_row + 1, "collector still unreachable");
+                }
+                failures_in_a_row = failures_in_a_row.saturating_add(1);
+            }
+        }
+        if healthy {
+            backoff = INITIAL_BACKOFF;
+        }
+        tokio::time::sleep(rng.spread(backoff)).await;
+        backoff = backoff.saturating_mul(2).min(link.max_backoff);
+    }
+}
+
+async fn session(
+    link: &Link,
+    hello: &Hello,
+    delivery: &Arc<Delivery>,
+    control: &Arc<dyn Control>,
+) -> Result<(), SessionError> {
+    let url = link.url.as_str();
+    let endpoint = link
+        .transport
+        .endpoint(url)
+        .map_err(|e| SessionError::Connect(source_chain(&e)))?
+        .connect_timeout(link.connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let channel = tokio::time::timeout(link.connect_timeout, endpoint.connect())
+        .await
+        .map_err(|_| SessionError::Timeout(link.connect_timeout))?
+        .map_err(|e| SessionError::Connect(source_chain(&e)))?;
+    let mut client = link.transport.client(channel);
+
+    let (tx, rx) = mpsc::channel::<pb::AgentMessage>(32);
+    let mut hello = hello.clone();
+    hello.rules = control.rules();
+    let hello_msg = AgentMessage {
+        seq: 0,
+        body: AgentBody::Hello(hello.clone()),
+    };
+    tx.send(pb::AgentMessage::from(&hello_msg))
+        .await
+        .map_err(|_| SessionError::Broken("stream closed before hello".into()))?;
+    let response = tokio::time::timeout(
+        link.connect_timeout,
+        client.connect(link.transport.request(ReceiverStream::new(rx))),
+    )
+    .await
+    .map_err(|_| SessionError::Timeout(link.connect_timeout))?
+    .map_err(|s| SessionError::Refused {
+        code: s.code(),
+        message: s.message().to_owned(),
+    })?;
+    let mut inbound = response.into_inner();
+    delivery.connected.store(true, Ordering::Relaxed);
+    delivery.connections.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(target: "holmes", collector = %url, service = %hello.service, instance = %hello.instance_id, "connected to collector");
+
+    // Acks are read on their own task so that a long resend can never stall them (and
+    // with them the collector's side of the stream).
+    let (reader_delivery, reader_control) = (Arc::clone(delivery), Arc::clone(control));
+    let mut reader = tokio::spawn(async move {
+        loop {
+            match inbound.message().await {
+                Ok(Some(msg)) => handle_inbound(&reader_delivery, reader_control.as_ref(), msg),
+                Ok(None) => return Ok(()),
+                Err(status) => {
+                    return Err(SessionError::Refused {
+                        code: status.code(),
+                        message: status.message().to_owned(),
+                    })
+                }
+            }
+        }
+    });
+
+    let mut reader_done = None;
+    let result = async {
+        // Resend everything the collector has not acknowledged, then follow new work.
+        let mut sent_upto = delivery.outbox().acked();
+        let mut last_send = Instant::now();
+        loop {
+            let batch = delivery.pending_after(sent_upto, SEND_BATCH);
+            let more = batch.len() >= SEND_BATCH;
+            for msg in &batch {
+                send(&tx, pb::AgentMessage::from(msg)).await?;
+                sent_upto = msg.seq;
+                delivery.sent.fetch_add(1, Ordering::Relaxed);
+                last_send = Instant::now();
+            }
+            if more && !reader.is_finished() {
+                continue;
+            }
+            let heartbeat_due = last_send + HEARTBEAT_INTERVAL;
+            tokio::select! {
+                _ = delivery.queued.notified() => {}
+                _ = tokio::time::sleep_until(heartbeat_due.into()) => {
+                    let (dropped, unacked) = {
+                        let outbox = delivery.outbox();
+                        (outbox.dropped(), outbox.len() as u64)
+                    };
+                    let beat = AgentMessage {
+                        seq: 0,
+                        body: AgentBody::Heartbeat(Heartbeat {
+                            unix_nanos: unix_nanos_now(),
+                            dropped_messages: dropped,
+                            unacked_messages: unacked,
+                        }),
+                    };
+                    send(&tx, pb::AgentMessage::from(&beat)).await?;
+                    last_send = Instant::now();
+                }
+                done = &mut reader => {
+                    reader_done = Some(done);
+                    break;
+                }
+            }
+        }
+        Ok::<(), SessionError>(())
+    }
+    .await;
+    // Either side ending ends the session; the reader's verdict explains why.
+    drop(tx);
+    let reader_result = match reader_done {
+        Some(done) => done,
+        None => {
+            reader.abort();
+            reader.await
+        }
+    };
+    match reader_result {
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(())) | Err(_) => result,
+    }
+}
+
+async fn send(
+    tx: &mpsc::Sender<pb::AgentMessage>,
+    msg: pb::AgentMessage,
+) -> Result<(), SessionError> {
+    tokio::time::timeout(SEND_TIMEOUT, tx.send(msg))
+        .await
+        .map_err(|_| SessionError::Timeout(SEND_TIMEOUT))?
+        .map_err(|_| SessionError::Broken("request stream closed".into()))
+}
+
+fn handle_inbound(delivery: &Delivery, control: &dyn Control, msg: pb::CollectorMessage) {
+    match CollectorMessage::try_from(msg) {
+        Ok(CollectorMessage::Ack { seq }) => {
+            delivery.ack(seq);
+        }
+        Ok(CollectorMessage::ConfigUpdate(update)) => control.apply_rules(&update),
+        Ok(CollectorMessage::CaptureRequest(req)) => {
+            let id = req.request_id.clone();
+            if control.request_capture(req) {
+                tracing::info!(target: "holmes", request_id = %id, "capture requested by the collector");
+            } else {
+                tracing::warn!(target: "holmes", request_id = %id, "dropping a capture request: too many are waiting");
+            }
+        }
+        Err(err) => {
+            tracing::warn!(target: "holmes", error = %err, "ignoring a malformed message from the collector");
+        }
+    }
+}
+
+/// The error and its causes on one line ("transport error: connection refused").
+fn source_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Spreads reconnection delays so a fleet does not reconnect in lockstep (xorshift;
+/// quality is irrelevant, independence between processes is what matters).
+struct Jitter(u64);
+
+impl Jitter {
+    fn new() -> Self {
+        Jitter(unix_nanos_now() ^ (u64::from(std::process::id()) << 32) | 1)
+    }
+
+    /// `d` scaled by a factor in [0.75, 1.25).
+    fn spread(&mut self, d: Duration) -> Duration {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        let unit = (self.0 % 1_000) as f64 / 1_000.0;
+        d.mul_f64(0.75 + unit * 0.5)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_a_quarter() {
+        let mut j = Jitter::new();
+        for _ in 0..1_000 {
+            let d = j.spread(Duration::from_secs(4));
+            assert!(
+                d >= Duration::from_secs(3) && d < Duration::from_secs(5),
+                "{d:?}"
+            );
+        }
+    }
+}
