@@ -36,9 +36,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use holmes_collector::config::{ClickHouseSection, Config, StoreKind};
-use holmes_collector::ingest::normalize::{normalize, normalize_new_stacks, Limits};
-use holmes_collector::synthetic::{mix, ProfileFactory, SAMPLES_PER_PROFILE, ZIPF_S};
+use holmes_collector::process::normalize::{normalize, normalize_new_stacks, Limits};
 use holmes_collector::Server;
+use holmes_devtools::synthetic::{mix, ProfileFactory, SAMPLES_PER_PROFILE, ZIPF_S};
 use holmes_proto::pb::ingest_client::IngestClient;
 use holmes_proto::pprof::Profile;
 use holmes_proto::{
@@ -89,7 +89,7 @@ impl Params {
 }
 
 // ---------------------------------------------------------------------------------------
-// The day of captures (profiles from holmes_collector::synthetic)
+// The day of captures (profiles from holmes_devtools::synthetic)
 // ---------------------------------------------------------------------------------------
 
 /// One profile ready to send.

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::auth::{Secret, WILDCARD_SERVICE};
-use crate::rules::{RulesError, ServiceRules};
+use crate::ingest::rules::{RulesError, ServiceRules};
 
 /// gRPC ingest address when nothing else is set.
 pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:7070";
@@ -20,8 +20,6 @@ pub const DEFAULT_DATA_DIR: &str = "./holmes-data";
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Largest profile accepted from an agent (the sum of its chunks).
 pub const DEFAULT_MAX_PROFILE_BYTES: u64 = 32 * 1024 * 1024;
-/// Instances heard from within this window count as active in the services list.
-pub const DEFAULT_ACTIVE_WINDOW: &str = "5m";
 
 /// Which store to run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -34,7 +32,7 @@ pub enum StoreKind {
 }
 
 /// What a collector does (`role`): everything on one node, or one half of the Kafka
-/// pipeline ([`crate::pipeline`]).
+/// pipeline ([`crate::process`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -300,11 +298,11 @@ pub struct IncidentsSection {
 }
 
 fn default_incident_window() -> String {
-    humantime::format_duration(crate::correlate::DEFAULT_WINDOW).to_string()
+    humantime::format_duration(crate::incident::correlate::DEFAULT_WINDOW).to_string()
 }
 
 fn default_incident_quiet() -> String {
-    humantime::format_duration(crate::correlate::DEFAULT_QUIET).to_string()
+    humantime::format_duration(crate::incident::correlate::DEFAULT_QUIET).to_string()
 }
 
 impl Default for IncidentsSection {
@@ -319,7 +317,9 @@ impl Default for IncidentsSection {
 
 impl IncidentsSection {
     /// The correlation settings, or what is wrong with them.
-    pub fn correlate_config(&self) -> Result<crate::correlate::CorrelateConfig, ConfigError> {
+    pub fn correlate_config(
+        &self,
+    ) -> Result<crate::incident::correlate::CorrelateConfig, ConfigError> {
         let parse = |key: &str, text: &str| {
             humantime::parse_duration(text)
                 .ok()
@@ -341,7 +341,7 @@ impl IncidentsSection {
                 parse(&format!("service_windows.{service}"), text)?,
             );
         }
-        Ok(crate::correlate::CorrelateConfig {
+        Ok(crate::incident::correlate::CorrelateConfig {
             window,
             quiet,
             service_windows,
@@ -540,7 +540,7 @@ pub struct Config {
     #[serde(default)]
     pub clickhouse: ClickHouseSection,
     /// Trigger rules by service, then by metric (`[rules.checkout] cpu = "abs=90"`),
-    /// pushed to the service's agents when they connect; see [`crate::rules`].
+    /// pushed to the service's agents when they connect; see [`crate::ingest::rules`].
     #[serde(default)]
     pub rules: ServiceRules,
     /// Correlation of trigger events into incidents.
@@ -591,7 +591,7 @@ fn default_retention_days() -> u32 {
 }
 
 fn default_max_decoded_profile() -> u64 {
-    crate::ingest::normalize::DEFAULT_MAX_DECODED_BYTES
+    crate::process::normalize::DEFAULT_MAX_DECODED_BYTES
 }
 
 impl Default for Config {
@@ -857,7 +857,7 @@ impl Config {
         }
         self.auth.validate()?;
         self.kafka.validate(self.role)?;
-        crate::rules::check(&self.rules)?;
+        crate::ingest::rules::check(&self.rules)?;
         self.alerts.validate()?;
         Ok(())
     }

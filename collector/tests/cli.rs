@@ -5,7 +5,7 @@ mod support;
 use std::process::Command;
 
 fn holmes(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_holmes"))
+    Command::new(support::workspace_bin("holmes"))
         .args(args)
         .env_remove("HOLMES_API")
         .output()

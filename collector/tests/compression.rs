@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use holmes_agent::{Compression, Holmes};
-use holmes_collector::api_client::ApiClient;
+use holmes_cli::api_client::ApiClient;
 use holmes_proto::{
     pb, AgentBody, AgentMessage, CollectorMessage, Metric, MetricSeries, MetricWindow, ProfileKind,
     Sample,

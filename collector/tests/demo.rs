@@ -1,17 +1,19 @@
 //! The README's first command: `holmes-demo` brings up a collector and real service
 //! processes with the agent, and their data is queryable within seconds.
 
+mod support;
+
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use holmes_collector::api_client::ApiClient;
+use holmes_cli::api_client::ApiClient;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_produces_queryable_data_from_real_service_processes() {
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
-    let mut demo = tokio::process::Command::new(env!("CARGO_BIN_EXE_holmes-demo"))
+    let mut demo = tokio::process::Command::new(support::workspace_bin("holmes-demo"))
         .args([
             "--instances",
             "2",

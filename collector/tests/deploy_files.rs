@@ -4,6 +4,8 @@
 //! `check-config`; YAML parses; the compose file, Dockerfile and systemd unit name
 //! binaries, flags, files, stages and ports that exist; shell scripts pass `bash -n`.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -54,15 +56,21 @@ fn rel(path: &Path) -> String {
         .to_string()
 }
 
-/// The binaries `collector/Cargo.toml` declares.
-fn collector_bins() -> BTreeSet<String> {
-    let manifest: toml::Table = read(&root().join("collector/Cargo.toml")).parse().unwrap();
-    manifest["bin"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["name"].as_str().unwrap().to_owned())
-        .collect()
+/// The binaries the collector's crates declare (`collector/Cargo.toml` and the crates
+/// under it), each with its package.
+fn collector_bins() -> BTreeMap<String, String> {
+    let mut bins = BTreeMap::new();
+    for manifest in ["collector", "collector/cli", "collector/devtools"] {
+        let manifest: toml::Table = read(&root().join(manifest).join("Cargo.toml"))
+            .parse()
+            .unwrap();
+        let package = manifest["package"]["name"].as_str().unwrap();
+        for bin in manifest["bin"].as_array().unwrap() {
+            let name = bin["name"].as_str().unwrap().to_owned();
+            bins.insert(name, package.to_owned());
+        }
+    }
+    bins
 }
 
 /// Whether this build's config knows the Kafka pipeline's keys (`role`, `[kafka]`).
@@ -494,8 +502,8 @@ fn the_dockerfile_builds_what_exists() {
                             .to_string_lossy()
                             .into_owned();
                         assert!(
-                            bins.contains(&name),
-                            "COPY --from of {src}: not a binary of collector/Cargo.toml"
+                            bins.contains_key(&name),
+                            "COPY --from of {src}: not a binary of the collector's crates"
                         );
                     }
                 } else {
@@ -514,13 +522,20 @@ fn the_dockerfile_builds_what_exists() {
                     .map(|w| w[1])
                     .collect();
                 assert!(!built.is_empty());
+                let packages: Vec<&str> = words
+                    .windows(2)
+                    .filter(|w| w[0] == "-p")
+                    .map(|w| w[1])
+                    .collect();
                 for b in &built {
+                    let package = bins.get(*b).unwrap_or_else(|| {
+                        panic!("--bin {b} is not a binary of the collector's crates")
+                    });
                     assert!(
-                        bins.contains(*b),
-                        "--bin {b} is not in collector/Cargo.toml"
+                        packages.contains(&package.as_str()),
+                        "--bin {b} needs -p {package}: {rest}"
                     );
                 }
-                assert!(rest.contains("-p holmes-collector"), "{rest}");
                 assert!(rest.contains("--locked"), "{rest}");
                 // The profile it names exists (built in or in the workspace manifest).
                 let profile = read(&deploy().join("docker/Dockerfile"))
@@ -581,8 +596,8 @@ fn the_dockerfile_builds_what_exists() {
 /// `holmes-demo` accepts these arguments: every `--flag` is in the help of the
 /// (sub)command they call.
 fn demo_accepts(args: &[String], sub: &[&str]) {
-    let demo = Path::new(env!("CARGO_BIN_EXE_holmes-demo"));
-    let mut cmd = Command::new(demo);
+    let demo = support::workspace_bin("holmes-demo");
+    let mut cmd = Command::new(&demo);
     cmd.args(sub).arg("--help");
     let out = cmd
         .output()
@@ -772,7 +787,7 @@ fn the_systemd_unit_runs_the_real_cli() {
         .collect();
     let binary = Path::new(&exec[0]);
     assert!(binary.is_absolute());
-    assert!(collector_bins().contains(binary.file_name().unwrap().to_str().unwrap()));
+    assert!(collector_bins().contains_key(binary.file_name().unwrap().to_str().unwrap()));
     let example = deploy().join("systemd/collector.toml");
     let out = check_config_run(
         &exec[1..],

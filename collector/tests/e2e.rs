@@ -6,8 +6,8 @@ mod support;
 use std::time::Duration;
 
 use holmes_agent::Holmes;
-use holmes_collector::api_client::ApiClient;
-use holmes_collector::query::MetricsJson;
+use holmes_api::MetricsJson;
+use holmes_cli::api_client::ApiClient;
 use support::{eventually, holmes_cli, Backend};
 
 async fn metrics_arrive_and_come_back(backend: Backend) {
@@ -259,7 +259,7 @@ async fn capture_now_reaches_the_connected_agents() {
     ])
     .await;
     assert!(out.status.success(), "{out:?}");
-    let asked: holmes_collector::query::CaptureJson = serde_json::from_slice(&out.stdout).unwrap();
+    let asked: holmes_api::CaptureJson = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(asked.instances, vec!["checkout-now"]);
     assert_eq!(asked.kinds, vec!["threads"]);
     let profile = eventually(

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Instant;
 
-use holmes_collector::ingest::normalize::{normalize, Limits};
+use holmes_collector::process::normalize::{normalize, Limits};
 use holmes_proto::pprof::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
 use prost::Message;
 

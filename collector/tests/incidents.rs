@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use holmes_collector::api_client::ApiClient;
+use holmes_cli::api_client::ApiClient;
 use holmes_collector::{Config, Server};
 use support::receiver::Receiver;
 use support::{eventually, holmes_cli, Backend};
@@ -60,7 +60,7 @@ min_severity = "fleet"
     let mut children = Vec::new();
     for i in 0..3 {
         children.push(
-            tokio::process::Command::new(env!("CARGO_BIN_EXE_holmes-demo"))
+            tokio::process::Command::new(support::workspace_bin("holmes-demo"))
                 .args(["service", "--collector"])
                 .arg(format!("http://{}", server.grpc_addr()))
                 .args([

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use holmes_agent::{Holmes, ProfileKind};
-use holmes_collector::api_client::ApiClient;
+use holmes_cli::api_client::ApiClient;
 use holmes_collector::config::{Config, KafkaSection, Role};
 use holmes_collector::Server;
 use holmes_proto::{AgentBody, CollectorMessage, Metric, TriggerEvent, TriggerReason};
@@ -484,7 +484,7 @@ async fn agents_keep_their_data_while_the_broker_is_down() {
         .await
         .unwrap();
     // An empty broker: the topic is made again, as an operator would on a new cluster.
-    holmes_collector::pipeline::kafka::ensure_topic(&kafka)
+    holmes_collector::process::kafka::topic::ensure_topic(&kafka)
         .await
         .expect("the topic is created again");
     let outage = down.elapsed();

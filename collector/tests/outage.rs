@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use holmes_agent::{Holmes, ProfileKind};
-use holmes_collector::api_client::ApiClient;
+use holmes_cli::api_client::ApiClient;
 use holmes_collector::config::{ClickHouseSection, StoreKind};
 use holmes_collector::Server;
 use support::{eventually, Backend};

@@ -12,9 +12,9 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use holmes_collector::api_client::{ApiClient, ApiClientError};
+use holmes_api::{download_path, top_path};
+use holmes_cli::api_client::{ApiClient, ApiClientError};
 use holmes_collector::clock::{rfc3339, unix_nanos_now};
-use holmes_collector::query::{download_path, top_path};
 use holmes_collector::Server;
 use holmes_proto::{AgentBody, CollectorMessage, MetricWindow, ProfileChunk, ProfileKind};
 use support::raw_agent::{hello, profile_chunks, RawAgent};
@@ -153,7 +153,7 @@ async fn chunked_profiles_are_acknowledged_once_stored_and_come_back_exactly(bac
     let listed = api.profiles("checkout", "5m").await.unwrap();
     let labels: BTreeMap<String, String> = [("phase".to_owned(), "trigger".to_owned())].into();
     let expected = vec![
-        holmes_collector::query::ProfileJson {
+        holmes_api::ProfileJson {
             profile_id: PROFILE_A.to_owned(),
             event_id: EVENT.to_owned(),
             instance: "checkout-0".to_owned(),
@@ -166,7 +166,7 @@ async fn chunked_profiles_are_acknowledged_once_stored_and_come_back_exactly(bac
             size_bytes: data.len() as u64,
             download: Some(format!("/api/v1/profiles/{PROFILE_A}")),
         },
-        holmes_collector::query::ProfileJson {
+        holmes_api::ProfileJson {
             profile_id: FAILED.to_owned(),
             event_id: EVENT.to_owned(),
             instance: "checkout-0".to_owned(),
@@ -188,7 +188,7 @@ async fn chunked_profiles_are_acknowledged_once_stored_and_come_back_exactly(bac
     let get = |query: String| {
         let api = api.clone();
         async move {
-            api.get::<holmes_collector::query::ProfilesJson>(&query)
+            api.get::<holmes_api::ProfilesJson>(&query)
                 .await
                 .unwrap()
                 .profiles
@@ -290,8 +290,7 @@ async fn chunked_profiles_are_acknowledged_once_stored_and_come_back_exactly(bac
     ])
     .await;
     assert!(out.status.success(), "{out:?}");
-    let parsed: holmes_collector::query::ProfilesJson =
-        serde_json::from_slice(&out.stdout).unwrap();
+    let parsed: holmes_api::ProfilesJson = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(parsed.profiles, expected);
     let out = holmes_cli(&["--api", &api_url, "profiles", "--service", "checkout"]).await;
     assert!(out.status.success(), "{out:?}");

@@ -7,7 +7,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use holmes_collector::api_client::ApiClient;
+use holmes_cli::api_client::ApiClient;
 use holmes_collector::clock::unix_nanos_now;
 use holmes_collector::config::StoreKind;
 use holmes_collector::Server;

@@ -6,9 +6,9 @@ mod support;
 use std::time::Duration;
 
 use holmes_agent::{Holmes, Rule};
-use holmes_collector::api_client::ApiClient;
+use holmes_api::{RuleJson, TriggersJson};
+use holmes_cli::api_client::ApiClient;
 use holmes_collector::config::{ConfigError, StoreKind};
-use holmes_collector::query::{RuleJson, TriggersJson};
 use holmes_collector::server::ServeError;
 use holmes_collector::Server;
 use holmes_proto::rule_spec::default_rule;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use holmes_agent::Holmes;
-use holmes_collector::api_client::{ApiClient, ApiClientError, ClientOptions};
+use holmes_cli::api_client::{ApiClient, ApiClientError, ClientOptions};
 use holmes_collector::auth::Secret;
 use holmes_collector::Server;
 use holmes_proto::{AgentBody, CollectorMessage, Metric, MetricSeries, MetricWindow, Sample};

@@ -12,7 +12,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use holmes_agent::{Holmes, ProfileKind};
-use holmes_collector::api_client::ApiClient;
+use holmes_cli::api_client::ApiClient;
 use support::eventually;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};

@@ -8,9 +8,9 @@ use support::holmes_cli;
 
 use std::time::Duration;
 
-use holmes_collector::api_client::{ApiClient, ApiClientError};
+use holmes_api::{PointJson, RuleJson, TriggerJson, TriggersJson};
+use holmes_cli::api_client::{ApiClient, ApiClientError};
 use holmes_collector::clock::{rfc3339, unix_nanos_now};
-use holmes_collector::query::{PointJson, RuleJson, TriggerJson, TriggersJson};
 use holmes_proto::{
     AgentBody, CollectorMessage, Metric, ProfileKind, RuleConfig, Sample, TriggerEvent,
     TriggerReason,

@@ -5,9 +5,12 @@ pub(crate) mod raw_agent;
 pub(crate) mod receiver;
 pub(crate) mod tls;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use holmes_collector::config::{ClickHouseSection, Config, StoreKind};
@@ -136,10 +139,89 @@ pub(crate) async fn chromium_run(chromium: &std::path::Path, url: &str, args: &[
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The binaries of the workspace's other crates that the tests run: `holmes` (the CLI,
+/// `holmes-cli`) and `holmes-demo` (`holmes-devtools`).
+const WORKSPACE_BINS: [(&str, &str); 2] =
+    [("holmes-cli", "holmes"), ("holmes-devtools", "holmes-demo")];
+
+/// The path of `name`, one of [`WORKSPACE_BINS`]. Cargo builds, and names in
+/// `CARGO_BIN_EXE_*`, only the binaries of the package under test; so the first call
+/// has cargo build these, with this test's profile into this test's target folder (a
+/// no-op when they are fresh), and every call returns the path cargo reported.
+pub(crate) fn workspace_bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<BTreeMap<String, PathBuf>> = OnceLock::new();
+    let built = BUILT.get_or_init(build_workspace_bins);
+    built
+        .get(name)
+        .unwrap_or_else(|| panic!("{name} is not one of the workspace binaries {built:?}"))
+        .clone()
+}
+
+fn build_workspace_bins() -> BTreeMap<String, PathBuf> {
+    // This test runs as <target>/<profile>/deps/<name>-<hash>.
+    let exe = std::env::current_exe().expect("the test's own path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test runs from <target>/<profile>/deps");
+    let target_dir = profile_dir.parent().expect("a target folder");
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev",
+        Some(name) => name,
+        None => panic!("no profile folder above {}", exe.display()),
+    };
+    let mut cargo = std::process::Command::new(std::env::var_os("CARGO").unwrap_or("cargo".into()));
+    cargo
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "build",
+            "--quiet",
+            "--message-format=json-render-diagnostics",
+        ])
+        .args(["--profile", profile])
+        .arg("--target-dir")
+        .arg(target_dir)
+        // The collector and the agent features this test turns on (collector/Cargo.toml's
+        // dev-dependencies) are asked for too, so that the dependencies shared with this
+        // test resolve to the same features and are not built a second time.
+        .args([
+            "-p",
+            "holmes-collector",
+            "--features",
+            "holmes-agent/tls,holmes-agent/zstd",
+        ]);
+    for (package, bin) in WORKSPACE_BINS {
+        cargo.args(["-p", package, "--bin", bin]);
+    }
+    let out = cargo
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("cargo runs");
+    assert!(
+        out.status.success(),
+        "cargo could not build {WORKSPACE_BINS:?}: {cargo:?}"
+    );
+    let mut built = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let name = message.pointer("/target/name").and_then(|n| n.as_str());
+        let exe = message.get("executable").and_then(|e| e.as_str());
+        if let (Some(name), Some(exe)) = (name, exe) {
+            built.insert(name.to_owned(), PathBuf::from(exe));
+        }
+    }
+    for (_, bin) in WORKSPACE_BINS {
+        assert!(built.contains_key(bin), "cargo built no {bin}: {built:?}");
+    }
+    built
+}
+
 /// Runs the `holmes` CLI with `args`, its environment cleared of the `HOLMES_API*` and
 /// `HOLMES_CA_FILE` settings a developer may have, plus `env`.
 pub(crate) async fn holmes_cli_with(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_holmes"));
+    let mut cmd = tokio::process::Command::new(workspace_bin("holmes"));
     cmd.args(args)
         .env_remove("HOLMES_API")
         .env_remove("HOLMES_API_TOKEN")
@@ -190,7 +272,7 @@ pub(crate) fn dev_script(
 /// dropped, and its `rss` samples cover the outage, none stored twice and no gap of a
 /// second or more. Waits up to `wait` for each.
 pub(crate) async fn outage_backlog_arrives(
-    api: &holmes_collector::api_client::ApiClient,
+    api: &holmes_cli::api_client::ApiClient,
     agent: &holmes_agent::HolmesHandle,
     event_id: &str,
     outage: Duration,

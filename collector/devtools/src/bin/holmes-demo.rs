@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use holmes_collector::config::{DEFAULT_DATA_DIR, DEFAULT_GRPC_ADDR, DEFAULT_HTTP_ADDR};
-use holmes_collector::demo::{self, DemoOptions};
+use holmes_devtools::demo::{self, DemoOptions};
 
 #[derive(Parser)]
 #[command(

@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 
+use holmes_api::validate_profile_id;
 use holmes_proto::names::{validate_labels, validate_name};
 use holmes_proto::{Hello, ProfileChunk, ProfileKind};
 use holmes_storage::ProfileRecord;
@@ -19,22 +20,6 @@ use tonic::Status;
 /// Bytes of unfinished profiles one stream may hold, when `max_profile_bytes` is not
 /// larger.
 pub const MAX_STREAM_ASSEMBLY_BYTES: u64 = 64 * 1024 * 1024;
-
-/// Length of a profile id: 128 bits in hex.
-pub const PROFILE_ID_LEN: usize = 32;
-
-/// `Ok` for a profile id as agents make them: 32 lowercase hex digits. The error says
-/// what is wrong, quoting (the start of) the id.
-pub fn validate_profile_id(id: &str) -> Result<(), String> {
-    if id.len() == PROFILE_ID_LEN && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-        return Ok(());
-    }
-    let shown: String = id.chars().take(2 * PROFILE_ID_LEN).collect();
-    let more = if shown.len() < id.len() { "..." } else { "" };
-    Err(format!(
-        "profile id {shown:?}{more} is not {PROFILE_ID_LEN} lowercase hex digits"
-    ))
-}
 
 /// What a chunk led to.
 #[derive(Debug)]
@@ -476,25 +461,5 @@ mod tests {
         let (code, text) = message(a.push(&hello(), 2, first));
         assert_eq!(code, tonic::Code::ResourceExhausted);
         assert!(text.contains("the limit is 67108864"), "{text}");
-    }
-
-    #[test]
-    fn profile_ids_are_32_lowercase_hex_digits() {
-        assert_eq!(validate_profile_id(ID), Ok(()));
-        for bad in [
-            "",
-            "0123456789ABCDEF0123456789ABCDEF",
-            &format!("{ID}0"),
-            "../etc/passwd",
-        ] {
-            assert!(validate_profile_id(bad).is_err(), "{bad}");
-        }
-        let long = "x".repeat(1000);
-        let err = validate_profile_id(&long).unwrap_err();
-        assert!(err.len() < 200, "{err}");
-        assert!(
-            err.ends_with("\"... is not 32 lowercase hex digits"),
-            "{err}"
-        );
     }
 }

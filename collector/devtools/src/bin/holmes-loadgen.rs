@@ -4,7 +4,7 @@
 //! `Hello`, a `MetricWindow` every second (CPU, memory, RSS, threads, tasks), and, every
 //! `--spike-every`, a CPU spike on every instance of a service at once: a `TriggerEvent`
 //! followed by its CPU profile (1000 samples of a realistic Rust service's stacks,
-//! `holmes_collector::synthetic`). Each agent keeps at most `--in-flight` messages
+//! `holmes_devtools::synthetic`). Each agent keeps at most `--in-flight` messages
 //! unacknowledged, like the agent's bounded spool.
 //!
 //! It reports sustained throughput (profiles, samples, metric windows and trigger events
@@ -19,8 +19,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use holmes_collector::api_client::{ApiClient, ClientOptions};
-use holmes_collector::synthetic::{mix, ProfileFactory, SAMPLES_PER_PROFILE};
+use holmes_cli::api_client::{ApiClient, ClientOptions};
+use holmes_devtools::synthetic::{mix, ProfileFactory, SAMPLES_PER_PROFILE};
 use holmes_proto::pb::ingest_client::IngestClient;
 use holmes_proto::{
     pb, AgentBody, AgentMessage, CollectorMessage, Hello, Metric, MetricSeries, MetricWindow,

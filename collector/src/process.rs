@@ -1,11 +1,13 @@
-//! The path of an agent's data from its stream to the store, behind a small source/sink
-//! abstraction.
+//! Processing: what happens to an agent's data between its stream and the store, behind
+//! a small source/sink abstraction.
 //!
 //! The ingest side ([`crate::ingest`]) decodes what an agent sends, puts profile chunks
 //! together, and hands each durable message as a [`PipelineEvent`] to a [`Sink`]; the
 //! agent is acknowledged only once the sink says the event is durable. The processing
-//! side is one [`Processor`]: normalize profiles, store, correlate triggers into
-//! incidents (which queues the alerts).
+//! side is one [`Processor`]: normalize profiles ([`normalize`]: decode, check, each
+//! distinct stack once), store (retrying a failing store), and hand stored triggers to
+//! the incidents ([`crate::incident`], which queue the alerts). [`retention`] removes
+//! what is older than `retention_days`.
 //!
 //! - Single node (`role = "all"`, the default): [`LocalSink`] runs the [`Processor`] in
 //!   the ingest path; durable means stored.
@@ -19,8 +21,9 @@
 //! an event delivered twice — an agent resending after a lost ack, a processor
 //! re-reading after a crash — changes nothing the second time.
 
-#[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod normalize;
+pub mod retention;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -31,8 +34,9 @@ use holmes_storage::{
     MetricPoint, ProfileContents, ProfileRecord, Store, StoreError, TriggerRecord,
 };
 
-use crate::ingest::normalize::{self, Limits};
-use crate::query::reason_name;
+use crate::incident::Incidents;
+use crate::query::triggers::reason_name;
+use normalize::Limits;
 
 /// How long a failing store write is retried, with backoff, before giving up on the
 /// event (the agent's stream then ends with UNAVAILABLE and the agent resends it later;
@@ -100,7 +104,7 @@ where
 /// The processing of events: the same code in every role.
 pub struct Processor {
     store: Arc<dyn Store>,
-    incidents: Option<Arc<crate::incidents::Incidents>>,
+    incidents: Option<Arc<Incidents>>,
     profile_limits: Limits,
 }
 
@@ -118,7 +122,7 @@ impl Processor {
     /// triggers with `incidents` when given.
     pub fn new(
         store: Arc<dyn Store>,
-        incidents: Option<Arc<crate::incidents::Incidents>>,
+        incidents: Option<Arc<Incidents>>,
         profile_limits: Limits,
     ) -> Self {
         Processor {
@@ -129,7 +133,7 @@ impl Processor {
     }
 
     /// The incidents this processor correlates into, if any.
-    pub fn incidents(&self) -> Option<&Arc<crate::incidents::Incidents>> {
+    pub fn incidents(&self) -> Option<&Arc<Incidents>> {
         self.incidents.as_ref()
     }
 

@@ -1,4 +1,5 @@
-//! A small client for the collector's HTTP API, used by the `holmes` CLI and by tests.
+//! A small client for the collector's HTTP API, used by the `holmes` CLI, the tests,
+//! the benchmarks and the load generator.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,7 +17,10 @@ use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::CertificateDer;
 
-use crate::query::{InstanceJson, MetricsJson, ProfilesJson, ServiceJson, TriggersJson};
+use holmes_api::{
+    CaptureJson, IncidentDetailJson, IncidentsJson, InstanceJson, MetricsJson, ProfilesJson,
+    ServiceJson, TopJson, TriggersJson,
+};
 
 /// Where the CLI looks for the API when neither `--api` nor `HOLMES_API` is set.
 pub const DEFAULT_API: &str = "http://127.0.0.1:7071";
@@ -245,7 +249,7 @@ impl ApiClient {
         &self,
         service: &str,
         kinds: &[String],
-    ) -> Result<crate::query::CaptureJson, ApiClientError> {
+    ) -> Result<CaptureJson, ApiClientError> {
         let query: Vec<String> = kinds
             .iter()
             .map(|k| format!("kind={}", encode(k)))
@@ -380,8 +384,7 @@ impl ApiClient {
     /// `GET /api/v1/profiles/{profile_id}`: the profile's gzip-compressed pprof bytes,
     /// exactly as stored.
     pub async fn download_profile(&self, profile_id: &str) -> Result<Vec<u8>, ApiClientError> {
-        crate::ingest::profiles::validate_profile_id(profile_id)
-            .map_err(ApiClientError::InvalidArgument)?;
+        holmes_api::validate_profile_id(profile_id).map_err(ApiClientError::InvalidArgument)?;
         let body = self
             .get_raw(&format!("/api/v1/profiles/{}", encode(profile_id)))
             .await?;
@@ -395,7 +398,7 @@ impl ApiClient {
         service: Option<&str>,
         since: &str,
         status: Option<&str>,
-    ) -> Result<crate::query::IncidentsJson, ApiClientError> {
+    ) -> Result<IncidentsJson, ApiClientError> {
         let mut path = match service {
             Some(s) => format!(
                 "/api/v1/services/{}/incidents?since={}",
@@ -412,10 +415,7 @@ impl ApiClient {
 
     /// `GET /api/v1/incidents/{incident_id}`: one incident with its triggers, profiles,
     /// suspects and related incidents.
-    pub async fn incident(
-        &self,
-        incident_id: &str,
-    ) -> Result<crate::query::IncidentDetailJson, ApiClientError> {
+    pub async fn incident(&self, incident_id: &str) -> Result<IncidentDetailJson, ApiClientError> {
         self.get(&format!("/api/v1/incidents/{}", encode(incident_id)))
             .await
     }
@@ -451,10 +451,10 @@ impl ApiClient {
         profile_id: &str,
         sample_type: Option<&str>,
         limit: u64,
-    ) -> Result<crate::query::TopJson, ApiClientError> {
+    ) -> Result<TopJson, ApiClientError> {
         let mut path = format!(
             "{}?limit={limit}",
-            crate::query::top_path(&encode(profile_id))
+            holmes_api::top_path(&encode(profile_id))
         );
         if let Some(t) = sample_type {
             path.push_str(&format!("&sample_type={}", encode(t)));

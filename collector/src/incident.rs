@@ -1,7 +1,11 @@
-//! The running side of correlation: every stored trigger event goes through the
-//! [`Correlator`]; what it changes is written to the store and handed to the alert hooks;
-//! a ticker resolves quiet incidents. At start the state is rebuilt from the store, so a
-//! restart in the middle of an incident neither opens it again nor pages twice.
+//! Incidents: trigger events of the fleet grouped into incidents, and their suspects.
+//!
+//! [`correlate`] holds the rules (plain state, no clock or I/O); [`Incidents`] runs them:
+//! every stored trigger event goes through the [`Correlator`]; what it changes is written
+//! to the store and handed to the alert hooks; a ticker resolves quiet incidents. At
+//! start the state is rebuilt from the store, so a restart in the middle of an incident
+//! neither opens it again nor pages twice. [`suspects`] names the functions behind an
+//! incident from its profiles, for the API.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -13,7 +17,11 @@ use tokio::task::JoinHandle;
 
 use crate::alert::{AlertKind, Alerter};
 use crate::clock::unix_nanos_now;
-use crate::correlate::{Change, CorrelateConfig, Correlator};
+
+pub mod correlate;
+pub mod suspects;
+
+use correlate::{Change, CorrelateConfig, Correlator};
 
 /// How often quiet incidents are looked for (and failed writes retried).
 pub const TICK_INTERVAL: Duration = Duration::from_secs(5);
@@ -185,7 +193,7 @@ async fn load(store: &dyn Store) -> Result<Vec<IncidentRecord>, StoreError> {
             status: None,
             since_unix_nanos: now.saturating_sub(keep),
             until_unix_nanos: u64::MAX / 2,
-            limit: crate::correlate::MAX_RECENT as u64,
+            limit: correlate::MAX_RECENT as u64,
         })
         .await?;
     let mut open = store

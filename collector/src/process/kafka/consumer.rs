@@ -1,245 +1,22 @@
-//! The Kafka pipeline: the `ingest` role's [`KafkaSink`] and the `process` role's
-//! [`Consumer`] (the source), with librdkafka (bundled) through `rdkafka`.
-//!
-//! - Events are `holmes.v1.PipelineEvent` protobuf values keyed by service. The partition
-//!   is chosen here, from a stable hash of the service name ([`partition_of`]), so that
-//!   a processor knows which services its partitions hold: one service's events land in
-//!   one partition and its correlation state has one owner.
-//! - The ingest node acknowledges an agent's message only after the broker acknowledged
-//!   the event (`acks=all`), within `produce_timeout_ms`; otherwise the agent's stream
-//!   ends with UNAVAILABLE and the agent keeps the message in its spool and resends it.
-//! - The process node reads in a consumer group with auto-commit off, processes each
-//!   event (store, correlate, alert) and commits its offset only after that: at least once
-//!   delivery, and since every write is idempotent, an exactly-once effect in the store.
-//!   After a rebalance it rebuilds the correlation state of the services it now owns from
-//!   the store before it processes anything else.
+//! The `process` role's source: a consumer group member that stores, correlates and
+//! then commits, rebuilding the correlation state of the services it is handed.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::{ClientContext, DefaultClientContext};
-use rdkafka::config::ClientConfig;
+use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 
-use super::{PipelineEvent, Processor, Sink, SinkError};
+use super::client::{apply_client_overrides, base_config, KafkaStartError, START_TIMEOUT};
+use super::partition_of;
 use crate::config::KafkaSection;
-
-/// How long the admin and metadata requests at start may take.
-pub const START_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// Why the Kafka side could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum KafkaStartError {
-    /// A client could not be created (a bad setting, say).
-    #[error("cannot create the Kafka {what}: {source}")]
-    Client {
-        /// Which client.
-        what: &'static str,
-        /// Why.
-        source: KafkaError,
-    },
-    /// The topic could not be created or described.
-    #[error("Kafka topic {topic:?}: {why}")]
-    Topic {
-        /// The topic.
-        topic: String,
-        /// Why.
-        why: String,
-    },
-}
-
-/// The partition of `service`'s events among `partitions`: FNV-1a of the name. The same
-/// on every node, whatever client library produced the event.
-pub fn partition_of(service: &str, partitions: i32) -> i32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in service.bytes() {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    let n = u32::try_from(partitions.max(1)).unwrap_or(1);
-    i32::try_from(h % n).unwrap_or(0)
-}
-
-fn base_config(section: &KafkaSection) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set(
-        "bootstrap.servers",
-        section.brokers.as_deref().unwrap_or_default(),
-    )
-    .set("client.id", "holmes-collector")
-    .set("socket.timeout.ms", "10000")
-    .set("socket.connection.setup.timeout.ms", "10000");
-    c
-}
-
-fn apply_client_overrides(c: &mut ClientConfig, section: &KafkaSection) {
-    for (k, v) in &section.client {
-        c.set(k, v);
-    }
-}
-
-/// Creates the topic if it does not exist (with `partitions` and `replication_factor`)
-/// and returns its partition count.
-pub async fn ensure_topic(section: &KafkaSection) -> Result<i32, KafkaStartError> {
-    let mut config = base_config(section);
-    apply_client_overrides(&mut config, section);
-    let admin: AdminClient<DefaultClientContext> =
-        config.create().map_err(|source| KafkaStartError::Client {
-            what: "admin client",
-            source,
-        })?;
-    let topic_err = |why: String| KafkaStartError::Topic {
-        topic: section.topic.clone(),
-        why,
-    };
-    let new = NewTopic::new(
-        &section.topic,
-        section.partitions,
-        TopicReplication::Fixed(section.replication_factor),
-    );
-    let options = AdminOptions::new()
-        .operation_timeout(Some(START_TIMEOUT))
-        .request_timeout(Some(START_TIMEOUT));
-    let created = tokio::time::timeout(
-        START_TIMEOUT + Duration::from_secs(1),
-        admin.create_topics([&new], &options),
-    )
-    .await
-    .map_err(|_| {
-        topic_err(format!(
-            "no answer from the brokers within {START_TIMEOUT:?}"
-        ))
-    })?
-    .map_err(|e| topic_err(e.to_string()))?;
-    for result in created {
-        match result {
-            Ok(_) => {
-                tracing::info!(topic = %section.topic, partitions = section.partitions, "Kafka topic created")
-            }
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((_, code)) => return Err(topic_err(format!("cannot create it: {code}"))),
-        }
-    }
-    let admin = Arc::new(admin);
-    let topic = section.topic.clone();
-    let metadata = tokio::task::spawn_blocking(move || {
-        admin
-            .inner()
-            .fetch_metadata(Some(&topic), START_TIMEOUT)
-            .map(|m| {
-                m.topics()
-                    .iter()
-                    .find(|t| t.name() == topic)
-                    .map_or(0, |t| t.partitions().len())
-            })
-    })
-    .await
-    .map_err(|e| topic_err(e.to_string()))?
-    .map_err(|e| topic_err(e.to_string()))?;
-    let partitions = i32::try_from(metadata).unwrap_or(0);
-    if partitions == 0 {
-        return Err(topic_err("the brokers report no partitions".to_owned()));
-    }
-    Ok(partitions)
-}
-
-/// The `ingest` role's sink: produces each event and returns once the broker has it.
-pub struct KafkaSink {
-    producer: FutureProducer,
-    topic: String,
-    partitions: i32,
-    timeout: Duration,
-}
-
-impl std::fmt::Debug for KafkaSink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KafkaSink")
-            .field("topic", &self.topic)
-            .field("partitions", &self.partitions)
-            .finish_non_exhaustive()
-    }
-}
-
-impl KafkaSink {
-    /// A producer for `section`'s topic of `partitions` partitions; messages up to
-    /// `max_message_bytes` (the largest profile, plus room for its metadata).
-    pub fn new(
-        section: &KafkaSection,
-        partitions: i32,
-        max_message_bytes: u64,
-    ) -> Result<KafkaSink, KafkaStartError> {
-        let timeout = Duration::from_millis(section.produce_timeout_ms);
-        let mut config = base_config(section);
-        config
-            .set("acks", "all")
-            // One delivery deadline: the sink waits for the report no longer than this.
-            .set("message.timeout.ms", section.produce_timeout_ms.to_string())
-            .set("linger.ms", "2")
-            // A bounded queue: a full one makes `deliver` fail, not grow.
-            .set("queue.buffering.max.messages", "100000")
-            .set(
-                "message.max.bytes",
-                max_message_bytes
-                    .clamp(1_000_000, 1_000_000_000)
-                    .to_string(),
-            );
-        apply_client_overrides(&mut config, section);
-        let producer: FutureProducer =
-            config.create().map_err(|source| KafkaStartError::Client {
-                what: "producer",
-                source,
-            })?;
-        Ok(KafkaSink {
-            producer,
-            topic: section.topic.clone(),
-            partitions,
-            timeout,
-        })
-    }
-}
-
-#[async_trait::async_trait]
-impl Sink for KafkaSink {
-    async fn deliver(&self, event: PipelineEvent) -> Result<(), SinkError> {
-        let payload = event.encode();
-        let partition = partition_of(&event.service, self.partitions);
-        let record = FutureRecord::to(&self.topic)
-            .key(event.service.as_bytes())
-            .partition(partition)
-            .payload(&payload);
-        let started = Instant::now();
-        // The queue wait and the delivery report each end by `timeout`; the outer
-        // timeout only guards against a report that never comes.
-        let sent = tokio::time::timeout(
-            self.timeout * 2 + Duration::from_secs(1),
-            self.producer.send(record, self.timeout),
-        )
-        .await
-        .map_err(|_| SinkError::Broker(format!("no delivery report within {:?}", self.timeout)))?;
-        match sent {
-            Ok(delivery) => {
-                tracing::debug!(
-                    service = %event.service,
-                    partition = delivery.partition,
-                    offset = delivery.offset,
-                    ms = started.elapsed().as_millis() as u64,
-                    "event produced"
-                );
-                Ok(())
-            }
-            Err((err, _)) => Err(SinkError::Broker(err.to_string())),
-        }
-    }
-}
+use crate::process::{PipelineEvent, Processor};
 
 /// Partitions assigned by the last rebalance, waiting to be taken into account.
 #[derive(Default)]
@@ -541,21 +318,5 @@ impl Consumer {
             Ok(Ok(Err(err))) => tracing::warn!(error = %err, "cannot commit the final offsets"),
             _ => tracing::warn!("the final offset commit did not finish in time"),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::partition_of;
-
-    #[test]
-    fn a_service_always_maps_to_the_same_partition() {
-        assert_eq!(partition_of("checkout", 12), partition_of("checkout", 12));
-        let spread: std::collections::BTreeSet<i32> = (0..100)
-            .map(|i| partition_of(&format!("svc-{i}"), 6))
-            .collect();
-        assert_eq!(spread.len(), 6);
-        assert!((0..100).all(|i| (0..6).contains(&partition_of(&format!("s{i}"), 6))));
-        assert_eq!(partition_of("x", 1), 0);
     }
 }

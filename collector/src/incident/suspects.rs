@@ -1,105 +1,20 @@
-//! Profile contents summed up: merged across profiles and ranked by function, the way
-//! `go tool pprof -top` ranks them (flat: the function is the leaf; cum: anywhere on
-//! the stack, counted once per sample however often it recurses).
+//! An incident's suspects: the functions that grew most in its profiles against the
+//! baseline. Every sample is attributed to the innermost frame of the program's own code
+//! on its stack (not the standard library, the async runtime, the agent or libc), summed
+//! per function across the merged profiles, and functions rank by how much their share
+//! grew.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
+use holmes_api::Suspect;
 use holmes_storage::ProfileContents;
-use serde::{Deserialize, Serialize};
-
-/// One function's share of a profile.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FunctionTotal {
-    /// Function name.
-    pub function: String,
-    /// Sum of the samples where it is the leaf.
-    pub flat: i64,
-    /// Sum of the samples it is on the stack of.
-    pub cum: i64,
-}
-
-/// Which value of the samples to sum: the named sample type, or the last one (pprof's
-/// default) when `sample_type` is `None`. `Err` lists the profile's types.
-pub fn value_index(contents: &ProfileContents, sample_type: Option<&str>) -> Result<usize, String> {
-    let known = || {
-        contents
-            .sample_types
-            .iter()
-            .map(|(t, _)| t.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    match sample_type {
-        Some(name) => contents
-            .sample_types
-            .iter()
-            .position(|(t, _)| t == name)
-            .ok_or_else(|| format!("no sample type {name:?}; this profile has: {}", known())),
-        None => contents
-            .sample_types
-            .len()
-            .checked_sub(1)
-            .ok_or_else(|| "the profile has no sample types".to_owned()),
-    }
-}
-
-/// Functions by flat value (then cum, then name), with the total of value `index` over
-/// all samples.
-pub fn top_functions(contents: &ProfileContents, index: usize) -> (i64, Vec<FunctionTotal>) {
-    let stacks: HashMap<u64, &holmes_storage::Stack> =
-        contents.stacks.iter().map(|s| (s.stack_id, s)).collect();
-    let mut totals: HashMap<&str, (i64, i64)> = HashMap::new();
-    let mut total = 0i64;
-    let mut seen = HashSet::new();
-    for sample in &contents.samples {
-        let v = sample.values.get(index).copied().unwrap_or(0);
-        total = total.saturating_add(v);
-        let Some(stack) = stacks.get(&sample.stack_id) else {
-            continue;
-        };
-        seen.clear();
-        for (depth, frame) in stack.frames.iter().enumerate() {
-            let entry = totals.entry(frame.function.as_str()).or_default();
-            if depth == 0 {
-                entry.0 = entry.0.saturating_add(v);
-            }
-            if seen.insert(frame.function.as_str()) {
-                entry.1 = entry.1.saturating_add(v);
-            }
-        }
-    }
-    let mut out: Vec<FunctionTotal> = totals
-        .into_iter()
-        .map(|(f, (flat, cum))| FunctionTotal {
-            function: f.to_owned(),
-            flat,
-            cum,
-        })
-        .collect();
-    out.sort_by(|a, b| {
-        b.flat
-            .cmp(&a.flat)
-            .then(b.cum.cmp(&a.cum))
-            .then(a.function.cmp(&b.function))
-    });
-    (total, out)
-}
-
-/// A function suspected of causing an incident.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Suspect {
-    /// Function name.
-    pub function: String,
-    /// Share of the incident's profiles attributed to it, 0 to 1.
-    pub share: f64,
-    /// Its share in the baseline profiles (before the incident); 0 without a baseline.
-    pub baseline_share: f64,
-    /// `share - baseline_share`: how much it grew.
-    pub growth: f64,
-}
 
 /// Whether a function is the program's own code rather than the standard library, the
-/// async runtime, the agent or the C library: the frames a suspect is chosen from.
+/// async runtime, the agent or the C library: the frames a suspect is chosen from. A
+/// method of an impl (`<Type as Trait>::method`, `<Type>::method`) is the program's when
+/// its type is: `<checkout::Cart as core::fmt::Display>::fmt` is, while
+/// `<i32 as core::iter::range::Step>::forward_unchecked` (what a `for` loop over a range
+/// calls in a debug build) and `<u64>::wrapping_mul` are the standard library's.
 pub fn is_program_code(function: &str) -> bool {
     const RUNTIME: &[&str] = &[
         "std::",
@@ -109,16 +24,33 @@ pub fn is_program_code(function: &str) -> bool {
         "hyper::",
         "futures",
         "parking_lot",
-        "<std::",
-        "<core::",
-        "<alloc::",
-        "<tokio::",
         "backtrace::",
         "holmes_agent::",
         "__",
     ];
-    // Rust paths have `::`; C functions (syscall, epoll_wait, malloc) do not.
-    function.contains("::") && !RUNTIME.iter().any(|p| function.starts_with(p))
+    let path = match function.strip_prefix('<') {
+        Some(qualified) => impl_type(qualified),
+        None => function,
+    };
+    // Rust paths have `::`; C functions (syscall, epoll_wait, malloc) and primitive
+    // types (`i32`, `&str`, `[u8]`) do not.
+    path.contains("::") && !RUNTIME.iter().any(|p| path.starts_with(p))
+}
+
+/// The type of `Type as Trait>::method` or `Type>::method`: up to ` as ` or the `>`
+/// that closes the leading `<`, generic arguments skipped over.
+fn impl_type(qualified: &str) -> &str {
+    let mut depth = 0usize;
+    for (i, c) in qualified.char_indices() {
+        match c {
+            '<' => depth += 1,
+            '>' if depth == 0 => return &qualified[..i],
+            '>' => depth -= 1,
+            ' ' if depth == 0 && qualified[i..].starts_with(" as ") => return &qualified[..i],
+            _ => {}
+        }
+    }
+    qualified
 }
 
 /// Each sample's value (the profile's last sample type) attributed to the innermost
@@ -263,52 +195,34 @@ mod tests {
     }
 
     #[test]
-    fn flat_is_the_leaf_and_cum_counts_recursion_once() {
-        let burn = stack(&["burn", "handle", "main"]);
-        let recursive = stack(&["walk", "walk", "walk", "main"]);
-        let idle = stack(&["main"]);
-        let sample = |s: &Stack, cpu: i64| StackSample {
-            stack_id: s.stack_id,
-            values: vec![1, cpu],
-            labels: vec![],
-        };
-        let c = ProfileContents {
-            profile_id: "p".into(),
-            service: "s".into(),
-            started_unix_nanos: 0,
-            sample_types: vec![
-                ("samples".into(), "count".into()),
-                ("cpu".into(), "ns".into()),
-            ],
-            stacks: vec![burn.clone(), recursive.clone(), idle.clone()],
-            samples: vec![
-                sample(&burn, 70),
-                sample(&recursive, 20),
-                sample(&burn, 5),
-                sample(&idle, 5),
-            ],
-        };
-        assert_eq!(value_index(&c, None), Ok(1));
-        assert_eq!(value_index(&c, Some("samples")), Ok(0));
-        assert_eq!(
-            value_index(&c, Some("alloc_space")).unwrap_err(),
-            "no sample type \"alloc_space\"; this profile has: samples, cpu"
-        );
-        let (total, top) = top_functions(&c, 1);
-        assert_eq!(total, 100);
-        let row = |f: &str, flat, cum| FunctionTotal {
-            function: f.to_owned(),
-            flat,
-            cum,
-        };
-        assert_eq!(
-            top,
-            vec![
-                row("burn", 75, 75),
-                row("walk", 20, 20),
-                row("main", 5, 100),
-                row("handle", 0, 75),
-            ]
-        );
+    fn methods_belong_to_the_code_of_their_type() {
+        for library in [
+            "<i32 as core::iter::range::Step>::forward_unchecked",
+            "<u64>::wrapping_mul",
+            "<alloc::vec::Vec<u8> as core::ops::drop::Drop>::drop",
+            "<&mut F as core::ops::function::FnOnce<A>>::call_once",
+            "<core::iter::adapters::map::Map<I, F> as core::iter::traits::iterator::Iterator>::next",
+            "<tokio::runtime::task::Task<S>>::poll",
+        ] {
+            assert!(!is_program_code(library), "{library}");
+        }
+        for program in [
+            "<checkout::Cart as core::fmt::Display>::fmt",
+            "<checkout::Cache<K, V>>::get",
+            "<&checkout::Cart as serde::ser::Serialize>::serialize",
+        ] {
+            assert!(is_program_code(program), "{program}");
+        }
+        // A debug build's hot loop: the range's step is library code, the loop is the
+        // culprit.
+        let spin = stack(&[
+            "<i32 as core::iter::range::Step>::forward_unchecked",
+            "core::iter::range::<impl core::iter::traits::iterator::Iterator for core::ops::range::Range<A>>::next",
+            "demo::hot_loop",
+            "demo::run_service",
+            "main",
+        ]);
+        let top = suspects(&[profile(&[(&spin, 10)])], &[], 1);
+        assert_eq!(top[0].function, "demo::hot_loop");
     }
 }

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use holmes_agent::Holmes;
 use tokio::process::{Child, Command};
 
-use crate::config::{Config, StoreKind};
-use crate::Server;
+use holmes_collector::config::{Config, StoreKind};
+use holmes_collector::Server;
 
 /// What the demo runs.
 #[derive(Debug, Clone)]
@@ -72,7 +72,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         opts.burst_every.as_secs()
     );
     println!();
-    let api_flag = if opts.http_addr.to_string() == crate::config::DEFAULT_HTTP_ADDR {
+    let api_flag = if opts.http_addr.to_string() == holmes_collector::config::DEFAULT_HTTP_ADDR {
         String::new()
     } else {
         format!(" --api {api}")
