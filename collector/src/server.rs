@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use holmes_proto::pb::ingest_server::IngestServer;
-use holmes_storage::clickhouse::{ClickHouseConfig, ClickHouseStore};
+use holmes_storage::clickhouse::ClickHouseStore;
 use holmes_storage::sqlite::SqliteStore;
 use holmes_storage::{Store, StoreError};
 use tokio::net::TcpListener;
@@ -19,7 +19,7 @@ use crate::auth::{ApiAuth, IngestAuth};
 use crate::config::{Config, Role, StoreKind};
 use crate::ingest::IngestService;
 use crate::process::{LocalSink, Processor, Sink};
-use crate::tls::{Identity, TlsListener};
+use crate::tls::TlsListener;
 
 /// How long shutdown waits for connections to finish before cutting them.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -74,22 +74,10 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServeError> {
             )
         }
         StoreKind::Clickhouse => {
-            let ch = &config.clickhouse;
-            let url = ch.url.clone().ok_or_else(|| {
-                crate::config::ConfigError::Invalid("no ClickHouse URL configured".to_owned())
-            })?;
-            let cfg = ClickHouseConfig {
-                url,
-                database: ch.database.clone(),
-                user: ch.user.clone(),
-                password: ch.password.as_ref().map(|p| p.expose().to_owned()),
-                batch: holmes_storage::clickhouse::BatchConfig {
-                    max_rows: ch.batch_rows.max(1),
-                    max_delay: std::time::Duration::from_millis(ch.batch_delay_ms),
-                    ..holmes_storage::clickhouse::BatchConfig::default()
-                },
-                cluster: ch.cluster_config(),
-            };
+            let cfg = config
+                .clickhouse
+                .to_config()
+                .map_err(crate::config::ConfigError::from)?;
             Arc::new(
                 ClickHouseStore::open(&cfg)
                     .await
@@ -200,15 +188,17 @@ impl Server {
         crate::ingest::rules::check(&config.rules).map_err(|e| ServeError::Config(e.into()))?;
         // Certificates and tokens are read before anything listens, so that a bad file
         // stops the start instead of leaving an open collector behind.
-        let identity = match (&config.tls.cert_file, &config.tls.key_file) {
-            (Some(cert), Some(key)) => Some(
-                Identity::load(cert, key)
-                    .map_err(|e| ServeError::Config(crate::config::ConfigError::Tls(e)))?,
-            ),
-            _ => None,
-        };
-        let ingest_auth = IngestAuth::new(config.auth.ingest_tokens()?);
-        let api_auth = config.auth.api_token()?.map(ApiAuth::new);
+        let identity = config
+            .tls
+            .identity()
+            .map_err(|e| ServeError::Config(e.into()))?;
+        let auth_config = |e: crate::auth::config::AuthConfigError| ServeError::Config(e.into());
+        let ingest_auth = IngestAuth::new(config.auth.ingest_tokens().map_err(auth_config)?);
+        let api_auth = config
+            .auth
+            .api_token()
+            .map_err(auth_config)?
+            .map(ApiAuth::new);
         if !ingest_auth.enabled() {
             tracing::warn!("no ingest tokens configured: any agent that reaches the gRPC port can send data ([auth] ingest_tokens)");
         }
@@ -255,7 +245,7 @@ impl Server {
             )?;
             let (incidents, incident_ticker) = crate::incident::Incidents::start(
                 Arc::clone(&store),
-                config.incidents.correlate_config()?,
+                config.incidents.clone(),
                 alerter,
                 closed.clone(),
             )

@@ -76,7 +76,7 @@ async fn each_hook_gets_its_alerts_in_order_with_its_payload() {
         r#"
         [alerts]
         base_url = "https://holmes.example.com/"
-        retry_initial_ms = 20
+        retry_initial = "20ms"
 
         [[alerts.hooks]]
         name = "ops"
@@ -220,8 +220,8 @@ async fn a_failing_receiver_gets_its_alerts_after_retries_and_a_refusal_is_final
     let config = alerts_config(&format!(
         r#"
         [alerts]
-        retry_initial_ms = 50
-        retry_max_ms = 200
+        retry_initial = "50ms"
+        retry_max = "200ms"
 
         [[alerts.hooks]]
         name = "flaky"
@@ -303,8 +303,8 @@ async fn a_restart_loses_no_alert_and_sends_none_twice() {
     let toml = format!(
         r#"
         [alerts]
-        retry_initial_ms = 50
-        retry_max_ms = 100
+        retry_initial = "50ms"
+        retry_max = "100ms"
 
         [[alerts.hooks]]
         name = "pager"
@@ -445,7 +445,7 @@ async fn a_hook_that_never_answers_times_out_and_is_given_up() {
         }
     });
     let config = alerts_config(&format!(
-        "[alerts]\nretry_initial_ms = 50\nretry_max_ms = 100\nrequest_timeout_ms = 100\ngive_up_after_secs = 1\n\
+        "[alerts]\nretry_initial = \"50ms\"\nretry_max = \"100ms\"\nrequest_timeout = \"100ms\"\ngive_up_after = \"1s\"\n\
          [[alerts.hooks]]\nname = \"silent\"\nkind = \"webhook\"\nurl = \"http://{addr}/\"\n"
     ));
     let dir = tempfile::tempdir().unwrap();

@@ -28,8 +28,8 @@ window = "2m"
 quiet = "30s"
 
 [alerts]
-retry_initial_ms = 200
-retry_max_ms = 1000
+retry_initial = "200ms"
+retry_max = "1s"
 
 [[alerts.hooks]]
 name = "oncall-webhook"

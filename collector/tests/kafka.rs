@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use holmes_agent::{Holmes, ProfileKind};
 use holmes_cli::api_client::ApiClient;
-use holmes_collector::config::{Config, KafkaSection, Role};
+use holmes_collector::config::{Config, Role};
+use holmes_collector::process::kafka::KafkaConfig;
 use holmes_collector::Server;
 use holmes_proto::{AgentBody, CollectorMessage, Metric, TriggerEvent, TriggerReason};
 use support::raw_agent::{hello, RawAgent};
@@ -46,22 +47,22 @@ fn brokers() -> Option<String> {
 
 /// A `[kafka]` section on a topic and group of this test alone, with group settings
 /// that make a join take seconds.
-fn kafka_section(brokers: &str, name: &str) -> KafkaSection {
+fn kafka_section(brokers: &str, name: &str) -> KafkaConfig {
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let unique = format!("{name}-{}-{n}", std::process::id());
-    KafkaSection {
+    KafkaConfig {
         brokers: Some(brokers.to_owned()),
         topic: format!("holmes-test-{unique}"),
         group_id: format!("holmes-test-{unique}"),
         partitions: 3,
-        produce_timeout_ms: 3_000,
-        session_timeout_ms: 6_000,
-        heartbeat_interval_ms: 500,
-        ..KafkaSection::default()
+        produce_timeout: Duration::from_secs(3),
+        session_timeout: Duration::from_secs(6),
+        heartbeat_interval: Duration::from_millis(500),
+        ..KafkaConfig::default()
     }
 }
 
-fn role_config(role: Role, dir: &Path, kafka: &KafkaSection) -> Config {
+fn role_config(role: Role, dir: &Path, kafka: &KafkaConfig) -> Config {
     let mut config = support::config(support::Backend::Sqlite, dir).unwrap();
     config.role = role;
     config.kafka = kafka.clone();
@@ -226,7 +227,7 @@ impl Drop for Processor {
 fn processor_toml(
     dir: &Path,
     http: std::net::SocketAddr,
-    kafka: &KafkaSection,
+    kafka: &KafkaConfig,
     hook: &str,
 ) -> PathBuf {
     let text = format!(
@@ -239,8 +240,8 @@ window = "2m"
 quiet = "10m"
 
 [alerts]
-retry_initial_ms = 100
-retry_max_ms = 500
+retry_initial = "100ms"
+retry_max = "500ms"
 
 [[alerts.hooks]]
 name = "oncall"
@@ -252,16 +253,16 @@ brokers = "{brokers}"
 topic = "{topic}"
 group_id = "{group}"
 partitions = {partitions}
-session_timeout_ms = {session}
-heartbeat_interval_ms = {heartbeat}
+session_timeout = "{session}"
+heartbeat_interval = "{heartbeat}"
 "#,
         data = dir.display(),
         brokers = kafka.brokers.as_deref().unwrap(),
         topic = kafka.topic,
         group = kafka.group_id,
         partitions = kafka.partitions,
-        session = kafka.session_timeout_ms,
-        heartbeat = kafka.heartbeat_interval_ms,
+        session = humantime::format_duration(kafka.session_timeout),
+        heartbeat = humantime::format_duration(kafka.heartbeat_interval),
     );
     let path = dir.join("process.toml");
     std::fs::write(&path, text).unwrap();

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 
 use holmes_agent::{Holmes, ProfileKind};
 use holmes_cli::api_client::ApiClient;
-use holmes_collector::config::{ClickHouseSection, StoreKind};
+use holmes_collector::config::StoreKind;
 use holmes_collector::Server;
+use holmes_storage::clickhouse::ClickHouseSettings;
 use support::{eventually, Backend};
 
 fn script() -> PathBuf {
@@ -74,9 +75,9 @@ async fn nothing_is_lost_while_clickhouse_is_down() {
         .await
         .unwrap();
     config.store = StoreKind::Clickhouse;
-    config.clickhouse = ClickHouseSection {
+    config.clickhouse = ClickHouseSettings {
         url: Some(ch.url.clone()),
-        ..ClickHouseSection::default()
+        ..ClickHouseSettings::default()
     };
     let server = Server::start(&config).await.unwrap();
     let api = ApiClient::new(&format!("http://{}", server.http_addr())).unwrap();

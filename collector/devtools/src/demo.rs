@@ -72,7 +72,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         opts.burst_every.as_secs()
     );
     println!();
-    let api_flag = if opts.http_addr.to_string() == holmes_collector::config::DEFAULT_HTTP_ADDR {
+    let api_flag = if opts.http_addr == holmes_collector::config::DEFAULT_HTTP_ADDR {
         String::new()
     } else {
         format!(" --api {api}")

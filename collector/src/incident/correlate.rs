@@ -35,14 +35,20 @@ pub const MAX_RECENT: usize = 10_000;
 /// Event times remembered per instance of an incident (for the fleet test), at most.
 const MAX_TIMES_PER_INSTANCE: usize = 64;
 
-/// The correlation settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// The correlation settings: the `[incidents]` section of the config file, durations as
+/// text (`window = "2m"`, `quiet = "5m"`, `[incidents.service_windows] checkout = "5m"`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct CorrelateConfig {
-    /// Fleet window for services without their own.
+    /// Fleet window for services without their own: triggers of several instances
+    /// within it make a fleet incident.
+    #[serde(with = "humantime_serde")]
     pub window: Duration,
     /// Quiet period before an incident resolves.
+    #[serde(with = "humantime_serde")]
     pub quiet: Duration,
     /// Fleet windows by service.
+    #[serde(deserialize_with = "durations_by_name")]
     pub service_windows: BTreeMap<String, Duration>,
 }
 
@@ -53,6 +59,51 @@ impl Default for CorrelateConfig {
             quiet: DEFAULT_QUIET,
             service_windows: BTreeMap::new(),
         }
+    }
+}
+
+/// `name = "5m"` pairs.
+fn durations_by_name<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, Duration>, D::Error> {
+    let text: BTreeMap<String, humantime_serde::Serde<Duration>> =
+        serde::Deserialize::deserialize(d)?;
+    Ok(text.into_iter().map(|(k, v)| (k, v.into_inner())).collect())
+}
+
+/// Why the `[incidents]` section cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IncidentsConfigError {
+    /// A window or quiet period of zero.
+    #[error("incidents: {key} = \"0s\" is too short; at least 1s")]
+    Zero {
+        /// The key.
+        key: String,
+    },
+    /// A service name the agents could not have.
+    #[error("incidents.service_windows: {0}")]
+    Service(#[from] holmes_proto::names::NameError),
+}
+
+impl CorrelateConfig {
+    /// Checks that every duration is positive and every service name valid.
+    pub fn validate(&self) -> Result<(), IncidentsConfigError> {
+        let positive = |key: &str, d: Duration| {
+            if d.is_zero() {
+                Err(IncidentsConfigError::Zero {
+                    key: key.to_owned(),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        positive("window", self.window)?;
+        positive("quiet", self.quiet)?;
+        for (service, window) in &self.service_windows {
+            holmes_proto::names::validate_name("service", service)?;
+            positive(&format!("service_windows.{service}"), *window)?;
+        }
+        Ok(())
     }
 }
 

@@ -13,8 +13,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use holmes_collector::config::{ClickHouseSection, Config, StoreKind};
+use holmes_collector::config::{Config, StoreKind};
 use holmes_collector::Server;
+use holmes_storage::clickhouse::ClickHouseSettings;
 
 /// Which store a test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,14 +44,14 @@ pub(crate) fn config(backend: Backend, data_dir: &std::path::Path) -> Option<Con
             panic!("HOLMES_TEST_CLICKHOUSE_URL is not set: run deploy/dev/test.sh, or set HOLMES_TEST_SKIP_CLICKHOUSE=1");
         };
         config.store = StoreKind::Clickhouse;
-        config.clickhouse = ClickHouseSection {
+        config.clickhouse = ClickHouseSettings {
             url: Some(url),
             database: format!(
                 "holmes_e2e_{}_{}",
                 std::process::id(),
                 NEXT_DB.fetch_add(1, Ordering::Relaxed)
             ),
-            ..ClickHouseSection::default()
+            ..ClickHouseSettings::default()
         };
     }
     Some(config)

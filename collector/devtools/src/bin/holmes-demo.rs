@@ -22,10 +22,10 @@ struct Cli {
     #[arg(long, default_value = DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
     /// gRPC address of the collector.
-    #[arg(long, default_value = DEFAULT_GRPC_ADDR)]
+    #[arg(long, default_value_t = DEFAULT_GRPC_ADDR)]
     grpc_addr: SocketAddr,
     /// HTTP API address of the collector.
-    #[arg(long, default_value = DEFAULT_HTTP_ADDR)]
+    #[arg(long, default_value_t = DEFAULT_HTTP_ADDR)]
     http_addr: SocketAddr,
     /// Stop after this long (e.g. 30s) instead of waiting for Ctrl-C.
     #[arg(long, value_parser = humantime::parse_duration)]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 
-use crate::config::KafkaSection;
+use super::KafkaConfig;
 
 /// How long the admin and metadata requests at start may take.
 pub const START_TIMEOUT: Duration = Duration::from_secs(15);
@@ -32,7 +32,7 @@ pub enum KafkaStartError {
     },
 }
 
-pub(crate) fn base_config(section: &KafkaSection) -> ClientConfig {
+pub(crate) fn base_config(section: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set(
         "bootstrap.servers",
@@ -44,8 +44,13 @@ pub(crate) fn base_config(section: &KafkaSection) -> ClientConfig {
     c
 }
 
-pub(crate) fn apply_client_overrides(c: &mut ClientConfig, section: &KafkaSection) {
+pub(crate) fn apply_client_overrides(c: &mut ClientConfig, section: &KafkaConfig) {
     for (k, v) in &section.client {
         c.set(k, v);
     }
+}
+
+/// A duration as librdkafka's `*.ms` settings spell it.
+pub(crate) fn millis(d: Duration) -> String {
+    d.as_millis().to_string()
 }

@@ -13,9 +13,9 @@ use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 
-use super::client::{apply_client_overrides, base_config, KafkaStartError, START_TIMEOUT};
+use super::client::{apply_client_overrides, base_config, millis, KafkaStartError, START_TIMEOUT};
 use super::partition_of;
-use crate::config::KafkaSection;
+use super::KafkaConfig;
 use crate::process::{PipelineEvent, Processor};
 
 /// Partitions assigned by the last rebalance, waiting to be taken into account.
@@ -84,7 +84,7 @@ const BATCH_GATHER: Duration = Duration::from_millis(5);
 impl Consumer {
     /// Joins `section`'s consumer group on its topic of `partitions` partitions.
     pub fn new(
-        section: &KafkaSection,
+        section: &KafkaConfig,
         partitions: i32,
         processor: Arc<Processor>,
     ) -> Result<Consumer, KafkaStartError> {
@@ -93,11 +93,8 @@ impl Consumer {
             .set("group.id", &section.group_id)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", section.session_timeout_ms.to_string())
-            .set(
-                "heartbeat.interval.ms",
-                section.heartbeat_interval_ms.to_string(),
-            )
+            .set("session.timeout.ms", millis(section.session_timeout))
+            .set("heartbeat.interval.ms", millis(section.heartbeat_interval))
             // Notice new partitions and brokers within seconds, not minutes.
             .set("topic.metadata.refresh.interval.ms", "10000")
             .set("fetch.wait.max.ms", "100");

@@ -5,9 +5,9 @@ use std::time::{Duration, Instant};
 
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use super::client::{apply_client_overrides, base_config, KafkaStartError};
+use super::client::{apply_client_overrides, base_config, millis, KafkaStartError};
 use super::partition_of;
-use crate::config::KafkaSection;
+use super::KafkaConfig;
 use crate::process::{PipelineEvent, Sink, SinkError};
 
 /// The `ingest` role's sink: produces each event and returns once the broker has it.
@@ -31,16 +31,16 @@ impl KafkaSink {
     /// A producer for `section`'s topic of `partitions` partitions; messages up to
     /// `max_message_bytes` (the largest profile, plus room for its metadata).
     pub fn new(
-        section: &KafkaSection,
+        section: &KafkaConfig,
         partitions: i32,
         max_message_bytes: u64,
     ) -> Result<KafkaSink, KafkaStartError> {
-        let timeout = Duration::from_millis(section.produce_timeout_ms);
+        let timeout = section.produce_timeout;
         let mut config = base_config(section);
         config
             .set("acks", "all")
             // One delivery deadline: the sink waits for the report no longer than this.
-            .set("message.timeout.ms", section.produce_timeout_ms.to_string())
+            .set("message.timeout.ms", millis(section.produce_timeout))
             .set("linger.ms", "2")
             // A bounded queue: a full one makes `deliver` fail, not grow.
             .set("queue.buffering.max.messages", "100000")

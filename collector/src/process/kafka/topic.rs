@@ -8,11 +8,11 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::error::RDKafkaErrorCode;
 
 use super::client::{apply_client_overrides, base_config, KafkaStartError, START_TIMEOUT};
-use crate::config::KafkaSection;
+use super::KafkaConfig;
 
 /// Creates the topic if it does not exist (with `partitions` and `replication_factor`)
 /// and returns its partition count.
-pub async fn ensure_topic(section: &KafkaSection) -> Result<i32, KafkaStartError> {
+pub async fn ensure_topic(section: &KafkaConfig) -> Result<i32, KafkaStartError> {
     let mut config = base_config(section);
     apply_client_overrides(&mut config, section);
     let admin: AdminClient<DefaultClientContext> =

@@ -3,79 +3,78 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::time::Duration;
 
+use holmes_storage::Severity;
 use hyper::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
 
 use crate::auth::Secret;
-use crate::config::ConfigError;
-use holmes_storage::Severity;
+
+/// Why the `[alerts]` section cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum AlertsConfigError {
+    /// A routing key file could not be read.
+    #[error("cannot read the routing key file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A setting or hook is unusable.
+    #[error("{0}")]
+    Invalid(String),
+}
 
 /// Where PagerDuty hooks send events when they name no `url`.
 pub const DEFAULT_PAGERDUTY_URL: &str = "https://events.pagerduty.com/v2/enqueue";
-/// First retry delay of a failed delivery, milliseconds; each retry doubles it.
-pub const DEFAULT_RETRY_INITIAL_MS: u64 = 1_000;
-/// Longest delay between two attempts, milliseconds.
-pub const DEFAULT_RETRY_MAX_MS: u64 = 5 * 60 * 1_000;
-/// How long an alert is retried before it is given up (kept as failed), seconds.
-pub const DEFAULT_GIVE_UP_AFTER_SECS: u64 = 24 * 60 * 60;
+/// First retry delay of a failed delivery; each retry doubles it.
+pub const DEFAULT_RETRY_INITIAL: Duration = Duration::from_secs(1);
+/// Longest delay between two attempts.
+pub const DEFAULT_RETRY_MAX: Duration = Duration::from_secs(5 * 60);
+/// How long an alert is retried before it is given up (kept as failed).
+pub const DEFAULT_GIVE_UP_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
 /// Most alerts waiting for delivery at once; beyond it `notify` refuses new ones.
 pub const DEFAULT_MAX_PENDING: u64 = 100_000;
-/// Longest wait for a hook's answer, milliseconds.
-pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 10_000;
+/// Longest wait for a hook's answer.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Alert hooks and their delivery (`[alerts]` and `[[alerts.hooks]]` in the file).
+/// Alert hooks and their delivery (`[alerts]` and `[[alerts.hooks]]` in the file),
+/// durations as text (`retry_initial = "1s"`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct AlertsConfig {
     /// Links in alerts point to `{base_url}/ui/incidents/{id}`; without it, to the
     /// collector's own HTTP address.
     pub base_url: Option<String>,
-    /// First retry delay, milliseconds (doubles per attempt, with jitter).
-    #[serde(default = "default_retry_initial_ms")]
-    pub retry_initial_ms: u64,
-    /// Longest delay between attempts, milliseconds.
-    #[serde(default = "default_retry_max_ms")]
-    pub retry_max_ms: u64,
-    /// An alert still undelivered this long after it was queued is given up, seconds.
-    #[serde(default = "default_give_up_after_secs")]
-    pub give_up_after_secs: u64,
+    /// First retry delay (doubles per attempt, with jitter).
+    #[serde(with = "humantime_serde")]
+    pub retry_initial: Duration,
+    /// Longest delay between attempts.
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+    /// An alert still undelivered this long after it was queued is given up.
+    #[serde(with = "humantime_serde")]
+    pub give_up_after: Duration,
     /// Most alerts waiting for delivery at once.
-    #[serde(default = "default_max_pending")]
     pub max_pending: u64,
-    /// Longest wait for one hook's answer, milliseconds.
-    #[serde(default = "default_request_timeout_ms")]
-    pub request_timeout_ms: u64,
+    /// Longest wait for one hook's answer.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
     /// The hooks; none means no alerts.
-    #[serde(default)]
     pub hooks: Vec<HookConfig>,
-}
-
-fn default_retry_initial_ms() -> u64 {
-    DEFAULT_RETRY_INITIAL_MS
-}
-fn default_retry_max_ms() -> u64 {
-    DEFAULT_RETRY_MAX_MS
-}
-fn default_give_up_after_secs() -> u64 {
-    DEFAULT_GIVE_UP_AFTER_SECS
-}
-fn default_max_pending() -> u64 {
-    DEFAULT_MAX_PENDING
-}
-fn default_request_timeout_ms() -> u64 {
-    DEFAULT_REQUEST_TIMEOUT_MS
 }
 
 impl Default for AlertsConfig {
     fn default() -> Self {
         AlertsConfig {
             base_url: None,
-            retry_initial_ms: DEFAULT_RETRY_INITIAL_MS,
-            retry_max_ms: DEFAULT_RETRY_MAX_MS,
-            give_up_after_secs: DEFAULT_GIVE_UP_AFTER_SECS,
+            retry_initial: DEFAULT_RETRY_INITIAL,
+            retry_max: DEFAULT_RETRY_MAX,
+            give_up_after: DEFAULT_GIVE_UP_AFTER,
             max_pending: DEFAULT_MAX_PENDING,
-            request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
             hooks: Vec::new(),
         }
     }
@@ -151,8 +150,8 @@ pub struct HookConfig {
 }
 
 /// Checks an `http://` or `https://` URL with a host.
-pub(crate) fn check_url(what: &str, url: &str) -> Result<hyper::Uri, ConfigError> {
-    let bad = |reason: &str| ConfigError::Invalid(format!("{what} = {url:?}: {reason}"));
+pub(crate) fn check_url(what: &str, url: &str) -> Result<hyper::Uri, AlertsConfigError> {
+    let bad = |reason: &str| AlertsConfigError::Invalid(format!("{what} = {url:?}: {reason}"));
     let uri: hyper::Uri = url
         .parse()
         .map_err(|e: hyper::http::uri::InvalidUri| bad(&format!("not a URL ({e})")))?;
@@ -183,14 +182,16 @@ impl HookConfig {
     }
 
     /// The headers to send, checked.
-    pub(crate) fn header_values(&self) -> Result<Vec<(HeaderName, HeaderValue)>, ConfigError> {
+    pub(crate) fn header_values(
+        &self,
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, AlertsConfigError> {
         let mut out = Vec::with_capacity(self.headers.len());
         for (name, value) in &self.headers {
             let what = format!("alerts.hooks {:?}: header {name:?}", self.name);
             let header = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| ConfigError::Invalid(format!("{what} is not a header name")))?;
+                .map_err(|_| AlertsConfigError::Invalid(format!("{what} is not a header name")))?;
             let mut value = HeaderValue::from_str(value.expose()).map_err(|_| {
-                ConfigError::Invalid(format!("{what} has a value that cannot be sent"))
+                AlertsConfigError::Invalid(format!("{what} has a value that cannot be sent"))
             })?;
             value.set_sensitive(true);
             out.push((header, value));
@@ -198,12 +199,12 @@ impl HookConfig {
         Ok(out)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    fn validate(&self) -> Result<(), AlertsConfigError> {
         let name = &self.name;
         let invalid =
-            |reason: String| ConfigError::Invalid(format!("alerts.hooks {name:?}: {reason}"));
+            |reason: String| AlertsConfigError::Invalid(format!("alerts.hooks {name:?}: {reason}"));
         holmes_proto::names::validate_name("hook name", name)
-            .map_err(|e| ConfigError::Invalid(format!("alerts.hooks: {e}")))?;
+            .map_err(|e| AlertsConfigError::Invalid(format!("alerts.hooks: {e}")))?;
         match (self.kind, &self.url) {
             (HookKind::Pagerduty, _) | (_, Some(_)) => {}
             (kind, None) => {
@@ -254,20 +255,20 @@ impl HookConfig {
     }
 
     /// The routing key, read from its file if it has one.
-    pub(crate) fn routing_key(&self) -> Result<Option<Secret>, ConfigError> {
+    pub(crate) fn routing_key(&self) -> Result<Option<Secret>, AlertsConfigError> {
         if let Some(key) = &self.routing_key {
             return Ok(Some(Secret::new(key.expose().trim())));
         }
         let Some(path) = &self.routing_key_file else {
             return Ok(None);
         };
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|source| AlertsConfigError::Read {
             path: path.clone(),
             source,
         })?;
         let key = text.trim();
         if key.is_empty() {
-            return Err(ConfigError::Invalid(format!(
+            return Err(AlertsConfigError::Invalid(format!(
                 "alerts.hooks {:?}: routing_key_file {} is empty",
                 self.name,
                 path.display()
@@ -278,38 +279,58 @@ impl HookConfig {
 }
 
 impl AlertsConfig {
+    /// Keys of older releases, each with what replaced it: refused naming the
+    /// replacement rather than as unknown keys.
+    pub const REPLACED_KEYS: &'static [(&'static str, &'static str)] = &[
+        ("retry_initial_ms", "retry_initial = \"1s\""),
+        ("retry_max_ms", "retry_max = \"5m\""),
+        ("give_up_after_secs", "give_up_after = \"24h\""),
+        ("request_timeout_ms", "request_timeout = \"10s\""),
+    ];
+
     /// Checks every hook (URLs, keys, filters) and that names are unique; files are
     /// read later, when the alerter starts.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), AlertsConfigError> {
         if let Some(base) = &self.base_url {
             check_url("alerts.base_url", base)?;
         }
-        if self.retry_initial_ms == 0 {
-            return Err(ConfigError::Invalid(
-                "alerts.retry_initial_ms = 0 is too small; at least 1".to_owned(),
-            ));
-        }
-        if self.retry_max_ms < self.retry_initial_ms {
-            return Err(ConfigError::Invalid(format!(
-                "alerts.retry_max_ms = {} is below retry_initial_ms = {}",
-                self.retry_max_ms, self.retry_initial_ms
+        let at_least = |key: &str, value: Duration, min: Duration| {
+            if value < min {
+                return Err(AlertsConfigError::Invalid(format!(
+                    "alerts.{key} = {:?} is too short; at least {}",
+                    humantime::format_duration(value).to_string(),
+                    humantime::format_duration(min)
+                )));
+            }
+            Ok(())
+        };
+        at_least(
+            "retry_initial",
+            self.retry_initial,
+            Duration::from_millis(1),
+        )?;
+        at_least(
+            "request_timeout",
+            self.request_timeout,
+            Duration::from_millis(1),
+        )?;
+        if self.retry_max < self.retry_initial {
+            return Err(AlertsConfigError::Invalid(format!(
+                "alerts.retry_max = {:?} is below retry_initial = {:?}",
+                humantime::format_duration(self.retry_max).to_string(),
+                humantime::format_duration(self.retry_initial).to_string()
             )));
         }
         if self.max_pending == 0 {
-            return Err(ConfigError::Invalid(
+            return Err(AlertsConfigError::Invalid(
                 "alerts.max_pending = 0 is too small; at least 1".to_owned(),
-            ));
-        }
-        if self.request_timeout_ms == 0 {
-            return Err(ConfigError::Invalid(
-                "alerts.request_timeout_ms = 0 is too small; at least 1".to_owned(),
             ));
         }
         let mut names = BTreeSet::new();
         for hook in &self.hooks {
             hook.validate()?;
             if !names.insert(hook.name.as_str()) {
-                return Err(ConfigError::Invalid(format!(
+                return Err(AlertsConfigError::Invalid(format!(
                     "alerts.hooks: two hooks are named {:?}",
                     hook.name
                 )));
@@ -351,7 +372,7 @@ mod tests {
         )
         .unwrap();
         c.validate().unwrap();
-        assert_eq!(c.retry_initial_ms, DEFAULT_RETRY_INITIAL_MS);
+        assert_eq!(c.retry_initial, DEFAULT_RETRY_INITIAL);
         assert_eq!(c.hooks[0].url(), DEFAULT_PAGERDUTY_URL);
         assert!(!c.hooks[0].wants("cart", Severity::Instance));
         assert!(c.hooks[0].wants("cart", Severity::Fleet));
@@ -402,5 +423,12 @@ mod tests {
         assert!(parse("[[hooks]]\nname = \"a\"\nkind = \"email\"\nurl = \"http://x\"").is_err());
         assert!(parse("[[hooks]]\nname = \"a\"\nkind = \"webhook\"\nurl = \"http://x\"\nmin_severity = \"high\"").is_err());
         assert!(parse("retry_initial = 5").is_err());
+        assert!(parse("retry_initial_ms = 5").is_err());
+        assert!(parse("retry_initial = \"5ms\"\nretry_max = \"1ms\"")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("alerts.retry_max = \"1ms\" is below retry_initial = \"5ms\""));
     }
 }
