@@ -1,10 +1,10 @@
 //! Rules from the configuration file reach the agents of their service, built on the
 //! rules each agent reported, and no other service's agents.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::raw_agent::{hello, RawAgent};
+use crate::support::{eventually, Backend};
 use holmes_agent::{Holmes, Rule};
 use holmes_api::{RuleJson, TriggersJson};
 use holmes_cli::api_client::ApiClient;
@@ -15,8 +15,6 @@ use holmes_proto::rule_spec::default_rule;
 use holmes_proto::{
     AgentBody, CollectorMessage, ConfigUpdate, Metric, MetricSeries, MetricWindow, Sample,
 };
-use support::raw_agent::{hello, RawAgent};
-use support::{eventually, Backend};
 
 fn window() -> AgentBody {
     AgentBody::MetricWindow(MetricWindow {
@@ -33,7 +31,7 @@ fn window() -> AgentBody {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn configured_rules_reach_the_agents_of_their_service_only() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = support::config(Backend::Sqlite, dir.path()).unwrap();
+    let mut config = crate::support::config(Backend::Sqlite, dir.path()).unwrap();
     config.rules = [(
         "checkout".to_owned(),
         [("cpu".to_owned(), "abs=90".to_owned())].into(),
@@ -92,7 +90,7 @@ async fn configured_rules_reach_the_agents_of_their_service_only() {
 #[tokio::test]
 async fn a_collector_with_a_bad_rule_does_not_start() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = support::config(Backend::Sqlite, dir.path()).unwrap();
+    let mut config = crate::support::config(Backend::Sqlite, dir.path()).unwrap();
     config.store = StoreKind::Sqlite;
     config.rules = [(
         "checkout".to_owned(),
@@ -123,7 +121,7 @@ async fn a_collector_with_a_bad_rule_does_not_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pushed_rule_makes_a_real_agent_fire_and_its_trigger_is_served() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = support::config(Backend::Sqlite, dir.path()).unwrap();
+    let mut config = crate::support::config(Backend::Sqlite, dir.path()).unwrap();
     config.rules = [(
         "checkout".to_owned(),
         [(

@@ -4,8 +4,6 @@
 //! `check-config`; YAML parses; the compose file, Dockerfile and systemd unit name
 //! binaries, flags, files, stages and ports that exist; shell scripts pass `bash -n`.
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -596,7 +594,7 @@ fn the_dockerfile_builds_what_exists() {
 /// `holmes-demo` accepts these arguments: every `--flag` is in the help of the
 /// (sub)command they call.
 fn demo_accepts(args: &[String], sub: &[&str]) {
-    let demo = support::workspace_bin("holmes-demo");
+    let demo = crate::support::workspace_bin("holmes-demo");
     let mut cmd = Command::new(&demo);
     cmd.args(sub).arg("--help");
     let out = cmd

@@ -4,17 +4,15 @@
 //! hook (the webhook fails its first attempts), a resolve alert after the quiet period;
 //! the incident read back through the API and the CLI.
 
-mod support;
-
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use crate::support::receiver::Receiver;
+use crate::support::{eventually, holmes_cli, Backend};
 use axum::http::StatusCode;
 use holmes_cli::api_client::ApiClient;
 use holmes_collector::{Config, Server};
-use support::receiver::Receiver;
-use support::{eventually, holmes_cli, Backend};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_spike_is_one_incident_with_its_culprit_and_pages_once_per_change() {
@@ -26,6 +24,12 @@ async fn a_fleet_spike_is_one_incident_with_its_culprit_and_pages_once_per_chang
 [incidents]
 window = "2m"
 quiet = "30s"
+
+# A burst holds one core: CPU % is of every core the process may use, so a low `min`
+# lets it fire on any machine (on 16 cores one busy core is 6 %), and `diff` keeps idle
+# noise out.
+[rules.checkout]
+cpu = "min=2,diff=100"
 
 [alerts]
 retry_initial = "200ms"
@@ -47,9 +51,11 @@ min_severity = "fleet"
         pagerduty.url("/v2/enqueue")
     );
     let file = Config::from_toml(&toml, Path::new("incidents.toml")).unwrap();
-    let mut config = support::config(Backend::Sqlite, dir.path()).unwrap();
+    let mut config = crate::support::config(Backend::Sqlite, dir.path()).unwrap();
     config.incidents = file.incidents;
     config.alerts = file.alerts;
+    config.rules = file.rules;
+    let demo = crate::support::workspace_bin("holmes-demo");
     let server = Server::start(&config).await.unwrap();
     let api_url = format!("http://{}", server.http_addr());
     let api = ApiClient::new(&api_url).unwrap();
@@ -60,7 +66,7 @@ min_severity = "fleet"
     let mut children = Vec::new();
     for i in 0..3 {
         children.push(
-            tokio::process::Command::new(support::workspace_bin("holmes-demo"))
+            tokio::process::Command::new(&demo)
                 .args(["service", "--collector"])
                 .arg(format!("http://{}", server.grpc_addr()))
                 .args([
@@ -225,9 +231,9 @@ min_severity = "fleet"
     assert!(diff.contains("points vs baseline"), "{diff}");
     // The incident page in a real browser: rendered by its script from the API, with
     // the suspects, the flame graph and the sparkline; a screenshot with content.
-    if let Some(chromium) = support::chromium() {
+    if let Some(chromium) = crate::support::chromium() {
         let page = format!("{api_url}/ui/incidents/{id}");
-        let dom = support::chromium_run(&chromium, &page, &["--dump-dom"]).await;
+        let dom = crate::support::chromium_run(&chromium, &page, &["--dump-dom"]).await;
         assert!(dom.contains(r#"data-ready="true""#), "{dom}");
         let suspects = dom.split(r#"<table id="suspects">"#).nth(1).unwrap_or("");
         let first_row = suspects.split("</tr>").nth(1).unwrap_or("");
@@ -241,13 +247,13 @@ min_severity = "fleet"
         let shot = dir.path().join("incident.png");
         let blank = dir.path().join("blank.png");
         let size = "--window-size=1280,1600";
-        support::chromium_run(
+        crate::support::chromium_run(
             &chromium,
             &page,
             &[size, &format!("--screenshot={}", shot.display())],
         )
         .await;
-        support::chromium_run(
+        crate::support::chromium_run(
             &chromium,
             "about:blank",
             &[size, &format!("--screenshot={}", blank.display())],
@@ -272,7 +278,8 @@ min_severity = "fleet"
         );
         // The home page lists the service and the incident.
         let home =
-            support::chromium_run(&chromium, &format!("{api_url}/ui"), &["--dump-dom"]).await;
+            crate::support::chromium_run(&chromium, &format!("{api_url}/ui"), &["--dump-dom"])
+                .await;
         assert!(
             home.contains(&id) && home.contains("/ui/services/checkout"),
             "{home}"

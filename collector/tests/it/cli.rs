@@ -1,11 +1,9 @@
 //! The `holmes` CLI's failures: one clear line and a non-zero exit.
 
-mod support;
-
 use std::process::Command;
 
 fn holmes(args: &[&str]) -> std::process::Output {
-    Command::new(support::workspace_bin("holmes"))
+    Command::new(crate::support::workspace_bin("holmes"))
         .args(args)
         .env_remove("HOLMES_API")
         .output()
@@ -35,7 +33,7 @@ fn bad_flags_print_one_line_and_exit_2() {
 
 #[test]
 fn an_unreachable_api_prints_one_line_and_exits_1() {
-    let addr = support::free_addr();
+    let addr = crate::support::free_addr();
     let out = holmes(&["--api", &format!("http://{addr}"), "services"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = one_line_stderr(&out);
@@ -60,7 +58,7 @@ fn a_malformed_api_address_is_named() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_errors_reach_the_user_verbatim() {
     let dir = tempfile::tempdir().unwrap();
-    let server = support::start(support::Backend::Sqlite, dir.path())
+    let server = crate::support::start(crate::support::Backend::Sqlite, dir.path())
         .await
         .unwrap();
     let api = format!("http://{}", server.http_addr());

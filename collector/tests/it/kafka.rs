@@ -7,14 +7,15 @@
 //! (`CI` set) or with `HOLMES_TEST_REQUIRE_KAFKA=1`, where that is a failure.
 #![cfg(feature = "kafka")]
 
-mod support;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::support::raw_agent::{hello, RawAgent};
+use crate::support::receiver::Receiver;
+use crate::support::{eventually, free_addr};
 use axum::http::StatusCode;
 use holmes_agent::{Holmes, ProfileKind};
 use holmes_cli::api_client::ApiClient;
@@ -22,9 +23,6 @@ use holmes_collector::config::{Config, Role};
 use holmes_collector::process::kafka::KafkaConfig;
 use holmes_collector::Server;
 use holmes_proto::{AgentBody, CollectorMessage, Metric, TriggerEvent, TriggerReason};
-use support::raw_agent::{hello, RawAgent};
-use support::receiver::Receiver;
-use support::{eventually, free_addr};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -63,7 +61,7 @@ fn kafka_section(brokers: &str, name: &str) -> KafkaConfig {
 }
 
 fn role_config(role: Role, dir: &Path, kafka: &KafkaConfig) -> Config {
-    let mut config = support::config(support::Backend::Sqlite, dir).unwrap();
+    let mut config = crate::support::config(crate::support::Backend::Sqlite, dir).unwrap();
     config.role = role;
     config.kafka = kafka.clone();
     config
@@ -346,7 +344,13 @@ async fn a_processor_killed_mid_stream_loses_nothing_and_pages_once() {
     );
     // Each incident paged once when it opened and once for each instance that joined
     // it as a fleet incident (the second and the third), never twice for one change:
-    // the alert outbox and the incidents survive the kill.
+    // the alert outbox and the incidents survive the kill. The fifteen pages may take a
+    // while on a loaded machine; a page sent twice would come after them, so a moment
+    // more is given for it to show.
+    eventually(Duration::from_secs(60), "fifteen pages", || async {
+        (webhook.accepted().len() >= 15).then_some(())
+    })
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let got = webhook.accepted();
     let alert_ids: Vec<&str> = got
@@ -387,7 +391,7 @@ fn kafka_script() -> PathBuf {
 
 impl OwnBroker {
     fn run(command: &str, dir: Option<&str>) -> Vec<(String, String)> {
-        support::dev_script("kafka.sh", command, "HOLMES_KAFKA_DIR", dir)
+        crate::support::dev_script("kafka.sh", command, "HOLMES_KAFKA_DIR", dir)
     }
 
     fn start() -> OwnBroker {
@@ -491,7 +495,14 @@ async fn agents_keep_their_data_while_the_broker_is_down() {
     let outage = down.elapsed();
     eprintln!("the broker was down for {outage:?}");
 
-    support::outage_backlog_arrives(&api, &agent, &event_id, outage, Duration::from_secs(60)).await;
+    crate::support::outage_backlog_arrives(
+        &api,
+        &agent,
+        &event_id,
+        outage,
+        Duration::from_secs(60),
+    )
+    .await;
     let trigger_ids: Vec<String> = api
         .triggers("outage", "5m")
         .await

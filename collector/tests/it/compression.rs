@@ -1,14 +1,15 @@
 //! Compression on the wire: the collector accepts gzip and zstd streams from the real
 //! agent, and the bytes a realistic stream takes on the wire are measured through a
-//! counting TCP proxy (`cargo test --test compression -- --nocapture` prints them).
-
-mod support;
+//! counting TCP proxy (`cargo test -p holmes-collector --test it -- compression::
+//! --nocapture` prints them).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::raw_agent::{hello, profile_chunks, ConnectOptions, RawAgent};
+use crate::support::{eventually, Backend};
 use holmes_agent::{Compression, Holmes};
 use holmes_cli::api_client::ApiClient;
 use holmes_proto::{
@@ -16,8 +17,6 @@ use holmes_proto::{
     Sample,
 };
 use prost::Message;
-use support::raw_agent::{hello, profile_chunks, ConnectOptions, RawAgent};
-use support::{eventually, Backend};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tonic::codec::CompressionEncoding;
@@ -166,7 +165,9 @@ async fn send_and_wait(agent: &mut RawAgent, first_seq: u64, bodies: &[AgentBody
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compressed_streams_are_accepted_and_their_bytes_measured() {
     let dir = tempfile::tempdir().unwrap();
-    let server = support::start(Backend::Sqlite, dir.path()).await.unwrap();
+    let server = crate::support::start(Backend::Sqlite, dir.path())
+        .await
+        .unwrap();
     let api = ApiClient::new(&format!("http://{}", server.http_addr())).unwrap();
 
     // The real agent with each compression: its metrics arrive; with "none" it also

@@ -1,5 +1,4 @@
 //! Shared harness for the collector's tests: real collectors on loopback, real stores.
-#![allow(dead_code)]
 
 pub(crate) mod raw_agent;
 pub(crate) mod receiver;
@@ -16,6 +15,26 @@ use std::time::{Duration, Instant};
 use holmes_collector::config::{Config, StoreKind};
 use holmes_collector::Server;
 use holmes_storage::clickhouse::ClickHouseSettings;
+
+/// Declares, for each `async fn name(backend: Backend)` named, the tests `name::sqlite`
+/// and `name::clickhouse` that run it on each store (the ClickHouse one is skipped with
+/// `HOLMES_TEST_SKIP_CLICKHOUSE=1`, see [`config`]).
+macro_rules! on_each_backend {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::support::Backend::Sqlite).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn clickhouse() {
+                super::$name($crate::support::Backend::ClickHouse).await;
+            }
+        }
+    )+};
+}
+pub(crate) use on_each_backend;
 
 /// Which store a test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,12 +2,12 @@
 //! resent, and read back through the HTTP API and the `holmes` CLI — on SQLite and on
 //! ClickHouse.
 
-mod support;
-
-use support::holmes_cli;
+use crate::support::holmes_cli;
 
 use std::time::Duration;
 
+use crate::support::raw_agent::{hello, RawAgent};
+use crate::support::Backend;
 use holmes_api::{PointJson, RuleJson, TriggerJson, TriggersJson};
 use holmes_cli::api_client::{ApiClient, ApiClientError};
 use holmes_collector::clock::{rfc3339, unix_nanos_now};
@@ -15,8 +15,6 @@ use holmes_proto::{
     AgentBody, CollectorMessage, Metric, ProfileKind, RuleConfig, Sample, TriggerEvent,
     TriggerReason,
 };
-use support::raw_agent::{hello, RawAgent};
-use support::Backend;
 
 const SEC: u64 = 1_000_000_000;
 
@@ -73,7 +71,7 @@ async fn api_error(api: &ApiClient, path: &str) -> (u16, String) {
 
 async fn triggers_are_stored_once_and_come_back(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let Some(server) = support::start(backend, dir.path()).await else {
+    let Some(server) = crate::support::start(backend, dir.path()).await else {
         return;
     };
     let api_url = format!("http://{}", server.http_addr());
@@ -264,21 +262,15 @@ async fn triggers_are_stored_once_and_come_back(backend: Backend) {
     server.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn triggers_are_stored_once_and_come_back_on_sqlite() {
-    triggers_are_stored_once_and_come_back(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn triggers_are_stored_once_and_come_back_on_clickhouse() {
-    triggers_are_stored_once_and_come_back(Backend::ClickHouse).await;
-}
+crate::support::on_each_backend!(triggers_are_stored_once_and_come_back);
 
 /// A trigger without a sequence number cannot be acknowledged: the stream is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trigger_without_a_sequence_number_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let server = support::start(Backend::Sqlite, dir.path()).await.unwrap();
+    let server = crate::support::start(Backend::Sqlite, dir.path())
+        .await
+        .unwrap();
     let mut agent =
         RawAgent::connect(server.grpc_addr(), hello("checkout", "checkout-0", vec![])).await;
     agent

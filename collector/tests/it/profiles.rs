@@ -3,22 +3,20 @@
 //! HTTP API and the `holmes` CLI — on SQLite and on ClickHouse. Inconsistent chunks end
 //! the sender's stream with a clear INVALID_ARGUMENT while others are still served.
 
-mod support;
-
-use support::holmes_cli;
+use crate::support::holmes_cli;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::support::raw_agent::{hello, profile_chunks, RawAgent};
+use crate::support::Backend;
 use holmes_api::{download_path, top_path};
 use holmes_cli::api_client::{ApiClient, ApiClientError};
 use holmes_collector::clock::{rfc3339, unix_nanos_now};
 use holmes_collector::Server;
 use holmes_proto::{AgentBody, CollectorMessage, MetricWindow, ProfileChunk, ProfileKind};
-use support::raw_agent::{hello, profile_chunks, RawAgent};
-use support::Backend;
 
 const SEC: u64 = 1_000_000_000;
 const MIB: usize = 1024 * 1024;
@@ -121,7 +119,7 @@ async fn send_all(agent: &RawAgent, first_seq: u64, chunks: &[ProfileChunk]) {
 
 async fn chunked_profiles_are_acknowledged_once_stored_and_come_back_exactly(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let Some(server) = support::start(backend, dir.path()).await else {
+    let Some(server) = crate::support::start(backend, dir.path()).await else {
         return;
     };
     let api_url = format!("http://{}", server.http_addr());
@@ -330,19 +328,13 @@ async fn chunked_profiles_are_acknowledged_once_stored_and_come_back_exactly(bac
     server.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chunked_profiles_are_acknowledged_once_stored_and_come_back_exactly_on_sqlite() {
-    chunked_profiles_are_acknowledged_once_stored_and_come_back_exactly(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chunked_profiles_are_acknowledged_once_stored_and_come_back_exactly_on_clickhouse() {
-    chunked_profiles_are_acknowledged_once_stored_and_come_back_exactly(Backend::ClickHouse).await;
-}
+crate::support::on_each_backend!(
+    chunked_profiles_are_acknowledged_once_stored_and_come_back_exactly
+);
 
 async fn resent_profiles_are_stored_once(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let Some(server) = support::start(backend, dir.path()).await else {
+    let Some(server) = crate::support::start(backend, dir.path()).await else {
         return;
     };
     let api = ApiClient::new(&format!("http://{}", server.http_addr())).unwrap();
@@ -414,15 +406,7 @@ async fn resent_profiles_are_stored_once(backend: Backend) {
     server.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resent_profiles_are_stored_once_on_sqlite() {
-    resent_profiles_are_stored_once(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resent_profiles_are_stored_once_on_clickhouse() {
-    resent_profiles_are_stored_once(Backend::ClickHouse).await;
-}
+crate::support::on_each_backend!(resent_profiles_are_stored_once);
 
 /// Opens a stream, sends `chunks` from sequence number 1 and returns how the collector
 /// ended it (failing if it acknowledged anything).
@@ -440,7 +424,7 @@ async fn refused(server: &Server, chunks: Vec<ProfileChunk>) -> (tonic::Code, St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inconsistent_profiles_end_the_stream_and_others_are_still_served() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = support::config(Backend::Sqlite, dir.path()).unwrap();
+    let mut config = crate::support::config(Backend::Sqlite, dir.path()).unwrap();
     config.max_profile_bytes = 2 * MIB as u64;
     let server = Server::start(&config).await.unwrap();
     let api = ApiClient::new(&format!("http://{}", server.http_addr())).unwrap();
@@ -554,7 +538,9 @@ async fn inconsistent_profiles_end_the_stream_and_others_are_still_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_profile_chunk_without_a_sequence_number_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let server = support::start(Backend::Sqlite, dir.path()).await.unwrap();
+    let server = crate::support::start(Backend::Sqlite, dir.path())
+        .await
+        .unwrap();
     let mut agent =
         RawAgent::connect(server.grpc_addr(), hello("checkout", "checkout-0", vec![])).await;
     let chunks = profile_chunks(
@@ -635,7 +621,7 @@ fn cpu_profile() -> Vec<u8> {
 /// function is the one that burned the CPU.
 async fn bad_profiles_are_refused_with_the_reason(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let Some(mut config) = support::config(backend, dir.path()) else {
+    let Some(mut config) = crate::support::config(backend, dir.path()) else {
         return;
     };
     config.max_decoded_profile_bytes = 4 * MIB as u64;
@@ -758,12 +744,4 @@ async fn bad_profiles_are_refused_with_the_reason(backend: Backend) {
     server.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_profiles_are_refused_with_the_reason_on_sqlite() {
-    bad_profiles_are_refused_with_the_reason(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_profiles_are_refused_with_the_reason_on_clickhouse() {
-    bad_profiles_are_refused_with_the_reason(Backend::ClickHouse).await;
-}
+crate::support::on_each_backend!(bad_profiles_are_refused_with_the_reason);

@@ -2,11 +2,10 @@
 //! `retention_days` disappear once the collector runs; recent ones stay. On SQLite and
 //! on ClickHouse (whose old day partitions are dropped).
 
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::{eventually, Backend};
 use holmes_cli::api_client::ApiClient;
 use holmes_collector::clock::unix_nanos_now;
 use holmes_collector::config::StoreKind;
@@ -15,7 +14,6 @@ use holmes_proto::{Metric, TriggerReason};
 use holmes_storage::clickhouse::{ClickHouseConfig, ClickHouseStore};
 use holmes_storage::sqlite::SqliteStore;
 use holmes_storage::{InstanceInfo, MetricPoint, Store, TriggerRecord};
-use support::{eventually, Backend};
 
 const DAY: u64 = 86_400 * 1_000_000_000;
 
@@ -36,7 +34,7 @@ fn trigger(event_id: &str, at: u64) -> TriggerRecord {
 
 async fn old_days_are_removed(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let Some(mut config) = support::config(backend, dir.path()) else {
+    let Some(mut config) = crate::support::config(backend, dir.path()) else {
         return;
     };
     config.retention_days = 7;
@@ -98,12 +96,4 @@ async fn old_days_are_removed(backend: Backend) {
     server.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn old_days_are_removed_on_sqlite() {
-    old_days_are_removed(Backend::Sqlite).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn old_days_are_removed_on_clickhouse() {
-    old_days_are_removed(Backend::ClickHouse).await;
-}
+crate::support::on_each_backend!(old_days_are_removed);

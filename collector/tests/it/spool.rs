@@ -3,17 +3,15 @@
 //! test binary run again as [`agent_process`]) with a disk spool, killed and restarted.
 //! Every profile and trigger event arrives exactly once.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use crate::support::eventually;
 use holmes_agent::{Holmes, ProfileKind};
 use holmes_cli::api_client::ApiClient;
-use support::eventually;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
@@ -140,9 +138,14 @@ struct Agent {
 
 impl Agent {
     fn start(plan: &str, grpc: SocketAddr, spool: &Path) -> Agent {
-        let dumps = spool.with_extension(format!("dumps-{}", support::free_addr().port()));
+        let dumps = spool.with_extension(format!("dumps-{}", crate::support::free_addr().port()));
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "agent_process", "--ignored", "--nocapture"])
+            .args([
+                "--exact",
+                "spool::agent_process",
+                "--ignored",
+                "--nocapture",
+            ])
             .env(CHILD_PLAN, plan)
             .env("HOLMES_SERVICE", SERVICE)
             .env("HOLMES_INSTANCE", INSTANCE)
@@ -252,7 +255,7 @@ async fn assert_each_event_stored_once(api: &ApiClient, events: &[String]) {
 async fn profiles_arrive_exactly_once_across_a_collector_killed_and_restarted() {
     let dir = tempfile::tempdir().unwrap();
     let (data, spool) = (dir.path().join("data"), dir.path().join("spool"));
-    let (grpc, http) = (support::free_addr(), support::free_addr());
+    let (grpc, http) = (crate::support::free_addr(), crate::support::free_addr());
     let collector = Collector::start(grpc, http, &data).await;
     let mut agent = Agent::start("captures=12,every=300,end=drain", grpc, &spool);
 
@@ -285,7 +288,7 @@ async fn profiles_arrive_exactly_once_across_a_collector_killed_and_restarted() 
 async fn an_agent_restarted_on_its_spool_resends_what_was_not_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let (data, spool) = (dir.path().join("data"), dir.path().join("spool"));
-    let (grpc, http) = (support::free_addr(), support::free_addr());
+    let (grpc, http) = (crate::support::free_addr(), crate::support::free_addr());
 
     let mut first = Agent::start("captures=5,every=150,end=hang", grpc, &spool);
     let events = first.events(5).await;

@@ -2,19 +2,17 @@
 //! order per incident, retries against a receiver that fails first, permanent refusals,
 //! and a restart that loses no alert and sends none twice.
 
-mod support;
-
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::receiver::Receiver;
 use axum::http::StatusCode;
 use holmes_collector::alert::{AlertError, AlertKind, Alerter, AlertsConfig, OutboxStats};
 use holmes_collector::Config;
 use holmes_proto::Metric;
 use holmes_storage::{IncidentRecord, IncidentStatus, Severity};
-use support::receiver::Receiver;
 use tokio::sync::watch;
 
 fn incident(id: &str, service: &str, severity: Severity, version: u64) -> IncidentRecord {
@@ -57,7 +55,7 @@ async fn stats_when(
     what: &str,
     done: impl Fn(OutboxStats) -> bool,
 ) -> OutboxStats {
-    support::eventually(Duration::from_secs(20), what, || async {
+    crate::support::eventually(Duration::from_secs(20), what, || async {
         let stats = alerter.stats().await.unwrap();
         done(stats).then_some(stats)
     })
@@ -299,7 +297,7 @@ async fn a_failing_receiver_gets_its_alerts_after_retries_and_a_refusal_is_final
 #[tokio::test]
 async fn a_restart_loses_no_alert_and_sends_none_twice() {
     // The receiver is down while the first alerter runs.
-    let addr = support::free_addr();
+    let addr = crate::support::free_addr();
     let toml = format!(
         r#"
         [alerts]
@@ -371,7 +369,7 @@ async fn a_restart_loses_no_alert_and_sends_none_twice() {
 
 #[tokio::test]
 async fn the_outbox_is_bounded_and_unconfigured_hooks_are_dropped() {
-    let addr = support::free_addr();
+    let addr = crate::support::free_addr();
     let toml = |name: &str| {
         format!(
             "[alerts]\nmax_pending = 2\n[[alerts.hooks]]\nname = \"{name}\"\nkind = \"webhook\"\nurl = \"http://{addr}/\"\n"
@@ -460,8 +458,10 @@ async fn a_hook_that_never_answers_times_out_and_is_given_up() {
         .await
         .unwrap();
     stats_when(&alerter, "the alert given up", |s| s.failed == 1).await;
+    // Given up after about its second (not the default day); generous for a loaded
+    // machine.
     assert!(
-        started.elapsed() < Duration::from_secs(5),
+        started.elapsed() < Duration::from_secs(10),
         "{:?}",
         started.elapsed()
     );

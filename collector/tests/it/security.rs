@@ -1,18 +1,16 @@
 //! TLS on both listeners and bearer tokens, with real handshakes on loopback: a
 //! certificate made by the test, the real agent, the real CLI binary.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::support::raw_agent::{hello, ConnectOptions, RawAgent};
+use crate::support::{eventually, Backend};
 use holmes_agent::Holmes;
 use holmes_cli::api_client::{ApiClient, ApiClientError, ClientOptions};
 use holmes_collector::auth::Secret;
 use holmes_collector::Server;
 use holmes_proto::{AgentBody, CollectorMessage, Metric, MetricSeries, MetricWindow, Sample};
-use support::raw_agent::{hello, ConnectOptions, RawAgent};
-use support::{eventually, Backend};
 
 fn tokens(pairs: &[(&str, &str)]) -> BTreeMap<String, Secret> {
     pairs
@@ -43,9 +41,9 @@ fn now_nanos() -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_and_api_serve_tls_to_the_real_agent_and_cli() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = support::tls::test_pki(dir.path(), "good");
-    let other = support::tls::test_pki(dir.path(), "other");
-    let mut config = support::config(Backend::Sqlite, dir.path()).unwrap();
+    let pki = crate::support::tls::test_pki(dir.path(), "good");
+    let other = crate::support::tls::test_pki(dir.path(), "other");
+    let mut config = crate::support::config(Backend::Sqlite, dir.path()).unwrap();
     config.tls.cert_file = Some(pki.cert_file.clone());
     config.tls.key_file = Some(pki.key_file.clone());
     config.auth.ingest_tokens = tokens(&[("checkout", "agent-token")]);
@@ -81,7 +79,7 @@ async fn ingest_and_api_serve_tls_to_the_real_agent_and_cli() {
     agent.stop();
 
     // The CLI binary over https with the CA file and the token from the environment.
-    let out = support::holmes_cli_with(
+    let out = crate::support::holmes_cli_with(
         &[
             "--api",
             &api_url,
@@ -167,7 +165,7 @@ async fn ingest_and_api_serve_tls_to_the_real_agent_and_cli() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_tokens_are_checked_against_the_service_of_the_hello() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = support::config(Backend::Sqlite, dir.path()).unwrap();
+    let mut config = crate::support::config(Backend::Sqlite, dir.path()).unwrap();
     config.auth.ingest_tokens = tokens(&[("checkout", "t-checkout"), ("*", "t-fleet")]);
     let server = Server::start(&config).await.unwrap();
     let addr = server.grpc_addr();
@@ -257,7 +255,7 @@ async fn ingest_tokens_are_checked_against_the_service_of_the_hello() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_token_is_required_and_the_cli_sends_it() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = support::config(Backend::Sqlite, dir.path()).unwrap();
+    let mut config = crate::support::config(Backend::Sqlite, dir.path()).unwrap();
     let token_file = dir.path().join("api-token");
     std::fs::write(&token_file, "s3cret-api\n").unwrap();
     config.auth.api_token_file = Some(token_file);
@@ -265,14 +263,16 @@ async fn the_api_token_is_required_and_the_cli_sends_it() {
     let api = format!("http://{}", server.http_addr());
 
     // No token, a wrong one: 401 with the JSON error, one line from the CLI.
-    let out = support::holmes_cli_with(&["--api", &api, "services"], &[]).await;
+    let out = crate::support::holmes_cli_with(&["--api", &api, "services"], &[]).await;
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("HTTP 401") && err.contains("requires a token"),
         "{err}"
     );
-    let out = support::holmes_cli_with(&["--api", &api, "--token", "guess", "services"], &[]).await;
+    let out =
+        crate::support::holmes_cli_with(&["--api", &api, "--token", "guess", "services"], &[])
+            .await;
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -290,13 +290,14 @@ async fn the_api_token_is_required_and_the_cli_sends_it() {
 
     // The right token, from the flag and from the environment.
     let out =
-        support::holmes_cli_with(&["--api", &api, "--token", "s3cret-api", "services"], &[]).await;
+        crate::support::holmes_cli_with(&["--api", &api, "--token", "s3cret-api", "services"], &[])
+            .await;
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("no services yet"),
         "{out:?}"
     );
-    let out = support::holmes_cli_with(
+    let out = crate::support::holmes_cli_with(
         &["--api", &api, "--json", "services"],
         &[("HOLMES_API_TOKEN", "s3cret-api")],
     )
@@ -305,7 +306,7 @@ async fn the_api_token_is_required_and_the_cli_sends_it() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
 
     // A service name the collector would refuse is refused before asking.
-    let out = support::holmes_cli_with(
+    let out = crate::support::holmes_cli_with(
         &[
             "--api",
             &api,

@@ -4,18 +4,16 @@
 //! once. Runs its own ClickHouse server (started by `deploy/dev/clickhouse.sh`), since
 //! it kills it.
 
-mod support;
-
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::support::{eventually, Backend};
 use holmes_agent::{Holmes, ProfileKind};
 use holmes_cli::api_client::ApiClient;
 use holmes_collector::config::StoreKind;
 use holmes_collector::Server;
 use holmes_storage::clickhouse::ClickHouseSettings;
-use support::{eventually, Backend};
 
 fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/dev/clickhouse.sh")
@@ -29,7 +27,7 @@ struct OwnClickHouse {
 
 impl OwnClickHouse {
     fn run(command: &str, dir: Option<&str>) -> Vec<(String, String)> {
-        support::dev_script("clickhouse.sh", command, "HOLMES_CH_DIR", dir)
+        crate::support::dev_script("clickhouse.sh", command, "HOLMES_CH_DIR", dir)
     }
 
     fn start() -> Self {
@@ -68,7 +66,7 @@ impl Drop for OwnClickHouse {
 async fn nothing_is_lost_while_clickhouse_is_down() {
     // Only where the suite runs ClickHouse tests at all.
     let dir = tempfile::tempdir().unwrap();
-    let Some(mut config) = support::config(Backend::ClickHouse, dir.path()) else {
+    let Some(mut config) = crate::support::config(Backend::ClickHouse, dir.path()) else {
         return;
     };
     let ch = tokio::task::spawn_blocking(OwnClickHouse::start)
@@ -120,7 +118,14 @@ async fn nothing_is_lost_while_clickhouse_is_down() {
     eprintln!("ClickHouse was down for {outage:?}");
 
     // Everything arrives: the profile of the capture and every metric sample.
-    support::outage_backlog_arrives(&api, &agent, &event_id, outage, Duration::from_secs(30)).await;
+    crate::support::outage_backlog_arrives(
+        &api,
+        &agent,
+        &event_id,
+        outage,
+        Duration::from_secs(30),
+    )
+    .await;
     agent.stop();
     server.shutdown().await;
     drop(ch);
