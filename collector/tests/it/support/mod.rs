@@ -201,15 +201,10 @@ fn build_workspace_bins() -> BTreeMap<String, PathBuf> {
         .args(["--profile", profile])
         .arg("--target-dir")
         .arg(target_dir)
-        // The collector and the agent features this test turns on (collector/Cargo.toml's
-        // dev-dependencies) are asked for too, so that the dependencies shared with this
-        // test resolve to the same features and are not built a second time.
-        .args([
-            "-p",
-            "holmes-collector",
-            "--features",
-            "holmes-agent/tls,holmes-agent/zstd",
-        ]);
+        // This test target is asked for too (fresh: it is running), so that cargo
+        // resolves the features of the dependencies shared with it, dev-dependencies
+        // included, as for this test and builds none of them a second time.
+        .args(["-p", "holmes-collector", "--test", "it"]);
     for (package, bin) in WORKSPACE_BINS {
         cargo.args(["-p", package, "--bin", bin]);
     }
