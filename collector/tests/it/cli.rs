@@ -1,4 +1,6 @@
-//! The `holmes` CLI's failures: one clear line and a non-zero exit.
+//! The `holmes` CLI against a real collector: an error the API answers reaches the user
+//! as one line and a non-zero exit. (Its failures without a collector are tested in
+//! `holmes-cli`.)
 
 use std::process::Command;
 
@@ -15,44 +17,6 @@ fn one_line_stderr(out: &std::process::Output) -> String {
     assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
     assert!(out.stdout.is_empty(), "nothing on stdout: {out:?}");
     err
-}
-
-#[test]
-fn bad_flags_print_one_line_and_exit_2() {
-    for args in [
-        &["--bogus", "services"][..],
-        &["metrics"][..],
-        &["frobnicate"][..],
-    ] {
-        let out = holmes(args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
-        let err = one_line_stderr(&out);
-        assert!(err.contains("see holmes --help"), "{err}");
-    }
-}
-
-#[test]
-fn an_unreachable_api_prints_one_line_and_exits_1() {
-    let addr = crate::support::free_addr();
-    let out = holmes(&["--api", &format!("http://{addr}"), "services"]);
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let err = one_line_stderr(&out);
-    assert!(
-        err.contains(&format!("cannot reach the Holmes API at http://{addr}")),
-        "{err}"
-    );
-    assert!(err.contains("HOLMES_API"), "{err}");
-}
-
-#[test]
-fn a_malformed_api_address_is_named() {
-    let out = holmes(&["--api", "localhost:7071", "services"]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = one_line_stderr(&out);
-    assert!(
-        err.contains("invalid API address \"localhost:7071\""),
-        "{err}"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

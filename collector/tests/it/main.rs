@@ -3,6 +3,8 @@
 //! ClickHouse server `deploy/dev/clickhouse.sh` starts), a real Kafka-protocol broker
 //! (`deploy/dev/kafka.sh`), real HTTP receivers, and the real binaries — the server's
 //! `holmes-collector`, the `holmes` CLI and `holmes-demo` ([`support::workspace_bin`]).
+//! The demo's own test and the CLI's tests without a collector live in their crates
+//! (`holmes-devtools`, `holmes-cli`).
 //!
 //! One module per subject; tests that run on both stores are declared with
 //! [`support::on_each_backend`] and named `<subject>::<test>::sqlite` / `::clickhouse`.
@@ -14,7 +16,6 @@ mod alerts;
 mod bad_input;
 mod cli;
 mod compression;
-mod demo;
 mod deploy_files;
 mod e2e;
 mod fuzz_normalize;

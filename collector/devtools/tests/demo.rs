@@ -10,7 +10,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_produces_queryable_data_from_real_service_processes() {
     let dir = tempfile::tempdir().unwrap();
-    let demo = crate::support::workspace_bin("holmes-demo");
+    let demo = env!("CARGO_BIN_EXE_holmes-demo");
     // Long enough for a loaded machine; the test ends with the demo.
     let lifetime = Duration::from_secs(30);
     let started = Instant::now();
