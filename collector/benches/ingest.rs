@@ -35,15 +35,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use holmes_collector::config::{ClickHouseSection, Config, StoreKind};
-use holmes_collector::ingest::normalize::{normalize, normalize_new_stacks, Limits};
-use holmes_collector::synthetic::{mix, ProfileFactory, SAMPLES_PER_PROFILE, ZIPF_S};
+use holmes_collector::config::{Config, StoreKind};
+use holmes_collector::process::normalize::{normalize, normalize_new_stacks, Limits};
 use holmes_collector::Server;
+use holmes_devtools::synthetic::{mix, ProfileFactory, SAMPLES_PER_PROFILE, ZIPF_S};
 use holmes_proto::pb::ingest_client::IngestClient;
 use holmes_proto::pprof::Profile;
 use holmes_proto::{
     pb, AgentBody, AgentMessage, CollectorMessage, Hello, ProfileChunk, ProfileKind,
 };
+use holmes_storage::clickhouse::ClickHouseSettings;
 use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -89,7 +90,7 @@ impl Params {
 }
 
 // ---------------------------------------------------------------------------------------
-// The day of captures (profiles from holmes_collector::synthetic)
+// The day of captures (profiles from holmes_devtools::synthetic)
 // ---------------------------------------------------------------------------------------
 
 /// One profile ready to send.
@@ -365,16 +366,16 @@ fn run_backend(
     let url = std::env::var("HOLMES_TEST_CLICKHOUSE_URL").ok();
     if backend == Backend::ClickHouse {
         config.store = StoreKind::Clickhouse;
-        config.clickhouse = ClickHouseSection {
+        config.clickhouse = ClickHouseSettings {
             url: url.clone(),
             database: database.clone(),
-            ..ClickHouseSection::default()
+            ..ClickHouseSettings::default()
         };
         if let Some(ms) = std::env::var("HOLMES_BENCH_BATCH_MS")
             .ok()
             .and_then(|v| v.parse().ok())
         {
-            config.clickhouse.batch_delay_ms = ms;
+            config.clickhouse.batch_delay = Duration::from_millis(ms);
         }
     }
     let server = collector_rt

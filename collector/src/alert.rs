@@ -10,10 +10,10 @@
 //! collector stops is sent again by the next start, which PagerDuty folds by its dedup
 //! key (the incident id) and webhooks can drop by `alert_id`.
 
+pub mod config;
 mod deliver;
 pub mod outbox;
 mod payload;
-pub mod settings;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -28,11 +28,11 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_rustls::rustls;
 
-use crate::config::ConfigError;
+use config::AlertsConfigError;
+pub use config::{AlertsConfig, HookConfig, HookKind, MinSeverity};
 use deliver::{now_ms, with_outbox, Delivery, RetryPolicy, SharedOutbox, Target};
 use outbox::{NewAlert, Outbox};
 pub use outbox::{OutboxStats, OUTBOX_FILE};
-pub use settings::{AlertsConfig, HookConfig, HookKind, MinSeverity};
 
 /// What happened to an incident.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -61,7 +61,7 @@ impl AlertKind {
 pub enum AlertError {
     /// The `[alerts]` configuration cannot be used.
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    Config(#[from] AlertsConfigError),
     /// The data directory cannot be created.
     #[error("cannot create the data directory {path}: {source}")]
     Dir {
@@ -131,6 +131,10 @@ impl std::fmt::Debug for Alerter {
     }
 }
 
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// The TLS client configuration for `https://` hooks: the system's trust store.
 fn tls_config(needed: bool) -> Result<rustls::ClientConfig, AlertError> {
     use hyper_rustls::ConfigBuilderExt;
@@ -189,8 +193,7 @@ impl Alerter {
         }
         let mut targets = HashMap::new();
         for hook in &config.hooks {
-            let uri =
-                settings::check_url(&format!("alerts.hooks {:?}: url", hook.name), hook.url())?;
+            let uri = config::check_url(&format!("alerts.hooks {:?}: url", hook.name), hook.url())?;
             let target = Target {
                 kind: hook.kind,
                 uri,
@@ -229,10 +232,10 @@ impl Alerter {
             targets,
             client,
             retry: RetryPolicy {
-                initial_ms: config.retry_initial_ms,
-                max_ms: config.retry_max_ms,
-                give_up_ms: config.give_up_after_secs.saturating_mul(1000),
-                timeout: Duration::from_millis(config.request_timeout_ms),
+                initial_ms: millis(config.retry_initial),
+                max_ms: millis(config.retry_max),
+                give_up_ms: millis(config.give_up_after),
+                timeout: config.request_timeout,
             },
             keep_finished_rows: config.max_pending,
             wake: Arc::clone(&wake),

@@ -1,4 +1,4 @@
-//! gRPC ingest: one bidirectional stream per agent.
+//! Ingest: the gRPC service agents connect to, one bidirectional stream each.
 //!
 //! When tokens are configured ([`crate::auth`]), the stream must carry one, valid for
 //! the service its `Hello` names; nothing of a refused stream is stored.
@@ -7,7 +7,7 @@
 //! one `ConfigUpdate`; every durable message after it (metric windows, trigger events,
 //! profile chunks) is handed to the [`Sink`] as a [`PipelineEvent`] and acknowledged by
 //! sequence number once the sink says it is durable (stored, or acknowledged by Kafka;
-//! see [`crate::pipeline`]). Profile chunks are put together first ([`profiles`]): a
+//! see [`crate::process`]). Profile chunks are put together first ([`assemble`]): a
 //! profile is handed on once its last chunk is in,
 //! and since acknowledgements are cumulative, none reaches the first chunk of a profile
 //! that is not durable yet. Whatever goes wrong with one agent ends that agent's stream
@@ -29,20 +29,17 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::auth::IngestAuth;
 use crate::clock::unix_nanos_now;
 use crate::error::store_status;
-use crate::pipeline::{PipelineBody, PipelineEvent, Sink, SinkError};
-use crate::rules::{update_for, ServiceRules};
+use crate::process::{PipelineBody, PipelineEvent, Sink, SinkError};
 
+pub mod assemble;
 pub mod live;
-pub mod normalize;
-pub mod profiles;
+pub mod rules;
 
-use profiles::{Assembler, Step};
+use assemble::{Assembler, Step};
+use rules::{update_for, ServiceRules};
 
 /// How long a new stream may take to send its `Hello`.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a failing store write is retried; see [`crate::pipeline::STORE_RETRY_FOR`].
-pub const STORE_RETRY_FOR: Duration = crate::pipeline::STORE_RETRY_FOR;
-
 /// How often an instance's `last_seen` is refreshed while its stream is open.
 pub const TOUCH_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -60,7 +57,7 @@ pub struct IngestService {
 
 impl IngestService {
     /// A service handing what agents send to `sink`, recording instances in `store`,
-    /// and pushing `rules` (checked with [`crate::rules::check`]) to the agents of their
+    /// and pushing `rules` (checked with [`rules::check`]) to the agents of their
     /// services; streams end when `closing` turns true.
     pub fn new(
         store: Arc<dyn Store>,
@@ -343,7 +340,7 @@ impl Session {
                     ));
                 }
                 if let Step::Complete(record) = self.profiles.push(&self.hello, msg.seq, chunk)? {
-                    let event = crate::pipeline::profile_event(record);
+                    let event = crate::process::profile_event(record);
                     self.deliver(msg.seq, event.body).await?;
                 }
                 self.touch_if_due().await

@@ -17,9 +17,9 @@ use hyper_util::client::legacy::Client;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
+use super::config::HookKind;
 use super::outbox::{DueAlert, Outbox, KEEP_FINISHED_MS};
 use super::payload::with_routing_key;
-use super::settings::HookKind;
 use super::AlertError;
 use crate::auth::Secret;
 

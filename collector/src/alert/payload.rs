@@ -5,7 +5,7 @@
 use holmes_storage::{IncidentRecord, Severity};
 use serde_json::{json, Value};
 
-use super::settings::HookKind;
+use super::config::HookKind;
 use super::AlertKind;
 use crate::clock::rfc3339;
 

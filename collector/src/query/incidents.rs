@@ -5,22 +5,22 @@ use std::collections::{BTreeSet, HashMap};
 
 use axum::extract::{Path, Query, State};
 use axum::Json;
+use holmes_api::{
+    validate_profile_id, IncidentDetailJson, IncidentJson, IncidentsJson, TriggerJson,
+    DEFAULT_INCIDENT_LIMIT, DEFAULT_INCIDENT_SINCE,
+};
 use holmes_proto::{Metric, ProfileKind};
 use holmes_storage::{
     IncidentQuery, IncidentRecord, IncidentStatus, ProfileContents, ProfileQuery, TriggerQuery,
 };
-use serde::{Deserialize, Serialize};
 
-use super::{check_service, limit, time_range, Api, ProfileJson, TriggerJson};
-use crate::aggregate::{suspects, Suspect};
+use super::profiles::profile_json;
+use super::triggers::trigger_json;
+use super::{check_service, limit, time_range, Api};
 use crate::clock::rfc3339;
 use crate::error::ApiError;
-use crate::ingest::profiles::validate_profile_id;
+use crate::incident::suspects::suspects;
 
-/// Incidents listed unless `limit` says otherwise.
-pub const DEFAULT_INCIDENT_LIMIT: u64 = 200;
-/// How far back incident lists look unless `since` says otherwise.
-pub const DEFAULT_INCIDENT_SINCE: &str = "24h";
 /// Suspects in an incident's detail.
 pub(super) const SUSPECTS: usize = 10;
 /// Profiles merged per side (incident, baseline) for the suspects, at most.
@@ -28,37 +28,9 @@ pub(super) const MAX_MERGED_PROFILES: usize = 50;
 /// How long before an incident its baseline profiles are looked for.
 pub(super) const BASELINE_SPAN_SECS: u64 = 6 * 3600;
 
-/// One incident, as lists show it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct IncidentJson {
-    /// 32 hex digits.
-    pub incident_id: String,
-    /// Service name.
-    pub service: String,
-    /// Metric whose rules fired.
-    pub metric: String,
-    /// `instance` or `fleet`.
-    pub severity: String,
-    /// `open` or `resolved`.
-    pub status: String,
-    /// First trigger, RFC 3339.
-    pub first_event: String,
-    /// Same, milliseconds since the Unix epoch.
-    pub first_event_unix_ms: u64,
-    /// Latest trigger, RFC 3339.
-    pub last_event: String,
-    /// When it resolved, RFC 3339; `null` while open.
-    pub resolved: Option<String>,
-    /// Instances that fired.
-    pub instances: Vec<String>,
-    /// Its trigger events.
-    pub event_ids: Vec<String>,
-    /// Related incidents of other services.
-    pub related: Vec<String>,
-}
-
-impl From<IncidentRecord> for IncidentJson {
-    fn from(i: IncidentRecord) -> Self {
+/// An incident as the API lists it.
+fn incident_json(i: IncidentRecord) -> IncidentJson {
+    {
         IncidentJson {
             metric: i.metric.as_str().to_owned(),
             severity: i.severity.as_str().to_owned(),
@@ -74,41 +46,6 @@ impl From<IncidentRecord> for IncidentJson {
             related: i.related,
         }
     }
-}
-
-/// A list of incidents.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct IncidentsJson {
-    /// The service; `null` for the whole fleet.
-    pub service: Option<String>,
-    /// Start of the range, RFC 3339.
-    pub since: String,
-    /// End of the range (exclusive), RFC 3339.
-    pub until: String,
-    /// Newest first.
-    pub incidents: Vec<IncidentJson>,
-}
-
-/// One incident in detail.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct IncidentDetailJson {
-    /// The incident.
-    pub incident: IncidentJson,
-    /// Its trigger events, oldest first.
-    pub triggers: Vec<TriggerJson>,
-    /// The profiles captured for them, oldest first.
-    pub profiles: Vec<ProfileJson>,
-    /// The profile kind the suspects come from (`cpu` for CPU incidents, ...); `null`
-    /// when none was captured.
-    pub suspect_kind: Option<String>,
-    /// Functions that grew most against the baseline, most suspect first.
-    pub suspects: Vec<Suspect>,
-    /// Profiles merged for the suspects: the incident's and the baseline's.
-    pub merged_profiles: u64,
-    /// Baseline profiles (same service and kind, before the incident).
-    pub baseline_profiles: u64,
-    /// Related incidents of other services.
-    pub related: Vec<IncidentJson>,
 }
 
 fn parse_status(params: &HashMap<String, String>) -> Result<Option<IncidentStatus>, ApiError> {
@@ -144,7 +81,7 @@ async fn list(
         service,
         since: rfc3339(since),
         until: rfc3339(until),
-        incidents: found.into_iter().map(IncidentJson::from).collect(),
+        incidents: found.into_iter().map(incident_json).collect(),
     })
 }
 
@@ -197,7 +134,7 @@ pub(super) async fn detail(
         .await?
         .into_iter()
         .filter(|t| events.contains(t.event_id.as_str()))
-        .map(TriggerJson::from)
+        .map(trigger_json)
         .collect();
     let ours = profiles_of(&api, &incident).await?;
     let kind = kind_for(incident.metric);
@@ -207,7 +144,7 @@ pub(super) async fn detail(
     let mut related = Vec::new();
     for id in &incident.related {
         if let Some(r) = api.store.get_incident(id).await? {
-            related.push(IncidentJson::from(r));
+            related.push(incident_json(r));
         }
     }
     Ok(Json(IncidentDetailJson {
@@ -216,9 +153,9 @@ pub(super) async fn detail(
         baseline_profiles: baseline.len() as u64,
         suspects,
         triggers,
-        profiles: ours.into_iter().map(ProfileJson::from).collect(),
+        profiles: ours.into_iter().map(profile_json).collect(),
         related,
-        incident: IncidentJson::from(incident),
+        incident: incident_json(incident),
     }))
 }
 
@@ -349,9 +286,9 @@ pub(super) async fn flamegraph(
     );
     let svg = if diff {
         let baseline = baseline(&api, &incident, kind).await?;
-        crate::flamegraph::render(&title, &merged, Some(&baseline))
+        super::flamegraph::render(&title, &merged, Some(&baseline))
     } else {
-        crate::flamegraph::render(&title, &merged, None)
+        super::flamegraph::render(&title, &merged, None)
     };
     Ok(super::svg_response(svg))
 }
