@@ -205,6 +205,9 @@ impl HolmesHandle {
                 request_id: event_id::new(),
                 kinds: kinds.to_vec(),
                 cpu_duration: None,
+                purpose: holmes_proto::CapturePurpose::Operator,
+                window: None,
+                incident_id: None,
             },
             event.clone(),
         );

@@ -5,6 +5,8 @@
 //!   client and server). Only the two transport edges touch it: the agent's sender and
 //!   the collector's ingest.
 //! - [`model`]: the domain types the rest of Holmes works with.
+//! - [`native`]: the agent's own profile format (module + offset stacks, each once),
+//!   what agents send a collector instead of gzipped pprof.
 //! - [`transform`]: conversions between the two, where malformed wire data is rejected
 //!   with a [`transform::DecodeError`] naming the offending field.
 //! - [`pprof`]: the code generated from Google's `profile.proto` (vendored unchanged
@@ -17,6 +19,7 @@
 
 pub mod model;
 pub mod names;
+pub mod native;
 pub mod profile_tables;
 pub mod rule_spec;
 pub mod transform;

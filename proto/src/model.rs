@@ -148,6 +148,8 @@ pub enum TriggerReason {
     Diff,
     /// A capture was requested.
     Requested,
+    /// The agent's periodic baseline, between incidents.
+    Baseline,
 }
 
 /// What a profile measures.
@@ -198,6 +200,41 @@ pub struct Hello {
     pub started_at_unix_nanos: u64,
     /// Sampling interval.
     pub collect_interval: Duration,
+    /// Version of the collector's rules in force (0: the agent's own rules only).
+    pub rules_version: u64,
+    /// The executable the agent lives in.
+    pub executable: Option<Module>,
+    /// Whether the agent uploads its executable's debug info when asked.
+    pub debuginfo_upload: bool,
+}
+
+/// A loaded object file: the executable, a shared library or the vDSO.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct Module {
+    /// File name without directories ("checkout", "libc.so.6", "[vdso]").
+    pub name: String,
+    /// GNU build id as lowercase hex; empty when the object has none.
+    pub build_id: String,
+}
+
+/// How a profile's bytes are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ProfileFormat {
+    /// gzip-compressed pprof.
+    #[default]
+    PprofGzip,
+    /// A [`crate::native::NativeProfile`] (protobuf, not compressed).
+    Native,
+}
+
+impl ProfileFormat {
+    /// Short name for logs and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProfileFormat::PprofGzip => "pprof",
+            ProfileFormat::Native => "native",
+        }
+    }
 }
 
 /// A rule fired or a capture was requested.
@@ -238,7 +275,7 @@ pub struct ProfileChunk {
     pub chunk_count: u32,
     /// Size of the whole profile.
     pub total_bytes: u64,
-    /// This chunk's bytes of the gzip pprof.
+    /// This chunk's bytes of the profile (see `format`).
     pub data: Vec<u8>,
     /// Capture start, nanoseconds since the Unix epoch.
     pub started_unix_nanos: u64,
@@ -248,6 +285,8 @@ pub struct ProfileChunk {
     pub error: Option<String>,
     /// Extra labels.
     pub labels: BTreeMap<String, String>,
+    /// How the profile's bytes are encoded.
+    pub format: ProfileFormat,
 }
 
 /// Keep-alive with agent health counters.
@@ -259,6 +298,8 @@ pub struct Heartbeat {
     pub dropped_messages: u64,
     /// Messages waiting for an ack.
     pub unacked_messages: u64,
+    /// Version of the collector's rules in force.
+    pub rules_version: u64,
 }
 
 /// What one agent message carries.
@@ -274,6 +315,12 @@ pub enum AgentBody {
     ProfileChunk(ProfileChunk),
     /// Keep-alive.
     Heartbeat(Heartbeat),
+    /// What the agent did with a `ConfigUpdate` (not sequenced).
+    ConfigApplied(ConfigApplied),
+    /// What the agent did with a `CaptureRequest` (not sequenced).
+    CaptureOutcome(CaptureOutcome),
+    /// A piece of a debug info upload (not sequenced).
+    DebugInfoChunk(DebugInfoChunk),
 }
 
 /// A message from an agent with its sequence number.
@@ -293,6 +340,38 @@ pub struct ConfigUpdate {
     pub version: u64,
     /// New rules by metric.
     pub rules: Vec<RuleConfig>,
+    /// `rules` is the whole central rule set: metrics not listed return to the agent's
+    /// own rules.
+    pub replace: bool,
+    /// Captures paused until then, if they are.
+    pub pause: Option<CapturePause>,
+}
+
+/// Captures paused by an operator (a deploy window, a known incident).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapturePause {
+    /// Until when, nanoseconds since the Unix epoch.
+    pub until_unix_nanos: u64,
+    /// Why, for the agent's log.
+    pub reason: String,
+}
+
+/// What an agent did with a [`ConfigUpdate`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigApplied {
+    /// The update's version.
+    pub version: u64,
+    /// Rules refused (the previous rule stays for those metrics).
+    pub refused: Vec<RuleRefusal>,
+}
+
+/// A pushed rule an agent did not apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleRefusal {
+    /// The rule's metric.
+    pub metric: Metric,
+    /// Why.
+    pub reason: String,
 }
 
 /// Asks an agent to capture now.
@@ -304,6 +383,134 @@ pub struct CaptureRequest {
     pub kinds: Vec<ProfileKind>,
     /// Length of a CPU profile; `None` for the agent's default.
     pub cpu_duration: Option<Duration>,
+    /// Why the collector asks.
+    pub purpose: CapturePurpose,
+    /// For CPU: the flight recorder's samples over this wall-clock interval instead of
+    /// a new profile.
+    pub window: Option<TimeWindow>,
+    /// The incident it is a control for.
+    pub incident_id: Option<String>,
+}
+
+/// A wall-clock interval, nanoseconds since the Unix epoch, `start < end`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TimeWindow {
+    /// First nanosecond.
+    pub start_unix_nanos: u64,
+    /// End, exclusive.
+    pub end_unix_nanos: u64,
+}
+
+/// Why a capture is requested.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum CapturePurpose {
+    /// An operator asked.
+    #[default]
+    Operator,
+    /// A healthy instance compared with an incident's sick ones.
+    Control,
+    /// An external alert asked for profiles of its moment.
+    Alert,
+}
+
+impl CapturePurpose {
+    /// Short name for the API and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CapturePurpose::Operator => "operator",
+            CapturePurpose::Control => "control",
+            CapturePurpose::Alert => "alert",
+        }
+    }
+}
+
+/// What an agent did with a [`CaptureRequest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptureOutcome {
+    /// The request.
+    pub request_id: String,
+    /// The trigger event the profiles are sent under, if it captured anything.
+    pub event_id: Option<String>,
+    /// Kinds captured.
+    pub captured: Vec<ProfileKind>,
+    /// Kinds refused, with why.
+    pub refused: Vec<CaptureRefusal>,
+}
+
+/// A kind an agent did not capture.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptureRefusal {
+    /// Which kind.
+    pub kind: ProfileKind,
+    /// Why.
+    pub reason: RefusalReason,
+    /// Details for people.
+    pub detail: String,
+}
+
+/// Why an agent refused a capture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RefusalReason {
+    /// Another capture of that kind is running.
+    Busy,
+    /// Above the `cpu_max` gate.
+    CpuMax,
+    /// Requested too often.
+    RateLimited,
+    /// Captures are paused.
+    Paused,
+    /// The agent cannot capture that kind.
+    Unsupported,
+    /// The capture failed.
+    Failed,
+    /// Not said, or a reason this version does not know.
+    Other,
+}
+
+impl RefusalReason {
+    /// Short name for the API and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalReason::Busy => "busy",
+            RefusalReason::CpuMax => "cpu_max",
+            RefusalReason::RateLimited => "rate_limited",
+            RefusalReason::Paused => "paused",
+            RefusalReason::Unsupported => "unsupported",
+            RefusalReason::Failed => "failed",
+            RefusalReason::Other => "other",
+        }
+    }
+}
+
+/// Do not send the profiles of an event that are not sent yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkipProfiles {
+    /// The trigger event.
+    pub event_id: String,
+    /// Kinds to skip; empty: all.
+    pub kinds: Vec<ProfileKind>,
+}
+
+/// Upload a module's debug info from `offset` on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DebugInfoRequest {
+    /// The module's GNU build id (lowercase hex).
+    pub build_id: String,
+    /// First byte wanted.
+    pub offset: u64,
+}
+
+/// A piece of a debug info upload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DebugInfoChunk {
+    /// The module's GNU build id (lowercase hex).
+    pub build_id: String,
+    /// Where `data` starts in the upload.
+    pub offset: u64,
+    /// Size of the whole upload.
+    pub total_bytes: u64,
+    /// The bytes, at most [`crate::MAX_CHUNK_BYTES`].
+    pub data: Vec<u8>,
 }
 
 /// A message from the collector to an agent.
@@ -318,6 +525,10 @@ pub enum CollectorMessage {
     ConfigUpdate(ConfigUpdate),
     /// Capture now.
     CaptureRequest(CaptureRequest),
+    /// Upload debug info.
+    DebugInfoRequest(DebugInfoRequest),
+    /// Do not send an event's remaining profiles.
+    SkipProfiles(SkipProfiles),
 }
 
 /// One event of one agent inside the collector's pipeline (between its `ingest` and
@@ -360,6 +571,8 @@ pub struct PipelineProfile {
     pub labels: BTreeMap<String, String>,
     /// Why the capture failed; such a profile has no data.
     pub error: Option<String>,
-    /// The gzip-compressed pprof.
+    /// The profile's bytes, as the agent sent them.
     pub data: Vec<u8>,
+    /// How `data` is encoded.
+    pub format: ProfileFormat,
 }

@@ -506,6 +506,7 @@ fn deliver(cfg: &AgentConfig, delivery: &Delivery, event_id: &str, mut c: Captur
             duration: c.duration,
             error: error.clone(),
             labels: c.labels.clone(),
+            format: holmes_proto::ProfileFormat::PprofGzip,
         }));
     }
     delivery.enqueue_group(chunks);

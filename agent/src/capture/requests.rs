@@ -68,6 +68,9 @@ mod tests {
             request_id: id.to_owned(),
             kinds: Vec::new(),
             cpu_duration: None,
+            purpose: holmes_proto::CapturePurpose::Operator,
+            window: None,
+            incident_id: None,
         }
     }
 

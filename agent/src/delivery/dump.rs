@@ -47,6 +47,7 @@ pub(crate) fn trigger_json(service: &str, instance: &str, event: &TriggerEvent) 
         TriggerReason::Abs => "abs",
         TriggerReason::Diff => "diff",
         TriggerReason::Requested => "requested",
+        TriggerReason::Baseline => "baseline",
     };
     let window: Vec<String> = event
         .window

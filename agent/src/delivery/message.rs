@@ -18,7 +18,11 @@ impl Kind {
             AgentBody::MetricWindow(_) => Some(Kind::Window),
             AgentBody::Trigger(_) => Some(Kind::Trigger),
             AgentBody::ProfileChunk(_) => Some(Kind::Profile),
-            AgentBody::Hello(_) | AgentBody::Heartbeat(_) => None,
+            AgentBody::Hello(_)
+            | AgentBody::Heartbeat(_)
+            | AgentBody::ConfigApplied(_)
+            | AgentBody::CaptureOutcome(_)
+            | AgentBody::DebugInfoChunk(_) => None,
         }
     }
 
@@ -39,6 +43,10 @@ pub(crate) fn approx_bytes(body: &AgentBody) -> u64 {
             AgentBody::MetricWindow(w) => w.series.iter().map(|s| 8 + s.samples.len() * 20).sum(),
             AgentBody::ProfileChunk(p) => p.data.len() + 128,
             AgentBody::Trigger(t) => 256 + t.window.len() * 20,
-            AgentBody::Hello(_) | AgentBody::Heartbeat(_) => 0,
+            AgentBody::DebugInfoChunk(c) => c.data.len(),
+            AgentBody::Hello(_)
+            | AgentBody::Heartbeat(_)
+            | AgentBody::ConfigApplied(_)
+            | AgentBody::CaptureOutcome(_) => 0,
         }) as u64
 }

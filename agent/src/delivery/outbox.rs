@@ -412,6 +412,7 @@ mod tests {
             duration: Default::default(),
             error: None,
             labels: Default::default(),
+            format: Default::default(),
         })
     }
 

@@ -197,6 +197,7 @@ async fn session(
                             unix_nanos: unix_nanos_now(),
                             dropped_messages: dropped,
                             unacked_messages: unacked,
+                            rules_version: 0,
                         }),
                     };
                     send(&tx, pb::AgentMessage::from(&beat)).await?;
@@ -249,6 +250,9 @@ fn handle_inbound(delivery: &Delivery, control: &dyn Control, msg: pb::Collector
             } else {
                 tracing::warn!(target: "holmes", request_id = %id, "dropping a capture request: too many are waiting");
             }
+        }
+        Ok(CollectorMessage::DebugInfoRequest(_) | CollectorMessage::SkipProfiles(_)) => {
+            tracing::debug!(target: "holmes", "ignoring a request this agent does not serve yet");
         }
         Err(err) => {
             tracing::warn!(target: "holmes", error = %err, "ignoring a malformed message from the collector");

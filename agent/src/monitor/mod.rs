@@ -134,6 +134,9 @@ pub(crate) fn hello(cfg: &AgentConfig) -> Hello {
         rules: Vec::new(),
         started_at_unix_nanos: process_start_unix_nanos(),
         collect_interval: cfg.collect_interval,
+        rules_version: 0,
+        executable: None,
+        debuginfo_upload: false,
     }
 }
 

@@ -128,6 +128,8 @@ mod tests {
         let pushed = |version, abs: f64| ConfigUpdate {
             version,
             rules: vec![Rule::new().abs(abs).to_config(Metric::CpuPercent)],
+            replace: false,
+            pause: None,
         };
         book.apply(&pushed(5, 70.0));
         assert_eq!(book.configs()[0].abs, 70.0);

@@ -45,6 +45,7 @@ fn chunks(profile_id: &str, n: u32) -> Vec<AgentBody> {
                 duration: Default::default(),
                 error: None,
                 labels: Default::default(),
+                format: Default::default(),
             })
         })
         .collect()
