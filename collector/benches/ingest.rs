@@ -238,6 +238,9 @@ fn hello(instance: usize) -> Hello {
         rules: Vec::new(),
         started_at_unix_nanos: 1,
         collect_interval: Duration::from_secs(1),
+        rules_version: 0,
+        executable: None,
+        debuginfo_upload: false,
     }
 }
 
@@ -284,6 +287,7 @@ async fn run_agent(
                 duration: Duration::from_secs(10),
                 error: None,
                 labels: [("phase".to_owned(), "trigger".to_owned())].into(),
+                format: holmes_proto::ProfileFormat::PprofGzip,
             };
             let msg = AgentMessage {
                 seq,

@@ -314,6 +314,17 @@ impl Session {
         match msg.body {
             AgentBody::Hello(_) => Err(Status::invalid_argument("hello sent twice on one stream")),
             AgentBody::Heartbeat(_) => self.touch_if_due().await,
+            AgentBody::ConfigApplied(_)
+            | AgentBody::CaptureOutcome(_)
+            | AgentBody::DebugInfoChunk(_) => {
+                if msg.seq != 0 {
+                    return Err(Status::invalid_argument(
+                        "an agent's answer must not carry a sequence number",
+                    ));
+                }
+                tracing::debug!(service = %self.hello.service, instance = %self.hello.instance_id, "ignoring an answer this collector does not use yet");
+                Ok(())
+            }
             AgentBody::MetricWindow(window) => {
                 if msg.seq == 0 {
                     return Err(Status::invalid_argument(

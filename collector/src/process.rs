@@ -35,7 +35,6 @@ use holmes_storage::{
 };
 
 use crate::incident::Incidents;
-use crate::query::triggers::reason_name;
 use normalize::Limits;
 
 /// How long a failing store write is retried, with backoff, before giving up on the
@@ -179,7 +178,7 @@ impl Processor {
                     service = %record.service,
                     instance = %record.instance_id,
                     metric = record.metric.map_or("none", |m| m.as_str()),
-                    reason = reason_name(record.reason),
+                    reason = record.reason.as_str(),
                     current = record.current,
                     event_id = %record.event_id,
                     "trigger stored"
@@ -334,6 +333,8 @@ pub(crate) fn profile_event(record: ProfileRecord) -> PipelineEvent {
             labels: record.labels,
             error: record.error,
             data: record.data,
+            // The assembler only puts together gzip pprof so far.
+            format: holmes_proto::ProfileFormat::PprofGzip,
         }),
     }
 }

@@ -154,6 +154,9 @@ async fn capture(
         request_id: request_id.clone(),
         kinds: kinds.clone(),
         cpu_duration: None,
+        purpose: holmes_proto::CapturePurpose::Operator,
+        window: None,
+        incident_id: None,
     };
     let instances = api.live.capture(&service, &request);
     if instances.is_empty() {

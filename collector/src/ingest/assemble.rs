@@ -270,6 +270,9 @@ mod tests {
             rules: vec![],
             started_at_unix_nanos: 1,
             collect_interval: Duration::from_secs(1),
+            rules_version: 0,
+            executable: None,
+            debuginfo_upload: false,
         }
     }
 
@@ -290,6 +293,7 @@ mod tests {
             duration: Duration::from_millis(1500),
             error: None,
             labels: [("phase".to_owned(), "pre-trigger".to_owned())].into(),
+            format: holmes_proto::ProfileFormat::PprofGzip,
         }
     }
 

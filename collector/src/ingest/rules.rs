@@ -106,6 +106,8 @@ pub fn update_for(rules: &ServiceRules, hello: &Hello) -> Result<Option<ConfigUp
     Ok(Some(ConfigUpdate {
         version: CONFIG_VERSION,
         rules: out,
+        replace: false,
+        pause: None,
     }))
 }
 
@@ -135,6 +137,9 @@ mod tests {
             rules,
             started_at_unix_nanos: 0,
             collect_interval: Duration::from_secs(1),
+            rules_version: 0,
+            executable: None,
+            debuginfo_upload: false,
         }
     }
 

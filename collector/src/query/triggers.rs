@@ -7,21 +7,12 @@ use axum::Json;
 use holmes_api::{
     RuleJson, TriggerJson, TriggersJson, DEFAULT_TRIGGER_LIMIT, DEFAULT_TRIGGER_SINCE,
 };
-use holmes_proto::{Metric, RuleConfig, TriggerReason, UnknownMetric};
+use holmes_proto::{Metric, RuleConfig, UnknownMetric};
 use holmes_storage::{TriggerQuery, TriggerRecord};
 
 use super::{check_service, known_service, limit, point_json, time_range, Api};
 use crate::clock::rfc3339;
 use crate::error::ApiError;
-
-/// `abs`, `diff` or `requested`: a reason's name in the API, the CLI and the logs.
-pub fn reason_name(reason: TriggerReason) -> &'static str {
-    match reason {
-        TriggerReason::Abs => "abs",
-        TriggerReason::Diff => "diff",
-        TriggerReason::Requested => "requested",
-    }
-}
 
 /// A rule as the API shows it.
 pub(super) fn rule_json(r: &RuleConfig) -> RuleJson {
@@ -45,7 +36,7 @@ pub(super) fn trigger_json(t: TriggerRecord) -> TriggerJson {
     {
         TriggerJson {
             metric: t.metric.map(|m| m.as_str().to_owned()),
-            reason: reason_name(t.reason).to_owned(),
+            reason: t.reason.as_str().to_owned(),
             current: t.current,
             ts: rfc3339(t.unix_nanos),
             unix_ms: t.unix_nanos / 1_000_000,
@@ -99,6 +90,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use holmes_proto::TriggerReason;
 
     #[test]
     fn off_thresholds_and_non_finite_values_survive_json() {

@@ -63,6 +63,8 @@ async fn configured_rules_reach_the_agents_of_their_service_only() {
         CollectorMessage::ConfigUpdate(ConfigUpdate {
             version: 1,
             rules: vec![want],
+            replace: false,
+            pause: None,
         }),
         "the update comes first, before any ack"
     );
@@ -77,6 +79,8 @@ async fn configured_rules_reach_the_agents_of_their_service_only() {
         CollectorMessage::ConfigUpdate(ConfigUpdate {
             version: 1,
             rules: vec![want],
+            replace: false,
+            pause: None,
         })
     );
 

@@ -127,6 +127,9 @@ fn hello(service: &str, instance: usize) -> Hello {
         rules: Vec::new(),
         started_at_unix_nanos: unix_nanos(),
         collect_interval: Duration::from_secs(1),
+        rules_version: 0,
+        executable: None,
+        debuginfo_upload: false,
     }
 }
 
@@ -279,6 +282,7 @@ async fn run_agent(
                             duration: Duration::from_secs(2),
                             error: None,
                             labels: [("phase".to_owned(), "trigger".to_owned())].into(),
+                            format: holmes_proto::ProfileFormat::PprofGzip,
                         }),
                         if last { Sent::Profile } else { Sent::Chunk },
                     ));

@@ -33,6 +33,9 @@ pub(crate) fn hello(service: &str, instance: &str, rules: Vec<holmes_proto::Rule
         rules,
         started_at_unix_nanos: 1,
         collect_interval: Duration::from_secs(1),
+        rules_version: 0,
+        executable: None,
+        debuginfo_upload: false,
     }
 }
 
@@ -67,6 +70,7 @@ pub(crate) fn profile_chunks(
             duration: Duration::from_secs(10),
             error: None,
             labels: [("phase".to_owned(), "trigger".to_owned())].into(),
+            format: holmes_proto::ProfileFormat::PprofGzip,
         })
         .collect()
 }
