@@ -350,9 +350,9 @@ impl Session {
                         "profile chunk without a sequence number",
                     ));
                 }
-                if let Step::Complete(record) = self.profiles.push(&self.hello, msg.seq, chunk)? {
-                    let event = crate::process::profile_event(record);
-                    self.deliver(msg.seq, event.body).await?;
+                if let Step::Complete(profile) = self.profiles.push(msg.seq, chunk)? {
+                    self.deliver(msg.seq, PipelineBody::Profile(profile))
+                        .await?;
                 }
                 self.touch_if_due().await
             }

@@ -7,7 +7,10 @@
 //! | `GET /api/v1/services/{service}/metrics?metric=cpu&since=10m[&until=..][&limit=..]` | `{service, metric, unit, since, until, series: [{instance, points: [{ts, unix_ms, value}]}]}` |
 //! | `GET /api/v1/services/{service}/triggers?since=1h[&until=..][&metric=cpu][&limit=..]` | `{service, since, until, triggers: [{event_id, instance, metric, reason, current, ts, unix_ms, window: [{ts, unix_ms, value}], rule, request_id}]}`, oldest first; `metric` and `rule` are `null` for a requested capture |
 //! | `GET /api/v1/services/{service}/profiles?since=1h[&until=..][&event=<id>][&kind=cpu][&limit=..]` | `{service, since, until, profiles: [{profile_id, event_id, instance, kind, started, unix_ms, duration_ms, labels, error, size_bytes, download}]}`, oldest first; `error` is `null` and `download` the path below for a capture that worked |
-//! | `GET /api/v1/profiles/{profile_id}` | the gzip-compressed pprof bytes exactly as the agent sent them, `application/octet-stream`, `content-disposition: attachment; filename="<kind>.<event_id>.<profile_id>.pb.gz"`; 400 for an id that is not 32 lowercase hex digits, 404 for an unknown one or a failed capture |
+//! | `GET /api/v1/services/{service}/profiles/{profile_id}` | the profile as gzip-compressed pprof — re-encoded from the stored contents (`x-holmes-download: re-encoded`), or the bytes exactly as sent when the collector keeps originals (`original`) — `application/octet-stream`, `content-disposition: attachment; filename="<kind>.<event_id>.<profile_id>.pb.gz"`; 400 for an id that is not 32 lowercase hex digits, 404 when the service has no such profile or its capture failed |
+//! | `GET /api/v1/services/{service}/profiles/{profile_id}/top[?sample_type=..][&limit=..]` | the profile's costliest functions |
+//! | `GET /api/v1/services/{service}/profiles/{profile_id}/flamegraph.svg` | the profile's flame graph |
+//! | `GET /api/v1/services/{service}/flamegraph.svg?since=24h[&until=..][&kind=cpu]` | the service's profiles of one kind over the range, all instances merged |
 //! | `GET /healthz` | `ok` |
 //!
 //! Times are RFC 3339 in UTC; `since`/`until` also take a duration before now (`10m`).
@@ -36,6 +39,7 @@ use crate::ingest::live::LiveAgents;
 
 pub mod flamegraph;
 mod incidents;
+pub mod pprof;
 pub mod profiles;
 pub mod top;
 pub mod triggers;
@@ -73,8 +77,22 @@ pub fn router(
             "/api/v1/services/{service}/profiles",
             get(profiles::profiles),
         )
-        .route("/api/v1/profiles/{profile_id}", get(profiles::download))
-        .route("/api/v1/profiles/{profile_id}/top", get(profiles::top))
+        .route(
+            "/api/v1/services/{service}/profiles/{profile_id}",
+            get(profiles::download),
+        )
+        .route(
+            "/api/v1/services/{service}/profiles/{profile_id}/top",
+            get(profiles::top),
+        )
+        .route(
+            "/api/v1/services/{service}/profiles/{profile_id}/flamegraph.svg",
+            get(profiles::flamegraph),
+        )
+        .route(
+            "/api/v1/services/{service}/flamegraph.svg",
+            get(profiles::service_flamegraph),
+        )
         .route(
             "/api/v1/services/{service}/incidents",
             get(incidents::by_service),
@@ -84,10 +102,6 @@ pub fn router(
         .route(
             "/api/v1/incidents/{incident_id}/flamegraph.svg",
             get(incidents::flamegraph),
-        )
-        .route(
-            "/api/v1/profiles/{profile_id}/flamegraph.svg",
-            get(profiles::flamegraph),
         )
         .route(
             "/api/v1/services/{service}/capture",

@@ -81,9 +81,13 @@ enum Command {
         #[arg(long, default_value = "1h")]
         since: String,
     },
-    /// Download one profile: the gzip-compressed pprof file, byte for byte as captured
-    /// (open it with `go tool pprof` or `pprof`).
+    /// Download one profile: a gzip-compressed pprof file (re-encoded from what is
+    /// stored, or byte for byte as captured where the collector keeps originals; open it
+    /// with `go tool pprof` or `pprof`).
     Profile {
+        /// Service the profile belongs to (profile ids are scoped to their service).
+        #[arg(long)]
+        service: String,
         /// Profile id, as `holmes profiles` shows it.
         id: String,
         /// File to write; `-` writes the bytes to standard output.
@@ -118,10 +122,21 @@ enum Command {
         #[arg(long = "kind", required = true)]
         kinds: Vec<String>,
     },
-    /// A flame graph (SVG) of an incident (its profiles merged) or of one profile.
+    /// A flame graph (SVG) of an incident (its profiles merged), of one profile (with
+    /// `--service`), or of a service's profiles of one kind over a time range (with
+    /// `--service` and `--since`, no id).
     Flamegraph {
-        /// Incident id or profile id.
-        id: String,
+        /// Incident id, or profile id with `--service`.
+        id: Option<String>,
+        /// The service of the profile, or whose profiles to merge.
+        #[arg(long)]
+        service: Option<String>,
+        /// With `--service` and no id: how far back to merge (a duration or RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// With `--service` and no id: which kind of profiles (cpu, heap, threads, tasks).
+        #[arg(long, default_value = "cpu")]
+        kind: String,
         /// File to write; `-` writes the SVG to standard output.
         #[arg(short = 'o', long = "output", value_name = "FILE")]
         output: String,
@@ -132,6 +147,9 @@ enum Command {
     /// The functions that cost the most in one profile, like `go tool pprof -top`: flat
     /// (the function is the leaf) and cumulative (anywhere on the stack).
     Top {
+        /// Service the profile belongs to.
+        #[arg(long)]
+        service: String,
         /// Profile id, as `holmes profiles` shows it.
         id: String,
         /// Which value to rank by (cpu, samples, inuse_space, alloc_space, threads, ...);
@@ -232,8 +250,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print_profiles(&p);
             }
         }
-        Command::Profile { id, output } => {
-            let bytes = client.download_profile(&id).await?;
+        Command::Profile {
+            service,
+            id,
+            output,
+        } => {
+            let bytes = client.download_profile(&service, &id).await?;
             write_profile(&output, &bytes)?;
         }
         Command::Incidents {
@@ -265,8 +287,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Flamegraph { id, output, diff } => {
-            let svg = client.flamegraph(&id, diff).await?;
+        Command::Flamegraph {
+            id,
+            service,
+            since,
+            kind,
+            output,
+            diff,
+        } => {
+            let svg = match (id, service) {
+                (Some(id), None) => client.flamegraph(&id, diff).await?,
+                (Some(id), Some(service)) => client.profile_flamegraph(&service, &id).await?,
+                (None, Some(service)) => {
+                    let since = since.as_deref().unwrap_or("24h");
+                    client.service_flamegraph(&service, &kind, since).await?
+                }
+                (None, None) => anyhow::bail!(
+                    "name an incident id, a profile id with --service, or a service with --service"
+                ),
+            };
             write_profile(&output, &svg)?;
         }
         Command::Incident { id } => {
@@ -278,11 +317,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Top {
+            service,
             id,
             sample_type,
             limit,
         } => {
-            let top = client.top(&id, sample_type.as_deref(), limit).await?;
+            let top = client
+                .top(&service, &id, sample_type.as_deref(), limit)
+                .await?;
             if cli.json {
                 print_json(&top)?;
             } else {

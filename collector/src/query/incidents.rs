@@ -178,18 +178,29 @@ async fn baseline(
             limit: 10_000,
         })
         .await?;
-    let mut out = Vec::new();
-    for p in listed
+    let ids: Vec<String> = listed
         .iter()
         .rev()
         .filter(|p| p.error.is_none())
         .take(MAX_MERGED_PROFILES)
-    {
-        if let Some(c) = api.store.get_profile_contents(&p.profile_id).await? {
-            out.push(c);
-        }
-    }
-    Ok(out)
+        .map(|p| p.profile_id.clone())
+        .collect();
+    read_contents(api, &incident.service, &ids).await
+}
+
+/// The contents of the profiles `ids` of `service`, read together.
+async fn read_contents(
+    api: &Api,
+    service: &str,
+    ids: &[String],
+) -> Result<Vec<ProfileContents>, ApiError> {
+    Ok(api
+        .store
+        .get_profiles(service, ids)
+        .await?
+        .into_iter()
+        .filter_map(|p| p.contents)
+        .collect())
 }
 
 /// The decoded contents of the profiles of `kind` among `profiles` (failed captures
@@ -199,17 +210,16 @@ async fn contents_of(
     profiles: &[holmes_storage::ProfileMeta],
     kind: ProfileKind,
 ) -> Result<Vec<ProfileContents>, ApiError> {
-    let mut out = Vec::new();
-    for p in profiles
+    let Some(service) = profiles.first().map(|p| p.service.clone()) else {
+        return Ok(Vec::new());
+    };
+    let ids: Vec<String> = profiles
         .iter()
         .filter(|p| p.kind == kind && p.error.is_none())
         .take(MAX_MERGED_PROFILES)
-    {
-        if let Some(c) = api.store.get_profile_contents(&p.profile_id).await? {
-            out.push(c);
-        }
-    }
-    Ok(out)
+        .map(|p| p.profile_id.clone())
+        .collect();
+    read_contents(api, &service, &ids).await
 }
 
 /// The profiles captured for the incident's trigger events.

@@ -1,6 +1,10 @@
 //! Profiles: `GET /api/v1/services/{service}/profiles` lists a service's profiles
-//! (without their bytes), oldest first; `GET /api/v1/profiles/{id}` downloads one, the
-//! gzip-compressed pprof bytes exactly as the agent sent them.
+//! (without their contents), oldest first; `GET /api/v1/services/{service}/profiles/{id}`
+//! downloads one as gzip-compressed pprof — re-encoded from the stored contents, or the
+//! bytes exactly as sent when the collector keeps originals — and `…/top` and
+//! `…/flamegraph.svg` show its costliest functions and its flame graph.
+//! `GET /api/v1/services/{service}/flamegraph.svg` merges a service's profiles of one
+//! kind over a time range. Profile ids are scoped to their service.
 
 use std::collections::HashMap;
 
@@ -13,11 +17,14 @@ use holmes_api::{
     DEFAULT_PROFILE_SINCE, DEFAULT_TOP_LIMIT,
 };
 use holmes_proto::ProfileKind;
-use holmes_storage::{ProfileMeta, ProfileQuery};
+use holmes_storage::{MergeQuery, ProfileMeta, ProfileQuery, ProfileRecord};
 
 use super::{check_service, known_service, limit, time_range, Api};
 use crate::clock::rfc3339;
 use crate::error::ApiError;
+
+/// Profiles merged into a service's flame graph, at most (the newest).
+pub const MAX_SERVICE_FLAMEGRAPH_PROFILES: u64 = 20_000;
 
 /// Every profile kind, in wire order.
 pub const PROFILE_KINDS: [ProfileKind; 4] = [
@@ -43,7 +50,7 @@ pub(super) fn profile_json(p: ProfileMeta) -> ProfileJson {
         ProfileJson {
             download: match p.error {
                 Some(_) => None,
-                None => Some(download_path(&p.profile_id)),
+                None => Some(download_path(&p.service, &p.profile_id)),
             },
             kind: p.kind.as_str().to_owned(),
             started: rfc3339(p.started_unix_nanos),
@@ -115,61 +122,80 @@ pub(super) async fn profiles(
     }))
 }
 
+/// The profile `profile_id` of `service`, or a 400/404 naming what is wrong.
+async fn stored(api: &Api, service: &str, profile_id: &str) -> Result<ProfileRecord, ApiError> {
+    check_service(service)?;
+    validate_profile_id(profile_id).map_err(ApiError::bad_request)?;
+    api.store
+        .get_profile(service, profile_id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(format!("service {service:?} has no profile {profile_id:?}"))
+        })
+}
+
+/// Its contents, or a 404 saying why it has none.
+fn contents_of(p: ProfileRecord) -> Result<(String, holmes_storage::ProfileContents), ApiError> {
+    let id = p.profile_id;
+    match (p.contents, p.error) {
+        (Some(c), _) => Ok((id, c)),
+        (None, Some(error)) => Err(ApiError::not_found(format!(
+            "profile {id} has no data: its capture failed: {error}"
+        ))),
+        (None, None) => Err(ApiError::not_found(format!(
+            "profile {id} was stored without decoded contents"
+        ))),
+    }
+}
+
+/// `GET /api/v1/services/{service}/profiles/{profile_id}`.
 pub(super) async fn download(
     State(api): State<Api>,
-    Path(profile_id): Path<String>,
+    Path((service, profile_id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    validate_profile_id(&profile_id).map_err(ApiError::bad_request)?;
-    let Some(profile) = api.store.get_profile(&profile_id).await? else {
-        return Err(ApiError::not_found(format!(
-            "unknown profile {profile_id:?}"
-        )));
-    };
-    if let Some(error) = &profile.error {
-        return Err(ApiError::not_found(format!(
-            "profile {profile_id} has no data: its capture failed: {error}"
-        )));
-    }
+    let mut profile = stored(&api, &service, &profile_id).await?;
     let disposition = format!(
         "attachment; filename=\"{}\"",
         file_name(profile.kind, &profile.event_id, &profile.profile_id)
     );
+    let (how, bytes) = match profile.original.take() {
+        Some(original) => ("original", original),
+        None => {
+            let (_, contents) = contents_of(profile)?;
+            ("re-encoded", super::pprof::gzip(&contents))
+        }
+    };
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
             (header::CONTENT_DISPOSITION, disposition),
+            (
+                header::HeaderName::from_static("x-holmes-download"),
+                how.to_owned(),
+            ),
         ],
-        profile.data,
+        bytes,
     )
         .into_response())
 }
 
+/// `GET /api/v1/services/{service}/profiles/{profile_id}/top`.
 pub(super) async fn top(
     State(api): State<Api>,
-    Path(profile_id): Path<String>,
+    Path((service, profile_id)): Path<(String, String)>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<TopJson>, ApiError> {
-    validate_profile_id(&profile_id).map_err(ApiError::bad_request)?;
     let limit = limit(&params, DEFAULT_TOP_LIMIT)?;
-    let Some(contents) = api.store.get_profile_contents(&profile_id).await? else {
-        let why = match api.store.get_profile(&profile_id).await? {
-            None => format!("unknown profile {profile_id:?}"),
-            Some(p) => match p.error {
-                Some(error) => format!("profile {profile_id} has no data: {error}"),
-                None => format!("profile {profile_id} was stored without decoded stacks"),
-            },
-        };
-        return Err(ApiError::not_found(why));
-    };
+    let (profile_id, contents) = contents_of(stored(&api, &service, &profile_id).await?)?;
     let index = super::top::value_index(&contents, params.get("sample_type").map(String::as_str))
         .map_err(ApiError::bad_request)?;
     let (total, mut functions) = super::top::top_functions(&contents, index);
     functions.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-    let (sample_type, unit) = contents.sample_types[index].clone();
+    let t = contents.header.sample_types[index].clone();
     Ok(Json(TopJson {
         profile_id,
-        sample_type,
-        unit,
+        sample_type: t.name,
+        unit: t.unit,
         total,
         samples: contents.samples.len() as u64,
         stacks: contents.stacks.len() as u64,
@@ -177,21 +203,61 @@ pub(super) async fn top(
     }))
 }
 
-/// `GET /api/v1/profiles/{profile_id}/flamegraph.svg`.
+/// `GET /api/v1/services/{service}/profiles/{profile_id}/flamegraph.svg`.
 pub(super) async fn flamegraph(
     State(api): State<Api>,
-    Path(profile_id): Path<String>,
+    Path((service, profile_id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    validate_profile_id(&profile_id).map_err(ApiError::bad_request)?;
-    let Some(contents) = api.store.get_profile_contents(&profile_id).await? else {
-        return Err(ApiError::not_found(format!(
-            "profile {profile_id:?} is unknown or has no decoded stacks"
-        )));
-    };
-    let title = format!("{} profile {profile_id}", contents.service);
+    let (profile_id, contents) = contents_of(stored(&api, &service, &profile_id).await?)?;
+    let title = format!("{service} profile {profile_id}");
     Ok(super::svg_response(super::flamegraph::render(
         &title,
         &[contents],
+        None,
+    )))
+}
+
+/// `GET /api/v1/services/{service}/flamegraph.svg?since=24h[&until=..][&kind=cpu]`: the
+/// service's profiles of one kind over the range (all instances), merged.
+pub(super) async fn service_flamegraph(
+    State(api): State<Api>,
+    Path(service): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    check_service(&service)?;
+    let kind = match params.get("kind") {
+        Some(k) => parse_kind(k).map_err(ApiError::bad_request)?,
+        None => ProfileKind::Cpu,
+    };
+    let (since, until) = time_range(&params, "24h")?;
+    let merged = api
+        .store
+        .merge_profiles(&MergeQuery {
+            service: service.clone(),
+            kind,
+            since_unix_nanos: since,
+            until_unix_nanos: until,
+            limit: MAX_SERVICE_FLAMEGRAPH_PROFILES,
+        })
+        .await?;
+    if merged.profiles == 0 {
+        return Err(ApiError::not_found(format!(
+            "service {service:?} has no {} profiles from {} to {}",
+            kind.as_str(),
+            rfc3339(since),
+            rfc3339(until)
+        )));
+    }
+    let title = format!(
+        "{service}: {} {} profiles, {} to {}",
+        merged.profiles,
+        kind.as_str(),
+        rfc3339(since),
+        rfc3339(until)
+    );
+    Ok(super::svg_response(super::flamegraph::render(
+        &title,
+        &[merged.contents],
         None,
     )))
 }
@@ -239,11 +305,12 @@ mod tests {
             labels: BTreeMap::new(),
             error: None,
             size_bytes: 10,
+            format: holmes_proto::ProfileFormat::Native,
         };
         let ok = profile_json(meta.clone());
         assert_eq!(
             ok.download.as_deref(),
-            Some(format!("/api/v1/profiles/{}", "ab".repeat(16)).as_str())
+            Some(format!("/api/v1/services/checkout/profiles/{}", "ab".repeat(16)).as_str())
         );
         assert_eq!(ok.duration_ms, 2);
         assert_eq!(ok.started, "1970-01-01T00:00:01.500Z");
