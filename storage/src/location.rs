@@ -21,8 +21,8 @@ pub struct StackFrame {
     pub file: String,
     /// Line in the file.
     pub line: u32,
-    /// The function's name as the object file spells it, when a pprof profile gave one
-    /// different from `function` (kept so that a download reads back the same).
+    /// The function's name as the object file spells it (pprof's system name), when a
+    /// pprof profile gave one (kept so that a download reads back the same).
     pub system_name: String,
     /// The line the function starts at, when a pprof profile gave one (0 otherwise).
     pub start_line: u32,

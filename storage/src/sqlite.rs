@@ -302,6 +302,28 @@ impl SqliteStore {
         self.numbering.epoch()
     }
 
+    /// When the writer's commits are durable, as the writer's connection reports it.
+    pub async fn synchronous(&self) -> Result<Synchronous, StoreError> {
+        let level: i64 = self
+            .writer
+            .write(|conn| Ok(conn.pragma_query_value(None, "synchronous", |r| r.get(0))?))
+            .await?;
+        match level {
+            2 => Ok(Synchronous::Full),
+            1 => Ok(Synchronous::Normal),
+            other => Err(StoreError::Corrupt {
+                what: "PRAGMA synchronous",
+                value: other.to_string(),
+            }),
+        }
+    }
+
+    /// Transactions the writer committed so far: writes waiting together share one
+    /// (group commit).
+    pub fn commits(&self) -> u64 {
+        self.writer.commits()
+    }
+
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,

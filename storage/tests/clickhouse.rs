@@ -65,6 +65,88 @@ macro_rules! on_server {
                 assert_eq!(reopened.stack_count("checkout").await.unwrap(), stacks);
             }
 
+            /// One agent's rows that a server refuses (dates over 150 days: more
+            /// partitions than one insert may touch on ClickHouse 19 and later) fail
+            /// that agent's write only; the agents whose rows shared its batch are
+            /// stored.
+            #[tokio::test]
+            async fn a_bad_row_fails_its_writer_only() {
+                use holmes_proto::Metric;
+                use holmes_storage::{MetricPoint, MetricQuery};
+                let Some(store) = fresh($variable).await else {
+                    return;
+                };
+                const DAY: u64 = 86_400_000_000_000;
+                let t0 = 1_795_651_200_000_000_000u64;
+                let point = |service: &str, at: u64| MetricPoint {
+                    service: service.to_owned(),
+                    instance_id: "i".to_owned(),
+                    metric: Metric::CpuPercent,
+                    unix_nanos: at,
+                    value: 1.0,
+                };
+                let bad: Vec<MetricPoint> = (0..150).map(|d| point("bad", t0 - d * DAY)).collect();
+                let goods: Vec<Vec<MetricPoint>> = (0..5)
+                    .map(|i| vec![point(&format!("good-{i}"), t0)])
+                    .collect();
+                // All at once, so that they share one batch.
+                let mut writes = tokio::task::JoinSet::new();
+                for g in goods {
+                    let store = store.clone();
+                    writes.spawn(async move { store.insert_metrics(&g).await });
+                }
+                let bad_result = store.insert_metrics(&bad).await;
+                while let Some(r) = writes.join_next().await {
+                    r.unwrap().unwrap();
+                }
+                for i in 0..5 {
+                    let got = store
+                        .query_metrics(&MetricQuery {
+                            service: format!("good-{i}"),
+                            metric: Metric::CpuPercent,
+                            since_unix_nanos: 0,
+                            until_unix_nanos: u64::MAX / 2,
+                            limit: 10,
+                        })
+                        .await
+                        .unwrap();
+                    assert_eq!(got.len(), 1, "good-{i} is stored");
+                }
+                if store.server_version().major >= 19 {
+                    assert!(
+                        bad_result.is_err(),
+                        "the server refuses 150 partitions in one insert"
+                    );
+                }
+            }
+
+            /// LZ4 on the HTTP interface: the crate reads LZ4 answers only, so the store
+            /// asks for them (`network_compression_method = lz4`: chdb's server answers
+            /// in ZSTD otherwise, "incorrect magic number"), and a probe at open falls
+            /// back to no compression where even that fails.
+            #[tokio::test]
+            async fn lz4_is_probed_before_it_is_used() {
+                use holmes_storage::clickhouse::{lz4_client, probe};
+                let Some(config) = config($variable) else {
+                    return;
+                };
+                let store = ClickHouseStore::open(&config).await.unwrap();
+                if !store.server_version().supports_lz4() {
+                    assert!(!store.uses_lz4());
+                    return;
+                }
+                let plain = clickhouse::Client::default()
+                    .with_url(&config.url)
+                    .with_validation(false);
+                probe(&lz4_client(plain.clone())).await.unwrap();
+                // A server answering in another method is what the probe catches.
+                let zstd = lz4_client(plain).with_option("network_compression_method", "zstd");
+                let err = probe(&zstd).await.unwrap_err();
+                assert!(err.contains("magic"), "{err}");
+                assert!(store.uses_lz4());
+                holmes_storage::testsuite::profiles_roundtrip(store).await;
+            }
+
             #[tokio::test]
             async fn detects_the_server_version() {
                 let Some(store) = fresh($variable).await else {

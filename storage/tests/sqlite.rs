@@ -43,3 +43,44 @@ async fn same_stacks_again(store: &impl Store) {
     );
     store.insert_profile(&p).await.unwrap();
 }
+
+/// What the store acknowledges is durable: commits are `synchronous = FULL` unless told
+/// otherwise, and writes waiting together share a commit (one `fsync` for many).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_are_durable_and_share_commits() {
+    use holmes_storage::sqlite::Synchronous;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(store.synchronous().await.unwrap(), Synchronous::Full);
+    let before = store.commits();
+    // Another process holds the database: the writes queue up meanwhile, and then go
+    // in groups.
+    let other =
+        rusqlite::Connection::open(dir.path().join(holmes_storage::sqlite::DB_FILE)).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let mut writes = tokio::task::JoinSet::new();
+    for i in 0..400u64 {
+        let store = store.clone();
+        writes.spawn(async move {
+            store
+                .insert_metrics(&[holmes_storage::MetricPoint {
+                    service: "s".to_owned(),
+                    instance_id: format!("i{i}"),
+                    metric: holmes_proto::Metric::CpuPercent,
+                    unix_nanos: 1_795_651_200_000_000_000,
+                    value: 1.0,
+                }])
+                .await
+        });
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    other.execute_batch("COMMIT").unwrap();
+    while let Some(r) = writes.join_next().await {
+        r.unwrap().unwrap();
+    }
+    let commits = store.commits() - before;
+    assert!(commits < 400, "400 writes in {commits} commits");
+    let normal = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open_with(normal.path(), Synchronous::Normal).unwrap();
+    assert_eq!(store.synchronous().await.unwrap(), Synchronous::Normal);
+}

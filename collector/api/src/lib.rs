@@ -237,7 +237,7 @@ pub struct ProfileJson {
 }
 
 /// The functions that cost the most in one profile
-/// (`GET /api/v1/profiles/{profile_id}/top`).
+/// (`GET /api/v1/services/{service}/profiles/{profile_id}/top`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TopJson {
     /// Profile id.

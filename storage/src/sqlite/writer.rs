@@ -11,7 +11,8 @@
 //! nothing yet.
 
 use std::any::Any;
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 
 use rusqlite::Connection;
 use tokio::sync::oneshot;
@@ -35,6 +36,7 @@ struct Job {
 #[derive(Clone)]
 pub(super) struct Writer {
     tx: mpsc::SyncSender<Job>,
+    commits: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -47,11 +49,18 @@ impl Writer {
     /// Starts the writer thread on `conn`.
     pub(super) fn start(conn: Connection) -> Result<Writer, StoreError> {
         let (tx, rx) = mpsc::sync_channel(QUEUE_DEPTH);
+        let commits = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&commits);
         std::thread::Builder::new()
             .name("holmes-sqlite-writer".to_owned())
-            .spawn(move || run(conn, rx))
+            .spawn(move || run(conn, rx, &counted))
             .map_err(|e| StoreError::Worker(format!("cannot start the writer thread: {e}")))?;
-        Ok(Writer { tx })
+        Ok(Writer { tx, commits })
+    }
+
+    /// Transactions committed so far (each one `fsync` with `synchronous = FULL`).
+    pub(super) fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
     }
 
     /// Runs `f` in the next group's transaction; returns its result once the group is
@@ -90,7 +99,7 @@ impl Writer {
     }
 }
 
-fn run(conn: Connection, rx: mpsc::Receiver<Job>) {
+fn run(conn: Connection, rx: mpsc::Receiver<Job>, commits: &AtomicU64) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_GROUP {
@@ -127,7 +136,11 @@ fn run(conn: Connection, rx: mpsc::Receiver<Job>) {
             outcomes.push(outcome);
         }
         if begun.is_ok() {
-            if let Err(e) = conn.execute_batch("COMMIT") {
+            let committed = conn.execute_batch("COMMIT");
+            if committed.is_ok() {
+                commits.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Err(e) = committed {
                 tracing::warn!(jobs = count, error = %e, "embedded store commit failed; its writes are not acknowledged");
                 let _ = conn.execute_batch("ROLLBACK");
                 for o in &mut outcomes {

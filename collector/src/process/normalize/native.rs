@@ -4,7 +4,7 @@
 //! locations are checked and the stacks the samples use kept once.
 
 use holmes_proto::Module;
-use holmes_storage::{Location, ProfileLabel, StackFrame, ValueType};
+use holmes_storage::{Location, Mapping, ProfileLabel, StackFrame, ValueType};
 
 use super::wire::Fields;
 use super::{Builder, Limits, NormalizeError};
@@ -162,6 +162,7 @@ pub(super) fn normalize(
         }
     }
     // Locations: a native one names its module, a symbolic one has a frame.
+    let mut limits_of: Vec<u64> = vec![0; modules.len()];
     for (i, raw) in locations.into_iter().enumerate() {
         let location = match raw {
             Raw::Native { module, offset } => {
@@ -173,6 +174,8 @@ pub(super) fn normalize(
                         id: i128::from(module),
                     })?;
                 b.charge(m.name.len() + m.build_id.len() + 64)?;
+                let limit = &mut limits_of[module as usize];
+                *limit = (*limit).max(offset.saturating_add(1));
                 Location::Native {
                     module: m.clone(),
                     offset,
@@ -187,6 +190,20 @@ pub(super) fn normalize(
         };
         b.contents.locations.push(location);
     }
+    // The modules as the profile's mappings, each from 0 to past its last offset: a
+    // download places native locations at their offset in them, in the agent's order.
+    b.contents.header.mappings = modules
+        .iter()
+        .zip(limits_of)
+        .map(|(m, limit)| Mapping {
+            module: m.clone(),
+            path: m.name.clone(),
+            start: 0,
+            limit,
+            file_offset: 0,
+            flags: 0,
+        })
+        .collect();
     let depth_of = |l: u32, c: &holmes_storage::ProfileContents| -> usize {
         match c.locations.get(l as usize) {
             Some(Location::Symbolic(frames)) => frames.len(),

@@ -398,7 +398,6 @@ pub(super) fn normalize(
         let name = strings.get("function name", f.name)?;
         let system = strings.get("function system name", f.system_name)?;
         let file = strings.get("function file name", f.filename)?;
-        let system = if system == name { "" } else { system };
         let start = u32::try_from(f.start_line).unwrap_or(0);
         functions[i as usize] = Some((name, system, file, start));
         Ok((name, system, file, start))
