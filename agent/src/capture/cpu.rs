@@ -408,12 +408,10 @@ mod tests {
         }
     }
 
+    /// The functions at a stack entry, inlined ones included, joined.
     fn name_of(addr: usize, leaf: bool) -> String {
-        let lookup = if leaf { addr } else { addr.saturating_sub(1) };
-        crate::capture::symbolize::debuginfo::resolve(lookup)
-            .into_iter()
-            .find_map(|f| f.function)
-            .unwrap_or_default()
+        let lookup = crate::capture::symbolize::lookup_address(addr, leaf);
+        crate::capture::symbolize::local::function_names(lookup).join(" <- ")
     }
 
     #[test]

@@ -11,15 +11,13 @@ use std::time::{Duration, Instant};
 use holmes_agent::{Holmes, HolmesBuilder, Metric, Rule};
 
 /// An agent for `service` that writes to `dir`, samples every 100 ms and has every rule
-/// off (so only the rule a test sets can fire), no fast path between samples, and no
-/// symbol prewarm (a second of CPU in a debug test binary, which CPU rules would see).
+/// off (so only the rule a test sets can fire) and no fast path between samples.
 pub(crate) fn quiet_agent(service: &str, dir: &Path) -> HolmesBuilder {
     let mut b = Holmes::builder()
         .service(service)
         .dump_dir(dir)
         .collect_interval(Duration::from_millis(100))
-        .memory_fast_interval(None)
-        .prewarm_symbols(false);
+        .memory_fast_interval(None);
     for m in [
         Metric::CpuPercent,
         Metric::MemoryPercent,
