@@ -49,7 +49,7 @@ pub(crate) const ALLOCATOR_FRAMES: &[&str] = &[
     // frames without their module path: trim by source file as well.
     "@holmes-agent/src/heap/",
     "@agent/src/heap/",
-    "@agent/src/unwind.rs",
+    "@agent/src/unwind/",
     "holmes_agent::unwind::",
     "@/library/alloc/",
     "@/library/core/",
