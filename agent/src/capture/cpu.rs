@@ -58,6 +58,10 @@ impl Slot {
 
 static RING: OnceLock<Box<[Slot]>> = OnceLock::new();
 static CURSOR: AtomicUsize = AtomicUsize::new(0);
+/// Slots the handler filled and the drain has not emptied yet: an idle process's drain
+/// reads this one word instead of every slot (512 of them over 300 KiB, which cost
+/// ~50 µs of cache misses per wake-up of the agent thread).
+static PENDING: AtomicUsize = AtomicUsize::new(0);
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 static PERIOD_NS: AtomicU64 = AtomicU64::new(0);
 static INSTALLED: AtomicBool = AtomicBool::new(false);
@@ -136,6 +140,7 @@ fn record(uc: *mut libc::c_void) {
                 .store(PERIOD_NS.load(Ordering::Relaxed), Ordering::Relaxed);
             slot.at_ns.store(monotonic_ns(), Ordering::Relaxed);
             slot.state.store(READY, Ordering::Release);
+            PENDING.fetch_add(1, Ordering::Release);
             return;
         }
     }
@@ -247,6 +252,9 @@ pub(crate) fn drain(mut sink: impl FnMut(&[usize], u64, u64)) {
     let Some(ring) = RING.get() else {
         return;
     };
+    if PENDING.load(Ordering::Acquire) == 0 {
+        return;
+    }
     let mut frames = [0usize; SAMPLE_DEPTH];
     for slot in ring.iter() {
         if slot.state.load(Ordering::Acquire) != READY {
@@ -259,6 +267,7 @@ pub(crate) fn drain(mut sink: impl FnMut(&[usize], u64, u64)) {
         let weight = slot.weight_ns.load(Ordering::Relaxed);
         let at = slot.at_ns.load(Ordering::Relaxed);
         slot.state.store(EMPTY, Ordering::Release);
+        PENDING.fetch_sub(1, Ordering::AcqRel);
         if let Some(stack) = frames.get(..depth) {
             sink(stack, weight, at);
         }
