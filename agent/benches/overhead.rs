@@ -336,8 +336,7 @@ fn main() {
         median(anon),
         median(threads),
     );
-    let (handler, delivery, agent_share) =
-        (median(handler), median(delivery), median(agent_share));
+    let (handler, delivery, agent_share) = (median(handler), median(delivery), median(agent_share));
     let per_sample = handler + delivery + agent_share;
     println!("\nmedians of {runs} runs, with a collector configured, against a control process in the same run:");
     println!("| | Go holmes (reference) | holmes-agent | ratio | target |");

@@ -9,14 +9,15 @@ use std::sync::{Arc, OnceLock};
 
 use addr2line::gimli;
 
-use crate::elf::{Layout, Origin, SHT_DYNSYM, SHT_NOTE, SHT_SYMTAB};
+use crate::bytes::{Backing, Mapping, SectionBytes};
+use crate::elf::{Layout, Origin, Section, SHT_DYNSYM, SHT_NOTE, SHT_SYMTAB};
 use crate::error::LoadError;
 use crate::names::qualify;
 use crate::notes::build_id_from_notes;
 use crate::symbols::{demangle, is_mangled_rust, RawTable, SymbolTable};
 use crate::upload::elf_of_upload;
 
-type Reader = gimli::EndianArcSlice<gimli::RunTimeEndian>;
+type Reader = gimli::EndianReader<gimli::RunTimeEndian, SectionBytes>;
 
 /// Largest section read (after decompression); a larger one fails the load.
 pub const MAX_SECTION_BYTES: u64 = 1 << 30;
@@ -56,9 +57,9 @@ pub struct Frame {
 /// A module's debug info (from its ELF file, ELF bytes or an upload blob): function
 /// symbols and DWARF, resolving offsets to frames.
 ///
-/// Loading reads the symbol tables and the DWARF sections into memory (decompressed);
-/// units are parsed on the first offset that falls in them. Dropping it gives all of
-/// that back.
+/// Loading reads the symbol tables and the DWARF sections into memory (decompressed),
+/// or maps the file ([`DebugInfo::map_elf_file`]); units are parsed on the first offset
+/// that falls in them. Dropping it gives all of that back.
 pub struct DebugInfo {
     build_id: Option<String>,
     program_crate: OnceLock<Option<String>>,
@@ -86,17 +87,39 @@ impl DebugInfo {
             path: path.to_path_buf(),
             source,
         })?;
-        DebugInfo::load(Origin::File(&file, path))
+        DebugInfo::load(Source::Read(Origin::File(&file, path)))
+    }
+
+    /// Maps the ELF file at `path` read-only and reads its debug info in place: only the
+    /// pages a lookup touches are read (and they are the page cache's, shared), which
+    /// makes loading a large binary's debug info fast and light; compressed sections are
+    /// inflated into memory. The mapping goes with the `DebugInfo`.
+    ///
+    /// # Safety
+    /// The file must not be truncated while the `DebugInfo` lives (reading a page past
+    /// its new end raises `SIGBUS`). Files the dynamic loader mapped into this process —
+    /// its executable, its shared libraries — qualify: truncating them would crash the
+    /// process by itself.
+    pub unsafe fn map_elf_file(path: &Path) -> Result<DebugInfo, LoadError> {
+        let io = |source| LoadError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::open(path).map_err(io)?;
+        // SAFETY: the caller promises the file keeps its length while this lives.
+        let mapping = unsafe { Mapping::map(&file) }.map_err(io)?;
+        let backing = Arc::new(Backing::Mapped(mapping));
+        DebugInfo::load(Source::Mapped(&backing, path))
     }
 
     /// Reads the debug info of an ELF file held in memory.
     pub fn from_elf_bytes(bytes: &[u8]) -> Result<DebugInfo, LoadError> {
-        DebugInfo::load(Origin::Bytes(bytes))
+        DebugInfo::load(Source::Read(Origin::Bytes(bytes)))
     }
 
     /// Reads an upload blob (see [`crate::UploadBlob`] for the format).
     pub fn from_upload(bytes: &[u8]) -> Result<DebugInfo, LoadError> {
-        DebugInfo::load(Origin::Bytes(elf_of_upload(bytes)?))
+        DebugInfo::load(Source::Read(Origin::Bytes(elf_of_upload(bytes)?)))
     }
 
     /// Reads an upload blob or, if `bytes` is not one, an ELF file.
@@ -135,8 +158,9 @@ impl DebugInfo {
         !self.symbols.is_empty()
     }
 
-    /// Bytes of sections and symbols held in memory (the DWARF reader's own parsed state
-    /// comes on top, growing with the units looked at).
+    /// Bytes of sections and symbols held in memory — not counting a mapped file's pages,
+    /// which are the page cache's (the DWARF reader's own parsed state comes on top,
+    /// growing with the units looked at).
     pub fn section_bytes(&self) -> usize {
         self.section_bytes
     }
@@ -149,17 +173,18 @@ impl DebugInfo {
             .as_deref()
     }
 
-    fn load(origin: Origin<'_>) -> Result<DebugInfo, LoadError> {
+    fn load(source: Source<'_>) -> Result<DebugInfo, LoadError> {
         // A reader fed a crafted file may panic; the caller must not see it.
-        catch_unwind(AssertUnwindSafe(|| DebugInfo::load_unguarded(origin))).unwrap_or_else(|_| {
+        catch_unwind(AssertUnwindSafe(|| DebugInfo::load_unguarded(&source))).unwrap_or_else(|_| {
             Err(LoadError::elf(
-                &origin.describe(),
+                &source.describe(),
                 "the reader gave up on malformed data",
             ))
         })
     }
 
-    fn load_unguarded(origin: Origin<'_>) -> Result<DebugInfo, LoadError> {
+    fn load_unguarded(source: &Source<'_>) -> Result<DebugInfo, LoadError> {
+        let origin = source.origin();
         let layout = origin.layout()?;
         let mut section_bytes = 0usize;
         let build_id = build_id(&origin, &layout);
@@ -174,30 +199,26 @@ impl DebugInfo {
             let Some(strtab) = layout.sections.get(symtab.sh_link as usize) else {
                 continue;
             };
-            let (Some(symbols), Some(strings)) = (
-                origin.section_bytes(symtab, MAX_SECTION_BYTES)?,
-                origin.section_bytes(strtab, MAX_SECTION_BYTES)?,
-            ) else {
+            let (Some(symbols), Some(strings)) = (source.section(symtab)?, source.section(strtab)?)
+            else {
                 continue;
             };
             if symbols.is_empty() {
                 continue;
             }
-            tables.push(RawTable {
-                symbols,
-                strings: Arc::from(strings),
-            });
+            section_bytes += source.held(&symbols) + source.held(&strings);
+            tables.push(RawTable { symbols, strings });
             break;
         }
         let symbols = SymbolTable::parse(tables, layout.class64, layout.little_endian);
         section_bytes += symbols.heap_bytes();
 
-        let mut dwarf_sections: HashMap<&'static str, Arc<[u8]>> = HashMap::new();
+        let mut dwarf_sections: HashMap<&'static str, SectionBytes> = HashMap::new();
         for name in DWARF_SECTIONS {
             if let Some(section) = layout.section(name) {
-                if let Some(bytes) = origin.section_bytes(section, MAX_SECTION_BYTES)? {
-                    section_bytes += bytes.len();
-                    dwarf_sections.insert(name, Arc::from(bytes));
+                if let Some(bytes) = source.section(section)? {
+                    section_bytes += source.held(&bytes);
+                    dwarf_sections.insert(name, bytes);
                 }
             }
         }
@@ -294,10 +315,70 @@ fn build_id(origin: &Origin<'_>, layout: &Layout) -> Option<String> {
         })
 }
 
+/// Where a load takes its sections from.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    /// Read (and copied) from a file or bytes.
+    Read(Origin<'a>),
+    /// A mapping of the file at the path: uncompressed sections are read in place.
+    Mapped(&'a Arc<Backing>, &'a Path),
+}
+
+impl Source<'_> {
+    fn origin(&self) -> Origin<'_> {
+        match self {
+            Source::Read(origin) => *origin,
+            Source::Mapped(backing, _) => Origin::Bytes(match &***backing {
+                Backing::Mapped(m) => m.bytes(),
+                Backing::Heap(h) => h,
+            }),
+        }
+    }
+
+    /// A section's bytes; `None` when compressed in a way this crate does not read.
+    fn section(&self, section: &Section) -> Result<Option<SectionBytes>, LoadError> {
+        if let (Source::Mapped(backing, _), crate::elf::Compression::None) =
+            (self, section.compression)
+        {
+            let Some((offset, size)) = section.file_range() else {
+                return Ok(Some(SectionBytes::empty()));
+            };
+            return SectionBytes::range(backing, offset, size)
+                .map(Some)
+                .ok_or_else(|| {
+                    LoadError::elf(
+                        &self.describe(),
+                        format!("section {} runs past the end of the file", section.name),
+                    )
+                });
+        }
+        Ok(self
+            .origin()
+            .section_bytes(section, MAX_SECTION_BYTES)?
+            .map(SectionBytes::owned))
+    }
+
+    /// Memory a section holds: its length if copied, nothing if it is the mapping's.
+    fn held(&self, bytes: &SectionBytes) -> usize {
+        if bytes.is_mapped() {
+            0
+        } else {
+            bytes.len()
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Source::Read(origin) => origin.describe(),
+            Source::Mapped(_, path) => path.display().to_string(),
+        }
+    }
+}
+
 /// An addr2line context over the sections read; `None` without line tables or when the
 /// DWARF does not parse.
 fn dwarf_context(
-    mut sections: HashMap<&'static str, Arc<[u8]>>,
+    mut sections: HashMap<&'static str, SectionBytes>,
     little_endian: bool,
 ) -> Option<addr2line::Context<Reader>> {
     if !sections.contains_key(".debug_info") || !sections.contains_key(".debug_line") {
@@ -308,12 +389,11 @@ fn dwarf_context(
     } else {
         gimli::RunTimeEndian::Big
     };
-    let empty: Arc<[u8]> = Arc::from(&[][..]);
     let dwarf = gimli::Dwarf::load(|id| -> Result<Reader, gimli::Error> {
         let bytes = sections
             .remove(id.name())
-            .unwrap_or_else(|| Arc::clone(&empty));
-        Ok(gimli::EndianArcSlice::new(bytes, endian))
+            .unwrap_or_else(SectionBytes::empty);
+        Ok(gimli::EndianReader::new(bytes, endian))
     })
     .ok()?;
     addr2line::Context::from_dwarf(dwarf).ok()

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod bytes;
 mod cache;
 mod debuginfo;
 mod elf;

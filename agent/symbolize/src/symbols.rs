@@ -1,7 +1,7 @@
 //! A module's function symbols (`.symtab`, else `.dynsym`), sorted by address, named on
 //! lookup: Rust names demangled, without their hash.
 
-use std::sync::Arc;
+use crate::bytes::SectionBytes;
 
 /// `STT_FUNC`.
 const STT_FUNC: u8 = 2;
@@ -26,13 +26,13 @@ struct Entry {
 pub(crate) struct SymbolTable {
     entries: Vec<Entry>,
     /// The string tables the names are in.
-    strings: Vec<Arc<[u8]>>,
+    strings: Vec<SectionBytes>,
 }
 
 /// A symbol table's raw bytes and the string table its names are in.
 pub(crate) struct RawTable {
-    pub(crate) symbols: Vec<u8>,
-    pub(crate) strings: Arc<[u8]>,
+    pub(crate) symbols: SectionBytes,
+    pub(crate) strings: SectionBytes,
 }
 
 impl SymbolTable {
@@ -92,10 +92,9 @@ impl SymbolTable {
         self.entries.iter().filter_map(|e| self.name(e))
     }
 
-    /// Bytes held.
+    /// Bytes of the table itself (the string tables are counted as sections).
     pub(crate) fn heap_bytes(&self) -> usize {
         self.entries.capacity() * std::mem::size_of::<Entry>()
-            + self.strings.iter().map(|s| s.len()).sum::<usize>()
     }
 }
 
@@ -196,13 +195,14 @@ mod tests {
 
     #[test]
     fn finds_the_function_covering_an_address() {
-        let strings: Arc<[u8]> = Arc::from(&b"\0outer\0label\0data\0other\0"[..]);
+        let strings = SectionBytes::owned(b"\0outer\0label\0data\0other\0".to_vec());
         let mut symbols = sym64(1, STT_FUNC, 1, 0x1000, 0x100);
         symbols.extend(sym64(7, STT_FUNC, 1, 0x1050, 0)); // a label inside `outer`
         symbols.extend(sym64(13, 1, 1, 0x3000, 0x10)); // an object, not a function
         symbols.extend(sym64(18, STT_FUNC, 1, 0x2000, 0x10));
         symbols.extend(sym64(18, STT_FUNC, 0, 0x2800, 0x10)); // undefined
         symbols.extend_from_slice(&[1, 2, 3]); // a torn entry
+        let symbols = SectionBytes::owned(symbols);
         let table = SymbolTable::parse(vec![RawTable { symbols, strings }], true, true);
         assert_eq!(table.lookup(0x1000), Some(&b"outer"[..]));
         assert_eq!(table.lookup(0x1050), Some(&b"label"[..]));

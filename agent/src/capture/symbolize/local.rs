@@ -1,7 +1,8 @@
 //! Symbolization in this process, for local dumps: each module's debug info loaded with
 //! `holmes-symbolize` on the first address that falls in it (the executable and shared
-//! libraries from their files, the vDSO from memory), and dropped again when no capture
-//! has used it for a while ([`SYMBOLS_IDLE`]), giving the memory back.
+//! libraries mapped from their files, so only the pages lookups touch are read; the vDSO
+//! from memory), and dropped again when no capture has used it for a while
+//! ([`SYMBOLS_IDLE`]), giving the memory back.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -74,15 +75,31 @@ fn unknown(function: String) -> Frame {
     }
 }
 
-/// A module's debug info, from its file or (the vDSO) from memory; logged when it
-/// cannot be read.
+/// A module's debug info, mapped from its file or (the vDSO) read from memory; logged
+/// when it cannot be read, or when the file is no longer the loaded module (replaced on
+/// disk: another build id).
 fn load(loaded: &super::modules::LoadedModule) -> Option<DebugInfo> {
     let started = Instant::now();
-    let info = match (&loaded.path, loaded.image_bytes()) {
-        (Some(path), _) => DebugInfo::from_elf_file(path),
-        (None, Some(image)) => DebugInfo::from_elf_bytes(&image),
-        (None, None) => return None,
+    let info = match &loaded.path {
+        // SAFETY: the file of a module the loader mapped into this process: truncating
+        // it would crash the process by itself. (A file replaced on disk by another is a
+        // new file, left alone; the build id check below catches it.)
+        Some(path) => unsafe { DebugInfo::map_elf_file(path) },
+        None => match loaded.image_bytes() {
+            Some(image) => DebugInfo::from_elf_bytes(&image),
+            None => return None,
+        },
     };
+    let wanted = loaded.module.build_id.as_str();
+    let info = info.and_then(|info| match info.build_id() {
+        Some(found) if !wanted.is_empty() && found != wanted => {
+            Err(holmes_symbolize::LoadError::Elf {
+                what: loaded.module.name.clone(),
+                why: format!("its file has build id {found}, the loaded module {wanted}"),
+            })
+        }
+        _ => Ok(info),
+    });
     match info {
         Ok(info) => {
             tracing::debug!(target: "holmes", module = %loaded.module.name, took = ?started.elapsed(), bytes = info.section_bytes(), dwarf = info.has_dwarf(), "debug info loaded");
