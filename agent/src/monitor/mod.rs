@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use holmes_proto::{AgentBody, Hello, Metric};
+use holmes_symbolize::UploadBlob;
 
 use crate::capture::symbolize::modules;
 use crate::capture::Captures;
@@ -139,8 +140,14 @@ fn spawn_sender(
 /// offers its debug info when uploads are on and it has a build id to match them by.
 pub(crate) fn hello(cfg: &AgentConfig) -> Hello {
     let executable = modules::current().executable().map(|m| m.module.clone());
-    let debuginfo_upload =
-        cfg.debuginfo_upload && executable.as_ref().is_some_and(|m| !m.build_id.is_empty());
+    // Offered when on, and when the executable is matched by build id and has more than
+    // a stripped binary's symbols (else its debug info must come from CI).
+    let debuginfo_upload = cfg.debuginfo_upload
+        && executable.as_ref().is_some_and(|m| {
+            !m.build_id.is_empty()
+                && UploadBlob::from_elf_file("/proc/self/exe".as_ref())
+                    .is_ok_and(|b| b.has_debug_info() && b.build_id() == Some(m.build_id.as_str()))
+        });
     Hello {
         protocol_version: holmes_proto::PROTOCOL_VERSION,
         service: cfg.service.clone(),

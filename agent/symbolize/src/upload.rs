@@ -103,6 +103,7 @@ pub struct UploadBlob {
     pieces: Vec<Piece>,
     len: u64,
     build_id: Option<String>,
+    debug_info: bool,
 }
 
 impl UploadBlob {
@@ -115,7 +116,7 @@ impl UploadBlob {
             path: path.to_path_buf(),
             source,
         })?;
-        let (pieces, len, build_id) = describe(Origin::File(&file, path))?;
+        let (pieces, len, build_id, debug_info) = describe(Origin::File(&file, path))?;
         Ok(UploadBlob {
             source: Source::File {
                 file,
@@ -124,18 +125,20 @@ impl UploadBlob {
             pieces,
             len,
             build_id,
+            debug_info,
         })
     }
 
     /// Describes the blob of an ELF file held in memory.
     pub fn from_elf_bytes(bytes: impl Into<Arc<[u8]>>) -> Result<UploadBlob, LoadError> {
         let bytes: Arc<[u8]> = bytes.into();
-        let (pieces, len, build_id) = describe(Origin::Bytes(&bytes))?;
+        let (pieces, len, build_id, debug_info) = describe(Origin::Bytes(&bytes))?;
         Ok(UploadBlob {
             source: Source::Bytes(bytes),
             pieces,
             len,
             build_id,
+            debug_info,
         })
     }
 
@@ -152,6 +155,13 @@ impl UploadBlob {
     /// The module's GNU build id, lowercase hex, if it has one.
     pub fn build_id(&self) -> Option<&str> {
         self.build_id.as_deref()
+    }
+
+    /// Whether the blob carries more than a stripped module has: a static symbol table or
+    /// DWARF line tables. (A stripped binary's blob names its exported functions only;
+    /// its debug file, uploaded from CI, is the one worth having.)
+    pub fn has_debug_info(&self) -> bool {
+        self.debug_info
     }
 
     /// Fills `buf` with the blob's bytes from `offset` on; returns how many it wrote
@@ -233,8 +243,12 @@ fn kept(layout: &Layout, index: usize, section: &Section, linked: &[usize]) -> b
         })
 }
 
-/// The blob's pieces, its length and the module's build id.
-fn describe(origin: Origin<'_>) -> Result<(Vec<Piece>, u64, Option<String>), LoadError> {
+/// A blob's description: its pieces, its length, the module's build id and whether it
+/// has a symbol table or line tables.
+type Description = (Vec<Piece>, u64, Option<String>, bool);
+
+/// Describes the blob of the ELF file at `origin`.
+fn describe(origin: Origin<'_>) -> Result<Description, LoadError> {
     let layout = origin.layout()?;
     let what = origin.describe();
     let file_len = origin.len()?;
@@ -246,6 +260,7 @@ fn describe(origin: Origin<'_>) -> Result<(Vec<Piece>, u64, Option<String>), Loa
         .map(|s| s.sh_link as usize)
         .collect();
     let mut build_id = None;
+    let mut debug_info = false;
     let mut pieces = Vec::new();
     let mut prefix = Vec::with_capacity(UPLOAD_HEADER_BYTES);
     prefix.extend_from_slice(UPLOAD_MAGIC);
@@ -283,6 +298,9 @@ fn describe(origin: Origin<'_>) -> Result<(Vec<Piece>, u64, Option<String>), Loa
                     format!("section {} runs past the end of the file", section.name),
                 ));
             }
+            debug_info |= section.sh_type == SHT_SYMTAB
+                || section.name.ends_with("debug_line")
+                || section.name.ends_with("debug_info");
             pieces.push(Piece::Copy {
                 at: pos,
                 from: section.sh_offset,
@@ -312,7 +330,7 @@ fn describe(origin: Origin<'_>) -> Result<(Vec<Piece>, u64, Option<String>), Loa
         at: pos,
         bytes: table,
     });
-    Ok((pieces, len, build_id))
+    Ok((pieces, len, build_id, debug_info))
 }
 
 fn align8(v: u64) -> u64 {

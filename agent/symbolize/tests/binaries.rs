@@ -186,6 +186,11 @@ fn a_stripped_binary_is_named_from_its_separate_debug_file() {
     run("objcopy", &["--only-keep-debug", b, d]);
     run("strip", &["--strip-all", b, "-o", s]);
 
+    assert!(!UploadBlob::from_elf_file(&stripped)
+        .unwrap()
+        .has_debug_info());
+    assert!(UploadBlob::from_elf_file(&debug).unwrap().has_debug_info());
+    assert!(UploadBlob::from_elf_file(binary).unwrap().has_debug_info());
     let bare = DebugInfo::from_elf_file(&stripped).unwrap();
     let separate = DebugInfo::from_elf_file(&debug).unwrap();
     let full = DebugInfo::from_elf_file(binary).unwrap();
