@@ -31,6 +31,8 @@ const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
 const SEND_BATCH: usize = 16;
 /// Most messages waiting in the stream for a debug info chunk to join them.
 const UPLOAD_IN_FLIGHT: usize = 2;
+/// How soon a full stream is looked at again for room for an upload chunk.
+const UPLOAD_RECHECK: Duration = Duration::from_millis(50);
 
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
@@ -205,6 +207,8 @@ async fn session(
                     send(&tx, pb::AgentMessage::from(&msg)).await?;
                     last_send = Instant::now();
                 }
+                // Nothing wakes this loop when the stream drains: look again shortly.
+                _ = tokio::time::sleep(UPLOAD_RECHECK), if !room_for_upload => {}
                 _ = tokio::time::sleep_until(heartbeat_due.into()) => {
                     let (dropped, unacked) = {
                         let outbox = delivery.outbox();
