@@ -14,6 +14,7 @@
 //! The handler refuses to be installed over another `SIGPROF` handler (another profiler)
 //! and never allocates, locks or blocks.
 
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -63,6 +64,21 @@ static CURSOR: AtomicUsize = AtomicUsize::new(0);
 /// ~50 µs of cache misses per wake-up of the agent thread).
 static PENDING: AtomicUsize = AtomicUsize::new(0);
 static DROPPED: AtomicU64 = AtomicU64::new(0);
+/// Samples that hit one of the agent's own threads, left out of the profiles.
+static OWN: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// Set on the agent's own threads: their CPU (encoding, symbolizing a local dump,
+    /// uploading debug info) is the agent's overhead, not the host's, and would otherwise
+    /// sit in the very profiles it is busy making. Const-initialised without a
+    /// destructor, so reading it in the signal handler is a plain thread-local load.
+    static AGENT_THREAD: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the calling thread as one of the agent's: the sampler leaves it out.
+pub(crate) fn leave_this_thread_out() {
+    AGENT_THREAD.with(|t| t.set(true));
+}
 static PERIOD_NS: AtomicU64 = AtomicU64::new(0);
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 
@@ -116,6 +132,10 @@ fn record(uc: *mut libc::c_void) {
     let Some(ring) = RING.get() else {
         return;
     };
+    if AGENT_THREAD.try_with(Cell::get).unwrap_or(false) {
+        OWN.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
     // SAFETY: `uc` is the third argument of our SA_SIGINFO handler.
     let Some(regs) = (unsafe { Registers::from_ucontext(uc) }) else {
         return;
@@ -245,6 +265,11 @@ pub(crate) fn set_rate(hz: u32) -> Result<(), CpuError> {
 /// Samples the signal handler could not store because the ring was full.
 pub(crate) fn dropped() -> u64 {
     DROPPED.load(Ordering::Relaxed)
+}
+
+/// Samples of the agent's own threads, left out.
+pub(crate) fn own() -> u64 {
+    OWN.load(Ordering::Relaxed)
 }
 
 /// Moves every recorded sample out of the ring: `(stack, weight_ns, at_ns)`.

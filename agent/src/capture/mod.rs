@@ -190,6 +190,7 @@ impl Captures {
         let spawned = std::thread::Builder::new()
             .name("holmes-capture".to_owned())
             .spawn(move || {
+                cpu::leave_this_thread_out();
                 for kind in kinds {
                     this.capture(&cfg2, &runtimes, kind, &mut |c| {
                         deliver(&cfg2, &delivery2, &this.symbols, &id, &c)
@@ -309,8 +310,9 @@ impl Captures {
             r.lock().unwrap_or_else(|p| p.into_inner()).overflow()
         });
         b.add_comment(&format!(
-            "holmes: {} samples lost to a full signal ring, {overflow} beyond the distinct-stack cap (since start)",
-            cpu::dropped()
+            "holmes: {} samples lost to a full signal ring, {overflow} beyond the distinct-stack cap, {} of the agent's own threads left out (since start)",
+            cpu::dropped(),
+            cpu::own()
         ));
         for (stack, t) in stacks {
             b.add_sample(

@@ -92,7 +92,10 @@ impl Uploads {
         };
         let spawned = std::thread::Builder::new()
             .name("holmes-debuginfo".to_owned())
-            .spawn(move || job.run());
+            .spawn(move || {
+                crate::capture::cpu::leave_this_thread_out();
+                job.run();
+            });
         if let Err(err) = spawned {
             tracing::warn!(target: "holmes", error = %err, "cannot start the debug info upload thread");
         }

@@ -57,6 +57,7 @@ pub(crate) fn spawn(
     std::thread::Builder::new()
         .name("holmes-agent".to_owned())
         .spawn(move || {
+            crate::capture::cpu::leave_this_thread_out();
             open_spool(&cfg, &shared);
             drop(spool_open);
             run(&cfg, &shared);
@@ -90,6 +91,7 @@ fn spawn_sender(
     let thread = std::thread::Builder::new()
         .name("holmes-sender".to_owned())
         .spawn(move || {
+            crate::capture::cpu::leave_this_thread_out();
             // Returns when the agent thread drops its end (nothing is ever sent).
             let _ = spool_opened.recv();
             let runtime = match tokio::runtime::Builder::new_current_thread()
