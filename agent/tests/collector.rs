@@ -18,7 +18,7 @@ use holmes_proto::{
 use holmes_symbolize::DebugInfo;
 use support::collector::TestCollector;
 
-const WAIT: Duration = Duration::from_secs(60);
+const WAIT: Duration = Duration::from_secs(120);
 
 fn agent(collector: &TestCollector, service: &str) -> holmes_agent::HolmesBuilder {
     let mut b = Holmes::builder()
@@ -117,7 +117,17 @@ fn profiles_arrive_as_module_offsets_that_the_executables_debug_info_names() {
         assert_eq!(chunk.format, ProfileFormat::Native, "{chunk:?}");
         assert_eq!(chunk.error, None);
         let p = NativeProfile::decode(data).unwrap();
-        assert!(p.modules.contains(&exe), "{:?}", p.modules);
+        // The threads' stacks run through the executable (an idle process's CPU profiles
+        // may hold a few samples in libc, or none).
+        if chunk.kind == ProfileKind::Threads {
+            assert!(p.modules.contains(&exe), "{:?}", p.modules);
+        }
+        // Never an absolute address: code is a module offset, or unknown.
+        for location in &p.locations {
+            if let Location::Symbolic(frames) = location {
+                assert_eq!(frames[0].function, "[unknown]", "{location:?}");
+            }
+        }
         for location in &p.locations {
             if let Location::Native { module, offset } = location {
                 if p.modules[*module as usize] == exe {
@@ -140,8 +150,11 @@ fn profiles_arrive_as_module_offsets_that_the_executables_debug_info_names() {
 #[test]
 fn debug_info_is_uploaded_when_asked_from_the_offset_asked() {
     let collector = TestCollector::start();
+    // No gzip on the wire: the test binary's debug info is tens of MiB, and what is
+    // tested is the upload, not the compression.
     let h = agent(&collector, "upload-test")
         .debuginfo_rate(256 << 20)
+        .compression(holmes_agent::Compression::None)
         .start()
         .unwrap();
     let exe = hello(&collector).executable.unwrap();
