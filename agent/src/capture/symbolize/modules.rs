@@ -24,6 +24,12 @@ const MAX_NOTES: usize = 64 * 1024;
 /// Largest vDSO image copied for its symbols.
 const MAX_VDSO_BYTES: usize = 1 << 20;
 
+/// The loader's program headers, as wide as this process.
+#[cfg(target_pointer_width = "64")]
+type Phdr = libc::Elf64_Phdr;
+#[cfg(target_pointer_width = "32")]
+type Phdr = libc::Elf32_Phdr;
+
 /// One loaded module.
 #[derive(Debug, Clone)]
 pub(crate) struct LoadedModule {
@@ -197,7 +203,7 @@ unsafe extern "C" fn on_object(
         unsafe { CStr::from_ptr(info.dlpi_name) }.to_bytes()
     };
     let bias = info.dlpi_addr as usize;
-    let phdrs: &[libc::Elf64_Phdr] = if info.dlpi_phdr.is_null() {
+    let phdrs: &[Phdr] = if info.dlpi_phdr.is_null() {
         &[]
     } else {
         // SAFETY: dlpi_phdr points at dlpi_phnum program headers of a loaded object,
@@ -232,7 +238,10 @@ unsafe extern "C" fn on_object(
             // SAFETY: [start, start + len) lies inside a readable PT_LOAD segment of an
             // object that stays loaded during this callback.
             let notes = unsafe { std::slice::from_raw_parts(start as *const u8, len) };
-            holmes_symbolize::build_id_from_notes(notes, p.p_align, cfg!(target_endian = "little"))
+            // Widened on 32-bit targets, the same type on 64-bit ones.
+            #[allow(clippy::useless_conversion)]
+            let align = u64::from(p.p_align);
+            holmes_symbolize::build_id_from_notes(notes, align, cfg!(target_endian = "little"))
         })
         .unwrap_or_default();
 
