@@ -1,7 +1,8 @@
 //! Time to capture, per kind: from the capture request to the profile on disk, in a
 //! fresh process each time (the first capture of a process is the one a 3 a.m. incident
-//! gets), with the agent's symbol prewarming off and on. Also what prewarming costs at
-//! start (resident memory and CPU time), and the memory a first capture leaves behind.
+//! gets, and it loads the debug info to symbolize the local dump). Also what the agent
+//! costs at start (resident memory and CPU time), the memory the first capture adds, and
+//! what is left of it once the agent gave the debug info back (30 s without captures).
 //!
 //! Build it with debug info, as a host should be built (`[profile.profiling]`):
 //! `cargo bench -p holmes-agent --bench captures --profile profiling`
@@ -9,15 +10,16 @@
 //!
 //! The host: a worker spinning in `spin_in_the_pricing_loop`, 16 threads parked in
 //! `wait_for_the_inventory_lock`, 64 MiB kept by `keep_the_catalogue_in_memory`, and a
-//! current-thread tokio runtime with 100 tasks; the agent has default settings and
-//! writes to a temporary dump folder. Tasks dumps need the `taskdump` build.
+//! current-thread tokio runtime with 100 tasks; the agent has default settings but no
+//! rules (only the requested capture runs) and writes to a temporary dump folder. Tasks
+//! dumps need the `taskdump` build.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use holmes_agent::{Holmes, ProfileKind};
+use holmes_agent::{Holmes, Metric, ProfileKind, Rule};
 
 #[global_allocator]
 static ALLOC: holmes_agent::SamplingAllocator = holmes_agent::SamplingAllocator::system();
@@ -88,7 +90,7 @@ fn profiles(dir: &Path, kind: &str) -> Vec<PathBuf> {
 }
 
 /// One child process: start the host and the agent, capture `kind` once, report.
-fn child(kind: ProfileKind, prewarm: bool) {
+fn child(kind: ProfileKind) {
     let dir = std::env::temp_dir().join(format!("holmes-bench-captures-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let (anon0, file0) = rss_kib();
@@ -97,18 +99,26 @@ fn child(kind: ProfileKind, prewarm: bool) {
         .enable_all()
         .build()
         .expect("runtime");
-    // Through the environment, so this bench also builds against agents from before
-    // the setting (which ignore it: the baseline).
-    std::env::set_var("HOLMES_PREWARM_SYMBOLS", if prewarm { "1" } else { "0" });
-    let agent = Holmes::from_env()
+    // Rules off: the host's spinning thread would fire the CPU rule after the warm-up, and
+    // that capture would use (and keep) the debug info the idle figure waits to see
+    // given back.
+    let mut builder = Holmes::from_env()
         .expect("settings")
         .service("bench")
         .dump_dir(&dir)
-        .tokio_runtime(runtime.handle().clone())
-        .start()
-        .expect("agent starts");
-    // Long enough for prewarming to finish; the host is set up afterwards, so that its
-    // own memory and CPU are not counted in the start-up cost.
+        .tokio_runtime(runtime.handle().clone());
+    for metric in [
+        Metric::CpuPercent,
+        Metric::MemoryPercent,
+        Metric::Threads,
+        Metric::Tasks,
+        Metric::HeapPercent,
+    ] {
+        builder = builder.rule(metric, Rule::new().enabled(false));
+    }
+    let agent = builder.start().expect("agent starts");
+    // The host is set up afterwards, so that its own memory and CPU are not counted in
+    // the start-up cost.
     std::thread::sleep(Duration::from_millis(1000));
     let start_cpu = cpu_time() - cpu0;
     let (anon1, file1) = rss_kib();
@@ -144,19 +154,24 @@ fn child(kind: ProfileKind, prewarm: bool) {
         std::thread::sleep(Duration::from_millis(2));
     }
     let (anon2, file2) = rss_kib();
+    // The debug info is given back after 30 s without captures (checked on a sample).
+    std::thread::sleep(Duration::from_secs(32));
+    let (anon3, file3) = rss_kib();
     let ms: Vec<String> = times
         .iter()
         .map(|t| format!("{:.1}", t.as_secs_f64() * 1e3))
         .collect();
     // A kind this build cannot capture reports a failure instead of a file.
     println!(
-        "ms={} start_cpu_ms={:.1} start_anon_kib={} start_file_kib={} capture_anon_kib={} capture_file_kib={}",
+        "ms={} start_cpu_ms={:.1} start_anon_kib={} start_file_kib={} capture_anon_kib={} capture_file_kib={} idle_anon_kib={} idle_file_kib={}",
         ms.join(","),
         start_cpu.as_secs_f64() * 1e3,
         anon1.saturating_sub(anon0),
         file1.saturating_sub(file0),
         anon2.saturating_sub(anon1b),
         file2.saturating_sub(file1b),
+        anon3.saturating_sub(anon1b),
+        file3.saturating_sub(file1b),
     );
     drop(catalogue);
     let _ = std::fs::remove_dir_all(&dir);
@@ -178,11 +193,9 @@ fn kind_named(name: &str) -> Option<ProfileKind> {
 type Report = Vec<(String, Vec<f64>)>;
 
 /// Runs one child and reads its report.
-fn run_child(kind: ProfileKind, prewarm: bool) -> Option<Report> {
+fn run_child(kind: ProfileKind) -> Option<Report> {
     let out = Command::new(std::env::current_exe().ok()?)
         .env("HOLMES_BENCH_ROLE", kind.as_str())
-        .env("HOLMES_BENCH_PREWARM", if prewarm { "1" } else { "0" })
-        .env_remove("HOLMES_PREWARM_SYMBOLS")
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -217,8 +230,7 @@ fn summary(mut values: Vec<f64>) -> String {
 fn main() {
     if let Ok(role) = std::env::var("HOLMES_BENCH_ROLE") {
         if let Some(kind) = kind_named(&role) {
-            let prewarm = std::env::var("HOLMES_BENCH_PREWARM").as_deref() == Ok("1");
-            child(kind, prewarm);
+            child(kind);
         }
         return;
     }
@@ -228,7 +240,7 @@ fn main() {
     let runs: usize = std::env::var("HOLMES_BENCH_RUNS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
+        .unwrap_or(3);
     let rows = [
         ("cpu pre-trigger", ProfileKind::Cpu, 0),
         ("cpu complete (2 s)", ProfileKind::Cpu, 1),
@@ -236,7 +248,7 @@ fn main() {
         ("threads", ProfileKind::Threads, 0),
         ("tasks", ProfileKind::Tasks, 0),
     ];
-    let mut results: Vec<(ProfileKind, bool, Vec<Report>)> = Vec::new();
+    let mut results: Vec<(ProfileKind, Vec<Report>)> = Vec::new();
     for kind in [
         ProfileKind::Cpu,
         ProfileKind::Heap,
@@ -247,21 +259,14 @@ fn main() {
         if kind == ProfileKind::Tasks && !cfg!(feature = "taskdump") {
             continue;
         }
-        let mut off = Vec::new();
-        let mut on = Vec::new();
-        // Alternating, so a busy machine weighs on both alike.
-        for _ in 0..runs {
-            off.extend(run_child(kind, false));
-            on.extend(run_child(kind, true));
-        }
-        results.push((kind, false, off));
-        results.push((kind, true, on));
+        let reports = (0..runs).filter_map(|_| run_child(kind)).collect();
+        results.push((kind, reports));
     }
-    let pick = |kind: ProfileKind, prewarm: bool, key: &str, index: usize| -> Vec<f64> {
+    let pick = |kind: ProfileKind, key: &str, index: usize| -> Vec<f64> {
         results
             .iter()
-            .filter(|(k, p, _)| *k == kind && *p == prewarm)
-            .flat_map(|(_, _, runs)| runs.iter())
+            .filter(|(k, _)| *k == kind)
+            .flat_map(|(_, runs)| runs.iter())
             .filter_map(|fields| {
                 fields
                     .iter()
@@ -271,16 +276,12 @@ fn main() {
             .collect()
     };
     println!("\ntime from capture request to profile on disk, ms (min / median / max of {runs} fresh processes):");
-    println!("| capture | first in process, no prewarm | first in process, prewarmed |");
-    println!("|---|---|---|");
+    println!("| capture | first in process |");
+    println!("|---|---|");
     for (label, kind, index) in rows {
-        println!(
-            "| {label} | {} | {} |",
-            summary(pick(kind, false, "ms", index)),
-            summary(pick(kind, true, "ms", index))
-        );
+        println!("| {label} | {} |", summary(pick(kind, "ms", index)));
     }
-    let all = |prewarm: bool, key: &str| -> Vec<f64> {
+    let all = |key: &str| -> Vec<f64> {
         [
             ProfileKind::Cpu,
             ProfileKind::Heap,
@@ -288,25 +289,30 @@ fn main() {
             ProfileKind::Tasks,
         ]
         .into_iter()
-        .flat_map(|k| pick(k, prewarm, key, 0))
+        .flat_map(|k| pick(k, key, 0))
         .collect()
     };
-    println!(
-        "\nstart-up (agent start to 1 s later) and first capture, KiB or ms (min / median / max):"
-    );
-    println!("| | no prewarm | prewarmed |");
-    println!("|---|---|---|");
+    println!("\nstart-up (agent start to 1 s later), first capture, and 32 s later, KiB or ms (min / median / max):");
+    println!("| | |");
+    println!("|---|---|");
     for (label, key) in [
         ("process CPU time at start, ms", "start_cpu_ms"),
         ("RssAnon added at start, KiB", "start_anon_kib"),
         ("RssFile added at start, KiB", "start_file_kib"),
-        ("RssAnon added by the capture, KiB", "capture_anon_kib"),
-        ("RssFile added by the capture, KiB", "capture_file_kib"),
+        (
+            "RssAnon added by the first capture, KiB",
+            "capture_anon_kib",
+        ),
+        (
+            "RssFile added by the first capture, KiB",
+            "capture_file_kib",
+        ),
+        (
+            "RssAnon still added 32 s later (debug info given back), KiB",
+            "idle_anon_kib",
+        ),
+        ("RssFile still added 32 s later, KiB", "idle_file_kib"),
     ] {
-        println!(
-            "| {label} | {} | {} |",
-            summary(all(false, key)),
-            summary(all(true, key))
-        );
+        println!("| {label} | {} |", summary(all(key)));
     }
 }

@@ -2,10 +2,9 @@
 //! spins and never yields.
 //!
 //! CPU % is the whole process's CPU, so this test has a process of its own (no other
-//! test's captures or agents in its CPU), no symbol prewarm (a second of CPU in a debug
-//! binary), and tells the agent it has one core: two spinning workers are then well above
-//! the rule on any machine — 2 cores or 16, idle or loaded — while an idle process stays
-//! far below it.
+//! test's captures or agents in its CPU), and tells the agent it has one core: two
+//! spinning workers are then well above the rule on any machine — 2 cores or 16, idle
+//! or loaded — while an idle process stays far below it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

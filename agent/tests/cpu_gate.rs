@@ -2,9 +2,9 @@
 //! rule's trigger nor for a requested capture. The trigger event is still written, with
 //! no profile planned; once CPU is back under the gate, captures run again.
 //!
-//! CPU % is the whole process's CPU: a process of its own, no symbol prewarm, and one
-//! core as the agent's capacity, so that two spinning threads are far above the gate on
-//! any machine, idle or loaded, and an idle process far below it.
+//! CPU % is the whole process's CPU: a process of its own, and one core as the agent's
+//! capacity, so that two spinning threads are far above the gate on any machine, idle
+//! or loaded, and an idle process far below it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

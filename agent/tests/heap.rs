@@ -73,10 +73,7 @@ fn a_heap_spike_is_in_the_heap_profile() {
         .service("heap-test")
         .dump_dir(dir.path())
         .collect_interval(Duration::from_millis(100))
-        .memory_fast_interval(None)
-        // The symbol prewarm allocates ~20 MiB on its own thread after start: after the
-        // baseline below was taken, so the rule would fire with less of the culprit there.
-        .prewarm_symbols(false);
+        .memory_fast_interval(None);
     for m in [
         Metric::CpuPercent,
         Metric::MemoryPercent,

@@ -68,10 +68,7 @@ fn a_heap_spike_is_in_the_jemalloc_heap_profile() {
         .service("jemalloc-test")
         .dump_dir(dir.path())
         .collect_interval(Duration::from_millis(100))
-        .memory_fast_interval(None)
-        // The symbol prewarm allocates ~20 MiB on its own thread after start, which
-        // alone would double the few MiB this rule watches.
-        .prewarm_symbols(false);
+        .memory_fast_interval(None);
     for m in [
         Metric::CpuPercent,
         Metric::MemoryPercent,

@@ -209,7 +209,7 @@ fn child(cgroup: &Path, dump: &Path) -> ! {
         )
         .start()
         .expect("the agent starts");
-    // Rule windows full (and the symbols loaded meanwhile).
+    // Rule windows full.
     while agent.stats().samples < 4 {
         std::thread::sleep(Duration::from_millis(20));
     }

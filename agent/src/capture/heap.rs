@@ -13,19 +13,19 @@
 //! `alloc::raw_vec` frames: see [`super::jemalloc`].)
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::time::Instant;
 
 use holmes_proto::ProfileKind;
+use holmes_symbolize::Frame;
 
-use super::pprof::ProfileBuilder;
-use super::symbolize::{Frame, Symbolizer};
+use super::profile::ProfileBuilder;
 use super::Captured;
 use crate::clock::unix_nanos_now;
 use crate::heap::{self, HeapSnapshot};
 
 /// Innermost frames that belong to the sampler and the allocator glue, not to the code
-/// that allocated.
+/// that allocated, by name prefix (`*text`: containing `text`; `=name`: exactly `name`;
+/// `@text`: any frame whose file contains `text`).
 pub(crate) const ALLOCATOR_FRAMES: &[&str] = &[
     "holmes_agent::heap::",
     "<holmes_agent::heap::",
@@ -49,13 +49,34 @@ pub(crate) const ALLOCATOR_FRAMES: &[&str] = &[
     // frames without their module path: trim by source file as well.
     "@holmes-agent/src/heap/",
     "@agent/src/heap/",
-    "@agent/src/unwind.rs",
+    "@agent/src/unwind/",
     "holmes_agent::unwind::",
     "@/library/alloc/",
     "@/library/core/",
     "@/library/std/src/alloc.rs",
     "@/library/std/src/sys/alloc/",
 ];
+
+/// Whether a frame is the sampler's or the allocator glue's (see [`ALLOCATOR_FRAMES`]).
+pub(crate) fn is_sampler_frame(name: &str, file: &str) -> bool {
+    ALLOCATOR_FRAMES.iter().any(|p| trimmed_by(name, file, p))
+}
+
+/// Whether `pattern` names the frame `name` in `file`: a prefix; written `*text`, any
+/// name containing `text` (for trait impls such as `<u8 as alloc::vec::SpecFromElem>`);
+/// written `=name`, exactly that name; written `@text`, any frame whose source file
+/// contains `text`.
+fn trimmed_by(name: &str, file: &str, pattern: &str) -> bool {
+    if let Some(path) = pattern.strip_prefix('@') {
+        file.contains(path)
+    } else if let Some(inner) = pattern.strip_prefix('*') {
+        name.contains(inner)
+    } else if let Some(exact) = pattern.strip_prefix('=') {
+        name == exact
+    } else {
+        name.starts_with(pattern)
+    }
+}
 
 /// Go's heap profile sample types, in Go's order.
 const SAMPLE_TYPES: [(&str, &str); 4] = [
@@ -87,27 +108,21 @@ pub(crate) fn available() -> bool {
     cfg!(feature = "jemalloc") || heap::sampling_active()
 }
 
-/// A heap profile of this process as gzip pprof.
-pub(crate) fn capture(
-    symbolizer: &mut Symbolizer,
-    start_unix_nanos: u64,
-) -> Result<Vec<u8>, HeapError> {
+/// A heap profile of this process.
+pub(crate) fn capture(start_unix_nanos: u64) -> Result<ProfileBuilder, HeapError> {
     #[cfg(feature = "jemalloc")]
-    if let Some(result) = super::jemalloc::capture(symbolizer) {
+    if let Some(result) = super::jemalloc::capture() {
         return result.map_err(HeapError::Jemalloc);
     }
     let snapshot = heap::heap_snapshot().ok_or(HeapError::NotAvailable)?;
-    Ok(encode(&snapshot, symbolizer, start_unix_nanos))
+    Ok(build(&snapshot, start_unix_nanos))
 }
 
 /// A heap capture, ready to be delivered.
-pub(crate) fn captured(symbolizer: &Mutex<Symbolizer>) -> Captured {
+pub(crate) fn captured() -> Captured {
     let started = Instant::now();
     let started_unix = unix_nanos_now();
-    let result = {
-        let mut sym = symbolizer.lock().unwrap_or_else(|p| p.into_inner());
-        capture(&mut sym, started_unix)
-    };
+    let result = capture(started_unix);
     Captured {
         kind: ProfileKind::Heap,
         started_unix_nanos: started_unix,
@@ -128,7 +143,7 @@ fn value(v: f64) -> i64 {
     }
 }
 
-fn encode(snapshot: &HeapSnapshot, symbolizer: &mut Symbolizer, start_unix_nanos: u64) -> Vec<u8> {
+fn build(snapshot: &HeapSnapshot, start_unix_nanos: u64) -> ProfileBuilder {
     let rate = snapshot.sample_every_bytes;
     let mut b = ProfileBuilder::new(
         &SAMPLE_TYPES,
@@ -158,7 +173,7 @@ fn encode(snapshot: &HeapSnapshot, symbolizer: &mut Symbolizer, start_unix_nanos
             snapshot.lost
         ));
     }
-    b.trim_leaf_frames(ALLOCATOR_FRAMES);
+    b.trim_leaf_frames(is_sampler_frame);
     for s in &snapshot.stacks {
         let values = [
             value(s.alloc_objects),
@@ -180,7 +195,7 @@ fn encode(snapshot: &HeapSnapshot, symbolizer: &mut Symbolizer, start_unix_nanos
             b.add_sample(&s.frames, &values, &[]);
         }
     }
-    b.encode_gzip(symbolizer)
+    b
 }
 
 #[cfg(test)]
@@ -188,7 +203,8 @@ mod tests {
     use std::alloc::{GlobalAlloc, Layout, System};
 
     use super::*;
-    use crate::capture::pprof::decode::decode;
+    use crate::capture::profile::decode::decode;
+    use crate::capture::symbolize::local::LocalSymbols;
     use crate::heap::tests::serial;
     use crate::heap::SamplingAllocator;
 
@@ -207,7 +223,9 @@ mod tests {
         let a = SamplingAllocator::new(System, 64 * 1024);
         let (p, layout) = heap_unit_test_culprit(&a);
         assert!(available());
-        let gz = capture(&mut Symbolizer::new(), 1_700_000_000_000_000_000).unwrap();
+        let gz = capture(1_700_000_000_000_000_000)
+            .unwrap()
+            .encode_gzip(&mut LocalSymbols::default());
         // SAFETY: allocated above with this layout.
         unsafe { a.dealloc(p, layout) };
         let profile = decode(&gz).unwrap();

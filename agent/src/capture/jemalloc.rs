@@ -3,12 +3,12 @@
 //! A host whose global allocator is tikv-jemallocator built with `profiling`, and started
 //! with `prof:true`, has jemalloc record a stack for about one allocation per
 //! `2^lg_prof_sample` bytes. [`capture`] asks jemalloc for a dump (`prof.dump`, through
-//! jemalloc_pprof's `PROF_CTL`, which serialises dumps with the host's own use of it),
-//! symbolizes the stacks in-process with the agent's [`Symbolizer`] and encodes a standard
-//! gzip pprof (`inuse_space`/`bytes`, jemalloc_pprof's sample type and unbiased weights).
+//! jemalloc_pprof's `PROF_CTL`, which serialises dumps with the host's own use of it) and
+//! turns its stacks of return addresses into a profile (`inuse_space`/`bytes`,
+//! jemalloc_pprof's sample type and unbiased weights), encoded like every other one.
 //! jemalloc's own frames sit on top of every stack (`prof_backtrace_impl ← … ← malloc`,
 //! or with debug info `prof_alloc_prep ← imalloc_body ← imalloc ← _rjem_mallocx`, inlined
-//! static functions that no name prefix covers); they are trimmed, by name and by
+//! static functions that no name prefix covers); local dumps trim them, by name and by
 //! jemalloc source file, so the allocating function is the leaf that `pprof -top` shows.
 //!
 //! [`allocated_bytes`] reads `stats.allocated` for the `heap_bytes` metric.
@@ -23,8 +23,7 @@ use std::time::{Duration, Instant};
 
 use tikv_jemalloc_ctl::raw;
 
-use super::pprof::ProfileBuilder;
-use super::symbolize::{Frame, Symbolizer};
+use super::profile::ProfileBuilder;
 use crate::clock::unix_nanos_now;
 
 /// How long a dump may take before the capture gives up on it.
@@ -123,11 +122,11 @@ pub(crate) fn allocated_bytes() -> Option<u64> {
     u64::try_from(bytes).ok()
 }
 
-/// A heap profile of this process from jemalloc, as gzip pprof. None when jemalloc
-/// profiling is not in use here (`opt.prof` false, jemalloc without profiling, or jemalloc
-/// not the allocator); otherwise the profile or why there is none. Waits at most
+/// A heap profile of this process from jemalloc. None when jemalloc profiling is not in
+/// use here (`opt.prof` false, jemalloc without profiling, or jemalloc not the
+/// allocator); otherwise the profile or why there is none. Waits at most
 /// [`DUMP_TIMEOUT`].
-pub(crate) fn capture(symbolizer: &mut Symbolizer) -> Option<Result<Vec<u8>, String>> {
+pub(crate) fn capture() -> Option<Result<ProfileBuilder, String>> {
     if !profiling_enabled() || !serves_rust_allocations() {
         return None;
     }
@@ -161,41 +160,19 @@ pub(crate) fn capture(symbolizer: &mut Symbolizer) -> Option<Result<Vec<u8>, Str
             "holmes: jemalloc sampling is paused (prof.active=false); this shows what was sampled while it was on",
         );
     }
+    b.trim_leaf_frames(is_allocator_frame);
     for (stack, bytes) in &stacks {
-        let frames = trimmed_frames(stack, symbolizer);
-        b.add_symbolic_sample(&frames, &[*bytes], &[]);
+        // Every entry of a jemalloc backtrace is a return address.
+        b.add_return_addresses(stack, &[*bytes], &[]);
     }
-    Some(Ok(b.encode_gzip(symbolizer)))
+    Some(Ok(b))
 }
 
 /// Whether a frame is the allocator's: a known name prefix, or code from jemalloc's C
 /// sources (`…/tikv-jemalloc-sys-…/src/jemalloc.c`, `…/jemalloc/internal/prof_inlines.h`).
-fn is_allocator_frame(frame: &Frame) -> bool {
-    let name = frame.function.as_str();
-    let file = frame.file.as_str();
+fn is_allocator_frame(name: &str, file: &str) -> bool {
     ALLOCATOR_FRAMES.iter().any(|p| name.starts_with(p))
         || ((file.ends_with(".c") || file.ends_with(".h")) && file.contains("jemalloc"))
-}
-
-/// A stack's frames, innermost first with inlined frames expanded, without the
-/// allocator's frames on top; a stack made only of those is kept whole.
-fn trimmed_frames(stack: &[usize], symbolizer: &mut Symbolizer) -> Vec<Frame> {
-    let mut frames: Vec<Frame> = Vec::new();
-    for &addr in stack {
-        // Every entry of a jemalloc backtrace is a return address.
-        frames.extend_from_slice(symbolizer.frames(addr, false));
-    }
-    trim_allocator_frames(frames)
-}
-
-/// Drops the allocator's frames from the top of a stack (innermost first), unless that
-/// would leave nothing.
-fn trim_allocator_frames(mut frames: Vec<Frame>) -> Vec<Frame> {
-    let allocator = frames.iter().take_while(|f| is_allocator_frame(f)).count();
-    if allocator < frames.len() {
-        frames.drain(..allocator);
-    }
-    frames
 }
 
 /// Dumps on a helper thread and waits for it at most `timeout`.
@@ -262,6 +239,9 @@ fn dump() -> Result<Vec<(Vec<usize>, i64)>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capture::profile::decode::decode;
+    use crate::capture::symbolize::local::LocalSymbols;
+    use holmes_symbolize::Frame;
 
     fn frame(function: &str, file: &str) -> Frame {
         Frame {
@@ -284,7 +264,7 @@ mod tests {
             frame("calloc", ""),
             frame("__rustc::__rust_alloc", ""),
         ] {
-            assert!(is_allocator_frame(&f), "{f:?}");
+            assert!(is_allocator_frame(&f.function, &f.file), "{f:?}");
         }
         for f in [
             frame("checkout::cache::grow", "src/cache.rs"),
@@ -294,7 +274,7 @@ mod tests {
             ),
             frame("checkout::jemalloc::setup", "src/jemalloc.rs"),
         ] {
-            assert!(!is_allocator_frame(&f), "{f:?}");
+            assert!(!is_allocator_frame(&f.function, &f.file), "{f:?}");
         }
         for name in [
             "prof_backtrace_impl",
@@ -327,19 +307,25 @@ mod tests {
             frame("malloc_stats_user", "src/stats.rs"),
             frame("checkout::main", "src/main.rs"),
         ];
-        assert_eq!(trim_allocator_frames(stack.clone()), stack[3..].to_vec());
-        assert_eq!(
-            trim_allocator_frames(stack[..3].to_vec()),
-            stack[..3].to_vec()
-        );
-        assert!(trim_allocator_frames(Vec::new()).is_empty());
+        let names = |frames: &[Frame]| -> Vec<String> {
+            frames.iter().map(|f| f.function.clone()).collect()
+        };
+        let mut b = ProfileBuilder::new(&[("inuse_space", "bytes")], ("space", "bytes"), 1);
+        b.trim_leaf_frames(is_allocator_frame);
+        b.add_symbolic_sample(&stack, &[10], &[]);
+        b.add_symbolic_sample(&stack[..3], &[20], &[]);
+        let profile = decode(&b.encode_gzip(&mut LocalSymbols::default())).unwrap();
+        let stacks: Vec<Vec<String>> = profile.samples.iter().map(|s| s.stack.clone()).collect();
+        assert!(stacks.contains(&names(&stack[3..])), "{stacks:?}");
+        // A stack made only of allocator frames is kept whole.
+        assert!(stacks.contains(&names(&stack[..3])), "{stacks:?}");
     }
 
     #[test]
     fn without_jemalloc_profiling_there_is_no_capture() {
         // The unit-test binary links jemalloc (prefixed) but runs on the system
         // allocator, without `prof:true`: no capture, and no heap figure from it.
-        assert!(capture(&mut Symbolizer::new()).is_none());
+        assert!(capture().is_none());
         assert_eq!(allocated_bytes(), None);
     }
 

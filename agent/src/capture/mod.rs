@@ -1,27 +1,30 @@
 //! Capture, the third stage: what the agent records when a rule fires or a capture is
-//! requested, each one a standard gzip pprof.
+//! requested.
 //!
 //! - [`cpu`]: `SIGPROF` sampling and the always-on flight recorder.
 //! - [`threads`]: the stack of every OS thread, by signalling each one.
 //! - [`heap`]: heap profiles, from jemalloc ([`jemalloc`], the `jemalloc` feature) or
 //!   the sampling allocator.
 //! - [`tasks`]: tokio task dumps of the registered runtimes (the `taskdump` feature).
-//! - [`symbolize`]: addresses to functions, files and lines, from the debug info the
-//!   objects carry; [`pprof`]: the profiles, encoded.
+//! - [`profile`]: a profile being captured and its encodings, pprof for the dump folder
+//!   and the agent's own native profile for the collector; [`symbolize`]: code
+//!   addresses to module offsets, and for local dumps to functions, files and lines.
+//! - [`output`]: each finished profile written to the dump folder and queued for the
+//!   collector.
 //! - [`requests`]: captures asked for by the host or the collector, waiting for the
 //!   agent thread.
 //!
 //! [`Captures`] runs captures on short-lived `holmes-capture` threads, so the agent keeps
 //! sampling meanwhile; at most one capture of each kind runs at a time, and kinds run
-//! side by side (a thread dump does not wait for a 2 s CPU profile to finish). Each profile goes to the dump folder as
-//! `<kind>.<event-id>.<timestamp>.pb.gz` and, with a collector, into the outbox as
-//! chunks. A capture that fails is reported as a profile carrying the error.
+//! side by side (a thread dump does not wait for a 2 s CPU profile to finish). A capture
+//! that fails is reported as a profile carrying the error.
 
 pub(crate) mod cpu;
 pub(crate) mod heap;
 #[cfg(feature = "jemalloc")]
 pub(crate) mod jemalloc;
-pub(crate) mod pprof;
+mod output;
+pub(crate) mod profile;
 pub(crate) mod requests;
 pub(crate) mod symbolize;
 pub(crate) mod tasks;
@@ -32,15 +35,15 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use holmes_proto::{AgentBody, ProfileChunk, ProfileKind, MAX_CHUNK_BYTES};
+use holmes_proto::ProfileKind;
 
-use pprof::{LabelValue, ProfileBuilder};
-use symbolize::Symbolizer;
+use profile::{LabelValue, ProfileBuilder};
+use symbolize::local::{LocalSymbolizer, SYMBOLS_IDLE};
 
 use crate::clock::unix_nanos_now;
 use crate::config::AgentConfig;
-use crate::delivery::{dump, Delivery};
-use crate::event_id;
+use crate::delivery::Delivery;
+use output::deliver;
 
 /// Largest profile the agent ships; a bigger one is reported as a failed capture.
 pub(crate) const MAX_PROFILE_BYTES: usize = 32 * 1024 * 1024;
@@ -54,16 +57,26 @@ pub(crate) const TASKS_DEADLINE: Duration = Duration::from_secs(5);
 /// A dump takes about 25 µs per task in a debug build; twice that is allowed.
 pub(crate) const TASKS_DEADLINE_PER_TASK: Duration = Duration::from_micros(50);
 
-/// One finished capture, ready to be written and sent.
+/// One finished capture, ready to be encoded, written and sent.
 #[derive(Debug)]
 pub(crate) struct Captured {
     pub(crate) kind: ProfileKind,
     pub(crate) started_unix_nanos: u64,
     pub(crate) duration: Duration,
     pub(crate) labels: BTreeMap<String, String>,
-    pub(crate) result: Result<Vec<u8>, String>,
-    /// A readable rendering written next to the profile (thread dumps).
-    pub(crate) text: Option<String>,
+    pub(crate) result: Result<ProfileBuilder, String>,
+    /// A readable rendering written next to the profile in the dump folder.
+    pub(crate) text: Option<Text>,
+}
+
+/// The readable rendering of a capture.
+#[derive(Debug)]
+pub(crate) enum Text {
+    /// Thread stacks, rendered (and symbolized) only for the dump folder.
+    Threads(Vec<threads::ThreadStack>),
+    /// Already rendered (task dumps, which tokio symbolizes itself).
+    #[cfg_attr(not(all(feature = "taskdump", tokio_unstable)), allow(dead_code))]
+    Ready(String),
 }
 
 /// The capture machinery shared by the monitor and the capture threads.
@@ -73,7 +86,8 @@ pub(crate) struct Captures {
     busy: AtomicU8,
     /// `None` when CPU profiling could not start (another profiler, unsupported).
     recorder: Option<Mutex<cpu::FlightRecorder>>,
-    symbolizer: Mutex<Symbolizer>,
+    /// Symbolizes local dumps; loaded on first use, dropped when idle.
+    symbols: LocalSymbolizer,
 }
 
 impl Captures {
@@ -95,8 +109,14 @@ impl Captures {
         Captures {
             busy: AtomicU8::new(0),
             recorder,
-            symbolizer: Mutex::new(Symbolizer::new()),
+            symbols: LocalSymbolizer::default(),
         }
+    }
+
+    /// Gives back the memory of debug info no capture used for a while; called on every
+    /// sample of the agent thread, never waiting for a capture.
+    pub(crate) fn release_idle_symbols(&self) {
+        self.symbols.release_if_idle(SYMBOLS_IDLE);
     }
 
     /// Moves the signal ring's samples into the flight recorder; called on every wake-up
@@ -170,9 +190,10 @@ impl Captures {
         let spawned = std::thread::Builder::new()
             .name("holmes-capture".to_owned())
             .spawn(move || {
+                cpu::leave_this_thread_out();
                 for kind in kinds {
                     this.capture(&cfg2, &runtimes, kind, &mut |c| {
-                        deliver(&cfg2, &delivery2, &id, c)
+                        deliver(&cfg2, &delivery2, &this.symbols, &id, &c)
                     });
                 }
                 this.busy.fetch_and(!bits, Ordering::AcqRel);
@@ -189,7 +210,7 @@ impl Captures {
                     result: Err(format!("cannot start a capture thread: {err}")),
                     text: None,
                 };
-                deliver(cfg, delivery, event_id, c);
+                deliver(cfg, delivery, &self.symbols, event_id, &c);
             }
         }
     }
@@ -206,7 +227,7 @@ impl Captures {
         match kind {
             ProfileKind::Cpu => self.capture_cpu(cfg, sink),
             ProfileKind::Threads => sink(self.capture_threads()),
-            ProfileKind::Heap => sink(heap::captured(&self.symbolizer)),
+            ProfileKind::Heap => sink(heap::captured()),
             ProfileKind::Tasks => self.capture_tasks(runtimes, sink),
         }
     }
@@ -224,7 +245,7 @@ impl Captures {
         self.drain();
         let pre = lock().window(now_mono.saturating_sub(pre_nanos));
 
-        // The full-rate capture starts before the pre-trigger profile is symbolized and
+        // The full-rate capture starts before the pre-trigger profile is encoded and
         // written, so that work does not push the end of the capture back (it ran first
         // and cost the complete profile about 0.5 s, measured); the capture thread's
         // own CPU while encoding is sampled like any other thread's.
@@ -289,8 +310,9 @@ impl Captures {
             r.lock().unwrap_or_else(|p| p.into_inner()).overflow()
         });
         b.add_comment(&format!(
-            "holmes: {} samples lost to a full signal ring, {overflow} beyond the distinct-stack cap (since start)",
-            cpu::dropped()
+            "holmes: {} samples lost to a full signal ring, {overflow} beyond the distinct-stack cap, {} of the agent's own threads left out (since start)",
+            cpu::dropped(),
+            cpu::own()
         ));
         for (stack, t) in stacks {
             b.add_sample(
@@ -302,16 +324,12 @@ impl Captures {
                 &[("phase", LabelValue::Str(phase_name))],
             );
         }
-        let bytes = {
-            let mut sym = self.symbolizer.lock().unwrap_or_else(|p| p.into_inner());
-            b.encode_gzip(&mut sym)
-        };
         Captured {
             kind: ProfileKind::Cpu,
             started_unix_nanos: start_unix,
             duration: span,
             labels: phase(phase_name),
-            result: Ok(bytes),
+            result: Ok(b),
             text: None,
         }
     }
@@ -351,27 +369,13 @@ impl Captures {
                 ],
             );
         }
-        let mut sym = self.symbolizer.lock().unwrap_or_else(|p| p.into_inner());
-        let text = threads::render_text(&stacks, |addr, leaf| {
-            sym.frames(addr, leaf)
-                .iter()
-                .map(|f| {
-                    if f.file.is_empty() {
-                        f.function.clone()
-                    } else {
-                        format!("{} ({}:{})", f.function, f.file, f.line)
-                    }
-                })
-                .collect()
-        });
-        let bytes = b.encode_gzip(&mut sym);
         Captured {
             kind: ProfileKind::Threads,
             started_unix_nanos: started_unix,
             duration: started.elapsed(),
             labels: BTreeMap::new(),
-            result: Ok(bytes),
-            text: Some(text),
+            result: Ok(b),
+            text: Some(Text::Threads(stacks)),
         }
     }
 }
@@ -391,7 +395,7 @@ impl Captures {
         let (result, text, blocked) = match tasks::capture(runtimes, deadline) {
             Ok(dump) => {
                 let blocked = dump.failures.iter().any(tasks::TasksError::wants_threads);
-                (Ok(dump.pprof), Some(dump.text), blocked)
+                (Ok(dump.profile), Some(Text::Ready(dump.text)), blocked)
             }
             Err(err) => {
                 let blocked = err.wants_threads();
@@ -426,92 +430,6 @@ fn phase(name: &str) -> BTreeMap<String, String> {
     [("phase".to_owned(), name.to_owned())].into()
 }
 
-/// `20261126T031200.123Z`: sortable, and free of characters file systems dislike.
-fn compact_time(unix_nanos: u64) -> String {
-    let t = std::time::UNIX_EPOCH + Duration::from_nanos(unix_nanos);
-    humantime::format_rfc3339_millis(t)
-        .to_string()
-        .replace(['-', ':'], "")
-}
-
-/// Writes a capture to the dump folder and queues it for the collector.
-fn deliver(cfg: &AgentConfig, delivery: &Delivery, event_id: &str, mut c: Captured) {
-    let profile_id = event_id::new();
-    if let Ok(bytes) = &c.result {
-        if bytes.len() > MAX_PROFILE_BYTES {
-            c.result = Err(format!(
-                "the profile is {} bytes, over the {MAX_PROFILE_BYTES}-byte cap",
-                bytes.len()
-            ));
-        }
-    }
-    match &c.result {
-        Ok(bytes) => {
-            tracing::info!(target: "holmes", event_id, kind = c.kind.as_str(), bytes = bytes.len(), labels = ?c.labels, "captured")
-        }
-        Err(err) => {
-            tracing::warn!(target: "holmes", event_id, kind = c.kind.as_str(), error = %err, "capture failed")
-        }
-    }
-    if let Some(dir) = cfg.effective_dump_dir() {
-        let stem = format!(
-            "{}.{}.{}",
-            c.kind.as_str(),
-            event_id,
-            compact_time(c.started_unix_nanos)
-        );
-        if let Ok(bytes) = &c.result {
-            match dump::write_file(&dir, &format!("{stem}.pb.gz"), bytes) {
-                Ok(path) => {
-                    tracing::info!(target: "holmes", path = %path.display(), "profile written")
-                }
-                Err(err) => {
-                    tracing::warn!(target: "holmes", dir = %dir.display(), error = %err, "cannot write the profile")
-                }
-            }
-        }
-        if let Some(text) = &c.text {
-            if let Err(err) = dump::write_file(&dir, &format!("{stem}.txt"), text.as_bytes()) {
-                tracing::warn!(target: "holmes", dir = %dir.display(), error = %err, "cannot write the thread dump");
-            }
-        }
-    }
-    if cfg.collector.is_none() {
-        return;
-    }
-    let (data, error) = match c.result {
-        Ok(bytes) => (bytes, None),
-        Err(err) => (Vec::new(), Some(err)),
-    };
-    let total = data.len();
-    let pieces: Vec<&[u8]> = if data.is_empty() {
-        vec![&[][..]]
-    } else {
-        data.chunks(MAX_CHUNK_BYTES).collect()
-    };
-    let count = u32::try_from(pieces.len()).unwrap_or(u32::MAX);
-    // Queued together: their sequence numbers are consecutive, so the collector sees a
-    // profile's chunks together, and a full outbox drops the whole profile or none of it.
-    let mut chunks = Vec::with_capacity(pieces.len());
-    for (i, piece) in pieces.into_iter().enumerate() {
-        chunks.push(AgentBody::ProfileChunk(ProfileChunk {
-            profile_id: profile_id.clone(),
-            event_id: event_id.to_owned(),
-            kind: c.kind,
-            chunk_index: u32::try_from(i).unwrap_or(u32::MAX),
-            chunk_count: count,
-            total_bytes: total as u64,
-            data: piece.to_vec(),
-            started_unix_nanos: c.started_unix_nanos,
-            duration: c.duration,
-            error: error.clone(),
-            labels: c.labels.clone(),
-            format: holmes_proto::ProfileFormat::PprofGzip,
-        }));
-    }
-    delivery.enqueue_group(chunks);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -520,7 +438,7 @@ mod tests {
         Captures {
             busy: AtomicU8::new(0),
             recorder: None,
-            symbolizer: Mutex::new(Symbolizer::new()),
+            symbols: LocalSymbolizer::default(),
         }
     }
 
@@ -543,10 +461,5 @@ mod tests {
             c.claim("e4", &[ProfileKind::Cpu, ProfileKind::Threads]),
             vec![ProfileKind::Cpu]
         );
-    }
-
-    #[test]
-    fn file_times_are_compact() {
-        assert_eq!(compact_time(1_500_000_000), "19700101T000001.500Z");
     }
 }

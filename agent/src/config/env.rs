@@ -146,9 +146,14 @@ impl HolmesBuilder {
                     Some(parse_duration("HOLMES_CPU_PROFILE_DURATION", &v)?);
             }
         }
-        if self.prewarm_symbols.is_none() {
-            if let Some(v) = get("HOLMES_PREWARM_SYMBOLS") {
-                self.prewarm_symbols = Some(parse_bool("HOLMES_PREWARM_SYMBOLS", &v)?);
+        if self.debuginfo_upload.is_none() {
+            if let Some(v) = get("HOLMES_DEBUGINFO_UPLOAD") {
+                self.debuginfo_upload = Some(parse_bool("HOLMES_DEBUGINFO_UPLOAD", &v)?);
+            }
+        }
+        if self.debuginfo_rate.is_none() {
+            if let Some(v) = get("HOLMES_DEBUGINFO_RATE") {
+                self.debuginfo_rate = Some(parse_bytes("HOLMES_DEBUGINFO_RATE", &v)?);
             }
         }
         if self.log_decisions.is_none() {

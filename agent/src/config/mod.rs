@@ -47,10 +47,14 @@ pub const DEFAULT_CPU_PROFILE_DURATION: Duration = Duration::from_secs(2);
 /// History the CPU flight recorder keeps, shipped as the pre-trigger profile
 /// (`HOLMES_FLIGHT_RECORDER_WINDOW`).
 pub const DEFAULT_FLIGHT_RECORDER_WINDOW: Duration = Duration::from_secs(10);
-/// Whether the agent loads the executable's debug info right after start rather than on
-/// the first capture (`HOLMES_PREWARM_SYMBOLS`). On: the first profile is on disk sooner
-/// and start-up pays instead. See `.prewarm_symbols()` for the measured costs.
-pub const DEFAULT_PREWARM_SYMBOLS: bool = true;
+/// Whether the agent uploads its executable's debug info when the collector asks for it
+/// (`HOLMES_DEBUGINFO_UPLOAD`).
+pub const DEFAULT_DEBUGINFO_UPLOAD: bool = true;
+/// Bytes per second a debug info upload may send (`HOLMES_DEBUGINFO_RATE`): 1 MiB/s, so
+/// a 25 MiB binary's sections take about 10 s, once per build across the fleet.
+pub const DEFAULT_DEBUGINFO_RATE: usize = 1024 * 1024;
+/// Slowest debug info upload rate accepted (bytes per second).
+pub const MIN_DEBUGINFO_RATE: usize = 16 * 1024;
 /// Longest interval, timeout or backoff accepted for any setting.
 pub const MAX_DURATION_SETTING: Duration = Duration::from_secs(3600);
 
@@ -121,7 +125,8 @@ pub struct HolmesBuilder {
     pub(crate) flight_recorder: Option<bool>,
     pub(crate) flight_recorder_window: Option<Duration>,
     pub(crate) cpu_profile_duration: Option<Duration>,
-    pub(crate) prewarm_symbols: Option<bool>,
+    pub(crate) debuginfo_upload: Option<bool>,
+    pub(crate) debuginfo_rate: Option<usize>,
     pub(crate) cpu_cores: Option<f64>,
     pub(crate) transport: TransportSettings,
 }
@@ -299,13 +304,20 @@ impl HolmesBuilder {
         self
     }
 
-    /// Loads the executable's debug info on the agent's thread right after start, so the
-    /// first capture does not wait for it (`HOLMES_PREWARM_SYMBOLS`, default
-    /// [`DEFAULT_PREWARM_SYMBOLS`]). Off, the first capture loads it. Either way it stays
-    /// loaded for the rest of the process; prewarming only moves the cost to start-up
-    /// and spends it in processes that never capture.
-    pub fn prewarm_symbols(mut self, on: bool) -> Self {
-        self.prewarm_symbols = Some(on);
+    /// Whether the agent uploads its executable's debug info when the collector asks for
+    /// it (`HOLMES_DEBUGINFO_UPLOAD`, default [`DEFAULT_DEBUGINFO_UPLOAD`]). The collector
+    /// asks once per build id across the fleet, for builds nobody uploaded from CI;
+    /// without it, such a build's frames stay module + offset at the collector.
+    pub fn debuginfo_upload(mut self, on: bool) -> Self {
+        self.debuginfo_upload = Some(on);
+        self
+    }
+
+    /// How fast a debug info upload may go, in bytes per second
+    /// (`HOLMES_DEBUGINFO_RATE`, e.g. `512KiB`; default [`DEFAULT_DEBUGINFO_RATE`], at
+    /// least [`MIN_DEBUGINFO_RATE`]).
+    pub fn debuginfo_rate(mut self, bytes_per_second: usize) -> Self {
+        self.debuginfo_rate = Some(bytes_per_second);
         self
     }
 
@@ -354,7 +366,9 @@ pub(crate) struct AgentConfig {
     pub(crate) flight_recorder: bool,
     pub(crate) flight_recorder_window: Duration,
     pub(crate) cpu_profile_duration: Duration,
-    pub(crate) prewarm_symbols: bool,
+    pub(crate) debuginfo_upload: bool,
+    /// Bytes per second.
+    pub(crate) debuginfo_rate: usize,
     pub(crate) rules: BTreeMap<Metric, Rule>,
     pub(crate) cpu_max: f64,
     /// The host's override of the cores CPU % is computed against.

@@ -120,6 +120,14 @@ impl HolmesBuilder {
                 });
             }
         }
+        let debuginfo_rate = self.debuginfo_rate.unwrap_or(DEFAULT_DEBUGINFO_RATE);
+        if debuginfo_rate < MIN_DEBUGINFO_RATE {
+            return Err(ConfigError::OutOfRange {
+                setting: "debuginfo_rate",
+                value: debuginfo_rate.to_string(),
+                reason: format!("at least {MIN_DEBUGINFO_RATE} bytes per second"),
+            });
+        }
         Ok(AgentConfig {
             flight_recorder: self.flight_recorder.unwrap_or(true),
             flight_recorder_window: self
@@ -130,7 +138,8 @@ impl HolmesBuilder {
                 .cpu_profile_duration
                 .unwrap_or(DEFAULT_CPU_PROFILE_DURATION)
                 .max(Duration::from_millis(100)),
-            prewarm_symbols: self.prewarm_symbols.unwrap_or(DEFAULT_PREWARM_SYMBOLS),
+            debuginfo_upload: self.debuginfo_upload.unwrap_or(DEFAULT_DEBUGINFO_UPLOAD),
+            debuginfo_rate,
             rules,
             cpu_max,
             cpu_cores: self.cpu_cores,

@@ -163,27 +163,36 @@ fn rules_come_from_code_then_environment_then_defaults() {
 }
 
 #[test]
-fn symbol_prewarming_comes_from_code_then_environment_then_the_default() {
+fn debuginfo_upload_settings_come_from_code_then_environment_then_the_defaults() {
     let base = || HolmesBuilder::default().service("s");
     let cfg = base().with_env_from(env(&[])).unwrap().resolve().unwrap();
-    assert_eq!(cfg.prewarm_symbols, DEFAULT_PREWARM_SYMBOLS);
-    let off = env(&[("HOLMES_PREWARM_SYMBOLS", "off")]);
-    let cfg = base().with_env_from(&off).unwrap().resolve().unwrap();
-    assert!(!cfg.prewarm_symbols);
+    assert_eq!(cfg.debuginfo_upload, DEFAULT_DEBUGINFO_UPLOAD);
+    assert_eq!(cfg.debuginfo_rate, DEFAULT_DEBUGINFO_RATE);
+    let set = env(&[
+        ("HOLMES_DEBUGINFO_UPLOAD", "off"),
+        ("HOLMES_DEBUGINFO_RATE", "256KiB"),
+    ]);
+    let cfg = base().with_env_from(&set).unwrap().resolve().unwrap();
+    assert!(!cfg.debuginfo_upload);
+    assert_eq!(cfg.debuginfo_rate, 256 * 1024);
     let cfg = base()
-        .prewarm_symbols(true)
-        .with_env_from(&off)
+        .debuginfo_upload(true)
+        .debuginfo_rate(2 << 20)
+        .with_env_from(&set)
         .unwrap()
         .resolve()
         .unwrap();
-    assert!(cfg.prewarm_symbols);
-    let err = base()
-        .with_env_from(env(&[("HOLMES_PREWARM_SYMBOLS", "soon")]))
-        .unwrap_err();
-    assert!(
-        err.to_string().starts_with("HOLMES_PREWARM_SYMBOLS="),
-        "{err}"
-    );
+    assert!(cfg.debuginfo_upload);
+    assert_eq!(cfg.debuginfo_rate, 2 << 20);
+    for (var, value) in [
+        ("HOLMES_DEBUGINFO_UPLOAD", "soon"),
+        ("HOLMES_DEBUGINFO_RATE", "fast"),
+    ] {
+        let err = base().with_env_from(env(&[(var, value)])).unwrap_err();
+        assert!(err.to_string().starts_with(&format!("{var}=")), "{err}");
+    }
+    let err = base().debuginfo_rate(100).resolve().unwrap_err();
+    assert!(err.to_string().starts_with("debuginfo_rate = 100"), "{err}");
 }
 
 #[test]

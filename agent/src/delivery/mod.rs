@@ -3,6 +3,8 @@
 //! window, trigger event, profile chunk) is written to the disk spool first when there
 //! is one ([`spool`]), numbered in the outbox ([`outbox`]) until the collector
 //! acknowledges it, and sent by the [`sender`] over the gRPC stream ([`transport`]).
+//! The executable's debug info goes up on the same stream when the collector asks for
+//! it ([`debuginfo`]), neither numbered nor spooled.
 //!
 //! [`Delivery`] is that path: queue, read back for sending, delete when acknowledged or
 //! dropped. Every file operation here runs on the agent's own threads — `holmes-agent`
@@ -10,6 +12,7 @@
 //! `holmes-sender` (reads and deletions) — and never under the outbox lock, which host
 //! threads take for `stats()`.
 
+pub(crate) mod debuginfo;
 pub(crate) mod dump;
 mod message;
 mod outbox;

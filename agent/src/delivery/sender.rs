@@ -16,6 +16,7 @@ use holmes_proto::{
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::debuginfo::{UploadSettings, Uploads};
 use super::transport::Transport;
 use super::Delivery;
 use crate::clock::unix_nanos_now;
@@ -28,6 +29,10 @@ const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(15);
 const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
 /// Messages sent per round before looking at acks and new work again.
 const SEND_BATCH: usize = 16;
+/// Most messages waiting in the stream for a debug info chunk to join them.
+const UPLOAD_IN_FLIGHT: usize = 2;
+/// How soon a full stream is looked at again for room for an upload chunk.
+const UPLOAD_RECHECK: Duration = Duration::from_millis(50);
 
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
@@ -70,6 +75,7 @@ pub(crate) async fn run(
     hello: Hello,
     delivery: Arc<Delivery>,
     control: Arc<dyn Control>,
+    uploads: UploadSettings,
 ) {
     let url = link.url.clone();
     let mut backoff = INITIAL_BACKOFF;
@@ -77,7 +83,7 @@ pub(crate) async fn run(
     let mut failures_in_a_row = 0u32;
     loop {
         let started = Instant::now();
-        let result = session(&link, &hello, &delivery, &control).await;
+        let result = session(&link, &hello, &delivery, &control, &uploads).await;
         delivery.connected.store(false, Ordering::Relaxed);
         let healthy = started.elapsed() > Duration::from_secs(10);
         match result {
@@ -107,6 +113,7 @@ async fn session(
     hello: &Hello,
     delivery: &Arc<Delivery>,
     control: &Arc<dyn Control>,
+    upload_settings: &UploadSettings,
 ) -> Result<(), SessionError> {
     let url = link.url.as_str();
     let endpoint = link
@@ -148,13 +155,19 @@ async fn session(
     delivery.connections.fetch_add(1, Ordering::Relaxed);
     tracing::info!(target: "holmes", collector = %url, service = %hello.service, instance = %hello.instance_id, "connected to collector");
 
+    // Debug info the collector asks for comes from an upload thread, chunk by chunk; it
+    // ends with this stream.
+    let (uploads, mut upload_chunks) = Uploads::new(upload_settings.clone());
+
     // Acks are read on their own task so that a long resend can never stall them (and
     // with them the collector's side of the stream).
     let (reader_delivery, reader_control) = (Arc::clone(delivery), Arc::clone(control));
     let mut reader = tokio::spawn(async move {
         loop {
             match inbound.message().await {
-                Ok(Some(msg)) => handle_inbound(&reader_delivery, reader_control.as_ref(), msg),
+                Ok(Some(msg)) => {
+                    handle_inbound(&reader_delivery, reader_control.as_ref(), &uploads, msg)
+                }
                 Ok(None) => return Ok(()),
                 Err(status) => {
                     return Err(SessionError::Refused {
@@ -184,8 +197,18 @@ async fn session(
                 continue;
             }
             let heartbeat_due = last_send + HEARTBEAT_INTERVAL;
+            // An upload chunk goes out only while the stream has little queued, so an
+            // upload never holds more than a couple of chunks in memory here.
+            let room_for_upload = tx.capacity() + UPLOAD_IN_FLIGHT >= tx.max_capacity();
             tokio::select! {
                 _ = delivery.queued.notified() => {}
+                Some(chunk) = upload_chunks.recv(), if room_for_upload => {
+                    let msg = AgentMessage { seq: 0, body: AgentBody::DebugInfoChunk(chunk) };
+                    send(&tx, pb::AgentMessage::from(&msg)).await?;
+                    last_send = Instant::now();
+                }
+                // Nothing wakes this loop when the stream drains: look again shortly.
+                _ = tokio::time::sleep(UPLOAD_RECHECK), if !room_for_upload => {}
                 _ = tokio::time::sleep_until(heartbeat_due.into()) => {
                     let (dropped, unacked) = {
                         let outbox = delivery.outbox();
@@ -237,7 +260,12 @@ async fn send(
         .map_err(|_| SessionError::Broken("request stream closed".into()))
 }
 
-fn handle_inbound(delivery: &Delivery, control: &dyn Control, msg: pb::CollectorMessage) {
+fn handle_inbound(
+    delivery: &Delivery,
+    control: &dyn Control,
+    uploads: &Uploads,
+    msg: pb::CollectorMessage,
+) {
     match CollectorMessage::try_from(msg) {
         Ok(CollectorMessage::Ack { seq }) => {
             delivery.ack(seq);
@@ -251,7 +279,8 @@ fn handle_inbound(delivery: &Delivery, control: &dyn Control, msg: pb::Collector
                 tracing::warn!(target: "holmes", request_id = %id, "dropping a capture request: too many are waiting");
             }
         }
-        Ok(CollectorMessage::DebugInfoRequest(_) | CollectorMessage::SkipProfiles(_)) => {
+        Ok(CollectorMessage::DebugInfoRequest(request)) => uploads.request(&request),
+        Ok(CollectorMessage::SkipProfiles(_)) => {
             tracing::debug!(target: "holmes", "ignoring a request this agent does not serve yet");
         }
         Err(err) => {

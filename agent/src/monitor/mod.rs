@@ -14,17 +14,21 @@ mod engine;
 mod shared;
 mod window;
 
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use holmes_proto::{AgentBody, Hello, Metric};
+use holmes_symbolize::UploadBlob;
 
+use crate::capture::symbolize::modules;
 use crate::capture::Captures;
 use crate::clock::unix_nanos_now;
 use crate::config::AgentConfig;
+use crate::delivery::debuginfo::UploadSettings;
 use crate::delivery::sender::{self, Link};
-use crate::sample::{procfs, Sampler};
+use crate::sample::Sampler;
 use engine::{fast_check, fire_requested, judge_reading, Ctx, Engine};
 pub(crate) use shared::Shared;
 use window::WindowBuilder;
@@ -53,6 +57,7 @@ pub(crate) fn spawn(
     std::thread::Builder::new()
         .name("holmes-agent".to_owned())
         .spawn(move || {
+            crate::capture::cpu::leave_this_thread_out();
             open_spool(&cfg, &shared);
             drop(spool_open);
             run(&cfg, &shared);
@@ -86,6 +91,7 @@ fn spawn_sender(
     let thread = std::thread::Builder::new()
         .name("holmes-sender".to_owned())
         .spawn(move || {
+            crate::capture::cpu::leave_this_thread_out();
             // Returns when the agent thread drops its end (nothing is ever sent).
             let _ = spool_opened.recv();
             let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -108,10 +114,20 @@ fn spawn_sender(
                 connect_timeout: cfg.connect_timeout,
                 max_backoff: cfg.max_backoff,
             };
+            let uploads = UploadSettings {
+                enabled: cfg.debuginfo_upload,
+                rate: cfg.debuginfo_rate,
+                build_id: hello
+                    .executable
+                    .as_ref()
+                    .map(|m| m.build_id.clone())
+                    .filter(|b| !b.is_empty()),
+                path: PathBuf::from("/proc/self/exe"),
+            };
             let delivery = Arc::clone(&shared.delivery);
             runtime.block_on(async move {
                 tokio::select! {
-                    _ = sender::run(link, hello, delivery, shared) => {}
+                    _ = sender::run(link, hello, delivery, shared, uploads) => {}
                     _ = stopped => {}
                 }
             });
@@ -122,7 +138,18 @@ fn spawn_sender(
 }
 
 /// The hello an agent introduces itself with; its rules are filled per connection.
+/// Names the executable (file name and build id) its native profiles point into, and
+/// offers its debug info when uploads are on and it has a build id to match them by.
 pub(crate) fn hello(cfg: &AgentConfig) -> Hello {
+    let executable = modules::current().executable().map(|m| m.module.clone());
+    // Offered when on, and when the executable is matched by build id and has more than
+    // a stripped binary's symbols (else its debug info must come from CI).
+    let debuginfo_upload = cfg.debuginfo_upload
+        && executable.as_ref().is_some_and(|m| {
+            !m.build_id.is_empty()
+                && UploadBlob::from_elf_file("/proc/self/exe".as_ref())
+                    .is_ok_and(|b| b.has_debug_info() && b.build_id() == Some(m.build_id.as_str()))
+        });
     Hello {
         protocol_version: holmes_proto::PROTOCOL_VERSION,
         service: cfg.service.clone(),
@@ -135,8 +162,8 @@ pub(crate) fn hello(cfg: &AgentConfig) -> Hello {
         started_at_unix_nanos: process_start_unix_nanos(),
         collect_interval: cfg.collect_interval,
         rules_version: 0,
-        executable: None,
-        debuginfo_upload: false,
+        executable,
+        debuginfo_upload,
     }
 }
 
@@ -154,17 +181,6 @@ fn open_spool(cfg: &AgentConfig, shared: &Shared) {
 
 fn run(cfg: &Arc<AgentConfig>, shared: &Arc<Shared>) {
     let captures = Arc::new(Captures::new(cfg));
-    if cfg.prewarm_symbols {
-        // On a thread of its own: loading a large binary's debug info can take a second
-        // or more (debug builds), and sampling must start at once. A capture that comes
-        // meanwhile waits for the table to be ready, as it would have had to load it.
-        let spawned = std::thread::Builder::new()
-            .name("holmes-symbols".to_owned())
-            .spawn(prewarm_symbols);
-        if let Err(err) = spawned {
-            tracing::warn!(target: "holmes", error = %err, "cannot start the thread that loads debug info; the first capture will load it");
-        }
-    }
     let ctx = Ctx {
         cfg,
         shared,
@@ -200,6 +216,7 @@ fn run(cfg: &Arc<AgentConfig>, shared: &Arc<Shared>) {
                 .extend(host_metrics(shared, sampler.memory_limit_bytes()));
             shared.samples.fetch_add(1, Ordering::Relaxed);
             captures.drain();
+            captures.release_idle_symbols();
             judge_reading(&ctx, &mut engine, reading.unix_nanos, &reading.values);
             window.add(reading.unix_nanos, &reading.values);
             let due = last_flush.is_none_or(|t| t.elapsed() >= cfg.send_interval);
@@ -267,23 +284,6 @@ fn run(cfg: &Arc<AgentConfig>, shared: &Arc<Shared>) {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-    }
-}
-
-/// Loads the executable's debug info now, so the first capture finds it loaded; logs
-/// what it cost.
-fn prewarm_symbols() {
-    let started = Instant::now();
-    let rss_before = procfs::rss_bytes();
-    let lines = crate::capture::symbolize::debuginfo::prewarm();
-    let rss_after = procfs::rss_bytes();
-    let added_kib = rss_after
-        .zip(rss_before)
-        .map(|(a, b)| a.saturating_sub(b) / 1024);
-    if lines {
-        tracing::debug!(target: "holmes", took = ?started.elapsed(), rss_added_kib = ?added_kib, "debug info loaded");
-    } else {
-        tracing::info!(target: "holmes", took = ?started.elapsed(), "the executable has no line tables: profiles will name functions from its symbol table, without files and lines (see \"What the host's build needs\")");
     }
 }
 

@@ -1,8 +1,10 @@
 //! What the agent's integration tests share: an agent with every rule off, waiting for
-//! something with a generous timeout, `go tool pprof` as the reader of the profiles, and
-//! the dump folder's files. Each test binary includes it with `mod support;` and uses
-//! what it needs.
+//! something with a generous timeout, `go tool pprof` as the reader of the profiles, the
+//! dump folder's files, and a small real collector ([`collector`]). Each test binary
+//! includes it with `mod support;` and uses what it needs.
 #![allow(dead_code)]
+
+pub(crate) mod collector;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,15 +13,13 @@ use std::time::{Duration, Instant};
 use holmes_agent::{Holmes, HolmesBuilder, Metric, Rule};
 
 /// An agent for `service` that writes to `dir`, samples every 100 ms and has every rule
-/// off (so only the rule a test sets can fire), no fast path between samples, and no
-/// symbol prewarm (a second of CPU in a debug test binary, which CPU rules would see).
+/// off (so only the rule a test sets can fire) and no fast path between samples.
 pub(crate) fn quiet_agent(service: &str, dir: &Path) -> HolmesBuilder {
     let mut b = Holmes::builder()
         .service(service)
         .dump_dir(dir)
         .collect_interval(Duration::from_millis(100))
-        .memory_fast_interval(None)
-        .prewarm_symbols(false);
+        .memory_fast_interval(None);
     for m in [
         Metric::CpuPercent,
         Metric::MemoryPercent,

@@ -9,8 +9,9 @@ use tokio::runtime::dump::{Backtrace, Dump};
 use tokio::runtime::{Handle, RuntimeFlavor};
 
 use super::{TaskDump, TasksError, MULTI_THREAD_MAX_TASKS};
-use crate::capture::pprof::{LabelValue, ProfileBuilder};
-use crate::capture::symbolize::{Frame, Symbolizer};
+use holmes_symbolize::{strip_hash, Frame};
+
+use crate::capture::profile::{LabelValue, ProfileBuilder};
 use crate::clock::unix_nanos_now;
 
 /// Most tasks put in one dump; the rest are counted in a comment.
@@ -31,9 +32,12 @@ const MAX_TEXT_IDS: usize = 16;
 struct TaskStack {
     runtime: usize,
     id: String,
-    /// One stack per pending leaf future, innermost frame first; the first one is the
-    /// task's sample in the profile.
+    /// One stack per pending leaf future, innermost frame first, as tokio named them
+    /// (for the text).
     leaves: Vec<Vec<Frame>>,
+    /// The first leaf's code addresses (return addresses, innermost first): the task's
+    /// sample in the profile. Empty when it has none (then `leaves[0]` is used).
+    addresses: Vec<usize>,
 }
 
 /// Dumps every task of `runtimes`: all dumps start at once and must all be done within
@@ -115,22 +119,27 @@ pub(crate) fn capture(runtimes: &[Handle], timeout: Duration) -> Result<TaskDump
                 beyond_cap += 1;
                 continue;
             }
-            let leaves = if resolving.elapsed() < RESOLVE_BUDGET {
-                task.trace()
-                    .resolve_backtraces()
-                    .iter()
-                    .map(frames_of)
-                    .collect()
+            let (leaves, addresses) = if resolving.elapsed() < RESOLVE_BUDGET {
+                let backtraces = task.trace().resolve_backtraces();
+                let addresses = backtraces
+                    .first()
+                    .map(|b| b.frames().map(|f| f.ip() as usize).collect())
+                    .unwrap_or_default();
+                (backtraces.iter().map(frames_of).collect(), addresses)
             } else {
                 unresolved += 1;
-                vec![vec![placeholder(
-                    "(not symbolized: over the holmes time budget)",
-                )]]
+                (
+                    vec![vec![placeholder(
+                        "(not symbolized: over the holmes time budget)",
+                    )]],
+                    Vec::new(),
+                )
             };
             tasks.push(TaskStack {
                 runtime: *runtime,
                 id: task.id().to_string(),
                 leaves,
+                addresses,
             });
         }
     }
@@ -160,10 +169,10 @@ pub(crate) fn capture(runtimes: &[Handle], timeout: Duration) -> Result<TaskDump
     }
     notes.extend(failures.iter().map(|f| format!("holmes: {f}")));
 
-    let pprof = encode(&tasks, &notes, with_ids, started_unix, started.elapsed());
+    let profile = build(&tasks, &notes, with_ids, started_unix, started.elapsed());
     let text = render_text(&tasks, &notes);
     Ok(TaskDump {
-        pprof,
+        profile,
         text,
         failures,
     })
@@ -205,17 +214,6 @@ fn frames_of(backtrace: &Backtrace) -> Vec<Frame> {
     frames
 }
 
-/// `foo::bar::h0123456789abcdef` → `foo::bar`.
-fn strip_hash(name: &str) -> &str {
-    if let Some(pos) = name.rfind("::h") {
-        let hash = name.get(pos + 3..).unwrap_or("");
-        if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return name.get(..pos).unwrap_or(name);
-        }
-    }
-    name
-}
-
 /// A frame standing for what is not known.
 fn placeholder(what: &str) -> Frame {
     Frame {
@@ -233,13 +231,13 @@ fn untraced() -> Vec<Frame> {
     )]
 }
 
-fn encode(
+fn build(
     tasks: &[TaskStack],
     notes: &[String],
     with_ids: bool,
     started_unix: u64,
     took: Duration,
-) -> Vec<u8> {
+) -> ProfileBuilder {
     let mut b = ProfileBuilder::new(&[("tasks", "count")], ("tasks", "count"), 1);
     b.set_time(
         started_unix,
@@ -264,10 +262,13 @@ fn encode(
         if leaves > 1 {
             labels.push(("leaves", LabelValue::Num(leaves, "")));
         }
-        b.add_symbolic_sample(stack, &[1], &labels);
+        if task.addresses.is_empty() {
+            b.add_symbolic_sample(stack, &[1], &labels);
+        } else {
+            b.add_return_addresses(&task.addresses, &[1], &labels);
+        }
     }
-    // Symbolic stacks need no address lookups.
-    b.encode_gzip(&mut Symbolizer::new())
+    b
 }
 
 /// Tasks of one runtime with identical stacks.

@@ -1,6 +1,7 @@
 //! Tokio task dumps: what every task of the registered runtimes is waiting on, as a
-//! `tasks/count` pprof profile (one sample per task, its pending leaf future's stack) and
-//! a readable text that groups identical stacks.
+//! `tasks/count` profile (one sample per task, its pending leaf future's stack, as code
+//! addresses like every other profile) and a readable text that groups identical
+//! stacks.
 //!
 //! `tokio::runtime::Handle::dump` (tokio ≥ 1.48) exists only with tokio's `taskdump`
 //! feature (turned on by the agent's `taskdump` feature) and `--cfg tokio_unstable`, on
@@ -88,8 +89,8 @@ impl TasksError {
 #[derive(Debug)]
 #[allow(dead_code)] // only builds with task dumps make one
 pub(crate) struct TaskDump {
-    /// Gzipped pprof, sample type `tasks/count`.
-    pub(crate) pprof: Vec<u8>,
+    /// The profile, sample type `tasks/count`.
+    pub(crate) profile: crate::capture::profile::ProfileBuilder,
     /// The readable rendering.
     pub(crate) text: String,
     /// Runtimes whose dump failed while others succeeded (also noted in the profile).

@@ -244,7 +244,7 @@ pub(crate) fn capture_all(deadline: Duration) -> Result<Vec<ThreadStack>, Thread
     if signal > libc::SIGRTMAX() {
         return Err(ThreadsError::Unsupported);
     }
-    // Without the probe pipe walks still record the leaf pc, so this is not fatal.
+    // The main thread's stack bounds, for walks without system calls.
     unwind::init();
     install_handler(signal)?;
 

@@ -97,7 +97,7 @@ pub(super) fn tgkill(pid: i32, tid: i32, sig: libc::c_int) -> Result<(), i32> {
 }
 
 /// The signal handler. Async-signal-safe: atomics, the walk (which only uses
-/// `write`/`read` on a pipe) and a raw `gettid`; no allocation, no lock. errno is
+/// `process_vm_readv` outside known stacks) and a raw `gettid`; no allocation, no lock. errno is
 /// preserved for the interrupted code.
 extern "C" fn on_signal(
     _signal: libc::c_int,

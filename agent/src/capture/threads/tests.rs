@@ -15,11 +15,8 @@ fn serial() -> MutexGuard<'static, ()> {
 }
 
 fn symbolize(addr: usize, leaf: bool) -> Vec<String> {
-    let lookup = if leaf { addr } else { addr.saturating_sub(1) };
-    crate::capture::symbolize::debuginfo::resolve(lookup)
-        .into_iter()
-        .filter_map(|f| f.function)
-        .collect()
+    let lookup = crate::capture::symbolize::lookup_address(addr, leaf);
+    crate::capture::symbolize::local::function_names(lookup)
 }
 
 fn symbolized(stack: &ThreadStack) -> Vec<String> {

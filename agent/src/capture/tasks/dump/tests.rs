@@ -1,5 +1,6 @@
 use super::*;
-use crate::capture::pprof::decode::decode;
+use crate::capture::profile::decode::decode;
+use crate::capture::symbolize::local::LocalSymbols;
 
 #[inline(never)]
 async fn parked_on_a_unit_test_channel(mut rx: tokio::sync::mpsc::Receiver<()>) {
@@ -21,7 +22,7 @@ fn a_dump_has_one_sample_per_task_and_names_the_await_point() {
     std::thread::sleep(Duration::from_millis(100));
     let dump = capture(&[rt.handle().clone()], Duration::from_secs(10)).unwrap();
     assert!(dump.failures.is_empty());
-    let p = decode(&dump.pprof).unwrap();
+    let p = decode(&dump.profile.encode_gzip(&mut LocalSymbols::default())).unwrap();
     assert_eq!(p.sample_types, [("tasks".to_owned(), "count".to_owned())]);
     assert_eq!(p.total("tasks"), 20, "the dumping task is left out");
     let parked = p
@@ -146,7 +147,7 @@ fn a_busy_multi_thread_runtime_is_not_dumped_but_a_current_thread_one_is() {
         dump.failures.as_slice(),
         [TasksError::Unsafe { runtime: 0, .. }]
     ));
-    let p = decode(&dump.pprof).unwrap();
+    let p = decode(&dump.profile.encode_gzip(&mut LocalSymbols::default())).unwrap();
     assert_eq!(p.total("tasks"), 300);
     assert!(p.samples.iter().all(|s| s.label("runtime") == Some("1")));
     assert!(p.comments.iter().any(|c| c.contains("runtime 0 skipped")));

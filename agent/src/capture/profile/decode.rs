@@ -7,7 +7,7 @@ use std::io::Read;
 use holmes_proto::pprof::{Function, Location, Profile, ValueType};
 use prost::Message;
 
-use crate::capture::symbolize::Frame;
+use holmes_symbolize::Frame;
 
 /// Most bytes a profile may decompress to.
 const MAX_DECODED_BYTES: usize = 64 * 1024 * 1024;
@@ -137,9 +137,11 @@ fn summarize(p: &Profile) -> Result<DecodedProfile, PprofError> {
                 id: *id,
             })?;
             if loc.line.is_empty() {
-                frames.push(Frame::unknown(
-                    usize::try_from(loc.address).unwrap_or(usize::MAX),
-                ));
+                frames.push(Frame {
+                    function: format!("{:#x}", loc.address),
+                    file: String::new(),
+                    line: 0,
+                });
             }
             for line in &loc.line {
                 let f = functions

@@ -1,19 +1,39 @@
-//! From gathered samples to a `profile.proto` message: stacks symbolized, allocator
-//! frames trimmed from their leaf end, identical samples merged, every string, function
-//! and location stored once in holmes-proto's [`ProfileTables`].
+//! From gathered samples to gzipped pprof (`profile.proto`) for the dump folder: stacks
+//! symbolized in this process, allocator frames trimmed from their leaf end, identical
+//! samples merged, every string, function and location stored once in holmes-proto's
+//! [`ProfileTables`].
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
+use std::io::Write;
 
 use holmes_proto::pprof::{Label, Line, Profile, Sample};
 use holmes_proto::profile_tables::ProfileTables;
+use holmes_symbolize::Frame;
+use prost::Message;
 
-use super::{add_values, Labels, OwnedLabelValue, ProfileBuilder, Stack, MAX_STACK_DEPTH};
-use crate::capture::symbolize::{lookup_address, Frame, Symbolizer};
+use super::{add_values, AllocatorFrame, Labels, OwnedLabelValue, ProfileBuilder, Stack};
+use crate::capture::symbolize::local::LocalSymbols;
+use crate::capture::symbolize::modules::Resolver;
 
 impl ProfileBuilder {
+    /// Symbolizes, deduplicates and encodes the profile as gzipped `profile.proto`.
+    pub(crate) fn encode_gzip(&self, symbols: &mut LocalSymbols) -> Vec<u8> {
+        let raw = self.encode_proto(symbols).encode_to_vec();
+        let mut gz = flate2::write::GzEncoder::new(
+            Vec::with_capacity(raw.len() / 4 + 64),
+            flate2::Compression::default(),
+        );
+        match gz.write_all(&raw).and_then(|()| gz.finish()) {
+            Ok(bytes) => bytes,
+            // Writing into a Vec does not fail; should it, pprof reads plain protobuf too.
+            Err(_) => raw,
+        }
+    }
+
     /// The profile: symbolized, trimmed, merged.
-    pub(super) fn encode_proto(self, symbolizer: &mut Symbolizer) -> Profile {
+    pub(super) fn encode_proto(&self, symbols: &mut LocalSymbols) -> Profile {
+        let mut resolver = Resolver::new();
         let mut e = Encoder::new();
         let t = &mut e.tables;
         let sample_type = self
@@ -28,15 +48,14 @@ impl ProfileBuilder {
         let mut merged_index: HashMap<(Vec<u64>, &Labels), usize> = HashMap::new();
         for (key, values) in &self.samples {
             let mut ids = match &key.stack {
-                Stack::Addresses(addrs) => addrs
+                Stack::Addresses(code) => code
                     .iter()
-                    .enumerate()
-                    .map(|(i, &addr)| e.address_location(symbolizer, addr, i == 0))
+                    .map(|&addr| e.address_location(symbols, &mut resolver, addr))
                     .collect::<Vec<u64>>(),
                 Stack::Frames(frames) => frames.iter().map(|f| e.frame_location(f)).collect(),
             };
-            if !self.trim_prefixes.is_empty() {
-                ids = e.trim(ids, &self.trim_prefixes);
+            if let Some(is_allocator) = self.trim {
+                ids = e.trim(ids, is_allocator);
             }
             match merged_index.entry((ids, &key.labels)) {
                 Entry::Occupied(entry) => {
@@ -58,21 +77,12 @@ impl ProfileBuilder {
         }
 
         let t = &mut e.tables;
-        let mut comment: Vec<i64> = self.comments.iter().map(|c| t.string(c)).collect();
-        if self.dropped_samples > 0 {
-            let text = format!(
-                "holmes: {} samples dropped beyond {} distinct samples",
-                self.dropped_samples, self.max_samples
-            );
-            comment.push(t.string(&text));
-        }
-        if self.truncated_stacks > 0 {
-            let text = format!(
-                "holmes: {} stacks truncated to {MAX_STACK_DEPTH} frames",
-                self.truncated_stacks
-            );
-            comment.push(t.string(&text));
-        }
+        let comment: Vec<i64> = self
+            .comments
+            .iter()
+            .chain(&self.limit_notes())
+            .map(|c| t.string(c))
+            .collect();
         e.tables.into_profile(Profile {
             sample_type,
             sample: merged,
@@ -83,22 +93,6 @@ impl ProfileBuilder {
             comment,
             ..Profile::default()
         })
-    }
-}
-
-/// Whether `pattern` names the frame `name`: a prefix; written `*text`, any name
-/// containing `text` (for trait impls such as `<u8 as alloc::vec::SpecFromElem>`);
-/// written `=name`, exactly that name (inlined frames from line tables carry no path);
-/// written `@text`, any frame whose source file contains `text`.
-fn trimmed_by(name: &str, file: &str, pattern: &str) -> bool {
-    if let Some(path) = pattern.strip_prefix('@') {
-        file.contains(path)
-    } else if let Some(inner) = pattern.strip_prefix('*') {
-        name.contains(inner)
-    } else if let Some(exact) = pattern.strip_prefix('=') {
-        name == exact
-    } else {
-        name.starts_with(pattern)
     }
 }
 
@@ -144,14 +138,18 @@ impl Encoder {
         }
     }
 
-    /// The location of a stack address, symbolized once per profile.
-    fn address_location(&mut self, symbolizer: &mut Symbolizer, addr: usize, leaf: bool) -> u64 {
-        let lookup = lookup_address(addr, leaf);
+    /// The location of a code address, symbolized once per profile.
+    fn address_location(
+        &mut self,
+        symbols: &mut LocalSymbols,
+        resolver: &mut Resolver,
+        lookup: usize,
+    ) -> u64 {
         if let Some(&id) = self.address_locations.get(&(lookup, 0)) {
             return id;
         }
-        let lines = symbolizer
-            .frames(addr, leaf)
+        let lines = symbols
+            .frames(resolver, lookup)
             .iter()
             .map(|f| self.line(f))
             .collect();
@@ -180,10 +178,10 @@ impl Encoder {
         )
     }
 
-    /// Drops the innermost frames whose function matches one of `patterns` (see
-    /// [`trimmed_by`]); a location left with only some of its inlined frames becomes a
-    /// location of its own. A stack made only of such frames is kept whole.
-    fn trim(&mut self, ids: Vec<u64>, patterns: &[String]) -> Vec<u64> {
+    /// Drops the innermost frames `is_allocator` names; a location left with only some
+    /// of its inlined frames becomes a location of its own. A stack made only of such
+    /// frames is kept whole.
+    fn trim(&mut self, ids: Vec<u64>, is_allocator: AllocatorFrame) -> Vec<u64> {
         let mut skip = 0usize;
         let mut kept_one = false;
         'walk: for &id in &ids {
@@ -193,7 +191,7 @@ impl Encoder {
                 .map_or(&[][..], |l| l.line.as_slice());
             for line in lines {
                 let (name, file) = self.function_of(line);
-                if patterns.iter().any(|p| trimmed_by(name, file, p)) {
+                if is_allocator(name, file) {
                     skip += 1;
                 } else {
                     kept_one = true;

@@ -5,6 +5,8 @@ use prost::Message;
 
 use super::decode::{decode, decode_with_limit, PprofError};
 use super::*;
+use crate::capture::symbolize::local::LocalSymbols;
+use crate::capture::symbolize::modules::Resolver;
 
 fn frame(function: &str, file: &str, line: u32) -> Frame {
     Frame {
@@ -71,7 +73,7 @@ fn round_trip_merges_values_and_keeps_labels() {
     b.add_symbolic_sample(&stack[1..], &[3], &[]);
     b.add_symbolic_sample(&stack[1..], &[1, 5, 99], &[]);
 
-    let gz = b.encode_gzip(&mut Symbolizer::new());
+    let gz = b.encode_gzip(&mut LocalSymbols::default());
     assert_eq!(&gz[..2], &[0x1f, 0x8b]);
     let p = decode(&gz).unwrap();
     assert_eq!(
@@ -113,7 +115,7 @@ fn round_trip_merges_values_and_keeps_labels() {
     assert_eq!(p.total("nope"), 0);
     // Plain (not gzipped) protobuf decodes too.
     let raw = sample_profile()
-        .encode_proto(&mut Symbolizer::new())
+        .encode_proto(&mut LocalSymbols::default())
         .encode_to_vec();
     assert_eq!(decode(&raw).unwrap().period, 10_000_000);
 }
@@ -121,12 +123,16 @@ fn round_trip_merges_values_and_keeps_labels() {
 #[test]
 fn trimmed_leaf_frames_make_the_allocating_function_the_leaf() {
     let mut b = ProfileBuilder::new(&[("alloc_space", "bytes")], ("space", "bytes"), 1);
-    b.trim_leaf_frames(&[
-        "prof_backtrace_impl",
-        "_rjem_je_prof_",
-        "je_prof_",
-        "malloc",
-    ]);
+    b.trim_leaf_frames(|name, _| {
+        [
+            "prof_backtrace_impl",
+            "_rjem_je_prof_",
+            "je_prof_",
+            "malloc",
+        ]
+        .iter()
+        .any(|p| name.starts_with(p))
+    });
     let alloc_stack = |leaf: &str| {
         vec![
             frame("prof_backtrace_impl", "", 0),
@@ -153,7 +159,7 @@ fn trimmed_leaf_frames_make_the_allocating_function_the_leaf() {
         &[],
     );
 
-    let p = decode(&b.encode_gzip(&mut Symbolizer::new())).unwrap();
+    let p = decode(&b.encode_gzip(&mut LocalSymbols::default())).unwrap();
     assert_eq!(p.samples.len(), 3, "{p:#?}");
     assert_eq!(
         p.samples[0].stack,
@@ -174,8 +180,8 @@ fn trimmed_leaf_frames_make_the_allocating_function_the_leaf() {
 fn trimming_splits_a_location_with_inlined_frames() {
     // Fake addresses with known frames: 0x1000 holds two allocator frames inlined into
     // the allocating function, 0x2000 is a return address into its caller.
-    let mut sym = Symbolizer::new();
-    sym.cache.insert(
+    let mut sym = LocalSymbols::default();
+    sym.insert_test_frames(
         0x1000,
         vec![
             frame("je_prof_backtrace", "jemalloc/prof.c", 1),
@@ -183,10 +189,11 @@ fn trimming_splits_a_location_with_inlined_frames() {
             frame("checkout::cache::grow", "src/cache.rs", 7),
         ],
     );
-    sym.cache
-        .insert(0x1fff, vec![frame("checkout::main", "src/main.rs", 3)]);
+    sym.insert_test_frames(0x1fff, vec![frame("checkout::main", "src/main.rs", 3)]);
     let mut b = ProfileBuilder::new(&[("alloc_space", "bytes")], ("space", "bytes"), 1);
-    b.trim_leaf_frames(&["je_prof_", "_rjem_je_prof_"]);
+    b.trim_leaf_frames(|name, _| {
+        name.starts_with("je_prof_") || name.starts_with("_rjem_je_prof_")
+    });
     b.add_sample(&[0x1000, 0x2000], &[64], &[]);
     b.add_sample(&[0x1000, 0x2000], &[64], &[("k", LabelValue::Str("v"))]);
     let profile = b.encode_proto(&mut sym);
@@ -212,25 +219,27 @@ fn trimming_splits_a_location_with_inlined_frames() {
 
 #[test]
 fn a_real_address_symbolizes_to_its_function_and_file() {
-    let mut sym = Symbolizer::new();
+    let mut sym = LocalSymbols::default();
     let pc = pc_in(holmes_pprof_leaf_target);
-    let frames = sym.frames(pc, true).to_vec();
+    let frames = sym.frames(&mut Resolver::new(), pc).to_vec();
     // The function itself is the outermost frame at its address; inlined callees
     // (black_box, the loop's iterator) may come before it.
     let own = frames.last().unwrap();
     assert!(
         own.function
-            .ends_with("pprof::tests::holmes_pprof_leaf_target"),
+            .ends_with("profile::tests::holmes_pprof_leaf_target"),
         "{frames:#?}"
     );
     assert!(
-        own.file.ends_with("src/capture/pprof/tests.rs"),
+        own.file.ends_with("src/capture/profile/tests.rs"),
         "{frames:#?}"
     );
     assert!(own.line > 0, "{frames:#?}");
     // The same address as a return address resolves to the instruction before it,
     // still in the function.
-    let as_return = sym.frames(pc + 1, false).to_vec();
+    let as_return = sym
+        .frames(&mut Resolver::new(), lookup_address(pc + 1, false))
+        .to_vec();
     assert_eq!(as_return.last().unwrap().function, own.function);
 
     // And through a whole profile.
@@ -269,7 +278,7 @@ fn caps_stack_depth_and_distinct_samples() {
     }
     // Merging into an existing sample still works when full.
     b.add_symbolic_sample(&[frame("g0", "", 0)], &[1], &[]);
-    let p = decode(&b.encode_gzip(&mut Symbolizer::new())).unwrap();
+    let p = decode(&b.encode_gzip(&mut LocalSymbols::default())).unwrap();
     assert_eq!(p.samples.len(), 3);
     assert_eq!(p.samples[0].stack.len(), MAX_STACK_DEPTH);
     assert_eq!(p.samples[1].values, vec![2]);
@@ -292,7 +301,7 @@ fn decode_rejects_garbage_and_oversized_profiles() {
         decode(&[0xff, 0xff, 0xff]),
         Err(PprofError::Malformed(_))
     ));
-    let gz = sample_profile().encode_gzip(&mut Symbolizer::new());
+    let gz = sample_profile().encode_gzip(&mut LocalSymbols::default());
     let err = decode_with_limit(&gz, 16).unwrap_err();
     assert!(matches!(err, PprofError::TooLarge { limit: 16 }));
     assert_eq!(
@@ -378,15 +387,15 @@ fn go_tool_pprof_opens_the_profile() {
         &[3, 30_000_000],
         &[("bytes", LabelValue::Num(4096, "bytes"))],
     );
-    let gz = b.encode_gzip(&mut Symbolizer::new());
+    let gz = b.encode_gzip(&mut LocalSymbols::default());
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("cpu.pb.gz");
     std::fs::write(&file, &gz).unwrap();
 
     let top = go_pprof(&["-top", "-nodecount=20"], &file, dir.path());
     for name in [
-        "holmes_agent::capture::pprof::tests::holmes_pprof_leaf_target",
-        "holmes_agent::capture::pprof::tests::holmes_pprof_caller_target",
+        "holmes_agent::capture::profile::tests::holmes_pprof_leaf_target",
+        "holmes_agent::capture::profile::tests::holmes_pprof_caller_target",
         "checkout::db::query",
         // Not cut down to `::call` by pprof's C++ name simplification.
         "<checkout::handler::Serve as tower::Service>::call",
@@ -398,8 +407,8 @@ fn go_tool_pprof_opens_the_profile() {
 
     let traces = go_pprof(&["-traces"], &file, dir.path());
     for needle in [
-        "holmes_agent::capture::pprof::tests::holmes_pprof_leaf_target",
-        "holmes_agent::capture::pprof::tests::holmes_pprof_caller_target",
+        "holmes_agent::capture::profile::tests::holmes_pprof_leaf_target",
+        "holmes_agent::capture::profile::tests::holmes_pprof_caller_target",
         "checkout::db::query",
         "thread:  main",
     ] {
@@ -412,7 +421,7 @@ fn go_tool_pprof_opens_the_profile() {
     // With line granularity pprof shows the files and lines.
     let traces = go_pprof(&["-traces", "-lines"], &file, dir.path());
     for needle in [
-        "pprof/tests.rs:",
+        "profile/tests.rs:",
         "checkout::db::query src/db.rs:42",
         "src/handler.rs:10",
     ] {
@@ -423,6 +432,6 @@ fn go_tool_pprof_opens_the_profile() {
     }
 
     let lines = go_pprof(&["-top", "-lines", "-nodecount=20"], &file, dir.path());
-    assert!(lines.contains("pprof/tests.rs:"), "{lines}");
+    assert!(lines.contains("profile/tests.rs:"), "{lines}");
     assert!(lines.contains("src/db.rs:42"), "{lines}");
 }

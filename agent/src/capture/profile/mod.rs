@@ -1,40 +1,41 @@
-//! Standard pprof profiles (`profile.proto`, gzipped) that `go tool pprof` opens with
-//! function names, files and lines, without needing the binary.
+//! A profile being captured ([`ProfileBuilder`]) and its two encodings:
 //!
-//! Stacks come in two forms: raw addresses from a stack walk (symbolized here, at encode
-//! time, by [`Symbolizer`], inlined frames expanded) or frames that are already symbolic (task dumps). Every location is
-//! symbolized before it is written and the single mapping says so (`has_functions`,
-//! `has_filenames`, `has_line_numbers`), so pprof never tries to re-symbolize against a
-//! binary it does not have.
+//! - [`pprof`]: standard pprof (`profile.proto`, gzipped) for the local dump folder, every
+//!   address symbolized here by the in-process symbolizer, so `go tool pprof` opens it
+//!   with function names, files and lines without needing the binary (the single
+//!   mapping says `has_functions`, `has_filenames`, `has_line_numbers`);
+//! - [`native`]: the agent's own `holmes.v1.NativeProfile` for the collector, every
+//!   address a module and the offset in it, not symbolized (no debug info loaded).
+//!
+//! Stacks come in two forms: code addresses from a stack walk, stored as the address
+//! of the instruction each entry stands for (the interrupted pc for the leaf, the call
+//! instruction — return address − 1 — for the others), or frames that are already
+//! symbolic.
 //!
 //! Work is bounded: stacks keep at most [`MAX_STACK_DEPTH`] frames, a profile at most
 //! [`MAX_SAMPLES`] distinct samples; what is cut is counted in the profile's comments.
-//! Nothing here panics; symbolization allocates and takes a lock, so it must not run in a
+//! Nothing here panics; encoding allocates and takes locks, so it must not run in a
 //! signal handler.
-//!
-//! [`ProfileBuilder`] gathers the samples; [`encode`] symbolizes them and builds the
-//! profile on `holmes_proto`'s [`ProfileTables`](holmes_proto::profile_tables::ProfileTables).
 
 #[cfg(test)]
 pub(crate) mod decode;
-mod encode;
+pub(crate) mod native;
+mod pprof;
 #[cfg(test)]
 mod tests;
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::io::Write;
 
-use prost::Message;
+use holmes_symbolize::Frame;
 
-use super::symbolize::{Frame, Symbolizer};
+use super::symbolize::lookup_address;
 
 /// Most frames kept per stack; deeper stacks lose their outermost frames.
 pub(crate) const MAX_STACK_DEPTH: usize = 256;
 /// Most distinct samples (stack and labels) per profile; further ones are dropped.
 const MAX_SAMPLES: usize = 100_000;
-/// Most bytes a profile may decompress to.
 /// Most labels kept per sample.
 const MAX_LABELS: usize = 64;
 /// Most comments kept per profile (not counting the builder's own).
@@ -59,7 +60,7 @@ enum OwnedLabelValue {
 /// A sample's stack, as given.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Stack {
-    /// Raw addresses: `[0]` the interrupted pc, then return addresses.
+    /// Code addresses, innermost first: each the instruction the entry stands for.
     Addresses(Vec<usize>),
     /// Symbolic frames, innermost first.
     Frames(Vec<Frame>),
@@ -75,7 +76,12 @@ struct SampleKey {
     labels: Labels,
 }
 
-/// One profile being assembled: add samples, then [`ProfileBuilder::encode_gzip`].
+/// Whether a frame (function, file) is the allocator's, trimmed from the leaf end of
+/// heap profiles' stacks.
+pub(crate) type AllocatorFrame = fn(&str, &str) -> bool;
+
+/// One profile being assembled: add samples, then encode it
+/// ([`ProfileBuilder::encode_gzip`], [`ProfileBuilder::encode_native`]).
 #[derive(Debug)]
 pub(crate) struct ProfileBuilder {
     sample_types: Vec<(String, String)>,
@@ -84,7 +90,7 @@ pub(crate) struct ProfileBuilder {
     time_nanos: i64,
     duration_nanos: i64,
     comments: Vec<String>,
-    trim_prefixes: Vec<String>,
+    trim: Option<AllocatorFrame>,
     samples: Vec<(SampleKey, Vec<i64>)>,
     /// Hash of a sample key → indexes into `samples` with that hash.
     index: HashMap<u64, Vec<usize>>,
@@ -113,7 +119,7 @@ impl ProfileBuilder {
             time_nanos: 0,
             duration_nanos: 0,
             comments: Vec::new(),
-            trim_prefixes: Vec::new(),
+            trim: None,
             samples: Vec::new(),
             index: HashMap::new(),
             hasher: RandomState::new(),
@@ -137,7 +143,32 @@ impl ProfileBuilder {
         if kept.len() < stack.len() {
             self.truncated_stacks += 1;
         }
-        self.record(Stack::Addresses(kept.to_vec()), values, labels);
+        let code = kept
+            .iter()
+            .enumerate()
+            .map(|(i, &a)| lookup_address(a, i == 0))
+            .collect();
+        self.record(Stack::Addresses(code), values, labels);
+    }
+
+    /// Adds a sample whose stack holds return addresses only, innermost first (a
+    /// backtrace taken by someone else: jemalloc's, tokio's task traces).
+    #[cfg_attr(
+        not(any(feature = "jemalloc", all(feature = "taskdump", tokio_unstable))),
+        allow(dead_code)
+    )]
+    pub(crate) fn add_return_addresses(
+        &mut self,
+        stack: &[usize],
+        values: &[i64],
+        labels: &[(&str, LabelValue<'_>)],
+    ) {
+        let kept = stack.get(..MAX_STACK_DEPTH).unwrap_or(stack);
+        if kept.len() < stack.len() {
+            self.truncated_stacks += 1;
+        }
+        let code = kept.iter().map(|&a| lookup_address(a, false)).collect();
+        self.record(Stack::Addresses(code), values, labels);
     }
 
     /// Adds a sample whose stack is already symbolic, innermost frame first.
@@ -167,15 +198,30 @@ impl ProfileBuilder {
         }
     }
 
-    /// When encoding, drops the innermost frames whose function name starts with one of
-    /// `prefixes` (allocator internals, so the allocating function becomes the leaf). A
-    /// stack made only of such frames is kept whole.
-    pub(crate) fn trim_leaf_frames(&mut self, prefixes: &[&str]) {
-        self.trim_prefixes = prefixes
-            .iter()
-            .filter(|p| !p.is_empty())
-            .map(|p| (*p).to_owned())
-            .collect();
+    /// When encoding pprof, drops the innermost frames `is_allocator` says are the
+    /// allocator's, so the allocating function becomes the leaf. A stack made only of
+    /// such frames is kept whole. (Native profiles carry whole stacks: naming frames is
+    /// the collector's.)
+    pub(crate) fn trim_leaf_frames(&mut self, is_allocator: AllocatorFrame) {
+        self.trim = Some(is_allocator);
+    }
+
+    /// Comments about what was cut to keep the profile bounded.
+    fn limit_notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if self.dropped_samples > 0 {
+            notes.push(format!(
+                "holmes: {} samples dropped beyond {} distinct samples",
+                self.dropped_samples, self.max_samples
+            ));
+        }
+        if self.truncated_stacks > 0 {
+            notes.push(format!(
+                "holmes: {} stacks truncated to {MAX_STACK_DEPTH} frames",
+                self.truncated_stacks
+            ));
+        }
+        notes
     }
 
     fn record(&mut self, stack: Stack, values: &[i64], labels: &[(&str, LabelValue<'_>)]) {
@@ -211,20 +257,6 @@ impl ProfileBuilder {
         add_values(&mut sums, values);
         self.index.entry(hash).or_default().push(samples.len());
         samples.push((key, sums));
-    }
-
-    /// Symbolizes, deduplicates and encodes the profile as gzipped `profile.proto`.
-    pub(crate) fn encode_gzip(self, symbolizer: &mut Symbolizer) -> Vec<u8> {
-        let raw = self.encode_proto(symbolizer).encode_to_vec();
-        let mut gz = flate2::write::GzEncoder::new(
-            Vec::with_capacity(raw.len() / 4 + 64),
-            flate2::Compression::default(),
-        );
-        match gz.write_all(&raw).and_then(|()| gz.finish()) {
-            Ok(bytes) => bytes,
-            // Writing into a Vec does not fail; should it, pprof reads plain protobuf too.
-            Err(_) => raw,
-        }
     }
 }
 

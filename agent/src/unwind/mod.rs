@@ -1,72 +1,34 @@
-//! An async-signal-safe frame-pointer walk, for signal handlers.
+//! An async-signal-safe frame-pointer walk of the calling thread's own stack, for
+//! signal handlers and the sampling allocator.
 //!
 //! The interrupted program counter (from the signal's `ucontext`) is recorded first, as
 //! the leaf: a frame-pointer walk alone starts at the caller and charges a spinning leaf
 //! function's time to its caller (measured with pprof-rs 0.15's `frame-pointer` feature).
 //! Then the chain of saved frame pointers is followed, each link checked before it is
-//! read: above the stack pointer, aligned, not too far, strictly increasing, and on a page
-//! proven readable. A page is proven readable by asking the kernel to copy one byte of it
-//! into a pipe (`write` fails with `EFAULT` instead of crashing), so a garbage frame
-//! pointer from code built without frame pointers ends the walk instead of the process.
+//! read: above the stack pointer, aligned, not too far, strictly increasing. Links
+//! inside the thread's own stack ([`bounds`]: the main thread's `[stack]` mapping, or
+//! `[sp, thread pointer)` of a pthread, checked once per thread) are read directly, with
+//! no system call; any other link is read by the kernel ([`memory`]: `process_vm_readv`
+//! on this process, `EFAULT` instead of a crash), so a garbage frame pointer from code
+//! built without frame pointers ends the walk instead of the process. No file
+//! descriptor is involved anywhere (the host may close and reuse any number).
 //!
-//! Nothing here allocates, locks or calls anything but `write`/`read` on a pipe.
+//! Nothing here allocates, locks or calls anything but `process_vm_readv` and `getpid`
+//! (and, once at [`init`], reads `/proc/self/maps` into a stack buffer).
 
-use std::sync::atomic::{AtomicI32, Ordering};
+mod bounds;
+mod memory;
 
 /// Most frames recorded per stack.
 pub(crate) const MAX_DEPTH: usize = 128;
 /// A frame pointer further than this above the stack pointer ends the walk.
 const MAX_STACK_SPAN: usize = 256 * 1024 * 1024;
-const PAGE: usize = 4096;
 
-static PROBE_READ: AtomicI32 = AtomicI32::new(-1);
-static PROBE_WRITE: AtomicI32 = AtomicI32::new(-1);
-
-/// Creates the probe pipe; idempotent. Returns false if no pipe could be made (then
-/// walks record only the leaf).
-pub(crate) fn init() -> bool {
-    if PROBE_WRITE.load(Ordering::Acquire) >= 0 {
-        return true;
-    }
-    let mut fds = [0i32; 2];
-    // SAFETY: `fds` is a valid array of two ints.
-    let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
-    if rc != 0 {
-        return false;
-    }
-    if PROBE_WRITE
-        .compare_exchange(-1, fds[1], Ordering::AcqRel, Ordering::Acquire)
-        .is_ok()
-    {
-        PROBE_READ.store(fds[0], Ordering::Release);
-    } else {
-        // Another thread won the race; close ours.
-        // SAFETY: closing descriptors this function just created.
-        unsafe {
-            libc::close(fds[0]);
-            libc::close(fds[1]);
-        }
-    }
-    true
-}
-
-/// Whether the page holding `addr` can be read, asked of the kernel. Async-signal-safe.
-fn readable(addr: usize) -> bool {
-    let w = PROBE_WRITE.load(Ordering::Acquire);
-    let r = PROBE_READ.load(Ordering::Acquire);
-    if w < 0 || r < 0 {
-        return false;
-    }
-    // SAFETY: write() reads one byte at `addr` in the kernel and reports EFAULT if it is
-    // not mapped; it never faults in user space.
-    let n = unsafe { libc::write(w, addr as *const libc::c_void, 1) };
-    if n != 1 {
-        return false;
-    }
-    let mut sink = 0u8;
-    // SAFETY: reading one byte into a valid local.
-    unsafe { libc::read(r, (&mut sink as *mut u8).cast(), 1) };
-    true
+/// Prepares walks: reads the main thread's stack range (once; later calls return at
+/// once). Walks work without it, reading the main thread's frames through the kernel.
+/// Allocates nothing.
+pub(crate) fn init() {
+    bounds::init();
 }
 
 /// The registers a walk starts from.
@@ -129,35 +91,77 @@ impl Registers {
     }
 }
 
-/// Walks the stack from `regs` into `out`: `out[0]` is the interrupted pc, the rest are
-/// return addresses, innermost first. Returns how many were written. Async-signal-safe.
+/// The calling thread's thread pointer: the address of its control block, which glibc
+/// and musl place at the top of a pthread's stack allocation. 0 where unknown.
+#[inline(always)]
+fn thread_pointer() -> usize {
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    {
+        let tp: usize;
+        // SAFETY: fs:0 holds the thread control block's address (its self pointer) on
+        // every thread of a glibc or musl process; errno, which every signal handler
+        // here saves and restores, is found through the same register.
+        unsafe {
+            std::arch::asm!(
+                "mov {tp}, fs:0",
+                tp = out(reg) tp,
+                options(nostack, readonly, preserves_flags),
+            );
+        }
+        tp
+    }
+    #[cfg(all(target_os = "linux", target_arch = "aarch64"))]
+    {
+        let tp: usize;
+        // SAFETY: reads the thread pointer register; no memory is touched.
+        unsafe {
+            std::arch::asm!(
+                "mrs {tp}, tpidr_el0",
+                tp = out(reg) tp,
+                options(nomem, nostack, preserves_flags),
+            );
+        }
+        tp
+    }
+    #[cfg(not(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    )))]
+    {
+        0
+    }
+}
+
+/// Walks the calling thread's stack from `regs` into `out`: `out[0]` is the interrupted
+/// pc, the rest are return addresses, innermost first. Returns how many were written.
+/// Async-signal-safe; `regs` must be this thread's (a signal handler's interrupted
+/// context, or [`walk_here`]).
 pub(crate) fn walk(regs: Registers, out: &mut [usize]) -> usize {
     let Some(first) = out.first_mut() else {
         return 0;
     };
     *first = regs.pc;
+    let top = bounds::known_top(regs.sp, thread_pointer());
     let mut n = 1;
     let mut fp = regs.fp;
-    let mut proven = [usize::MAX; 4];
-    let mut next_slot = 0;
     while n < out.len() {
         if fp < regs.sp || fp % 16 != 0 || fp - regs.sp > MAX_STACK_SPAN {
             break;
         }
-        // fp is 16-aligned, so the two words at fp and fp + 8 share one page.
-        let page = fp & !(PAGE - 1);
-        if !proven.contains(&page) {
-            if !readable(page) {
-                break;
+        let link = match top {
+            Some(top) if fp.checked_add(16).is_some_and(|end| end <= top) => {
+                // SAFETY: [sp, top) is this thread's own stack, known readable
+                // (bounds), and fp..fp+16 lies inside it; a thread's stack is not
+                // unmapped while the thread runs, here or in a signal handler.
+                unsafe {
+                    let p = fp as *const usize;
+                    Some((p.read_volatile(), p.add(1).read_volatile()))
+                }
             }
-            proven[next_slot % proven.len()] = page;
-            next_slot += 1;
-        }
-        // SAFETY: the page holding fp..fp+16 was just proven mapped and readable, and a
-        // thread's stack is not unmapped while that thread sits in a signal handler.
-        let (next, ret) = unsafe {
-            let p = fp as *const usize;
-            (p.read_volatile(), p.add(1).read_volatile())
+            _ => memory::read_pair(fp),
+        };
+        let Some((next, ret)) = link else {
+            break;
         };
         if ret == 0 {
             break;
@@ -219,30 +223,4 @@ pub(crate) fn walk_here(out: &mut [usize]) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn probes_tell_mapped_from_unmapped() {
-        assert!(init());
-        let local = 5u64;
-        assert!(readable(&local as *const u64 as usize));
-        assert!(!readable(8));
-        assert!(!readable(usize::MAX & !(PAGE - 1)));
-    }
-
-    #[test]
-    fn a_garbage_frame_pointer_ends_the_walk_safely() {
-        assert!(init());
-        let mut out = [0usize; 8];
-        let local = 0u64;
-        let sp = &local as *const u64 as usize;
-        // A frame pointer just above sp but in an unmapped region far away is refused by
-        // the span check; one that is misaligned by the alignment check.
-        for fp in [sp + (MAX_STACK_SPAN + 4096), sp + 8 + 1, 0x10] {
-            let n = walk(Registers { pc: 42, fp, sp }, &mut out);
-            assert_eq!(n, 1, "fp {fp:#x}");
-            assert_eq!(out[0], 42);
-        }
-    }
-}
+mod tests;

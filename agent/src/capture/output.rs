@@ -1,0 +1,267 @@
+//! What becomes of a finished capture:
+//!
+//! - in the dump folder (the local mode, or a folder set beside a collector): gzip pprof,
+//!   symbolized in this process (the debug info is loaded on the first such capture and
+//!   given back when idle), as `<kind>.<event-id>.<time>.pb.gz`, plus a readable `.txt`
+//!   for thread and task dumps;
+//! - to the collector: the agent's own `NativeProfile` (module + offset, no debug info
+//!   loaded), in chunks queued together in the outbox (and the spool).
+//!
+//! A profile over [`MAX_PROFILE_BYTES`] in either form is reported as a failed capture.
+
+use holmes_proto::{AgentBody, ProfileChunk, ProfileFormat, MAX_CHUNK_BYTES};
+use holmes_symbolize::Frame;
+
+use super::symbolize::local::{LocalSymbolizer, LocalSymbols};
+use super::symbolize::modules::Resolver;
+use super::{threads, Captured, Text, MAX_PROFILE_BYTES};
+use crate::config::AgentConfig;
+use crate::delivery::{dump, Delivery};
+use crate::event_id;
+
+/// Writes a capture to the dump folder and queues it for the collector.
+pub(super) fn deliver(
+    cfg: &AgentConfig,
+    delivery: &Delivery,
+    symbols: &LocalSymbolizer,
+    event_id: &str,
+    c: &Captured,
+) {
+    let profile_id = event_id::new();
+    let capped = |bytes: Vec<u8>| -> Result<Vec<u8>, String> {
+        if bytes.len() > MAX_PROFILE_BYTES {
+            Err(format!(
+                "the profile is {} bytes, over the {MAX_PROFILE_BYTES}-byte cap",
+                bytes.len()
+            ))
+        } else {
+            Ok(bytes)
+        }
+    };
+    if let Err(err) = &c.result {
+        tracing::warn!(target: "holmes", event_id, kind = c.kind.as_str(), error = %err, "capture failed");
+    }
+    if let Some(dir) = cfg.effective_dump_dir() {
+        let (pprof, text) = symbols.with(|symbols| {
+            let pprof = c
+                .result
+                .as_ref()
+                .map(|p| p.encode_gzip(symbols))
+                .map_err(Clone::clone)
+                .and_then(capped);
+            let text = c.text.as_ref().map(|t| render(t, symbols));
+            (pprof, text)
+        });
+        let stem = format!(
+            "{}.{}.{}",
+            c.kind.as_str(),
+            event_id,
+            compact_time(c.started_unix_nanos)
+        );
+        match &pprof {
+            Ok(bytes) => match dump::write_file(&dir, &format!("{stem}.pb.gz"), bytes) {
+                Ok(path) => {
+                    tracing::info!(target: "holmes", event_id, kind = c.kind.as_str(), bytes = bytes.len(), labels = ?c.labels, path = %path.display(), "profile written")
+                }
+                Err(err) => {
+                    tracing::warn!(target: "holmes", dir = %dir.display(), error = %err, "cannot write the profile")
+                }
+            },
+            Err(err) if c.result.is_ok() => {
+                tracing::warn!(target: "holmes", event_id, kind = c.kind.as_str(), error = %err, "profile not written")
+            }
+            Err(_) => {}
+        }
+        if let Some(text) = &text {
+            if let Err(err) = dump::write_file(&dir, &format!("{stem}.txt"), text.as_bytes()) {
+                tracing::warn!(target: "holmes", dir = %dir.display(), error = %err, "cannot write the readable dump");
+            }
+        }
+    }
+    if cfg.collector.is_none() {
+        return;
+    }
+    let native = c
+        .result
+        .as_ref()
+        .map(|p| p.encode_native().encode())
+        .map_err(Clone::clone)
+        .and_then(capped);
+    let (data, error) = match native {
+        Ok(bytes) => {
+            tracing::info!(target: "holmes", event_id, kind = c.kind.as_str(), bytes = bytes.len(), labels = ?c.labels, "profile queued for the collector");
+            (bytes, None)
+        }
+        Err(err) => (Vec::new(), Some(err)),
+    };
+    let total = data.len();
+    let pieces: Vec<&[u8]> = if data.is_empty() {
+        vec![&[][..]]
+    } else {
+        data.chunks(MAX_CHUNK_BYTES).collect()
+    };
+    let count = u32::try_from(pieces.len()).unwrap_or(u32::MAX);
+    // Queued together: their sequence numbers are consecutive, so the collector sees a
+    // profile's chunks together, and a full outbox drops the whole profile or none of it.
+    let mut chunks = Vec::with_capacity(pieces.len());
+    for (i, piece) in pieces.into_iter().enumerate() {
+        chunks.push(AgentBody::ProfileChunk(ProfileChunk {
+            profile_id: profile_id.clone(),
+            event_id: event_id.to_owned(),
+            kind: c.kind,
+            chunk_index: u32::try_from(i).unwrap_or(u32::MAX),
+            chunk_count: count,
+            total_bytes: total as u64,
+            data: piece.to_vec(),
+            started_unix_nanos: c.started_unix_nanos,
+            duration: c.duration,
+            error: error.clone(),
+            labels: c.labels.clone(),
+            format: ProfileFormat::Native,
+        }));
+    }
+    delivery.enqueue_group(chunks);
+}
+
+/// The readable dump of a capture.
+fn render(text: &Text, symbols: &mut LocalSymbols) -> String {
+    match text {
+        Text::Ready(text) => text.clone(),
+        Text::Threads(stacks) => {
+            let mut resolver = Resolver::new();
+            threads::render_text(stacks, |addr, leaf| {
+                let lookup = super::symbolize::lookup_address(addr, leaf);
+                symbols
+                    .frames(&mut resolver, lookup)
+                    .iter()
+                    .map(describe)
+                    .collect()
+            })
+        }
+    }
+}
+
+fn describe(f: &Frame) -> String {
+    if f.file.is_empty() {
+        f.function.clone()
+    } else {
+        format!("{} ({}:{})", f.function, f.file, f.line)
+    }
+}
+
+/// `20261126T031200.123Z`: sortable, and free of characters file systems dislike.
+fn compact_time(unix_nanos: u64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(unix_nanos);
+    humantime::format_rfc3339_millis(t)
+        .to_string()
+        .replace(['-', ':'], "")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use holmes_proto::native::NativeProfile;
+    use holmes_proto::ProfileKind;
+
+    use super::*;
+    use crate::capture::profile::ProfileBuilder;
+    use crate::config::HolmesBuilder;
+
+    #[inline(never)]
+    fn output_test_walk() -> Vec<usize> {
+        let mut out = [0usize; 16];
+        crate::unwind::init();
+        let n = crate::unwind::walk_here(&mut out);
+        out[..n].to_vec()
+    }
+
+    fn captured(stack: &[usize]) -> Captured {
+        let mut b = ProfileBuilder::new(&[("threads", "count")], ("threads", "count"), 1);
+        b.add_sample(stack, &[1], &[]);
+        Captured {
+            kind: ProfileKind::Threads,
+            started_unix_nanos: 1_700_000_000_000_000_000,
+            duration: Duration::from_millis(3),
+            labels: BTreeMap::new(),
+            result: Ok(b),
+            text: None,
+        }
+    }
+
+    #[test]
+    fn with_a_collector_profiles_go_native_and_no_debug_info_is_loaded() {
+        let cfg = HolmesBuilder::default()
+            .service("t")
+            .collector("http://127.0.0.1:9")
+            .resolve()
+            .unwrap();
+        let delivery = Delivery::new(1 << 20);
+        let symbols = LocalSymbolizer::default();
+        let stack = output_test_walk();
+        deliver(&cfg, &delivery, &symbols, "ev1", &captured(&stack));
+        assert!(
+            !symbols.is_loaded(),
+            "no symbols for the collector's profiles"
+        );
+        let queued = delivery.pending_after(0, 16);
+        assert_eq!(queued.len(), 1);
+        let holmes_proto::AgentBody::ProfileChunk(chunk) = &queued[0].body else {
+            panic!("{queued:?}");
+        };
+        assert_eq!(chunk.format, ProfileFormat::Native);
+        assert_eq!((chunk.chunk_index, chunk.chunk_count), (0, 1));
+        assert_eq!(chunk.event_id, "ev1");
+        let profile = NativeProfile::decode(&chunk.data).unwrap();
+        assert_eq!(profile.samples.len(), 1);
+        let exe = crate::capture::symbolize::modules::current()
+            .executable()
+            .unwrap()
+            .module
+            .clone();
+        assert!(profile.modules.contains(&exe), "{profile:?}");
+    }
+
+    #[test]
+    fn without_one_dumps_are_symbolized_pprof_and_the_symbols_are_dropped_when_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = HolmesBuilder::default()
+            .service("t")
+            .dump_dir(dir.path())
+            .resolve()
+            .unwrap();
+        let delivery = Delivery::new(1 << 20);
+        let symbols = LocalSymbolizer::default();
+        deliver(
+            &cfg,
+            &delivery,
+            &symbols,
+            "ev2",
+            &captured(&output_test_walk()),
+        );
+        assert!(delivery.pending_after(0, 16).is_empty());
+        let file = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .find(|e| e.file_name().to_string_lossy().ends_with(".pb.gz"))
+            .unwrap();
+        let profile =
+            crate::capture::profile::decode::decode(&std::fs::read(file.path()).unwrap()).unwrap();
+        assert!(
+            profile.samples[0]
+                .stack
+                .iter()
+                .any(|f| f.ends_with("output::tests::output_test_walk")),
+            "{profile:#?}"
+        );
+        assert!(symbols.is_loaded());
+        assert!(symbols.release_if_idle(Duration::ZERO));
+        assert!(!symbols.is_loaded());
+    }
+
+    #[test]
+    fn file_times_are_compact() {
+        assert_eq!(compact_time(1_500_000_000), "19700101T000001.500Z");
+    }
+}

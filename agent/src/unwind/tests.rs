@@ -1,0 +1,193 @@
+use super::memory::KERNEL_READS;
+use super::*;
+
+const PAGE: usize = 4096;
+
+fn kernel_reads() -> usize {
+    KERNEL_READS.with(std::cell::Cell::get)
+}
+
+/// Three fresh pages: read-write, none, read-write.
+struct Pages(usize);
+
+impl Pages {
+    fn new() -> Pages {
+        // SAFETY: a fresh anonymous private mapping.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                3 * PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(map, libc::MAP_FAILED);
+        let base = map as usize;
+        // SAFETY: the middle page of the mapping above.
+        let rc = unsafe { libc::mprotect((base + PAGE) as *mut _, PAGE, libc::PROT_NONE) };
+        assert_eq!(rc, 0);
+        Pages(base)
+    }
+
+    /// Writes a frame (saved fp, return address) at `at`, in the first or last page.
+    fn frame(&self, at: usize, next: usize, ret: usize) {
+        assert!(at >= self.0 && at + 16 <= self.0 + 3 * PAGE);
+        assert!(!(self.0 + PAGE..self.0 + 2 * PAGE).contains(&at));
+        // SAFETY: a writable page of the mapping, checked above.
+        unsafe {
+            (at as *mut usize).write(next);
+            ((at + 8) as *mut usize).write(ret);
+        }
+    }
+}
+
+impl Drop for Pages {
+    fn drop(&mut self) {
+        // SAFETY: unmapping what new() mapped.
+        unsafe { libc::munmap(self.0 as *mut _, 3 * PAGE) };
+    }
+}
+
+#[test]
+fn a_garbage_frame_pointer_ends_the_walk_safely() {
+    init();
+    let mut out = [0usize; 8];
+    let local = 0u64;
+    let sp = &local as *const u64 as usize;
+    // Far above sp, misaligned, below sp, null.
+    for fp in [sp + (MAX_STACK_SPAN + 4096), sp + 8 + 1, 0x10, 0] {
+        let n = walk(Registers { pc: 42, fp, sp }, &mut out);
+        assert_eq!(n, 1, "fp {fp:#x}");
+        assert_eq!(out[0], 42);
+    }
+    // Into a guard page (mapped, not readable) and into unmapped memory.
+    let pages = Pages::new();
+    let base = pages.0;
+    pages.frame(base, base + PAGE, 0x1111);
+    let n = walk(
+        Registers {
+            pc: 42,
+            fp: base,
+            sp: base,
+        },
+        &mut out,
+    );
+    assert_eq!(
+        &out[..n],
+        &[42, 0x1111],
+        "the link into the guard page is not followed"
+    );
+    pages.frame(base, base + 3 * PAGE + 4 * PAGE, 0x2222);
+    let n = walk(
+        Registers {
+            pc: 42,
+            fp: base,
+            sp: base,
+        },
+        &mut out,
+    );
+    assert_eq!(&out[..n], &[42, 0x2222]);
+}
+
+#[test]
+fn frames_outside_any_known_stack_are_read_through_the_kernel() {
+    let pages = Pages::new();
+    let (lo, hi) = (pages.0, pages.0 + 2 * PAGE);
+    // A chain in the first page, on to the last page, ending in a frame with no caller.
+    pages.frame(lo, lo + 64, 0xa1);
+    pages.frame(lo + 64, hi + 32, 0xa2);
+    pages.frame(hi + 32, 0, 0xa3);
+    let mut out = [0usize; 8];
+    let before = kernel_reads();
+    let n = walk(
+        Registers {
+            pc: 7,
+            fp: lo,
+            sp: lo,
+        },
+        &mut out,
+    );
+    assert_eq!(&out[..n], &[7, 0xa1, 0xa2, 0xa3]);
+    assert!(
+        kernel_reads() - before >= 3,
+        "each link was read by the kernel"
+    );
+    // A loop (a link pointing back) ends the walk too.
+    pages.frame(hi + 32, lo, 0xa3);
+    let n = walk(
+        Registers {
+            pc: 7,
+            fp: lo,
+            sp: lo,
+        },
+        &mut out,
+    );
+    assert_eq!(&out[..n], &[7, 0xa1, 0xa2, 0xa3]);
+    // A full buffer stops at its size.
+    let mut small = [0usize; 2];
+    assert_eq!(
+        walk(
+            Registers {
+                pc: 7,
+                fp: lo,
+                sp: lo
+            },
+            &mut small
+        ),
+        2
+    );
+}
+
+#[inline(never)]
+fn unwind_test_outer(out: &mut [usize]) -> usize {
+    std::hint::black_box(unwind_test_inner(out))
+}
+
+#[inline(never)]
+fn unwind_test_inner(out: &mut [usize]) -> usize {
+    std::hint::black_box(walk_here(out))
+}
+
+#[test]
+fn a_threads_own_stack_is_walked_without_system_calls_after_the_first_walk() {
+    let on_thread = std::thread::spawn(|| {
+        // No profiling signal walks this thread meanwhile.
+        // SAFETY: a valid, initialised signal set, applied to this thread only.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut set);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        }
+        let mut out = [0usize; 32];
+        let first = unwind_test_outer(&mut out);
+        let before = kernel_reads();
+        let mut walks = Vec::new();
+        for _ in 0..10 {
+            let n = unwind_test_outer(&mut out);
+            walks.push(out[..n].to_vec());
+        }
+        (first, walks, kernel_reads() - before)
+    });
+    let (first, walks, reads) = on_thread.join().unwrap();
+    assert_eq!(reads, 0, "walks after the first read their frames directly");
+    for stack in &walks {
+        assert_eq!(stack.len(), first);
+        // The leaf is a pc in unwind_test_inner; unwind_test_outer and the thread's
+        // start follow.
+        let names: Vec<Vec<String>> = stack
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                crate::capture::symbolize::local::function_names(
+                    crate::capture::symbolize::lookup_address(*a, i == 0),
+                )
+            })
+            .collect();
+        let has = |i: usize, f: &str| names[i].iter().any(|n| n.ends_with(f));
+        assert!(has(0, "unwind::tests::unwind_test_inner"), "{names:#?}");
+        assert!(has(1, "unwind::tests::unwind_test_outer"), "{names:#?}");
+        assert!(stack.len() >= 5, "{names:#?}");
+    }
+}
