@@ -19,15 +19,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::numbering::Numbering;
 use crate::{
-    Expired, IncidentQuery, IncidentRecord, InstanceInfo, LocationId, MergeQuery, MergedProfile,
-    MetricPoint, MetricQuery, ParkedEvent, ProfileMeta, ProfileQuery, ProfileRecord,
-    ServiceSummary, StackFrame, Store, StoreError, TriggerQuery, TriggerRecord,
+    DebugInfoChunkRecord, DebugInfoStatus, Expired, IncidentQuery, IncidentRecord, InstanceInfo,
+    LocationId, MergeQuery, MergedProfile, MetricPoint, MetricQuery, ParkedEvent, ProfileMeta,
+    ProfileQuery, ProfileRecord, ServiceSummary, StackFrame, Store, StoreError, TriggerQuery,
+    TriggerRecord,
 };
 
 mod batch;
 mod bytes;
 mod cluster;
 mod convert;
+mod debuginfo;
 mod incidents;
 mod lock;
 mod migrate;
@@ -593,6 +595,46 @@ impl Store for ClickHouseStore {
         symbols: &[(LocationId, Vec<StackFrame>)],
     ) -> Result<(), StoreError> {
         stacks::insert_symbols(self, symbols).await
+    }
+
+    async fn unsymbolized_offsets(&self, build_id: &str) -> Result<Vec<u64>, StoreError> {
+        self.unsymbolized(build_id).await
+    }
+
+    async fn insert_debuginfo(&self, chunks: &[DebugInfoChunkRecord]) -> Result<(), StoreError> {
+        self.insert_debuginfo_chunks(chunks).await
+    }
+
+    async fn debuginfo_status(
+        &self,
+        build_id: &str,
+    ) -> Result<Option<DebugInfoStatus>, StoreError> {
+        self.debuginfo_status_of(build_id).await
+    }
+
+    async fn read_debuginfo(&self, build_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read_debuginfo_bytes(build_id).await
+    }
+
+    async fn debuginfo_builds(&self) -> Result<Vec<String>, StoreError> {
+        self.complete_debuginfo_builds().await
+    }
+
+    async fn claim_debuginfo_upload(
+        &self,
+        build_id: &str,
+        holder: &str,
+        lease: std::time::Duration,
+    ) -> Result<bool, StoreError> {
+        self.claim_upload(build_id, holder, lease).await
+    }
+
+    async fn release_debuginfo_upload(
+        &self,
+        build_id: &str,
+        holder: &str,
+    ) -> Result<(), StoreError> {
+        self.release_upload(build_id, holder).await
     }
 
     async fn upsert_incident(&self, incident: &IncidentRecord) -> Result<(), StoreError> {

@@ -3,6 +3,7 @@
 mod assemble;
 pub mod clickhouse;
 mod contents;
+mod debuginfo;
 mod encoding;
 mod location;
 mod model;
@@ -15,6 +16,7 @@ pub mod testsuite;
 pub use contents::{
     Mapping, ProfileContents, ProfileHeader, ProfileLabel, ProfileSample, ValueType,
 };
+pub use debuginfo::{DebugInfoChunkRecord, DebugInfoSource, DebugInfoStatus};
 pub use location::{Location, LocationId, StackFrame, StackId};
 pub use model::*;
 pub use numbering::{MAX_KNOWN_LOCATIONS, MAX_KNOWN_STACKS};
@@ -191,6 +193,43 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_symbols(
         &self,
         symbols: &[(LocationId, Vec<StackFrame>)],
+    ) -> Result<(), StoreError>;
+
+    /// Offsets of the native locations of module `build_id` (never empty) that have no
+    /// symbols yet, each once: what symbolizing the build has left to do.
+    async fn unsymbolized_offsets(&self, build_id: &str) -> Result<Vec<u64>, StoreError>;
+
+    /// Stores chunks of debug info uploads (see [`DebugInfoChunkRecord`]); a chunk stored
+    /// already (same build, source, size and offset) is kept once.
+    async fn insert_debuginfo(&self, chunks: &[DebugInfoChunkRecord]) -> Result<(), StoreError>;
+
+    /// How much of `build_id`'s debug info the store holds (a complete upload if there
+    /// is one, else the agents' progress); `None` when it holds none.
+    async fn debuginfo_status(&self, build_id: &str)
+        -> Result<Option<DebugInfoStatus>, StoreError>;
+
+    /// The bytes of `build_id`'s complete debug info upload; `None` if none is complete.
+    async fn read_debuginfo(&self, build_id: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// The build ids whose debug info is complete, sorted.
+    async fn debuginfo_builds(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Takes (or, for its holder, refreshes) the claim on uploading `build_id`'s debug
+    /// info for `lease`: true if `holder` holds it now. While one collector holds it,
+    /// others asking get false, so that at most one agent of the deployment uploads a
+    /// build at a time; a claim not refreshed within its lease lapses (its holder died).
+    async fn claim_debuginfo_upload(
+        &self,
+        build_id: &str,
+        holder: &str,
+        lease: std::time::Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// Gives `holder`'s claim on `build_id`'s upload back (nothing if it holds none).
+    async fn release_debuginfo_upload(
+        &self,
+        build_id: &str,
+        holder: &str,
     ) -> Result<(), StoreError>;
 
     /// Removes metric samples, trigger events, profiles (with whatever they alone

@@ -16,11 +16,13 @@ use rusqlite::{params, Connection};
 
 use crate::numbering::Numbering;
 use crate::{
-    Expired, IncidentQuery, IncidentRecord, InstanceInfo, LocationId, MergeQuery, MergedProfile,
-    MetricPoint, MetricQuery, ParkedEvent, ProfileMeta, ProfileQuery, ProfileRecord,
-    ServiceSummary, StackFrame, Store, StoreError, TriggerQuery, TriggerRecord,
+    DebugInfoChunkRecord, DebugInfoStatus, Expired, IncidentQuery, IncidentRecord, InstanceInfo,
+    LocationId, MergeQuery, MergedProfile, MetricPoint, MetricQuery, ParkedEvent, ProfileMeta,
+    ProfileQuery, ProfileRecord, ServiceSummary, StackFrame, Store, StoreError, TriggerQuery,
+    TriggerRecord,
 };
 
+mod debuginfo;
 mod incidents;
 mod migrate;
 mod profiles;
@@ -231,6 +233,21 @@ const MIGRATIONS: &[&str] = &[
         error TEXT NOT NULL,
         payload BLOB NOT NULL
     );",
+    // 7: debug info uploads (see `debuginfo.rs`): chunks by build id, source, size and
+    // offset; the claim of the collector whose agent uploads a build now.
+    "CREATE TABLE debuginfo (
+        build_id TEXT NOT NULL,
+        source TEXT NOT NULL,
+        total_bytes INTEGER NOT NULL,
+        offset INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (build_id, source, total_bytes, offset)
+    );
+    CREATE TABLE debuginfo_claims (
+        build_id TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        until INTEGER NOT NULL
+    ) WITHOUT ROWID;",
 ];
 
 /// The embedded SQLite store.
@@ -606,6 +623,62 @@ impl Store for SqliteStore {
         let symbols = symbols.to_vec();
         self.writer
             .write(move |conn| profiles::insert_symbols(conn, &symbols))
+            .await
+    }
+
+    async fn unsymbolized_offsets(&self, build_id: &str) -> Result<Vec<u64>, StoreError> {
+        let build_id = build_id.to_owned();
+        self.read(move |conn| debuginfo::unsymbolized(conn, &build_id))
+            .await
+    }
+
+    async fn insert_debuginfo(&self, chunks: &[DebugInfoChunkRecord]) -> Result<(), StoreError> {
+        let chunks = chunks.to_vec();
+        self.writer
+            .write(move |conn| debuginfo::insert(conn, &chunks))
+            .await
+    }
+
+    async fn debuginfo_status(
+        &self,
+        build_id: &str,
+    ) -> Result<Option<DebugInfoStatus>, StoreError> {
+        let build_id = build_id.to_owned();
+        self.read(move |conn| debuginfo::status(conn, &build_id))
+            .await
+    }
+
+    async fn read_debuginfo(&self, build_id: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let build_id = build_id.to_owned();
+        self.read(move |conn| debuginfo::read(conn, &build_id))
+            .await
+    }
+
+    async fn debuginfo_builds(&self) -> Result<Vec<String>, StoreError> {
+        self.read(debuginfo::builds).await
+    }
+
+    async fn claim_debuginfo_upload(
+        &self,
+        build_id: &str,
+        holder: &str,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        let (build_id, holder) = (build_id.to_owned(), holder.to_owned());
+        let now = migrate::now_nanos();
+        self.writer
+            .write(move |conn| debuginfo::claim(conn, &build_id, &holder, lease, now))
+            .await
+    }
+
+    async fn release_debuginfo_upload(
+        &self,
+        build_id: &str,
+        holder: &str,
+    ) -> Result<(), StoreError> {
+        let (build_id, holder) = (build_id.to_owned(), holder.to_owned());
+        self.writer
+            .write(move |conn| debuginfo::release(conn, &build_id, &holder))
             .await
     }
 

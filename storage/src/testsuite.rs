@@ -15,9 +15,11 @@ use crate::{
     Severity, Store, TriggerQuery, TriggerRecord,
 };
 
+mod debuginfo;
 mod profiles;
 mod retention;
 
+pub use debuginfo::*;
 pub use profiles::*;
 pub use retention::*;
 
@@ -653,6 +655,9 @@ macro_rules! store_conformance_tests {
             expiry_keeps_what_kept_profiles_refer_to,
             incidents_keep_their_newest_version,
             incidents_filter_by_service_status_and_time,
+            debuginfo_uploads_resume_and_complete,
+            debuginfo_claims_have_one_holder,
+            unsymbolized_offsets_shrink_as_symbols_arrive,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

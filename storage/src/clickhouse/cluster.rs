@@ -16,7 +16,7 @@ use super::{date_text, day_of, now_nanos, ClickHouseStore, MigrationRow, ServerV
 use crate::{Expired, StoreError};
 
 /// The migration count [`TABLES`] was written for: a new migration must update both.
-pub(super) const CLUSTER_SCHEMA_VERSION: u32 = 8;
+pub(super) const CLUSTER_SCHEMA_VERSION: u32 = 9;
 
 /// Replication path used when the configuration names none. `{database}` and `{table}`
 /// are filled in by Holmes (the table's name without `_local`); `{shard}` is the
@@ -84,6 +84,8 @@ pub(super) struct TableDef {
 }
 
 const BY_SERVICE: &str = "cityHash64(service)";
+/// Debug info by module: a build's chunks and claims on one shard.
+const BY_BUILD: &str = "cityHash64(build_id)";
 
 /// Every table, as the migrations leave it (column templates as in `schema.rs`).
 pub(super) const TABLES: &[TableDef] = &[
@@ -228,6 +230,23 @@ pub(super) const TABLES: &[TableDef] = &[
         keys: "PARTITION BY day ORDER BY parked",
         sharding_key: BY_SERVICE,
         by_day: true,
+    },
+    TableDef {
+        name: "debuginfo",
+        columns: "build_id String, source String, total_bytes UInt64, offset UInt64, \
+                  data String{codec:ZSTD(1)}",
+        engine: Engine::Replacing(None),
+        keys: "ORDER BY (build_id, source, total_bytes, offset)",
+        sharding_key: BY_BUILD,
+        by_day: false,
+    },
+    TableDef {
+        name: "debuginfo_claims",
+        columns: "build_id String, holder String, since UInt64, at UInt64, until UInt64",
+        engine: Engine::MergeTree,
+        keys: "ORDER BY (build_id, at)",
+        sharding_key: BY_BUILD,
+        by_day: false,
     },
 ];
 

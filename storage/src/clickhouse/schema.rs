@@ -359,6 +359,28 @@ pub(crate) const MIGRATIONS: &[&[Step]] = &[
         Step::Sql("DROP TABLE IF EXISTS profile_samples"),
         Step::Sql("DROP TABLE IF EXISTS profiles_by_id"),
     ],
+    // 9: debug info uploads (see `debuginfo.rs`): chunks by build id, source, size and
+    // offset, and the claims of the collectors whose agents upload a build.
+    &[
+        Step::Sql(
+            "CREATE TABLE IF NOT EXISTS debuginfo (
+        build_id String,
+        source String,
+        total_bytes UInt64,
+        offset UInt64,
+        data String{codec:ZSTD(1)}
+    ) ENGINE = ReplacingMergeTree ORDER BY (build_id, source, total_bytes, offset)",
+        ),
+        Step::Sql(
+            "CREATE TABLE IF NOT EXISTS debuginfo_claims (
+        build_id String,
+        holder String,
+        since UInt64,
+        at UInt64,
+        until UInt64
+    ) ENGINE = MergeTree ORDER BY (build_id, at)",
+        ),
+    ],
 ];
 
 /// The tables partitioned by day, whose old partitions retention drops.

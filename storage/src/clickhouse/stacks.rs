@@ -92,7 +92,7 @@ impl Weigh for SymbolRow {
     }
 }
 
-fn hex(bytes: &[u8; 16]) -> String {
+pub(super) fn hex(bytes: &[u8; 16]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -114,7 +114,7 @@ struct FoundRow {
 }
 
 /// Ids per query: 2000 × 36 characters stays far below ClickHouse's 256 KiB query size.
-const IDS_PER_QUERY: usize = 2000;
+pub(super) const IDS_PER_QUERY: usize = 2000;
 /// Numbers per `IN` query; beyond [`RANGE_ABOVE`] numbers a range is read instead.
 const NUMS_PER_QUERY: usize = 5000;
 const RANGE_ABOVE: usize = 4 * NUMS_PER_QUERY;

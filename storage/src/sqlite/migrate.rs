@@ -76,7 +76,7 @@ pub(super) fn claim_epoch(conn: &Connection, holder: &str) -> Result<u32, StoreE
     })
 }
 
-fn now_nanos() -> u64 {
+pub(super) fn now_nanos() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
