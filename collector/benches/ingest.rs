@@ -823,7 +823,7 @@ fn main() {
     }
     let mut runs = Vec::new();
     for (key, target) in &targets {
-        if !wanted(&backends, key) && !(backends.contains("sqlite") && key.starts_with("sqlite")) {
+        if !(wanted(&backends, key) || backends.contains("sqlite") && key.starts_with("sqlite")) {
             continue;
         }
         for input in [Input::Native, Input::Pprof] {

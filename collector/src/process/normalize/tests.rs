@@ -530,7 +530,8 @@ fn native_profiles_are_read_as_sent() {
 
 #[test]
 fn broken_native_profiles_are_refused_with_the_reason() {
-    let cases: Vec<(Box<dyn Fn(&mut NativeProfile)>, &str)> = vec![
+    type Break = Box<dyn Fn(&mut NativeProfile)>;
+    let cases: Vec<(Break, &str)> = vec![
         (
             Box::new(|p| p.stacks[0][1] = 9),
             "stack refers to location 9",
@@ -567,6 +568,6 @@ fn broken_native_profiles_are_refused_with_the_reason() {
         let err = normalize(ProfileFormat::Native, &p.encode(), Limits::default())
             .unwrap_err()
             .to_string();
-        assert!(err.contains(&expected), "{err} should say {expected}");
+        assert!(err.contains(expected), "{err} should say {expected}");
     }
 }
