@@ -32,6 +32,7 @@ use crate::error::store_status;
 use crate::process::{PipelineBody, PipelineEvent, Sink, SinkError};
 
 pub mod assemble;
+pub mod debuginfo;
 pub mod live;
 pub mod rules;
 
@@ -53,6 +54,7 @@ pub struct IngestService {
     auth: IngestAuth,
     sink: Arc<dyn Sink>,
     live: Arc<live::LiveAgents>,
+    uploads: Option<Arc<debuginfo::Uploads>>,
 }
 
 impl IngestService {
@@ -73,7 +75,15 @@ impl IngestService {
             auth: IngestAuth::default(),
             sink,
             live: Arc::default(),
+            uploads: None,
         }
+    }
+
+    /// Asks agents that offer it for their executable's debug info when the store lacks
+    /// it ([`debuginfo`]); without this, offers are ignored.
+    pub fn with_uploads(mut self, uploads: Arc<debuginfo::Uploads>) -> Self {
+        self.uploads = Some(uploads);
+        self
     }
 
     /// Requires agents to present a token valid for their service (open by default).
@@ -222,7 +232,18 @@ impl Ingest for IngestService {
                 .await
                 .map_err(|_| Status::cancelled("agent went away"))?;
         }
+        let offer = match (&self.uploads, &hello.executable) {
+            (Some(uploads), Some(exe))
+                if hello.debuginfo_upload
+                    && crate::symbolize::upload::check_build_id(&exe.build_id).is_ok() =>
+            {
+                Some(uploads.offered(&exe.build_id, tx.clone()).await)
+            }
+            _ => None,
+        };
         let session = Session {
+            uploads: self.uploads.clone(),
+            offer,
             hello,
             sink: Arc::clone(&self.sink),
             store: Arc::clone(&self.store),
@@ -252,6 +273,9 @@ impl Ingest for IngestService {
 
 struct Session {
     hello: Hello,
+    uploads: Option<Arc<debuginfo::Uploads>>,
+    /// The executable's debug info upload this agent offered.
+    offer: Option<debuginfo::Offer>,
     sink: Arc<dyn Sink>,
     store: Arc<dyn Store>,
     tx: mpsc::Sender<Result<pb::CollectorMessage, Status>>,
@@ -300,6 +324,9 @@ impl Session {
             // A clean close, or the connection dropping (agent process gone).
             tracing::info!(service = %self.hello.service, instance = %self.hello.instance_id, "agent disconnected");
         }
+        if let (Some(uploads), Some(offer)) = (&self.uploads, self.offer.take()) {
+            uploads.withdrawn(offer).await;
+        }
         // Record when it was last heard from; a failure here only makes last_seen older.
         let _ = self
             .store
@@ -314,9 +341,21 @@ impl Session {
         match msg.body {
             AgentBody::Hello(_) => Err(Status::invalid_argument("hello sent twice on one stream")),
             AgentBody::Heartbeat(_) => self.touch_if_due().await,
-            AgentBody::ConfigApplied(_)
-            | AgentBody::CaptureOutcome(_)
-            | AgentBody::DebugInfoChunk(_) => {
+            AgentBody::DebugInfoChunk(chunk) => {
+                if msg.seq != 0 {
+                    return Err(Status::invalid_argument(
+                        "an agent's answer must not carry a sequence number",
+                    ));
+                }
+                if let Some(uploads) = &self.uploads {
+                    // The upload resumes later from what the store holds.
+                    if let Err(err) = uploads.chunk(self.offer.as_ref(), chunk).await {
+                        tracing::warn!(service = %self.hello.service, instance = %self.hello.instance_id, error = %err, "debug info chunk not stored");
+                    }
+                }
+                Ok(())
+            }
+            AgentBody::ConfigApplied(_) | AgentBody::CaptureOutcome(_) => {
                 if msg.seq != 0 {
                     return Err(Status::invalid_argument(
                         "an agent's answer must not carry a sequence number",

@@ -12,6 +12,8 @@
 //! - [`incident`]: trigger events of the fleet correlated into incidents, and their
 //!   suspect functions.
 //! - [`alert`]: alert hooks (webhook, Slack, PagerDuty) fed from a persisted outbox.
+//! - [`symbolize`]: native locations (module + offset) named from their module's debug
+//!   info, uploaded by agents ([`ingest::debuginfo`]) or CI, once per build.
 //! - [`query`]: the HTTP JSON API (its documents are `holmes-api`'s), flame graphs and
 //!   the web page (`/ui`).
 //!
@@ -33,6 +35,7 @@ pub mod ingest;
 pub mod process;
 pub mod query;
 pub mod server;
+pub mod symbolize;
 pub mod tls;
 
 pub use config::Config;

@@ -37,6 +37,7 @@ use holmes_storage::{ProfileContents, ProfileRecord, Store, StoreError, TriggerR
 use tokio::sync::Semaphore;
 
 use crate::incident::Incidents;
+use crate::symbolize::Symbolizer;
 use normalize::Limits;
 use skew::Skew;
 
@@ -134,6 +135,9 @@ pub struct Processor {
     /// by the limits), so a burst of agents cannot make the collector hold a burst of
     /// them.
     decoding: Arc<Semaphore>,
+    /// Names native locations of builds whose debug info is known before a profile is
+    /// stored.
+    symbolizer: Option<Arc<Symbolizer>>,
 }
 
 impl std::fmt::Debug for Processor {
@@ -160,12 +164,24 @@ impl Processor {
             incidents,
             settings,
             decoding: Arc::new(Semaphore::new(cores.max(2))),
+            symbolizer: None,
         }
+    }
+
+    /// Names the native locations of each profile with `symbolizer` before storing it.
+    pub fn with_symbolizer(mut self, symbolizer: Arc<Symbolizer>) -> Self {
+        self.symbolizer = Some(symbolizer);
+        self
     }
 
     /// The incidents this processor correlates into, if any.
     pub fn incidents(&self) -> Option<&Arc<Incidents>> {
         self.incidents.as_ref()
+    }
+
+    /// The symbolizer naming profiles' native locations, if any.
+    pub fn symbolizer(&self) -> Option<&Arc<Symbolizer>> {
+        self.symbolizer.as_ref()
     }
 
     /// The store it writes to.
@@ -228,6 +244,9 @@ impl Processor {
             PipelineBody::Profile(profile) => {
                 let mut record = self.profile_record(service, instance_id, profile).await;
                 skew.profile(&mut record);
+                if let (Some(symbolizer), Some(contents)) = (&self.symbolizer, &record.contents) {
+                    symbolizer.name_profile(contents).await;
+                }
                 retry_store("profile", || self.store.insert_profile(&record)).await?;
                 tracing::info!(
                     service = %record.service,

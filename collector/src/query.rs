@@ -1,4 +1,5 @@
-//! The HTTP JSON API (`/api/v1/...`), read-only over the store.
+//! The HTTP JSON API (`/api/v1/...`): reads over the store, "capture now", and CI's
+//! debug info uploads.
 //!
 //! | route | answer |
 //! |---|---|
@@ -11,6 +12,7 @@
 //! | `GET /api/v1/services/{service}/profiles/{profile_id}/top[?sample_type=..][&limit=..]` | the profile's costliest functions |
 //! | `GET /api/v1/services/{service}/profiles/{profile_id}/flamegraph.svg` | the profile's flame graph |
 //! | `GET /api/v1/services/{service}/flamegraph.svg?since=24h[&until=..][&kind=cpu]` | the service's profiles of one kind over the range, all instances merged |
+//! | `PUT /api/v1/debuginfo/{build_id}` | stores a module's debug info (the body: `holmes-symbolize`'s upload blob, as `holmes debuginfo upload` sends it) and names the build's native locations: `{build_id, bytes, stored}`, `stored` false when it was complete already; 400 for a body that is not readable debug info of that build ([`crate::symbolize::upload`]) |
 //! | `GET /healthz` | `ok` |
 //!
 //! Times are RFC 3339 in UTC; `since`/`until` also take a duration before now (`10m`).
@@ -36,6 +38,7 @@ use crate::auth::ApiAuth;
 use crate::clock::{parse_time, rfc3339, unix_nanos_now};
 use crate::error::ApiError;
 use crate::ingest::live::LiveAgents;
+use crate::symbolize::Symbolizer;
 
 pub mod flamegraph;
 mod incidents;
@@ -64,6 +67,7 @@ pub fn router(
     active_window: Duration,
     auth: Option<ApiAuth>,
     live: Arc<LiveAgents>,
+    symbolizer: Option<Arc<Symbolizer>>,
 ) -> Router {
     let api = Router::new()
         .route("/api/v1/services", get(services))
@@ -108,10 +112,11 @@ pub fn router(
             axum::routing::post(capture),
         )
         .with_state(Api {
-            store,
+            store: Arc::clone(&store),
             active_window,
             live,
-        });
+        })
+        .merge(crate::symbolize::upload::router(store, symbolizer));
     let api = match auth {
         Some(auth) => api.layer(axum::middleware::from_fn_with_state(
             auth,

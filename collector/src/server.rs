@@ -17,8 +17,10 @@ use tonic::codec::CompressionEncoding;
 
 use crate::auth::{ApiAuth, IngestAuth};
 use crate::config::{Config, Role, StoreKind};
+use crate::ingest::debuginfo::Uploads;
 use crate::ingest::IngestService;
 use crate::process::{LocalSink, Processor, Sink};
+use crate::symbolize::Symbolizer;
 use crate::tls::TlsListener;
 
 /// How long shutdown waits for connections to finish before cutting them.
@@ -257,12 +259,15 @@ impl Server {
             .await
             .map_err(ServeError::Incidents)?;
             tasks.push(incident_ticker);
-            Some(Arc::new(Processor::new(
-                Arc::clone(&store),
-                Some(incidents),
-                profile_settings,
-            )))
+            let symbolizer =
+                Symbolizer::new(Arc::clone(&store), crate::symbolize::DEFAULT_CACHED_BUILDS);
+            tasks.push(symbolizer.spawn(closed.clone()));
+            Some(Arc::new(
+                Processor::new(Arc::clone(&store), Some(incidents), profile_settings)
+                    .with_symbolizer(symbolizer),
+            ))
         };
+        let symbolizer = processor.as_ref().and_then(|p| p.symbolizer().cloned());
         let kafka_partitions = match role {
             Role::All => 0,
             Role::Ingest | Role::Process => start_kafka_topic(config).await?,
@@ -292,7 +297,12 @@ impl Server {
                 closed.clone(),
             )
             .with_max_profile_bytes(config.max_profile_bytes)
-            .with_auth(ingest_auth);
+            .with_auth(ingest_auth)
+            .with_uploads({
+                let uploads = Uploads::new(Arc::clone(&store), symbolizer.clone());
+                tasks.push(uploads.spawn(closed.clone()));
+                uploads
+            });
             live = service.live_agents();
             let ingest = IngestServer::new(service)
                 // Agents may send gzip or zstd; the limit holds for the decompressed message.
@@ -309,6 +319,9 @@ impl Server {
             tasks.push(tokio::spawn(async move {
                 let result = grpc_builder
                     .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                    // Flow-control windows sized to the connection (BDP), not h2's 64 KiB:
+                    // debug info chunks of 256 KiB would wait on window updates.
+                    .http2_adaptive_window(Some(true))
                     .http2_keepalive_timeout(Some(Duration::from_secs(10)))
                     .add_service(ingest)
                     .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
@@ -326,6 +339,7 @@ impl Server {
             crate::query::DEFAULT_ACTIVE_WINDOW,
             api_auth.clone(),
             live,
+            symbolizer,
         );
         let retention = match role {
             Role::Ingest => None,

@@ -394,3 +394,15 @@ mod tests {
         assert_eq!(point.unix_ms, 1000);
     }
 }
+
+/// The answer to `PUT /api/v1/debuginfo/{build_id}` (`holmes debuginfo upload`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DebugInfoUploadJson {
+    /// The module's GNU build id.
+    pub build_id: String,
+    /// Size of the stored debug info (this upload's, or the one stored before).
+    pub bytes: u64,
+    /// Whether this upload was stored; `false` when the build's debug info was complete
+    /// already (uploading again changes nothing).
+    pub stored: bool,
+}
