@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderValue, AUTHORIZATION};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -18,8 +18,8 @@ use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::CertificateDer;
 
 use holmes_api::{
-    CaptureJson, IncidentDetailJson, IncidentsJson, InstanceJson, MetricsJson, ProfilesJson,
-    ServiceJson, TopJson, TriggersJson,
+    CaptureJson, DebugInfoUploadJson, IncidentDetailJson, IncidentsJson, InstanceJson, MetricsJson,
+    ProfilesJson, ServiceJson, TopJson, TriggersJson,
 };
 
 /// Where the CLI looks for the API when neither `--api` nor `HOLMES_API` is set.
@@ -101,7 +101,7 @@ pub struct ClientOptions {
 pub struct ApiClient {
     base: String,
     authorization: Option<HeaderValue>,
-    http: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl std::fmt::Debug for ApiClient {
@@ -263,6 +263,15 @@ impl ApiClient {
     }
 
     async fn send(&self, method: hyper::Method, path: &str) -> Result<Bytes, ApiClientError> {
+        self.send_body(method, path, Bytes::new()).await
+    }
+
+    async fn send_body(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<Bytes, ApiClientError> {
         let url = format!("{}{}", self.base, path);
         let uri: hyper::Uri =
             url.parse().map_err(
@@ -276,12 +285,13 @@ impl ApiClient {
             if let Some(auth) = &self.authorization {
                 request = request.header(AUTHORIZATION, auth.clone());
             }
-            let request = request
-                .body(Empty::new())
-                .map_err(|e| ApiClientError::InvalidUrl {
-                    url: url.clone(),
-                    reason: e.to_string(),
-                })?;
+            let request =
+                request
+                    .body(Full::new(body))
+                    .map_err(|e| ApiClientError::InvalidUrl {
+                        url: url.clone(),
+                        reason: e.to_string(),
+                    })?;
             let response =
                 self.http
                     .request(request)
@@ -320,6 +330,23 @@ impl ApiClient {
             });
         }
         Ok(body)
+    }
+
+    /// `PUT /api/v1/debuginfo/{build_id}`: stores a module's debug info (an upload blob
+    /// of `holmes-symbolize`) on the collector.
+    pub async fn upload_debuginfo(
+        &self,
+        build_id: &str,
+        blob: Vec<u8>,
+    ) -> Result<DebugInfoUploadJson, ApiClientError> {
+        let path = format!("/api/v1/debuginfo/{}", encode(build_id));
+        let body = self
+            .send_body(hyper::Method::PUT, &path, Bytes::from(blob))
+            .await?;
+        serde_json::from_slice(&body).map_err(|e| ApiClientError::Decode {
+            url: format!("{}{}", self.base, path),
+            reason: e.to_string(),
+        })
     }
 
     /// `GET /api/v1/services`.

@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use holmes_api::{DEFAULT_INCIDENT_SINCE, DEFAULT_TOP_LIMIT};
 use holmes_cli::api_client::{ApiClient, ClientOptions, DEFAULT_API};
 
+mod debuginfo;
 mod table;
 
 use table::{
@@ -122,6 +123,11 @@ enum Command {
         #[arg(long = "kind", required = true)]
         kinds: Vec<String>,
     },
+    /// Debug info of a build, for the collector to name its profiles' frames.
+    Debuginfo {
+        #[command(subcommand)]
+        command: DebuginfoCommand,
+    },
     /// A flame graph (SVG) of an incident (its profiles merged), of one profile (with
     /// `--service`), or of a service's profiles of one kind over a time range (with
     /// `--service` and `--since`, no id).
@@ -159,6 +165,20 @@ enum Command {
         /// How many functions.
         #[arg(long, default_value_t = DEFAULT_TOP_LIMIT)]
         limit: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum DebuginfoCommand {
+    /// Sends a binary's debug info (symbol tables and DWARF) to the collector, matched
+    /// to profiles by the binary's build id: run it in CI for binaries shipped stripped.
+    Upload {
+        /// The binary as it runs (its build id names the upload).
+        binary: std::path::PathBuf,
+        /// Its separate debug file (`objcopy --only-keep-debug`), when the binary is
+        /// stripped.
+        #[arg(long = "debug-file", value_name = "FILE")]
+        debug_file: Option<std::path::PathBuf>,
     },
 }
 
@@ -284,6 +304,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     asked.kinds.join(", "),
                     asked.request_id,
                     asked.instances.join(", ")
+                );
+            }
+        }
+        Command::Debuginfo {
+            command: DebuginfoCommand::Upload { binary, debug_file },
+        } => {
+            let (build_id, blob) = debuginfo::extract(&binary, debug_file.as_deref())?;
+            let answer = client.upload_debuginfo(&build_id, blob).await?;
+            if cli.json {
+                print_json(&answer)?;
+            } else if answer.stored {
+                println!(
+                    "uploaded {} bytes of debug info of build {}",
+                    answer.bytes, answer.build_id
+                );
+            } else {
+                println!(
+                    "the collector has the debug info of build {} already ({} bytes)",
+                    answer.build_id, answer.bytes
                 );
             }
         }
