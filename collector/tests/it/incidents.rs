@@ -76,6 +76,9 @@ min_severity = "fleet"
                     "15s",
                 ])
                 .env("HOLMES_DUMP_DIR", &dumps)
+                // Frames leave as module + offset; the debug info (some 180 MB of DWARF
+                // in a debug build) is uploaded by one of them when the collector asks.
+                .env("HOLMES_DEBUGINFO_RATE", "64MiB")
                 .env("RUST_LOG", "warn")
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -104,22 +107,22 @@ min_severity = "fleet"
         "one incident for the fleet: {all:?}"
     );
 
-    // The suspects come from the instances' CPU profiles: the hot loop leads.
+    // The suspects come from the instances' CPU profiles: the hot loop leads, named
+    // once the demo's debug info is uploaded.
     let detail = eventually(
-        Duration::from_secs(30),
-        "CPU profiles of the incident",
+        Duration::from_secs(300),
+        "CPU profiles of the incident, named",
         || async {
             let d = api.incident(&id).await.ok()?;
-            (d.merged_profiles >= 3).then_some(d)
+            (d.merged_profiles >= 3
+                && d.suspects
+                    .first()
+                    .is_some_and(|s| s.function.ends_with("demo::hot_loop")))
+            .then_some(d)
         },
     )
     .await;
     assert_eq!(detail.suspect_kind.as_deref(), Some("cpu"));
-    assert!(
-        detail.suspects[0].function.ends_with("demo::hot_loop"),
-        "{:?}",
-        detail.suspects
-    );
     assert_eq!(detail.triggers.len(), detail.incident.event_ids.len());
     // The captures are in: stop the service, so that nothing fires again (the CPU rule
     // sleeps a minute after firing anyway) and the incident goes quiet.

@@ -29,4 +29,5 @@ mod retention;
 mod rules;
 mod security;
 mod spool;
+mod symbolize;
 mod triggers;

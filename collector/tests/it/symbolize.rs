@@ -1,0 +1,353 @@
+//! Symbolization on the collector, through real agent processes (`holmes-demo`, the
+//! agent inside, sending frames as module + offset) and a real collector on loopback:
+//! - an executable with debug info: its agents upload it when the collector asks (two
+//!   processes of one build, one upload), and profiles read back named with full paths
+//!   in the API's top list, the flame graph and the pprof download `go tool pprof`
+//!   reads;
+//! - an executable that runs stripped (no symbol table: its agent offers nothing): its
+//!   frames read as module + offset until CI uploads the debug file with `holmes
+//!   debuginfo upload`, then named.
+//!
+//! Each prints how long a capture took from the request to a named profile (no timing
+//! is asserted).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use holmes_cli::api_client::ApiClient;
+use tokio::io::AsyncBufReadExt;
+
+use crate::support::pprof::{go_available, pprof};
+use crate::support::{eventually, holmes_cli, Backend};
+
+/// The demo's culprit, as its debug info names it.
+const HOT_LOOP: &str = "holmes_devtools::demo::hot_loop";
+/// What an agent logs when it starts uploading its executable's debug info.
+const UPLOADING: &str = "uploading debug info to the collector";
+
+/// A demo instance: a child process with the agent inside, its log kept.
+struct Demo {
+    _child: tokio::process::Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Demo {
+    /// `holmes-demo service` from `exe`, bursting CPU most of the time, its agent's
+    /// log at info level.
+    fn start(exe: &Path, grpc: std::net::SocketAddr, instance: &str) -> Demo {
+        let mut child = tokio::process::Command::new(exe)
+            .args(["service", "--collector"])
+            .arg(format!("http://{grpc}"))
+            .args(["--instance", instance, "--burst-every", "1s"])
+            .env("RUST_LOG", "holmes=info")
+            .env("HOLMES_DEBUGINFO_RATE", "64MiB")
+            .env("HOLMES_CPU_PROFILE_DURATION", "2s")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let kept = Arc::clone(&log);
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut log = kept.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        Demo { _child: child, log }
+    }
+
+    fn uploads_started(&self) -> usize {
+        self.log.lock().unwrap().matches(UPLOADING).count()
+    }
+}
+
+fn build_id_of(exe: &Path) -> String {
+    holmes_symbolize::UploadBlob::from_elf_file(exe)
+        .unwrap()
+        .build_id()
+        .expect("the demo has a build id")
+        .to_owned()
+}
+
+/// Asks the service's agents for a CPU profile now; returns the first that arrives
+/// (its id) and when it was asked for.
+async fn capture_cpu(api: &ApiClient, service: &str) -> (String, Instant) {
+    // Once the agents are connected.
+    let (asked, asked_at) = eventually(
+        Duration::from_secs(60),
+        "a connected agent to ask",
+        || async {
+            let at = Instant::now();
+            api.capture(service, &["cpu".to_owned()])
+                .await
+                .ok()
+                .map(|a| (a, at))
+        },
+    )
+    .await;
+    let profile = eventually(
+        Duration::from_secs(60),
+        "the requested CPU profile",
+        || async {
+            let triggers = api.triggers(service, "10m").await.ok()?;
+            let events: Vec<String> = triggers
+                .triggers
+                .iter()
+                .filter(|t| t.request_id.as_deref() == Some(asked.request_id.as_str()))
+                .map(|t| t.event_id.clone())
+                .collect();
+            let profiles = api.profiles(service, "10m").await.ok()?;
+            profiles
+                .profiles
+                .into_iter()
+                .find(|p| events.contains(&p.event_id) && p.kind == "cpu" && p.error.is_none())
+        },
+    )
+    .await;
+    (profile.profile_id, asked_at)
+}
+
+async fn top_functions(api: &ApiClient, service: &str, profile_id: &str) -> Vec<String> {
+    api.top(service, profile_id, None, 200)
+        .await
+        .map(|t| t.functions.into_iter().map(|f| f.function).collect())
+        .unwrap_or_default()
+}
+
+/// Waits until the profile's top list names the hot loop; returns the list.
+async fn wait_named(api: &ApiClient, service: &str, profile_id: &str) -> Vec<String> {
+    eventually(Duration::from_secs(60), "the hot loop named", || async {
+        let functions = top_functions(api, service, profile_id).await;
+        functions.iter().any(|f| f == HOT_LOOP).then_some(functions)
+    })
+    .await
+}
+
+/// The names in the flame graph and in the download (`go tool pprof -raw`).
+async fn check_reads(api: &ApiClient, service: &str, profile_id: &str, dir: &Path) {
+    let svg = api.profile_flamegraph(service, profile_id).await.unwrap();
+    let svg = String::from_utf8(svg).unwrap();
+    assert!(svg.contains(HOT_LOOP), "flame graph without {HOT_LOOP}");
+    if !go_available() {
+        return;
+    }
+    let bytes = api.download_profile(service, profile_id).await.unwrap();
+    let file = dir.join(format!("{profile_id}.pb.gz"));
+    std::fs::write(&file, bytes).unwrap();
+    let raw = pprof(&["-raw"], &file);
+    let line = raw
+        .lines()
+        .find(|l| l.contains(HOT_LOOP))
+        .unwrap_or_else(|| panic!("go tool pprof -raw shows no {HOT_LOOP}:\n{raw}"));
+    // Named with its source file and line, from the uploaded DWARF.
+    assert!(
+        line.contains("collector/devtools/src/demo.rs:"),
+        "no file of {HOT_LOOP}: {line}"
+    );
+}
+
+async fn agent_uploads_and_profiles_are_named(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(server) = crate::support::start(backend, dir.path()).await else {
+        return;
+    };
+    let api = ApiClient::new(&format!("http://{}", server.http_addr())).unwrap();
+    let demo = crate::support::workspace_bin("holmes-demo");
+    let build_id = build_id_of(&demo);
+    let store = server.store();
+
+    // Two processes of one build: the collector asks one of them.
+    let started = Instant::now();
+    let demos = [
+        Demo::start(&demo, server.grpc_addr(), "checkout-0"),
+        Demo::start(&demo, server.grpc_addr(), "checkout-1"),
+    ];
+    let status = eventually(
+        Duration::from_secs(120),
+        "the demo's debug info uploaded",
+        || async {
+            store
+                .debuginfo_status(&build_id)
+                .await
+                .ok()
+                .flatten()
+                .filter(|s| s.complete())
+        },
+    )
+    .await;
+    eprintln!(
+        "debug info of build {build_id}: {} bytes uploaded {:?} after start",
+        status.total_bytes,
+        started.elapsed()
+    );
+    let uploads: usize = demos.iter().map(Demo::uploads_started).sum();
+    assert_eq!(uploads, 1, "two processes of one build upload once");
+
+    let (profile_id, asked_at) = capture_cpu(&api, "checkout").await;
+    let arrived = asked_at.elapsed();
+    let functions = wait_named(&api, "checkout", &profile_id).await;
+    eprintln!(
+        "capture requested → profile stored {arrived:?}, → named {:?}",
+        asked_at.elapsed()
+    );
+    // The full path of every frame of the program: main, through the demo's module.
+    assert!(
+        functions
+            .iter()
+            .any(|f| f == "holmes_devtools::demo::run_service"),
+        "{functions:?}"
+    );
+    check_reads(&api, "checkout", &profile_id, dir.path()).await;
+    // Still one upload: the profiles did not start another.
+    let uploads: usize = demos.iter().map(Demo::uploads_started).sum();
+    assert_eq!(uploads, 1);
+    drop(demos);
+    server.shutdown().await;
+}
+
+/// On SQLite only: the demo's debug build uploads some 180 MB of DWARF, which takes
+/// minutes on a loaded machine; ClickHouse's side of uploads, claims and symbols is in
+/// storage's conformance suite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_uploads_its_debug_info_once_per_build_and_profiles_are_named() {
+    agent_uploads_and_profiles_are_named(Backend::Sqlite).await;
+}
+
+/// The demo as it would ship stripped, and its debug file, in `dir`.
+fn stripped_demo(dir: &Path) -> (PathBuf, PathBuf) {
+    let demo = crate::support::workspace_bin("holmes-demo");
+    let folder = dir.join("stripped");
+    std::fs::create_dir_all(&folder).unwrap();
+    let exe = folder.join("holmes-demo");
+    let debug = folder.join("holmes-demo.debug");
+    std::fs::copy(&demo, &exe).unwrap();
+    let objcopy = |args: &[&std::ffi::OsStr]| {
+        let out = std::process::Command::new("objcopy")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "objcopy {args:?}: {out:?}");
+    };
+    objcopy(&[
+        "--only-keep-debug".as_ref(),
+        exe.as_os_str(),
+        debug.as_os_str(),
+    ]);
+    objcopy(&["--strip-all".as_ref(), exe.as_os_str()]);
+    (exe, debug)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stripped_binary_is_named_once_ci_uploads_its_debug_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (exe, debug) = stripped_demo(dir.path());
+    let build_id = build_id_of(&exe);
+    let server = crate::support::start(Backend::Sqlite, dir.path())
+        .await
+        .unwrap();
+    let api_url = format!("http://{}", server.http_addr());
+    let api = ApiClient::new(&api_url).unwrap();
+    let demo = Demo::start(&exe, server.grpc_addr(), "checkout-stripped");
+
+    // A few seconds of work (bursts) for the flight recorder to hold.
+    eventually(
+        Duration::from_secs(60),
+        "the demo running for a while",
+        || async {
+            let m = api.metrics("checkout", "rss", "5m").await.ok()?;
+            (m.series.first()?.points.len() >= 5).then_some(())
+        },
+    )
+    .await;
+    // Nobody uploaded its debug info: its frames are module + offset.
+    let (profile_id, _) = capture_cpu(&api, "checkout").await;
+    let top = api.top("checkout", &profile_id, None, 200).await.unwrap();
+    let functions: Vec<String> = top.functions.into_iter().map(|f| f.function).collect();
+    assert!(
+        functions.iter().any(|f| f.starts_with("holmes-demo+0x")),
+        "{functions:?}"
+    );
+    assert!(!functions.iter().any(|f| f == HOT_LOOP), "{functions:?}");
+    assert_eq!(
+        demo.uploads_started(),
+        0,
+        "a stripped binary has nothing to upload"
+    );
+
+    // A debug file of another build is refused by the CLI.
+    let holmes = crate::support::workspace_bin("holmes");
+    let out = holmes_cli(&[
+        "--api",
+        &api_url,
+        "debuginfo",
+        "upload",
+        exe.to_str().unwrap(),
+        "--debug-file",
+        holmes.to_str().unwrap(),
+    ])
+    .await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is the debug file of build"), "{stderr}");
+
+    // CI uploads the debug file: the same profile reads named.
+    let uploaded_at = Instant::now();
+    let out = holmes_cli(&[
+        "--api",
+        &api_url,
+        "debuginfo",
+        "upload",
+        exe.to_str().unwrap(),
+        "--debug-file",
+        debug.to_str().unwrap(),
+    ])
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("uploaded ")
+            && stdout.trim_end().ends_with(&format!("of build {build_id}")),
+        "{stdout}"
+    );
+    wait_named(&api, "checkout", &profile_id).await;
+    eprintln!(
+        "CI upload → stored profile named {:?}",
+        uploaded_at.elapsed()
+    );
+    check_reads(&api, "checkout", &profile_id, dir.path()).await;
+
+    // New profiles are named as they arrive.
+    let (next, asked_at) = capture_cpu(&api, "checkout").await;
+    let arrived = asked_at.elapsed();
+    wait_named(&api, "checkout", &next).await;
+    eprintln!(
+        "capture requested → profile stored {arrived:?}, → named {:?}",
+        asked_at.elapsed()
+    );
+
+    // Uploading again changes nothing.
+    let out = holmes_cli(&[
+        "--api",
+        &api_url,
+        "--json",
+        "debuginfo",
+        "upload",
+        exe.to_str().unwrap(),
+        "--debug-file",
+        debug.to_str().unwrap(),
+    ])
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let again: holmes_api::DebugInfoUploadJson = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(!again.stored);
+    assert_eq!(again.build_id, build_id);
+    drop(demo);
+    server.shutdown().await;
+}
