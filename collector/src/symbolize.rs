@@ -63,6 +63,8 @@ pub struct Symbolizer {
     store: Arc<dyn Store>,
     /// Builds whose debug info is complete, as last known.
     complete: Mutex<HashSet<String>>,
+    /// Builds whose stored debug info does not load: not read again by this process.
+    unreadable: Mutex<HashSet<String>>,
     loaded: LoadedBuilds,
     /// Builds to sweep now (an upload completed here).
     sweeps: mpsc::Sender<String>,
@@ -84,6 +86,7 @@ impl Symbolizer {
         Arc::new(Symbolizer {
             store,
             complete: Mutex::default(),
+            unreadable: Mutex::default(),
             loaded: LoadedBuilds::new(cached_builds),
             sweeps,
             sweeps_rx: Mutex::new(Some(sweeps_rx)),
@@ -121,6 +124,11 @@ impl Symbolizer {
     /// Says that `build_id`'s debug info is complete in the store: its stored native
     /// locations are named now (in the background) and new ones as they arrive.
     pub fn completed(&self, build_id: &str) {
+        // A new upload: read it even if an earlier one did not load.
+        self.unreadable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(build_id);
         self.complete
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -138,6 +146,11 @@ impl Symbolizer {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .contains(build_id)
+            && !self
+                .unreadable
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(build_id)
     }
 
     async fn sweep_all(&self) {
@@ -171,6 +184,9 @@ impl Symbolizer {
     /// Names the stored native locations of `build_id` that have no symbols yet;
     /// returns how many got symbols.
     pub async fn sweep(&self, build_id: &str) -> Result<usize, SymbolizeError> {
+        if !self.is_complete(build_id) {
+            return Ok(0);
+        }
         let offsets = self.store.unsymbolized_offsets(build_id).await?;
         if offsets.is_empty() {
             return Ok(0);
@@ -205,7 +221,17 @@ impl Symbolizer {
         offsets: Vec<u64>,
         named: Named,
     ) -> Result<usize, SymbolizeError> {
-        let loaded = self.load(build_id).await?;
+        let loaded = match self.load(build_id).await {
+            Ok(loaded) => loaded,
+            Err(err @ SymbolizeError::Unreadable { .. }) => {
+                self.unreadable
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(build_id.to_owned());
+                return Err(err);
+            }
+            Err(err) => return Err(err),
+        };
         let build = build_id.to_owned();
         let symbols = tokio::task::spawn_blocking(move || resolve(&loaded, &build, offsets, named))
             .await
