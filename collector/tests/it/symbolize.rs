@@ -351,3 +351,99 @@ async fn a_stripped_binary_is_named_once_ci_uploads_its_debug_file() {
     drop(demo);
     server.shutdown().await;
 }
+
+/// An agent of `build_id` that offers its upload (a hand-driven one).
+fn offering_hello(instance: &str, build_id: &str) -> holmes_proto::Hello {
+    let mut hello = crate::support::raw_agent::hello("checkout", instance, Vec::new());
+    hello.executable = Some(holmes_proto::Module {
+        name: "checkout".to_owned(),
+        build_id: build_id.to_owned(),
+    });
+    hello.debuginfo_upload = true;
+    hello
+}
+
+fn chunk_of(build_id: &str, blob: &[u8], from: usize, to: usize) -> holmes_proto::AgentBody {
+    holmes_proto::AgentBody::DebugInfoChunk(holmes_proto::DebugInfoChunk {
+        build_id: build_id.to_owned(),
+        offset: from as u64,
+        total_bytes: blob.len() as u64,
+        data: blob[from..to].to_vec(),
+    })
+}
+
+/// The agent uploading goes away half-way: the other agent of the build is asked for
+/// the rest, from the bytes the store holds, and the upload completes whole; an agent
+/// of the build connecting after that is asked for nothing.
+async fn an_upload_cut_off_resumes_with_another_agent_of_the_build(backend: Backend) {
+    use crate::support::raw_agent::RawAgent;
+    use holmes_proto::{CollectorMessage, DebugInfoRequest};
+    let dir = tempfile::tempdir().unwrap();
+    let Some(server) = crate::support::start(backend, dir.path()).await else {
+        return;
+    };
+    let build = "5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed";
+    let blob: Vec<u8> = (0..3 << 20)
+        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let mut first =
+        RawAgent::connect(server.grpc_addr(), offering_hello("checkout-0", build)).await;
+    assert_eq!(
+        first.next().await,
+        CollectorMessage::DebugInfoRequest(DebugInfoRequest {
+            build_id: build.to_owned(),
+            offset: 0
+        })
+    );
+    let mut second =
+        RawAgent::connect(server.grpc_addr(), offering_hello("checkout-1", build)).await;
+    assert_eq!(
+        second.next_within(Duration::from_secs(1)).await,
+        None,
+        "one agent of a build uploads at a time"
+    );
+    first.send(0, chunk_of(build, &blob, 0, 1 << 20)).await;
+    first
+        .send(0, chunk_of(build, &blob, 1 << 20, 2 << 20))
+        .await;
+    // A sequenced message after the chunks: once it is acknowledged, the collector
+    // has taken the chunks (a stream is handled in order). Then the agent goes away.
+    first
+        .send(
+            1,
+            holmes_proto::AgentBody::MetricWindow(holmes_proto::MetricWindow {
+                series: Vec::new(),
+            }),
+        )
+        .await;
+    assert_eq!(first.next().await, CollectorMessage::Ack { seq: 1 });
+    drop(first);
+    assert_eq!(
+        second.next().await,
+        CollectorMessage::DebugInfoRequest(DebugInfoRequest {
+            build_id: build.to_owned(),
+            offset: 2 << 20
+        })
+    );
+    second
+        .send(0, chunk_of(build, &blob, 2 << 20, 3 << 20))
+        .await;
+    let store = server.store();
+    let status = eventually(Duration::from_secs(30), "the upload complete", || async {
+        store
+            .debuginfo_status(build)
+            .await
+            .ok()
+            .flatten()
+            .filter(|s| s.complete())
+    })
+    .await;
+    assert_eq!(status.total_bytes, blob.len() as u64);
+    assert_eq!(store.read_debuginfo(build).await.unwrap(), Some(blob));
+    let mut third =
+        RawAgent::connect(server.grpc_addr(), offering_hello("checkout-2", build)).await;
+    assert_eq!(third.next_within(Duration::from_secs(1)).await, None);
+    server.shutdown().await;
+}
+
+crate::support::on_each_backend!(an_upload_cut_off_resumes_with_another_agent_of_the_build);
