@@ -155,7 +155,7 @@ fn a_control_gets_the_flight_recorders_samples_of_a_past_interval() {
     assert!(
         o.refused[0]
             .detail
-            .starts_with("the flight recorder holds the last 1m"),
+            .starts_with("the flight recorder holds 1m of history, from "),
         "{}",
         o.refused[0].detail
     );

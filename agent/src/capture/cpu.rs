@@ -294,6 +294,8 @@ impl Tally {
 pub(crate) struct FlightRecorder {
     window: Duration,
     keep: Duration,
+    /// When it started (monotonic): it holds nothing older.
+    created_ns: u64,
     buckets: VecDeque<(u64, HashMap<Vec<usize>, Tally>)>,
     capture: Option<(u64, HashMap<Vec<usize>, Tally>)>,
     overflow: u64,
@@ -306,6 +308,7 @@ impl FlightRecorder {
         FlightRecorder {
             window,
             keep: history.max(window),
+            created_ns: monotonic_ns(),
             buckets: VecDeque::new(),
             capture: None,
             overflow: 0,
@@ -315,6 +318,13 @@ impl FlightRecorder {
     /// How far back it keeps samples.
     pub(crate) fn history(&self) -> Duration {
         self.keep
+    }
+
+    /// Since when (monotonic) it holds every sample taken, at `now_ns`: its start, or
+    /// the horizon of its history.
+    pub(crate) fn holds_since(&self, now_ns: u64) -> u64 {
+        let keep = u64::try_from(self.keep.as_nanos()).unwrap_or(u64::MAX);
+        self.created_ns.max(now_ns.saturating_sub(keep))
     }
 
     /// Adds one sample taken at `at_ns` (monotonic).
@@ -558,6 +568,19 @@ mod tests {
         got.sort();
         assert_eq!(got, [150, 151, 152]);
         assert_eq!(r.window(195 * s).len(), 5);
+    }
+
+    #[test]
+    fn it_holds_nothing_from_before_it_started() {
+        let r = FlightRecorder::new(Duration::from_secs(10), Duration::from_secs(60));
+        let now = monotonic_ns();
+        assert!(r.holds_since(now) <= now);
+        assert!(
+            now - r.holds_since(now) < 5_000_000_000,
+            "a young recorder holds only its own seconds"
+        );
+        let later = now + 3_600_000_000_000;
+        assert_eq!(r.holds_since(later), later - 60_000_000_000);
     }
 
     #[test]

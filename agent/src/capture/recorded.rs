@@ -6,7 +6,8 @@
 //!
 //! The recorder counts time on the monotonic clock; a wall-clock interval is mapped onto
 //! it with the offset between the two clocks now, and read to the second. What the
-//! recorder no longer holds (older than its history) is cut from the interval; the
+//! recorder does not hold (older than its history, or than the agent) is cut from the
+//! interval; the
 //! profile's time and duration and its `window_start_unix_nanos` /
 //! `window_end_unix_nanos` labels say what it covers. An interval entirely outside the
 //! history is a failed capture saying so. An idle process has no samples in an interval
@@ -34,10 +35,11 @@ impl Captures {
         self.drain();
         let now_mono = cpu::now_ns();
         let now_unix = unix_nanos_now();
-        let (stacks, from, to, history) = {
+        let (stacks, from, to) = {
             let r = recorder.lock().unwrap_or_else(|p| p.into_inner());
             let history = r.history();
-            let held_from = now_unix.saturating_sub(nanos(history));
+            let held_from =
+                now_unix.saturating_sub(now_mono.saturating_sub(r.holds_since(now_mono)));
             let (start, end) = window.map_or((held_from, now_unix), |w| {
                 (w.start_unix_nanos, w.end_unix_nanos)
             });
@@ -55,7 +57,7 @@ impl Captures {
                     duration: Duration::ZERO,
                     labels: phase(phase_name),
                     result: Err(format!(
-                        "the flight recorder holds the last {} (from {}); the interval {} to {} is not in it",
+                        "the flight recorder holds {} of history, from {}; the interval {} to {} is not in it",
                         humantime::format_duration(history),
                         when(held_from),
                         when(start),
@@ -67,7 +69,7 @@ impl Captures {
             }
             // Wall clock to monotonic, with the offset between the two clocks now.
             let to_mono = |unix: u64| now_mono.saturating_sub(now_unix - unix);
-            (r.range(to_mono(from), to_mono(to)), from, to, history)
+            (r.range(to_mono(from), to_mono(to)), from, to)
         };
         let mut captured = self.encode_cpu(
             &stacks,
@@ -82,11 +84,7 @@ impl Captures {
         captured
             .labels
             .insert("window_end_unix_nanos".to_owned(), to.to_string());
-        tracing::debug!(target: "holmes", phase = phase_name, from, to, history = ?history, stacks = stacks.len(), "cpu profile from the flight recorder's history");
+        tracing::debug!(target: "holmes", phase = phase_name, from, to, stacks = stacks.len(), "cpu profile from the flight recorder's history");
         sink(captured);
     }
-}
-
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
