@@ -39,6 +39,7 @@ fn baselines_carry_the_recorders_history_heap_and_threads_and_count_their_cost()
     let dir = tempfile::tempdir().unwrap();
     let c = TestCollector::start();
     let every = Duration::from_secs(2);
+    let started = Instant::now();
     let agent = quiet_agent("baseline", dir.path())
         .collector(c.url())
         .send_interval(Duration::from_millis(100))
@@ -47,39 +48,52 @@ fn baselines_carry_the_recorders_history_heap_and_threads_and_count_their_cost()
         .prewarm_symbols(true)
         .start()
         .unwrap();
-    let started = Instant::now();
     // Some CPU for the flight recorder to hold: 0.3 s of this thread's CPU.
     let from = thread_cpu_time();
     while thread_cpu_time() - from < Duration::from_millis(300) {
         std::hint::black_box(baseline_background_work(1_000_000));
     }
 
-    // Each baseline's cost, from the stats as they change.
-    let mut costs: Vec<(Duration, u64)> = Vec::new();
+    // Each baseline's cost, from the stats as they change (averaged over those that
+    // ended between two looks, on a machine too busy to look often).
+    let mut costs: Vec<(u64, Duration, u64)> = Vec::new();
     let mut last = AgentStats::default();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while costs.len() < 4 {
+    while last.baselines < 4 {
         assert!(Instant::now() < deadline, "4 baselines within 2 minutes");
         let s = agent.stats();
         if s.baselines > last.baselines {
-            assert_eq!(s.baselines, last.baselines + 1, "polled often enough");
+            let n = s.baselines - last.baselines;
             costs.push((
-                s.baseline_cpu - last.baseline_cpu,
-                s.baseline_bytes - last.baseline_bytes,
+                n,
+                (s.baseline_cpu - last.baseline_cpu) / n as u32,
+                (s.baseline_bytes - last.baseline_bytes) / n,
             ));
             last = s;
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    let stats = agent.stop();
-    assert!(stats.baselines >= 4);
-    assert_eq!(stats.triggers, 0, "baselines are not triggers");
+    assert_eq!(last.triggers, 0, "baselines are not triggers");
 
     let baselines: Vec<TriggerEvent> = c.bodies(|b| match b {
         AgentBody::Trigger(t) if t.reason == TriggerReason::Baseline => Some(t.clone()),
         _ => None,
     });
     assert!(baselines.len() >= 4, "{}", baselines.len());
+    // Every profile of the first four arrives (their captures are over: they counted).
+    for b in &baselines[..4] {
+        c.wait_for("a baseline's profiles", |msgs| {
+            let kinds: Vec<ProfileKind> = msgs
+                .iter()
+                .filter_map(|(_, m)| match &m.body {
+                    AgentBody::ProfileChunk(p) if p.event_id == b.event_id => Some(p.kind),
+                    _ => None,
+                })
+                .collect();
+            b.planned.iter().all(|k| kinds.contains(k)).then_some(())
+        });
+    }
+    agent.stop();
     // Never sooner than the interval less its jitter.
     assert!(
         started.elapsed() >= every.mul_f64(0.8) * baselines.len() as u32,
@@ -94,15 +108,18 @@ fn baselines_carry_the_recorders_history_heap_and_threads_and_count_their_cost()
             "{gap:?}"
         );
     }
+    // The first finds nothing running; a later one may find the previous one's
+    // threads or heap capture still running on a busy machine, and leaves it out. The
+    // CPU history is read beside any capture.
+    assert_eq!(
+        baselines[0].planned,
+        [ProfileKind::Cpu, ProfileKind::Threads, ProfileKind::Heap]
+    );
     let mut by_kind: BTreeMap<&str, usize> = BTreeMap::new();
     for b in &baselines[..4] {
         assert_eq!(b.metric, None);
         assert_eq!(b.rule, None);
-        assert_eq!(
-            b.planned,
-            [ProfileKind::Cpu, ProfileKind::Threads, ProfileKind::Heap],
-            "{b:?}"
-        );
+        assert_eq!(b.planned.first(), Some(&ProfileKind::Cpu), "{b:?}");
         let chunks = c.bodies(|m| match m {
             AgentBody::ProfileChunk(p) if p.event_id == b.event_id => Some(p.clone()),
             _ => None,
@@ -126,13 +143,18 @@ fn baselines_carry_the_recorders_history_heap_and_threads_and_count_their_cost()
         assert!(top.contains("baseline_background_work"), "{top}");
     }
 
-    // What a baseline costs the host; the first ones may still find the debug info
-    // loading, so each is printed.
-    for (i, (cpu, bytes)) in costs.iter().enumerate() {
+    // What a baseline costs the host; the first symbolizes addresses never seen
+    // before, so each is printed.
+    for (i, (n, cpu, bytes)) in costs.iter().enumerate() {
         eprintln!(
-            "baseline {i}: {:.1} ms of CPU, {:.1} KiB of profiles",
+            "baseline {i}: {:.1} ms of CPU, {:.1} KiB of profiles{}",
             cpu.as_secs_f64() * 1e3,
-            *bytes as f64 / 1024.0
+            *bytes as f64 / 1024.0,
+            if *n > 1 {
+                format!(" (average of {n})")
+            } else {
+                String::new()
+            }
         );
         assert!(*bytes > 0);
         assert!(*cpu > Duration::ZERO);
