@@ -282,11 +282,14 @@ fn a_skip_cancels_captures_not_started_and_drops_profiles_not_queued() {
 fn profiles_the_collector_skips_are_not_sent_again_after_a_reconnect() {
     let dir = tempfile::tempdir().unwrap();
     let c = TestCollector::start();
-    // Nothing is acknowledged: everything is resent on the next stream.
+    // Nothing is acknowledged: everything is resent on the next stream, and stays in
+    // the spool meanwhile.
     c.set_acks(false);
+    let spool = tempfile::tempdir().unwrap();
     let agent = quiet_agent("capture-skip-resend", dir.path())
         .collector(c.url())
         .send_interval(Duration::from_millis(100))
+        .spool_dir(spool.path())
         .start()
         .unwrap();
     connected(&c, 0);
@@ -294,11 +297,23 @@ fn profiles_the_collector_skips_are_not_sent_again_after_a_reconnect() {
     let event = outcome(&c, "r").event_id.expect("captured");
     let first = c.wait_for("the thread dump", |msgs| {
         msgs.iter().find_map(|(n, m)| match &m.body {
-            AgentBody::ProfileChunk(p) if p.event_id == event => Some((*n, m.seq)),
+            AgentBody::ProfileChunk(p) if p.event_id == event => {
+                Some((*n, m.seq, p.profile_id.clone()))
+            }
             _ => None,
         })
     });
     assert_eq!(first.0, 0);
+    let spooled = |profile: &str| {
+        support::files(spool.path(), "", ".hsp")
+            .iter()
+            .filter(|f| f.to_string_lossy().contains(&format!(".p.{profile}.")))
+            .count()
+    };
+    assert!(
+        spooled(&first.2) > 0,
+        "the unacknowledged profile is in the spool"
+    );
     c.send(&CollectorMessage::SkipProfiles(SkipProfiles {
         event_id: event.clone(),
         kinds: vec![ProfileKind::Threads],
@@ -341,5 +356,6 @@ fn profiles_the_collector_skips_are_not_sent_again_after_a_reconnect() {
         "its trigger event was resent: not everything was dropped"
     );
     assert_eq!(agent.stats().skipped_profiles, 1);
+    assert_eq!(spooled(&first.2), 0, "its spool files are gone");
     agent.stop();
 }
