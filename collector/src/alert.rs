@@ -1,5 +1,6 @@
 //! Alert hooks: incidents opened, escalated and resolved are sent to on-call through a
-//! generic JSON webhook, Slack incoming webhooks and PagerDuty Events API v2.
+//! generic JSON webhook, Slack incoming webhooks, PagerDuty Events API v2 and
+//! Alertmanager's `/api/v2/alerts` ([`alertmanager`]).
 //!
 //! [`Alerter::notify`] writes one row per matching hook to a SQLite outbox in the data
 //! directory ([`outbox::OUTBOX_FILE`]) and returns; a background task delivers them,
@@ -10,6 +11,7 @@
 //! collector stops is sent again by the next start, which PagerDuty folds by its dedup
 //! key (the incident id) and webhooks can drop by `alert_id`.
 
+pub mod alertmanager;
 pub mod config;
 mod deliver;
 pub mod outbox;

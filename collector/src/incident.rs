@@ -99,11 +99,14 @@ impl Incidents {
 
     /// Correlates one stored trigger event.
     pub async fn observe(&self, event: &TriggerRecord) {
-        let changes = self
-            .correlator
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .observe(event);
+        let changes = {
+            let mut correlator = self.correlator.lock().unwrap_or_else(|p| p.into_inner());
+            let changes = correlator.observe(event);
+            crate::metrics::metrics()
+                .incidents_open
+                .set(i64::try_from(correlator.open_count()).unwrap_or(i64::MAX));
+            changes
+        };
         self.apply(changes).await;
     }
 
@@ -119,11 +122,14 @@ impl Incidents {
 
     /// Resolves what went quiet by `now` and retries unsaved changes.
     pub async fn tick(&self, now_unix_nanos: u64) {
-        let changes = self
-            .correlator
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .tick(now_unix_nanos);
+        let changes = {
+            let mut correlator = self.correlator.lock().unwrap_or_else(|p| p.into_inner());
+            let changes = correlator.tick(now_unix_nanos);
+            crate::metrics::metrics()
+                .incidents_open
+                .set(i64::try_from(correlator.open_count()).unwrap_or(i64::MAX));
+            changes
+        };
         self.apply(changes).await;
         let unsaved: Vec<IncidentRecord> =
             std::mem::take(&mut *self.unsaved.lock().unwrap_or_else(|p| p.into_inner()))

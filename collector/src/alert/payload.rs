@@ -76,6 +76,7 @@ pub(crate) fn body(
             })
         }
         HookKind::Pagerduty => pagerduty(kind, incident, url),
+        HookKind::Alertmanager => super::alertmanager::body(kind, incident, url),
     }
 }
 
