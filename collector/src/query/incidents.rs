@@ -67,6 +67,7 @@ async fn list(
     let status = parse_status(params)?;
     let (since, until) = time_range(params, DEFAULT_INCIDENT_SINCE)?;
     let limit = limit(params, DEFAULT_INCIDENT_LIMIT)?;
+    let labels = super::labels::filters(params)?;
     let found = api
         .store
         .query_incidents(&IncidentQuery {
@@ -74,9 +75,15 @@ async fn list(
             status,
             since_unix_nanos: since,
             until_unix_nanos: until,
-            limit,
+            // Filtered by label below: look further, then cut.
+            limit: if labels.is_empty() {
+                limit
+            } else {
+                limit.saturating_mul(10).min(100_000)
+            },
         })
         .await?;
+    let found = super::labels::matching(api, found, &labels, limit).await?;
     Ok(IncidentsJson {
         service,
         since: rfc3339(since),
@@ -213,7 +220,7 @@ async fn contents_of(
 }
 
 /// The profiles captured for the incident's trigger events.
-async fn profiles_of(
+pub(super) async fn profiles_of(
     api: &Api,
     incident: &IncidentRecord,
 ) -> Result<Vec<holmes_storage::ProfileMeta>, ApiError> {
@@ -237,7 +244,7 @@ async fn profiles_of(
         .collect())
 }
 
-async fn incident_of(api: &Api, incident_id: &str) -> Result<IncidentRecord, ApiError> {
+pub(super) async fn incident_of(api: &Api, incident_id: &str) -> Result<IncidentRecord, ApiError> {
     validate_profile_id(incident_id).map_err(|_| {
         ApiError::bad_request(format!(
             "{incident_id:?} is not an incident id (32 lowercase hex digits)"
