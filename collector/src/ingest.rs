@@ -378,10 +378,13 @@ impl Session {
                     ));
                 }
                 crate::metrics::metrics().bytes_in(crate::metrics::Source::Agent, chunk.data.len());
-                let step = self.profiles.push(&self.hello, msg.seq, chunk).inspect_err(|_| {
-                    crate::metrics::metrics()
-                        .profile_refused(crate::metrics::Source::Agent, "bad_chunks");
-                })?;
+                let step = self
+                    .profiles
+                    .push(&self.hello, msg.seq, chunk)
+                    .inspect_err(|_| {
+                        crate::metrics::metrics()
+                            .profile_refused(crate::metrics::Source::Agent, "bad_chunks");
+                    })?;
                 if let Step::Complete(record) = step {
                     if record.error.is_none() {
                         crate::metrics::metrics()

@@ -434,8 +434,14 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("# TYPE holmes_store_write_duration_seconds histogram"));
-        assert!(text.contains("holmes_store_write_duration_seconds_bucket{le=\"0.016\",op=\"profile\"} 1")
-            || text.contains("holmes_store_write_duration_seconds_bucket{op=\"profile\",le=\"0.016\"} 1"), "{text}");
+        assert!(
+            text.contains(
+                "holmes_store_write_duration_seconds_bucket{le=\"0.016\",op=\"profile\"} 1"
+            ) || text.contains(
+                "holmes_store_write_duration_seconds_bucket{op=\"profile\",le=\"0.016\"} 1"
+            ),
+            "{text}"
+        );
         assert!(text.trim_end().ends_with("# EOF"));
     }
 }

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use holmes_proto::pb::ingest_server::IngestServer;
-use opentelemetry_proto::tonic::collector::profiles::v1development::profiles_service_server::ProfilesServiceServer;
 use holmes_storage::clickhouse::ClickHouseStore;
 use holmes_storage::sqlite::SqliteStore;
 use holmes_storage::{Store, StoreError};
+use opentelemetry_proto::tonic::collector::profiles::v1development::profiles_service_server::ProfilesServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -305,13 +305,12 @@ impl Server {
                 .accept_compressed(CompressionEncoding::Gzip)
                 .accept_compressed(CompressionEncoding::Zstd)
                 .max_decoding_message_size(config.max_message_bytes);
-            let otlp = ProfilesServiceServer::new(crate::ingest::otlp::OtlpService::new(
-                foreign.clone(),
-            ))
-            .accept_compressed(CompressionEncoding::Gzip)
-            .max_decoding_message_size(
-                usize::try_from(config.max_profile_bytes).unwrap_or(usize::MAX),
-            );
+            let otlp =
+                ProfilesServiceServer::new(crate::ingest::otlp::OtlpService::new(foreign.clone()))
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .max_decoding_message_size(
+                        usize::try_from(config.max_profile_bytes).unwrap_or(usize::MAX),
+                    );
             let mut grpc_builder = tonic::transport::Server::builder();
             if let Some(identity) = &identity {
                 grpc_builder = grpc_builder

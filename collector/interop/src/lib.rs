@@ -1,1 +1,3 @@
-//! Nothing here: this crate holds tests (see its README).
+//! No library: this crate holds the collector's interoperability tests
+//! (`tests/interop/`), against real third-party programs and libraries. See
+//! `collector/README.md`, "Speaking the ecosystem's protocols".

@@ -26,7 +26,13 @@ pub const FIRING_FOR: Duration = Duration::from_secs(24 * 3600);
 /// `/api/v1/alertmanager`).
 pub const ALERTNAME: &str = crate::ingest::alertmanager::HOLMES_ALERTNAME;
 
-fn alert(incident: &IncidentRecord, severity: Severity, ends_at: u64, summary: &str, url: &str) -> Value {
+fn alert(
+    incident: &IncidentRecord,
+    severity: Severity,
+    ends_at: u64,
+    summary: &str,
+    url: &str,
+) -> Value {
     json!({
         "labels": {
             "alertname": ALERTNAME,
@@ -56,11 +62,16 @@ fn alert(incident: &IncidentRecord, severity: Severity, ends_at: u64, summary: &
 /// The alerts (a JSON array) for this change of `incident`.
 pub(crate) fn body(kind: AlertKind, incident: &IncidentRecord, url: &str) -> Value {
     let now = unix_nanos_now();
-    let firing_until =
-        now.saturating_add(u64::try_from(FIRING_FOR.as_nanos()).unwrap_or(u64::MAX));
+    let firing_until = now.saturating_add(u64::try_from(FIRING_FOR.as_nanos()).unwrap_or(u64::MAX));
     let summary = format!("Holmes: {}", super::payload::summary(kind, incident));
     match kind {
-        AlertKind::Opened => json!([alert(incident, incident.severity, firing_until, &summary, url)]),
+        AlertKind::Opened => json!([alert(
+            incident,
+            incident.severity,
+            firing_until,
+            &summary,
+            url
+        )]),
         AlertKind::Escalated => json!([
             alert(incident, Severity::Instance, now, &summary, url),
             alert(incident, Severity::Fleet, firing_until, &summary, url),

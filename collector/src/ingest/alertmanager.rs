@@ -24,8 +24,8 @@ use axum::routing::post;
 use axum::{Json, Router};
 use holmes_proto::names::validate_name;
 use holmes_proto::{
-    CapturePurpose, CaptureRequest, Metric, PipelineBody, PipelineEvent, ProfileKind,
-    TriggerEvent, TriggerReason,
+    CapturePurpose, CaptureRequest, Metric, PipelineBody, PipelineEvent, ProfileKind, TriggerEvent,
+    TriggerReason,
 };
 use serde::Deserialize;
 
@@ -82,7 +82,9 @@ impl AlertmanagerConfig {
         self.capture_kinds()
             .map_err(|e| format!("alertmanager.kinds: {e}"))?;
         if self.service_labels.is_empty() {
-            return Err("alertmanager.service_labels is empty: no alert could name a service".to_owned());
+            return Err(
+                "alertmanager.service_labels is empty: no alert could name a service".to_owned(),
+            );
         }
         Ok(())
     }
@@ -284,9 +286,9 @@ async fn webhook(
         })?;
         answer.accepted += 1;
         if now.saturating_sub(started) > max_age {
-            answer
-                .skipped
-                .push(format!("{name}: started too long ago to capture its moment"));
+            answer.skipped.push(format!(
+                "{name}: started too long ago to capture its moment"
+            ));
             metrics().capture_skipped("alert_too_old");
             continue;
         }

@@ -150,7 +150,8 @@ pub fn instance_of(labels: &BTreeMap<String, String>, peer: Option<std::net::IpA
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub std::net::SocketAddr);
 
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
     for PeerAddr
 {
     fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
@@ -158,7 +159,8 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, toki
     }
 }
 
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, crate::tls::TlsListener>>
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, crate::tls::TlsListener>>
     for PeerAddr
 {
     fn connect_info(stream: axum::serve::IncomingStream<'_, crate::tls::TlsListener>) -> Self {
@@ -170,7 +172,10 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, crat
 /// `Basic` credentials (what Pyroscope clients send as `basic_auth`).
 pub fn http_token(headers: &axum::http::HeaderMap) -> Option<String> {
     use base64::Engine;
-    let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
     if let Some(token) = crate::auth::bearer(value) {
         return Some(token.to_owned());
     }
@@ -331,9 +336,10 @@ impl ForeignIngest {
     /// configured).
     pub fn authorize(&self, service: &str, token: Option<&str>) -> Result<(), ForeignError> {
         self.auth.authorize(service, token).map_err(|status| {
-            let message = status
-                .message()
-                .replace("set HOLMES_TOKEN (or .token()) on the agent", "send \"Authorization: Bearer <token>\" (or basic auth with the token as password)");
+            let message = status.message().replace(
+                "set HOLMES_TOKEN (or .token()) on the agent",
+                "send \"Authorization: Bearer <token>\" (or basic auth with the token as password)",
+            );
             match status.code() {
                 tonic::Code::PermissionDenied => ForeignError::PermissionDenied(message),
                 _ => ForeignError::Unauthenticated(message),

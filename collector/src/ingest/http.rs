@@ -14,10 +14,7 @@ pub fn router(foreign: ForeignIngest) -> Router {
     let limit = usize::try_from(foreign.max_body_bytes()).unwrap_or(usize::MAX);
     Router::new()
         .route("/ingest", post(super::pyroscope::ingest))
-        .route(
-            "/push.v1.PusherService/Push",
-            post(super::pyroscope::push),
-        )
+        .route("/push.v1.PusherService/Push", post(super::pyroscope::push))
         .route(super::otlp::HTTP_PATH, post(super::otlp::http_export))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(foreign)

@@ -29,7 +29,9 @@ use opentelemetry_proto::tonic::collector::profiles::v1development::{
 };
 use prost::Message;
 
-use super::foreign::{gunzip_within, http_token, instance_of, ForeignError, ForeignIngest, ForeignProfile};
+use super::foreign::{
+    gunzip_within, http_token, instance_of, ForeignError, ForeignIngest, ForeignProfile,
+};
 use crate::metrics::{metrics, Source};
 use to_pprof::{ConvertError, KIND_ATTRIBUTE};
 

@@ -210,9 +210,9 @@ async fn ingest_request(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<(), ForeignError> {
-    let name = params
-        .get("name")
-        .ok_or_else(|| ForeignError::BadRequest("name is required, e.g. name=app.cpu".to_owned()))?;
+    let name = params.get("name").ok_or_else(|| {
+        ForeignError::BadRequest("name is required, e.g. name=app.cpu".to_owned())
+    })?;
     let series = form::parse_name(name)?;
     let token = http_token(headers);
     foreign.authorize(&series.app, token.as_deref())?;
@@ -222,19 +222,23 @@ async fn ingest_request(
         tracing::debug!(service = %series.app, profile_type, "pyroscope profile type not stored");
         return Ok(());
     };
-    let from = params.get("from").map(|f| form::parse_time(f)).transpose()?;
-    let until = params.get("until").map(|u| form::parse_time(u)).transpose()?;
+    let from = params
+        .get("from")
+        .map(|f| form::parse_time(f))
+        .transpose()?;
+    let until = params
+        .get("until")
+        .map(|u| form::parse_time(u))
+        .transpose()?;
     let started = from.unwrap_or(0);
     let duration = match (from, until) {
         (Some(f), Some(u)) if u > f => u - f,
         _ => 0,
     };
     let sample_rate: u64 = match params.get("sampleRate") {
-        Some(r) => r
-            .parse()
-            .ok()
-            .filter(|r| *r > 0)
-            .ok_or_else(|| ForeignError::BadRequest(format!("sampleRate {r:?} is not a positive number")))?,
+        Some(r) => r.parse().ok().filter(|r| *r > 0).ok_or_else(|| {
+            ForeignError::BadRequest(format!("sampleRate {r:?} is not a positive number"))
+        })?,
         None => 100,
     };
     let raw = decoded_body(foreign, headers, body)?;
@@ -246,7 +250,12 @@ async fn ingest_request(
     let pprof = match format {
         "pprof" => match content_type.split_once("boundary=") {
             Some((media, boundary)) if media.trim_start().starts_with("multipart/form-data") => {
-                let boundary = boundary.split(';').next().unwrap_or("").trim().trim_matches('"');
+                let boundary = boundary
+                    .split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .trim_matches('"');
                 let part = form::multipart_profile(&raw, boundary)?;
                 gunzip_within(&part, foreign.max_decoded_bytes())?
             }

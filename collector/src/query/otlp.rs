@@ -59,7 +59,9 @@ impl Dictionary {
         d.dict.location_table.push(otlp::Location::default());
         d.dict.function_table.push(otlp::Function::default());
         d.dict.link_table.push(otlp::Link::default());
-        d.dict.attribute_table.push(otlp::KeyValueAndUnit::default());
+        d.dict
+            .attribute_table
+            .push(otlp::KeyValueAndUnit::default());
         d.dict.stack_table.push(otlp::Stack::default());
         d
     }
@@ -138,7 +140,10 @@ fn profiles_of(record: &ProfileRecord, d: &mut Dictionary) -> Result<Vec<otlp::P
                 .ok_or_else(|| format!("a sample refers to location {id}, which does not exist"))?;
             let mapping_index = match mappings.get(&l.mapping_id) {
                 Some(m) => {
-                    let key = (d.string(text(&p, m.filename)), d.string(text(&p, m.build_id)));
+                    let key = (
+                        d.string(text(&p, m.filename)),
+                        d.string(text(&p, m.build_id)),
+                    );
                     match d.mappings.get(&key) {
                         Some(&i) => i,
                         None => {
@@ -167,7 +172,10 @@ fn profiles_of(record: &ProfileRecord, d: &mut Dictionary) -> Result<Vec<otlp::P
             let mut lines = Vec::with_capacity(l.line.len());
             for line in &l.line {
                 let f = functions.get(&line.function_id).ok_or_else(|| {
-                    format!("a location refers to function {}, which does not exist", line.function_id)
+                    format!(
+                        "a location refers to function {}, which does not exist",
+                        line.function_id
+                    )
                 })?;
                 let key = (
                     d.string(text(&p, f.name)),
@@ -299,7 +307,10 @@ pub fn export_request(records: &[ProfileRecord]) -> Result<ExportProfilesService
     let mut d = Dictionary::new();
     let mut resources: Vec<otlp::ResourceProfiles> = Vec::new();
     let mut by_instance: HashMap<(String, String), usize> = HashMap::new();
-    for record in records.iter().filter(|r| r.error.is_none() && !r.data.is_empty()) {
+    for record in records
+        .iter()
+        .filter(|r| r.error.is_none() && !r.data.is_empty())
+    {
         let profiles = profiles_of(record, &mut d)
             .map_err(|e| format!("profile {}: {e}", record.profile_id))?;
         let key = (record.service.clone(), record.instance_id.clone());
@@ -368,7 +379,9 @@ pub(super) async fn profile(
 ) -> Result<Response, ApiError> {
     validate_profile_id(&profile_id).map_err(ApiError::bad_request)?;
     let Some(record) = api.store.get_profile(&profile_id).await? else {
-        return Err(ApiError::not_found(format!("unknown profile {profile_id:?}")));
+        return Err(ApiError::not_found(format!(
+            "unknown profile {profile_id:?}"
+        )));
     };
     if let Some(error) = &record.error {
         return Err(ApiError::not_found(format!(

@@ -215,7 +215,12 @@ impl Builder<'_> {
     }
 
     fn label(&mut self, index: i32) -> Result<Option<Label>, ConvertError> {
-        let attr = get(&self.dict.attribute_table, index, "sample", "attribute_table")?;
+        let attr = get(
+            &self.dict.attribute_table,
+            index,
+            "sample",
+            "attribute_table",
+        )?;
         let key = string(self.dict, attr.key_strindex)?.to_owned();
         let unit = string(self.dict, attr.unit_strindex)?.to_owned();
         Ok(match attr.value.as_ref().and_then(|v| v.value.as_ref()) {

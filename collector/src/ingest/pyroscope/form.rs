@@ -117,9 +117,9 @@ pub fn multipart_profile(body: &[u8], boundary: &str) -> Result<Vec<u8>, Foreign
             let part = part.strip_prefix(b"\r\n").unwrap_or(part);
             let end = find(part, b"\r\n\r\n")?;
             let headers = String::from_utf8_lossy(&part[..end]).to_ascii_lowercase();
-            let named_profile = headers.lines().any(|l| {
-                l.starts_with("content-disposition:") && l.contains("name=\"profile\"")
-            });
+            let named_profile = headers
+                .lines()
+                .any(|l| l.starts_with("content-disposition:") && l.contains("name=\"profile\""));
             if !named_profile {
                 return None;
             }
@@ -162,7 +162,10 @@ pub fn collapsed_to_pprof(
     let period = 1_000_000_000 / sample_rate.max(1);
     let cpu = kind == ProfileKind::Cpu;
     let sample_type = if cpu {
-        vec![t.value_type("samples", "count"), t.value_type("cpu", "nanoseconds")]
+        vec![
+            t.value_type("samples", "count"),
+            t.value_type("cpu", "nanoseconds"),
+        ]
     } else {
         let unit = if profile_type.ends_with("_space") {
             "bytes"
@@ -261,7 +264,10 @@ mod tests {
     #[test]
     fn times_by_magnitude() {
         assert_eq!(parse_time("1700000000").unwrap(), 1_700_000_000_000_000_000);
-        assert_eq!(parse_time("1700000000000").unwrap(), 1_700_000_000_000_000_000);
+        assert_eq!(
+            parse_time("1700000000000").unwrap(),
+            1_700_000_000_000_000_000
+        );
         assert!(parse_time("soon").is_err());
     }
 
@@ -283,7 +289,9 @@ mod tests {
         let leaf = p.location[(p.sample[0].location_id[0] - 1) as usize].line[0].function_id;
         let name = p.function[(leaf - 1) as usize].name;
         assert_eq!(p.string_table[name as usize], "hot");
-        assert!(collapsed_to_pprof("main;hot x", true, ProfileKind::Cpu, "cpu", 100, 0, 0).is_err());
+        assert!(
+            collapsed_to_pprof("main;hot x", true, ProfileKind::Cpu, "cpu", 100, 0, 0).is_err()
+        );
     }
 
     #[test]
