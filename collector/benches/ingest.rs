@@ -24,7 +24,7 @@
 //! runs the same profiles through decode + normalize alone. ClickHouse runs when
 //! `HOLMES_TEST_CLICKHOUSE_URL` is set and is skipped with a line saying so otherwise.
 //! `HOLMES_BENCH_BACKENDS=sqlite|clickhouse` runs only one. Then the same profiles come
-//! in as Pyroscope pushes and OTLP exports (`ingest_foreign.rs`; `HOLMES_BENCH_FOREIGN=0`
+//! in as Pyroscope pushes and OTLP exports (`ingest/foreign.rs`; `HOLMES_BENCH_FOREIGN=0`
 //! skips it), in a table beside the agent's SQLite row. Nothing is asserted: these are
 //! figures to read, on machines too noisy for thresholds.
 
@@ -34,7 +34,7 @@
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 // Pyroscope and OTLP clients sending the same profiles (a section of its own).
-#[path = "ingest_foreign.rs"]
+#[path = "ingest/foreign.rs"]
 mod foreign;
 
 use std::net::SocketAddr;

@@ -35,6 +35,9 @@ use crate::ingest::otlp::to_pprof::KIND_ATTRIBUTE;
 /// Largest profile decompressed for an export.
 const MAX_DECODED: u64 = crate::process::normalize::DEFAULT_MAX_DECODED_BYTES;
 
+/// What makes two locations the same: mapping, address, and lines (function, line, column).
+type LocationKey = (i32, u64, Vec<(i32, i64, i64)>);
+
 /// The dictionary of a request being built: each entry once, index 0 the empty one.
 #[derive(Default)]
 struct Dictionary {
@@ -42,7 +45,7 @@ struct Dictionary {
     strings: HashMap<String, i32>,
     functions: HashMap<(i32, i32, i32, i64), i32>,
     mappings: HashMap<(i32, i32), i32>,
-    locations: HashMap<(i32, u64, Vec<(i32, i64, i64)>), i32>,
+    locations: HashMap<LocationKey, i32>,
     stacks: HashMap<Vec<i32>, i32>,
     attributes: HashMap<(i32, String), i32>,
 }
@@ -365,7 +368,7 @@ fn otlp_response(request: &ExportProfilesServiceRequest, file_name: &str) -> Res
         .into_response()
 }
 
-fn unexportable(why: String) -> ApiError {
+fn unexportable(why: &str) -> ApiError {
     ApiError {
         status: axum::http::StatusCode::UNPROCESSABLE_ENTITY,
         message: format!("cannot export as OTLP: {why}"),
@@ -388,7 +391,7 @@ pub(super) async fn profile(
             "profile {profile_id} has no data: its capture failed: {error}"
         )));
     }
-    let request = export_request(std::slice::from_ref(&record)).map_err(unexportable)?;
+    let request = export_request(std::slice::from_ref(&record)).map_err(|e| unexportable(&e))?;
     Ok(otlp_response(
         &request,
         &format!("{}.{}.otlp.pb", record.kind.as_str(), record.profile_id),
@@ -413,7 +416,7 @@ pub(super) async fn incident(
             "incident {incident_id} has no profiles"
         )));
     }
-    let request = export_request(&records).map_err(unexportable)?;
+    let request = export_request(&records).map_err(|e| unexportable(&e))?;
     Ok(otlp_response(
         &request,
         &format!("incident.{incident_id}.otlp.pb"),

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use holmes_collector::config::Config;
-use holmes_collector::ingest::pyroscope::push::{LabelPair, PushRequest, RawProfileSeries, RawSample};
+use holmes_collector::ingest::pyroscope::push::{
+    LabelPair, PushRequest, RawProfileSeries, RawSample,
+};
 use holmes_collector::Server;
 use holmes_storage::ProfileRecord;
 use http_body_util::{BodyExt, Full};
@@ -175,7 +177,11 @@ pub(crate) fn run(
     agent_rt: &tokio::runtime::Runtime,
 ) -> Vec<ForeignRun> {
     let mut out = Vec::new();
-    for protocol in [Protocol::PyroscopePush, Protocol::OtlpHttp, Protocol::OtlpGrpc] {
+    for protocol in [
+        Protocol::PyroscopePush,
+        Protocol::OtlpHttp,
+        Protocol::OtlpGrpc,
+    ] {
         println!("running {} on SQLite ...", protocol.name());
         let mut per_client: Vec<Vec<Vec<u8>>> = vec![Vec::new(); params.agents];
         let mut body_bytes = 0u64;
