@@ -5,7 +5,8 @@
 //! to the store and handed to the alert hooks; a ticker resolves quiet incidents. At
 //! start the state is rebuilt from the store, so a restart in the middle of an incident
 //! neither opens it again nor pages twice. [`suspects`] names the functions behind an
-//! incident from its profiles, for the API.
+//! incident from its profiles ([`evidence`] reads them from the store), for the API and
+//! for the alerts that carry the top suspect.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -19,6 +20,7 @@ use crate::alert::{AlertKind, Alerter};
 use crate::clock::unix_nanos_now;
 
 pub mod correlate;
+pub mod evidence;
 pub mod suspects;
 
 use correlate::{Change, CorrelateConfig, Correlator};
@@ -167,7 +169,22 @@ impl Incidents {
                 change = ?kind,
                 "incident"
             );
-            if let Err(err) = self.alerter.notify(kind, record).await {
+            // Only Alertmanager hooks carry it; at open a capture is often still running.
+            let top = if self.alerter.wants_suspect(record) {
+                evidence::top_suspect(self.store.as_ref(), record)
+                    .await
+                    .unwrap_or_else(|err| {
+                        tracing::warn!(incident = %record.incident_id, error = %err, "cannot read the incident's suspects for its alert");
+                        None
+                    })
+            } else {
+                None
+            };
+            if let Err(err) = self
+                .alerter
+                .notify_with_suspect(kind, record, top.as_ref())
+                .await
+            {
                 tracing::error!(incident = %record.incident_id, error = %err, "cannot queue the alert");
             }
             self.save(record).await;

@@ -4,7 +4,9 @@
 //!
 //! Labels (an alert's identity): `alertname="HolmesIncident"`, `service`, `metric`,
 //! `severity` (`instance` or `fleet`) and `fingerprint` (the incident id). Annotations:
-//! `summary`, `description`, `incident_id`, `incident_url`. `startsAt` is the incident's
+//! `summary`, `description`, `incident_id`, `incident_url`, and `top_suspect` when the
+//! incident's profiles name one at the time of the change (at open a CPU capture is
+//! often still running; the resolve carries it). `startsAt` is the incident's
 //! first event, `generatorURL` its page. A firing alert carries `endsAt` = now +
 //! [`FIRING_FOR`], so one whose resolve never comes (a collector gone for good) still
 //! ends; the resolve sets `endsAt` to the moment the incident resolved. When an incident
@@ -13,6 +15,7 @@
 
 use std::time::Duration;
 
+use holmes_api::Suspect;
 use holmes_storage::{IncidentRecord, Severity};
 use serde_json::{json, Value};
 
@@ -32,8 +35,9 @@ fn alert(
     ends_at: u64,
     summary: &str,
     url: &str,
+    top: Option<&Suspect>,
 ) -> Value {
-    json!({
+    let mut alert = json!({
         "labels": {
             "alertname": ALERTNAME,
             "service": incident.service,
@@ -56,11 +60,25 @@ fn alert(
         "startsAt": rfc3339(incident.first_event_unix_nanos),
         "endsAt": rfc3339(ends_at),
         "generatorURL": url,
-    })
+    });
+    if let Some(top) = top {
+        alert["annotations"]["top_suspect"] = Value::String(format!(
+            "{} ({:.0}% of the incident's profiles, {:.0}% before it)",
+            top.function,
+            top.share * 100.0,
+            top.baseline_share * 100.0
+        ));
+    }
+    alert
 }
 
 /// The alerts (a JSON array) for this change of `incident`.
-pub(crate) fn body(kind: AlertKind, incident: &IncidentRecord, url: &str) -> Value {
+pub(crate) fn body(
+    kind: AlertKind,
+    incident: &IncidentRecord,
+    url: &str,
+    top: Option<&Suspect>,
+) -> Value {
     let now = unix_nanos_now();
     let firing_until = now.saturating_add(u64::try_from(FIRING_FOR.as_nanos()).unwrap_or(u64::MAX));
     let summary = format!("Holmes: {}", super::payload::summary(kind, incident));
@@ -70,15 +88,16 @@ pub(crate) fn body(kind: AlertKind, incident: &IncidentRecord, url: &str) -> Val
             incident.severity,
             firing_until,
             &summary,
-            url
+            url,
+            top
         )]),
         AlertKind::Escalated => json!([
-            alert(incident, Severity::Instance, now, &summary, url),
-            alert(incident, Severity::Fleet, firing_until, &summary, url),
+            alert(incident, Severity::Instance, now, &summary, url, top),
+            alert(incident, Severity::Fleet, firing_until, &summary, url, top),
         ]),
         AlertKind::Resolved => {
             let at = incident.resolved_unix_nanos.unwrap_or(now);
-            json!([alert(incident, incident.severity, at, &summary, url)])
+            json!([alert(incident, incident.severity, at, &summary, url, top)])
         }
     }
 }
@@ -105,7 +124,7 @@ mod tests {
             related: vec![],
             version: 2,
         };
-        let b = body(AlertKind::Escalated, &i, "http://h/ui/incidents/x");
+        let b = body(AlertKind::Escalated, &i, "http://h/ui/incidents/x", None);
         assert_eq!(b[0]["labels"]["severity"], "instance");
         assert_eq!(b[1]["labels"]["severity"], "fleet");
         assert_eq!(b[1]["labels"]["fingerprint"], i.incident_id.as_str());
@@ -113,7 +132,17 @@ mod tests {
         assert!(b[0]["endsAt"].as_str() < b[1]["endsAt"].as_str());
         i.status = IncidentStatus::Resolved;
         i.resolved_unix_nanos = Some(1_700_000_400_000_000_000);
-        let r = body(AlertKind::Resolved, &i, "u");
+        let top = Suspect {
+            function: "checkout::render".to_owned(),
+            share: 0.8,
+            baseline_share: 0.1,
+            growth: 0.7,
+        };
+        let r = body(AlertKind::Resolved, &i, "u", Some(&top));
+        assert_eq!(
+            r[0]["annotations"]["top_suspect"],
+            "checkout::render (80% of the incident's profiles, 10% before it)"
+        );
         assert_eq!(r[0]["endsAt"], "2023-11-14T22:20:00.000Z");
         assert_eq!(r.as_array().unwrap().len(), 1);
     }

@@ -111,6 +111,14 @@ receivers:
             request_id: None,
         })
         .await;
+    agent
+        .profile(
+            "d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4d4",
+            "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1",
+            now,
+            support::cpu_pprof(&[(&["shop::busy_loop", "shop::serve", "main"], 40)], now),
+        )
+        .await;
     let api = ApiClient::new(&holmes).unwrap();
     let first = eventually(Duration::from_secs(30), "the incident", || async {
         api.incidents(Some("shop"), "1h", None)
@@ -157,6 +165,14 @@ receivers:
     assert_eq!(
         resolved["alerts"][0]["labels"]["fingerprint"],
         first.incident_id.as_str()
+    );
+    // By then the incident's profile is in: the alert names its top suspect.
+    let top = resolved["alerts"][0]["annotations"]["top_suspect"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no top_suspect: {resolved}"));
+    assert!(
+        top.starts_with("shop::busy_loop (100% of the incident's profiles"),
+        "{top}"
     );
     assert_eq!(
         api.incident(&first.incident_id)
