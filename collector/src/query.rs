@@ -8,6 +8,8 @@
 //! | `GET /api/v1/services/{service}/triggers?since=1h[&until=..][&metric=cpu][&limit=..]` | `{service, since, until, triggers: [{event_id, instance, metric, reason, current, ts, unix_ms, window: [{ts, unix_ms, value}], rule, request_id}]}`, oldest first; `metric` and `rule` are `null` for a requested capture |
 //! | `GET /api/v1/services/{service}/profiles?since=1h[&until=..][&event=<id>][&kind=cpu][&limit=..]` | `{service, since, until, profiles: [{profile_id, event_id, instance, kind, started, unix_ms, duration_ms, labels, error, size_bytes, download}]}`, oldest first; `error` is `null` and `download` the path below for a capture that worked |
 //! | `GET /api/v1/profiles/{profile_id}` | the gzip-compressed pprof bytes exactly as the agent sent them, `application/octet-stream`, `content-disposition: attachment; filename="<kind>.<event_id>.<profile_id>.pb.gz"`; 400 for an id that is not 32 lowercase hex digits, 404 for an unknown one or a failed capture |
+//! | `GET /api/v1/profiles/{profile_id}/otlp`, `GET /api/v1/incidents/{incident_id}/otlp` | the profile, or the incident's profiles, as one OTLP `ExportProfilesServiceRequest` ([`otlp`]) |
+//! | `GET /api/v1/incidents?label=k8s.namespace.name=shop[&label=..]` (also per service) | incidents with an instance carrying every label given (the agent's Kubernetes labels, say) |
 //! | `GET /healthz` | `ok` |
 //!
 //! Times are RFC 3339 in UTC; `since`/`until` also take a duration before now (`10m`).
@@ -36,6 +38,8 @@ use crate::ingest::live::LiveAgents;
 
 pub mod flamegraph;
 mod incidents;
+mod labels;
+pub mod otlp;
 pub mod profiles;
 pub mod top;
 pub mod triggers;
@@ -89,6 +93,8 @@ pub fn router(
             "/api/v1/profiles/{profile_id}/flamegraph.svg",
             get(profiles::flamegraph),
         )
+        .route("/api/v1/profiles/{profile_id}/otlp", get(otlp::profile))
+        .route("/api/v1/incidents/{incident_id}/otlp", get(otlp::incident))
         .route(
             "/api/v1/services/{service}/capture",
             axum::routing::post(capture),
