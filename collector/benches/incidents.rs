@@ -31,7 +31,7 @@ use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use holmes_collector::api_client::ApiClient;
+use holmes_cli::api_client::ApiClient;
 use holmes_collector::config::Config;
 use holmes_collector::Server;
 use holmes_proto::{Metric, ProfileKind, RuleConfig, Sample, TriggerReason};

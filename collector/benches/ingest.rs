@@ -23,7 +23,9 @@
 //! (stacks, samples, heads) and the kept originals, against the raw gzip size. A baseline
 //! runs the same profiles through decode + normalize alone. ClickHouse runs when
 //! `HOLMES_TEST_CLICKHOUSE_URL` is set and is skipped with a line saying so otherwise.
-//! `HOLMES_BENCH_BACKENDS=sqlite|clickhouse` runs only one. Nothing is asserted: these are
+//! `HOLMES_BENCH_BACKENDS=sqlite|clickhouse` runs only one. Then the same profiles come
+//! in as Pyroscope pushes and OTLP exports (`ingest/foreign.rs`; `HOLMES_BENCH_FOREIGN=0`
+//! skips it), in a table beside the agent's SQLite row. Nothing is asserted: these are
 //! figures to read, on machines too noisy for thresholds.
 
 // The allocator of the `holmes-collector` binary (its `jemalloc` feature, on by default).
@@ -31,19 +33,24 @@
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+// Pyroscope and OTLP clients sending the same profiles (a section of its own).
+#[path = "ingest/foreign.rs"]
+mod foreign;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use holmes_collector::config::{ClickHouseSection, Config, StoreKind};
-use holmes_collector::ingest::normalize::{normalize, normalize_new_stacks, Limits};
-use holmes_collector::synthetic::{mix, ProfileFactory, SAMPLES_PER_PROFILE, ZIPF_S};
+use holmes_collector::config::{Config, StoreKind};
+use holmes_collector::process::normalize::{normalize, normalize_new_stacks, Limits};
 use holmes_collector::Server;
+use holmes_devtools::synthetic::{mix, ProfileFactory, SAMPLES_PER_PROFILE, ZIPF_S};
 use holmes_proto::pb::ingest_client::IngestClient;
 use holmes_proto::pprof::Profile;
 use holmes_proto::{
     pb, AgentBody, AgentMessage, CollectorMessage, Hello, ProfileChunk, ProfileKind,
 };
+use holmes_storage::clickhouse::ClickHouseSettings;
 use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -89,7 +96,7 @@ impl Params {
 }
 
 // ---------------------------------------------------------------------------------------
-// The day of captures (profiles from holmes_collector::synthetic)
+// The day of captures (profiles from holmes_devtools::synthetic)
 // ---------------------------------------------------------------------------------------
 
 /// One profile ready to send.
@@ -237,6 +244,9 @@ fn hello(instance: usize) -> Hello {
         rules: Vec::new(),
         started_at_unix_nanos: 1,
         collect_interval: Duration::from_secs(1),
+        rules_version: 0,
+        executable: None,
+        debuginfo_upload: false,
     }
 }
 
@@ -283,6 +293,7 @@ async fn run_agent(
                 duration: Duration::from_secs(10),
                 error: None,
                 labels: [("phase".to_owned(), "trigger".to_owned())].into(),
+                format: holmes_proto::ProfileFormat::PprofGzip,
             };
             let msg = AgentMessage {
                 seq,
@@ -365,16 +376,16 @@ fn run_backend(
     let url = std::env::var("HOLMES_TEST_CLICKHOUSE_URL").ok();
     if backend == Backend::ClickHouse {
         config.store = StoreKind::Clickhouse;
-        config.clickhouse = ClickHouseSection {
+        config.clickhouse = ClickHouseSettings {
             url: url.clone(),
             database: database.clone(),
-            ..ClickHouseSection::default()
+            ..ClickHouseSettings::default()
         };
         if let Some(ms) = std::env::var("HOLMES_BENCH_BATCH_MS")
             .ok()
             .and_then(|v| v.parse().ok())
         {
-            config.clickhouse.batch_delay_ms = ms;
+            config.clickhouse.batch_delay = Duration::from_millis(ms);
         }
     }
     let server = collector_rt
@@ -820,4 +831,19 @@ fn main() {
         ));
     }
     report(&params, raw_total, baseline, &runs);
+    if std::env::var("HOLMES_BENCH_FOREIGN").as_deref() != Ok("0") {
+        let foreign_runs = foreign::run(&params, &profiles, &collector_rt, &agent_rt);
+        let agent = runs.iter().find(|r| r.backend == Backend::Sqlite).map(|r| {
+            let mut sorted = r.latencies.clone();
+            sorted.sort();
+            let n = r.profiles as f64;
+            (
+                n / r.wall.as_secs_f64(),
+                n / r.collector_cpu,
+                percentile(&sorted, 0.5),
+                percentile(&sorted, 0.99),
+            )
+        });
+        foreign::report(agent, &foreign_runs);
+    }
 }

@@ -1,5 +1,6 @@
 //! Alert hooks: incidents opened, escalated and resolved are sent to on-call through a
-//! generic JSON webhook, Slack incoming webhooks and PagerDuty Events API v2.
+//! generic JSON webhook, Slack incoming webhooks, PagerDuty Events API v2 and
+//! Alertmanager's `/api/v2/alerts` ([`alertmanager`]).
 //!
 //! [`Alerter::notify`] writes one row per matching hook to a SQLite outbox in the data
 //! directory ([`outbox::OUTBOX_FILE`]) and returns; a background task delivers them,
@@ -10,10 +11,11 @@
 //! collector stops is sent again by the next start, which PagerDuty folds by its dedup
 //! key (the incident id) and webhooks can drop by `alert_id`.
 
+pub mod alertmanager;
+pub mod config;
 mod deliver;
 pub mod outbox;
 mod payload;
-pub mod settings;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -28,11 +30,11 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio_rustls::rustls;
 
-use crate::config::ConfigError;
+use config::AlertsConfigError;
+pub use config::{AlertsConfig, HookConfig, HookKind, MinSeverity};
 use deliver::{now_ms, with_outbox, Delivery, RetryPolicy, SharedOutbox, Target};
 use outbox::{NewAlert, Outbox};
 pub use outbox::{OutboxStats, OUTBOX_FILE};
-pub use settings::{AlertsConfig, HookConfig, HookKind, MinSeverity};
 
 /// What happened to an incident.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -61,7 +63,7 @@ impl AlertKind {
 pub enum AlertError {
     /// The `[alerts]` configuration cannot be used.
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    Config(#[from] AlertsConfigError),
     /// The data directory cannot be created.
     #[error("cannot create the data directory {path}: {source}")]
     Dir {
@@ -131,6 +133,10 @@ impl std::fmt::Debug for Alerter {
     }
 }
 
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// The TLS client configuration for `https://` hooks: the system's trust store.
 fn tls_config(needed: bool) -> Result<rustls::ClientConfig, AlertError> {
     use hyper_rustls::ConfigBuilderExt;
@@ -189,8 +195,7 @@ impl Alerter {
         }
         let mut targets = HashMap::new();
         for hook in &config.hooks {
-            let uri =
-                settings::check_url(&format!("alerts.hooks {:?}: url", hook.name), hook.url())?;
+            let uri = config::check_url(&format!("alerts.hooks {:?}: url", hook.name), hook.url())?;
             let target = Target {
                 kind: hook.kind,
                 uri,
@@ -229,10 +234,10 @@ impl Alerter {
             targets,
             client,
             retry: RetryPolicy {
-                initial_ms: config.retry_initial_ms,
-                max_ms: config.retry_max_ms,
-                give_up_ms: config.give_up_after_secs.saturating_mul(1000),
-                timeout: Duration::from_millis(config.request_timeout_ms),
+                initial_ms: millis(config.retry_initial),
+                max_ms: millis(config.retry_max),
+                give_up_ms: millis(config.give_up_after),
+                timeout: config.request_timeout,
             },
             keep_finished_rows: config.max_pending,
             wake: Arc::clone(&wake),
@@ -278,6 +283,15 @@ impl Alerter {
         )
     }
 
+    /// Whether a hook that carries the top suspect (Alertmanager's) wants this incident.
+    pub fn wants_suspect(&self, incident: &IncidentRecord) -> bool {
+        self.inner.as_ref().is_some_and(|inner| {
+            inner.hooks.iter().any(|h| {
+                h.kind == HookKind::Alertmanager && h.wants(&incident.service, incident.severity)
+            })
+        })
+    }
+
     /// Queues one alert per matching hook for this incident change, durably (it is on
     /// disk when this returns); never waits for delivery. A change already queued
     /// (same incident, kind and version) is not queued again.
@@ -285,6 +299,17 @@ impl Alerter {
         &self,
         kind: AlertKind,
         incident: &IncidentRecord,
+    ) -> Result<(), AlertError> {
+        self.notify_with_suspect(kind, incident, None).await
+    }
+
+    /// [`Alerter::notify`], with the incident's top suspect for the hooks that carry it
+    /// (see [`Alerter::wants_suspect`]).
+    pub async fn notify_with_suspect(
+        &self,
+        kind: AlertKind,
+        incident: &IncidentRecord,
+        top_suspect: Option<&holmes_api::Suspect>,
     ) -> Result<(), AlertError> {
         let Some(inner) = &self.inner else {
             return Ok(());
@@ -300,7 +325,8 @@ impl Alerter {
                 hook: h.name.clone(),
                 incident_id: incident.incident_id.clone(),
                 kind: kind.as_str(),
-                body: payload::body(h.kind, kind, &alert_id, incident, &url).to_string(),
+                body: payload::body(h.kind, kind, &alert_id, incident, &url, top_suspect)
+                    .to_string(),
             })
             .collect();
         if alerts.is_empty() {

@@ -18,6 +18,8 @@ use axum::response::{IntoResponse, Response};
 
 use crate::error::ApiError;
 
+pub mod config;
+
 /// The key of the token that any service without its own may use.
 pub const WILDCARD_SERVICE: &str = "*";
 

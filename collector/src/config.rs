@@ -1,40 +1,56 @@
 //! The collector's configuration: a TOML file (unknown keys are errors), `HOLMES_*`
 //! environment variables over it, and command-line flags over both.
+//!
+//! The file's top-level keys (role, addresses, store, limits, retention) are read here;
+//! each section belongs to the module that uses it and checks itself, with its own
+//! error: `[clickhouse]` ([`ClickHouseSettings`], in the storage crate), `[rules]`
+//! ([`crate::ingest::rules`]), `[incidents]` ([`CorrelateConfig`]), `[tls]`
+//! ([`TlsConfig`]), `[auth]` ([`AuthConfig`]), `[alerts]` ([`AlertsConfig`]) and
+//! `[kafka]` ([`KafkaConfig`]). Durations are text (`"50ms"`, `"2m"`); keys of older
+//! releases that spelled them as numbers (`batch_delay_ms`, ...) are refused with the
+//! name of their replacement.
 
-use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use holmes_storage::clickhouse::{ClickHouseSettings, ClickHouseSettingsError};
 use serde::Deserialize;
 
-use crate::auth::{Secret, WILDCARD_SERVICE};
-use crate::rules::{RulesError, ServiceRules};
+use crate::alert::config::AlertsConfigError;
+use crate::alert::AlertsConfig;
+use crate::auth::config::{AuthConfig, AuthConfigError, TokenList};
+use crate::auth::Secret;
+use crate::incident::correlate::{CorrelateConfig, IncidentsConfigError};
+use crate::ingest::rules::{RulesError, ServiceRules};
+use crate::process::kafka::{KafkaConfig, KafkaConfigError};
+use crate::tls::{TlsConfig, TlsError};
 
 /// gRPC ingest address when nothing else is set.
-pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:7070";
+pub const DEFAULT_GRPC_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7070);
 /// HTTP API address when nothing else is set.
-pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:7071";
+pub const DEFAULT_HTTP_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7071);
 /// Where the embedded store lives when nothing else is set.
 pub const DEFAULT_DATA_DIR: &str = "./holmes-data";
 /// Largest gRPC message accepted from an agent.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Largest profile accepted from an agent (the sum of its chunks).
 pub const DEFAULT_MAX_PROFILE_BYTES: u64 = 32 * 1024 * 1024;
-/// Instances heard from within this window count as active in the services list.
-pub const DEFAULT_ACTIVE_WINDOW: &str = "5m";
+/// Days of data kept unless `retention_days` says otherwise.
+pub const DEFAULT_RETENTION_DAYS: u32 = 30;
 
 /// Which store to run on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreKind {
     /// Embedded SQLite under the data directory.
+    #[default]
     Sqlite,
     /// A ClickHouse server.
     Clickhouse,
 }
 
 /// What a collector does (`role`): everything on one node, or one half of the Kafka
-/// pipeline ([`crate::pipeline`]).
+/// pipeline ([`crate::process`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -61,561 +77,80 @@ impl Role {
     }
 }
 
-/// Kafka settings (`[kafka]`), used by the `ingest` and `process` roles.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KafkaSection {
-    /// Bootstrap brokers, `host:port[,host:port...]`; required by those roles.
-    pub brokers: Option<String>,
-    /// The topic events go through; created at start if missing.
-    #[serde(default = "default_kafka_topic")]
-    pub topic: String,
-    /// Partitions of the topic when the collector creates it. Each service's events go
-    /// to one partition (a hash of its name), so this bounds how many processors share
-    /// the work. Do not change the partition count of a topic in use.
-    #[serde(default = "default_kafka_partitions")]
-    pub partitions: i32,
-    /// Replication factor of the topic when the collector creates it.
-    #[serde(default = "default_kafka_replication")]
-    pub replication_factor: i32,
-    /// Consumer group of the `process` role.
-    #[serde(default = "default_kafka_group")]
-    pub group_id: String,
-    /// How long an ingest node waits for the broker to acknowledge an event before it
-    /// gives up on it (the agent is then not acknowledged and resends later), ms.
-    #[serde(default = "default_kafka_produce_timeout_ms")]
-    pub produce_timeout_ms: u64,
-    /// Consumer group session timeout, ms: how long a dead processor keeps its
-    /// partitions before they move to another.
-    #[serde(default = "default_kafka_session_timeout_ms")]
-    pub session_timeout_ms: u64,
-    /// Consumer group heartbeat interval, ms (at most a third of the session timeout).
-    #[serde(default = "default_kafka_heartbeat_interval_ms")]
-    pub heartbeat_interval_ms: u64,
-    /// Extra librdkafka settings for both the producer and the consumer
-    /// (`[kafka.client] "security.protocol" = "ssl"`); they win over the ones above.
-    #[serde(default)]
-    pub client: BTreeMap<String, String>,
-}
-
-/// Topic name when nothing else is set.
-pub const DEFAULT_KAFKA_TOPIC: &str = "holmes-events";
-/// Consumer group when nothing else is set.
-pub const DEFAULT_KAFKA_GROUP: &str = "holmes-process";
-
-fn default_kafka_topic() -> String {
-    DEFAULT_KAFKA_TOPIC.to_owned()
-}
-fn default_kafka_group() -> String {
-    DEFAULT_KAFKA_GROUP.to_owned()
-}
-fn default_kafka_partitions() -> i32 {
-    12
-}
-fn default_kafka_replication() -> i32 {
-    1
-}
-fn default_kafka_produce_timeout_ms() -> u64 {
-    10_000
-}
-fn default_kafka_session_timeout_ms() -> u64 {
-    10_000
-}
-fn default_kafka_heartbeat_interval_ms() -> u64 {
-    1_000
-}
-
-impl Default for KafkaSection {
-    fn default() -> Self {
-        KafkaSection {
-            brokers: None,
-            topic: default_kafka_topic(),
-            partitions: default_kafka_partitions(),
-            replication_factor: default_kafka_replication(),
-            group_id: default_kafka_group(),
-            produce_timeout_ms: default_kafka_produce_timeout_ms(),
-            session_timeout_ms: default_kafka_session_timeout_ms(),
-            heartbeat_interval_ms: default_kafka_heartbeat_interval_ms(),
-            client: BTreeMap::new(),
-        }
-    }
-}
-
-impl KafkaSection {
-    fn validate(&self, role: Role) -> Result<(), ConfigError> {
-        if role == Role::All {
-            return Ok(());
-        }
-        if !cfg!(feature = "kafka") {
-            return Err(ConfigError::Invalid(format!(
-                "role = \"{}\" needs Kafka, but this collector was built without the `kafka` feature",
-                role.as_str()
-            )));
-        }
-        if self.brokers.as_deref().is_none_or(|b| b.trim().is_empty()) {
-            return Err(ConfigError::Invalid(format!(
-                "role = \"{}\" needs Kafka brokers (--kafka-brokers, HOLMES_KAFKA_BROKERS or [kafka] brokers)",
-                role.as_str()
-            )));
-        }
-        if self.topic.is_empty() || self.group_id.is_empty() {
-            return Err(ConfigError::Invalid(
-                "kafka: topic and group_id must not be empty".to_owned(),
-            ));
-        }
-        if self.partitions < 1 || self.replication_factor < 1 {
-            return Err(ConfigError::Invalid(
-                "kafka: partitions and replication_factor must be at least 1".to_owned(),
-            ));
-        }
-        if self.produce_timeout_ms == 0 {
-            return Err(ConfigError::Invalid(
-                "kafka: produce_timeout_ms must be at least 1".to_owned(),
-            ));
-        }
-        if self.heartbeat_interval_ms == 0
-            || self.heartbeat_interval_ms * 3 > self.session_timeout_ms
-        {
-            return Err(ConfigError::Invalid(format!(
-                "kafka: heartbeat_interval_ms = {} must be positive and at most a third of session_timeout_ms = {}",
-                self.heartbeat_interval_ms, self.session_timeout_ms
-            )));
-        }
-        Ok(())
-    }
-}
-
-/// ClickHouse connection settings (`[clickhouse]` in the file).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ClickHouseSection {
-    /// HTTP URL of the server.
-    pub url: Option<String>,
-    /// Database; created if missing.
-    #[serde(default = "default_database")]
-    pub database: String,
-    /// User name.
-    pub user: Option<String>,
-    /// Password.
-    pub password: Option<Secret>,
-    /// How long rows wait to be written together with other agents' rows, milliseconds
-    /// (one `INSERT` per table per batch).
-    #[serde(default = "default_batch_delay_ms")]
-    pub batch_delay_ms: u64,
-    /// Rows that fill a batch early.
-    #[serde(default = "default_batch_rows")]
-    pub batch_rows: usize,
-    /// A cluster (as named in the servers' `remote_servers`): `<table>_local` tables
-    /// with `Replicated*MergeTree` engines plus `Distributed` tables sharded by service.
-    /// None: the single-server schema. See deploy/README.md.
-    pub cluster: Option<String>,
-    /// On a cluster: `Replicated*MergeTree` local tables (needs ZooKeeper); `false`
-    /// keeps the plain engines, for shards without replicas.
-    #[serde(default = "default_true")]
-    pub replicated: bool,
-    /// On a cluster: each local table's replication path; Holmes fills in `{database}`
-    /// and `{table}`, the server its macros (`{shard}`).
-    #[serde(default = "default_zookeeper_path")]
-    pub zookeeper_path: String,
-    /// On a cluster: each local table's replica name (the server's `{replica}` macro).
-    #[serde(default = "default_replica_name")]
-    pub replica_name: String,
-    /// On a cluster: create the tables with `ON CLUSTER` (distributed DDL); `false`
-    /// creates them only on the server at `url`.
-    #[serde(default = "default_true")]
-    pub on_cluster: bool,
-}
-
-fn default_true() -> bool {
-    true
-}
-
-fn default_zookeeper_path() -> String {
-    holmes_storage::clickhouse::DEFAULT_ZOOKEEPER_PATH.to_owned()
-}
-
-fn default_replica_name() -> String {
-    holmes_storage::clickhouse::DEFAULT_REPLICA_NAME.to_owned()
-}
-
-impl ClickHouseSection {
-    /// The cluster settings for the store, when a cluster is named.
-    pub fn cluster_config(&self) -> Option<holmes_storage::clickhouse::ClusterConfig> {
-        self.cluster
-            .as_ref()
-            .map(|name| holmes_storage::clickhouse::ClusterConfig {
-                name: name.clone(),
-                replicated: self.replicated,
-                zookeeper_path: self.zookeeper_path.clone(),
-                replica_name: self.replica_name.clone(),
-                on_cluster: self.on_cluster,
-            })
-    }
-}
-
-fn default_batch_delay_ms() -> u64 {
-    holmes_storage::clickhouse::DEFAULT_BATCH_DELAY.as_millis() as u64
-}
-
-fn default_batch_rows() -> usize {
-    holmes_storage::clickhouse::DEFAULT_BATCH_ROWS
-}
-
-fn default_database() -> String {
-    holmes_storage::clickhouse::DEFAULT_DATABASE.to_owned()
-}
-
-impl Default for ClickHouseSection {
-    fn default() -> Self {
-        ClickHouseSection {
-            url: None,
-            database: default_database(),
-            user: None,
-            password: None,
-            batch_delay_ms: default_batch_delay_ms(),
-            batch_rows: default_batch_rows(),
-            cluster: None,
-            replicated: true,
-            zookeeper_path: default_zookeeper_path(),
-            replica_name: default_replica_name(),
-            on_cluster: true,
-        }
-    }
-}
-
-/// Correlation of trigger events into incidents (`[incidents]`), durations as text
-/// (`90s`, `2m`, `1h`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IncidentsSection {
-    /// Triggers of several instances within this window make a fleet incident.
-    #[serde(default = "default_incident_window")]
-    pub window: String,
-    /// An incident resolves after this long without triggers.
-    #[serde(default = "default_incident_quiet")]
-    pub quiet: String,
-    /// Fleet windows by service (`[incidents.service_windows] checkout = "5m"`).
-    #[serde(default)]
-    pub service_windows: BTreeMap<String, String>,
-}
-
-fn default_incident_window() -> String {
-    humantime::format_duration(crate::correlate::DEFAULT_WINDOW).to_string()
-}
-
-fn default_incident_quiet() -> String {
-    humantime::format_duration(crate::correlate::DEFAULT_QUIET).to_string()
-}
-
-impl Default for IncidentsSection {
-    fn default() -> Self {
-        IncidentsSection {
-            window: default_incident_window(),
-            quiet: default_incident_quiet(),
-            service_windows: BTreeMap::new(),
-        }
-    }
-}
-
-impl IncidentsSection {
-    /// The correlation settings, or what is wrong with them.
-    pub fn correlate_config(&self) -> Result<crate::correlate::CorrelateConfig, ConfigError> {
-        let parse = |key: &str, text: &str| {
-            humantime::parse_duration(text)
-                .ok()
-                .filter(|d| !d.is_zero())
-                .ok_or_else(|| {
-                    ConfigError::Invalid(format!(
-                        "incidents: {key} = {text:?} is not a duration like \"2m\" or \"90s\""
-                    ))
-                })
-        };
-        let window = parse("window", &self.window)?;
-        let quiet = parse("quiet", &self.quiet)?;
-        let mut service_windows = BTreeMap::new();
-        for (service, text) in &self.service_windows {
-            holmes_proto::names::validate_name("service", service)
-                .map_err(|e| ConfigError::Invalid(format!("incidents.service_windows: {e}")))?;
-            service_windows.insert(
-                service.clone(),
-                parse(&format!("service_windows.{service}"), text)?,
-            );
-        }
-        Ok(crate::correlate::CorrelateConfig {
-            window,
-            quiet,
-            service_windows,
-        })
-    }
-}
-
-/// TLS for both listeners (`[tls]`): with a certificate and its key, gRPC ingest and
-/// the HTTP API serve TLS only; without, both are plain.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsSection {
-    /// PEM certificate chain, the server's own certificate first.
-    pub cert_file: Option<PathBuf>,
-    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of that certificate.
-    pub key_file: Option<PathBuf>,
-}
-
-impl TlsSection {
-    /// Whether TLS is configured.
-    pub fn enabled(&self) -> bool {
-        self.cert_file.is_some() || self.key_file.is_some()
-    }
-}
-
-/// Bearer tokens (`[auth]`). Without ingest tokens any agent may send; without an API
-/// token the API is open.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuthSection {
-    /// Token required on `/api/...` (`Authorization: Bearer <token>`).
-    pub api_token: Option<Secret>,
-    /// File holding the API token (trailing whitespace ignored), instead of `api_token`.
-    pub api_token_file: Option<PathBuf>,
-    /// Agent tokens by service name; the key `"*"` holds the token of every service
-    /// without its own.
-    #[serde(default)]
-    pub ingest_tokens: BTreeMap<String, Secret>,
-    /// Files holding agent tokens, by service name (or `"*"`), instead of inline ones.
-    #[serde(default)]
-    pub ingest_token_files: BTreeMap<String, PathBuf>,
-}
-
-/// Reads a token file: its content without surrounding whitespace, never empty.
-fn read_token_file(what: &str, path: &Path) -> Result<Secret, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let token = text.trim();
-    check_token(what, token)?;
-    Ok(Secret::new(token))
-}
-
-/// A token must fit in an HTTP header: visible ASCII without spaces.
-fn check_token(what: &str, token: &str) -> Result<(), ConfigError> {
-    if token.is_empty() {
-        return Err(ConfigError::Invalid(format!("{what} is empty")));
-    }
-    if let Some(c) = token.chars().find(|c| !c.is_ascii_graphic()) {
-        return Err(ConfigError::Invalid(format!(
-            "{what} has the character {c:?}; tokens are visible ASCII without spaces"
-        )));
-    }
-    Ok(())
-}
-
-impl AuthSection {
-    /// The API token, read from its file if it has one.
-    pub fn api_token(&self) -> Result<Option<Secret>, ConfigError> {
-        match (&self.api_token, &self.api_token_file) {
-            (Some(_), Some(_)) => Err(ConfigError::Invalid(
-                "auth: set api_token or api_token_file, not both".to_owned(),
-            )),
-            (Some(t), None) => {
-                check_token("auth.api_token", t.expose())?;
-                Ok(Some(t.clone()))
-            }
-            (None, Some(path)) => read_token_file("auth.api_token_file", path).map(Some),
-            (None, None) => Ok(None),
-        }
-    }
-
-    /// Agent tokens by service (or `"*"`), files read.
-    pub fn ingest_tokens(&self) -> Result<BTreeMap<String, Secret>, ConfigError> {
-        let mut tokens = BTreeMap::new();
-        for (service, token) in &self.ingest_tokens {
-            check_token(&format!("auth.ingest_tokens.{service}"), token.expose())?;
-            tokens.insert(service.clone(), token.clone());
-        }
-        for (service, path) in &self.ingest_token_files {
-            if tokens.contains_key(service) {
-                return Err(ConfigError::Invalid(format!(
-                    "auth: service {service:?} has both an ingest token and a token file"
-                )));
-            }
-            let token = read_token_file(&format!("auth.ingest_token_files.{service}"), path)?;
-            tokens.insert(service.clone(), token);
-        }
-        Ok(tokens)
-    }
-
-    fn validate(&self) -> Result<(), ConfigError> {
-        if self.api_token.is_some() && self.api_token_file.is_some() {
-            return Err(ConfigError::Invalid(
-                "auth: set api_token or api_token_file, not both".to_owned(),
-            ));
-        }
-        if let Some(t) = &self.api_token {
-            check_token("auth.api_token", t.expose())?;
-        }
-        for (service, token) in &self.ingest_tokens {
-            check_token(&format!("auth.ingest_tokens.{service}"), token.expose())?;
-        }
-        for service in self
-            .ingest_tokens
-            .keys()
-            .chain(self.ingest_token_files.keys())
-        {
-            if service != WILDCARD_SERVICE {
-                holmes_proto::names::validate_name("service", service)
-                    .map_err(|e| ConfigError::Invalid(format!("auth: {e}")))?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// `service=token,service=token` (`"*"` for every other service), as
-/// `HOLMES_INGEST_TOKENS` spells the agent tokens.
-#[derive(Clone, PartialEq, Eq)]
-pub struct TokenList(pub BTreeMap<String, Secret>);
-
-impl std::fmt::Debug for TokenList {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_map().entries(self.0.iter()).finish()
-    }
-}
-
-impl std::str::FromStr for TokenList {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut tokens = BTreeMap::new();
-        for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (service, token) = pair
-                .split_once('=')
-                .ok_or_else(|| "expected service=token[,service=token...]".to_owned())?;
-            let (service, token) = (service.trim(), token.trim());
-            if service != WILDCARD_SERVICE {
-                holmes_proto::names::validate_name("service", service)
-                    .map_err(|e| e.to_string())?;
-            }
-            check_token(&format!("the token of {service:?}"), token).map_err(|e| e.to_string())?;
-            tokens.insert(service.to_owned(), Secret::new(token));
-        }
-        Ok(TokenList(tokens))
-    }
-}
-
 /// The whole configuration, as the file spells it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// What this collector does: `all` (single node, the default), `ingest` or `process`
     /// (the two halves of the Kafka pipeline, see `[kafka]`).
-    #[serde(default)]
     pub role: Role,
     /// Address agents connect to (not bound by the `process` role).
-    #[serde(default = "default_grpc")]
     pub grpc_addr: SocketAddr,
     /// Address of the HTTP API.
-    #[serde(default = "default_http")]
     pub http_addr: SocketAddr,
     /// Folder for the embedded store and other local state.
-    #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
     /// Which store to use.
-    #[serde(default = "default_store")]
     pub store: StoreKind,
     /// Largest gRPC message accepted from an agent, bytes.
-    #[serde(default = "default_max_message")]
     pub max_message_bytes: usize,
     /// Largest profile accepted from an agent, bytes (all its chunks together); a larger
     /// one ends the agent's stream with INVALID_ARGUMENT.
-    #[serde(default = "default_max_profile")]
     pub max_profile_bytes: u64,
     /// Largest size a profile may decompress to, bytes; beyond it (a gzip bomb, say) the
     /// profile is stored as refused, with the reason, instead of decoded.
-    #[serde(default = "default_max_decoded_profile")]
     pub max_decoded_profile_bytes: u64,
     /// Days of metric samples, trigger events and profiles kept; 0 keeps everything.
-    #[serde(default = "default_retention_days")]
     pub retention_days: u32,
     /// ClickHouse settings, used when `store = "clickhouse"`.
-    #[serde(default)]
-    pub clickhouse: ClickHouseSection,
+    pub clickhouse: ClickHouseSettings,
     /// Trigger rules by service, then by metric (`[rules.checkout] cpu = "abs=90"`),
-    /// pushed to the service's agents when they connect; see [`crate::rules`].
-    #[serde(default)]
+    /// pushed to the service's agents when they connect; see [`crate::ingest::rules`].
     pub rules: ServiceRules,
     /// Correlation of trigger events into incidents.
-    #[serde(default)]
-    pub incidents: IncidentsSection,
+    pub incidents: CorrelateConfig,
     /// TLS on both listeners.
-    #[serde(default)]
-    pub tls: TlsSection,
+    pub tls: TlsConfig,
     /// Tokens for agents and for the API.
-    #[serde(default)]
-    pub auth: AuthSection,
+    pub auth: AuthConfig,
     /// Alert hooks (`[alerts]`, `[[alerts.hooks]]`).
-    #[serde(default)]
-    pub alerts: crate::alert::AlertsConfig,
+    pub alerts: AlertsConfig,
     /// Kafka, for the `ingest` and `process` roles.
-    #[serde(default)]
-    pub kafka: KafkaSection,
-}
-
-fn default_grpc() -> SocketAddr {
-    parse_default(DEFAULT_GRPC_ADDR)
-}
-fn default_http() -> SocketAddr {
-    parse_default(DEFAULT_HTTP_ADDR)
-}
-fn parse_default(addr: &str) -> SocketAddr {
-    addr.parse()
-        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
-}
-fn default_data_dir() -> PathBuf {
-    PathBuf::from(DEFAULT_DATA_DIR)
-}
-fn default_store() -> StoreKind {
-    StoreKind::Sqlite
-}
-fn default_max_message() -> usize {
-    DEFAULT_MAX_MESSAGE_BYTES
-}
-fn default_max_profile() -> u64 {
-    DEFAULT_MAX_PROFILE_BYTES
-}
-
-/// Days of data kept unless `retention_days` says otherwise.
-pub const DEFAULT_RETENTION_DAYS: u32 = 30;
-
-fn default_retention_days() -> u32 {
-    DEFAULT_RETENTION_DAYS
-}
-
-fn default_max_decoded_profile() -> u64 {
-    crate::ingest::normalize::DEFAULT_MAX_DECODED_BYTES
+    pub kafka: KafkaConfig,
+    /// Alerts from Alertmanager (`POST /api/v1/alertmanager`): how they name services.
+    pub alertmanager: crate::ingest::alertmanager::AlertmanagerConfig,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             role: Role::default(),
-            grpc_addr: default_grpc(),
-            http_addr: default_http(),
-            data_dir: default_data_dir(),
-            store: default_store(),
-            max_message_bytes: default_max_message(),
-            max_profile_bytes: default_max_profile(),
-            max_decoded_profile_bytes: default_max_decoded_profile(),
-            retention_days: default_retention_days(),
-            clickhouse: ClickHouseSection::default(),
+            grpc_addr: DEFAULT_GRPC_ADDR,
+            http_addr: DEFAULT_HTTP_ADDR,
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            store: StoreKind::default(),
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_profile_bytes: DEFAULT_MAX_PROFILE_BYTES,
+            max_decoded_profile_bytes: crate::process::normalize::DEFAULT_MAX_DECODED_BYTES,
+            retention_days: DEFAULT_RETENTION_DAYS,
+            clickhouse: ClickHouseSettings::default(),
             rules: ServiceRules::new(),
-            incidents: IncidentsSection::default(),
-            tls: TlsSection::default(),
-            auth: AuthSection::default(),
-            alerts: crate::alert::AlertsConfig::default(),
-            kafka: KafkaSection::default(),
+            incidents: CorrelateConfig::default(),
+            tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
+            alerts: AlertsConfig::default(),
+            kafka: KafkaConfig::default(),
+            alertmanager: Default::default(),
         }
     }
 }
+
+/// Keys of older releases, by section, each with what replaced it.
+const REPLACED_KEYS: [(&str, &[(&str, &str)]); 3] = [
+    ("clickhouse", ClickHouseSettings::REPLACED_KEYS),
+    ("kafka", KafkaConfig::REPLACED_KEYS),
+    ("alerts", AlertsConfig::REPLACED_KEYS),
+];
 
 /// A configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -636,15 +171,42 @@ pub enum ConfigError {
         /// The parser's explanation, with line and column.
         message: String,
     },
-    /// A setting is inconsistent.
+    /// The file uses a key of an older release.
+    #[error("config file {path}: [{section}] {key} is no longer read; use {replacement}")]
+    Replaced {
+        /// The file.
+        path: PathBuf,
+        /// Its section.
+        section: &'static str,
+        /// The old key.
+        key: &'static str,
+        /// The key that replaced it, with an example value.
+        replacement: &'static str,
+    },
+    /// Top-level settings are inconsistent.
     #[error("{0}")]
     Invalid(String),
+    /// The `[clickhouse]` section cannot be used.
+    #[error(transparent)]
+    ClickHouse(#[from] ClickHouseSettingsError),
     /// A configured trigger rule cannot be used.
     #[error(transparent)]
     Rules(#[from] RulesError),
-    /// The TLS certificate or key cannot be used.
+    /// The `[incidents]` section cannot be used.
     #[error(transparent)]
-    Tls(#[from] crate::tls::TlsError),
+    Incidents(#[from] IncidentsConfigError),
+    /// The TLS settings, certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The `[auth]` section or a token file cannot be used.
+    #[error(transparent)]
+    Auth(#[from] AuthConfigError),
+    /// The `[alerts]` section cannot be used.
+    #[error(transparent)]
+    Alerts(#[from] AlertsConfigError),
+    /// The `[kafka]` section cannot be used for the role.
+    #[error(transparent)]
+    Kafka(#[from] KafkaConfigError),
 }
 
 /// Settings given on the command line or through the environment; each one set here
@@ -726,10 +288,25 @@ pub struct Overrides {
 impl Config {
     /// Parses a TOML document; `path` is only used in messages.
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let parse_error = |e: toml::de::Error| ConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string().trim_end().replace('\n', " "),
-        })
+        };
+        let table: toml::Table = toml::from_str(text).map_err(parse_error)?;
+        for (section, replaced) in REPLACED_KEYS {
+            let Some(keys) = table.get(section).and_then(toml::Value::as_table) else {
+                continue;
+            };
+            if let Some((key, replacement)) = replaced.iter().find(|(k, _)| keys.contains_key(*k)) {
+                return Err(ConfigError::Replaced {
+                    path: path.to_owned(),
+                    section,
+                    key,
+                    replacement,
+                });
+            }
+        }
+        toml::from_str(text).map_err(parse_error)
     }
 
     /// Reads a TOML file.
@@ -787,7 +364,7 @@ impl Config {
             self.clickhouse.user = Some(v.clone());
         }
         if let Some(v) = &o.clickhouse_password {
-            self.clickhouse.password = Some(Secret::new(v.clone()));
+            self.clickhouse.password = Some(v.clone());
         }
         if let Some(v) = &o.tls_cert_file {
             self.tls.cert_file = Some(v.clone());
@@ -810,22 +387,13 @@ impl Config {
         }
     }
 
-    /// Checks settings that depend on each other.
+    /// Checks every section and the settings that depend on each other.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.incidents.correlate_config()?;
+        self.incidents.validate()?;
+        self.clickhouse.validate()?;
         if self.store == StoreKind::Clickhouse && self.clickhouse.url.is_none() {
             return Err(ConfigError::Invalid(
                 "store is clickhouse but no ClickHouse URL is set (--clickhouse-url, HOLMES_CLICKHOUSE_URL or [clickhouse] url)".to_owned(),
-            ));
-        }
-        if self
-            .clickhouse
-            .cluster
-            .as_deref()
-            .is_some_and(|c| c.trim().is_empty())
-        {
-            return Err(ConfigError::Invalid(
-                "[clickhouse] cluster is empty; name a cluster of the servers' remote_servers, or leave the key out".to_owned(),
             ));
         }
         if self.max_message_bytes < 64 * 1024 {
@@ -850,15 +418,14 @@ impl Config {
                 self.grpc_addr
             )));
         }
-        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
-            return Err(ConfigError::Invalid(
-                "tls: set both cert_file and key_file (--tls-cert-file, --tls-key-file), or neither".to_owned(),
-            ));
-        }
+        self.tls.validate()?;
         self.auth.validate()?;
-        self.kafka.validate(self.role)?;
-        crate::rules::check(&self.rules)?;
+        if self.role != Role::All {
+            self.kafka.validate_for(self.role.as_str())?;
+        }
+        crate::ingest::rules::check(&self.rules)?;
         self.alerts.validate()?;
+        self.alertmanager.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 }
@@ -866,6 +433,8 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::time::Duration;
 
     fn fixture(name: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -876,8 +445,10 @@ mod tests {
     #[test]
     fn defaults_match_the_documented_constants() {
         let c = Config::default();
-        assert_eq!(c.grpc_addr.to_string(), DEFAULT_GRPC_ADDR);
-        assert_eq!(c.http_addr.to_string(), DEFAULT_HTTP_ADDR);
+        assert_eq!(c.grpc_addr, DEFAULT_GRPC_ADDR);
+        assert_eq!(c.http_addr, DEFAULT_HTTP_ADDR);
+        assert_eq!(DEFAULT_GRPC_ADDR.to_string(), "127.0.0.1:7070");
+        assert_eq!(DEFAULT_HTTP_ADDR.to_string(), "127.0.0.1:7071");
         assert_eq!(c.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         assert_eq!(c.store, StoreKind::Sqlite);
         assert_eq!(c.max_profile_bytes, DEFAULT_MAX_PROFILE_BYTES);
@@ -894,6 +465,22 @@ mod tests {
         assert_eq!(c.store, StoreKind::Clickhouse);
         assert_eq!(c.clickhouse.url.as_deref(), Some("http://clickhouse:8123"));
         assert_eq!(c.clickhouse.database, "holmes_prod");
+        assert_eq!(c.clickhouse.batch_delay, Duration::from_millis(100));
+        assert_eq!(c.clickhouse.batch_rows, 100_000);
+        assert_eq!(c.incidents.window, Duration::from_secs(120));
+        assert_eq!(c.incidents.quiet, Duration::from_secs(300));
+        assert_eq!(
+            c.incidents.service_windows["checkout"],
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            c.kafka.brokers.as_deref(),
+            Some("kafka-1:9092,kafka-2:9092")
+        );
+        assert_eq!(c.kafka.produce_timeout, Duration::from_secs(10));
+        assert_eq!(c.kafka.session_timeout, Duration::from_secs(10));
+        assert_eq!(c.kafka.heartbeat_interval, Duration::from_secs(1));
+        assert_eq!(c.kafka.client["security.protocol"], "ssl");
         assert_eq!(c.max_message_bytes, 8_388_608);
         assert_eq!(c.max_profile_bytes, 67_108_864);
         assert_eq!(c.max_decoded_profile_bytes, 134_217_728);
@@ -921,14 +508,16 @@ mod tests {
             alerts.base_url.as_deref(),
             Some("https://holmes.example.com")
         );
-        assert_eq!(alerts.retry_initial_ms, 1000);
-        assert_eq!(alerts.give_up_after_secs, 86400);
+        assert_eq!(alerts.retry_initial, Duration::from_secs(1));
+        assert_eq!(alerts.retry_max, Duration::from_secs(300));
+        assert_eq!(alerts.give_up_after, Duration::from_secs(86400));
+        assert_eq!(alerts.request_timeout, Duration::from_secs(10));
         assert_eq!(alerts.max_pending, 100_000);
         let names: Vec<_> = alerts.hooks.iter().map(|h| h.name.as_str()).collect();
         assert_eq!(names, ["oncall-pager", "team-slack", "incident-bot"]);
         let pager = &alerts.hooks[0];
         assert_eq!(pager.kind, crate::alert::HookKind::Pagerduty);
-        assert_eq!(pager.url(), crate::alert::settings::DEFAULT_PAGERDUTY_URL);
+        assert_eq!(pager.url(), crate::alert::config::DEFAULT_PAGERDUTY_URL);
         assert_eq!(pager.min_severity, crate::alert::MinSeverity::Fleet);
         assert_eq!(alerts.hooks[1].services, ["checkout", "cart"]);
         assert_eq!(
@@ -943,52 +532,6 @@ mod tests {
                 && !shown.contains("bot-token"),
             "{shown}"
         );
-    }
-
-    #[test]
-    fn security_settings_are_checked_and_files_read() {
-        for (toml, expected) in [
-            (
-                "[tls]\ncert_file = \"c.pem\"",
-                "tls: set both cert_file and key_file",
-            ),
-            (
-                "[auth]\napi_token = \"a b\"",
-                "auth.api_token has the character ' '",
-            ),
-            (
-                "[auth.ingest_tokens]\n\"check out\" = \"t\"",
-                "auth: service \"check out\" has the character ' '",
-            ),
-            (
-                "[auth]\napi_token = \"t\"\napi_token_file = \"f\"",
-                "auth: set api_token or api_token_file, not both",
-            ),
-        ] {
-            let err = Config::from_toml(toml, Path::new("x.toml"))
-                .unwrap()
-                .validate()
-                .unwrap_err()
-                .to_string();
-            assert!(err.starts_with(expected), "{toml}: {err}");
-        }
-        assert!(Config::from_toml("[tls]\ncert = \"c\"", Path::new("x")).is_err());
-
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("cart");
-        std::fs::write(&file, "cart-token\n").unwrap();
-        let auth = AuthSection {
-            ingest_token_files: [("cart".to_owned(), file.clone())].into(),
-            api_token_file: Some(file),
-            ..AuthSection::default()
-        };
-        assert_eq!(auth.ingest_tokens().unwrap()["cart"].expose(), "cart-token");
-        assert_eq!(auth.api_token().unwrap().unwrap().expose(), "cart-token");
-        let missing = AuthSection {
-            api_token_file: Some(dir.path().join("nope")),
-            ..AuthSection::default()
-        };
-        assert!(matches!(missing.api_token(), Err(ConfigError::Read { .. })));
     }
 
     #[test]
@@ -1061,6 +604,60 @@ mod tests {
         assert!(bad_addr.to_string().contains("bad-addr.toml"), "{bad_addr}");
         let bad_store = Config::from_file(&fixture("bad-store.toml")).unwrap_err();
         assert!(bad_store.to_string().contains("postgres"), "{bad_store}");
+        let old = Config::from_file(&fixture("old-keys.toml")).unwrap_err();
+        assert!(matches!(old, ConfigError::Replaced { .. }), "{old:?}");
+        assert!(
+            old.to_string().ends_with(
+                "[clickhouse] batch_delay_ms is no longer read; use batch_delay = \"50ms\""
+            ),
+            "{old}"
+        );
+        for (text, replacement) in [
+            (
+                "[kafka]\nproduce_timeout_ms = 3000",
+                "use produce_timeout = \"10s\"",
+            ),
+            (
+                "[kafka]\nsession_timeout_ms = 6000",
+                "use session_timeout = \"10s\"",
+            ),
+            (
+                "[kafka]\nheartbeat_interval_ms = 500",
+                "use heartbeat_interval = \"1s\"",
+            ),
+            (
+                "[alerts]\nretry_initial_ms = 200",
+                "use retry_initial = \"1s\"",
+            ),
+            ("[alerts]\nretry_max_ms = 1000", "use retry_max = \"5m\""),
+            (
+                "[alerts]\ngive_up_after_secs = 60",
+                "use give_up_after = \"24h\"",
+            ),
+            (
+                "[alerts]\nrequest_timeout_ms = 100",
+                "use request_timeout = \"10s\"",
+            ),
+        ] {
+            let err = Config::from_toml(text, Path::new("x.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.ends_with(replacement), "{text}: {err}");
+        }
+        // Durations are text; a number is refused with the key's line.
+        let number = Config::from_toml("[incidents]\nwindow = 120", Path::new("n.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            number.contains("n.toml") && number.contains("window"),
+            "{number}"
+        );
+        let zero = Config::from_toml("[incidents]\nquiet = \"0s\"", Path::new("z.toml"))
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert_eq!(zero, "incidents: quiet = \"0s\" is too short; at least 1s");
         let missing = Config::from_file(&fixture("does-not-exist.toml")).unwrap_err();
         assert!(matches!(missing, ConfigError::Read { .. }));
     }
@@ -1086,7 +683,7 @@ mod tests {
         let c = Config::from_toml(text, Path::new("k.toml")).unwrap();
         c.validate().unwrap();
         assert_eq!(c.role, Role::Process);
-        assert_eq!(c.kafka.topic, DEFAULT_KAFKA_TOPIC);
+        assert_eq!(c.kafka.topic, crate::process::kafka::DEFAULT_TOPIC);
         assert_eq!(c.kafka.client["fetch.wait.max.ms"], "100");
         let no_brokers = Config::from_toml("role = \"ingest\"", Path::new("k.toml")).unwrap();
         let err = no_brokers.validate().unwrap_err().to_string();

@@ -1,4 +1,4 @@
-//! gRPC ingest: one bidirectional stream per agent.
+//! Ingest: the gRPC service agents connect to, one bidirectional stream each.
 //!
 //! When tokens are configured ([`crate::auth`]), the stream must carry one, valid for
 //! the service its `Hello` names; nothing of a refused stream is stored.
@@ -7,7 +7,7 @@
 //! one `ConfigUpdate`; every durable message after it (metric windows, trigger events,
 //! profile chunks) is handed to the [`Sink`] as a [`PipelineEvent`] and acknowledged by
 //! sequence number once the sink says it is durable (stored, or acknowledged by Kafka;
-//! see [`crate::pipeline`]). Profile chunks are put together first ([`profiles`]): a
+//! see [`crate::process`]). Profile chunks are put together first ([`assemble`]): a
 //! profile is handed on once its last chunk is in,
 //! and since acknowledgements are cumulative, none reaches the first chunk of a profile
 //! that is not durable yet. Whatever goes wrong with one agent ends that agent's stream
@@ -29,20 +29,22 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::auth::IngestAuth;
 use crate::clock::unix_nanos_now;
 use crate::error::store_status;
-use crate::pipeline::{PipelineBody, PipelineEvent, Sink, SinkError};
-use crate::rules::{update_for, ServiceRules};
+use crate::process::{PipelineBody, PipelineEvent, Sink, SinkError};
 
+pub mod alertmanager;
+pub mod assemble;
+pub mod foreign;
+pub mod http;
 pub mod live;
-pub mod normalize;
-pub mod profiles;
+pub mod otlp;
+pub mod pyroscope;
+pub mod rules;
 
-use profiles::{Assembler, Step};
+use assemble::{Assembler, Step};
+use rules::{update_for, ServiceRules};
 
 /// How long a new stream may take to send its `Hello`.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a failing store write is retried; see [`crate::pipeline::STORE_RETRY_FOR`].
-pub const STORE_RETRY_FOR: Duration = crate::pipeline::STORE_RETRY_FOR;
-
 /// How often an instance's `last_seen` is refreshed while its stream is open.
 pub const TOUCH_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -60,7 +62,7 @@ pub struct IngestService {
 
 impl IngestService {
     /// A service handing what agents send to `sink`, recording instances in `store`,
-    /// and pushing `rules` (checked with [`crate::rules::check`]) to the agents of their
+    /// and pushing `rules` (checked with [`rules::check`]) to the agents of their
     /// services; streams end when `closing` turns true.
     pub fn new(
         store: Arc<dyn Store>,
@@ -253,6 +255,22 @@ impl Ingest for IngestService {
     }
 }
 
+/// Counts one agent message by type.
+fn count_message(body: &AgentBody) {
+    let r#type = match body {
+        AgentBody::Hello(_) => "hello",
+        AgentBody::Heartbeat(_) => "heartbeat",
+        AgentBody::MetricWindow(_) => "metrics",
+        AgentBody::Trigger(_) => "trigger",
+        AgentBody::ProfileChunk(_) => "profile_chunk",
+        _ => "answer",
+    };
+    crate::metrics::metrics()
+        .ingest_messages
+        .get_or_create(&crate::metrics::MessageLabels { r#type })
+        .inc();
+}
+
 struct Session {
     hello: Hello,
     sink: Arc<dyn Sink>,
@@ -314,9 +332,26 @@ impl Session {
     }
 
     async fn handle(&mut self, msg: AgentMessage) -> Result<(), Status> {
+        count_message(&msg.body);
         match msg.body {
             AgentBody::Hello(_) => Err(Status::invalid_argument("hello sent twice on one stream")),
             AgentBody::Heartbeat(_) => self.touch_if_due().await,
+            AgentBody::ConfigApplied(_)
+            | AgentBody::CaptureOutcome(_)
+            | AgentBody::DebugInfoChunk(_) => {
+                if let AgentBody::CaptureOutcome(outcome) = &msg.body {
+                    for refused in &outcome.refused {
+                        crate::metrics::metrics().capture_skipped(refused.reason.as_str());
+                    }
+                }
+                if msg.seq != 0 {
+                    return Err(Status::invalid_argument(
+                        "an agent's answer must not carry a sequence number",
+                    ));
+                }
+                tracing::debug!(service = %self.hello.service, instance = %self.hello.instance_id, "ignoring an answer this collector does not use yet");
+                Ok(())
+            }
             AgentBody::MetricWindow(window) => {
                 if msg.seq == 0 {
                     return Err(Status::invalid_argument(
@@ -342,8 +377,20 @@ impl Session {
                         "profile chunk without a sequence number",
                     ));
                 }
-                if let Step::Complete(record) = self.profiles.push(&self.hello, msg.seq, chunk)? {
-                    let event = crate::pipeline::profile_event(record);
+                crate::metrics::metrics().bytes_in(crate::metrics::Source::Agent, chunk.data.len());
+                let step = self
+                    .profiles
+                    .push(&self.hello, msg.seq, chunk)
+                    .inspect_err(|_| {
+                        crate::metrics::metrics()
+                            .profile_refused(crate::metrics::Source::Agent, "bad_chunks");
+                    })?;
+                if let Step::Complete(record) = step {
+                    if record.error.is_none() {
+                        crate::metrics::metrics()
+                            .profile_ingested(crate::metrics::Source::Agent, record.kind);
+                    }
+                    let event = crate::process::profile_event(record);
                     self.deliver(msg.seq, event.body).await?;
                 }
                 self.touch_if_due().await

@@ -1,46 +1,43 @@
-//! The Holmes collector: receives what agents stream, stores it, and answers queries.
+//! The Holmes collector (the server): receives what agents stream, stores it, groups
+//! spikes into incidents, pages on-call and answers queries.
 //!
-//! What it owns:
-//! - [`ingest`]: the gRPC service agents connect to (one bidirectional stream each).
-//! - [`pipeline`]: what happens to what agents send: processed in place (single node)
-//!   or through Kafka (`ingest` and `process` roles, [`pipeline::kafka`]).
-//! - [`query`]: the HTTP JSON API, and [`api_client`], the client the `holmes` CLI uses.
-//! - [`server`]: start-up, listeners and shutdown; [`config`]: the TOML file, env
-//!   overrides and flags; [`rules`]: the per-service trigger rules pushed to agents.
-//! - [`auth`]: bearer tokens on ingest (per service) and on the API; [`tls`]: TLS on
-//!   both listeners.
-//! - [`aggregate`]: profile contents summed by function (the `top` of a profile).
-//! - [`retention`]: removes the days older than `retention_days`.
+//! Its modules follow the data, stage by stage:
+//! - [`ingest`]: the gRPC service agents connect to (one bidirectional stream each):
+//!   authentication, profile chunks put together, the rules pushed to agents, and the
+//!   registry of connected agents that "capture now" goes through; and what foreign
+//!   programs send: Pyroscope clients ([`ingest::pyroscope`]), OTLP profiles exporters
+//!   ([`ingest::otlp`]), Alertmanager's webhook ([`ingest::alertmanager`]).
+//! - [`process`]: what happens to what agents send: profiles decoded and normalized
+//!   (each distinct stack once), stored, handed to the incidents — in place (single
+//!   node) or through Kafka (`ingest` and `process` roles, [`process::kafka`]); and
+//!   [`process::retention`], which removes the days older than `retention_days`.
+//! - [`incident`]: trigger events of the fleet correlated into incidents, and their
+//!   suspect functions.
 //! - [`alert`]: alert hooks (webhook, Slack, PagerDuty) fed from a persisted outbox.
-//! - [`correlate`]: trigger events of the fleet turned into incidents.
-//! - [`incidents`]: correlation at run time: the store, the alert hooks, the ticker.
-//! - [`flamegraph`]: flame graphs (and diff flame graphs) as SVG.
-//! - [`ui`]: the web page (`/ui`).
-//! - [`error`]: the one place that maps failures to gRPC and HTTP statuses.
-//! - [`demo`]: the workload of `holmes-demo`, the one-command tour.
+//! - [`query`]: the HTTP JSON API (its documents are `holmes-api`'s), flame graphs and
+//!   the web page (`/ui`).
 //!
-//! Binaries: `holmes-collector` (the server), `holmes` (the CLI), `holmes-demo`.
+//! Around them: [`server`] (start-up, listeners, shutdown), [`config`] (the TOML file,
+//! env overrides and flags; each section is owned by the module that uses it), [`auth`]
+//! (bearer tokens on ingest and on the API), [`tls`] (TLS on both listeners), [`error`]
+//! (the one place that maps failures to gRPC and HTTP statuses), [`clock`] and
+//! [`metrics`] (the collector's own Prometheus metrics, `GET /metrics`).
+//!
+//! The binary is `holmes-collector`; the `holmes` CLI is the `holmes-cli` crate, the
+//! demo and the load generator are `holmes-devtools`.
 
-pub mod aggregate;
 pub mod alert;
-pub mod api_client;
 pub mod auth;
 pub mod clock;
 pub mod config;
-pub mod correlate;
-pub mod demo;
 pub mod error;
-pub mod flamegraph;
-pub mod incidents;
+pub mod incident;
 pub mod ingest;
-pub mod pipeline;
+pub mod metrics;
+pub mod process;
 pub mod query;
-pub mod retention;
-pub mod rules;
 pub mod server;
-pub mod synthetic;
 pub mod tls;
-pub mod ui;
 
 pub use config::Config;
 pub use server::Server;

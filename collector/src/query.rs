@@ -8,53 +8,52 @@
 //! | `GET /api/v1/services/{service}/triggers?since=1h[&until=..][&metric=cpu][&limit=..]` | `{service, since, until, triggers: [{event_id, instance, metric, reason, current, ts, unix_ms, window: [{ts, unix_ms, value}], rule, request_id}]}`, oldest first; `metric` and `rule` are `null` for a requested capture |
 //! | `GET /api/v1/services/{service}/profiles?since=1h[&until=..][&event=<id>][&kind=cpu][&limit=..]` | `{service, since, until, profiles: [{profile_id, event_id, instance, kind, started, unix_ms, duration_ms, labels, error, size_bytes, download}]}`, oldest first; `error` is `null` and `download` the path below for a capture that worked |
 //! | `GET /api/v1/profiles/{profile_id}` | the gzip-compressed pprof bytes exactly as the agent sent them, `application/octet-stream`, `content-disposition: attachment; filename="<kind>.<event_id>.<profile_id>.pb.gz"`; 400 for an id that is not 32 lowercase hex digits, 404 for an unknown one or a failed capture |
+//! | `GET /api/v1/profiles/{profile_id}/otlp`, `GET /api/v1/incidents/{incident_id}/otlp` | the profile, or the incident's profiles, as one OTLP `ExportProfilesServiceRequest` ([`otlp`]) |
+//! | `GET /api/v1/incidents?label=k8s.namespace.name=shop[&label=..]` (also per service) | incidents with an instance carrying every label given (the agent's Kubernetes labels, say) |
 //! | `GET /healthz` | `ok` |
 //!
 //! Times are RFC 3339 in UTC; `since`/`until` also take a duration before now (`10m`).
 //! Errors are `{"error": "..."}` with 400 (bad parameter), 401 (API token required and
 //! missing or wrong), 404 (unknown service or profile) or 503 (store unavailable).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
+use holmes_api::{
+    CaptureJson, InstanceJson, MetricsJson, PointJson, SeriesJson, ServiceJson,
+    DEFAULT_POINT_LIMIT, DEFAULT_SINCE,
+};
 use holmes_proto::names::validate_name;
 use holmes_proto::{Metric, UnknownMetric};
 use holmes_storage::{MetricQuery, Store};
-use serde::{Deserialize, Serialize};
 
 use crate::auth::ApiAuth;
 use crate::clock::{parse_time, rfc3339, unix_nanos_now};
 use crate::error::ApiError;
+use crate::ingest::live::LiveAgents;
 
+pub mod flamegraph;
 mod incidents;
-mod profiles;
-mod triggers;
-pub use incidents::{
-    IncidentDetailJson, IncidentJson, IncidentsJson, DEFAULT_INCIDENT_LIMIT, DEFAULT_INCIDENT_SINCE,
-};
-pub use profiles::{
-    download_path, file_name, parse_kind, top_path, ProfileJson, ProfilesJson, TopJson,
-    DEFAULT_PROFILE_LIMIT, DEFAULT_PROFILE_SINCE, DEFAULT_TOP_LIMIT, PROFILE_KINDS,
-};
-pub use triggers::{reason_name, RuleJson, TriggerJson, TriggersJson};
+mod labels;
+pub mod otlp;
+pub mod profiles;
+pub mod top;
+pub mod triggers;
+pub mod ui;
 
-/// Points returned by one metrics query unless `limit` says otherwise.
-pub const DEFAULT_POINT_LIMIT: u64 = 100_000;
-/// `since` when the metrics query gives none.
-pub const DEFAULT_SINCE: &str = "10m";
-/// Trigger events returned by one query unless `limit` says otherwise.
-pub const DEFAULT_TRIGGER_LIMIT: u64 = 1_000;
-/// `since` when the triggers query gives none.
-pub const DEFAULT_TRIGGER_SINCE: &str = "1h";
+/// Instances heard from within this window count as active in the services list,
+/// unless the request's `?active=` says otherwise.
+pub const DEFAULT_ACTIVE_WINDOW: Duration = Duration::from_secs(5 * 60);
 
 #[derive(Clone)]
 struct Api {
     store: Arc<dyn Store>,
-    active_window: std::time::Duration,
-    live: Arc<crate::ingest::live::LiveAgents>,
+    active_window: Duration,
+    live: Arc<LiveAgents>,
 }
 
 /// The API's routes over `store`; instances heard from within `active_window` count
@@ -62,9 +61,9 @@ struct Api {
 /// `/api/` route answers 401 unless the request carries its token; `/healthz` stays open.
 pub fn router(
     store: Arc<dyn Store>,
-    active_window: std::time::Duration,
+    active_window: Duration,
     auth: Option<ApiAuth>,
-    live: Arc<crate::ingest::live::LiveAgents>,
+    live: Arc<LiveAgents>,
 ) -> Router {
     let api = Router::new()
         .route("/api/v1/services", get(services))
@@ -94,6 +93,8 @@ pub fn router(
             "/api/v1/profiles/{profile_id}/flamegraph.svg",
             get(profiles::flamegraph),
         )
+        .route("/api/v1/profiles/{profile_id}/otlp", get(otlp::profile))
+        .route("/api/v1/incidents/{incident_id}/otlp", get(otlp::incident))
         .route(
             "/api/v1/services/{service}/capture",
             axum::routing::post(capture),
@@ -112,22 +113,8 @@ pub fn router(
     };
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .merge(crate::ui::router())
+        .merge(ui::router())
         .merge(api)
-}
-
-/// `POST /api/v1/services/{service}/capture?kind=cpu[&kind=threads]`: what the agents
-/// were asked.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CaptureJson {
-    /// Service name.
-    pub service: String,
-    /// The request id, echoed in each agent's trigger event (`request_id`).
-    pub request_id: String,
-    /// Profile kinds asked for.
-    pub kinds: Vec<String>,
-    /// Instances the request reached (connected now).
-    pub instances: Vec<String>,
 }
 
 async fn capture(
@@ -145,7 +132,7 @@ async fn capture(
     {
         match pair.split_once('=') {
             Some(("kind", k)) => {
-                let kind = parse_kind(k).map_err(ApiError::bad_request)?;
+                let kind = profiles::parse_kind(k).map_err(ApiError::bad_request)?;
                 if !kinds.contains(&kind) {
                     kinds.push(kind);
                 }
@@ -173,6 +160,9 @@ async fn capture(
         request_id: request_id.clone(),
         kinds: kinds.clone(),
         cpu_duration: None,
+        purpose: holmes_proto::CapturePurpose::Operator,
+        window: None,
+        incident_id: None,
     };
     let instances = api.live.capture(&service, &request);
     if instances.is_empty() {
@@ -200,19 +190,6 @@ fn svg_response(svg: String) -> axum::response::Response {
         svg,
     )
         .into_response()
-}
-
-/// One service in the services list.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ServiceJson {
-    /// Service name.
-    pub service: String,
-    /// Active instances.
-    pub instances: u64,
-    /// Last heard from, RFC 3339.
-    pub last_seen: String,
-    /// Same, milliseconds since the Unix epoch.
-    pub last_seen_unix_ms: u64,
 }
 
 async fn services(
@@ -283,25 +260,6 @@ fn limit(params: &HashMap<String, String>, default: u64) -> Result<u64, ApiError
     }
 }
 
-/// One instance of a service.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct InstanceJson {
-    /// Instance id.
-    pub instance: String,
-    /// Host name.
-    pub host: String,
-    /// Process id.
-    pub pid: u32,
-    /// Labels.
-    pub labels: BTreeMap<String, String>,
-    /// Agent library version.
-    pub agent_version: String,
-    /// Process start, RFC 3339.
-    pub started_at: String,
-    /// Last heard from, RFC 3339.
-    pub last_seen: String,
-}
-
 async fn instances(
     State(api): State<Api>,
     Path(service): Path<String>,
@@ -326,58 +284,13 @@ async fn instances(
     ))
 }
 
-/// A metric's series, one per instance.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MetricsJson {
-    /// Service name.
-    pub service: String,
-    /// Metric name.
-    pub metric: String,
-    /// Unit of the values.
-    pub unit: String,
-    /// Start of the range, RFC 3339.
-    pub since: String,
-    /// End of the range (exclusive), RFC 3339.
-    pub until: String,
-    /// One series per instance.
-    pub series: Vec<SeriesJson>,
-}
-
-/// The points of one instance.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SeriesJson {
-    /// Instance id.
-    pub instance: String,
-    /// Points, oldest first.
-    pub points: Vec<PointJson>,
-}
-
-/// One point.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PointJson {
-    /// When, RFC 3339.
-    pub ts: String,
-    /// When, milliseconds since the Unix epoch.
-    pub unix_ms: u64,
-    /// The value; `null` in JSON if it is not a finite number, read back as NaN.
-    #[serde(deserialize_with = "nan_if_null")]
-    pub value: f64,
-}
-
-impl PointJson {
-    fn new(unix_nanos: u64, value: f64) -> Self {
-        PointJson {
-            ts: rfc3339(unix_nanos),
-            unix_ms: unix_nanos / 1_000_000,
-            value,
-        }
+/// One point as the API shows it.
+fn point_json(unix_nanos: u64, value: f64) -> PointJson {
+    PointJson {
+        ts: rfc3339(unix_nanos),
+        unix_ms: unix_nanos / 1_000_000,
+        value,
     }
-}
-
-/// JSON has no NaN or infinity (serde_json writes them as `null`); reads `null` as NaN
-/// so that a client still gets the rest of the answer.
-fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
 }
 
 async fn metrics(
@@ -406,7 +319,7 @@ async fn metrics(
         .await?;
     let mut series: Vec<SeriesJson> = Vec::new();
     for p in points {
-        let point = PointJson::new(p.unix_nanos, p.value);
+        let point = point_json(p.unix_nanos, p.value);
         match series.last_mut() {
             Some(s) if s.instance == p.instance_id => s.points.push(point),
             _ => series.push(SeriesJson {

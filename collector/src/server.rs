@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use holmes_proto::pb::ingest_server::IngestServer;
-use holmes_storage::clickhouse::{ClickHouseConfig, ClickHouseStore};
+use holmes_storage::clickhouse::ClickHouseStore;
 use holmes_storage::sqlite::SqliteStore;
 use holmes_storage::{Store, StoreError};
+use opentelemetry_proto::tonic::collector::profiles::v1development::profiles_service_server::ProfilesServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -16,10 +17,10 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::codec::CompressionEncoding;
 
 use crate::auth::{ApiAuth, IngestAuth};
-use crate::config::{Config, Role, StoreKind, DEFAULT_ACTIVE_WINDOW};
+use crate::config::{Config, Role, StoreKind};
 use crate::ingest::IngestService;
-use crate::pipeline::{LocalSink, Processor, Sink};
-use crate::tls::{Identity, TlsListener};
+use crate::process::{LocalSink, Processor, Sink};
+use crate::tls::TlsListener;
 
 /// How long shutdown waits for connections to finish before cutting them.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -74,22 +75,10 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServeError> {
             )
         }
         StoreKind::Clickhouse => {
-            let ch = &config.clickhouse;
-            let url = ch.url.clone().ok_or_else(|| {
-                crate::config::ConfigError::Invalid("no ClickHouse URL configured".to_owned())
-            })?;
-            let cfg = ClickHouseConfig {
-                url,
-                database: ch.database.clone(),
-                user: ch.user.clone(),
-                password: ch.password.as_ref().map(|p| p.expose().to_owned()),
-                batch: holmes_storage::clickhouse::BatchConfig {
-                    max_rows: ch.batch_rows.max(1),
-                    max_delay: std::time::Duration::from_millis(ch.batch_delay_ms),
-                    ..holmes_storage::clickhouse::BatchConfig::default()
-                },
-                cluster: ch.cluster_config(),
-            };
+            let cfg = config
+                .clickhouse
+                .to_config()
+                .map_err(crate::config::ConfigError::from)?;
             Arc::new(
                 ClickHouseStore::open(&cfg)
                     .await
@@ -106,7 +95,7 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServeError> {
 #[cfg(feature = "kafka")]
 async fn start_kafka_topic(config: &Config) -> Result<i32, ServeError> {
     let started = std::time::Instant::now();
-    let partitions = crate::pipeline::kafka::ensure_topic(&config.kafka)
+    let partitions = crate::process::kafka::topic::ensure_topic(&config.kafka)
         .await
         .map_err(|e| ServeError::Kafka(e.to_string()))?;
     tracing::info!(topic = %config.kafka.topic, partitions, ms = started.elapsed().as_millis() as u64, "Kafka topic ready");
@@ -125,7 +114,7 @@ async fn start_kafka_topic(_config: &Config) -> Result<i32, ServeError> {
 fn ingest_sink(config: &Config, partitions: i32) -> Result<Arc<dyn Sink>, ServeError> {
     // Room for a profile's metadata next to its bytes.
     let max_message = config.max_profile_bytes.saturating_add(1024 * 1024);
-    let sink = crate::pipeline::kafka::KafkaSink::new(&config.kafka, partitions, max_message)
+    let sink = crate::process::kafka::sink::KafkaSink::new(&config.kafka, partitions, max_message)
         .map_err(|e| ServeError::Kafka(e.to_string()))?;
     Ok(Arc::new(sink))
 }
@@ -145,8 +134,9 @@ fn start_consumer(
     processor: Arc<Processor>,
     closing: watch::Receiver<bool>,
 ) -> Result<JoinHandle<()>, ServeError> {
-    let consumer = crate::pipeline::kafka::Consumer::new(&config.kafka, partitions, processor)
-        .map_err(|e| ServeError::Kafka(e.to_string()))?;
+    let consumer =
+        crate::process::kafka::consumer::Consumer::new(&config.kafka, partitions, processor)
+            .map_err(|e| ServeError::Kafka(e.to_string()))?;
     tracing::info!(topic = %config.kafka.topic, group = %config.kafka.group_id, "Kafka consumer started");
     Ok(tokio::spawn(consumer.run(closing)))
 }
@@ -196,18 +186,22 @@ impl Server {
         config: &Config,
         store: Arc<dyn Store>,
     ) -> Result<Server, ServeError> {
-        crate::rules::check(&config.rules).map_err(|e| ServeError::Config(e.into()))?;
+        crate::ingest::rules::check(&config.rules).map_err(|e| ServeError::Config(e.into()))?;
+        // Registers the metrics (and the ClickHouse batch observer) before anything runs.
+        crate::metrics::metrics();
         // Certificates and tokens are read before anything listens, so that a bad file
         // stops the start instead of leaving an open collector behind.
-        let identity = match (&config.tls.cert_file, &config.tls.key_file) {
-            (Some(cert), Some(key)) => Some(
-                Identity::load(cert, key)
-                    .map_err(|e| ServeError::Config(crate::config::ConfigError::Tls(e)))?,
-            ),
-            _ => None,
-        };
-        let ingest_auth = IngestAuth::new(config.auth.ingest_tokens()?);
-        let api_auth = config.auth.api_token()?.map(ApiAuth::new);
+        let identity = config
+            .tls
+            .identity()
+            .map_err(|e| ServeError::Config(e.into()))?;
+        let auth_config = |e: crate::auth::config::AuthConfigError| ServeError::Config(e.into());
+        let ingest_auth = IngestAuth::new(config.auth.ingest_tokens().map_err(auth_config)?);
+        let api_auth = config
+            .auth
+            .api_token()
+            .map_err(auth_config)?
+            .map(ApiAuth::new);
         if !ingest_auth.enabled() {
             tracing::warn!("no ingest tokens configured: any agent that reaches the gRPC port can send data ([auth] ingest_tokens)");
         }
@@ -237,9 +231,9 @@ impl Server {
         let (closing, closed) = watch::channel(false);
         let scheme = if identity.is_some() { "https" } else { "http" };
         let role = config.role;
-        let profile_limits = crate::ingest::normalize::Limits {
+        let profile_limits = crate::process::normalize::Limits {
             max_decoded_bytes: config.max_decoded_profile_bytes,
-            ..crate::ingest::normalize::Limits::default()
+            ..crate::process::normalize::Limits::default()
         };
         let mut tasks = Vec::new();
         // Processing (store, correlate, alert) runs on `all` and `process` nodes.
@@ -252,9 +246,9 @@ impl Server {
                 Some(format!("{scheme}://{http_addr}")),
                 closed.clone(),
             )?;
-            let (incidents, incident_ticker) = crate::incidents::Incidents::start(
+            let (incidents, incident_ticker) = crate::incident::Incidents::start(
                 Arc::clone(&store),
-                config.incidents.correlate_config()?,
+                config.incidents.clone(),
                 alerter,
                 closed.clone(),
             )
@@ -287,6 +281,14 @@ impl Server {
             (Role::Ingest, _) => Some(ingest_sink(config, kafka_partitions)?),
             _ => None,
         };
+        let foreign = crate::ingest::foreign::ForeignIngest::new(
+            Arc::clone(&store),
+            sink.clone(),
+            ingest_auth.clone(),
+            config.max_profile_bytes,
+            config.max_decoded_profile_bytes,
+        );
+        let alert_sink = sink.clone();
         let mut live = Arc::default();
         if let (Some(sink), Some(grpc)) = (sink, grpc) {
             let service = IngestService::new(
@@ -303,6 +305,12 @@ impl Server {
                 .accept_compressed(CompressionEncoding::Gzip)
                 .accept_compressed(CompressionEncoding::Zstd)
                 .max_decoding_message_size(config.max_message_bytes);
+            let otlp =
+                ProfilesServiceServer::new(crate::ingest::otlp::OtlpService::new(foreign.clone()))
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .max_decoding_message_size(
+                        usize::try_from(config.max_profile_bytes).unwrap_or(usize::MAX),
+                    );
             let mut grpc_builder = tonic::transport::Server::builder();
             if let Some(identity) = &identity {
                 grpc_builder = grpc_builder
@@ -315,6 +323,7 @@ impl Server {
                     .http2_keepalive_interval(Some(Duration::from_secs(30)))
                     .http2_keepalive_timeout(Some(Duration::from_secs(10)))
                     .add_service(ingest)
+                    .add_service(otlp)
                     .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
                         let _ = grpc_closed.wait_for(|c| *c).await;
                     })
@@ -325,14 +334,29 @@ impl Server {
             }));
         }
 
-        let active =
-            humantime::parse_duration(DEFAULT_ACTIVE_WINDOW).unwrap_or(Duration::from_secs(300));
-        let app = crate::query::router(Arc::clone(&store), active, api_auth.clone(), live);
+        let app = crate::query::router(
+            Arc::clone(&store),
+            crate::query::DEFAULT_ACTIVE_WINDOW,
+            api_auth.clone(),
+            Arc::clone(&live),
+        )
+        .merge(crate::ingest::http::router(foreign))
+        .merge(crate::ingest::alertmanager::router(
+            config.alertmanager.clone(),
+            alert_sink,
+            live,
+            api_auth.clone(),
+        ))
+        .merge(crate::metrics::http::router(api_auth.clone()));
+        let app = crate::metrics::http::timed(app)
+            .into_make_service_with_connect_info::<crate::ingest::foreign::PeerAddr>();
         let retention = match role {
             Role::Ingest => None,
-            Role::All | Role::Process => {
-                crate::retention::spawn(Arc::clone(&store), config.retention_days, closed.clone())
-            }
+            Role::All | Role::Process => crate::process::retention::spawn(
+                Arc::clone(&store),
+                config.retention_days,
+                closed.clone(),
+            ),
         };
         let mut http_closed = closed;
         let shutdown = async move {

@@ -18,9 +18,47 @@ use tokio_rustls::TlsAcceptor;
 /// Longest a client may take to complete the TLS handshake on the HTTP API.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Why the TLS files cannot be used.
+/// TLS for both listeners (`[tls]`): with a certificate and its key, gRPC ingest and
+/// the HTTP API serve TLS only; without, both are plain.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, the server's own certificate first.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of that certificate.
+    pub key_file: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// Whether TLS is configured.
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some() || self.key_file.is_some()
+    }
+
+    /// Checks that both files are named, or neither.
+    pub fn validate(&self) -> Result<(), TlsError> {
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err(TlsError::Incomplete);
+        }
+        Ok(())
+    }
+
+    /// The certificate and key, read and checked; `None` without TLS.
+    pub fn identity(&self) -> Result<Option<Identity>, TlsError> {
+        self.validate()?;
+        match (&self.cert_file, &self.key_file) {
+            (Some(cert), Some(key)) => Identity::load(cert, key).map(Some),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// Why the TLS settings or files cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// Only one of the two files is named.
+    #[error("tls: set both cert_file and key_file (--tls-cert-file, --tls-key-file), or neither")]
+    Incomplete,
     /// A file could not be read.
     #[error("cannot read TLS {what} file {path}: {source}")]
     Read {

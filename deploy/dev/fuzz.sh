@@ -10,5 +10,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export HOLMES_FUZZ_CASES=${1:-200000}
-cargo test --release --locked -p holmes-collector --test fuzz_normalize -- --nocapture 2>&1 \
+cargo test --release --locked -p holmes-collector --test it -- fuzz_normalize:: --nocapture 2>&1 \
   | grep -E '^fuzz:|panicked|test result'

@@ -26,7 +26,7 @@ esac
 say() { printf '\n== %s\n' "$*" >&2; }
 
 say "building holmes-collector and holmes-loadgen (release)"
-cargo build --release -p holmes-collector --bin holmes-collector --bin holmes-loadgen --locked >&2
+cargo build --release -p holmes-collector --bin holmes-collector -p holmes-devtools --bin holmes-loadgen --locked >&2
 bin=${CARGO_TARGET_DIR:-$root/target}/release
 
 work=$(mktemp -d -t holmes-loadgen.XXXXXX)

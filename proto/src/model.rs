@@ -152,6 +152,32 @@ pub enum TriggerReason {
     Baseline,
 }
 
+impl TriggerReason {
+    /// Every reason.
+    pub const ALL: [TriggerReason; 4] = [
+        TriggerReason::Abs,
+        TriggerReason::Diff,
+        TriggerReason::Requested,
+        TriggerReason::Baseline,
+    ];
+
+    /// Short name used in the API, the store and logs: `abs`, `diff`, `requested`,
+    /// `baseline`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TriggerReason::Abs => "abs",
+            TriggerReason::Diff => "diff",
+            TriggerReason::Requested => "requested",
+            TriggerReason::Baseline => "baseline",
+        }
+    }
+
+    /// The reason a short name stands for.
+    pub fn from_name(name: &str) -> Option<TriggerReason> {
+        TriggerReason::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+}
+
 /// What a profile measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ProfileKind {

@@ -4,29 +4,15 @@ use holmes_proto::{ProfileKind, TriggerReason};
 
 use crate::StoreError;
 
-/// `abs`, `diff` or `requested`.
-pub(crate) fn reason_name(reason: TriggerReason) -> &'static str {
-    match reason {
-        TriggerReason::Abs => "abs",
-        TriggerReason::Diff => "diff",
-        TriggerReason::Requested => "requested",
-    }
-}
-
 /// The reason a stored name stands for; `what` names the column in the error.
 pub(crate) fn reason_from_name(
     what: &'static str,
     name: &str,
 ) -> Result<TriggerReason, StoreError> {
-    match name {
-        "abs" => Ok(TriggerReason::Abs),
-        "diff" => Ok(TriggerReason::Diff),
-        "requested" => Ok(TriggerReason::Requested),
-        _ => Err(StoreError::Corrupt {
-            what,
-            value: name.to_owned(),
-        }),
-    }
+    TriggerReason::from_name(name).ok_or_else(|| StoreError::Corrupt {
+        what,
+        value: name.to_owned(),
+    })
 }
 
 /// The metric a stored name stands for; `what` names the column in the error.
@@ -63,12 +49,8 @@ mod tests {
 
     #[test]
     fn names_parse_back() {
-        for r in [
-            TriggerReason::Abs,
-            TriggerReason::Diff,
-            TriggerReason::Requested,
-        ] {
-            assert_eq!(reason_from_name("t", reason_name(r)).unwrap(), r);
+        for r in TriggerReason::ALL {
+            assert_eq!(reason_from_name("t", r.as_str()).unwrap(), r);
         }
         for k in [
             ProfileKind::Cpu,

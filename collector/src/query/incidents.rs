@@ -5,60 +5,29 @@ use std::collections::{BTreeSet, HashMap};
 
 use axum::extract::{Path, Query, State};
 use axum::Json;
-use holmes_proto::{Metric, ProfileKind};
-use holmes_storage::{
-    IncidentQuery, IncidentRecord, IncidentStatus, ProfileContents, ProfileQuery, TriggerQuery,
+use holmes_api::{
+    validate_profile_id, IncidentDetailJson, IncidentJson, IncidentsJson, TriggerJson,
+    DEFAULT_INCIDENT_LIMIT, DEFAULT_INCIDENT_SINCE,
 };
-use serde::{Deserialize, Serialize};
+use holmes_proto::ProfileKind;
+use holmes_storage::{
+    IncidentQuery, IncidentRecord, IncidentStatus, ProfileContents, TriggerQuery,
+};
 
-use super::{check_service, limit, time_range, Api, ProfileJson, TriggerJson};
-use crate::aggregate::{suspects, Suspect};
+use super::profiles::profile_json;
+use super::triggers::trigger_json;
+use super::{check_service, limit, time_range, Api};
 use crate::clock::rfc3339;
 use crate::error::ApiError;
-use crate::ingest::profiles::validate_profile_id;
+use crate::incident::evidence;
+use crate::incident::suspects::suspects;
 
-/// Incidents listed unless `limit` says otherwise.
-pub const DEFAULT_INCIDENT_LIMIT: u64 = 200;
-/// How far back incident lists look unless `since` says otherwise.
-pub const DEFAULT_INCIDENT_SINCE: &str = "24h";
 /// Suspects in an incident's detail.
 pub(super) const SUSPECTS: usize = 10;
-/// Profiles merged per side (incident, baseline) for the suspects, at most.
-pub(super) const MAX_MERGED_PROFILES: usize = 50;
-/// How long before an incident its baseline profiles are looked for.
-pub(super) const BASELINE_SPAN_SECS: u64 = 6 * 3600;
 
-/// One incident, as lists show it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct IncidentJson {
-    /// 32 hex digits.
-    pub incident_id: String,
-    /// Service name.
-    pub service: String,
-    /// Metric whose rules fired.
-    pub metric: String,
-    /// `instance` or `fleet`.
-    pub severity: String,
-    /// `open` or `resolved`.
-    pub status: String,
-    /// First trigger, RFC 3339.
-    pub first_event: String,
-    /// Same, milliseconds since the Unix epoch.
-    pub first_event_unix_ms: u64,
-    /// Latest trigger, RFC 3339.
-    pub last_event: String,
-    /// When it resolved, RFC 3339; `null` while open.
-    pub resolved: Option<String>,
-    /// Instances that fired.
-    pub instances: Vec<String>,
-    /// Its trigger events.
-    pub event_ids: Vec<String>,
-    /// Related incidents of other services.
-    pub related: Vec<String>,
-}
-
-impl From<IncidentRecord> for IncidentJson {
-    fn from(i: IncidentRecord) -> Self {
+/// An incident as the API lists it.
+fn incident_json(i: IncidentRecord) -> IncidentJson {
+    {
         IncidentJson {
             metric: i.metric.as_str().to_owned(),
             severity: i.severity.as_str().to_owned(),
@@ -74,41 +43,6 @@ impl From<IncidentRecord> for IncidentJson {
             related: i.related,
         }
     }
-}
-
-/// A list of incidents.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct IncidentsJson {
-    /// The service; `null` for the whole fleet.
-    pub service: Option<String>,
-    /// Start of the range, RFC 3339.
-    pub since: String,
-    /// End of the range (exclusive), RFC 3339.
-    pub until: String,
-    /// Newest first.
-    pub incidents: Vec<IncidentJson>,
-}
-
-/// One incident in detail.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct IncidentDetailJson {
-    /// The incident.
-    pub incident: IncidentJson,
-    /// Its trigger events, oldest first.
-    pub triggers: Vec<TriggerJson>,
-    /// The profiles captured for them, oldest first.
-    pub profiles: Vec<ProfileJson>,
-    /// The profile kind the suspects come from (`cpu` for CPU incidents, ...); `null`
-    /// when none was captured.
-    pub suspect_kind: Option<String>,
-    /// Functions that grew most against the baseline, most suspect first.
-    pub suspects: Vec<Suspect>,
-    /// Profiles merged for the suspects: the incident's and the baseline's.
-    pub merged_profiles: u64,
-    /// Baseline profiles (same service and kind, before the incident).
-    pub baseline_profiles: u64,
-    /// Related incidents of other services.
-    pub related: Vec<IncidentJson>,
 }
 
 fn parse_status(params: &HashMap<String, String>) -> Result<Option<IncidentStatus>, ApiError> {
@@ -130,6 +64,7 @@ async fn list(
     let status = parse_status(params)?;
     let (since, until) = time_range(params, DEFAULT_INCIDENT_SINCE)?;
     let limit = limit(params, DEFAULT_INCIDENT_LIMIT)?;
+    let labels = super::labels::filters(params)?;
     let found = api
         .store
         .query_incidents(&IncidentQuery {
@@ -137,14 +72,20 @@ async fn list(
             status,
             since_unix_nanos: since,
             until_unix_nanos: until,
-            limit,
+            // Filtered by label below: look further, then cut.
+            limit: if labels.is_empty() {
+                limit
+            } else {
+                limit.saturating_mul(10).min(100_000)
+            },
         })
         .await?;
+    let found = super::labels::matching(api, found, &labels, limit).await?;
     Ok(IncidentsJson {
         service,
         since: rfc3339(since),
         until: rfc3339(until),
-        incidents: found.into_iter().map(IncidentJson::from).collect(),
+        incidents: found.into_iter().map(incident_json).collect(),
     })
 }
 
@@ -166,17 +107,7 @@ pub(super) async fn all(
     Ok(Json(list(&api, None, &params).await?))
 }
 
-/// The profile kind that explains an incident of `metric`.
-fn kind_for(metric: Metric) -> ProfileKind {
-    match metric {
-        Metric::CpuPercent | Metric::CpuThrottledPercent => ProfileKind::Cpu,
-        Metric::Threads => ProfileKind::Threads,
-        Metric::Tasks => ProfileKind::Tasks,
-        _ => ProfileKind::Heap,
-    }
-}
-
-const SEC: u64 = 1_000_000_000;
+use crate::incident::evidence::kind_for;
 
 /// `GET /api/v1/incidents/{incident_id}`.
 pub(super) async fn detail(
@@ -197,7 +128,7 @@ pub(super) async fn detail(
         .await?
         .into_iter()
         .filter(|t| events.contains(t.event_id.as_str()))
-        .map(TriggerJson::from)
+        .map(trigger_json)
         .collect();
     let ours = profiles_of(&api, &incident).await?;
     let kind = kind_for(incident.metric);
@@ -207,7 +138,7 @@ pub(super) async fn detail(
     let mut related = Vec::new();
     for id in &incident.related {
         if let Some(r) = api.store.get_incident(id).await? {
-            related.push(IncidentJson::from(r));
+            related.push(incident_json(r));
         }
     }
     Ok(Json(IncidentDetailJson {
@@ -216,91 +147,40 @@ pub(super) async fn detail(
         baseline_profiles: baseline.len() as u64,
         suspects,
         triggers,
-        profiles: ours.into_iter().map(ProfileJson::from).collect(),
+        profiles: ours.into_iter().map(profile_json).collect(),
         related,
-        incident: IncidentJson::from(incident),
+        incident: incident_json(incident),
     }))
 }
 
-/// Profiles of the same service and kind from the hours before the incident (not of
-/// any incident's first minutes): what normal looked like.
+/// The service's profiles of `kind` from before the incident ([`evidence::baseline`]).
 async fn baseline(
     api: &Api,
     incident: &IncidentRecord,
     kind: ProfileKind,
 ) -> Result<Vec<ProfileContents>, ApiError> {
-    let before = incident.first_event_unix_nanos.saturating_sub(120 * SEC);
-    let listed = api
-        .store
-        .query_profiles(&ProfileQuery {
-            service: incident.service.clone(),
-            event_id: None,
-            kind: Some(kind),
-            since_unix_nanos: before.saturating_sub(BASELINE_SPAN_SECS * SEC),
-            until_unix_nanos: before,
-            limit: 10_000,
-        })
-        .await?;
-    let mut out = Vec::new();
-    for p in listed
-        .iter()
-        .rev()
-        .filter(|p| p.error.is_none())
-        .take(MAX_MERGED_PROFILES)
-    {
-        if let Some(c) = api.store.get_profile_contents(&p.profile_id).await? {
-            out.push(c);
-        }
-    }
-    Ok(out)
+    Ok(evidence::baseline(api.store.as_ref(), incident, kind).await?)
 }
 
-/// The decoded contents of the profiles of `kind` among `profiles` (failed captures
-/// left out), at most [`MAX_MERGED_PROFILES`].
+/// The decoded contents of the profiles of `kind` among `profiles`
+/// ([`evidence::contents_of`]).
 async fn contents_of(
     api: &Api,
     profiles: &[holmes_storage::ProfileMeta],
     kind: ProfileKind,
 ) -> Result<Vec<ProfileContents>, ApiError> {
-    let mut out = Vec::new();
-    for p in profiles
-        .iter()
-        .filter(|p| p.kind == kind && p.error.is_none())
-        .take(MAX_MERGED_PROFILES)
-    {
-        if let Some(c) = api.store.get_profile_contents(&p.profile_id).await? {
-            out.push(c);
-        }
-    }
-    Ok(out)
+    Ok(evidence::contents_of(api.store.as_ref(), profiles, kind).await?)
 }
 
-/// The profiles captured for the incident's trigger events.
-async fn profiles_of(
+/// The profiles captured for the incident's trigger events ([`evidence::profiles_of`]).
+pub(super) async fn profiles_of(
     api: &Api,
     incident: &IncidentRecord,
 ) -> Result<Vec<holmes_storage::ProfileMeta>, ApiError> {
-    let events: BTreeSet<&str> = incident.event_ids.iter().map(String::as_str).collect();
-    // Captures start up to the flight recorder's window before their trigger and may
-    // run a while after it.
-    let listed = api
-        .store
-        .query_profiles(&ProfileQuery {
-            service: incident.service.clone(),
-            event_id: None,
-            kind: None,
-            since_unix_nanos: incident.first_event_unix_nanos.saturating_sub(120 * SEC),
-            until_unix_nanos: incident.last_event_unix_nanos.saturating_add(600 * SEC),
-            limit: 10_000,
-        })
-        .await?;
-    Ok(listed
-        .into_iter()
-        .filter(|p| events.contains(p.event_id.as_str()))
-        .collect())
+    Ok(evidence::profiles_of(api.store.as_ref(), incident).await?)
 }
 
-async fn incident_of(api: &Api, incident_id: &str) -> Result<IncidentRecord, ApiError> {
+pub(super) async fn incident_of(api: &Api, incident_id: &str) -> Result<IncidentRecord, ApiError> {
     validate_profile_id(incident_id).map_err(|_| {
         ApiError::bad_request(format!(
             "{incident_id:?} is not an incident id (32 lowercase hex digits)"
@@ -349,9 +229,9 @@ pub(super) async fn flamegraph(
     );
     let svg = if diff {
         let baseline = baseline(&api, &incident, kind).await?;
-        crate::flamegraph::render(&title, &merged, Some(&baseline))
+        super::flamegraph::render(&title, &merged, Some(&baseline))
     } else {
-        crate::flamegraph::render(&title, &merged, None)
+        super::flamegraph::render(&title, &merged, None)
     };
     Ok(super::svg_response(svg))
 }

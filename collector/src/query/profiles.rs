@@ -2,25 +2,22 @@
 //! (without their bytes), oldest first; `GET /api/v1/profiles/{id}` downloads one, the
 //! gzip-compressed pprof bytes exactly as the agent sent them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use axum::extract::{Path, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use holmes_api::{
+    download_path, validate_profile_id, ProfileJson, ProfilesJson, TopJson, DEFAULT_PROFILE_LIMIT,
+    DEFAULT_PROFILE_SINCE, DEFAULT_TOP_LIMIT,
+};
 use holmes_proto::ProfileKind;
 use holmes_storage::{ProfileMeta, ProfileQuery};
-use serde::{Deserialize, Serialize};
 
 use super::{check_service, known_service, limit, time_range, Api};
 use crate::clock::rfc3339;
 use crate::error::ApiError;
-use crate::ingest::profiles::validate_profile_id;
-
-/// Profiles returned by one query unless `limit` says otherwise.
-pub const DEFAULT_PROFILE_LIMIT: u64 = 1_000;
-/// `since` when the profiles query gives none.
-pub const DEFAULT_PROFILE_SINCE: &str = "1h";
 
 /// Every profile kind, in wire order.
 pub const PROFILE_KINDS: [ProfileKind; 4] = [
@@ -40,49 +37,9 @@ pub fn parse_kind(name: &str) -> Result<ProfileKind, String> {
         })
 }
 
-/// The profiles of one service in a time range.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProfilesJson {
-    /// Service name.
-    pub service: String,
-    /// Start of the range, RFC 3339.
-    pub since: String,
-    /// End of the range (exclusive), RFC 3339.
-    pub until: String,
-    /// The profiles, by capture start (ties by profile id).
-    pub profiles: Vec<ProfileJson>,
-}
-
-/// One profile, without its bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProfileJson {
-    /// Profile id: 32 lowercase hex digits.
-    pub profile_id: String,
-    /// The trigger event it was captured for.
-    pub event_id: String,
-    /// Instance it was captured in.
-    pub instance: String,
-    /// `cpu`, `heap`, `threads` or `tasks`.
-    pub kind: String,
-    /// When the capture started, RFC 3339.
-    pub started: String,
-    /// Same, milliseconds since the Unix epoch.
-    pub unix_ms: u64,
-    /// How long the capture ran, milliseconds.
-    pub duration_ms: u64,
-    /// Extra labels, e.g. `phase=pre-trigger`.
-    pub labels: BTreeMap<String, String>,
-    /// Why the capture failed; `null` when it worked.
-    pub error: Option<String>,
-    /// Size of the gzip-compressed pprof bytes (0 for a failed capture).
-    pub size_bytes: u64,
-    /// Where to download the bytes: `/api/v1/profiles/{profile_id}`; `null` for a failed
-    /// capture, which has none.
-    pub download: Option<String>,
-}
-
-impl From<ProfileMeta> for ProfileJson {
-    fn from(p: ProfileMeta) -> Self {
+/// A profile as the API lists it.
+pub(super) fn profile_json(p: ProfileMeta) -> ProfileJson {
+    {
         ProfileJson {
             download: match p.error {
                 Some(_) => None,
@@ -100,11 +57,6 @@ impl From<ProfileMeta> for ProfileJson {
             profile_id: p.profile_id,
         }
     }
-}
-
-/// `/api/v1/profiles/{profile_id}`.
-pub fn download_path(profile_id: &str) -> String {
-    format!("/api/v1/profiles/{profile_id}")
 }
 
 /// `<kind>.<event_id>.<profile_id>.pb.gz`, with anything outside `[A-Za-z0-9._-]`
@@ -159,7 +111,7 @@ pub(super) async fn profiles(
         service,
         since: rfc3339(since),
         until: rfc3339(until),
-        profiles: found.into_iter().map(ProfileJson::from).collect(),
+        profiles: found.into_iter().map(profile_json).collect(),
     }))
 }
 
@@ -192,33 +144,6 @@ pub(super) async fn download(
         .into_response())
 }
 
-/// Default number of functions in a profile's top list.
-pub const DEFAULT_TOP_LIMIT: u64 = 20;
-
-/// `GET /api/v1/profiles/{profile_id}/top`: the functions that cost the most.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TopJson {
-    /// Profile id.
-    pub profile_id: String,
-    /// The sample type summed, e.g. `cpu`.
-    pub sample_type: String,
-    /// Its unit, e.g. `nanoseconds`.
-    pub unit: String,
-    /// Sum over all samples.
-    pub total: i64,
-    /// Samples in the profile.
-    pub samples: u64,
-    /// Distinct stacks among them.
-    pub stacks: u64,
-    /// Functions by flat value, at most `limit`.
-    pub functions: Vec<crate::aggregate::FunctionTotal>,
-}
-
-/// `/api/v1/profiles/{profile_id}/top`.
-pub fn top_path(profile_id: &str) -> String {
-    format!("/api/v1/profiles/{profile_id}/top")
-}
-
 pub(super) async fn top(
     State(api): State<Api>,
     Path(profile_id): Path<String>,
@@ -236,10 +161,9 @@ pub(super) async fn top(
         };
         return Err(ApiError::not_found(why));
     };
-    let index =
-        crate::aggregate::value_index(&contents, params.get("sample_type").map(String::as_str))
-            .map_err(ApiError::bad_request)?;
-    let (total, mut functions) = crate::aggregate::top_functions(&contents, index);
+    let index = super::top::value_index(&contents, params.get("sample_type").map(String::as_str))
+        .map_err(ApiError::bad_request)?;
+    let (total, mut functions) = super::top::top_functions(&contents, index);
     functions.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
     let (sample_type, unit) = contents.sample_types[index].clone();
     Ok(Json(TopJson {
@@ -265,7 +189,7 @@ pub(super) async fn flamegraph(
         )));
     };
     let title = format!("{} profile {profile_id}", contents.service);
-    Ok(super::svg_response(crate::flamegraph::render(
+    Ok(super::svg_response(super::flamegraph::render(
         &title,
         &[contents],
         None,
@@ -274,6 +198,7 @@ pub(super) async fn flamegraph(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
     use std::time::Duration;
 
     use super::*;
@@ -315,14 +240,14 @@ mod tests {
             error: None,
             size_bytes: 10,
         };
-        let ok = ProfileJson::from(meta.clone());
+        let ok = profile_json(meta.clone());
         assert_eq!(
             ok.download.as_deref(),
             Some(format!("/api/v1/profiles/{}", "ab".repeat(16)).as_str())
         );
         assert_eq!(ok.duration_ms, 2);
         assert_eq!(ok.started, "1970-01-01T00:00:01.500Z");
-        let failed = ProfileJson::from(ProfileMeta {
+        let failed = profile_json(ProfileMeta {
             error: Some("denied".to_owned()),
             size_bytes: 0,
             ..meta

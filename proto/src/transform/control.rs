@@ -27,7 +27,7 @@ impl TryFrom<pb::CollectorMessage> for CollectorMessage {
                         version: c.version,
                         rules: rules_from_wire(c.rules)?,
                         replace: c.replace,
-                        pause: (c.captures_paused_until_unix_nanos != 0).then(|| CapturePause {
+                        pause: (c.captures_paused_until_unix_nanos != 0).then_some(CapturePause {
                             until_unix_nanos: c.captures_paused_until_unix_nanos,
                             reason: c.pause_reason,
                         }),

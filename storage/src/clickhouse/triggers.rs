@@ -11,7 +11,7 @@ use holmes_proto::{RuleConfig, Sample};
 use serde::{Deserialize, Serialize};
 
 use super::{date_text, day_of, ClickHouseStore};
-use crate::stored_names::{metric_from_name, reason_from_name, reason_name};
+use crate::stored_names::{metric_from_name, reason_from_name};
 use crate::{StoreError, TriggerQuery, TriggerRecord};
 
 #[derive(Row, Serialize, Deserialize)]
@@ -48,7 +48,7 @@ impl TriggerRow {
             instance_id: t.instance_id.clone(),
             ts: t.unix_nanos,
             metric: t.metric.map_or("", |m| m.as_str()).to_owned(),
-            reason: reason_name(t.reason).to_owned(),
+            reason: t.reason.as_str().to_owned(),
             current_value: t.current,
             window_ts: t.window.iter().map(|s| s.unix_nanos).collect(),
             window_values: t.window.iter().map(|s| s.value).collect(),

@@ -7,7 +7,7 @@ use rusqlite::types::Value;
 use rusqlite::{params, Connection};
 
 use super::{nanos_from_sql, nanos_to_sql};
-use crate::stored_names::{metric_from_name, reason_from_name, reason_name};
+use crate::stored_names::{metric_from_name, reason_from_name};
 use crate::{StoreError, TriggerQuery, TriggerRecord};
 
 /// Bytes of one encoded window sample.
@@ -72,7 +72,7 @@ pub(super) fn insert(conn: &mut Connection, triggers: &[TriggerRecord]) -> Resul
                 t.instance_id,
                 nanos_to_sql(t.unix_nanos),
                 t.metric.map(|m| m.as_str()),
-                reason_name(t.reason),
+                t.reason.as_str(),
                 t.current,
                 window_to_sql(&t.window),
                 rule.map(|r| r.metric.as_str()),

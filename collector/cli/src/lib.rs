@@ -1,0 +1,8 @@
+//! The `holmes` command line and the client it speaks the collector's HTTP API with.
+//!
+//! [`api_client`] asks a collector (`http://` or `https://`, with a bearer token) and
+//! decodes its answers into `holmes-api`'s documents; the `holmes` binary prints them as
+//! tables, or as the API's JSON with `--json`. Tests, benchmarks and the load generator
+//! use the same client.
+
+pub mod api_client;

@@ -1,0 +1,312 @@
+//! `holmes`: the command line over the collector's HTTP API.
+
+use clap::{Parser, Subcommand};
+use holmes_api::{DEFAULT_INCIDENT_SINCE, DEFAULT_TOP_LIMIT};
+use holmes_cli::api_client::{ApiClient, ClientOptions, DEFAULT_API};
+
+mod table;
+
+use table::{
+    print_incident, print_incidents, print_metrics, print_profiles, print_services, print_top,
+    print_triggers,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "holmes",
+    version,
+    about = "Ask a Holmes collector what happened to your services"
+)]
+struct Cli {
+    /// The collector's HTTP API (http:// or https://).
+    #[arg(long, global = true, env = "HOLMES_API", default_value = DEFAULT_API)]
+    api: String,
+    /// The API's bearer token, when the collector requires one.
+    #[arg(
+        long,
+        global = true,
+        env = "HOLMES_API_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    token: Option<String>,
+    /// PEM CA certificate that signs the API's certificate (https:// only; default: the
+    /// system's trust store).
+    #[arg(long, global = true, env = "HOLMES_CA_FILE", value_name = "FILE")]
+    ca_file: Option<std::path::PathBuf>,
+    /// Print the API's JSON instead of a table (for scripts).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Services the collector knows, with their active instances.
+    Services,
+    /// Instances of one service.
+    Instances {
+        /// Service name.
+        #[arg(long)]
+        service: String,
+    },
+    /// One metric of one service, per instance.
+    Metrics {
+        /// Service name.
+        #[arg(long)]
+        service: String,
+        /// cpu, memory, rss, threads, tasks, heap, heap_bytes, fds or cpu_throttled.
+        #[arg(long, default_value = "cpu")]
+        metric: String,
+        /// How far back: a duration (10m, 2h) or an RFC 3339 time.
+        #[arg(long, default_value = "10m")]
+        since: String,
+    },
+    /// Trigger events of one service (rules that fired, captures requested), oldest first.
+    Triggers {
+        /// Service name.
+        #[arg(long)]
+        service: String,
+        /// How far back: a duration (10m, 2h) or an RFC 3339 time.
+        #[arg(long, default_value = "1h")]
+        since: String,
+    },
+    /// Profiles captured in one service, oldest first (download one with `holmes profile`).
+    Profiles {
+        /// Service name.
+        #[arg(long)]
+        service: String,
+        /// How far back: a duration (10m, 2h) or an RFC 3339 time.
+        #[arg(long, default_value = "1h")]
+        since: String,
+    },
+    /// Download one profile: the gzip-compressed pprof file, byte for byte as captured
+    /// (open it with `go tool pprof` or `pprof`).
+    Profile {
+        /// Profile id, as `holmes profiles` shows it.
+        id: String,
+        /// File to write; `-` writes the bytes to standard output.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: String,
+    },
+    /// Incidents, newest first: of one service, or of every service.
+    Incidents {
+        /// Service name; all services if left out.
+        #[arg(long)]
+        service: Option<String>,
+        /// How far back: a duration (10m, 2h) or an RFC 3339 time.
+        #[arg(long, default_value = DEFAULT_INCIDENT_SINCE)]
+        since: String,
+        /// Only `open` or only `resolved` ones.
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// One incident: its instances, triggers, profiles, suspect functions and related
+    /// incidents.
+    Incident {
+        /// Incident id, as `holmes incidents` shows it.
+        id: String,
+    },
+    /// Asks every connected agent of a service to capture profiles now; they arrive like
+    /// any other capture (`holmes profiles`), with a trigger event of reason `requested`.
+    Capture {
+        /// Service name.
+        #[arg(long)]
+        service: String,
+        /// cpu, heap, threads or tasks; repeat for several.
+        #[arg(long = "kind", required = true)]
+        kinds: Vec<String>,
+    },
+    /// A flame graph (SVG) of an incident (its profiles merged) or of one profile.
+    Flamegraph {
+        /// Incident id or profile id.
+        id: String,
+        /// File to write; `-` writes the SVG to standard output.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: String,
+        /// Color by growth against the profiles from before the incident.
+        #[arg(long)]
+        diff: bool,
+    },
+    /// The functions that cost the most in one profile, like `go tool pprof -top`: flat
+    /// (the function is the leaf) and cumulative (anywhere on the stack).
+    Top {
+        /// Profile id, as `holmes profiles` shows it.
+        id: String,
+        /// Which value to rank by (cpu, samples, inuse_space, alloc_space, threads, ...);
+        /// the profile's last sample type if left out.
+        #[arg(long = "sample-type")]
+        sample_type: Option<String>,
+        /// How many functions.
+        #[arg(long, default_value_t = DEFAULT_TOP_LIMIT)]
+        limit: u64,
+    },
+}
+
+/// Writes a downloaded profile to `output` (`-`: standard output, and nothing else
+/// there).
+fn write_profile(output: &str, bytes: &[u8]) -> anyhow::Result<()> {
+    if output == "-" {
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_all(bytes)
+            .and_then(|()| stdout.flush())
+            .map_err(|e| anyhow::anyhow!("cannot write to standard output: {e}"))?;
+        return Ok(());
+    }
+    std::fs::write(output, bytes).map_err(|e| anyhow::anyhow!("cannot write {output}: {e}"))?;
+    println!("wrote {} bytes to {output}", bytes.len());
+    Ok(())
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let options = ClientOptions {
+        token: cli.token.clone(),
+        ca_file: cli.ca_file.clone(),
+    };
+    let client = ApiClient::with_options(&cli.api, &options)?;
+    match cli.command {
+        Command::Services => {
+            let list = client.services().await?;
+            if cli.json {
+                print_json(&list)?;
+            } else {
+                print_services(&list);
+            }
+        }
+        Command::Instances { service } => {
+            let list = client.instances(&service).await?;
+            if cli.json {
+                print_json(&list)?;
+            } else {
+                println!(
+                    "{:<24}  {:<16}  {:>7}  {:<24}  LABELS",
+                    "INSTANCE", "HOST", "PID", "LAST SEEN"
+                );
+                for i in list {
+                    let labels: Vec<String> =
+                        i.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    println!(
+                        "{:<24}  {:<16}  {:>7}  {:<24}  {}",
+                        i.instance,
+                        i.host,
+                        i.pid,
+                        i.last_seen,
+                        labels.join(",")
+                    );
+                }
+            }
+        }
+        Command::Metrics {
+            service,
+            metric,
+            since,
+        } => {
+            let m = client.metrics(&service, &metric, &since).await?;
+            if cli.json {
+                print_json(&m)?;
+            } else {
+                print_metrics(&m);
+            }
+        }
+        Command::Triggers { service, since } => {
+            let t = client.triggers(&service, &since).await?;
+            if cli.json {
+                print_json(&t)?;
+            } else {
+                print_triggers(&t);
+            }
+        }
+        Command::Profiles { service, since } => {
+            let p = client.profiles(&service, &since).await?;
+            if cli.json {
+                print_json(&p)?;
+            } else {
+                print_profiles(&p);
+            }
+        }
+        Command::Profile { id, output } => {
+            let bytes = client.download_profile(&id).await?;
+            write_profile(&output, &bytes)?;
+        }
+        Command::Incidents {
+            service,
+            since,
+            status,
+        } => {
+            let list = client
+                .incidents(service.as_deref(), &since, status.as_deref())
+                .await?;
+            if cli.json {
+                print_json(&list)?;
+            } else {
+                print_incidents(&list);
+            }
+        }
+        Command::Capture { service, kinds } => {
+            let asked = client.capture(&service, &kinds).await?;
+            if cli.json {
+                print_json(&asked)?;
+            } else {
+                println!(
+                    "asked {} instance(s) of {} for {} (request {}): {}",
+                    asked.instances.len(),
+                    asked.service,
+                    asked.kinds.join(", "),
+                    asked.request_id,
+                    asked.instances.join(", ")
+                );
+            }
+        }
+        Command::Flamegraph { id, output, diff } => {
+            let svg = client.flamegraph(&id, diff).await?;
+            write_profile(&output, &svg)?;
+        }
+        Command::Incident { id } => {
+            let detail = client.incident(&id).await?;
+            if cli.json {
+                print_json(&detail)?;
+            } else {
+                print_incident(&detail);
+            }
+        }
+        Command::Top {
+            id,
+            sample_type,
+            limit,
+        } => {
+            let top = client.top(&id, sample_type.as_deref(), limit).await?;
+            if cli.json {
+                print_json(&top)?;
+            } else {
+                print_top(&top);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("{first} (see holmes --help)");
+            std::process::exit(2);
+        }
+    };
+    if let Err(err) = run(cli).await {
+        eprintln!("error: {err}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,147 @@
+//! `holmes-demo`: the one-command tour. It runs a collector on the embedded store and a
+//! few instances of a small "checkout" service, each a real child process with the
+//! Holmes agent inside, so that data arrives within seconds.
+//!
+//! The service handles simulated requests and, every so often, burns CPU in a hot loop
+//! for a few seconds — the kind of spike Holmes exists to catch.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use holmes_agent::Holmes;
+use tokio::process::{Child, Command};
+
+use holmes_collector::config::{Config, StoreKind};
+use holmes_collector::Server;
+
+/// What the demo runs.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Instances of the demo service.
+    pub instances: u32,
+    /// Folder for the embedded store.
+    pub data_dir: PathBuf,
+    /// gRPC address of the collector.
+    pub grpc_addr: std::net::SocketAddr,
+    /// HTTP address of the collector.
+    pub http_addr: std::net::SocketAddr,
+    /// Stop after this long; `None` runs until Ctrl-C.
+    pub duration: Option<Duration>,
+    /// Seconds between two CPU bursts in each instance.
+    pub burst_every: Duration,
+}
+
+/// Runs the collector and the demo service until Ctrl-C (or `duration`).
+pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
+    let config = Config {
+        grpc_addr: opts.grpc_addr,
+        http_addr: opts.http_addr,
+        data_dir: opts.data_dir.clone(),
+        store: StoreKind::Sqlite,
+        ..Config::default()
+    };
+    let server = Server::start(&config).await?;
+    let collector = format!("http://{}", server.grpc_addr());
+    let api = format!("http://{}", server.http_addr());
+    let exe = std::env::current_exe()?;
+    let mut children: Vec<Child> = Vec::new();
+    for i in 0..opts.instances {
+        let child = Command::new(&exe)
+            .arg("service")
+            .arg("--collector")
+            .arg(&collector)
+            .arg("--instance")
+            .arg(format!("checkout-{i}"))
+            .arg("--burst-every")
+            .arg(format!("{}s", opts.burst_every.as_secs().max(1)))
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        children.push(child);
+    }
+    println!();
+    println!("Holmes demo is running.");
+    println!(
+        "  collector: gRPC {collector}, API {api}, store {}",
+        opts.data_dir.display()
+    );
+    println!(
+        "  service:   checkout x{} (child processes with the agent inside; a CPU burst every {}s)",
+        opts.instances,
+        opts.burst_every.as_secs()
+    );
+    println!();
+    let api_flag = if opts.http_addr == holmes_collector::config::DEFAULT_HTTP_ADDR {
+        String::new()
+    } else {
+        format!(" --api {api}")
+    };
+    println!("In another terminal, try:");
+    println!("  cargo run -q --bin holmes --{api_flag} services");
+    println!("  cargo run -q --bin holmes --{api_flag} metrics --service checkout --metric cpu --since 5m");
+    println!("  cargo run -q --bin holmes --{api_flag} triggers --service checkout --since 10m   # after the first burst past warm-up (~10 s)");
+    println!("  cargo run -q --bin holmes --{api_flag} incidents --service checkout   # the bursts of all instances: one fleet incident");
+    println!("  open {api}/ui                                  # the web page: incidents, suspects, flame graphs");
+    println!("  curl -s '{api}/api/v1/services/checkout/metrics?metric=rss&since=5m'");
+    println!();
+    println!("Ctrl-C stops everything.");
+    match opts.duration {
+        Some(d) => tokio::time::sleep(d).await,
+        None => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    for child in &mut children {
+        let _ = child.kill().await;
+    }
+    server.shutdown().await;
+    Ok(())
+}
+
+/// The demo service's body, run in a child process: the agent plus a fake workload.
+/// Returns when the parent goes away.
+pub fn run_service(collector: &str, instance: &str, burst_every: Duration) -> anyhow::Result<()> {
+    let parent = std::os::unix::process::parent_id();
+    let holmes = Holmes::from_env()?
+        .service("checkout")
+        .instance(instance)
+        .collector(collector)
+        .label("demo", "true")
+        .collect_interval(Duration::from_secs(1))
+        .send_interval(Duration::from_secs(1))
+        .start()?;
+    let mut next_burst = Instant::now() + burst_every;
+    let mut cart: Vec<Vec<u8>> = Vec::new();
+    while std::os::unix::process::parent_id() == parent {
+        handle_request(&mut cart);
+        if Instant::now() >= next_burst {
+            hot_loop(Duration::from_secs(3));
+            next_burst = Instant::now() + burst_every;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    holmes.stop();
+    Ok(())
+}
+
+/// A cheap simulated request: some allocation and a little arithmetic.
+fn handle_request(cart: &mut Vec<Vec<u8>>) {
+    cart.push(vec![7u8; 16 * 1024]);
+    if cart.len() > 256 {
+        cart.drain(..128);
+    }
+    std::hint::black_box(cart.iter().map(|c| c.len()).sum::<usize>());
+}
+
+/// The culprit: a busy loop that holds a core for `d`.
+#[inline(never)]
+pub fn hot_loop(d: Duration) {
+    let until = Instant::now() + d;
+    let mut x = 0u64;
+    while Instant::now() < until {
+        for _ in 0..10_000 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! Tools for working on Holmes, apart from the server so that the server never links
+//! the agent:
+//!
+//! - [`demo`] and the `holmes-demo` binary: the one-command tour — a collector on the
+//!   embedded store and a few instances of a small service with the agent inside.
+//! - the `holmes-loadgen` binary: a simulated fleet against running collectors
+//!   (throughput, latency, memory; `deploy/dev/loadgen.sh`).
+//! - [`synthetic`]: CPU profiles as a realistic service's agent would send them, for the
+//!   load generator and the collector's ingest benchmark.
+
+pub mod demo;
+pub mod synthetic;

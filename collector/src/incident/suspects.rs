@@ -1,0 +1,228 @@
+//! An incident's suspects: the functions that grew most in its profiles against the
+//! baseline. Every sample is attributed to the innermost frame of the program's own code
+//! on its stack (not the standard library, the async runtime, the agent or libc), summed
+//! per function across the merged profiles, and functions rank by how much their share
+//! grew.
+
+use std::collections::HashMap;
+
+use holmes_api::Suspect;
+use holmes_storage::ProfileContents;
+
+/// Whether a function is the program's own code rather than the standard library, the
+/// async runtime, the agent or the C library: the frames a suspect is chosen from. A
+/// method of an impl (`<Type as Trait>::method`, `<Type>::method`) is the program's when
+/// its type is: `<checkout::Cart as core::fmt::Display>::fmt` is, while
+/// `<i32 as core::iter::range::Step>::forward_unchecked` (what a `for` loop over a range
+/// calls in a debug build) and `<u64>::wrapping_mul` are the standard library's.
+pub fn is_program_code(function: &str) -> bool {
+    const RUNTIME: &[&str] = &[
+        "std::",
+        "core::",
+        "alloc::",
+        "tokio::",
+        "hyper::",
+        "futures",
+        "parking_lot",
+        "backtrace::",
+        "holmes_agent::",
+        "__",
+    ];
+    let path = match function.strip_prefix('<') {
+        Some(qualified) => impl_type(qualified),
+        None => function,
+    };
+    // Rust paths have `::`; C functions (syscall, epoll_wait, malloc) and primitive
+    // types (`i32`, `&str`, `[u8]`) do not.
+    path.contains("::") && !RUNTIME.iter().any(|p| path.starts_with(p))
+}
+
+/// The type of `Type as Trait>::method` or `Type>::method`: up to ` as ` or the `>`
+/// that closes the leading `<`, generic arguments skipped over.
+fn impl_type(qualified: &str) -> &str {
+    let mut depth = 0usize;
+    for (i, c) in qualified.char_indices() {
+        match c {
+            '<' => depth += 1,
+            '>' if depth == 0 => return &qualified[..i],
+            '>' => depth -= 1,
+            ' ' if depth == 0 && qualified[i..].starts_with(" as ") => return &qualified[..i],
+            _ => {}
+        }
+    }
+    qualified
+}
+
+/// Each sample's value (the profile's last sample type) attributed to the innermost
+/// frame of program code on its stack (the whole stack's leaf if none), summed per
+/// function, as shares of the profiles' total.
+fn attributed_shares(profiles: &[ProfileContents]) -> HashMap<String, f64> {
+    let mut sums: HashMap<String, f64> = HashMap::new();
+    let mut total = 0f64;
+    for p in profiles {
+        let Some(index) = p.sample_types.len().checked_sub(1) else {
+            continue;
+        };
+        let stacks: HashMap<u64, &holmes_storage::Stack> =
+            p.stacks.iter().map(|s| (s.stack_id, s)).collect();
+        for sample in &p.samples {
+            let v = sample.values.get(index).copied().unwrap_or(0).max(0) as f64;
+            let Some(stack) = stacks.get(&sample.stack_id) else {
+                continue;
+            };
+            let frame = stack
+                .frames
+                .iter()
+                .find(|f| is_program_code(&f.function))
+                .or_else(|| stack.frames.first());
+            if let Some(f) = frame {
+                *sums.entry(f.function.clone()).or_default() += v;
+                total += v;
+            }
+        }
+    }
+    if total > 0.0 {
+        for v in sums.values_mut() {
+            *v /= total;
+        }
+    }
+    sums
+}
+
+/// The functions that grew most in `incident` against `baseline`, at most `limit`:
+/// every sample is attributed to its innermost frame of program code (so a thread
+/// blocked in a lock counts for the function that took the lock, an allocation for the
+/// function that allocated), and functions rank by how much their share grew.
+pub fn suspects(
+    incident: &[ProfileContents],
+    baseline: &[ProfileContents],
+    limit: usize,
+) -> Vec<Suspect> {
+    let now = attributed_shares(incident);
+    let before = attributed_shares(baseline);
+    let mut out: Vec<Suspect> = now
+        .into_iter()
+        .map(|(function, share)| {
+            let baseline_share = before.get(&function).copied().unwrap_or(0.0);
+            Suspect {
+                function,
+                share,
+                baseline_share,
+                growth: share - baseline_share,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        b.growth
+            .total_cmp(&a.growth)
+            .then(b.share.total_cmp(&a.share))
+            .then(a.function.cmp(&b.function))
+    });
+    out.truncate(limit);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use holmes_storage::{Stack, StackFrame, StackSample};
+
+    use super::*;
+
+    fn stack(names: &[&str]) -> Stack {
+        Stack::new(
+            names
+                .iter()
+                .map(|n| StackFrame {
+                    function: (*n).to_owned(),
+                    file: String::new(),
+                    line: 0,
+                })
+                .collect(),
+        )
+    }
+
+    fn profile(samples: &[(&Stack, i64)]) -> ProfileContents {
+        let mut stacks: Vec<Stack> = Vec::new();
+        for (s, _) in samples {
+            if !stacks.iter().any(|k| k.stack_id == s.stack_id) {
+                stacks.push((*s).clone());
+            }
+        }
+        ProfileContents {
+            profile_id: "p".into(),
+            service: "s".into(),
+            started_unix_nanos: 0,
+            sample_types: vec![("threads".into(), "count".into())],
+            stacks,
+            samples: samples
+                .iter()
+                .map(|(s, v)| StackSample {
+                    stack_id: s.stack_id,
+                    values: vec![*v],
+                    labels: vec![],
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn suspects_are_the_program_frames_that_grew() {
+        // 80 threads blocked in a lock taken by `bank::transfer`, 3 idle workers.
+        let blocked = stack(&[
+            "syscall",
+            "std::sys::sync::mutex::futex::Mutex::lock_contended",
+            "std::sync::poison::mutex::Mutex<T>::lock",
+            "bank::transfer",
+            "bank::main::{{closure}}",
+            "std::sys::backtrace::__rust_begin_short_backtrace",
+            "start_thread",
+        ]);
+        let idle = stack(&["epoll_wait", "bank::serve", "bank::main", "main"]);
+        let incident = profile(&[(&blocked, 80), (&idle, 3)]);
+        let baseline = profile(&[(&idle, 3)]);
+        let top = suspects(std::slice::from_ref(&incident), &[baseline], 5);
+        assert_eq!(top[0].function, "bank::transfer");
+        assert!((top[0].share - 80.0 / 83.0).abs() < 1e-9, "{top:?}");
+        assert_eq!(top[0].baseline_share, 0.0);
+        // `bank::serve` shrank from all of the baseline to 3/83.
+        let serve = top.iter().find(|s| s.function == "bank::serve").unwrap();
+        assert!(serve.growth < 0.0);
+        // Without a baseline the largest share leads.
+        assert_eq!(suspects(&[incident], &[], 1)[0].function, "bank::transfer");
+        assert!(!is_program_code("std::thread::park"));
+        assert!(!is_program_code("__libc_start_main"));
+        assert!(is_program_code("checkout::render_price_table"));
+    }
+
+    #[test]
+    fn methods_belong_to_the_code_of_their_type() {
+        for library in [
+            "<i32 as core::iter::range::Step>::forward_unchecked",
+            "<u64>::wrapping_mul",
+            "<alloc::vec::Vec<u8> as core::ops::drop::Drop>::drop",
+            "<&mut F as core::ops::function::FnOnce<A>>::call_once",
+            "<core::iter::adapters::map::Map<I, F> as core::iter::traits::iterator::Iterator>::next",
+            "<tokio::runtime::task::Task<S>>::poll",
+        ] {
+            assert!(!is_program_code(library), "{library}");
+        }
+        for program in [
+            "<checkout::Cart as core::fmt::Display>::fmt",
+            "<checkout::Cache<K, V>>::get",
+            "<&checkout::Cart as serde::ser::Serialize>::serialize",
+        ] {
+            assert!(is_program_code(program), "{program}");
+        }
+        // A debug build's hot loop: the range's step is library code, the loop is the
+        // culprit.
+        let spin = stack(&[
+            "<i32 as core::iter::range::Step>::forward_unchecked",
+            "core::iter::range::<impl core::iter::traits::iterator::Iterator for core::ops::range::Range<A>>::next",
+            "demo::hot_loop",
+            "demo::run_service",
+            "main",
+        ]);
+        let top = suspects(&[profile(&[(&spin, 10)])], &[], 1);
+        assert_eq!(top[0].function, "demo::hot_loop");
+    }
+}

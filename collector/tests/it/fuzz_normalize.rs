@@ -1,0 +1,313 @@
+//! Fuzzing the profile decoder: valid profiles mutated at random — bytes flipped,
+//! truncated, spliced; ids, indexes and counts set to hostile values; stacks made deep;
+//! gzip layers added and broken — must each be decoded or refused with an error, never
+//! panic, and never take the collector past its limits.
+//!
+//! `HOLMES_FUZZ_CASES` sets the number of cases (default 1,500, a few seconds);
+//! `deploy/dev/fuzz.sh` runs 200,000 (or its argument) in release mode. `HOLMES_FUZZ_SEED` replays a run.
+//! A case that panics is written to `target/fuzz-crash-<seed>-<case>.bin`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::Instant;
+
+use holmes_collector::process::normalize::{normalize, Limits};
+use holmes_proto::pprof::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
+use prost::Message;
+
+/// xorshift64*: small, deterministic, good enough to pick mutations.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        if n == 0 {
+            0
+        } else {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    /// A value a hostile writer would pick for an index or id.
+    fn hostile(&mut self) -> i64 {
+        match self.below(6) {
+            0 => 0,
+            1 => -1,
+            2 => i64::MAX,
+            3 => i64::MIN,
+            4 => self.below(64) as i64,
+            _ => self.next() as i64,
+        }
+    }
+}
+
+/// A realistic seed profile: `stacks` distinct stacks of depth up to `depth`, with
+/// inlined frames, labels and a mapping.
+fn seed_profile(rng: &mut Rng, stacks: usize, depth: usize) -> Profile {
+    let mut strings = vec![
+        String::new(),
+        "samples".to_owned(),
+        "count".to_owned(),
+        "cpu".to_owned(),
+        "nanoseconds".to_owned(),
+        "thread".to_owned(),
+        "/srv/shop".to_owned(),
+    ];
+    let functions: Vec<Function> = (1..=40u64)
+        .map(|id| {
+            strings.push(format!("shop::module{}::function_{id}", id % 7));
+            let name = strings.len() as i64 - 1;
+            strings.push(format!("src/module{}.rs", id % 7));
+            Function {
+                id,
+                name,
+                system_name: name,
+                filename: strings.len() as i64 - 1,
+                start_line: 1,
+            }
+        })
+        .collect();
+    let locations: Vec<Location> = (1..=60u64)
+        .map(|id| Location {
+            id,
+            mapping_id: 1,
+            address: 0x40_0000 + id * 16,
+            line: (0..1 + rng.below(3))
+                .map(|_| Line {
+                    function_id: 1 + rng.below(40) as u64,
+                    line: rng.below(500) as i64,
+                    column: 0,
+                })
+                .collect(),
+            is_folded: false,
+        })
+        .collect();
+    strings.push("worker-1".to_owned());
+    let worker = strings.len() as i64 - 1;
+    let samples = (0..stacks)
+        .map(|_| Sample {
+            location_id: (0..1 + rng.below(depth))
+                .map(|_| 1 + rng.below(60) as u64)
+                .collect(),
+            value: vec![1 + rng.below(9) as i64, 10_000_000],
+            label: vec![Label {
+                key: 5,
+                str: worker,
+                num: 0,
+                num_unit: 0,
+            }],
+        })
+        .collect();
+    Profile {
+        sample_type: vec![
+            ValueType { r#type: 1, unit: 2 },
+            ValueType { r#type: 3, unit: 4 },
+        ],
+        sample: samples,
+        mapping: vec![Mapping {
+            id: 1,
+            memory_start: 0x40_0000,
+            memory_limit: 0x80_0000,
+            filename: 6,
+            has_functions: true,
+            ..Mapping::default()
+        }],
+        location: locations,
+        function: functions,
+        string_table: strings,
+        period_type: Some(ValueType { r#type: 3, unit: 4 }),
+        period: 10_000_000,
+        ..Profile::default()
+    }
+}
+
+/// One structural mutation: a field of the decoded profile set to something hostile.
+fn mutate_structure(rng: &mut Rng, p: &mut Profile) {
+    let s = p.sample.len();
+    let l = p.location.len();
+    let f = p.function.len();
+    match rng.below(14) {
+        0 if s > 0 => {
+            let i = rng.below(s);
+            let j = rng.below(p.sample[i].location_id.len().max(1));
+            if let Some(id) = p.sample[i].location_id.get_mut(j) {
+                *id = rng.hostile() as u64;
+            }
+        }
+        1 if l > 0 => {
+            let i = rng.below(l);
+            if let Some(line) = p.location[i].line.first_mut() {
+                line.function_id = rng.hostile() as u64;
+            }
+        }
+        2 if f > 0 => p.function[rng.below(f)].name = rng.hostile(),
+        3 if f > 0 => p.function[rng.below(f)].filename = rng.hostile(),
+        4 if s > 0 => {
+            let i = rng.below(s);
+            p.sample[i].value.push(rng.hostile());
+        }
+        5 if s > 0 => {
+            let i = rng.below(s);
+            if let Some(label) = p.sample[i].label.first_mut() {
+                label.key = rng.hostile();
+                label.str = rng.hostile();
+                label.num_unit = rng.hostile();
+            }
+        }
+        6 if s > 0 => {
+            // Deep: the same location thousands of times.
+            let i = rng.below(s);
+            let n = 500 + rng.below(5000);
+            p.sample[i].location_id = vec![1; n];
+        }
+        7 if l > 0 => p.location[rng.below(l)].mapping_id = rng.hostile() as u64,
+        8 if f > 0 => {
+            let dup = p.function[rng.below(f)];
+            p.function.push(dup);
+        }
+        9 => p.sample_type.clear(),
+        10 => p.comment.push(rng.hostile()),
+        11 => p.string_table.truncate(rng.below(p.string_table.len() + 1)),
+        12 if l > 0 => {
+            // Many inlined frames at one location.
+            let i = rng.below(l);
+            let line = p.location[i].line.first().cloned().unwrap_or_default();
+            p.location[i].line = vec![line; 1 + rng.below(3000)];
+        }
+        _ => p.drop_frames = rng.hostile(),
+    }
+}
+
+/// One byte-level mutation of an encoded profile.
+fn mutate_bytes(rng: &mut Rng, bytes: &mut Vec<u8>) {
+    if bytes.is_empty() {
+        bytes.push(rng.next() as u8);
+        return;
+    }
+    let n = bytes.len();
+    match rng.below(6) {
+        0 => {
+            let i = rng.below(n);
+            bytes[i] ^= 1 << rng.below(8);
+        }
+        1 => {
+            let i = rng.below(n);
+            bytes[i] = rng.next() as u8;
+        }
+        2 => bytes.truncate(rng.below(n)),
+        3 => {
+            let i = rng.below(n);
+            let insert: Vec<u8> = (0..1 + rng.below(16)).map(|_| rng.next() as u8).collect();
+            bytes.splice(i..i, insert);
+        }
+        4 => {
+            // Splice a slice of itself elsewhere (repeated fields, odd lengths).
+            let a = rng.below(n);
+            let b = (a + rng.below(64)).min(n);
+            let piece = bytes[a..b].to_vec();
+            let at = rng.below(n);
+            bytes.splice(at..at, piece);
+        }
+        _ => {
+            // A length prefix turned huge.
+            let i = rng.below(n);
+            bytes[i] = 0xff;
+            if i + 1 < n {
+                bytes[i + 1] = 0xff;
+            }
+        }
+    }
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(bytes).unwrap();
+    gz.finish().unwrap()
+}
+
+/// One fuzz case: a seed profile, mutated, maybe gzipped (and the gzip maybe broken).
+fn case(rng: &mut Rng) -> Vec<u8> {
+    let stacks = 1 + rng.below(200);
+    let mut p = seed_profile(rng, stacks, 40);
+    for _ in 0..rng.below(4) {
+        mutate_structure(rng, &mut p);
+    }
+    let mut bytes = p.encode_to_vec();
+    for _ in 0..rng.below(4) {
+        mutate_bytes(rng, &mut bytes);
+    }
+    match rng.below(4) {
+        0 => bytes,
+        1 => {
+            let mut gz = gzip(&bytes);
+            mutate_bytes(rng, &mut gz);
+            gz
+        }
+        2 => gzip(&gzip(&bytes)),
+        _ => gzip(&bytes),
+    }
+}
+
+#[test]
+fn mutated_profiles_are_decoded_or_refused_never_panicked_on() {
+    let cases: u64 = std::env::var("HOLMES_FUZZ_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(1_500);
+    let seed: u64 = std::env::var("HOLMES_FUZZ_SEED")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0x9e37_79b9_7f4a_7c15);
+    // Tight limits, so that the caps are exercised as often as the checks.
+    let limits = Limits {
+        max_decoded_bytes: 1 << 20,
+        max_items: 50_000,
+        max_depth: 1024,
+    };
+    let started = Instant::now();
+    let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
+    for n in 0..cases {
+        let mut rng = Rng(seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let input = case(&mut rng);
+        let result = std::panic::catch_unwind(|| normalize(&input, limits, "p", "s", 0));
+        match result {
+            Ok(Ok(c)) => {
+                assert!(c.samples.len() <= limits.max_items);
+                for s in &c.stacks {
+                    assert!(s.frames.len() <= limits.max_depth);
+                }
+                *outcomes.entry("ok".to_owned()).or_default() += 1;
+            }
+            Ok(Err(e)) => {
+                let kind = format!("{e:?}");
+                let kind = kind.split([' ', '(', '{']).next().unwrap_or("").to_owned();
+                *outcomes.entry(kind).or_default() += 1;
+            }
+            Err(_) => {
+                let path = format!(
+                    "{}/../target/fuzz-crash-{seed}-{n}.bin",
+                    env!("CARGO_MANIFEST_DIR")
+                );
+                let _ = std::fs::write(&path, &input);
+                panic!("case {n} (seed {seed}) panicked the decoder; input written to {path}");
+            }
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "fuzz: {cases} cases in {secs:.1} s ({:.0}/s), seed {seed}: {outcomes:?}",
+        cases as f64 / secs
+    );
+    // The mutations reach both sides: some profiles survive, most are refused.
+    assert!(outcomes.get("ok").copied().unwrap_or(0) > 0, "{outcomes:?}");
+    assert!(
+        outcomes.len() >= 5,
+        "too few kinds of refusal: {outcomes:?}"
+    );
+}

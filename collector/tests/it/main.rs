@@ -1,0 +1,30 @@
+//! The collector's integration tests, one binary (linking the collector and librdkafka
+//! once): real collectors on loopback, the real agent, real stores (SQLite, and the
+//! ClickHouse server `deploy/dev/clickhouse.sh` starts), a real Kafka-protocol broker
+//! (`deploy/dev/kafka.sh`), real HTTP receivers, and the real binaries — the server's
+//! `holmes-collector`, the `holmes` CLI and `holmes-demo` ([`support::workspace_bin`]).
+//! The demo's own test and the CLI's tests without a collector live in their crates
+//! (`holmes-devtools`, `holmes-cli`).
+//!
+//! One module per subject; tests that run on both stores are declared with
+//! [`support::on_each_backend`] and named `<subject>::<test>::sqlite` / `::clickhouse`.
+//! `cargo test -p holmes-collector --test it -- kafka::` runs one module.
+
+mod support;
+
+mod alerts;
+mod bad_input;
+mod cli;
+mod compression;
+mod deploy_files;
+mod e2e;
+mod fuzz_normalize;
+mod incidents;
+mod kafka;
+mod outage;
+mod profiles;
+mod retention;
+mod rules;
+mod security;
+mod spool;
+mod triggers;

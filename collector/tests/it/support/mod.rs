@@ -1,0 +1,353 @@
+//! Shared harness for the collector's tests: real collectors on loopback, real stores.
+
+pub(crate) mod raw_agent;
+pub(crate) mod receiver;
+pub(crate) mod tls;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use holmes_collector::config::{Config, StoreKind};
+use holmes_collector::Server;
+use holmes_storage::clickhouse::ClickHouseSettings;
+
+/// Declares, for each `async fn name(backend: Backend)` named, the tests `name::sqlite`
+/// and `name::clickhouse` that run it on each store (the ClickHouse one is skipped with
+/// `HOLMES_TEST_SKIP_CLICKHOUSE=1`, see [`config`]).
+macro_rules! on_each_backend {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::support::Backend::Sqlite).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn clickhouse() {
+                super::$name($crate::support::Backend::ClickHouse).await;
+            }
+        }
+    )+};
+}
+pub(crate) use on_each_backend;
+
+/// Which store a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Backend {
+    Sqlite,
+    ClickHouse,
+}
+
+static NEXT_DB: AtomicU32 = AtomicU32::new(0);
+
+/// A collector configuration on free loopback ports, or `None` when ClickHouse is asked
+/// for but deliberately skipped (`HOLMES_TEST_SKIP_CLICKHOUSE=1`).
+pub(crate) fn config(backend: Backend, data_dir: &std::path::Path) -> Option<Config> {
+    let mut config = Config {
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data_dir.to_owned(),
+        ..Config::default()
+    };
+    if backend == Backend::ClickHouse {
+        let Ok(url) = std::env::var("HOLMES_TEST_CLICKHOUSE_URL") else {
+            if std::env::var("HOLMES_TEST_SKIP_CLICKHOUSE").as_deref() == Ok("1") {
+                eprintln!("skipped: HOLMES_TEST_SKIP_CLICKHOUSE=1");
+                return None;
+            }
+            panic!("HOLMES_TEST_CLICKHOUSE_URL is not set: run deploy/dev/test.sh, or set HOLMES_TEST_SKIP_CLICKHOUSE=1");
+        };
+        config.store = StoreKind::Clickhouse;
+        config.clickhouse = ClickHouseSettings {
+            url: Some(url),
+            database: format!(
+                "holmes_e2e_{}_{}",
+                std::process::id(),
+                NEXT_DB.fetch_add(1, Ordering::Relaxed)
+            ),
+            ..ClickHouseSettings::default()
+        };
+    }
+    Some(config)
+}
+
+/// Starts a collector; `None` when its backend is skipped.
+pub(crate) async fn start(backend: Backend, data_dir: &std::path::Path) -> Option<Server> {
+    let config = config(backend, data_dir)?;
+    Some(Server::start(&config).await.expect("collector starts"))
+}
+
+/// A loopback address nothing listens on (yet).
+pub(crate) fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Polls `check` until it yields `Some`, failing the test with `what` after `timeout`.
+pub(crate) async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The headless browser for page tests: `chromium` on the PATH. `None` (the test then
+/// says it is skipped) unless `HOLMES_TEST_REQUIRE_CHROMIUM=1`, which makes its absence
+/// a failure (`deploy/dev/test.sh` installs it and sets that).
+pub(crate) fn chromium() -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("chromium"))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var("HOLMES_TEST_REQUIRE_CHROMIUM").as_deref() != Ok("1"),
+            "chromium is required (HOLMES_TEST_REQUIRE_CHROMIUM=1) but not on the PATH"
+        );
+        eprintln!("skipped: no chromium on the PATH");
+    }
+    found
+}
+
+/// Runs headless chromium on `url` with `args` (e.g. `--dump-dom`, `--screenshot=F`),
+/// letting the page's scripts run for up to 20 s of virtual time; returns stdout.
+pub(crate) async fn chromium_run(chromium: &std::path::Path, url: &str, args: &[&str]) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = tokio::time::timeout(
+        Duration::from_secs(90),
+        tokio::process::Command::new(chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--hide-scrollbars",
+                "--virtual-time-budget=20000",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .args(args)
+            .arg(url)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("chromium finishes within 90 s")
+    .expect("chromium runs");
+    assert!(
+        out.status.success(),
+        "chromium {args:?} {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The binaries of the workspace's other crates that the tests run: `holmes` (the CLI,
+/// `holmes-cli`) and `holmes-demo` (`holmes-devtools`).
+const WORKSPACE_BINS: [&str; 2] = ["holmes", "holmes-demo"];
+
+/// The path of `name`, one of [`WORKSPACE_BINS`]. Cargo builds, and names in
+/// `CARGO_BIN_EXE_*`, only the binaries of the package under test; so the first call
+/// has cargo build these (a no-op when they are fresh), and every call returns the path
+/// cargo reported.
+pub(crate) fn workspace_bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<BTreeMap<String, PathBuf>> = OnceLock::new();
+    let built = BUILT.get_or_init(build_workspace_bins);
+    built
+        .get(name)
+        .unwrap_or_else(|| panic!("{name} is not one of the workspace binaries {built:?}"))
+        .clone()
+}
+
+/// `cargo test --no-run` of the collector's crates, as this test was built (same target
+/// folder and profile): the same command as the one that built this test, so cargo
+/// resolves the same features and rebuilds nothing this test uses (a command that
+/// resolved differently would rebuild shared libraries, and this running test with
+/// them). `holmes-cli` and `holmes-devtools` have tests of their own, so cargo builds
+/// their binaries as it builds this package's.
+fn build_workspace_bins() -> BTreeMap<String, PathBuf> {
+    // This test runs as <target>/<profile>/deps/<name>-<hash>.
+    let exe = std::env::current_exe().expect("the test's own path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test runs from <target>/<profile>/deps");
+    let target_dir = profile_dir.parent().expect("a target folder");
+    let mut cargo = std::process::Command::new(std::env::var_os("CARGO").unwrap_or("cargo".into()));
+    cargo
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["test", "--no-run", "--quiet"])
+        .args(["--message-format=json-render-diagnostics"])
+        .arg("--target-dir")
+        .arg(target_dir);
+    match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => {}
+        Some("release") => {
+            cargo.arg("--release");
+        }
+        Some(name) => {
+            cargo.args(["--profile", name]);
+        }
+        None => panic!("no profile folder above {}", exe.display()),
+    }
+    for package in ["holmes-collector", "holmes-cli", "holmes-devtools"] {
+        cargo.args(["-p", package]);
+    }
+    // Cargo runs this test with its package's variables (`CARGO_MANIFEST_DIR`,
+    // `CARGO_PKG_*`, ...); build scripts that watch one (ring's does) would be rerun and
+    // everything above them rebuilt, this running test included.
+    for (key, _) in std::env::vars_os() {
+        let name = key.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_BIN_EXE_")
+            || matches!(
+                name.as_ref(),
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_TARGET_TMPDIR"
+                    | "CARGO_PRIMARY_PACKAGE"
+                    | "OUT_DIR"
+            )
+        {
+            cargo.env_remove(&key);
+        }
+    }
+    let out = cargo
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("cargo runs");
+    assert!(
+        out.status.success(),
+        "cargo could not build {WORKSPACE_BINS:?}: {cargo:?}"
+    );
+    let mut built = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        // The binaries themselves, not their unit tests.
+        let is_bin = message.pointer("/target/kind/0").and_then(|k| k.as_str()) == Some("bin")
+            && message.pointer("/profile/test").and_then(|t| t.as_bool()) == Some(false);
+        let name = message.pointer("/target/name").and_then(|n| n.as_str());
+        let exe = message.get("executable").and_then(|e| e.as_str());
+        if let (true, Some(name), Some(exe)) = (is_bin, name, exe) {
+            built.insert(name.to_owned(), PathBuf::from(exe));
+        }
+    }
+    for bin in WORKSPACE_BINS {
+        assert!(built.contains_key(bin), "cargo built no {bin}: {built:?}");
+    }
+    built
+}
+
+/// Runs the `holmes` CLI with `args`, its environment cleared of the `HOLMES_API*` and
+/// `HOLMES_CA_FILE` settings a developer may have, plus `env`.
+pub(crate) async fn holmes_cli_with(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new(workspace_bin("holmes"));
+    cmd.args(args)
+        .env_remove("HOLMES_API")
+        .env_remove("HOLMES_API_TOKEN")
+        .env_remove("HOLMES_CA_FILE");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().await.expect("holmes runs")
+}
+
+/// [`holmes_cli_with`] without extra environment.
+pub(crate) async fn holmes_cli(args: &[&str]) -> std::process::Output {
+    holmes_cli_with(args, &[]).await
+}
+
+/// Runs `deploy/dev/<script> <command>` (clickhouse.sh, kafka.sh) with `dir_var` set to
+/// `dir` when given (the server folder of `stop`/`restart`), and returns the variables it
+/// printed as `export NAME=value` lines.
+pub(crate) fn dev_script(
+    script: &str,
+    command: &str,
+    dir_var: &str,
+    dir: Option<&str>,
+) -> Vec<(String, String)> {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../deploy/dev")
+        .join(script);
+    let mut c = std::process::Command::new("bash");
+    c.arg(path).arg(command);
+    if let Some(dir) = dir {
+        c.env(dir_var, dir);
+    }
+    let out = c.output().unwrap_or_else(|e| panic!("{script} runs: {e}"));
+    assert!(
+        out.status.success(),
+        "{script} {command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("export ")?.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// After an outage of `outage` while `agent` (service `outage`) kept sending: the threads
+/// profile of capture `event_id` arrives, the agent's backlog is acknowledged with nothing
+/// dropped, and its `rss` samples cover the outage, none stored twice and no gap of a
+/// second or more. Waits up to `wait` for each.
+pub(crate) async fn outage_backlog_arrives(
+    api: &holmes_cli::api_client::ApiClient,
+    agent: &holmes_agent::HolmesHandle,
+    event_id: &str,
+    outage: Duration,
+    wait: Duration,
+) {
+    eventually(wait, "the profile captured during the outage", || async {
+        let p = api.profiles("outage", "5m").await.ok()?;
+        p.profiles
+            .iter()
+            .any(|p| p.event_id == event_id && p.kind == "threads" && p.error.is_none())
+            .then_some(())
+    })
+    .await;
+    let stats = eventually(wait, "the backlog acknowledged", || async {
+        let s = agent.stats();
+        (s.unacked == 0).then_some(s)
+    })
+    .await;
+    assert_eq!(stats.dropped, 0, "{stats:?}");
+    let points = eventually(wait, "samples covering the outage", || async {
+        let m = api.metrics("outage", "rss", "5m").await.ok()?;
+        let points = m.series.first()?.points.clone();
+        let covered = points.last()?.unix_ms - points.first()?.unix_ms;
+        (covered >= outage.as_millis() as u64).then_some(points)
+    })
+    .await;
+    let times: Vec<u64> = points.iter().map(|p| p.unix_ms).collect();
+    let mut unique = times.clone();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        times.len(),
+        "a sample stored twice: {times:?}"
+    );
+    let widest = times.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    assert!(widest < 1_000, "a gap of {widest} ms in {times:?}");
+}
