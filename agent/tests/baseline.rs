@@ -6,7 +6,7 @@
 //!
 //! `cargo test -p holmes-agent --test baseline -- --nocapture` prints the cost per
 //! baseline (CPU time of its capture thread, bytes of its profiles); the README's
-//! figures come from a release build (`--release`).
+//! figures come from the profiling build (`--profile profiling`).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
