@@ -286,8 +286,8 @@ fn main() {
         Vec::new(),
     );
     for run in 1..=runs {
-        let plain = measure(&collector.url, "idle-plain", secs);
-        let agent = measure(&collector.url, "idle-agent", secs);
+        let plain = measure(&collector.url(), "idle-plain", secs);
+        let agent = measure(&collector.url(), "idle-agent", secs);
         let rate = |r: &[(String, f64)]| field(r, "cpu_ns") / field(r, "wall_ns") * 100.0;
         let d = |k: &str| field(&agent, k) - field(&plain, k);
         println!(
@@ -315,8 +315,8 @@ fn main() {
     // The flight recorder's cost per sample.
     let (mut handler, mut delivery, mut agent_share) = (Vec::new(), Vec::new(), Vec::new());
     for run in 1..=runs {
-        let plain = measure(&collector.url, "signals-plain", 0);
-        let agent = measure(&collector.url, "signals-agent", 0);
+        let plain = measure(&collector.url(), "signals-plain", 0);
+        let agent = measure(&collector.url(), "signals-agent", 0);
         let work_us = (field(&agent, "signal_ns") - field(&plain, "signal_ns")) / 1e3;
         let kernel_us = field(&plain, "signal_ns") / 1e3;
         let agent_us = field(&agent, "agent_ns") / 1e3;

@@ -23,7 +23,7 @@ const WAIT: Duration = Duration::from_secs(120);
 fn agent(collector: &TestCollector, service: &str) -> holmes_agent::HolmesBuilder {
     let mut b = Holmes::builder()
         .service(service)
-        .collector(&collector.url)
+        .collector(collector.url())
         .collect_interval(Duration::from_millis(100))
         .send_interval(Duration::from_millis(100))
         .memory_fast_interval(None)
@@ -41,8 +41,10 @@ fn agent(collector: &TestCollector, service: &str) -> holmes_agent::HolmesBuilde
 }
 
 fn hello(collector: &TestCollector) -> Hello {
-    collector.wait_for(WAIT, "the agent's hello", |m| {
-        m.iter().any(|m| matches!(m.body, AgentBody::Hello(_)))
+    collector.wait_for_within(WAIT, "the agent's hello", |m| {
+        m.iter()
+            .any(|(_, m)| matches!(m.body, AgentBody::Hello(_)))
+            .then_some(())
     });
     collector
         .bodies(|b| match b {
@@ -98,15 +100,16 @@ fn profiles_arrive_as_module_offsets_that_the_executables_debug_info_names() {
 
     h.capture_now(&[ProfileKind::Threads, ProfileKind::Cpu])
         .unwrap();
-    collector.wait_for(WAIT, "a threads and two cpu profiles", |_| {
-        profiles(&collector)
+    collector.wait_for_within(WAIT, "a threads and two cpu profiles", |_| {
+        (profiles(&collector)
             .values()
             .filter(|(c, _)| c.kind == ProfileKind::Cpu)
             .count()
             >= 2
             && profiles(&collector)
                 .values()
-                .any(|(c, _)| c.kind == ProfileKind::Threads)
+                .any(|(c, _)| c.kind == ProfileKind::Threads))
+        .then_some(())
     });
     release.wait();
     parked.join().unwrap();
@@ -183,7 +186,9 @@ fn debug_info_is_uploaded_when_asked_from_the_offset_asked() {
         all.iter()
             .any(|c| c.offset >= from && c.offset + c.data.len() as u64 == c.total_bytes)
     };
-    collector.wait_for(WAIT, "the whole upload", |_| done(&chunks(&collector), 0));
+    collector.wait_for_within(WAIT, "the whole upload", |_| {
+        done(&chunks(&collector), 0).then_some(())
+    });
     let first = chunks(&collector);
     let total = first[0].total_bytes;
     let mut blob = Vec::new();
@@ -205,8 +210,9 @@ fn debug_info_is_uploaded_when_asked_from_the_offset_asked() {
         build_id: exe.build_id.clone(),
         offset: middle,
     }));
-    collector.wait_for(WAIT, "the upload's second half", |_| {
-        chunks(&collector).len() > first.len() && done(&chunks(&collector)[first.len()..], middle)
+    collector.wait_for_within(WAIT, "the upload's second half", |_| {
+        (chunks(&collector).len() > first.len() && done(&chunks(&collector)[first.len()..], middle))
+            .then_some(())
     });
     let again = &chunks(&collector)[first.len()..];
     assert_eq!(again[0].offset, middle);

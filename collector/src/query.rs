@@ -13,6 +13,9 @@
 //! | `GET /api/v1/services/{service}/profiles/{profile_id}/flamegraph.svg` | the profile's flame graph |
 //! | `GET /api/v1/services/{service}/flamegraph.svg?since=24h[&until=..][&kind=cpu]` | the service's profiles of one kind over the range, all instances merged |
 //! | `PUT /api/v1/debuginfo/{build_id}` | stores a module's debug info (the body: `holmes-symbolize`'s upload blob, as `holmes debuginfo upload` sends it) and names the build's native locations: `{build_id, bytes, stored}`, `stored` false when it was complete already; 400 for a body that is not readable debug info of that build ([`crate::symbolize::upload`]) |
+//! | `GET /api/v1/profiles/{profile_id}` | the gzip-compressed pprof bytes exactly as the agent sent them, `application/octet-stream`, `content-disposition: attachment; filename="<kind>.<event_id>.<profile_id>.pb.gz"`; 400 for an id that is not 32 lowercase hex digits, 404 for an unknown one or a failed capture |
+//! | `GET /api/v1/profiles/{profile_id}/otlp`, `GET /api/v1/incidents/{incident_id}/otlp` | the profile, or the incident's profiles, as one OTLP `ExportProfilesServiceRequest` ([`otlp`]) |
+//! | `GET /api/v1/incidents?label=k8s.namespace.name=shop[&label=..]` (also per service) | incidents with an instance carrying every label given (the agent's Kubernetes labels, say) |
 //! | `GET /healthz` | `ok` |
 //!
 //! Times are RFC 3339 in UTC; `since`/`until` also take a duration before now (`10m`).
@@ -43,6 +46,8 @@ use crate::symbolize::Symbolizer;
 pub mod flamegraph;
 mod incidents;
 pub mod pprof;
+mod labels;
+pub mod otlp;
 pub mod profiles;
 pub mod top;
 pub mod triggers;
@@ -107,6 +112,12 @@ pub fn router(
             "/api/v1/incidents/{incident_id}/flamegraph.svg",
             get(incidents::flamegraph),
         )
+        .route(
+            "/api/v1/profiles/{profile_id}/flamegraph.svg",
+            get(profiles::flamegraph),
+        )
+        .route("/api/v1/profiles/{profile_id}/otlp", get(otlp::profile))
+        .route("/api/v1/incidents/{incident_id}/otlp", get(otlp::incident))
         .route(
             "/api/v1/services/{service}/capture",
             axum::routing::post(capture),

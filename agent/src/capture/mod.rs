@@ -12,7 +12,9 @@
 //! - [`output`]: each finished profile written to the dump folder and queued for the
 //!   collector.
 //! - [`requests`]: captures asked for by the host or the collector, waiting for the
-//!   agent thread.
+//!   agent thread, and the collector's rate limit.
+//! - [`plan`]: what a capture is asked to do per kind, and the report of what it did;
+//!   [`recorded`]: CPU profiles of a past interval, from the flight recorder.
 //!
 //! [`Captures`] runs captures on short-lived `holmes-capture` threads, so the agent keeps
 //! sampling meanwhile; at most one capture of each kind runs at a time, and kinds run
@@ -24,7 +26,9 @@ pub(crate) mod heap;
 #[cfg(feature = "jemalloc")]
 pub(crate) mod jemalloc;
 mod output;
+pub(crate) mod plan;
 pub(crate) mod profile;
+mod recorded;
 pub(crate) mod requests;
 pub(crate) mod symbolize;
 pub(crate) mod tasks;
@@ -35,13 +39,14 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use holmes_proto::ProfileKind;
+use holmes_proto::{ProfileKind, TriggerEvent, TriggerReason};
 
+use plan::{Job, JobResult, OnDone, Report};
 use profile::{LabelValue, ProfileBuilder};
 use symbolize::local::{LocalSymbolizer, SYMBOLS_IDLE};
 
-use crate::clock::unix_nanos_now;
-use crate::config::AgentConfig;
+use crate::clock::{thread_cpu_time, unix_nanos_now};
+use crate::config::{AgentConfig, FLIGHT_RECORDER_HISTORY};
 use crate::delivery::Delivery;
 use output::deliver;
 
@@ -97,6 +102,7 @@ impl Captures {
             match cpu::start(cpu::FLIGHT_HZ) {
                 Ok(()) => Some(Mutex::new(cpu::FlightRecorder::new(
                     cfg.flight_recorder_window,
+                    FLIGHT_RECORDER_HISTORY,
                 ))),
                 Err(err) => {
                     tracing::warn!(target: "holmes", error = %err, "cpu profiling unavailable");
@@ -167,73 +173,146 @@ impl Captures {
         claimed
     }
 
-    /// Captures the `claimed` kinds (from [`Captures::claim`]) for `event_id` on a
-    /// capture thread (a tasks capture dumps `runtimes`), and hands each profile to
-    /// `delivery`. If no thread can be started, each kind is reported as a failed
-    /// capture, so whoever waits for the planned profiles learns why.
+    /// Why this agent cannot capture `kind` at all, or `None` when it can.
+    pub(crate) fn unsupported(&self, kind: ProfileKind) -> Option<String> {
+        match kind {
+            ProfileKind::Cpu if self.recorder.is_none() => Some(
+                "no CPU profiling: the flight recorder is off (HOLMES_FLIGHT_RECORDER) or could not start"
+                    .to_owned(),
+            ),
+            ProfileKind::Heap if !heap::available() => {
+                Some(heap::HeapError::NotAvailable.to_string())
+            }
+            ProfileKind::Tasks if !tasks::AVAILABLE => Some(tasks::UNAVAILABLE.to_owned()),
+            _ => None,
+        }
+    }
+
+    /// Runs `jobs` for `event` on a capture thread (a tasks capture dumps `runtimes`),
+    /// hands each profile to `delivery` and the dump folder (a baseline's only to
+    /// `delivery`: it is for the collector, and loads no debug info to symbolize a local
+    /// copy), and calls `done` with what became of each. The kinds of exclusive jobs must have been claimed ([`Captures::claim`]);
+    /// their claim is released when the thread ends. A job the collector skipped before
+    /// it started is not run. If no thread can be started, each job is reported as a
+    /// failed capture, so whoever waits for the planned profiles learns why.
     pub(crate) fn run(
         self: &Arc<Self>,
         cfg: &Arc<AgentConfig>,
         delivery: &Arc<Delivery>,
         runtimes: Vec<tokio::runtime::Handle>,
-        event_id: &str,
-        claimed: Vec<ProfileKind>,
+        event: &TriggerEvent,
+        jobs: Vec<Job>,
+        done: Option<OnDone>,
     ) {
-        if claimed.is_empty() {
+        let event_id = event.event_id.as_str();
+        let local = event.reason != TriggerReason::Baseline;
+        if jobs.is_empty() {
+            if let Some(done) = done {
+                done(Report::default());
+            }
             return;
         }
-        let bits = claimed.iter().fold(0u8, |b, k| b | kind_bit(*k));
+        let bits = jobs
+            .iter()
+            .filter(|j| j.exclusive())
+            .fold(0u8, |b, j| b | kind_bit(j.kind()));
         let this = Arc::clone(self);
         let (cfg2, delivery2) = (Arc::clone(cfg), Arc::clone(delivery));
         let id = event_id.to_owned();
-        let kinds = claimed.clone();
+        let planned = jobs.clone();
+        // Handed back if the thread cannot start.
+        let done_slot = Arc::new(Mutex::new(done));
+        let done_thread = Arc::clone(&done_slot);
         let spawned = std::thread::Builder::new()
             .name("holmes-capture".to_owned())
             .spawn(move || {
                 cpu::leave_this_thread_out();
-                for kind in kinds {
-                    this.capture(&cfg2, &runtimes, kind, &mut |c| {
-                        deliver(&cfg2, &delivery2, &this.symbols, &id, &c)
+                let cpu_before = thread_cpu_time();
+                let mut report = Report::default();
+                for job in planned {
+                    let kind = job.kind();
+                    if delivery2.is_skipped(&id, kind) {
+                        tracing::info!(target: "holmes", event_id = %id, kind = kind.as_str(), "not capturing: the collector asked to skip it");
+                        report.results.push((kind, JobResult::Skipped));
+                        continue;
+                    }
+                    let mut made = false;
+                    let mut error = None;
+                    this.capture(&cfg2, &runtimes, job, &mut |c| {
+                        let dump = cfg2.dump.as_ref().filter(|_| local);
+                        match deliver(&cfg2, dump, &delivery2, &this.symbols, &id, &c) {
+                            Ok(bytes) => {
+                                made = true;
+                                report.bytes += bytes as u64;
+                            }
+                            Err(err) => {
+                                error.get_or_insert(err);
+                            }
+                        }
                     });
+                    let result = match (made, error) {
+                        (true, _) => JobResult::Captured,
+                        (false, Some(err)) => JobResult::Failed(err),
+                        (false, None) => JobResult::Failed("no profile was made".to_owned()),
+                    };
+                    report.results.push((kind, result));
                 }
                 this.busy.fetch_and(!bits, Ordering::AcqRel);
+                report.cpu = thread_cpu_time().saturating_sub(cpu_before);
+                let done = done_thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some(done) = done {
+                    done(report);
+                }
             });
         if let Err(err) = spawned {
             tracing::warn!(target: "holmes", error = %err, "cannot start a capture thread");
             self.busy.fetch_and(!bits, Ordering::AcqRel);
-            for kind in claimed {
+            let mut report = Report::default();
+            for job in jobs {
+                let error = format!("cannot start a capture thread: {err}");
+                report
+                    .results
+                    .push((job.kind(), JobResult::Failed(error.clone())));
                 let c = Captured {
-                    kind,
+                    kind: job.kind(),
                     started_unix_nanos: unix_nanos_now(),
                     duration: Duration::ZERO,
                     labels: BTreeMap::new(),
-                    result: Err(format!("cannot start a capture thread: {err}")),
+                    result: Err(error),
                     text: None,
                 };
-                deliver(cfg, delivery, &self.symbols, event_id, &c);
+                // Nothing to send but the error, which the report holds already.
+                let dump = cfg.dump.as_ref().filter(|_| local);
+                let _ = deliver(cfg, dump, delivery, &self.symbols, event_id, &c);
+            }
+            let done = done_slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(done) = done {
+                done(report);
             }
         }
     }
 
-    /// Runs one capture, handing each profile to `sink` as soon as it is ready (the CPU
+    /// Runs one job, handing each profile to `sink` as soon as it is ready (the CPU
     /// pre-trigger profile goes out before the full-rate capture starts).
     fn capture(
         &self,
         cfg: &AgentConfig,
         runtimes: &[tokio::runtime::Handle],
-        kind: ProfileKind,
+        job: Job,
         sink: &mut dyn FnMut(Captured),
     ) {
-        match kind {
-            ProfileKind::Cpu => self.capture_cpu(cfg, sink),
-            ProfileKind::Threads => sink(self.capture_threads()),
-            ProfileKind::Heap => sink(heap::captured()),
-            ProfileKind::Tasks => self.capture_tasks(runtimes, sink),
+        match job {
+            Job::Cpu { duration } => self.capture_cpu(cfg, duration, sink),
+            Job::CpuRecorded { window, phase } => self.capture_cpu_recorded(window, phase, sink),
+            Job::Threads => sink(self.capture_threads()),
+            Job::Heap => sink(heap::captured()),
+            Job::Tasks => self.capture_tasks(runtimes, sink),
         }
     }
 
-    /// The flight recorder's window before the trigger, then a full-rate capture.
-    fn capture_cpu(&self, cfg: &AgentConfig, sink: &mut dyn FnMut(Captured)) {
+    /// The flight recorder's window before the trigger, then a full-rate capture of
+    /// `duration`.
+    fn capture_cpu(&self, cfg: &AgentConfig, duration: Duration, sink: &mut dyn FnMut(Captured)) {
         let Some(recorder) = &self.recorder else {
             return;
         };
@@ -261,7 +340,7 @@ impl Captures {
             "pre-trigger",
         );
         sink(pre_profile);
-        std::thread::sleep(cfg.cpu_profile_duration.saturating_sub(started.elapsed()));
+        std::thread::sleep(duration.saturating_sub(started.elapsed()));
         self.drain();
         let during = lock().end_capture();
         if let Err(err) = cpu::set_rate(cpu::FLIGHT_HZ) {

@@ -16,17 +16,21 @@ use super::symbolize::local::{LocalSymbolizer, LocalSymbols};
 use super::symbolize::modules::Resolver;
 use super::{threads, Captured, Text, MAX_PROFILE_BYTES};
 use crate::config::AgentConfig;
-use crate::delivery::{dump, Delivery};
+use crate::delivery::dump::DumpFolder;
+use crate::delivery::Delivery;
 use crate::event_id;
 
-/// Writes a capture to the dump folder and queues it for the collector.
+/// Writes a capture to `dump` and queues it for the collector. Returns the
+/// size of the profile made (the collector's form when there is a collector, else the
+/// dump's), or why none was made.
 pub(super) fn deliver(
     cfg: &AgentConfig,
+    dump: Option<&DumpFolder>,
     delivery: &Delivery,
     symbols: &LocalSymbolizer,
     event_id: &str,
     c: &Captured,
-) {
+) -> Result<usize, String> {
     let profile_id = event_id::new();
     let capped = |bytes: Vec<u8>| -> Result<Vec<u8>, String> {
         if bytes.len() > MAX_PROFILE_BYTES {
@@ -41,7 +45,8 @@ pub(super) fn deliver(
     if let Err(err) = &c.result {
         tracing::warn!(target: "holmes", event_id, kind = c.kind.as_str(), error = %err, "capture failed");
     }
-    if let Some(dir) = cfg.effective_dump_dir() {
+    let mut made = c.result.as_ref().map(|_| 0).map_err(Clone::clone);
+    if let Some(dump) = dump {
         let (pprof, text) = symbols.with(|symbols| {
             let pprof = c
                 .result
@@ -59,12 +64,12 @@ pub(super) fn deliver(
             compact_time(c.started_unix_nanos)
         );
         match &pprof {
-            Ok(bytes) => match dump::write_file(&dir, &format!("{stem}.pb.gz"), bytes) {
+            Ok(bytes) => match dump.write_file(&format!("{stem}.pb.gz"), bytes) {
                 Ok(path) => {
                     tracing::info!(target: "holmes", event_id, kind = c.kind.as_str(), bytes = bytes.len(), labels = ?c.labels, path = %path.display(), "profile written")
                 }
                 Err(err) => {
-                    tracing::warn!(target: "holmes", dir = %dir.display(), error = %err, "cannot write the profile")
+                    tracing::warn!(target: "holmes", error = %err, "cannot write the profile")
                 }
             },
             Err(err) if c.result.is_ok() => {
@@ -73,13 +78,14 @@ pub(super) fn deliver(
             Err(_) => {}
         }
         if let Some(text) = &text {
-            if let Err(err) = dump::write_file(&dir, &format!("{stem}.txt"), text.as_bytes()) {
-                tracing::warn!(target: "holmes", dir = %dir.display(), error = %err, "cannot write the readable dump");
+            if let Err(err) = dump.write_file(&format!("{stem}.txt"), text.as_bytes()) {
+                tracing::warn!(target: "holmes", error = %err, "cannot write the readable dump");
             }
         }
+        made = pprof.map(|bytes| bytes.len());
     }
     if cfg.collector.is_none() {
-        return;
+        return made;
     }
     let native = c
         .result
@@ -90,9 +96,13 @@ pub(super) fn deliver(
     let (data, error) = match native {
         Ok(bytes) => {
             tracing::info!(target: "holmes", event_id, kind = c.kind.as_str(), bytes = bytes.len(), labels = ?c.labels, "profile queued for the collector");
+            made = Ok(bytes.len());
             (bytes, None)
         }
-        Err(err) => (Vec::new(), Some(err)),
+        Err(err) => {
+            made = Err(err.clone());
+            (Vec::new(), Some(err))
+        }
     };
     let total = data.len();
     let pieces: Vec<&[u8]> = if data.is_empty() {
@@ -121,6 +131,7 @@ pub(super) fn deliver(
         }));
     }
     delivery.enqueue_group(chunks);
+    made
 }
 
 /// The readable dump of a capture.
@@ -200,7 +211,14 @@ mod tests {
         let delivery = Delivery::new(1 << 20);
         let symbols = LocalSymbolizer::default();
         let stack = output_test_walk();
-        deliver(&cfg, &delivery, &symbols, "ev1", &captured(&stack));
+        let made = deliver(
+            &cfg,
+            cfg.dump.as_ref(),
+            &delivery,
+            &symbols,
+            "ev1",
+            &captured(&stack),
+        );
         assert!(
             !symbols.is_loaded(),
             "no symbols for the collector's profiles"
@@ -213,6 +231,7 @@ mod tests {
         assert_eq!(chunk.format, ProfileFormat::Native);
         assert_eq!((chunk.chunk_index, chunk.chunk_count), (0, 1));
         assert_eq!(chunk.event_id, "ev1");
+        assert_eq!(made, Ok(chunk.data.len()), "the size of what was queued");
         let profile = NativeProfile::decode(&chunk.data).unwrap();
         assert_eq!(profile.samples.len(), 1);
         let exe = crate::capture::symbolize::modules::current()
@@ -233,8 +252,9 @@ mod tests {
             .unwrap();
         let delivery = Delivery::new(1 << 20);
         let symbols = LocalSymbolizer::default();
-        deliver(
+        let made = deliver(
             &cfg,
+            cfg.dump.as_ref(),
             &delivery,
             &symbols,
             "ev2",
@@ -246,6 +266,8 @@ mod tests {
             .filter_map(Result::ok)
             .find(|e| e.file_name().to_string_lossy().ends_with(".pb.gz"))
             .unwrap();
+        let written = std::fs::read(file.path()).unwrap();
+        assert_eq!(made, Ok(written.len()), "the size of what was written");
         let profile =
             crate::capture::profile::decode::decode(&std::fs::read(file.path()).unwrap()).unwrap();
         assert!(

@@ -1,164 +1,255 @@
-//! A small collector for the agent's tests and benches: the real holmes.v1 gRPC service
-//! (tonic, on loopback) that keeps every message agents send, acknowledges what is
-//! sequenced, and sends agents what a test asks it to (debug info requests, …).
+//! A collector's side of holmes.v1 for the agent's tests and benches: a real tonic
+//! server on loopback that records everything agents send, acknowledges sequenced
+//! messages (unless told not to), and sends what a test asks (rule updates, capture
+//! requests, skips, debug info requests), on every open stream or as soon as a stream
+//! opens.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use holmes_proto::pb;
 use holmes_proto::pb::ingest_server::{Ingest, IngestServer};
-use holmes_proto::{AgentBody, AgentMessage, CollectorMessage};
+use holmes_proto::{pb, AgentBody, AgentMessage, CollectorMessage};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::Stream;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::codec::CompressionEncoding;
+use tonic::{Request, Response, Status, Streaming};
 
-type Outbound = mpsc::Sender<Result<pb::CollectorMessage, tonic::Status>>;
+type Outbound = mpsc::Sender<Result<pb::CollectorMessage, Status>>;
 
+/// What the collector saw and what it does.
 #[derive(Default)]
 struct State {
-    received: Mutex<Vec<AgentMessage>>,
-    /// One per open stream.
-    streams: Mutex<Vec<Outbound>>,
+    /// Every message received, with the number of its stream (from 0).
+    received: Vec<(usize, AgentMessage)>,
+    /// Open streams, by number.
+    streams: Vec<(usize, Outbound)>,
+    /// Streams opened so far.
+    connections: usize,
+    /// Whether sequenced messages are acknowledged.
+    no_acks: bool,
+    /// Sent on every new stream, after its hello.
+    on_connect: Vec<CollectorMessage>,
 }
 
 #[derive(Clone)]
-struct Service(Arc<State>);
+struct Service(Arc<Mutex<State>>);
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 #[tonic::async_trait]
 impl Ingest for Service {
-    type ConnectStream =
-        Pin<Box<dyn Stream<Item = Result<pb::CollectorMessage, tonic::Status>> + Send>>;
+    type ConnectStream = ReceiverStream<Result<pb::CollectorMessage, Status>>;
 
     async fn connect(
         &self,
-        request: tonic::Request<tonic::Streaming<pb::AgentMessage>>,
-    ) -> Result<tonic::Response<Self::ConnectStream>, tonic::Status> {
+        request: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::ConnectStream>, Status> {
         let mut inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(64);
-        self.0.streams.lock().unwrap().push(tx.clone());
+        let (tx, rx) = mpsc::channel(256);
         let state = Arc::clone(&self.0);
         tokio::spawn(async move {
-            while let Ok(Some(msg)) = inbound.message().await {
-                let Ok(msg) = AgentMessage::try_from(msg) else {
-                    continue;
-                };
+            let mut stream = None;
+            while let Ok(Some(raw)) = inbound.message().await {
+                let msg = AgentMessage::try_from(raw).expect("the agent sends valid messages");
                 let seq = msg.seq;
-                state.received.lock().unwrap().push(msg);
-                if seq > 0 {
-                    let ack = pb::CollectorMessage::from(&CollectorMessage::Ack { seq });
-                    if tx.send(Ok(ack)).await.is_err() {
-                        break;
+                let hello = matches!(msg.body, AgentBody::Hello(_));
+                let (ack, greet) = {
+                    let mut s = lock(&state);
+                    let n = *stream.get_or_insert_with(|| {
+                        s.connections += 1;
+                        s.connections - 1
+                    });
+                    s.received.push((n, msg));
+                    if hello {
+                        s.streams.push((n, tx.clone()));
                     }
+                    let greet = if hello {
+                        s.on_connect.clone()
+                    } else {
+                        Vec::new()
+                    };
+                    (seq > 0 && !s.no_acks, greet)
+                };
+                for m in greet {
+                    let _ = tx.send(Ok(pb::CollectorMessage::from(&m))).await;
+                }
+                if ack {
+                    let _ = tx
+                        .send(Ok(pb::CollectorMessage::from(&CollectorMessage::Ack {
+                            seq,
+                        })))
+                        .await;
                 }
             }
         });
-        Ok(tonic::Response::new(Box::pin(ReceiverStream::new(rx))))
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
 
-/// A running collector; stops when dropped.
+/// A running test collector; stopped when dropped.
 pub(crate) struct TestCollector {
-    /// `http://127.0.0.1:<port>`.
-    pub(crate) url: String,
-    state: Arc<State>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    state: Arc<Mutex<State>>,
+    addr: SocketAddr,
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl TestCollector {
-    /// Starts one on a free loopback port, on a thread of its own.
+    /// Starts one on a free loopback port.
     pub(crate) fn start() -> TestCollector {
-        let state = Arc::new(State::default());
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
-        listener.set_nonblocking(true).unwrap();
-        let addr: SocketAddr = listener.local_addr().unwrap();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a runtime for the test collector");
+        let state = Arc::new(Mutex::new(State::default()));
         let service = Service(Arc::clone(&state));
-        let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-                let server = IngestServer::new(service)
-                    .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
-                    .max_decoding_message_size(16 << 20);
-                tonic::transport::Server::builder()
-                    .add_service(server)
-                    .serve_with_incoming_shutdown(incoming, async {
-                        let _ = stopped.await;
-                    })
-                    .await
-                    .unwrap();
-            });
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("a loopback port");
+        let addr = listener.local_addr().expect("its address");
+        runtime.spawn(async move {
+            let server = IngestServer::new(service)
+                .accept_compressed(CompressionEncoding::Gzip)
+                // Debug info chunks and profile chunks are 1 MiB at most.
+                .max_decoding_message_size(16 * 1024 * 1024);
+            let _ = tonic::transport::Server::builder()
+                .add_service(server)
+                .serve_with_incoming(TcpListenerStream::new(listener))
+                .await;
         });
         TestCollector {
-            url: format!("http://{addr}"),
             state,
-            stop: Some(stop),
-            thread: Some(thread),
+            addr,
+            runtime: Some(runtime),
         }
     }
 
-    /// Every message received so far, in order.
-    pub(crate) fn messages(&self) -> Vec<AgentMessage> {
-        self.state.received.lock().unwrap().clone()
+    /// The URL agents connect to.
+    pub(crate) fn url(&self) -> String {
+        format!("http://{}", self.addr)
     }
 
-    /// Sends `msg` on every open stream; returns how many got it.
+    /// Stops acknowledging sequenced messages (or starts again).
+    pub(crate) fn set_acks(&self, on: bool) {
+        lock(&self.state).no_acks = !on;
+    }
+
+    /// Sends `msg` on every new stream right after its hello (as a collector sends the
+    /// service's rules to an agent that connects).
+    pub(crate) fn on_connect(&self, msg: CollectorMessage) {
+        lock(&self.state).on_connect.push(msg);
+    }
+
+    /// Sends `msg` on every open stream; how many got it.
     pub(crate) fn send(&self, msg: &CollectorMessage) -> usize {
+        let streams: Vec<Outbound> = lock(&self.state)
+            .streams
+            .iter()
+            .map(|(_, tx)| tx.clone())
+            .collect();
         let wire = pb::CollectorMessage::from(msg);
-        let streams = self.state.streams.lock().unwrap().clone();
         streams
             .iter()
-            .filter(|s| s.try_send(Ok(wire.clone())).is_ok())
+            .filter(|tx| tx.try_send(Ok(wire.clone())).is_ok())
             .count()
     }
 
-    /// Waits (generously) until the messages received satisfy `check`.
-    pub(crate) fn wait_for(
-        &self,
-        timeout: Duration,
-        what: &str,
-        mut check: impl FnMut(&[AgentMessage]) -> bool,
-    ) -> Vec<AgentMessage> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let got = self.messages();
-            if check(&got) {
-                return got;
-            }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(20));
+    /// Ends every open stream with an error, as a collector that goes away; the agents
+    /// reconnect.
+    pub(crate) fn drop_streams(&self) {
+        let streams = std::mem::take(&mut lock(&self.state).streams);
+        for (_, tx) in streams {
+            let _ = tx.try_send(Err(Status::unavailable("test collector drops the stream")));
         }
     }
 
-    /// The bodies of a kind, e.g. `bodies(|b| match b { AgentBody::Hello(h) => Some(h), _ => None })`.
-    pub(crate) fn bodies<T>(&self, pick: impl Fn(&AgentBody) -> Option<T>) -> Vec<T> {
-        self.messages()
+    /// Streams opened so far.
+    pub(crate) fn connections(&self) -> usize {
+        lock(&self.state).connections
+    }
+
+    /// Every message received so far, with its stream's number.
+    pub(crate) fn received(&self) -> Vec<(usize, AgentMessage)> {
+        lock(&self.state).received.clone()
+    }
+
+    /// The bodies received so far that `pick` picks.
+    pub(crate) fn bodies<T>(&self, mut pick: impl FnMut(&AgentBody) -> Option<T>) -> Vec<T> {
+        lock(&self.state)
+            .received
             .iter()
-            .filter_map(|m| pick(&m.body))
+            .filter_map(|(_, m)| pick(&m.body))
             .collect()
+    }
+
+    /// Waits until `pick` finds something (generous timeout: a loaded machine is slow).
+    pub(crate) fn wait_for<T>(
+        &self,
+        what: &str,
+        pick: impl FnMut(&[(usize, AgentMessage)]) -> Option<T>,
+    ) -> T {
+        self.wait_for_within(Duration::from_secs(60), what, pick)
+    }
+
+    /// [`TestCollector::wait_for`], up to `timeout` (a debug build's debug info upload
+    /// takes longer than a profile).
+    pub(crate) fn wait_for_within<T>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        mut pick: impl FnMut(&[(usize, AgentMessage)]) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            // Not under the lock: `pick` may look at the collector again.
+            if let Some(found) = pick(&self.received()) {
+                return found;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
 impl Drop for TestCollector {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        // Streams still open keep the server from finishing; the thread is left to end
-        // with the process then.
-        if let Some(thread) = self.thread.take() {
-            let deadline = Instant::now() + Duration::from_secs(2);
-            while !thread.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(1));
         }
     }
+}
+
+/// The functions a native profile's locations in this test executable stand for, named
+/// as a collector names them: from the executable's own debug info (what the agent
+/// uploads), every inlined frame included.
+pub(crate) fn executable_functions(profile: &holmes_proto::native::NativeProfile) -> Vec<String> {
+    use holmes_proto::native::Location;
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let name = exe
+        .file_name()
+        .expect("a file name")
+        .to_string_lossy()
+        .into_owned();
+    let info = holmes_symbolize::DebugInfo::from_elf_file(&exe).expect("its debug info");
+    profile
+        .locations
+        .iter()
+        .filter_map(|l| match l {
+            Location::Native { module, offset }
+                if profile.modules[*module as usize].name == name =>
+            {
+                Some(info.frames(*offset))
+            }
+            _ => None,
+        })
+        .flatten()
+        .map(|f| f.function)
+        .collect()
 }
