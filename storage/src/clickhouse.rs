@@ -13,8 +13,8 @@ use clickhouse::{Client, Compression, Row};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    AgentReport, CaptureDispatch, CaptureOutcomeRecord, CaptureRequestQuery,
-    CaptureRequestRecord, ChangedBy, ControlNode, PauseEdit, PauseRecord, RuleChange, RuleEdit,
+    AgentReport, CaptureDispatch, CaptureOutcomeRecord, CaptureRequestQuery, CaptureRequestRecord,
+    ChangedBy, ControlNode, PauseEdit, PauseRecord, RuleChange, RuleEdit,
 };
 use crate::{
     Expired, IncidentQuery, IncidentRecord, InstanceInfo, MetricPoint, MetricQuery,
@@ -812,11 +812,7 @@ impl Store for ClickHouseStore {
         control::rules_in_force(self, service).await
     }
 
-    async fn rule_history(
-        &self,
-        service: &str,
-        limit: u64,
-    ) -> Result<Vec<RuleChange>, StoreError> {
+    async fn rule_history(&self, service: &str, limit: u64) -> Result<Vec<RuleChange>, StoreError> {
         control::rule_history(self, service, limit).await
     }
 

@@ -200,8 +200,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// A service's rule changes, newest first (by version, then selector and metric), at
     /// most `limit`.
-    async fn rule_history(&self, service: &str, limit: u64)
-        -> Result<Vec<RuleChange>, StoreError>;
+    async fn rule_history(&self, service: &str, limit: u64) -> Result<Vec<RuleChange>, StoreError>;
 
     /// Records a pause (or its lifting, `until_unix_nanos: 0`) under a new control
     /// version, like [`Store::change_rules`], and returns the version.
@@ -267,6 +266,8 @@ pub trait Store: Send + Sync + 'static {
     async fn record_control_node(&self, node: &ControlNode) -> Result<(), StoreError>;
 
     /// The nodes seen at or after `seen_since_unix_nanos`, sorted by id.
-    async fn control_nodes(&self, seen_since_unix_nanos: u64)
-        -> Result<Vec<ControlNode>, StoreError>;
+    async fn control_nodes(
+        &self,
+        seen_since_unix_nanos: u64,
+    ) -> Result<Vec<ControlNode>, StoreError>;
 }

@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection};
 
 use crate::{
-    AgentReport, CaptureDispatch, CaptureOutcomeRecord, CaptureRequestQuery,
-    CaptureRequestRecord, ChangedBy, ControlNode, PauseEdit, PauseRecord, RuleChange, RuleEdit,
+    AgentReport, CaptureDispatch, CaptureOutcomeRecord, CaptureRequestQuery, CaptureRequestRecord,
+    ChangedBy, ControlNode, PauseEdit, PauseRecord, RuleChange, RuleEdit,
 };
 use crate::{
     Expired, IncidentQuery, IncidentRecord, InstanceInfo, MetricPoint, MetricQuery,
@@ -521,11 +521,7 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn rule_history(
-        &self,
-        service: &str,
-        limit: u64,
-    ) -> Result<Vec<RuleChange>, StoreError> {
+    async fn rule_history(&self, service: &str, limit: u64) -> Result<Vec<RuleChange>, StoreError> {
         let service = service.to_owned();
         self.with_conn(move |conn| control::rule_history(conn, &service, limit))
             .await

@@ -239,7 +239,8 @@ pub(super) const TABLES: &[TableDef] = &[
                   refused_reasons Array(String), refused_details Array(String), at UInt64",
         engine: Engine::Replacing(Some("at")),
         keys: "ORDER BY (request_id, instance_id)",
-        sharding_key: "cityHash64(request_id)",
+        // A request's answers all carry its service.
+        sharding_key: BY_SERVICE,
         by_day: false,
     },
     TableDef {

@@ -19,9 +19,8 @@ use super::ClickHouseStore;
 use crate::control::{purpose_from_name, refusal_from_name};
 use crate::stored_names::{kind_from_name, metric_from_name};
 use crate::{
-    AgentReport, CaptureDispatch, CaptureOutcomeRecord, CaptureRequestQuery,
-    CaptureRequestRecord, ChangedBy, ControlNode, PauseEdit, PauseRecord, RuleChange, RuleEdit,
-    StoreError,
+    AgentReport, CaptureDispatch, CaptureOutcomeRecord, CaptureRequestQuery, CaptureRequestRecord,
+    ChangedBy, ControlNode, PauseEdit, PauseRecord, RuleChange, RuleEdit, StoreError,
 };
 
 /// Migration 8: the control plane's tables.

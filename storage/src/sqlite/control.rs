@@ -11,9 +11,8 @@ use super::{nanos_from_sql, nanos_to_sql};
 use crate::control::{purpose_from_name, refusal_from_name};
 use crate::stored_names::{kind_from_name, metric_from_name};
 use crate::{
-    AgentReport, CaptureDispatch, CaptureOutcomeRecord, CaptureRequestQuery,
-    CaptureRequestRecord, ChangedBy, ControlNode, PauseEdit, PauseRecord, RuleChange, RuleEdit,
-    StoreError,
+    AgentReport, CaptureDispatch, CaptureOutcomeRecord, CaptureRequestQuery, CaptureRequestRecord,
+    ChangedBy, ControlNode, PauseEdit, PauseRecord, RuleChange, RuleEdit, StoreError,
 };
 use holmes_proto::{CaptureRefusal, ProfileKind, RuleRefusal, TimeWindow};
 
@@ -110,10 +109,7 @@ fn list_from_sql(what: &'static str, s: &str) -> Result<Vec<String>, StoreError>
     while !rest.is_empty() {
         let (len, tail) = rest.split_once(':').ok_or_else(corrupt)?;
         let len: usize = len.parse().map_err(|_| corrupt())?;
-        let end = tail
-            .char_indices()
-            .nth(len)
-            .map_or(tail.len(), |(i, _)| i);
+        let end = tail.char_indices().nth(len).map_or(tail.len(), |(i, _)| i);
         if tail[..end].chars().count() != len {
             return Err(corrupt());
         }
@@ -177,7 +173,8 @@ pub(super) fn change_rules(
     Ok(version)
 }
 
-const RULE_COLUMNS: &str = "service, selector, metric, version, rule_text, changed_at, author, note";
+const RULE_COLUMNS: &str =
+    "service, selector, metric, version, rule_text, changed_at, author, note";
 
 type RuleRow = (
     String,

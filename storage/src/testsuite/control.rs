@@ -9,8 +9,8 @@ use holmes_proto::{
 
 use super::{SEC, T0};
 use crate::{
-    AgentReport, CaptureDispatch, CaptureOutcomeRecord, CaptureRequestQuery,
-    CaptureRequestRecord, ChangedBy, ControlNode, PauseEdit, RuleEdit, Store,
+    AgentReport, CaptureDispatch, CaptureOutcomeRecord, CaptureRequestQuery, CaptureRequestRecord,
+    ChangedBy, ControlNode, PauseEdit, RuleEdit, Store,
 };
 
 fn by(author: &str, at: u64) -> ChangedBy {
@@ -38,8 +38,18 @@ pub async fn rule_changes_are_versioned_with_their_history(store: impl Store) {
     let v1 = store
         .change_rules(
             &[
-                edit("checkout", "", Metric::Threads, Some("min=1,abs=1,window=2")),
-                edit("checkout", "", Metric::CpuPercent, Some("abs=90,cooldown=2m")),
+                edit(
+                    "checkout",
+                    "",
+                    Metric::Threads,
+                    Some("min=1,abs=1,window=2"),
+                ),
+                edit(
+                    "checkout",
+                    "",
+                    Metric::CpuPercent,
+                    Some("abs=90,cooldown=2m"),
+                ),
             ],
             &by("alice", T0),
         )
@@ -48,7 +58,12 @@ pub async fn rule_changes_are_versioned_with_their_history(store: impl Store) {
     assert_eq!(v1, 1);
     let v2 = store
         .change_rules(
-            &[edit("checkout", "zone=a", Metric::CpuPercent, Some("abs=95"))],
+            &[edit(
+                "checkout",
+                "zone=a",
+                Metric::CpuPercent,
+                Some("abs=95"),
+            )],
             &by("bob", T0 + SEC),
         )
         .await
@@ -113,8 +128,20 @@ pub async fn rule_changes_are_versioned_with_their_history(store: impl Store) {
         vec![
             (3, "", Metric::CpuPercent, None, "carol"),
             (2, "zone=a", Metric::CpuPercent, Some("abs=95"), "bob"),
-            (1, "", Metric::CpuPercent, Some("abs=90,cooldown=2m"), "alice"),
-            (1, "", Metric::Threads, Some("min=1,abs=1,window=2"), "alice"),
+            (
+                1,
+                "",
+                Metric::CpuPercent,
+                Some("abs=90,cooldown=2m"),
+                "alice"
+            ),
+            (
+                1,
+                "",
+                Metric::Threads,
+                Some("min=1,abs=1,window=2"),
+                "alice"
+            ),
         ]
     );
     assert_eq!(history[3].by, by("alice", T0));
@@ -143,7 +170,10 @@ pub async fn pauses_share_the_version_sequence(store: impl Store) {
         .await
         .unwrap();
     let v3 = store
-        .change_pause(&pause("", T0 + 3600 * SEC, "known incident"), &by("carol", T0))
+        .change_pause(
+            &pause("", T0 + 3600 * SEC, "known incident"),
+            &by("carol", T0),
+        )
         .await
         .unwrap();
     let v4 = store
@@ -155,7 +185,10 @@ pub async fn pauses_share_the_version_sequence(store: impl Store) {
     let pauses = store.pauses().await.unwrap();
     assert_eq!(pauses.len(), 2, "{pauses:?}");
     assert_eq!(pauses[0].edit, pause("", T0 + 3600 * SEC, "known incident"));
-    assert_eq!((pauses[0].version, pauses[0].by.clone()), (3, by("carol", T0)));
+    assert_eq!(
+        (pauses[0].version, pauses[0].by.clone()),
+        (3, by("carol", T0))
+    );
     assert_eq!(pauses[1].edit, pause("checkout", 0, ""));
     assert_eq!(pauses[1].version, 4);
     let v5 = store
@@ -215,7 +248,10 @@ pub async fn capture_requests_roundtrip_and_list_newest_first(store: impl Store)
         Some(&full)
     );
     assert_eq!(
-        store.get_capture_request(&format!("{:032x}", 99)).await.unwrap(),
+        store
+            .get_capture_request(&format!("{:032x}", 99))
+            .await
+            .unwrap(),
         None
     );
     let q = |service: Option<&str>, since: u64, until: u64, limit: u64| CaptureRequestQuery {
@@ -232,7 +268,11 @@ pub async fn capture_requests_roundtrip_and_list_newest_first(store: impl Store)
             .capture_requests(&q(Some("checkout"), 0, u64::MAX / 2, 10))
             .await
             .unwrap()),
-        vec![alert.request_id.clone(), a.request_id.clone(), full.request_id.clone()]
+        vec![
+            alert.request_id.clone(),
+            a.request_id.clone(),
+            full.request_id.clone()
+        ]
     );
     assert_eq!(
         ids(store
@@ -397,9 +437,18 @@ pub async fn control_nodes_are_listed_when_seen_since(store: impl Store) {
         agents,
         seen_unix_nanos: seen,
     };
-    store.record_control_node(&node("a", 3, T0 + 10 * SEC)).await.unwrap();
-    store.record_control_node(&node("b", 5, T0 + 20 * SEC)).await.unwrap();
-    store.record_control_node(&node("a", 9, T0 + 5 * SEC)).await.unwrap();
+    store
+        .record_control_node(&node("a", 3, T0 + 10 * SEC))
+        .await
+        .unwrap();
+    store
+        .record_control_node(&node("b", 5, T0 + 20 * SEC))
+        .await
+        .unwrap();
+    store
+        .record_control_node(&node("a", 9, T0 + 5 * SEC))
+        .await
+        .unwrap();
     assert_eq!(
         store.control_nodes(0).await.unwrap(),
         vec![node("a", 3, T0 + 10 * SEC), node("b", 5, T0 + 20 * SEC)]
@@ -408,7 +457,10 @@ pub async fn control_nodes_are_listed_when_seen_since(store: impl Store) {
         store.control_nodes(T0 + 15 * SEC).await.unwrap(),
         vec![node("b", 5, T0 + 20 * SEC)]
     );
-    store.record_control_node(&node("a", 4, T0 + 30 * SEC)).await.unwrap();
+    store
+        .record_control_node(&node("a", 4, T0 + 30 * SEC))
+        .await
+        .unwrap();
     assert_eq!(
         store.control_nodes(T0 + 15 * SEC).await.unwrap(),
         vec![node("a", 4, T0 + 30 * SEC), node("b", 5, T0 + 20 * SEC)]
