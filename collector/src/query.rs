@@ -1,13 +1,15 @@
-//! The HTTP JSON API (`/api/v1/...`), read-only over the store.
+//! The HTTP JSON API (`/api/v1/...`): reads over the store, and the control plane's
+//! changes (rules, pauses, capture requests) through [`Control`].
 //!
 //! | route | answer |
 //! |---|---|
 //! | `GET /api/v1/services[?active=5m]` | `[{service, instances, last_seen, last_seen_unix_ms}]`, `instances` counting those heard from within `active` |
-//! | `GET /api/v1/services/{service}/instances` | `[{instance, host, pid, labels, agent_version, started_at, last_seen}]` |
+//! | `GET /api/v1/services/{service}/instances` | `[{instance, host, pid, labels, agent_version, started_at, last_seen, connected, rules_version, rules_pending, rules_refused}]` |
 //! | `GET /api/v1/services/{service}/metrics?metric=cpu&since=10m[&until=..][&limit=..]` | `{service, metric, unit, since, until, series: [{instance, points: [{ts, unix_ms, value}]}]}` |
 //! | `GET /api/v1/services/{service}/triggers?since=1h[&until=..][&metric=cpu][&limit=..]` | `{service, since, until, triggers: [{event_id, instance, metric, reason, current, ts, unix_ms, window: [{ts, unix_ms, value}], rule, request_id}]}`, oldest first; `metric` and `rule` are `null` for a requested capture |
 //! | `GET /api/v1/services/{service}/profiles?since=1h[&until=..][&event=<id>][&kind=cpu][&limit=..]` | `{service, since, until, profiles: [{profile_id, event_id, instance, kind, started, unix_ms, duration_ms, labels, error, size_bytes, download}]}`, oldest first; `error` is `null` and `download` the path below for a capture that worked |
 //! | `GET /api/v1/profiles/{profile_id}` | the gzip-compressed pprof bytes exactly as the agent sent them, `application/octet-stream`, `content-disposition: attachment; filename="<kind>.<event_id>.<profile_id>.pb.gz"`; 400 for an id that is not 32 lowercase hex digits, 404 for an unknown one or a failed capture |
+//! | rules, pauses, captures | see [`control`] and [`captures`] |
 //! | `GET /healthz` | `ok` |
 //!
 //! Times are RFC 3339 in UTC; `since`/`until` also take a duration before now (`10m`).
@@ -22,8 +24,8 @@ use axum::extract::{Path, Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use holmes_api::{
-    CaptureJson, InstanceJson, MetricsJson, PointJson, SeriesJson, ServiceJson,
-    DEFAULT_POINT_LIMIT, DEFAULT_SINCE,
+    InstanceJson, MetricsJson, PointJson, SeriesJson, ServiceJson, DEFAULT_POINT_LIMIT,
+    DEFAULT_SINCE,
 };
 use holmes_proto::names::validate_name;
 use holmes_proto::{Metric, UnknownMetric};
@@ -31,9 +33,11 @@ use holmes_storage::{MetricQuery, Store};
 
 use crate::auth::ApiAuth;
 use crate::clock::{parse_time, rfc3339, unix_nanos_now};
+use crate::control::Control;
 use crate::error::ApiError;
-use crate::ingest::live::LiveAgents;
 
+mod captures;
+mod control;
 pub mod flamegraph;
 mod incidents;
 pub mod profiles;
@@ -49,17 +53,17 @@ pub const DEFAULT_ACTIVE_WINDOW: Duration = Duration::from_secs(5 * 60);
 struct Api {
     store: Arc<dyn Store>,
     active_window: Duration,
-    live: Arc<LiveAgents>,
 }
 
 /// The API's routes over `store`; instances heard from within `active_window` count
-/// as active in the services list unless `?active=` says otherwise. With `auth`, every
-/// `/api/` route answers 401 unless the request carries its token; `/healthz` stays open.
+/// as active in the services list unless `?active=` says otherwise; the control plane's
+/// routes (rules, pauses, captures) go through `control`. With `auth`, every `/api/`
+/// route answers 401 unless the request carries its token; `/healthz` stays open.
 pub fn router(
     store: Arc<dyn Store>,
     active_window: Duration,
     auth: Option<ApiAuth>,
-    live: Arc<LiveAgents>,
+    control: Arc<Control>,
 ) -> Router {
     let api = Router::new()
         .route("/api/v1/services", get(services))
@@ -89,15 +93,11 @@ pub fn router(
             "/api/v1/profiles/{profile_id}/flamegraph.svg",
             get(profiles::flamegraph),
         )
-        .route(
-            "/api/v1/services/{service}/capture",
-            axum::routing::post(capture),
-        )
         .with_state(Api {
             store,
             active_window,
-            live,
-        });
+        })
+        .merge(control::routes(control));
     let api = match auth {
         Some(auth) => api.layer(axum::middleware::from_fn_with_state(
             auth,
@@ -109,68 +109,6 @@ pub fn router(
         .route("/healthz", get(|| async { "ok" }))
         .merge(ui::router())
         .merge(api)
-}
-
-async fn capture(
-    State(api): State<Api>,
-    Path(service): Path<String>,
-    axum::extract::RawQuery(query): axum::extract::RawQuery,
-) -> Result<Json<CaptureJson>, ApiError> {
-    check_service(&service)?;
-    let mut kinds = Vec::new();
-    for pair in query
-        .as_deref()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        match pair.split_once('=') {
-            Some(("kind", k)) => {
-                let kind = profiles::parse_kind(k).map_err(ApiError::bad_request)?;
-                if !kinds.contains(&kind) {
-                    kinds.push(kind);
-                }
-            }
-            _ => {
-                return Err(ApiError::bad_request(format!(
-                    "unknown parameter {pair:?}; use kind=cpu|heap|threads|tasks"
-                )))
-            }
-        }
-    }
-    if kinds.is_empty() {
-        return Err(ApiError::bad_request(
-            "say what to capture: kind=cpu, heap, threads or tasks (repeatable)",
-        ));
-    }
-    // Unique per collector run and over restarts: the time, and a counter.
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let request_id = format!(
-        "{:016x}{:016x}",
-        unix_nanos_now(),
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    );
-    let request = holmes_proto::CaptureRequest {
-        request_id: request_id.clone(),
-        kinds: kinds.clone(),
-        cpu_duration: None,
-        purpose: holmes_proto::CapturePurpose::Operator,
-        window: None,
-        incident_id: None,
-    };
-    let instances = api.live.capture(&service, &request);
-    if instances.is_empty() {
-        return Err(ApiError::not_found(format!(
-            "no agent of service {service:?} is connected now"
-        )));
-    }
-    tracing::info!(%service, %request_id, ?instances, "capture requested");
-    Ok(Json(CaptureJson {
-        service,
-        request_id,
-        kinds: kinds.iter().map(|k| k.as_str().to_owned()).collect(),
-        instances,
-    }))
 }
 
 /// An SVG document as an HTTP answer.
@@ -263,19 +201,24 @@ async fn instances(
     if list.is_empty() {
         return Err(ApiError::not_found(format!("unknown service {service:?}")));
     }
-    Ok(Json(
-        list.into_iter()
-            .map(|i| InstanceJson {
-                instance: i.instance_id,
-                host: i.host,
-                pid: i.pid,
-                labels: i.labels,
-                agent_version: i.agent_version,
-                started_at: rfc3339(i.started_at_unix_nanos),
-                last_seen: rfc3339(i.last_seen_unix_nanos),
-            })
-            .collect(),
-    ))
+    let mut list: Vec<InstanceJson> = list
+        .into_iter()
+        .map(|i| InstanceJson {
+            instance: i.instance_id,
+            host: i.host,
+            pid: i.pid,
+            labels: i.labels,
+            agent_version: i.agent_version,
+            started_at: rfc3339(i.started_at_unix_nanos),
+            last_seen: rfc3339(i.last_seen_unix_nanos),
+            connected: None,
+            rules_version: None,
+            rules_pending: false,
+            rules_refused: Vec::new(),
+        })
+        .collect();
+    control::annotate_instances(&api.store, &service, &mut list).await?;
+    Ok(Json(list))
 }
 
 /// One point as the API shows it.

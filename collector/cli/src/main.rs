@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use holmes_api::{DEFAULT_INCIDENT_SINCE, DEFAULT_TOP_LIMIT};
 use holmes_cli::api_client::{ApiClient, ClientOptions, DEFAULT_API};
 
+mod control;
 mod table;
 
 use table::{
@@ -108,15 +109,31 @@ enum Command {
         /// Incident id, as `holmes incidents` shows it.
         id: String,
     },
-    /// Asks every connected agent of a service to capture profiles now; they arrive like
-    /// any other capture (`holmes profiles`), with a trigger event of reason `requested`.
-    Capture {
+    /// Asks every connected agent of a service (on every collector node), or those
+    /// matching a label selector, or one instance, to capture profiles now; they arrive
+    /// like any other capture, under a trigger event of reason `requested`. `holmes
+    /// capture show ID` shows what each agent did and the profiles.
+    Capture(control::CaptureCommand),
+    /// Capture requests of a service, newest first, with how many agents captured,
+    /// refused or have not answered.
+    Captures {
         /// Service name.
         #[arg(long)]
         service: String,
-        /// cpu, heap, threads or tasks; repeat for several.
-        #[arg(long = "kind", required = true)]
-        kinds: Vec<String>,
+        /// How far back: a duration (10m, 2h) or an RFC 3339 time (default 24h).
+        #[arg(long)]
+        since: Option<String>,
+    },
+    /// Central trigger rules of a service, pushed live to its agents: get, set, delete,
+    /// history.
+    Rules {
+        #[command(subcommand)]
+        command: control::RulesCommand,
+    },
+    /// Pauses captures of a service or of the fleet for a while (show, set, lift).
+    Pause {
+        #[command(subcommand)]
+        command: control::PauseCommand,
     },
     /// A flame graph (SVG) of an incident (its profiles merged) or of one profile.
     Flamegraph {
@@ -187,20 +204,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print_json(&list)?;
             } else {
                 println!(
-                    "{:<24}  {:<16}  {:>7}  {:<24}  LABELS",
-                    "INSTANCE", "HOST", "PID", "LAST SEEN"
+                    "{:<24}  {:<16}  {:>7}  {:<24}  {:<14}  LABELS",
+                    "INSTANCE", "HOST", "PID", "LAST SEEN", "RULES"
                 );
-                for i in list {
+                for i in &list {
                     let labels: Vec<String> =
                         i.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    let rules = match (i.rules_version, i.connected) {
+                        (None, _) => "-".to_owned(),
+                        (Some(v), Some(false)) => format!("v{v} gone"),
+                        (Some(v), _) if i.rules_pending => format!("v{v} pending"),
+                        (Some(v), _) => format!("v{v}"),
+                    };
                     println!(
-                        "{:<24}  {:<16}  {:>7}  {:<24}  {}",
+                        "{:<24}  {:<16}  {:>7}  {:<24}  {:<14}  {}",
                         i.instance,
                         i.host,
                         i.pid,
                         i.last_seen,
+                        rules,
                         labels.join(",")
                     );
+                }
+                for i in &list {
+                    for r in &i.rules_refused {
+                        println!("{} refused its {} rule: {}", i.instance, r.metric, r.reason);
+                    }
                 }
             }
         }
@@ -250,21 +279,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print_incidents(&list);
             }
         }
-        Command::Capture { service, kinds } => {
-            let asked = client.capture(&service, &kinds).await?;
-            if cli.json {
-                print_json(&asked)?;
-            } else {
-                println!(
-                    "asked {} instance(s) of {} for {} (request {}): {}",
-                    asked.instances.len(),
-                    asked.service,
-                    asked.kinds.join(", "),
-                    asked.request_id,
-                    asked.instances.join(", ")
-                );
-            }
+        Command::Capture(command) => control::capture(&client, command, cli.json).await?,
+        Command::Captures { service, since } => {
+            control::captures(&client, &service, since.as_deref(), cli.json).await?
         }
+        Command::Rules { command } => control::rules(&client, command, cli.json).await?,
+        Command::Pause { command } => control::pause(&client, command, cli.json).await?,
         Command::Flamegraph { id, output, diff } => {
             let svg = client.flamegraph(&id, diff).await?;
             write_profile(&output, &svg)?;
