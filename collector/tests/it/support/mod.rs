@@ -1,5 +1,6 @@
 //! Shared harness for the collector's tests: real collectors on loopback, real stores.
 
+pub(crate) mod agent_process;
 pub(crate) mod raw_agent;
 pub(crate) mod receiver;
 pub(crate) mod tls;
