@@ -34,8 +34,13 @@ use crate::control::Control;
 use crate::error::store_status;
 use crate::process::{PipelineBody, PipelineEvent, Sink, SinkError};
 
+pub mod alertmanager;
 pub mod assemble;
+pub mod foreign;
+pub mod http;
 pub mod live;
+pub mod otlp;
+pub mod pyroscope;
 
 use assemble::{Assembler, Step};
 
@@ -231,6 +236,22 @@ impl Ingest for IngestService {
     }
 }
 
+/// Counts one agent message by type.
+fn count_message(body: &AgentBody) {
+    let r#type = match body {
+        AgentBody::Hello(_) => "hello",
+        AgentBody::Heartbeat(_) => "heartbeat",
+        AgentBody::MetricWindow(_) => "metrics",
+        AgentBody::Trigger(_) => "trigger",
+        AgentBody::ProfileChunk(_) => "profile_chunk",
+        _ => "answer",
+    };
+    crate::metrics::metrics()
+        .ingest_messages
+        .get_or_create(&crate::metrics::MessageLabels { r#type })
+        .inc();
+}
+
 struct Session {
     hello: Hello,
     control: AgentControl,
@@ -301,6 +322,7 @@ impl Session {
     }
 
     async fn handle(&mut self, msg: AgentMessage) -> Result<(), Status> {
+        count_message(&msg.body);
         match msg.body {
             AgentBody::Hello(_) => Err(Status::invalid_argument("hello sent twice on one stream")),
             AgentBody::Heartbeat(heartbeat) => {
@@ -321,6 +343,9 @@ impl Session {
                 Ok(())
             }
             AgentBody::CaptureOutcome(outcome) => {
+                for refused in &outcome.refused {
+                    crate::metrics::metrics().capture_skipped(refused.reason.as_str());
+                }
                 self.control.outcome(outcome).await;
                 Ok(())
             }
@@ -353,7 +378,19 @@ impl Session {
                         "profile chunk without a sequence number",
                     ));
                 }
-                if let Step::Complete(record) = self.profiles.push(&self.hello, msg.seq, chunk)? {
+                crate::metrics::metrics().bytes_in(crate::metrics::Source::Agent, chunk.data.len());
+                let step = self
+                    .profiles
+                    .push(&self.hello, msg.seq, chunk)
+                    .inspect_err(|_| {
+                        crate::metrics::metrics()
+                            .profile_refused(crate::metrics::Source::Agent, "bad_chunks");
+                    })?;
+                if let Step::Complete(record) = step {
+                    if record.error.is_none() {
+                        crate::metrics::metrics()
+                            .profile_ingested(crate::metrics::Source::Agent, record.kind);
+                    }
                     let event = crate::process::profile_event(record);
                     self.deliver(msg.seq, event.body).await?;
                 }

@@ -4,7 +4,9 @@
 //! Its modules follow the data, stage by stage:
 //! - [`ingest`]: the gRPC service agents connect to (one bidirectional stream each):
 //!   authentication, profile chunks put together, and the registry of the agents
-//!   connected to this node.
+//!   connected to this node; and what foreign programs send: Pyroscope clients
+//!   ([`ingest::pyroscope`]), OTLP profiles exporters ([`ingest::otlp`]),
+//!   Alertmanager's webhook ([`ingest::alertmanager`]).
 //! - [`control`]: central rules and pauses as data in the store, pushed live to every
 //!   agent on whichever node it is connected to, and capture requests that reach the
 //!   whole fleet of a service.
@@ -21,7 +23,8 @@
 //! Around them: [`server`] (start-up, listeners, shutdown), [`config`] (the TOML file,
 //! env overrides and flags; each section is owned by the module that uses it), [`auth`]
 //! (bearer tokens on ingest and on the API), [`tls`] (TLS on both listeners), [`error`]
-//! (the one place that maps failures to gRPC and HTTP statuses) and [`clock`].
+//! (the one place that maps failures to gRPC and HTTP statuses), [`clock`] and
+//! [`metrics`] (the collector's own Prometheus metrics, `GET /metrics`).
 //!
 //! The binary is `holmes-collector`; the `holmes` CLI is the `holmes-cli` crate, the
 //! demo and the load generator are `holmes-devtools`.
@@ -34,6 +37,7 @@ pub mod control;
 pub mod error;
 pub mod incident;
 pub mod ingest;
+pub mod metrics;
 pub mod process;
 pub mod query;
 pub mod server;

@@ -9,6 +9,8 @@
 //! | `GET /api/v1/services/{service}/triggers?since=1h[&until=..][&metric=cpu][&limit=..]` | `{service, since, until, triggers: [{event_id, instance, metric, reason, current, ts, unix_ms, window: [{ts, unix_ms, value}], rule, request_id}]}`, oldest first; `metric` and `rule` are `null` for a requested capture |
 //! | `GET /api/v1/services/{service}/profiles?since=1h[&until=..][&event=<id>][&kind=cpu][&limit=..]` | `{service, since, until, profiles: [{profile_id, event_id, instance, kind, started, unix_ms, duration_ms, labels, error, size_bytes, download}]}`, oldest first; `error` is `null` and `download` the path below for a capture that worked |
 //! | `GET /api/v1/profiles/{profile_id}` | the gzip-compressed pprof bytes exactly as the agent sent them, `application/octet-stream`, `content-disposition: attachment; filename="<kind>.<event_id>.<profile_id>.pb.gz"`; 400 for an id that is not 32 lowercase hex digits, 404 for an unknown one or a failed capture |
+//! | `GET /api/v1/profiles/{profile_id}/otlp`, `GET /api/v1/incidents/{incident_id}/otlp` | the profile, or the incident's profiles, as one OTLP `ExportProfilesServiceRequest` ([`otlp`]) |
+//! | `GET /api/v1/incidents?label=k8s.namespace.name=shop[&label=..]` (also per service) | incidents with an instance carrying every label given (the agent's Kubernetes labels, say) |
 //! | rules, pauses, captures | see [`control`] and [`captures`] |
 //! | `GET /healthz` | `ok` |
 //!
@@ -40,6 +42,8 @@ mod captures;
 mod control;
 pub mod flamegraph;
 mod incidents;
+mod labels;
+pub mod otlp;
 pub mod profiles;
 pub mod top;
 pub mod triggers;
@@ -93,6 +97,8 @@ pub fn router(
             "/api/v1/profiles/{profile_id}/flamegraph.svg",
             get(profiles::flamegraph),
         )
+        .route("/api/v1/profiles/{profile_id}/otlp", get(otlp::profile))
+        .route("/api/v1/incidents/{incident_id}/otlp", get(otlp::incident))
         .with_state(Api {
             store,
             active_window,
@@ -180,14 +186,19 @@ fn time_range(
     Ok((since, until))
 }
 
-/// The `limit` parameter, `default` when absent.
+/// The `limit` parameter, `default` when absent; 1 to [`holmes_api::MAX_LIMIT`].
 fn limit(params: &HashMap<String, String>, default: u64) -> Result<u64, ApiError> {
     match params.get("limit") {
-        Some(l) => {
-            l.parse::<u64>().ok().filter(|l| *l > 0).ok_or_else(|| {
-                ApiError::bad_request(format!("limit {l:?} is not a positive number"))
-            })
-        }
+        Some(l) => match l.parse::<u64>() {
+            Ok(n) if (1..=holmes_api::MAX_LIMIT).contains(&n) => Ok(n),
+            Ok(n) if n > holmes_api::MAX_LIMIT => Err(ApiError::bad_request(format!(
+                "limit {n} is more than {}",
+                holmes_api::MAX_LIMIT
+            ))),
+            _ => Err(ApiError::bad_request(format!(
+                "limit {l:?} is not a positive number"
+            ))),
+        },
         None => Ok(default),
     }
 }

@@ -5,7 +5,22 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ProfileJson, RuleJson};
+use crate::{validate_profile_id, ProfileJson, RuleJson};
+
+/// The request id of a capture an external alert asked for: this prefix, then the
+/// alert's own trigger event id (32 lowercase hex digits).
+pub const ALERT_REQUEST_PREFIX: &str = "alert-";
+
+/// Checks a capture request id: 32 lowercase hex digits, or an alert's
+/// ([`ALERT_REQUEST_PREFIX`] and 32 of them).
+pub fn validate_request_id(id: &str) -> Result<(), String> {
+    validate_profile_id(id.strip_prefix(ALERT_REQUEST_PREFIX).unwrap_or(id)).map_err(|_| {
+        let shown: String = id.chars().take(64).collect();
+        format!(
+            "request id {shown:?} is not 32 lowercase hex digits (nor {ALERT_REQUEST_PREFIX} and 32 of them, an alert's)"
+        )
+    })
+}
 
 /// Rule changes listed in a history unless `limit` says otherwise.
 pub const DEFAULT_HISTORY_LIMIT: u64 = 100;
@@ -255,4 +270,21 @@ pub struct RuleRefusalJson {
     pub metric: String,
     /// Why, naming the field.
     pub reason: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_32_hex_digits_or_an_alerts() {
+        validate_request_id("0123456789abcdef0123456789abcdef").unwrap();
+        validate_request_id("alert-0123456789abcdef0123456789abcdef").unwrap();
+        assert_eq!(
+            validate_request_id("alert-xyz").unwrap_err(),
+            "request id \"alert-xyz\" is not 32 lowercase hex digits (nor alert- and 32 of them, an alert's)"
+        );
+        assert!(validate_request_id("0123456789ABCDEF0123456789ABCDEF").is_err());
+        assert!(validate_request_id("../rules").is_err());
+    }
 }

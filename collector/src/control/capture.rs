@@ -1,8 +1,8 @@
 //! "Capture now" for the fleet: one request, stored, that every node with agents sends
 //! to those of its agents it is for (the whole service, the agents matching a label
 //! selector, or one instance). [`Control::request_capture`] is the one entry point — the
-//! API's `POST …/capture`, the CLI's `holmes capture` and alert-triggered captures all go
-//! through it.
+//! API's `POST …/capture`, the CLI's `holmes capture` and Alertmanager's alerts
+//! ([`crate::ingest::alertmanager`]) all go through it.
 //!
 //! The request is stored, this node asks its own agents at once, and the call waits (at
 //! most `[control] dispatch_wait`) until every live node with agents has recorded whom
@@ -41,6 +41,9 @@ pub struct CaptureAsk {
     pub author: String,
     /// Free text stored with the request.
     pub note: String,
+    /// The request id when the caller names it (an alert's `alert-<event id>`, which
+    /// the correlator ties to the alert's incident); a new one when `None`.
+    pub request_id: Option<String>,
 }
 
 /// The request as stored, and whom the nodes asked so far.
@@ -95,7 +98,7 @@ impl Control {
             ));
         }
         let request = CaptureRequestRecord {
-            request_id: request_id(&self.node_id),
+            request_id: ask.request_id.unwrap_or_else(|| request_id(&self.node_id)),
             service: ask.service,
             selector,
             instance_id: ask.instance_id,

@@ -43,12 +43,15 @@ pub async fn seed(store: &Arc<dyn Store>, rules: &ServiceRules) -> Result<usize,
                 c.edit.service == *service && c.edit.selector.is_empty() && c.edit.metric == metric
             });
             match latest {
-                None => {}
-                Some(c) if c.by.author == SEED_AUTHOR => {
-                    if c.edit.text.as_deref() == Some(text.trim()) {
-                        continue;
-                    }
+                // Still the file's, and the file says the same: nothing to write.
+                Some(c)
+                    if c.by.author == SEED_AUTHOR
+                        && c.edit.text.as_deref() == Some(text.trim()) =>
+                {
+                    continue;
                 }
+                None => {}
+                Some(c) if c.by.author == SEED_AUTHOR => {}
                 Some(c) => {
                     tracing::info!(%service, %metric, file = %text, by = %c.by.author, version = c.version, "the config file's rule is not applied: it was changed through the API since");
                     continue;

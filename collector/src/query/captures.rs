@@ -15,10 +15,9 @@ use axum::extract::{Path, Query, RawQuery, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use holmes_api::control::{
-    CaptureDetailJson, CaptureInstanceJson, CaptureJson, CaptureRefusalJson, CaptureSummaryJson,
-    CapturesJson, DEFAULT_CAPTURE_LIMIT, DEFAULT_CAPTURE_SINCE,
+    validate_request_id, CaptureDetailJson, CaptureInstanceJson, CaptureJson, CaptureRefusalJson,
+    CaptureSummaryJson, CapturesJson, DEFAULT_CAPTURE_LIMIT, DEFAULT_CAPTURE_SINCE,
 };
-use holmes_api::validate_profile_id;
 use holmes_proto::CapturePurpose;
 use holmes_storage::{
     CaptureDispatch, CaptureOutcomeRecord, CaptureRequestQuery, CaptureRequestRecord, ProfileQuery,
@@ -95,6 +94,7 @@ async fn capture(
         incident_id: None,
         author: String::new(),
         note: String::new(),
+        request_id: None,
     };
     let mut selectors = Vec::new();
     for pair in query
@@ -296,11 +296,7 @@ async fn detail(
     State(control): State<Arc<Control>>,
     Path(request_id): Path<String>,
 ) -> Result<Json<CaptureDetailJson>, ApiError> {
-    validate_profile_id(&request_id).map_err(|_| {
-        ApiError::bad_request(format!(
-            "request id {request_id:?} is not 32 lowercase hex digits"
-        ))
-    })?;
+    validate_request_id(&request_id).map_err(ApiError::bad_request)?;
     let store = control.store();
     let request = store
         .get_capture_request(&request_id)

@@ -371,7 +371,10 @@ pub async fn capture_dispatches_and_outcomes_are_kept_per_node_and_instance(stor
         store.record_capture_outcome(o).await.unwrap();
     }
     assert_eq!(
-        store.capture_outcomes(&[r1.clone()]).await.unwrap(),
+        store
+            .capture_outcomes(std::slice::from_ref(&r1))
+            .await
+            .unwrap(),
         vec![captured, refused]
     );
     assert!(store.capture_outcomes(&[r2]).await.unwrap().is_empty());

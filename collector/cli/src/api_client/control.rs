@@ -163,11 +163,8 @@ impl ApiClient {
         &self,
         request_id: &str,
     ) -> Result<CaptureDetailJson, ApiClientError> {
-        holmes_api::validate_profile_id(request_id).map_err(|_| {
-            ApiClientError::InvalidArgument(format!(
-                "request id {request_id:?} is not 32 lowercase hex digits"
-            ))
-        })?;
+        holmes_api::control::validate_request_id(request_id)
+            .map_err(ApiClientError::InvalidArgument)?;
         self.get(&format!("/api/v1/captures/{request_id}")).await
     }
 }
