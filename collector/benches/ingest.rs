@@ -23,13 +23,19 @@
 //! (stacks, samples, heads) and the kept originals, against the raw gzip size. A baseline
 //! runs the same profiles through decode + normalize alone. ClickHouse runs when
 //! `HOLMES_TEST_CLICKHOUSE_URL` is set and is skipped with a line saying so otherwise.
-//! `HOLMES_BENCH_BACKENDS=sqlite|clickhouse` runs only one. Nothing is asserted: these are
+//! `HOLMES_BENCH_BACKENDS=sqlite|clickhouse` runs only one. Then the same profiles come
+//! in as Pyroscope pushes and OTLP exports (`ingest/foreign.rs`; `HOLMES_BENCH_FOREIGN=0`
+//! skips it), in a table beside the agent's SQLite row. Nothing is asserted: these are
 //! figures to read, on machines too noisy for thresholds.
 
 // The allocator of the `holmes-collector` binary (its `jemalloc` feature, on by default).
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+// Pyroscope and OTLP clients sending the same profiles (a section of its own).
+#[path = "ingest/foreign.rs"]
+mod foreign;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -825,4 +831,19 @@ fn main() {
         ));
     }
     report(&params, raw_total, baseline, &runs);
+    if std::env::var("HOLMES_BENCH_FOREIGN").as_deref() != Ok("0") {
+        let foreign_runs = foreign::run(&params, &profiles, &collector_rt, &agent_rt);
+        let agent = runs.iter().find(|r| r.backend == Backend::Sqlite).map(|r| {
+            let mut sorted = r.latencies.clone();
+            sorted.sort();
+            let n = r.profiles as f64;
+            (
+                n / r.wall.as_secs_f64(),
+                n / r.collector_cpu,
+                percentile(&sorted, 0.5),
+                percentile(&sorted, 0.99),
+            )
+        });
+        foreign::report(agent, &foreign_runs);
+    }
 }

@@ -1,5 +1,6 @@
 //! Alert hooks: incidents opened, escalated and resolved are sent to on-call through a
-//! generic JSON webhook, Slack incoming webhooks and PagerDuty Events API v2.
+//! generic JSON webhook, Slack incoming webhooks, PagerDuty Events API v2 and
+//! Alertmanager's `/api/v2/alerts` ([`alertmanager`]).
 //!
 //! [`Alerter::notify`] writes one row per matching hook to a SQLite outbox in the data
 //! directory ([`outbox::OUTBOX_FILE`]) and returns; a background task delivers them,
@@ -10,6 +11,7 @@
 //! collector stops is sent again by the next start, which PagerDuty folds by its dedup
 //! key (the incident id) and webhooks can drop by `alert_id`.
 
+pub mod alertmanager;
 pub mod config;
 mod deliver;
 pub mod outbox;
@@ -112,6 +114,9 @@ struct Inner {
     max_pending: u64,
     outbox: SharedOutbox,
     wake: Arc<Notify>,
+    /// Signalled by the delivery task when an alert stops being pending.
+    room: Arc<Notify>,
+    closing: watch::Receiver<bool>,
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -227,6 +232,7 @@ impl Alerter {
         let pending = outbox.stats()?.pending;
         let outbox: SharedOutbox = Arc::new(Mutex::new(outbox));
         let wake = Arc::new(Notify::new());
+        let room = Arc::new(Notify::new());
         let delivery = Delivery {
             outbox: Arc::clone(&outbox),
             targets,
@@ -239,7 +245,8 @@ impl Alerter {
             },
             keep_finished_rows: config.max_pending,
             wake: Arc::clone(&wake),
-            closing,
+            room: Arc::clone(&room),
+            closing: closing.clone(),
         };
         let task = tokio::spawn(delivery.run());
         tracing::info!(
@@ -255,6 +262,8 @@ impl Alerter {
                 max_pending: config.max_pending,
                 outbox,
                 wake,
+                room,
+                closing,
                 task: Mutex::new(Some(task)),
             })),
         })
@@ -281,13 +290,37 @@ impl Alerter {
         )
     }
 
+    /// Whether a hook that carries the top suspect (Alertmanager's) wants this incident.
+    pub fn wants_suspect(&self, incident: &IncidentRecord) -> bool {
+        self.inner.as_ref().is_some_and(|inner| {
+            inner.hooks.iter().any(|h| {
+                h.kind == HookKind::Alertmanager && h.wants(&incident.service, incident.severity)
+            })
+        })
+    }
+
     /// Queues one alert per matching hook for this incident change, durably (it is on
-    /// disk when this returns); never waits for delivery. A change already queued
-    /// (same incident, kind and version) is not queued again.
+    /// disk when this returns). A change already queued (same incident, kind and
+    /// version) is not queued again. It does not wait for delivery, but it does wait
+    /// for room: while `alerts.max_pending` alerts are pending (hooks unreachable), the
+    /// change waits until deliveries succeed or are given up, so the trigger that made
+    /// it is not acknowledged and no alert is dropped. Only a collector that is closing
+    /// gives up waiting, with [`AlertError::OutboxFull`].
     pub async fn notify(
         &self,
         kind: AlertKind,
         incident: &IncidentRecord,
+    ) -> Result<(), AlertError> {
+        self.notify_with_suspect(kind, incident, None).await
+    }
+
+    /// [`Alerter::notify`], with the incident's top suspect for the hooks that carry it
+    /// (see [`Alerter::wants_suspect`]).
+    pub async fn notify_with_suspect(
+        &self,
+        kind: AlertKind,
+        incident: &IncidentRecord,
+        top_suspect: Option<&holmes_api::Suspect>,
     ) -> Result<(), AlertError> {
         let Some(inner) = &self.inner else {
             return Ok(());
@@ -303,7 +336,8 @@ impl Alerter {
                 hook: h.name.clone(),
                 incident_id: incident.incident_id.clone(),
                 kind: kind.as_str(),
-                body: payload::body(h.kind, kind, &alert_id, incident, &url).to_string(),
+                body: payload::body(h.kind, kind, &alert_id, incident, &url, top_suspect)
+                    .to_string(),
             })
             .collect();
         if alerts.is_empty() {
@@ -311,7 +345,42 @@ impl Alerter {
         }
         let hooks = alerts.len();
         let max = inner.max_pending;
-        let queued = with_outbox(&inner.outbox, move |o| o.enqueue(&alerts, now_ms(), max)).await?;
+        let alerts = Arc::new(alerts);
+        let mut closing = inner.closing.clone();
+        let mut waited = false;
+        let queued = loop {
+            // Registered before the attempt, so room freed in between is not missed.
+            let room = inner.room.notified();
+            let batch = Arc::clone(&alerts);
+            match with_outbox(&inner.outbox, move |o| o.enqueue(&batch, now_ms(), max)).await {
+                Ok(queued) => break queued,
+                Err(AlertError::OutboxFull { pending, max }) => {
+                    if !waited {
+                        waited = true;
+                        crate::metrics::metrics().alert_outbox_waits.inc();
+                        tracing::warn!(
+                            incident = %incident.incident_id,
+                            event = kind.as_str(),
+                            pending,
+                            max_pending = max,
+                            "alert outbox full; the incident change waits for room (are the hooks reachable?)"
+                        );
+                    }
+                    tokio::select! {
+                        () = room => {}
+                        // A lost wake-up costs a second, not the alert.
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        () = deliver::closed(&mut closing) => {
+                            return Err(AlertError::OutboxFull { pending, max });
+                        }
+                    }
+                }
+                Err(err) => return Err(err),
+            }
+        };
+        if waited {
+            tracing::info!(incident = %incident.incident_id, event = kind.as_str(), "alert queued after waiting for room");
+        }
         tracing::debug!(
             incident = %incident.incident_id,
             event = kind.as_str(),

@@ -109,6 +109,9 @@ pub(crate) struct Delivery {
     pub(crate) retry: RetryPolicy,
     pub(crate) keep_finished_rows: u64,
     pub(crate) wake: Arc<Notify>,
+    /// Told when an alert leaves the pending state (delivered or failed for good), so
+    /// an incident change waiting for room in a full outbox tries again.
+    pub(crate) room: Arc<Notify>,
     pub(crate) closing: watch::Receiver<bool>,
 }
 
@@ -133,6 +136,11 @@ impl Delivery {
                     Ok(removed) => tracing::debug!(removed, "alert outbox pruned"),
                     Err(err) => tracing::warn!(error = %err, "cannot prune the alert outbox"),
                 }
+            }
+            if let Ok(stats) = with_outbox(&self.outbox, |o| o.stats()).await {
+                crate::metrics::metrics()
+                    .alert_outbox_pending
+                    .set(i64::try_from(stats.pending).unwrap_or(i64::MAX));
             }
             let now = now_ms();
             let due = match with_outbox(&self.outbox, move |o| o.due(now, BATCH)).await {
@@ -233,10 +241,12 @@ impl Delivery {
                     status = status.as_u16(),
                     "alert delivered"
                 );
+                crate::metrics::metrics().alert_delivery(hook, "delivered");
                 with_outbox(&self.outbox, move |o| o.delivered(seq, attempts, now)).await
             }
             Outcome::Permanent(error) => {
                 tracing::error!(hook, incident, event, alert_id, attempts, %error, "alert refused by its hook; not retried");
+                crate::metrics::metrics().alert_delivery(hook, "failed");
                 with_outbox(&self.outbox, move |o| o.failed(seq, attempts, now, &error)).await
             }
             Outcome::Retry(error, retry_after_ms) => {
@@ -251,9 +261,11 @@ impl Delivery {
                 if next > deadline {
                     let error = format!("given up after {attempts} attempts: {error}");
                     tracing::error!(hook, incident, event, alert_id, attempts, %error, "alert not delivered");
+                    crate::metrics::metrics().alert_delivery(hook, "failed");
                     with_outbox(&self.outbox, move |o| o.failed(seq, attempts, now, &error)).await
                 } else {
                     tracing::warn!(hook, incident, event, alert_id, attempts, retry_in_ms = delay, %error, "alert delivery failed; will retry");
+                    crate::metrics::metrics().alert_delivery(hook, "retry");
                     with_outbox(&self.outbox, move |o| o.retry(seq, attempts, next, &error)).await
                 }
             }
@@ -261,11 +273,12 @@ impl Delivery {
         if let Err(err) = result {
             tracing::error!(hook, alert_id, error = %err, "cannot record an alert delivery; it may be sent again");
         }
+        self.room.notify_waiters();
     }
 }
 
 /// Returns once `closing` is true (or its sender is gone).
-async fn closed(closing: &mut watch::Receiver<bool>) {
+pub(crate) async fn closed(closing: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns is not `Send`; it must not outlive this function.
     let _ = closing.wait_for(|c| *c).await.map(|_| ());
 }
@@ -298,7 +311,9 @@ async fn send(
                 Err(e) => return Outcome::Permanent(format!("cannot encode the alert: {e}")),
             }
         }
-        HookKind::Webhook | HookKind::Slack => Bytes::from(alert.body.clone()),
+        HookKind::Webhook | HookKind::Slack | HookKind::Alertmanager => {
+            Bytes::from(alert.body.clone())
+        }
     };
     let mut request = Request::post(target.uri.clone())
         .header(CONTENT_TYPE, "application/json")

@@ -15,26 +15,32 @@ use utoipa::openapi::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::{incidents, profiles, triggers, ui, Api};
+use super::{incidents, otlp, profiles, triggers, ui, Api};
 use crate::auth::ApiAuth;
 
 /// Where the document is served.
 pub const OPENAPI_PATH: &str = "/api/v1/openapi.json";
 
-/// The name of the bearer-token scheme in the document.
+/// The name of the API token's scheme in the document.
 const API_TOKEN: &str = "api_token";
+
+/// The name of the ingest tokens' scheme in the document.
+const INGEST_TOKEN: &str = "ingest_token";
 
 /// The document's fixed part: what the API is, its conventions, the token scheme.
 #[derive(utoipa::OpenApi)]
 #[openapi(info(
     title = "Holmes collector API",
     description = "What the Holmes collector knows about your services: services and their \
-instances, metric series, trigger events, profiles (listed, downloaded as gzip pprof, ranked, \
-as flame graphs) and incidents with their suspect functions; plus asking agents to capture now. \
+instances, metric series, trigger events, profiles (listed, downloaded as gzip pprof or OTLP, \
+ranked, as flame graphs) and incidents with their suspect functions; plus asking agents to \
+capture now, Alertmanager's webhook, the collector's Prometheus metrics, and the routes \
+Pyroscope clients and OTLP exporters send profiles by (their bodies in those protocols). \
 Times are RFC 3339 in UTC; `since` and `until` also take a duration before now (`10m`, `2h`). \
 Errors are `{\"error\": \"...\"}` with 400 (bad parameter), 401 (API token required and missing \
 or wrong), 404 (unknown service, profile or incident) or 503 (store unavailable). \
-With an API token configured, every `/api/` route needs `Authorization: Bearer <token>`."
+With an API token configured, every `/api/` route and `/metrics` need `Authorization: Bearer \
+<token>`; with ingest tokens, the foreign ingest routes need the service's ingest token."
 ))]
 struct Document;
 
@@ -53,6 +59,8 @@ fn api_routes() -> OpenApiRouter<Api> {
         .routes(routes!(incidents::all))
         .routes(routes!(incidents::detail))
         .routes(routes!(incidents::flamegraph))
+        .routes(routes!(otlp::profile))
+        .routes(routes!(otlp::incident))
         .routes(routes!(super::capture))
         .routes(routes!(openapi_json))
 }
@@ -80,10 +88,9 @@ pub(super) fn routes(auth: Option<ApiAuth>) -> OpenApiRouter<Api> {
     open_routes().merge(api).fallback(no_route)
 }
 
-/// The OpenAPI document of every route [`routes`] serves.
-pub fn document() -> OpenApi {
-    let mut api = api_routes().into_openapi();
-    // Without a configured token the API is open; with one, every /api/ route needs it.
+/// Marks every operation of `api` as needing the token of `scheme` when the collector
+/// has one configured (and open when it has none).
+fn secured_by(api: &mut OpenApi, scheme: &str) {
     for item in api.paths.paths.values_mut() {
         for operation in [
             &mut item.get,
@@ -97,27 +104,52 @@ pub fn document() -> OpenApi {
         {
             operation.security = Some(vec![
                 SecurityRequirement::default(),
-                SecurityRequirement::new(API_TOKEN, Vec::<String>::new()),
+                SecurityRequirement::new(scheme, Vec::<String>::new()),
             ]);
         }
     }
+}
+
+/// The OpenAPI document of every route the collector's HTTP server serves: those of
+/// [`routes`], Alertmanager's webhook ([`crate::ingest::alertmanager`]) and `/metrics`
+/// ([`crate::metrics::http`]) behind the API token, and the foreign clients' ingest
+/// routes ([`crate::ingest::http`]: Pyroscope, OTLP/HTTP) behind the ingest tokens, their
+/// bodies in those protocols.
+pub fn document() -> OpenApi {
+    let mut api = api_routes().into_openapi();
+    api.merge(crate::ingest::alertmanager::routes().into_openapi());
+    api.merge(crate::metrics::http::routes().into_openapi());
+    secured_by(&mut api, API_TOKEN);
+    let mut foreign = crate::ingest::http::routes().into_openapi();
+    secured_by(&mut foreign, INGEST_TOKEN);
     let mut document = <Document as utoipa::OpenApi>::openapi();
     document.merge(open_routes().into_openapi());
     document.merge(api);
-    document
-        .components
-        .get_or_insert_with(Default::default)
-        .add_security_scheme(
-            API_TOKEN,
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .description(Some(
-                        "The collector's API token (`[auth] api_token`), when it has one",
-                    ))
-                    .build(),
-            ),
-        );
+    document.merge(foreign);
+    let components = document.components.get_or_insert_with(Default::default);
+    components.add_security_scheme(
+        API_TOKEN,
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .description(Some(
+                    "The collector's API token (`[auth] api_token`), when it has one",
+                ))
+                .build(),
+        ),
+    );
+    components.add_security_scheme(
+        INGEST_TOKEN,
+        SecurityScheme::Http(
+            HttpBuilder::new()
+                .scheme(HttpAuthScheme::Bearer)
+                .description(Some(
+                    "The ingest token of the service the profile is of (`[auth.ingest_tokens]`), \
+                     when the collector has ingest tokens",
+                ))
+                .build(),
+        ),
+    );
     document
 }
 
@@ -211,10 +243,29 @@ mod tests {
     fn every_route_served_is_in_the_document_and_back() {
         let document = document();
         let documented: BTreeSet<String> = document.paths.paths.keys().cloned().collect();
+        // What the server merges besides the API: each built from the same routes.
+        let mut others = debug_paths(&crate::ingest::http::routes().split_for_parts().0);
+        others.extend(debug_paths(
+            &crate::ingest::alertmanager::routes().split_for_parts().0,
+        ));
+        others.extend(debug_paths(
+            &crate::metrics::http::routes().split_for_parts().0,
+        ));
+        for path in [
+            "/metrics",
+            "/api/v1/alertmanager",
+            "/ingest",
+            "/push.v1.PusherService/Push",
+            crate::ingest::otlp::HTTP_PATH,
+        ] {
+            assert!(others.contains(path), "{path} in {others:?}");
+        }
         let auth = ApiAuth::new(crate::auth::Secret::new("t"));
         for auth in [None, Some(auth)] {
             let (router, _) = routes(auth).split_for_parts();
-            assert_eq!(debug_paths(&router), documented);
+            let mut served = debug_paths(&router);
+            served.extend(others.iter().cloned());
+            assert_eq!(served, documented);
         }
         assert!(documented.contains(OPENAPI_PATH), "{documented:?}");
         assert!(documented.contains("/healthz"), "{documented:?}");

@@ -2,7 +2,9 @@
 //! `/api/v1/openapi.json` is valid OpenAPI (checked by a real validator, PyPI's
 //! `openapi-spec-validator`), every operation it lists is served — behind the API token
 //! exactly where it says so — and a path it does not list gets the router's "no route"
-//! answer. (That the router serves nothing the document leaves out is checked on the
+//! answer. Foreign protocols' routes (Pyroscope's, OTLP/HTTP's) are listed as well, their
+//! bodies named by protocol, behind the ingest tokens; only the gRPC services (the
+//! agents' `holmes.v1` and OTLP's `ProfilesService`, on the gRPC address) are outside it. (That the router serves nothing the document leaves out is checked on the
 //! router itself, in `query::routes`'s unit test.)
 //!
 //! The validator is `HOLMES_OPENAPI_VALIDATOR` or `openapi-spec-validator` on the PATH;
@@ -19,6 +21,14 @@ use holmes_collector::Server;
 use crate::support::Backend;
 
 const TOKEN: &str = "api-token";
+
+/// The routes foreign clients send profiles by (Pyroscope, OTLP/HTTP): in the document,
+/// their bodies in those protocols.
+const FOREIGN: [&str; 3] = [
+    "/ingest",
+    "/push.v1.PusherService/Push",
+    "/v1development/profiles",
+];
 
 /// The validator to run, or `None` (after saying so) when it may be missing.
 fn validator() -> Option<PathBuf> {
@@ -99,6 +109,15 @@ async fn the_document_lists_every_route_served_and_is_valid_openapi() {
     let paths = document["paths"].as_object().expect("paths");
     assert!(paths.contains_key("/api/v1/openapi.json"), "{paths:?}");
     assert!(paths.contains_key("/healthz"), "{paths:?}");
+    // The ecosystem's routes are described too.
+    for path in FOREIGN.iter().chain(&[
+        "/metrics",
+        "/api/v1/alertmanager",
+        "/api/v1/profiles/{profile_id}/otlp",
+        "/api/v1/incidents/{incident_id}/otlp",
+    ]) {
+        assert!(paths.contains_key(*path), "{path} in {paths:?}");
+    }
     // The same document as `holmes-collector openapi` prints.
     let printed = std::process::Command::new(env!("CARGO_BIN_EXE_holmes-collector"))
         .arg("openapi")
@@ -142,7 +161,21 @@ async fn the_document_lists_every_route_served_and_is_valid_openapi() {
             let needs_token = operation["security"]
                 .as_array()
                 .is_some_and(|s| s.iter().any(|r| r.get("api_token").is_some()));
-            assert_eq!(needs_token, path.starts_with("/api/"), "{method} {path}");
+            // The API token guards /api/ and /metrics; the foreign clients' ingest routes
+            // take the ingest tokens (none configured here: open).
+            assert_eq!(
+                needs_token,
+                path.starts_with("/api/") || path == "/metrics",
+                "{method} {path}"
+            );
+            let needs_ingest_token = operation["security"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|r| r.get("ingest_token").is_some()));
+            assert_eq!(
+                needs_ingest_token,
+                FOREIGN.contains(&path.as_str()),
+                "{method} {path}"
+            );
             let (status, message) = ask(&without_token, method, &example).await;
             assert_eq!(
                 status == 401,
