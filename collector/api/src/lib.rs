@@ -60,6 +60,7 @@ fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> 
 
 /// One service in the services list (`GET /api/v1/services`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ServiceJson {
     /// Service name.
     pub service: String,
@@ -73,6 +74,7 @@ pub struct ServiceJson {
 
 /// One instance of a service (`GET /api/v1/services/{service}/instances`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InstanceJson {
     /// Instance id.
     pub instance: String,
@@ -92,6 +94,7 @@ pub struct InstanceJson {
 
 /// A metric's series, one per instance (`GET /api/v1/services/{service}/metrics`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MetricsJson {
     /// Service name.
     pub service: String,
@@ -109,6 +112,7 @@ pub struct MetricsJson {
 
 /// The points of one instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SeriesJson {
     /// Instance id.
     pub instance: String,
@@ -118,6 +122,7 @@ pub struct SeriesJson {
 
 /// One point.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PointJson {
     /// When, RFC 3339.
     pub ts: String,
@@ -125,12 +130,14 @@ pub struct PointJson {
     pub unix_ms: u64,
     /// The value; `null` in JSON if it is not a finite number, read back as NaN.
     #[serde(deserialize_with = "nan_if_null")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<f64>, required = true))]
     pub value: f64,
 }
 
 /// The trigger events of one service in a time range
 /// (`GET /api/v1/services/{service}/triggers`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TriggersJson {
     /// Service name.
     pub service: String,
@@ -144,6 +151,7 @@ pub struct TriggersJson {
 
 /// One trigger event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TriggerJson {
     /// Event id the agent made.
     pub event_id: String,
@@ -155,6 +163,7 @@ pub struct TriggerJson {
     pub reason: String,
     /// The value that fired; `null` in JSON if it is not a finite number.
     #[serde(deserialize_with = "nan_if_null")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<f64>, required = true))]
     pub current: f64,
     /// When it fired, RFC 3339.
     pub ts: String,
@@ -170,11 +179,13 @@ pub struct TriggerJson {
 
 /// A trigger rule as it was when it fired.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RuleJson {
     /// Whether it was enabled.
     pub enabled: bool,
     /// Below this nothing fires.
     #[serde(deserialize_with = "nan_if_null")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<f64>, required = true))]
     pub min: f64,
     /// Percent above the window average that fires; `null` when switched off.
     pub diff: Option<f64>,
@@ -182,6 +193,7 @@ pub struct RuleJson {
     pub abs: Option<f64>,
     /// At or above this it stays silent; 0 means no ceiling.
     #[serde(deserialize_with = "nan_if_null")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<f64>, required = true))]
     pub max: f64,
     /// Sleep after firing, milliseconds.
     pub cooldown_ms: u64,
@@ -192,6 +204,7 @@ pub struct RuleJson {
 /// The profiles of one service in a time range
 /// (`GET /api/v1/services/{service}/profiles`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProfilesJson {
     /// Service name.
     pub service: String,
@@ -205,6 +218,7 @@ pub struct ProfilesJson {
 
 /// One profile, without its bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProfileJson {
     /// Profile id: 32 lowercase hex digits.
     pub profile_id: String,
@@ -234,6 +248,7 @@ pub struct ProfileJson {
 /// The functions that cost the most in one profile
 /// (`GET /api/v1/profiles/{profile_id}/top`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TopJson {
     /// Profile id.
     pub profile_id: String,
@@ -253,6 +268,7 @@ pub struct TopJson {
 
 /// One function's share of a profile, as `go tool pprof -top` counts it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FunctionTotal {
     /// Function name.
     pub function: String,
@@ -264,6 +280,7 @@ pub struct FunctionTotal {
 
 /// One incident, as lists show it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct IncidentJson {
     /// 32 hex digits.
     pub incident_id: String,
@@ -294,6 +311,7 @@ pub struct IncidentJson {
 /// A list of incidents (`GET /api/v1/incidents`,
 /// `GET /api/v1/services/{service}/incidents`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct IncidentsJson {
     /// The service; `null` for the whole fleet.
     pub service: Option<String>,
@@ -307,6 +325,7 @@ pub struct IncidentsJson {
 
 /// One incident in detail (`GET /api/v1/incidents/{incident_id}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct IncidentDetailJson {
     /// The incident.
     pub incident: IncidentJson,
@@ -329,6 +348,7 @@ pub struct IncidentDetailJson {
 
 /// A function suspected of causing an incident.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Suspect {
     /// Function name.
     pub function: String,
@@ -342,6 +362,7 @@ pub struct Suspect {
 
 /// What the agents were asked (`POST /api/v1/services/{service}/capture`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CaptureJson {
     /// Service name.
     pub service: String,
@@ -351,6 +372,14 @@ pub struct CaptureJson {
     pub kinds: Vec<String>,
     /// Instances the request reached (connected now).
     pub instances: Vec<String>,
+}
+
+/// What every failed API request answers, with a 4xx or 5xx status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ErrorJson {
+    /// What went wrong, in one line.
+    pub error: String,
 }
 
 #[cfg(test)]

@@ -4,18 +4,28 @@ use clap::{Parser, Subcommand};
 use holmes_api::{DEFAULT_INCIDENT_SINCE, DEFAULT_TOP_LIMIT};
 use holmes_cli::api_client::{ApiClient, ClientOptions, DEFAULT_API};
 
+mod escape;
+mod progress;
 mod table;
+mod terminal;
+mod views;
+mod when;
 
-use table::{
-    print_incident, print_incidents, print_metrics, print_profiles, print_services, print_top,
-    print_triggers,
+use escape::printable;
+use progress::Download;
+use terminal::Terminal;
+use views::{
+    print_capture, print_incident, print_incidents, print_instances, print_metrics, print_profiles,
+    print_services, print_top, print_triggers,
 };
 
 #[derive(Parser)]
 #[command(
     name = "holmes",
     version,
-    about = "Ask a Holmes collector what happened to your services"
+    about = "Ask a Holmes collector what happened to your services",
+    after_help = "Times are shown in the local time zone (TZ) with how long ago; colour only on a \
+terminal and never with NO_COLOR; tables fit the terminal's width (or COLUMNS)."
 )]
 struct Cli {
     /// The collector's HTTP API (http:// or https://).
@@ -156,8 +166,9 @@ fn write_profile(output: &str, bytes: &[u8]) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("cannot write to standard output: {e}"))?;
         return Ok(());
     }
-    std::fs::write(output, bytes).map_err(|e| anyhow::anyhow!("cannot write {output}: {e}"))?;
-    println!("wrote {} bytes to {output}", bytes.len());
+    std::fs::write(output, bytes)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", printable(output)))?;
+    println!("wrote {} bytes to {}", bytes.len(), printable(output));
     Ok(())
 }
 
@@ -172,13 +183,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         ca_file: cli.ca_file.clone(),
     };
     let client = ApiClient::with_options(&cli.api, &options)?;
+    let term = Terminal::detect();
     match cli.command {
         Command::Services => {
             let list = client.services().await?;
             if cli.json {
                 print_json(&list)?;
             } else {
-                print_services(&list);
+                print_services(&term, &list);
             }
         }
         Command::Instances { service } => {
@@ -186,22 +198,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if cli.json {
                 print_json(&list)?;
             } else {
-                println!(
-                    "{:<24}  {:<16}  {:>7}  {:<24}  LABELS",
-                    "INSTANCE", "HOST", "PID", "LAST SEEN"
-                );
-                for i in list {
-                    let labels: Vec<String> =
-                        i.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                    println!(
-                        "{:<24}  {:<16}  {:>7}  {:<24}  {}",
-                        i.instance,
-                        i.host,
-                        i.pid,
-                        i.last_seen,
-                        labels.join(",")
-                    );
-                }
+                print_instances(&term, &list);
             }
         }
         Command::Metrics {
@@ -213,7 +210,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if cli.json {
                 print_json(&m)?;
             } else {
-                print_metrics(&m);
+                print_metrics(&term, &m);
             }
         }
         Command::Triggers { service, since } => {
@@ -221,7 +218,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if cli.json {
                 print_json(&t)?;
             } else {
-                print_triggers(&t);
+                print_triggers(&term, &t);
             }
         }
         Command::Profiles { service, since } => {
@@ -229,12 +226,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if cli.json {
                 print_json(&p)?;
             } else {
-                print_profiles(&p);
+                print_profiles(&term, &p);
             }
         }
         Command::Profile { id, output } => {
-            let bytes = client.download_profile(&id).await?;
-            write_profile(&output, &bytes)?;
+            let mut bar = Download::start(&format!("profile {}", printable(&id)));
+            let bytes = client
+                .download_profile_with_progress(&id, &mut |got, total| bar.update(got, total))
+                .await;
+            bar.finish(bytes.is_ok());
+            write_profile(&output, &bytes?)?;
         }
         Command::Incidents {
             service,
@@ -247,7 +248,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if cli.json {
                 print_json(&list)?;
             } else {
-                print_incidents(&list);
+                print_incidents(&term, &list);
             }
         }
         Command::Capture { service, kinds } => {
@@ -255,26 +256,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if cli.json {
                 print_json(&asked)?;
             } else {
-                println!(
-                    "asked {} instance(s) of {} for {} (request {}): {}",
-                    asked.instances.len(),
-                    asked.service,
-                    asked.kinds.join(", "),
-                    asked.request_id,
-                    asked.instances.join(", ")
-                );
+                print_capture(&asked);
             }
         }
         Command::Flamegraph { id, output, diff } => {
-            let svg = client.flamegraph(&id, diff).await?;
-            write_profile(&output, &svg)?;
+            let mut bar = Download::start(&format!("flame graph of {}", printable(&id)));
+            let svg = client
+                .flamegraph_with_progress(&id, diff, &mut |got, total| bar.update(got, total))
+                .await;
+            bar.finish(svg.is_ok());
+            write_profile(&output, &svg?)?;
         }
         Command::Incident { id } => {
             let detail = client.incident(&id).await?;
             if cli.json {
                 print_json(&detail)?;
             } else {
-                print_incident(&detail);
+                print_incident(&term, &detail);
             }
         }
         Command::Top {
@@ -286,7 +284,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if cli.json {
                 print_json(&top)?;
             } else {
-                print_top(&top);
+                print_top(&term, &top);
             }
         }
     }
@@ -306,7 +304,8 @@ async fn main() {
         }
     };
     if let Err(err) = run(cli).await {
-        eprintln!("error: {err}");
+        // The API's messages quote what agents sent (a failed capture's error, ...).
+        eprintln!("error: {}", printable(&err.to_string()));
         std::process::exit(1);
     }
 }

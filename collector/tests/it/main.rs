@@ -22,6 +22,7 @@ mod e2e;
 mod fuzz_normalize;
 mod incidents;
 mod kafka;
+mod openapi;
 mod outage;
 mod profiles;
 mod retention;
