@@ -24,6 +24,7 @@
 //! - [`sync`]: the per-node loop; [`agent`]: the per-stream side.
 //! - [`seed`]: the config file's `[rules]` as the first central rules.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -49,6 +50,9 @@ pub const DEFAULT_POLL: Duration = Duration::from_secs(1);
 /// How long a capture request waits for the nodes to ask their agents unless
 /// `[control] dispatch_wait` says otherwise.
 pub const DEFAULT_DISPATCH_WAIT: Duration = Duration::from_secs(5);
+/// The least time between two operators' capture requests of one service unless
+/// `[control] capture_min_interval` says otherwise.
+pub const DEFAULT_CAPTURE_MIN_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The `[control]` section.
 ///
@@ -56,6 +60,7 @@ pub const DEFAULT_DISPATCH_WAIT: Duration = Duration::from_secs(5);
 /// [control]
 /// poll = "1s"            # how often each node reads the store for changes
 /// dispatch_wait = "5s"   # how long POST …/capture waits for every node to ask its agents
+/// capture_min_interval = "5s"  # least time between two capture requests of a service
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -66,6 +71,11 @@ pub struct ControlConfig {
     /// How long a capture request waits for every node with agents to ask them.
     #[serde(with = "humantime_serde")]
     pub dispatch_wait: Duration,
+    /// The least time between two capture requests of one service made through the API
+    /// (an operator's; alerts' are one per alert), on any node: sooner is answered 429
+    /// with the time to wait. `0s`: no limit.
+    #[serde(with = "humantime_serde")]
+    pub capture_min_interval: Duration,
 }
 
 impl Default for ControlConfig {
@@ -73,6 +83,7 @@ impl Default for ControlConfig {
         ControlConfig {
             poll: DEFAULT_POLL,
             dispatch_wait: DEFAULT_DISPATCH_WAIT,
+            capture_min_interval: DEFAULT_CAPTURE_MIN_INTERVAL,
         }
     }
 }
@@ -83,7 +94,8 @@ impl Default for ControlConfig {
 pub struct ControlConfigError(String);
 
 impl ControlConfig {
-    /// Checks the ranges: `poll` from 50 ms to 1 min, `dispatch_wait` at most 1 min.
+    /// Checks the ranges: `poll` from 50 ms to 1 min, `dispatch_wait` at most 1 min,
+    /// `capture_min_interval` at most 1 h.
     pub fn validate(&self) -> Result<(), ControlConfigError> {
         if self.poll < Duration::from_millis(50) || self.poll > Duration::from_secs(60) {
             return Err(ControlConfigError(format!(
@@ -95,6 +107,12 @@ impl ControlConfig {
             return Err(ControlConfigError(format!(
                 "dispatch_wait = \"{}\" is too long; at most 1m",
                 humantime::format_duration(self.dispatch_wait)
+            )));
+        }
+        if self.capture_min_interval > Duration::from_secs(3600) {
+            return Err(ControlConfigError(format!(
+                "capture_min_interval = \"{}\" is too long; at most 1h",
+                humantime::format_duration(self.capture_min_interval)
             )));
         }
         Ok(())
@@ -116,6 +134,9 @@ pub struct Control {
     started_unix_nanos: u64,
     /// Capture requests this node has asked its agents for (bounded).
     dispatched: Mutex<sync::RecentIds>,
+    /// When this node last accepted an operator's capture request, by service (those
+    /// within `capture_min_interval` only).
+    capture_asked: Mutex<HashMap<String, u64>>,
 }
 
 impl std::fmt::Debug for Control {
@@ -148,6 +169,7 @@ impl Control {
             poke: Notify::new(),
             started_unix_nanos: unix_nanos_now(),
             dispatched: Mutex::new(sync::RecentIds::default()),
+            capture_asked: Mutex::default(),
         })
     }
 

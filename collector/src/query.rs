@@ -1,32 +1,18 @@
 //! The HTTP JSON API (`/api/v1/...`): reads over the store, and the control plane's
-//! changes (rules, pauses, capture requests) through [`Control`].
-//!
-//! | route | answer |
-//! |---|---|
-//! | `GET /api/v1/services[?active=5m]` | `[{service, instances, last_seen, last_seen_unix_ms}]`, `instances` counting those heard from within `active` |
-//! | `GET /api/v1/services/{service}/instances` | `[{instance, host, pid, labels, agent_version, started_at, last_seen, connected, rules_version, rules_pending, rules_refused}]` |
-//! | `GET /api/v1/services/{service}/metrics?metric=cpu&since=10m[&until=..][&limit=..]` | `{service, metric, unit, since, until, series: [{instance, points: [{ts, unix_ms, value}]}]}` |
-//! | `GET /api/v1/services/{service}/triggers?since=1h[&until=..][&metric=cpu][&limit=..]` | `{service, since, until, triggers: [{event_id, instance, metric, reason, current, ts, unix_ms, window: [{ts, unix_ms, value}], rule, request_id}]}`, oldest first; `metric` and `rule` are `null` for a requested capture |
-//! | `GET /api/v1/services/{service}/profiles?since=1h[&until=..][&event=<id>][&kind=cpu][&limit=..]` | `{service, since, until, profiles: [{profile_id, event_id, instance, kind, started, unix_ms, duration_ms, labels, error, size_bytes, download}]}`, oldest first; `error` is `null` and `download` the path below for a capture that worked |
-//! | `GET /api/v1/profiles/{profile_id}` | the gzip-compressed pprof bytes exactly as the agent sent them, `application/octet-stream`, `content-disposition: attachment; filename="<kind>.<event_id>.<profile_id>.pb.gz"`; 400 for an id that is not 32 lowercase hex digits, 404 for an unknown one or a failed capture |
-//! | `GET /api/v1/profiles/{profile_id}/otlp`, `GET /api/v1/incidents/{incident_id}/otlp` | the profile, or the incident's profiles, as one OTLP `ExportProfilesServiceRequest` ([`otlp`]) |
-//! | `GET /api/v1/incidents?label=k8s.namespace.name=shop[&label=..]` (also per service) | incidents with an instance carrying every label given (the agent's Kubernetes labels, say) |
-//! | rules, pauses, captures | see [`control`] and [`captures`] |
-//! | `GET /healthz` | `ok` |
-//!
-//! Times are RFC 3339 in UTC; `since`/`until` also take a duration before now (`10m`).
-//! Errors are `{"error": "..."}` with 400 (bad parameter), 401 (API token required and
-//! missing or wrong), 404 (unknown service or profile) or 503 (store unavailable).
+//! changes (rules, pauses, capture requests: [`control`], [`captures`]) through
+//! [`Control`]; plus the health check and the web page. Every route is registered in
+//! [`routes`] from its handler's annotation, which is also what the OpenAPI document
+//! served at `GET /api/v1/openapi.json` is made of ([`routes::document`]): read it for the
+//! routes, their parameters and their answers.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
-use axum::routing::get;
 use axum::{Json, Router};
 use holmes_api::{
-    InstanceJson, MetricsJson, PointJson, SeriesJson, ServiceJson, DEFAULT_POINT_LIMIT,
+    ErrorJson, InstanceJson, MetricsJson, PointJson, SeriesJson, ServiceJson, DEFAULT_POINT_LIMIT,
     DEFAULT_SINCE,
 };
 use holmes_proto::names::validate_name;
@@ -45,6 +31,7 @@ mod incidents;
 mod labels;
 pub mod otlp;
 pub mod profiles;
+pub mod routes;
 pub mod top;
 pub mod triggers;
 pub mod ui;
@@ -57,6 +44,14 @@ pub const DEFAULT_ACTIVE_WINDOW: Duration = Duration::from_secs(5 * 60);
 struct Api {
     store: Arc<dyn Store>,
     active_window: Duration,
+    control: Arc<Control>,
+}
+
+/// The control plane's handlers take the node's [`Control`] from the API's state.
+impl axum::extract::FromRef<Api> for Arc<Control> {
+    fn from_ref(api: &Api) -> Self {
+        Arc::clone(&api.control)
+    }
 }
 
 /// The API's routes over `store`; instances heard from within `active_window` count
@@ -69,52 +64,14 @@ pub fn router(
     auth: Option<ApiAuth>,
     control: Arc<Control>,
 ) -> Router {
-    let api = Router::new()
-        .route("/api/v1/services", get(services))
-        .route("/api/v1/services/{service}/instances", get(instances))
-        .route("/api/v1/services/{service}/metrics", get(metrics))
-        .route(
-            "/api/v1/services/{service}/triggers",
-            get(triggers::triggers),
-        )
-        .route(
-            "/api/v1/services/{service}/profiles",
-            get(profiles::profiles),
-        )
-        .route("/api/v1/profiles/{profile_id}", get(profiles::download))
-        .route("/api/v1/profiles/{profile_id}/top", get(profiles::top))
-        .route(
-            "/api/v1/services/{service}/incidents",
-            get(incidents::by_service),
-        )
-        .route("/api/v1/incidents", get(incidents::all))
-        .route("/api/v1/incidents/{incident_id}", get(incidents::detail))
-        .route(
-            "/api/v1/incidents/{incident_id}/flamegraph.svg",
-            get(incidents::flamegraph),
-        )
-        .route(
-            "/api/v1/profiles/{profile_id}/flamegraph.svg",
-            get(profiles::flamegraph),
-        )
-        .route("/api/v1/profiles/{profile_id}/otlp", get(otlp::profile))
-        .route("/api/v1/incidents/{incident_id}/otlp", get(otlp::incident))
+    let (router, _document) = routes::routes(auth)
         .with_state(Api {
             store,
             active_window,
+            control,
         })
-        .merge(control::routes(control));
-    let api = match auth {
-        Some(auth) => api.layer(axum::middleware::from_fn_with_state(
-            auth,
-            crate::auth::require_api_token,
-        )),
-        None => api,
-    };
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .merge(ui::router())
-        .merge(api)
+        .split_for_parts();
+    router
 }
 
 /// An SVG document as an HTTP answer.
@@ -130,6 +87,20 @@ fn svg_response(svg: String) -> axum::response::Response {
         .into_response()
 }
 
+/// The services the collector knows, with their active instances.
+#[utoipa::path(
+    get,
+    path = "/api/v1/services",
+    operation_id = "list_services",
+    tag = "services",
+    params(("active" = Option<String>, Query, description = "Count the instances heard from within this window (`5m`, the default) or since this RFC 3339 time")),
+    responses(
+        (status = 200, description = "Every service, by name", body = Vec<ServiceJson>),
+        (status = 400, description = "Bad `active`", body = ErrorJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 503, description = "Store unavailable", body = ErrorJson),
+    )
+)]
 async fn services(
     State(api): State<Api>,
     Query(params): Query<HashMap<String, String>>,
@@ -203,6 +174,21 @@ fn limit(params: &HashMap<String, String>, default: u64) -> Result<u64, ApiError
     }
 }
 
+/// The instances of one service, each with the last time it was heard from.
+#[utoipa::path(
+    get,
+    path = "/api/v1/services/{service}/instances",
+    operation_id = "list_instances",
+    tag = "services",
+    params(("service" = String, Path, description = "Service name")),
+    responses(
+        (status = 200, description = "Its instances", body = Vec<InstanceJson>),
+        (status = 400, description = "Bad service name", body = ErrorJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 404, description = "Unknown service", body = ErrorJson),
+        (status = 503, description = "Store unavailable", body = ErrorJson),
+    )
+)]
 async fn instances(
     State(api): State<Api>,
     Path(service): Path<String>,
@@ -241,6 +227,35 @@ fn point_json(unix_nanos: u64, value: f64) -> PointJson {
     }
 }
 
+/// One metric of one service over a time range.
+///
+/// A series per instance, points oldest first.
+///
+/// Metrics: `cpu` (percent of the cores the process may use), `memory` (percent of its
+/// memory limit), `rss` (bytes), `threads`, `fds` and `cpu_throttled` (where the cgroup
+/// counts throttling) from every agent; `tasks` from agents with a tokio runtime
+/// registered, `heap_bytes` and `heap` from agents on the counting or sampling allocator
+/// or jemalloc.
+#[utoipa::path(
+    get,
+    path = "/api/v1/services/{service}/metrics",
+    operation_id = "get_metrics",
+    tag = "metrics",
+    params(
+        ("service" = String, Path, description = "Service name"),
+        ("metric" = String, Query, description = "`cpu`, `memory`, `rss`, `threads`, `tasks`, `heap`, `heap_bytes`, `fds` or `cpu_throttled`"),
+        ("since" = Option<String>, Query, description = "Start: a duration before now (`10m`, the default) or an RFC 3339 time"),
+        ("until" = Option<String>, Query, description = "End (exclusive): a duration before now or an RFC 3339 time; now by default"),
+        ("limit" = Option<u64>, Query, description = "At most this many points (100000 by default)"),
+    ),
+    responses(
+        (status = 200, description = "The series", body = MetricsJson),
+        (status = 400, description = "Bad parameter", body = ErrorJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 404, description = "Unknown service", body = ErrorJson),
+        (status = 503, description = "Store unavailable", body = ErrorJson),
+    )
+)]
 async fn metrics(
     State(api): State<Api>,
     Path(service): Path<String>,

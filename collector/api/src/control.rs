@@ -31,6 +31,7 @@ pub const DEFAULT_CAPTURE_SINCE: &str = "24h";
 
 /// A service's central rules (`GET|PUT|DELETE /api/v1/services/{service}/rules`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RulesJson {
     /// Service name.
     pub service: String,
@@ -46,6 +47,7 @@ pub struct RulesJson {
 
 /// One central rule in force.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CentralRuleJson {
     /// The agents it is for: `k=v[,k=v]` over their labels; `""` for all.
     pub selector: String,
@@ -66,6 +68,7 @@ pub struct CentralRuleJson {
 
 /// What `PUT /api/v1/services/{service}/rules` takes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RulesEditJson {
     /// The agents the rules are for (`k=v[,k=v]`); all of the service when left out.
     #[serde(default)]
@@ -83,6 +86,7 @@ pub struct RulesEditJson {
 /// A service's rule changes, newest first
 /// (`GET /api/v1/services/{service}/rules/history`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RuleHistoryJson {
     /// Service name.
     pub service: String,
@@ -92,6 +96,7 @@ pub struct RuleHistoryJson {
 
 /// One rule change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RuleChangeJson {
     /// The version it was recorded under.
     pub version: u64,
@@ -113,6 +118,7 @@ pub struct RuleChangeJson {
 
 /// A pause of captures.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PauseJson {
     /// The service, or `null` for the whole fleet.
     pub service: Option<String>,
@@ -130,6 +136,7 @@ pub struct PauseJson {
 
 /// The pauses in force (`GET /api/v1/pause`, `GET /api/v1/services/{service}/pause`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PausesJson {
     /// The service's own pause (`null` for the fleet's route, or when none lasts).
     pub pause: Option<PauseJson>,
@@ -141,6 +148,7 @@ pub struct PausesJson {
 
 /// What `PUT /api/v1/pause` and `PUT /api/v1/services/{service}/pause` take.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PauseEditJson {
     /// How long, from now (`30m`, `2h`).
     #[serde(rename = "for")]
@@ -155,6 +163,7 @@ pub struct PauseEditJson {
 
 /// A capture request as asked (`POST /api/v1/services/{service}/capture`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CaptureJson {
     /// Service name.
     pub service: String,
@@ -181,6 +190,7 @@ pub struct CaptureJson {
 /// Capture requests of a service, newest first
 /// (`GET /api/v1/services/{service}/captures`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CapturesJson {
     /// Service name.
     pub service: String,
@@ -194,6 +204,7 @@ pub struct CapturesJson {
 
 /// One capture request and how it went.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CaptureSummaryJson {
     /// Request id.
     pub request_id: String,
@@ -226,6 +237,7 @@ pub struct CaptureSummaryJson {
 /// One capture request with every instance's answer and the profiles it brought
 /// (`GET /api/v1/captures/{request_id}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CaptureDetailJson {
     /// The request.
     pub request: CaptureSummaryJson,
@@ -237,6 +249,7 @@ pub struct CaptureDetailJson {
 
 /// What one instance was asked and answered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CaptureInstanceJson {
     /// Instance id.
     pub instance: String,
@@ -254,6 +267,7 @@ pub struct CaptureInstanceJson {
 
 /// A kind an agent did not capture.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CaptureRefusalJson {
     /// The kind.
     pub kind: String,
@@ -265,6 +279,7 @@ pub struct CaptureRefusalJson {
 
 /// A pushed rule an agent refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RuleRefusalJson {
     /// The metric.
     pub metric: String,

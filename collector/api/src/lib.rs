@@ -62,6 +62,7 @@ fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> 
 
 /// One service in the services list (`GET /api/v1/services`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ServiceJson {
     /// Service name.
     pub service: String,
@@ -75,6 +76,7 @@ pub struct ServiceJson {
 
 /// One instance of a service (`GET /api/v1/services/{service}/instances`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InstanceJson {
     /// Instance id.
     pub instance: String,
@@ -109,6 +111,7 @@ pub struct InstanceJson {
 
 /// A metric's series, one per instance (`GET /api/v1/services/{service}/metrics`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MetricsJson {
     /// Service name.
     pub service: String,
@@ -126,6 +129,7 @@ pub struct MetricsJson {
 
 /// The points of one instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SeriesJson {
     /// Instance id.
     pub instance: String,
@@ -135,6 +139,7 @@ pub struct SeriesJson {
 
 /// One point.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PointJson {
     /// When, RFC 3339.
     pub ts: String,
@@ -142,12 +147,14 @@ pub struct PointJson {
     pub unix_ms: u64,
     /// The value; `null` in JSON if it is not a finite number, read back as NaN.
     #[serde(deserialize_with = "nan_if_null")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<f64>, required = true))]
     pub value: f64,
 }
 
 /// The trigger events of one service in a time range
 /// (`GET /api/v1/services/{service}/triggers`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TriggersJson {
     /// Service name.
     pub service: String,
@@ -161,6 +168,7 @@ pub struct TriggersJson {
 
 /// One trigger event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TriggerJson {
     /// Event id the agent made.
     pub event_id: String,
@@ -172,6 +180,7 @@ pub struct TriggerJson {
     pub reason: String,
     /// The value that fired; `null` in JSON if it is not a finite number.
     #[serde(deserialize_with = "nan_if_null")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<f64>, required = true))]
     pub current: f64,
     /// When it fired, RFC 3339.
     pub ts: String,
@@ -187,11 +196,13 @@ pub struct TriggerJson {
 
 /// A trigger rule as it was when it fired.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RuleJson {
     /// Whether it was enabled.
     pub enabled: bool,
     /// Below this nothing fires.
     #[serde(deserialize_with = "nan_if_null")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<f64>, required = true))]
     pub min: f64,
     /// Percent above the window average that fires; `null` when switched off.
     pub diff: Option<f64>,
@@ -199,6 +210,7 @@ pub struct RuleJson {
     pub abs: Option<f64>,
     /// At or above this it stays silent; 0 means no ceiling.
     #[serde(deserialize_with = "nan_if_null")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<f64>, required = true))]
     pub max: f64,
     /// Sleep after firing, milliseconds.
     pub cooldown_ms: u64,
@@ -209,6 +221,7 @@ pub struct RuleJson {
 /// The profiles of one service in a time range
 /// (`GET /api/v1/services/{service}/profiles`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProfilesJson {
     /// Service name.
     pub service: String,
@@ -222,6 +235,7 @@ pub struct ProfilesJson {
 
 /// One profile, without its bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProfileJson {
     /// Profile id: 32 lowercase hex digits.
     pub profile_id: String,
@@ -251,6 +265,7 @@ pub struct ProfileJson {
 /// The functions that cost the most in one profile
 /// (`GET /api/v1/profiles/{profile_id}/top`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TopJson {
     /// Profile id.
     pub profile_id: String,
@@ -270,6 +285,7 @@ pub struct TopJson {
 
 /// One function's share of a profile, as `go tool pprof -top` counts it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FunctionTotal {
     /// Function name.
     pub function: String,
@@ -281,6 +297,7 @@ pub struct FunctionTotal {
 
 /// One incident, as lists show it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct IncidentJson {
     /// 32 hex digits.
     pub incident_id: String,
@@ -311,6 +328,7 @@ pub struct IncidentJson {
 /// A list of incidents (`GET /api/v1/incidents`,
 /// `GET /api/v1/services/{service}/incidents`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct IncidentsJson {
     /// The service; `null` for the whole fleet.
     pub service: Option<String>,
@@ -324,6 +342,7 @@ pub struct IncidentsJson {
 
 /// One incident in detail (`GET /api/v1/incidents/{incident_id}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct IncidentDetailJson {
     /// The incident.
     pub incident: IncidentJson,
@@ -346,6 +365,7 @@ pub struct IncidentDetailJson {
 
 /// A function suspected of causing an incident.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Suspect {
     /// Function name.
     pub function: String,
@@ -355,6 +375,14 @@ pub struct Suspect {
     pub baseline_share: f64,
     /// `share - baseline_share`: how much it grew.
     pub growth: f64,
+}
+
+/// What every failed API request answers, with a 4xx or 5xx status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ErrorJson {
+    /// What went wrong, in one line.
+    pub error: String,
 }
 
 #[cfg(test)]

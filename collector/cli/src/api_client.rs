@@ -29,6 +29,10 @@ pub const DEFAULT_API: &str = "http://127.0.0.1:7071";
 /// Longest wait for one API answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Told how far a download is: the bytes received so far, and the total when the
+/// collector said it (`content-length`).
+pub type OnProgress<'a> = &'a mut (dyn FnMut(u64, Option<u64>) + Send);
+
 /// A failed API call, worded for the person at the terminal.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiClientError {
@@ -233,7 +237,17 @@ impl ApiClient {
     /// GETs `path` (with its query) and returns the answer's bytes as they are; an
     /// answer that is not a success is an [`ApiClientError::Api`] with the API's message.
     pub async fn get_raw(&self, path: &str) -> Result<Bytes, ApiClientError> {
-        self.send(hyper::Method::GET, path, None).await
+        self.send(hyper::Method::GET, path, None, &mut |_, _| {})
+            .await
+    }
+
+    /// [`ApiClient::get_raw`], telling `progress` as the answer arrives.
+    pub async fn get_raw_with_progress(
+        &self,
+        path: &str,
+        progress: OnProgress<'_>,
+    ) -> Result<Bytes, ApiClientError> {
+        self.send(hyper::Method::GET, path, None, progress).await
     }
 
     /// POSTs to `path` (parameters in its query, no body) and decodes the JSON answer.
@@ -249,7 +263,7 @@ impl ApiClient {
         json: Option<&serde_json::Value>,
     ) -> Result<T, ApiClientError> {
         let body = json.map(|j| j.to_string().into_bytes());
-        let answer = self.send(method, path, body).await?;
+        let answer = self.send(method, path, body, &mut |_, _| {}).await?;
         serde_json::from_slice(&answer).map_err(|e| ApiClientError::Decode {
             url: format!("{}{}", self.base, path),
             reason: e.to_string(),
@@ -261,6 +275,7 @@ impl ApiClient {
         method: hyper::Method,
         path: &str,
         json: Option<Vec<u8>>,
+        progress: OnProgress<'_>,
     ) -> Result<Bytes, ApiClientError> {
         let url = format!("{}{}", self.base, path);
         let uri: hyper::Uri =
@@ -293,16 +308,25 @@ impl ApiClient {
                         reason: root_cause(&e),
                     })?;
             let status = response.status();
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| ApiClientError::Unreachable {
+            let total = response
+                .headers()
+                .get(hyper::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            let mut body = response.into_body();
+            let mut received = Vec::new();
+            progress(0, total);
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| ApiClientError::Unreachable {
                     url: self.base.clone(),
                     reason: e.to_string(),
-                })?
-                .to_bytes();
-            Ok::<_, ApiClientError>((status, body))
+                })?;
+                if let Ok(data) = frame.into_data() {
+                    received.extend_from_slice(&data);
+                    progress(received.len() as u64, total);
+                }
+            }
+            Ok::<_, ApiClientError>((status, Bytes::from(received)))
         };
         let (status, body) =
             tokio::time::timeout(REQUEST_TIMEOUT, call)
@@ -312,10 +336,9 @@ impl ApiClient {
                     timeout: REQUEST_TIMEOUT,
                 })??;
         if !status.is_success() {
-            let message = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-                .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_owned());
+            let message = serde_json::from_slice::<holmes_api::ErrorJson>(&body)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).trim().to_owned());
             return Err(ApiClientError::Api {
                 status: status.as_u16(),
                 message,
@@ -386,9 +409,22 @@ impl ApiClient {
     /// `GET /api/v1/profiles/{profile_id}`: the profile's gzip-compressed pprof bytes,
     /// exactly as stored.
     pub async fn download_profile(&self, profile_id: &str) -> Result<Vec<u8>, ApiClientError> {
+        self.download_profile_with_progress(profile_id, &mut |_, _| {})
+            .await
+    }
+
+    /// [`ApiClient::download_profile`], telling `progress` as the bytes arrive.
+    pub async fn download_profile_with_progress(
+        &self,
+        profile_id: &str,
+        progress: OnProgress<'_>,
+    ) -> Result<Vec<u8>, ApiClientError> {
         holmes_api::validate_profile_id(profile_id).map_err(ApiClientError::InvalidArgument)?;
         let body = self
-            .get_raw(&format!("/api/v1/profiles/{}", encode(profile_id)))
+            .get_raw_with_progress(
+                &format!("/api/v1/profiles/{}", encode(profile_id)),
+                progress,
+            )
             .await?;
         Ok(Vec::from(body))
     }
@@ -425,12 +461,23 @@ impl ApiClient {
     /// A flame graph (SVG) of an incident's merged profiles (against its baseline with
     /// `diff`), or, when `id` names no incident, of the profile with that id.
     pub async fn flamegraph(&self, id: &str, diff: bool) -> Result<Vec<u8>, ApiClientError> {
+        self.flamegraph_with_progress(id, diff, &mut |_, _| {})
+            .await
+    }
+
+    /// [`ApiClient::flamegraph`], telling `progress` as the SVG arrives.
+    pub async fn flamegraph_with_progress(
+        &self,
+        id: &str,
+        diff: bool,
+        progress: OnProgress<'_>,
+    ) -> Result<Vec<u8>, ApiClientError> {
         let query = if diff { "?diff=baseline" } else { "" };
         match self
-            .get_raw(&format!(
-                "/api/v1/incidents/{}/flamegraph.svg{query}",
-                encode(id)
-            ))
+            .get_raw_with_progress(
+                &format!("/api/v1/incidents/{}/flamegraph.svg{query}", encode(id)),
+                progress,
+            )
             .await
         {
             Err(ApiClientError::Api {
@@ -438,7 +485,10 @@ impl ApiClient {
                 message,
             }) if message.starts_with("unknown incident") && !diff => {
                 let body = self
-                    .get_raw(&format!("/api/v1/profiles/{}/flamegraph.svg", encode(id)))
+                    .get_raw_with_progress(
+                        &format!("/api/v1/profiles/{}/flamegraph.svg", encode(id)),
+                        progress,
+                    )
                     .await?;
                 Ok(Vec::from(body))
             }

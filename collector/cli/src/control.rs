@@ -4,12 +4,14 @@
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
-use holmes_api::control::{
-    CaptureDetailJson, CaptureJson, CapturesJson, PauseJson, PausesJson, RuleHistoryJson,
-    RulesEditJson, RulesJson, DEFAULT_CAPTURE_SINCE, DEFAULT_HISTORY_LIMIT,
-};
+use holmes_api::control::{RulesEditJson, DEFAULT_CAPTURE_SINCE, DEFAULT_HISTORY_LIMIT};
 use holmes_cli::api_client::control::CaptureTarget;
 use holmes_cli::api_client::ApiClient;
+
+use crate::control_views::{
+    print_asked, print_capture, print_captures, print_history, print_pauses, print_rules,
+};
+use crate::terminal::Terminal;
 
 /// Who the CLI says makes a change: `--by`, else `$USER`, else `cli`.
 fn author(by: Option<String>) -> String {
@@ -162,186 +164,9 @@ enum CaptureShow {
     },
 }
 
-fn pause_line(what: &str, p: &Option<PauseJson>) {
-    if let Some(p) = p {
-        let reason = if p.reason.is_empty() {
-            String::new()
-        } else {
-            format!(": {}", p.reason)
-        };
-        println!(
-            "{what} captures paused until {} by {}{reason}",
-            p.until, p.by
-        );
-    }
-}
-
-fn print_rules(r: &RulesJson) {
-    println!("service {}: rules version {}", r.service, r.version);
-    pause_line("service", &r.pause);
-    pause_line("fleet", &r.fleet_pause);
-    if r.rules.is_empty() {
-        println!("no central rules: agents use their own");
-        return;
-    }
-    println!(
-        "{:<24}  {:<8}  {:<36}  {:>7}  {:<24}  BY",
-        "SELECTOR", "METRIC", "RULE", "VERSION", "CHANGED"
-    );
-    for c in &r.rules {
-        let selector = if c.selector.is_empty() {
-            "(all)"
-        } else {
-            &c.selector
-        };
-        println!(
-            "{:<24}  {:<8}  {:<36}  {:>7}  {:<24}  {}",
-            selector, c.metric, c.text, c.version, c.changed_at, c.by
-        );
-    }
-}
-
-fn print_history(h: &RuleHistoryJson) {
-    if h.changes.is_empty() {
-        println!("no rule changes for {}", h.service);
-        return;
-    }
-    println!(
-        "{:>7}  {:<24}  {:<16}  {:<20}  {:<8}  {:<36}  NOTE",
-        "VERSION", "TIME", "BY", "SELECTOR", "METRIC", "CHANGE"
-    );
-    for c in &h.changes {
-        let selector = if c.selector.is_empty() {
-            "(all)"
-        } else {
-            &c.selector
-        };
-        let change = c
-            .text
-            .clone()
-            .unwrap_or_else(|| "deleted (agents' own rule)".to_owned());
-        println!(
-            "{:>7}  {:<24}  {:<16}  {:<20}  {:<8}  {:<36}  {}",
-            c.version, c.changed_at, c.by, selector, c.metric, change, c.note
-        );
-    }
-}
-
-fn print_pauses(p: &PausesJson) {
-    if p.pause.is_none() && p.fleet_pause.is_none() {
-        println!("captures are not paused (rules version {})", p.version);
-        return;
-    }
-    pause_line("service", &p.pause);
-    pause_line("fleet", &p.fleet_pause);
-}
-
-fn print_asked(asked: &CaptureJson) {
-    println!(
-        "asked {} instance(s) of {} for {} (request {}): {}",
-        asked.instances.len(),
-        asked.service,
-        asked.kinds.join(", "),
-        asked.request_id,
-        asked.instances.join(", ")
-    );
-    if !asked.pending_nodes.is_empty() {
-        println!(
-            "{} collector node(s) had not asked their agents yet: {}",
-            asked.pending_nodes.len(),
-            asked.pending_nodes.join(", ")
-        );
-    }
-}
-
-fn print_capture(d: &CaptureDetailJson) {
-    let r = &d.request;
-    println!(
-        "capture {} of {} ({}), asked {} by {}: {} asked, {} captured, {} refused, {} not answered",
-        r.request_id,
-        r.service,
-        r.kinds.join(", "),
-        r.asked_at,
-        r.by,
-        r.asked,
-        r.captured,
-        r.refused,
-        r.pending
-    );
-    println!(
-        "{:<24}  {:<16}  {:<32}  REFUSED",
-        "INSTANCE", "CAPTURED", "EVENT"
-    );
-    for i in &d.instances {
-        let captured = if i.answered_at.is_none() {
-            "(no answer)".to_owned()
-        } else if i.captured.is_empty() {
-            "-".to_owned()
-        } else {
-            i.captured.join(",")
-        };
-        let refused: Vec<String> = i
-            .refused
-            .iter()
-            .map(|r| {
-                if r.detail.is_empty() {
-                    format!("{} {}", r.kind, r.reason)
-                } else {
-                    format!("{} {} ({})", r.kind, r.reason, r.detail)
-                }
-            })
-            .collect();
-        println!(
-            "{:<24}  {:<16}  {:<32}  {}",
-            i.instance,
-            captured,
-            i.event_id.as_deref().unwrap_or("-"),
-            refused.join("; ")
-        );
-    }
-    if !d.profiles.is_empty() {
-        println!("profiles:");
-        for p in &d.profiles {
-            println!(
-                "  {}  {:<24}  {:<8}  {}",
-                p.started,
-                p.instance,
-                p.kind,
-                p.error.as_deref().unwrap_or(&p.profile_id)
-            );
-        }
-    }
-}
-
-fn print_captures(list: &CapturesJson) {
-    if list.captures.is_empty() {
-        println!(
-            "no capture requests for {} from {} to {}",
-            list.service, list.since, list.until
-        );
-        return;
-    }
-    println!(
-        "{:<24}  {:<32}  {:<16}  {:<12}  {:>5}  {:>8}  {:>7}  {:>7}",
-        "ASKED", "REQUEST", "KINDS", "BY", "ASKED", "CAPTURED", "REFUSED", "PENDING"
-    );
-    for c in &list.captures {
-        println!(
-            "{:<24}  {:<32}  {:<16}  {:<12}  {:>5}  {:>8}  {:>7}  {:>7}",
-            c.asked_at,
-            c.request_id,
-            c.kinds.join(","),
-            c.by,
-            c.asked,
-            c.captured,
-            c.refused,
-            c.pending
-        );
-    }
-}
-
 pub(crate) async fn rules(
     client: &ApiClient,
+    term: &Terminal,
     command: RulesCommand,
     json: bool,
 ) -> anyhow::Result<()> {
@@ -351,7 +176,7 @@ pub(crate) async fn rules(
             if json {
                 return print_json(&r);
             }
-            print_rules(&r);
+            print_rules(term, &r);
         }
         RulesCommand::Set {
             service,
@@ -371,7 +196,7 @@ pub(crate) async fn rules(
             if json {
                 return print_json(&r);
             }
-            print_rules(&r);
+            print_rules(term, &r);
         }
         RulesCommand::Delete {
             service,
@@ -385,14 +210,14 @@ pub(crate) async fn rules(
             if json {
                 return print_json(&r);
             }
-            print_rules(&r);
+            print_rules(term, &r);
         }
         RulesCommand::History { service, limit } => {
             let h = client.rule_history(&service, limit).await?;
             if json {
                 return print_json(&h);
             }
-            print_history(&h);
+            print_history(term, &h);
         }
     }
     Ok(())
@@ -408,6 +233,7 @@ fn scope(s: &PauseScope) -> Option<&str> {
 
 pub(crate) async fn pause(
     client: &ApiClient,
+    term: &Terminal,
     command: PauseCommand,
     json: bool,
 ) -> anyhow::Result<()> {
@@ -428,12 +254,13 @@ pub(crate) async fn pause(
     if json {
         return print_json(&p);
     }
-    print_pauses(&p);
+    print_pauses(term, &p);
     Ok(())
 }
 
 pub(crate) async fn capture(
     client: &ApiClient,
+    term: &Terminal,
     command: CaptureCommand,
     json: bool,
 ) -> anyhow::Result<()> {
@@ -442,7 +269,7 @@ pub(crate) async fn capture(
         if json {
             return print_json(&d);
         }
-        print_capture(&d);
+        print_capture(term, &d);
         return Ok(());
     }
     let service = command
@@ -485,12 +312,13 @@ pub(crate) async fn capture(
     if json {
         return print_json(&detail);
     }
-    print_capture(&detail);
+    print_capture(term, &detail);
     Ok(())
 }
 
 pub(crate) async fn captures(
     client: &ApiClient,
+    term: &Terminal,
     service: &str,
     since: Option<&str>,
     json: bool,
@@ -501,6 +329,6 @@ pub(crate) async fn captures(
     if json {
         return print_json(&list);
     }
-    print_captures(&list);
+    print_captures(term, &list);
     Ok(())
 }

@@ -5,18 +5,29 @@ use holmes_api::{DEFAULT_INCIDENT_SINCE, DEFAULT_TOP_LIMIT};
 use holmes_cli::api_client::{ApiClient, ClientOptions, DEFAULT_API};
 
 mod control;
+mod control_views;
+mod escape;
+mod progress;
 mod table;
+mod terminal;
+mod views;
+mod when;
 
-use table::{
-    print_incident, print_incidents, print_metrics, print_profiles, print_services, print_top,
-    print_triggers,
+use escape::printable;
+use progress::Download;
+use terminal::Terminal;
+use views::{
+    print_incident, print_incidents, print_instances, print_metrics, print_profiles,
+    print_services, print_top, print_triggers,
 };
 
 #[derive(Parser)]
 #[command(
     name = "holmes",
     version,
-    about = "Ask a Holmes collector what happened to your services"
+    about = "Ask a Holmes collector what happened to your services",
+    after_help = "Times are shown in the local time zone (TZ) with how long ago; colour only on a \
+terminal and never with NO_COLOR; tables fit the terminal's width (or COLUMNS)."
 )]
 struct Cli {
     /// The collector's HTTP API (http:// or https://).
@@ -173,8 +184,9 @@ fn write_profile(output: &str, bytes: &[u8]) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("cannot write to standard output: {e}"))?;
         return Ok(());
     }
-    std::fs::write(output, bytes).map_err(|e| anyhow::anyhow!("cannot write {output}: {e}"))?;
-    println!("wrote {} bytes to {output}", bytes.len());
+    std::fs::write(output, bytes)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", printable(output)))?;
+    println!("wrote {} bytes to {}", bytes.len(), printable(output));
     Ok(())
 }
 
@@ -189,13 +201,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         ca_file: cli.ca_file.clone(),
     };
     let client = ApiClient::with_options(&cli.api, &options)?;
+    let term = Terminal::detect();
     match cli.command {
         Command::Services => {
             let list = client.services().await?;
             if cli.json {
                 print_json(&list)?;
             } else {
-                print_services(&list);
+                print_services(&term, &list);
             }
         }
         Command::Instances { service } => {
@@ -203,34 +216,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if cli.json {
                 print_json(&list)?;
             } else {
-                println!(
-                    "{:<24}  {:<16}  {:>7}  {:<24}  {:<14}  LABELS",
-                    "INSTANCE", "HOST", "PID", "LAST SEEN", "RULES"
-                );
-                for i in &list {
-                    let labels: Vec<String> =
-                        i.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                    let rules = match (i.rules_version, i.connected) {
-                        (None, _) => "-".to_owned(),
-                        (Some(v), Some(false)) => format!("v{v} gone"),
-                        (Some(v), _) if i.rules_pending => format!("v{v} pending"),
-                        (Some(v), _) => format!("v{v}"),
-                    };
-                    println!(
-                        "{:<24}  {:<16}  {:>7}  {:<24}  {:<14}  {}",
-                        i.instance,
-                        i.host,
-                        i.pid,
-                        i.last_seen,
-                        rules,
-                        labels.join(",")
-                    );
-                }
-                for i in &list {
-                    for r in &i.rules_refused {
-                        println!("{} refused its {} rule: {}", i.instance, r.metric, r.reason);
-                    }
-                }
+                print_instances(&term, &list);
             }
         }
         Command::Metrics {
@@ -242,7 +228,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if cli.json {
                 print_json(&m)?;
             } else {
-                print_metrics(&m);
+                print_metrics(&term, &m);
             }
         }
         Command::Triggers { service, since } => {
@@ -250,7 +236,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if cli.json {
                 print_json(&t)?;
             } else {
-                print_triggers(&t);
+                print_triggers(&term, &t);
             }
         }
         Command::Profiles { service, since } => {
@@ -258,12 +244,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if cli.json {
                 print_json(&p)?;
             } else {
-                print_profiles(&p);
+                print_profiles(&term, &p);
             }
         }
         Command::Profile { id, output } => {
-            let bytes = client.download_profile(&id).await?;
-            write_profile(&output, &bytes)?;
+            let mut bar = Download::start(&format!("profile {}", printable(&id)));
+            let bytes = client
+                .download_profile_with_progress(&id, &mut |got, total| bar.update(got, total))
+                .await;
+            bar.finish(bytes.is_ok());
+            write_profile(&output, &bytes?)?;
         }
         Command::Incidents {
             service,
@@ -276,25 +266,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if cli.json {
                 print_json(&list)?;
             } else {
-                print_incidents(&list);
+                print_incidents(&term, &list);
             }
         }
-        Command::Capture(command) => control::capture(&client, command, cli.json).await?,
+        Command::Capture(command) => control::capture(&client, &term, command, cli.json).await?,
         Command::Captures { service, since } => {
-            control::captures(&client, &service, since.as_deref(), cli.json).await?
+            control::captures(&client, &term, &service, since.as_deref(), cli.json).await?
         }
-        Command::Rules { command } => control::rules(&client, command, cli.json).await?,
-        Command::Pause { command } => control::pause(&client, command, cli.json).await?,
+        Command::Rules { command } => control::rules(&client, &term, command, cli.json).await?,
+        Command::Pause { command } => control::pause(&client, &term, command, cli.json).await?,
         Command::Flamegraph { id, output, diff } => {
-            let svg = client.flamegraph(&id, diff).await?;
-            write_profile(&output, &svg)?;
+            let mut bar = Download::start(&format!("flame graph of {}", printable(&id)));
+            let svg = client
+                .flamegraph_with_progress(&id, diff, &mut |got, total| bar.update(got, total))
+                .await;
+            bar.finish(svg.is_ok());
+            write_profile(&output, &svg?)?;
         }
         Command::Incident { id } => {
             let detail = client.incident(&id).await?;
             if cli.json {
                 print_json(&detail)?;
             } else {
-                print_incident(&detail);
+                print_incident(&term, &detail);
             }
         }
         Command::Top {
@@ -306,7 +300,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if cli.json {
                 print_json(&top)?;
             } else {
-                print_top(&top);
+                print_top(&term, &top);
             }
         }
     }
@@ -326,7 +320,8 @@ async fn main() {
         }
     };
     if let Err(err) = run(cli).await {
-        eprintln!("error: {err}");
+        // The API's messages quote what agents sent (a failed capture's error, ...).
+        eprintln!("error: {}", printable(&err.to_string()));
         std::process::exit(1);
     }
 }

@@ -6,14 +6,16 @@
 //! Rust-looking functions (tokio, hyper, axum, serde, tokio-postgres, libc and the
 //! service's own modules) with real-looking files and lines. Each profile draws
 //! [`SAMPLES_PER_PROFILE`] distinct stacks from it with Zipf popularity (s = [`ZIPF_S`])
-//! and is encoded as the agent encodes it: gzipped `profile.proto`, its own string table,
-//! functions, one location per frame, values `[count, nanoseconds]`, a `phase` label.
+//! and is encoded as the agent encodes it: gzipped `profile.proto`, its tables made by
+//! `holmes-proto`'s [`ProfileTables`] (as the agent's), one location per frame, values
+//! `[count, nanoseconds]`, a `phase` label.
 //! Everything is deterministic: the same seed gives the same bytes.
 
 use std::collections::HashMap;
 use std::io::Write as _;
 
-use holmes_proto::pprof::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
+use holmes_proto::pprof::{Line, Profile, Sample};
+use holmes_proto::profile_tables::ProfileTables;
 use prost::Message as _;
 
 /// Samples (distinct stacks) per profile.
@@ -203,64 +205,31 @@ fn zipf_cdf(n: usize) -> Vec<f64> {
 // Profiles as the agent encodes them
 // ---------------------------------------------------------------------------------------
 
-#[derive(Default)]
-struct Tables {
-    strings: Vec<String>,
-    string_ids: HashMap<String, i64>,
-    functions: Vec<Function>,
-    function_ids: HashMap<usize, u64>,
-    locations: Vec<Location>,
-    location_ids: HashMap<Frame, u64>,
-}
-
-impl Tables {
-    fn string(&mut self, s: &str) -> i64 {
-        if let Some(&i) = self.string_ids.get(s) {
-            return i;
-        }
-        let i = self.strings.len() as i64;
-        self.strings.push(s.to_owned());
-        self.string_ids.insert(s.to_owned(), i);
-        i
+/// The location of `frame`, made once per profile (`memo`) in `t`'s tables.
+fn location(
+    t: &mut ProfileTables,
+    memo: &mut HashMap<Frame, u64>,
+    catalog: &Catalog,
+    mapping: u64,
+    frame: Frame,
+) -> u64 {
+    if let Some(&id) = memo.get(&frame) {
+        return id;
     }
-
-    fn location(&mut self, catalog: &Catalog, frame: Frame) -> u64 {
-        if let Some(&id) = self.location_ids.get(&frame) {
-            return id;
-        }
-        let (f, line) = frame;
-        let function_id = match self.function_ids.get(&f) {
-            Some(&id) => id,
-            None => {
-                let (name, file) = &catalog.functions[f];
-                let id = self.functions.len() as u64 + 1;
-                let function = Function {
-                    id,
-                    name: self.string(name),
-                    system_name: 0,
-                    filename: self.string(file),
-                    start_line: 0,
-                };
-                self.functions.push(function);
-                self.function_ids.insert(f, id);
-                id
-            }
-        };
-        let id = self.locations.len() as u64 + 1;
-        self.locations.push(Location {
-            id,
-            mapping_id: 1,
-            address: 0x5555_5555_0000 + (f as u64) * 0x1000 + u64::from(line) * 4,
-            line: vec![Line {
-                function_id,
-                line: i64::from(line),
-                column: 0,
-            }],
-            is_folded: false,
-        });
-        self.location_ids.insert(frame, id);
-        id
-    }
+    let (f, line) = frame;
+    let (name, file) = &catalog.functions[f];
+    let function_id = t.function(name, "", file, 0);
+    let id = t.location(
+        mapping,
+        0x5555_5555_0000 + (f as u64) * 0x1000 + u64::from(line) * 4,
+        vec![Line {
+            function_id,
+            line: i64::from(line),
+            column: 0,
+        }],
+    );
+    memo.insert(frame, id);
+    id
 }
 
 /// A gzipped CPU profile of `picks` (stack index in `pool`, tick count).
@@ -270,73 +239,40 @@ fn encode_profile(
     picks: &[(usize, i64)],
     started_unix_nanos: u64,
 ) -> Vec<u8> {
-    let mut t = Tables::default();
-    t.string("");
+    let mut t = ProfileTables::new();
+    let mut memo = HashMap::new();
     let sample_type = vec![
-        ValueType {
-            r#type: t.string("samples"),
-            unit: t.string("count"),
-        },
-        ValueType {
-            r#type: t.string("cpu"),
-            unit: t.string("nanoseconds"),
-        },
+        t.value_type("samples", "count"),
+        t.value_type("cpu", "nanoseconds"),
     ];
-    let period_type = Some(ValueType {
-        r#type: t.string("cpu"),
-        unit: t.string("nanoseconds"),
-    });
-    let phase_key = t.string("phase");
-    let phase = t.string("trigger");
+    let period_type = Some(t.value_type("cpu", "nanoseconds"));
+    let phase = t.str_label("phase", "trigger");
+    let binary = t.mapping("/usr/local/bin/orders", "", true);
     let sample = picks
         .iter()
         .map(|&(stack, count)| Sample {
             location_id: pool[stack]
                 .iter()
-                .map(|&frame| t.location(catalog, frame))
+                .map(|&frame| location(&mut t, &mut memo, catalog, binary, frame))
                 .collect(),
             value: vec![count, count * PERIOD_NANOS],
-            label: vec![Label {
-                key: phase_key,
-                str: phase,
-                num: 0,
-                num_unit: 0,
-            }],
+            label: vec![phase],
         })
         .collect();
     let comment = vec![
         t.string("holmes trigger cpu profile at 100 Hz"),
         t.string("holmes: 0 samples lost to a full signal ring, 0 beyond the distinct-stack cap (since start)"),
     ];
-    let max_address = t.locations.iter().map(|l| l.address).max().unwrap_or(0);
-    let mapping = Mapping {
-        id: 1,
-        memory_start: 0,
-        memory_limit: max_address + 1,
-        file_offset: 0,
-        filename: t.string("/usr/local/bin/orders"),
-        build_id: 0,
-        has_functions: true,
-        has_filenames: true,
-        has_line_numbers: true,
-        has_inline_frames: true,
-    };
-    let profile = Profile {
+    let profile = t.into_profile(Profile {
         sample_type,
         sample,
-        mapping: vec![mapping],
-        location: t.locations,
-        function: t.functions,
-        string_table: t.strings,
-        drop_frames: 0,
-        keep_frames: 0,
         time_nanos: started_unix_nanos as i64,
         duration_nanos: 10_000_000_000,
         period_type,
         period: PERIOD_NANOS,
         comment,
-        default_sample_type: 0,
-    };
+        ..Profile::default()
+    });
     let raw = profile.encode_to_vec();
     let mut gz = flate2::write::GzEncoder::new(
         Vec::with_capacity(raw.len() / 4 + 64),

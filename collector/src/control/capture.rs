@@ -12,7 +12,9 @@
 use std::time::{Duration, Instant};
 
 use holmes_proto::{CapturePurpose, ProfileKind, TimeWindow};
-use holmes_storage::{canonical_selector, CaptureRequestRecord, ChangedBy, StoreError};
+use holmes_storage::{
+    canonical_selector, CaptureRequestQuery, CaptureRequestRecord, ChangedBy, StoreError,
+};
 
 use super::sync::NODE_TTL;
 use super::Control;
@@ -65,6 +67,18 @@ pub enum CaptureError {
     /// Something in the request is wrong.
     #[error("{0}")]
     Invalid(String),
+    /// The service had a capture request less than `[control] capture_min_interval` ago.
+    #[error("service {service:?} had a capture request {ago} ago; ask again in {wait} (at most one every {min}: [control] capture_min_interval)", ago = humantime::format_duration(*.ago), wait = humantime::format_duration(*.wait), min = humantime::format_duration(*.min))]
+    TooSoon {
+        /// The service.
+        service: String,
+        /// Since its last request (rounded to milliseconds).
+        ago: Duration,
+        /// Until the next may be made (rounded up to milliseconds).
+        wait: Duration,
+        /// `[control] capture_min_interval`.
+        min: Duration,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -82,6 +96,49 @@ fn request_id(node_id: &str) -> String {
 }
 
 impl Control {
+    /// Refuses an operator's request for `service` sooner than `[control]
+    /// capture_min_interval` after the last one: made through any node (the store's), or
+    /// being made through this one now (else accepted, and remembered).
+    async fn check_interval(&self, service: &str) -> Result<(), CaptureError> {
+        let min = self.config.capture_min_interval;
+        if min.is_zero() {
+            return Ok(());
+        }
+        let min_nanos = u64::try_from(min.as_nanos()).unwrap_or(u64::MAX);
+        let now = unix_nanos_now();
+        let recent = self
+            .store
+            .capture_requests(&CaptureRequestQuery {
+                service: Some(service.to_owned()),
+                since_unix_nanos: now.saturating_sub(min_nanos),
+                until_unix_nanos: now.saturating_add(min_nanos),
+                limit: 1000,
+            })
+            .await?;
+        let stored = recent
+            .iter()
+            .filter(|r| r.purpose == CapturePurpose::Operator)
+            .map(|r| r.by.unix_nanos)
+            .max();
+        let mut asked = self.capture_asked.lock().unwrap_or_else(|p| p.into_inner());
+        asked.retain(|_, at| now.saturating_sub(*at) < min_nanos);
+        let last = stored.into_iter().chain(asked.get(service).copied()).max();
+        if let Some(last) = last {
+            let ago = now.saturating_sub(last);
+            if ago < min_nanos {
+                let ms = |nanos: u64| Duration::from_millis(nanos.div_ceil(1_000_000));
+                return Err(CaptureError::TooSoon {
+                    service: service.to_owned(),
+                    ago: Duration::from_millis(ago / 1_000_000),
+                    wait: ms(min_nanos - ago),
+                    min,
+                });
+            }
+        }
+        asked.insert(service.to_owned(), now);
+        Ok(())
+    }
+
     /// Stores the request, asks this node's matching agents, and waits for every other
     /// live node with agents to ask theirs (at most `[control] dispatch_wait`).
     pub async fn request_capture(&self, ask: CaptureAsk) -> Result<CaptureAsked, CaptureError> {
@@ -113,6 +170,9 @@ impl Control {
                 unix_nanos: unix_nanos_now(),
             },
         };
+        if request.purpose == CapturePurpose::Operator {
+            self.check_interval(&request.service).await?;
+        }
         self.store.insert_capture_request(&request).await?;
         self.dispatch(&request).await?;
         let deadline = Instant::now() + self.config.dispatch_wait;

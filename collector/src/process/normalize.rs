@@ -371,95 +371,51 @@ fn location_frames<'a>(
 mod tests {
     use std::io::Write;
 
-    use holmes_proto::pprof::{Label, Line, Mapping, Sample, ValueType};
+    use holmes_proto::pprof::{Label, Line, Sample};
+    use holmes_proto::profile_tables::ProfileTables;
 
     use super::*;
 
     /// A CPU profile: `main -> handle -> (inlined) render` twice with different thread
-    /// labels, `main -> handle` once, plus an unsymbolized address.
+    /// labels, `main -> handle` once, plus an unsymbolized address. Functions are
+    /// `main` (1), `handle` (2) and `render` (3); locations 1 (`main`), 2 (`render`
+    /// inlined into `handle`, innermost first) and 3 (address 0x3000, no lines).
     fn profile() -> Profile {
-        let strings = [
-            "",
-            "samples",
-            "count",
-            "cpu",
-            "nanoseconds",
-            "main",
-            "src/main.rs",
-            "handle",
-            "render",
-            "src/render.rs",
-            "thread",
-            "worker-1",
-            "worker-2",
-            "/bin/shop",
-            "bytes",
+        let mut t = ProfileTables::new();
+        let sample_type = vec![
+            t.value_type("samples", "count"),
+            t.value_type("cpu", "nanoseconds"),
         ];
-        let loc = |id: u64, lines: Vec<(u64, i64)>| Location {
-            id,
-            mapping_id: 1,
-            address: 0x1000 * id,
-            line: lines
-                .into_iter()
-                .map(|(function_id, line)| Line {
-                    function_id,
-                    line,
-                    column: 0,
-                })
-                .collect(),
-            is_folded: false,
+        let main = t.function("main", "", "src/main.rs", 0);
+        let handle = t.function("handle", "", "src/main.rs", 0);
+        let render = t.function("render", "", "src/render.rs", 0);
+        let shop = t.mapping("/bin/shop", "", false);
+        let line = |function_id: u64, line: i64| Line {
+            function_id,
+            line,
+            column: 0,
         };
-        let func = |id: u64, name: i64, file: i64| Function {
-            id,
-            name,
-            system_name: name,
-            filename: file,
-            start_line: 0,
-        };
-        let sample = |locs: Vec<u64>, n: i64, thread: i64| Sample {
+        let in_main = t.location(shop, 0x1000, vec![line(main, 10)]);
+        let in_render = t.location(shop, 0x2000, vec![line(render, 42), line(handle, 20)]);
+        let unsymbolized = t.location(shop, 0x3000, vec![]);
+        let worker_1 = t.str_label("thread", "worker-1");
+        let worker_2 = t.str_label("thread", "worker-2");
+        let bytes = t.num_label("bytes", 64, "bytes");
+        let sample = |locs: Vec<u64>, n: i64, thread: Label| Sample {
             location_id: locs,
             value: vec![n, n * 10],
-            label: vec![
-                Label {
-                    key: 10,
-                    str: thread,
-                    num: 0,
-                    num_unit: 0,
-                },
-                Label {
-                    key: 14,
-                    str: 0,
-                    num: 64,
-                    num_unit: 14,
-                },
-            ],
+            label: vec![thread, bytes],
         };
-        Profile {
-            sample_type: vec![
-                ValueType { r#type: 1, unit: 2 },
-                ValueType { r#type: 3, unit: 4 },
-            ],
+        t.into_profile(Profile {
+            sample_type,
             sample: vec![
-                sample(vec![2, 1], 5, 11),
-                sample(vec![1], 1, 11),
-                sample(vec![2, 1], 2, 12),
-                sample(vec![3, 1], 1, 12),
+                sample(vec![in_render, in_main], 5, worker_1),
+                sample(vec![in_main], 1, worker_1),
+                sample(vec![in_render, in_main], 2, worker_2),
+                sample(vec![unsymbolized, in_main], 1, worker_2),
             ],
-            mapping: vec![Mapping {
-                id: 1,
-                filename: 13,
-                ..Mapping::default()
-            }],
-            // Location 2 is `render` inlined into `handle`: innermost first.
-            location: vec![
-                loc(1, vec![(1, 10)]),
-                loc(2, vec![(3, 42), (2, 20)]),
-                loc(3, vec![]),
-            ],
-            function: vec![func(1, 5, 6), func(2, 7, 6), func(3, 8, 9)],
-            string_table: strings.iter().map(|s| (*s).to_owned()).collect(),
             ..Profile::default()
-        }
+        })
     }
 
     fn gzip(bytes: &[u8]) -> Vec<u8> {

@@ -1,28 +1,31 @@
 //! Capture requests: asked of the whole fleet of a service through any node, listed,
 //! and shown with every instance's answer and the profiles they brought.
-//!
-//! | route | answer |
-//! |---|---|
-//! | `POST /api/v1/services/{service}/capture?kind=cpu[&kind=threads][&selector=zone=a][&instance=I][&cpu_duration=5s][&by=..][&note=..]` | [`CaptureJson`]: the request id and the instances asked on every node; 404 when no agent it is for is connected |
-//! | `GET /api/v1/services/{service}/captures[?since=24h][&until=..][&limit=100]` | [`CapturesJson`]: requests newest first, with how many instances were asked, captured, refused, have not answered |
-//! | `GET /api/v1/captures/{request_id}` | [`CaptureDetailJson`]: the request, each instance's answer (captured kinds and event, refused kinds with why), and its profiles |
+//! One operator's request of a service every `[control] capture_min_interval` at most
+//! (429 with `retry-after` sooner). Each route is described by its handler's annotation
+//! (the OpenAPI document: [`super::routes`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, RawQuery, State};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::extract::{FromRef, Path, Query, RawQuery, State};
+use axum::http::header::RETRY_AFTER;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
 use holmes_api::control::{
     validate_request_id, CaptureDetailJson, CaptureInstanceJson, CaptureJson, CaptureRefusalJson,
     CaptureSummaryJson, CapturesJson, DEFAULT_CAPTURE_LIMIT, DEFAULT_CAPTURE_SINCE,
 };
+use holmes_api::ErrorJson;
 use holmes_proto::CapturePurpose;
 use holmes_storage::{
     CaptureDispatch, CaptureOutcomeRecord, CaptureRequestQuery, CaptureRequestRecord, ProfileQuery,
     TriggerQuery,
 };
+
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::control::check_service;
 use super::profiles::{parse_kind, profile_json};
@@ -31,18 +34,27 @@ use crate::control::capture::{CaptureAsk, CaptureError};
 use crate::control::Control;
 use crate::error::ApiError;
 
-/// The routes (state: the node's [`Control`]).
-pub(super) fn routes() -> Router<Arc<Control>> {
-    Router::new()
-        .route("/api/v1/services/{service}/capture", post(capture))
-        .route("/api/v1/services/{service}/captures", get(list))
-        .route("/api/v1/captures/{request_id}", get(detail))
+/// The routes (state: the node's [`Control`], from the API's), registered from their
+/// handlers' annotations like every other ([`super::routes`]).
+pub(super) fn routes<S>() -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<Control>: FromRef<S>,
+{
+    OpenApiRouter::default()
+        .routes(routes!(capture))
+        .routes(routes!(list))
+        .routes(routes!(detail))
 }
 
 impl From<CaptureError> for ApiError {
     fn from(err: CaptureError) -> Self {
         match err {
             CaptureError::Invalid(m) => ApiError::bad_request(m),
+            e @ CaptureError::TooSoon { .. } => ApiError {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                message: e.to_string(),
+            },
             CaptureError::Store(e) => e.into(),
         }
     }
@@ -77,11 +89,73 @@ fn decode(value: &str) -> Result<String, ApiError> {
     String::from_utf8(out).map_err(|_| ApiError::bad_request(format!("{value:?} is not UTF-8")))
 }
 
+/// Asks a service's agents to capture now, on every node.
+///
+/// The request is recorded, reaches the agents it is for through whichever collector node
+/// they are connected to, and each agent's answer (what it captured, what it refused and
+/// why) is kept: `GET /api/v1/captures/{request_id}`. The profiles arrive like any other
+/// capture, with a trigger event of reason `requested` carrying the request id.
+#[utoipa::path(
+    post,
+    path = "/api/v1/services/{service}/capture",
+    operation_id = "capture_now",
+    tag = "capture",
+    params(
+        ("service" = String, Path, description = "Service name"),
+        ("kind" = Vec<String>, Query, description = "What to capture: `cpu`, `heap`, `threads` or `tasks`; repeat for several (`?kind=cpu&kind=threads`)"),
+        ("selector" = Option<String>, Query, description = "Only agents whose labels match `k=v[,k=v]` (repeatable)"),
+        ("instance" = Option<String>, Query, description = "Only this instance"),
+        ("cpu_duration" = Option<String>, Query, description = "How long a CPU profile runs (`5s`; at most 30s)"),
+        ("by" = Option<String>, Query, description = "Who asks (kept with the request)"),
+        ("note" = Option<String>, Query, description = "Why (kept with the request)"),
+    ),
+    responses(
+        (status = 200, description = "The request and the instances it reached, on every node", body = CaptureJson),
+        (status = 400, description = "Bad service name, no kind or an unknown one, bad parameter", body = ErrorJson),
+        (status = 404, description = "No agent it is for is connected now", body = ErrorJson),
+        (status = 429, description = "The service had a capture request less than `[control] capture_min_interval` ago: `retry-after` says how many seconds to wait", body = ErrorJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 503, description = "Store unavailable", body = ErrorJson),
+    )
+)]
 async fn capture(
     State(control): State<Arc<Control>>,
     Path(service): Path<String>,
     RawQuery(query): RawQuery,
-) -> Result<Json<CaptureJson>, ApiError> {
+) -> Response {
+    match ask_capture(&control, service, query.as_deref()).await {
+        Ok(asked) => Json(asked).into_response(),
+        Err(Refused::TooSoon(wait, err)) => {
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            let mut answer = err.into_response();
+            answer
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+            answer
+        }
+        Err(Refused::Api(err)) => err.into_response(),
+    }
+}
+
+/// Why a capture request was not made.
+enum Refused {
+    /// Too soon after the service's last one: retry after this long.
+    TooSoon(Duration, ApiError),
+    Api(ApiError),
+}
+
+impl From<ApiError> for Refused {
+    fn from(err: ApiError) -> Self {
+        Refused::Api(err)
+    }
+}
+
+/// Makes the request `query` asks for, of `service`'s agents.
+async fn ask_capture(
+    control: &Control,
+    service: String,
+    query: Option<&str>,
+) -> Result<CaptureJson, Refused> {
     check_service(&service)?;
     let mut ask = CaptureAsk {
         service: service.clone(),
@@ -97,12 +171,7 @@ async fn capture(
         request_id: None,
     };
     let mut selectors = Vec::new();
-    for pair in query
-        .as_deref()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         let value = decode(value)?;
         match key {
@@ -121,7 +190,7 @@ async fn capture(
                 if d.is_zero() || d > Duration::from_secs(30) {
                     return Err(ApiError::bad_request(format!(
                         "cpu_duration={value:?}: more than 0s and at most 30s (agents cut longer ones)"
-                    )));
+                    )).into());
                 }
                 ask.cpu_duration = Some(d);
             }
@@ -130,7 +199,8 @@ async fn capture(
             _ => {
                 return Err(ApiError::bad_request(format!(
                     "unknown parameter {pair:?}; use kind=cpu|heap|threads|tasks, selector=k=v, instance=ID, cpu_duration, by, note"
-                )))
+                ))
+                .into())
             }
         }
     }
@@ -138,7 +208,13 @@ async fn capture(
     if ask.author.trim().is_empty() {
         ask.author = "api".to_owned();
     }
-    let asked = control.request_capture(ask).await?;
+    let asked = match control.request_capture(ask).await {
+        Ok(asked) => asked,
+        Err(e @ CaptureError::TooSoon { wait, .. }) => {
+            return Err(Refused::TooSoon(wait, e.into()))
+        }
+        Err(e) => return Err(Refused::Api(e.into())),
+    };
     let request = &asked.request;
     if asked.instances.is_empty() {
         let whom = match (&request.instance_id, request.selector.as_str()) {
@@ -155,11 +231,9 @@ async fn capture(
                 asked.pending_nodes.join(", ")
             )
         };
-        return Err(ApiError::not_found(format!(
-            "no {whom} is connected now{pending}"
-        )));
+        return Err(ApiError::not_found(format!("no {whom} is connected now{pending}")).into());
     }
-    Ok(Json(CaptureJson {
+    Ok(CaptureJson {
         service,
         request_id: request.request_id.clone(),
         kinds: request
@@ -172,7 +246,7 @@ async fn capture(
         instances: asked.instances,
         nodes: asked.nodes,
         pending_nodes: asked.pending_nodes,
-    }))
+    })
 }
 
 /// Every instance asked or answering, from the nodes' dispatches and the answers.
@@ -244,6 +318,25 @@ fn summary(r: &CaptureRequestRecord, instances: &[CaptureInstanceJson]) -> Captu
     }
 }
 
+/// A service's capture requests, newest first, with how each went.
+#[utoipa::path(
+    get,
+    path = "/api/v1/services/{service}/captures",
+    operation_id = "list_captures",
+    tag = "capture",
+    params(
+        ("service" = String, Path, description = "Service name"),
+        ("since" = Option<String>, Query, description = "Start: RFC 3339, or a duration before now (`24h`, the default)"),
+        ("until" = Option<String>, Query, description = "End (exclusive): RFC 3339, or a duration before now; now by default"),
+        ("limit" = Option<u64>, Query, description = "At most this many requests (100 by default)"),
+    ),
+    responses(
+        (status = 200, description = "The requests, newest first", body = CapturesJson),
+        (status = 400, description = "Bad service name, time or limit", body = ErrorJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 503, description = "Store unavailable", body = ErrorJson),
+    )
+)]
 async fn list(
     State(control): State<Arc<Control>>,
     Path(service): Path<String>,
@@ -292,6 +385,21 @@ async fn list(
 /// longest duration, queued behind other captures).
 const PROFILES_WITHIN: Duration = Duration::from_secs(10 * 60);
 
+/// One capture request with every instance's answer and its profiles.
+#[utoipa::path(
+    get,
+    path = "/api/v1/captures/{request_id}",
+    operation_id = "get_capture",
+    tag = "capture",
+    params(("request_id" = String, Path, description = "The request id: 32 lowercase hex digits, or `alert-` and 32 of them")),
+    responses(
+        (status = 200, description = "The request, each instance's answer, the profiles", body = CaptureDetailJson),
+        (status = 400, description = "Not a request id", body = ErrorJson),
+        (status = 404, description = "Unknown request", body = ErrorJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 503, description = "Store unavailable", body = ErrorJson),
+    )
+)]
 async fn detail(
     State(control): State<Arc<Control>>,
     Path(request_id): Path<String>,

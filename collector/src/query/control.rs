@@ -1,28 +1,23 @@
 //! The control plane's routes: central rules (and their history) and pauses, plus the
 //! rules' side of the instances list. Capture requests are in [`super::captures`].
-//!
-//! | route | answer |
-//! |---|---|
-//! | `GET /api/v1/services/{service}/rules` | [`RulesJson`]: the rules in force by selector and metric, the version, the pauses |
-//! | `PUT /api/v1/services/{service}/rules` | body [`RulesEditJson`] `{selector?, rules: {metric: text}, by?, note?}`; sets those metrics of that layer; answers the new [`RulesJson`]; 400 naming the metric and field of a bad rule |
-//! | `DELETE /api/v1/services/{service}/rules[?metric=cpu][&selector=k=v][&by=..]` | deletes one rule or the whole layer (agents get their own back); the new [`RulesJson`]; 404 when there is nothing to delete |
-//! | `GET /api/v1/services/{service}/rules/history[?limit=100]` | [`RuleHistoryJson`], newest first |
-//! | `GET\|PUT\|DELETE /api/v1/services/{service}/pause`, `GET\|PUT\|DELETE /api/v1/pause` | [`PausesJson`]; `PUT` takes [`PauseEditJson`] `{for: "30m", reason?, by?}`, `DELETE` resumes (`?by=`) |
+//! Each route is described by its handler's annotation (the OpenAPI document:
+//! [`super::routes`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Query, State};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::extract::{FromRef, Path, Query, State};
+use axum::Json;
 use holmes_api::control::{
     CentralRuleJson, PauseEditJson, PauseJson, PausesJson, RuleChangeJson, RuleHistoryJson,
     RuleRefusalJson, RulesEditJson, RulesJson, DEFAULT_HISTORY_LIMIT,
 };
-use holmes_api::InstanceJson;
+use holmes_api::{ErrorJson, InstanceJson};
 use holmes_proto::rule_spec::{apply, default_rule};
 use holmes_storage::PauseRecord;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::triggers::rule_json;
 use crate::clock::{rfc3339, unix_nanos_now};
@@ -31,28 +26,26 @@ use crate::control::state::ControlState;
 use crate::control::Control;
 use crate::error::ApiError;
 
-/// The routes, over `control`.
-pub(super) fn routes(control: Arc<Control>) -> Router {
-    Router::new()
-        .route(
-            "/api/v1/services/{service}/rules",
-            get(get_rules).put(put_rules).delete(delete_rules),
-        )
-        .route("/api/v1/services/{service}/rules/history", get(history))
-        .route(
-            "/api/v1/services/{service}/pause",
-            get(get_service_pause)
-                .put(put_service_pause)
-                .delete(delete_service_pause),
-        )
-        .route(
-            "/api/v1/pause",
-            get(get_fleet_pause)
-                .put(put_fleet_pause)
-                .delete(delete_fleet_pause),
-        )
-        .merge(super::captures::routes())
-        .with_state(control)
+/// The routes (state: the node's [`Control`], from the API's), registered from their
+/// handlers' annotations like every other ([`super::routes`]).
+pub(super) fn routes<S>() -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<Control>: FromRef<S>,
+{
+    OpenApiRouter::default()
+        .routes(routes!(get_rules, put_rules, delete_rules))
+        .routes(routes!(history))
+        .routes(routes!(
+            get_service_pause,
+            put_service_pause,
+            delete_service_pause
+        ))
+        .routes(routes!(
+            get_fleet_pause,
+            put_fleet_pause,
+            delete_fleet_pause
+        ))
 }
 
 impl From<EditError> for ApiError {
@@ -136,6 +129,25 @@ fn author(params: &HashMap<String, String>) -> Author {
     }
 }
 
+/// A service's central rules.
+///
+/// The rules in force by selector and metric, the version its agents should have, and
+/// the pauses.
+#[utoipa::path(
+    get,
+    path = "/api/v1/services/{service}/rules",
+    operation_id = "get_rules",
+    tag = "control",
+    params(
+        ("service" = String, Path, description = "Service name"),
+    ),
+    responses(
+        (status = 200, description = "The rules in force", body = RulesJson),
+        (status = 400, description = "Bad service name", body = ErrorJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 503, description = "Store unavailable", body = ErrorJson),
+    )
+)]
 async fn get_rules(
     State(control): State<Arc<Control>>,
     Path(service): Path<String>,
@@ -144,6 +156,26 @@ async fn get_rules(
     Ok(Json(rules_doc(&control, &service).await?))
 }
 
+/// Sets central rules.
+///
+/// Sets the given metrics' rules of one layer (a selector's, or the whole service's);
+/// the other metrics stay. Connected agents get the change live.
+#[utoipa::path(
+    put,
+    path = "/api/v1/services/{service}/rules",
+    operation_id = "put_rules",
+    tag = "control",
+    params(
+        ("service" = String, Path, description = "Service name"),
+    ),
+    request_body = RulesEditJson,
+    responses(
+        (status = 200, description = "The rules now in force", body = RulesJson),
+        (status = 400, description = "Bad service name, body, selector or rule (naming the metric and field)", body = ErrorJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 503, description = "Store unavailable", body = ErrorJson),
+    )
+)]
 async fn put_rules(
     State(control): State<Arc<Control>>,
     Path(service): Path<String>,
@@ -161,6 +193,29 @@ async fn put_rules(
     Ok(Json(rules_doc(&control, &service).await?))
 }
 
+/// Deletes central rules.
+///
+/// One metric's rule of a layer, or the whole layer; its agents get their own rules back.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/services/{service}/rules",
+    operation_id = "delete_rules",
+    tag = "control",
+    params(
+        ("service" = String, Path, description = "Service name"),
+        ("metric" = Option<String>, Query, description = "The metric whose rule goes; every metric of the layer when left out"),
+        ("selector" = Option<String>, Query, description = "The layer (`k=v[,k=v]`); the whole service's when left out"),
+        ("by" = Option<String>, Query, description = "Who (kept in the history)"),
+        ("note" = Option<String>, Query, description = "Why (kept in the history)"),
+    ),
+    responses(
+        (status = 200, description = "The rules now in force", body = RulesJson),
+        (status = 400, description = "Bad service name, metric, selector or parameter", body = ErrorJson),
+        (status = 404, description = "No such rule to delete", body = ErrorJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 503, description = "Store unavailable", body = ErrorJson),
+    )
+)]
 async fn delete_rules(
     State(control): State<Arc<Control>>,
     Path(service): Path<String>,
@@ -186,6 +241,23 @@ async fn delete_rules(
     Ok(Json(rules_doc(&control, &service).await?))
 }
 
+/// A service's rule changes, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/services/{service}/rules/history",
+    operation_id = "rule_history",
+    tag = "control",
+    params(
+        ("service" = String, Path, description = "Service name"),
+        ("limit" = Option<u64>, Query, description = "At most this many changes (100 by default)"),
+    ),
+    responses(
+        (status = 200, description = "The changes, newest first", body = RuleHistoryJson),
+        (status = 400, description = "Bad service name or limit", body = ErrorJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 503, description = "Store unavailable", body = ErrorJson),
+    )
+)]
 async fn history(
     State(control): State<Arc<Control>>,
     Path(service): Path<String>,
@@ -271,6 +343,22 @@ async fn resume(
     Ok(Json(pauses_doc(control, service).await?))
 }
 
+/// A service's pause of captures, and the fleet's.
+#[utoipa::path(
+    get,
+    path = "/api/v1/services/{service}/pause",
+    operation_id = "get_service_pause",
+    tag = "control",
+    params(
+        ("service" = String, Path, description = "Service name"),
+    ),
+    responses(
+        (status = 200, description = "The pauses in force", body = PausesJson),
+        (status = 400, description = "Bad service name", body = ErrorJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 503, description = "Store unavailable", body = ErrorJson),
+    )
+)]
 async fn get_service_pause(
     State(control): State<Arc<Control>>,
     Path(service): Path<String>,
@@ -279,6 +367,25 @@ async fn get_service_pause(
     Ok(Json(pauses_doc(&control, Some(&service)).await?))
 }
 
+/// Pauses a service's captures.
+///
+/// Its agents capture nothing until the pause ends or is lifted (at most 7 days).
+#[utoipa::path(
+    put,
+    path = "/api/v1/services/{service}/pause",
+    operation_id = "pause_service",
+    tag = "control",
+    params(
+        ("service" = String, Path, description = "Service name"),
+    ),
+    request_body = PauseEditJson,
+    responses(
+        (status = 200, description = "The pauses now in force", body = PausesJson),
+        (status = 400, description = "Bad service name, body or duration", body = ErrorJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 503, description = "Store unavailable", body = ErrorJson),
+    )
+)]
 async fn put_service_pause(
     State(control): State<Arc<Control>>,
     Path(service): Path<String>,
@@ -288,6 +395,23 @@ async fn put_service_pause(
     put_pause(&control, Some(&service), edit).await
 }
 
+/// Lifts a service's pause of captures.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/services/{service}/pause",
+    operation_id = "resume_service",
+    tag = "control",
+    params(
+        ("service" = String, Path, description = "Service name"),
+        ("by" = Option<String>, Query, description = "Who (kept in the history)"),
+    ),
+    responses(
+        (status = 200, description = "The pauses now in force", body = PausesJson),
+        (status = 400, description = "Bad service name", body = ErrorJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 503, description = "Store unavailable", body = ErrorJson),
+    )
+)]
 async fn delete_service_pause(
     State(control): State<Arc<Control>>,
     Path(service): Path<String>,
@@ -297,12 +421,41 @@ async fn delete_service_pause(
     resume(&control, Some(&service), &params).await
 }
 
+/// The fleet's pause of captures.
+#[utoipa::path(
+    get,
+    path = "/api/v1/pause",
+    operation_id = "get_fleet_pause",
+    tag = "control",
+    responses(
+        (status = 200, description = "The pause in force", body = PausesJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 503, description = "Store unavailable", body = ErrorJson),
+    )
+)]
 async fn get_fleet_pause(
     State(control): State<Arc<Control>>,
 ) -> Result<Json<PausesJson>, ApiError> {
     Ok(Json(pauses_doc(&control, None).await?))
 }
 
+/// Pauses every agent's captures.
+///
+/// Every agent of every service captures nothing until the pause ends or is lifted (at
+/// most 7 days).
+#[utoipa::path(
+    put,
+    path = "/api/v1/pause",
+    operation_id = "pause_fleet",
+    tag = "control",
+    request_body = PauseEditJson,
+    responses(
+        (status = 200, description = "The pause now in force", body = PausesJson),
+        (status = 400, description = "Bad body or duration", body = ErrorJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 503, description = "Store unavailable", body = ErrorJson),
+    )
+)]
 async fn put_fleet_pause(
     State(control): State<Arc<Control>>,
     edit: Result<Json<PauseEditJson>, JsonRejection>,
@@ -310,6 +463,21 @@ async fn put_fleet_pause(
     put_pause(&control, None, edit).await
 }
 
+/// Lifts the fleet's pause of captures.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/pause",
+    operation_id = "resume_fleet",
+    tag = "control",
+    params(
+        ("by" = Option<String>, Query, description = "Who (kept in the history)"),
+    ),
+    responses(
+        (status = 200, description = "The pause now in force", body = PausesJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 503, description = "Store unavailable", body = ErrorJson),
+    )
+)]
 async fn delete_fleet_pause(
     State(control): State<Arc<Control>>,
     Query(params): Query<HashMap<String, String>>,

@@ -1,6 +1,5 @@
-//! Profiles: `GET /api/v1/services/{service}/profiles` lists a service's profiles
-//! (without their bytes), oldest first; `GET /api/v1/profiles/{id}` downloads one, the
-//! gzip-compressed pprof bytes exactly as the agent sent them.
+//! Profiles: a service's list (without their bytes), one profile's bytes exactly as the
+//! agent sent them, its top functions and its flame graph.
 
 use std::collections::HashMap;
 
@@ -9,8 +8,8 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use holmes_api::{
-    download_path, validate_profile_id, ProfileJson, ProfilesJson, TopJson, DEFAULT_PROFILE_LIMIT,
-    DEFAULT_PROFILE_SINCE, DEFAULT_TOP_LIMIT,
+    download_path, validate_profile_id, ErrorJson, ProfileJson, ProfilesJson, TopJson,
+    DEFAULT_PROFILE_LIMIT, DEFAULT_PROFILE_SINCE, DEFAULT_TOP_LIMIT,
 };
 use holmes_proto::ProfileKind;
 use holmes_storage::{ProfileMeta, ProfileQuery};
@@ -81,6 +80,31 @@ pub fn file_name(kind: ProfileKind, event_id: &str, profile_id: &str) -> String 
     )
 }
 
+/// A service's profiles in a time range, without their bytes, oldest first.
+///
+/// A failed capture is listed with its `error`, `size_bytes` 0 and `download` `null`; a
+/// profile the collector could not decode with `error` `"refused by the collector: ..."`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/services/{service}/profiles",
+    operation_id = "list_profiles",
+    tag = "profiles",
+    params(
+        ("service" = String, Path, description = "Service name"),
+        ("since" = Option<String>, Query, description = "Start: a duration before now (`1h`, the default) or an RFC 3339 time"),
+        ("until" = Option<String>, Query, description = "End (exclusive): a duration before now or an RFC 3339 time; now by default"),
+        ("event" = Option<String>, Query, description = "Only the profiles of this trigger event"),
+        ("kind" = Option<String>, Query, description = "Only this kind: `cpu`, `heap`, `threads` or `tasks`"),
+        ("limit" = Option<u64>, Query, description = "At most this many profiles (1000 by default)"),
+    ),
+    responses(
+        (status = 200, description = "The profiles", body = ProfilesJson),
+        (status = 400, description = "Bad parameter", body = ErrorJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 404, description = "Unknown service", body = ErrorJson),
+        (status = 503, description = "Store unavailable", body = ErrorJson),
+    )
+)]
 pub(super) async fn profiles(
     State(api): State<Api>,
     Path(service): Path<String>,
@@ -115,6 +139,24 @@ pub(super) async fn profiles(
     }))
 }
 
+/// One profile's bytes.
+///
+/// The gzip-compressed pprof file exactly as the agent sent it (for `go tool pprof`),
+/// named `<kind>.<event_id>.<profile_id>.pb.gz` in its `content-disposition`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/profiles/{profile_id}",
+    operation_id = "download_profile",
+    tag = "profiles",
+    params(("profile_id" = String, Path, description = "Profile id: 32 lowercase hex digits")),
+    responses(
+        (status = 200, description = "The gzip pprof file", content_type = "application/octet-stream"),
+        (status = 400, description = "Not a profile id", body = ErrorJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 404, description = "Unknown profile, or a failed capture (no bytes)", body = ErrorJson),
+        (status = 503, description = "Store unavailable", body = ErrorJson),
+    )
+)]
 pub(super) async fn download(
     State(api): State<Api>,
     Path(profile_id): Path<String>,
@@ -144,6 +186,28 @@ pub(super) async fn download(
         .into_response())
 }
 
+/// A profile's costliest functions.
+///
+/// By flat value, as `go tool pprof -top` ranks them (`cum` counts a recursive function
+/// once per sample).
+#[utoipa::path(
+    get,
+    path = "/api/v1/profiles/{profile_id}/top",
+    operation_id = "profile_top",
+    tag = "profiles",
+    params(
+        ("profile_id" = String, Path, description = "Profile id: 32 lowercase hex digits"),
+        ("sample_type" = Option<String>, Query, description = "The value to rank by (`cpu`, `samples`, `alloc_space`, ...); the profile's last sample type by default"),
+        ("limit" = Option<u64>, Query, description = "At most this many functions (20 by default)"),
+    ),
+    responses(
+        (status = 200, description = "The functions", body = TopJson),
+        (status = 400, description = "Bad parameter, or a sample type the profile does not have", body = ErrorJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 404, description = "Unknown profile, or one without decoded stacks", body = ErrorJson),
+        (status = 503, description = "Store unavailable", body = ErrorJson),
+    )
+)]
 pub(super) async fn top(
     State(api): State<Api>,
     Path(profile_id): Path<String>,
@@ -177,7 +241,21 @@ pub(super) async fn top(
     }))
 }
 
-/// `GET /api/v1/profiles/{profile_id}/flamegraph.svg`.
+/// A profile's flame graph.
+#[utoipa::path(
+    get,
+    path = "/api/v1/profiles/{profile_id}/flamegraph.svg",
+    operation_id = "profile_flamegraph",
+    tag = "profiles",
+    params(("profile_id" = String, Path, description = "Profile id: 32 lowercase hex digits")),
+    responses(
+        (status = 200, description = "The flame graph", content_type = "image/svg+xml", body = String),
+        (status = 400, description = "Not a profile id", body = ErrorJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 404, description = "Unknown profile, or one without decoded stacks", body = ErrorJson),
+        (status = 503, description = "Store unavailable", body = ErrorJson),
+    )
+)]
 pub(super) async fn flamegraph(
     State(api): State<Api>,
     Path(profile_id): Path<String>,

@@ -565,6 +565,81 @@ async fn a_pause_stops_captures_but_not_triggers_or_incidents() {
     server.shutdown().await;
 }
 
+/// An operator's capture requests of one service are at most one every `[control]
+/// capture_min_interval`: one sooner is refused with 429, `retry-after` and the time to
+/// wait (the CLI says so), and asks no agent; another service is not held back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operators_capture_requests_are_rate_limited_per_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::support::config(Backend::Sqlite, dir.path()).unwrap();
+    config.control.capture_min_interval = Duration::from_secs(3600);
+    let server = holmes_collector::Server::start(&config).await.unwrap();
+    let url = format!("http://{}", server.http_addr());
+    let api = ApiClient::new(&url).unwrap();
+    let agents: Vec<holmes_agent::HolmesHandle> = ["limited", "other"]
+        .iter()
+        .map(|service| {
+            holmes_agent::Holmes::builder()
+                .service(*service)
+                .instance(format!("{service}-0"))
+                .collector(format!("http://{}", server.grpc_addr()))
+                .start()
+                .unwrap()
+        })
+        .collect();
+    eventually(Duration::from_secs(30), "both agents connected", || async {
+        agents.iter().all(|a| a.stats().connected).then_some(())
+    })
+    .await;
+
+    let first: CaptureJson = api
+        .post("/api/v1/services/limited/capture?kind=threads")
+        .await
+        .unwrap();
+    assert_eq!(first.instances, vec!["limited-0"]);
+    let again = crate::browser::send(
+        server.http_addr(),
+        "POST",
+        "/api/v1/services/limited/capture?kind=threads",
+        &[],
+    )
+    .await;
+    assert_eq!(again.status, 429, "{}", again.body);
+    let retry: u64 = again.header("retry-after").unwrap().parse().unwrap();
+    assert!((3500..=3600).contains(&retry), "retry-after {retry}");
+    let error: holmes_api::ErrorJson = serde_json::from_str(&again.body).unwrap();
+    assert!(
+        error
+            .error
+            .starts_with("service \"limited\" had a capture request ")
+            && error.error.contains("; ask again in ")
+            && error
+                .error
+                .ends_with("(at most one every 1h: [control] capture_min_interval)"),
+        "{}",
+        error.error
+    );
+    let err = cli_err(&url, &["capture", "--service", "limited", "--kind", "cpu"]).await;
+    assert!(
+        err.contains("ask again in") && err.ends_with("(HTTP 429)"),
+        "{err}"
+    );
+    // Refused requests were not made: one request of the service, asking its agent once.
+    let list = api.captures("limited", "1h").await.unwrap();
+    assert_eq!(list.captures.len(), 1, "{list:?}");
+    assert_eq!(list.captures[0].request_id, first.request_id);
+
+    let other: CaptureJson = api
+        .post("/api/v1/services/other/capture?kind=threads")
+        .await
+        .unwrap();
+    assert_eq!(other.instances, vec!["other-0"]);
+    for a in agents {
+        a.stop();
+    }
+    server.shutdown().await;
+}
+
 async fn capture_wait_for(url: &str, service: &str, args: &[&str]) -> CaptureDetailJson {
     let mut all = vec!["--json", "capture", "--service", service, "--wait", "60s"];
     all.extend_from_slice(args);

@@ -14,6 +14,7 @@ mod support;
 
 mod alerts;
 mod bad_input;
+mod browser;
 mod cli;
 mod compression;
 mod control;
@@ -23,6 +24,7 @@ mod fuzz_normalize;
 mod incidents;
 mod kafka;
 mod kafka_control;
+mod openapi;
 mod outage;
 mod profiles;
 mod retention;

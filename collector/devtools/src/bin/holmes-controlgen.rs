@@ -24,7 +24,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use holmes_api::control::RulesEditJson;
 use holmes_cli::api_client::control::CaptureTarget;
-use holmes_cli::api_client::{ApiClient, ClientOptions};
+use holmes_cli::api_client::{ApiClient, ApiClientError, ClientOptions};
 use holmes_proto::pb::ingest_client::IngestClient;
 use holmes_proto::{
     pb, AgentBody, AgentMessage, CaptureOutcome, CollectorMessage, ConfigApplied, Heartbeat, Hello,
@@ -235,19 +235,25 @@ async fn main() -> anyhow::Result<()> {
         };
         rule_last.push(last.map_or(0.0, |at| ms(at - t0)));
 
-        let t0 = Instant::now();
-        let asked = api
-            .capture(
-                &cli.service,
-                &CaptureTarget {
-                    kinds: vec!["threads".to_owned()],
-                    selector: String::new(),
-                    instance: None,
-                    cpu_duration: None,
-                    by: "controlgen".to_owned(),
-                },
-            )
-            .await?;
+        // The collector takes one request of a service every `[control]
+        // capture_min_interval`: a round sooner waits its turn (not timed).
+        let waiting = Instant::now();
+        let target = CaptureTarget {
+            kinds: vec!["threads".to_owned()],
+            selector: String::new(),
+            instance: None,
+            cpu_duration: None,
+            by: "controlgen".to_owned(),
+        };
+        let (t0, asked) = loop {
+            let t0 = Instant::now();
+            match api.capture(&cli.service, &target).await {
+                Err(ApiClientError::Api { status: 429, .. }) if waiting.elapsed() < cli.timeout => {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                answer => break (t0, answer?),
+            }
+        };
         cap_answer.push(ms(t0.elapsed()));
         until(cli.timeout, "every agent's answer", || async {
             let d = api.capture_detail(&asked.request_id).await?;
