@@ -11,11 +11,16 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection};
 
 use crate::{
+    AgentReport, CaptureDispatch, CaptureOutcomeRecord, CaptureRequestQuery, CaptureRequestRecord,
+    ChangedBy, ControlNode, PauseEdit, PauseRecord, RuleChange, RuleEdit,
+};
+use crate::{
     Expired, IncidentQuery, IncidentRecord, InstanceInfo, MetricPoint, MetricQuery,
     ProfileContents, ProfileMeta, ProfileQuery, ProfileRecord, ServiceSummary, Store, StoreError,
     TriggerQuery, TriggerRecord,
 };
 
+mod control;
 mod incidents;
 mod profiles;
 mod stacks;
@@ -129,6 +134,8 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX incidents_by_service ON incidents (service, first_event);
     CREATE INDEX incidents_by_time ON incidents (first_event);",
+    // 6: the control plane (see `control.rs`).
+    control::SCHEMA,
 ];
 
 /// The embedded SQLite store.
@@ -500,6 +507,124 @@ impl Store for SqliteStore {
     ) -> Result<Option<ProfileContents>, StoreError> {
         let id = profile_id.to_owned();
         self.with_conn(move |conn| stacks::get(conn, &id)).await
+    }
+
+    async fn change_rules(&self, edits: &[RuleEdit], by: &ChangedBy) -> Result<u64, StoreError> {
+        let (edits, by) = (edits.to_vec(), by.clone());
+        self.with_conn(move |conn| control::change_rules(conn, &edits, &by))
+            .await
+    }
+
+    async fn rules_in_force(&self, service: Option<&str>) -> Result<Vec<RuleChange>, StoreError> {
+        let service = service.map(str::to_owned);
+        self.with_conn(move |conn| control::rules_in_force(conn, service.as_deref()))
+            .await
+    }
+
+    async fn rule_history(&self, service: &str, limit: u64) -> Result<Vec<RuleChange>, StoreError> {
+        let service = service.to_owned();
+        self.with_conn(move |conn| control::rule_history(conn, &service, limit))
+            .await
+    }
+
+    async fn change_pause(&self, edit: &PauseEdit, by: &ChangedBy) -> Result<u64, StoreError> {
+        let (edit, by) = (edit.clone(), by.clone());
+        self.with_conn(move |conn| control::change_pause(conn, &edit, &by))
+            .await
+    }
+
+    async fn pauses(&self) -> Result<Vec<PauseRecord>, StoreError> {
+        self.with_conn(control::pauses).await
+    }
+
+    async fn control_version(&self) -> Result<u64, StoreError> {
+        self.with_conn(control::control_version).await
+    }
+
+    async fn insert_capture_request(
+        &self,
+        request: &CaptureRequestRecord,
+    ) -> Result<(), StoreError> {
+        let r = request.clone();
+        self.with_conn(move |conn| control::insert_capture_request(conn, &r))
+            .await
+    }
+
+    async fn capture_requests(
+        &self,
+        query: &CaptureRequestQuery,
+    ) -> Result<Vec<CaptureRequestRecord>, StoreError> {
+        let q = query.clone();
+        self.with_conn(move |conn| control::capture_requests(conn, &q))
+            .await
+    }
+
+    async fn get_capture_request(
+        &self,
+        request_id: &str,
+    ) -> Result<Option<CaptureRequestRecord>, StoreError> {
+        let id = request_id.to_owned();
+        self.with_conn(move |conn| control::get_capture_request(conn, &id))
+            .await
+    }
+
+    async fn record_capture_dispatch(&self, dispatch: &CaptureDispatch) -> Result<(), StoreError> {
+        let d = dispatch.clone();
+        self.with_conn(move |conn| control::record_capture_dispatch(conn, &d))
+            .await
+    }
+
+    async fn capture_dispatches(
+        &self,
+        request_ids: &[String],
+    ) -> Result<Vec<CaptureDispatch>, StoreError> {
+        let ids = request_ids.to_vec();
+        self.with_conn(move |conn| control::capture_dispatches(conn, &ids))
+            .await
+    }
+
+    async fn record_capture_outcome(
+        &self,
+        outcome: &CaptureOutcomeRecord,
+    ) -> Result<(), StoreError> {
+        let o = outcome.clone();
+        self.with_conn(move |conn| control::record_capture_outcome(conn, &o))
+            .await
+    }
+
+    async fn capture_outcomes(
+        &self,
+        request_ids: &[String],
+    ) -> Result<Vec<CaptureOutcomeRecord>, StoreError> {
+        let ids = request_ids.to_vec();
+        self.with_conn(move |conn| control::capture_outcomes(conn, &ids))
+            .await
+    }
+
+    async fn record_agent_report(&self, report: &AgentReport) -> Result<(), StoreError> {
+        let r = report.clone();
+        self.with_conn(move |conn| control::record_agent_report(conn, &r))
+            .await
+    }
+
+    async fn agent_reports(&self, service: &str) -> Result<Vec<AgentReport>, StoreError> {
+        let service = service.to_owned();
+        self.with_conn(move |conn| control::agent_reports(conn, &service))
+            .await
+    }
+
+    async fn record_control_node(&self, node: &ControlNode) -> Result<(), StoreError> {
+        let n = node.clone();
+        self.with_conn(move |conn| control::record_control_node(conn, &n))
+            .await
+    }
+
+    async fn control_nodes(
+        &self,
+        seen_since_unix_nanos: u64,
+    ) -> Result<Vec<ControlNode>, StoreError> {
+        self.with_conn(move |conn| control::control_nodes(conn, seen_since_unix_nanos))
+            .await
     }
 }
 

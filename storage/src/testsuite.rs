@@ -16,6 +16,9 @@ use crate::{
     StackSample, Store, TriggerQuery, TriggerRecord,
 };
 
+mod control;
+pub use control::*;
+
 const SEC: u64 = 1_000_000_000;
 /// 2026-11-26T00:00:00Z, a realistic timestamp.
 const T0: u64 = 1_795_651_200 * SEC;
@@ -1106,6 +1109,12 @@ macro_rules! store_conformance_tests {
             expiry_removes_old_days_and_keeps_the_rest,
             incidents_keep_their_newest_version,
             incidents_filter_by_service_status_and_time,
+            rule_changes_are_versioned_with_their_history,
+            pauses_share_the_version_sequence,
+            capture_requests_roundtrip_and_list_newest_first,
+            capture_dispatches_and_outcomes_are_kept_per_node_and_instance,
+            agent_reports_keep_the_latest,
+            control_nodes_are_listed_when_seen_since,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
