@@ -15,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-say() { printf '\n== %s\n' "$*"; }
+say() { printf '\n== [%s, %ss in] %s\n' "$(date +%T)" "$SECONDS" "$*"; }
 
 missing=()
 command -v python3 >/dev/null || missing+=(python3)
@@ -109,6 +109,6 @@ taskdump_status=${PIPESTATUS[0]}
 set -e
 # One closing line for the whole run (cargo prints one per test binary).
 sum() { grep -oE "test result: [A-Za-z]+\. [0-9]+ passed; [0-9]+ failed" "$log" | awk -v f="$1" '{ s += $f } END { print s + 0 }'; }
-printf '\ntests: %s passed, %s failed\n' "$(sum 4)" "$(sum 6)"
+printf '\ntests: %s passed, %s failed, in %dm%02ds\n' "$(sum 4)" "$(sum 6)" $((SECONDS / 60)) $((SECONDS % 60))
 rm -f "$log"
 exit "$status"
