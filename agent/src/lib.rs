@@ -16,11 +16,13 @@ mod clock;
 mod config;
 mod event_id;
 mod heap;
+mod jitter;
 mod unwind;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use monitor::Shared;
 
@@ -30,11 +32,13 @@ pub use holmes_proto::{Metric, ProfileKind};
 pub use rules::{Decision, Rule, RuleError};
 
 pub use config::{
-    ConfigError, HolmesBuilder, DEFAULT_COLLECT_INTERVAL, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_CPU_PROFILE_DURATION, DEFAULT_FLIGHT_RECORDER_WINDOW, DEFAULT_FLUSH_TIMEOUT,
-    DEFAULT_MAX_BACKOFF, DEFAULT_MEMORY_FAST_INTERVAL, DEFAULT_OUTBOX_BYTES,
-    DEFAULT_PREWARM_SYMBOLS, DEFAULT_SEND_INTERVAL, DEFAULT_SPOOL_BYTES, MAX_DURATION_SETTING,
-    MIN_COLLECT_INTERVAL,
+    ConfigError, HolmesBuilder, DEFAULT_BASELINE_INTERVAL, DEFAULT_CAPTURE_REQUEST_INTERVAL,
+    DEFAULT_COLLECT_INTERVAL, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CPU_PROFILE_DURATION,
+    DEFAULT_DUMP_BYTES, DEFAULT_FLIGHT_RECORDER_WINDOW, DEFAULT_FLUSH_TIMEOUT, DEFAULT_MAX_BACKOFF,
+    DEFAULT_MEMORY_FAST_INTERVAL, DEFAULT_MIN_PUSHED_COOLDOWN, DEFAULT_MIN_PUSHED_WINDOW,
+    DEFAULT_OUTBOX_BYTES, DEFAULT_PREWARM_SYMBOLS, DEFAULT_SEND_INTERVAL, DEFAULT_SPOOL_BYTES,
+    FLIGHT_RECORDER_HISTORY, MAX_BASELINE_INTERVAL, MAX_DURATION_SETTING,
+    MAX_REQUESTED_CPU_DURATION, MIN_BASELINE_INTERVAL, MIN_COLLECT_INTERVAL,
 };
 
 /// Entry point: `Holmes::builder()` or `Holmes::from_env()`.
@@ -129,8 +133,19 @@ pub struct AgentStats {
     pub recovered: u64,
     /// Spool files that could not be used: torn or corrupt, or a profile missing chunks.
     pub corrupt: u64,
-    /// Rules that fired.
+    /// Trigger events made: rules that fired and requested captures (not baselines).
     pub triggers: u64,
+    /// Version of the collector's rules in force (0: the agent's own rules only).
+    pub rules_version: u64,
+    /// Profiles the collector asked not to send (its capture budget was spent), dropped
+    /// unsent or not captured.
+    pub skipped_profiles: u64,
+    /// Baselines sent to the collector.
+    pub baselines: u64,
+    /// CPU time the baselines' captures took, all together.
+    pub baseline_cpu: Duration,
+    /// Bytes of the baselines' profiles, all together.
+    pub baseline_bytes: u64,
     /// Whether a stream to the collector is open now.
     pub connected: bool,
     /// Streams opened so far.
@@ -166,6 +181,11 @@ impl HolmesHandle {
             recovered: outbox.recovered(),
             corrupt: outbox.corrupt(),
             triggers: s.triggers.load(Ordering::Relaxed),
+            rules_version: s.rules.version(),
+            skipped_profiles: outbox.skipped(),
+            baselines: s.baselines.load(Ordering::Relaxed),
+            baseline_cpu: Duration::from_nanos(s.baseline_cpu_nanos.load(Ordering::Relaxed)),
+            baseline_bytes: s.baseline_bytes.load(Ordering::Relaxed),
             connected: d.connected.load(Ordering::Relaxed),
             connections: d.connections.load(Ordering::Relaxed),
         }
@@ -177,7 +197,8 @@ impl HolmesHandle {
     }
 
     /// Replaces a metric's rule at run time; its window is kept, so there is no second
-    /// warm-up. Fails for metrics without rules.
+    /// warm-up. It wins over a rule the collector pushed for that metric until the
+    /// collector's next update that sets it. Fails for metrics without rules.
     pub fn set_rule(&self, metric: Metric, rule: Rule) -> Result<(), RuleError> {
         self.shared.rules.update(metric, |_| rule)
     }
@@ -194,7 +215,9 @@ impl HolmesHandle {
 
     /// Captures profiles now, whatever the rules say, like the collector's "capture now".
     /// Returns the id of the trigger event the profiles will belong to; they arrive in
-    /// the dump folder and at the collector like any other capture.
+    /// the dump folder and at the collector like any other capture. Unlike the
+    /// collector's requests, the host's are neither rate-limited nor paused; `cpu_max`
+    /// still holds them back.
     pub fn capture_now(&self, kinds: &[ProfileKind]) -> Result<String, CaptureNowError> {
         if self.thread.is_none() {
             return Err(CaptureNowError::Disabled);
@@ -210,6 +233,7 @@ impl HolmesHandle {
                 incident_id: None,
             },
             event.clone(),
+            capture::requests::Origin::Host,
         );
         if !accepted {
             return Err(CaptureNowError::Busy);

@@ -1,6 +1,7 @@
 //! `cpu_max`: while the process's CPU is above it, no capture starts — neither for a
 //! rule's trigger nor for a requested capture. The trigger event is still written, with
-//! no profile planned; once CPU is back under the gate, captures run again.
+//! no profile planned; the collector's request is answered `cpu_max`; once CPU is back
+//! under the gate, captures run again.
 //!
 //! CPU % is the whole process's CPU: a process of its own, no symbol prewarm, and one
 //! core as the agent's capacity, so that two spinning threads are far above the gate on
@@ -11,8 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use holmes_agent::{ProfileKind, Rule};
+use holmes_proto::{AgentBody, CapturePurpose, CaptureRequest, CollectorMessage, RefusalReason};
 
 mod support;
+use support::collector::TestCollector;
 use support::{eventually, files, quiet_agent, trigger_docs};
 
 /// The trigger document of `event_id`.
@@ -23,7 +26,9 @@ fn doc(dir: &std::path::Path, event_id: &str) -> String {
 #[test]
 fn no_capture_starts_above_cpu_max_for_triggers_and_requests() {
     let dir = tempfile::tempdir().unwrap();
+    let collector = TestCollector::start();
     let agent = quiet_agent("cpu-gate-test", dir.path())
+        .collector(collector.url())
         .cpu_cores(1.0)
         .cpu_max(10.0)
         .cpu_rule(
@@ -73,6 +78,34 @@ fn no_capture_starts_above_cpu_max_for_triggers_and_requests() {
         "{refused_doc}"
     );
     assert!(refused_doc.contains("\"planned\":[]"), "{refused_doc}");
+    // The collector's request is refused too, and told why.
+    collector.wait_for("the agent's stream", |msgs| {
+        msgs.iter()
+            .any(|(_, m)| matches!(m.body, AgentBody::Hello(_)))
+            .then_some(())
+    });
+    let sent = collector.send(&CollectorMessage::CaptureRequest(CaptureRequest {
+        request_id: "gated".into(),
+        kinds: vec![ProfileKind::Threads],
+        cpu_duration: None,
+        purpose: CapturePurpose::Operator,
+        window: None,
+        incident_id: None,
+    }));
+    assert_eq!(sent, 1);
+    let answer = collector.wait_for("the outcome", |msgs| {
+        msgs.iter().find_map(|(_, m)| match &m.body {
+            AgentBody::CaptureOutcome(o) if o.request_id == "gated" => Some(o.clone()),
+            _ => None,
+        })
+    });
+    assert_eq!(answer.event_id, None);
+    assert_eq!(answer.refused.len(), 1, "{answer:?}");
+    assert_eq!(answer.refused[0].reason, RefusalReason::CpuMax);
+    assert!(
+        answer.refused[0].detail.ends_with("is above cpu_max 10%"),
+        "{answer:?}"
+    );
 
     release.store(true, Ordering::Relaxed);
     for s in spinners {

@@ -332,3 +332,75 @@ fn a_busy_multi_thread_runtime_is_left_alone_without_a_task_dump() {
         .expect("the runtime still runs tasks");
     agent.stop();
 }
+
+/// With task dumps built in, a collector's request for tasks is captured, and a baseline
+/// carries the task dump of the registered runtime.
+#[test]
+fn a_requested_task_dump_and_a_baseline_carry_the_tasks() {
+    use holmes_proto::{
+        AgentBody, CapturePurpose, CaptureRequest, CollectorMessage, ProfileKind, TriggerReason,
+    };
+    use support::collector::TestCollector;
+
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let rt = driven("baseline-tasks", || {});
+    let _senders = leak(&rt.handle, 20);
+    let c = TestCollector::start();
+    let mut b = Holmes::builder()
+        .service("taskdump-control")
+        .collector(c.url())
+        .dump_dir(dir.path())
+        .collect_interval(Duration::from_millis(100))
+        .send_interval(Duration::from_millis(100))
+        .memory_fast_interval(None)
+        .baseline_interval(Some(Duration::from_secs(1)))
+        .tokio_runtime(rt.handle.clone());
+    for m in [
+        Metric::CpuPercent,
+        Metric::MemoryPercent,
+        Metric::Threads,
+        Metric::Tasks,
+        Metric::HeapPercent,
+    ] {
+        b = b.rule(m, Rule::new().enabled(false));
+    }
+    let agent = b.start().unwrap();
+    let baseline = c.wait_for("a baseline", |msgs| {
+        msgs.iter().find_map(|(_, m)| match &m.body {
+            AgentBody::Trigger(t) if t.reason == TriggerReason::Baseline => Some(t.clone()),
+            _ => None,
+        })
+    });
+    assert!(
+        baseline.planned.contains(&ProfileKind::Tasks),
+        "{baseline:?}"
+    );
+    c.wait_for("the baseline's task dump", |msgs| {
+        msgs.iter()
+            .any(|(_, m)| {
+                matches!(&m.body, AgentBody::ProfileChunk(p)
+                    if p.event_id == baseline.event_id
+                        && p.kind == ProfileKind::Tasks
+                        && p.error.is_none())
+            })
+            .then_some(())
+    });
+    let sent = c.send(&CollectorMessage::CaptureRequest(CaptureRequest {
+        request_id: "tasks".into(),
+        kinds: vec![ProfileKind::Tasks],
+        cpu_duration: None,
+        purpose: CapturePurpose::Operator,
+        window: None,
+        incident_id: None,
+    }));
+    assert_eq!(sent, 1);
+    let outcome = c.wait_for("the outcome", |msgs| {
+        msgs.iter().find_map(|(_, m)| match &m.body {
+            AgentBody::CaptureOutcome(o) if o.request_id == "tasks" => Some(o.clone()),
+            _ => None,
+        })
+    });
+    assert_eq!(outcome.captured, [ProfileKind::Tasks], "{outcome:?}");
+    agent.stop();
+}

@@ -30,13 +30,19 @@
 //! `dbstat`, indexes included); and, after the native runs, the latency of
 //! `GET /api/v1/services/orders/flamegraph.svg` over the day (every instance merged).
 //! `HOLMES_BENCH_BACKENDS=sqlite,ch18,chcurrent` and `HOLMES_BENCH_INPUTS=native,pprof`
-//! select runs. Nothing is asserted: these are figures to read, on machines too noisy for
-//! thresholds.
+//! select runs. Then the same profiles come in as Pyroscope pushes and OTLP exports
+//! (`ingest/foreign.rs`; `HOLMES_BENCH_FOREIGN=0` skips it), in a table beside the
+//! agent's SQLite row. Nothing is asserted: these are figures to read, on machines too
+//! noisy for thresholds.
 
 // The allocator of the `holmes-collector` binary (its `jemalloc` feature, on by default).
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+// Pyroscope and OTLP clients sending the same profiles (a section of its own).
+#[path = "ingest/foreign.rs"]
+mod foreign;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -823,7 +829,10 @@ fn main() {
     }
     let mut runs = Vec::new();
     for (key, target) in &targets {
-        if !wanted(&backends, key) && !(backends.contains("sqlite") && key.starts_with("sqlite")) {
+        // `sqlite` selects both SQLite runs.
+        let selected =
+            wanted(&backends, key) || (backends.contains("sqlite") && key.starts_with("sqlite"));
+        if !selected {
             continue;
         }
         for input in [Input::Native, Input::Pprof] {
@@ -847,4 +856,23 @@ fn main() {
         }
     }
     report(&params, raw_total, &decode, &runs);
+    if std::env::var("HOLMES_BENCH_FOREIGN").as_deref() != Ok("0") {
+        let foreign_runs = foreign::run(&params, &profiles, &collector_rt, &agent_rt);
+        let agent_row = Target::Sqlite(Synchronous::Full).name();
+        let agent = runs
+            .iter()
+            .find(|r| r.target == agent_row && r.input == Input::Native)
+            .map(|r| {
+                let mut sorted = r.latencies.clone();
+                sorted.sort();
+                let n = r.profiles as f64;
+                (
+                    n / r.wall.as_secs_f64(),
+                    n / r.collector_cpu,
+                    percentile(&sorted, 0.5),
+                    percentile(&sorted, 0.99),
+                )
+            });
+        foreign::report(agent, &foreign_runs);
+    }
 }

@@ -1,5 +1,6 @@
 //! Alert hooks: incidents opened, escalated and resolved are sent to on-call through a
-//! generic JSON webhook, Slack incoming webhooks and PagerDuty Events API v2.
+//! generic JSON webhook, Slack incoming webhooks, PagerDuty Events API v2 and
+//! Alertmanager's `/api/v2/alerts` ([`alertmanager`]).
 //!
 //! [`Alerter::notify`] writes one row per matching hook to a SQLite outbox in the data
 //! directory ([`outbox::OUTBOX_FILE`]) and returns; a background task delivers them,
@@ -10,6 +11,7 @@
 //! collector stops is sent again by the next start, which PagerDuty folds by its dedup
 //! key (the incident id) and webhooks can drop by `alert_id`.
 
+pub mod alertmanager;
 pub mod config;
 mod deliver;
 pub mod outbox;
@@ -281,6 +283,15 @@ impl Alerter {
         )
     }
 
+    /// Whether a hook that carries the top suspect (Alertmanager's) wants this incident.
+    pub fn wants_suspect(&self, incident: &IncidentRecord) -> bool {
+        self.inner.as_ref().is_some_and(|inner| {
+            inner.hooks.iter().any(|h| {
+                h.kind == HookKind::Alertmanager && h.wants(&incident.service, incident.severity)
+            })
+        })
+    }
+
     /// Queues one alert per matching hook for this incident change, durably (it is on
     /// disk when this returns); never waits for delivery. A change already queued
     /// (same incident, kind and version) is not queued again.
@@ -288,6 +299,17 @@ impl Alerter {
         &self,
         kind: AlertKind,
         incident: &IncidentRecord,
+    ) -> Result<(), AlertError> {
+        self.notify_with_suspect(kind, incident, None).await
+    }
+
+    /// [`Alerter::notify`], with the incident's top suspect for the hooks that carry it
+    /// (see [`Alerter::wants_suspect`]).
+    pub async fn notify_with_suspect(
+        &self,
+        kind: AlertKind,
+        incident: &IncidentRecord,
+        top_suspect: Option<&holmes_api::Suspect>,
     ) -> Result<(), AlertError> {
         let Some(inner) = &self.inner else {
             return Ok(());
@@ -303,7 +325,8 @@ impl Alerter {
                 hook: h.name.clone(),
                 incident_id: incident.incident_id.clone(),
                 kind: kind.as_str(),
-                body: payload::body(h.kind, kind, &alert_id, incident, &url).to_string(),
+                body: payload::body(h.kind, kind, &alert_id, incident, &url, top_suspect)
+                    .to_string(),
             })
             .collect();
         if alerts.is_empty() {

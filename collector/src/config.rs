@@ -130,6 +130,8 @@ pub struct Config {
     pub alerts: AlertsConfig,
     /// Kafka, for the `ingest` and `process` roles.
     pub kafka: KafkaConfig,
+    /// Alerts from Alertmanager (`POST /api/v1/alertmanager`): how they name services.
+    pub alertmanager: crate::ingest::alertmanager::AlertmanagerConfig,
 }
 
 impl Default for Config {
@@ -154,6 +156,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             alerts: AlertsConfig::default(),
             kafka: KafkaConfig::default(),
+            alertmanager: Default::default(),
         }
     }
 }
@@ -444,6 +447,7 @@ impl Config {
         }
         crate::ingest::rules::check(&self.rules)?;
         self.alerts.validate()?;
+        self.alertmanager.validate().map_err(ConfigError::Invalid)?;
         Ok(())
     }
 }

@@ -5,7 +5,8 @@
 //! to the store and handed to the alert hooks; a ticker resolves quiet incidents. At
 //! start the state is rebuilt from the store, so a restart in the middle of an incident
 //! neither opens it again nor pages twice. [`suspects`] names the functions behind an
-//! incident from its profiles, for the API.
+//! incident from its profiles ([`evidence`] reads them from the store), for the API and
+//! for the alerts that carry the top suspect.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -19,6 +20,7 @@ use crate::alert::{AlertKind, Alerter};
 use crate::clock::unix_nanos_now;
 
 pub mod correlate;
+pub mod evidence;
 pub mod suspects;
 
 use correlate::{Change, CorrelateConfig, Correlator};
@@ -99,11 +101,14 @@ impl Incidents {
 
     /// Correlates one stored trigger event.
     pub async fn observe(&self, event: &TriggerRecord) {
-        let changes = self
-            .correlator
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .observe(event);
+        let changes = {
+            let mut correlator = self.correlator.lock().unwrap_or_else(|p| p.into_inner());
+            let changes = correlator.observe(event);
+            crate::metrics::metrics()
+                .incidents_open
+                .set(i64::try_from(correlator.open_count()).unwrap_or(i64::MAX));
+            changes
+        };
         self.apply(changes).await;
     }
 
@@ -119,11 +124,14 @@ impl Incidents {
 
     /// Resolves what went quiet by `now` and retries unsaved changes.
     pub async fn tick(&self, now_unix_nanos: u64) {
-        let changes = self
-            .correlator
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .tick(now_unix_nanos);
+        let changes = {
+            let mut correlator = self.correlator.lock().unwrap_or_else(|p| p.into_inner());
+            let changes = correlator.tick(now_unix_nanos);
+            crate::metrics::metrics()
+                .incidents_open
+                .set(i64::try_from(correlator.open_count()).unwrap_or(i64::MAX));
+            changes
+        };
         self.apply(changes).await;
         let unsaved: Vec<IncidentRecord> =
             std::mem::take(&mut *self.unsaved.lock().unwrap_or_else(|p| p.into_inner()))
@@ -161,7 +169,22 @@ impl Incidents {
                 change = ?kind,
                 "incident"
             );
-            if let Err(err) = self.alerter.notify(kind, record).await {
+            // Only Alertmanager hooks carry it; at open a capture is often still running.
+            let top = if self.alerter.wants_suspect(record) {
+                evidence::top_suspect(self.store.as_ref(), record)
+                    .await
+                    .unwrap_or_else(|err| {
+                        tracing::warn!(incident = %record.incident_id, error = %err, "cannot read the incident's suspects for its alert");
+                        None
+                    })
+            } else {
+                None
+            };
+            if let Err(err) = self
+                .alerter
+                .notify_with_suspect(kind, record, top.as_ref())
+                .await
+            {
                 tracing::error!(incident = %record.incident_id, error = %err, "cannot queue the alert");
             }
             self.save(record).await;

@@ -31,8 +31,13 @@ use crate::clock::unix_nanos_now;
 use crate::error::store_status;
 use crate::process::{PipelineBody, PipelineEvent, Sink, SinkError};
 
+pub mod alertmanager;
 pub mod assemble;
+pub mod foreign;
+pub mod http;
 pub mod live;
+pub mod otlp;
+pub mod pyroscope;
 pub mod rules;
 
 use assemble::{Assembler, Step};
@@ -250,6 +255,22 @@ impl Ingest for IngestService {
     }
 }
 
+/// Counts one agent message by type.
+fn count_message(body: &AgentBody) {
+    let r#type = match body {
+        AgentBody::Hello(_) => "hello",
+        AgentBody::Heartbeat(_) => "heartbeat",
+        AgentBody::MetricWindow(_) => "metrics",
+        AgentBody::Trigger(_) => "trigger",
+        AgentBody::ProfileChunk(_) => "profile_chunk",
+        _ => "answer",
+    };
+    crate::metrics::metrics()
+        .ingest_messages
+        .get_or_create(&crate::metrics::MessageLabels { r#type })
+        .inc();
+}
+
 struct Session {
     hello: Hello,
     sink: Arc<dyn Sink>,
@@ -311,12 +332,18 @@ impl Session {
     }
 
     async fn handle(&mut self, msg: AgentMessage) -> Result<(), Status> {
+        count_message(&msg.body);
         match msg.body {
             AgentBody::Hello(_) => Err(Status::invalid_argument("hello sent twice on one stream")),
             AgentBody::Heartbeat(_) => self.touch_if_due().await,
             AgentBody::ConfigApplied(_)
             | AgentBody::CaptureOutcome(_)
             | AgentBody::DebugInfoChunk(_) => {
+                if let AgentBody::CaptureOutcome(outcome) = &msg.body {
+                    for refused in &outcome.refused {
+                        crate::metrics::metrics().capture_skipped(refused.reason.as_str());
+                    }
+                }
                 if msg.seq != 0 {
                     return Err(Status::invalid_argument(
                         "an agent's answer must not carry a sequence number",
@@ -350,7 +377,16 @@ impl Session {
                         "profile chunk without a sequence number",
                     ));
                 }
-                if let Step::Complete(profile) = self.profiles.push(msg.seq, chunk)? {
+                crate::metrics::metrics().bytes_in(crate::metrics::Source::Agent, chunk.data.len());
+                let step = self.profiles.push(msg.seq, chunk).inspect_err(|_| {
+                    crate::metrics::metrics()
+                        .profile_refused(crate::metrics::Source::Agent, "bad_chunks");
+                })?;
+                if let Step::Complete(profile) = step {
+                    if profile.error.is_none() {
+                        crate::metrics::metrics()
+                            .profile_ingested(crate::metrics::Source::Agent, profile.kind);
+                    }
                     self.deliver(msg.seq, PipelineBody::Profile(profile))
                         .await?;
                 }

@@ -4,7 +4,9 @@
 //! Its modules follow the data, stage by stage:
 //! - [`ingest`]: the gRPC service agents connect to (one bidirectional stream each):
 //!   authentication, profile chunks put together, the rules pushed to agents, and the
-//!   registry of connected agents that "capture now" goes through.
+//!   registry of connected agents that "capture now" goes through; and what foreign
+//!   programs send: Pyroscope clients ([`ingest::pyroscope`]), OTLP profiles exporters
+//!   ([`ingest::otlp`]), Alertmanager's webhook ([`ingest::alertmanager`]).
 //! - [`process`]: what happens to what agents send: profiles decoded and normalized
 //!   (each distinct stack once), stored, handed to the incidents — in place (single
 //!   node) or through Kafka (`ingest` and `process` roles, [`process::kafka`]); and
@@ -18,7 +20,8 @@
 //! Around them: [`server`] (start-up, listeners, shutdown), [`config`] (the TOML file,
 //! env overrides and flags; each section is owned by the module that uses it), [`auth`]
 //! (bearer tokens on ingest and on the API), [`tls`] (TLS on both listeners), [`error`]
-//! (the one place that maps failures to gRPC and HTTP statuses) and [`clock`].
+//! (the one place that maps failures to gRPC and HTTP statuses), [`clock`] and
+//! [`metrics`] (the collector's own Prometheus metrics, `GET /metrics`).
 //!
 //! The binary is `holmes-collector`; the `holmes` CLI is the `holmes-cli` crate, the
 //! demo and the load generator are `holmes-devtools`.
@@ -30,6 +33,7 @@ pub mod config;
 pub mod error;
 pub mod incident;
 pub mod ingest;
+pub mod metrics;
 pub mod process;
 pub mod query;
 pub mod server;

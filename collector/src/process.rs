@@ -84,23 +84,30 @@ where
     let started = Instant::now();
     let mut delay = Duration::from_millis(100);
     let mut attempt = 1u32;
-    loop {
+    let m = crate::metrics::metrics();
+    let op = crate::metrics::OpLabels { op: what };
+    let result = loop {
         match write().await {
             Ok(()) => {
                 if attempt > 1 {
                     tracing::info!(what, attempt, "store write succeeded after retrying");
                 }
-                return Ok(());
+                break Ok(());
             }
             Err(err) if started.elapsed() + delay < STORE_RETRY_FOR => {
+                m.store_retries.get_or_create(&op).inc();
                 tracing::warn!(what, attempt, retry_in_ms = delay.as_millis() as u64, error = %err, "store write failed; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
                 attempt += 1;
             }
-            Err(err) => return Err(err),
+            Err(err) => break Err(err),
         }
-    }
+    };
+    m.store_write_seconds
+        .get_or_create(&op)
+        .observe(started.elapsed().as_secs_f64());
+    result
 }
 
 /// What the processor does with profiles besides storing their contents.
@@ -304,6 +311,13 @@ impl Processor {
                 }
             }
             Err(err) => {
+                let source = match record.labels.get("source").map(String::as_str) {
+                    Some("pyroscope") => crate::metrics::Source::Pyroscope,
+                    Some("otlp") => crate::metrics::Source::Otlp,
+                    _ => crate::metrics::Source::Agent,
+                };
+                crate::metrics::metrics()
+                    .profile_refused(source, crate::metrics::normalize_reason(&err));
                 tracing::warn!(
                     service = %record.service,
                     instance = %record.instance_id,

@@ -11,6 +11,8 @@
 //! | `GET /api/v1/services/{service}/profiles/{profile_id}/top[?sample_type=..][&limit=..]` | the profile's costliest functions |
 //! | `GET /api/v1/services/{service}/profiles/{profile_id}/flamegraph.svg` | the profile's flame graph |
 //! | `GET /api/v1/services/{service}/flamegraph.svg?since=24h[&until=..][&kind=cpu]` | the service's profiles of one kind over the range, all instances merged |
+//! | `GET /api/v1/services/{service}/profiles/{profile_id}/otlp`, `GET /api/v1/incidents/{incident_id}/otlp` | the profile, or the incident's profiles, as one OTLP `ExportProfilesServiceRequest` ([`otlp`]) |
+//! | `GET /api/v1/incidents?label=k8s.namespace.name=shop[&label=..]` (also per service) | incidents with an instance carrying every label given (the agent's Kubernetes labels, say) |
 //! | `GET /healthz` | `ok` |
 //!
 //! Times are RFC 3339 in UTC; `since`/`until` also take a duration before now (`10m`).
@@ -39,6 +41,8 @@ use crate::ingest::live::LiveAgents;
 
 pub mod flamegraph;
 mod incidents;
+mod labels;
+pub mod otlp;
 pub mod pprof;
 pub mod profiles;
 pub mod top;
@@ -103,6 +107,11 @@ pub fn router(
             "/api/v1/incidents/{incident_id}/flamegraph.svg",
             get(incidents::flamegraph),
         )
+        .route(
+            "/api/v1/services/{service}/profiles/{profile_id}/otlp",
+            get(otlp::profile),
+        )
+        .route("/api/v1/incidents/{incident_id}/otlp", get(otlp::incident))
         .route(
             "/api/v1/services/{service}/capture",
             axum::routing::post(capture),

@@ -9,6 +9,7 @@ use holmes_proto::pb::ingest_server::IngestServer;
 use holmes_storage::clickhouse::ClickHouseStore;
 use holmes_storage::sqlite::SqliteStore;
 use holmes_storage::{Store, StoreError};
+use opentelemetry_proto::tonic::collector::profiles::v1development::profiles_service_server::ProfilesServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -187,6 +188,8 @@ impl Server {
         store: Arc<dyn Store>,
     ) -> Result<Server, ServeError> {
         crate::ingest::rules::check(&config.rules).map_err(|e| ServeError::Config(e.into()))?;
+        // Registers the metrics (and the ClickHouse batch observer) before anything runs.
+        crate::metrics::metrics();
         // Certificates and tokens are read before anything listens, so that a bad file
         // stops the start instead of leaving an open collector behind.
         let identity = config
@@ -283,6 +286,14 @@ impl Server {
             (Role::Ingest, _) => Some(ingest_sink(config, kafka_partitions)?),
             _ => None,
         };
+        let foreign = crate::ingest::foreign::ForeignIngest::new(
+            Arc::clone(&store),
+            sink.clone(),
+            ingest_auth.clone(),
+            config.max_profile_bytes,
+            config.max_decoded_profile_bytes,
+        );
+        let alert_sink = sink.clone();
         let mut live = Arc::default();
         if let (Some(sink), Some(grpc)) = (sink, grpc) {
             let service = IngestService::new(
@@ -299,6 +310,12 @@ impl Server {
                 .accept_compressed(CompressionEncoding::Gzip)
                 .accept_compressed(CompressionEncoding::Zstd)
                 .max_decoding_message_size(config.max_message_bytes);
+            let otlp =
+                ProfilesServiceServer::new(crate::ingest::otlp::OtlpService::new(foreign.clone()))
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .max_decoding_message_size(
+                        usize::try_from(config.max_profile_bytes).unwrap_or(usize::MAX),
+                    );
             let mut grpc_builder = tonic::transport::Server::builder();
             if let Some(identity) = &identity {
                 grpc_builder = grpc_builder
@@ -311,6 +328,7 @@ impl Server {
                     .http2_keepalive_interval(Some(Duration::from_secs(30)))
                     .http2_keepalive_timeout(Some(Duration::from_secs(10)))
                     .add_service(ingest)
+                    .add_service(otlp)
                     .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
                         let _ = grpc_closed.wait_for(|c| *c).await;
                     })
@@ -325,8 +343,18 @@ impl Server {
             Arc::clone(&store),
             crate::query::DEFAULT_ACTIVE_WINDOW,
             api_auth.clone(),
+            Arc::clone(&live),
+        )
+        .merge(crate::ingest::http::router(foreign))
+        .merge(crate::ingest::alertmanager::router(
+            config.alertmanager.clone(),
+            alert_sink,
             live,
-        );
+            api_auth.clone(),
+        ))
+        .merge(crate::metrics::http::router(api_auth.clone()));
+        let app = crate::metrics::http::timed(app)
+            .into_make_service_with_connect_info::<crate::ingest::foreign::PeerAddr>();
         let retention = match role {
             Role::Ingest => None,
             Role::All | Role::Process => crate::process::retention::spawn(

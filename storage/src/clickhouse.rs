@@ -39,6 +39,7 @@ mod settings;
 mod stacks;
 mod triggers;
 
+pub use batch::{set_batch_observer, BatchObserver};
 pub use batch::{BatchConfig, DEFAULT_BATCH_BYTES, DEFAULT_BATCH_DELAY, DEFAULT_BATCH_ROWS};
 use batch::{Batcher, Weigh};
 pub use cluster::{ClusterConfig, DEFAULT_REPLICA_NAME, DEFAULT_ZOOKEEPER_PATH};

@@ -31,6 +31,10 @@ pub(crate) const SAMPLE_DEPTH: usize = 64;
 const RING_SLOTS: usize = 512;
 /// Distinct stacks kept per second of the flight recorder; more are counted as dropped.
 const MAX_STACKS_PER_BUCKET: usize = 2_048;
+/// Distinct stacks kept, over all seconds, in the history older than the pre-trigger
+/// window (a second holding a stack twice counts it twice); a busier process keeps a
+/// shorter history. With the per-second cap this bounds the recorder's memory.
+const MAX_HISTORY_STACKS: usize = 16_384;
 
 const EMPTY: u8 = 0;
 const WRITING: u8 = 1;
@@ -281,23 +285,46 @@ impl Tally {
 
 /// Aggregated stacks by time: the last seconds of the flight recorder, plus the stacks of
 /// an ongoing full-rate capture.
+///
+/// It keeps `history` (at least the pre-trigger `window`) in one bucket per second of
+/// the monotonic clock: the pre-trigger profile reads the last `window`, an incident's
+/// controls and the baselines read older seconds. The history beyond `window` is capped
+/// at [`MAX_HISTORY_STACKS`] entries, dropping its oldest seconds first.
 #[derive(Debug)]
 pub(crate) struct FlightRecorder {
+    window: Duration,
     keep: Duration,
+    /// When it started (monotonic): it holds nothing older.
+    created_ns: u64,
     buckets: VecDeque<(u64, HashMap<Vec<usize>, Tally>)>,
     capture: Option<(u64, HashMap<Vec<usize>, Tally>)>,
     overflow: u64,
 }
 
 impl FlightRecorder {
-    /// A recorder keeping `keep` of history.
-    pub(crate) fn new(keep: Duration) -> Self {
+    /// A recorder whose pre-trigger profile covers `window`, keeping `history` (or
+    /// `window`, if longer).
+    pub(crate) fn new(window: Duration, history: Duration) -> Self {
         FlightRecorder {
-            keep,
+            window,
+            keep: history.max(window),
+            created_ns: monotonic_ns(),
             buckets: VecDeque::new(),
             capture: None,
             overflow: 0,
         }
+    }
+
+    /// How far back it keeps samples.
+    pub(crate) fn history(&self) -> Duration {
+        self.keep
+    }
+
+    /// Since when (monotonic) it holds every sample taken, at `now_ns`: its start, or
+    /// the horizon of its history.
+    pub(crate) fn holds_since(&self, now_ns: u64) -> u64 {
+        let keep = u64::try_from(self.keep.as_nanos()).unwrap_or(u64::MAX);
+        self.created_ns.max(now_ns.saturating_sub(keep))
     }
 
     /// Adds one sample taken at `at_ns` (monotonic).
@@ -305,14 +332,7 @@ impl FlightRecorder {
         let second = at_ns / 1_000_000_000;
         if self.buckets.back().is_none_or(|(s, _)| *s < second) {
             self.buckets.push_back((second, HashMap::new()));
-        }
-        let keep_secs = self.keep.as_secs().max(1);
-        while self
-            .buckets
-            .front()
-            .is_some_and(|(s, _)| s.saturating_add(keep_secs) <= second)
-        {
-            self.buckets.pop_front();
+            self.forget(second);
         }
         // A late sample from a previous second lands in the newest bucket; close enough.
         if let Some((_, stacks)) = self.buckets.back_mut() {
@@ -325,11 +345,51 @@ impl FlightRecorder {
         }
     }
 
+    /// Drops the seconds older than the history, then the oldest seconds beyond the
+    /// pre-trigger window while that part holds more than [`MAX_HISTORY_STACKS`].
+    fn forget(&mut self, now_second: u64) {
+        let keep_secs = self.keep.as_secs().max(1);
+        while self
+            .buckets
+            .front()
+            .is_some_and(|(s, _)| s.saturating_add(keep_secs) <= now_second)
+        {
+            self.buckets.pop_front();
+        }
+        let window_start = now_second.saturating_sub(self.window.as_secs().max(1));
+        let mut older: usize = self
+            .buckets
+            .iter()
+            .filter(|(s, _)| *s < window_start)
+            .map(|(_, stacks)| stacks.len())
+            .sum();
+        while older > MAX_HISTORY_STACKS {
+            match self.buckets.front() {
+                Some((s, stacks)) if *s < window_start => {
+                    older -= stacks.len();
+                    self.buckets.pop_front();
+                }
+                _ => break,
+            }
+        }
+    }
+
     /// Stacks recorded since `since_ns` (monotonic), merged.
     pub(crate) fn window(&self, since_ns: u64) -> HashMap<Vec<usize>, Tally> {
-        let first_second = since_ns / 1_000_000_000;
+        self.range(since_ns, u64::MAX)
+    }
+
+    /// Stacks recorded from `start_ns` to `end_ns` (monotonic), merged, to the second:
+    /// every second the interval touches is in.
+    pub(crate) fn range(&self, start_ns: u64, end_ns: u64) -> HashMap<Vec<usize>, Tally> {
+        let first_second = start_ns / 1_000_000_000;
+        let end_second = end_ns.div_ceil(1_000_000_000);
         let mut merged: HashMap<Vec<usize>, Tally> = HashMap::new();
-        for (_, stacks) in self.buckets.iter().filter(|(s, _)| *s >= first_second) {
+        for (_, stacks) in self
+            .buckets
+            .iter()
+            .filter(|(s, _)| *s >= first_second && *s < end_second)
+        {
             for (stack, t) in stacks {
                 let e = merged.entry(stack.clone()).or_default();
                 e.samples += t.samples;
@@ -459,7 +519,7 @@ mod tests {
 
     #[test]
     fn the_recorder_keeps_only_its_window_and_tallies_captures() {
-        let mut r = FlightRecorder::new(Duration::from_secs(3));
+        let mut r = FlightRecorder::new(Duration::from_secs(3), Duration::ZERO);
         let s = 1_000_000_000u64;
         r.add(&[1, 2], 10, 100 * s);
         r.add(&[1, 2], 10, 100 * s + 5);
@@ -489,8 +549,61 @@ mod tests {
     }
 
     #[test]
+    fn a_longer_history_serves_older_intervals() {
+        let s = 1_000_000_000u64;
+        let mut r = FlightRecorder::new(Duration::from_secs(10), Duration::from_secs(60));
+        assert_eq!(r.history(), Duration::from_secs(60));
+        for second in 100..200 {
+            r.add(&[second as usize], 10, second * s + 5);
+        }
+        // 60 s kept: 140..=199.
+        assert!(r.range(0, 140 * s).is_empty());
+        assert_eq!(r.range(0, u64::MAX).len(), 60);
+        // An interval of the past, to the second: 150.5 s to 152.2 s touches 150..=152.
+        let mut got: Vec<usize> = r
+            .range(150 * s + s / 2, 152 * s + s / 5)
+            .into_keys()
+            .map(|k| k[0])
+            .collect();
+        got.sort();
+        assert_eq!(got, [150, 151, 152]);
+        assert_eq!(r.window(195 * s).len(), 5);
+    }
+
+    #[test]
+    fn it_holds_nothing_from_before_it_started() {
+        let r = FlightRecorder::new(Duration::from_secs(10), Duration::from_secs(60));
+        let now = monotonic_ns();
+        assert!(r.holds_since(now) <= now);
+        assert!(
+            now - r.holds_since(now) < 5_000_000_000,
+            "a young recorder holds only its own seconds"
+        );
+        let later = now + 3_600_000_000_000;
+        assert_eq!(r.holds_since(later), later - 60_000_000_000);
+    }
+
+    #[test]
+    fn a_busy_history_gives_way_but_the_pre_trigger_window_does_not() {
+        let s = 1_000_000_000u64;
+        let mut r = FlightRecorder::new(Duration::from_secs(10), Duration::from_secs(60));
+        let per_second = 1_000;
+        for second in 0..60u64 {
+            for i in 0..per_second {
+                r.add(&[second as usize, i], 1, second * s);
+            }
+        }
+        // One more second: the history beyond the last 10 s holds at most the cap.
+        r.add(&[0], 1, 60 * s);
+        let older = r.range(0, 50 * s).len();
+        assert!(older <= MAX_HISTORY_STACKS, "{older}");
+        assert!(older >= MAX_HISTORY_STACKS - per_second, "{older}");
+        assert_eq!(r.range(50 * s, 60 * s).len(), 10 * per_second);
+    }
+
+    #[test]
     fn too_many_distinct_stacks_are_counted_not_kept() {
-        let mut r = FlightRecorder::new(Duration::from_secs(10));
+        let mut r = FlightRecorder::new(Duration::from_secs(10), Duration::ZERO);
         for i in 0..(MAX_STACKS_PER_BUCKET + 10) {
             r.add(&[i], 1, 5);
         }

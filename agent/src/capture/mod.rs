@@ -9,7 +9,9 @@
 //! - [`symbolize`]: addresses to functions, files and lines, from the debug info the
 //!   objects carry; [`pprof`]: the profiles, encoded.
 //! - [`requests`]: captures asked for by the host or the collector, waiting for the
-//!   agent thread.
+//!   agent thread, and the collector's rate limit.
+//! - [`plan`]: what a capture is asked to do per kind, and the report of what it did;
+//!   [`recorded`]: CPU profiles of a past interval, from the flight recorder.
 //!
 //! [`Captures`] runs captures on short-lived `holmes-capture` threads, so the agent keeps
 //! sampling meanwhile; at most one capture of each kind runs at a time, and kinds run
@@ -21,7 +23,9 @@ pub(crate) mod cpu;
 pub(crate) mod heap;
 #[cfg(feature = "jemalloc")]
 pub(crate) mod jemalloc;
+pub(crate) mod plan;
 pub(crate) mod pprof;
+mod recorded;
 pub(crate) mod requests;
 pub(crate) mod symbolize;
 pub(crate) mod tasks;
@@ -34,12 +38,13 @@ use std::time::{Duration, Instant};
 
 use holmes_proto::{AgentBody, ProfileChunk, ProfileKind, MAX_CHUNK_BYTES};
 
+use plan::{Job, JobResult, OnDone, Report};
 use pprof::{LabelValue, ProfileBuilder};
 use symbolize::Symbolizer;
 
-use crate::clock::unix_nanos_now;
-use crate::config::AgentConfig;
-use crate::delivery::{dump, Delivery};
+use crate::clock::{thread_cpu_time, unix_nanos_now};
+use crate::config::{AgentConfig, FLIGHT_RECORDER_HISTORY};
+use crate::delivery::Delivery;
 use crate::event_id;
 
 /// Largest profile the agent ships; a bigger one is reported as a failed capture.
@@ -83,6 +88,7 @@ impl Captures {
             match cpu::start(cpu::FLIGHT_HZ) {
                 Ok(()) => Some(Mutex::new(cpu::FlightRecorder::new(
                     cfg.flight_recorder_window,
+                    FLIGHT_RECORDER_HISTORY,
                 ))),
                 Err(err) => {
                     tracing::warn!(target: "holmes", error = %err, "cpu profiling unavailable");
@@ -147,72 +153,140 @@ impl Captures {
         claimed
     }
 
-    /// Captures the `claimed` kinds (from [`Captures::claim`]) for `event_id` on a
-    /// capture thread (a tasks capture dumps `runtimes`), and hands each profile to
-    /// `delivery`. If no thread can be started, each kind is reported as a failed
-    /// capture, so whoever waits for the planned profiles learns why.
+    /// Why this agent cannot capture `kind` at all, or `None` when it can.
+    pub(crate) fn unsupported(&self, kind: ProfileKind) -> Option<String> {
+        match kind {
+            ProfileKind::Cpu if self.recorder.is_none() => Some(
+                "no CPU profiling: the flight recorder is off (HOLMES_FLIGHT_RECORDER) or could not start"
+                    .to_owned(),
+            ),
+            ProfileKind::Heap if !heap::available() => {
+                Some(heap::HeapError::NotAvailable.to_string())
+            }
+            ProfileKind::Tasks if !tasks::AVAILABLE => Some(tasks::UNAVAILABLE.to_owned()),
+            _ => None,
+        }
+    }
+
+    /// Runs `jobs` for `event_id` on a capture thread (a tasks capture dumps
+    /// `runtimes`), hands each profile to `delivery`, and calls `done` with what became
+    /// of each. The kinds of exclusive jobs must have been claimed ([`Captures::claim`]);
+    /// their claim is released when the thread ends. A job the collector skipped before
+    /// it started is not run. If no thread can be started, each job is reported as a
+    /// failed capture, so whoever waits for the planned profiles learns why.
     pub(crate) fn run(
         self: &Arc<Self>,
         cfg: &Arc<AgentConfig>,
         delivery: &Arc<Delivery>,
         runtimes: Vec<tokio::runtime::Handle>,
         event_id: &str,
-        claimed: Vec<ProfileKind>,
+        jobs: Vec<Job>,
+        done: Option<OnDone>,
     ) {
-        if claimed.is_empty() {
+        if jobs.is_empty() {
+            if let Some(done) = done {
+                done(Report::default());
+            }
             return;
         }
-        let bits = claimed.iter().fold(0u8, |b, k| b | kind_bit(*k));
+        let bits = jobs
+            .iter()
+            .filter(|j| j.exclusive())
+            .fold(0u8, |b, j| b | kind_bit(j.kind()));
         let this = Arc::clone(self);
         let (cfg2, delivery2) = (Arc::clone(cfg), Arc::clone(delivery));
         let id = event_id.to_owned();
-        let kinds = claimed.clone();
+        let planned = jobs.clone();
+        // Handed back if the thread cannot start.
+        let done_slot = Arc::new(Mutex::new(done));
+        let done_thread = Arc::clone(&done_slot);
         let spawned = std::thread::Builder::new()
             .name("holmes-capture".to_owned())
             .spawn(move || {
-                for kind in kinds {
-                    this.capture(&cfg2, &runtimes, kind, &mut |c| {
+                let cpu_before = thread_cpu_time();
+                let mut report = Report::default();
+                for job in planned {
+                    let kind = job.kind();
+                    if delivery2.is_skipped(&id, kind) {
+                        tracing::info!(target: "holmes", event_id = %id, kind = kind.as_str(), "not capturing: the collector asked to skip it");
+                        report.results.push((kind, JobResult::Skipped));
+                        continue;
+                    }
+                    let mut made = false;
+                    let mut error = None;
+                    this.capture(&cfg2, &runtimes, job, &mut |c| {
+                        match &c.result {
+                            Ok(bytes) => {
+                                made = true;
+                                report.bytes += bytes.len() as u64;
+                            }
+                            Err(err) => {
+                                error.get_or_insert_with(|| err.clone());
+                            }
+                        }
                         deliver(&cfg2, &delivery2, &id, c)
                     });
+                    let result = match (made, error) {
+                        (true, _) => JobResult::Captured,
+                        (false, Some(err)) => JobResult::Failed(err),
+                        (false, None) => JobResult::Failed("no profile was made".to_owned()),
+                    };
+                    report.results.push((kind, result));
                 }
                 this.busy.fetch_and(!bits, Ordering::AcqRel);
+                report.cpu = thread_cpu_time().saturating_sub(cpu_before);
+                let done = done_thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+                if let Some(done) = done {
+                    done(report);
+                }
             });
         if let Err(err) = spawned {
             tracing::warn!(target: "holmes", error = %err, "cannot start a capture thread");
             self.busy.fetch_and(!bits, Ordering::AcqRel);
-            for kind in claimed {
+            let mut report = Report::default();
+            for job in jobs {
+                let error = format!("cannot start a capture thread: {err}");
+                report
+                    .results
+                    .push((job.kind(), JobResult::Failed(error.clone())));
                 let c = Captured {
-                    kind,
+                    kind: job.kind(),
                     started_unix_nanos: unix_nanos_now(),
                     duration: Duration::ZERO,
                     labels: BTreeMap::new(),
-                    result: Err(format!("cannot start a capture thread: {err}")),
+                    result: Err(error),
                     text: None,
                 };
                 deliver(cfg, delivery, event_id, c);
             }
+            let done = done_slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(done) = done {
+                done(report);
+            }
         }
     }
 
-    /// Runs one capture, handing each profile to `sink` as soon as it is ready (the CPU
+    /// Runs one job, handing each profile to `sink` as soon as it is ready (the CPU
     /// pre-trigger profile goes out before the full-rate capture starts).
     fn capture(
         &self,
         cfg: &AgentConfig,
         runtimes: &[tokio::runtime::Handle],
-        kind: ProfileKind,
+        job: Job,
         sink: &mut dyn FnMut(Captured),
     ) {
-        match kind {
-            ProfileKind::Cpu => self.capture_cpu(cfg, sink),
-            ProfileKind::Threads => sink(self.capture_threads()),
-            ProfileKind::Heap => sink(heap::captured(&self.symbolizer)),
-            ProfileKind::Tasks => self.capture_tasks(runtimes, sink),
+        match job {
+            Job::Cpu { duration } => self.capture_cpu(cfg, duration, sink),
+            Job::CpuRecorded { window, phase } => self.capture_cpu_recorded(window, phase, sink),
+            Job::Threads => sink(self.capture_threads()),
+            Job::Heap => sink(heap::captured(&self.symbolizer)),
+            Job::Tasks => self.capture_tasks(runtimes, sink),
         }
     }
 
-    /// The flight recorder's window before the trigger, then a full-rate capture.
-    fn capture_cpu(&self, cfg: &AgentConfig, sink: &mut dyn FnMut(Captured)) {
+    /// The flight recorder's window before the trigger, then a full-rate capture of
+    /// `duration`.
+    fn capture_cpu(&self, cfg: &AgentConfig, duration: Duration, sink: &mut dyn FnMut(Captured)) {
         let Some(recorder) = &self.recorder else {
             return;
         };
@@ -240,7 +314,7 @@ impl Captures {
             "pre-trigger",
         );
         sink(pre_profile);
-        std::thread::sleep(cfg.cpu_profile_duration.saturating_sub(started.elapsed()));
+        std::thread::sleep(duration.saturating_sub(started.elapsed()));
         self.drain();
         let during = lock().end_capture();
         if let Err(err) = cpu::set_rate(cpu::FLIGHT_HZ) {
@@ -453,7 +527,7 @@ fn deliver(cfg: &AgentConfig, delivery: &Delivery, event_id: &str, mut c: Captur
             tracing::warn!(target: "holmes", event_id, kind = c.kind.as_str(), error = %err, "capture failed")
         }
     }
-    if let Some(dir) = cfg.effective_dump_dir() {
+    if let Some(dump) = &cfg.dump {
         let stem = format!(
             "{}.{}.{}",
             c.kind.as_str(),
@@ -461,18 +535,18 @@ fn deliver(cfg: &AgentConfig, delivery: &Delivery, event_id: &str, mut c: Captur
             compact_time(c.started_unix_nanos)
         );
         if let Ok(bytes) = &c.result {
-            match dump::write_file(&dir, &format!("{stem}.pb.gz"), bytes) {
+            match dump.write_file(&format!("{stem}.pb.gz"), bytes) {
                 Ok(path) => {
                     tracing::info!(target: "holmes", path = %path.display(), "profile written")
                 }
                 Err(err) => {
-                    tracing::warn!(target: "holmes", dir = %dir.display(), error = %err, "cannot write the profile")
+                    tracing::warn!(target: "holmes", error = %err, "cannot write the profile")
                 }
             }
         }
         if let Some(text) = &c.text {
-            if let Err(err) = dump::write_file(&dir, &format!("{stem}.txt"), text.as_bytes()) {
-                tracing::warn!(target: "holmes", dir = %dir.display(), error = %err, "cannot write the thread dump");
+            if let Err(err) = dump.write_file(&format!("{stem}.txt"), text.as_bytes()) {
+                tracing::warn!(target: "holmes", error = %err, "cannot write the thread dump");
             }
         }
     }

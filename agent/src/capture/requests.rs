@@ -1,15 +1,26 @@
 //! Captures asked for by the host (`HolmesHandle::capture_now`) or the collector (a
 //! `CaptureRequest`), waiting for the agent thread to take them. Bounded: a full queue
-//! refuses the request.
+//! refuses the request. The collector's requests are also rate-limited per kind
+//! ([`RateLimit`]); the host's are not.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use holmes_proto::CaptureRequest;
 
 /// Requests that may wait at once; more are refused.
 const MAX_WAITING: usize = 8;
+
+/// Who asked for a capture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// The host, through the handle: trusted, not rate-limited, not paused.
+    Host,
+    /// The collector: rate-limited per kind, paused when it says so, answered with a
+    /// `CaptureOutcome`.
+    Collector,
+}
 
 /// A capture asked for, waiting for the agent thread.
 #[derive(Debug)]
@@ -19,6 +30,45 @@ pub(crate) struct PendingCapture {
     pub(crate) event_id: String,
     /// When it was queued.
     pub(crate) queued: Instant,
+    pub(crate) origin: Origin,
+}
+
+/// At most one requested capture of each kind per interval (kinds as
+/// `Job::limit_key` names them). Only captures that start count: a request refused for
+/// another reason does not use the kind's turn.
+#[derive(Debug)]
+pub(crate) struct RateLimit {
+    every: Duration,
+    last: HashMap<&'static str, Instant>,
+}
+
+impl RateLimit {
+    pub(crate) fn new(every: Duration) -> Self {
+        RateLimit {
+            every,
+            last: HashMap::new(),
+        }
+    }
+
+    /// Why `kind` may not be captured at `now`, or `None` when it may.
+    pub(crate) fn refusal(&self, kind: &'static str, now: Instant) -> Option<String> {
+        let last = self.last.get(kind)?;
+        let since = now.saturating_duration_since(*last);
+        (since < self.every).then(|| {
+            format!(
+                "at most one requested {kind} capture per {}; the last started {} ago",
+                humantime::format_duration(self.every),
+                humantime::format_duration(Duration::from_millis(
+                    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+                ))
+            )
+        })
+    }
+
+    /// Records that a capture of `kind` started at `now`.
+    pub(crate) fn started(&mut self, kind: &'static str, now: Instant) {
+        self.last.insert(kind, now);
+    }
 }
 
 /// The waiting requests, oldest first.
@@ -30,7 +80,7 @@ pub(crate) struct CaptureQueue {
 impl CaptureQueue {
     /// Queues a request whose trigger event will be `event_id`; false when too many are
     /// already waiting.
-    pub(crate) fn push(&self, request: CaptureRequest, event_id: String) -> bool {
+    pub(crate) fn push(&self, request: CaptureRequest, event_id: String, origin: Origin) -> bool {
         let mut waiting = self.lock();
         if waiting.len() >= MAX_WAITING {
             return false;
@@ -39,6 +89,7 @@ impl CaptureQueue {
             request,
             event_id,
             queued: Instant::now(),
+            origin,
         });
         true
     }
@@ -78,13 +129,28 @@ mod tests {
     fn requests_wait_in_order_and_a_full_queue_refuses() {
         let q = CaptureQueue::default();
         for i in 0..MAX_WAITING {
-            assert!(q.push(request(&i.to_string()), format!("e{i}")));
+            assert!(q.push(request(&i.to_string()), format!("e{i}"), Origin::Host));
         }
-        assert!(!q.push(request("late"), "e".into()));
+        assert!(!q.push(request("late"), "e".into(), Origin::Collector));
         let first = q.pop().unwrap();
         assert_eq!(first.request.request_id, "0");
         q.push_front(first);
         assert_eq!(q.pop().unwrap().event_id, "e0");
         assert_eq!(q.pop().unwrap().event_id, "e1");
+    }
+
+    #[test]
+    fn one_capture_of_a_kind_per_interval() {
+        let mut limit = RateLimit::new(Duration::from_secs(30));
+        let t0 = Instant::now();
+        assert_eq!(limit.refusal("cpu", t0), None);
+        limit.started("cpu", t0);
+        assert_eq!(
+            limit.refusal("cpu", t0 + Duration::from_secs(12)),
+            Some("at most one requested cpu capture per 30s; the last started 12s ago".into())
+        );
+        assert_eq!(limit.refusal("threads", t0), None, "per kind");
+        assert_eq!(limit.refusal("cpu window", t0), None, "per kind");
+        assert_eq!(limit.refusal("cpu", t0 + Duration::from_secs(30)), None);
     }
 }

@@ -66,8 +66,46 @@ impl HolmesBuilder {
         if let Some(v) = get("HOLMES_LABELS") {
             self.env_labels = parse_labels("HOLMES_LABELS", &v)?;
         }
+        self.detected_labels = super::kubernetes::detect(&get);
         if self.dump_dir.is_none() {
             self.dump_dir = get("HOLMES_DUMP_DIR").map(PathBuf::from);
+        }
+        if self.dump_bytes.is_none() {
+            if let Some(v) = get("HOLMES_DUMP_BYTES") {
+                self.dump_bytes = Some(parse_bytes("HOLMES_DUMP_BYTES", &v)?);
+            }
+        }
+        if self.min_pushed_cooldown.is_none() {
+            if let Some(v) = get("HOLMES_MIN_PUSHED_COOLDOWN") {
+                self.min_pushed_cooldown = Some(parse_duration("HOLMES_MIN_PUSHED_COOLDOWN", &v)?);
+            }
+        }
+        if self.min_pushed_window.is_none() {
+            if let Some(v) = get("HOLMES_MIN_PUSHED_WINDOW") {
+                let n = v.trim().parse::<u32>().map_err(|_| {
+                    invalid(
+                        "HOLMES_MIN_PUSHED_WINDOW",
+                        &v,
+                        "expected a number of samples such as 5",
+                    )
+                })?;
+                self.min_pushed_window = Some(n);
+            }
+        }
+        if self.capture_request_interval.is_none() {
+            if let Some(v) = get("HOLMES_CAPTURE_REQUEST_INTERVAL") {
+                self.capture_request_interval =
+                    Some(parse_duration("HOLMES_CAPTURE_REQUEST_INTERVAL", &v)?);
+            }
+        }
+        if self.baseline_interval.is_none() {
+            if let Some(v) = get("HOLMES_BASELINE_INTERVAL") {
+                self.baseline_interval = Some(if v.trim().eq_ignore_ascii_case("off") {
+                    None
+                } else {
+                    Some(parse_duration("HOLMES_BASELINE_INTERVAL", &v)?)
+                });
+            }
         }
         if self.collect_interval.is_none() {
             if let Some(v) = get("HOLMES_INTERVAL") {

@@ -5,9 +5,11 @@
 //! `DEFAULT_*` constants — whatever the order of the calls.
 //!
 //! - [`env`]: the `HOLMES_*` variables, parsed into the builder;
+//! - [`kubernetes`]: labels from the Downward API's variables;
 //! - [`resolve`]: the checks and defaults that turn the builder into an [`AgentConfig`].
 
 mod env;
+mod kubernetes;
 mod resolve;
 #[cfg(test)]
 mod tests;
@@ -19,8 +21,9 @@ use std::time::Duration;
 use holmes_proto::names::NameError;
 use holmes_proto::Metric;
 
+use crate::delivery::dump::DumpFolder;
 use crate::delivery::transport::{Compression, Transport, TransportSettings};
-use crate::rules::Rule;
+use crate::rules::{Floors, Rule};
 
 /// Sampling interval when neither code nor `HOLMES_INTERVAL` sets one.
 pub const DEFAULT_COLLECT_INTERVAL: Duration = Duration::from_secs(1);
@@ -53,6 +56,30 @@ pub const DEFAULT_FLIGHT_RECORDER_WINDOW: Duration = Duration::from_secs(10);
 pub const DEFAULT_PREWARM_SYMBOLS: bool = true;
 /// Longest interval, timeout or backoff accepted for any setting.
 pub const MAX_DURATION_SETTING: Duration = Duration::from_secs(3600);
+/// History the CPU flight recorder keeps (at least its shipped window): an incident's
+/// healthy controls are asked for the seconds before the sick instances' trigger,
+/// seconds after it, and get them from here; a baseline ships all of it.
+pub const FLIGHT_RECORDER_HISTORY: Duration = Duration::from_secs(60);
+/// Shortest cooldown of a rule the collector pushes (`HOLMES_MIN_PUSHED_COOLDOWN`); a
+/// pushed rule below it is refused.
+pub const DEFAULT_MIN_PUSHED_COOLDOWN: Duration = Duration::from_secs(10);
+/// Smallest window of a rule the collector pushes (`HOLMES_MIN_PUSHED_WINDOW`); a pushed
+/// rule below it is refused.
+pub const DEFAULT_MIN_PUSHED_WINDOW: u32 = 2;
+/// Shortest time between two captures of one kind that the collector asks for
+/// (`HOLMES_CAPTURE_REQUEST_INTERVAL`); a request sooner is refused as rate-limited.
+pub const DEFAULT_CAPTURE_REQUEST_INTERVAL: Duration = Duration::from_secs(30);
+/// Longest new CPU profile the collector may ask for; a longer request is cut to it.
+pub const MAX_REQUESTED_CPU_DURATION: Duration = Duration::from_secs(30);
+/// How often the agent sends a baseline to its collector (`HOLMES_BASELINE_INTERVAL`),
+/// jittered by ±20 %.
+pub const DEFAULT_BASELINE_INTERVAL: Duration = Duration::from_secs(15 * 60);
+/// Shortest baseline interval accepted.
+pub const MIN_BASELINE_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest baseline interval accepted.
+pub const MAX_BASELINE_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+/// Disk kept for local dumps (`HOLMES_DUMP_BYTES`); the oldest go first.
+pub const DEFAULT_DUMP_BYTES: usize = 128 * 1024 * 1024;
 
 /// A configuration that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -104,7 +131,10 @@ pub struct HolmesBuilder {
     pub(crate) collector: Option<String>,
     pub(crate) labels: BTreeMap<String, String>,
     pub(crate) env_labels: BTreeMap<String, String>,
+    /// Labels found in the Kubernetes Downward API's variables (weakest).
+    pub(crate) detected_labels: BTreeMap<String, String>,
     pub(crate) dump_dir: Option<PathBuf>,
+    pub(crate) dump_bytes: Option<usize>,
     pub(crate) collect_interval: Option<Duration>,
     pub(crate) send_interval: Option<Duration>,
     pub(crate) outbox_bytes: Option<usize>,
@@ -123,6 +153,10 @@ pub struct HolmesBuilder {
     pub(crate) cpu_profile_duration: Option<Duration>,
     pub(crate) prewarm_symbols: Option<bool>,
     pub(crate) cpu_cores: Option<f64>,
+    pub(crate) min_pushed_cooldown: Option<Duration>,
+    pub(crate) min_pushed_window: Option<u32>,
+    pub(crate) capture_request_interval: Option<Duration>,
+    pub(crate) baseline_interval: Option<Option<Duration>>,
     pub(crate) transport: TransportSettings,
 }
 
@@ -148,15 +182,28 @@ impl HolmesBuilder {
     }
 
     /// Adds a label such as region or version (`HOLMES_LABELS=k=v,k=v`); labels set in
-    /// code win over a variable's label of the same key.
+    /// code win over a variable's label of the same key, and both win over the labels
+    /// detected from Kubernetes' Downward API variables (`k8s.pod.name`, …; see the
+    /// README).
     pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.labels.insert(key.into(), value.into());
         self
     }
 
-    /// Folder for local dumps (`HOLMES_DUMP_DIR`).
+    /// Folder for local dumps (`HOLMES_DUMP_DIR`). Without one, an agent with no
+    /// collector writes to a private folder of its own: `$XDG_RUNTIME_DIR/holmes`, else
+    /// `<tmp>/holmes-<uid>`, made `0700` and refused if another user owns it or others
+    /// may write to it.
     pub fn dump_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.dump_dir = Some(dir.into());
+        self
+    }
+
+    /// Disk cap of the dump folder (`HOLMES_DUMP_BYTES`, default [`DEFAULT_DUMP_BYTES`],
+    /// at least 1 MiB): before a dump is written, the agent's oldest dumps there are
+    /// deleted until it fits.
+    pub fn dump_bytes(mut self, bytes: usize) -> Self {
+        self.dump_bytes = Some(bytes);
         self
     }
 
@@ -326,6 +373,42 @@ impl HolmesBuilder {
         self
     }
 
+    /// The shortest cooldown a rule pushed by the collector may have
+    /// (`HOLMES_MIN_PUSHED_COOLDOWN`, default [`DEFAULT_MIN_PUSHED_COOLDOWN`]); an enabled
+    /// pushed rule below it is refused and the agent keeps its rule for that metric. The
+    /// collector cannot change it.
+    pub fn min_pushed_cooldown(mut self, floor: Duration) -> Self {
+        self.min_pushed_cooldown = Some(floor);
+        self
+    }
+
+    /// The smallest window a rule pushed by the collector may have
+    /// (`HOLMES_MIN_PUSHED_WINDOW`, default [`DEFAULT_MIN_PUSHED_WINDOW`]); an enabled
+    /// pushed rule below it is refused.
+    pub fn min_pushed_window(mut self, samples: u32) -> Self {
+        self.min_pushed_window = Some(samples);
+        self
+    }
+
+    /// The shortest time between two captures of one kind the collector may ask for
+    /// (`HOLMES_CAPTURE_REQUEST_INTERVAL`, default [`DEFAULT_CAPTURE_REQUEST_INTERVAL`]);
+    /// a request sooner is answered `rate_limited`. The host's own
+    /// [`capture_now`](crate::HolmesHandle::capture_now) is not limited.
+    pub fn capture_request_interval(mut self, interval: Duration) -> Self {
+        self.capture_request_interval = Some(interval);
+        self
+    }
+
+    /// How often a baseline goes to the collector (`HOLMES_BASELINE_INTERVAL`, default
+    /// [`DEFAULT_BASELINE_INTERVAL`], each one ±20 % at random; `None` or `off`: none):
+    /// the flight recorder's history as a CPU profile, a heap profile where a heap
+    /// profiler is installed, and the threads' (and, with task dumps built in, the
+    /// tasks') stacks — what this instance looks like between incidents.
+    pub fn baseline_interval(mut self, interval: Option<Duration>) -> Self {
+        self.baseline_interval = Some(interval);
+        self
+    }
+
     /// The collector's token for this service (`HOLMES_TOKEN`), sent as
     /// `authorization: Bearer <token>` with the stream.
     pub fn token(mut self, token: impl Into<String>) -> Self {
@@ -368,7 +451,15 @@ pub(crate) struct AgentConfig {
     pub(crate) host: String,
     pub(crate) labels: BTreeMap<String, String>,
     pub(crate) collector: Option<String>,
-    pub(crate) dump_dir: Option<PathBuf>,
+    /// Where local dumps go: the folder the host chose, or the private default when
+    /// there is no collector; `None` when a collector is set and no folder is.
+    pub(crate) dump: Option<DumpFolder>,
+    /// Bounds on rules the collector pushes.
+    pub(crate) floors: Floors,
+    /// Shortest time between two requested captures of one kind.
+    pub(crate) capture_request_interval: Duration,
+    /// Mean time between two baselines; `None`: no baselines.
+    pub(crate) baseline_interval: Option<Duration>,
     pub(crate) collect_interval: Duration,
     pub(crate) send_interval: Duration,
     pub(crate) outbox_bytes: usize,
@@ -378,16 +469,4 @@ pub(crate) struct AgentConfig {
     pub(crate) max_backoff: Duration,
     pub(crate) connect_timeout: Duration,
     pub(crate) transport: Transport,
-}
-
-impl AgentConfig {
-    /// Where local dumps go: the configured folder, or `<tmp>/holmes` when there is no
-    /// collector to send to; `None` when a collector is set and no folder is.
-    pub(crate) fn effective_dump_dir(&self) -> Option<PathBuf> {
-        match (&self.dump_dir, &self.collector) {
-            (Some(dir), _) => Some(dir.clone()),
-            (None, None) => Some(std::env::temp_dir().join("holmes")),
-            (None, Some(_)) => None,
-        }
-    }
 }

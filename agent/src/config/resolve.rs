@@ -2,6 +2,7 @@
 //! range or a [`ConfigError`] naming it.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use holmes_proto::names;
@@ -20,7 +21,8 @@ impl HolmesBuilder {
             None => default_instance_id(),
         };
         names::validate_name("instance id", &instance)?;
-        let mut labels = self.env_labels;
+        let mut labels = kubernetes::valid_labels(self.detected_labels);
+        labels.extend(self.env_labels);
         labels.extend(self.labels);
         names::validate_labels(&labels)?;
         let collector = self.collector.map(|c| validate_collector(&c)).transpose()?;
@@ -57,6 +59,8 @@ impl HolmesBuilder {
             ("max_backoff", self.max_backoff),
             ("flight_recorder_window", self.flight_recorder_window),
             ("cpu_profile_duration", self.cpu_profile_duration),
+            ("min_pushed_cooldown", self.min_pushed_cooldown),
+            ("capture_request_interval", self.capture_request_interval),
         ];
         for (setting, value) in durations {
             if let Some(v) = value.filter(|v| *v > MAX_DURATION_SETTING) {
@@ -74,6 +78,36 @@ impl HolmesBuilder {
                 value: outbox_bytes.to_string(),
                 reason: "at least 64 KiB".to_owned(),
             });
+        }
+        let dump_bytes = self.dump_bytes.unwrap_or(DEFAULT_DUMP_BYTES);
+        if dump_bytes < 1024 * 1024 {
+            return Err(ConfigError::OutOfRange {
+                setting: "dump_bytes",
+                value: dump_bytes.to_string(),
+                reason: "at least 1 MiB".to_owned(),
+            });
+        }
+        let dump = match (self.dump_dir, &collector) {
+            (Some(dir), _) => Some(DumpFolder::chosen(dir, dump_bytes as u64)),
+            (None, None) => Some(DumpFolder::default_private(
+                std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from),
+                dump_bytes as u64,
+            )),
+            (None, Some(_)) => None,
+        };
+        let baseline_interval = self
+            .baseline_interval
+            .unwrap_or(Some(DEFAULT_BASELINE_INTERVAL));
+        if let Some(every) = baseline_interval {
+            if !(MIN_BASELINE_INTERVAL..=MAX_BASELINE_INTERVAL).contains(&every) {
+                return Err(ConfigError::OutOfRange {
+                    setting: "baseline_interval",
+                    value: format!("{every:?}"),
+                    reason: format!(
+                        "from {MIN_BASELINE_INTERVAL:?} to {MAX_BASELINE_INTERVAL:?}, or off"
+                    ),
+                });
+            }
         }
         let spool_bytes = self.spool_bytes.unwrap_or(DEFAULT_SPOOL_BYTES);
         if spool_bytes < 1024 * 1024 {
@@ -143,7 +177,17 @@ impl HolmesBuilder {
             host: hostname(),
             labels,
             collector,
-            dump_dir: self.dump_dir,
+            dump,
+            floors: Floors {
+                min_cooldown: self
+                    .min_pushed_cooldown
+                    .unwrap_or(DEFAULT_MIN_PUSHED_COOLDOWN),
+                min_window: self.min_pushed_window.unwrap_or(DEFAULT_MIN_PUSHED_WINDOW),
+            },
+            capture_request_interval: self
+                .capture_request_interval
+                .unwrap_or(DEFAULT_CAPTURE_REQUEST_INTERVAL),
+            baseline_interval,
             collect_interval,
             send_interval: self
                 .send_interval

@@ -1,4 +1,5 @@
 use std::collections::HashMap;
+use std::path::Path;
 
 use holmes_proto::names;
 
@@ -38,7 +39,10 @@ fn environment_fills_what_code_left_unset() {
     assert_eq!(cfg.collect_interval, Duration::from_millis(250));
     assert_eq!(cfg.send_interval, Duration::from_secs(2));
     assert_eq!(cfg.outbox_bytes, 8 * 1024 * 1024);
-    assert_eq!(cfg.dump_dir, Some(PathBuf::from("/var/tmp/holmes")));
+    assert_eq!(
+        cfg.dump.as_ref().map(|d| d.path()),
+        Some(Path::new("/var/tmp/holmes"))
+    );
 }
 
 #[test]
@@ -106,6 +110,157 @@ fn defaults_apply_when_nothing_is_set() {
     assert_eq!(cfg.collector, None);
     assert!(cfg.instance.ends_with(&format!("-{}", std::process::id())));
     names::validate_name("instance", &cfg.instance).unwrap();
+    assert_eq!(
+        cfg.floors,
+        Floors {
+            min_cooldown: DEFAULT_MIN_PUSHED_COOLDOWN,
+            min_window: DEFAULT_MIN_PUSHED_WINDOW
+        }
+    );
+    assert_eq!(
+        cfg.capture_request_interval,
+        DEFAULT_CAPTURE_REQUEST_INTERVAL
+    );
+    assert_eq!(cfg.baseline_interval, Some(DEFAULT_BASELINE_INTERVAL));
+    // Local mode: the private default folder; with a collector, no folder.
+    let dump = cfg.dump.expect("a dump folder without a collector");
+    assert!(
+        dump.path().ends_with("holmes") || dump.path().ends_with(format!("holmes-{}", euid())),
+        "{}",
+        dump.path().display()
+    );
+    let cfg = HolmesBuilder::default()
+        .service("svc")
+        .collector("http://127.0.0.1:1")
+        .resolve()
+        .unwrap();
+    assert_eq!(cfg.dump, None);
+}
+
+/// The effective user id, read from the process's status file.
+fn euid() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().nth(1))
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn control_bounds_baselines_and_the_dump_cap_come_from_code_then_environment() {
+    let vars = env(&[
+        ("HOLMES_MIN_PUSHED_COOLDOWN", "1m"),
+        ("HOLMES_MIN_PUSHED_WINDOW", "5"),
+        ("HOLMES_CAPTURE_REQUEST_INTERVAL", "2m"),
+        ("HOLMES_BASELINE_INTERVAL", "off"),
+        ("HOLMES_DUMP_BYTES", "16MiB"),
+        ("HOLMES_DUMP_DIR", "/var/tmp/holmes"),
+    ]);
+    let cfg = HolmesBuilder::default()
+        .service("svc")
+        .with_env_from(&vars)
+        .unwrap()
+        .resolve()
+        .unwrap();
+    assert_eq!(
+        cfg.floors,
+        Floors {
+            min_cooldown: Duration::from_secs(60),
+            min_window: 5
+        }
+    );
+    assert_eq!(cfg.capture_request_interval, Duration::from_secs(120));
+    assert_eq!(cfg.baseline_interval, None);
+    assert_eq!(
+        cfg.dump,
+        Some(DumpFolder::chosen(
+            "/var/tmp/holmes".into(),
+            16 * 1024 * 1024
+        ))
+    );
+    let cfg = HolmesBuilder::default()
+        .service("svc")
+        .min_pushed_cooldown(Duration::ZERO)
+        .min_pushed_window(1)
+        .capture_request_interval(Duration::from_secs(1))
+        .baseline_interval(Some(Duration::from_secs(90)))
+        .dump_bytes(2 * 1024 * 1024)
+        .with_env_from(&vars)
+        .unwrap()
+        .resolve()
+        .unwrap();
+    assert_eq!(
+        cfg.floors,
+        Floors {
+            min_cooldown: Duration::ZERO,
+            min_window: 1
+        }
+    );
+    assert_eq!(cfg.capture_request_interval, Duration::from_secs(1));
+    assert_eq!(cfg.baseline_interval, Some(Duration::from_secs(90)));
+    assert_eq!(
+        cfg.dump,
+        Some(DumpFolder::chosen(
+            "/var/tmp/holmes".into(),
+            2 * 1024 * 1024
+        ))
+    );
+    for (var, value) in [
+        ("HOLMES_MIN_PUSHED_WINDOW", "a few"),
+        ("HOLMES_BASELINE_INTERVAL", "hourly"),
+        ("HOLMES_DUMP_BYTES", "lots"),
+    ] {
+        let err = HolmesBuilder::default()
+            .with_env_from(env(&[(var, value)]))
+            .unwrap_err();
+        assert!(err.to_string().starts_with(&format!("{var}=")), "{err}");
+    }
+    let out_of_range = |b: HolmesBuilder| match b.service("svc").resolve() {
+        Err(ConfigError::OutOfRange { setting, .. }) => setting,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        out_of_range(HolmesBuilder::default().baseline_interval(Some(Duration::from_millis(10)))),
+        "baseline_interval"
+    );
+    assert_eq!(
+        out_of_range(HolmesBuilder::default().dump_bytes(1000)),
+        "dump_bytes"
+    );
+}
+
+#[test]
+fn labels_from_code_win_over_holmes_labels_which_win_over_kubernetes() {
+    let cfg = HolmesBuilder::default()
+        .service("svc")
+        .label("k8s.pod.name", "from-code")
+        .with_env_from(env(&[
+            ("POD_NAME", "checkout-7f9c5d8b6-x2x4q"),
+            ("POD_NAMESPACE", "shop"),
+            ("NODE_NAME", "node-3"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "service.version=1.4.2"),
+            ("HOLMES_LABELS", "k8s.namespace.name=from-env,zone=a"),
+        ]))
+        .unwrap()
+        .resolve()
+        .unwrap();
+    let labels: Vec<(&str, &str)> = cfg
+        .labels
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            ("k8s.namespace.name", "from-env"),
+            ("k8s.node.name", "node-3"),
+            ("k8s.pod.name", "from-code"),
+            ("service.version", "1.4.2"),
+            ("zone", "a"),
+        ]
+    );
 }
 
 #[test]

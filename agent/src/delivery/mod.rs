@@ -5,7 +5,9 @@
 //! acknowledges it, and sent by the [`sender`] over the gRPC stream ([`transport`]).
 //!
 //! [`Delivery`] is that path: queue, read back for sending, delete when acknowledged or
-//! dropped. Every file operation here runs on the agent's own threads — `holmes-agent`
+//! dropped, or skipped when the collector asks not to send an event's profiles. It also
+//! holds the few unsequenced answers to the collector (`ConfigApplied`, `CaptureOutcome`)
+//! until the stream takes them. Every file operation here runs on the agent's own threads — `holmes-agent`
 //! (windows, trigger events, opening the spool), `holmes-capture` (profiles) and
 //! `holmes-sender` (reads and deletions) — and never under the outbox lock, which host
 //! threads take for `stats()`.
@@ -17,17 +19,25 @@ pub(crate) mod sender;
 mod spool;
 pub(crate) mod transport;
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
-use holmes_proto::{AgentBody, AgentMessage};
+use holmes_proto::{AgentBody, AgentMessage, ProfileKind};
 use tokio::sync::Notify;
 
 use message::{approx_bytes, Kind};
-use outbox::{Admission, Held, Outbox};
+use outbox::{Admission, Held, Outbox, ProfileTag};
 use spool::Spool;
+
+/// Unsequenced answers waiting for a stream; beyond this the oldest is dropped (they
+/// answer a collector that may be gone by now).
+const MAX_REPLIES: usize = 64;
+/// Skips remembered, for profiles not captured or not queued yet; the oldest is
+/// forgotten beyond this.
+const MAX_SKIPS: usize = 256;
 
 /// The messages on their way to the collector, and what the stream did with them.
 #[derive(Debug)]
@@ -45,6 +55,10 @@ pub(crate) struct Delivery {
     pub(crate) connections: AtomicU64,
     /// Whether a stream is open now.
     pub(crate) connected: AtomicBool,
+    /// Answers to the collector that carry no sequence number, oldest first.
+    replies: Mutex<VecDeque<AgentBody>>,
+    /// The collector's skips, newest last: event id and kinds (empty: all).
+    skips: Mutex<VecDeque<(String, Vec<ProfileKind>)>>,
 }
 
 impl Delivery {
@@ -58,7 +72,63 @@ impl Delivery {
             sent: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             connected: AtomicBool::new(false),
+            replies: Mutex::new(VecDeque::new()),
+            skips: Mutex::new(VecDeque::new()),
         }
+    }
+
+    /// Queues an unsequenced answer for the collector (sent on the current stream, or
+    /// the next one).
+    pub(crate) fn reply(&self, body: AgentBody) {
+        {
+            let mut replies = self.replies.lock().unwrap_or_else(|p| p.into_inner());
+            if replies.len() >= MAX_REPLIES {
+                replies.pop_front();
+                tracing::debug!(target: "holmes", "too many answers for the collector waiting; dropped the oldest");
+            }
+            replies.push_back(body);
+        }
+        self.queued.notify_one();
+    }
+
+    /// The answers waiting for the stream, oldest first.
+    pub(crate) fn take_replies(&self) -> Vec<AgentBody> {
+        self.replies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect()
+    }
+
+    /// The collector does not want the profiles of `event_id` of `kinds` (empty: all):
+    /// those queued and not on the wire are removed with their spool files, and those
+    /// still to come are not queued. Returns how many queued profiles were removed.
+    pub(crate) fn skip(&self, event_id: &str, kinds: &[ProfileKind]) -> u64 {
+        {
+            let mut skips = self.skips.lock().unwrap_or_else(|p| p.into_inner());
+            if skips.len() >= MAX_SKIPS {
+                skips.pop_front();
+            }
+            skips.push_back((event_id.to_owned(), kinds.to_vec()));
+        }
+        let (profiles, files) = self.outbox().skip(event_id, kinds);
+        if let Some(spool) = self.spool.get() {
+            spool.remove(files);
+        }
+        profiles
+    }
+
+    /// Whether the collector asked not to send `kind` profiles of `event_id`.
+    pub(crate) fn is_skipped(&self, event_id: &str, kind: ProfileKind) -> bool {
+        let tag = ProfileTag {
+            event_id: event_id.to_owned(),
+            kind,
+        };
+        self.skips
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|(event, kinds)| tag.matches(event, kinds))
     }
 
     /// The outbox; a poisoned lock is taken over, since every outbox operation leaves
@@ -130,6 +200,14 @@ impl Delivery {
         let Some(kind) = bodies.first().and_then(Kind::of) else {
             return;
         };
+        let tag = bodies.first().and_then(ProfileTag::of);
+        if let Some(tag) = &tag {
+            if self.is_skipped(&tag.event_id, tag.kind) {
+                self.outbox().count_skipped();
+                tracing::debug!(target: "holmes", event_id = %tag.event_id, kind = tag.kind.as_str(), "not queuing a profile the collector asked to skip");
+                return;
+            }
+        }
         let items = match self.spool.get() {
             Some(spool) => match spool.write(&bodies) {
                 Ok(files) => {
@@ -150,7 +228,7 @@ impl Delivery {
             },
             None => in_memory(bodies),
         };
-        let admission = self.outbox().push_group(kind, items);
+        let admission = self.outbox().push_tagged(kind, items, tag.as_ref());
         let queued = admission.queued;
         self.settle(admission);
         if queued {
@@ -174,8 +252,9 @@ impl Delivery {
             let batch = self.outbox().after(seq, max);
             let mut out: Vec<(u64, AgentMessage)> = Vec::with_capacity(batch.len());
             let mut bad: Vec<u64> = Vec::new();
+            let mut skipped: Vec<u64> = Vec::new();
             for p in batch {
-                if bad.last() == Some(&p.group) {
+                if bad.last() == Some(&p.group) || skipped.last() == Some(&p.group) {
                     continue;
                 }
                 let body = match p.held {
@@ -204,7 +283,25 @@ impl Delivery {
                         }
                     }
                 };
+                // Profiles recovered from the spool are known by event only now.
+                if let Some(tag) = ProfileTag::of(&body) {
+                    if self.is_skipped(&tag.event_id, tag.kind) {
+                        skipped.push(p.group);
+                        out.retain(|(group, _)| *group != p.group);
+                        continue;
+                    }
+                }
                 out.push((p.group, AgentMessage { seq: p.seq, body }));
+            }
+            if !skipped.is_empty() {
+                let (_, files) = self.outbox().skip_groups(&skipped);
+                if let Some(spool) = self.spool.get() {
+                    spool.remove(files);
+                }
+                if bad.is_empty() {
+                    // Their batch is asked for again without them.
+                    continue;
+                }
             }
             if bad.is_empty() {
                 return out.into_iter().map(|(_, m)| m).collect();

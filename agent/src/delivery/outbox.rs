@@ -14,9 +14,9 @@
 
 use std::collections::VecDeque;
 
-use holmes_proto::AgentBody;
 #[cfg(test)]
 use holmes_proto::AgentMessage;
+use holmes_proto::{AgentBody, ProfileKind};
 
 #[cfg(test)]
 use super::message::approx_bytes;
@@ -40,6 +40,31 @@ pub(crate) struct Pending {
     pub(crate) held: Held,
 }
 
+/// Which event and kind a queued profile is, so the collector can have it skipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ProfileTag {
+    pub(crate) event_id: String,
+    pub(crate) kind: ProfileKind,
+}
+
+impl ProfileTag {
+    /// The tag of a profile chunk; `None` for other messages.
+    pub(crate) fn of(body: &AgentBody) -> Option<ProfileTag> {
+        match body {
+            AgentBody::ProfileChunk(c) => Some(ProfileTag {
+                event_id: c.event_id.clone(),
+                kind: c.kind,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Whether a skip of `kinds` (empty: all) of `event_id` covers it.
+    pub(crate) fn matches(&self, event_id: &str, kinds: &[ProfileKind]) -> bool {
+        self.event_id == event_id && (kinds.is_empty() || kinds.contains(&self.kind))
+    }
+}
+
 #[derive(Debug)]
 struct Entry {
     seq: u64,
@@ -47,6 +72,8 @@ struct Entry {
     kind: Kind,
     bytes: u64,
     held: Held,
+    /// For profiles queued by this process; recovered ones are known once read back.
+    tag: Option<ProfileTag>,
 }
 
 /// What queuing a message did.
@@ -76,6 +103,8 @@ pub(crate) struct Outbox {
     dropped: u64,
     corrupt: u64,
     recovered: u64,
+    /// Profiles the collector asked not to send, removed unsent.
+    skipped: u64,
 }
 
 impl Outbox {
@@ -95,6 +124,7 @@ impl Outbox {
             dropped: 0,
             corrupt: 0,
             recovered: 0,
+            skipped: 0,
         }
     }
 
@@ -118,6 +148,16 @@ impl Outbox {
     /// under consecutive sequence numbers, making room by dropping older messages if a
     /// cap requires it. All or none of them are queued.
     pub(crate) fn push_group(&mut self, kind: Kind, items: Vec<(Held, u64)>) -> Admission {
+        self.push_tagged(kind, items, None)
+    }
+
+    /// [`Self::push_group`] for a profile whose event and kind are known.
+    pub(crate) fn push_tagged(
+        &mut self,
+        kind: Kind,
+        items: Vec<(Held, u64)>,
+        tag: Option<&ProfileTag>,
+    ) -> Admission {
         let mut admission = Admission::default();
         if items.is_empty() {
             admission.queued = true;
@@ -180,6 +220,7 @@ impl Outbox {
                 kind,
                 bytes,
                 held,
+                tag: tag.cloned(),
             });
             self.next_seq += 1;
         }
@@ -323,6 +364,50 @@ impl Outbox {
         }
         self.corrupt += lost;
         (lost, files)
+    }
+
+    /// Removes the profiles of `event_id` (of `kinds`; empty: all) that are not on the
+    /// wire, as the collector asked; returns how many profiles and their files. Only
+    /// profiles this process queued are known by event here; recovered ones are checked
+    /// when read back ([`Self::skip_groups`]).
+    pub(crate) fn skip(&mut self, event_id: &str, kinds: &[ProfileKind]) -> (u64, Vec<SpoolFile>) {
+        let mut groups: Vec<u64> = self
+            .queue
+            .iter()
+            .filter(|e| {
+                e.group > self.handed_out
+                    && e.tag.as_ref().is_some_and(|t| t.matches(event_id, kinds))
+            })
+            .map(|e| e.group)
+            .collect();
+        groups.dedup();
+        self.skip_groups(&groups)
+    }
+
+    /// Removes whole groups the collector asked not to send; counts them as skipped
+    /// profiles, not as losses.
+    pub(crate) fn skip_groups(&mut self, groups: &[u64]) -> (u64, Vec<SpoolFile>) {
+        let mut files = Vec::new();
+        let mut profiles = 0;
+        for &group in groups {
+            let (_, n, f) = self.remove_group(group);
+            if n > 0 {
+                profiles += 1;
+            }
+            files.extend(f);
+        }
+        self.skipped += profiles;
+        (profiles, files)
+    }
+
+    /// Profiles the collector asked not to send, not sent (or sent no further).
+    pub(crate) fn skipped(&self) -> u64 {
+        self.skipped
+    }
+
+    /// Counts a profile skipped before it was queued.
+    pub(crate) fn count_skipped(&mut self) {
+        self.skipped += 1;
     }
 
     /// Counts spool files found unusable at start.
@@ -574,6 +659,42 @@ mod tests {
         assert_eq!(o.spooled(), (0, 0));
         assert!(o.ack(3).is_empty());
         assert_eq!(o.bytes(), 0);
+    }
+
+    fn tag(event: &str, kind: ProfileKind) -> Option<ProfileTag> {
+        Some(ProfileTag {
+            event_id: event.into(),
+            kind,
+        })
+    }
+
+    #[test]
+    fn skipped_profiles_not_on_the_wire_are_removed_and_counted() {
+        let mut o = Outbox::new(64 * 1024);
+        o.set_disk_cap(10_000);
+        let profile = |o: &mut Outbox, first: u64, t| {
+            o.push_tagged(
+                Kind::Profile,
+                (first..first + 2).map(|i| on_disk(i, 10)).collect(),
+                Option::as_ref(&t),
+            )
+        };
+        profile(&mut o, 0, tag("e1", ProfileKind::Cpu)); // 1-2, about to be sent
+        assert_eq!(o.after(0, 1).len(), 2);
+        profile(&mut o, 2, tag("e1", ProfileKind::Cpu)); // 3-4
+        profile(&mut o, 4, tag("e1", ProfileKind::Heap)); // 5-6
+        profile(&mut o, 6, tag("e2", ProfileKind::Cpu)); // 7-8
+        o.push_group(Kind::Trigger, vec![on_disk(9, 10)]); // 9
+        let (profiles, files) = o.skip("e1", &[ProfileKind::Cpu]);
+        assert_eq!((profiles, files.len()), (1, 2), "the one on the wire stays");
+        assert_eq!(seqs(&mut o), [1, 2, 5, 6, 7, 8, 9]);
+        // Empty kinds: every kind of the event.
+        let (profiles, _) = o.skip("e1", &[]);
+        assert_eq!(profiles, 1);
+        assert_eq!(seqs(&mut o), [1, 2, 7, 8, 9]);
+        assert_eq!(o.skipped(), 2);
+        assert_eq!(o.dropped(), 0, "skipped is not lost");
+        assert_eq!(o.spooled(), (5, 50));
     }
 
     #[test]

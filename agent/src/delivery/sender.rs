@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use holmes_proto::{
-    pb, AgentBody, AgentMessage, CaptureRequest, CollectorMessage, ConfigUpdate, Heartbeat, Hello,
-    RuleConfig,
+    pb, AgentBody, AgentMessage, CaptureOutcome, CaptureRefusal, CaptureRequest, CollectorMessage,
+    ConfigApplied, ConfigUpdate, Heartbeat, Hello, RefusalReason, RuleConfig,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -19,6 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::transport::Transport;
 use super::Delivery;
 use crate::clock::unix_nanos_now;
+use crate::jitter::Jitter;
 
 /// Longest a single send may wait for the stream before the connection counts as dead.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,13 +54,17 @@ pub(crate) struct Link {
     pub(crate) max_backoff: Duration,
 }
 
-/// What the stream needs from the rest of the agent: the rules to announce in each
-/// hello, and somewhere to put what the collector asks for.
+/// What the stream needs from the rest of the agent: the rules and their version to
+/// announce in each hello and heartbeat, and somewhere to put what the collector asks
+/// for.
 pub(crate) trait Control: Send + Sync {
     /// The rules in force.
     fn rules(&self) -> Vec<RuleConfig>;
-    /// Rules pushed by the collector.
-    fn apply_rules(&self, update: &ConfigUpdate);
+    /// Version of the collector's rules in force (0: none).
+    fn rules_version(&self) -> u64;
+    /// Applies a `ConfigUpdate`; the answer for the collector, or `None` for an update
+    /// older than the one in force, which changes nothing and gets no answer.
+    fn apply_config(&self, update: &ConfigUpdate) -> Option<ConfigApplied>;
     /// A capture the collector asks for; false when it cannot be queued.
     fn request_capture(&self, request: CaptureRequest) -> bool;
 }
@@ -97,7 +102,7 @@ pub(crate) async fn run(
         if healthy {
             backoff = INITIAL_BACKOFF;
         }
-        tokio::time::sleep(rng.spread(backoff)).await;
+        tokio::time::sleep(rng.spread(backoff, 0.25)).await;
         backoff = backoff.saturating_mul(2).min(link.max_backoff);
     }
 }
@@ -126,6 +131,7 @@ async fn session(
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(32);
     let mut hello = hello.clone();
     hello.rules = control.rules();
+    hello.rules_version = control.rules_version();
     let hello_msg = AgentMessage {
         seq: 0,
         body: AgentBody::Hello(hello.clone()),
@@ -172,6 +178,9 @@ async fn session(
         let mut sent_upto = delivery.outbox().acked();
         let mut last_send = Instant::now();
         loop {
+            for body in delivery.take_replies() {
+                send(&tx, pb::AgentMessage::from(&AgentMessage { seq: 0, body })).await?;
+            }
             let batch = delivery.pending_after(sent_upto, SEND_BATCH);
             let more = batch.len() >= SEND_BATCH;
             for msg in &batch {
@@ -197,7 +206,7 @@ async fn session(
                             unix_nanos: unix_nanos_now(),
                             dropped_messages: dropped,
                             unacked_messages: unacked,
-                            rules_version: 0,
+                            rules_version: control.rules_version(),
                         }),
                     };
                     send(&tx, pb::AgentMessage::from(&beat)).await?;
@@ -242,16 +251,39 @@ fn handle_inbound(delivery: &Delivery, control: &dyn Control, msg: pb::Collector
         Ok(CollectorMessage::Ack { seq }) => {
             delivery.ack(seq);
         }
-        Ok(CollectorMessage::ConfigUpdate(update)) => control.apply_rules(&update),
-        Ok(CollectorMessage::CaptureRequest(req)) => {
-            let id = req.request_id.clone();
-            if control.request_capture(req) {
-                tracing::info!(target: "holmes", request_id = %id, "capture requested by the collector");
-            } else {
-                tracing::warn!(target: "holmes", request_id = %id, "dropping a capture request: too many are waiting");
+        Ok(CollectorMessage::ConfigUpdate(update)) => {
+            if let Some(applied) = control.apply_config(&update) {
+                delivery.reply(AgentBody::ConfigApplied(applied));
             }
         }
-        Ok(CollectorMessage::DebugInfoRequest(_) | CollectorMessage::SkipProfiles(_)) => {
+        Ok(CollectorMessage::CaptureRequest(req)) => {
+            let (id, kinds) = (req.request_id.clone(), req.kinds.clone());
+            let purpose = req.purpose.as_str();
+            if control.request_capture(req) {
+                tracing::info!(target: "holmes", request_id = %id, ?kinds, purpose, "capture requested by the collector");
+            } else {
+                tracing::warn!(target: "holmes", request_id = %id, ?kinds, purpose, "refusing a capture request: too many are waiting");
+                let detail = "too many capture requests are waiting".to_owned();
+                delivery.reply(AgentBody::CaptureOutcome(CaptureOutcome {
+                    request_id: id,
+                    event_id: None,
+                    captured: Vec::new(),
+                    refused: kinds
+                        .into_iter()
+                        .map(|kind| CaptureRefusal {
+                            kind,
+                            reason: RefusalReason::Busy,
+                            detail: detail.clone(),
+                        })
+                        .collect(),
+                }));
+            }
+        }
+        Ok(CollectorMessage::SkipProfiles(skip)) => {
+            let removed = delivery.skip(&skip.event_id, &skip.kinds);
+            tracing::info!(target: "holmes", event_id = %skip.event_id, kinds = ?skip.kinds, removed, "the collector asked not to send these profiles");
+        }
+        Ok(CollectorMessage::DebugInfoRequest(_)) => {
             tracing::debug!(target: "holmes", "ignoring a request this agent does not serve yet");
         }
         Err(err) => {
@@ -270,40 +302,4 @@ fn source_chain(err: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
-}
-
-/// Spreads reconnection delays so a fleet does not reconnect in lockstep (xorshift;
-/// quality is irrelevant, independence between processes is what matters).
-struct Jitter(u64);
-
-impl Jitter {
-    fn new() -> Self {
-        Jitter(unix_nanos_now() ^ (u64::from(std::process::id()) << 32) | 1)
-    }
-
-    /// `d` scaled by a factor in [0.75, 1.25).
-    fn spread(&mut self, d: Duration) -> Duration {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        let unit = (self.0 % 1_000) as f64 / 1_000.0;
-        d.mul_f64(0.75 + unit * 0.5)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn jitter_stays_within_a_quarter() {
-        let mut j = Jitter::new();
-        for _ in 0..1_000 {
-            let d = j.spread(Duration::from_secs(4));
-            assert!(
-                d >= Duration::from_secs(3) && d < Duration::from_secs(5),
-                "{d:?}"
-            );
-        }
-    }
 }

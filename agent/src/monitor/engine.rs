@@ -1,53 +1,59 @@
 //! Rules, the second stage: every reading judged against its metric's rule, a firing
-//! turned into a trigger event and its captures, a requested capture into a `requested`
-//! trigger event and its captures.
+//! turned into a trigger event and its captures. Requested captures ([`super::requested`])
+//! and baselines ([`super::baseline`]) go through the same [`record_and_capture`].
 //!
 //! With `cpu_max` set, no capture starts while the last sampled CPU % is above it — for
-//! a rule's trigger and for a requested capture alike: captures cost CPU too. The trigger
-//! event is still recorded and sent, planning no profile, and the refusal is logged.
+//! a rule's trigger and for a requested capture alike: captures cost CPU too. The same
+//! while the collector has paused captures. The trigger event is still recorded and
+//! sent, planning no profile, and the reason is logged.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use holmes_proto::{CaptureRequest, Metric, RuleConfig, Sample, TriggerEvent, TriggerReason};
+use holmes_proto::{CapturePause, Metric, RuleConfig, Sample, TriggerEvent, TriggerReason};
 
 use super::shared::Shared;
+use crate::capture::plan::{Job, OnDone};
+use crate::capture::requests::RateLimit;
 use crate::capture::Captures;
 use crate::clock::unix_nanos_now;
 use crate::config::AgentConfig;
-use crate::delivery::dump;
 use crate::event_id;
 use crate::rules::{Decision, RuleState};
 
-/// The rules being applied, and the version of the shared rule book they came from.
+/// The rules being applied, the generation of the shared rule book they came from, and
+/// what the agent thread alone keeps about captures.
 pub(super) struct Engine {
     states: BTreeMap<Metric, RuleState>,
-    version: u64,
+    generation: u64,
     /// The last CPU % sampled, for the `cpu_max` gate.
-    last_cpu: Option<f64>,
+    pub(super) last_cpu: Option<f64>,
+    /// Captures the collector asked for, per kind.
+    pub(super) limit: RateLimit,
 }
 
 impl Engine {
-    pub(super) fn new(shared: &Shared) -> Self {
-        let (version, rules) = shared.rules.snapshot();
+    pub(super) fn new(shared: &Shared, cfg: &AgentConfig) -> Self {
+        let (generation, rules) = shared.rules.snapshot();
         Engine {
             states: rules
                 .into_iter()
                 .map(|(m, r)| (m, RuleState::new(m, r)))
                 .collect(),
-            version,
+            generation,
             last_cpu: None,
+            limit: RateLimit::new(cfg.capture_request_interval),
         }
     }
 
     /// Picks up rule changes made through the handle or pushed by the collector.
     pub(super) fn refresh(&mut self, shared: &Shared) {
-        if shared.rules.version() == self.version {
+        if shared.rules.generation() == self.generation {
             return;
         }
-        let (version, rules) = shared.rules.snapshot();
+        let (generation, rules) = shared.rules.snapshot();
         for (metric, rule) in rules {
             match self.states.get_mut(&metric) {
                 Some(state) => state.set_rule(rule),
@@ -56,8 +62,8 @@ impl Engine {
                 }
             }
         }
-        self.version = version;
-        tracing::info!(target: "holmes", version, "rules updated");
+        self.generation = generation;
+        tracing::info!(target: "holmes", generation, rules_version = shared.rules.version(), "rules updated");
     }
 }
 
@@ -70,9 +76,14 @@ pub(super) struct Ctx<'a> {
 
 impl Ctx<'_> {
     /// The CPU % above `cpu_max` that holds captures back, if it does now.
-    fn cpu_gate(&self, last_cpu: Option<f64>) -> Option<f64> {
+    pub(super) fn cpu_gate(&self, last_cpu: Option<f64>) -> Option<f64> {
         let max = self.cfg.cpu_max;
         last_cpu.filter(|cpu| max > 0.0 && *cpu > max)
+    }
+
+    /// The collector's pause of captures, if one is on now.
+    pub(super) fn paused(&self) -> Option<CapturePause> {
+        self.shared.rules.paused(unix_nanos_now())
     }
 }
 
@@ -180,8 +191,9 @@ struct Firing {
 
 fn fire(ctx: &Ctx<'_>, last_cpu: Option<f64>, f: Firing) {
     let cpu_above_max = ctx.cpu_gate(last_cpu);
+    let paused = ctx.paused();
     let event_id = event_id::new();
-    let planned = if cpu_above_max.is_some() {
+    let planned = if cpu_above_max.is_some() || paused.is_some() {
         Vec::new()
     } else {
         ctx.captures
@@ -206,55 +218,22 @@ fn fire(ctx: &Ctx<'_>, last_cpu: Option<f64>, f: Firing) {
         current = f.current,
         planned = ?planned,
         gated = cpu_above_max.is_some(),
+        paused = paused.is_some(),
         "trigger fired"
     );
     if let Some(cpu) = cpu_above_max {
         log_gated(ctx, &event.event_id, cpu);
+    } else if let Some(pause) = paused {
+        log_paused(&event.event_id, &pause);
     }
-    record_and_capture(ctx, &event);
+    let jobs = planned
+        .iter()
+        .map(|k| Job::of(*k, ctx.cfg.cpu_profile_duration))
+        .collect();
+    record_and_capture(ctx, &event, jobs, None);
 }
 
-/// A capture asked for by the collector or the host: a trigger event with reason
-/// `requested`, then the captures (none while CPU is above `cpu_max`).
-pub(super) fn fire_requested(
-    ctx: &Ctx<'_>,
-    engine: &Engine,
-    request: &CaptureRequest,
-    event_id: String,
-) {
-    let cpu_above_max = ctx.cpu_gate(engine.last_cpu);
-    let planned = if cpu_above_max.is_some() {
-        Vec::new()
-    } else {
-        ctx.captures.claim(&event_id, &request.kinds)
-    };
-    let event = TriggerEvent {
-        event_id,
-        metric: None,
-        reason: TriggerReason::Requested,
-        current: 0.0,
-        window: Vec::new(),
-        rule: None,
-        unix_nanos: unix_nanos_now(),
-        planned,
-        request_id: Some(request.request_id.clone()),
-    };
-    tracing::info!(
-        target: "holmes",
-        event_id = %event.event_id,
-        request_id = %request.request_id,
-        kinds = ?request.kinds,
-        planned = ?event.planned,
-        gated = cpu_above_max.is_some(),
-        "capture requested"
-    );
-    if let Some(cpu) = cpu_above_max {
-        log_gated(ctx, &event.event_id, cpu);
-    }
-    record_and_capture(ctx, &event);
-}
-
-fn log_gated(ctx: &Ctx<'_>, event_id: &str, cpu: f64) {
+pub(super) fn log_gated(ctx: &Ctx<'_>, event_id: &str, cpu: f64) {
     tracing::info!(
         target: "holmes",
         event_id,
@@ -264,17 +243,33 @@ fn log_gated(ctx: &Ctx<'_>, event_id: &str, cpu: f64) {
     );
 }
 
+fn log_paused(event_id: &str, pause: &CapturePause) {
+    tracing::info!(
+        target: "holmes",
+        event_id,
+        until_unix_nanos = pause.until_unix_nanos,
+        reason = %pause.reason,
+        "no capture: the collector paused captures; the trigger event plans no profile"
+    );
+}
+
 /// Writes a trigger event to the dump folder, queues it for the collector, and starts
-/// its planned captures.
-fn record_and_capture(ctx: &Ctx<'_>, event: &TriggerEvent) {
+/// its captures (`jobs`, whose exclusive kinds the caller claimed), calling `done` when
+/// they are over.
+pub(super) fn record_and_capture(
+    ctx: &Ctx<'_>,
+    event: &TriggerEvent,
+    jobs: Vec<Job>,
+    done: Option<OnDone>,
+) {
     let cfg = ctx.cfg;
-    if let Some(dir) = cfg.effective_dump_dir() {
-        match dump::write_trigger(&dir, &cfg.service, &cfg.instance, event) {
+    if let Some(dump) = &cfg.dump {
+        match dump.write_trigger(&cfg.service, &cfg.instance, event) {
             Ok(path) => {
                 tracing::debug!(target: "holmes", path = %path.display(), "trigger written")
             }
             Err(err) => {
-                tracing::warn!(target: "holmes", dir = %dir.display(), error = %err, "cannot write the trigger to the dump folder")
+                tracing::warn!(target: "holmes", error = %err, "cannot write the trigger to the dump folder")
             }
         }
     }
@@ -288,8 +283,12 @@ fn record_and_capture(ctx: &Ctx<'_>, event: &TriggerEvent) {
         &ctx.shared.delivery,
         ctx.shared.runtimes.handles(),
         &event.event_id,
-        event.planned.clone(),
+        jobs,
+        done,
     );
     // Counted last, so whoever sees the count also finds the dump and the queued event.
-    ctx.shared.triggers.fetch_add(1, Ordering::Relaxed);
+    // Baselines are counted when they are done, with their cost.
+    if event.reason != TriggerReason::Baseline {
+        ctx.shared.triggers.fetch_add(1, Ordering::Relaxed);
+    }
 }

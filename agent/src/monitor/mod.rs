@@ -4,13 +4,17 @@
 //!   runtime: each wake-up costs one syscall), feeds every rule ([`engine`]), turns
 //!   firings into trigger events and captures, and hands full metric windows
 //!   ([`window`]) to delivery; between two samples a cheap check of memory, threads and
-//!   tasks runs their rules early (the fast path);
+//!   tasks runs their rules early (the fast path); it also takes the captures the host
+//!   and the collector ask for ([`requested`]) and, with a collector, sends a baseline
+//!   now and then ([`baseline`]);
 //! - `holmes-sender`, only with a collector, runs the gRPC stream on a one-thread tokio
 //!   runtime of its own; it sleeps until the outbox has work or the network answers.
 //!
 //! [`Shared`] is what they share with the handle.
 
+mod baseline;
 mod engine;
+mod requested;
 mod shared;
 mod window;
 
@@ -24,14 +28,19 @@ use crate::capture::Captures;
 use crate::clock::unix_nanos_now;
 use crate::config::AgentConfig;
 use crate::delivery::sender::{self, Link};
+use crate::jitter::Jitter;
 use crate::sample::{procfs, Sampler};
-use engine::{fast_check, fire_requested, judge_reading, Ctx, Engine};
+use baseline::fire_baseline;
+use engine::{fast_check, judge_reading, Ctx, Engine};
+use requested::fire_requested;
 pub(crate) use shared::Shared;
 use window::WindowBuilder;
 
 /// How long a capture request waits for a running capture of the same kind to finish;
 /// after that it captures what is free (rule triggers never wait: Go's semantics).
 const REQUEST_MAX_WAIT: Duration = Duration::from_secs(30);
+/// How far each baseline interval is spread at random, either way.
+const BASELINE_JITTER: f64 = 0.2;
 
 /// Starts the agent thread (which starts the sender thread if there is a collector).
 pub(crate) fn spawn(
@@ -171,25 +180,43 @@ fn run(cfg: &Arc<AgentConfig>, shared: &Arc<Shared>) {
         captures: &captures,
     };
     if cfg.collector.is_none() {
-        tracing::info!(target: "holmes", service = %cfg.service, dump_dir = ?cfg.effective_dump_dir(), "no collector configured; triggers are written to the dump folder");
+        tracing::info!(target: "holmes", service = %cfg.service, dump_dir = ?cfg.dump.as_ref().map(|d| d.path()), "no collector configured; triggers are written to the dump folder");
     }
     let mut sampler = Sampler::new(cfg.cpu_cores);
-    let mut engine = Engine::new(shared);
+    let mut engine = Engine::new(shared, cfg);
     let mut window = WindowBuilder::default();
     let mut last_flush: Option<Instant> = None;
     let mut next_sample = Instant::now();
     let mut next_fast = cfg.memory_fast_interval.map(|f| Instant::now() + f);
+    let mut jitter = Jitter::new();
+    let baseline_every = cfg.baseline_interval.filter(|_| cfg.collector.is_some());
+    let mut next_baseline =
+        baseline_every.map(|every| Instant::now() + jitter.spread(every, BASELINE_JITTER));
     loop {
         while let Some(pending) = shared.requests.pop() {
             // A requested kind still being captured: wait for it (checked again on every
-            // wake-up), unless the request has waited too long already.
-            if captures.busy_with(&pending.request.kinds)
-                && pending.queued.elapsed() < REQUEST_MAX_WAIT
-            {
+            // wake-up), unless the request has waited too long already. A CPU window
+            // reads the flight recorder and need not wait.
+            let waits_for: Vec<_> = pending
+                .request
+                .kinds
+                .iter()
+                .copied()
+                .filter(|k| {
+                    !(*k == holmes_proto::ProfileKind::Cpu && pending.request.window.is_some())
+                })
+                .collect();
+            if captures.busy_with(&waits_for) && pending.queued.elapsed() < REQUEST_MAX_WAIT {
                 shared.requests.push_front(pending);
                 break;
             }
-            fire_requested(&ctx, &engine, &pending.request, pending.event_id);
+            fire_requested(&ctx, &mut engine, pending);
+        }
+        if let (Some(at), Some(every)) = (next_baseline, baseline_every) {
+            if Instant::now() >= at {
+                fire_baseline(&ctx, &engine);
+                next_baseline = Some(Instant::now() + jitter.spread(every, BASELINE_JITTER));
+            }
         }
         let now = Instant::now();
         if now >= next_sample {
@@ -232,7 +259,10 @@ fn run(cfg: &Arc<AgentConfig>, shared: &Arc<Shared>) {
         }
         // park_timeout sleeps in one futex call (a channel's recv_timeout spins first,
         // which costs more than the sampling); stop() sets the flag and unparks.
-        let wake = next_fast.map_or(next_sample, |f| f.min(next_sample));
+        let wake = [next_fast, next_baseline]
+            .into_iter()
+            .flatten()
+            .fold(next_sample, Instant::min);
         loop {
             if shared.stop_requested.load(Ordering::Acquire) {
                 break;

@@ -1,8 +1,10 @@
 //! What the agent's integration tests share: an agent with every rule off, waiting for
-//! something with a generous timeout, `go tool pprof` as the reader of the profiles, and
-//! the dump folder's files. Each test binary includes it with `mod support;` and uses
-//! what it needs.
+//! something with a generous timeout, `go tool pprof` as the reader of the profiles, the
+//! dump folder's files, and a collector's side of the protocol ([`collector`]). Each
+//! test binary includes it with `mod support;` and uses what it needs.
 #![allow(dead_code)]
+
+pub(crate) mod collector;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

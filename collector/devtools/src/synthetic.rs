@@ -90,7 +90,7 @@ pub fn build_of(instance: usize, instances: usize, second_of_day: u64) -> usize 
 /// The process an instance runs at a time of day: instances restart every six hours
 /// (and at the deploy), each process with mappings at addresses of its own.
 pub fn process_of(instance: usize, second_of_day: u64) -> u64 {
-    mix((instance as u64) << 32 | second_of_day / 21_600)
+    mix(((instance as u64) << 32) | (second_of_day / 21_600))
 }
 
 /// One capture in the forms the collector takes.

@@ -90,15 +90,18 @@ pub enum HookKind {
     Slack,
     /// PagerDuty Events API v2.
     Pagerduty,
+    /// Alertmanager's `POST /api/v2/alerts` (the URL names that path).
+    Alertmanager,
 }
 
 impl HookKind {
-    /// `webhook`, `slack` or `pagerduty`.
+    /// `webhook`, `slack`, `pagerduty` or `alertmanager`.
     pub fn as_str(self) -> &'static str {
         match self {
             HookKind::Webhook => "webhook",
             HookKind::Slack => "slack",
             HookKind::Pagerduty => "pagerduty",
+            HookKind::Alertmanager => "alertmanager",
         }
     }
 }

@@ -134,6 +134,11 @@ impl Delivery {
                     Err(err) => tracing::warn!(error = %err, "cannot prune the alert outbox"),
                 }
             }
+            if let Ok(stats) = with_outbox(&self.outbox, |o| o.stats()).await {
+                crate::metrics::metrics()
+                    .alert_outbox_pending
+                    .set(i64::try_from(stats.pending).unwrap_or(i64::MAX));
+            }
             let now = now_ms();
             let due = match with_outbox(&self.outbox, move |o| o.due(now, BATCH)).await {
                 Ok(due) => due,
@@ -233,10 +238,12 @@ impl Delivery {
                     status = status.as_u16(),
                     "alert delivered"
                 );
+                crate::metrics::metrics().alert_delivery(hook, "delivered");
                 with_outbox(&self.outbox, move |o| o.delivered(seq, attempts, now)).await
             }
             Outcome::Permanent(error) => {
                 tracing::error!(hook, incident, event, alert_id, attempts, %error, "alert refused by its hook; not retried");
+                crate::metrics::metrics().alert_delivery(hook, "failed");
                 with_outbox(&self.outbox, move |o| o.failed(seq, attempts, now, &error)).await
             }
             Outcome::Retry(error, retry_after_ms) => {
@@ -251,9 +258,11 @@ impl Delivery {
                 if next > deadline {
                     let error = format!("given up after {attempts} attempts: {error}");
                     tracing::error!(hook, incident, event, alert_id, attempts, %error, "alert not delivered");
+                    crate::metrics::metrics().alert_delivery(hook, "failed");
                     with_outbox(&self.outbox, move |o| o.failed(seq, attempts, now, &error)).await
                 } else {
                     tracing::warn!(hook, incident, event, alert_id, attempts, retry_in_ms = delay, %error, "alert delivery failed; will retry");
+                    crate::metrics::metrics().alert_delivery(hook, "retry");
                     with_outbox(&self.outbox, move |o| o.retry(seq, attempts, next, &error)).await
                 }
             }
@@ -298,7 +307,9 @@ async fn send(
                 Err(e) => return Outcome::Permanent(format!("cannot encode the alert: {e}")),
             }
         }
-        HookKind::Webhook | HookKind::Slack => Bytes::from(alert.body.clone()),
+        HookKind::Webhook | HookKind::Slack | HookKind::Alertmanager => {
+            Bytes::from(alert.body.clone())
+        }
     };
     let mut request = Request::post(target.uri.clone())
         .header(CONTENT_TYPE, "application/json")

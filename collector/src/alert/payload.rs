@@ -57,6 +57,7 @@ pub(crate) fn body(
     alert_id: &str,
     incident: &IncidentRecord,
     url: &str,
+    top_suspect: Option<&holmes_api::Suspect>,
 ) -> Value {
     match hook {
         HookKind::Webhook => json!({
@@ -76,6 +77,7 @@ pub(crate) fn body(
             })
         }
         HookKind::Pagerduty => pagerduty(kind, incident, url),
+        HookKind::Alertmanager => super::alertmanager::body(kind, incident, url, top_suspect),
     }
 }
 
@@ -149,11 +151,11 @@ mod tests {
         let i = incident();
         let url = incident_url("http://h:7071/", &i.incident_id);
         assert_eq!(url, format!("http://h:7071/ui/incidents/{}", i.incident_id));
-        let hook = body(HookKind::Webhook, AlertKind::Escalated, "x", &i, &url);
+        let hook = body(HookKind::Webhook, AlertKind::Escalated, "x", &i, &url, None);
         assert_eq!(hook["event"], "escalated");
         assert_eq!(hook["incident"]["first_event"], "2023-11-14T22:13:20.000Z");
         assert_eq!(hook["incident"]["instances"], json!(["a", "b"]));
-        let slack = body(HookKind::Slack, AlertKind::Opened, "x", &i, &url);
+        let slack = body(HookKind::Slack, AlertKind::Opened, "x", &i, &url, None);
         let text = slack["text"].as_str().unwrap();
         assert!(
             text.contains("checkout: fleet incident on cpu opened (2 instances)")
@@ -161,7 +163,7 @@ mod tests {
             "{text}"
         );
         let pd = with_routing_key(
-            body(HookKind::Pagerduty, AlertKind::Opened, "x", &i, &url),
+            body(HookKind::Pagerduty, AlertKind::Opened, "x", &i, &url, None),
             Some("key"),
         );
         assert_eq!(pd["routing_key"], "key");
@@ -169,7 +171,14 @@ mod tests {
         assert_eq!(pd["dedup_key"], i.incident_id.as_str());
         assert_eq!(pd["payload"]["severity"], "critical");
         assert_eq!(pd["links"][0]["href"], url.as_str());
-        let resolve = body(HookKind::Pagerduty, AlertKind::Resolved, "x", &i, &url);
+        let resolve = body(
+            HookKind::Pagerduty,
+            AlertKind::Resolved,
+            "x",
+            &i,
+            &url,
+            None,
+        );
         assert_eq!(resolve["event_action"], "resolve");
     }
 }

@@ -14,6 +14,9 @@
 //! - Incidents of different services whose spans (widened by `window`) overlap are
 //!   linked as related, both ways.
 //! - An event id seen before changes nothing (agents resend after lost acks).
+//! - A requested capture that answers an external alert's request
+//!   ([`ALERT_REQUEST_PREFIX`]) joins the alert's incident as an event (its profiles
+//!   then belong to the incident), without changing its instances or severity.
 //!
 //! [`Correlator`] is plain state with no clock or I/O of its own: it is fed events and
 //! ticks and returns the changes, so it is deterministic and tested with scripted
@@ -30,6 +33,9 @@ use holmes_storage::{IncidentRecord, IncidentStatus, Severity, TriggerRecord};
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(120);
 /// Default quiet period after which an incident resolves.
 pub const DEFAULT_QUIET: Duration = Duration::from_secs(300);
+/// The request id of a capture an external alert asked for: this prefix, then the
+/// alert's own trigger event id ([`crate::ingest::alertmanager`]).
+pub const ALERT_REQUEST_PREFIX: &str = "alert-";
 /// Resolved incidents remembered for late events, at most.
 pub const MAX_RECENT: usize = 10_000;
 /// Event times remembered per instance of an incident (for the fleet test), at most.
@@ -244,6 +250,38 @@ impl Correlator {
         }
     }
 
+    /// Incidents open now.
+    pub fn open_count(&self) -> usize {
+        self.open.len()
+    }
+
+    /// A requested capture asked for by an external alert (its request id is
+    /// [`ALERT_REQUEST_PREFIX`] + the alert's event id) joins that alert's incident: its
+    /// event id is added, so the incident finds its profiles. Instances and severity
+    /// stay: the agents captured because of the alert, they did not fire.
+    fn attach_alert_capture(&mut self, event: &TriggerRecord) -> Option<Change> {
+        let alert_event = event
+            .request_id
+            .as_deref()?
+            .strip_prefix(ALERT_REQUEST_PREFIX)?;
+        if self.seen.contains_key(&event.event_id) {
+            return None;
+        }
+        let incident_id = self.seen.get(alert_event)?.clone();
+        let tracked = self
+            .open
+            .values_mut()
+            .chain(self.recent.iter_mut())
+            .find(|t| t.record.incident_id == incident_id)?;
+        let r = &mut tracked.record;
+        r.event_ids.push(event.event_id.clone());
+        r.event_ids.sort();
+        r.version += 1;
+        let record = r.clone();
+        self.seen.insert(event.event_id.clone(), incident_id);
+        Some(Change::Updated(record))
+    }
+
     fn push_recent(&mut self, t: Tracked) {
         self.recent.push_back(t);
         while self.recent.len() > MAX_RECENT {
@@ -258,7 +296,7 @@ impl Correlator {
     /// Takes one stored trigger event; returns the incidents it changed.
     pub fn observe(&mut self, event: &TriggerRecord) -> Vec<Change> {
         let Some(metric) = event.metric else {
-            return Vec::new();
+            return self.attach_alert_capture(event).into_iter().collect();
         };
         if self.seen.contains_key(&event.event_id) {
             return Vec::new();

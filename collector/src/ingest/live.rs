@@ -48,6 +48,7 @@ impl LiveAgents {
                 instance: instance.to_owned(),
                 tx,
             });
+        crate::metrics::metrics().agents_connected.inc();
         stream
     }
 
@@ -55,7 +56,11 @@ impl LiveAgents {
     pub(crate) fn remove(&self, service: &str, stream: u64) {
         let mut map = self.by_service.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(list) = map.get_mut(service) {
+            let before = list.len();
             list.retain(|l| l.stream != stream);
+            if list.len() < before {
+                crate::metrics::metrics().agents_connected.dec();
+            }
             if list.is_empty() {
                 map.remove(service);
             }
@@ -68,13 +73,25 @@ impl LiveAgents {
         let message =
             pb::CollectorMessage::from(&CollectorMessage::CaptureRequest(request.clone()));
         let map = self.by_service.lock().unwrap_or_else(|p| p.into_inner());
+        let m = crate::metrics::metrics();
         let mut reached: Vec<String> = map
             .get(service)
             .into_iter()
             .flatten()
-            .filter(|l| l.tx.try_send(Ok(message.clone())).is_ok())
+            .filter(|l| {
+                let sent = l.tx.try_send(Ok(message.clone())).is_ok();
+                if !sent {
+                    m.capture_skipped("queue_full");
+                }
+                sent
+            })
             .map(|l| l.instance.clone())
             .collect();
+        m.captures_requested
+            .get_or_create(&crate::metrics::PurposeLabels {
+                purpose: request.purpose.as_str(),
+            })
+            .inc_by(reached.len() as u64);
         reached.sort();
         reached.dedup();
         reached

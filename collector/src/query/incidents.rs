@@ -9,9 +9,9 @@ use holmes_api::{
     validate_profile_id, IncidentDetailJson, IncidentJson, IncidentsJson, TriggerJson,
     DEFAULT_INCIDENT_LIMIT, DEFAULT_INCIDENT_SINCE,
 };
-use holmes_proto::{Metric, ProfileKind};
+use holmes_proto::ProfileKind;
 use holmes_storage::{
-    IncidentQuery, IncidentRecord, IncidentStatus, ProfileContents, ProfileQuery, TriggerQuery,
+    IncidentQuery, IncidentRecord, IncidentStatus, ProfileContents, TriggerQuery,
 };
 
 use super::profiles::profile_json;
@@ -19,14 +19,11 @@ use super::triggers::trigger_json;
 use super::{check_service, limit, time_range, Api};
 use crate::clock::rfc3339;
 use crate::error::ApiError;
+use crate::incident::evidence;
 use crate::incident::suspects::suspects;
 
 /// Suspects in an incident's detail.
 pub(super) const SUSPECTS: usize = 10;
-/// Profiles merged per side (incident, baseline) for the suspects, at most.
-pub(super) const MAX_MERGED_PROFILES: usize = 50;
-/// How long before an incident its baseline profiles are looked for.
-pub(super) const BASELINE_SPAN_SECS: u64 = 6 * 3600;
 
 /// An incident as the API lists it.
 fn incident_json(i: IncidentRecord) -> IncidentJson {
@@ -67,6 +64,7 @@ async fn list(
     let status = parse_status(params)?;
     let (since, until) = time_range(params, DEFAULT_INCIDENT_SINCE)?;
     let limit = limit(params, DEFAULT_INCIDENT_LIMIT)?;
+    let labels = super::labels::filters(params)?;
     let found = api
         .store
         .query_incidents(&IncidentQuery {
@@ -74,9 +72,15 @@ async fn list(
             status,
             since_unix_nanos: since,
             until_unix_nanos: until,
-            limit,
+            // Filtered by label below: look further, then cut.
+            limit: if labels.is_empty() {
+                limit
+            } else {
+                limit.saturating_mul(10).min(100_000)
+            },
         })
         .await?;
+    let found = super::labels::matching(api, found, &labels, limit).await?;
     Ok(IncidentsJson {
         service,
         since: rfc3339(since),
@@ -103,17 +107,7 @@ pub(super) async fn all(
     Ok(Json(list(&api, None, &params).await?))
 }
 
-/// The profile kind that explains an incident of `metric`.
-fn kind_for(metric: Metric) -> ProfileKind {
-    match metric {
-        Metric::CpuPercent | Metric::CpuThrottledPercent => ProfileKind::Cpu,
-        Metric::Threads => ProfileKind::Threads,
-        Metric::Tasks => ProfileKind::Tasks,
-        _ => ProfileKind::Heap,
-    }
-}
-
-const SEC: u64 = 1_000_000_000;
+use crate::incident::evidence::kind_for;
 
 /// `GET /api/v1/incidents/{incident_id}`.
 pub(super) async fn detail(
@@ -159,95 +153,34 @@ pub(super) async fn detail(
     }))
 }
 
-/// Profiles of the same service and kind from the hours before the incident (not of
-/// any incident's first minutes): what normal looked like.
+/// The service's profiles of `kind` from before the incident ([`evidence::baseline`]).
 async fn baseline(
     api: &Api,
     incident: &IncidentRecord,
     kind: ProfileKind,
 ) -> Result<Vec<ProfileContents>, ApiError> {
-    let before = incident.first_event_unix_nanos.saturating_sub(120 * SEC);
-    let listed = api
-        .store
-        .query_profiles(&ProfileQuery {
-            service: incident.service.clone(),
-            event_id: None,
-            kind: Some(kind),
-            since_unix_nanos: before.saturating_sub(BASELINE_SPAN_SECS * SEC),
-            until_unix_nanos: before,
-            limit: 10_000,
-        })
-        .await?;
-    let ids: Vec<String> = listed
-        .iter()
-        .rev()
-        .filter(|p| p.error.is_none())
-        .take(MAX_MERGED_PROFILES)
-        .map(|p| p.profile_id.clone())
-        .collect();
-    read_contents(api, &incident.service, &ids).await
+    Ok(evidence::baseline(api.store.as_ref(), incident, kind).await?)
 }
 
-/// The contents of the profiles `ids` of `service`, read together.
-async fn read_contents(
-    api: &Api,
-    service: &str,
-    ids: &[String],
-) -> Result<Vec<ProfileContents>, ApiError> {
-    Ok(api
-        .store
-        .get_profiles(service, ids)
-        .await?
-        .into_iter()
-        .filter_map(|p| p.contents)
-        .collect())
-}
-
-/// The decoded contents of the profiles of `kind` among `profiles` (failed captures
-/// left out), at most [`MAX_MERGED_PROFILES`].
+/// The decoded contents of the profiles of `kind` among `profiles`
+/// ([`evidence::contents_of`]).
 async fn contents_of(
     api: &Api,
     profiles: &[holmes_storage::ProfileMeta],
     kind: ProfileKind,
 ) -> Result<Vec<ProfileContents>, ApiError> {
-    let Some(service) = profiles.first().map(|p| p.service.clone()) else {
-        return Ok(Vec::new());
-    };
-    let ids: Vec<String> = profiles
-        .iter()
-        .filter(|p| p.kind == kind && p.error.is_none())
-        .take(MAX_MERGED_PROFILES)
-        .map(|p| p.profile_id.clone())
-        .collect();
-    read_contents(api, &service, &ids).await
+    Ok(evidence::contents_of(api.store.as_ref(), profiles, kind).await?)
 }
 
-/// The profiles captured for the incident's trigger events.
-async fn profiles_of(
+/// The profiles captured for the incident's trigger events ([`evidence::profiles_of`]).
+pub(super) async fn profiles_of(
     api: &Api,
     incident: &IncidentRecord,
 ) -> Result<Vec<holmes_storage::ProfileMeta>, ApiError> {
-    let events: BTreeSet<&str> = incident.event_ids.iter().map(String::as_str).collect();
-    // Captures start up to the flight recorder's window before their trigger and may
-    // run a while after it.
-    let listed = api
-        .store
-        .query_profiles(&ProfileQuery {
-            service: incident.service.clone(),
-            event_id: None,
-            kind: None,
-            since_unix_nanos: incident.first_event_unix_nanos.saturating_sub(120 * SEC),
-            until_unix_nanos: incident.last_event_unix_nanos.saturating_add(600 * SEC),
-            limit: 10_000,
-        })
-        .await?;
-    Ok(listed
-        .into_iter()
-        .filter(|p| events.contains(p.event_id.as_str()))
-        .collect())
+    Ok(evidence::profiles_of(api.store.as_ref(), incident).await?)
 }
 
-async fn incident_of(api: &Api, incident_id: &str) -> Result<IncidentRecord, ApiError> {
+pub(super) async fn incident_of(api: &Api, incident_id: &str) -> Result<IncidentRecord, ApiError> {
     validate_profile_id(incident_id).map_err(|_| {
         ApiError::bad_request(format!(
             "{incident_id:?} is not an incident id (32 lowercase hex digits)"

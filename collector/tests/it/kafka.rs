@@ -526,7 +526,6 @@ async fn agents_keep_their_data_while_the_broker_is_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_events_are_parked_and_the_rest_flows() {
     use holmes_proto::{MetricSeries, MetricWindow, Sample};
-    use holmes_storage::Store;
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let Some(brokers) = brokers() else { return };
     let dir = tempfile::tempdir().unwrap();

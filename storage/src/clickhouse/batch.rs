@@ -13,10 +13,22 @@
 //! agent resends: nothing is lost. What waits is bounded: the submission queue holds
 //! [`QUEUE_DEPTH`] submissions; beyond it callers wait their turn.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use clickhouse::{Client, RowOwned, RowWrite};
 use tokio::sync::{mpsc, oneshot};
+
+/// Told of every batch written: its table, rows, how long the `INSERT` took and whether
+/// it worked (the collector's `/metrics`).
+pub type BatchObserver = fn(table: &'static str, rows: usize, took: Duration, ok: bool);
+
+static OBSERVER: OnceLock<BatchObserver> = OnceLock::new();
+
+/// Sets the process's [`BatchObserver`]; `false` if one was set already.
+pub fn set_batch_observer(observer: BatchObserver) -> bool {
+    OBSERVER.set(observer).is_ok()
+}
 
 /// Submissions that may wait for a batcher's task.
 pub(super) const QUEUE_DEPTH: usize = 1024;
@@ -132,6 +144,9 @@ async fn run<T>(
             submissions.iter().flat_map(|s| s.rows.iter()),
         )
         .await;
+        if let Some(observe) = OBSERVER.get() {
+            observe(table, count, started.elapsed(), result.is_ok());
+        }
         match result {
             Ok(()) => {
                 tracing::debug!(

@@ -158,13 +158,13 @@ fn old_contents(
         let stack = match stacks.get(&stack_id) {
             Some(&s) => s,
             None => {
-                if !frames_of.contains_key(&stack_id) {
+                if let std::collections::hash_map::Entry::Vacant(e) = frames_of.entry(stack_id) {
                     let bytes: Vec<u8> = tx.query_row(
                         "SELECT frames FROM stacks_v5 WHERE stack_id = ?1",
                         params![stack_id],
                         |r| r.get(0),
                     )?;
-                    frames_of.insert(stack_id, old_frames(&bytes)?);
+                    e.insert(old_frames(&bytes)?);
                 }
                 let mut entries = Vec::new();
                 for f in frames_of.get(&stack_id).into_iter().flatten() {

@@ -53,7 +53,7 @@ impl Writer {
         let counted = Arc::clone(&commits);
         std::thread::Builder::new()
             .name("holmes-sqlite-writer".to_owned())
-            .spawn(move || run(conn, rx, &counted))
+            .spawn(move || run(&conn, &rx, &counted))
             .map_err(|e| StoreError::Worker(format!("cannot start the writer thread: {e}")))?;
         Ok(Writer { tx, commits })
     }
@@ -99,7 +99,7 @@ impl Writer {
     }
 }
 
-fn run(conn: Connection, rx: mpsc::Receiver<Job>, commits: &AtomicU64) {
+fn run(conn: &Connection, rx: &mpsc::Receiver<Job>, commits: &AtomicU64) {
     while let Ok(first) = rx.recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_GROUP {
@@ -120,7 +120,7 @@ fn run(conn: Connection, rx: mpsc::Receiver<Job>, commits: &AtomicU64) {
             }
             let outcome = match conn.execute_batch("SAVEPOINT job") {
                 Ok(()) => {
-                    let outcome = (job.run)(&conn);
+                    let outcome = (job.run)(conn);
                     let end = if outcome.is_ok() {
                         conn.execute_batch("RELEASE job")
                     } else {

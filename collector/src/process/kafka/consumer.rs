@@ -30,7 +30,26 @@ struct ProcessContext {
     state: Arc<RebalanceState>,
 }
 
-impl ClientContext for ProcessContext {}
+impl ClientContext for ProcessContext {
+    /// librdkafka's statistics (every `statistics.interval.ms`): each assigned
+    /// partition's lag, for `/metrics`.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else {
+            return;
+        };
+        for (partition, p) in &topic.partitions {
+            // -1 is librdkafka's internal partition; a lag of -1 is unknown.
+            if *partition >= 0 && p.consumer_lag >= 0 {
+                crate::metrics::metrics()
+                    .kafka_consumer_lag
+                    .get_or_create(&crate::metrics::PartitionLabels {
+                        partition: *partition,
+                    })
+                    .set(p.consumer_lag);
+            }
+        }
+    }
+}
 
 impl ConsumerContext for ProcessContext {
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -133,7 +152,9 @@ impl Consumer {
             .set("heartbeat.interval.ms", millis(section.heartbeat_interval))
             // Notice new partitions and brokers within seconds, not minutes.
             .set("topic.metadata.refresh.interval.ms", "10000")
-            .set("fetch.wait.max.ms", "100");
+            .set("fetch.wait.max.ms", "100")
+            // Partition lags for /metrics (ProcessContext::stats).
+            .set("statistics.interval.ms", "5000");
         apply_client_overrides(&mut config, section);
         let state = Arc::new(RebalanceState::default());
         let context = ProcessContext {

@@ -82,7 +82,17 @@ impl Sink for KafkaSink {
             self.producer.send(record, self.timeout),
         )
         .await
-        .map_err(|_| SinkError::Broker(format!("no delivery report within {:?}", self.timeout)))?;
+        .map_err(|_| {
+            crate::metrics::metrics().kafka_produce_failures.inc();
+            SinkError::Broker(format!("no delivery report within {:?}", self.timeout))
+        })?;
+        let m = crate::metrics::metrics();
+        if sent.is_ok() {
+            m.kafka_produce_seconds
+                .observe(started.elapsed().as_secs_f64());
+        } else {
+            m.kafka_produce_failures.inc();
+        }
         match sent {
             Ok(delivery) => {
                 tracing::debug!(

@@ -528,9 +528,12 @@ fn native_profiles_are_read_as_sent() {
     assert!(c.label_sets[c.samples[1].labels as usize].is_empty());
 }
 
+/// A change that breaks a profile.
+type Breaker = Box<dyn Fn(&mut NativeProfile)>;
+
 #[test]
 fn broken_native_profiles_are_refused_with_the_reason() {
-    let cases: Vec<(Box<dyn Fn(&mut NativeProfile)>, &str)> = vec![
+    let cases: Vec<(Breaker, &str)> = vec![
         (
             Box::new(|p| p.stacks[0][1] = 9),
             "stack refers to location 9",
@@ -567,6 +570,6 @@ fn broken_native_profiles_are_refused_with_the_reason() {
         let err = normalize(ProfileFormat::Native, &p.encode(), Limits::default())
             .unwrap_err()
             .to_string();
-        assert!(err.contains(&expected), "{err} should say {expected}");
+        assert!(err.contains(expected), "{err} should say {expected}");
     }
 }
