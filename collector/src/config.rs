@@ -299,6 +299,9 @@ pub struct Overrides {
         value_name = "SERVICE=TOKEN,..."
     )]
     pub ingest_tokens: Option<TokenList>,
+    /// Serve without tokens on addresses other machines can reach (refused otherwise).
+    #[arg(long, env = "HOLMES_ALLOW_OPEN", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub allow_open: Option<bool>,
 }
 
 impl Config {
@@ -393,6 +396,9 @@ impl Config {
             self.auth.api_token = Some(Secret::new(v.clone()));
             self.auth.api_token_file = None;
         }
+        if let Some(v) = o.allow_open {
+            self.auth.allow_open = v;
+        }
         if let Some(v) = &o.api_token_file {
             self.auth.api_token_file = Some(v.clone());
             self.auth.api_token = None;
@@ -442,6 +448,8 @@ impl Config {
         }
         self.tls.validate()?;
         self.auth.validate()?;
+        let grpc = (self.role != Role::Process).then_some(self.grpc_addr);
+        self.auth.check_exposure(grpc, self.http_addr)?;
         if self.role != Role::All {
             self.kafka.validate_for(self.role.as_str())?;
         }
@@ -682,6 +690,47 @@ mod tests {
         assert_eq!(zero, "incidents: quiet = \"0s\" is too short; at least 1s");
         let missing = Config::from_file(&fixture("does-not-exist.toml")).unwrap_err();
         assert!(matches!(missing, ConfigError::Read { .. }));
+    }
+
+    #[test]
+    fn listeners_other_machines_reach_need_their_tokens_unless_told_to_run_open() {
+        let open = |text: &str| {
+            Config::from_toml(text, Path::new("open.toml"))
+                .unwrap()
+                .validate()
+                .map_err(|e| e.to_string())
+        };
+        // Loopback (the default) may run open.
+        open("").unwrap();
+        let err = open("grpc_addr = \"0.0.0.0:7070\"").unwrap_err();
+        assert!(
+            err.contains(
+                "grpc_addr 0.0.0.0:7070 is reachable from other machines but no ingest token"
+            ),
+            "{err}"
+        );
+        let err = open("http_addr = \"[::]:7071\"").unwrap_err();
+        assert!(
+            err.contains("http_addr [::]:7071 is reachable from other machines but no API token"),
+            "{err}"
+        );
+        assert!(err.contains("allow_open"), "{err}");
+        // Each listener is judged by its own tokens.
+        let err = open("grpc_addr = \"0.0.0.0:7070\"\nhttp_addr = \"0.0.0.0:7071\"\n[auth.ingest_tokens]\n\"*\" = \"t0ken\"").unwrap_err();
+        assert!(err.starts_with("http_addr"), "{err}");
+        open("grpc_addr = \"0.0.0.0:7070\"\nhttp_addr = \"0.0.0.0:7071\"\n[auth]\napi_token = \"a\"\n[auth.ingest_tokens]\n\"*\" = \"t0ken\"").unwrap();
+        // A process node binds no gRPC port.
+        #[cfg(feature = "kafka")]
+        open("role = \"process\"\ngrpc_addr = \"0.0.0.0:7070\"\n[kafka]\nbrokers = \"k:9092\"")
+            .unwrap();
+        // Told to run open, in the file or by the flag/variable.
+        open("http_addr = \"0.0.0.0:7071\"\n[auth]\nallow_open = true").unwrap();
+        let mut c = Config::from_toml("http_addr = \"0.0.0.0:7071\"", Path::new("o.toml")).unwrap();
+        c.apply(&Overrides {
+            allow_open: Some(true),
+            ..Default::default()
+        });
+        c.validate().unwrap();
     }
 
     #[test]

@@ -265,14 +265,19 @@ fn time_range(
     Ok((since, until))
 }
 
-/// The `limit` parameter, `default` when absent.
+/// The `limit` parameter, `default` when absent; 1 to [`holmes_api::MAX_LIMIT`].
 fn limit(params: &HashMap<String, String>, default: u64) -> Result<u64, ApiError> {
     match params.get("limit") {
-        Some(l) => {
-            l.parse::<u64>().ok().filter(|l| *l > 0).ok_or_else(|| {
-                ApiError::bad_request(format!("limit {l:?} is not a positive number"))
-            })
-        }
+        Some(l) => match l.parse::<u64>() {
+            Ok(n) if (1..=holmes_api::MAX_LIMIT).contains(&n) => Ok(n),
+            Ok(n) if n > holmes_api::MAX_LIMIT => Err(ApiError::bad_request(format!(
+                "limit {n} is more than {}",
+                holmes_api::MAX_LIMIT
+            ))),
+            _ => Err(ApiError::bad_request(format!(
+                "limit {l:?} is not a positive number"
+            ))),
+        },
         None => Ok(default),
     }
 }

@@ -203,6 +203,11 @@ impl Server {
             .api_token()
             .map_err(auth_config)?
             .map(ApiAuth::new);
+        let grpc = (config.role != crate::config::Role::Process).then_some(config.grpc_addr);
+        config
+            .auth
+            .check_exposure(grpc, config.http_addr)
+            .map_err(auth_config)?;
         if !ingest_auth.enabled() {
             tracing::warn!("no ingest tokens configured: any agent that reaches the gRPC port can send data ([auth] ingest_tokens)");
         }
@@ -353,6 +358,7 @@ impl Server {
             api_auth.clone(),
         ))
         .merge(crate::metrics::http::router(api_auth.clone()));
+        let app = crate::auth::browser::guard(app, http_addr, api_auth.clone(), identity.is_some());
         let app = crate::metrics::http::timed(app)
             .into_make_service_with_connect_info::<crate::ingest::foreign::PeerAddr>();
         let retention = match role {

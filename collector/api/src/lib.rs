@@ -4,6 +4,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// The largest `limit` any query takes: more is refused with 400, since a store asked
+/// for `u64::MAX` rows may try to hold them (metrics points default to this many).
+pub const MAX_LIMIT: u64 = 100_000;
 /// Points returned by one metrics query unless `limit` says otherwise.
 pub const DEFAULT_POINT_LIMIT: u64 = 100_000;
 /// `since` when the metrics query gives none.

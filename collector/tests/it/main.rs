@@ -14,6 +14,7 @@ mod support;
 
 mod alerts;
 mod bad_input;
+mod browser;
 mod cli;
 mod compression;
 mod deploy_files;

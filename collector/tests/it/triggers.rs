@@ -185,6 +185,12 @@ async fn triggers_are_stored_once_and_come_back(backend: Backend) {
         (status, message.as_str()),
         (400, "limit \"0\" is not a positive number")
     );
+    // A limit no store should try to honour is bounded, not passed on.
+    let (status, message) = api_error(&api, &format!("{base}?limit={}", u64::MAX)).await;
+    assert_eq!(
+        (status, message.as_str()),
+        (400, "limit 18446744073709551615 is more than 100000")
+    );
     let (status, _) = api_error(&api, "/api/v1/services/check%20out/triggers").await;
     assert_eq!(status, 400);
 
