@@ -1,33 +1,17 @@
-//! The HTTP JSON API (`/api/v1/...`), read-only over the store.
-//!
-//! | route | answer |
-//! |---|---|
-//! | `GET /api/v1/services[?active=5m]` | `[{service, instances, last_seen, last_seen_unix_ms}]`, `instances` counting those heard from within `active` |
-//! | `GET /api/v1/services/{service}/instances` | `[{instance, host, pid, labels, agent_version, started_at, last_seen}]` |
-//! | `GET /api/v1/services/{service}/metrics?metric=cpu&since=10m[&until=..][&limit=..]` | `{service, metric, unit, since, until, series: [{instance, points: [{ts, unix_ms, value}]}]}` |
-//! | `GET /api/v1/services/{service}/triggers?since=1h[&until=..][&metric=cpu][&limit=..]` | `{service, since, until, triggers: [{event_id, instance, metric, reason, current, ts, unix_ms, window: [{ts, unix_ms, value}], rule, request_id}]}`, oldest first; `metric` and `rule` are `null` for a requested capture |
-//! | `GET /api/v1/services/{service}/profiles?since=1h[&until=..][&event=<id>][&kind=cpu][&limit=..]` | `{service, since, until, profiles: [{profile_id, event_id, instance, kind, started, unix_ms, duration_ms, labels, error, size_bytes, download}]}`, oldest first; `error` is `null` and `download` the path below for a capture that worked |
-//! | `GET /api/v1/services/{service}/profiles/{profile_id}` | the profile as gzip-compressed pprof — re-encoded from the stored contents (`x-holmes-download: re-encoded`), or the bytes exactly as sent when the collector keeps originals (`original`) — `application/octet-stream`, `content-disposition: attachment; filename="<kind>.<event_id>.<profile_id>.pb.gz"`; 400 for an id that is not 32 lowercase hex digits, 404 when the service has no such profile or its capture failed |
-//! | `GET /api/v1/services/{service}/profiles/{profile_id}/top[?sample_type=..][&limit=..]` | the profile's costliest functions |
-//! | `GET /api/v1/services/{service}/profiles/{profile_id}/flamegraph.svg` | the profile's flame graph |
-//! | `GET /api/v1/services/{service}/flamegraph.svg?since=24h[&until=..][&kind=cpu]` | the service's profiles of one kind over the range, all instances merged |
-//! | `GET /api/v1/services/{service}/profiles/{profile_id}/otlp`, `GET /api/v1/incidents/{incident_id}/otlp` | the profile, or the incident's profiles, as one OTLP `ExportProfilesServiceRequest` ([`otlp`]) |
-//! | `GET /api/v1/incidents?label=k8s.namespace.name=shop[&label=..]` (also per service) | incidents with an instance carrying every label given (the agent's Kubernetes labels, say) |
-//! | `GET /healthz` | `ok` |
-//!
-//! Times are RFC 3339 in UTC; `since`/`until` also take a duration before now (`10m`).
-//! Errors are `{"error": "..."}` with 400 (bad parameter), 401 (API token required and
-//! missing or wrong), 404 (unknown service or profile) or 503 (store unavailable).
+//! The HTTP JSON API (`/api/v1/...`), read-only over the store but for "capture now",
+//! plus the health check and the web page. Every route is registered in [`routes`] from
+//! its handler's annotation, which is also what the OpenAPI document served at
+//! `GET /api/v1/openapi.json` is made of ([`routes::document`]): read it for the routes,
+//! their parameters and their answers.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
-use axum::routing::get;
 use axum::{Json, Router};
 use holmes_api::{
-    CaptureJson, InstanceJson, MetricsJson, PointJson, SeriesJson, ServiceJson,
+    CaptureJson, ErrorJson, InstanceJson, MetricsJson, PointJson, SeriesJson, ServiceJson,
     DEFAULT_POINT_LIMIT, DEFAULT_SINCE,
 };
 use holmes_proto::names::validate_name;
@@ -45,6 +29,7 @@ mod labels;
 pub mod otlp;
 pub mod pprof;
 pub mod profiles;
+pub mod routes;
 pub mod top;
 pub mod triggers;
 pub mod ui;
@@ -69,71 +54,36 @@ pub fn router(
     auth: Option<ApiAuth>,
     live: Arc<LiveAgents>,
 ) -> Router {
-    let api = Router::new()
-        .route("/api/v1/services", get(services))
-        .route("/api/v1/services/{service}/instances", get(instances))
-        .route("/api/v1/services/{service}/metrics", get(metrics))
-        .route(
-            "/api/v1/services/{service}/triggers",
-            get(triggers::triggers),
-        )
-        .route(
-            "/api/v1/services/{service}/profiles",
-            get(profiles::profiles),
-        )
-        .route(
-            "/api/v1/services/{service}/profiles/{profile_id}",
-            get(profiles::download),
-        )
-        .route(
-            "/api/v1/services/{service}/profiles/{profile_id}/top",
-            get(profiles::top),
-        )
-        .route(
-            "/api/v1/services/{service}/profiles/{profile_id}/flamegraph.svg",
-            get(profiles::flamegraph),
-        )
-        .route(
-            "/api/v1/services/{service}/flamegraph.svg",
-            get(profiles::service_flamegraph),
-        )
-        .route(
-            "/api/v1/services/{service}/incidents",
-            get(incidents::by_service),
-        )
-        .route("/api/v1/incidents", get(incidents::all))
-        .route("/api/v1/incidents/{incident_id}", get(incidents::detail))
-        .route(
-            "/api/v1/incidents/{incident_id}/flamegraph.svg",
-            get(incidents::flamegraph),
-        )
-        .route(
-            "/api/v1/services/{service}/profiles/{profile_id}/otlp",
-            get(otlp::profile),
-        )
-        .route("/api/v1/incidents/{incident_id}/otlp", get(otlp::incident))
-        .route(
-            "/api/v1/services/{service}/capture",
-            axum::routing::post(capture),
-        )
+    let (router, _document) = routes::routes(auth)
         .with_state(Api {
             store,
             active_window,
             live,
-        });
-    let api = match auth {
-        Some(auth) => api.layer(axum::middleware::from_fn_with_state(
-            auth,
-            crate::auth::require_api_token,
-        )),
-        None => api,
-    };
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .merge(ui::router())
-        .merge(api)
+        })
+        .split_for_parts();
+    router
 }
 
+/// Asks every connected agent of a service to capture now.
+///
+/// The profiles arrive like any other capture, with a trigger event of reason
+/// `requested` that carries the request id.
+#[utoipa::path(
+    post,
+    path = "/api/v1/services/{service}/capture",
+    operation_id = "capture_now",
+    tag = "capture",
+    params(
+        ("service" = String, Path, description = "Service name"),
+        ("kind" = Vec<String>, Query, description = "What to capture: `cpu`, `heap`, `threads` or `tasks`; repeat for several (`?kind=cpu&kind=threads`)"),
+    ),
+    responses(
+        (status = 200, description = "The request and the instances it reached", body = CaptureJson),
+        (status = 400, description = "Bad service name, no kind or an unknown one", body = ErrorJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 404, description = "No agent of the service is connected now", body = ErrorJson),
+    )
+)]
 async fn capture(
     State(api): State<Api>,
     Path(service): Path<String>,
@@ -209,6 +159,20 @@ fn svg_response(svg: String) -> axum::response::Response {
         .into_response()
 }
 
+/// The services the collector knows, with their active instances.
+#[utoipa::path(
+    get,
+    path = "/api/v1/services",
+    operation_id = "list_services",
+    tag = "services",
+    params(("active" = Option<String>, Query, description = "Count the instances heard from within this window (`5m`, the default) or since this RFC 3339 time")),
+    responses(
+        (status = 200, description = "Every service, by name", body = Vec<ServiceJson>),
+        (status = 400, description = "Bad `active`", body = ErrorJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 503, description = "Store unavailable", body = ErrorJson),
+    )
+)]
 async fn services(
     State(api): State<Api>,
     Query(params): Query<HashMap<String, String>>,
@@ -282,6 +246,21 @@ fn limit(params: &HashMap<String, String>, default: u64) -> Result<u64, ApiError
     }
 }
 
+/// The instances of one service, each with the last time it was heard from.
+#[utoipa::path(
+    get,
+    path = "/api/v1/services/{service}/instances",
+    operation_id = "list_instances",
+    tag = "services",
+    params(("service" = String, Path, description = "Service name")),
+    responses(
+        (status = 200, description = "Its instances", body = Vec<InstanceJson>),
+        (status = 400, description = "Bad service name", body = ErrorJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 404, description = "Unknown service", body = ErrorJson),
+        (status = 503, description = "Store unavailable", body = ErrorJson),
+    )
+)]
 async fn instances(
     State(api): State<Api>,
     Path(service): Path<String>,
@@ -315,6 +294,35 @@ fn point_json(unix_nanos: u64, value: f64) -> PointJson {
     }
 }
 
+/// One metric of one service over a time range.
+///
+/// A series per instance, points oldest first.
+///
+/// Metrics: `cpu` (percent of the cores the process may use), `memory` (percent of its
+/// memory limit), `rss` (bytes), `threads`, `fds` and `cpu_throttled` (where the cgroup
+/// counts throttling) from every agent; `tasks` from agents with a tokio runtime
+/// registered, `heap_bytes` and `heap` from agents on the counting or sampling allocator
+/// or jemalloc.
+#[utoipa::path(
+    get,
+    path = "/api/v1/services/{service}/metrics",
+    operation_id = "get_metrics",
+    tag = "metrics",
+    params(
+        ("service" = String, Path, description = "Service name"),
+        ("metric" = String, Query, description = "`cpu`, `memory`, `rss`, `threads`, `tasks`, `heap`, `heap_bytes`, `fds` or `cpu_throttled`"),
+        ("since" = Option<String>, Query, description = "Start: a duration before now (`10m`, the default) or an RFC 3339 time"),
+        ("until" = Option<String>, Query, description = "End (exclusive): a duration before now or an RFC 3339 time; now by default"),
+        ("limit" = Option<u64>, Query, description = "At most this many points (100000 by default)"),
+    ),
+    responses(
+        (status = 200, description = "The series", body = MetricsJson),
+        (status = 400, description = "Bad parameter", body = ErrorJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 404, description = "Unknown service", body = ErrorJson),
+        (status = 503, description = "Store unavailable", body = ErrorJson),
+    )
+)]
 async fn metrics(
     State(api): State<Api>,
     Path(service): Path<String>,

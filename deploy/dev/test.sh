@@ -7,11 +7,12 @@
 #
 # Installs what is missing (Debian's clickhouse-server, golang-go, chromium, prometheus and
 # prometheus-alertmanager via apt; the Python Pyroscope and OTLP clients from PyPI into
-# virtualenvs under ~/.cache/holmes, deploy/dev/pyclients.sh), starts ClickHouse 18.16 on a
-# free loopback port in a temporary folder, a current ClickHouse (26.9 from PyPI's
-# chdb-core, installed once by deploy/dev/chdb.sh into ~/.cache/holmes) beside it, a
-# Kafka-protocol broker (tansu, fetched once by deploy/dev/kafka.sh into ~/.cache/holmes)
-# the same way, runs the checks, and stops all three again whatever happens.
+# virtualenvs under ~/.cache/holmes, deploy/dev/pyclients.sh; the OpenAPI validator from
+# PyPI, into ~/.cache/holmes), starts ClickHouse 18.16 on a free loopback port in a
+# temporary folder, a current ClickHouse (26.9 from PyPI's chdb-core, installed once by
+# deploy/dev/chdb.sh into ~/.cache/holmes) beside it, a Kafka-protocol broker (tansu,
+# fetched once by deploy/dev/kafka.sh into ~/.cache/holmes) the same way, runs the
+# checks, and stops all three again whatever happens.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -31,6 +32,8 @@ python3 -c 'import venv' 2>/dev/null || missing+=(python3-venv)
 if ! command -v pip3 >/dev/null && ! command -v pip >/dev/null && [ ! -x "$HOME/.cache/holmes/tansu-0.6.0" ]; then
   missing+=(python3-pip)
 fi
+# The OpenAPI validator lives in a virtualenv.
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
@@ -41,6 +44,18 @@ export HOLMES_TEST_REQUIRE_PROMETHEUS=1 HOLMES_TEST_REQUIRE_ALERTMANAGER=1
 say "Python clients (pyroscope-io, opentelemetry-proto; cached under ~/.cache/holmes)"
 eval "$(deploy/dev/pyclients.sh)"
 export HOLMES_TEST_REQUIRE_PYTHON_CLIENTS=1
+
+# The collector's OpenAPI document is checked by a real validator (PyPI
+# openapi-spec-validator, pinned), installed once into a virtualenv.
+OPENAPI_VALIDATOR_VERSION=0.9.0
+validator_venv=${XDG_CACHE_HOME:-$HOME/.cache}/holmes/openapi-spec-validator-$OPENAPI_VALIDATOR_VERSION
+if ! "$validator_venv/bin/openapi-spec-validator" --help >/dev/null 2>&1; then
+  say "installing openapi-spec-validator $OPENAPI_VALIDATOR_VERSION from PyPI into $validator_venv"
+  rm -rf "$validator_venv"
+  python3 -m venv "$validator_venv"
+  "$validator_venv/bin/pip" install --quiet --disable-pip-version-check "openapi-spec-validator==$OPENAPI_VALIDATOR_VERSION"
+fi
+export HOLMES_OPENAPI_VALIDATOR=$validator_venv/bin/openapi-spec-validator HOLMES_TEST_REQUIRE_OPENAPI_VALIDATOR=1
 
 say "starting ClickHouse 18.16"
 eval "$(deploy/dev/clickhouse.sh start)"

@@ -68,6 +68,7 @@ fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> 
 
 /// One service in the services list (`GET /api/v1/services`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ServiceJson {
     /// Service name.
     pub service: String,
@@ -81,6 +82,7 @@ pub struct ServiceJson {
 
 /// One instance of a service (`GET /api/v1/services/{service}/instances`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InstanceJson {
     /// Instance id.
     pub instance: String,
@@ -100,6 +102,7 @@ pub struct InstanceJson {
 
 /// A metric's series, one per instance (`GET /api/v1/services/{service}/metrics`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MetricsJson {
     /// Service name.
     pub service: String,
@@ -117,6 +120,7 @@ pub struct MetricsJson {
 
 /// The points of one instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SeriesJson {
     /// Instance id.
     pub instance: String,
@@ -126,6 +130,7 @@ pub struct SeriesJson {
 
 /// One point.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PointJson {
     /// When, RFC 3339.
     pub ts: String,
@@ -133,12 +138,14 @@ pub struct PointJson {
     pub unix_ms: u64,
     /// The value; `null` in JSON if it is not a finite number, read back as NaN.
     #[serde(deserialize_with = "nan_if_null")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<f64>, required = true))]
     pub value: f64,
 }
 
 /// The trigger events of one service in a time range
 /// (`GET /api/v1/services/{service}/triggers`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TriggersJson {
     /// Service name.
     pub service: String,
@@ -152,6 +159,7 @@ pub struct TriggersJson {
 
 /// One trigger event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TriggerJson {
     /// Event id the agent made.
     pub event_id: String,
@@ -163,6 +171,7 @@ pub struct TriggerJson {
     pub reason: String,
     /// The value that fired; `null` in JSON if it is not a finite number.
     #[serde(deserialize_with = "nan_if_null")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<f64>, required = true))]
     pub current: f64,
     /// When it fired, RFC 3339.
     pub ts: String,
@@ -178,11 +187,13 @@ pub struct TriggerJson {
 
 /// A trigger rule as it was when it fired.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RuleJson {
     /// Whether it was enabled.
     pub enabled: bool,
     /// Below this nothing fires.
     #[serde(deserialize_with = "nan_if_null")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<f64>, required = true))]
     pub min: f64,
     /// Percent above the window average that fires; `null` when switched off.
     pub diff: Option<f64>,
@@ -190,6 +201,7 @@ pub struct RuleJson {
     pub abs: Option<f64>,
     /// At or above this it stays silent; 0 means no ceiling.
     #[serde(deserialize_with = "nan_if_null")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<f64>, required = true))]
     pub max: f64,
     /// Sleep after firing, milliseconds.
     pub cooldown_ms: u64,
@@ -200,6 +212,7 @@ pub struct RuleJson {
 /// The profiles of one service in a time range
 /// (`GET /api/v1/services/{service}/profiles`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProfilesJson {
     /// Service name.
     pub service: String,
@@ -213,6 +226,7 @@ pub struct ProfilesJson {
 
 /// One profile, without its bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProfileJson {
     /// Profile id: 32 lowercase hex digits.
     pub profile_id: String,
@@ -242,6 +256,7 @@ pub struct ProfileJson {
 /// The functions that cost the most in one profile
 /// (`GET /api/v1/services/{service}/profiles/{profile_id}/top`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TopJson {
     /// Profile id.
     pub profile_id: String,
@@ -261,6 +276,7 @@ pub struct TopJson {
 
 /// One function's share of a profile, as `go tool pprof -top` counts it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FunctionTotal {
     /// Function name.
     pub function: String,
@@ -272,6 +288,7 @@ pub struct FunctionTotal {
 
 /// One incident, as lists show it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct IncidentJson {
     /// 32 hex digits.
     pub incident_id: String,
@@ -302,6 +319,7 @@ pub struct IncidentJson {
 /// A list of incidents (`GET /api/v1/incidents`,
 /// `GET /api/v1/services/{service}/incidents`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct IncidentsJson {
     /// The service; `null` for the whole fleet.
     pub service: Option<String>,
@@ -315,6 +333,7 @@ pub struct IncidentsJson {
 
 /// One incident in detail (`GET /api/v1/incidents/{incident_id}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct IncidentDetailJson {
     /// The incident.
     pub incident: IncidentJson,
@@ -337,6 +356,7 @@ pub struct IncidentDetailJson {
 
 /// A function suspected of causing an incident.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Suspect {
     /// Function name.
     pub function: String,
@@ -350,6 +370,7 @@ pub struct Suspect {
 
 /// What the agents were asked (`POST /api/v1/services/{service}/capture`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CaptureJson {
     /// Service name.
     pub service: String,
@@ -359,6 +380,14 @@ pub struct CaptureJson {
     pub kinds: Vec<String>,
     /// Instances the request reached (connected now).
     pub instances: Vec<String>,
+}
+
+/// What every failed API request answers, with a 4xx or 5xx status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ErrorJson {
+    /// What went wrong, in one line.
+    pub error: String,
 }
 
 #[cfg(test)]

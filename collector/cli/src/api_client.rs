@@ -27,6 +27,10 @@ pub const DEFAULT_API: &str = "http://127.0.0.1:7071";
 /// Longest wait for one API answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Told how far a download is: the bytes received so far, and the total when the
+/// collector said it (`content-length`).
+pub type OnProgress<'a> = &'a mut (dyn FnMut(u64, Option<u64>) + Send);
+
 /// A failed API call, worded for the person at the terminal.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiClientError {
@@ -231,12 +235,21 @@ impl ApiClient {
     /// GETs `path` (with its query) and returns the answer's bytes as they are; an
     /// answer that is not a success is an [`ApiClientError::Api`] with the API's message.
     pub async fn get_raw(&self, path: &str) -> Result<Bytes, ApiClientError> {
-        self.send(hyper::Method::GET, path).await
+        self.send(hyper::Method::GET, path, &mut |_, _| {}).await
+    }
+
+    /// [`ApiClient::get_raw`], telling `progress` as the answer arrives.
+    pub async fn get_raw_with_progress(
+        &self,
+        path: &str,
+        progress: OnProgress<'_>,
+    ) -> Result<Bytes, ApiClientError> {
+        self.send(hyper::Method::GET, path, progress).await
     }
 
     /// POSTs to `path` (parameters in its query, no body) and decodes the JSON answer.
     pub async fn post<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiClientError> {
-        let body = self.send(hyper::Method::POST, path).await?;
+        let body = self.send(hyper::Method::POST, path, &mut |_, _| {}).await?;
         serde_json::from_slice(&body).map_err(|e| ApiClientError::Decode {
             url: format!("{}{}", self.base, path),
             reason: e.to_string(),
@@ -262,7 +275,12 @@ impl ApiClient {
         .await
     }
 
-    async fn send(&self, method: hyper::Method, path: &str) -> Result<Bytes, ApiClientError> {
+    async fn send(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        progress: OnProgress<'_>,
+    ) -> Result<Bytes, ApiClientError> {
         let url = format!("{}{}", self.base, path);
         let uri: hyper::Uri =
             url.parse().map_err(
@@ -291,16 +309,25 @@ impl ApiClient {
                         reason: root_cause(&e),
                     })?;
             let status = response.status();
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| ApiClientError::Unreachable {
+            let total = response
+                .headers()
+                .get(hyper::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            let mut body = response.into_body();
+            let mut received = Vec::new();
+            progress(0, total);
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| ApiClientError::Unreachable {
                     url: self.base.clone(),
                     reason: e.to_string(),
-                })?
-                .to_bytes();
-            Ok::<_, ApiClientError>((status, body))
+                })?;
+                if let Ok(data) = frame.into_data() {
+                    received.extend_from_slice(&data);
+                    progress(received.len() as u64, total);
+                }
+            }
+            Ok::<_, ApiClientError>((status, Bytes::from(received)))
         };
         let (status, body) =
             tokio::time::timeout(REQUEST_TIMEOUT, call)
@@ -310,10 +337,9 @@ impl ApiClient {
                     timeout: REQUEST_TIMEOUT,
                 })??;
         if !status.is_success() {
-            let message = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-                .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_owned());
+            let message = serde_json::from_slice::<holmes_api::ErrorJson>(&body)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).trim().to_owned());
             return Err(ApiClientError::Api {
                 status: status.as_u16(),
                 message,
@@ -388,13 +414,24 @@ impl ApiClient {
         service: &str,
         profile_id: &str,
     ) -> Result<Vec<u8>, ApiClientError> {
+        self.download_profile_with_progress(service, profile_id, &mut |_, _| {})
+            .await
+    }
+
+    /// [`ApiClient::download_profile`], telling `progress` as the bytes arrive.
+    pub async fn download_profile_with_progress(
+        &self,
+        service: &str,
+        profile_id: &str,
+        progress: OnProgress<'_>,
+    ) -> Result<Vec<u8>, ApiClientError> {
         check_service(service)?;
         holmes_api::validate_profile_id(profile_id).map_err(ApiClientError::InvalidArgument)?;
         let body = self
-            .get_raw(&holmes_api::download_path(
-                &encode(service),
-                &encode(profile_id),
-            ))
+            .get_raw_with_progress(
+                &holmes_api::download_path(&encode(service), &encode(profile_id)),
+                progress,
+            )
             .await?;
         Ok(Vec::from(body))
     }
@@ -431,11 +468,22 @@ impl ApiClient {
     /// A flame graph (SVG) of an incident's merged profiles (against its baseline with
     /// `diff`).
     pub async fn flamegraph(&self, id: &str, diff: bool) -> Result<Vec<u8>, ApiClientError> {
+        self.flamegraph_with_progress(id, diff, &mut |_, _| {})
+            .await
+    }
+
+    /// [`ApiClient::flamegraph`], telling `progress` as the SVG arrives.
+    pub async fn flamegraph_with_progress(
+        &self,
+        id: &str,
+        diff: bool,
+        progress: OnProgress<'_>,
+    ) -> Result<Vec<u8>, ApiClientError> {
         let query = if diff { "?diff=baseline" } else { "" };
-        self.get_raw(&format!(
-            "/api/v1/incidents/{}/flamegraph.svg{query}",
-            encode(id)
-        ))
+        self.get_raw_with_progress(
+            &format!("/api/v1/incidents/{}/flamegraph.svg{query}", encode(id)),
+            progress,
+        )
         .await
         .map(Vec::from)
     }
@@ -446,11 +494,22 @@ impl ApiClient {
         service: &str,
         profile_id: &str,
     ) -> Result<Vec<u8>, ApiClientError> {
+        self.profile_flamegraph_with_progress(service, profile_id, &mut |_, _| {})
+            .await
+    }
+
+    /// [`ApiClient::profile_flamegraph`], telling `progress` as the SVG arrives.
+    pub async fn profile_flamegraph_with_progress(
+        &self,
+        service: &str,
+        profile_id: &str,
+        progress: OnProgress<'_>,
+    ) -> Result<Vec<u8>, ApiClientError> {
         check_service(service)?;
-        self.get_raw(&holmes_api::flamegraph_path(
-            &encode(service),
-            &encode(profile_id),
-        ))
+        self.get_raw_with_progress(
+            &holmes_api::flamegraph_path(&encode(service), &encode(profile_id)),
+            progress,
+        )
         .await
         .map(Vec::from)
     }
@@ -463,13 +522,28 @@ impl ApiClient {
         kind: &str,
         since: &str,
     ) -> Result<Vec<u8>, ApiClientError> {
+        self.service_flamegraph_with_progress(service, kind, since, &mut |_, _| {})
+            .await
+    }
+
+    /// [`ApiClient::service_flamegraph`], telling `progress` as the SVG arrives.
+    pub async fn service_flamegraph_with_progress(
+        &self,
+        service: &str,
+        kind: &str,
+        since: &str,
+        progress: OnProgress<'_>,
+    ) -> Result<Vec<u8>, ApiClientError> {
         check_service(service)?;
-        self.get_raw(&format!(
-            "/api/v1/services/{}/flamegraph.svg?kind={}&since={}",
-            encode(service),
-            encode(kind),
-            encode(since)
-        ))
+        self.get_raw_with_progress(
+            &format!(
+                "/api/v1/services/{}/flamegraph.svg?kind={}&since={}",
+                encode(service),
+                encode(kind),
+                encode(since)
+            ),
+            progress,
+        )
         .await
         .map(Vec::from)
     }

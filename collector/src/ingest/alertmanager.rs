@@ -20,14 +20,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::routing::post;
 use axum::{Json, Router};
+use holmes_api::ErrorJson;
 use holmes_proto::names::validate_name;
 use holmes_proto::{
     CapturePurpose, CaptureRequest, Metric, PipelineBody, PipelineEvent, ProfileKind, TriggerEvent,
     TriggerReason,
 };
 use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::live::LiveAgents;
 use crate::auth::ApiAuth;
@@ -123,7 +125,7 @@ pub struct WebhookAlert {
 }
 
 /// What `POST /api/v1/alertmanager` answers.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct WebhookAnswer {
     /// Alerts that became trigger events.
     pub accepted: usize,
@@ -134,7 +136,7 @@ pub struct WebhookAnswer {
 }
 
 #[derive(Clone)]
-struct Receiver {
+pub(crate) struct Receiver {
     config: Arc<AlertmanagerConfig>,
     kinds: Vec<ProfileKind>,
     sink: Option<Arc<dyn Sink>>,
@@ -151,15 +153,14 @@ pub fn router(
     auth: Option<ApiAuth>,
 ) -> Router {
     let kinds = config.capture_kinds().unwrap_or_default();
-    let route = Router::new()
-        .route("/api/v1/alertmanager", post(webhook))
-        .with_state(Receiver {
-            config: Arc::new(config),
-            kinds,
-            sink,
-            live,
-            captured: Arc::default(),
-        });
+    let (route, _) = routes().split_for_parts();
+    let route = route.with_state(Receiver {
+        config: Arc::new(config),
+        kinds,
+        sink,
+        live,
+        captured: Arc::default(),
+    });
     match auth {
         Some(auth) => route.layer(axum::middleware::from_fn_with_state(
             auth,
@@ -200,6 +201,33 @@ impl Receiver {
     }
 }
 
+/// The route, registered from its handler's annotation (so the OpenAPI document lists
+/// it: [`crate::query::routes::document`]).
+pub(crate) fn routes() -> OpenApiRouter<Receiver> {
+    OpenApiRouter::default().routes(routes!(webhook))
+}
+
+/// Alertmanager's webhook.
+///
+/// Alertmanager's webhook payload (version 4; `webhook_configs` pointed here). Each
+/// firing alert that names a service (the first of `[alertmanager] service_labels` it
+/// carries) becomes a trigger event of that service (instance `alertmanager`, reason
+/// `requested`), which opens or joins an incident, and the service's agents connected to
+/// this collector are asked to capture now; their profiles are attached to the incident.
+/// Resolved alerts and Holmes' own `HolmesIncident` alerts change nothing.
+#[utoipa::path(
+    post,
+    path = "/api/v1/alertmanager",
+    operation_id = "alertmanager_webhook",
+    tag = "alertmanager",
+    request_body(content = Object, description = "Alertmanager's webhook payload, version 4 (`alerts`: `status`, `labels`, `startsAt`, `fingerprint` are read)", content_type = "application/json"),
+    responses(
+        (status = 200, description = "What became of the alerts", body = WebhookAnswer),
+        (status = 400, description = "Not a webhook payload", body = ErrorJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 503, description = "This node does not ingest (role `process`)", body = ErrorJson),
+    )
+)]
 async fn webhook(
     State(receiver): State<Receiver>,
     Json(payload): Json<WebhookPayload>,

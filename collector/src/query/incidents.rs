@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use holmes_api::{
-    validate_profile_id, IncidentDetailJson, IncidentJson, IncidentsJson, TriggerJson,
+    validate_profile_id, ErrorJson, IncidentDetailJson, IncidentJson, IncidentsJson, TriggerJson,
     DEFAULT_INCIDENT_LIMIT, DEFAULT_INCIDENT_SINCE,
 };
 use holmes_proto::ProfileKind;
@@ -89,7 +89,27 @@ async fn list(
     })
 }
 
-/// `GET /api/v1/services/{service}/incidents`.
+/// A service's incidents in a time range, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/services/{service}/incidents",
+    operation_id = "list_service_incidents",
+    tag = "incidents",
+    params(
+        ("service" = String, Path, description = "Service name"),
+        ("since" = Option<String>, Query, description = "Start: a duration before now (`24h`, the default) or an RFC 3339 time"),
+        ("until" = Option<String>, Query, description = "End (exclusive): a duration before now or an RFC 3339 time; now by default"),
+        ("status" = Option<String>, Query, description = "Only `open` or only `resolved` ones"),
+        ("limit" = Option<u64>, Query, description = "At most this many incidents (200 by default)"),
+        ("label" = Option<String>, Query, description = "Only incidents with an instance carrying every label given: `key=value`, several separated by `,` (`k8s.namespace.name=shop,service.version=1.4`)"),
+    ),
+    responses(
+        (status = 200, description = "The incidents", body = IncidentsJson),
+        (status = 400, description = "Bad parameter", body = ErrorJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 503, description = "Store unavailable", body = ErrorJson),
+    )
+)]
 pub(super) async fn by_service(
     State(api): State<Api>,
     Path(service): Path<String>,
@@ -99,7 +119,26 @@ pub(super) async fn by_service(
     Ok(Json(list(&api, Some(service), &params).await?))
 }
 
-/// `GET /api/v1/incidents`: the whole fleet's.
+/// Every service's incidents in a time range, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/incidents",
+    operation_id = "list_incidents",
+    tag = "incidents",
+    params(
+        ("since" = Option<String>, Query, description = "Start: a duration before now (`24h`, the default) or an RFC 3339 time"),
+        ("until" = Option<String>, Query, description = "End (exclusive): a duration before now or an RFC 3339 time; now by default"),
+        ("status" = Option<String>, Query, description = "Only `open` or only `resolved` ones"),
+        ("limit" = Option<u64>, Query, description = "At most this many incidents (200 by default)"),
+        ("label" = Option<String>, Query, description = "Only incidents with an instance carrying every label given: `key=value`, several separated by `,` (`k8s.namespace.name=shop,service.version=1.4`)"),
+    ),
+    responses(
+        (status = 200, description = "The incidents", body = IncidentsJson),
+        (status = 400, description = "Bad parameter", body = ErrorJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 503, description = "Store unavailable", body = ErrorJson),
+    )
+)]
 pub(super) async fn all(
     State(api): State<Api>,
     Query(params): Query<HashMap<String, String>>,
@@ -109,7 +148,25 @@ pub(super) async fn all(
 
 use crate::incident::evidence::kind_for;
 
-/// `GET /api/v1/incidents/{incident_id}`.
+/// One incident in detail.
+///
+/// Its trigger events, the profiles captured for them, its suspect functions (what grew
+/// most against the baseline, from the profiles of the kind that explains its metric)
+/// and the related incidents of other services.
+#[utoipa::path(
+    get,
+    path = "/api/v1/incidents/{incident_id}",
+    operation_id = "get_incident",
+    tag = "incidents",
+    params(("incident_id" = String, Path, description = "Incident id: 32 lowercase hex digits")),
+    responses(
+        (status = 200, description = "The incident", body = IncidentDetailJson),
+        (status = 400, description = "Not an incident id", body = ErrorJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 404, description = "Unknown incident", body = ErrorJson),
+        (status = 503, description = "Store unavailable", body = ErrorJson),
+    )
+)]
 pub(super) async fn detail(
     State(api): State<Api>,
     Path(incident_id): Path<String>,
@@ -192,9 +249,27 @@ pub(super) async fn incident_of(api: &Api, incident_id: &str) -> Result<Incident
         .ok_or_else(|| ApiError::not_found(format!("unknown incident {incident_id:?}")))
 }
 
-/// `GET /api/v1/incidents/{incident_id}/flamegraph.svg[?diff=baseline]`: the merged
-/// profiles of the kind that explains the incident; with `diff=baseline`, colored by
-/// growth against the profiles from before it.
+/// An incident's flame graph.
+///
+/// Its profiles merged (of the kind that explains it); with `diff=baseline`, colored by
+/// growth against the profiles from before it (red grew, blue shrank).
+#[utoipa::path(
+    get,
+    path = "/api/v1/incidents/{incident_id}/flamegraph.svg",
+    operation_id = "incident_flamegraph",
+    tag = "incidents",
+    params(
+        ("incident_id" = String, Path, description = "Incident id: 32 lowercase hex digits"),
+        ("diff" = Option<String>, Query, description = "`baseline`: color by growth against the baseline"),
+    ),
+    responses(
+        (status = 200, description = "The flame graph", content_type = "image/svg+xml", body = String),
+        (status = 400, description = "Not an incident id, or another `diff`", body = ErrorJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 404, description = "Unknown incident, or one without profiles of its kind", body = ErrorJson),
+        (status = 503, description = "Store unavailable", body = ErrorJson),
+    )
+)]
 pub(super) async fn flamegraph(
     State(api): State<Api>,
     Path(incident_id): Path<String>,

@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use holmes_api::validate_profile_id;
+use holmes_api::{validate_profile_id, ErrorJson};
 use holmes_proto::pprof;
 use holmes_storage::ProfileRecord;
 use opentelemetry_proto::tonic::collector::profiles::v1development::ExportProfilesServiceRequest;
@@ -377,7 +377,30 @@ fn unexportable(why: &str) -> ApiError {
     }
 }
 
-/// `GET /api/v1/services/{service}/profiles/{profile_id}/otlp`.
+/// One profile as OTLP.
+///
+/// Any stored profile, as one OTLP `ExportProfilesServiceRequest` (OTLP proto v1.10.0,
+/// `opentelemetry.proto.collector.profiles.v1development`): a resource for its service
+/// and instance, its labels and `holmes.profile.kind`, `holmes.profile.id`,
+/// `holmes.event.id` as attributes.
+#[utoipa::path(
+    get,
+    path = "/api/v1/services/{service}/profiles/{profile_id}/otlp",
+    operation_id = "export_profile_otlp",
+    tag = "profiles",
+    params(
+        ("service" = String, Path, description = "Service the profile belongs to"),
+        ("profile_id" = String, Path, description = "Profile id: 32 lowercase hex digits"),
+    ),
+    responses(
+        (status = 200, description = "The profile as an OTLP ExportProfilesServiceRequest", content_type = "application/x-protobuf", body = Vec<u8>),
+        (status = 400, description = "Not a service name or profile id", body = ErrorJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 404, description = "The service has no such profile, or its capture failed", body = ErrorJson),
+        (status = 422, description = "The profile cannot be expressed as OTLP", body = ErrorJson),
+        (status = 503, description = "Store unavailable", body = ErrorJson),
+    )
+)]
 pub(super) async fn profile(
     State(api): State<Api>,
     Path((service, profile_id)): Path<(String, String)>,
@@ -401,7 +424,25 @@ pub(super) async fn profile(
     ))
 }
 
-/// `GET /api/v1/incidents/{incident_id}/otlp`.
+/// An incident's profiles as OTLP.
+///
+/// Every profile captured for the incident, in one OTLP `ExportProfilesServiceRequest`:
+/// a resource per service and instance.
+#[utoipa::path(
+    get,
+    path = "/api/v1/incidents/{incident_id}/otlp",
+    operation_id = "export_incident_otlp",
+    tag = "incidents",
+    params(("incident_id" = String, Path, description = "Incident id: 32 lowercase hex digits")),
+    responses(
+        (status = 200, description = "The incident's profiles as an OTLP ExportProfilesServiceRequest", content_type = "application/x-protobuf", body = Vec<u8>),
+        (status = 400, description = "Not an incident id", body = ErrorJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 404, description = "Unknown incident, or one without profiles", body = ErrorJson),
+        (status = 422, description = "A profile cannot be expressed as OTLP", body = ErrorJson),
+        (status = 503, description = "Store unavailable", body = ErrorJson),
+    )
+)]
 pub(super) async fn incident(
     State(api): State<Api>,
     Path(incident_id): Path<String>,

@@ -2,30 +2,20 @@
 //! suspects, flame graph, metric around it, triggers and profiles. One static page
 //! (`ui/index.html`, compiled in) that reads the HTTP API; with an API token, open it
 //! once as `/ui?token=...`: the collector turns it into an HttpOnly session cookie
-//! and redirects to the address without it ([`crate::auth::browser`]).
+//! and redirects to the address without it ([`crate::auth::browser`]). The page reads
+//! its view from the path (`/ui`, `/ui/services/{service}`, `/ui/incidents/{incident_id}`)
+//! and its script from `/ui.js`.
 
 use std::sync::OnceLock;
 
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
 
 const PAGE: &str = include_str!("ui/index.html");
 
-/// The page's script, served apart at `/ui.js` so that the content security policy can
-/// allow the collector's own scripts only (`script-src 'self'`, no inline script).
+/// The page's script, served apart so that the content security policy can allow the
+/// collector's own scripts only (`script-src 'self'`, no inline script).
 const SCRIPT_PATH: &str = "/ui.js";
-
-/// `GET /ui` and every `GET /ui/...` path: the page, which routes on its own; `GET
-/// /ui.js`: its script.
-pub fn router() -> Router {
-    Router::new()
-        .route("/ui", get(page))
-        .route("/ui/", get(page))
-        .route("/ui/{*path}", get(page))
-        .route(SCRIPT_PATH, get(script))
-}
 
 /// The page without its script, and the script.
 fn parts() -> &'static (String, String) {
@@ -48,16 +38,65 @@ fn parts() -> &'static (String, String) {
     })
 }
 
-async fn page() -> Html<&'static str> {
+fn page() -> Html<&'static str> {
     Html(parts().0.as_str())
 }
 
-async fn script() -> Response {
+/// The page's script.
+#[utoipa::path(
+    get,
+    path = "/ui.js",
+    operation_id = "page_script",
+    tag = "page",
+    responses((status = 200, description = "The page's script", content_type = "text/javascript", body = String))
+)]
+pub(super) async fn script() -> Response {
     (
         [(CONTENT_TYPE, "text/javascript; charset=utf-8")],
         parts().1.as_str(),
     )
         .into_response()
+}
+
+/// The web page, on its home view: services and the last day's incidents.
+#[utoipa::path(
+    get,
+    path = "/ui",
+    operation_id = "page_home",
+    tag = "page",
+    params(("token" = Option<String>, Query, description = "The API token, opened once: answered with 303 to the address without it and an HttpOnly session cookie that the page's requests carry")),
+    responses((status = 200, description = "The page", content_type = "text/html", body = String))
+)]
+pub(super) async fn home() -> Html<&'static str> {
+    page()
+}
+
+/// The web page on one service: its incidents and its CPU.
+#[utoipa::path(
+    get,
+    path = "/ui/services/{service}",
+    operation_id = "page_service",
+    tag = "page",
+    params(("service" = String, Path, description = "Service name")),
+    responses((status = 200, description = "The page", content_type = "text/html", body = String))
+)]
+pub(super) async fn service() -> Html<&'static str> {
+    page()
+}
+
+/// The web page on one incident.
+///
+/// Its suspects, flame graph, metric around it, triggers and profiles.
+#[utoipa::path(
+    get,
+    path = "/ui/incidents/{incident_id}",
+    operation_id = "page_incident",
+    tag = "page",
+    params(("incident_id" = String, Path, description = "Incident id")),
+    responses((status = 200, description = "The page", content_type = "text/html", body = String))
+)]
+pub(super) async fn incident() -> Html<&'static str> {
+    page()
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ mod fuzz_normalize;
 mod identity;
 mod incidents;
 mod kafka;
+mod openapi;
 mod outage;
 mod profiles;
 mod retention;
