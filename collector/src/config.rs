@@ -4,7 +4,7 @@
 //! The file's top-level keys (role, addresses, store, limits, retention) are read here;
 //! each section belongs to the module that uses it and checks itself, with its own
 //! error: `[clickhouse]` ([`ClickHouseSettings`], in the storage crate), `[rules]`
-//! ([`crate::ingest::rules`]), `[incidents]` ([`CorrelateConfig`]), `[tls]`
+//! ([`crate::control::rules`]) and `[control]` ([`ControlConfig`]), `[incidents]` ([`CorrelateConfig`]), `[tls]`
 //! ([`TlsConfig`]), `[auth]` ([`AuthConfig`]), `[alerts]` ([`AlertsConfig`]) and
 //! `[kafka]` ([`KafkaConfig`]). Durations are text (`"50ms"`, `"2m"`); keys of older
 //! releases that spelled them as numbers (`batch_delay_ms`, ...) are refused with the
@@ -22,8 +22,9 @@ use crate::alert::config::AlertsConfigError;
 use crate::alert::AlertsConfig;
 use crate::auth::config::{AuthConfig, AuthConfigError, TokenList};
 use crate::auth::Secret;
+use crate::control::rules::{RulesError, ServiceRules};
+use crate::control::{ControlConfig, ControlConfigError};
 use crate::incident::correlate::{CorrelateConfig, IncidentsConfigError};
-use crate::ingest::rules::{RulesError, ServiceRules};
 use crate::process::kafka::{KafkaConfig, KafkaConfigError};
 use crate::tls::{TlsConfig, TlsError};
 
@@ -117,9 +118,11 @@ pub struct Config {
     pub clickhouse: ClickHouseSettings,
     /// Embedded store settings, used when `store = "sqlite"`.
     pub sqlite: SqliteSettings,
-    /// Trigger rules by service, then by metric (`[rules.checkout] cpu = "abs=90"`),
-    /// pushed to the service's agents when they connect; see [`crate::ingest::rules`].
+    /// Trigger rules by service, then by metric (`[rules.checkout] cpu = "abs=90"`):
+    /// the first central rules, see [`crate::control::seed`].
     pub rules: ServiceRules,
+    /// How nodes keep their agents in step with the central rules (`[control]`).
+    pub control: ControlConfig,
     /// Correlation of trigger events into incidents.
     pub incidents: CorrelateConfig,
     /// TLS on both listeners.
@@ -151,6 +154,7 @@ impl Default for Config {
             clickhouse: ClickHouseSettings::default(),
             sqlite: SqliteSettings::default(),
             rules: ServiceRules::new(),
+            control: ControlConfig::default(),
             incidents: CorrelateConfig::default(),
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
@@ -208,6 +212,9 @@ pub enum ConfigError {
     /// A configured trigger rule cannot be used.
     #[error(transparent)]
     Rules(#[from] RulesError),
+    /// The `[control]` section cannot be used.
+    #[error(transparent)]
+    Control(#[from] ControlConfigError),
     /// The `[incidents]` section cannot be used.
     #[error(transparent)]
     Incidents(#[from] IncidentsConfigError),
@@ -453,7 +460,8 @@ impl Config {
         if self.role != Role::All {
             self.kafka.validate_for(self.role.as_str())?;
         }
-        crate::ingest::rules::check(&self.rules)?;
+        crate::control::rules::check(&self.rules)?;
+        self.control.validate()?;
         self.alerts.validate()?;
         self.alertmanager.validate().map_err(ConfigError::Invalid)?;
         Ok(())

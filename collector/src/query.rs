@@ -1,8 +1,9 @@
-//! The HTTP JSON API (`/api/v1/...`), read-only over the store but for "capture now",
-//! plus the health check and the web page. Every route is registered in [`routes`] from
-//! its handler's annotation, which is also what the OpenAPI document served at
-//! `GET /api/v1/openapi.json` is made of ([`routes::document`]): read it for the routes,
-//! their parameters and their answers.
+//! The HTTP JSON API (`/api/v1/...`): reads over the store, and the control plane's
+//! changes (rules, pauses, capture requests: [`control`], [`captures`]) through
+//! [`Control`]; plus the health check and the web page. Every route is registered in
+//! [`routes`] from its handler's annotation, which is also what the OpenAPI document
+//! served at `GET /api/v1/openapi.json` is made of ([`routes::document`]): read it for the
+//! routes, their parameters and their answers.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,8 +12,8 @@ use std::time::Duration;
 use axum::extract::{Path, Query, State};
 use axum::{Json, Router};
 use holmes_api::{
-    CaptureJson, ErrorJson, InstanceJson, MetricsJson, PointJson, SeriesJson, ServiceJson,
-    DEFAULT_POINT_LIMIT, DEFAULT_SINCE,
+    ErrorJson, InstanceJson, MetricsJson, PointJson, SeriesJson, ServiceJson, DEFAULT_POINT_LIMIT,
+    DEFAULT_SINCE,
 };
 use holmes_proto::names::validate_name;
 use holmes_proto::{Metric, UnknownMetric};
@@ -20,9 +21,11 @@ use holmes_storage::{MetricQuery, Store};
 
 use crate::auth::ApiAuth;
 use crate::clock::{parse_time, rfc3339, unix_nanos_now};
+use crate::control::Control;
 use crate::error::ApiError;
-use crate::ingest::live::LiveAgents;
 
+mod captures;
+mod control;
 pub mod flamegraph;
 mod incidents;
 mod labels;
@@ -42,108 +45,34 @@ pub const DEFAULT_ACTIVE_WINDOW: Duration = Duration::from_secs(5 * 60);
 struct Api {
     store: Arc<dyn Store>,
     active_window: Duration,
-    live: Arc<LiveAgents>,
+    control: Arc<Control>,
+}
+
+/// The control plane's handlers take the node's [`Control`] from the API's state.
+impl axum::extract::FromRef<Api> for Arc<Control> {
+    fn from_ref(api: &Api) -> Self {
+        Arc::clone(&api.control)
+    }
 }
 
 /// The API's routes over `store`; instances heard from within `active_window` count
-/// as active in the services list unless `?active=` says otherwise. With `auth`, every
-/// `/api/` route answers 401 unless the request carries its token; `/healthz` stays open.
+/// as active in the services list unless `?active=` says otherwise; the control plane's
+/// routes (rules, pauses, captures) go through `control`. With `auth`, every `/api/`
+/// route answers 401 unless the request carries its token; `/healthz` stays open.
 pub fn router(
     store: Arc<dyn Store>,
     active_window: Duration,
     auth: Option<ApiAuth>,
-    live: Arc<LiveAgents>,
+    control: Arc<Control>,
 ) -> Router {
     let (router, _document) = routes::routes(auth)
         .with_state(Api {
             store,
             active_window,
-            live,
+            control,
         })
         .split_for_parts();
     router
-}
-
-/// Asks every connected agent of a service to capture now.
-///
-/// The profiles arrive like any other capture, with a trigger event of reason
-/// `requested` that carries the request id.
-#[utoipa::path(
-    post,
-    path = "/api/v1/services/{service}/capture",
-    operation_id = "capture_now",
-    tag = "capture",
-    params(
-        ("service" = String, Path, description = "Service name"),
-        ("kind" = Vec<String>, Query, description = "What to capture: `cpu`, `heap`, `threads` or `tasks`; repeat for several (`?kind=cpu&kind=threads`)"),
-    ),
-    responses(
-        (status = 200, description = "The request and the instances it reached", body = CaptureJson),
-        (status = 400, description = "Bad service name, no kind or an unknown one", body = ErrorJson),
-        (status = 401, description = "API token required", body = ErrorJson),
-        (status = 404, description = "No agent of the service is connected now", body = ErrorJson),
-    )
-)]
-async fn capture(
-    State(api): State<Api>,
-    Path(service): Path<String>,
-    axum::extract::RawQuery(query): axum::extract::RawQuery,
-) -> Result<Json<CaptureJson>, ApiError> {
-    check_service(&service)?;
-    let mut kinds = Vec::new();
-    for pair in query
-        .as_deref()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        match pair.split_once('=') {
-            Some(("kind", k)) => {
-                let kind = profiles::parse_kind(k).map_err(ApiError::bad_request)?;
-                if !kinds.contains(&kind) {
-                    kinds.push(kind);
-                }
-            }
-            _ => {
-                return Err(ApiError::bad_request(format!(
-                    "unknown parameter {pair:?}; use kind=cpu|heap|threads|tasks"
-                )))
-            }
-        }
-    }
-    if kinds.is_empty() {
-        return Err(ApiError::bad_request(
-            "say what to capture: kind=cpu, heap, threads or tasks (repeatable)",
-        ));
-    }
-    // Unique per collector run and over restarts: the time, and a counter.
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let request_id = format!(
-        "{:016x}{:016x}",
-        unix_nanos_now(),
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    );
-    let request = holmes_proto::CaptureRequest {
-        request_id: request_id.clone(),
-        kinds: kinds.clone(),
-        cpu_duration: None,
-        purpose: holmes_proto::CapturePurpose::Operator,
-        window: None,
-        incident_id: None,
-    };
-    let instances = api.live.capture(&service, &request);
-    if instances.is_empty() {
-        return Err(ApiError::not_found(format!(
-            "no agent of service {service:?} is connected now"
-        )));
-    }
-    tracing::info!(%service, %request_id, ?instances, "capture requested");
-    Ok(Json(CaptureJson {
-        service,
-        request_id,
-        kinds: kinds.iter().map(|k| k.as_str().to_owned()).collect(),
-        instances,
-    }))
 }
 
 /// An SVG document as an HTTP answer.
@@ -270,19 +199,24 @@ async fn instances(
     if list.is_empty() {
         return Err(ApiError::not_found(format!("unknown service {service:?}")));
     }
-    Ok(Json(
-        list.into_iter()
-            .map(|i| InstanceJson {
-                instance: i.instance_id,
-                host: i.host,
-                pid: i.pid,
-                labels: i.labels,
-                agent_version: i.agent_version,
-                started_at: rfc3339(i.started_at_unix_nanos),
-                last_seen: rfc3339(i.last_seen_unix_nanos),
-            })
-            .collect(),
-    ))
+    let mut list: Vec<InstanceJson> = list
+        .into_iter()
+        .map(|i| InstanceJson {
+            instance: i.instance_id,
+            host: i.host,
+            pid: i.pid,
+            labels: i.labels,
+            agent_version: i.agent_version,
+            started_at: rfc3339(i.started_at_unix_nanos),
+            last_seen: rfc3339(i.last_seen_unix_nanos),
+            connected: None,
+            rules_version: None,
+            rules_pending: false,
+            rules_refused: Vec::new(),
+        })
+        .collect();
+    control::annotate_instances(&api.store, &service, &mut list).await?;
+    Ok(Json(list))
 }
 
 /// One point as the API shows it.

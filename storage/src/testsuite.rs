@@ -15,9 +15,11 @@ use crate::{
     Severity, Store, TriggerQuery, TriggerRecord,
 };
 
+mod control;
 mod profiles;
 mod retention;
 
+pub use control::*;
 pub use profiles::*;
 pub use retention::*;
 
@@ -653,6 +655,12 @@ macro_rules! store_conformance_tests {
             expiry_keeps_what_kept_profiles_refer_to,
             incidents_keep_their_newest_version,
             incidents_filter_by_service_status_and_time,
+            rule_changes_are_versioned_with_their_history,
+            pauses_share_the_version_sequence,
+            capture_requests_roundtrip_and_list_newest_first,
+            capture_dispatches_and_outcomes_are_kept_per_node_and_instance,
+            agent_reports_keep_the_latest,
+            control_nodes_are_listed_when_seen_since,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

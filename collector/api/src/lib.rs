@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub mod control;
+
 /// The largest `limit` any query takes: more is refused with 400, since a store asked
 /// for `u64::MAX` rows may try to hold them (metrics points default to this many).
 pub const MAX_LIMIT: u64 = 100_000;
@@ -98,6 +100,21 @@ pub struct InstanceJson {
     pub started_at: String,
     /// Last heard from, RFC 3339.
     pub last_seen: String,
+    /// Whether its stream to a collector is open, as the collectors recorded it
+    /// (`null`: no collector of this version recorded it).
+    #[serde(default)]
+    pub connected: Option<bool>,
+    /// The version of the central rules it has in force, as it last reported (0: its
+    /// own rules only; `null`: never reported).
+    #[serde(default)]
+    pub rules_version: Option<u64>,
+    /// Connected and behind the service's current rules version: it has not applied the
+    /// latest change (yet).
+    #[serde(default)]
+    pub rules_pending: bool,
+    /// Pushed rules it refused, with why.
+    #[serde(default)]
+    pub rules_refused: Vec<control::RuleRefusalJson>,
 }
 
 /// A metric's series, one per instance (`GET /api/v1/services/{service}/metrics`).
@@ -366,20 +383,6 @@ pub struct Suspect {
     pub baseline_share: f64,
     /// `share - baseline_share`: how much it grew.
     pub growth: f64,
-}
-
-/// What the agents were asked (`POST /api/v1/services/{service}/capture`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct CaptureJson {
-    /// Service name.
-    pub service: String,
-    /// The request id, echoed in each agent's trigger event (`request_id`).
-    pub request_id: String,
-    /// Profile kinds asked for.
-    pub kinds: Vec<String>,
-    /// Instances the request reached (connected now).
-    pub instances: Vec<String>,
 }
 
 /// What every failed API request answers, with a 4xx or 5xx status.

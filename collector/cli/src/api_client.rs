@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderValue, AUTHORIZATION};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -17,9 +17,11 @@ use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::CertificateDer;
 
+pub mod control;
+
 use holmes_api::{
-    CaptureJson, IncidentDetailJson, IncidentsJson, InstanceJson, MetricsJson, ProfilesJson,
-    ServiceJson, TopJson, TriggersJson,
+    IncidentDetailJson, IncidentsJson, InstanceJson, MetricsJson, ProfilesJson, ServiceJson,
+    TopJson, TriggersJson,
 };
 
 /// Where the CLI looks for the API when neither `--api` nor `HOLMES_API` is set.
@@ -105,7 +107,7 @@ pub struct ClientOptions {
 pub struct ApiClient {
     base: String,
     authorization: Option<HeaderValue>,
-    http: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl std::fmt::Debug for ApiClient {
@@ -235,7 +237,8 @@ impl ApiClient {
     /// GETs `path` (with its query) and returns the answer's bytes as they are; an
     /// answer that is not a success is an [`ApiClientError::Api`] with the API's message.
     pub async fn get_raw(&self, path: &str) -> Result<Bytes, ApiClientError> {
-        self.send(hyper::Method::GET, path, &mut |_, _| {}).await
+        self.send(hyper::Method::GET, path, None, &mut |_, _| {})
+            .await
     }
 
     /// [`ApiClient::get_raw`], telling `progress` as the answer arrives.
@@ -244,41 +247,34 @@ impl ApiClient {
         path: &str,
         progress: OnProgress<'_>,
     ) -> Result<Bytes, ApiClientError> {
-        self.send(hyper::Method::GET, path, progress).await
+        self.send(hyper::Method::GET, path, None, progress).await
     }
 
     /// POSTs to `path` (parameters in its query, no body) and decodes the JSON answer.
     pub async fn post<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiClientError> {
-        let body = self.send(hyper::Method::POST, path, &mut |_, _| {}).await?;
-        serde_json::from_slice(&body).map_err(|e| ApiClientError::Decode {
+        self.call(hyper::Method::POST, path, None).await
+    }
+
+    /// Sends `method` to `path` with an optional JSON body and decodes the JSON answer.
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        json: Option<&serde_json::Value>,
+    ) -> Result<T, ApiClientError> {
+        let body = json.map(|j| j.to_string().into_bytes());
+        let answer = self.send(method, path, body, &mut |_, _| {}).await?;
+        serde_json::from_slice(&answer).map_err(|e| ApiClientError::Decode {
             url: format!("{}{}", self.base, path),
             reason: e.to_string(),
         })
-    }
-
-    /// `POST /api/v1/services/{service}/capture?kind=..`: asks every connected agent of
-    /// the service to capture `kinds` now.
-    pub async fn capture(
-        &self,
-        service: &str,
-        kinds: &[String],
-    ) -> Result<CaptureJson, ApiClientError> {
-        let query: Vec<String> = kinds
-            .iter()
-            .map(|k| format!("kind={}", encode(k)))
-            .collect();
-        self.post(&format!(
-            "/api/v1/services/{}/capture?{}",
-            encode(service),
-            query.join("&")
-        ))
-        .await
     }
 
     async fn send(
         &self,
         method: hyper::Method,
         path: &str,
+        json: Option<Vec<u8>>,
         progress: OnProgress<'_>,
     ) -> Result<Bytes, ApiClientError> {
         let url = format!("{}{}", self.base, path);
@@ -294,8 +290,11 @@ impl ApiClient {
             if let Some(auth) = &self.authorization {
                 request = request.header(AUTHORIZATION, auth.clone());
             }
+            if json.is_some() {
+                request = request.header(hyper::header::CONTENT_TYPE, "application/json");
+            }
             let request = request
-                .body(Empty::new())
+                .body(Full::new(Bytes::from(json.unwrap_or_default())))
                 .map_err(|e| ApiClientError::InvalidUrl {
                     url: url.clone(),
                     reason: e.to_string(),

@@ -4,6 +4,8 @@ use clap::{Parser, Subcommand};
 use holmes_api::{DEFAULT_INCIDENT_SINCE, DEFAULT_TOP_LIMIT};
 use holmes_cli::api_client::{ApiClient, ClientOptions, DEFAULT_API};
 
+mod control;
+mod control_views;
 mod escape;
 mod progress;
 mod table;
@@ -15,7 +17,7 @@ use escape::printable;
 use progress::Download;
 use terminal::Terminal;
 use views::{
-    print_capture, print_incident, print_incidents, print_instances, print_metrics, print_profiles,
+    print_incident, print_incidents, print_instances, print_metrics, print_profiles,
     print_services, print_top, print_triggers,
 };
 
@@ -122,15 +124,31 @@ enum Command {
         /// Incident id, as `holmes incidents` shows it.
         id: String,
     },
-    /// Asks every connected agent of a service to capture profiles now; they arrive like
-    /// any other capture (`holmes profiles`), with a trigger event of reason `requested`.
-    Capture {
+    /// Asks every connected agent of a service (on every collector node), or those
+    /// matching a label selector, or one instance, to capture profiles now; they arrive
+    /// like any other capture, under a trigger event of reason `requested`. `holmes
+    /// capture show ID` shows what each agent did and the profiles.
+    Capture(control::CaptureCommand),
+    /// Capture requests of a service, newest first, with how many agents captured,
+    /// refused or have not answered.
+    Captures {
         /// Service name.
         #[arg(long)]
         service: String,
-        /// cpu, heap, threads or tasks; repeat for several.
-        #[arg(long = "kind", required = true)]
-        kinds: Vec<String>,
+        /// How far back: a duration (10m, 2h) or an RFC 3339 time (default 24h).
+        #[arg(long)]
+        since: Option<String>,
+    },
+    /// Central trigger rules of a service, pushed live to its agents: get, set, delete,
+    /// history.
+    Rules {
+        #[command(subcommand)]
+        command: control::RulesCommand,
+    },
+    /// Pauses captures of a service or of the fleet for a while (show, set, lift).
+    Pause {
+        #[command(subcommand)]
+        command: control::PauseCommand,
     },
     /// A flame graph (SVG) of an incident (its profiles merged), of one profile (with
     /// `--service`), or of a service's profiles of one kind over a time range (with
@@ -275,14 +293,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print_incidents(&term, &list);
             }
         }
-        Command::Capture { service, kinds } => {
-            let asked = client.capture(&service, &kinds).await?;
-            if cli.json {
-                print_json(&asked)?;
-            } else {
-                print_capture(&asked);
-            }
+        Command::Capture(command) => control::capture(&client, &term, command, cli.json).await?,
+        Command::Captures { service, since } => {
+            control::captures(&client, &term, &service, since.as_deref(), cli.json).await?
         }
+        Command::Rules { command } => control::rules(&client, &term, command, cli.json).await?,
+        Command::Pause { command } => control::pause(&client, &term, command, cli.json).await?,
         Command::Flamegraph {
             id,
             service,

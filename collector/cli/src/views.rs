@@ -3,8 +3,8 @@
 //! text that comes from agents made printable.
 
 use holmes_api::{
-    CaptureJson, IncidentDetailJson, IncidentJson, IncidentsJson, InstanceJson, MetricsJson,
-    ProfilesJson, ServiceJson, TopJson, TriggerJson, TriggersJson,
+    IncidentDetailJson, IncidentJson, IncidentsJson, InstanceJson, MetricsJson, ProfilesJson,
+    ServiceJson, TopJson, TriggerJson, TriggersJson,
 };
 use holmes_proto::Metric;
 
@@ -15,7 +15,7 @@ use crate::when::when;
 
 impl Terminal {
     /// A time as [`when`] shows it.
-    fn when(&self, rfc3339: &str) -> String {
+    pub(crate) fn when(&self, rfc3339: &str) -> String {
         when(rfc3339, self.now, &self.zone)
     }
 }
@@ -40,20 +40,40 @@ pub(crate) fn print_services(term: &Terminal, list: &[ServiceJson]) {
 }
 
 pub(crate) fn print_instances(term: &Terminal, list: &[InstanceJson]) {
-    let mut table =
-        Table::new(term, &["INSTANCE", "HOST", "PID", "LAST SEEN", "LABELS"]).right_aligned(&[2]);
+    let mut table = Table::new(
+        term,
+        &["INSTANCE", "HOST", "PID", "LAST SEEN", "RULES", "LABELS"],
+    )
+    .right_aligned(&[2]);
     for i in list {
         let labels: Vec<String> = i.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let rules = match (i.rules_version, i.connected) {
+            (None, _) => "-".to_owned(),
+            (Some(v), Some(false)) => format!("v{v} gone"),
+            (Some(v), _) if i.rules_pending => format!("v{v} pending"),
+            (Some(v), _) => format!("v{v}"),
+        };
         let row = vec![
             table.text(&i.instance),
             table.text(&i.host),
             table.text(&i.pid.to_string()),
             table.text(&term.when(&i.last_seen)),
+            table.text(&rules),
             table.text(&labels.join(",")),
         ];
         table.row(row);
     }
     table.print();
+    for i in list {
+        for r in &i.rules_refused {
+            println!(
+                "{} refused its {} rule: {}",
+                printable(&i.instance),
+                printable(&r.metric),
+                printable(&r.reason)
+            );
+        }
+    }
 }
 
 pub(crate) fn print_incidents(term: &Terminal, list: &IncidentsJson) {
@@ -392,15 +412,4 @@ pub(crate) fn print_profiles(term: &Terminal, p: &ProfilesJson) {
         table.row(row);
     }
     table.print();
-}
-
-pub(crate) fn print_capture(asked: &CaptureJson) {
-    println!(
-        "asked {} instance(s) of {} for {} (request {}): {}",
-        asked.instances.len(),
-        printable(&asked.service),
-        printable(&asked.kinds.join(", ")),
-        printable(&asked.request_id),
-        printable(&asked.instances.join(", "))
-    );
 }

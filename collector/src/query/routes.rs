@@ -33,12 +33,14 @@ const INGEST_TOKEN: &str = "ingest_token";
     title = "Holmes collector API",
     description = "What the Holmes collector knows about your services: services and their \
 instances, metric series, trigger events, profiles (listed, downloaded as gzip pprof or OTLP, \
-ranked, as flame graphs) and incidents with their suspect functions; plus asking agents to \
-capture now, Alertmanager's webhook, the collector's Prometheus metrics, and the routes \
+ranked, as flame graphs) and incidents with their suspect functions; plus the control plane \
+(central rules pushed live to agents, their history, pauses of captures, capture requests to \
+the fleet with every agent's answer), Alertmanager's webhook, the collector's Prometheus metrics, and the routes \
 Pyroscope clients and OTLP exporters send profiles by (their bodies in those protocols). \
 Times are RFC 3339 in UTC; `since` and `until` also take a duration before now (`10m`, `2h`). \
 Errors are `{\"error\": \"...\"}` with 400 (bad parameter), 401 (API token required and missing \
-or wrong), 404 (unknown service, profile or incident) or 503 (store unavailable). \
+or wrong), 404 (unknown service, profile, incident or capture request), 429 (a capture \
+request too soon after the service's last) or 503 (store unavailable). \
 With an API token configured, every `/api/` route and `/metrics` need `Authorization: Bearer \
 <token>`; with ingest tokens, the foreign ingest routes need the service's ingest token."
 ))]
@@ -62,8 +64,9 @@ fn api_routes() -> OpenApiRouter<Api> {
         .routes(routes!(incidents::flamegraph))
         .routes(routes!(otlp::profile))
         .routes(routes!(otlp::incident))
-        .routes(routes!(super::capture))
         .routes(routes!(openapi_json))
+        .merge(super::control::routes())
+        .merge(super::captures::routes())
 }
 
 /// Routes open to everyone: the health check and the web page (whose script asks the
@@ -74,6 +77,7 @@ fn open_routes() -> OpenApiRouter<Api> {
         .routes(routes!(ui::home))
         .routes(routes!(ui::service))
         .routes(routes!(ui::incident))
+        .routes(routes!(ui::capture))
         .routes(routes!(ui::script))
 }
 

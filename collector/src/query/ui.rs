@@ -1,10 +1,12 @@
 //! The web page on-call opens: services, incidents by service, and an incident with its
-//! suspects, flame graph, metric around it, triggers and profiles. One static page
+//! suspects, flame graph, metric around it, triggers and profiles; a service's instances
+//! with the rules version each has applied, its central rules and their history, its
+//! capture requests, and a capture request with every instance's answer. One static page
 //! (`ui/index.html`, compiled in) that reads the HTTP API; with an API token, open it
 //! once as `/ui?token=...`: the collector turns it into an HttpOnly session cookie
 //! and redirects to the address without it ([`crate::auth::browser`]). The page reads
-//! its view from the path (`/ui`, `/ui/services/{service}`, `/ui/incidents/{incident_id}`)
-//! and its script from `/ui.js`.
+//! its view from the path (`/ui`, `/ui/services/{service}`, `/ui/incidents/{incident_id}`,
+//! `/ui/captures/{request_id}`) and its script from `/ui.js`.
 
 use std::sync::OnceLock;
 
@@ -96,6 +98,21 @@ pub(super) async fn service() -> Html<&'static str> {
     responses((status = 200, description = "The page", content_type = "text/html", body = String))
 )]
 pub(super) async fn incident() -> Html<&'static str> {
+    page()
+}
+
+/// The web page on one capture request.
+///
+/// Every instance asked, what it answered, and the profiles the request brought.
+#[utoipa::path(
+    get,
+    path = "/ui/captures/{request_id}",
+    operation_id = "page_capture",
+    tag = "page",
+    params(("request_id" = String, Path, description = "Capture request id")),
+    responses((status = 200, description = "The page", content_type = "text/html", body = String))
+)]
+pub(super) async fn capture() -> Html<&'static str> {
     page()
 }
 

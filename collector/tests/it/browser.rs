@@ -9,14 +9,14 @@ use crate::support::Backend;
 use holmes_collector::Server;
 
 /// An HTTP/1.1 answer: status, headers (names lowercase), body.
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) headers: Vec<(String, String)>,
+    pub(crate) body: String,
 }
 
 impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(n, _)| n == name)
@@ -26,7 +26,7 @@ impl Answer {
 
 /// Sends one request as written (so Host and Origin are exactly what a browser, or an
 /// attacker's page, would send) and reads the answer to the end.
-async fn send(
+pub(crate) async fn send(
     addr: std::net::SocketAddr,
     method: &str,
     path: &str,

@@ -60,6 +60,7 @@ fn example_path(path: &str) -> String {
     path.replace("{service}", "checkout")
         .replace("{profile_id}", "0123456789abcdef0123456789abcdef")
         .replace("{incident_id}", "0123456789abcdef0123456789abcdef")
+        .replace("{request_id}", "0123456789abcdef0123456789abcdef")
 }
 
 /// Sends `method path` and returns the status (200 for any success) and the error
@@ -68,6 +69,15 @@ async fn ask(api: &ApiClient, method: &str, path: &str) -> (u16, String) {
     let answer = match method {
         "get" => api.get_raw(path).await.map(drop),
         "post" => api.post::<serde_json::Value>(path).await.map(drop),
+        // An empty body: the handler says what is missing.
+        "put" => api
+            .call::<serde_json::Value>(hyper::Method::PUT, path, Some(&serde_json::json!({})))
+            .await
+            .map(drop),
+        "delete" => api
+            .call::<serde_json::Value>(hyper::Method::DELETE, path, None)
+            .await
+            .map(drop),
         other => panic!("the document lists a {other} operation this test cannot send"),
     };
     match answer {

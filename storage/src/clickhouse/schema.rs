@@ -359,6 +359,8 @@ pub(crate) const MIGRATIONS: &[&[Step]] = &[
         Step::Sql("DROP TABLE IF EXISTS profile_samples"),
         Step::Sql("DROP TABLE IF EXISTS profiles_by_id"),
     ],
+    // 9: the control plane (see `control.rs`).
+    super::control::MIGRATION,
 ];
 
 /// The tables partitioned by day, whose old partitions retention drops.

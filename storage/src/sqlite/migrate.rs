@@ -369,6 +369,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         old_store(dir.path());
         let store = SqliteStore::open(dir.path()).unwrap();
+        // The migrated store has every table a new one has (the storage model's and the
+        // control plane's, whichever migration made them).
+        let tables = |path: &std::path::Path| -> Vec<String> {
+            let conn = Connection::open(path.join(DB_FILE)).unwrap();
+            let mut stmt = conn
+                .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+                .unwrap();
+            let names = stmt.query_map([], |r| r.get(0)).unwrap();
+            names.collect::<Result<_, _>>().unwrap()
+        };
+        let fresh = tempfile::tempdir().unwrap();
+        SqliteStore::open(fresh.path()).unwrap();
+        let migrated = tables(dir.path());
+        assert_eq!(migrated, tables(fresh.path()));
+        assert!(migrated.iter().any(|t| t == "rule_changes"), "{migrated:?}");
+        assert!(migrated.iter().any(|t| t == "locations"), "{migrated:?}");
         for (n, id) in [(0i64, "a1"), (1, "a2")] {
             let pid = format!("{id:0>32}");
             let p = store.get_profile("shop", &pid).await.unwrap().unwrap();

@@ -1,5 +1,6 @@
 //! Shared harness for the collector's tests: real collectors on loopback, real stores.
 
+pub(crate) mod agent_process;
 pub(crate) mod pprof;
 pub(crate) mod raw_agent;
 pub(crate) mod receiver;
@@ -82,6 +83,10 @@ pub(crate) fn config(backend: Backend, data_dir: &std::path::Path) -> Option<Con
         data_dir: data_dir.to_owned(),
         ..Config::default()
     };
+    // Tests ask a service's agents again at once (to see the agents' own answers); the
+    // collector's limit on that is tested on its own
+    // (`control::an_operators_capture_requests_are_rate_limited_per_service`).
+    config.control.capture_min_interval = Duration::ZERO;
     let variable = match backend {
         Backend::Sqlite => None,
         Backend::ClickHouse => Some("HOLMES_TEST_CLICKHOUSE_URL"),
