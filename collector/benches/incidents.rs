@@ -38,8 +38,8 @@ use holmes_proto::{Metric, ProfileKind, RuleConfig, Sample, TriggerReason};
 use holmes_storage::clickhouse::{ClickHouseConfig, ClickHouseStore};
 use holmes_storage::sqlite::SqliteStore;
 use holmes_storage::{
-    IncidentQuery, IncidentRecord, IncidentStatus, ProfileContents, ProfileRecord, Severity, Stack,
-    StackFrame, StackSample, Store, TriggerRecord,
+    IncidentQuery, IncidentRecord, IncidentStatus, Location, ProfileContents, ProfileHeader,
+    ProfileRecord, ProfileSample, Severity, StackFrame, Store, TriggerRecord, ValueType,
 };
 use tokio::task::JoinSet;
 
@@ -268,7 +268,12 @@ fn profile_blob() -> Vec<u8> {
     enc.finish().unwrap()
 }
 
-fn profile(g: &Gen, n: usize, blob: &[u8]) -> ProfileRecord {
+/// A stack of the pool: its frames, leaf first.
+type Stack = Vec<StackFrame>;
+
+/// Incident `g`'s profile: with `contents`, or (the others) as a collector keeping
+/// originals stores a profile it could not decode: the bytes only.
+fn profile(g: &Gen, n: usize, blob: &[u8], contents: Option<ProfileContents>) -> ProfileRecord {
     let (event, inst, t) = &g.events[0];
     ProfileRecord {
         profile_id: hex128(0xbeef_0000_0000 + n as u64),
@@ -280,7 +285,10 @@ fn profile(g: &Gen, n: usize, blob: &[u8]) -> ProfileRecord {
         duration: Duration::from_secs(30),
         labels: BTreeMap::from([("phase".to_owned(), "pre-trigger".to_owned())]),
         error: None,
-        data: blob.to_vec(),
+        size_bytes: blob.len() as u64,
+        format: holmes_proto::ProfileFormat::PprofGzip,
+        original: contents.is_none().then(|| blob.to_vec()),
+        contents,
     }
 }
 
@@ -289,50 +297,65 @@ fn stack_pool() -> Vec<Stack> {
     (0..STACK_POOL)
         .map(|k| {
             let depth = 8 + rng.below(12) as usize;
-            let frames = (0..depth)
-                .map(|d| StackFrame {
-                    function: if d == 0 {
-                        format!("app::module_{}::work_{k}", k % 40)
-                    } else {
-                        format!("app::layer_{}::call_{}", d, rng.below(30))
-                    },
-                    file: format!("src/module_{}.rs", k % 40),
-                    line: 10 + rng.below(400) as u32,
+            (0..depth)
+                .map(|d| {
+                    StackFrame::new(
+                        if d == 0 {
+                            format!("app::module_{}::work_{k}", k % 40)
+                        } else {
+                            format!("app::layer_{}::call_{}", d, rng.below(30))
+                        },
+                        format!("src/module_{}.rs", k % 40),
+                        10 + rng.below(400) as u32,
+                    )
                 })
-                .collect();
-            Stack::new(frames)
+                .collect()
         })
         .collect()
 }
 
-fn contents(p: &ProfileRecord, pool: &[Stack], seed: u64) -> ProfileContents {
+/// Contents of up to [`STACKS_PER_PROFILE`] stacks of the pool, each frame a symbolic
+/// location.
+fn contents(pool: &[Stack], seed: u64) -> ProfileContents {
     let mut rng = Rng(seed);
     let mut picked: Vec<usize> = (0..STACKS_PER_PROFILE)
         .map(|_| rng.below(STACK_POOL as u64) as usize)
         .collect();
     picked.sort_unstable();
     picked.dedup();
-    ProfileContents {
-        profile_id: p.profile_id.clone(),
-        service: p.service.clone(),
-        started_unix_nanos: p.started_unix_nanos,
-        sample_types: vec![
-            ("samples".to_owned(), "count".to_owned()),
-            ("cpu".to_owned(), "nanoseconds".to_owned()),
-        ],
-        stacks: picked.iter().map(|&k| pool[k].clone()).collect(),
-        samples: picked
+    let mut c = ProfileContents {
+        header: ProfileHeader {
+            sample_types: vec![
+                ValueType::new("samples", "count"),
+                ValueType::new("cpu", "nanoseconds"),
+            ],
+            period_type: ValueType::new("cpu", "nanoseconds"),
+            period: 10_000_000,
+            ..ProfileHeader::default()
+        },
+        label_sets: vec![Vec::new()],
+        ..ProfileContents::default()
+    };
+    let mut locations: std::collections::HashMap<&StackFrame, u32> = Default::default();
+    for &k in &picked {
+        let stack = pool[k]
             .iter()
-            .map(|&k| {
-                let n = 1 + rng.below(50) as i64;
-                StackSample {
-                    stack_id: pool[k].stack_id,
-                    values: vec![n, n * 10_000_000],
-                    labels: Vec::new(),
-                }
+            .map(|f| {
+                *locations.entry(f).or_insert_with(|| {
+                    c.locations.push(Location::Symbolic(vec![f.clone()]));
+                    c.locations.len() as u32 - 1
+                })
             })
-            .collect(),
+            .collect();
+        c.stacks.push(stack);
+        let n = 1 + rng.below(50) as i64;
+        c.samples.push(ProfileSample {
+            stack: c.stacks.len() as u32 - 1,
+            values: vec![n, n * 10_000_000],
+            labels: 0,
+        });
     }
+    c
 }
 
 fn rate(n: usize, d: Duration) -> String {
@@ -402,41 +425,18 @@ async fn fill(store: &Arc<dyn Store>, params: &Params, gens: &[Gen]) {
     .await;
     println!("  incidents       {}", rate(gens.len(), t0.elapsed()));
 
-    // Profile contents of some incidents' profiles (before their records, as ingest does).
+    // Profiles: those of some incidents with normalized contents, the others as bytes.
     let blob = profile_blob();
-    let pool = Arc::new(stack_pool());
+    let pool = stack_pool();
     let every = (gens.len() / params.contents_incidents.max(1)).max(1);
-    let t0 = Instant::now();
-    let with_contents: Vec<ProfileRecord> = gens
-        .iter()
-        .enumerate()
-        .filter(|(n, _)| n % every == 0)
-        .map(|(n, g)| profile(g, n, &[]))
-        .collect();
-    let count = with_contents.len();
-    {
-        let store = Arc::clone(store);
-        concurrently(with_contents, move |p| {
-            let store = Arc::clone(&store);
-            let pool = Arc::clone(&pool);
-            async move {
-                let c = contents(&p, &pool, mix(p.started_unix_nanos));
-                store
-                    .insert_profile_contents(&c)
-                    .await
-                    .expect("insert contents");
-            }
-        })
-        .await;
-    }
-    println!("  profile contents{}", rate(count, t0.elapsed()));
-
-    // Profile records.
     let t0 = Instant::now();
     let records: Vec<ProfileRecord> = gens
         .iter()
         .enumerate()
-        .map(|(n, g)| profile(g, n, &blob))
+        .map(|(n, g)| {
+            let c = (n % every == 0).then(|| contents(&pool, mix(n as u64)));
+            profile(g, n, &blob, c)
+        })
         .collect();
     let count = records.len();
     {
@@ -448,7 +448,7 @@ async fn fill(store: &Arc<dyn Store>, params: &Params, gens: &[Gen]) {
         .await;
     }
     println!(
-        "  profiles        {}  ({} B each)",
+        "  profiles        {}  ({} B each, 1 in {every} with contents)",
         rate(count, t0.elapsed()),
         blob.len()
     );

@@ -1,32 +1,39 @@
-//! Ingest benchmark: simulated agents of one service stream realistic CPU profiles over
-//! loopback gRPC into a real in-process collector, once per backend.
+//! Ingest benchmark: simulated agents of one service stream a realistic day of CPU
+//! profiles over loopback gRPC into a real in-process collector, per backend and input
+//! format; then the service's flame graph over the day is asked for.
 //!
 //! ```text
 //! cargo bench -p holmes-collector --bench ingest                 # full run (minutes)
 //! HOLMES_BENCH_QUICK=1 cargo bench -p holmes-collector --bench ingest   # smoke run (seconds)
-//! deploy/dev/bench.sh                                            # with a throw-away ClickHouse
+//! deploy/dev/bench.sh                                            # with throw-away ClickHouse servers
 //! ```
 //!
-//! The stream: `HOLMES_BENCH_AGENTS` instances (default 50) of one service send
-//! `HOLMES_BENCH_PROFILES` CPU profiles in all (default 1500, a day of captures: their
-//! start times are spread over the last 24 hours), each of 1000 samples drawn with
-//! Zipf-like popularity from a fixed pool of 4000 stacks 10–40 frames deep, encoded as the
-//! agent encodes them (gzipped `profile.proto`: string table, functions, one location per
-//! frame, values `[count, nanoseconds]`, a `phase` label). Each agent sends a profile,
-//! waits for the acknowledgement that covers it, then sends the next.
+//! The day (`holmes_devtools::synthetic`): `HOLMES_BENCH_AGENTS` instances (default 50)
+//! of one service send `HOLMES_BENCH_PROFILES` CPU profiles in all (default 1500, started
+//! over the last 24 hours), each of 1000 samples drawn with Zipf-like popularity from a
+//! pool of 4000 stacks 10–40 frames deep, down into libc and the vDSO. The fleet runs
+//! two binaries, each deployed in two versions over the day, and its processes restart
+//! every six hours. Each profile goes in one of two forms: the agent's own
+//! (`NativeProfile`: every frame as module + offset) or pprof as agents sent before
+//! (gzip; the binary's frames symbolized at absolute addresses, libc's and the vDSO's
+//! unsymbolized in their mappings). Each agent sends a profile, waits for the
+//! acknowledgement that covers it, then sends the next.
 //!
-//! Reported per backend: profiles/s and samples/s over the run; the CPU seconds of the
-//! collector (this process minus the agents' runtime threads, which are counted apart)
-//! and of the ClickHouse server (`HOLMES_CH_PID`, as `deploy/dev/clickhouse.sh` exports
-//! it), hence profiles/s and samples/s per core; the time from sending a profile's last
-//! chunk to its acknowledgement (p50, p99); and the bytes stored per profile, normalized
-//! (stacks, samples, heads) and the kept originals, against the raw gzip size. A baseline
-//! runs the same profiles through decode + normalize alone. ClickHouse runs when
-//! `HOLMES_TEST_CLICKHOUSE_URL` is set and is skipped with a line saying so otherwise.
-//! `HOLMES_BENCH_BACKENDS=sqlite|clickhouse` runs only one. Then the same profiles come
-//! in as Pyroscope pushes and OTLP exports (`ingest/foreign.rs`; `HOLMES_BENCH_FOREIGN=0`
-//! skips it), in a table beside the agent's SQLite row. Nothing is asserted: these are
-//! figures to read, on machines too noisy for thresholds.
+//! Runs, each on a fresh store: SQLite (`synchronous = FULL`, the default, and `NORMAL`
+//! for what FULL costs), ClickHouse 18.16 (`HOLMES_TEST_CLICKHOUSE_URL`) and a current
+//! ClickHouse (`HOLMES_TEST_CLICKHOUSE_CURRENT_URL`), each with native and with pprof
+//! input. Reported per run: profiles/s over the run; CPU seconds of the collector (this
+//! process minus the agents' runtime threads, counted apart) and of the ClickHouse
+//! server (`HOLMES_CH_PID` / `HOLMES_CHDB_PID`), hence profiles/s per core; last chunk →
+//! ack p50/p99; bytes stored per profile by table and in all, against the raw gzip pprof
+//! of the same profiles (ClickHouse: as written and after `OPTIMIZE … FINAL`; SQLite:
+//! `dbstat`, indexes included); and, after the native runs, the latency of
+//! `GET /api/v1/services/orders/flamegraph.svg` over the day (every instance merged).
+//! `HOLMES_BENCH_BACKENDS=sqlite,ch18,chcurrent` and `HOLMES_BENCH_INPUTS=native,pprof`
+//! select runs. Then the same profiles come in as Pyroscope pushes and OTLP exports
+//! (`ingest/foreign.rs`; `HOLMES_BENCH_FOREIGN=0` skips it), in a table beside the
+//! agent's SQLite row. Nothing is asserted: these are figures to read, on machines too
+//! noisy for thresholds.
 
 // The allocator of the `holmes-collector` binary (its `jemalloc` feature, on by default).
 #[cfg(feature = "jemalloc")]
@@ -41,17 +48,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use holmes_cli::api_client::ApiClient;
 use holmes_collector::config::{Config, StoreKind};
-use holmes_collector::process::normalize::{normalize, normalize_new_stacks, Limits};
+use holmes_collector::process::normalize::{normalize, Limits};
 use holmes_collector::Server;
-use holmes_devtools::synthetic::{mix, ProfileFactory, SAMPLES_PER_PROFILE, ZIPF_S};
+use holmes_devtools::synthetic::{
+    build_of, mix, process_of, ProfileFactory, FLEET, SAMPLES_PER_PROFILE, ZIPF_S,
+};
 use holmes_proto::pb::ingest_client::IngestClient;
-use holmes_proto::pprof::Profile;
 use holmes_proto::{
-    pb, AgentBody, AgentMessage, CollectorMessage, Hello, ProfileChunk, ProfileKind,
+    pb, AgentBody, AgentMessage, CollectorMessage, Hello, ProfileChunk, ProfileFormat, ProfileKind,
 };
 use holmes_storage::clickhouse::ClickHouseSettings;
-use prost::Message as _;
+use holmes_storage::sqlite::Synchronous;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -59,14 +68,14 @@ use tokio_stream::wrappers::ReceiverStream;
 const SERVICE: &str = "orders";
 /// Thread-name prefix of the agents' runtime, so their CPU is counted apart.
 const AGENT_THREAD: &str = "bench-agent";
+const DAY_NANOS: u64 = 86_400_000_000_000;
 
-/// What a run is made of.
 #[derive(Debug, Clone, Copy)]
 struct Params {
     agents: usize,
     profiles: usize,
     pool: usize,
-    baseline_profiles: usize,
+    flamegraphs: usize,
 }
 
 impl Params {
@@ -80,42 +89,42 @@ impl Params {
                 .filter(|&n| n > 0)
                 .unwrap_or(default)
         };
-        let (agents, profiles, pool) = if quick {
-            (8, 120, 2000)
+        let (agents, profiles, pool, flamegraphs) = if quick {
+            (8, 120, 2000, 3)
         } else {
-            (50, 1500, 4000)
+            (50, 1500, 4000, 10)
         };
-        let profiles = number("HOLMES_BENCH_PROFILES", profiles);
         Params {
             agents: number("HOLMES_BENCH_AGENTS", agents),
-            profiles,
+            profiles: number("HOLMES_BENCH_PROFILES", profiles),
             pool: number("HOLMES_BENCH_POOL", pool),
-            baseline_profiles: profiles.min(300),
+            flamegraphs,
         }
     }
 }
 
 // ---------------------------------------------------------------------------------------
-// The day of captures (profiles from holmes_devtools::synthetic)
+// The day of captures
 // ---------------------------------------------------------------------------------------
 
-/// One profile ready to send.
+/// One profile ready to send, in both forms.
 struct GenProfile {
     id: String,
     started_unix_nanos: u64,
-    gzip: Vec<u8>,
+    native: Vec<u8>,
+    pprof: Vec<u8>,
 }
 
-/// The day of captures: `n` profiles, started over the last 24 hours in order.
-fn generate(params: &Params) -> (Vec<GenProfile>, usize) {
+/// The day: `n` profiles, started over the last 24 hours in order; profile `i` comes from
+/// instance `i % agents`, of the build and process that instance runs at its time.
+fn generate(params: &Params) -> (Vec<GenProfile>, usize, u64) {
     let factory = ProfileFactory::new(params.pool);
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_nanos() as u64;
-    let day = 86_400_000_000_000u64;
-    let first = now - day;
-    let step = day / params.profiles as u64;
+    let first = now - DAY_NANOS;
+    let step = DAY_NANOS / params.profiles as u64;
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut out: Vec<Option<GenProfile>> = (0..params.profiles).map(|_| None).collect();
     std::thread::scope(|scope| {
@@ -127,14 +136,22 @@ fn generate(params: &Params) -> (Vec<GenProfile>, usize) {
                         .step_by(threads)
                         .map(|i| {
                             let started = first + i as u64 * step;
+                            let second = (started - first) / 1_000_000_000;
+                            let instance = i % params.agents;
+                            let capture = factory.capture(
+                                i as u64 + 1,
+                                started,
+                                build_of(instance, params.agents, second),
+                                process_of(instance, second),
+                            );
                             let id = format!("{:016x}{:016x}", mix(i as u64), mix(!(i as u64)));
-                            let gzip = factory.cpu_profile(i as u64 + 1, started);
                             (
                                 i,
                                 GenProfile {
                                     id,
                                     started_unix_nanos: started,
-                                    gzip,
+                                    native: capture.native.encode(),
+                                    pprof: capture.pprof_gzip,
                                 },
                             )
                         })
@@ -149,8 +166,13 @@ fn generate(params: &Params) -> (Vec<GenProfile>, usize) {
         }
     });
     let functions = factory.functions();
-    (out.into_iter().map(Option::unwrap).collect(), functions)
+    (
+        out.into_iter().map(Option::unwrap).collect(),
+        functions,
+        first,
+    )
 }
+
 // ---------------------------------------------------------------------------------------
 // CPU accounting
 // ---------------------------------------------------------------------------------------
@@ -204,9 +226,9 @@ fn threads_cpu(prefix: &str) -> f64 {
         .sum()
 }
 
-/// CPU seconds of the ClickHouse server whose pid `HOLMES_CH_PID` names, if any.
-fn clickhouse_cpu() -> Option<f64> {
-    let pid = std::env::var("HOLMES_CH_PID").ok()?;
+/// CPU seconds of the process whose pid the variable `pid_var` names, if any.
+fn server_cpu(pid_var: &str) -> Option<f64> {
+    let pid = std::env::var(pid_var).ok()?;
     proc_stat(&format!("/proc/{pid}/stat")).map(|(_, cpu)| cpu)
 }
 
@@ -215,15 +237,15 @@ fn clickhouse_cpu() -> Option<f64> {
 struct CpuMark {
     process: f64,
     agents: f64,
-    clickhouse: Option<f64>,
+    server: Option<f64>,
 }
 
 impl CpuMark {
-    fn now() -> CpuMark {
+    fn now(pid_var: Option<&str>) -> CpuMark {
         CpuMark {
             process: rusage_secs(libc::RUSAGE_SELF),
             agents: threads_cpu(AGENT_THREAD),
-            clickhouse: clickhouse_cpu(),
+            server: pid_var.and_then(server_cpu),
         }
     }
 }
@@ -250,6 +272,22 @@ fn hello(instance: usize) -> Hello {
     }
 }
 
+/// Which form the agents send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Input {
+    Native,
+    Pprof,
+}
+
+impl Input {
+    fn name(self) -> &'static str {
+        match self {
+            Input::Native => "native",
+            Input::Pprof => "pprof",
+        }
+    }
+}
+
 /// Sends the profiles of `indices` one at a time, each once the one before it is
 /// acknowledged; returns the time from each profile's last chunk to its ack.
 async fn run_agent(
@@ -257,6 +295,7 @@ async fn run_agent(
     instance: usize,
     profiles: Arc<Vec<GenProfile>>,
     indices: Vec<usize>,
+    input: Input,
 ) -> Vec<Duration> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
@@ -270,6 +309,7 @@ async fn run_agent(
     };
     tx.send(pb::AgentMessage::from(&first)).await.unwrap();
     let mut inbound = IngestClient::new(channel)
+        .max_decoding_message_size(64 << 20)
         .connect(tonic::Request::new(ReceiverStream::new(rx)))
         .await
         .unwrap()
@@ -278,7 +318,11 @@ async fn run_agent(
     let mut latencies = Vec::with_capacity(indices.len());
     for i in indices {
         let p = &profiles[i];
-        let pieces: Vec<&[u8]> = p.gzip.chunks(holmes_proto::MAX_CHUNK_BYTES).collect();
+        let (bytes, format) = match input {
+            Input::Native => (&p.native, ProfileFormat::Native),
+            Input::Pprof => (&p.pprof, ProfileFormat::PprofGzip),
+        };
+        let pieces: Vec<&[u8]> = bytes.chunks(holmes_proto::MAX_CHUNK_BYTES).collect();
         for (index, piece) in pieces.iter().enumerate() {
             seq += 1;
             let chunk = ProfileChunk {
@@ -287,13 +331,13 @@ async fn run_agent(
                 kind: ProfileKind::Cpu,
                 chunk_index: index as u32,
                 chunk_count: pieces.len() as u32,
-                total_bytes: p.gzip.len() as u64,
+                total_bytes: bytes.len() as u64,
                 data: piece.to_vec(),
                 started_unix_nanos: p.started_unix_nanos,
                 duration: Duration::from_secs(10),
                 error: None,
                 labels: [("phase".to_owned(), "trigger".to_owned())].into(),
-                format: holmes_proto::ProfileFormat::PprofGzip,
+                format,
             };
             let msg = AgentMessage {
                 seq,
@@ -320,20 +364,26 @@ async fn run_agent(
 }
 
 // ---------------------------------------------------------------------------------------
-// One backend
+// One run
 // ---------------------------------------------------------------------------------------
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Backend {
-    Sqlite,
-    ClickHouse,
+/// A store to run on.
+#[derive(Debug, Clone)]
+enum Target {
+    Sqlite(Synchronous),
+    ClickHouse {
+        name: &'static str,
+        url: String,
+        pid_var: &'static str,
+    },
 }
 
-impl Backend {
-    fn name(self) -> &'static str {
+impl Target {
+    fn name(&self) -> String {
         match self {
-            Backend::Sqlite => "SQLite",
-            Backend::ClickHouse => "ClickHouse",
+            Target::Sqlite(Synchronous::Full) => "SQLite (synchronous = FULL)".to_owned(),
+            Target::Sqlite(Synchronous::Normal) => "SQLite (synchronous = NORMAL)".to_owned(),
+            Target::ClickHouse { name, .. } => (*name).to_owned(),
         }
     }
 }
@@ -342,26 +392,30 @@ impl Backend {
 type TableBytes = Vec<(String, u64)>;
 
 struct RunResult {
-    backend: Backend,
+    target: String,
+    input: Input,
     profiles: usize,
     wall: Duration,
     collector_cpu: f64,
     agents_cpu: f64,
-    clickhouse_cpu: Option<f64>,
+    server_cpu: Option<f64>,
     latencies: Vec<Duration>,
     /// Bytes by table as written, and (ClickHouse) after merging every table to one
     /// part per partition.
     bytes: TableBytes,
     merged: Option<TableBytes>,
-    parts: Option<(u64, u64)>,
-    /// ClickHouse: compressed bytes of each `profile_samples` column, merged.
-    sample_columns: TableBytes,
+    /// Latencies of the service's flame graph over the day.
+    flamegraph: Vec<Duration>,
+    /// Profiles and stacks the flame graph merged (from its title).
+    flamegraph_size: usize,
 }
 
-fn run_backend(
-    backend: Backend,
+fn run(
+    target: &Target,
+    input: Input,
     params: &Params,
     profiles: &Arc<Vec<GenProfile>>,
+    first: u64,
     collector_rt: &tokio::runtime::Runtime,
     agent_rt: &tokio::runtime::Runtime,
 ) -> RunResult {
@@ -370,22 +424,29 @@ fn run_backend(
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         http_addr: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.path().to_owned(),
+        max_message_bytes: 64 << 20,
         ..Config::default()
     };
-    let database = format!("holmes_bench_{}", std::process::id());
-    let url = std::env::var("HOLMES_TEST_CLICKHOUSE_URL").ok();
-    if backend == Backend::ClickHouse {
-        config.store = StoreKind::Clickhouse;
-        config.clickhouse = ClickHouseSettings {
-            url: url.clone(),
-            database: database.clone(),
-            ..ClickHouseSettings::default()
-        };
-        if let Some(ms) = std::env::var("HOLMES_BENCH_BATCH_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-        {
-            config.clickhouse.batch_delay = Duration::from_millis(ms);
+    let database = format!("holmes_bench_{}_{}", std::process::id(), input.name());
+    let mut pid_var = None;
+    match target {
+        Target::Sqlite(sync) => config.sqlite.synchronous = *sync,
+        Target::ClickHouse {
+            url, pid_var: p, ..
+        } => {
+            config.store = StoreKind::Clickhouse;
+            config.clickhouse = ClickHouseSettings {
+                url: Some(url.clone()),
+                database: database.clone(),
+                ..ClickHouseSettings::default()
+            };
+            if let Some(ms) = std::env::var("HOLMES_BENCH_BATCH_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+            {
+                config.clickhouse.batch_delay = Duration::from_millis(ms);
+            }
+            pid_var = Some(*p);
         }
     }
     let server = collector_rt
@@ -397,13 +458,19 @@ fn run_backend(
     for i in 0..profiles.len() {
         per_agent[i % params.agents].push(i);
     }
-    let before = CpuMark::now();
+    let before = CpuMark::now(pid_var);
     let started = Instant::now();
     let handles: Vec<_> = per_agent
         .into_iter()
         .enumerate()
         .map(|(instance, indices)| {
-            agent_rt.spawn(run_agent(addr, instance, Arc::clone(profiles), indices))
+            agent_rt.spawn(run_agent(
+                addr,
+                instance,
+                Arc::clone(profiles),
+                indices,
+                input,
+            ))
         })
         .collect();
     let mut latencies = Vec::with_capacity(profiles.len());
@@ -411,35 +478,50 @@ fn run_backend(
         latencies.extend(agent_rt.block_on(h).unwrap());
     }
     let wall = started.elapsed();
-    let after = CpuMark::now();
+    let after = CpuMark::now(pid_var);
+
+    // The service's flame graph over the day, every instance merged.
+    let mut flamegraph = Vec::new();
+    let mut flamegraph_size = 0;
+    if input == Input::Native {
+        let api = ApiClient::new(&format!("http://{}", server.http_addr())).unwrap();
+        let since = holmes_collector::clock::rfc3339(first.saturating_sub(60_000_000_000));
+        for _ in 0..params.flamegraphs {
+            let t = Instant::now();
+            let svg = collector_rt
+                .block_on(api.service_flamegraph(SERVICE, "cpu", &since))
+                .expect("the service's flame graph");
+            flamegraph.push(t.elapsed());
+            flamegraph_size = svg.len();
+        }
+    }
     collector_rt.block_on(server.shutdown());
 
     let agents_cpu = after.agents - before.agents;
-    let clickhouse_cpu = match (backend, before.clickhouse, after.clickhouse) {
-        (Backend::ClickHouse, Some(b), Some(a)) => Some(a - b),
+    let server_cpu = match (before.server, after.server) {
+        (Some(b), Some(a)) => Some(a - b),
         _ => None,
     };
-    let (bytes, merged, parts, sample_columns) = match backend {
-        Backend::Sqlite => (sqlite_bytes(dir.path()), None, None, Vec::new()),
-        Backend::ClickHouse => {
-            let url = url.expect("ClickHouse runs only with a URL");
-            let (bytes, merged, parts, columns) =
-                collector_rt.block_on(clickhouse_bytes(&url, &database));
-            (bytes, Some(merged), Some(parts), columns)
+    let (bytes, merged) = match target {
+        Target::Sqlite(_) => (sqlite_bytes(dir.path()), None),
+        Target::ClickHouse { url, .. } => {
+            let (bytes, merged) = collector_rt.block_on(clickhouse_bytes(url, &database));
+            (bytes, Some(merged))
         }
     };
     RunResult {
-        backend,
+        target: target.name(),
+        input,
         profiles: profiles.len(),
         wall,
         collector_cpu: (after.process - before.process) - agents_cpu,
         agents_cpu,
-        clickhouse_cpu,
+        server_cpu,
         latencies,
         bytes,
         merged,
-        parts,
-        sample_columns,
+        flamegraph,
+        flamegraph_size,
     }
 }
 
@@ -466,22 +548,11 @@ fn sqlite_bytes(data_dir: &std::path::Path) -> TableBytes {
 struct PartsRow {
     table: String,
     bytes: u64,
-    parts: u64,
 }
 
-/// Bytes on disk of each table as written, then after `OPTIMIZE … FINAL`; and the active
-/// parts before and after. Drops the database afterwards.
-#[derive(clickhouse::Row, serde::Deserialize)]
-struct ColumnRow {
-    name: String,
-    bytes: u64,
-}
-
-/// What [`clickhouse_bytes`] measures: bytes by table as written and merged, active parts
-/// before and after merging, and bytes by column of `profile_samples`.
-type ClickHouseBytes = (TableBytes, TableBytes, (u64, u64), TableBytes);
-
-async fn clickhouse_bytes(url: &str, database: &str) -> ClickHouseBytes {
+/// Bytes on disk of each table as written, then after `OPTIMIZE … FINAL`. Drops the
+/// database afterwards.
+async fn clickhouse_bytes(url: &str, database: &str) -> (TableBytes, TableBytes) {
     let client = clickhouse::Client::default()
         .with_url(url)
         .with_validation(false)
@@ -489,22 +560,18 @@ async fn clickhouse_bytes(url: &str, database: &str) -> ClickHouseBytes {
     let read = || async {
         let rows: Vec<PartsRow> = client
             .query(
-                "SELECT table, toUInt64(sum(bytes_on_disk)) AS bytes, toUInt64(count()) AS parts
+                "SELECT table, toUInt64(sum(bytes_on_disk)) AS bytes
                  FROM system.parts WHERE active AND database = ? GROUP BY table ORDER BY table",
             )
             .bind(database)
             .fetch_all()
             .await
             .unwrap();
-        let parts = rows.iter().map(|r| r.parts).sum::<u64>();
-        (
-            rows.into_iter()
-                .map(|r| (r.table, r.bytes))
-                .collect::<TableBytes>(),
-            parts,
-        )
+        rows.into_iter()
+            .map(|r| (r.table, r.bytes))
+            .collect::<TableBytes>()
     };
-    let (written, parts_before) = read().await;
+    let written = read().await;
     for (table, _) in &written {
         client
             .query(&format!("OPTIMIZE TABLE {database}.{table} FINAL"))
@@ -512,27 +579,13 @@ async fn clickhouse_bytes(url: &str, database: &str) -> ClickHouseBytes {
             .await
             .unwrap();
     }
-    let (merged, parts_after) = read().await;
-    let columns: Vec<ColumnRow> = client
-        .query(
-            "SELECT name, toUInt64(data_compressed_bytes) AS bytes FROM system.columns
-             WHERE database = ? AND table = 'profile_samples' ORDER BY bytes DESC",
-        )
-        .bind(database)
-        .fetch_all()
-        .await
-        .unwrap();
+    let merged = read().await;
     client
         .query(&format!("DROP DATABASE IF EXISTS {database}"))
         .execute()
         .await
         .unwrap();
-    (
-        written,
-        merged,
-        (parts_before, parts_after),
-        columns.into_iter().map(|c| (c.name, c.bytes)).collect(),
-    )
+    (written, merged)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -551,7 +604,7 @@ fn kib(bytes: f64) -> String {
     if bytes >= 1024.0 * 1024.0 {
         format!("{:.1} MiB", bytes / 1024.0 / 1024.0)
     } else {
-        format!("{:.1} KiB", bytes / 1024.0)
+        format!("{:.2} KiB", bytes / 1024.0)
     }
 }
 
@@ -565,51 +618,43 @@ fn si(x: f64) -> String {
     }
 }
 
-const NORMALIZED: [&str; 3] = ["stacks", "profile_samples", "profile_contents"];
-
-fn table_sum(bytes: &TableBytes, tables: &[&str]) -> u64 {
-    bytes
-        .iter()
-        .filter(|(t, _)| tables.contains(&t.as_str()))
-        .map(|(_, b)| b)
-        .sum()
-}
+/// The tables whose bytes are shown one by one; the rest are summed as "other".
+const SHOWN: [&str; 7] = [
+    "profiles",
+    "profile_ids",
+    "stacks",
+    "stack_ids",
+    "locations",
+    "location_ids",
+    "metric_samples",
+];
 
 fn print_bytes(label: &str, bytes: &TableBytes, profiles: usize, raw_per_profile: f64) {
-    let n = profiles as f64;
-    let per = |b: u64| b as f64 / n;
-    let ratio = |b: u64| raw_per_profile / per(b).max(1e-9);
-    let normalized = table_sum(bytes, &NORMALIZED);
-    let originals = table_sum(bytes, &["profiles"]);
+    let per = |b: u64| b as f64 / profiles as f64;
     let total: u64 = bytes.iter().map(|(_, b)| b).sum();
-    println!("  {label}");
-    for t in NORMALIZED {
-        println!(
-            "    {t:<34}{:>12} /profile",
-            kib(per(table_sum(bytes, &[t])))
-        );
-    }
+    let shown: Vec<String> = bytes
+        .iter()
+        .filter(|(t, b)| SHOWN.contains(&t.as_str()) && *b > 0)
+        .map(|(t, b)| format!("{t} {}", kib(per(*b))))
+        .collect();
+    let other: u64 = bytes
+        .iter()
+        .filter(|(t, _)| !SHOWN.contains(&t.as_str()))
+        .map(|(_, b)| b)
+        .sum();
     println!(
-        "    {:<34}{:>12} /profile   {:>6.1}x smaller than raw gzip",
-        "normalized (the three above)",
-        kib(per(normalized)),
-        ratio(normalized)
-    );
-    println!(
-        "    {:<34}{:>12} /profile   {:>6.1}x",
-        "originals kept (profiles)",
-        kib(per(originals)),
-        ratio(originals)
-    );
-    println!(
-        "    {:<34}{:>12} /profile   {:>6.1}x",
-        "everything stored",
+        "    {label:<30} everything {:>10} /profile  {:>5.1}x smaller than raw gzip pprof",
         kib(per(total)),
-        ratio(total)
+        raw_per_profile / per(total).max(1e-9)
+    );
+    println!(
+        "      {}, other tables {}",
+        shown.join(", "),
+        kib(per(other))
     );
 }
 
-fn report(params: &Params, raw_total: u64, baseline: Option<(f64, f64)>, runs: &[RunResult]) {
+fn report(params: &Params, raw_total: u64, decode: &[(Input, f64)], runs: &[RunResult]) {
     let samples = SAMPLES_PER_PROFILE as f64;
     let raw_per_profile = raw_total as f64 / params.profiles as f64;
     println!();
@@ -617,11 +662,12 @@ fn report(params: &Params, raw_total: u64, baseline: Option<(f64, f64)>, runs: &
         "== throughput ({} agents, {} profiles of {SAMPLES_PER_PROFILE} samples each)",
         params.agents, params.profiles
     );
-    if let Some((count, cpu)) = baseline {
+    for (input, per_profile) in decode {
         println!(
-            "  decode + normalize only (one thread): {} profiles/s per core, {} samples/s per core ({count:.0} profiles, {cpu:.2} s CPU)",
-            si(count / cpu),
-            si(count / cpu * samples),
+            "  decode alone ({}): {:.3} ms CPU per profile, {} profiles/s per core",
+            input.name(),
+            per_profile * 1e3,
+            si(1.0 / per_profile)
         );
     }
     for r in runs {
@@ -629,7 +675,7 @@ fn report(params: &Params, raw_total: u64, baseline: Option<(f64, f64)>, runs: &
         let wall = r.wall.as_secs_f64();
         let mut sorted = r.latencies.clone();
         sorted.sort();
-        println!("  {}", r.backend.name());
+        println!("  {} <- {}", r.target, r.input.name());
         println!(
             "    sustained                         {:>8} profiles/s  {:>8} samples/s   ({:.1} s wall)",
             si(n / wall),
@@ -643,19 +689,11 @@ fn report(params: &Params, raw_total: u64, baseline: Option<(f64, f64)>, runs: &
             r.collector_cpu,
             r.agents_cpu
         );
-        if let Some(ch) = r.clickhouse_cpu {
-            let both = r.collector_cpu + ch;
+        if let Some(server) = r.server_cpu {
             println!(
-                "    per core, collector + ClickHouse  {:>8} profiles/s  {:>8} samples/s   (server {ch:.2} s CPU during the run)",
-                si(n / both),
-                si(n / both * samples),
-            );
-        }
-        if let Some((count, cpu)) = baseline {
-            let share = (cpu / count) / (r.collector_cpu / n);
-            println!(
-                "    decode + normalize share of the collector's CPU: {:.0} %",
-                share * 100.0
+                "    ClickHouse server CPU              {server:.2} s ({:.2} ms per profile); collector + server: {} profiles/s per core",
+                server / n * 1e3,
+                si(n / (r.collector_cpu + server)),
             );
         }
         println!(
@@ -664,140 +702,91 @@ fn report(params: &Params, raw_total: u64, baseline: Option<(f64, f64)>, runs: &
             percentile(&sorted, 0.99).as_secs_f64() * 1e3,
             sorted.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
         );
+        if !r.flamegraph.is_empty() {
+            let mut f = r.flamegraph.clone();
+            f.sort();
+            println!(
+                "    flame graph of the day (all instances) p50 {:.0} ms, max {:.0} ms ({} KiB of SVG)",
+                percentile(&f, 0.5).as_secs_f64() * 1e3,
+                f.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+                r.flamegraph_size / 1024
+            );
+        }
     }
     println!();
     println!(
-        "== stored bytes per profile (raw gzip: {} /profile, {} in all)",
+        "== stored bytes per profile (raw gzip pprof: {} /profile, {} in all)",
         kib(raw_per_profile),
         kib(raw_total as f64)
     );
     for r in runs {
-        println!("  {}", r.backend.name());
-        match (&r.merged, r.parts) {
-            (Some(merged), Some((before, after))) => {
+        println!("  {} <- {}", r.target, r.input.name());
+        match &r.merged {
+            Some(merged) => {
+                print_bytes("as written", &r.bytes, r.profiles, raw_per_profile);
                 print_bytes(
-                    &format!("as written ({before} active parts)"),
-                    &r.bytes,
-                    r.profiles,
-                    raw_per_profile,
-                );
-                print_bytes(
-                    &format!("after OPTIMIZE ... FINAL ({after} active parts)"),
+                    "after OPTIMIZE ... FINAL",
                     merged,
                     r.profiles,
                     raw_per_profile,
                 );
             }
-            _ => print_bytes(
+            None => print_bytes(
                 "dbstat, indexes included",
                 &r.bytes,
                 r.profiles,
                 raw_per_profile,
             ),
         }
-        let other: Vec<String> = r
-            .merged
-            .as_ref()
-            .unwrap_or(&r.bytes)
-            .iter()
-            .filter(|(t, _)| !NORMALIZED.contains(&t.as_str()) && t != "profiles")
-            .map(|(t, b)| format!("{t} {}", kib(*b as f64)))
-            .collect();
-        println!("    other tables: {}", other.join(", "));
-        if !r.sample_columns.is_empty() {
-            let samples = (r.profiles * SAMPLES_PER_PROFILE) as f64;
-            let columns: Vec<String> = r
-                .sample_columns
-                .iter()
-                .map(|(c, b)| format!("{c} {:.2}", *b as f64 / samples))
-                .collect();
-            println!(
-                "    profile_samples, bytes per sample by column: {}",
-                columns.join(", ")
-            );
-        }
     }
+}
+
+/// CPU seconds per profile of decoding alone (on this thread), for each input.
+fn decode_alone(profiles: &[GenProfile]) -> Vec<(Input, f64)> {
+    let sample = &profiles[..profiles.len().min(300)];
+    let mut out = Vec::new();
+    for input in [Input::Native, Input::Pprof] {
+        let cpu0 = rusage_secs(libc::RUSAGE_THREAD);
+        for p in sample {
+            let (bytes, format) = match input {
+                Input::Native => (&p.native, ProfileFormat::Native),
+                Input::Pprof => (&p.pprof, ProfileFormat::PprofGzip),
+            };
+            let c =
+                normalize(format, bytes, Limits::default()).expect("a generated profile decodes");
+            assert_eq!(c.samples.len(), SAMPLES_PER_PROFILE);
+        }
+        let cpu = rusage_secs(libc::RUSAGE_THREAD) - cpu0;
+        out.push((input, cpu / sample.len() as f64));
+    }
+    out
 }
 
 fn main() {
     let params = Params::from_env();
     println!(
-        "holmes ingest bench: {} agents of service {SERVICE:?}, {} CPU profiles of {SAMPLES_PER_PROFILE} samples over 24 h, stacks from a pool of {} (10-40 frames, Zipf s={ZIPF_S})",
-        params.agents, params.profiles, params.pool
+        "holmes ingest bench: {} agents of service {SERVICE:?} ({} builds: {}), {} CPU profiles of {SAMPLES_PER_PROFILE} samples over 24 h, stacks from a pool of {} (10-40 frames, Zipf s={ZIPF_S})",
+        params.agents,
+        FLEET.len(),
+        FLEET
+            .iter()
+            .map(|b| format!("{} {}", b.binary, b.version))
+            .collect::<Vec<_>>()
+            .join(", "),
+        params.profiles,
+        params.pool
     );
     let t = Instant::now();
-    let (profiles, functions) = generate(&params);
-    let raw_total: u64 = profiles.iter().map(|p| p.gzip.len() as u64).sum();
+    let (profiles, functions, first) = generate(&params);
+    let raw_total: u64 = profiles.iter().map(|p| p.pprof.len() as u64).sum();
+    let native_total: u64 = profiles.iter().map(|p| p.native.len() as u64).sum();
     println!(
-        "generated in {:.1} s: {functions} functions, {} raw gzip in all",
+        "generated in {:.1} s: {functions} functions; raw gzip pprof {} per profile, native {} per profile",
         t.elapsed().as_secs_f64(),
-        kib(raw_total as f64)
+        kib(raw_total as f64 / profiles.len() as f64),
+        kib(native_total as f64 / profiles.len() as f64),
     );
-
-    // Baseline: the same bytes through decode + normalize alone, on this thread; then,
-    // apart, what two of its steps cost: inflate + protobuf decode, and hashing the stacks.
-    let sample = &profiles[..params.baseline_profiles];
-    let cpu0 = rusage_secs(libc::RUSAGE_THREAD);
-    // As the ingest does: stacks stored with earlier profiles are left out.
-    let mut stacks_seen = std::collections::HashSet::new();
-    for p in sample {
-        let c = normalize_new_stacks(
-            &p.gzip,
-            Limits::default(),
-            &p.id,
-            SERVICE,
-            p.started_unix_nanos,
-            &|id| stacks_seen.contains(&id),
-        )
-        .expect("a generated profile normalizes");
-        assert_eq!(c.samples.len(), SAMPLES_PER_PROFILE);
-        stacks_seen.extend(c.stacks.iter().map(|s| s.stack_id));
-    }
-    let cpu1 = rusage_secs(libc::RUSAGE_THREAD);
-    // The same with every stack's frames copied (as before the store's memory of
-    // written stacks was consulted); the first 50 kept for the hashing figure below.
-    let mut contents = Vec::new();
-    for p in sample {
-        let c = normalize(
-            &p.gzip,
-            Limits::default(),
-            &p.id,
-            SERVICE,
-            p.started_unix_nanos,
-        )
-        .expect("a generated profile normalizes");
-        if contents.len() < 50 {
-            contents.push(c);
-        }
-    }
-    let cpu2 = rusage_secs(libc::RUSAGE_THREAD);
-    for p in sample {
-        let mut raw = Vec::new();
-        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&p.gzip[..]), &mut raw)
-            .unwrap();
-        std::hint::black_box(Profile::decode(&raw[..]).unwrap());
-    }
-    let cpu3 = rusage_secs(libc::RUSAGE_THREAD);
-    let mut h = 0u64;
-    for c in &contents {
-        for s in &c.stacks {
-            h ^= holmes_storage::stack_id(&s.frames);
-        }
-    }
-    std::hint::black_box(h);
-    let cpu4 = rusage_secs(libc::RUSAGE_THREAD);
-    let n = sample.len() as f64;
-    let baseline = Some((n, (cpu1 - cpu0).max(1e-6)));
-    println!(
-        "decode + normalize per profile: {:.2} ms CPU (with every stack copied: {:.2} ms), of which inflate + protobuf decode {:.2} ms; stack content hashes from frames {:.2} ms; {} distinct stacks in {} profiles",
-        (cpu1 - cpu0) / n * 1e3,
-        (cpu2 - cpu1) / n * 1e3,
-        (cpu3 - cpu2) / n * 1e3,
-        (cpu4 - cpu3) / contents.len().max(1) as f64 * 1e3,
-        stacks_seen.len(),
-        sample.len(),
-    );
-    drop(contents);
+    let decode = decode_alone(&profiles);
 
     let collector_rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -811,39 +800,79 @@ fn main() {
         .build()
         .unwrap();
     let profiles = Arc::new(profiles);
-    let only = std::env::var("HOLMES_BENCH_BACKENDS").unwrap_or_default();
-    let mut runs = Vec::new();
-    for backend in [Backend::Sqlite, Backend::ClickHouse] {
-        if !only.is_empty() && !only.to_lowercase().contains(&backend.name().to_lowercase()) {
-            continue;
+    let backends = std::env::var("HOLMES_BENCH_BACKENDS").unwrap_or_default();
+    let inputs = std::env::var("HOLMES_BENCH_INPUTS").unwrap_or_default();
+    let wanted =
+        |list: &str, name: &str| list.is_empty() || list.split(',').any(|x| x.trim() == name);
+    let mut targets: Vec<(&str, Target)> = vec![
+        ("sqlite", Target::Sqlite(Synchronous::Full)),
+        ("sqlite-normal", Target::Sqlite(Synchronous::Normal)),
+    ];
+    for (key, name, var, pid_var) in [
+        (
+            "ch18",
+            "ClickHouse 18.16",
+            "HOLMES_TEST_CLICKHOUSE_URL",
+            "HOLMES_CH_PID",
+        ),
+        (
+            "chcurrent",
+            "ClickHouse 26.9 (chdb)",
+            "HOLMES_TEST_CLICKHOUSE_CURRENT_URL",
+            "HOLMES_CHDB_PID",
+        ),
+    ] {
+        match std::env::var(var) {
+            Ok(url) => targets.push((key, Target::ClickHouse { name, url, pid_var })),
+            Err(_) => println!("{name} skipped: {var} is not set (deploy/dev/bench.sh starts one)"),
         }
-        if backend == Backend::ClickHouse && std::env::var("HOLMES_TEST_CLICKHOUSE_URL").is_err() {
-            println!("ClickHouse skipped: HOLMES_TEST_CLICKHOUSE_URL is not set (deploy/dev/bench.sh starts one)");
-            continue;
-        }
-        println!("running {} ...", backend.name());
-        runs.push(run_backend(
-            backend,
-            &params,
-            &profiles,
-            &collector_rt,
-            &agent_rt,
-        ));
     }
-    report(&params, raw_total, baseline, &runs);
+    let mut runs = Vec::new();
+    for (key, target) in &targets {
+        // `sqlite` selects both SQLite runs.
+        let selected =
+            wanted(&backends, key) || (backends.contains("sqlite") && key.starts_with("sqlite"));
+        if !selected {
+            continue;
+        }
+        for input in [Input::Native, Input::Pprof] {
+            // What synchronous = FULL costs is measured on native input only.
+            if *key == "sqlite-normal" && input == Input::Pprof {
+                continue;
+            }
+            if !wanted(&inputs, input.name()) {
+                continue;
+            }
+            println!("running {} <- {} ...", target.name(), input.name());
+            runs.push(run(
+                target,
+                input,
+                &params,
+                &profiles,
+                first,
+                &collector_rt,
+                &agent_rt,
+            ));
+        }
+    }
+    report(&params, raw_total, &decode, &runs);
     if std::env::var("HOLMES_BENCH_FOREIGN").as_deref() != Ok("0") {
         let foreign_runs = foreign::run(&params, &profiles, &collector_rt, &agent_rt);
-        let agent = runs.iter().find(|r| r.backend == Backend::Sqlite).map(|r| {
-            let mut sorted = r.latencies.clone();
-            sorted.sort();
-            let n = r.profiles as f64;
-            (
-                n / r.wall.as_secs_f64(),
-                n / r.collector_cpu,
-                percentile(&sorted, 0.5),
-                percentile(&sorted, 0.99),
-            )
-        });
+        let agent_row = Target::Sqlite(Synchronous::Full).name();
+        let agent = runs
+            .iter()
+            .find(|r| r.target == agent_row && r.input == Input::Native)
+            .map(|r| {
+                let mut sorted = r.latencies.clone();
+                sorted.sort();
+                let n = r.profiles as f64;
+                (
+                    n / r.wall.as_secs_f64(),
+                    n / r.collector_cpu,
+                    percentile(&sorted, 0.5),
+                    percentile(&sorted, 0.99),
+                )
+            });
         foreign::report(agent, &foreign_runs);
     }
 }

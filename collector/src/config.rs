@@ -12,8 +12,10 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use holmes_storage::clickhouse::{ClickHouseSettings, ClickHouseSettingsError};
+use holmes_storage::sqlite::SqliteSettings;
 use serde::Deserialize;
 
 use crate::alert::config::AlertsConfigError;
@@ -103,8 +105,19 @@ pub struct Config {
     pub max_decoded_profile_bytes: u64,
     /// Days of metric samples, trigger events and profiles kept; 0 keeps everything.
     pub retention_days: u32,
+    /// Keep each profile's bytes exactly as sent besides its normalized contents (a
+    /// download is then those bytes); by default a download is pprof re-encoded from the
+    /// contents, equivalent to what was sent.
+    pub keep_originals: bool,
+    /// How far an agent's timestamps may be from the collector's clock, e.g. `"24h"`:
+    /// metric points outside are dropped, trigger events and profiles outside stored at
+    /// the collector's time (see `process::skew`).
+    #[serde(with = "humantime_serde")]
+    pub max_clock_skew: Duration,
     /// ClickHouse settings, used when `store = "clickhouse"`.
     pub clickhouse: ClickHouseSettings,
+    /// Embedded store settings, used when `store = "sqlite"`.
+    pub sqlite: SqliteSettings,
     /// Trigger rules by service, then by metric (`[rules.checkout] cpu = "abs=90"`):
     /// the first central rules, see [`crate::control::seed`].
     pub rules: ServiceRules,
@@ -136,7 +149,10 @@ impl Default for Config {
             max_profile_bytes: DEFAULT_MAX_PROFILE_BYTES,
             max_decoded_profile_bytes: crate::process::normalize::DEFAULT_MAX_DECODED_BYTES,
             retention_days: DEFAULT_RETENTION_DAYS,
+            keep_originals: false,
+            max_clock_skew: crate::process::skew::DEFAULT_MAX_CLOCK_SKEW,
             clickhouse: ClickHouseSettings::default(),
+            sqlite: SqliteSettings::default(),
             rules: ServiceRules::new(),
             control: ControlConfig::default(),
             incidents: CorrelateConfig::default(),
@@ -419,6 +435,12 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "max_decoded_profile_bytes = 0 is too small; at least 1".to_owned(),
             ));
+        }
+        if self.max_clock_skew < Duration::from_secs(60) {
+            return Err(ConfigError::Invalid(format!(
+                "max_clock_skew = {:?} is too short; at least 1m",
+                humantime::format_duration(self.max_clock_skew).to_string()
+            )));
         }
         if self.max_profile_bytes == 0 {
             return Err(ConfigError::Invalid(

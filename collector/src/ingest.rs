@@ -379,20 +379,17 @@ impl Session {
                     ));
                 }
                 crate::metrics::metrics().bytes_in(crate::metrics::Source::Agent, chunk.data.len());
-                let step = self
-                    .profiles
-                    .push(&self.hello, msg.seq, chunk)
-                    .inspect_err(|_| {
+                let step = self.profiles.push(msg.seq, chunk).inspect_err(|_| {
+                    crate::metrics::metrics()
+                        .profile_refused(crate::metrics::Source::Agent, "bad_chunks");
+                })?;
+                if let Step::Complete(profile) = step {
+                    if profile.error.is_none() {
                         crate::metrics::metrics()
-                            .profile_refused(crate::metrics::Source::Agent, "bad_chunks");
-                    })?;
-                if let Step::Complete(record) = step {
-                    if record.error.is_none() {
-                        crate::metrics::metrics()
-                            .profile_ingested(crate::metrics::Source::Agent, record.kind);
+                            .profile_ingested(crate::metrics::Source::Agent, profile.kind);
                     }
-                    let event = crate::process::profile_event(record);
-                    self.deliver(msg.seq, event.body).await?;
+                    self.deliver(msg.seq, PipelineBody::Profile(profile))
+                        .await?;
                 }
                 self.touch_if_due().await
             }

@@ -422,6 +422,8 @@ pub fn normalize_reason(err: &crate::process::normalize::NormalizeError) -> &'st
         E::DuplicateId { .. } => "duplicate_id",
         E::ValueCount { .. } => "value_count",
         E::TooDeep { .. } => "too_deep",
+        E::NameTooLong { .. } => "name_too_long",
+        E::Amplifies { .. } => "amplifies",
     }
 }
 

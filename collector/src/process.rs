@@ -4,38 +4,41 @@
 //! The ingest side ([`crate::ingest`]) decodes what an agent sends, puts profile chunks
 //! together, and hands each durable message as a [`PipelineEvent`] to a [`Sink`]; the
 //! agent is acknowledged only once the sink says the event is durable. The processing
-//! side is one [`Processor`]: normalize profiles ([`normalize`]: decode, check, each
-//! distinct stack once), store (retrying a failing store), and hand stored triggers to
-//! the incidents ([`crate::incident`], which queue the alerts). [`retention`] removes
-//! what is older than `retention_days`.
+//! side is one [`Processor`]: check timestamps against the collector's clock ([`skew`]),
+//! normalize profiles ([`normalize`]: decode the agent's own format or pprof, check,
+//! each location and stack once), store (retrying a failing store), and hand stored
+//! triggers to the incidents ([`crate::incident`], which queue the alerts).
+//! [`retention`] removes what is older than `retention_days`.
 //!
 //! - Single node (`role = "all"`, the default): [`LocalSink`] runs the [`Processor`] in
 //!   the ingest path; durable means stored.
 //! - Kafka (`role = "ingest"` / `role = "process"`, [`kafka`]): the ingest node's sink
 //!   produces the event to a topic, keyed by service, and durable means the broker
 //!   acknowledged it; a process node consumes the topic (the source) and runs the same
-//!   [`Processor`], committing offsets only after the store write.
+//!   [`Processor`], committing offsets only after the store write, and parks an event it
+//!   cannot store while the store takes others.
 //!
 //! Every write is idempotent (metric points by service, metric, instance and time;
-//! triggers by event id; profiles by profile id; incidents remember their event ids), so
-//! an event delivered twice — an agent resending after a lost ack, a processor
-//! re-reading after a crash — changes nothing the second time.
+//! triggers by event id; profiles by service and profile id; incidents remember their
+//! event ids), so an event delivered twice — an agent resending after a lost ack, a
+//! processor re-reading after a crash — changes nothing the second time.
 
 pub mod kafka;
 pub mod normalize;
 pub mod retention;
+pub mod skew;
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use holmes_proto::{PipelineBody, PipelineEvent, PipelineProfile};
-use holmes_storage::{
-    MetricPoint, ProfileContents, ProfileRecord, Store, StoreError, TriggerRecord,
-};
+use holmes_storage::{ProfileContents, ProfileRecord, Store, StoreError, TriggerRecord};
+use tokio::sync::Semaphore;
 
 use crate::incident::Incidents;
 use normalize::Limits;
+use skew::Skew;
 
 /// How long a failing store write is retried, with backoff, before giving up on the
 /// event (the agent's stream then ends with UNAVAILABLE and the agent resends it later;
@@ -107,11 +110,37 @@ where
     result
 }
 
+/// What the processor does with profiles besides storing their contents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProfileSettings {
+    /// The bounds a profile must stay within.
+    pub limits: Limits,
+    /// Keep the bytes as sent besides the normalized contents (`keep_originals`).
+    pub keep_originals: bool,
+    /// How far an agent's timestamps may be from the collector's clock
+    /// (`max_clock_skew`).
+    pub max_clock_skew: Duration,
+}
+
+impl Default for ProfileSettings {
+    fn default() -> Self {
+        ProfileSettings {
+            limits: Limits::default(),
+            keep_originals: false,
+            max_clock_skew: skew::DEFAULT_MAX_CLOCK_SKEW,
+        }
+    }
+}
+
 /// The processing of events: the same code in every role.
 pub struct Processor {
     store: Arc<dyn Store>,
     incidents: Option<Arc<Incidents>>,
-    profile_limits: Limits,
+    settings: ProfileSettings,
+    /// Profiles decoded at once: each may hold its decoded bytes and contents (bounded
+    /// by the limits), so a burst of agents cannot make the collector hold a burst of
+    /// them.
+    decoding: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Processor {
@@ -119,28 +148,36 @@ impl std::fmt::Debug for Processor {
         f.debug_struct("Processor")
             .field("store", &self.store.backend())
             .field("incidents", &self.incidents.is_some())
+            .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
 }
 
 impl Processor {
-    /// Stores into `store`, decodes profiles within `profile_limits`, and correlates
-    /// triggers with `incidents` when given.
+    /// Stores into `store`, treats profiles as `settings` says, and correlates triggers
+    /// with `incidents` when given.
     pub fn new(
         store: Arc<dyn Store>,
         incidents: Option<Arc<Incidents>>,
-        profile_limits: Limits,
+        settings: ProfileSettings,
     ) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Processor {
             store,
             incidents,
-            profile_limits,
+            settings,
+            decoding: Arc::new(Semaphore::new(cores.max(2))),
         }
     }
 
     /// The incidents this processor correlates into, if any.
     pub fn incidents(&self) -> Option<&Arc<Incidents>> {
         self.incidents.as_ref()
+    }
+
+    /// The store it writes to.
+    pub fn store_handle(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     /// Processes one event: stores it (retrying for [`STORE_RETRY_FOR`]) and, for a
@@ -169,14 +206,16 @@ impl Processor {
             instance_id,
             body,
         } = event;
+        let skew = Skew::now(self.settings.max_clock_skew);
         match body {
             PipelineBody::Metrics(window) => {
-                let points = points(&service, &instance_id, &window);
+                let points = skew.points(&service, &instance_id, &window);
                 retry_store("metrics", || self.store.insert_metrics(&points)).await?;
                 Ok(None)
             }
             PipelineBody::Trigger(trigger) => {
-                let record = trigger_record(service, instance_id, trigger);
+                let mut record = trigger_record(service, instance_id, trigger);
+                skew.trigger(&mut record);
                 retry_store("trigger", || {
                     self.store.insert_triggers(std::slice::from_ref(&record))
                 })
@@ -194,21 +233,18 @@ impl Processor {
                 Ok(Some(record))
             }
             PipelineBody::Profile(profile) => {
-                let mut record = profile_record(service, instance_id, profile);
-                if let Some(contents) = self.normalize(&mut record).await {
-                    retry_store("profile contents", || {
-                        self.store.insert_profile_contents(&contents)
-                    })
-                    .await?;
-                }
+                let mut record = self.profile_record(service, instance_id, profile).await;
+                skew.profile(&mut record);
                 retry_store("profile", || self.store.insert_profile(&record)).await?;
                 tracing::info!(
                     service = %record.service,
                     instance = %record.instance_id,
                     kind = record.kind.as_str(),
+                    format = record.format.as_str(),
                     profile_id = %record.profile_id,
                     event_id = %record.event_id,
-                    bytes = record.data.len(),
+                    bytes = record.size_bytes,
+                    samples = record.contents.as_ref().map_or(0, |c| c.samples.len()),
                     error = record.error.as_deref().unwrap_or(""),
                     "profile stored"
                 );
@@ -217,42 +253,62 @@ impl Processor {
         }
     }
 
-    /// The normalized contents of a profile that holds data. A profile that fails to
-    /// decode or breaks a limit is kept as a failed capture whose error says why (its
-    /// bytes dropped), so that it is acknowledged, listed, and not resent forever.
-    async fn normalize(&self, record: &mut ProfileRecord) -> Option<ProfileContents> {
-        if record.error.is_some() || record.data.is_empty() {
-            return None;
+    /// The record of a profile: its contents decoded (a profile that fails to decode or
+    /// breaks a limit is kept as a failed capture whose error says why, so that it is
+    /// acknowledged, listed, and not resent forever), its bytes kept only with
+    /// `keep_originals`.
+    async fn profile_record(
+        &self,
+        service: String,
+        instance_id: String,
+        p: PipelineProfile,
+    ) -> ProfileRecord {
+        let mut record = ProfileRecord {
+            profile_id: p.profile_id,
+            event_id: p.event_id,
+            service,
+            instance_id,
+            kind: p.kind,
+            started_unix_nanos: p.started_unix_nanos,
+            duration: p.duration,
+            labels: p.labels,
+            error: p.error,
+            size_bytes: p.data.len() as u64,
+            format: p.format,
+            contents: None,
+            original: None,
+        };
+        if record.error.is_some() || p.data.is_empty() {
+            return record;
         }
-        let limits = self.profile_limits;
-        let data = std::mem::take(&mut record.data);
-        let (id, service, started) = (
-            record.profile_id.clone(),
-            record.service.clone(),
-            record.started_unix_nanos,
-        );
-        // Decoding is CPU work of up to a few hundred milliseconds for a large profile.
-        // Stacks the store already holds are left out (their frames not copied again).
-        let store = Arc::clone(&self.store);
-        let (data, result) = tokio::task::spawn_blocking(move || {
-            let stored = |stack_id| store.has_stack(stack_id);
-            let result =
-                normalize::normalize_new_stacks(&data, limits, &id, &service, started, &stored);
-            (data, result)
-        })
-        .await
-        .unwrap_or_else(|e| {
-            (
-                Vec::new(),
-                Err(normalize::NormalizeError::Malformed(format!(
-                    "the decoder failed: {e}"
-                ))),
-            )
-        });
+        let (format, limits) = (p.format, self.settings.limits);
+        let data = p.data;
+        let decoded = {
+            // Decoding is CPU work of up to a few hundred milliseconds for a large
+            // profile: on the blocking pool, a bounded number at once.
+            let _permit = self.decoding.acquire().await;
+            tokio::task::spawn_blocking(move || {
+                let result = normalize::normalize(format, &data, limits);
+                (data, result)
+            })
+            .await
+        };
+        let (data, result): (Vec<u8>, Result<ProfileContents, normalize::NormalizeError>) =
+            match decoded {
+                Ok(done) => done,
+                Err(e) => (
+                    Vec::new(),
+                    Err(normalize::NormalizeError::Malformed(format!(
+                        "the decoder failed: {e}"
+                    ))),
+                ),
+            };
         match result {
             Ok(contents) => {
-                record.data = data;
-                Some(contents)
+                record.contents = Some(contents);
+                if self.settings.keep_originals {
+                    record.original = Some(data);
+                }
             }
             Err(err) => {
                 let source = match record.labels.get("source").map(String::as_str) {
@@ -268,35 +324,16 @@ impl Processor {
                     profile_id = %record.profile_id,
                     event_id = %record.event_id,
                     kind = record.kind.as_str(),
-                    bytes = data.len(),
+                    format = record.format.as_str(),
+                    bytes = record.size_bytes,
                     error = %err,
                     "profile refused"
                 );
                 record.error = Some(format!("refused by the collector: {err}"));
-                None
             }
         }
+        record
     }
-}
-
-fn points(
-    service: &str,
-    instance_id: &str,
-    window: &holmes_proto::MetricWindow,
-) -> Vec<MetricPoint> {
-    let mut out = Vec::new();
-    for series in &window.series {
-        for s in series.samples.iter().filter(|s| s.value.is_finite()) {
-            out.push(MetricPoint {
-                service: service.to_owned(),
-                instance_id: instance_id.to_owned(),
-                metric: series.metric,
-                unix_nanos: s.unix_nanos,
-                value: s.value,
-            });
-        }
-    }
-    out
 }
 
 fn trigger_record(
@@ -315,40 +352,5 @@ fn trigger_record(
         rule: t.rule,
         unix_nanos: t.unix_nanos,
         request_id: t.request_id,
-    }
-}
-
-fn profile_record(service: String, instance_id: String, p: PipelineProfile) -> ProfileRecord {
-    ProfileRecord {
-        profile_id: p.profile_id,
-        event_id: p.event_id,
-        service,
-        instance_id,
-        kind: p.kind,
-        started_unix_nanos: p.started_unix_nanos,
-        duration: p.duration,
-        labels: p.labels,
-        error: p.error,
-        data: p.data,
-    }
-}
-
-/// A put-together profile as a pipeline event body.
-pub(crate) fn profile_event(record: ProfileRecord) -> PipelineEvent {
-    PipelineEvent {
-        service: record.service,
-        instance_id: record.instance_id,
-        body: PipelineBody::Profile(PipelineProfile {
-            profile_id: record.profile_id,
-            event_id: record.event_id,
-            kind: record.kind,
-            started_unix_nanos: record.started_unix_nanos,
-            duration: record.duration,
-            labels: record.labels,
-            error: record.error,
-            data: record.data,
-            // The assembler only puts together gzip pprof so far.
-            format: holmes_proto::ProfileFormat::PprofGzip,
-        }),
     }
 }

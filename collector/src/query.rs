@@ -30,6 +30,7 @@ pub mod flamegraph;
 mod incidents;
 mod labels;
 pub mod otlp;
+pub mod pprof;
 pub mod profiles;
 pub mod routes;
 pub mod top;

@@ -71,19 +71,20 @@ pub enum ServeError {
 /// Opens the store the configuration names.
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, ServeError> {
     Ok(match config.store {
-        StoreKind::Sqlite => {
-            Arc::new(
-                SqliteStore::open(&config.data_dir).map_err(|source| ServeError::Store {
+        StoreKind::Sqlite => Arc::new(
+            SqliteStore::open_with(&config.data_dir, config.sqlite.synchronous).map_err(
+                |source| ServeError::Store {
                     backend: "sqlite",
                     source,
-                })?,
-            )
-        }
+                },
+            )?,
+        ),
         StoreKind::Clickhouse => {
-            let cfg = config
+            let mut cfg = config
                 .clickhouse
                 .to_config()
                 .map_err(crate::config::ConfigError::from)?;
+            cfg.retention_days = Some(config.retention_days);
             Arc::new(
                 ClickHouseStore::open(&cfg)
                     .await
@@ -245,9 +246,13 @@ impl Server {
         let (closing, closed) = watch::channel(false);
         let scheme = if identity.is_some() { "https" } else { "http" };
         let role = config.role;
-        let profile_limits = crate::process::normalize::Limits {
-            max_decoded_bytes: config.max_decoded_profile_bytes,
-            ..crate::process::normalize::Limits::default()
+        let profile_settings = crate::process::ProfileSettings {
+            limits: crate::process::normalize::Limits {
+                max_decoded_bytes: config.max_decoded_profile_bytes,
+                ..crate::process::normalize::Limits::default()
+            },
+            keep_originals: config.keep_originals,
+            max_clock_skew: config.max_clock_skew,
         };
         let mut tasks = Vec::new();
         // Processing (store, correlate, alert) runs on `all` and `process` nodes.
@@ -272,7 +277,7 @@ impl Server {
             Some(Arc::new(Processor::new(
                 Arc::clone(&store),
                 Some(incidents),
-                profile_limits,
+                profile_settings,
             )))
         };
         let kafka_partitions = match role {

@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # The whole Holmes test suite, with the real components it needs.
 #
-#   deploy/dev/test.sh            # formatting, clippy, every test on SQLite and a real ClickHouse,
-#                                 # profiles checked by `go tool pprof`
+#   deploy/dev/test.sh            # formatting, clippy, every test on SQLite and real ClickHouse servers
+#                                 # (Debian's 18.16 and a current 26.9), profiles checked by `go tool pprof`
 #   deploy/dev/test.sh -p holmes-agent   # extra arguments go to `cargo test`
 #
 # Installs what is missing (Debian's clickhouse-server, golang-go, chromium, prometheus and
 # prometheus-alertmanager via apt; the Python Pyroscope and OTLP clients from PyPI into
 # virtualenvs under ~/.cache/holmes, deploy/dev/pyclients.sh; the OpenAPI validator from
-# PyPI, into ~/.cache/holmes), starts ClickHouse on a
-# free loopback port in a temporary folder, starts a Kafka-protocol broker (tansu, fetched
-# once by deploy/dev/kafka.sh into ~/.cache/holmes) the same way, runs the checks, and
-# stops both again whatever happens.
+# PyPI, into ~/.cache/holmes), starts ClickHouse 18.16 on a free loopback port in a
+# temporary folder, a current ClickHouse (26.9 from PyPI's chdb-core, installed once by
+# deploy/dev/chdb.sh into ~/.cache/holmes) beside it, a Kafka-protocol broker (tansu,
+# fetched once by deploy/dev/kafka.sh into ~/.cache/holmes) the same way, runs the
+# checks, and stops all three again whatever happens.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -19,6 +20,7 @@ say() { printf '\n== [%s, %ss in] %s\n' "$(date +%T)" "$SECONDS" "$*"; }
 
 missing=()
 command -v python3 >/dev/null || missing+=(python3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)   # chdb.sh's virtualenv
 command -v curl >/dev/null || missing+=(curl)
 command -v go >/dev/null || missing+=(golang-go)   # `go tool pprof` reads our profiles in tests
 command -v chromium >/dev/null || missing+=(chromium)   # the web page is tested in a real browser
@@ -55,13 +57,17 @@ if ! "$validator_venv/bin/openapi-spec-validator" --help >/dev/null 2>&1; then
 fi
 export HOLMES_OPENAPI_VALIDATOR=$validator_venv/bin/openapi-spec-validator HOLMES_TEST_REQUIRE_OPENAPI_VALIDATOR=1
 
-say "starting ClickHouse"
+say "starting ClickHouse 18.16"
 eval "$(deploy/dev/clickhouse.sh start)"
 trap 'deploy/dev/clickhouse.sh stop' EXIT
 
+say "starting a current ClickHouse (26.9, chdb)"
+eval "$(deploy/dev/chdb.sh start)"
+trap 'deploy/dev/chdb.sh stop; deploy/dev/clickhouse.sh stop' EXIT
+
 say "starting a Kafka broker (tansu)"
 eval "$(deploy/dev/kafka.sh start)"
-trap 'deploy/dev/kafka.sh stop; deploy/dev/clickhouse.sh stop' EXIT
+trap 'deploy/dev/kafka.sh stop; deploy/dev/chdb.sh stop; deploy/dev/clickhouse.sh stop' EXIT
 # The Kafka tests fail instead of skipping when the broker is missing.
 export HOLMES_TEST_REQUIRE_KAFKA=1
 
@@ -79,7 +85,7 @@ else
   echo "warning: clippy is not installed; lints not checked" >&2
 fi
 
-say "cargo test (ClickHouse at $HOLMES_TEST_CLICKHOUSE_URL, Kafka at $HOLMES_TEST_KAFKA_BROKERS)"
+say "cargo test (ClickHouse 18.16 at $HOLMES_TEST_CLICKHOUSE_URL, 26.9 at $HOLMES_TEST_CLICKHOUSE_CURRENT_URL, Kafka at $HOLMES_TEST_KAFKA_BROKERS)"
 log=$(mktemp "${TMPDIR:-/tmp}/holmes-test-log.XXXXXX")
 set +e
 cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$log"

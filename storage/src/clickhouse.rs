@@ -1,9 +1,14 @@
 //! The production store on ClickHouse, over its HTTP interface with the official crate.
 //!
-//! The schema stays inside what ClickHouse 18.16 understands (no TTL, codecs,
+//! The base schema stays inside what ClickHouse 18.16 understands (no TTL, codecs,
 //! `DateTime64`, `Map` or `LowCardinality`). At open the server version is read and the
-//! client configured for it: 18.16 needs row validation and LZ4 off (with validation
-//! the crate sends a setting 18.16 rejects; with LZ4 its selects come back empty).
+//! schema and client configured for it: 18.16 needs row validation and LZ4 off (with
+//! validation the crate sends a setting 18.16 rejects; with LZ4 its selects come back
+//! empty); a current server gets column codecs, `LowCardinality` and TTL
+//! ([`schema`]), validation, and LZ4 on the HTTP interface once a probe shows it works
+//! (chdb's server answers in ZSTD unless told `network_compression_method = lz4`, which
+//! the crate cannot read: the store tells it, and falls back to no compression if the
+//! probe still fails).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,30 +17,38 @@ use async_trait::async_trait;
 use clickhouse::{Client, Compression, Row};
 use serde::{Deserialize, Serialize};
 
+use crate::numbering::Numbering;
 use crate::{
     AgentReport, CaptureDispatch, CaptureOutcomeRecord, CaptureRequestQuery, CaptureRequestRecord,
     ChangedBy, ControlNode, PauseEdit, PauseRecord, RuleChange, RuleEdit,
 };
 use crate::{
-    Expired, IncidentQuery, IncidentRecord, InstanceInfo, MetricPoint, MetricQuery,
-    ProfileContents, ProfileMeta, ProfileQuery, ProfileRecord, ServiceSummary, Store, StoreError,
-    TriggerQuery, TriggerRecord,
+    Expired, IncidentQuery, IncidentRecord, InstanceInfo, LocationId, MergeQuery, MergedProfile,
+    MetricPoint, MetricQuery, ParkedEvent, ProfileMeta, ProfileQuery, ProfileRecord,
+    ServiceSummary, StackFrame, Store, StoreError, TriggerQuery, TriggerRecord,
 };
 
 mod batch;
+mod bytes;
 mod cluster;
 mod control;
+mod convert;
 mod incidents;
+mod lock;
+mod migrate;
+mod parked;
 mod profiles;
+mod retention;
+mod schema;
 mod settings;
 mod stacks;
+mod triggers;
 
 pub use batch::{set_batch_observer, BatchObserver};
 pub use batch::{BatchConfig, DEFAULT_BATCH_BYTES, DEFAULT_BATCH_DELAY, DEFAULT_BATCH_ROWS};
 use batch::{Batcher, Weigh};
 pub use cluster::{ClusterConfig, DEFAULT_REPLICA_NAME, DEFAULT_ZOOKEEPER_PATH};
 pub use settings::{ClickHouseSettings, ClickHouseSettingsError};
-mod triggers;
 
 /// Database used when the configuration names none.
 pub const DEFAULT_DATABASE: &str = "holmes";
@@ -56,6 +69,10 @@ pub struct ClickHouseConfig {
     /// A cluster's `Replicated*MergeTree` + `Distributed` schema instead of the
     /// single-server one (see `cluster.rs` and deploy/README.md).
     pub cluster: Option<ClusterConfig>,
+    /// Days of data kept: on servers with TTL, the day-partitioned tables get a TTL of
+    /// this many days (besides the collector's hourly retention, which 18.16 relies
+    /// on). `None` or 0: no TTL.
+    pub retention_days: Option<u32>,
 }
 
 impl ClickHouseConfig {
@@ -68,6 +85,7 @@ impl ClickHouseConfig {
             password: None,
             batch: BatchConfig::default(),
             cluster: None,
+            retention_days: None,
         }
     }
 }
@@ -107,161 +125,6 @@ impl ServerVersion {
         }
     }
 }
-
-/// Schema migrations; the `schema_migrations` table records which ran.
-const MIGRATIONS: &[&[&str]] = &[
-    // 1: instances and metric samples.
-    &[
-        "CREATE TABLE IF NOT EXISTS instances (
-        service String,
-        instance_id String,
-        host String,
-        pid UInt32,
-        label_keys Array(String),
-        label_values Array(String),
-        agent_version String,
-        started_at UInt64,
-        last_seen UInt64
-    ) ENGINE = ReplacingMergeTree(last_seen) ORDER BY (service, instance_id)",
-        "CREATE TABLE IF NOT EXISTS metric_samples (
-        day Date,
-        service String,
-        metric String,
-        instance_id String,
-        ts UInt64,
-        value Float64
-    ) ENGINE = ReplacingMergeTree PARTITION BY day ORDER BY (service, metric, instance_id, ts)",
-    ],
-    // 2: trigger events. Resends share `(service, event_id)`, so merges fold them;
-    // queries hide the copies not merged yet with `LIMIT 1 BY event_id`.
-    &["CREATE TABLE IF NOT EXISTS triggers (
-        day Date,
-        service String,
-        event_id String,
-        instance_id String,
-        ts UInt64,
-        metric String,
-        reason String,
-        current_value Float64,
-        window_ts Array(UInt64),
-        window_values Array(Float64),
-        has_rule UInt8,
-        rule_metric String,
-        rule_enabled UInt8,
-        rule_min Float64,
-        rule_diff Float64,
-        rule_abs Float64,
-        rule_max Float64,
-        rule_cooldown_ms UInt64,
-        rule_window UInt32,
-        request_id String
-    ) ENGINE = ReplacingMergeTree PARTITION BY day ORDER BY (service, event_id)"],
-    // 3: profiles, keyed like triggers by `(service, profile_id)`, the pprof bytes in a
-    // `String` (RowBinary carries any bytes). Granules of 8 rows keep a read of one
-    // profile from decompressing thousands of others' bytes. `profiles_by_id` finds a
-    // profile's service and day from its id alone, so that a download reads one granule
-    // of one partition instead of scanning the table.
-    &[
-        "CREATE TABLE IF NOT EXISTS profiles (
-        day Date,
-        service String,
-        profile_id String,
-        event_id String,
-        instance_id String,
-        kind String,
-        started UInt64,
-        duration_ns UInt64,
-        label_keys Array(String),
-        label_values Array(String),
-        error String,
-        size_bytes UInt64,
-        data String
-    ) ENGINE = ReplacingMergeTree PARTITION BY day ORDER BY (service, profile_id)
-      SETTINGS index_granularity = 8",
-        "CREATE TABLE IF NOT EXISTS profiles_by_id (
-        profile_id String,
-        service String,
-        day Date
-    ) ENGINE = ReplacingMergeTree ORDER BY profile_id",
-    ],
-    // 4: normalized profile contents (see `stacks.rs`). Stacks are keyed by their
-    // content id alone, stored once; samples by `(service, profile_id, idx)`, so a
-    // resend folds into the same rows.
-    &[
-        "CREATE TABLE IF NOT EXISTS stacks (
-        stack_id UInt64,
-        functions Array(String),
-        files Array(String),
-        lines Array(UInt32)
-    ) ENGINE = ReplacingMergeTree ORDER BY stack_id",
-        "CREATE TABLE IF NOT EXISTS profile_contents (
-        day Date,
-        service String,
-        profile_id String,
-        started UInt64,
-        type_names Array(String),
-        type_units Array(String)
-    ) ENGINE = ReplacingMergeTree PARTITION BY day ORDER BY (service, profile_id)",
-        "CREATE TABLE IF NOT EXISTS profile_samples (
-        day Date,
-        service String,
-        profile_id String,
-        idx UInt32,
-        stack_id UInt64,
-        vals Array(Int64),
-        label_keys Array(String),
-        label_values Array(String)
-    ) ENGINE = ReplacingMergeTree PARTITION BY day ORDER BY (service, profile_id, idx)",
-    ],
-    // 5: triggers and profiles sorted by service and time, the order their queries read
-    // in (ranges of one service's time); a resend has the same time, so merges still
-    // fold it. Rebuilt by copy and swap: a crash half-way leaves copies that merges and
-    // `LIMIT 1 BY` hide, never a lost row.
-    &[
-        "DROP TABLE IF EXISTS triggers_v4",
-        "CREATE TABLE IF NOT EXISTS triggers_v5 AS triggers
-      ENGINE = ReplacingMergeTree PARTITION BY day ORDER BY (service, ts, event_id)",
-        "INSERT INTO triggers_v5 SELECT * FROM triggers",
-        "RENAME TABLE triggers TO triggers_v4, triggers_v5 TO triggers",
-        "DROP TABLE triggers_v4",
-        "DROP TABLE IF EXISTS profiles_v4",
-        "CREATE TABLE IF NOT EXISTS profiles_v5 AS profiles
-      ENGINE = ReplacingMergeTree PARTITION BY day ORDER BY (service, started, profile_id)
-      SETTINGS index_granularity = 8",
-        "INSERT INTO profiles_v5 SELECT * FROM profiles",
-        "RENAME TABLE profiles TO profiles_v4, profiles_v5 TO profiles",
-        "DROP TABLE profiles_v4",
-    ],
-    // 6: incidents, a row per version (see `incidents.rs`). Not partitioned: an
-    // incident's first event can move earlier (a late trigger), and its versions must
-    // stay in one partition to fold.
-    &["CREATE TABLE IF NOT EXISTS incidents (
-        service String,
-        incident_id String,
-        metric String,
-        severity String,
-        status String,
-        first_event UInt64,
-        last_event UInt64,
-        has_resolved UInt8,
-        resolved UInt64,
-        instances Array(String),
-        event_ids Array(String),
-        related Array(String),
-        version UInt64
-    ) ENGINE = ReplacingMergeTree(version) ORDER BY (service, incident_id)"],
-    // 7: an incident's service by its id, so that a lookup by id reads one service's
-    // key range instead of the whole table (as `profiles_by_id` does for profiles).
-    &[
-        "CREATE TABLE IF NOT EXISTS incidents_by_id (
-        incident_id String,
-        service String
-    ) ENGINE = ReplacingMergeTree ORDER BY incident_id",
-        "INSERT INTO incidents_by_id SELECT DISTINCT incident_id, service FROM incidents",
-    ],
-    // 8: the control plane (see `control.rs`).
-    control::MIGRATION,
-];
 
 #[derive(Row, Serialize, Deserialize)]
 struct InstanceRow {
@@ -314,15 +177,6 @@ struct MigrationRow {
 
 const NANOS_PER_DAY: u64 = 86_400 * 1_000_000_000;
 
-/// The tables partitioned by day, whose old partitions retention drops.
-const EXPIRING_TABLES: &[&str] = &[
-    "metric_samples",
-    "triggers",
-    "profiles",
-    "profile_contents",
-    "profile_samples",
-];
-
 /// The last day every server version's `Date` holds: 2105-12-31 (18.16 turns later
 /// dates into 0000-00-00, which would empty every range that reaches past it).
 const LAST_DAY: u16 = 49_672;
@@ -354,7 +208,8 @@ pub struct ClickHouseStore {
     client: Client,
     url: String,
     version: ServerVersion,
-    known_stacks: Arc<crate::known_stacks::KnownStacks>,
+    lz4: bool,
+    numbering: Arc<Numbering>,
     batches: Arc<Batches>,
     cluster: Option<ClusterConfig>,
 }
@@ -362,11 +217,13 @@ pub struct ClickHouseStore {
 /// The batched tables' inserters.
 struct Batches {
     metrics: Batcher<MetricRow>,
-    profiles: Batcher<profiles::ProfileInsertRow>,
-    profile_ids: Batcher<ProfileIdRow>,
+    profiles: Batcher<profiles::ProfileRow>,
+    profile_ids: Batcher<profiles::ProfileIdRow>,
+    locations: Batcher<stacks::LocationRow>,
+    location_ids: Batcher<stacks::LocationIdRow>,
     stacks: Batcher<stacks::StackRow>,
-    contents: Batcher<stacks::ContentsRow>,
-    samples: Batcher<stacks::SampleRow>,
+    stack_ids: Batcher<stacks::StackIdRow>,
+    symbols: Batcher<stacks::SymbolRow>,
     incidents: Batcher<incidents::IncidentRow>,
     incident_ids: Batcher<incidents::IncidentIdRow>,
     control: control::Batches,
@@ -377,28 +234,16 @@ impl Batches {
         Batches {
             metrics: Batcher::start(client.clone(), "metric_samples", config),
             profiles: Batcher::start(client.clone(), "profiles", config),
-            profile_ids: Batcher::start(client.clone(), "profiles_by_id", config),
+            profile_ids: Batcher::start(client.clone(), "profile_ids", config),
+            locations: Batcher::start(client.clone(), "locations", config),
+            location_ids: Batcher::start(client.clone(), "location_ids", config),
             stacks: Batcher::start(client.clone(), "stacks", config),
-            contents: Batcher::start(client.clone(), "profile_contents", config),
-            samples: Batcher::start(client.clone(), "profile_samples", config),
+            stack_ids: Batcher::start(client.clone(), "stack_ids", config),
+            symbols: Batcher::start(client.clone(), "symbols", config),
             incidents: Batcher::start(client.clone(), "incidents", config),
             incident_ids: Batcher::start(client.clone(), "incidents_by_id", config),
             control: control::Batches::start(client, config),
         }
-    }
-}
-
-/// Where a profile id's rows are: `profiles_by_id`, written for profiles and contents.
-#[derive(Row, Serialize)]
-struct ProfileIdRow {
-    profile_id: String,
-    service: String,
-    day: u16,
-}
-
-impl Weigh for ProfileIdRow {
-    fn weight(&self) -> usize {
-        self.profile_id.len() + self.service.len() + 10
     }
 }
 
@@ -412,7 +257,8 @@ impl std::fmt::Debug for ClickHouseStore {
 }
 
 impl ClickHouseStore {
-    /// Connects, detects the server version, creates the database and migrates the schema.
+    /// Connects, detects the server version, creates the database and migrates the
+    /// schema (under the migration lock), and claims a numbering epoch.
     pub async fn open(config: &ClickHouseConfig) -> Result<Self, StoreError> {
         let url = config.url.clone();
         let err = |source| StoreError::ClickHouse {
@@ -456,39 +302,65 @@ impl ClickHouseStore {
         if version.supports_validation() {
             client = client.with_validation(true);
         }
+        let mut lz4 = false;
         if version.supports_lz4() {
-            client = client.with_compression(Compression::Lz4);
+            let candidate = lz4_client(client.clone());
+            match probe(&candidate).await {
+                Ok(()) => {
+                    client = candidate;
+                    lz4 = true;
+                }
+                Err(why) => tracing::warn!(
+                    url = %config.url,
+                    server_version = %version_text,
+                    error = %why,
+                    "LZ4 on the HTTP interface does not work with this server; using no compression"
+                ),
+            }
         }
         tracing::info!(
             url = %config.url,
             server_version = %version_text,
             validation = version.supports_validation(),
-            lz4 = version.supports_lz4(),
+            lz4,
             "connected to ClickHouse"
         );
         let client_for_batches = client.clone();
-        let store = ClickHouseStore {
+        let mut store = ClickHouseStore {
             client,
             url: config.url.clone(),
             version,
-            known_stacks: Arc::default(),
+            lz4,
+            numbering: Arc::new(Numbering::new(0)),
             batches: Arc::new(Batches::start(&client_for_batches, config.batch)),
             cluster: config.cluster.clone(),
         };
         match &store.cluster {
-            None => store.migrate().await?,
+            None => store.migrate(config.retention_days).await?,
             Some(cluster) => {
                 store
                     .create_cluster_schema(cluster, &config.database)
                     .await?
             }
         }
+        let epoch = store.claim_epoch("collector").await?;
+        store.numbering = Arc::new(Numbering::new(epoch));
         Ok(store)
     }
 
     /// The server version found at open.
     pub fn server_version(&self) -> ServerVersion {
         self.version
+    }
+
+    /// Whether the HTTP interface is LZ4-compressed (a current server, probed at open).
+    pub fn uses_lz4(&self) -> bool {
+        self.lz4
+    }
+
+    /// The epoch this writer numbers new locations and stacks under.
+    pub fn numbering_epoch(&self) -> u32 {
+        self.numbering.epoch()
     }
 
     /// A batched insert's outcome as a store result.
@@ -506,58 +378,27 @@ impl ClickHouseStore {
             source,
         }
     }
+}
 
-    async fn migrate(&self) -> Result<(), StoreError> {
-        self.client
-            .query(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, applied_at UInt64)
-                 ENGINE = MergeTree ORDER BY version",
-            )
-            .execute()
-            .await
-            .map_err(|e| self.err(e))?;
-        let applied: Vec<u32> = self
-            .client
-            .query("SELECT version FROM schema_migrations ORDER BY version")
-            .fetch_all()
-            .await
-            .map_err(|e| self.err(e))?;
-        let current = applied.last().copied().unwrap_or(0);
-        let supported = MIGRATIONS.len() as u32;
-        if current > supported {
-            return Err(StoreError::SchemaTooNew {
-                found: current,
-                supported,
-            });
-        }
-        for (i, statements) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-            let version = i as u32 + 1;
-            for sql in *statements {
-                self.client
-                    .query(sql)
-                    .execute()
-                    .await
-                    .map_err(|e| StoreError::Migration {
-                        version,
-                        message: e.to_string(),
-                    })?;
-            }
-            let mut insert = self
-                .client
-                .insert::<MigrationRow>("schema_migrations")
-                .await
-                .map_err(|e| self.err(e))?;
-            insert
-                .write(&MigrationRow {
-                    version,
-                    applied_at: now_nanos(),
-                })
-                .await
-                .map_err(|e| self.err(e))?;
-            insert.end().await.map_err(|e| self.err(e))?;
-            tracing::info!(version, "ClickHouse schema migrated");
-        }
-        Ok(())
+/// `client` with LZ4 on the HTTP interface, in both directions: the crate compresses
+/// what it sends with LZ4 and can only read LZ4 back, so the server is told to answer in
+/// LZ4 too (chdb's server answers in ZSTD unless told).
+pub fn lz4_client(client: Client) -> Client {
+    client
+        .with_compression(Compression::Lz4)
+        .with_option("network_compression_method", "lz4")
+}
+
+/// Whether `client`'s transport works: one small compressed select and its answer.
+pub async fn probe(client: &Client) -> Result<(), String> {
+    let answer: Result<Vec<u64>, _> = client
+        .query("SELECT number FROM system.numbers LIMIT 3")
+        .fetch_all()
+        .await;
+    match answer {
+        Ok(v) if v == [0, 1, 2] => Ok(()),
+        Ok(v) => Err(format!("the probe read back {v:?}, not [0, 1, 2]")),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -724,8 +565,42 @@ impl Store for ClickHouseStore {
         profiles::query(self, q).await
     }
 
-    async fn get_profile(&self, profile_id: &str) -> Result<Option<ProfileRecord>, StoreError> {
-        profiles::get(self, profile_id).await
+    async fn get_profile(
+        &self,
+        service: &str,
+        profile_id: &str,
+    ) -> Result<Option<ProfileRecord>, StoreError> {
+        let mut found =
+            profiles::get_many(self, service, std::slice::from_ref(&profile_id.to_owned())).await?;
+        Ok(found.pop())
+    }
+
+    async fn get_profiles(
+        &self,
+        service: &str,
+        profile_ids: &[String],
+    ) -> Result<Vec<ProfileRecord>, StoreError> {
+        profiles::get_many(self, service, profile_ids).await
+    }
+
+    async fn merge_profiles(&self, query: &MergeQuery) -> Result<MergedProfile, StoreError> {
+        profiles::merge(self, query).await
+    }
+
+    async fn stack_count(&self, service: &str) -> Result<u64, StoreError> {
+        self.client
+            .query("SELECT toUInt64(uniqExact(num)) FROM stacks WHERE service = ?")
+            .bind(service)
+            .fetch_one()
+            .await
+            .map_err(|e| self.err(e))
+    }
+
+    async fn insert_symbols(
+        &self,
+        symbols: &[(LocationId, Vec<StackFrame>)],
+    ) -> Result<(), StoreError> {
+        stacks::insert_symbols(self, symbols).await
     }
 
     async fn upsert_incident(&self, incident: &IncidentRecord) -> Result<(), StoreError> {
@@ -744,65 +619,18 @@ impl Store for ClickHouseStore {
     }
 
     async fn expire_before(&self, cutoff_unix_nanos: u64) -> Result<Expired, StoreError> {
-        if let Some(cluster) = &self.cluster {
-            return self.expire_on_cluster(cluster, cutoff_unix_nanos).await;
+        match &self.cluster {
+            Some(cluster) => self.expire_on_cluster(cluster, cutoff_unix_nanos).await,
+            None => retention::expire(self, cutoff_unix_nanos).await,
         }
-        // Whole day partitions of the day-partitioned tables, dropped: exact to the day,
-        // immediate, and the same on every server version (TTL exists from 19.6 only and
-        // deletes at merge time).
-        let cutoff_day = day_of(cutoff_unix_nanos);
-        let parts: Vec<(String, u16)> = self
-            .client
-            .query(
-                "SELECT table, toUInt16(max_date) AS day FROM system.parts
-                 WHERE database = currentDatabase() AND active AND has(?, table)
-                   AND max_date < toDate(?)
-                 GROUP BY table, day ORDER BY table, day",
-            )
-            .bind(EXPIRING_TABLES)
-            .bind(date_text(cutoff_day))
-            .fetch_all()
-            .await
-            .map_err(|e| self.err(e))?;
-        let mut expired = Expired::default();
-        for (table, day) in parts {
-            // Only our own table names and dates we format: nothing from outside.
-            let Some(table) = EXPIRING_TABLES.iter().find(|t| **t == table) else {
-                continue;
-            };
-            self.client
-                .query(&format!(
-                    "ALTER TABLE {table} DROP PARTITION toDate('{}')",
-                    date_text(day)
-                ))
-                .execute()
-                .await
-                .map_err(|e| self.err(e))?;
-            expired.partitions += 1;
-        }
-        // The id lookup is not partitioned: an asynchronous delete (a mutation).
-        self.client
-            .query("ALTER TABLE profiles_by_id DELETE WHERE day < toDate(?)")
-            .bind(date_text(cutoff_day))
-            .execute()
-            .await
-            .map_err(|e| self.err(e))?;
-        Ok(expired)
     }
 
-    async fn insert_profile_contents(&self, contents: &ProfileContents) -> Result<(), StoreError> {
-        stacks::insert(self, contents).await
+    async fn park_event(&self, event: &ParkedEvent) -> Result<(), StoreError> {
+        parked::park(self, event).await
     }
 
-    fn has_stack(&self, stack_id: u64) -> bool {
-        self.known_stacks.contains(stack_id)
-    }
-
-    async fn get_profile_contents(
-        &self,
-        profile_id: &str,
-    ) -> Result<Option<ProfileContents>, StoreError> {
-        stacks::get(self, profile_id).await
+    async fn parked_events(&self, limit: u64) -> Result<Vec<ParkedEvent>, StoreError> {
+        parked::list(self, limit).await
     }
 
     async fn change_rules(&self, edits: &[RuleEdit], by: &ChangedBy) -> Result<u64, StoreError> {

@@ -1,17 +1,25 @@
 #![doc = include_str!("../README.md")]
 
+mod assemble;
 pub mod clickhouse;
+mod contents;
 mod control;
-mod known_stacks;
+mod encoding;
+mod location;
 mod model;
+mod numbering;
 pub mod sqlite;
 mod stored_names;
 #[cfg(feature = "testsuite")]
 pub mod testsuite;
 
+pub use contents::{
+    Mapping, ProfileContents, ProfileHeader, ProfileLabel, ProfileSample, ValueType,
+};
 pub use control::*;
-pub use known_stacks::MAX_KNOWN_STACKS;
+pub use location::{Location, LocationId, StackFrame, StackId};
 pub use model::*;
+pub use numbering::{MAX_KNOWN_LOCATIONS, MAX_KNOWN_STACKS};
 
 use async_trait::async_trait;
 
@@ -82,6 +90,20 @@ pub enum StoreError {
     /// The blocking worker of the embedded store went away.
     #[error("embedded store worker failed: {0}")]
     Worker(String),
+    /// This writer gave out all 2^32 numbers of its epoch (of locations, or of one
+    /// service's stacks); a restart claims a new epoch.
+    #[error("this collector numbered 2^32 new locations or stacks of one service since it started; restart it to claim a new numbering epoch")]
+    NumbersExhausted,
+    /// Another writer holds the store's migration lock for longer than allowed.
+    #[error("the store's schema migration lock is held by {holder} (since {since_secs} s); waited {waited_secs} s")]
+    MigrationLocked {
+        /// Who holds it.
+        holder: String,
+        /// For how long.
+        since_secs: u64,
+        /// How long this writer waited.
+        waited_secs: u64,
+    },
 }
 
 /// Where the collector keeps what agents send. Every backend passes [`testsuite`].
@@ -123,45 +145,68 @@ pub trait Store: Send + Sync + 'static {
     /// names one, sorted by time and then event id, at most `limit`.
     async fn query_triggers(&self, query: &TriggerQuery) -> Result<Vec<TriggerRecord>, StoreError>;
 
-    /// Stores a profile. One already stored (same service and profile id: an agent
-    /// resending after a lost ack) is kept once. Its bytes read back exactly; every other
-    /// field too, except that `error: Some("")` reads back as `None` and a duration
+    /// Stores a profile: what the agent said about it, its contents (each location once,
+    /// each stack once per service, the samples referring to them by the writer's
+    /// numbers) and its original bytes if the record has them. One already stored (same
+    /// service and profile id: an agent resending after a lost ack) is kept once; a
+    /// profile of another service with the same id is another profile. Every field
+    /// reads back; the contents as an equal [`ProfileContents`] but for the order of its
+    /// locations, stacks and label sets (samples keep theirs), with the symbols known
+    /// for its native locations; `error: Some("")` reads back as `None` and a duration
     /// beyond `u64::MAX` nanoseconds as that many.
     async fn insert_profile(&self, profile: &ProfileRecord) -> Result<(), StoreError>;
 
     /// Profiles of one service whose capture started in `[since, until)`, of one event
-    /// and one kind if the query names them, without their bytes, sorted by start time
-    /// and then profile id, at most `limit`.
+    /// and one kind if the query names them, without their contents, sorted by start
+    /// time and then profile id, at most `limit`.
     async fn query_profiles(&self, query: &ProfileQuery) -> Result<Vec<ProfileMeta>, StoreError>;
 
-    /// One profile with its bytes, by its id alone (ids are 128 random bits, unique
-    /// across services); `None` if no profile has this id.
-    async fn get_profile(&self, profile_id: &str) -> Result<Option<ProfileRecord>, StoreError>;
+    /// One profile of one service with its contents (and original, if kept); `None` if
+    /// the service has no profile with this id.
+    async fn get_profile(
+        &self,
+        service: &str,
+        profile_id: &str,
+    ) -> Result<Option<ProfileRecord>, StoreError>;
 
-    /// Stores a profile's normalized contents: each of its stacks once across all
-    /// profiles (keyed by [`Stack::stack_id`]), its samples referring to them. Storing
-    /// the same contents again (a resend) keeps one copy. The ingest stores the contents
-    /// before the [`ProfileRecord`], so a listed profile has its contents.
-    ///
-    /// `contents.stacks` may leave out stacks for which [`Store::has_stack`] said yes:
-    /// samples may refer to stacks stored with earlier profiles.
-    async fn insert_profile_contents(&self, contents: &ProfileContents) -> Result<(), StoreError>;
+    /// Profiles of one service by id, with their contents, read together (stacks and
+    /// locations fetched once for all); unknown ids are left out. In the order of
+    /// `profile_ids`, each once.
+    async fn get_profiles(
+        &self,
+        service: &str,
+        profile_ids: &[String],
+    ) -> Result<Vec<ProfileRecord>, StoreError>;
 
-    /// Whether the stack `stack_id` is known to be stored already, from a bounded memory
-    /// of the stacks this store wrote (`false` when unsure). The ingest leaves such
-    /// stacks out of [`ProfileContents::stacks`]: copying and writing a stack the fleet
-    /// repeats in every profile once, not every time, is most of the ingest's savings.
-    fn has_stack(&self, stack_id: u64) -> bool {
-        let _ = stack_id;
-        false
-    }
+    /// The profiles of one service and kind started in `[since, until)` (the newest
+    /// `limit`), merged into one: one sample per distinct stack, values summed per
+    /// sample type. Failed captures count for nothing.
+    async fn merge_profiles(&self, query: &MergeQuery) -> Result<MergedProfile, StoreError>;
 
-    /// Removes metric samples, trigger events and profiles (bytes and contents) of the
-    /// days before the day of `cutoff_unix_nanos` (UTC days: a backend may drop whole days
-    /// only, so data of the cutoff's own day may stay until the next day's run). Data at
-    /// or after the cutoff is kept. Instances and stacks are kept: both are small, and
-    /// stacks are shared by profiles of all ages. Returns what went, for the log.
+    /// How many distinct stacks are stored for `service` (by the writers' numbers: a
+    /// stack two collectors sharing a store both numbered counts twice).
+    async fn stack_count(&self, service: &str) -> Result<u64, StoreError>;
+
+    /// Records the frames native locations stand for (from their module's debug info):
+    /// reads show them instead of `name+0x<offset>`. A location's symbols are written
+    /// once; writing them again replaces them.
+    async fn insert_symbols(
+        &self,
+        symbols: &[(LocationId, Vec<StackFrame>)],
+    ) -> Result<(), StoreError>;
+
+    /// Removes metric samples, trigger events, profiles (with whatever they alone
+    /// refer to: stacks and locations no kept profile uses), incidents whose last event
+    /// and instances last seen before the day of `cutoff_unix_nanos` (UTC days: a backend
+    /// may drop whole days only, so data of the cutoff's own day may stay until the next
+    /// day's run). Data at or after the cutoff is kept. Returns what went, for the log.
     async fn expire_before(&self, cutoff_unix_nanos: u64) -> Result<Expired, StoreError>;
+
+    /// Sets an event aside that could not be stored (see [`ParkedEvent`]).
+    async fn park_event(&self, event: &ParkedEvent) -> Result<(), StoreError>;
+
+    /// Parked events, newest first, at most `limit`.
+    async fn parked_events(&self, limit: u64) -> Result<Vec<ParkedEvent>, StoreError>;
 
     /// Stores an incident's current state; of several versions of one id, the highest
     /// is what reads return (a lower version written later changes nothing).
@@ -177,13 +222,6 @@ pub trait Store: Send + Sync + 'static {
 
     /// One incident by id; `None` if there is none.
     async fn get_incident(&self, incident_id: &str) -> Result<Option<IncidentRecord>, StoreError>;
-
-    /// A profile's normalized contents by its id: sample types, samples in the order
-    /// stored, and the stacks they use, in order of first use. `None` if none were stored.
-    async fn get_profile_contents(
-        &self,
-        profile_id: &str,
-    ) -> Result<Option<ProfileContents>, StoreError>;
 
     // The control plane (`control.rs`): central rules and pauses, capture requests and
     // what agents answer.

@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use holmes_proto::{Metric, ProfileKind, RuleConfig, Sample, TriggerReason};
+use holmes_proto::{Metric, ProfileFormat, ProfileKind, RuleConfig, Sample, TriggerReason};
+
+use crate::contents::ProfileContents;
 
 /// One agent process as last seen.
 #[derive(Debug, Clone, PartialEq)]
@@ -108,11 +110,13 @@ pub struct TriggerQuery {
     pub limit: u64,
 }
 
-/// A captured profile as stored: the agent's gzip-compressed pprof bytes, exactly as
-/// sent, with what the agent said about them.
+/// A captured profile as stored: what the agent said about it, its normalized
+/// contents, and (only with `keep_originals`) the bytes exactly as sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProfileRecord {
-    /// Profile id the agent made: 128 random bits in hex, unique across the fleet.
+    /// Profile id the agent made: 128 random bits in hex. Unique within its service:
+    /// every lookup is by `(service, profile_id)`, so another service reusing the id
+    /// touches nothing of this one.
     pub profile_id: String,
     /// The trigger event it was captured for.
     pub event_id: String,
@@ -128,14 +132,21 @@ pub struct ProfileRecord {
     pub duration: Duration,
     /// Extra labels, e.g. `phase=pre-trigger`.
     pub labels: BTreeMap<String, String>,
-    /// Why the capture failed; such a profile has no data. `Some("")` is stored as
-    /// `None`, as on the wire.
+    /// Why the capture failed (or why the collector refused it); such a profile has no
+    /// contents. `Some("")` is stored as `None`, as on the wire.
     pub error: Option<String>,
-    /// The gzip-compressed pprof `profile.proto`, byte for byte as the agent sent it.
-    pub data: Vec<u8>,
+    /// How many bytes the agent sent.
+    pub size_bytes: u64,
+    /// How the agent encoded them.
+    pub format: ProfileFormat,
+    /// The contents, normalized; `None` for a failed capture.
+    pub contents: Option<ProfileContents>,
+    /// The bytes exactly as sent, kept only when the collector is told to
+    /// (`keep_originals`).
+    pub original: Option<Vec<u8>>,
 }
 
-/// A stored profile without its bytes, as profile lists show it.
+/// A stored profile without its contents, as profile lists show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProfileMeta {
     /// Profile id.
@@ -156,12 +167,14 @@ pub struct ProfileMeta {
     pub labels: BTreeMap<String, String>,
     /// Why the capture failed, if it did.
     pub error: Option<String>,
-    /// Size of the stored bytes.
+    /// How many bytes the agent sent.
     pub size_bytes: u64,
+    /// How the agent encoded them.
+    pub format: ProfileFormat,
 }
 
 impl ProfileRecord {
-    /// The record without its bytes.
+    /// The record without its contents.
     pub fn meta(&self) -> ProfileMeta {
         ProfileMeta {
             profile_id: self.profile_id.clone(),
@@ -173,7 +186,8 @@ impl ProfileRecord {
             duration: self.duration,
             labels: self.labels.clone(),
             error: self.error.clone(),
-            size_bytes: self.data.len() as u64,
+            size_bytes: self.size_bytes,
+            format: self.format,
         }
     }
 }
@@ -195,109 +209,52 @@ pub struct ProfileQuery {
     pub limit: u64,
 }
 
-/// One frame of a stored stack: function, source file and line (empty and 0 when
-/// unknown).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct StackFrame {
-    /// Function name, demangled.
-    pub function: String,
-    /// Source file.
-    pub file: String,
-    /// Line in the file.
-    pub line: u32,
-}
-
-/// A distinct call stack, innermost frame first, stored once however many samples and
-/// profiles use it.
+/// Which profiles to merge into one (a service's flame graph over a time range).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stack {
-    /// [`stack_id`] of `frames`.
-    pub stack_id: u64,
-    /// Frames, leaf first.
-    pub frames: Vec<StackFrame>,
-}
-
-impl Stack {
-    /// A stack with its content id.
-    pub fn new(frames: Vec<StackFrame>) -> Self {
-        Stack {
-            stack_id: stack_id(&frames),
-            frames,
-        }
-    }
-}
-
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
-
-fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(FNV_PRIME);
-    }
-    h
-}
-
-/// The hash of one frame: 64-bit FNV-1a over its function, file and line, each field
-/// ended by a byte no name contains.
-pub fn frame_hash(frame: &StackFrame) -> u64 {
-    let h = fnv(FNV_OFFSET, frame.function.as_bytes());
-    let h = fnv(h, &[0xff]);
-    let h = fnv(h, frame.file.as_bytes());
-    let h = fnv(h, &[0xff]);
-    fnv(h, &frame.line.to_le_bytes())
-}
-
-/// The content hash that keys a stack, from its frames' [`frame_hash`]es in order (leaf
-/// first): 64-bit FNV-1a over their little-endian bytes. Computing it from frame hashes
-/// lets a decoder hash each location of a profile once, not once per sample. Stable
-/// across versions and machines (stored ids depend on it); two different stacks share an
-/// id with probability about n²/2⁶⁵ for n distinct stacks.
-pub fn stack_id_of_hashes(frame_hashes: impl IntoIterator<Item = u64>) -> u64 {
-    frame_hashes
-        .into_iter()
-        .fold(FNV_OFFSET, |h, f| fnv(h, &f.to_le_bytes()))
-}
-
-/// [`stack_id_of_hashes`] of `frames`.
-pub fn stack_id(frames: &[StackFrame]) -> u64 {
-    stack_id_of_hashes(frames.iter().map(frame_hash))
-}
-
-/// One sample of a normalized profile: a stack, one value per sample type, labels.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StackSample {
-    /// The [`Stack`] it was taken in.
-    pub stack_id: u64,
-    /// One value per [`ProfileContents::sample_types`] entry.
-    pub values: Vec<i64>,
-    /// String labels (numeric ones become their decimal text), in profile order.
-    pub labels: Vec<(String, String)>,
-}
-
-/// What a profile holds, normalized: its distinct stacks and its samples referring to
-/// them. The original bytes stay in the [`ProfileRecord`] for exact download; this form
-/// is what merges, flame graphs and comparisons read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProfileContents {
-    /// The profile's id ([`ProfileRecord::profile_id`]).
-    pub profile_id: String,
+pub struct MergeQuery {
     /// Service name.
     pub service: String,
-    /// When the capture started, nanoseconds since the Unix epoch.
-    pub started_unix_nanos: u64,
-    /// (type, unit) of each sample value, e.g. `("cpu", "nanoseconds")`.
-    pub sample_types: Vec<(String, String)>,
-    /// Every distinct stack the samples use, each once.
-    pub stacks: Vec<Stack>,
-    /// The samples; two samples of one stack stay two (their labels may differ).
-    pub samples: Vec<StackSample>,
+    /// Profiles of this kind.
+    pub kind: ProfileKind,
+    /// Capture started from, inclusive, nanoseconds since the Unix epoch.
+    pub since_unix_nanos: u64,
+    /// To, exclusive.
+    pub until_unix_nanos: u64,
+    /// At most this many profiles (the newest ones).
+    pub limit: u64,
+}
+
+/// Profiles merged: one sample per distinct stack, its values summed per sample type
+/// (types matched by name and unit), labels dropped.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MergedProfile {
+    /// How many profiles were merged.
+    pub profiles: u64,
+    /// The merged contents (its header holds the union of the sample types).
+    pub contents: ProfileContents,
+}
+
+/// A pipeline event the processor could not store and set aside, so that it does not
+/// block the events after it (see the Kafka pipeline).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParkedEvent {
+    /// Where it came from, e.g. `kafka:holmes-events/3@1200`.
+    pub source: String,
+    /// Service name, if the event could be read.
+    pub service: String,
+    /// When it was parked, nanoseconds since the Unix epoch.
+    pub parked_unix_nanos: u64,
+    /// Why.
+    pub error: String,
+    /// The event's bytes as received.
+    pub payload: Vec<u8>,
 }
 
 /// What [`crate::Store::expire_before`] removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Expired {
-    /// Rows deleted (the embedded store counts them).
+    /// Rows deleted (the embedded store counts them; ClickHouse: rows of the tables it
+    /// expires by mutation, stacks, locations, incidents and instances).
     pub rows: u64,
     /// Whole day partitions dropped (ClickHouse).
     pub partitions: u64,

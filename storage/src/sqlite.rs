@@ -1,37 +1,79 @@
 //! The embedded store: one SQLite file (bundled SQLite, no server).
 //!
-//! rusqlite is blocking, so every call runs on tokio's blocking pool behind one
-//! connection; SQLite serialises writers anyway and WAL mode lets reads proceed.
+//! Writes go through one writer thread that commits what waits together in one
+//! transaction ([`writer`]: group commit), with `synchronous = FULL` by default, so that
+//! what the collector acknowledges survives a power loss at the cost of one `fsync` per
+//! group. Reads run on tokio's blocking pool on a connection of their own (WAL mode lets
+//! them proceed while the writer writes).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::{params, Connection};
 
+use crate::numbering::Numbering;
 use crate::{
     AgentReport, CaptureDispatch, CaptureOutcomeRecord, CaptureRequestQuery, CaptureRequestRecord,
     ChangedBy, ControlNode, PauseEdit, PauseRecord, RuleChange, RuleEdit,
 };
 use crate::{
-    Expired, IncidentQuery, IncidentRecord, InstanceInfo, MetricPoint, MetricQuery,
-    ProfileContents, ProfileMeta, ProfileQuery, ProfileRecord, ServiceSummary, Store, StoreError,
-    TriggerQuery, TriggerRecord,
+    Expired, IncidentQuery, IncidentRecord, InstanceInfo, LocationId, MergeQuery, MergedProfile,
+    MetricPoint, MetricQuery, ParkedEvent, ProfileMeta, ProfileQuery, ProfileRecord,
+    ServiceSummary, StackFrame, Store, StoreError, TriggerQuery, TriggerRecord,
 };
 
 mod control;
 mod incidents;
+mod migrate;
 mod profiles;
-mod stacks;
 mod triggers;
+mod writer;
 
 const NANOS_PER_DAY: u64 = 86_400 * 1_000_000_000;
 
 /// File name of the database inside the data directory.
 pub const DB_FILE: &str = "holmes.sqlite3";
 
+/// How long opening waits for another process's migration (or write) to finish.
+const OPEN_BUSY_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a write waits for another process holding the database.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// When a commit is durable (SQLite's `synchronous` in WAL mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// Durable when the commit returns, even after a power loss (an `fsync` per commit,
+    /// shared by the writes of one group): what is acknowledged is on disk.
+    #[default]
+    Full,
+    /// Durable against a crash of the collector, not of the machine (no `fsync` per
+    /// commit): faster, but a power loss can lose acknowledged writes.
+    Normal,
+}
+
+/// The `[sqlite]` section of the collector's config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SqliteSettings {
+    /// `synchronous = "full"` (the default: acknowledged means on disk) or `"normal"`.
+    pub synchronous: Synchronous,
+}
+
+impl Synchronous {
+    fn pragma(self) -> &'static str {
+        match self {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+        }
+    }
+}
+
 /// Schema migrations, applied in order; `PRAGMA user_version` records the last one.
+/// Migration 6, the normalized layout, is SQL and a conversion ([`migrate`]).
 const MIGRATIONS: &[&str] = &[
     // 1: services, instances and metric samples.
     "CREATE TABLE instances (
@@ -134,16 +176,77 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX incidents_by_service ON incidents (service, first_event);
     CREATE INDEX incidents_by_time ON incidents (first_event);",
-    // 6: the control plane (see `control.rs`).
+    // 6: the normalized layout (see `profiles.rs`). The old profile tables are renamed,
+    // converted by `migrate::convert_v5` in the same transaction, and dropped.
+    "ALTER TABLE profiles RENAME TO profiles_v5;
+    DROP INDEX profiles_by_time;
+    ALTER TABLE stacks RENAME TO stacks_v5;
+    CREATE TABLE writer_epochs (
+        epoch INTEGER PRIMARY KEY,
+        claimed_at INTEGER NOT NULL,
+        holder TEXT NOT NULL
+    );
+    CREATE TABLE locations (
+        num INTEGER PRIMARY KEY,
+        id BLOB NOT NULL,
+        day INTEGER NOT NULL,
+        kind INTEGER NOT NULL,
+        module TEXT NOT NULL,
+        build_id TEXT NOT NULL,
+        offset INTEGER NOT NULL,
+        frames BLOB
+    );
+    CREATE INDEX locations_by_id ON locations (id);
+    CREATE TABLE stacks (
+        service TEXT NOT NULL,
+        num INTEGER NOT NULL,
+        id BLOB NOT NULL,
+        day INTEGER NOT NULL,
+        locations BLOB NOT NULL,
+        PRIMARY KEY (service, num)
+    ) WITHOUT ROWID;
+    CREATE INDEX stacks_by_id ON stacks (service, id);
+    CREATE TABLE symbols (
+        id BLOB PRIMARY KEY,
+        frames BLOB NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE profiles (
+        service TEXT NOT NULL,
+        profile_id TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        instance_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        started INTEGER NOT NULL,
+        duration_ns INTEGER NOT NULL,
+        labels TEXT NOT NULL,
+        error TEXT,
+        size_bytes INTEGER NOT NULL,
+        format TEXT NOT NULL,
+        header BLOB,
+        samples BLOB,
+        original BLOB,
+        PRIMARY KEY (service, profile_id)
+    );
+    CREATE INDEX profiles_by_time ON profiles (service, started, profile_id);
+    CREATE TABLE parked_events (
+        id INTEGER PRIMARY KEY,
+        source TEXT NOT NULL,
+        service TEXT NOT NULL,
+        parked INTEGER NOT NULL,
+        error TEXT NOT NULL,
+        payload BLOB NOT NULL
+    );",
+    // 7: the control plane (see `control.rs`).
     control::SCHEMA,
 ];
 
 /// The embedded SQLite store.
 #[derive(Clone)]
 pub struct SqliteStore {
-    conn: Arc<Mutex<Connection>>,
+    writer: writer::Writer,
+    reader: Arc<Mutex<Connection>>,
     path: PathBuf,
-    known_stacks: Arc<crate::known_stacks::KnownStacks>,
+    numbering: Arc<Numbering>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -155,8 +258,14 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the store in `data_dir`, and migrates its schema.
+    /// Opens (creating if needed) the store in `data_dir` with durable commits, and
+    /// migrates its schema.
     pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(data_dir, Synchronous::Full)
+    }
+
+    /// [`SqliteStore::open`] with commits as durable as `synchronous` says.
+    pub fn open_with(data_dir: &Path, synchronous: Synchronous) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
             path: data_dir.to_owned(),
             source,
@@ -166,18 +275,27 @@ impl SqliteStore {
             path: path.clone(),
             source,
         };
-        let mut conn = Connection::open(&path).map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(open_err)?;
-        migrate(&mut conn)?;
+        let connect = || -> Result<Connection, StoreError> {
+            let conn = Connection::open(&path).map_err(open_err)?;
+            conn.busy_timeout(OPEN_BUSY_TIMEOUT).map_err(open_err)?;
+            conn.pragma_update(None, "journal_mode", "WAL")
+                .map_err(open_err)?;
+            conn.pragma_update(None, "synchronous", synchronous.pragma())
+                .map_err(open_err)?;
+            Ok(conn)
+        };
+        let mut conn = connect()?;
+        migrate::migrate(&mut conn)?;
+        let epoch = migrate::claim_epoch(&conn, "collector")?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        let reader = connect()?;
+        reader.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        tracing::debug!(path = %path.display(), epoch, synchronous = synchronous.pragma(), "embedded store open");
         Ok(SqliteStore {
-            conn: Arc::new(Mutex::new(conn)),
+            writer: writer::Writer::start(conn)?,
+            reader: Arc::new(Mutex::new(reader)),
             path,
-            known_stacks: Arc::default(),
+            numbering: Arc::new(Numbering::new(epoch)),
         })
     }
 
@@ -186,44 +304,48 @@ impl SqliteStore {
         &self.path
     }
 
-    async fn with_conn<T, F>(&self, f: F) -> Result<T, StoreError>
+    /// The epoch this writer numbers new locations and stacks under.
+    pub fn numbering_epoch(&self) -> u32 {
+        self.numbering.epoch()
+    }
+
+    /// When the writer's commits are durable, as the writer's connection reports it.
+    pub async fn synchronous(&self) -> Result<Synchronous, StoreError> {
+        let level: i64 = self
+            .writer
+            .write(|conn| Ok(conn.pragma_query_value(None, "synchronous", |r| r.get(0))?))
+            .await?;
+        match level {
+            2 => Ok(Synchronous::Full),
+            1 => Ok(Synchronous::Normal),
+            other => Err(StoreError::Corrupt {
+                what: "PRAGMA synchronous",
+                value: other.to_string(),
+            }),
+        }
+    }
+
+    /// Transactions the writer committed so far: writes waiting together share one
+    /// (group commit).
+    pub fn commits(&self) -> u64 {
+        self.writer.commits()
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let conn = Arc::clone(&self.conn);
+        let conn = Arc::clone(&self.reader);
         tokio::task::spawn_blocking(move || {
             // A poisoned lock only means another call panicked mid-statement; SQLite
             // rolled that statement back, so the connection is still usable.
-            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut guard)
+            let guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&guard)
         })
         .await
         .map_err(|e| StoreError::Worker(e.to_string()))?
     }
-}
-
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    let current: u32 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    let supported = MIGRATIONS.len() as u32;
-    if current > supported {
-        return Err(StoreError::SchemaTooNew {
-            found: current,
-            supported,
-        });
-    }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        let version = i as u32 + 1;
-        let tx = conn.transaction()?;
-        tx.execute_batch(sql).map_err(|e| StoreError::Migration {
-            version,
-            message: e.to_string(),
-        })?;
-        tx.pragma_update(None, "user_version", version)?;
-        tx.commit()?;
-        tracing::info!(version, "embedded store schema migrated");
-    }
-    Ok(())
 }
 
 fn nanos_to_sql(n: u64) -> i64 {
@@ -275,9 +397,10 @@ impl Store for SqliteStore {
 
     async fn upsert_instance(&self, instance: &InstanceInfo) -> Result<(), StoreError> {
         let i = instance.clone();
-        self.with_conn(move |conn| {
-            conn.execute(
-                "INSERT INTO instances
+        self.writer
+            .write(move |conn| {
+                conn.prepare_cached(
+                    "INSERT INTO instances
                     (service, instance_id, host, pid, labels, agent_version, started_at, last_seen)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT (service, instance_id) DO UPDATE SET
@@ -285,7 +408,8 @@ impl Store for SqliteStore {
                     agent_version = excluded.agent_version, started_at = excluded.started_at,
                     last_seen = excluded.last_seen
                  WHERE excluded.last_seen >= instances.last_seen",
-                params![
+                )?
+                .execute(params![
                     i.service,
                     i.instance_id,
                     i.host,
@@ -294,11 +418,10 @@ impl Store for SqliteStore {
                     i.agent_version,
                     nanos_to_sql(i.started_at_unix_nanos),
                     nanos_to_sql(i.last_seen_unix_nanos),
-                ],
-            )?;
-            Ok(())
-        })
-        .await
+                ])?;
+                Ok(())
+            })
+            .await
     }
 
     async fn insert_metrics(&self, points: &[MetricPoint]) -> Result<(), StoreError> {
@@ -306,10 +429,9 @@ impl Store for SqliteStore {
             return Ok(());
         }
         let points = points.to_vec();
-        self.with_conn(move |conn| {
-            let tx = conn.transaction()?;
-            {
-                let mut stmt = tx.prepare_cached(
+        self.writer
+            .write(move |conn| {
+                let mut stmt = conn.prepare_cached(
                     "INSERT OR IGNORE INTO metric_samples (service, metric, instance_id, ts, value)
                      VALUES (?1, ?2, ?3, ?4, ?5)",
                 )?;
@@ -322,18 +444,16 @@ impl Store for SqliteStore {
                         p.value
                     ])?;
                 }
-            }
-            tx.commit()?;
-            Ok(())
-        })
-        .await
+                Ok(())
+            })
+            .await
     }
 
     async fn list_services(
         &self,
         active_since_unix_nanos: u64,
     ) -> Result<Vec<ServiceSummary>, StoreError> {
-        self.with_conn(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT service, SUM(last_seen >= ?1), MAX(last_seen)
                  FROM instances GROUP BY service ORDER BY service",
@@ -352,7 +472,7 @@ impl Store for SqliteStore {
 
     async fn list_instances(&self, service: &str) -> Result<Vec<InstanceInfo>, StoreError> {
         let service = service.to_owned();
-        self.with_conn(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT service, instance_id, host, pid, labels, agent_version, started_at, last_seen
                  FROM instances WHERE service = ?1 ORDER BY instance_id",
@@ -385,7 +505,7 @@ impl Store for SqliteStore {
 
     async fn query_metrics(&self, query: &MetricQuery) -> Result<Vec<MetricPoint>, StoreError> {
         let q = query.clone();
-        self.with_conn(move |conn| {
+        self.read(move |conn| {
             let mut stmt = conn.prepare_cached(
                 "SELECT instance_id, ts, value FROM metric_samples
                  WHERE service = ?1 AND metric = ?2 AND ts >= ?3 AND ts < ?4
@@ -419,34 +539,87 @@ impl Store for SqliteStore {
             return Ok(());
         }
         let triggers = triggers.to_vec();
-        self.with_conn(move |conn| triggers::insert(conn, &triggers))
+        self.writer
+            .write(move |conn| triggers::insert(conn, &triggers))
             .await
     }
 
     async fn query_triggers(&self, query: &TriggerQuery) -> Result<Vec<TriggerRecord>, StoreError> {
         let q = query.clone();
-        self.with_conn(move |conn| triggers::query(conn, &q)).await
+        self.read(move |conn| triggers::query(conn, &q)).await
     }
 
     async fn insert_profile(&self, profile: &ProfileRecord) -> Result<(), StoreError> {
-        // The bytes are copied once into the worker; a profile is at most tens of MiB.
+        // The record is copied once into the writer; a profile is at most tens of MiB.
         let p = profile.clone();
-        self.with_conn(move |conn| profiles::insert(conn, &p)).await
+        let numbering = Arc::clone(&self.numbering);
+        let service = profile.service.clone();
+        let numbered = self
+            .writer
+            .write(move |conn| profiles::insert(conn, &numbering, &p))
+            .await?;
+        if let Some(n) = numbered {
+            self.numbering.written(&service, &n);
+        }
+        Ok(())
     }
 
     async fn query_profiles(&self, query: &ProfileQuery) -> Result<Vec<ProfileMeta>, StoreError> {
         let q = query.clone();
-        self.with_conn(move |conn| profiles::query(conn, &q)).await
+        self.read(move |conn| profiles::query(conn, &q)).await
     }
 
-    async fn get_profile(&self, profile_id: &str) -> Result<Option<ProfileRecord>, StoreError> {
-        let id = profile_id.to_owned();
-        self.with_conn(move |conn| profiles::get(conn, &id)).await
+    async fn get_profile(
+        &self,
+        service: &str,
+        profile_id: &str,
+    ) -> Result<Option<ProfileRecord>, StoreError> {
+        let mut found = self
+            .get_profiles(service, std::slice::from_ref(&profile_id.to_owned()))
+            .await?;
+        Ok(found.pop())
+    }
+
+    async fn get_profiles(
+        &self,
+        service: &str,
+        profile_ids: &[String],
+    ) -> Result<Vec<ProfileRecord>, StoreError> {
+        let (service, ids) = (service.to_owned(), profile_ids.to_vec());
+        self.read(move |conn| profiles::get_many(conn, &service, &ids))
+            .await
+    }
+
+    async fn merge_profiles(&self, query: &MergeQuery) -> Result<MergedProfile, StoreError> {
+        let q = query.clone();
+        self.read(move |conn| profiles::merge(conn, &q)).await
+    }
+
+    async fn stack_count(&self, service: &str) -> Result<u64, StoreError> {
+        let service = service.to_owned();
+        self.read(move |conn| {
+            let n: i64 = conn
+                .prepare_cached("SELECT COUNT(*) FROM stacks WHERE service = ?1")?
+                .query_row(params![service], |r| r.get(0))?;
+            Ok(nanos_from_sql(n))
+        })
+        .await
+    }
+
+    async fn insert_symbols(
+        &self,
+        symbols: &[(LocationId, Vec<StackFrame>)],
+    ) -> Result<(), StoreError> {
+        let symbols = symbols.to_vec();
+        self.writer
+            .write(move |conn| profiles::insert_symbols(conn, &symbols))
+            .await
     }
 
     async fn upsert_incident(&self, incident: &IncidentRecord) -> Result<(), StoreError> {
         let i = incident.clone();
-        self.with_conn(move |conn| incidents::upsert(conn, &i))
+        self.writer
+            .write(move |conn| incidents::upsert(conn, &i))
             .await
     }
 
@@ -455,90 +628,120 @@ impl Store for SqliteStore {
         query: &IncidentQuery,
     ) -> Result<Vec<IncidentRecord>, StoreError> {
         let q = query.clone();
-        self.with_conn(move |conn| incidents::query(conn, &q)).await
+        self.read(move |conn| incidents::query(conn, &q)).await
     }
 
     async fn get_incident(&self, incident_id: &str) -> Result<Option<IncidentRecord>, StoreError> {
         let id = incident_id.to_owned();
-        self.with_conn(move |conn| incidents::get(conn, &id)).await
+        self.read(move |conn| incidents::get(conn, &id)).await
     }
 
     async fn expire_before(&self, cutoff_unix_nanos: u64) -> Result<Expired, StoreError> {
         // Whole UTC days, as on ClickHouse.
         let day_start = cutoff_unix_nanos - cutoff_unix_nanos % NANOS_PER_DAY;
         let before = nanos_to_sql(day_start);
-        self.with_conn(move |conn| {
-            let tx = conn.transaction()?;
-            let mut rows = 0u64;
-            for sql in [
-                "DELETE FROM metric_samples WHERE ts < ?1",
-                "DELETE FROM triggers WHERE ts < ?1",
-                "DELETE FROM profile_samples WHERE profile_id IN
-                    (SELECT profile_id FROM profile_contents WHERE started < ?1)",
-                "DELETE FROM profile_contents WHERE started < ?1",
-                "DELETE FROM profiles WHERE started < ?1",
-            ] {
-                rows += tx.execute(sql, params![before])? as u64;
-            }
-            tx.commit()?;
-            Ok(Expired {
-                rows,
-                partitions: 0,
+        let day = i64::from(profiles::day_of(day_start));
+        self.writer
+            .write(move |conn| {
+                let mut rows = 0u64;
+                for sql in [
+                    "DELETE FROM metric_samples WHERE ts < ?1",
+                    "DELETE FROM triggers WHERE ts < ?1",
+                    "DELETE FROM profiles WHERE started < ?1",
+                    "DELETE FROM incidents WHERE last_event < ?1",
+                    "DELETE FROM instances WHERE last_seen < ?1",
+                    "DELETE FROM parked_events WHERE parked < ?1",
+                ] {
+                    rows += conn.execute(sql, params![before])? as u64;
+                }
+                // Stacks and locations carry the last day a profile used them (see
+                // `numbering`): those of earlier days no kept profile refers to.
+                for sql in [
+                    "DELETE FROM stacks WHERE day < ?1",
+                    "DELETE FROM locations WHERE day < ?1",
+                ] {
+                    rows += conn.execute(sql, params![day])? as u64;
+                }
+                Ok(Expired {
+                    rows,
+                    partitions: 0,
+                })
             })
+            .await
+    }
+
+    async fn park_event(&self, event: &ParkedEvent) -> Result<(), StoreError> {
+        let e = event.clone();
+        self.writer
+            .write(move |conn| {
+                conn.prepare_cached(
+                    "INSERT INTO parked_events (source, service, parked, error, payload)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![
+                    e.source,
+                    e.service,
+                    nanos_to_sql(e.parked_unix_nanos),
+                    e.error,
+                    e.payload
+                ])?;
+                Ok(())
+            })
+            .await
+    }
+
+    async fn parked_events(&self, limit: u64) -> Result<Vec<ParkedEvent>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT source, service, parked, error, payload FROM parked_events
+                 ORDER BY parked DESC, id DESC LIMIT ?1",
+            )?;
+            let rows = stmt.query_map(params![nanos_to_sql(limit)], |r| {
+                Ok(ParkedEvent {
+                    source: r.get(0)?,
+                    service: r.get(1)?,
+                    parked_unix_nanos: nanos_from_sql(r.get(2)?),
+                    error: r.get(3)?,
+                    payload: r.get(4)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
     }
 
-    async fn insert_profile_contents(&self, contents: &ProfileContents) -> Result<(), StoreError> {
-        let new_ids = self.known_stacks.unknown(&contents.stacks);
-        let c = contents.clone();
-        self.with_conn(move |conn| stacks::insert(conn, &c)).await?;
-        self.known_stacks.remember(new_ids);
-        Ok(())
-    }
-
-    fn has_stack(&self, stack_id: u64) -> bool {
-        self.known_stacks.contains(stack_id)
-    }
-
-    async fn get_profile_contents(
-        &self,
-        profile_id: &str,
-    ) -> Result<Option<ProfileContents>, StoreError> {
-        let id = profile_id.to_owned();
-        self.with_conn(move |conn| stacks::get(conn, &id)).await
-    }
-
     async fn change_rules(&self, edits: &[RuleEdit], by: &ChangedBy) -> Result<u64, StoreError> {
         let (edits, by) = (edits.to_vec(), by.clone());
-        self.with_conn(move |conn| control::change_rules(conn, &edits, &by))
+        self.writer
+            .write(move |conn| control::change_rules(conn, &edits, &by))
             .await
     }
 
     async fn rules_in_force(&self, service: Option<&str>) -> Result<Vec<RuleChange>, StoreError> {
         let service = service.map(str::to_owned);
-        self.with_conn(move |conn| control::rules_in_force(conn, service.as_deref()))
+        self.read(move |conn| control::rules_in_force(conn, service.as_deref()))
             .await
     }
 
     async fn rule_history(&self, service: &str, limit: u64) -> Result<Vec<RuleChange>, StoreError> {
         let service = service.to_owned();
-        self.with_conn(move |conn| control::rule_history(conn, &service, limit))
+        self.read(move |conn| control::rule_history(conn, &service, limit))
             .await
     }
 
     async fn change_pause(&self, edit: &PauseEdit, by: &ChangedBy) -> Result<u64, StoreError> {
         let (edit, by) = (edit.clone(), by.clone());
-        self.with_conn(move |conn| control::change_pause(conn, &edit, &by))
+        self.writer
+            .write(move |conn| control::change_pause(conn, &edit, &by))
             .await
     }
 
     async fn pauses(&self) -> Result<Vec<PauseRecord>, StoreError> {
-        self.with_conn(control::pauses).await
+        self.read(control::pauses).await
     }
 
     async fn control_version(&self) -> Result<u64, StoreError> {
-        self.with_conn(control::control_version).await
+        self.read(control::control_version).await
     }
 
     async fn insert_capture_request(
@@ -546,7 +749,8 @@ impl Store for SqliteStore {
         request: &CaptureRequestRecord,
     ) -> Result<(), StoreError> {
         let r = request.clone();
-        self.with_conn(move |conn| control::insert_capture_request(conn, &r))
+        self.writer
+            .write(move |conn| control::insert_capture_request(conn, &r))
             .await
     }
 
@@ -555,7 +759,7 @@ impl Store for SqliteStore {
         query: &CaptureRequestQuery,
     ) -> Result<Vec<CaptureRequestRecord>, StoreError> {
         let q = query.clone();
-        self.with_conn(move |conn| control::capture_requests(conn, &q))
+        self.read(move |conn| control::capture_requests(conn, &q))
             .await
     }
 
@@ -564,13 +768,14 @@ impl Store for SqliteStore {
         request_id: &str,
     ) -> Result<Option<CaptureRequestRecord>, StoreError> {
         let id = request_id.to_owned();
-        self.with_conn(move |conn| control::get_capture_request(conn, &id))
+        self.read(move |conn| control::get_capture_request(conn, &id))
             .await
     }
 
     async fn record_capture_dispatch(&self, dispatch: &CaptureDispatch) -> Result<(), StoreError> {
         let d = dispatch.clone();
-        self.with_conn(move |conn| control::record_capture_dispatch(conn, &d))
+        self.writer
+            .write(move |conn| control::record_capture_dispatch(conn, &d))
             .await
     }
 
@@ -579,7 +784,7 @@ impl Store for SqliteStore {
         request_ids: &[String],
     ) -> Result<Vec<CaptureDispatch>, StoreError> {
         let ids = request_ids.to_vec();
-        self.with_conn(move |conn| control::capture_dispatches(conn, &ids))
+        self.read(move |conn| control::capture_dispatches(conn, &ids))
             .await
     }
 
@@ -588,7 +793,8 @@ impl Store for SqliteStore {
         outcome: &CaptureOutcomeRecord,
     ) -> Result<(), StoreError> {
         let o = outcome.clone();
-        self.with_conn(move |conn| control::record_capture_outcome(conn, &o))
+        self.writer
+            .write(move |conn| control::record_capture_outcome(conn, &o))
             .await
     }
 
@@ -597,25 +803,27 @@ impl Store for SqliteStore {
         request_ids: &[String],
     ) -> Result<Vec<CaptureOutcomeRecord>, StoreError> {
         let ids = request_ids.to_vec();
-        self.with_conn(move |conn| control::capture_outcomes(conn, &ids))
+        self.read(move |conn| control::capture_outcomes(conn, &ids))
             .await
     }
 
     async fn record_agent_report(&self, report: &AgentReport) -> Result<(), StoreError> {
         let r = report.clone();
-        self.with_conn(move |conn| control::record_agent_report(conn, &r))
+        self.writer
+            .write(move |conn| control::record_agent_report(conn, &r))
             .await
     }
 
     async fn agent_reports(&self, service: &str) -> Result<Vec<AgentReport>, StoreError> {
         let service = service.to_owned();
-        self.with_conn(move |conn| control::agent_reports(conn, &service))
+        self.read(move |conn| control::agent_reports(conn, &service))
             .await
     }
 
     async fn record_control_node(&self, node: &ControlNode) -> Result<(), StoreError> {
         let n = node.clone();
-        self.with_conn(move |conn| control::record_control_node(conn, &n))
+        self.writer
+            .write(move |conn| control::record_control_node(conn, &n))
             .await
     }
 
@@ -623,7 +831,7 @@ impl Store for SqliteStore {
         &self,
         seen_since_unix_nanos: u64,
     ) -> Result<Vec<ControlNode>, StoreError> {
-        self.with_conn(move |conn| control::control_nodes(conn, seen_since_unix_nanos))
+        self.read(move |conn| control::control_nodes(conn, seen_since_unix_nanos))
             .await
     }
 }
@@ -660,7 +868,7 @@ mod tests {
         .unwrap();
         drop(conn);
         let store = SqliteStore::open(dir.path()).unwrap();
-        let conn = store.conn.lock().unwrap();
+        let conn = store.reader.lock().unwrap();
         let version: u32 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();

@@ -1,6 +1,6 @@
 //! The names reasons and metrics are stored under, the same in every backend.
 
-use holmes_proto::{ProfileKind, TriggerReason};
+use holmes_proto::{ProfileFormat, ProfileKind, TriggerReason};
 
 use crate::StoreError;
 
@@ -43,6 +43,21 @@ pub(crate) fn kind_from_name(what: &'static str, name: &str) -> Result<ProfileKi
     })
 }
 
+/// The profile format a stored name ([`ProfileFormat::as_str`]) stands for; `what`
+/// names the column in the error.
+pub(crate) fn format_from_name(
+    what: &'static str,
+    name: &str,
+) -> Result<ProfileFormat, StoreError> {
+    [ProfileFormat::PprofGzip, ProfileFormat::Native]
+        .into_iter()
+        .find(|f| f.as_str() == name)
+        .ok_or_else(|| StoreError::Corrupt {
+            what,
+            value: name.to_owned(),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,6 +74,9 @@ mod tests {
             ProfileKind::Tasks,
         ] {
             assert_eq!(kind_from_name("p", k.as_str()).unwrap(), k);
+        }
+        for f in [ProfileFormat::PprofGzip, ProfileFormat::Native] {
+            assert_eq!(format_from_name("p", f.as_str()).unwrap(), f);
         }
         let err = kind_from_name("profiles.kind", "CPU").unwrap_err();
         assert_eq!(

@@ -8,22 +8,28 @@ use std::collections::BTreeMap;
 
 use std::time::Duration;
 
-use holmes_proto::{Metric, ProfileKind, RuleConfig, Sample, TriggerReason};
+use holmes_proto::{Metric, RuleConfig, Sample, TriggerReason};
 
 use crate::{
     IncidentQuery, IncidentRecord, IncidentStatus, InstanceInfo, MetricPoint, MetricQuery,
-    ProfileContents, ProfileMeta, ProfileQuery, ProfileRecord, Severity, Stack, StackFrame,
-    StackSample, Store, TriggerQuery, TriggerRecord,
+    Severity, Store, TriggerQuery, TriggerRecord,
 };
 
 mod control;
+mod profiles;
+mod retention;
+
 pub use control::*;
+pub use profiles::*;
+pub use retention::*;
+
+use profiles::profile_query;
 
 const SEC: u64 = 1_000_000_000;
 /// 2026-11-26T00:00:00Z, a realistic timestamp.
 const T0: u64 = 1_795_651_200 * SEC;
 
-fn instance(service: &str, id: &str, last_seen: u64) -> InstanceInfo {
+pub(crate) fn instance(service: &str, id: &str, last_seen: u64) -> InstanceInfo {
     InstanceInfo {
         service: service.to_owned(),
         instance_id: id.to_owned(),
@@ -40,7 +46,7 @@ fn instance(service: &str, id: &str, last_seen: u64) -> InstanceInfo {
     }
 }
 
-fn point(service: &str, id: &str, metric: Metric, ts: u64, value: f64) -> MetricPoint {
+pub(crate) fn point(service: &str, id: &str, metric: Metric, ts: u64, value: f64) -> MetricPoint {
     MetricPoint {
         service: service.to_owned(),
         instance_id: id.to_owned(),
@@ -50,7 +56,7 @@ fn point(service: &str, id: &str, metric: Metric, ts: u64, value: f64) -> Metric
     }
 }
 
-fn query(service: &str, metric: Metric, since: u64, until: u64) -> MetricQuery {
+pub(crate) fn query(service: &str, metric: Metric, since: u64, until: u64) -> MetricQuery {
     MetricQuery {
         service: service.to_owned(),
         metric,
@@ -79,7 +85,10 @@ pub async fn empty_store_lists_nothing(store: impl Store) {
         .await
         .unwrap();
     assert!(profiles.is_empty());
-    assert_eq!(store.get_profile(&profile_id(1)).await.unwrap(), None);
+    assert_eq!(
+        store.get_profile("checkout", &profile_id(1)).await.unwrap(),
+        None
+    );
 }
 
 /// Instances come back exactly as written, grouped into services.
@@ -259,7 +268,7 @@ fn cpu_rule() -> RuleConfig {
 }
 
 /// A CPU trigger of `instance` with a small window and its rule.
-fn trigger(service: &str, instance: &str, event_id: &str, ts: u64) -> TriggerRecord {
+pub(crate) fn trigger(service: &str, instance: &str, event_id: &str, ts: u64) -> TriggerRecord {
     TriggerRecord {
         service: service.to_owned(),
         instance_id: instance.to_owned(),
@@ -279,7 +288,12 @@ fn trigger(service: &str, instance: &str, event_id: &str, ts: u64) -> TriggerRec
     }
 }
 
-fn trigger_query(service: &str, metric: Option<Metric>, since: u64, until: u64) -> TriggerQuery {
+pub(crate) fn trigger_query(
+    service: &str,
+    metric: Option<Metric>,
+    since: u64,
+    until: u64,
+) -> TriggerQuery {
     TriggerQuery {
         service: service.to_owned(),
         metric,
@@ -478,483 +492,7 @@ pub async fn triggers_sort_by_time_then_event_id(store: impl Store) {
     assert_eq!(got, vec![early, b, m, z, late]);
 }
 
-/// A 32-hex-digit profile id, as agents make them.
-fn profile_id(n: u64) -> String {
-    format!("{:016x}{n:016x}", 0x5eed_u64)
-}
-
-/// A small CPU profile of `instance` for event `event_id`, started at `started`.
-fn profile(service: &str, instance: &str, id: &str, event_id: &str, started: u64) -> ProfileRecord {
-    ProfileRecord {
-        profile_id: id.to_owned(),
-        event_id: event_id.to_owned(),
-        service: service.to_owned(),
-        instance_id: instance.to_owned(),
-        kind: ProfileKind::Cpu,
-        started_unix_nanos: started,
-        duration: Duration::from_secs(10),
-        labels: BTreeMap::new(),
-        error: None,
-        data: format!("\x1f\u{8b} profile {id}").into_bytes(),
-    }
-}
-
-fn profile_query(service: &str, since: u64, until: u64) -> ProfileQuery {
-    ProfileQuery {
-        service: service.to_owned(),
-        event_id: None,
-        kind: None,
-        since_unix_nanos: since,
-        until_unix_nanos: until,
-        limit: 10_000,
-    }
-}
-
-/// Profiles come back exactly as written: 3 MiB holding every byte value in every
-/// position, an empty profile, and a failed capture without data; listed without their
-/// bytes but with their size.
-pub async fn profiles_roundtrip_exactly(store: impl Store) {
-    let mut big = profile(
-        "checkout",
-        "checkout-a",
-        &profile_id(1),
-        "ev-1",
-        T0 + SEC + 7,
-    );
-    big.kind = ProfileKind::Heap;
-    big.duration = Duration::new(30, 123_456_789);
-    big.labels = [
-        ("phase".to_owned(), "pre-trigger".to_owned()),
-        (
-            "note".to_owned(),
-            "'); DROP TABLE profiles; -- ? ?fields \\ \" \n\t\0".to_owned(),
-        ),
-    ]
-    .into();
-    // 3 MiB: every byte value, shifted by one per 256-byte block so that no value keeps
-    // its offset, with NUL runs and invalid UTF-8 along the way.
-    big.data = (0..3 * 1024 * 1024usize)
-        .map(|i| (i + i / 256) as u8)
-        .collect();
-    let mut failed = profile(
-        "checkout",
-        "checkout-b",
-        &profile_id(2),
-        "ev-1",
-        T0 + 2 * SEC,
-    );
-    failed.kind = ProfileKind::Threads;
-    failed.duration = Duration::ZERO;
-    failed.error = Some("cannot walk the stack of thread 7: permission denied".to_owned());
-    failed.data = Vec::new();
-    let mut empty = profile(
-        "checkout",
-        "checkout-a",
-        &profile_id(3),
-        "ev-2",
-        T0 + 3 * SEC,
-    );
-    empty.kind = ProfileKind::Tasks;
-    empty.data = Vec::new();
-    empty.error = Some(String::new());
-    for p in [&empty, &failed, &big] {
-        store.insert_profile(p).await.unwrap();
-    }
-    empty.error = None;
-
-    for p in [&big, &failed, &empty] {
-        let got = store.get_profile(&p.profile_id).await.unwrap();
-        let got = got.unwrap_or_else(|| panic!("profile {} is stored", p.profile_id));
-        // Compared apart so that a failure does not print megabytes.
-        assert!(
-            got.data == p.data,
-            "the bytes of {} come back exactly",
-            p.profile_id
-        );
-        assert_eq!(got.meta(), p.meta());
-    }
-    let listed = store
-        .query_profiles(&profile_query("checkout", T0, T0 + 60 * SEC))
-        .await
-        .unwrap();
-    assert_eq!(listed, vec![big.meta(), failed.meta(), empty.meta()]);
-    assert_eq!(listed[0].size_bytes, 3 * 1024 * 1024);
-    assert_eq!(listed[1].size_bytes, 0);
-}
-
-/// A profile written again (an agent resending after a lost ack) is stored once.
-pub async fn resent_profiles_are_stored_once(store: impl Store) {
-    let a = profile("checkout", "checkout-a", &profile_id(1), "ev-1", T0 + SEC);
-    let b = profile("checkout", "checkout-a", &profile_id(2), "ev-1", T0 + SEC);
-    for p in [&a, &b, &a, &a, &b] {
-        store.insert_profile(p).await.unwrap();
-    }
-    let listed = store
-        .query_profiles(&profile_query("checkout", T0, T0 + 10 * SEC))
-        .await
-        .unwrap();
-    assert_eq!(listed, vec![a.meta(), b.meta()]);
-    assert_eq!(store.get_profile(&a.profile_id).await.unwrap(), Some(a));
-}
-
-/// Profile queries return one service's profiles started in `[since, until)`, of one
-/// event and kind if asked, by start time then profile id, at most `limit`; an unknown
-/// id finds nothing.
-pub async fn profiles_filter_by_service_event_kind_and_range(store: impl Store) {
-    let mut all: Vec<ProfileRecord> = Vec::new();
-    for s in 0..6u64 {
-        // Two profiles per second; ids chosen so that id order differs from insert order.
-        let mut cpu = profile(
-            "checkout",
-            "checkout-a",
-            &profile_id(100 + s),
-            &format!("ev-{}", s / 2),
-            T0 + s * SEC,
-        );
-        cpu.kind = ProfileKind::Cpu;
-        let mut heap = profile(
-            "checkout",
-            "checkout-b",
-            &profile_id(50 + s),
-            &format!("ev-{}", s / 2),
-            T0 + s * SEC,
-        );
-        heap.kind = ProfileKind::Heap;
-        all.push(cpu);
-        all.push(heap);
-        all.push(profile(
-            "cart",
-            "cart-0",
-            &profile_id(200 + s),
-            &format!("ev-{}", s / 2),
-            T0 + s * SEC,
-        ));
-    }
-    for p in all.iter().rev() {
-        store.insert_profile(p).await.unwrap();
-    }
-    let ids = |found: &[ProfileMeta]| -> Vec<String> {
-        found.iter().map(|p| p.profile_id.clone()).collect()
-    };
-
-    let range = store
-        .query_profiles(&profile_query("checkout", T0 + 2 * SEC, T0 + 4 * SEC))
-        .await
-        .unwrap();
-    assert_eq!(
-        ids(&range),
-        [
-            profile_id(52),
-            profile_id(102),
-            profile_id(53),
-            profile_id(103)
-        ]
-    );
-    assert!(range.iter().all(|p| p.service == "checkout"));
-
-    let mut by_event = profile_query("checkout", T0, T0 + 100 * SEC);
-    by_event.event_id = Some("ev-1".to_owned());
-    let found = store.query_profiles(&by_event).await.unwrap();
-    assert_eq!(
-        ids(&found),
-        [
-            profile_id(52),
-            profile_id(102),
-            profile_id(53),
-            profile_id(103)
-        ]
-    );
-
-    by_event.kind = Some(ProfileKind::Heap);
-    let found = store.query_profiles(&by_event).await.unwrap();
-    assert_eq!(ids(&found), [profile_id(52), profile_id(53)]);
-
-    let mut by_kind = profile_query("checkout", T0, T0 + 100 * SEC);
-    by_kind.kind = Some(ProfileKind::Cpu);
-    by_kind.limit = 4;
-    let found = store.query_profiles(&by_kind).await.unwrap();
-    assert_eq!(
-        ids(&found),
-        [
-            profile_id(100),
-            profile_id(101),
-            profile_id(102),
-            profile_id(103)
-        ]
-    );
-    by_kind.kind = Some(ProfileKind::Threads);
-    assert!(store.query_profiles(&by_kind).await.unwrap().is_empty());
-
-    let mut limited = profile_query("checkout", T0, T0 + 100 * SEC);
-    limited.limit = 3;
-    let found = store.query_profiles(&limited).await.unwrap();
-    assert_eq!(
-        ids(&found),
-        [profile_id(50), profile_id(100), profile_id(51)]
-    );
-
-    let mut unknown_event = profile_query("checkout", T0, T0 + 100 * SEC);
-    unknown_event.event_id = Some("x' OR '1'='1".to_owned());
-    assert!(store
-        .query_profiles(&unknown_event)
-        .await
-        .unwrap()
-        .is_empty());
-    let cart = store
-        .query_profiles(&profile_query("cart", T0, T0 + 100 * SEC))
-        .await
-        .unwrap();
-    assert_eq!(cart.len(), 6);
-    let empty_range = store
-        .query_profiles(&profile_query("checkout", T0 + 3 * SEC, T0 + 3 * SEC))
-        .await
-        .unwrap();
-    assert!(empty_range.is_empty());
-
-    // By id alone, whichever service it belongs to.
-    let cart_profile = store.get_profile(&profile_id(203)).await.unwrap();
-    assert_eq!(
-        cart_profile.as_ref(),
-        all.iter().find(|p| p.profile_id == profile_id(203))
-    );
-    assert_eq!(store.get_profile(&profile_id(999)).await.unwrap(), None);
-    assert_eq!(store.get_profile("").await.unwrap(), None);
-    assert_eq!(store.get_profile("x' OR '1'='1").await.unwrap(), None);
-}
-
-fn frame(function: &str, file: &str, line: u32) -> StackFrame {
-    StackFrame {
-        function: function.to_owned(),
-        file: file.to_owned(),
-        line,
-    }
-}
-
-/// A CPU profile of `service` whose samples use stacks `a`, `b`, `a` (labelled by
-/// thread), so stack `a` is shared by two samples.
-fn contents(service: &str, id: &str, started: u64, a: &Stack, b: &Stack) -> ProfileContents {
-    let sample = |stack: &Stack, n: i64, thread: &str| StackSample {
-        stack_id: stack.stack_id,
-        values: vec![n, n * 10_000_000],
-        labels: vec![("thread".to_owned(), thread.to_owned())],
-    };
-    ProfileContents {
-        profile_id: id.to_owned(),
-        service: service.to_owned(),
-        started_unix_nanos: started,
-        sample_types: vec![
-            ("samples".to_owned(), "count".to_owned()),
-            ("cpu".to_owned(), "nanoseconds".to_owned()),
-        ],
-        stacks: vec![a.clone(), b.clone()],
-        samples: vec![
-            sample(a, 7, "worker-1"),
-            sample(b, 1, "main"),
-            sample(a, 3, "worker-2"),
-        ],
-    }
-}
-
-fn stacks_ab() -> (Stack, Stack) {
-    let a = Stack::new(vec![
-        frame("shop::render_price_table", "src/render.rs", 42),
-        frame("shop::handle", "src/main.rs", 7),
-        frame("std::rt::lang_start", "", 0),
-    ]);
-    let b = Stack::new(vec![
-        frame(
-            "core::ptr::drop_in_place<alloc::vec::Vec<u8>>",
-            "/rustc/x/ptr.rs",
-            523,
-        ),
-        frame("shop::handle", "src/main.rs", 9),
-    ]);
-    (a, b)
-}
-
-/// A profile's normalized contents read back exactly: sample types, samples in order
-/// with values and labels, each stack once with all its frames.
-pub async fn profile_contents_roundtrip_exactly(store: impl Store) {
-    let (a, b) = stacks_ab();
-    let c = contents("checkout", &profile_id(1), T0, &a, &b);
-    store.insert_profile_contents(&c).await.unwrap();
-    assert_eq!(
-        store.get_profile_contents(&profile_id(1)).await.unwrap(),
-        Some(c)
-    );
-    assert_eq!(
-        store.get_profile_contents(&profile_id(2)).await.unwrap(),
-        None
-    );
-    assert_eq!(
-        store.get_profile_contents("x' OR '1'='1").await.unwrap(),
-        None
-    );
-    // Names are data, whatever their characters; an empty profile is a profile.
-    let odd = Stack::new(vec![frame(
-        "<T as Tr>::f'\\\"\n\t\u{0}",
-        "c:\\src\\ä.rs",
-        u32::MAX,
-    )]);
-    let mut hostile = contents("checkout", &profile_id(3), T0 + SEC, &odd, &odd);
-    hostile.stacks = vec![odd.clone()];
-    hostile.samples[0].values = vec![i64::MIN, i64::MAX];
-    hostile.samples[0]
-        .labels
-        .push(("thread".to_owned(), String::new()));
-    store.insert_profile_contents(&hostile).await.unwrap();
-    assert_eq!(
-        store.get_profile_contents(&profile_id(3)).await.unwrap(),
-        Some(hostile)
-    );
-    let empty = ProfileContents {
-        profile_id: profile_id(4),
-        service: "checkout".to_owned(),
-        started_unix_nanos: T0,
-        sample_types: vec![("threads".to_owned(), "count".to_owned())],
-        stacks: Vec::new(),
-        samples: Vec::new(),
-    };
-    store.insert_profile_contents(&empty).await.unwrap();
-    assert_eq!(
-        store.get_profile_contents(&profile_id(4)).await.unwrap(),
-        Some(empty)
-    );
-}
-
-/// Stacks shared by profiles of several services and instances, and contents resent
-/// after a lost ack, read back as stored once: each profile has exactly its samples.
-pub async fn shared_stacks_and_resent_contents_are_stored_once(store: impl Store) {
-    let (a, b) = stacks_ab();
-    let c = Stack::new(vec![frame("cart::add", "src/cart.rs", 1)]);
-    let first = contents("checkout", &profile_id(1), T0, &a, &b);
-    let second = contents("checkout", &profile_id(2), T0 + 86_400 * SEC, &a, &c);
-    let third = contents("cart", &profile_id(3), T0 + 5 * SEC, &c, &b);
-    for p in [&first, &second, &third, &first, &second] {
-        store.insert_profile_contents(p).await.unwrap();
-    }
-    for p in [&first, &second, &third] {
-        assert_eq!(
-            store
-                .get_profile_contents(&p.profile_id)
-                .await
-                .unwrap()
-                .as_ref(),
-            Some(p)
-        );
-    }
-}
-
-/// Contents may leave out stacks stored with earlier profiles (the ingest does so for
-/// those [`Store::has_stack`] knows): they read back with every stack their samples
-/// use. A store never claims a stack it has not written.
-pub async fn contents_may_leave_out_stacks_stored_before(store: impl Store) {
-    let (a, b) = stacks_ab();
-    let c = Stack::new(vec![frame("cart::add", "src/cart.rs", 1)]);
-    assert!(!store.has_stack(a.stack_id));
-    store
-        .insert_profile_contents(&contents("checkout", &profile_id(1), T0, &a, &b))
-        .await
-        .unwrap();
-    assert!(!store.has_stack(c.stack_id));
-    let full = contents("checkout", &profile_id(2), T0 + SEC, &a, &c);
-    let mut lean = full.clone();
-    lean.stacks.retain(|s| s.stack_id != a.stack_id);
-    store.insert_profile_contents(&lean).await.unwrap();
-    assert_eq!(
-        store.get_profile_contents(&profile_id(2)).await.unwrap(),
-        Some(full)
-    );
-}
-
-/// Retention: the days before the cutoff's day go — metric samples, trigger events,
-/// profiles with their contents — and what is at or after the cutoff stays.
-pub async fn expiry_removes_old_days_and_keeps_the_rest(store: impl Store) {
-    let cutoff = T0 + 10 * 86_400 * SEC + 3_600 * SEC;
-    let old = cutoff - 3 * 86_400 * SEC;
-    let new = cutoff + SEC;
-    store
-        .insert_metrics(&[
-            point("checkout", "a", Metric::CpuPercent, old, 1.0),
-            point("checkout", "a", Metric::CpuPercent, new, 2.0),
-        ])
-        .await
-        .unwrap();
-    store
-        .insert_triggers(&[
-            trigger("checkout", "a", "old-event", old),
-            trigger("checkout", "a", "new-event", new),
-        ])
-        .await
-        .unwrap();
-    let (a, b) = stacks_ab();
-    for (n, at) in [(1, old), (2, new)] {
-        store
-            .insert_profile_contents(&contents("checkout", &profile_id(n), at, &a, &b))
-            .await
-            .unwrap();
-        store
-            .insert_profile(&profile("checkout", "a", &profile_id(n), "new-event", at))
-            .await
-            .unwrap();
-    }
-    store.expire_before(cutoff).await.unwrap();
-
-    let points = store
-        .query_metrics(&query("checkout", Metric::CpuPercent, 0, u64::MAX / 2))
-        .await
-        .unwrap();
-    assert_eq!(
-        points.iter().map(|p| p.unix_nanos).collect::<Vec<_>>(),
-        vec![new]
-    );
-    let triggers = store
-        .query_triggers(&trigger_query("checkout", None, 0, u64::MAX / 2))
-        .await
-        .unwrap();
-    assert_eq!(
-        triggers
-            .iter()
-            .map(|t| t.event_id.as_str())
-            .collect::<Vec<_>>(),
-        vec!["new-event"]
-    );
-    let profiles = store
-        .query_profiles(&profile_query("checkout", 0, u64::MAX / 2))
-        .await
-        .unwrap();
-    assert_eq!(
-        profiles
-            .iter()
-            .map(|p| p.profile_id.clone())
-            .collect::<Vec<_>>(),
-        vec![profile_id(2)]
-    );
-    assert_eq!(store.get_profile(&profile_id(1)).await.unwrap(), None);
-    assert_eq!(
-        store.get_profile_contents(&profile_id(1)).await.unwrap(),
-        None
-    );
-    assert!(store.get_profile(&profile_id(2)).await.unwrap().is_some());
-    let kept = store
-        .get_profile_contents(&profile_id(2))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(kept.samples.len(), 3);
-    // Running it again finds nothing more to do.
-    store.expire_before(cutoff).await.unwrap();
-    assert_eq!(
-        store
-            .query_profiles(&profile_query("checkout", 0, u64::MAX / 2))
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
-}
-
-fn incident(
+pub(crate) fn incident(
     service: &str,
     n: u64,
     first: u64,
@@ -977,7 +515,10 @@ fn incident(
     }
 }
 
-fn incident_query(service: Option<&str>, status: Option<IncidentStatus>) -> IncidentQuery {
+pub(crate) fn incident_query(
+    service: Option<&str>,
+    status: Option<IncidentStatus>,
+) -> IncidentQuery {
     IncidentQuery {
         service: service.map(str::to_owned),
         status,
@@ -1100,13 +641,18 @@ macro_rules! store_conformance_tests {
             resent_triggers_are_stored_once,
             triggers_filter_by_service_metric_and_range,
             triggers_sort_by_time_then_event_id,
-            profiles_roundtrip_exactly,
+            profiles_roundtrip,
             resent_profiles_are_stored_once,
+            profile_ids_are_scoped_to_their_service,
+            profiles_read_together,
+            profiles_merge_by_stack,
+            stacks_are_stored_once_per_service,
+            symbols_name_native_locations,
+            hostile_profile_contents_are_data,
+            parked_events_read_back,
             profiles_filter_by_service_event_kind_and_range,
-            profile_contents_roundtrip_exactly,
-            shared_stacks_and_resent_contents_are_stored_once,
-            contents_may_leave_out_stacks_stored_before,
             expiry_removes_old_days_and_keeps_the_rest,
+            expiry_keeps_what_kept_profiles_refer_to,
             incidents_keep_their_newest_version,
             incidents_filter_by_service_status_and_time,
             rule_changes_are_versioned_with_their_history,

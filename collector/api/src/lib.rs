@@ -44,14 +44,22 @@ pub fn validate_profile_id(id: &str) -> Result<(), String> {
     ))
 }
 
-/// `/api/v1/profiles/{profile_id}`: where a profile's bytes are downloaded.
-pub fn download_path(profile_id: &str) -> String {
-    format!("/api/v1/profiles/{profile_id}")
+/// `/api/v1/services/{service}/profiles/{profile_id}`: where a profile is downloaded
+/// (pprof). Profile ids are scoped to their service.
+pub fn download_path(service: &str, profile_id: &str) -> String {
+    format!("/api/v1/services/{service}/profiles/{profile_id}")
 }
 
-/// `/api/v1/profiles/{profile_id}/top`: a profile's costliest functions.
-pub fn top_path(profile_id: &str) -> String {
-    format!("/api/v1/profiles/{profile_id}/top")
+/// `/api/v1/services/{service}/profiles/{profile_id}/top`: a profile's costliest
+/// functions.
+pub fn top_path(service: &str, profile_id: &str) -> String {
+    format!("/api/v1/services/{service}/profiles/{profile_id}/top")
+}
+
+/// `/api/v1/services/{service}/profiles/{profile_id}/flamegraph.svg`: a profile's
+/// flame graph.
+pub fn flamegraph_path(service: &str, profile_id: &str) -> String {
+    format!("/api/v1/services/{service}/profiles/{profile_id}/flamegraph.svg")
 }
 
 /// JSON has no NaN or infinity (serde_json writes them as `null`); reads `null` as NaN
@@ -263,7 +271,7 @@ pub struct ProfileJson {
 }
 
 /// The functions that cost the most in one profile
-/// (`GET /api/v1/profiles/{profile_id}/top`).
+/// (`GET /api/v1/services/{service}/profiles/{profile_id}/top`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TopJson {

@@ -406,23 +406,29 @@ impl ApiClient {
         .await
     }
 
-    /// `GET /api/v1/profiles/{profile_id}`: the profile's gzip-compressed pprof bytes,
-    /// exactly as stored.
-    pub async fn download_profile(&self, profile_id: &str) -> Result<Vec<u8>, ApiClientError> {
-        self.download_profile_with_progress(profile_id, &mut |_, _| {})
+    /// `GET /api/v1/services/{service}/profiles/{profile_id}`: the profile as
+    /// gzip-compressed pprof.
+    pub async fn download_profile(
+        &self,
+        service: &str,
+        profile_id: &str,
+    ) -> Result<Vec<u8>, ApiClientError> {
+        self.download_profile_with_progress(service, profile_id, &mut |_, _| {})
             .await
     }
 
     /// [`ApiClient::download_profile`], telling `progress` as the bytes arrive.
     pub async fn download_profile_with_progress(
         &self,
+        service: &str,
         profile_id: &str,
         progress: OnProgress<'_>,
     ) -> Result<Vec<u8>, ApiClientError> {
+        check_service(service)?;
         holmes_api::validate_profile_id(profile_id).map_err(ApiClientError::InvalidArgument)?;
         let body = self
             .get_raw_with_progress(
-                &format!("/api/v1/profiles/{}", encode(profile_id)),
+                &holmes_api::download_path(&encode(service), &encode(profile_id)),
                 progress,
             )
             .await?;
@@ -459,7 +465,7 @@ impl ApiClient {
     }
 
     /// A flame graph (SVG) of an incident's merged profiles (against its baseline with
-    /// `diff`), or, when `id` names no incident, of the profile with that id.
+    /// `diff`).
     pub async fn flamegraph(&self, id: &str, diff: bool) -> Result<Vec<u8>, ApiClientError> {
         self.flamegraph_with_progress(id, diff, &mut |_, _| {})
             .await
@@ -473,40 +479,88 @@ impl ApiClient {
         progress: OnProgress<'_>,
     ) -> Result<Vec<u8>, ApiClientError> {
         let query = if diff { "?diff=baseline" } else { "" };
-        match self
-            .get_raw_with_progress(
-                &format!("/api/v1/incidents/{}/flamegraph.svg{query}", encode(id)),
-                progress,
-            )
-            .await
-        {
-            Err(ApiClientError::Api {
-                status: 404,
-                message,
-            }) if message.starts_with("unknown incident") && !diff => {
-                let body = self
-                    .get_raw_with_progress(
-                        &format!("/api/v1/profiles/{}/flamegraph.svg", encode(id)),
-                        progress,
-                    )
-                    .await?;
-                Ok(Vec::from(body))
-            }
-            other => other.map(Vec::from),
-        }
+        self.get_raw_with_progress(
+            &format!("/api/v1/incidents/{}/flamegraph.svg{query}", encode(id)),
+            progress,
+        )
+        .await
+        .map(Vec::from)
     }
 
-    /// `GET /api/v1/profiles/{profile_id}/top`: the costliest functions by
-    /// `sample_type` (the profile's last one when `None`), at most `limit`.
+    /// `GET /api/v1/services/{service}/profiles/{profile_id}/flamegraph.svg`.
+    pub async fn profile_flamegraph(
+        &self,
+        service: &str,
+        profile_id: &str,
+    ) -> Result<Vec<u8>, ApiClientError> {
+        self.profile_flamegraph_with_progress(service, profile_id, &mut |_, _| {})
+            .await
+    }
+
+    /// [`ApiClient::profile_flamegraph`], telling `progress` as the SVG arrives.
+    pub async fn profile_flamegraph_with_progress(
+        &self,
+        service: &str,
+        profile_id: &str,
+        progress: OnProgress<'_>,
+    ) -> Result<Vec<u8>, ApiClientError> {
+        check_service(service)?;
+        self.get_raw_with_progress(
+            &holmes_api::flamegraph_path(&encode(service), &encode(profile_id)),
+            progress,
+        )
+        .await
+        .map(Vec::from)
+    }
+
+    /// `GET /api/v1/services/{service}/flamegraph.svg?kind=..&since=..`: a service's
+    /// profiles of one kind over a time range, merged.
+    pub async fn service_flamegraph(
+        &self,
+        service: &str,
+        kind: &str,
+        since: &str,
+    ) -> Result<Vec<u8>, ApiClientError> {
+        self.service_flamegraph_with_progress(service, kind, since, &mut |_, _| {})
+            .await
+    }
+
+    /// [`ApiClient::service_flamegraph`], telling `progress` as the SVG arrives.
+    pub async fn service_flamegraph_with_progress(
+        &self,
+        service: &str,
+        kind: &str,
+        since: &str,
+        progress: OnProgress<'_>,
+    ) -> Result<Vec<u8>, ApiClientError> {
+        check_service(service)?;
+        self.get_raw_with_progress(
+            &format!(
+                "/api/v1/services/{}/flamegraph.svg?kind={}&since={}",
+                encode(service),
+                encode(kind),
+                encode(since)
+            ),
+            progress,
+        )
+        .await
+        .map(Vec::from)
+    }
+
+    /// `GET /api/v1/services/{service}/profiles/{profile_id}/top`: the costliest
+    /// functions by `sample_type` (the profile's default one when `None`), at most
+    /// `limit`.
     pub async fn top(
         &self,
+        service: &str,
         profile_id: &str,
         sample_type: Option<&str>,
         limit: u64,
     ) -> Result<TopJson, ApiClientError> {
+        check_service(service)?;
         let mut path = format!(
             "{}?limit={limit}",
-            holmes_api::top_path(&encode(profile_id))
+            holmes_api::top_path(&encode(service), &encode(profile_id))
         );
         if let Some(t) = sample_type {
             path.push_str(&format!("&sample_type={}", encode(t)));

@@ -93,9 +93,13 @@ enum Command {
         #[arg(long, default_value = "1h")]
         since: String,
     },
-    /// Download one profile: the gzip-compressed pprof file, byte for byte as captured
-    /// (open it with `go tool pprof` or `pprof`).
+    /// Download one profile: a gzip-compressed pprof file (re-encoded from what is
+    /// stored, or byte for byte as captured where the collector keeps originals; open it
+    /// with `go tool pprof` or `pprof`).
     Profile {
+        /// Service the profile belongs to (profile ids are scoped to their service).
+        #[arg(long)]
+        service: String,
         /// Profile id, as `holmes profiles` shows it.
         id: String,
         /// File to write; `-` writes the bytes to standard output.
@@ -146,10 +150,21 @@ enum Command {
         #[command(subcommand)]
         command: control::PauseCommand,
     },
-    /// A flame graph (SVG) of an incident (its profiles merged) or of one profile.
+    /// A flame graph (SVG) of an incident (its profiles merged), of one profile (with
+    /// `--service`), or of a service's profiles of one kind over a time range (with
+    /// `--service` and `--since`, no id).
     Flamegraph {
-        /// Incident id or profile id.
-        id: String,
+        /// Incident id, or profile id with `--service`.
+        id: Option<String>,
+        /// The service of the profile, or whose profiles to merge.
+        #[arg(long)]
+        service: Option<String>,
+        /// With `--service` and no id: how far back to merge (a duration or RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// With `--service` and no id: which kind of profiles (cpu, heap, threads, tasks).
+        #[arg(long, default_value = "cpu")]
+        kind: String,
         /// File to write; `-` writes the SVG to standard output.
         #[arg(short = 'o', long = "output", value_name = "FILE")]
         output: String,
@@ -160,6 +175,9 @@ enum Command {
     /// The functions that cost the most in one profile, like `go tool pprof -top`: flat
     /// (the function is the leaf) and cumulative (anywhere on the stack).
     Top {
+        /// Service the profile belongs to.
+        #[arg(long)]
+        service: String,
         /// Profile id, as `holmes profiles` shows it.
         id: String,
         /// Which value to rank by (cpu, samples, inuse_space, alloc_space, threads, ...);
@@ -247,10 +265,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 print_profiles(&term, &p);
             }
         }
-        Command::Profile { id, output } => {
+        Command::Profile {
+            service,
+            id,
+            output,
+        } => {
             let mut bar = Download::start(&format!("profile {}", printable(&id)));
             let bytes = client
-                .download_profile_with_progress(&id, &mut |got, total| bar.update(got, total))
+                .download_profile_with_progress(&service, &id, &mut |got, total| {
+                    bar.update(got, total)
+                })
                 .await;
             bar.finish(bytes.is_ok());
             write_profile(&output, &bytes?)?;
@@ -275,11 +299,41 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Rules { command } => control::rules(&client, &term, command, cli.json).await?,
         Command::Pause { command } => control::pause(&client, &term, command, cli.json).await?,
-        Command::Flamegraph { id, output, diff } => {
-            let mut bar = Download::start(&format!("flame graph of {}", printable(&id)));
-            let svg = client
-                .flamegraph_with_progress(&id, diff, &mut |got, total| bar.update(got, total))
-                .await;
+        Command::Flamegraph {
+            id,
+            service,
+            since,
+            kind,
+            output,
+            diff,
+        } => {
+            if id.is_none() && service.is_none() {
+                anyhow::bail!(
+                    "name an incident id, a profile id with --service, or a service with --service"
+                );
+            }
+            let what = printable(id.as_deref().or(service.as_deref()).unwrap_or_default());
+            let mut bar = Download::start(&format!("flame graph of {what}"));
+            let mut progress = |got, total| bar.update(got, total);
+            let svg = match (id, service) {
+                (Some(id), None) => {
+                    client
+                        .flamegraph_with_progress(&id, diff, &mut progress)
+                        .await
+                }
+                (Some(id), Some(service)) => {
+                    client
+                        .profile_flamegraph_with_progress(&service, &id, &mut progress)
+                        .await
+                }
+                (None, service) => {
+                    let since = since.as_deref().unwrap_or("24h");
+                    let service = service.unwrap_or_default();
+                    client
+                        .service_flamegraph_with_progress(&service, &kind, since, &mut progress)
+                        .await
+                }
+            };
             bar.finish(svg.is_ok());
             write_profile(&output, &svg?)?;
         }
@@ -292,11 +346,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Top {
+            service,
             id,
             sample_type,
             limit,
         } => {
-            let top = client.top(&id, sample_type.as_deref(), limit).await?;
+            let top = client
+                .top(&service, &id, sample_type.as_deref(), limit)
+                .await?;
             if cli.json {
                 print_json(&top)?;
             } else {

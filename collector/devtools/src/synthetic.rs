@@ -1,22 +1,33 @@
-//! Synthetic fleet data: CPU profiles as a realistic Rust service's agent would send
-//! them, for the ingest benchmark (`collector/benches/ingest.rs`) and the load generator
-//! (`holmes-loadgen`).
+//! Synthetic fleet data: CPU profiles as a realistic Rust service's agents would send
+//! them, for the ingest benchmark (`collector/benches/ingest.rs`), the load generator
+//! (`holmes-loadgen`) and tests.
 //!
 //! A [`ProfileFactory`] holds a pool of distinct stacks, 10–40 frames deep, of
-//! Rust-looking functions (tokio, hyper, axum, serde, tokio-postgres, libc and the
-//! service's own modules) with real-looking files and lines. Each profile draws
-//! [`SAMPLES_PER_PROFILE`] distinct stacks from it with Zipf popularity (s = [`ZIPF_S`])
-//! and is encoded as the agent encodes it: gzipped `profile.proto`, its tables made by
-//! `holmes-proto`'s [`ProfileTables`] (as the agent's), one location per frame, values
-//! `[count, nanoseconds]`, a `phase` label.
+//! Rust-looking functions (tokio, hyper, axum, serde, tokio-postgres and the service's
+//! own modules) with real-looking files and lines, down into libc and the vDSO. Each
+//! profile draws [`SAMPLES_PER_PROFILE`] distinct stacks from it with Zipf popularity
+//! (s = [`ZIPF_S`]), values `[count, nanoseconds]` and a `phase` label.
+//!
+//! The fleet is one service with several binaries and versions ([`FLEET`]: an API and a
+//! worker binary, each deployed in two versions during the day) whose processes restart
+//! (every restart moves every mapping: ASLR). A capture ([`ProfileFactory::capture`])
+//! comes in the forms the collector takes:
+//! - the agent's own (`NativeProfile`): the binary's, libc's and the vDSO's frames as
+//!   module + offset, the same in every process of a build;
+//! - pprof as agents before it sent it (gzipped `profile.proto`): the binary's frames
+//!   symbolized at their absolute addresses, libc's and the vDSO's unsymbolized in their
+//!   mappings, at addresses that change with every process.
+//!
 //! Everything is deterministic: the same seed gives the same bytes.
 
 use std::collections::HashMap;
-use std::io::Write as _;
 
-use holmes_proto::pprof::{Line, Profile, Sample};
-use holmes_proto::profile_tables::ProfileTables;
-use prost::Message as _;
+use holmes_proto::native::NativeProfile;
+
+mod encode;
+mod shapes;
+
+use shapes::{shapes, Shapes};
 
 /// Samples (distinct stacks) per profile.
 pub const SAMPLES_PER_PROFILE: usize = 1000;
@@ -24,6 +35,72 @@ pub const SAMPLES_PER_PROFILE: usize = 1000;
 pub const PERIOD_NANOS: i64 = 10_000_000;
 /// Zipf exponent of stack popularity.
 pub const ZIPF_S: f64 = 1.0;
+
+/// One build of one of the service's binaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Build {
+    /// The executable's file name.
+    pub binary: &'static str,
+    /// Its version.
+    pub version: &'static str,
+    /// Its GNU build id.
+    pub build_id: &'static str,
+    /// Where its code starts in the file: the builds differ in where each function is.
+    pub text_offset: u64,
+}
+
+/// The service's builds: an API and a worker binary, each in the version deployed in the
+/// morning and the one that replaced it.
+pub const FLEET: [Build; 4] = [
+    Build {
+        binary: "orders",
+        version: "1.4.1",
+        build_id: "5f1c0e3a9b27d4c8e6f01a2b3c4d5e6f7a8b9c0d",
+        text_offset: 0x0005_2000,
+    },
+    Build {
+        binary: "orders",
+        version: "1.4.2",
+        build_id: "8e2d4f6a1b3c5d7e9f0a2b4c6d8e0f1a3b5c7d9e",
+        text_offset: 0x0005_3400,
+    },
+    Build {
+        binary: "orders-worker",
+        version: "1.4.1",
+        build_id: "0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a1b",
+        text_offset: 0x0004_1000,
+    },
+    Build {
+        binary: "orders-worker",
+        version: "1.4.2",
+        build_id: "c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0c1d2",
+        text_offset: 0x0004_1800,
+    },
+];
+
+/// The build an instance of the fleet runs at a time of day: one instance in five runs
+/// the worker binary, the others the API; the new version rolls out over the middle of
+/// the day, instance by instance.
+pub fn build_of(instance: usize, instances: usize, second_of_day: u64) -> usize {
+    let worker = usize::from(instance % 5 == 0) * 2;
+    let rolled = second_of_day >= 43_200 + (instance as u64 * 7_200) / instances.max(1) as u64;
+    worker + usize::from(rolled)
+}
+
+/// The process an instance runs at a time of day: instances restart every six hours
+/// (and at the deploy), each process with mappings at addresses of its own.
+pub fn process_of(instance: usize, second_of_day: u64) -> u64 {
+    mix(((instance as u64) << 32) | (second_of_day / 21_600))
+}
+
+/// One capture in the forms the collector takes.
+#[derive(Debug, Clone)]
+pub struct Capture {
+    /// The agent's own form.
+    pub native: NativeProfile,
+    /// The same samples as pprof, gzipped, as agents before the native form sent them.
+    pub pprof_gzip: Vec<u8>,
+}
 
 /// A pool of distinct stacks and the CPU profiles drawn from it.
 pub struct ProfileFactory {
@@ -55,12 +132,33 @@ impl ProfileFactory {
         self.shapes.catalog.functions.len()
     }
 
-    /// A gzipped CPU profile of [`SAMPLES_PER_PROFILE`] distinct stacks (fewer if the
-    /// pool is smaller) drawn with the randomness of `seed`.
-    pub fn cpu_profile(&self, seed: u64, started_unix_nanos: u64) -> Vec<u8> {
+    /// A capture of [`SAMPLES_PER_PROFILE`] distinct stacks (fewer if the pool is
+    /// smaller) drawn with the randomness of `seed`, by a process of `FLEET[build]`
+    /// (`process` places its mappings), in both forms.
+    pub fn capture(
+        &self,
+        seed: u64,
+        started_unix_nanos: u64,
+        build: usize,
+        process: u64,
+    ) -> Capture {
         let mut rng = Rng(mix(seed));
         let picks = draw_picks(&self.cdf, &mut rng);
-        encode_profile(&self.shapes.catalog, &self.pool, &picks, started_unix_nanos)
+        let build = FLEET[build % FLEET.len()];
+        encode::capture(
+            &self.shapes.catalog,
+            &self.pool,
+            &picks,
+            started_unix_nanos,
+            build,
+            process,
+        )
+    }
+
+    /// A gzipped pprof CPU profile (see [`ProfileFactory::capture`]) of the first build.
+    pub fn cpu_profile(&self, seed: u64, started_unix_nanos: u64) -> Vec<u8> {
+        self.capture(seed, started_unix_nanos, 0, mix(seed))
+            .pprof_gzip
     }
 }
 
@@ -96,10 +194,6 @@ pub fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
 }
-
-mod shapes;
-
-use shapes::{shapes, Catalog, Shapes};
 
 /// One frame: a function of the catalog and the line executing in it.
 type Frame = (usize, u32);
@@ -199,88 +293,6 @@ fn zipf_cdf(n: usize) -> Vec<f64> {
         *c /= acc;
     }
     cdf
-}
-
-// ---------------------------------------------------------------------------------------
-// Profiles as the agent encodes them
-// ---------------------------------------------------------------------------------------
-
-/// The location of `frame`, made once per profile (`memo`) in `t`'s tables.
-fn location(
-    t: &mut ProfileTables,
-    memo: &mut HashMap<Frame, u64>,
-    catalog: &Catalog,
-    mapping: u64,
-    frame: Frame,
-) -> u64 {
-    if let Some(&id) = memo.get(&frame) {
-        return id;
-    }
-    let (f, line) = frame;
-    let (name, file) = &catalog.functions[f];
-    let function_id = t.function(name, "", file, 0);
-    let id = t.location(
-        mapping,
-        0x5555_5555_0000 + (f as u64) * 0x1000 + u64::from(line) * 4,
-        vec![Line {
-            function_id,
-            line: i64::from(line),
-            column: 0,
-        }],
-    );
-    memo.insert(frame, id);
-    id
-}
-
-/// A gzipped CPU profile of `picks` (stack index in `pool`, tick count).
-fn encode_profile(
-    catalog: &Catalog,
-    pool: &[Vec<Frame>],
-    picks: &[(usize, i64)],
-    started_unix_nanos: u64,
-) -> Vec<u8> {
-    let mut t = ProfileTables::new();
-    let mut memo = HashMap::new();
-    let sample_type = vec![
-        t.value_type("samples", "count"),
-        t.value_type("cpu", "nanoseconds"),
-    ];
-    let period_type = Some(t.value_type("cpu", "nanoseconds"));
-    let phase = t.str_label("phase", "trigger");
-    let binary = t.mapping("/usr/local/bin/orders", "", true);
-    let sample = picks
-        .iter()
-        .map(|&(stack, count)| Sample {
-            location_id: pool[stack]
-                .iter()
-                .map(|&frame| location(&mut t, &mut memo, catalog, binary, frame))
-                .collect(),
-            value: vec![count, count * PERIOD_NANOS],
-            label: vec![phase],
-        })
-        .collect();
-    let comment = vec![
-        t.string("holmes trigger cpu profile at 100 Hz"),
-        t.string("holmes: 0 samples lost to a full signal ring, 0 beyond the distinct-stack cap (since start)"),
-    ];
-    let profile = t.into_profile(Profile {
-        sample_type,
-        sample,
-        time_nanos: started_unix_nanos as i64,
-        duration_nanos: 10_000_000_000,
-        period_type,
-        period: PERIOD_NANOS,
-        comment,
-        ..Profile::default()
-    });
-    let raw = profile.encode_to_vec();
-    let mut gz = flate2::write::GzEncoder::new(
-        Vec::with_capacity(raw.len() / 4 + 64),
-        flate2::Compression::default(),
-    );
-    // Writing into a Vec cannot fail.
-    let _ = gz.write_all(&raw);
-    gz.finish().unwrap_or_default()
 }
 
 /// Draws ticks by popularity until `SAMPLES_PER_PROFILE` distinct stacks have some.

@@ -77,21 +77,21 @@ fn attributed_shares(profiles: &[ProfileContents]) -> HashMap<String, f64> {
     let mut sums: HashMap<String, f64> = HashMap::new();
     let mut total = 0f64;
     for p in profiles {
-        let Some(index) = p.sample_types.len().checked_sub(1) else {
+        let Some(index) = p.value_index(None) else {
             continue;
         };
-        let stacks: HashMap<u64, &holmes_storage::Stack> =
-            p.stacks.iter().map(|s| (s.stack_id, s)).collect();
+        let stacks: Vec<Vec<holmes_storage::StackFrame>> = (0..p.stacks.len() as u32)
+            .map(|s| p.stack_frames(s))
+            .collect();
         for sample in &p.samples {
             let v = sample.values.get(index).copied().unwrap_or(0).max(0) as f64;
-            let Some(stack) = stacks.get(&sample.stack_id) else {
+            let Some(frames) = stacks.get(sample.stack as usize) else {
                 continue;
             };
-            let frame = stack
-                .frames
+            let frame = frames
                 .iter()
                 .find(|f| is_program_frame(&f.function, &f.file))
-                .or_else(|| stack.frames.first());
+                .or_else(|| frames.first());
             if let Some(f) = frame {
                 *sums.entry(f.function.clone()).or_default() += v;
                 total += v;
@@ -141,45 +141,53 @@ pub fn suspects(
 
 #[cfg(test)]
 mod tests {
-    use holmes_storage::{Stack, StackFrame, StackSample};
+    use holmes_storage::{Location, ProfileHeader, ProfileSample, StackFrame, ValueType};
 
     use super::*;
 
-    fn stack(names: &[&str]) -> Stack {
-        Stack::new(
-            names
-                .iter()
-                .map(|n| StackFrame {
-                    function: (*n).to_owned(),
-                    file: String::new(),
-                    line: 0,
-                })
-                .collect(),
-        )
+    type Stack = Vec<&'static str>;
+
+    fn stack(names: &[&'static str]) -> Stack {
+        names.to_vec()
     }
 
+    /// A threads profile of `samples`: each stack's functions as symbolic locations.
     fn profile(samples: &[(&Stack, i64)]) -> ProfileContents {
-        let mut stacks: Vec<Stack> = Vec::new();
-        for (s, _) in samples {
-            if !stacks.iter().any(|k| k.stack_id == s.stack_id) {
-                stacks.push((*s).clone());
+        let mut c = ProfileContents {
+            header: ProfileHeader {
+                sample_types: vec![ValueType::new("threads", "count")],
+                ..ProfileHeader::default()
+            },
+            label_sets: vec![vec![]],
+            ..ProfileContents::default()
+        };
+        for (names, v) in samples {
+            let mut entries = Vec::new();
+            for n in names.iter() {
+                let l = Location::Symbolic(vec![StackFrame::new(*n, "", 0)]);
+                let i = match c.locations.iter().position(|k| *k == l) {
+                    Some(i) => i,
+                    None => {
+                        c.locations.push(l);
+                        c.locations.len() - 1
+                    }
+                };
+                entries.push(i as u32);
             }
+            let stack = match c.stacks.iter().position(|s| *s == entries) {
+                Some(i) => i,
+                None => {
+                    c.stacks.push(entries);
+                    c.stacks.len() - 1
+                }
+            };
+            c.samples.push(ProfileSample {
+                stack: stack as u32,
+                values: vec![*v],
+                labels: 0,
+            });
         }
-        ProfileContents {
-            profile_id: "p".into(),
-            service: "s".into(),
-            started_unix_nanos: 0,
-            sample_types: vec![("threads".into(), "count".into())],
-            stacks,
-            samples: samples
-                .iter()
-                .map(|(s, v)| StackSample {
-                    stack_id: s.stack_id,
-                    values: vec![*v],
-                    labels: vec![],
-                })
-                .collect(),
-        }
+        c
     }
 
     #[test]

@@ -13,8 +13,7 @@ use std::collections::HashMap;
 
 use holmes_api::validate_profile_id;
 use holmes_proto::names::{validate_labels, validate_name};
-use holmes_proto::{Hello, ProfileChunk, ProfileKind};
-use holmes_storage::ProfileRecord;
+use holmes_proto::{PipelineProfile, ProfileChunk, ProfileFormat, ProfileKind};
 use tonic::Status;
 
 /// Bytes of unfinished profiles one stream may hold, when `max_profile_bytes` is not
@@ -27,13 +26,14 @@ pub(crate) enum Step {
     /// More chunks of the profile are to come.
     Pending,
     /// The profile is whole: store it, then acknowledge the chunk that completed it.
-    Complete(ProfileRecord),
+    Complete(PipelineProfile),
 }
 
 /// A profile some of whose chunks have arrived.
 struct Pending {
     event_id: String,
     kind: ProfileKind,
+    format: ProfileFormat,
     chunk_count: u32,
     total_bytes: u64,
     next_index: u32,
@@ -77,13 +77,8 @@ impl Assembler {
         self.pending.values().map(|p| p.first_seq).min()
     }
 
-    /// Takes the chunk with sequence number `seq` from the agent `hello` describes.
-    pub(crate) fn push(
-        &mut self,
-        hello: &Hello,
-        seq: u64,
-        chunk: ProfileChunk,
-    ) -> Result<Step, Status> {
+    /// Takes the chunk with sequence number `seq` of the agent's stream.
+    pub(crate) fn push(&mut self, seq: u64, chunk: ProfileChunk) -> Result<Step, Status> {
         validate_profile_id(&chunk.profile_id).map_err(Status::invalid_argument)?;
         let id = chunk.profile_id.clone();
         let invalid =
@@ -120,6 +115,13 @@ impl Assembler {
                 return Err(invalid(format!(
                     "chunk {index} belongs to event {:?}, chunk 0 to {:?}",
                     chunk.event_id, p.event_id
+                )));
+            }
+            if chunk.format != p.format {
+                return Err(invalid(format!(
+                    "chunk {index} is in the {} format, chunk 0 in {}",
+                    chunk.format.as_str(),
+                    p.format.as_str()
                 )));
             }
             if chunk.kind != p.kind {
@@ -181,17 +183,16 @@ impl Assembler {
                 p.total_bytes
             )));
         }
-        Ok(Step::Complete(ProfileRecord {
+        Ok(Step::Complete(PipelineProfile {
             profile_id: id,
             event_id: p.event_id,
-            service: hello.service.clone(),
-            instance_id: hello.instance_id.clone(),
             kind: p.kind,
             started_unix_nanos: p.started_unix_nanos,
             duration: p.duration,
             labels: p.labels,
             error: chunk.error.filter(|e| !e.is_empty()),
             data: p.data,
+            format: p.format,
         }))
     }
 
@@ -235,6 +236,7 @@ impl Assembler {
             Pending {
                 event_id: chunk.event_id.clone(),
                 kind: chunk.kind,
+                format: chunk.format,
                 chunk_count: chunk.chunk_count,
                 total_bytes: chunk.total_bytes,
                 next_index: 0,
@@ -257,24 +259,6 @@ mod tests {
     use super::*;
 
     const ID: &str = "0123456789abcdef0123456789abcdef";
-
-    fn hello() -> Hello {
-        Hello {
-            protocol_version: holmes_proto::PROTOCOL_VERSION,
-            service: "checkout".to_owned(),
-            instance_id: "checkout-0".to_owned(),
-            host: "h".to_owned(),
-            pid: 1,
-            labels: Default::default(),
-            agent_version: "0".to_owned(),
-            rules: vec![],
-            started_at_unix_nanos: 1,
-            collect_interval: Duration::from_secs(1),
-            rules_version: 0,
-            executable: None,
-            debuginfo_upload: false,
-        }
-    }
 
     /// Chunk `index` of a profile of `data` cut into `count` chunks of `size` bytes.
     fn chunk(data: &[u8], size: usize, index: u32) -> ProfileChunk {
@@ -307,27 +291,21 @@ mod tests {
         let data: Vec<u8> = (0..2500u32).map(|i| (i % 251) as u8).collect();
         let mut a = Assembler::new(10_000);
         assert!(matches!(
-            a.push(&hello(), 7, chunk(&data, 1000, 0)),
+            a.push(7, chunk(&data, 1000, 0)),
             Ok(Step::Pending)
         ));
         assert_eq!(a.oldest_pending_seq(), Some(7));
         assert!(matches!(
-            a.push(&hello(), 8, chunk(&data, 1000, 1)),
+            a.push(8, chunk(&data, 1000, 1)),
             Ok(Step::Pending)
         ));
-        let Ok(Step::Complete(p)) = a.push(&hello(), 9, chunk(&data, 1000, 2)) else {
+        let Ok(Step::Complete(p)) = a.push(9, chunk(&data, 1000, 2)) else {
             panic!("the last chunk completes the profile");
         };
         assert_eq!(a.oldest_pending_seq(), None);
         assert!(p.data == data);
-        assert_eq!(
-            (
-                p.service.as_str(),
-                p.instance_id.as_str(),
-                p.event_id.as_str()
-            ),
-            ("checkout", "checkout-0", "ev-1")
-        );
+        assert_eq!(p.event_id, "ev-1");
+        assert_eq!(p.format, ProfileFormat::PprofGzip);
         assert_eq!(p.duration, Duration::from_millis(1500));
         assert_eq!(p.labels["phase"], "pre-trigger");
         assert_eq!(a.reserved, 0);
@@ -337,12 +315,12 @@ mod tests {
     fn chunk_zero_starts_a_profile_over() {
         let data = vec![9u8; 30];
         let mut a = Assembler::new(100);
-        a.push(&hello(), 1, chunk(&data, 10, 0)).unwrap();
-        a.push(&hello(), 2, chunk(&data, 10, 1)).unwrap();
-        a.push(&hello(), 1, chunk(&data, 10, 0)).unwrap();
+        a.push(1, chunk(&data, 10, 0)).unwrap();
+        a.push(2, chunk(&data, 10, 1)).unwrap();
+        a.push(1, chunk(&data, 10, 0)).unwrap();
         assert_eq!(a.reserved, 30);
-        a.push(&hello(), 2, chunk(&data, 10, 1)).unwrap();
-        let Ok(Step::Complete(p)) = a.push(&hello(), 3, chunk(&data, 10, 2)) else {
+        a.push(2, chunk(&data, 10, 1)).unwrap();
+        let Ok(Step::Complete(p)) = a.push(3, chunk(&data, 10, 2)) else {
             panic!("complete");
         };
         assert_eq!(p.data, data);
@@ -352,7 +330,7 @@ mod tests {
     fn a_failed_capture_is_one_empty_chunk() {
         let mut failed = chunk(&[], 10, 0);
         failed.error = Some("no perf events".to_owned());
-        let Ok(Step::Complete(p)) = Assembler::new(100).push(&hello(), 1, failed.clone()) else {
+        let Ok(Step::Complete(p)) = Assembler::new(100).push(1, failed.clone()) else {
             panic!("complete");
         };
         assert_eq!(p.error.as_deref(), Some("no perf events"));
@@ -360,7 +338,7 @@ mod tests {
         failed.data = vec![1];
         failed.total_bytes = 1;
         assert_eq!(
-            message(Assembler::new(100).push(&hello(), 1, failed)),
+            message(Assembler::new(100).push(1, failed)),
             (
                 tonic::Code::InvalidArgument,
                 format!("profile {ID}: a failed capture (\"no perf events\") must be one empty chunk, got chunk 0 of 1 with 1 bytes")
@@ -373,7 +351,7 @@ mod tests {
         let data = vec![1u8; 30];
         let started = || {
             let mut a = Assembler::new(1_000);
-            a.push(&hello(), 1, chunk(&data, 10, 0)).unwrap();
+            a.push(1, chunk(&data, 10, 0)).unwrap();
             a
         };
         type Change = Box<dyn Fn(&mut ProfileChunk)>;
@@ -409,7 +387,7 @@ mod tests {
             let mut c = chunk(&data, 10, index);
             change(&mut c);
             assert_eq!(
-                message(started().push(&hello(), 2, c)),
+                message(started().push(2, c)),
                 (
                     tonic::Code::InvalidArgument,
                     format!("profile {ID}: {expected}")
@@ -417,19 +395,19 @@ mod tests {
             );
         }
         assert_eq!(
-            message(started().push(&hello(), 1, chunk(&data, 10, 1))).1,
+            message(started().push(1, chunk(&data, 10, 1))).1,
             format!("profile {ID}: chunk 1 has seq 1, not after chunk 0's seq 1")
         );
         assert_eq!(
-            message(Assembler::new(1_000).push(&hello(), 1, chunk(&data, 10, 1))).1,
+            message(Assembler::new(1_000).push(1, chunk(&data, 10, 1))).1,
             format!("profile {ID}: chunk 1 of 3 arrived before chunk 0")
         );
         let mut short = started();
-        short.push(&hello(), 2, chunk(&data, 10, 1)).unwrap();
+        short.push(2, chunk(&data, 10, 1)).unwrap();
         let mut last = chunk(&data, 10, 2);
         last.data.pop();
         assert_eq!(
-            message(short.push(&hello(), 3, last)).1,
+            message(short.push(3, last)).1,
             format!("profile {ID}: its 3 chunks hold 29 bytes, total_bytes says 30")
         );
     }
@@ -439,11 +417,11 @@ mod tests {
         let mut bad = chunk(&[1], 10, 0);
         bad.profile_id = "P-1".to_owned();
         assert_eq!(
-            message(Assembler::new(100).push(&hello(), 1, bad)).1,
+            message(Assembler::new(100).push(1, bad)).1,
             "profile id \"P-1\" is not 32 lowercase hex digits"
         );
         assert_eq!(
-            message(Assembler::new(20).push(&hello(), 1, chunk(&[0; 30], 10, 0))),
+            message(Assembler::new(20).push(1, chunk(&[0; 30], 10, 0))),
             (
                 tonic::Code::InvalidArgument,
                 format!("profile {ID} is 30 bytes, the limit is 20")
@@ -451,7 +429,7 @@ mod tests {
         );
         let mut bad_event = chunk(&[1], 10, 0);
         bad_event.event_id = "ev 1".to_owned();
-        assert!(message(Assembler::new(100).push(&hello(), 1, bad_event))
+        assert!(message(Assembler::new(100).push(1, bad_event))
             .1
             .starts_with(&format!(
                 "profile {ID}: event id \"ev 1\" has the character ' '"
@@ -460,9 +438,9 @@ mod tests {
         let mut a = Assembler::new(40 * 1024 * 1024);
         let mut first = chunk(&[0; 10], 5, 0);
         first.total_bytes = 40 * 1024 * 1024;
-        a.push(&hello(), 1, first.clone()).unwrap();
+        a.push(1, first.clone()).unwrap();
         first.profile_id = "ffffffffffffffffffffffffffffffff".to_owned();
-        let (code, text) = message(a.push(&hello(), 2, first));
+        let (code, text) = message(a.push(2, first));
         assert_eq!(code, tonic::Code::ResourceExhausted);
         assert!(text.contains("the limit is 67108864"), "{text}");
     }

@@ -5,7 +5,7 @@
 //! Self-contained SVG (no script), readable in any browser and embeddable in a page:
 //! every frame has a `<title>` with its function, value and share.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use holmes_storage::ProfileContents;
@@ -51,18 +51,22 @@ fn tree(profiles: &[ProfileContents]) -> (Node, String) {
     let mut root = Node::default();
     let mut unit = String::new();
     for p in profiles {
-        let Some(index) = p.sample_types.len().checked_sub(1) else {
+        let Some(index) = p.value_index(None) else {
             continue;
         };
         if unit.is_empty() {
-            unit = format!("{} {}", p.sample_types[index].0, p.sample_types[index].1);
+            let t = &p.header.sample_types[index];
+            unit = format!("{} {}", t.name, t.unit);
         }
-        let stacks: HashMap<u64, &holmes_storage::Stack> =
-            p.stacks.iter().map(|s| (s.stack_id, s)).collect();
+        // Each stack's frames once (inlined frames expanded, native locations named by
+        // their symbols or as `module+0xoffset`), however many samples use it.
+        let stacks: Vec<Vec<holmes_storage::StackFrame>> = (0..p.stacks.len() as u32)
+            .map(|s| p.stack_frames(s))
+            .collect();
         for sample in &p.samples {
             let v = sample.values.get(index).copied().unwrap_or(0).max(0);
-            if let Some(stack) = stacks.get(&sample.stack_id) {
-                let mut path = stack.frames.iter().rev().map(|f| f.function.as_str());
+            if let Some(frames) = stacks.get(sample.stack as usize) {
+                let mut path = frames.iter().rev().map(|f| f.function.as_str());
                 root.add(&mut path, v);
             }
         }
@@ -225,39 +229,34 @@ pub fn render(
 
 #[cfg(test)]
 mod tests {
-    use holmes_storage::{Stack, StackFrame, StackSample};
+    use holmes_storage::{Location, ProfileHeader, ProfileSample, StackFrame, ValueType};
 
     use super::*;
 
     fn contents(samples: &[(&[&str], i64)]) -> ProfileContents {
-        let mut stacks = Vec::new();
-        let mut out = Vec::new();
+        let mut c = ProfileContents {
+            header: ProfileHeader {
+                sample_types: vec![ValueType::new("cpu", "nanoseconds")],
+                ..ProfileHeader::default()
+            },
+            label_sets: vec![vec![]],
+            ..ProfileContents::default()
+        };
         for (names, v) in samples {
-            let s = Stack::new(
-                names
-                    .iter()
-                    .map(|n| StackFrame {
-                        function: (*n).to_owned(),
-                        file: String::new(),
-                        line: 0,
-                    })
-                    .collect(),
-            );
-            out.push(StackSample {
-                stack_id: s.stack_id,
+            let mut stack = Vec::new();
+            for n in names.iter() {
+                stack.push(c.locations.len() as u32);
+                c.locations
+                    .push(Location::Symbolic(vec![StackFrame::new(*n, "", 0)]));
+            }
+            c.samples.push(ProfileSample {
+                stack: c.stacks.len() as u32,
                 values: vec![*v],
-                labels: vec![],
+                labels: 0,
             });
-            stacks.push(s);
+            c.stacks.push(stack);
         }
-        ProfileContents {
-            profile_id: "p".into(),
-            service: "s".into(),
-            started_unix_nanos: 0,
-            sample_types: vec![("cpu".into(), "nanoseconds".into())],
-            stacks,
-            samples: out,
-        }
+        c
     }
 
     #[test]

@@ -1,5 +1,10 @@
-//! Profiles: a service's list (without their bytes), one profile's bytes exactly as the
-//! agent sent them, its top functions and its flame graph.
+//! Profiles: `GET /api/v1/services/{service}/profiles` lists a service's profiles
+//! (without their contents), oldest first; `GET /api/v1/services/{service}/profiles/{id}`
+//! downloads one as gzip-compressed pprof — re-encoded from the stored contents, or the
+//! bytes exactly as sent when the collector keeps originals — and `…/top` and
+//! `…/flamegraph.svg` show its costliest functions and its flame graph.
+//! `GET /api/v1/services/{service}/flamegraph.svg` merges a service's profiles of one
+//! kind over a time range. Profile ids are scoped to their service.
 
 use std::collections::HashMap;
 
@@ -12,11 +17,14 @@ use holmes_api::{
     DEFAULT_PROFILE_LIMIT, DEFAULT_PROFILE_SINCE, DEFAULT_TOP_LIMIT,
 };
 use holmes_proto::ProfileKind;
-use holmes_storage::{ProfileMeta, ProfileQuery};
+use holmes_storage::{MergeQuery, ProfileMeta, ProfileQuery, ProfileRecord};
 
 use super::{check_service, known_service, limit, time_range, Api};
 use crate::clock::rfc3339;
 use crate::error::ApiError;
+
+/// Profiles merged into a service's flame graph, at most (the newest).
+pub const MAX_SERVICE_FLAMEGRAPH_PROFILES: u64 = 20_000;
 
 /// Every profile kind, in wire order.
 pub const PROFILE_KINDS: [ProfileKind; 4] = [
@@ -42,7 +50,7 @@ pub(super) fn profile_json(p: ProfileMeta) -> ProfileJson {
         ProfileJson {
             download: match p.error {
                 Some(_) => None,
-                None => Some(download_path(&p.profile_id)),
+                None => Some(download_path(&p.service, &p.profile_id)),
             },
             kind: p.kind.as_str().to_owned(),
             started: rfc3339(p.started_unix_nanos),
@@ -139,49 +147,81 @@ pub(super) async fn profiles(
     }))
 }
 
-/// One profile's bytes.
+/// The profile `profile_id` of `service`, or a 400/404 naming what is wrong.
+async fn stored(api: &Api, service: &str, profile_id: &str) -> Result<ProfileRecord, ApiError> {
+    check_service(service)?;
+    validate_profile_id(profile_id).map_err(ApiError::bad_request)?;
+    api.store
+        .get_profile(service, profile_id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(format!("service {service:?} has no profile {profile_id:?}"))
+        })
+}
+
+/// Its contents, or a 404 saying why it has none.
+fn contents_of(p: ProfileRecord) -> Result<(String, holmes_storage::ProfileContents), ApiError> {
+    let id = p.profile_id;
+    match (p.contents, p.error) {
+        (Some(c), _) => Ok((id, c)),
+        (None, Some(error)) => Err(ApiError::not_found(format!(
+            "profile {id} has no data: its capture failed: {error}"
+        ))),
+        (None, None) => Err(ApiError::not_found(format!(
+            "profile {id} was stored without decoded contents"
+        ))),
+    }
+}
+
+/// One profile as a gzip pprof file.
 ///
-/// The gzip-compressed pprof file exactly as the agent sent it (for `go tool pprof`),
-/// named `<kind>.<event_id>.<profile_id>.pb.gz` in its `content-disposition`.
+/// Re-encoded from the stored contents (`x-holmes-download: re-encoded`): the same
+/// sample types, period, duration, labels and values per stack as sent; or the bytes
+/// exactly as the agent sent them when the collector keeps originals (`original`). Named
+/// `<kind>.<event_id>.<profile_id>.pb.gz` in its `content-disposition`.
 #[utoipa::path(
     get,
-    path = "/api/v1/profiles/{profile_id}",
+    path = "/api/v1/services/{service}/profiles/{profile_id}",
     operation_id = "download_profile",
     tag = "profiles",
-    params(("profile_id" = String, Path, description = "Profile id: 32 lowercase hex digits")),
+    params(
+        ("service" = String, Path, description = "Service the profile belongs to (profile ids are scoped to their service)"),
+        ("profile_id" = String, Path, description = "Profile id: 32 lowercase hex digits"),
+    ),
     responses(
         (status = 200, description = "The gzip pprof file", content_type = "application/octet-stream"),
-        (status = 400, description = "Not a profile id", body = ErrorJson),
+        (status = 400, description = "Not a service name or profile id", body = ErrorJson),
         (status = 401, description = "API token required", body = ErrorJson),
-        (status = 404, description = "Unknown profile, or a failed capture (no bytes)", body = ErrorJson),
+        (status = 404, description = "The service has no such profile, or its capture failed (no data)", body = ErrorJson),
         (status = 503, description = "Store unavailable", body = ErrorJson),
     )
 )]
 pub(super) async fn download(
     State(api): State<Api>,
-    Path(profile_id): Path<String>,
+    Path((service, profile_id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    validate_profile_id(&profile_id).map_err(ApiError::bad_request)?;
-    let Some(profile) = api.store.get_profile(&profile_id).await? else {
-        return Err(ApiError::not_found(format!(
-            "unknown profile {profile_id:?}"
-        )));
-    };
-    if let Some(error) = &profile.error {
-        return Err(ApiError::not_found(format!(
-            "profile {profile_id} has no data: its capture failed: {error}"
-        )));
-    }
+    let mut profile = stored(&api, &service, &profile_id).await?;
     let disposition = format!(
         "attachment; filename=\"{}\"",
         file_name(profile.kind, &profile.event_id, &profile.profile_id)
     );
+    let (how, bytes) = match profile.original.take() {
+        Some(original) => ("original", original),
+        None => {
+            let (_, contents) = contents_of(profile)?;
+            ("re-encoded", super::pprof::gzip(&contents))
+        }
+    };
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
             (header::CONTENT_DISPOSITION, disposition),
+            (
+                header::HeaderName::from_static("x-holmes-download"),
+                how.to_owned(),
+            ),
         ],
-        profile.data,
+        bytes,
     )
         .into_response())
 }
@@ -192,48 +232,39 @@ pub(super) async fn download(
 /// once per sample).
 #[utoipa::path(
     get,
-    path = "/api/v1/profiles/{profile_id}/top",
+    path = "/api/v1/services/{service}/profiles/{profile_id}/top",
     operation_id = "profile_top",
     tag = "profiles",
     params(
+        ("service" = String, Path, description = "Service the profile belongs to (profile ids are scoped to their service)"),
         ("profile_id" = String, Path, description = "Profile id: 32 lowercase hex digits"),
-        ("sample_type" = Option<String>, Query, description = "The value to rank by (`cpu`, `samples`, `alloc_space`, ...); the profile's last sample type by default"),
+        ("sample_type" = Option<String>, Query, description = "The value to rank by (`cpu`, `samples`, `alloc_space`, ...); the profile's default (else last) sample type by default"),
         ("limit" = Option<u64>, Query, description = "At most this many functions (20 by default)"),
     ),
     responses(
         (status = 200, description = "The functions", body = TopJson),
         (status = 400, description = "Bad parameter, or a sample type the profile does not have", body = ErrorJson),
         (status = 401, description = "API token required", body = ErrorJson),
-        (status = 404, description = "Unknown profile, or one without decoded stacks", body = ErrorJson),
+        (status = 404, description = "The service has no such profile, or it has no decoded contents", body = ErrorJson),
         (status = 503, description = "Store unavailable", body = ErrorJson),
     )
 )]
 pub(super) async fn top(
     State(api): State<Api>,
-    Path(profile_id): Path<String>,
+    Path((service, profile_id)): Path<(String, String)>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<TopJson>, ApiError> {
-    validate_profile_id(&profile_id).map_err(ApiError::bad_request)?;
     let limit = limit(&params, DEFAULT_TOP_LIMIT)?;
-    let Some(contents) = api.store.get_profile_contents(&profile_id).await? else {
-        let why = match api.store.get_profile(&profile_id).await? {
-            None => format!("unknown profile {profile_id:?}"),
-            Some(p) => match p.error {
-                Some(error) => format!("profile {profile_id} has no data: {error}"),
-                None => format!("profile {profile_id} was stored without decoded stacks"),
-            },
-        };
-        return Err(ApiError::not_found(why));
-    };
+    let (profile_id, contents) = contents_of(stored(&api, &service, &profile_id).await?)?;
     let index = super::top::value_index(&contents, params.get("sample_type").map(String::as_str))
         .map_err(ApiError::bad_request)?;
     let (total, mut functions) = super::top::top_functions(&contents, index);
     functions.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-    let (sample_type, unit) = contents.sample_types[index].clone();
+    let t = contents.header.sample_types[index].clone();
     Ok(Json(TopJson {
         profile_id,
-        sample_type,
-        unit,
+        sample_type: t.name,
+        unit: t.unit,
         total,
         samples: contents.samples.len() as u64,
         stacks: contents.stacks.len() as u64,
@@ -244,32 +275,96 @@ pub(super) async fn top(
 /// A profile's flame graph.
 #[utoipa::path(
     get,
-    path = "/api/v1/profiles/{profile_id}/flamegraph.svg",
+    path = "/api/v1/services/{service}/profiles/{profile_id}/flamegraph.svg",
     operation_id = "profile_flamegraph",
     tag = "profiles",
-    params(("profile_id" = String, Path, description = "Profile id: 32 lowercase hex digits")),
+    params(
+        ("service" = String, Path, description = "Service the profile belongs to (profile ids are scoped to their service)"),
+        ("profile_id" = String, Path, description = "Profile id: 32 lowercase hex digits"),
+    ),
     responses(
         (status = 200, description = "The flame graph", content_type = "image/svg+xml", body = String),
-        (status = 400, description = "Not a profile id", body = ErrorJson),
+        (status = 400, description = "Not a service name or profile id", body = ErrorJson),
         (status = 401, description = "API token required", body = ErrorJson),
-        (status = 404, description = "Unknown profile, or one without decoded stacks", body = ErrorJson),
+        (status = 404, description = "The service has no such profile, or it has no decoded contents", body = ErrorJson),
         (status = 503, description = "Store unavailable", body = ErrorJson),
     )
 )]
 pub(super) async fn flamegraph(
     State(api): State<Api>,
-    Path(profile_id): Path<String>,
+    Path((service, profile_id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    validate_profile_id(&profile_id).map_err(ApiError::bad_request)?;
-    let Some(contents) = api.store.get_profile_contents(&profile_id).await? else {
-        return Err(ApiError::not_found(format!(
-            "profile {profile_id:?} is unknown or has no decoded stacks"
-        )));
-    };
-    let title = format!("{} profile {profile_id}", contents.service);
+    let (profile_id, contents) = contents_of(stored(&api, &service, &profile_id).await?)?;
+    let title = format!("{service} profile {profile_id}");
     Ok(super::svg_response(super::flamegraph::render(
         &title,
         &[contents],
+        None,
+    )))
+}
+
+/// A service's flame graph over a time range.
+///
+/// The service's profiles of one kind over the range, every instance merged (at most
+/// the latest 20,000 profiles).
+#[utoipa::path(
+    get,
+    path = "/api/v1/services/{service}/flamegraph.svg",
+    operation_id = "service_flamegraph",
+    tag = "profiles",
+    params(
+        ("service" = String, Path, description = "Service name"),
+        ("since" = Option<String>, Query, description = "Start: a duration before now (`24h`, the default) or an RFC 3339 time"),
+        ("until" = Option<String>, Query, description = "End (exclusive): a duration before now or an RFC 3339 time; now by default"),
+        ("kind" = Option<String>, Query, description = "Which profiles: cpu (default), heap, threads, tasks"),
+    ),
+    responses(
+        (status = 200, description = "The flame graph", content_type = "image/svg+xml", body = String),
+        (status = 400, description = "Bad parameter", body = ErrorJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 404, description = "The service has no profiles of that kind in the range", body = ErrorJson),
+        (status = 503, description = "Store unavailable", body = ErrorJson),
+    )
+)]
+pub(super) async fn service_flamegraph(
+    State(api): State<Api>,
+    Path(service): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    check_service(&service)?;
+    let kind = match params.get("kind") {
+        Some(k) => parse_kind(k).map_err(ApiError::bad_request)?,
+        None => ProfileKind::Cpu,
+    };
+    let (since, until) = time_range(&params, "24h")?;
+    let merged = api
+        .store
+        .merge_profiles(&MergeQuery {
+            service: service.clone(),
+            kind,
+            since_unix_nanos: since,
+            until_unix_nanos: until,
+            limit: MAX_SERVICE_FLAMEGRAPH_PROFILES,
+        })
+        .await?;
+    if merged.profiles == 0 {
+        return Err(ApiError::not_found(format!(
+            "service {service:?} has no {} profiles from {} to {}",
+            kind.as_str(),
+            rfc3339(since),
+            rfc3339(until)
+        )));
+    }
+    let title = format!(
+        "{service}: {} {} profiles, {} to {}",
+        merged.profiles,
+        kind.as_str(),
+        rfc3339(since),
+        rfc3339(until)
+    );
+    Ok(super::svg_response(super::flamegraph::render(
+        &title,
+        &[merged.contents],
         None,
     )))
 }
@@ -317,11 +412,12 @@ mod tests {
             labels: BTreeMap::new(),
             error: None,
             size_bytes: 10,
+            format: holmes_proto::ProfileFormat::Native,
         };
         let ok = profile_json(meta.clone());
         assert_eq!(
             ok.download.as_deref(),
-            Some(format!("/api/v1/profiles/{}", "ab".repeat(16)).as_str())
+            Some(format!("/api/v1/services/checkout/profiles/{}", "ab".repeat(16)).as_str())
         );
         assert_eq!(ok.duration_ms, 2);
         assert_eq!(ok.started, "1970-01-01T00:00:01.500Z");

@@ -57,6 +57,7 @@ fn api_routes() -> OpenApiRouter<Api> {
         .routes(routes!(profiles::download))
         .routes(routes!(profiles::top))
         .routes(routes!(profiles::flamegraph))
+        .routes(routes!(profiles::service_flamegraph))
         .routes(routes!(incidents::by_service))
         .routes(routes!(incidents::all))
         .routes(routes!(incidents::detail))

@@ -1,53 +1,50 @@
 //! A profile's functions summed up and ranked the way `go tool pprof -top` ranks them
 //! (flat: the function is the leaf; cum: anywhere on the stack, counted once per sample
-//! however often it recurses): `GET /api/v1/profiles/{profile_id}/top`.
+//! however often it recurses): `GET /api/v1/services/{service}/profiles/{profile_id}/top`.
 
 use std::collections::{HashMap, HashSet};
 
 use holmes_api::FunctionTotal;
 use holmes_storage::ProfileContents;
 
-/// Which value of the samples to sum: the named sample type, or the last one (pprof's
-/// default) when `sample_type` is `None`. `Err` lists the profile's types.
+/// Which value of the samples to sum: the named sample type, or the default one
+/// (pprof's `default_sample_type`, else the last) when `sample_type` is `None`. `Err`
+/// lists the profile's types.
 pub fn value_index(contents: &ProfileContents, sample_type: Option<&str>) -> Result<usize, String> {
-    let known = || {
-        contents
-            .sample_types
-            .iter()
-            .map(|(t, _)| t.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    match sample_type {
-        Some(name) => contents
-            .sample_types
-            .iter()
-            .position(|(t, _)| t == name)
-            .ok_or_else(|| format!("no sample type {name:?}; this profile has: {}", known())),
-        None => contents
-            .sample_types
-            .len()
-            .checked_sub(1)
-            .ok_or_else(|| "the profile has no sample types".to_owned()),
-    }
+    contents
+        .value_index(sample_type)
+        .ok_or_else(|| match sample_type {
+            Some(name) => format!(
+                "no sample type {name:?}; this profile has: {}",
+                contents
+                    .header
+                    .sample_types
+                    .iter()
+                    .map(|t| t.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => "the profile has no sample types".to_owned(),
+        })
 }
 
 /// Functions by flat value (then cum, then name), with the total of value `index` over
 /// all samples.
 pub fn top_functions(contents: &ProfileContents, index: usize) -> (i64, Vec<FunctionTotal>) {
-    let stacks: HashMap<u64, &holmes_storage::Stack> =
-        contents.stacks.iter().map(|s| (s.stack_id, s)).collect();
+    let stacks: Vec<Vec<holmes_storage::StackFrame>> = (0..contents.stacks.len() as u32)
+        .map(|s| contents.stack_frames(s))
+        .collect();
     let mut totals: HashMap<&str, (i64, i64)> = HashMap::new();
     let mut total = 0i64;
     let mut seen = HashSet::new();
     for sample in &contents.samples {
         let v = sample.values.get(index).copied().unwrap_or(0);
         total = total.saturating_add(v);
-        let Some(stack) = stacks.get(&sample.stack_id) else {
+        let Some(frames) = stacks.get(sample.stack as usize) else {
             continue;
         };
         seen.clear();
-        for (depth, frame) in stack.frames.iter().enumerate() {
+        for (depth, frame) in frames.iter().enumerate() {
             let entry = totals.entry(frame.function.as_str()).or_default();
             if depth == 0 {
                 entry.0 = entry.0.saturating_add(v);
@@ -76,49 +73,51 @@ pub fn top_functions(contents: &ProfileContents, index: usize) -> (i64, Vec<Func
 
 #[cfg(test)]
 mod tests {
-    use holmes_storage::{Stack, StackFrame, StackSample};
+    use holmes_storage::{Location, ProfileHeader, ProfileSample, StackFrame, ValueType};
 
     use super::*;
 
-    fn stack(names: &[&str]) -> Stack {
-        Stack::new(
-            names
-                .iter()
-                .map(|n| StackFrame {
-                    function: (*n).to_owned(),
-                    file: String::new(),
-                    line: 0,
-                })
-                .collect(),
-        )
+    /// A stack of symbolic frames, in the locations `c` holds.
+    fn stack(c: &mut ProfileContents, names: &[&str]) -> u32 {
+        let entries = names
+            .iter()
+            .map(|n| {
+                c.locations
+                    .push(Location::Symbolic(vec![StackFrame::new(*n, "", 0)]));
+                c.locations.len() as u32 - 1
+            })
+            .collect();
+        c.stacks.push(entries);
+        c.stacks.len() as u32 - 1
     }
 
     #[test]
     fn flat_is_the_leaf_and_cum_counts_recursion_once() {
-        let burn = stack(&["burn", "handle", "main"]);
-        let recursive = stack(&["walk", "walk", "walk", "main"]);
-        let idle = stack(&["main"]);
-        let sample = |s: &Stack, cpu: i64| StackSample {
-            stack_id: s.stack_id,
+        let mut c = ProfileContents {
+            header: ProfileHeader {
+                sample_types: vec![
+                    ValueType::new("samples", "count"),
+                    ValueType::new("cpu", "ns"),
+                ],
+                ..ProfileHeader::default()
+            },
+            label_sets: vec![vec![]],
+            ..ProfileContents::default()
+        };
+        let burn = stack(&mut c, &["burn", "handle", "main"]);
+        let recursive = stack(&mut c, &["walk", "walk", "walk", "main"]);
+        let idle = stack(&mut c, &["main"]);
+        let sample = |stack: u32, cpu: i64| ProfileSample {
+            stack,
             values: vec![1, cpu],
-            labels: vec![],
+            labels: 0,
         };
-        let c = ProfileContents {
-            profile_id: "p".into(),
-            service: "s".into(),
-            started_unix_nanos: 0,
-            sample_types: vec![
-                ("samples".into(), "count".into()),
-                ("cpu".into(), "ns".into()),
-            ],
-            stacks: vec![burn.clone(), recursive.clone(), idle.clone()],
-            samples: vec![
-                sample(&burn, 70),
-                sample(&recursive, 20),
-                sample(&burn, 5),
-                sample(&idle, 5),
-            ],
-        };
+        c.samples = vec![
+            sample(burn, 70),
+            sample(recursive, 20),
+            sample(burn, 5),
+            sample(idle, 5),
+        ];
         assert_eq!(value_index(&c, None), Ok(1));
         assert_eq!(value_index(&c, Some("samples")), Ok(0));
         assert_eq!(

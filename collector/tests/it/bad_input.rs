@@ -220,3 +220,97 @@ async fn misbehaving_clients_get_clear_statuses_and_good_agents_keep_going() {
     good.stop();
     server.shutdown().await;
 }
+
+/// An agent whose clock is wrong (or whose data is crafted): metric points dated 1970
+/// and 2200 are dropped, a trigger event and a profile dated outside `max_clock_skew` are
+/// stored at the collector's time (the profile labelled with the agent's value), and
+/// everything dated right is stored as sent — one window spread over centuries makes no
+/// partitions at all. On SQLite and on ClickHouse.
+async fn timestamps_far_from_the_collector_s_clock_are_refused_or_clamped(
+    backend: crate::support::Backend,
+) {
+    use crate::support::raw_agent::{hello, profile_chunks, RawAgent};
+    use holmes_collector::clock::unix_nanos_now;
+    use holmes_proto::{
+        AgentBody, CollectorMessage, Metric, MetricSeries, MetricWindow, ProfileKind, Sample,
+        TriggerEvent, TriggerReason,
+    };
+    const SEC: u64 = 1_000_000_000;
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut config) = crate::support::config(backend, dir.path()) else {
+        return;
+    };
+    config.max_clock_skew = Duration::from_secs(3600);
+    let server = holmes_collector::Server::start(&config).await.unwrap();
+    let api =
+        holmes_cli::api_client::ApiClient::new(&format!("http://{}", server.http_addr())).unwrap();
+    let mut agent = RawAgent::connect(server.grpc_addr(), hello("clock", "clock-0", vec![])).await;
+    let now = unix_nanos_now();
+    let (past, future) = (SEC, 7_258_118_400 * SEC); // 1970-01-01T00:00:01Z, 2200-01-01
+    let window = MetricWindow {
+        series: vec![MetricSeries {
+            metric: Metric::CpuPercent,
+            samples: [past, now - 30 * SEC, future]
+                .into_iter()
+                .chain((0..500).map(|d| past + d * 86_400 * SEC))
+                .map(|unix_nanos| Sample {
+                    unix_nanos,
+                    value: 1.0,
+                })
+                .collect(),
+        }],
+    };
+    agent.send(1, AgentBody::MetricWindow(window)).await;
+    assert_eq!(agent.next().await, CollectorMessage::Ack { seq: 1 });
+    let trigger = TriggerEvent {
+        event_id: "ev-future".to_owned(),
+        metric: Some(Metric::CpuPercent),
+        reason: TriggerReason::Abs,
+        current: 99.0,
+        window: Vec::new(),
+        rule: None,
+        unix_nanos: future,
+        planned: vec![ProfileKind::Cpu],
+        request_id: None,
+    };
+    agent.send(2, AgentBody::Trigger(trigger)).await;
+    assert_eq!(agent.next().await, CollectorMessage::Ack { seq: 2 });
+    let profile = holmes_devtools::synthetic::ProfileFactory::new(20).cpu_profile(1, past);
+    let id = "0000000000000000000000000000c10c";
+    let chunks = profile_chunks(id, "ev-future", ProfileKind::Cpu, past, &profile, 1 << 20);
+    agent
+        .send(3, AgentBody::ProfileChunk(chunks[0].clone()))
+        .await;
+    assert_eq!(agent.next().await, CollectorMessage::Ack { seq: 3 });
+
+    let cpu = api.metrics("clock", "cpu", "2h").await.unwrap();
+    let points: Vec<u64> = cpu
+        .series
+        .iter()
+        .flat_map(|s| &s.points)
+        .map(|p| p.unix_ms)
+        .collect();
+    assert_eq!(
+        points,
+        vec![(now - 30 * SEC) / 1_000_000],
+        "only the point dated right"
+    );
+    let triggers = api.triggers("clock", "2h").await.unwrap().triggers;
+    assert_eq!(triggers.len(), 1);
+    let at = triggers[0].unix_ms * 1_000_000;
+    assert!(
+        at >= now - 60 * SEC && at <= unix_nanos_now(),
+        "stored at the collector's time"
+    );
+    let profiles = api.profiles("clock", "2h").await.unwrap().profiles;
+    assert_eq!(profiles.len(), 1);
+    assert_eq!(
+        profiles[0].labels.get("holmes.agent_started_unix_nanos"),
+        Some(&past.to_string()),
+        "the agent's time is kept as a label"
+    );
+    assert_eq!(profiles[0].error, None);
+    server.shutdown().await;
+}
+
+crate::support::on_every_server!(timestamps_far_from_the_collector_s_clock_are_refused_or_clamped);

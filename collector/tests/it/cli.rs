@@ -92,8 +92,9 @@ struct Seeded {
     dir: tempfile::TempDir,
 }
 
-/// The CPU profile: `LONG_FUNCTION` under `EVIL_FUNCTION` under `main`, and a comment of
-/// 2 MiB of letters, so that its download takes a while.
+/// The CPU profile: `LONG_FUNCTION` under `EVIL_FUNCTION` under `main`, and 2 MiB of
+/// letters in comments (each no longer than the longest name the collector takes), so
+/// that its download takes a while.
 fn cpu_profile() -> Vec<u8> {
     let mut t = ProfileTables::new();
     let sample_type = vec![
@@ -118,15 +119,19 @@ fn cpu_profile() -> Vec<u8> {
         location("main", 10),
     ];
     let mut x = 0x2545_f491_4f6c_dd1d_u64;
-    let letters: String = (0..2 << 20)
+    let comment = (0..512)
         .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            char::from(b'a' + (x % 26) as u8)
+            let letters: String = (0..4 << 10)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    char::from(b'a' + (x % 26) as u8)
+                })
+                .collect();
+            t.string(&letters)
         })
         .collect();
-    let comment = vec![t.string(&letters)];
     t.into_profile(Profile {
         sample_type,
         sample: vec![Sample {
@@ -142,9 +147,10 @@ fn cpu_profile() -> Vec<u8> {
 
 async fn seeded() -> Seeded {
     let dir = tempfile::tempdir().unwrap();
-    let server = crate::support::start(Backend::Sqlite, dir.path())
-        .await
-        .unwrap();
+    // Keeping originals: a download is then the bytes sent.
+    let mut config = crate::support::config(Backend::Sqlite, dir.path()).unwrap();
+    config.keep_originals = true;
+    let server = Server::start(&config).await.unwrap();
     let mut hello = hello("checkout", "checkout-0", vec![]);
     hello.host = HOST.to_owned();
     hello.labels = [("team".to_owned(), LABEL.to_owned())].into();
@@ -252,7 +258,7 @@ async fn piped_output_is_plain_with_local_and_relative_times_and_agent_text_esca
         &["instances", "--service", "checkout"][..],
         &["triggers", "--service", "checkout"],
         &["profiles", "--service", "checkout"],
-        &["top", PROFILE],
+        &["top", "--service", "checkout", PROFILE],
         &["incidents"],
     ] {
         let out = holmes_cli_with(&[&["--api", api][..], args].concat(), &[]).await;
@@ -278,6 +284,8 @@ async fn piped_output_is_plain_with_local_and_relative_times_and_agent_text_esca
             "--api",
             api,
             "profile",
+            "--service",
+            "checkout",
             FAILED,
             "-o",
             file.to_str().unwrap(),
@@ -377,7 +385,7 @@ async fn tables_fit_the_terminal_or_columns() {
     let api = s.api.as_str();
     // Each command, with the report lines before its table.
     for (args, skip) in [
-        (&["top", PROFILE][..], 1),
+        (&["top", "--service", "checkout", PROFILE][..], 1),
         (&["profiles", "--service", "checkout"], 1),
         (&["instances", "--service", "checkout"], 0),
         (&["incidents"], 0),
@@ -421,7 +429,16 @@ async fn a_download_shows_a_progress_bar_on_a_terminal_only() {
     let s = seeded().await;
     let file = s.dir.path().join("cpu.pb");
     let path = file.to_str().unwrap();
-    let args = ["--api", s.api.as_str(), "profile", PROFILE, "-o", path];
+    let args = [
+        "--api",
+        s.api.as_str(),
+        "profile",
+        "--service",
+        "checkout",
+        PROFILE,
+        "-o",
+        path,
+    ];
     let (status, text) = holmes_on_terminal(&args, &[], 120).await;
     assert!(status.success(), "{text}");
     assert!(

@@ -232,7 +232,12 @@ async fn compressed_streams_are_accepted_and_their_bytes_measured() {
                 "heap" => ProfileKind::Heap,
                 _ => ProfileKind::Tasks,
             };
-            profiles.push((kind, api.download_profile(&p.profile_id).await.unwrap()));
+            profiles.push((
+                kind,
+                api.download_profile("agent-none", &p.profile_id)
+                    .await
+                    .unwrap(),
+            ));
         }
     }
     let start = 1_750_000_000_000_000_000;

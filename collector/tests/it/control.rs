@@ -449,7 +449,11 @@ async fn capture_now_reaches_every_agent_and_each_answer_is_shown() {
             .split(r#"<table id="capture-profiles">"#)
             .nth(1)
             .unwrap_or("");
-        assert_eq!(profiles.matches("/api/v1/profiles/").count(), 3, "{dom}");
+        assert_eq!(
+            profiles.matches("/api/v1/services/fleet/profiles/").count(),
+            3,
+            "{dom}"
+        );
     }
     for a in agents {
         a.stop().await;

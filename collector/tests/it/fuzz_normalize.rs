@@ -14,6 +14,7 @@ use std::time::Instant;
 use holmes_collector::process::normalize::{normalize, Limits};
 use holmes_proto::pprof::{Line, Profile, Sample};
 use holmes_proto::profile_tables::ProfileTables;
+use holmes_proto::ProfileFormat;
 use prost::Message;
 
 /// xorshift64*: small, deterministic, good enough to pick mutations.
@@ -241,19 +242,47 @@ fn mutated_profiles_are_decoded_or_refused_never_panicked_on() {
         max_decoded_bytes: 1 << 20,
         max_items: 50_000,
         max_depth: 1024,
+        max_name_bytes: 4096,
+        max_materialized_bytes: 8 << 20,
     };
     let started = Instant::now();
     let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
     for n in 0..cases {
         let mut rng = Rng(seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
         let input = case(&mut rng);
-        let result = std::panic::catch_unwind(|| normalize(&input, limits, "p", "s", 0));
+        // Every other case read as the agent's own format: the same bytes are garbage
+        // there, or (for the unmutated ones) a message of unknown fields.
+        let format = if n % 2 == 0 {
+            ProfileFormat::PprofGzip
+        } else {
+            ProfileFormat::Native
+        };
+        let result = std::panic::catch_unwind(|| normalize(format, &input, limits));
         match result {
             Ok(Ok(c)) => {
                 assert!(c.samples.len() <= limits.max_items);
-                for s in &c.stacks {
-                    assert!(s.frames.len() <= limits.max_depth);
+                for s in 0..c.stacks.len() as u32 {
+                    assert!(c.stack_frames(s).len() <= limits.max_depth);
                 }
+                // What the contents hold stays within the materialization budget.
+                let held: usize = c
+                    .locations
+                    .iter()
+                    .map(|l| match l {
+                        holmes_storage::Location::Symbolic(frames) => frames
+                            .iter()
+                            .map(|f| f.function.len() + f.file.len() + f.system_name.len())
+                            .sum(),
+                        holmes_storage::Location::Native { module, .. } => {
+                            module.name.len() + module.build_id.len()
+                        }
+                    })
+                    .sum::<usize>()
+                    + c.stacks.iter().map(|s| s.len() * 4).sum::<usize>();
+                assert!(
+                    held as u64 <= limits.max_materialized_bytes,
+                    "case {n}: {held} bytes held"
+                );
                 *outcomes.entry("ok".to_owned()).or_default() += 1;
             }
             Ok(Err(e)) => {

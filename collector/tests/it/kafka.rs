@@ -517,3 +517,109 @@ async fn agents_keep_their_data_while_the_broker_is_down() {
     process.shutdown().await;
     drop(broker);
 }
+
+/// Events a processor cannot store do not block the partition behind them: an event
+/// that is not a pipeline event at all, and (on the current ClickHouse) one the store
+/// refuses every time — a metric window over 150 days, more partitions than one insert
+/// may touch, let through by a wide `max_clock_skew` — are parked with the reason and
+/// their bytes, and the events after them are processed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_events_are_parked_and_the_rest_flows() {
+    use holmes_proto::{MetricSeries, MetricWindow, Sample};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let Some(brokers) = brokers() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = kafka_section(&brokers, "poison");
+    let current = std::env::var("HOLMES_TEST_CLICKHOUSE_CURRENT_URL").is_ok();
+    let backend = if current {
+        crate::support::Backend::ClickHouseCurrent
+    } else {
+        crate::support::Backend::Sqlite
+    };
+    let mut config = crate::support::config(backend, dir.path()).unwrap();
+    config.kafka = kafka.clone();
+    config.max_clock_skew = Duration::from_secs(400 * 86_400);
+    let ingest = Server::start(&Config {
+        role: Role::Ingest,
+        ..config.clone()
+    })
+    .await
+    .unwrap();
+    let process = Server::start(&Config {
+        role: Role::Process,
+        ..config.clone()
+    })
+    .await
+    .unwrap();
+    let store = holmes_collector::server::open_store(&config).await.unwrap();
+    let api = ApiClient::new(&format!("http://{}", process.http_addr())).unwrap();
+
+    // Garbage on the topic, where pipeline events go.
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    producer
+        .send(
+            FutureRecord::to(&kafka.topic)
+                .key("checkout")
+                .payload(&b"\x08\xff\xff not a pipeline event"[..]),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    let mut agent =
+        RawAgent::connect(ingest.grpc_addr(), hello("checkout", "checkout-0", vec![])).await;
+    let now = now_nanos();
+    let mut seq = 1;
+    if current {
+        let day = 86_400 * 1_000_000_000u64;
+        let window = MetricWindow {
+            series: vec![MetricSeries {
+                metric: Metric::CpuPercent,
+                samples: (0..150)
+                    .map(|d| Sample {
+                        unix_nanos: now - d * day,
+                        value: 1.0,
+                    })
+                    .collect(),
+            }],
+        };
+        send_acked(&mut agent, seq, AgentBody::MetricWindow(window)).await;
+        seq += 1;
+    }
+    send_acked(&mut agent, seq, trigger("ev-after-the-poison", now)).await;
+    // Behind the refused window in its partition: processed once that is parked.
+    eventually(
+        Duration::from_secs(180),
+        "the trigger after the poison",
+        || async {
+            let t = api.triggers("checkout", "1h").await.ok()?;
+            (!t.triggers.is_empty()).then_some(())
+        },
+    )
+    .await;
+    let parked = eventually(Duration::from_secs(120), "the poison parked", || async {
+        let parked = store.parked_events(10).await.ok()?;
+        (parked.len() == 1 + usize::from(current)).then_some(parked)
+    })
+    .await;
+    let garbage = parked
+        .iter()
+        .find(|p| p.error.starts_with("undecodable event"))
+        .expect("the garbage is parked");
+    assert_eq!(garbage.payload, b"\x08\xff\xff not a pipeline event");
+    assert!(garbage
+        .source
+        .starts_with(&format!("kafka:{}/", kafka.topic)));
+    if current {
+        let refused = parked
+            .iter()
+            .find(|p| p.error.starts_with("not stored after"))
+            .expect("the window the store refuses is parked");
+        assert_eq!(refused.service, "checkout");
+        assert!(refused.error.contains("partitions"), "{}", refused.error);
+    }
+    ingest.shutdown().await;
+    process.shutdown().await;
+}

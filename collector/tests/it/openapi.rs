@@ -123,8 +123,13 @@ async fn the_document_lists_every_route_served_and_is_valid_openapi() {
     for path in FOREIGN.iter().chain(&[
         "/metrics",
         "/api/v1/alertmanager",
-        "/api/v1/profiles/{profile_id}/otlp",
+        "/api/v1/services/{service}/profiles/{profile_id}/otlp",
         "/api/v1/incidents/{incident_id}/otlp",
+        // The storage model's service-scoped profile routes.
+        "/api/v1/services/{service}/profiles/{profile_id}",
+        "/api/v1/services/{service}/profiles/{profile_id}/top",
+        "/api/v1/services/{service}/profiles/{profile_id}/flamegraph.svg",
+        "/api/v1/services/{service}/flamegraph.svg",
     ]) {
         assert!(paths.contains_key(*path), "{path} in {paths:?}");
     }

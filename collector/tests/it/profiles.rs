@@ -1,6 +1,7 @@
 //! Profiles: sent by an agent in chunks, acknowledged only once whole and stored, stored
-//! once however often they are resent, listed and downloaded byte for byte through the
-//! HTTP API and the `holmes` CLI — on SQLite and on ClickHouse. Inconsistent chunks end
+//! once however often they are resent, listed and downloaded (byte for byte when the
+//! collector keeps originals, re-encoded and equivalent otherwise) through the HTTP API
+//! and the `holmes` CLI — on SQLite and on ClickHouse. Inconsistent chunks end
 //! the sender's stream with a clear INVALID_ARGUMENT while others are still served.
 
 use crate::support::{cli_time, holmes_cli, split_timed_row};
@@ -27,11 +28,13 @@ const FAILED: &str = "ffffffffffffffff0000000000000001";
 const EVENT: &str = "9c0ffee09c0ffee09c0ffee09c0ffee0";
 
 /// A valid, uncompressed pprof profile of exactly `len` bytes (at least 64): one sample,
-/// and a comment of letters that look like nothing in particular (xorshift from `seed`).
+/// and comments of letters that look like nothing in particular (xorshift from `seed`),
+/// each shorter than the longest name the collector takes.
 fn profile_bytes(len: usize, seed: u64) -> Vec<u8> {
     use holmes_proto::pprof::{Line, Profile, Sample};
     use holmes_proto::profile_tables::ProfileTables;
     use prost::Message;
+    const PIECE: usize = 4000;
     let mut x = seed | 1;
     let mut filler = |n: usize| -> String {
         (0..n)
@@ -55,7 +58,6 @@ fn profile_bytes(len: usize, seed: u64) -> Vec<u8> {
             column: 0,
         }],
     );
-    let comment = t.string("the comment, filled below");
     let mut p = t.into_profile(Profile {
         sample_type,
         sample: vec![Sample {
@@ -63,21 +65,37 @@ fn profile_bytes(len: usize, seed: u64) -> Vec<u8> {
             value: vec![1],
             label: vec![],
         }],
-        comment: vec![comment],
         ..Profile::default()
     });
-    let at = usize::try_from(comment).unwrap();
-    // The comment's length prefix grows with it: converge in a few rounds.
+    // Whole pieces while they fit, then one more whose length (and its prefixes')
+    // converges in a few rounds.
+    let first = p.string_table.len();
+    while p.encoded_len() + PIECE + 16 < len {
+        p.comment.push(p.string_table.len() as i64);
+        p.string_table.push("x".repeat(PIECE));
+    }
+    p.comment.push(p.string_table.len() as i64);
+    p.string_table.push(String::new());
+    let last = p.string_table.len() - 1;
     let mut want = len.saturating_sub(p.encoded_len());
     for _ in 0..4 {
-        p.string_table[at] = "x".repeat(want);
+        p.string_table[last] = "x".repeat(want);
         let size = p.encoded_len();
         want = (want + len).saturating_sub(size);
     }
-    p.string_table[at] = filler(want);
+    for s in &mut p.string_table[first..] {
+        *s = filler(s.len());
+    }
     let bytes = p.encode_to_vec();
     assert_eq!(bytes.len(), len, "profile_bytes cannot make {len} bytes");
     bytes
+}
+
+/// What a pprof profile says, as the collector reads it: equal for a download
+/// re-encoded from the store and the bytes the agent sent.
+fn meaning(pprof: &[u8]) -> holmes_storage::ProfileContents {
+    holmes_collector::process::normalize::normalize_pprof(pprof, Default::default())
+        .expect("a profile")
 }
 
 /// A plain HTTP/1.1 GET, for the headers the API client does not show.
@@ -116,9 +134,12 @@ async fn send_all(agent: &RawAgent, first_seq: u64, chunks: &[ProfileChunk]) {
 
 async fn chunked_profiles_are_acknowledged_once_stored_and_come_back_exactly(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let Some(server) = crate::support::start(backend, dir.path()).await else {
+    // Keeping originals: the download is then the bytes sent, whatever chunks they came in.
+    let Some(mut config) = crate::support::config(backend, dir.path()) else {
         return;
     };
+    config.keep_originals = true;
+    let server = Server::start(&config).await.unwrap();
     let api_url = format!("http://{}", server.http_addr());
     let api = ApiClient::new(&api_url).unwrap();
     let started = unix_nanos_now() - 20 * SEC + 123_456;
@@ -159,7 +180,7 @@ async fn chunked_profiles_are_acknowledged_once_stored_and_come_back_exactly(bac
             labels: labels.clone(),
             error: None,
             size_bytes: data.len() as u64,
-            download: Some(format!("/api/v1/profiles/{PROFILE_A}")),
+            download: Some(format!("/api/v1/services/checkout/profiles/{PROFILE_A}")),
         },
         holmes_api::ProfileJson {
             profile_id: FAILED.to_owned(),
@@ -213,9 +234,17 @@ async fn chunked_profiles_are_acknowledged_once_stored_and_come_back_exactly(bac
     );
 
     // Downloaded byte for byte, as a file named after kind, event and profile.
-    let downloaded = api.download_profile(PROFILE_A).await.unwrap();
+    let downloaded = api.download_profile("checkout", PROFILE_A).await.unwrap();
     assert!(downloaded == data, "the download is byte-identical");
-    let (head, body) = raw_get(server.http_addr(), &format!("/api/v1/profiles/{PROFILE_A}")).await;
+    let (head, body) = raw_get(
+        server.http_addr(),
+        &format!("/api/v1/services/checkout/profiles/{PROFILE_A}"),
+    )
+    .await;
+    assert!(
+        head.contains("\r\nx-holmes-download: original\r\n"),
+        "{head}"
+    );
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert!(
         head.contains("\r\ncontent-type: application/octet-stream\r\n"),
@@ -228,8 +257,11 @@ async fn chunked_profiles_are_acknowledged_once_stored_and_come_back_exactly(bac
         "{head}"
     );
     assert!(body == data, "the raw body is byte-identical");
-    let (status, message) =
-        api_error(&api, "/api/v1/profiles/0F1E2D3C4B5A69788796A5B4C3D2E1F0").await;
+    let (status, message) = api_error(
+        &api,
+        "/api/v1/services/checkout/profiles/0F1E2D3C4B5A69788796A5B4C3D2E1F0",
+    )
+    .await;
     assert_eq!(
         (status, message.as_str()),
         (
@@ -238,12 +270,26 @@ async fn chunked_profiles_are_acknowledged_once_stored_and_come_back_exactly(bac
         )
     );
     let unknown = "00000000000000000000000000000000";
-    let (status, message) = api_error(&api, &format!("/api/v1/profiles/{unknown}")).await;
+    let (status, message) = api_error(
+        &api,
+        &format!("/api/v1/services/checkout/profiles/{unknown}"),
+    )
+    .await;
     assert_eq!(
         (status, message),
-        (404, format!("unknown profile \"{unknown}\""))
+        (
+            404,
+            format!("service \"checkout\" has no profile \"{unknown}\"")
+        )
     );
-    let (status, message) = api_error(&api, &format!("/api/v1/profiles/{FAILED}")).await;
+    // Profile ids are scoped to their service: another service has no such profile.
+    let (status, _) = api_error(&api, &format!("/api/v1/services/cart/profiles/{PROFILE_A}")).await;
+    assert_eq!(status, 404);
+    let (status, message) = api_error(
+        &api,
+        &format!("/api/v1/services/checkout/profiles/{FAILED}"),
+    )
+    .await;
     assert_eq!(
         (status, message),
         (
@@ -255,7 +301,17 @@ async fn chunked_profiles_are_acknowledged_once_stored_and_come_back_exactly(bac
     // Through the CLI: the file, standard output, the JSON list and the table.
     let file = dir.path().join("cpu.pb.gz");
     let file_text = file.to_str().unwrap();
-    let out = holmes_cli(&["--api", &api_url, "profile", PROFILE_A, "-o", file_text]).await;
+    let out = holmes_cli(&[
+        "--api",
+        &api_url,
+        "profile",
+        "--service",
+        "checkout",
+        PROFILE_A,
+        "-o",
+        file_text,
+    ])
+    .await;
     assert!(out.status.success(), "{out:?}");
     assert_eq!(
         String::from_utf8(out.stdout).unwrap(),
@@ -265,10 +321,30 @@ async fn chunked_profiles_are_acknowledged_once_stored_and_come_back_exactly(bac
         std::fs::read(&file).unwrap() == data,
         "the file is byte-identical"
     );
-    let out = holmes_cli(&["--api", &api_url, "profile", PROFILE_A, "-o", "-"]).await;
+    let out = holmes_cli(&[
+        "--api",
+        &api_url,
+        "profile",
+        "--service",
+        "checkout",
+        PROFILE_A,
+        "-o",
+        "-",
+    ])
+    .await;
     assert!(out.status.success(), "{:?}", out.stderr);
     assert!(out.stdout == data, "standard output is byte-identical");
-    let out = holmes_cli(&["--api", &api_url, "profile", FAILED, "-o", file_text]).await;
+    let out = holmes_cli(&[
+        "--api",
+        &api_url,
+        "profile",
+        "--service",
+        "checkout",
+        FAILED,
+        "-o",
+        file_text,
+    ])
+    .await;
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8(out.stderr)
         .unwrap()
@@ -396,9 +472,12 @@ async fn resent_profiles_are_stored_once(backend: Backend) {
             (PROFILE_C, c.len() as u64)
         ]
     );
-    assert!(api.download_profile(PROFILE_A).await.unwrap() == a);
-    assert!(api.download_profile(PROFILE_B).await.unwrap() == b);
-    assert!(api.download_profile(PROFILE_C).await.unwrap() == c);
+    // Re-encoded from the store (originals are not kept by default): what they say is
+    // what was sent.
+    for (id, sent) in [(PROFILE_A, &a), (PROFILE_B, &b), (PROFILE_C, &c)] {
+        let downloaded = api.download_profile("checkout", id).await.unwrap();
+        assert_eq!(meaning(&downloaded), meaning(sent), "profile {id}");
+    }
     server.shutdown().await;
 }
 
@@ -526,7 +605,8 @@ async fn inconsistent_profiles_end_the_stream_and_others_are_still_served() {
     let listed = api.profiles("checkout", "5m").await.unwrap();
     assert_eq!(listed.profiles.len(), 1, "{listed:?}");
     assert_eq!(listed.profiles[0].instance, "checkout-good");
-    assert!(api.download_profile(PROFILE_A).await.unwrap() == data);
+    let downloaded = api.download_profile("checkout", PROFILE_A).await.unwrap();
+    assert_eq!(meaning(&downloaded), meaning(&data));
     server.shutdown().await;
 }
 
@@ -658,7 +738,7 @@ async fn bad_profiles_are_refused_with_the_reason(backend: Backend) {
     assert_eq!(listed.len(), 4, "{listed:?}");
     let refused = "refused by the collector: ";
     assert!(
-        errors[0].is_some_and(|e| e.starts_with(&format!("{refused}not a pprof profile"))),
+        errors[0].is_some_and(|e| e.starts_with(&format!("{refused}not a valid profile"))),
         "{errors:?}"
     );
     assert_eq!(
@@ -678,10 +758,10 @@ async fn bad_profiles_are_refused_with_the_reason(backend: Backend) {
     assert_eq!(errors[3], None);
     assert_eq!(
         listed[3].download.as_deref(),
-        Some(download_path(ids[3]).as_str())
+        Some(download_path("checkout", ids[3]).as_str())
     );
 
-    let top = api.top(ids[3], None, 10).await.unwrap();
+    let top = api.top("checkout", ids[3], None, 10).await.unwrap();
     assert_eq!(
         (top.sample_type.as_str(), top.unit.as_str()),
         ("cpu", "nanoseconds")
@@ -694,12 +774,25 @@ async fn bad_profiles_are_refused_with_the_reason(backend: Backend) {
     );
     let main = top.functions.iter().find(|f| f.function == "main").unwrap();
     assert_eq!((main.flat, main.cum), (0, 100_000_000));
-    let by_count = api.top(ids[3], Some("samples"), 1).await.unwrap();
+    let by_count = api
+        .top("checkout", ids[3], Some("samples"), 1)
+        .await
+        .unwrap();
     assert_eq!(by_count.functions.len(), 1);
     assert_eq!(by_count.functions[0].flat, 9);
     // The same through the CLI, as a person reads it.
     let api_url = format!("http://{}", server.http_addr());
-    let out = holmes_cli(&["--api", &api_url, "top", ids[3], "--limit", "2"]).await;
+    let out = holmes_cli(&[
+        "--api",
+        &api_url,
+        "top",
+        "--service",
+        "checkout",
+        ids[3],
+        "--limit",
+        "2",
+    ])
+    .await;
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = text.lines().collect();
@@ -713,11 +806,14 @@ async fn bad_profiles_are_refused_with_the_reason(backend: Backend) {
         "{text}"
     );
     // A refused profile has no top; the reason is given.
-    let (status, message) = api_error(&api, &top_path(ids[1])).await;
+    let (status, message) = api_error(&api, &top_path("checkout", ids[1])).await;
     assert_eq!(status, 404);
     assert!(message.contains("decompresses to more than"), "{message}");
-    let (status, message) =
-        api_error(&api, &format!("{}?sample_type=alloc", top_path(ids[3]))).await;
+    let (status, message) = api_error(
+        &api,
+        &format!("{}?sample_type=alloc", top_path("checkout", ids[3])),
+    )
+    .await;
     assert_eq!(
         (status, message.as_str()),
         (

@@ -242,7 +242,7 @@ async fn assert_each_event_stored_once(api: &ApiClient, events: &[String]) {
         assert_eq!(p.kind, "threads");
         assert_eq!(p.error, None, "{p:?}");
         assert_eq!(p.instance, INSTANCE);
-        let bytes = api.download_profile(&p.profile_id).await.unwrap();
+        let bytes = api.download_profile(SERVICE, &p.profile_id).await.unwrap();
         assert!(bytes.starts_with(&[0x1f, 0x8b]), "a gzip pprof");
     }
 }

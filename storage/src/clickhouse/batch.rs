@@ -6,9 +6,12 @@
 //! waits; the task takes submissions until the batch holds [`BatchConfig::max_rows`]
 //! rows or [`BatchConfig::max_bytes`] bytes or [`BatchConfig::max_delay`] has passed
 //! since its first submission, writes the batch in one `INSERT`, and tells every caller
-//! of the batch how it went. A failed batch fails all its callers, who have acknowledged
-//! nothing yet, so their agents resend: nothing is lost. What waits is bounded: the
-//! submission queue holds [`QUEUE_DEPTH`] submissions; beyond it callers wait their turn.
+//! of the batch how it went. When a batch of several callers fails, each caller's rows
+//! are written again on their own, so that one caller's bad rows (say, dates spread
+//! over more partitions than one insert may touch) fail that caller only, never the
+//! other agents sharing its batch. A failed caller has acknowledged nothing yet, so its
+//! agent resends: nothing is lost. What waits is bounded: the submission queue holds
+//! [`QUEUE_DEPTH`] submissions; beyond it callers wait their turn.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -122,49 +125,70 @@ async fn run<T>(
     while let Some(first) = rx.recv().await {
         let deadline = tokio::time::Instant::now() + config.max_delay;
         let mut bytes: usize = first.rows.iter().map(Weigh::weight).sum();
-        let mut rows = first.rows;
-        let mut waiters = vec![first.done];
-        while rows.len() < config.max_rows && bytes < config.max_bytes {
+        let mut count = first.rows.len();
+        let mut submissions = vec![first];
+        while count < config.max_rows && bytes < config.max_bytes {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Some(s)) => {
                     bytes = bytes.saturating_add(s.rows.iter().map(Weigh::weight).sum());
-                    rows.extend(s.rows);
-                    waiters.push(s.done);
+                    count += s.rows.len();
+                    submissions.push(s);
                 }
                 Ok(None) | Err(_) => break,
             }
         }
         let started = std::time::Instant::now();
-        let result = write(&client, table, &rows).await;
+        let result = write(
+            &client,
+            table,
+            submissions.iter().flat_map(|s| s.rows.iter()),
+        )
+        .await;
         if let Some(observe) = OBSERVER.get() {
-            observe(table, rows.len(), started.elapsed(), result.is_ok());
+            observe(table, count, started.elapsed(), result.is_ok());
         }
-        match &result {
-            Ok(()) => tracing::debug!(
-                table,
-                rows = rows.len(),
-                bytes,
-                callers = waiters.len(),
-                ms = started.elapsed().as_millis() as u64,
-                "batch written"
-            ),
-            Err(err) => tracing::warn!(
-                table,
-                rows = rows.len(),
-                callers = waiters.len(),
-                error = %err,
-                "batch failed; its callers will be resent"
-            ),
-        }
-        for w in waiters {
-            let _ = w.send(result.clone());
+        match result {
+            Ok(()) => {
+                tracing::debug!(
+                    table,
+                    rows = count,
+                    bytes,
+                    callers = submissions.len(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "batch written"
+                );
+                for s in submissions {
+                    let _ = s.done.send(Ok(()));
+                }
+            }
+            Err(err) if submissions.len() == 1 => {
+                tracing::warn!(table, rows = count, error = %err, "batch failed; its caller will be resent");
+                for s in submissions {
+                    let _ = s.done.send(Err(err.clone()));
+                }
+            }
+            Err(err) => {
+                // Whose rows failed it? Each caller's again, alone.
+                tracing::warn!(table, rows = count, callers = submissions.len(), error = %err, "batch failed; writing each caller's rows alone");
+                for s in submissions {
+                    let alone = write(&client, table, s.rows.iter()).await;
+                    if let Err(e) = &alone {
+                        tracing::warn!(table, rows = s.rows.len(), error = %e, "a caller's rows failed alone; it will be resent");
+                    }
+                    let _ = s.done.send(alone);
+                }
+            }
         }
     }
 }
 
-async fn write<T>(client: &Client, table: &str, rows: &[T]) -> Result<(), String>
+async fn write<'a, T>(
+    client: &Client,
+    table: &str,
+    rows: impl Iterator<Item = &'a T>,
+) -> Result<(), String>
 where
-    T: RowOwned + RowWrite,
+    T: RowOwned + RowWrite + 'a,
 {
     let mut insert = client.insert::<T>(table).await.map_err(|e| e.to_string())?;
     for row in rows {

@@ -11,11 +11,12 @@
 //! `storage/tests/clickhouse.rs` compares the columns and keys of both schemas on a
 //! real server.
 
-use super::{date_text, day_of, now_nanos, ClickHouseStore, MigrationRow};
+use super::schema::{render, Features};
+use super::{date_text, day_of, now_nanos, ClickHouseStore, MigrationRow, ServerVersion};
 use crate::{Expired, StoreError};
 
 /// The migration count [`TABLES`] was written for: a new migration must update both.
-pub(super) const CLUSTER_SCHEMA_VERSION: u32 = 8;
+pub(super) const CLUSTER_SCHEMA_VERSION: u32 = 9;
 
 /// Replication path used when the configuration names none. `{database}` and `{table}`
 /// are filled in by Holmes (the table's name without `_local`); `{shard}` is the
@@ -84,7 +85,7 @@ pub(super) struct TableDef {
 
 const BY_SERVICE: &str = "cityHash64(service)";
 
-/// Every table, as the migrations leave it.
+/// Every table, as the migrations leave it (column templates as in `schema.rs`).
 pub(super) const TABLES: &[TableDef] = &[
     TableDef {
         name: "schema_migrations",
@@ -126,54 +127,6 @@ pub(super) const TABLES: &[TableDef] = &[
         by_day: true,
     },
     TableDef {
-        name: "profiles",
-        columns: "day Date, service String, profile_id String, event_id String, \
-                  instance_id String, kind String, started UInt64, duration_ns UInt64, \
-                  label_keys Array(String), label_values Array(String), error String, \
-                  size_bytes UInt64, data String",
-        engine: Engine::Replacing(None),
-        keys: "PARTITION BY day ORDER BY (service, started, profile_id) \
-               SETTINGS index_granularity = 8",
-        sharding_key: BY_SERVICE,
-        by_day: true,
-    },
-    TableDef {
-        name: "profiles_by_id",
-        columns: "profile_id String, service String, day Date",
-        engine: Engine::Replacing(None),
-        keys: "ORDER BY profile_id",
-        sharding_key: BY_SERVICE,
-        by_day: false,
-    },
-    TableDef {
-        name: "stacks",
-        columns: "stack_id UInt64, functions Array(String), files Array(String), \
-                  lines Array(UInt32)",
-        engine: Engine::Replacing(None),
-        keys: "ORDER BY stack_id",
-        // Shared by services: a stack's copies land on one shard, where merges fold them.
-        sharding_key: "stack_id",
-        by_day: false,
-    },
-    TableDef {
-        name: "profile_contents",
-        columns: "day Date, service String, profile_id String, started UInt64, \
-                  type_names Array(String), type_units Array(String)",
-        engine: Engine::Replacing(None),
-        keys: "PARTITION BY day ORDER BY (service, profile_id)",
-        sharding_key: BY_SERVICE,
-        by_day: true,
-    },
-    TableDef {
-        name: "profile_samples",
-        columns: "day Date, service String, profile_id String, idx UInt32, stack_id UInt64, \
-                  vals Array(Int64), label_keys Array(String), label_values Array(String)",
-        engine: Engine::Replacing(None),
-        keys: "PARTITION BY day ORDER BY (service, profile_id, idx)",
-        sharding_key: BY_SERVICE,
-        by_day: true,
-    },
-    TableDef {
         name: "incidents",
         columns: "service String, incident_id String, metric String, severity String, \
                   status String, first_event UInt64, last_event UInt64, has_resolved UInt8, \
@@ -191,6 +144,90 @@ pub(super) const TABLES: &[TableDef] = &[
         keys: "ORDER BY incident_id",
         sharding_key: BY_SERVICE,
         by_day: false,
+    },
+    TableDef {
+        name: "writer_epochs",
+        columns: "epoch UInt32, nonce UInt64, claimed_at UInt64, holder String",
+        engine: Engine::MergeTree,
+        keys: "ORDER BY (epoch, nonce)",
+        // All claims of one epoch on one shard, where the claimants read them.
+        sharding_key: "epoch",
+        by_day: false,
+    },
+    TableDef {
+        name: "locations",
+        columns: "day Date, num UInt64{codec:Delta, ZSTD(1)}, kind UInt8, module {lc}, \
+                  build_id {lc}, offset UInt64{codec:ZSTD(1)}, frames String{codec:ZSTD(3)}",
+        engine: Engine::Replacing(None),
+        keys: "PARTITION BY day ORDER BY num",
+        // Shared by services: a location's copies land on one shard, where merges fold them.
+        sharding_key: "num",
+        by_day: true,
+    },
+    TableDef {
+        name: "location_ids",
+        columns: "day Date, id FixedString(16), num UInt64",
+        engine: Engine::Replacing(None),
+        keys: "PARTITION BY day ORDER BY id",
+        sharding_key: "cityHash64(id)",
+        by_day: true,
+    },
+    TableDef {
+        name: "stacks",
+        columns: "day Date, service {lc}, num UInt64{codec:Delta, ZSTD(1)}, \
+                  locations String{codec:ZSTD(3)}",
+        engine: Engine::Replacing(None),
+        keys: "PARTITION BY day ORDER BY (service, num)",
+        sharding_key: BY_SERVICE,
+        by_day: true,
+    },
+    TableDef {
+        name: "stack_ids",
+        columns: "day Date, service {lc}, id FixedString(16), num UInt64",
+        engine: Engine::Replacing(None),
+        keys: "PARTITION BY day ORDER BY (service, id)",
+        sharding_key: BY_SERVICE,
+        by_day: true,
+    },
+    TableDef {
+        name: "symbols",
+        columns: "id FixedString(16), at UInt64, frames String{codec:ZSTD(3)}",
+        engine: Engine::Replacing(Some("at")),
+        keys: "ORDER BY id",
+        sharding_key: "cityHash64(id)",
+        by_day: false,
+    },
+    TableDef {
+        name: "profiles",
+        columns: "day Date, service {lc}, started UInt64{codec:Delta, ZSTD(1)}, \
+                  profile_id String, event_id String{codec:ZSTD(1)}, instance_id {lc}, \
+                  kind {lc}, duration_ns UInt64{codec:T64, ZSTD(1)}, label_keys Array({lc}), \
+                  label_values Array(String){codec:ZSTD(1)}, error String{codec:ZSTD(1)}, \
+                  size_bytes UInt64{codec:T64, ZSTD(1)}, format {lc}, \
+                  header String{codec:ZSTD(3)}, samples String{codec:ZSTD(3)}, \
+                  original String{codec:ZSTD(1)}",
+        engine: Engine::Replacing(None),
+        keys: "PARTITION BY day ORDER BY (service, started, profile_id) \
+               SETTINGS index_granularity = 64",
+        sharding_key: BY_SERVICE,
+        by_day: true,
+    },
+    TableDef {
+        name: "profile_ids",
+        columns: "day Date, service {lc}, profile_id String, started UInt64",
+        engine: Engine::Replacing(None),
+        keys: "PARTITION BY day ORDER BY (service, profile_id)",
+        sharding_key: BY_SERVICE,
+        by_day: true,
+    },
+    TableDef {
+        name: "parked_events",
+        columns: "day Date, parked UInt64, source String, service String, error String, \
+                  payload String{codec:ZSTD(1)}",
+        engine: Engine::MergeTree,
+        keys: "PARTITION BY day ORDER BY parked",
+        sharding_key: BY_SERVICE,
+        by_day: true,
     },
     // The control plane (`control.rs`).
     TableDef {
@@ -313,9 +350,10 @@ impl ClusterConfig {
         )
     }
 
-    /// The DDL of every table, in order: for each, its local table, then its
-    /// `Distributed` table.
-    pub fn ddl(&self, database: &str) -> Vec<String> {
+    /// The DDL of every table for a server of `version`, in order: for each, its local
+    /// table, then its `Distributed` table.
+    pub fn ddl(&self, database: &str, version: ServerVersion) -> Vec<String> {
+        let features = Features::of(version);
         let db = ident(database);
         let on = self.on_cluster_clause();
         let mut out = Vec::with_capacity(TABLES.len() * 2);
@@ -324,7 +362,7 @@ impl ClusterConfig {
             out.push(format!(
                 "CREATE TABLE IF NOT EXISTS {db}.{}{on} ({}) ENGINE = {} {}",
                 ident(&local),
-                t.columns,
+                render(t.columns, features),
                 self.local_engine(database, t),
                 t.keys
             ));
@@ -401,7 +439,7 @@ impl ClickHouseStore {
                 ),
             });
         }
-        for sql in cluster.ddl(database) {
+        for sql in cluster.ddl(database, self.version) {
             self.client
                 .query(&sql)
                 .execute()
@@ -460,8 +498,8 @@ impl ClickHouseStore {
             for day in days {
                 self.client
                     .query(&format!(
-                        "ALTER TABLE {table}_local{on} DROP PARTITION toDate('{}')",
-                        date_text(day)
+                        "ALTER TABLE {table}_local{on} DROP PARTITION ID '{}'",
+                        date_text(day).replace('-', "")
                     ))
                     .execute()
                     .await
@@ -469,11 +507,34 @@ impl ClickHouseStore {
                 expired.partitions += 1;
             }
         }
+        let cutoff_start = cutoff_unix_nanos - cutoff_unix_nanos % (86_400 * 1_000_000_000);
+        let gone: Vec<String> = self
+            .client
+            .query(
+                "SELECT incident_id FROM incidents GROUP BY incident_id HAVING max(last_event) < ?",
+            )
+            .bind(cutoff_start)
+            .fetch_all()
+            .await
+            .map_err(|e| self.err(e))?;
+        for chunk in gone.chunks(2000) {
+            for table in ["incidents_by_id", "incidents"] {
+                self.client
+                    .query(&format!(
+                        "ALTER TABLE {table}_local{on} DELETE WHERE has(?, incident_id)"
+                    ))
+                    .bind(chunk)
+                    .execute()
+                    .await
+                    .map_err(|e| self.err(e))?;
+            }
+            expired.rows += chunk.len() as u64;
+        }
         self.client
             .query(&format!(
-                "ALTER TABLE profiles_by_id_local{on} DELETE WHERE day < toDate(?)"
+                "ALTER TABLE instances_local{on} DELETE WHERE last_seen < ?"
             ))
-            .bind(&cutoff)
+            .bind(cutoff_start)
             .execute()
             .await
             .map_err(|e| self.err(e))?;
@@ -483,8 +544,17 @@ impl ClickHouseStore {
 
 #[cfg(test)]
 mod tests {
-    use super::super::MIGRATIONS;
+    use super::super::schema::{Step, MIGRATIONS};
     use super::*;
+
+    const NEW: ServerVersion = ServerVersion {
+        major: 26,
+        minor: 9,
+    };
+    const OLD: ServerVersion = ServerVersion {
+        major: 18,
+        minor: 16,
+    };
 
     #[test]
     fn tables_describe_the_last_migration() {
@@ -499,30 +569,37 @@ mod tests {
     fn every_migrated_table_has_a_definition() {
         // Each table a migration creates (and does not drop again) is in TABLES.
         let mut created: Vec<String> = Vec::new();
-        for statement in MIGRATIONS.iter().flat_map(|m| m.iter()) {
+        let mut dropped: Vec<String> = Vec::new();
+        for step in MIGRATIONS.iter().flat_map(|m| m.iter()) {
+            let Step::Sql(statement) = step else { continue };
             let words: Vec<&str> = statement.split_whitespace().collect();
-            if let ["CREATE", "TABLE", "IF", "NOT", "EXISTS", name, ..] = words.as_slice() {
-                created.push((*name).to_owned());
+            match words.as_slice() {
+                ["CREATE", "TABLE", "IF", "NOT", "EXISTS", name, ..] => {
+                    created.push((*name).to_owned())
+                }
+                ["DROP", "TABLE", "IF", "EXISTS", name] => dropped.push((*name).to_owned()),
+                _ => {}
             }
         }
-        for name in created {
-            // A copy-and-swap rebuild creates `<table>_v<N>` and renames it to `<table>`.
-            let base = match name.rsplit_once("_v") {
-                Some((base, n)) if n.chars().all(|c| c.is_ascii_digit()) => base,
-                _ => name.as_str(),
-            };
+        for name in created.iter().filter(|n| !dropped.contains(n)) {
             assert!(
-                TABLES.iter().any(|t| t.name == base),
+                TABLES.iter().any(|t| t.name == name),
                 "table {name} of the migrations is missing from cluster::TABLES"
             );
         }
-        assert!(TABLES.iter().any(|t| t.name == "schema_migrations"));
+        for t in TABLES {
+            assert!(
+                t.name == "schema_migrations" || created.contains(&t.name.to_owned()),
+                "{} is in cluster::TABLES but no migration creates it",
+                t.name
+            );
+        }
     }
 
     #[test]
     fn every_table_gets_a_replicated_local_and_a_distributed_table() {
         let cluster = ClusterConfig::new("holmes");
-        let ddl = cluster.ddl("holmes");
+        let ddl = cluster.ddl("holmes", NEW);
         assert_eq!(ddl.len(), TABLES.len() * 2);
         for (t, pair) in TABLES.iter().zip(ddl.chunks(2)) {
             let (local, dist) = (&pair[0], &pair[1]);
@@ -556,7 +633,7 @@ mod tests {
                     t.name, t.sharding_key
                 )
             );
-            if t.columns.contains("service String") {
+            if t.columns.contains("service ") {
                 assert_eq!(t.sharding_key, "cityHash64(service)", "{}", t.name);
             }
         }
@@ -576,7 +653,7 @@ mod tests {
             on_cluster: false,
             ..ClusterConfig::new("one")
         };
-        let ddl = cluster.ddl("db");
+        let ddl = cluster.ddl("db", OLD);
         assert!(ddl.iter().all(|d| !d.contains("ON CLUSTER")));
         assert!(ddl.iter().all(|d| !d.contains("Replicated")));
         assert!(ddl
@@ -600,7 +677,7 @@ mod tests {
             replica_name: "{replica}-a".to_owned(),
             ..ClusterConfig::new("c")
         };
-        let ddl = cluster.ddl("db");
+        let ddl = cluster.ddl("db", OLD);
         assert!(ddl[0]
             .contains("ReplicatedMergeTree('/ch/{shard}/x/schema_migrations', '{replica}-a')"));
     }

@@ -1,4 +1,4 @@
-//! The control plane on ClickHouse (migration 8): central rule changes and pauses (a row
+//! The control plane on ClickHouse (migration 9): central rule changes and pauses (a row
 //! per change: the history), capture requests, who each node asked and what each agent
 //! answered, agents' reports and the nodes' sightings.
 //!
@@ -15,6 +15,7 @@ use holmes_proto::{CaptureRefusal, RuleRefusal, TimeWindow};
 use serde::{Deserialize, Serialize};
 
 use super::batch::{BatchConfig, Batcher, Weigh};
+use super::schema::Step;
 use super::ClickHouseStore;
 use crate::control::{purpose_from_name, refusal_from_name};
 use crate::stored_names::{kind_from_name, metric_from_name};
@@ -23,9 +24,10 @@ use crate::{
     ChangedBy, ControlNode, PauseEdit, PauseRecord, RuleChange, RuleEdit, StoreError,
 };
 
-/// Migration 8: the control plane's tables.
-pub(super) const MIGRATION: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS rule_changes (
+/// Migration 9: the control plane's tables.
+pub(super) const MIGRATION: &[Step] = &[
+    Step::Sql(
+        "CREATE TABLE IF NOT EXISTS rule_changes (
         service String,
         selector String,
         metric String,
@@ -36,7 +38,9 @@ pub(super) const MIGRATION: &[&str] = &[
         author String,
         note String
     ) ENGINE = ReplacingMergeTree ORDER BY (service, selector, metric, version)",
-    "CREATE TABLE IF NOT EXISTS capture_pauses (
+    ),
+    Step::Sql(
+        "CREATE TABLE IF NOT EXISTS capture_pauses (
         scope String,
         version UInt64,
         until UInt64,
@@ -45,7 +49,9 @@ pub(super) const MIGRATION: &[&str] = &[
         author String,
         note String
     ) ENGINE = ReplacingMergeTree ORDER BY (scope, version)",
-    "CREATE TABLE IF NOT EXISTS capture_requests (
+    ),
+    Step::Sql(
+        "CREATE TABLE IF NOT EXISTS capture_requests (
         service String,
         request_id String,
         selector String,
@@ -63,13 +69,17 @@ pub(super) const MIGRATION: &[&str] = &[
         author String,
         note String
     ) ENGINE = ReplacingMergeTree ORDER BY (service, request_id)",
-    "CREATE TABLE IF NOT EXISTS capture_dispatches (
+    ),
+    Step::Sql(
+        "CREATE TABLE IF NOT EXISTS capture_dispatches (
         request_id String,
         node_id String,
         instances Array(String),
         at UInt64
     ) ENGINE = ReplacingMergeTree(at) ORDER BY (request_id, node_id)",
-    "CREATE TABLE IF NOT EXISTS capture_outcomes (
+    ),
+    Step::Sql(
+        "CREATE TABLE IF NOT EXISTS capture_outcomes (
         request_id String,
         instance_id String,
         service String,
@@ -81,7 +91,9 @@ pub(super) const MIGRATION: &[&str] = &[
         refused_details Array(String),
         at UInt64
     ) ENGINE = ReplacingMergeTree(at) ORDER BY (request_id, instance_id)",
-    "CREATE TABLE IF NOT EXISTS agent_reports (
+    ),
+    Step::Sql(
+        "CREATE TABLE IF NOT EXISTS agent_reports (
         service String,
         instance_id String,
         node_id String,
@@ -91,11 +103,14 @@ pub(super) const MIGRATION: &[&str] = &[
         refused_reasons Array(String),
         at UInt64
     ) ENGINE = ReplacingMergeTree(at) ORDER BY (service, instance_id)",
-    "CREATE TABLE IF NOT EXISTS control_nodes (
+    ),
+    Step::Sql(
+        "CREATE TABLE IF NOT EXISTS control_nodes (
         node_id String,
         agents UInt64,
         seen UInt64
     ) ENGINE = ReplacingMergeTree(seen) ORDER BY node_id",
+    ),
 ];
 
 /// The batched control tables.

@@ -1,125 +1,68 @@
-//! Profiles on ClickHouse: the `profiles` and `profiles_by_id` tables of migration 3.
-//!
-//! No `Nullable`: a capture that worked has an empty `error`. The bytes travel as a
-//! RowBinary `String`, which carries any bytes; they are (de)serialized through serde's
-//! byte-buffer path, the efficient one the crate documents for `String` columns.
+//! Profiles on ClickHouse: `profiles`, one row each (what the agent said, the header and
+//! samples in their compact forms, the original bytes only when kept), sorted by
+//! service and start time, and `profile_ids` (service and id → day and start), so that
+//! a read by id touches one granule of one partition. A resend writes the same rows
+//! again; merges fold them and reads take one with `LIMIT 1 BY`.
 
-use std::collections::BTreeMap;
-use std::fmt;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use clickhouse::Row;
-use serde::de::{Deserializer, SeqAccess, Visitor};
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 use super::batch::Weigh;
-use super::{date_text, day_of, ClickHouseStore, ProfileIdRow};
-use crate::stored_names::kind_from_name;
-use crate::{ProfileMeta, ProfileQuery, ProfileRecord, StoreError};
-
-/// Bytes written as one RowBinary `String` (length, then the bytes).
-pub(in crate::clickhouse) struct RawBytes(Vec<u8>);
-
-impl Serialize for RawBytes {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(&self.0)
-    }
-}
-
-/// Bytes read from a RowBinary `String`, whatever they are (not necessarily UTF-8).
-struct ByteBuf(Vec<u8>);
-
-impl<'de> Deserialize<'de> for ByteBuf {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct BytesVisitor;
-
-        impl<'de> Visitor<'de> for BytesVisitor {
-            type Value = ByteBuf;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("bytes")
-            }
-
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<ByteBuf, E> {
-                Ok(ByteBuf(v.to_vec()))
-            }
-
-            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<ByteBuf, E> {
-                Ok(ByteBuf(v))
-            }
-
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ByteBuf, E> {
-                Ok(ByteBuf(v.as_bytes().to_vec()))
-            }
-
-            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<ByteBuf, E> {
-                Ok(ByteBuf(v.into_bytes()))
-            }
-
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<ByteBuf, A::Error> {
-                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-                while let Some(b) = seq.next_element::<u8>()? {
-                    out.push(b);
-                }
-                Ok(ByteBuf(out))
-            }
-        }
-
-        deserializer.deserialize_byte_buf(BytesVisitor)
-    }
-}
+use super::bytes::{ByteBuf, RawBytes};
+use super::{date_text, day_of, stacks, ClickHouseStore};
+use crate::assemble::{self, Merger};
+use crate::encoding::{self, StoredSamples};
+use crate::stored_names::{format_from_name, kind_from_name};
+use crate::{
+    MergeQuery, MergedProfile, ProfileHeader, ProfileMeta, ProfileQuery, ProfileRecord, StoreError,
+};
 
 #[derive(Row, Serialize)]
-pub(in crate::clickhouse) struct ProfileInsertRow {
+pub(super) struct ProfileRow {
     day: u16,
     service: String,
+    started: u64,
     profile_id: String,
     event_id: String,
     instance_id: String,
     kind: &'static str,
-    started: u64,
     duration_ns: u64,
     label_keys: Vec<String>,
     label_values: Vec<String>,
     error: String,
     size_bytes: u64,
-    data: RawBytes,
+    format: &'static str,
+    header: RawBytes,
+    samples: RawBytes,
+    original: RawBytes,
 }
 
-impl Weigh for ProfileInsertRow {
+impl Weigh for ProfileRow {
     fn weight(&self) -> usize {
-        self.data.0.len() + self.error.len() + 256
+        self.header.0.len() + self.samples.0.len() + self.original.0.len() + self.error.len() + 256
     }
 }
 
-/// Where a profile's rows are: its service and day, from `profiles_by_id`.
-#[derive(Row, Deserialize)]
-pub(super) struct ProfileLocation {
-    pub(super) service: String,
-    pub(super) day: u16,
+#[derive(Row, Serialize, Deserialize)]
+pub(super) struct ProfileIdRow {
+    day: u16,
+    service: String,
+    profile_id: String,
+    started: u64,
 }
 
-/// The service and day of profile `profile_id` (a primary-key lookup in
-/// `profiles_by_id`), so that reads of its rows touch one partition's key range.
-pub(super) async fn locate(
-    store: &ClickHouseStore,
-    profile_id: &str,
-) -> Result<Option<ProfileLocation>, StoreError> {
-    store
-        .client
-        .query(
-            "SELECT ?fields FROM profiles_by_id WHERE profile_id = ?
-             ORDER BY service LIMIT 1",
-        )
-        .bind(profile_id)
-        .fetch_optional()
-        .await
-        .map_err(|e| store.err(e))
+impl Weigh for ProfileIdRow {
+    fn weight(&self) -> usize {
+        self.profile_id.len() + self.service.len() + 16
+    }
 }
 
-/// Everything but the bytes.
+/// Everything but the stored forms.
 #[derive(Row, Deserialize)]
-struct ProfileMetaRow {
+struct MetaRow {
     service: String,
     profile_id: String,
     event_id: String,
@@ -131,11 +74,12 @@ struct ProfileMetaRow {
     label_values: Vec<String>,
     error: String,
     size_bytes: u64,
+    format: String,
 }
 
-/// The same with the bytes.
+/// The same with the stored forms.
 #[derive(Row, Deserialize)]
-struct ProfileDataRow {
+struct DataRow {
     service: String,
     profile_id: String,
     event_id: String,
@@ -147,10 +91,13 @@ struct ProfileDataRow {
     label_values: Vec<String>,
     error: String,
     size_bytes: u64,
-    data: ByteBuf,
+    format: String,
+    header: ByteBuf,
+    samples: ByteBuf,
+    original: ByteBuf,
 }
 
-impl ProfileMetaRow {
+impl MetaRow {
     fn decode(self) -> Result<ProfileMeta, StoreError> {
         if self.label_keys.len() != self.label_values.len() {
             return Err(StoreError::Corrupt {
@@ -162,6 +109,7 @@ impl ProfileMetaRow {
             self.label_keys.into_iter().zip(self.label_values).collect();
         Ok(ProfileMeta {
             kind: kind_from_name("profiles.kind", &self.kind)?,
+            format: format_from_name("profiles.format", &self.format)?,
             profile_id: self.profile_id,
             event_id: self.event_id,
             service: self.service,
@@ -175,79 +123,72 @@ impl ProfileMetaRow {
     }
 }
 
-impl ProfileDataRow {
-    fn decode(self) -> Result<ProfileRecord, StoreError> {
-        let data = self.data.0;
-        if data.len() as u64 != self.size_bytes {
-            return Err(StoreError::Corrupt {
-                what: "profiles.data",
-                value: format!(
-                    "{} bytes where size_bytes says {}",
-                    data.len(),
-                    self.size_bytes
-                ),
-            });
-        }
-        let meta = ProfileMetaRow {
-            service: self.service,
-            profile_id: self.profile_id,
-            event_id: self.event_id,
-            instance_id: self.instance_id,
-            kind: self.kind,
-            started: self.started,
-            duration_ns: self.duration_ns,
-            label_keys: self.label_keys,
-            label_values: self.label_values,
-            error: self.error,
-            size_bytes: self.size_bytes,
-        }
-        .decode()?;
-        Ok(ProfileRecord {
-            profile_id: meta.profile_id,
-            event_id: meta.event_id,
-            service: meta.service,
-            instance_id: meta.instance_id,
-            kind: meta.kind,
-            started_unix_nanos: meta.started_unix_nanos,
-            duration: meta.duration,
-            labels: meta.labels,
-            error: meta.error,
-            data,
-        })
-    }
-}
-
-/// Writes the profile and its entry in `profiles_by_id`, each in the batch of its table.
-/// A failure of either leaves the profile unacknowledged; the agent's resend writes both
-/// again, and merges fold the copies (reads hide the ones not merged yet).
+/// Writes a profile: first the rows of its new locations and stacks, then (once those
+/// are durable, so that no stored profile refers to a row that is not) the profile and
+/// its id row. A failure leaves the profile unacknowledged; the resend writes the same
+/// rows again and merges fold them.
 pub(super) async fn insert(store: &ClickHouseStore, p: &ProfileRecord) -> Result<(), StoreError> {
     let day = day_of(p.started_unix_nanos);
-    let row = ProfileInsertRow {
+    let (header, samples, numbered) = match &p.contents {
+        Some(c) => {
+            let unknown = store.numbering.unknown(&p.service, c);
+            let (found_l, found_s) = if unknown.is_empty() {
+                Default::default()
+            } else {
+                stacks::lookup(store, &p.service, &unknown).await?
+            };
+            let numbered =
+                store
+                    .numbering
+                    .number(&p.service, u32::from(day), c, &found_l, &found_s)?;
+            stacks::write_rows(store, &p.service, day, c, &numbered).await?;
+            (
+                encoding::header_bytes(&c.header),
+                encoding::samples_bytes(
+                    &c.samples,
+                    c.header.sample_types.len(),
+                    &c.label_sets,
+                    &numbered.stack_nums,
+                ),
+                Some(numbered),
+            )
+        }
+        None => (Vec::new(), Vec::new(), None),
+    };
+    let row = ProfileRow {
         day,
         service: p.service.clone(),
+        started: p.started_unix_nanos,
         profile_id: p.profile_id.clone(),
         event_id: p.event_id.clone(),
         instance_id: p.instance_id.clone(),
         kind: p.kind.as_str(),
-        started: p.started_unix_nanos,
         duration_ns: u64::try_from(p.duration.as_nanos()).unwrap_or(u64::MAX),
         label_keys: p.labels.keys().cloned().collect(),
         label_values: p.labels.values().cloned().collect(),
         error: p.error.clone().unwrap_or_default(),
-        size_bytes: p.data.len() as u64,
-        data: RawBytes(p.data.clone()),
+        size_bytes: p.size_bytes,
+        format: p.format.as_str(),
+        header: RawBytes(header),
+        samples: RawBytes(samples),
+        original: RawBytes(p.original.clone().unwrap_or_default()),
     };
     let id = ProfileIdRow {
-        profile_id: p.profile_id.clone(),
-        service: p.service.clone(),
         day,
+        service: p.service.clone(),
+        profile_id: p.profile_id.clone(),
+        started: p.started_unix_nanos,
     };
     let (profile, by_id) = tokio::join!(
         store.batches.profiles.insert(vec![row]),
         store.batches.profile_ids.insert(vec![id])
     );
     store.batched("profiles", profile)?;
-    store.batched("profiles_by_id", by_id)
+    store.batched("profile_ids", by_id)?;
+    if let Some(n) = numbered {
+        store.numbering.written(&p.service, &n);
+    }
+    Ok(())
 }
 
 pub(super) async fn query(
@@ -260,8 +201,8 @@ pub(super) async fn query(
     let event = q.event_id.as_deref();
     let kind = q.kind.map(|k| k.as_str());
     // `day` bounds skip whole partitions; LIMIT 1 BY hides resent copies that no merge
-    // has folded yet. The bytes column is never read here.
-    let rows: Vec<ProfileMetaRow> = store
+    // has folded yet. The stored forms are never read here.
+    let rows: Vec<MetaRow> = store
         .client
         .query(
             "SELECT ?fields FROM profiles
@@ -285,29 +226,164 @@ pub(super) async fn query(
         .fetch_all()
         .await
         .map_err(|e| store.err(e))?;
-    rows.into_iter().map(ProfileMetaRow::decode).collect()
+    rows.into_iter().map(MetaRow::decode).collect()
 }
 
-pub(super) async fn get(
+/// Profiles of `service` by id, put together with one read of the rows they share.
+pub(super) async fn get_many(
     store: &ClickHouseStore,
-    profile_id: &str,
-) -> Result<Option<ProfileRecord>, StoreError> {
-    // The id's service and day first, then one granule of one partition of `profiles`.
-    let Some(location) = locate(store, profile_id).await? else {
-        return Ok(None);
+    service: &str,
+    ids: &[String],
+) -> Result<Vec<ProfileRecord>, StoreError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Where they are (day and start), then exactly those keys of `profiles`.
+    let located: Vec<ProfileIdRow> = store
+        .client
+        .query(
+            "SELECT ?fields FROM profile_ids
+             WHERE service = ? AND profile_id IN (SELECT arrayJoin(?))
+             ORDER BY profile_id LIMIT 1 BY profile_id",
+        )
+        .bind(service)
+        .bind(ids)
+        .fetch_all()
+        .await
+        .map_err(|e| store.err(e))?;
+    if located.is_empty() {
+        return Ok(Vec::new());
+    }
+    let days: Vec<String> = {
+        let mut d: Vec<u16> = located.iter().map(|l| l.day).collect();
+        d.sort_unstable();
+        d.dedup();
+        d.into_iter().map(date_text).collect()
     };
-    let row: Option<ProfileDataRow> = store
+    let starts: Vec<u64> = located.iter().map(|l| l.started).collect();
+    let wanted: Vec<&str> = located.iter().map(|l| l.profile_id.as_str()).collect();
+    let rows: Vec<DataRow> = store
         .client
         .query(
             "SELECT ?fields FROM profiles
-             WHERE service = ? AND day = toDate(?) AND profile_id = ?
-             LIMIT 1",
+             WHERE service = ? AND day IN (SELECT toDate(arrayJoin(?)))
+               AND started IN (SELECT toUInt64(arrayJoin(?))) AND profile_id IN (SELECT arrayJoin(?))
+             LIMIT 1 BY profile_id",
         )
-        .bind(&location.service)
-        .bind(date_text(location.day))
-        .bind(profile_id)
-        .fetch_optional()
+        .bind(service)
+        .bind(days)
+        .bind(starts)
+        .bind(wanted)
+        .fetch_all()
         .await
         .map_err(|e| store.err(e))?;
-    row.map(ProfileDataRow::decode).transpose()
+    let mut decoded: Vec<(DataRow, Option<(ProfileHeader, StoredSamples)>)> = Vec::new();
+    for r in rows {
+        let d = if r.samples.0.is_empty() || r.header.0.is_empty() {
+            None
+        } else {
+            Some((
+                encoding::header_from(&r.header.0)?,
+                encoding::samples_from(&r.samples.0)?,
+            ))
+        };
+        decoded.push((r, d));
+    }
+    let nums = assemble::stack_nums(decoded.iter().filter_map(|(_, d)| d.as_ref().map(|d| &d.1)));
+    let rows = stacks::read_rows(store, service, &nums).await?;
+    let mut by_id: HashMap<String, ProfileRecord> = HashMap::new();
+    for (r, d) in decoded {
+        let contents = match d {
+            Some((header, samples)) => Some(assemble::contents(header, samples, &rows)?),
+            None => None,
+        };
+        let original = (!r.original.0.is_empty()).then_some(r.original.0);
+        let meta = MetaRow {
+            service: r.service,
+            profile_id: r.profile_id,
+            event_id: r.event_id,
+            instance_id: r.instance_id,
+            kind: r.kind,
+            started: r.started,
+            duration_ns: r.duration_ns,
+            label_keys: r.label_keys,
+            label_values: r.label_values,
+            error: r.error,
+            size_bytes: r.size_bytes,
+            format: r.format,
+        }
+        .decode()?;
+        by_id.insert(
+            meta.profile_id.clone(),
+            ProfileRecord {
+                profile_id: meta.profile_id,
+                event_id: meta.event_id,
+                service: meta.service,
+                instance_id: meta.instance_id,
+                kind: meta.kind,
+                started_unix_nanos: meta.started_unix_nanos,
+                duration: meta.duration,
+                labels: meta.labels,
+                error: meta.error,
+                size_bytes: meta.size_bytes,
+                format: meta.format,
+                contents,
+                original,
+            },
+        );
+    }
+    let mut out = Vec::with_capacity(by_id.len());
+    for id in ids {
+        if let Some(p) = by_id.remove(id) {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+#[derive(Row, Deserialize)]
+struct MergeRow {
+    header: ByteBuf,
+    samples: ByteBuf,
+}
+
+pub(super) async fn merge(
+    store: &ClickHouseStore,
+    q: &MergeQuery,
+) -> Result<MergedProfile, StoreError> {
+    let mut merger = Merger::default();
+    if q.since_unix_nanos < q.until_unix_nanos {
+        let rows: Vec<MergeRow> = store
+            .client
+            .query(
+                "SELECT header, samples FROM profiles
+                 WHERE service = ? AND kind = ? AND day >= toDate(?) AND day <= toDate(?)
+                   AND started >= ? AND started < ? AND samples != ''
+                 ORDER BY started DESC
+                 LIMIT 1 BY profile_id
+                 LIMIT ?",
+            )
+            .bind(&q.service)
+            .bind(q.kind.as_str())
+            .bind(date_text(day_of(q.since_unix_nanos)))
+            .bind(date_text(day_of(q.until_unix_nanos.saturating_sub(1))))
+            .bind(q.since_unix_nanos)
+            .bind(q.until_unix_nanos)
+            .bind(q.limit)
+            .fetch_all()
+            .await
+            .map_err(|e| store.err(e))?;
+        for r in rows {
+            merger.add(
+                &encoding::header_from(&r.header.0)?,
+                &encoding::samples_from(&r.samples.0)?,
+            );
+        }
+    }
+    let rows = stacks::read_rows(store, &q.service, &merger.stack_nums()).await?;
+    let profiles = merger.profiles();
+    Ok(MergedProfile {
+        profiles,
+        contents: merger.finish(&rows)?,
+    })
 }

@@ -140,6 +140,7 @@ impl ClickHouseSettings {
                 ..BatchConfig::default()
             },
             cluster: self.cluster_config(),
+            retention_days: None,
         })
     }
 }

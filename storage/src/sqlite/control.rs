@@ -1,11 +1,11 @@
-//! The control plane in the embedded store (migration 6): central rule changes and
+//! The control plane in the embedded store (migration 7): central rule changes and
 //! pauses (one row per change, the history), capture requests, who each node asked and
 //! what each agent answered, agents' reports and the nodes' sightings.
 //!
 //! Lists are stored as length-prefixed text (`<chars>:<text>` repeated), which needs no
 //! escaping whatever the strings hold.
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{nanos_from_sql, nanos_to_sql};
 use crate::control::{purpose_from_name, refusal_from_name};
@@ -16,7 +16,7 @@ use crate::{
 };
 use holmes_proto::{CaptureRefusal, ProfileKind, RuleRefusal, TimeWindow};
 
-/// Migration 6.
+/// Migration 7.
 pub(super) const SCHEMA: &str = "CREATE TABLE rule_changes (
         service TEXT NOT NULL,
         selector TEXT NOT NULL,
@@ -142,16 +142,15 @@ fn next_version(conn: &Connection) -> Result<u64, StoreError> {
 }
 
 pub(super) fn change_rules(
-    conn: &mut Connection,
+    conn: &Connection,
     edits: &[RuleEdit],
     by: &ChangedBy,
 ) -> Result<u64, StoreError> {
-    // IMMEDIATE: the write lock first, so that two collectors on one file never read
-    // the same highest version.
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let version = next_version(&tx)?;
+    // In the writer's transaction, begun IMMEDIATE: the write lock first, so that two
+    // collectors on one file never read the same highest version.
+    let version = next_version(conn)?;
     {
-        let mut stmt = tx.prepare_cached(
+        let mut stmt = conn.prepare_cached(
             "INSERT OR REPLACE INTO rule_changes
                 (service, selector, metric, version, rule_text, changed_at, author, note)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -169,7 +168,6 @@ pub(super) fn change_rules(
             ])?;
         }
     }
-    tx.commit()?;
     Ok(version)
 }
 
@@ -218,7 +216,7 @@ fn rule_decode(r: RuleRow) -> Result<RuleChange, StoreError> {
 }
 
 pub(super) fn rules_in_force(
-    conn: &mut Connection,
+    conn: &Connection,
     service: Option<&str>,
 ) -> Result<Vec<RuleChange>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
@@ -236,7 +234,7 @@ pub(super) fn rules_in_force(
 }
 
 pub(super) fn rule_history(
-    conn: &mut Connection,
+    conn: &Connection,
     service: &str,
     limit: u64,
 ) -> Result<Vec<RuleChange>, StoreError> {
@@ -251,13 +249,12 @@ pub(super) fn rule_history(
 }
 
 pub(super) fn change_pause(
-    conn: &mut Connection,
+    conn: &Connection,
     edit: &PauseEdit,
     by: &ChangedBy,
 ) -> Result<u64, StoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let version = next_version(&tx)?;
-    tx.execute(
+    let version = next_version(conn)?;
+    conn.execute(
         "INSERT OR REPLACE INTO capture_pauses
             (scope, version, until, reason, changed_at, author, note)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -271,11 +268,10 @@ pub(super) fn change_pause(
             by.note,
         ],
     )?;
-    tx.commit()?;
     Ok(version)
 }
 
-pub(super) fn pauses(conn: &mut Connection) -> Result<Vec<PauseRecord>, StoreError> {
+pub(super) fn pauses(conn: &Connection) -> Result<Vec<PauseRecord>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT scope, version, until, reason, changed_at, author, note FROM capture_pauses p
          WHERE version = (SELECT MAX(version) FROM capture_pauses l WHERE l.scope = p.scope)
@@ -299,12 +295,12 @@ pub(super) fn pauses(conn: &mut Connection) -> Result<Vec<PauseRecord>, StoreErr
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
-pub(super) fn control_version(conn: &mut Connection) -> Result<u64, StoreError> {
+pub(super) fn control_version(conn: &Connection) -> Result<u64, StoreError> {
     next_version(conn).map(|next| next - 1)
 }
 
 pub(super) fn insert_capture_request(
-    conn: &mut Connection,
+    conn: &Connection,
     r: &CaptureRequestRecord,
 ) -> Result<(), StoreError> {
     conn.prepare_cached(
@@ -379,7 +375,7 @@ fn request_decode(row: RequestRow) -> Result<CaptureRequestRecord, StoreError> {
 }
 
 pub(super) fn capture_requests(
-    conn: &mut Connection,
+    conn: &Connection,
     q: &CaptureRequestQuery,
 ) -> Result<Vec<CaptureRequestRecord>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
@@ -402,7 +398,7 @@ pub(super) fn capture_requests(
 }
 
 pub(super) fn get_capture_request(
-    conn: &mut Connection,
+    conn: &Connection,
     id: &str,
 ) -> Result<Option<CaptureRequestRecord>, StoreError> {
     conn.prepare_cached(&format!(
@@ -415,7 +411,7 @@ pub(super) fn get_capture_request(
 }
 
 pub(super) fn record_capture_dispatch(
-    conn: &mut Connection,
+    conn: &Connection,
     d: &CaptureDispatch,
 ) -> Result<(), StoreError> {
     conn.prepare_cached(
@@ -440,7 +436,7 @@ fn placeholders(n: usize) -> String {
 }
 
 pub(super) fn capture_dispatches(
-    conn: &mut Connection,
+    conn: &Connection,
     ids: &[String],
 ) -> Result<Vec<CaptureDispatch>, StoreError> {
     if ids.is_empty() {
@@ -503,7 +499,7 @@ fn refused_from_sql(s: &str) -> Result<Vec<CaptureRefusal>, StoreError> {
 }
 
 pub(super) fn record_capture_outcome(
-    conn: &mut Connection,
+    conn: &Connection,
     o: &CaptureOutcomeRecord,
 ) -> Result<(), StoreError> {
     conn.prepare_cached(
@@ -524,7 +520,7 @@ pub(super) fn record_capture_outcome(
 }
 
 pub(super) fn capture_outcomes(
-    conn: &mut Connection,
+    conn: &Connection,
     ids: &[String],
 ) -> Result<Vec<CaptureOutcomeRecord>, StoreError> {
     if ids.is_empty() {
@@ -564,10 +560,7 @@ pub(super) fn capture_outcomes(
         .collect()
 }
 
-pub(super) fn record_agent_report(
-    conn: &mut Connection,
-    a: &AgentReport,
-) -> Result<(), StoreError> {
+pub(super) fn record_agent_report(conn: &Connection, a: &AgentReport) -> Result<(), StoreError> {
     let refused = list_to_sql(
         a.refused
             .iter()
@@ -596,7 +589,7 @@ pub(super) fn record_agent_report(
 }
 
 pub(super) fn agent_reports(
-    conn: &mut Connection,
+    conn: &Connection,
     service: &str,
 ) -> Result<Vec<AgentReport>, StoreError> {
     let mut stmt = conn.prepare_cached(
@@ -649,10 +642,7 @@ pub(super) fn agent_reports(
         .collect()
 }
 
-pub(super) fn record_control_node(
-    conn: &mut Connection,
-    n: &ControlNode,
-) -> Result<(), StoreError> {
+pub(super) fn record_control_node(conn: &Connection, n: &ControlNode) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO control_nodes (node_id, agents, seen) VALUES (?1, ?2, ?3)
          ON CONFLICT (node_id) DO UPDATE SET agents = excluded.agents, seen = excluded.seen
@@ -666,10 +656,7 @@ pub(super) fn record_control_node(
     Ok(())
 }
 
-pub(super) fn control_nodes(
-    conn: &mut Connection,
-    since: u64,
-) -> Result<Vec<ControlNode>, StoreError> {
+pub(super) fn control_nodes(conn: &Connection, since: u64) -> Result<Vec<ControlNode>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT node_id, agents, seen FROM control_nodes WHERE seen >= ?1 ORDER BY node_id",
     )?;

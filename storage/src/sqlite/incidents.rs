@@ -3,15 +3,15 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::stacks::{strings_from_sql, strings_to_sql};
 use super::{nanos_from_sql, nanos_to_sql};
+use crate::encoding::{strings_bytes as strings_to_sql, strings_from as strings_from_sql};
 use crate::stored_names::metric_from_name;
 use crate::{IncidentQuery, IncidentRecord, IncidentStatus, Severity, StoreError};
 
 const COLUMNS: &str = "incident_id, service, metric, severity, status, first_event, last_event,
     resolved, instances, event_ids, related, version";
 
-pub(super) fn upsert(conn: &mut Connection, i: &IncidentRecord) -> Result<(), StoreError> {
+pub(super) fn upsert(conn: &Connection, i: &IncidentRecord) -> Result<(), StoreError> {
     conn.prepare_cached(&format!(
         "INSERT INTO incidents ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
          ON CONFLICT (incident_id) DO UPDATE SET
@@ -94,7 +94,7 @@ fn decode(r: Row) -> Result<IncidentRecord, StoreError> {
 }
 
 pub(super) fn query(
-    conn: &mut Connection,
+    conn: &Connection,
     q: &IncidentQuery,
 ) -> Result<Vec<IncidentRecord>, StoreError> {
     // Only the predicates asked for, so that SQLite walks `incidents_by_service` (or
@@ -126,7 +126,7 @@ pub(super) fn query(
     rows.into_iter().map(decode).collect()
 }
 
-pub(super) fn get(conn: &mut Connection, id: &str) -> Result<Option<IncidentRecord>, StoreError> {
+pub(super) fn get(conn: &Connection, id: &str) -> Result<Option<IncidentRecord>, StoreError> {
     let r = conn
         .prepare_cached(&format!(
             "SELECT {COLUMNS} FROM incidents WHERE incident_id = ?1"

@@ -54,8 +54,7 @@ fn cooldown_to_sql(cooldown: Duration) -> i64 {
     nanos_to_sql(u64::try_from(cooldown.as_millis()).unwrap_or(u64::MAX))
 }
 
-pub(super) fn insert(conn: &mut Connection, triggers: &[TriggerRecord]) -> Result<(), StoreError> {
-    let tx = conn.transaction()?;
+pub(super) fn insert(tx: &Connection, triggers: &[TriggerRecord]) -> Result<(), StoreError> {
     {
         let mut stmt = tx.prepare_cached(
             "INSERT OR IGNORE INTO triggers
@@ -87,7 +86,7 @@ pub(super) fn insert(conn: &mut Connection, triggers: &[TriggerRecord]) -> Resul
             ])?;
         }
     }
-    tx.commit()?;
+
     Ok(())
 }
 
@@ -146,10 +145,7 @@ impl Row {
     }
 }
 
-pub(super) fn query(
-    conn: &mut Connection,
-    q: &TriggerQuery,
-) -> Result<Vec<TriggerRecord>, StoreError> {
+pub(super) fn query(conn: &Connection, q: &TriggerQuery) -> Result<Vec<TriggerRecord>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT instance_id, event_id, ts, metric, reason, current_value, window_samples,
                 rule_metric, rule_enabled, rule_min, rule_diff, rule_abs, rule_max,

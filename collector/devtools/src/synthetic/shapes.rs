@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 
+/// The file of the vDSO's functions: the kernel's, mapped into every process.
+pub(super) const VDSO: &str = "[vdso]";
 const RUSTC: &str = "/rustc/17067e9ac6d7e98f18d4a2a6ae8a5d9a2a8f8b2a/library";
 const REGISTRY: &str = "/home/build/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f";
 
@@ -441,6 +443,18 @@ pub(super) fn shapes() -> Shapes {
                 &std_file("std/src/sys/sync/mutex/futex.rs"),
             ),
             ("syscall", "../sysdeps/unix/sysv/linux/x86_64/syscall.S"),
+        ]),
+        c.chain(&[
+            ("std::time::Instant::now", &std_file("std/src/time.rs")),
+            (
+                "std::sys::pal::unix::time::Timespec::now",
+                &std_file("std/src/sys/pal/unix/time.rs"),
+            ),
+            (
+                "clock_gettime",
+                "../sysdeps/unix/sysv/linux/clock_gettime.c",
+            ),
+            ("__vdso_clock_gettime", VDSO),
         ]),
     ];
     Shapes {

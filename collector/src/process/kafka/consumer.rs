@@ -17,6 +17,7 @@ use super::client::{apply_client_overrides, base_config, millis, KafkaStartError
 use super::partition_of;
 use super::KafkaConfig;
 use crate::process::{PipelineEvent, Processor};
+use holmes_storage::ParkedEvent;
 
 /// Partitions assigned by the last rebalance, waiting to be taken into account.
 #[derive(Default)]
@@ -86,6 +87,38 @@ impl std::fmt::Debug for Consumer {
     }
 }
 
+/// Sets an event aside in the store (`parked_events`), retrying while the store is
+/// down; `false` if the collector is closing first.
+async fn park(
+    processor: &Processor,
+    source: String,
+    service: String,
+    error: String,
+    payload: Vec<u8>,
+    closing: &mut watch::Receiver<bool>,
+) -> bool {
+    tracing::error!(%source, %service, %error, "event parked: it will not be processed again unless replayed");
+    let parked = ParkedEvent {
+        source,
+        service,
+        parked_unix_nanos: crate::clock::unix_nanos_now(),
+        error,
+        payload,
+    };
+    loop {
+        match processor.store_handle().park_event(&parked).await {
+            Ok(()) => return true,
+            Err(err) => {
+                tracing::warn!(source = %parked.source, error = %err, "cannot park the event; retrying");
+                tokio::select! {
+                    _ = closed(closing) => return false,
+                    _ = tokio::time::sleep(PROCESS_RETRY) => {}
+                }
+            }
+        }
+    }
+}
+
 /// Returns once `closing` turns true (or its sender is gone).
 async fn closed(closing: &mut watch::Receiver<bool>) {
     let _ = closing.wait_for(|c| *c).await;
@@ -93,6 +126,9 @@ async fn closed(closing: &mut watch::Receiver<bool>) {
 
 /// How long a failed event waits before it is processed again.
 const PROCESS_RETRY: Duration = Duration::from_secs(1);
+/// Failed attempts (each retried for `STORE_RETRY_FOR` inside) after which an event the
+/// store will not take, while it answers, is parked.
+pub const PARK_AFTER_ATTEMPTS: u32 = 3;
 /// Most events a processor takes (and stores concurrently) at once.
 pub const MAX_BATCH: usize = 256;
 /// Events of a batch stored at once (each profile decoded takes a few MiB).
@@ -225,30 +261,43 @@ impl Consumer {
         let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_STORES));
         for (index, message) in batch.iter().enumerate() {
             let (partition, offset) = (message.partition(), message.offset());
-            let event = match message.payload().map(PipelineEvent::decode) {
-                Some(Ok(event)) => event,
-                Some(Err(err)) => {
-                    tracing::error!(partition, offset, error = %err, "undecodable event skipped");
-                    continue;
-                }
-                None => {
-                    tracing::error!(partition, offset, "empty event skipped");
-                    continue;
-                }
-            };
+            let payload = message.payload().unwrap_or_default().to_vec();
+            let source = format!("kafka:{}/{partition}@{offset}", self.topic);
             let processor = Arc::clone(&self.processor);
             let mut closing = closing.clone();
             let permits = Arc::clone(&permits);
             stores.spawn(async move {
+                let event = match PipelineEvent::decode(&payload) {
+                    Ok(event) => event,
+                    Err(err) => {
+                        let error = format!("undecodable event: {err}");
+                        return park(&processor, source, String::new(), error, payload, &mut closing)
+                            .await
+                            .then_some((index, None));
+                    }
+                };
                 // Decoding a profile takes a few MiB: a bounded number at once.
                 let Ok(_permit) = permits.acquire_owned().await else {
                     return None;
                 };
+                let mut attempts = 0u32;
                 loop {
                     match processor.store(event.clone()).await {
                         Ok(trigger) => return Some((index, trigger)),
                         Err(err) => {
-                            tracing::warn!(partition, offset, service = %event.service, error = %err, "cannot store the event; retrying");
+                            attempts += 1;
+                            tracing::warn!(partition, offset, service = %event.service, attempts, error = %err, "cannot store the event; retrying");
+                            // The store answers, yet this event keeps failing: it is the
+                            // event, not the store. Set it aside rather than block the
+                            // partition behind it forever.
+                            if attempts >= PARK_AFTER_ATTEMPTS
+                                && processor.store_handle().parked_events(1).await.is_ok()
+                            {
+                                let error = format!("not stored after {attempts} attempts: {err}");
+                                return park(&processor, source, event.service.clone(), error, payload, &mut closing)
+                                    .await
+                                    .then_some((index, None));
+                            }
                             tokio::select! {
                                 _ = closed(&mut closing) => return None,
                                 _ = tokio::time::sleep(PROCESS_RETRY) => {}

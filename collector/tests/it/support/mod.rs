@@ -1,6 +1,7 @@
 //! Shared harness for the collector's tests: real collectors on loopback, real stores.
 
 pub(crate) mod agent_process;
+pub(crate) mod pprof;
 pub(crate) mod raw_agent;
 pub(crate) mod receiver;
 pub(crate) mod terminal;
@@ -42,8 +43,34 @@ pub(crate) use on_each_backend;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Backend {
     Sqlite,
+    /// Debian's 18.16 (`HOLMES_TEST_CLICKHOUSE_URL`).
     ClickHouse,
+    /// A current server, 26.9 from chdb (`HOLMES_TEST_CLICKHOUSE_CURRENT_URL`).
+    ClickHouseCurrent,
 }
+
+/// [`on_each_backend`], with the current ClickHouse server besides 18.16.
+macro_rules! on_every_server {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::support::Backend::Sqlite).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn clickhouse() {
+                super::$name($crate::support::Backend::ClickHouse).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn clickhouse_current() {
+                super::$name($crate::support::Backend::ClickHouseCurrent).await;
+            }
+        }
+    )+};
+}
+pub(crate) use on_every_server;
 
 static NEXT_DB: AtomicU32 = AtomicU32::new(0);
 
@@ -60,13 +87,18 @@ pub(crate) fn config(backend: Backend, data_dir: &std::path::Path) -> Option<Con
     // collector's limit on that is tested on its own
     // (`control::an_operators_capture_requests_are_rate_limited_per_service`).
     config.control.capture_min_interval = Duration::ZERO;
-    if backend == Backend::ClickHouse {
-        let Ok(url) = std::env::var("HOLMES_TEST_CLICKHOUSE_URL") else {
+    let variable = match backend {
+        Backend::Sqlite => None,
+        Backend::ClickHouse => Some("HOLMES_TEST_CLICKHOUSE_URL"),
+        Backend::ClickHouseCurrent => Some("HOLMES_TEST_CLICKHOUSE_CURRENT_URL"),
+    };
+    if let Some(variable) = variable {
+        let Ok(url) = std::env::var(variable) else {
             if std::env::var("HOLMES_TEST_SKIP_CLICKHOUSE").as_deref() == Ok("1") {
                 eprintln!("skipped: HOLMES_TEST_SKIP_CLICKHOUSE=1");
                 return None;
             }
-            panic!("HOLMES_TEST_CLICKHOUSE_URL is not set: run deploy/dev/test.sh, or set HOLMES_TEST_SKIP_CLICKHOUSE=1");
+            panic!("{variable} is not set: run deploy/dev/test.sh, or set HOLMES_TEST_SKIP_CLICKHOUSE=1");
         };
         config.store = StoreKind::Clickhouse;
         config.clickhouse = ClickHouseSettings {

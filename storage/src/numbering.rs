@@ -1,0 +1,400 @@
+//! The numbers a writer gives locations and stacks, and its memory of them.
+//!
+//! Samples refer to stacks, and stacks to locations, by number rather than by their
+//! 128-bit content ids: a number costs a byte or two stored, an id sixteen that do not
+//! compress. A number is `epoch << 32 | counter`: the epoch is claimed by the store when
+//! it opens (unique among every writer of the store, see the backends), the counter is
+//! the writer's own — one for locations, one per service for stacks. Several writers
+//! sharing a store (collectors on one ClickHouse) each number their own new stacks, so a
+//! stack may get two numbers; both stand for the same id and frames, so every read stays
+//! correct, only the dedupe is imperfect.
+//!
+//! The memory ([`Numbering`]) maps a location's content, and a stack's locations, to
+//! their numbers, so that a profile of known stacks is numbered without hashing
+//! anything. What it does not know is looked up in the store by id (a restart, another
+//! writer's stacks, an entry forgotten when the memory was full) before a new number is
+//! given. A number is remembered as written only once its row is durable; until then
+//! every profile that uses it writes the row again (duplicates fold).
+//!
+//! Rows carry a day, and retention drops the days before its cutoff: a profile of day
+//! `d` writes again each of its stacks and locations not yet written on day `d` or later
+//! (once per day of use), so that whatever a kept profile refers to is kept with it, and
+//! what no kept profile refers to goes.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::contents::ProfileContents;
+use crate::location::{Location, LocationId, StackId};
+use crate::StoreError;
+
+/// Locations remembered; past this many the memory of locations and stacks starts over.
+pub const MAX_KNOWN_LOCATIONS: usize = 1 << 19;
+/// Stacks remembered (all services together); past this many they start over.
+pub const MAX_KNOWN_STACKS: usize = 1 << 19;
+
+/// A remembered location.
+struct KnownLocation {
+    num: u64,
+    id: LocationId,
+    /// Latest day its row is known to be durable on (0: none known).
+    day: u32,
+}
+
+/// A remembered stack.
+#[derive(Clone, Copy)]
+struct KnownStack {
+    num: u64,
+    /// Latest day its row is known to be durable on (0: none known).
+    day: u32,
+}
+
+#[derive(Default)]
+struct ServiceStacks {
+    next: u32,
+    /// Location ordinals (indexes into `Inner::locations`), leaf first.
+    known: HashMap<Box<[u32]>, KnownStack>,
+}
+
+struct Inner {
+    epoch: u32,
+    next_location: u32,
+    /// Bumped whenever the memory starts over, so that stale ordinals are not marked.
+    generation: u64,
+    ordinals: HashMap<Location, u32>,
+    locations: Vec<KnownLocation>,
+    stacks: HashMap<String, ServiceStacks>,
+    stack_count: usize,
+}
+
+impl Inner {
+    fn forget(&mut self) {
+        self.ordinals.clear();
+        self.locations.clear();
+        for s in self.stacks.values_mut() {
+            s.known.clear();
+        }
+        self.stack_count = 0;
+        self.generation += 1;
+    }
+
+    fn number(&self, counter: u32) -> u64 {
+        u64::from(self.epoch) << 32 | u64::from(counter)
+    }
+}
+
+/// What the memory does not know of a profile: to be looked up in the store by id.
+#[derive(Debug, Default)]
+pub(crate) struct Unknown {
+    /// Ids of the locations not remembered.
+    pub(crate) locations: Vec<LocationId>,
+    /// Ids of the stacks not remembered.
+    pub(crate) stacks: Vec<StackId>,
+}
+
+impl Unknown {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.locations.is_empty() && self.stacks.is_empty()
+    }
+}
+
+/// A profile numbered: every location's and stack's number, and the rows to write.
+#[derive(Debug, Default)]
+pub(crate) struct Numbered {
+    /// Number of each location, by index.
+    pub(crate) location_nums: Vec<u64>,
+    /// Number of each stack, by index.
+    pub(crate) stack_nums: Vec<u64>,
+    /// Locations whose rows are not known to be durable on the profile's day or later:
+    /// (index, id), to write.
+    pub(crate) new_locations: Vec<(u32, LocationId)>,
+    /// Stacks whose rows are not known to be durable on the profile's day or later:
+    /// (index, id), to write.
+    pub(crate) new_stacks: Vec<(u32, StackId)>,
+    /// The profile's day (days since 1970-01-01, at least 1).
+    pub(crate) day: u32,
+    generation: u64,
+    location_ordinals: Vec<u32>,
+    stack_keys: Vec<Box<[u32]>>,
+}
+
+/// The numbers of one writer (see the module docs).
+pub(crate) struct Numbering {
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for Numbering {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Numbering").finish_non_exhaustive()
+    }
+}
+
+impl Numbering {
+    /// A writer numbering under `epoch`.
+    pub(crate) fn new(epoch: u32) -> Self {
+        Numbering {
+            inner: Mutex::new(Inner {
+                epoch,
+                next_location: 0,
+                generation: 0,
+                ordinals: HashMap::new(),
+                locations: Vec::new(),
+                stacks: HashMap::new(),
+                stack_count: 0,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The writer's epoch.
+    pub(crate) fn epoch(&self) -> u32 {
+        self.lock().epoch
+    }
+
+    /// The ids of what `contents` uses that the memory does not know.
+    pub(crate) fn unknown(&self, service: &str, c: &ProfileContents) -> Unknown {
+        let inner = self.lock();
+        let mut out = Unknown::default();
+        let mut ids: Vec<Option<LocationId>> = vec![None; c.locations.len()];
+        let mut ordinals: Vec<Option<u32>> = Vec::with_capacity(c.locations.len());
+        for (i, l) in c.locations.iter().enumerate() {
+            let ordinal = inner.ordinals.get(l).copied();
+            match ordinal {
+                Some(o) => ids[i] = Some(inner.locations[o as usize].id),
+                None => {
+                    let id = l.id();
+                    ids[i] = Some(id);
+                    out.locations.push(id);
+                }
+            }
+            ordinals.push(ordinal);
+        }
+        let known = inner.stacks.get(service);
+        for stack in &c.stacks {
+            let key: Option<Vec<u32>> = stack
+                .iter()
+                .map(|&l| ordinals.get(l as usize).copied().flatten())
+                .collect();
+            let remembered = match (&key, known) {
+                (Some(k), Some(s)) => s.known.contains_key(k.as_slice()),
+                _ => false,
+            };
+            if !remembered {
+                out.stacks.push(StackId::of(stack.iter().map(|&l| {
+                    ids.get(l as usize)
+                        .copied()
+                        .flatten()
+                        .unwrap_or(LocationId([0; 16]))
+                })));
+            }
+        }
+        out
+    }
+
+    /// Numbers every location and stack of `contents`, a profile of `day`: remembered
+    /// ones as remembered, ones the store has (`found_*`, from looking up
+    /// [`Numbering::unknown`]) with the store's number, new ones with the next numbers of
+    /// this writer.
+    pub(crate) fn number(
+        &self,
+        service: &str,
+        day: u32,
+        c: &ProfileContents,
+        found_locations: &HashMap<LocationId, u64>,
+        found_stacks: &HashMap<StackId, u64>,
+    ) -> Result<Numbered, StoreError> {
+        let mut inner = self.lock();
+        if inner.locations.len() + c.locations.len() > MAX_KNOWN_LOCATIONS
+            || inner.stack_count + c.stacks.len() > MAX_KNOWN_STACKS
+        {
+            inner.forget();
+        }
+        let day = day.max(1);
+        let mut out = Numbered {
+            day,
+            generation: inner.generation,
+            ..Numbered::default()
+        };
+        for (i, l) in c.locations.iter().enumerate() {
+            let ordinal = match inner.ordinals.get(l) {
+                Some(&o) => o,
+                None => {
+                    let id = l.id();
+                    let num = match found_locations.get(&id) {
+                        Some(&num) => num,
+                        None => {
+                            let counter = inner.next_location;
+                            inner.next_location =
+                                counter.checked_add(1).ok_or(StoreError::NumbersExhausted)?;
+                            inner.number(counter)
+                        }
+                    };
+                    let o = inner.locations.len() as u32;
+                    inner.locations.push(KnownLocation { num, id, day: 0 });
+                    inner.ordinals.insert(l.clone(), o);
+                    o
+                }
+            };
+            let known = &inner.locations[ordinal as usize];
+            out.location_nums.push(known.num);
+            if known.day < day {
+                out.new_locations.push((i as u32, known.id));
+            }
+            out.location_ordinals.push(ordinal);
+        }
+        let epoch = inner.epoch;
+        let Inner {
+            stacks,
+            locations,
+            stack_count,
+            ..
+        } = &mut *inner;
+        let service_stacks = stacks.entry(service.to_owned()).or_default();
+        for (i, stack) in c.stacks.iter().enumerate() {
+            let key: Box<[u32]> = stack
+                .iter()
+                .map(|&l| out.location_ordinals.get(l as usize).copied().unwrap_or(0))
+                .collect();
+            let known = match service_stacks.known.get(&key) {
+                Some(&k) => k,
+                None => {
+                    let id = StackId::of(key.iter().map(|&o| locations[o as usize].id));
+                    let num = match found_stacks.get(&id) {
+                        Some(&num) => num,
+                        None => {
+                            let counter = service_stacks.next;
+                            service_stacks.next =
+                                counter.checked_add(1).ok_or(StoreError::NumbersExhausted)?;
+                            u64::from(epoch) << 32 | u64::from(counter)
+                        }
+                    };
+                    let k = KnownStack { num, day: 0 };
+                    service_stacks.known.insert(key.clone(), k);
+                    *stack_count += 1;
+                    k
+                }
+            };
+            out.stack_nums.push(known.num);
+            if known.day < day {
+                let id = StackId::of(key.iter().map(|&o| locations[o as usize].id));
+                out.new_stacks.push((i as u32, id));
+            }
+            out.stack_keys.push(key);
+        }
+        Ok(out)
+    }
+
+    /// Remembers the rows of `numbered` as durable (call once they are written).
+    pub(crate) fn written(&self, service: &str, numbered: &Numbered) {
+        let mut inner = self.lock();
+        if inner.generation != numbered.generation {
+            return;
+        }
+        for &(index, _) in &numbered.new_locations {
+            if let Some(&o) = numbered.location_ordinals.get(index as usize) {
+                if let Some(l) = inner.locations.get_mut(o as usize) {
+                    l.day = l.day.max(numbered.day);
+                }
+            }
+        }
+        if let Some(s) = inner.stacks.get_mut(service) {
+            for &(index, _) in &numbered.new_stacks {
+                if let Some(key) = numbered.stack_keys.get(index as usize) {
+                    if let Some(k) = s.known.get_mut(key) {
+                        k.day = k.day.max(numbered.day);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use holmes_proto::Module;
+
+    use super::*;
+    use crate::location::StackFrame;
+
+    fn contents(offsets: &[u64]) -> ProfileContents {
+        ProfileContents {
+            locations: offsets
+                .iter()
+                .map(|&offset| Location::Native {
+                    module: Module {
+                        name: "checkout".into(),
+                        build_id: "ab".into(),
+                    },
+                    offset,
+                })
+                .chain([Location::Symbolic(vec![StackFrame::new("main", "", 0)])])
+                .collect(),
+            stacks: vec![vec![0, 1, 2], vec![1, 2]],
+            ..ProfileContents::default()
+        }
+    }
+
+    #[test]
+    fn numbers_are_given_once_and_remembered_when_written() {
+        let n = Numbering::new(7);
+        let c = contents(&[0x10, 0x20]);
+        let unknown = n.unknown("checkout", &c);
+        assert_eq!((unknown.locations.len(), unknown.stacks.len()), (3, 2));
+        let first = n
+            .number("checkout", 10, &c, &HashMap::new(), &HashMap::new())
+            .unwrap();
+        assert_eq!(first.location_nums, vec![7 << 32, 7 << 32 | 1, 7 << 32 | 2]);
+        assert_eq!(first.stack_nums, vec![7 << 32, 7 << 32 | 1]);
+        assert_eq!((first.new_locations.len(), first.new_stacks.len()), (3, 2));
+        // Not written yet: the next profile writes the rows again, with the same numbers.
+        let again = n
+            .number("checkout", 10, &c, &HashMap::new(), &HashMap::new())
+            .unwrap();
+        assert_eq!(again.stack_nums, first.stack_nums);
+        assert_eq!(again.new_stacks.len(), 2);
+        n.written("checkout", &first);
+        assert!(n.unknown("checkout", &c).is_empty());
+        let known = n
+            .number("checkout", 10, &c, &HashMap::new(), &HashMap::new())
+            .unwrap();
+        assert!(known.new_locations.is_empty() && known.new_stacks.is_empty());
+        // A profile of an earlier day needs nothing more; one of a later day writes the
+        // rows again, on its day, so that retention keeps them as long as it.
+        let earlier = n
+            .number("checkout", 9, &c, &HashMap::new(), &HashMap::new())
+            .unwrap();
+        assert!(earlier.new_locations.is_empty() && earlier.new_stacks.is_empty());
+        let later = n
+            .number("checkout", 11, &c, &HashMap::new(), &HashMap::new())
+            .unwrap();
+        assert_eq!(later.stack_nums, first.stack_nums);
+        assert_eq!((later.new_locations.len(), later.new_stacks.len()), (3, 2));
+        // Another service numbers its own stacks (from 0), sharing the locations.
+        let other = n
+            .number("cart", 10, &c, &HashMap::new(), &HashMap::new())
+            .unwrap();
+        assert_eq!(other.location_nums, first.location_nums);
+        assert_eq!(other.stack_nums, vec![7 << 32, 7 << 32 | 1]);
+        assert_eq!(other.new_stacks.len(), 2);
+    }
+
+    #[test]
+    fn what_the_store_has_keeps_its_number() {
+        let n = Numbering::new(2);
+        let c = contents(&[0x10, 0x20]);
+        let unknown = n.unknown("checkout", &c);
+        let found_l: HashMap<LocationId, u64> = [(unknown.locations[0], 1 << 32 | 99)].into();
+        let found_s: HashMap<StackId, u64> = [(unknown.stacks[1], 1 << 32 | 5)].into();
+        let numbered = n.number("checkout", 10, &c, &found_l, &found_s).unwrap();
+        assert_eq!(numbered.location_nums[0], 1 << 32 | 99);
+        assert_eq!(numbered.location_nums[1], 2 << 32);
+        assert_eq!(numbered.stack_nums, vec![2 << 32, 1 << 32 | 5]);
+        // Found ones are written again once, on this day (retention keeps them then).
+        assert_eq!(numbered.new_locations.len(), 3);
+        assert_eq!(numbered.new_stacks.len(), 2);
+        assert_eq!(numbered.new_stacks[0].1, unknown.stacks[0]);
+    }
+}

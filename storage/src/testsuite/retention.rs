@@ -1,0 +1,235 @@
+//! Conformance cases of retention ([`Store::expire_before`]).
+
+use std::time::{Duration, Instant};
+
+use holmes_proto::Metric;
+
+use super::profiles::{cpu_contents, meaning, profile_id, profile_query, record};
+use super::{incident, incident_query, instance, point, query, trigger, trigger_query, SEC, T0};
+use crate::{IncidentStatus, Store};
+
+const DAY: u64 = 86_400 * SEC;
+
+/// Polls `done` (for deletes a backend runs asynchronously, ClickHouse's mutations)
+/// until it holds, for at most a minute.
+async fn eventually<F, Fut>(what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !done().await {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{what} did not happen within a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Retention: the days before the cutoff's day go — metric samples, trigger events,
+/// profiles, incidents that ended and instances last seen before it — and what is at or
+/// after the cutoff stays.
+pub async fn expiry_removes_old_days_and_keeps_the_rest(store: impl Store) {
+    let cutoff = T0 + 10 * DAY + 3_600 * SEC;
+    let old = cutoff - 3 * DAY;
+    let new = cutoff + SEC;
+    store
+        .insert_metrics(&[
+            point("checkout", "a", Metric::CpuPercent, old, 1.0),
+            point("checkout", "a", Metric::CpuPercent, new, 2.0),
+        ])
+        .await
+        .unwrap();
+    store
+        .insert_triggers(&[
+            trigger("checkout", "a", "old-event", old),
+            trigger("checkout", "a", "new-event", new),
+        ])
+        .await
+        .unwrap();
+    for (n, at) in [(1, old), (2, new)] {
+        store
+            .insert_profile(&record(
+                "checkout",
+                "a",
+                &profile_id(n),
+                "new-event",
+                at,
+                Some(cpu_contents("b1", n)),
+            ))
+            .await
+            .unwrap();
+    }
+    store
+        .upsert_instance(&instance("checkout", "gone", old))
+        .await
+        .unwrap();
+    store
+        .upsert_instance(&instance("checkout", "live", new))
+        .await
+        .unwrap();
+    store
+        .upsert_incident(&incident("checkout", 1, old, IncidentStatus::Resolved, 1))
+        .await
+        .unwrap();
+    store
+        .upsert_incident(&incident("checkout", 2, new, IncidentStatus::Open, 1))
+        .await
+        .unwrap();
+    store.expire_before(cutoff).await.unwrap();
+
+    let points = store
+        .query_metrics(&query("checkout", Metric::CpuPercent, 0, u64::MAX / 2))
+        .await
+        .unwrap();
+    assert_eq!(
+        points.iter().map(|p| p.unix_nanos).collect::<Vec<_>>(),
+        vec![new]
+    );
+    let triggers = store
+        .query_triggers(&trigger_query("checkout", None, 0, u64::MAX / 2))
+        .await
+        .unwrap();
+    assert_eq!(
+        triggers
+            .iter()
+            .map(|t| t.event_id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["new-event"]
+    );
+    let profiles = store
+        .query_profiles(&profile_query("checkout", 0, u64::MAX / 2))
+        .await
+        .unwrap();
+    assert_eq!(
+        profiles
+            .iter()
+            .map(|p| p.profile_id.clone())
+            .collect::<Vec<_>>(),
+        vec![profile_id(2)]
+    );
+    assert_eq!(
+        store.get_profile("checkout", &profile_id(1)).await.unwrap(),
+        None
+    );
+    let kept = store
+        .get_profile("checkout", &profile_id(2))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept.contents.unwrap().samples.len(), 4);
+    eventually("expiry of the old incident and instance", || async {
+        let incidents = store
+            .query_incidents(&incident_query(Some("checkout"), None))
+            .await
+            .unwrap();
+        let instances = store.list_instances("checkout").await.unwrap();
+        incidents.len() == 1 && instances.len() == 1
+    })
+    .await;
+    let incidents = store
+        .query_incidents(&incident_query(Some("checkout"), None))
+        .await
+        .unwrap();
+    assert_eq!(incidents[0].incident_id, profile_id(2));
+    assert_eq!(
+        store.get_incident(&profile_id(1)).await.unwrap(),
+        None,
+        "the id lookup of an expired incident finds nothing"
+    );
+    assert_eq!(
+        store.list_instances("checkout").await.unwrap()[0].instance_id,
+        "live"
+    );
+    // Running it again finds nothing more to do.
+    store.expire_before(cutoff).await.unwrap();
+    assert_eq!(
+        store
+            .query_profiles(&profile_query("checkout", 0, u64::MAX / 2))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+/// Stacks and locations go with the last profile that used them: a stack only expired
+/// profiles used is gone, one a kept profile uses stays (even if first stored with an
+/// expired one), and a later profile using an expired stack again stores it again.
+pub async fn expiry_keeps_what_kept_profiles_refer_to(store: impl Store) {
+    let cutoff = T0 + 10 * DAY;
+    let old = cutoff - 2 * DAY;
+    let new = cutoff + 3_600 * SEC;
+    let mut old_contents = cutoff_contents_with_extra_stack();
+    old_contents.header.comments = vec!["old".to_owned()];
+    store
+        .insert_profile(&record(
+            "checkout",
+            "a",
+            &profile_id(1),
+            "e",
+            old,
+            Some(old_contents.clone()),
+        ))
+        .await
+        .unwrap();
+    let shared = cpu_contents("b1", 2);
+    let newer = record(
+        "checkout",
+        "a",
+        &profile_id(2),
+        "e",
+        new,
+        Some(shared.clone()),
+    );
+    store.insert_profile(&newer).await.unwrap();
+    // The old profile's 4 stacks, 3 of them shared with the new one.
+    assert_eq!(store.stack_count("checkout").await.unwrap(), 4);
+    store.expire_before(cutoff).await.unwrap();
+    assert_eq!(store.stack_count("checkout").await.unwrap(), 3);
+    let kept = store
+        .get_profile("checkout", &profile_id(2))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(meaning(kept.contents.as_ref().unwrap()), meaning(&shared));
+    // The expired stack used again, later: stored again, read back whole.
+    let again = record(
+        "checkout",
+        "a",
+        &profile_id(3),
+        "e",
+        new + SEC,
+        Some(old_contents),
+    );
+    store.insert_profile(&again).await.unwrap();
+    assert_eq!(store.stack_count("checkout").await.unwrap(), 4);
+    let got = store
+        .get_profile("checkout", &profile_id(3))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        meaning(got.contents.as_ref().unwrap()),
+        meaning(again.contents.as_ref().unwrap())
+    );
+}
+
+/// [`cpu_contents`] with one more stack, of a location no other profile has.
+fn cutoff_contents_with_extra_stack() -> crate::ProfileContents {
+    let mut c = cpu_contents("b1", 2);
+    c.locations
+        .push(crate::Location::Symbolic(vec![crate::StackFrame::new(
+            "checkout::legacy::export",
+            "src/legacy.rs",
+            5,
+        )]));
+    c.stacks.push(vec![5, 2]);
+    c.samples.push(crate::ProfileSample {
+        stack: 3,
+        values: vec![1, 10_000_000],
+        labels: 1,
+    });
+    c
+}
