@@ -114,6 +114,9 @@ struct Inner {
     max_pending: u64,
     outbox: SharedOutbox,
     wake: Arc<Notify>,
+    /// Signalled by the delivery task when an alert stops being pending.
+    room: Arc<Notify>,
+    closing: watch::Receiver<bool>,
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -229,6 +232,7 @@ impl Alerter {
         let pending = outbox.stats()?.pending;
         let outbox: SharedOutbox = Arc::new(Mutex::new(outbox));
         let wake = Arc::new(Notify::new());
+        let room = Arc::new(Notify::new());
         let delivery = Delivery {
             outbox: Arc::clone(&outbox),
             targets,
@@ -241,7 +245,8 @@ impl Alerter {
             },
             keep_finished_rows: config.max_pending,
             wake: Arc::clone(&wake),
-            closing,
+            room: Arc::clone(&room),
+            closing: closing.clone(),
         };
         let task = tokio::spawn(delivery.run());
         tracing::info!(
@@ -257,6 +262,8 @@ impl Alerter {
                 max_pending: config.max_pending,
                 outbox,
                 wake,
+                room,
+                closing,
                 task: Mutex::new(Some(task)),
             })),
         })
@@ -293,8 +300,12 @@ impl Alerter {
     }
 
     /// Queues one alert per matching hook for this incident change, durably (it is on
-    /// disk when this returns); never waits for delivery. A change already queued
-    /// (same incident, kind and version) is not queued again.
+    /// disk when this returns). A change already queued (same incident, kind and
+    /// version) is not queued again. It does not wait for delivery, but it does wait
+    /// for room: while `alerts.max_pending` alerts are pending (hooks unreachable), the
+    /// change waits until deliveries succeed or are given up, so the trigger that made
+    /// it is not acknowledged and no alert is dropped. Only a collector that is closing
+    /// gives up waiting, with [`AlertError::OutboxFull`].
     pub async fn notify(
         &self,
         kind: AlertKind,
@@ -334,7 +345,42 @@ impl Alerter {
         }
         let hooks = alerts.len();
         let max = inner.max_pending;
-        let queued = with_outbox(&inner.outbox, move |o| o.enqueue(&alerts, now_ms(), max)).await?;
+        let alerts = Arc::new(alerts);
+        let mut closing = inner.closing.clone();
+        let mut waited = false;
+        let queued = loop {
+            // Registered before the attempt, so room freed in between is not missed.
+            let room = inner.room.notified();
+            let batch = Arc::clone(&alerts);
+            match with_outbox(&inner.outbox, move |o| o.enqueue(&batch, now_ms(), max)).await {
+                Ok(queued) => break queued,
+                Err(AlertError::OutboxFull { pending, max }) => {
+                    if !waited {
+                        waited = true;
+                        crate::metrics::metrics().alert_outbox_waits.inc();
+                        tracing::warn!(
+                            incident = %incident.incident_id,
+                            event = kind.as_str(),
+                            pending,
+                            max_pending = max,
+                            "alert outbox full; the incident change waits for room (are the hooks reachable?)"
+                        );
+                    }
+                    tokio::select! {
+                        () = room => {}
+                        // A lost wake-up costs a second, not the alert.
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        () = deliver::closed(&mut closing) => {
+                            return Err(AlertError::OutboxFull { pending, max });
+                        }
+                    }
+                }
+                Err(err) => return Err(err),
+            }
+        };
+        if waited {
+            tracing::info!(incident = %incident.incident_id, event = kind.as_str(), "alert queued after waiting for room");
+        }
         tracing::debug!(
             incident = %incident.incident_id,
             event = kind.as_str(),

@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 
 use crate::error::ApiError;
 
+pub mod browser;
 pub mod config;
 
 /// The key of the token that any service without its own may use.
@@ -168,11 +169,14 @@ pub async fn require_api_token(
     request: Request,
     next: Next,
 ) -> Response {
+    // The page's session cookie counts like the header (see `browser`): SameSite=Strict
+    // and the Origin check keep other sites from using it.
     let given = request
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(bearer);
+        .and_then(bearer)
+        .or_else(|| browser::cookie_token(request.headers()));
     let message = match given {
         Some(t) if constant_time_eq(t.as_bytes(), auth.token.expose().as_bytes()) => {
             return next.run(request).await;

@@ -4,7 +4,7 @@
 //! The file's top-level keys (role, addresses, store, limits, retention) are read here;
 //! each section belongs to the module that uses it and checks itself, with its own
 //! error: `[clickhouse]` ([`ClickHouseSettings`], in the storage crate), `[rules]`
-//! ([`crate::ingest::rules`]), `[incidents]` ([`CorrelateConfig`]), `[tls]`
+//! ([`crate::control::rules`]) and `[control]` ([`ControlConfig`]), `[incidents]` ([`CorrelateConfig`]), `[tls]`
 //! ([`TlsConfig`]), `[auth]` ([`AuthConfig`]), `[alerts]` ([`AlertsConfig`]) and
 //! `[kafka]` ([`KafkaConfig`]). Durations are text (`"50ms"`, `"2m"`); keys of older
 //! releases that spelled them as numbers (`batch_delay_ms`, ...) are refused with the
@@ -22,8 +22,9 @@ use crate::alert::config::AlertsConfigError;
 use crate::alert::AlertsConfig;
 use crate::auth::config::{AuthConfig, AuthConfigError, TokenList};
 use crate::auth::Secret;
+use crate::control::rules::{RulesError, ServiceRules};
+use crate::control::{ControlConfig, ControlConfigError};
 use crate::incident::correlate::{CorrelateConfig, IncidentsConfigError};
-use crate::ingest::rules::{RulesError, ServiceRules};
 use crate::process::kafka::{KafkaConfig, KafkaConfigError};
 use crate::tls::{TlsConfig, TlsError};
 
@@ -117,9 +118,11 @@ pub struct Config {
     pub clickhouse: ClickHouseSettings,
     /// Embedded store settings, used when `store = "sqlite"`.
     pub sqlite: SqliteSettings,
-    /// Trigger rules by service, then by metric (`[rules.checkout] cpu = "abs=90"`),
-    /// pushed to the service's agents when they connect; see [`crate::ingest::rules`].
+    /// Trigger rules by service, then by metric (`[rules.checkout] cpu = "abs=90"`):
+    /// the first central rules, see [`crate::control::seed`].
     pub rules: ServiceRules,
+    /// How nodes keep their agents in step with the central rules (`[control]`).
+    pub control: ControlConfig,
     /// Correlation of trigger events into incidents.
     pub incidents: CorrelateConfig,
     /// TLS on both listeners.
@@ -151,6 +154,7 @@ impl Default for Config {
             clickhouse: ClickHouseSettings::default(),
             sqlite: SqliteSettings::default(),
             rules: ServiceRules::new(),
+            control: ControlConfig::default(),
             incidents: CorrelateConfig::default(),
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
@@ -208,6 +212,9 @@ pub enum ConfigError {
     /// A configured trigger rule cannot be used.
     #[error(transparent)]
     Rules(#[from] RulesError),
+    /// The `[control]` section cannot be used.
+    #[error(transparent)]
+    Control(#[from] ControlConfigError),
     /// The `[incidents]` section cannot be used.
     #[error(transparent)]
     Incidents(#[from] IncidentsConfigError),
@@ -299,6 +306,9 @@ pub struct Overrides {
         value_name = "SERVICE=TOKEN,..."
     )]
     pub ingest_tokens: Option<TokenList>,
+    /// Serve without tokens on addresses other machines can reach (refused otherwise).
+    #[arg(long, env = "HOLMES_ALLOW_OPEN", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub allow_open: Option<bool>,
 }
 
 impl Config {
@@ -393,6 +403,9 @@ impl Config {
             self.auth.api_token = Some(Secret::new(v.clone()));
             self.auth.api_token_file = None;
         }
+        if let Some(v) = o.allow_open {
+            self.auth.allow_open = v;
+        }
         if let Some(v) = &o.api_token_file {
             self.auth.api_token_file = Some(v.clone());
             self.auth.api_token = None;
@@ -442,10 +455,13 @@ impl Config {
         }
         self.tls.validate()?;
         self.auth.validate()?;
+        let grpc = (self.role != Role::Process).then_some(self.grpc_addr);
+        self.auth.check_exposure(grpc, self.http_addr)?;
         if self.role != Role::All {
             self.kafka.validate_for(self.role.as_str())?;
         }
-        crate::ingest::rules::check(&self.rules)?;
+        crate::control::rules::check(&self.rules)?;
+        self.control.validate()?;
         self.alerts.validate()?;
         self.alertmanager.validate().map_err(ConfigError::Invalid)?;
         Ok(())
@@ -682,6 +698,47 @@ mod tests {
         assert_eq!(zero, "incidents: quiet = \"0s\" is too short; at least 1s");
         let missing = Config::from_file(&fixture("does-not-exist.toml")).unwrap_err();
         assert!(matches!(missing, ConfigError::Read { .. }));
+    }
+
+    #[test]
+    fn listeners_other_machines_reach_need_their_tokens_unless_told_to_run_open() {
+        let open = |text: &str| {
+            Config::from_toml(text, Path::new("open.toml"))
+                .unwrap()
+                .validate()
+                .map_err(|e| e.to_string())
+        };
+        // Loopback (the default) may run open.
+        open("").unwrap();
+        let err = open("grpc_addr = \"0.0.0.0:7070\"").unwrap_err();
+        assert!(
+            err.contains(
+                "grpc_addr 0.0.0.0:7070 is reachable from other machines but no ingest token"
+            ),
+            "{err}"
+        );
+        let err = open("http_addr = \"[::]:7071\"").unwrap_err();
+        assert!(
+            err.contains("http_addr [::]:7071 is reachable from other machines but no API token"),
+            "{err}"
+        );
+        assert!(err.contains("allow_open"), "{err}");
+        // Each listener is judged by its own tokens.
+        let err = open("grpc_addr = \"0.0.0.0:7070\"\nhttp_addr = \"0.0.0.0:7071\"\n[auth.ingest_tokens]\n\"*\" = \"t0ken\"").unwrap_err();
+        assert!(err.starts_with("http_addr"), "{err}");
+        open("grpc_addr = \"0.0.0.0:7070\"\nhttp_addr = \"0.0.0.0:7071\"\n[auth]\napi_token = \"a\"\n[auth.ingest_tokens]\n\"*\" = \"t0ken\"").unwrap();
+        // A process node binds no gRPC port.
+        #[cfg(feature = "kafka")]
+        open("role = \"process\"\ngrpc_addr = \"0.0.0.0:7070\"\n[kafka]\nbrokers = \"k:9092\"")
+            .unwrap();
+        // Told to run open, in the file or by the flag/variable.
+        open("http_addr = \"0.0.0.0:7071\"\n[auth]\nallow_open = true").unwrap();
+        let mut c = Config::from_toml("http_addr = \"0.0.0.0:7071\"", Path::new("o.toml")).unwrap();
+        c.apply(&Overrides {
+            allow_open: Some(true),
+            ..Default::default()
+        });
+        c.validate().unwrap();
     }
 
     #[test]

@@ -52,7 +52,9 @@ impl axum::response::IntoResponse for ApiError {
     fn into_response(self) -> axum::response::Response {
         (
             self.status,
-            axum::Json(serde_json::json!({ "error": self.message })),
+            axum::Json(holmes_api::ErrorJson {
+                error: self.message,
+            }),
         )
             .into_response()
     }

@@ -3,8 +3,9 @@
 //! When tokens are configured ([`crate::auth`]), the stream must carry one, valid for
 //! the service its `Hello` names; nothing of a refused stream is stored.
 //! The stream must open with `Hello` (right version, valid names), which is answered
-//! by recording the instance and, when the configuration has rules for the service, by
-//! one `ConfigUpdate`; every durable message after it (metric windows, trigger events,
+//! by recording the instance and, when the service or the fleet has central rules or a
+//! pause, by a `ConfigUpdate` ([`crate::control::agent`]: later changes follow on the
+//! same stream, and the agent's answers are recorded); every durable message after it (metric windows, trigger events,
 //! profile chunks) is handed to the [`Sink`] as a [`PipelineEvent`] and acknowledged by
 //! sequence number once the sink says it is durable (stored, or acknowledged by Kafka;
 //! see [`crate::process`]). Profile chunks are put together first ([`assemble`]): a
@@ -28,6 +29,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::auth::IngestAuth;
 use crate::clock::unix_nanos_now;
+use crate::control::agent::AgentControl;
+use crate::control::Control;
 use crate::error::store_status;
 use crate::process::{PipelineBody, PipelineEvent, Sink, SinkError};
 
@@ -39,10 +42,8 @@ pub mod http;
 pub mod live;
 pub mod otlp;
 pub mod pyroscope;
-pub mod rules;
 
 use assemble::{Assembler, Step};
-use rules::{update_for, ServiceRules};
 
 /// How long a new stream may take to send its `Hello`.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,7 +54,7 @@ pub const TOUCH_INTERVAL: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub struct IngestService {
     store: Arc<dyn Store>,
-    rules: Arc<ServiceRules>,
+    control: Arc<Control>,
     closing: watch::Receiver<bool>,
     max_profile_bytes: u64,
     auth: IngestAuth,
@@ -64,22 +65,23 @@ pub struct IngestService {
 
 impl IngestService {
     /// A service handing what agents send to `sink`, recording instances in `store`,
-    /// and pushing `rules` (checked with [`rules::check`]) to the agents of their
-    /// services; streams end when `closing` turns true.
+    /// registering streams in `live` and keeping their agents in step with `control`;
+    /// streams end when `closing` turns true.
     pub fn new(
         store: Arc<dyn Store>,
         sink: Arc<dyn Sink>,
-        rules: ServiceRules,
+        control: Arc<Control>,
+        live: Arc<live::LiveAgents>,
         closing: watch::Receiver<bool>,
     ) -> Self {
         IngestService {
             store,
-            rules: Arc::new(rules),
+            control,
             closing,
             max_profile_bytes: crate::config::DEFAULT_MAX_PROFILE_BYTES,
             auth: IngestAuth::default(),
             sink,
-            live: Arc::default(),
+            live,
             uploads: None,
         }
     }
@@ -102,34 +104,6 @@ impl IngestService {
     pub fn with_max_profile_bytes(mut self, max_profile_bytes: u64) -> Self {
         self.max_profile_bytes = max_profile_bytes;
         self
-    }
-
-    /// The registry of connected agents (for "capture now"), shared with the API.
-    pub fn live_agents(&self) -> Arc<live::LiveAgents> {
-        Arc::clone(&self.live)
-    }
-
-    /// The `ConfigUpdate` for a newly connected agent, if its service has rules.
-    fn rule_update(&self, hello: &Hello) -> Option<pb::CollectorMessage> {
-        match update_for(&self.rules, hello) {
-            Ok(Some(update)) => {
-                let rules: Vec<String> = update
-                    .rules
-                    .iter()
-                    .map(|r| format!("{}: {}", r.metric, holmes_proto::rule_spec::format(r)))
-                    .collect();
-                tracing::info!(service = %hello.service, instance = %hello.instance_id, version = update.version, rules = %rules.join("; "), "pushing configured rules");
-                Some(pb::CollectorMessage::from(&CollectorMessage::ConfigUpdate(
-                    update,
-                )))
-            }
-            Ok(None) => None,
-            Err(err) => {
-                // Only reachable with a configuration that skipped validation.
-                tracing::error!(service = %hello.service, error = %err, "configured rules not pushed");
-                None
-            }
-        }
     }
 }
 
@@ -231,11 +205,16 @@ impl Ingest for IngestService {
         tracing::info!(%peer, service = %hello.service, instance = %hello.instance_id, agent_version = %hello.agent_version, "agent connected");
 
         let (tx, rx) = mpsc::channel(256);
-        if let Some(update) = self.rule_update(&hello) {
+        let mut control = AgentControl::new(&self.control, &hello);
+        control.connected().await;
+        if let Some(update) = control.next_update() {
+            tracing::info!(service = %hello.service, instance = %hello.instance_id, version = update.version, rules = update.rules.len(), paused = update.pause.is_some(), "pushing central rules");
             // The channel is new and empty, so this is the stream's first message.
-            tx.send(Ok(update))
-                .await
-                .map_err(|_| Status::cancelled("agent went away"))?;
+            tx.send(Ok(pb::CollectorMessage::from(
+                &CollectorMessage::ConfigUpdate(update),
+            )))
+            .await
+            .map_err(|_| Status::cancelled("agent went away"))?;
         }
         let offer = match (&self.uploads, &hello.executable) {
             (Some(uploads), Some(exe))
@@ -250,6 +229,7 @@ impl Ingest for IngestService {
             uploads: self.uploads.clone(),
             offer,
             hello,
+            control,
             sink: Arc::clone(&self.sink),
             store: Arc::clone(&self.store),
             tx,
@@ -264,6 +244,7 @@ impl Ingest for IngestService {
             live.add(
                 &session.hello.service,
                 &session.hello.instance_id,
+                &session.hello.labels,
                 session.tx.clone(),
             ),
         );
@@ -297,6 +278,7 @@ struct Session {
     uploads: Option<Arc<debuginfo::Uploads>>,
     /// The executable's debug info upload this agent offered.
     offer: Option<debuginfo::Offer>,
+    control: AgentControl,
     sink: Arc<dyn Sink>,
     store: Arc<dyn Store>,
     tx: mpsc::Sender<Result<pb::CollectorMessage, Status>>,
@@ -316,10 +298,17 @@ impl Session {
     ) {
         let end = loop {
             let next = tokio::select! {
-                next = inbound.message() => next,
+                next = inbound.message() => Some(next),
+                () = self.control.changed() => None,
                 _ = closing.wait_for(|c| *c) => {
                     break Some(Status::unavailable("collector is shutting down; reconnect"));
                 }
+            };
+            let Some(next) = next else {
+                if let Err(status) = self.push_update().await {
+                    break Some(status);
+                }
+                continue;
             };
             match next {
                 Ok(Some(raw)) => match AgentMessage::try_from(raw) {
@@ -353,6 +342,7 @@ impl Session {
             .store
             .upsert_instance(&instance_info(&self.hello, unix_nanos_now()))
             .await;
+        self.control.closed().await;
         if let Some(status) = end {
             let _ = self.tx.send(Err(status)).await;
         }
@@ -362,33 +352,37 @@ impl Session {
         count_message(&msg.body);
         match msg.body {
             AgentBody::Hello(_) => Err(Status::invalid_argument("hello sent twice on one stream")),
-            AgentBody::Heartbeat(_) => self.touch_if_due().await,
-            AgentBody::DebugInfoChunk(chunk) => {
-                if msg.seq != 0 {
-                    return Err(Status::invalid_argument(
-                        "an agent's answer must not carry a sequence number",
-                    ));
+            AgentBody::Heartbeat(heartbeat) => {
+                self.control.heartbeat(heartbeat.rules_version).await;
+                self.touch_if_due().await
+            }
+            AgentBody::ConfigApplied(_)
+            | AgentBody::CaptureOutcome(_)
+            | AgentBody::DebugInfoChunk(_)
+                if msg.seq != 0 =>
+            {
+                Err(Status::invalid_argument(
+                    "an agent's answer must not carry a sequence number",
+                ))
+            }
+            AgentBody::ConfigApplied(applied) => {
+                self.control.applied(applied).await;
+                Ok(())
+            }
+            AgentBody::CaptureOutcome(outcome) => {
+                for refused in &outcome.refused {
+                    crate::metrics::metrics().capture_skipped(refused.reason.as_str());
                 }
+                self.control.outcome(outcome).await;
+                Ok(())
+            }
+            AgentBody::DebugInfoChunk(chunk) => {
                 if let Some(uploads) = &self.uploads {
                     // The upload resumes later from what the store holds.
                     if let Err(err) = uploads.chunk(self.offer.as_ref(), chunk).await {
                         tracing::warn!(service = %self.hello.service, instance = %self.hello.instance_id, error = %err, "debug info chunk not stored");
                     }
                 }
-                Ok(())
-            }
-            AgentBody::ConfigApplied(_) | AgentBody::CaptureOutcome(_) => {
-                if let AgentBody::CaptureOutcome(outcome) = &msg.body {
-                    for refused in &outcome.refused {
-                        crate::metrics::metrics().capture_skipped(refused.reason.as_str());
-                    }
-                }
-                if msg.seq != 0 {
-                    return Err(Status::invalid_argument(
-                        "an agent's answer must not carry a sequence number",
-                    ));
-                }
-                tracing::debug!(service = %self.hello.service, instance = %self.hello.instance_id, "ignoring an answer this collector does not use yet");
                 Ok(())
             }
             AgentBody::MetricWindow(window) => {
@@ -432,6 +426,20 @@ impl Session {
                 self.touch_if_due().await
             }
         }
+    }
+
+    /// Sends the agent the update the node's changed state gives it, if any.
+    async fn push_update(&mut self) -> Result<(), Status> {
+        let Some(update) = self.control.next_update() else {
+            return Ok(());
+        };
+        tracing::info!(service = %self.hello.service, instance = %self.hello.instance_id, version = update.version, rules = update.rules.len(), paused = update.pause.is_some(), "pushing central rules");
+        self.tx
+            .send(Ok(pb::CollectorMessage::from(
+                &CollectorMessage::ConfigUpdate(update),
+            )))
+            .await
+            .map_err(|_| Status::cancelled("agent went away"))
     }
 
     /// Hands one event to the sink and, once it is durable, acknowledges what can be.

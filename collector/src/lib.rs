@@ -3,10 +3,13 @@
 //!
 //! Its modules follow the data, stage by stage:
 //! - [`ingest`]: the gRPC service agents connect to (one bidirectional stream each):
-//!   authentication, profile chunks put together, the rules pushed to agents, and the
-//!   registry of connected agents that "capture now" goes through; and what foreign
-//!   programs send: Pyroscope clients ([`ingest::pyroscope`]), OTLP profiles exporters
-//!   ([`ingest::otlp`]), Alertmanager's webhook ([`ingest::alertmanager`]).
+//!   authentication, profile chunks put together, and the registry of the agents
+//!   connected to this node; and what foreign programs send: Pyroscope clients
+//!   ([`ingest::pyroscope`]), OTLP profiles exporters ([`ingest::otlp`]),
+//!   Alertmanager's webhook ([`ingest::alertmanager`]).
+//! - [`control`]: central rules and pauses as data in the store, pushed live to every
+//!   agent on whichever node it is connected to, and capture requests that reach the
+//!   whole fleet of a service.
 //! - [`process`]: what happens to what agents send: profiles decoded and normalized
 //!   (each distinct stack once), stored, handed to the incidents — in place (single
 //!   node) or through Kafka (`ingest` and `process` roles, [`process::kafka`]); and
@@ -32,6 +35,7 @@ pub mod alert;
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod error;
 pub mod incident;
 pub mod ingest;

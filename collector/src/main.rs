@@ -26,6 +26,8 @@ enum Command {
     Serve(Overrides),
     /// Load the configuration (file, environment, flags), print it resolved, and exit.
     CheckConfig(Overrides),
+    /// Print the HTTP API's OpenAPI document (what `GET /api/v1/openapi.json` serves).
+    Openapi,
 }
 
 fn init_logging() {
@@ -68,6 +70,13 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     match cli.command {
+        Command::Openapi => {
+            println!(
+                "{}",
+                holmes_collector::query::routes::document().to_pretty_json()?
+            );
+            Ok(())
+        }
         Command::CheckConfig(overrides) => {
             let config = Config::load(&overrides)?;
             println!("{config:#?}");

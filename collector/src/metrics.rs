@@ -185,6 +185,8 @@ pub struct Metrics {
     pub incidents_open: Gauge,
     /// Alerts waiting in the outbox.
     pub alert_outbox_pending: Gauge,
+    /// Incident changes that had to wait for room in a full alert outbox.
+    pub alert_outbox_waits: Counter,
     /// Alert delivery attempts, by hook and result.
     pub alert_deliveries: Family<DeliveryLabels, Counter>,
     /// Agents asked to capture, by purpose (one per agent reached).
@@ -220,6 +222,7 @@ impl Metrics {
             kafka_consumer_lag: Family::default(),
             incidents_open: Gauge::default(),
             alert_outbox_pending: Gauge::default(),
+            alert_outbox_waits: Counter::default(),
             alert_deliveries: Family::default(),
             captures_requested: Family::default(),
             captures_skipped: Family::default(),
@@ -300,6 +303,11 @@ impl Metrics {
             "holmes_alert_outbox_pending",
             "Alerts waiting for delivery in the outbox",
             m.alert_outbox_pending.clone(),
+        );
+        r.register(
+            "holmes_alert_outbox_waits",
+            "Incident changes that waited for room in a full alert outbox (their triggers are acknowledged once queued)",
+            m.alert_outbox_waits.clone(),
         );
         r.register(
             "holmes_alert_deliveries",
@@ -414,6 +422,8 @@ pub fn normalize_reason(err: &crate::process::normalize::NormalizeError) -> &'st
         E::DuplicateId { .. } => "duplicate_id",
         E::ValueCount { .. } => "value_count",
         E::TooDeep { .. } => "too_deep",
+        E::NameTooLong { .. } => "name_too_long",
+        E::Amplifies { .. } => "amplifies",
     }
 }
 

@@ -1,37 +1,19 @@
-//! The HTTP JSON API (`/api/v1/...`): reads over the store, "capture now", and CI's
-//! debug info uploads.
-//!
-//! | route | answer |
-//! |---|---|
-//! | `GET /api/v1/services[?active=5m]` | `[{service, instances, last_seen, last_seen_unix_ms}]`, `instances` counting those heard from within `active` |
-//! | `GET /api/v1/services/{service}/instances` | `[{instance, host, pid, labels, agent_version, started_at, last_seen}]` |
-//! | `GET /api/v1/services/{service}/metrics?metric=cpu&since=10m[&until=..][&limit=..]` | `{service, metric, unit, since, until, series: [{instance, points: [{ts, unix_ms, value}]}]}` |
-//! | `GET /api/v1/services/{service}/triggers?since=1h[&until=..][&metric=cpu][&limit=..]` | `{service, since, until, triggers: [{event_id, instance, metric, reason, current, ts, unix_ms, window: [{ts, unix_ms, value}], rule, request_id}]}`, oldest first; `metric` and `rule` are `null` for a requested capture |
-//! | `GET /api/v1/services/{service}/profiles?since=1h[&until=..][&event=<id>][&kind=cpu][&limit=..]` | `{service, since, until, profiles: [{profile_id, event_id, instance, kind, started, unix_ms, duration_ms, labels, error, size_bytes, download}]}`, oldest first; `error` is `null` and `download` the path below for a capture that worked |
-//! | `GET /api/v1/services/{service}/profiles/{profile_id}` | the profile as gzip-compressed pprof — re-encoded from the stored contents (`x-holmes-download: re-encoded`), or the bytes exactly as sent when the collector keeps originals (`original`) — `application/octet-stream`, `content-disposition: attachment; filename="<kind>.<event_id>.<profile_id>.pb.gz"`; 400 for an id that is not 32 lowercase hex digits, 404 when the service has no such profile or its capture failed |
-//! | `GET /api/v1/services/{service}/profiles/{profile_id}/top[?sample_type=..][&limit=..]` | the profile's costliest functions |
-//! | `GET /api/v1/services/{service}/profiles/{profile_id}/flamegraph.svg` | the profile's flame graph |
-//! | `GET /api/v1/services/{service}/flamegraph.svg?since=24h[&until=..][&kind=cpu]` | the service's profiles of one kind over the range, all instances merged |
-//! | `PUT /api/v1/debuginfo/{build_id}` | stores a module's debug info (the body: `holmes-symbolize`'s upload blob, as `holmes debuginfo upload` sends it) and names the build's native locations: `{build_id, bytes, stored}`, `stored` false when it was complete already; 400 for a body that is not readable debug info of that build ([`crate::symbolize::upload`]) |
-//! | `GET /api/v1/profiles/{profile_id}` | the gzip-compressed pprof bytes exactly as the agent sent them, `application/octet-stream`, `content-disposition: attachment; filename="<kind>.<event_id>.<profile_id>.pb.gz"`; 400 for an id that is not 32 lowercase hex digits, 404 for an unknown one or a failed capture |
-//! | `GET /api/v1/profiles/{profile_id}/otlp`, `GET /api/v1/incidents/{incident_id}/otlp` | the profile, or the incident's profiles, as one OTLP `ExportProfilesServiceRequest` ([`otlp`]) |
-//! | `GET /api/v1/incidents?label=k8s.namespace.name=shop[&label=..]` (also per service) | incidents with an instance carrying every label given (the agent's Kubernetes labels, say) |
-//! | `GET /healthz` | `ok` |
-//!
-//! Times are RFC 3339 in UTC; `since`/`until` also take a duration before now (`10m`).
-//! Errors are `{"error": "..."}` with 400 (bad parameter), 401 (API token required and
-//! missing or wrong), 404 (unknown service or profile) or 503 (store unavailable).
+//! The HTTP JSON API (`/api/v1/...`): reads over the store, and the control plane's
+//! changes (rules, pauses, capture requests: [`control`], [`captures`]) through
+//! [`Control`]; plus the health check and the web page. Every route is registered in
+//! [`routes`] from its handler's annotation, which is also what the OpenAPI document
+//! served at `GET /api/v1/openapi.json` is made of ([`routes::document`]): read it for the
+//! routes, their parameters and their answers.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
-use axum::routing::get;
 use axum::{Json, Router};
 use holmes_api::{
-    CaptureJson, InstanceJson, MetricsJson, PointJson, SeriesJson, ServiceJson,
-    DEFAULT_POINT_LIMIT, DEFAULT_SINCE,
+    ErrorJson, InstanceJson, MetricsJson, PointJson, SeriesJson, ServiceJson, DEFAULT_POINT_LIMIT,
+    DEFAULT_SINCE,
 };
 use holmes_proto::names::validate_name;
 use holmes_proto::{Metric, UnknownMetric};
@@ -39,16 +21,19 @@ use holmes_storage::{MetricQuery, Store};
 
 use crate::auth::ApiAuth;
 use crate::clock::{parse_time, rfc3339, unix_nanos_now};
+use crate::control::Control;
 use crate::error::ApiError;
-use crate::ingest::live::LiveAgents;
 use crate::symbolize::Symbolizer;
 
+mod captures;
+mod control;
 pub mod flamegraph;
 mod incidents;
-pub mod pprof;
 mod labels;
 pub mod otlp;
+pub mod pprof;
 pub mod profiles;
+pub mod routes;
 pub mod top;
 pub mod triggers;
 pub mod ui;
@@ -61,146 +46,49 @@ pub const DEFAULT_ACTIVE_WINDOW: Duration = Duration::from_secs(5 * 60);
 struct Api {
     store: Arc<dyn Store>,
     active_window: Duration,
-    live: Arc<LiveAgents>,
+    control: Arc<Control>,
+    /// Names a build's locations once CI uploaded its debug info (nodes that process).
+    symbolizer: Option<Arc<Symbolizer>>,
+}
+
+/// CI's debug info uploads store into the API's store and wake its symbolizer.
+impl axum::extract::FromRef<Api> for crate::symbolize::upload::Uploads {
+    fn from_ref(api: &Api) -> Self {
+        crate::symbolize::upload::Uploads {
+            store: Arc::clone(&api.store),
+            symbolizer: api.symbolizer.clone(),
+        }
+    }
+}
+
+/// The control plane's handlers take the node's [`Control`] from the API's state.
+impl axum::extract::FromRef<Api> for Arc<Control> {
+    fn from_ref(api: &Api) -> Self {
+        Arc::clone(&api.control)
+    }
 }
 
 /// The API's routes over `store`; instances heard from within `active_window` count
-/// as active in the services list unless `?active=` says otherwise. With `auth`, every
-/// `/api/` route answers 401 unless the request carries its token; `/healthz` stays open.
+/// as active in the services list unless `?active=` says otherwise; the control plane's
+/// routes (rules, pauses, captures) go through `control`; CI's debug info uploads wake
+/// `symbolizer` when there is one. With `auth`, every `/api/` route answers 401 unless
+/// the request carries its token; `/healthz` stays open.
 pub fn router(
     store: Arc<dyn Store>,
     active_window: Duration,
     auth: Option<ApiAuth>,
-    live: Arc<LiveAgents>,
+    control: Arc<Control>,
     symbolizer: Option<Arc<Symbolizer>>,
 ) -> Router {
-    let api = Router::new()
-        .route("/api/v1/services", get(services))
-        .route("/api/v1/services/{service}/instances", get(instances))
-        .route("/api/v1/services/{service}/metrics", get(metrics))
-        .route(
-            "/api/v1/services/{service}/triggers",
-            get(triggers::triggers),
-        )
-        .route(
-            "/api/v1/services/{service}/profiles",
-            get(profiles::profiles),
-        )
-        .route(
-            "/api/v1/services/{service}/profiles/{profile_id}",
-            get(profiles::download),
-        )
-        .route(
-            "/api/v1/services/{service}/profiles/{profile_id}/top",
-            get(profiles::top),
-        )
-        .route(
-            "/api/v1/services/{service}/profiles/{profile_id}/flamegraph.svg",
-            get(profiles::flamegraph),
-        )
-        .route(
-            "/api/v1/services/{service}/flamegraph.svg",
-            get(profiles::service_flamegraph),
-        )
-        .route(
-            "/api/v1/services/{service}/incidents",
-            get(incidents::by_service),
-        )
-        .route("/api/v1/incidents", get(incidents::all))
-        .route("/api/v1/incidents/{incident_id}", get(incidents::detail))
-        .route(
-            "/api/v1/incidents/{incident_id}/flamegraph.svg",
-            get(incidents::flamegraph),
-        )
-        .route(
-            "/api/v1/profiles/{profile_id}/flamegraph.svg",
-            get(profiles::flamegraph),
-        )
-        .route("/api/v1/profiles/{profile_id}/otlp", get(otlp::profile))
-        .route("/api/v1/incidents/{incident_id}/otlp", get(otlp::incident))
-        .route(
-            "/api/v1/services/{service}/capture",
-            axum::routing::post(capture),
-        )
+    let (router, _document) = routes::routes(auth)
         .with_state(Api {
-            store: Arc::clone(&store),
+            store,
             active_window,
-            live,
+            control,
+            symbolizer,
         })
-        .merge(crate::symbolize::upload::router(store, symbolizer));
-    let api = match auth {
-        Some(auth) => api.layer(axum::middleware::from_fn_with_state(
-            auth,
-            crate::auth::require_api_token,
-        )),
-        None => api,
-    };
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .merge(ui::router())
-        .merge(api)
-}
-
-async fn capture(
-    State(api): State<Api>,
-    Path(service): Path<String>,
-    axum::extract::RawQuery(query): axum::extract::RawQuery,
-) -> Result<Json<CaptureJson>, ApiError> {
-    check_service(&service)?;
-    let mut kinds = Vec::new();
-    for pair in query
-        .as_deref()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
-        match pair.split_once('=') {
-            Some(("kind", k)) => {
-                let kind = profiles::parse_kind(k).map_err(ApiError::bad_request)?;
-                if !kinds.contains(&kind) {
-                    kinds.push(kind);
-                }
-            }
-            _ => {
-                return Err(ApiError::bad_request(format!(
-                    "unknown parameter {pair:?}; use kind=cpu|heap|threads|tasks"
-                )))
-            }
-        }
-    }
-    if kinds.is_empty() {
-        return Err(ApiError::bad_request(
-            "say what to capture: kind=cpu, heap, threads or tasks (repeatable)",
-        ));
-    }
-    // Unique per collector run and over restarts: the time, and a counter.
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let request_id = format!(
-        "{:016x}{:016x}",
-        unix_nanos_now(),
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    );
-    let request = holmes_proto::CaptureRequest {
-        request_id: request_id.clone(),
-        kinds: kinds.clone(),
-        cpu_duration: None,
-        purpose: holmes_proto::CapturePurpose::Operator,
-        window: None,
-        incident_id: None,
-    };
-    let instances = api.live.capture(&service, &request);
-    if instances.is_empty() {
-        return Err(ApiError::not_found(format!(
-            "no agent of service {service:?} is connected now"
-        )));
-    }
-    tracing::info!(%service, %request_id, ?instances, "capture requested");
-    Ok(Json(CaptureJson {
-        service,
-        request_id,
-        kinds: kinds.iter().map(|k| k.as_str().to_owned()).collect(),
-        instances,
-    }))
+        .split_for_parts();
+    router
 }
 
 /// An SVG document as an HTTP answer.
@@ -216,6 +104,20 @@ fn svg_response(svg: String) -> axum::response::Response {
         .into_response()
 }
 
+/// The services the collector knows, with their active instances.
+#[utoipa::path(
+    get,
+    path = "/api/v1/services",
+    operation_id = "list_services",
+    tag = "services",
+    params(("active" = Option<String>, Query, description = "Count the instances heard from within this window (`5m`, the default) or since this RFC 3339 time")),
+    responses(
+        (status = 200, description = "Every service, by name", body = Vec<ServiceJson>),
+        (status = 400, description = "Bad `active`", body = ErrorJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 503, description = "Store unavailable", body = ErrorJson),
+    )
+)]
 async fn services(
     State(api): State<Api>,
     Query(params): Query<HashMap<String, String>>,
@@ -272,18 +174,38 @@ fn time_range(
     Ok((since, until))
 }
 
-/// The `limit` parameter, `default` when absent.
+/// The `limit` parameter, `default` when absent; 1 to [`holmes_api::MAX_LIMIT`].
 fn limit(params: &HashMap<String, String>, default: u64) -> Result<u64, ApiError> {
     match params.get("limit") {
-        Some(l) => {
-            l.parse::<u64>().ok().filter(|l| *l > 0).ok_or_else(|| {
-                ApiError::bad_request(format!("limit {l:?} is not a positive number"))
-            })
-        }
+        Some(l) => match l.parse::<u64>() {
+            Ok(n) if (1..=holmes_api::MAX_LIMIT).contains(&n) => Ok(n),
+            Ok(n) if n > holmes_api::MAX_LIMIT => Err(ApiError::bad_request(format!(
+                "limit {n} is more than {}",
+                holmes_api::MAX_LIMIT
+            ))),
+            _ => Err(ApiError::bad_request(format!(
+                "limit {l:?} is not a positive number"
+            ))),
+        },
         None => Ok(default),
     }
 }
 
+/// The instances of one service, each with the last time it was heard from.
+#[utoipa::path(
+    get,
+    path = "/api/v1/services/{service}/instances",
+    operation_id = "list_instances",
+    tag = "services",
+    params(("service" = String, Path, description = "Service name")),
+    responses(
+        (status = 200, description = "Its instances", body = Vec<InstanceJson>),
+        (status = 400, description = "Bad service name", body = ErrorJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 404, description = "Unknown service", body = ErrorJson),
+        (status = 503, description = "Store unavailable", body = ErrorJson),
+    )
+)]
 async fn instances(
     State(api): State<Api>,
     Path(service): Path<String>,
@@ -293,19 +215,24 @@ async fn instances(
     if list.is_empty() {
         return Err(ApiError::not_found(format!("unknown service {service:?}")));
     }
-    Ok(Json(
-        list.into_iter()
-            .map(|i| InstanceJson {
-                instance: i.instance_id,
-                host: i.host,
-                pid: i.pid,
-                labels: i.labels,
-                agent_version: i.agent_version,
-                started_at: rfc3339(i.started_at_unix_nanos),
-                last_seen: rfc3339(i.last_seen_unix_nanos),
-            })
-            .collect(),
-    ))
+    let mut list: Vec<InstanceJson> = list
+        .into_iter()
+        .map(|i| InstanceJson {
+            instance: i.instance_id,
+            host: i.host,
+            pid: i.pid,
+            labels: i.labels,
+            agent_version: i.agent_version,
+            started_at: rfc3339(i.started_at_unix_nanos),
+            last_seen: rfc3339(i.last_seen_unix_nanos),
+            connected: None,
+            rules_version: None,
+            rules_pending: false,
+            rules_refused: Vec::new(),
+        })
+        .collect();
+    control::annotate_instances(&api.store, &service, &mut list).await?;
+    Ok(Json(list))
 }
 
 /// One point as the API shows it.
@@ -317,6 +244,35 @@ fn point_json(unix_nanos: u64, value: f64) -> PointJson {
     }
 }
 
+/// One metric of one service over a time range.
+///
+/// A series per instance, points oldest first.
+///
+/// Metrics: `cpu` (percent of the cores the process may use), `memory` (percent of its
+/// memory limit), `rss` (bytes), `threads`, `fds` and `cpu_throttled` (where the cgroup
+/// counts throttling) from every agent; `tasks` from agents with a tokio runtime
+/// registered, `heap_bytes` and `heap` from agents on the counting or sampling allocator
+/// or jemalloc.
+#[utoipa::path(
+    get,
+    path = "/api/v1/services/{service}/metrics",
+    operation_id = "get_metrics",
+    tag = "metrics",
+    params(
+        ("service" = String, Path, description = "Service name"),
+        ("metric" = String, Query, description = "`cpu`, `memory`, `rss`, `threads`, `tasks`, `heap`, `heap_bytes`, `fds` or `cpu_throttled`"),
+        ("since" = Option<String>, Query, description = "Start: a duration before now (`10m`, the default) or an RFC 3339 time"),
+        ("until" = Option<String>, Query, description = "End (exclusive): a duration before now or an RFC 3339 time; now by default"),
+        ("limit" = Option<u64>, Query, description = "At most this many points (100000 by default)"),
+    ),
+    responses(
+        (status = 200, description = "The series", body = MetricsJson),
+        (status = 400, description = "Bad parameter", body = ErrorJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 404, description = "Unknown service", body = ErrorJson),
+        (status = 503, description = "Store unavailable", body = ErrorJson),
+    )
+)]
 async fn metrics(
     State(api): State<Api>,
     Path(service): Path<String>,

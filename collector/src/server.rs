@@ -18,7 +18,9 @@ use tonic::codec::CompressionEncoding;
 
 use crate::auth::{ApiAuth, IngestAuth};
 use crate::config::{Config, Role, StoreKind};
+use crate::control::Control;
 use crate::ingest::debuginfo::Uploads;
+use crate::ingest::live::LiveAgents;
 use crate::ingest::IngestService;
 use crate::process::{LocalSink, Processor, Sink};
 use crate::symbolize::Symbolizer;
@@ -63,6 +65,9 @@ pub enum ServeError {
     /// The Kafka topic, producer or consumer could not be set up.
     #[error("cannot start the Kafka pipeline: {0}")]
     Kafka(String),
+    /// The config file's rules could not be written to the store.
+    #[error("cannot seed the central rules from the config file: {0}")]
+    Seed(StoreError),
 }
 
 /// Opens the store the configuration names.
@@ -189,7 +194,11 @@ impl Server {
         config: &Config,
         store: Arc<dyn Store>,
     ) -> Result<Server, ServeError> {
-        crate::ingest::rules::check(&config.rules).map_err(|e| ServeError::Config(e.into()))?;
+        crate::control::rules::check(&config.rules).map_err(|e| ServeError::Config(e.into()))?;
+        config
+            .control
+            .validate()
+            .map_err(|e| ServeError::Config(e.into()))?;
         // Registers the metrics (and the ClickHouse batch observer) before anything runs.
         crate::metrics::metrics();
         // Certificates and tokens are read before anything listens, so that a bad file
@@ -205,6 +214,11 @@ impl Server {
             .api_token()
             .map_err(auth_config)?
             .map(ApiAuth::new);
+        let grpc = (config.role != crate::config::Role::Process).then_some(config.grpc_addr);
+        config
+            .auth
+            .check_exposure(grpc, config.http_addr)
+            .map_err(auth_config)?;
         if !ingest_auth.enabled() {
             tracing::warn!("no ingest tokens configured: any agent that reaches the gRPC port can send data ([auth] ingest_tokens)");
         }
@@ -291,6 +305,19 @@ impl Server {
             (Role::Ingest, _) => Some(ingest_sink(config, kafka_partitions)?),
             _ => None,
         };
+        // The central rules: the file's seeded, then this node's view of them.
+        crate::control::seed::seed(&store, &config.rules)
+            .await
+            .map_err(ServeError::Seed)?;
+        let live = Arc::new(LiveAgents::default());
+        let control = Control::new(
+            Arc::clone(&store),
+            Arc::clone(&live),
+            crate::control::node_name(grpc_addr),
+            role != Role::Process,
+            config.control.clone(),
+        );
+        tasks.extend(control.start(closed.clone()).await);
         let foreign = crate::ingest::foreign::ForeignIngest::new(
             Arc::clone(&store),
             sink.clone(),
@@ -299,12 +326,12 @@ impl Server {
             config.max_decoded_profile_bytes,
         );
         let alert_sink = sink.clone();
-        let mut live = Arc::default();
         if let (Some(sink), Some(grpc)) = (sink, grpc) {
             let service = IngestService::new(
                 Arc::clone(&store),
                 sink,
-                config.rules.clone(),
+                Arc::clone(&control),
+                live,
                 closed.clone(),
             )
             .with_max_profile_bytes(config.max_profile_bytes)
@@ -314,7 +341,6 @@ impl Server {
                 tasks.push(uploads.spawn(closed.clone()));
                 uploads
             });
-            live = service.live_agents();
             let ingest = IngestServer::new(service)
                 // Agents may send gzip or zstd; the limit holds for the decompressed message.
                 .accept_compressed(CompressionEncoding::Gzip)
@@ -356,17 +382,18 @@ impl Server {
             Arc::clone(&store),
             crate::query::DEFAULT_ACTIVE_WINDOW,
             api_auth.clone(),
-            Arc::clone(&live),
+            Arc::clone(&control),
             symbolizer,
         )
         .merge(crate::ingest::http::router(foreign))
         .merge(crate::ingest::alertmanager::router(
             config.alertmanager.clone(),
             alert_sink,
-            live,
+            control,
             api_auth.clone(),
         ))
         .merge(crate::metrics::http::router(api_auth.clone()));
+        let app = crate::auth::browser::guard(app, http_addr, api_auth.clone(), identity.is_some());
         let app = crate::metrics::http::timed(app)
             .into_make_service_with_connect_info::<crate::ingest::foreign::PeerAddr>();
         let retention = match role {

@@ -1,23 +1,26 @@
 #!/usr/bin/env bash
 # The whole Holmes test suite, with the real components it needs.
 #
-#   deploy/dev/test.sh            # formatting, clippy, every test on SQLite and a real ClickHouse,
-#                                 # profiles checked by `go tool pprof`
+#   deploy/dev/test.sh            # formatting, clippy, every test on SQLite and real ClickHouse servers
+#                                 # (Debian's 18.16 and a current 26.9), profiles checked by `go tool pprof`
 #   deploy/dev/test.sh -p holmes-agent   # extra arguments go to `cargo test`
 #
 # Installs what is missing (Debian's clickhouse-server, golang-go, chromium, prometheus and
 # prometheus-alertmanager via apt; the Python Pyroscope and OTLP clients from PyPI into
-# virtualenvs under ~/.cache/holmes, deploy/dev/pyclients.sh), starts ClickHouse on a
-# free loopback port in a temporary folder, starts a Kafka-protocol broker (tansu, fetched
-# once by deploy/dev/kafka.sh into ~/.cache/holmes) the same way, runs the checks, and
-# stops both again whatever happens.
+# virtualenvs under ~/.cache/holmes, deploy/dev/pyclients.sh; the OpenAPI validator from
+# PyPI, into ~/.cache/holmes), starts ClickHouse 18.16 on a free loopback port in a
+# temporary folder, a current ClickHouse (26.9 from PyPI's chdb-core, installed once by
+# deploy/dev/chdb.sh into ~/.cache/holmes) beside it, a Kafka-protocol broker (tansu,
+# fetched once by deploy/dev/kafka.sh into ~/.cache/holmes) the same way, runs the
+# checks, and stops all three again whatever happens.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-say() { printf '\n== %s\n' "$*"; }
+say() { printf '\n== [%s, %ss in] %s\n' "$(date +%T)" "$SECONDS" "$*"; }
 
 missing=()
 command -v python3 >/dev/null || missing+=(python3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)   # chdb.sh's virtualenv
 command -v curl >/dev/null || missing+=(curl)
 command -v go >/dev/null || missing+=(golang-go)   # `go tool pprof` reads our profiles in tests
 command -v chromium >/dev/null || missing+=(chromium)   # the web page is tested in a real browser
@@ -29,6 +32,8 @@ python3 -c 'import venv' 2>/dev/null || missing+=(python3-venv)
 if ! command -v pip3 >/dev/null && ! command -v pip >/dev/null && [ ! -x "$HOME/.cache/holmes/tansu-0.6.0" ]; then
   missing+=(python3-pip)
 fi
+# The OpenAPI validator lives in a virtualenv.
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
@@ -40,13 +45,29 @@ say "Python clients (pyroscope-io, opentelemetry-proto; cached under ~/.cache/ho
 eval "$(deploy/dev/pyclients.sh)"
 export HOLMES_TEST_REQUIRE_PYTHON_CLIENTS=1
 
-say "starting ClickHouse"
+# The collector's OpenAPI document is checked by a real validator (PyPI
+# openapi-spec-validator, pinned), installed once into a virtualenv.
+OPENAPI_VALIDATOR_VERSION=0.9.0
+validator_venv=${XDG_CACHE_HOME:-$HOME/.cache}/holmes/openapi-spec-validator-$OPENAPI_VALIDATOR_VERSION
+if ! "$validator_venv/bin/openapi-spec-validator" --help >/dev/null 2>&1; then
+  say "installing openapi-spec-validator $OPENAPI_VALIDATOR_VERSION from PyPI into $validator_venv"
+  rm -rf "$validator_venv"
+  python3 -m venv "$validator_venv"
+  "$validator_venv/bin/pip" install --quiet --disable-pip-version-check "openapi-spec-validator==$OPENAPI_VALIDATOR_VERSION"
+fi
+export HOLMES_OPENAPI_VALIDATOR=$validator_venv/bin/openapi-spec-validator HOLMES_TEST_REQUIRE_OPENAPI_VALIDATOR=1
+
+say "starting ClickHouse 18.16"
 eval "$(deploy/dev/clickhouse.sh start)"
 trap 'deploy/dev/clickhouse.sh stop' EXIT
 
+say "starting a current ClickHouse (26.9, chdb)"
+eval "$(deploy/dev/chdb.sh start)"
+trap 'deploy/dev/chdb.sh stop; deploy/dev/clickhouse.sh stop' EXIT
+
 say "starting a Kafka broker (tansu)"
 eval "$(deploy/dev/kafka.sh start)"
-trap 'deploy/dev/kafka.sh stop; deploy/dev/clickhouse.sh stop' EXIT
+trap 'deploy/dev/kafka.sh stop; deploy/dev/chdb.sh stop; deploy/dev/clickhouse.sh stop' EXIT
 # The Kafka tests fail instead of skipping when the broker is missing.
 export HOLMES_TEST_REQUIRE_KAFKA=1
 
@@ -64,7 +85,7 @@ else
   echo "warning: clippy is not installed; lints not checked" >&2
 fi
 
-say "cargo test (ClickHouse at $HOLMES_TEST_CLICKHOUSE_URL, Kafka at $HOLMES_TEST_KAFKA_BROKERS)"
+say "cargo test (ClickHouse 18.16 at $HOLMES_TEST_CLICKHOUSE_URL, 26.9 at $HOLMES_TEST_CLICKHOUSE_CURRENT_URL, Kafka at $HOLMES_TEST_KAFKA_BROKERS)"
 log=$(mktemp "${TMPDIR:-/tmp}/holmes-test-log.XXXXXX")
 set +e
 cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$log"
@@ -94,6 +115,6 @@ taskdump_status=${PIPESTATUS[0]}
 set -e
 # One closing line for the whole run (cargo prints one per test binary).
 sum() { grep -oE "test result: [A-Za-z]+\. [0-9]+ passed; [0-9]+ failed" "$log" | awk -v f="$1" '{ s += $f } END { print s + 0 }'; }
-printf '\ntests: %s passed, %s failed\n' "$(sum 4)" "$(sum 6)"
+printf '\ntests: %s passed, %s failed, in %dm%02ds\n' "$(sum 4)" "$(sum 6)" $((SECONDS / 60)) $((SECONDS % 60))
 rm -f "$log"
 exit "$status"

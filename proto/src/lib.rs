@@ -16,11 +16,15 @@
 //!   profile is built from, each entry stored once.
 //! - [`names`]: the rules for service names, instance ids and label keys, shared by the
 //!   agent (which refuses to start with a bad name) and the collector (which rejects one).
+//! - [`rule_spec`] and [`rule_floors`]: the text form of a trigger rule, and the floors
+//!   an agent holds the rules a collector pushes to; shared by the agent and the
+//!   collector, so both refuse the same rules with the same words.
 
 pub mod model;
 pub mod names;
 pub mod native;
 pub mod profile_tables;
+pub mod rule_floors;
 pub mod rule_spec;
 pub mod transform;
 

@@ -19,6 +19,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::numbering::Numbering;
 use crate::{
+    AgentReport, CaptureDispatch, CaptureOutcomeRecord, CaptureRequestQuery, CaptureRequestRecord,
+    ChangedBy, ControlNode, PauseEdit, PauseRecord, RuleChange, RuleEdit,
+};
+use crate::{
     DebugInfoChunkRecord, DebugInfoStatus, Expired, IncidentQuery, IncidentRecord, InstanceInfo,
     LocationId, MergeQuery, MergedProfile, MetricPoint, MetricQuery, ParkedEvent, ProfileMeta,
     ProfileQuery, ProfileRecord, ServiceSummary, StackFrame, Store, StoreError, TriggerQuery,
@@ -28,6 +32,7 @@ use crate::{
 mod batch;
 mod bytes;
 mod cluster;
+mod control;
 mod convert;
 mod debuginfo;
 mod incidents;
@@ -223,6 +228,7 @@ struct Batches {
     symbols: Batcher<stacks::SymbolRow>,
     incidents: Batcher<incidents::IncidentRow>,
     incident_ids: Batcher<incidents::IncidentIdRow>,
+    control: control::Batches,
 }
 
 impl Batches {
@@ -238,6 +244,7 @@ impl Batches {
             symbols: Batcher::start(client.clone(), "symbols", config),
             incidents: Batcher::start(client.clone(), "incidents", config),
             incident_ids: Batcher::start(client.clone(), "incidents_by_id", config),
+            control: control::Batches::start(client, config),
         }
     }
 }
@@ -666,6 +673,95 @@ impl Store for ClickHouseStore {
 
     async fn parked_events(&self, limit: u64) -> Result<Vec<ParkedEvent>, StoreError> {
         parked::list(self, limit).await
+    }
+
+    async fn change_rules(&self, edits: &[RuleEdit], by: &ChangedBy) -> Result<u64, StoreError> {
+        control::change_rules(self, edits, by).await
+    }
+
+    async fn rules_in_force(&self, service: Option<&str>) -> Result<Vec<RuleChange>, StoreError> {
+        control::rules_in_force(self, service).await
+    }
+
+    async fn rule_history(&self, service: &str, limit: u64) -> Result<Vec<RuleChange>, StoreError> {
+        control::rule_history(self, service, limit).await
+    }
+
+    async fn change_pause(&self, edit: &PauseEdit, by: &ChangedBy) -> Result<u64, StoreError> {
+        control::change_pause(self, edit, by).await
+    }
+
+    async fn pauses(&self) -> Result<Vec<PauseRecord>, StoreError> {
+        control::pauses(self).await
+    }
+
+    async fn control_version(&self) -> Result<u64, StoreError> {
+        control::control_version(self).await
+    }
+
+    async fn insert_capture_request(
+        &self,
+        request: &CaptureRequestRecord,
+    ) -> Result<(), StoreError> {
+        control::insert_capture_request(self, request).await
+    }
+
+    async fn capture_requests(
+        &self,
+        query: &CaptureRequestQuery,
+    ) -> Result<Vec<CaptureRequestRecord>, StoreError> {
+        control::capture_requests(self, query).await
+    }
+
+    async fn get_capture_request(
+        &self,
+        request_id: &str,
+    ) -> Result<Option<CaptureRequestRecord>, StoreError> {
+        control::get_capture_request(self, request_id).await
+    }
+
+    async fn record_capture_dispatch(&self, dispatch: &CaptureDispatch) -> Result<(), StoreError> {
+        control::record_capture_dispatch(self, dispatch).await
+    }
+
+    async fn capture_dispatches(
+        &self,
+        request_ids: &[String],
+    ) -> Result<Vec<CaptureDispatch>, StoreError> {
+        control::capture_dispatches(self, request_ids).await
+    }
+
+    async fn record_capture_outcome(
+        &self,
+        outcome: &CaptureOutcomeRecord,
+    ) -> Result<(), StoreError> {
+        control::record_capture_outcome(self, outcome).await
+    }
+
+    async fn capture_outcomes(
+        &self,
+        request_ids: &[String],
+    ) -> Result<Vec<CaptureOutcomeRecord>, StoreError> {
+        control::capture_outcomes(self, request_ids).await
+    }
+
+    async fn record_agent_report(&self, report: &AgentReport) -> Result<(), StoreError> {
+        control::record_agent_report(self, report).await
+    }
+
+    async fn agent_reports(&self, service: &str) -> Result<Vec<AgentReport>, StoreError> {
+        control::agent_reports(self, service).await
+    }
+
+    async fn record_control_node(&self, node: &ControlNode) -> Result<(), StoreError> {
+        control::record_control_node(self, node).await
+    }
+
+    async fn control_nodes(
+        &self,
+        seen_since_unix_nanos: u64,
+    ) -> Result<Vec<ControlNode>, StoreError> {
+        control::control_nodes(self, seen_since_unix_nanos).await
     }
 }
 

@@ -3,6 +3,7 @@
 mod assemble;
 pub mod clickhouse;
 mod contents;
+mod control;
 mod debuginfo;
 mod encoding;
 mod location;
@@ -16,6 +17,7 @@ pub mod testsuite;
 pub use contents::{
     Mapping, ProfileContents, ProfileHeader, ProfileLabel, ProfileSample, ValueType,
 };
+pub use control::*;
 pub use debuginfo::{DebugInfoChunkRecord, DebugInfoSource, DebugInfoStatus};
 pub use location::{Location, LocationId, StackFrame, StackId};
 pub use model::*;
@@ -259,4 +261,90 @@ pub trait Store: Send + Sync + 'static {
 
     /// One incident by id; `None` if there is none.
     async fn get_incident(&self, incident_id: &str) -> Result<Option<IncidentRecord>, StoreError>;
+
+    // The control plane (`control.rs`): central rules and pauses, capture requests and
+    // what agents answer.
+
+    /// Records `edits` under one new control version — one more than the highest rule
+    /// or pause version so far — and returns it. (On ClickHouse, two collectors recording
+    /// at the same instant may both take the same number; the store stays readable, and
+    /// the nodes' comparison of what they push, not of numbers, keeps agents right.)
+    async fn change_rules(&self, edits: &[RuleEdit], by: &ChangedBy) -> Result<u64, StoreError>;
+
+    /// The latest change of every `(service, selector, metric)`, of one service or all,
+    /// deletions included (their version counts), sorted by service, selector, metric.
+    async fn rules_in_force(&self, service: Option<&str>) -> Result<Vec<RuleChange>, StoreError>;
+
+    /// A service's rule changes, newest first (by version, then selector and metric), at
+    /// most `limit`.
+    async fn rule_history(&self, service: &str, limit: u64) -> Result<Vec<RuleChange>, StoreError>;
+
+    /// Records a pause (or its lifting, `until_unix_nanos: 0`) under a new control
+    /// version, like [`Store::change_rules`], and returns the version.
+    async fn change_pause(&self, edit: &PauseEdit, by: &ChangedBy) -> Result<u64, StoreError>;
+
+    /// The latest pause change of every scope (lifted ones included), sorted by scope
+    /// (the fleet's, scope `""`, first).
+    async fn pauses(&self) -> Result<Vec<PauseRecord>, StoreError>;
+
+    /// The highest rule or pause version recorded; 0 when there is none. Cheap: every
+    /// node that takes agent streams polls it.
+    async fn control_version(&self) -> Result<u64, StoreError>;
+
+    /// Stores a capture request (one already stored under its id is kept once).
+    async fn insert_capture_request(
+        &self,
+        request: &CaptureRequestRecord,
+    ) -> Result<(), StoreError>;
+
+    /// Capture requests asked in `[since, until)`, of one service or all, newest first
+    /// (then by id), at most `limit`.
+    async fn capture_requests(
+        &self,
+        query: &CaptureRequestQuery,
+    ) -> Result<Vec<CaptureRequestRecord>, StoreError>;
+
+    /// One capture request by id; `None` if there is none.
+    async fn get_capture_request(
+        &self,
+        request_id: &str,
+    ) -> Result<Option<CaptureRequestRecord>, StoreError>;
+
+    /// Records which agents a node asked for a request; a node's second dispatch of one
+    /// request replaces its first.
+    async fn record_capture_dispatch(&self, dispatch: &CaptureDispatch) -> Result<(), StoreError>;
+
+    /// The dispatches of these requests, sorted by request id and node.
+    async fn capture_dispatches(
+        &self,
+        request_ids: &[String],
+    ) -> Result<Vec<CaptureDispatch>, StoreError>;
+
+    /// Records an agent's answer to a request; its second answer replaces its first.
+    async fn record_capture_outcome(
+        &self,
+        outcome: &CaptureOutcomeRecord,
+    ) -> Result<(), StoreError>;
+
+    /// The answers to these requests, sorted by request id and instance.
+    async fn capture_outcomes(
+        &self,
+        request_ids: &[String],
+    ) -> Result<Vec<CaptureOutcomeRecord>, StoreError>;
+
+    /// Records what an agent reports about its rules; an older report than the stored
+    /// one changes nothing.
+    async fn record_agent_report(&self, report: &AgentReport) -> Result<(), StoreError>;
+
+    /// The latest report of every agent of a service, sorted by instance.
+    async fn agent_reports(&self, service: &str) -> Result<Vec<AgentReport>, StoreError>;
+
+    /// Records that a node is alive; an older sighting changes nothing.
+    async fn record_control_node(&self, node: &ControlNode) -> Result<(), StoreError>;
+
+    /// The nodes seen at or after `seen_since_unix_nanos`, sorted by id.
+    async fn control_nodes(
+        &self,
+        seen_since_unix_nanos: u64,
+    ) -> Result<Vec<ControlNode>, StoreError>;
 }

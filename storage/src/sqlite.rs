@@ -16,12 +16,17 @@ use rusqlite::{params, Connection};
 
 use crate::numbering::Numbering;
 use crate::{
+    AgentReport, CaptureDispatch, CaptureOutcomeRecord, CaptureRequestQuery, CaptureRequestRecord,
+    ChangedBy, ControlNode, PauseEdit, PauseRecord, RuleChange, RuleEdit,
+};
+use crate::{
     DebugInfoChunkRecord, DebugInfoStatus, Expired, IncidentQuery, IncidentRecord, InstanceInfo,
     LocationId, MergeQuery, MergedProfile, MetricPoint, MetricQuery, ParkedEvent, ProfileMeta,
     ProfileQuery, ProfileRecord, ServiceSummary, StackFrame, Store, StoreError, TriggerQuery,
     TriggerRecord,
 };
 
+mod control;
 mod debuginfo;
 mod incidents;
 mod migrate;
@@ -233,7 +238,9 @@ const MIGRATIONS: &[&str] = &[
         error TEXT NOT NULL,
         payload BLOB NOT NULL
     );",
-    // 7: debug info uploads (see `debuginfo.rs`): chunks by build id, source, size and
+    // 7: the control plane (see `control.rs`).
+    control::SCHEMA,
+    // 8: debug info uploads (see `debuginfo.rs`): chunks by build id, source, size and
     // offset; the claim of the collector whose agent uploads a build now.
     "CREATE TABLE debuginfo (
         build_id TEXT NOT NULL,
@@ -774,6 +781,131 @@ impl Store for SqliteStore {
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
+    }
+
+    async fn change_rules(&self, edits: &[RuleEdit], by: &ChangedBy) -> Result<u64, StoreError> {
+        let (edits, by) = (edits.to_vec(), by.clone());
+        self.writer
+            .write(move |conn| control::change_rules(conn, &edits, &by))
+            .await
+    }
+
+    async fn rules_in_force(&self, service: Option<&str>) -> Result<Vec<RuleChange>, StoreError> {
+        let service = service.map(str::to_owned);
+        self.read(move |conn| control::rules_in_force(conn, service.as_deref()))
+            .await
+    }
+
+    async fn rule_history(&self, service: &str, limit: u64) -> Result<Vec<RuleChange>, StoreError> {
+        let service = service.to_owned();
+        self.read(move |conn| control::rule_history(conn, &service, limit))
+            .await
+    }
+
+    async fn change_pause(&self, edit: &PauseEdit, by: &ChangedBy) -> Result<u64, StoreError> {
+        let (edit, by) = (edit.clone(), by.clone());
+        self.writer
+            .write(move |conn| control::change_pause(conn, &edit, &by))
+            .await
+    }
+
+    async fn pauses(&self) -> Result<Vec<PauseRecord>, StoreError> {
+        self.read(control::pauses).await
+    }
+
+    async fn control_version(&self) -> Result<u64, StoreError> {
+        self.read(control::control_version).await
+    }
+
+    async fn insert_capture_request(
+        &self,
+        request: &CaptureRequestRecord,
+    ) -> Result<(), StoreError> {
+        let r = request.clone();
+        self.writer
+            .write(move |conn| control::insert_capture_request(conn, &r))
+            .await
+    }
+
+    async fn capture_requests(
+        &self,
+        query: &CaptureRequestQuery,
+    ) -> Result<Vec<CaptureRequestRecord>, StoreError> {
+        let q = query.clone();
+        self.read(move |conn| control::capture_requests(conn, &q))
+            .await
+    }
+
+    async fn get_capture_request(
+        &self,
+        request_id: &str,
+    ) -> Result<Option<CaptureRequestRecord>, StoreError> {
+        let id = request_id.to_owned();
+        self.read(move |conn| control::get_capture_request(conn, &id))
+            .await
+    }
+
+    async fn record_capture_dispatch(&self, dispatch: &CaptureDispatch) -> Result<(), StoreError> {
+        let d = dispatch.clone();
+        self.writer
+            .write(move |conn| control::record_capture_dispatch(conn, &d))
+            .await
+    }
+
+    async fn capture_dispatches(
+        &self,
+        request_ids: &[String],
+    ) -> Result<Vec<CaptureDispatch>, StoreError> {
+        let ids = request_ids.to_vec();
+        self.read(move |conn| control::capture_dispatches(conn, &ids))
+            .await
+    }
+
+    async fn record_capture_outcome(
+        &self,
+        outcome: &CaptureOutcomeRecord,
+    ) -> Result<(), StoreError> {
+        let o = outcome.clone();
+        self.writer
+            .write(move |conn| control::record_capture_outcome(conn, &o))
+            .await
+    }
+
+    async fn capture_outcomes(
+        &self,
+        request_ids: &[String],
+    ) -> Result<Vec<CaptureOutcomeRecord>, StoreError> {
+        let ids = request_ids.to_vec();
+        self.read(move |conn| control::capture_outcomes(conn, &ids))
+            .await
+    }
+
+    async fn record_agent_report(&self, report: &AgentReport) -> Result<(), StoreError> {
+        let r = report.clone();
+        self.writer
+            .write(move |conn| control::record_agent_report(conn, &r))
+            .await
+    }
+
+    async fn agent_reports(&self, service: &str) -> Result<Vec<AgentReport>, StoreError> {
+        let service = service.to_owned();
+        self.read(move |conn| control::agent_reports(conn, &service))
+            .await
+    }
+
+    async fn record_control_node(&self, node: &ControlNode) -> Result<(), StoreError> {
+        let n = node.clone();
+        self.writer
+            .write(move |conn| control::record_control_node(conn, &n))
+            .await
+    }
+
+    async fn control_nodes(
+        &self,
+        seen_since_unix_nanos: u64,
+    ) -> Result<Vec<ControlNode>, StoreError> {
+        self.read(move |conn| control::control_nodes(conn, seen_since_unix_nanos))
+            .await
     }
 }
 

@@ -15,10 +15,12 @@ use crate::{
     Severity, Store, TriggerQuery, TriggerRecord,
 };
 
+mod control;
 mod debuginfo;
 mod profiles;
 mod retention;
 
+pub use control::*;
 pub use debuginfo::*;
 pub use profiles::*;
 pub use retention::*;
@@ -658,6 +660,12 @@ macro_rules! store_conformance_tests {
             debuginfo_uploads_resume_and_complete,
             debuginfo_claims_have_one_holder,
             unsymbolized_offsets_shrink_as_symbols_arrive,
+            rule_changes_are_versioned_with_their_history,
+            pauses_share_the_version_sequence,
+            capture_requests_roundtrip_and_list_newest_first,
+            capture_dispatches_and_outcomes_are_kept_per_node_and_instance,
+            agent_reports_keep_the_latest,
+            control_nodes_are_listed_when_seen_since,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

@@ -338,6 +338,23 @@ async fn assert_migrated(store: &ClickHouseStore) {
         .unwrap();
     assert_eq!(triggers.len(), 1);
     assert_eq!(triggers[0].current, 91.5);
+    // The control plane's tables, created after the storage model's: a pause records
+    // and reads back.
+    let pause = holmes_storage::PauseEdit {
+        scope: "shop".to_owned(),
+        until_unix_nanos: 2_000_000_000_000_000_000,
+        reason: "deploy".to_owned(),
+    };
+    let by = holmes_storage::ChangedBy {
+        author: "alice".to_owned(),
+        note: String::new(),
+        unix_nanos: 1_900_000_000_000_000_000,
+    };
+    let version = store.change_pause(&pause, &by).await.unwrap();
+    assert_eq!(store.control_version().await.unwrap(), version);
+    let pauses = store.pauses().await.unwrap();
+    assert_eq!(pauses.len(), 1);
+    assert_eq!(pauses[0].edit, pause);
 }
 
 macro_rules! migrations_on_server {

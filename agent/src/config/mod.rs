@@ -19,11 +19,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use holmes_proto::names::NameError;
+use holmes_proto::rule_floors::{Floors, DEFAULT_FLOORS};
 use holmes_proto::Metric;
 
 use crate::delivery::dump::DumpFolder;
 use crate::delivery::transport::{Compression, Transport, TransportSettings};
-use crate::rules::{Floors, Rule};
+use crate::rules::Rule;
 
 /// Sampling interval when neither code nor `HOLMES_INTERVAL` sets one.
 pub const DEFAULT_COLLECT_INTERVAL: Duration = Duration::from_secs(1);
@@ -66,10 +67,10 @@ pub const MAX_DURATION_SETTING: Duration = Duration::from_secs(3600);
 pub const FLIGHT_RECORDER_HISTORY: Duration = Duration::from_secs(60);
 /// Shortest cooldown of a rule the collector pushes (`HOLMES_MIN_PUSHED_COOLDOWN`); a
 /// pushed rule below it is refused.
-pub const DEFAULT_MIN_PUSHED_COOLDOWN: Duration = Duration::from_secs(10);
+pub const DEFAULT_MIN_PUSHED_COOLDOWN: Duration = DEFAULT_FLOORS.min_cooldown;
 /// Smallest window of a rule the collector pushes (`HOLMES_MIN_PUSHED_WINDOW`); a pushed
 /// rule below it is refused.
-pub const DEFAULT_MIN_PUSHED_WINDOW: u32 = 2;
+pub const DEFAULT_MIN_PUSHED_WINDOW: u32 = DEFAULT_FLOORS.min_window;
 /// Shortest time between two captures of one kind that the collector asks for
 /// (`HOLMES_CAPTURE_REQUEST_INTERVAL`); a request sooner is refused as rate-limited.
 pub const DEFAULT_CAPTURE_REQUEST_INTERVAL: Duration = Duration::from_secs(30);

@@ -13,9 +13,9 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
+use holmes_proto::rule_floors::Floors;
 use holmes_proto::{CapturePause, ConfigApplied, ConfigUpdate, Metric, RuleConfig, RuleRefusal};
 
-use super::floors::Floors;
 use super::Rule;
 
 /// A rule change that cannot be made.

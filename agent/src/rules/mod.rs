@@ -16,14 +16,12 @@
 //! is in `f64`, not truncated integers, so a threshold of 41.25 means 41.25.
 //!
 //! [`book`] holds the rules in force, which the host and the collector change at run
-//! time; [`floors`] bounds what the collector may push.
+//! time; `holmes_proto::rule_floors` bounds what the collector may push.
 
 mod book;
-mod floors;
 
 pub use book::RuleError;
 pub(crate) use book::{Applied, RuleBook};
-pub(crate) use floors::Floors;
 
 use std::collections::VecDeque;
 use std::fmt;

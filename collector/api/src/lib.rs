@@ -4,6 +4,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub mod control;
+
+/// The largest `limit` any query takes: more is refused with 400, since a store asked
+/// for `u64::MAX` rows may try to hold them (metrics points default to this many).
+pub const MAX_LIMIT: u64 = 100_000;
 /// Points returned by one metrics query unless `limit` says otherwise.
 pub const DEFAULT_POINT_LIMIT: u64 = 100_000;
 /// `since` when the metrics query gives none.
@@ -65,6 +70,7 @@ fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> 
 
 /// One service in the services list (`GET /api/v1/services`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ServiceJson {
     /// Service name.
     pub service: String,
@@ -78,6 +84,7 @@ pub struct ServiceJson {
 
 /// One instance of a service (`GET /api/v1/services/{service}/instances`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InstanceJson {
     /// Instance id.
     pub instance: String,
@@ -93,10 +100,26 @@ pub struct InstanceJson {
     pub started_at: String,
     /// Last heard from, RFC 3339.
     pub last_seen: String,
+    /// Whether its stream to a collector is open, as the collectors recorded it
+    /// (`null`: no collector of this version recorded it).
+    #[serde(default)]
+    pub connected: Option<bool>,
+    /// The version of the central rules it has in force, as it last reported (0: its
+    /// own rules only; `null`: never reported).
+    #[serde(default)]
+    pub rules_version: Option<u64>,
+    /// Connected and behind the service's current rules version: it has not applied the
+    /// latest change (yet).
+    #[serde(default)]
+    pub rules_pending: bool,
+    /// Pushed rules it refused, with why.
+    #[serde(default)]
+    pub rules_refused: Vec<control::RuleRefusalJson>,
 }
 
 /// A metric's series, one per instance (`GET /api/v1/services/{service}/metrics`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MetricsJson {
     /// Service name.
     pub service: String,
@@ -114,6 +137,7 @@ pub struct MetricsJson {
 
 /// The points of one instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SeriesJson {
     /// Instance id.
     pub instance: String,
@@ -123,6 +147,7 @@ pub struct SeriesJson {
 
 /// One point.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PointJson {
     /// When, RFC 3339.
     pub ts: String,
@@ -130,12 +155,14 @@ pub struct PointJson {
     pub unix_ms: u64,
     /// The value; `null` in JSON if it is not a finite number, read back as NaN.
     #[serde(deserialize_with = "nan_if_null")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<f64>, required = true))]
     pub value: f64,
 }
 
 /// The trigger events of one service in a time range
 /// (`GET /api/v1/services/{service}/triggers`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TriggersJson {
     /// Service name.
     pub service: String,
@@ -149,6 +176,7 @@ pub struct TriggersJson {
 
 /// One trigger event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TriggerJson {
     /// Event id the agent made.
     pub event_id: String,
@@ -160,6 +188,7 @@ pub struct TriggerJson {
     pub reason: String,
     /// The value that fired; `null` in JSON if it is not a finite number.
     #[serde(deserialize_with = "nan_if_null")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<f64>, required = true))]
     pub current: f64,
     /// When it fired, RFC 3339.
     pub ts: String,
@@ -175,11 +204,13 @@ pub struct TriggerJson {
 
 /// A trigger rule as it was when it fired.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RuleJson {
     /// Whether it was enabled.
     pub enabled: bool,
     /// Below this nothing fires.
     #[serde(deserialize_with = "nan_if_null")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<f64>, required = true))]
     pub min: f64,
     /// Percent above the window average that fires; `null` when switched off.
     pub diff: Option<f64>,
@@ -187,6 +218,7 @@ pub struct RuleJson {
     pub abs: Option<f64>,
     /// At or above this it stays silent; 0 means no ceiling.
     #[serde(deserialize_with = "nan_if_null")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<f64>, required = true))]
     pub max: f64,
     /// Sleep after firing, milliseconds.
     pub cooldown_ms: u64,
@@ -197,6 +229,7 @@ pub struct RuleJson {
 /// The profiles of one service in a time range
 /// (`GET /api/v1/services/{service}/profiles`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProfilesJson {
     /// Service name.
     pub service: String,
@@ -210,6 +243,7 @@ pub struct ProfilesJson {
 
 /// One profile, without its bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProfileJson {
     /// Profile id: 32 lowercase hex digits.
     pub profile_id: String,
@@ -239,6 +273,7 @@ pub struct ProfileJson {
 /// The functions that cost the most in one profile
 /// (`GET /api/v1/services/{service}/profiles/{profile_id}/top`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TopJson {
     /// Profile id.
     pub profile_id: String,
@@ -258,6 +293,7 @@ pub struct TopJson {
 
 /// One function's share of a profile, as `go tool pprof -top` counts it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FunctionTotal {
     /// Function name.
     pub function: String,
@@ -269,6 +305,7 @@ pub struct FunctionTotal {
 
 /// One incident, as lists show it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct IncidentJson {
     /// 32 hex digits.
     pub incident_id: String,
@@ -299,6 +336,7 @@ pub struct IncidentJson {
 /// A list of incidents (`GET /api/v1/incidents`,
 /// `GET /api/v1/services/{service}/incidents`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct IncidentsJson {
     /// The service; `null` for the whole fleet.
     pub service: Option<String>,
@@ -312,6 +350,7 @@ pub struct IncidentsJson {
 
 /// One incident in detail (`GET /api/v1/incidents/{incident_id}`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct IncidentDetailJson {
     /// The incident.
     pub incident: IncidentJson,
@@ -334,6 +373,7 @@ pub struct IncidentDetailJson {
 
 /// A function suspected of causing an incident.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Suspect {
     /// Function name.
     pub function: String,
@@ -345,17 +385,12 @@ pub struct Suspect {
     pub growth: f64,
 }
 
-/// What the agents were asked (`POST /api/v1/services/{service}/capture`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CaptureJson {
-    /// Service name.
-    pub service: String,
-    /// The request id, echoed in each agent's trigger event (`request_id`).
-    pub request_id: String,
-    /// Profile kinds asked for.
-    pub kinds: Vec<String>,
-    /// Instances the request reached (connected now).
-    pub instances: Vec<String>,
+/// What every failed API request answers, with a 4xx or 5xx status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ErrorJson {
+    /// What went wrong, in one line.
+    pub error: String,
 }
 
 #[cfg(test)]
@@ -397,6 +432,7 @@ mod tests {
 
 /// The answer to `PUT /api/v1/debuginfo/{build_id}` (`holmes debuginfo upload`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DebugInfoUploadJson {
     /// The module's GNU build id.
     pub build_id: String,

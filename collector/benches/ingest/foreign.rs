@@ -16,6 +16,7 @@ use holmes_collector::config::Config;
 use holmes_collector::ingest::pyroscope::push::{
     LabelPair, PushRequest, RawProfileSeries, RawSample,
 };
+use holmes_collector::process::normalize::{normalize_pprof, Limits};
 use holmes_collector::Server;
 use holmes_storage::ProfileRecord;
 use http_body_util::{BodyExt, Full};
@@ -78,7 +79,7 @@ fn body(protocol: Protocol, p: &GenProfile, instance: usize) -> Vec<u8> {
                     })
                     .collect(),
                     samples: vec![RawSample {
-                        raw_profile: p.gzip.clone(),
+                        raw_profile: p.pprof.clone(),
                         id: p.id.clone(),
                     }],
                 }],
@@ -86,6 +87,8 @@ fn body(protocol: Protocol, p: &GenProfile, instance: usize) -> Vec<u8> {
             .encode_to_vec(),
         ),
         Protocol::OtlpHttp | Protocol::OtlpGrpc => {
+            let contents =
+                normalize_pprof(&p.pprof, Limits::default()).expect("a generated profile decodes");
             let record = ProfileRecord {
                 profile_id: p.id.clone(),
                 event_id: format!("bench-{instance}"),
@@ -96,7 +99,10 @@ fn body(protocol: Protocol, p: &GenProfile, instance: usize) -> Vec<u8> {
                 duration: Duration::from_secs(10),
                 labels: [("region".to_owned(), "eu-west-1".to_owned())].into(),
                 error: None,
-                data: p.gzip.clone(),
+                size_bytes: p.pprof.len() as u64,
+                format: holmes_proto::ProfileFormat::PprofGzip,
+                contents: Some(contents),
+                original: None,
             };
             holmes_collector::query::otlp::export_request(&[record])
                 .expect("a generated profile exports")
@@ -202,7 +208,7 @@ pub(crate) fn run(
             .block_on(Server::start(&config))
             .expect("the collector starts");
         let (http, grpc) = (server.http_addr(), server.grpc_addr());
-        let before = CpuMark::now();
+        let before = CpuMark::now(None);
         let started = Instant::now();
         let handles: Vec<_> = per_client
             .into_iter()
@@ -213,7 +219,7 @@ pub(crate) fn run(
             latencies.extend(agent_rt.block_on(h).unwrap());
         }
         let wall = started.elapsed();
-        let after = CpuMark::now();
+        let after = CpuMark::now(None);
         collector_rt.block_on(server.shutdown());
         let clients_cpu = after.agents - before.agents;
         out.push(ForeignRun {
@@ -243,7 +249,7 @@ pub(crate) fn report(agent: Option<(f64, f64, Duration, Duration)>, runs: &[Fore
     if let Some((per_s, per_core, p50, p99)) = agent {
         println!(
             "  {:<28} {:>12} {:>22} {:>22} {:>20}",
-            "holmes agent (gRPC)",
+            "holmes agent (gRPC, native)",
             si(per_s),
             si(per_core),
             si(per_core * samples),

@@ -17,8 +17,10 @@ use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::CertificateDer;
 
+pub mod control;
+
 use holmes_api::{
-    CaptureJson, DebugInfoUploadJson, IncidentDetailJson, IncidentsJson, InstanceJson, MetricsJson,
+    DebugInfoUploadJson, IncidentDetailJson, IncidentsJson, InstanceJson, MetricsJson,
     ProfilesJson, ServiceJson, TopJson, TriggersJson,
 };
 
@@ -26,6 +28,16 @@ use holmes_api::{
 pub const DEFAULT_API: &str = "http://127.0.0.1:7071";
 /// Longest wait for one API answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A request's body and its content type.
+struct Body {
+    content_type: &'static str,
+    bytes: Bytes,
+}
+
+/// Told how far a download is: the bytes received so far, and the total when the
+/// collector said it (`content-length`).
+pub type OnProgress<'a> = &'a mut (dyn FnMut(u64, Option<u64>) + Send);
 
 /// A failed API call, worded for the person at the terminal.
 #[derive(Debug, thiserror::Error)]
@@ -231,46 +243,48 @@ impl ApiClient {
     /// GETs `path` (with its query) and returns the answer's bytes as they are; an
     /// answer that is not a success is an [`ApiClientError::Api`] with the API's message.
     pub async fn get_raw(&self, path: &str) -> Result<Bytes, ApiClientError> {
-        self.send(hyper::Method::GET, path).await
+        self.send(hyper::Method::GET, path, None, &mut |_, _| {})
+            .await
+    }
+
+    /// [`ApiClient::get_raw`], telling `progress` as the answer arrives.
+    pub async fn get_raw_with_progress(
+        &self,
+        path: &str,
+        progress: OnProgress<'_>,
+    ) -> Result<Bytes, ApiClientError> {
+        self.send(hyper::Method::GET, path, None, progress).await
     }
 
     /// POSTs to `path` (parameters in its query, no body) and decodes the JSON answer.
     pub async fn post<T: DeserializeOwned>(&self, path: &str) -> Result<T, ApiClientError> {
-        let body = self.send(hyper::Method::POST, path).await?;
-        serde_json::from_slice(&body).map_err(|e| ApiClientError::Decode {
+        self.call(hyper::Method::POST, path, None).await
+    }
+
+    /// Sends `method` to `path` with an optional JSON body and decodes the JSON answer.
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        json: Option<&serde_json::Value>,
+    ) -> Result<T, ApiClientError> {
+        let body = json.map(|j| Body {
+            content_type: "application/json",
+            bytes: Bytes::from(j.to_string()),
+        });
+        let answer = self.send(method, path, body, &mut |_, _| {}).await?;
+        serde_json::from_slice(&answer).map_err(|e| ApiClientError::Decode {
             url: format!("{}{}", self.base, path),
             reason: e.to_string(),
         })
     }
 
-    /// `POST /api/v1/services/{service}/capture?kind=..`: asks every connected agent of
-    /// the service to capture `kinds` now.
-    pub async fn capture(
-        &self,
-        service: &str,
-        kinds: &[String],
-    ) -> Result<CaptureJson, ApiClientError> {
-        let query: Vec<String> = kinds
-            .iter()
-            .map(|k| format!("kind={}", encode(k)))
-            .collect();
-        self.post(&format!(
-            "/api/v1/services/{}/capture?{}",
-            encode(service),
-            query.join("&")
-        ))
-        .await
-    }
-
-    async fn send(&self, method: hyper::Method, path: &str) -> Result<Bytes, ApiClientError> {
-        self.send_body(method, path, Bytes::new()).await
-    }
-
-    async fn send_body(
+    async fn send(
         &self,
         method: hyper::Method,
         path: &str,
-        body: Bytes,
+        body: Option<Body>,
+        progress: OnProgress<'_>,
     ) -> Result<Bytes, ApiClientError> {
         let url = format!("{}{}", self.base, path);
         let uri: hyper::Uri =
@@ -285,13 +299,15 @@ impl ApiClient {
             if let Some(auth) = &self.authorization {
                 request = request.header(AUTHORIZATION, auth.clone());
             }
-            let request =
-                request
-                    .body(Full::new(body))
-                    .map_err(|e| ApiClientError::InvalidUrl {
-                        url: url.clone(),
-                        reason: e.to_string(),
-                    })?;
+            if let Some(body) = &body {
+                request = request.header(hyper::header::CONTENT_TYPE, body.content_type);
+            }
+            let request = request
+                .body(Full::new(body.map(|b| b.bytes).unwrap_or_default()))
+                .map_err(|e| ApiClientError::InvalidUrl {
+                    url: url.clone(),
+                    reason: e.to_string(),
+                })?;
             let response =
                 self.http
                     .request(request)
@@ -301,16 +317,25 @@ impl ApiClient {
                         reason: root_cause(&e),
                     })?;
             let status = response.status();
-            let body = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| ApiClientError::Unreachable {
+            let total = response
+                .headers()
+                .get(hyper::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            let mut body = response.into_body();
+            let mut received = Vec::new();
+            progress(0, total);
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| ApiClientError::Unreachable {
                     url: self.base.clone(),
                     reason: e.to_string(),
-                })?
-                .to_bytes();
-            Ok::<_, ApiClientError>((status, body))
+                })?;
+                if let Ok(data) = frame.into_data() {
+                    received.extend_from_slice(&data);
+                    progress(received.len() as u64, total);
+                }
+            }
+            Ok::<_, ApiClientError>((status, Bytes::from(received)))
         };
         let (status, body) =
             tokio::time::timeout(REQUEST_TIMEOUT, call)
@@ -320,10 +345,9 @@ impl ApiClient {
                     timeout: REQUEST_TIMEOUT,
                 })??;
         if !status.is_success() {
-            let message = serde_json::from_slice::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-                .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_owned());
+            let message = serde_json::from_slice::<holmes_api::ErrorJson>(&body)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).trim().to_owned());
             return Err(ApiClientError::Api {
                 status: status.as_u16(),
                 message,
@@ -340,8 +364,12 @@ impl ApiClient {
         blob: Vec<u8>,
     ) -> Result<DebugInfoUploadJson, ApiClientError> {
         let path = format!("/api/v1/debuginfo/{}", encode(build_id));
+        let body = Body {
+            content_type: "application/octet-stream",
+            bytes: Bytes::from(blob),
+        };
         let body = self
-            .send_body(hyper::Method::PUT, &path, Bytes::from(blob))
+            .send(hyper::Method::PUT, &path, Some(body), &mut |_, _| {})
             .await?;
         serde_json::from_slice(&body).map_err(|e| ApiClientError::Decode {
             url: format!("{}{}", self.base, path),
@@ -415,13 +443,24 @@ impl ApiClient {
         service: &str,
         profile_id: &str,
     ) -> Result<Vec<u8>, ApiClientError> {
+        self.download_profile_with_progress(service, profile_id, &mut |_, _| {})
+            .await
+    }
+
+    /// [`ApiClient::download_profile`], telling `progress` as the bytes arrive.
+    pub async fn download_profile_with_progress(
+        &self,
+        service: &str,
+        profile_id: &str,
+        progress: OnProgress<'_>,
+    ) -> Result<Vec<u8>, ApiClientError> {
         check_service(service)?;
         holmes_api::validate_profile_id(profile_id).map_err(ApiClientError::InvalidArgument)?;
         let body = self
-            .get_raw(&holmes_api::download_path(
-                &encode(service),
-                &encode(profile_id),
-            ))
+            .get_raw_with_progress(
+                &holmes_api::download_path(&encode(service), &encode(profile_id)),
+                progress,
+            )
             .await?;
         Ok(Vec::from(body))
     }
@@ -458,11 +497,22 @@ impl ApiClient {
     /// A flame graph (SVG) of an incident's merged profiles (against its baseline with
     /// `diff`).
     pub async fn flamegraph(&self, id: &str, diff: bool) -> Result<Vec<u8>, ApiClientError> {
+        self.flamegraph_with_progress(id, diff, &mut |_, _| {})
+            .await
+    }
+
+    /// [`ApiClient::flamegraph`], telling `progress` as the SVG arrives.
+    pub async fn flamegraph_with_progress(
+        &self,
+        id: &str,
+        diff: bool,
+        progress: OnProgress<'_>,
+    ) -> Result<Vec<u8>, ApiClientError> {
         let query = if diff { "?diff=baseline" } else { "" };
-        self.get_raw(&format!(
-            "/api/v1/incidents/{}/flamegraph.svg{query}",
-            encode(id)
-        ))
+        self.get_raw_with_progress(
+            &format!("/api/v1/incidents/{}/flamegraph.svg{query}", encode(id)),
+            progress,
+        )
         .await
         .map(Vec::from)
     }
@@ -473,11 +523,22 @@ impl ApiClient {
         service: &str,
         profile_id: &str,
     ) -> Result<Vec<u8>, ApiClientError> {
+        self.profile_flamegraph_with_progress(service, profile_id, &mut |_, _| {})
+            .await
+    }
+
+    /// [`ApiClient::profile_flamegraph`], telling `progress` as the SVG arrives.
+    pub async fn profile_flamegraph_with_progress(
+        &self,
+        service: &str,
+        profile_id: &str,
+        progress: OnProgress<'_>,
+    ) -> Result<Vec<u8>, ApiClientError> {
         check_service(service)?;
-        self.get_raw(&holmes_api::flamegraph_path(
-            &encode(service),
-            &encode(profile_id),
-        ))
+        self.get_raw_with_progress(
+            &holmes_api::flamegraph_path(&encode(service), &encode(profile_id)),
+            progress,
+        )
         .await
         .map(Vec::from)
     }
@@ -490,13 +551,28 @@ impl ApiClient {
         kind: &str,
         since: &str,
     ) -> Result<Vec<u8>, ApiClientError> {
+        self.service_flamegraph_with_progress(service, kind, since, &mut |_, _| {})
+            .await
+    }
+
+    /// [`ApiClient::service_flamegraph`], telling `progress` as the SVG arrives.
+    pub async fn service_flamegraph_with_progress(
+        &self,
+        service: &str,
+        kind: &str,
+        since: &str,
+        progress: OnProgress<'_>,
+    ) -> Result<Vec<u8>, ApiClientError> {
         check_service(service)?;
-        self.get_raw(&format!(
-            "/api/v1/services/{}/flamegraph.svg?kind={}&since={}",
-            encode(service),
-            encode(kind),
-            encode(since)
-        ))
+        self.get_raw_with_progress(
+            &format!(
+                "/api/v1/services/{}/flamegraph.svg?kind={}&since={}",
+                encode(service),
+                encode(kind),
+                encode(since)
+            ),
+            progress,
+        )
         .await
         .map(Vec::from)
     }

@@ -4,19 +4,31 @@ use clap::{Parser, Subcommand};
 use holmes_api::{DEFAULT_INCIDENT_SINCE, DEFAULT_TOP_LIMIT};
 use holmes_cli::api_client::{ApiClient, ClientOptions, DEFAULT_API};
 
+mod control;
+mod control_views;
 mod debuginfo;
+mod escape;
+mod progress;
 mod table;
+mod terminal;
+mod views;
+mod when;
 
-use table::{
-    print_incident, print_incidents, print_metrics, print_profiles, print_services, print_top,
-    print_triggers,
+use escape::printable;
+use progress::Download;
+use terminal::Terminal;
+use views::{
+    print_incident, print_incidents, print_instances, print_metrics, print_profiles,
+    print_services, print_top, print_triggers,
 };
 
 #[derive(Parser)]
 #[command(
     name = "holmes",
     version,
-    about = "Ask a Holmes collector what happened to your services"
+    about = "Ask a Holmes collector what happened to your services",
+    after_help = "Times are shown in the local time zone (TZ) with how long ago; colour only on a \
+terminal and never with NO_COLOR; tables fit the terminal's width (or COLUMNS)."
 )]
 struct Cli {
     /// The collector's HTTP API (http:// or https://).
@@ -113,15 +125,31 @@ enum Command {
         /// Incident id, as `holmes incidents` shows it.
         id: String,
     },
-    /// Asks every connected agent of a service to capture profiles now; they arrive like
-    /// any other capture (`holmes profiles`), with a trigger event of reason `requested`.
-    Capture {
+    /// Asks every connected agent of a service (on every collector node), or those
+    /// matching a label selector, or one instance, to capture profiles now; they arrive
+    /// like any other capture, under a trigger event of reason `requested`. `holmes
+    /// capture show ID` shows what each agent did and the profiles.
+    Capture(control::CaptureCommand),
+    /// Capture requests of a service, newest first, with how many agents captured,
+    /// refused or have not answered.
+    Captures {
         /// Service name.
         #[arg(long)]
         service: String,
-        /// cpu, heap, threads or tasks; repeat for several.
-        #[arg(long = "kind", required = true)]
-        kinds: Vec<String>,
+        /// How far back: a duration (10m, 2h) or an RFC 3339 time (default 24h).
+        #[arg(long)]
+        since: Option<String>,
+    },
+    /// Central trigger rules of a service, pushed live to its agents: get, set, delete,
+    /// history.
+    Rules {
+        #[command(subcommand)]
+        command: control::RulesCommand,
+    },
+    /// Pauses captures of a service or of the fleet for a while (show, set, lift).
+    Pause {
+        #[command(subcommand)]
+        command: control::PauseCommand,
     },
     /// Debug info of a build, for the collector to name its profiles' frames.
     Debuginfo {
@@ -194,8 +222,9 @@ fn write_profile(output: &str, bytes: &[u8]) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("cannot write to standard output: {e}"))?;
         return Ok(());
     }
-    std::fs::write(output, bytes).map_err(|e| anyhow::anyhow!("cannot write {output}: {e}"))?;
-    println!("wrote {} bytes to {output}", bytes.len());
+    std::fs::write(output, bytes)
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", printable(output)))?;
+    println!("wrote {} bytes to {}", bytes.len(), printable(output));
     Ok(())
 }
 
@@ -210,13 +239,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         ca_file: cli.ca_file.clone(),
     };
     let client = ApiClient::with_options(&cli.api, &options)?;
+    let term = Terminal::detect();
     match cli.command {
         Command::Services => {
             let list = client.services().await?;
             if cli.json {
                 print_json(&list)?;
             } else {
-                print_services(&list);
+                print_services(&term, &list);
             }
         }
         Command::Instances { service } => {
@@ -224,22 +254,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if cli.json {
                 print_json(&list)?;
             } else {
-                println!(
-                    "{:<24}  {:<16}  {:>7}  {:<24}  LABELS",
-                    "INSTANCE", "HOST", "PID", "LAST SEEN"
-                );
-                for i in list {
-                    let labels: Vec<String> =
-                        i.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                    println!(
-                        "{:<24}  {:<16}  {:>7}  {:<24}  {}",
-                        i.instance,
-                        i.host,
-                        i.pid,
-                        i.last_seen,
-                        labels.join(",")
-                    );
-                }
+                print_instances(&term, &list);
             }
         }
         Command::Metrics {
@@ -251,7 +266,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if cli.json {
                 print_json(&m)?;
             } else {
-                print_metrics(&m);
+                print_metrics(&term, &m);
             }
         }
         Command::Triggers { service, since } => {
@@ -259,7 +274,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if cli.json {
                 print_json(&t)?;
             } else {
-                print_triggers(&t);
+                print_triggers(&term, &t);
             }
         }
         Command::Profiles { service, since } => {
@@ -267,7 +282,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if cli.json {
                 print_json(&p)?;
             } else {
-                print_profiles(&p);
+                print_profiles(&term, &p);
             }
         }
         Command::Profile {
@@ -275,8 +290,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             id,
             output,
         } => {
-            let bytes = client.download_profile(&service, &id).await?;
-            write_profile(&output, &bytes)?;
+            let mut bar = Download::start(&format!("profile {}", printable(&id)));
+            let bytes = client
+                .download_profile_with_progress(&service, &id, &mut |got, total| {
+                    bar.update(got, total)
+                })
+                .await;
+            bar.finish(bytes.is_ok());
+            write_profile(&output, &bytes?)?;
         }
         Command::Incidents {
             service,
@@ -289,24 +310,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if cli.json {
                 print_json(&list)?;
             } else {
-                print_incidents(&list);
+                print_incidents(&term, &list);
             }
         }
-        Command::Capture { service, kinds } => {
-            let asked = client.capture(&service, &kinds).await?;
-            if cli.json {
-                print_json(&asked)?;
-            } else {
-                println!(
-                    "asked {} instance(s) of {} for {} (request {}): {}",
-                    asked.instances.len(),
-                    asked.service,
-                    asked.kinds.join(", "),
-                    asked.request_id,
-                    asked.instances.join(", ")
-                );
-            }
+        Command::Capture(command) => control::capture(&client, &term, command, cli.json).await?,
+        Command::Captures { service, since } => {
+            control::captures(&client, &term, &service, since.as_deref(), cli.json).await?
         }
+        Command::Rules { command } => control::rules(&client, &term, command, cli.json).await?,
+        Command::Pause { command } => control::pause(&client, &term, command, cli.json).await?,
         Command::Debuginfo {
             command: DebuginfoCommand::Upload { binary, debug_file },
         } => {
@@ -317,12 +329,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else if answer.stored {
                 println!(
                     "uploaded {} bytes of debug info of build {}",
-                    answer.bytes, answer.build_id
+                    answer.bytes,
+                    printable(&answer.build_id)
                 );
             } else {
                 println!(
                     "the collector has the debug info of build {} already ({} bytes)",
-                    answer.build_id, answer.bytes
+                    printable(&answer.build_id),
+                    answer.bytes
                 );
             }
         }
@@ -334,25 +348,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             output,
             diff,
         } => {
-            let svg = match (id, service) {
-                (Some(id), None) => client.flamegraph(&id, diff).await?,
-                (Some(id), Some(service)) => client.profile_flamegraph(&service, &id).await?,
-                (None, Some(service)) => {
-                    let since = since.as_deref().unwrap_or("24h");
-                    client.service_flamegraph(&service, &kind, since).await?
-                }
-                (None, None) => anyhow::bail!(
+            if id.is_none() && service.is_none() {
+                anyhow::bail!(
                     "name an incident id, a profile id with --service, or a service with --service"
-                ),
+                );
+            }
+            let what = printable(id.as_deref().or(service.as_deref()).unwrap_or_default());
+            let mut bar = Download::start(&format!("flame graph of {what}"));
+            let mut progress = |got, total| bar.update(got, total);
+            let svg = match (id, service) {
+                (Some(id), None) => {
+                    client
+                        .flamegraph_with_progress(&id, diff, &mut progress)
+                        .await
+                }
+                (Some(id), Some(service)) => {
+                    client
+                        .profile_flamegraph_with_progress(&service, &id, &mut progress)
+                        .await
+                }
+                (None, service) => {
+                    let since = since.as_deref().unwrap_or("24h");
+                    let service = service.unwrap_or_default();
+                    client
+                        .service_flamegraph_with_progress(&service, &kind, since, &mut progress)
+                        .await
+                }
             };
-            write_profile(&output, &svg)?;
+            bar.finish(svg.is_ok());
+            write_profile(&output, &svg?)?;
         }
         Command::Incident { id } => {
             let detail = client.incident(&id).await?;
             if cli.json {
                 print_json(&detail)?;
             } else {
-                print_incident(&detail);
+                print_incident(&term, &detail);
             }
         }
         Command::Top {
@@ -367,7 +398,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if cli.json {
                 print_json(&top)?;
             } else {
-                print_top(&top);
+                print_top(&term, &top);
             }
         }
     }
@@ -387,7 +418,8 @@ async fn main() {
         }
     };
     if let Err(err) = run(cli).await {
-        eprintln!("error: {err}");
+        // The API's messages quote what agents sent (a failed capture's error, ...).
+        eprintln!("error: {}", printable(&err.to_string()));
         std::process::exit(1);
     }
 }

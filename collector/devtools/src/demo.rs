@@ -3,13 +3,17 @@
 //! Holmes agent inside, so that data arrives within seconds.
 //!
 //! The service handles simulated requests and, every so often, burns CPU in a hot loop
-//! for a few seconds — the kind of spike Holmes exists to catch.
+//! for a few seconds on every core it may use — the kind of spike Holmes exists to
+//! catch. CPU % is the process's CPU over the cores the agent divides by (a quota, else
+//! the CPUs; `HOLMES_CPU_CORES` overrides it), so the service sets its CPU rule's `min`
+//! to an eighth of one of those cores: the burst opens an incident on any core count,
+//! and on a machine too busy to give it all of them.
 
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use holmes_agent::Holmes;
+use holmes_agent::{Holmes, Metric, Rule};
 use tokio::process::{Child, Command};
 
 use holmes_collector::config::{Config, StoreKind};
@@ -39,6 +43,12 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         http_addr: opts.http_addr,
         data_dir: opts.data_dir.clone(),
         store: StoreKind::Sqlite,
+        // The demo's data is its own: asked to listen on every interface (its container
+        // image does, for a published port), it runs open and its collector says so.
+        auth: holmes_collector::auth::config::AuthConfig {
+            allow_open: true,
+            ..Default::default()
+        },
         ..Config::default()
     };
     let server = Server::start(&config).await?;
@@ -67,7 +77,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
         opts.data_dir.display()
     );
     println!(
-        "  service:   checkout x{} (child processes with the agent inside; a CPU burst every {}s)",
+        "  service:   checkout x{} (child processes with the agent inside; a CPU burst on every core every {}s)",
         opts.instances,
         opts.burst_every.as_secs()
     );
@@ -99,24 +109,61 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The CPUs this process may run on (a cgroup CPU quota counted, as the agent does).
+fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The cores the agent computes CPU % against: `HOLMES_CPU_CORES` when it is set (a
+/// bad value is the agent's to refuse), else the CPUs this process may run on.
+pub fn cpu_capacity() -> f64 {
+    std::env::var("HOLMES_CPU_CORES")
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|c| c.is_finite() && *c > 0.0)
+        .unwrap_or(available_cores() as f64)
+}
+
+/// The demo's CPU rule: the agent's default with `min` at an eighth of one core of
+/// `capacity` (at most the default's), so that a burst that gets even a fraction of
+/// the cores fires it while the idle service (a few % of one core) never does.
+pub fn cpu_rule(capacity: f64) -> Rule {
+    let default_min =
+        holmes_proto::rule_spec::default_rule(Metric::CpuPercent).map_or(10.0, |r| r.min);
+    Rule::default_for(Metric::CpuPercent)
+        .unwrap_or_default()
+        .min(default_min.min(12.5 / capacity.max(1.0)))
+}
+
 /// The demo service's body, run in a child process: the agent plus a fake workload.
 /// Returns when the parent goes away.
 pub fn run_service(collector: &str, instance: &str, burst_every: Duration) -> anyhow::Result<()> {
     let parent = std::os::unix::process::parent_id();
-    let holmes = Holmes::from_env()?
+    let capacity = cpu_capacity();
+    let mut agent = Holmes::from_env()?
         .service("checkout")
         .instance(instance)
         .collector(collector)
         .label("demo", "true")
         .collect_interval(Duration::from_secs(1))
-        .send_interval(Duration::from_secs(1))
-        .start()?;
+        .send_interval(Duration::from_secs(1));
+    // A CPU rule given in the environment wins over the demo's.
+    if std::env::var_os("HOLMES_RULE_CPU").is_none() {
+        agent = agent.cpu_rule(cpu_rule(capacity));
+    }
+    let holmes = agent.start()?;
+    // As many busy threads as the cores CPU % counts, and no more than can run at once.
+    let burst_threads = available_cores().min(capacity.ceil() as usize).max(1);
     let mut next_burst = Instant::now() + burst_every;
     let mut cart: Vec<Vec<u8>> = Vec::new();
     while std::os::unix::process::parent_id() == parent {
         handle_request(&mut cart);
         if Instant::now() >= next_burst {
-            hot_loop(Duration::from_secs(3));
+            std::thread::scope(|s| {
+                for _ in 0..burst_threads {
+                    s.spawn(|| hot_loop(Duration::from_secs(3)));
+                }
+            });
             next_burst = Instant::now() + burst_every;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -134,7 +181,7 @@ fn handle_request(cart: &mut Vec<Vec<u8>>) {
     std::hint::black_box(cart.iter().map(|c| c.len()).sum::<usize>());
 }
 
-/// The culprit: a busy loop that holds a core for `d`.
+/// The culprit: a busy loop that holds a core for `d` (run on every core in a burst).
 #[inline(never)]
 pub fn hot_loop(d: Duration) {
     let until = Instant::now() + d;

@@ -5,6 +5,8 @@
 //!   embedded store and a few instances of a small service with the agent inside.
 //! - the `holmes-loadgen` binary: a simulated fleet against running collectors
 //!   (throughput, latency, memory; `deploy/dev/loadgen.sh`).
+//! - the `holmes-controlgen` binary: how fast a rule change and a capture request reach
+//!   a simulated fleet (collector/README.md, "Central control").
 //! - [`synthetic`]: CPU profiles as a realistic service's agent would send them, for the
 //!   load generator and the collector's ingest benchmark.
 

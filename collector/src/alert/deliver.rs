@@ -109,6 +109,9 @@ pub(crate) struct Delivery {
     pub(crate) retry: RetryPolicy,
     pub(crate) keep_finished_rows: u64,
     pub(crate) wake: Arc<Notify>,
+    /// Told when an alert leaves the pending state (delivered or failed for good), so
+    /// an incident change waiting for room in a full outbox tries again.
+    pub(crate) room: Arc<Notify>,
     pub(crate) closing: watch::Receiver<bool>,
 }
 
@@ -270,11 +273,12 @@ impl Delivery {
         if let Err(err) = result {
             tracing::error!(hook, alert_id, error = %err, "cannot record an alert delivery; it may be sent again");
         }
+        self.room.notify_waiters();
     }
 }
 
 /// Returns once `closing` is true (or its sender is gone).
-async fn closed(closing: &mut watch::Receiver<bool>) {
+pub(crate) async fn closed(closing: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns is not `Send`; it must not outlive this function.
     let _ = closing.wait_for(|c| *c).await.map(|_| ());
 }

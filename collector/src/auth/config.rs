@@ -40,6 +40,9 @@ pub struct AuthConfig {
     pub ingest_tokens: BTreeMap<String, Secret>,
     /// Files holding agent tokens, by service name (or `"*"`), instead of inline ones.
     pub ingest_token_files: BTreeMap<String, PathBuf>,
+    /// Serve without tokens on addresses other machines can reach. Off by default: a
+    /// listener on a non-loopback address without its tokens refuses to start.
+    pub allow_open: bool,
 }
 
 /// Reads a token file: its content without surrounding whitespace, never empty.
@@ -58,6 +61,11 @@ fn read_token_file(what: &str, path: &Path) -> Result<Secret, AuthConfigError> {
 fn check_token(what: &str, token: &str) -> Result<(), AuthConfigError> {
     if token.is_empty() {
         return Err(AuthConfigError::Invalid(format!("{what} is empty")));
+    }
+    if token.starts_with("change-me") {
+        return Err(AuthConfigError::Invalid(format!(
+            "{what} is the deploy kit's placeholder {token:?}; replace it with a secret (e.g. openssl rand -hex 16)"
+        )));
     }
     if let Some(c) = token.chars().find(|c| !c.is_ascii_graphic()) {
         return Err(AuthConfigError::Invalid(format!(
@@ -127,6 +135,41 @@ impl AuthConfig {
         }
         Ok(())
     }
+
+    /// Refuses listeners that other machines can reach without the tokens that guard
+    /// them, unless `allow_open` says to run open: `grpc` (when bound) needs an ingest
+    /// token, `http` the API token.
+    pub fn check_exposure(
+        &self,
+        grpc: Option<std::net::SocketAddr>,
+        http: std::net::SocketAddr,
+    ) -> Result<(), AuthConfigError> {
+        if self.allow_open {
+            return Ok(());
+        }
+        let open = |what: &str, addr: std::net::SocketAddr, key: &str| {
+            AuthConfigError::Invalid(format!(
+                "{what} {addr} is reachable from other machines but no {key} is configured; set it, listen on 127.0.0.1, or set [auth] allow_open = true (HOLMES_ALLOW_OPEN=true, --allow-open) to run open"
+            ))
+        };
+        if let Some(grpc) = grpc.filter(|a| !a.ip().is_loopback()) {
+            if self.ingest_tokens.is_empty() && self.ingest_token_files.is_empty() {
+                return Err(open(
+                    "grpc_addr",
+                    grpc,
+                    "ingest token ([auth] ingest_tokens or ingest_token_files)",
+                ));
+            }
+        }
+        if !http.ip().is_loopback() && self.api_token.is_none() && self.api_token_file.is_none() {
+            return Err(open(
+                "http_addr",
+                http,
+                "API token ([auth] api_token or api_token_file)",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `service=token,service=token` (`"*"` for every other service), as
@@ -184,6 +227,10 @@ mod tests {
                 "[auth]\napi_token = \"t\"\napi_token_file = \"f\"",
                 "auth: set api_token or api_token_file, not both",
             ),
+            (
+                "[auth.ingest_tokens]\n\"*\" = \"change-me-ingest-token\"",
+                "auth.ingest_tokens.* is the deploy kit's placeholder",
+            ),
         ] {
             let err = crate::config::Config::from_toml(toml, Path::new("x.toml"))
                 .unwrap()
@@ -204,6 +251,10 @@ mod tests {
         };
         assert_eq!(auth.ingest_tokens().unwrap()["cart"].expose(), "cart-token");
         assert_eq!(auth.api_token().unwrap().unwrap().expose(), "cart-token");
+        // The deploy kit's placeholder in a mounted Secret is refused when read.
+        std::fs::write(dir.path().join("cart"), "change-me-api-token\n").unwrap();
+        let err = auth.api_token().unwrap_err().to_string();
+        assert!(err.contains("placeholder"), "{err}");
         let missing = AuthConfig {
             api_token_file: Some(dir.path().join("nope")),
             ..AuthConfig::default()

@@ -26,6 +26,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
+use holmes_api::control::ALERT_REQUEST_PREFIX;
 use holmes_proto::Metric;
 use holmes_storage::{IncidentRecord, IncidentStatus, Severity, TriggerRecord};
 
@@ -33,9 +34,6 @@ use holmes_storage::{IncidentRecord, IncidentStatus, Severity, TriggerRecord};
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(120);
 /// Default quiet period after which an incident resolves.
 pub const DEFAULT_QUIET: Duration = Duration::from_secs(300);
-/// The request id of a capture an external alert asked for: this prefix, then the
-/// alert's own trigger event id ([`crate::ingest::alertmanager`]).
-pub const ALERT_REQUEST_PREFIX: &str = "alert-";
 /// Resolved incidents remembered for late events, at most.
 pub const MAX_RECENT: usize = 10_000;
 /// Event times remembered per instance of an incident (for the fleet test), at most.

@@ -58,17 +58,16 @@ pub async fn contents_of(
     profiles: &[ProfileMeta],
     kind: ProfileKind,
 ) -> Result<Vec<ProfileContents>, StoreError> {
-    let mut out = Vec::new();
-    for p in profiles
+    let Some(service) = profiles.first().map(|p| p.service.clone()) else {
+        return Ok(Vec::new());
+    };
+    let ids: Vec<String> = profiles
         .iter()
         .filter(|p| p.kind == kind && p.error.is_none())
         .take(MAX_MERGED_PROFILES)
-    {
-        if let Some(c) = store.get_profile_contents(&p.profile_id).await? {
-            out.push(c);
-        }
-    }
-    Ok(out)
+        .map(|p| p.profile_id.clone())
+        .collect();
+    read_contents(store, &service, &ids).await
 }
 
 /// Profiles of the same service and kind from the hours before the incident (not of
@@ -90,18 +89,29 @@ pub async fn baseline(
             limit: 10_000,
         })
         .await?;
-    let mut out = Vec::new();
-    for p in listed
+    let ids: Vec<String> = listed
         .iter()
         .rev()
         .filter(|p| p.error.is_none())
         .take(MAX_MERGED_PROFILES)
-    {
-        if let Some(c) = store.get_profile_contents(&p.profile_id).await? {
-            out.push(c);
-        }
-    }
-    Ok(out)
+        .map(|p| p.profile_id.clone())
+        .collect();
+    read_contents(store, &incident.service, &ids).await
+}
+
+/// The contents of the profiles `ids` of `service`, read together (their stacks and
+/// locations fetched once).
+async fn read_contents(
+    store: &dyn Store,
+    service: &str,
+    ids: &[String],
+) -> Result<Vec<ProfileContents>, StoreError> {
+    Ok(store
+        .get_profiles(service, ids)
+        .await?
+        .into_iter()
+        .filter_map(|p| p.contents)
+        .collect())
 }
 
 /// The incident's top suspect now, if its profiles are in.

@@ -53,6 +53,23 @@ fn impl_type(qualified: &str) -> &str {
     qualified
 }
 
+/// Whether a frame is the program's own code: its function by [`is_program_code`], and
+/// its source file, when known, outside the standard library (`/rustc/<hash>/library/`)
+/// and the crates the program depends on (`/.cargo/registry/`, `/.cargo/git/`, vendored
+/// `/vendor/`). The file decides what a name cannot: `addr2line::…::parse` is a
+/// dependency's, however program-like its path.
+pub fn is_program_frame(function: &str, file: &str) -> bool {
+    const NOT_PROGRAM: &[&str] = &[
+        "/rustc/",
+        "/.cargo/registry/",
+        "/.cargo/git/",
+        "/.rustup/toolchains/",
+        "/vendor/",
+    ];
+    let file = file.replace('\\', "/");
+    is_program_code(function) && !NOT_PROGRAM.iter().any(|p| file.contains(p))
+}
+
 /// Each sample's value (the profile's last sample type) attributed to the innermost
 /// frame of program code on its stack (the whole stack's leaf if none), summed per
 /// function, as shares of the profiles' total.
@@ -73,7 +90,7 @@ fn attributed_shares(profiles: &[ProfileContents]) -> HashMap<String, f64> {
             };
             let frame = frames
                 .iter()
-                .find(|f| is_program_code(&f.function))
+                .find(|f| is_program_frame(&f.function, &f.file))
                 .or_else(|| frames.first());
             if let Some(f) = frame {
                 *sums.entry(f.function.clone()).or_default() += v;
@@ -171,6 +188,35 @@ mod tests {
             });
         }
         c
+    }
+
+    #[test]
+    fn dependencies_are_told_apart_by_their_files() {
+        let registry = "/home/ci/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/addr2line-0.25.1/src/function.rs";
+        assert!(!is_program_frame(
+            "addr2line::function::Functions<R>::parse",
+            registry
+        ));
+        assert!(!is_program_frame(
+            "gimli::read::unit::parse",
+            "/root/.cargo/git/checkouts/gimli-1/src/read/unit.rs"
+        ));
+        assert!(!is_program_frame(
+            "core::iter::range::Step::forward",
+            "/rustc/17067e9ac6d7e98f18d4e6a0ee3d6d6aa6ec7a4b/library/core/src/iter/range.rs"
+        ));
+        assert!(is_program_frame(
+            "demo::hot_loop",
+            "collector/devtools/src/demo.rs"
+        ));
+        assert!(is_program_frame(
+            "checkout::render",
+            "/src/checkout/src/main.rs"
+        ));
+        // Without a file (not symbolized yet, or a foreign profile without lines), the
+        // name decides.
+        assert!(is_program_frame("checkout::render", ""));
+        assert!(!is_program_frame("std::thread::park", ""));
     }
 
     #[test]

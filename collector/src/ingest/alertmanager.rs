@@ -3,10 +3,12 @@
 //! `[alertmanager] service_labels` it carries) becomes a trigger event of that service —
 //! instance `alertmanager`, metric `[alertmanager] metric` (or the alert's
 //! `holmes_metric` label), reason `requested` — which opens or joins an incident like any
-//! trigger, and the service's connected agents are asked to capture now
-//! (`[alertmanager] kinds`, purpose `alert`). Their captures answer with request id
+//! trigger, and the service's connected agents, on every node, are asked to capture now
+//! (`[alertmanager] kinds`, purpose `alert`) through a capture request
+//! ([`Control::request_capture`]: stored, its outcome per instance tracked, shown by
+//! `holmes capture show alert-<event id>`). Their captures answer with request id
 //! `alert-<event id>`, which the correlator uses to attach their profiles to the
-//! alert's incident ([`crate::incident::correlate::ALERT_REQUEST_PREFIX`]).
+//! alert's incident ([`crate::incident::correlate`]).
 //!
 //! The same alert notified again (Alertmanager repeats firing alerts) has the same event
 //! id: stored once, and captured once per collector run; an alert that started more
@@ -20,20 +22,22 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::routing::post;
 use axum::{Json, Router};
+use holmes_api::control::ALERT_REQUEST_PREFIX;
+use holmes_api::ErrorJson;
 use holmes_proto::names::validate_name;
 use holmes_proto::{
-    CapturePurpose, CaptureRequest, Metric, PipelineBody, PipelineEvent, ProfileKind, TriggerEvent,
-    TriggerReason,
+    CapturePurpose, Metric, PipelineBody, PipelineEvent, ProfileKind, TriggerEvent, TriggerReason,
 };
 use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::live::LiveAgents;
 use crate::auth::ApiAuth;
 use crate::clock::{parse_time, unix_nanos_now};
+use crate::control::capture::CaptureAsk;
+use crate::control::Control;
 use crate::error::ApiError;
-use crate::incident::correlate::ALERT_REQUEST_PREFIX;
 use crate::metrics::metrics;
 use crate::process::Sink;
 
@@ -123,7 +127,7 @@ pub struct WebhookAlert {
 }
 
 /// What `POST /api/v1/alertmanager` answers.
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct WebhookAnswer {
     /// Alerts that became trigger events.
     pub accepted: usize,
@@ -134,32 +138,31 @@ pub struct WebhookAnswer {
 }
 
 #[derive(Clone)]
-struct Receiver {
+pub(crate) struct Receiver {
     config: Arc<AlertmanagerConfig>,
     kinds: Vec<ProfileKind>,
     sink: Option<Arc<dyn Sink>>,
-    live: Arc<LiveAgents>,
+    control: Arc<Control>,
     captured: Arc<Mutex<(HashSet<String>, VecDeque<String>)>>,
 }
 
-/// The route, over the agents connected here (`live`) and the pipeline (`sink`; `None`
-/// on a `process` node, which answers 503).
+/// The route, over the node's control plane (captures reach agents on every node) and
+/// the pipeline (`sink`; `None` on a `process` node, which answers 503).
 pub fn router(
     config: AlertmanagerConfig,
     sink: Option<Arc<dyn Sink>>,
-    live: Arc<LiveAgents>,
+    control: Arc<Control>,
     auth: Option<ApiAuth>,
 ) -> Router {
     let kinds = config.capture_kinds().unwrap_or_default();
-    let route = Router::new()
-        .route("/api/v1/alertmanager", post(webhook))
-        .with_state(Receiver {
-            config: Arc::new(config),
-            kinds,
-            sink,
-            live,
-            captured: Arc::default(),
-        });
+    let (route, _) = routes().split_for_parts();
+    let route = route.with_state(Receiver {
+        config: Arc::new(config),
+        kinds,
+        sink,
+        control,
+        captured: Arc::default(),
+    });
     match auth {
         Some(auth) => route.layer(axum::middleware::from_fn_with_state(
             auth,
@@ -200,6 +203,34 @@ impl Receiver {
     }
 }
 
+/// The route, registered from its handler's annotation (so the OpenAPI document lists
+/// it: [`crate::query::routes::document`]).
+pub(crate) fn routes() -> OpenApiRouter<Receiver> {
+    OpenApiRouter::default().routes(routes!(webhook))
+}
+
+/// Alertmanager's webhook.
+///
+/// Alertmanager's webhook payload (version 4; `webhook_configs` pointed here). Each
+/// firing alert that names a service (the first of `[alertmanager] service_labels` it
+/// carries) becomes a trigger event of that service (instance `alertmanager`, reason
+/// `requested`), which opens or joins an incident, and the service's agents on every node
+/// are asked to capture now (capture request `alert-<event id>`); their profiles are
+/// attached to the incident.
+/// Resolved alerts and Holmes' own `HolmesIncident` alerts change nothing.
+#[utoipa::path(
+    post,
+    path = "/api/v1/alertmanager",
+    operation_id = "alertmanager_webhook",
+    tag = "alertmanager",
+    request_body(content = Object, description = "Alertmanager's webhook payload, version 4 (`alerts`: `status`, `labels`, `startsAt`, `fingerprint` are read)", content_type = "application/json"),
+    responses(
+        (status = 200, description = "What became of the alerts", body = WebhookAnswer),
+        (status = 400, description = "Not a webhook payload", body = ErrorJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 503, description = "This node does not ingest (role `process`)", body = ErrorJson),
+    )
+)]
 async fn webhook(
     State(receiver): State<Receiver>,
     Json(payload): Json<WebhookPayload>,
@@ -295,20 +326,37 @@ async fn webhook(
         if !receiver.first_time(&event_id) {
             continue;
         }
-        let request = CaptureRequest {
-            request_id: request_id.clone(),
-            kinds: receiver.kinds.clone(),
-            cpu_duration: None,
-            purpose: CapturePurpose::Alert,
-            window: None,
-            incident_id: None,
+        let asked = receiver
+            .control
+            .request_capture(CaptureAsk {
+                service: service.clone(),
+                selector: String::new(),
+                instance_id: None,
+                kinds: receiver.kinds.clone(),
+                purpose: CapturePurpose::Alert,
+                cpu_duration: None,
+                window: None,
+                incident_id: None,
+                author: ALERT_INSTANCE.to_owned(),
+                note: name.clone(),
+                request_id: Some(request_id.clone()),
+            })
+            .await;
+        let reached = match asked {
+            Ok(asked) => asked.instances,
+            Err(err) => {
+                tracing::warn!(alert = %name, %service, %request_id, error = %err, "the alert's capture request was not made");
+                answer
+                    .skipped
+                    .push(format!("{name}: capture request not made: {err}"));
+                continue;
+            }
         };
-        let reached = receiver.live.capture(&service, &request);
         if reached.is_empty() {
             metrics().capture_skipped("no_agent");
             answer
                 .skipped
-                .push(format!("{name}: no agent of {service:?} is connected here"));
+                .push(format!("{name}: no agent of {service:?} is connected"));
         }
         tracing::info!(alert = %name, %service, metric = metric.as_str(), %event_id, instances = ?reached, "alert from Alertmanager");
         answer.captures += reached.len();

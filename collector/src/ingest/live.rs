@@ -1,5 +1,7 @@
-//! The agents connected right now, by service: how "capture now" reaches them. Each
-//! stream registers its outbound channel on connect and is removed when it ends.
+//! The agents connected to this node right now, by service: how a capture request
+//! reaches them ([`crate::control::sync`] asks those a request is for). Each stream
+//! registers its outbound channel and its agent's labels on connect and is removed when
+//! it ends.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -14,6 +16,7 @@ type Outbound = mpsc::Sender<Result<pb::CollectorMessage, Status>>;
 struct Live {
     stream: u64,
     instance: String,
+    labels: BTreeMap<String, String>,
     tx: Outbound,
 }
 
@@ -32,7 +35,13 @@ impl std::fmt::Debug for LiveAgents {
 
 impl LiveAgents {
     /// Registers a stream; returns its handle for [`LiveAgents::remove`].
-    pub(crate) fn add(&self, service: &str, instance: &str, tx: Outbound) -> u64 {
+    pub(crate) fn add(
+        &self,
+        service: &str,
+        instance: &str,
+        labels: &BTreeMap<String, String>,
+        tx: Outbound,
+    ) -> u64 {
         let stream = {
             let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
             *next += 1;
@@ -46,6 +55,7 @@ impl LiveAgents {
             .push(Live {
                 stream,
                 instance: instance.to_owned(),
+                labels: labels.clone(),
                 tx,
             });
         crate::metrics::metrics().agents_connected.inc();
@@ -67,9 +77,23 @@ impl LiveAgents {
         }
     }
 
-    /// Sends `request` to every connected agent of `service`; returns the instances it
-    /// reached (an agent whose outbound queue is full is skipped, and not listed).
-    pub fn capture(&self, service: &str, request: &CaptureRequest) -> Vec<String> {
+    /// Agents connected to this node.
+    pub fn count(&self) -> u64 {
+        let map = self.by_service.lock().unwrap_or_else(|p| p.into_inner());
+        map.values().map(|l| l.len() as u64).sum()
+    }
+
+    /// Sends `request` to the connected agents of `service` whose labels match
+    /// `selector` (`k=v[,k=v]`; empty: all) and, if given, whose instance id is
+    /// `instance`; returns the instances it reached (an agent whose outbound queue is
+    /// full is skipped, and not listed).
+    pub fn capture(
+        &self,
+        service: &str,
+        selector: &str,
+        instance: Option<&str>,
+        request: &CaptureRequest,
+    ) -> Vec<String> {
         let message =
             pb::CollectorMessage::from(&CollectorMessage::CaptureRequest(request.clone()));
         let map = self.by_service.lock().unwrap_or_else(|p| p.into_inner());
@@ -78,6 +102,8 @@ impl LiveAgents {
             .get(service)
             .into_iter()
             .flatten()
+            .filter(|l| instance.is_none_or(|i| i == l.instance))
+            .filter(|l| crate::control::rules::matches(selector, &l.labels))
             .filter(|l| {
                 let sent = l.tx.try_send(Ok(message.clone())).is_ok();
                 if !sent {

@@ -158,7 +158,27 @@ impl ProfilesService for OtlpService {
     }
 }
 
-/// `POST /v1development/profiles`.
+/// OTLP/HTTP profiles.
+///
+/// The OpenTelemetry profiles signal (OTLP proto v1.10.0,
+/// `opentelemetry.proto.collector.profiles.v1development`) over HTTP: a resource's
+/// `service.name` is the service. With ingest tokens configured:
+/// `Authorization: Bearer <token>`.
+#[utoipa::path(
+    post,
+    path = "/v1development/profiles",
+    operation_id = "otlp_http_export",
+    tag = "ingest",
+    request_body(content = Vec<u8>, description = "An OTLP `ExportProfilesServiceRequest` (gzip or not)", content_type = "application/x-protobuf"),
+    responses(
+        (status = 200, description = "An `ExportProfilesServiceResponse`, with what was left out in its `partial_success`", content_type = "application/x-protobuf", body = Vec<u8>),
+        (status = 400, description = "Not an export request", body = Object),
+        (status = 401, description = "Ingest token required", body = Object),
+        (status = 413, description = "Larger than `max_profile_bytes`", body = Object),
+        (status = 415, description = "Not `application/x-protobuf`", body = Object),
+        (status = 503, description = "Store or pipeline unavailable", body = Object),
+    )
+)]
 pub(crate) async fn http_export(
     State(foreign): State<ForeignIngest>,
     extensions: Extensions,

@@ -84,7 +84,27 @@ fn connect_error(err: &ForeignError) -> Response {
         .into_response()
 }
 
-/// `POST /push.v1.PusherService/Push`.
+/// Pyroscope clients' push (Connect).
+///
+/// Grafana Pyroscope's `push.v1.PusherService/Push` over Connect (`application/proto`,
+/// gzip or not), as pyroscope-rs 2.x, pyroscope-io 1.x, pyroscope-go and the Java agent
+/// send it. The series' `service_name` is the service, `__name__` the kind. With ingest
+/// tokens configured: `Authorization: Bearer <token>` (or basic auth, the token as
+/// password).
+#[utoipa::path(
+    post,
+    path = "/push.v1.PusherService/Push",
+    operation_id = "pyroscope_push",
+    tag = "ingest",
+    request_body(content = Vec<u8>, description = "A `push.v1.PushRequest` (Pyroscope's protocol)", content_type = "application/proto"),
+    responses(
+        (status = 200, description = "Stored (or a kind Holmes does not store, skipped)", content_type = "application/proto", body = Vec<u8>),
+        (status = 400, description = "Not a push request, or a profile that does not decode (a Connect error: `{code, message}`)", body = Object),
+        (status = 401, description = "Ingest token required", body = Object),
+        (status = 413, description = "Larger than `max_profile_bytes`", body = Object),
+        (status = 503, description = "Store or pipeline unavailable", body = Object),
+    )
+)]
 pub(crate) async fn push(
     State(foreign): State<ForeignIngest>,
     extensions: Extensions,
@@ -181,7 +201,34 @@ async fn push_request(
     Ok(())
 }
 
-/// `POST /ingest`.
+/// Pyroscope clients' `/ingest`.
+///
+/// Pyroscope's older ingest form (pyroscope-io 0.8, mosn/holmes' Pyroscope reporter):
+/// pprof raw or as the `profile` part of a `multipart/form-data` body, or `folded`
+/// (`a;b;c 12` per line) or `lines` text. With ingest tokens configured:
+/// `Authorization: Bearer <token>`.
+#[utoipa::path(
+    post,
+    path = "/ingest",
+    operation_id = "pyroscope_ingest",
+    tag = "ingest",
+    params(
+        ("name" = String, Query, description = "`app.kind{label=value,...}`: the service, the profile kind and labels"),
+        ("from" = Option<i64>, Query, description = "Start, Unix seconds"),
+        ("until" = Option<i64>, Query, description = "End, Unix seconds"),
+        ("format" = Option<String>, Query, description = "`pprof`, `folded` (the default) or `lines`"),
+        ("sampleRate" = Option<u32>, Query, description = "Samples per second (CPU), for `folded` and `lines`"),
+        ("spyName" = Option<String>, Query, description = "The client's profiler"),
+    ),
+    request_body(content = Vec<u8>, description = "The profile in `format` (pprof may come as the `profile` part of multipart/form-data)", content_type = "application/octet-stream"),
+    responses(
+        (status = 200, description = "Stored (or a kind Holmes does not store, skipped)"),
+        (status = 400, description = "Bad parameter or a profile that does not decode", body = holmes_api::ErrorJson),
+        (status = 401, description = "Ingest token required", body = holmes_api::ErrorJson),
+        (status = 413, description = "Larger than `max_profile_bytes`", body = holmes_api::ErrorJson),
+        (status = 503, description = "Store or pipeline unavailable", body = holmes_api::ErrorJson),
+    )
+)]
 pub(crate) async fn ingest(
     State(foreign): State<ForeignIngest>,
     Query(params): Query<HashMap<String, String>>,

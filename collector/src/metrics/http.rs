@@ -6,8 +6,10 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::header::CONTENT_TYPE;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use axum::Router;
+use holmes_api::ErrorJson;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{metrics, HttpLabels};
 use crate::auth::ApiAuth;
@@ -18,10 +20,7 @@ pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; char
 /// `GET /metrics`, behind `auth` when given (Prometheus sends it with
 /// `authorization: {credentials: ...}` or `bearer_token_file`).
 pub fn router(auth: Option<ApiAuth>) -> Router {
-    let route = Router::new().route(
-        "/metrics",
-        get(|| async { ([(CONTENT_TYPE, OPENMETRICS)], metrics().encode()).into_response() }),
-    );
+    let (route, _) = routes().split_for_parts();
     match auth {
         Some(auth) => route.layer(axum::middleware::from_fn_with_state(
             auth,
@@ -29,6 +28,30 @@ pub fn router(auth: Option<ApiAuth>) -> Router {
         )),
         None => route,
     }
+}
+
+/// The route, registered from its handler's annotation (so the OpenAPI document lists
+/// it: [`crate::query::routes::document`]).
+pub(crate) fn routes() -> OpenApiRouter {
+    OpenApiRouter::default().routes(routes!(prometheus_metrics))
+}
+
+/// The collector's own metrics, for Prometheus.
+///
+/// In the OpenMetrics text format: agents connected, ingest, store writes, Kafka,
+/// incidents, alert deliveries, captures and HTTP requests.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "prometheus_metrics",
+    tag = "health",
+    responses(
+        (status = 200, description = "The metrics in the OpenMetrics text format", content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8", body = String),
+        (status = 401, description = "API token required", body = ErrorJson),
+    )
+)]
+async fn prometheus_metrics() -> Response {
+    ([(CONTENT_TYPE, OPENMETRICS)], metrics().encode()).into_response()
 }
 
 /// `app` with every request timed into `holmes_http_request_duration_seconds`, labelled

@@ -83,11 +83,19 @@ fn escape(s: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&#39;"),
-            c if (c as u32) < 0x20 => out.push(' '),
+            // Characters XML 1.0 forbids (controls but tab, newline and carriage
+            // return; U+FFFE and U+FFFF) would make the SVG unreadable to a parser;
+            // surrogates cannot occur in a `str`.
+            c if !is_xml_char(c) || c.is_control() => out.push('\u{FFFD}'),
             c => out.push(c),
         }
     }
     out
+}
+
+/// Whether XML 1.0 allows `c` in a document (its `Char` production).
+fn is_xml_char(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..)
 }
 
 /// A warm color from the name (stable across renders), as flame graphs use.
@@ -268,6 +276,33 @@ mod tests {
         );
         assert!(svg.contains(r#"width="900.00""#), "{svg}");
         assert!(svg.contains(r#"width="300.00""#), "{svg}");
+    }
+
+    #[test]
+    fn names_with_characters_xml_forbids_still_make_a_well_formed_svg() {
+        // Agent data: a noncharacter, terminal escapes, a C1 control, NUL.
+        let hostile = "evil\u{FFFE}\u{FFFF}\u{1b}[31m\u{85}\u{7f}\0::f";
+        let p = contents(&[(&[hostile, "main"], 10)]);
+        let svg = render("cpu", &[p], None);
+        assert!(svg.contains("evil\u{FFFD}\u{FFFD}\u{FFFD}[31m"), "{svg}");
+        // A real XML parser (expat, through Python's standard library) reads it.
+        let mut parser = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import sys, xml.dom.minidom; xml.dom.minidom.parseString(sys.stdin.buffer.read())",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 (deploy/dev/test.sh installs it)");
+        {
+            use std::io::Write;
+            let mut stdin = parser.stdin.take().unwrap();
+            stdin.write_all(svg.as_bytes()).unwrap();
+        }
+        assert!(
+            parser.wait().unwrap().success(),
+            "expat refused the SVG:\n{svg}"
+        );
     }
 
     #[test]

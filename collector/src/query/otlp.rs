@@ -5,10 +5,13 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `GET /api/v1/profiles/{profile_id}/otlp` | the profile |
+//! | `GET /api/v1/services/{service}/profiles/{profile_id}/otlp` | the profile |
 //! | `GET /api/v1/incidents/{incident_id}/otlp` | the incident's profiles |
 //!
-//! A pprof profile with several sample types becomes one OTLP profile per sample type
+//! Export reads the stored contents (never the original bytes, which are kept only on
+//! request), through the same pprof form a download has ([`super::pprof::profile`]): each
+//! location's frames as known when exported, a native location not yet symbolized as
+//! its module + offset. A profile with several sample types becomes one OTLP profile per sample type
 //! (OTLP has one each), sharing the profile id and start, which the OTLP ingest puts
 //! back together ([`crate::ingest::otlp::to_pprof`]). Resource attributes: `service.name`,
 //! `service.instance.id`; profile attributes: the profile's labels, `holmes.profile.kind`,
@@ -19,7 +22,7 @@ use std::collections::HashMap;
 use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use holmes_api::validate_profile_id;
+use holmes_api::{validate_profile_id, ErrorJson};
 use holmes_proto::pprof;
 use holmes_storage::ProfileRecord;
 use opentelemetry_proto::tonic::collector::profiles::v1development::ExportProfilesServiceRequest;
@@ -31,9 +34,6 @@ use prost::Message;
 use super::Api;
 use crate::error::ApiError;
 use crate::ingest::otlp::to_pprof::KIND_ATTRIBUTE;
-
-/// Largest profile decompressed for an export.
-const MAX_DECODED: u64 = crate::process::normalize::DEFAULT_MAX_DECODED_BYTES;
 
 /// What makes two locations the same: mapping, address, and lines (function, line, column).
 type LocationKey = (i32, u64, Vec<(i32, i64, i64)>);
@@ -120,11 +120,13 @@ fn text(p: &pprof::Profile, i: i64) -> &str {
 }
 
 /// The OTLP profiles of one stored profile (one per sample type), its entries added to
-/// `d`; an error names what does not decode.
+/// `d`; an error names what is inconsistent.
 fn profiles_of(record: &ProfileRecord, d: &mut Dictionary) -> Result<Vec<otlp::Profile>, String> {
-    let raw = crate::ingest::foreign::gunzip_within(&record.data, MAX_DECODED)
-        .map_err(|e| e.to_string())?;
-    let p = pprof::Profile::decode(raw.as_slice()).map_err(|e| format!("not pprof: {e}"))?;
+    let contents = record
+        .contents
+        .as_ref()
+        .ok_or_else(|| "it was stored without contents".to_owned())?;
+    let p = super::pprof::profile(contents);
     let functions: HashMap<u64, &pprof::Function> = p.function.iter().map(|f| (f.id, f)).collect();
     let mappings: HashMap<u64, &pprof::Mapping> = p.mapping.iter().map(|m| (m.id, m)).collect();
     let locations: HashMap<u64, &pprof::Location> = p.location.iter().map(|l| (l.id, l)).collect();
@@ -312,7 +314,7 @@ pub fn export_request(records: &[ProfileRecord]) -> Result<ExportProfilesService
     let mut by_instance: HashMap<(String, String), usize> = HashMap::new();
     for record in records
         .iter()
-        .filter(|r| r.error.is_none() && !r.data.is_empty())
+        .filter(|r| r.error.is_none() && r.contents.is_some())
     {
         let profiles = profiles_of(record, &mut d)
             .map_err(|e| format!("profile {}: {e}", record.profile_id))?;
@@ -375,15 +377,39 @@ fn unexportable(why: &str) -> ApiError {
     }
 }
 
-/// `GET /api/v1/profiles/{profile_id}/otlp`.
+/// One profile as OTLP.
+///
+/// Any stored profile, as one OTLP `ExportProfilesServiceRequest` (OTLP proto v1.10.0,
+/// `opentelemetry.proto.collector.profiles.v1development`): a resource for its service
+/// and instance, its labels and `holmes.profile.kind`, `holmes.profile.id`,
+/// `holmes.event.id` as attributes.
+#[utoipa::path(
+    get,
+    path = "/api/v1/services/{service}/profiles/{profile_id}/otlp",
+    operation_id = "export_profile_otlp",
+    tag = "profiles",
+    params(
+        ("service" = String, Path, description = "Service the profile belongs to"),
+        ("profile_id" = String, Path, description = "Profile id: 32 lowercase hex digits"),
+    ),
+    responses(
+        (status = 200, description = "The profile as an OTLP ExportProfilesServiceRequest", content_type = "application/x-protobuf", body = Vec<u8>),
+        (status = 400, description = "Not a service name or profile id", body = ErrorJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 404, description = "The service has no such profile, or its capture failed", body = ErrorJson),
+        (status = 422, description = "The profile cannot be expressed as OTLP", body = ErrorJson),
+        (status = 503, description = "Store unavailable", body = ErrorJson),
+    )
+)]
 pub(super) async fn profile(
     State(api): State<Api>,
-    Path(profile_id): Path<String>,
+    Path((service, profile_id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
+    super::check_service(&service)?;
     validate_profile_id(&profile_id).map_err(ApiError::bad_request)?;
-    let Some(record) = api.store.get_profile(&profile_id).await? else {
+    let Some(record) = api.store.get_profile(&service, &profile_id).await? else {
         return Err(ApiError::not_found(format!(
-            "unknown profile {profile_id:?}"
+            "service {service:?} has no profile {profile_id:?}"
         )));
     };
     if let Some(error) = &record.error {
@@ -398,19 +424,37 @@ pub(super) async fn profile(
     ))
 }
 
-/// `GET /api/v1/incidents/{incident_id}/otlp`.
+/// An incident's profiles as OTLP.
+///
+/// Every profile captured for the incident, in one OTLP `ExportProfilesServiceRequest`:
+/// a resource per service and instance.
+#[utoipa::path(
+    get,
+    path = "/api/v1/incidents/{incident_id}/otlp",
+    operation_id = "export_incident_otlp",
+    tag = "incidents",
+    params(("incident_id" = String, Path, description = "Incident id: 32 lowercase hex digits")),
+    responses(
+        (status = 200, description = "The incident's profiles as an OTLP ExportProfilesServiceRequest", content_type = "application/x-protobuf", body = Vec<u8>),
+        (status = 400, description = "Not an incident id", body = ErrorJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 404, description = "Unknown incident, or one without profiles", body = ErrorJson),
+        (status = 422, description = "A profile cannot be expressed as OTLP", body = ErrorJson),
+        (status = 503, description = "Store unavailable", body = ErrorJson),
+    )
+)]
 pub(super) async fn incident(
     State(api): State<Api>,
     Path(incident_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let incident = super::incidents::incident_of(&api, &incident_id).await?;
     let listed = super::incidents::profiles_of(&api, &incident).await?;
-    let mut records = Vec::with_capacity(listed.len());
-    for p in listed.iter().filter(|p| p.error.is_none()) {
-        if let Some(r) = api.store.get_profile(&p.profile_id).await? {
-            records.push(r);
-        }
-    }
+    let ids: Vec<String> = listed
+        .iter()
+        .filter(|p| p.error.is_none())
+        .map(|p| p.profile_id.clone())
+        .collect();
+    let records = api.store.get_profiles(&incident.service, &ids).await?;
     if records.is_empty() {
         return Err(ApiError::not_found(format!(
             "incident {incident_id} has no profiles"

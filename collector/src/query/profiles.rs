@@ -13,8 +13,8 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use holmes_api::{
-    download_path, validate_profile_id, ProfileJson, ProfilesJson, TopJson, DEFAULT_PROFILE_LIMIT,
-    DEFAULT_PROFILE_SINCE, DEFAULT_TOP_LIMIT,
+    download_path, validate_profile_id, ErrorJson, ProfileJson, ProfilesJson, TopJson,
+    DEFAULT_PROFILE_LIMIT, DEFAULT_PROFILE_SINCE, DEFAULT_TOP_LIMIT,
 };
 use holmes_proto::ProfileKind;
 use holmes_storage::{MergeQuery, ProfileMeta, ProfileQuery, ProfileRecord};
@@ -88,6 +88,31 @@ pub fn file_name(kind: ProfileKind, event_id: &str, profile_id: &str) -> String 
     )
 }
 
+/// A service's profiles in a time range, without their bytes, oldest first.
+///
+/// A failed capture is listed with its `error`, `size_bytes` 0 and `download` `null`; a
+/// profile the collector could not decode with `error` `"refused by the collector: ..."`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/services/{service}/profiles",
+    operation_id = "list_profiles",
+    tag = "profiles",
+    params(
+        ("service" = String, Path, description = "Service name"),
+        ("since" = Option<String>, Query, description = "Start: a duration before now (`1h`, the default) or an RFC 3339 time"),
+        ("until" = Option<String>, Query, description = "End (exclusive): a duration before now or an RFC 3339 time; now by default"),
+        ("event" = Option<String>, Query, description = "Only the profiles of this trigger event"),
+        ("kind" = Option<String>, Query, description = "Only this kind: `cpu`, `heap`, `threads` or `tasks`"),
+        ("limit" = Option<u64>, Query, description = "At most this many profiles (1000 by default)"),
+    ),
+    responses(
+        (status = 200, description = "The profiles", body = ProfilesJson),
+        (status = 400, description = "Bad parameter", body = ErrorJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 404, description = "Unknown service", body = ErrorJson),
+        (status = 503, description = "Store unavailable", body = ErrorJson),
+    )
+)]
 pub(super) async fn profiles(
     State(api): State<Api>,
     Path(service): Path<String>,
@@ -148,7 +173,29 @@ fn contents_of(p: ProfileRecord) -> Result<(String, holmes_storage::ProfileConte
     }
 }
 
-/// `GET /api/v1/services/{service}/profiles/{profile_id}`.
+/// One profile as a gzip pprof file.
+///
+/// Re-encoded from the stored contents (`x-holmes-download: re-encoded`): the same
+/// sample types, period, duration, labels and values per stack as sent; or the bytes
+/// exactly as the agent sent them when the collector keeps originals (`original`). Named
+/// `<kind>.<event_id>.<profile_id>.pb.gz` in its `content-disposition`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/services/{service}/profiles/{profile_id}",
+    operation_id = "download_profile",
+    tag = "profiles",
+    params(
+        ("service" = String, Path, description = "Service the profile belongs to (profile ids are scoped to their service)"),
+        ("profile_id" = String, Path, description = "Profile id: 32 lowercase hex digits"),
+    ),
+    responses(
+        (status = 200, description = "The gzip pprof file", content_type = "application/octet-stream"),
+        (status = 400, description = "Not a service name or profile id", body = ErrorJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 404, description = "The service has no such profile, or its capture failed (no data)", body = ErrorJson),
+        (status = 503, description = "Store unavailable", body = ErrorJson),
+    )
+)]
 pub(super) async fn download(
     State(api): State<Api>,
     Path((service, profile_id)): Path<(String, String)>,
@@ -179,7 +226,29 @@ pub(super) async fn download(
         .into_response())
 }
 
-/// `GET /api/v1/services/{service}/profiles/{profile_id}/top`.
+/// A profile's costliest functions.
+///
+/// By flat value, as `go tool pprof -top` ranks them (`cum` counts a recursive function
+/// once per sample).
+#[utoipa::path(
+    get,
+    path = "/api/v1/services/{service}/profiles/{profile_id}/top",
+    operation_id = "profile_top",
+    tag = "profiles",
+    params(
+        ("service" = String, Path, description = "Service the profile belongs to (profile ids are scoped to their service)"),
+        ("profile_id" = String, Path, description = "Profile id: 32 lowercase hex digits"),
+        ("sample_type" = Option<String>, Query, description = "The value to rank by (`cpu`, `samples`, `alloc_space`, ...); the profile's default (else last) sample type by default"),
+        ("limit" = Option<u64>, Query, description = "At most this many functions (20 by default)"),
+    ),
+    responses(
+        (status = 200, description = "The functions", body = TopJson),
+        (status = 400, description = "Bad parameter, or a sample type the profile does not have", body = ErrorJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 404, description = "The service has no such profile, or it has no decoded contents", body = ErrorJson),
+        (status = 503, description = "Store unavailable", body = ErrorJson),
+    )
+)]
 pub(super) async fn top(
     State(api): State<Api>,
     Path((service, profile_id)): Path<(String, String)>,
@@ -203,7 +272,24 @@ pub(super) async fn top(
     }))
 }
 
-/// `GET /api/v1/services/{service}/profiles/{profile_id}/flamegraph.svg`.
+/// A profile's flame graph.
+#[utoipa::path(
+    get,
+    path = "/api/v1/services/{service}/profiles/{profile_id}/flamegraph.svg",
+    operation_id = "profile_flamegraph",
+    tag = "profiles",
+    params(
+        ("service" = String, Path, description = "Service the profile belongs to (profile ids are scoped to their service)"),
+        ("profile_id" = String, Path, description = "Profile id: 32 lowercase hex digits"),
+    ),
+    responses(
+        (status = 200, description = "The flame graph", content_type = "image/svg+xml", body = String),
+        (status = 400, description = "Not a service name or profile id", body = ErrorJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 404, description = "The service has no such profile, or it has no decoded contents", body = ErrorJson),
+        (status = 503, description = "Store unavailable", body = ErrorJson),
+    )
+)]
 pub(super) async fn flamegraph(
     State(api): State<Api>,
     Path((service, profile_id)): Path<(String, String)>,
@@ -217,8 +303,29 @@ pub(super) async fn flamegraph(
     )))
 }
 
-/// `GET /api/v1/services/{service}/flamegraph.svg?since=24h[&until=..][&kind=cpu]`: the
-/// service's profiles of one kind over the range (all instances), merged.
+/// A service's flame graph over a time range.
+///
+/// The service's profiles of one kind over the range, every instance merged (at most
+/// the latest 20,000 profiles).
+#[utoipa::path(
+    get,
+    path = "/api/v1/services/{service}/flamegraph.svg",
+    operation_id = "service_flamegraph",
+    tag = "profiles",
+    params(
+        ("service" = String, Path, description = "Service name"),
+        ("since" = Option<String>, Query, description = "Start: a duration before now (`24h`, the default) or an RFC 3339 time"),
+        ("until" = Option<String>, Query, description = "End (exclusive): a duration before now or an RFC 3339 time; now by default"),
+        ("kind" = Option<String>, Query, description = "Which profiles: cpu (default), heap, threads, tasks"),
+    ),
+    responses(
+        (status = 200, description = "The flame graph", content_type = "image/svg+xml", body = String),
+        (status = 400, description = "Bad parameter", body = ErrorJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 404, description = "The service has no profiles of that kind in the range", body = ErrorJson),
+        (status = 503, description = "Store unavailable", body = ErrorJson),
+    )
+)]
 pub(super) async fn service_flamegraph(
     State(api): State<Api>,
     Path(service): Path<String>,

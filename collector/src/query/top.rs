@@ -1,6 +1,6 @@
 //! A profile's functions summed up and ranked the way `go tool pprof -top` ranks them
 //! (flat: the function is the leaf; cum: anywhere on the stack, counted once per sample
-//! however often it recurses): `GET /api/v1/profiles/{profile_id}/top`.
+//! however often it recurses): `GET /api/v1/services/{service}/profiles/{profile_id}/top`.
 
 use std::collections::{HashMap, HashSet};
 

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use holmes_api::{
-    RuleJson, TriggerJson, TriggersJson, DEFAULT_TRIGGER_LIMIT, DEFAULT_TRIGGER_SINCE,
+    ErrorJson, RuleJson, TriggerJson, TriggersJson, DEFAULT_TRIGGER_LIMIT, DEFAULT_TRIGGER_SINCE,
 };
 use holmes_proto::{Metric, RuleConfig, UnknownMetric};
 use holmes_storage::{TriggerQuery, TriggerRecord};
@@ -53,6 +53,31 @@ pub(super) fn trigger_json(t: TriggerRecord) -> TriggerJson {
     }
 }
 
+/// A service's trigger events in a time range, oldest first.
+///
+/// Rules that fired (reason `abs` or `diff`, with the rule and its window as they were)
+/// and captures requested (reason `requested`, `metric` and `rule` `null`, `request_id`
+/// set).
+#[utoipa::path(
+    get,
+    path = "/api/v1/services/{service}/triggers",
+    operation_id = "list_triggers",
+    tag = "triggers",
+    params(
+        ("service" = String, Path, description = "Service name"),
+        ("since" = Option<String>, Query, description = "Start: a duration before now (`1h`, the default) or an RFC 3339 time"),
+        ("until" = Option<String>, Query, description = "End (exclusive): a duration before now or an RFC 3339 time; now by default"),
+        ("metric" = Option<String>, Query, description = "Only the rules of this metric (`cpu`, `memory`, ...)"),
+        ("limit" = Option<u64>, Query, description = "At most this many events (1000 by default)"),
+    ),
+    responses(
+        (status = 200, description = "The events", body = TriggersJson),
+        (status = 400, description = "Bad parameter", body = ErrorJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 404, description = "Unknown service", body = ErrorJson),
+        (status = 503, description = "Store unavailable", body = ErrorJson),
+    )
+)]
 pub(super) async fn triggers(
     State(api): State<Api>,
     Path(service): Path<String>,

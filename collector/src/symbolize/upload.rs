@@ -7,11 +7,12 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::routing::put;
-use axum::{Json, Router};
-use holmes_api::DebugInfoUploadJson;
+use axum::extract::{DefaultBodyLimit, FromRef, Path, State};
+use axum::Json;
+use holmes_api::{DebugInfoUploadJson, ErrorJson};
 use holmes_storage::{DebugInfoChunkRecord, DebugInfoSource, Store};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::Symbolizer;
 use crate::error::ApiError;
@@ -21,19 +22,26 @@ pub const MAX_UPLOAD_BYTES: usize = 1 << 30;
 /// Bytes per stored chunk.
 const CHUNK_BYTES: usize = 1 << 20;
 
+/// What the route needs: the store, and the symbolizer (on nodes that process) that
+/// names the build's locations once stored.
 #[derive(Clone)]
-struct Uploads {
-    store: Arc<dyn Store>,
-    symbolizer: Option<Arc<Symbolizer>>,
+pub struct Uploads {
+    /// Where the chunks go.
+    pub store: Arc<dyn Store>,
+    /// Told when a build's debug info is complete.
+    pub symbolizer: Option<Arc<Symbolizer>>,
 }
 
-/// The route, over `store`; `symbolizer` (on nodes that process) names the build's
-/// locations once stored.
-pub fn router(store: Arc<dyn Store>, symbolizer: Option<Arc<Symbolizer>>) -> Router {
-    Router::new()
-        .route("/api/v1/debuginfo/{build_id}", put(upload))
+/// The route (the API's router puts it behind the API token), taking bodies up to
+/// [`MAX_UPLOAD_BYTES`].
+pub fn routes<S>() -> OpenApiRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Uploads: FromRef<S>,
+{
+    OpenApiRouter::default()
+        .routes(routes!(upload))
         .layer(DefaultBodyLimit::max(MAX_UPLOAD_BYTES))
-        .with_state(Uploads { store, symbolizer })
 }
 
 /// `Ok` for a GNU build id as agents send them: 2 to 128 lowercase hex digits.
@@ -50,6 +58,25 @@ pub fn check_build_id(build_id: &str) -> Result<(), String> {
     ))
 }
 
+/// Stores a module's debug info from CI.
+///
+/// The body is `holmes-symbolize`'s upload blob (or a plain ELF debug file), as
+/// `holmes debuginfo upload` sends it; once stored, the build's native locations are named.
+#[utoipa::path(
+    put,
+    path = "/api/v1/debuginfo/{build_id}",
+    operation_id = "upload_debuginfo",
+    tag = "debuginfo",
+    params(("build_id" = String, Path, description = "The module's GNU build id, lowercase hex")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "The debug info: holmes-symbolize's upload blob or an ELF debug file, at most 1 GiB"),
+    responses(
+        (status = 200, description = "Stored (`stored` false when the build's debug info was complete already)", body = DebugInfoUploadJson),
+        (status = 400, description = "Bad build id, or a body that is not readable debug info of that build", body = ErrorJson),
+        (status = 401, description = "API token required", body = ErrorJson),
+        (status = 413, description = "Body over 1 GiB"),
+        (status = 503, description = "Store unavailable", body = ErrorJson),
+    )
+)]
 async fn upload(
     State(state): State<Uploads>,
     Path(build_id): Path<String>,

@@ -1,6 +1,7 @@
 //! Alert hooks against real local HTTP receivers: payloads and filters per hook kind,
 //! order per incident, retries against a receiver that fails first, permanent refusals,
-//! and a restart that loses no alert and sends none twice.
+//! a restart that loses no alert and sends none twice, and a full outbox that holds
+//! incident changes back instead of dropping their alerts.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -368,6 +369,62 @@ async fn a_restart_loses_no_alert_and_sends_none_twice() {
 }
 
 #[tokio::test]
+async fn a_full_outbox_holds_incident_changes_back_until_room_frees_and_loses_none() {
+    // Nothing listens at the hook's address yet: every delivery fails and is retried,
+    // so the two pending alerts fill the outbox.
+    let addr = crate::support::free_addr();
+    let toml = |name: &str| {
+        format!(
+            "[alerts]\nmax_pending = 2\nretry_initial = \"20ms\"\nretry_max = \"100ms\"\n[[alerts.hooks]]\nname = \"{name}\"\nkind = \"webhook\"\nurl = \"http://{addr}/\"\n"
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (close, closing) = watch::channel(false);
+    let alerter = Alerter::start(&alerts_config(&toml("ops")), dir.path(), None, closing).unwrap();
+    for id in [A, B] {
+        alerter
+            .notify(
+                AlertKind::Opened,
+                &incident(id, "checkout", Severity::Instance, 1),
+            )
+            .await
+            .unwrap();
+    }
+    const C: &str = "cccccccccccccccccccccccccccccccc";
+    let third = incident(C, "checkout", Severity::Instance, 1);
+    // The third change waits for room instead of being dropped: it cannot be queued
+    // while the hook is unreachable, whatever the machine's speed.
+    let waiting = tokio::spawn({
+        let alerter = alerter.clone();
+        let third = third.clone();
+        async move { alerter.notify(AlertKind::Opened, &third).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a change was queued or dropped while the outbox was full: {:?}",
+        alerter.stats().await.unwrap()
+    );
+    assert_eq!(alerter.stats().await.unwrap().pending, 2);
+
+    // The hook comes up: the first two are delivered, which makes room for the third.
+    let hook = Receiver::start_on(addr, 0, StatusCode::OK).await;
+    waiting.await.unwrap().unwrap();
+    stats_when(&alerter, "all three alerts delivered", |s| s.delivered == 3).await;
+    let mut incidents: Vec<String> = hook
+        .accepted()
+        .iter()
+        .map(|r| r.body["incident"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    incidents.sort();
+    incidents.dedup();
+    assert_eq!(incidents, [A, B, C]);
+
+    close.send(true).unwrap();
+    alerter.stopped().await;
+}
+
+#[tokio::test]
 async fn the_outbox_is_bounded_and_unconfigured_hooks_are_dropped() {
     let addr = crate::support::free_addr();
     let toml = |name: &str| {
@@ -393,13 +450,14 @@ async fn the_outbox_is_bounded_and_unconfigured_hooks_are_dropped() {
         Severity::Instance,
         1,
     );
+    // Closing: a change that would wait for room gives up, naming the bound.
+    close.send(true).unwrap();
     let err = alerter.notify(AlertKind::Opened, &third).await.unwrap_err();
     assert!(
         matches!(err, AlertError::OutboxFull { pending: 2, max: 2 }),
         "{err:?}"
     );
     assert!(err.to_string().contains("alerts.max_pending = 2"), "{err}");
-    close.send(true).unwrap();
     alerter.stopped().await;
 
     // Renamed hook: the old name's pending alerts are failed, not sent somewhere else.

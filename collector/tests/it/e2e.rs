@@ -269,7 +269,7 @@ async fn capture_now_reaches_the_connected_agents() {
     ])
     .await;
     assert!(out.status.success(), "{out:?}");
-    let asked: holmes_api::CaptureJson = serde_json::from_slice(&out.stdout).unwrap();
+    let asked: holmes_api::control::CaptureJson = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(asked.instances, vec!["checkout-now"]);
     assert_eq!(asked.kinds, vec!["threads"]);
     let profile = eventually(

@@ -435,6 +435,8 @@ async fn downloads_are_equivalent_to_what_was_sent(backend: Backend) {
     let started = unix_nanos_now() - 60 * SEC;
     let factory = holmes_devtools::synthetic::ProfileFactory::new(200);
     let old_agent = factory.capture(3, started, 1, 42).pprof_gzip;
+    // (id, kind, format, bytes sent, the same as pprof, whether symbolized addresses go)
+    type Sent = (String, ProfileKind, ProfileFormat, Vec<u8>, Vec<u8>, bool);
     let mut sent: Vec<Sent> = Vec::new();
     for (n, kind) in [
         ProfileKind::Cpu,
@@ -526,7 +528,3 @@ async fn downloads_are_equivalent_to_what_was_sent(backend: Backend) {
 }
 
 crate::support::on_each_backend!(downloads_are_equivalent_to_what_was_sent);
-
-/// A profile sent: id, kind, format, bytes sent, the same as pprof, whether symbolized
-/// addresses go.
-type Sent = (String, ProfileKind, ProfileFormat, Vec<u8>, Vec<u8>, bool);

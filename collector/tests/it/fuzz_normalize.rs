@@ -12,7 +12,8 @@ use std::io::Write;
 use std::time::Instant;
 
 use holmes_collector::process::normalize::{normalize, Limits};
-use holmes_proto::pprof::{Function, Label, Line, Location, Mapping, Profile, Sample, ValueType};
+use holmes_proto::pprof::{Line, Profile, Sample};
+use holmes_proto::profile_tables::ProfileTables;
 use holmes_proto::ProfileFormat;
 use prost::Message;
 
@@ -51,81 +52,52 @@ impl Rng {
 /// A realistic seed profile: `stacks` distinct stacks of depth up to `depth`, with
 /// inlined frames, labels and a mapping.
 fn seed_profile(rng: &mut Rng, stacks: usize, depth: usize) -> Profile {
-    let mut strings = vec![
-        String::new(),
-        "samples".to_owned(),
-        "count".to_owned(),
-        "cpu".to_owned(),
-        "nanoseconds".to_owned(),
-        "thread".to_owned(),
-        "/srv/shop".to_owned(),
+    let mut t = ProfileTables::new();
+    let sample_type = vec![
+        t.value_type("samples", "count"),
+        t.value_type("cpu", "nanoseconds"),
     ];
-    let functions: Vec<Function> = (1..=40u64)
+    let period_type = Some(t.value_type("cpu", "nanoseconds"));
+    let binary = t.mapping("/srv/shop", "", true);
+    let functions: Vec<u64> = (1..=40u64)
         .map(|id| {
-            strings.push(format!("shop::module{}::function_{id}", id % 7));
-            let name = strings.len() as i64 - 1;
-            strings.push(format!("src/module{}.rs", id % 7));
-            Function {
-                id,
-                name,
-                system_name: name,
-                filename: strings.len() as i64 - 1,
-                start_line: 1,
-            }
+            t.function(
+                &format!("shop::module{}::function_{id}", id % 7),
+                "",
+                &format!("src/module{}.rs", id % 7),
+                1,
+            )
         })
         .collect();
-    let locations: Vec<Location> = (1..=60u64)
-        .map(|id| Location {
-            id,
-            mapping_id: 1,
-            address: 0x40_0000 + id * 16,
-            line: (0..1 + rng.below(3))
+    let locations: Vec<u64> = (1..=60u64)
+        .map(|id| {
+            let lines = (0..1 + rng.below(3))
                 .map(|_| Line {
-                    function_id: 1 + rng.below(40) as u64,
+                    function_id: functions[rng.below(functions.len())],
                     line: rng.below(500) as i64,
                     column: 0,
                 })
-                .collect(),
-            is_folded: false,
+                .collect();
+            t.location(binary, 0x40_0000 + id * 16, lines)
         })
         .collect();
-    strings.push("worker-1".to_owned());
-    let worker = strings.len() as i64 - 1;
+    let worker = t.str_label("thread", "worker-1");
     let samples = (0..stacks)
         .map(|_| Sample {
             location_id: (0..1 + rng.below(depth))
-                .map(|_| 1 + rng.below(60) as u64)
+                .map(|_| locations[rng.below(locations.len())])
                 .collect(),
             value: vec![1 + rng.below(9) as i64, 10_000_000],
-            label: vec![Label {
-                key: 5,
-                str: worker,
-                num: 0,
-                num_unit: 0,
-            }],
+            label: vec![worker],
         })
         .collect();
-    Profile {
-        sample_type: vec![
-            ValueType { r#type: 1, unit: 2 },
-            ValueType { r#type: 3, unit: 4 },
-        ],
+    t.into_profile(Profile {
+        sample_type,
         sample: samples,
-        mapping: vec![Mapping {
-            id: 1,
-            memory_start: 0x40_0000,
-            memory_limit: 0x80_0000,
-            filename: 6,
-            has_functions: true,
-            ..Mapping::default()
-        }],
-        location: locations,
-        function: functions,
-        string_table: strings,
-        period_type: Some(ValueType { r#type: 3, unit: 4 }),
+        period_type,
         period: 10_000_000,
         ..Profile::default()
-    }
+    })
 }
 
 /// One structural mutation: a field of the decoded profile set to something hostile.

@@ -27,7 +27,7 @@ use holmes_proto::{AgentBody, CollectorMessage, Metric, TriggerEvent, TriggerRea
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// The test broker, or `None` (skipped) when there is none and none is required.
-fn brokers() -> Option<String> {
+pub(crate) fn brokers() -> Option<String> {
     if let Ok(b) = std::env::var("HOLMES_TEST_KAFKA_BROKERS") {
         return Some(b);
     }
@@ -45,7 +45,7 @@ fn brokers() -> Option<String> {
 
 /// A `[kafka]` section on a topic and group of this test alone, with group settings
 /// that make a join take seconds.
-fn kafka_section(brokers: &str, name: &str) -> KafkaConfig {
+pub(crate) fn kafka_section(brokers: &str, name: &str) -> KafkaConfig {
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     let unique = format!("{name}-{}-{n}", std::process::id());
     KafkaConfig {
@@ -60,7 +60,7 @@ fn kafka_section(brokers: &str, name: &str) -> KafkaConfig {
     }
 }
 
-fn role_config(role: Role, dir: &Path, kafka: &KafkaConfig) -> Config {
+pub(crate) fn role_config(role: Role, dir: &Path, kafka: &KafkaConfig) -> Config {
     let mut config = crate::support::config(crate::support::Backend::Sqlite, dir).unwrap();
     config.role = role;
     config.kafka = kafka.clone();

@@ -4,7 +4,7 @@
 //! and the `holmes` CLI — on SQLite and on ClickHouse. Inconsistent chunks end
 //! the sender's stream with a clear INVALID_ARGUMENT while others are still served.
 
-use crate::support::holmes_cli;
+use crate::support::{cli_time, holmes_cli, split_timed_row};
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -31,7 +31,8 @@ const EVENT: &str = "9c0ffee09c0ffee09c0ffee09c0ffee0";
 /// and comments of letters that look like nothing in particular (xorshift from `seed`),
 /// each shorter than the longest name the collector takes.
 fn profile_bytes(len: usize, seed: u64) -> Vec<u8> {
-    use holmes_proto::pprof::{Function, Line, Location, Profile, Sample, ValueType};
+    use holmes_proto::pprof::{Line, Profile, Sample};
+    use holmes_proto::profile_tables::ProfileTables;
     use prost::Message;
     const PIECE: usize = 4000;
     let mut x = seed | 1;
@@ -45,35 +46,30 @@ fn profile_bytes(len: usize, seed: u64) -> Vec<u8> {
             })
             .collect()
     };
-    let mut p = Profile {
-        sample_type: vec![ValueType { r#type: 1, unit: 2 }],
+    let mut t = ProfileTables::new();
+    let sample_type = vec![t.value_type("samples", "count")];
+    let handle = t.function("shop::handle", "", "src/main.rs", 0);
+    let location = t.location(
+        0,
+        0,
+        vec![Line {
+            function_id: handle,
+            line: 7,
+            column: 0,
+        }],
+    );
+    let mut p = t.into_profile(Profile {
+        sample_type,
         sample: vec![Sample {
-            location_id: vec![1],
+            location_id: vec![location],
             value: vec![1],
             label: vec![],
         }],
-        location: vec![Location {
-            id: 1,
-            line: vec![Line {
-                function_id: 1,
-                line: 7,
-                column: 0,
-            }],
-            ..Location::default()
-        }],
-        function: vec![Function {
-            id: 1,
-            name: 3,
-            filename: 4,
-            ..Function::default()
-        }],
-        string_table: ["", "samples", "count", "shop::handle", "src/main.rs"]
-            .map(String::from)
-            .to_vec(),
         ..Profile::default()
-    };
+    });
     // Whole pieces while they fit, then one more whose length (and its prefixes')
     // converges in a few rounds.
+    let first = p.string_table.len();
     while p.encoded_len() + PIECE + 16 < len {
         p.comment.push(p.string_table.len() as i64);
         p.string_table.push("x".repeat(PIECE));
@@ -87,7 +83,7 @@ fn profile_bytes(len: usize, seed: u64) -> Vec<u8> {
         let size = p.encoded_len();
         want = (want + len).saturating_sub(size);
     }
-    for s in &mut p.string_table[5..] {
+    for s in &mut p.string_table[first..] {
         *s = filler(s.len());
     }
     let bytes = p.encode_to_vec();
@@ -378,12 +374,11 @@ async fn chunked_profiles_are_acknowledged_once_stored_and_come_back_exactly(bac
         ["TIME", "INSTANCE", "KIND", "DURATION", "SIZE", "PROFILE", "EVENT", "ERROR"],
         "{text}"
     );
-    let row: Vec<&str> = lines[2].split_whitespace().collect();
-    let ts = rfc3339(started);
+    let (time, row) = split_timed_row(lines[2]);
+    assert!(time.starts_with(&cli_time(&rfc3339(started))), "{text}");
     assert_eq!(
         row,
         [
-            ts.as_str(),
             "checkout-0",
             "cpu",
             "10s",
@@ -395,9 +390,9 @@ async fn chunked_profiles_are_acknowledged_once_stored_and_come_back_exactly(bac
         ],
         "{text}"
     );
-    let row: Vec<&str> = lines[3].split_whitespace().collect();
+    let (_, row) = split_timed_row(lines[3]);
     assert_eq!(
-        row[2..8],
+        row[1..7],
         ["threads", "10s", "-", FAILED, EVENT, "cannot"],
         "{text}"
     );
@@ -644,53 +639,41 @@ async fn a_profile_chunk_without_a_sequence_number_is_refused() {
 /// A gzipped CPU profile in which `burn_the_cpu` (called from `handle`) is the leaf of 9
 /// samples of 10 ms and `handle` of 1; the stack of the 9 is the same each time.
 fn cpu_profile() -> Vec<u8> {
-    use holmes_proto::pprof::{Function, Line, Location, Profile, Sample, ValueType};
+    use holmes_proto::pprof::{Line, Profile, Sample};
+    use holmes_proto::profile_tables::ProfileTables;
     use prost::Message;
-    let location = |id: u64, function_id: u64| Location {
-        id,
-        line: vec![Line {
-            function_id,
-            line: 10 * id as i64,
-            column: 0,
-        }],
-        ..Location::default()
+    let mut t = ProfileTables::new();
+    let sample_type = vec![
+        t.value_type("samples", "count"),
+        t.value_type("cpu", "nanoseconds"),
+    ];
+    let mut location = |name: &str, line: i64| {
+        let function_id = t.function(name, "", "src/main.rs", 0);
+        t.location(
+            0,
+            0,
+            vec![Line {
+                function_id,
+                line,
+                column: 0,
+            }],
+        )
     };
-    let function = |id: u64, name: i64| Function {
-        id,
-        name,
-        filename: 5,
-        ..Function::default()
-    };
+    let main = location("main", 10);
+    let handle = location("shop::handle", 20);
+    let burn = location("shop::burn_the_cpu", 30);
     let sample = |stack: Vec<u64>| Sample {
         location_id: stack,
         value: vec![1, 10_000_000],
         label: vec![],
     };
-    let mut samples = vec![sample(vec![2, 1])];
-    samples.extend((0..9).map(|_| sample(vec![3, 2, 1])));
-    let p = Profile {
-        sample_type: vec![
-            ValueType { r#type: 1, unit: 2 },
-            ValueType { r#type: 3, unit: 4 },
-        ],
+    let mut samples = vec![sample(vec![handle, main])];
+    samples.extend((0..9).map(|_| sample(vec![burn, handle, main])));
+    let p = t.into_profile(Profile {
+        sample_type,
         sample: samples,
-        location: vec![location(1, 1), location(2, 2), location(3, 3)],
-        function: vec![function(1, 6), function(2, 7), function(3, 8)],
-        string_table: [
-            "",
-            "samples",
-            "count",
-            "cpu",
-            "nanoseconds",
-            "src/main.rs",
-            "main",
-            "shop::handle",
-            "shop::burn_the_cpu",
-        ]
-        .map(String::from)
-        .to_vec(),
         ..Profile::default()
-    };
+    });
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     gz.write_all(&p.encode_to_vec()).unwrap();
     gz.finish().unwrap()

@@ -1,11 +1,12 @@
-//! Rules from the configuration file reach the agents of their service, built on the
-//! rules each agent reported, and no other service's agents.
+//! Rules from the configuration file seed the central rules: they reach the agents of
+//! their service, and no other service's agents.
 
 use std::time::Duration;
 
 use crate::support::raw_agent::{hello, RawAgent};
 use crate::support::{eventually, Backend};
 use holmes_agent::{Holmes, Rule};
+use holmes_api::control::RulesEditJson;
 use holmes_api::{RuleJson, TriggersJson};
 use holmes_cli::api_client::ApiClient;
 use holmes_collector::config::{ConfigError, StoreKind};
@@ -40,54 +41,98 @@ async fn configured_rules_reach_the_agents_of_their_service_only() {
     let server = Server::start(&config).await.unwrap();
     let addr = server.grpc_addr();
 
-    // The agent's own CPU rule is the base: only abs changes (and the text enables it).
+    // The file seeds the central rules: version 1, the text over the metric's default
+    // rule (as HOLMES_RULE_CPU=abs=90 would be), the whole central set (`replace`), so
+    // whatever the agent reported of its own CPU rule does not leak into it.
     let mut reported = default_rule(Metric::CpuPercent).unwrap();
     reported.abs = 70.0;
-    reported.min = 10.0;
     reported.diff = 33.0;
     reported.cooldown = Duration::from_secs(5);
-    reported.window = 7;
     reported.enabled = false;
     let memory = default_rule(Metric::MemoryPercent).unwrap();
+    let mut want = default_rule(Metric::CpuPercent).unwrap();
+    want.abs = 90.0;
+    let update = CollectorMessage::ConfigUpdate(ConfigUpdate {
+        version: 1,
+        rules: vec![want],
+        replace: true,
+        pause: None,
+    });
     let mut agent = RawAgent::connect(
         addr,
         hello("checkout", "checkout-0", vec![memory, reported.clone()]),
     )
     .await;
     agent.send(1, window()).await;
-    let mut want = reported.clone();
-    want.abs = 90.0;
-    want.enabled = true;
     assert_eq!(
         agent.next().await,
-        CollectorMessage::ConfigUpdate(ConfigUpdate {
-            version: 1,
-            rules: vec![want],
-            replace: false,
-            pause: None,
-        }),
+        update,
         "the update comes first, before any ack"
     );
     assert_eq!(agent.next().await, CollectorMessage::Ack { seq: 1 });
-
-    // An agent that reported no CPU rule gets the default with abs=90.
     let mut bare = RawAgent::connect(addr, hello("checkout", "checkout-1", vec![])).await;
-    let mut want = default_rule(Metric::CpuPercent).unwrap();
-    want.abs = 90.0;
-    assert_eq!(
-        bare.next().await,
-        CollectorMessage::ConfigUpdate(ConfigUpdate {
-            version: 1,
-            rules: vec![want],
-            replace: false,
-            pause: None,
-        })
-    );
+    assert_eq!(bare.next().await, update);
 
-    // A service without configured rules gets no update: its first message is an ack.
+    // A service without central rules gets no update: its first message is an ack.
     let mut cart = RawAgent::connect(addr, hello("cart", "cart-0", vec![reported])).await;
     cart.send(1, window()).await;
     assert_eq!(cart.next().await, CollectorMessage::Ack { seq: 1 });
+    server.shutdown().await;
+
+    // Started again with the same file, nothing is seeded twice; with the file changed,
+    // the seed follows it (the rule was the file's, nobody changed it through the API).
+    let server = Server::start(&config).await.unwrap();
+    let api = ApiClient::new(&format!("http://{}", server.http_addr())).unwrap();
+    assert_eq!(
+        api.rule_history("checkout", 10)
+            .await
+            .unwrap()
+            .changes
+            .len(),
+        1
+    );
+    server.shutdown().await;
+    config.rules = [(
+        "checkout".to_owned(),
+        [("cpu".to_owned(), "abs=95".to_owned())].into(),
+    )]
+    .into();
+    let server = Server::start(&config).await.unwrap();
+    let api = ApiClient::new(&format!("http://{}", server.http_addr())).unwrap();
+    let history = api.rule_history("checkout", 10).await.unwrap();
+    let texts: Vec<(u64, Option<&str>, &str)> = history
+        .changes
+        .iter()
+        .map(|c| (c.version, c.text.as_deref(), c.by.as_str()))
+        .collect();
+    assert_eq!(
+        texts,
+        vec![
+            (2, Some("abs=95"), "config file"),
+            (1, Some("abs=90"), "config file")
+        ]
+    );
+    // Once an operator changed the rule through the API, the file no longer touches it.
+    let edit = RulesEditJson {
+        rules: [("cpu".to_owned(), "abs=80".to_owned())].into(),
+        by: "alice".to_owned(),
+        ..RulesEditJson::default()
+    };
+    assert_eq!(api.set_rules("checkout", &edit).await.unwrap().version, 3);
+    server.shutdown().await;
+    config.rules = [(
+        "checkout".to_owned(),
+        [("cpu".to_owned(), "abs=99".to_owned())].into(),
+    )]
+    .into();
+    let server = Server::start(&config).await.unwrap();
+    let api = ApiClient::new(&format!("http://{}", server.http_addr())).unwrap();
+    let rules = api.rules("checkout").await.unwrap();
+    assert_eq!(rules.version, 3);
+    assert_eq!(
+        (rules.rules[0].text.as_str(), rules.rules[0].by.as_str()),
+        ("abs=80", "alice")
+    );
     server.shutdown().await;
 }
 
@@ -162,12 +207,13 @@ async fn a_pushed_rule_makes_a_real_agent_fire_and_its_trigger_is_served() {
     assert!(t.current >= 2.0, "{t:?}");
     assert_eq!(t.window.len(), 2, "{t:?}");
     assert_eq!(t.window.last().map(|p| p.value), Some(t.current));
+    // The text over the threads metric's default rule: its diff (25) stays.
     assert_eq!(
         t.rule,
         Some(RuleJson {
             enabled: true,
             min: 1.0,
-            diff: None,
+            diff: Some(25.0),
             abs: Some(1.0),
             max: 0.0,
             cooldown_ms: 3_600_000,

@@ -16,6 +16,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use holmes_cli::api_client::control::CaptureTarget;
 use holmes_cli::api_client::ApiClient;
 use tokio::io::AsyncBufReadExt;
 
@@ -85,10 +86,14 @@ async fn capture_cpu(api: &ApiClient, service: &str) -> (String, Instant) {
         "a connected agent to ask",
         || async {
             let at = Instant::now();
-            api.capture(service, &["cpu".to_owned()])
-                .await
-                .ok()
-                .map(|a| (a, at))
+            let target = CaptureTarget {
+                kinds: vec!["cpu".to_owned()],
+                selector: String::new(),
+                instance: None,
+                cpu_duration: None,
+                by: "symbolize test".to_owned(),
+            };
+            api.capture(service, &target).await.ok().map(|a| (a, at))
         },
     )
     .await;

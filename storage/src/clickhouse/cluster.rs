@@ -16,7 +16,7 @@ use super::{date_text, day_of, now_nanos, ClickHouseStore, MigrationRow, ServerV
 use crate::{Expired, StoreError};
 
 /// The migration count [`TABLES`] was written for: a new migration must update both.
-pub(super) const CLUSTER_SCHEMA_VERSION: u32 = 9;
+pub(super) const CLUSTER_SCHEMA_VERSION: u32 = 10;
 
 /// Replication path used when the configuration names none. `{database}` and `{table}`
 /// are filled in by Holmes (the table's name without `_local`); `{shard}` is the
@@ -231,6 +231,76 @@ pub(super) const TABLES: &[TableDef] = &[
         sharding_key: BY_SERVICE,
         by_day: true,
     },
+    // The control plane (`control.rs`).
+    TableDef {
+        name: "rule_changes",
+        columns: "service String, selector String, metric String, version UInt64, \
+                  has_text UInt8, rule_text String, changed_at UInt64, author String, \
+                  note String",
+        engine: Engine::Replacing(None),
+        keys: "ORDER BY (service, selector, metric, version)",
+        sharding_key: BY_SERVICE,
+        by_day: false,
+    },
+    TableDef {
+        name: "capture_pauses",
+        columns: "scope String, version UInt64, until UInt64, reason String, \
+                  changed_at UInt64, author String, note String",
+        engine: Engine::Replacing(None),
+        keys: "ORDER BY (scope, version)",
+        sharding_key: "cityHash64(scope)",
+        by_day: false,
+    },
+    TableDef {
+        name: "capture_requests",
+        columns: "service String, request_id String, selector String, has_instance UInt8, \
+                  instance_id String, kinds Array(String), purpose String, \
+                  has_cpu_duration UInt8, cpu_duration_ms UInt64, window_start UInt64, \
+                  window_end UInt64, has_incident UInt8, incident_id String, created UInt64, \
+                  author String, note String",
+        engine: Engine::Replacing(None),
+        keys: "ORDER BY (service, request_id)",
+        sharding_key: BY_SERVICE,
+        by_day: false,
+    },
+    TableDef {
+        name: "capture_dispatches",
+        columns: "request_id String, node_id String, instances Array(String), at UInt64",
+        engine: Engine::Replacing(Some("at")),
+        keys: "ORDER BY (request_id, node_id)",
+        sharding_key: "cityHash64(request_id)",
+        by_day: false,
+    },
+    TableDef {
+        name: "capture_outcomes",
+        columns: "request_id String, instance_id String, service String, has_event UInt8, \
+                  event_id String, captured Array(String), refused_kinds Array(String), \
+                  refused_reasons Array(String), refused_details Array(String), at UInt64",
+        engine: Engine::Replacing(Some("at")),
+        keys: "ORDER BY (request_id, instance_id)",
+        // A request's answers all carry its service.
+        sharding_key: BY_SERVICE,
+        by_day: false,
+    },
+    TableDef {
+        name: "agent_reports",
+        columns: "service String, instance_id String, node_id String, connected UInt8, \
+                  rules_version UInt64, refused_metrics Array(String), \
+                  refused_reasons Array(String), at UInt64",
+        engine: Engine::Replacing(Some("at")),
+        keys: "ORDER BY (service, instance_id)",
+        sharding_key: BY_SERVICE,
+        by_day: false,
+    },
+    TableDef {
+        name: "control_nodes",
+        columns: "node_id String, agents UInt64, seen UInt64",
+        engine: Engine::Replacing(Some("seen")),
+        keys: "ORDER BY node_id",
+        sharding_key: "cityHash64(node_id)",
+        by_day: false,
+    },
+    // Debug info uploads (`debuginfo.rs`).
     TableDef {
         name: "debuginfo",
         columns: "build_id String, source String, total_bytes UInt64, offset UInt64, \

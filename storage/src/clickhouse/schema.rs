@@ -359,7 +359,9 @@ pub(crate) const MIGRATIONS: &[&[Step]] = &[
         Step::Sql("DROP TABLE IF EXISTS profile_samples"),
         Step::Sql("DROP TABLE IF EXISTS profiles_by_id"),
     ],
-    // 9: debug info uploads (see `debuginfo.rs`): chunks by build id, source, size and
+    // 9: the control plane (see `control.rs`).
+    super::control::MIGRATION,
+    // 10: debug info uploads (see `debuginfo.rs`): chunks by build id, source, size and
     // offset, and the claims of the collectors whose agents upload a build.
     &[
         Step::Sql(

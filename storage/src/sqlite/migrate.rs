@@ -158,13 +158,13 @@ fn old_contents(
         let stack = match stacks.get(&stack_id) {
             Some(&s) => s,
             None => {
-                if let std::collections::hash_map::Entry::Vacant(slot) = frames_of.entry(stack_id) {
+                if let std::collections::hash_map::Entry::Vacant(e) = frames_of.entry(stack_id) {
                     let bytes: Vec<u8> = tx.query_row(
                         "SELECT frames FROM stacks_v5 WHERE stack_id = ?1",
                         params![stack_id],
                         |r| r.get(0),
                     )?;
-                    slot.insert(old_frames(&bytes)?);
+                    e.insert(old_frames(&bytes)?);
                 }
                 let mut entries = Vec::new();
                 for f in frames_of.get(&stack_id).into_iter().flatten() {
@@ -369,6 +369,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         old_store(dir.path());
         let store = SqliteStore::open(dir.path()).unwrap();
+        // The migrated store has every table a new one has (the storage model's and the
+        // control plane's, whichever migration made them).
+        let tables = |path: &std::path::Path| -> Vec<String> {
+            let conn = Connection::open(path.join(DB_FILE)).unwrap();
+            let mut stmt = conn
+                .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+                .unwrap();
+            let names = stmt.query_map([], |r| r.get(0)).unwrap();
+            names.collect::<Result<_, _>>().unwrap()
+        };
+        let fresh = tempfile::tempdir().unwrap();
+        SqliteStore::open(fresh.path()).unwrap();
+        let migrated = tables(dir.path());
+        assert_eq!(migrated, tables(fresh.path()));
+        assert!(migrated.iter().any(|t| t == "rule_changes"), "{migrated:?}");
+        assert!(migrated.iter().any(|t| t == "locations"), "{migrated:?}");
         for (n, id) in [(0i64, "a1"), (1, "a2")] {
             let pid = format!("{id:0>32}");
             let p = store.get_profile("shop", &pid).await.unwrap().unwrap();

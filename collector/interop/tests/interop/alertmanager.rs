@@ -253,6 +253,19 @@ receivers:
         detail.suspects[0].function, "shop::slow_query",
         "{detail:?}"
     );
+    // The alert's capture is a capture request like an operator's: stored, with whom it
+    // asked and what came back under its id.
+    let capture = api.capture_detail(&request.request_id).await.unwrap();
+    assert_eq!(capture.request.purpose, "alert", "{capture:?}");
+    assert_eq!(capture.request.by, "alertmanager", "{capture:?}");
+    assert_eq!(capture.request.asked, 1, "{capture:?}");
+    assert_eq!(capture.instances.len(), 1, "{capture:?}");
+    let from_capture: Vec<&str> = capture
+        .profiles
+        .iter()
+        .map(|p| p.profile_id.as_str())
+        .collect();
+    assert_eq!(from_capture, vec!["c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3"]);
     // Incidents filter by the agents' Kubernetes labels.
     let (status, body) = http(
         "GET",

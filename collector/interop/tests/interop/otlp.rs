@@ -50,7 +50,9 @@ async fn otlp_profiles_from_python_in_and_out() {
     let file = dir.path().join("otel.pb.gz");
     std::fs::write(
         &file,
-        api.download_profile(&profile.profile_id).await.unwrap(),
+        api.download_profile("otelapp", &profile.profile_id)
+            .await
+            .unwrap(),
     )
     .unwrap();
     if let Some(top) = support::pprof_top(&file).await {
@@ -64,7 +66,10 @@ async fn otlp_profiles_from_python_in_and_out() {
     // OTLP again, read by the Python classes.
     let (status, exported) = support::http(
         "GET",
-        &format!("{url}/api/v1/profiles/{}/otlp", profile.profile_id),
+        &format!(
+            "{url}/api/v1/services/otelapp/profiles/{}/otlp",
+            profile.profile_id
+        ),
         &[],
         Vec::new(),
     )
@@ -112,8 +117,14 @@ async fn otlp_profiles_from_python_in_and_out() {
         },
     )
     .await;
-    let before = api.top(&profile.profile_id, None, 10).await.unwrap();
-    let after = api.top(&again.profile_id, None, 10).await.unwrap();
+    let before = api
+        .top("otelapp", &profile.profile_id, None, 10)
+        .await
+        .unwrap();
+    let after = api
+        .top("otelgrpc", &again.profile_id, None, 10)
+        .await
+        .unwrap();
     assert_eq!(before.functions, after.functions);
     assert_eq!(
         (before.total, before.sample_type),

@@ -39,8 +39,13 @@ async fn profiles_of(api: &ApiClient, service: &str) -> Option<ProfilesJson> {
 }
 
 /// The first function of `profile_id`'s top that contains `name`.
-async fn top_function(api: &ApiClient, profile_id: &str, name: &str) -> Option<String> {
-    let top: TopJson = api.top(profile_id, Some("cpu"), 200).await.ok()?;
+async fn top_function(
+    api: &ApiClient,
+    service: &str,
+    profile_id: &str,
+    name: &str,
+) -> Option<String> {
+    let top: TopJson = api.top(service, profile_id, Some("cpu"), 200).await.ok()?;
     top.functions
         .into_iter()
         .map(|f| f.function)
@@ -125,6 +130,8 @@ async fn pyroscope_rs_profiles_are_listed_downloaded_and_a_baseline() {
             "--api",
             &url,
             "profile",
+            "--service",
+            "rustapp",
             &pushed.profile_id,
             "-o",
             file.to_str().unwrap(),
@@ -142,7 +149,7 @@ async fn pyroscope_rs_profiles_are_listed_downloaded_and_a_baseline() {
     let baseline_fn = eventually(
         Duration::from_secs(30),
         "baseline_work in the profile's top",
-        || top_function(&api, &pushed.profile_id, "baseline_work"),
+        || top_function(&api, "rustapp", &pushed.profile_id, "baseline_work"),
     )
     .await;
     let mut raw = RawAgent::connect(
@@ -233,7 +240,7 @@ async fn python_client(python: &std::path::Path, app: &str) {
     .await;
     let mut found = None;
     for p in listed.profiles.iter().filter(|p| p.error.is_none()) {
-        if let Some(f) = top_function(&api, &p.profile_id, "interop_py_burn").await {
+        if let Some(f) = top_function(&api, app, &p.profile_id, "interop_py_burn").await {
             found = Some(f);
         }
     }

@@ -185,9 +185,8 @@ fn parse<'a>(bytes: &'a [u8], limits: &Limits) -> Result<Raw<'a>, NormalizeError
                         (4, v) => m.offset = v.int("file offset")?,
                         (5, v) => m.filename = v.int("mapping file")? as i64,
                         (6, v) => m.build_id = v.int("build id")? as i64,
-                        (n @ 7..=10, v) => {
-                            let set = u8::from(v.int("mapping flag")? != 0);
-                            m.flags |= set << (n - 7);
+                        (n @ 7..=10, v) if v.int("mapping flag")? != 0 => {
+                            m.flags |= 1 << (n - 7);
                         }
                         _ => {}
                     }

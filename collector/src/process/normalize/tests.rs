@@ -528,10 +528,12 @@ fn native_profiles_are_read_as_sent() {
     assert!(c.label_sets[c.samples[1].labels as usize].is_empty());
 }
 
+/// A change that breaks a profile.
+type Breaker = Box<dyn Fn(&mut NativeProfile)>;
+
 #[test]
 fn broken_native_profiles_are_refused_with_the_reason() {
-    type Break = Box<dyn Fn(&mut NativeProfile)>;
-    let cases: Vec<(Break, &str)> = vec![
+    let cases: Vec<(Breaker, &str)> = vec![
         (
             Box::new(|p| p.stacks[0][1] = 9),
             "stack refers to location 9",

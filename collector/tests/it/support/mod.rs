@@ -1,8 +1,10 @@
 //! Shared harness for the collector's tests: real collectors on loopback, real stores.
 
+pub(crate) mod agent_process;
 pub(crate) mod pprof;
 pub(crate) mod raw_agent;
 pub(crate) mod receiver;
+pub(crate) mod terminal;
 pub(crate) mod tls;
 
 use std::collections::BTreeMap;
@@ -81,6 +83,10 @@ pub(crate) fn config(backend: Backend, data_dir: &std::path::Path) -> Option<Con
         data_dir: data_dir.to_owned(),
         ..Config::default()
     };
+    // Tests ask a service's agents again at once (to see the agents' own answers); the
+    // collector's limit on that is tested on its own
+    // (`control::an_operators_capture_requests_are_rate_limited_per_service`).
+    config.control.capture_min_interval = Duration::ZERO;
     let variable = match backend {
         Backend::Sqlite => None,
         Backend::ClickHouse => Some("HOLMES_TEST_CLICKHOUSE_URL"),
@@ -292,17 +298,36 @@ fn build_workspace_bins() -> BTreeMap<String, PathBuf> {
 }
 
 /// Runs the `holmes` CLI with `args`, its environment cleared of the `HOLMES_API*` and
-/// `HOLMES_CA_FILE` settings a developer may have, plus `env`.
+/// `HOLMES_CA_FILE` settings a developer may have and of `COLUMNS`, in UTC (so that it
+/// shows the API's times: [`cli_time`]), plus `env`.
 pub(crate) async fn holmes_cli_with(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let mut cmd = tokio::process::Command::new(workspace_bin("holmes"));
     cmd.args(args)
         .env_remove("HOLMES_API")
         .env_remove("HOLMES_API_TOKEN")
-        .env_remove("HOLMES_CA_FILE");
+        .env_remove("HOLMES_CA_FILE")
+        .env_remove("COLUMNS")
+        .env("TZ", "UTC");
     for (k, v) in env {
         cmd.env(k, v);
     }
     cmd.output().await.expect("holmes runs")
+}
+
+/// How the CLI run by [`holmes_cli_with`] shows the RFC 3339 time `rfc3339`, up to how
+/// long ago it was: `2026-12-02 03:19:07 (`.
+pub(crate) fn cli_time(rfc3339: &str) -> String {
+    format!("{} {} (", &rfc3339[..10], &rfc3339[11..19])
+}
+
+/// A table row the CLI printed that starts with a time: the time with how long ago
+/// (`2026-12-02 03:19:07 (4 min ago)`) and the row's other columns, split at whitespace.
+pub(crate) fn split_timed_row(row: &str) -> (&str, Vec<&str>) {
+    let end = row
+        .find(") ")
+        .filter(|end| row[..*end].contains(" ("))
+        .unwrap_or_else(|| panic!("no time with how long ago in {row:?}"));
+    (&row[..=end], row[end + 1..].split_whitespace().collect())
 }
 
 /// [`holmes_cli_with`] without extra environment.

@@ -1,27 +1,36 @@
 //! What a collector may not push: rules that would make the host capture too often, or
-//! that are not rules at all. The host sets the floors (`.min_pushed_cooldown()`,
-//! `.min_pushed_window()` or their `HOLMES_*` variables); nothing the collector sends
-//! can lower them. A pushed rule below a floor is refused, not clamped: the agent keeps
-//! its previous rule for that metric and says why in `ConfigApplied.refused`, so the
-//! operator sees the rule did not take instead of running a different one unknowingly.
+//! that are not rules at all. The agent's host sets the floors (the agent's
+//! `.min_pushed_cooldown()`, `.min_pushed_window()` or their `HOLMES_*` variables);
+//! nothing the collector sends can lower them. A pushed rule below a floor is refused,
+//! not clamped: the agent keeps its previous rule for that metric and says why in
+//! `ConfigApplied.refused`, so the operator sees the rule did not take instead of
+//! running a different one unknowingly. The collector holds the rules an operator sets
+//! to the default floors with the same check, so that what every agent would refuse is
+//! refused at once, with the same words.
 
 use std::time::Duration;
 
-use holmes_proto::rule_spec::MAX_WINDOW;
-use holmes_proto::RuleConfig;
+use crate::rule_spec::MAX_WINDOW;
+use crate::RuleConfig;
 
 /// The host's bounds on rules pushed by the collector.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Floors {
+pub struct Floors {
     /// Shortest cooldown of an enabled pushed rule.
-    pub(crate) min_cooldown: Duration,
+    pub min_cooldown: Duration,
     /// Smallest window of an enabled pushed rule.
-    pub(crate) min_window: u32,
+    pub min_window: u32,
 }
+
+/// The floors of an agent whose host set none: a cooldown of 10 s, a window of 2.
+pub const DEFAULT_FLOORS: Floors = Floors {
+    min_cooldown: Duration::from_secs(10),
+    min_window: 2,
+};
 
 impl Floors {
     /// Why `rule` may not be applied, naming the field; `Ok` when it may.
-    pub(crate) fn check(&self, rule: &RuleConfig) -> Result<(), String> {
+    pub fn check(&self, rule: &RuleConfig) -> Result<(), String> {
         for (field, value) in [
             ("min", rule.min),
             ("diff", rule.diff),
@@ -68,14 +77,11 @@ impl Floors {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use holmes_proto::rule_spec;
-    use holmes_proto::Metric;
+    use crate::rule_spec;
+    use crate::Metric;
 
     fn floors() -> Floors {
-        Floors {
-            min_cooldown: Duration::from_secs(10),
-            min_window: 2,
-        }
+        DEFAULT_FLOORS
     }
 
     fn cpu(text: &str) -> RuleConfig {
