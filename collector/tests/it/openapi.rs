@@ -61,6 +61,7 @@ fn example_path(path: &str) -> String {
         .replace("{profile_id}", "0123456789abcdef0123456789abcdef")
         .replace("{incident_id}", "0123456789abcdef0123456789abcdef")
         .replace("{request_id}", "0123456789abcdef0123456789abcdef")
+        .replace("{build_id}", "4f5c1e0b")
 }
 
 /// Sends `method path` and returns the status (200 for any success) and the error
@@ -130,6 +131,8 @@ async fn the_document_lists_every_route_served_and_is_valid_openapi() {
         "/api/v1/services/{service}/profiles/{profile_id}/top",
         "/api/v1/services/{service}/profiles/{profile_id}/flamegraph.svg",
         "/api/v1/services/{service}/flamegraph.svg",
+        // CI's debug info uploads (`holmes debuginfo upload`).
+        "/api/v1/debuginfo/{build_id}",
     ]) {
         assert!(paths.contains_key(*path), "{path} in {paths:?}");
     }
