@@ -18,7 +18,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use holmes_proto::names::{validate_labels, validate_name};
+use holmes_proto::names::{
+    validate_labels, validate_name, validate_text, MAX_HOST_LEN, MAX_VERSION_LEN,
+};
 use holmes_proto::pb::ingest_server::Ingest;
 use holmes_proto::{pb, AgentBody, AgentMessage, CollectorMessage, Hello};
 use holmes_storage::{InstanceInfo, Store};
@@ -125,7 +127,31 @@ fn check_hello(hello: &Hello) -> Result<(), Status> {
     validate_name("service", &hello.service)
         .and_then(|()| validate_name("instance id", &hello.instance_id))
         .and_then(|()| validate_labels(&hello.labels))
-        .map_err(|e| Status::invalid_argument(format!("invalid hello: {e}")))
+        .and_then(|()| validate_text("host", &hello.host, MAX_HOST_LEN))
+        .and_then(|()| validate_text("agent version", &hello.agent_version, MAX_VERSION_LEN))
+        .map_err(|e| {
+            crate::metrics::metrics().ingest_refused("invalid_id");
+            Status::invalid_argument(format!("invalid hello: {e}"))
+        })
+}
+
+/// Checks the ids an agent's message introduces (event and request ids end up in
+/// storage keys, URLs and alert bodies, so they follow the name rules).
+fn check_ids(body: &AgentBody) -> Result<(), Status> {
+    let (what, event_id, request_id) = match body {
+        AgentBody::Trigger(t) => ("trigger", Some(&t.event_id), t.request_id.as_ref()),
+        AgentBody::CaptureOutcome(o) => {
+            ("capture outcome", o.event_id.as_ref(), Some(&o.request_id))
+        }
+        _ => return Ok(()),
+    };
+    event_id
+        .map_or(Ok(()), |id| validate_name("event id", id))
+        .and_then(|()| request_id.map_or(Ok(()), |id| validate_name("request id", id)))
+        .map_err(|e| {
+            crate::metrics::metrics().ingest_refused("invalid_id");
+            Status::invalid_argument(format!("invalid {what}: {e}"))
+        })
 }
 
 fn instance_info(hello: &Hello, last_seen: u64) -> InstanceInfo {
@@ -323,6 +349,7 @@ impl Session {
 
     async fn handle(&mut self, msg: AgentMessage) -> Result<(), Status> {
         count_message(&msg.body);
+        check_ids(&msg.body)?;
         match msg.body {
             AgentBody::Hello(_) => Err(Status::invalid_argument("hello sent twice on one stream")),
             AgentBody::Heartbeat(heartbeat) => {
