@@ -40,6 +40,7 @@ pub mod alertmanager;
 pub mod assemble;
 pub mod foreign;
 pub mod http;
+pub mod limits;
 pub mod live;
 pub mod otlp;
 pub mod pyroscope;
@@ -61,6 +62,8 @@ pub struct IngestService {
     auth: IngestAuth,
     sink: Arc<dyn Sink>,
     live: Arc<live::LiveAgents>,
+    slots: Arc<limits::StreamSlots>,
+    limits: limits::LimitsConfig,
 }
 
 impl IngestService {
@@ -82,7 +85,16 @@ impl IngestService {
             auth: IngestAuth::default(),
             sink,
             live,
+            slots: limits::StreamSlots::new(&limits::LimitsConfig::default()),
+            limits: limits::LimitsConfig::default(),
         }
+    }
+
+    /// Caps streams and unfinished profiles as `limits` says instead of its defaults.
+    pub fn with_limits(mut self, limits: &limits::LimitsConfig) -> Self {
+        self.slots = limits::StreamSlots::new(limits);
+        self.limits = limits.clone();
+        self
     }
 
     /// Requires agents to present a token valid for their service (open by default).
@@ -178,6 +190,13 @@ impl Ingest for IngestService {
         let peer = request
             .remote_addr()
             .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        // A stream over the caps is refused before anything is read from it.
+        let slot = self
+            .slots
+            .take(request.remote_addr().map(|a| a.ip()))
+            .inspect_err(|status| {
+                tracing::warn!(%peer, code = ?status.code(), error = status.message(), "rejected agent stream");
+            })?;
         // A stream without a token is refused before anything is read from it.
         let token = self.auth.token_of(request.metadata()).inspect_err(|status| {
             tracing::warn!(%peer, code = ?status.code(), error = status.message(), "rejected agent stream");
@@ -214,6 +233,18 @@ impl Ingest for IngestService {
             tracing::warn!(%peer, service = %hello.service, instance = %hello.instance_id, code = ?status.code(), error = status.message(), "rejected agent stream");
             return Err(status);
         }
+        if !self.auth.has_own_token(&hello.service) {
+            limits::check_new_identity(
+                self.store.as_ref(),
+                &self.limits,
+                &hello.service,
+                &hello.instance_id,
+            )
+            .await
+            .inspect_err(|status| {
+                tracing::warn!(%peer, service = %hello.service, instance = %hello.instance_id, code = ?status.code(), error = status.message(), "rejected agent stream");
+            })?;
+        }
         self.store
             .upsert_instance(&instance_info(&hello, unix_nanos_now()))
             .await
@@ -241,6 +272,7 @@ impl Ingest for IngestService {
             last_acked: 0,
             highest_stored: 0,
             profiles: Assembler::new(self.max_profile_bytes),
+            profile_idle_timeout: self.limits.profile_idle_timeout,
             last_touch: Instant::now(),
         };
         let live = Arc::clone(&self.live);
@@ -257,8 +289,17 @@ impl Ingest for IngestService {
         tokio::spawn(async move {
             session.run(inbound, closing).await;
             live.remove(&service, stream);
+            drop(slot);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Waits until `at`, or forever when there is no `at`.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -289,6 +330,8 @@ struct Session {
     highest_stored: u64,
     /// Profiles whose chunks are still coming.
     profiles: Assembler,
+    /// How long an unfinished profile waits for its next chunk.
+    profile_idle_timeout: Duration,
     last_touch: Instant,
 }
 
@@ -299,11 +342,25 @@ impl Session {
         mut closing: watch::Receiver<bool>,
     ) {
         let end = loop {
+            let stalled = self.profiles.stalest().map(|(id, at)| {
+                (
+                    id.to_owned(),
+                    tokio::time::Instant::from_std(at + self.profile_idle_timeout),
+                )
+            });
             let next = tokio::select! {
                 next = inbound.message() => Some(next),
                 () = self.control.changed() => None,
                 _ = closing.wait_for(|c| *c) => {
                     break Some(Status::unavailable("collector is shutting down; reconnect"));
+                }
+                () = sleep_until_some(stalled.as_ref().map(|(_, at)| *at)) => {
+                    crate::metrics::metrics().ingest_refused("profile_idle");
+                    let id = stalled.map(|(id, _)| id).unwrap_or_default();
+                    break Some(Status::resource_exhausted(format!(
+                        "profile {id}: no chunk for {}, the limit for an unfinished profile ([limits] profile_idle_timeout); its chunks are dropped, send it again",
+                        humantime::format_duration(self.profile_idle_timeout)
+                    )));
                 }
             };
             let Some(next) = next else {

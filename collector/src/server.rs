@@ -330,6 +330,7 @@ impl Server {
                 closed.clone(),
             )
             .with_max_profile_bytes(config.max_profile_bytes)
+            .with_limits(&config.limits)
             .with_auth(ingest_auth);
             let ingest = IngestServer::new(service)
                 // Agents may send gzip or zstd; the limit holds for the decompressed message.
