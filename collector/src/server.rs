@@ -381,8 +381,7 @@ impl Server {
         ))
         .merge(crate::metrics::http::router(api_auth.clone()));
         let app = crate::auth::browser::guard(app, http_addr, api_auth.clone(), identity.is_some());
-        let app = crate::metrics::http::timed(app)
-            .into_make_service_with_connect_info::<crate::ingest::foreign::PeerAddr>();
+        let app = crate::metrics::http::timed(app);
         let retention = match role {
             Role::Ingest => None,
             Role::All | Role::Process => crate::process::retention::spawn(
@@ -395,6 +394,7 @@ impl Server {
         let shutdown = async move {
             let _ = http_closed.wait_for(|c| *c).await;
         };
+        let header_timeout = config.limits.http_header_timeout;
         let http_task = match &identity {
             Some(identity) => {
                 let listener =
@@ -403,23 +403,19 @@ impl Server {
                         addr: config.http_addr,
                         source,
                     })?;
-                tokio::spawn(async move {
-                    let result = axum::serve(listener, app)
-                        .with_graceful_shutdown(shutdown)
-                        .await;
-                    if let Err(err) = result {
-                        tracing::error!(error = %err, "HTTP server failed");
-                    }
-                })
+                tokio::spawn(crate::http_serve::serve(
+                    listener,
+                    app,
+                    header_timeout,
+                    shutdown,
+                ))
             }
-            None => tokio::spawn(async move {
-                let result = axum::serve(http, app)
-                    .with_graceful_shutdown(shutdown)
-                    .await;
-                if let Err(err) = result {
-                    tracing::error!(error = %err, "HTTP server failed");
-                }
-            }),
+            None => tokio::spawn(crate::http_serve::serve(
+                http,
+                app,
+                header_timeout,
+                shutdown,
+            )),
         };
         tracing::info!(
             role = role.as_str(),

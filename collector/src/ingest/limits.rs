@@ -1,5 +1,6 @@
-//! What agents may hold open on a collector (`[limits]`): agent streams in all and per
-//! peer address, and how long an unfinished profile may wait for its next chunk. A
+//! What clients may hold open on a collector (`[limits]`): agent streams in all and per
+//! peer address, how long an unfinished profile may wait for its next chunk, and how
+//! long an HTTP client may take to send a request's head ([`crate::http_serve`]). A
 //! stream beyond a cap is refused with RESOURCE_EXHAUSTED before anything is read from
 //! it, and counted in `holmes_ingest_refused_total` by reason. An agent that has no
 //! token of its own service (the `"*"` token, or ingest without tokens) may bring new
@@ -27,10 +28,12 @@ pub const DEFAULT_MAX_STREAMS_PER_PEER: usize = 512;
 pub const DEFAULT_MAX_SERVICES: usize = 1_000;
 /// Instances one such service may hold, when nothing else is set.
 pub const DEFAULT_MAX_INSTANCES_PER_SERVICE: usize = 10_000;
+/// How long an HTTP client may take to send a request's head when nothing else is set.
+pub const DEFAULT_HTTP_HEADER_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long an unfinished profile waits for its next chunk when nothing else is set.
 pub const DEFAULT_PROFILE_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// `[limits]`: bounds on what agents hold open.
+/// `[limits]`: bounds on what agents and HTTP clients hold open.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
@@ -44,6 +47,11 @@ pub struct LimitsConfig {
     /// sends the profile again from its spool).
     #[serde(with = "humantime_serde")]
     pub profile_idle_timeout: Duration,
+    /// How long an HTTP client may take to send a request's line and headers (and an
+    /// idle keep-alive connection may wait for its next request), e.g. `"20s"`; then the
+    /// connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub http_header_timeout: Duration,
     /// Services the store may hold before an agent that has no token of its own service
     /// (the `"*"` token, or ingest without tokens) is refused for a new service.
     pub max_services: usize,
@@ -58,6 +66,7 @@ impl Default for LimitsConfig {
             max_streams: DEFAULT_MAX_STREAMS,
             max_streams_per_peer: DEFAULT_MAX_STREAMS_PER_PEER,
             profile_idle_timeout: DEFAULT_PROFILE_IDLE_TIMEOUT,
+            http_header_timeout: DEFAULT_HTTP_HEADER_TIMEOUT,
             max_services: DEFAULT_MAX_SERVICES,
             max_instances_per_service: DEFAULT_MAX_INSTANCES_PER_SERVICE,
         }
@@ -92,6 +101,7 @@ impl LimitsConfig {
         }
         for (key, value) in [
             ("profile_idle_timeout", self.profile_idle_timeout),
+            ("http_header_timeout", self.http_header_timeout),
         ] {
             if value < Duration::from_secs(1) {
                 return Err(LimitsConfigError {

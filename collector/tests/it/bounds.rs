@@ -12,6 +12,7 @@ use holmes_collector::auth::Secret;
 use holmes_collector::Server;
 use holmes_proto::{AgentBody, CollectorMessage, Metric, ProfileKind, TriggerEvent, TriggerReason};
 use holmes_storage::TriggerQuery;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 
 const NO_OPTIONS: ConnectOptions = ConnectOptions {
@@ -260,6 +261,54 @@ async fn unfinished_profiles_are_bounded_in_bytes_and_time() {
     assert_eq!(quiet.next_within(Duration::from_secs(3)).await, None);
     quiet.send(1, trigger("ev-quiet", None)).await;
     assert_eq!(quiet.next().await, CollectorMessage::Ack { seq: 1 });
+    server.shutdown().await;
+}
+
+/// An HTTP client that sends half a request head, or nothing, is disconnected after
+/// `http_header_timeout`; whole requests are answered as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_clients_that_never_finish_their_headers_are_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::support::config(Backend::Sqlite, dir.path()).unwrap();
+    config.limits.http_header_timeout = Duration::from_secs(1);
+    let server = Server::start(&config).await.unwrap();
+    let http = server.http_addr();
+
+    let mut half = tokio::net::TcpStream::connect(http).await.unwrap();
+    half.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {http}\r\nX-Slow: ").as_bytes())
+        .await
+        .unwrap();
+    let mut silent = tokio::net::TcpStream::connect(http).await.unwrap();
+    for (what, stream) in [("half a request", &mut half), ("nothing", &mut silent)] {
+        let mut answer = Vec::new();
+        // Generous: the collector cuts it after 1 s; without a deadline it never would.
+        let read = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer))
+            .await
+            .unwrap_or_else(|_| panic!("a client that sent {what} is still connected after 30 s"));
+        // Closed (hyper may answer 408 first, or reset).
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            read.is_err() || answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+            "{what}: {answer}"
+        );
+    }
+
+    // A whole request is answered, on a connection that sends it at once.
+    let mut whole = tokio::net::TcpStream::connect(http).await.unwrap();
+    whole
+        .write_all(
+            format!("GET /healthz HTTP/1.1\r\nHost: {http}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), whole.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     server.shutdown().await;
 }
 
