@@ -558,6 +558,17 @@ mod tests {
         assert_eq!(alerts.give_up_after, Duration::from_secs(86400));
         assert_eq!(alerts.request_timeout, Duration::from_secs(10));
         assert_eq!(alerts.max_pending, 100_000);
+        assert_eq!(
+            c.limits,
+            crate::ingest::limits::LimitsConfig {
+                max_streams: 20_000,
+                max_streams_per_peer: 256,
+                profile_idle_timeout: Duration::from_secs(60),
+                http_header_timeout: Duration::from_secs(15),
+                max_services: 500,
+                max_instances_per_service: 5_000,
+            }
+        );
         let names: Vec<_> = alerts.hooks.iter().map(|h| h.name.as_str()).collect();
         assert_eq!(names, ["oncall-pager", "team-slack", "incident-bot"]);
         let pager = &alerts.hooks[0];
