@@ -314,11 +314,12 @@ async fn http_clients_that_never_finish_their_headers_are_cut() {
 
 /// Through the `"*"` token an agent may bring new services and instances only up to
 /// `max_services` and `max_instances_per_service`; known ones still connect, and a
-/// service with its own token is not bounded by them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_wildcard_token_creates_services_and_instances_within_limits() {
+/// service with its own token is not bounded by them. On SQLite and on ClickHouse.
+async fn the_wildcard_token_creates_services_and_instances_within_limits(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = crate::support::config(Backend::Sqlite, dir.path()).unwrap();
+    let Some(mut config) = crate::support::config(backend, dir.path()) else {
+        return;
+    };
     config.auth.ingest_tokens = BTreeMap::from([
         ("*".to_owned(), Secret::new("fleet-token")),
         ("payments".to_owned(), Secret::new("payments-token")),
@@ -374,3 +375,5 @@ async fn the_wildcard_token_creates_services_and_instances_within_limits() {
     assert_eq!(names, ["checkout", "payments", "search"]);
     server.shutdown().await;
 }
+
+crate::support::on_each_backend!(the_wildcard_token_creates_services_and_instances_within_limits);
