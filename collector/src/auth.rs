@@ -115,6 +115,12 @@ impl IngestAuth {
         Ok(Some(token.to_owned()))
     }
 
+    /// Whether `service` has a token of its own (a stream of it is then trusted to
+    /// name its instances; others are bounded by `[limits]`).
+    pub fn has_own_token(&self, service: &str) -> bool {
+        service != WILDCARD_SERVICE && self.tokens.contains_key(service)
+    }
+
     /// Whether `token` may write as `service`: PERMISSION_DENIED for a token of other
     /// services only, UNAUTHENTICATED for one that is not configured at all.
     pub fn authorize(&self, service: &str, token: Option<&str>) -> Result<(), tonic::Status> {

@@ -5,8 +5,8 @@
 //! each section belongs to the module that uses it and checks itself, with its own
 //! error: `[clickhouse]` ([`ClickHouseSettings`], in the storage crate), `[rules]`
 //! ([`crate::control::rules`]) and `[control]` ([`ControlConfig`]), `[incidents]` ([`CorrelateConfig`]), `[tls]`
-//! ([`TlsConfig`]), `[auth]` ([`AuthConfig`]), `[alerts]` ([`AlertsConfig`]) and
-//! `[kafka]` ([`KafkaConfig`]). Durations are text (`"50ms"`, `"2m"`); keys of older
+//! ([`TlsConfig`]), `[auth]` ([`AuthConfig`]), `[alerts]` ([`AlertsConfig`]),
+//! `[kafka]` ([`KafkaConfig`]) and `[limits]` ([`crate::ingest::limits::LimitsConfig`]). Durations are text (`"50ms"`, `"2m"`); keys of older
 //! releases that spelled them as numbers (`batch_delay_ms`, ...) are refused with the
 //! name of their replacement.
 
@@ -135,6 +135,8 @@ pub struct Config {
     pub kafka: KafkaConfig,
     /// Alerts from Alertmanager (`POST /api/v1/alertmanager`): how they name services.
     pub alertmanager: crate::ingest::alertmanager::AlertmanagerConfig,
+    /// Bounds on what agents and HTTP clients hold open (`[limits]`).
+    pub limits: crate::ingest::limits::LimitsConfig,
 }
 
 impl Default for Config {
@@ -161,6 +163,7 @@ impl Default for Config {
             alerts: AlertsConfig::default(),
             kafka: KafkaConfig::default(),
             alertmanager: Default::default(),
+            limits: Default::default(),
         }
     }
 }
@@ -230,6 +233,9 @@ pub enum ConfigError {
     /// The `[kafka]` section cannot be used for the role.
     #[error(transparent)]
     Kafka(#[from] KafkaConfigError),
+    /// The `[limits]` section cannot be used.
+    #[error(transparent)]
+    Limits(#[from] crate::ingest::limits::LimitsConfigError),
 }
 
 /// Settings given on the command line or through the environment; each one set here
@@ -464,6 +470,7 @@ impl Config {
         self.control.validate()?;
         self.alerts.validate()?;
         self.alertmanager.validate().map_err(ConfigError::Invalid)?;
+        self.limits.validate()?;
         Ok(())
     }
 }
@@ -551,6 +558,17 @@ mod tests {
         assert_eq!(alerts.give_up_after, Duration::from_secs(86400));
         assert_eq!(alerts.request_timeout, Duration::from_secs(10));
         assert_eq!(alerts.max_pending, 100_000);
+        assert_eq!(
+            c.limits,
+            crate::ingest::limits::LimitsConfig {
+                max_streams: 20_000,
+                max_streams_per_peer: 256,
+                profile_idle_timeout: Duration::from_secs(60),
+                http_header_timeout: Duration::from_secs(15),
+                max_services: 500,
+                max_instances_per_service: 5_000,
+            }
+        );
         let names: Vec<_> = alerts.hooks.iter().map(|h| h.name.as_str()).collect();
         assert_eq!(names, ["oncall-pager", "team-slack", "incident-bot"]);
         let pager = &alerts.hooks[0];

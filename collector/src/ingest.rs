@@ -18,7 +18,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use holmes_proto::names::{validate_labels, validate_name};
+use holmes_proto::names::{
+    validate_labels, validate_name, validate_text, MAX_HOST_LEN, MAX_VERSION_LEN,
+};
 use holmes_proto::pb::ingest_server::Ingest;
 use holmes_proto::{pb, AgentBody, AgentMessage, CollectorMessage, Hello};
 use holmes_storage::{InstanceInfo, Store};
@@ -39,6 +41,7 @@ pub mod assemble;
 pub mod debuginfo;
 pub mod foreign;
 pub mod http;
+pub mod limits;
 pub mod live;
 pub mod otlp;
 pub mod pyroscope;
@@ -61,6 +64,8 @@ pub struct IngestService {
     sink: Arc<dyn Sink>,
     live: Arc<live::LiveAgents>,
     uploads: Option<Arc<debuginfo::Uploads>>,
+    slots: Arc<limits::StreamSlots>,
+    limits: limits::LimitsConfig,
 }
 
 impl IngestService {
@@ -83,6 +88,8 @@ impl IngestService {
             sink,
             live,
             uploads: None,
+            slots: limits::StreamSlots::new(&limits::LimitsConfig::default()),
+            limits: limits::LimitsConfig::default(),
         }
     }
 
@@ -90,6 +97,13 @@ impl IngestService {
     /// it ([`debuginfo`]); without this, offers are ignored.
     pub fn with_uploads(mut self, uploads: Arc<debuginfo::Uploads>) -> Self {
         self.uploads = Some(uploads);
+        self
+    }
+
+    /// Caps streams and unfinished profiles as `limits` says instead of its defaults.
+    pub fn with_limits(mut self, limits: &limits::LimitsConfig) -> Self {
+        self.slots = limits::StreamSlots::new(limits);
+        self.limits = limits.clone();
         self
     }
 
@@ -135,7 +149,31 @@ fn check_hello(hello: &Hello) -> Result<(), Status> {
     validate_name("service", &hello.service)
         .and_then(|()| validate_name("instance id", &hello.instance_id))
         .and_then(|()| validate_labels(&hello.labels))
-        .map_err(|e| Status::invalid_argument(format!("invalid hello: {e}")))
+        .and_then(|()| validate_text("host", &hello.host, MAX_HOST_LEN))
+        .and_then(|()| validate_text("agent version", &hello.agent_version, MAX_VERSION_LEN))
+        .map_err(|e| {
+            crate::metrics::metrics().ingest_refused("invalid_id");
+            Status::invalid_argument(format!("invalid hello: {e}"))
+        })
+}
+
+/// Checks the ids an agent's message introduces (event and request ids end up in
+/// storage keys, URLs and alert bodies, so they follow the name rules).
+fn check_ids(body: &AgentBody) -> Result<(), Status> {
+    let (what, event_id, request_id) = match body {
+        AgentBody::Trigger(t) => ("trigger", Some(&t.event_id), t.request_id.as_ref()),
+        AgentBody::CaptureOutcome(o) => {
+            ("capture outcome", o.event_id.as_ref(), Some(&o.request_id))
+        }
+        _ => return Ok(()),
+    };
+    event_id
+        .map_or(Ok(()), |id| validate_name("event id", id))
+        .and_then(|()| request_id.map_or(Ok(()), |id| validate_name("request id", id)))
+        .map_err(|e| {
+            crate::metrics::metrics().ingest_refused("invalid_id");
+            Status::invalid_argument(format!("invalid {what}: {e}"))
+        })
 }
 
 fn instance_info(hello: &Hello, last_seen: u64) -> InstanceInfo {
@@ -162,6 +200,13 @@ impl Ingest for IngestService {
         let peer = request
             .remote_addr()
             .map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        // A stream over the caps is refused before anything is read from it.
+        let slot = self
+            .slots
+            .take(request.remote_addr().map(|a| a.ip()))
+            .inspect_err(|status| {
+                tracing::warn!(%peer, code = ?status.code(), error = status.message(), "rejected agent stream");
+            })?;
         // A stream without a token is refused before anything is read from it.
         let token = self.auth.token_of(request.metadata()).inspect_err(|status| {
             tracing::warn!(%peer, code = ?status.code(), error = status.message(), "rejected agent stream");
@@ -197,6 +242,18 @@ impl Ingest for IngestService {
         {
             tracing::warn!(%peer, service = %hello.service, instance = %hello.instance_id, code = ?status.code(), error = status.message(), "rejected agent stream");
             return Err(status);
+        }
+        if !self.auth.has_own_token(&hello.service) {
+            limits::check_new_identity(
+                self.store.as_ref(),
+                &self.limits,
+                &hello.service,
+                &hello.instance_id,
+            )
+            .await
+            .inspect_err(|status| {
+                tracing::warn!(%peer, service = %hello.service, instance = %hello.instance_id, code = ?status.code(), error = status.message(), "rejected agent stream");
+            })?;
         }
         self.store
             .upsert_instance(&instance_info(&hello, unix_nanos_now()))
@@ -236,6 +293,7 @@ impl Ingest for IngestService {
             last_acked: 0,
             highest_stored: 0,
             profiles: Assembler::new(self.max_profile_bytes),
+            profile_idle_timeout: self.limits.profile_idle_timeout,
             last_touch: Instant::now(),
         };
         let live = Arc::clone(&self.live);
@@ -252,8 +310,17 @@ impl Ingest for IngestService {
         tokio::spawn(async move {
             session.run(inbound, closing).await;
             live.remove(&service, stream);
+            drop(slot);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Waits until `at`, or forever when there is no `at`.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -287,6 +354,8 @@ struct Session {
     highest_stored: u64,
     /// Profiles whose chunks are still coming.
     profiles: Assembler,
+    /// How long an unfinished profile waits for its next chunk.
+    profile_idle_timeout: Duration,
     last_touch: Instant,
 }
 
@@ -297,11 +366,25 @@ impl Session {
         mut closing: watch::Receiver<bool>,
     ) {
         let end = loop {
+            let stalled = self.profiles.stalest().map(|(id, at)| {
+                (
+                    id.to_owned(),
+                    tokio::time::Instant::from_std(at + self.profile_idle_timeout),
+                )
+            });
             let next = tokio::select! {
                 next = inbound.message() => Some(next),
                 () = self.control.changed() => None,
                 _ = closing.wait_for(|c| *c) => {
                     break Some(Status::unavailable("collector is shutting down; reconnect"));
+                }
+                () = sleep_until_some(stalled.as_ref().map(|(_, at)| *at)) => {
+                    crate::metrics::metrics().ingest_refused("profile_idle");
+                    let id = stalled.map(|(id, _)| id).unwrap_or_default();
+                    break Some(Status::resource_exhausted(format!(
+                        "profile {id}: no chunk for {}, the limit for an unfinished profile ([limits] profile_idle_timeout); its chunks are dropped, send it again",
+                        humantime::format_duration(self.profile_idle_timeout)
+                    )));
                 }
             };
             let Some(next) = next else {
@@ -350,6 +433,7 @@ impl Session {
 
     async fn handle(&mut self, msg: AgentMessage) -> Result<(), Status> {
         count_message(&msg.body);
+        check_ids(&msg.body)?;
         match msg.body {
             AgentBody::Hello(_) => Err(Status::invalid_argument("hello sent twice on one stream")),
             AgentBody::Heartbeat(heartbeat) => {

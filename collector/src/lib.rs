@@ -22,7 +22,8 @@
 //! - [`query`]: the HTTP JSON API (its documents are `holmes-api`'s), flame graphs and
 //!   the web page (`/ui`).
 //!
-//! Around them: [`server`] (start-up, listeners, shutdown), [`config`] (the TOML file,
+//! Around them: [`server`] (start-up, listeners, shutdown; the HTTP accept loop with its
+//! header deadline is `http_serve`), [`config`] (the TOML file,
 //! env overrides and flags; each section is owned by the module that uses it), [`auth`]
 //! (bearer tokens on ingest and on the API), [`tls`] (TLS on both listeners), [`error`]
 //! (the one place that maps failures to gRPC and HTTP statuses), [`clock`] and
@@ -37,6 +38,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod error;
+mod http_serve;
 pub mod incident;
 pub mod ingest;
 pub mod metrics;

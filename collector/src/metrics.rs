@@ -2,8 +2,8 @@
 //! API token when one is set) in the OpenMetrics text format.
 //!
 //! One process-wide set of metrics ([`metrics()`]), written where things happen: ingest
-//! (agents connected, messages, bytes, profiles ingested and refused by source and
-//! reason), the store (write latency and retries; ClickHouse batches through
+//! (agents connected, messages, bytes, streams and messages refused by a bound, profiles
+//! ingested and refused by source and reason), the store (write latency and retries; ClickHouse batches through
 //! [`holmes_storage::clickhouse::set_batch_observer`]), Kafka (produce latency, consumer
 //! lag), incidents open, the alert outbox and its deliveries per hook, captures requested
 //! and skipped, and HTTP requests by route ([`http`]). Labels take few values each:
@@ -161,6 +161,9 @@ pub struct Metrics {
     pub ingest_messages: Family<MessageLabels, Counter>,
     /// Bytes of profiles received, by source (agents: profile chunk data; HTTP: bodies).
     pub ingest_bytes: Family<SourceLabels, Counter>,
+    /// Agent streams and messages refused by a bound or a check of what identifies them,
+    /// by reason.
+    pub ingest_refused: Family<ReasonLabels, Counter>,
     /// Profiles handed to processing, by source and kind.
     pub profiles_ingested: Family<ProfileLabels, Counter>,
     /// Profiles refused, by source and reason.
@@ -210,6 +213,7 @@ impl Metrics {
             agents_connected: Gauge::default(),
             ingest_messages: Family::default(),
             ingest_bytes: Family::default(),
+            ingest_refused: Family::default(),
             profiles_ingested: Family::default(),
             profiles_refused: Family::default(),
             store_write_seconds: Family::new_with_constructor(Buckets(seconds)),
@@ -243,6 +247,11 @@ impl Metrics {
             "holmes_ingest_received_bytes",
             "Bytes of profiles received, by source",
             m.ingest_bytes.clone(),
+        );
+        r.register(
+            "holmes_ingest_refused",
+            "Agent streams and messages refused by a resource bound or an identity check, by reason",
+            m.ingest_refused.clone(),
         );
         r.register(
             "holmes_profiles_ingested",
@@ -367,6 +376,13 @@ impl Metrics {
                 source: source.as_str(),
             })
             .inc_by(bytes as u64);
+    }
+
+    /// Counts an agent stream or message refused by a bound or an identity check.
+    pub fn ingest_refused(&self, reason: &'static str) {
+        self.ingest_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     /// Counts a capture not made.

@@ -335,6 +335,7 @@ impl Server {
                 closed.clone(),
             )
             .with_max_profile_bytes(config.max_profile_bytes)
+            .with_limits(&config.limits)
             .with_auth(ingest_auth)
             .with_uploads({
                 let uploads = Uploads::new(Arc::clone(&store), symbolizer.clone());
@@ -394,8 +395,7 @@ impl Server {
         ))
         .merge(crate::metrics::http::router(api_auth.clone()));
         let app = crate::auth::browser::guard(app, http_addr, api_auth.clone(), identity.is_some());
-        let app = crate::metrics::http::timed(app)
-            .into_make_service_with_connect_info::<crate::ingest::foreign::PeerAddr>();
+        let app = crate::metrics::http::timed(app);
         let retention = match role {
             Role::Ingest => None,
             Role::All | Role::Process => crate::process::retention::spawn(
@@ -408,6 +408,7 @@ impl Server {
         let shutdown = async move {
             let _ = http_closed.wait_for(|c| *c).await;
         };
+        let header_timeout = config.limits.http_header_timeout;
         let http_task = match &identity {
             Some(identity) => {
                 let listener =
@@ -416,23 +417,19 @@ impl Server {
                         addr: config.http_addr,
                         source,
                     })?;
-                tokio::spawn(async move {
-                    let result = axum::serve(listener, app)
-                        .with_graceful_shutdown(shutdown)
-                        .await;
-                    if let Err(err) = result {
-                        tracing::error!(error = %err, "HTTP server failed");
-                    }
-                })
+                tokio::spawn(crate::http_serve::serve(
+                    listener,
+                    app,
+                    header_timeout,
+                    shutdown,
+                ))
             }
-            None => tokio::spawn(async move {
-                let result = axum::serve(http, app)
-                    .with_graceful_shutdown(shutdown)
-                    .await;
-                if let Err(err) = result {
-                    tracing::error!(error = %err, "HTTP server failed");
-                }
-            }),
+            None => tokio::spawn(crate::http_serve::serve(
+                http,
+                app,
+                header_timeout,
+                shutdown,
+            )),
         };
         tracing::info!(
             role = role.as_str(),

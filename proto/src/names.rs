@@ -1,7 +1,9 @@
 //! Validation of the names an agent introduces itself with.
 //!
 //! They end up in storage keys, URLs and alert texts, so they are kept to a safe
-//! alphabet and length: 1-128 characters of `[A-Za-z0-9._-]`.
+//! alphabet and length: 1-128 characters of `[A-Za-z0-9._-]`. What only describes the
+//! agent (its host name, its version) is looser, printable ASCII without spaces, but
+//! bounded too ([`validate_text`]).
 
 /// Longest service name, instance id or label key.
 pub const MAX_NAME_LEN: usize = 128;
@@ -9,6 +11,10 @@ pub const MAX_NAME_LEN: usize = 128;
 pub const MAX_LABEL_VALUE_LEN: usize = 256;
 /// Most labels one agent may carry.
 pub const MAX_LABELS: usize = 32;
+/// Longest host name (a DNS name's limit).
+pub const MAX_HOST_LEN: usize = 253;
+/// Longest agent version.
+pub const MAX_VERSION_LEN: usize = 64;
 
 /// A name that breaks the rules.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -37,6 +43,16 @@ pub enum NameError {
         /// What was being named.
         what: &'static str,
         /// The name.
+        value: String,
+        /// The first offending character.
+        bad: char,
+    },
+    /// The text has a character outside printable ASCII, or a space.
+    #[error("{what} {value:?} has the character {bad:?}; use only printable ASCII without spaces")]
+    NotPrintable {
+        /// What was being described ("host", "agent version").
+        what: &'static str,
+        /// The text.
         value: String,
         /// The first offending character.
         bad: char,
@@ -70,6 +86,28 @@ pub fn validate_name(what: &'static str, value: &str) -> Result<(), NameError> {
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
     {
         return Err(NameError::BadChar {
+            what,
+            value: value.to_owned(),
+            bad,
+        });
+    }
+    Ok(())
+}
+
+/// Checks text that describes an agent (its host name, its version): empty, or at most
+/// `max` characters of printable ASCII other than space.
+pub fn validate_text(what: &'static str, value: &str, max: usize) -> Result<(), NameError> {
+    let len = value.chars().count();
+    if len > max {
+        return Err(NameError::TooLong {
+            what,
+            value: value.chars().take(max).collect(),
+            len,
+            max,
+        });
+    }
+    if let Some(bad) = value.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(NameError::NotPrintable {
             what,
             value: value.to_owned(),
             bad,
@@ -136,6 +174,33 @@ mod tests {
             validate_name("service", "a/../b"),
             Err(NameError::BadChar { bad: '/', .. })
         ));
+    }
+
+    #[test]
+    fn checks_descriptive_text() {
+        for ok in [
+            "",
+            "web-1.eu-west-1.compute.internal",
+            "0.1.0+g1a2b3c",
+            "pod_7:9",
+        ] {
+            assert_eq!(validate_text("host", ok, MAX_HOST_LEN), Ok(()), "{ok}");
+        }
+        let err = validate_text("host", "web 1", MAX_HOST_LEN).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "host \"web 1\" has the character ' '; use only printable ASCII without spaces"
+        );
+        assert!(matches!(
+            validate_text("agent version", "1.0\u{1b}[2J", MAX_VERSION_LEN),
+            Err(NameError::NotPrintable { bad: '\u{1b}', .. })
+        ));
+        let long = "h".repeat(MAX_HOST_LEN + 1);
+        let Err(NameError::TooLong { value, len, .. }) = validate_text("host", &long, MAX_HOST_LEN)
+        else {
+            panic!("too long");
+        };
+        assert_eq!((value.len(), len), (MAX_HOST_LEN, MAX_HOST_LEN + 1));
     }
 
     #[test]

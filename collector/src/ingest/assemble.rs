@@ -6,19 +6,18 @@
 //! the bytes until the last chunk arrives, and then hands over the whole profile to be
 //! stored — exactly the bytes sent, never decoded. Anything inconsistent ends the stream
 //! with INVALID_ARGUMENT naming the profile and the problem. What one stream holds is
-//! bounded: each profile by `max_profile_bytes`, all of them together by
-//! [`MAX_STREAM_ASSEMBLY_BYTES`] (or `max_profile_bytes`, if that is larger).
+//! bounded: each profile by `max_profile_bytes`, and all of them together by
+//! `max_profile_bytes` too — the agent sends a profile's chunks together, one profile
+//! after the other, so an honest stream holds one unfinished profile at a time. How long
+//! it may stay unfinished is [`crate::ingest::limits::LimitsConfig::profile_idle_timeout`].
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 use holmes_api::validate_profile_id;
 use holmes_proto::names::{validate_labels, validate_name};
 use holmes_proto::{PipelineProfile, ProfileChunk, ProfileFormat, ProfileKind};
 use tonic::Status;
-
-/// Bytes of unfinished profiles one stream may hold, when `max_profile_bytes` is not
-/// larger.
-pub const MAX_STREAM_ASSEMBLY_BYTES: u64 = 64 * 1024 * 1024;
 
 /// What a chunk led to.
 #[derive(Debug)]
@@ -45,12 +44,13 @@ struct Pending {
     duration: std::time::Duration,
     labels: std::collections::BTreeMap<String, String>,
     data: Vec<u8>,
+    /// When its latest chunk arrived.
+    last_chunk_at: Instant,
 }
 
 /// The unfinished profiles of one agent stream.
 pub(crate) struct Assembler {
     max_profile_bytes: u64,
-    max_stream_bytes: u64,
     pending: HashMap<String, Pending>,
     /// Sum of the `total_bytes` of the pending profiles.
     reserved: u64,
@@ -65,7 +65,6 @@ impl Assembler {
     pub(crate) fn new(max_profile_bytes: u64) -> Self {
         Assembler {
             max_profile_bytes,
-            max_stream_bytes: MAX_STREAM_ASSEMBLY_BYTES.max(max_profile_bytes),
             pending: HashMap::new(),
             reserved: 0,
         }
@@ -75,6 +74,15 @@ impl Assembler {
     /// acknowledgement may reach it until that profile is stored.
     pub(crate) fn oldest_pending_seq(&self) -> Option<u64> {
         self.pending.values().map(|p| p.first_seq).min()
+    }
+
+    /// The unfinished profile whose latest chunk is the oldest: its id, and when that
+    /// chunk arrived.
+    pub(crate) fn stalest(&self) -> Option<(&str, Instant)> {
+        self.pending
+            .iter()
+            .map(|(id, p)| (id.as_str(), p.last_chunk_at))
+            .min_by_key(|(_, at)| *at)
     }
 
     /// Takes the chunk with sequence number `seq` of the agent's stream.
@@ -163,6 +171,7 @@ impl Assembler {
         p.data.extend_from_slice(&chunk.data);
         p.next_index = index.saturating_add(1);
         p.last_seq = seq;
+        p.last_chunk_at = Instant::now();
         if p.next_index < p.chunk_count {
             return Ok(Step::Pending);
         }
@@ -224,10 +233,11 @@ impl Assembler {
             tracing::debug!(profile_id = %id, "profile started over from chunk 0");
         }
         let would_hold = self.reserved.saturating_add(chunk.total_bytes);
-        if would_hold > self.max_stream_bytes {
+        if would_hold > self.max_profile_bytes {
+            crate::metrics::metrics().ingest_refused("unfinished_profiles");
             return Err(Status::resource_exhausted(format!(
-                "profile {id}: unfinished profiles on this stream would hold {would_hold} bytes, the limit is {}",
-                self.max_stream_bytes
+                "profile {id}: unfinished profiles on this stream would hold {would_hold} bytes, the limit is {} (max_profile_bytes; send one profile's chunks after the other)",
+                self.max_profile_bytes
             )));
         }
         self.reserved = would_hold;
@@ -246,6 +256,7 @@ impl Assembler {
                 duration: chunk.duration,
                 labels: chunk.labels.clone(),
                 data: Vec::with_capacity(chunk.data.len()),
+                last_chunk_at: Instant::now(),
             },
         );
         Ok(())
@@ -435,13 +446,17 @@ mod tests {
                 "profile {ID}: event id \"ev 1\" has the character ' '"
             )));
 
-        let mut a = Assembler::new(40 * 1024 * 1024);
+        // A second unfinished profile beside one is refused once both exceed the limit.
+        let mut a = Assembler::new(100);
         let mut first = chunk(&[0; 10], 5, 0);
-        first.total_bytes = 40 * 1024 * 1024;
+        first.total_bytes = 60;
         a.push(1, first.clone()).unwrap();
         first.profile_id = "ffffffffffffffffffffffffffffffff".to_owned();
         let (code, text) = message(a.push(2, first));
         assert_eq!(code, tonic::Code::ResourceExhausted);
-        assert!(text.contains("the limit is 67108864"), "{text}");
+        assert!(
+            text.contains("would hold 120 bytes, the limit is 100"),
+            "{text}"
+        );
     }
 }

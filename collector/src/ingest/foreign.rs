@@ -150,24 +150,6 @@ pub fn instance_of(labels: &BTreeMap<String, String>, peer: Option<std::net::IpA
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub std::net::SocketAddr);
 
-impl
-    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
-    for PeerAddr
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        PeerAddr(*stream.remote_addr())
-    }
-}
-
-impl
-    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, crate::tls::TlsListener>>
-    for PeerAddr
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, crate::tls::TlsListener>) -> Self {
-        PeerAddr(*stream.remote_addr())
-    }
-}
-
 /// The token of an HTTP request: `authorization: Bearer <token>`, or the password of
 /// `Basic` credentials (what Pyroscope clients send as `basic_auth`).
 pub fn http_token(headers: &axum::http::HeaderMap) -> Option<String> {

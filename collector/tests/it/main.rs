@@ -14,6 +14,7 @@ mod support;
 
 mod alerts;
 mod bad_input;
+mod bounds;
 mod browser;
 mod cli;
 mod compression;
