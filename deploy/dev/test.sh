@@ -78,43 +78,79 @@ else
   echo "warning: rustfmt is not installed; formatting not checked" >&2
 fi
 if cargo clippy --version >/dev/null 2>&1; then
+  # One pass: the jemalloc feature adds code to the agent only, so the workspace is
+  # linted with it on (the default build's code is a subset).
   say "cargo clippy"
-  cargo clippy --workspace --all-targets --locked -- -D warnings
-  cargo clippy -p holmes-agent --all-targets --features jemalloc --locked -- -D warnings
+  cargo clippy --workspace --all-targets --features holmes-agent/jemalloc --locked -- -D warnings
 else
   echo "warning: clippy is not installed; lints not checked" >&2
 fi
 
-say "cargo test (ClickHouse 18.16 at $HOLMES_TEST_CLICKHOUSE_URL, 26.9 at $HOLMES_TEST_CLICKHOUSE_CURRENT_URL, Kafka at $HOLMES_TEST_KAFKA_BROKERS)"
 log=$(mktemp "${TMPDIR:-/tmp}/holmes-test-log.XXXXXX")
-set +e
-cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$log"
-status=${PIPESTATUS[0]}
-# Heap profiles from jemalloc: the optional `jemalloc` feature, in a test process that
-# runs on tikv-jemallocator with profiling on (its first build compiles jemalloc's C code),
-# plus the heap unit tests with the feature compiled in.
-say "cargo test, jemalloc heap profiles (--features jemalloc)"
-cargo test -p holmes-agent --features jemalloc --lib --test jemalloc --locked -- jemalloc heap 2>&1 | tee -a "$log"
-jemalloc_status=${PIPESTATUS[0]}
-[ "$status" -ne 0 ] || status=$jemalloc_status
-# Tokio task dumps need tokio's unstable cfg: their own target folder, so the build above
+it_log=$(mktemp "${TMPDIR:-/tmp}/holmes-test-it.XXXXXX")
+it_pid=
+trap '[ -z "$it_pid" ] || kill "$it_pid" 2>/dev/null; rm -f "$log" "$it_log"; deploy/dev/kafka.sh stop; deploy/dev/chdb.sh stop; deploy/dev/clickhouse.sh stop' EXIT
+status=0
+# Tokio task dumps need tokio's unstable cfg: their own target folder, so the main build
 # is not invalidated. RUSTFLAGS replaces .cargo/config.toml's rustflags, hence the frame
 # pointers. tokio >= 1.48 ignores `tokio_taskdump` (its `taskdump` feature replaced it);
-# it is passed for tests that still gate on it. `task` picks the agent's task-dump unit
-# tests and tests/taskdump.rs.
-say "cargo test, tokio task dumps (--cfg tokio_unstable, --features taskdump)"
-# The scenario examples are built too: scenarios 3 and 4 (tasks on a dead channel, a
-# task leak) need task dumps to name their culprit.
+# it is passed for tests that still gate on it.
 export TASKDUMP_RUSTFLAGS="--cfg tokio_unstable --cfg tokio_taskdump -C force-frame-pointers=yes"
-RUSTFLAGS="$TASKDUMP_RUSTFLAGS" CARGO_TARGET_DIR=target/taskdump \
-  cargo build -p holmes-agent --features taskdump --examples --locked 2>&1 | tail -n 1
-RUSTFLAGS="$TASKDUMP_RUSTFLAGS" CARGO_TARGET_DIR=target/taskdump \
-  cargo test -p holmes-agent --features taskdump --lib --test taskdump --test scenarios --locked -- task 2>&1 | tee -a "$log"
-taskdump_status=${PIPESTATUS[0]}
-[ "$status" -ne 0 ] || status=$taskdump_status
+taskdump() { RUSTFLAGS="$TASKDUMP_RUSTFLAGS" CARGO_TARGET_DIR=target/taskdump "$@"; }
+
+# Everything is built first, then run: the tests wait far more than they compute, so
+# the collector's integration tests run beside the rest instead of after them.
+say "cargo test --no-run: the workspace, the agent with jemalloc, the agent with tokio task dumps"
+set +e
+cargo test --workspace --locked --no-run "$@" || status=1
+if [ $# -eq 0 ]; then
+  # Heap profiles from jemalloc: the optional `jemalloc` feature, in a test process that
+  # runs on tikv-jemallocator with profiling on (its first build compiles jemalloc's C
+  # code), plus the heap unit tests with the feature compiled in.
+  cargo test -p holmes-agent --features jemalloc --lib --test jemalloc --locked --no-run || status=1
+  # The scenario examples are built too: scenarios 3 and 4 (tasks on a dead channel, a
+  # task leak) need task dumps to name their culprit.
+  taskdump cargo build -p holmes-agent --features taskdump --examples --locked 2>&1 | tail -n 1
+  taskdump cargo test -p holmes-agent --features taskdump --lib --test taskdump --test scenarios --locked --no-run || status=1
+fi
+
+say "cargo test (ClickHouse 18.16 at $HOLMES_TEST_CLICKHOUSE_URL, 26.9 at $HOLMES_TEST_CLICKHOUSE_CURRENT_URL, Kafka at $HOLMES_TEST_KAFKA_BROKERS)"
+if [ $# -gt 0 ]; then
+  cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+else
+  # The collector's integration tests (one binary, most of their time spent waiting on
+  # agents, brokers and timers) in the background, four at a time; their output follows
+  # the rest's. Every invocation selects --workspace, so that features unify as in the
+  # build above and nothing is compiled again.
+  cargo test --workspace --test it --locked --no-fail-fast -- --test-threads=4 >"$it_log" 2>&1 &
+  it_pid=$!
+  others=()
+  while read -r name; do others+=(--test "$name"); done < <(
+    cargo metadata --no-deps --format-version 1 | python3 -c '
+import json, sys
+for p in json.load(sys.stdin)["packages"]:
+    for t in p["targets"]:
+        if "test" in t["kind"] and t["name"] != "it":
+            print(t["name"])')
+  cargo test --workspace --lib --bins "${others[@]}" --locked --no-fail-fast 2>&1 | tee "$log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+  cargo test --workspace --doc --locked --no-fail-fast 2>&1 | tee -a "$log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+  say "cargo test, jemalloc heap profiles (--features jemalloc)"
+  cargo test -p holmes-agent --features jemalloc --lib --test jemalloc --locked -- jemalloc heap 2>&1 | tee -a "$log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+  # `task` picks the agent's task-dump unit tests and tests/taskdump.rs.
+  say "cargo test, tokio task dumps (--cfg tokio_unstable, --features taskdump)"
+  taskdump cargo test -p holmes-agent --features taskdump --lib --test taskdump --test scenarios --locked -- task 2>&1 | tee -a "$log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+  say "the collector's integration tests (collector/tests/it)"
+  wait "$it_pid" || status=1
+  it_pid=
+  tee -a "$log" <"$it_log"
+fi
 set -e
 # One closing line for the whole run (cargo prints one per test binary).
 sum() { grep -oE "test result: [A-Za-z]+\. [0-9]+ passed; [0-9]+ failed" "$log" | awk -v f="$1" '{ s += $f } END { print s + 0 }'; }
 printf '\ntests: %s passed, %s failed, in %dm%02ds\n' "$(sum 4)" "$(sum 6)" $((SECONDS / 60)) $((SECONDS % 60))
-rm -f "$log"
 exit "$status"
