@@ -67,9 +67,11 @@ async fn api_errors_reach_the_user_verbatim() {
 // ---------------------------------------------------------------------------------------
 
 const SEC: u64 = 1_000_000_000;
-/// What an agent may send that a terminal would act on: clear the screen, set the
-/// window title, ring the bell, switch to red.
-const HOST: &str = "web\x1b[2J01";
+/// The agent's host: the collector refuses one with control characters
+/// (tests/it/bounds.rs).
+const HOST: &str = "web-01";
+/// What an agent may send that a terminal would act on, in a label, a function name and
+/// an error: clear the screen, set the window title, ring the bell, switch to red.
 const LABEL: &str = "pay\x1b]0;pwned\x07ments";
 const EVIL_FUNCTION: &str = "shop::\x1b[31mred_alert";
 const ERROR: &str = "cannot stop thread 7\x1b[2J";
@@ -270,7 +272,6 @@ async fn piped_output_is_plain_with_local_and_relative_times_and_agent_text_esca
         shown.push_str(&text);
     }
     for escaped in [
-        "web\\u{1b}[2J01",
         "team=pay\\u{1b}]0;pwned\\u{7}ments",
         "cannot stop thread 7\\u{1b}[2J",
         "shop::\\u{1b}[31mred_alert",
@@ -363,7 +364,7 @@ async fn colour_on_a_terminal_only_and_never_with_no_color() {
         200,
     )
     .await;
-    assert!(text.contains("web\\u{1b}[2J01"), "{text:?}");
+    assert!(text.contains("pay\\u{1b}]0;pwned\\u{7}ments"), "{text:?}");
     no_raw_agent_escapes(&text);
     s.server.shutdown().await;
 }
