@@ -493,3 +493,46 @@ fn amplifying_profiles_are_refused_with_their_reason_within_a_memory_bound() {
         }
     }
 }
+
+/// A stored amplifying profile is read back by the incident's suspects (on every alert),
+/// the top functions and the flame graphs (on-call's page): each must cost what the
+/// decoding cost, not every frame with its own copy of the name.
+#[test]
+fn views_of_a_stored_amplifying_profile_stay_within_the_decoders_bound() {
+    use holmes_collector::incident::suspects::suspects;
+    use holmes_collector::query::{flamegraph, top};
+
+    let limits = Limits::default();
+    let shape = Amplification::SHARED_LONG_NAME;
+    let input = shape.pprof_gzip(7);
+    let contents = normalize(ProfileFormat::PprofGzip, &input, limits).unwrap();
+    let bound = memory_bound(&input, &limits);
+    let both = [contents.clone(), contents.clone()];
+    let index = contents.value_index(None).unwrap();
+    let views: [(&str, &dyn Fn() -> usize); 4] = [
+        ("suspects", &|| suspects(&both, &[], 5).len()),
+        ("top functions", &|| {
+            top::top_functions(&contents, index).1.len()
+        }),
+        ("flame graph", &|| {
+            flamegraph::render("amplified", &both, None).len()
+        }),
+        ("diff flame graph", &|| {
+            flamegraph::render("amplified", &both[..1], Some(&both[1..])).len()
+        }),
+    ];
+    for (what, view) in views {
+        let (n, peak) = crate::alloc_meter::peak_of(view);
+        eprintln!(
+            "{what}: {n}, peak {:.1} MiB (bound {:.0} MiB; {:.1} GB if every frame copied its name)",
+            peak as f64 / 1048576.0,
+            bound as f64 / 1048576.0,
+            2.0 * shape.naive_bytes() as f64 / 1e9
+        );
+        assert!(n > 0, "{what} is empty");
+        assert!(
+            peak <= bound,
+            "{what} held {peak} bytes at once, over {bound}"
+        );
+    }
+}
