@@ -36,6 +36,7 @@ mod profiles;
 mod retention;
 mod rules;
 mod security;
+mod soak;
 mod spool;
 mod symbolize;
 mod triggers;
