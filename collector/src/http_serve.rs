@@ -4,7 +4,8 @@
 //! `[limits] http_header_timeout` instead of holding the connection as long as it
 //! likes; the same deadline covers an idle keep-alive connection waiting for its next
 //! request. (`axum::serve`'s version sniffing would wait for a silent client's first
-//! bytes forever; the API speaks HTTP/1.1 only.)
+//! bytes forever; the API speaks HTTP/1.1 only.) Each connection cut so is logged and
+//! counted as `holmes_ingest_refused_total{reason = "http_header_timeout"}`.
 //! Every request carries its client's [`PeerAddr`] as axum's `ConnectInfo`, as before.
 
 use std::future::Future;
@@ -50,8 +51,15 @@ pub(crate) async fn serve<L>(
         let connection = builder.serve_connection(TokioIo::new(io), service);
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(%peer, error = %err, "HTTP connection ended with an error");
+            match connection.await {
+                Err(err) if err.is_timeout() => {
+                    crate::metrics::metrics().ingest_refused("http_header_timeout");
+                    tracing::warn!(%peer, timeout = ?header_timeout, "HTTP client did not send a request head in time ([limits] http_header_timeout); connection closed");
+                }
+                Err(err) => {
+                    tracing::debug!(%peer, error = %err, "HTTP connection ended with an error");
+                }
+                Ok(()) => {}
             }
         });
     }

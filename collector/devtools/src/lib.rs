@@ -7,8 +7,12 @@
 //!   (throughput, latency, memory; `deploy/dev/loadgen.sh`).
 //! - the `holmes-controlgen` binary: how fast a rule change and a capture request reach
 //!   a simulated fleet (collector/README.md, "Central control").
+//! - [`soak`] and the `holmes-soak` binary: honest agents and hostile clients against
+//!   one collector process; every honest item must arrive exactly once, within a memory
+//!   bound (`deploy/dev/soak.sh`).
 //! - [`synthetic`]: CPU profiles as a realistic service's agent would send them, for the
 //!   load generator and the collector's ingest benchmark.
 
 pub mod demo;
+pub mod soak;
 pub mod synthetic;

@@ -18,12 +18,14 @@
 //!   symbolized at their absolute addresses, libc's and the vDSO's unsymbolized in their
 //!   mappings, at addresses that change with every process.
 //!
-//! Everything is deterministic: the same seed gives the same bytes.
+//! Everything is deterministic: the same seed gives the same bytes. [`amplify`] makes
+//! hostile profiles of the amplification shape instead.
 
 use std::collections::HashMap;
 
 use holmes_proto::native::NativeProfile;
 
+pub mod amplify;
 mod encode;
 mod shapes;
 

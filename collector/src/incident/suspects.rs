@@ -72,7 +72,9 @@ pub fn is_program_frame(function: &str, file: &str) -> bool {
 
 /// Each sample's value (the profile's last sample type) attributed to the innermost
 /// frame of program code on its stack (the whole stack's leaf if none), summed per
-/// function, as shares of the profiles' total.
+/// function, as shares of the profiles' total. Frames are read in place, each
+/// location's once: a stack is never copied out with its names, so a profile naming one
+/// long function at every depth of many stacks costs what its locations cost.
 fn attributed_shares(profiles: &[ProfileContents]) -> HashMap<String, f64> {
     let mut sums: HashMap<String, f64> = HashMap::new();
     let mut total = 0f64;
@@ -80,20 +82,42 @@ fn attributed_shares(profiles: &[ProfileContents]) -> HashMap<String, f64> {
         let Some(index) = p.value_index(None) else {
             continue;
         };
-        let stacks: Vec<Vec<holmes_storage::StackFrame>> = (0..p.stacks.len() as u32)
-            .map(|s| p.stack_frames(s))
+        let frames = p.frames_by_location();
+        // Per location, once: its innermost frame of program code, and its leaf.
+        let program: Vec<Option<&str>> = frames
+            .iter()
+            .map(|f| {
+                f.iter()
+                    .find(|f| is_program_frame(&f.function, &f.file))
+                    .map(|f| f.function.as_str())
+            })
+            .collect();
+        let leaf = |l: u32| {
+            frames
+                .get(l as usize)
+                .and_then(|f| f.first())
+                .map(|f| f.function.as_str())
+        };
+        // Each stack's function, once however many samples use it.
+        let attributed: Vec<Option<&str>> = p
+            .stacks
+            .iter()
+            .map(|locations| {
+                locations
+                    .iter()
+                    .find_map(|&l| program.get(l as usize).copied().flatten())
+                    .or_else(|| locations.iter().find_map(|&l| leaf(l)))
+            })
             .collect();
         for sample in &p.samples {
             let v = sample.values.get(index).copied().unwrap_or(0).max(0) as f64;
-            let Some(frames) = stacks.get(sample.stack as usize) else {
-                continue;
-            };
-            let frame = frames
-                .iter()
-                .find(|f| is_program_frame(&f.function, &f.file))
-                .or_else(|| frames.first());
-            if let Some(f) = frame {
-                *sums.entry(f.function.clone()).or_default() += v;
+            if let Some(Some(function)) = attributed.get(sample.stack as usize) {
+                match sums.get_mut(*function) {
+                    Some(sum) => *sum += v,
+                    None => {
+                        sums.insert((*function).to_owned(), v);
+                    }
+                }
                 total += v;
             }
         }

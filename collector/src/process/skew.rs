@@ -7,7 +7,9 @@
 //! timestamp must lie within `max_clock_skew` of the collector's clock: metric points
 //! outside are dropped, and a trigger event's or a profile's time outside is set to the
 //! collector's (the event itself matters; a profile keeps a label saying so). Each is
-//! logged with the agent's value.
+//! logged with the agent's value and counted as `holmes_ingest_refused_total{reason =
+//! "clock_skew"}` (one per message: a window with points dropped, a trigger or a profile
+//! re-dated).
 
 use std::time::Duration;
 
@@ -79,6 +81,7 @@ impl Skew {
             }
         }
         if refused > 0 {
+            crate::metrics::metrics().ingest_refused("clock_skew");
             tracing::warn!(
                 %service,
                 instance = %instance_id,
@@ -96,6 +99,7 @@ impl Skew {
         if self.holds(t.unix_nanos) {
             return;
         }
+        crate::metrics::metrics().ingest_refused("clock_skew");
         tracing::warn!(
             service = %t.service,
             instance = %t.instance_id,
@@ -113,6 +117,7 @@ impl Skew {
         if self.holds(p.started_unix_nanos) {
             return;
         }
+        crate::metrics::metrics().ingest_refused("clock_skew");
         tracing::warn!(
             service = %p.service,
             instance = %p.instance_id,
@@ -159,11 +164,22 @@ mod tests {
                 .collect(),
             }],
         };
+        let counted = || {
+            crate::metrics::metrics()
+                .ingest_refused
+                .get_or_create(&crate::metrics::ReasonLabels {
+                    reason: "clock_skew",
+                })
+                .get()
+        };
+        let before = counted();
         let kept: Vec<u64> = skew
             .points("s", "i", &window)
             .iter()
             .map(|p| p.unix_nanos)
             .collect();
         assert_eq!(kept, vec![NOW - HOUR, NOW, NOW + HOUR]);
+        // The window is counted once, whatever its points.
+        assert!(counted() > before);
     }
 }

@@ -5,8 +5,9 @@
 //! Self-contained SVG (no script), readable in any browser and embeddable in a page:
 //! every frame has a `<title>` with its function, value and share.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fmt::Write;
+use std::rc::Rc;
 
 use holmes_storage::ProfileContents;
 
@@ -19,36 +20,112 @@ const MIN_WIDTH: f64 = 0.3;
 /// Deepest level drawn.
 const MAX_DEPTH: usize = 256;
 
-/// One node of the call tree.
-#[derive(Debug, Default)]
-struct Node {
-    value: i64,
-    children: BTreeMap<String, Node>,
+/// The call tree: its nodes in one arena (the root first), each node's child of a name
+/// found through one index, every name stored once. A profile naming one long function
+/// at every depth of many distinct stacks costs a few dozen bytes per node, never the
+/// name per node; and levels deeper than [`MAX_DEPTH`] (never drawn) are not kept.
+#[derive(Debug)]
+struct Tree {
+    nodes: Vec<Node>,
+    names: Vec<Rc<str>>,
+    name_ids: HashMap<Rc<str>, u32>,
+    /// (parent, name) → child.
+    index: HashMap<(u32, u32), u32>,
 }
 
-impl Node {
-    fn add(&mut self, path: &mut dyn Iterator<Item = &str>, value: i64) {
-        self.value = self.value.saturating_add(value);
-        if let Some(name) = path.next() {
-            self.children
-                .entry(name.to_owned())
-                .or_default()
-                .add(path, value);
+#[derive(Debug)]
+struct Node {
+    name: u32,
+    value: i64,
+    children: Vec<u32>,
+}
+
+impl Tree {
+    fn new() -> Self {
+        Tree {
+            nodes: vec![Node {
+                name: u32::MAX,
+                value: 0,
+                children: Vec::new(),
+            }],
+            names: Vec::new(),
+            name_ids: HashMap::new(),
+            index: HashMap::new(),
         }
     }
 
-    fn find(&self, path: &[&str]) -> i64 {
-        match path.split_first() {
-            None => self.value,
-            Some((first, rest)) => self.children.get(*first).map_or(0, |c| c.find(rest)),
+    fn name_id(&mut self, name: &str) -> u32 {
+        if let Some(&id) = self.name_ids.get(name) {
+            return id;
         }
+        let id = self.names.len() as u32;
+        let shared: Rc<str> = Rc::from(name);
+        self.names.push(Rc::clone(&shared));
+        self.name_ids.insert(shared, id);
+        id
+    }
+
+    /// Adds `value` along `path` (names' numbers, root first).
+    fn add(&mut self, path: impl Iterator<Item = u32>, value: i64) {
+        let mut at = 0u32;
+        self.nodes[0].value = self.nodes[0].value.saturating_add(value);
+        for id in path.take(MAX_DEPTH) {
+            let next = match self.index.get(&(at, id)) {
+                Some(&n) => n,
+                None => {
+                    let n = self.nodes.len() as u32;
+                    self.nodes.push(Node {
+                        name: id,
+                        value: 0,
+                        children: Vec::new(),
+                    });
+                    self.nodes[at as usize].children.push(n);
+                    self.index.insert((at, id), n);
+                    n
+                }
+            };
+            let node = &mut self.nodes[next as usize];
+            node.value = node.value.saturating_add(value);
+            at = next;
+        }
+    }
+
+    fn value(&self, node: u32) -> i64 {
+        self.nodes[node as usize].value
+    }
+
+    fn name(&self, node: u32) -> &str {
+        let id = self.nodes[node as usize].name;
+        self.names.get(id as usize).map_or("all", |n| n)
+    }
+
+    /// The children of `node`, by name (as flame graphs sort them).
+    fn children(&self, node: u32) -> Vec<u32> {
+        let mut c = self.nodes[node as usize].children.clone();
+        c.sort_by(|a, b| self.name(*a).cmp(self.name(*b)));
+        c
+    }
+
+    /// The value at `path` (root first), 0 if the tree has no such path.
+    fn find(&self, path: &[&str]) -> i64 {
+        let mut at = 0u32;
+        for name in path {
+            let Some(&id) = self.name_ids.get(*name) else {
+                return 0;
+            };
+            match self.index.get(&(at, id)) {
+                Some(&n) => at = n,
+                None => return 0,
+            }
+        }
+        self.value(at)
     }
 }
 
 /// The call tree of `profiles`, summing each profile's last sample type (pprof's
 /// default: cpu nanoseconds, in-use bytes, thread counts).
-fn tree(profiles: &[ProfileContents]) -> (Node, String) {
-    let mut root = Node::default();
+fn tree(profiles: &[ProfileContents]) -> (Tree, String) {
+    let mut root = Tree::new();
     let mut unit = String::new();
     for p in profiles {
         let Some(index) = p.value_index(None) else {
@@ -58,16 +135,26 @@ fn tree(profiles: &[ProfileContents]) -> (Node, String) {
             let t = &p.header.sample_types[index];
             unit = format!("{} {}", t.name, t.unit);
         }
-        // Each stack's frames once (inlined frames expanded, native locations named by
-        // their symbols or as `module+0xoffset`), however many samples use it.
-        let stacks: Vec<Vec<holmes_storage::StackFrame>> = (0..p.stacks.len() as u32)
-            .map(|s| p.stack_frames(s))
+        // Each location's frames once (inlined frames expanded, native locations named
+        // by their symbols or as `module+0xoffset`), their names numbered once; stacks
+        // are walked by number.
+        let functions: Vec<Vec<u32>> = p
+            .frames_by_location()
+            .iter()
+            .map(|frames| frames.iter().map(|f| root.name_id(&f.function)).collect())
             .collect();
         for sample in &p.samples {
             let v = sample.values.get(index).copied().unwrap_or(0).max(0);
-            if let Some(frames) = stacks.get(sample.stack as usize) {
-                let mut path = frames.iter().rev().map(|f| f.function.as_str());
-                root.add(&mut path, v);
+            if let Some(locations) = p.stacks.get(sample.stack as usize) {
+                let path = locations.iter().rev().flat_map(|&l| {
+                    functions
+                        .get(l as usize)
+                        .map_or(&[][..], |f| &f[..])
+                        .iter()
+                        .rev()
+                        .copied()
+                });
+                root.add(path, v);
             }
         }
     }
@@ -129,48 +216,49 @@ pub fn render(
 ) -> String {
     let (root, unit) = tree(profiles);
     let base = baseline.map(tree);
-    let total = root.value.max(1) as f64;
+    let total = root.value(0).max(1) as f64;
     let scale = WIDTH / total;
     let mut body = String::new();
     let mut path: Vec<&str> = Vec::new();
     // Depth-first, children left to right by name (as flame graphs sort them).
     fn walk<'a>(
-        node: &'a Node,
-        name: &'a str,
+        tree: &'a Tree,
+        node: u32,
         x: f64,
         level: usize,
         path: &mut Vec<&'a str>,
-        out: &mut Vec<(Vec<&'a str>, &'a Node, f64, usize)>,
+        out: &mut Vec<(Vec<&'a str>, u32, f64, usize)>,
         scale: f64,
     ) {
-        if level > MAX_DEPTH || node.value as f64 * scale < MIN_WIDTH {
+        if level > MAX_DEPTH || tree.value(node) as f64 * scale < MIN_WIDTH {
             return;
         }
         if level > 0 {
-            path.push(name);
+            path.push(tree.name(node));
         }
         out.push((path.clone(), node, x, level));
         let mut cx = x;
-        for (child_name, child) in &node.children {
-            walk(child, child_name, cx, level + 1, path, out, scale);
-            cx += child.value as f64 * scale;
+        for child in tree.children(node) {
+            walk(tree, child, cx, level + 1, path, out, scale);
+            cx += tree.value(child) as f64 * scale;
         }
         if level > 0 {
             path.pop();
         }
     }
     let mut frames = Vec::new();
-    walk(&root, "all", 0.0, 0, &mut path, &mut frames, scale);
+    walk(&root, 0, 0.0, 0, &mut path, &mut frames, scale);
     let depth = frames.iter().map(|f| f.3).max().unwrap_or(0);
     let height = (depth + 1) as f64 * ROW + 40.0;
     for (p, node, x, level) in &frames {
         let name = p.last().copied().unwrap_or("all");
-        let w = node.value as f64 * scale;
+        let value = root.value(*node);
+        let w = value as f64 * scale;
         let y = height - ROW * (*level as f64 + 1.0) - 4.0;
-        let share = node.value as f64 / total;
+        let share = value as f64 / total;
         let (fill, extra) = match &base {
             Some((b, _)) => {
-                let before = b.find(p) as f64 / b.value.max(1) as f64;
+                let before = b.find(p) as f64 / b.value(0).max(1) as f64;
                 let delta = share - before;
                 (
                     diff_color(delta),
@@ -201,7 +289,7 @@ pub fn render(
             body,
             r#"<g class="frame"><title>{} ({} {}, {:.2}%{})</title><rect x="{:.2}" y="{:.1}" width="{:.2}" height="{:.1}" fill="{}" rx="2"/>{}</g>"#,
             escape(name),
-            node.value,
+            value,
             escape(&unit),
             100.0 * share,
             extra,

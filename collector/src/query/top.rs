@@ -2,7 +2,7 @@
 //! (flat: the function is the leaf; cum: anywhere on the stack, counted once per sample
 //! however often it recurses): `GET /api/v1/services/{service}/profiles/{profile_id}/top`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use holmes_api::FunctionTotal;
 use holmes_storage::ProfileContents;
@@ -31,33 +31,58 @@ pub fn value_index(contents: &ProfileContents, sample_type: Option<&str>) -> Res
 /// Functions by flat value (then cum, then name), with the total of value `index` over
 /// all samples.
 pub fn top_functions(contents: &ProfileContents, index: usize) -> (i64, Vec<FunctionTotal>) {
-    let stacks: Vec<Vec<holmes_storage::StackFrame>> = (0..contents.stacks.len() as u32)
-        .map(|s| contents.stack_frames(s))
+    // Each location's functions numbered once, read in place; stacks are walked by
+    // number. A stack is never copied out with its names, nor a name hashed per frame:
+    // one long name at every depth of many stacks costs what its locations cost.
+    let by_location = contents.frames_by_location();
+    let mut names: Vec<&str> = Vec::new();
+    let mut numbers: HashMap<&str, u32> = HashMap::new();
+    let functions: Vec<Vec<u32>> = by_location
+        .iter()
+        .map(|frames| {
+            frames
+                .iter()
+                .map(|f| {
+                    *numbers.entry(f.function.as_str()).or_insert_with(|| {
+                        names.push(f.function.as_str());
+                        (names.len() - 1) as u32
+                    })
+                })
+                .collect()
+        })
         .collect();
-    let mut totals: HashMap<&str, (i64, i64)> = HashMap::new();
+    // (flat, cum) per function, and the last sample that counted it in cum.
+    let mut sums: Vec<(i64, i64)> = vec![(0, 0); names.len()];
+    let mut counted: Vec<usize> = vec![usize::MAX; names.len()];
     let mut total = 0i64;
-    let mut seen = HashSet::new();
-    for sample in &contents.samples {
+    for (n, sample) in contents.samples.iter().enumerate() {
         let v = sample.values.get(index).copied().unwrap_or(0);
         total = total.saturating_add(v);
-        let Some(frames) = stacks.get(sample.stack as usize) else {
+        let Some(locations) = contents.stacks.get(sample.stack as usize) else {
             continue;
         };
-        seen.clear();
-        for (depth, frame) in frames.iter().enumerate() {
-            let entry = totals.entry(frame.function.as_str()).or_default();
+        let stack = locations
+            .iter()
+            .flat_map(|&l| functions.get(l as usize).map_or(&[][..], |f| &f[..]));
+        for (depth, &f) in stack.enumerate() {
+            let f = f as usize;
             if depth == 0 {
-                entry.0 = entry.0.saturating_add(v);
+                sums[f].0 = sums[f].0.saturating_add(v);
             }
-            if seen.insert(frame.function.as_str()) {
-                entry.1 = entry.1.saturating_add(v);
+            if counted[f] != n {
+                counted[f] = n;
+                sums[f].1 = sums[f].1.saturating_add(v);
             }
         }
     }
-    let mut out: Vec<FunctionTotal> = totals
-        .into_iter()
-        .map(|(f, (flat, cum))| FunctionTotal {
-            function: f.to_owned(),
+    // The functions some sample's stack holds.
+    let mut out: Vec<FunctionTotal> = names
+        .iter()
+        .zip(sums)
+        .zip(counted)
+        .filter(|(_, last)| *last != usize::MAX)
+        .map(|((f, (flat, cum)), _)| FunctionTotal {
+            function: (*f).to_owned(),
             flat,
             cum,
         })

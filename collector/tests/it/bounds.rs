@@ -265,7 +265,7 @@ async fn unfinished_profiles_are_bounded_in_bytes_and_time() {
 }
 
 /// An HTTP client that sends half a request head, or nothing, is disconnected after
-/// `http_header_timeout`; whole requests are answered as before.
+/// `http_header_timeout` and counted; whole requests are answered as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_clients_that_never_finish_their_headers_are_cut() {
     let dir = tempfile::tempdir().unwrap();
@@ -292,6 +292,23 @@ async fn http_clients_that_never_finish_their_headers_are_cut() {
             "{what}: {answer}"
         );
     }
+    // Both are counted, by their reason.
+    let api = ApiClient::new(&format!("http://{http}")).unwrap();
+    let series = "holmes_ingest_refused_total{reason=\"http_header_timeout\"} ";
+    let mut counted = 0.0;
+    for _ in 0..300 {
+        let metrics = api.get_raw("/metrics").await.unwrap();
+        counted = String::from_utf8_lossy(&metrics)
+            .lines()
+            .find_map(|l| l.strip_prefix(series))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if counted >= 2.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(counted >= 2.0, "{series}{counted}");
 
     // A whole request is answered, on a connection that sends it at once.
     let mut whole = tokio::net::TcpStream::connect(http).await.unwrap();

@@ -3,6 +3,16 @@
 //! gzip layers added and broken — must each be decoded or refused with an error, never
 //! panic, and never take the collector past its limits.
 //!
+//! An eighth of the cases are shaped like the amplification attack
+//! (`holmes_devtools::synthetic::amplify`): one long function name at every depth of
+//! many distinct stacks, in few or many locations — profiles of kilobytes that would be
+//! hundreds of megabytes if every frame held its own copy of the name. Those that stay
+//! unmutated must be stored when they are within every limit and refused, naming the
+//! limit, only when they break one. For every case, the heap the decoder holds at its
+//! peak (this binary's allocator counts it per thread, [`crate::alloc_meter`]) must stay
+//! under [`memory_bound`]: a few times the profile's inflated size plus twice the
+//! materialization cap — never the name times its references.
+//!
 //! `HOLMES_FUZZ_CASES` sets the number of cases (default 1,500, a few seconds);
 //! `deploy/dev/fuzz.sh` runs 200,000 (or its argument) in release mode. `HOLMES_FUZZ_SEED` replays a run.
 //! A case that panics is written to `target/fuzz-crash-<seed>-<case>.bin`.
@@ -11,7 +21,8 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::Instant;
 
-use holmes_collector::process::normalize::{normalize, Limits};
+use holmes_collector::process::normalize::{normalize, Limits, NormalizeError};
+use holmes_devtools::synthetic::amplify::Amplification;
 use holmes_proto::pprof::{Line, Profile, Sample};
 use holmes_proto::profile_tables::ProfileTables;
 use holmes_proto::ProfileFormat;
@@ -204,6 +215,82 @@ fn gzip(bytes: &[u8]) -> Vec<u8> {
     gz.finish().unwrap()
 }
 
+/// An amplification shape drawn around `limits`: names on both sides of the name cap,
+/// stacks on both sides of the depth cap, and few or many locations, so that some are
+/// stored and some break the materialization or item caps.
+fn amplification(rng: &mut Rng, limits: &Limits) -> Amplification {
+    let depth = 1 + rng.below(limits.max_depth + limits.max_depth / 4);
+    Amplification {
+        name_bytes: 1000 + rng.below(limits.max_name_bytes + 2000),
+        locations: 1 + if rng.below(2) == 0 {
+            rng.below(64)
+        } else {
+            rng.below(4000)
+        },
+        stacks: 1 + rng.below((limits.max_items + limits.max_items / 4) / depth),
+        depth,
+    }
+}
+
+/// What `shape` costs against `limits`: whether it breaks a cap for sure, and whether it
+/// is well within every cap (then it must be stored).
+fn judge(shape: &Amplification, limits: &Limits) -> (bool, bool) {
+    let entries = shape.stacks * shape.depth;
+    // Each location holds one copy of the name; each stack its entries.
+    let held = (shape.locations * shape.name_bytes + entries * 4) as u64;
+    let breaks = shape.name_bytes > limits.max_name_bytes
+        || shape.depth > limits.max_depth
+        || entries > limits.max_items
+        || held > limits.max_materialized_bytes;
+    let within = shape.name_bytes <= limits.max_name_bytes
+        && shape.depth <= limits.max_depth
+        && entries <= limits.max_items / 2
+        && held <= limits.max_materialized_bytes / 2;
+    (breaks, within)
+}
+
+/// Whether `err` is a refusal `shape` deserves: the cap it names is one the shape breaks.
+fn deserved(err: &NormalizeError, shape: &Amplification, limits: &Limits) -> bool {
+    match err {
+        NormalizeError::NameTooLong { len, limit, .. } => {
+            *len == shape.name_bytes && *limit == limits.max_name_bytes && *len > *limit
+        }
+        NormalizeError::TooDeep { depth, limit, .. } => {
+            *depth == shape.depth && *limit == limits.max_depth && *depth > *limit
+        }
+        NormalizeError::TooMany { count, limit, .. } => {
+            *limit == limits.max_items && *count > *limit && shape.stacks * shape.depth > *limit
+        }
+        NormalizeError::Amplifies { limit } => {
+            let held = (shape.locations * shape.name_bytes + shape.stacks * shape.depth * 4) as u64;
+            *limit == limits.max_materialized_bytes && held > limits.max_materialized_bytes / 2
+        }
+        _ => false,
+    }
+}
+
+/// The most heap one decode of `input` may hold: the inflated profile (its buffer may
+/// reach twice its size while it grows, and starts at six times the gzip size), its
+/// tables (at most one 8-byte entry per byte of it, doubled while growing: 16 times),
+/// and the contents (what [`Limits::max_materialized_bytes`] counts, plus the index of
+/// stacks beside them: twice the cap), plus 1 MiB for the rest.
+fn memory_bound(input: &[u8], limits: &Limits) -> u64 {
+    let inflated = if input.starts_with(&[0x1f, 0x8b]) {
+        let mut out = Vec::new();
+        let _ = std::io::Read::read_to_end(
+            &mut std::io::Read::take(
+                flate2::read::MultiGzDecoder::new(input),
+                limits.max_decoded_bytes + 1,
+            ),
+            &mut out,
+        );
+        (out.len() as u64).max((input.len() as u64 * 6).min(limits.max_decoded_bytes))
+    } else {
+        input.len() as u64
+    };
+    2 * inflated + 16 * inflated + 2 * limits.max_materialized_bytes + (1 << 20)
+}
+
 /// One fuzz case: a seed profile, mutated, maybe gzipped (and the gzip maybe broken).
 fn case(rng: &mut Rng) -> Vec<u8> {
     let stacks = 1 + rng.below(200);
@@ -247,19 +334,48 @@ fn mutated_profiles_are_decoded_or_refused_never_panicked_on() {
     };
     let started = Instant::now();
     let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
+    let (mut peak_max, mut naive_max, mut amplified) = (0u64, 0u64, 0u64);
     for n in 0..cases {
         let mut rng = Rng(seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
-        let input = case(&mut rng);
+        // Every eighth case has the amplification shape (a quarter of those mutated too).
+        let (input, shape) = if n % 8 == 7 {
+            let shape = amplification(&mut rng, &limits);
+            let mut bytes = shape.pprof_gzip(rng.next());
+            let mutated = rng.below(4) == 0;
+            if mutated {
+                mutate_bytes(&mut rng, &mut bytes);
+            }
+            amplified += 1;
+            naive_max = naive_max.max(shape.naive_bytes());
+            (bytes, (!mutated).then_some(shape))
+        } else {
+            (case(&mut rng), None)
+        };
         // Every other case read as the agent's own format: the same bytes are garbage
         // there, or (for the unmutated ones) a message of unknown fields.
-        let format = if n % 2 == 0 {
+        let format = if n % 2 == 0 || n % 8 == 7 {
             ProfileFormat::PprofGzip
         } else {
             ProfileFormat::Native
         };
-        let result = std::panic::catch_unwind(|| normalize(format, &input, limits));
+        let (result, peak) = crate::alloc_meter::peak_of(|| {
+            std::panic::catch_unwind(|| normalize(format, &input, limits))
+        });
+        let bound = memory_bound(&input, &limits);
+        assert!(
+            peak <= bound,
+            "case {n} (seed {seed}, {shape:?}): the decoder held {peak} bytes at once, over its bound of {bound}"
+        );
+        peak_max = peak_max.max(peak);
+        let tag = if n % 8 == 7 { "amplify:" } else { "" };
         match result {
             Ok(Ok(c)) => {
+                if let Some(shape) = &shape {
+                    assert!(
+                        !judge(shape, &limits).0,
+                        "case {n}: {shape:?} breaks a limit but was decoded"
+                    );
+                }
                 assert!(c.samples.len() <= limits.max_items);
                 for s in 0..c.stacks.len() as u32 {
                     assert!(c.stack_frames(s).len() <= limits.max_depth);
@@ -283,12 +399,22 @@ fn mutated_profiles_are_decoded_or_refused_never_panicked_on() {
                     held as u64 <= limits.max_materialized_bytes,
                     "case {n}: {held} bytes held"
                 );
-                *outcomes.entry("ok".to_owned()).or_default() += 1;
+                *outcomes.entry(format!("{tag}ok")).or_default() += 1;
             }
             Ok(Err(e)) => {
+                if let Some(shape) = &shape {
+                    assert!(
+                        !judge(shape, &limits).1,
+                        "case {n}: {shape:?} is within every limit but was refused: {e}"
+                    );
+                    assert!(
+                        deserved(&e, shape, &limits),
+                        "case {n}: {shape:?} refused for a limit it does not break: {e}"
+                    );
+                }
                 let kind = format!("{e:?}");
                 let kind = kind.split([' ', '(', '{']).next().unwrap_or("").to_owned();
-                *outcomes.entry(kind).or_default() += 1;
+                *outcomes.entry(format!("{tag}{kind}")).or_default() += 1;
             }
             Err(_) => {
                 let path = format!(
@@ -305,10 +431,108 @@ fn mutated_profiles_are_decoded_or_refused_never_panicked_on() {
         "fuzz: {cases} cases in {secs:.1} s ({:.0}/s), seed {seed}: {outcomes:?}",
         cases as f64 / secs
     );
+    eprintln!(
+        "fuzz: {amplified} amplification cases (up to {:.0} MB if every frame copied its name); the decoder held at most {:.1} MiB at once (bound: 18 x inflated + 2 x {} MiB + 1 MiB)",
+        naive_max as f64 / 1e6,
+        peak_max as f64 / 1048576.0,
+        limits.max_materialized_bytes >> 20
+    );
+    // The amplification shapes reach both sides too.
+    for side in [
+        "amplify:ok",
+        "amplify:Amplifies",
+        "amplify:NameTooLong",
+        "amplify:TooDeep",
+    ] {
+        assert!(outcomes.contains_key(side), "no {side} case: {outcomes:?}");
+    }
     // The mutations reach both sides: some profiles survive, most are refused.
     assert!(outcomes.get("ok").copied().unwrap_or(0) > 0, "{outcomes:?}");
     assert!(
         outcomes.len() >= 5,
         "too few kinds of refusal: {outcomes:?}"
     );
+}
+
+#[test]
+fn amplifying_profiles_are_refused_with_their_reason_within_a_memory_bound() {
+    // The collector's own limits; profiles of at most a megabyte on the wire.
+    let limits = Limits::default();
+    for (shape, expect) in [
+        (Amplification::SHARED_LONG_NAME, "stored"),
+        (Amplification::MANY_LOCATIONS, "Amplifies"),
+        (Amplification::NAME_TOO_LONG, "NameTooLong"),
+        (Amplification::TOO_DEEP, "TooDeep"),
+    ] {
+        let input = shape.pprof_gzip(42);
+        assert!(input.len() < 1 << 20, "{shape:?}: {} bytes", input.len());
+        let (result, peak) =
+            crate::alloc_meter::peak_of(|| normalize(ProfileFormat::PprofGzip, &input, limits));
+        let bound = memory_bound(&input, &limits);
+        eprintln!(
+            "{shape:?}: {} KiB sent, {:.1} GB if every frame copied its name, decoder peak {:.1} MiB (bound {:.0} MiB): {}",
+            input.len() >> 10,
+            shape.naive_bytes() as f64 / 1e9,
+            peak as f64 / 1048576.0,
+            bound as f64 / 1048576.0,
+            result.as_ref().map_or_else(|e| e.to_string(), |_| "stored".to_owned())
+        );
+        assert!(peak <= bound, "{shape:?}: {peak} bytes held, bound {bound}");
+        match (&result, expect) {
+            (Ok(c), "stored") => {
+                assert_eq!(c.stacks.len(), shape.stacks);
+                assert_eq!(c.locations.len(), shape.locations);
+            }
+            (Err(e), _) => {
+                assert!(format!("{e:?}").starts_with(expect), "{shape:?}: {e:?}");
+                assert!(deserved(e, &shape, &limits), "{shape:?}: {e}");
+                // The reason the collector counts and logs.
+                assert_ne!(holmes_collector::metrics::normalize_reason(e), "malformed");
+            }
+            (Ok(_), _) => panic!("{shape:?} was stored; expected {expect}"),
+        }
+    }
+}
+
+/// A stored amplifying profile is read back by the incident's suspects (on every alert),
+/// the top functions and the flame graphs (on-call's page): each must cost what the
+/// decoding cost, not every frame with its own copy of the name.
+#[test]
+fn views_of_a_stored_amplifying_profile_stay_within_the_decoders_bound() {
+    use holmes_collector::incident::suspects::suspects;
+    use holmes_collector::query::{flamegraph, top};
+
+    let limits = Limits::default();
+    let shape = Amplification::SHARED_LONG_NAME;
+    let input = shape.pprof_gzip(7);
+    let contents = normalize(ProfileFormat::PprofGzip, &input, limits).unwrap();
+    let bound = memory_bound(&input, &limits);
+    let both = [contents.clone(), contents.clone()];
+    let index = contents.value_index(None).unwrap();
+    let views: [(&str, &dyn Fn() -> usize); 4] = [
+        ("suspects", &|| suspects(&both, &[], 5).len()),
+        ("top functions", &|| {
+            top::top_functions(&contents, index).1.len()
+        }),
+        ("flame graph", &|| {
+            flamegraph::render("amplified", &both, None).len()
+        }),
+        ("diff flame graph", &|| {
+            flamegraph::render("amplified", &both[..1], Some(&both[1..])).len()
+        }),
+    ];
+    for (what, view) in views {
+        let (n, peak) = crate::alloc_meter::peak_of(view);
+        eprintln!(
+            "{what}: {n}, peak {:.1} MiB (bound {:.0} MiB; {:.1} GB if every frame copied its name)",
+            peak as f64 / 1048576.0,
+            bound as f64 / 1048576.0,
+            2.0 * shape.naive_bytes() as f64 / 1e9
+        );
+        assert!(n > 0, "{what} is empty");
+        assert!(
+            peak <= bound,
+            "{what} held {peak} bytes at once, over {bound}"
+        );
+    }
 }

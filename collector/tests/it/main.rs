@@ -12,6 +12,9 @@
 
 mod support;
 
+/// This binary's allocator counts per thread, for the decoder's memory bound.
+mod alloc_meter;
+
 mod alerts;
 mod bad_input;
 mod bounds;
@@ -33,6 +36,7 @@ mod profiles;
 mod retention;
 mod rules;
 mod security;
+mod soak;
 mod spool;
 mod symbolize;
 mod triggers;
