@@ -115,14 +115,18 @@ impl Symbolizer {
                 tokio::select! {
                     _ = async { let _ = closing.wait_for(|c| *c).await; } => return,
                     _ = tick.tick() => this.sweep_all().await,
-                    Some(build) = rx.recv() => this.sweep_logged(&build).await,
+                    Some(build) = rx.recv() => {
+                        this.prepare(&build).await;
+                        this.sweep_logged(&build).await;
+                    }
                 }
             }
         })
     }
 
-    /// Says that `build_id`'s debug info is complete in the store: its stored native
-    /// locations are named now (in the background) and new ones as they arrive.
+    /// Says that `build_id`'s debug info is complete in the store: it is loaded now and
+    /// its stored native locations named (in the background), and new ones as they
+    /// arrive, without waiting for the load.
     pub fn completed(&self, build_id: &str) {
         // A new upload: read it even if an earlier one did not load.
         self.unreadable
@@ -151,6 +155,18 @@ impl Symbolizer {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .contains(build_id)
+    }
+
+    /// Loads a build whose upload just completed, so that the next profile of the
+    /// build (an incident's, typically) is named without waiting for its debug info to
+    /// load; a failure is logged (the next profile tries again).
+    async fn prepare(&self, build_id: &str) {
+        if !self.is_complete(build_id) {
+            return;
+        }
+        if let Err(err) = self.load_checked(build_id).await {
+            tracing::warn!(build_id, error = %err, "cannot load a build's debug info");
+        }
     }
 
     async fn sweep_all(&self) {
@@ -221,17 +237,7 @@ impl Symbolizer {
         offsets: Vec<u64>,
         named: Named,
     ) -> Result<usize, SymbolizeError> {
-        let loaded = match self.load(build_id).await {
-            Ok(loaded) => loaded,
-            Err(err @ SymbolizeError::Unreadable { .. }) => {
-                self.unreadable
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(build_id.to_owned());
-                return Err(err);
-            }
-            Err(err) => return Err(err),
-        };
+        let loaded = self.load_checked(build_id).await?;
         let build = build_id.to_owned();
         let symbols = tokio::task::spawn_blocking(move || resolve(&loaded, &build, offsets, named))
             .await
@@ -243,6 +249,18 @@ impl Symbolizer {
             self.store.insert_symbols(batch).await?;
         }
         Ok(symbols.len())
+    }
+
+    /// [`Symbolizer::load`], remembering a build whose debug info does not load.
+    async fn load_checked(&self, build_id: &str) -> Result<Arc<Loaded>, SymbolizeError> {
+        let loaded = self.load(build_id).await;
+        if let Err(SymbolizeError::Unreadable { .. }) = &loaded {
+            self.unreadable
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(build_id.to_owned());
+        }
+        loaded
     }
 
     /// The build's debug info, loaded from the store unless it is cached.
