@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper::{StatusCode, Uri};
+use hyper::header::USER_AGENT;
+use hyper::{Request, StatusCode, Uri};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -29,6 +30,8 @@ use super::config::SymbolizeConfig;
 
 /// Builds waiting to be looked up, at most.
 const QUEUE: usize = 256;
+/// How the collector names itself to the servers (their logs show it).
+const USER_AGENT_VALUE: &str = concat!("holmes-collector/", env!("CARGO_PKG_VERSION"));
 
 /// What a lookup found.
 #[derive(Debug)]
@@ -154,11 +157,15 @@ impl Debuginfod {
         let uri: Uri = format!("{url}/buildid/{build_id}/debuginfo")
             .parse()
             .map_err(|e| format!("bad url: {e}"))?;
+        let request = Request::get(uri)
+            .header(USER_AGENT, USER_AGENT_VALUE)
+            .body(Empty::new())
+            .map_err(|e| format!("bad request: {e}"))?;
         let max = self.max_bytes;
         let request = async {
             let response = self
                 .client
-                .get(uri)
+                .request(request)
                 .await
                 .map_err(|e| format!("request failed: {e}"))?;
             match response.status() {
