@@ -16,6 +16,8 @@
 //! - `ci`: a collector started for the run, on SQLite in a temporary folder, holding the
 //!   example's debug info uploaded as CI uploads it (`PUT /api/v1/debuginfo/{build_id}`,
 //!   the blob `holmes debuginfo upload` sends) before the process starts;
+//! - `restarted` (not by default): as `ci`, with the collector restarted after the
+//!   upload, so that the first profile loads the debug info;
 //! - `agent`: a collector started for the run with an empty store; the example's agent
 //!   uploads its own debug info when the collector asks (the first process of a build,
 //!   at the default `HOLMES_DEBUGINFO_RATE`).
@@ -29,7 +31,7 @@
 //!
 //! `HOLMES_SCENARIO_BIN_DIR` (default: `examples/` of this bench's profile folder),
 //! `RUST_LOG` (the collector's log, off by default),
-//! `HOLMES_BENCH_RUNS` (3), `HOLMES_BENCH_WAYS` (`disk,ci,agent`),
+//! `HOLMES_BENCH_RUNS` (3), `HOLMES_BENCH_WAYS` (`disk,ci,agent`; also `restarted`),
 //! `HOLMES_BENCH_SCENARIOS` (all: `thread_explosion,deadlock,alloc_spike,cpu_burn`).
 
 use std::collections::BTreeMap;
@@ -126,6 +128,7 @@ const SCENARIOS: [Scenario; 4] = [
 enum Way {
     Disk,
     Ci,
+    Restarted,
     Agent,
 }
 
@@ -134,6 +137,7 @@ impl Way {
         match self {
             Way::Disk => "disk",
             Way::Ci => "ci",
+            Way::Restarted => "restarted",
             Way::Agent => "agent",
         }
     }
@@ -268,19 +272,15 @@ fn is(function: &str, culprit: &str) -> bool {
     function == culprit || function.ends_with(&format!("::{culprit}"))
 }
 
-/// A collector on loopback, on SQLite in a temporary folder.
-async fn collector() -> (Server, tempfile::TempDir) {
-    let data = tempfile::tempdir().unwrap();
+/// A collector on loopback, on SQLite in `data`.
+async fn collector(data: &Path) -> Server {
     let config = Config {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         http_addr: "127.0.0.1:0".parse().unwrap(),
-        data_dir: data.path().to_owned(),
+        data_dir: data.to_owned(),
         ..Config::default()
     };
-    (
-        Server::start(&config).await.expect("collector starts"),
-        data,
-    )
+    Server::start(&config).await.expect("collector starts")
 }
 
 /// Onset → each row's profile listed by the collector (of `instance`) and, if the row
@@ -341,14 +341,15 @@ async fn run(scenario: &Scenario, exe: &Path, way: Way, round: usize) -> Vec<Opt
         }
         return times;
     }
-    let (server, _data) = collector().await;
-    let api = ApiClient::new(&format!("http://{}", server.http_addr())).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut server = collector(data.path()).await;
+    let mut api = ApiClient::new(&format!("http://{}", server.http_addr())).unwrap();
     let blob = holmes_symbolize::UploadBlob::from_elf_file(exe).unwrap();
     let build_id = blob
         .build_id()
         .expect("the example has a build id")
         .to_owned();
-    if way == Way::Ci {
+    if matches!(way, Way::Ci | Way::Restarted) {
         let uploaded = Instant::now();
         let answer = api
             .upload_debuginfo(&build_id, blob.to_vec().unwrap())
@@ -359,6 +360,12 @@ async fn run(scenario: &Scenario, exe: &Path, way: Way, round: usize) -> Vec<Opt
             answer.bytes,
             uploaded.elapsed().as_secs_f64()
         );
+    }
+    if way == Way::Restarted {
+        // The upload was before this collector started: nothing of it is loaded.
+        server.shutdown().await;
+        server = collector(data.path()).await;
+        api = ApiClient::new(&format!("http://{}", server.http_addr())).unwrap();
     }
     let instance = format!("{}-{}-{round}", scenario.example, way.name());
     let started = Instant::now();
@@ -437,7 +444,7 @@ async fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
     let ways: Vec<Way> = match list("HOLMES_BENCH_WAYS") {
-        Some(names) => [Way::Disk, Way::Ci, Way::Agent]
+        Some(names) => [Way::Disk, Way::Ci, Way::Restarted, Way::Agent]
             .into_iter()
             .filter(|w| names.iter().any(|n| n == w.name()))
             .collect(),
