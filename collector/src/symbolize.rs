@@ -71,9 +71,10 @@ pub struct Symbolizer {
     /// Builds whose stored debug info does not load: not read again by this process.
     unreadable: Mutex<HashSet<String>>,
     loaded: LoadedBuilds,
-    /// Builds to sweep now (an upload completed here).
-    sweeps: mpsc::Sender<String>,
-    sweeps_rx: Mutex<Option<mpsc::Receiver<String>>>,
+    /// Builds to load and sweep now (an upload completed here, or an agent of the build
+    /// connected).
+    sweeps: mpsc::Sender<(String, Completed)>,
+    sweeps_rx: Mutex<Option<mpsc::Receiver<(String, Completed)>>>,
     /// Where debug info nobody uploaded is fetched from, if anywhere.
     debuginfod: Option<Debuginfod>,
     /// This collector, as the store's upload claims name it while it fetches.
@@ -135,8 +136,8 @@ impl Symbolizer {
                     tokio::select! {
                         _ = async { let _ = closing.wait_for(|c| *c).await; } => return,
                         _ = tick.tick() => this.sweep_all().await,
-                        Some(build) = rx.recv() => {
-                            this.prepare(&build).await;
+                        Some((build, when)) = rx.recv() => {
+                            this.prepare(&build, when).await;
                             this.sweep_logged(&build).await;
                         }
                     }
@@ -168,7 +169,7 @@ impl Symbolizer {
         match self.store.debuginfo_status(build_id).await {
             Ok(Some(status)) if status.complete() => {
                 if !self.is_complete(build_id) {
-                    self.completed(build_id);
+                    self.completed(build_id, Completed::Earlier);
                 }
                 return;
             }
@@ -209,7 +210,7 @@ impl Symbolizer {
             tracing::warn!(build_id, error = %err, "cannot release a build's debug info claim");
         }
         if stored {
-            self.completed(build_id);
+            self.completed(build_id, Completed::JustNow);
         }
     }
 
@@ -233,10 +234,13 @@ impl Symbolizer {
         }
     }
 
-    /// Says that `build_id`'s debug info is complete in the store: it is loaded now and
-    /// its stored native locations named (in the background), and new ones as they
-    /// arrive, without waiting for the load.
-    pub fn completed(&self, build_id: &str) {
+    /// Says that `build_id`'s debug info is complete in the store: its stored native
+    /// locations are named (in the background), and new ones as they arrive. Debug info
+    /// that was [`Completed::JustNow`] is loaded now, so that the next profile does not
+    /// wait for the load; one complete [`Completed::Earlier`] only while fewer builds
+    /// than the cache holds are loaded (agents of many builds connecting to a restarted
+    /// collector load a few, not all of them one after the other).
+    pub fn completed(&self, build_id: &str, when: Completed) {
         // A new upload: read it even if an earlier one did not load.
         self.unreadable
             .lock()
@@ -246,7 +250,7 @@ impl Symbolizer {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(build_id.to_owned());
-        if self.sweeps.try_send(build_id.to_owned()).is_err() {
+        if self.sweeps.try_send((build_id.to_owned(), when)).is_err() {
             tracing::debug!(
                 build_id,
                 "sweep queue full; the periodic sweep names the build"
@@ -266,11 +270,14 @@ impl Symbolizer {
                 .contains(build_id)
     }
 
-    /// Loads a build whose upload just completed, so that the next profile of the
-    /// build (an incident's, typically) is named without waiting for its debug info to
+    /// Loads a build's debug info ahead of its profiles (see [`Symbolizer::completed`]),
+    /// so that the next one (an incident's, typically) is named without waiting for the
     /// load; a failure is logged (the next profile tries again).
-    async fn prepare(&self, build_id: &str) {
+    async fn prepare(&self, build_id: &str, when: Completed) {
         if !self.is_complete(build_id) {
+            return;
+        }
+        if when == Completed::Earlier && !self.loaded.has_room() {
             return;
         }
         if let Err(err) = self.load_checked(build_id).await {
@@ -426,6 +433,15 @@ impl Symbolizer {
         tracing::info!(build_id, bytes = size, took = ?started.elapsed(), "debug info loaded");
         Ok(self.loaded.insert(build_id, info))
     }
+}
+
+/// When a build's debug info became complete, as [`Symbolizer::completed`] is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completed {
+    /// Its upload (agent, CI, debuginfod) completed just now.
+    JustNow,
+    /// It was complete already (found when an agent of the build connected).
+    Earlier,
 }
 
 /// Whether offsets this collector named before are named again.

@@ -103,7 +103,7 @@ async fn upload(
     store_whole(state.store.as_ref(), &build_id, &body).await?;
     tracing::info!(build_id, bytes, "debug info uploaded");
     if let Some(symbolizer) = &state.symbolizer {
-        symbolizer.completed(&build_id);
+        symbolizer.completed(&build_id, super::Completed::JustNow);
     }
     Ok(Json(DebugInfoUploadJson {
         build_id,
