@@ -6,7 +6,8 @@
 //! error: `[clickhouse]` ([`ClickHouseSettings`], in the storage crate), `[rules]`
 //! ([`crate::control::rules`]) and `[control]` ([`ControlConfig`]), `[incidents]` ([`CorrelateConfig`]), `[tls]`
 //! ([`TlsConfig`]), `[auth]` ([`AuthConfig`]), `[alerts]` ([`AlertsConfig`]),
-//! `[kafka]` ([`KafkaConfig`]) and `[limits]` ([`crate::ingest::limits::LimitsConfig`]). Durations are text (`"50ms"`, `"2m"`); keys of older
+//! `[kafka]` ([`KafkaConfig`]), `[limits]` ([`crate::ingest::limits::LimitsConfig`]) and
+//! `[symbolize]` ([`SymbolizeConfig`]). Durations are text (`"50ms"`, `"2m"`); keys of older
 //! releases that spelled them as numbers (`batch_delay_ms`, ...) are refused with the
 //! name of their replacement.
 
@@ -26,6 +27,7 @@ use crate::control::rules::{RulesError, ServiceRules};
 use crate::control::{ControlConfig, ControlConfigError};
 use crate::incident::correlate::{CorrelateConfig, IncidentsConfigError};
 use crate::process::kafka::{KafkaConfig, KafkaConfigError};
+use crate::symbolize::config::{SymbolizeConfig, SymbolizeConfigError};
 use crate::tls::{TlsConfig, TlsError};
 
 /// gRPC ingest address when nothing else is set.
@@ -137,6 +139,8 @@ pub struct Config {
     pub alertmanager: crate::ingest::alertmanager::AlertmanagerConfig,
     /// Bounds on what agents and HTTP clients hold open (`[limits]`).
     pub limits: crate::ingest::limits::LimitsConfig,
+    /// Where debug info nobody uploaded may be fetched (`[symbolize]`).
+    pub symbolize: SymbolizeConfig,
 }
 
 impl Default for Config {
@@ -164,6 +168,7 @@ impl Default for Config {
             kafka: KafkaConfig::default(),
             alertmanager: Default::default(),
             limits: Default::default(),
+            symbolize: SymbolizeConfig::default(),
         }
     }
 }
@@ -236,6 +241,9 @@ pub enum ConfigError {
     /// The `[limits]` section cannot be used.
     #[error(transparent)]
     Limits(#[from] crate::ingest::limits::LimitsConfigError),
+    /// The `[symbolize]` section cannot be used.
+    #[error(transparent)]
+    Symbolize(#[from] SymbolizeConfigError),
 }
 
 /// Settings given on the command line or through the environment; each one set here
@@ -315,6 +323,10 @@ pub struct Overrides {
     /// Serve without tokens on addresses other machines can reach (refused otherwise).
     #[arg(long, env = "HOLMES_ALLOW_OPEN", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub allow_open: Option<bool>,
+    /// debuginfod servers to fetch debug info nobody uploaded from, separated by spaces
+    /// or commas; replaces the file's [symbolize] debuginfod_urls.
+    #[arg(long, env = "HOLMES_DEBUGINFOD_URLS", value_name = "URL ...")]
+    pub debuginfod_urls: Option<String>,
 }
 
 impl Config {
@@ -420,6 +432,9 @@ impl Config {
             self.auth.ingest_tokens = v.0.clone();
             self.auth.ingest_token_files.clear();
         }
+        if let Some(v) = &o.debuginfod_urls {
+            self.symbolize.debuginfod_urls = SymbolizeConfig::urls_from_list(v);
+        }
     }
 
     /// Checks every section and the settings that depend on each other.
@@ -471,6 +486,7 @@ impl Config {
         self.alerts.validate()?;
         self.alertmanager.validate().map_err(ConfigError::Invalid)?;
         self.limits.validate()?;
+        self.symbolize.validate()?;
         Ok(())
     }
 }
@@ -567,6 +583,18 @@ mod tests {
                 http_header_timeout: Duration::from_secs(15),
                 max_services: 500,
                 max_instances_per_service: 5_000,
+            }
+        );
+        assert_eq!(
+            c.symbolize,
+            SymbolizeConfig {
+                debuginfod_urls: vec![
+                    "https://debuginfod.debian.net".to_owned(),
+                    "http://debuginfod.internal:8002".to_owned()
+                ],
+                debuginfod_timeout: Duration::from_secs(30),
+                debuginfod_max_bytes: 268_435_456,
+                debuginfod_interval: Duration::from_secs(2 * 60 * 60),
             }
         );
         let names: Vec<_> = alerts.hooks.iter().map(|h| h.name.as_str()).collect();
@@ -765,12 +793,27 @@ mod tests {
             config: Some(fixture("full.toml")),
             grpc_addr: Some("127.0.0.1:9999".parse().unwrap()),
             store: Some(StoreKind::Sqlite),
+            debuginfod_urls: Some("http://a:8002 http://b:8002".to_owned()),
             ..Default::default()
         };
         let c = Config::load(&overrides).unwrap();
         assert_eq!(c.grpc_addr.port(), 9999);
         assert_eq!(c.store, StoreKind::Sqlite);
         assert_eq!(c.http_addr.to_string(), "0.0.0.0:7071");
+        assert_eq!(
+            c.symbolize.debuginfod_urls,
+            ["http://a:8002", "http://b:8002"]
+        );
+        // The file's other [symbolize] keys stay.
+        assert_eq!(c.symbolize.debuginfod_interval, Duration::from_secs(7200));
+        let bad = Overrides {
+            debuginfod_urls: Some("debuginfod.internal:8002".to_owned()),
+            ..Default::default()
+        };
+        assert_eq!(
+            Config::load(&bad).unwrap_err().to_string(),
+            "[symbolize] debuginfod_urls: \"debuginfod.internal:8002\" is not an http:// or https:// URL"
+        );
     }
 
     #[cfg(feature = "kafka")]

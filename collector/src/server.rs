@@ -276,8 +276,11 @@ impl Server {
             .await
             .map_err(ServeError::Incidents)?;
             tasks.push(incident_ticker);
-            let symbolizer =
-                Symbolizer::new(Arc::clone(&store), crate::symbolize::DEFAULT_CACHED_BUILDS);
+            let symbolizer = Symbolizer::new(
+                Arc::clone(&store),
+                crate::symbolize::DEFAULT_CACHED_BUILDS,
+                &config.symbolize,
+            );
             tasks.push(symbolizer.spawn(closed.clone()));
             Some(Arc::new(
                 Processor::new(Arc::clone(&store), Some(incidents), profile_settings)

@@ -11,9 +11,12 @@
 //! Names come from `holmes-symbolize` (inlined frames, full paths); what is written is
 //! the location's symbols (`Store::insert_symbols`). Loaded debug info is kept for the
 //! few most recently used builds ([`cache`]). Modules whose debug info nobody uploaded
-//! (libc, the vDSO) stay `name+0x<offset>`.
+//! (libc, the vDSO) stay `name+0x<offset>`, unless a configured debuginfod server has it
+//! ([`debuginfod`], `[symbolize]` in [`config`]).
 
 pub mod cache;
+pub mod config;
+pub mod debuginfod;
 pub mod upload;
 
 use std::collections::{BTreeMap, HashSet};
@@ -25,6 +28,8 @@ use holmes_storage::{Location, LocationId, ProfileContents, StackFrame, Store, S
 use tokio::sync::{mpsc, watch};
 
 use cache::{Loaded, LoadedBuilds};
+use config::SymbolizeConfig;
+use debuginfod::{Debuginfod, Found};
 
 /// Builds whose loaded debug info is kept (least recently used ones are dropped).
 pub const DEFAULT_CACHED_BUILDS: usize = 4;
@@ -66,9 +71,14 @@ pub struct Symbolizer {
     /// Builds whose stored debug info does not load: not read again by this process.
     unreadable: Mutex<HashSet<String>>,
     loaded: LoadedBuilds,
-    /// Builds to sweep now (an upload completed here).
-    sweeps: mpsc::Sender<String>,
-    sweeps_rx: Mutex<Option<mpsc::Receiver<String>>>,
+    /// Builds to load and sweep now (an upload completed here, or an agent of the build
+    /// connected).
+    sweeps: mpsc::Sender<(String, Completed)>,
+    sweeps_rx: Mutex<Option<mpsc::Receiver<(String, Completed)>>>,
+    /// Where debug info nobody uploaded is fetched from, if anywhere.
+    debuginfod: Option<Debuginfod>,
+    /// This collector, as the store's upload claims name it while it fetches.
+    holder: String,
 }
 
 impl std::fmt::Debug for Symbolizer {
@@ -80,9 +90,17 @@ impl std::fmt::Debug for Symbolizer {
 }
 
 impl Symbolizer {
-    /// A symbolizer over `store` keeping the debug info of `cached_builds` builds loaded.
-    pub fn new(store: Arc<dyn Store>, cached_builds: usize) -> Arc<Symbolizer> {
+    /// A symbolizer over `store` keeping the debug info of `cached_builds` builds loaded,
+    /// fetching what nobody uploaded from the debuginfod servers of `config` (if any).
+    pub fn new(
+        store: Arc<dyn Store>,
+        cached_builds: usize,
+        config: &SymbolizeConfig,
+    ) -> Arc<Symbolizer> {
         let (sweeps, sweeps_rx) = mpsc::channel(64);
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_default();
         Arc::new(Symbolizer {
             store,
             complete: Mutex::default(),
@@ -90,40 +108,139 @@ impl Symbolizer {
             loaded: LoadedBuilds::new(cached_builds),
             sweeps,
             sweeps_rx: Mutex::new(Some(sweeps_rx)),
+            debuginfod: Debuginfod::new(config),
+            holder: format!("debuginfod/{host}/{}", std::process::id()),
         })
     }
 
     /// Starts the background sweeps: every build with complete debug info at start and
     /// every [`SWEEP_INTERVAL`], and a build as soon as [`Symbolizer::completed`] says
-    /// its upload completed. Ends when `closing` turns true.
-    pub fn spawn(
-        self: &Arc<Self>,
-        mut closing: watch::Receiver<bool>,
-    ) -> tokio::task::JoinHandle<()> {
+    /// its upload completed; and, with debuginfod servers, the lookups of builds nobody
+    /// uploaded. Ends when `closing` turns true.
+    pub fn spawn(self: &Arc<Self>, closing: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
         let this = Arc::clone(self);
         let rx = self
             .sweeps_rx
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
+        let lookups = self.debuginfod.as_ref().and_then(Debuginfod::take_queue);
         tokio::spawn(async move {
             let Some(mut rx) = rx else {
                 return;
             };
-            let mut tick = tokio::time::interval(SWEEP_INTERVAL);
-            loop {
-                tokio::select! {
-                    _ = async { let _ = closing.wait_for(|c| *c).await; } => return,
-                    _ = tick.tick() => this.sweep_all().await,
-                    Some(build) = rx.recv() => this.sweep_logged(&build).await,
+            let sweeps = async {
+                let mut closing = closing.clone();
+                let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+                loop {
+                    tokio::select! {
+                        _ = async { let _ = closing.wait_for(|c| *c).await; } => return,
+                        _ = tick.tick() => this.sweep_all().await,
+                        Some((build, when)) = rx.recv() => {
+                            this.prepare(&build, when).await;
+                            this.sweep_logged(&build).await;
+                        }
+                    }
                 }
-            }
+            };
+            let fetches = async {
+                let Some(mut lookups) = lookups else {
+                    return;
+                };
+                let mut closing = closing.clone();
+                loop {
+                    tokio::select! {
+                        _ = async { let _ = closing.wait_for(|c| *c).await; } => return,
+                        Some(build) = lookups.recv() => this.fetch_from_debuginfod(&build).await,
+                    }
+                }
+            };
+            tokio::join!(sweeps, fetches);
         })
     }
 
+    /// Looks `build_id` up on the debuginfod servers, unless its debug info is complete
+    /// or being uploaded (someone holds the store's claim); stores what a server has like
+    /// a CI upload, then names the build's locations.
+    async fn fetch_from_debuginfod(&self, build_id: &str) {
+        let Some(debuginfod) = &self.debuginfod else {
+            return;
+        };
+        match self.store.debuginfo_status(build_id).await {
+            Ok(Some(status)) if status.complete() => {
+                if !self.is_complete(build_id) {
+                    self.completed(build_id, Completed::Earlier);
+                }
+                return;
+            }
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(build_id, error = %err, "cannot look up a build's debug info");
+                return;
+            }
+        }
+        let lease = debuginfod.claim_lease();
+        match self
+            .store
+            .claim_debuginfo_upload(build_id, &self.holder, lease)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!(
+                    build_id,
+                    "the build's debug info is being uploaded; debuginfod not asked"
+                );
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(build_id, error = %err, "cannot claim a build's debug info");
+                return;
+            }
+        }
+        let stored = match debuginfod.fetch(build_id).await {
+            Found::Debuginfo { url, bytes } => self.store_fetched(build_id, &url, bytes).await,
+            Found::Nothing => false,
+        };
+        if let Err(err) = self
+            .store
+            .release_debuginfo_upload(build_id, &self.holder)
+            .await
+        {
+            tracing::warn!(build_id, error = %err, "cannot release a build's debug info claim");
+        }
+        if stored {
+            self.completed(build_id, Completed::JustNow);
+        }
+    }
+
+    /// Checks and stores a debug file `url` gave for `build_id`; whether it was stored.
+    async fn store_fetched(&self, build_id: &str, url: &str, bytes: Vec<u8>) -> bool {
+        let bytes = Arc::new(bytes);
+        let (build, checked) = (build_id.to_owned(), Arc::clone(&bytes));
+        let check = tokio::task::spawn_blocking(move || upload::check_debuginfo(&build, &checked))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+        if let Err(reason) = check {
+            tracing::warn!(build_id, url, reason, "debuginfod's answer is not usable");
+            return false;
+        }
+        match upload::store_whole(self.store.as_ref(), build_id, &bytes).await {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::warn!(build_id, error = %err, "cannot store debug info from debuginfod");
+                false
+            }
+        }
+    }
+
     /// Says that `build_id`'s debug info is complete in the store: its stored native
-    /// locations are named now (in the background) and new ones as they arrive.
-    pub fn completed(&self, build_id: &str) {
+    /// locations are named (in the background), and new ones as they arrive. Debug info
+    /// that was [`Completed::JustNow`] is loaded now, so that the next profile does not
+    /// wait for the load; one complete [`Completed::Earlier`] only while fewer builds
+    /// than the cache holds are loaded (agents of many builds connecting to a restarted
+    /// collector load a few, not all of them one after the other).
+    pub fn completed(&self, build_id: &str, when: Completed) {
         // A new upload: read it even if an earlier one did not load.
         self.unreadable
             .lock()
@@ -133,7 +250,7 @@ impl Symbolizer {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(build_id.to_owned());
-        if self.sweeps.try_send(build_id.to_owned()).is_err() {
+        if self.sweeps.try_send((build_id.to_owned(), when)).is_err() {
             tracing::debug!(
                 build_id,
                 "sweep queue full; the periodic sweep names the build"
@@ -151,6 +268,21 @@ impl Symbolizer {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .contains(build_id)
+    }
+
+    /// Loads a build's debug info ahead of its profiles (see [`Symbolizer::completed`]),
+    /// so that the next one (an incident's, typically) is named without waiting for the
+    /// load; a failure is logged (the next profile tries again).
+    async fn prepare(&self, build_id: &str, when: Completed) {
+        if !self.is_complete(build_id) {
+            return;
+        }
+        if when == Completed::Earlier && !self.loaded.has_room() {
+            return;
+        }
+        if let Err(err) = self.load_checked(build_id).await {
+            tracing::warn!(build_id, error = %err, "cannot load a build's debug info");
+        }
     }
 
     async fn sweep_all(&self) {
@@ -196,14 +328,29 @@ impl Symbolizer {
 
     /// Names the native locations of `contents` whose module's debug info is complete
     /// and that this collector has not named yet (called before the profile is stored,
-    /// so that it reads back named). Failures are logged: the profile is stored anyway.
+    /// so that it reads back named); modules whose debug info the store lacks are looked
+    /// up on debuginfod, if configured, in the background. Failures are logged: the
+    /// profile is stored anyway.
     pub async fn name_profile(&self, contents: &ProfileContents) {
         let mut by_build: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+        let mut missing: HashSet<&str> = HashSet::new();
         for location in &contents.locations {
             if let Location::Native { module, offset } = location {
-                if !module.build_id.is_empty() && self.is_complete(&module.build_id) {
-                    by_build.entry(&module.build_id).or_default().push(*offset);
+                if module.build_id.is_empty() || missing.contains(module.build_id.as_str()) {
+                    continue;
                 }
+                if by_build.contains_key(module.build_id.as_str())
+                    || self.is_complete(&module.build_id)
+                {
+                    by_build.entry(&module.build_id).or_default().push(*offset);
+                } else {
+                    missing.insert(&module.build_id);
+                }
+            }
+        }
+        if let Some(debuginfod) = &self.debuginfod {
+            for build_id in missing {
+                debuginfod.wanted(build_id);
             }
         }
         for (build_id, offsets) in by_build {
@@ -221,17 +368,7 @@ impl Symbolizer {
         offsets: Vec<u64>,
         named: Named,
     ) -> Result<usize, SymbolizeError> {
-        let loaded = match self.load(build_id).await {
-            Ok(loaded) => loaded,
-            Err(err @ SymbolizeError::Unreadable { .. }) => {
-                self.unreadable
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(build_id.to_owned());
-                return Err(err);
-            }
-            Err(err) => return Err(err),
-        };
+        let loaded = self.load_checked(build_id).await?;
         let build = build_id.to_owned();
         let symbols = tokio::task::spawn_blocking(move || resolve(&loaded, &build, offsets, named))
             .await
@@ -243,6 +380,18 @@ impl Symbolizer {
             self.store.insert_symbols(batch).await?;
         }
         Ok(symbols.len())
+    }
+
+    /// [`Symbolizer::load`], remembering a build whose debug info does not load.
+    async fn load_checked(&self, build_id: &str) -> Result<Arc<Loaded>, SymbolizeError> {
+        let loaded = self.load(build_id).await;
+        if let Err(SymbolizeError::Unreadable { .. }) = &loaded {
+            self.unreadable
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(build_id.to_owned());
+        }
+        loaded
     }
 
     /// The build's debug info, loaded from the store unless it is cached.
@@ -284,6 +433,15 @@ impl Symbolizer {
         tracing::info!(build_id, bytes = size, took = ?started.elapsed(), "debug info loaded");
         Ok(self.loaded.insert(build_id, info))
     }
+}
+
+/// When a build's debug info became complete, as [`Symbolizer::completed`] is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completed {
+    /// Its upload (agent, CI, debuginfod) completed just now.
+    JustNow,
+    /// It was complete already (found when an agent of the build connected).
+    Earlier,
 }
 
 /// Whether offsets this collector named before are named again.

@@ -21,7 +21,7 @@ use holmes_storage::{DebugInfoChunkRecord, DebugInfoSource, Store, StoreError};
 use tokio::sync::{mpsc, watch, Mutex};
 use tonic::Status;
 
-use crate::symbolize::Symbolizer;
+use crate::symbolize::{Completed, Symbolizer};
 
 /// How long a claim holds without being refreshed.
 pub const CLAIM_LEASE: Duration = Duration::from_secs(120);
@@ -270,7 +270,7 @@ impl Uploads {
                     .release_debuginfo_upload(&offer.build_id, &self.holder)
                     .await?;
                 if let Some(symbolizer) = &self.symbolizer {
-                    symbolizer.completed(&offer.build_id);
+                    symbolizer.completed(&offer.build_id, Completed::JustNow);
                 }
             }
             return Ok(());
@@ -299,7 +299,7 @@ impl Uploads {
                     .await?;
             }
             if let Some(symbolizer) = &self.symbolizer {
-                symbolizer.completed(build_id);
+                symbolizer.completed(build_id, Completed::Earlier);
             }
             return Ok(());
         }

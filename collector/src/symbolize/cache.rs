@@ -65,6 +65,11 @@ impl LoadedBuilds {
         Some(loaded)
     }
 
+    /// Whether fewer builds than it keeps are loaded.
+    pub(crate) fn has_room(&self) -> bool {
+        self.builds.lock().unwrap_or_else(|p| p.into_inner()).len() < self.capacity
+    }
+
     /// Held while a build loads, so that one load runs at a time.
     pub(crate) async fn loading(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.loading.lock().await

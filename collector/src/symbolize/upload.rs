@@ -2,7 +2,8 @@
 //! upload`), whole, as `holmes-symbolize`'s upload blob (or a plain ELF debug file).
 //! Behind the API token like every other route. The blob must be readable and of the
 //! build its path names; a build whose debug info is complete already is left as it
-//! is. Stored in chunks (source `upload`), then the build's native locations are named.
+//! is. Stored in chunks (source `upload`), then the build's native locations are named;
+//! debug info fetched from debuginfod ([`super::debuginfod`]) is stored the same way.
 
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRef, Path, State};
 use axum::Json;
 use holmes_api::{DebugInfoUploadJson, ErrorJson};
-use holmes_storage::{DebugInfoChunkRecord, DebugInfoSource, Store};
+use holmes_storage::{DebugInfoChunkRecord, DebugInfoSource, Store, StoreError};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -93,53 +94,62 @@ async fn upload(
             }));
         }
     }
-    // Read it as the symbolizer will: a blob that does not load is refused now.
-    let check = body.clone();
-    let loaded = tokio::task::spawn_blocking(move || {
-        holmes_symbolize::DebugInfo::from_upload_or_elf(&check).map(|info| {
-            (
-                info.build_id().map(str::to_owned),
-                info.has_symbols() || info.has_dwarf(),
-            )
-        })
-    })
-    .await
-    .map_err(|e| ApiError::bad_request(format!("the upload could not be read: {e}")))?;
-    let (found, useful) = loaded.map_err(|e| {
-        ApiError::bad_request(format!("the upload is not debug info holmes can read: {e}"))
-    })?;
-    if found.as_deref() != Some(build_id.as_str()) {
-        return Err(ApiError::bad_request(format!(
-            "the upload is debug info of build {}, not {build_id}",
-            found.as_deref().unwrap_or("(none)")
-        )));
-    }
-    if !useful {
-        return Err(ApiError::bad_request(format!(
-            "the upload of build {build_id} has neither a symbol table nor DWARF"
-        )));
-    }
-    let chunks: Vec<DebugInfoChunkRecord> = body
-        .chunks(CHUNK_BYTES)
-        .enumerate()
-        .map(|(i, data)| DebugInfoChunkRecord {
-            build_id: build_id.clone(),
-            source: DebugInfoSource::Upload,
-            offset: (i * CHUNK_BYTES) as u64,
-            total_bytes: bytes,
-            data: data.to_vec(),
-        })
-        .collect();
-    state.store.insert_debuginfo(&chunks).await?;
+    let checked = body.clone();
+    let build = build_id.clone();
+    tokio::task::spawn_blocking(move || check_debuginfo(&build, &checked))
+        .await
+        .map_err(|e| ApiError::bad_request(format!("the upload could not be read: {e}")))?
+        .map_err(ApiError::bad_request)?;
+    store_whole(state.store.as_ref(), &build_id, &body).await?;
     tracing::info!(build_id, bytes, "debug info uploaded");
     if let Some(symbolizer) = &state.symbolizer {
-        symbolizer.completed(&build_id);
+        symbolizer.completed(&build_id, super::Completed::JustNow);
     }
     Ok(Json(DebugInfoUploadJson {
         build_id,
         bytes,
         stored: true,
     }))
+}
+
+/// Reads `bytes` as the symbolizer will: `Ok` for debug info of `build_id` with a symbol
+/// table or DWARF, else why not (blocking: it parses the file).
+pub(crate) fn check_debuginfo(build_id: &str, bytes: &[u8]) -> Result<(), String> {
+    let info = holmes_symbolize::DebugInfo::from_upload_or_elf(bytes)
+        .map_err(|e| format!("the upload is not debug info holmes can read: {e}"))?;
+    if info.build_id() != Some(build_id) {
+        return Err(format!(
+            "the upload is debug info of build {}, not {build_id}",
+            info.build_id().unwrap_or("(none)")
+        ));
+    }
+    if !(info.has_symbols() || info.has_dwarf()) {
+        return Err(format!(
+            "the upload of build {build_id} has neither a symbol table nor DWARF"
+        ));
+    }
+    Ok(())
+}
+
+/// Stores a build's whole debug info in chunks (source `upload`).
+pub(crate) async fn store_whole(
+    store: &dyn Store,
+    build_id: &str,
+    bytes: &[u8],
+) -> Result<(), StoreError> {
+    let total = bytes.len() as u64;
+    let chunks: Vec<DebugInfoChunkRecord> = bytes
+        .chunks(CHUNK_BYTES)
+        .enumerate()
+        .map(|(i, data)| DebugInfoChunkRecord {
+            build_id: build_id.to_owned(),
+            source: DebugInfoSource::Upload,
+            offset: (i * CHUNK_BYTES) as u64,
+            total_bytes: total,
+            data: data.to_vec(),
+        })
+        .collect();
+    store.insert_debuginfo(&chunks).await
 }
 
 #[cfg(test)]

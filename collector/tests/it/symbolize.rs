@@ -6,11 +6,15 @@
 //!   reads;
 //! - an executable that runs stripped (no symbol table: its agent offers nothing): its
 //!   frames read as module + offset until CI uploads the debug file with `holmes
-//!   debuginfo upload`, then named.
+//!   debuginfo upload`, then named;
+//! - the same stripped executable with nobody uploading its debug file, which a real
+//!   debuginfod server (elfutils' `debuginfod`, serving a folder) has: named from there,
+//!   each build asked for once.
 //!
 //! Each prints how long a capture took from the request to a named profile (no timing
 //! is asserted).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -131,7 +135,7 @@ async fn top_functions(api: &ApiClient, service: &str, profile_id: &str) -> Vec<
 
 /// Waits until the profile's top list names the hot loop; returns the list.
 async fn wait_named(api: &ApiClient, service: &str, profile_id: &str) -> Vec<String> {
-    eventually(Duration::from_secs(60), "the hot loop named", || async {
+    eventually(Duration::from_secs(120), "the hot loop named", || async {
         let functions = top_functions(api, service, profile_id).await;
         functions.iter().any(|f| f == HOT_LOOP).then_some(functions)
     })
@@ -357,6 +361,134 @@ async fn a_stripped_binary_is_named_once_ci_uploads_its_debug_file() {
     let again: holmes_api::DebugInfoUploadJson = serde_json::from_slice(&out.stdout).unwrap();
     assert!(!again.stored);
     assert_eq!(again.build_id, build_id);
+    drop(demo);
+    server.shutdown().await;
+}
+
+/// elfutils' `debuginfod` on the PATH (Debian's `debuginfod`), or `None`: the test then
+/// says it is skipped, unless `HOLMES_TEST_REQUIRE_DEBUGINFOD=1` makes that a failure.
+fn debuginfod_bin() -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("debuginfod"))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var("HOLMES_TEST_REQUIRE_DEBUGINFOD").as_deref() != Ok("1"),
+            "debuginfod is required (HOLMES_TEST_REQUIRE_DEBUGINFOD=1) but not on the PATH"
+        );
+        eprintln!("skipped: no debuginfod on the PATH (apt-get install debuginfod)");
+    }
+    found
+}
+
+/// The HTTP status of `GET path` on 127.0.0.1:`port` (0 when nothing answers).
+async fn http_status(port: u16, path: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return 0;
+    };
+    let request = format!("GET {path} HTTP/1.0\r\nhost: 127.0.0.1\r\n\r\n");
+    if s.write_all(request.as_bytes()).await.is_err() {
+        return 0;
+    }
+    let mut head = [0u8; 12];
+    if s.read_exact(&mut head).await.is_err() {
+        return 0;
+    }
+    // "HTTP/1.x NNN"
+    std::str::from_utf8(&head[9..12])
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_nobody_uploaded_is_named_from_debuginfod() {
+    let Some(debuginfod) = debuginfod_bin() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (exe, debug) = stripped_demo(dir.path());
+    let build_id = build_id_of(&exe);
+    // A debuginfod server holding the debug file, as a distribution's or a CI's would.
+    let served = dir.path().join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    std::fs::rename(&debug, served.join("holmes-demo.debug")).unwrap();
+    let port = crate::support::free_addr().port();
+    let log_path = dir.path().join("debuginfod.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let _server = tokio::process::Command::new(&debuginfod)
+        .arg("-F")
+        .arg(&served)
+        .args(["-p", &port.to_string(), "-v", "-d"])
+        .arg(dir.path().join("debuginfod.sqlite"))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let wanted = format!("/buildid/{build_id}/debuginfo");
+    eventually(
+        Duration::from_secs(60),
+        "debuginfod serving the debug file",
+        || async { (http_status(port, &wanted).await == 200).then_some(()) },
+    )
+    .await;
+
+    let mut config = crate::support::config(Backend::Sqlite, dir.path()).unwrap();
+    config.symbolize.debuginfod_urls = vec![format!("http://127.0.0.1:{port}")];
+    let server = holmes_collector::Server::start(&config).await.unwrap();
+    let api = ApiClient::new(&format!("http://{}", server.http_addr())).unwrap();
+    let demo = Demo::start(&exe, server.grpc_addr(), "checkout-debuginfod");
+
+    // A few seconds of work (bursts) for the flight recorder to hold.
+    eventually(
+        Duration::from_secs(60),
+        "the demo running for a while",
+        || async {
+            let m = api.metrics("checkout", "rss", "5m").await.ok()?;
+            (m.series.first()?.points.len() >= 5).then_some(())
+        },
+    )
+    .await;
+    // Nobody uploads (a stripped binary offers nothing): the collector fetches it.
+    let (profile_id, asked_at) = capture_cpu(&api, "checkout").await;
+    wait_named(&api, "checkout", &profile_id).await;
+    eprintln!(
+        "capture requested → profile named from debuginfod {:?}",
+        asked_at.elapsed()
+    );
+    check_reads(&api, "checkout", &profile_id, dir.path()).await;
+    assert_eq!(demo.uploads_started(), 0);
+    let status = server
+        .store()
+        .debuginfo_status(&build_id)
+        .await
+        .unwrap()
+        .expect("the fetched debug info is stored");
+    assert!(status.complete());
+    assert_eq!(status.source, holmes_storage::DebugInfoSource::Upload);
+
+    // Later profiles are named as they arrive, and no build is asked for twice: the
+    // demo's once, and each module no server has (libc, the vDSO) once.
+    let (next, _) = capture_cpu(&api, "checkout").await;
+    wait_named(&api, "checkout", &next).await;
+    // The collector's requests in debuginfod's log, by their user agent
+    // (`holmes-collector/<version>`, which debuginfod logs without its `-`; the
+    // readiness probe above sends none).
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let mut asked: BTreeMap<&str, usize> = BTreeMap::new();
+    for line in log.lines().filter(|l| l.contains("UA:holmes")) {
+        if let Some(rest) = line.split("GET /buildid/").nth(1) {
+            let id = rest.split('/').next().unwrap_or_default();
+            *asked.entry(id).or_default() += 1;
+        }
+    }
+    assert_eq!(asked.get(build_id.as_str()), Some(&1), "{log}");
+    let twice: Vec<_> = asked.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "asked more than once: {twice:?}\n{log}");
     drop(demo);
     server.shutdown().await;
 }
