@@ -5,8 +5,8 @@
 #                                 # (Debian's 18.16 and a current 26.9), profiles checked by `go tool pprof`
 #   deploy/dev/test.sh -p holmes-agent   # extra arguments go to `cargo test`
 #
-# Installs what is missing (Debian's clickhouse-server, golang-go, chromium, prometheus and
-# prometheus-alertmanager via apt; the Python Pyroscope and OTLP clients from PyPI into
+# Installs what is missing (Debian's clickhouse-server, golang-go, chromium, debuginfod,
+# prometheus and prometheus-alertmanager via apt; the Python Pyroscope and OTLP clients from PyPI into
 # virtualenvs under ~/.cache/holmes, deploy/dev/pyclients.sh; the OpenAPI validator from
 # PyPI, into ~/.cache/holmes), starts ClickHouse 18.16 on a free loopback port in a
 # temporary folder, a current ClickHouse (26.9 from PyPI's chdb-core, installed once by
@@ -24,6 +24,7 @@ python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)   # c
 command -v curl >/dev/null || missing+=(curl)
 command -v go >/dev/null || missing+=(golang-go)   # `go tool pprof` reads our profiles in tests
 command -v chromium >/dev/null || missing+=(chromium)   # the web page is tested in a real browser
+command -v debuginfod >/dev/null || missing+=(debuginfod)   # elfutils' server: the collector's debug info fallback
 # collector/interop: a real Prometheus scrapes /metrics, a real Alertmanager both ways.
 command -v prometheus >/dev/null || missing+=(prometheus)
 command -v prometheus-alertmanager >/dev/null || missing+=(prometheus-alertmanager)
@@ -38,7 +39,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]}"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
-export HOLMES_TEST_REQUIRE_GO=1 HOLMES_TEST_REQUIRE_CHROMIUM=1
+export HOLMES_TEST_REQUIRE_GO=1 HOLMES_TEST_REQUIRE_CHROMIUM=1 HOLMES_TEST_REQUIRE_DEBUGINFOD=1
 export HOLMES_TEST_REQUIRE_PROMETHEUS=1 HOLMES_TEST_REQUIRE_ALERTMANAGER=1
 
 say "Python clients (pyroscope-io, opentelemetry-proto; cached under ~/.cache/holmes)"

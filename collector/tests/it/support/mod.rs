@@ -199,7 +199,7 @@ pub(crate) async fn chromium_run(chromium: &std::path::Path, url: &str, args: &[
 
 /// The binaries of the workspace's other crates that the tests run: `holmes` (the CLI,
 /// `holmes-cli`) and `holmes-demo` (`holmes-devtools`).
-const WORKSPACE_BINS: [&str; 2] = ["holmes", "holmes-demo"];
+const WORKSPACE_BINS: [&str; 3] = ["holmes", "holmes-demo", "holmes-soak"];
 
 /// The path of `name`, one of [`WORKSPACE_BINS`]. Cargo builds, and names in
 /// `CARGO_BIN_EXE_*`, only the binaries of the package under test; so the first call
