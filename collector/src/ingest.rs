@@ -45,6 +45,7 @@ pub mod limits;
 pub mod live;
 pub mod otlp;
 pub mod pyroscope;
+pub(crate) mod silent;
 
 use assemble::{Assembler, Step};
 

@@ -13,7 +13,6 @@ use opentelemetry_proto::tonic::collector::profiles::v1development::profiles_ser
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::codec::CompressionEncoding;
 
 use crate::auth::{ApiAuth, IngestAuth};
@@ -363,6 +362,7 @@ impl Server {
                     .map_err(ServeError::GrpcTls)?;
             }
             let mut grpc_closed = closed.clone();
+            let silent_timeout = config.limits.http_header_timeout;
             tasks.push(tokio::spawn(async move {
                 let result = grpc_builder
                     .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -372,9 +372,12 @@ impl Server {
                     .http2_keepalive_timeout(Some(Duration::from_secs(10)))
                     .add_service(ingest)
                     .add_service(otlp)
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(grpc), async move {
-                        let _ = grpc_closed.wait_for(|c| *c).await;
-                    })
+                    .serve_with_incoming_shutdown(
+                        crate::ingest::silent::speaking(grpc, silent_timeout),
+                        async move {
+                            let _ = grpc_closed.wait_for(|c| *c).await;
+                        },
+                    )
                     .await;
                 if let Err(err) = result {
                     tracing::error!(error = %err, "gRPC server failed");

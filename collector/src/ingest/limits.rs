@@ -49,7 +49,8 @@ pub struct LimitsConfig {
     pub profile_idle_timeout: Duration,
     /// How long an HTTP client may take to send a request's line and headers (and an
     /// idle keep-alive connection may wait for its next request), e.g. `"20s"`; then the
-    /// connection is closed.
+    /// connection is closed. On the gRPC port, how long a new connection may stay
+    /// silent before its first byte.
     #[serde(with = "humantime_serde")]
     pub http_header_timeout: Duration,
     /// Services the store may hold before an agent that has no token of its own service

@@ -266,6 +266,53 @@ async fn unfinished_profiles_are_bounded_in_bytes_and_time() {
 
 /// An HTTP client that sends half a request head, or nothing, is disconnected after
 /// `http_header_timeout` and counted; whole requests are answered as before.
+/// A gRPC connection that never says anything is closed after `http_header_timeout`
+/// and counted; an agent that speaks at once is served as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_connections_that_say_nothing_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = crate::support::config(Backend::Sqlite, dir.path()).unwrap();
+    config.limits.http_header_timeout = Duration::from_secs(1);
+    let server = Server::start(&config).await.unwrap();
+    let mut silent = Vec::new();
+    for _ in 0..5 {
+        silent.push(
+            tokio::net::TcpStream::connect(server.grpc_addr())
+                .await
+                .unwrap(),
+        );
+    }
+    for stream in &mut silent {
+        let mut answer = Vec::new();
+        // Generous: the collector closes it after 1 s; without the deadline it never would.
+        let read = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut answer))
+            .await
+            .expect("a silent gRPC connection is still open after 30 s");
+        assert!(read.is_err() || answer.is_empty(), "{answer:?}");
+    }
+    let api = ApiClient::new(&format!("http://{}", server.http_addr())).unwrap();
+    let series = "holmes_ingest_refused_total{reason=\"grpc_silent\"} ";
+    let mut counted = 0.0;
+    for _ in 0..300 {
+        let metrics = api.get_raw("/metrics").await.unwrap();
+        counted = String::from_utf8_lossy(&metrics)
+            .lines()
+            .find_map(|l| l.strip_prefix(series))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if counted >= 5.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(counted >= 5.0, "{series}{counted}");
+    // An agent is served: its hello is acknowledged.
+    let agent =
+        RawAgent::connect(server.grpc_addr(), hello("checkout", "checkout-0", vec![])).await;
+    drop(agent);
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_clients_that_never_finish_their_headers_are_cut() {
     let dir = tempfile::tempdir().unwrap();
