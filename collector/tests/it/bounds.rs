@@ -290,22 +290,13 @@ async fn grpc_connections_that_say_nothing_are_closed() {
             .expect("a silent gRPC connection is still open after 30 s");
         assert!(read.is_err() || answer.is_empty(), "{answer:?}");
     }
-    let api = ApiClient::new(&format!("http://{}", server.http_addr())).unwrap();
-    let series = "holmes_ingest_refused_total{reason=\"grpc_silent\"} ";
-    let mut counted = 0.0;
-    for _ in 0..300 {
-        let metrics = api.get_raw("/metrics").await.unwrap();
-        counted = String::from_utf8_lossy(&metrics)
-            .lines()
-            .find_map(|l| l.strip_prefix(series))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
-        if counted >= 5.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(counted >= 5.0, "{series}{counted}");
+    // Each is counted, by its reason.
+    eventually(
+        Duration::from_secs(30),
+        "5 grpc_silent refusals",
+        || async { (refused(server.http_addr(), "grpc_silent").await >= 5).then_some(()) },
+    )
+    .await;
     // An agent is served: its hello is acknowledged.
     let agent =
         RawAgent::connect(server.grpc_addr(), hello("checkout", "checkout-0", vec![])).await;
@@ -340,22 +331,12 @@ async fn http_clients_that_never_finish_their_headers_are_cut() {
         );
     }
     // Both are counted, by their reason.
-    let api = ApiClient::new(&format!("http://{http}")).unwrap();
-    let series = "holmes_ingest_refused_total{reason=\"http_header_timeout\"} ";
-    let mut counted = 0.0;
-    for _ in 0..300 {
-        let metrics = api.get_raw("/metrics").await.unwrap();
-        counted = String::from_utf8_lossy(&metrics)
-            .lines()
-            .find_map(|l| l.strip_prefix(series))
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
-        if counted >= 2.0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(counted >= 2.0, "{series}{counted}");
+    eventually(
+        Duration::from_secs(30),
+        "2 http_header_timeout refusals",
+        || async { (refused(http, "http_header_timeout").await >= 2).then_some(()) },
+    )
+    .await;
 
     // A whole request is answered, on a connection that sends it at once.
     let mut whole = tokio::net::TcpStream::connect(http).await.unwrap();
