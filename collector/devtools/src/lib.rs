@@ -12,7 +12,10 @@
 //!   bound (`deploy/dev/soak.sh`).
 //! - [`synthetic`]: CPU profiles as a realistic service's agent would send them, for the
 //!   load generator and the collector's ingest benchmark.
+//! - [`workspace`]: the workspace's programs for the tests that run them, built without
+//!   compiling anything again.
 
 pub mod demo;
 pub mod soak;
 pub mod synthetic;
+pub mod workspace;

@@ -21,7 +21,7 @@ use crate::support::terminal::{run_on_terminal, without_colour};
 use crate::support::{cli_time, eventually, holmes_cli_with, split_timed_row, Backend};
 
 fn holmes(args: &[&str]) -> std::process::Output {
-    Command::new(crate::support::workspace_bin("holmes"))
+    Command::new(holmes_devtools::workspace::bin("holmes"))
         .args(args)
         .env_remove("HOLMES_API")
         .output()
@@ -222,7 +222,7 @@ async fn holmes_on_terminal(
     env: &[(&str, &str)],
     columns: u16,
 ) -> (std::process::ExitStatus, String) {
-    let mut cmd = Command::new(crate::support::workspace_bin("holmes"));
+    let mut cmd = Command::new(holmes_devtools::workspace::bin("holmes"));
     cmd.args(args);
     for var in [
         "HOLMES_API",

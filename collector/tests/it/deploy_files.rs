@@ -631,7 +631,7 @@ fn the_dockerfile_builds_what_exists() {
 /// `holmes-demo` accepts these arguments: every `--flag` is in the help of the
 /// (sub)command they call.
 fn demo_accepts(args: &[String], sub: &[&str]) {
-    let demo = crate::support::workspace_bin("holmes-demo");
+    let demo = holmes_devtools::workspace::bin("holmes-demo");
     let mut cmd = Command::new(&demo);
     cmd.args(sub).arg("--help");
     let out = cmd

@@ -2,7 +2,7 @@
 //! once): real collectors on loopback, the real agent, real stores (SQLite, and the
 //! ClickHouse server `deploy/dev/clickhouse.sh` starts), a real Kafka-protocol broker
 //! (`deploy/dev/kafka.sh`), real HTTP receivers, and the real binaries — the server's
-//! `holmes-collector`, the `holmes` CLI and `holmes-demo` ([`support::workspace_bin`]).
+//! `holmes-collector`, the `holmes` CLI and `holmes-demo` ([`holmes_devtools::workspace::bin`]).
 //! The demo's own test and the CLI's tests without a collector live in their crates
 //! (`holmes-devtools`, `holmes-cli`).
 //!
@@ -33,6 +33,7 @@ mod kafka_control;
 mod openapi;
 mod outage;
 mod profiles;
+mod release;
 mod retention;
 mod rules;
 mod security;

@@ -14,7 +14,7 @@ const RSS_BOUND_MIB: u64 = 512;
 
 #[test]
 fn honest_agents_lose_nothing_beside_hostile_clients_within_a_memory_bound() {
-    let out = Command::new(crate::support::workspace_bin("holmes-soak"))
+    let out = Command::new(holmes_devtools::workspace::bin("holmes-soak"))
         .arg("--collector-bin")
         .arg(env!("CARGO_BIN_EXE_holmes-collector"))
         .args(["--services", "2", "--instances", "5", "--hostile", "10"])

@@ -171,7 +171,7 @@ async fn agent_uploads_and_profiles_are_named(backend: Backend) {
         return;
     };
     let api = ApiClient::new(&format!("http://{}", server.http_addr())).unwrap();
-    let demo = crate::support::workspace_bin("holmes-demo");
+    let demo = holmes_devtools::workspace::bin("holmes-demo");
     let build_id = build_id_of(&demo);
     let store = server.store();
 
@@ -235,7 +235,7 @@ async fn an_agent_uploads_its_debug_info_once_per_build_and_profiles_are_named()
 
 /// The demo as it would ship stripped, and its debug file, in `dir`.
 fn stripped_demo(dir: &Path) -> (PathBuf, PathBuf) {
-    let demo = crate::support::workspace_bin("holmes-demo");
+    let demo = holmes_devtools::workspace::bin("holmes-demo");
     let folder = dir.join("stripped");
     std::fs::create_dir_all(&folder).unwrap();
     let exe = folder.join("holmes-demo");
@@ -295,7 +295,7 @@ async fn a_stripped_binary_is_named_once_ci_uploads_its_debug_file() {
     );
 
     // A debug file of another build is refused by the CLI.
-    let holmes = crate::support::workspace_bin("holmes");
+    let holmes = holmes_devtools::workspace::bin("holmes");
     let out = holmes_cli(&[
         "--api",
         &api_url,

@@ -103,7 +103,7 @@ async fn pyroscope_rs_profiles_are_listed_downloaded_and_a_baseline() {
     assert_eq!(pushed.labels.get("region").map(String::as_str), Some("eu"));
 
     // `holmes profiles` lists it; `holmes profile` downloads pprof that go reads.
-    let holmes = support::holmes_bin();
+    let holmes = holmes_devtools::workspace::bin("holmes");
     let table = support::run(
         &holmes,
         &[

@@ -367,57 +367,6 @@ impl RawAgent {
     }
 }
 
-/// The `holmes` CLI, built by cargo into this test's target folder and profile.
-pub(crate) fn holmes_bin() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let exe = std::env::current_exe().unwrap();
-            let profile_dir = exe.parent().and_then(Path::parent).unwrap();
-            let target_dir = profile_dir.parent().unwrap();
-            let mut cargo =
-                std::process::Command::new(std::env::var_os("CARGO").unwrap_or("cargo".into()));
-            cargo
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .args(["build", "--quiet", "-p", "holmes-cli", "--bin", "holmes"])
-                .arg("--target-dir")
-                .arg(target_dir);
-            match profile_dir.file_name().and_then(|n| n.to_str()) {
-                Some("debug") => {}
-                Some("release") => {
-                    cargo.arg("--release");
-                }
-                Some(other) => {
-                    cargo.args(["--profile", other]);
-                }
-                None => panic!("no profile folder above {}", exe.display()),
-            }
-            // This test's own package variables would make build scripts that watch
-            // them (ring's) run again.
-            for (key, _) in std::env::vars_os() {
-                let name = key.to_string_lossy();
-                if name.starts_with("CARGO_PKG_")
-                    || name.starts_with("CARGO_BIN_EXE_")
-                    || matches!(
-                        name.as_ref(),
-                        "CARGO_MANIFEST_DIR"
-                            | "CARGO_MANIFEST_PATH"
-                            | "CARGO_CRATE_NAME"
-                            | "CARGO_TARGET_TMPDIR"
-                            | "CARGO_PRIMARY_PACKAGE"
-                            | "OUT_DIR"
-                    )
-                {
-                    cargo.env_remove(&key);
-                }
-            }
-            let status = cargo.status().expect("cargo runs");
-            assert!(status.success(), "cargo could not build holmes: {cargo:?}");
-            profile_dir.join("holmes")
-        })
-        .clone()
-}
-
 /// `go tool pprof -top` of `file`; `None` (skipped) without go, unless
 /// `HOLMES_TEST_REQUIRE_GO=1`.
 pub(crate) async fn pprof_top(file: &Path) -> Option<String> {

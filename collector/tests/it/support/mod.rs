@@ -7,12 +7,9 @@ pub(crate) mod receiver;
 pub(crate) mod terminal;
 pub(crate) mod tls;
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use holmes_collector::config::{Config, StoreKind};
@@ -197,111 +194,11 @@ pub(crate) async fn chromium_run(chromium: &std::path::Path, url: &str, args: &[
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The binaries of the workspace's other crates that the tests run: `holmes` (the CLI,
-/// `holmes-cli`) and `holmes-demo` (`holmes-devtools`).
-const WORKSPACE_BINS: [&str; 3] = ["holmes", "holmes-demo", "holmes-soak"];
-
-/// The path of `name`, one of [`WORKSPACE_BINS`]. Cargo builds, and names in
-/// `CARGO_BIN_EXE_*`, only the binaries of the package under test; so the first call
-/// has cargo build these (a no-op when they are fresh), and every call returns the path
-/// cargo reported.
-pub(crate) fn workspace_bin(name: &str) -> PathBuf {
-    static BUILT: OnceLock<BTreeMap<String, PathBuf>> = OnceLock::new();
-    let built = BUILT.get_or_init(build_workspace_bins);
-    built
-        .get(name)
-        .unwrap_or_else(|| panic!("{name} is not one of the workspace binaries {built:?}"))
-        .clone()
-}
-
-/// `cargo test --no-run` of the collector's crates, as this test was built (same target
-/// folder and profile): the same command as the one that built this test, so cargo
-/// resolves the same features and rebuilds nothing this test uses (a command that
-/// resolved differently would rebuild shared libraries, and this running test with
-/// them). `holmes-cli` and `holmes-devtools` have tests of their own, so cargo builds
-/// their binaries as it builds this package's.
-fn build_workspace_bins() -> BTreeMap<String, PathBuf> {
-    // This test runs as <target>/<profile>/deps/<name>-<hash>.
-    let exe = std::env::current_exe().expect("the test's own path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test runs from <target>/<profile>/deps");
-    let target_dir = profile_dir.parent().expect("a target folder");
-    let mut cargo = std::process::Command::new(std::env::var_os("CARGO").unwrap_or("cargo".into()));
-    cargo
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["test", "--no-run", "--quiet"])
-        .args(["--message-format=json-render-diagnostics"])
-        .arg("--target-dir")
-        .arg(target_dir);
-    match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") => {}
-        Some("release") => {
-            cargo.arg("--release");
-        }
-        Some(name) => {
-            cargo.args(["--profile", name]);
-        }
-        None => panic!("no profile folder above {}", exe.display()),
-    }
-    for package in ["holmes-collector", "holmes-cli", "holmes-devtools"] {
-        cargo.args(["-p", package]);
-    }
-    // Cargo runs this test with its package's variables (`CARGO_MANIFEST_DIR`,
-    // `CARGO_PKG_*`, ...); build scripts that watch one (ring's does) would be rerun and
-    // everything above them rebuilt, this running test included.
-    for (key, _) in std::env::vars_os() {
-        let name = key.to_string_lossy();
-        if name.starts_with("CARGO_PKG_")
-            || name.starts_with("CARGO_BIN_EXE_")
-            || matches!(
-                name.as_ref(),
-                "CARGO_MANIFEST_DIR"
-                    | "CARGO_MANIFEST_PATH"
-                    | "CARGO_CRATE_NAME"
-                    | "CARGO_BIN_NAME"
-                    | "CARGO_TARGET_TMPDIR"
-                    | "CARGO_PRIMARY_PACKAGE"
-                    | "OUT_DIR"
-            )
-        {
-            cargo.env_remove(&key);
-        }
-    }
-    let out = cargo
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .expect("cargo runs");
-    assert!(
-        out.status.success(),
-        "cargo could not build {WORKSPACE_BINS:?}: {cargo:?}"
-    );
-    let mut built = BTreeMap::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(message) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        // The binaries themselves, not their unit tests.
-        let is_bin = message.pointer("/target/kind/0").and_then(|k| k.as_str()) == Some("bin")
-            && message.pointer("/profile/test").and_then(|t| t.as_bool()) == Some(false);
-        let name = message.pointer("/target/name").and_then(|n| n.as_str());
-        let exe = message.get("executable").and_then(|e| e.as_str());
-        if let (true, Some(name), Some(exe)) = (is_bin, name, exe) {
-            built.insert(name.to_owned(), PathBuf::from(exe));
-        }
-    }
-    for bin in WORKSPACE_BINS {
-        assert!(built.contains_key(bin), "cargo built no {bin}: {built:?}");
-    }
-    built
-}
-
 /// Runs the `holmes` CLI with `args`, its environment cleared of the `HOLMES_API*` and
 /// `HOLMES_CA_FILE` settings a developer may have and of `COLUMNS`, in UTC (so that it
 /// shows the API's times: [`cli_time`]), plus `env`.
 pub(crate) async fn holmes_cli_with(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    let mut cmd = tokio::process::Command::new(workspace_bin("holmes"));
+    let mut cmd = tokio::process::Command::new(holmes_devtools::workspace::bin("holmes"));
     cmd.args(args)
         .env_remove("HOLMES_API")
         .env_remove("HOLMES_API_TOKEN")
