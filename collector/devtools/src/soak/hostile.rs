@@ -174,6 +174,31 @@ async fn acked(stream: &mut Stream, seq: u64, wait: Duration, tally: &Mutex<Host
     }
 }
 
+/// The amplifying profiles an `amplify` client sends, in its order (every refusal
+/// reason within the first three), each with the reason the collector counts for it.
+pub const AMPLIFY_SHAPES: [(&str, Amplification, &str); 4] = [
+    (
+        "too_deep",
+        Amplification::TOO_DEEP,
+        "holmes_profiles_refused_total:too_deep",
+    ),
+    (
+        "name_too_long",
+        Amplification::NAME_TOO_LONG,
+        "holmes_profiles_refused_total:name_too_long",
+    ),
+    (
+        "shared_long_name",
+        Amplification::SHARED_LONG_NAME,
+        "holmes_profiles_refused_total:amplifies",
+    ),
+    (
+        "many_locations",
+        Amplification::MANY_LOCATIONS,
+        "holmes_profiles_refused_total:amplifies",
+    ),
+];
+
 async fn amplify(
     plan: &HostilePlan,
     from: IpAddr,
@@ -182,16 +207,10 @@ async fn amplify(
     tally: &Mutex<HostileTally>,
     until: Instant,
 ) {
-    let shapes = [
-        ("shared_long_name", Amplification::SHARED_LONG_NAME),
-        ("many_locations", Amplification::MANY_LOCATIONS),
-        ("name_too_long", Amplification::NAME_TOO_LONG),
-        ("too_deep", Amplification::TOO_DEEP),
-    ];
     // Encoded once: the attacker's cost is the sending, the collector's the decoding.
-    let encoded: Vec<(&str, Vec<u8>)> = shapes
+    let encoded: Vec<(&str, Vec<u8>)> = AMPLIFY_SHAPES
         .iter()
-        .map(|(name, shape)| (*name, shape.pprof_gzip(mix(index as u64))))
+        .map(|(name, shape, _)| (*name, shape.pprof_gzip(mix(index as u64))))
         .collect();
     let mut n = 0u64;
     while Instant::now() < until {
