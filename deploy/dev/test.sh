@@ -78,73 +78,126 @@ if cargo fmt --version >/dev/null 2>&1; then
 else
   echo "warning: rustfmt is not installed; formatting not checked" >&2
 fi
-if cargo clippy --version >/dev/null 2>&1; then
-  # One pass: the jemalloc feature adds code to the agent only, so the workspace is
-  # linted with it on (the default build's code is a subset).
-  say "cargo clippy"
-  cargo clippy --workspace --all-targets --features holmes-agent/jemalloc --locked -- -D warnings
-else
-  echo "warning: clippy is not installed; lints not checked" >&2
-fi
-
+status=0
 log=$(mktemp "${TMPDIR:-/tmp}/holmes-test-log.XXXXXX")
 it_log=$(mktemp "${TMPDIR:-/tmp}/holmes-test-it.XXXXXX")
+slow_log=$(mktemp "${TMPDIR:-/tmp}/holmes-test-slow.XXXXXX")
 it_pid=
-trap '[ -z "$it_pid" ] || kill "$it_pid" 2>/dev/null; rm -f "$log" "$it_log"; deploy/dev/kafka.sh stop; deploy/dev/chdb.sh stop; deploy/dev/clickhouse.sh stop' EXIT
-status=0
+slow_pid=
+features_pid=
+release_pid=
+trap 'for p in $it_pid $slow_pid $features_pid $release_pid; do kill "$p" 2>/dev/null; done; rm -f "$log" "$it_log" "$slow_log" "${features_built:-}" "${release_built:-}"; deploy/dev/kafka.sh stop; deploy/dev/chdb.sh stop; deploy/dev/clickhouse.sh stop' EXIT
+
+# Lints ride on the test build instead of a build of their own: clippy-driver, as the
+# workspace's rustc wrapper, compiles the workspace's crates exactly as rustc does and
+# lints them on the way (what `cargo clippy` does, minus the second compilation of every
+# dependency in check mode). CLIPPY_ARGS is how `cargo clippy -- -D warnings` reaches it.
+# Exported, so every cargo below (and the one the tests start) sees the same build.
+if [ -z "${HOLMES_TEST_NO_CLIPPY:-}" ] && command -v clippy-driver >/dev/null && cargo clippy --version >/dev/null 2>&1; then
+  RUSTC_WORKSPACE_WRAPPER=$(command -v clippy-driver)
+  export RUSTC_WORKSPACE_WRAPPER CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
+  lints="clippy -D warnings on"
+else
+  echo "warning: clippy is not installed; lints not checked" >&2
+  lints="no lints on"
+fi
+
 # Tokio task dumps need tokio's unstable cfg: their own target folder, so the main build
 # is not invalidated. RUSTFLAGS replaces .cargo/config.toml's rustflags, hence the frame
 # pointers. tokio >= 1.48 ignores `tokio_taskdump` (its `taskdump` feature replaced it);
 # it is passed for tests that still gate on it.
-export TASKDUMP_RUSTFLAGS="--cfg tokio_unstable --cfg tokio_taskdump -C force-frame-pointers=yes"
-taskdump() { RUSTFLAGS="$TASKDUMP_RUSTFLAGS" CARGO_TARGET_DIR=target/taskdump "$@"; }
+taskdump() { RUSTFLAGS="--cfg tokio_unstable --cfg tokio_taskdump -C force-frame-pointers=yes" CARGO_TARGET_DIR=target/taskdump "$@"; }
 
-# Everything is built first, then run: the tests wait far more than they compute, so
-# the collector's integration tests run beside the rest instead of after them.
-say "cargo test --no-run: the workspace, the agent with jemalloc, the agent with tokio task dumps"
 set +e
-cargo test --workspace --locked --no-run "$@" || status=1
-if [ $# -eq 0 ]; then
-  # Heap profiles from jemalloc: the optional `jemalloc` feature, in a test process that
-  # runs on tikv-jemallocator with profiling on (its first build compiles jemalloc's C
-  # code), plus the heap unit tests with the feature compiled in.
-  cargo test -p holmes-agent --features jemalloc --lib --test jemalloc --locked --no-run || status=1
-  # The scenario examples are built too: scenarios 3 and 4 (tasks on a dead channel, a
-  # task leak) need task dumps to name their culprit.
-  taskdump cargo build -p holmes-agent --features taskdump --examples --locked 2>&1 | tail -n 1
-  taskdump cargo test -p holmes-agent --features taskdump --lib --test taskdump --test scenarios --locked --no-run || status=1
-fi
-
-say "cargo test (ClickHouse 18.16 at $HOLMES_TEST_CLICKHOUSE_URL, 26.9 at $HOLMES_TEST_CLICKHOUSE_CURRENT_URL, Kafka at $HOLMES_TEST_KAFKA_BROKERS)"
 if [ $# -gt 0 ]; then
+  say "cargo test ($lints the workspace's crates) $*"
   cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$log"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 else
-  # The collector's integration tests (one binary, most of their time spent waiting on
-  # agents, brokers and timers) in the background, four at a time; their output follows
-  # the rest's. Every invocation selects --workspace, so that features unify as in the
+  # Everything is built first, then run. The agent's build with task dumps (a folder of
+  # its own) and its example in release (a profile folder of its own) build beside the
+  # workspace: two cores stay busy through the workspace build's single-crate stretches.
+  say "building ($lints): the workspace's tests and the agent with jemalloc, beside the agent with tokio task dumps and an example in release"
+  features_built=$(mktemp "${TMPDIR:-/tmp}/holmes-test-features.XXXXXX")
+  # The scenario examples are built too: scenarios 3 and 4 (tasks on a dead channel, a
+  # task leak) need task dumps to name their culprit.
+  # Each build says what it cost: wall time, and CPU time (on two cores the CPU time is
+  # what the builds side by side share).
+  TIMEFORMAT='   took %0R s, %0U s user + %0S s system CPU'
+  {
+    time {
+      taskdump cargo build -p holmes-agent --features taskdump --examples --locked &&
+        taskdump cargo test -p holmes-agent --features taskdump --lib --test taskdump --test scenarios --locked --no-run
+    }
+  } >"$features_built" 2>&1 &
+  features_pid=$!
+  # The agent's cpu_burn example built as agent/README.md tells hosts to build (the
+  # `profiling` profile: release with line tables), for collector/tests/it/release.rs,
+  # whose cargo then finds it built.
+  release_built=$(mktemp "${TMPDIR:-/tmp}/holmes-test-release.XXXXXX")
+  { time cargo build --profile profiling -p holmes-agent --example cpu_burn --locked; } >"$release_built" 2>&1 &
+  release_pid=$!
+  export HOLMES_TEST_RELEASE=1
+  # The default targets (with the examples built as programs, which tests run), then
+  # the benches, so that every target is compiled, and linted, as `--all-targets` would.
+  time { cargo test --workspace --locked --no-run && cargo test --workspace --benches --locked --no-run; } || status=1
+  # Heap profiles from jemalloc: the optional `jemalloc` feature, in a test process that
+  # runs on tikv-jemallocator with profiling on, plus the heap unit tests with the
+  # feature compiled in. In the workspace's folder, after its build, whose crates it
+  # reuses where their features agree.
+  time cargo test -p holmes-agent --features jemalloc --lib --test jemalloc --locked --no-run || status=1
+
+  # The builds beside end before the tests start: the tests judge CPU shares of their
+  # own processes, and two compilers on two cores would starve them.
+  wait "$features_pid" || { status=1; echo "the agent's feature builds failed:" >&2; cat "$features_built" >&2; }
+  features_pid=
+  echo "the agent's build with task dumps:"
+  tail -n 1 "$features_built"
+  wait "$release_pid" || { status=1; echo "the release build of the agent's example failed:" >&2; cat "$release_built" >&2; }
+  release_pid=
+  echo "the agent's cpu_burn example in release (the profiling profile):"
+  tail -n 1 "$release_built"
+
+  # The tests wait far more than they compute (on agents, brokers, servers, 15 s bursts
+  # and 30 s quiet periods), so they run in three lanes side by side: the collector's
+  # integration tests (one binary, four at a time) and the tests of real third-party
+  # programs, the demo and the ClickHouse stores in the background, the rest (the
+  # agent's, which judge CPU shares, among them) in front; the background lanes' output
+  # follows. Every invocation selects --workspace, so that features unify as in the
   # build above and nothing is compiled again.
+  say "cargo test (ClickHouse 18.16 at $HOLMES_TEST_CLICKHOUSE_URL, 26.9 at $HOLMES_TEST_CLICKHOUSE_CURRENT_URL, Kafka at $HOLMES_TEST_KAFKA_BROKERS)"
   cargo test --workspace --test it --locked --no-fail-fast -- --test-threads=4 >"$it_log" 2>&1 &
   it_pid=$!
+  slow=(interop demo clickhouse clickhouse_cluster)
+  slow_args=()
+  for t in "${slow[@]}"; do slow_args+=(--test "$t"); done
+  cargo test --workspace "${slow_args[@]}" --locked --no-fail-fast >"$slow_log" 2>&1 &
+  slow_pid=$!
   others=()
   while read -r name; do others+=(--test "$name"); done < <(
     cargo metadata --no-deps --format-version 1 | python3 -c '
 import json, sys
+skip = {"it"} | set(sys.argv[1:])
 for p in json.load(sys.stdin)["packages"]:
     for t in p["targets"]:
-        if "test" in t["kind"] and t["name"] != "it":
-            print(t["name"])')
+        if "test" in t["kind"] and t["name"] not in skip:
+            print(t["name"])' "${slow[@]}")
   cargo test --workspace --lib --bins "${others[@]}" --locked --no-fail-fast 2>&1 | tee "$log"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
   cargo test --workspace --doc --locked --no-fail-fast 2>&1 | tee -a "$log"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+  say "cargo test, tokio task dumps (--cfg tokio_unstable, --features taskdump)"
+  # `task` picks the agent's task-dump unit tests and tests/taskdump.rs.
+  taskdump cargo test -p holmes-agent --features taskdump --lib --test taskdump --test scenarios --locked -- task 2>&1 | tee -a "$log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
   say "cargo test, jemalloc heap profiles (--features jemalloc)"
   cargo test -p holmes-agent --features jemalloc --lib --test jemalloc --locked -- jemalloc heap 2>&1 | tee -a "$log"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
-  # `task` picks the agent's task-dump unit tests and tests/taskdump.rs.
-  say "cargo test, tokio task dumps (--cfg tokio_unstable, --features taskdump)"
-  taskdump cargo test -p holmes-agent --features taskdump --lib --test taskdump --test scenarios --locked -- task 2>&1 | tee -a "$log"
-  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+
+  say "third-party programs, the demo, the ClickHouse stores (${slow[*]})"
+  wait "$slow_pid" || status=1
+  slow_pid=
+  tee -a "$log" <"$slow_log"
   say "the collector's integration tests (collector/tests/it)"
   wait "$it_pid" || status=1
   it_pid=
