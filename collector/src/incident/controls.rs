@@ -6,11 +6,12 @@
 //! the sick instance's pre-trigger window, so sick and healthy are compared over the same
 //! seconds. Their profiles are the comparison side of the suspects ([`super::evidence`]).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use holmes_proto::{CapturePurpose, ProfileKind, TimeWindow};
-use holmes_storage::{IncidentRecord, Store};
+use holmes_storage::{IncidentRecord, MetricQuery, Store};
 
 use super::evidence::kind_for;
 use crate::clock::unix_nanos_now;
@@ -57,8 +58,10 @@ pub fn window_of(incident: &IncidentRecord) -> TimeWindow {
     }
 }
 
-/// The instances to ask: live ones of the service, not in the incident, at most `n`
-/// (in instance id order, so that a retry asks the same ones).
+/// The instances to ask: live ones of the service, not in the incident, that look
+/// healthy at its moment — their metric over the window up to now stays below half the
+/// highest value of the sick instances (an instance about to fire as well is not a
+/// control) — at most `n`, the calmest first (then by instance id).
 pub async fn pick(
     store: &dyn Store,
     incident: &IncidentRecord,
@@ -67,9 +70,9 @@ pub async fn pick(
     if n == 0 {
         return Ok(Vec::new());
     }
-    let live_since =
-        unix_nanos_now().saturating_sub(u64::try_from(LIVE_WITHIN.as_nanos()).unwrap_or(u64::MAX));
-    Ok(store
+    let now = unix_nanos_now();
+    let live_since = now.saturating_sub(u64::try_from(LIVE_WITHIN.as_nanos()).unwrap_or(u64::MAX));
+    let live: Vec<String> = store
         .list_instances(&incident.service)
         .await?
         .into_iter()
@@ -77,8 +80,36 @@ pub async fn pick(
             i.last_seen_unix_nanos >= live_since && !incident.instances.contains(&i.instance_id)
         })
         .map(|i| i.instance_id)
-        .take(n)
-        .collect())
+        .collect();
+    if live.is_empty() {
+        return Ok(live);
+    }
+    let points = store
+        .query_metrics(&MetricQuery {
+            service: incident.service.clone(),
+            metric: incident.metric,
+            since_unix_nanos: window_of(incident).start_unix_nanos,
+            until_unix_nanos: now.saturating_add(1),
+            limit: 100_000,
+        })
+        .await?;
+    let mut highest: HashMap<&str, f64> = HashMap::new();
+    for p in &points {
+        let h = highest.entry(p.instance_id.as_str()).or_insert(f64::MIN);
+        *h = h.max(p.value);
+    }
+    let sick = incident
+        .instances
+        .iter()
+        .filter_map(|i| highest.get(i.as_str()).copied())
+        .fold(f64::NAN, f64::max);
+    let mut calm: Vec<(f64, String)> = live
+        .into_iter()
+        .map(|i| (highest.get(i.as_str()).copied().unwrap_or(0.0), i))
+        .filter(|(v, _)| sick.is_nan() || *v < sick / 2.0)
+        .collect();
+    calm.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    Ok(calm.into_iter().take(n).map(|(_, i)| i).collect())
 }
 
 /// Asks `instances` for their profiles as controls of `incident`; `registered` is told
