@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use holmes_storage::{
-    IncidentQuery, IncidentRecord, IncidentStatus, Store, StoreError, TriggerRecord,
+    Comparison, IncidentQuery, IncidentRecord, IncidentStatus, Store, StoreError, TriggerRecord,
 };
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
@@ -198,6 +198,10 @@ impl Incidents {
                 tracing::info!(incident = %record.incident_id, service = %record.service, "no live instance outside the incident to ask as a healthy control");
                 return;
             }
+            refresh
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .await_controls(&record.incident_id, Instant::now());
             controls::ask(&control, &record, &instances, |request_id| {
                 refresh
                     .lock()
@@ -277,10 +281,22 @@ impl Incidents {
                 None
             });
         let top = computed.suspects.first().map(|s| s.function.as_str());
-        let top_before = before
+        // The top suspect last paged: remembered since this process paged it, else (a
+        // restart) the one stored, unless this process held its page back for the
+        // controls (then the stored one was never paged).
+        let (paged, held) = {
+            let refresh = self.refresh();
+            (
+                refresh.paged_top(&record.incident_id).map(str::to_owned),
+                refresh.controls_asked_for(&record.incident_id),
+            )
+        };
+        let stored_top = before
             .as_ref()
             .and_then(|b| b.suspects.first())
-            .map(|s| s.function.as_str());
+            .map(|s| s.function.clone());
+        let top_before = paged.or(if held { None } else { stored_top });
+        let top_before = top_before.as_deref();
         tracing::info!(
             incident = %record.incident_id,
             service = %record.service,
@@ -291,13 +307,32 @@ impl Incidents {
             took_ms = started.elapsed().as_millis() as u64,
             "incident suspects computed"
         );
-        if top.is_some() && top != top_before && record.status == IncidentStatus::Open {
-            if let Err(err) = self
+        // While its healthy controls may still answer, a page without them waits: a
+        // function busy everywhere would lead without the contrast. It is computed
+        // again when they answer, or when the wait is over.
+        let awaited = if computed.comparison == Comparison::Controls {
+            None
+        } else {
+            self.refresh()
+                .controls_awaited(&record.incident_id, Instant::now())
+        };
+        if let Some(until) = awaited {
+            self.refresh().mark_due(record, Instant::now(), until);
+            self.refresh_wake.notify_one();
+        } else if top.is_some() && top != top_before && record.status == IncidentStatus::Open {
+            match self
                 .alerter
                 .notify(AlertKind::Suspects, record, Some(&computed))
                 .await
             {
-                tracing::error!(incident = %record.incident_id, error = %err, "cannot queue the alert naming the suspects");
+                Ok(()) => {
+                    if let Some(top) = top {
+                        self.refresh().paged(&record.incident_id, top);
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(incident = %record.incident_id, error = %err, "cannot queue the alert naming the suspects");
+                }
             }
         }
         if let Err(err) = self.store.put_incident_suspects(&computed).await {

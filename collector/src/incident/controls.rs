@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use holmes_proto::{CapturePurpose, ProfileKind, TimeWindow};
-use holmes_storage::{IncidentRecord, MetricQuery, Store};
+use holmes_storage::{IncidentRecord, MetricQuery, Store, TriggerQuery};
 
 use super::evidence::kind_for;
 use crate::clock::unix_nanos_now;
@@ -60,8 +60,9 @@ pub fn window_of(incident: &IncidentRecord) -> TimeWindow {
 
 /// The instances to ask: live ones of the service, not in the incident, that look
 /// healthy at its moment — their metric over the window up to now stays below half the
-/// highest value of the sick instances (an instance about to fire as well is not a
-/// control) — at most `n`, the calmest first (then by instance id).
+/// highest value of the sick instances (their points and their triggers' values: an
+/// instance about to fire as well is not a control) — at most `n`, the calmest first
+/// (then by instance id).
 pub async fn pick(
     store: &dyn Store,
     incident: &IncidentRecord,
@@ -98,11 +99,26 @@ pub async fn pick(
         let h = highest.entry(p.instance_id.as_str()).or_insert(f64::MIN);
         *h = h.max(p.value);
     }
+    // The sick level: their points, and what their triggers saw (a trigger is often in
+    // before the metric points that led to it).
+    let triggered = store
+        .query_triggers(&TriggerQuery {
+            service: incident.service.clone(),
+            metric: Some(incident.metric),
+            since_unix_nanos: incident.first_event_unix_nanos,
+            until_unix_nanos: incident.last_event_unix_nanos.saturating_add(1),
+            limit: 1_000,
+        })
+        .await?
+        .into_iter()
+        .filter(|t| incident.event_ids.contains(&t.event_id))
+        .map(|t| t.current)
+        .fold(f64::NAN, f64::max);
     let sick = incident
         .instances
         .iter()
         .filter_map(|i| highest.get(i.as_str()).copied())
-        .fold(f64::NAN, f64::max);
+        .fold(triggered, f64::max);
     let mut calm: Vec<(f64, String)> = live
         .into_iter()
         .map(|i| (highest.get(i.as_str()).copied().unwrap_or(0.0), i))

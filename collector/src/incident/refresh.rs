@@ -24,6 +24,9 @@ pub const MIN_INTERVAL: Duration = Duration::from_secs(3);
 pub const MAX_PENDING: usize = 10_000;
 /// Control requests and events remembered, at most (the oldest go first).
 pub const MAX_CONTROLS: usize = 10_000;
+/// How long an incident whose healthy controls were asked waits for their profiles
+/// before its suspects page without them (against baselines, or nothing).
+pub const CONTROLS_WAIT: Duration = Duration::from_secs(30);
 /// How long an incident's last computation is remembered for [`MIN_INTERVAL`].
 const FORGET_AFTER: Duration = Duration::from_secs(600);
 
@@ -40,16 +43,26 @@ pub struct Refresh {
     control_events: HashMap<String, String>,
     /// Insertion order of both maps, for the bound.
     control_order: VecDeque<(bool, String)>,
+    /// Incidents whose controls were asked, until when their page waits for them.
+    awaiting_controls: HashMap<String, Instant>,
+    /// The top suspect each incident last paged with.
+    paged: HashMap<String, String>,
 }
 
 impl Refresh {
     /// Marks `incident` (its newest record) as changed at `now`.
     pub fn mark(&mut self, incident: &IncidentRecord, now: Instant) {
+        self.mark_due(incident, now, now + SETTLE);
+    }
+
+    /// Marks `incident` to be computed at `at` (or when [`MIN_INTERVAL`] allows), unless
+    /// it is due sooner already.
+    pub fn mark_due(&mut self, incident: &IncidentRecord, now: Instant, at: Instant) {
         let earliest = self
             .last
             .get(&incident.incident_id)
             .map_or(now, |last| *last + MIN_INTERVAL);
-        let due = (now + SETTLE).max(earliest);
+        let due = at.max(earliest);
         let full = self.pending.len() >= MAX_PENDING;
         match self.pending.get_mut(&incident.incident_id) {
             Some((record, _)) => {
@@ -94,6 +107,47 @@ impl Refresh {
     /// When the next incident is due, if any waits.
     pub fn next_due(&self) -> Option<Instant> {
         self.pending.values().map(|(_, at)| *at).min()
+    }
+
+    /// Remembers that `incident_id` asked its healthy controls at `now`: its page waits
+    /// for their profiles until [`CONTROLS_WAIT`] has passed.
+    pub fn await_controls(&mut self, incident_id: &str, now: Instant) {
+        self.awaiting_controls
+            .insert(incident_id.to_owned(), now + CONTROLS_WAIT);
+        if self.awaiting_controls.len() > MAX_CONTROLS {
+            // Long over: forgotten (a page held for them went out long ago).
+            self.awaiting_controls
+                .retain(|_, until| now.saturating_duration_since(*until) < FORGET_AFTER);
+            if self.awaiting_controls.len() > MAX_CONTROLS {
+                self.awaiting_controls.clear();
+            }
+        }
+    }
+
+    /// Until when the incident's page waits for its controls, if it still does at `now`.
+    pub fn controls_awaited(&self, incident_id: &str, now: Instant) -> Option<Instant> {
+        self.awaiting_controls
+            .get(incident_id)
+            .copied()
+            .filter(|until| *until > now)
+    }
+
+    /// Whether this process asked the incident's controls (and held its page for them).
+    pub fn controls_asked_for(&self, incident_id: &str) -> bool {
+        self.awaiting_controls.contains_key(incident_id)
+    }
+
+    /// The top suspect the incident last paged with, in this process.
+    pub fn paged_top(&self, incident_id: &str) -> Option<&str> {
+        self.paged.get(incident_id).map(String::as_str)
+    }
+
+    /// Remembers that the incident paged with `top`.
+    pub fn paged(&mut self, incident_id: &str, top: &str) {
+        if self.paged.len() >= MAX_PENDING {
+            self.paged.clear();
+        }
+        self.paged.insert(incident_id.to_owned(), top.to_owned());
     }
 
     /// Remembers that the capture request `request_id` asks a control for `incident_id`.
@@ -179,6 +233,24 @@ mod tests {
         r.mark(&incident("i2", 5), t0);
         r.mark(&incident("i2", 4), t0);
         assert_eq!(r.take_due(t0 + SETTLE, 10)[0].version, 5);
+    }
+
+    #[test]
+    fn a_page_waits_for_the_controls_for_a_while_only() {
+        let t0 = Instant::now();
+        let mut r = Refresh::default();
+        assert_eq!(r.controls_awaited("i1", t0), None);
+        r.await_controls("i1", t0);
+        assert_eq!(
+            r.controls_awaited("i1", t0 + SETTLE),
+            Some(t0 + CONTROLS_WAIT)
+        );
+        assert_eq!(r.controls_awaited("i1", t0 + CONTROLS_WAIT), None);
+        // Computed once meanwhile, then due again when the wait is over.
+        r.mark(&incident("i1", 1), t0);
+        assert_eq!(r.take_due(t0 + SETTLE, 10).len(), 1);
+        r.mark_due(&incident("i1", 1), t0 + SETTLE, t0 + CONTROLS_WAIT);
+        assert_eq!(r.next_due(), Some(t0 + CONTROLS_WAIT));
     }
 
     #[test]

@@ -92,25 +92,37 @@ url = "{}"
 
     // The incident of the sick ones, its suspects computed against the controls'
     // profiles once they are in.
-    let detail = eventually(
-        Duration::from_secs(300),
-        "the incident's suspects against healthy controls",
-        || async {
-            let list = api.incidents(Some("fleet"), "10m", None).await.ok()?;
-            let incident = list.incidents.into_iter().find(|i| i.metric == "cpu")?;
-            let d = api.incident(&incident.incident_id).await.ok()?;
-            // Both sick instances in, and the suspects computed since the last of
-            // them joined (times in one RFC 3339 form compare as text).
-            let computed = d.suspects_computed.clone().unwrap_or_default();
-            (d.incident.instances.len() == 2
-                && computed > d.incident.last_event
-                && d.comparison.as_deref() == Some("controls")
-                && d.comparison_profiles >= 1
-                && !d.suspects.is_empty())
-            .then_some(d)
-        },
-    )
-    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    let mut last = String::from("no incident");
+    let detail = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no suspects against healthy controls within 300 s; last seen: {last}"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Ok(list) = api.incidents(Some("fleet"), "10m", None).await else {
+            continue;
+        };
+        let Some(incident) = list.incidents.into_iter().find(|i| i.metric == "cpu") else {
+            continue;
+        };
+        let Ok(d) = api.incident(&incident.incident_id).await else {
+            continue;
+        };
+        // Both sick instances in, and the suspects computed since the last of them
+        // joined (times in one RFC 3339 form compare as text).
+        let computed = d.suspects_computed.clone().unwrap_or_default();
+        if d.incident.instances.len() == 2
+            && computed > d.incident.last_event
+            && d.comparison.as_deref() == Some("controls")
+            && d.comparison_profiles >= 1
+            && !d.suspects.is_empty()
+        {
+            break d;
+        }
+        let captures = api.captures("fleet", "10m").await;
+        last = format!("{d:?}\ncaptures: {captures:?}");
+    };
     let names: Vec<&str> = detail
         .suspects
         .iter()
