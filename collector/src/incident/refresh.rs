@@ -65,10 +65,12 @@ impl Refresh {
         let due = at.max(earliest);
         let full = self.pending.len() >= MAX_PENDING;
         match self.pending.get_mut(&incident.incident_id) {
-            Some((record, _)) => {
+            Some((record, at)) => {
                 if incident.version >= record.version {
                     *record = incident.clone();
                 }
+                // A change brings a later computation (one waiting for controls) nearer.
+                *at = (*at).min(due);
             }
             None if full => {
                 tracing::warn!(incident = %incident.incident_id, max = MAX_PENDING, "too many incidents wait for their suspects; this change is not computed");
@@ -251,6 +253,9 @@ mod tests {
         assert_eq!(r.take_due(t0 + SETTLE, 10).len(), 1);
         r.mark_due(&incident("i1", 1), t0 + SETTLE, t0 + CONTROLS_WAIT);
         assert_eq!(r.next_due(), Some(t0 + CONTROLS_WAIT));
+        // A control's profile arriving brings it nearer.
+        r.mark(&incident("i1", 1), t0 + SETTLE * 2);
+        assert_eq!(r.next_due(), Some(t0 + SETTLE + MIN_INTERVAL));
     }
 
     #[test]
