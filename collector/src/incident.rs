@@ -401,15 +401,19 @@ impl Incidents {
                 change = ?kind,
                 "incident"
             );
-            // What was computed so far (at open, a capture is often still running).
-            let suspects = self
-                .store
-                .get_incident_suspects(&record.service, &record.incident_id)
-                .await
-                .unwrap_or_else(|err| {
-                    tracing::warn!(incident = %record.incident_id, error = %err, "cannot read the incident's suspects for its alert");
-                    None
-                });
+            // What was computed so far (at open, a capture is often still running); read
+            // only when a hook will carry it.
+            let suspects = if self.alerter.enabled() {
+                self.store
+                    .get_incident_suspects(&record.service, &record.incident_id)
+                    .await
+                    .unwrap_or_else(|err| {
+                        tracing::warn!(incident = %record.incident_id, error = %err, "cannot read the incident's suspects for its alert");
+                        None
+                    })
+            } else {
+                None
+            };
             if let Err(err) = self.alerter.notify(kind, record, suspects.as_ref()).await {
                 tracing::error!(incident = %record.incident_id, error = %err, "cannot queue the alert");
             }
