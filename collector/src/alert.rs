@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use holmes_storage::IncidentRecord;
+use holmes_storage::{IncidentRecord, IncidentSuspects};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -45,15 +45,18 @@ pub enum AlertKind {
     Escalated,
     /// The incident went quiet.
     Resolved,
+    /// The incident's suspects name a culprit: the first time, or another one.
+    Suspects,
 }
 
 impl AlertKind {
-    /// `opened`, `escalated` or `resolved`.
+    /// `opened`, `escalated`, `resolved` or `suspects`.
     pub fn as_str(self) -> &'static str {
         match self {
             AlertKind::Opened => "opened",
             AlertKind::Escalated => "escalated",
             AlertKind::Resolved => "resolved",
+            AlertKind::Suspects => "suspects",
         }
     }
 }
@@ -280,52 +283,48 @@ impl Alerter {
     }
 
     /// The id of the alert for this change: the same incident, kind and version always
-    /// give the same id.
-    pub fn alert_id(kind: AlertKind, incident: &IncidentRecord) -> String {
-        format!(
-            "{}-{}-v{}",
-            incident.incident_id,
-            kind.as_str(),
-            incident.version
-        )
+    /// give the same id; for [`AlertKind::Suspects`], the same incident and top suspect.
+    pub fn alert_id(
+        kind: AlertKind,
+        incident: &IncidentRecord,
+        suspects: Option<&IncidentSuspects>,
+    ) -> String {
+        match (kind, suspects.and_then(|s| s.suspects.first())) {
+            (AlertKind::Suspects, Some(top)) => {
+                let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+                for b in top.function.bytes() {
+                    h ^= u64::from(b);
+                    h = h.wrapping_mul(0x0000_0100_0000_01b3);
+                }
+                format!("{}-suspects-{h:016x}", incident.incident_id)
+            }
+            _ => format!(
+                "{}-{}-v{}",
+                incident.incident_id,
+                kind.as_str(),
+                incident.version
+            ),
+        }
     }
 
-    /// Whether a hook that carries the top suspect (Alertmanager's) wants this incident.
-    pub fn wants_suspect(&self, incident: &IncidentRecord) -> bool {
-        self.inner.as_ref().is_some_and(|inner| {
-            inner.hooks.iter().any(|h| {
-                h.kind == HookKind::Alertmanager && h.wants(&incident.service, incident.severity)
-            })
-        })
-    }
-
-    /// Queues one alert per matching hook for this incident change, durably (it is on
-    /// disk when this returns). A change already queued (same incident, kind and
-    /// version) is not queued again. It does not wait for delivery, but it does wait
-    /// for room: while `alerts.max_pending` alerts are pending (hooks unreachable), the
-    /// change waits until deliveries succeed or are given up, so the trigger that made
-    /// it is not acknowledged and no alert is dropped. Only a collector that is closing
-    /// gives up waiting, with [`AlertError::OutboxFull`].
+    /// Queues one alert per matching hook for this incident change, with the incident's
+    /// suspects as last computed (if any), durably (it is on disk when this returns). A
+    /// change already queued (same [`Alerter::alert_id`]) is not queued again. It does
+    /// not wait for delivery, but it does wait for room: while `alerts.max_pending`
+    /// alerts are pending (hooks unreachable), the change waits until deliveries succeed
+    /// or are given up, so the trigger that made it is not acknowledged and no alert is
+    /// dropped. Only a collector that is closing gives up waiting, with
+    /// [`AlertError::OutboxFull`].
     pub async fn notify(
         &self,
         kind: AlertKind,
         incident: &IncidentRecord,
-    ) -> Result<(), AlertError> {
-        self.notify_with_suspect(kind, incident, None).await
-    }
-
-    /// [`Alerter::notify`], with the incident's top suspect for the hooks that carry it
-    /// (see [`Alerter::wants_suspect`]).
-    pub async fn notify_with_suspect(
-        &self,
-        kind: AlertKind,
-        incident: &IncidentRecord,
-        top_suspect: Option<&holmes_api::Suspect>,
+        suspects: Option<&IncidentSuspects>,
     ) -> Result<(), AlertError> {
         let Some(inner) = &self.inner else {
             return Ok(());
         };
-        let alert_id = Alerter::alert_id(kind, incident);
+        let alert_id = Alerter::alert_id(kind, incident, suspects);
         let url = payload::incident_url(&inner.base_url, &incident.incident_id);
         let alerts: Vec<NewAlert> = inner
             .hooks
@@ -336,8 +335,7 @@ impl Alerter {
                 hook: h.name.clone(),
                 incident_id: incident.incident_id.clone(),
                 kind: kind.as_str(),
-                body: payload::body(h.kind, kind, &alert_id, incident, &url, top_suspect)
-                    .to_string(),
+                body: payload::body(h.kind, kind, &alert_id, incident, &url, suspects).to_string(),
             })
             .collect();
         if alerts.is_empty() {

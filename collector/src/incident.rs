@@ -5,23 +5,31 @@
 //! to the store and handed to the alert hooks; a ticker resolves quiet incidents. At
 //! start the state is rebuilt from the store, so a restart in the middle of an incident
 //! neither opens it again nor pages twice. [`suspects`] names the functions behind an
-//! incident from its profiles ([`evidence`] reads them from the store), for the API and
-//! for the alerts that carry the top suspect.
+//! incident from its profiles ([`evidence`] reads them from the store): computed by a
+//! task of their own when the incident opens, grows or gets a profile ([`refresh`]
+//! debounces), and stored with it, for the API and the alerts; the first time its
+//! suspects name a culprit (or name another one) an open incident pages again with it.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use holmes_storage::{IncidentQuery, IncidentRecord, Store, StoreError, TriggerRecord};
-use tokio::sync::watch;
+use holmes_storage::{
+    Comparison, IncidentQuery, IncidentRecord, IncidentStatus, Store, StoreError, TriggerRecord,
+};
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
 use crate::alert::{AlertKind, Alerter};
 use crate::clock::unix_nanos_now;
 
+pub mod controls;
 pub mod correlate;
 pub mod evidence;
+pub mod refresh;
 pub mod suspects;
+
+use refresh::Refresh;
 
 use correlate::{Change, CorrelateConfig, Correlator};
 
@@ -38,6 +46,12 @@ pub struct Incidents {
     alerter: Alerter,
     /// Changes not yet written (the store failed), by incident id: the newest version.
     unsaved: Mutex<BTreeMap<String, IncidentRecord>>,
+    /// Incidents whose suspects are due to be computed.
+    refresh: Arc<Mutex<Refresh>>,
+    /// Asks healthy controls when an incident opens (set once the control plane runs).
+    control: std::sync::OnceLock<Arc<crate::control::Control>>,
+    /// Wakes the suspects task when an incident is marked.
+    refresh_wake: Notify,
 }
 
 impl std::fmt::Debug for Incidents {
@@ -64,8 +78,18 @@ impl Incidents {
             store,
             alerter,
             unsaved: Mutex::new(BTreeMap::new()),
+            refresh: Arc::new(Mutex::new(Refresh::default())),
+            control: std::sync::OnceLock::new(),
+            refresh_wake: Notify::new(),
         });
-        let ticker = tokio::spawn(Arc::clone(&incidents).tick_until(closing));
+        let (ticking, computing) = (Arc::clone(&incidents), Arc::clone(&incidents));
+        let closing_too = closing.clone();
+        let ticker = tokio::spawn(async move {
+            tokio::join!(
+                ticking.tick_until(closing),
+                computing.compute_suspects_until(closing_too)
+            );
+        });
         Ok((incidents, ticker))
     }
 
@@ -101,6 +125,12 @@ impl Incidents {
 
     /// Correlates one stored trigger event.
     pub async fn observe(&self, event: &TriggerRecord) {
+        if let Some(request_id) = event.request_id.as_deref() {
+            let control = self.refresh().control_answered(request_id, &event.event_id);
+            if let Some(incident_id) = control {
+                self.mark_by_id(&incident_id);
+            }
+        }
         let changes = {
             let mut correlator = self.correlator.lock().unwrap_or_else(|p| p.into_inner());
             let changes = correlator.observe(event);
@@ -110,6 +140,204 @@ impl Incidents {
             changes
         };
         self.apply(changes).await;
+    }
+
+    /// A profile of the event `event_id` was stored: the incident that holds the event
+    /// (as one of its own, or as a control's answer) gets its suspects computed again.
+    pub fn profile_stored(&self, event_id: &str) {
+        let control = self.refresh().control_event(event_id).map(str::to_owned);
+        let record = {
+            let correlator = self.correlator.lock().unwrap_or_else(|p| p.into_inner());
+            match &control {
+                Some(id) => correlator.incident(id).cloned(),
+                None => correlator.incident_of_event(event_id).cloned(),
+            }
+        };
+        if let Some(record) = record {
+            self.mark(&record);
+        }
+    }
+
+    /// From now on, each new incident asks `[incidents] controls_per_incident` healthy
+    /// instances for their profiles through `control` ([`controls`]).
+    pub fn ask_controls_with(&self, control: Arc<crate::control::Control>) {
+        if self.control.set(control).is_err() {
+            tracing::warn!("the control plane for healthy controls was set already");
+        }
+    }
+
+    /// Asks the new incident's healthy controls, in a task of its own (a request waits
+    /// for the nodes to dispatch it).
+    fn ask_controls(&self, record: &IncidentRecord) {
+        let n = self
+            .correlator
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .config()
+            .controls_per_incident;
+        let Some(control) = self.control.get().cloned() else {
+            return;
+        };
+        if n == 0 {
+            return;
+        }
+        let (store, refresh, record) = (
+            Arc::clone(&self.store),
+            Arc::clone(&self.refresh),
+            record.clone(),
+        );
+        tokio::spawn(async move {
+            let instances = match controls::pick(store.as_ref(), &record, n).await {
+                Ok(instances) => instances,
+                Err(err) => {
+                    tracing::warn!(incident = %record.incident_id, error = %err, "cannot list the instances to ask as healthy controls");
+                    return;
+                }
+            };
+            if instances.is_empty() {
+                tracing::info!(incident = %record.incident_id, service = %record.service, "no live instance outside the incident to ask as a healthy control");
+                return;
+            }
+            refresh
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .await_controls(&record.incident_id, Instant::now());
+            controls::ask(&control, &record, &instances, |request_id| {
+                refresh
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .control_asked(request_id, &record.incident_id);
+            })
+            .await;
+        });
+    }
+
+    fn refresh(&self) -> std::sync::MutexGuard<'_, Refresh> {
+        self.refresh.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks the incident for its suspects to be computed.
+    fn mark(&self, record: &IncidentRecord) {
+        self.refresh().mark(record, Instant::now());
+        self.refresh_wake.notify_one();
+    }
+
+    fn mark_by_id(&self, incident_id: &str) {
+        let record = self
+            .correlator
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .incident(incident_id)
+            .cloned();
+        if let Some(record) = record {
+            self.mark(&record);
+        }
+    }
+
+    /// Computes the suspects of the incidents marked, as they come due, until `closing`
+    /// turns true: a few at a time, each from at most [`evidence::MAX_MERGED_PROFILES`]
+    /// profiles a side.
+    async fn compute_suspects_until(self: Arc<Self>, mut closing: watch::Receiver<bool>) {
+        const PER_ROUND: usize = 8;
+        loop {
+            let next = self.refresh().next_due();
+            let sleep = match next {
+                Some(at) => at.saturating_duration_since(Instant::now()),
+                None => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(sleep) => {}
+                _ = self.refresh_wake.notified() => continue,
+                _ = closing.wait_for(|c| *c) => return,
+            }
+            let due = self.refresh().take_due(Instant::now(), PER_ROUND);
+            for record in due {
+                self.compute_suspects(&record).await;
+            }
+        }
+    }
+
+    /// Computes the incident's suspects and stores them. An open incident whose top
+    /// suspect is new (none before, or another function) pages with it first, so that a
+    /// crash between the two loses no page (the next computation finds the old top
+    /// still stored and pages again; the outbox drops the copy).
+    pub async fn compute_suspects(&self, record: &IncidentRecord) {
+        let started = Instant::now();
+        let computed = match evidence::compute(self.store.as_ref(), record, unix_nanos_now()).await
+        {
+            Ok(Some(computed)) => computed,
+            Ok(None) => return,
+            Err(err) => {
+                tracing::warn!(incident = %record.incident_id, error = %err, "cannot compute the incident's suspects; again at its next change");
+                return;
+            }
+        };
+        let before = self
+            .store
+            .get_incident_suspects(&record.service, &record.incident_id)
+            .await
+            .unwrap_or_else(|err| {
+                tracing::warn!(incident = %record.incident_id, error = %err, "cannot read the incident's stored suspects");
+                None
+            });
+        let top = computed.suspects.first().map(|s| s.function.as_str());
+        // The top suspect last paged: remembered since this process paged it, else (a
+        // restart) the one stored, unless this process held its page back for the
+        // controls (then the stored one was never paged).
+        let (paged, held) = {
+            let refresh = self.refresh();
+            (
+                refresh.paged_top(&record.incident_id).map(str::to_owned),
+                refresh.controls_asked_for(&record.incident_id),
+            )
+        };
+        let stored_top = before
+            .as_ref()
+            .and_then(|b| b.suspects.first())
+            .map(|s| s.function.clone());
+        let top_before = paged.or(if held { None } else { stored_top });
+        let top_before = top_before.as_deref();
+        tracing::info!(
+            incident = %record.incident_id,
+            service = %record.service,
+            top = top.unwrap_or(""),
+            comparison = computed.comparison.as_str(),
+            sick_profiles = computed.sick_profiles,
+            comparison_profiles = computed.comparison_profiles,
+            took_ms = started.elapsed().as_millis() as u64,
+            "incident suspects computed"
+        );
+        // While its healthy controls may still answer, a page without them waits: a
+        // function busy everywhere would lead without the contrast. It is computed
+        // again when they answer, or when the wait is over.
+        let awaited = if computed.comparison == Comparison::Controls {
+            None
+        } else {
+            self.refresh()
+                .controls_awaited(&record.incident_id, Instant::now())
+        };
+        if let Some(until) = awaited {
+            self.refresh().mark_due(record, Instant::now(), until);
+            self.refresh_wake.notify_one();
+        } else if top.is_some() && top != top_before && record.status == IncidentStatus::Open {
+            match self
+                .alerter
+                .notify(AlertKind::Suspects, record, Some(&computed))
+                .await
+            {
+                Ok(()) => {
+                    if let Some(top) = top {
+                        self.refresh().paged(&record.incident_id, top);
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(incident = %record.incident_id, error = %err, "cannot queue the alert naming the suspects");
+                }
+            }
+        }
+        if let Err(err) = self.store.put_incident_suspects(&computed).await {
+            tracing::warn!(incident = %record.incident_id, error = %err, "cannot store the incident's suspects; again at its next change");
+        }
     }
 
     async fn tick_until(self: Arc<Self>, mut closing: watch::Receiver<bool>) {
@@ -151,6 +379,10 @@ impl Incidents {
     async fn apply(&self, changes: Vec<Change>) {
         for change in changes {
             let record = change.incident();
+            self.mark(record);
+            if matches!(change, Change::Opened(_)) {
+                self.ask_controls(record);
+            }
             let kind = match &change {
                 Change::Opened(_) => AlertKind::Opened,
                 Change::Escalated(_) => AlertKind::Escalated,
@@ -169,9 +401,11 @@ impl Incidents {
                 change = ?kind,
                 "incident"
             );
-            // Only Alertmanager hooks carry it; at open a capture is often still running.
-            let top = if self.alerter.wants_suspect(record) {
-                evidence::top_suspect(self.store.as_ref(), record)
+            // What was computed so far (at open, a capture is often still running); read
+            // only when a hook will carry it.
+            let suspects = if self.alerter.enabled() {
+                self.store
+                    .get_incident_suspects(&record.service, &record.incident_id)
                     .await
                     .unwrap_or_else(|err| {
                         tracing::warn!(incident = %record.incident_id, error = %err, "cannot read the incident's suspects for its alert");
@@ -180,11 +414,7 @@ impl Incidents {
             } else {
                 None
             };
-            if let Err(err) = self
-                .alerter
-                .notify_with_suspect(kind, record, top.as_ref())
-                .await
-            {
+            if let Err(err) = self.alerter.notify(kind, record, suspects.as_ref()).await {
                 tracing::error!(incident = %record.incident_id, error = %err, "cannot queue the alert");
             }
             self.save(record).await;

@@ -267,6 +267,10 @@ impl Processor {
                     error = record.error.as_deref().unwrap_or(""),
                     "profile stored"
                 );
+                if let Some(incidents) = &self.incidents {
+                    // Its incident's suspects are computed again, off this path.
+                    incidents.profile_stored(&record.event_id);
+                }
                 Ok(None)
             }
         }

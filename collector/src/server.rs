@@ -320,6 +320,9 @@ impl Server {
             config.control.clone(),
         );
         tasks.extend(control.start(closed.clone()).await);
+        if let Some(incidents) = processor.as_ref().and_then(|p| p.incidents()) {
+            incidents.ask_controls_with(Arc::clone(&control));
+        }
         let foreign = crate::ingest::foreign::ForeignIngest::new(
             Arc::clone(&store),
             sink.clone(),

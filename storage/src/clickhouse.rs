@@ -23,10 +23,10 @@ use crate::{
     ChangedBy, ControlNode, PauseEdit, PauseRecord, RuleChange, RuleEdit,
 };
 use crate::{
-    DebugInfoChunkRecord, DebugInfoStatus, Expired, IncidentQuery, IncidentRecord, InstanceInfo,
-    LocationId, MergeQuery, MergedProfile, MetricPoint, MetricQuery, ParkedEvent, ProfileMeta,
-    ProfileQuery, ProfileRecord, ServiceSummary, StackFrame, Store, StoreError, TriggerQuery,
-    TriggerRecord,
+    DebugInfoChunkRecord, DebugInfoStatus, Expired, IncidentQuery, IncidentRecord,
+    IncidentSuspects, InstanceInfo, LocationId, MergeQuery, MergedProfile, MetricPoint,
+    MetricQuery, ParkedEvent, ProfileMeta, ProfileQuery, ProfileRecord, ServiceSummary, StackFrame,
+    Store, StoreError, TriggerQuery, TriggerRecord,
 };
 
 mod batch;
@@ -44,6 +44,7 @@ mod retention;
 mod schema;
 mod settings;
 mod stacks;
+mod suspects;
 mod triggers;
 
 pub use batch::{set_batch_observer, BatchObserver};
@@ -228,6 +229,7 @@ struct Batches {
     symbols: Batcher<stacks::SymbolRow>,
     incidents: Batcher<incidents::IncidentRow>,
     incident_ids: Batcher<incidents::IncidentIdRow>,
+    suspects: Batcher<suspects::SuspectsRow>,
     control: control::Batches,
 }
 
@@ -244,6 +246,7 @@ impl Batches {
             symbols: Batcher::start(client.clone(), "symbols", config),
             incidents: Batcher::start(client.clone(), "incidents", config),
             incident_ids: Batcher::start(client.clone(), "incidents_by_id", config),
+            suspects: Batcher::start(client.clone(), "incident_suspects", config),
             control: control::Batches::start(client, config),
         }
     }
@@ -658,6 +661,18 @@ impl Store for ClickHouseStore {
 
     async fn get_incident(&self, incident_id: &str) -> Result<Option<IncidentRecord>, StoreError> {
         incidents::get(self, incident_id).await
+    }
+
+    async fn put_incident_suspects(&self, s: &IncidentSuspects) -> Result<(), StoreError> {
+        suspects::put(self, s).await
+    }
+
+    async fn get_incident_suspects(
+        &self,
+        service: &str,
+        incident_id: &str,
+    ) -> Result<Option<IncidentSuspects>, StoreError> {
+        suspects::get(self, service, incident_id).await
     }
 
     async fn expire_before(&self, cutoff_unix_nanos: u64) -> Result<Expired, StoreError> {

@@ -262,6 +262,18 @@ pub trait Store: Send + Sync + 'static {
     /// One incident by id; `None` if there is none.
     async fn get_incident(&self, incident_id: &str) -> Result<Option<IncidentRecord>, StoreError>;
 
+    /// Stores an incident's suspects; of several computations of one incident, the one
+    /// computed last (`computed_unix_nanos`) is kept.
+    async fn put_incident_suspects(&self, suspects: &IncidentSuspects) -> Result<(), StoreError>;
+
+    /// The suspects last stored for the incident `incident_id` of `service`; `None`
+    /// before any were computed.
+    async fn get_incident_suspects(
+        &self,
+        service: &str,
+        incident_id: &str,
+    ) -> Result<Option<IncidentSuspects>, StoreError>;
+
     // The control plane (`control.rs`): central rules and pauses, capture requests and
     // what agents answer.
 

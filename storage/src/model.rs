@@ -359,3 +359,70 @@ pub struct IncidentQuery {
     /// At most this many, newest first (by first event, then id).
     pub limit: u64,
 }
+
+/// What an incident's sick profiles were compared against to rank its suspects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Comparison {
+    /// Profiles of healthy instances of the service captured for the incident, over the
+    /// same moment.
+    Controls,
+    /// The service's profiles from before the incident (agents' periodic baselines,
+    /// earlier captures).
+    Baselines,
+    /// Nothing to compare with: suspects rank by their share in the sick profiles.
+    None,
+}
+
+impl Comparison {
+    /// `controls`, `baselines` or `none`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Comparison::Controls => "controls",
+            Comparison::Baselines => "baselines",
+            Comparison::None => "none",
+        }
+    }
+
+    /// The comparison named `name`, if any.
+    pub fn from_name(name: &str) -> Option<Comparison> {
+        match name {
+            "controls" => Some(Comparison::Controls),
+            "baselines" => Some(Comparison::Baselines),
+            "none" => Some(Comparison::None),
+            _ => None,
+        }
+    }
+}
+
+/// One function suspected of causing an incident, with its evidence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SuspectRecord {
+    /// The function's full path (`crate::module::function`).
+    pub function: String,
+    /// Its inclusive share (the function with everything it calls) of the sick
+    /// instances' profiles, 0 to 1.
+    pub sick_share: f64,
+    /// Its inclusive share of the comparison's profiles, 0 to 1 (0 without one).
+    pub comparison_share: f64,
+}
+
+/// An incident's suspects as computed when it last changed, stored with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IncidentSuspects {
+    /// The incident.
+    pub incident_id: String,
+    /// Its service.
+    pub service: String,
+    /// The profile kind they come from.
+    pub kind: ProfileKind,
+    /// What the sick profiles were compared against.
+    pub comparison: Comparison,
+    /// Profiles of the sick instances behind them.
+    pub sick_profiles: u32,
+    /// Profiles of the comparison behind them.
+    pub comparison_profiles: u32,
+    /// When they were computed (collector time); the store keeps the latest.
+    pub computed_unix_nanos: u64,
+    /// Most suspect first.
+    pub suspects: Vec<SuspectRecord>,
+}

@@ -20,10 +20,10 @@ use crate::{
     ChangedBy, ControlNode, PauseEdit, PauseRecord, RuleChange, RuleEdit,
 };
 use crate::{
-    DebugInfoChunkRecord, DebugInfoStatus, Expired, IncidentQuery, IncidentRecord, InstanceInfo,
-    LocationId, MergeQuery, MergedProfile, MetricPoint, MetricQuery, ParkedEvent, ProfileMeta,
-    ProfileQuery, ProfileRecord, ServiceSummary, StackFrame, Store, StoreError, TriggerQuery,
-    TriggerRecord,
+    DebugInfoChunkRecord, DebugInfoStatus, Expired, IncidentQuery, IncidentRecord,
+    IncidentSuspects, InstanceInfo, LocationId, MergeQuery, MergedProfile, MetricPoint,
+    MetricQuery, ParkedEvent, ProfileMeta, ProfileQuery, ProfileRecord, ServiceSummary, StackFrame,
+    Store, StoreError, TriggerQuery, TriggerRecord,
 };
 
 mod control;
@@ -31,6 +31,7 @@ mod debuginfo;
 mod incidents;
 mod migrate;
 mod profiles;
+mod suspects;
 mod triggers;
 mod writer;
 
@@ -255,6 +256,8 @@ const MIGRATIONS: &[&str] = &[
         holder TEXT NOT NULL,
         until INTEGER NOT NULL
     ) WITHOUT ROWID;",
+    // 9: incidents' suspects, computed when an incident changes (see `suspects.rs`).
+    suspects::SCHEMA,
 ];
 
 /// The embedded SQLite store.
@@ -709,6 +712,21 @@ impl Store for SqliteStore {
         self.read(move |conn| incidents::get(conn, &id)).await
     }
 
+    async fn put_incident_suspects(&self, suspects: &IncidentSuspects) -> Result<(), StoreError> {
+        let s = suspects.clone();
+        self.writer.write(move |conn| suspects::put(conn, &s)).await
+    }
+
+    async fn get_incident_suspects(
+        &self,
+        service: &str,
+        incident_id: &str,
+    ) -> Result<Option<IncidentSuspects>, StoreError> {
+        let (service, id) = (service.to_owned(), incident_id.to_owned());
+        self.read(move |conn| suspects::get(conn, &service, &id))
+            .await
+    }
+
     async fn expire_before(&self, cutoff_unix_nanos: u64) -> Result<Expired, StoreError> {
         // Whole UTC days, as on ClickHouse.
         let day_start = cutoff_unix_nanos - cutoff_unix_nanos % NANOS_PER_DAY;
@@ -721,6 +739,9 @@ impl Store for SqliteStore {
                     "DELETE FROM metric_samples WHERE ts < ?1",
                     "DELETE FROM triggers WHERE ts < ?1",
                     "DELETE FROM profiles WHERE started < ?1",
+                    // An incident's suspects go with it.
+                    "DELETE FROM incident_suspects WHERE incident_id IN
+                        (SELECT incident_id FROM incidents WHERE last_event < ?1)",
                     "DELETE FROM incidents WHERE last_event < ?1",
                     "DELETE FROM instances WHERE last_seen < ?1",
                     "DELETE FROM parked_events WHERE parked < ?1",

@@ -19,11 +19,13 @@ mod control;
 mod debuginfo;
 mod profiles;
 mod retention;
+mod suspects;
 
 pub use control::*;
 pub use debuginfo::*;
 pub use profiles::*;
 pub use retention::*;
+pub use suspects::*;
 
 use profiles::profile_query;
 
@@ -657,6 +659,7 @@ macro_rules! store_conformance_tests {
             expiry_keeps_what_kept_profiles_refer_to,
             incidents_keep_their_newest_version,
             incidents_filter_by_service_status_and_time,
+            incident_suspects_keep_the_latest_computation,
             debuginfo_uploads_resume_and_complete,
             debuginfo_claims_have_one_holder,
             unsymbolized_offsets_shrink_as_symbols_arrive,

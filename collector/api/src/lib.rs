@@ -359,29 +359,40 @@ pub struct IncidentDetailJson {
     /// The profiles captured for them, oldest first.
     pub profiles: Vec<ProfileJson>,
     /// The profile kind the suspects come from (`cpu` for CPU incidents, ...); `null`
-    /// when none was captured.
+    /// until they were computed (no profile of that kind stored yet).
     pub suspect_kind: Option<String>,
-    /// Functions that grew most against the baseline, most suspect first.
+    /// What the sick instances' profiles were compared against: `controls` (healthy
+    /// instances of the service, captured for the incident over the same moment),
+    /// `baselines` (the service's profiles from before it) or `none`; `null` until the
+    /// suspects were computed.
+    pub comparison: Option<String>,
+    /// When the suspects were computed (they are computed when the incident changes or
+    /// gets profiles, and stored with it), RFC 3339; `null` before.
+    pub suspects_computed: Option<String>,
+    /// Functions that grew most in the sick instances against the comparison, most
+    /// suspect first.
     pub suspects: Vec<Suspect>,
-    /// Profiles merged for the suspects: the incident's and the baseline's.
-    pub merged_profiles: u64,
-    /// Baseline profiles (same service and kind, before the incident).
-    pub baseline_profiles: u64,
+    /// Profiles of the sick instances behind the suspects.
+    pub sick_profiles: u64,
+    /// Profiles of the comparison behind them.
+    pub comparison_profiles: u64,
     /// Related incidents of other services.
     pub related: Vec<IncidentJson>,
 }
 
-/// A function suspected of causing an incident.
+/// A function suspected of causing an incident, with its evidence.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Suspect {
-    /// Function name.
+    /// The function's full path (`crate::module::function`).
     pub function: String,
-    /// Share of the incident's profiles attributed to it, 0 to 1.
-    pub share: f64,
-    /// Its share in the baseline profiles (before the incident); 0 without a baseline.
-    pub baseline_share: f64,
-    /// `share - baseline_share`: how much it grew.
+    /// Its share of the sick instances' profiles, counting everything it calls, 0 to 1
+    /// (for CPU: of the CPU time those profiles saw).
+    pub sick_share: f64,
+    /// Its share of the comparison's profiles (healthy controls or baselines), 0 to 1;
+    /// 0 without a comparison.
+    pub comparison_share: f64,
+    /// `sick_share - comparison_share`: how much it grew.
     pub growth: f64,
 }
 

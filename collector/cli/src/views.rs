@@ -172,21 +172,38 @@ pub(crate) fn print_incident(term: &Terminal, d: &IncidentDetailJson) {
         profiles.row(row);
     }
     profiles.print();
+    let comparison = d.comparison.as_deref().unwrap_or("none");
+    let against = match comparison {
+        "controls" => "healthy",
+        "baselines" => "before",
+        _ => "",
+    };
     match &d.suspect_kind {
         Some(kind) => println!(
-            "  suspects ({} profiles: {} of the incident, {} of the baseline):",
+            "  suspects ({} profiles: {} of the sick instances, {} {}):",
             printable(kind),
-            d.merged_profiles,
-            d.baseline_profiles
+            d.sick_profiles,
+            d.comparison_profiles,
+            match comparison {
+                "controls" => "of healthy controls at the same moment",
+                "baselines" => "baselines from before it (no controls)",
+                _ => "to compare with: none",
+            }
         ),
-        None => println!("  suspects: none (no profiles of the kind that explains it)"),
+        None => println!("  suspects: not computed yet (no profiles of the kind that explains it)"),
     }
-    // Most suspect first: its share of the incident's profiles, of the baseline's.
+    // Most suspect first: its share of the sick instances' profiles (with what it
+    // calls), and of the comparison's.
     let mut suspects = Table::new(term, &[]).right_aligned(&[0, 1]).indented(4);
     for s in &d.suspects {
+        let other = if against.is_empty() {
+            String::new()
+        } else {
+            format!("({against} {:.1}%)", 100.0 * s.comparison_share)
+        };
         let row = vec![
-            suspects.text(&format!("{:.1}%", 100.0 * s.share)),
-            suspects.text(&format!("(baseline {:.1}%)", 100.0 * s.baseline_share)),
+            suspects.text(&format!("{:.1}%", 100.0 * s.sick_share)),
+            suspects.text(&other),
             suspects.text(&s.function),
         ];
         suspects.row(row);

@@ -4,9 +4,11 @@
 //!
 //! Labels (an alert's identity): `alertname="HolmesIncident"`, `service`, `metric`,
 //! `severity` (`instance` or `fleet`) and `fingerprint` (the incident id). Annotations:
-//! `summary`, `description`, `incident_id`, `incident_url`, and `top_suspect` when the
-//! incident's profiles name one at the time of the change (at open a CPU capture is
-//! often still running; the resolve carries it). `startsAt` is the incident's
+//! `summary`, `description`, `incident_id`, `incident_url`, and `top_suspect` (the
+//! function with its evidence: `checkout::render (61% of CPU vs 2% on healthy
+//! instances)`) once the incident's suspects are computed (at open a CPU capture is
+//! often still running; the alert sent when they name a culprit carries it, and every
+//! later one). `startsAt` is the incident's
 //! first event, `generatorURL` its page. A firing alert carries `endsAt` = now +
 //! [`FIRING_FOR`], so one whose resolve never comes (a collector gone for good) still
 //! ends; the resolve sets `endsAt` to the moment the incident resolved. When an incident
@@ -15,7 +17,6 @@
 
 use std::time::Duration;
 
-use holmes_api::Suspect;
 use holmes_storage::{IncidentRecord, Severity};
 use serde_json::{json, Value};
 
@@ -35,7 +36,7 @@ fn alert(
     ends_at: u64,
     summary: &str,
     url: &str,
-    top: Option<&Suspect>,
+    top: Option<&str>,
 ) -> Value {
     let mut alert = json!({
         "labels": {
@@ -62,12 +63,7 @@ fn alert(
         "generatorURL": url,
     });
     if let Some(top) = top {
-        alert["annotations"]["top_suspect"] = Value::String(format!(
-            "{} ({:.0}% of the incident's profiles, {:.0}% before it)",
-            top.function,
-            top.share * 100.0,
-            top.baseline_share * 100.0
-        ));
+        alert["annotations"]["top_suspect"] = Value::String(top.to_owned());
     }
     alert
 }
@@ -77,13 +73,13 @@ pub(crate) fn body(
     kind: AlertKind,
     incident: &IncidentRecord,
     url: &str,
-    top: Option<&Suspect>,
+    top: Option<&str>,
 ) -> Value {
     let now = unix_nanos_now();
     let firing_until = now.saturating_add(u64::try_from(FIRING_FOR.as_nanos()).unwrap_or(u64::MAX));
     let summary = format!("Holmes: {}", super::payload::summary(kind, incident));
     match kind {
-        AlertKind::Opened => json!([alert(
+        AlertKind::Opened | AlertKind::Suspects => json!([alert(
             incident,
             incident.severity,
             firing_until,
@@ -132,17 +128,9 @@ mod tests {
         assert!(b[0]["endsAt"].as_str() < b[1]["endsAt"].as_str());
         i.status = IncidentStatus::Resolved;
         i.resolved_unix_nanos = Some(1_700_000_400_000_000_000);
-        let top = Suspect {
-            function: "checkout::render".to_owned(),
-            share: 0.8,
-            baseline_share: 0.1,
-            growth: 0.7,
-        };
-        let r = body(AlertKind::Resolved, &i, "u", Some(&top));
-        assert_eq!(
-            r[0]["annotations"]["top_suspect"],
-            "checkout::render (80% of the incident's profiles, 10% before it)"
-        );
+        let top = "checkout::render (80% of CPU vs 10% on healthy instances)";
+        let r = body(AlertKind::Resolved, &i, "u", Some(top));
+        assert_eq!(r[0]["annotations"]["top_suspect"], top);
         assert_eq!(r[0]["endsAt"], "2023-11-14T22:20:00.000Z");
         assert_eq!(r.as_array().unwrap().len(), 1);
     }

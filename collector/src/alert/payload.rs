@@ -1,8 +1,12 @@
 //! What each kind of hook is sent: the generic JSON document, a Slack message, a
 //! PagerDuty Events v2 event. Built once, when the alert is queued; PagerDuty's routing
-//! key is added at delivery so that it never lands in the outbox file.
+//! key is added at delivery so that it never lands in the outbox file. Each carries the
+//! incident's suspects as last computed: the webhook and PagerDuty's custom details the
+//! top ones with their evidence, Slack's line the top one
+//! (`top suspect: crate::module::function (61% of CPU vs 2% on healthy instances)`).
 
-use holmes_storage::{IncidentRecord, Severity};
+use holmes_proto::ProfileKind;
+use holmes_storage::{Comparison, IncidentRecord, IncidentSuspects, Severity};
 use serde_json::{json, Value};
 
 use super::config::HookKind;
@@ -11,6 +15,58 @@ use crate::clock::rfc3339;
 
 /// PagerDuty caps `payload.summary` at this many characters.
 const PAGERDUTY_SUMMARY_MAX: usize = 1024;
+/// Suspects an alert carries, at most.
+pub(crate) const ALERT_SUSPECTS: usize = 3;
+
+/// What a share is of, for people: `CPU`, `in-use memory`, `threads`, `tasks`.
+fn share_of(kind: ProfileKind) -> &'static str {
+    match kind {
+        ProfileKind::Cpu => "CPU",
+        ProfileKind::Heap => "in-use memory",
+        ProfileKind::Threads => "threads",
+        ProfileKind::Tasks => "tasks",
+    }
+}
+
+/// The top suspect with its evidence, in words:
+/// `crate::module::function (61% of CPU vs 2% on healthy instances)`.
+pub(crate) fn top_suspect(suspects: &IncidentSuspects) -> Option<String> {
+    let top = suspects.suspects.first()?;
+    let sick = 100.0 * top.sick_share;
+    let other = 100.0 * top.comparison_share;
+    let of = share_of(suspects.kind);
+    Some(match suspects.comparison {
+        Comparison::Controls => format!(
+            "{} ({sick:.0}% of {of} vs {other:.0}% on healthy instances)",
+            top.function
+        ),
+        Comparison::Baselines => format!(
+            "{} ({sick:.0}% of {of} vs {other:.0}% before the incident)",
+            top.function
+        ),
+        Comparison::None => format!(
+            "{} ({sick:.0}% of {of}; nothing to compare with)",
+            top.function
+        ),
+    })
+}
+
+/// The suspects as the webhook (and PagerDuty's custom details) spell them.
+fn suspects_json(suspects: &IncidentSuspects) -> Value {
+    json!({
+        "kind": suspects.kind.as_str(),
+        "comparison": suspects.comparison.as_str(),
+        "sick_profiles": suspects.sick_profiles,
+        "comparison_profiles": suspects.comparison_profiles,
+        "computed_at": rfc3339(suspects.computed_unix_nanos),
+        "top": suspects.suspects.iter().take(ALERT_SUSPECTS).map(|s| json!({
+            "function": s.function,
+            "sick_share": s.sick_share,
+            "comparison_share": s.comparison_share,
+            "growth": s.sick_share - s.comparison_share,
+        })).collect::<Vec<_>>(),
+    })
+}
 
 /// The incident page of `id` under `base_url`.
 pub(crate) fn incident_url(base_url: &str, id: &str) -> String {
@@ -37,6 +93,10 @@ fn incident_json(incident: &IncidentRecord) -> Value {
 
 /// One line saying what happened: `checkout: fleet incident on cpu opened (3 instances)`.
 pub(crate) fn summary(kind: AlertKind, incident: &IncidentRecord) -> String {
+    let what = match kind {
+        AlertKind::Suspects => "named its top suspect",
+        other => other.as_str(),
+    };
     let instances = match incident.instances.len() {
         1 => format!("instance {}", incident.instances[0]),
         n => format!("{n} instances"),
@@ -46,8 +106,22 @@ pub(crate) fn summary(kind: AlertKind, incident: &IncidentRecord) -> String {
         incident.service,
         incident.severity.as_str(),
         incident.metric.as_str(),
-        kind.as_str(),
+        what,
     )
+}
+
+/// [`summary`], then the top suspect if there is one.
+fn summary_with_suspect(
+    kind: AlertKind,
+    incident: &IncidentRecord,
+    suspects: Option<&IncidentSuspects>,
+) -> String {
+    let mut line = summary(kind, incident);
+    if let Some(top) = suspects.and_then(top_suspect) {
+        line.push_str(" — top suspect: ");
+        line.push_str(&top);
+    }
+    line
 }
 
 /// The body for a hook of `hook` kind, without secrets.
@@ -57,13 +131,15 @@ pub(crate) fn body(
     alert_id: &str,
     incident: &IncidentRecord,
     url: &str,
-    top_suspect: Option<&holmes_api::Suspect>,
+    suspects: Option<&IncidentSuspects>,
 ) -> Value {
     match hook {
         HookKind::Webhook => json!({
             "event": kind.as_str(),
             "alert_id": alert_id,
             "incident": incident_json(incident),
+            "suspects": suspects.map(suspects_json),
+            "top_suspect": suspects.and_then(top_suspect),
             "url": url,
         }),
         HookKind::Slack => {
@@ -71,17 +147,32 @@ pub(crate) fn body(
                 AlertKind::Opened => ":rotating_light:",
                 AlertKind::Escalated => ":fire:",
                 AlertKind::Resolved => ":white_check_mark:",
+                AlertKind::Suspects => ":mag:",
             };
+            let suspect = suspects
+                .and_then(top_suspect)
+                .map(|top| format!(" — top suspect: {top}"))
+                .unwrap_or_default();
             json!({
-                "text": format!("{icon} Holmes: {} <{url}|incident {}>", summary(kind, incident), incident.incident_id),
+                "text": format!("{icon} Holmes: {} <{url}|incident {}>{suspect}", summary(kind, incident), incident.incident_id),
             })
         }
-        HookKind::Pagerduty => pagerduty(kind, incident, url),
-        HookKind::Alertmanager => super::alertmanager::body(kind, incident, url, top_suspect),
+        HookKind::Pagerduty => pagerduty(kind, incident, url, suspects),
+        HookKind::Alertmanager => super::alertmanager::body(
+            kind,
+            incident,
+            url,
+            suspects.and_then(top_suspect).as_deref(),
+        ),
     }
 }
 
-fn pagerduty(kind: AlertKind, incident: &IncidentRecord, url: &str) -> Value {
+fn pagerduty(
+    kind: AlertKind,
+    incident: &IncidentRecord,
+    url: &str,
+    suspects: Option<&IncidentSuspects>,
+) -> Value {
     if kind == AlertKind::Resolved {
         // PagerDuty needs only the dedup key to resolve.
         return json!({
@@ -93,10 +184,15 @@ fn pagerduty(kind: AlertKind, incident: &IncidentRecord, url: &str) -> Value {
         Severity::Instance => "warning",
         Severity::Fleet => "critical",
     };
-    let mut summary = format!("Holmes: {}", summary(kind, incident));
+    let mut summary = format!("Holmes: {}", summary_with_suspect(kind, incident, suspects));
     if summary.chars().count() > PAGERDUTY_SUMMARY_MAX {
         summary = summary.chars().take(PAGERDUTY_SUMMARY_MAX).collect();
     }
+    let mut details = incident_json(incident);
+    details["suspects"] = suspects.map_or(Value::Null, suspects_json);
+    details["top_suspect"] = suspects
+        .and_then(top_suspect)
+        .map_or(Value::Null, Value::String);
     json!({
         "event_action": "trigger",
         "dedup_key": incident.incident_id,
@@ -107,7 +203,7 @@ fn pagerduty(kind: AlertKind, incident: &IncidentRecord, url: &str) -> Value {
             "timestamp": rfc3339(incident.last_event_unix_nanos),
             "component": incident.metric.as_str(),
             "class": incident.severity.as_str(),
-            "custom_details": incident_json(incident),
+            "custom_details": details,
         },
         "client": "Holmes",
         "client_url": url,

@@ -40,7 +40,8 @@ pub const MAX_RECENT: usize = 10_000;
 const MAX_TIMES_PER_INSTANCE: usize = 64;
 
 /// The correlation settings: the `[incidents]` section of the config file, durations as
-/// text (`window = "2m"`, `quiet = "5m"`, `[incidents.service_windows] checkout = "5m"`).
+/// text (`window = "2m"`, `quiet = "5m"`, `[incidents.service_windows] checkout = "5m"`),
+/// and how many healthy controls a new incident asks for (`controls_per_incident = 3`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CorrelateConfig {
@@ -54,6 +55,9 @@ pub struct CorrelateConfig {
     /// Fleet windows by service.
     #[serde(deserialize_with = "durations_by_name")]
     pub service_windows: BTreeMap<String, Duration>,
+    /// Live instances of the service, not in the incident, asked for their profiles as
+    /// healthy controls when an incident opens (0: none).
+    pub controls_per_incident: usize,
 }
 
 impl Default for CorrelateConfig {
@@ -62,6 +66,7 @@ impl Default for CorrelateConfig {
             window: DEFAULT_WINDOW,
             quiet: DEFAULT_QUIET,
             service_windows: BTreeMap::new(),
+            controls_per_incident: super::controls::DEFAULT_CONTROLS_PER_INCIDENT,
         }
     }
 }
@@ -87,10 +92,14 @@ pub enum IncidentsConfigError {
     /// A service name the agents could not have.
     #[error("incidents.service_windows: {0}")]
     Service(#[from] holmes_proto::names::NameError),
+    /// More controls than an incident may ask for.
+    #[error("incidents: controls_per_incident = {0} is too many; at most {max}", max = super::controls::MAX_CONTROLS_PER_INCIDENT)]
+    TooManyControls(usize),
 }
 
 impl CorrelateConfig {
-    /// Checks that every duration is positive and every service name valid.
+    /// Checks that every duration is positive, every service name valid and the
+    /// controls few enough.
     pub fn validate(&self) -> Result<(), IncidentsConfigError> {
         let positive = |key: &str, d: Duration| {
             if d.is_zero() {
@@ -103,6 +112,11 @@ impl CorrelateConfig {
         };
         positive("window", self.window)?;
         positive("quiet", self.quiet)?;
+        if self.controls_per_incident > super::controls::MAX_CONTROLS_PER_INCIDENT {
+            return Err(IncidentsConfigError::TooManyControls(
+                self.controls_per_incident,
+            ));
+        }
         for (service, window) in &self.service_windows {
             holmes_proto::names::validate_name("service", service)?;
             positive(&format!("service_windows.{service}"), *window)?;
@@ -246,6 +260,20 @@ impl Correlator {
                 IncidentStatus::Resolved => self.push_recent(t),
             }
         }
+    }
+
+    /// The tracked incident `incident_id` (open or recently resolved), as it now is.
+    pub fn incident(&self, incident_id: &str) -> Option<&IncidentRecord> {
+        self.open
+            .values()
+            .chain(self.recent.iter().rev())
+            .map(|t| &t.record)
+            .find(|r| r.incident_id == incident_id)
+    }
+
+    /// The tracked incident that holds the event `event_id`, as it now is.
+    pub fn incident_of_event(&self, event_id: &str) -> Option<&IncidentRecord> {
+        self.incident(self.seen.get(event_id)?)
     }
 
     /// Incidents open now.

@@ -1,19 +1,22 @@
 //! An incident's evidence read from the store: its profiles, those of the kind that
-//! explains it, and the service's baseline profiles from before it — what its suspects
-//! are computed from, for the API's detail and for the alerts that carry the top suspect.
+//! explains it, the profiles of the healthy controls captured for it and the service's
+//! baseline profiles from before it — what its suspects are computed from ([`compute`])
+//! when it changes, to be stored with it.
 
 use std::collections::BTreeSet;
 
-use holmes_api::Suspect;
-use holmes_proto::{Metric, ProfileKind};
+use holmes_proto::{CapturePurpose, Metric, ProfileKind};
 use holmes_storage::{
-    IncidentRecord, ProfileContents, ProfileMeta, ProfileQuery, Store, StoreError,
+    CaptureRequestQuery, Comparison, IncidentRecord, IncidentSuspects, ProfileContents,
+    ProfileMeta, ProfileQuery, Store, StoreError, TriggerQuery,
 };
 
 /// Profiles merged per side (incident, baseline) for the suspects, at most.
 pub const MAX_MERGED_PROFILES: usize = 50;
 /// How long before an incident its baseline profiles are looked for.
 pub const BASELINE_SPAN_SECS: u64 = 6 * 3600;
+/// Suspects stored per incident, at most.
+pub const STORED_SUSPECTS: usize = 10;
 
 const SEC: u64 = 1_000_000_000;
 
@@ -114,18 +117,105 @@ async fn read_contents(
         .collect())
 }
 
-/// The incident's top suspect now, if its profiles are in.
-pub async fn top_suspect(
+/// The profiles captured for the incident's healthy controls (capture requests of
+/// purpose control for it, answered by instances that are not among its sick ones), of
+/// `kind`, at most [`MAX_MERGED_PROFILES`].
+pub async fn controls(
     store: &dyn Store,
     incident: &IncidentRecord,
-) -> Result<Option<Suspect>, StoreError> {
+    kind: ProfileKind,
+) -> Result<Vec<ProfileContents>, StoreError> {
+    let since = incident.first_event_unix_nanos.saturating_sub(120 * SEC);
+    let until = incident.last_event_unix_nanos.saturating_add(600 * SEC);
+    let requests: BTreeSet<String> = store
+        .capture_requests(&CaptureRequestQuery {
+            service: Some(incident.service.clone()),
+            since_unix_nanos: since,
+            until_unix_nanos: until,
+            limit: 10_000,
+        })
+        .await?
+        .into_iter()
+        .filter(|r| {
+            r.purpose == CapturePurpose::Control
+                && r.incident_id.as_deref() == Some(incident.incident_id.as_str())
+        })
+        .map(|r| r.request_id)
+        .collect();
+    if requests.is_empty() {
+        return Ok(Vec::new());
+    }
+    let events: BTreeSet<String> = store
+        .query_triggers(&TriggerQuery {
+            service: incident.service.clone(),
+            metric: None,
+            since_unix_nanos: since,
+            until_unix_nanos: until,
+            limit: 100_000,
+        })
+        .await?
+        .into_iter()
+        .filter(|t| {
+            t.request_id.as_ref().is_some_and(|r| requests.contains(r))
+                && !incident.instances.contains(&t.instance_id)
+        })
+        .map(|t| t.event_id)
+        .collect();
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<String> = store
+        .query_profiles(&ProfileQuery {
+            service: incident.service.clone(),
+            event_id: None,
+            kind: Some(kind),
+            since_unix_nanos: since,
+            until_unix_nanos: until,
+            limit: 10_000,
+        })
+        .await?
+        .into_iter()
+        .filter(|p| p.error.is_none() && events.contains(&p.event_id))
+        .take(MAX_MERGED_PROFILES)
+        .map(|p| p.profile_id)
+        .collect();
+    read_contents(store, &incident.service, &ids).await
+}
+
+/// The incident's suspects from what the store holds now, computed at `now` (collector
+/// time): the sick instances' profiles of the kind that explains it against its
+/// controls, else the baselines, else nothing. `None` while no sick profile of that
+/// kind is stored.
+pub async fn compute(
+    store: &dyn Store,
+    incident: &IncidentRecord,
+    now_unix_nanos: u64,
+) -> Result<Option<IncidentSuspects>, StoreError> {
     let kind = kind_for(incident.metric);
-    let merged = contents_of(store, &profiles_of(store, incident).await?, kind).await?;
-    if merged.is_empty() {
+    let sick = contents_of(store, &profiles_of(store, incident).await?, kind).await?;
+    if sick.is_empty() {
         return Ok(None);
     }
-    let baseline = baseline(store, incident, kind).await?;
-    Ok(super::suspects::suspects(&merged, &baseline, 1)
-        .into_iter()
-        .next())
+    let controls = controls(store, incident, kind).await?;
+    let (comparison, against) = if controls.is_empty() {
+        let baseline = baseline(store, incident, kind).await?;
+        if baseline.is_empty() {
+            (Comparison::None, baseline)
+        } else {
+            (Comparison::Baselines, baseline)
+        }
+    } else {
+        (Comparison::Controls, controls)
+    };
+    let suspects = super::suspects::suspects(&sick, &against, STORED_SUSPECTS);
+    Ok(Some(IncidentSuspects {
+        incident_id: incident.incident_id.clone(),
+        service: incident.service.clone(),
+        kind,
+        comparison,
+        sick_profiles: u32::try_from(sick.len()).unwrap_or(u32::MAX),
+        comparison_profiles: u32::try_from(against.len()).unwrap_or(u32::MAX),
+        computed_unix_nanos: now_unix_nanos,
+        suspects,
+    }))
 }

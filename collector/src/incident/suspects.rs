@@ -1,13 +1,12 @@
-//! An incident's suspects: the functions that grew most in its profiles against the
-//! baseline. Every sample is attributed to the innermost frame of the program's own code
-//! on its stack (not the standard library, the async runtime, the agent or libc), summed
-//! per function across the merged profiles, and functions rank by how much their share
-//! grew.
+//! An incident's suspects: the functions of the program's own code (not the standard
+//! library, the async runtime, the agent or libc) whose share grew most between the sick
+//! instances' profiles and the comparison (healthy controls of the same moment, else
+//! the service's baselines, else nothing), each counted with everything it calls, and
+//! named at the deepest program frame that carries the growth ([`suspects`]).
 
 use std::collections::HashMap;
 
-use holmes_api::Suspect;
-use holmes_storage::ProfileContents;
+use holmes_storage::{ProfileContents, SuspectRecord};
 
 /// Whether a function is the program's own code rather than the standard library, the
 /// async runtime, the agent or the C library: the frames a suspect is chosen from. A
@@ -70,97 +69,206 @@ pub fn is_program_frame(function: &str, file: &str) -> bool {
     is_program_code(function) && !NOT_PROGRAM.iter().any(|p| file.contains(p))
 }
 
-/// Each sample's value (the profile's last sample type) attributed to the innermost
-/// frame of program code on its stack (the whole stack's leaf if none), summed per
-/// function, as shares of the profiles' total. Frames are read in place, each
-/// location's once: a stack is never copied out with its names, so a profile naming one
-/// long function at every depth of many stacks costs what its locations cost.
-fn attributed_shares(profiles: &[ProfileContents]) -> HashMap<String, f64> {
-    let mut sums: HashMap<String, f64> = HashMap::new();
-    let mut total = 0f64;
-    for p in profiles {
-        let Some(index) = p.value_index(None) else {
-            continue;
+/// Functions with their inclusive shares of a set of profiles, and (for the sick side)
+/// which of them call which.
+struct Inclusive {
+    /// Function names, each once.
+    names: Vec<String>,
+    /// Index of each name in `names`.
+    index: HashMap<String, usize>,
+    /// Per function, its share of the profiles' total: the samples whose stack holds it
+    /// anywhere (the function with everything it calls), 0 to 1.
+    shares: Vec<f64>,
+    /// Per distinct stack, its program functions, innermost first, each once (a
+    /// recursive function at its innermost call).
+    chains: Vec<Vec<usize>>,
+}
+
+impl Inclusive {
+    /// Reads `profiles`: each sample's value (the profile's default sample type, else
+    /// its last) counts for every function of program code on its stack (the stack's
+    /// leaf if none), once per stack. Frames are read in place, each location's once,
+    /// and each name is copied once: a profile naming one long function at every depth
+    /// of many stacks costs what its locations cost.
+    fn of(profiles: &[ProfileContents]) -> Inclusive {
+        let mut out = Inclusive {
+            names: Vec::new(),
+            index: HashMap::new(),
+            shares: Vec::new(),
+            chains: Vec::new(),
         };
-        let frames = p.frames_by_location();
-        // Per location, once: its innermost frame of program code, and its leaf.
-        let program: Vec<Option<&str>> = frames
-            .iter()
-            .map(|f| {
-                f.iter()
-                    .find(|f| is_program_frame(&f.function, &f.file))
-                    .map(|f| f.function.as_str())
-            })
-            .collect();
-        let leaf = |l: u32| {
-            frames
-                .get(l as usize)
-                .and_then(|f| f.first())
-                .map(|f| f.function.as_str())
-        };
-        // Each stack's function, once however many samples use it.
-        let attributed: Vec<Option<&str>> = p
-            .stacks
-            .iter()
-            .map(|locations| {
-                locations
-                    .iter()
-                    .find_map(|&l| program.get(l as usize).copied().flatten())
-                    .or_else(|| locations.iter().find_map(|&l| leaf(l)))
-            })
-            .collect();
-        for sample in &p.samples {
-            let v = sample.values.get(index).copied().unwrap_or(0).max(0) as f64;
-            if let Some(Some(function)) = attributed.get(sample.stack as usize) {
-                match sums.get_mut(*function) {
-                    Some(sum) => *sum += v,
-                    None => {
-                        sums.insert((*function).to_owned(), v);
+        let mut sums: Vec<f64> = Vec::new();
+        let mut total = 0f64;
+        let mut chain_of: HashMap<Vec<usize>, ()> = HashMap::new();
+        for p in profiles {
+            let Some(value) = p.value_index(None) else {
+                continue;
+            };
+            let frames = p.frames_by_location();
+            // Per location, once: its functions of program code, innermost first.
+            let program: Vec<Vec<usize>> = frames
+                .iter()
+                .map(|f| {
+                    f.iter()
+                        .filter(|f| is_program_frame(&f.function, &f.file))
+                        .map(|f| out.intern(&f.function))
+                        .collect()
+                })
+                .collect();
+            // Per stack, once however many samples use it.
+            let chains: Vec<Vec<usize>> = p
+                .stacks
+                .iter()
+                .map(|locations| {
+                    let mut chain: Vec<usize> = Vec::new();
+                    for &l in locations {
+                        for &f in program.get(l as usize).map_or(&[][..], Vec::as_slice) {
+                            if !chain.contains(&f) {
+                                chain.push(f);
+                            }
+                        }
                     }
+                    if chain.is_empty() {
+                        let leaf = locations
+                            .first()
+                            .and_then(|&l| frames.get(l as usize))
+                            .and_then(|f| f.first());
+                        if let Some(leaf) = leaf {
+                            chain.push(out.intern(&leaf.function));
+                        }
+                    }
+                    chain
+                })
+                .collect();
+            sums.resize(out.names.len(), 0.0);
+            for sample in &p.samples {
+                let v = sample.values.get(value).copied().unwrap_or(0).max(0) as f64;
+                let Some(chain) = chains.get(sample.stack as usize) else {
+                    continue;
+                };
+                if chain.is_empty() {
+                    continue;
+                }
+                for &f in chain {
+                    sums[f] += v;
                 }
                 total += v;
             }
+            for chain in chains {
+                if !chain.is_empty() {
+                    chain_of.entry(chain).or_insert(());
+                }
+            }
         }
+        out.chains = chain_of.into_keys().collect();
+        out.shares = sums
+            .into_iter()
+            .map(|s| if total > 0.0 { s / total } else { 0.0 })
+            .collect();
+        out
     }
-    if total > 0.0 {
-        for v in sums.values_mut() {
-            *v /= total;
+
+    fn intern(&mut self, name: &str) -> usize {
+        if let Some(&i) = self.index.get(name) {
+            return i;
         }
+        self.names.push(name.to_owned());
+        self.index.insert(name.to_owned(), self.names.len() - 1);
+        self.names.len() - 1
     }
-    sums
+
+    /// The share of the function named `name`; 0 if it is not in these profiles.
+    fn share_of(&self, name: &str) -> f64 {
+        self.index
+            .get(name)
+            .and_then(|&i| self.shares.get(i))
+            .copied()
+            .unwrap_or(0.0)
+    }
 }
 
-/// The functions that grew most in `incident` against `baseline`, at most `limit`:
-/// every sample is attributed to its innermost frame of program code (so a thread
-/// blocked in a lock counts for the function that took the lock, an allocation for the
-/// function that allocated), and functions rank by how much their share grew.
+/// A caller is named instead of a function it calls only if that callee carries less
+/// than this part of the caller's growth.
+pub const CARRIED: f64 = 0.8;
+
+/// The functions that grew most in `sick` against `comparison`, at most `limit`, most
+/// suspect first, with their shares on both sides.
+///
+/// A function counts with everything it calls (its inclusive share), and ranks by how
+/// much that share grew (without a comparison: by its share). A function whose growth
+/// is carried by a deeper function of program code it calls (one that grew by at least
+/// [`CARRIED`] of its growth) ranks after the functions that grew and are not, and
+/// before those that did not grow: so the deepest
+/// program frame that carries the growth is named — `main` and the service's loop are
+/// not, since what they call grew as much, and neither is a helper shared with healthy
+/// code, whose share grew nowhere.
 pub fn suspects(
-    incident: &[ProfileContents],
-    baseline: &[ProfileContents],
+    sick: &[ProfileContents],
+    comparison: &[ProfileContents],
     limit: usize,
-) -> Vec<Suspect> {
-    let now = attributed_shares(incident);
-    let before = attributed_shares(baseline);
-    let mut out: Vec<Suspect> = now
+) -> Vec<SuspectRecord> {
+    let now = Inclusive::of(sick);
+    let before = Inclusive::of(comparison);
+    let growth: Vec<f64> = now
+        .names
+        .iter()
+        .zip(&now.shares)
+        .map(|(name, share)| share - before.share_of(name))
+        .collect();
+    let mut order: Vec<usize> = (0..now.names.len()).collect();
+    order.sort_by(|&a, &b| {
+        growth[b]
+            .total_cmp(&growth[a])
+            .then(now.shares[b].total_cmp(&now.shares[a]))
+            .then(now.names[a].cmp(&now.names[b]))
+    });
+    // Which of the leading candidates call which: a bounded look over the sick stacks.
+    let candidates: Vec<usize> = order
+        .iter()
+        .copied()
+        .take(limit.saturating_mul(4).max(16))
+        .collect();
+    let slot: HashMap<usize, usize> = candidates
+        .iter()
+        .enumerate()
+        .map(|(slot, &f)| (f, slot))
+        .collect();
+    let n = candidates.len();
+    // calls[a * n + b]: candidate a is above candidate b on some sick stack.
+    let mut calls = vec![false; n * n];
+    for chain in &now.chains {
+        let on: Vec<usize> = chain.iter().filter_map(|f| slot.get(f).copied()).collect();
+        for (i, &inner) in on.iter().enumerate() {
+            for &outer in &on[i + 1..] {
+                calls[outer * n + inner] = true;
+            }
+        }
+    }
+    let carried = |a: usize| {
+        let g = growth[candidates[a]];
+        g > 0.0
+            && (0..n).any(|b| b != a && calls[a * n + b] && growth[candidates[b]] >= CARRIED * g)
+    };
+    // Grew and named first, then the callers whose growth a callee carries, then what
+    // did not grow; by growth within each (the sort is stable).
+    let mut ranked: Vec<usize> = (0..n).collect();
+    ranked.sort_by_key(|&a| match (growth[candidates[a]] > 0.0, carried(a)) {
+        (true, false) => 0u8,
+        (true, true) => 1,
+        (false, _) => 2,
+    });
+    ranked
         .into_iter()
-        .map(|(function, share)| {
-            let baseline_share = before.get(&function).copied().unwrap_or(0.0);
-            Suspect {
-                function,
-                share,
-                baseline_share,
-                growth: share - baseline_share,
+        .take(limit)
+        .map(|a| {
+            let f = candidates[a];
+            SuspectRecord {
+                function: now.names[f].clone(),
+                sick_share: now.shares[f],
+                comparison_share: before.share_of(&now.names[f]),
             }
         })
-        .collect();
-    out.sort_by(|a, b| {
-        b.growth
-            .total_cmp(&a.growth)
-            .then(b.share.total_cmp(&a.share))
-            .then(a.function.cmp(&b.function))
-    });
-    out.truncate(limit);
-    out
+        .collect()
 }
 
 #[cfg(test)]
@@ -260,11 +368,13 @@ mod tests {
         let baseline = profile(&[(&idle, 3)]);
         let top = suspects(std::slice::from_ref(&incident), &[baseline], 5);
         assert_eq!(top[0].function, "bank::transfer");
-        assert!((top[0].share - 80.0 / 83.0).abs() < 1e-9, "{top:?}");
-        assert_eq!(top[0].baseline_share, 0.0);
+        assert!((top[0].sick_share - 80.0 / 83.0).abs() < 1e-9, "{top:?}");
+        assert_eq!(top[0].comparison_share, 0.0);
+        // Its caller grew as much, carried by it: named after it.
+        assert_eq!(top[1].function, "bank::main::{{closure}}");
         // `bank::serve` shrank from all of the baseline to 3/83.
         let serve = top.iter().find(|s| s.function == "bank::serve").unwrap();
-        assert!(serve.growth < 0.0);
+        assert!(serve.sick_share < serve.comparison_share);
         // Without a baseline the largest share leads.
         assert_eq!(suspects(&[incident], &[], 1)[0].function, "bank::transfer");
         assert!(!is_program_code("std::thread::park"));
@@ -302,5 +412,45 @@ mod tests {
         ]);
         let top = suspects(&[profile(&[(&spin, 10)])], &[], 1);
         assert_eq!(top[0].function, "demo::hot_loop");
+    }
+
+    #[test]
+    fn a_culprit_spending_its_time_in_a_shared_helper_is_named() {
+        // Every instance runs `background`, which spends its time in `checksum`; the
+        // sick ones also run `culprit`, which spends its time in the same helper.
+        let shared = stack(&[
+            "fleet::checksum",
+            "fleet::background",
+            "fleet::main",
+            "main",
+        ]);
+        let culprit = stack(&[
+            "fleet::checksum",
+            "fleet::culprit",
+            "fleet::serve",
+            "fleet::main",
+            "main",
+        ]);
+        let idle = stack(&["epoll_wait", "fleet::serve", "fleet::main", "main"]);
+        let sick = profile(&[(&shared, 20), (&culprit, 60), (&idle, 5)]);
+        let healthy = profile(&[(&shared, 20), (&idle, 5)]);
+        let top = suspects(&[sick.clone(), sick.clone()], &[healthy], 10);
+        let names: Vec<&str> = top.iter().map(|s| s.function.as_str()).collect();
+        assert_eq!(names[0], "fleet::culprit", "{top:?}");
+        assert!((top[0].sick_share - 60.0 / 85.0).abs() < 1e-9, "{top:?}");
+        assert_eq!(top[0].comparison_share, 0.0);
+        // Its callers grew as much as it did: named after it. The shared function
+        // shrank, `fleet::main` is everywhere.
+        let at = |f: &str| names.iter().position(|n| *n == f).unwrap();
+        assert!(at("fleet::serve") > 0);
+        assert!(at("fleet::background") >= 3, "{names:?}");
+        assert!(at("fleet::main") >= 3, "{names:?}");
+        let background = &top[at("fleet::background")];
+        assert!(
+            (background.comparison_share - 0.8).abs() < 1e-9,
+            "{background:?}"
+        );
+        // Without a comparison, the function carrying most of the samples leads.
+        assert_eq!(suspects(&[sick], &[], 1)[0].function, "fleet::checksum");
     }
 }

@@ -6,8 +6,8 @@ use std::collections::{BTreeSet, HashMap};
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use holmes_api::{
-    validate_profile_id, ErrorJson, IncidentDetailJson, IncidentJson, IncidentsJson, TriggerJson,
-    DEFAULT_INCIDENT_LIMIT, DEFAULT_INCIDENT_SINCE,
+    validate_profile_id, ErrorJson, IncidentDetailJson, IncidentJson, IncidentsJson, Suspect,
+    TriggerJson, DEFAULT_INCIDENT_LIMIT, DEFAULT_INCIDENT_SINCE,
 };
 use holmes_proto::ProfileKind;
 use holmes_storage::{
@@ -20,10 +20,6 @@ use super::{check_service, limit, time_range, Api};
 use crate::clock::rfc3339;
 use crate::error::ApiError;
 use crate::incident::evidence;
-use crate::incident::suspects::suspects;
-
-/// Suspects in an incident's detail.
-pub(super) const SUSPECTS: usize = 10;
 
 /// An incident as the API lists it.
 fn incident_json(i: IncidentRecord) -> IncidentJson {
@@ -150,9 +146,10 @@ use crate::incident::evidence::kind_for;
 
 /// One incident in detail.
 ///
-/// Its trigger events, the profiles captured for them, its suspect functions (what grew
-/// most against the baseline, from the profiles of the kind that explains its metric)
-/// and the related incidents of other services.
+/// Its trigger events, the profiles captured for them, its suspect functions as stored
+/// when it last changed (what grew most in its sick instances against its healthy
+/// controls, else the baselines, from the profiles of the kind that explains its
+/// metric; empty until computed) and the related incidents of other services.
 #[utoipa::path(
     get,
     path = "/api/v1/incidents/{incident_id}",
@@ -188,10 +185,10 @@ pub(super) async fn detail(
         .map(trigger_json)
         .collect();
     let ours = profiles_of(&api, &incident).await?;
-    let kind = kind_for(incident.metric);
-    let merged = contents_of(&api, &ours, kind).await?;
-    let baseline = baseline(&api, &incident, kind).await?;
-    let suspects = suspects(&merged, &baseline, SUSPECTS);
+    let stored = api
+        .store
+        .get_incident_suspects(&incident.service, &incident.incident_id)
+        .await?;
     let mut related = Vec::new();
     for id in &incident.related {
         if let Some(r) = api.store.get_incident(id).await? {
@@ -199,10 +196,24 @@ pub(super) async fn detail(
         }
     }
     Ok(Json(IncidentDetailJson {
-        suspect_kind: (!merged.is_empty()).then(|| kind.as_str().to_owned()),
-        merged_profiles: merged.len() as u64,
-        baseline_profiles: baseline.len() as u64,
-        suspects,
+        suspect_kind: stored.as_ref().map(|s| s.kind.as_str().to_owned()),
+        comparison: stored.as_ref().map(|s| s.comparison.as_str().to_owned()),
+        suspects_computed: stored.as_ref().map(|s| rfc3339(s.computed_unix_nanos)),
+        sick_profiles: stored.as_ref().map_or(0, |s| u64::from(s.sick_profiles)),
+        comparison_profiles: stored
+            .as_ref()
+            .map_or(0, |s| u64::from(s.comparison_profiles)),
+        suspects: stored
+            .map(|s| s.suspects)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| Suspect {
+                growth: s.sick_share - s.comparison_share,
+                function: s.function,
+                sick_share: s.sick_share,
+                comparison_share: s.comparison_share,
+            })
+            .collect(),
         triggers,
         profiles: ours.into_iter().map(profile_json).collect(),
         related,

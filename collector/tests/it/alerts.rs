@@ -13,7 +13,10 @@ use axum::http::StatusCode;
 use holmes_collector::alert::{AlertError, AlertKind, Alerter, AlertsConfig, OutboxStats};
 use holmes_collector::Config;
 use holmes_proto::Metric;
-use holmes_storage::{IncidentRecord, IncidentStatus, Severity};
+use holmes_proto::ProfileKind;
+use holmes_storage::{
+    Comparison, IncidentRecord, IncidentStatus, IncidentSuspects, Severity, SuspectRecord,
+};
 use tokio::sync::watch;
 
 fn incident(id: &str, service: &str, severity: Severity, version: u64) -> IncidentRecord {
@@ -34,6 +37,31 @@ fn incident(id: &str, service: &str, severity: Severity, version: u64) -> Incide
         event_ids: vec!["e1".to_owned(), "e2".to_owned()],
         related: vec![],
         version,
+    }
+}
+
+/// Suspects of incident `id` as the collector stores them: the culprit against healthy
+/// controls, then two more.
+fn suspects(id: &str) -> IncidentSuspects {
+    let s = |function: &str, sick_share: f64, comparison_share: f64| SuspectRecord {
+        function: function.to_owned(),
+        sick_share,
+        comparison_share,
+    };
+    IncidentSuspects {
+        incident_id: id.to_owned(),
+        service: "checkout".to_owned(),
+        kind: ProfileKind::Cpu,
+        comparison: Comparison::Controls,
+        sick_profiles: 2,
+        comparison_profiles: 3,
+        computed_unix_nanos: 1_764_126_760_000_000_000,
+        suspects: vec![
+            s("checkout::pricing::recompute_all", 0.61, 0.02),
+            s("checkout::serve", 0.7, 0.3),
+            s("checkout::db::query", 0.05, 0.03),
+            s("checkout::fourth", 0.01, 0.0),
+        ],
     }
 }
 
@@ -71,6 +99,7 @@ async fn each_hook_gets_its_alerts_in_order_with_its_payload() {
     let webhook = Receiver::start(0, StatusCode::OK).await;
     let slack = Receiver::start(0, StatusCode::OK).await;
     let pagerduty = Receiver::start(0, StatusCode::OK).await;
+    let alertmanager = Receiver::start(0, StatusCode::OK).await;
     let config = alerts_config(&format!(
         r#"
         [alerts]
@@ -95,49 +124,83 @@ async fn each_hook_gets_its_alerts_in_order_with_its_payload() {
         url = "{}"
         routing_key = "R0UT1NG-KEY"
         min_severity = "fleet"
+
+        [[alerts.hooks]]
+        name = "am"
+        kind = "alertmanager"
+        url = "{}"
+        services = ["checkout"]
         "#,
         webhook.url("/hooks/holmes"),
         slack.url("/services/T0/B0/x"),
         pagerduty.url("/v2/enqueue"),
+        alertmanager.url("/api/v2/alerts"),
     ));
     let dir = tempfile::tempdir().unwrap();
     let (_close, closing) = watch::channel(false);
     let alerter = Alerter::start(&config, dir.path(), None, closing).unwrap();
 
-    // Queued back to back: each hook must still hear open, escalate, resolve in order.
+    // Queued back to back: each hook must still hear open, escalate, the culprit
+    // named, resolve in order. The suspects are computed after the escalation; the
+    // resolve carries them too.
     let opened = incident(A, "checkout", Severity::Instance, 1);
     let escalated = incident(A, "checkout", Severity::Fleet, 2);
     let done = resolved(escalated.clone());
-    alerter.notify(AlertKind::Opened, &opened).await.unwrap();
+    let named = suspects(A);
     alerter
-        .notify(AlertKind::Escalated, &escalated)
+        .notify(AlertKind::Opened, &opened, None)
         .await
         .unwrap();
-    alerter.notify(AlertKind::Resolved, &done).await.unwrap();
+    alerter
+        .notify(AlertKind::Escalated, &escalated, None)
+        .await
+        .unwrap();
+    alerter
+        .notify(AlertKind::Suspects, &escalated, Some(&named))
+        .await
+        .unwrap();
+    // Computed again with the same top suspect (a restart, new profiles): not twice.
+    let mut again = named.clone();
+    again.computed_unix_nanos += 5_000_000_000;
+    alerter
+        .notify(AlertKind::Suspects, &escalated, Some(&again))
+        .await
+        .unwrap();
+    alerter
+        .notify(AlertKind::Resolved, &done, Some(&named))
+        .await
+        .unwrap();
     let cart = incident(B, "cart", Severity::Instance, 1);
-    alerter.notify(AlertKind::Opened, &cart).await.unwrap();
+    alerter
+        .notify(AlertKind::Opened, &cart, None)
+        .await
+        .unwrap();
 
-    // ops: 4, slack (checkout only): 3, pager (fleet only): 2.
+    // ops: 5, slack (checkout only): 4, pager (fleet only): 3, alertmanager
+    // (checkout only): 4.
     let stats = stats_when(&alerter, "every alert delivered", |s| s.pending == 0).await;
     assert_eq!(
         stats,
         OutboxStats {
             pending: 0,
-            delivered: 9,
+            delivered: 16,
             failed: 0
         }
     );
 
     let link = format!("https://holmes.example.com/ui/incidents/{A}");
     let ops = webhook.accepted();
-    assert_eq!(ops.len(), 4, "{ops:#?}");
+    assert_eq!(ops.len(), 5, "{ops:#?}");
     let events_of = |id: &str| -> Vec<String> {
         ops.iter()
             .filter(|r| r.body["incident"]["id"] == id)
             .map(|r| r.body["event"].as_str().unwrap().to_owned())
             .collect()
     };
-    assert_eq!(events_of(A), ["opened", "escalated", "resolved"]);
+    assert_eq!(
+        events_of(A),
+        ["opened", "escalated", "suspects", "resolved"]
+    );
     assert_eq!(events_of(B), ["opened"]);
     for r in &ops {
         assert_eq!(r.path, "/hooks/holmes");
@@ -160,17 +223,40 @@ async fn each_hook_gets_its_alerts_in_order_with_its_payload() {
     assert_eq!(i["instances"], serde_json::json!(["checkout-1"]));
     assert_eq!(i["event_ids"], serde_json::json!(["e1", "e2"]));
     assert_eq!(i["related"], serde_json::json!([]));
+    assert_eq!(first.body["suspects"], serde_json::Value::Null, "none yet");
     let last = ops.iter().rfind(|r| r.body["incident"]["id"] == A).unwrap();
     assert_eq!(last.body["incident"]["status"], "resolved");
     assert_eq!(last.body["incident"]["severity"], "fleet");
+    // The culprit in the page: the top suspects with their evidence.
+    let page = ops.iter().find(|r| r.body["event"] == "suspects").unwrap();
+    for body in [&page.body, &last.body] {
+        let s = &body["suspects"];
+        assert_eq!(s["kind"], "cpu");
+        assert_eq!(s["comparison"], "controls");
+        assert_eq!(s["sick_profiles"], 2);
+        assert_eq!(s["comparison_profiles"], 3);
+        let top = s["top"].as_array().unwrap();
+        assert_eq!(top.len(), 3, "the top three: {s}");
+        assert_eq!(top[0]["function"], "checkout::pricing::recompute_all");
+        assert_eq!(top[0]["sick_share"], 0.61);
+        assert_eq!(top[0]["comparison_share"], 0.02);
+        assert_eq!(
+            body["top_suspect"],
+            "checkout::pricing::recompute_all (61% of CPU vs 2% on healthy instances)"
+        );
+    }
 
     let slack = slack.accepted();
     let texts: Vec<&str> = slack
         .iter()
         .map(|r| r.body["text"].as_str().unwrap())
         .collect();
-    assert_eq!(texts.len(), 3, "{texts:?}");
-    for (text, event) in texts.iter().zip(["opened", "escalated", "resolved"]) {
+    assert_eq!(texts.len(), 4, "{texts:?}");
+    for (text, event) in
+        texts
+            .iter()
+            .zip(["opened", "escalated", "named its top suspect", "resolved"])
+    {
         assert!(
             text.contains("checkout: ") && text.contains(event),
             "{text}"
@@ -185,10 +271,16 @@ async fn each_hook_gets_its_alerts_in_order_with_its_payload() {
         "{}",
         texts[0]
     );
+    let named_line =
+        "top suspect: checkout::pricing::recompute_all (61% of CPU vs 2% on healthy instances)";
+    assert!(!texts[1].contains("top suspect"), "{}", texts[1]);
+    for text in &texts[2..] {
+        assert!(text.contains(named_line), "{text}");
+    }
 
     let pd = pagerduty.accepted();
-    assert_eq!(pd.len(), 2, "{pd:#?}");
-    let (trigger, resolve) = (&pd[0].body, &pd[1].body);
+    assert_eq!(pd.len(), 3, "{pd:#?}");
+    let (trigger, culprit, resolve) = (&pd[0].body, &pd[1].body, &pd[2].body);
     assert_eq!(pd[0].path, "/v2/enqueue");
     assert_eq!(trigger["routing_key"], "R0UT1NG-KEY");
     assert_eq!(trigger["event_action"], "trigger");
@@ -201,10 +293,44 @@ async fn each_hook_gets_its_alerts_in_order_with_its_payload() {
         .unwrap()
         .contains("escalated"));
     assert_eq!(trigger["payload"]["custom_details"]["id"], A);
+    assert_eq!(
+        trigger["payload"]["custom_details"]["suspects"],
+        serde_json::Value::Null
+    );
+    // The culprit updates the same PagerDuty incident (same dedup key).
+    assert_eq!(culprit["event_action"], "trigger");
+    assert_eq!(culprit["dedup_key"], A);
+    let details = &culprit["payload"]["custom_details"];
+    assert_eq!(details["id"], A);
+    assert_eq!(
+        details["suspects"]["top"][0]["function"],
+        "checkout::pricing::recompute_all"
+    );
+    assert_eq!(details["suspects"]["comparison"], "controls");
+    assert!(
+        culprit["payload"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains(named_line),
+        "{culprit}"
+    );
     assert_eq!(trigger["links"][0]["href"], link.as_str());
     assert_eq!(resolve["routing_key"], "R0UT1NG-KEY");
     assert_eq!(resolve["event_action"], "resolve");
     assert_eq!(resolve["dedup_key"], A);
+
+    // Alertmanager keeps its annotation, now with the evidence.
+    let am = alertmanager.accepted();
+    assert_eq!(am.len(), 4, "{am:#?}");
+    let annotation =
+        |i: usize, alert: usize| am[i].body[alert]["annotations"]["top_suspect"].clone();
+    assert_eq!(annotation(0, 0), serde_json::Value::Null);
+    assert_eq!(
+        annotation(2, 0),
+        "checkout::pricing::recompute_all (61% of CPU vs 2% on healthy instances)"
+    );
+    assert_eq!(am[2].body[0]["labels"]["severity"], "fleet");
+    assert_eq!(annotation(3, 0), annotation(2, 0));
 
     // The routing key is added at delivery, never written to the outbox.
     let file = std::fs::read(dir.path().join(holmes_collector::alert::OUTBOX_FILE)).unwrap();
@@ -251,9 +377,12 @@ async fn a_failing_receiver_gets_its_alerts_after_retries_and_a_refusal_is_final
     )
     .unwrap();
     let open = incident(A, "checkout", Severity::Instance, 1);
-    alerter.notify(AlertKind::Opened, &open).await.unwrap();
     alerter
-        .notify(AlertKind::Resolved, &resolved(open))
+        .notify(AlertKind::Opened, &open, None)
+        .await
+        .unwrap();
+    alerter
+        .notify(AlertKind::Resolved, &resolved(open), None)
         .await
         .unwrap();
 
@@ -318,7 +447,7 @@ async fn a_restart_loses_no_alert_and_sends_none_twice() {
 
     let (close, closing) = watch::channel(false);
     let first = Alerter::start(&config, dir.path(), None, closing).unwrap();
-    first.notify(AlertKind::Opened, &open).await.unwrap();
+    first.notify(AlertKind::Opened, &open, None).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         first.stats().await.unwrap().pending,
@@ -339,9 +468,9 @@ async fn a_restart_loses_no_alert_and_sends_none_twice() {
     )
     .await;
     // The correlator replays the same change after its restart: nothing new is sent.
-    second.notify(AlertKind::Opened, &open).await.unwrap();
+    second.notify(AlertKind::Opened, &open, None).await.unwrap();
     second
-        .notify(AlertKind::Resolved, &resolved(open.clone()))
+        .notify(AlertKind::Resolved, &resolved(open.clone()), None)
         .await
         .unwrap();
     stats_when(&second, "the resolve delivered", |s| s.delivered == 2).await;
@@ -386,6 +515,7 @@ async fn a_full_outbox_holds_incident_changes_back_until_room_frees_and_loses_no
             .notify(
                 AlertKind::Opened,
                 &incident(id, "checkout", Severity::Instance, 1),
+                None,
             )
             .await
             .unwrap();
@@ -397,7 +527,7 @@ async fn a_full_outbox_holds_incident_changes_back_until_room_frees_and_loses_no
     let waiting = tokio::spawn({
         let alerter = alerter.clone();
         let third = third.clone();
-        async move { alerter.notify(AlertKind::Opened, &third).await }
+        async move { alerter.notify(AlertKind::Opened, &third, None).await }
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
@@ -440,6 +570,7 @@ async fn the_outbox_is_bounded_and_unconfigured_hooks_are_dropped() {
             .notify(
                 AlertKind::Opened,
                 &incident(id, "checkout", Severity::Instance, 1),
+                None,
             )
             .await
             .unwrap();
@@ -452,7 +583,10 @@ async fn the_outbox_is_bounded_and_unconfigured_hooks_are_dropped() {
     );
     // Closing: a change that would wait for room gives up, naming the bound.
     close.send(true).unwrap();
-    let err = alerter.notify(AlertKind::Opened, &third).await.unwrap_err();
+    let err = alerter
+        .notify(AlertKind::Opened, &third, None)
+        .await
+        .unwrap_err();
     assert!(
         matches!(err, AlertError::OutboxFull { pending: 2, max: 2 }),
         "{err:?}"
@@ -471,16 +605,19 @@ async fn the_outbox_is_bounded_and_unconfigured_hooks_are_dropped() {
             failed: 2
         }
     );
-    renamed.notify(AlertKind::Opened, &third).await.unwrap();
+    renamed
+        .notify(AlertKind::Opened, &third, None)
+        .await
+        .unwrap();
 
     // No hooks: nothing to do, and no file.
     let empty = tempfile::tempdir().unwrap();
     let (_c, closing) = watch::channel(false);
     let off = Alerter::start(&AlertsConfig::default(), empty.path(), None, closing).unwrap();
     assert!(!off.enabled());
-    off.notify(AlertKind::Opened, &third).await.unwrap();
+    off.notify(AlertKind::Opened, &third, None).await.unwrap();
     Alerter::disabled()
-        .notify(AlertKind::Resolved, &third)
+        .notify(AlertKind::Resolved, &third, None)
         .await
         .unwrap();
     assert!(std::fs::read_dir(empty.path()).unwrap().next().is_none());
@@ -512,6 +649,7 @@ async fn a_hook_that_never_answers_times_out_and_is_given_up() {
         .notify(
             AlertKind::Opened,
             &incident(A, "checkout", Severity::Instance, 1),
+            None,
         )
         .await
         .unwrap();

@@ -124,7 +124,7 @@ min_severity = "fleet"
         "CPU profiles of the incident, named",
         || async {
             let d = api.incident(&id).await.ok()?;
-            (d.merged_profiles >= 3
+            (d.sick_profiles >= 3
                 && d.suspects
                     .first()
                     .is_some_and(|s| s.function.ends_with("demo::hot_loop")))
@@ -200,11 +200,35 @@ min_severity = "fleet"
             )
         })
         .collect();
+    // Each change once, and once its CPU profiles were in, the culprit named once
+    // (its suspects computed again as more profiles came, the same top suspect).
+    let changes: Vec<&String> = hook.iter().filter(|e| *e != "suspects").collect();
     assert_eq!(
-        hook,
+        changes,
         vec!["opened", "escalated", "escalated", "resolved"],
         "webhook requests {requests:#?}, triggers {timeline:?}, resolved {:?}",
         resolved.incident.resolved,
+    );
+    assert_eq!(
+        hook.iter().filter(|e| *e == "suspects").count(),
+        1,
+        "webhook requests {requests:#?}"
+    );
+    let named = webhook
+        .accepted()
+        .into_iter()
+        .find(|r| r.body["event"] == "suspects")
+        .unwrap();
+    let top = named.body["suspects"]["top"][0]["function"]
+        .as_str()
+        .unwrap_or("");
+    assert!(top.ends_with("demo::hot_loop"), "{}", named.body);
+    assert!(
+        named.body["top_suspect"]
+            .as_str()
+            .is_some_and(|t| t.contains("demo::hot_loop (") && t.contains("% of CPU")),
+        "{}",
+        named.body
     );
     assert!(webhook.got().iter().filter(|r| r.answered == 500).count() == 2);
     // PagerDuty only hears of fleet incidents: triggered when it became one, resolved.
@@ -213,7 +237,15 @@ min_severity = "fleet"
         (e.last().map(String::as_str) == Some("resolve")).then_some(e)
     })
     .await;
-    assert_eq!(pd, vec!["trigger", "trigger", "resolve"], "{pd:?}");
+    // The culprit named updates the PagerDuty incident if it was a fleet one by then.
+    let named_fleet = named.body["incident"]["severity"] == "fleet";
+    let triggers = if named_fleet { 3 } else { 2 };
+    assert_eq!(
+        pd.iter().filter(|e| *e == "trigger").count(),
+        triggers,
+        "{pd:?}"
+    );
+    assert_eq!(pd.len(), triggers + 1, "{pd:?}");
 
     // Through the CLI, as on-call reads it.
     let out = holmes_cli(&[

@@ -39,5 +39,6 @@ mod rules;
 mod security;
 mod soak;
 mod spool;
+mod suspects;
 mod symbolize;
 mod triggers;

@@ -16,7 +16,7 @@ use super::{date_text, day_of, now_nanos, ClickHouseStore, MigrationRow, ServerV
 use crate::{Expired, StoreError};
 
 /// The migration count [`TABLES`] was written for: a new migration must update both.
-pub(super) const CLUSTER_SCHEMA_VERSION: u32 = 10;
+pub(super) const CLUSTER_SCHEMA_VERSION: u32 = 11;
 
 /// Replication path used when the configuration names none. `{database}` and `{table}`
 /// are filled in by Holmes (the table's name without `_local`); `{shard}` is the
@@ -135,6 +135,17 @@ pub(super) const TABLES: &[TableDef] = &[
                   resolved UInt64, instances Array(String), event_ids Array(String), \
                   related Array(String), version UInt64",
         engine: Engine::Replacing(Some("version")),
+        keys: "ORDER BY (service, incident_id)",
+        sharding_key: BY_SERVICE,
+        by_day: false,
+    },
+    TableDef {
+        name: "incident_suspects",
+        columns: "service String, incident_id String, computed UInt64, kind String, \
+                  comparison String, sick_profiles UInt32, comparison_profiles UInt32, \
+                  functions Array(String), sick_shares Array(Float64), \
+                  comparison_shares Array(Float64)",
+        engine: Engine::Replacing(Some("computed")),
         keys: "ORDER BY (service, incident_id)",
         sharding_key: BY_SERVICE,
         by_day: false,
@@ -538,7 +549,7 @@ impl ClickHouseStore {
             .await
             .map_err(|e| self.err(e))?;
         for chunk in gone.chunks(2000) {
-            for table in ["incidents_by_id", "incidents"] {
+            for table in ["incidents_by_id", "incident_suspects", "incidents"] {
                 self.client
                     .query(&format!(
                         "ALTER TABLE {table}_local{on} DELETE WHERE has(?, incident_id)"

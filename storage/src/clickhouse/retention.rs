@@ -1,7 +1,7 @@
 //! Retention on a single server: whole day partitions of the day-partitioned tables
 //! dropped (exact to the day, immediate, the same on every server version), and the
-//! tables that are not partitioned by day — incidents, their id lookup, instances —
-//! cleaned by an asynchronous delete (a mutation).
+//! tables that are not partitioned by day — incidents, their id lookup and suspects,
+//! instances — cleaned by an asynchronous delete (a mutation).
 
 use super::schema::EXPIRING_TABLES;
 use super::{date_text, day_of, ClickHouseStore};
@@ -63,6 +63,13 @@ pub(super) async fn expire(
         store
             .client
             .query("ALTER TABLE incidents_by_id DELETE WHERE has(?, incident_id)")
+            .bind(chunk)
+            .execute()
+            .await
+            .map_err(|e| store.err(e))?;
+        store
+            .client
+            .query("ALTER TABLE incident_suspects DELETE WHERE has(?, incident_id)")
             .bind(chunk)
             .execute()
             .await

@@ -383,6 +383,22 @@ pub(crate) const MIGRATIONS: &[&[Step]] = &[
     ) ENGINE = MergeTree ORDER BY (build_id, at)",
         ),
     ],
+    // 11: incidents' suspects, a row per computation (see `suspects.rs`). Not
+    // partitioned, like the incidents they belong to; retention deletes them with them.
+    &[Step::Sql(
+        "CREATE TABLE IF NOT EXISTS incident_suspects (
+        service String,
+        incident_id String,
+        computed UInt64,
+        kind String,
+        comparison String,
+        sick_profiles UInt32,
+        comparison_profiles UInt32,
+        functions Array(String),
+        sick_shares Array(Float64),
+        comparison_shares Array(Float64)
+    ) ENGINE = ReplacingMergeTree(computed) ORDER BY (service, incident_id)",
+    )],
 ];
 
 /// The tables partitioned by day, whose old partitions retention drops.

@@ -29,7 +29,7 @@ where
 
 /// Retention: the days before the cutoff's day go — metric samples, trigger events,
 /// profiles, incidents that ended and instances last seen before it — and what is at or
-/// after the cutoff stays.
+/// after the cutoff stays (an incident's suspects go with it).
 pub async fn expiry_removes_old_days_and_keeps_the_rest(store: impl Store) {
     let cutoff = T0 + 10 * DAY + 3_600 * SEC;
     let old = cutoff - 3 * DAY;
@@ -77,6 +77,18 @@ pub async fn expiry_removes_old_days_and_keeps_the_rest(store: impl Store) {
         .upsert_incident(&incident("checkout", 2, new, IncidentStatus::Open, 1))
         .await
         .unwrap();
+    for n in [1, 2] {
+        store
+            .put_incident_suspects(&super::suspects::suspects(
+                "checkout",
+                n,
+                cutoff,
+                crate::Comparison::None,
+                &[("checkout::render", 1.0, 0.0)],
+            ))
+            .await
+            .unwrap();
+    }
     store.expire_before(cutoff).await.unwrap();
 
     let points = store
@@ -125,7 +137,11 @@ pub async fn expiry_removes_old_days_and_keeps_the_rest(store: impl Store) {
             .await
             .unwrap();
         let instances = store.list_instances("checkout").await.unwrap();
-        incidents.len() == 1 && instances.len() == 1
+        let suspects = store
+            .get_incident_suspects("checkout", &profile_id(1))
+            .await
+            .unwrap();
+        incidents.len() == 1 && instances.len() == 1 && suspects.is_none()
     })
     .await;
     let incidents = store
@@ -137,6 +153,14 @@ pub async fn expiry_removes_old_days_and_keeps_the_rest(store: impl Store) {
         store.get_incident(&profile_id(1)).await.unwrap(),
         None,
         "the id lookup of an expired incident finds nothing"
+    );
+    assert!(
+        store
+            .get_incident_suspects("checkout", &profile_id(2))
+            .await
+            .unwrap()
+            .is_some(),
+        "a kept incident keeps its suspects"
     );
     assert_eq!(
         store.list_instances("checkout").await.unwrap()[0].instance_id,

@@ -49,6 +49,17 @@ enum Command {
         #[arg(long, default_value = "40s", value_parser = humantime::parse_duration)]
         burst_every: Duration,
     },
+    /// (internal) run one instance of the fleet host of the suspects test.
+    #[command(hide = true)]
+    FleetService {
+        #[arg(long)]
+        collector: String,
+        #[arg(long)]
+        instance: String,
+        /// Burn CPU in the culprit after this long (a sick instance); never without.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        culprit_after: Option<Duration>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -56,13 +67,18 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt().with_env_filter(filter).init();
     let cli = Cli::parse();
-    if let Some(Command::Service {
-        collector,
-        instance,
-        burst_every,
-    }) = cli.command
-    {
-        return demo::run_service(&collector, &instance, burst_every);
+    match cli.command {
+        Some(Command::Service {
+            collector,
+            instance,
+            burst_every,
+        }) => return demo::run_service(&collector, &instance, burst_every),
+        Some(Command::FleetService {
+            collector,
+            instance,
+            culprit_after,
+        }) => return holmes_devtools::fleet::run_service(&collector, &instance, culprit_after),
+        None => {}
     }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(demo::run(DemoOptions {

@@ -240,7 +240,8 @@ receivers:
                 .into_iter()
                 .find(|i| i.incident_id != first.incident_id)?;
             let detail = api.incident(&newest.incident_id).await.ok()?;
-            (!detail.profiles.is_empty()).then_some(detail)
+            // Suspects are computed once the profile is in, and stored.
+            (!detail.profiles.is_empty() && !detail.suspects.is_empty()).then_some(detail)
         },
     )
     .await;

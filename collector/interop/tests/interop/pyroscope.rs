@@ -197,8 +197,22 @@ async fn pyroscope_rs_profiles_are_listed_downloaded_and_a_baseline() {
             .map(str::to_owned)
     })
     .await;
-    let detail = api.incident(&incident_id).await.unwrap();
-    assert!(detail.baseline_profiles >= 1, "{detail:?}");
+    // Suspects are computed once the incident's profiles are in, and stored.
+    let detail = eventually(
+        Duration::from_secs(30),
+        "the incident's suspects",
+        || async {
+            let d = api.incident(&incident_id).await.ok()?;
+            (!d.suspects.is_empty()).then_some(d)
+        },
+    )
+    .await;
+    assert_eq!(
+        detail.comparison.as_deref(),
+        Some("baselines"),
+        "{detail:?}"
+    );
+    assert!(detail.comparison_profiles >= 1, "{detail:?}");
     assert_eq!(
         detail.suspects[0].function, "rustapp::hot_path",
         "{detail:?}"
@@ -209,7 +223,7 @@ async fn pyroscope_rs_profiles_are_listed_downloaded_and_a_baseline() {
         .find(|s| s.function == baseline_fn)
         .unwrap_or_else(|| panic!("{baseline_fn} among the suspects: {detail:?}"));
     assert!(
-        from_baseline.baseline_share > 0.0,
+        from_baseline.comparison_share > 0.0,
         "the pushed profile is the baseline: {from_baseline:?}"
     );
     server.shutdown().await;
