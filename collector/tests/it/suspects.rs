@@ -54,7 +54,7 @@ url = "{}"
         .unwrap();
     let api_url = format!("http://{}", server.http_addr());
     let api = ApiClient::new(&api_url).unwrap();
-    let host = crate::support::workspace_bin("holmes-demo");
+    let host = holmes_devtools::workspace::bin("holmes-demo");
     // The host's debug info goes up from "CI" first, as the agent's README recommends:
     // no instance spends CPU uploading its own.
     let out = holmes_cli(&[
