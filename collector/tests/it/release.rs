@@ -120,26 +120,7 @@ async fn a_release_build_is_named_with_full_paths_and_keeps_its_stack_ids_across
     let example = Example::start(&exe, server.grpc_addr(), "release-0").await;
 
     // Its agent uploads the debug info of its build when the collector asks.
-    let started = Instant::now();
-    let status = eventually(
-        Duration::from_secs(120),
-        "the release build's debug info uploaded",
-        || async {
-            server
-                .store()
-                .debuginfo_status(&build_id)
-                .await
-                .ok()
-                .flatten()
-                .filter(|s| s.complete())
-        },
-    )
-    .await;
-    eprintln!(
-        "release build {build_id}: {} bytes of debug info uploaded {:?} after start",
-        status.total_bytes,
-        started.elapsed()
-    );
+    crate::symbolize::uploaded(server.store().as_ref(), &build_id, Instant::now()).await;
 
     let (profile_id, functions) = culprit_profile(&api, &example, &[]).await;
     eprintln!("top functions: {:?}", &functions[..functions.len().min(12)]);

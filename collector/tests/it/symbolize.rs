@@ -76,6 +76,29 @@ impl Demo {
     }
 }
 
+/// Waits until the store holds the whole debug info of `build_id` (an agent uploading
+/// it since `started`); says how much it was and when it was complete.
+pub(crate) async fn uploaded(store: &dyn holmes_storage::Store, build_id: &str, started: Instant) {
+    let status = eventually(
+        Duration::from_secs(120),
+        "the build's debug info uploaded",
+        || async {
+            store
+                .debuginfo_status(build_id)
+                .await
+                .ok()
+                .flatten()
+                .filter(|s| s.complete())
+        },
+    )
+    .await;
+    eprintln!(
+        "debug info of build {build_id}: {} bytes uploaded {:?} after start",
+        status.total_bytes,
+        started.elapsed()
+    );
+}
+
 fn build_id_of(exe: &Path) -> String {
     holmes_symbolize::UploadBlob::from_elf_file(exe)
         .unwrap()
@@ -181,24 +204,7 @@ async fn agent_uploads_and_profiles_are_named(backend: Backend) {
         Demo::start(&demo, server.grpc_addr(), "checkout-0"),
         Demo::start(&demo, server.grpc_addr(), "checkout-1"),
     ];
-    let status = eventually(
-        Duration::from_secs(120),
-        "the demo's debug info uploaded",
-        || async {
-            store
-                .debuginfo_status(&build_id)
-                .await
-                .ok()
-                .flatten()
-                .filter(|s| s.complete())
-        },
-    )
-    .await;
-    eprintln!(
-        "debug info of build {build_id}: {} bytes uploaded {:?} after start",
-        status.total_bytes,
-        started.elapsed()
-    );
+    uploaded(store.as_ref(), &build_id, started).await;
     let uploads: usize = demos.iter().map(Demo::uploads_started).sum();
     assert_eq!(uploads, 1, "two processes of one build upload once");
 
