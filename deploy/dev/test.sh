@@ -106,7 +106,12 @@ fi
 # is not invalidated. RUSTFLAGS replaces .cargo/config.toml's rustflags, hence the frame
 # pointers. tokio >= 1.48 ignores `tokio_taskdump` (its `taskdump` feature replaced it);
 # it is passed for tests that still gate on it.
+# The agent's optional heap backend (jemalloc) is built and tested in the same folder
+# with the same features: one more feature costs jemalloc's C build, where a build of
+# its own (in the workspace's folder, whose feature set differs) recompiled tokio, tonic
+# and 45 other crates.
 taskdump() { RUSTFLAGS="--cfg tokio_unstable --cfg tokio_taskdump -C force-frame-pointers=yes" CARGO_TARGET_DIR=target/taskdump "$@"; }
+agent_features=taskdump,jemalloc
 
 set +e
 if [ $# -gt 0 ]; then
@@ -117,7 +122,7 @@ else
   # Everything is built first, then run. The agent's build with task dumps (a folder of
   # its own) and its example in release (a profile folder of its own) build beside the
   # workspace: two cores stay busy through the workspace build's single-crate stretches.
-  say "building ($lints): the workspace's tests and the agent with jemalloc, beside the agent with tokio task dumps and an example in release"
+  say "building ($lints): the workspace's tests, beside the agent with tokio task dumps and jemalloc and an example in release"
   features_built=$(mktemp "${TMPDIR:-/tmp}/holmes-test-features.XXXXXX")
   # The scenario examples are built too: scenarios 3 and 4 (tasks on a dead channel, a
   # task leak) need task dumps to name their culprit.
@@ -126,8 +131,8 @@ else
   TIMEFORMAT='   took %0R s, %0U s user + %0S s system CPU'
   {
     time {
-      taskdump cargo build -p holmes-agent --features taskdump --examples --locked &&
-        taskdump cargo test -p holmes-agent --features taskdump --lib --test taskdump --test scenarios --locked --no-run
+      taskdump cargo build -p holmes-agent --features "$agent_features" --examples --locked &&
+        taskdump cargo test -p holmes-agent --features "$agent_features" --lib --test taskdump --test scenarios --test jemalloc --locked --no-run
     }
   } >"$features_built" 2>&1 &
   features_pid=$!
@@ -141,17 +146,12 @@ else
   # The default targets (with the examples built as programs, which tests run), then
   # the benches, so that every target is compiled, and linted, as `--all-targets` would.
   time { cargo test --workspace --locked --no-run && cargo test --workspace --benches --locked --no-run; } || status=1
-  # Heap profiles from jemalloc: the optional `jemalloc` feature, in a test process that
-  # runs on tikv-jemallocator with profiling on, plus the heap unit tests with the
-  # feature compiled in. In the workspace's folder, after its build, whose crates it
-  # reuses where their features agree.
-  time cargo test -p holmes-agent --features jemalloc --lib --test jemalloc --locked --no-run || status=1
 
   # The builds beside end before the tests start: the tests judge CPU shares of their
   # own processes, and two compilers on two cores would starve them.
   wait "$features_pid" || { status=1; echo "the agent's feature builds failed:" >&2; cat "$features_built" >&2; }
   features_pid=
-  echo "the agent's build with task dumps:"
+  echo "the agent's build with task dumps and jemalloc:"
   tail -n 1 "$features_built"
   wait "$release_pid" || { status=1; echo "the release build of the agent's example failed:" >&2; cat "$release_built" >&2; }
   release_pid=
@@ -188,10 +188,10 @@ for p in json.load(sys.stdin)["packages"]:
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
   say "cargo test, tokio task dumps (--cfg tokio_unstable, --features taskdump)"
   # `task` picks the agent's task-dump unit tests and tests/taskdump.rs.
-  taskdump cargo test -p holmes-agent --features taskdump --lib --test taskdump --test scenarios --locked -- task 2>&1 | tee -a "$log"
+  taskdump cargo test -p holmes-agent --features "$agent_features" --lib --test taskdump --test scenarios --locked -- task 2>&1 | tee -a "$log"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
-  say "cargo test, jemalloc heap profiles (--features jemalloc)"
-  cargo test -p holmes-agent --features jemalloc --lib --test jemalloc --locked -- jemalloc heap 2>&1 | tee -a "$log"
+  say "cargo test, jemalloc heap profiles (--features jemalloc, in the task dumps' folder)"
+  taskdump cargo test -p holmes-agent --features "$agent_features" --lib --test jemalloc --locked -- jemalloc heap 2>&1 | tee -a "$log"
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
   say "third-party programs, the demo, the ClickHouse stores (${slow[*]})"

@@ -75,14 +75,18 @@ pub fn cargo(target_dir: &Path) -> Command {
     cargo
 }
 
-/// `cargo test --no-run` of the collector's crates, as the workspace's tests are built
-/// (same target folder and profile). `holmes-cli` and `holmes-devtools` have tests of
-/// their own, so cargo builds their binaries as it builds the collector's tests.
+/// `cargo test --workspace --no-run`, exactly as the workspace's tests are built (same
+/// target folder, profile and package selection): a narrower selection such as
+/// `-p holmes-collector` unifies dependency features differently, so cargo would compile
+/// a second copy of tokio, tonic, the collector and every binary while tests run (it
+/// did, for four minutes of every CI run). Every package's binaries are built for its
+/// own integration tests, so this reports all of [`BINS`].
 fn build_bins() -> BTreeMap<String, PathBuf> {
     let (target, profile) = target_of_this_test();
     let mut cargo = cargo(&target);
     cargo.args([
         "test",
+        "--workspace",
         "--no-run",
         "--message-format=json-render-diagnostics",
     ]);
@@ -94,9 +98,6 @@ fn build_bins() -> BTreeMap<String, PathBuf> {
         name => {
             cargo.args(["--profile", name]);
         }
-    }
-    for package in ["holmes-collector", "holmes-cli", "holmes-devtools"] {
-        cargo.args(["-p", package]);
     }
     let out = cargo
         .stderr(std::process::Stdio::inherit())
