@@ -123,15 +123,19 @@ else
   # its own) and its example in release (a profile folder of its own) build beside the
   # workspace: two cores stay busy through the workspace build's single-crate stretches.
   say "building ($lints): the workspace's tests, beside the agent with tokio task dumps and jemalloc and an example in release"
+  # A build from scratch gains nothing from incremental compilation's caches, and pays
+  # for writing them (a developer's own setting is kept).
+  export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
   features_built=$(mktemp "${TMPDIR:-/tmp}/holmes-test-features.XXXXXX")
-  # The scenario examples are built too: scenarios 3 and 4 (tasks on a dead channel, a
-  # task leak) need task dumps to name their culprit.
+  # The two scenario examples whose culprits only task dumps name are built too
+  # (scenarios 3 and 4: tasks on a dead channel, a task leak); the tests below run no
+  # other example of this build.
   # Each build says what it cost: wall time, and CPU time (on two cores the CPU time is
   # what the builds side by side share).
   TIMEFORMAT='   took %0R s, %0U s user + %0S s system CPU'
   {
     time {
-      taskdump cargo build -p holmes-agent --features "$agent_features" --examples --locked &&
+      taskdump cargo build -p holmes-agent --features "$agent_features" --example channel_block --example task_leak --locked &&
         taskdump cargo test -p holmes-agent --features "$agent_features" --lib --test taskdump --test scenarios --test jemalloc --locked --no-run
     }
   } >"$features_built" 2>&1 &
