@@ -200,6 +200,7 @@ fn generate(params: &Params, now: u64) -> Vec<Gen> {
                 instances,
                 event_ids,
                 related: Vec::new(),
+                skipped_captures: 0,
                 version: if open { 1 } else { 2 },
             },
             events,

@@ -531,6 +531,7 @@ mod tests {
         assert_eq!(c.incidents.window, Duration::from_secs(120));
         assert_eq!(c.incidents.quiet, Duration::from_secs(300));
         assert_eq!(c.incidents.controls_per_incident, 2);
+        assert_eq!(c.incidents.max_profiles_per_incident, 25);
         assert_eq!(
             c.incidents.service_windows["checkout"],
             Duration::from_secs(300)

@@ -192,6 +192,23 @@ impl Control {
     pub fn poke(&self) {
         self.poke.notify_one();
     }
+
+    /// Tells the agent `instance` of `service`, if it is connected to this node, not to
+    /// send its profiles of the kinds `kinds` of the event `event_id` (the capture
+    /// budget, [`crate::incident::budget`]); whether it was told.
+    pub fn skip_profiles(
+        &self,
+        service: &str,
+        instance: &str,
+        event_id: &str,
+        kinds: &[holmes_proto::ProfileKind],
+    ) -> bool {
+        let skip = holmes_proto::CollectorMessage::SkipProfiles(holmes_proto::SkipProfiles {
+            event_id: event_id.to_owned(),
+            kinds: kinds.to_vec(),
+        });
+        self.live.tell(service, instance, &skip)
+    }
 }
 
 /// A name for this node, unique per run: `<host>/<grpc address>/<start time in hex>`.

@@ -9,11 +9,14 @@
 //! task of their own when the incident opens, grows or gets a profile ([`refresh`]
 //! debounces), and stored with it, for the API and the alerts; the first time its
 //! suspects name a culprit (or name another one) an open incident pages again with it.
+//! [`budget`] caps the captures an incident keeps of each kind; the agents of events
+//! beyond it are told not to send their profiles.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use holmes_proto::ProfileKind;
 use holmes_storage::{
     Comparison, IncidentQuery, IncidentRecord, IncidentStatus, Store, StoreError, TriggerRecord,
 };
@@ -23,12 +26,14 @@ use tokio::task::JoinHandle;
 use crate::alert::{AlertKind, Alerter};
 use crate::clock::unix_nanos_now;
 
+pub mod budget;
 pub mod controls;
 pub mod correlate;
 pub mod evidence;
 pub mod refresh;
 pub mod suspects;
 
+use budget::Budget;
 use refresh::Refresh;
 
 use correlate::{Change, CorrelateConfig, Correlator};
@@ -42,6 +47,8 @@ pub const RESTORE_RESOLVED_FOR: Duration = Duration::from_secs(3600);
 /// Correlation, the store and the alert hooks, together.
 pub struct Incidents {
     correlator: Mutex<Correlator>,
+    /// Captures kept per incident and kind; skipped events.
+    budget: Mutex<Budget>,
     store: Arc<dyn Store>,
     alerter: Alerter,
     /// Changes not yet written (the store failed), by incident id: the newest version.
@@ -71,10 +78,12 @@ impl Incidents {
     ) -> Result<(Arc<Incidents>, JoinHandle<()>), StoreError> {
         let all = load(store.as_ref()).await?;
         tracing::info!(incidents = all.len(), "correlation state restored");
+        let budget = Budget::new(config.max_profiles_per_incident);
         let mut correlator = Correlator::new(config);
         correlator.restore(all);
         let incidents = Arc::new(Incidents {
             correlator: Mutex::new(correlator),
+            budget: Mutex::new(budget),
             store,
             alerter,
             unsaved: Mutex::new(BTreeMap::new()),
@@ -123,23 +132,77 @@ impl Incidents {
         Ok(count)
     }
 
-    /// Correlates one stored trigger event.
-    pub async fn observe(&self, event: &TriggerRecord) {
+    /// Correlates one stored trigger event, for which its agent captures the profile
+    /// kinds `planned`, and spends its incident's capture budget on them: the kinds
+    /// beyond it are counted in the incident, and its agent is told not to send them.
+    pub async fn observe(&self, event: &TriggerRecord, planned: &[ProfileKind]) {
         if let Some(request_id) = event.request_id.as_deref() {
             let control = self.refresh().control_answered(request_id, &event.event_id);
             if let Some(incident_id) = control {
                 self.mark_by_id(&incident_id);
             }
         }
-        let changes = {
+        let (changes, skipped, new) = {
             let mut correlator = self.correlator.lock().unwrap_or_else(|p| p.into_inner());
-            let changes = correlator.observe(event);
+            let mut changes = correlator.observe(event);
+            // A resent event changes nothing and spends nothing; it is told again what
+            // was skipped (its agent may have reconnected).
+            let new = !changes.is_empty();
+            let incident = correlator.incident_of_event(&event.event_id).cloned();
+            let skipped = match &incident {
+                Some(incident) => {
+                    let mut budget = self.budget.lock().unwrap_or_else(|p| p.into_inner());
+                    if new {
+                        budget.spend(incident, &event.event_id, planned)
+                    } else {
+                        budget.skipped_of(&event.event_id)
+                    }
+                }
+                None => Vec::new(),
+            };
+            if let (true, false, Some(incident)) = (new, skipped.is_empty(), &incident) {
+                changes.extend(correlator.add_skipped(&incident.incident_id, skipped.len() as u64));
+            }
             crate::metrics::metrics()
                 .incidents_open
                 .set(i64::try_from(correlator.open_count()).unwrap_or(i64::MAX));
-            changes
+            (changes, skipped, new)
         };
+        if !skipped.is_empty() {
+            self.skip(event, &skipped, new);
+        }
         self.apply(changes).await;
+    }
+
+    /// Tells the agent of `event` not to send its profiles of the kinds `skipped` (when
+    /// it is connected to this node), and counts them when the decision is `new`.
+    fn skip(&self, event: &TriggerRecord, skipped: &[ProfileKind], new: bool) {
+        let told = self.control.get().is_some_and(|control| {
+            control.skip_profiles(&event.service, &event.instance_id, &event.event_id, skipped)
+        });
+        if new {
+            let m = crate::metrics::metrics();
+            for _ in skipped {
+                m.capture_skipped("budget");
+            }
+        }
+        tracing::info!(
+            service = %event.service,
+            instance = %event.instance_id,
+            event_id = %event.event_id,
+            kinds = ?skipped,
+            agent_told = told,
+            "captures skipped by the incident's capture budget"
+        );
+    }
+
+    /// Whether profiles of `kind` of the event `event_id` are skipped by its incident's
+    /// capture budget: they are acknowledged and not stored.
+    pub fn skips(&self, event_id: &str, kind: ProfileKind) -> bool {
+        self.budget
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .skips(event_id, kind)
     }
 
     /// A profile of the event `event_id` was stored: the incident that holds the event

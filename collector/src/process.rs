@@ -205,18 +205,20 @@ impl Processor {
         Ok(())
     }
 
-    /// Correlates a stored trigger event into incidents (if this processor correlates).
-    pub async fn observe(&self, trigger: &TriggerRecord) {
+    /// Correlates a stored trigger event into incidents (if this processor correlates),
+    /// spending its incident's capture budget.
+    pub async fn observe(&self, trigger: &StoredTrigger) {
         if let Some(incidents) = &self.incidents {
-            incidents.observe(trigger).await;
+            incidents.observe(&trigger.record, &trigger.planned).await;
         }
     }
 
     /// Stores one event (retrying for [`STORE_RETRY_FOR`]) without correlating it;
-    /// returns the trigger record of a trigger event, for [`Processor::observe`] once
-    /// stored. Events of different services and instances can be stored concurrently;
-    /// triggers should be observed in their order.
-    pub async fn store(&self, event: PipelineEvent) -> Result<Option<TriggerRecord>, StoreError> {
+    /// returns a trigger event's record, for [`Processor::observe`] once stored. Events
+    /// of different services and instances can be stored concurrently; triggers should
+    /// be observed in their order, and before the profiles of their events are stored
+    /// (their incident's capture budget decides which are).
+    pub async fn store(&self, event: PipelineEvent) -> Result<Option<StoredTrigger>, StoreError> {
         let PipelineEvent {
             service,
             instance_id,
@@ -229,7 +231,8 @@ impl Processor {
                 retry_store("metrics", || self.store.insert_metrics(&points)).await?;
                 Ok(None)
             }
-            PipelineBody::Trigger(trigger) => {
+            PipelineBody::Trigger(mut trigger) => {
+                let planned = std::mem::take(&mut trigger.planned);
                 let mut record = trigger_record(service, instance_id, trigger);
                 skew.trigger(&mut record);
                 retry_store("trigger", || {
@@ -246,7 +249,26 @@ impl Processor {
                     "trigger stored"
                 );
                 // Stored first: an incident always has its triggers in the store.
-                Ok(Some(record))
+                Ok(Some(StoredTrigger { record, planned }))
+            }
+            PipelineBody::Profile(profile)
+                if self
+                    .incidents
+                    .as_ref()
+                    .is_some_and(|i| i.skips(&profile.event_id, profile.kind)) =>
+            {
+                // Beyond its incident's capture budget: acknowledged, not stored (the
+                // incident counted it when its trigger came).
+                tracing::info!(
+                    service = %service,
+                    instance = %instance_id,
+                    kind = profile.kind.as_str(),
+                    profile_id = %profile.profile_id,
+                    event_id = %profile.event_id,
+                    bytes = profile.data.len(),
+                    "profile skipped by the incident's capture budget"
+                );
+                Ok(None)
             }
             PipelineBody::Profile(profile) => {
                 let mut record = self.profile_record(service, instance_id, profile).await;
@@ -357,6 +379,17 @@ impl Processor {
         }
         record
     }
+}
+
+/// A stored trigger event, to correlate: its record, and the profile kinds its agent
+/// captures for it.
+#[derive(Debug, Clone)]
+pub struct StoredTrigger {
+    /// As stored.
+    pub record: TriggerRecord,
+    /// The kinds of the agent's captures (`planned`), which its incident's budget
+    /// keeps or skips.
+    pub planned: Vec<holmes_proto::ProfileKind>,
 }
 
 fn trigger_record(

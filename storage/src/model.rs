@@ -341,6 +341,10 @@ pub struct IncidentRecord {
     pub event_ids: Vec<String>,
     /// Incidents of other services that overlapped it in time, sorted.
     pub related: Vec<String>,
+    /// Captures (one trigger event's profiles of one kind) its sick instances planned
+    /// beyond the fleet's capture budget (`[incidents] max_profiles_per_incident` per
+    /// kind): acknowledged and not stored, and their agents told not to send them.
+    pub skipped_captures: u64,
     /// Increases with every change; the store keeps the highest version of an id.
     pub version: u64,
 }

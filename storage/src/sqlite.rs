@@ -258,6 +258,8 @@ const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;",
     // 9: incidents' suspects, computed when an incident changes (see `suspects.rs`).
     suspects::SCHEMA,
+    // 10: the captures an incident skipped by the fleet's capture budget.
+    "ALTER TABLE incidents ADD COLUMN skipped_captures INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// The embedded SQLite store.

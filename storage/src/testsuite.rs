@@ -515,6 +515,7 @@ pub(crate) fn incident(
         instances: vec![format!("{service}-0")],
         event_ids: vec![format!("ev-{n}-a")],
         related: Vec::new(),
+        skipped_captures: 0,
         version,
     }
 }
@@ -534,7 +535,7 @@ pub(crate) fn incident_query(
 
 /// Incidents: every field reads back; a higher version replaces a lower one, never the
 /// other way round, and filters see only the newest version (an incident that resolved
-/// is not listed as open).
+/// is not listed as open); the captures it skipped by the budget come back with it.
 pub async fn incidents_keep_their_newest_version(store: impl Store) {
     let mut first = incident("checkout", 1, T0, IncidentStatus::Open, 1);
     store.upsert_incident(&first).await.unwrap();
@@ -547,6 +548,7 @@ pub async fn incidents_keep_their_newest_version(store: impl Store) {
     first.instances.push("checkout-1".to_owned());
     first.event_ids.push("ev-1-b".to_owned());
     first.related = vec![profile_id(2)];
+    first.skipped_captures = 150;
     first.version = 2;
     store.upsert_incident(&first).await.unwrap();
     // A stale copy arriving late changes nothing.

@@ -331,6 +331,11 @@ pub struct IncidentJson {
     pub event_ids: Vec<String>,
     /// Related incidents of other services.
     pub related: Vec<String>,
+    /// Captures its sick instances planned beyond the fleet's capture budget (`[incidents]
+    /// max_profiles_per_incident` of each kind): not stored, and their agents told not
+    /// to send them. Older collectors do not send it (0).
+    #[serde(default)]
+    pub skipped_captures: u64,
 }
 
 /// A list of incidents (`GET /api/v1/incidents`,

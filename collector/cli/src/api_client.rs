@@ -494,9 +494,13 @@ impl ApiClient {
             .await
     }
 
-    /// A flame graph (SVG) of an incident's merged profiles (against its baseline with
-    /// `diff`).
-    pub async fn flamegraph(&self, id: &str, diff: bool) -> Result<Vec<u8>, ApiClientError> {
+    /// A flame graph (SVG) of an incident's merged profiles; with `diff`, colored by
+    /// growth against `controls` (its healthy controls) or `baseline`.
+    pub async fn flamegraph(
+        &self,
+        id: &str,
+        diff: Option<&str>,
+    ) -> Result<Vec<u8>, ApiClientError> {
         self.flamegraph_with_progress(id, diff, &mut |_, _| {})
             .await
     }
@@ -505,10 +509,10 @@ impl ApiClient {
     pub async fn flamegraph_with_progress(
         &self,
         id: &str,
-        diff: bool,
+        diff: Option<&str>,
         progress: OnProgress<'_>,
     ) -> Result<Vec<u8>, ApiClientError> {
-        let query = if diff { "?diff=baseline" } else { "" };
+        let query = diff.map_or(String::new(), |d| format!("?diff={}", encode(d)));
         self.get_raw_with_progress(
             &format!("/api/v1/incidents/{}/flamegraph.svg{query}", encode(id)),
             progress,

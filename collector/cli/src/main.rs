@@ -174,9 +174,11 @@ enum Command {
         /// File to write; `-` writes the SVG to standard output.
         #[arg(short = 'o', long = "output", value_name = "FILE")]
         output: String,
-        /// Color by growth against the profiles from before the incident.
-        #[arg(long)]
-        diff: bool,
+        /// Color by growth: `--diff=controls` against the incident's healthy controls
+        /// (the same moment on instances not in it), `--diff` or `--diff=baseline`
+        /// against the service's profiles from before it.
+        #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "baseline", value_parser = ["controls", "baseline"])]
+        diff: Option<String>,
     },
     /// The functions that cost the most in one profile, like `go tool pprof -top`: flat
     /// (the function is the leaf) and cumulative (anywhere on the stack).
@@ -359,7 +361,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let svg = match (id, service) {
                 (Some(id), None) => {
                     client
-                        .flamegraph_with_progress(&id, diff, &mut progress)
+                        .flamegraph_with_progress(&id, diff.as_deref(), &mut progress)
                         .await
                 }
                 (Some(id), Some(service)) => {

@@ -172,6 +172,12 @@ pub(crate) fn print_incident(term: &Terminal, d: &IncidentDetailJson) {
         profiles.row(row);
     }
     profiles.print();
+    if d.incident.skipped_captures > 0 {
+        println!(
+            "  {} captures skipped by the budget (max_profiles_per_incident of each kind kept)",
+            d.incident.skipped_captures
+        );
+    }
     let comparison = d.comparison.as_deref().unwrap_or("none");
     let against = match comparison {
         "controls" => "healthy",

@@ -118,6 +118,7 @@ mod tests {
             instances: vec!["a".to_owned(), "b".to_owned()],
             event_ids: vec![],
             related: vec![],
+            skipped_captures: 0,
             version: 2,
         };
         let b = body(AlertKind::Escalated, &i, "http://h/ui/incidents/x", None);

@@ -238,6 +238,7 @@ mod tests {
             instances: vec!["a".to_owned(), "b".to_owned()],
             event_ids: vec!["e1".to_owned(), "e2".to_owned()],
             related: vec![],
+            skipped_captures: 0,
             version: 3,
         }
     }

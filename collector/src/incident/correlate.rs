@@ -41,7 +41,9 @@ const MAX_TIMES_PER_INSTANCE: usize = 64;
 
 /// The correlation settings: the `[incidents]` section of the config file, durations as
 /// text (`window = "2m"`, `quiet = "5m"`, `[incidents.service_windows] checkout = "5m"`),
-/// and how many healthy controls a new incident asks for (`controls_per_incident = 3`).
+/// how many healthy controls a new incident asks for (`controls_per_incident = 3`) and
+/// how many captures of each kind it keeps from its sick instances
+/// (`max_profiles_per_incident = 10`).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CorrelateConfig {
@@ -58,6 +60,9 @@ pub struct CorrelateConfig {
     /// Live instances of the service, not in the incident, asked for their profiles as
     /// healthy controls when an incident opens (0: none).
     pub controls_per_incident: usize,
+    /// Captures of each profile kind an incident keeps from its sick instances; those
+    /// beyond are skipped and counted (0: no budget). See [`super::budget`].
+    pub max_profiles_per_incident: usize,
 }
 
 impl Default for CorrelateConfig {
@@ -67,6 +72,7 @@ impl Default for CorrelateConfig {
             quiet: DEFAULT_QUIET,
             service_windows: BTreeMap::new(),
             controls_per_incident: super::controls::DEFAULT_CONTROLS_PER_INCIDENT,
+            max_profiles_per_incident: super::budget::DEFAULT_MAX_PROFILES_PER_INCIDENT,
         }
     }
 }
@@ -276,6 +282,20 @@ impl Correlator {
         self.incident(self.seen.get(event_id)?)
     }
 
+    /// Counts `captures` more skipped by the capture budget in the tracked incident
+    /// `incident_id`; returns the change to store.
+    pub fn add_skipped(&mut self, incident_id: &str, captures: u64) -> Option<Change> {
+        let tracked = self
+            .open
+            .values_mut()
+            .chain(self.recent.iter_mut())
+            .find(|t| t.record.incident_id == incident_id)?;
+        let r = &mut tracked.record;
+        r.skipped_captures = r.skipped_captures.saturating_add(captures);
+        r.version += 1;
+        Some(Change::Updated(r.clone()))
+    }
+
     /// Incidents open now.
     pub fn open_count(&self) -> usize {
         self.open.len()
@@ -387,6 +407,7 @@ impl Correlator {
             instances: vec![event.instance_id.clone()],
             event_ids: vec![event.event_id.clone()],
             related: Vec::new(),
+            skipped_captures: 0,
             version: 1,
         };
         self.seen

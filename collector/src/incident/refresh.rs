@@ -208,6 +208,7 @@ mod tests {
             instances: vec!["a".to_owned()],
             event_ids: vec!["e1".to_owned()],
             related: Vec::new(),
+            skipped_captures: 0,
             version,
         }
     }

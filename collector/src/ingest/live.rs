@@ -83,6 +83,21 @@ impl LiveAgents {
         map.values().map(|l| l.len() as u64).sum()
     }
 
+    /// Sends `message` to the connected agent `instance` of `service` (each of its
+    /// streams, should it have two); whether one took it (an agent whose outbound queue
+    /// is full is not told).
+    pub fn tell(&self, service: &str, instance: &str, message: &CollectorMessage) -> bool {
+        let message = pb::CollectorMessage::from(message);
+        let map = self.by_service.lock().unwrap_or_else(|p| p.into_inner());
+        let mut told = false;
+        for live in map.get(service).into_iter().flatten() {
+            if live.instance == instance {
+                told |= live.tx.try_send(Ok(message.clone())).is_ok();
+            }
+        }
+        told
+    }
+
     /// Sends `request` to the connected agents of `service` whose labels match
     /// `selector` (`k=v[,k=v]`; empty: all) and, if given, whose instance id is
     /// `instance`; returns the instances it reached (an agent whose outbound queue is

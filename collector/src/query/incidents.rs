@@ -37,6 +37,7 @@ fn incident_json(i: IncidentRecord) -> IncidentJson {
             instances: i.instances,
             event_ids: i.event_ids,
             related: i.related,
+            skipped_captures: i.skipped_captures,
         }
     }
 }
@@ -262,8 +263,9 @@ pub(super) async fn incident_of(api: &Api, incident_id: &str) -> Result<Incident
 
 /// An incident's flame graph.
 ///
-/// Its profiles merged (of the kind that explains it); with `diff=baseline`, colored by
-/// growth against the profiles from before it (red grew, blue shrank).
+/// Its profiles merged (of the kind that explains it); with `diff=controls` (or
+/// `diff=baseline`), colored by growth against its healthy controls' profiles (or the
+/// service's profiles from before it): red grew, blue shrank.
 #[utoipa::path(
     get,
     path = "/api/v1/incidents/{incident_id}/flamegraph.svg",
@@ -271,13 +273,13 @@ pub(super) async fn incident_of(api: &Api, incident_id: &str) -> Result<Incident
     tag = "incidents",
     params(
         ("incident_id" = String, Path, description = "Incident id: 32 lowercase hex digits"),
-        ("diff" = Option<String>, Query, description = "`baseline`: color by growth against the baseline"),
+        ("diff" = Option<String>, Query, description = "`controls`: color by growth against the incident's healthy controls (the same moment on instances not in it); `baseline`: against the service's profiles from before it"),
     ),
     responses(
         (status = 200, description = "The flame graph", content_type = "image/svg+xml", body = String),
         (status = 400, description = "Not an incident id, or another `diff`", body = ErrorJson),
+        (status = 404, description = "Unknown incident, one without profiles of its kind, or `diff=controls` without controls' profiles", body = ErrorJson),
         (status = 401, description = "API token required", body = ErrorJson),
-        (status = 404, description = "Unknown incident, or one without profiles of its kind", body = ErrorJson),
         (status = 503, description = "Store unavailable", body = ErrorJson),
     )
 )]
@@ -286,12 +288,19 @@ pub(super) async fn flamegraph(
     Path(incident_id): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<axum::response::Response, ApiError> {
+    #[derive(PartialEq)]
+    enum Diff {
+        None,
+        Controls,
+        Baseline,
+    }
     let diff = match params.get("diff").map(String::as_str) {
-        None => false,
-        Some("baseline") => true,
+        None => Diff::None,
+        Some("controls") => Diff::Controls,
+        Some("baseline") => Diff::Baseline,
         Some(other) => {
             return Err(ApiError::bad_request(format!(
-                "diff={other:?}: the only comparison is diff=baseline"
+                "diff={other:?}: the comparisons are diff=controls and diff=baseline"
             )))
         }
     };
@@ -304,6 +313,20 @@ pub(super) async fn flamegraph(
             kind.as_str()
         )));
     }
+    let against = match diff {
+        Diff::None => None,
+        Diff::Baseline => Some(baseline(&api, &incident, kind).await?),
+        Diff::Controls => {
+            let controls = evidence::controls(api.store.as_ref(), &incident, kind).await?;
+            if controls.is_empty() {
+                return Err(ApiError::not_found(format!(
+                    "incident {incident_id} has no {} profiles of healthy controls",
+                    kind.as_str()
+                )));
+            }
+            Some(controls)
+        }
+    };
     let title = format!(
         "{} {} incident {}: {} {} profiles{}",
         incident.service,
@@ -311,13 +334,12 @@ pub(super) async fn flamegraph(
         incident.incident_id,
         merged.len(),
         kind.as_str(),
-        if diff { ", against the baseline" } else { "" }
+        match (&diff, &against) {
+            (Diff::Controls, Some(c)) => format!(", against {} of healthy controls", c.len()),
+            (Diff::Baseline, _) => ", against the baseline".to_owned(),
+            _ => String::new(),
+        }
     );
-    let svg = if diff {
-        let baseline = baseline(&api, &incident, kind).await?;
-        super::flamegraph::render(&title, &merged, Some(&baseline))
-    } else {
-        super::flamegraph::render(&title, &merged, None)
-    };
+    let svg = super::flamegraph::render(&title, &merged, against.as_deref());
     Ok(super::svg_response(svg))
 }

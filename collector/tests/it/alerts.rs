@@ -36,6 +36,7 @@ fn incident(id: &str, service: &str, severity: Severity, version: u64) -> Incide
         },
         event_ids: vec!["e1".to_owned(), "e2".to_owned()],
         related: vec![],
+        skipped_captures: 0,
         version,
     }
 }

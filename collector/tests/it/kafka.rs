@@ -13,7 +13,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::support::raw_agent::{hello, RawAgent};
+use crate::support::raw_agent::{hello, profile_chunks, RawAgent};
 use crate::support::receiver::Receiver;
 use crate::support::{eventually, free_addr};
 use axum::http::StatusCode;
@@ -68,6 +68,11 @@ pub(crate) fn role_config(role: Role, dir: &Path, kafka: &KafkaConfig) -> Config
 }
 
 fn trigger(event_id: &str, unix_nanos: u64) -> AgentBody {
+    trigger_planning(event_id, unix_nanos, Vec::new())
+}
+
+/// A CPU trigger whose agent captures `planned` for it.
+fn trigger_planning(event_id: &str, unix_nanos: u64, planned: Vec<ProfileKind>) -> AgentBody {
     AgentBody::Trigger(TriggerEvent {
         event_id: event_id.to_owned(),
         metric: Some(Metric::CpuPercent),
@@ -76,7 +81,7 @@ fn trigger(event_id: &str, unix_nanos: u64) -> AgentBody {
         window: Vec::new(),
         rule: None,
         unix_nanos,
-        planned: Vec::new(),
+        planned,
         request_id: None,
     })
 }
@@ -114,7 +119,7 @@ async fn first_event_processed(api: &ApiClient, service: &str) -> Duration {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn triggers_go_through_kafka_and_become_one_fleet_incident() {
+async fn triggers_go_through_kafka_and_become_one_fleet_incident_within_its_capture_budget() {
     let Some(brokers) = brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
     let kafka = kafka_section(&brokers, "roundtrip");
@@ -122,27 +127,35 @@ async fn triggers_go_through_kafka_and_become_one_fleet_incident() {
     let ingest = Server::start(&role_config(Role::Ingest, dir.path(), &kafka))
         .await
         .expect("the ingest collector starts");
-    let process = Server::start(&role_config(Role::Process, dir.path(), &kafka))
+    // The processor, which owns the service's incidents, keeps one CPU capture of them.
+    let mut processing = role_config(Role::Process, dir.path(), &kafka);
+    processing.incidents.max_profiles_per_incident = 1;
+    let process = Server::start(&processing)
         .await
         .expect("the process collector starts");
     eprintln!("both roles started in {:?}", started.elapsed());
     let api = ApiClient::new(&format!("http://{}", process.http_addr())).unwrap();
 
-    // Three instances of one service fire within seconds of each other.
+    // Three instances of one service fire within seconds of each other, each sending
+    // its CPU profile right behind its trigger.
     let base = now_nanos();
     let mut latencies = Vec::new();
+    let factory = holmes_devtools::synthetic::ProfileFactory::new(20);
     for i in 0..3u64 {
         let mut agent = RawAgent::connect(
             ingest.grpc_addr(),
             hello("checkout", &format!("checkout-{i}"), vec![]),
         )
         .await;
-        let ack = send_acked(
-            &mut agent,
-            1,
-            trigger(&format!("ev-checkout-{i}"), base + i * 1_000_000_000),
-        )
-        .await;
+        let event = format!("ev-checkout-{i}");
+        let at = base + i * 1_000_000_000;
+        agent
+            .send(1, trigger_planning(&event, at, vec![ProfileKind::Cpu]))
+            .await;
+        let profile = factory.cpu_profile(i, at);
+        let id = format!("{:032x}", 0xcafe_0000 + i);
+        let chunks = profile_chunks(&id, &event, ProfileKind::Cpu, at, &profile, 1 << 20);
+        let ack = send_acked(&mut agent, 2, AgentBody::ProfileChunk(chunks[0].clone())).await;
         latencies.push(ack);
     }
     eprintln!("trigger → ack through the broker: {latencies:?}");
@@ -160,6 +173,22 @@ async fn triggers_go_through_kafka_and_become_one_fleet_incident() {
     assert_eq!(
         incident.event_ids,
         ["ev-checkout-0", "ev-checkout-1", "ev-checkout-2"]
+    );
+    // The capture budget holds on the processor: the first instance's profile is
+    // stored, the other two are counted and not stored.
+    eventually(Duration::from_secs(30), "two captures skipped", || async {
+        let list = api.incidents(Some("checkout"), "1h", None).await.ok()?;
+        (list.incidents.first()?.skipped_captures == 2).then_some(())
+    })
+    .await;
+    let stored = api.profiles("checkout", "1h").await.unwrap().profiles;
+    assert_eq!(
+        stored
+            .iter()
+            .map(|p| p.instance.as_str())
+            .collect::<Vec<_>>(),
+        ["checkout-0"],
+        "{stored:?}"
     );
     // The same resent (the agent missed an ack) changes nothing.
     let mut again =

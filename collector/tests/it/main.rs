@@ -19,6 +19,7 @@ mod alerts;
 mod bad_input;
 mod bounds;
 mod browser;
+mod budget;
 mod cli;
 mod compression;
 mod control;

@@ -121,6 +121,7 @@ async fn old_days_are_removed(backend: Backend) {
         instances: vec!["checkout-0".to_owned()],
         event_ids: vec![format!("ev-{n}")],
         related: Vec::new(),
+        skipped_captures: 0,
         version: 1,
     };
     store.upsert_incident(&incident(1, old)).await.unwrap();

@@ -153,6 +153,38 @@ url = "{}"
         assert!(helper.comparison_share > 0.5, "{helper:?}");
     }
 
+    // The diff flame graph, sick against the healthy controls: the culprit's frame is
+    // deep red (it grew by its whole share), the shared function's blue (it shrank).
+    let svg = api
+        .get_raw(&format!(
+            "/api/v1/incidents/{}/flamegraph.svg?diff=controls",
+            detail.incident.incident_id
+        ))
+        .await
+        .unwrap();
+    let svg = String::from_utf8(svg.to_vec()).unwrap();
+    assert!(svg.contains("of healthy controls"), "{svg}");
+    let fill = |name: &str| -> (u8, u8, u8) {
+        let frame = svg
+            .split("<g class=\"frame\">")
+            .find(|g| g.starts_with(&format!("<title>{name} (")))
+            .unwrap_or_else(|| panic!("no frame of {name} in {svg}"));
+        let rgb = frame
+            .split("fill=\"rgb(")
+            .nth(1)
+            .and_then(|f| f.split(')').next())
+            .unwrap_or_else(|| panic!("no fill in {frame}"));
+        let c: Vec<u8> = rgb.split(',').map(|v| v.parse().unwrap()).collect();
+        (c[0], c[1], c[2])
+    };
+    let (r, g, _) = fill(CULPRIT);
+    assert!(r == 255 && g < 128, "the culprit grew: rgb({r},{g},..)");
+    let (r, _, b) = fill(SHARED);
+    assert!(
+        b == 255 && r < 255,
+        "the shared function shrank: rgb({r},..,{b})"
+    );
+
     // The page names the culprit, with its evidence.
     let paged = eventually(
         Duration::from_secs(60),

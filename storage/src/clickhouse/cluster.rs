@@ -16,7 +16,7 @@ use super::{date_text, day_of, now_nanos, ClickHouseStore, MigrationRow, ServerV
 use crate::{Expired, StoreError};
 
 /// The migration count [`TABLES`] was written for: a new migration must update both.
-pub(super) const CLUSTER_SCHEMA_VERSION: u32 = 11;
+pub(super) const CLUSTER_SCHEMA_VERSION: u32 = 12;
 
 /// Replication path used when the configuration names none. `{database}` and `{table}`
 /// are filled in by Holmes (the table's name without `_local`); `{shard}` is the
@@ -133,7 +133,7 @@ pub(super) const TABLES: &[TableDef] = &[
         columns: "service String, incident_id String, metric String, severity String, \
                   status String, first_event UInt64, last_event UInt64, has_resolved UInt8, \
                   resolved UInt64, instances Array(String), event_ids Array(String), \
-                  related Array(String), version UInt64",
+                  related Array(String), version UInt64, skipped_captures UInt64",
         engine: Engine::Replacing(Some("version")),
         keys: "ORDER BY (service, incident_id)",
         sharding_key: BY_SERVICE,

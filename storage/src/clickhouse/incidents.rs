@@ -26,6 +26,7 @@ pub(super) struct IncidentRow {
     event_ids: Vec<String>,
     related: Vec<String>,
     version: u64,
+    skipped_captures: u64,
 }
 
 impl Weigh for IncidentRow {
@@ -77,6 +78,7 @@ impl IncidentRow {
             event_ids: self.event_ids,
             related: self.related,
             version: self.version,
+            skipped_captures: self.skipped_captures,
         })
     }
 }
@@ -98,6 +100,7 @@ pub(super) async fn upsert(store: &ClickHouseStore, i: &IncidentRecord) -> Resul
         event_ids: i.event_ids.clone(),
         related: i.related.clone(),
         version: i.version,
+        skipped_captures: i.skipped_captures,
     };
     let id = IncidentIdRow {
         incident_id: i.incident_id.clone(),

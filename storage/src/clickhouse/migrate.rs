@@ -86,6 +86,20 @@ impl ClickHouseStore {
                 }
                 Ok(())
             }
+            Step::AddColumn {
+                table,
+                name,
+                definition,
+            } => {
+                if self.has_column(table, name).await? {
+                    return Ok(());
+                }
+                self.execute(
+                    version,
+                    &format!("ALTER TABLE {table} ADD COLUMN {definition}"),
+                )
+                .await
+            }
             Step::ConvertProfiles => {
                 // Converted profiles are numbered under an epoch of their own.
                 let epoch = self.claim_epoch("migration 8").await?;

@@ -89,6 +89,17 @@ pub(crate) enum Step {
     Retire(&'static str),
     /// Converts the profiles of the layout before migration 8 (see `convert.rs`).
     ConvertProfiles,
+    /// Adds `column` (`name Type [DEFAULT …]`) to `table` unless it has a column of that
+    /// name (18.16 has no `ADD COLUMN IF NOT EXISTS`; a crash after the `ALTER` and
+    /// before the migration is recorded must not fail the next start).
+    AddColumn {
+        /// The table.
+        table: &'static str,
+        /// The column's name.
+        name: &'static str,
+        /// Its definition, name included.
+        definition: &'static str,
+    },
 }
 
 /// Schema migrations; the `schema_migrations` table records which ran. Each runs under
@@ -399,6 +410,13 @@ pub(crate) const MIGRATIONS: &[&[Step]] = &[
         comparison_shares Array(Float64)
     ) ENGINE = ReplacingMergeTree(computed) ORDER BY (service, incident_id)",
     )],
+    // 12: the captures an incident skipped by the fleet's capture budget. Rows written
+    // before read 0.
+    &[Step::AddColumn {
+        table: "incidents",
+        name: "skipped_captures",
+        definition: "skipped_captures UInt64 DEFAULT 0",
+    }],
 ];
 
 /// The tables partitioned by day, whose old partitions retention drops.

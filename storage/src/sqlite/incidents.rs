@@ -1,5 +1,6 @@
-//! Incidents in the embedded store: the `incidents` table of migration 5, one row per
-//! incident holding its highest version.
+//! Incidents in the embedded store: the `incidents` table of migration 5 (with the
+//! captures skipped by the budget since migration 10), one row per incident holding its
+//! highest version.
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -9,18 +10,18 @@ use crate::stored_names::metric_from_name;
 use crate::{IncidentQuery, IncidentRecord, IncidentStatus, Severity, StoreError};
 
 const COLUMNS: &str = "incident_id, service, metric, severity, status, first_event, last_event,
-    resolved, instances, event_ids, related, version";
+    resolved, instances, event_ids, related, version, skipped_captures";
 
 pub(super) fn upsert(conn: &Connection, i: &IncidentRecord) -> Result<(), StoreError> {
     conn.prepare_cached(&format!(
-        "INSERT INTO incidents ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+        "INSERT INTO incidents ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
          ON CONFLICT (incident_id) DO UPDATE SET
             service = excluded.service, metric = excluded.metric,
             severity = excluded.severity, status = excluded.status,
             first_event = excluded.first_event, last_event = excluded.last_event,
             resolved = excluded.resolved, instances = excluded.instances,
             event_ids = excluded.event_ids, related = excluded.related,
-            version = excluded.version
+            version = excluded.version, skipped_captures = excluded.skipped_captures
          WHERE excluded.version > incidents.version"
     ))?
     .execute(params![
@@ -36,6 +37,7 @@ pub(super) fn upsert(conn: &Connection, i: &IncidentRecord) -> Result<(), StoreE
         strings_to_sql(&i.event_ids),
         strings_to_sql(&i.related),
         nanos_to_sql(i.version),
+        nanos_to_sql(i.skipped_captures),
     ])?;
     Ok(())
 }
@@ -53,6 +55,7 @@ type Row = (
     Vec<u8>,
     Vec<u8>,
     i64,
+    i64,
 );
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
@@ -69,6 +72,7 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
         r.get(9)?,
         r.get(10)?,
         r.get(11)?,
+        r.get(12)?,
     ))
 }
 
@@ -90,6 +94,7 @@ fn decode(r: Row) -> Result<IncidentRecord, StoreError> {
         event_ids: strings_from_sql("incidents.event_ids", &r.9)?,
         related: strings_from_sql("incidents.related", &r.10)?,
         version: nanos_from_sql(r.11),
+        skipped_captures: nanos_from_sql(r.12),
     })
 }
 

@@ -9,9 +9,11 @@
 //!
 //! It reports sustained throughput (profiles, samples, metric windows and trigger events
 //! acknowledged per second), trigger → stored latency (send → ack), trigger → incident
-//! latency (send → the event listed in an incident by the query API, polled), and the
-//! collector processes' memory (`--collector-pid`, peak RSS). `--json` prints the same as
-//! one JSON object, for scripts (`deploy/dev/loadgen.sh`).
+//! latency (send → the event listed in an incident by the query API, polled), suspect-ready
+//! latency (an incident's first trigger sent → its suspects stored, polled), the captures
+//! the incidents skipped by the fleet's capture budget and how many the agents were told
+//! to skip, and the collector processes' memory (`--collector-pid`, peak RSS). `--json`
+//! prints the same as one JSON object, for scripts (`deploy/dev/loadgen.sh`).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -96,6 +98,8 @@ struct Tally {
     profiles_acked: u64,
     windows_acked: u64,
     triggers_acked: u64,
+    /// Captures the collector told agents not to send (`SkipProfiles`, by kind).
+    skips_told: u64,
     errors: Vec<String>,
 }
 
@@ -221,9 +225,7 @@ async fn run_agent(
             let Some(raw) = ack else {
                 bail!("the collector closed the stream")
             };
-            if let Ok(CollectorMessage::Ack { seq: acked }) = CollectorMessage::try_from(raw) {
-                settle(&mut in_flight, acked, &tally);
-            }
+            answered(raw, &mut in_flight, &tally);
         }
         if Instant::now() >= until {
             break;
@@ -306,11 +308,7 @@ async fn run_agent(
     let deadline = Instant::now() + cli.grace;
     while !in_flight.is_empty() && Instant::now() < deadline {
         match tokio::time::timeout_at(deadline.into(), inbound.message()).await {
-            Ok(Ok(Some(raw))) => {
-                if let Ok(CollectorMessage::Ack { seq: acked }) = CollectorMessage::try_from(raw) {
-                    settle(&mut in_flight, acked, &tally);
-                }
-            }
+            Ok(Ok(Some(raw))) => answered(raw, &mut in_flight, &tally),
             Ok(Ok(None)) => bail!("the collector closed the stream"),
             Ok(Err(status)) => bail!("stream error: {status}"),
             Err(_) => break,
@@ -326,6 +324,20 @@ async fn run_agent(
     }
     drop(tx);
     Ok(())
+}
+
+/// Takes one message of the collector: an acknowledgement settles what it covers, a
+/// skip (the capture budget) is counted. The profiles it names were sent already: this
+/// agent sends a spike's profile right behind its trigger.
+fn answered(raw: pb::CollectorMessage, in_flight: &mut VecDeque<InFlight>, tally: &Mutex<Tally>) {
+    match CollectorMessage::try_from(raw) {
+        Ok(CollectorMessage::Ack { seq: acked }) => settle(in_flight, acked, tally),
+        Ok(CollectorMessage::SkipProfiles(skip)) => {
+            tally.lock().unwrap_or_else(|p| p.into_inner()).skips_told +=
+                skip.kinds.len().max(1) as u64;
+        }
+        _ => {}
+    }
 }
 
 fn settle(in_flight: &mut VecDeque<InFlight>, acked: u64, tally: &Mutex<Tally>) {
@@ -346,15 +358,32 @@ fn settle(in_flight: &mut VecDeque<InFlight>, acked: u64, tally: &Mutex<Tally>) 
     }
 }
 
-/// Polls the query API until every trigger sent is listed in an incident (or the run
-/// and its grace period end); returns send → listed latencies and the ids never listed.
+/// What [`watch_incidents`] saw.
+#[derive(Default)]
+struct Watched {
+    /// Trigger sent → listed in an incident.
+    to_incident: Vec<Duration>,
+    /// Triggers never listed.
+    missing: usize,
+    /// An incident's first trigger sent → its suspects stored.
+    to_suspects: Vec<Duration>,
+    /// Incidents whose suspects were never stored.
+    without_suspects: usize,
+    /// Incidents seen.
+    incidents: usize,
+    /// Captures skipped by the budget, summed over the incidents.
+    skipped_captures: u64,
+}
+
+/// Polls the query API until every trigger sent is listed in an incident and every
+/// incident has its suspects (or the run and its grace period end).
 async fn watch_incidents(
     cli: Arc<Cli>,
     services: Vec<String>,
     tally: Arc<Mutex<Tally>>,
     since: String,
     sending_until: Instant,
-) -> anyhow::Result<(Vec<Duration>, usize)> {
+) -> anyhow::Result<Watched> {
     let client = ApiClient::with_options(
         &cli.query,
         &ClientOptions {
@@ -364,6 +393,11 @@ async fn watch_incidents(
     )?;
     let mut seen: HashSet<String> = HashSet::new();
     let mut latencies = Vec::new();
+    // Incident id → when its first trigger was sent, until its suspects are stored.
+    let mut awaiting: HashMap<String, Instant> = HashMap::new();
+    let mut ready: HashSet<String> = HashSet::new();
+    let mut to_suspects = Vec::new();
+    let mut skipped: HashMap<String, u64> = HashMap::new();
     let give_up = sending_until + cli.grace;
     loop {
         for service in &services {
@@ -377,13 +411,34 @@ async fn watch_incidents(
             let now = Instant::now();
             let t = tally.lock().unwrap_or_else(|p| p.into_inner());
             for incident in &list.incidents {
+                skipped.insert(incident.incident_id.clone(), incident.skipped_captures);
                 for id in &incident.event_ids {
+                    let Some((_, at)) = t.sent.get(id) else {
+                        continue;
+                    };
                     if !seen.contains(id) {
-                        if let Some((_, at)) = t.sent.get(id) {
-                            latencies.push(now.saturating_duration_since(*at));
-                            seen.insert(id.clone());
-                        }
+                        latencies.push(now.saturating_duration_since(*at));
+                        seen.insert(id.clone());
                     }
+                    if !ready.contains(&incident.incident_id) {
+                        let first = awaiting.entry(incident.incident_id.clone()).or_insert(*at);
+                        *first = (*first).min(*at);
+                    }
+                }
+            }
+        }
+        let pending: Vec<(String, Instant)> =
+            awaiting.iter().map(|(id, at)| (id.clone(), *at)).collect();
+        for (id, first) in pending {
+            match client.incident(&id).await {
+                Ok(detail) if detail.suspects_computed.is_some() => {
+                    to_suspects.push(first.elapsed());
+                    awaiting.remove(&id);
+                    ready.insert(id);
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(incident = %id, error = %err, "cannot read the incident")
                 }
             }
         }
@@ -391,8 +446,16 @@ async fn watch_incidents(
             let t = tally.lock().unwrap_or_else(|p| p.into_inner());
             t.sent.keys().filter(|id| !seen.contains(*id)).count()
         };
-        if Instant::now() >= give_up || (Instant::now() >= sending_until && missing == 0) {
-            return Ok((latencies, missing));
+        let done = missing == 0 && awaiting.is_empty();
+        if Instant::now() >= give_up || (Instant::now() >= sending_until && done) {
+            return Ok(Watched {
+                to_incident: latencies,
+                missing,
+                to_suspects,
+                without_suspects: awaiting.len(),
+                incidents: skipped.len(),
+                skipped_captures: skipped.values().sum(),
+            });
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -499,12 +562,14 @@ async fn run(cli: Arc<Cli>) -> anyhow::Result<()> {
         .min(cli.duration)
         .max(Duration::from_secs(1));
     let acked_at = start.elapsed();
-    let (mut to_incident, missing) = watcher.await??;
+    let mut watched = watcher.await??;
     let peak = sampler.await?;
     let mut t = std::mem::take(&mut *tally.lock().unwrap_or_else(|p| p.into_inner()));
     t.errors.extend(failures);
     t.stored.sort();
-    to_incident.sort();
+    watched.to_incident.sort();
+    watched.to_suspects.sort();
+    let (to_incident, missing) = (&watched.to_incident, watched.missing);
     let secs = acked_at.as_secs_f64().max(sending.as_secs_f64());
     let profiles_per_s = t.profiles_acked as f64 / secs;
     let memory: Vec<(u32, u64, u64)> = cli
@@ -529,9 +594,15 @@ async fn run(cli: Arc<Cli>) -> anyhow::Result<()> {
             "triggers_acked": t.triggers_acked,
             "trigger_stored_p50_ms": ms(percentile(&t.stored, 0.5)),
             "trigger_stored_p99_ms": ms(percentile(&t.stored, 0.99)),
-            "trigger_incident_p50_ms": ms(percentile(&to_incident, 0.5)),
-            "trigger_incident_p99_ms": ms(percentile(&to_incident, 0.99)),
+            "trigger_incident_p50_ms": ms(percentile(to_incident, 0.5)),
+            "trigger_incident_p99_ms": ms(percentile(to_incident, 0.99)),
             "triggers_without_incident": missing,
+            "incidents": watched.incidents,
+            "trigger_suspects_p50_ms": ms(percentile(&watched.to_suspects, 0.5)),
+            "trigger_suspects_p99_ms": ms(percentile(&watched.to_suspects, 0.99)),
+            "incidents_without_suspects": watched.without_suspects,
+            "captures_skipped_by_budget": watched.skipped_captures,
+            "captures_agents_told_to_skip": t.skips_told,
             "collectors": memory.iter().map(|(pid, rss, hwm)| serde_json::json!({
                 "pid": pid, "rss_peak_bytes": rss, "vm_hwm_bytes": hwm,
             })).collect::<Vec<_>>(),
@@ -559,9 +630,20 @@ async fn run(cli: Arc<Cli>) -> anyhow::Result<()> {
         );
         println!(
             "trigger -> incident (listed by the query API): p50 {:.0} ms, p99 {:.0} ms; {} triggers in no incident",
-            ms(percentile(&to_incident, 0.5)),
-            ms(percentile(&to_incident, 0.99)),
+            ms(percentile(to_incident, 0.5)),
+            ms(percentile(to_incident, 0.99)),
             missing
+        );
+        println!(
+            "first trigger -> suspects stored: p50 {:.0} ms, p99 {:.0} ms over {} incidents; {} without suspects",
+            ms(percentile(&watched.to_suspects, 0.5)),
+            ms(percentile(&watched.to_suspects, 0.99)),
+            watched.incidents,
+            watched.without_suspects
+        );
+        println!(
+            "capture budget: {} captures skipped by the incidents, {} the agents were told to skip",
+            watched.skipped_captures, t.skips_told
         );
         for (pid, rss, hwm) in &memory {
             println!(

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use super::client::{apply_client_overrides, base_config, millis, KafkaStartError, START_TIMEOUT};
 use super::partition_of;
 use super::KafkaConfig;
-use crate::process::{PipelineEvent, Processor};
+use crate::process::{PipelineBody, PipelineEvent, Processor, StoredTrigger};
 use holmes_storage::ParkedEvent;
 
 /// Partitions assigned by the last rebalance, waiting to be taken into account.
@@ -136,6 +136,16 @@ pub const MAX_CONCURRENT_STORES: usize = 16;
 /// How long a processor waits for more events to join a batch.
 const BATCH_GATHER: Duration = Duration::from_millis(5);
 
+/// One event of a batch, decoded (or why not).
+struct Item {
+    /// Its place in the batch.
+    index: usize,
+    partition: i32,
+    offset: i64,
+    payload: Vec<u8>,
+    event: Result<PipelineEvent, String>,
+}
+
 impl Consumer {
     /// Joins `section`'s consumer group on its topic of `partitions` partitions.
     pub fn new(
@@ -249,25 +259,69 @@ impl Consumer {
         self.commit_final(&processed).await;
     }
 
-    /// Stores a batch's events concurrently (each retried until stored), then correlates
-    /// its triggers in offset order; `false` if the collector is closing first (the
-    /// batch's offsets are then not committed).
+    /// Stores a batch: its trigger events first, concurrently (each retried until
+    /// stored), then correlates them in offset order, then stores the rest
+    /// concurrently; `false` if the collector is closing first (the batch's offsets are
+    /// then not committed). Triggers go first because their incidents' capture budget
+    /// decides which profiles of the batch are stored.
     async fn process_batch(
         &self,
         batch: &[OwnedMessage],
         closing: &mut watch::Receiver<bool>,
     ) -> bool {
+        let (mut triggers, mut rest) = (Vec::new(), Vec::new());
+        for (index, message) in batch.iter().enumerate() {
+            let payload = message.payload().unwrap_or_default().to_vec();
+            let event = PipelineEvent::decode(&payload).map_err(|e| e.to_string());
+            let item = Item {
+                index,
+                partition: message.partition(),
+                offset: message.offset(),
+                payload,
+                event,
+            };
+            match &item.event {
+                Ok(PipelineEvent {
+                    body: PipelineBody::Trigger(_),
+                    ..
+                }) => triggers.push(item),
+                _ => rest.push(item),
+            }
+        }
+        let Some(mut stored) = self.store_all(triggers, closing).await else {
+            return false;
+        };
+        stored.sort_by_key(|(index, _)| *index);
+        for (_, trigger) in &stored {
+            self.processor.observe(trigger).await;
+        }
+        self.store_all(rest, closing).await.is_some()
+    }
+
+    /// Stores `items` concurrently, each retried until stored or parked; the stored
+    /// triggers with their index in the batch, or `None` if the collector is closing
+    /// first.
+    async fn store_all(
+        &self,
+        items: Vec<Item>,
+        closing: &mut watch::Receiver<bool>,
+    ) -> Option<Vec<(usize, StoredTrigger)>> {
         let mut stores = tokio::task::JoinSet::new();
         let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_STORES));
-        for (index, message) in batch.iter().enumerate() {
-            let (partition, offset) = (message.partition(), message.offset());
-            let payload = message.payload().unwrap_or_default().to_vec();
+        for item in items {
+            let Item {
+                index,
+                partition,
+                offset,
+                payload,
+                event,
+            } = item;
             let source = format!("kafka:{}/{partition}@{offset}", self.topic);
             let processor = Arc::clone(&self.processor);
             let mut closing = closing.clone();
             let permits = Arc::clone(&permits);
             stores.spawn(async move {
-                let event = match PipelineEvent::decode(&payload) {
+                let event = match event {
                     Ok(event) => event,
                     Err(err) => {
                         let error = format!("undecodable event: {err}");
@@ -311,20 +365,16 @@ impl Consumer {
         while let Some(done) = stores.join_next().await {
             match done {
                 Ok(Some((index, trigger))) => triggers.extend(trigger.map(|t| (index, t))),
-                Ok(None) => return false,
+                Ok(None) => return None,
                 Err(err) => {
                     // A panic in a store write: the batch is not committed, so the events
                     // come again (after a restart at worst).
                     tracing::error!(error = %err, "storing an event failed");
-                    return false;
+                    return None;
                 }
             }
         }
-        triggers.sort_by_key(|(index, _)| *index);
-        for (_, trigger) in &triggers {
-            self.processor.observe(trigger).await;
-        }
-        true
+        Some(triggers)
     }
 
     async fn apply_rebalance(&self) {
