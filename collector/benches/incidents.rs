@@ -13,7 +13,9 @@
 //! seconds to a minute apart: 1,000,000 trigger events, inserted in batches of 10,000.
 //! One profile per incident (100,000, a ~3 KB gzip blob each, of the kind that explains
 //! the incident's metric, for its first event), inserted 500 at a time; the profiles of
-//! 1,000 incidents also get normalized contents, so that their details compute suspects.
+//! 1,000 incidents also get normalized contents, and those incidents their suspects,
+//! computed and stored as the collector does when an incident changes (so that their
+//! details read suspects, a fingerprint and the earlier incidents that share it).
 //! `HOLMES_BENCH_QUICK=1` makes everything 10x smaller.
 //!
 //! Measured through `ApiClient` against a collector started on the filled store:
@@ -33,6 +35,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use holmes_cli::api_client::ApiClient;
 use holmes_collector::config::Config;
+use holmes_collector::incident::evidence;
 use holmes_collector::Server;
 use holmes_proto::{Metric, ProfileKind, RuleConfig, Sample, TriggerReason};
 use holmes_storage::clickhouse::{ClickHouseConfig, ClickHouseStore};
@@ -453,6 +456,36 @@ async fn fill(store: &Arc<dyn Store>, params: &Params, gens: &[Gen]) {
         rate(count, t0.elapsed()),
         blob.len()
     );
+
+    // The suspects of the incidents with contents, as the collector computes and stores
+    // them when an incident changes.
+    let t0 = Instant::now();
+    let with_contents: Vec<IncidentRecord> = gens
+        .iter()
+        .step_by(every)
+        .map(|g| g.record.clone())
+        .collect();
+    let count = with_contents.len();
+    {
+        let store = Arc::clone(store);
+        concurrently(with_contents, move |record| {
+            let store = Arc::clone(&store);
+            async move {
+                let computed =
+                    evidence::compute(store.as_ref(), &record, record.last_event_unix_nanos)
+                        .await
+                        .expect("compute suspects");
+                if let Some(suspects) = computed {
+                    store
+                        .put_incident_suspects(&suspects)
+                        .await
+                        .expect("store suspects");
+                }
+            }
+        })
+        .await;
+    }
+    println!("  suspects        {}", rate(count, t0.elapsed()));
 }
 
 struct Stats {
@@ -551,7 +584,7 @@ async fn measure(
         ),
     ] {
         let mut ms = Vec::new();
-        let (mut triggers, mut profiles, mut suspects) = (0, 0, 0);
+        let (mut triggers, mut profiles, mut suspects, mut earlier) = (0, 0, 0, 0);
         for _ in 0..count {
             let mut n = rng.below(gens.len() as u64) as usize;
             if with_contents {
@@ -563,15 +596,17 @@ async fn measure(
             triggers += d.triggers.len();
             profiles += d.profiles.len();
             suspects += d.suspects.len();
+            earlier += d.earlier.len();
         }
         let per = |x: usize| x as f64 / count.max(1) as f64;
         out.push(Stats {
             name: name.into(),
             note: format!(
-                "{:.1} triggers, {:.1} profiles, {:.1} suspects/answer",
+                "{:.1} triggers, {:.1} profiles, {:.1} suspects, {:.1} earlier incidents/answer",
                 per(triggers),
                 per(profiles),
-                per(suspects)
+                per(suspects),
+                per(earlier)
             ),
             ms,
         });

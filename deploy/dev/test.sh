@@ -140,11 +140,11 @@ else
     }
   } >"$features_built" 2>&1 &
   features_pid=$!
-  # The agent's cpu_burn example built as agent/README.md tells hosts to build (the
-  # `profiling` profile: release with line tables), for collector/tests/it/release.rs,
-  # whose cargo then finds it built.
+  # The agent's examples that tests run built as agent/README.md tells hosts to build
+  # (the `profiling` profile: release with line tables), for collector/tests/it/release.rs
+  # (cpu_burn) and suspects.rs (fleet_service), whose cargo then finds them built.
   release_built=$(mktemp "${TMPDIR:-/tmp}/holmes-test-release.XXXXXX")
-  { time cargo build --profile profiling -p holmes-agent --example cpu_burn --locked; } >"$release_built" 2>&1 &
+  { time cargo build --profile profiling -p holmes-agent --example cpu_burn --example fleet_service --locked; } >"$release_built" 2>&1 &
   release_pid=$!
   export HOLMES_TEST_RELEASE=1
   # The default targets (with the examples built as programs, which tests run), then
@@ -159,7 +159,7 @@ else
   tail -n 1 "$features_built"
   wait "$release_pid" || { status=1; echo "the release build of the agent's example failed:" >&2; cat "$release_built" >&2; }
   release_pid=
-  echo "the agent's cpu_burn example in release (the profiling profile):"
+  echo "the agent's cpu_burn and fleet_service examples in release (the profiling profile):"
   tail -n 1 "$release_built"
 
   # The tests wait far more than they compute (on agents, brokers, servers, 15 s bursts

@@ -675,6 +675,15 @@ impl Store for ClickHouseStore {
         suspects::get(self, service, incident_id).await
     }
 
+    async fn incidents_with_fingerprint(
+        &self,
+        service: &str,
+        fingerprint: &str,
+        limit: u64,
+    ) -> Result<Vec<String>, StoreError> {
+        suspects::with_fingerprint(self, service, fingerprint, limit).await
+    }
+
     async fn expire_before(&self, cutoff_unix_nanos: u64) -> Result<Expired, StoreError> {
         match &self.cluster {
             Some(cluster) => self.expire_on_cluster(cluster, cutoff_unix_nanos).await,

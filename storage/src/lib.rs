@@ -274,6 +274,16 @@ pub trait Store: Send + Sync + 'static {
         incident_id: &str,
     ) -> Result<Option<IncidentSuspects>, StoreError>;
 
+    /// Incidents of `service` whose suspects as last stored have the fingerprint
+    /// `fingerprint` ([`IncidentSuspects::fingerprint`]), the latest computed first, at
+    /// most `limit`.
+    async fn incidents_with_fingerprint(
+        &self,
+        service: &str,
+        fingerprint: &str,
+        limit: u64,
+    ) -> Result<Vec<String>, StoreError>;
+
     // The control plane (`control.rs`): central rules and pauses, capture requests and
     // what agents answer.
 

@@ -430,3 +430,39 @@ pub struct IncidentSuspects {
     /// Most suspect first.
     pub suspects: Vec<SuspectRecord>,
 }
+
+/// How many top suspects make an incident's fingerprint.
+pub const FINGERPRINT_SUSPECTS: usize = 3;
+
+impl IncidentSuspects {
+    /// The incident's fingerprint: 32 hex digits (BLAKE3) of the profile kind and the
+    /// functions of its top [`FINGERPRINT_SUSPECTS`] suspects in name order (two
+    /// incidents whose top suspects trade places are the same problem); `None` without
+    /// suspects. Incidents of one service with the same fingerprint are the same problem
+    /// coming back.
+    pub fn fingerprint(&self) -> Option<String> {
+        if self.suspects.is_empty() {
+            return None;
+        }
+        let mut top: Vec<&str> = self
+            .suspects
+            .iter()
+            .take(FINGERPRINT_SUSPECTS)
+            .map(|s| s.function.as_str())
+            .collect();
+        top.sort_unstable();
+        let mut h = blake3::Hasher::new();
+        h.update(self.kind.as_str().as_bytes());
+        for f in top {
+            h.update(&[0]);
+            h.update(f.as_bytes());
+        }
+        let bytes = h.finalize();
+        Some(
+            bytes.as_bytes()[..16]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+        )
+    }
+}

@@ -260,6 +260,8 @@ const MIGRATIONS: &[&str] = &[
     suspects::SCHEMA,
     // 10: the captures an incident skipped by the fleet's capture budget.
     "ALTER TABLE incidents ADD COLUMN skipped_captures INTEGER NOT NULL DEFAULT 0;",
+    // 11: incidents' fingerprints (see `suspects.rs`).
+    suspects::FINGERPRINTS,
 ];
 
 /// The embedded SQLite store.
@@ -726,6 +728,17 @@ impl Store for SqliteStore {
     ) -> Result<Option<IncidentSuspects>, StoreError> {
         let (service, id) = (service.to_owned(), incident_id.to_owned());
         self.read(move |conn| suspects::get(conn, &service, &id))
+            .await
+    }
+
+    async fn incidents_with_fingerprint(
+        &self,
+        service: &str,
+        fingerprint: &str,
+        limit: u64,
+    ) -> Result<Vec<String>, StoreError> {
+        let (service, fingerprint) = (service.to_owned(), fingerprint.to_owned());
+        self.read(move |conn| suspects::with_fingerprint(conn, &service, &fingerprint, limit))
             .await
     }
 

@@ -662,6 +662,7 @@ macro_rules! store_conformance_tests {
             incidents_keep_their_newest_version,
             incidents_filter_by_service_status_and_time,
             incident_suspects_keep_the_latest_computation,
+            incidents_are_found_by_fingerprint,
             debuginfo_uploads_resume_and_complete,
             debuginfo_claims_have_one_holder,
             unsymbolized_offsets_shrink_as_symbols_arrive,

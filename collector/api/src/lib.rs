@@ -383,6 +383,32 @@ pub struct IncidentDetailJson {
     pub comparison_profiles: u64,
     /// Related incidents of other services.
     pub related: Vec<IncidentJson>,
+    /// Its fingerprint: 32 hex digits from the profile kind and its top three suspects'
+    /// functions (in any order); `null` without suspects. Incidents of the service with
+    /// the same fingerprint are the same problem coming back.
+    #[serde(default)]
+    pub fingerprint: Option<String>,
+    /// Values of its instances' `version` label (sorted; empty when none has one).
+    #[serde(default)]
+    pub versions: Vec<String>,
+    /// Earlier incidents of the service with the same fingerprint, newest first (at
+    /// most 20): when the problem was seen before, and in which versions.
+    #[serde(default)]
+    pub earlier: Vec<EarlierIncident>,
+}
+
+/// An earlier incident with the same fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EarlierIncident {
+    /// 32 hex digits.
+    pub incident_id: String,
+    /// Its first trigger, RFC 3339.
+    pub first_event: String,
+    /// Its latest trigger, RFC 3339.
+    pub last_event: String,
+    /// Values of its instances' `version` label (sorted; empty when none has one).
+    pub versions: Vec<String>,
 }
 
 /// A function suspected of causing an incident, with its evidence.

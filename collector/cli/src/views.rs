@@ -217,6 +217,37 @@ pub(crate) fn print_incident(term: &Terminal, d: &IncidentDetailJson) {
     if !d.suspects.is_empty() {
         suspects.print();
     }
+    if let Some(first) = d.earlier.last() {
+        // "seen 3 times since version 1.4.2": this incident and the earlier ones with
+        // the same top suspects.
+        let since = if first.versions.is_empty() {
+            String::new()
+        } else {
+            format!(" since version {}", printable(&first.versions.join(", ")))
+        };
+        println!(
+            "  seen {} times{since} (the same top suspects; first {}, last {}):",
+            d.earlier.len() + 1,
+            term.when(&first.first_event),
+            term.when(&d.incident.first_event)
+        );
+        for e in &d.earlier {
+            let versions = if e.versions.is_empty() {
+                "-".to_owned()
+            } else {
+                e.versions.join(", ")
+            };
+            println!(
+                "    {}  {}  versions {}",
+                term.when(&e.first_event),
+                printable(&e.incident_id),
+                printable(&versions)
+            );
+        }
+        if !d.versions.is_empty() {
+            println!("    now: versions {}", printable(&d.versions.join(", ")));
+        }
+    }
     for r in &d.related {
         println!("  related: {}", incident_line(term, r));
     }

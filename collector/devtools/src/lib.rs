@@ -3,9 +3,6 @@
 //!
 //! - [`demo`] and the `holmes-demo` binary: the one-command tour — a collector on the
 //!   embedded store and a few instances of a small service with the agent inside.
-//! - [`fleet`] (`holmes-demo fleet-service`): the host of the suspects test — every
-//!   instance busy in a shared function, the sick ones also in a culprit, both spending
-//!   their time in one helper.
 //! - the `holmes-loadgen` binary: a simulated fleet against running collectors
 //!   (throughput, latency, memory; `deploy/dev/loadgen.sh`).
 //! - the `holmes-controlgen` binary: how fast a rule change and a capture request reach
@@ -19,7 +16,6 @@
 //!   compiling anything again.
 
 pub mod demo;
-pub mod fleet;
 pub mod soak;
 pub mod synthetic;
 pub mod workspace;

@@ -59,10 +59,14 @@ pub fn window_of(incident: &IncidentRecord) -> TimeWindow {
 }
 
 /// The instances to ask: live ones of the service, not in the incident, that look
-/// healthy at its moment — their metric over the window up to now stays below half the
-/// highest value of the sick instances (their points and their triggers' values: an
-/// instance about to fire as well is not a control) — at most `n`, the calmest first
-/// (then by instance id).
+/// healthy at its moment — their metric over the window up to now stays below half-way
+/// from the sick instances' level before the spike (the lowest of their points since
+/// the window began) to their highest (their points and their triggers' values): an
+/// instance about to fire as well is not a control. For a metric that idles near zero
+/// (CPU) that is about half the sick level; for one every instance holds high (memory,
+/// heap) it is half of the growth above that level. Without points of the sick
+/// instances, half their triggers' values. At most `n`, the calmest first (then by
+/// instance id).
 pub async fn pick(
     store: &dyn Store,
     incident: &IncidentRecord,
@@ -95,9 +99,12 @@ pub async fn pick(
         })
         .await?;
     let mut highest: HashMap<&str, f64> = HashMap::new();
+    let mut lowest: HashMap<&str, f64> = HashMap::new();
     for p in &points {
         let h = highest.entry(p.instance_id.as_str()).or_insert(f64::MIN);
         *h = h.max(p.value);
+        let l = lowest.entry(p.instance_id.as_str()).or_insert(f64::MAX);
+        *l = l.min(p.value);
     }
     // The sick level: their points, and what their triggers saw (a trigger is often in
     // before the metric points that led to it).
@@ -119,10 +126,20 @@ pub async fn pick(
         .iter()
         .filter_map(|i| highest.get(i.as_str()).copied())
         .fold(triggered, f64::max);
+    let before = incident
+        .instances
+        .iter()
+        .filter_map(|i| lowest.get(i.as_str()).copied())
+        .fold(f64::NAN, f64::min);
+    let line = if before.is_finite() && before < sick {
+        (before + sick) / 2.0
+    } else {
+        sick / 2.0
+    };
     let mut calm: Vec<(f64, String)> = live
         .into_iter()
         .map(|i| (highest.get(i.as_str()).copied().unwrap_or(0.0), i))
-        .filter(|(v, _)| sick.is_nan() || *v < sick / 2.0)
+        .filter(|(v, _)| sick.is_nan() || *v < line)
         .collect();
     calm.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
     Ok(calm.into_iter().take(n).map(|(_, i)| i).collect())

@@ -2,12 +2,13 @@
 //! detail — its triggers, its profiles, its suspect functions and related incidents.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use holmes_api::{
-    validate_profile_id, ErrorJson, IncidentDetailJson, IncidentJson, IncidentsJson, Suspect,
-    TriggerJson, DEFAULT_INCIDENT_LIMIT, DEFAULT_INCIDENT_SINCE,
+    validate_profile_id, EarlierIncident, ErrorJson, IncidentDetailJson, IncidentJson,
+    IncidentsJson, Suspect, TriggerJson, DEFAULT_INCIDENT_LIMIT, DEFAULT_INCIDENT_SINCE,
 };
 use holmes_proto::ProfileKind;
 use holmes_storage::{
@@ -150,7 +151,8 @@ use crate::incident::evidence::kind_for;
 /// Its trigger events, the profiles captured for them, its suspect functions as stored
 /// when it last changed (what grew most in its sick instances against its healthy
 /// controls, else the baselines, from the profiles of the kind that explains its
-/// metric; empty until computed) and the related incidents of other services.
+/// metric; empty until computed), the related incidents of other services, and its
+/// fingerprint with the earlier incidents that had it (and the versions they ran).
 #[utoipa::path(
     get,
     path = "/api/v1/incidents/{incident_id}",
@@ -196,7 +198,17 @@ pub(super) async fn detail(
             related.push(incident_json(r));
         }
     }
+    let fingerprint = stored.as_ref().and_then(|s| s.fingerprint());
+    let versions_of = versions_by_instance(&api, &incident.service).await?;
+    let versions = versions(&versions_of, &incident);
+    let earlier = match &fingerprint {
+        Some(f) => earlier(&api, &incident, f, &versions_of).await?,
+        None => Vec::new(),
+    };
     Ok(Json(IncidentDetailJson {
+        fingerprint,
+        versions,
+        earlier,
         suspect_kind: stored.as_ref().map(|s| s.kind.as_str().to_owned()),
         comparison: stored.as_ref().map(|s| s.comparison.as_str().to_owned()),
         suspects_computed: stored.as_ref().map(|s| rfc3339(s.computed_unix_nanos)),
@@ -220,6 +232,82 @@ pub(super) async fn detail(
         related,
         incident: incident_json(incident),
     }))
+}
+
+/// Earlier incidents listed with an incident, at most.
+const MAX_EARLIER: usize = 20;
+
+/// The `version` label of each instance of `service`.
+async fn versions_by_instance(
+    api: &Api,
+    service: &str,
+) -> Result<HashMap<String, String>, ApiError> {
+    Ok(api
+        .store
+        .list_instances(service)
+        .await?
+        .into_iter()
+        .filter_map(|i| {
+            let version = i.labels.get("version")?.clone();
+            Some((i.instance_id, version))
+        })
+        .collect())
+}
+
+/// The `version` label values of an incident's instances, sorted and distinct.
+fn versions(by_instance: &HashMap<String, String>, incident: &IncidentRecord) -> Vec<String> {
+    let set: BTreeSet<&String> = incident
+        .instances
+        .iter()
+        .filter_map(|i| by_instance.get(i))
+        .collect();
+    set.into_iter().cloned().collect()
+}
+
+/// The service's incidents with the same fingerprint that began before `incident`,
+/// newest first, at most [`MAX_EARLIER`] (of the twice as many last computed, read
+/// concurrently).
+async fn earlier(
+    api: &Api,
+    incident: &IncidentRecord,
+    fingerprint: &str,
+    versions_of: &HashMap<String, String>,
+) -> Result<Vec<EarlierIncident>, ApiError> {
+    let ids = api
+        .store
+        .incidents_with_fingerprint(&incident.service, fingerprint, 2 * MAX_EARLIER as u64)
+        .await?;
+    let mut reads = tokio::task::JoinSet::new();
+    for id in ids.into_iter().filter(|id| *id != incident.incident_id) {
+        let store = Arc::clone(&api.store);
+        reads.spawn(async move { store.get_incident(&id).await });
+    }
+    let mut found = Vec::new();
+    while let Some(read) = reads.join_next().await {
+        let read = match read {
+            Ok(read) => read,
+            Err(err) => {
+                tracing::warn!(error = %err, "reading an earlier incident failed");
+                continue;
+            }
+        };
+        if let Some(other) = read? {
+            if other.first_event_unix_nanos < incident.first_event_unix_nanos {
+                found.push(other);
+            }
+        }
+    }
+    found.sort_by_key(|i| std::cmp::Reverse(i.first_event_unix_nanos));
+    found.truncate(MAX_EARLIER);
+    Ok(found
+        .into_iter()
+        .map(|other| EarlierIncident {
+            versions: versions(versions_of, &other),
+            first_event: rfc3339(other.first_event_unix_nanos),
+            last_event: rfc3339(other.last_event_unix_nanos),
+            incident_id: other.incident_id,
+        })
+        .collect())
 }
 
 /// The service's profiles of `kind` from before the incident ([`evidence::baseline`]).

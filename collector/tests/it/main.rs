@@ -34,6 +34,7 @@ mod kafka_control;
 mod openapi;
 mod outage;
 mod profiles;
+mod recurrence;
 mod release;
 mod retention;
 mod rules;

@@ -9,9 +9,10 @@
 //!
 //! The release build of the agent and its dependencies takes minutes on two cores, so
 //! the test runs only with `HOLMES_TEST_RELEASE=1` (deploy/dev/test.sh sets it and starts
-//! that build early, beside its others); without it, it says it is skipped.
+//! that build early, beside its others); without it, it says it is skipped
+//! ([`crate::support::profiling_example`]).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -26,36 +27,6 @@ use crate::support::{eventually, Backend};
 const CULPRIT: &str = "cpu_burn::render_price_table";
 /// Its caller, also never inlined.
 const CALLER: &str = "cpu_burn::handle_price_request";
-
-/// The folder of the agent's `cpu_burn` example built with the `profiling` profile into
-/// this test's target folder (deploy/dev/test.sh builds it first); `None` unless
-/// `HOLMES_TEST_RELEASE=1`.
-fn release_examples() -> Option<PathBuf> {
-    if std::env::var("HOLMES_TEST_RELEASE").as_deref() != Ok("1") {
-        eprintln!("skipped: set HOLMES_TEST_RELEASE=1 to build the agent's cpu_burn example in release and run it");
-        return None;
-    }
-    let (target, _) = holmes_devtools::workspace::target_of_this_test();
-    let out = holmes_devtools::workspace::cargo(&target)
-        .args([
-            "build",
-            "--profile",
-            "profiling",
-            "-p",
-            "holmes-agent",
-            "--example",
-            "cpu_burn",
-            "--locked",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "cargo build --profile profiling -p holmes-agent --example cpu_burn:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(target.join("profiling").join("examples"))
-}
 
 /// A running example: its child process (killed on drop) and its HTTP port.
 struct Example {
@@ -106,10 +77,9 @@ impl Example {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_build_is_named_with_full_paths_and_keeps_its_stack_ids_across_a_restart() {
-    let Some(examples) = release_examples() else {
+    let Some(exe) = crate::support::profiling_example("cpu_burn") else {
         return;
     };
-    let exe = examples.join("cpu_burn");
     let blob = holmes_symbolize::UploadBlob::from_elf_file(&exe).unwrap();
     let build_id = blob.build_id().expect("a build id").to_owned();
     let dir = tempfile::tempdir().unwrap();

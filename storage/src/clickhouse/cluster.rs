@@ -16,7 +16,7 @@ use super::{date_text, day_of, now_nanos, ClickHouseStore, MigrationRow, ServerV
 use crate::{Expired, StoreError};
 
 /// The migration count [`TABLES`] was written for: a new migration must update both.
-pub(super) const CLUSTER_SCHEMA_VERSION: u32 = 12;
+pub(super) const CLUSTER_SCHEMA_VERSION: u32 = 13;
 
 /// Replication path used when the configuration names none. `{database}` and `{table}`
 /// are filled in by Holmes (the table's name without `_local`); `{shard}` is the
@@ -144,7 +144,7 @@ pub(super) const TABLES: &[TableDef] = &[
         columns: "service String, incident_id String, computed UInt64, kind String, \
                   comparison String, sick_profiles UInt32, comparison_profiles UInt32, \
                   functions Array(String), sick_shares Array(Float64), \
-                  comparison_shares Array(Float64)",
+                  comparison_shares Array(Float64), fingerprint String",
         engine: Engine::Replacing(Some("computed")),
         keys: "ORDER BY (service, incident_id)",
         sharding_key: BY_SERVICE,

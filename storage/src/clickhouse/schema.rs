@@ -417,6 +417,13 @@ pub(crate) const MIGRATIONS: &[&[Step]] = &[
         name: "skipped_captures",
         definition: "skipped_captures UInt64 DEFAULT 0",
     }],
+    // 13: incidents' fingerprints, for recurrences (see `suspects.rs`). Rows written
+    // before read none.
+    &[Step::AddColumn {
+        table: "incident_suspects",
+        name: "fingerprint",
+        definition: "fingerprint String DEFAULT ''",
+    }],
 ];
 
 /// The tables partitioned by day, whose old partitions retention drops.

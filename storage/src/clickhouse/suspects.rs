@@ -1,6 +1,7 @@
-//! Incidents' suspects on ClickHouse: the `incident_suspects` table of migration 11.
-//! Every computation is a new row; `ReplacingMergeTree(computed)` keeps the latest at
-//! merges, and reads take it with `ORDER BY computed DESC LIMIT 1`.
+//! Incidents' suspects on ClickHouse: the `incident_suspects` table of migration 11
+//! (with their fingerprint since migration 13). Every computation is a new row;
+//! `ReplacingMergeTree(computed)` keeps the latest at merges, and reads take it with
+//! `ORDER BY computed DESC LIMIT 1`.
 
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
@@ -22,6 +23,7 @@ pub(super) struct SuspectsRow {
     functions: Vec<String>,
     sick_shares: Vec<f64>,
     comparison_shares: Vec<f64>,
+    fingerprint: String,
 }
 
 impl Weigh for SuspectsRow {
@@ -29,6 +31,7 @@ impl Weigh for SuspectsRow {
         self.service.len()
             + self.incident_id.len()
             + self.functions.iter().map(|f| f.len() + 17).sum::<usize>()
+            + self.fingerprint.len()
             + 64
     }
 }
@@ -86,6 +89,7 @@ pub(super) async fn put(store: &ClickHouseStore, s: &IncidentSuspects) -> Result
         functions: s.suspects.iter().map(|x| x.function.clone()).collect(),
         sick_shares: s.suspects.iter().map(|x| x.sick_share).collect(),
         comparison_shares: s.suspects.iter().map(|x| x.comparison_share).collect(),
+        fingerprint: s.fingerprint().unwrap_or_default(),
     };
     let inserted = store.batches.suspects.insert(vec![row]).await;
     store.batched("incident_suspects", inserted)
@@ -108,4 +112,35 @@ pub(super) async fn get(
         .await
         .map_err(|e| store.err(e))?;
     row.map(SuspectsRow::decode).transpose()
+}
+
+pub(super) async fn with_fingerprint(
+    store: &ClickHouseStore,
+    service: &str,
+    fingerprint: &str,
+    limit: u64,
+) -> Result<Vec<String>, StoreError> {
+    if fingerprint.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Each incident's latest computation decides (its suspects may have changed since
+    // an earlier one).
+    store
+        .client
+        .query(
+            "SELECT incident_id FROM (
+                SELECT incident_id, fingerprint, computed FROM incident_suspects
+                WHERE service = ?
+                ORDER BY computed DESC LIMIT 1 BY incident_id
+             )
+             WHERE fingerprint = ?
+             ORDER BY computed DESC
+             LIMIT ?",
+        )
+        .bind(service)
+        .bind(fingerprint)
+        .bind(limit)
+        .fetch_all()
+        .await
+        .map_err(|e| store.err(e))
 }

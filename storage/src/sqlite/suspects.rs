@@ -1,6 +1,7 @@
 //! Incidents' suspects in the embedded store: the `incident_suspects` table of
 //! migration 9, one row per incident holding the latest computation; the suspects as
-//! one BLOB (each function's path and its two shares).
+//! one BLOB (each function's path and its two shares), and since migration 11 their
+//! fingerprint, indexed by service.
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -20,6 +21,11 @@ pub(super) const SCHEMA: &str = "CREATE TABLE incident_suspects (
         computed INTEGER NOT NULL,
         suspects BLOB NOT NULL
     ) WITHOUT ROWID;";
+
+/// Migration 11: the fingerprint, for recurrences (suspects stored before read none).
+pub(super) const FINGERPRINTS: &str =
+    "ALTER TABLE incident_suspects ADD COLUMN fingerprint TEXT NOT NULL DEFAULT '';
+    CREATE INDEX incident_suspects_by_fingerprint ON incident_suspects (service, fingerprint);";
 
 /// The suspects as bytes: per suspect its function, then both shares as the bits of
 /// their `f64`.
@@ -50,13 +56,14 @@ fn suspects_from(bytes: &[u8]) -> Result<Vec<SuspectRecord>, StoreError> {
 pub(super) fn put(conn: &Connection, s: &IncidentSuspects) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO incident_suspects (incident_id, service, kind, comparison, sick_profiles,
-            comparison_profiles, computed, suspects)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+            comparison_profiles, computed, suspects, fingerprint)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
          ON CONFLICT (incident_id) DO UPDATE SET
             service = excluded.service, kind = excluded.kind,
             comparison = excluded.comparison, sick_profiles = excluded.sick_profiles,
             comparison_profiles = excluded.comparison_profiles,
-            computed = excluded.computed, suspects = excluded.suspects
+            computed = excluded.computed, suspects = excluded.suspects,
+            fingerprint = excluded.fingerprint
          WHERE excluded.computed >= incident_suspects.computed",
     )?
     .execute(params![
@@ -68,8 +75,30 @@ pub(super) fn put(conn: &Connection, s: &IncidentSuspects) -> Result<(), StoreEr
         s.comparison_profiles,
         nanos_to_sql(s.computed_unix_nanos),
         suspects_bytes(&s.suspects),
+        s.fingerprint().unwrap_or_default(),
     ])?;
     Ok(())
+}
+
+pub(super) fn with_fingerprint(
+    conn: &Connection,
+    service: &str,
+    fingerprint: &str,
+    limit: u64,
+) -> Result<Vec<String>, StoreError> {
+    if fingerprint.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT incident_id FROM incident_suspects WHERE service = ?1 AND fingerprint = ?2
+         ORDER BY computed DESC LIMIT ?3",
+    )?;
+    let ids = stmt
+        .query_map(params![service, fingerprint, nanos_to_sql(limit)], |r| {
+            r.get(0)
+        })?
+        .collect::<Result<Vec<String>, _>>()?;
+    Ok(ids)
 }
 
 type Row = (String, String, String, String, u32, u32, i64, Vec<u8>);

@@ -120,3 +120,76 @@ pub async fn incident_suspects_keep_the_latest_computation(store: impl Store) {
         "an empty list is a computation too"
     );
 }
+
+/// Fingerprints: incidents of a service whose top suspects are the same functions (in
+/// any order) share one, found by it, the latest computed first; an incident whose
+/// suspects changed since is found by its new one only; another service's incident
+/// with the same suspects is not among them.
+pub async fn incidents_are_found_by_fingerprint(store: impl Store) {
+    let top = [
+        ("checkout::render", 0.6, 0.0),
+        ("checkout::pricing::total", 0.3, 0.1),
+        ("checkout::idle", 0.1, 0.5),
+    ];
+    let first = suspects("checkout", 1, T0 + SEC, Comparison::Controls, &top);
+    // The same problem again, its top two swapped and a fourth suspect below them.
+    let mut swapped = top.to_vec();
+    swapped.swap(0, 1);
+    swapped.push(("checkout::log", 0.01, 0.0));
+    let again = suspects("checkout", 2, T0 + 2 * SEC, Comparison::None, &swapped);
+    let other = suspects("checkout", 3, T0 + 3 * SEC, Comparison::Controls, &top[..2]);
+    let cart = suspects("cart", 4, T0 + 4 * SEC, Comparison::Controls, &top);
+    let fingerprint = first.fingerprint().unwrap();
+    assert_eq!(fingerprint.len(), 32);
+    assert!(fingerprint.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(again.fingerprint().as_ref(), Some(&fingerprint));
+    assert_ne!(other.fingerprint().as_ref(), Some(&fingerprint));
+    assert_eq!(
+        suspects("checkout", 5, T0, Comparison::None, &[]).fingerprint(),
+        None
+    );
+    for s in [&first, &again, &other, &cart] {
+        store.put_incident_suspects(s).await.unwrap();
+    }
+    let found = |service: &'static str, fingerprint: String| {
+        let store = &store;
+        async move {
+            store
+                .incidents_with_fingerprint(service, &fingerprint, 10)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        found("checkout", fingerprint.clone()).await,
+        [profile_id(2), profile_id(1)]
+    );
+    assert_eq!(found("cart", fingerprint.clone()).await, [profile_id(4)]);
+    assert_eq!(
+        found("checkout", other.fingerprint().unwrap()).await,
+        [profile_id(3)]
+    );
+    assert_eq!(found("checkout", String::new()).await, Vec::<String>::new());
+    // Incident 1's suspects changed: its old fingerprint no longer finds it.
+    let changed = suspects(
+        "checkout",
+        1,
+        T0 + 5 * SEC,
+        Comparison::Controls,
+        &[("checkout::encode", 0.9, 0.0)],
+    );
+    store.put_incident_suspects(&changed).await.unwrap();
+    assert_eq!(
+        found("checkout", fingerprint.clone()).await,
+        [profile_id(2)]
+    );
+    assert_eq!(
+        store
+            .incidents_with_fingerprint("checkout", &fingerprint, 1)
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "at most the limit"
+    );
+}

@@ -49,17 +49,6 @@ enum Command {
         #[arg(long, default_value = "40s", value_parser = humantime::parse_duration)]
         burst_every: Duration,
     },
-    /// (internal) run one instance of the fleet host of the suspects test.
-    #[command(hide = true)]
-    FleetService {
-        #[arg(long)]
-        collector: String,
-        #[arg(long)]
-        instance: String,
-        /// Burn CPU in the culprit after this long (a sick instance); never without.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        culprit_after: Option<Duration>,
-    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -73,11 +62,6 @@ fn main() -> anyhow::Result<()> {
             instance,
             burst_every,
         }) => return demo::run_service(&collector, &instance, burst_every),
-        Some(Command::FleetService {
-            collector,
-            instance,
-            culprit_after,
-        }) => return holmes_devtools::fleet::run_service(&collector, &instance, culprit_after),
         None => {}
     }
     let runtime = tokio::runtime::Runtime::new()?;

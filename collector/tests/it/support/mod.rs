@@ -117,6 +117,31 @@ pub(crate) async fn start(backend: Backend, data_dir: &std::path::Path) -> Optio
     Some(Server::start(&config).await.expect("collector starts"))
 }
 
+/// The agent's example `name` built with the workspace's `profiling` profile (release,
+/// line tables, frame pointers: how agent/README.md tells hosts to build) into this
+/// test's target folder, by cargo (deploy/dev/test.sh builds the examples tests run
+/// first, so this finds them built); `None`, the test saying it is skipped, unless
+/// `HOLMES_TEST_RELEASE=1` (the release build of the agent and its dependencies takes
+/// minutes on two cores).
+pub(crate) fn profiling_example(name: &str) -> Option<std::path::PathBuf> {
+    if std::env::var("HOLMES_TEST_RELEASE").as_deref() != Ok("1") {
+        eprintln!("skipped: set HOLMES_TEST_RELEASE=1 to build the agent's {name} example in release and run it");
+        return None;
+    }
+    let (target, _) = holmes_devtools::workspace::target_of_this_test();
+    let out = holmes_devtools::workspace::cargo(&target)
+        .args(["build", "--profile", "profiling", "-p", "holmes-agent"])
+        .args(["--example", name, "--locked"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cargo build --profile profiling -p holmes-agent --example {name}:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(target.join("profiling").join("examples").join(name))
+}
+
 /// A loopback address nothing listens on (yet).
 pub(crate) fn free_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
