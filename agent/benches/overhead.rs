@@ -18,6 +18,10 @@
 //!   Medians of batches, so a loaded machine's preemptions fall out. (Timing the
 //!   difference in a busy host's CPU instead drowns a few µs per sample, 19 samples a
 //!   second, in the noise of a shared machine.)
+//! - **baseline**: the idle host with baselines every second (`HOLMES_BASELINE_INTERVAL`,
+//!   default 15 min): the CPU time and bytes of one baseline (its flight-recorder window,
+//!   thread stack counts), as the agent accounts them, and what that costs at the
+//!   default interval, next to the idle CPU added.
 //!
 //! `cargo bench -p holmes-agent --bench overhead` (HOLMES_BENCH_SECS per idle run,
 //! default 20; HOLMES_BENCH_RUNS pairs, default 3; medians are reported).
@@ -135,6 +139,25 @@ fn idle(with_agent: bool, secs: u64) {
     }
 }
 
+/// The idle host with baselines every second: what they took, by the agent's account.
+fn baselines(secs: u64) {
+    let cpu0 = cpu_time();
+    let t0 = Instant::now();
+    let agent = start_agent(true);
+    std::thread::sleep(Duration::from_secs(secs));
+    let Some(agent) = agent else { return };
+    let stats = agent.stats();
+    println!(
+        "baselines={} baseline_cpu_ns={} baseline_bytes={} cpu_ns={} wall_ns={}",
+        stats.baselines,
+        stats.baseline_cpu.as_nanos(),
+        stats.baseline_bytes,
+        (cpu_time() - cpu0).as_nanos(),
+        t0.elapsed().as_nanos(),
+    );
+    agent.stop();
+}
+
 /// Signals sent to this thread per batch: half the agent's signal ring, drained by the
 /// agent thread (every 100 ms) between two batches.
 const BATCH: usize = 256;
@@ -225,7 +248,11 @@ fn signals(with_agent: bool) {
 
 /// Runs one child in `role` and reads its report.
 fn measure(collector: &str, role: &str, secs: u64) -> Vec<(String, f64)> {
-    let out = Command::new(std::env::current_exe().expect("own path"))
+    let mut child = Command::new(std::env::current_exe().expect("own path"));
+    if role == "baseline-agent" {
+        child.env("HOLMES_BASELINE_INTERVAL", "1s");
+    }
+    let out = child
         .env("HOLMES_BENCH_ROLE", role)
         .env("HOLMES_BENCH_SECS", secs.to_string())
         .env("HOLMES_BENCH_COLLECTOR", collector)
@@ -268,6 +295,7 @@ fn main() {
         Ok("idle-plain") => return idle(false, secs),
         Ok("signals-agent") => return signals(true),
         Ok("signals-plain") => return signals(false),
+        Ok("baseline-agent") => return baselines(secs),
         _ => {}
     }
     if std::env::args().any(|a| a == "--list") {
@@ -328,6 +356,26 @@ fn main() {
         delivery.push(kernel_us);
         agent_share.push(agent_us);
     }
+    // Baselines, every second instead of every 15 minutes.
+    let (mut per_cpu, mut per_bytes, mut sent) = (Vec::new(), Vec::new(), 0.0);
+    for run in 1..=runs {
+        let b = measure(&collector.url(), "baseline-agent", secs.clamp(5, 20));
+        let n = field(&b, "baselines").max(1.0);
+        let cpu_ms = field(&b, "baseline_cpu_ns") / n / 1e6;
+        let kib = field(&b, "baseline_bytes") / n / 1024.0;
+        println!(
+            "baseline run {run}: {} baselines, {cpu_ms:.2} ms CPU and {kib:.1} KiB each",
+            field(&b, "baselines")
+        );
+        per_cpu.push(cpu_ms);
+        per_bytes.push(kib);
+        sent += field(&b, "baselines");
+    }
+    let (per_cpu, per_bytes) = (median(per_cpu), median(per_bytes));
+    // At the default interval, as a share of a core.
+    let every = holmes_agent::DEFAULT_BASELINE_INTERVAL.as_secs_f64();
+    let amortized = per_cpu / 1e3 / every * 100.0;
+
     let (cpu, own, start, rss, anon, threads) = (
         median(cpu),
         median(own),
@@ -356,5 +404,13 @@ fn main() {
     );
     println!(
         "| flight recorder, µs per sample end to end | — | {per_sample:.1} ({handler:.1} walking and recording in the handler, {delivery:.1} signal delivery and return, {agent_share:.1} on the agent thread) | | <= 20 |"
+    );
+    println!(
+        "| baseline: CPU per baseline, ms ({sent:.0} measured) | — | {per_cpu:.2} ({per_bytes:.1} KiB sent) | | |"
+    );
+    println!(
+        "| baselines every {:.0} min, % of a core | — | {amortized:.5} ({:.3}x the idle CPU added) | | |",
+        every / 60.0,
+        amortized / cpu.max(1e-9)
     );
 }

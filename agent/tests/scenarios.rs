@@ -190,12 +190,15 @@ fn scenario_7_thread_explosion_names_the_blocking_call() {
     report("thread explosion", latency);
     let top = pprof(&["-top", "-cum", "-nodecount=60"], &dump);
     assert!(any_is(&top, "call_the_slow_inventory_service"), "{top}");
+    // The pile-up shows: the dump is taken on the sample that saw the thread rule's
+    // `min` (10 threads, the process's own few among them) exceeded, so at least a few
+    // of the burst's 100 threads wait in the call by then. On an idle machine all 100
+    // do; on a loaded one the burst may still be creating them (a thread in `mmap`).
     let text_path = dump.with_extension("").with_extension("txt");
     let text = std::fs::read_to_string(&text_path).unwrap();
-    assert!(
-        text.matches("call_the_slow_inventory_service").count() >= 50,
-        "{text}"
-    );
+    let waiting = text.matches("call_the_slow_inventory_service").count();
+    assert!(waiting >= 5, "{waiting} threads in the call:\n{text}");
+    eprintln!("thread explosion: {waiting} threads in the blocking call in the dump");
 }
 
 #[test]

@@ -285,15 +285,18 @@ impl Correlator {
     /// Counts `captures` more skipped by the capture budget in the tracked incident
     /// `incident_id`; returns the change to store.
     pub fn add_skipped(&mut self, incident_id: &str, captures: u64) -> Option<Change> {
-        let tracked = self
-            .open
-            .values_mut()
-            .chain(self.recent.iter_mut())
-            .find(|t| t.record.incident_id == incident_id)?;
-        let r = &mut tracked.record;
+        let r = &mut self.tracked_mut(incident_id)?.record;
         r.skipped_captures = r.skipped_captures.saturating_add(captures);
         r.version += 1;
         Some(Change::Updated(r.clone()))
+    }
+
+    /// The tracked incident `incident_id` (open or recently resolved), to change.
+    fn tracked_mut(&mut self, incident_id: &str) -> Option<&mut Tracked> {
+        self.open
+            .values_mut()
+            .chain(self.recent.iter_mut())
+            .find(|t| t.record.incident_id == incident_id)
     }
 
     /// Incidents open now.
@@ -314,12 +317,7 @@ impl Correlator {
             return None;
         }
         let incident_id = self.seen.get(alert_event)?.clone();
-        let tracked = self
-            .open
-            .values_mut()
-            .chain(self.recent.iter_mut())
-            .find(|t| t.record.incident_id == incident_id)?;
-        let r = &mut tracked.record;
+        let r = &mut self.tracked_mut(&incident_id)?.record;
         r.event_ids.push(event.event_id.clone());
         r.event_ids.sort();
         r.version += 1;

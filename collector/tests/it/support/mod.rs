@@ -129,9 +129,12 @@ pub(crate) fn profiling_example(name: &str) -> Option<std::path::PathBuf> {
         return None;
     }
     let (target, _) = holmes_devtools::workspace::target_of_this_test();
+    // With plain rustc, as deploy/dev/test.sh builds them (a host's build would not run
+    // clippy-driver, which turns MIR optimisations off).
     let out = holmes_devtools::workspace::cargo(&target)
         .args(["build", "--profile", "profiling", "-p", "holmes-agent"])
         .args(["--example", name, "--locked"])
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
         .output()
         .unwrap();
     assert!(
