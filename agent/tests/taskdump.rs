@@ -36,6 +36,15 @@ fn wait_for(dir: &Path, prefix: &str, suffix: &str, within: Duration) -> Vec<Pat
 
 /// An agent with every rule off but a task rule firing above `current + 100` tasks.
 fn agent_on(dir: &Path, runtime: &tokio::runtime::Handle) -> holmes_agent::HolmesHandle {
+    agent_above(dir, runtime, 100.0)
+}
+
+/// An agent with every rule off but a task rule firing above `current + more` tasks.
+fn agent_above(
+    dir: &Path,
+    runtime: &tokio::runtime::Handle,
+    more: f64,
+) -> holmes_agent::HolmesHandle {
     let current = runtime.metrics().num_alive_tasks() as f64;
     let mut b = Holmes::builder()
         .service("taskdump-test")
@@ -54,7 +63,7 @@ fn agent_on(dir: &Path, runtime: &tokio::runtime::Handle) -> holmes_agent::Holme
     b.task_rule(
         Rule::new()
             .min(10.0)
-            .abs(current + 100.0)
+            .abs(current + more)
             .window(3)
             .cooldown(Duration::from_secs(600)),
     )
@@ -136,7 +145,9 @@ fn leaked_tasks_are_in_the_task_dump() {
     }
     let dir = tempfile::tempdir().unwrap();
     let rt = driven("leaky-runtime", || {});
-    let agent = agent_on(dir.path(), &rt.handle);
+    // The dump is taken on the first sample (every 100 ms) above 450 more tasks: on a
+    // loaded machine the 500 may still be being spawned then, but 450 are in.
+    let agent = agent_above(dir.path(), &rt.handle, 450.0);
     std::thread::sleep(Duration::from_millis(500));
 
     let onset = Instant::now();
@@ -151,8 +162,8 @@ fn leaked_tasks_are_in_the_task_dump() {
     let culprit = "taskdump::wait_on_a_channel_nobody_reads";
     let cum = cum_of(&top, culprit).unwrap_or(0);
     assert!(
-        cum >= 500,
-        "{culprit} accounts for the 500 leaked tasks:\n{top}"
+        cum > 450,
+        "{culprit} accounts for the leaked tasks the rule saw (more than 450 of 500):\n{top}"
     );
     let traces = pprof(&["-traces"], dump);
     let parked = traces
@@ -160,23 +171,29 @@ fn leaked_tasks_are_in_the_task_dump() {
         .filter(|t| t.contains(culprit) && t.contains("Receiver"))
         .count();
     assert!(
-        parked >= 500,
+        parked as i64 >= cum,
         "every leaked task's trace goes through {culprit} into mpsc::Receiver::recv \
-         ({parked} do):\n{}",
+         ({parked} of {cum} do):\n{}",
         traces.get(..4000).unwrap_or(&traces)
     );
 
     // The text is written just after the profile.
     let text = wait_for(dir.path(), "tasks.", ".txt", Duration::from_secs(5));
     let text = std::fs::read_to_string(text.first().expect("a readable task dump")).unwrap();
+    let tasks: i64 = text
+        .split("runtime 0: ")
+        .nth(1)
+        .and_then(|t| t.split(" tasks").next())
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
     assert!(
-        text.contains("runtime 0: 500 tasks") && text.contains(culprit),
+        tasks > 450 && text.contains(culprit),
         "the readable dump groups the leaked tasks:\n{}",
         text.get(..4000).unwrap_or(&text)
     );
     let trigger = std::fs::read_to_string(&files(dir.path(), "", ".json")[0]).unwrap();
     assert!(trigger.contains("\"planned\":[\"tasks\"]"), "{trigger}");
-    eprintln!("500 leaked tasks -> task dump on disk: {onset_to_profile:?}");
+    eprintln!("500 leaked tasks -> task dump of {cum} on disk: {onset_to_profile:?}");
     agent.stop();
 }
 

@@ -166,13 +166,13 @@ else
 
   # The tests wait far more than they compute (on agents, brokers, servers, 15 s bursts
   # and 30 s quiet periods), so they run in three lanes side by side: the collector's
-  # integration tests (one binary, five at a time) and the tests of real third-party
+  # integration tests (one binary, four at a time) and the tests of real third-party
   # programs, the demo and the ClickHouse stores in the background, the rest (the
   # agent's, which judge CPU shares, among them) in front; the background lanes' output
   # follows. Every invocation selects --workspace, so that features unify as in the
   # build above and nothing is compiled again.
   say "cargo test (ClickHouse 18.16 at $HOLMES_TEST_CLICKHOUSE_URL, 26.9 at $HOLMES_TEST_CLICKHOUSE_CURRENT_URL, Kafka at $HOLMES_TEST_KAFKA_BROKERS)"
-  cargo test --workspace --test it --locked --no-fail-fast -- --test-threads=5 >"$it_log" 2>&1 &
+  cargo test --workspace --test it --locked --no-fail-fast -- --test-threads=4 >"$it_log" 2>&1 &
   it_pid=$!
   slow=(interop demo clickhouse clickhouse_cluster)
   slow_args=()
