@@ -45,15 +45,16 @@ fn a_short_cpu_burst_is_in_the_pre_trigger_profile() {
     }
     let dir = tempfile::tempdir().unwrap();
     // One busy thread is then 100 % on any machine (a sixteenth of a 16-core one
-    // otherwise), and still above the rule when a loaded machine gives it a third. A
-    // sample a second, as by default: the rule judges the burst on the sample after it.
+    // otherwise), and still above the rule when a loaded machine gives it a tenth (CI's
+    // two cores shared by a dozen busy threads); the idle test process stays at a few %.
+    // A sample a second, as by default: the rule judges the burst on the sample after it.
     let agent = quiet_agent("capture-test", dir.path())
         .collect_interval(Duration::from_secs(1))
         .cpu_cores(1.0)
         .cpu_rule(
             Rule::new()
                 .min(5.0)
-                .abs(20.0)
+                .abs(10.0)
                 .window(3)
                 .cooldown(Duration::from_secs(60)),
         )

@@ -181,7 +181,17 @@ async fn triggers_go_through_kafka_and_become_one_fleet_incident_within_its_capt
         (list.incidents.first()?.skipped_captures == 2).then_some(())
     })
     .await;
-    let stored = api.profiles("checkout", "1h").await.unwrap().profiles;
+    // The kept profile is stored after its trigger was correlated (the processor's
+    // second pass over the batch, or a later batch).
+    let stored = eventually(Duration::from_secs(30), "the kept profile", || async {
+        let p = api.profiles("checkout", "1h").await.ok()?.profiles;
+        (!p.is_empty()).then_some(p)
+    })
+    .await;
+    // Nothing else arrives meanwhile.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stored_now = api.profiles("checkout", "1h").await.unwrap().profiles;
+    assert_eq!(stored_now.len(), stored.len(), "{stored_now:?}");
     assert_eq!(
         stored
             .iter()
