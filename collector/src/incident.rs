@@ -148,21 +148,22 @@ impl Incidents {
             // A resent event changes nothing and spends nothing; it is told again what
             // was skipped (its agent may have reconnected).
             let new = !changes.is_empty();
-            let incident = correlator.incident_of_event(&event.event_id).cloned();
-            let skipped = match &incident {
-                Some(incident) => {
-                    let mut budget = self.budget.lock().unwrap_or_else(|p| p.into_inner());
-                    if new {
-                        budget.spend(incident, &event.event_id, planned)
-                    } else {
-                        budget.skipped_of(&event.event_id)
+            let spent = new
+                .then(|| correlator.incident_of_event(&event.event_id))
+                .flatten()
+                .map(|incident| {
+                    let skipped = self.budget().spend(incident, &event.event_id, planned);
+                    (incident.incident_id.clone(), skipped)
+                });
+            let skipped = match spent {
+                Some((incident_id, skipped)) => {
+                    if !skipped.is_empty() {
+                        changes.extend(correlator.add_skipped(&incident_id, skipped.len() as u64));
                     }
+                    skipped
                 }
-                None => Vec::new(),
+                None => self.budget().skipped_of(&event.event_id),
             };
-            if let (true, false, Some(incident)) = (new, skipped.is_empty(), &incident) {
-                changes.extend(correlator.add_skipped(&incident.incident_id, skipped.len() as u64));
-            }
             crate::metrics::metrics()
                 .incidents_open
                 .set(i64::try_from(correlator.open_count()).unwrap_or(i64::MAX));
@@ -199,10 +200,11 @@ impl Incidents {
     /// Whether profiles of `kind` of the event `event_id` are skipped by its incident's
     /// capture budget: they are acknowledged and not stored.
     pub fn skips(&self, event_id: &str, kind: ProfileKind) -> bool {
-        self.budget
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .skips(event_id, kind)
+        self.budget().skips(event_id, kind)
+    }
+
+    fn budget(&self) -> std::sync::MutexGuard<'_, Budget> {
+        self.budget.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A profile of the event `event_id` was stored: the incident that holds the event
