@@ -13,7 +13,8 @@ use std::collections::HashMap;
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::profiles::{day_of, number_and_write};
-use super::{labels_from_sql, nanos_from_sql, MIGRATIONS};
+use super::schema::MIGRATIONS;
+use super::{labels_from_sql, nanos_from_sql};
 use crate::contents::{ProfileContents, ProfileHeader, ProfileLabel, ProfileSample, ValueType};
 use crate::encoding::{self, Reader};
 use crate::location::{Location, StackFrame};
