@@ -28,7 +28,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use holmes_storage::Store;
+use holmes_storage::{SkipNotice, Store};
 use serde::Deserialize;
 use tokio::sync::{watch, Notify};
 
@@ -134,6 +134,8 @@ pub struct Control {
     started_unix_nanos: u64,
     /// Capture requests this node has asked its agents for (bounded).
     dispatched: Mutex<sync::RecentIds>,
+    /// Skip notices (by event id) this node has handed to its agents (bounded).
+    skips_told: Mutex<sync::RecentIds>,
     /// When this node last accepted an operator's capture request, by service (those
     /// within `capture_min_interval` only).
     capture_asked: Mutex<HashMap<String, u64>>,
@@ -169,6 +171,7 @@ impl Control {
             poke: Notify::new(),
             started_unix_nanos: unix_nanos_now(),
             dispatched: Mutex::new(sync::RecentIds::default()),
+            skips_told: Mutex::new(sync::RecentIds::default()),
             capture_asked: Mutex::default(),
         })
     }
@@ -193,10 +196,47 @@ impl Control {
         self.poke.notify_one();
     }
 
-    /// Tells the agent `instance` of `service`, if it is connected to this node, not to
-    /// send its profiles of the kinds `kinds` of the event `event_id` (the capture
-    /// budget, [`crate::incident::budget`]); whether it was told.
-    pub fn skip_profiles(
+    /// Tells the agent `instance` of `service` not to send its profiles of the kinds
+    /// `kinds` of the event `event_id` (the capture budget, [`crate::incident::budget`]).
+    /// A node that takes agents tells it if it is connected here; a node without agent
+    /// streams (a Kafka processor) stores a [`SkipNotice`] when the decision is `new`, and
+    /// the node the agent is connected to tells it within a `[control] poll`.
+    pub async fn skip_profiles(
+        &self,
+        service: &str,
+        instance: &str,
+        event_id: &str,
+        kinds: &[holmes_proto::ProfileKind],
+        new: bool,
+    ) -> SkipDelivery {
+        if self.takes_agents {
+            return if self.tell_skip(service, instance, event_id, kinds) {
+                SkipDelivery::Told
+            } else {
+                SkipDelivery::NotConnected
+            };
+        }
+        if !new {
+            return SkipDelivery::Noticed;
+        }
+        let notice = SkipNotice {
+            event_id: event_id.to_owned(),
+            service: service.to_owned(),
+            instance_id: instance.to_owned(),
+            kinds: kinds.to_vec(),
+            unix_nanos: unix_nanos_now(),
+        };
+        match self.store.insert_skip_notice(&notice).await {
+            Ok(()) => SkipDelivery::Noticed,
+            Err(err) => {
+                tracing::warn!(event_id, error = %err, "cannot store the skip notice; the agent sends those profiles and they are dropped here");
+                SkipDelivery::NotNoticed
+            }
+        }
+    }
+
+    /// Sends `SkipProfiles` to the agent if it is connected here; whether it took it.
+    fn tell_skip(
         &self,
         service: &str,
         instance: &str,
@@ -208,6 +248,31 @@ impl Control {
             kinds: kinds.to_vec(),
         });
         self.live.tell(service, instance, &skip)
+    }
+}
+
+/// What became of a capture-budget skip ([`Control::skip_profiles`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SkipDelivery {
+    /// The agent, connected here, was told.
+    Told,
+    /// The agent is not connected here (or its outbound queue is full).
+    NotConnected,
+    /// Stored for the node the agent is connected to (or stored before: a resent event).
+    Noticed,
+    /// The notice could not be stored.
+    NotNoticed,
+}
+
+impl SkipDelivery {
+    /// Short name for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipDelivery::Told => "told",
+            SkipDelivery::NotConnected => "not connected here",
+            SkipDelivery::Noticed => "noticed for its node",
+            SkipDelivery::NotNoticed => "notice not stored",
+        }
     }
 }
 

@@ -170,17 +170,29 @@ impl Incidents {
             (changes, skipped, new)
         };
         if !skipped.is_empty() {
-            self.skip(event, &skipped, new);
+            self.skip(event, &skipped, new).await;
         }
         self.apply(changes).await;
     }
 
-    /// Tells the agent of `event` not to send its profiles of the kinds `skipped` (when
-    /// it is connected to this node), and counts them when the decision is `new`.
-    fn skip(&self, event: &TriggerRecord, skipped: &[ProfileKind], new: bool) {
-        let told = self.control.get().is_some_and(|control| {
-            control.skip_profiles(&event.service, &event.instance_id, &event.event_id, skipped)
-        });
+    /// Tells the agent of `event` not to send its profiles of the kinds `skipped` (at
+    /// once when it is connected to this node, else through a stored notice for its
+    /// node), and counts them when the decision is `new`.
+    async fn skip(&self, event: &TriggerRecord, skipped: &[ProfileKind], new: bool) {
+        let delivery = match self.control.get() {
+            Some(control) => Some(
+                control
+                    .skip_profiles(
+                        &event.service,
+                        &event.instance_id,
+                        &event.event_id,
+                        skipped,
+                        new,
+                    )
+                    .await,
+            ),
+            None => None,
+        };
         if new {
             let m = crate::metrics::metrics();
             for _ in skipped {
@@ -192,7 +204,7 @@ impl Incidents {
             instance = %event.instance_id,
             event_id = %event.event_id,
             kinds = ?skipped,
-            agent_told = told,
+            agent = delivery.map_or("no control plane", |d| d.as_str()),
             "captures skipped by the incident's capture budget"
         );
     }

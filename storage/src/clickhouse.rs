@@ -25,8 +25,8 @@ use crate::{
 use crate::{
     DebugInfoChunkRecord, DebugInfoStatus, Expired, IncidentQuery, IncidentRecord,
     IncidentSuspects, InstanceInfo, LocationId, MergeQuery, MergedProfile, MetricPoint,
-    MetricQuery, ParkedEvent, ProfileMeta, ProfileQuery, ProfileRecord, ServiceSummary, StackFrame,
-    Store, StoreError, TriggerQuery, TriggerRecord,
+    MetricQuery, ParkedEvent, ProfileMeta, ProfileQuery, ProfileRecord, ServiceSummary, SkipNotice,
+    StackFrame, Store, StoreError, TriggerQuery, TriggerRecord,
 };
 
 mod batch;
@@ -43,6 +43,7 @@ mod profiles;
 mod retention;
 mod schema;
 mod settings;
+mod skips;
 mod stacks;
 mod suspects;
 mod triggers;
@@ -753,6 +754,18 @@ impl Store for ClickHouseStore {
         request_ids: &[String],
     ) -> Result<Vec<CaptureDispatch>, StoreError> {
         control::capture_dispatches(self, request_ids).await
+    }
+
+    async fn insert_skip_notice(&self, notice: &SkipNotice) -> Result<(), StoreError> {
+        skips::insert(self, notice).await
+    }
+
+    async fn skip_notices(
+        &self,
+        since_unix_nanos: u64,
+        limit: u64,
+    ) -> Result<Vec<SkipNotice>, StoreError> {
+        skips::since(self, since_unix_nanos, limit).await
     }
 
     async fn record_capture_outcome(

@@ -124,6 +124,24 @@ pub struct CaptureDispatch {
     pub unix_nanos: u64,
 }
 
+/// The capture budget's word to one agent: do not send the profiles of these kinds of
+/// one of its trigger events (its incident keeps enough of them). A node without agent
+/// streams (a Kafka processor) stores it; the node the agent is connected to reads it
+/// and tells the agent (`SkipProfiles`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkipNotice {
+    /// The trigger event whose profiles are skipped.
+    pub event_id: String,
+    /// The agent's service.
+    pub service: String,
+    /// The agent.
+    pub instance_id: String,
+    /// The kinds skipped.
+    pub kinds: Vec<ProfileKind>,
+    /// When it was decided, nanoseconds since the Unix epoch.
+    pub unix_nanos: u64,
+}
+
 /// What one agent answered to a capture request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CaptureOutcomeRecord {

@@ -342,6 +342,17 @@ pub trait Store: Send + Sync + 'static {
         request_ids: &[String],
     ) -> Result<Vec<CaptureDispatch>, StoreError>;
 
+    /// Stores a skip notice (one already stored for its event is kept once).
+    async fn insert_skip_notice(&self, notice: &SkipNotice) -> Result<(), StoreError>;
+
+    /// Skip notices decided at or after `since_unix_nanos`, oldest first (then by event
+    /// id), at most `limit`. Retention drops them with the day they were decided on.
+    async fn skip_notices(
+        &self,
+        since_unix_nanos: u64,
+        limit: u64,
+    ) -> Result<Vec<SkipNotice>, StoreError>;
+
     /// Records an agent's answer to a request; its second answer replaces its first.
     async fn record_capture_outcome(
         &self,

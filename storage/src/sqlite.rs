@@ -22,8 +22,8 @@ use crate::{
 use crate::{
     DebugInfoChunkRecord, DebugInfoStatus, Expired, IncidentQuery, IncidentRecord,
     IncidentSuspects, InstanceInfo, LocationId, MergeQuery, MergedProfile, MetricPoint,
-    MetricQuery, ParkedEvent, ProfileMeta, ProfileQuery, ProfileRecord, ServiceSummary, StackFrame,
-    Store, StoreError, TriggerQuery, TriggerRecord,
+    MetricQuery, ParkedEvent, ProfileMeta, ProfileQuery, ProfileRecord, ServiceSummary, SkipNotice,
+    StackFrame, Store, StoreError, TriggerQuery, TriggerRecord,
 };
 
 mod control;
@@ -32,6 +32,7 @@ mod incidents;
 mod migrate;
 mod profiles;
 mod schema;
+mod skips;
 mod suspects;
 mod triggers;
 mod writer;
@@ -572,6 +573,7 @@ impl Store for SqliteStore {
                     "DELETE FROM incidents WHERE last_event < ?1",
                     "DELETE FROM instances WHERE last_seen < ?1",
                     "DELETE FROM parked_events WHERE parked < ?1",
+                    "DELETE FROM skip_notices WHERE at < ?1",
                 ] {
                     rows += conn.execute(sql, params![before])? as u64;
                 }
@@ -706,6 +708,22 @@ impl Store for SqliteStore {
     ) -> Result<Vec<CaptureDispatch>, StoreError> {
         let ids = request_ids.to_vec();
         self.read(move |conn| control::capture_dispatches(conn, &ids))
+            .await
+    }
+
+    async fn insert_skip_notice(&self, notice: &SkipNotice) -> Result<(), StoreError> {
+        let n = notice.clone();
+        self.writer
+            .write(move |conn| skips::insert(conn, &n))
+            .await
+    }
+
+    async fn skip_notices(
+        &self,
+        since_unix_nanos: u64,
+        limit: u64,
+    ) -> Result<Vec<SkipNotice>, StoreError> {
+        self.read(move |conn| skips::since(conn, since_unix_nanos, limit))
             .await
     }
 

@@ -670,6 +670,7 @@ macro_rules! store_conformance_tests {
             pauses_share_the_version_sequence,
             capture_requests_roundtrip_and_list_newest_first,
             capture_dispatches_and_outcomes_are_kept_per_node_and_instance,
+            skip_notices_are_read_since_a_time_once_per_event,
             agent_reports_keep_the_latest,
             control_nodes_are_listed_when_seen_since,
         );

@@ -6,7 +6,8 @@
 //! and, when it moved, the rules and pauses are reloaded and published to the node's
 //! agent streams; capture requests made since the node started (and in the last
 //! [`MAX_REQUEST_AGE`]) that it has not handled are sent to its matching agents, and whom
-//! it asked is recorded; every [`HEARTBEAT`], and whenever its number of agents changed,
+//! it asked is recorded; the capture budget's skip notices stored by processors of the
+//! Kafka pipeline in that time are handed to the agents they are for; every [`HEARTBEAT`], and whenever its number of agents changed,
 //! the node records itself with that number, so that a capture request waits for the
 //! nodes that have agents.
 
@@ -15,7 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use holmes_proto::CaptureRequest;
-use holmes_storage::{CaptureDispatch, CaptureRequestQuery, CaptureRequestRecord, ControlNode};
+use holmes_storage::{
+    CaptureDispatch, CaptureRequestQuery, CaptureRequestRecord, ControlNode, SkipNotice,
+};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -146,6 +149,13 @@ impl Control {
         for request in &requests {
             self.dispatch(request).await?;
         }
+        for notice in self
+            .store
+            .skip_notices(since, REMEMBERED_REQUESTS as u64)
+            .await?
+        {
+            self.hand_on(&notice);
+        }
         let agents = self.live.count();
         if heartbeat.at.is_none_or(|t| t.elapsed() >= HEARTBEAT) || heartbeat.agents != agents {
             self.store
@@ -161,6 +171,26 @@ impl Control {
             };
         }
         Ok(())
+    }
+
+    /// Tells the agent of a capture budget's skip notice not to send those profiles, once
+    /// per notice, if it is connected here.
+    fn hand_on(&self, notice: &SkipNotice) {
+        let first = self
+            .skips_told
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(&notice.event_id);
+        if first
+            && self.tell_skip(
+                &notice.service,
+                &notice.instance_id,
+                &notice.event_id,
+                &notice.kinds,
+            )
+        {
+            tracing::info!(node = %self.node_id, event_id = %notice.event_id, instance = %notice.instance_id, kinds = ?notice.kinds, "capture budget's skip handed to the agent connected here");
+        }
     }
 
     /// Asks the agents connected here that `request` is for, once per request, and

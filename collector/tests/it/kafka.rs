@@ -141,6 +141,7 @@ async fn triggers_go_through_kafka_and_become_one_fleet_incident_within_its_capt
     let base = now_nanos();
     let mut latencies = Vec::new();
     let factory = holmes_devtools::synthetic::ProfileFactory::new(20);
+    let mut agents = Vec::new();
     for i in 0..3u64 {
         let mut agent = RawAgent::connect(
             ingest.grpc_addr(),
@@ -157,6 +158,7 @@ async fn triggers_go_through_kafka_and_become_one_fleet_incident_within_its_capt
         let chunks = profile_chunks(&id, &event, ProfileKind::Cpu, at, &profile, 1 << 20);
         let ack = send_acked(&mut agent, 2, AgentBody::ProfileChunk(chunks[0].clone())).await;
         latencies.push(ack);
+        agents.push(agent);
     }
     eprintln!("trigger → ack through the broker: {latencies:?}");
     let join = first_event_processed(&api, "checkout").await;
@@ -181,6 +183,27 @@ async fn triggers_go_through_kafka_and_become_one_fleet_incident_within_its_capt
         (list.incidents.first()?.skipped_captures == 2).then_some(())
     })
     .await;
+    // The two agents beyond the budget, connected to the ingest node, are told not to
+    // send those profiles: the processor stores its decision, the ingest node's control
+    // loop hands it on.
+    for (i, agent) in agents.iter_mut().enumerate().skip(1) {
+        let skip = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                if let CollectorMessage::SkipProfiles(skip) = agent.next().await {
+                    return skip;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("checkout-{i} is told what the budget skips"));
+        assert_eq!(
+            skip,
+            holmes_proto::SkipProfiles {
+                event_id: format!("ev-checkout-{i}"),
+                kinds: vec![ProfileKind::Cpu],
+            }
+        );
+    }
     // The kept profile is stored after its trigger was correlated (the processor's
     // second pass over the batch, or a later batch).
     let stored = eventually(Duration::from_secs(30), "the kept profile", || async {
@@ -200,6 +223,15 @@ async fn triggers_go_through_kafka_and_become_one_fleet_incident_within_its_capt
         ["checkout-0"],
         "{stored:?}"
     );
+    let told_first = tokio::time::timeout(Duration::from_millis(500), async {
+        loop {
+            if let CollectorMessage::SkipProfiles(skip) = agents[0].next().await {
+                return skip;
+            }
+        }
+    })
+    .await;
+    assert!(told_first.is_err(), "the kept capture is not skipped: {told_first:?}");
     // The same resent (the agent missed an ack) changes nothing.
     let mut again =
         RawAgent::connect(ingest.grpc_addr(), hello("checkout", "checkout-0", vec![])).await;

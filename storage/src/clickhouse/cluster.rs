@@ -16,7 +16,7 @@ use super::{date_text, day_of, now_nanos, ClickHouseStore, MigrationRow, ServerV
 use crate::{Expired, StoreError};
 
 /// The migration count [`TABLES`] was written for: a new migration must update both.
-pub(super) const CLUSTER_SCHEMA_VERSION: u32 = 13;
+pub(super) const CLUSTER_SCHEMA_VERSION: u32 = 14;
 
 /// Replication path used when the configuration names none. `{database}` and `{table}`
 /// are filled in by Holmes (the table's name without `_local`); `{shard}` is the
@@ -239,6 +239,15 @@ pub(super) const TABLES: &[TableDef] = &[
                   payload String{codec:ZSTD(1)}",
         engine: Engine::MergeTree,
         keys: "PARTITION BY day ORDER BY parked",
+        sharding_key: BY_SERVICE,
+        by_day: true,
+    },
+    TableDef {
+        name: "skip_notices",
+        columns: "day Date, service String, event_id String, instance_id String, \
+                  kinds Array(String), at UInt64",
+        engine: Engine::Replacing(None),
+        keys: "PARTITION BY day ORDER BY (at, event_id)",
         sharding_key: BY_SERVICE,
         by_day: true,
     },

@@ -362,7 +362,7 @@ struct NodeRow {
 
 impl ClickHouseStore {
     /// Rows inserted on their own, not batched (the rare control-plane writes).
-    async fn insert_rows<T>(&self, table: &str, rows: &[T]) -> Result<(), StoreError>
+    pub(super) async fn insert_rows<T>(&self, table: &str, rows: &[T]) -> Result<(), StoreError>
     where
         T: clickhouse::RowOwned + clickhouse::RowWrite,
     {

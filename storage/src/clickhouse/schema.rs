@@ -424,6 +424,18 @@ pub(crate) const MIGRATIONS: &[&[Step]] = &[
         name: "fingerprint",
         definition: "fingerprint String DEFAULT ''",
     }],
+    // 14: the capture budget's notices for agents on other nodes (see `skips.rs`),
+    // partitioned by day like the triggers they are about.
+    &[Step::Sql(
+        "CREATE TABLE IF NOT EXISTS skip_notices (
+        day Date,
+        service String,
+        event_id String,
+        instance_id String,
+        kinds Array(String),
+        at UInt64
+    ) ENGINE = ReplacingMergeTree PARTITION BY day ORDER BY (at, event_id)",
+    )],
 ];
 
 /// The tables partitioned by day, whose old partitions retention drops.
@@ -437,6 +449,7 @@ pub(crate) const EXPIRING_TABLES: &[&str] = &[
     "locations",
     "location_ids",
     "parked_events",
+    "skip_notices",
 ];
 
 #[cfg(test)]

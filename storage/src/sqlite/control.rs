@@ -119,14 +119,14 @@ fn list_from_sql(what: &'static str, s: &str) -> Result<Vec<String>, StoreError>
     Ok(out)
 }
 
-fn kinds_from_sql(what: &'static str, s: &str) -> Result<Vec<ProfileKind>, StoreError> {
+pub(super) fn kinds_from_sql(what: &'static str, s: &str) -> Result<Vec<ProfileKind>, StoreError> {
     list_from_sql(what, s)?
         .iter()
         .map(|k| kind_from_name(what, k))
         .collect()
 }
 
-fn kinds_to_sql(kinds: &[ProfileKind]) -> String {
+pub(super) fn kinds_to_sql(kinds: &[ProfileKind]) -> String {
     list_to_sql(kinds.iter().map(|k| k.as_str()))
 }
 

@@ -1,7 +1,7 @@
 //! The embedded store's schema: every migration's SQL, in order. [`super::migrate`]
 //! runs them; the tables' own modules say what their rows hold.
 
-use super::{control, suspects};
+use super::{control, skips, suspects};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records the last one.
 /// Migration 6, the normalized layout, is SQL and a conversion ([`super::migrate`]).
@@ -190,4 +190,6 @@ pub(super) const MIGRATIONS: &[&str] = &[
     "ALTER TABLE incidents ADD COLUMN skipped_captures INTEGER NOT NULL DEFAULT 0;",
     // 11: incidents' fingerprints (see `suspects.rs`).
     suspects::FINGERPRINTS,
+    // 12: the capture budget's notices for agents on other nodes (see `skips.rs`).
+    skips::SCHEMA,
 ];

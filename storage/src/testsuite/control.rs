@@ -10,7 +10,7 @@ use holmes_proto::{
 use super::{SEC, T0};
 use crate::{
     AgentReport, CaptureDispatch, CaptureOutcomeRecord, CaptureRequestQuery, CaptureRequestRecord,
-    ChangedBy, ControlNode, PauseEdit, RuleEdit, Store,
+    ChangedBy, ControlNode, PauseEdit, RuleEdit, SkipNotice, Store,
 };
 
 fn by(author: &str, at: u64) -> ChangedBy {
@@ -296,6 +296,44 @@ pub async fn capture_requests_roundtrip_and_list_newest_first(store: impl Store)
             .unwrap()[0],
         alert
     );
+}
+
+/// Skip notices read back from a time on, oldest first, one per event (a resent notice
+/// is kept once), at most the limit asked; retention drops the days before its cutoff.
+pub async fn skip_notices_are_read_since_a_time_once_per_event(store: impl Store) {
+    const DAY: u64 = 86_400 * SEC;
+    let notice = |event: &str, instance: &str, kinds: &[ProfileKind], at: u64| SkipNotice {
+        event_id: event.to_owned(),
+        service: "checkout".to_owned(),
+        instance_id: instance.to_owned(),
+        kinds: kinds.to_vec(),
+        unix_nanos: at,
+    };
+    let old = notice("e0", "i-0", &[ProfileKind::Cpu], T0 - 2 * DAY);
+    let a = notice("e1", "i-1", &[ProfileKind::Cpu, ProfileKind::Heap], T0);
+    let b = notice("e2", "i-2", &[ProfileKind::Threads], T0 + SEC);
+    let c = notice("e3", "i-1", &[ProfileKind::Tasks], T0 + 2 * SEC);
+    for n in [&c, &a, &b, &a, &old] {
+        store.insert_skip_notice(n).await.unwrap();
+    }
+    assert_eq!(
+        store.skip_notices(T0, 100).await.unwrap(),
+        vec![a.clone(), b.clone(), c.clone()]
+    );
+    assert_eq!(
+        store.skip_notices(T0 + SEC, 100).await.unwrap(),
+        vec![b.clone(), c.clone()]
+    );
+    assert_eq!(store.skip_notices(T0, 2).await.unwrap(), vec![a.clone(), b]);
+    assert_eq!(
+        store.skip_notices(T0 - 3 * DAY, 1).await.unwrap(),
+        vec![old]
+    );
+    store.expire_before(T0 - DAY).await.unwrap();
+    let kept = store.skip_notices(0, 100).await.unwrap();
+    assert_eq!(kept.len(), 3, "the notice two days old is gone: {kept:?}");
+    assert_eq!(kept[0], a);
+    assert_eq!(kept[2], c);
 }
 
 /// Which agents each node asked, and what each agent answered: a later record of one
