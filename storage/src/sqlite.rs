@@ -713,9 +713,7 @@ impl Store for SqliteStore {
 
     async fn insert_skip_notice(&self, notice: &SkipNotice) -> Result<(), StoreError> {
         let n = notice.clone();
-        self.writer
-            .write(move |conn| skips::insert(conn, &n))
-            .await
+        self.writer.write(move |conn| skips::insert(conn, &n)).await
     }
 
     async fn skip_notices(

@@ -119,7 +119,7 @@ async fn first_event_processed(api: &ApiClient, service: &str) -> Duration {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn triggers_go_through_kafka_and_become_one_fleet_incident_within_its_capture_budget() {
+async fn triggers_go_through_kafka_to_one_fleet_incident_its_controls_and_its_capture_budget() {
     let Some(brokers) = brokers() else { return };
     let dir = tempfile::tempdir().unwrap();
     let kafka = kafka_section(&brokers, "roundtrip");
@@ -141,6 +141,10 @@ async fn triggers_go_through_kafka_and_become_one_fleet_incident_within_its_capt
     let base = now_nanos();
     let mut latencies = Vec::new();
     let factory = holmes_devtools::synthetic::ProfileFactory::new(20);
+    // A fourth instance stays healthy: the processor asks it as a control, through the
+    // ingest node it is connected to.
+    let mut healthy =
+        RawAgent::connect(ingest.grpc_addr(), hello("checkout", "checkout-3", vec![])).await;
     let mut agents = Vec::new();
     for i in 0..3u64 {
         let mut agent = RawAgent::connect(
@@ -172,6 +176,28 @@ async fn triggers_go_through_kafka_and_become_one_fleet_incident_within_its_capt
     .await;
     assert_eq!(incident.severity, "fleet");
     assert_eq!(incident.status, "open");
+    let asked = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let CollectorMessage::CaptureRequest(request) = healthy.next().await {
+                return request;
+            }
+        }
+    })
+    .await
+    .expect("the healthy instance is asked as a control");
+    assert_eq!(asked.purpose, holmes_proto::CapturePurpose::Control);
+    assert_eq!(asked.kinds, [ProfileKind::Cpu]);
+    assert_eq!(
+        asked.incident_id.as_deref(),
+        Some(incident.incident_id.as_str())
+    );
+    let window = asked
+        .window
+        .expect("a CPU control covers the sick pre-trigger window");
+    assert_eq!(
+        window.end_unix_nanos, base,
+        "up to the incident's first trigger"
+    );
     assert_eq!(
         incident.event_ids,
         ["ev-checkout-0", "ev-checkout-1", "ev-checkout-2"]
@@ -231,7 +257,10 @@ async fn triggers_go_through_kafka_and_become_one_fleet_incident_within_its_capt
         }
     })
     .await;
-    assert!(told_first.is_err(), "the kept capture is not skipped: {told_first:?}");
+    assert!(
+        told_first.is_err(),
+        "the kept capture is not skipped: {told_first:?}"
+    );
     // The same resent (the agent missed an ack) changes nothing.
     let mut again =
         RawAgent::connect(ingest.grpc_addr(), hello("checkout", "checkout-0", vec![])).await;
