@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use holmes_storage::{SkipNotice, Store};
 use serde::Deserialize;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 
 use crate::clock::unix_nanos_now;
 use crate::ingest::live::LiveAgents;
@@ -40,6 +40,7 @@ pub mod capture;
 pub mod edit;
 pub mod rules;
 pub mod seed;
+pub mod skips;
 pub mod state;
 pub mod sync;
 
@@ -136,6 +137,10 @@ pub struct Control {
     dispatched: Mutex<sync::RecentIds>,
     /// Skip notices (by event id) this node has handed to its agents (bounded).
     skips_told: Mutex<sync::RecentIds>,
+    /// Skip notices to store, on a node without agent streams ([`skips`]).
+    skip_queue: mpsc::Sender<SkipNotice>,
+    /// Their receiving end, until [`Control::start`] starts the task that stores them.
+    skip_queued: Mutex<Option<mpsc::Receiver<SkipNotice>>>,
     /// When this node last accepted an operator's capture request, by service (those
     /// within `capture_min_interval` only).
     capture_asked: Mutex<HashMap<String, u64>>,
@@ -161,6 +166,7 @@ impl Control {
         config: ControlConfig,
     ) -> Arc<Control> {
         let (state, _) = watch::channel(Arc::new(ControlState::default()));
+        let (skip_queue, skip_queued) = mpsc::channel(skips::QUEUE);
         Arc::new(Control {
             store,
             live,
@@ -172,6 +178,8 @@ impl Control {
             started_unix_nanos: unix_nanos_now(),
             dispatched: Mutex::new(sync::RecentIds::default()),
             skips_told: Mutex::new(sync::RecentIds::default()),
+            skip_queue,
+            skip_queued: Mutex::new(Some(skip_queued)),
             capture_asked: Mutex::default(),
         })
     }
@@ -199,9 +207,10 @@ impl Control {
     /// Tells the agent `instance` of `service` not to send its profiles of the kinds
     /// `kinds` of the event `event_id` (the capture budget, [`crate::incident::budget`]).
     /// A node that takes agents tells it if it is connected here; a node without agent
-    /// streams (a Kafka processor) stores a [`SkipNotice`] when the decision is `new`, and
-    /// the node the agent is connected to tells it within a `[control] poll`.
-    pub async fn skip_profiles(
+    /// streams (a Kafka processor) queues a [`SkipNotice`] to be stored when the decision
+    /// is `new` ([`skips`]), and the node the agent is connected to tells it within a
+    /// `[control] poll`. Never waits.
+    pub fn skip_profiles(
         &self,
         service: &str,
         instance: &str,
@@ -226,12 +235,9 @@ impl Control {
             kinds: kinds.to_vec(),
             unix_nanos: unix_nanos_now(),
         };
-        match self.store.insert_skip_notice(&notice).await {
+        match self.skip_queue.try_send(notice) {
             Ok(()) => SkipDelivery::Noticed,
-            Err(err) => {
-                tracing::warn!(event_id, error = %err, "cannot store the skip notice; the agent sends those profiles and they are dropped here");
-                SkipDelivery::NotNoticed
-            }
+            Err(_) => SkipDelivery::NotNoticed,
         }
     }
 
@@ -258,9 +264,10 @@ pub enum SkipDelivery {
     Told,
     /// The agent is not connected here (or its outbound queue is full).
     NotConnected,
-    /// Stored for the node the agent is connected to (or stored before: a resent event).
+    /// Queued to be stored for the node the agent is connected to (or queued before: a
+    /// resent event).
     Noticed,
-    /// The notice could not be stored.
+    /// The queue of notices is full: the agent is not told.
     NotNoticed,
 }
 
@@ -271,7 +278,7 @@ impl SkipDelivery {
             SkipDelivery::Told => "told",
             SkipDelivery::NotConnected => "not connected here",
             SkipDelivery::Noticed => "noticed for its node",
-            SkipDelivery::NotNoticed => "notice not stored",
+            SkipDelivery::NotNoticed => "notice queue full",
         }
     }
 }

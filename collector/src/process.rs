@@ -213,6 +213,16 @@ impl Processor {
         }
     }
 
+    /// [`Processor::observe`] for stored trigger events in their order, their incidents
+    /// stored once at the end (a Kafka processor's batch).
+    pub async fn observe_all(&self, triggers: &[&StoredTrigger]) {
+        if let Some(incidents) = &self.incidents {
+            incidents
+                .observe_all(triggers.iter().map(|t| (&t.record, t.planned.as_slice())))
+                .await;
+        }
+    }
+
     /// Stores one event (retrying for [`STORE_RETRY_FOR`]) without correlating it;
     /// returns a trigger event's record, for [`Processor::observe`] once stored. Events
     /// of different services and instances can be stored concurrently; triggers should

@@ -756,8 +756,8 @@ impl Store for ClickHouseStore {
         control::capture_dispatches(self, request_ids).await
     }
 
-    async fn insert_skip_notice(&self, notice: &SkipNotice) -> Result<(), StoreError> {
-        skips::insert(self, notice).await
+    async fn insert_skip_notices(&self, notices: &[SkipNotice]) -> Result<(), StoreError> {
+        skips::insert(self, notices).await
     }
 
     async fn skip_notices(

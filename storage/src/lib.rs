@@ -342,8 +342,8 @@ pub trait Store: Send + Sync + 'static {
         request_ids: &[String],
     ) -> Result<Vec<CaptureDispatch>, StoreError>;
 
-    /// Stores a skip notice (one already stored for its event is kept once).
-    async fn insert_skip_notice(&self, notice: &SkipNotice) -> Result<(), StoreError>;
+    /// Stores skip notices (one already stored for its event is kept once).
+    async fn insert_skip_notices(&self, notices: &[SkipNotice]) -> Result<(), StoreError>;
 
     /// Skip notices decided at or after `since_unix_nanos`, oldest first (then by event
     /// id), at most `limit`. Retention drops them with the day they were decided on.

@@ -711,9 +711,14 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn insert_skip_notice(&self, notice: &SkipNotice) -> Result<(), StoreError> {
-        let n = notice.clone();
-        self.writer.write(move |conn| skips::insert(conn, &n)).await
+    async fn insert_skip_notices(&self, notices: &[SkipNotice]) -> Result<(), StoreError> {
+        if notices.is_empty() {
+            return Ok(());
+        }
+        let notices = notices.to_vec();
+        self.writer
+            .write(move |conn| notices.iter().try_for_each(|n| skips::insert(conn, n)))
+            .await
     }
 
     async fn skip_notices(

@@ -75,7 +75,8 @@ impl RecentIds {
 
 impl Control {
     /// Reads the state once (so the first agents get the right update), then, on a node
-    /// that takes agents, runs the loop until `closing`.
+    /// that takes agents, runs the loop until `closing`; on one that does not, stores
+    /// the capture budget's skip notices until then ([`super::skips`]).
     pub async fn start(self: &Arc<Self>, closing: watch::Receiver<bool>) -> Option<JoinHandle<()>> {
         match ControlState::load(&self.store).await {
             Ok(state) => {
@@ -85,10 +86,16 @@ impl Control {
                 tracing::warn!(error = %err, "cannot read the central rules yet; retrying every poll")
             }
         }
-        if !self.takes_agents {
-            return None;
-        }
         let control = Arc::clone(self);
+        if !self.takes_agents {
+            // A processor stores the capture budget's notices for the agents' nodes.
+            let queued = self
+                .skip_queued
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()?;
+            return Some(tokio::spawn(control.store_skips(queued, closing)));
+        }
         Some(tokio::spawn(control.run(closing)))
     }
 

@@ -29,16 +29,22 @@ struct SkipReadRow {
     at: u64,
 }
 
-pub(super) async fn insert(store: &ClickHouseStore, n: &SkipNotice) -> Result<(), StoreError> {
-    let row = SkipRow {
-        day: day_of(n.unix_nanos),
-        service: n.service.clone(),
-        event_id: n.event_id.clone(),
-        instance_id: n.instance_id.clone(),
-        kinds: n.kinds.iter().map(|k| k.as_str().to_owned()).collect(),
-        at: n.unix_nanos,
-    };
-    store.insert_rows("skip_notices", &[row]).await
+pub(super) async fn insert(
+    store: &ClickHouseStore,
+    notices: &[SkipNotice],
+) -> Result<(), StoreError> {
+    let rows: Vec<SkipRow> = notices
+        .iter()
+        .map(|n| SkipRow {
+            day: day_of(n.unix_nanos),
+            service: n.service.clone(),
+            event_id: n.event_id.clone(),
+            instance_id: n.instance_id.clone(),
+            kinds: n.kinds.iter().map(|k| k.as_str().to_owned()).collect(),
+            at: n.unix_nanos,
+        })
+        .collect();
+    store.insert_rows("skip_notices", &rows).await
 }
 
 pub(super) async fn since(

@@ -313,9 +313,15 @@ pub async fn skip_notices_are_read_since_a_time_once_per_event(store: impl Store
     let a = notice("e1", "i-1", &[ProfileKind::Cpu, ProfileKind::Heap], T0);
     let b = notice("e2", "i-2", &[ProfileKind::Threads], T0 + SEC);
     let c = notice("e3", "i-1", &[ProfileKind::Tasks], T0 + 2 * SEC);
-    for n in [&c, &a, &b, &a, &old] {
-        store.insert_skip_notice(n).await.unwrap();
-    }
+    store
+        .insert_skip_notices(&[c.clone(), a.clone()])
+        .await
+        .unwrap();
+    store
+        .insert_skip_notices(&[b.clone(), a.clone(), old.clone()])
+        .await
+        .unwrap();
+    store.insert_skip_notices(&[]).await.unwrap();
     assert_eq!(
         store.skip_notices(T0, 100).await.unwrap(),
         vec![a.clone(), b.clone(), c.clone()]

@@ -131,7 +131,8 @@ const PROCESS_RETRY: Duration = Duration::from_secs(1);
 pub const PARK_AFTER_ATTEMPTS: u32 = 3;
 /// Most events a processor takes (and stores concurrently) at once.
 pub const MAX_BATCH: usize = 256;
-/// Events of a batch stored at once (each profile decoded takes a few MiB).
+/// Profiles of a batch stored at once (each decoded takes a few MiB); its metric windows
+/// and triggers are all stored at once.
 pub const MAX_CONCURRENT_STORES: usize = 16;
 /// How long a processor waits for more events to join a batch.
 const BATCH_GATHER: Duration = Duration::from_millis(5);
@@ -292,9 +293,8 @@ impl Consumer {
             return false;
         };
         stored.sort_by_key(|(index, _)| *index);
-        for (_, trigger) in &stored {
-            self.processor.observe(trigger).await;
-        }
+        let triggers: Vec<&StoredTrigger> = stored.iter().map(|(_, t)| t).collect();
+        self.processor.observe_all(&triggers).await;
         self.store_all(rest, closing).await.is_some()
     }
 
@@ -330,9 +330,17 @@ impl Consumer {
                             .then_some((index, None));
                     }
                 };
-                // Decoding a profile takes a few MiB: a bounded number at once.
-                let Ok(_permit) = permits.acquire_owned().await else {
-                    return None;
+                // Decoding a profile takes a few MiB: a bounded number at once. Metric
+                // windows and triggers are small, and each waits for its table's batch
+                // (tens of milliseconds): bounding them too capped a processor at a few
+                // hundred events a second, below one metric window a second from 200
+                // agents.
+                let _permit = match event.body {
+                    PipelineBody::Profile(_) => match permits.acquire_owned().await {
+                        Ok(permit) => Some(permit),
+                        Err(_) => return None,
+                    },
+                    _ => None,
                 };
                 let mut attempts = 0u32;
                 loop {
