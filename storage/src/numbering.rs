@@ -24,6 +24,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use foldhash::quality::RandomState;
+
 use crate::contents::ProfileContents;
 use crate::location::{Location, LocationId, StackId};
 use crate::StoreError;
@@ -42,7 +44,7 @@ struct KnownLocation {
 }
 
 /// A remembered stack.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 struct KnownStack {
     num: u64,
     /// Latest day its row is known to be durable on (0: none known).
@@ -53,7 +55,7 @@ struct KnownStack {
 struct ServiceStacks {
     next: u32,
     /// Location ordinals (indexes into `Inner::locations`), leaf first.
-    known: HashMap<Box<[u32]>, KnownStack>,
+    known: HashMap<Box<[u32]>, KnownStack, RandomState>,
 }
 
 struct Inner {
@@ -61,7 +63,7 @@ struct Inner {
     next_location: u32,
     /// Bumped whenever the memory starts over, so that stale ordinals are not marked.
     generation: u64,
-    ordinals: HashMap<Location, u32>,
+    ordinals: HashMap<Location, u32, RandomState>,
     locations: Vec<KnownLocation>,
     stacks: HashMap<String, ServiceStacks>,
     stack_count: usize,
@@ -83,13 +85,25 @@ impl Inner {
     }
 }
 
-/// What the memory does not know of a profile: to be looked up in the store by id.
+/// A stack's key (its locations' ordinals) and what the memory knew of it.
+type KeyedStack = (Box<[u32]>, Option<KnownStack>);
+
+/// What the memory does not know of a profile: to be looked up in the store by id. It
+/// also keeps what the memory did know, so that [`Numbering::number`] does not hash the
+/// profile's locations and stacks a second time (unless the memory started over since).
 #[derive(Debug, Default)]
 pub(crate) struct Unknown {
     /// Ids of the locations not remembered.
     pub(crate) locations: Vec<LocationId>,
     /// Ids of the stacks not remembered.
     pub(crate) stacks: Vec<StackId>,
+    /// The memory's generation when read.
+    generation: u64,
+    /// Each location's ordinal, when remembered.
+    location_ordinals: Vec<Option<u32>>,
+    /// Each stack's key and what the memory knew of it, when all its locations were
+    /// remembered.
+    stack_keys: Vec<Option<KeyedStack>>,
 }
 
 impl Unknown {
@@ -137,7 +151,7 @@ impl Numbering {
                 epoch,
                 next_location: 0,
                 generation: 0,
-                ordinals: HashMap::new(),
+                ordinals: HashMap::default(),
                 locations: Vec::new(),
                 stacks: HashMap::new(),
                 stack_count: 0,
@@ -157,52 +171,58 @@ impl Numbering {
     /// The ids of what `contents` uses that the memory does not know.
     pub(crate) fn unknown(&self, service: &str, c: &ProfileContents) -> Unknown {
         let inner = self.lock();
-        let mut out = Unknown::default();
-        let mut ids: Vec<Option<LocationId>> = vec![None; c.locations.len()];
-        let mut ordinals: Vec<Option<u32>> = Vec::with_capacity(c.locations.len());
-        for (i, l) in c.locations.iter().enumerate() {
+        let mut out = Unknown {
+            generation: inner.generation,
+            location_ordinals: Vec::with_capacity(c.locations.len()),
+            stack_keys: Vec::with_capacity(c.stacks.len()),
+            ..Unknown::default()
+        };
+        let mut ids: Vec<LocationId> = Vec::with_capacity(c.locations.len());
+        for l in &c.locations {
             let ordinal = inner.ordinals.get(l).copied();
-            match ordinal {
-                Some(o) => ids[i] = Some(inner.locations[o as usize].id),
+            let id = match ordinal {
+                Some(o) => inner.locations[o as usize].id,
                 None => {
                     let id = l.id();
-                    ids[i] = Some(id);
                     out.locations.push(id);
+                    id
                 }
-            }
-            ordinals.push(ordinal);
+            };
+            ids.push(id);
+            out.location_ordinals.push(ordinal);
         }
         let known = inner.stacks.get(service);
         for stack in &c.stacks {
-            let key: Option<Vec<u32>> = stack
+            let key: Option<Box<[u32]>> = stack
                 .iter()
-                .map(|&l| ordinals.get(l as usize).copied().flatten())
+                .map(|&l| out.location_ordinals.get(l as usize).copied().flatten())
                 .collect();
             let remembered = match (&key, known) {
-                (Some(k), Some(s)) => s.known.contains_key(k.as_slice()),
-                _ => false,
+                (Some(k), Some(s)) => s.known.get(k.as_ref()).copied(),
+                _ => None,
             };
-            if !remembered {
-                out.stacks.push(StackId::of(stack.iter().map(|&l| {
-                    ids.get(l as usize)
-                        .copied()
-                        .flatten()
-                        .unwrap_or(LocationId([0; 16]))
-                })));
+            if remembered.is_none() {
+                out.stacks.push(StackId::of(
+                    stack
+                        .iter()
+                        .map(|&l| ids.get(l as usize).copied().unwrap_or(LocationId([0; 16]))),
+                ));
             }
+            out.stack_keys.push(key.map(|k| (k, remembered)));
         }
         out
     }
 
     /// Numbers every location and stack of `contents`, a profile of `day`: remembered
-    /// ones as remembered, ones the store has (`found_*`, from looking up
-    /// [`Numbering::unknown`]) with the store's number, new ones with the next numbers of
-    /// this writer.
+    /// ones as remembered (`unknown`, from [`Numbering::unknown`] of the same contents,
+    /// says which), ones the store has (`found_*`, from looking up `unknown`) with the
+    /// store's number, new ones with the next numbers of this writer.
     pub(crate) fn number(
         &self,
         service: &str,
         day: u32,
         c: &ProfileContents,
+        mut unknown: Unknown,
         found_locations: &HashMap<LocationId, u64>,
         found_stacks: &HashMap<StackId, u64>,
     ) -> Result<Numbered, StoreError> {
@@ -212,6 +232,11 @@ impl Numbering {
         {
             inner.forget();
         }
+        // What `unknown` found still holds unless the memory started over since
+        // (ordinals are only ever added to, and numbers never change).
+        let still = unknown.generation == inner.generation
+            && unknown.location_ordinals.len() == c.locations.len()
+            && unknown.stack_keys.len() == c.stacks.len();
         let day = day.max(1);
         let mut out = Numbered {
             day,
@@ -219,8 +244,13 @@ impl Numbering {
             ..Numbered::default()
         };
         for (i, l) in c.locations.iter().enumerate() {
-            let ordinal = match inner.ordinals.get(l) {
-                Some(&o) => o,
+            let remembered = if still {
+                unknown.location_ordinals[i]
+            } else {
+                None
+            };
+            let ordinal = match remembered.or_else(|| inner.ordinals.get(l).copied()) {
+                Some(o) => o,
                 None => {
                     let id = l.id();
                     let num = match found_locations.get(&id) {
@@ -254,12 +284,23 @@ impl Numbering {
         } = &mut *inner;
         let service_stacks = stacks.entry(service.to_owned()).or_default();
         for (i, stack) in c.stacks.iter().enumerate() {
-            let key: Box<[u32]> = stack
-                .iter()
-                .map(|&l| out.location_ordinals.get(l as usize).copied().unwrap_or(0))
-                .collect();
-            let known = match service_stacks.known.get(&key) {
-                Some(&k) => k,
+            let taken = if still {
+                unknown.stack_keys.get_mut(i).and_then(Option::take)
+            } else {
+                None
+            };
+            let (key, remembered) = match taken {
+                Some(found) => found,
+                None => (
+                    stack
+                        .iter()
+                        .map(|&l| out.location_ordinals.get(l as usize).copied().unwrap_or(0))
+                        .collect::<Box<[u32]>>(),
+                    None,
+                ),
+            };
+            let known = match remembered.or_else(|| service_stacks.known.get(&key).copied()) {
+                Some(k) => k,
                 None => {
                     let id = StackId::of(key.iter().map(|&o| locations[o as usize].id));
                     let num = match found_stacks.get(&id) {
@@ -344,41 +385,142 @@ mod tests {
         let unknown = n.unknown("checkout", &c);
         assert_eq!((unknown.locations.len(), unknown.stacks.len()), (3, 2));
         let first = n
-            .number("checkout", 10, &c, &HashMap::new(), &HashMap::new())
+            .number(
+                "checkout",
+                10,
+                &c,
+                Unknown::default(),
+                &HashMap::new(),
+                &HashMap::new(),
+            )
             .unwrap();
         assert_eq!(first.location_nums, vec![7 << 32, 7 << 32 | 1, 7 << 32 | 2]);
         assert_eq!(first.stack_nums, vec![7 << 32, 7 << 32 | 1]);
         assert_eq!((first.new_locations.len(), first.new_stacks.len()), (3, 2));
         // Not written yet: the next profile writes the rows again, with the same numbers.
         let again = n
-            .number("checkout", 10, &c, &HashMap::new(), &HashMap::new())
+            .number(
+                "checkout",
+                10,
+                &c,
+                Unknown::default(),
+                &HashMap::new(),
+                &HashMap::new(),
+            )
             .unwrap();
         assert_eq!(again.stack_nums, first.stack_nums);
         assert_eq!(again.new_stacks.len(), 2);
         n.written("checkout", &first);
         assert!(n.unknown("checkout", &c).is_empty());
         let known = n
-            .number("checkout", 10, &c, &HashMap::new(), &HashMap::new())
+            .number(
+                "checkout",
+                10,
+                &c,
+                Unknown::default(),
+                &HashMap::new(),
+                &HashMap::new(),
+            )
             .unwrap();
         assert!(known.new_locations.is_empty() && known.new_stacks.is_empty());
         // A profile of an earlier day needs nothing more; one of a later day writes the
         // rows again, on its day, so that retention keeps them as long as it.
         let earlier = n
-            .number("checkout", 9, &c, &HashMap::new(), &HashMap::new())
+            .number(
+                "checkout",
+                9,
+                &c,
+                Unknown::default(),
+                &HashMap::new(),
+                &HashMap::new(),
+            )
             .unwrap();
         assert!(earlier.new_locations.is_empty() && earlier.new_stacks.is_empty());
         let later = n
-            .number("checkout", 11, &c, &HashMap::new(), &HashMap::new())
+            .number(
+                "checkout",
+                11,
+                &c,
+                Unknown::default(),
+                &HashMap::new(),
+                &HashMap::new(),
+            )
             .unwrap();
         assert_eq!(later.stack_nums, first.stack_nums);
         assert_eq!((later.new_locations.len(), later.new_stacks.len()), (3, 2));
         // Another service numbers its own stacks (from 0), sharing the locations.
         let other = n
-            .number("cart", 10, &c, &HashMap::new(), &HashMap::new())
+            .number(
+                "cart",
+                10,
+                &c,
+                Unknown::default(),
+                &HashMap::new(),
+                &HashMap::new(),
+            )
             .unwrap();
         assert_eq!(other.location_nums, first.location_nums);
         assert_eq!(other.stack_nums, vec![7 << 32, 7 << 32 | 1]);
         assert_eq!(other.new_stacks.len(), 2);
+    }
+
+    #[test]
+    fn what_unknown_remembered_numbers_as_a_fresh_lookup_does() {
+        let n = Numbering::new(3);
+        let c = contents(&[0x10, 0x20]);
+        let first = n
+            .number(
+                "checkout",
+                10,
+                &c,
+                n.unknown("checkout", &c),
+                &HashMap::new(),
+                &HashMap::new(),
+            )
+            .unwrap();
+        n.written("checkout", &first);
+        let c2 = contents(&[0x10, 0x20, 0x30]);
+        let reused = n
+            .number(
+                "checkout",
+                10,
+                &c2,
+                n.unknown("checkout", &c2),
+                &HashMap::new(),
+                &HashMap::new(),
+            )
+            .unwrap();
+        let fresh = n
+            .number(
+                "checkout",
+                10,
+                &c2,
+                Unknown::default(),
+                &HashMap::new(),
+                &HashMap::new(),
+            )
+            .unwrap();
+        assert_eq!(reused.location_nums, fresh.location_nums);
+        assert_eq!(reused.stack_nums, fresh.stack_nums);
+        assert_eq!(reused.location_nums[..2], first.location_nums[..2]);
+        // The memory starts over between the two calls: nothing stale is used.
+        let unknown = n.unknown("checkout", &c2);
+        n.lock().forget();
+        let after = n
+            .number(
+                "checkout",
+                10,
+                &c2,
+                unknown,
+                &HashMap::new(),
+                &HashMap::new(),
+            )
+            .unwrap();
+        assert_eq!(after.new_locations.len(), 4, "every row is written again");
+        assert!(after
+            .location_nums
+            .iter()
+            .all(|l| !fresh.location_nums.contains(l)));
     }
 
     #[test]
@@ -388,13 +530,16 @@ mod tests {
         let unknown = n.unknown("checkout", &c);
         let found_l: HashMap<LocationId, u64> = [(unknown.locations[0], 1 << 32 | 99)].into();
         let found_s: HashMap<StackId, u64> = [(unknown.stacks[1], 1 << 32 | 5)].into();
-        let numbered = n.number("checkout", 10, &c, &found_l, &found_s).unwrap();
+        let first_stack = unknown.stacks[0];
+        let numbered = n
+            .number("checkout", 10, &c, unknown, &found_l, &found_s)
+            .unwrap();
         assert_eq!(numbered.location_nums[0], 1 << 32 | 99);
         assert_eq!(numbered.location_nums[1], 2 << 32);
         assert_eq!(numbered.stack_nums, vec![2 << 32, 1 << 32 | 5]);
         // Found ones are written again once, on this day (retention keeps them then).
         assert_eq!(numbered.new_locations.len(), 3);
         assert_eq!(numbered.new_stacks.len(), 2);
-        assert_eq!(numbered.new_stacks[0].1, unknown.stacks[0]);
+        assert_eq!(numbered.new_stacks[0].1, first_stack);
     }
 }

@@ -137,10 +137,14 @@ pub(super) async fn insert(store: &ClickHouseStore, p: &ProfileRecord) -> Result
             } else {
                 stacks::lookup(store, &p.service, &unknown).await?
             };
-            let numbered =
-                store
-                    .numbering
-                    .number(&p.service, u32::from(day), c, &found_l, &found_s)?;
+            let numbered = store.numbering.number(
+                &p.service,
+                u32::from(day),
+                c,
+                unknown,
+                &found_l,
+                &found_s,
+            )?;
             stacks::write_rows(store, &p.service, day, c, &numbered).await?;
             (
                 encoding::header_bytes(&c.header),

@@ -161,7 +161,7 @@ pub(super) fn number_and_write(
     let unknown = numbering.unknown(service, c);
     let found_l = found_locations(conn, &unknown.locations)?;
     let found_s = found_stacks(conn, service, &unknown.stacks)?;
-    let numbered = numbering.number(service, day, c, &found_l, &found_s)?;
+    let numbered = numbering.number(service, day, c, unknown, &found_l, &found_s)?;
     write_rows(conn, service, c, &numbered)?;
     Ok(numbered)
 }
