@@ -25,9 +25,10 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use foldhash::quality::RandomState;
+use holmes_proto::Module;
 
 use crate::contents::ProfileContents;
-use crate::location::{Location, LocationId, StackId};
+use crate::location::{Location, LocationId, StackFrame, StackId};
 use crate::StoreError;
 
 /// Locations remembered; past this many the memory of locations and stacks starts over.
@@ -63,7 +64,13 @@ struct Inner {
     next_location: u32,
     /// Bumped whenever the memory starts over, so that stale ordinals are not marked.
     generation: u64,
-    ordinals: HashMap<Location, u32, RandomState>,
+    /// Ordinals of native locations, by module (see `modules`) and offset: a key
+    /// compared inline, with no string behind a pointer to chase.
+    natives: HashMap<(u32, u64), u32, RandomState>,
+    /// The modules of native locations, numbered in the order first seen.
+    modules: HashMap<Module, u32, RandomState>,
+    /// Ordinals of symbolic locations.
+    symbolics: HashMap<Vec<StackFrame>, u32, RandomState>,
     locations: Vec<KnownLocation>,
     stacks: HashMap<String, ServiceStacks>,
     stack_count: usize,
@@ -71,7 +78,9 @@ struct Inner {
 
 impl Inner {
     fn forget(&mut self) {
-        self.ordinals.clear();
+        self.natives.clear();
+        self.modules.clear();
+        self.symbolics.clear();
         self.locations.clear();
         for s in self.stacks.values_mut() {
             s.known.clear();
@@ -83,7 +92,43 @@ impl Inner {
     fn number(&self, counter: u32) -> u64 {
         u64::from(self.epoch) << 32 | u64::from(counter)
     }
+
+    /// The ordinal of a remembered location. `last` caches the last module looked up
+    /// (a profile's locations come from a few modules, mostly in runs).
+    fn ordinal<'a>(&self, l: &'a Location, last: &mut LastModule<'a>) -> Option<u32> {
+        match l {
+            Location::Native { module, offset } => {
+                let m = match *last {
+                    Some((seen, ordinal)) if seen == module => ordinal,
+                    _ => {
+                        let ordinal = self.modules.get(module).copied();
+                        *last = Some((module, ordinal));
+                        ordinal
+                    }
+                }?;
+                self.natives.get(&(m, *offset)).copied()
+            }
+            Location::Symbolic(frames) => self.symbolics.get(frames).copied(),
+        }
+    }
+
+    /// Remembers location `l` as `ordinal`.
+    fn remember(&mut self, l: &Location, ordinal: u32) {
+        match l {
+            Location::Native { module, offset } => {
+                let next = u32::try_from(self.modules.len()).unwrap_or(u32::MAX);
+                let m = *self.modules.entry(module.clone()).or_insert(next);
+                self.natives.insert((m, *offset), ordinal);
+            }
+            Location::Symbolic(frames) => {
+                self.symbolics.insert(frames.clone(), ordinal);
+            }
+        }
+    }
 }
+
+/// The module a profile's last native location looked up, and its ordinal.
+type LastModule<'a> = Option<(&'a Module, Option<u32>)>;
 
 /// A stack's key (its locations' ordinals) and what the memory knew of it.
 type KeyedStack = (Box<[u32]>, Option<KnownStack>);
@@ -151,7 +196,9 @@ impl Numbering {
                 epoch,
                 next_location: 0,
                 generation: 0,
-                ordinals: HashMap::default(),
+                natives: HashMap::default(),
+                modules: HashMap::default(),
+                symbolics: HashMap::default(),
                 locations: Vec::new(),
                 stacks: HashMap::new(),
                 stack_count: 0,
@@ -178,8 +225,9 @@ impl Numbering {
             ..Unknown::default()
         };
         let mut ids: Vec<LocationId> = Vec::with_capacity(c.locations.len());
+        let mut last = None;
         for l in &c.locations {
-            let ordinal = inner.ordinals.get(l).copied();
+            let ordinal = inner.ordinal(l, &mut last);
             let id = match ordinal {
                 Some(o) => inner.locations[o as usize].id,
                 None => {
@@ -243,13 +291,14 @@ impl Numbering {
             generation: inner.generation,
             ..Numbered::default()
         };
+        let mut last = None;
         for (i, l) in c.locations.iter().enumerate() {
             let remembered = if still {
                 unknown.location_ordinals[i]
             } else {
                 None
             };
-            let ordinal = match remembered.or_else(|| inner.ordinals.get(l).copied()) {
+            let ordinal = match remembered.or_else(|| inner.ordinal(l, &mut last)) {
                 Some(o) => o,
                 None => {
                     let id = l.id();
@@ -264,7 +313,9 @@ impl Numbering {
                     };
                     let o = inner.locations.len() as u32;
                     inner.locations.push(KnownLocation { num, id, day: 0 });
-                    inner.ordinals.insert(l.clone(), o);
+                    inner.remember(l, o);
+                    // A new module may now have an ordinal.
+                    last = None;
                     o
                 }
             };

@@ -184,8 +184,8 @@ struct Builder {
     limits: Limits,
     materialized: u64,
     contents: ProfileContents,
-    stacks: HashMap<Box<[u32]>, u32>,
-    label_sets: HashMap<Vec<ProfileLabel>, u32>,
+    stacks: HashMap<Box<[u32]>, u32, foldhash::quality::RandomState>,
+    label_sets: HashMap<Vec<ProfileLabel>, u32, foldhash::quality::RandomState>,
 }
 
 impl Builder {
@@ -194,8 +194,8 @@ impl Builder {
             limits,
             materialized: 0,
             contents: ProfileContents::default(),
-            stacks: HashMap::new(),
-            label_sets: HashMap::new(),
+            stacks: HashMap::default(),
+            label_sets: HashMap::default(),
         }
     }
 
