@@ -241,10 +241,15 @@ impl Numbering {
         }
         let known = inner.stacks.get(service);
         for stack in &c.stacks {
-            let key: Option<Box<[u32]>> = stack
-                .iter()
-                .map(|&l| out.location_ordinals.get(l as usize).copied().flatten())
-                .collect();
+            // Sized up front: collecting into `Option<Box<[u32]>>` grew it by reallocating.
+            let mut ordinals = Vec::with_capacity(stack.len());
+            for &l in stack {
+                match out.location_ordinals.get(l as usize).copied().flatten() {
+                    Some(o) => ordinals.push(o),
+                    None => break,
+                }
+            }
+            let key = (ordinals.len() == stack.len()).then(|| ordinals.into_boxed_slice());
             let remembered = match (&key, known) {
                 (Some(k), Some(s)) => s.known.get(k.as_ref()).copied(),
                 _ => None,
