@@ -416,6 +416,26 @@ mod tests {
     use super::*;
     use crate::location::StackFrame;
 
+    /// Numbers `c` for `service` without a first pass (nothing found in the store).
+    fn fresh(n: &Numbering, service: &str, day: u32, c: &ProfileContents) -> Numbered {
+        n.number(
+            service,
+            day,
+            c,
+            Unknown::default(),
+            &HashMap::new(),
+            &HashMap::new(),
+        )
+        .unwrap()
+    }
+
+    /// Numbers `c` for `service` after asking what the memory does not know.
+    fn remembered(n: &Numbering, service: &str, day: u32, c: &ProfileContents) -> Numbered {
+        let unknown = n.unknown(service, c);
+        n.number(service, day, c, unknown, &HashMap::new(), &HashMap::new())
+            .unwrap()
+    }
+
     fn contents(offsets: &[u64]) -> ProfileContents {
         ProfileContents {
             locations: offsets
@@ -440,81 +460,27 @@ mod tests {
         let c = contents(&[0x10, 0x20]);
         let unknown = n.unknown("checkout", &c);
         assert_eq!((unknown.locations.len(), unknown.stacks.len()), (3, 2));
-        let first = n
-            .number(
-                "checkout",
-                10,
-                &c,
-                Unknown::default(),
-                &HashMap::new(),
-                &HashMap::new(),
-            )
-            .unwrap();
+        let first = fresh(&n, "checkout", 10, &c);
         assert_eq!(first.location_nums, vec![7 << 32, 7 << 32 | 1, 7 << 32 | 2]);
         assert_eq!(first.stack_nums, vec![7 << 32, 7 << 32 | 1]);
         assert_eq!((first.new_locations.len(), first.new_stacks.len()), (3, 2));
         // Not written yet: the next profile writes the rows again, with the same numbers.
-        let again = n
-            .number(
-                "checkout",
-                10,
-                &c,
-                Unknown::default(),
-                &HashMap::new(),
-                &HashMap::new(),
-            )
-            .unwrap();
+        let again = fresh(&n, "checkout", 10, &c);
         assert_eq!(again.stack_nums, first.stack_nums);
         assert_eq!(again.new_stacks.len(), 2);
         n.written("checkout", &first);
         assert!(n.unknown("checkout", &c).is_empty());
-        let known = n
-            .number(
-                "checkout",
-                10,
-                &c,
-                Unknown::default(),
-                &HashMap::new(),
-                &HashMap::new(),
-            )
-            .unwrap();
+        let known = fresh(&n, "checkout", 10, &c);
         assert!(known.new_locations.is_empty() && known.new_stacks.is_empty());
         // A profile of an earlier day needs nothing more; one of a later day writes the
         // rows again, on its day, so that retention keeps them as long as it.
-        let earlier = n
-            .number(
-                "checkout",
-                9,
-                &c,
-                Unknown::default(),
-                &HashMap::new(),
-                &HashMap::new(),
-            )
-            .unwrap();
+        let earlier = fresh(&n, "checkout", 9, &c);
         assert!(earlier.new_locations.is_empty() && earlier.new_stacks.is_empty());
-        let later = n
-            .number(
-                "checkout",
-                11,
-                &c,
-                Unknown::default(),
-                &HashMap::new(),
-                &HashMap::new(),
-            )
-            .unwrap();
+        let later = fresh(&n, "checkout", 11, &c);
         assert_eq!(later.stack_nums, first.stack_nums);
         assert_eq!((later.new_locations.len(), later.new_stacks.len()), (3, 2));
         // Another service numbers its own stacks (from 0), sharing the locations.
-        let other = n
-            .number(
-                "cart",
-                10,
-                &c,
-                Unknown::default(),
-                &HashMap::new(),
-                &HashMap::new(),
-            )
-            .unwrap();
+        let other = fresh(&n, "cart", 10, &c);
         assert_eq!(other.location_nums, first.location_nums);
         assert_eq!(other.stack_nums, vec![7 << 32, 7 << 32 | 1]);
         assert_eq!(other.new_stacks.len(), 2);
@@ -524,38 +490,11 @@ mod tests {
     fn what_unknown_remembered_numbers_as_a_fresh_lookup_does() {
         let n = Numbering::new(3);
         let c = contents(&[0x10, 0x20]);
-        let first = n
-            .number(
-                "checkout",
-                10,
-                &c,
-                n.unknown("checkout", &c),
-                &HashMap::new(),
-                &HashMap::new(),
-            )
-            .unwrap();
+        let first = remembered(&n, "checkout", 10, &c);
         n.written("checkout", &first);
         let c2 = contents(&[0x10, 0x20, 0x30]);
-        let reused = n
-            .number(
-                "checkout",
-                10,
-                &c2,
-                n.unknown("checkout", &c2),
-                &HashMap::new(),
-                &HashMap::new(),
-            )
-            .unwrap();
-        let fresh = n
-            .number(
-                "checkout",
-                10,
-                &c2,
-                Unknown::default(),
-                &HashMap::new(),
-                &HashMap::new(),
-            )
-            .unwrap();
+        let reused = remembered(&n, "checkout", 10, &c2);
+        let fresh = fresh(&n, "checkout", 10, &c2);
         assert_eq!(reused.location_nums, fresh.location_nums);
         assert_eq!(reused.stack_nums, fresh.stack_nums);
         assert_eq!(reused.location_nums[..2], first.location_nums[..2]);
