@@ -457,8 +457,10 @@ async fn a_build_nobody_uploaded_is_named_from_debuginfod() {
         .spawn()
         .unwrap();
     let wanted = format!("/buildid/{build_id}/debuginfo");
+    // debuginfod scans the folder and indexes the ~200 MB debug file first: over a
+    // minute on a loaded 2-core machine (seen in CI).
     eventually(
-        Duration::from_secs(60),
+        Duration::from_secs(240),
         "debuginfod serving the debug file",
         || async { (http_status(port, &wanted).await == 200).then_some(()) },
     )
