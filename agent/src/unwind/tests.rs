@@ -8,6 +8,10 @@ fn kernel_reads() -> usize {
 }
 
 /// Three fresh pages: read-write, none, read-write.
+/// Pages a [`Pages`] maps: three to write frames in (the middle one a guard page), then
+/// inaccessible ones for links beyond them.
+const MAPPED: usize = 8;
+
 struct Pages(usize);
 
 impl Pages {
@@ -16,7 +20,7 @@ impl Pages {
         let map = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                3 * PAGE,
+                MAPPED * PAGE,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                 -1,
@@ -27,6 +31,18 @@ impl Pages {
         let base = map as usize;
         // SAFETY: the middle page of the mapping above.
         let rc = unsafe { libc::mprotect((base + PAGE) as *mut _, PAGE, libc::PROT_NONE) };
+        assert_eq!(rc, 0);
+        // The pages past the third are held inaccessible rather than left unmapped: an
+        // address past a mapping may be another one's (mappings are placed next to each
+        // other, and the tests run in parallel), which a walk would then read.
+        // SAFETY: pages 3.. of the mapping above.
+        let rc = unsafe {
+            libc::mprotect(
+                (base + 3 * PAGE) as *mut _,
+                (MAPPED - 3) * PAGE,
+                libc::PROT_NONE,
+            )
+        };
         assert_eq!(rc, 0);
         Pages(base)
     }
@@ -46,7 +62,7 @@ impl Pages {
 impl Drop for Pages {
     fn drop(&mut self) {
         // SAFETY: unmapping what new() mapped.
-        unsafe { libc::munmap(self.0 as *mut _, 3 * PAGE) };
+        unsafe { libc::munmap(self.0 as *mut _, MAPPED * PAGE) };
     }
 }
 
@@ -62,7 +78,7 @@ fn a_garbage_frame_pointer_ends_the_walk_safely() {
         assert_eq!(n, 1, "fp {fp:#x}");
         assert_eq!(out[0], 42);
     }
-    // Into a guard page (mapped, not readable) and into unmapped memory.
+    // Into a guard page (mapped, not readable) and past the writable pages.
     let pages = Pages::new();
     let base = pages.0;
     pages.frame(base, base + PAGE, 0x1111);
