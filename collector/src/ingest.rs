@@ -13,7 +13,15 @@
 //! and since acknowledgements are cumulative, none reaches the first chunk of a profile
 //! that is not durable yet. Whatever goes wrong with one agent ends that agent's stream
 //! with a clear status and nothing else.
+//!
+//! A stream's events are handed on concurrently, up to [`MAX_DELIVERIES`] at once and one
+//! profile at a time, so that a trigger or a metric window does not wait behind its
+//! agent's profile being decoded and stored: only its triggers keep their order, and a
+//! profile is handed on once every trigger before it is durable (a trigger's incident
+//! decides which of its profiles are stored). Acknowledgements still follow the
+//! sequence numbers.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -53,6 +61,8 @@ use assemble::{Assembler, Step};
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often an instance's `last_seen` is refreshed while its stream is open.
 pub const TOUCH_INTERVAL: Duration = Duration::from_secs(30);
+/// Events of one stream handed to the sink at once; past this, reading the stream waits.
+pub const MAX_DELIVERIES: usize = 16;
 
 /// The `Ingest` gRPC service.
 #[derive(Clone)]
@@ -293,6 +303,8 @@ impl Ingest for IngestService {
             tx,
             last_acked: 0,
             highest_stored: 0,
+            deliveries: VecDeque::new(),
+            last_trigger: None,
             profiles: Assembler::new(self.max_profile_bytes),
             profile_idle_timeout: self.limits.profile_idle_timeout,
             last_touch: Instant::now(),
@@ -315,6 +327,31 @@ impl Ingest for IngestService {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// An event handed to the sink: its sequence number, and the task making it durable.
+struct Delivery {
+    seq: u64,
+    /// Whether it is a profile.
+    profile: bool,
+    handle: tokio::task::JoinHandle<Result<(), Status>>,
+}
+
+/// Waits for the oldest delivery to finish (forever when there is none): its sequence
+/// number and outcome. Cancel-safe: a delivery leaves the queue only once finished.
+async fn next_delivered(deliveries: &mut VecDeque<Delivery>) -> (u64, Result<(), Status>) {
+    let Some(oldest) = deliveries.front_mut() else {
+        return std::future::pending().await;
+    };
+    let result = match (&mut oldest.handle).await {
+        Ok(result) => result,
+        Err(err) => Err(Status::internal(format!(
+            "storing the message failed: {err}"
+        ))),
+    };
+    let seq = oldest.seq;
+    deliveries.pop_front();
+    (seq, result)
 }
 
 /// Waits until `at`, or forever when there is no `at`.
@@ -353,6 +390,11 @@ struct Session {
     last_acked: u64,
     /// Highest sequence number of a message made durable on this stream.
     highest_stored: u64,
+    /// Events handed to the sink and not durable yet, in sequence order.
+    deliveries: VecDeque<Delivery>,
+    /// Turns true once the stream's latest trigger is durable (dropped unset if it
+    /// failed): what comes after it waits for it.
+    last_trigger: Option<watch::Receiver<bool>>,
     /// Profiles whose chunks are still coming.
     profiles: Assembler,
     /// How long an unfinished profile waits for its next chunk.
@@ -366,6 +408,8 @@ impl Session {
         mut inbound: Streaming<pb::AgentMessage>,
         mut closing: watch::Receiver<bool>,
     ) {
+        // Once a delivery failed, nothing after it is acknowledged.
+        let mut failed = false;
         let end = loop {
             let stalled = self.profiles.stalest().map(|(id, at)| {
                 (
@@ -374,7 +418,8 @@ impl Session {
                 )
             });
             let next = tokio::select! {
-                next = inbound.message() => Some(next),
+                next = inbound.message() => Some(Ok(next)),
+                delivered = next_delivered(&mut self.deliveries) => Some(Err(delivered)),
                 () = self.control.changed() => None,
                 _ = closing.wait_for(|c| *c) => {
                     break Some(Status::unavailable("collector is shutting down; reconnect"));
@@ -388,16 +433,28 @@ impl Session {
                     )));
                 }
             };
-            let Some(next) = next else {
-                if let Err(status) = self.push_update().await {
-                    break Some(status);
+            let next = match next {
+                Some(Ok(next)) => next,
+                Some(Err((seq, result))) => {
+                    if let Err(status) = self.delivered(seq, result).await {
+                        failed = true;
+                        break Some(status);
+                    }
+                    continue;
                 }
-                continue;
+                None => {
+                    if let Err(status) = self.push_update().await {
+                        break Some(status);
+                    }
+                    continue;
+                }
             };
             match next {
                 Ok(Some(raw)) => match AgentMessage::try_from(raw) {
                     Ok(msg) => {
                         if let Err(status) = self.handle(msg).await {
+                            // A delivery that failed while waiting for room, or the message.
+                            failed = true;
                             break Some(status);
                         }
                     }
@@ -409,6 +466,14 @@ impl Session {
                 Err(status) => break Some(read_status(&status)),
             }
         };
+        // What was handed on is finished and, up to the first failure, acknowledged (the
+        // agent may still be there to hear it).
+        while !self.deliveries.is_empty() {
+            let (seq, result) = next_delivered(&mut self.deliveries).await;
+            if !failed {
+                failed = self.delivered(seq, result).await.is_err();
+            }
+        }
         if let Some(status) = end
             .as_ref()
             .filter(|s| !matches!(s.code(), tonic::Code::Unknown | tonic::Code::Cancelled))
@@ -527,20 +592,71 @@ impl Session {
             .map_err(|_| Status::cancelled("agent went away"))
     }
 
-    /// Hands one event to the sink and, once it is durable, acknowledges what can be.
+    /// Hands one event to the sink, to be acknowledged once durable (see
+    /// [`Session::delivered`]); waits first while [`MAX_DELIVERIES`] are in progress.
     async fn deliver(&mut self, seq: u64, body: PipelineBody) -> Result<(), Status> {
+        // One profile of a stream at a time, as memory is bounded by (each is decoded
+        // whole); its metric windows and triggers pass it.
+        let profile = matches!(body, PipelineBody::Profile(_));
+        while self.deliveries.len() >= MAX_DELIVERIES
+            || (profile && self.deliveries.iter().any(|d| d.profile))
+        {
+            let (seq, result) = next_delivered(&mut self.deliveries).await;
+            self.delivered(seq, result).await?;
+        }
+        // Triggers keep their order, and a profile waits for the triggers before it.
+        let after = match body {
+            PipelineBody::Metrics(_) => None,
+            PipelineBody::Trigger(_) | PipelineBody::Profile(_) => self.last_trigger.clone(),
+        };
+        let done = match body {
+            PipelineBody::Trigger(_) => {
+                let (done, waiting) = watch::channel(false);
+                self.last_trigger = Some(waiting);
+                Some(done)
+            }
+            _ => None,
+        };
         let event = PipelineEvent {
             service: self.hello.service.clone(),
             instance_id: self.hello.instance_id.clone(),
             body,
         };
-        self.sink.deliver(event).await.map_err(|err| match err {
-            SinkError::Store(err) => store_status(&err),
-            SinkError::Broker(why) => {
-                tracing::warn!(service = %self.hello.service, instance = %self.hello.instance_id, seq, error = %why, "event not acknowledged by the broker; the agent keeps it");
-                Status::unavailable(format!("the collector's pipeline did not take the message: {why}; resend later"))
+        let sink = Arc::clone(&self.sink);
+        let handle = tokio::spawn(async move {
+            if let Some(mut after) = after {
+                let stored = after.wait_for(|durable| *durable).await.is_ok();
+                if !stored {
+                    return Err(Status::unavailable(
+                        "an earlier trigger event of this stream was not stored; resend from it",
+                    ));
+                }
             }
-        })?;
+            let (service, instance) = (event.service.clone(), event.instance_id.clone());
+            let result = sink.deliver(event).await.map_err(|err| match err {
+                SinkError::Store(err) => store_status(&err),
+                SinkError::Broker(why) => {
+                    tracing::warn!(%service, %instance, seq, error = %why, "event not acknowledged by the broker; the agent keeps it");
+                    Status::unavailable(format!("the collector's pipeline did not take the message: {why}; resend later"))
+                }
+            });
+            if let (Some(done), Ok(())) = (done, &result) {
+                let _ = done.send(true);
+            }
+            result
+        });
+        self.deliveries.push_back(Delivery {
+            seq,
+            profile,
+            handle,
+        });
+        Ok(())
+    }
+
+    /// Takes the outcome of the oldest delivery: acknowledges what is now durable, or
+    /// ends the stream.
+    async fn delivered(&mut self, seq: u64, result: Result<(), Status>) -> Result<(), Status> {
+        result?;
         self.stored(seq).await
     }
 
@@ -579,3 +695,6 @@ impl Session {
             .map_err(|e| store_status(&e))
     }
 }
+
+#[cfg(test)]
+mod tests;

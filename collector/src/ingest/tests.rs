@@ -1,0 +1,241 @@
+//! The stream's delivery order, over real gRPC on loopback, with a sink that holds one
+//! kind of event until the test lets it go.
+
+use std::sync::Mutex;
+
+use holmes_proto::pb::ingest_client::IngestClient;
+use holmes_proto::pb::ingest_server::IngestServer;
+use holmes_proto::{MetricWindow, ProfileChunk, ProfileFormat, ProfileKind, TriggerEvent};
+use holmes_storage::sqlite::SqliteStore;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use super::*;
+use crate::control::ControlConfig;
+use crate::ingest::live::LiveAgents;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Records each event as it starts and ends; holds the kind named `held` until released.
+struct HeldSink {
+    log: Mutex<Vec<String>>,
+    held: &'static str,
+    release: watch::Receiver<bool>,
+}
+
+fn kind(body: &PipelineBody) -> &'static str {
+    match body {
+        PipelineBody::Metrics(_) => "window",
+        PipelineBody::Trigger(_) => "trigger",
+        PipelineBody::Profile(_) => "profile",
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for HeldSink {
+    async fn deliver(&self, event: PipelineEvent) -> Result<(), SinkError> {
+        let what = kind(&event.body);
+        self.push(format!("{what} started"));
+        if what == self.held {
+            let mut release = self.release.clone();
+            let _ = release.wait_for(|go| *go).await;
+        }
+        self.push(format!("{what} stored"));
+        Ok(())
+    }
+}
+
+impl HeldSink {
+    fn push(&self, entry: String) {
+        self.log.lock().unwrap().push(entry);
+    }
+
+    fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    async fn wait_for(&self, entries: &[&str]) {
+        let deadline = Instant::now() + WAIT;
+        while !entries.iter().all(|e| self.log().iter().any(|l| l == e)) {
+            assert!(
+                Instant::now() < deadline,
+                "never saw {entries:?}: {:?}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// An agent's stream to a collector's ingest service, and what the service needs kept.
+struct Agent {
+    tx: mpsc::Sender<pb::AgentMessage>,
+    inbound: Streaming<pb::CollectorMessage>,
+    _store: tempfile::TempDir,
+    _closing: watch::Sender<bool>,
+}
+
+/// A collector's ingest service on loopback handing events to `sink`, and an agent's
+/// stream to it (its `Hello` sent).
+async fn connect(sink: Arc<HeldSink>) -> Agent {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+    let live = Arc::new(LiveAgents::default());
+    let control = Control::new(
+        Arc::clone(&store),
+        Arc::clone(&live),
+        "test-node".to_owned(),
+        true,
+        ControlConfig::default(),
+    );
+    let (closing, closed) = watch::channel(false);
+    let service = IngestService::new(store, sink, control, live, closed);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(IngestServer::new(service))
+            .serve_with_incoming(TcpListenerStream::new(listener)),
+    );
+    let (tx, rx) = mpsc::channel(16);
+    let hello = holmes_proto::Hello {
+        protocol_version: holmes_proto::PROTOCOL_VERSION,
+        service: "checkout".to_owned(),
+        instance_id: "checkout-1".to_owned(),
+        host: "test-host".to_owned(),
+        pid: 1,
+        labels: Default::default(),
+        agent_version: "0.0.0-test".to_owned(),
+        rules: Vec::new(),
+        started_at_unix_nanos: 1,
+        collect_interval: Duration::from_secs(1),
+        rules_version: 0,
+        executable: None,
+        debuginfo_upload: false,
+    };
+    send(&tx, 0, AgentBody::Hello(hello)).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let inbound = IngestClient::new(channel)
+        .connect(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    Agent {
+        tx,
+        inbound,
+        _store: dir,
+        _closing: closing,
+    }
+}
+
+async fn send(tx: &mpsc::Sender<pb::AgentMessage>, seq: u64, body: AgentBody) {
+    tx.send(pb::AgentMessage::from(&AgentMessage { seq, body }))
+        .await
+        .unwrap();
+}
+
+fn trigger(event_id: &str) -> AgentBody {
+    AgentBody::Trigger(TriggerEvent {
+        event_id: event_id.to_owned(),
+        metric: Some(holmes_proto::Metric::CpuPercent),
+        reason: holmes_proto::TriggerReason::Diff,
+        current: 90.0,
+        window: Vec::new(),
+        rule: None,
+        unix_nanos: unix_nanos_now(),
+        planned: vec![ProfileKind::Cpu],
+        request_id: None,
+    })
+}
+
+fn profile(event_id: &str) -> AgentBody {
+    AgentBody::ProfileChunk(ProfileChunk {
+        profile_id: "0f".repeat(16),
+        event_id: event_id.to_owned(),
+        kind: ProfileKind::Cpu,
+        chunk_index: 0,
+        chunk_count: 1,
+        total_bytes: 3,
+        data: vec![1, 2, 3],
+        started_unix_nanos: unix_nanos_now(),
+        duration: Duration::from_secs(1),
+        error: None,
+        labels: Default::default(),
+        format: ProfileFormat::Native,
+    })
+}
+
+fn window() -> AgentBody {
+    AgentBody::MetricWindow(MetricWindow::default())
+}
+
+/// The next acknowledgement within `within`, if any.
+async fn next_ack(inbound: &mut Streaming<pb::CollectorMessage>, within: Duration) -> Option<u64> {
+    loop {
+        let raw = tokio::time::timeout(within, inbound.message()).await.ok()?;
+        let raw = raw.unwrap().expect("the stream ended");
+        if let Ok(CollectorMessage::Ack { seq }) = CollectorMessage::try_from(raw) {
+            return Some(seq);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_trigger_and_a_window_are_stored_while_the_profile_before_them_is_not_and_acks_wait_for_it(
+) {
+    let (release, released) = watch::channel(false);
+    let sink = Arc::new(HeldSink {
+        log: Mutex::default(),
+        held: "profile",
+        release: released,
+    });
+    let mut agent = connect(Arc::clone(&sink)).await;
+    let (tx, inbound) = (&agent.tx, &mut agent.inbound);
+    send(tx, 1, profile(&"e0".repeat(16))).await;
+    send(tx, 2, trigger(&"e1".repeat(16))).await;
+    send(tx, 3, window()).await;
+    sink.wait_for(&["trigger stored", "window stored"]).await;
+    assert!(!sink.log().contains(&"profile stored".to_owned()));
+    // Nothing is acknowledged past a message that is not durable.
+    assert_eq!(next_ack(inbound, Duration::from_millis(300)).await, None);
+    release.send(true).unwrap();
+    let mut last = 0;
+    while last < 3 {
+        last = next_ack(inbound, WAIT).await.expect("no ack once stored");
+    }
+    assert_eq!(last, 3);
+}
+
+#[tokio::test]
+async fn a_profile_is_handed_on_once_the_trigger_before_it_is_durable() {
+    let (release, released) = watch::channel(false);
+    let sink = Arc::new(HeldSink {
+        log: Mutex::default(),
+        held: "trigger",
+        release: released,
+    });
+    let mut agent = connect(Arc::clone(&sink)).await;
+    let (tx, inbound) = (&agent.tx, &mut agent.inbound);
+    send(tx, 1, trigger(&"e1".repeat(16))).await;
+    send(tx, 2, profile(&"e1".repeat(16))).await;
+    send(tx, 3, window()).await;
+    // The window passes the held trigger; the profile waits for it.
+    sink.wait_for(&["trigger started", "window stored"]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    release.send(true).unwrap();
+    sink.wait_for(&["profile stored"]).await;
+    let log = sink.log();
+    let at = |entry: &str| log.iter().position(|l| l == entry).unwrap();
+    assert!(
+        at("trigger stored") < at("profile started"),
+        "the profile was handed on before its trigger was stored: {log:?}"
+    );
+    let mut last = 0;
+    while last < 3 {
+        last = next_ack(inbound, WAIT).await.expect("no ack once stored");
+    }
+    assert_eq!(last, 3);
+}
