@@ -184,6 +184,8 @@ pub struct Metrics {
     pub kafka_produce_failures: Counter,
     /// Messages of a partition not consumed yet (librdkafka's `consumer_lag`).
     pub kafka_consumer_lag: Family<PartitionLabels, Gauge>,
+    /// Partitions of the Kafka topic this processor consumes now.
+    pub kafka_assigned_partitions: Gauge,
     /// Incidents open now (on this processor).
     pub incidents_open: Gauge,
     /// Alerts waiting in the outbox.
@@ -224,6 +226,7 @@ impl Metrics {
             kafka_produce_seconds: seconds(),
             kafka_produce_failures: Counter::default(),
             kafka_consumer_lag: Family::default(),
+            kafka_assigned_partitions: Gauge::default(),
             incidents_open: Gauge::default(),
             alert_outbox_pending: Gauge::default(),
             alert_outbox_waits: Counter::default(),
@@ -302,6 +305,11 @@ impl Metrics {
             "holmes_kafka_consumer_lag_messages",
             "Messages of a partition not consumed yet, by partition",
             m.kafka_consumer_lag.clone(),
+        );
+        r.register(
+            "holmes_kafka_assigned_partitions",
+            "Partitions of the Kafka topic this processor consumes now (its correlation state rebuilt)",
+            m.kafka_assigned_partitions.clone(),
         );
         r.register(
             "holmes_incidents_open",

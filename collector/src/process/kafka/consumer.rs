@@ -394,6 +394,9 @@ impl Consumer {
             .take();
         if let Some(assigned) = pending {
             self.rebuild(&assigned).await;
+            crate::metrics::metrics()
+                .kafka_assigned_partitions
+                .set(i64::try_from(assigned.len()).unwrap_or(i64::MAX));
         }
     }
 
