@@ -13,7 +13,9 @@
 # starts ClickHouse (deploy/dev/clickhouse.sh) and, for kafka, the broker
 # (deploy/dev/kafka.sh) on free loopback ports in temporary folders, and stops
 # everything whatever happens. Prints holmes-loadgen's report per topology and a
-# Markdown table row for each.
+# Markdown table row for each. HOLMES_LOADGEN_MAX_PROFILES sets the collectors'
+# `[incidents] max_profiles_per_incident` (0: no capture budget, every profile stored:
+# the throughput runs; unset: the default budget of 10 per kind).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
@@ -28,6 +30,9 @@ say() { printf '\n== %s\n' "$*" >&2; }
 say "building holmes-collector and holmes-loadgen (release)"
 cargo build --release -p holmes-collector --bin holmes-collector -p holmes-devtools --bin holmes-loadgen --locked >&2
 bin=${CARGO_TARGET_DIR:-$root/target}/release
+# HOLMES_LOADGEN_COLLECTOR runs another build's collector binary against the same load
+# (a before/after comparison in one sitting).
+collector=${HOLMES_LOADGEN_COLLECTOR:-$bin/holmes-collector}
 
 work=$(mktemp -d -t holmes-loadgen.XXXXXX)
 pids=()
@@ -61,6 +66,10 @@ config() {
     echo "[clickhouse]"
     echo "url = \"$HOLMES_TEST_CLICKHOUSE_URL\""
     echo "database = \"$db\""
+    if [ -n "${HOLMES_LOADGEN_MAX_PROFILES:-}" ]; then
+      echo "[incidents]"
+      echo "max_profiles_per_incident = $HOLMES_LOADGEN_MAX_PROFILES"
+    fi
     if [ "$role" != all ]; then
       echo "[kafka]"
       echo "brokers = \"$HOLMES_TEST_KAFKA_BROKERS\""
@@ -75,7 +84,7 @@ config() {
 started=
 start() {
   local name=$1 http=$2
-  RUST_LOG=warn "$bin/holmes-collector" serve --config "$work/$name/collector.toml" \
+  RUST_LOG=warn "$collector" serve --config "$work/$name/collector.toml" \
     > "$work/$name/log" 2>&1 &
   pids+=($!)
   for _ in $(seq 1 300); do
@@ -103,6 +112,7 @@ r = json.load(open(path))
 rss = " + ".join(f"{c['rss_peak_bytes'] / 1048576:.0f}" for c in r["collectors"])
 print(f"| {topology} | {r['agents']} | {r['profiles_per_s']:.1f} | {r['samples_per_s']:.0f} | "
       f"{r['trigger_stored_p99_ms']:.0f} ms | {r['trigger_incident_p50_ms']:.0f} / {r['trigger_incident_p99_ms']:.0f} ms | "
+      f"{r['warmup_trigger_incident_max_ms']:.0f} ms | "
       f"{r['triggers_without_incident']} | {rss} MiB |")
 PY
 )")
@@ -127,12 +137,25 @@ if [ "$mode" = kafka ] || [ "$mode" = both ]; then
   start process1 "$p1_http"; p1=$started
   start process2 "$p2_http"; p2=$started
   start ingest "$in_http"; ingest=$started
+  # The load starts once the consumer group has settled: both processors own partitions
+  # (their correlation state rebuilt), so a start-up rebalance is not measured as latency.
+  for _ in $(seq 1 600); do
+    owned=0
+    for h in "$p1_http" "$p2_http"; do
+      n=$(curl -fsS "http://127.0.0.1:$h/metrics" 2>/dev/null \
+        | awk '$1 == "holmes_kafka_assigned_partitions" { print $2 }')
+      [ "${n:-0}" -gt 0 ] && owned=$((owned + 1))
+    done
+    [ "$owned" = 2 ] && break
+    sleep 0.1
+  done
+  [ "$owned" = 2 ] || say "warning: the processors did not both own partitions within 60 s"
   run "ingest + 2 processors" --ingest "http://127.0.0.1:$in_grpc" \
     --query "http://127.0.0.1:$p1_http" \
     --collector-pid "$ingest" --collector-pid "$p1" --collector-pid "$p2" "$@"
 fi
 
 say "results"
-echo "| topology | agents | profiles/s | samples/s | trigger → stored p99 | trigger → incident p50 / p99 | triggers in no incident | collector RSS |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| topology | agents | profiles/s | samples/s | trigger → stored p99 | trigger → incident p50 / p99 | warm-up worst | triggers in no incident | collector RSS |"
+echo "|---|---|---|---|---|---|---|---|---|"
 for r in "${rows[@]}"; do echo "$r"; done

@@ -4,12 +4,20 @@
 //! `Hello`, a `MetricWindow` every second (CPU, memory, RSS, threads, tasks), and, every
 //! `--spike-every`, a CPU spike on every instance of a service at once: a `TriggerEvent`
 //! followed by its CPU profile (1000 samples of a realistic Rust service's stacks,
-//! `holmes_devtools::synthetic`). Each agent keeps at most `--in-flight` messages
-//! unacknowledged, like the agent's bounded spool.
+//! `holmes_devtools::synthetic`), in the agent's own form (`--format native`, the default)
+//! or as gzipped pprof. Each agent keeps at most `--in-flight` messages unacknowledged,
+//! like the agent's bounded spool.
+//!
+//! The profiles are encoded before the agents start (a pool of `--pool` captures of the
+//! fleet's builds, each sent under its own ids and times): a real agent captures on its
+//! own machine, so the simulated ones must not spend the measured machine's CPU at the
+//! moment of a spike. A trigger goes out the moment its spike is seen, before its
+//! profiles, as the agent sends it.
 //!
 //! It reports sustained throughput (profiles, samples, metric windows and trigger events
 //! acknowledged per second), trigger → stored latency (send → ack), trigger → incident
-//! latency (send → the event listed in an incident by the query API, polled), suspect-ready
+//! latency (send → the event listed in an incident by the query API, polled; triggers of
+//! the first `--warmup` apart, a fresh store's first stacks), suspect-ready
 //! latency (an incident's first trigger sent → its suspects stored, polled), the captures
 //! the incidents skipped by the fleet's capture budget and how many the agents were told
 //! to skip, and the collector processes' memory (`--collector-pid`, peak RSS). `--json`
@@ -26,7 +34,7 @@ use holmes_devtools::synthetic::{mix, ProfileFactory, SAMPLES_PER_PROFILE};
 use holmes_proto::pb::ingest_client::IngestClient;
 use holmes_proto::{
     pb, AgentBody, AgentMessage, CollectorMessage, Hello, Metric, MetricSeries, MetricWindow,
-    ProfileChunk, ProfileKind, Sample, TriggerEvent, TriggerReason,
+    ProfileChunk, ProfileFormat, ProfileKind, Sample, TriggerEvent, TriggerReason,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -62,9 +70,21 @@ struct Cli {
     /// Distinct stacks per service the profiles are drawn from.
     #[arg(long, default_value_t = 4000)]
     stacks: usize,
+    /// The form profiles are sent in: `native` (the agent's own) or `pprof` (gzipped).
+    #[arg(long, value_enum, default_value_t = Format::Native)]
+    format: Format,
+    /// Distinct captures encoded before the run, sent in turn (each with its own ids).
+    #[arg(long, default_value_t = 64)]
+    pool: usize,
     /// Unacknowledged messages an agent keeps in flight at most.
     #[arg(long, default_value_t = 64)]
     in_flight: usize,
+    /// Triggers sent in the first this-long (a fresh store: every stack written for the
+    /// first time, caches and the broker's consumer group cold) are timed apart: the
+    /// trigger → incident latencies reported are those after it, the warm-up's worst
+    /// is reported on its own.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    warmup: Duration,
     /// How long to wait after the agents stop for the last incidents.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
     grace: Duration,
@@ -80,6 +100,49 @@ struct Cli {
     /// Print the results as one JSON object.
     #[arg(long)]
     json: bool,
+}
+
+/// The form the simulated agents send their profiles in.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    /// `holmes.v1.NativeProfile`, as the agent sends it.
+    Native,
+    /// Gzipped pprof, as foreign clients and older agents send it.
+    Pprof,
+}
+
+/// Profiles encoded before the run, in the form the agents send.
+struct Pool {
+    profiles: Vec<Vec<u8>>,
+    format: ProfileFormat,
+}
+
+impl Pool {
+    /// `size` captures (at least one) spread over the fleet's builds.
+    fn new(factory: &ProfileFactory, size: usize, format: Format) -> Self {
+        let now = unix_nanos();
+        let profiles = (0..size.max(1))
+            .map(|i| {
+                let seed = mix(i as u64 + 1);
+                let capture = factory.capture(seed, now, i, mix(seed));
+                match format {
+                    Format::Native => capture.native.encode(),
+                    Format::Pprof => capture.pprof_gzip,
+                }
+            })
+            .collect();
+        let format = match format {
+            Format::Native => ProfileFormat::Native,
+            Format::Pprof => ProfileFormat::PprofGzip,
+        };
+        Pool { profiles, format }
+    }
+
+    /// The capture for `seed`.
+    fn pick(&self, seed: u64) -> &[u8] {
+        let i = (seed % self.profiles.len() as u64) as usize;
+        self.profiles.get(i).map_or(&[], Vec::as_slice)
+    }
 }
 
 fn unix_nanos() -> u64 {
@@ -170,7 +233,7 @@ struct Agent {
 async fn run_agent(
     cli: Arc<Cli>,
     agent: Agent,
-    factory: Arc<ProfileFactory>,
+    pool: Arc<Pool>,
     tally: Arc<Mutex<Tally>>,
     start: Instant,
     until: Instant,
@@ -230,7 +293,19 @@ async fn run_agent(
         if Instant::now() >= until {
             break;
         }
-        tick.tick().await;
+        // Acknowledgements as they come until the next second, so that each is timed
+        // when it arrives.
+        loop {
+            tokio::select! {
+                _ = tick.tick() => break,
+                next = inbound.message() => {
+                    let Some(raw) = next? else {
+                        bail!("the collector closed the stream")
+                    };
+                    answered(raw, &mut in_flight, &tally);
+                }
+            }
+        }
         second += 1;
         let now = unix_nanos();
         let spiking = second % spike_secs == 0;
@@ -266,9 +341,9 @@ async fn run_agent(
                 .insert(event_id.clone(), (agent.service.clone(), Instant::now()));
             for extra in 0..=cli.extra_profiles {
                 let profile_seed = mix(agent.seed ^ now ^ extra as u64);
-                let gzip = factory.cpu_profile(profile_seed, now);
+                let encoded = pool.pick(profile_seed);
                 let profile_id = format!("{:016x}{:016x}", mix(profile_seed), mix(!profile_seed));
-                let pieces: Vec<&[u8]> = gzip.chunks(holmes_proto::MAX_CHUNK_BYTES).collect();
+                let pieces: Vec<&[u8]> = encoded.chunks(holmes_proto::MAX_CHUNK_BYTES).collect();
                 for (index, piece) in pieces.iter().enumerate() {
                     let last = index + 1 == pieces.len();
                     out.push((
@@ -278,13 +353,13 @@ async fn run_agent(
                             kind: ProfileKind::Cpu,
                             chunk_index: index as u32,
                             chunk_count: pieces.len() as u32,
-                            total_bytes: gzip.len() as u64,
+                            total_bytes: encoded.len() as u64,
                             data: piece.to_vec(),
                             started_unix_nanos: now,
                             duration: Duration::from_secs(2),
                             error: None,
                             labels: [("phase".to_owned(), "trigger".to_owned())].into(),
-                            format: holmes_proto::ProfileFormat::PprofGzip,
+                            format: pool.format,
                         }),
                         if last { Sent::Profile } else { Sent::Chunk },
                     ));
@@ -363,6 +438,8 @@ fn settle(in_flight: &mut VecDeque<InFlight>, acked: u64, tally: &Mutex<Tally>) 
 struct Watched {
     /// Trigger sent → listed in an incident.
     to_incident: Vec<Duration>,
+    /// Trigger sent → listed in an incident, for triggers sent during the warm-up.
+    warmup_to_incident: Vec<Duration>,
     /// Triggers never listed.
     missing: usize,
     /// An incident's first trigger sent → its suspects stored.
@@ -383,6 +460,7 @@ async fn watch_incidents(
     tally: Arc<Mutex<Tally>>,
     since: String,
     sending_until: Instant,
+    warm_from: Instant,
 ) -> anyhow::Result<Watched> {
     let client = ApiClient::with_options(
         &cli.query,
@@ -392,7 +470,7 @@ async fn watch_incidents(
         },
     )?;
     let mut seen: HashSet<String> = HashSet::new();
-    let mut latencies = Vec::new();
+    let (mut latencies, mut warming) = (Vec::new(), Vec::new());
     // Incident id → when its first trigger was sent, until its suspects are stored.
     let mut awaiting: HashMap<String, Instant> = HashMap::new();
     let mut ready: HashSet<String> = HashSet::new();
@@ -417,7 +495,12 @@ async fn watch_incidents(
                         continue;
                     };
                     if !seen.contains(id) {
-                        latencies.push(now.saturating_duration_since(*at));
+                        let latency = now.saturating_duration_since(*at);
+                        if *at < warm_from {
+                            warming.push(latency);
+                        } else {
+                            latencies.push(latency);
+                        }
                         seen.insert(id.clone());
                     }
                     if !ready.contains(&incident.incident_id) {
@@ -450,6 +533,7 @@ async fn watch_incidents(
         if Instant::now() >= give_up || (Instant::now() >= sending_until && done) {
             return Ok(Watched {
                 to_incident: latencies,
+                warmup_to_incident: warming,
                 missing,
                 to_suspects,
                 without_suspects: awaiting.len(),
@@ -502,7 +586,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(cli: Arc<Cli>) -> anyhow::Result<()> {
-    let factory = Arc::new(ProfileFactory::new(cli.stacks));
+    let factory = ProfileFactory::new(cli.stacks);
+    let pool = Arc::new(Pool::new(&factory, cli.pool, cli.format));
+    drop(factory);
     let services: Vec<String> = (0..cli.services).map(|s| format!("svc-{s:02}")).collect();
     let tally = Arc::new(Mutex::new(Tally::default()));
     let since =
@@ -520,7 +606,7 @@ async fn run(cli: Arc<Cli>) -> anyhow::Result<()> {
             agents.spawn(run_agent(
                 Arc::clone(&cli),
                 agent,
-                Arc::clone(&factory),
+                Arc::clone(&pool),
                 Arc::clone(&tally),
                 start,
                 until,
@@ -533,6 +619,7 @@ async fn run(cli: Arc<Cli>) -> anyhow::Result<()> {
         Arc::clone(&tally),
         since,
         until,
+        start + cli.warmup,
     ));
     // Memory of the collector processes, sampled every second while agents run.
     let pids = cli.collector_pids.clone();
@@ -596,6 +683,7 @@ async fn run(cli: Arc<Cli>) -> anyhow::Result<()> {
             "trigger_stored_p99_ms": ms(percentile(&t.stored, 0.99)),
             "trigger_incident_p50_ms": ms(percentile(to_incident, 0.5)),
             "trigger_incident_p99_ms": ms(percentile(to_incident, 0.99)),
+            "warmup_trigger_incident_max_ms": ms(watched.warmup_to_incident.iter().max().copied().unwrap_or_default()),
             "triggers_without_incident": missing,
             "incidents": watched.incidents,
             "trigger_suspects_p50_ms": ms(percentile(&watched.to_suspects, 0.5)),
@@ -629,9 +717,11 @@ async fn run(cli: Arc<Cli>) -> anyhow::Result<()> {
             t.sent.len()
         );
         println!(
-            "trigger -> incident (listed by the query API): p50 {:.0} ms, p99 {:.0} ms; {} triggers in no incident",
+            "trigger -> incident (listed by the query API): p50 {:.0} ms, p99 {:.0} ms after the {:?} warm-up (its worst {:.0} ms); {} triggers in no incident",
             ms(percentile(to_incident, 0.5)),
             ms(percentile(to_incident, 0.99)),
+            cli.warmup,
+            ms(watched.warmup_to_incident.iter().max().copied().unwrap_or_default()),
             missing
         );
         println!(
