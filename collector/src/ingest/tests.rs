@@ -45,6 +45,17 @@ impl Sink for HeldSink {
 }
 
 impl HeldSink {
+    /// A sink holding events of kind `held`, and what releases them.
+    fn holding(held: &'static str) -> (Arc<HeldSink>, watch::Sender<bool>) {
+        let (release, released) = watch::channel(false);
+        let sink = HeldSink {
+            log: Mutex::default(),
+            held,
+            release: released,
+        };
+        (Arc::new(sink), release)
+    }
+
     fn push(&self, entry: String) {
         self.log.lock().unwrap().push(entry);
     }
@@ -183,15 +194,19 @@ async fn next_ack(inbound: &mut Streaming<pb::CollectorMessage>, within: Duratio
     }
 }
 
+/// Waits for the acknowledgement of everything up to `seq`.
+async fn acked_through(inbound: &mut Streaming<pb::CollectorMessage>, seq: u64) {
+    let mut last = 0;
+    while last < seq {
+        last = next_ack(inbound, WAIT).await.expect("no ack once stored");
+    }
+    assert_eq!(last, seq, "acknowledged past what was sent");
+}
+
 #[tokio::test]
 async fn a_trigger_and_a_window_are_stored_while_the_profile_before_them_is_not_and_acks_wait_for_it(
 ) {
-    let (release, released) = watch::channel(false);
-    let sink = Arc::new(HeldSink {
-        log: Mutex::default(),
-        held: "profile",
-        release: released,
-    });
+    let (sink, release) = HeldSink::holding("profile");
     let mut agent = connect(Arc::clone(&sink)).await;
     let (tx, inbound) = (&agent.tx, &mut agent.inbound);
     send(tx, 1, profile(&"e0".repeat(16))).await;
@@ -202,21 +217,12 @@ async fn a_trigger_and_a_window_are_stored_while_the_profile_before_them_is_not_
     // Nothing is acknowledged past a message that is not durable.
     assert_eq!(next_ack(inbound, Duration::from_millis(300)).await, None);
     release.send(true).unwrap();
-    let mut last = 0;
-    while last < 3 {
-        last = next_ack(inbound, WAIT).await.expect("no ack once stored");
-    }
-    assert_eq!(last, 3);
+    acked_through(inbound, 3).await;
 }
 
 #[tokio::test]
 async fn a_profile_is_handed_on_once_the_trigger_before_it_is_durable() {
-    let (release, released) = watch::channel(false);
-    let sink = Arc::new(HeldSink {
-        log: Mutex::default(),
-        held: "trigger",
-        release: released,
-    });
+    let (sink, release) = HeldSink::holding("trigger");
     let mut agent = connect(Arc::clone(&sink)).await;
     let (tx, inbound) = (&agent.tx, &mut agent.inbound);
     send(tx, 1, trigger(&"e1".repeat(16))).await;
@@ -233,9 +239,5 @@ async fn a_profile_is_handed_on_once_the_trigger_before_it_is_durable() {
         at("trigger stored") < at("profile started"),
         "the profile was handed on before its trigger was stored: {log:?}"
     );
-    let mut last = 0;
-    while last < 3 {
-        last = next_ack(inbound, WAIT).await.expect("no ack once stored");
-    }
-    assert_eq!(last, 3);
+    acked_through(inbound, 3).await;
 }
