@@ -595,8 +595,8 @@ impl Session {
     /// Hands one event to the sink, to be acknowledged once durable (see
     /// [`Session::delivered`]); waits first while [`MAX_DELIVERIES`] are in progress.
     async fn deliver(&mut self, seq: u64, body: PipelineBody) -> Result<(), Status> {
-        // One profile of a stream at a time, as memory is bounded by (each is decoded
-        // whole); its metric windows and triggers pass it.
+        // One profile of a stream at a time (each is decoded whole, so this keeps memory
+        // bounded as before); its metric windows and triggers pass it.
         let profile = matches!(body, PipelineBody::Profile(_));
         while self.deliveries.len() >= MAX_DELIVERIES
             || (profile && self.deliveries.iter().any(|d| d.profile))
@@ -605,17 +605,13 @@ impl Session {
             self.delivered(seq, result).await?;
         }
         // Triggers keep their order, and a profile waits for the triggers before it.
-        let after = match body {
-            PipelineBody::Metrics(_) => None,
-            PipelineBody::Trigger(_) | PipelineBody::Profile(_) => self.last_trigger.clone(),
-        };
-        let done = match body {
+        let (after, done) = match body {
+            PipelineBody::Metrics(_) => (None, None),
+            PipelineBody::Profile(_) => (self.last_trigger.clone(), None),
             PipelineBody::Trigger(_) => {
                 let (done, waiting) = watch::channel(false);
-                self.last_trigger = Some(waiting);
-                Some(done)
+                (self.last_trigger.replace(waiting), Some(done))
             }
-            _ => None,
         };
         let event = PipelineEvent {
             service: self.hello.service.clone(),
