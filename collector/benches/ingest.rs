@@ -50,11 +50,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use holmes_cli::api_client::ApiClient;
 use holmes_collector::config::{Config, StoreKind};
-use holmes_collector::process::normalize::{normalize, Limits};
+use holmes_collector::process::normalize::{normalize, Limits, StreamTables};
 use holmes_collector::Server;
 use holmes_devtools::synthetic::{
     build_of, mix, process_of, ProfileFactory, FLEET, SAMPLES_PER_PROFILE, ZIPF_S,
 };
+use holmes_proto::native::stream::{StreamEncoder, STREAM_HEADER};
+use holmes_proto::native::NativeProfile;
 use holmes_proto::pb::ingest_client::IngestClient;
 use holmes_proto::{
     pb, AgentBody, AgentMessage, CollectorMessage, Hello, ProfileChunk, ProfileFormat, ProfileKind,
@@ -275,14 +277,22 @@ fn hello(instance: usize) -> Hello {
 /// Which form the agents send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Input {
+    /// The agent's own form, each profile self-contained (agents before the stream
+    /// form, and what an agent sends a collector that does not read it).
     Native,
+    /// The agent's stream form: each stack once per stream, as the agent sends it.
+    Stream,
+    /// gzipped pprof.
     Pprof,
 }
 
 impl Input {
+    const ALL: [Input; 3] = [Input::Stream, Input::Native, Input::Pprof];
+
     fn name(self) -> &'static str {
         match self {
             Input::Native => "native",
+            Input::Stream => "stream",
             Input::Pprof => "pprof",
         }
     }
@@ -308,19 +318,35 @@ async fn run_agent(
         body: AgentBody::Hello(hello(instance)),
     };
     tx.send(pb::AgentMessage::from(&first)).await.unwrap();
-    let mut inbound = IngestClient::new(channel)
+    let response = IngestClient::new(channel)
         .max_decoding_message_size(64 << 20)
         .connect(tonic::Request::new(ReceiverStream::new(rx)))
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
+    // As the agent does: the stream form only to a collector that reads it.
+    let mut tables = (input == Input::Stream).then(|| {
+        assert!(
+            response.metadata().contains_key(STREAM_HEADER),
+            "the collector reads the stream form"
+        );
+        StreamEncoder::new()
+    });
+    let mut inbound = response.into_inner();
     let mut seq = 0u64;
     let mut latencies = Vec::with_capacity(indices.len());
     for i in indices {
         let p = &profiles[i];
-        let (bytes, format) = match input {
-            Input::Native => (&p.native, ProfileFormat::Native),
-            Input::Pprof => (&p.pprof, ProfileFormat::PprofGzip),
+        let encoded;
+        let (bytes, format) = match (input, &mut tables) {
+            (Input::Stream, Some(tables)) => {
+                // The agent's sender turns its queued profile into the stream form as
+                // it goes out.
+                let native = NativeProfile::decode(&p.native).expect("a generated profile");
+                encoded = tables.encode(&native);
+                (&encoded, ProfileFormat::NativeStream)
+            }
+            (Input::Pprof, _) => (&p.pprof, ProfileFormat::PprofGzip),
+            _ => (&p.native, ProfileFormat::Native),
         };
         let pieces: Vec<&[u8]> = bytes.chunks(holmes_proto::MAX_CHUNK_BYTES).collect();
         for (index, piece) in pieces.iter().enumerate() {
@@ -483,7 +509,7 @@ fn run(
     // The service's flame graph over the day, every instance merged.
     let mut flamegraph = Vec::new();
     let mut flamegraph_size = 0;
-    if input == Input::Native {
+    if input != Input::Pprof {
         let api = ApiClient::new(&format!("http://{}", server.http_addr())).unwrap();
         let since = holmes_collector::clock::rfc3339(first.saturating_sub(60_000_000_000));
         for _ in 0..params.flamegraphs {
@@ -742,18 +768,48 @@ fn report(params: &Params, raw_total: u64, decode: &[(Input, f64)], runs: &[RunR
 }
 
 /// CPU seconds per profile of decoding alone (on this thread), for each input.
-fn decode_alone(profiles: &[GenProfile]) -> Vec<(Input, f64)> {
-    let sample = &profiles[..profiles.len().min(300)];
+fn decode_alone(profiles: &[GenProfile], agents: usize) -> Vec<(Input, f64)> {
+    // Every profile: the stream form defines less and less as its streams go on.
+    let sample = profiles;
     let mut out = Vec::new();
-    for input in [Input::Native, Input::Pprof] {
+    for input in Input::ALL {
+        // The stream form as the bench's agents send it: each agent's share in order,
+        // on its own stream (encoded before the clock starts).
+        let mut streams: Vec<(StreamEncoder, StreamTables)> = (0..agents)
+            .map(|_| (StreamEncoder::new(), StreamTables::new()))
+            .collect();
+        let mut distinct = 0;
+        let sent: Vec<Vec<u8>> = match input {
+            Input::Stream => sample
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    let native = NativeProfile::decode(&p.native).expect("a generated profile");
+                    distinct += native.stacks.len();
+                    streams[i % agents].0.encode(&native)
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        if input == Input::Stream {
+            let defined: usize = streams.iter().map(|(e, _)| e.stacks()).sum();
+            let n = sent.len() as f64;
+            println!(
+                "  stream form ({} profiles on {agents} streams): {} per profile on the wire; of a profile's {:.0} stacks, {:.0} new to its stream",
+                sent.len(),
+                kib(sent.iter().map(Vec::len).sum::<usize>() as f64 / n),
+                distinct as f64 / n,
+                defined as f64 / n
+            );
+        }
         let cpu0 = rusage_secs(libc::RUSAGE_THREAD);
-        for p in sample {
-            let (bytes, format) = match input {
-                Input::Native => (&p.native, ProfileFormat::Native),
-                Input::Pprof => (&p.pprof, ProfileFormat::PprofGzip),
-            };
-            let c =
-                normalize(format, bytes, Limits::default()).expect("a generated profile decodes");
+        for (i, p) in sample.iter().enumerate() {
+            let c = match input {
+                Input::Native => normalize(ProfileFormat::Native, &p.native, Limits::default()),
+                Input::Pprof => normalize(ProfileFormat::PprofGzip, &p.pprof, Limits::default()),
+                Input::Stream => streams[i % agents].1.decode(&sent[i], Limits::default()),
+            }
+            .expect("a generated profile decodes");
             assert_eq!(c.samples.len(), SAMPLES_PER_PROFILE);
         }
         let cpu = rusage_secs(libc::RUSAGE_THREAD) - cpu0;
@@ -786,7 +842,7 @@ fn main() {
         kib(raw_total as f64 / profiles.len() as f64),
         kib(native_total as f64 / profiles.len() as f64),
     );
-    let decode = decode_alone(&profiles);
+    let decode = decode_alone(&profiles, params.agents);
 
     let collector_rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -835,9 +891,9 @@ fn main() {
         if !selected {
             continue;
         }
-        for input in [Input::Native, Input::Pprof] {
-            // What synchronous = FULL costs is measured on native input only.
-            if *key == "sqlite-normal" && input == Input::Pprof {
+        for input in Input::ALL {
+            // What synchronous = FULL costs is measured on the stream form only.
+            if *key == "sqlite-normal" && input != Input::Stream {
                 continue;
             }
             if !wanted(&inputs, input.name()) {
@@ -861,7 +917,7 @@ fn main() {
         let agent_row = Target::Sqlite(Synchronous::Full).name();
         let agent = runs
             .iter()
-            .find(|r| r.target == agent_row && r.input == Input::Native)
+            .find(|r| r.target == agent_row && r.input == Input::Stream)
             .map(|r| {
                 let mut sorted = r.latencies.clone();
                 sorted.sort();

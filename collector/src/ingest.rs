@@ -20,6 +20,13 @@
 //! profile is handed on once every trigger before it is durable (a trigger's incident
 //! decides which of its profiles are stored). Acknowledgements still follow the
 //! sequence numbers.
+//!
+//! Agents that can send their profiles in the stream form (each stack defined once per
+//! stream, `holmes_proto::native::stream`) do so once `connect` answers with the
+//! [`STREAM_HEADER`] metadata, which this service always sets. A stream's tables are
+//! read here, in sequence order, as each of its profiles completes
+//! ([`crate::process::normalize::StreamTables`]); the profile travels on decoded (to the
+//! [`Sink::deliver_decoded`]), as the agent's self-contained form where it must be bytes.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -29,9 +36,10 @@ use std::time::{Duration, Instant};
 use holmes_proto::names::{
     validate_labels, validate_name, validate_text, MAX_HOST_LEN, MAX_VERSION_LEN,
 };
+use holmes_proto::native::stream::STREAM_HEADER;
 use holmes_proto::pb::ingest_server::Ingest;
-use holmes_proto::{pb, AgentBody, AgentMessage, CollectorMessage, Hello};
-use holmes_storage::{InstanceInfo, Store};
+use holmes_proto::{pb, AgentBody, AgentMessage, CollectorMessage, Hello, ProfileFormat};
+use holmes_storage::{InstanceInfo, ProfileContents, Store};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
@@ -42,7 +50,8 @@ use crate::clock::unix_nanos_now;
 use crate::control::agent::AgentControl;
 use crate::control::Control;
 use crate::error::store_status;
-use crate::process::{PipelineBody, PipelineEvent, Sink, SinkError};
+use crate::process::normalize::{self, StreamTables};
+use crate::process::{PipelineBody, PipelineEvent, PipelineProfile, Sink, SinkError};
 
 pub mod alertmanager;
 pub mod assemble;
@@ -77,6 +86,7 @@ pub struct IngestService {
     uploads: Option<Arc<debuginfo::Uploads>>,
     slots: Arc<limits::StreamSlots>,
     limits: limits::LimitsConfig,
+    profile_limits: normalize::Limits,
 }
 
 impl IngestService {
@@ -101,7 +111,15 @@ impl IngestService {
             uploads: None,
             slots: limits::StreamSlots::new(&limits::LimitsConfig::default()),
             limits: limits::LimitsConfig::default(),
+            profile_limits: normalize::Limits::default(),
         }
+    }
+
+    /// Holds profiles in the stream form to `limits` (as the processor holds the
+    /// others) instead of the defaults.
+    pub fn with_profile_limits(mut self, limits: normalize::Limits) -> Self {
+        self.profile_limits = limits;
+        self
     }
 
     /// Asks agents that offer it for their executable's debug info when the store lacks
@@ -306,6 +324,8 @@ impl Ingest for IngestService {
             deliveries: VecDeque::new(),
             last_trigger: None,
             profiles: Assembler::new(self.max_profile_bytes),
+            tables: None,
+            profile_limits: self.profile_limits,
             profile_idle_timeout: self.limits.profile_idle_timeout,
             last_touch: Instant::now(),
         };
@@ -325,7 +345,13 @@ impl Ingest for IngestService {
             live.remove(&service, stream);
             drop(slot);
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let mut response = Response::new(Box::pin(ReceiverStream::new(rx)) as OutStream);
+        // This collector reads the agent's stream form.
+        response.metadata_mut().insert(
+            STREAM_HEADER,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+        Ok(response)
     }
 }
 
@@ -397,6 +423,9 @@ struct Session {
     last_trigger: Option<watch::Receiver<bool>>,
     /// Profiles whose chunks are still coming.
     profiles: Assembler,
+    /// The stream's tables, once it sent a profile in the stream form.
+    tables: Option<Box<StreamTables>>,
+    profile_limits: normalize::Limits,
     /// How long an unfinished profile waits for its next chunk.
     profile_idle_timeout: Duration,
     last_touch: Instant,
@@ -541,7 +570,8 @@ impl Session {
                         "metric window without a sequence number",
                     ));
                 }
-                self.deliver(msg.seq, PipelineBody::Metrics(window)).await?;
+                self.deliver(msg.seq, PipelineBody::Metrics(window), None)
+                    .await?;
                 self.touch_if_due().await
             }
             AgentBody::Trigger(trigger) => {
@@ -550,7 +580,7 @@ impl Session {
                         "trigger event without a sequence number",
                     ));
                 }
-                self.deliver(msg.seq, PipelineBody::Trigger(trigger))
+                self.deliver(msg.seq, PipelineBody::Trigger(trigger), None)
                     .await?;
                 self.touch_if_due().await
             }
@@ -565,15 +595,63 @@ impl Session {
                     crate::metrics::metrics()
                         .profile_refused(crate::metrics::Source::Agent, "bad_chunks");
                 })?;
-                if let Step::Complete(profile) = step {
+                if let Step::Complete(mut profile) = step {
                     if profile.error.is_none() {
                         crate::metrics::metrics()
                             .profile_ingested(crate::metrics::Source::Agent, profile.kind);
                     }
-                    self.deliver(msg.seq, PipelineBody::Profile(profile))
+                    let decoded = if profile.format == ProfileFormat::NativeStream {
+                        self.read_stream_form(&mut profile).await?
+                    } else {
+                        None
+                    };
+                    self.deliver(msg.seq, PipelineBody::Profile(profile), decoded)
                         .await?;
                 }
                 self.touch_if_due().await
+            }
+        }
+    }
+
+    /// Reads a profile in the stream form with the stream's tables: its contents, or
+    /// `None` with the profile marked refused.
+    async fn read_stream_form(
+        &mut self,
+        profile: &mut PipelineProfile,
+    ) -> Result<Option<ProfileContents>, Status> {
+        // Stored as what it is once read: the agent's own form.
+        profile.format = ProfileFormat::Native;
+        if profile.error.is_some() {
+            return Ok(None);
+        }
+        let mut tables = self.tables.take().unwrap_or_default();
+        let data = std::mem::take(&mut profile.data);
+        let limits = self.profile_limits;
+        // CPU work (more for a profile of many new stacks): on the blocking pool, the
+        // tables going along and coming back.
+        let (tables, data, result) = tokio::task::spawn_blocking(move || {
+            let result = tables.decode(&data, limits);
+            (tables, data, result)
+        })
+        .await
+        .map_err(|e| {
+            Status::internal(format!(
+                "reading profile {} failed: {e}; its stream's tables are lost, reconnect",
+                profile.profile_id
+            ))
+        })?;
+        self.tables = Some(tables);
+        profile.data = data;
+        match result {
+            Ok(contents) => Ok(Some(contents)),
+            Err(err) => {
+                crate::metrics::metrics().profile_refused(
+                    crate::metrics::Source::Agent,
+                    crate::metrics::normalize_reason(&err),
+                );
+                tracing::warn!(service = %self.hello.service, instance = %self.hello.instance_id, profile_id = %profile.profile_id, event_id = %profile.event_id, kind = profile.kind.as_str(), bytes = profile.data.len(), error = %err, "profile refused");
+                profile.error = Some(format!("refused by the collector: {err}"));
+                Ok(None)
             }
         }
     }
@@ -594,7 +672,12 @@ impl Session {
 
     /// Hands one event to the sink, to be acknowledged once durable (see
     /// [`Session::delivered`]); waits first while [`MAX_DELIVERIES`] are in progress.
-    async fn deliver(&mut self, seq: u64, body: PipelineBody) -> Result<(), Status> {
+    async fn deliver(
+        &mut self,
+        seq: u64,
+        body: PipelineBody,
+        decoded: Option<ProfileContents>,
+    ) -> Result<(), Status> {
         // One profile of a stream at a time (each is decoded whole, so this keeps memory
         // bounded as before); its metric windows and triggers pass it.
         let profile = matches!(body, PipelineBody::Profile(_));
@@ -629,7 +712,11 @@ impl Session {
                 }
             }
             let (service, instance) = (event.service.clone(), event.instance_id.clone());
-            let result = sink.deliver(event).await.map_err(|err| match err {
+            let delivered = match decoded {
+                Some(contents) => sink.deliver_decoded(event, contents).await,
+                None => sink.deliver(event).await,
+            };
+            let result = delivered.map_err(|err| match err {
                 SinkError::Store(err) => store_status(&err),
                 SinkError::Broker(why) => {
                     tracing::warn!(%service, %instance, seq, error = %why, "event not acknowledged by the broker; the agent keeps it");

@@ -63,6 +63,22 @@ pub enum SinkError {
 pub trait Sink: Send + Sync {
     /// Makes `event` durable, or says why it is not.
     async fn deliver(&self, event: PipelineEvent) -> Result<(), SinkError>;
+
+    /// Makes `event`, a profile already decoded into `contents` (the agent's stream
+    /// form, which only its stream can read), durable. By default its contents are
+    /// encoded self-contained, in the agent's own form, and handed to
+    /// [`Sink::deliver`].
+    async fn deliver_decoded(
+        &self,
+        mut event: PipelineEvent,
+        contents: ProfileContents,
+    ) -> Result<(), SinkError> {
+        if let PipelineBody::Profile(p) = &mut event.body {
+            p.data = normalize::native_bytes(&contents);
+            p.format = holmes_proto::ProfileFormat::Native;
+        }
+        self.deliver(event).await
+    }
 }
 
 /// The single-node sink: processes each event in place.
@@ -73,6 +89,17 @@ pub struct LocalSink(pub Arc<Processor>);
 impl Sink for LocalSink {
     async fn deliver(&self, event: PipelineEvent) -> Result<(), SinkError> {
         self.0.process(event).await.map_err(SinkError::Store)
+    }
+
+    async fn deliver_decoded(
+        &self,
+        event: PipelineEvent,
+        contents: ProfileContents,
+    ) -> Result<(), SinkError> {
+        self.0
+            .process_decoded(event, Some(contents))
+            .await
+            .map_err(SinkError::Store)
     }
 }
 
@@ -199,7 +226,17 @@ impl Processor {
     /// Processes one event: stores it (retrying for [`STORE_RETRY_FOR`]) and, for a
     /// trigger, correlates it once stored. Doing it twice stores nothing new.
     pub async fn process(&self, event: PipelineEvent) -> Result<(), StoreError> {
-        if let Some(trigger) = self.store(event).await? {
+        self.process_decoded(event, None).await
+    }
+
+    /// [`Processor::process`] for an event whose profile is already decoded into
+    /// `decoded`.
+    pub async fn process_decoded(
+        &self,
+        event: PipelineEvent,
+        decoded: Option<ProfileContents>,
+    ) -> Result<(), StoreError> {
+        if let Some(trigger) = self.store_decoded(event, decoded).await? {
             self.observe(&trigger).await;
         }
         Ok(())
@@ -229,6 +266,16 @@ impl Processor {
     /// be observed in their order, and before the profiles of their events are stored
     /// (their incident's capture budget decides which are).
     pub async fn store(&self, event: PipelineEvent) -> Result<Option<StoredTrigger>, StoreError> {
+        self.store_decoded(event, None).await
+    }
+
+    /// [`Processor::store`] for an event whose profile is already decoded into
+    /// `decoded` (its bytes are then not read).
+    pub async fn store_decoded(
+        &self,
+        event: PipelineEvent,
+        decoded: Option<ProfileContents>,
+    ) -> Result<Option<StoredTrigger>, StoreError> {
         let PipelineEvent {
             service,
             instance_id,
@@ -281,7 +328,9 @@ impl Processor {
                 Ok(None)
             }
             PipelineBody::Profile(profile) => {
-                let mut record = self.profile_record(service, instance_id, profile).await;
+                let mut record = self
+                    .profile_record(service, instance_id, profile, decoded)
+                    .await;
                 skew.profile(&mut record);
                 if let (Some(symbolizer), Some(contents)) = (&self.symbolizer, &record.contents) {
                     symbolizer.name_profile(contents).await;
@@ -317,6 +366,7 @@ impl Processor {
         service: String,
         instance_id: String,
         p: PipelineProfile,
+        decoded: Option<ProfileContents>,
     ) -> ProfileRecord {
         let mut record = ProfileRecord {
             profile_id: p.profile_id,
@@ -333,7 +383,18 @@ impl Processor {
             contents: None,
             original: None,
         };
-        if record.error.is_some() || p.data.is_empty() {
+        if record.error.is_some() {
+            return record;
+        }
+        if let Some(contents) = decoded {
+            if self.settings.keep_originals {
+                // What the agent sent only its stream could read: keep its own form.
+                record.original = Some(normalize::native_bytes(&contents));
+            }
+            record.contents = Some(contents);
+            return record;
+        }
+        if p.data.is_empty() {
             return record;
         }
         let (format, limits) = (p.format, self.settings.limits);

@@ -251,6 +251,9 @@ pub enum ProfileFormat {
     PprofGzip,
     /// A [`crate::native::NativeProfile`] (protobuf, not compressed).
     Native,
+    /// A [`crate::native::NativeProfile`] whose tables extend its stream's
+    /// ([`crate::native::stream`]); decoded by the stream's reader, never stored as such.
+    NativeStream,
 }
 
 impl ProfileFormat {
@@ -259,6 +262,7 @@ impl ProfileFormat {
         match self {
             ProfileFormat::PprofGzip => "pprof",
             ProfileFormat::Native => "native",
+            ProfileFormat::NativeStream => "native-stream",
         }
     }
 }

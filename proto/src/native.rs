@@ -8,6 +8,8 @@
 //! symbolic (task dumps, frames the agent named itself). The collector names native
 //! locations from the module's debug info.
 
+pub mod stream;
+
 use crate::model::Module;
 use crate::transform::DecodeError;
 

@@ -156,6 +156,7 @@ pub(crate) fn contents(
         stacks: b.stacks,
         label_sets: stored.label_sets,
         samples,
+        table_keys: None,
     })
 }
 
@@ -244,6 +245,7 @@ impl Merger {
             stacks: b.stacks,
             label_sets: vec![Vec::new()],
             samples,
+            table_keys: None,
         })
     }
 }

@@ -91,6 +91,29 @@ pub struct ProfileSample {
     pub labels: u32,
 }
 
+/// Keys a writer gives a profile's stacks and locations, so that a store recognizes the
+/// ones it numbered before without hashing them: the agent's stream form defines each
+/// stack and location once per stream, and its numbers for them are such keys.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TableKeys {
+    /// Where the keys hold: within a scope, for as long as the process lives, one stack
+    /// key names one stack (the same locations) and one location key one location. Take
+    /// a new one with [`TableKeys::new_scope`].
+    pub scope: u64,
+    /// One key per stack of the contents, in [`ProfileContents::stacks`] order.
+    pub stacks: Vec<u32>,
+    /// One key per location of the contents, in [`ProfileContents::locations`] order.
+    pub locations: Vec<u32>,
+}
+
+impl TableKeys {
+    /// A scope no other caller in this process has.
+    pub fn new_scope() -> u64 {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// A profile's contents, normalized: each location and stack once, samples referring to
 /// them, and each distinct set of labels once.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -110,6 +133,9 @@ pub struct ProfileContents {
     pub label_sets: Vec<Vec<ProfileLabel>>,
     /// The samples, in the profile's order; two samples of one stack stay two.
     pub samples: Vec<ProfileSample>,
+    /// Writing only: the keys of `stacks` and `locations` in their writer's scope, if it
+    /// has them (see [`TableKeys`]); reads give `None`.
+    pub table_keys: Option<TableKeys>,
 }
 
 impl ProfileContents {

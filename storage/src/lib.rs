@@ -15,7 +15,7 @@ mod stored_names;
 pub mod testsuite;
 
 pub use contents::{
-    Mapping, ProfileContents, ProfileHeader, ProfileLabel, ProfileSample, ValueType,
+    Mapping, ProfileContents, ProfileHeader, ProfileLabel, ProfileSample, TableKeys, ValueType,
 };
 pub use control::*;
 pub use debuginfo::{DebugInfoChunkRecord, DebugInfoSource, DebugInfoStatus};

@@ -16,6 +16,13 @@
 //! given. A number is remembered as written only once its row is durable; until then
 //! every profile that uses it writes the row again (duplicates fold).
 //!
+//! A writer may also name a profile's stacks and locations by key ([`TableKeys`]: the
+//! ingest stream's own numbers, the same key always the same stack or location in its
+//! scope). The memory then keeps, per scope, each stack key's number and day and each
+//! location key's ordinal: a stack it knows by key and finds durable on the profile's
+//! day is numbered from that alone, its locations not even looked at, and the locations
+//! of the other stacks are found by key before they are hashed.
+//!
 //! Rows carry a day, and retention drops the days before its cutoff: a profile of day
 //! `d` writes again each of its stacks and locations not yet written on day `d` or later
 //! (once per day of use), so that whatever a kept profile refers to is kept with it, and
@@ -27,7 +34,7 @@ use std::sync::Mutex;
 use foldhash::quality::RandomState;
 use holmes_proto::Module;
 
-use crate::contents::ProfileContents;
+use crate::contents::{ProfileContents, TableKeys};
 use crate::location::{Location, LocationId, StackFrame, StackId};
 use crate::StoreError;
 
@@ -35,6 +42,8 @@ use crate::StoreError;
 pub const MAX_KNOWN_LOCATIONS: usize = 1 << 19;
 /// Stacks remembered (all services together); past this many they start over.
 pub const MAX_KNOWN_STACKS: usize = 1 << 19;
+/// Stacks remembered by key (all scopes together); past this many the scopes start over.
+pub(crate) const MAX_SCOPED_STACKS: usize = 1 << 20;
 
 /// A remembered location.
 struct KnownLocation {
@@ -50,6 +59,14 @@ struct KnownStack {
     num: u64,
     /// Latest day its row is known to be durable on (0: none known).
     day: u32,
+}
+
+/// The stacks and locations of one scope of [`TableKeys`], by key.
+struct Scope {
+    service: String,
+    stacks: Vec<Option<KnownStack>>,
+    /// Each location key's ordinal plus one (0: not known).
+    locations: Vec<u32>,
 }
 
 #[derive(Default)]
@@ -74,6 +91,10 @@ struct Inner {
     locations: Vec<KnownLocation>,
     stacks: HashMap<String, ServiceStacks>,
     stack_count: usize,
+    /// Stacks by scope and key.
+    scopes: HashMap<u64, Scope, RandomState>,
+    /// Keys `scopes` has room for, all together.
+    scoped_count: usize,
 }
 
 impl Inner {
@@ -86,7 +107,113 @@ impl Inner {
             s.known.clear();
         }
         self.stack_count = 0;
+        self.forget_scopes();
         self.generation += 1;
+    }
+
+    fn forget_scopes(&mut self) {
+        self.scopes.clear();
+        self.scoped_count = 0;
+    }
+
+    /// Which stacks of `c`, a profile of `day`, are known by key and durable on `day` or
+    /// later (their number), and which locations the others use (all of them when none
+    /// is known by key).
+    fn plan(&self, service: &str, day: u32, c: &ProfileContents) -> Plan {
+        let Some((keys, scope)) = self.scope_of(service, c) else {
+            return Plan {
+                by_key: vec![None; c.stacks.len()],
+                needed: vec![true; c.locations.len()],
+            };
+        };
+        let mut needed = vec![false; c.locations.len()];
+        let by_key = c
+            .stacks
+            .iter()
+            .zip(&keys.stacks)
+            .map(|(stack, &key)| {
+                let known = scope
+                    .stacks
+                    .get(key as usize)
+                    .copied()
+                    .flatten()
+                    .filter(|k| k.day >= day);
+                if known.is_none() {
+                    for &l in stack {
+                        if let Some(n) = needed.get_mut(l as usize) {
+                            *n = true;
+                        }
+                    }
+                }
+                known
+            })
+            .collect();
+        Plan { by_key, needed }
+    }
+
+    /// The scope of `c`'s keys, when it has keys for every stack and location and the
+    /// scope is `service`'s.
+    fn scope_of<'a>(
+        &'a self,
+        service: &str,
+        c: &'a ProfileContents,
+    ) -> Option<(&'a TableKeys, &'a Scope)> {
+        let keys = c.table_keys.as_ref()?;
+        let scope = self.scopes.get(&keys.scope)?;
+        (scope.service == service
+            && keys.stacks.len() == c.stacks.len()
+            && keys.locations.len() == c.locations.len())
+        .then_some((keys, scope))
+    }
+
+    /// The ordinal of location `i` of `c`, known by its key.
+    fn keyed_ordinal(&self, service: &str, c: &ProfileContents, i: usize) -> Option<u32> {
+        let (keys, scope) = self.scope_of(service, c)?;
+        let key = *keys.locations.get(i)? as usize;
+        scope.locations.get(key)?.checked_sub(1)
+    }
+
+    /// The scope `keys` names for `service`, made if new; `None` if it is another
+    /// service's.
+    fn scope_mut(&mut self, service: &str, keys: &TableKeys) -> Option<&mut Scope> {
+        let scope = self.scopes.entry(keys.scope).or_insert_with(|| Scope {
+            service: service.to_owned(),
+            stacks: Vec::new(),
+            locations: Vec::new(),
+        });
+        (scope.service == service).then_some(scope)
+    }
+
+    /// Remembers what `c`'s keys name: stacks (`stacks`: key and what is known of it)
+    /// and locations (`locations`: key and ordinal).
+    fn remember_keys(
+        &mut self,
+        service: &str,
+        keys: &TableKeys,
+        stacks: &[(u32, KnownStack)],
+        locations: &[(u32, u32)],
+    ) {
+        let Some(scope) = self.scope_mut(service, keys) else {
+            return;
+        };
+        let mut grown = 0;
+        for &(key, known) in stacks {
+            let key = key as usize;
+            if key >= scope.stacks.len() {
+                grown += key + 1 - scope.stacks.len();
+                scope.stacks.resize(key + 1, None);
+            }
+            scope.stacks[key] = Some(known);
+        }
+        for &(key, ordinal) in locations {
+            let key = key as usize;
+            if key >= scope.locations.len() {
+                grown += key + 1 - scope.locations.len();
+                scope.locations.resize(key + 1, 0);
+            }
+            scope.locations[key] = ordinal + 1;
+        }
+        self.scoped_count += grown;
     }
 
     fn number(&self, counter: u32) -> u64 {
@@ -133,6 +260,15 @@ type LastModule<'a> = Option<(&'a Module, Option<u32>)>;
 /// A stack's key (its locations' ordinals) and what the memory knew of it.
 type KeyedStack = (Box<[u32]>, Option<KnownStack>);
 
+/// What a profile needs numbered (see [`Inner::plan`]).
+#[derive(Debug, Default)]
+struct Plan {
+    /// Each stack's number and day when known by key and durable on the profile's day.
+    by_key: Vec<Option<KnownStack>>,
+    /// Whether each location is used by a stack not known by key.
+    needed: Vec<bool>,
+}
+
 /// What the memory does not know of a profile: to be looked up in the store by id. It
 /// also keeps what the memory did know, so that [`Numbering::number`] does not hash the
 /// profile's locations and stacks a second time (unless the memory started over since).
@@ -149,6 +285,9 @@ pub(crate) struct Unknown {
     /// Each stack's key and what the memory knew of it, when all its locations were
     /// remembered.
     stack_keys: Vec<Option<KeyedStack>>,
+    /// What was known by key, for the day asked.
+    plan: Plan,
+    day: u32,
 }
 
 impl Unknown {
@@ -175,6 +314,8 @@ pub(crate) struct Numbered {
     generation: u64,
     location_ordinals: Vec<u32>,
     stack_keys: Vec<Box<[u32]>>,
+    /// The scope of the profile's stack keys, and the key of each of `new_stacks`.
+    scoped_new: Option<(u64, Vec<u32>)>,
 }
 
 /// The numbers of one writer (see the module docs).
@@ -202,6 +343,8 @@ impl Numbering {
                 locations: Vec::new(),
                 stacks: HashMap::new(),
                 stack_count: 0,
+                scopes: HashMap::default(),
+                scoped_count: 0,
             }),
         }
     }
@@ -215,19 +358,30 @@ impl Numbering {
         self.lock().epoch
     }
 
-    /// The ids of what `contents` uses that the memory does not know.
-    pub(crate) fn unknown(&self, service: &str, c: &ProfileContents) -> Unknown {
+    /// The ids of what `contents`, a profile of `day`, uses that the memory does not
+    /// know.
+    pub(crate) fn unknown(&self, service: &str, day: u32, c: &ProfileContents) -> Unknown {
         let inner = self.lock();
+        let day = day.max(1);
         let mut out = Unknown {
             generation: inner.generation,
             location_ordinals: Vec::with_capacity(c.locations.len()),
             stack_keys: Vec::with_capacity(c.stacks.len()),
+            plan: inner.plan(service, day, c),
+            day,
             ..Unknown::default()
         };
         let mut ids: Vec<LocationId> = Vec::with_capacity(c.locations.len());
         let mut last = None;
-        for l in &c.locations {
-            let ordinal = inner.ordinal(l, &mut last);
+        for (i, l) in c.locations.iter().enumerate() {
+            if !out.plan.needed[i] {
+                ids.push(LocationId([0; 16]));
+                out.location_ordinals.push(None);
+                continue;
+            }
+            let ordinal = inner
+                .keyed_ordinal(service, c, i)
+                .or_else(|| inner.ordinal(l, &mut last));
             let id = match ordinal {
                 Some(o) => inner.locations[o as usize].id,
                 None => {
@@ -240,7 +394,11 @@ impl Numbering {
             out.location_ordinals.push(ordinal);
         }
         let known = inner.stacks.get(service);
-        for stack in &c.stacks {
+        for (i, stack) in c.stacks.iter().enumerate() {
+            if out.plan.by_key[i].is_some() {
+                out.stack_keys.push(None);
+                continue;
+            }
             // Sized up front: collecting into `Option<Box<[u32]>>` grew it by reallocating.
             let mut ordinals = Vec::with_capacity(stack.len());
             for &l in stack {
@@ -285,25 +443,45 @@ impl Numbering {
         {
             inner.forget();
         }
+        if inner.scoped_count + c.stacks.len() > MAX_SCOPED_STACKS {
+            inner.forget_scopes();
+        }
+        let day = day.max(1);
         // What `unknown` found still holds unless the memory started over since
         // (ordinals are only ever added to, and numbers never change).
         let still = unknown.generation == inner.generation
+            && unknown.day == day
             && unknown.location_ordinals.len() == c.locations.len()
             && unknown.stack_keys.len() == c.stacks.len();
-        let day = day.max(1);
+        let plan = if still {
+            std::mem::take(&mut unknown.plan)
+        } else {
+            inner.plan(service, day, c)
+        };
         let mut out = Numbered {
             day,
             generation: inner.generation,
+            scoped_new: c.table_keys.as_ref().map(|k| (k.scope, Vec::new())),
             ..Numbered::default()
         };
         let mut last = None;
+        let mut keyed_locations = Vec::new();
         for (i, l) in c.locations.iter().enumerate() {
+            if !plan.needed[i] {
+                // Used only by stacks known by key: no row of it is written.
+                out.location_nums.push(0);
+                out.location_ordinals.push(u32::MAX);
+                continue;
+            }
             let remembered = if still {
                 unknown.location_ordinals[i]
             } else {
                 None
             };
-            let ordinal = match remembered.or_else(|| inner.ordinal(l, &mut last)) {
+            let ordinal = match remembered
+                .or_else(|| inner.keyed_ordinal(service, c, i))
+                .or_else(|| inner.ordinal(l, &mut last))
+            {
                 Some(o) => o,
                 None => {
                     let id = l.id();
@@ -324,6 +502,9 @@ impl Numbering {
                     o
                 }
             };
+            if let Some(k) = c.table_keys.as_ref().and_then(|k| k.locations.get(i)) {
+                keyed_locations.push((*k, ordinal));
+            }
             let known = &inner.locations[ordinal as usize];
             out.location_nums.push(known.num);
             if known.day < day {
@@ -332,6 +513,7 @@ impl Numbering {
             out.location_ordinals.push(ordinal);
         }
         let epoch = inner.epoch;
+        let mut by_key = Vec::new();
         let Inner {
             stacks,
             locations,
@@ -340,6 +522,11 @@ impl Numbering {
         } = &mut *inner;
         let service_stacks = stacks.entry(service.to_owned()).or_default();
         for (i, stack) in c.stacks.iter().enumerate() {
+            if let Some(known) = plan.by_key[i] {
+                out.stack_nums.push(known.num);
+                out.stack_keys.push(Box::default());
+                continue;
+            }
             let taken = if still {
                 unknown.stack_keys.get_mut(i).and_then(Option::take)
             } else {
@@ -375,11 +562,21 @@ impl Numbering {
                 }
             };
             out.stack_nums.push(known.num);
+            let stack_key = c.table_keys.as_ref().and_then(|k| k.stacks.get(i).copied());
             if known.day < day {
                 let id = StackId::of(key.iter().map(|&o| locations[o as usize].id));
                 out.new_stacks.push((i as u32, id));
+                if let (Some((_, keys)), Some(k)) = (&mut out.scoped_new, stack_key) {
+                    keys.push(k);
+                }
+            }
+            if let Some(k) = stack_key {
+                by_key.push((k, known));
             }
             out.stack_keys.push(key);
+        }
+        if let Some(keys) = &c.table_keys {
+            inner.remember_keys(service, keys, &by_key, &keyed_locations);
         }
         Ok(out)
     }
@@ -401,6 +598,15 @@ impl Numbering {
             for &(index, _) in &numbered.new_stacks {
                 if let Some(key) = numbered.stack_keys.get(index as usize) {
                     if let Some(k) = s.known.get_mut(key) {
+                        k.day = k.day.max(numbered.day);
+                    }
+                }
+            }
+        }
+        if let Some((scope, keys)) = &numbered.scoped_new {
+            if let Some(scope) = inner.scopes.get_mut(scope) {
+                for &key in keys {
+                    if let Some(Some(k)) = scope.stacks.get_mut(key as usize) {
                         k.day = k.day.max(numbered.day);
                     }
                 }
@@ -431,7 +637,7 @@ mod tests {
 
     /// Numbers `c` for `service` after asking what the memory does not know.
     fn remembered(n: &Numbering, service: &str, day: u32, c: &ProfileContents) -> Numbered {
-        let unknown = n.unknown(service, c);
+        let unknown = n.unknown(service, day, c);
         n.number(service, day, c, unknown, &HashMap::new(), &HashMap::new())
             .unwrap()
     }
@@ -458,7 +664,7 @@ mod tests {
     fn numbers_are_given_once_and_remembered_when_written() {
         let n = Numbering::new(7);
         let c = contents(&[0x10, 0x20]);
-        let unknown = n.unknown("checkout", &c);
+        let unknown = n.unknown("checkout", 10, &c);
         assert_eq!((unknown.locations.len(), unknown.stacks.len()), (3, 2));
         let first = fresh(&n, "checkout", 10, &c);
         assert_eq!(first.location_nums, vec![7 << 32, 7 << 32 | 1, 7 << 32 | 2]);
@@ -469,7 +675,7 @@ mod tests {
         assert_eq!(again.stack_nums, first.stack_nums);
         assert_eq!(again.new_stacks.len(), 2);
         n.written("checkout", &first);
-        assert!(n.unknown("checkout", &c).is_empty());
+        assert!(n.unknown("checkout", 10, &c).is_empty());
         let known = fresh(&n, "checkout", 10, &c);
         assert!(known.new_locations.is_empty() && known.new_stacks.is_empty());
         // A profile of an earlier day needs nothing more; one of a later day writes the
@@ -499,7 +705,7 @@ mod tests {
         assert_eq!(reused.stack_nums, fresh.stack_nums);
         assert_eq!(reused.location_nums[..2], first.location_nums[..2]);
         // The memory starts over between the two calls: nothing stale is used.
-        let unknown = n.unknown("checkout", &c2);
+        let unknown = n.unknown("checkout", 10, &c2);
         n.lock().forget();
         let after = n
             .number(
@@ -519,10 +725,86 @@ mod tests {
     }
 
     #[test]
+    fn stacks_known_by_key_are_numbered_without_their_locations() {
+        let n = Numbering::new(5);
+        let mut c = contents(&[0x10, 0x20]);
+        c.table_keys = Some(TableKeys {
+            scope: 42,
+            stacks: vec![7, 8],
+            locations: vec![0, 1, 2],
+        });
+        let first = remembered(&n, "checkout", 10, &c);
+        // Not durable yet: nothing is known by key.
+        let before = n.unknown("checkout", 10, &c);
+        assert!(before.plan.by_key.iter().all(Option::is_none));
+        n.written("checkout", &first);
+        let unknown = n.unknown("checkout", 10, &c);
+        assert!(unknown.is_empty());
+        assert!(unknown.plan.by_key.iter().all(Option::is_some));
+        assert!(unknown.plan.needed.iter().all(|needed| !needed));
+        let again = n
+            .number(
+                "checkout",
+                10,
+                &c,
+                unknown,
+                &HashMap::new(),
+                &HashMap::new(),
+            )
+            .unwrap();
+        assert_eq!(again.stack_nums, first.stack_nums);
+        assert!(again.new_locations.is_empty() && again.new_stacks.is_empty());
+        // A later day writes the rows again, with the same numbers, and then knows them
+        // by key on that day.
+        let later = remembered(&n, "checkout", 11, &c);
+        assert_eq!(later.stack_nums, first.stack_nums);
+        assert_eq!((later.new_locations.len(), later.new_stacks.len()), (3, 2));
+        n.written("checkout", &later);
+        assert!(n
+            .unknown("checkout", 11, &c)
+            .plan
+            .by_key
+            .iter()
+            .all(Option::is_some));
+        // One stack known by key, one not: only the other's locations are looked at.
+        // (Key 8 is still `[0x20, main]`.)
+        let mut mixed = contents(&[0x20, 0x40]);
+        mixed.stacks = vec![vec![1], vec![0, 2]];
+        mixed.table_keys = Some(TableKeys {
+            scope: 42,
+            stacks: vec![9, 8],
+            locations: vec![1, 3, 2],
+        });
+        let unknown = n.unknown("checkout", 11, &mixed);
+        assert_eq!(unknown.plan.needed, vec![false, true, false]);
+        assert_eq!(unknown.locations.len(), 1, "0x40 is looked up");
+        let numbered = n
+            .number(
+                "checkout",
+                11,
+                &mixed,
+                unknown,
+                &HashMap::new(),
+                &HashMap::new(),
+            )
+            .unwrap();
+        assert_eq!(numbered.stack_nums[1], first.stack_nums[1]);
+        assert_eq!(numbered.new_stacks.len(), 1);
+        assert_eq!(numbered.new_locations.len(), 1);
+        // The scope is the service's own: another service is not served from it.
+        assert!(n
+            .unknown("cart", 10, &c)
+            .plan
+            .by_key
+            .iter()
+            .all(Option::is_none));
+    }
+
+    #[test]
     fn what_the_store_has_keeps_its_number() {
         let n = Numbering::new(2);
         let c = contents(&[0x10, 0x20]);
-        let unknown = n.unknown("checkout", &c);
+        let unknown = n.unknown("checkout", 10, &c);
         let found_l: HashMap<LocationId, u64> = [(unknown.locations[0], 1 << 32 | 99)].into();
         let found_s: HashMap<StackId, u64> = [(unknown.stacks[1], 1 << 32 | 5)].into();
         let first_stack = unknown.stacks[0];

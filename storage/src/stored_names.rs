@@ -49,13 +49,17 @@ pub(crate) fn format_from_name(
     what: &'static str,
     name: &str,
 ) -> Result<ProfileFormat, StoreError> {
-    [ProfileFormat::PprofGzip, ProfileFormat::Native]
-        .into_iter()
-        .find(|f| f.as_str() == name)
-        .ok_or_else(|| StoreError::Corrupt {
-            what,
-            value: name.to_owned(),
-        })
+    [
+        ProfileFormat::PprofGzip,
+        ProfileFormat::Native,
+        ProfileFormat::NativeStream,
+    ]
+    .into_iter()
+    .find(|f| f.as_str() == name)
+    .ok_or_else(|| StoreError::Corrupt {
+        what,
+        value: name.to_owned(),
+    })
 }
 
 #[cfg(test)]
@@ -75,7 +79,11 @@ mod tests {
         ] {
             assert_eq!(kind_from_name("p", k.as_str()).unwrap(), k);
         }
-        for f in [ProfileFormat::PprofGzip, ProfileFormat::Native] {
+        for f in [
+            ProfileFormat::PprofGzip,
+            ProfileFormat::Native,
+            ProfileFormat::NativeStream,
+        ] {
             assert_eq!(format_from_name("p", f.as_str()).unwrap(), f);
         }
         let err = kind_from_name("profiles.kind", "CPU").unwrap_err();

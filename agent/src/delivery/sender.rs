@@ -1,6 +1,13 @@
 //! The stream to the collector: connect, say hello, resend whatever is unacknowledged,
 //! then send new messages as they are queued and apply the collector's acks.
 //!
+//! Profiles queue self-contained. When the collector answers `connect` with the
+//! [`STREAM_HEADER`] metadata, a profile that fits one chunk goes out in the stream
+//! form instead ([`holmes_proto::native::stream`]): each stack defined once per stream,
+//! so that a profile of stacks the stream has had is little more than its samples.
+//! Each stream starts its tables empty, so a resend on a new stream defines again what
+//! it uses.
+//!
 //! A collector that is down or goes away never reaches the host: this task just
 //! reconnects with exponential backoff and jitter, and logs the first failure of a run
 //! at `warn` and the rest at `debug`.
@@ -9,9 +16,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use holmes_proto::native::stream::{StreamEncoder, STREAM_HEADER};
+use holmes_proto::native::NativeProfile;
 use holmes_proto::{
     pb, AgentBody, AgentMessage, CaptureOutcome, CaptureRefusal, CaptureRequest, CollectorMessage,
-    ConfigApplied, ConfigUpdate, Heartbeat, Hello, RefusalReason, RuleConfig,
+    ConfigApplied, ConfigUpdate, Heartbeat, Hello, ProfileChunk, ProfileFormat, RefusalReason,
+    RuleConfig,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -156,6 +166,10 @@ async fn session(
         code: s.code(),
         message: s.message().to_owned(),
     })?;
+    let mut tables = response
+        .metadata()
+        .contains_key(STREAM_HEADER)
+        .then(StreamEncoder::new);
     let mut inbound = response.into_inner();
     delivery.connected.store(true, Ordering::Relaxed);
     delivery.connections.fetch_add(1, Ordering::Relaxed);
@@ -197,7 +211,11 @@ async fn session(
             let batch = delivery.pending_after(sent_upto, SEND_BATCH);
             let more = batch.len() >= SEND_BATCH;
             for msg in &batch {
-                send(&tx, pb::AgentMessage::from(msg)).await?;
+                let wire = match &mut tables {
+                    Some(tables) => stream_form(tables, msg),
+                    None => pb::AgentMessage::from(msg),
+                };
+                send(&tx, wire).await?;
                 sent_upto = msg.seq;
                 delivery.sent.fetch_add(1, Ordering::Relaxed);
                 last_send = Instant::now();
@@ -257,6 +275,39 @@ async fn session(
         Ok(Err(e)) => Err(e),
         Ok(Ok(())) | Err(_) => result,
     }
+}
+
+/// `msg` as it goes out on a stream with `tables`: a native profile in one chunk in the
+/// stream form, anything else as it is.
+fn stream_form(tables: &mut StreamEncoder, msg: &AgentMessage) -> pb::AgentMessage {
+    let AgentBody::ProfileChunk(c) = &msg.body else {
+        return pb::AgentMessage::from(msg);
+    };
+    if c.format != ProfileFormat::Native || c.chunk_count != 1 || c.error.is_some() {
+        return pb::AgentMessage::from(msg);
+    }
+    let Ok(profile) = NativeProfile::decode(&c.data) else {
+        // Not ours to fix: the collector says what is wrong with it.
+        return pb::AgentMessage::from(msg);
+    };
+    let data = tables.encode(&profile);
+    pb::AgentMessage::from(&AgentMessage {
+        seq: msg.seq,
+        body: AgentBody::ProfileChunk(ProfileChunk {
+            profile_id: c.profile_id.clone(),
+            event_id: c.event_id.clone(),
+            kind: c.kind,
+            chunk_index: c.chunk_index,
+            chunk_count: c.chunk_count,
+            total_bytes: data.len() as u64,
+            data,
+            started_unix_nanos: c.started_unix_nanos,
+            duration: c.duration,
+            error: None,
+            labels: c.labels.clone(),
+            format: ProfileFormat::NativeStream,
+        }),
+    })
 }
 
 async fn send(
@@ -328,4 +379,103 @@ fn source_chain(err: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use holmes_proto::native::{Location, NativeSample, ValueType};
+    use holmes_proto::{Module, ProfileKind};
+    use prost::Message as _;
+
+    use super::*;
+
+    fn profile_msg(seq: u64, data: Vec<u8>, format: ProfileFormat, chunks: u32) -> AgentMessage {
+        AgentMessage {
+            seq,
+            body: AgentBody::ProfileChunk(ProfileChunk {
+                profile_id: "ab".repeat(16),
+                event_id: "cd".repeat(16),
+                kind: ProfileKind::Cpu,
+                chunk_index: 0,
+                chunk_count: chunks,
+                total_bytes: data.len() as u64,
+                data,
+                started_unix_nanos: 1,
+                duration: Duration::from_secs(1),
+                error: None,
+                labels: [("phase".to_owned(), "trigger".to_owned())].into(),
+                format,
+            }),
+        }
+    }
+
+    fn native() -> NativeProfile {
+        NativeProfile {
+            sample_types: vec![ValueType::new("samples", "count")],
+            modules: vec![Module {
+                name: "app".into(),
+                build_id: "ab".into(),
+            }],
+            locations: vec![Location::Native {
+                module: 0,
+                offset: 0x10,
+            }],
+            stacks: vec![vec![0]],
+            samples: vec![NativeSample {
+                stack: 0,
+                values: vec![3],
+                labels: Vec::new(),
+            }],
+            ..NativeProfile::default()
+        }
+    }
+
+    fn sent(wire: pb::AgentMessage) -> (u64, ProfileChunk) {
+        match AgentMessage::try_from(wire).unwrap() {
+            AgentMessage {
+                seq,
+                body: AgentBody::ProfileChunk(c),
+            } => (seq, c),
+            other => panic!("not a profile chunk: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_native_profile_in_one_chunk_goes_out_in_the_stream_form_and_the_rest_as_queued() {
+        let mut tables = StreamEncoder::new();
+        let bytes = native().encode();
+        let (seq, first) = sent(stream_form(
+            &mut tables,
+            &profile_msg(7, bytes.clone(), ProfileFormat::Native, 1),
+        ));
+        assert_eq!((seq, first.format), (7, ProfileFormat::NativeStream));
+        assert_eq!(first.total_bytes, first.data.len() as u64);
+        assert_eq!(first.labels["phase"], "trigger");
+        let wire = pb::NativeProfile::decode(first.data.as_slice()).unwrap();
+        assert_eq!((wire.stacks.len(), wire.samples[0].values[0]), (1, 3));
+        // The same stack again: defined once per stream.
+        let (_, again) = sent(stream_form(
+            &mut tables,
+            &profile_msg(8, bytes.clone(), ProfileFormat::Native, 1),
+        ));
+        let wire = pb::NativeProfile::decode(again.data.as_slice()).unwrap();
+        assert!(wire.stacks.is_empty() && wire.locations.is_empty());
+        assert_eq!(wire.samples[0].stack, 0);
+        // pprof, a profile in several chunks and a failed capture go as they are.
+        for msg in [
+            profile_msg(9, vec![1, 2, 3], ProfileFormat::PprofGzip, 1),
+            profile_msg(10, bytes.clone(), ProfileFormat::Native, 2),
+        ] {
+            let (_, c) = sent(stream_form(&mut tables, &msg));
+            assert_eq!(AgentBody::ProfileChunk(c), msg.body);
+        }
+        let mut failed = profile_msg(11, Vec::new(), ProfileFormat::Native, 1);
+        if let AgentBody::ProfileChunk(c) = &mut failed.body {
+            c.error = Some("cannot walk the stack".into());
+        }
+        let (_, c) = sent(stream_form(&mut tables, &failed));
+        assert_eq!(AgentBody::ProfileChunk(c), failed.body);
+    }
 }

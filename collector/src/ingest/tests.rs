@@ -81,13 +81,15 @@ impl HeldSink {
 struct Agent {
     tx: mpsc::Sender<pb::AgentMessage>,
     inbound: Streaming<pb::CollectorMessage>,
+    /// Whether `connect` answered that the collector reads the stream form.
+    stream_form: bool,
     _store: tempfile::TempDir,
     _closing: watch::Sender<bool>,
 }
 
 /// A collector's ingest service on loopback handing events to `sink`, and an agent's
 /// stream to it (its `Hello` sent).
-async fn connect(sink: Arc<HeldSink>) -> Agent {
+async fn connect(sink: Arc<dyn Sink>) -> Agent {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
     let live = Arc::new(LiveAgents::default());
@@ -129,14 +131,15 @@ async fn connect(sink: Arc<HeldSink>) -> Agent {
         .connect()
         .await
         .unwrap();
-    let inbound = IngestClient::new(channel)
+    let response = IngestClient::new(channel)
         .connect(ReceiverStream::new(rx))
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
+    let stream_form = response.metadata().contains_key(STREAM_HEADER);
     Agent {
         tx,
-        inbound,
+        inbound: response.into_inner(),
+        stream_form,
         _store: dir,
         _closing: closing,
     }
@@ -207,7 +210,7 @@ async fn acked_through(inbound: &mut Streaming<pb::CollectorMessage>, seq: u64) 
 async fn a_trigger_and_a_window_are_stored_while_the_profile_before_them_is_not_and_acks_wait_for_it(
 ) {
     let (sink, release) = HeldSink::holding("profile");
-    let mut agent = connect(Arc::clone(&sink)).await;
+    let mut agent = connect(Arc::clone(&sink) as Arc<dyn Sink>).await;
     let (tx, inbound) = (&agent.tx, &mut agent.inbound);
     send(tx, 1, profile(&"e0".repeat(16))).await;
     send(tx, 2, trigger(&"e1".repeat(16))).await;
@@ -223,7 +226,7 @@ async fn a_trigger_and_a_window_are_stored_while_the_profile_before_them_is_not_
 #[tokio::test]
 async fn a_profile_is_handed_on_once_the_trigger_before_it_is_durable() {
     let (sink, release) = HeldSink::holding("trigger");
-    let mut agent = connect(Arc::clone(&sink)).await;
+    let mut agent = connect(Arc::clone(&sink) as Arc<dyn Sink>).await;
     let (tx, inbound) = (&agent.tx, &mut agent.inbound);
     send(tx, 1, trigger(&"e1".repeat(16))).await;
     send(tx, 2, profile(&"e1".repeat(16))).await;
@@ -240,4 +243,155 @@ async fn a_profile_is_handed_on_once_the_trigger_before_it_is_durable() {
         "the profile was handed on before its trigger was stored: {log:?}"
     );
     acked_through(inbound, 3).await;
+}
+
+/// Keeps every event as the sink gets it, through the default `deliver_decoded` (what
+/// the Kafka sink does: a decoded profile travels on as bytes).
+#[derive(Default)]
+struct KeepingSink {
+    profiles: Mutex<Vec<PipelineProfile>>,
+}
+
+#[async_trait::async_trait]
+impl Sink for KeepingSink {
+    async fn deliver(&self, event: PipelineEvent) -> Result<(), SinkError> {
+        if let PipelineBody::Profile(p) = event.body {
+            self.profiles.lock().unwrap().push(p);
+        }
+        Ok(())
+    }
+}
+
+/// A profile chunk of `data` in `format`.
+fn chunk(id: u8, data: Vec<u8>, format: ProfileFormat) -> AgentBody {
+    AgentBody::ProfileChunk(ProfileChunk {
+        profile_id: format!("{id:02x}").repeat(16),
+        event_id: "e0".repeat(16),
+        kind: ProfileKind::Cpu,
+        chunk_index: 0,
+        chunk_count: 1,
+        total_bytes: data.len() as u64,
+        data,
+        started_unix_nanos: unix_nanos_now(),
+        duration: Duration::from_secs(1),
+        error: None,
+        labels: Default::default(),
+        format,
+    })
+}
+
+/// A CPU profile of `stacks` (offsets in one module under `main`), one sample each.
+fn native(stacks: &[&[u64]]) -> holmes_proto::native::NativeProfile {
+    use holmes_proto::native::{Location, NativeProfile, NativeSample, SymbolicFrame, ValueType};
+    let mut p = NativeProfile {
+        sample_types: vec![ValueType::new("samples", "count")],
+        period_type: ValueType::new("cpu", "nanoseconds"),
+        period: 10_000_000,
+        modules: vec![holmes_proto::Module {
+            name: "checkout".into(),
+            build_id: "ab12".into(),
+        }],
+        locations: vec![Location::Symbolic(vec![SymbolicFrame {
+            function: "main".into(),
+            file: "src/main.rs".into(),
+            line: 3,
+        }])],
+        ..NativeProfile::default()
+    };
+    for (i, offsets) in stacks.iter().enumerate() {
+        let mut stack = Vec::new();
+        for &offset in offsets.iter() {
+            let l = Location::Native { module: 0, offset };
+            let at = p.locations.iter().position(|x| *x == l).unwrap_or_else(|| {
+                p.locations.push(l);
+                p.locations.len() - 1
+            });
+            stack.push(at as u32);
+        }
+        stack.push(0);
+        p.stacks.push(stack);
+        p.samples.push(NativeSample {
+            stack: i as u32,
+            values: vec![i as i64 + 1],
+            labels: Vec::new(),
+        });
+    }
+    p
+}
+
+/// Each sample's frames and values, as a user reads them.
+fn seen(c: &holmes_storage::ProfileContents) -> Vec<(Vec<String>, Vec<i64>)> {
+    c.samples
+        .iter()
+        .map(|s| {
+            let frames = c.stack_frames(s.stack).into_iter().map(|f| f.function);
+            (frames.collect(), s.values.clone())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn profiles_in_the_stream_form_are_read_with_their_streams_tables_and_travel_on_whole() {
+    use holmes_proto::native::stream::StreamEncoder;
+    let sink = Arc::new(KeepingSink::default());
+    let mut agent = connect(Arc::clone(&sink) as Arc<dyn Sink>).await;
+    assert!(agent.stream_form, "connect announces the stream form");
+    let (tx, inbound) = (&agent.tx, &mut agent.inbound);
+    let mut tables = StreamEncoder::new();
+    let first = native(&[&[0x10, 0x20], &[0x30]]);
+    let second = native(&[&[0x30], &[0x10, 0x40]]);
+    // A self-contained profile may come between two in the stream form.
+    let plain = native(&[&[0x50]]);
+    let third = native(&[&[0x10, 0x20], &[0x30], &[0x10, 0x40], &[0x60]]);
+    // Encoded in the order they go out, as the agent's sender does.
+    let mut sent = vec![
+        (1, tables.encode(&first), ProfileFormat::NativeStream),
+        (2, plain.encode(), ProfileFormat::Native),
+        (3, tables.encode(&second), ProfileFormat::NativeStream),
+    ];
+    // A sample naming a stack the stream never defined: refused, and the stack it does
+    // define stays defined.
+    let broken = {
+        use prost::Message as _;
+        let bytes = tables.encode(&native(&[&[0x60]]));
+        let mut wire = pb::NativeProfile::decode(bytes.as_slice()).unwrap();
+        wire.samples[0].stack = 99;
+        wire.encode_to_vec()
+    };
+    sent.push((4, broken, ProfileFormat::NativeStream));
+    sent.push((5, tables.encode(&third), ProfileFormat::NativeStream));
+    assert!(
+        sent[4].1.len() < third.encode().len(),
+        "known stacks are not sent again"
+    );
+    for (seq, data, format) in sent {
+        send(tx, seq, chunk(seq as u8, data, format)).await;
+    }
+    acked_through(inbound, 5).await;
+    let got = sink.profiles.lock().unwrap().clone();
+    assert_eq!(got.len(), 5);
+    let limits = normalize::Limits::default();
+    for (p, expected) in got.iter().zip([
+        Some(&first),
+        Some(&plain),
+        Some(&second),
+        None,
+        Some(&third),
+    ]) {
+        // What travels on is the agent's self-contained form.
+        assert_eq!(p.format, ProfileFormat::Native);
+        match expected {
+            Some(expected) => {
+                assert_eq!(p.error, None);
+                let read = normalize::normalize(ProfileFormat::Native, &p.data, limits).unwrap();
+                let want = normalize::normalize(ProfileFormat::Native, &expected.encode(), limits)
+                    .unwrap();
+                assert_eq!(seen(&read), seen(&want));
+            }
+            None => {
+                let error = p.error.as_deref().unwrap_or_default();
+                assert!(error.contains("refers to stack 99"), "{error}");
+            }
+        }
+    }
 }

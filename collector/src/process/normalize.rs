@@ -2,7 +2,7 @@
 //! location and stack once, samples referring to them, each label set once.
 //!
 //! Two inputs: the agent's own `NativeProfile` ([`native`]: nothing to inflate, no
-//! string table), and pprof, gzipped or not ([`pprof`]: older agents and foreign
+//! string table; or its stream form, [`StreamTables`], each stack once per stream), and pprof, gzipped or not ([`pprof`]: older agents and foreign
 //! clients). A pprof location that is symbolized becomes a symbolic location (its
 //! frames); one that is not, but lies in a mapping, becomes native: the mapping's file
 //! name and build id, and the offset `address - memory_start + file_offset` — the
@@ -30,9 +30,12 @@ use holmes_storage::{ProfileContents, ProfileLabel, ProfileSample};
 
 mod native;
 mod pprof;
+mod stream;
 #[cfg(test)]
 mod tests;
 mod wire;
+
+pub use stream::StreamTables;
 
 /// Default cap on a profile's decompressed size.
 pub const DEFAULT_MAX_DECODED_BYTES: u64 = 256 * 1024 * 1024;
@@ -166,6 +169,9 @@ pub fn normalize(
     match format {
         ProfileFormat::Native => native::normalize(data, limits),
         ProfileFormat::PprofGzip => pprof::normalize(data, limits),
+        ProfileFormat::NativeStream => Err(NormalizeError::Malformed(
+            "a profile in the stream form is read with its stream's tables".to_owned(),
+        )),
     }
 }
 
@@ -173,6 +179,67 @@ pub fn normalize(
 /// (Pyroscope, OTLP, older agents).
 pub fn normalize_pprof(data: &[u8], limits: Limits) -> Result<ProfileContents, NormalizeError> {
     pprof::normalize(data, limits)
+}
+
+/// `contents` in the agent's own self-contained form (`NativeProfile` bytes), as a
+/// stream-form profile travels on once decoded: through Kafka, or kept as the original.
+/// Normalizing the bytes gives the same contents back (mappings aside: a native
+/// profile's modules span from 0 to past their last offset).
+pub fn native_bytes(contents: &ProfileContents) -> Vec<u8> {
+    use holmes_proto::native::{
+        Location as NativeLocation, NativeProfile, NativeSample, SymbolicFrame,
+    };
+    let h = &contents.header;
+    let mut modules: HashMap<&holmes_proto::Module, u32> = HashMap::new();
+    let mut p = NativeProfile {
+        sample_types: h.sample_types.clone(),
+        period_type: h.period_type.clone(),
+        period: h.period,
+        time_unix_nanos: u64::try_from(h.time_nanos).unwrap_or(0),
+        duration_nanos: u64::try_from(h.duration_nanos).unwrap_or(0),
+        comments: h.comments.clone(),
+        stacks: contents.stacks.clone(),
+        ..NativeProfile::default()
+    };
+    for l in &contents.locations {
+        p.locations.push(match l {
+            holmes_storage::Location::Native { module, offset } => {
+                let next = modules.len() as u32;
+                let index = *modules.entry(module).or_insert_with(|| {
+                    p.modules.push(module.clone());
+                    next
+                });
+                NativeLocation::Native {
+                    module: index,
+                    offset: *offset,
+                }
+            }
+            holmes_storage::Location::Symbolic(frames) => NativeLocation::Symbolic(
+                frames
+                    .iter()
+                    .map(|f| SymbolicFrame {
+                        function: f.function.clone(),
+                        file: f.file.clone(),
+                        line: f.line,
+                    })
+                    .collect(),
+            ),
+        });
+    }
+    p.samples = contents
+        .samples
+        .iter()
+        .map(|s| NativeSample {
+            stack: s.stack,
+            values: s.values.clone(),
+            labels: contents
+                .label_sets
+                .get(s.labels as usize)
+                .cloned()
+                .unwrap_or_default(),
+        })
+        .collect();
+    p.encode()
 }
 
 fn too_many(what: &'static str, count: usize, limit: usize) -> NormalizeError {

@@ -10,7 +10,7 @@ use crate::pb;
 use crate::pb::agent_message;
 
 mod control;
-mod native;
+pub(crate) mod native;
 mod pipeline;
 
 /// Wire data that does not form a valid message.
@@ -100,6 +100,7 @@ pub(crate) fn format_from_wire(
     match pb::ProfileFormat::try_from(value) {
         Ok(pb::ProfileFormat::PprofGzip) => Ok(ProfileFormat::PprofGzip),
         Ok(pb::ProfileFormat::Native) => Ok(ProfileFormat::Native),
+        Ok(pb::ProfileFormat::NativeStream) => Ok(ProfileFormat::NativeStream),
         Err(_) => Err(DecodeError::UnknownEnum { field, value }),
     }
 }
@@ -108,6 +109,7 @@ pub(crate) fn format_to_wire(format: ProfileFormat) -> i32 {
     match format {
         ProfileFormat::PprofGzip => pb::ProfileFormat::PprofGzip as i32,
         ProfileFormat::Native => pb::ProfileFormat::Native as i32,
+        ProfileFormat::NativeStream => pb::ProfileFormat::NativeStream as i32,
     }
 }
 

@@ -14,7 +14,7 @@ fn value_type_from_wire(v: Option<pb::ValueType>) -> ValueType {
     .unwrap_or_default()
 }
 
-fn value_type_to_wire(v: &ValueType) -> pb::ValueType {
+pub(crate) fn value_type_to_wire(v: &ValueType) -> pb::ValueType {
     pb::ValueType {
         r#type: v.name.clone(),
         unit: v.unit.clone(),
@@ -148,6 +148,7 @@ impl From<&NativeProfile> for pb::NativeProfile {
                         .collect(),
                 })
                 .collect(),
+            stream_reset: false,
         }
     }
 }

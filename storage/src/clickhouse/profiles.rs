@@ -131,7 +131,7 @@ pub(super) async fn insert(store: &ClickHouseStore, p: &ProfileRecord) -> Result
     let day = day_of(p.started_unix_nanos);
     let (header, samples, numbered) = match &p.contents {
         Some(c) => {
-            let unknown = store.numbering.unknown(&p.service, c);
+            let unknown = store.numbering.unknown(&p.service, u32::from(day), c);
             let (found_l, found_s) = if unknown.is_empty() {
                 Default::default()
             } else {

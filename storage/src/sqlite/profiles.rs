@@ -158,7 +158,7 @@ pub(super) fn number_and_write(
     day: u32,
     c: &ProfileContents,
 ) -> Result<Numbered, StoreError> {
-    let unknown = numbering.unknown(service, c);
+    let unknown = numbering.unknown(service, day, c);
     let found_l = found_locations(conn, &unknown.locations)?;
     let found_s = found_stacks(conn, service, &unknown.stacks)?;
     let numbered = numbering.number(service, day, c, unknown, &found_l, &found_s)?;

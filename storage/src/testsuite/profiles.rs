@@ -120,6 +120,7 @@ pub fn cpu_contents(build: &str, hot: u64) -> ProfileContents {
                 labels: 2,
             },
         ],
+        table_keys: None,
     }
 }
 

@@ -6,7 +6,7 @@ use holmes_proto::Metric;
 
 use super::profiles::{cpu_contents, meaning, profile_id, profile_query, record};
 use super::{incident, incident_query, instance, point, query, trigger, trigger_query, SEC, T0};
-use crate::{IncidentStatus, Store};
+use crate::{IncidentStatus, ProfileSample, Store, TableKeys};
 
 const DAY: u64 = 86_400 * SEC;
 
@@ -256,4 +256,91 @@ fn cutoff_contents_with_extra_stack() -> crate::ProfileContents {
         labels: 1,
     });
     c
+}
+
+/// Stacks a writer names by key (an agent stream's own numbers, [`TableKeys`]) read back
+/// as written and are stored once; a later day's profile writes its stacks again, so
+/// that expiring the earlier day keeps them; and a key is never taken for another
+/// service's stack.
+pub async fn stacks_named_by_key_read_back_and_outlive_expiry(store: impl Store) {
+    let scope = TableKeys::new_scope();
+    let keyed = |build: &str, hot: u64, stacks: Vec<u32>| {
+        let mut c = cpu_contents(build, hot);
+        let locations = (0..c.locations.len() as u32).collect();
+        c.table_keys = Some(TableKeys {
+            scope,
+            stacks,
+            locations,
+        });
+        c
+    };
+    let cutoff = T0 + 10 * DAY;
+    let old = cutoff - 2 * DAY;
+    let new = cutoff + 3_600 * SEC;
+    let first = keyed("b1", 3, vec![0, 1, 2]);
+    // The same stacks by their keys, other values.
+    let second = keyed("b1", 5, vec![0, 1, 2]);
+    // A later day's profile of one of them, under its key.
+    let mut later = keyed("b1", 9, vec![2]);
+    later.stacks = vec![later.stacks[2].clone()];
+    later.samples = vec![ProfileSample {
+        stack: 0,
+        values: vec![9, 90_000_000],
+        labels: 2,
+    }];
+    let profiles = [(1, old, &first), (2, old + SEC, &second), (3, new, &later)];
+    for (id, at, c) in profiles {
+        store
+            .insert_profile(&record(
+                "checkout",
+                "a",
+                &profile_id(id),
+                "e",
+                at,
+                Some(c.clone()),
+            ))
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.stack_count("checkout").await.unwrap(), 3);
+    for (id, _, c) in profiles {
+        let got = store
+            .get_profile("checkout", &profile_id(id))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            meaning(got.contents.as_ref().unwrap()),
+            meaning(c),
+            "profile {id}"
+        );
+    }
+    store.expire_before(cutoff).await.unwrap();
+    assert_eq!(store.stack_count("checkout").await.unwrap(), 1);
+    let kept = store
+        .get_profile("checkout", &profile_id(3))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(meaning(kept.contents.as_ref().unwrap()), meaning(&later));
+    // The same scope and keys, another service and build: that service's own stacks.
+    let other = keyed("b2", 4, vec![0, 1, 2]);
+    store
+        .insert_profile(&record(
+            "cart",
+            "a",
+            &profile_id(4),
+            "e",
+            new,
+            Some(other.clone()),
+        ))
+        .await
+        .unwrap();
+    let got = store
+        .get_profile("cart", &profile_id(4))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(meaning(got.contents.as_ref().unwrap()), meaning(&other));
+    assert_eq!(store.stack_count("cart").await.unwrap(), 3);
 }

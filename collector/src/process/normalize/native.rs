@@ -6,10 +6,10 @@
 use holmes_proto::Module;
 use holmes_storage::{Location, Mapping, ProfileLabel, StackFrame, ValueType};
 
-use super::wire::Fields;
+use super::wire::{Fields, Value};
 use super::{Builder, Limits, NormalizeError};
 
-fn value_type(b: &Builder, bytes: &[u8]) -> Result<ValueType, NormalizeError> {
+pub(super) fn value_type(b: &Builder, bytes: &[u8]) -> Result<ValueType, NormalizeError> {
     let mut v = ValueType::default();
     for field in Fields::new(bytes) {
         match field? {
@@ -21,7 +21,7 @@ fn value_type(b: &Builder, bytes: &[u8]) -> Result<ValueType, NormalizeError> {
     Ok(v)
 }
 
-fn module(b: &Builder, bytes: &[u8]) -> Result<Module, NormalizeError> {
+pub(super) fn module(b: &Builder, bytes: &[u8]) -> Result<Module, NormalizeError> {
     let mut m = Module::default();
     for field in Fields::new(bytes) {
         match field? {
@@ -34,7 +34,7 @@ fn module(b: &Builder, bytes: &[u8]) -> Result<Module, NormalizeError> {
 }
 
 /// A location as the wire has it: a module index and offset, or frames.
-enum Raw {
+pub(super) enum Raw {
     Native { module: u32, offset: u64 },
     Symbolic(Vec<StackFrame>),
 }
@@ -53,7 +53,7 @@ fn frame(b: &mut Builder, bytes: &[u8]) -> Result<StackFrame, NormalizeError> {
     Ok(f)
 }
 
-fn location(b: &mut Builder, bytes: &[u8]) -> Result<Raw, NormalizeError> {
+pub(super) fn location(b: &mut Builder, bytes: &[u8]) -> Result<Raw, NormalizeError> {
     let mut raw = Raw::Symbolic(Vec::new());
     for field in Fields::new(bytes) {
         match field? {
@@ -94,7 +94,7 @@ fn location(b: &mut Builder, bytes: &[u8]) -> Result<Raw, NormalizeError> {
     Ok(raw)
 }
 
-fn label(b: &Builder, bytes: &[u8]) -> Result<ProfileLabel, NormalizeError> {
+pub(super) fn label(b: &Builder, bytes: &[u8]) -> Result<ProfileLabel, NormalizeError> {
     let mut l = ProfileLabel::default();
     for field in Fields::new(bytes) {
         match field? {
@@ -106,6 +106,74 @@ fn label(b: &Builder, bytes: &[u8]) -> Result<ProfileLabel, NormalizeError> {
         }
     }
     Ok(l)
+}
+
+/// Reads header field `number` of a `NativeProfile` (sample types, period, time,
+/// duration, comments) into `b`; false for any other field.
+pub(super) fn header_field(
+    b: &mut Builder,
+    number: u32,
+    x: Value<'_>,
+) -> Result<bool, NormalizeError> {
+    match number {
+        1 => {
+            let t = value_type(b, x.bytes("sample type")?)?;
+            b.contents.header.sample_types.push(t);
+            b.count("sample types", b.contents.header.sample_types.len())?;
+        }
+        2 => {
+            let t = value_type(b, x.bytes("period type")?)?;
+            b.contents.header.period_type = t;
+        }
+        3 => b.contents.header.period = x.int("period")? as i64,
+        4 => b.contents.header.time_nanos = x.int("time")? as i64,
+        5 => b.contents.header.duration_nanos = x.int("duration")? as i64,
+        6 => {
+            let c = b.name("comment", x.str("comment")?)?.to_owned();
+            b.charge(c.len())?;
+            b.contents.header.comments.push(c);
+            b.count("comments", b.contents.header.comments.len())?;
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// A sample's fields: its stack index, its values (checked against `types`), and its
+/// label fields as they lie on the wire.
+pub(super) fn sample_fields<'a>(
+    index: usize,
+    bytes: &'a [u8],
+    types: usize,
+    labels: &mut Vec<&'a [u8]>,
+) -> Result<(u64, Vec<i64>), NormalizeError> {
+    let (mut stack, mut values) = (0u64, Vec::with_capacity(types));
+    for field in Fields::new(bytes) {
+        match field? {
+            (1, x) => stack = x.int("sample stack")?,
+            (2, x) => x.ints("sample values", |v| {
+                if values.len() >= types {
+                    return Err(NormalizeError::ValueCount {
+                        index,
+                        values: values.len() + 1,
+                        types,
+                    });
+                }
+                values.push(v as i64);
+                Ok(())
+            })?,
+            (3, x) => labels.push(x.bytes("label")?),
+            _ => {}
+        }
+    }
+    if values.len() != types {
+        return Err(NormalizeError::ValueCount {
+            index,
+            values: values.len(),
+            types,
+        });
+    }
+    Ok((stack, values))
 }
 
 /// A `NativeProfile`'s bytes into contents.
@@ -121,25 +189,10 @@ pub(super) fn normalize(
     let mut samples: Vec<&[u8]> = Vec::new();
     for field in Fields::new(data) {
         let (number, x) = field?;
+        if header_field(&mut b, number, x)? {
+            continue;
+        }
         match number {
-            1 => {
-                let t = value_type(&b, x.bytes("sample type")?)?;
-                b.contents.header.sample_types.push(t);
-                b.count("sample types", b.contents.header.sample_types.len())?;
-            }
-            2 => {
-                let t = value_type(&b, x.bytes("period type")?)?;
-                b.contents.header.period_type = t;
-            }
-            3 => b.contents.header.period = x.int("period")? as i64,
-            4 => b.contents.header.time_nanos = x.int("time")? as i64,
-            5 => b.contents.header.duration_nanos = x.int("duration")? as i64,
-            6 => {
-                let c = b.name("comment", x.str("comment")?)?.to_owned();
-                b.charge(c.len())?;
-                b.contents.header.comments.push(c);
-                b.count("comments", b.contents.header.comments.len())?;
-            }
             7 => {
                 let m = module(&b, x.bytes("module")?)?;
                 modules.push(m);
@@ -245,36 +298,15 @@ pub(super) fn normalize(
     }
     // Samples: their stack, one value per sample type, their labels.
     let types = b.contents.header.sample_types.len();
+    let mut raw_labels = Vec::new();
     for (index, bytes) in samples.into_iter().enumerate() {
-        let (mut stack, mut values, mut labels) = (0u64, Vec::with_capacity(types), Vec::new());
-        for field in Fields::new(bytes) {
-            match field? {
-                (1, x) => stack = x.int("sample stack")?,
-                (2, x) => x.ints("sample values", |v| {
-                    if values.len() >= types {
-                        return Err(NormalizeError::ValueCount {
-                            index,
-                            values: values.len() + 1,
-                            types,
-                        });
-                    }
-                    values.push(v as i64);
-                    Ok(())
-                })?,
-                (3, x) => {
-                    labels.push(label(&b, x.bytes("label")?)?);
-                    b.count("labels of one sample", labels.len())?;
-                }
-                _ => {}
-            }
-        }
-        if values.len() != types {
-            return Err(NormalizeError::ValueCount {
-                index,
-                values: values.len(),
-                types,
-            });
-        }
+        raw_labels.clear();
+        let (stack, values) = sample_fields(index, bytes, types, &mut raw_labels)?;
+        b.count("labels of one sample", raw_labels.len())?;
+        let labels = raw_labels
+            .iter()
+            .map(|l| label(&b, l))
+            .collect::<Result<Vec<_>, _>>()?;
         let stack = *stack_index
             .get(usize::try_from(stack).unwrap_or(usize::MAX))
             .ok_or(NormalizeError::Dangling {
