@@ -63,6 +63,7 @@ use holmes_proto::{
 };
 use holmes_storage::clickhouse::ClickHouseSettings;
 use holmes_storage::sqlite::Synchronous;
+use holmes_storage::KnownStack;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -807,7 +808,23 @@ fn decode_alone(profiles: &[GenProfile], agents: usize) -> Vec<(Input, f64)> {
             let c = match input {
                 Input::Native => normalize(ProfileFormat::Native, &p.native, Limits::default()),
                 Input::Pprof => normalize(ProfileFormat::PprofGzip, &p.pprof, Limits::default()),
-                Input::Stream => streams[i % agents].1.decode(&sent[i], Limits::default()),
+                Input::Stream => {
+                    // As the store answers in the steady state: what the stream defined
+                    // before is known.
+                    let tables = &mut streams[i % agents].1;
+                    let before = tables.stacks() as u32;
+                    let known = move |_scope: u64, keys: &[u32]| -> Vec<Option<KnownStack>> {
+                        keys.iter()
+                            .map(|&k| {
+                                (k < before).then_some(KnownStack {
+                                    num: u64::from(k),
+                                    day: u32::MAX,
+                                })
+                            })
+                            .collect()
+                    };
+                    tables.decode(&sent[i], Limits::default(), Some(&known))
+                }
             }
             .expect("a generated profile decodes");
             assert_eq!(c.samples.len(), SAMPLES_PER_PROFILE);

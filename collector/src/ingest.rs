@@ -87,6 +87,7 @@ pub struct IngestService {
     slots: Arc<limits::StreamSlots>,
     limits: limits::LimitsConfig,
     profile_limits: normalize::Limits,
+    max_clock_skew: Duration,
 }
 
 impl IngestService {
@@ -112,13 +113,15 @@ impl IngestService {
             slots: limits::StreamSlots::new(&limits::LimitsConfig::default()),
             limits: limits::LimitsConfig::default(),
             profile_limits: normalize::Limits::default(),
+            max_clock_skew: crate::process::skew::DEFAULT_MAX_CLOCK_SKEW,
         }
     }
 
-    /// Holds profiles in the stream form to `limits` (as the processor holds the
-    /// others) instead of the defaults.
-    pub fn with_profile_limits(mut self, limits: normalize::Limits) -> Self {
-        self.profile_limits = limits;
+    /// Reads profiles in the stream form as the processor reads the others: held to its
+    /// limits, dated as it dates them (`max_clock_skew`).
+    pub fn with_profile_settings(mut self, settings: &crate::process::ProfileSettings) -> Self {
+        self.profile_limits = settings.limits;
+        self.max_clock_skew = settings.max_clock_skew;
         self
     }
 
@@ -326,6 +329,7 @@ impl Ingest for IngestService {
             profiles: Assembler::new(self.max_profile_bytes),
             tables: None,
             profile_limits: self.profile_limits,
+            max_clock_skew: self.max_clock_skew,
             profile_idle_timeout: self.limits.profile_idle_timeout,
             last_touch: Instant::now(),
         };
@@ -426,6 +430,7 @@ struct Session {
     /// The stream's tables, once it sent a profile in the stream form.
     tables: Option<Box<StreamTables>>,
     profile_limits: normalize::Limits,
+    max_clock_skew: Duration,
     /// How long an unfinished profile waits for its next chunk.
     profile_idle_timeout: Duration,
     last_touch: Instant,
@@ -627,10 +632,22 @@ impl Session {
         let mut tables = self.tables.take().unwrap_or_default();
         let data = std::mem::take(&mut profile.data);
         let limits = self.profile_limits;
+        // Stacks the store knows by key are left out when the sink stores these
+        // contents as they are.
+        let known = self.sink.stores_by_key().then(|| {
+            let (store, service) = (Arc::clone(&self.store), self.hello.service.clone());
+            // The day the processor will store it on.
+            let started = crate::process::skew::Skew::now(self.max_clock_skew)
+                .started(profile.started_unix_nanos);
+            move |scope: u64, keys: &[u32]| {
+                store.stacks_known_by_key(&service, started, scope, keys)
+            }
+        });
         // CPU work (more for a profile of many new stacks): on the blocking pool, the
         // tables going along and coming back.
         let (tables, data, result) = tokio::task::spawn_blocking(move || {
-            let result = tables.decode(&data, limits);
+            let known = known.as_ref().map(|k| k as normalize::KnownStacks<'_>);
+            let result = tables.decode(&data, limits, known);
             (tables, data, result)
         })
         .await

@@ -79,6 +79,13 @@ pub trait Sink: Send + Sync {
         }
         self.deliver(event).await
     }
+
+    /// Whether [`Sink::deliver_decoded`] hands the contents to `store`'s own
+    /// `insert_profile` as they are, so that they may leave out stacks the store knows
+    /// by key (`TableKeys::left_out`). By default not.
+    fn stores_by_key(&self) -> bool {
+        false
+    }
 }
 
 /// The single-node sink: processes each event in place.
@@ -101,6 +108,11 @@ impl Sink for LocalSink {
             .await
             .map_err(SinkError::Store)
     }
+
+    fn stores_by_key(&self) -> bool {
+        // A kept original is encoded from the contents: they must be whole.
+        !self.0.settings.keep_originals
+    }
 }
 
 /// Runs a store write until it succeeds or [`STORE_RETRY_FOR`] has passed, backing off
@@ -122,6 +134,8 @@ where
                 }
                 break Ok(());
             }
+            // What was left out must come again: no retry brings it.
+            Err(err @ StoreError::LeftOutStacks { .. }) => break Err(err),
             Err(err) if started.elapsed() + delay < STORE_RETRY_FOR => {
                 m.store_retries.get_or_create(&op).inc();
                 tracing::warn!(what, attempt, retry_in_ms = delay.as_millis() as u64, error = %err, "store write failed; retrying");

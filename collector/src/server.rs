@@ -340,7 +340,7 @@ impl Server {
                 closed.clone(),
             )
             .with_max_profile_bytes(config.max_profile_bytes)
-            .with_profile_limits(profile_settings.limits)
+            .with_profile_settings(&profile_settings)
             .with_limits(&config.limits)
             .with_auth(ingest_auth)
             .with_uploads({

@@ -567,6 +567,17 @@ impl Store for ClickHouseStore {
         profiles::insert(self, profile).await
     }
 
+    fn stacks_known_by_key(
+        &self,
+        service: &str,
+        started_unix_nanos: u64,
+        scope: u64,
+        keys: &[u32],
+    ) -> Vec<Option<crate::KnownStack>> {
+        let day = u32::from(day_of(started_unix_nanos));
+        self.numbering.known_by_key(service, day, scope, keys)
+    }
+
     async fn query_profiles(&self, q: &ProfileQuery) -> Result<Vec<ProfileMeta>, StoreError> {
         profiles::query(self, q).await
     }

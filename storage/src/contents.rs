@@ -11,6 +11,7 @@ pub use holmes_proto::native::{ProfileLabel, ValueType};
 use holmes_proto::Module;
 
 use crate::location::{Location, StackFrame};
+pub use crate::numbering::KnownStack;
 
 /// Where a module was mapped in the process a pprof profile came from (pprof's
 /// `Mapping`), kept so that a download gives its native locations their original
@@ -104,9 +105,19 @@ pub struct TableKeys {
     pub stacks: Vec<u32>,
     /// One key per location of the contents, in [`ProfileContents::locations`] order.
     pub locations: Vec<u32>,
+    /// Per stack, whether it was left out of the contents (its entry in `stacks` empty,
+    /// its locations not among `locations`), with what the store said it knows of it,
+    /// durable on the profile's day ([`crate::Store::stacks_known_by_key`]). Empty when
+    /// none is. Such contents are for that store's `insert_profile` alone.
+    pub left_out: Vec<Option<KnownStack>>,
 }
 
 impl TableKeys {
+    /// Whether stack `i` was left out.
+    pub fn is_left_out(&self, i: usize) -> bool {
+        self.left_out.get(i).is_some_and(Option::is_some)
+    }
+
     /// A scope no other caller in this process has.
     pub fn new_scope() -> u64 {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);

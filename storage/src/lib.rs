@@ -15,7 +15,8 @@ mod stored_names;
 pub mod testsuite;
 
 pub use contents::{
-    Mapping, ProfileContents, ProfileHeader, ProfileLabel, ProfileSample, TableKeys, ValueType,
+    KnownStack, Mapping, ProfileContents, ProfileHeader, ProfileLabel, ProfileSample, TableKeys,
+    ValueType,
 };
 pub use control::*;
 pub use debuginfo::{DebugInfoChunkRecord, DebugInfoSource, DebugInfoStatus};
@@ -92,6 +93,14 @@ pub enum StoreError {
     /// The blocking worker of the embedded store went away.
     #[error("embedded store worker failed: {0}")]
     Worker(String),
+    /// A profile left stacks out as known to this writer by key, and the writer no longer
+    /// knows them (its memory started over, or the profile's day moved since it was
+    /// asked); what was left out must be sent again.
+    #[error("{count} stacks of the profile were left out as known by key, but this writer no longer knows them durable on the profile's day; send them again")]
+    LeftOutStacks {
+        /// How many.
+        count: usize,
+    },
     /// This writer gave out all 2^32 numbers of its epoch (of locations, or of one
     /// service's stacks); a restart claims a new epoch.
     #[error("this collector numbered 2^32 new locations or stacks of one service since it started; restart it to claim a new numbering epoch")]
@@ -157,6 +166,21 @@ pub trait Store: Send + Sync + 'static {
     /// for its native locations; `error: Some("")` reads back as `None` and a duration
     /// beyond `u64::MAX` nanoseconds as that many.
     async fn insert_profile(&self, profile: &ProfileRecord) -> Result<(), StoreError>;
+
+    /// What this writer knows of `keys` (stack keys of scope `scope`, see [`TableKeys`])
+    /// for `service`, their rows durable on the day of a profile started at
+    /// `started_unix_nanos`: a profile may leave those stacks out of its contents, with
+    /// what it was told ([`TableKeys::left_out`]). In memory only; by default nothing.
+    fn stacks_known_by_key(
+        &self,
+        service: &str,
+        started_unix_nanos: u64,
+        scope: u64,
+        keys: &[u32],
+    ) -> Vec<Option<KnownStack>> {
+        let _ = (service, started_unix_nanos, scope);
+        vec![None; keys.len()]
+    }
 
     /// Profiles of one service whose capture started in `[since, until)`, of one event
     /// and one kind if the query names them, without their contents, sorted by start

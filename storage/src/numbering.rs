@@ -21,7 +21,10 @@
 //! scope). The memory then keeps, per scope, each stack key's number and day and each
 //! location key's ordinal: a stack it knows by key and finds durable on the profile's
 //! day is numbered from that alone, its locations not even looked at, and the locations
-//! of the other stacks are found by key before they are hashed.
+//! of the other stacks are found by key before they are hashed. A writer that asked
+//! first ([`Numbering::known_by_key`]) may even leave such stacks out of the contents;
+//! should the memory have forgotten them by the time the profile is numbered, numbering
+//! fails ([`StoreError::LeftOutStacks`]) and the writer sends them again.
 //!
 //! Rows carry a day, and retention drops the days before its cutoff: a profile of day
 //! `d` writes again each of its stacks and locations not yet written on day `d` or later
@@ -53,12 +56,14 @@ struct KnownLocation {
     day: u32,
 }
 
-/// A remembered stack.
-#[derive(Debug, Clone, Copy)]
-struct KnownStack {
-    num: u64,
-    /// Latest day its row is known to be durable on (0: none known).
-    day: u32,
+/// A stack a writer numbered: its number, and the latest day its rows are known to be
+/// durable on (0: none known).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KnownStack {
+    /// The writer's number for it.
+    pub num: u64,
+    /// Days since 1970-01-01.
+    pub day: u32,
 }
 
 /// The stacks and locations of one scope of [`TableKeys`], by key.
@@ -120,25 +125,32 @@ impl Inner {
     /// later (their number), and which locations the others use (all of them when none
     /// is known by key).
     fn plan(&self, service: &str, day: u32, c: &ProfileContents) -> Plan {
-        let Some((keys, scope)) = self.scope_of(service, c) else {
-            return Plan {
-                by_key: vec![None; c.stacks.len()],
-                needed: vec![true; c.locations.len()],
-            };
-        };
-        let mut needed = vec![false; c.locations.len()];
+        let scope = self.scope_of(service, c);
+        let keys = c.table_keys.as_ref();
+        let mut lost = 0;
+        let mut needed = vec![scope.is_none(); c.locations.len()];
         let by_key = c
             .stacks
             .iter()
-            .zip(&keys.stacks)
-            .map(|(stack, &key)| {
-                let known = scope
-                    .stacks
-                    .get(key as usize)
-                    .copied()
-                    .flatten()
-                    .filter(|k| k.day >= day);
+            .enumerate()
+            .map(|(i, stack)| {
+                // Left out with its number (which stays true whatever the memory
+                // forgets since), or remembered by key.
+                let known = match keys.and_then(|k| k.left_out.get(i).copied().flatten()) {
+                    Some(given) => Some(given),
+                    None => scope.and_then(|(keys, scope)| {
+                        scope
+                            .stacks
+                            .get(*keys.stacks.get(i)? as usize)
+                            .copied()
+                            .flatten()
+                    }),
+                }
+                .filter(|k| k.day >= day);
                 if known.is_none() {
+                    if keys.is_some_and(|k| k.is_left_out(i)) {
+                        lost += 1;
+                    }
                     for &l in stack {
                         if let Some(n) = needed.get_mut(l as usize) {
                             *n = true;
@@ -147,8 +159,12 @@ impl Inner {
                 }
                 known
             })
-            .collect();
-        Plan { by_key, needed }
+            .collect::<Vec<_>>();
+        Plan {
+            by_key,
+            needed,
+            lost,
+        }
     }
 
     /// The scope of `c`'s keys, when it has keys for every stack and location and the
@@ -166,11 +182,15 @@ impl Inner {
         .then_some((keys, scope))
     }
 
-    /// The ordinal of location `i` of `c`, known by its key.
-    fn keyed_ordinal(&self, service: &str, c: &ProfileContents, i: usize) -> Option<u32> {
-        let (keys, scope) = self.scope_of(service, c)?;
-        let key = *keys.locations.get(i)? as usize;
-        scope.locations.get(key)?.checked_sub(1)
+    /// The ordinal of each location of `c` known by its key (empty when none can be).
+    fn keyed_ordinals(&self, service: &str, c: &ProfileContents) -> Vec<Option<u32>> {
+        let Some((keys, scope)) = self.scope_of(service, c) else {
+            return Vec::new();
+        };
+        keys.locations
+            .iter()
+            .map(|&k| scope.locations.get(k as usize)?.checked_sub(1))
+            .collect()
     }
 
     /// The scope `keys` names for `service`, made if new; `None` if it is another
@@ -267,6 +287,9 @@ struct Plan {
     by_key: Vec<Option<KnownStack>>,
     /// Whether each location is used by a stack not known by key.
     needed: Vec<bool>,
+    /// Stacks left out of the contents that are not known by key (see
+    /// [`TableKeys::left_out`]): the profile cannot be numbered.
+    lost: usize,
 }
 
 /// What the memory does not know of a profile: to be looked up in the store by id. It
@@ -358,6 +381,32 @@ impl Numbering {
         self.lock().epoch
     }
 
+    /// What the memory knows of `keys` (stack keys of `scope`) for `service`, durable on
+    /// `day` or later.
+    pub(crate) fn known_by_key(
+        &self,
+        service: &str,
+        day: u32,
+        scope: u64,
+        keys: &[u32],
+    ) -> Vec<Option<KnownStack>> {
+        let inner = self.lock();
+        let day = day.max(1);
+        let Some(scope) = inner.scopes.get(&scope).filter(|s| s.service == service) else {
+            return vec![None; keys.len()];
+        };
+        keys.iter()
+            .map(|&k| {
+                scope
+                    .stacks
+                    .get(k as usize)
+                    .copied()
+                    .flatten()
+                    .filter(|known| known.day >= day)
+            })
+            .collect()
+    }
+
     /// The ids of what `contents`, a profile of `day`, uses that the memory does not
     /// know.
     pub(crate) fn unknown(&self, service: &str, day: u32, c: &ProfileContents) -> Unknown {
@@ -373,14 +422,17 @@ impl Numbering {
         };
         let mut ids: Vec<LocationId> = Vec::with_capacity(c.locations.len());
         let mut last = None;
+        let keyed = inner.keyed_ordinals(service, c);
         for (i, l) in c.locations.iter().enumerate() {
             if !out.plan.needed[i] {
                 ids.push(LocationId([0; 16]));
                 out.location_ordinals.push(None);
                 continue;
             }
-            let ordinal = inner
-                .keyed_ordinal(service, c, i)
+            let ordinal = keyed
+                .get(i)
+                .copied()
+                .flatten()
                 .or_else(|| inner.ordinal(l, &mut last));
             let id = match ordinal {
                 Some(o) => inner.locations[o as usize].id,
@@ -394,8 +446,10 @@ impl Numbering {
             out.location_ordinals.push(ordinal);
         }
         let known = inner.stacks.get(service);
+        let left_out = |i: usize| c.table_keys.as_ref().is_some_and(|k| k.is_left_out(i));
         for (i, stack) in c.stacks.iter().enumerate() {
-            if out.plan.by_key[i].is_some() {
+            if out.plan.by_key[i].is_some() || left_out(i) {
+                // Known by key; or left out and not known, which numbering refuses.
                 out.stack_keys.push(None);
                 continue;
             }
@@ -458,6 +512,9 @@ impl Numbering {
         } else {
             inner.plan(service, day, c)
         };
+        if plan.lost > 0 {
+            return Err(StoreError::LeftOutStacks { count: plan.lost });
+        }
         let mut out = Numbered {
             day,
             generation: inner.generation,
@@ -466,6 +523,11 @@ impl Numbering {
         };
         let mut last = None;
         let mut keyed_locations = Vec::new();
+        let keyed = if still {
+            Vec::new()
+        } else {
+            inner.keyed_ordinals(service, c)
+        };
         for (i, l) in c.locations.iter().enumerate() {
             if !plan.needed[i] {
                 // Used only by stacks known by key: no row of it is written.
@@ -479,7 +541,7 @@ impl Numbering {
                 None
             };
             let ordinal = match remembered
-                .or_else(|| inner.keyed_ordinal(service, c, i))
+                .or_else(|| keyed.get(i).copied().flatten())
                 .or_else(|| inner.ordinal(l, &mut last))
             {
                 Some(o) => o,
@@ -732,6 +794,7 @@ mod tests {
             scope: 42,
             stacks: vec![7, 8],
             locations: vec![0, 1, 2],
+            left_out: Vec::new(),
         });
         let first = remembered(&n, "checkout", 10, &c);
         // Not durable yet: nothing is known by key.
@@ -774,6 +837,7 @@ mod tests {
             scope: 42,
             stacks: vec![9, 8],
             locations: vec![1, 3, 2],
+            left_out: Vec::new(),
         });
         let unknown = n.unknown("checkout", 11, &mixed);
         assert_eq!(unknown.plan.needed, vec![false, true, false]);

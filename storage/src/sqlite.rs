@@ -401,6 +401,17 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn stacks_known_by_key(
+        &self,
+        service: &str,
+        started_unix_nanos: u64,
+        scope: u64,
+        keys: &[u32],
+    ) -> Vec<Option<crate::KnownStack>> {
+        let day = profiles::day_of(started_unix_nanos);
+        self.numbering.known_by_key(service, day, scope, keys)
+    }
+
     async fn query_profiles(&self, query: &ProfileQuery) -> Result<Vec<ProfileMeta>, StoreError> {
         let q = query.clone();
         self.read(move |conn| profiles::query(conn, &q)).await

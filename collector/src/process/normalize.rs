@@ -35,7 +35,7 @@ mod stream;
 mod tests;
 mod wire;
 
-pub use stream::StreamTables;
+pub use stream::{KnownStacks, StreamTables};
 
 /// Default cap on a profile's decompressed size.
 pub const DEFAULT_MAX_DECODED_BYTES: u64 = 256 * 1024 * 1024;

@@ -111,6 +111,16 @@ impl Skew {
         t.unix_nanos = self.now;
     }
 
+    /// When a profile that says it started at `started_unix_nanos` is stored as started
+    /// ([`Skew::profile`] moves it to now when outside the window).
+    pub fn started(&self, started_unix_nanos: u64) -> u64 {
+        if self.holds(started_unix_nanos) {
+            started_unix_nanos
+        } else {
+            self.now
+        }
+    }
+
     /// Sets a profile's start to the collector's time when it is outside the window,
     /// with a label holding the agent's value.
     pub fn profile(&self, p: &mut ProfileRecord) {

@@ -82,6 +82,7 @@ impl StreamEncoder {
                 index
             })
             .collect();
+        out.profile_modules.clone_from(&modules);
         let locations: Vec<u32> = profile
             .locations
             .iter()

@@ -149,6 +149,7 @@ impl From<&NativeProfile> for pb::NativeProfile {
                 })
                 .collect(),
             stream_reset: false,
+            profile_modules: Vec::new(),
         }
     }
 }

@@ -271,6 +271,7 @@ pub async fn stacks_named_by_key_read_back_and_outlive_expiry(store: impl Store)
             scope,
             stacks,
             locations,
+            left_out: Vec::new(),
         });
         c
     };
@@ -303,6 +304,62 @@ pub async fn stacks_named_by_key_read_back_and_outlive_expiry(store: impl Store)
             .unwrap();
     }
     assert_eq!(store.stack_count("checkout").await.unwrap(), 3);
+    // Known, durable on the first day, not yet on the later one; not another service's.
+    let known = store.stacks_known_by_key("checkout", old + 2 * SEC, scope, &[0, 1, 2, 9]);
+    assert!(known[..3].iter().all(Option::is_some) && known[3].is_none());
+    let known_later = store.stacks_known_by_key("checkout", new + DAY, scope, &[0, 1]);
+    assert_eq!(known_later, [None, None]);
+    assert_eq!(store.stacks_known_by_key("cart", old, scope, &[0]), [None]);
+    // A profile leaving out what the store said it knows reads back whole.
+    let whole = keyed("b1", 6, vec![0, 1, 2]);
+    let mut sent = whole.clone();
+    if let Some(keys) = &mut sent.table_keys {
+        keys.left_out = vec![known[0], None, known[2]];
+    }
+    sent.stacks[0].clear();
+    sent.stacks[2].clear();
+    store
+        .insert_profile(&record(
+            "checkout",
+            "a",
+            &profile_id(5),
+            "e",
+            old + 2 * SEC,
+            Some(sent),
+        ))
+        .await
+        .unwrap();
+    let got = store
+        .get_profile("checkout", &profile_id(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(meaning(got.contents.as_ref().unwrap()), meaning(&whole));
+    // One leaving out a stack as durable on an earlier day than its own is refused (a
+    // later day must write its rows again), and nothing is stored.
+    let mut unknown = keyed("b1", 6, vec![0, 1, 2]);
+    if let Some(keys) = &mut unknown.table_keys {
+        keys.left_out = vec![known[0], None, None];
+    }
+    unknown.stacks[0].clear();
+    let refused = store
+        .insert_profile(&record(
+            "checkout",
+            "a",
+            &profile_id(6),
+            "e",
+            new,
+            Some(unknown),
+        ))
+        .await;
+    assert!(
+        matches!(refused, Err(crate::StoreError::LeftOutStacks { count: 1 })),
+        "{refused:?}"
+    );
+    assert_eq!(
+        store.get_profile("checkout", &profile_id(6)).await.unwrap(),
+        None
+    );
     for (id, _, c) in profiles {
         let got = store
             .get_profile("checkout", &profile_id(id))

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 
 use holmes_proto::native::stream::{MAX_STREAM_LOCATIONS, MAX_STREAM_MODULES, MAX_STREAM_STACKS};
 use holmes_proto::Module;
-use holmes_storage::{Location, Mapping, ProfileContents, StackFrame, TableKeys};
+use holmes_storage::{KnownStack, Location, Mapping, ProfileContents, StackFrame, TableKeys};
 
 use super::native::{header_field, label, location, module, sample_fields, Raw};
 use super::wire::Fields;
@@ -40,6 +40,15 @@ impl StreamLocation {
     }
 }
 
+/// A stack in a stream's tables: its entries and the modules it spans, as ranges of
+/// the tables' arenas.
+#[derive(Debug, Clone, Copy)]
+struct StreamStack {
+    entries: (u32, u32),
+    /// (module, past its last offset here) pairs in `StreamTables::spans`.
+    spans: (u32, u32),
+}
+
 /// Where a stream entry went in the contents being built: valid when `stamp` is the
 /// current profile's.
 #[derive(Debug, Clone, Copy, Default)]
@@ -48,13 +57,21 @@ struct Slot {
     index: u32,
 }
 
+/// Asks whoever stores the contents which stacks (stream keys of the scope) it knows,
+/// so that they can be left out (see `holmes_storage::Store::stacks_known_by_key`).
+pub type KnownStacks<'a> = &'a (dyn Fn(u64, &[u32]) -> Vec<Option<KnownStack>> + Send + Sync);
+
 /// One stream's tables, as its stream-form profiles built them (see the module docs).
 #[derive(Debug)]
 pub struct StreamTables {
     scope: u64,
     modules: Vec<Module>,
     locations: Vec<StreamLocation>,
-    stacks: Vec<Box<[u32]>>,
+    stacks: Vec<StreamStack>,
+    /// Every stack's entries, one after the other.
+    entries: Vec<u32>,
+    /// Every stack's (module, past its last offset) pairs, one after the other.
+    spans: Vec<(u32, u64)>,
     /// Bytes of symbolic frames held, against `Limits::max_materialized_bytes`.
     frame_bytes: u64,
     /// The profile being built: where each module, location and stack went.
@@ -70,6 +87,16 @@ impl Default for StreamTables {
     }
 }
 
+/// What one stream-form profile defines and holds, as read from the wire.
+struct Parsed<'a> {
+    reset: bool,
+    modules: Vec<Module>,
+    locations: Vec<Raw>,
+    stacks: Vec<&'a [u8]>,
+    samples: Vec<&'a [u8]>,
+    profile_modules: Vec<u32>,
+}
+
 impl StreamTables {
     /// The tables of a new stream: empty.
     pub fn new() -> Self {
@@ -78,6 +105,8 @@ impl StreamTables {
             modules: Vec::new(),
             locations: Vec::new(),
             stacks: Vec::new(),
+            entries: Vec::new(),
+            spans: Vec::new(),
             frame_bytes: 0,
             stamp: 0,
             module_slots: Vec::new(),
@@ -92,50 +121,58 @@ impl StreamTables {
     }
 
     /// Reads the stream's next profile: its definitions into the tables, its samples
-    /// into contents of the stacks they use.
+    /// into contents of the stacks they use. Stacks that `known` says the store knows
+    /// are left out of the contents ([`TableKeys::left_out`]); without `known`, none is.
     pub fn decode(
         &mut self,
         data: &[u8],
         limits: Limits,
+        known: Option<KnownStacks<'_>>,
     ) -> Result<ProfileContents, NormalizeError> {
         let mut b = Builder::new(limits);
-        let mut modules: Vec<Module> = Vec::new();
-        let mut locations: Vec<Raw> = Vec::new();
-        let mut stacks: Vec<&[u8]> = Vec::new();
-        let mut samples: Vec<&[u8]> = Vec::new();
-        let mut reset = false;
+        let mut parsed = Parsed {
+            reset: false,
+            modules: Vec::new(),
+            locations: Vec::new(),
+            stacks: Vec::new(),
+            samples: Vec::new(),
+            profile_modules: Vec::new(),
+        };
         for field in Fields::new(data) {
             let (number, x) = field?;
             if header_field(&mut b, number, x)? {
                 continue;
             }
             match number {
-                7 => modules.push(module(&b, x.bytes("module")?)?),
-                8 => locations.push(location(&mut b, x.bytes("location")?)?),
-                9 => stacks.push(x.bytes("stack")?),
+                7 => parsed.modules.push(module(&b, x.bytes("module")?)?),
+                8 => parsed
+                    .locations
+                    .push(location(&mut b, x.bytes("location")?)?),
+                9 => parsed.stacks.push(x.bytes("stack")?),
                 10 => {
-                    samples.push(x.bytes("sample")?);
-                    b.count("samples", samples.len())?;
+                    parsed.samples.push(x.bytes("sample")?);
+                    b.count("samples", parsed.samples.len())?;
                 }
-                11 => reset = x.int("stream reset")? != 0,
+                11 => parsed.reset = x.int("stream reset")? != 0,
+                12 => x.ints("profile modules", |m| {
+                    parsed
+                        .profile_modules
+                        .push(u32::try_from(m).unwrap_or(u32::MAX));
+                    b.count("profile modules", parsed.profile_modules.len())
+                })?,
                 _ => {}
             }
         }
-        self.define(reset, modules, locations, stacks, &limits)?;
-        self.contents(b, samples)
+        let samples = std::mem::take(&mut parsed.samples);
+        let profile_modules = std::mem::take(&mut parsed.profile_modules);
+        self.define(parsed, &limits)?;
+        self.contents(b, samples, &profile_modules, known)
     }
 
     /// Checks a profile's definitions and appends them (after emptying the tables when
-    /// `reset`), or leaves the tables as they were.
-    fn define(
-        &mut self,
-        reset: bool,
-        modules: Vec<Module>,
-        locations: Vec<Raw>,
-        stacks: Vec<&[u8]>,
-        limits: &Limits,
-    ) -> Result<(), NormalizeError> {
-        let (m0, l0, s0, bytes0) = if reset {
+    /// it resets them), or leaves the tables as they were.
+    fn define(&mut self, p: Parsed<'_>, limits: &Limits) -> Result<(), NormalizeError> {
+        let (m0, l0, s0, bytes0) = if p.reset {
             (0, 0, 0, 0)
         } else {
             (
@@ -145,7 +182,11 @@ impl StreamTables {
                 self.frame_bytes,
             )
         };
-        let (m_all, l_all, s_all) = (m0 + modules.len(), l0 + locations.len(), s0 + stacks.len());
+        let (m_all, l_all, s_all) = (
+            m0 + p.modules.len(),
+            l0 + p.locations.len(),
+            s0 + p.stacks.len(),
+        );
         for (what, count, limit) in [
             ("modules in the stream's tables", m_all, MAX_STREAM_MODULES),
             (
@@ -160,8 +201,8 @@ impl StreamTables {
             }
         }
         let mut frame_bytes = bytes0;
-        let mut new_locations = Vec::with_capacity(locations.len());
-        for (i, raw) in locations.into_iter().enumerate() {
+        let mut new_locations = Vec::with_capacity(p.locations.len());
+        for (i, raw) in p.locations.into_iter().enumerate() {
             new_locations.push(match raw {
                 Raw::Native { module, offset } => {
                     if module as usize >= m_all {
@@ -193,18 +234,23 @@ impl StreamTables {
                 limit: limits.max_materialized_bytes,
             });
         }
-        let depth_of = |l: u32| -> usize {
+        let location_of = |l: u32| -> &StreamLocation {
             let l = l as usize;
             if l < l0 {
-                self.locations[l].depth()
+                &self.locations[l]
             } else {
-                new_locations[l - l0].depth()
+                &new_locations[l - l0]
             }
         };
-        let mut new_stacks = Vec::with_capacity(stacks.len());
-        let mut entries: Vec<u32> = Vec::new();
-        for (i, bytes) in stacks.into_iter().enumerate() {
-            entries.clear();
+        let (e0, sp0) = if p.reset {
+            (0, 0)
+        } else {
+            (self.entries.len(), self.spans.len())
+        };
+        let (mut entries, mut spans) = (Vec::new(), Vec::new());
+        let mut new_stacks = Vec::with_capacity(p.stacks.len());
+        for (i, bytes) in p.stacks.into_iter().enumerate() {
+            let (first_entry, first_span) = (entries.len(), spans.len());
             let mut depth = 0usize;
             for field in Fields::new(bytes) {
                 if let (1, x) = field? {
@@ -217,7 +263,18 @@ impl StreamTables {
                                 id: i128::from(l),
                             });
                         }
-                        depth += depth_of(l);
+                        let location = location_of(l);
+                        depth += location.depth();
+                        if let StreamLocation::Native { module, offset } = location {
+                            let past = offset.saturating_add(1);
+                            match spans[first_span..]
+                                .iter_mut()
+                                .find(|(m, _): &&mut (u32, u64)| m == module)
+                            {
+                                Some((_, limit)) => *limit = (*limit).max(past),
+                                None => spans.push((*module, past)),
+                            }
+                        }
                         entries.push(l);
                         Ok(())
                     })?;
@@ -231,25 +288,28 @@ impl StreamTables {
                     limit: limits.max_depth,
                 });
             }
-            new_stacks.push(entries.as_slice().into());
+            new_stacks.push(StreamStack {
+                entries: (
+                    (e0 + first_entry) as u32,
+                    (entries.len() - first_entry) as u32,
+                ),
+                spans: ((sp0 + first_span) as u32, (spans.len() - first_span) as u32),
+            });
         }
-        if reset {
+        if p.reset {
             *self = StreamTables::new();
         }
-        self.modules.extend(modules);
+        self.modules.extend(p.modules);
         self.locations.extend(new_locations);
         self.stacks.extend(new_stacks);
+        self.entries.extend(entries);
+        self.spans.extend(spans);
         self.frame_bytes = frame_bytes;
         Ok(())
     }
 
-    /// The contents of `samples`: the stacks they use, the locations and modules those
-    /// use, each once.
-    fn contents(
-        &mut self,
-        mut b: Builder,
-        samples: Vec<&[u8]>,
-    ) -> Result<ProfileContents, NormalizeError> {
+    /// The next stamp, every slot of an earlier profile then stale.
+    fn next_stamp(&mut self) -> u32 {
         self.stamp = self.stamp.wrapping_add(1);
         if self.stamp == 0 {
             // Every slot would look current: start them over.
@@ -258,24 +318,34 @@ impl StreamTables {
             self.location_slots.clear();
             self.stack_slots.clear();
         }
-        let stamp = self.stamp;
         self.module_slots
             .resize(self.modules.len(), Slot::default());
         self.location_slots
             .resize(self.locations.len(), Slot::default());
         self.stack_slots.resize(self.stacks.len(), Slot::default());
-        let types = b.contents.header.sample_types.len();
-        let (mut keys, mut location_keys): (Vec<u32>, Vec<u32>) = (Vec::new(), Vec::new());
-        let mut limits_of: Vec<u64> = Vec::new();
-        // Label sets by their bytes on the wire: a sample's labels are parsed only when
-        // the profile has not had them.
-        let mut label_sets: HashMap<Vec<u8>, u32, foldhash::quality::RandomState> =
-            HashMap::default();
-        let (mut raw_labels, mut label_key) = (Vec::new(), Vec::new());
-        for (index, bytes) in samples.into_iter().enumerate() {
-            raw_labels.clear();
-            let (stack, values) = sample_fields(index, bytes, types, &mut raw_labels)?;
-            let stream_stack = usize::try_from(stack)
+        self.stamp
+    }
+
+    /// The contents of `samples`: the stacks they use (but those `known` says the store
+    /// knows), the locations those use, and the profile's modules as its mappings.
+    fn contents(
+        &mut self,
+        mut b: Builder,
+        samples: Vec<&[u8]>,
+        profile_modules: &[u32],
+        known: Option<KnownStacks<'_>>,
+    ) -> Result<ProfileContents, NormalizeError> {
+        let stamp = self.next_stamp();
+        // The stacks the samples use, in order of first use.
+        let mut used: Vec<u32> = Vec::new();
+        for bytes in &samples {
+            let mut stack = 0u64;
+            for field in Fields::new(bytes) {
+                if let (1, x) = field? {
+                    stack = x.int("sample stack")?;
+                }
+            }
+            let s = usize::try_from(stack)
                 .ok()
                 .filter(|&s| s < self.stacks.len())
                 .ok_or(NormalizeError::Dangling {
@@ -283,66 +353,121 @@ impl StreamTables {
                     target: "stack",
                     id: i128::from(stack),
                 })?;
-            let slot = self.stack_slots[stream_stack];
-            let stack = if slot.stamp == stamp {
-                slot.index
-            } else {
-                let entries = &self.stacks[stream_stack];
-                let mut local = Vec::with_capacity(entries.len());
-                for &l in entries.iter() {
-                    let slot = &mut self.location_slots[l as usize];
-                    if slot.stamp != stamp {
-                        let location = match &self.locations[l as usize] {
-                            StreamLocation::Native { module, offset } => {
-                                let m = &self.modules[*module as usize];
-                                let mslot = &mut self.module_slots[*module as usize];
-                                if mslot.stamp != stamp {
-                                    *mslot = Slot {
-                                        stamp,
-                                        index: b.contents.header.mappings.len() as u32,
-                                    };
-                                    b.contents.header.mappings.push(Mapping {
-                                        module: m.clone(),
-                                        path: m.name.clone(),
-                                        ..Mapping::default()
-                                    });
-                                    limits_of.push(0);
-                                }
-                                let limit = &mut limits_of[mslot.index as usize];
-                                *limit = (*limit).max(offset.saturating_add(1));
-                                b.charge(m.name.len() + m.build_id.len() + 64)?;
-                                Location::Native {
-                                    module: m.clone(),
-                                    offset: *offset,
-                                }
-                            }
-                            StreamLocation::Symbolic(frames) => {
-                                b.charge(
-                                    frames
-                                        .iter()
-                                        .map(|f| f.function.len() + f.file.len() + 40)
-                                        .sum(),
-                                )?;
-                                Location::Symbolic(frames.clone())
-                            }
-                        };
-                        *slot = Slot {
-                            stamp,
-                            index: b.contents.locations.len() as u32,
-                        };
-                        b.contents.locations.push(location);
-                        location_keys.push(l);
-                    }
-                    local.push(slot.index);
-                }
-                b.count("stacks", b.contents.stacks.len() + 1)?;
-                b.charge(local.len() * 4 + 32)?;
-                let index = b.contents.stacks.len() as u32;
-                b.contents.stacks.push(local);
-                keys.push(stream_stack as u32);
-                self.stack_slots[stream_stack] = Slot { stamp, index };
-                index
+            if self.stack_slots[s].stamp != stamp {
+                self.stack_slots[s] = Slot {
+                    stamp,
+                    index: used.len() as u32,
+                };
+                used.push(s as u32);
+            }
+        }
+        b.count("stacks", used.len())?;
+        let left_out = match known {
+            Some(known) => known(self.scope, &used),
+            None => Vec::new(),
+        };
+        // The profile's modules, in its own order, each from 0 to past its last offset.
+        let mut limits_of: Vec<u64> = Vec::new();
+        for &m in profile_modules {
+            let Some(module) = self.modules.get(m as usize) else {
+                return Err(NormalizeError::Dangling {
+                    what: "profile",
+                    target: "module",
+                    id: i128::from(m),
+                });
             };
+            if self.module_slots[m as usize].stamp != stamp {
+                self.module_slots[m as usize] = Slot {
+                    stamp,
+                    index: limits_of.len() as u32,
+                };
+                b.contents.header.mappings.push(Mapping {
+                    module: module.clone(),
+                    path: module.name.clone(),
+                    ..Mapping::default()
+                });
+                limits_of.push(0);
+            }
+        }
+        let mut location_keys: Vec<u32> = Vec::new();
+        b.contents.stacks.reserve(used.len());
+        for (j, &s) in used.iter().enumerate() {
+            let stack = self.stacks[s as usize];
+            let (start, len) = stack.spans;
+            for &(m, past) in &self.spans[start as usize..(start + len) as usize] {
+                let slot = &mut self.module_slots[m as usize];
+                if slot.stamp != stamp {
+                    *slot = Slot {
+                        stamp,
+                        index: limits_of.len() as u32,
+                    };
+                    let module = &self.modules[m as usize];
+                    b.contents.header.mappings.push(Mapping {
+                        module: module.clone(),
+                        path: module.name.clone(),
+                        ..Mapping::default()
+                    });
+                    limits_of.push(0);
+                }
+                let limit = &mut limits_of[slot.index as usize];
+                *limit = (*limit).max(past);
+            }
+            if matches!(left_out.get(j), Some(Some(_))) {
+                b.contents.stacks.push(Vec::new());
+                continue;
+            }
+            let (start, len) = stack.entries;
+            let entries = &self.entries[start as usize..(start + len) as usize];
+            let mut local = Vec::with_capacity(entries.len());
+            for &l in entries {
+                let slot = &mut self.location_slots[l as usize];
+                if slot.stamp != stamp {
+                    let location = match &self.locations[l as usize] {
+                        StreamLocation::Native { module, offset } => {
+                            let m = &self.modules[*module as usize];
+                            b.charge(m.name.len() + m.build_id.len() + 64)?;
+                            Location::Native {
+                                module: m.clone(),
+                                offset: *offset,
+                            }
+                        }
+                        StreamLocation::Symbolic(frames) => {
+                            b.charge(
+                                frames
+                                    .iter()
+                                    .map(|f| f.function.len() + f.file.len() + 40)
+                                    .sum(),
+                            )?;
+                            Location::Symbolic(frames.clone())
+                        }
+                    };
+                    *slot = Slot {
+                        stamp,
+                        index: b.contents.locations.len() as u32,
+                    };
+                    b.contents.locations.push(location);
+                    location_keys.push(l);
+                }
+                local.push(slot.index);
+            }
+            b.charge(local.len() * 4 + 32)?;
+            b.contents.stacks.push(local);
+        }
+        for (mapping, limit) in b.contents.header.mappings.iter_mut().zip(limits_of) {
+            mapping.limit = limit;
+        }
+        // The samples: their stack, values and labels. Label sets are found by their
+        // bytes on the wire, and parsed only when the profile has not had them.
+        let types = b.contents.header.sample_types.len();
+        b.contents.samples.reserve(samples.len());
+        let mut label_sets: HashMap<Vec<u8>, u32, foldhash::quality::RandomState> =
+            HashMap::default();
+        let (mut raw_labels, mut label_key) = (Vec::new(), Vec::new());
+        for (index, bytes) in samples.into_iter().enumerate() {
+            raw_labels.clear();
+            let (stack, values) = sample_fields(index, bytes, types, &mut raw_labels)?;
+            // Checked above.
+            let stack = self.stack_slots[stack as usize].index;
             b.count("labels of one sample", raw_labels.len())?;
             label_key.clear();
             for l in &raw_labels {
@@ -363,13 +488,11 @@ impl StreamTables {
             };
             b.sample(stack, values, labels)?;
         }
-        for (mapping, limit) in b.contents.header.mappings.iter_mut().zip(limits_of) {
-            mapping.limit = limit;
-        }
         b.contents.table_keys = Some(TableKeys {
             scope: self.scope,
-            stacks: keys,
+            stacks: used,
             locations: location_keys,
+            left_out,
         });
         Ok(b.contents)
     }

@@ -108,8 +108,10 @@ fn a_stream_reads_each_profile_as_its_self_contained_form_reads() {
     let second = profile(&[&[0x30], &[0x50, 0x20], &[0x10, 0x20]]);
     let sent_first = encoder.encode(&first);
     let sent_second = encoder.encode(&second);
-    let a = tables.decode(&sent_first, Limits::default()).unwrap();
-    let b = tables.decode(&sent_second, Limits::default()).unwrap();
+    let a = tables.decode(&sent_first, Limits::default(), None).unwrap();
+    let b = tables
+        .decode(&sent_second, Limits::default(), None)
+        .unwrap();
     for (read, p) in [(&a, &first), (&b, &second)] {
         let expected = self_contained(p);
         assert_eq!(seen(read), seen(&expected));
@@ -158,11 +160,15 @@ fn a_decoded_profile_travels_on_as_the_agents_self_contained_form() {
     let mut encoder = StreamEncoder::new();
     let mut tables = StreamTables::new();
     tables
-        .decode(&encoder.encode(&profile(&[&[0x10]])), Limits::default())
+        .decode(
+            &encoder.encode(&profile(&[&[0x10]])),
+            Limits::default(),
+            None,
+        )
         .unwrap();
     let p = profile(&[&[0x10], &[0x20, 0x30]]);
     let read = tables
-        .decode(&encoder.encode(&p), Limits::default())
+        .decode(&encoder.encode(&p), Limits::default(), None)
         .unwrap();
     let again = normalize(
         ProfileFormat::Native,
@@ -182,6 +188,7 @@ fn a_reset_starts_the_tables_over_in_a_new_scope() {
         .decode(
             &encoder.encode(&profile(&[&[0x10], &[0x20]])),
             Limits::default(),
+            None,
         )
         .unwrap();
     // A sender that started over: its indexes count from 0 again.
@@ -189,7 +196,7 @@ fn a_reset_starts_the_tables_over_in_a_new_scope() {
     let mut wire = pb::NativeProfile::decode(StreamEncoder::new().encode(&p).as_slice()).unwrap();
     wire.stream_reset = true;
     let b = tables
-        .decode(&wire.encode_to_vec(), Limits::default())
+        .decode(&wire.encode_to_vec(), Limits::default(), None)
         .unwrap();
     assert_eq!(seen(&b), seen(&self_contained(&p)));
     assert_eq!(tables.stacks(), 1);
@@ -205,7 +212,7 @@ fn definitions_that_do_not_check_leave_the_tables_as_they_were() {
     let mut tables = StreamTables::new();
     let known = profile(&[&[0x10], &[0x20]]);
     tables
-        .decode(&encoder.encode(&known), Limits::default())
+        .decode(&encoder.encode(&known), Limits::default(), None)
         .unwrap();
     let cases: Vec<(Breaker, &str)> = vec![
         (
@@ -249,7 +256,7 @@ fn definitions_that_do_not_check_leave_the_tables_as_they_were() {
         wire.stacks.clear();
         break_it(&mut wire);
         let err = tables
-            .decode(&wire.encode_to_vec(), Limits::default())
+            .decode(&wire.encode_to_vec(), Limits::default(), None)
             .unwrap_err()
             .to_string();
         assert!(err.contains(expected), "{err} should say {expected}");
@@ -257,7 +264,53 @@ fn definitions_that_do_not_check_leave_the_tables_as_they_were() {
     }
     // The stream goes on with what it had.
     let again = tables
-        .decode(&encoder.encode(&known), Limits::default())
+        .decode(&encoder.encode(&known), Limits::default(), None)
         .unwrap();
     assert_eq!(seen(&again), seen(&self_contained(&known)));
+}
+
+#[test]
+fn stacks_the_store_knows_are_left_out_and_the_mappings_stay_whole() {
+    let mut encoder = StreamEncoder::new();
+    let mut tables = StreamTables::new();
+    let first = profile(&[&[0x10, 0x20], &[0x30]]);
+    tables
+        .decode(&encoder.encode(&first), Limits::default(), None)
+        .unwrap();
+    // The store knows stream stack 1 (`0x30`) only.
+    let asked = std::sync::Mutex::new(Vec::new());
+    let number = holmes_storage::KnownStack { num: 77, day: 3 };
+    let known = |_scope: u64, keys: &[u32]| -> Vec<Option<holmes_storage::KnownStack>> {
+        asked.lock().unwrap().push(keys.to_vec());
+        keys.iter().map(|&k| (k == 1).then_some(number)).collect()
+    };
+    let second = profile(&[&[0x30], &[0x10, 0x40]]);
+    let c = tables
+        .decode(&encoder.encode(&second), Limits::default(), Some(&known))
+        .unwrap();
+    // Asked once, about the stacks the samples use, in order of first use.
+    assert_eq!(*asked.lock().unwrap(), vec![vec![1, 2]]);
+    let keys = c.table_keys.clone().unwrap();
+    assert_eq!(keys.stacks, vec![1, 2]);
+    assert_eq!(keys.left_out, vec![Some(number), None]);
+    assert!(c.stacks[0].is_empty());
+    assert_eq!(c.samples[0].stack, 0);
+    // Only the other stack's locations are in the contents.
+    assert_eq!(keys.locations.len(), c.locations.len());
+    assert_eq!(c.stack_frames(1).len(), 4);
+    assert!(!c
+        .locations
+        .iter()
+        .any(|l| matches!(l, Location::Native { offset: 0x30, .. })));
+    // Every module of the profile is a mapping, in its own order, spanning past its last
+    // offset, the left-out stack's included.
+    let expected = self_contained(&second);
+    let spans = |c: &ProfileContents| -> Vec<(String, u64)> {
+        c.header
+            .mappings
+            .iter()
+            .map(|m| (m.module.name.clone(), m.limit))
+            .collect()
+    };
+    assert_eq!(spans(&c), spans(&expected));
 }
