@@ -4,8 +4,9 @@
 //! line for line (`-raw`: sample types, period, time, duration, comments, every sample's
 //! values, labels and locations in order, mappings; `-traces`: every sample's frames) —
 //! for profiles of every capture kind in the agent's own form (CPU with pre-trigger
-//! labels, heap, threads, tasks) and for pprof from other clients, over real gRPC, on
-//! SQLite and on ClickHouse.
+//! labels, heap, threads, tasks), self-contained and in the stream form (stacks the
+//! store knows left out), and for pprof from other clients, over real gRPC, on SQLite
+//! and on ClickHouse.
 //!
 //! The agent's own form is not pprof; what it "sent", as pprof, is its straightforward
 //! conversion ([`as_pprof`], written here apart from the collector's encoder): every
@@ -456,6 +457,31 @@ async fn downloads_are_equivalent_to_what_was_sent(backend: Backend) {
             as_pprof(&p),
             false,
         ));
+    }
+    // The same kinds in the stream form, on the same stream, twice each: the second of
+    // a kind leaves out every stack (the store knows them by key once the first is
+    // stored), and still downloads as what was sent.
+    let mut tables = holmes_proto::native::stream::StreamEncoder::new();
+    for round in 0..2u64 {
+        for (n, kind) in [
+            ProfileKind::Cpu,
+            ProfileKind::Heap,
+            ProfileKind::Threads,
+            ProfileKind::Tasks,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let p = native(kind, started + (10 + 4 * round + n as u64) * SEC);
+            sent.push((
+                format!("{:032x}", 0xc0 + 4 * round as usize + n),
+                kind,
+                ProfileFormat::NativeStream,
+                tables.encode(&p),
+                as_pprof(&p),
+                false,
+            ));
+        }
     }
     let f = foreign(started);
     sent.push((

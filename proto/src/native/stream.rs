@@ -83,6 +83,14 @@ impl StreamEncoder {
             })
             .collect();
         out.profile_modules.clone_from(&modules);
+        out.module_limits = vec![0; modules.len()];
+        for l in &profile.locations {
+            if let Location::Native { module, offset } = l {
+                if let Some(limit) = out.module_limits.get_mut(*module as usize) {
+                    *limit = (*limit).max(offset.saturating_add(1));
+                }
+            }
+        }
         let locations: Vec<u32> = profile
             .locations
             .iter()

@@ -150,6 +150,7 @@ impl From<&NativeProfile> for pb::NativeProfile {
                 .collect(),
             stream_reset: false,
             profile_modules: Vec::new(),
+            module_limits: Vec::new(),
         }
     }
 }

@@ -40,13 +40,11 @@ impl StreamLocation {
     }
 }
 
-/// A stack in a stream's tables: its entries and the modules it spans, as ranges of
-/// the tables' arenas.
+/// A stack in a stream's tables: where its entries are in `StreamTables::entries`.
 #[derive(Debug, Clone, Copy)]
 struct StreamStack {
-    entries: (u32, u32),
-    /// (module, past its last offset here) pairs in `StreamTables::spans`.
-    spans: (u32, u32),
+    start: u32,
+    len: u32,
 }
 
 /// Where a stream entry went in the contents being built: valid when `stamp` is the
@@ -70,13 +68,10 @@ pub struct StreamTables {
     stacks: Vec<StreamStack>,
     /// Every stack's entries, one after the other.
     entries: Vec<u32>,
-    /// Every stack's (module, past its last offset) pairs, one after the other.
-    spans: Vec<(u32, u64)>,
     /// Bytes of symbolic frames held, against `Limits::max_materialized_bytes`.
     frame_bytes: u64,
-    /// The profile being built: where each module, location and stack went.
+    /// The profile being built: where each location and stack went.
     stamp: u32,
-    module_slots: Vec<Slot>,
     location_slots: Vec<Slot>,
     stack_slots: Vec<Slot>,
 }
@@ -95,6 +90,7 @@ struct Parsed<'a> {
     stacks: Vec<&'a [u8]>,
     samples: Vec<&'a [u8]>,
     profile_modules: Vec<u32>,
+    module_limits: Vec<u64>,
 }
 
 impl StreamTables {
@@ -106,10 +102,8 @@ impl StreamTables {
             locations: Vec::new(),
             stacks: Vec::new(),
             entries: Vec::new(),
-            spans: Vec::new(),
             frame_bytes: 0,
             stamp: 0,
-            module_slots: Vec::new(),
             location_slots: Vec::new(),
             stack_slots: Vec::new(),
         }
@@ -137,6 +131,7 @@ impl StreamTables {
             stacks: Vec::new(),
             samples: Vec::new(),
             profile_modules: Vec::new(),
+            module_limits: Vec::new(),
         };
         for field in Fields::new(data) {
             let (number, x) = field?;
@@ -160,13 +155,25 @@ impl StreamTables {
                         .push(u32::try_from(m).unwrap_or(u32::MAX));
                     b.count("profile modules", parsed.profile_modules.len())
                 })?,
+                13 => x.ints("module limits", |l| {
+                    parsed.module_limits.push(l);
+                    b.count("module limits", parsed.module_limits.len())
+                })?,
                 _ => {}
             }
         }
         let samples = std::mem::take(&mut parsed.samples);
-        let profile_modules = std::mem::take(&mut parsed.profile_modules);
+        let modules = std::mem::take(&mut parsed.profile_modules);
+        let module_limits = std::mem::take(&mut parsed.module_limits);
+        if module_limits.len() != modules.len() {
+            return Err(NormalizeError::Malformed(format!(
+                "{} module limits for {} profile modules",
+                module_limits.len(),
+                modules.len()
+            )));
+        }
         self.define(parsed, &limits)?;
-        self.contents(b, samples, &profile_modules, known)
+        self.contents(b, samples, &modules, &module_limits, known)
     }
 
     /// Checks a profile's definitions and appends them (after emptying the tables when
@@ -234,23 +241,19 @@ impl StreamTables {
                 limit: limits.max_materialized_bytes,
             });
         }
-        let location_of = |l: u32| -> &StreamLocation {
+        let depth_of = |l: u32| -> usize {
             let l = l as usize;
             if l < l0 {
-                &self.locations[l]
+                self.locations[l].depth()
             } else {
-                &new_locations[l - l0]
+                new_locations[l - l0].depth()
             }
         };
-        let (e0, sp0) = if p.reset {
-            (0, 0)
-        } else {
-            (self.entries.len(), self.spans.len())
-        };
-        let (mut entries, mut spans) = (Vec::new(), Vec::new());
+        let e0 = if p.reset { 0 } else { self.entries.len() };
+        let mut entries = Vec::new();
         let mut new_stacks = Vec::with_capacity(p.stacks.len());
         for (i, bytes) in p.stacks.into_iter().enumerate() {
-            let (first_entry, first_span) = (entries.len(), spans.len());
+            let first = entries.len();
             let mut depth = 0usize;
             for field in Fields::new(bytes) {
                 if let (1, x) = field? {
@@ -263,18 +266,7 @@ impl StreamTables {
                                 id: i128::from(l),
                             });
                         }
-                        let location = location_of(l);
-                        depth += location.depth();
-                        if let StreamLocation::Native { module, offset } = location {
-                            let past = offset.saturating_add(1);
-                            match spans[first_span..]
-                                .iter_mut()
-                                .find(|(m, _): &&mut (u32, u64)| m == module)
-                            {
-                                Some((_, limit)) => *limit = (*limit).max(past),
-                                None => spans.push((*module, past)),
-                            }
-                        }
+                        depth += depth_of(l);
                         entries.push(l);
                         Ok(())
                     })?;
@@ -289,11 +281,8 @@ impl StreamTables {
                 });
             }
             new_stacks.push(StreamStack {
-                entries: (
-                    (e0 + first_entry) as u32,
-                    (entries.len() - first_entry) as u32,
-                ),
-                spans: ((sp0 + first_span) as u32, (spans.len() - first_span) as u32),
+                start: (e0 + first) as u32,
+                len: (entries.len() - first) as u32,
             });
         }
         if p.reset {
@@ -303,7 +292,6 @@ impl StreamTables {
         self.locations.extend(new_locations);
         self.stacks.extend(new_stacks);
         self.entries.extend(entries);
-        self.spans.extend(spans);
         self.frame_bytes = frame_bytes;
         Ok(())
     }
@@ -314,12 +302,9 @@ impl StreamTables {
         if self.stamp == 0 {
             // Every slot would look current: start them over.
             self.stamp = 1;
-            self.module_slots.clear();
             self.location_slots.clear();
             self.stack_slots.clear();
         }
-        self.module_slots
-            .resize(self.modules.len(), Slot::default());
         self.location_slots
             .resize(self.locations.len(), Slot::default());
         self.stack_slots.resize(self.stacks.len(), Slot::default());
@@ -333,6 +318,7 @@ impl StreamTables {
         mut b: Builder,
         samples: Vec<&[u8]>,
         profile_modules: &[u32],
+        module_limits: &[u64],
         known: Option<KnownStacks<'_>>,
     ) -> Result<ProfileContents, NormalizeError> {
         let stamp = self.next_stamp();
@@ -366,9 +352,9 @@ impl StreamTables {
             Some(known) => known(self.scope, &used),
             None => Vec::new(),
         };
-        // The profile's modules, in its own order, each from 0 to past its last offset.
-        let mut limits_of: Vec<u64> = Vec::new();
-        for &m in profile_modules {
+        // The profile's modules as its mappings, in its own order, each from 0 to past
+        // its last offset (as its self-contained form reads).
+        for (&m, &limit) in profile_modules.iter().zip(module_limits) {
             let Some(module) = self.modules.get(m as usize) else {
                 return Err(NormalizeError::Dangling {
                     what: "profile",
@@ -376,47 +362,21 @@ impl StreamTables {
                     id: i128::from(m),
                 });
             };
-            if self.module_slots[m as usize].stamp != stamp {
-                self.module_slots[m as usize] = Slot {
-                    stamp,
-                    index: limits_of.len() as u32,
-                };
-                b.contents.header.mappings.push(Mapping {
-                    module: module.clone(),
-                    path: module.name.clone(),
-                    ..Mapping::default()
-                });
-                limits_of.push(0);
-            }
+            b.contents.header.mappings.push(Mapping {
+                module: module.clone(),
+                path: module.name.clone(),
+                limit,
+                ..Mapping::default()
+            });
         }
         let mut location_keys: Vec<u32> = Vec::new();
         b.contents.stacks.reserve(used.len());
         for (j, &s) in used.iter().enumerate() {
-            let stack = self.stacks[s as usize];
-            let (start, len) = stack.spans;
-            for &(m, past) in &self.spans[start as usize..(start + len) as usize] {
-                let slot = &mut self.module_slots[m as usize];
-                if slot.stamp != stamp {
-                    *slot = Slot {
-                        stamp,
-                        index: limits_of.len() as u32,
-                    };
-                    let module = &self.modules[m as usize];
-                    b.contents.header.mappings.push(Mapping {
-                        module: module.clone(),
-                        path: module.name.clone(),
-                        ..Mapping::default()
-                    });
-                    limits_of.push(0);
-                }
-                let limit = &mut limits_of[slot.index as usize];
-                *limit = (*limit).max(past);
-            }
             if matches!(left_out.get(j), Some(Some(_))) {
                 b.contents.stacks.push(Vec::new());
                 continue;
             }
-            let (start, len) = stack.entries;
+            let StreamStack { start, len } = self.stacks[s as usize];
             let entries = &self.entries[start as usize..(start + len) as usize];
             let mut local = Vec::with_capacity(entries.len());
             for &l in entries {
@@ -452,9 +412,6 @@ impl StreamTables {
             }
             b.charge(local.len() * 4 + 32)?;
             b.contents.stacks.push(local);
-        }
-        for (mapping, limit) in b.contents.header.mappings.iter_mut().zip(limits_of) {
-            mapping.limit = limit;
         }
         // The samples: their stack, values and labels. Label sets are found by their
         // bytes on the wire, and parsed only when the profile has not had them.
