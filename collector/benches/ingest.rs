@@ -13,24 +13,24 @@
 //! over the last 24 hours), each of 1000 samples drawn with Zipf-like popularity from a
 //! pool of 4000 stacks 10–40 frames deep, down into libc and the vDSO. The fleet runs
 //! two binaries, each deployed in two versions over the day, and its processes restart
-//! every six hours. Each profile goes in one of two forms: the agent's own
-//! (`NativeProfile`: every frame as module + offset) or pprof as agents sent before
-//! (gzip; the binary's frames symbolized at absolute addresses, libc's and the vDSO's
-//! unsymbolized in their mappings). Each agent sends a profile, waits for the
-//! acknowledgement that covers it, then sends the next.
+//! every six hours. Each profile goes in one of three forms: the agent's stream form
+//! (each stack defined once per stream, encoded as the agent's sender does it, as it goes
+//! out), the agent's self-contained form (`NativeProfile`: every frame as module +
+//! offset) or pprof as agents sent before (gzip; the binary's frames symbolized at
+//! absolute addresses, libc's and the vDSO's unsymbolized in their mappings). Each agent
+//! sends a profile, waits for the acknowledgement that covers it, then sends the next.
 //!
 //! Runs, each on a fresh store: SQLite (`synchronous = FULL`, the default, and `NORMAL`
 //! for what FULL costs), ClickHouse 18.16 (`HOLMES_TEST_CLICKHOUSE_URL`) and a current
-//! ClickHouse (`HOLMES_TEST_CLICKHOUSE_CURRENT_URL`), each with native and with pprof
-//! input. Reported per run: profiles/s over the run; CPU seconds of the collector (this
+//! ClickHouse (`HOLMES_TEST_CLICKHOUSE_CURRENT_URL`), each with every input. Reported per run: profiles/s over the run; CPU seconds of the collector (this
 //! process minus the agents' runtime threads, counted apart) and of the ClickHouse
 //! server (`HOLMES_CH_PID` / `HOLMES_CHDB_PID`), hence profiles/s per core; last chunk →
 //! ack p50/p99; bytes stored per profile by table and in all, against the raw gzip pprof
 //! of the same profiles (ClickHouse: as written and after `OPTIMIZE … FINAL`; SQLite:
-//! `dbstat`, indexes included); and, after the native runs, the latency of
+//! `dbstat`, indexes included); and, after the runs in the agent's forms, the latency of
 //! `GET /api/v1/services/orders/flamegraph.svg` over the day (every instance merged).
-//! `HOLMES_BENCH_BACKENDS=sqlite,ch18,chcurrent` and `HOLMES_BENCH_INPUTS=native,pprof`
-//! select runs. Then the same profiles come in as Pyroscope pushes and OTLP exports
+//! `HOLMES_BENCH_BACKENDS=sqlite,ch18,chcurrent` and
+//! `HOLMES_BENCH_INPUTS=stream,native,pprof` select runs. Then the same profiles come in as Pyroscope pushes and OTLP exports
 //! (`ingest/foreign.rs`; `HOLMES_BENCH_FOREIGN=0` skips it), in a table beside the
 //! agent's SQLite row. Nothing is asserted: these are figures to read, on machines too
 //! noisy for thresholds.

@@ -11,7 +11,7 @@
 #                                            # latency through the HTTP API (benches/incidents.rs)
 #
 # --quick is a smoke run (HOLMES_BENCH_QUICK=1). Other knobs, as environment variables:
-# for ingest HOLMES_BENCH_BACKENDS=sqlite,ch18,chcurrent and HOLMES_BENCH_INPUTS=native,pprof
+# for ingest HOLMES_BENCH_BACKENDS=sqlite,ch18,chcurrent and HOLMES_BENCH_INPUTS=stream,native,pprof
 # (runs to make), HOLMES_BENCH_AGENTS, HOLMES_BENCH_PROFILES, HOLMES_BENCH_POOL (distinct
 # stacks), HOLMES_BENCH_BATCH_MS (the ClickHouse batch delay); for incidents
 # HOLMES_BENCH_BACKENDS=sqlite|clickhouse and HOLMES_BENCH_KEEP_DB=1 (keeps the ClickHouse

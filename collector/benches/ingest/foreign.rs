@@ -249,7 +249,7 @@ pub(crate) fn report(agent: Option<(f64, f64, Duration, Duration)>, runs: &[Fore
     if let Some((per_s, per_core, p50, p99)) = agent {
         println!(
             "  {:<28} {:>12} {:>22} {:>22} {:>20}",
-            "holmes agent (gRPC, native)",
+            "holmes agent (gRPC, stream form)",
             si(per_s),
             si(per_core),
             si(per_core * samples),
