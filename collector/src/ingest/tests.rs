@@ -280,45 +280,6 @@ fn chunk(id: u8, data: Vec<u8>, format: ProfileFormat) -> AgentBody {
     })
 }
 
-/// A CPU profile of `stacks` (offsets in one module under `main`), one sample each.
-fn native(stacks: &[&[u64]]) -> holmes_proto::native::NativeProfile {
-    use holmes_proto::native::{Location, NativeProfile, NativeSample, SymbolicFrame, ValueType};
-    let mut p = NativeProfile {
-        sample_types: vec![ValueType::new("samples", "count")],
-        period_type: ValueType::new("cpu", "nanoseconds"),
-        period: 10_000_000,
-        modules: vec![holmes_proto::Module {
-            name: "checkout".into(),
-            build_id: "ab12".into(),
-        }],
-        locations: vec![Location::Symbolic(vec![SymbolicFrame {
-            function: "main".into(),
-            file: "src/main.rs".into(),
-            line: 3,
-        }])],
-        ..NativeProfile::default()
-    };
-    for (i, offsets) in stacks.iter().enumerate() {
-        let mut stack = Vec::new();
-        for &offset in offsets.iter() {
-            let l = Location::Native { module: 0, offset };
-            let at = p.locations.iter().position(|x| *x == l).unwrap_or_else(|| {
-                p.locations.push(l);
-                p.locations.len() - 1
-            });
-            stack.push(at as u32);
-        }
-        stack.push(0);
-        p.stacks.push(stack);
-        p.samples.push(NativeSample {
-            stack: i as u32,
-            values: vec![i as i64 + 1],
-            labels: Vec::new(),
-        });
-    }
-    p
-}
-
 /// Each sample's frames and values, as a user reads them.
 fn seen(c: &holmes_storage::ProfileContents) -> Vec<(Vec<String>, Vec<i64>)> {
     c.samples
@@ -338,11 +299,11 @@ async fn profiles_in_the_stream_form_are_read_with_their_streams_tables_and_trav
     assert!(agent.stream_form, "connect announces the stream form");
     let (tx, inbound) = (&agent.tx, &mut agent.inbound);
     let mut tables = StreamEncoder::new();
-    let first = native(&[&[0x10, 0x20], &[0x30]]);
-    let second = native(&[&[0x30], &[0x10, 0x40]]);
+    let first = normalize::test_profile(&[&[0x10, 0x20], &[0x30]]);
+    let second = normalize::test_profile(&[&[0x30], &[0x10, 0x40]]);
     // A self-contained profile may come between two in the stream form.
-    let plain = native(&[&[0x50]]);
-    let third = native(&[&[0x10, 0x20], &[0x30], &[0x10, 0x40], &[0x60]]);
+    let plain = normalize::test_profile(&[&[0x50]]);
+    let third = normalize::test_profile(&[&[0x10, 0x20], &[0x30], &[0x10, 0x40], &[0x60]]);
     // Encoded in the order they go out, as the agent's sender does.
     let mut sent = vec![
         (1, tables.encode(&first), ProfileFormat::NativeStream),
@@ -353,7 +314,7 @@ async fn profiles_in_the_stream_form_are_read_with_their_streams_tables_and_trav
     // define stays defined.
     let broken = {
         use prost::Message as _;
-        let bytes = tables.encode(&native(&[&[0x60]]));
+        let bytes = tables.encode(&normalize::test_profile(&[&[0x60]]));
         let mut wire = pb::NativeProfile::decode(bytes.as_slice()).unwrap();
         wire.samples[0].stack = 99;
         wire.encode_to_vec()

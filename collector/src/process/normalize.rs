@@ -35,6 +35,9 @@ mod stream;
 mod tests;
 mod wire;
 
+/// A CPU profile of the given stacks in the agent's own form (tests).
+#[cfg(test)]
+pub(crate) use stream::tests::profile as test_profile;
 pub use stream::{KnownStacks, StreamTables};
 
 /// Default cap on a profile's decompressed size.

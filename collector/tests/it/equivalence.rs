@@ -34,6 +34,13 @@ use prost::Message as _;
 
 const SEC: u64 = 1_000_000_000;
 const EVENT: &str = "e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e0";
+/// Every capture kind.
+const KINDS: [ProfileKind; 4] = [
+    ProfileKind::Cpu,
+    ProfileKind::Heap,
+    ProfileKind::Threads,
+    ProfileKind::Tasks,
+];
 
 fn module(name: &str, build_id: &str) -> Module {
     Module {
@@ -439,15 +446,7 @@ async fn downloads_are_equivalent_to_what_was_sent(backend: Backend) {
     // (id, kind, format, bytes sent, the same as pprof, whether symbolized addresses go)
     type Sent = (String, ProfileKind, ProfileFormat, Vec<u8>, Vec<u8>, bool);
     let mut sent: Vec<Sent> = Vec::new();
-    for (n, kind) in [
-        ProfileKind::Cpu,
-        ProfileKind::Heap,
-        ProfileKind::Threads,
-        ProfileKind::Tasks,
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    for (n, kind) in KINDS.into_iter().enumerate() {
         let p = native(kind, started + n as u64 * SEC);
         sent.push((
             format!("{:032x}", 0xa0 + n),
@@ -463,15 +462,7 @@ async fn downloads_are_equivalent_to_what_was_sent(backend: Backend) {
     // stored), and still downloads as what was sent.
     let mut tables = holmes_proto::native::stream::StreamEncoder::new();
     for round in 0..2u64 {
-        for (n, kind) in [
-            ProfileKind::Cpu,
-            ProfileKind::Heap,
-            ProfileKind::Threads,
-            ProfileKind::Tasks,
-        ]
-        .into_iter()
-        .enumerate()
-        {
+        for (n, kind) in KINDS.into_iter().enumerate() {
             let p = native(kind, started + (10 + 4 * round + n as u64) * SEC);
             sent.push((
                 format!("{:032x}", 0xc0 + 4 * round as usize + n),

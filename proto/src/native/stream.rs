@@ -15,7 +15,7 @@ use super::{Location, NativeProfile};
 use crate::model::Module;
 use crate::pb;
 use crate::transform::module_to_wire;
-use crate::transform::native::value_type_to_wire;
+use crate::transform::native::{label_to_wire, location_to_wire, value_type_to_wire};
 
 /// The `connect` response metadata by which a collector says it reads the stream form.
 pub const STREAM_HEADER: &str = "holmes-native-stream";
@@ -142,44 +142,10 @@ impl StreamEncoder {
             .map(|s| pb::NativeSample {
                 stack: stacks.get(s.stack as usize).copied().unwrap_or(u32::MAX),
                 values: s.values.clone(),
-                labels: s
-                    .labels
-                    .iter()
-                    .map(|l| pb::ProfileLabel {
-                        key: l.key.clone(),
-                        str: l.str.clone(),
-                        num: l.num,
-                        unit: l.unit.clone(),
-                    })
-                    .collect(),
+                labels: s.labels.iter().map(label_to_wire).collect(),
             })
             .collect();
         prost::Message::encode_to_vec(&out)
-    }
-}
-
-fn location_to_wire(l: &Location) -> pb::NativeLocation {
-    pb::NativeLocation {
-        kind: Some(match l {
-            Location::Native { module, offset } => {
-                pb::native_location::Kind::Native(pb::ModuleOffset {
-                    module: *module,
-                    offset: *offset,
-                })
-            }
-            Location::Symbolic(frames) => {
-                pb::native_location::Kind::Symbolic(pb::SymbolicLocation {
-                    frames: frames
-                        .iter()
-                        .map(|f| pb::SymbolicFrame {
-                            function: f.function.clone(),
-                            file: f.file.clone(),
-                            line: f.line,
-                        })
-                        .collect(),
-                })
-            }
-        }),
     }
 }
 

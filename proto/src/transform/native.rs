@@ -97,32 +97,7 @@ impl From<&NativeProfile> for pb::NativeProfile {
             duration_nanos: p.duration_nanos,
             comments: p.comments.clone(),
             modules: p.modules.iter().map(module_to_wire).collect(),
-            locations: p
-                .locations
-                .iter()
-                .map(|l| pb::NativeLocation {
-                    kind: Some(match l {
-                        Location::Native { module, offset } => {
-                            pb::native_location::Kind::Native(pb::ModuleOffset {
-                                module: *module,
-                                offset: *offset,
-                            })
-                        }
-                        Location::Symbolic(frames) => {
-                            pb::native_location::Kind::Symbolic(pb::SymbolicLocation {
-                                frames: frames
-                                    .iter()
-                                    .map(|f| pb::SymbolicFrame {
-                                        function: f.function.clone(),
-                                        file: f.file.clone(),
-                                        line: f.line,
-                                    })
-                                    .collect(),
-                            })
-                        }
-                    }),
-                })
-                .collect(),
+            locations: p.locations.iter().map(location_to_wire).collect(),
             stacks: p
                 .stacks
                 .iter()
@@ -136,21 +111,48 @@ impl From<&NativeProfile> for pb::NativeProfile {
                 .map(|s| pb::NativeSample {
                     stack: s.stack,
                     values: s.values.clone(),
-                    labels: s
-                        .labels
-                        .iter()
-                        .map(|l| pb::ProfileLabel {
-                            key: l.key.clone(),
-                            str: l.str.clone(),
-                            num: l.num,
-                            unit: l.unit.clone(),
-                        })
-                        .collect(),
+                    labels: s.labels.iter().map(label_to_wire).collect(),
                 })
                 .collect(),
             stream_reset: false,
             profile_modules: Vec::new(),
             module_limits: Vec::new(),
         }
+    }
+}
+
+/// A location as the wire has it (its module an index, as given).
+pub(crate) fn location_to_wire(l: &Location) -> pb::NativeLocation {
+    pb::NativeLocation {
+        kind: Some(match l {
+            Location::Native { module, offset } => {
+                pb::native_location::Kind::Native(pb::ModuleOffset {
+                    module: *module,
+                    offset: *offset,
+                })
+            }
+            Location::Symbolic(frames) => {
+                pb::native_location::Kind::Symbolic(pb::SymbolicLocation {
+                    frames: frames
+                        .iter()
+                        .map(|f| pb::SymbolicFrame {
+                            function: f.function.clone(),
+                            file: f.file.clone(),
+                            line: f.line,
+                        })
+                        .collect(),
+                })
+            }
+        }),
+    }
+}
+
+/// A sample label as the wire has it.
+pub(crate) fn label_to_wire(l: &ProfileLabel) -> pb::ProfileLabel {
+    pb::ProfileLabel {
+        key: l.key.clone(),
+        str: l.str.clone(),
+        num: l.num,
+        unit: l.unit.clone(),
     }
 }

@@ -176,6 +176,46 @@ pub(super) fn sample_fields<'a>(
     Ok((stack, values))
 }
 
+/// Appends the location indexes of stack `index` (a `NativeStack`'s bytes) to
+/// `entries`, each checked to be below `locations`, the stack's frames (`depth_of` each
+/// location) within [`Limits::max_depth`].
+pub(super) fn stack_entries(
+    bytes: &[u8],
+    index: usize,
+    locations: usize,
+    limits: &Limits,
+    entries: &mut Vec<u32>,
+    depth_of: impl Fn(u32) -> usize,
+) -> Result<(), NormalizeError> {
+    let mut depth = 0usize;
+    for field in Fields::new(bytes) {
+        if let (1, x) = field? {
+            x.ints("stack locations", |l| {
+                let l = u32::try_from(l).unwrap_or(u32::MAX);
+                if l as usize >= locations {
+                    return Err(NormalizeError::Dangling {
+                        what: "stack",
+                        target: "location",
+                        id: i128::from(l),
+                    });
+                }
+                depth += depth_of(l);
+                entries.push(l);
+                Ok(())
+            })?;
+        }
+    }
+    if depth > limits.max_depth {
+        return Err(NormalizeError::TooDeep {
+            what: "stack",
+            index,
+            depth,
+            limit: limits.max_depth,
+        });
+    }
+    Ok(())
+}
+
 /// A `NativeProfile`'s bytes into contents.
 pub(super) fn normalize(
     data: &[u8],
@@ -268,32 +308,10 @@ pub(super) fn normalize(
     let mut entries: Vec<u32> = Vec::new();
     for (i, bytes) in stacks.into_iter().enumerate() {
         entries.clear();
-        let mut depth = 0usize;
-        for field in Fields::new(bytes) {
-            if let (1, x) = field? {
-                x.ints("stack locations", |l| {
-                    let l = u32::try_from(l).unwrap_or(u32::MAX);
-                    if l as usize >= b.contents.locations.len() {
-                        return Err(NormalizeError::Dangling {
-                            what: "stack",
-                            target: "location",
-                            id: i128::from(l),
-                        });
-                    }
-                    depth += depth_of(l, &b.contents);
-                    entries.push(l);
-                    Ok(())
-                })?;
-            }
-        }
-        if depth > limits.max_depth {
-            return Err(NormalizeError::TooDeep {
-                what: "stack",
-                index: i,
-                depth,
-                limit: limits.max_depth,
-            });
-        }
+        let locations = b.contents.locations.len();
+        stack_entries(bytes, i, locations, &limits, &mut entries, |l| {
+            depth_of(l, &b.contents)
+        })?;
         stack_index.push(b.stack(&entries)?);
     }
     // Samples: their stack, one value per sample type, their labels.

@@ -19,7 +19,7 @@ use holmes_proto::native::stream::{MAX_STREAM_LOCATIONS, MAX_STREAM_MODULES, MAX
 use holmes_proto::Module;
 use holmes_storage::{KnownStack, Location, Mapping, ProfileContents, StackFrame, TableKeys};
 
-use super::native::{header_field, label, location, module, sample_fields, Raw};
+use super::native::{header_field, label, location, module, sample_fields, stack_entries, Raw};
 use super::wire::Fields;
 use super::{too_many, Builder, Limits, NormalizeError};
 
@@ -254,32 +254,7 @@ impl StreamTables {
         let mut new_stacks = Vec::with_capacity(p.stacks.len());
         for (i, bytes) in p.stacks.into_iter().enumerate() {
             let first = entries.len();
-            let mut depth = 0usize;
-            for field in Fields::new(bytes) {
-                if let (1, x) = field? {
-                    x.ints("stack locations", |l| {
-                        let l = u32::try_from(l).unwrap_or(u32::MAX);
-                        if l as usize >= l_all {
-                            return Err(NormalizeError::Dangling {
-                                what: "stack",
-                                target: "location",
-                                id: i128::from(l),
-                            });
-                        }
-                        depth += depth_of(l);
-                        entries.push(l);
-                        Ok(())
-                    })?;
-                }
-            }
-            if depth > limits.max_depth {
-                return Err(NormalizeError::TooDeep {
-                    what: "stack",
-                    index: s0 + i,
-                    depth,
-                    limit: limits.max_depth,
-                });
-            }
+            stack_entries(bytes, s0 + i, l_all, limits, &mut entries, depth_of)?;
             new_stacks.push(StreamStack {
                 start: (e0 + first) as u32,
                 len: (entries.len() - first) as u32,
@@ -456,4 +431,4 @@ impl StreamTables {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

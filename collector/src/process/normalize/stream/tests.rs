@@ -15,7 +15,7 @@ use crate::process::normalize::{native_bytes, normalize};
 
 /// A profile of `stacks` (offsets in the executable, each under a task's symbolic
 /// frame), one sample each, values `i + 1`, every other one labelled.
-fn profile(stacks: &[&[u64]]) -> NativeProfile {
+pub(crate) fn profile(stacks: &[&[u64]]) -> NativeProfile {
     let mut p = NativeProfile {
         sample_types: vec![
             NativeValueType::new("samples", "count"),
