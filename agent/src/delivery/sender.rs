@@ -44,6 +44,11 @@ const SEND_BATCH: usize = 16;
 const UPLOAD_IN_FLIGHT: usize = 2;
 /// How soon a full stream is looked at again for room for an upload chunk.
 const UPLOAD_RECHECK: Duration = Duration::from_millis(50);
+/// Locations a stream's tables hold before they start over: with the stacks below,
+/// what bounds the sender's memory of a stream (a few MiB).
+const STREAM_LOCATIONS: usize = 1 << 16;
+/// Stacks a stream's tables hold before they start over.
+const STREAM_STACKS: usize = 1 << 14;
 
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
@@ -169,7 +174,7 @@ async fn session(
     let mut tables = response
         .metadata()
         .contains_key(STREAM_HEADER)
-        .then(StreamEncoder::new);
+        .then(|| StreamEncoder::bounded(STREAM_LOCATIONS, STREAM_STACKS));
     let mut inbound = response.into_inner();
     delivery.connected.store(true, Ordering::Relaxed);
     delivery.connections.fetch_add(1, Ordering::Relaxed);
@@ -290,6 +295,9 @@ fn stream_form(tables: &mut StreamEncoder, msg: &AgentMessage) -> pb::AgentMessa
         // Not ours to fix: the collector says what is wrong with it.
         return pb::AgentMessage::from(msg);
     };
+    if !StreamEncoder::fits(&profile) {
+        return pb::AgentMessage::from(msg);
+    }
     let data = tables.encode(&profile);
     pb::AgentMessage::from(&AgentMessage {
         seq: msg.seq,
@@ -444,7 +452,7 @@ mod tests {
 
     #[test]
     fn a_native_profile_in_one_chunk_goes_out_in_the_stream_form_and_the_rest_as_queued() {
-        let mut tables = StreamEncoder::new();
+        let mut tables = StreamEncoder::bounded(STREAM_LOCATIONS, STREAM_STACKS);
         let bytes = native().encode();
         let (seq, first) = sent(stream_form(
             &mut tables,

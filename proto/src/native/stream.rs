@@ -27,17 +27,38 @@ pub const MAX_STREAM_LOCATIONS: usize = 1 << 18;
 pub const MAX_STREAM_STACKS: usize = 1 << 17;
 
 /// The sender's side of one stream's tables: what it has defined, by content.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct StreamEncoder {
     modules: HashMap<Module, u32>,
     locations: HashMap<Location, u32>,
     stacks: HashMap<Vec<u32>, u32>,
+    max_locations: usize,
+    max_stacks: usize,
+}
+
+impl Default for StreamEncoder {
+    fn default() -> Self {
+        StreamEncoder::bounded(MAX_STREAM_LOCATIONS, MAX_STREAM_STACKS)
+    }
 }
 
 impl StreamEncoder {
-    /// The tables of a new stream: empty.
+    /// The tables of a new stream: empty, up to the protocol's caps.
     pub fn new() -> Self {
         StreamEncoder::default()
+    }
+
+    /// The tables of a new stream, started over before they hold more than
+    /// `max_locations` locations or `max_stacks` stacks (at most the protocol's caps):
+    /// what bounds the sender's memory.
+    pub fn bounded(max_locations: usize, max_stacks: usize) -> Self {
+        StreamEncoder {
+            modules: HashMap::new(),
+            locations: HashMap::new(),
+            stacks: HashMap::new(),
+            max_locations: max_locations.min(MAX_STREAM_LOCATIONS),
+            max_stacks: max_stacks.min(MAX_STREAM_STACKS),
+        }
     }
 
     /// Stacks defined on the stream so far.
@@ -45,16 +66,25 @@ impl StreamEncoder {
         self.stacks.len()
     }
 
+    /// Whether `profile` alone fits a stream's tables; one that does not goes
+    /// self-contained.
+    pub fn fits(profile: &NativeProfile) -> bool {
+        profile.modules.len() <= MAX_STREAM_MODULES
+            && profile.locations.len() <= MAX_STREAM_LOCATIONS
+            && profile.stacks.len() <= MAX_STREAM_STACKS
+    }
+
     /// `profile` in the stream form: its samples, and the modules, locations and stacks
     /// they use that the stream has not had. The reader must have read every profile
-    /// this encoder encoded before, in order. When the tables would outgrow their caps
-    /// they start over, and the profile says so (`stream_reset`).
+    /// this encoder encoded before, in order. When the tables would outgrow their
+    /// bounds they start over, and the profile says so (`stream_reset`). Check
+    /// [`StreamEncoder::fits`] first.
     pub fn encode(&mut self, profile: &NativeProfile) -> Vec<u8> {
         let reset = self.modules.len() + profile.modules.len() > MAX_STREAM_MODULES
-            || self.locations.len() + profile.locations.len() > MAX_STREAM_LOCATIONS
-            || self.stacks.len() + profile.stacks.len() > MAX_STREAM_STACKS;
+            || self.locations.len() + profile.locations.len() > self.max_locations
+            || self.stacks.len() + profile.stacks.len() > self.max_stacks;
         if reset {
-            *self = StreamEncoder::new();
+            *self = StreamEncoder::bounded(self.max_locations, self.max_stacks);
         }
         let mut out = pb::NativeProfile {
             sample_types: profile

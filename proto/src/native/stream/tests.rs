@@ -77,3 +77,22 @@ fn a_stream_defines_each_stack_once_and_samples_refer_to_its_tables() {
     assert_eq!(fresh.stacks.len(), 1);
     assert_eq!(fresh.samples[0].stack, 0);
 }
+
+#[test]
+fn tables_past_their_bounds_start_over_and_say_so() {
+    // Room for 3 stacks: the second profile's 2 would make 4.
+    let mut encoder = StreamEncoder::bounded(100, 3);
+    let first = decode(&encoder.encode(&profile(&[&[0x10], &[0x20]])));
+    assert!(!first.stream_reset);
+    let second = decode(&encoder.encode(&profile(&[&[0x30], &[0x40]])));
+    assert!(second.stream_reset, "the tables start over");
+    assert_eq!((second.modules.len(), second.stacks.len()), (1, 2));
+    assert_eq!(
+        second.samples.iter().map(|s| s.stack).collect::<Vec<_>>(),
+        vec![0, 1]
+    );
+    // The bounds hold after the reset too.
+    let third = decode(&encoder.encode(&profile(&[&[0x30], &[0x50]])));
+    assert!(third.stream_reset);
+    assert!(StreamEncoder::fits(&profile(&[&[0x10]])));
+}
