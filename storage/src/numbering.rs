@@ -515,14 +515,19 @@ impl Numbering {
         if plan.lost > 0 {
             return Err(StoreError::LeftOutStacks { count: plan.lost });
         }
+        let (locations, stacks) = (c.locations.len(), c.stacks.len());
         let mut out = Numbered {
             day,
             generation: inner.generation,
             scoped_new: c.table_keys.as_ref().map(|k| (k.scope, Vec::new())),
+            location_nums: Vec::with_capacity(locations),
+            location_ordinals: Vec::with_capacity(locations),
+            stack_nums: Vec::with_capacity(stacks),
+            stack_keys: Vec::with_capacity(stacks),
             ..Numbered::default()
         };
         let mut last = None;
-        let mut keyed_locations = Vec::new();
+        let mut keyed_locations = Vec::with_capacity(locations);
         let keyed = if still {
             Vec::new()
         } else {
@@ -575,7 +580,7 @@ impl Numbering {
             out.location_ordinals.push(ordinal);
         }
         let epoch = inner.epoch;
-        let mut by_key = Vec::new();
+        let mut by_key = Vec::with_capacity(stacks);
         let Inner {
             stacks,
             locations,

@@ -250,7 +250,8 @@ impl StreamTables {
             }
         };
         let e0 = if p.reset { 0 } else { self.entries.len() };
-        let mut entries = Vec::new();
+        // A stack is some 25 frames deep.
+        let mut entries = Vec::with_capacity(p.stacks.len() * 25);
         let mut new_stacks = Vec::with_capacity(p.stacks.len());
         for (i, bytes) in p.stacks.into_iter().enumerate() {
             let first = entries.len();
@@ -298,7 +299,7 @@ impl StreamTables {
     ) -> Result<ProfileContents, NormalizeError> {
         let stamp = self.next_stamp();
         // The stacks the samples use, in order of first use.
-        let mut used: Vec<u32> = Vec::new();
+        let mut used: Vec<u32> = Vec::with_capacity(samples.len());
         for bytes in &samples {
             let mut stack = 0u64;
             for field in Fields::new(bytes) {
@@ -344,7 +345,10 @@ impl StreamTables {
                 ..Mapping::default()
             });
         }
-        let mut location_keys: Vec<u32> = Vec::new();
+        // Sized for a stack's worth of new locations per stack left in.
+        let kept = used.len() - left_out.iter().filter(|k| k.is_some()).count();
+        let mut location_keys: Vec<u32> = Vec::with_capacity(kept * 4);
+        b.contents.locations.reserve(kept * 4);
         b.contents.stacks.reserve(used.len());
         for (j, &s) in used.iter().enumerate() {
             if matches!(left_out.get(j), Some(Some(_))) {
