@@ -346,10 +346,14 @@ impl Processor {
                     .profile_record(service, instance_id, profile, decoded)
                     .await;
                 skew.profile(&mut record);
+                let mut unnamed = Vec::new();
                 if let (Some(symbolizer), Some(contents)) = (&self.symbolizer, &record.contents) {
-                    symbolizer.name_profile(contents).await;
+                    unnamed = symbolizer.name_profile(contents).await;
                 }
                 retry_store("profile", || self.store.insert_profile(&record)).await?;
+                if let (Some(symbolizer), false) = (&self.symbolizer, unnamed.is_empty()) {
+                    symbolizer.name_after_store(&unnamed).await;
+                }
                 tracing::info!(
                     service = %record.service,
                     instance = %record.instance_id,

@@ -331,7 +331,10 @@ impl Symbolizer {
     /// so that it reads back named); modules whose debug info the store lacks are looked
     /// up on debuginfod, if configured, in the background. Failures are logged: the
     /// profile is stored anyway.
-    pub async fn name_profile(&self, contents: &ProfileContents) {
+    ///
+    /// Returns the builds it could not name yet: pass them to
+    /// [`Symbolizer::name_after_store`] once the profile is stored.
+    pub async fn name_profile(&self, contents: &ProfileContents) -> Vec<String> {
         let mut by_build: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
         let mut missing: HashSet<&str> = HashSet::new();
         for location in &contents.locations {
@@ -349,13 +352,27 @@ impl Symbolizer {
             }
         }
         if let Some(debuginfod) = &self.debuginfod {
-            for build_id in missing {
+            for build_id in &missing {
                 debuginfod.wanted(build_id);
             }
         }
         for (build_id, offsets) in by_build {
             if let Err(err) = self.name_offsets(build_id, offsets, Named::Skip).await {
                 tracing::warn!(build_id, error = %err, "cannot symbolize a profile's locations");
+            }
+        }
+        missing.into_iter().map(str::to_owned).collect()
+    }
+
+    /// Names what a stored profile left unnamed because its build's debug info was not
+    /// complete then ([`Symbolizer::name_profile`]'s answer), for each of `builds` whose
+    /// debug info completed since: the build's sweep may have read the store before the
+    /// profile was in, and later profiles of its stream need not carry those locations
+    /// again (the agent's stream form).
+    pub async fn name_after_store(&self, builds: &[String]) {
+        for build_id in builds {
+            if self.is_complete(build_id) {
+                self.sweep_logged(build_id).await;
             }
         }
     }
