@@ -47,6 +47,10 @@ pub const RESTORE_RESOLVED_FOR: Duration = Duration::from_secs(3600);
 /// Correlation, the store and the alert hooks, together.
 pub struct Incidents {
     correlator: Mutex<Correlator>,
+    /// Held from correlating until the changes' alerts are queued, so that alerts are
+    /// queued in the order of the incidents' versions (reading an incident's suspects
+    /// for its alert waits on the store, and another trigger's change could pass it).
+    alert_order: tokio::sync::Mutex<()>,
     /// Captures kept per incident and kind; skipped events.
     budget: Mutex<Budget>,
     store: Arc<dyn Store>,
@@ -83,6 +87,7 @@ impl Incidents {
         correlator.restore(all);
         let incidents = Arc::new(Incidents {
             correlator: Mutex::new(correlator),
+            alert_order: tokio::sync::Mutex::new(()),
             budget: Mutex::new(budget),
             store,
             alerter,
@@ -136,8 +141,9 @@ impl Incidents {
     /// kinds `planned`, and spends its incident's capture budget on them: the kinds
     /// beyond it are counted in the incident, and its agent is told not to send them.
     pub async fn observe(&self, event: &TriggerRecord, planned: &[ProfileKind]) {
+        let order = self.alert_order.lock().await;
         let changes = self.correlate(event, planned);
-        self.apply(changes).await;
+        self.apply(changes, order).await;
     }
 
     /// [`Incidents::observe`] for stored trigger events in their order (a Kafka
@@ -148,11 +154,12 @@ impl Incidents {
         &self,
         events: impl IntoIterator<Item = (&'a TriggerRecord, &'a [ProfileKind])>,
     ) {
+        let order = self.alert_order.lock().await;
         let mut changes = Vec::new();
         for (event, planned) in events {
             changes.extend(self.correlate(event, planned));
         }
-        self.apply(changes).await;
+        self.apply(changes, order).await;
     }
 
     /// Correlates one event and spends its incident's budget; the incidents' changes.
@@ -445,6 +452,7 @@ impl Incidents {
 
     /// Resolves what went quiet by `now` and retries unsaved changes.
     pub async fn tick(&self, now_unix_nanos: u64) {
+        let order = self.alert_order.lock().await;
         let changes = {
             let mut correlator = self.correlator.lock().unwrap_or_else(|p| p.into_inner());
             let changes = correlator.tick(now_unix_nanos);
@@ -453,7 +461,7 @@ impl Incidents {
                 .set(i64::try_from(correlator.open_count()).unwrap_or(i64::MAX));
             changes
         };
-        self.apply(changes).await;
+        self.apply(changes, order).await;
         let unsaved: Vec<IncidentRecord> =
             std::mem::take(&mut *self.unsaved.lock().unwrap_or_else(|p| p.into_inner()))
                 .into_values()
@@ -471,7 +479,9 @@ impl Incidents {
     /// stored incident already holds the event.
     /// Acts on the changes in their order (suspects marked, controls asked, alerts
     /// queued), then stores each changed incident's latest version, concurrently.
-    async fn apply(&self, changes: Vec<Change>) {
+    /// Marks, alerts and stores `changes`; `order` (the alert-order lock) is let go once
+    /// their alerts are queued, before the store writes.
+    async fn apply(&self, changes: Vec<Change>, order: tokio::sync::MutexGuard<'_, ()>) {
         let mut latest: HashMap<String, IncidentRecord> = HashMap::new();
         for change in changes {
             let record = change.incident();
@@ -495,6 +505,7 @@ impl Incidents {
                 latest.insert(record.incident_id.clone(), record.clone());
             }
         }
+        drop(order);
         self.save_all(latest.into_values()).await;
     }
 
