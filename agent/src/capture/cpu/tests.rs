@@ -1,0 +1,169 @@
+use super::*;
+use crate::clock::thread_cpu_time;
+use std::time::Instant;
+
+/// The culprit: a leaf that spins without calling anything in its hot loop (plain
+/// operators only, so even an unoptimized build makes no calls here).
+#[inline(never)]
+fn spin_leaf_culprit(rounds: u64) -> u64 {
+    let mut x = rounds | 1;
+    let mut i = 0u64;
+    while i < rounds {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        i += 1;
+    }
+    x
+}
+
+/// Spins until this thread has had `cpu` of CPU time, however long a busy machine
+/// takes to give it that.
+#[inline(never)]
+fn cpu_test_spin_harness(cpu: Duration) {
+    let from = thread_cpu_time();
+    while thread_cpu_time() - from < cpu {
+        std::hint::black_box(spin_leaf_culprit(2_000_000));
+    }
+}
+
+/// The functions at a stack entry, inlined ones included, joined.
+fn name_of(addr: usize, leaf: bool) -> String {
+    let lookup = crate::capture::symbolize::lookup_address(addr, leaf);
+    crate::capture::symbolize::local::function_names(lookup).join(" <- ")
+}
+
+#[test]
+fn a_spinning_leaf_function_carries_its_time() {
+    start(CAPTURE_HZ).unwrap();
+    let mut stacks: Vec<Vec<usize>> = Vec::new();
+    let spinner = std::thread::spawn(|| cpu_test_spin_harness(Duration::from_millis(1500)));
+    let give_up = Instant::now() + Duration::from_secs(120);
+    while !spinner.is_finished() {
+        assert!(Instant::now() < give_up, "the spinner got 1.5 s of CPU");
+        drain(|stack, _, _| stacks.push(stack.to_vec()));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    spinner.join().unwrap();
+    set_rate(0).unwrap();
+    drain(|stack, _, _| stacks.push(stack.to_vec()));
+    let ours: Vec<&Vec<usize>> = stacks
+        .iter()
+        .filter(|s| {
+            s.iter()
+                .enumerate()
+                .any(|(i, a)| name_of(*a, i == 0).contains("cpu_test_spin_harness"))
+        })
+        .collect();
+    // 1.5 s of the spinner's CPU at 99 Hz is ~150 samples; the signal ring may
+    // overflow while this thread waits for the CPU, so ask for a fraction of that.
+    assert!(
+        ours.len() >= 20,
+        "only {} of {} samples in the harness",
+        ours.len(),
+        stacks.len()
+    );
+    let in_leaf = ours
+        .iter()
+        .filter(|s| name_of(s[0], true).contains("spin_leaf_culprit"))
+        .count();
+    assert!(
+        in_leaf * 10 >= ours.len() * 9,
+        "the leaf carries {in_leaf} of {} samples",
+        ours.len()
+    );
+}
+
+#[test]
+fn the_recorder_keeps_only_its_window_and_tallies_captures() {
+    let mut r = FlightRecorder::new(Duration::from_secs(3), Duration::ZERO);
+    let s = 1_000_000_000u64;
+    r.add(&[1, 2], 10, 100 * s);
+    r.add(&[1, 2], 10, 100 * s + 5);
+    r.add(&[3], 10, 101 * s);
+    assert_eq!(
+        r.window(0).get(&vec![1, 2]),
+        Some(&Tally {
+            samples: 2,
+            nanos: 20
+        })
+    );
+    r.begin_capture(102 * s);
+    r.add(&[4], 7, 102 * s);
+    r.add(&[4], 7, 103 * s);
+    // 103 s: the 100 s bucket is now older than 3 s and gone.
+    assert_eq!(r.window(0).get(&vec![1, 2]), None);
+    assert_eq!(r.window(101 * s).len(), 2);
+    let cap = r.end_capture();
+    assert_eq!(
+        cap.get(&vec![4]),
+        Some(&Tally {
+            samples: 2,
+            nanos: 14
+        })
+    );
+    assert!(r.end_capture().is_empty());
+}
+
+#[test]
+fn a_longer_history_serves_older_intervals() {
+    let s = 1_000_000_000u64;
+    let mut r = FlightRecorder::new(Duration::from_secs(10), Duration::from_secs(60));
+    assert_eq!(r.history(), Duration::from_secs(60));
+    for second in 100..200 {
+        r.add(&[second as usize], 10, second * s + 5);
+    }
+    // 60 s kept: 140..=199.
+    assert!(r.range(0, 140 * s).is_empty());
+    assert_eq!(r.range(0, u64::MAX).len(), 60);
+    // An interval of the past, to the second: 150.5 s to 152.2 s touches 150..=152.
+    let mut got: Vec<usize> = r
+        .range(150 * s + s / 2, 152 * s + s / 5)
+        .into_keys()
+        .map(|k| k[0])
+        .collect();
+    got.sort();
+    assert_eq!(got, [150, 151, 152]);
+    assert_eq!(r.window(195 * s).len(), 5);
+}
+
+#[test]
+fn it_holds_nothing_from_before_it_started() {
+    let r = FlightRecorder::new(Duration::from_secs(10), Duration::from_secs(60));
+    let now = monotonic_ns();
+    assert!(r.holds_since(now) <= now);
+    assert!(
+        now - r.holds_since(now) < 5_000_000_000,
+        "a young recorder holds only its own seconds"
+    );
+    let later = now + 3_600_000_000_000;
+    assert_eq!(r.holds_since(later), later - 60_000_000_000);
+}
+
+#[test]
+fn a_busy_history_gives_way_but_the_pre_trigger_window_does_not() {
+    let s = 1_000_000_000u64;
+    let mut r = FlightRecorder::new(Duration::from_secs(10), Duration::from_secs(60));
+    let per_second = 1_000;
+    for second in 0..60u64 {
+        for i in 0..per_second {
+            r.add(&[second as usize, i], 1, second * s);
+        }
+    }
+    // One more second: the history beyond the last 10 s holds at most the cap.
+    r.add(&[0], 1, 60 * s);
+    let older = r.range(0, 50 * s).len();
+    assert!(older <= MAX_HISTORY_STACKS, "{older}");
+    assert!(older >= MAX_HISTORY_STACKS - per_second, "{older}");
+    assert_eq!(r.range(50 * s, 60 * s).len(), 10 * per_second);
+}
+
+#[test]
+fn too_many_distinct_stacks_are_counted_not_kept() {
+    let mut r = FlightRecorder::new(Duration::from_secs(10), Duration::ZERO);
+    for i in 0..(MAX_STACKS_PER_BUCKET + 10) {
+        r.add(&[i], 1, 5);
+    }
+    assert_eq!(r.window(0).len(), MAX_STACKS_PER_BUCKET);
+    assert_eq!(r.overflow(), 10);
+}
