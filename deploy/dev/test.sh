@@ -78,6 +78,18 @@ if cargo fmt --version >/dev/null 2>&1; then
 else
   echo "warning: rustfmt is not installed; formatting not checked" >&2
 fi
+# Room on disk: a build from scratch takes about 4 GiB under the target folder
+# (line tables only, Cargo.toml's [profile.dev]), and the tests some more in the
+# temporary folder. A disk without that room is named here, not in a linker's error.
+build_gib=4
+target_dir=${CARGO_TARGET_DIR:-target}
+mkdir -p "$target_dir"
+disk_free() { df -Pm "$1" | awk 'NR == 2 { printf "%.1f", $4 / 1024 }'; }
+say "disk: $(disk_free "$target_dir") GiB free for $target_dir/ (it holds $(du -sm "$target_dir" | cut -f1) MiB), $(disk_free "${TMPDIR:-/tmp}") GiB for ${TMPDIR:-/tmp}"
+if [ "$(df -Pm "$target_dir" | awk 'NR == 2 { print $4 }')" -lt $((build_gib * 1024)) ]; then
+  echo "warning: a build from scratch needs about $build_gib GiB under $target_dir/; free some room if it fails with \"No space left on device\"" >&2
+fi
+
 status=0
 log=$(mktemp "${TMPDIR:-/tmp}/holmes-test-log.XXXXXX")
 it_log=$(mktemp "${TMPDIR:-/tmp}/holmes-test-it.XXXXXX")
@@ -212,5 +224,6 @@ fi
 set -e
 # One closing line for the whole run (cargo prints one per test binary).
 sum() { grep -oE "test result: [A-Za-z]+\. [0-9]+ passed; [0-9]+ failed" "$log" | awk -v f="$1" '{ s += $f } END { print s + 0 }'; }
+echo "disk: $target_dir/ holds $(du -sm "$target_dir" | cut -f1) MiB, $(disk_free "$target_dir") GiB left"
 printf '\ntests: %s passed, %s failed, in %dm%02ds\n' "$(sum 4)" "$(sum 6)" $((SECONDS / 60)) $((SECONDS % 60))
 exit "$status"

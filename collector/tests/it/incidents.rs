@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::support::receiver::Receiver;
-use crate::support::{eventually, holmes_cli, Backend};
+use crate::support::{eventually, eventually_seen, holmes_cli, Backend};
 use axum::http::StatusCode;
 use holmes_cli::api_client::ApiClient;
 use holmes_collector::{Config, Server};
@@ -119,16 +119,33 @@ min_severity = "fleet"
 
     // The suspects come from the instances' CPU profiles: the hot loop leads, named
     // from the uploaded debug info.
-    let detail = eventually(
+    let detail = eventually_seen(
         Duration::from_secs(300),
         "CPU profiles of the incident, named",
         || async {
-            let d = api.incident(&id).await.ok()?;
-            (d.sick_profiles >= 3
+            let d = api.incident(&id).await.map_err(|e| e.to_string())?;
+            if d.sick_profiles >= 3
                 && d.suspects
                     .first()
-                    .is_some_and(|s| s.function.ends_with("demo::hot_loop")))
-            .then_some(d)
+                    .is_some_and(|s| s.function.ends_with("demo::hot_loop"))
+            {
+                return Ok(d);
+            }
+            let top: Vec<&str> = d
+                .suspects
+                .iter()
+                .take(3)
+                .map(|s| s.function.as_str())
+                .collect();
+            Err(format!(
+                "{} triggers, {} profiles, suspects computed {:?} from {} sick profiles, \
+                 top {top:?}, status {}",
+                d.triggers.len(),
+                d.profiles.len(),
+                d.suspects_computed,
+                d.sick_profiles,
+                d.incident.status
+            ))
         },
     )
     .await;

@@ -170,6 +170,27 @@ where
     }
 }
 
+/// As [`eventually`], for waits whose failure needs what was seen: `check` answers
+/// `Err(what it saw)` until satisfied, and the failure shows the last answer.
+pub(crate) async fn eventually_seen<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        let seen = match check().await {
+            Ok(v) => return v,
+            Err(seen) => seen,
+        };
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}; last seen: {seen}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The headless browser for page tests: `chromium` on the PATH. `None` (the test then
 /// says it is skipped) unless `HOLMES_TEST_REQUIRE_CHROMIUM=1`, which makes its absence
 /// a failure (`deploy/dev/test.sh` installs it and sets that).
