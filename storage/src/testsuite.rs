@@ -17,12 +17,14 @@ use crate::{
 
 mod control;
 mod debuginfo;
+mod merge;
 mod profiles;
 mod retention;
 mod suspects;
 
 pub use control::*;
 pub use debuginfo::*;
+pub use merge::*;
 pub use profiles::*;
 pub use retention::*;
 pub use suspects::*;

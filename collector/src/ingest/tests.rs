@@ -12,6 +12,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use super::*;
 use crate::control::ControlConfig;
 use crate::ingest::live::LiveAgents;
+use crate::process::{PipelineBody, PipelineEvent, PipelineProfile, SinkError};
 
 const WAIT: Duration = Duration::from_secs(10);
 

@@ -52,9 +52,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    holmes_devtools::init_logging();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Service {

@@ -70,13 +70,7 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    holmes_devtools::init_logging();
     let cli = Cli::parse();
     if cli.services == 0 || cli.instances == 0 {
         bail!("--services and --instances must be at least 1");

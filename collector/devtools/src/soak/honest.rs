@@ -107,8 +107,8 @@ pub(crate) fn window(now: u64, spiking: bool) -> MetricWindow {
     }
 }
 
-/// A CPU trigger event.
-pub(crate) fn trigger(event_id: String, now: u64) -> TriggerEvent {
+/// A CPU trigger event at `now`: 95 % against a window of 20 % (soak and load agents).
+pub fn trigger(event_id: String, now: u64) -> TriggerEvent {
     TriggerEvent {
         event_id,
         metric: Some(Metric::CpuPercent),

@@ -7,10 +7,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use holmes_devtools::synthetic::{mix, ProfileFactory};
+use holmes_proto::native::stream::{StreamEncoder, STREAM_HEADER};
+use holmes_proto::native::NativeProfile;
 use holmes_proto::pb::ingest_client::IngestClient;
 use holmes_proto::{
     pb, AgentBody, AgentMessage, CollectorMessage, Hello, Metric, MetricSeries, MetricWindow,
-    ProfileChunk, ProfileFormat, ProfileKind, Sample, TriggerEvent, TriggerReason,
+    ProfileChunk, ProfileFormat, ProfileKind, Sample,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -20,43 +22,71 @@ use super::{unix_nanos, Cli, Tally};
 /// The form the simulated agents send their profiles in.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Format {
-    /// `holmes.v1.NativeProfile`, as the agent sends it.
+    /// The agent's stream form (each stack defined once per stream), as the agent sends
+    /// it to a collector that reads it: each simulated agent encodes with its own
+    /// stream's tables.
+    Stream,
+    /// `holmes.v1.NativeProfile`, self-contained, as the agent sends it to older
+    /// collectors.
     Native,
     /// Gzipped pprof, as foreign clients and older agents send it.
     Pprof,
 }
 
-/// Profiles encoded before the run, in the form the agents send.
+/// Captures made before the run, in the form the agents send (the stream form is
+/// encoded as it goes out, by each agent's own stream).
 pub(crate) struct Pool {
     profiles: Vec<Vec<u8>>,
-    format: ProfileFormat,
+    natives: Vec<NativeProfile>,
+    format: Format,
 }
 
 impl Pool {
     /// `size` captures (at least one) spread over the fleet's builds.
     pub(crate) fn new(factory: &ProfileFactory, size: usize, format: Format) -> Self {
         let now = unix_nanos();
-        let profiles = (0..size.max(1))
-            .map(|i| {
-                let seed = mix(i as u64 + 1);
-                let capture = factory.capture(seed, now, i, mix(seed));
-                match format {
-                    Format::Native => capture.native.encode(),
-                    Format::Pprof => capture.pprof_gzip,
-                }
-            })
-            .collect();
-        let format = match format {
-            Format::Native => ProfileFormat::Native,
-            Format::Pprof => ProfileFormat::PprofGzip,
-        };
-        Pool { profiles, format }
+        let (mut profiles, mut natives) = (Vec::new(), Vec::new());
+        for i in 0..size.max(1) {
+            let seed = mix(i as u64 + 1);
+            let capture = factory.capture(seed, now, i, mix(seed));
+            match format {
+                Format::Stream => natives.push(capture.native),
+                Format::Native => profiles.push(capture.native.encode()),
+                Format::Pprof => profiles.push(capture.pprof_gzip),
+            }
+        }
+        Pool {
+            profiles,
+            natives,
+            format,
+        }
     }
 
-    /// The capture for `seed`.
-    fn pick(&self, seed: u64) -> &[u8] {
-        let i = (seed % self.profiles.len() as u64) as usize;
-        self.profiles.get(i).map_or(&[], Vec::as_slice)
+    /// The capture for `seed`, as bytes and their format: in the stream form through
+    /// `stream` (self-contained when it is too big for a stream's tables).
+    fn pick(&self, seed: u64, stream: &mut StreamEncoder) -> (Vec<u8>, ProfileFormat) {
+        match self.format {
+            Format::Stream => {
+                let i = (seed % self.natives.len().max(1) as u64) as usize;
+                match self.natives.get(i) {
+                    Some(native) if StreamEncoder::fits(native) => {
+                        (stream.encode(native), ProfileFormat::NativeStream)
+                    }
+                    Some(native) => (native.encode(), ProfileFormat::Native),
+                    None => (Vec::new(), ProfileFormat::Native),
+                }
+            }
+            Format::Native | Format::Pprof => {
+                let i = (seed % self.profiles.len().max(1) as u64) as usize;
+                let bytes = self.profiles.get(i).cloned().unwrap_or_default();
+                let format = if matches!(self.format, Format::Pprof) {
+                    ProfileFormat::PprofGzip
+                } else {
+                    ProfileFormat::Native
+                };
+                (bytes, format)
+            }
+        }
     }
 }
 
@@ -149,11 +179,16 @@ pub(crate) async fn run_agent(
             .metadata_mut()
             .insert("authorization", format!("Bearer {token}").parse()?);
     }
-    let mut inbound = IngestClient::new(channel)
+    let response = IngestClient::new(channel)
         .connect(request)
         .await
-        .context("the collector refused the stream")?
-        .into_inner();
+        .context("the collector refused the stream")?;
+    if matches!(pool.format, Format::Stream) && response.metadata().get(STREAM_HEADER).is_none() {
+        bail!("the collector does not read the agent's stream form (no `{STREAM_HEADER}` header on connect); send --format native");
+    }
+    let mut inbound = response.into_inner();
+    // The stream's tables, bounded as the agent bounds its own.
+    let mut stream = StreamEncoder::bounded(1 << 16, 1 << 14);
     let mut seq = 0u64;
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -210,22 +245,10 @@ pub(crate) async fn run_agent(
         if spiking {
             let event_id = format!("{:016x}{:016x}", mix(agent.seed ^ now), mix(now));
             out.push((
-                AgentBody::Trigger(TriggerEvent {
-                    event_id: event_id.clone(),
-                    metric: Some(Metric::CpuPercent),
-                    reason: TriggerReason::Diff,
-                    current: 92.0,
-                    window: (0..10)
-                        .map(|i| Sample {
-                            unix_nanos: now - (9 - i) * 1_000_000_000,
-                            value: if i == 9 { 92.0 } else { 20.0 },
-                        })
-                        .collect(),
-                    rule: None,
-                    unix_nanos: now,
-                    planned: vec![ProfileKind::Cpu],
-                    request_id: None,
-                }),
+                AgentBody::Trigger(holmes_devtools::soak::honest::trigger(
+                    event_id.clone(),
+                    now,
+                )),
                 Sent::Trigger,
             ));
             tally
@@ -235,7 +258,7 @@ pub(crate) async fn run_agent(
                 .insert(event_id.clone(), (agent.service.clone(), Instant::now()));
             for extra in 0..=cli.extra_profiles {
                 let profile_seed = mix(agent.seed ^ now ^ extra as u64);
-                let encoded = pool.pick(profile_seed);
+                let (encoded, format) = pool.pick(profile_seed, &mut stream);
                 let profile_id = format!("{:016x}{:016x}", mix(profile_seed), mix(!profile_seed));
                 let pieces: Vec<&[u8]> = encoded.chunks(holmes_proto::MAX_CHUNK_BYTES).collect();
                 for (index, piece) in pieces.iter().enumerate() {
@@ -253,7 +276,7 @@ pub(crate) async fn run_agent(
                             duration: Duration::from_secs(2),
                             error: None,
                             labels: [("phase".to_owned(), "trigger".to_owned())].into(),
-                            format: pool.format,
+                            format,
                         }),
                         if last { Sent::Profile } else { Sent::Chunk },
                     ));

@@ -4,14 +4,16 @@
 //! `Hello`, a `MetricWindow` every second (CPU, memory, RSS, threads, tasks), and, every
 //! `--spike-every`, a CPU spike on every instance of a service at once: a `TriggerEvent`
 //! followed by its CPU profile (1000 samples of a realistic Rust service's stacks,
-//! `holmes_devtools::synthetic`), in the agent's own form (`--format native`, the default)
-//! or as gzipped pprof. Each agent keeps at most `--in-flight` messages unacknowledged,
+//! `holmes_devtools::synthetic`), in the agent's stream form (`--format stream`, the
+//! default: each stack defined once per stream), self-contained (`--format native`) or
+//! as gzipped pprof. Each agent keeps at most `--in-flight` messages unacknowledged,
 //! like the agent's bounded spool.
 //!
-//! The profiles are encoded before the agents start (a pool of `--pool` captures of the
+//! The profiles are captured before the agents start (a pool of `--pool` captures of the
 //! fleet's builds, each sent under its own ids and times): a real agent captures on its
 //! own machine, so the simulated ones must not spend the measured machine's CPU at the
-//! moment of a spike. A trigger goes out the moment its spike is seen, before its
+//! moment of a spike. The stream form alone is encoded as it goes out, by each agent
+//! against its own stream's tables, as the agent's sender does. A trigger goes out the moment its spike is seen, before its
 //! profiles, as the agent sends it.
 //!
 //! It reports sustained throughput (profiles, samples, metric windows and trigger events
@@ -32,6 +34,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::bail;
 use clap::Parser;
+use holmes_devtools::soak::collector::CollectorProcess;
 use holmes_devtools::synthetic::{mix, ProfileFactory, SAMPLES_PER_PROFILE};
 
 use agent::{run_agent, Agent, Format, Pool};
@@ -68,8 +71,10 @@ struct Cli {
     /// Distinct stacks per service the profiles are drawn from.
     #[arg(long, default_value_t = 4000)]
     stacks: usize,
-    /// The form profiles are sent in: `native` (the agent's own) or `pprof` (gzipped).
-    #[arg(long, value_enum, default_value_t = Format::Native)]
+    /// The form profiles are sent in: `stream` (the agent's stream form, each stack
+    /// defined once per stream, as the agent sends to a collector that reads it),
+    /// `native` (the agent's self-contained form) or `pprof` (gzipped).
+    #[arg(long, value_enum, default_value_t = Format::Stream)]
     format: Format,
     /// Distinct captures encoded before the run, sent in turn (each with its own ids).
     #[arg(long, default_value_t = 64)]
@@ -121,20 +126,6 @@ struct Tally {
     errors: Vec<String>,
 }
 
-/// Resident set size now and at its peak, bytes, of a process.
-fn memory(pid: u32) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| -> Option<u64> {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().strip_suffix("kB"))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(|kib| kib * 1024)
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -144,13 +135,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    holmes_devtools::init_logging();
     let cli = Arc::new(Cli::parse());
     if cli.services == 0 || cli.instances == 0 {
         bail!("--services and --instances must be at least 1");
@@ -203,7 +188,7 @@ async fn run(cli: Arc<Cli>) -> anyhow::Result<()> {
         let mut peak: HashMap<u32, u64> = HashMap::new();
         while Instant::now() < until {
             for &pid in &pids {
-                if let Some((rss, _)) = memory(pid) {
+                if let Some((rss, _)) = CollectorProcess::memory_of(pid) {
                     let p = peak.entry(pid).or_insert(0);
                     *p = (*p).max(rss);
                 }
@@ -239,7 +224,7 @@ async fn run(cli: Arc<Cli>) -> anyhow::Result<()> {
         .collector_pids
         .iter()
         .map(|&pid| {
-            let (rss, hwm) = memory(pid).unwrap_or((0, 0));
+            let (rss, hwm) = CollectorProcess::memory_of(pid).unwrap_or((0, 0));
             (pid, peak.get(&pid).copied().unwrap_or(rss).max(rss), hwm)
         })
         .collect();
