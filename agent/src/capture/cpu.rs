@@ -145,7 +145,7 @@ fn record(uc: *mut libc::c_void) {
         return;
     };
     let mut frames = [0usize; SAMPLE_DEPTH];
-    let depth = unwind::walk(regs, &mut frames);
+    let depth = unwind::walk_interrupted(regs, &mut frames);
     let start = CURSOR.fetch_add(1, Ordering::Relaxed);
     for probe in 0..8 {
         let Some(slot) = ring.get((start.wrapping_add(probe)) % RING_SLOTS) else {

@@ -4,6 +4,8 @@
 //! The interrupted program counter (from the signal's `ucontext`) is recorded first, as
 //! the leaf: a frame-pointer walk alone starts at the caller and charges a spinning leaf
 //! function's time to its caller (measured with pprof-rs 0.15's `frame-pointer` feature).
+//! A thread interrupted in a function's frame set-up or tear-down gets its caller put
+//! back ([`walk_interrupted`]), which the chain skips there.
 //! Then the chain of saved frame pointers is followed, each link checked before it is
 //! read: above the stack pointer, aligned, not too far, strictly increasing. Links
 //! inside the thread's own stack ([`bounds`]: the main thread's `[stack]` mapping, or
@@ -137,30 +139,38 @@ fn thread_pointer() -> usize {
 /// Async-signal-safe; `regs` must be this thread's (a signal handler's interrupted
 /// context, or [`walk_here`]).
 pub(crate) fn walk(regs: Registers, out: &mut [usize]) -> usize {
+    walk_from(regs, out, false)
+}
+
+/// [`walk`] for a thread interrupted anywhere (a signal handler's context): when the
+/// interrupted function was setting up or tearing down its frame, its caller's return
+/// address is put back first, which the frame-pointer chain skips there (see
+/// [`leaf_caller`]). Without it, a loop calling small functions loses itself from a
+/// fifth of its samples (an unoptimized build's `Range::next` and `black_box`: their
+/// time at `push rbp` and `mov rbp, rsp` is charged to the loop's caller).
+pub(crate) fn walk_interrupted(regs: Registers, out: &mut [usize]) -> usize {
+    walk_from(regs, out, true)
+}
+
+fn walk_from(regs: Registers, out: &mut [usize], interrupted: bool) -> usize {
     let Some(first) = out.first_mut() else {
         return 0;
     };
     *first = regs.pc;
     let top = bounds::known_top(regs.sp, thread_pointer());
     let mut n = 1;
+    if interrupted {
+        if let (Some(slot), Some(ret)) = (out.get_mut(1), leaf_caller(regs, top)) {
+            *slot = ret;
+            n = 2;
+        }
+    }
     let mut fp = regs.fp;
     while n < out.len() {
         if fp < regs.sp || fp % 16 != 0 || fp - regs.sp > MAX_STACK_SPAN {
             break;
         }
-        let link = match top {
-            Some(top) if fp.checked_add(16).is_some_and(|end| end <= top) => {
-                // SAFETY: [sp, top) is this thread's own stack, known readable
-                // (bounds), and fp..fp+16 lies inside it; a thread's stack is not
-                // unmapped while the thread runs, here or in a signal handler.
-                unsafe {
-                    let p = fp as *const usize;
-                    Some((p.read_volatile(), p.add(1).read_volatile()))
-                }
-            }
-            _ => memory::read_pair(fp),
-        };
-        let Some((next, ret)) = link else {
+        let Some((next, ret)) = read_stack_pair(fp, top) else {
             break;
         };
         if ret == 0 {
@@ -174,6 +184,51 @@ pub(crate) fn walk(regs: Registers, out: &mut [usize]) -> usize {
         fp = next;
     }
     n
+}
+
+/// The two words at `addr` of the thread's stack: read directly when they lie inside
+/// its own stack (below `top`, [`bounds`]), else by the kernel.
+fn read_stack_pair(addr: usize, top: Option<usize>) -> Option<(usize, usize)> {
+    match top {
+        Some(top) if addr.checked_add(16).is_some_and(|end| end <= top) => {
+            // SAFETY: [sp, top) is this thread's own stack, known readable (bounds),
+            // and addr..addr+16 lies inside it (callers pass addresses at or above the
+            // stack pointer); a thread's stack is not unmapped while the thread runs,
+            // here or in a signal handler.
+            unsafe {
+                let p = addr as *const usize;
+                Some((p.read_volatile(), p.add(1).read_volatile()))
+            }
+        }
+        _ => memory::read_pair(addr),
+    }
+}
+
+/// The return address into the caller of a function interrupted while setting up or
+/// tearing down its frame, which the frame-pointer chain skips (`rbp` is still, or
+/// again, the caller's, so the chain's first link is the caller's own return address):
+/// at the function's `push rbp` (not yet run) and at its `ret` the address is at
+/// `[sp]`, at its `mov rbp, rsp` (the push done) at `[sp + 8]`. `None` elsewhere, and
+/// on other architectures. The instruction is read by the kernel: a library's code may
+/// be unmapped under a walk. A function built without frame pointers that pushes `rbp`
+/// mid-body can make this a wrong frame; compilers save it at entry.
+#[cfg(target_arch = "x86_64")]
+fn leaf_caller(regs: Registers, top: Option<usize>) -> Option<usize> {
+    let (code, _) = memory::read_pair(regs.pc)?;
+    let at = match code.to_le_bytes() {
+        // push rbp; ret
+        [0x55, ..] | [0xc3, ..] => 0,
+        // mov rbp, rsp
+        [0x48, 0x89, 0xe5, ..] => 8,
+        _ => return None,
+    };
+    let (ret, _) = read_stack_pair(regs.sp.checked_add(at)?, top)?;
+    (ret != 0).then_some(ret)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn leaf_caller(_regs: Registers, _top: Option<usize>) -> Option<usize> {
+    None
 }
 
 /// Walks the calling code's own stack (not in a signal handler): reads pc, frame

@@ -207,3 +207,48 @@ fn a_threads_own_stack_is_walked_without_system_calls_after_the_first_walk() {
         assert!(stack.len() >= 5, "{names:#?}");
     }
 }
+
+/// Code bytes for the walks below: `push rbp`, `mov rbp, rsp`, `ret`, then `nop`s (the
+/// unwinder reads 16 bytes at the pc).
+static CODE: [u8; 32] = [
+    0x55, 0x48, 0x89, 0xe5, 0xc3, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90,
+    0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90, 0x90,
+];
+
+#[test]
+fn a_function_interrupted_in_its_frame_set_up_or_tear_down_keeps_its_caller() {
+    let pages = Pages::new();
+    let lo = pages.0;
+    let code = CODE.as_ptr() as usize;
+    // The caller's frame (rbp still, or again, points at it) returns into 0xa2; the
+    // interrupted function returns into the caller at 0xa1.
+    let (sp, fp) = (lo + 128, lo + 256);
+    pages.frame(fp, 0, 0xa2);
+    let mut out = [0usize; 8];
+    let interrupted_at = |pc: usize, out: &mut [usize]| {
+        let n = walk_interrupted(Registers { pc, fp, sp }, out);
+        out[..n].to_vec()
+    };
+    // At `push rbp` and at `ret` the return address is at [sp].
+    pages.frame(sp, 0xa1, 0);
+    assert_eq!(interrupted_at(code, &mut out), [code, 0xa1, 0xa2]);
+    assert_eq!(interrupted_at(code + 4, &mut out), [code + 4, 0xa1, 0xa2]);
+    // At `mov rbp, rsp` the saved rbp is at [sp], the return address above it.
+    pages.frame(sp, fp, 0xa1);
+    assert_eq!(interrupted_at(code + 1, &mut out), [code + 1, 0xa1, 0xa2]);
+    // In the body the chain is whole already: nothing is put back.
+    assert_eq!(interrupted_at(code + 5, &mut out), [code + 5, 0xa2]);
+    // A walk of the calling code's own stack never looks: its pc is in a body.
+    let n = walk(Registers { pc: code, fp, sp }, &mut out);
+    assert_eq!(&out[..n], &[code, 0xa2]);
+    // A pc that cannot be read, and a return address of 0, put nothing back.
+    assert_eq!(interrupted_at(lo + PAGE, &mut out), [lo + PAGE, 0xa2]);
+    pages.frame(sp, 0, 0);
+    assert_eq!(interrupted_at(code, &mut out), [code, 0xa2]);
+    // A buffer of one takes the pc alone.
+    let mut one = [0usize; 1];
+    assert_eq!(
+        walk_interrupted(Registers { pc: code, fp, sp }, &mut one),
+        1
+    );
+}

@@ -20,14 +20,17 @@ pub mod soak;
 pub mod synthetic;
 pub mod workspace;
 
-/// Logs of the devtools binaries: to stderr (their reports go to stdout), at the level
-/// `RUST_LOG` asks, else warnings only.
-pub fn init_logging() {
+/// Logs of the devtools binaries to `writer` (stderr where stdout carries a report), at
+/// the level `RUST_LOG` asks, else warnings only.
+pub fn init_logging<W>(writer: W)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .init();
 }

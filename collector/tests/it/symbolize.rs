@@ -410,6 +410,60 @@ fn debuginfod_bin() -> Option<PathBuf> {
     found
 }
 
+/// A debuginfod serving the folder `served` on a free loopback port (its log in
+/// `dir/debuginfod.log`), once it serves `build_id`'s debug file: its process and port. A port found free may be taken by
+/// another test before debuginfod binds it, which then exits: it starts again on
+/// another port.
+async fn debuginfod_serving(
+    bin: &Path,
+    served: &Path,
+    dir: &Path,
+    build_id: &str,
+) -> (tokio::process::Child, u16) {
+    let log_path = dir.join("debuginfod.log");
+    let log_text = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let wanted = format!("/buildid/{build_id}/debuginfo");
+    for _ in 0..3 {
+        let port = crate::support::free_addr().port();
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut server = tokio::process::Command::new(bin)
+            .arg("-F")
+            .arg(served)
+            .args(["-p", &port.to_string(), "-v", "-d"])
+            .arg(dir.join("debuginfod.sqlite"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        // debuginfod scans the folder and indexes the debug file first: seconds alone,
+        // over a minute on a loaded 2-core machine (seen in CI).
+        let deadline = Instant::now() + Duration::from_secs(240);
+        loop {
+            if http_status(port, &wanted).await == 200 {
+                return (server, port);
+            }
+            if let Ok(Some(status)) = server.try_wait() {
+                eprintln!(
+                    "debuginfod ended ({status}) on port {port}:\n{}",
+                    log_text()
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "debuginfod not serving the debug file after 240 s; its log:\n{}",
+                log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    panic!(
+        "debuginfod did not stay up on three ports; its last log:\n{}",
+        log_text()
+    );
+}
+
 /// The HTTP status of `GET path` on 127.0.0.1:`port` (0 when nothing answers).
 async fn http_status(port: u16, path: &str) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -443,28 +497,7 @@ async fn a_build_nobody_uploaded_is_named_from_debuginfod() {
     let served = dir.path().join("served");
     std::fs::create_dir_all(&served).unwrap();
     std::fs::rename(&debug, served.join("holmes-demo.debug")).unwrap();
-    let port = crate::support::free_addr().port();
-    let log_path = dir.path().join("debuginfod.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let _server = tokio::process::Command::new(&debuginfod)
-        .arg("-F")
-        .arg(&served)
-        .args(["-p", &port.to_string(), "-v", "-d"])
-        .arg(dir.path().join("debuginfod.sqlite"))
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let wanted = format!("/buildid/{build_id}/debuginfo");
-    // debuginfod scans the folder and indexes the ~200 MB debug file first: over a
-    // minute on a loaded 2-core machine (seen in CI).
-    eventually(
-        Duration::from_secs(240),
-        "debuginfod serving the debug file",
-        || async { (http_status(port, &wanted).await == 200).then_some(()) },
-    )
-    .await;
+    let (_server, port) = debuginfod_serving(&debuginfod, &served, dir.path(), &build_id).await;
 
     let mut config = crate::support::config(Backend::Sqlite, dir.path()).unwrap();
     config.symbolize.debuginfod_urls = vec![format!("http://127.0.0.1:{port}")];
@@ -507,7 +540,7 @@ async fn a_build_nobody_uploaded_is_named_from_debuginfod() {
     // The collector's requests in debuginfod's log, by their user agent
     // (`holmes-collector/<version>`, which debuginfod logs without its `-`; the
     // readiness probe above sends none).
-    let log = std::fs::read_to_string(&log_path).unwrap();
+    let log = std::fs::read_to_string(dir.path().join("debuginfod.log")).unwrap();
     let mut asked: BTreeMap<&str, usize> = BTreeMap::new();
     for line in log.lines().filter(|l| l.contains("UA:holmes")) {
         if let Some(rest) = line.split("GET /buildid/").nth(1) {

@@ -27,6 +27,32 @@ fn cpu_test_spin_harness(cpu: Duration) {
     }
 }
 
+/// As small as a function with a frame gets: most of its time goes to setting its frame
+/// up and tearing it down, where a frame-pointer walk alone skips its caller.
+#[inline(never)]
+fn cpu_test_tiny_callee(x: u64) -> u64 {
+    x.wrapping_add(1)
+}
+
+/// Calls the tiny callee in a loop until this thread has had `cpu` of CPU time.
+#[inline(never)]
+fn cpu_test_caller_of_tiny(cpu: Duration) {
+    let from = thread_cpu_time();
+    let mut x = 0u64;
+    while thread_cpu_time() - from < cpu {
+        for _ in 0..200_000 {
+            x = cpu_test_tiny_callee(std::hint::black_box(x));
+        }
+    }
+    std::hint::black_box(x);
+}
+
+#[inline(never)]
+fn cpu_test_tiny_harness(cpu: Duration) {
+    cpu_test_caller_of_tiny(cpu);
+    std::hint::black_box(());
+}
+
 /// The functions at a stack entry, inlined ones included, joined.
 fn name_of(addr: usize, leaf: bool) -> String {
     let lookup = crate::capture::symbolize::lookup_address(addr, leaf);
@@ -71,6 +97,56 @@ fn a_spinning_leaf_function_carries_its_time() {
         in_leaf * 10 >= ours.len() * 9,
         "the leaf carries {in_leaf} of {} samples",
         ours.len()
+    );
+}
+
+#[test]
+fn a_loop_calling_a_small_function_is_on_its_samples() {
+    start(CAPTURE_HZ).unwrap();
+    let mut stacks: Vec<Vec<usize>> = Vec::new();
+    let spinner = std::thread::spawn(|| cpu_test_tiny_harness(Duration::from_millis(1500)));
+    let give_up = Instant::now() + Duration::from_secs(120);
+    while !spinner.is_finished() {
+        assert!(Instant::now() < give_up, "the spinner got 1.5 s of CPU");
+        drain(|stack, _, _| stacks.push(stack.to_vec()));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    spinner.join().unwrap();
+    set_rate(0).unwrap();
+    drain(|stack, _, _| stacks.push(stack.to_vec()));
+    let names: Vec<Vec<String>> = stacks
+        .iter()
+        .map(|s| {
+            s.iter()
+                .enumerate()
+                .map(|(i, a)| name_of(*a, i == 0))
+                .collect()
+        })
+        .filter(|names: &Vec<String>| names.iter().any(|n| n.contains("cpu_test_tiny_harness")))
+        .collect();
+    assert!(
+        names.len() >= 20,
+        "only {} of {} samples in the harness",
+        names.len(),
+        stacks.len()
+    );
+    // Every sample under the harness is in the loop or in what it calls: the loop is on
+    // each (but for samples in the clock read, whose callees may lack frame pointers).
+    let with_loop = names
+        .iter()
+        .filter(|n| n.iter().any(|f| f.contains("cpu_test_caller_of_tiny")))
+        .count();
+    let in_callee = names
+        .iter()
+        .filter(|n| n[0].contains("cpu_test_tiny_callee"))
+        .count();
+    assert!(
+        with_loop * 100 >= names.len() * 97,
+        "the loop is on {with_loop} of {} samples ({in_callee} in its callee): {:?}",
+        names.len(),
+        names
+            .iter()
+            .find(|n| !n.iter().any(|f| f.contains("cpu_test_caller_of_tiny")))
     );
 }
 

@@ -3,7 +3,7 @@
 //! [`capture_all`] lists `/proc/self/task` and sends each thread a real-time signal
 //! ([`capture_signal`]) with `tgkill`. The handler, running on the signalled thread,
 //! reads its registers from the signal's `ucontext` and walks its own stack with
-//! [`unwind::walk`] into a slot of a static table; the capturer waits until every
+//! [`unwind::walk_interrupted`] into a slot of a static table; the capturer waits until every
 //! thread has answered or the deadline has passed. The calling thread is walked
 //! directly, without a signal.
 //!

@@ -148,7 +148,7 @@ fn record(ucontext: *mut libc::c_void) {
         // SAFETY: winning the PENDING → WRITING CAS makes this handler the only user of
         // the slot until it stores DONE (see `Slot`).
         let frames = unsafe { &mut *slot.frames.get() };
-        let depth = regs.map_or(0, |regs| unwind::walk(regs, frames));
+        let depth = regs.map_or(0, |regs| unwind::walk_interrupted(regs, frames));
         slot.depth.store(depth, Ordering::Relaxed);
         slot.tag.store(tag(generation, DONE), Ordering::Release);
         return;

@@ -52,7 +52,9 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    holmes_devtools::init_logging();
+    // Logs go to stdout, between what it prints: the one stream a user watches (and
+    // the tests read an instance's agent lines there).
+    holmes_devtools::init_logging(std::io::stdout);
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Service {

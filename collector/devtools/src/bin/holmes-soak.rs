@@ -70,7 +70,7 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<()> {
-    holmes_devtools::init_logging();
+    holmes_devtools::init_logging(std::io::stderr);
     let cli = Cli::parse();
     if cli.services == 0 || cli.instances == 0 {
         bail!("--services and --instances must be at least 1");

@@ -135,7 +135,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 fn main() -> anyhow::Result<()> {
-    holmes_devtools::init_logging();
+    holmes_devtools::init_logging(std::io::stderr);
     let cli = Arc::new(Cli::parse());
     if cli.services == 0 || cli.instances == 0 {
         bail!("--services and --instances must be at least 1");
