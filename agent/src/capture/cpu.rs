@@ -186,7 +186,7 @@ fn install() -> Result<(), CpuError> {
     )) {
         return Err(CpuError::Unsupported);
     }
-    unwind::init();
+    unwind::init_interrupted();
     RING.get_or_init(|| (0..RING_SLOTS).map(|_| Slot::new()).collect());
     // SAFETY: querying the current disposition into a zeroed struct.
     let mut old: libc::sigaction = unsafe { std::mem::zeroed() };

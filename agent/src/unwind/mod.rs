@@ -19,6 +19,7 @@
 //! (and, once at [`init`], reads `/proc/self/maps` into a stack buffer).
 
 mod bounds;
+mod code;
 mod memory;
 
 /// Most frames recorded per stack.
@@ -31,6 +32,14 @@ const MAX_STACK_SPAN: usize = 256 * 1024 * 1024;
 /// Allocates nothing.
 pub(crate) fn init() {
     bounds::init();
+}
+
+/// [`init`], and for [`walk_interrupted`] finds the service's own code (once), whose
+/// instructions it then reads without a system call. Not from an allocator: it asks the
+/// dynamic loader, which takes its lock.
+pub(crate) fn init_interrupted() {
+    bounds::init();
+    code::init();
 }
 
 /// The registers a walk starts from.
@@ -209,12 +218,18 @@ fn read_stack_pair(addr: usize, top: Option<usize>) -> Option<(usize, usize)> {
 /// again, the caller's, so the chain's first link is the caller's own return address):
 /// at the function's `push rbp` (not yet run) and at its `ret` the address is at
 /// `[sp]`, at its `mov rbp, rsp` (the push done) at `[sp + 8]`. `None` elsewhere, and
-/// on other architectures. The instruction is read by the kernel: a library's code may
-/// be unmapped under a walk. A function built without frame pointers that pushes `rbp`
+/// on other architectures. The instruction is read directly in the service's own code
+/// ([`code`]), by the kernel elsewhere: a library's code may be unmapped under a walk. A function built without frame pointers that pushes `rbp`
 /// mid-body can make this a wrong frame; compilers save it at entry.
 #[cfg(target_arch = "x86_64")]
 fn leaf_caller(regs: Registers, top: Option<usize>) -> Option<usize> {
-    let (code, _) = memory::read_pair(regs.pc)?;
+    let code = if code::is_own(regs.pc, 8) {
+        // SAFETY: [pc, pc + 8) lies in the agent's own object's code, mapped (and
+        // readable: code segments are) for as long as the process runs.
+        unsafe { (regs.pc as *const usize).read_unaligned() }
+    } else {
+        memory::read_pair(regs.pc)?.0
+    };
     let at = match code.to_le_bytes() {
         // push rbp; ret
         [0x55, ..] | [0xc3, ..] => 0,

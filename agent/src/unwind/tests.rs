@@ -252,3 +252,43 @@ fn a_function_interrupted_in_its_frame_set_up_or_tear_down_keeps_its_caller() {
         1
     );
 }
+
+#[inline(never)]
+fn unwind_test_framed() -> usize {
+    std::hint::black_box(3)
+}
+
+#[test]
+fn the_services_own_code_is_read_without_system_calls() {
+    init_interrupted();
+    let pc = unwind_test_framed as *const () as usize;
+    // SAFETY: reads the first byte of a function of this binary.
+    let first = unsafe { (pc as *const u8).read() };
+    assert_eq!(
+        first, 0x55,
+        "built with frame pointers, it starts with push rbp"
+    );
+    let pages = Pages::new();
+    let lo = pages.0;
+    let (sp, fp) = (lo + 128, lo + 256);
+    pages.frame(fp, 0, 0xa2);
+    pages.frame(sp, 0xa1, 0);
+    let mut out = [0usize; 8];
+    let mut walk_counted = |pc: usize| {
+        let before = kernel_reads();
+        let n = walk_interrupted(Registers { pc, fp, sp }, &mut out);
+        (out[..n].to_vec(), kernel_reads() - before)
+    };
+    // The fake stack is no thread's own, so its words are read by the kernel either way;
+    // the instruction is too when it is not the service's code (a static here).
+    let (own, own_reads) = walk_counted(pc);
+    let other = CODE.as_ptr() as usize;
+    let (elsewhere, elsewhere_reads) = walk_counted(other);
+    assert_eq!(own, [pc, 0xa1, 0xa2]);
+    assert_eq!(elsewhere, [other, 0xa1, 0xa2]);
+    assert_eq!(
+        elsewhere_reads,
+        own_reads + 1,
+        "the service's own instruction is read without the kernel"
+    );
+}

@@ -245,7 +245,7 @@ pub(crate) fn capture_all(deadline: Duration) -> Result<Vec<ThreadStack>, Thread
         return Err(ThreadsError::Unsupported);
     }
     // The main thread's stack bounds, for walks without system calls.
-    unwind::init();
+    unwind::init_interrupted();
     install_handler(signal)?;
 
     let tids = list_threads().map_err(ThreadsError::ListThreads)?;
