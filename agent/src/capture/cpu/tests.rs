@@ -53,17 +53,18 @@ fn cpu_test_tiny_harness(cpu: Duration) {
     std::hint::black_box(());
 }
 
-/// The functions at a stack entry, inlined ones included, joined.
-fn name_of(addr: usize, leaf: bool) -> String {
-    let lookup = crate::capture::symbolize::lookup_address(addr, leaf);
-    crate::capture::symbolize::local::function_names(lookup).join(" <- ")
-}
+/// The sampler is the process's: one test at a time starts and stops it.
+static SAMPLER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-#[test]
-fn a_spinning_leaf_function_carries_its_time() {
+/// Every stack sampled at the capture rate while `spin` runs on a thread of its own
+/// (until it is done, however long a busy machine takes to run it).
+fn samples_of(spin: fn()) -> Vec<Vec<usize>> {
+    let _one = SAMPLER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     start(CAPTURE_HZ).unwrap();
     let mut stacks: Vec<Vec<usize>> = Vec::new();
-    let spinner = std::thread::spawn(|| cpu_test_spin_harness(Duration::from_millis(1500)));
+    let spinner = std::thread::spawn(spin);
     let give_up = Instant::now() + Duration::from_secs(120);
     while !spinner.is_finished() {
         assert!(Instant::now() < give_up, "the spinner got 1.5 s of CPU");
@@ -73,6 +74,18 @@ fn a_spinning_leaf_function_carries_its_time() {
     spinner.join().unwrap();
     set_rate(0).unwrap();
     drain(|stack, _, _| stacks.push(stack.to_vec()));
+    stacks
+}
+
+/// The functions at a stack entry, inlined ones included, joined.
+fn name_of(addr: usize, leaf: bool) -> String {
+    let lookup = crate::capture::symbolize::lookup_address(addr, leaf);
+    crate::capture::symbolize::local::function_names(lookup).join(" <- ")
+}
+
+#[test]
+fn a_spinning_leaf_function_carries_its_time() {
+    let stacks = samples_of(|| cpu_test_spin_harness(Duration::from_millis(1500)));
     let ours: Vec<&Vec<usize>> = stacks
         .iter()
         .filter(|s| {
@@ -102,18 +115,7 @@ fn a_spinning_leaf_function_carries_its_time() {
 
 #[test]
 fn a_loop_calling_a_small_function_is_on_its_samples() {
-    start(CAPTURE_HZ).unwrap();
-    let mut stacks: Vec<Vec<usize>> = Vec::new();
-    let spinner = std::thread::spawn(|| cpu_test_tiny_harness(Duration::from_millis(1500)));
-    let give_up = Instant::now() + Duration::from_secs(120);
-    while !spinner.is_finished() {
-        assert!(Instant::now() < give_up, "the spinner got 1.5 s of CPU");
-        drain(|stack, _, _| stacks.push(stack.to_vec()));
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    spinner.join().unwrap();
-    set_rate(0).unwrap();
-    drain(|stack, _, _| stacks.push(stack.to_vec()));
+    let stacks = samples_of(|| cpu_test_tiny_harness(Duration::from_millis(1500)));
     let names: Vec<Vec<String>> = stacks
         .iter()
         .map(|s| {
