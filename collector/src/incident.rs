@@ -334,6 +334,17 @@ impl Incidents {
         }
     }
 
+    /// The incident as the correlator holds it now, when its instances differ from
+    /// `record`'s (one joined since `record` was read).
+    fn with_other_instances(&self, record: &IncidentRecord) -> Option<IncidentRecord> {
+        self.correlator
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .incident(&record.incident_id)
+            .filter(|current| current.instances != record.instances)
+            .cloned()
+    }
+
     /// Computes the suspects of the incidents marked, as they come due, until `closing`
     /// turns true: a few at a time, each from at most [`evidence::MAX_MERGED_PROFILES`]
     /// profiles a side.
@@ -352,6 +363,7 @@ impl Incidents {
             }
             let due = self.refresh().take_due(Instant::now(), PER_ROUND);
             for record in due {
+                let record = self.with_other_instances(&record).unwrap_or(record);
                 self.compute_suspects(&record).await;
             }
         }
@@ -372,6 +384,14 @@ impl Incidents {
                 return;
             }
         };
+        // An instance joined while they were computed: these suspects compared against
+        // what may now be a sick instance (a control it answered before it fired).
+        // Neither stored nor paged; computed again for the incident as it is.
+        if let Some(current) = self.with_other_instances(record) {
+            tracing::debug!(incident = %record.incident_id, "incident changed while its suspects were computed; computing them again");
+            self.mark(&current);
+            return;
+        }
         let before = self
             .store
             .get_incident_suspects(&record.service, &record.incident_id)

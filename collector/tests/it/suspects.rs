@@ -236,7 +236,10 @@ fn check_suspects(problem: &Problem, detail: &IncidentDetailJson) {
     let top = &detail.suspects[0];
     assert!(detail.sick_profiles >= 1, "{detail:?}");
     assert!(top.sick_share > 0.2, "{top:?}");
-    assert_eq!(top.comparison_share, 0.0, "healthy instances never run it");
+    assert_eq!(
+        top.comparison_share, 0.0,
+        "healthy instances never run it: {detail:#?}"
+    );
     // The shared function is as busy on healthy instances as it is everywhere: its
     // control share is large, and it did not grow.
     if let Some(shared) = detail
