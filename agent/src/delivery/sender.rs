@@ -44,11 +44,6 @@ const SEND_BATCH: usize = 16;
 const UPLOAD_IN_FLIGHT: usize = 2;
 /// How soon a full stream is looked at again for room for an upload chunk.
 const UPLOAD_RECHECK: Duration = Duration::from_millis(50);
-/// Locations a stream's tables hold before they start over: with the stacks below,
-/// what bounds the sender's memory of a stream (a few MiB).
-const STREAM_LOCATIONS: usize = 1 << 16;
-/// Stacks a stream's tables hold before they start over.
-const STREAM_STACKS: usize = 1 << 14;
 
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
@@ -174,7 +169,7 @@ async fn session(
     let mut tables = response
         .metadata()
         .contains_key(STREAM_HEADER)
-        .then(|| StreamEncoder::bounded(STREAM_LOCATIONS, STREAM_STACKS));
+        .then(StreamEncoder::sender);
     let mut inbound = response.into_inner();
     delivery.connected.store(true, Ordering::Relaxed);
     delivery.connections.fetch_add(1, Ordering::Relaxed);

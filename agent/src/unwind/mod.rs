@@ -38,7 +38,7 @@ pub(crate) fn init() {
 /// instructions it then reads without a system call. Not from an allocator: it asks the
 /// dynamic loader, which takes its lock.
 pub(crate) fn init_interrupted() {
-    bounds::init();
+    init();
     code::init();
 }
 

@@ -25,6 +25,12 @@ pub const MAX_STREAM_MODULES: usize = 1 << 12;
 pub const MAX_STREAM_LOCATIONS: usize = 1 << 18;
 /// Most stacks a stream's tables hold.
 pub const MAX_STREAM_STACKS: usize = 1 << 17;
+/// Locations a sender's tables of a stream hold before they start over
+/// ([`StreamEncoder::sender`]): with [`SENDER_STREAM_STACKS`], what bounds the agent's
+/// memory of a stream (a few MiB).
+pub const SENDER_STREAM_LOCATIONS: usize = 1 << 16;
+/// Stacks a sender's tables of a stream hold before they start over.
+pub const SENDER_STREAM_STACKS: usize = 1 << 14;
 
 /// The sender's side of one stream's tables: what it has defined, by content.
 #[derive(Debug)]
@@ -59,6 +65,12 @@ impl StreamEncoder {
             max_locations: max_locations.min(MAX_STREAM_LOCATIONS),
             max_stacks: max_stacks.min(MAX_STREAM_STACKS),
         }
+    }
+
+    /// The tables of a new stream as the agent keeps them: bounded by
+    /// [`SENDER_STREAM_LOCATIONS`] and [`SENDER_STREAM_STACKS`].
+    pub fn sender() -> Self {
+        StreamEncoder::bounded(SENDER_STREAM_LOCATIONS, SENDER_STREAM_STACKS)
     }
 
     /// Stacks defined on the stream so far.

@@ -59,7 +59,7 @@ fn sent(wire: pb::AgentMessage) -> (u64, ProfileChunk) {
 
 #[test]
 fn a_native_profile_in_one_chunk_goes_out_in_the_stream_form_and_the_rest_as_queued() {
-    let mut tables = StreamEncoder::bounded(STREAM_LOCATIONS, STREAM_STACKS);
+    let mut tables = StreamEncoder::sender();
     let bytes = native().encode();
     let (seq, first) = sent(stream_form(
         &mut tables,

@@ -188,7 +188,7 @@ pub(crate) async fn run_agent(
     }
     let mut inbound = response.into_inner();
     // The stream's tables, bounded as the agent bounds its own.
-    let mut stream = StreamEncoder::bounded(1 << 16, 1 << 14);
+    let mut stream = StreamEncoder::sender();
     let mut seq = 0u64;
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
