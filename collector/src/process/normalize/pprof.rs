@@ -297,21 +297,47 @@ impl<'a> Strings<'a> {
 }
 
 /// Item ids (1-based in practice) to indexes: a vector when they are small, else a map.
-struct Ids(HashMap<u64, u32>);
+enum Ids {
+    /// Index plus one by id (0: no such id).
+    Dense(Vec<u32>),
+    Sparse(HashMap<u64, u32, foldhash::fast::RandomState>),
+}
 
 impl Ids {
-    fn of(what: &'static str, ids: impl Iterator<Item = u64>) -> Result<Ids, NormalizeError> {
-        let mut map = HashMap::new();
+    fn of(
+        what: &'static str,
+        ids: impl Iterator<Item = u64> + Clone,
+    ) -> Result<Ids, NormalizeError> {
+        let (count, max) = ids
+            .clone()
+            .fold((0usize, 0u64), |(n, m), id| (n + 1, m.max(id)));
+        // Encoders number items 1, 2, 3…: a vector as long as the largest id is then
+        // no larger than the items themselves.
+        if max <= (count as u64).saturating_mul(2).saturating_add(16) {
+            let mut dense = vec![0u32; max as usize + 1];
+            for (i, id) in ids.enumerate() {
+                let slot = &mut dense[id as usize];
+                if *slot != 0 {
+                    return Err(NormalizeError::DuplicateId { what, id });
+                }
+                *slot = i as u32 + 1;
+            }
+            return Ok(Ids::Dense(dense));
+        }
+        let mut map = HashMap::with_capacity_and_hasher(count, Default::default());
         for (i, id) in ids.enumerate() {
             if map.insert(id, i as u32).is_some() {
                 return Err(NormalizeError::DuplicateId { what, id });
             }
         }
-        Ok(Ids(map))
+        Ok(Ids::Sparse(map))
     }
 
     fn get(&self, id: u64) -> Option<u32> {
-        self.0.get(&id).copied()
+        match self {
+            Ids::Dense(v) => v.get(usize::try_from(id).ok()?)?.checked_sub(1),
+            Ids::Sparse(m) => m.get(&id).copied(),
+        }
     }
 }
 
@@ -472,7 +498,7 @@ pub(super) fn normalize(
     // Samples: their stack (made of the locations above, once), values and labels.
     let types = b.contents.header.sample_types.len();
     let mut stack = Vec::with_capacity(64);
-    let mut label_sets: HashMap<&[RawLabel], u32> = HashMap::new();
+    let mut label_sets: HashMap<&[RawLabel], u32, foldhash::fast::RandomState> = HashMap::default();
     for (index, s) in raw.samples.iter().enumerate() {
         let values = &raw.values[s.values.0 as usize..s.values.1 as usize];
         if values.len() != types {

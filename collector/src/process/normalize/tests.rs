@@ -573,3 +573,67 @@ fn broken_native_profiles_are_refused_with_the_reason() {
         assert!(err.contains(expected), "{err} should say {expected}");
     }
 }
+
+/// `p` with every mapping, function and location id `f` of what it was, references
+/// included.
+fn renumbered(mut p: Profile, f: impl Fn(u64) -> u64) -> Profile {
+    for m in &mut p.mapping {
+        m.id = f(m.id);
+    }
+    for func in &mut p.function {
+        func.id = f(func.id);
+    }
+    for l in &mut p.location {
+        l.id = f(l.id);
+        if l.mapping_id != 0 {
+            l.mapping_id = f(l.mapping_id);
+        }
+        for line in &mut l.line {
+            line.function_id = f(line.function_id);
+        }
+    }
+    for s in &mut p.sample {
+        for id in &mut s.location_id {
+            *id = f(*id);
+        }
+    }
+    p
+}
+
+#[test]
+fn pprof_ids_far_apart_or_out_of_order_read_as_small_ones() {
+    let expected = run(&profile()).unwrap();
+    // Large ids (looked up in a map) and shuffled small ones (in a vector).
+    for f in [
+        (|id| id * 1_000_003 + u64::MAX / 2) as fn(u64) -> u64,
+        |id| 20 - id,
+    ] {
+        let contents = run(&renumbered(profile(), f)).unwrap();
+        assert_eq!(contents.stacks, expected.stacks);
+        assert_eq!(contents.locations, expected.locations);
+        assert_eq!(contents.samples, expected.samples);
+        assert_eq!(contents.header, expected.header);
+    }
+    // A duplicate or a dangling id is refused either way.
+    for f in [(|id| id * 1_000_003) as fn(u64) -> u64, |id| id] {
+        let mut p = renumbered(profile(), f);
+        p.location.push(p.location[0].clone());
+        assert_eq!(
+            run(&p).unwrap_err(),
+            NormalizeError::DuplicateId {
+                what: "locations",
+                id: f(1)
+            }
+        );
+        let mut p = renumbered(profile(), f);
+        p.sample[0].location_id.push(f(999));
+        assert!(matches!(
+            run(&p).unwrap_err(),
+            NormalizeError::Dangling {
+                what: "sample",
+                target: "location",
+                ..
+            }
+        ));
+    }
+}

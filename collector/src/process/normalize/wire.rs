@@ -23,6 +23,13 @@ fn malformed(what: &str) -> NormalizeError {
 
 /// Reads a varint from the front of `bytes`.
 pub(super) fn varint(bytes: &mut &[u8]) -> Result<u64, NormalizeError> {
+    // Most varints of a profile (field keys, small ids) are one byte.
+    if let Some((&b, rest)) = bytes.split_first() {
+        if b & 0x80 == 0 {
+            *bytes = rest;
+            return Ok(u64::from(b));
+        }
+    }
     let mut n = 0u64;
     for shift in (0..64).step_by(7) {
         let (&b, rest) = bytes
