@@ -22,7 +22,7 @@ pub use control::*;
 pub use debuginfo::{DebugInfoChunkRecord, DebugInfoSource, DebugInfoStatus};
 pub use location::{Location, LocationId, StackFrame, StackId};
 pub use model::*;
-pub use numbering::{MAX_KNOWN_LOCATIONS, MAX_KNOWN_STACKS};
+pub use numbering::{MAX_KNOWN_LOCATIONS, MAX_KNOWN_STACKS, MAX_KNOWN_SYMBOLIC_BYTES};
 
 use async_trait::async_trait;
 

@@ -108,7 +108,7 @@ impl Location {
     pub fn id(&self) -> LocationId {
         let mut bytes = Vec::with_capacity(64);
         self.canonical_bytes(&mut bytes);
-        LocationId(blake3_128(&bytes))
+        LocationId::of_canonical(&bytes)
     }
 
     /// How a native location is shown until its module's debug info is known:
@@ -140,6 +140,14 @@ pub struct LocationId(pub [u8; 16]);
 /// A stack's content id: BLAKE3 of its locations' ids, leaf first, 128 bits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StackId(pub [u8; 16]);
+
+impl LocationId {
+    /// The id of the location whose canonical bytes ([`Location::canonical_bytes`]) are
+    /// `bytes`.
+    pub fn of_canonical(bytes: &[u8]) -> LocationId {
+        LocationId(blake3_128(bytes))
+    }
+}
 
 impl StackId {
     /// The id of the stack made of `locations`, leaf first.

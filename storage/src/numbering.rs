@@ -38,11 +38,17 @@ use foldhash::quality::RandomState;
 use holmes_proto::Module;
 
 use crate::contents::{ProfileContents, TableKeys};
-use crate::location::{Location, LocationId, StackFrame, StackId};
+use crate::location::{Location, LocationId, StackId};
 use crate::StoreError;
+use symbolic::Symbolics;
+
+mod symbolic;
 
 /// Locations remembered; past this many the memory of locations and stacks starts over.
 pub const MAX_KNOWN_LOCATIONS: usize = 1 << 19;
+/// Bytes of symbolic locations' content remembered; past this many the memory of
+/// locations and stacks starts over.
+pub const MAX_KNOWN_SYMBOLIC_BYTES: usize = 128 << 20;
 /// Stacks remembered (all services together); past this many they start over.
 pub const MAX_KNOWN_STACKS: usize = 1 << 19;
 /// Stacks remembered by key (all scopes together); past this many the scopes start over.
@@ -91,8 +97,8 @@ struct Inner {
     natives: HashMap<(u32, u64), u32, RandomState>,
     /// The modules of native locations, numbered in the order first seen.
     modules: HashMap<Module, u32, RandomState>,
-    /// Ordinals of symbolic locations.
-    symbolics: HashMap<Vec<StackFrame>, u32, RandomState>,
+    /// Ordinals of symbolic locations, by content.
+    symbolics: Symbolics,
     locations: Vec<KnownLocation>,
     stacks: HashMap<String, ServiceStacks>,
     stack_count: usize,
@@ -241,8 +247,15 @@ impl Inner {
     }
 
     /// The ordinal of a remembered location. `last` caches the last module looked up
-    /// (a profile's locations come from a few modules, mostly in runs).
-    fn ordinal<'a>(&self, l: &'a Location, last: &mut LastModule<'a>) -> Option<u32> {
+    /// (a profile's locations come from a few modules, mostly in runs); `canonical`
+    /// receives a symbolic location's canonical bytes, made to look it up (see
+    /// [`id_of`]).
+    fn ordinal<'a>(
+        &self,
+        l: &'a Location,
+        last: &mut LastModule<'a>,
+        canonical: &mut Vec<u8>,
+    ) -> Option<u32> {
         match l {
             Location::Native { module, offset } => {
                 let m = match *last {
@@ -255,22 +268,34 @@ impl Inner {
                 }?;
                 self.natives.get(&(m, *offset)).copied()
             }
-            Location::Symbolic(frames) => self.symbolics.get(frames).copied(),
+            Location::Symbolic(_) => {
+                canonical.clear();
+                l.canonical_bytes(canonical);
+                self.symbolics.get(canonical)
+            }
         }
     }
 
-    /// Remembers location `l` as `ordinal`.
-    fn remember(&mut self, l: &Location, ordinal: u32) {
+    /// Remembers location `l` as `ordinal`; `canonical` holds its canonical bytes if it
+    /// is symbolic (as [`Inner::ordinal`] left them).
+    fn remember(&mut self, l: &Location, canonical: &[u8], ordinal: u32) {
         match l {
             Location::Native { module, offset } => {
                 let next = u32::try_from(self.modules.len()).unwrap_or(u32::MAX);
                 let m = *self.modules.entry(module.clone()).or_insert(next);
                 self.natives.insert((m, *offset), ordinal);
             }
-            Location::Symbolic(frames) => {
-                self.symbolics.insert(frames.clone(), ordinal);
-            }
+            Location::Symbolic(_) => self.symbolics.insert(canonical, ordinal),
         }
+    }
+}
+
+/// The content id of `l`; `canonical` holds its canonical bytes if it is symbolic (as
+/// [`Inner::ordinal`] left them), which spares making them again.
+fn id_of(l: &Location, canonical: &[u8]) -> LocationId {
+    match l {
+        Location::Symbolic(_) => LocationId::of_canonical(canonical),
+        Location::Native { .. } => l.id(),
     }
 }
 
@@ -362,7 +387,7 @@ impl Numbering {
                 generation: 0,
                 natives: HashMap::default(),
                 modules: HashMap::default(),
-                symbolics: HashMap::default(),
+                symbolics: Symbolics::default(),
                 locations: Vec::new(),
                 stacks: HashMap::new(),
                 stack_count: 0,
@@ -422,6 +447,7 @@ impl Numbering {
         };
         let mut ids: Vec<LocationId> = Vec::with_capacity(c.locations.len());
         let mut last = None;
+        let mut canonical = Vec::with_capacity(256);
         let keyed = inner.keyed_ordinals(service, c);
         for (i, l) in c.locations.iter().enumerate() {
             if !out.plan.needed[i] {
@@ -433,11 +459,11 @@ impl Numbering {
                 .get(i)
                 .copied()
                 .flatten()
-                .or_else(|| inner.ordinal(l, &mut last));
+                .or_else(|| inner.ordinal(l, &mut last, &mut canonical));
             let id = match ordinal {
                 Some(o) => inner.locations[o as usize].id,
                 None => {
-                    let id = l.id();
+                    let id = id_of(l, &canonical);
                     out.locations.push(id);
                     id
                 }
@@ -494,6 +520,7 @@ impl Numbering {
         let mut inner = self.lock();
         if inner.locations.len() + c.locations.len() > MAX_KNOWN_LOCATIONS
             || inner.stack_count + c.stacks.len() > MAX_KNOWN_STACKS
+            || inner.symbolics.bytes_held() > MAX_KNOWN_SYMBOLIC_BYTES
         {
             inner.forget();
         }
@@ -528,6 +555,7 @@ impl Numbering {
         };
         let mut last = None;
         let mut keyed_locations = Vec::with_capacity(locations);
+        let mut canonical = Vec::with_capacity(256);
         let keyed = if still {
             Vec::new()
         } else {
@@ -547,11 +575,11 @@ impl Numbering {
             };
             let ordinal = match remembered
                 .or_else(|| keyed.get(i).copied().flatten())
-                .or_else(|| inner.ordinal(l, &mut last))
+                .or_else(|| inner.ordinal(l, &mut last, &mut canonical))
             {
                 Some(o) => o,
                 None => {
-                    let id = l.id();
+                    let id = id_of(l, &canonical);
                     let num = match found_locations.get(&id) {
                         Some(&num) => num,
                         None => {
@@ -563,7 +591,7 @@ impl Numbering {
                     };
                     let o = inner.locations.len() as u32;
                     inner.locations.push(KnownLocation { num, id, day: 0 });
-                    inner.remember(l, o);
+                    inner.remember(l, &canonical, o);
                     // A new module may now have an ordinal.
                     last = None;
                     o
