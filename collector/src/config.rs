@@ -585,6 +585,7 @@ mod tests {
                 http_header_timeout: Duration::from_secs(15),
                 max_services: 500,
                 max_instances_per_service: 5_000,
+                max_stream_table_bytes: 536_870_912,
             }
         );
         assert_eq!(

@@ -23,7 +23,8 @@
 //!
 //! Agents that can send their profiles in the stream form (each stack defined once per
 //! stream, `holmes_proto::native::stream`) do so once `connect` answers with the
-//! [`STREAM_HEADER`] metadata, which this service always sets. A stream's tables are
+//! [`STREAM_HEADER`] metadata, which this service sets while all streams' tables have
+//! room ([`limits::StreamTableBudget`]). A stream's tables are
 //! read here, in sequence order, as each of its profiles completes
 //! ([`crate::process::normalize::StreamTables`]); the profile travels on decoded (to the
 //! [`Sink::deliver_decoded`]), as the agent's self-contained form where it must be bytes.
@@ -87,6 +88,7 @@ pub struct IngestService {
     live: Arc<live::LiveAgents>,
     uploads: Option<Arc<debuginfo::Uploads>>,
     slots: Arc<limits::StreamSlots>,
+    table_budget: Arc<limits::StreamTableBudget>,
     limits: limits::LimitsConfig,
     profile_limits: normalize::Limits,
     max_clock_skew: Duration,
@@ -113,6 +115,7 @@ impl IngestService {
             live,
             uploads: None,
             slots: limits::StreamSlots::new(&limits::LimitsConfig::default()),
+            table_budget: limits::StreamTableBudget::new(&limits::LimitsConfig::default()),
             limits: limits::LimitsConfig::default(),
             profile_limits: normalize::Limits::default(),
             max_clock_skew: crate::process::skew::DEFAULT_MAX_CLOCK_SKEW,
@@ -137,6 +140,7 @@ impl IngestService {
     /// Caps streams and unfinished profiles as `limits` says instead of its defaults.
     pub fn with_limits(mut self, limits: &limits::LimitsConfig) -> Self {
         self.slots = limits::StreamSlots::new(limits);
+        self.table_budget = limits::StreamTableBudget::new(limits);
         self.limits = limits.clone();
         self
     }
@@ -316,6 +320,10 @@ impl Ingest for IngestService {
             }
             _ => None,
         };
+        let offers_stream_form = self.table_budget.offers_stream_form();
+        if !offers_stream_form {
+            tracing::info!(service = %hello.service, instance = %hello.instance_id, held = self.table_budget.held(), max = self.table_budget.max(), "stream form not offered: the agent streams' tables are near [limits] max_stream_table_bytes");
+        }
         let session = Session {
             uploads: self.uploads.clone(),
             offer,
@@ -330,6 +338,8 @@ impl Ingest for IngestService {
             last_trigger: None,
             profiles: Assembler::new(self.max_profile_bytes),
             tables: None,
+            table_share: self.table_budget.share(),
+            end_after: None,
             profile_limits: self.profile_limits,
             max_clock_skew: self.max_clock_skew,
             profile_idle_timeout: self.limits.profile_idle_timeout,
@@ -352,11 +362,14 @@ impl Ingest for IngestService {
             drop(slot);
         });
         let mut response = Response::new(Box::pin(ReceiverStream::new(rx)) as OutStream);
-        // This collector reads the agent's stream form.
-        response.metadata_mut().insert(
-            STREAM_HEADER,
-            tonic::metadata::MetadataValue::from_static("1"),
-        );
+        // This collector reads the agent's stream form, while its streams' tables have
+        // room (`limits::StreamTableBudget`).
+        if offers_stream_form {
+            response.metadata_mut().insert(
+                STREAM_HEADER,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
+        }
         Ok(response)
     }
 }

@@ -157,6 +157,8 @@ pub struct Metrics {
     registry: Registry,
     /// Agent streams open now.
     pub agents_connected: Gauge,
+    /// Bytes the agent streams' tables hold now (`[limits] max_stream_table_bytes`).
+    pub ingest_stream_table_bytes: Gauge,
     /// Agent messages received, by type.
     pub ingest_messages: Family<MessageLabels, Counter>,
     /// Bytes of profiles received, by source (agents: profile chunk data; HTTP: bodies).
@@ -213,6 +215,7 @@ impl Metrics {
         let mut m = Metrics {
             registry: Registry::default(),
             agents_connected: Gauge::default(),
+            ingest_stream_table_bytes: Gauge::default(),
             ingest_messages: Family::default(),
             ingest_bytes: Family::default(),
             ingest_refused: Family::default(),
@@ -240,6 +243,11 @@ impl Metrics {
             "holmes_agents_connected",
             "Agent streams open now",
             m.agents_connected.clone(),
+        );
+        r.register(
+            "holmes_ingest_stream_table_bytes",
+            "Bytes the agent streams' tables hold on this collector",
+            m.ingest_stream_table_bytes.clone(),
         );
         r.register(
             "holmes_ingest_messages",

@@ -107,7 +107,9 @@ pub(crate) async fn run(
                 failures_in_a_row = 0;
             }
             Err(err) => {
-                if failures_in_a_row == 0 {
+                if failures_in_a_row == 0 && matches!(err, SessionError::Refused { .. }) {
+                    tracing::warn!(target: "holmes", collector = %url, error = %err, "collector ended the stream; data stays queued and the agent reconnects");
+                } else if failures_in_a_row == 0 {
                     tracing::warn!(target: "holmes", collector = %url, error = %err, "collector unreachable; data stays queued and the agent keeps retrying");
                 } else {
                     tracing::debug!(target: "holmes", collector = %url, error = %err, attempt = failures_in_a_row + 1, "collector still unreachable");

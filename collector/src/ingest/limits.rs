@@ -7,9 +7,12 @@
 //! services and instances only while the store holds fewer than `max_services` and
 //! `max_instances_per_service` ([`check_new_identity`]); one refused meanwhile is
 //! RESOURCE_EXHAUSTED too. (Several streams starting at once may pass a cap by a few.)
+//! The memory all agent streams' tables hold is bounded by `max_stream_table_bytes`
+//! ([`StreamTableBudget`]).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -32,6 +35,11 @@ pub const DEFAULT_MAX_INSTANCES_PER_SERVICE: usize = 10_000;
 pub const DEFAULT_HTTP_HEADER_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long an unfinished profile waits for its next chunk when nothing else is set.
 pub const DEFAULT_PROFILE_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Bytes the agent streams' tables may hold on one collector, all streams together,
+/// when nothing else is set.
+pub const DEFAULT_MAX_STREAM_TABLE_BYTES: u64 = 1 << 30;
+/// The smallest `[limits] max_stream_table_bytes` accepted: room for a few streams.
+pub const MIN_STREAM_TABLE_BYTES: u64 = 1 << 20;
 
 /// `[limits]`: bounds on what agents and HTTP clients hold open.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -59,6 +67,9 @@ pub struct LimitsConfig {
     /// Instances (within `retention_days`) a service may hold before such an agent is
     /// refused for a new instance of it.
     pub max_instances_per_service: usize,
+    /// Bytes of memory the agent streams' tables (each stream's stacks defined once, see
+    /// [`StreamTableBudget`]) may hold on this collector, all streams together.
+    pub max_stream_table_bytes: u64,
 }
 
 impl Default for LimitsConfig {
@@ -70,6 +81,7 @@ impl Default for LimitsConfig {
             http_header_timeout: DEFAULT_HTTP_HEADER_TIMEOUT,
             max_services: DEFAULT_MAX_SERVICES,
             max_instances_per_service: DEFAULT_MAX_INSTANCES_PER_SERVICE,
+            max_stream_table_bytes: DEFAULT_MAX_STREAM_TABLE_BYTES,
         }
     }
 }
@@ -100,6 +112,13 @@ impl LimitsConfig {
         {
             return Err(e);
         }
+        if self.max_stream_table_bytes < MIN_STREAM_TABLE_BYTES {
+            return Err(LimitsConfigError {
+                key: "max_stream_table_bytes",
+                value: self.max_stream_table_bytes.to_string(),
+                min: "1048576",
+            });
+        }
         for (key, value) in [
             ("profile_idle_timeout", self.profile_idle_timeout),
             ("http_header_timeout", self.http_header_timeout),
@@ -113,6 +132,106 @@ impl LimitsConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// The memory all agent streams' tables hold on this collector, against `[limits]
+/// max_stream_table_bytes`.
+///
+/// A stream's tables grow as its agent defines stacks (each bounded by the stream form's
+/// caps, `holmes_proto::native::stream`). A new stream is offered the stream form only
+/// while the tables hold less than three quarters of the budget; otherwise its agent
+/// sends self-contained profiles, which hold nothing between profiles. A stream whose
+/// tables grow past the budget hands on the profile just read, then ends with
+/// RESOURCE_EXHAUSTED once what it handed on is acknowledged, its tables dropped: its
+/// agent reconnects at once and resends nothing but what was not acknowledged.
+#[derive(Debug)]
+pub struct StreamTableBudget {
+    max: u64,
+    held: AtomicU64,
+}
+
+impl StreamTableBudget {
+    /// A budget of `config`'s `max_stream_table_bytes`.
+    pub fn new(config: &LimitsConfig) -> Arc<Self> {
+        Arc::new(StreamTableBudget {
+            max: config.max_stream_table_bytes,
+            held: AtomicU64::new(0),
+        })
+    }
+
+    /// The budget, in bytes.
+    pub fn max(&self) -> u64 {
+        self.max
+    }
+
+    /// Bytes all streams' tables hold now.
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Whether a new stream is offered the stream form (see the type's docs).
+    pub fn offers_stream_form(&self) -> bool {
+        self.held() < self.max / 4 * 3
+    }
+
+    /// A stream's share, holding nothing yet.
+    pub fn share(self: &Arc<Self>) -> TableShare {
+        TableShare {
+            budget: Arc::clone(self),
+            held: 0,
+        }
+    }
+
+    fn add(&self, bytes: u64) -> u64 {
+        let held = self.held.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        crate::metrics::metrics()
+            .ingest_stream_table_bytes
+            .set(i64::try_from(held).unwrap_or(i64::MAX));
+        held
+    }
+
+    fn remove(&self, bytes: u64) {
+        let held = self
+            .held
+            .fetch_sub(bytes, Ordering::Relaxed)
+            .saturating_sub(bytes);
+        crate::metrics::metrics()
+            .ingest_stream_table_bytes
+            .set(i64::try_from(held).unwrap_or(i64::MAX));
+    }
+}
+
+/// One stream's part of the [`StreamTableBudget`]; given back when dropped.
+#[derive(Debug)]
+pub struct TableShare {
+    budget: Arc<StreamTableBudget>,
+    held: u64,
+}
+
+impl TableShare {
+    /// The budget it is a part of.
+    pub fn budget(&self) -> &StreamTableBudget {
+        &self.budget
+    }
+
+    /// Counts the stream's tables at `bytes` now; false when all streams' tables are
+    /// then over the budget and this stream grew.
+    pub fn set(&mut self, bytes: u64) -> bool {
+        if bytes <= self.held {
+            self.budget.remove(self.held - bytes);
+            self.held = bytes;
+            return true;
+        }
+        let total = self.budget.add(bytes - self.held);
+        self.held = bytes;
+        total <= self.budget.max
+    }
+}
+
+impl Drop for TableShare {
+    fn drop(&mut self) {
+        self.budget.remove(self.held);
     }
 }
 
@@ -284,5 +403,38 @@ mod tests {
             config.validate().unwrap_err().to_string(),
             "[limits] max_streams_per_peer = 0 is too small; at least 1"
         );
+        let config = LimitsConfig {
+            max_stream_table_bytes: 1000,
+            ..LimitsConfig::default()
+        };
+        assert_eq!(
+            config.validate().unwrap_err().to_string(),
+            "[limits] max_stream_table_bytes = 1000 is too small; at least 1048576"
+        );
+    }
+
+    #[test]
+    fn stream_table_shares_add_up_and_are_given_back() {
+        let budget = StreamTableBudget::new(&LimitsConfig {
+            max_stream_table_bytes: 4000 << 10,
+            ..LimitsConfig::default()
+        });
+        let (mut a, mut b) = (budget.share(), budget.share());
+        assert!(a.set(2000 << 10) && b.set(900 << 10));
+        assert_eq!(budget.held(), 2900 << 10);
+        assert!(budget.offers_stream_form(), "2900 KiB of 4000");
+        assert!(b.set(1000 << 10));
+        assert!(
+            !budget.offers_stream_form(),
+            "3000 KiB of 4000: three quarters"
+        );
+        // Growing past the budget says so; shrinking or standing still never does.
+        assert!(!a.set(3001 << 10));
+        assert!(a.set(3001 << 10) && a.set(100 << 10));
+        assert_eq!(budget.held(), 1100 << 10);
+        drop(b);
+        assert_eq!(budget.held(), 100 << 10);
+        drop(a);
+        assert_eq!(budget.held(), 0);
     }
 }

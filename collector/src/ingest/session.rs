@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 
 use super::assemble::{Assembler, Step};
+use super::limits::TableShare;
 use super::{check_ids, debuginfo, instance_info, read_status, MAX_DELIVERIES, TOUCH_INTERVAL};
 use crate::clock::unix_nanos_now;
 use crate::control::agent::AgentControl;
@@ -91,6 +92,10 @@ pub(super) struct Session {
     pub(super) profiles: Assembler,
     /// The stream's tables, once it sent a profile in the stream form.
     pub(super) tables: Option<Box<StreamTables>>,
+    /// What the tables hold, counted against the node's budget.
+    pub(super) table_share: TableShare,
+    /// The stream ends with this once what it handed on is acknowledged.
+    pub(super) end_after: Option<Status>,
     pub(super) profile_limits: normalize::Limits,
     pub(super) max_clock_skew: Duration,
     /// How long an unfinished profile waits for its next chunk.
@@ -151,6 +156,9 @@ impl Session {
                         if let Err(status) = self.handle(msg).await {
                             // A delivery that failed while waiting for room, or the message.
                             failed = true;
+                            break Some(status);
+                        }
+                        if let Some(status) = self.end_after.take() {
                             break Some(status);
                         }
                     }
@@ -319,7 +327,24 @@ impl Session {
                 profile.profile_id
             ))
         })?;
-        self.tables = Some(tables);
+        if self.table_share.set(tables.bytes_held()) {
+            self.tables = Some(tables);
+        } else {
+            // Over the node's budget: this profile goes on, the tables go, and the
+            // stream ends once what it handed on is acknowledged (see
+            // `StreamTableBudget`).
+            let (held, max) = (
+                self.table_share.budget().held(),
+                self.table_share.budget().max(),
+            );
+            drop(tables);
+            self.table_share.set(0);
+            crate::metrics::metrics().ingest_refused("stream_table_budget");
+            tracing::warn!(service = %self.hello.service, instance = %self.hello.instance_id, held, max, "agent stream ended: the agent streams' tables are over [limits] max_stream_table_bytes");
+            self.end_after = Some(Status::resource_exhausted(format!(
+                "the agent streams' tables on this collector reached {held} bytes, over its [limits] max_stream_table_bytes = {max}: this stream's are dropped; reconnect"
+            )));
+        }
         profile.data = data;
         match result {
             Ok(contents) => Ok(Some(contents)),

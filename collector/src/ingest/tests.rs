@@ -78,72 +78,100 @@ impl HeldSink {
     }
 }
 
-/// An agent's stream to a collector's ingest service, and what the service needs kept.
+/// A collector's ingest service on loopback, handing events to a sink.
+struct Collector {
+    addr: std::net::SocketAddr,
+    /// What its agent streams' tables hold.
+    table_budget: Arc<limits::StreamTableBudget>,
+    _store: tempfile::TempDir,
+    _closing: watch::Sender<bool>,
+}
+
+impl Collector {
+    async fn start(sink: Arc<dyn Sink>, limits: &limits::LimitsConfig) -> Collector {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let live = Arc::new(LiveAgents::default());
+        let control = Control::new(
+            Arc::clone(&store),
+            Arc::clone(&live),
+            "test-node".to_owned(),
+            true,
+            ControlConfig::default(),
+        );
+        let (closing, closed) = watch::channel(false);
+        let service = IngestService::new(store, sink, control, live, closed).with_limits(limits);
+        let table_budget = Arc::clone(&service.table_budget);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(IngestServer::new(service))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        Collector {
+            addr,
+            table_budget,
+            _store: dir,
+            _closing: closing,
+        }
+    }
+
+    /// An agent's stream to it, as instance `instance` (its `Hello` sent).
+    async fn agent(&self, instance: &str) -> Agent {
+        let (tx, rx) = mpsc::channel(16);
+        let hello = holmes_proto::Hello {
+            protocol_version: holmes_proto::PROTOCOL_VERSION,
+            service: "checkout".to_owned(),
+            instance_id: instance.to_owned(),
+            host: "test-host".to_owned(),
+            pid: 1,
+            labels: Default::default(),
+            agent_version: "0.0.0-test".to_owned(),
+            rules: Vec::new(),
+            started_at_unix_nanos: 1,
+            collect_interval: Duration::from_secs(1),
+            rules_version: 0,
+            executable: None,
+            debuginfo_upload: false,
+        };
+        send(&tx, 0, AgentBody::Hello(hello)).await;
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let response = IngestClient::new(channel)
+            .connect(ReceiverStream::new(rx))
+            .await
+            .unwrap();
+        let stream_form = response.metadata().contains_key(STREAM_HEADER);
+        Agent {
+            tx,
+            inbound: response.into_inner(),
+            stream_form,
+            _collector: None,
+        }
+    }
+}
+
+/// An agent's stream to a collector's ingest service.
 struct Agent {
     tx: mpsc::Sender<pb::AgentMessage>,
     inbound: Streaming<pb::CollectorMessage>,
     /// Whether `connect` answered that the collector reads the stream form.
     stream_form: bool,
-    _store: tempfile::TempDir,
-    _closing: watch::Sender<bool>,
+    /// The collector, when the agent is its only client.
+    _collector: Option<Collector>,
 }
 
 /// A collector's ingest service on loopback handing events to `sink`, and an agent's
 /// stream to it (its `Hello` sent).
 async fn connect(sink: Arc<dyn Sink>) -> Agent {
-    let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
-    let live = Arc::new(LiveAgents::default());
-    let control = Control::new(
-        Arc::clone(&store),
-        Arc::clone(&live),
-        "test-node".to_owned(),
-        true,
-        ControlConfig::default(),
-    );
-    let (closing, closed) = watch::channel(false);
-    let service = IngestService::new(store, sink, control, live, closed);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(IngestServer::new(service))
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-    let (tx, rx) = mpsc::channel(16);
-    let hello = holmes_proto::Hello {
-        protocol_version: holmes_proto::PROTOCOL_VERSION,
-        service: "checkout".to_owned(),
-        instance_id: "checkout-1".to_owned(),
-        host: "test-host".to_owned(),
-        pid: 1,
-        labels: Default::default(),
-        agent_version: "0.0.0-test".to_owned(),
-        rules: Vec::new(),
-        started_at_unix_nanos: 1,
-        collect_interval: Duration::from_secs(1),
-        rules_version: 0,
-        executable: None,
-        debuginfo_upload: false,
-    };
-    send(&tx, 0, AgentBody::Hello(hello)).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let response = IngestClient::new(channel)
-        .connect(ReceiverStream::new(rx))
-        .await
-        .unwrap();
-    let stream_form = response.metadata().contains_key(STREAM_HEADER);
-    Agent {
-        tx,
-        inbound: response.into_inner(),
-        stream_form,
-        _store: dir,
-        _closing: closing,
-    }
+    let collector = Collector::start(sink, &limits::LimitsConfig::default()).await;
+    let mut agent = collector.agent("checkout-1").await;
+    agent._collector = Some(collector);
+    agent
 }
 
 async fn send(tx: &mpsc::Sender<pb::AgentMessage>, seq: u64, body: AgentBody) {
@@ -356,4 +384,160 @@ async fn profiles_in_the_stream_form_are_read_with_their_streams_tables_and_trav
             }
         }
     }
+}
+
+/// A profile of `count` stacks `depth` deep, every frame at its own offset from `first`
+/// on: all of them new to a stream that saw only offsets below `first`.
+fn wide_profile(first: u64, count: usize, depth: usize) -> holmes_proto::native::NativeProfile {
+    use holmes_proto::native::{Location, NativeProfile, NativeSample, ValueType};
+    let mut p = NativeProfile {
+        sample_types: vec![ValueType::new("samples", "count")],
+        period_type: ValueType::new("cpu", "nanoseconds"),
+        period: 10_000_000,
+        time_unix_nanos: 1_700_000_000_000_000_000,
+        duration_nanos: 10_000_000_000,
+        modules: vec![holmes_proto::Module {
+            name: "checkout".into(),
+            build_id: "ab12".into(),
+        }],
+        ..NativeProfile::default()
+    };
+    for i in 0..count {
+        let stack = (0..depth)
+            .map(|d| {
+                p.locations.push(Location::Native {
+                    module: 0,
+                    offset: first + (i * depth + d) as u64,
+                });
+                (p.locations.len() - 1) as u32
+            })
+            .collect();
+        p.stacks.push(stack);
+        p.samples.push(NativeSample {
+            stack: i as u32,
+            values: vec![1],
+            labels: Vec::new(),
+        });
+    }
+    p
+}
+
+/// Whether `inbound` ends with an error status within `WAIT`, after acknowledging
+/// everything up to `seq`: the status.
+async fn ends_after(inbound: &mut Streaming<pb::CollectorMessage>, seq: u64) -> Status {
+    let mut last = 0;
+    loop {
+        let raw = tokio::time::timeout(WAIT, inbound.message())
+            .await
+            .expect("the stream neither ended nor went on");
+        match raw {
+            Ok(Some(raw)) => {
+                if let Ok(CollectorMessage::Ack { seq }) = CollectorMessage::try_from(raw) {
+                    last = seq;
+                }
+            }
+            Ok(None) => panic!("the stream ended without a status"),
+            Err(status) => {
+                assert_eq!(last, seq, "acknowledged before the end: {status:?}");
+                return status;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_stream_tables_of_all_agents_are_held_to_the_nodes_budget() {
+    use holmes_proto::native::stream::StreamEncoder;
+    let limits = limits::LimitsConfig {
+        max_stream_table_bytes: limits::MIN_STREAM_TABLE_BYTES,
+        ..limits::LimitsConfig::default()
+    };
+    let max = limits.max_stream_table_bytes;
+    let sink = Arc::new(KeepingSink::default());
+    let collector = Collector::start(Arc::clone(&sink) as Arc<dyn Sink>, &limits).await;
+    // A first profile whose stacks fill 80-95 % of the budget, as the collector's
+    // tables hold them (read here with tables of the same kind).
+    let held_after = |count: usize| {
+        let mut tables = normalize::StreamTables::new();
+        let bytes = StreamEncoder::new().encode(&wide_profile(0, count, 10));
+        tables
+            .decode(&bytes, normalize::Limits::default(), None)
+            .unwrap();
+        tables.bytes_held()
+    };
+    let (mut low, mut high) = (1usize, 1_000usize);
+    while held_after(high) < max {
+        high *= 2;
+    }
+    let count = loop {
+        let mid = (low + high) / 2;
+        let held = held_after(mid);
+        if held < max / 100 * 80 {
+            low = mid;
+        } else if held > max / 100 * 95 {
+            high = mid;
+        } else {
+            break mid;
+        }
+        assert!(
+            high - low > 1,
+            "no profile size fills 80-95 % of the budget"
+        );
+    };
+
+    let mut first = collector.agent("checkout-1").await;
+    assert!(first.stream_form, "an empty budget offers the stream form");
+    let mut encoder = StreamEncoder::new();
+    let big = encoder.encode(&wide_profile(0, count, 10));
+    send(&first.tx, 1, chunk(1, big, ProfileFormat::NativeStream)).await;
+    acked_through(&mut first.inbound, 1).await;
+    let held = collector.table_budget.held();
+    assert!(held >= max / 4 * 3 && held <= max, "held {held} of {max}");
+
+    // Past three quarters of the budget, a new stream is not offered the stream form,
+    // and its self-contained profiles are read as ever.
+    let mut second = collector.agent("checkout-2").await;
+    assert!(
+        !second.stream_form,
+        "offered the stream form with {held} of {max} held"
+    );
+    let plain = wide_profile(0, 3, 2).encode();
+    send(&second.tx, 1, chunk(2, plain, ProfileFormat::Native)).await;
+    acked_through(&mut second.inbound, 1).await;
+
+    // The first stream outgrows the budget: its profile is stored and acknowledged,
+    // then the stream ends, naming the setting, and its tables are given back.
+    let more = encoder.encode(&wide_profile(1 << 40, count / 2, 10));
+    send(&first.tx, 2, chunk(3, more, ProfileFormat::NativeStream)).await;
+    let status = ends_after(&mut first.inbound, 2).await;
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("max_stream_table_bytes"),
+        "{status:?}"
+    );
+    let deadline = Instant::now() + WAIT;
+    while collector.table_budget.held() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the ended stream's tables are still counted"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Its agent reconnects and is offered the stream form again.
+    let again = collector.agent("checkout-1").await;
+    assert!(again.stream_form, "the budget has room again");
+
+    let got = sink.profiles.lock().unwrap().clone();
+    assert_eq!(got.len(), 3, "every acknowledged profile was handed on");
+    assert!(got.iter().all(|p| p.error.is_none()));
+    let samples: Vec<usize> = got
+        .iter()
+        .map(|p| {
+            normalize::normalize(ProfileFormat::Native, &p.data, normalize::Limits::default())
+                .unwrap()
+                .samples
+                .len()
+        })
+        .collect();
+    assert_eq!(samples, [count, 3, count / 2]);
 }

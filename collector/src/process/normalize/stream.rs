@@ -114,6 +114,23 @@ impl StreamTables {
         self.stacks.len()
     }
 
+    /// About how many bytes of memory the tables hold: their arrays as allocated, and
+    /// the strings of their modules and symbolic frames.
+    pub fn bytes_held(&self) -> u64 {
+        use std::mem::size_of;
+        let module_strings: usize = self
+            .modules
+            .iter()
+            .map(|m| m.name.capacity() + m.build_id.capacity())
+            .sum();
+        let arrays = self.modules.capacity() * size_of::<Module>()
+            + self.locations.capacity() * size_of::<StreamLocation>()
+            + self.stacks.capacity() * size_of::<StreamStack>()
+            + self.entries.capacity() * size_of::<u32>()
+            + (self.location_slots.capacity() + self.stack_slots.capacity()) * size_of::<Slot>();
+        (arrays + module_strings) as u64 + self.frame_bytes
+    }
+
     /// Reads the stream's next profile: its definitions into the tables, its samples
     /// into contents of the stacks they use. Stacks that `known` says the store knows
     /// are left out of the contents ([`TableKeys::left_out`]); without `known`, none is.
