@@ -106,7 +106,12 @@ impl Collector {
         let addr = listener.local_addr().unwrap();
         tokio::spawn(
             tonic::transport::Server::builder()
-                .add_service(IngestServer::new(service))
+                .add_service(
+                    // As the collector's server: agents send zstd (or gzip).
+                    IngestServer::new(service)
+                        .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+                        .accept_compressed(tonic::codec::CompressionEncoding::Zstd),
+                )
                 .serve_with_incoming(TcpListenerStream::new(listener)),
         );
         Collector {
@@ -540,4 +545,120 @@ async fn the_stream_tables_of_all_agents_are_held_to_the_nodes_budget() {
         })
         .collect();
     assert_eq!(samples, [count, 3, count / 2]);
+}
+
+/// A real agent capturing a thread dump now, through `collector`; the profile as the
+/// sink got it, once it did.
+async fn real_agent_dump(
+    collector: &Collector,
+    sink: &KeepingSink,
+    instance: &str,
+) -> (holmes_agent::HolmesHandle, PipelineProfile) {
+    let agent = holmes_agent::Holmes::builder()
+        .service("checkout")
+        .instance(instance)
+        .collector(format!("http://{}", collector.addr))
+        .collect_interval(Duration::from_millis(200))
+        .send_interval(Duration::from_millis(100))
+        .start()
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while !agent.stats().connected {
+        assert!(
+            Instant::now() < deadline,
+            "the agent never connected: {:?}",
+            agent.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let event = agent.capture_now(&[ProfileKind::Threads]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = sink
+            .profiles
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|p| p.event_id == event)
+            .cloned();
+        if let Some(p) = found {
+            return (agent, p);
+        }
+        assert!(Instant::now() < deadline, "the thread dump never arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_agents_send_self_contained_profiles_when_the_stream_tables_are_short_of_room() {
+    use holmes_proto::native::stream::StreamEncoder;
+    let limits = limits::LimitsConfig {
+        max_stream_table_bytes: limits::MIN_STREAM_TABLE_BYTES,
+        ..limits::LimitsConfig::default()
+    };
+    let max = limits.max_stream_table_bytes;
+    let sink = Arc::new(KeepingSink::default());
+    let collector = Collector::start(Arc::clone(&sink) as Arc<dyn Sink>, &limits).await;
+
+    // With room, the agent's stream holds the stacks of what it sent.
+    let (agent, dump) = real_agent_dump(&collector, &sink, "checkout-1").await;
+    assert_eq!(dump.error, None);
+    let agents_share = collector.table_budget.held();
+    assert!(agents_share > 0, "the agent's stream holds no tables");
+    agent.stop();
+    let deadline = Instant::now() + WAIT;
+    while collector.table_budget.held() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the stopped agent's tables are still counted"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Another stream takes 80-95 % of the budget.
+    let held_after = |count: usize| {
+        let mut tables = normalize::StreamTables::new();
+        let bytes = StreamEncoder::new().encode(&wide_profile(0, count, 10));
+        tables
+            .decode(&bytes, normalize::Limits::default(), None)
+            .unwrap();
+        tables.bytes_held()
+    };
+    let (mut low, mut high) = (1usize, 1_000usize);
+    while held_after(high) < max {
+        high *= 2;
+    }
+    let count = loop {
+        let mid = (low + high) / 2;
+        match held_after(mid) {
+            h if h < max / 100 * 80 => low = mid,
+            h if h > max / 100 * 95 => high = mid,
+            _ => break mid,
+        }
+        assert!(
+            high - low > 1,
+            "no profile size fills 80-95 % of the budget"
+        );
+    };
+    let mut filler = collector.agent("search-1").await;
+    let big = StreamEncoder::new().encode(&wide_profile(0, count, 10));
+    send(&filler.tx, 1, chunk(1, big, ProfileFormat::NativeStream)).await;
+    acked_through(&mut filler.inbound, 1).await;
+    let held = collector.table_budget.held();
+    assert!(held >= max / 4 * 3, "held {held} of {max}");
+
+    // A real agent is then not offered the stream form: its dump arrives whole, and its
+    // stream holds nothing.
+    let (agent, dump) = real_agent_dump(&collector, &sink, "checkout-2").await;
+    assert_eq!(dump.error, None);
+    let contents = normalize::normalize(
+        ProfileFormat::Native,
+        &dump.data,
+        normalize::Limits::default(),
+    )
+    .unwrap();
+    assert!(!contents.samples.is_empty());
+    assert_eq!(collector.table_budget.held(), held);
+    let stats = agent.stop();
+    assert_eq!(stats.unacked, 0, "{stats:?}");
 }
