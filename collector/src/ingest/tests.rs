@@ -122,6 +122,27 @@ impl Collector {
         }
     }
 
+    /// One whose stream tables may hold `limits::MIN_STREAM_TABLE_BYTES`, and the sink
+    /// it hands profiles to.
+    async fn with_smallest_table_budget() -> (Collector, Arc<KeepingSink>) {
+        let limits = limits::LimitsConfig {
+            max_stream_table_bytes: limits::MIN_STREAM_TABLE_BYTES,
+            ..limits::LimitsConfig::default()
+        };
+        let sink = Arc::new(KeepingSink::default());
+        let collector = Collector::start(Arc::clone(&sink) as Arc<dyn Sink>, &limits).await;
+        (collector, sink)
+    }
+
+    /// Waits until its streams' tables hold nothing.
+    async fn until_no_tables_held(&self, what: &str) {
+        let deadline = Instant::now() + WAIT;
+        while self.table_budget.held() > 0 {
+            assert!(Instant::now() < deadline, "{what}: still counted");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// An agent's stream to it, as instance `instance` (its `Hello` sent).
     async fn agent(&self, instance: &str) -> Agent {
         let (tx, rx) = mpsc::channel(16);
@@ -427,6 +448,36 @@ fn wide_profile(first: u64, count: usize, depth: usize) -> holmes_proto::native:
     p
 }
 
+/// How many stacks of a [`wide_profile`] ten deep fill 80-95 % of `max` bytes of stream
+/// tables, as the collector's tables hold them (read here with tables of the same kind).
+fn stacks_filling(max: u64) -> usize {
+    use holmes_proto::native::stream::StreamEncoder;
+    let held_after = |count: usize| {
+        let mut tables = normalize::StreamTables::new();
+        let bytes = StreamEncoder::new().encode(&wide_profile(0, count, 10));
+        tables
+            .decode(&bytes, normalize::Limits::default(), None)
+            .unwrap();
+        tables.bytes_held()
+    };
+    let (mut low, mut high) = (1usize, 1_000usize);
+    while held_after(high) < max {
+        high *= 2;
+    }
+    loop {
+        let mid = (low + high) / 2;
+        match held_after(mid) {
+            h if h < max / 100 * 80 => low = mid,
+            h if h > max / 100 * 95 => high = mid,
+            _ => return mid,
+        }
+        assert!(
+            high - low > 1,
+            "no profile size fills 80-95 % of {max} bytes"
+        );
+    }
+}
+
 /// Whether `inbound` ends with an error status within `WAIT`, after acknowledging
 /// everything up to `seq`: the status.
 async fn ends_after(inbound: &mut Streaming<pb::CollectorMessage>, seq: u64) -> Status {
@@ -453,42 +504,10 @@ async fn ends_after(inbound: &mut Streaming<pb::CollectorMessage>, seq: u64) -> 
 #[tokio::test]
 async fn the_stream_tables_of_all_agents_are_held_to_the_nodes_budget() {
     use holmes_proto::native::stream::StreamEncoder;
-    let limits = limits::LimitsConfig {
-        max_stream_table_bytes: limits::MIN_STREAM_TABLE_BYTES,
-        ..limits::LimitsConfig::default()
-    };
-    let max = limits.max_stream_table_bytes;
-    let sink = Arc::new(KeepingSink::default());
-    let collector = Collector::start(Arc::clone(&sink) as Arc<dyn Sink>, &limits).await;
-    // A first profile whose stacks fill 80-95 % of the budget, as the collector's
-    // tables hold them (read here with tables of the same kind).
-    let held_after = |count: usize| {
-        let mut tables = normalize::StreamTables::new();
-        let bytes = StreamEncoder::new().encode(&wide_profile(0, count, 10));
-        tables
-            .decode(&bytes, normalize::Limits::default(), None)
-            .unwrap();
-        tables.bytes_held()
-    };
-    let (mut low, mut high) = (1usize, 1_000usize);
-    while held_after(high) < max {
-        high *= 2;
-    }
-    let count = loop {
-        let mid = (low + high) / 2;
-        let held = held_after(mid);
-        if held < max / 100 * 80 {
-            low = mid;
-        } else if held > max / 100 * 95 {
-            high = mid;
-        } else {
-            break mid;
-        }
-        assert!(
-            high - low > 1,
-            "no profile size fills 80-95 % of the budget"
-        );
-    };
+    let (collector, sink) = Collector::with_smallest_table_budget().await;
+    let max = limits::MIN_STREAM_TABLE_BYTES;
+    // A first profile whose stacks fill 80-95 % of the budget.
+    let count = stacks_filling(max);
 
     let mut first = collector.agent("checkout-1").await;
     assert!(first.stream_form, "an empty budget offers the stream form");
@@ -520,14 +539,9 @@ async fn the_stream_tables_of_all_agents_are_held_to_the_nodes_budget() {
         status.message().contains("max_stream_table_bytes"),
         "{status:?}"
     );
-    let deadline = Instant::now() + WAIT;
-    while collector.table_budget.held() > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the ended stream's tables are still counted"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    collector
+        .until_no_tables_held("the ended stream's tables")
+        .await;
     // Its agent reconnects and is offered the stream form again.
     let again = collector.agent("checkout-1").await;
     assert!(again.stream_form, "the budget has room again");
@@ -592,13 +606,8 @@ async fn real_agent_dump(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_agents_send_self_contained_profiles_when_the_stream_tables_are_short_of_room() {
     use holmes_proto::native::stream::StreamEncoder;
-    let limits = limits::LimitsConfig {
-        max_stream_table_bytes: limits::MIN_STREAM_TABLE_BYTES,
-        ..limits::LimitsConfig::default()
-    };
-    let max = limits.max_stream_table_bytes;
-    let sink = Arc::new(KeepingSink::default());
-    let collector = Collector::start(Arc::clone(&sink) as Arc<dyn Sink>, &limits).await;
+    let (collector, sink) = Collector::with_smallest_table_budget().await;
+    let max = limits::MIN_STREAM_TABLE_BYTES;
 
     // With room, the agent's stream holds the stacks of what it sent.
     let (agent, dump) = real_agent_dump(&collector, &sink, "checkout-1").await;
@@ -606,40 +615,12 @@ async fn real_agents_send_self_contained_profiles_when_the_stream_tables_are_sho
     let agents_share = collector.table_budget.held();
     assert!(agents_share > 0, "the agent's stream holds no tables");
     agent.stop();
-    let deadline = Instant::now() + WAIT;
-    while collector.table_budget.held() > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the stopped agent's tables are still counted"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    collector
+        .until_no_tables_held("the stopped agent's tables")
+        .await;
 
     // Another stream takes 80-95 % of the budget.
-    let held_after = |count: usize| {
-        let mut tables = normalize::StreamTables::new();
-        let bytes = StreamEncoder::new().encode(&wide_profile(0, count, 10));
-        tables
-            .decode(&bytes, normalize::Limits::default(), None)
-            .unwrap();
-        tables.bytes_held()
-    };
-    let (mut low, mut high) = (1usize, 1_000usize);
-    while held_after(high) < max {
-        high *= 2;
-    }
-    let count = loop {
-        let mid = (low + high) / 2;
-        match held_after(mid) {
-            h if h < max / 100 * 80 => low = mid,
-            h if h > max / 100 * 95 => high = mid,
-            _ => break mid,
-        }
-        assert!(
-            high - low > 1,
-            "no profile size fills 80-95 % of the budget"
-        );
-    };
+    let count = stacks_filling(max);
     let mut filler = collector.agent("search-1").await;
     let big = StreamEncoder::new().encode(&wide_profile(0, count, 10));
     send(&filler.tx, 1, chunk(1, big, ProfileFormat::NativeStream)).await;
