@@ -322,7 +322,9 @@ impl Ingest for IngestService {
         };
         let offers_stream_form = self.table_budget.offers_stream_form();
         if !offers_stream_form {
-            tracing::info!(service = %hello.service, instance = %hello.instance_id, held = self.table_budget.held(), max = self.table_budget.max(), "stream form not offered: the agent streams' tables are near [limits] max_stream_table_bytes");
+            // Debug: while the budget stays near full every connect says it, and
+            // holmes_ingest_stream_table_bytes shows it anyway.
+            tracing::debug!(service = %hello.service, instance = %hello.instance_id, held = self.table_budget.held(), max = self.table_budget.max(), "stream form not offered: the agent streams' tables are near [limits] max_stream_table_bytes");
         }
         let session = Session {
             uploads: self.uploads.clone(),

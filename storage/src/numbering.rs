@@ -16,7 +16,7 @@
 //! given. A number is remembered as written only once its row is durable; until then
 //! every profile that uses it writes the row again (duplicates fold).
 //!
-//! A writer may also name a profile's stacks and locations by key ([`TableKeys`]: the
+//! A writer may also name a profile's stacks and locations by key ([`TableKeys`](crate::TableKeys): the
 //! ingest stream's own numbers, the same key always the same stack or location in its
 //! scope). The memory then keeps, per scope, each stack key's number and day and each
 //! location key's ordinal: a stack it knows by key and finds durable on the profile's
@@ -37,11 +37,13 @@ use std::sync::Mutex;
 use foldhash::quality::RandomState;
 use holmes_proto::Module;
 
-use crate::contents::{ProfileContents, TableKeys};
+use crate::contents::ProfileContents;
 use crate::location::{Location, LocationId, StackId};
 use crate::StoreError;
+use scopes::{Plan, Scopes};
 use symbolic::Symbolics;
 
+mod scopes;
 mod symbolic;
 
 /// Locations remembered; past this many the memory of locations and stacks starts over.
@@ -72,14 +74,6 @@ pub struct KnownStack {
     pub day: u32,
 }
 
-/// The stacks and locations of one scope of [`TableKeys`], by key.
-struct Scope {
-    service: String,
-    stacks: Vec<Option<KnownStack>>,
-    /// Each location key's ordinal plus one (0: not known).
-    locations: Vec<u32>,
-}
-
 #[derive(Default)]
 struct ServiceStacks {
     next: u32,
@@ -102,10 +96,8 @@ struct Inner {
     locations: Vec<KnownLocation>,
     stacks: HashMap<String, ServiceStacks>,
     stack_count: usize,
-    /// Stacks by scope and key.
-    scopes: HashMap<u64, Scope, RandomState>,
-    /// Keys `scopes` has room for, all together.
-    scoped_count: usize,
+    /// Stacks and locations by scope and key.
+    scopes: Scopes,
 }
 
 impl Inner {
@@ -118,128 +110,8 @@ impl Inner {
             s.known.clear();
         }
         self.stack_count = 0;
-        self.forget_scopes();
+        self.scopes.forget();
         self.generation += 1;
-    }
-
-    fn forget_scopes(&mut self) {
-        self.scopes.clear();
-        self.scoped_count = 0;
-    }
-
-    /// Which stacks of `c`, a profile of `day`, are known by key and durable on `day` or
-    /// later (their number), and which locations the others use (all of them when none
-    /// is known by key).
-    fn plan(&self, service: &str, day: u32, c: &ProfileContents) -> Plan {
-        let scope = self.scope_of(service, c);
-        let keys = c.table_keys.as_ref();
-        let mut lost = 0;
-        let mut needed = vec![scope.is_none(); c.locations.len()];
-        let by_key = c
-            .stacks
-            .iter()
-            .enumerate()
-            .map(|(i, stack)| {
-                // Left out with its number (which stays true whatever the memory
-                // forgets since), or remembered by key.
-                let known = match keys.and_then(|k| k.left_out.get(i).copied().flatten()) {
-                    Some(given) => Some(given),
-                    None => scope.and_then(|(keys, scope)| {
-                        scope
-                            .stacks
-                            .get(*keys.stacks.get(i)? as usize)
-                            .copied()
-                            .flatten()
-                    }),
-                }
-                .filter(|k| k.day >= day);
-                if known.is_none() {
-                    if keys.is_some_and(|k| k.is_left_out(i)) {
-                        lost += 1;
-                    }
-                    for &l in stack {
-                        if let Some(n) = needed.get_mut(l as usize) {
-                            *n = true;
-                        }
-                    }
-                }
-                known
-            })
-            .collect::<Vec<_>>();
-        Plan {
-            by_key,
-            needed,
-            lost,
-        }
-    }
-
-    /// The scope of `c`'s keys, when it has keys for every stack and location and the
-    /// scope is `service`'s.
-    fn scope_of<'a>(
-        &'a self,
-        service: &str,
-        c: &'a ProfileContents,
-    ) -> Option<(&'a TableKeys, &'a Scope)> {
-        let keys = c.table_keys.as_ref()?;
-        let scope = self.scopes.get(&keys.scope)?;
-        (scope.service == service
-            && keys.stacks.len() == c.stacks.len()
-            && keys.locations.len() == c.locations.len())
-        .then_some((keys, scope))
-    }
-
-    /// The ordinal of each location of `c` known by its key (empty when none can be).
-    fn keyed_ordinals(&self, service: &str, c: &ProfileContents) -> Vec<Option<u32>> {
-        let Some((keys, scope)) = self.scope_of(service, c) else {
-            return Vec::new();
-        };
-        keys.locations
-            .iter()
-            .map(|&k| scope.locations.get(k as usize)?.checked_sub(1))
-            .collect()
-    }
-
-    /// The scope `keys` names for `service`, made if new; `None` if it is another
-    /// service's.
-    fn scope_mut(&mut self, service: &str, keys: &TableKeys) -> Option<&mut Scope> {
-        let scope = self.scopes.entry(keys.scope).or_insert_with(|| Scope {
-            service: service.to_owned(),
-            stacks: Vec::new(),
-            locations: Vec::new(),
-        });
-        (scope.service == service).then_some(scope)
-    }
-
-    /// Remembers what `c`'s keys name: stacks (`stacks`: key and what is known of it)
-    /// and locations (`locations`: key and ordinal).
-    fn remember_keys(
-        &mut self,
-        service: &str,
-        keys: &TableKeys,
-        stacks: &[(u32, KnownStack)],
-        locations: &[(u32, u32)],
-    ) {
-        let Some(scope) = self.scope_mut(service, keys) else {
-            return;
-        };
-        let mut grown = 0;
-        for &(key, known) in stacks {
-            let key = key as usize;
-            if key >= scope.stacks.len() {
-                grown += key + 1 - scope.stacks.len();
-                scope.stacks.resize(key + 1, None);
-            }
-            scope.stacks[key] = Some(known);
-        }
-        for &(key, ordinal) in locations {
-            let key = key as usize;
-            if key >= scope.locations.len() {
-                grown += key + 1 - scope.locations.len();
-                scope.locations.resize(key + 1, 0);
-            }
-            scope.locations[key] = ordinal + 1;
-        }
-        self.scoped_count += grown;
     }
 
     fn number(&self, counter: u32) -> u64 {
@@ -304,18 +176,6 @@ type LastModule<'a> = Option<(&'a Module, Option<u32>)>;
 
 /// A stack's key (its locations' ordinals) and what the memory knew of it.
 type KeyedStack = (Box<[u32]>, Option<KnownStack>);
-
-/// What a profile needs numbered (see [`Inner::plan`]).
-#[derive(Debug, Default)]
-struct Plan {
-    /// Each stack's number and day when known by key and durable on the profile's day.
-    by_key: Vec<Option<KnownStack>>,
-    /// Whether each location is used by a stack not known by key.
-    needed: Vec<bool>,
-    /// Stacks left out of the contents that are not known by key (see
-    /// [`TableKeys::left_out`]): the profile cannot be numbered.
-    lost: usize,
-}
 
 /// What the memory does not know of a profile: to be looked up in the store by id. It
 /// also keeps what the memory did know, so that [`Numbering::number`] does not hash the
@@ -391,8 +251,7 @@ impl Numbering {
                 locations: Vec::new(),
                 stacks: HashMap::new(),
                 stack_count: 0,
-                scopes: HashMap::default(),
-                scoped_count: 0,
+                scopes: Scopes::default(),
             }),
         }
     }
@@ -415,21 +274,7 @@ impl Numbering {
         scope: u64,
         keys: &[u32],
     ) -> Vec<Option<KnownStack>> {
-        let inner = self.lock();
-        let day = day.max(1);
-        let Some(scope) = inner.scopes.get(&scope).filter(|s| s.service == service) else {
-            return vec![None; keys.len()];
-        };
-        keys.iter()
-            .map(|&k| {
-                scope
-                    .stacks
-                    .get(k as usize)
-                    .copied()
-                    .flatten()
-                    .filter(|known| known.day >= day)
-            })
-            .collect()
+        self.lock().scopes.known(service, day.max(1), scope, keys)
     }
 
     /// The ids of what `contents`, a profile of `day`, uses that the memory does not
@@ -441,14 +286,14 @@ impl Numbering {
             generation: inner.generation,
             location_ordinals: Vec::with_capacity(c.locations.len()),
             stack_keys: Vec::with_capacity(c.stacks.len()),
-            plan: inner.plan(service, day, c),
+            plan: inner.scopes.plan(service, day, c),
             day,
             ..Unknown::default()
         };
         let mut ids: Vec<LocationId> = Vec::with_capacity(c.locations.len());
         let mut last = None;
         let mut canonical = Vec::with_capacity(256);
-        let keyed = inner.keyed_ordinals(service, c);
+        let keyed = inner.scopes.keyed_ordinals(service, c);
         for (i, l) in c.locations.iter().enumerate() {
             if !out.plan.needed[i] {
                 ids.push(LocationId([0; 16]));
@@ -524,8 +369,8 @@ impl Numbering {
         {
             inner.forget();
         }
-        if inner.scoped_count + c.stacks.len() > MAX_SCOPED_STACKS {
-            inner.forget_scopes();
+        if inner.scopes.len() + c.stacks.len() > MAX_SCOPED_STACKS {
+            inner.scopes.forget();
         }
         let day = day.max(1);
         // What `unknown` found still holds unless the memory started over since
@@ -537,7 +382,7 @@ impl Numbering {
         let plan = if still {
             std::mem::take(&mut unknown.plan)
         } else {
-            inner.plan(service, day, c)
+            inner.scopes.plan(service, day, c)
         };
         if plan.lost > 0 {
             return Err(StoreError::LeftOutStacks { count: plan.lost });
@@ -559,7 +404,7 @@ impl Numbering {
         let keyed = if still {
             Vec::new()
         } else {
-            inner.keyed_ordinals(service, c)
+            inner.scopes.keyed_ordinals(service, c)
         };
         for (i, l) in c.locations.iter().enumerate() {
             if !plan.needed[i] {
@@ -671,7 +516,9 @@ impl Numbering {
             out.stack_keys.push(key);
         }
         if let Some(keys) = &c.table_keys {
-            inner.remember_keys(service, keys, &by_key, &keyed_locations);
+            inner
+                .scopes
+                .remember(service, keys, &by_key, &keyed_locations);
         }
         Ok(out)
     }
@@ -699,13 +546,7 @@ impl Numbering {
             }
         }
         if let Some((scope, keys)) = &numbered.scoped_new {
-            if let Some(scope) = inner.scopes.get_mut(scope) {
-                for &key in keys {
-                    if let Some(Some(k)) = scope.stacks.get_mut(key as usize) {
-                        k.day = k.day.max(numbered.day);
-                    }
-                }
-            }
+            inner.scopes.written(*scope, keys, numbered.day);
         }
     }
 }
@@ -715,6 +556,7 @@ mod tests {
     use holmes_proto::Module;
 
     use super::*;
+    use crate::contents::TableKeys;
     use crate::location::StackFrame;
 
     /// Numbers `c` for `service` without a first pass (nothing found in the store).

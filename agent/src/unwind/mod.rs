@@ -219,8 +219,9 @@ fn read_stack_pair(addr: usize, top: Option<usize>) -> Option<(usize, usize)> {
 /// at the function's `push rbp` (not yet run) and at its `ret` the address is at
 /// `[sp]`, at its `mov rbp, rsp` (the push done) at `[sp + 8]`. `None` elsewhere, and
 /// on other architectures. The instruction is read directly in the service's own code
-/// ([`code`]), by the kernel elsewhere: a library's code may be unmapped under a walk. A function built without frame pointers that pushes `rbp`
-/// mid-body can make this a wrong frame; compilers save it at entry.
+/// ([`code`]), by the kernel elsewhere: a library's code may be unmapped under a walk.
+/// A function built without frame pointers that pushes `rbp` mid-body can make this a
+/// wrong frame; compilers save it at entry.
 #[cfg(target_arch = "x86_64")]
 fn leaf_caller(regs: Registers, top: Option<usize>) -> Option<usize> {
     let code = if code::is_own(regs.pc, 8) {
