@@ -254,7 +254,10 @@ struct Builder {
     limits: Limits,
     materialized: u64,
     contents: ProfileContents,
-    stacks: HashMap<Box<[u32]>, u32, foldhash::quality::RandomState>,
+    /// Each stack's index in `contents.stacks`, found by hashing its locations: the
+    /// stack is kept once, there.
+    stacks: hashbrown::HashTable<u32>,
+    stack_hasher: foldhash::quality::RandomState,
     label_sets: HashMap<Vec<ProfileLabel>, u32, foldhash::quality::RandomState>,
 }
 
@@ -264,7 +267,8 @@ impl Builder {
             limits,
             materialized: 0,
             contents: ProfileContents::default(),
-            stacks: HashMap::default(),
+            stacks: hashbrown::HashTable::new(),
+            stack_hasher: foldhash::quality::RandomState::default(),
             label_sets: HashMap::default(),
         }
     }
@@ -302,14 +306,19 @@ impl Builder {
     /// The index of the stack made of `locations` (indexes into the contents'
     /// locations), added if new.
     fn stack(&mut self, locations: &[u32]) -> Result<u32, NormalizeError> {
-        if let Some(&i) = self.stacks.get(locations) {
+        use std::hash::BuildHasher;
+        let hash = self.stack_hasher.hash_one(locations);
+        let stacks = &self.contents.stacks;
+        if let Some(&i) = self.stacks.find(hash, |&i| stacks[i as usize] == locations) {
             return Ok(i);
         }
-        self.count("stacks", self.contents.stacks.len() + 1)?;
+        self.count("stacks", stacks.len() + 1)?;
         self.charge(locations.len() * 4 + 32)?;
         let i = self.contents.stacks.len() as u32;
         self.contents.stacks.push(locations.to_vec());
-        self.stacks.insert(locations.into(), i);
+        let (stacks, hasher) = (&self.contents.stacks, &self.stack_hasher);
+        self.stacks
+            .insert_unique(hash, i, |&j| hasher.hash_one(&stacks[j as usize][..]));
         Ok(i)
     }
 
