@@ -22,7 +22,9 @@ pub use control::*;
 pub use debuginfo::{DebugInfoChunkRecord, DebugInfoSource, DebugInfoStatus};
 pub use location::{Location, LocationId, StackFrame, StackId};
 pub use model::*;
-pub use numbering::{MAX_KNOWN_LOCATIONS, MAX_KNOWN_STACKS, MAX_KNOWN_SYMBOLIC_BYTES};
+pub use numbering::{
+    MAX_KNOWN_LOCATIONS, MAX_KNOWN_STACKS, MAX_KNOWN_STACK_ENTRIES, MAX_KNOWN_SYMBOLIC_BYTES,
+};
 
 use async_trait::async_trait;
 

@@ -41,9 +41,11 @@ use crate::contents::ProfileContents;
 use crate::location::{Location, LocationId, StackId};
 use crate::StoreError;
 use scopes::{Plan, Scopes};
+use stacks::ServiceStacks;
 use symbolic::Symbolics;
 
 mod scopes;
+mod stacks;
 mod symbolic;
 
 /// Locations remembered; past this many the memory of locations and stacks starts over.
@@ -53,6 +55,9 @@ pub const MAX_KNOWN_LOCATIONS: usize = 1 << 19;
 pub const MAX_KNOWN_SYMBOLIC_BYTES: usize = 128 << 20;
 /// Stacks remembered (all services together); past this many they start over.
 pub const MAX_KNOWN_STACKS: usize = 1 << 19;
+/// Location ordinals of remembered stacks (all services together, 4 bytes each); past
+/// this many the memory of locations and stacks starts over.
+pub const MAX_KNOWN_STACK_ENTRIES: usize = 32 << 20;
 /// Stacks remembered by key (all scopes together); past this many the scopes start over.
 pub(crate) const MAX_SCOPED_STACKS: usize = 1 << 20;
 
@@ -74,12 +79,8 @@ pub struct KnownStack {
     pub day: u32,
 }
 
-#[derive(Default)]
-struct ServiceStacks {
-    next: u32,
-    /// Location ordinals (indexes into `Inner::locations`), leaf first.
-    known: HashMap<Box<[u32]>, KnownStack, RandomState>,
-}
+/// A stack's entry in its service's memory, when it has none.
+const NO_ENTRY: u32 = u32::MAX;
 
 struct Inner {
     epoch: u32,
@@ -94,8 +95,12 @@ struct Inner {
     /// Ordinals of symbolic locations, by content.
     symbolics: Symbolics,
     locations: Vec<KnownLocation>,
+    /// Each service's stacks, keyed by their locations' ordinals (indexes into
+    /// `locations`), leaf first.
     stacks: HashMap<String, ServiceStacks>,
     stack_count: usize,
+    /// Ordinals in the keys of `stacks`, all services together.
+    stack_entries: usize,
     /// Stacks and locations by scope and key.
     scopes: Scopes,
 }
@@ -107,9 +112,10 @@ impl Inner {
         self.symbolics.clear();
         self.locations.clear();
         for s in self.stacks.values_mut() {
-            s.known.clear();
+            s.clear();
         }
         self.stack_count = 0;
+        self.stack_entries = 0;
         self.scopes.forget();
         self.generation += 1;
     }
@@ -174,9 +180,6 @@ fn id_of(l: &Location, canonical: &[u8]) -> LocationId {
 /// The module a profile's last native location looked up, and its ordinal.
 type LastModule<'a> = Option<(&'a Module, Option<u32>)>;
 
-/// A stack's key (its locations' ordinals) and what the memory knew of it.
-type KeyedStack = (Box<[u32]>, Option<KnownStack>);
-
 /// What the memory does not know of a profile: to be looked up in the store by id. It
 /// also keeps what the memory did know, so that [`Numbering::number`] does not hash the
 /// profile's locations and stacks a second time (unless the memory started over since).
@@ -190,9 +193,8 @@ pub(crate) struct Unknown {
     generation: u64,
     /// Each location's ordinal, when remembered.
     location_ordinals: Vec<Option<u32>>,
-    /// Each stack's key and what the memory knew of it, when all its locations were
-    /// remembered.
-    stack_keys: Vec<Option<KeyedStack>>,
+    /// Each stack's entry in its service's memory, when remembered.
+    stack_entries: Vec<Option<u32>>,
     /// What was known by key, for the day asked.
     plan: Plan,
     day: u32,
@@ -221,7 +223,8 @@ pub(crate) struct Numbered {
     pub(crate) day: u32,
     generation: u64,
     location_ordinals: Vec<u32>,
-    stack_keys: Vec<Box<[u32]>>,
+    /// Each stack's entry in its service's memory ([`NO_ENTRY`]: none).
+    stack_entries: Vec<u32>,
     /// The scope of the profile's stack keys, and the key of each of `new_stacks`.
     scoped_new: Option<(u64, Vec<u32>)>,
 }
@@ -251,6 +254,7 @@ impl Numbering {
                 locations: Vec::new(),
                 stacks: HashMap::new(),
                 stack_count: 0,
+                stack_entries: 0,
                 scopes: Scopes::default(),
             }),
         }
@@ -285,7 +289,7 @@ impl Numbering {
         let mut out = Unknown {
             generation: inner.generation,
             location_ordinals: Vec::with_capacity(c.locations.len()),
-            stack_keys: Vec::with_capacity(c.stacks.len()),
+            stack_entries: Vec::with_capacity(c.stacks.len()),
             plan: inner.scopes.plan(service, day, c),
             day,
             ..Unknown::default()
@@ -318,33 +322,32 @@ impl Numbering {
         }
         let known = inner.stacks.get(service);
         let left_out = |i: usize| c.table_keys.as_ref().is_some_and(|k| k.is_left_out(i));
+        let mut key = Vec::with_capacity(64);
         for (i, stack) in c.stacks.iter().enumerate() {
             if out.plan.by_key[i].is_some() || left_out(i) {
                 // Known by key; or left out and not known, which numbering refuses.
-                out.stack_keys.push(None);
+                out.stack_entries.push(None);
                 continue;
             }
-            // Sized up front: collecting into `Option<Box<[u32]>>` grew it by reallocating.
-            let mut ordinals = Vec::with_capacity(stack.len());
+            key.clear();
             for &l in stack {
                 match out.location_ordinals.get(l as usize).copied().flatten() {
-                    Some(o) => ordinals.push(o),
+                    Some(o) => key.push(o),
                     None => break,
                 }
             }
-            let key = (ordinals.len() == stack.len()).then(|| ordinals.into_boxed_slice());
-            let remembered = match (&key, known) {
-                (Some(k), Some(s)) => s.known.get(k.as_ref()).copied(),
+            let entry = match known {
+                Some(s) if key.len() == stack.len() => s.find(&key),
                 _ => None,
             };
-            if remembered.is_none() {
+            if entry.is_none() {
                 out.stacks.push(StackId::of(
                     stack
                         .iter()
                         .map(|&l| ids.get(l as usize).copied().unwrap_or(LocationId([0; 16]))),
                 ));
             }
-            out.stack_keys.push(key.map(|k| (k, remembered)));
+            out.stack_entries.push(entry);
         }
         out
     }
@@ -366,6 +369,7 @@ impl Numbering {
         if inner.locations.len() + c.locations.len() > MAX_KNOWN_LOCATIONS
             || inner.stack_count + c.stacks.len() > MAX_KNOWN_STACKS
             || inner.symbolics.bytes_held() > MAX_KNOWN_SYMBOLIC_BYTES
+            || inner.stack_entries > MAX_KNOWN_STACK_ENTRIES
         {
             inner.forget();
         }
@@ -378,7 +382,7 @@ impl Numbering {
         let still = unknown.generation == inner.generation
             && unknown.day == day
             && unknown.location_ordinals.len() == c.locations.len()
-            && unknown.stack_keys.len() == c.stacks.len();
+            && unknown.stack_entries.len() == c.stacks.len();
         let plan = if still {
             std::mem::take(&mut unknown.plan)
         } else {
@@ -395,7 +399,7 @@ impl Numbering {
             location_nums: Vec::with_capacity(locations),
             location_ordinals: Vec::with_capacity(locations),
             stack_nums: Vec::with_capacity(stacks),
-            stack_keys: Vec::with_capacity(stacks),
+            stack_entries: Vec::with_capacity(stacks),
             ..Numbered::default()
         };
         let mut last = None;
@@ -458,53 +462,55 @@ impl Numbering {
             stacks,
             locations,
             stack_count,
+            stack_entries,
             ..
         } = &mut *inner;
         let service_stacks = stacks.entry(service.to_owned()).or_default();
+        let mut key = Vec::with_capacity(64);
         for (i, stack) in c.stacks.iter().enumerate() {
             if let Some(known) = plan.by_key[i] {
                 out.stack_nums.push(known.num);
-                out.stack_keys.push(Box::default());
+                out.stack_entries.push(NO_ENTRY);
                 continue;
             }
-            let taken = if still {
-                unknown.stack_keys.get_mut(i).and_then(Option::take)
+            key.clear();
+            key.extend(
+                stack
+                    .iter()
+                    .map(|&l| out.location_ordinals.get(l as usize).copied().unwrap_or(0)),
+            );
+            let remembered = if still {
+                unknown.stack_entries.get(i).copied().flatten()
             } else {
                 None
-            };
-            let (key, remembered) = match taken {
-                Some(found) => found,
-                None => (
-                    stack
-                        .iter()
-                        .map(|&l| out.location_ordinals.get(l as usize).copied().unwrap_or(0))
-                        .collect::<Box<[u32]>>(),
-                    None,
-                ),
-            };
-            let known = match remembered.or_else(|| service_stacks.known.get(&key).copied()) {
-                Some(k) => k,
-                None => {
-                    let id = StackId::of(key.iter().map(|&o| locations[o as usize].id));
-                    let num = match found_stacks.get(&id) {
-                        Some(&num) => num,
-                        None => {
-                            let counter = service_stacks.next;
-                            service_stacks.next =
-                                counter.checked_add(1).ok_or(StoreError::NumbersExhausted)?;
-                            u64::from(epoch) << 32 | u64::from(counter)
-                        }
-                    };
-                    let k = KnownStack { num, day: 0 };
-                    service_stacks.known.insert(key.clone(), k);
-                    *stack_count += 1;
-                    k
-                }
-            };
+            }
+            .or_else(|| service_stacks.find(&key));
+            let stack_id = || StackId::of(key.iter().map(|&o| locations[o as usize].id));
+            let (known, entry, mut id) =
+                match remembered.and_then(|e| Some((service_stacks.known(e)?, e))) {
+                    Some((k, e)) => (k, e, None),
+                    None => {
+                        let id = stack_id();
+                        let num = match found_stacks.get(&id) {
+                            Some(&num) => num,
+                            None => {
+                                let counter = service_stacks.next;
+                                service_stacks.next =
+                                    counter.checked_add(1).ok_or(StoreError::NumbersExhausted)?;
+                                u64::from(epoch) << 32 | u64::from(counter)
+                            }
+                        };
+                        let k = KnownStack { num, day: 0 };
+                        let entry = service_stacks.insert(&key, k).unwrap_or(NO_ENTRY);
+                        *stack_count += 1;
+                        *stack_entries += key.len();
+                        (k, entry, Some(id))
+                    }
+                };
             out.stack_nums.push(known.num);
             let stack_key = c.table_keys.as_ref().and_then(|k| k.stacks.get(i).copied());
             if known.day < day {
-                let id = StackId::of(key.iter().map(|&o| locations[o as usize].id));
+                let id = id.take().unwrap_or_else(stack_id);
                 out.new_stacks.push((i as u32, id));
                 if let (Some((_, keys)), Some(k)) = (&mut out.scoped_new, stack_key) {
                     keys.push(k);
@@ -513,7 +519,7 @@ impl Numbering {
             if let Some(k) = stack_key {
                 by_key.push((k, known));
             }
-            out.stack_keys.push(key);
+            out.stack_entries.push(entry);
         }
         if let Some(keys) = &c.table_keys {
             inner
@@ -538,10 +544,8 @@ impl Numbering {
         }
         if let Some(s) = inner.stacks.get_mut(service) {
             for &(index, _) in &numbered.new_stacks {
-                if let Some(key) = numbered.stack_keys.get(index as usize) {
-                    if let Some(k) = s.known.get_mut(key) {
-                        k.day = k.day.max(numbered.day);
-                    }
+                if let Some(&entry) = numbered.stack_entries.get(index as usize) {
+                    s.mark_written(entry, numbered.day);
                 }
             }
         }
