@@ -16,6 +16,9 @@
 # Markdown table row for each. HOLMES_LOADGEN_MAX_PROFILES sets the collectors'
 # `[incidents] max_profiles_per_incident` (0: no capture budget, every profile stored:
 # the throughput runs; unset: the default budget of 10 per kind).
+# HOLMES_LOADGEN_MAX_STREAM_TABLE_BYTES sets the ingesting collectors' `[limits]
+# max_stream_table_bytes` (the memory all agent streams' tables may hold; the agents
+# then send some streams' profiles self-contained, and reconnect when a stream is ended).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
@@ -69,6 +72,10 @@ config() {
     if [ -n "${HOLMES_LOADGEN_MAX_PROFILES:-}" ]; then
       echo "[incidents]"
       echo "max_profiles_per_incident = $HOLMES_LOADGEN_MAX_PROFILES"
+    fi
+    if [ -n "${HOLMES_LOADGEN_MAX_STREAM_TABLE_BYTES:-}" ] && [ "$role" != process ]; then
+      echo "[limits]"
+      echo "max_stream_table_bytes = $HOLMES_LOADGEN_MAX_STREAM_TABLE_BYTES"
     fi
     if [ "$role" != all ]; then
       echo "[kafka]"

@@ -63,17 +63,19 @@ impl Pool {
     }
 
     /// The capture for `seed`, as bytes and their format: in the stream form through
-    /// `stream` (self-contained when it is too big for a stream's tables).
-    fn pick(&self, seed: u64, stream: &mut StreamEncoder) -> (Vec<u8>, ProfileFormat) {
+    /// `stream` when the stream has one (self-contained when it has none, as the agent
+    /// sends to a collector that did not offer the form, or when the capture is too big
+    /// for a stream's tables).
+    fn pick(&self, seed: u64, stream: Option<&mut StreamEncoder>) -> (Vec<u8>, ProfileFormat) {
         match self.format {
             Format::Stream => {
                 let i = (seed % self.natives.len().max(1) as u64) as usize;
-                match self.natives.get(i) {
-                    Some(native) if StreamEncoder::fits(native) => {
+                match (self.natives.get(i), stream) {
+                    (Some(native), Some(stream)) if StreamEncoder::fits(native) => {
                         (stream.encode(native), ProfileFormat::NativeStream)
                     }
-                    Some(native) => (native.encode(), ProfileFormat::Native),
-                    None => (Vec::new(), ProfileFormat::Native),
+                    (Some(native), _) => (native.encode(), ProfileFormat::Native),
+                    (None, _) => (Vec::new(), ProfileFormat::Native),
                 }
             }
             Format::Native | Format::Pprof => {
@@ -90,20 +92,136 @@ impl Pool {
     }
 }
 
-/// A message in flight: its sequence number, what it was, when it was sent.
+/// A message in flight: its sequence number, what it was, when it was first sent.
 struct InFlight {
     seq: u64,
     what: Sent,
     at: Instant,
 }
 
+/// What a message in flight was, with what it takes to send it again on a new stream.
 enum Sent {
-    Window,
-    Trigger,
-    /// The last chunk of a profile.
-    Profile,
-    /// A chunk that is not the last.
+    Window(AgentBody),
+    Trigger(AgentBody),
+    /// The last chunk of a profile: the whole profile, were it sent again.
+    Profile(ProfileJob),
+    /// A chunk that is not the last (sent again with its profile).
     Chunk,
+}
+
+/// One profile to send: which capture, under which ids and time.
+#[derive(Clone)]
+struct ProfileJob {
+    seed: u64,
+    profile_id: String,
+    event_id: String,
+    now: u64,
+}
+
+impl ProfileJob {
+    /// The profile's messages: in the stream form through `stream` when there is one.
+    fn messages(&self, pool: &Pool, stream: Option<&mut StreamEncoder>) -> Vec<(AgentBody, Sent)> {
+        let (encoded, format) = pool.pick(self.seed, stream);
+        let pieces: Vec<&[u8]> = encoded.chunks(holmes_proto::MAX_CHUNK_BYTES).collect();
+        let mut out = Vec::with_capacity(pieces.len());
+        for (index, piece) in pieces.iter().enumerate() {
+            let last = index + 1 == pieces.len();
+            out.push((
+                AgentBody::ProfileChunk(ProfileChunk {
+                    profile_id: self.profile_id.clone(),
+                    event_id: self.event_id.clone(),
+                    kind: ProfileKind::Cpu,
+                    chunk_index: index as u32,
+                    chunk_count: pieces.len() as u32,
+                    total_bytes: encoded.len() as u64,
+                    data: piece.to_vec(),
+                    started_unix_nanos: self.now,
+                    duration: Duration::from_secs(2),
+                    error: None,
+                    labels: [("phase".to_owned(), "trigger".to_owned())].into(),
+                    format,
+                }),
+                if last {
+                    Sent::Profile(self.clone())
+                } else {
+                    Sent::Chunk
+                },
+            ));
+        }
+        out
+    }
+}
+
+/// One stream to the collector: where to send, what comes back, and the stream form's
+/// tables when the collector offered the form on it.
+struct Connection {
+    tx: mpsc::Sender<pb::AgentMessage>,
+    inbound: tonic::Streaming<pb::CollectorMessage>,
+    stream: Option<StreamEncoder>,
+}
+
+impl Connection {
+    /// Opens a stream and says `Hello`.
+    async fn open(
+        cli: &Cli,
+        channel: &tonic::transport::Channel,
+        agent: &Agent,
+        pool: &Pool,
+        tally: &Mutex<Tally>,
+    ) -> anyhow::Result<Connection> {
+        let (tx, rx) = mpsc::channel(cli.in_flight.max(1) * 2);
+        let first = AgentMessage {
+            seq: 0,
+            body: AgentBody::Hello(hello(&agent.service, agent.instance)),
+        };
+        tx.send(pb::AgentMessage::from(&first)).await?;
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        if let Some(token) = &cli.token {
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse()?);
+        }
+        let response = IngestClient::new(channel.clone())
+            .connect(request)
+            .await
+            .context("the collector refused the stream")?;
+        // The stream's tables, bounded as the agent bounds its own; none when the
+        // collector does not offer the form on this stream (an older collector, or one
+        // whose streams' tables are short of room): the agent then sends its profiles
+        // self-contained.
+        let offered = response.metadata().get(STREAM_HEADER).is_some();
+        let wants = matches!(pool.format, Format::Stream);
+        if wants && !offered {
+            tally
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .streams_not_offered += 1;
+        }
+        Ok(Connection {
+            tx,
+            inbound: response.into_inner(),
+            stream: (wants && offered).then(StreamEncoder::sender),
+        })
+    }
+}
+
+/// What the collector's side of a stream said.
+enum Heard {
+    Message(pb::CollectorMessage),
+    /// The collector ended the stream for want of room (RESOURCE_EXHAUSTED), as it does
+    /// when its streams' tables outgrow their budget: the agent reconnects.
+    Ended(String),
+}
+
+fn heard(next: Result<Option<pb::CollectorMessage>, tonic::Status>) -> anyhow::Result<Heard> {
+    match next {
+        Ok(Some(m)) => Ok(Heard::Message(m)),
+        Ok(None) => bail!("the collector closed the stream"),
+        Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+            Ok(Heard::Ended(status.message().to_owned()))
+        }
+        Err(status) => bail!("stream error: {status}"),
+    }
 }
 
 fn hello(service: &str, instance: usize) -> Hello {
@@ -153,13 +271,14 @@ pub(crate) struct Agent {
     pub(crate) seed: u64,
 }
 
-/// Runs one agent until `until`; records into `tally`.
+/// Runs one agent until `until`; records into `tally`. A stream the collector ends for
+/// want of room is opened again, and what it had not acknowledged sent again on the new
+/// one (a profile whole, in the new stream's form), as the agent's spool does.
 pub(crate) async fn run_agent(
     cli: Arc<Cli>,
     agent: Agent,
     pool: Arc<Pool>,
     tally: Arc<Mutex<Tally>>,
-    start: Instant,
     until: Instant,
 ) -> anyhow::Result<()> {
     let channel = tonic::transport::Endpoint::from_shared(cli.ingest.clone())?
@@ -167,28 +286,7 @@ pub(crate) async fn run_agent(
         .connect()
         .await
         .with_context(|| format!("cannot connect to {}", cli.ingest))?;
-    let (tx, rx) = mpsc::channel(cli.in_flight.max(1) * 2);
-    let first = AgentMessage {
-        seq: 0,
-        body: AgentBody::Hello(hello(&agent.service, agent.instance)),
-    };
-    tx.send(pb::AgentMessage::from(&first)).await?;
-    let mut request = tonic::Request::new(ReceiverStream::new(rx));
-    if let Some(token) = &cli.token {
-        request
-            .metadata_mut()
-            .insert("authorization", format!("Bearer {token}").parse()?);
-    }
-    let response = IngestClient::new(channel)
-        .connect(request)
-        .await
-        .context("the collector refused the stream")?;
-    if matches!(pool.format, Format::Stream) && response.metadata().get(STREAM_HEADER).is_none() {
-        bail!("the collector does not read the agent's stream form (no `{STREAM_HEADER}` header on connect); send --format native");
-    }
-    let mut inbound = response.into_inner();
-    // The stream's tables, bounded as the agent bounds its own.
-    let mut stream = StreamEncoder::sender();
+    let mut conn = Connection::open(&cli, &channel, &agent, &pool, &tally).await?;
     let mut seq = 0u64;
     let mut in_flight: VecDeque<InFlight> = VecDeque::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -198,26 +296,38 @@ pub(crate) async fn run_agent(
     let mut second = 0u64;
     // Instances of one service spike together (within a second), as a fleet does.
     let spike_secs = cli.spike_every.as_secs().max(2);
-    loop {
+    'run: loop {
         // Acks first, without waiting, then room to send.
         loop {
-            let ack = if in_flight.len() >= cli.in_flight.max(1) {
+            let next = if in_flight.len() >= cli.in_flight.max(1) {
                 Some(
-                    tokio::time::timeout(Duration::from_secs(60), inbound.message())
+                    tokio::time::timeout(Duration::from_secs(60), conn.inbound.message())
                         .await
-                        .context("no ack within 60 s")??,
+                        .context("no ack within 60 s")?,
                 )
             } else {
-                match tokio::time::timeout(Duration::from_millis(1), inbound.message()).await {
-                    Ok(m) => Some(m?),
-                    Err(_) => None,
+                tokio::time::timeout(Duration::from_millis(1), conn.inbound.message())
+                    .await
+                    .ok()
+            };
+            let Some(next) = next else { break };
+            match heard(next)? {
+                Heard::Message(raw) => answered(raw, &mut in_flight, &tally),
+                Heard::Ended(why) => {
+                    reconnect(
+                        &cli,
+                        &channel,
+                        &agent,
+                        &pool,
+                        &tally,
+                        &mut conn,
+                        &mut in_flight,
+                        &mut seq,
+                        &why,
+                    )
+                    .await?;
                 }
-            };
-            let Some(ack) = ack else { break };
-            let Some(raw) = ack else {
-                bail!("the collector closed the stream")
-            };
-            answered(raw, &mut in_flight, &tally);
+            }
         }
         if Instant::now() >= until {
             break;
@@ -227,30 +337,29 @@ pub(crate) async fn run_agent(
         loop {
             tokio::select! {
                 _ = tick.tick() => break,
-                next = inbound.message() => {
-                    let Some(raw) = next? else {
-                        bail!("the collector closed the stream")
-                    };
-                    answered(raw, &mut in_flight, &tally);
-                }
+                next = conn.inbound.message() => match heard(next)? {
+                    Heard::Message(raw) => answered(raw, &mut in_flight, &tally),
+                    Heard::Ended(why) => {
+                        reconnect(&cli, &channel, &agent, &pool, &tally, &mut conn, &mut in_flight, &mut seq, &why)
+                            .await?;
+                        continue 'run;
+                    }
+                },
             }
         }
         second += 1;
         let now = unix_nanos();
         let spiking = second % spike_secs == 0;
-        let mut out: Vec<(AgentBody, Sent)> = vec![(
-            AgentBody::MetricWindow(window(now, spiking, agent.seed ^ second)),
-            Sent::Window,
-        )];
+        let mut out: Vec<(AgentBody, Sent)> = Vec::new();
+        let window = AgentBody::MetricWindow(window(now, spiking, agent.seed ^ second));
+        out.push((window.clone(), Sent::Window(window)));
         if spiking {
             let event_id = format!("{:016x}{:016x}", mix(agent.seed ^ now), mix(now));
-            out.push((
-                AgentBody::Trigger(holmes_devtools::soak::honest::trigger(
-                    event_id.clone(),
-                    now,
-                )),
-                Sent::Trigger,
+            let trigger = AgentBody::Trigger(holmes_devtools::soak::honest::trigger(
+                event_id.clone(),
+                now,
             ));
+            out.push((trigger.clone(), Sent::Trigger(trigger)));
             tally
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -258,51 +367,45 @@ pub(crate) async fn run_agent(
                 .insert(event_id.clone(), (agent.service.clone(), Instant::now()));
             for extra in 0..=cli.extra_profiles {
                 let profile_seed = mix(agent.seed ^ now ^ extra as u64);
-                let (encoded, format) = pool.pick(profile_seed, &mut stream);
-                let profile_id = format!("{:016x}{:016x}", mix(profile_seed), mix(!profile_seed));
-                let pieces: Vec<&[u8]> = encoded.chunks(holmes_proto::MAX_CHUNK_BYTES).collect();
-                for (index, piece) in pieces.iter().enumerate() {
-                    let last = index + 1 == pieces.len();
-                    out.push((
-                        AgentBody::ProfileChunk(ProfileChunk {
-                            profile_id: profile_id.clone(),
-                            event_id: event_id.clone(),
-                            kind: ProfileKind::Cpu,
-                            chunk_index: index as u32,
-                            chunk_count: pieces.len() as u32,
-                            total_bytes: encoded.len() as u64,
-                            data: piece.to_vec(),
-                            started_unix_nanos: now,
-                            duration: Duration::from_secs(2),
-                            error: None,
-                            labels: [("phase".to_owned(), "trigger".to_owned())].into(),
-                            format,
-                        }),
-                        if last { Sent::Profile } else { Sent::Chunk },
-                    ));
-                }
+                let job = ProfileJob {
+                    seed: profile_seed,
+                    profile_id: format!("{:016x}{:016x}", mix(profile_seed), mix(!profile_seed)),
+                    event_id: event_id.clone(),
+                    now,
+                };
+                out.extend(job.messages(&pool, conn.stream.as_mut()));
             }
         }
-        for (body, what) in out {
-            seq += 1;
-            tx.send(pb::AgentMessage::from(&AgentMessage { seq, body }))
-                .await
-                .context("the stream to the collector ended")?;
-            in_flight.push_back(InFlight {
-                seq,
-                what,
-                at: Instant::now(),
-            });
+        let at = Instant::now();
+        if send(&conn, out, at, &mut seq, &mut in_flight)
+            .await
+            .is_err()
+        {
+            // The collector ended the stream: its status says why, read next round.
+            continue;
         }
-        let _ = start;
     }
     // Drain: everything sent acknowledged, for at most the grace period.
     let deadline = Instant::now() + cli.grace;
     while !in_flight.is_empty() && Instant::now() < deadline {
-        match tokio::time::timeout_at(deadline.into(), inbound.message()).await {
-            Ok(Ok(Some(raw))) => answered(raw, &mut in_flight, &tally),
-            Ok(Ok(None)) => bail!("the collector closed the stream"),
-            Ok(Err(status)) => bail!("stream error: {status}"),
+        match tokio::time::timeout_at(deadline.into(), conn.inbound.message()).await {
+            Ok(next) => match heard(next)? {
+                Heard::Message(raw) => answered(raw, &mut in_flight, &tally),
+                Heard::Ended(why) => {
+                    reconnect(
+                        &cli,
+                        &channel,
+                        &agent,
+                        &pool,
+                        &tally,
+                        &mut conn,
+                        &mut in_flight,
+                        &mut seq,
+                        &why,
+                    )
+                    .await?;
+                }
+            },
             Err(_) => break,
         }
     }
@@ -314,7 +417,82 @@ pub(crate) async fn run_agent(
             cli.grace
         );
     }
-    drop(tx);
+    drop(conn);
+    Ok(())
+}
+
+/// Sends `out` on `conn` under the next sequence numbers, each in flight from `at`.
+/// Should the stream have ended, the rest is kept in flight unsent, to go again on the
+/// next stream, and the result says the stream ended.
+async fn send(
+    conn: &Connection,
+    out: Vec<(AgentBody, Sent)>,
+    at: Instant,
+    seq: &mut u64,
+    in_flight: &mut VecDeque<InFlight>,
+) -> Result<(), StreamEnded> {
+    let mut ended = false;
+    for (body, what) in out {
+        *seq += 1;
+        in_flight.push_back(InFlight {
+            seq: *seq,
+            what,
+            at,
+        });
+        if !ended {
+            let message = pb::AgentMessage::from(&AgentMessage { seq: *seq, body });
+            ended = conn.tx.send(message).await.is_err();
+        }
+    }
+    if ended {
+        Err(StreamEnded)
+    } else {
+        Ok(())
+    }
+}
+
+/// The stream to the collector ended while sending.
+#[derive(Debug)]
+struct StreamEnded;
+
+impl std::fmt::Display for StreamEnded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the stream to the collector ended")
+    }
+}
+
+impl std::error::Error for StreamEnded {}
+
+/// Opens a new stream after the collector ended `conn` (`why`), and sends on it again
+/// what the old one had not acknowledged: metric windows and triggers as they were,
+/// profiles whole in the new stream's form. Their latency still counts from when they
+/// were first sent.
+#[allow(clippy::too_many_arguments)]
+async fn reconnect(
+    cli: &Cli,
+    channel: &tonic::transport::Channel,
+    agent: &Agent,
+    pool: &Pool,
+    tally: &Mutex<Tally>,
+    conn: &mut Connection,
+    in_flight: &mut VecDeque<InFlight>,
+    seq: &mut u64,
+    why: &str,
+) -> anyhow::Result<()> {
+    tally.lock().unwrap_or_else(|p| p.into_inner()).reconnects += 1;
+    tracing::debug!(service = %agent.service, instance = agent.instance, why, "the collector ended the stream; reconnecting");
+    *conn = Connection::open(cli, channel, agent, pool, tally).await?;
+    for m in std::mem::take(in_flight) {
+        let out = match m.what {
+            Sent::Window(body) => vec![(body.clone(), Sent::Window(body))],
+            Sent::Trigger(body) => vec![(body.clone(), Sent::Trigger(body))],
+            Sent::Profile(job) => job.messages(pool, conn.stream.as_mut()),
+            Sent::Chunk => Vec::new(),
+        };
+        send(conn, out, m.at, seq, in_flight)
+            .await
+            .context("the new stream to the collector ended")?;
+    }
     Ok(())
 }
 
@@ -339,12 +517,12 @@ fn settle(in_flight: &mut VecDeque<InFlight>, acked: u64, tally: &Mutex<Tally>) 
             break;
         };
         match m.what {
-            Sent::Window => t.windows_acked += 1,
-            Sent::Trigger => {
+            Sent::Window(_) => t.windows_acked += 1,
+            Sent::Trigger(_) => {
                 t.triggers_acked += 1;
                 t.stored.push(m.at.elapsed());
             }
-            Sent::Profile => t.profiles_acked += 1,
+            Sent::Profile(_) => t.profiles_acked += 1,
             Sent::Chunk => {}
         }
     }

@@ -5,8 +5,9 @@
 //! `--spike-every`, a CPU spike on every instance of a service at once: a `TriggerEvent`
 //! followed by its CPU profile (1000 samples of a realistic Rust service's stacks,
 //! `holmes_devtools::synthetic`), in the agent's stream form (`--format stream`, the
-//! default: each stack defined once per stream), self-contained (`--format native`) or
-//! as gzipped pprof. Each agent keeps at most `--in-flight` messages unacknowledged,
+//! default: each stack defined once per stream, on the streams the collector offers it;
+//! self-contained on the others, as the agent does), self-contained (`--format native`)
+//! or as gzipped pprof. Each agent keeps at most `--in-flight` messages unacknowledged,
 //! like the agent's bounded spool.
 //!
 //! The profiles are captured before the agents start (a pool of `--pool` captures of the
@@ -123,6 +124,12 @@ struct Tally {
     triggers_acked: u64,
     /// Captures the collector told agents not to send (`SkipProfiles`, by kind).
     skips_told: u64,
+    /// Agents sending the stream form (`--format stream`) that the collector did not
+    /// offer it on connect: they sent self-contained profiles.
+    streams_not_offered: u64,
+    /// Streams the collector ended for want of room (RESOURCE_EXHAUSTED), each opened
+    /// again with what it had not acknowledged.
+    reconnects: u64,
     errors: Vec<String>,
 }
 
@@ -169,7 +176,6 @@ async fn run(cli: Arc<Cli>) -> anyhow::Result<()> {
                 agent,
                 Arc::clone(&pool),
                 Arc::clone(&tally),
-                start,
                 until,
             ));
         }
@@ -252,6 +258,8 @@ async fn run(cli: Arc<Cli>) -> anyhow::Result<()> {
             "incidents_without_suspects": watched.without_suspects,
             "captures_skipped_by_budget": watched.skipped_captures,
             "captures_agents_told_to_skip": t.skips_told,
+            "streams_not_offered_stream_form": t.streams_not_offered,
+            "reconnects": t.reconnects,
             "collectors": memory.iter().map(|(pid, rss, hwm)| serde_json::json!({
                 "pid": pid, "rss_peak_bytes": rss, "vm_hwm_bytes": hwm,
             })).collect::<Vec<_>>(),
@@ -296,6 +304,12 @@ async fn run(cli: Arc<Cli>) -> anyhow::Result<()> {
             "capture budget: {} captures skipped by the incidents, {} the agents were told to skip",
             watched.skipped_captures, t.skips_told
         );
+        if matches!(cli.format, Format::Stream) {
+            println!(
+                "stream form: not offered on {} streams (their agents sent self-contained profiles); {} streams ended by the collector for want of room and opened again",
+                t.streams_not_offered, t.reconnects
+            );
+        }
         for (pid, rss, hwm) in &memory {
             println!(
                 "collector pid {pid}: peak RSS during the run {:.0} MiB (VmHWM {:.0} MiB)",
