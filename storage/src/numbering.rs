@@ -663,6 +663,31 @@ mod tests {
             .location_nums
             .iter()
             .all(|l| !fresh.location_nums.contains(l)));
+        // What `unknown` found points at entries of the memory; once it starts over,
+        // other stacks take those entries, and must not lend their numbers.
+        let unknown = n.unknown("checkout", 10, &c2);
+        n.lock().forget();
+        let mut other = contents(&[0x40, 0x50, 0x60]);
+        other.stacks = vec![vec![3, 2], vec![0, 1, 2, 3]];
+        let others = remembered(&n, "checkout", 10, &other);
+        let stale = n
+            .number(
+                "checkout",
+                10,
+                &c2,
+                unknown,
+                &HashMap::new(),
+                &HashMap::new(),
+            )
+            .unwrap();
+        assert!(stale
+            .stack_nums
+            .iter()
+            .all(|s| !others.stack_nums.contains(s)));
+        assert_eq!(
+            remembered(&n, "checkout", 10, &c2).stack_nums,
+            stale.stack_nums
+        );
     }
 
     #[test]
