@@ -286,9 +286,17 @@ pub(crate) async fn run_agent(
         .connect()
         .await
         .with_context(|| format!("cannot connect to {}", cli.ingest))?;
-    let mut conn = Connection::open(&cli, &channel, &agent, &pool, &tally).await?;
-    let mut seq = 0u64;
-    let mut in_flight: VecDeque<InFlight> = VecDeque::new();
+    let conn = Connection::open(&cli, &channel, &agent, &pool, &tally).await?;
+    let mut link = Link {
+        cli: &cli,
+        channel,
+        agent: &agent,
+        pool: &pool,
+        tally: &tally,
+        conn,
+        in_flight: VecDeque::new(),
+        seq: 0,
+    };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let offset = Duration::from_millis(mix(agent.seed) % 1000);
@@ -299,35 +307,19 @@ pub(crate) async fn run_agent(
     'run: loop {
         // Acks first, without waiting, then room to send.
         loop {
-            let next = if in_flight.len() >= cli.in_flight.max(1) {
+            let next = if link.in_flight.len() >= cli.in_flight.max(1) {
                 Some(
-                    tokio::time::timeout(Duration::from_secs(60), conn.inbound.message())
+                    tokio::time::timeout(Duration::from_secs(60), link.conn.inbound.message())
                         .await
                         .context("no ack within 60 s")?,
                 )
             } else {
-                tokio::time::timeout(Duration::from_millis(1), conn.inbound.message())
+                tokio::time::timeout(Duration::from_millis(1), link.conn.inbound.message())
                     .await
                     .ok()
             };
             let Some(next) = next else { break };
-            match heard(next)? {
-                Heard::Message(raw) => answered(raw, &mut in_flight, &tally),
-                Heard::Ended(why) => {
-                    reconnect(
-                        &cli,
-                        &channel,
-                        &agent,
-                        &pool,
-                        &tally,
-                        &mut conn,
-                        &mut in_flight,
-                        &mut seq,
-                        &why,
-                    )
-                    .await?;
-                }
-            }
+            link.take(next).await?;
         }
         if Instant::now() >= until {
             break;
@@ -335,16 +327,12 @@ pub(crate) async fn run_agent(
         // Acknowledgements as they come until the next second, so that each is timed
         // when it arrives.
         loop {
-            tokio::select! {
+            let next = tokio::select! {
                 _ = tick.tick() => break,
-                next = conn.inbound.message() => match heard(next)? {
-                    Heard::Message(raw) => answered(raw, &mut in_flight, &tally),
-                    Heard::Ended(why) => {
-                        reconnect(&cli, &channel, &agent, &pool, &tally, &mut conn, &mut in_flight, &mut seq, &why)
-                            .await?;
-                        continue 'run;
-                    }
-                },
+                next = link.conn.inbound.message() => next,
+            };
+            if link.take(next).await? {
+                continue 'run;
             }
         }
         second += 1;
@@ -373,80 +361,109 @@ pub(crate) async fn run_agent(
                     event_id: event_id.clone(),
                     now,
                 };
-                out.extend(job.messages(&pool, conn.stream.as_mut()));
+                out.extend(job.messages(&pool, link.conn.stream.as_mut()));
             }
         }
-        let at = Instant::now();
-        if send(&conn, out, at, &mut seq, &mut in_flight)
-            .await
-            .is_err()
-        {
-            // The collector ended the stream: its status says why, read next round.
-            continue;
-        }
+        // Should the stream have ended, its status says why: read next round.
+        let _ended = link.send(out, Instant::now()).await;
     }
     // Drain: everything sent acknowledged, for at most the grace period.
     let deadline = Instant::now() + cli.grace;
-    while !in_flight.is_empty() && Instant::now() < deadline {
-        match tokio::time::timeout_at(deadline.into(), conn.inbound.message()).await {
-            Ok(next) => match heard(next)? {
-                Heard::Message(raw) => answered(raw, &mut in_flight, &tally),
-                Heard::Ended(why) => {
-                    reconnect(
-                        &cli,
-                        &channel,
-                        &agent,
-                        &pool,
-                        &tally,
-                        &mut conn,
-                        &mut in_flight,
-                        &mut seq,
-                        &why,
-                    )
-                    .await?;
-                }
-            },
+    while !link.in_flight.is_empty() && Instant::now() < deadline {
+        match tokio::time::timeout_at(deadline.into(), link.conn.inbound.message()).await {
+            Ok(next) => {
+                link.take(next).await?;
+            }
             Err(_) => break,
         }
     }
-    if !in_flight.is_empty() {
+    if !link.in_flight.is_empty() {
         bail!(
             "{} messages of {} not acknowledged within {:?} after the run",
-            in_flight.len(),
+            link.in_flight.len(),
             agent.service,
             cli.grace
         );
     }
-    drop(conn);
     Ok(())
 }
 
-/// Sends `out` on `conn` under the next sequence numbers, each in flight from `at`.
-/// Should the stream have ended, the rest is kept in flight unsent, to go again on the
-/// next stream, and the result says the stream ended.
-async fn send(
-    conn: &Connection,
-    out: Vec<(AgentBody, Sent)>,
-    at: Instant,
-    seq: &mut u64,
-    in_flight: &mut VecDeque<InFlight>,
-) -> Result<(), StreamEnded> {
-    let mut ended = false;
-    for (body, what) in out {
-        *seq += 1;
-        in_flight.push_back(InFlight {
-            seq: *seq,
-            what,
-            at,
-        });
-        if !ended {
-            let message = pb::AgentMessage::from(&AgentMessage { seq: *seq, body });
-            ended = conn.tx.send(message).await.is_err();
+/// One agent's side of the collector: its stream, what is in flight on it (and on the
+/// streams before it, not yet acknowledged), the last sequence number sent.
+struct Link<'a> {
+    cli: &'a Cli,
+    channel: tonic::transport::Channel,
+    agent: &'a Agent,
+    pool: &'a Pool,
+    tally: &'a Mutex<Tally>,
+    conn: Connection,
+    in_flight: VecDeque<InFlight>,
+    seq: u64,
+}
+
+impl Link<'_> {
+    /// Takes what the collector's side of the stream gave: a message, or the end of the
+    /// stream for want of room, after which the stream is opened again (true).
+    async fn take(
+        &mut self,
+        next: Result<Option<pb::CollectorMessage>, tonic::Status>,
+    ) -> anyhow::Result<bool> {
+        match heard(next)? {
+            Heard::Message(raw) => {
+                answered(raw, &mut self.in_flight, self.tally);
+                Ok(false)
+            }
+            Heard::Ended(why) => {
+                self.reconnect(&why).await?;
+                Ok(true)
+            }
         }
     }
-    if ended {
-        Err(StreamEnded)
-    } else {
+
+    /// Sends `out` under the next sequence numbers, each in flight from `at`. Should the
+    /// stream have ended, the rest is kept in flight unsent, to go again on the next
+    /// stream, and the result says the stream ended.
+    async fn send(&mut self, out: Vec<(AgentBody, Sent)>, at: Instant) -> Result<(), StreamEnded> {
+        let mut ended = false;
+        for (body, what) in out {
+            self.seq += 1;
+            let seq = self.seq;
+            self.in_flight.push_back(InFlight { seq, what, at });
+            if !ended {
+                let message = pb::AgentMessage::from(&AgentMessage { seq, body });
+                ended = self.conn.tx.send(message).await.is_err();
+            }
+        }
+        if ended {
+            Err(StreamEnded)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Opens a new stream after the collector ended the last one (`why`), and sends on
+    /// it again what the old one had not acknowledged: metric windows and triggers as
+    /// they were, profiles whole in the new stream's form. Their latency still counts
+    /// from when they were first sent.
+    async fn reconnect(&mut self, why: &str) -> anyhow::Result<()> {
+        self.tally
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reconnects += 1;
+        tracing::debug!(service = %self.agent.service, instance = self.agent.instance, why, "the collector ended the stream; reconnecting");
+        self.conn =
+            Connection::open(self.cli, &self.channel, self.agent, self.pool, self.tally).await?;
+        for m in std::mem::take(&mut self.in_flight) {
+            let out = match m.what {
+                Sent::Window(body) => vec![(body.clone(), Sent::Window(body))],
+                Sent::Trigger(body) => vec![(body.clone(), Sent::Trigger(body))],
+                Sent::Profile(job) => job.messages(self.pool, self.conn.stream.as_mut()),
+                Sent::Chunk => Vec::new(),
+            };
+            self.send(out, m.at)
+                .await
+                .context("the new stream to the collector ended")?;
+        }
         Ok(())
     }
 }
@@ -462,39 +479,6 @@ impl std::fmt::Display for StreamEnded {
 }
 
 impl std::error::Error for StreamEnded {}
-
-/// Opens a new stream after the collector ended `conn` (`why`), and sends on it again
-/// what the old one had not acknowledged: metric windows and triggers as they were,
-/// profiles whole in the new stream's form. Their latency still counts from when they
-/// were first sent.
-#[allow(clippy::too_many_arguments)]
-async fn reconnect(
-    cli: &Cli,
-    channel: &tonic::transport::Channel,
-    agent: &Agent,
-    pool: &Pool,
-    tally: &Mutex<Tally>,
-    conn: &mut Connection,
-    in_flight: &mut VecDeque<InFlight>,
-    seq: &mut u64,
-    why: &str,
-) -> anyhow::Result<()> {
-    tally.lock().unwrap_or_else(|p| p.into_inner()).reconnects += 1;
-    tracing::debug!(service = %agent.service, instance = agent.instance, why, "the collector ended the stream; reconnecting");
-    *conn = Connection::open(cli, channel, agent, pool, tally).await?;
-    for m in std::mem::take(in_flight) {
-        let out = match m.what {
-            Sent::Window(body) => vec![(body.clone(), Sent::Window(body))],
-            Sent::Trigger(body) => vec![(body.clone(), Sent::Trigger(body))],
-            Sent::Profile(job) => job.messages(pool, conn.stream.as_mut()),
-            Sent::Chunk => Vec::new(),
-        };
-        send(conn, out, m.at, seq, in_flight)
-            .await
-            .context("the new stream to the collector ended")?;
-    }
-    Ok(())
-}
 
 /// Takes one message of the collector: an acknowledgement settles what it covers, a
 /// skip (the capture budget) is counted. The profiles it names were sent already: this
