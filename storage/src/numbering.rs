@@ -579,6 +579,17 @@ mod tests {
     /// Numbers `c` for `service` after asking what the memory does not know.
     fn remembered(n: &Numbering, service: &str, day: u32, c: &ProfileContents) -> Numbered {
         let unknown = n.unknown(service, day, c);
+        numbered_after(n, service, day, c, unknown)
+    }
+
+    /// Numbers `c` for `service` with what `unknown` found (nothing found in the store).
+    fn numbered_after(
+        n: &Numbering,
+        service: &str,
+        day: u32,
+        c: &ProfileContents,
+        unknown: Unknown,
+    ) -> Numbered {
         n.number(service, day, c, unknown, &HashMap::new(), &HashMap::new())
             .unwrap()
     }
@@ -648,16 +659,7 @@ mod tests {
         // The memory starts over between the two calls: nothing stale is used.
         let unknown = n.unknown("checkout", 10, &c2);
         n.lock().forget();
-        let after = n
-            .number(
-                "checkout",
-                10,
-                &c2,
-                unknown,
-                &HashMap::new(),
-                &HashMap::new(),
-            )
-            .unwrap();
+        let after = numbered_after(&n, "checkout", 10, &c2, unknown);
         assert_eq!(after.new_locations.len(), 4, "every row is written again");
         assert!(after
             .location_nums
@@ -670,16 +672,7 @@ mod tests {
         let mut other = contents(&[0x40, 0x50, 0x60]);
         other.stacks = vec![vec![3, 2], vec![0, 1, 2, 3]];
         let others = remembered(&n, "checkout", 10, &other);
-        let stale = n
-            .number(
-                "checkout",
-                10,
-                &c2,
-                unknown,
-                &HashMap::new(),
-                &HashMap::new(),
-            )
-            .unwrap();
+        let stale = numbered_after(&n, "checkout", 10, &c2, unknown);
         assert!(stale
             .stack_nums
             .iter()
@@ -709,16 +702,7 @@ mod tests {
         assert!(unknown.is_empty());
         assert!(unknown.plan.by_key.iter().all(Option::is_some));
         assert!(unknown.plan.needed.iter().all(|needed| !needed));
-        let again = n
-            .number(
-                "checkout",
-                10,
-                &c,
-                unknown,
-                &HashMap::new(),
-                &HashMap::new(),
-            )
-            .unwrap();
+        let again = numbered_after(&n, "checkout", 10, &c, unknown);
         assert_eq!(again.stack_nums, first.stack_nums);
         assert!(again.new_locations.is_empty() && again.new_stacks.is_empty());
         // A later day writes the rows again, with the same numbers, and then knows them
@@ -746,16 +730,7 @@ mod tests {
         let unknown = n.unknown("checkout", 11, &mixed);
         assert_eq!(unknown.plan.needed, vec![false, true, false]);
         assert_eq!(unknown.locations.len(), 1, "0x40 is looked up");
-        let numbered = n
-            .number(
-                "checkout",
-                11,
-                &mixed,
-                unknown,
-                &HashMap::new(),
-                &HashMap::new(),
-            )
-            .unwrap();
+        let numbered = numbered_after(&n, "checkout", 11, &mixed, unknown);
         assert_eq!(numbered.stack_nums[1], first.stack_nums[1]);
         assert_eq!(numbered.new_stacks.len(), 1);
         assert_eq!(numbered.new_locations.len(), 1);
