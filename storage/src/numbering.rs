@@ -289,18 +289,19 @@ impl Numbering {
         let mut out = Unknown {
             generation: inner.generation,
             location_ordinals: Vec::with_capacity(c.locations.len()),
-            stack_entries: Vec::with_capacity(c.stacks.len()),
             plan: inner.scopes.plan(service, day, c),
             day,
             ..Unknown::default()
         };
-        let mut ids: Vec<LocationId> = Vec::with_capacity(c.locations.len());
+        // The ids of the locations not remembered, by index; a remembered one's is read
+        // from the memory only for a stack that is not (most stacks are remembered, and
+        // each read is a cache miss).
+        let mut new_ids: HashMap<u32, LocationId, foldhash::fast::RandomState> = HashMap::default();
         let mut last = None;
         let mut canonical = Vec::with_capacity(256);
         let keyed = inner.scopes.keyed_ordinals(service, c);
         for (i, l) in c.locations.iter().enumerate() {
             if !out.plan.needed[i] {
-                ids.push(LocationId([0; 16]));
                 out.location_ordinals.push(None);
                 continue;
             }
@@ -309,24 +310,27 @@ impl Numbering {
                 .copied()
                 .flatten()
                 .or_else(|| inner.ordinal(l, &mut last, &mut canonical));
-            let id = match ordinal {
-                Some(o) => inner.locations[o as usize].id,
-                None => {
-                    let id = id_of(l, &canonical);
-                    out.locations.push(id);
-                    id
-                }
-            };
-            ids.push(id);
+            if ordinal.is_none() {
+                let id = id_of(l, &canonical);
+                out.locations.push(id);
+                new_ids.insert(i as u32, id);
+            }
             out.location_ordinals.push(ordinal);
         }
+        let id_of_index = |l: u32| -> LocationId {
+            match out.location_ordinals.get(l as usize).copied().flatten() {
+                Some(o) => inner.locations[o as usize].id,
+                None => new_ids.get(&l).copied().unwrap_or(LocationId([0; 16])),
+            }
+        };
         let known = inner.stacks.get(service);
         let left_out = |i: usize| c.table_keys.as_ref().is_some_and(|k| k.is_left_out(i));
         let mut key = Vec::with_capacity(64);
+        let (mut stack_ids, mut stack_entries) = (Vec::new(), Vec::with_capacity(c.stacks.len()));
         for (i, stack) in c.stacks.iter().enumerate() {
             if out.plan.by_key[i].is_some() || left_out(i) {
                 // Known by key; or left out and not known, which numbering refuses.
-                out.stack_entries.push(None);
+                stack_entries.push(None);
                 continue;
             }
             key.clear();
@@ -341,14 +345,12 @@ impl Numbering {
                 _ => None,
             };
             if entry.is_none() {
-                out.stacks.push(StackId::of(
-                    stack
-                        .iter()
-                        .map(|&l| ids.get(l as usize).copied().unwrap_or(LocationId([0; 16]))),
-                ));
+                stack_ids.push(StackId::of(stack.iter().map(|&l| id_of_index(l))));
             }
-            out.stack_entries.push(entry);
+            stack_entries.push(entry);
         }
+        out.stacks = stack_ids;
+        out.stack_entries = stack_entries;
         out
     }
 
