@@ -63,7 +63,7 @@ use holmes_proto::{
 };
 use holmes_storage::clickhouse::ClickHouseSettings;
 use holmes_storage::sqlite::Synchronous;
-use holmes_storage::KnownStack;
+use holmes_storage::{KnownStack, StackByKey};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -813,16 +813,18 @@ fn decode_alone(profiles: &[GenProfile], agents: usize) -> Vec<(Input, f64)> {
                     // before is known.
                     let tables = &mut streams[i % agents].1;
                     let before = tables.stacks() as u32;
-                    let known = move |_scope: u64, keys: &[u32]| -> Vec<Option<KnownStack>> {
-                        keys.iter()
-                            .map(|&k| {
-                                (k < before).then_some(KnownStack {
-                                    num: u64::from(k),
-                                    day: u32::MAX,
+                    let known =
+                        move |_scope: u64, stacks: &[StackByKey<'_>]| -> Vec<Option<KnownStack>> {
+                            stacks
+                                .iter()
+                                .map(|s| {
+                                    (s.key < before).then_some(KnownStack {
+                                        num: u64::from(s.key),
+                                        day: u32::MAX,
+                                    })
                                 })
-                            })
-                            .collect()
-                    };
+                                .collect()
+                        };
                     tables.decode(&sent[i], Limits::default(), Some(&known))
                 }
             }

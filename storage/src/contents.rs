@@ -92,6 +92,16 @@ pub struct ProfileSample {
     pub labels: u32,
 }
 
+/// A stack a writer asks a store about by key ([`crate::Store::stacks_known_by_key`]):
+/// its key, and its locations' keys, leaf first, in the same scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StackByKey<'a> {
+    /// The stack's key.
+    pub key: u32,
+    /// Its locations' keys, leaf first.
+    pub locations: &'a [u32],
+}
+
 /// Keys a writer gives a profile's stacks and locations, so that a store recognizes the
 /// ones it numbered before without hashing them: the agent's stream form defines each
 /// stack and location once per stream, and its numbers for them are such keys.

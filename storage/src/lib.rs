@@ -15,8 +15,8 @@ mod stored_names;
 pub mod testsuite;
 
 pub use contents::{
-    KnownStack, Mapping, ProfileContents, ProfileHeader, ProfileLabel, ProfileSample, TableKeys,
-    ValueType,
+    KnownStack, Mapping, ProfileContents, ProfileHeader, ProfileLabel, ProfileSample, StackByKey,
+    TableKeys, ValueType,
 };
 pub use control::*;
 pub use debuginfo::{DebugInfoChunkRecord, DebugInfoSource, DebugInfoStatus};
@@ -169,19 +169,23 @@ pub trait Store: Send + Sync + 'static {
     /// beyond `u64::MAX` nanoseconds as that many.
     async fn insert_profile(&self, profile: &ProfileRecord) -> Result<(), StoreError>;
 
-    /// What this writer knows of `keys` (stack keys of scope `scope`, see [`TableKeys`])
-    /// for `service`, their rows durable on the day of a profile started at
+    /// What this writer knows of `stacks` (of scope `scope`, see [`TableKeys`]) for
+    /// `service`, their rows durable on the day of a profile started at
     /// `started_unix_nanos`: a profile may leave those stacks out of its contents, with
-    /// what it was told ([`TableKeys::left_out`]). In memory only; by default nothing.
+    /// what it was told ([`TableKeys::left_out`]). A stack is known by its key once a
+    /// profile of the scope had it; one new to the scope, by its locations' keys when
+    /// the scope's profiles had each of them and the writer knows the stack they make
+    /// (from another scope: another instance of the service). In memory only; by
+    /// default nothing.
     fn stacks_known_by_key(
         &self,
         service: &str,
         started_unix_nanos: u64,
         scope: u64,
-        keys: &[u32],
+        stacks: &[StackByKey<'_>],
     ) -> Vec<Option<KnownStack>> {
         let _ = (service, started_unix_nanos, scope);
-        vec![None; keys.len()]
+        vec![None; stacks.len()]
     }
 
     /// Profiles of one service whose capture started in `[since, until)`, of one event

@@ -21,8 +21,11 @@
 //! scope). The memory then keeps, per scope, each stack key's number and day and each
 //! location key's ordinal: a stack it knows by key and finds durable on the profile's
 //! day is numbered from that alone, its locations not even looked at, and the locations
-//! of the other stacks are found by key before they are hashed. A writer that asked
-//! first ([`Numbering::known_by_key`]) may even leave such stacks out of the contents;
+//! of the other stacks are found by key before they are hashed. A stack new to the scope
+//! whose locations the scope has all had is found by their ordinals, without its
+//! locations (the same stack from another scope: another instance of the service). A
+//! writer that asked first ([`Numbering::known_by_key`]) may even leave the stacks it
+//! knows out of the contents;
 //! should the memory have forgotten them by the time the profile is numbered, numbering
 //! fails ([`StoreError::LeftOutStacks`]) and the writer sends them again.
 //!
@@ -37,7 +40,7 @@ use std::sync::Mutex;
 use foldhash::quality::RandomState;
 use holmes_proto::Module;
 
-use crate::contents::ProfileContents;
+use crate::contents::{ProfileContents, StackByKey};
 use crate::location::{Location, LocationId, StackId};
 use crate::StoreError;
 use scopes::{Plan, Scopes};
@@ -269,16 +272,29 @@ impl Numbering {
         self.lock().epoch
     }
 
-    /// What the memory knows of `keys` (stack keys of `scope`) for `service`, durable on
-    /// `day` or later.
+    /// What the memory knows of `stacks` (of `scope`) for `service`, durable on `day` or
+    /// later: by key, or, for a stack new to the scope, by its locations' keys (see
+    /// [`Scopes::known`]).
     pub(crate) fn known_by_key(
         &self,
         service: &str,
         day: u32,
         scope: u64,
-        keys: &[u32],
+        stacks: &[StackByKey<'_>],
     ) -> Vec<Option<KnownStack>> {
-        self.lock().scopes.known(service, day.max(1), scope, keys)
+        let mut inner = self.lock();
+        if inner.scopes.len() > MAX_SCOPED_STACKS {
+            inner.scopes.forget();
+        }
+        let Inner {
+            scopes,
+            stacks: by_service,
+            ..
+        } = &mut *inner;
+        let service_stacks = by_service.get(service);
+        scopes.known(service, day.max(1), scope, stacks, |key| {
+            service_stacks.and_then(|s| s.known(s.find(key)?))
+        })
     }
 
     /// The ids of what `contents`, a profile of `day`, uses that the memory does not

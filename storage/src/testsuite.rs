@@ -662,6 +662,7 @@ macro_rules! store_conformance_tests {
             expiry_removes_old_days_and_keeps_the_rest,
             expiry_keeps_what_kept_profiles_refer_to,
             stacks_named_by_key_read_back_and_outlive_expiry,
+            stacks_new_to_a_scope_are_known_by_their_locations,
             incidents_keep_their_newest_version,
             incidents_filter_by_service_status_and_time,
             incident_suspects_keep_the_latest_computation,

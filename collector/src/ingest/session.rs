@@ -309,8 +309,8 @@ impl Session {
             // The day the processor will store it on.
             let started = crate::process::skew::Skew::now(self.max_clock_skew)
                 .started(profile.started_unix_nanos);
-            move |scope: u64, keys: &[u32]| {
-                store.stacks_known_by_key(&service, started, scope, keys)
+            move |scope: u64, stacks: &[holmes_storage::StackByKey<'_>]| {
+                store.stacks_known_by_key(&service, started, scope, stacks)
             }
         });
         // CPU work (more for a profile of many new stacks): on the blocking pool, the

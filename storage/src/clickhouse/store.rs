@@ -176,10 +176,10 @@ impl Store for ClickHouseStore {
         service: &str,
         started_unix_nanos: u64,
         scope: u64,
-        keys: &[u32],
+        stacks: &[crate::StackByKey<'_>],
     ) -> Vec<Option<crate::KnownStack>> {
         let day = u32::from(day_of(started_unix_nanos));
-        self.numbering.known_by_key(service, day, scope, keys)
+        self.numbering.known_by_key(service, day, scope, stacks)
     }
 
     async fn query_profiles(&self, q: &ProfileQuery) -> Result<Vec<ProfileMeta>, StoreError> {

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use foldhash::quality::RandomState;
 
 use super::KnownStack;
-use crate::contents::{ProfileContents, TableKeys};
+use crate::contents::{ProfileContents, StackByKey, TableKeys};
 
 /// The stacks and locations of one scope, by key.
 struct Scope {
@@ -120,28 +120,51 @@ impl Scopes {
             .collect()
     }
 
-    /// What is known of `keys` (stack keys of `scope`) for `service`, durable on `day`
-    /// or later.
+    /// What is known of `stacks` (of `scope`) for `service`, durable on `day` or later.
+    /// A stack is known by its key; one the scope does not know by key (or not as
+    /// durable on `day`) is looked up by its locations' ordinals with `find` (the
+    /// service's memory), when the scope knows each of its location keys, and what
+    /// `find` knows of it is kept under its key.
     pub(super) fn known(
-        &self,
+        &mut self,
         service: &str,
         day: u32,
         scope: u64,
-        keys: &[u32],
+        stacks: &[StackByKey<'_>],
+        find: impl Fn(&[u32]) -> Option<KnownStack>,
     ) -> Vec<Option<KnownStack>> {
-        let Some(scope) = self.by_scope.get(&scope).filter(|s| s.service == service) else {
-            return vec![None; keys.len()];
+        let Some(s) = self
+            .by_scope
+            .get_mut(&scope)
+            .filter(|s| s.service == service)
+        else {
+            return vec![None; stacks.len()];
         };
-        keys.iter()
-            .map(|&k| {
-                scope
-                    .stacks
-                    .get(k as usize)
-                    .copied()
-                    .flatten()
-                    .filter(|known| known.day >= day)
+        let mut ordinals = Vec::with_capacity(64);
+        let mut grown = 0;
+        let known = stacks
+            .iter()
+            .map(|stack| {
+                let k = stack.key as usize;
+                let by_key = s.stacks.get(k).copied().flatten();
+                if by_key.is_some_and(|known| known.day >= day) {
+                    return by_key;
+                }
+                ordinals.clear();
+                for &l in stack.locations {
+                    ordinals.push(s.locations.get(l as usize)?.checked_sub(1)?);
+                }
+                let found = find(&ordinals)?;
+                if k >= s.stacks.len() {
+                    grown += k + 1 - s.stacks.len();
+                    s.stacks.resize(k + 1, None);
+                }
+                s.stacks[k] = Some(found);
+                Some(found).filter(|found| found.day >= day)
             })
-            .collect()
+            .collect();
+        self.count += grown;
+        known
     }
 
     /// Remembers what `keys` name for `service`: stacks (`stacks`: key and what is known

@@ -200,10 +200,10 @@ impl Store for SqliteStore {
         service: &str,
         started_unix_nanos: u64,
         scope: u64,
-        keys: &[u32],
+        stacks: &[crate::StackByKey<'_>],
     ) -> Vec<Option<KnownStack>> {
         let day = profiles::day_of(started_unix_nanos);
-        self.numbering.known_by_key(service, day, scope, keys)
+        self.numbering.known_by_key(service, day, scope, stacks)
     }
 
     async fn query_profiles(&self, query: &ProfileQuery) -> Result<Vec<ProfileMeta>, StoreError> {

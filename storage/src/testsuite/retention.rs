@@ -6,7 +6,7 @@ use holmes_proto::Metric;
 
 use super::profiles::{cpu_contents, meaning, profile_id, profile_query, record};
 use super::{incident, incident_query, instance, point, query, trigger, trigger_query, SEC, T0};
-use crate::{IncidentStatus, ProfileSample, Store, TableKeys};
+use crate::{IncidentStatus, ProfileSample, StackByKey, Store, TableKeys};
 
 const DAY: u64 = 86_400 * SEC;
 
@@ -305,11 +305,16 @@ pub async fn stacks_named_by_key_read_back_and_outlive_expiry(store: impl Store)
     }
     assert_eq!(store.stack_count("checkout").await.unwrap(), 3);
     // Known, durable on the first day, not yet on the later one; not another service's.
-    let known = store.stacks_known_by_key("checkout", old + 2 * SEC, scope, &[0, 1, 2, 9]);
+    // (Key 9 is a stack the scope has not had, of a location key it has not had.)
+    let asked = by_key(&[(0, &[0, 1, 2]), (1, &[3, 1, 2]), (2, &[4, 2]), (9, &[7, 2])]);
+    let known = store.stacks_known_by_key("checkout", old + 2 * SEC, scope, &asked);
     assert!(known[..3].iter().all(Option::is_some) && known[3].is_none());
-    let known_later = store.stacks_known_by_key("checkout", new + DAY, scope, &[0, 1]);
+    let known_later = store.stacks_known_by_key("checkout", new + DAY, scope, &asked[..2]);
     assert_eq!(known_later, [None, None]);
-    assert_eq!(store.stacks_known_by_key("cart", old, scope, &[0]), [None]);
+    assert_eq!(
+        store.stacks_known_by_key("cart", old, scope, &asked[..1]),
+        [None]
+    );
     // A profile leaving out what the store said it knows reads back whole.
     let whole = keyed("b1", 6, vec![0, 1, 2]);
     let mut sent = whole.clone();
@@ -400,4 +405,117 @@ pub async fn stacks_named_by_key_read_back_and_outlive_expiry(store: impl Store)
         .unwrap();
     assert_eq!(meaning(got.contents.as_ref().unwrap()), meaning(&other));
     assert_eq!(store.stack_count("cart").await.unwrap(), 3);
+}
+
+/// Stacks as a writer asks about them: (key, its locations' keys).
+fn by_key<'a>(stacks: &[(u32, &'a [u32])]) -> Vec<StackByKey<'a>> {
+    stacks
+        .iter()
+        .map(|&(key, locations)| StackByKey { key, locations })
+        .collect()
+}
+
+/// A stack new to a scope (an agent stream defining it) is known by its locations' keys
+/// when the scope has had each of them and the writer knows the stack they make, from
+/// another scope of the service (another instance's stream); a profile leaving it out
+/// reads back whole, and nothing is stored twice.
+pub async fn stacks_new_to_a_scope_are_known_by_their_locations(store: impl Store) {
+    let (a, b) = (TableKeys::new_scope(), TableKeys::new_scope());
+    let at = T0 + 3 * DAY;
+    // Instance a's stream has the three stacks.
+    let mut first = cpu_contents("b1", 3);
+    first.table_keys = Some(TableKeys {
+        scope: a,
+        stacks: vec![0, 1, 2],
+        locations: vec![0, 1, 2, 3, 4],
+        left_out: Vec::new(),
+    });
+    // Instance b's stream has had every location, under keys of its own, in other
+    // stacks: each one alone.
+    let mut leaves = cpu_contents("b1", 3);
+    leaves.stacks = (0..5).map(|l| vec![l]).collect();
+    leaves.samples = (0..5)
+        .map(|stack| ProfileSample {
+            stack,
+            values: vec![1, 10_000_000],
+            labels: 1,
+        })
+        .collect();
+    leaves.table_keys = Some(TableKeys {
+        scope: b,
+        stacks: vec![0, 1, 2, 3, 4],
+        locations: vec![10, 11, 12, 13, 14],
+        left_out: Vec::new(),
+    });
+    for (id, instance, c) in [(1, "a", &first), (2, "b", &leaves)] {
+        store
+            .insert_profile(&record(
+                "checkout",
+                instance,
+                &profile_id(id),
+                "e",
+                at,
+                Some(c.clone()),
+            ))
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.stack_count("checkout").await.unwrap(), 8);
+    // b's stream now defines a's first and third stacks, one with a location it has not
+    // had, and one no stream had (a's first, reversed).
+    let asked = by_key(&[
+        (5, &[10, 11, 12]),
+        (6, &[14, 12]),
+        (7, &[10, 11, 99]),
+        (8, &[12, 11, 10]),
+    ]);
+    let known = store.stacks_known_by_key("checkout", at + SEC, b, &asked);
+    assert!(known[0].is_some() && known[1].is_some(), "{known:?}");
+    assert_eq!(known[2..], [None, None]);
+    // Durable on that day only; and the scope is not another service's.
+    assert_eq!(
+        store.stacks_known_by_key("checkout", at + DAY, b, &asked[..2]),
+        [None, None]
+    );
+    assert_eq!(
+        store.stacks_known_by_key("cart", at, b, &asked[..1]),
+        [None]
+    );
+    // Asked again, they are known by key.
+    assert_eq!(
+        store.stacks_known_by_key("checkout", at + SEC, b, &by_key(&[(5, &[]), (6, &[])])),
+        known[..2]
+    );
+    // A profile of b's stream leaving them out reads back as a's stacks.
+    let mut whole = cpu_contents("b1", 6);
+    whole.table_keys = Some(TableKeys {
+        scope: b,
+        stacks: vec![5, 9, 6],
+        locations: vec![10, 11, 12, 13, 14],
+        left_out: Vec::new(),
+    });
+    let mut sent = whole.clone();
+    if let Some(keys) = &mut sent.table_keys {
+        keys.left_out = vec![known[0], None, known[1]];
+    }
+    sent.stacks[0].clear();
+    sent.stacks[2].clear();
+    store
+        .insert_profile(&record(
+            "checkout",
+            "b",
+            &profile_id(3),
+            "e",
+            at + SEC,
+            Some(sent),
+        ))
+        .await
+        .unwrap();
+    let got = store
+        .get_profile("checkout", &profile_id(3))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(meaning(got.contents.as_ref().unwrap()), meaning(&whole));
+    assert_eq!(store.stack_count("checkout").await.unwrap(), 8);
 }

@@ -17,7 +17,9 @@ use std::collections::HashMap;
 
 use holmes_proto::native::stream::{MAX_STREAM_LOCATIONS, MAX_STREAM_MODULES, MAX_STREAM_STACKS};
 use holmes_proto::Module;
-use holmes_storage::{KnownStack, Location, Mapping, ProfileContents, StackFrame, TableKeys};
+use holmes_storage::{
+    KnownStack, Location, Mapping, ProfileContents, StackByKey, StackFrame, TableKeys,
+};
 
 use super::native::{header_field, label, location, module, sample_fields, stack_entries, Raw};
 use super::wire::Fields;
@@ -55,9 +57,11 @@ struct Slot {
     index: u32,
 }
 
-/// Asks whoever stores the contents which stacks (stream keys of the scope) it knows,
-/// so that they can be left out (see `holmes_storage::Store::stacks_known_by_key`).
-pub type KnownStacks<'a> = &'a (dyn Fn(u64, &[u32]) -> Vec<Option<KnownStack>> + Send + Sync);
+/// Asks whoever stores the contents which stacks of the scope (by their stream keys and
+/// their locations' stream keys) it knows, so that they can be left out (see
+/// `holmes_storage::Store::stacks_known_by_key`).
+pub type KnownStacks<'a> =
+    &'a (dyn Fn(u64, &[StackByKey<'_>]) -> Vec<Option<KnownStack>> + Send + Sync);
 
 /// One stream's tables, as its stream-form profiles built them (see the module docs).
 #[derive(Debug)]
@@ -342,7 +346,19 @@ impl StreamTables {
         }
         b.count("stacks", used.len())?;
         let left_out = match known {
-            Some(known) => known(self.scope, &used),
+            Some(known) => {
+                let stacks: Vec<StackByKey<'_>> = used
+                    .iter()
+                    .map(|&s| {
+                        let StreamStack { start, len } = self.stacks[s as usize];
+                        StackByKey {
+                            key: s,
+                            locations: &self.entries[start as usize..(start + len) as usize],
+                        }
+                    })
+                    .collect();
+                known(self.scope, &stacks)
+            }
             None => Vec::new(),
         };
         // The profile's modules as its mappings, in its own order, each from 0 to past

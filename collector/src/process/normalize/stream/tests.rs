@@ -280,16 +280,30 @@ fn stacks_the_store_knows_are_left_out_and_the_mappings_stay_whole() {
     // The store knows stream stack 1 (`0x30`) only.
     let asked = std::sync::Mutex::new(Vec::new());
     let number = holmes_storage::KnownStack { num: 77, day: 3 };
-    let known = |_scope: u64, keys: &[u32]| -> Vec<Option<holmes_storage::KnownStack>> {
-        asked.lock().unwrap().push(keys.to_vec());
-        keys.iter().map(|&k| (k == 1).then_some(number)).collect()
+    let known = |_scope: u64,
+                 stacks: &[holmes_storage::StackByKey<'_>]|
+     -> Vec<Option<holmes_storage::KnownStack>> {
+        let keys: Vec<(u32, Vec<u32>)> = stacks
+            .iter()
+            .map(|s| (s.key, s.locations.to_vec()))
+            .collect();
+        asked.lock().unwrap().push(keys);
+        stacks
+            .iter()
+            .map(|s| (s.key == 1).then_some(number))
+            .collect()
     };
     let second = profile(&[&[0x30], &[0x10, 0x40]]);
     let c = tables
         .decode(&encoder.encode(&second), Limits::default(), Some(&known))
         .unwrap();
-    // Asked once, about the stacks the samples use, in order of first use.
-    assert_eq!(*asked.lock().unwrap(), vec![vec![1, 2]]);
+    // Asked once, about the stacks the samples use, in order of first use, each with
+    // its locations' stream keys: the task's frame and libc's are keys 0 and 1 under
+    // every stack, `0x10`, `0x20` and `0x30` the first profile's 2, 3 and 4, `0x40` new.
+    assert_eq!(
+        *asked.lock().unwrap(),
+        vec![vec![(1, vec![4, 0, 1]), (2, vec![2, 5, 0, 1])]]
+    );
     let keys = c.table_keys.clone().unwrap();
     assert_eq!(keys.stacks, vec![1, 2]);
     assert_eq!(keys.left_out, vec![Some(number), None]);
