@@ -63,7 +63,7 @@ use holmes_proto::{
 };
 use holmes_storage::clickhouse::ClickHouseSettings;
 use holmes_storage::sqlite::Synchronous;
-use holmes_storage::{KnownStack, StackByKey};
+use holmes_storage::{KnownStack, LocationByKey, StackByKey};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -813,18 +813,20 @@ fn decode_alone(profiles: &[GenProfile], agents: usize) -> Vec<(Input, f64)> {
                     // before is known.
                     let tables = &mut streams[i % agents].1;
                     let before = tables.stacks() as u32;
-                    let known =
-                        move |_scope: u64, stacks: &[StackByKey<'_>]| -> Vec<Option<KnownStack>> {
-                            stacks
-                                .iter()
-                                .map(|s| {
-                                    (s.key < before).then_some(KnownStack {
-                                        num: u64::from(s.key),
-                                        day: u32::MAX,
-                                    })
+                    let known = move |_scope: u64,
+                                      stacks: &[StackByKey<'_>],
+                                      _locations: &[LocationByKey<'_>]|
+                          -> Vec<Option<KnownStack>> {
+                        stacks
+                            .iter()
+                            .map(|s| {
+                                (s.key < before).then_some(KnownStack {
+                                    num: u64::from(s.key),
+                                    day: u32::MAX,
                                 })
-                                .collect()
-                        };
+                            })
+                            .collect()
+                    };
                     tables.decode(&sent[i], Limits::default(), Some(&known))
                 }
             }

@@ -102,6 +102,16 @@ pub struct StackByKey<'a> {
     pub locations: &'a [u32],
 }
 
+/// A location a writer tells a store about by key
+/// ([`crate::Store::stacks_known_by_key`]): its key, and what it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocationByKey<'a> {
+    /// The location's key.
+    pub key: u32,
+    /// What it is.
+    pub location: crate::LocationRef<'a>,
+}
+
 /// Keys a writer gives a profile's stacks and locations, so that a store recognizes the
 /// ones it numbered before without hashing them: the agent's stream form defines each
 /// stack and location once per stream, and its numbers for them are such keys.

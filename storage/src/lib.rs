@@ -15,12 +15,12 @@ mod stored_names;
 pub mod testsuite;
 
 pub use contents::{
-    KnownStack, Mapping, ProfileContents, ProfileHeader, ProfileLabel, ProfileSample, StackByKey,
-    TableKeys, ValueType,
+    KnownStack, LocationByKey, Mapping, ProfileContents, ProfileHeader, ProfileLabel,
+    ProfileSample, StackByKey, TableKeys, ValueType,
 };
 pub use control::*;
 pub use debuginfo::{DebugInfoChunkRecord, DebugInfoSource, DebugInfoStatus};
-pub use location::{Location, LocationId, StackFrame, StackId};
+pub use location::{Location, LocationId, LocationRef, StackFrame, StackId};
 pub use model::*;
 pub use numbering::{
     MAX_KNOWN_LOCATIONS, MAX_KNOWN_STACKS, MAX_KNOWN_STACK_ENTRIES, MAX_KNOWN_SYMBOLIC_BYTES,
@@ -174,8 +174,10 @@ pub trait Store: Send + Sync + 'static {
     /// `started_unix_nanos`: a profile may leave those stacks out of its contents, with
     /// what it was told ([`TableKeys::left_out`]). A stack is known by its key once a
     /// profile of the scope had it; one new to the scope, by its locations' keys when
-    /// the scope's profiles had each of them and the writer knows the stack they make
-    /// (from another scope: another instance of the service). In memory only; by
+    /// the writer knows each of them and the stack they make (from another scope:
+    /// another instance of the service). A location key is known once a profile of the
+    /// scope had it, or once told here (`locations`: the scope's locations defined
+    /// since it last asked) if the writer knows the location. In memory only; by
     /// default nothing.
     fn stacks_known_by_key(
         &self,
@@ -183,8 +185,9 @@ pub trait Store: Send + Sync + 'static {
         started_unix_nanos: u64,
         scope: u64,
         stacks: &[StackByKey<'_>],
+        locations: &[LocationByKey<'_>],
     ) -> Vec<Option<KnownStack>> {
-        let _ = (service, started_unix_nanos, scope);
+        let _ = (service, started_unix_nanos, scope, locations);
         vec![None; stacks.len()]
     }
 

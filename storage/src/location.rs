@@ -68,14 +68,29 @@ fn blake3_128(bytes: &[u8]) -> [u8; 16] {
 const END: u8 = 0xff;
 const EXTRA: u8 = 0xfe;
 
-impl Location {
+/// A [`Location`] borrowed from wherever its parts are kept (an ingest stream's
+/// tables, say): what a writer names when it asks about a location it has not built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocationRef<'a> {
+    /// See [`Location::Native`].
+    Native {
+        /// The module.
+        module: &'a Module,
+        /// Offset in it.
+        offset: u64,
+    },
+    /// See [`Location::Symbolic`].
+    Symbolic(&'a [StackFrame]),
+}
+
+impl LocationRef<'_> {
     /// The canonical encoding the id is the hash of: native → `b"N" build_id 0xff name
     /// 0xff offset_le` (the name only when the build id is empty); symbolic → `b"S"` and
     /// each frame's `function 0xff file 0xff line_le`, followed by `0xfe system_name 0xff
     /// start_line_le` for a frame that has either (only pprof profiles give them).
     pub fn canonical_bytes(&self, out: &mut Vec<u8>) {
-        match self {
-            Location::Native { module, offset } => {
+        match *self {
+            LocationRef::Native { module, offset } => {
                 out.push(b'N');
                 out.extend_from_slice(module.build_id.as_bytes());
                 out.push(END);
@@ -85,7 +100,7 @@ impl Location {
                 out.push(END);
                 out.extend_from_slice(&offset.to_le_bytes());
             }
-            Location::Symbolic(frames) => {
+            LocationRef::Symbolic(frames) => {
                 out.push(b'S');
                 for f in frames {
                     out.extend_from_slice(f.function.as_bytes());
@@ -102,6 +117,24 @@ impl Location {
                 }
             }
         }
+    }
+}
+
+impl Location {
+    /// The location, borrowed.
+    pub fn borrowed(&self) -> LocationRef<'_> {
+        match self {
+            Location::Native { module, offset } => LocationRef::Native {
+                module,
+                offset: *offset,
+            },
+            Location::Symbolic(frames) => LocationRef::Symbolic(frames),
+        }
+    }
+
+    /// Its canonical encoding (see [`LocationRef::canonical_bytes`]).
+    pub fn canonical_bytes(&self, out: &mut Vec<u8>) {
+        self.borrowed().canonical_bytes(out);
     }
 
     /// The location's content id.
@@ -133,7 +166,7 @@ impl Location {
     }
 }
 
-/// A location's content id: BLAKE3 of [`Location::canonical_bytes`], 128 bits.
+/// A location's content id: BLAKE3 of [`LocationRef::canonical_bytes`], 128 bits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct LocationId(pub [u8; 16]);
 

@@ -40,8 +40,8 @@ use std::sync::Mutex;
 use foldhash::quality::RandomState;
 use holmes_proto::Module;
 
-use crate::contents::{ProfileContents, StackByKey};
-use crate::location::{Location, LocationId, StackId};
+use crate::contents::{LocationByKey, ProfileContents, StackByKey};
+use crate::location::{Location, LocationId, LocationRef, StackId};
 use crate::StoreError;
 use scopes::{Plan, Scopes};
 use stacks::ServiceStacks;
@@ -133,12 +133,12 @@ impl Inner {
     /// [`id_of`]).
     fn ordinal<'a>(
         &self,
-        l: &'a Location,
+        l: LocationRef<'a>,
         last: &mut LastModule<'a>,
         canonical: &mut Vec<u8>,
     ) -> Option<u32> {
         match l {
-            Location::Native { module, offset } => {
+            LocationRef::Native { module, offset } => {
                 let m = match *last {
                     Some((seen, ordinal)) if seen == module => ordinal,
                     _ => {
@@ -147,9 +147,9 @@ impl Inner {
                         ordinal
                     }
                 }?;
-                self.natives.get(&(m, *offset)).copied()
+                self.natives.get(&(m, offset)).copied()
             }
-            Location::Symbolic(_) => {
+            LocationRef::Symbolic(_) => {
                 canonical.clear();
                 l.canonical_bytes(canonical);
                 self.symbolics.get(canonical)
@@ -274,17 +274,29 @@ impl Numbering {
 
     /// What the memory knows of `stacks` (of `scope`) for `service`, durable on `day` or
     /// later: by key, or, for a stack new to the scope, by its locations' keys (see
-    /// [`Scopes::known`]).
+    /// [`Scopes::known`]); `locations`, defined in the scope since it last asked, are
+    /// first found by content and their keys remembered.
     pub(crate) fn known_by_key(
         &self,
         service: &str,
         day: u32,
         scope: u64,
         stacks: &[StackByKey<'_>],
+        locations: &[LocationByKey<'_>],
     ) -> Vec<Option<KnownStack>> {
         let mut inner = self.lock();
-        if inner.scopes.len() > MAX_SCOPED_STACKS {
+        if inner.scopes.len() + locations.len() + stacks.len() > MAX_SCOPED_STACKS {
             inner.scopes.forget();
+        }
+        if !locations.is_empty() {
+            let (mut last, mut canonical) = (None, Vec::with_capacity(256));
+            let ordinals: Vec<(u32, u32)> = locations
+                .iter()
+                .filter_map(|l| {
+                    Some((l.key, inner.ordinal(l.location, &mut last, &mut canonical)?))
+                })
+                .collect();
+            inner.scopes.remember(service, scope, &[], &ordinals);
         }
         let Inner {
             scopes,
@@ -325,7 +337,7 @@ impl Numbering {
                 .get(i)
                 .copied()
                 .flatten()
-                .or_else(|| inner.ordinal(l, &mut last, &mut canonical));
+                .or_else(|| inner.ordinal(l.borrowed(), &mut last, &mut canonical));
             if ordinal.is_none() {
                 let id = id_of(l, &canonical);
                 out.locations.push(id);
@@ -442,7 +454,7 @@ impl Numbering {
             };
             let ordinal = match remembered
                 .or_else(|| keyed.get(i).copied().flatten())
-                .or_else(|| inner.ordinal(l, &mut last, &mut canonical))
+                .or_else(|| inner.ordinal(l.borrowed(), &mut last, &mut canonical))
             {
                 Some(o) => o,
                 None => {
@@ -542,7 +554,7 @@ impl Numbering {
         if let Some(keys) = &c.table_keys {
             inner
                 .scopes
-                .remember(service, keys, &by_key, &keyed_locations);
+                .remember(service, keys.scope, &by_key, &keyed_locations);
         }
         Ok(out)
     }

@@ -309,8 +309,10 @@ impl Session {
             // The day the processor will store it on.
             let started = crate::process::skew::Skew::now(self.max_clock_skew)
                 .started(profile.started_unix_nanos);
-            move |scope: u64, stacks: &[holmes_storage::StackByKey<'_>]| {
-                store.stacks_known_by_key(&service, started, scope, stacks)
+            move |scope: u64,
+                  stacks: &[holmes_storage::StackByKey<'_>],
+                  locations: &[holmes_storage::LocationByKey<'_>]| {
+                store.stacks_known_by_key(&service, started, scope, stacks, locations)
             }
         });
         // CPU work (more for a profile of many new stacks): on the blocking pool, the

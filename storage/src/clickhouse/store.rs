@@ -177,9 +177,11 @@ impl Store for ClickHouseStore {
         started_unix_nanos: u64,
         scope: u64,
         stacks: &[crate::StackByKey<'_>],
+        locations: &[crate::LocationByKey<'_>],
     ) -> Vec<Option<crate::KnownStack>> {
         let day = u32::from(day_of(started_unix_nanos));
-        self.numbering.known_by_key(service, day, scope, stacks)
+        self.numbering
+            .known_by_key(service, day, scope, stacks, locations)
     }
 
     async fn query_profiles(&self, q: &ProfileQuery) -> Result<Vec<ProfileMeta>, StoreError> {

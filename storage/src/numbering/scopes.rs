@@ -167,17 +167,17 @@ impl Scopes {
         known
     }
 
-    /// Remembers what `keys` name for `service`: stacks (`stacks`: key and what is known
-    /// of it) and locations (`locations`: key and ordinal). Nothing when the scope is
-    /// another service's.
+    /// Remembers what keys of `scope` name for `service`: stacks (`stacks`: key and what
+    /// is known of it) and locations (`locations`: key and ordinal). Nothing when the
+    /// scope is another service's.
     pub(super) fn remember(
         &mut self,
         service: &str,
-        keys: &TableKeys,
+        scope: u64,
         stacks: &[(u32, KnownStack)],
         locations: &[(u32, u32)],
     ) {
-        let scope = self.by_scope.entry(keys.scope).or_insert_with(|| Scope {
+        let scope = self.by_scope.entry(scope).or_insert_with(|| Scope {
             service: service.to_owned(),
             stacks: Vec::new(),
             locations: Vec::new(),

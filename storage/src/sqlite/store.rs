@@ -201,9 +201,11 @@ impl Store for SqliteStore {
         started_unix_nanos: u64,
         scope: u64,
         stacks: &[crate::StackByKey<'_>],
+        locations: &[crate::LocationByKey<'_>],
     ) -> Vec<Option<KnownStack>> {
         let day = profiles::day_of(started_unix_nanos);
-        self.numbering.known_by_key(service, day, scope, stacks)
+        self.numbering
+            .known_by_key(service, day, scope, stacks, locations)
     }
 
     async fn query_profiles(&self, query: &ProfileQuery) -> Result<Vec<ProfileMeta>, StoreError> {

@@ -18,7 +18,8 @@ use std::collections::HashMap;
 use holmes_proto::native::stream::{MAX_STREAM_LOCATIONS, MAX_STREAM_MODULES, MAX_STREAM_STACKS};
 use holmes_proto::Module;
 use holmes_storage::{
-    KnownStack, Location, Mapping, ProfileContents, StackByKey, StackFrame, TableKeys,
+    KnownStack, Location, LocationByKey, LocationRef, Mapping, ProfileContents, StackByKey,
+    StackFrame, TableKeys,
 };
 
 use super::native::{header_field, label, location, module, sample_fields, stack_entries, Raw};
@@ -58,10 +59,12 @@ struct Slot {
 }
 
 /// Asks whoever stores the contents which stacks of the scope (by their stream keys and
-/// their locations' stream keys) it knows, so that they can be left out (see
+/// their locations' stream keys) it knows, telling it the locations the stream defined
+/// since it last asked, so that the stacks it knows can be left out (see
 /// `holmes_storage::Store::stacks_known_by_key`).
-pub type KnownStacks<'a> =
-    &'a (dyn Fn(u64, &[StackByKey<'_>]) -> Vec<Option<KnownStack>> + Send + Sync);
+pub type KnownStacks<'a> = &'a (dyn Fn(u64, &[StackByKey<'_>], &[LocationByKey<'_>]) -> Vec<Option<KnownStack>>
+         + Send
+         + Sync);
 
 /// One stream's tables, as its stream-form profiles built them (see the module docs).
 #[derive(Debug)]
@@ -74,6 +77,8 @@ pub struct StreamTables {
     entries: Vec<u32>,
     /// Bytes of symbolic frames held, against `Limits::max_materialized_bytes`.
     frame_bytes: u64,
+    /// Locations told to whoever knows stacks (see [`KnownStacks`]): the first ones.
+    locations_told: usize,
     /// The profile being built: where each location and stack went.
     stamp: u32,
     location_slots: Vec<Slot>,
@@ -107,6 +112,7 @@ impl StreamTables {
             stacks: Vec::new(),
             entries: Vec::new(),
             frame_bytes: 0,
+            locations_told: 0,
             stamp: 0,
             location_slots: Vec::new(),
             stack_slots: Vec::new(),
@@ -357,7 +363,24 @@ impl StreamTables {
                         }
                     })
                     .collect();
-                known(self.scope, &stacks)
+                let told = self.locations_told.min(self.locations.len());
+                let locations: Vec<LocationByKey<'_>> = (told..)
+                    .zip(&self.locations[told..])
+                    .map(|(key, l)| LocationByKey {
+                        key: key as u32,
+                        location: match l {
+                            StreamLocation::Native { module, offset } => LocationRef::Native {
+                                // Checked when defined.
+                                module: &self.modules[*module as usize],
+                                offset: *offset,
+                            },
+                            StreamLocation::Symbolic(frames) => LocationRef::Symbolic(frames),
+                        },
+                    })
+                    .collect();
+                let left_out = known(self.scope, &stacks, &locations);
+                self.locations_told = self.locations.len();
+                left_out
             }
             None => Vec::new(),
         };

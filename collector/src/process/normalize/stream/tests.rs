@@ -280,14 +280,25 @@ fn stacks_the_store_knows_are_left_out_and_the_mappings_stay_whole() {
     // The store knows stream stack 1 (`0x30`) only.
     let asked = std::sync::Mutex::new(Vec::new());
     let number = holmes_storage::KnownStack { num: 77, day: 3 };
+    let told = std::sync::Mutex::new(Vec::new());
     let known = |_scope: u64,
-                 stacks: &[holmes_storage::StackByKey<'_>]|
+                 stacks: &[holmes_storage::StackByKey<'_>],
+                 locations: &[holmes_storage::LocationByKey<'_>]|
      -> Vec<Option<holmes_storage::KnownStack>> {
         let keys: Vec<(u32, Vec<u32>)> = stacks
             .iter()
             .map(|s| (s.key, s.locations.to_vec()))
             .collect();
         asked.lock().unwrap().push(keys);
+        told.lock().unwrap().push(
+            locations
+                .iter()
+                .map(|l| match l.location {
+                    LocationRef::Native { offset, .. } => (l.key, offset),
+                    LocationRef::Symbolic(_) => (l.key, 0),
+                })
+                .collect::<Vec<_>>(),
+        );
         stacks
             .iter()
             .map(|s| (s.key == 1).then_some(number))
@@ -303,6 +314,20 @@ fn stacks_the_store_knows_are_left_out_and_the_mappings_stay_whole() {
     assert_eq!(
         *asked.lock().unwrap(),
         vec![vec![(1, vec![4, 0, 1]), (2, vec![2, 5, 0, 1])]]
+    );
+    // Told every location the stream defined, as none was told before (the first
+    // profile was read without asking), by key and content (offsets here; the task's
+    // frame is symbolic).
+    assert_eq!(
+        told.lock().unwrap()[0],
+        [
+            (0, 0),
+            (1, 0x29d8f),
+            (2, 0x10),
+            (3, 0x20),
+            (4, 0x30),
+            (5, 0x40)
+        ]
     );
     let keys = c.table_keys.clone().unwrap();
     assert_eq!(keys.stacks, vec![1, 2]);
@@ -327,4 +352,10 @@ fn stacks_the_store_knows_are_left_out_and_the_mappings_stay_whole() {
             .collect()
     };
     assert_eq!(spans(&c), spans(&expected));
+    // The next profile tells only the location defined since.
+    let third = profile(&[&[0x10, 0x50]]);
+    tables
+        .decode(&encoder.encode(&third), Limits::default(), Some(&known))
+        .unwrap();
+    assert_eq!(told.lock().unwrap()[1], [(6, 0x50)]);
 }
