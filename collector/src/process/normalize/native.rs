@@ -178,16 +178,18 @@ pub(super) fn sample_fields<'a>(
 
 /// Appends the location indexes of stack `index` (a `NativeStack`'s bytes) to
 /// `entries`, each checked to be below `locations`, the stack's frames (`depth_of` each
-/// location) within [`Limits::max_depth`].
+/// location, at most `deepest`) within [`Limits::max_depth`]. The frames are counted
+/// only when the stack could be too deep at `deepest` frames a location: counting them
+/// reads every location, a cache miss each.
 pub(super) fn stack_entries(
     bytes: &[u8],
     index: usize,
     locations: usize,
     limits: &Limits,
     entries: &mut Vec<u32>,
-    depth_of: impl Fn(u32) -> usize,
+    (deepest, depth_of): (usize, impl Fn(u32) -> usize),
 ) -> Result<(), NormalizeError> {
-    let mut depth = 0usize;
+    let first = entries.len();
     for field in Fields::new(bytes) {
         if let (1, x) = field? {
             x.ints("stack locations", |l| {
@@ -199,12 +201,16 @@ pub(super) fn stack_entries(
                         id: i128::from(l),
                     });
                 }
-                depth += depth_of(l);
                 entries.push(l);
                 Ok(())
             })?;
         }
     }
+    let stack = &entries[first..];
+    if stack.len().saturating_mul(deepest) <= limits.max_depth {
+        return Ok(());
+    }
+    let depth: usize = stack.iter().map(|&l| depth_of(l)).sum();
     if depth > limits.max_depth {
         return Err(NormalizeError::TooDeep {
             what: "stack",
@@ -306,12 +312,21 @@ pub(super) fn normalize(
     // Stacks: every location index checked, depth counted with inlined frames.
     let mut stack_index: Vec<u32> = Vec::with_capacity(stacks.len());
     let mut entries: Vec<u32> = Vec::new();
+    let deepest = (0..b.contents.locations.len() as u32)
+        .map(|l| depth_of(l, &b.contents))
+        .max()
+        .unwrap_or(1);
     for (i, bytes) in stacks.into_iter().enumerate() {
         entries.clear();
         let locations = b.contents.locations.len();
-        stack_entries(bytes, i, locations, &limits, &mut entries, |l| {
-            depth_of(l, &b.contents)
-        })?;
+        stack_entries(
+            bytes,
+            i,
+            locations,
+            &limits,
+            &mut entries,
+            (deepest, |l| depth_of(l, &b.contents)),
+        )?;
         stack_index.push(b.stack(&entries)?);
     }
     // Samples: their stack, one value per sample type, their labels.

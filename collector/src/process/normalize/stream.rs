@@ -79,6 +79,8 @@ pub struct StreamTables {
     frame_bytes: u64,
     /// Locations told to whoever knows stacks (see [`KnownStacks`]): the first ones.
     locations_told: usize,
+    /// The most frames any location stands for.
+    deepest: usize,
     /// The profile being built: where each location and stack went.
     stamp: u32,
     location_slots: Vec<Slot>,
@@ -113,6 +115,7 @@ impl StreamTables {
             entries: Vec::new(),
             frame_bytes: 0,
             locations_told: 0,
+            deepest: 1,
             stamp: 0,
             location_slots: Vec::new(),
             stack_slots: Vec::new(),
@@ -268,6 +271,12 @@ impl StreamTables {
                 limit: limits.max_materialized_bytes,
             });
         }
+        let deepest = new_locations
+            .iter()
+            .map(StreamLocation::depth)
+            .max()
+            .unwrap_or(1)
+            .max(if p.reset { 1 } else { self.deepest });
         let depth_of = |l: u32| -> usize {
             let l = l as usize;
             if l < l0 {
@@ -282,7 +291,14 @@ impl StreamTables {
         let mut new_stacks = Vec::with_capacity(p.stacks.len());
         for (i, bytes) in p.stacks.into_iter().enumerate() {
             let first = entries.len();
-            stack_entries(bytes, s0 + i, l_all, limits, &mut entries, depth_of)?;
+            stack_entries(
+                bytes,
+                s0 + i,
+                l_all,
+                limits,
+                &mut entries,
+                (deepest, depth_of),
+            )?;
             new_stacks.push(StreamStack {
                 start: (e0 + first) as u32,
                 len: (entries.len() - first) as u32,
@@ -296,6 +312,7 @@ impl StreamTables {
         self.stacks.extend(new_stacks);
         self.entries.extend(entries);
         self.frame_bytes = frame_bytes;
+        self.deepest = deepest;
         Ok(())
     }
 

@@ -359,3 +359,61 @@ fn stacks_the_store_knows_are_left_out_and_the_mappings_stay_whole() {
         .unwrap();
     assert_eq!(told.lock().unwrap()[1], [(6, 0x50)]);
 }
+
+/// `p` with one more stack, of locations `locations`, and a sample of it.
+fn with_stack(mut p: NativeProfile, locations: Vec<u32>) -> NativeProfile {
+    p.stacks.push(locations);
+    p.samples.push(NativeSample {
+        stack: (p.stacks.len() - 1) as u32,
+        values: vec![1, 10_000_000],
+        labels: Vec::new(),
+    });
+    p
+}
+
+#[test]
+fn a_stack_of_deep_locations_defined_before_is_too_deep() {
+    let mut encoder = StreamEncoder::new();
+    let mut tables = StreamTables::new();
+    // A location of 300 inlined frames, in a stack of its own: 300 frames deep.
+    let mut first = profile(&[&[0x10]]);
+    first.locations.push(NativeLocation::Symbolic(vec![
+        SymbolicFrame {
+            function: "orders::inlined".into(),
+            file: "src/lib.rs".into(),
+            line: 1,
+        };
+        300
+    ]));
+    let deep = (first.locations.len() - 1) as u32;
+    let first = with_stack(first, vec![deep]);
+    tables
+        .decode(&encoder.encode(&first), Limits::default(), None)
+        .unwrap();
+    // A later profile's stack of it four times over (the location defined before, not
+    // in this profile): 1200 frames, over the 1024 allowed.
+    let second = with_stack(first.clone(), vec![deep; 4]);
+    let err = tables
+        .decode(&encoder.encode(&second), Limits::default(), None)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            NormalizeError::TooDeep {
+                depth: 1200,
+                limit: 1024,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    // Three times over is within the limit.
+    let third = with_stack(first, vec![deep; 3]);
+    tables
+        .decode(
+            &StreamEncoder::new().encode(&third),
+            Limits::default(),
+            None,
+        )
+        .unwrap();
+}
