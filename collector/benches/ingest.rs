@@ -53,14 +53,12 @@ use holmes_collector::config::{Config, StoreKind};
 use holmes_collector::process::normalize::{normalize, Limits, StreamTables};
 use holmes_collector::Server;
 use holmes_devtools::synthetic::{
-    build_of, mix, process_of, ProfileFactory, FLEET, SAMPLES_PER_PROFILE, ZIPF_S,
+    build_of, mix, process_of, trigger_chunks, ProfileFactory, FLEET, SAMPLES_PER_PROFILE, ZIPF_S,
 };
 use holmes_proto::native::stream::{StreamEncoder, STREAM_HEADER};
 use holmes_proto::native::NativeProfile;
 use holmes_proto::pb::ingest_client::IngestClient;
-use holmes_proto::{
-    pb, AgentBody, AgentMessage, CollectorMessage, Hello, ProfileChunk, ProfileFormat, ProfileKind,
-};
+use holmes_proto::{pb, AgentBody, AgentMessage, CollectorMessage, Hello, ProfileFormat};
 use holmes_storage::clickhouse::ClickHouseSettings;
 use holmes_storage::sqlite::Synchronous;
 use holmes_storage::{KnownStack, LocationByKey, StackByKey};
@@ -349,23 +347,15 @@ async fn run_agent(
             (Input::Pprof, _) => (&p.pprof, ProfileFormat::PprofGzip),
             _ => (&p.native, ProfileFormat::Native),
         };
-        let pieces: Vec<&[u8]> = bytes.chunks(holmes_proto::MAX_CHUNK_BYTES).collect();
-        for (index, piece) in pieces.iter().enumerate() {
+        let chunks = trigger_chunks(
+            bytes,
+            format,
+            (&p.id, &format!("bench-{instance}-{i}")),
+            p.started_unix_nanos,
+            Duration::from_secs(10),
+        );
+        for chunk in chunks {
             seq += 1;
-            let chunk = ProfileChunk {
-                profile_id: p.id.clone(),
-                event_id: format!("bench-{instance}-{i}"),
-                kind: ProfileKind::Cpu,
-                chunk_index: index as u32,
-                chunk_count: pieces.len() as u32,
-                total_bytes: bytes.len() as u64,
-                data: piece.to_vec(),
-                started_unix_nanos: p.started_unix_nanos,
-                duration: Duration::from_secs(10),
-                error: None,
-                labels: [("phase".to_owned(), "trigger".to_owned())].into(),
-                format,
-            };
             let msg = AgentMessage {
                 seq,
                 body: AgentBody::ProfileChunk(chunk),

@@ -312,3 +312,33 @@ fn draw_picks(cdf: &[f64], rng: &mut Rng) -> Vec<(usize, i64)> {
     }
     order.into_iter().map(|s| (s, counts[&s])).collect()
 }
+
+/// A CPU profile captured at a trigger, its bytes encoded as `format`, as an agent sends
+/// it: in chunks of at most [`holmes_proto::MAX_CHUNK_BYTES`], labelled with the
+/// trigger's phase.
+pub fn trigger_chunks(
+    bytes: &[u8],
+    format: holmes_proto::ProfileFormat,
+    (profile_id, event_id): (&str, &str),
+    started_unix_nanos: u64,
+    duration: std::time::Duration,
+) -> Vec<holmes_proto::ProfileChunk> {
+    let pieces: Vec<&[u8]> = bytes.chunks(holmes_proto::MAX_CHUNK_BYTES).collect();
+    (0..)
+        .zip(&pieces)
+        .map(|(index, piece)| holmes_proto::ProfileChunk {
+            profile_id: profile_id.to_owned(),
+            event_id: event_id.to_owned(),
+            kind: holmes_proto::ProfileKind::Cpu,
+            chunk_index: index,
+            chunk_count: pieces.len() as u32,
+            total_bytes: bytes.len() as u64,
+            data: piece.to_vec(),
+            started_unix_nanos,
+            duration,
+            error: None,
+            labels: [("phase".to_owned(), "trigger".to_owned())].into(),
+            format,
+        })
+        .collect()
+}

@@ -6,13 +6,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use holmes_devtools::synthetic::{mix, ProfileFactory};
+use holmes_devtools::synthetic::{mix, trigger_chunks, ProfileFactory};
 use holmes_proto::native::stream::{StreamEncoder, STREAM_HEADER};
 use holmes_proto::native::NativeProfile;
 use holmes_proto::pb::ingest_client::IngestClient;
 use holmes_proto::{
     pb, AgentBody, AgentMessage, CollectorMessage, Hello, Metric, MetricSeries, MetricWindow,
-    ProfileChunk, ProfileFormat, ProfileKind, Sample,
+    ProfileFormat, Sample,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -122,26 +122,19 @@ impl ProfileJob {
     /// The profile's messages: in the stream form through `stream` when there is one.
     fn messages(&self, pool: &Pool, stream: Option<&mut StreamEncoder>) -> Vec<(AgentBody, Sent)> {
         let (encoded, format) = pool.pick(self.seed, stream);
-        let pieces: Vec<&[u8]> = encoded.chunks(holmes_proto::MAX_CHUNK_BYTES).collect();
-        let mut out = Vec::with_capacity(pieces.len());
-        for (index, piece) in pieces.iter().enumerate() {
-            let last = index + 1 == pieces.len();
+        let chunks = trigger_chunks(
+            &encoded,
+            format,
+            (&self.profile_id, &self.event_id),
+            self.now,
+            Duration::from_secs(2),
+        );
+        let count = chunks.len();
+        let mut out = Vec::with_capacity(count);
+        for (index, chunk) in chunks.into_iter().enumerate() {
             out.push((
-                AgentBody::ProfileChunk(ProfileChunk {
-                    profile_id: self.profile_id.clone(),
-                    event_id: self.event_id.clone(),
-                    kind: ProfileKind::Cpu,
-                    chunk_index: index as u32,
-                    chunk_count: pieces.len() as u32,
-                    total_bytes: encoded.len() as u64,
-                    data: piece.to_vec(),
-                    started_unix_nanos: self.now,
-                    duration: Duration::from_secs(2),
-                    error: None,
-                    labels: [("phase".to_owned(), "trigger".to_owned())].into(),
-                    format,
-                }),
-                if last {
+                AgentBody::ProfileChunk(chunk),
+                if index + 1 == count {
                     Sent::Profile(self.clone())
                 } else {
                     Sent::Chunk
