@@ -342,15 +342,18 @@ impl StreamTables {
         known: Option<KnownStacks<'_>>,
     ) -> Result<ProfileContents, NormalizeError> {
         let stamp = self.next_stamp();
-        // The stacks the samples use, in order of first use.
+        // Each sample, read once: its stack (as its index among the stacks the samples
+        // use, in order of first use), its values, and where its labels are in
+        // `sample_labels`.
+        let types = b.contents.header.sample_types.len();
+        let mut read: Vec<(u32, Vec<i64>, std::ops::Range<usize>)> =
+            Vec::with_capacity(samples.len());
+        let mut sample_labels: Vec<&[u8]> = Vec::new();
         let mut used: Vec<u32> = Vec::with_capacity(samples.len());
-        for bytes in &samples {
-            let mut stack = 0u64;
-            for field in Fields::new(bytes) {
-                if let (1, x) = field? {
-                    stack = x.int("sample stack")?;
-                }
-            }
+        for (index, bytes) in samples.into_iter().enumerate() {
+            let first_label = sample_labels.len();
+            let (stack, values) = sample_fields(index, bytes, types, &mut sample_labels)?;
+            b.count("labels of one sample", sample_labels.len() - first_label)?;
             let s = usize::try_from(stack)
                 .ok()
                 .filter(|&s| s < self.stacks.len())
@@ -366,6 +369,11 @@ impl StreamTables {
                 };
                 used.push(s as u32);
             }
+            read.push((
+                self.stack_slots[s].index,
+                values,
+                first_label..sample_labels.len(),
+            ));
         }
         b.count("stacks", used.len())?;
         let left_out = match known {
@@ -467,19 +475,14 @@ impl StreamTables {
         }
         // The samples: their stack, values and labels. Label sets are found by their
         // bytes on the wire, and parsed only when the profile has not had them.
-        let types = b.contents.header.sample_types.len();
-        b.contents.samples.reserve(samples.len());
+        b.contents.samples.reserve(read.len());
         let mut label_sets: HashMap<Vec<u8>, u32, foldhash::quality::RandomState> =
             HashMap::default();
-        let (mut raw_labels, mut label_key) = (Vec::new(), Vec::new());
-        for (index, bytes) in samples.into_iter().enumerate() {
-            raw_labels.clear();
-            let (stack, values) = sample_fields(index, bytes, types, &mut raw_labels)?;
-            // Checked above.
-            let stack = self.stack_slots[stack as usize].index;
-            b.count("labels of one sample", raw_labels.len())?;
+        let mut label_key = Vec::new();
+        for (stack, values, labels) in read {
+            let raw_labels = sample_labels.get(labels).unwrap_or_default();
             label_key.clear();
-            for l in &raw_labels {
+            for l in raw_labels {
                 label_key.extend_from_slice(&(l.len() as u32).to_le_bytes());
                 label_key.extend_from_slice(l);
             }
