@@ -163,7 +163,9 @@ async fn agent_rides_out_a_collector_that_is_down_and_restarts() {
                 .first()?
                 .points
                 .iter()
-                .filter(|p| p.unix_ms < collector_up_ms)
+                // A sample `before` counted may carry the millisecond `collector_up_ms`
+                // was read in.
+                .filter(|p| p.unix_ms <= collector_up_ms)
                 .count() as u64;
             (taken_while_down >= before.samples).then_some(m)
         },
