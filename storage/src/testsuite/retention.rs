@@ -291,17 +291,7 @@ pub async fn stacks_named_by_key_read_back_and_outlive_expiry(store: impl Store)
     }];
     let profiles = [(1, old, &first), (2, old + SEC, &second), (3, new, &later)];
     for (id, at, c) in profiles {
-        store
-            .insert_profile(&record(
-                "checkout",
-                "a",
-                &profile_id(id),
-                "e",
-                at,
-                Some(c.clone()),
-            ))
-            .await
-            .unwrap();
+        insert_checkout(&store, ("a", id, at), c.clone()).await;
     }
     assert_eq!(store.stack_count("checkout").await.unwrap(), 3);
     // Known, durable on the first day, not yet on the later one; not another service's.
@@ -317,29 +307,9 @@ pub async fn stacks_named_by_key_read_back_and_outlive_expiry(store: impl Store)
     );
     // A profile leaving out what the store said it knows reads back whole.
     let whole = keyed("b1", 6, vec![0, 1, 2]);
-    let mut sent = whole.clone();
-    if let Some(keys) = &mut sent.table_keys {
-        keys.left_out = vec![known[0], None, known[2]];
-    }
-    sent.stacks[0].clear();
-    sent.stacks[2].clear();
-    store
-        .insert_profile(&record(
-            "checkout",
-            "a",
-            &profile_id(5),
-            "e",
-            old + 2 * SEC,
-            Some(sent),
-        ))
-        .await
-        .unwrap();
-    let got = store
-        .get_profile("checkout", &profile_id(5))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(meaning(got.contents.as_ref().unwrap()), meaning(&whole));
+    let left_out = vec![known[0], None, known[2]];
+    let got = left_out_and_read_back(&store, ("a", 5, old + 2 * SEC), &whole, left_out).await;
+    assert_eq!(meaning(&got), meaning(&whole));
     // One leaving out a stack as durable on an earlier day than its own is refused (a
     // later day must write its rows again), and nothing is stored.
     let mut unknown = keyed("b1", 6, vec![0, 1, 2]);
@@ -407,6 +377,51 @@ pub async fn stacks_named_by_key_read_back_and_outlive_expiry(store: impl Store)
     assert_eq!(store.stack_count("cart").await.unwrap(), 3);
 }
 
+/// Stores `contents` as a profile of `checkout` (instance, id, start).
+async fn insert_checkout(
+    store: &impl Store,
+    (instance, id, at): (&str, u64, u64),
+    contents: crate::ProfileContents,
+) {
+    store
+        .insert_profile(&record(
+            "checkout",
+            instance,
+            &profile_id(id),
+            "e",
+            at,
+            Some(contents),
+        ))
+        .await
+        .unwrap();
+}
+
+/// Stores `whole` as a profile of `checkout` (instance, id, start) that leaves out the
+/// stacks `left_out` names, with what it says of them, and reads it back.
+async fn left_out_and_read_back(
+    store: &impl Store,
+    (instance, id, at): (&str, u64, u64),
+    whole: &crate::ProfileContents,
+    left_out: Vec<Option<crate::KnownStack>>,
+) -> crate::ProfileContents {
+    let mut sent = whole.clone();
+    for (stack, known) in sent.stacks.iter_mut().zip(&left_out) {
+        if known.is_some() {
+            stack.clear();
+        }
+    }
+    if let Some(keys) = &mut sent.table_keys {
+        keys.left_out = left_out;
+    }
+    insert_checkout(store, (instance, id, at), sent).await;
+    let got = store
+        .get_profile("checkout", &profile_id(id))
+        .await
+        .unwrap()
+        .unwrap();
+    got.contents.unwrap()
+}
+
 /// Stacks as a writer asks about them: (key, its locations' keys).
 fn by_key<'a>(stacks: &[(u32, &'a [u32])]) -> Vec<StackByKey<'a>> {
     stacks
@@ -448,17 +463,7 @@ pub async fn stacks_new_to_a_scope_are_known_by_their_locations(store: impl Stor
         left_out: Vec::new(),
     });
     for (id, instance, c) in [(1, "a", &first), (2, "b", &leaves)] {
-        store
-            .insert_profile(&record(
-                "checkout",
-                instance,
-                &profile_id(id),
-                "e",
-                at,
-                Some(c.clone()),
-            ))
-            .await
-            .unwrap();
+        insert_checkout(&store, (instance, id, at), c.clone()).await;
     }
     assert_eq!(store.stack_count("checkout").await.unwrap(), 8);
     // b's stream now defines a's first and third stacks, one with a location it has not
@@ -516,28 +521,8 @@ pub async fn stacks_new_to_a_scope_are_known_by_their_locations(store: impl Stor
         locations: vec![10, 11, 12, 13, 14],
         left_out: Vec::new(),
     });
-    let mut sent = whole.clone();
-    if let Some(keys) = &mut sent.table_keys {
-        keys.left_out = vec![known[0], None, known[1]];
-    }
-    sent.stacks[0].clear();
-    sent.stacks[2].clear();
-    store
-        .insert_profile(&record(
-            "checkout",
-            "b",
-            &profile_id(3),
-            "e",
-            at + SEC,
-            Some(sent),
-        ))
-        .await
-        .unwrap();
-    let got = store
-        .get_profile("checkout", &profile_id(3))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(meaning(got.contents.as_ref().unwrap()), meaning(&whole));
+    let left_out = vec![known[0], None, known[1]];
+    let got = left_out_and_read_back(&store, ("b", 3, at + SEC), &whole, left_out).await;
+    assert_eq!(meaning(&got), meaning(&whole));
     assert_eq!(store.stack_count("checkout").await.unwrap(), 8);
 }
