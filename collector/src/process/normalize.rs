@@ -303,6 +303,21 @@ impl Builder {
         Ok(())
     }
 
+    /// Room for about `stacks` stacks and `samples` samples, so that the tables do not
+    /// grow by steps as they are built.
+    fn reserve(&mut self, stacks: usize, samples: usize) {
+        use std::hash::BuildHasher;
+        let (stacks, samples) = (
+            stacks.min(self.limits.max_items),
+            samples.min(self.limits.max_items),
+        );
+        self.contents.stacks.reserve(stacks);
+        let (table, hasher) = (&self.contents.stacks, &self.stack_hasher);
+        self.stacks
+            .reserve(stacks, |&j| hasher.hash_one(&table[j as usize][..]));
+        self.contents.samples.reserve(samples);
+    }
+
     /// The index of the stack made of `locations` (indexes into the contents'
     /// locations), added if new.
     fn stack(&mut self, locations: &[u32]) -> Result<u32, NormalizeError> {

@@ -267,7 +267,7 @@ pub(super) fn normalize(
             Raw::Native { module, offset } => {
                 let m = modules
                     .get(module as usize)
-                    .ok_or(NormalizeError::Dangling {
+                    .ok_or_else(|| NormalizeError::Dangling {
                         what: "location",
                         target: "module",
                         id: i128::from(module),
@@ -342,7 +342,7 @@ pub(super) fn normalize(
             .collect::<Result<Vec<_>, _>>()?;
         let stack = *stack_index
             .get(usize::try_from(stack).unwrap_or(usize::MAX))
-            .ok_or(NormalizeError::Dangling {
+            .ok_or_else(|| NormalizeError::Dangling {
                 what: "sample",
                 target: "stack",
                 id: i128::from(stack),

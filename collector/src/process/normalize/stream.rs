@@ -357,7 +357,7 @@ impl StreamTables {
             let s = usize::try_from(stack)
                 .ok()
                 .filter(|&s| s < self.stacks.len())
-                .ok_or(NormalizeError::Dangling {
+                .ok_or_else(|| NormalizeError::Dangling {
                     what: "sample",
                     target: "stack",
                     id: i128::from(stack),

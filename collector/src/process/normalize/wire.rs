@@ -17,12 +17,41 @@ pub(super) enum Value<'a> {
     Fixed32(u32),
 }
 
-fn malformed(what: &str) -> NormalizeError {
-    NormalizeError::Malformed(what.to_owned())
+/// What is wrong with a message at the wire level. It is one byte, so that the readers
+/// of every field return their result in registers; it becomes a
+/// [`NormalizeError::Malformed`] where a decoder gives up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(super) enum WireError {
+    #[error("a varint runs past the end")]
+    VarintPastEnd,
+    #[error("a varint is longer than 10 bytes")]
+    VarintTooLong,
+    #[error("a field number is out of range")]
+    FieldNumber,
+    #[error("field number 0")]
+    FieldZero,
+    #[error("a length is out of range")]
+    Length,
+    #[error("a length-delimited field runs past the end")]
+    BytesPastEnd,
+    #[error("a fixed64 runs past the end")]
+    Fixed64PastEnd,
+    #[error("a fixed32 runs past the end")]
+    Fixed32PastEnd,
+    #[error("wire type {0}")]
+    WireType(u8),
+}
+
+impl From<WireError> for NormalizeError {
+    #[cold]
+    fn from(e: WireError) -> Self {
+        NormalizeError::Malformed(e.to_string())
+    }
 }
 
 /// Reads a varint from the front of `bytes`.
-pub(super) fn varint(bytes: &mut &[u8]) -> Result<u64, NormalizeError> {
+#[inline]
+pub(super) fn varint(bytes: &mut &[u8]) -> Result<u64, WireError> {
     // Most varints of a profile (field keys, small ids) are one byte.
     if let Some((&b, rest)) = bytes.split_first() {
         if b & 0x80 == 0 {
@@ -30,18 +59,24 @@ pub(super) fn varint(bytes: &mut &[u8]) -> Result<u64, NormalizeError> {
             return Ok(u64::from(b));
         }
     }
+    varint_long(bytes)
+}
+
+/// A varint of two bytes or more (or a truncated one).
+fn varint_long(bytes: &mut &[u8]) -> Result<u64, WireError> {
     let mut n = 0u64;
-    for shift in (0..64).step_by(7) {
-        let (&b, rest) = bytes
-            .split_first()
-            .ok_or_else(|| malformed("a varint runs past the end"))?;
-        *bytes = rest;
-        n |= u64::from(b & 0x7f) << shift;
+    for (i, &b) in bytes.iter().take(10).enumerate() {
+        n |= u64::from(b & 0x7f) << (7 * i);
         if b & 0x80 == 0 {
+            *bytes = &bytes[i + 1..];
             return Ok(n);
         }
     }
-    Err(malformed("a varint is longer than 10 bytes"))
+    Err(if bytes.len() >= 10 {
+        WireError::VarintTooLong
+    } else {
+        WireError::VarintPastEnd
+    })
 }
 
 /// The fields of one message, in order.
@@ -56,8 +91,9 @@ impl<'a> Fields<'a> {
 }
 
 impl<'a> Iterator for Fields<'a> {
-    type Item = Result<(u32, Value<'a>), NormalizeError>;
+    type Item = Result<(u32, Value<'a>), WireError>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         if self.rest.is_empty() {
             return None;
@@ -67,12 +103,12 @@ impl<'a> Iterator for Fields<'a> {
 }
 
 impl<'a> Fields<'a> {
-    fn field(&mut self) -> Result<(u32, Value<'a>), NormalizeError> {
+    #[inline]
+    fn field(&mut self) -> Result<(u32, Value<'a>), WireError> {
         let key = varint(&mut self.rest)?;
-        let number =
-            u32::try_from(key >> 3).map_err(|_| malformed("a field number is out of range"))?;
+        let number = u32::try_from(key >> 3).map_err(|_| WireError::FieldNumber)?;
         if number == 0 {
-            return Err(malformed("field number 0"));
+            return Err(WireError::FieldZero);
         }
         let value = match key & 7 {
             0 => Value::Varint(varint(&mut self.rest)?),
@@ -80,15 +116,15 @@ impl<'a> Fields<'a> {
                 let (b, rest) = self
                     .rest
                     .split_first_chunk::<8>()
-                    .ok_or_else(|| malformed("a fixed64 runs past the end"))?;
+                    .ok_or(WireError::Fixed64PastEnd)?;
                 self.rest = rest;
                 Value::Fixed64(u64::from_le_bytes(*b))
             }
             2 => {
-                let len = usize::try_from(varint(&mut self.rest)?)
-                    .map_err(|_| malformed("a length is out of range"))?;
+                let len =
+                    usize::try_from(varint(&mut self.rest)?).map_err(|_| WireError::Length)?;
                 if len > self.rest.len() {
-                    return Err(malformed("a length-delimited field runs past the end"));
+                    return Err(WireError::BytesPastEnd);
                 }
                 let (b, rest) = self.rest.split_at(len);
                 self.rest = rest;
@@ -98,35 +134,39 @@ impl<'a> Fields<'a> {
                 let (b, rest) = self
                     .rest
                     .split_first_chunk::<4>()
-                    .ok_or_else(|| malformed("a fixed32 runs past the end"))?;
+                    .ok_or(WireError::Fixed32PastEnd)?;
                 self.rest = rest;
                 Value::Fixed32(u32::from_le_bytes(*b))
             }
-            other => return Err(NormalizeError::Malformed(format!("wire type {other}"))),
+            other => return Err(WireError::WireType(other as u8)),
         };
         Ok((number, value))
     }
 }
 
+/// A field of the wrong wire type.
+#[cold]
+fn not_a(field: &str, is: &str) -> NormalizeError {
+    NormalizeError::Malformed(format!("{field} is {is}"))
+}
+
 impl<'a> Value<'a> {
     /// An integer field (varint; fixed forms accepted as protobuf does for scalars).
+    #[inline]
     pub(super) fn int(self, field: &'static str) -> Result<u64, NormalizeError> {
         match self {
             Value::Varint(n) | Value::Fixed64(n) => Ok(n),
             Value::Fixed32(n) => Ok(u64::from(n)),
-            Value::Bytes(_) => Err(NormalizeError::Malformed(format!(
-                "{field} is length-delimited, not a number"
-            ))),
+            Value::Bytes(_) => Err(not_a(field, "length-delimited, not a number")),
         }
     }
 
     /// A length-delimited field: string, bytes or message.
+    #[inline]
     pub(super) fn bytes(self, field: &'static str) -> Result<&'a [u8], NormalizeError> {
         match self {
             Value::Bytes(b) => Ok(b),
-            _ => Err(NormalizeError::Malformed(format!(
-                "{field} is a number, not length-delimited"
-            ))),
+            _ => Err(not_a(field, "a number, not length-delimited")),
         }
     }
 
@@ -186,6 +226,18 @@ mod tests {
             assert_eq!(result.is_ok(), ends_cleanly, "cut at {cut}");
         }
         assert!(Fields::new(&[0x0b]).next().unwrap().is_err());
+        // The longest varint is 10 bytes: u64::MAX.
+        let max = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01];
+        assert_eq!(varint(&mut &max[..]), Ok(u64::MAX));
+        let mut rest = &[0xac, 0x02, 0x07][..];
+        assert_eq!(varint(&mut rest), Ok(300));
+        assert_eq!(rest, [0x07]);
+        assert_eq!(varint(&mut &[0x80; 11][..]), Err(WireError::VarintTooLong));
+        assert_eq!(varint(&mut &[0x80; 9][..]), Err(WireError::VarintPastEnd));
+        assert_eq!(
+            NormalizeError::from(WireError::VarintPastEnd).to_string(),
+            "not a valid profile: a varint runs past the end"
+        );
         assert!(Fields::new(&[0x00]).next().unwrap().is_err());
     }
 }
