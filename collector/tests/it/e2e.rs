@@ -130,6 +130,10 @@ async fn agent_rides_out_a_collector_that_is_down_and_restarts() {
         .collect_interval(Duration::from_millis(100))
         .send_interval(Duration::from_millis(100))
         .max_backoff(Duration::from_millis(400))
+        // stop() sends the last window and waits for its acknowledgement; on a loaded
+        // machine that can take longer than the default 3 s, and the test checks that
+        // nothing is lost, not how fast.
+        .flush_timeout(Duration::from_secs(30))
         .start()
         .unwrap();
     // Sampling goes on without a collector, and the windows wait in the outbox.

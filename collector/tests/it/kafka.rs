@@ -560,7 +560,7 @@ async fn agents_keep_their_data_while_the_broker_is_down() {
     })
     .await;
     // Everything before the outage is processed (the broker keeps nothing over a restart).
-    eventually(Duration::from_secs(20), "the agent caught up", || async {
+    eventually(Duration::from_secs(60), "the agent caught up", || async {
         (agent.stats().unacked == 0).then_some(())
     })
     .await;
