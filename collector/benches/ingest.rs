@@ -61,7 +61,7 @@ use holmes_proto::pb::ingest_client::IngestClient;
 use holmes_proto::{pb, AgentBody, AgentMessage, CollectorMessage, Hello, ProfileFormat};
 use holmes_storage::clickhouse::ClickHouseSettings;
 use holmes_storage::sqlite::Synchronous;
-use holmes_storage::{KnownStack, LocationByKey, StackByKey};
+use holmes_storage::{KnownByKey, KnownStack, LocationByKey, StackByKey, NO_LOCATIONS_KEPT};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -806,16 +806,19 @@ fn decode_alone(profiles: &[GenProfile], agents: usize) -> Vec<(Input, f64)> {
                     let known = move |_scope: u64,
                                       stacks: &[StackByKey<'_>],
                                       _locations: &[LocationByKey<'_>]|
-                          -> Vec<Option<KnownStack>> {
-                        stacks
-                            .iter()
-                            .map(|s| {
-                                (s.key < before).then_some(KnownStack {
-                                    num: u64::from(s.key),
-                                    day: u32::MAX,
+                          -> KnownByKey {
+                        KnownByKey {
+                            stacks: stacks
+                                .iter()
+                                .map(|s| {
+                                    (s.key < before).then_some(KnownStack {
+                                        num: u64::from(s.key),
+                                        day: u32::MAX,
+                                    })
                                 })
-                            })
-                            .collect()
+                                .collect(),
+                            locations_told: NO_LOCATIONS_KEPT,
+                        }
                     };
                     tables.decode(&sent[i], Limits::default(), Some(&known))
                 }

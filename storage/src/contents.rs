@@ -102,6 +102,34 @@ pub struct StackByKey<'a> {
     pub locations: &'a [u32],
 }
 
+/// What a store answers a writer asking about a scope's stacks by key
+/// ([`crate::Store::stacks_known_by_key`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownByKey {
+    /// What it knows of each stack asked about, in order (`None`: not known, or not
+    /// durable on the profile's day).
+    pub stacks: Vec<Option<KnownStack>>,
+    /// How many of the scope's locations, from key 0 on, the store has been told and
+    /// still holds ([`NO_LOCATIONS_KEPT`] when it keeps none by key). A writer that
+    /// told it more (the store forgot the scope since, or never had it) tells them
+    /// again from there.
+    pub locations_told: u32,
+}
+
+/// [`KnownByKey::locations_told`] of a store that keeps no locations by key: nothing
+/// to tell it again.
+pub const NO_LOCATIONS_KEPT: u32 = u32::MAX;
+
+impl KnownByKey {
+    /// Nothing known of `stacks` stacks, and no locations kept.
+    pub fn nothing(stacks: usize) -> Self {
+        KnownByKey {
+            stacks: vec![None; stacks],
+            locations_told: NO_LOCATIONS_KEPT,
+        }
+    }
+}
+
 /// A location a writer tells a store about by key
 /// ([`crate::Store::stacks_known_by_key`]): its key, and what it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

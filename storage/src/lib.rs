@@ -15,8 +15,8 @@ mod stored_names;
 pub mod testsuite;
 
 pub use contents::{
-    KnownStack, LocationByKey, Mapping, ProfileContents, ProfileHeader, ProfileLabel,
-    ProfileSample, StackByKey, TableKeys, ValueType,
+    KnownByKey, KnownStack, LocationByKey, Mapping, ProfileContents, ProfileHeader, ProfileLabel,
+    ProfileSample, StackByKey, TableKeys, ValueType, NO_LOCATIONS_KEPT,
 };
 pub use control::*;
 pub use debuginfo::{DebugInfoChunkRecord, DebugInfoSource, DebugInfoStatus};
@@ -177,8 +177,11 @@ pub trait Store: Send + Sync + 'static {
     /// the writer knows each of them and the stack they make (from another scope:
     /// another instance of the service). A location key is known once a profile of the
     /// scope had it, or once told here (`locations`: the scope's locations defined
-    /// since it last asked) if the writer knows the location. In memory only; by
-    /// default nothing.
+    /// since it last asked) if the writer knows the location. The answer also says how
+    /// many of the scope's locations the writer holds as told
+    /// ([`KnownByKey::locations_told`]): a memory bounded in size forgets scopes, and a
+    /// scope it forgot is told its locations again. In memory only; by default
+    /// nothing.
     fn stacks_known_by_key(
         &self,
         service: &str,
@@ -186,9 +189,9 @@ pub trait Store: Send + Sync + 'static {
         scope: u64,
         stacks: &[StackByKey<'_>],
         locations: &[LocationByKey<'_>],
-    ) -> Vec<Option<KnownStack>> {
+    ) -> KnownByKey {
         let _ = (service, started_unix_nanos, scope, locations);
-        vec![None; stacks.len()]
+        KnownByKey::nothing(stacks.len())
     }
 
     /// Profiles of one service whose capture started in `[since, until)`, of one event

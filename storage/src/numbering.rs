@@ -40,7 +40,7 @@ use std::sync::Mutex;
 use foldhash::quality::RandomState;
 use holmes_proto::Module;
 
-use crate::contents::{LocationByKey, ProfileContents, StackByKey};
+use crate::contents::{KnownByKey, LocationByKey, ProfileContents, StackByKey};
 use crate::location::{Location, LocationId, LocationRef, StackId};
 use crate::StoreError;
 use scopes::{Plan, Scopes};
@@ -61,7 +61,8 @@ pub const MAX_KNOWN_STACKS: usize = 1 << 19;
 /// Location ordinals of remembered stacks (all services together, 4 bytes each); past
 /// this many the memory of locations and stacks starts over.
 pub const MAX_KNOWN_STACK_ENTRIES: usize = 32 << 20;
-/// Stacks remembered by key (all scopes together); past this many the scopes start over.
+/// Stack and location keys remembered (all scopes together); past this many the scopes
+/// used least recently are forgotten, down to half as many.
 pub(crate) const MAX_SCOPED_STACKS: usize = 1 << 20;
 
 /// A remembered location.
@@ -283,11 +284,11 @@ impl Numbering {
         scope: u64,
         stacks: &[StackByKey<'_>],
         locations: &[LocationByKey<'_>],
-    ) -> Vec<Option<KnownStack>> {
+    ) -> KnownByKey {
         let mut inner = self.lock();
-        if inner.scopes.len() + locations.len() + stacks.len() > MAX_SCOPED_STACKS {
-            inner.scopes.forget();
-        }
+        inner
+            .scopes
+            .make_room(locations.len() + stacks.len(), MAX_SCOPED_STACKS);
         if !locations.is_empty() {
             let (mut last, mut canonical) = (None, Vec::with_capacity(256));
             let ordinals: Vec<(u32, u32)> = locations
@@ -297,16 +298,22 @@ impl Numbering {
                 })
                 .collect();
             inner.scopes.remember(service, scope, &[], &ordinals);
+            let first = locations.first().map_or(0, |l| l.key);
+            inner.scopes.told(service, scope, first, locations.len());
         }
+        let locations_told = inner.scopes.locations_told(service, scope);
         let Inner {
             scopes,
             stacks: by_service,
             ..
         } = &mut *inner;
         let service_stacks = by_service.get(service);
-        scopes.known(service, day.max(1), scope, stacks, |key| {
-            service_stacks.and_then(|s| s.known(s.find(key)?))
-        })
+        KnownByKey {
+            stacks: scopes.known(service, day.max(1), scope, stacks, |key| {
+                service_stacks.and_then(|s| s.known(s.find(key)?))
+            }),
+            locations_told,
+        }
     }
 
     /// The ids of what `contents`, a profile of `day`, uses that the memory does not
@@ -403,9 +410,9 @@ impl Numbering {
         {
             inner.forget();
         }
-        if inner.scopes.len() + c.stacks.len() > MAX_SCOPED_STACKS {
-            inner.scopes.forget();
-        }
+        inner
+            .scopes
+            .make_room(c.stacks.len() + c.locations.len(), MAX_SCOPED_STACKS);
         let day = day.max(1);
         // What `unknown` found still holds unless the memory started over since
         // (ordinals are only ever added to, and numbers never change).

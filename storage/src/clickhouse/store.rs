@@ -178,7 +178,7 @@ impl Store for ClickHouseStore {
         scope: u64,
         stacks: &[crate::StackByKey<'_>],
         locations: &[crate::LocationByKey<'_>],
-    ) -> Vec<Option<crate::KnownStack>> {
+    ) -> crate::KnownByKey {
         let day = u32::from(day_of(started_unix_nanos));
         self.numbering
             .known_by_key(service, day, scope, stacks, locations)

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use foldhash::quality::RandomState;
 
 use super::KnownStack;
-use crate::contents::{ProfileContents, StackByKey, TableKeys};
+use crate::contents::{ProfileContents, StackByKey, TableKeys, NO_LOCATIONS_KEPT};
 
 /// The stacks and locations of one scope, by key.
 struct Scope {
@@ -15,6 +15,18 @@ struct Scope {
     stacks: Vec<Option<KnownStack>>,
     /// Each location key's ordinal plus one (0: not known).
     locations: Vec<u32>,
+    /// When it was last asked about or told something ([`Scopes::tick`]).
+    used: u64,
+    /// How many of its locations, from key 0 on, it was told
+    /// ([`crate::KnownByKey::locations_told`]).
+    told: u32,
+}
+
+impl Scope {
+    /// Keys it holds, as [`Scopes::len`] counts them.
+    fn keys(&self) -> usize {
+        self.stacks.len() + self.locations.len()
+    }
 }
 
 /// What a profile needs numbered (see [`Scopes::plan`]).
@@ -35,17 +47,43 @@ pub(super) struct Scopes {
     by_scope: HashMap<u64, Scope, RandomState>,
     /// Keys held, all scopes together.
     count: usize,
+    /// Counts the asks and tells, to find the scopes used least recently.
+    tick: u64,
 }
 
 impl Scopes {
-    /// Keys held, all scopes together.
-    pub(super) fn len(&self) -> usize {
-        self.count
-    }
-
     pub(super) fn forget(&mut self) {
         self.by_scope.clear();
         self.count = 0;
+    }
+
+    /// Makes room for `more` keys within `max` in all: when they would not fit, forgets
+    /// the scopes used least recently until they hold at most half of `max` (a stream
+    /// that ended, its process gone, is never used again; the streams still sending
+    /// keep what they have, and need not be told it again).
+    pub(super) fn make_room(&mut self, more: usize, max: usize) {
+        if self.count + more <= max {
+            return;
+        }
+        let mut by_age: Vec<(u64, u64, usize)> = self
+            .by_scope
+            .iter()
+            .map(|(&key, scope)| (scope.used, key, scope.keys()))
+            .collect();
+        by_age.sort_unstable();
+        for (_, key, keys) in by_age {
+            if self.count + more <= max / 2 {
+                break;
+            }
+            self.by_scope.remove(&key);
+            self.count -= keys;
+        }
+    }
+
+    /// The next tick, marking a scope used.
+    fn next_tick(&mut self) -> u64 {
+        self.tick += 1;
+        self.tick
     }
 
     /// Which stacks of `c`, a profile of `day`, are known by key and durable on `day` or
@@ -133,6 +171,7 @@ impl Scopes {
         stacks: &[StackByKey<'_>],
         find: impl Fn(&[u32]) -> Option<KnownStack>,
     ) -> Vec<Option<KnownStack>> {
+        let tick = self.next_tick();
         let Some(s) = self
             .by_scope
             .get_mut(&scope)
@@ -140,6 +179,7 @@ impl Scopes {
         else {
             return vec![None; stacks.len()];
         };
+        s.used = tick;
         let mut ordinals = Vec::with_capacity(64);
         let mut grown = 0;
         let known = stacks
@@ -177,14 +217,18 @@ impl Scopes {
         stacks: &[(u32, KnownStack)],
         locations: &[(u32, u32)],
     ) {
+        let tick = self.next_tick();
         let scope = self.by_scope.entry(scope).or_insert_with(|| Scope {
             service: service.to_owned(),
             stacks: Vec::new(),
             locations: Vec::new(),
+            used: tick,
+            told: 0,
         });
         if scope.service != service {
             return;
         }
+        scope.used = tick;
         let mut grown = 0;
         for &(key, known) in stacks {
             let key = key as usize;
@@ -205,6 +249,34 @@ impl Scopes {
         self.count += grown;
     }
 
+    /// Records that `scope` (of `service`) was told its locations with keys from
+    /// `first`, `count` of them: what it was told from key 0 on grows when they follow
+    /// on (a scope it forgot, then made again, was told only the latest).
+    pub(super) fn told(&mut self, service: &str, scope: u64, first: u32, count: usize) {
+        if let Some(s) = self
+            .by_scope
+            .get_mut(&scope)
+            .filter(|s| s.service == service)
+        {
+            if first <= s.told {
+                let end =
+                    u32::try_from(count).map_or(u32::MAX, |count| first.saturating_add(count));
+                s.told = s.told.max(end);
+            }
+        }
+    }
+
+    /// How many of `scope`'s locations, from key 0 on, it was told and holds: 0 for a
+    /// scope it does not hold, [`NO_LOCATIONS_KEPT`] for another service's (whose
+    /// keys are not this one's to hold).
+    pub(super) fn locations_told(&self, service: &str, scope: u64) -> u32 {
+        match self.by_scope.get(&scope) {
+            Some(s) if s.service == service => s.told,
+            Some(_) => NO_LOCATIONS_KEPT,
+            None => 0,
+        }
+    }
+
     /// Marks the stacks of `scope` with keys `keys` durable on `day`.
     pub(super) fn written(&mut self, scope: u64, keys: &[u32], day: u32) {
         let Some(scope) = self.by_scope.get_mut(&scope) else {
@@ -215,5 +287,54 @@ impl Scopes {
                 k.day = k.day.max(day);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn known_by_key(scopes: &mut Scopes, scope: u64, key: u32) -> Option<KnownStack> {
+        let stack = [StackByKey {
+            key,
+            locations: &[0, 1],
+        }];
+        scopes.known("checkout", 7, scope, &stack, |_| None)[0]
+    }
+
+    #[test]
+    fn making_room_forgets_the_scopes_used_least_recently() {
+        let mut scopes = Scopes::default();
+        let stack = KnownStack { num: 42, day: 7 };
+        // Three streams, each with ten stack keys and two location keys.
+        for scope in [1, 2, 3] {
+            scopes.remember("checkout", scope, &[(9, stack)], &[(0, 5), (1, 6)]);
+            scopes.told("checkout", scope, 0, 2);
+        }
+        assert_eq!(scopes.count, 36);
+        // Told from key 3 on, having held 2: a gap, which it does not count as told.
+        scopes.told("checkout", 3, 3, 4);
+        assert_eq!(scopes.locations_told("checkout", 3), 2);
+        scopes.told("checkout", 3, 1, 4);
+        assert_eq!(scopes.locations_told("checkout", 3), 5);
+        assert_eq!(scopes.locations_told("cart", 3), NO_LOCATIONS_KEPT);
+        // Stream 1 sends again; 2 and 3 have not since.
+        assert_eq!(known_by_key(&mut scopes, 1, 9), Some(stack));
+        // Room to spare: nothing is forgotten.
+        scopes.make_room(4, 40);
+        assert_eq!(scopes.by_scope.len(), 3);
+        // Past the cap: down to half of it, the oldest first (2, then 3).
+        scopes.make_room(5, 40);
+        assert_eq!(known_by_key(&mut scopes, 2, 9), None);
+        assert_eq!(known_by_key(&mut scopes, 3, 9), None);
+        assert_eq!(known_by_key(&mut scopes, 1, 9), Some(stack));
+        assert_eq!(scopes.count, 12);
+        // A forgotten scope holds none of its locations: its stream tells them again.
+        assert_eq!(scopes.locations_told("checkout", 2), 0);
+        assert_eq!(scopes.locations_told("checkout", 1), 2);
+        // Forgetting everything (the memory started over) leaves nothing.
+        scopes.forget();
+        assert_eq!(known_by_key(&mut scopes, 1, 9), None);
+        assert_eq!(scopes.count, 0);
     }
 }

@@ -14,10 +14,10 @@ use super::{
 use crate::{
     AgentReport, CaptureDispatch, CaptureOutcomeRecord, CaptureRequestQuery, CaptureRequestRecord,
     ChangedBy, ControlNode, DebugInfoChunkRecord, DebugInfoStatus, Expired, IncidentQuery,
-    IncidentRecord, IncidentSuspects, InstanceInfo, KnownStack, LocationId, MergeQuery,
-    MergedProfile, MetricPoint, MetricQuery, ParkedEvent, PauseEdit, PauseRecord, ProfileMeta,
-    ProfileQuery, ProfileRecord, RuleChange, RuleEdit, ServiceSummary, SkipNotice, StackFrame,
-    Store, StoreError, TriggerQuery, TriggerRecord,
+    IncidentRecord, IncidentSuspects, InstanceInfo, LocationId, MergeQuery, MergedProfile,
+    MetricPoint, MetricQuery, ParkedEvent, PauseEdit, PauseRecord, ProfileMeta, ProfileQuery,
+    ProfileRecord, RuleChange, RuleEdit, ServiceSummary, SkipNotice, StackFrame, Store, StoreError,
+    TriggerQuery, TriggerRecord,
 };
 
 #[async_trait]
@@ -202,7 +202,7 @@ impl Store for SqliteStore {
         scope: u64,
         stacks: &[crate::StackByKey<'_>],
         locations: &[crate::LocationByKey<'_>],
-    ) -> Vec<Option<KnownStack>> {
+    ) -> crate::KnownByKey {
         let day = profiles::day_of(started_unix_nanos);
         self.numbering
             .known_by_key(service, day, scope, stacks, locations)

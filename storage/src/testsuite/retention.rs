@@ -6,7 +6,10 @@ use holmes_proto::Metric;
 
 use super::profiles::{cpu_contents, meaning, profile_id, profile_query, record};
 use super::{incident, incident_query, instance, point, query, trigger, trigger_query, SEC, T0};
-use crate::{IncidentStatus, LocationByKey, ProfileSample, StackByKey, Store, TableKeys};
+use crate::{
+    IncidentStatus, KnownByKey, LocationByKey, ProfileSample, StackByKey, Store, TableKeys,
+    NO_LOCATIONS_KEPT,
+};
 
 const DAY: u64 = 86_400 * SEC;
 
@@ -297,12 +300,18 @@ pub async fn stacks_named_by_key_read_back_and_outlive_expiry(store: impl Store)
     // Known, durable on the first day, not yet on the later one; not another service's.
     // (Key 9 is a stack the scope has not had, of a location key it has not had.)
     let asked = by_key(&[(0, &[0, 1, 2]), (1, &[3, 1, 2]), (2, &[4, 2]), (9, &[7, 2])]);
-    let known = store.stacks_known_by_key("checkout", old + 2 * SEC, scope, &asked, &[]);
+    let known = store
+        .stacks_known_by_key("checkout", old + 2 * SEC, scope, &asked, &[])
+        .stacks;
     assert!(known[..3].iter().all(Option::is_some) && known[3].is_none());
-    let known_later = store.stacks_known_by_key("checkout", new + DAY, scope, &asked[..2], &[]);
+    let known_later = store
+        .stacks_known_by_key("checkout", new + DAY, scope, &asked[..2], &[])
+        .stacks;
     assert_eq!(known_later, [None, None]);
     assert_eq!(
-        store.stacks_known_by_key("cart", old, scope, &asked[..1], &[]),
+        store
+            .stacks_known_by_key("cart", old, scope, &asked[..1], &[])
+            .stacks,
         [None]
     );
     // A profile leaving out what the store said it knows reads back whole.
@@ -474,21 +483,31 @@ pub async fn stacks_new_to_a_scope_are_known_by_their_locations(store: impl Stor
         (7, &[10, 11, 99]),
         (8, &[12, 11, 10]),
     ]);
-    let known = store.stacks_known_by_key("checkout", at + SEC, b, &asked, &[]);
+    let known = store
+        .stacks_known_by_key("checkout", at + SEC, b, &asked, &[])
+        .stacks;
     assert!(known[0].is_some() && known[1].is_some(), "{known:?}");
     assert_eq!(known[2..], [None, None]);
     // Durable on that day only; and the scope is not another service's.
     assert_eq!(
-        store.stacks_known_by_key("checkout", at + DAY, b, &asked[..2], &[]),
+        store
+            .stacks_known_by_key("checkout", at + DAY, b, &asked[..2], &[])
+            .stacks,
         [None, None]
     );
+    // Another service's scope: nothing known, and no locations of it held.
     assert_eq!(
         store.stacks_known_by_key("cart", at, b, &asked[..1], &[]),
-        [None]
+        KnownByKey {
+            stacks: vec![None],
+            locations_told: NO_LOCATIONS_KEPT
+        }
     );
     // Asked again, they are known by key.
     assert_eq!(
-        store.stacks_known_by_key("checkout", at + SEC, b, &by_key(&[(5, &[]), (6, &[])]), &[]),
+        store
+            .stacks_known_by_key("checkout", at + SEC, b, &by_key(&[(5, &[]), (6, &[])]), &[])
+            .stacks,
         known[..2]
     );
     // A stream that has had no profile tells the locations it defines: those the
@@ -509,9 +528,31 @@ pub async fn stacks_new_to_a_scope_are_known_by_their_locations(store: impl Stor
         })
         .collect();
     let asked_c = by_key(&[(0, &[0, 1, 2]), (1, &[4, 2]), (2, &[3, 1, 2])]);
+    // A stream new to the writer holds none of its locations: it tells them all.
+    assert_eq!(
+        store
+            .stacks_known_by_key("checkout", at + SEC, c, &[], &[])
+            .locations_told,
+        0
+    );
     assert_eq!(
         store.stacks_known_by_key("checkout", at + SEC, c, &asked_c, &told),
-        [known[0], known[1], None]
+        KnownByKey {
+            stacks: vec![known[0], known[1], None],
+            locations_told: told.len() as u32,
+        }
+    );
+    // Told from further on than it holds (as after the writer forgot the scope), it
+    // says where to tell it again from.
+    let later = [LocationByKey {
+        key: 9,
+        location: locations[0].borrowed(),
+    }];
+    assert_eq!(
+        store
+            .stacks_known_by_key("checkout", at + SEC, TableKeys::new_scope(), &[], &later)
+            .locations_told,
+        0
     );
     // A profile of b's stream leaving them out reads back as a's stacks.
     let mut whole = cpu_contents("b1", 6);

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use holmes_proto::native::stream::{MAX_STREAM_LOCATIONS, MAX_STREAM_MODULES, MAX_STREAM_STACKS};
 use holmes_proto::Module;
 use holmes_storage::{
-    KnownStack, Location, LocationByKey, LocationRef, Mapping, ProfileContents, StackByKey,
+    KnownByKey, Location, LocationByKey, LocationRef, Mapping, ProfileContents, StackByKey,
     StackFrame, TableKeys,
 };
 
@@ -62,9 +62,8 @@ struct Slot {
 /// their locations' stream keys) it knows, telling it the locations the stream defined
 /// since it last asked, so that the stacks it knows can be left out (see
 /// `holmes_storage::Store::stacks_known_by_key`).
-pub type KnownStacks<'a> = &'a (dyn Fn(u64, &[StackByKey<'_>], &[LocationByKey<'_>]) -> Vec<Option<KnownStack>>
-         + Send
-         + Sync);
+pub type KnownStacks<'a> =
+    &'a (dyn Fn(u64, &[StackByKey<'_>], &[LocationByKey<'_>]) -> KnownByKey + Send + Sync);
 
 /// One stream's tables, as its stream-form profiles built them (see the module docs).
 #[derive(Debug)]
@@ -403,9 +402,11 @@ impl StreamTables {
                         },
                     })
                     .collect();
-                let left_out = known(self.scope, &stacks, &locations);
-                self.locations_told = self.locations.len();
-                left_out
+                let answer = known(self.scope, &stacks, &locations);
+                // A store that forgot the scope (or some of what it was told) is told
+                // again, from where it says it holds them.
+                self.locations_told = self.locations.len().min(answer.locations_told as usize);
+                answer.stacks
             }
             None => Vec::new(),
         };

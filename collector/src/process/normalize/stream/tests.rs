@@ -281,10 +281,12 @@ fn stacks_the_store_knows_are_left_out_and_the_mappings_stay_whole() {
     let asked = std::sync::Mutex::new(Vec::new());
     let number = holmes_storage::KnownStack { num: 77, day: 3 };
     let told = std::sync::Mutex::new(Vec::new());
+    // How many of the stream's locations, from key 0 on, the store holds as told.
+    let held = std::sync::Mutex::new(0u32);
     let known = |_scope: u64,
                  stacks: &[holmes_storage::StackByKey<'_>],
                  locations: &[holmes_storage::LocationByKey<'_>]|
-     -> Vec<Option<holmes_storage::KnownStack>> {
+     -> holmes_storage::KnownByKey {
         let keys: Vec<(u32, Vec<u32>)> = stacks
             .iter()
             .map(|s| (s.key, s.locations.to_vec()))
@@ -299,10 +301,19 @@ fn stacks_the_store_knows_are_left_out_and_the_mappings_stay_whole() {
                 })
                 .collect::<Vec<_>>(),
         );
-        stacks
-            .iter()
-            .map(|s| (s.key == 1).then_some(number))
-            .collect()
+        let mut held = held.lock().unwrap();
+        if let Some(first) = locations.first() {
+            if first.key <= *held {
+                *held = (*held).max(first.key + locations.len() as u32);
+            }
+        }
+        holmes_storage::KnownByKey {
+            stacks: stacks
+                .iter()
+                .map(|s| (s.key == 1).then_some(number))
+                .collect(),
+            locations_told: *held,
+        }
     };
     let second = profile(&[&[0x30], &[0x10, 0x40]]);
     let c = tables
@@ -358,6 +369,25 @@ fn stacks_the_store_knows_are_left_out_and_the_mappings_stay_whole() {
         .decode(&encoder.encode(&third), Limits::default(), Some(&known))
         .unwrap();
     assert_eq!(told.lock().unwrap()[1], [(6, 0x50)]);
+    // The store forgets the stream (its memory is bounded): the next profile learns it
+    // from the answer, and the one after tells every location again.
+    *held.lock().unwrap() = 0;
+    for _ in 0..2 {
+        tables
+            .decode(
+                &encoder.encode(&profile(&[&[0x10]])),
+                Limits::default(),
+                Some(&known),
+            )
+            .unwrap();
+    }
+    let told = told.lock().unwrap();
+    assert_eq!(told[2], []);
+    assert_eq!(
+        told[3].iter().map(|&(key, _)| key).collect::<Vec<_>>(),
+        (0..7).collect::<Vec<u32>>()
+    );
+    assert_eq!(*held.lock().unwrap(), 7);
 }
 
 /// `p` with one more stack, of locations `locations`, and a sample of it.
