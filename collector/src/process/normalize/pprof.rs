@@ -343,6 +343,20 @@ impl Ids {
             Ids::Sparse(m) => m.get(&id).copied(),
         }
     }
+
+    /// The index of item `id`, which `what` refers to as its `target`.
+    fn index(
+        &self,
+        id: u64,
+        what: &'static str,
+        target: &'static str,
+    ) -> Result<u32, NormalizeError> {
+        self.get(id).ok_or_else(|| NormalizeError::Dangling {
+            what,
+            target,
+            id: i128::from(id),
+        })
+    }
 }
 
 /// The module a mapping's file and build id name.
@@ -446,15 +460,7 @@ pub(super) fn normalize(
         let mapping = if l.mapping == 0 {
             None
         } else {
-            Some(
-                mapping_ids
-                    .get(l.mapping)
-                    .ok_or_else(|| NormalizeError::Dangling {
-                        what: "location",
-                        target: "mapping",
-                        id: i128::from(l.mapping),
-                    })?,
-            )
+            Some(mapping_ids.index(l.mapping, "location", "mapping")?)
         };
         let location = if lines.is_empty() {
             match mapping {
@@ -481,13 +487,7 @@ pub(super) fn normalize(
         } else {
             let mut frames = Vec::with_capacity(lines.len());
             for &(function_id, line) in lines {
-                let i = function_ids
-                    .get(function_id)
-                    .ok_or_else(|| NormalizeError::Dangling {
-                        what: "location line",
-                        target: "function",
-                        id: i128::from(function_id),
-                    })?;
+                let i = function_ids.index(function_id, "location line", "function")?;
                 let (name, system, file, start) = function(i)?;
                 b.charge(name.len() + system.len() + file.len() + 48)?;
                 frames.push(StackFrame {
@@ -520,13 +520,7 @@ pub(super) fn normalize(
         stack.clear();
         let mut depth = 0usize;
         for &id in &raw.location_ids[s.locations.0 as usize..s.locations.1 as usize] {
-            let l = location_ids
-                .get(id)
-                .ok_or_else(|| NormalizeError::Dangling {
-                    what: "sample",
-                    target: "location",
-                    id: i128::from(id),
-                })?;
+            let l = location_ids.index(id, "sample", "location")?;
             depth += depths[l as usize];
             stack.push(l);
         }
