@@ -23,7 +23,7 @@ struct Scope {
 }
 
 impl Scope {
-    /// Keys it holds, as [`Scopes::len`] counts them.
+    /// Keys it holds, as [`Scopes`] counts them.
     fn keys(&self) -> usize {
         self.stacks.len() + self.locations.len()
     }
