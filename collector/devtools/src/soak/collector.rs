@@ -85,6 +85,10 @@ fn config(settings: &CollectorSettings, grpc: SocketAddr, http: SocketAddr, data
     let _ = writeln!(c, "\n[incidents]");
     let _ = writeln!(c, "window = {}", duration(settings.incident_window));
     let _ = writeln!(c, "quiet = {}", duration(settings.incident_quiet));
+    // Every honest profile must arrive: no capture budget, which acknowledges and drops
+    // an incident's captures past its count (one incident of a slow run can span more
+    // spikes than the budget's ten; the budget has tests of its own).
+    let _ = writeln!(c, "max_profiles_per_incident = 0");
     let _ = writeln!(
         c,
         "\n[alerts]\nretry_initial = \"200ms\"\nretry_max = \"2s\""
