@@ -151,7 +151,7 @@ async fn agent_rides_out_a_collector_that_is_down_and_restarts() {
     let collector_up_ms = now_ms();
     let server = holmes_collector::Server::start(&config).await.unwrap();
     let api = ApiClient::new(&format!("http://{}", server.http_addr())).unwrap();
-    eventually(Duration::from_secs(30), "the outbox to drain", || async {
+    eventually(Duration::from_secs(60), "the outbox to drain", || async {
         let s = agent.stats();
         (s.connected && s.unacked <= 1 && s.acked_seq >= before.unacked).then_some(())
     })

@@ -123,7 +123,7 @@ async fn nothing_is_lost_while_clickhouse_is_down() {
         &agent,
         &event_id,
         outage,
-        Duration::from_secs(30),
+        Duration::from_secs(60),
     )
     .await;
     agent.stop();
