@@ -19,6 +19,11 @@ mod heap;
 mod jitter;
 mod unwind;
 
+/// What the agent's unit tests return: a failed step is an `Err` with what failed, so
+/// the tests need no `unwrap` (the crate's code has none either).
+#[cfg(test)]
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
