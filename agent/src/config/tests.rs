@@ -14,7 +14,7 @@ fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
 }
 
 #[test]
-fn environment_fills_what_code_left_unset() {
+fn environment_fills_what_code_left_unset() -> crate::TestResult {
     let cfg = HolmesBuilder::default()
         .service("from-code")
         .label("region", "code")
@@ -27,10 +27,8 @@ fn environment_fills_what_code_left_unset() {
             ("HOLMES_SEND_INTERVAL", "2s"),
             ("HOLMES_OUTBOX_BYTES", "8MiB"),
             ("HOLMES_DUMP_DIR", "/var/tmp/holmes"),
-        ]))
-        .unwrap()
-        .resolve()
-        .unwrap();
+        ]))?
+        .resolve()?;
     assert_eq!(cfg.service, "from-code");
     assert_eq!(cfg.instance, "pod-7");
     assert_eq!(cfg.collector.as_deref(), Some("http://10.0.0.1:7070"));
@@ -43,12 +41,13 @@ fn environment_fills_what_code_left_unset() {
         cfg.dump.as_ref().map(|d| d.path()),
         Some(Path::new("/var/tmp/holmes"))
     );
+    Ok(())
 }
 
 #[test]
-fn spool_settings_come_from_code_then_environment_then_defaults() {
+fn spool_settings_come_from_code_then_environment_then_defaults() -> crate::TestResult {
     let base = || HolmesBuilder::default().service("s");
-    let cfg = base().resolve().unwrap();
+    let cfg = base().resolve()?;
     assert_eq!(
         (cfg.spool_dir, cfg.spool_bytes),
         (None, DEFAULT_SPOOL_BYTES)
@@ -57,16 +56,14 @@ fn spool_settings_come_from_code_then_environment_then_defaults() {
         ("HOLMES_SPOOL_DIR", "/var/spool/holmes"),
         ("HOLMES_SPOOL_BYTES", "64MiB"),
     ]);
-    let cfg = base().with_env_from(&vars).unwrap().resolve().unwrap();
+    let cfg = base().with_env_from(&vars)?.resolve()?;
     assert_eq!(cfg.spool_dir, Some(PathBuf::from("/var/spool/holmes")));
     assert_eq!(cfg.spool_bytes, 64 * 1024 * 1024);
     let cfg = base()
         .spool_dir("/tmp/mine")
         .spool_bytes(2 * 1024 * 1024)
-        .with_env_from(&vars)
-        .unwrap()
-        .resolve()
-        .unwrap();
+        .with_env_from(&vars)?
+        .resolve()?;
     assert_eq!(cfg.spool_dir, Some(PathBuf::from("/tmp/mine")));
     assert_eq!(cfg.spool_bytes, 2 * 1024 * 1024);
     let err = base()
@@ -80,36 +77,34 @@ fn spool_settings_come_from_code_then_environment_then_defaults() {
             ..
         })
     ));
+    Ok(())
 }
 
 #[test]
-fn code_wins_even_when_set_after_the_environment() {
+fn code_wins_even_when_set_after_the_environment() -> crate::TestResult {
     let cfg = HolmesBuilder::default()
-        .with_env_from(env(&[("HOLMES_SERVICE", "env"), ("HOLMES_INTERVAL", "5s")]))
-        .unwrap()
+        .with_env_from(env(&[("HOLMES_SERVICE", "env"), ("HOLMES_INTERVAL", "5s")]))?
         .service("code")
         .collect_interval(Duration::from_secs(2))
-        .resolve()
-        .unwrap();
+        .resolve()?;
     assert_eq!(cfg.service, "code");
     assert_eq!(cfg.collect_interval, Duration::from_secs(2));
+    Ok(())
 }
 
 #[test]
-fn defaults_apply_when_nothing_is_set() {
+fn defaults_apply_when_nothing_is_set() -> crate::TestResult {
     let cfg = HolmesBuilder::default()
         .service("svc")
-        .with_env_from(env(&[]))
-        .unwrap()
-        .resolve()
-        .unwrap();
+        .with_env_from(env(&[]))?
+        .resolve()?;
     assert!(cfg.enabled);
     assert_eq!(cfg.collect_interval, DEFAULT_COLLECT_INTERVAL);
     assert_eq!(cfg.send_interval, DEFAULT_SEND_INTERVAL);
     assert_eq!(cfg.outbox_bytes, DEFAULT_OUTBOX_BYTES);
     assert_eq!(cfg.collector, None);
     assert!(cfg.instance.ends_with(&format!("-{}", std::process::id())));
-    names::validate_name("instance", &cfg.instance).unwrap();
+    names::validate_name("instance", &cfg.instance)?;
     assert_eq!(
         cfg.floors,
         Floors {
@@ -123,33 +118,33 @@ fn defaults_apply_when_nothing_is_set() {
     );
     assert_eq!(cfg.baseline_interval, Some(DEFAULT_BASELINE_INTERVAL));
     // Local mode: the private default folder; with a collector, no folder.
-    let dump = cfg.dump.expect("a dump folder without a collector");
+    let dump = cfg.dump.ok_or("no dump folder without a collector")?;
     assert!(
-        dump.path().ends_with("holmes") || dump.path().ends_with(format!("holmes-{}", euid())),
+        dump.path().ends_with("holmes") || dump.path().ends_with(format!("holmes-{}", euid()?)),
         "{}",
         dump.path().display()
     );
     let cfg = HolmesBuilder::default()
         .service("svc")
         .collector("http://127.0.0.1:1")
-        .resolve()
-        .unwrap();
+        .resolve()?;
     assert_eq!(cfg.dump, None);
+    Ok(())
 }
 
 /// The effective user id, read from the process's status file.
-fn euid() -> String {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
+fn euid() -> Result<String, Box<dyn std::error::Error>> {
+    Ok(std::fs::read_to_string("/proc/self/status")?
         .lines()
         .find_map(|l| l.strip_prefix("Uid:"))
         .and_then(|v| v.split_whitespace().nth(1))
-        .unwrap()
-        .to_owned()
+        .ok_or("no effective uid in /proc/self/status")?
+        .to_owned())
 }
 
 #[test]
-fn control_bounds_baselines_and_the_dump_cap_come_from_code_then_environment() {
+fn control_bounds_baselines_and_the_dump_cap_come_from_code_then_environment() -> crate::TestResult
+{
     let vars = env(&[
         ("HOLMES_MIN_PUSHED_COOLDOWN", "1m"),
         ("HOLMES_MIN_PUSHED_WINDOW", "5"),
@@ -160,10 +155,8 @@ fn control_bounds_baselines_and_the_dump_cap_come_from_code_then_environment() {
     ]);
     let cfg = HolmesBuilder::default()
         .service("svc")
-        .with_env_from(&vars)
-        .unwrap()
-        .resolve()
-        .unwrap();
+        .with_env_from(&vars)?
+        .resolve()?;
     assert_eq!(
         cfg.floors,
         Floors {
@@ -187,10 +180,8 @@ fn control_bounds_baselines_and_the_dump_cap_come_from_code_then_environment() {
         .capture_request_interval(Duration::from_secs(1))
         .baseline_interval(Some(Duration::from_secs(90)))
         .dump_bytes(2 * 1024 * 1024)
-        .with_env_from(&vars)
-        .unwrap()
-        .resolve()
-        .unwrap();
+        .with_env_from(&vars)?
+        .resolve()?;
     assert_eq!(
         cfg.floors,
         Floors {
@@ -229,10 +220,11 @@ fn control_bounds_baselines_and_the_dump_cap_come_from_code_then_environment() {
         out_of_range(HolmesBuilder::default().dump_bytes(1000)),
         "dump_bytes"
     );
+    Ok(())
 }
 
 #[test]
-fn labels_from_code_win_over_holmes_labels_which_win_over_kubernetes() {
+fn labels_from_code_win_over_holmes_labels_which_win_over_kubernetes() -> crate::TestResult {
     let cfg = HolmesBuilder::default()
         .service("svc")
         .label("k8s.pod.name", "from-code")
@@ -242,10 +234,8 @@ fn labels_from_code_win_over_holmes_labels_which_win_over_kubernetes() {
             ("NODE_NAME", "node-3"),
             ("OTEL_RESOURCE_ATTRIBUTES", "service.version=1.4.2"),
             ("HOLMES_LABELS", "k8s.namespace.name=from-env,zone=a"),
-        ]))
-        .unwrap()
-        .resolve()
-        .unwrap();
+        ]))?
+        .resolve()?;
     let labels: Vec<(&str, &str)> = cfg
         .labels
         .iter()
@@ -261,6 +251,7 @@ fn labels_from_code_win_over_holmes_labels_which_win_over_kubernetes() {
             ("zone", "a"),
         ]
     );
+    Ok(())
 }
 
 #[test]
@@ -284,7 +275,7 @@ fn malformed_variables_are_errors_naming_the_variable() {
 }
 
 #[test]
-fn rules_come_from_code_then_environment_then_defaults() {
+fn rules_come_from_code_then_environment_then_defaults() -> crate::TestResult {
     let cfg = HolmesBuilder::default()
         .service("svc")
         .cpu_rule(Rule::new().abs(50.0))
@@ -295,10 +286,8 @@ fn rules_come_from_code_then_environment_then_defaults() {
             ("HOLMES_CPU_MAX", "85"),
             ("HOLMES_LOG_DECISIONS", "true"),
             ("HOLMES_MEMORY_FAST_INTERVAL", "off"),
-        ]))
-        .unwrap()
-        .resolve()
-        .unwrap();
+        ]))?
+        .resolve()?;
     assert_eq!(cfg.rules[&Metric::CpuPercent], Rule::new().abs(50.0));
     let mem = cfg.rules[&Metric::MemoryPercent];
     assert_eq!(
@@ -310,33 +299,33 @@ fn rules_come_from_code_then_environment_then_defaults() {
     assert!(!cfg.rules[&Metric::Threads].is_enabled());
     assert_eq!(
         cfg.rules[&Metric::Tasks],
-        Rule::default_for(Metric::Tasks).unwrap()
+        Rule::default_for(Metric::Tasks).ok_or("no default tasks rule")?
     );
     assert_eq!(cfg.cpu_max, 85.0);
     assert!(cfg.log_decisions);
     assert_eq!(cfg.memory_fast_interval, None);
+    Ok(())
 }
 
 #[test]
-fn debuginfo_upload_settings_come_from_code_then_environment_then_the_defaults() {
+fn debuginfo_upload_settings_come_from_code_then_environment_then_the_defaults() -> crate::TestResult
+{
     let base = || HolmesBuilder::default().service("s");
-    let cfg = base().with_env_from(env(&[])).unwrap().resolve().unwrap();
+    let cfg = base().with_env_from(env(&[]))?.resolve()?;
     assert_eq!(cfg.debuginfo_upload, DEFAULT_DEBUGINFO_UPLOAD);
     assert_eq!(cfg.debuginfo_rate, DEFAULT_DEBUGINFO_RATE);
     let set = env(&[
         ("HOLMES_DEBUGINFO_UPLOAD", "off"),
         ("HOLMES_DEBUGINFO_RATE", "256KiB"),
     ]);
-    let cfg = base().with_env_from(&set).unwrap().resolve().unwrap();
+    let cfg = base().with_env_from(&set)?.resolve()?;
     assert!(!cfg.debuginfo_upload);
     assert_eq!(cfg.debuginfo_rate, 256 * 1024);
     let cfg = base()
         .debuginfo_upload(true)
         .debuginfo_rate(2 << 20)
-        .with_env_from(&set)
-        .unwrap()
-        .resolve()
-        .unwrap();
+        .with_env_from(&set)?
+        .resolve()?;
     assert!(cfg.debuginfo_upload);
     assert_eq!(cfg.debuginfo_rate, 2 << 20);
     for (var, value) in [
@@ -348,6 +337,7 @@ fn debuginfo_upload_settings_come_from_code_then_environment_then_the_defaults()
     }
     let err = base().debuginfo_rate(100).resolve().unwrap_err();
     assert!(err.to_string().starts_with("debuginfo_rate = 100"), "{err}");
+    Ok(())
 }
 
 #[test]
@@ -367,18 +357,18 @@ fn malformed_rule_variables_name_the_variable() {
 }
 
 #[test]
-fn the_fast_memory_path_defaults_on_and_stays_below_the_interval() {
-    let cfg = HolmesBuilder::default().service("s").resolve().unwrap();
+fn the_fast_memory_path_defaults_on_and_stays_below_the_interval() -> crate::TestResult {
+    let cfg = HolmesBuilder::default().service("s").resolve()?;
     assert_eq!(cfg.memory_fast_interval, Some(DEFAULT_MEMORY_FAST_INTERVAL));
     let slow = HolmesBuilder::default()
         .service("s")
         .collect_interval(Duration::from_millis(50))
-        .resolve()
-        .unwrap();
+        .resolve()?;
     assert_eq!(
         slow.memory_fast_interval, None,
         "pointless when sampling is faster"
     );
+    Ok(())
 }
 
 #[test]
@@ -423,24 +413,22 @@ fn bad_settings_are_refused_at_start() {
 }
 
 #[test]
-fn transport_settings_come_from_the_environment_too() {
+fn transport_settings_come_from_the_environment_too() -> crate::TestResult {
     let cfg = HolmesBuilder::default()
         .service("s")
         .collector("http://h:1")
         .with_env_from(env(&[
             ("HOLMES_TOKEN", " s3cret "),
             ("HOLMES_COMPRESSION", "none"),
-        ]))
-        .unwrap()
-        .resolve()
-        .unwrap();
+        ]))?
+        .resolve()?;
     assert_eq!(cfg.transport.compression, Compression::None);
     assert_eq!(
         cfg.transport
             .request(())
             .metadata()
             .get("authorization")
-            .unwrap(),
+            .ok_or("no authorization header")?,
         "Bearer s3cret"
     );
     let err = HolmesBuilder::default()
@@ -469,6 +457,7 @@ fn transport_settings_come_from_the_environment_too() {
         "{err}"
     );
     assert!(!err.to_string().contains("two words"), "{err}");
+    Ok(())
 }
 
 #[cfg(not(feature = "tls"))]
@@ -489,22 +478,13 @@ fn https_and_a_ca_file_need_the_tls_feature() {
 }
 
 #[test]
-fn cpu_cores_come_from_code_then_environment_and_must_be_a_positive_number() {
+fn cpu_cores_come_from_code_then_environment_and_must_be_a_positive_number() -> crate::TestResult {
     let base = || HolmesBuilder::default().service("s");
-    assert_eq!(
-        base().resolve().unwrap().cpu_cores,
-        None,
-        "detected by default"
-    );
+    assert_eq!(base().resolve()?.cpu_cores, None, "detected by default");
     let sixteen = env(&[("HOLMES_CPU_CORES", "16")]);
-    let cfg = base().with_env_from(&sixteen).unwrap().resolve().unwrap();
+    let cfg = base().with_env_from(&sixteen)?.resolve()?;
     assert_eq!(cfg.cpu_cores, Some(16.0));
-    let cfg = base()
-        .cpu_cores(0.5)
-        .with_env_from(&sixteen)
-        .unwrap()
-        .resolve()
-        .unwrap();
+    let cfg = base().cpu_cores(0.5).with_env_from(&sixteen)?.resolve()?;
     assert_eq!(cfg.cpu_cores, Some(0.5), "code wins");
     for bad in ["0", "-2", "many", "inf", "NaN"] {
         let err = base()
@@ -531,4 +511,5 @@ fn cpu_cores_come_from_code_then_environment_and_must_be_a_positive_number() {
         );
         assert!(err.to_string().starts_with("cpu_cores = "), "{err}");
     }
+    Ok(())
 }

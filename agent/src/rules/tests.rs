@@ -180,8 +180,8 @@ fn peek_judges_without_keeping_the_sample() {
 }
 
 #[test]
-fn default_rules_match_the_go_library() {
-    let mem = Rule::default_for(Metric::MemoryPercent).unwrap();
+fn default_rules_match_the_go_library() -> crate::TestResult {
+    let mem = Rule::default_for(Metric::MemoryPercent).ok_or("no default memory rule")?;
     assert_eq!(
         (mem.min, mem.diff, mem.abs, mem.cooldown),
         (10.0, 25.0, 80.0, Duration::from_secs(60))
@@ -191,4 +191,5 @@ fn default_rules_match_the_go_library() {
         Rule::new().to_string(),
         "min=0,diff=off,abs=off,max=0,cooldown=0s,window=10"
     );
+    Ok(())
 }

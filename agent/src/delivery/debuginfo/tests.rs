@@ -23,13 +23,13 @@ fn collect(mut rx: mpsc::Receiver<DebugInfoChunk>) -> Vec<DebugInfoChunk> {
 }
 
 #[test]
-fn uploads_this_executables_blob_from_the_asked_offset_in_bounded_chunks() {
+fn uploads_this_executables_blob_from_the_asked_offset_in_bounded_chunks() -> crate::TestResult {
     let s = settings(true, 1 << 30);
-    let own = s.build_id.clone().unwrap();
-    let blob = UploadBlob::from_elf_file(&s.path)
-        .unwrap()
-        .to_vec()
-        .unwrap();
+    let own = s
+        .build_id
+        .clone()
+        .ok_or("this executable has no build id")?;
+    let blob = UploadBlob::from_elf_file(&s.path)?.to_vec()?;
     let offset = blob.len() as u64 / 3;
     let (uploads, rx) = Uploads::new(s);
     uploads.request(&DebugInfoRequest {
@@ -51,18 +51,21 @@ fn uploads_this_executables_blob_from_the_asked_offset_in_bounded_chunks() {
         rebuilt == blob[offset as usize..],
         "the chunks are the blob from the offset on"
     );
-    let info = holmes_symbolize::DebugInfo::from_upload(&blob).unwrap();
+    let info = holmes_symbolize::DebugInfo::from_upload(&blob)?;
     assert_eq!(info.build_id(), Some(own.as_str()));
+    Ok(())
 }
 
 #[test]
-fn requests_for_other_builds_or_with_uploads_off_send_nothing() {
+fn requests_for_other_builds_or_with_uploads_off_send_nothing() -> crate::TestResult {
     let (uploads, mut rx) = Uploads::new(settings(true, 1 << 30));
     uploads.request(&DebugInfoRequest {
         build_id: "00112233".to_owned(),
         offset: 0,
     });
-    let own = settings(false, 1 << 30).build_id.unwrap();
+    let own = settings(false, 1 << 30)
+        .build_id
+        .ok_or("this executable has no build id")?;
     let (off, mut rx_off) = Uploads::new(settings(false, 1 << 30));
     off.request(&DebugInfoRequest {
         build_id: own,
@@ -71,13 +74,17 @@ fn requests_for_other_builds_or_with_uploads_off_send_nothing() {
     std::thread::sleep(Duration::from_millis(200));
     assert!(rx.try_recv().is_err());
     assert!(rx_off.try_recv().is_err());
+    Ok(())
 }
 
 #[test]
-fn the_upload_keeps_to_its_rate_and_stops_with_its_stream() {
+fn the_upload_keeps_to_its_rate_and_stops_with_its_stream() -> crate::TestResult {
     let rate = 2 * CHUNK_BYTES;
     let s = settings(true, rate);
-    let own = s.build_id.clone().unwrap();
+    let own = s
+        .build_id
+        .clone()
+        .ok_or("this executable has no build id")?;
     let (uploads, mut rx) = Uploads::new(s);
     let started = Instant::now();
     uploads.request(&DebugInfoRequest {
@@ -98,4 +105,5 @@ fn the_upload_keeps_to_its_rate_and_stops_with_its_stream() {
     // the thread itself; the channel just closes without a panic).
     drop(rx);
     drop(uploads);
+    Ok(())
 }

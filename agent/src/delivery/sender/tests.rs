@@ -47,35 +47,36 @@ fn native() -> NativeProfile {
     }
 }
 
-fn sent(wire: pb::AgentMessage) -> (u64, ProfileChunk) {
-    match AgentMessage::try_from(wire).unwrap() {
+fn sent(wire: pb::AgentMessage) -> Result<(u64, ProfileChunk), Box<dyn std::error::Error>> {
+    match AgentMessage::try_from(wire)? {
         AgentMessage {
             seq,
             body: AgentBody::ProfileChunk(c),
-        } => (seq, c),
+        } => Ok((seq, c)),
         other => panic!("not a profile chunk: {other:?}"),
     }
 }
 
 #[test]
-fn a_native_profile_in_one_chunk_goes_out_in_the_stream_form_and_the_rest_as_queued() {
+fn a_native_profile_in_one_chunk_goes_out_in_the_stream_form_and_the_rest_as_queued(
+) -> crate::TestResult {
     let mut tables = StreamEncoder::sender();
     let bytes = native().encode();
     let (seq, first) = sent(stream_form(
         &mut tables,
         &profile_msg(7, bytes.clone(), ProfileFormat::Native, 1),
-    ));
+    ))?;
     assert_eq!((seq, first.format), (7, ProfileFormat::NativeStream));
     assert_eq!(first.total_bytes, first.data.len() as u64);
     assert_eq!(first.labels["phase"], "trigger");
-    let wire = pb::NativeProfile::decode(first.data.as_slice()).unwrap();
+    let wire = pb::NativeProfile::decode(first.data.as_slice())?;
     assert_eq!((wire.stacks.len(), wire.samples[0].values[0]), (1, 3));
     // The same stack again: defined once per stream.
     let (_, again) = sent(stream_form(
         &mut tables,
         &profile_msg(8, bytes.clone(), ProfileFormat::Native, 1),
-    ));
-    let wire = pb::NativeProfile::decode(again.data.as_slice()).unwrap();
+    ))?;
+    let wire = pb::NativeProfile::decode(again.data.as_slice())?;
     assert!(wire.stacks.is_empty() && wire.locations.is_empty());
     assert_eq!(wire.samples[0].stack, 0);
     // pprof, a profile in several chunks and a failed capture go as they are.
@@ -83,13 +84,14 @@ fn a_native_profile_in_one_chunk_goes_out_in_the_stream_form_and_the_rest_as_que
         profile_msg(9, vec![1, 2, 3], ProfileFormat::PprofGzip, 1),
         profile_msg(10, bytes.clone(), ProfileFormat::Native, 2),
     ] {
-        let (_, c) = sent(stream_form(&mut tables, &msg));
+        let (_, c) = sent(stream_form(&mut tables, &msg))?;
         assert_eq!(AgentBody::ProfileChunk(c), msg.body);
     }
     let mut failed = profile_msg(11, Vec::new(), ProfileFormat::Native, 1);
     if let AgentBody::ProfileChunk(c) = &mut failed.body {
         c.error = Some("cannot walk the stack".into());
     }
-    let (_, c) = sent(stream_form(&mut tables, &failed));
+    let (_, c) = sent(stream_form(&mut tables, &failed))?;
     assert_eq!(AgentBody::ProfileChunk(c), failed.body);
+    Ok(())
 }

@@ -35,10 +35,10 @@ fn in_force(book: &RuleBook, metric: Metric) -> Rule {
 }
 
 #[test]
-fn host_edits_and_pushed_updates_bump_the_generation() {
+fn host_edits_and_pushed_updates_bump_the_generation() -> crate::TestResult {
     let book = book();
     assert_eq!(book.generation(), 0);
-    book.update(CPU, |r| r.abs(50.0)).unwrap();
+    book.update(CPU, |r| r.abs(50.0))?;
     assert_eq!(book.generation(), 1);
     assert_eq!(in_force(&book, CPU).abs, 50.0);
     assert_eq!(
@@ -52,6 +52,7 @@ fn host_edits_and_pushed_updates_bump_the_generation() {
     ));
     assert_eq!((book.generation(), book.version()), (2, 5));
     assert_eq!(in_force(&book, CPU).abs, 90.0);
+    Ok(())
 }
 
 #[test]
@@ -142,10 +143,10 @@ fn a_rule_below_a_floor_is_refused_and_the_rule_in_force_stays() {
 }
 
 #[test]
-fn a_host_edit_wins_until_the_collector_sets_that_metric_again() {
+fn a_host_edit_wins_until_the_collector_sets_that_metric_again() -> crate::TestResult {
     let book = book();
     book.apply(&update(1, true, &[(CPU, rule(90.0))]));
-    book.update(CPU, |r| r.enabled(false)).unwrap();
+    book.update(CPU, |r| r.enabled(false))?;
     assert!(!in_force(&book, CPU).enabled);
     assert_eq!(in_force(&book, CPU).abs, 90.0, "edited the rule in force");
     // A replacing update without cpu keeps the host's edit: it is the own rule now.
@@ -153,6 +154,7 @@ fn a_host_edit_wins_until_the_collector_sets_that_metric_again() {
     assert!(!in_force(&book, CPU).enabled);
     book.apply(&update(3, true, &[(CPU, rule(95.0))]));
     assert!(in_force(&book, CPU).enabled);
+    Ok(())
 }
 
 #[test]

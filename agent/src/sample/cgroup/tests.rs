@@ -22,20 +22,26 @@ fn fixture_dir(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn fixture_texts(name: &str) -> (String, String) {
+fn fixture_texts(name: &str) -> Result<(String, String), Box<dyn std::error::Error>> {
     let dir = fixture_dir(name);
-    (
-        std::fs::read_to_string(dir.join("proc_self_cgroup")).unwrap(),
-        std::fs::read_to_string(dir.join("mountinfo")).unwrap(),
-    )
+    let read = |file: &str| {
+        let path = dir.join(file);
+        std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))
+    };
+    Ok((read("proc_self_cgroup")?, read("mountinfo")?))
 }
 
-fn fixture_with(name: &str, host: &Host) -> CgroupLimits {
-    let (proc_cgroup, mountinfo) = fixture_texts(name);
-    detect_with(&proc_cgroup, &mountinfo, &fixture_dir(name), host)
+fn fixture_with(name: &str, host: &Host) -> Result<CgroupLimits, Box<dyn std::error::Error>> {
+    let (proc_cgroup, mountinfo) = fixture_texts(name)?;
+    Ok(detect_with(
+        &proc_cgroup,
+        &mountinfo,
+        &fixture_dir(name),
+        host,
+    ))
 }
 
-fn fixture(name: &str) -> CgroupLimits {
+fn fixture(name: &str) -> Result<CgroupLimits, Box<dyn std::error::Error>> {
     fixture_with(name, &HOST)
 }
 
@@ -44,12 +50,12 @@ fn p(s: &str) -> &Path {
 }
 
 #[test]
-fn parses_cpu_max() {
-    assert_eq!(parse_cpu_max(p("f"), "max 100000\n").unwrap(), None);
-    assert_eq!(parse_cpu_max(p("f"), "max").unwrap(), None);
-    assert_eq!(parse_cpu_max(p("f"), "50000 100000\n").unwrap(), Some(0.5));
-    assert_eq!(parse_cpu_max(p("f"), "250000 100000").unwrap(), Some(2.5));
-    assert_eq!(parse_cpu_max(p("f"), "150000").unwrap(), Some(1.5));
+fn parses_cpu_max() -> crate::TestResult {
+    assert_eq!(parse_cpu_max(p("f"), "max 100000\n")?, None);
+    assert_eq!(parse_cpu_max(p("f"), "max")?, None);
+    assert_eq!(parse_cpu_max(p("f"), "50000 100000\n")?, Some(0.5));
+    assert_eq!(parse_cpu_max(p("f"), "250000 100000")?, Some(2.5));
+    assert_eq!(parse_cpu_max(p("f"), "150000")?, Some(1.5));
     for bad in [
         "",
         "\n",
@@ -66,18 +72,16 @@ fn parses_cpu_max() {
         assert!(err.starts_with("/cg/cpu.max malformed: "), "{err}");
         assert!(err.contains(&format!("{:?}", bad.trim())), "{err}");
     }
+    Ok(())
 }
 
 #[test]
-fn parses_cfs() {
+fn parses_cfs() -> crate::TestResult {
     let (q, per) = (p("/cg/cpu.cfs_quota_us"), p("/cg/cpu.cfs_period_us"));
-    assert_eq!(parse_cfs(q, "-1\n", per, "100000\n").unwrap(), None);
-    assert_eq!(parse_cfs(q, "-1", per, "garbage").unwrap(), None);
-    assert_eq!(
-        parse_cfs(q, "150000\n", per, "100000\n").unwrap(),
-        Some(1.5)
-    );
-    assert_eq!(parse_cfs(q, "50000", per, "200000").unwrap(), Some(0.25));
+    assert_eq!(parse_cfs(q, "-1\n", per, "100000\n")?, None);
+    assert_eq!(parse_cfs(q, "-1", per, "garbage")?, None);
+    assert_eq!(parse_cfs(q, "150000\n", per, "100000\n")?, Some(1.5));
+    assert_eq!(parse_cfs(q, "50000", per, "200000")?, Some(0.25));
     let err = parse_cfs(q, "-2", per, "100000").unwrap_err().to_string();
     assert!(
         err.contains("/cg/cpu.cfs_quota_us") && err.contains("\"-2\""),
@@ -89,13 +93,14 @@ fn parses_cfs() {
         "{err}"
     );
     assert!(parse_cfs(q, "", per, "100000").is_err());
+    Ok(())
 }
 
 #[test]
-fn parses_memory_limits() {
+fn parses_memory_limits() -> crate::TestResult {
     let f = p("/cg/memory.max");
-    assert_eq!(parse_memory_max(f, "max\n").unwrap(), None);
-    assert_eq!(parse_memory_max(f, "536870912\n").unwrap(), Some(512 * MIB));
+    assert_eq!(parse_memory_max(f, "max\n")?, None);
+    assert_eq!(parse_memory_max(f, "536870912\n")?, Some(512 * MIB));
     for bad in ["", "lots", "-1", "0", "1.5G"] {
         let err = parse_memory_max(f, bad).unwrap_err().to_string();
         assert!(
@@ -105,46 +110,44 @@ fn parses_memory_limits() {
     }
     let f = p("/cg/memory.limit_in_bytes");
     assert_eq!(
-        parse_memory_limit_in_bytes(f, "9223372036854771712\n").unwrap(),
+        parse_memory_limit_in_bytes(f, "9223372036854771712\n")?,
         None
     );
+    assert_eq!(parse_memory_limit_in_bytes(f, "9223372036854710272")?, None);
+    assert_eq!(parse_memory_limit_in_bytes(f, "-1")?, None);
     assert_eq!(
-        parse_memory_limit_in_bytes(f, "9223372036854710272").unwrap(),
-        None
-    );
-    assert_eq!(parse_memory_limit_in_bytes(f, "-1").unwrap(), None);
-    assert_eq!(
-        parse_memory_limit_in_bytes(f, "268435456\n").unwrap(),
+        parse_memory_limit_in_bytes(f, "268435456\n")?,
         Some(256 * MIB)
     );
     assert!(parse_memory_limit_in_bytes(f, "max").is_err());
     assert!(parse_memory_limit_in_bytes(f, "18446744073709551616").is_err());
+    Ok(())
 }
 
 #[test]
-fn parses_throttled_time() {
+fn parses_throttled_time() -> crate::TestResult {
     let v2 = "usage_usec 5\nnr_throttled 2\nthrottled_usec 1500\n";
     let v1 = "nr_periods 3\nnr_throttled 2\nthrottled_time 2500000000\n";
     let f = p("/cg/cpu.stat");
     assert_eq!(
-        parse_throttled(f, v2, CgroupVersion::V2).unwrap(),
+        parse_throttled(f, v2, CgroupVersion::V2)?,
         Some(Duration::from_micros(1500))
     );
     assert_eq!(
-        parse_throttled(f, v1, CgroupVersion::V1).unwrap(),
+        parse_throttled(f, v1, CgroupVersion::V1)?,
         Some(Duration::from_millis(2500))
     );
-    assert_eq!(parse_throttled(f, v1, CgroupVersion::V2).unwrap(), None);
-    assert_eq!(parse_throttled(f, v2, CgroupVersion::V1).unwrap(), None);
+    assert_eq!(parse_throttled(f, v1, CgroupVersion::V2)?, None);
+    assert_eq!(parse_throttled(f, v2, CgroupVersion::V1)?, None);
     assert_eq!(
-        parse_throttled(f, v1, CgroupVersion::Hybrid).unwrap(),
+        parse_throttled(f, v1, CgroupVersion::Hybrid)?,
         Some(Duration::from_millis(2500))
     );
     assert_eq!(
-        parse_throttled(f, "usage_usec 5\n", CgroupVersion::V2).unwrap(),
+        parse_throttled(f, "usage_usec 5\n", CgroupVersion::V2)?,
         None
     );
-    assert_eq!(parse_throttled(f, "", CgroupVersion::V2).unwrap(), None);
+    assert_eq!(parse_throttled(f, "", CgroupVersion::V2)?, None);
     let err = parse_throttled(f, "throttled_usec lots\n", CgroupVersion::V2)
         .unwrap_err()
         .to_string();
@@ -153,6 +156,7 @@ fn parses_throttled_time() {
         "{err}"
     );
     assert!(parse_throttled(f, "throttled_time\n", CgroupVersion::V1).is_err());
+    Ok(())
 }
 
 #[test]
@@ -181,8 +185,8 @@ fn parses_proc_cgroup_and_mountinfo() {
 }
 
 #[test]
-fn v1_takes_the_smallest_limit_up_the_tree() {
-    let l = fixture("v1");
+fn v1_takes_the_smallest_limit_up_the_tree() -> crate::TestResult {
+    let l = fixture("v1")?;
     assert_eq!(l.version, CgroupVersion::V1);
     // ctr 1.5 cores, pod 4 cores, above unlimited.
     assert_eq!(l.cpu_cores, Some(1.5));
@@ -193,22 +197,24 @@ fn v1_takes_the_smallest_limit_up_the_tree() {
     assert_eq!(l.cpu_stat_version, CgroupVersion::V1);
     assert_eq!(l.read_throttled(), Some(Duration::from_millis(2500)));
     assert!(l.notes.is_empty(), "{:?}", l.notes);
+    Ok(())
 }
 
 #[test]
-fn v2_reads_cpu_max_and_memory_max() {
-    let l = fixture("v2");
+fn v2_reads_cpu_max_and_memory_max() -> crate::TestResult {
+    let l = fixture("v2")?;
     assert_eq!(l.version, CgroupVersion::V2);
     assert_eq!(l.cpu_cores, Some(0.5));
     assert_eq!(l.memory_bytes, Some(512 * MIB));
     assert_eq!(l.cpu_stat_version, CgroupVersion::V2);
     assert_eq!(l.read_throttled(), Some(Duration::from_micros(1_234_567)));
     assert!(l.notes.is_empty(), "{:?}", l.notes);
+    Ok(())
 }
 
 #[test]
-fn hybrid_uses_v2_for_the_controllers_it_has_and_v1_for_the_rest() {
-    let l = fixture("hybrid");
+fn hybrid_uses_v2_for_the_controllers_it_has_and_v1_for_the_rest() -> crate::TestResult {
+    let l = fixture("hybrid")?;
     assert_eq!(l.version, CgroupVersion::Hybrid);
     // cpu is not in unified/.../cgroup.controllers: v1 cpu,cpuacct.
     assert_eq!(l.cpu_cores, Some(2.0));
@@ -218,16 +224,17 @@ fn hybrid_uses_v2_for_the_controllers_it_has_and_v1_for_the_rest() {
     assert_eq!(l.cpu_stat_path, Some(fixture_dir("hybrid").join(stat)));
     assert_eq!(l.read_throttled(), Some(Duration::from_millis(42)));
     assert!(l.notes.is_empty(), "{:?}", l.notes);
+    Ok(())
 }
 
 #[test]
-fn no_limit_falls_back_to_the_host_with_notes() {
+fn no_limit_falls_back_to_the_host_with_notes() -> crate::TestResult {
     let host = Host {
         parallelism: Some(3),
         affinity_cpus: Some(3),
         memory_bytes: Some(4 * GIB),
     };
-    let l = fixture_with("nolimit", &host);
+    let l = fixture_with("nolimit", &host)?;
     assert_eq!(l.version, CgroupVersion::V2);
     assert_eq!(l.cpu_cores, Some(3.0));
     assert_eq!(l.memory_bytes, Some(4 * GIB));
@@ -256,7 +263,7 @@ fn no_limit_falls_back_to_the_host_with_notes() {
         affinity_cpus: None,
         memory_bytes: None,
     };
-    let l = fixture_with("nolimit", &unknown);
+    let l = fixture_with("nolimit", &unknown)?;
     assert_eq!((l.cpu_cores, l.memory_bytes), (None, None));
     assert!(
         l.notes[0].ends_with("cpu cores not reported"),
@@ -268,16 +275,17 @@ fn no_limit_falls_back_to_the_host_with_notes() {
         "{:?}",
         l.notes
     );
+    Ok(())
 }
 
 #[test]
-fn malformed_files_fall_back_and_name_the_file_and_value() {
+fn malformed_files_fall_back_and_name_the_file_and_value() -> crate::TestResult {
     let host = Host {
         parallelism: Some(3),
         affinity_cpus: Some(3),
         memory_bytes: Some(4 * GIB),
     };
-    let l = fixture_with("malformed", &host);
+    let l = fixture_with("malformed", &host)?;
     assert_eq!(l.cpu_cores, Some(3.0));
     assert_eq!(l.memory_bytes, Some(4 * GIB));
     assert_eq!(l.notes.len(), 2, "{:?}", l.notes);
@@ -298,11 +306,12 @@ fn malformed_files_fall_back_and_name_the_file_and_value() {
     );
     // The cpu.stat there is fine.
     assert_eq!(l.read_throttled(), Some(Duration::from_micros(7)));
+    Ok(())
 }
 
 #[test]
-fn nested_limits_apply_to_an_unlimited_child() {
-    let l = fixture("nested");
+fn nested_limits_apply_to_an_unlimited_child() -> crate::TestResult {
+    let l = fixture("nested")?;
     // app: max; team: 0.25 cores, 128 MiB; tenant: 2 cores, 1 GiB.
     assert_eq!(l.cpu_cores, Some(0.25));
     assert_eq!(l.memory_bytes, Some(128 * MIB));
@@ -310,11 +319,12 @@ fn nested_limits_apply_to_an_unlimited_child() {
     assert_eq!(l.cpu_stat_path, Some(team));
     assert_eq!(l.read_throttled(), Some(Duration::from_secs(5)));
     assert!(l.notes.is_empty(), "{:?}", l.notes);
+    Ok(())
 }
 
 #[test]
-fn container_root_maps_the_process_path_to_the_mount_point() {
-    let l = fixture("container-root");
+fn container_root_maps_the_process_path_to_the_mount_point() -> crate::TestResult {
+    let l = fixture("container-root")?;
     assert_eq!(l.version, CgroupVersion::V1);
     assert_eq!(l.cpu_cores, Some(3.0));
     assert_eq!(l.memory_bytes, Some(2 * GIB));
@@ -323,7 +333,7 @@ fn container_root_maps_the_process_path_to_the_mount_point() {
     assert!(l.notes.is_empty(), "{:?}", l.notes);
 
     // A sub-cgroup of the container's root: its ancestors lead back to the limits.
-    let (proc_cgroup, mountinfo) = fixture_texts("container-root");
+    let (proc_cgroup, mountinfo) = fixture_texts("container-root")?;
     let sub = proc_cgroup.replace("/docker/0123abcd", "/docker/0123abcd/worker");
     let l = detect_with(&sub, &mountinfo, &fixture_dir("container-root"), &HOST);
     assert_eq!((l.cpu_cores, l.memory_bytes), (Some(3.0), Some(2 * GIB)));
@@ -342,25 +352,27 @@ fn container_root_maps_the_process_path_to_the_mount_point() {
             l.notes
         );
     }
+    Ok(())
 }
 
 #[test]
-fn limits_above_the_host_are_capped_with_a_note() {
+fn limits_above_the_host_are_capped_with_a_note() -> crate::TestResult {
     let small = Host {
         parallelism: Some(1),
         affinity_cpus: Some(1),
         memory_bytes: Some(128 * MIB),
     };
-    let l = fixture_with("v1", &small);
+    let l = fixture_with("v1", &small)?;
     assert_eq!(l.cpu_cores, Some(1.0));
     assert_eq!(l.memory_bytes, Some(128 * MIB));
     assert_eq!(l.notes.len(), 2, "{:?}", l.notes);
     assert!(l.notes[0].contains("1.5 cores in") && l.notes[0].ends_with("using 1 cores"));
     assert!(l.notes[1].contains("268435456 bytes in") && l.notes[1].ends_with("using host RAM"));
+    Ok(())
 }
 
 #[test]
-fn v2_is_preferred_when_it_lists_the_controller() {
+fn v2_is_preferred_when_it_lists_the_controller() -> crate::TestResult {
     let v1 = Hierarchy {
         version: CgroupVersion::V1,
         mount: "/sys/fs/cgroup/memory".into(),
@@ -376,25 +388,24 @@ fn v2_is_preferred_when_it_lists_the_controller() {
     let unreadable = Err(malformed(p("c"), "", "test"));
     let mut notes = Vec::new();
     let pick = |ctrls, notes: &mut Vec<String>| {
-        choose("memory", Some(&v1), Some(&v2), Some(ctrls), notes)
-            .unwrap()
-            .version
+        choose("memory", Some(&v1), Some(&v2), Some(ctrls), notes).map(|h| h.version)
     };
-    assert_eq!(pick(&listed, &mut notes), CgroupVersion::V2);
-    assert_eq!(pick(&unlisted, &mut notes), CgroupVersion::V1);
-    assert_eq!(pick(&unreadable, &mut notes), CgroupVersion::V1);
+    assert_eq!(pick(&listed, &mut notes)?, CgroupVersion::V2);
+    assert_eq!(pick(&unlisted, &mut notes)?, CgroupVersion::V1);
+    assert_eq!(pick(&unreadable, &mut notes)?, CgroupVersion::V1);
     assert!(notes.is_empty());
     // v2 only, not listed: no source, and why.
     let err = choose("memory", None, Some(&v2), Some(&unlisted), &mut notes).unwrap_err();
     assert_eq!(err, "the memory controller is not enabled in c");
     // v2 only, list unreadable: try v2, with a note.
-    let h = choose("memory", None, Some(&v2), Some(&unreadable), &mut notes).unwrap();
+    let h = choose("memory", None, Some(&v2), Some(&unreadable), &mut notes)?;
     assert_eq!(h.version, CgroupVersion::V2);
     assert_eq!(notes.len(), 1);
+    Ok(())
 }
 
 #[test]
-fn no_cgroups_at_all_still_yields_numbers() {
+fn no_cgroups_at_all_still_yields_numbers() -> crate::TestResult {
     let l = detect_with("", "", Path::new("/nonexistent"), &HOST);
     assert_eq!(l.version, CgroupVersion::None);
     assert_eq!((l.cpu_cores, l.memory_bytes), (Some(8.0), Some(8 * GIB)));
@@ -402,18 +413,20 @@ fn no_cgroups_at_all_still_yields_numbers() {
     assert_eq!(l.read_throttled(), None);
     assert_eq!(l.notes.len(), 3, "{:?}", l.notes);
     // Fixture texts whose tree is missing: every file absent, still numbers.
-    let (proc_cgroup, mountinfo) = fixture_texts("v2");
+    let (proc_cgroup, mountinfo) = fixture_texts("v2")?;
     let l = detect_with(&proc_cgroup, &mountinfo, Path::new("/nonexistent"), &HOST);
     assert_eq!((l.cpu_cores, l.memory_bytes), (Some(8.0), Some(8 * GIB)));
     assert!(l.notes.iter().all(|n| !n.is_empty()));
+    Ok(())
 }
 
 #[test]
-fn detect_in_reads_fixtures_with_this_hosts_fallbacks() {
-    let (proc_cgroup, mountinfo) = fixture_texts("v2");
+fn detect_in_reads_fixtures_with_this_hosts_fallbacks() -> crate::TestResult {
+    let (proc_cgroup, mountinfo) = fixture_texts("v2")?;
     let l = detect_in(&proc_cgroup, &mountinfo, &fixture_dir("v2"));
     assert_eq!(l.cpu_cores, Some(0.5));
     assert_eq!(l.memory_bytes, Some(512 * MIB));
+    Ok(())
 }
 
 #[test]

@@ -18,7 +18,7 @@ fn agreed(
 }
 
 #[test]
-fn the_fast_readers_follow_the_process() {
+fn the_fast_readers_follow_the_process() -> crate::TestResult {
     let mut reader = FastReaders::new();
     let rss_before = agreed(&mut reader, FastReaders::rss_bytes, rss_bytes);
     let big = std::hint::black_box(vec![1u8; 64 << 20]);
@@ -31,7 +31,8 @@ fn the_fast_readers_follow_the_process() {
     let threads_after = agreed(&mut reader, FastReaders::threads, thread_count);
     assert!(threads_after >= 2 && threads_before >= 1);
     drop(tx);
-    t.join().unwrap();
+    t.join().map_err(|_| "the waiting thread panicked")?;
+    Ok(())
 }
 
 #[test]
@@ -67,26 +68,28 @@ fn parses_statm_and_stat_including_awkward_command_names() {
 }
 
 #[test]
-fn counts_directory_entries() {
+fn counts_directory_entries() -> crate::TestResult {
     let dir = std::env::temp_dir().join(format!("holmes-procfs-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(&dir)?;
     for name in ["a", "b", "c"] {
-        std::fs::write(dir.join(name), b"").unwrap();
+        std::fs::write(dir.join(name), b"")?;
     }
     let n = count_fd_entries(&dir);
-    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&dir)?;
     assert_eq!(n, Some(3));
     assert_eq!(count_fd_entries(Path::new("/nonexistent/holmes")), None);
+    Ok(())
 }
 
 #[test]
-fn reads_this_process() {
+fn reads_this_process() -> crate::TestResult {
     // At least stdout and stderr; other test threads open files meanwhile, so no
     // exact count.
-    assert!(open_fds().unwrap() >= 2);
-    assert!(rss_bytes().unwrap() > 1_000_000);
-    assert!(thread_count().unwrap() >= 1);
-    assert!(host_memory_bytes().unwrap() > 64 * 1024 * 1024);
+    assert!(open_fds().ok_or("open_fds read nothing")? >= 2);
+    assert!(rss_bytes().ok_or("rss_bytes read nothing")? > 1_000_000);
+    assert!(thread_count().ok_or("thread_count read nothing")? >= 1);
+    assert!(host_memory_bytes().ok_or("host_memory_bytes read nothing")? > 64 * 1024 * 1024);
     assert!(page_size() >= 4096);
-    assert!(affinity_cpus().unwrap() >= 1);
+    assert!(affinity_cpus().ok_or("affinity_cpus read nothing")? >= 1);
+    Ok(())
 }

@@ -2,7 +2,7 @@ use super::*;
 use crate::clock::thread_cpu_time;
 
 #[test]
-fn rates_need_two_readings() {
+fn rates_need_two_readings() -> crate::TestResult {
     let mut last = None;
     let t0 = Instant::now();
     assert_eq!(rate(&mut last, t0, Duration::from_millis(100)), None);
@@ -11,8 +11,9 @@ fn rates_need_two_readings() {
         t0 + Duration::from_secs(2),
         Duration::from_millis(1100),
     )
-    .unwrap();
+    .ok_or("no rate from the second reading")?;
     assert!((r - 50.0).abs() < 1e-9, "{r}");
+    Ok(())
 }
 
 /// CPU time this process has used, from the kernel's own accounting.
@@ -28,7 +29,7 @@ fn process_cpu() -> Duration {
 }
 
 #[test]
-fn samples_this_process() {
+fn samples_this_process() -> crate::TestResult {
     let mut sampler = Sampler::new(None);
     // What the process used and how much time passed, measured just outside and
     // just inside the sampler's own interval: the sampled CPU % must lie between
@@ -51,7 +52,7 @@ fn samples_this_process() {
         None,
         "no CPU % without a previous round"
     );
-    let cpu = get(&second, Metric::CpuPercent).unwrap();
+    let cpu = get(&second, Metric::CpuPercent).ok_or("no CPU % in the second round")?;
     let percent = |used: Duration, wall: Duration| {
         used.as_secs_f64() / wall.as_secs_f64() * 100.0 / sampler.cores
     };
@@ -67,13 +68,19 @@ fn samples_this_process() {
         (low..=high).contains(&cpu),
         "sampled cpu {cpu:.2}% is outside [{low:.2}%, {high:.2}%]"
     );
-    assert!(get(&second, Metric::RssBytes).unwrap() > 1_000_000.0);
-    let mem = get(&second, Metric::MemoryPercent).unwrap();
+    assert!(get(&second, Metric::RssBytes).ok_or("no RSS in the second round")? > 1_000_000.0);
+    let mem = get(&second, Metric::MemoryPercent).ok_or("no memory % in the second round")?;
     assert!(mem > 0.0 && mem < 100.0, "{mem}");
-    assert!(get(&second, Metric::Threads).unwrap() >= 1.0);
-    assert!(get(&second, Metric::OpenFds).unwrap() >= 3.0);
+    assert!(get(&second, Metric::Threads).ok_or("no thread count in the second round")? >= 1.0);
+    assert!(get(&second, Metric::OpenFds).ok_or("no open fd count in the second round")? >= 3.0);
     assert!(second.unix_nanos > first.unix_nanos);
-    assert!(sampler.memory_percent_now().unwrap() > 0.0);
+    assert!(
+        sampler
+            .memory_percent_now()
+            .ok_or("no memory % from memory_percent_now")?
+            > 0.0
+    );
+    Ok(())
 }
 
 #[test]
