@@ -124,6 +124,10 @@ pub struct AgentStats {
     pub sent: u64,
     /// Highest sequence number the collector acknowledged.
     pub acked_seq: u64,
+    /// Highest sequence number queued. Everything queued up to a moment has arrived
+    /// once `acked_seq` reaches what this was then (acknowledgements are cumulative);
+    /// `queued_seq - acked_seq` is how far behind the collector is.
+    pub queued_seq: u64,
     /// Messages waiting for an acknowledgement.
     pub unacked: u64,
     /// Bytes held by unacknowledged messages (approximate wire size).
@@ -179,6 +183,7 @@ impl HolmesHandle {
             samples: s.samples.load(Ordering::Relaxed),
             sent: d.sent.load(Ordering::Relaxed),
             acked_seq: outbox.acked(),
+            queued_seq: outbox.queued(),
             unacked: outbox.len() as u64,
             unacked_bytes: outbox.bytes() as u64,
             dropped: outbox.dropped(),

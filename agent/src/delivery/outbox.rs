@@ -423,6 +423,11 @@ impl Outbox {
         self.acked
     }
 
+    /// Highest sequence number queued so far (0: none).
+    pub(crate) fn queued(&self) -> u64 {
+        self.next_seq.saturating_sub(1)
+    }
+
     /// Messages lost: dropped for room, or unreadable in the spool.
     pub(crate) fn dropped(&self) -> u64 {
         self.dropped + self.corrupt

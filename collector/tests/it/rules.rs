@@ -189,6 +189,9 @@ async fn a_pushed_rule_makes_a_real_agent_fire_and_its_trigger_is_served() {
         .thread_rule(Rule::new().enabled(false))
         .collect_interval(Duration::from_millis(100))
         .send_interval(Duration::from_millis(100))
+        // stop() waits for the last window's acknowledgement; a loaded machine can take
+        // longer than the default 3 s, and the test checks that nothing is lost.
+        .flush_timeout(Duration::from_secs(30))
         .start()
         .unwrap();
     let fired = eventually(Duration::from_secs(15), "a threads trigger", || async {
