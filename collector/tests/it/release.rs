@@ -163,7 +163,9 @@ async fn a_release_build_is_named_with_full_paths_and_keeps_its_stack_ids_across
                 // culprit's loop a sample caught varies from profile to profile (a
                 // profile of a loaded machine holds only a few of them).
                 culprit.push(StackId::of(
-                    stack[1..].iter().map(|&l| contents.locations[l as usize].id()),
+                    stack[1..]
+                        .iter()
+                        .map(|&l| contents.locations[l as usize].id()),
                 ));
             }
             all.push(id);
