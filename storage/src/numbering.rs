@@ -63,7 +63,7 @@ pub const MAX_KNOWN_STACKS: usize = 1 << 19;
 pub const MAX_KNOWN_STACK_ENTRIES: usize = 32 << 20;
 /// Stack and location keys remembered (all scopes together); past this many the scopes
 /// used least recently are forgotten, down to half as many.
-pub(crate) const MAX_SCOPED_STACKS: usize = 1 << 20;
+pub(crate) const MAX_SCOPED_KEYS: usize = 1 << 20;
 
 /// A remembered location.
 struct KnownLocation {
@@ -288,7 +288,7 @@ impl Numbering {
         let mut inner = self.lock();
         inner
             .scopes
-            .make_room(locations.len() + stacks.len(), MAX_SCOPED_STACKS);
+            .make_room(locations.len() + stacks.len(), MAX_SCOPED_KEYS);
         if !locations.is_empty() {
             let (mut last, mut canonical) = (None, Vec::with_capacity(256));
             let ordinals: Vec<(u32, u32)> = locations
@@ -412,7 +412,7 @@ impl Numbering {
         }
         inner
             .scopes
-            .make_room(c.stacks.len() + c.locations.len(), MAX_SCOPED_STACKS);
+            .make_room(c.stacks.len() + c.locations.len(), MAX_SCOPED_KEYS);
         let day = day.max(1);
         // What `unknown` found still holds unless the memory started over since
         // (ordinals are only ever added to, and numbers never change).

@@ -306,15 +306,13 @@ impl Builder {
     /// Room for about `stacks` stacks and `samples` samples, so that the tables do not
     /// grow by steps as they are built.
     fn reserve(&mut self, stacks: usize, samples: usize) {
-        use std::hash::BuildHasher;
         let (stacks, samples) = (
             stacks.min(self.limits.max_items),
             samples.min(self.limits.max_items),
         );
         self.contents.stacks.reserve(stacks);
-        let (table, hasher) = (&self.contents.stacks, &self.stack_hasher);
         self.stacks
-            .reserve(stacks, |&j| hasher.hash_one(&table[j as usize][..]));
+            .reserve(stacks, rehash(&self.contents.stacks, &self.stack_hasher));
         self.contents.samples.reserve(samples);
     }
 
@@ -331,9 +329,8 @@ impl Builder {
         self.charge(locations.len() * 4 + 32)?;
         let i = self.contents.stacks.len() as u32;
         self.contents.stacks.push(locations.to_vec());
-        let (stacks, hasher) = (&self.contents.stacks, &self.stack_hasher);
         self.stacks
-            .insert_unique(hash, i, |&j| hasher.hash_one(&stacks[j as usize][..]));
+            .insert_unique(hash, i, rehash(&self.contents.stacks, &self.stack_hasher));
         Ok(i)
     }
 
@@ -363,4 +360,14 @@ impl Builder {
         });
         Ok(())
     }
+}
+
+/// What the builder's table of stacks rehashes an entry (an index into `stacks`) by when
+/// it grows: the hash of the stack it points at.
+fn rehash<'a>(
+    stacks: &'a [Vec<u32>],
+    hasher: &'a foldhash::quality::RandomState,
+) -> impl Fn(&u32) -> u64 + 'a {
+    use std::hash::BuildHasher;
+    move |&j| hasher.hash_one(&stacks[j as usize][..])
 }
