@@ -30,10 +30,11 @@ fn delta(after: [f64; 4], before: [f64; 4]) -> [f64; 4] {
 }
 
 #[test]
-fn counts_what_goes_through_it() {
+fn counts_what_goes_through_it() -> crate::TestResult {
     let a = CountingAllocator::system();
     let before = live_bytes();
-    let layout = Layout::from_size_align(4096, 8).unwrap();
+    let layout = Layout::from_size_align(4096, 8)?;
+    let grown = Layout::from_size_align(10_000, 8)?;
     // SAFETY: a valid layout; the pointer is freed with the same layout.
     unsafe {
         let p = a.alloc(layout);
@@ -41,14 +42,15 @@ fn counts_what_goes_through_it() {
         assert_eq!(live_bytes() - before, 4096);
         let q = a.realloc(p, layout, 10_000);
         assert_eq!(live_bytes() - before, 10_000);
-        a.dealloc(q, Layout::from_size_align(10_000, 8).unwrap());
+        a.dealloc(q, grown);
     }
     assert_eq!(live_bytes(), before);
     assert!(allocated_bytes().is_some());
+    Ok(())
 }
 
 #[test]
-fn sampling_alloc_estimates_many_small_allocations_within_20_percent() {
+fn sampling_alloc_estimates_many_small_allocations_within_20_percent() -> crate::TestResult {
     let _serial = serial();
     let a = SamplingAllocator::new(System, 16 * 1024);
     let before = totals();
@@ -60,7 +62,7 @@ fn sampling_alloc_estimates_many_small_allocations_within_20_percent() {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        let layout = Layout::from_size_align(8 + (x % 249) as usize, 8).unwrap();
+        let layout = Layout::from_size_align(8 + (x % 249) as usize, 8)?;
         // SAFETY: a non-zero layout; freed below with the same layout.
         let p = unsafe { a.alloc(layout) };
         assert!(!p.is_null());
@@ -92,15 +94,17 @@ fn sampling_alloc_estimates_many_small_allocations_within_20_percent() {
     assert!(freed[3].abs() < 1.0, "inuse_space back to 0: {freed:?}");
     assert!(freed[2].abs() < 1e-6, "inuse_objects back to 0: {freed:?}");
     assert_eq!(freed[1], live[1], "alloc_space is cumulative");
+    Ok(())
 }
 
 #[test]
-fn sampling_alloc_always_samples_large_blocks_and_follows_realloc() {
+fn sampling_alloc_always_samples_large_blocks_and_follows_realloc() -> crate::TestResult {
     let _serial = serial();
     let a = SamplingAllocator::new(System, 64 * 1024);
     let before = totals();
     let mib = 1024.0 * 1024.0;
-    let small = Layout::from_size_align(4 << 20, 16).unwrap();
+    let small = Layout::from_size_align(4 << 20, 16)?;
+    let grown = Layout::from_size_align(8 << 20, 16)?;
     // SAFETY: valid layouts; each block is freed or reallocated with its own layout.
     unsafe {
         let p = a.alloc(small);
@@ -115,20 +119,21 @@ fn sampling_alloc_always_samples_large_blocks_and_follows_realloc() {
         assert!((d[3] - 8.0 * mib).abs() < 1.0, "moved, not added: {d:?}");
         assert!((d[1] - 12.0 * mib).abs() < 1.0, "{d:?}");
         assert!((d[0] - 2.0).abs() < 1e-9, "{d:?}");
-        a.dealloc(q, Layout::from_size_align(8 << 20, 16).unwrap());
+        a.dealloc(q, grown);
         let d = delta(totals(), before);
         assert!(d[3].abs() < 1.0 && d[2].abs() < 1e-9, "{d:?}");
     }
     assert!(sampling_active());
     assert!(allocated_bytes().is_some());
+    Ok(())
 }
 
 #[test]
-fn sampling_alloc_with_rate_zero_only_counts() {
+fn sampling_alloc_with_rate_zero_only_counts() -> crate::TestResult {
     let _serial = serial();
     let a = SamplingAllocator::new(System, 0);
     let before = totals();
-    let layout = Layout::from_size_align(8 << 20, 16).unwrap();
+    let layout = Layout::from_size_align(8 << 20, 16)?;
     // SAFETY: a valid layout, freed with the same layout.
     unsafe {
         let p = a.alloc(layout);
@@ -136,6 +141,7 @@ fn sampling_alloc_with_rate_zero_only_counts() {
         assert_eq!(delta(totals(), before), [0.0; 4]);
         a.dealloc(p, layout);
     }
+    Ok(())
 }
 
 #[test]
@@ -209,7 +215,7 @@ fn sampling_alloc_stack_table_dedupes_and_overflows() {
 }
 
 #[test]
-fn sampling_alloc_live_table_survives_collisions_and_removals() {
+fn sampling_alloc_live_table_survives_collisions_and_removals() -> crate::TestResult {
     let _serial = serial();
     let mut t = small_tables(2, 64);
     // Addresses in a scrambled order, against a model; 48 (3/4) fit.
@@ -231,11 +237,18 @@ fn sampling_alloc_live_table_survives_collisions_and_removals() {
     for round in 0..5 {
         let gone: Vec<usize> = model.keys().copied().step_by(2).collect();
         for p in &gone {
-            let rec = t.untrack(*p).unwrap();
-            assert_eq!(rec.size, model.remove(p).unwrap());
+            let rec = t
+                .untrack(*p)
+                .ok_or_else(|| format!("{p:#x} is not tracked"))?;
+            assert_eq!(
+                rec.size,
+                model
+                    .remove(p)
+                    .ok_or_else(|| format!("{p:#x} is not in the model"))?
+            );
         }
         for (p, size) in &model {
-            let i = t.find(*p).unwrap_or_else(|| panic!("{p:#x} lost"));
+            let i = t.find(*p).ok_or_else(|| format!("{p:#x} lost"))?;
             assert_eq!(t.live[i].size, *size);
         }
         for p in &gone {
@@ -255,7 +268,7 @@ fn sampling_alloc_live_table_survives_collisions_and_removals() {
         assert_eq!(t.live_count, model.len());
     }
     // Re-tracking an address replaces its record.
-    let p = *model.keys().next().unwrap();
+    let p = *model.keys().next().ok_or("the model is empty")?;
     assert!(t.track(LiveRecord {
         ptr: p,
         size: 99,
@@ -263,10 +276,14 @@ fn sampling_alloc_live_table_survives_collisions_and_removals() {
         stack: 1,
     }));
     assert_eq!(t.live_count, model.len());
-    assert_eq!(t.live[t.find(p).unwrap()].size, 99);
+    let i = t
+        .find(p)
+        .ok_or_else(|| format!("{p:#x} lost when tracked again"))?;
+    assert_eq!(t.live[i].size, 99);
     for p in model.keys() {
         assert!(t.untrack(*p).is_some());
     }
     assert_eq!(t.live_count, 0);
     assert!(t.live.iter().all(|r| r.ptr == 0));
+    Ok(())
 }

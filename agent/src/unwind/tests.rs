@@ -167,7 +167,7 @@ fn unwind_test_inner(out: &mut [usize]) -> usize {
 }
 
 #[test]
-fn a_threads_own_stack_is_walked_without_system_calls_after_the_first_walk() {
+fn a_threads_own_stack_is_walked_without_system_calls_after_the_first_walk() -> crate::TestResult {
     let on_thread = std::thread::spawn(|| {
         // No profiling signal walks this thread meanwhile.
         // SAFETY: a valid, initialised signal set, applied to this thread only.
@@ -186,7 +186,9 @@ fn a_threads_own_stack_is_walked_without_system_calls_after_the_first_walk() {
         }
         (first, walks, kernel_reads() - before)
     });
-    let (first, walks, reads) = on_thread.join().unwrap();
+    let (first, walks, reads) = on_thread
+        .join()
+        .map_err(|_| "the walking thread panicked")?;
     assert_eq!(reads, 0, "walks after the first read their frames directly");
     for stack in &walks {
         assert_eq!(stack.len(), first);
@@ -206,6 +208,7 @@ fn a_threads_own_stack_is_walked_without_system_calls_after_the_first_walk() {
         assert!(has(1, "unwind::tests::unwind_test_outer"), "{names:#?}");
         assert!(stack.len() >= 5, "{names:#?}");
     }
+    Ok(())
 }
 
 /// Code bytes for the walks below: `push rbp`, `mov rbp, rsp`, `ret`, then `nop`s (the

@@ -58,11 +58,11 @@ static SAMPLER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Every stack sampled at the capture rate while `spin` runs on a thread of its own
 /// (until it is done, however long a busy machine takes to run it).
-fn samples_of(spin: fn()) -> Vec<Vec<usize>> {
+fn samples_of(spin: fn()) -> Result<Vec<Vec<usize>>, Box<dyn std::error::Error>> {
     let _one = SAMPLER
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    start(CAPTURE_HZ).unwrap();
+    start(CAPTURE_HZ).map_err(|e| format!("start the sampler: {e}"))?;
     let mut stacks: Vec<Vec<usize>> = Vec::new();
     let spinner = std::thread::spawn(spin);
     let give_up = Instant::now() + Duration::from_secs(120);
@@ -71,10 +71,10 @@ fn samples_of(spin: fn()) -> Vec<Vec<usize>> {
         drain(|stack, _, _| stacks.push(stack.to_vec()));
         std::thread::sleep(Duration::from_millis(50));
     }
-    spinner.join().unwrap();
-    set_rate(0).unwrap();
+    spinner.join().map_err(|_| "the spinner panicked")?;
+    set_rate(0).map_err(|e| format!("stop the sampler: {e}"))?;
     drain(|stack, _, _| stacks.push(stack.to_vec()));
-    stacks
+    Ok(stacks)
 }
 
 /// The functions at a stack entry, inlined ones included, joined.
@@ -84,8 +84,8 @@ fn name_of(addr: usize, leaf: bool) -> String {
 }
 
 #[test]
-fn a_spinning_leaf_function_carries_its_time() {
-    let stacks = samples_of(|| cpu_test_spin_harness(Duration::from_millis(1500)));
+fn a_spinning_leaf_function_carries_its_time() -> crate::TestResult {
+    let stacks = samples_of(|| cpu_test_spin_harness(Duration::from_millis(1500)))?;
     let ours: Vec<&Vec<usize>> = stacks
         .iter()
         .filter(|s| {
@@ -111,11 +111,12 @@ fn a_spinning_leaf_function_carries_its_time() {
         "the leaf carries {in_leaf} of {} samples",
         ours.len()
     );
+    Ok(())
 }
 
 #[test]
-fn a_loop_calling_a_small_function_is_on_its_samples() {
-    let stacks = samples_of(|| cpu_test_tiny_harness(Duration::from_millis(1500)));
+fn a_loop_calling_a_small_function_is_on_its_samples() -> crate::TestResult {
+    let stacks = samples_of(|| cpu_test_tiny_harness(Duration::from_millis(1500)))?;
     let names: Vec<Vec<String>> = stacks
         .iter()
         .map(|s| {
@@ -150,6 +151,7 @@ fn a_loop_calling_a_small_function_is_on_its_samples() {
             .iter()
             .find(|n| !n.iter().any(|f| f.contains("cpu_test_caller_of_tiny")))
     );
+    Ok(())
 }
 
 #[test]

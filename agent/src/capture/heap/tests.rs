@@ -7,26 +7,28 @@ use crate::heap::tests::serial;
 use crate::heap::SamplingAllocator;
 
 #[inline(never)]
-fn heap_unit_test_culprit(a: &SamplingAllocator) -> (*mut u8, Layout) {
-    let layout = Layout::from_size_align(3 << 20, 16).unwrap();
+fn heap_unit_test_culprit(
+    a: &SamplingAllocator,
+) -> Result<(*mut u8, Layout), Box<dyn std::error::Error>> {
+    let layout = Layout::from_size_align(3 << 20, 16)?;
     // SAFETY: a valid layout; freed by the caller with it.
     let p = unsafe { a.alloc(layout) };
     assert!(!p.is_null());
-    (std::hint::black_box(p), layout)
+    Ok((std::hint::black_box(p), layout))
 }
 
 #[test]
-fn the_profile_has_go_sample_types_and_the_allocating_function_as_leaf() {
+fn the_profile_has_go_sample_types_and_the_allocating_function_as_leaf() -> crate::TestResult {
     let _serial = serial();
     let a = SamplingAllocator::new(System, 64 * 1024);
-    let (p, layout) = heap_unit_test_culprit(&a);
+    let (p, layout) = heap_unit_test_culprit(&a)?;
     assert!(available());
     let gz = capture(1_700_000_000_000_000_000)
-        .unwrap()
-        .encode_gzip(&mut LocalSymbols::default());
+        .map(|profile| profile.encode_gzip(&mut LocalSymbols::default()));
     // SAFETY: allocated above with this layout.
     unsafe { a.dealloc(p, layout) };
-    let profile = decode(&gz).unwrap();
+    let gz = gz.map_err(|e| format!("the heap capture: {e}"))?;
+    let profile = decode(&gz)?;
     let types: Vec<(&str, &str)> = profile
         .sample_types
         .iter()
@@ -61,6 +63,7 @@ fn the_profile_has_go_sample_types_and_the_allocating_function_as_leaf() {
             "{s:#?}"
         );
     }
+    Ok(())
 }
 
 #[test]

@@ -57,7 +57,7 @@ fn allocator_frames_cover_what_jemalloc_puts_on_top() {
 }
 
 #[test]
-fn only_the_allocator_frames_on_top_are_trimmed() {
+fn only_the_allocator_frames_on_top_are_trimmed() -> crate::TestResult {
     let jemalloc_c = "/b/tikv-jemalloc-sys-1/out/build/src/jemalloc.c";
     let stack = vec![
         frame("prof_alloc_prep", jemalloc_c),
@@ -73,11 +73,12 @@ fn only_the_allocator_frames_on_top_are_trimmed() {
     b.trim_leaf_frames(is_allocator_frame);
     b.add_symbolic_sample(&stack, &[10], &[]);
     b.add_symbolic_sample(&stack[..3], &[20], &[]);
-    let profile = decode(&b.encode_gzip(&mut LocalSymbols::default())).unwrap();
+    let profile = decode(&b.encode_gzip(&mut LocalSymbols::default()))?;
     let stacks: Vec<Vec<String>> = profile.samples.iter().map(|s| s.stack.clone()).collect();
     assert!(stacks.contains(&names(&stack[3..])), "{stacks:?}");
     // A stack made only of allocator frames is kept whole.
     assert!(stacks.contains(&names(&stack[..3])), "{stacks:?}");
+    Ok(())
 }
 
 #[test]
@@ -89,7 +90,7 @@ fn without_jemalloc_profiling_there_is_no_capture() {
 }
 
 #[test]
-fn a_stuck_dump_times_out_and_holds_off_the_next_one_until_it_ends() {
+fn a_stuck_dump_times_out_and_holds_off_the_next_one_until_it_ends() -> crate::TestResult {
     let quick = run_with_timeout(|| Ok(7), Duration::from_secs(5));
     assert_eq!(quick, Ok(7));
     let (release, released) = mpsc::channel::<()>();
@@ -105,7 +106,9 @@ fn a_stuck_dump_times_out_and_holds_off_the_next_one_until_it_ends() {
         run_with_timeout(|| Ok(2), Duration::from_secs(5)),
         Err("a previous jemalloc heap dump is still running".to_owned())
     );
-    release.send(()).unwrap();
+    release
+        .send(())
+        .map_err(|e| format!("release the stuck dump: {e}"))?;
     let deadline = Instant::now() + Duration::from_secs(5);
     while DUMP_IN_FLIGHT.load(Ordering::Acquire) {
         assert!(Instant::now() < deadline, "the stuck dump ends");
@@ -115,4 +118,5 @@ fn a_stuck_dump_times_out_and_holds_off_the_next_one_until_it_ends() {
     let failed: Result<(), String> =
         run_with_timeout(|| Err("no".to_owned()), Duration::from_secs(5));
     assert_eq!(failed, Err("no".to_owned()));
+    Ok(())
 }

@@ -30,12 +30,12 @@ fn captured(stack: &[usize]) -> Captured {
 }
 
 #[test]
-fn with_a_collector_profiles_go_native_and_no_debug_info_is_loaded() {
+fn with_a_collector_profiles_go_native_and_no_debug_info_is_loaded() -> crate::TestResult {
     let cfg = HolmesBuilder::default()
         .service("t")
         .collector("http://127.0.0.1:9")
         .resolve()
-        .unwrap();
+        .map_err(|e| format!("the configuration: {e}"))?;
     let delivery = Delivery::new(1 << 20);
     let symbols = LocalSymbolizer::default();
     let stack = output_test_walk();
@@ -60,24 +60,27 @@ fn with_a_collector_profiles_go_native_and_no_debug_info_is_loaded() {
     assert_eq!((chunk.chunk_index, chunk.chunk_count), (0, 1));
     assert_eq!(chunk.event_id, "ev1");
     assert_eq!(made, Ok(chunk.data.len()), "the size of what was queued");
-    let profile = NativeProfile::decode(&chunk.data).unwrap();
+    let profile = NativeProfile::decode(&chunk.data)
+        .map_err(|e| format!("decode the queued profile: {e}"))?;
     assert_eq!(profile.samples.len(), 1);
     let exe = crate::capture::symbolize::modules::current()
         .executable()
-        .unwrap()
+        .ok_or("the executable is not among the modules")?
         .module
         .clone();
     assert!(profile.modules.contains(&exe), "{profile:?}");
+    Ok(())
 }
 
 #[test]
-fn without_one_dumps_are_symbolized_pprof_and_the_symbols_are_dropped_when_idle() {
-    let dir = tempfile::tempdir().unwrap();
+fn without_one_dumps_are_symbolized_pprof_and_the_symbols_are_dropped_when_idle(
+) -> crate::TestResult {
+    let dir = tempfile::tempdir()?;
     let cfg = HolmesBuilder::default()
         .service("t")
         .dump_dir(dir.path())
         .resolve()
-        .unwrap();
+        .map_err(|e| format!("the configuration: {e}"))?;
     let delivery = Delivery::new(1 << 20);
     let symbols = LocalSymbolizer::default();
     let made = deliver(
@@ -89,15 +92,13 @@ fn without_one_dumps_are_symbolized_pprof_and_the_symbols_are_dropped_when_idle(
         &captured(&output_test_walk()),
     );
     assert!(delivery.pending_after(0, 16).is_empty());
-    let file = std::fs::read_dir(dir.path())
-        .unwrap()
+    let file = std::fs::read_dir(dir.path())?
         .filter_map(Result::ok)
         .find(|e| e.file_name().to_string_lossy().ends_with(".pb.gz"))
-        .unwrap();
-    let written = std::fs::read(file.path()).unwrap();
+        .ok_or("no .pb.gz file in the dump folder")?;
+    let written = std::fs::read(file.path())?;
     assert_eq!(made, Ok(written.len()), "the size of what was written");
-    let profile =
-        crate::capture::profile::decode::decode(&std::fs::read(file.path()).unwrap()).unwrap();
+    let profile = crate::capture::profile::decode::decode(&std::fs::read(file.path())?)?;
     assert!(
         profile.samples[0]
             .stack
@@ -108,6 +109,7 @@ fn without_one_dumps_are_symbolized_pprof_and_the_symbols_are_dropped_when_idle(
     assert!(symbols.is_loaded());
     assert!(symbols.release_if_idle(Duration::ZERO));
     assert!(!symbols.is_loaded());
+    Ok(())
 }
 
 #[test]

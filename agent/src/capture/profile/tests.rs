@@ -51,7 +51,7 @@ fn sample_profile() -> ProfileBuilder {
 }
 
 #[test]
-fn round_trip_merges_values_and_keeps_labels() {
+fn round_trip_merges_values_and_keeps_labels() -> crate::TestResult {
     let mut b = sample_profile();
     let stack = [
         frame("checkout::db::query", "src/db.rs", 42),
@@ -75,7 +75,7 @@ fn round_trip_merges_values_and_keeps_labels() {
 
     let gz = b.encode_gzip(&mut LocalSymbols::default());
     assert_eq!(&gz[..2], &[0x1f, 0x8b]);
-    let p = decode(&gz).unwrap();
+    let p = decode(&gz)?;
     assert_eq!(
         p.sample_types,
         vec![
@@ -117,11 +117,12 @@ fn round_trip_merges_values_and_keeps_labels() {
     let raw = sample_profile()
         .encode_proto(&mut LocalSymbols::default())
         .encode_to_vec();
-    assert_eq!(decode(&raw).unwrap().period, 10_000_000);
+    assert_eq!(decode(&raw)?.period, 10_000_000);
+    Ok(())
 }
 
 #[test]
-fn trimmed_leaf_frames_make_the_allocating_function_the_leaf() {
+fn trimmed_leaf_frames_make_the_allocating_function_the_leaf() -> crate::TestResult {
     let mut b = ProfileBuilder::new(&[("alloc_space", "bytes")], ("space", "bytes"), 1);
     b.trim_leaf_frames(|name, _| {
         [
@@ -159,7 +160,7 @@ fn trimmed_leaf_frames_make_the_allocating_function_the_leaf() {
         &[],
     );
 
-    let p = decode(&b.encode_gzip(&mut LocalSymbols::default())).unwrap();
+    let p = decode(&b.encode_gzip(&mut LocalSymbols::default()))?;
     assert_eq!(p.samples.len(), 3, "{p:#?}");
     assert_eq!(
         p.samples[0].stack,
@@ -174,10 +175,11 @@ fn trimmed_leaf_frames_make_the_allocating_function_the_leaf() {
         p.samples[2].stack,
         vec!["checkout::leaf", "malloc_wrapper_user"]
     );
+    Ok(())
 }
 
 #[test]
-fn trimming_splits_a_location_with_inlined_frames() {
+fn trimming_splits_a_location_with_inlined_frames() -> crate::TestResult {
     // Fake addresses with known frames: 0x1000 holds two allocator frames inlined into
     // the allocating function, 0x2000 is a return address into its caller.
     let mut sym = LocalSymbols::default();
@@ -205,7 +207,7 @@ fn trimming_splits_a_location_with_inlined_frames() {
     assert_eq!(split.line.len(), 1);
     assert_eq!(profile.location[1].address, 0x1fff);
 
-    let p = decode(&profile.encode_to_vec()).unwrap();
+    let p = decode(&profile.encode_to_vec())?;
     assert_eq!(p.samples.len(), 2);
     for s in &p.samples {
         assert_eq!(s.stack, vec!["checkout::cache::grow", "checkout::main"]);
@@ -215,16 +217,19 @@ fn trimming_splits_a_location_with_inlined_frames() {
         );
         assert_eq!(s.values, vec![64]);
     }
+    Ok(())
 }
 
 #[test]
-fn a_real_address_symbolizes_to_its_function_and_file() {
+fn a_real_address_symbolizes_to_its_function_and_file() -> crate::TestResult {
     let mut sym = LocalSymbols::default();
     let pc = pc_in(holmes_pprof_leaf_target);
     let frames = sym.frames(&mut Resolver::new(), pc).to_vec();
     // The function itself is the outermost frame at its address; inlined callees
     // (black_box, the loop's iterator) may come before it.
-    let own = frames.last().unwrap();
+    let own = frames
+        .last()
+        .ok_or_else(|| format!("no frames at {pc:#x}"))?;
     assert!(
         own.function
             .ends_with("profile::tests::holmes_pprof_leaf_target"),
@@ -240,7 +245,13 @@ fn a_real_address_symbolizes_to_its_function_and_file() {
     let as_return = sym
         .frames(&mut Resolver::new(), lookup_address(pc + 1, false))
         .to_vec();
-    assert_eq!(as_return.last().unwrap().function, own.function);
+    assert_eq!(
+        as_return
+            .last()
+            .ok_or_else(|| format!("no frames at the return address {:#x}", pc + 1))?
+            .function,
+        own.function
+    );
 
     // And through a whole profile.
     let mut b = ProfileBuilder::new(&[("samples", "count")], ("cpu", "nanoseconds"), 1);
@@ -248,7 +259,7 @@ fn a_real_address_symbolizes_to_its_function_and_file() {
     b.add_sample(&stack, &[1], &[]);
     b.add_sample(&stack, &[2], &[("thread", LabelValue::Str("main"))]);
     b.add_sample(&stack, &[3], &[]);
-    let p = decode(&b.encode_gzip(&mut sym)).unwrap();
+    let p = decode(&b.encode_gzip(&mut sym))?;
     assert_eq!(p.samples.len(), 2);
     assert_eq!(p.samples[0].values, vec![4]);
     let s = &p.samples[0];
@@ -261,14 +272,15 @@ fn a_real_address_symbolizes_to_its_function_and_file() {
     assert!(
         s.stack
             .last()
-            .unwrap()
+            .ok_or_else(|| format!("an empty stack: {s:#?}"))?
             .ends_with("holmes_pprof_caller_target"),
         "{s:#?}"
     );
+    Ok(())
 }
 
 #[test]
-fn caps_stack_depth_and_distinct_samples() {
+fn caps_stack_depth_and_distinct_samples() -> crate::TestResult {
     let mut b = ProfileBuilder::new(&[("samples", "count")], ("cpu", "nanoseconds"), 1);
     b.max_samples = 3;
     let deep: Vec<Frame> = (0..300).map(|i| frame(&format!("f{i}"), "", 0)).collect();
@@ -278,7 +290,7 @@ fn caps_stack_depth_and_distinct_samples() {
     }
     // Merging into an existing sample still works when full.
     b.add_symbolic_sample(&[frame("g0", "", 0)], &[1], &[]);
-    let p = decode(&b.encode_gzip(&mut LocalSymbols::default())).unwrap();
+    let p = decode(&b.encode_gzip(&mut LocalSymbols::default()))?;
     assert_eq!(p.samples.len(), 3);
     assert_eq!(p.samples[0].stack.len(), MAX_STACK_DEPTH);
     assert_eq!(p.samples[1].values, vec![2]);
@@ -289,6 +301,7 @@ fn caps_stack_depth_and_distinct_samples() {
             "holmes: 1 stacks truncated to 256 frames".to_string(),
         ]
     );
+    Ok(())
 }
 
 #[test]
@@ -330,7 +343,11 @@ fn go_required() -> bool {
     set("CI") || set("HOLMES_TEST_REQUIRE_GO")
 }
 
-fn go_pprof(args: &[&str], file: &std::path::Path, tmp: &std::path::Path) -> String {
+fn go_pprof(
+    args: &[&str],
+    file: &std::path::Path,
+    tmp: &std::path::Path,
+) -> Result<String, Box<dyn std::error::Error>> {
     let mut cmd = Command::new("go");
     cmd.arg("tool")
         .arg("pprof")
@@ -341,7 +358,9 @@ fn go_pprof(args: &[&str], file: &std::path::Path, tmp: &std::path::Path) -> Str
     if std::env::var_os("HOME").is_none() {
         cmd.env("HOME", tmp);
     }
-    let out = cmd.output().expect("run go tool pprof");
+    let out = cmd
+        .output()
+        .map_err(|e| format!("run go tool pprof: {e}"))?;
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
@@ -350,11 +369,11 @@ fn go_pprof(args: &[&str], file: &std::path::Path, tmp: &std::path::Path) -> Str
         out.status
     );
     eprintln!("$ go tool pprof {args:?}\n{stdout}{stderr}");
-    stdout
+    Ok(stdout)
 }
 
 #[test]
-fn go_tool_pprof_opens_the_profile() {
+fn go_tool_pprof_opens_the_profile() -> crate::TestResult {
     let go = Command::new("go").arg("version").output();
     if !go.as_ref().is_ok_and(|o| o.status.success()) {
         assert!(
@@ -362,7 +381,7 @@ fn go_tool_pprof_opens_the_profile() {
             "`go` is required (CI or HOLMES_TEST_REQUIRE_GO set) but not usable: {go:?}"
         );
         eprintln!("skipping go_tool_pprof_opens_the_profile: `go` is not installed");
-        return;
+        return Ok(());
     }
 
     let mut b = sample_profile();
@@ -388,11 +407,11 @@ fn go_tool_pprof_opens_the_profile() {
         &[("bytes", LabelValue::Num(4096, "bytes"))],
     );
     let gz = b.encode_gzip(&mut LocalSymbols::default());
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir()?;
     let file = dir.path().join("cpu.pb.gz");
-    std::fs::write(&file, &gz).unwrap();
+    std::fs::write(&file, &gz)?;
 
-    let top = go_pprof(&["-top", "-nodecount=20"], &file, dir.path());
+    let top = go_pprof(&["-top", "-nodecount=20"], &file, dir.path())?;
     for name in [
         "holmes_agent::capture::profile::tests::holmes_pprof_leaf_target",
         "holmes_agent::capture::profile::tests::holmes_pprof_caller_target",
@@ -405,7 +424,7 @@ fn go_tool_pprof_opens_the_profile() {
     assert!(top.contains("Type: cpu"), "{top}");
     assert!(!top.contains("Local symbolization failed"), "{top}");
 
-    let traces = go_pprof(&["-traces"], &file, dir.path());
+    let traces = go_pprof(&["-traces"], &file, dir.path())?;
     for needle in [
         "holmes_agent::capture::profile::tests::holmes_pprof_leaf_target",
         "holmes_agent::capture::profile::tests::holmes_pprof_caller_target",
@@ -419,7 +438,7 @@ fn go_tool_pprof_opens_the_profile() {
     }
 
     // With line granularity pprof shows the files and lines.
-    let traces = go_pprof(&["-traces", "-lines"], &file, dir.path());
+    let traces = go_pprof(&["-traces", "-lines"], &file, dir.path())?;
     for needle in [
         "profile/tests.rs:",
         "checkout::db::query src/db.rs:42",
@@ -431,7 +450,8 @@ fn go_tool_pprof_opens_the_profile() {
         );
     }
 
-    let lines = go_pprof(&["-top", "-lines", "-nodecount=20"], &file, dir.path());
+    let lines = go_pprof(&["-top", "-lines", "-nodecount=20"], &file, dir.path())?;
     assert!(lines.contains("profile/tests.rs:"), "{lines}");
     assert!(lines.contains("src/db.rs:42"), "{lines}");
+    Ok(())
 }

@@ -12,17 +12,21 @@ fn request(id: &str) -> CaptureRequest {
 }
 
 #[test]
-fn requests_wait_in_order_and_a_full_queue_refuses() {
+fn requests_wait_in_order_and_a_full_queue_refuses() -> crate::TestResult {
     let q = CaptureQueue::default();
     for i in 0..MAX_WAITING {
         assert!(q.push(request(&i.to_string()), format!("e{i}"), Origin::Host));
     }
     assert!(!q.push(request("late"), "e".into(), Origin::Collector));
-    let first = q.pop().unwrap();
+    let first = q.pop().ok_or("the full queue popped nothing")?;
     assert_eq!(first.request.request_id, "0");
     q.push_front(first);
-    assert_eq!(q.pop().unwrap().event_id, "e0");
-    assert_eq!(q.pop().unwrap().event_id, "e1");
+    assert_eq!(
+        q.pop().ok_or("nothing popped after push_front")?.event_id,
+        "e0"
+    );
+    assert_eq!(q.pop().ok_or("no second request")?.event_id, "e1");
+    Ok(())
 }
 
 #[test]

@@ -7,6 +7,11 @@ use std::sync::Mutex;
 use std::sync::{mpsc, Arc, MutexGuard};
 use std::thread;
 
+type Error = Box<dyn std::error::Error>;
+
+/// What a helper thread returns: a failed step as a message (sent back across `join`).
+type ThreadResult = Result<(), String>;
+
 /// Captures share the process: tests that capture run one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -28,11 +33,11 @@ fn symbolized(stack: &ThreadStack) -> Vec<String> {
         .collect()
 }
 
-fn find(stacks: &[ThreadStack], tid: i32) -> &ThreadStack {
+fn find(stacks: &[ThreadStack], tid: i32) -> Result<&ThreadStack, Error> {
     stacks
         .iter()
         .find(|t| t.tid == tid)
-        .unwrap_or_else(|| panic!("tid {tid} not in the capture"))
+        .ok_or_else(|| format!("tid {tid} not in the capture").into())
 }
 
 fn wait_for(what: &str, cond: impl Fn() -> bool) {
@@ -53,9 +58,12 @@ fn signal_set() -> libc::sigset_t {
     }
 }
 
+/// The blocked thread's tid, what tells it to go, and its handle.
+type Blocked = (i32, mpsc::Sender<()>, thread::JoinHandle<ThreadResult>);
+
 /// A thread that blocks the capture signal until told to go, then unblocks it (so a
 /// queued signal is delivered late) and exits.
-fn spawn_blocking_signal() -> (i32, mpsc::Sender<()>, thread::JoinHandle<()>) {
+fn spawn_blocking_signal() -> Result<Blocked, Error> {
     let (tid_tx, tid_rx) = mpsc::channel();
     let (go_tx, go_rx) = mpsc::channel::<()>();
     let handle = thread::Builder::new()
@@ -65,15 +73,21 @@ fn spawn_blocking_signal() -> (i32, mpsc::Sender<()>, thread::JoinHandle<()>) {
             // SAFETY: changing this thread's own mask.
             let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
             assert_eq!(rc, 0);
-            tid_tx.send(gettid()).unwrap();
+            tid_tx
+                .send(gettid())
+                .map_err(|e| format!("send the blocked thread's tid: {e}"))?;
             let _ = go_rx.recv();
             // SAFETY: as above.
             let rc =
                 unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
             assert_eq!(rc, 0);
+            Ok(())
         })
-        .unwrap();
-    (tid_rx.recv().unwrap(), go_tx, handle)
+        .map_err(|e| format!("spawn the blocked thread: {e}"))?;
+    let tid = tid_rx
+        .recv()
+        .map_err(|e| format!("the blocked thread's tid: {e}"))?;
+    Ok((tid, go_tx, handle))
 }
 
 #[inline(never)]
@@ -99,37 +113,43 @@ fn spin_in_culprit(started: &AtomicBool, stop: &AtomicBool) {
 }
 
 #[test]
-fn threads_piled_up_on_a_lock_are_captured_inside_the_culprit() {
+fn threads_piled_up_on_a_lock_are_captured_inside_the_culprit() -> crate::TestResult {
     let _serial = serial();
     let lock = Arc::new(std::sync::Mutex::new(()));
-    let held = lock.lock().unwrap();
+    let held = lock.lock().map_err(|_| "the culprits' lock is poisoned")?;
     let entered = Arc::new(AtomicUsize::new(0));
     let (tid_tx, tid_rx) = mpsc::channel();
-    let handles: Vec<_> = (0..3)
-        .map(|i| {
-            let (lock, entered, tid_tx) = (lock.clone(), entered.clone(), tid_tx.clone());
-            thread::Builder::new()
-                .name(format!("culprit-{i}"))
-                .spawn(move || {
-                    tid_tx.send((i, gettid())).unwrap();
-                    blocked_in_culprit_lock(&lock, &entered);
-                })
-                .unwrap()
-        })
-        .collect();
-    let tids: Vec<(i32, i32)> = (0..3).map(|_| tid_rx.recv().unwrap()).collect();
+    let mut handles = Vec::new();
+    for i in 0..3 {
+        let (lock, entered, tid_tx) = (lock.clone(), entered.clone(), tid_tx.clone());
+        let handle = thread::Builder::new()
+            .name(format!("culprit-{i}"))
+            .spawn(move || -> ThreadResult {
+                tid_tx
+                    .send((i, gettid()))
+                    .map_err(|e| format!("send culprit-{i}'s tid: {e}"))?;
+                blocked_in_culprit_lock(&lock, &entered);
+                Ok(())
+            })
+            .map_err(|e| format!("spawn culprit-{i}: {e}"))?;
+        handles.push(handle);
+    }
+    let mut tids: Vec<(i32, i32)> = Vec::new();
+    for _ in 0..3 {
+        tids.push(tid_rx.recv().map_err(|e| format!("a culprit's tid: {e}"))?);
+    }
     wait_for("the culprits", || entered.load(Ordering::SeqCst) == 3);
     thread::sleep(Duration::from_millis(100)); // let them reach the futex wait
 
     let stacks = capture_all(Duration::from_secs(2));
     drop(held);
     for h in handles {
-        h.join().unwrap();
+        h.join().map_err(|_| "a culprit thread panicked")??;
     }
-    let stacks = stacks.unwrap();
+    let stacks = stacks.map_err(|e| format!("capture_all: {e}"))?;
     println!("{}", render_text(&stacks, symbolize));
     for (i, tid) in tids {
-        let stack = find(&stacks, tid);
+        let stack = find(&stacks, tid)?;
         assert_eq!(stack.name, format!("culprit-{i}"));
         assert_eq!(stack.state, ThreadState::Captured, "{stack:?}");
         let functions = symbolized(stack);
@@ -145,10 +165,11 @@ fn threads_piled_up_on_a_lock_are_captured_inside_the_culprit() {
         .filter(|t| t.name.starts_with("culprit-"))
         .count();
     assert_eq!(culprits, 3);
+    Ok(())
 }
 
 #[test]
-fn a_spinning_thread_is_caught_in_its_leaf_function() {
+fn a_spinning_thread_is_caught_in_its_leaf_function() -> crate::TestResult {
     let _serial = serial();
     let started = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
@@ -157,20 +178,25 @@ fn a_spinning_thread_is_caught_in_its_leaf_function() {
         let (started, stop) = (started.clone(), stop.clone());
         thread::Builder::new()
             .name("spinner".into())
-            .spawn(move || {
-                tid_tx.send(gettid()).unwrap();
+            .spawn(move || -> ThreadResult {
+                tid_tx
+                    .send(gettid())
+                    .map_err(|e| format!("send the spinner's tid: {e}"))?;
                 spin_in_culprit(&started, &stop);
+                Ok(())
             })
-            .unwrap()
+            .map_err(|e| format!("spawn the spinner: {e}"))?
     };
-    let tid = tid_rx.recv().unwrap();
+    let tid = tid_rx
+        .recv()
+        .map_err(|e| format!("the spinner's tid: {e}"))?;
     wait_for("the spinner", || started.load(Ordering::SeqCst));
 
     let stacks = capture_all(Duration::from_secs(2));
     stop.store(true, Ordering::SeqCst);
-    handle.join().unwrap();
-    let stacks = stacks.unwrap();
-    let stack = find(&stacks, tid);
+    handle.join().map_err(|_| "the spinner panicked")??;
+    let stacks = stacks.map_err(|e| format!("capture_all: {e}"))?;
+    let stack = find(&stacks, tid)?;
     assert_eq!(stack.state, ThreadState::Captured, "{stack:?}");
     let leaf = symbolize(stack.frames[0], true);
     assert!(
@@ -178,24 +204,26 @@ fn a_spinning_thread_is_caught_in_its_leaf_function() {
         "leaf {leaf:?}; stack {:#?}",
         symbolized(stack)
     );
+    Ok(())
 }
 
 #[test]
-fn a_thread_blocking_the_signal_times_out_within_the_deadline() {
+fn a_thread_blocking_the_signal_times_out_within_the_deadline() -> crate::TestResult {
     let _serial = serial();
-    let (tid, go, handle) = spawn_blocking_signal();
+    let (tid, go, handle) = spawn_blocking_signal()?;
     let deadline = Duration::from_millis(300);
     let start = Instant::now();
     let stacks = capture_all(deadline);
     let elapsed = start.elapsed();
     // Unblocking delivers the queued signal late: its handler must find nothing.
     let unmatched = UNMATCHED.load(Ordering::SeqCst);
-    go.send(()).unwrap();
-    handle.join().unwrap();
+    go.send(())
+        .map_err(|e| format!("release the blocked thread: {e}"))?;
+    handle.join().map_err(|_| "the blocked thread panicked")??;
     let late = UNMATCHED.load(Ordering::SeqCst) - unmatched;
 
-    let stacks = stacks.unwrap();
-    let stack = find(&stacks, tid);
+    let stacks = stacks.map_err(|e| format!("capture_all: {e}"))?;
+    let stack = find(&stacks, tid)?;
     assert_eq!(stack.state, ThreadState::TimedOut);
     assert!(stack.frames.is_empty());
     // It gives up at the deadline: the thread never answers before it is released,
@@ -208,30 +236,37 @@ fn a_thread_blocking_the_signal_times_out_within_the_deadline() {
     assert!(SLOTS
         .iter()
         .all(|s| matches!(state_of(s.tag.load(Ordering::SeqCst)), FREE | DONE)));
+    Ok(())
 }
 
 #[test]
-fn a_second_concurrent_capture_is_refused_as_busy() {
+fn a_second_concurrent_capture_is_refused_as_busy() -> crate::TestResult {
     let _serial = serial();
     // Keeps the first capture waiting for its whole deadline.
-    let (_tid, go, blocked) = spawn_blocking_signal();
+    let (_tid, go, blocked) = spawn_blocking_signal()?;
     let first = thread::spawn(|| capture_all(Duration::from_secs(3)));
     wait_for("the first capture", || BUSY.load(Ordering::SeqCst));
     let second = capture_all(Duration::from_millis(500));
-    let first = first.join().unwrap();
-    go.send(()).unwrap();
-    blocked.join().unwrap();
+    let first = first
+        .join()
+        .map_err(|_| "the thread of the first capture panicked")?;
+    go.send(())
+        .map_err(|e| format!("release the blocked thread: {e}"))?;
+    blocked
+        .join()
+        .map_err(|_| "the blocked thread panicked")??;
     assert!(matches!(second, Err(ThreadsError::Busy)), "{second:?}");
     assert!(first.is_ok(), "{first:?}");
     // Once it is over, captures work again.
     assert!(capture_all(Duration::from_millis(500)).is_ok());
+    Ok(())
 }
 
 #[test]
-fn the_caller_is_walked_directly() {
+fn the_caller_is_walked_directly() -> crate::TestResult {
     let _serial = serial();
-    let stacks = capture_all(Duration::from_secs(2)).unwrap();
-    let me = find(&stacks, gettid());
+    let stacks = capture_all(Duration::from_secs(2)).map_err(|e| format!("capture_all: {e}"))?;
+    let me = find(&stacks, gettid())?;
     assert_eq!(me.state, ThreadState::Caller);
     assert_eq!(
         stacks
@@ -248,13 +283,14 @@ fn the_caller_is_walked_directly() {
         );
     }
     // The main thread (tid == pid) is listed too.
-    find(&stacks, std::process::id() as i32);
+    find(&stacks, std::process::id() as i32)?;
+    Ok(())
 }
 
 #[test]
-fn threads_coming_and_going_during_captures_do_no_harm() {
+fn threads_coming_and_going_during_captures_do_no_harm() -> crate::TestResult {
     let _serial = serial();
-    let spawner = thread::spawn(|| {
+    let spawner = thread::spawn(|| -> ThreadResult {
         let mut alive = std::collections::VecDeque::new();
         for i in 0..200u64 {
             alive.push_back(thread::spawn(move || {
@@ -263,58 +299,78 @@ fn threads_coming_and_going_during_captures_do_no_harm() {
                 }
             }));
             if alive.len() > 16 {
-                alive.pop_front().unwrap().join().unwrap();
+                alive
+                    .pop_front()
+                    .ok_or("no thread to join")?
+                    .join()
+                    .map_err(|_| "a short-lived thread panicked".to_owned())?;
             }
             thread::sleep(Duration::from_micros(200));
         }
         for h in alive {
-            h.join().unwrap();
+            h.join()
+                .map_err(|_| "a short-lived thread panicked".to_owned())?;
         }
+        Ok(())
     });
     let deadline = Duration::from_secs(1);
     let mut captures = 0;
     while !spawner.is_finished() || captures < 5 {
         let start = Instant::now();
-        let stacks = capture_all(deadline).unwrap();
+        let stacks = capture_all(deadline).map_err(|e| format!("capture {captures}: {e}"))?;
         // Threads that exit meanwhile are noticed; nothing waits past the deadline.
         assert!(start.elapsed() < deadline + Duration::from_secs(5));
         assert!(stacks.iter().any(|t| t.state == ThreadState::Caller));
         captures += 1;
     }
-    spawner.join().unwrap();
+    spawner.join().map_err(|_| "the spawner panicked")??;
     assert!(captures >= 5);
+    Ok(())
 }
 
 #[test]
-fn twenty_idle_threads_are_all_captured_quickly() {
+fn twenty_idle_threads_are_all_captured_quickly() -> crate::TestResult {
     let _serial = serial();
     let (go_tx, go_rx) = mpsc::channel::<()>();
     let go_rx = Arc::new(std::sync::Mutex::new(go_rx));
     let (tid_tx, tid_rx) = mpsc::channel();
-    let handles: Vec<_> = (0..20)
-        .map(|i| {
-            let (go_rx, tid_tx) = (go_rx.clone(), tid_tx.clone());
-            thread::Builder::new()
-                .name(format!("idle-{i}"))
-                .spawn(move || {
-                    tid_tx.send(gettid()).unwrap();
-                    // One waits on the channel, the others on its lock.
-                    let _ = go_rx.lock().unwrap().recv();
-                })
-                .unwrap()
-        })
-        .collect();
-    let tids: Vec<i32> = (0..20).map(|_| tid_rx.recv().unwrap()).collect();
+    let mut handles = Vec::new();
+    for i in 0..20 {
+        let (go_rx, tid_tx) = (go_rx.clone(), tid_tx.clone());
+        let handle = thread::Builder::new()
+            .name(format!("idle-{i}"))
+            .spawn(move || -> ThreadResult {
+                tid_tx
+                    .send(gettid())
+                    .map_err(|e| format!("send idle-{i}'s tid: {e}"))?;
+                // One waits on the channel, the others on its lock.
+                let _ = go_rx
+                    .lock()
+                    .map_err(|_| format!("idle-{i}: the channel's lock is poisoned"))?
+                    .recv();
+                Ok(())
+            })
+            .map_err(|e| format!("spawn idle-{i}: {e}"))?;
+        handles.push(handle);
+    }
+    let mut tids: Vec<i32> = Vec::new();
+    for _ in 0..20 {
+        tids.push(
+            tid_rx
+                .recv()
+                .map_err(|e| format!("an idle thread's tid: {e}"))?,
+        );
+    }
     let mut times = Vec::new();
     let mut last = Vec::new();
     for _ in 0..20 {
         let start = Instant::now();
-        last = capture_all(Duration::from_secs(2)).unwrap();
+        last = capture_all(Duration::from_secs(2)).map_err(|e| format!("capture_all: {e}"))?;
         times.push(start.elapsed());
     }
     drop(go_tx);
     for h in handles {
-        h.join().unwrap();
+        h.join().map_err(|_| "an idle thread panicked")??;
     }
     times.sort();
     println!(
@@ -325,8 +381,9 @@ fn twenty_idle_threads_are_all_captured_quickly() {
         times[times.len() - 1]
     );
     for tid in tids {
-        assert_eq!(find(&last, tid).state, ThreadState::Captured);
+        assert_eq!(find(&last, tid)?.state, ThreadState::Captured);
     }
+    Ok(())
 }
 
 #[test]

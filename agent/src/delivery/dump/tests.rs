@@ -4,8 +4,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
 #[test]
-fn writes_the_trigger_context_as_json() {
-    let tmp = tempfile::tempdir().unwrap();
+fn writes_the_trigger_context_as_json() -> crate::TestResult {
+    let tmp = tempfile::tempdir()?;
     let dump = DumpFolder::chosen(tmp.path().join("dumps"), 1 << 20);
     let event = TriggerEvent {
         event_id: "0123abcd".into(),
@@ -36,29 +36,40 @@ fn writes_the_trigger_context_as_json() {
         planned: vec![],
         request_id: None,
     };
-    let path = dump.write_trigger("check\"out", "i-1", &event).unwrap();
-    assert_eq!(path.file_name().unwrap(), "0123abcd.json");
-    let text = std::fs::read_to_string(&path).unwrap();
+    let path = dump
+        .write_trigger("check\"out", "i-1", &event)
+        .map_err(|e| format!("write the trigger: {e}"))?;
+    assert_eq!(
+        path.file_name()
+            .ok_or("the trigger's path has no file name")?,
+        "0123abcd.json"
+    );
+    let text = std::fs::read_to_string(&path)?;
     assert!(text.contains("\"service\":\"check\\\"out\""), "{text}");
     assert!(text.contains("\"reason\":\"diff\""));
     assert!(text.contains(
         "\"window\":[{\"unix_nanos\":1,\"value\":10},{\"unix_nanos\":2,\"value\":88.5}]"
     ));
     assert!(text.contains("abs=off"), "{text}");
+    Ok(())
 }
 
-fn mode(path: &Path) -> u32 {
-    std::fs::metadata(path).unwrap().mode() & 0o777
+fn mode(path: &Path) -> Result<u32, Box<dyn std::error::Error>> {
+    let metadata =
+        std::fs::metadata(path).map_err(|e| format!("metadata of {}: {e}", path.display()))?;
+    Ok(metadata.mode() & 0o777)
 }
 
 #[test]
-fn the_default_folder_is_made_private_and_its_files_too() {
-    let runtime = tempfile::tempdir().unwrap();
+fn the_default_folder_is_made_private_and_its_files_too() -> crate::TestResult {
+    let runtime = tempfile::tempdir()?;
     let dump = DumpFolder::default_private(Some(runtime.path().to_owned()), 1 << 20);
     assert_eq!(dump.path(), runtime.path().join("holmes"));
-    let file = dump.write_file("a.json", b"{}").unwrap();
-    assert_eq!(mode(dump.path()), 0o700);
-    assert_eq!(mode(&file), 0o600);
+    let file = dump
+        .write_file("a.json", b"{}")
+        .map_err(|e| format!("write a.json: {e}"))?;
+    assert_eq!(mode(dump.path())?, 0o700);
+    assert_eq!(mode(&file)?, 0o600);
     // Without a runtime folder: the temporary folder, named for the user.
     let fallback = DumpFolder::default_private(None, 1);
     assert_eq!(
@@ -69,15 +80,16 @@ fn the_default_folder_is_made_private_and_its_files_too() {
         DumpFolder::default_private(Some("relative".into()), 1).path(),
         fallback.path()
     );
+    Ok(())
 }
 
 #[test]
-fn a_default_folder_others_can_write_to_or_that_is_a_link_is_refused() {
-    let runtime = tempfile::tempdir().unwrap();
+fn a_default_folder_others_can_write_to_or_that_is_a_link_is_refused() -> crate::TestResult {
+    let runtime = tempfile::tempdir()?;
     let dump = DumpFolder::default_private(Some(runtime.path().to_owned()), 1 << 20);
     // Made beforehand by someone else, open to all, as a shared /tmp allows.
-    std::fs::create_dir(dump.path()).unwrap();
-    std::fs::set_permissions(dump.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::create_dir(dump.path())?;
+    std::fs::set_permissions(dump.path(), std::fs::Permissions::from_mode(0o777))?;
     let err = dump.write_file("a.json", b"{}").unwrap_err();
     assert!(
         matches!(err, DumpError::OpenToOthers { mode: 0o777, .. }),
@@ -86,31 +98,34 @@ fn a_default_folder_others_can_write_to_or_that_is_a_link_is_refused() {
     assert!(err.to_string().contains("others may write to it"), "{err}");
     assert!(!dump.path().join("a.json").exists());
     // A link planted where the folder would be.
-    std::fs::remove_dir(dump.path()).unwrap();
-    let elsewhere = tempfile::tempdir().unwrap();
-    std::os::unix::fs::symlink(elsewhere.path(), dump.path()).unwrap();
+    std::fs::remove_dir(dump.path())?;
+    let elsewhere = tempfile::tempdir()?;
+    std::os::unix::fs::symlink(elsewhere.path(), dump.path())?;
     let err = dump.write_file("a.json", b"{}").unwrap_err();
     assert!(matches!(err, DumpError::NotADirectory(_)), "{err}");
-    assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(elsewhere.path())?.count(), 0);
     // A folder the host chose is the host's business.
     let chosen = DumpFolder::chosen(elsewhere.path().to_owned(), 1 << 20);
-    std::fs::set_permissions(elsewhere.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    chosen.write_file("a.json", b"{}").unwrap();
+    std::fs::set_permissions(elsewhere.path(), std::fs::Permissions::from_mode(0o777))?;
+    chosen
+        .write_file("a.json", b"{}")
+        .map_err(|e| format!("write a.json to the chosen folder: {e}"))?;
+    Ok(())
 }
 
 #[test]
-fn a_default_folder_of_another_user_is_refused() {
+fn a_default_folder_of_another_user_is_refused() -> crate::TestResult {
     if euid() != 0 {
         // Only root can hand a folder to another user; the mode checks above run
         // for everyone.
         eprintln!("skipped: needs root to chown");
-        return;
+        return Ok(());
     }
-    let runtime = tempfile::tempdir().unwrap();
+    let runtime = tempfile::tempdir()?;
     let dump = DumpFolder::default_private(Some(runtime.path().to_owned()), 1 << 20);
-    std::fs::create_dir(dump.path()).unwrap();
-    std::fs::set_permissions(dump.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
-    std::os::unix::fs::chown(dump.path(), Some(65534), Some(65534)).unwrap();
+    std::fs::create_dir(dump.path())?;
+    std::fs::set_permissions(dump.path(), std::fs::Permissions::from_mode(0o700))?;
+    std::os::unix::fs::chown(dump.path(), Some(65534), Some(65534))?;
     let err = dump.write_file("a.json", b"{}").unwrap_err();
     assert!(
         matches!(
@@ -123,34 +138,41 @@ fn a_default_folder_of_another_user_is_refused() {
         ),
         "{err}"
     );
+    Ok(())
 }
 
 #[test]
-fn the_oldest_dumps_go_first_to_keep_the_folder_under_its_cap() {
-    let tmp = tempfile::tempdir().unwrap();
+fn the_oldest_dumps_go_first_to_keep_the_folder_under_its_cap() -> crate::TestResult {
+    let tmp = tempfile::tempdir()?;
     let dump = DumpFolder::chosen(tmp.path().to_owned(), 1_000);
-    std::fs::write(tmp.path().join("host-notes.txt.bak"), [0u8; 5_000]).unwrap();
+    std::fs::write(tmp.path().join("host-notes.txt.bak"), [0u8; 5_000])?;
     let t0 = std::time::SystemTime::now() - Duration::from_secs(100);
     for (i, name) in ["a.json", "cpu.a.pb.gz", "threads.a.txt", "b.json"]
         .iter()
         .enumerate()
     {
-        let path = dump.write_file(name, &[1u8; 300]).unwrap();
+        let path = dump
+            .write_file(name, &[1u8; 300])
+            .map_err(|e| format!("write {name}: {e}"))?;
         // Ages one second apart, whatever the file system's time resolution.
-        let f = std::fs::File::options().write(true).open(&path).unwrap();
-        f.set_modified(t0 + Duration::from_secs(i as u64)).unwrap();
+        let f = std::fs::File::options().write(true).open(&path)?;
+        f.set_modified(t0 + Duration::from_secs(i as u64))?;
     }
     // 4 × 300 > 1 000: writing the fourth deleted the oldest.
-    let names = |dir: &Path| {
-        let mut v: Vec<String> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
+    let names = |dir: &Path| -> Result<Vec<String>, Box<dyn std::error::Error>> {
+        let mut v = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let name = entry?
+                .file_name()
+                .into_string()
+                .map_err(|name| format!("a file name that is not UTF-8: {name:?}"))?;
+            v.push(name);
+        }
         v.sort();
-        v
+        Ok(v)
     };
     assert_eq!(
-        names(tmp.path()),
+        names(tmp.path())?,
         [
             "b.json",
             "cpu.a.pb.gz",
@@ -158,9 +180,10 @@ fn the_oldest_dumps_go_first_to_keep_the_folder_under_its_cap() {
             "threads.a.txt"
         ]
     );
-    dump.write_file("c.json", &[1u8; 650]).unwrap();
+    dump.write_file("c.json", &[1u8; 650])
+        .map_err(|e| format!("write c.json: {e}"))?;
     assert_eq!(
-        names(tmp.path()),
+        names(tmp.path())?,
         ["b.json", "c.json", "host-notes.txt.bak"]
     );
     let err = dump.write_file("huge.pb.gz", &[0u8; 1_001]).unwrap_err();
@@ -176,8 +199,9 @@ fn the_oldest_dumps_go_first_to_keep_the_folder_under_its_cap() {
         "{err}"
     );
     assert_eq!(
-        names(tmp.path()).len(),
+        names(tmp.path())?.len(),
         3,
         "nothing deleted for a file that cannot fit"
     );
+    Ok(())
 }

@@ -38,8 +38,8 @@ fn reads_what_is_mapped_and_refuses_what_is_not() {
 }
 
 #[test]
-fn finds_the_main_threads_stack() {
-    let (lo, hi) = main_stack_mapping().unwrap();
+fn finds_the_main_threads_stack() -> crate::TestResult {
+    let (lo, hi) = main_stack_mapping().ok_or("no [stack] mapping found")?;
     assert!(lo < hi && hi - lo >= 4096, "{lo:#x}-{hi:#x}");
     assert!(range_readable(hi - 4096, hi));
     assert_eq!(
@@ -47,4 +47,5 @@ fn finds_the_main_threads_stack() {
         Some((0x7ffd_1000, 0x7ffd_3000))
     );
     assert_eq!(parse_range(b"zz-1"), None);
+    Ok(())
 }

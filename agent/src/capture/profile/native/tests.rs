@@ -29,12 +29,18 @@ fn native_test_inner() -> Vec<usize> {
     std::hint::black_box(stack)
 }
 
+/// `(module name, build id, offset)` of each native location of a sample, leaf first.
+type NativeStack = Vec<(String, String, u64)>;
+
 /// `(module name, build id, offset)` of each native location of `stack`'s sample,
 /// leaf first, and the absolute addresses.
-fn native_stack(stack: &[usize]) -> (Vec<(String, String, u64)>, NativeProfile) {
+fn native_stack(
+    stack: &[usize],
+) -> Result<(NativeStack, NativeProfile), Box<dyn std::error::Error>> {
     let mut b = ProfileBuilder::new(&[("samples", "count")], ("cpu", "nanoseconds"), 1);
     b.add_sample(stack, &[1], &[]);
-    let p = NativeProfile::decode(&b.encode_native().encode()).unwrap();
+    let p = NativeProfile::decode(&b.encode_native().encode())
+        .map_err(|e| format!("decode the native profile: {e}"))?;
     let s = &p.stacks[p.samples[0].stack as usize];
     let native = s
         .iter()
@@ -46,14 +52,18 @@ fn native_stack(stack: &[usize]) -> (Vec<(String, String, u64)>, NativeProfile) 
             Location::Symbolic(f) => (f[0].function.clone(), String::new(), 0),
         })
         .collect();
-    (native, p)
+    Ok((native, p))
 }
 
 #[test]
-fn stacks_become_module_offsets_and_identical_ones_are_stored_once() {
+fn stacks_become_module_offsets_and_identical_ones_are_stored_once() -> crate::TestResult {
     let stack = native_test_outer();
     let map = modules::current();
-    let exe = map.executable().unwrap().module.clone();
+    let exe = map
+        .executable()
+        .ok_or("the executable is not among the modules")?;
+    let bias = exe.bias;
+    let exe = exe.module.clone();
     let mut b = ProfileBuilder::new(
         &[("samples", "count"), ("cpu", "nanoseconds")],
         ("cpu", "nanoseconds"),
@@ -79,7 +89,8 @@ fn stacks_become_module_offsets_and_identical_ones_are_stored_once() {
         line: 9,
     }];
     b.add_symbolic_sample(&frames, &[4, 0], &[]);
-    let p = NativeProfile::decode(&b.encode_native().encode()).unwrap();
+    let p = NativeProfile::decode(&b.encode_native().encode())
+        .map_err(|e| format!("decode the native profile: {e}"))?;
 
     assert_eq!(p.period, 52_631_578);
     assert_eq!(p.time_unix_nanos, 1_700_000_000_000_000_000);
@@ -99,8 +110,7 @@ fn stacks_become_module_offsets_and_identical_ones_are_stored_once() {
     assert_eq!(distinct.len(), p.locations.len());
     // The walk's frames are offsets of the executable: address − bias, the pc as it
     // is and return addresses minus one.
-    let (native, _) = native_stack(&stack);
-    let bias = map.executable().unwrap().bias;
+    let (native, _) = native_stack(&stack)?;
     for (i, (entry, addr)) in native.iter().zip(&stack).enumerate().skip(2) {
         if entry.0 != exe.name {
             continue;
@@ -133,26 +143,29 @@ fn stacks_become_module_offsets_and_identical_ones_are_stored_once() {
             line: 9
         }])
     );
+    Ok(())
 }
 
 /// Run by [`two_processes_of_one_build_give_the_same_native_stacks`] in a child
 /// process: prints the native stack of a fixed code path and its absolute addresses.
 #[test]
 #[ignore = "a child of two_processes_of_one_build_give_the_same_native_stacks"]
-fn native_stack_child() {
+fn native_stack_child() -> crate::TestResult {
     let stack = native_test_outer();
-    let (native, _) = native_stack(&stack);
+    let (native, _) = native_stack(&stack)?;
     // The harness' own frames above the test function vary with the thread it ran
     // on; the test's code path is the first frames up to the test function.
     let keep = stack.len().min(5);
     println!("NATIVE {:?}", &native[..keep]);
     println!("ABSOLUTE {:?}", &stack[..keep]);
+    Ok(())
 }
 
 #[test]
-fn two_processes_of_one_build_give_the_same_native_stacks() {
-    let run = || {
-        let out = Command::new(std::env::current_exe().unwrap())
+fn two_processes_of_one_build_give_the_same_native_stacks() -> crate::TestResult {
+    let exe = std::env::current_exe()?;
+    let run = || -> Result<(String, String), Box<dyn std::error::Error>> {
+        let out = Command::new(&exe)
             .args([
                 "--ignored",
                 "--exact",
@@ -161,19 +174,18 @@ fn two_processes_of_one_build_give_the_same_native_stacks() {
                 "--test-threads=1",
             ])
             .output()
-            .unwrap();
+            .map_err(|e| format!("run {}: {e}", exe.display()))?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let line = |tag: &str| {
+        let line = |tag: &str| -> Result<String, String> {
             // libtest prints the test's name on the same line, before its output.
             text.lines()
-                .find_map(|l| l.find(tag).map(|i| &l[i + tag.len()..]))
-                .unwrap_or_else(|| panic!("{tag} in {text}"))
-                .to_owned()
+                .find_map(|l| l.find(tag).map(|i| l[i + tag.len()..].to_owned()))
+                .ok_or_else(|| format!("no {tag:?} in the child's output: {text}"))
         };
-        (line("NATIVE "), line("ABSOLUTE "))
+        Ok((line("NATIVE ")?, line("ABSOLUTE ")?))
     };
-    let (native_a, absolute_a) = run();
-    let (native_b, absolute_b) = run();
+    let (native_a, absolute_a) = run()?;
+    let (native_b, absolute_b) = run()?;
     assert_eq!(native_a, native_b);
     assert!(native_a.contains("libc"), "{native_a}");
     assert!(native_a.contains("[vdso]"), "{native_a}");
@@ -182,4 +194,5 @@ fn two_processes_of_one_build_give_the_same_native_stacks() {
     if aslr {
         assert_ne!(absolute_a, absolute_b, "ASLR moved nothing?");
     }
+    Ok(())
 }

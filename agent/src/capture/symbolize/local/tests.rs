@@ -6,7 +6,7 @@ fn local_symbols_test_target() -> u64 {
 }
 
 #[test]
-fn names_functions_of_this_binary_and_libc_and_gives_the_memory_back() {
+fn names_functions_of_this_binary_and_libc_and_gives_the_memory_back() -> crate::TestResult {
     let symbolizer = LocalSymbolizer::default();
     assert!(!symbolizer.is_loaded());
     let (own, libc_frames, nowhere) = symbolizer.with(|s| {
@@ -20,7 +20,9 @@ fn names_functions_of_this_binary_and_libc_and_gives_the_memory_back() {
             s.frames(&mut resolver, 16),
         )
     });
-    let outer = own.last().unwrap();
+    let outer = own
+        .last()
+        .ok_or("no frames for local_symbols_test_target")?;
     assert_eq!(
         outer.function,
         "holmes_agent::capture::symbolize::local::tests::local_symbols_test_target"
@@ -41,18 +43,27 @@ fn names_functions_of_this_binary_and_libc_and_gives_the_memory_back() {
     assert!(symbolizer.is_loaded());
     assert!(symbolizer.release_if_idle(Duration::ZERO));
     assert!(!symbolizer.is_loaded());
+    Ok(())
 }
 
 #[test]
-fn code_in_a_module_without_symbols_is_named_module_plus_offset() {
+fn code_in_a_module_without_symbols_is_named_module_plus_offset() -> crate::TestResult {
     let mut symbols = LocalSymbols::default();
     let mut resolver = Resolver::new();
     let addr = local_symbols_test_target as *const () as usize;
-    let (index, offset) = resolver.find(addr).unwrap();
-    let module = resolver.map().get(index).unwrap().module.clone();
+    let (index, offset) = resolver
+        .find(addr)
+        .ok_or_else(|| format!("no module holds this executable's {addr:#x}"))?;
+    let module = resolver
+        .map()
+        .get(index)
+        .ok_or_else(|| format!("no module {index}"))?
+        .module
+        .clone();
     // As if its debug info could not be read.
     symbols.modules.insert(module.clone(), None);
     let frames = symbols.frames(&mut resolver, addr);
     assert_eq!(frames[0].function, format!("{}+{offset:#x}", module.name));
     assert_eq!(symbols.loaded(), 0);
+    Ok(())
 }

@@ -8,11 +8,10 @@ async fn parked_on_a_unit_test_channel(mut rx: tokio::sync::mpsc::Receiver<()>) 
 }
 
 #[test]
-fn a_dump_has_one_sample_per_task_and_names_the_await_point() {
+fn a_dump_has_one_sample_per_task_and_names_the_await_point() -> crate::TestResult {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .build()
-        .unwrap();
+        .build()?;
     let mut senders = Vec::new();
     for _ in 0..20 {
         let (tx, rx) = tokio::sync::mpsc::channel::<()>(1);
@@ -20,9 +19,10 @@ fn a_dump_has_one_sample_per_task_and_names_the_await_point() {
         rt.spawn(parked_on_a_unit_test_channel(rx));
     }
     std::thread::sleep(Duration::from_millis(100));
-    let dump = capture(&[rt.handle().clone()], Duration::from_secs(10)).unwrap();
+    let dump = capture(&[rt.handle().clone()], Duration::from_secs(10))
+        .map_err(|e| format!("the task dump: {e}"))?;
     assert!(dump.failures.is_empty());
-    let p = decode(&dump.profile.encode_gzip(&mut LocalSymbols::default())).unwrap();
+    let p = decode(&dump.profile.encode_gzip(&mut LocalSymbols::default()))?;
     assert_eq!(p.sample_types, [("tasks".to_owned(), "count".to_owned())]);
     assert_eq!(p.total("tasks"), 20, "the dumping task is left out");
     let parked = p
@@ -45,14 +45,14 @@ fn a_dump_has_one_sample_per_task_and_names_the_await_point() {
     assert!(dump.text.contains("parked_on_a_unit_test_channel"));
     drop(senders);
     rt.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
 }
 
 #[test]
-fn a_runtime_whose_workers_are_all_blocked_times_out() {
+fn a_runtime_whose_workers_are_all_blocked_times_out() -> crate::TestResult {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .build()
-        .unwrap();
+        .build()?;
     let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
     // Blocks both workers until dropped (also when an assertion fails, so the
     // runtime's drop does not wait for them forever).
@@ -62,12 +62,16 @@ fn a_runtime_whose_workers_are_all_blocked_times_out() {
         let started = started_tx.clone();
         let released = std::sync::Arc::clone(&released);
         rt.spawn(async move {
-            started.send(()).unwrap();
+            // Should this fail, the test fails waiting for it below.
+            started.send(())?;
             let _ = released.lock().map(|rx| rx.recv());
+            Ok::<(), std::sync::mpsc::SendError<()>>(())
         });
     }
-    for _ in 0..2 {
-        started_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    for i in 0..2 {
+        started_rx
+            .recv_timeout(Duration::from_secs(5))
+            .map_err(|e| format!("blocking worker {i} did not start: {e}"))?;
     }
     let t = Instant::now();
     let err = capture(&[rt.handle().clone()], Duration::from_millis(300)).unwrap_err();
@@ -85,15 +89,16 @@ fn a_runtime_whose_workers_are_all_blocked_times_out() {
     );
     drop(release);
     rt.shutdown_timeout(Duration::from_secs(1));
+    Ok(())
 }
 
 /// A current-thread runtime driven by a thread of its own until `stop` is sent
 /// or dropped.
-fn driven_current_thread() -> (Handle, tokio::sync::oneshot::Sender<()>) {
+fn driven_current_thread(
+) -> Result<(Handle, tokio::sync::oneshot::Sender<()>), Box<dyn std::error::Error>> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()
-        .unwrap();
+        .build()?;
     let handle = rt.handle().clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     std::thread::spawn(move || {
@@ -101,16 +106,15 @@ fn driven_current_thread() -> (Handle, tokio::sync::oneshot::Sender<()>) {
             let _ = stopped.await;
         })
     });
-    (handle, stop)
+    Ok((handle, stop))
 }
 
 #[test]
-fn a_busy_multi_thread_runtime_is_not_dumped_but_a_current_thread_one_is() {
+fn a_busy_multi_thread_runtime_is_not_dumped_but_a_current_thread_one_is() -> crate::TestResult {
     let busy = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
-        .build()
-        .unwrap();
-    let (driven, _stop) = driven_current_thread();
+        .build()?;
+    let (driven, _stop) = driven_current_thread()?;
     let mut senders = Vec::new();
     for _ in 0..100 {
         let (tx, rx) = tokio::sync::mpsc::channel::<()>(1);
@@ -142,12 +146,12 @@ fn a_busy_multi_thread_runtime_is_not_dumped_but_a_current_thread_one_is() {
         &[busy.handle().clone(), driven.clone()],
         Duration::from_secs(10),
     )
-    .unwrap();
+    .map_err(|e| format!("the task dump of both runtimes: {e}"))?;
     assert!(matches!(
         dump.failures.as_slice(),
         [TasksError::Unsafe { runtime: 0, .. }]
     ));
-    let p = decode(&dump.profile.encode_gzip(&mut LocalSymbols::default())).unwrap();
+    let p = decode(&dump.profile.encode_gzip(&mut LocalSymbols::default()))?;
     assert_eq!(p.total("tasks"), 300);
     assert!(p.samples.iter().all(|s| s.label("runtime") == Some("1")));
     assert!(p.comments.iter().any(|c| c.contains("runtime 0 skipped")));
@@ -155,27 +159,29 @@ fn a_busy_multi_thread_runtime_is_not_dumped_but_a_current_thread_one_is() {
 
     // The refused runtime was left alone and still runs tasks.
     let (tx, rx) = std::sync::mpsc::channel();
-    busy.spawn(async move { tx.send(()).unwrap() });
-    rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    // Should this fail, the test fails waiting for it below.
+    busy.spawn(async move { tx.send(()) });
+    rx.recv_timeout(Duration::from_secs(5))
+        .map_err(|e| format!("the refused runtime ran no task: {e}"))?;
     drop(senders);
     busy.shutdown_background();
+    Ok(())
 }
 
 #[test]
-fn no_runtimes_and_a_shut_down_runtime_are_errors() {
+fn no_runtimes_and_a_shut_down_runtime_are_errors() -> crate::TestResult {
     assert_eq!(
         capture(&[], Duration::from_secs(1)).unwrap_err(),
         TasksError::NoRuntimes
     );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().build()?;
     let handle = rt.handle().clone();
     drop(rt);
     assert_eq!(
         capture(&[handle], Duration::from_secs(1)).unwrap_err(),
         TasksError::ShutDown { runtime: 0 }
     );
+    Ok(())
 }
 
 #[test]
