@@ -24,6 +24,22 @@ mod unwind;
 #[cfg(test)]
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
+/// A test's step that must fail: its error, or a test failure naming what came instead.
+#[cfg(test)]
+trait Failure<E> {
+    fn failure(self) -> Result<E, String>;
+}
+
+#[cfg(test)]
+impl<T: std::fmt::Debug, E> Failure<E> for Result<T, E> {
+    fn failure(self) -> Result<E, String> {
+        match self {
+            Ok(value) => Err(format!("expected an error, got {value:?}")),
+            Err(err) => Ok(err),
+        }
+    }
+}
+
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -1,3 +1,4 @@
+use crate::Failure;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -68,7 +69,7 @@ fn spool_settings_come_from_code_then_environment_then_defaults() -> crate::Test
     assert_eq!(cfg.spool_bytes, 2 * 1024 * 1024);
     let err = base()
         .with_env_from(env(&[("HOLMES_SPOOL_BYTES", "lots")]))
-        .unwrap_err();
+        .failure()?;
     assert!(err.to_string().starts_with("HOLMES_SPOOL_BYTES="), "{err}");
     assert!(matches!(
         base().spool_bytes(1000).resolve(),
@@ -205,7 +206,7 @@ fn control_bounds_baselines_and_the_dump_cap_come_from_code_then_environment() -
     ] {
         let err = HolmesBuilder::default()
             .with_env_from(env(&[(var, value)]))
-            .unwrap_err();
+            .failure()?;
         assert!(err.to_string().starts_with(&format!("{var}=")), "{err}");
     }
     let out_of_range = |b: HolmesBuilder| match b.service("svc").resolve() {
@@ -255,7 +256,7 @@ fn labels_from_code_win_over_holmes_labels_which_win_over_kubernetes() -> crate:
 }
 
 #[test]
-fn malformed_variables_are_errors_naming_the_variable() {
+fn malformed_variables_are_errors_naming_the_variable() -> crate::TestResult {
     let cases = [
         ("HOLMES_INTERVAL", "soon"),
         ("HOLMES_SEND_INTERVAL", "5 parsecs"),
@@ -267,11 +268,12 @@ fn malformed_variables_are_errors_naming_the_variable() {
     for (var, value) in cases {
         let err = HolmesBuilder::default()
             .with_env_from(env(&[(var, value)]))
-            .unwrap_err();
+            .failure()?;
         let text = err.to_string();
         assert!(text.starts_with(&format!("{var}=")), "{text}");
         assert!(matches!(err, ConfigError::InvalidEnv { var: v, .. } if v == var));
     }
+    Ok(())
 }
 
 #[test]
@@ -332,16 +334,16 @@ fn debuginfo_upload_settings_come_from_code_then_environment_then_the_defaults()
         ("HOLMES_DEBUGINFO_UPLOAD", "soon"),
         ("HOLMES_DEBUGINFO_RATE", "fast"),
     ] {
-        let err = base().with_env_from(env(&[(var, value)])).unwrap_err();
+        let err = base().with_env_from(env(&[(var, value)])).failure()?;
         assert!(err.to_string().starts_with(&format!("{var}=")), "{err}");
     }
-    let err = base().debuginfo_rate(100).resolve().unwrap_err();
+    let err = base().debuginfo_rate(100).resolve().failure()?;
     assert!(err.to_string().starts_with("debuginfo_rate = 100"), "{err}");
     Ok(())
 }
 
 #[test]
-fn malformed_rule_variables_name_the_variable() {
+fn malformed_rule_variables_name_the_variable() -> crate::TestResult {
     for (var, value) in [
         ("HOLMES_RULE_MEMORY", "abs=lots"),
         ("HOLMES_RULE_CPU", "speed=3"),
@@ -351,9 +353,10 @@ fn malformed_rule_variables_name_the_variable() {
     ] {
         let err = HolmesBuilder::default()
             .with_env_from(env(&[(var, value)]))
-            .unwrap_err();
+            .failure()?;
         assert!(err.to_string().starts_with(&format!("{var}=")), "{err}");
     }
+    Ok(())
 }
 
 #[test]
@@ -372,20 +375,20 @@ fn the_fast_memory_path_defaults_on_and_stays_below_the_interval() -> crate::Tes
 }
 
 #[test]
-fn bad_settings_are_refused_at_start() {
-    let resolve = |b: HolmesBuilder| b.resolve().unwrap_err();
+fn bad_settings_are_refused_at_start() -> crate::TestResult {
+    let resolve = |b: HolmesBuilder| b.resolve().failure();
     assert_eq!(
-        resolve(HolmesBuilder::default()),
+        resolve(HolmesBuilder::default())?,
         ConfigError::MissingService
     );
     assert!(matches!(
-        resolve(HolmesBuilder::default().service("bad name")),
+        resolve(HolmesBuilder::default().service("bad name"))?,
         ConfigError::InvalidName(_)
     ));
     for url in ["127.0.0.1:7070", "ftp://x", "http://", "https://"] {
         assert!(
             matches!(
-                resolve(HolmesBuilder::default().service("s").collector(url)),
+                resolve(HolmesBuilder::default().service("s").collector(url))?,
                 ConfigError::InvalidCollector { .. }
             ),
             "{url}"
@@ -396,7 +399,7 @@ fn bad_settings_are_refused_at_start() {
             HolmesBuilder::default()
                 .service("s")
                 .collect_interval(Duration::from_millis(1))
-        ),
+        )?,
         ConfigError::OutOfRange { .. }
     ));
     assert!(matches!(
@@ -404,12 +407,13 @@ fn bad_settings_are_refused_at_start() {
             HolmesBuilder::default()
                 .service("s")
                 .max_backoff(Duration::MAX)
-        ),
+        )?,
         ConfigError::OutOfRange {
             setting: "max_backoff",
             ..
         }
     ));
+    Ok(())
 }
 
 #[test]
@@ -433,7 +437,7 @@ fn transport_settings_come_from_the_environment_too() -> crate::TestResult {
     );
     let err = HolmesBuilder::default()
         .with_env_from(env(&[("HOLMES_COMPRESSION", "lz4")]))
-        .unwrap_err();
+        .failure()?;
     assert!(matches!(
         err,
         ConfigError::InvalidEnv {
@@ -445,7 +449,7 @@ fn transport_settings_come_from_the_environment_too() -> crate::TestResult {
         .service("s")
         .token("two words")
         .resolve()
-        .unwrap_err();
+        .failure()?;
     assert!(
         matches!(
             err,
@@ -462,19 +466,20 @@ fn transport_settings_come_from_the_environment_too() -> crate::TestResult {
 
 #[cfg(not(feature = "tls"))]
 #[test]
-fn https_and_a_ca_file_need_the_tls_feature() {
+fn https_and_a_ca_file_need_the_tls_feature() -> crate::TestResult {
     let err = HolmesBuilder::default()
         .service("s")
         .collector("https://h:1")
         .resolve()
-        .unwrap_err();
+        .failure()?;
     assert!(matches!(err, ConfigError::InvalidCollector { .. }), "{err}");
     assert!(err.to_string().contains("`tls` feature"), "{err}");
     let err = HolmesBuilder::default()
         .with_env_from(env(&[("HOLMES_TLS_CA_FILE", "/ca.pem")]))
-        .unwrap_err();
+        .failure()?;
     assert!(err.to_string().starts_with("HOLMES_TLS_CA_FILE="), "{err}");
     assert!(err.to_string().contains("`tls` feature"), "{err}");
+    Ok(())
 }
 
 #[test]
@@ -489,7 +494,7 @@ fn cpu_cores_come_from_code_then_environment_and_must_be_a_positive_number() -> 
     for bad in ["0", "-2", "many", "inf", "NaN"] {
         let err = base()
             .with_env_from(env(&[("HOLMES_CPU_CORES", bad)]))
-            .unwrap_err();
+            .failure()?;
         assert_eq!(
             err.to_string(),
             format!(
@@ -498,7 +503,7 @@ fn cpu_cores_come_from_code_then_environment_and_must_be_a_positive_number() -> 
         );
     }
     for bad in [0.0, -1.0, f64::INFINITY, f64::NAN] {
-        let err = base().cpu_cores(bad).resolve().unwrap_err();
+        let err = base().cpu_cores(bad).resolve().failure()?;
         assert!(
             matches!(
                 err,

@@ -1,3 +1,4 @@
+use crate::Failure;
 use std::process::Command;
 
 use holmes_proto::pprof::{Profile, Sample};
@@ -305,7 +306,7 @@ fn caps_stack_depth_and_distinct_samples() -> crate::TestResult {
 }
 
 #[test]
-fn decode_rejects_garbage_and_oversized_profiles() {
+fn decode_rejects_garbage_and_oversized_profiles() -> crate::TestResult {
     assert!(matches!(
         decode(&[0x1f, 0x8b, 1, 2, 3]),
         Err(PprofError::Decompress(_))
@@ -315,7 +316,7 @@ fn decode_rejects_garbage_and_oversized_profiles() {
         Err(PprofError::Malformed(_))
     ));
     let gz = sample_profile().encode_gzip(&mut LocalSymbols::default());
-    let err = decode_with_limit(&gz, 16).unwrap_err();
+    let err = decode_with_limit(&gz, 16).failure()?;
     assert!(matches!(err, PprofError::TooLarge { limit: 16 }));
     assert_eq!(
         err.to_string(),
@@ -331,11 +332,12 @@ fn decode_rejects_garbage_and_oversized_profiles() {
         string_table: vec![String::new()],
         ..Profile::default()
     };
-    let err = decode(&bad.encode_to_vec()).unwrap_err();
+    let err = decode(&bad.encode_to_vec()).failure()?;
     assert_eq!(
         err.to_string(),
         "malformed profile: it refers to a missing location 7"
     );
+    Ok(())
 }
 
 fn go_required() -> bool {

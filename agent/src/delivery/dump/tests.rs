@@ -1,4 +1,5 @@
 use super::*;
+use crate::Failure;
 use holmes_proto::{Metric, RuleConfig, Sample};
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
@@ -90,7 +91,7 @@ fn a_default_folder_others_can_write_to_or_that_is_a_link_is_refused() -> crate:
     // Made beforehand by someone else, open to all, as a shared /tmp allows.
     std::fs::create_dir(dump.path())?;
     std::fs::set_permissions(dump.path(), std::fs::Permissions::from_mode(0o777))?;
-    let err = dump.write_file("a.json", b"{}").unwrap_err();
+    let err = dump.write_file("a.json", b"{}").failure()?;
     assert!(
         matches!(err, DumpError::OpenToOthers { mode: 0o777, .. }),
         "{err}"
@@ -101,7 +102,7 @@ fn a_default_folder_others_can_write_to_or_that_is_a_link_is_refused() -> crate:
     std::fs::remove_dir(dump.path())?;
     let elsewhere = tempfile::tempdir()?;
     std::os::unix::fs::symlink(elsewhere.path(), dump.path())?;
-    let err = dump.write_file("a.json", b"{}").unwrap_err();
+    let err = dump.write_file("a.json", b"{}").failure()?;
     assert!(matches!(err, DumpError::NotADirectory(_)), "{err}");
     assert_eq!(std::fs::read_dir(elsewhere.path())?.count(), 0);
     // A folder the host chose is the host's business.
@@ -126,7 +127,7 @@ fn a_default_folder_of_another_user_is_refused() -> crate::TestResult {
     std::fs::create_dir(dump.path())?;
     std::fs::set_permissions(dump.path(), std::fs::Permissions::from_mode(0o700))?;
     std::os::unix::fs::chown(dump.path(), Some(65534), Some(65534))?;
-    let err = dump.write_file("a.json", b"{}").unwrap_err();
+    let err = dump.write_file("a.json", b"{}").failure()?;
     assert!(
         matches!(
             err,
@@ -186,7 +187,7 @@ fn the_oldest_dumps_go_first_to_keep_the_folder_under_its_cap() -> crate::TestRe
         names(tmp.path())?,
         ["b.json", "c.json", "host-notes.txt.bak"]
     );
-    let err = dump.write_file("huge.pb.gz", &[0u8; 1_001]).unwrap_err();
+    let err = dump.write_file("huge.pb.gz", &[0u8; 1_001]).failure()?;
     assert!(
         matches!(
             err,

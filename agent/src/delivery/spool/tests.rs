@@ -1,4 +1,5 @@
 use super::*;
+use crate::Failure;
 use holmes_proto::{
     Metric, MetricSeries, MetricWindow, ProfileChunk, ProfileKind, Sample, TriggerEvent,
     TriggerReason,
@@ -205,7 +206,7 @@ fn removed_files_are_gone_and_missing_ones_say_so() -> crate::TestResult {
         .collect();
     spool.remove(files.clone());
     assert!(names(dir.path())?.is_empty());
-    assert!(spool.read(&files[0]).unwrap_err().is_missing());
+    assert!(spool.read(&files[0]).failure()?.is_missing());
     spool.remove(files); // twice is harmless
     Ok(())
 }

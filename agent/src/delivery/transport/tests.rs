@@ -1,4 +1,5 @@
 use super::*;
+use crate::Failure;
 
 #[test]
 fn compression_parses_and_defaults_to_gzip() -> crate::TestResult {
@@ -32,25 +33,27 @@ fn a_token_goes_out_as_a_bearer_header_and_stays_out_of_logs() -> crate::TestRes
 }
 
 #[test]
-fn tokens_must_fit_a_header() {
+fn tokens_must_fit_a_header() -> crate::TestResult {
     for bad in ["", "two words", "tab\there", "é"] {
         let s = TransportSettings {
             token: Some(bad.to_owned()),
             ..Default::default()
         };
-        let err = s.resolve(None).unwrap_err();
+        let err = s.resolve(None).failure()?;
         assert_eq!(err, TransportError::BadToken);
         assert!(!err.to_string().contains(bad) || bad.is_empty(), "{err}");
     }
+    Ok(())
 }
 
 #[cfg(not(feature = "tls"))]
 #[test]
-fn https_needs_the_tls_feature() {
+fn https_needs_the_tls_feature() -> crate::TestResult {
     let err = TransportSettings::default()
         .resolve(Some("https://h:1"))
-        .unwrap_err();
+        .failure()?;
     assert!(err.to_string().contains("`tls` feature"), "{err}");
+    Ok(())
 }
 
 #[cfg(feature = "tls")]
@@ -60,6 +63,6 @@ fn an_unreadable_ca_file_is_named() {
         tls_ca_file: Some(PathBuf::from("/nonexistent/ca.pem")),
         ..Default::default()
     };
-    let err = s.resolve(Some("https://h:1")).unwrap_err();
+    let err = s.resolve(Some("https://h:1")).failure()?;
     assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
 }

@@ -1,3 +1,4 @@
+use crate::Failure;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -66,9 +67,7 @@ fn parses_cpu_max() -> crate::TestResult {
         "1 2 3",
         "max x",
     ] {
-        let err = parse_cpu_max(p("/cg/cpu.max"), bad)
-            .unwrap_err()
-            .to_string();
+        let err = parse_cpu_max(p("/cg/cpu.max"), bad).failure()?.to_string();
         assert!(err.starts_with("/cg/cpu.max malformed: "), "{err}");
         assert!(err.contains(&format!("{:?}", bad.trim())), "{err}");
     }
@@ -82,12 +81,12 @@ fn parses_cfs() -> crate::TestResult {
     assert_eq!(parse_cfs(q, "-1", per, "garbage")?, None);
     assert_eq!(parse_cfs(q, "150000\n", per, "100000\n")?, Some(1.5));
     assert_eq!(parse_cfs(q, "50000", per, "200000")?, Some(0.25));
-    let err = parse_cfs(q, "-2", per, "100000").unwrap_err().to_string();
+    let err = parse_cfs(q, "-2", per, "100000").failure()?.to_string();
     assert!(
         err.contains("/cg/cpu.cfs_quota_us") && err.contains("\"-2\""),
         "{err}"
     );
-    let err = parse_cfs(q, "100000", per, "0").unwrap_err().to_string();
+    let err = parse_cfs(q, "100000", per, "0").failure()?.to_string();
     assert!(
         err.contains("/cg/cpu.cfs_period_us") && err.contains("\"0\""),
         "{err}"
@@ -102,7 +101,7 @@ fn parses_memory_limits() -> crate::TestResult {
     assert_eq!(parse_memory_max(f, "max\n")?, None);
     assert_eq!(parse_memory_max(f, "536870912\n")?, Some(512 * MIB));
     for bad in ["", "lots", "-1", "0", "1.5G"] {
-        let err = parse_memory_max(f, bad).unwrap_err().to_string();
+        let err = parse_memory_max(f, bad).failure()?.to_string();
         assert!(
             err.contains("/cg/memory.max") && err.contains(&format!("{bad:?}")),
             "{err}"
@@ -149,7 +148,7 @@ fn parses_throttled_time() -> crate::TestResult {
     );
     assert_eq!(parse_throttled(f, "", CgroupVersion::V2)?, None);
     let err = parse_throttled(f, "throttled_usec lots\n", CgroupVersion::V2)
-        .unwrap_err()
+        .failure()?
         .to_string();
     assert!(
         err.contains("/cg/cpu.stat") && err.contains("throttled_usec lots"),
@@ -395,7 +394,7 @@ fn v2_is_preferred_when_it_lists_the_controller() -> crate::TestResult {
     assert_eq!(pick(&unreadable, &mut notes)?, CgroupVersion::V1);
     assert!(notes.is_empty());
     // v2 only, not listed: no source, and why.
-    let err = choose("memory", None, Some(&v2), Some(&unlisted), &mut notes).unwrap_err();
+    let err = choose("memory", None, Some(&v2), Some(&unlisted), &mut notes).failure()?;
     assert_eq!(err, "the memory controller is not enabled in c");
     // v2 only, list unreadable: try v2, with a note.
     let h = choose("memory", None, Some(&v2), Some(&unreadable), &mut notes)?;

@@ -1,6 +1,7 @@
 use super::*;
 use crate::capture::profile::decode::decode;
 use crate::capture::symbolize::local::LocalSymbols;
+use crate::Failure;
 
 #[inline(never)]
 async fn parked_on_a_unit_test_channel(mut rx: tokio::sync::mpsc::Receiver<()>) {
@@ -74,7 +75,7 @@ fn a_runtime_whose_workers_are_all_blocked_times_out() -> crate::TestResult {
             .map_err(|e| format!("blocking worker {i} did not start: {e}"))?;
     }
     let t = Instant::now();
-    let err = capture(&[rt.handle().clone()], Duration::from_millis(300)).unwrap_err();
+    let err = capture(&[rt.handle().clone()], Duration::from_millis(300)).failure()?;
     let waited = t.elapsed();
     assert_eq!(
         err.to_string(),
@@ -129,7 +130,7 @@ fn a_busy_multi_thread_runtime_is_not_dumped_but_a_current_thread_one_is() -> cr
     std::thread::sleep(Duration::from_millis(100));
 
     let t = Instant::now();
-    let err = capture(&[busy.handle().clone()], Duration::from_secs(60)).unwrap_err();
+    let err = capture(&[busy.handle().clone()], Duration::from_secs(60)).failure()?;
     // Refused without dumping: well before the deadline, however loaded the machine.
     assert!(t.elapsed() < Duration::from_secs(30), "refused at once");
     assert!(
@@ -171,14 +172,14 @@ fn a_busy_multi_thread_runtime_is_not_dumped_but_a_current_thread_one_is() -> cr
 #[test]
 fn no_runtimes_and_a_shut_down_runtime_are_errors() -> crate::TestResult {
     assert_eq!(
-        capture(&[], Duration::from_secs(1)).unwrap_err(),
+        capture(&[], Duration::from_secs(1)).failure()?,
         TasksError::NoRuntimes
     );
     let rt = tokio::runtime::Builder::new_current_thread().build()?;
     let handle = rt.handle().clone();
     drop(rt);
     assert_eq!(
-        capture(&[handle], Duration::from_secs(1)).unwrap_err(),
+        capture(&[handle], Duration::from_secs(1)).failure()?,
         TasksError::ShutDown { runtime: 0 }
     );
     Ok(())
