@@ -58,11 +58,12 @@ fn https_needs_the_tls_feature() -> crate::TestResult {
 
 #[cfg(feature = "tls")]
 #[test]
-fn an_unreadable_ca_file_is_named() {
+fn an_unreadable_ca_file_is_named() -> crate::TestResult {
     let s = TransportSettings {
         tls_ca_file: Some(PathBuf::from("/nonexistent/ca.pem")),
         ..Default::default()
     };
     let err = s.resolve(Some("https://h:1")).failure()?;
     assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+    Ok(())
 }
