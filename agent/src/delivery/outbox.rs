@@ -522,11 +522,15 @@ mod tests {
     #[test]
     fn numbers_from_one_and_forgets_what_is_acked() {
         let mut o = Outbox::new(1 << 20);
+        assert_eq!(o.queued(), 0, "nothing queued yet");
         assert_eq!(o.push(window(1)), Some(1));
         assert_eq!(o.push(window(1)), Some(2));
         assert_eq!(o.push(window(1)), Some(3));
+        assert_eq!(o.queued(), 3);
         o.ack(2);
         assert_eq!(o.len(), 1);
+        // Acknowledging does not change what was queued: the collector is 1 behind.
+        assert_eq!(o.queued() - o.acked(), 1);
         assert_eq!(
             o.resident_after(0, 10)
                 .iter()
@@ -538,6 +542,7 @@ mod tests {
         assert_eq!((o.len(), o.acked()), (1, 2));
         o.ack(3);
         assert_eq!((o.len(), o.bytes()), (0, 0));
+        assert_eq!(o.queued(), o.acked(), "everything queued has arrived");
     }
 
     #[test]

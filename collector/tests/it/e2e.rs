@@ -155,6 +155,10 @@ async fn agent_rides_out_a_collector_that_is_down_and_restarts() {
     // it is looked at: what was queued while the collector was down is delivered
     // once the acknowledgements reach it.
     let queued_while_down = agent.stats().queued_seq;
+    assert!(
+        queued_while_down >= before.unacked,
+        "{queued_while_down} queued, {before:?}"
+    );
     let collector_up_ms = now_ms();
     let server = holmes_collector::Server::start(&config).await.unwrap();
     let api = ApiClient::new(&format!("http://{}", server.http_addr())).unwrap();
