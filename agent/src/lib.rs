@@ -19,10 +19,10 @@ mod heap;
 mod jitter;
 mod unwind;
 
-/// What the agent's unit tests return: a failed step is an `Err` with what failed, so
-/// the tests need no `unwrap` (the crate's code has none either).
+/// What the agent's unit tests and their helpers return: a failed step is an `Err` with
+/// what failed, so the tests need no `unwrap` (the crate's code has none either).
 #[cfg(test)]
-type TestResult = Result<(), Box<dyn std::error::Error>>;
+type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
 /// A test's step that must fail: its error, or a test failure naming what came instead.
 #[cfg(test)]

@@ -134,7 +134,7 @@ fn defaults_apply_when_nothing_is_set() -> crate::TestResult {
 }
 
 /// The effective user id, read from the process's status file.
-fn euid() -> Result<String, Box<dyn std::error::Error>> {
+fn euid() -> crate::TestResult<String> {
     Ok(std::fs::read_to_string("/proc/self/status")?
         .lines()
         .find_map(|l| l.strip_prefix("Uid:"))

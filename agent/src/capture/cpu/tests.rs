@@ -58,7 +58,7 @@ static SAMPLER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Every stack sampled at the capture rate while `spin` runs on a thread of its own
 /// (until it is done, however long a busy machine takes to run it).
-fn samples_of(spin: fn()) -> Result<Vec<Vec<usize>>, Box<dyn std::error::Error>> {
+fn samples_of(spin: fn()) -> crate::TestResult<Vec<Vec<usize>>> {
     let _one = SAMPLER
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -7,9 +7,7 @@ use crate::heap::tests::serial;
 use crate::heap::SamplingAllocator;
 
 #[inline(never)]
-fn heap_unit_test_culprit(
-    a: &SamplingAllocator,
-) -> Result<(*mut u8, Layout), Box<dyn std::error::Error>> {
+fn heap_unit_test_culprit(a: &SamplingAllocator) -> crate::TestResult<(*mut u8, Layout)> {
     let layout = Layout::from_size_align(3 << 20, 16)?;
     // SAFETY: a valid layout; freed by the caller with it.
     let p = unsafe { a.alloc(layout) };

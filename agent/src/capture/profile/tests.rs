@@ -349,7 +349,7 @@ fn go_pprof(
     args: &[&str],
     file: &std::path::Path,
     tmp: &std::path::Path,
-) -> Result<String, Box<dyn std::error::Error>> {
+) -> crate::TestResult<String> {
     let mut cmd = Command::new("go");
     cmd.arg("tool")
         .arg("pprof")

@@ -7,8 +7,6 @@ use std::sync::Mutex;
 use std::sync::{mpsc, Arc, MutexGuard};
 use std::thread;
 
-type Error = Box<dyn std::error::Error>;
-
 /// What a helper thread returns: a failed step as a message (sent back across `join`).
 type ThreadResult = Result<(), String>;
 
@@ -33,7 +31,7 @@ fn symbolized(stack: &ThreadStack) -> Vec<String> {
         .collect()
 }
 
-fn find(stacks: &[ThreadStack], tid: i32) -> Result<&ThreadStack, Error> {
+fn find(stacks: &[ThreadStack], tid: i32) -> crate::TestResult<&ThreadStack> {
     stacks
         .iter()
         .find(|t| t.tid == tid)
@@ -63,7 +61,7 @@ type Blocked = (i32, mpsc::Sender<()>, thread::JoinHandle<ThreadResult>);
 
 /// A thread that blocks the capture signal until told to go, then unblocks it (so a
 /// queued signal is delivered late) and exits.
-fn spawn_blocking_signal() -> Result<Blocked, Error> {
+fn spawn_blocking_signal() -> crate::TestResult<Blocked> {
     let (tid_tx, tid_rx) = mpsc::channel();
     let (go_tx, go_rx) = mpsc::channel::<()>();
     let handle = thread::Builder::new()

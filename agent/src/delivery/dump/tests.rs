@@ -55,7 +55,7 @@ fn writes_the_trigger_context_as_json() -> crate::TestResult {
     Ok(())
 }
 
-fn mode(path: &Path) -> Result<u32, Box<dyn std::error::Error>> {
+fn mode(path: &Path) -> crate::TestResult<u32> {
     let metadata =
         std::fs::metadata(path).map_err(|e| format!("metadata of {}: {e}", path.display()))?;
     Ok(metadata.mode() & 0o777)
@@ -160,7 +160,7 @@ fn the_oldest_dumps_go_first_to_keep_the_folder_under_its_cap() -> crate::TestRe
         f.set_modified(t0 + Duration::from_secs(i as u64))?;
     }
     // 4 × 300 > 1 000: writing the fourth deleted the oldest.
-    let names = |dir: &Path| -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let names = |dir: &Path| -> crate::TestResult<Vec<String>> {
         let mut v = Vec::new();
         for entry in std::fs::read_dir(dir)? {
             let name = entry?

@@ -47,7 +47,7 @@ fn native() -> NativeProfile {
     }
 }
 
-fn sent(wire: pb::AgentMessage) -> Result<(u64, ProfileChunk), Box<dyn std::error::Error>> {
+fn sent(wire: pb::AgentMessage) -> crate::TestResult<(u64, ProfileChunk)> {
     match AgentMessage::try_from(wire)? {
         AgentMessage {
             seq,

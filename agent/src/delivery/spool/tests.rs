@@ -52,7 +52,7 @@ fn chunks(profile_id: &str, n: u32) -> Vec<AgentBody> {
         .collect()
 }
 
-fn names(dir: &Path) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+fn names(dir: &Path) -> crate::TestResult<Vec<String>> {
     let mut v: Vec<String> = Vec::new();
     for e in fs::read_dir(dir)? {
         let name = e?

@@ -23,7 +23,7 @@ fn fixture_dir(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn fixture_texts(name: &str) -> Result<(String, String), Box<dyn std::error::Error>> {
+fn fixture_texts(name: &str) -> crate::TestResult<(String, String)> {
     let dir = fixture_dir(name);
     let read = |file: &str| {
         let path = dir.join(file);
@@ -32,7 +32,7 @@ fn fixture_texts(name: &str) -> Result<(String, String), Box<dyn std::error::Err
     Ok((read("proc_self_cgroup")?, read("mountinfo")?))
 }
 
-fn fixture_with(name: &str, host: &Host) -> Result<CgroupLimits, Box<dyn std::error::Error>> {
+fn fixture_with(name: &str, host: &Host) -> crate::TestResult<CgroupLimits> {
     let (proc_cgroup, mountinfo) = fixture_texts(name)?;
     Ok(detect_with(
         &proc_cgroup,
@@ -42,7 +42,7 @@ fn fixture_with(name: &str, host: &Host) -> Result<CgroupLimits, Box<dyn std::er
     ))
 }
 
-fn fixture(name: &str) -> Result<CgroupLimits, Box<dyn std::error::Error>> {
+fn fixture(name: &str) -> crate::TestResult<CgroupLimits> {
     fixture_with(name, &HOST)
 }
 

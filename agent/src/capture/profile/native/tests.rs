@@ -34,9 +34,7 @@ type NativeStack = Vec<(String, String, u64)>;
 
 /// `(module name, build id, offset)` of each native location of `stack`'s sample,
 /// leaf first, and the absolute addresses.
-fn native_stack(
-    stack: &[usize],
-) -> Result<(NativeStack, NativeProfile), Box<dyn std::error::Error>> {
+fn native_stack(stack: &[usize]) -> crate::TestResult<(NativeStack, NativeProfile)> {
     let mut b = ProfileBuilder::new(&[("samples", "count")], ("cpu", "nanoseconds"), 1);
     b.add_sample(stack, &[1], &[]);
     let p = NativeProfile::decode(&b.encode_native().encode())
@@ -164,7 +162,7 @@ fn native_stack_child() -> crate::TestResult {
 #[test]
 fn two_processes_of_one_build_give_the_same_native_stacks() -> crate::TestResult {
     let exe = std::env::current_exe()?;
-    let run = || -> Result<(String, String), Box<dyn std::error::Error>> {
+    let run = || -> crate::TestResult<(String, String)> {
         let out = Command::new(&exe)
             .args([
                 "--ignored",

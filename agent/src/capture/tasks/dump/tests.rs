@@ -95,8 +95,7 @@ fn a_runtime_whose_workers_are_all_blocked_times_out() -> crate::TestResult {
 
 /// A current-thread runtime driven by a thread of its own until `stop` is sent
 /// or dropped.
-fn driven_current_thread(
-) -> Result<(Handle, tokio::sync::oneshot::Sender<()>), Box<dyn std::error::Error>> {
+fn driven_current_thread() -> crate::TestResult<(Handle, tokio::sync::oneshot::Sender<()>)> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
