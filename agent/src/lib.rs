@@ -276,9 +276,12 @@ impl HolmesHandle {
         self.shared.runtimes.register(handle);
     }
 
-    /// Stops the agent: sends the last metric window, waits up to the flush timeout
-    /// (default [`DEFAULT_FLUSH_TIMEOUT`]) for the collector to acknowledge what is
-    /// queued, then ends the agent's thread. Blocks the caller for at most that long.
+    /// Stops the agent: ends a running full-rate CPU capture early (its profile covers
+    /// what it got), waits for running captures to queue their profiles, sends the
+    /// last metric window, waits for the collector to acknowledge what is queued, then
+    /// ends the agent's thread. The waits together take at most the flush timeout
+    /// (default [`DEFAULT_FLUSH_TIMEOUT`]); whatever is not acknowledged by then stays
+    /// in the spool, if there is one.
     pub fn stop(mut self) -> AgentStats {
         self.shared.stop_requested.store(true, Ordering::Release);
         if let Some(thread) = self.thread.take() {

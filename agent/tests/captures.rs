@@ -6,7 +6,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use holmes_agent::Rule;
+use holmes_agent::{ProfileKind, Rule};
 
 mod support;
 use support::{eventually, files, go_available, pprof, quiet_agent, thread_cpu_time, top_function};
@@ -159,4 +159,33 @@ fn a_thread_pile_up_is_in_the_thread_dump() {
         t.join().unwrap();
     }
     agent.stop();
+}
+
+/// `stop()` while a long CPU capture runs: the capture ends at once with what it has,
+/// and its profile is in the dump folder when `stop()` returns, not lost with a process
+/// that exits right after stopping its agent.
+#[test]
+fn stop_ends_a_running_cpu_capture_and_keeps_its_profile() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let agent = quiet_agent("capture-stop", dir.path())
+        .cpu_profile_duration(Duration::from_secs(300))
+        .flush_timeout(Duration::from_secs(120))
+        .start()
+        .unwrap();
+    agent.capture_now(&[ProfileKind::Cpu]).unwrap();
+    eventually(Duration::from_secs(60), "the pre-trigger profile", || {
+        !files(dir.path(), "cpu.", ".pb.gz").is_empty()
+    });
+    let stopping = Instant::now();
+    agent.stop();
+    let took = stopping.elapsed();
+    let profiles = files(dir.path(), "cpu.", ".pb.gz");
+    assert_eq!(
+        profiles.len(),
+        2,
+        "the pre- and post-trigger profiles once stop() returned: {profiles:?}"
+    );
+    // Neither the 300 s capture nor the 120 s flush timeout was waited out.
+    assert!(took < Duration::from_secs(100), "stop() took {took:?}");
 }

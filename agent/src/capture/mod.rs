@@ -35,8 +35,8 @@ pub(crate) mod tasks;
 pub(crate) mod threads;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use holmes_proto::{ProfileKind, TriggerEvent, TriggerReason};
@@ -93,6 +93,44 @@ pub(crate) struct Captures {
     recorder: Option<Mutex<cpu::FlightRecorder>>,
     /// Symbolizes local dumps; loaded on first use, dropped when idle.
     symbols: LocalSymbolizer,
+    /// The capture threads running now, for `stop()` to wait for.
+    running: Running,
+}
+
+/// How many capture threads run, and whether the agent is stopping (which cuts a
+/// full-rate CPU capture short). One lock and condition variable serve both waits.
+#[derive(Debug, Default)]
+struct Running {
+    count: Mutex<usize>,
+    changed: Condvar,
+    stopping: AtomicBool,
+}
+
+impl Running {
+    fn count(&self) -> std::sync::MutexGuard<'_, usize> {
+        self.count.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Counts one capture thread for as long as it lives (dropped with the thread's
+/// closure, also when the thread could not start).
+struct RunningGuard(Arc<Captures>);
+
+impl RunningGuard {
+    fn new(captures: &Arc<Captures>) -> Self {
+        *captures.running.count() += 1;
+        RunningGuard(Arc::clone(captures))
+    }
+}
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        let running = &self.0.running;
+        let mut count = running.count();
+        *count = count.saturating_sub(1);
+        drop(count);
+        running.changed.notify_all();
+    }
 }
 
 impl Captures {
@@ -116,7 +154,39 @@ impl Captures {
             busy: AtomicU8::new(0),
             recorder,
             symbols: LocalSymbolizer::default(),
+            running: Running::default(),
         }
+    }
+
+    /// The agent is stopping: a full-rate CPU capture ends now, with what it has, and
+    /// this waits until `deadline` for every capture thread to hand its profiles over.
+    /// Returns how many are still running.
+    pub(crate) fn stop(&self, deadline: Instant) -> usize {
+        let running = &self.running;
+        running.stopping.store(true, Ordering::Release);
+        running.changed.notify_all();
+        let mut count = running.count();
+        while *count > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            count = running
+                .changed
+                .wait_timeout(count, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        *count
+    }
+
+    /// Sleeps for `duration`, or less if the agent is stopping.
+    fn sleep_unless_stopping(&self, duration: Duration) {
+        let running = &self.running;
+        let count = running.count();
+        let _ = running.changed.wait_timeout_while(count, duration, |_| {
+            !running.stopping.load(Ordering::Acquire)
+        });
     }
 
     /// Gives back the memory of debug info no capture used for a while; called on every
@@ -217,6 +287,7 @@ impl Captures {
             .filter(|j| j.exclusive())
             .fold(0u8, |b, j| b | kind_bit(j.kind()));
         let this = Arc::clone(self);
+        let alive = RunningGuard::new(self);
         let (cfg2, delivery2) = (Arc::clone(cfg), Arc::clone(delivery));
         let id = event_id.to_owned();
         let planned = jobs.clone();
@@ -226,6 +297,7 @@ impl Captures {
         let spawned = std::thread::Builder::new()
             .name("holmes-capture".to_owned())
             .spawn(move || {
+                let _alive = alive;
                 cpu::leave_this_thread_out();
                 let cpu_before = thread_cpu_time();
                 let mut report = Report::default();
@@ -340,7 +412,7 @@ impl Captures {
             "pre-trigger",
         );
         sink(pre_profile);
-        std::thread::sleep(duration.saturating_sub(started.elapsed()));
+        self.sleep_unless_stopping(duration.saturating_sub(started.elapsed()));
         self.drain();
         let during = lock().end_capture();
         if let Err(err) = cpu::set_rate(cpu::FLIGHT_HZ) {
@@ -518,6 +590,7 @@ mod tests {
             busy: AtomicU8::new(0),
             recorder: None,
             symbols: LocalSymbolizer::default(),
+            running: Running::default(),
         }
     }
 

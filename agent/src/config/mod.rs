@@ -35,7 +35,8 @@ pub const DEFAULT_OUTBOX_BYTES: usize = 4 * 1024 * 1024;
 /// Disk kept for messages the collector has not acknowledged, when a spool folder is
 /// set (`HOLMES_SPOOL_BYTES`).
 pub const DEFAULT_SPOOL_BYTES: usize = 256 * 1024 * 1024;
-/// How long `stop()` waits for unacknowledged messages to be acknowledged.
+/// How long `stop()` waits for running captures to finish and for unacknowledged
+/// messages to be acknowledged, together.
 pub const DEFAULT_FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest wait between two reconnection attempts.
 pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -253,8 +254,8 @@ impl HolmesBuilder {
         self
     }
 
-    /// How long [`crate::HolmesHandle::stop`] waits for acknowledgements (default
-    /// [`DEFAULT_FLUSH_TIMEOUT`]).
+    /// How long [`crate::HolmesHandle::stop`] waits for running captures and for
+    /// acknowledgements, together (default [`DEFAULT_FLUSH_TIMEOUT`]).
     pub fn flush_timeout(mut self, timeout: Duration) -> Self {
         self.flush_timeout = Some(timeout);
         self

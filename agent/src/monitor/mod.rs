@@ -295,10 +295,16 @@ fn run(cfg: &Arc<AgentConfig>, shared: &Arc<Shared>) {
         }
     }
 
-    // stop(): send what is left and give the collector a moment to acknowledge it.
+    // stop(): let running captures hand over their profiles (a CPU capture ends early),
+    // send what is left, and give the collector a moment to acknowledge it; all of it
+    // within the flush timeout.
+    let deadline = Instant::now() + cfg.flush_timeout; // bounded in config
+    let still_capturing = captures.stop(deadline);
+    if still_capturing > 0 {
+        tracing::warn!(target: "holmes", captures = still_capturing, "stopping while captures still run; their profiles are not waited for");
+    }
     if cfg.collector.is_some() {
         flush_window(cfg, shared, &mut window);
-        let deadline = Instant::now() + cfg.flush_timeout; // bounded in config
         while shared.delivery.outbox().len() > 0 {
             if Instant::now() >= deadline {
                 let (left, spooled) = {
