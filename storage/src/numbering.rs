@@ -140,11 +140,11 @@ impl Inner {
     ) -> Option<u32> {
         match l {
             LocationRef::Native { module, offset } => {
-                let m = match *last {
-                    Some((seen, ordinal)) if seen == module => ordinal,
-                    _ => {
+                let m = match last.get(module) {
+                    Some(ordinal) => ordinal,
+                    None => {
                         let ordinal = self.modules.get(module).copied();
-                        *last = Some((module, ordinal));
+                        last.put(module, ordinal);
                         ordinal
                     }
                 }?;
@@ -181,8 +181,68 @@ fn id_of(l: &Location, canonical: &[u8]) -> LocationId {
     }
 }
 
-/// The module a profile's last native location looked up, and its ordinal.
-type LastModule<'a> = Option<(&'a Module, Option<u32>)>;
+/// Ids made by [`Numbering::unknown`] for some indexes of a profile's locations or
+/// stacks, ascending, taken as [`Numbering::number`] goes through the indexes in order.
+struct IdsByIndex<'a, T> {
+    indexes: &'a [u32],
+    ids: &'a [T],
+    next: usize,
+}
+
+impl<'a, T: Copy> IdsByIndex<'a, T> {
+    fn new(indexes: &'a [u32], ids: &'a [T]) -> Self {
+        IdsByIndex {
+            indexes,
+            ids,
+            next: 0,
+        }
+    }
+
+    /// The id made for `index`, if one was; indexes must be asked in ascending order.
+    fn take(&mut self, index: usize) -> Option<T> {
+        while let Some(&i) = self.indexes.get(self.next) {
+            match (i as usize).cmp(&index) {
+                std::cmp::Ordering::Less => self.next += 1,
+                std::cmp::Ordering::Equal => {
+                    self.next += 1;
+                    return self.ids.get(self.next - 1).copied();
+                }
+                std::cmp::Ordering::Greater => return None,
+            }
+        }
+        None
+    }
+}
+
+/// The modules a profile's native locations looked up last, and their ordinals: a
+/// profile's locations come from a few modules, and a stream's name theirs from one
+/// table, so most are found here by address, without hashing a module's names.
+#[derive(Default)]
+struct LastModule<'a> {
+    seen: [Option<(&'a Module, Option<u32>)>; LAST_MODULES],
+    next: usize,
+}
+
+/// Modules [`LastModule`] holds.
+const LAST_MODULES: usize = 4;
+
+impl<'a> LastModule<'a> {
+    fn get(&self, module: &Module) -> Option<Option<u32>> {
+        let found = |eq: &dyn Fn(&Module) -> bool| {
+            self.seen
+                .iter()
+                .flatten()
+                .find(|(seen, _)| eq(seen))
+                .map(|&(_, ordinal)| ordinal)
+        };
+        found(&|seen| std::ptr::eq(seen, module)).or_else(|| found(&|seen| seen == module))
+    }
+
+    fn put(&mut self, module: &'a Module, ordinal: Option<u32>) {
+        self.seen[self.next % LAST_MODULES] = Some((module, ordinal));
+        self.next = self.next.wrapping_add(1);
+    }
+}
 
 /// What the memory does not know of a profile: to be looked up in the store by id. It
 /// also keeps what the memory did know, so that [`Numbering::number`] does not hash the
@@ -193,6 +253,10 @@ pub(crate) struct Unknown {
     pub(crate) locations: Vec<LocationId>,
     /// Ids of the stacks not remembered.
     pub(crate) stacks: Vec<StackId>,
+    /// The index of each of `locations` in the profile, ascending.
+    location_indexes: Vec<u32>,
+    /// The index of each of `stacks` in the profile, ascending.
+    stack_indexes: Vec<u32>,
     /// The memory's generation when read.
     generation: u64,
     /// Each location's ordinal, when remembered.
@@ -290,7 +354,7 @@ impl Numbering {
             .scopes
             .make_room(locations.len() + stacks.len(), MAX_SCOPED_KEYS);
         if !locations.is_empty() {
-            let (mut last, mut canonical) = (None, Vec::with_capacity(256));
+            let (mut last, mut canonical) = (LastModule::default(), Vec::with_capacity(256));
             let ordinals: Vec<(u32, u32)> = locations
                 .iter()
                 .filter_map(|l| {
@@ -332,7 +396,7 @@ impl Numbering {
         // from the memory only for a stack that is not (most stacks are remembered, and
         // each read is a cache miss).
         let mut new_ids: HashMap<u32, LocationId, foldhash::fast::RandomState> = HashMap::default();
-        let mut last = None;
+        let mut last = LastModule::default();
         let mut canonical = Vec::with_capacity(256);
         let keyed = inner.scopes.keyed_ordinals(service, c);
         for (i, l) in c.locations.iter().enumerate() {
@@ -348,6 +412,7 @@ impl Numbering {
             if ordinal.is_none() {
                 let id = id_of(l, &canonical);
                 out.locations.push(id);
+                out.location_indexes.push(i as u32);
                 new_ids.insert(i as u32, id);
             }
             out.location_ordinals.push(ordinal);
@@ -361,7 +426,8 @@ impl Numbering {
         let known = inner.stacks.get(service);
         let left_out = |i: usize| c.table_keys.as_ref().is_some_and(|k| k.is_left_out(i));
         let mut key = Vec::with_capacity(64);
-        let (mut stack_ids, mut stack_entries) = (Vec::new(), Vec::with_capacity(c.stacks.len()));
+        let (mut stack_ids, mut stack_indexes) = (Vec::new(), Vec::new());
+        let mut stack_entries = Vec::with_capacity(c.stacks.len());
         for (i, stack) in c.stacks.iter().enumerate() {
             if out.plan.by_key[i].is_some() || left_out(i) {
                 // Known by key; or left out and not known, which numbering refuses.
@@ -381,10 +447,12 @@ impl Numbering {
             };
             if entry.is_none() {
                 stack_ids.push(StackId::of(stack.iter().map(|&l| id_of_index(l))));
+                stack_indexes.push(i as u32);
             }
             stack_entries.push(entry);
         }
         out.stacks = stack_ids;
+        out.stack_indexes = stack_indexes;
         out.stack_entries = stack_entries;
         out
     }
@@ -439,13 +507,22 @@ impl Numbering {
             stack_entries: Vec::with_capacity(stacks),
             ..Numbered::default()
         };
-        let mut last = None;
+        let mut last = LastModule::default();
         let mut keyed_locations = Vec::with_capacity(locations);
         let mut canonical = Vec::with_capacity(256);
         let keyed = if still {
             Vec::new()
         } else {
             inner.scopes.keyed_ordinals(service, c)
+        };
+        // The ids `unknown` made, by index, so that none is hashed twice.
+        let (mut location_ids, mut stack_ids) = if still {
+            (
+                IdsByIndex::new(&unknown.location_indexes, &unknown.locations),
+                IdsByIndex::new(&unknown.stack_indexes, &unknown.stacks),
+            )
+        } else {
+            (IdsByIndex::new(&[], &[]), IdsByIndex::new(&[], &[]))
         };
         for (i, l) in c.locations.iter().enumerate() {
             if !plan.needed[i] {
@@ -465,7 +542,7 @@ impl Numbering {
             {
                 Some(o) => o,
                 None => {
-                    let id = id_of(l, &canonical);
+                    let id = location_ids.take(i).unwrap_or_else(|| id_of(l, &canonical));
                     let num = match found_locations.get(&id) {
                         Some(&num) => num,
                         None => {
@@ -479,7 +556,7 @@ impl Numbering {
                     inner.locations.push(KnownLocation { num, id, day: 0 });
                     inner.remember(l, &canonical, o);
                     // A new module may now have an ordinal.
-                    last = None;
+                    last = LastModule::default();
                     o
                 }
             };
@@ -527,7 +604,7 @@ impl Numbering {
                 match remembered.and_then(|e| Some((service_stacks.known(e)?, e))) {
                     Some((k, e)) => (k, e, None),
                     None => {
-                        let id = stack_id();
+                        let id = stack_ids.take(i).unwrap_or_else(stack_id);
                         let num = match found_stacks.get(&id) {
                             Some(&num) => num,
                             None => {
@@ -798,5 +875,43 @@ mod tests {
         assert_eq!(numbered.new_locations.len(), 3);
         assert_eq!(numbered.new_stacks.len(), 2);
         assert_eq!(numbered.new_stacks[0].1, first_stack);
+    }
+
+    #[test]
+    fn ids_made_before_are_taken_by_index_in_ascending_order() {
+        let (indexes, ids) = ([2u32, 5, 9], ['a', 'b', 'c']);
+        let mut made = IdsByIndex::new(&indexes, &ids);
+        assert_eq!(made.take(0), None);
+        assert_eq!(made.take(2), Some('a'));
+        assert_eq!(made.take(3), None);
+        assert_eq!(made.take(4), None);
+        // 5 skipped: its id is passed over, not handed to a later index.
+        assert_eq!(made.take(9), Some('c'));
+        assert_eq!(made.take(10), None);
+    }
+
+    #[test]
+    fn the_last_modules_are_found_by_address_or_content_and_the_oldest_goes() {
+        let module = |name: &str| Module {
+            name: name.into(),
+            build_id: "b1".into(),
+        };
+        let modules: Vec<Module> = ["a", "b", "c", "d", "e"].map(module).into();
+        let same_as_a = module("a");
+        let mut last = LastModule::default();
+        assert_eq!(last.get(&modules[0]), None);
+        last.put(&modules[0], Some(0));
+        last.put(&modules[1], None);
+        assert_eq!(last.get(&modules[0]), Some(Some(0)));
+        assert_eq!(last.get(&same_as_a), Some(Some(0)));
+        assert_eq!(last.get(&modules[1]), Some(None));
+        assert_eq!(last.get(&modules[2]), None);
+        for (i, m) in modules.iter().enumerate().skip(2) {
+            last.put(m, Some(i as u32));
+        }
+        // Five put into four places: the first is forgotten.
+        assert_eq!(last.get(&modules[0]), None);
+        assert_eq!(last.get(&modules[4]), Some(Some(4)));
+        assert_eq!(last.get(&module("b")), Some(None));
     }
 }
