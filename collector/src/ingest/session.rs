@@ -13,13 +13,6 @@ use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 
 use super::assemble::{Assembler, Step};
-
-/// Stream-form profiles up to this size are read on their session's task rather than
-/// on the blocking pool: one of some 45 KiB (1,000 samples, a quarter of its stacks new
-/// to the stream) takes about half a millisecond of CPU, and the trip to the pool and
-/// back cost more than that spares the runtime (in the ingest bench, context switches
-/// fell from 6.3 % of the collector's CPU to 2.8 %, futex calls from 3.7 % to 1.2 %).
-const INLINE_READ_BYTES: usize = 64 * 1024;
 use super::limits::TableShare;
 use super::{check_ids, debuginfo, instance_info, read_status, MAX_DELIVERIES, TOUCH_INTERVAL};
 use crate::clock::unix_nanos_now;
@@ -27,6 +20,13 @@ use crate::control::agent::AgentControl;
 use crate::error::store_status;
 use crate::process::normalize::{self, StreamTables};
 use crate::process::{PipelineBody, PipelineEvent, PipelineProfile, Sink, SinkError};
+
+/// Stream-form profiles up to this size are read on their session's task rather than
+/// on the blocking pool: one of some 45 KiB (1,000 samples, a quarter of its stacks new
+/// to the stream) takes about half a millisecond of CPU, and the trip to the pool and
+/// back cost more than that spares the runtime (in the ingest bench, context switches
+/// fell from 6.3 % of the collector's CPU to 2.8 %, futex calls from 3.7 % to 1.2 %).
+const INLINE_READ_BYTES: usize = 64 * 1024;
 
 /// An event handed to the sink: its sequence number, and the task making it durable.
 pub(super) struct Delivery {
