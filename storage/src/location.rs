@@ -195,37 +195,41 @@ impl StackId {
     }
 }
 
-fn hex(bytes: &[u8; 16], f: &mut fmt::Formatter<'_>) -> fmt::Result {
-    for b in bytes {
-        write!(f, "{b:02x}")?;
+/// The 32 lowercase hex digits of a 128-bit id, as ids are shown and sent in queries.
+pub(crate) fn hex(bytes: &[u8; 16]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(32);
+    for &b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
     }
-    Ok(())
+    out
 }
 
 impl fmt::Display for LocationId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        hex(&self.0, f)
+        f.write_str(&hex(&self.0))
     }
 }
 
 impl fmt::Debug for LocationId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "LocationId(")?;
-        hex(&self.0, f)?;
+        f.write_str(&hex(&self.0))?;
         write!(f, ")")
     }
 }
 
 impl fmt::Display for StackId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        hex(&self.0, f)
+        f.write_str(&hex(&self.0))
     }
 }
 
 impl fmt::Debug for StackId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "StackId(")?;
-        hex(&self.0, f)?;
+        f.write_str(&hex(&self.0))?;
         write!(f, ")")
     }
 }

@@ -458,11 +458,9 @@ impl IncidentSuspects {
             h.update(f.as_bytes());
         }
         let bytes = h.finalize();
-        Some(
-            bytes.as_bytes()[..16]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect(),
-        )
+        bytes
+            .as_bytes()
+            .first_chunk::<16>()
+            .map(crate::location::hex)
     }
 }

@@ -228,14 +228,11 @@ const LAST_MODULES: usize = 4;
 
 impl<'a> LastModule<'a> {
     fn get(&self, module: &Module) -> Option<Option<u32>> {
-        let found = |eq: &dyn Fn(&Module) -> bool| {
-            self.seen
-                .iter()
-                .flatten()
-                .find(|(seen, _)| eq(seen))
-                .map(|&(_, ordinal)| ordinal)
-        };
-        found(&|seen| std::ptr::eq(seen, module)).or_else(|| found(&|seen| seen == module))
+        let seen = self.seen.iter().flatten();
+        seen.clone()
+            .find(|(m, _)| std::ptr::eq(*m, module))
+            .or_else(|| seen.clone().find(|(m, _)| *m == module))
+            .map(|&(_, ordinal)| ordinal)
     }
 
     fn put(&mut self, module: &'a Module, ordinal: Option<u32>) {
@@ -392,10 +389,9 @@ impl Numbering {
             day,
             ..Unknown::default()
         };
-        // The ids of the locations not remembered, by index; a remembered one's is read
-        // from the memory only for a stack that is not (most stacks are remembered, and
-        // each read is a cache miss).
-        let mut new_ids: HashMap<u32, LocationId, foldhash::fast::RandomState> = HashMap::default();
+        // The ids of the locations not remembered, by index (`location_indexes` is
+        // ascending); a remembered one's is read from the memory only for a stack that is
+        // not (most stacks are remembered, and each read is a cache miss).
         let mut last = LastModule::default();
         let mut canonical = Vec::with_capacity(256);
         let keyed = inner.scopes.keyed_ordinals(service, c);
@@ -413,14 +409,18 @@ impl Numbering {
                 let id = id_of(l, &canonical);
                 out.locations.push(id);
                 out.location_indexes.push(i as u32);
-                new_ids.insert(i as u32, id);
             }
             out.location_ordinals.push(ordinal);
         }
         let id_of_index = |l: u32| -> LocationId {
             match out.location_ordinals.get(l as usize).copied().flatten() {
                 Some(o) => inner.locations[o as usize].id,
-                None => new_ids.get(&l).copied().unwrap_or(LocationId([0; 16])),
+                None => out
+                    .location_indexes
+                    .binary_search(&l)
+                    .ok()
+                    .and_then(|k| out.locations.get(k).copied())
+                    .unwrap_or(LocationId([0; 16])),
             }
         };
         let known = inner.stacks.get(service);

@@ -15,9 +15,10 @@ use clickhouse::Row;
 use serde::{Deserialize, Serialize};
 
 use super::bytes::{ByteBuf, RawBytes};
-use super::stacks::{hex, IDS_PER_QUERY};
+use super::stacks::IDS_PER_QUERY;
 use super::{now_nanos, ClickHouseStore};
 use crate::debuginfo::{assemble, status_of, ChunkMeta};
+use crate::location::hex;
 use crate::{DebugInfoChunkRecord, DebugInfoSource, DebugInfoStatus, Location, StoreError};
 
 #[derive(Row, Serialize)]

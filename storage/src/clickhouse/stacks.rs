@@ -17,7 +17,7 @@ use super::ClickHouseStore;
 use crate::assemble::{self, Rows};
 use crate::contents::ProfileContents;
 use crate::encoding;
-use crate::location::{Location, LocationId, StackFrame, StackId};
+use crate::location::{hex, Location, LocationId, StackFrame, StackId};
 use crate::numbering::{Numbered, Unknown};
 use crate::StoreError;
 
@@ -90,16 +90,6 @@ impl Weigh for SymbolRow {
     fn weight(&self) -> usize {
         self.frames.0.len() + 32
     }
-}
-
-pub(super) fn hex(bytes: &[u8; 16]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(32);
-    for &b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    out
 }
 
 fn unhex(s: &str) -> Option<[u8; 16]> {
